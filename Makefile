@@ -1,0 +1,31 @@
+# dzhook — see README.md. `make test` is what CI runs (through .ci/run).
+
+GO      ?= go
+BIN     ?= bin/dzhook
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: build test vet fmt-check deps demo bench chaos clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/dzhook
+
+# The README's test command: formatting, vet, then every test with the race
+# detector against a throwaway PostgreSQL (internal/pgtest).
+test: fmt-check vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+# What the interop tests need beyond Go: node, python3 and the npm package
+# standardwebhooks (installed from signer/testdata/package-lock.json).
+deps:
+	cd signer/testdata && npm ci --no-audit --no-fund
+
+clean:
+	rm -rf bin

@@ -1,0 +1,205 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// sessionParams pin how PostgreSQL prints values, so text-format values
+// decode the same on every server whatever its defaults.
+var sessionParams = map[string]string{
+	"TimeZone":           "UTC",
+	"DateStyle":          "ISO, YMD",
+	"IntervalStyle":      "postgres",
+	"extra_float_digits": "3",
+	"application_name":   "dzhook",
+}
+
+// connectReplication opens a replication=database connection.
+func (s *Stream) connectReplication(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
+	if err != nil {
+		return nil, &fatalError{fmt.Errorf("parse source DSN: %w", redactDSNError(err))}
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	for k, v := range sessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(cctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect for replication: %w", err)
+	}
+	return conn, nil
+}
+
+// newCatalogPool opens the ordinary pool for catalog queries.
+func newCatalogPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse source DSN: %w", redactDSNError(err))
+	}
+	cfg.MaxConns = 2
+	for k, v := range sessionParams {
+		cfg.ConnConfig.RuntimeParams[k] = v
+	}
+	cfg.ConnConfig.RuntimeParams["application_name"] = "dzhook-catalog"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to source: %w", err)
+	}
+	return pool, nil
+}
+
+// redactDSNError drops the DSN that pgconn's parse errors may quote: it
+// can hold a password.
+func redactDSNError(err error) error {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s", pe.Unwrap())
+	}
+	return err
+}
+
+// checkSlot fails at start when the slot is missing or is not a pgoutput
+// slot of this database, with the fix.
+func (s *Stream) checkSlot(ctx context.Context) error {
+	info, err := lookupSlot(ctx, s.pool, s.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	return info.check(s.cfg.Slot)
+}
+
+// slotInfo is a row of pg_replication_slots.
+type slotInfo struct {
+	exists     bool
+	plugin     string
+	slotType   string
+	database   string
+	currentDB  string
+	confirmed  pglogrepl.LSN
+	active     bool
+	activePID  int32
+	walStatus  string
+	hasWALStat bool
+}
+
+func lookupSlot(ctx context.Context, pool *pgxpool.Pool, slot string) (slotInfo, error) {
+	var si slotInfo
+	var confirmed *string
+	var plugin, database, walStatus *string
+	var pid *int32
+	err := pool.QueryRow(ctx, `
+		SELECT s.plugin, s.slot_type, s.database, current_database(), s.confirmed_flush_lsn::text,
+		       s.active, s.active_pid, s.wal_status
+		  FROM pg_replication_slots s WHERE s.slot_name = $1`, slot).
+		Scan(&plugin, &si.slotType, &database, &si.currentDB, &confirmed, &si.active, &pid, &walStatus)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return si, nil
+	}
+	if err != nil {
+		return si, fmt.Errorf("look up slot %q: %w", slot, err)
+	}
+	si.exists = true
+	if plugin != nil {
+		si.plugin = *plugin
+	}
+	if database != nil {
+		si.database = *database
+	}
+	if pid != nil {
+		si.activePID = *pid
+	}
+	if walStatus != nil {
+		si.walStatus, si.hasWALStat = *walStatus, true
+	}
+	if confirmed != nil {
+		si.confirmed, _ = pglogrepl.ParseLSN(*confirmed)
+	}
+	return si, nil
+}
+
+func (si slotInfo) check(slot string) error {
+	switch {
+	case !si.exists:
+		return fmt.Errorf("replication slot %q does not exist: run `dzhook setup` (or set source.auto_setup: true)", slot)
+	case si.slotType != "logical" || si.plugin != "pgoutput":
+		return fmt.Errorf("replication slot %q uses plugin %q (%s), not pgoutput: drop it (SELECT pg_drop_replication_slot('%s')) or choose another source.slot", slot, si.plugin, si.slotType, slot)
+	case si.database != si.currentDB:
+		return fmt.Errorf("replication slot %q belongs to database %q, not %q: choose another source.slot", slot, si.database, si.currentDB)
+	case si.walStatus == "lost":
+		return fmt.Errorf("replication slot %q has lost required WAL (wal_status=lost; max_slot_wal_keep_size was exceeded): events in the gap are gone; drop and recreate the slot with `dzhook setup --recreate-slot`", slot)
+	}
+	return nil
+}
+
+// slotConfirmed returns the slot's confirmed_flush_lsn.
+func (s *Stream) slotConfirmed(ctx context.Context) (pglogrepl.LSN, error) {
+	info, err := lookupSlot(ctx, s.pool, s.cfg.Slot)
+	if err != nil {
+		return 0, err
+	}
+	if err := info.check(s.cfg.Slot); err != nil {
+		return 0, &fatalError{err}
+	}
+	return info.confirmed, nil
+}
+
+// pollLag keeps Stats.LagBytes fresh until ctx ends.
+func (s *Stream) pollLag(ctx context.Context) {
+	t := time.NewTicker(s.cfg.LagInterval)
+	defer t.Stop()
+	for {
+		var lag *int64
+		err := s.pool.QueryRow(ctx, `
+			SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+			  FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
+		if err == nil && lag != nil {
+			s.lagBytes.Store(*lag)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// catalogTypes loads type information for the relation cache.
+type catalogTypes struct{ pool *pgxpool.Pool }
+
+func (c *catalogTypes) LoadType(ctx context.Context, oid uint32) (TypeInfo, error) {
+	var ti TypeInfo
+	var kind, delim string
+	var isArray bool
+	err := c.pool.QueryRow(ctx, `
+		SELECT t.typname, t.typtype::text, t.typbasetype, t.typelem, t.typdelim::text, t.typcategory = 'A'
+		  FROM pg_type t WHERE t.oid = $1`, oid).Scan(&ti.Name, &kind, &ti.BaseOID, &ti.ElemOID, &delim, &isArray)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return TypeInfo{OID: oid, Kind: 'p'}, nil
+	}
+	if err != nil {
+		return ti, err
+	}
+	ti.OID = oid
+	if !isArray {
+		ti.ElemOID = 0 // fixed-length types such as name have a typelem too
+	}
+	if kind != "" {
+		ti.Kind = kind[0]
+	}
+	ti.Delimiter = ','
+	if delim != "" {
+		ti.Delimiter = delim[0]
+	}
+	return ti, nil
+}

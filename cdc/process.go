@@ -1,0 +1,225 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// processor decodes WAL messages and calls the handler. It runs in one
+// goroutine for the stream's whole life, so its transaction state survives
+// reconnections: after one, PostgreSQL resends every transaction not yet
+// acknowledged, and the processor skips what it already handed on (whole
+// transactions, or the first changes of one cut short), so the handler
+// sees each change once per process.
+type processor struct {
+	s    *Stream
+	rels *relations
+
+	inTx    bool
+	cur     begin
+	ordinal int // of the next change in the current transaction
+	// skipAll: the current transaction was handed on in full before a
+	// reconnection. skipBelow: its changes with a smaller ordinal were.
+	skipAll   bool
+	skipBelow int
+
+	lastCommit pglogrepl.LSN // commit LSN of the last transaction handed on in full
+	partial    *txProgress   // a transaction cut short by a lost connection
+}
+
+type txProgress struct {
+	lsn    pglogrepl.LSN
+	handed int
+}
+
+func newProcessor(s *Stream, rels *relations) *processor {
+	return &processor{s: s, rels: rels}
+}
+
+// run processes messages until ctx ends or the handler fails.
+func (p *processor) run(ctx context.Context, msgs <-chan wal) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case w := <-msgs:
+			err := p.handle(ctx, w)
+			p.s.busy.Add(-1)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("wal at %s: %w", w.start, err)
+			}
+		}
+	}
+}
+
+func (p *processor) handle(ctx context.Context, w wal) error {
+	if w.session {
+		if p.inTx {
+			p.partial = &txProgress{lsn: p.cur.FinalLSN, handed: p.ordinal}
+			p.endTx()
+		}
+		return nil
+	}
+	b := w.data
+	if len(b) == 0 {
+		return fmt.Errorf("empty message")
+	}
+	switch b[0] {
+	case 'B':
+		m, err := parseBegin(b)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		if p.inTx {
+			return fmt.Errorf("begin of transaction %d inside transaction %d", m.XID, p.cur.XID)
+		}
+		p.cur, p.ordinal, p.inTx = m, 0, true
+		p.s.inTx.Store(true)
+		p.skipAll, p.skipBelow = m.FinalLSN <= p.lastCommit, 0
+		if p.partial != nil && p.partial.lsn == m.FinalLSN {
+			p.skipBelow = p.partial.handed
+			p.partial = nil
+		}
+	case 'C':
+		m, err := parseCommit(b)
+		if err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		if !p.inTx {
+			return fmt.Errorf("commit %s outside a transaction", m.CommitLSN)
+		}
+		if m.CommitLSN != p.cur.FinalLSN {
+			return fmt.Errorf("commit LSN %s does not match the transaction's final LSN %s", m.CommitLSN, p.cur.FinalLSN)
+		}
+		skip := p.skipAll
+		n := p.ordinal
+		p.endTx()
+		if skip {
+			return nil
+		}
+		p.s.handed(txEnd{commit: m.CommitLSN, end: m.EndLSN})
+		p.lastCommit = m.CommitLSN
+		p.s.transactions.Add(1)
+		return p.s.cfg.Handler.HandleCommit(ctx, Commit{XID: p.cur.XID, CommitLSN: m.CommitLSN, CommitTime: m.CommitTime, EndLSN: m.EndLSN, Changes: n})
+	case 'R':
+		rel, err := parseRelation(b)
+		if err != nil {
+			return fmt.Errorf("relation: %w", err)
+		}
+		return p.rels.put(ctx, rel)
+	case 'Y', 'O':
+		// Types are resolved from the catalog; origins are not used.
+	case 'I', 'U', 'D':
+		m, err := parseRowChange(b)
+		if err != nil {
+			return fmt.Errorf("%s: %w", opName(b[0]), err)
+		}
+		rel, ok := p.rels.get(m.RelationID)
+		if !ok {
+			return fmt.Errorf("%s for relation %d, which the stream never described", opName(b[0]), m.RelationID)
+		}
+		c := &Change{Relation: rel}
+		switch b[0] {
+		case 'I':
+			c.Op = OpInsert
+		case 'U':
+			c.Op = OpUpdate
+		case 'D':
+			c.Op = OpDelete
+		}
+		if c.New, err = tupleValues(rel, m.New); err != nil {
+			return err
+		}
+		if c.Old, err = tupleValues(rel, m.Old); err != nil {
+			return err
+		}
+		if c.New != nil && c.Old != nil {
+			fillUnchanged(c.New, c.Old)
+		}
+		return p.emit(ctx, c)
+	case 'T':
+		ids, err := parseTruncate(b)
+		if err != nil {
+			return fmt.Errorf("truncate: %w", err)
+		}
+		for _, id := range ids {
+			rel, ok := p.rels.get(id)
+			if !ok {
+				return fmt.Errorf("truncate of relation %d, which the stream never described", id)
+			}
+			if err := p.emit(ctx, &Change{Op: OpTruncate, Relation: rel}); err != nil {
+				return err
+			}
+		}
+	case 'M':
+		m, err := parseMessage(b)
+		if err != nil {
+			return fmt.Errorf("logical message: %w", err)
+		}
+		if m.Transactional || p.inTx {
+			return p.emit(ctx, &Change{Op: OpMessage, Message: m})
+		}
+		return p.standalone(ctx, m)
+	default:
+		return fmt.Errorf("unknown message type %q", b[0])
+	}
+	return nil
+}
+
+// emit hands a change of the current transaction to the handler, unless it
+// was handed before a reconnection.
+func (p *processor) emit(ctx context.Context, c *Change) error {
+	if !p.inTx {
+		return fmt.Errorf("%s outside a transaction", c.Op)
+	}
+	ord := p.ordinal
+	p.ordinal++
+	if p.skipAll || ord < p.skipBelow {
+		return nil
+	}
+	c.XID, c.CommitLSN, c.CommitTime, c.Ordinal = p.cur.XID, p.cur.FinalLSN, p.cur.CommitTime, ord
+	p.s.changes.Add(1)
+	return p.s.cfg.Handler.HandleChange(ctx, c)
+}
+
+// standalone hands on a non-transactional logical message as a
+// transaction of its own, identified by the message's LSN.
+func (p *processor) standalone(ctx context.Context, m *Message) error {
+	if m.LSN <= p.lastCommit {
+		return nil
+	}
+	c := &Change{Op: OpMessage, Message: m, CommitLSN: m.LSN, CommitTime: time.Now().UTC()}
+	p.s.changes.Add(1)
+	if err := p.s.cfg.Handler.HandleChange(ctx, c); err != nil {
+		return err
+	}
+	// PostgreSQL resends a non-transactional message unless the flush
+	// position is past its start.
+	p.s.handed(txEnd{commit: m.LSN, end: m.LSN + 1})
+	p.lastCommit = m.LSN
+	p.s.transactions.Add(1)
+	return p.s.cfg.Handler.HandleCommit(ctx, Commit{CommitLSN: m.LSN, CommitTime: c.CommitTime, EndLSN: m.LSN + 1, Changes: 1})
+}
+
+func (p *processor) endTx() {
+	p.inTx = false
+	p.s.inTx.Store(false)
+}
+
+func opName(b byte) string {
+	switch b {
+	case 'I':
+		return "insert"
+	case 'U':
+		return "update"
+	case 'D':
+		return "delete"
+	}
+	return string(b)
+}

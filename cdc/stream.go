@@ -1,0 +1,549 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Handler consumes the stream. The stream calls it from one goroutine, in
+// commit order, and waits for each call: a handler that blocks applies
+// backpressure all the way to PostgreSQL. Each transaction's changes come
+// with HandleChange as they arrive (a large transaction is never held
+// whole), then HandleCommit once. Within one Run the handler sees every
+// transaction once, even across reconnects; after a restart of the process
+// it sees again every transaction it had not acknowledged.
+//
+// An error returned by either method stops the stream: Run returns it.
+type Handler interface {
+	HandleChange(ctx context.Context, c *Change) error
+	HandleCommit(ctx context.Context, c Commit) error
+}
+
+// Defaults of Config.
+const (
+	DefaultStatusInterval = 10 * time.Second
+	DefaultMinBackoff     = 250 * time.Millisecond
+	DefaultMaxBackoff     = 30 * time.Second
+	DefaultLagInterval    = 10 * time.Second
+)
+
+// Config is the input of New.
+type Config struct {
+	// DSN of the source database (URL or key=value). The stream adds
+	// replication=database for its replication connection.
+	DSN string
+	// Slot and Publication name the replication slot and publication,
+	// which Setup creates.
+	Slot, Publication string
+	// Handler receives the changes. Required.
+	Handler Handler
+	// Logger; defaults to slog.Default().
+	Logger *slog.Logger
+	// StatusInterval is the longest time between two standby status
+	// updates. Defaults to 10 s.
+	StatusInterval time.Duration
+	// MinBackoff and MaxBackoff bound the reconnection delay. Default to
+	// 250 ms and 30 s.
+	MinBackoff, MaxBackoff time.Duration
+	// LagInterval is how often the slot's lag is polled. Defaults to 10 s.
+	LagInterval time.Duration
+	// Pool serves catalog queries; when nil the stream opens its own.
+	Pool *pgxpool.Pool
+}
+
+// Stats is a snapshot of the stream's positions, for metrics and health.
+type Stats struct {
+	// ReceivedLSN is the end of the last WAL data received.
+	ReceivedLSN pglogrepl.LSN
+	// FlushedLSN is the position last reported to PostgreSQL as flushed:
+	// the end of the last acknowledged transaction (or, when idle, the
+	// server's WAL end).
+	FlushedLSN pglogrepl.LSN
+	// AckedLSN is the highest commit LSN the handler acknowledged.
+	AckedLSN pglogrepl.LSN
+	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn of the slot,
+	// polled; -1 until known.
+	LagBytes int64
+	// Changes counts the changes handed to the handler.
+	Changes uint64
+	// Transactions counts the commits handed to the handler.
+	Transactions uint64
+	// Connected reports whether the replication connection is streaming.
+	Connected bool
+	// Standby reports that another process holds the slot and this one
+	// waits for it.
+	Standby bool
+	// Reconnects counts the sessions started after the first.
+	Reconnects uint64
+}
+
+// Stream reads the slot and hands committed changes to a Handler.
+type Stream struct {
+	cfg     Config
+	log     *slog.Logger
+	pool    *pgxpool.Pool
+	ownPool bool
+
+	acked atomic.Uint64 // highest commit LSN acknowledged by the handler
+	wake  chan struct{} // nudges the reader to report a new flush position
+
+	mu      sync.Mutex
+	pending []txEnd       // transactions handed on and not yet acknowledged
+	flushed pglogrepl.LSN // last flush position reported
+
+	received     atomic.Uint64
+	lagBytes     atomic.Int64
+	changes      atomic.Uint64
+	transactions atomic.Uint64
+	connected    atomic.Bool
+	standby      atomic.Bool
+	reconnects   atomic.Uint64
+
+	// busy counts messages received and not yet fully processed; inTx is
+	// set between BEGIN and COMMIT. Both let the reader tell when the
+	// stream is idle, so a keepalive's WAL end may be acknowledged.
+	busy atomic.Int64
+	inTx atomic.Bool
+}
+
+// txEnd pairs a transaction's commit LSN with the end of its commit
+// record, which is what PostgreSQL must be told is flushed.
+type txEnd struct{ commit, end pglogrepl.LSN }
+
+// New checks cfg and returns a stream; Run starts it.
+func New(cfg Config) (*Stream, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("cdc: Config.Handler is required")
+	}
+	if cfg.Slot == "" || cfg.Publication == "" {
+		return nil, errors.New("cdc: Config.Slot and Config.Publication are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = DefaultStatusInterval
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.LagInterval <= 0 {
+		cfg.LagInterval = DefaultLagInterval
+	}
+	s := &Stream{cfg: cfg, log: cfg.Logger.With("component", "cdc", "slot", cfg.Slot), wake: make(chan struct{}, 1)}
+	s.lagBytes.Store(-1)
+	return s, nil
+}
+
+// Ack tells the stream that every transaction with a commit LSN up to and
+// including lsn is durable: its deliveries are finished or journaled. Only
+// then may the slot move past it. Safe from any goroutine.
+func (s *Stream) Ack(lsn pglogrepl.LSN) {
+	for {
+		cur := s.acked.Load()
+		if uint64(lsn) <= cur {
+			return
+		}
+		if s.acked.CompareAndSwap(cur, uint64(lsn)) {
+			break
+		}
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Stats returns the stream's positions and counters.
+func (s *Stream) Stats() Stats {
+	s.mu.Lock()
+	flushed := s.flushed
+	s.mu.Unlock()
+	return Stats{
+		ReceivedLSN:  pglogrepl.LSN(s.received.Load()),
+		FlushedLSN:   flushed,
+		AckedLSN:     pglogrepl.LSN(s.acked.Load()),
+		LagBytes:     s.lagBytes.Load(),
+		Changes:      s.changes.Load(),
+		Transactions: s.transactions.Load(),
+		Connected:    s.connected.Load(),
+		Standby:      s.standby.Load(),
+		Reconnects:   s.reconnects.Load(),
+	}
+}
+
+// Run streams until ctx is cancelled or the handler fails. It connects
+// once first, so a wrong DSN or a missing slot is an error at start; after
+// that a lost connection or a PostgreSQL restart is retried with capped
+// exponential backoff and jitter, resuming from the slot. When another
+// process holds the slot, Run waits as a standby and retries. On
+// cancellation it reports the last durable position to PostgreSQL and
+// returns nil; transactions not yet acknowledged come again on the next
+// start.
+func (s *Stream) Run(ctx context.Context) error {
+	if s.cfg.Pool != nil {
+		s.pool = s.cfg.Pool
+	} else {
+		pool, err := newCatalogPool(ctx, s.cfg.DSN)
+		if err != nil {
+			return err
+		}
+		s.pool, s.ownPool = pool, true
+		defer pool.Close()
+	}
+	if err := s.checkSlot(ctx); err != nil {
+		return err
+	}
+
+	msgs := make(chan wal, 256)
+	proc := newProcessor(s, newRelations(&catalogTypes{pool: s.pool}))
+	procErr := make(chan error, 1)
+	procCtx, stopProc := context.WithCancel(ctx)
+	defer stopProc()
+	go func() { procErr <- proc.run(procCtx, msgs) }()
+
+	lagCtx, stopLag := context.WithCancel(ctx)
+	defer stopLag()
+	go s.pollLag(lagCtx)
+
+	backoff := s.cfg.MinBackoff
+	for attempt := 0; ; attempt++ {
+		err := s.session(ctx, msgs, procErr)
+		s.connected.Store(false)
+		var fatal *fatalError
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.As(err, &fatal):
+			return fatal.err
+		case err == nil:
+			backoff = s.cfg.MinBackoff
+		}
+		if errors.Is(err, errSlotInUse) {
+			if !s.standby.Swap(true) {
+				s.log.Warn("standby: another process holds the replication slot; waiting for it, never stealing it")
+			}
+		} else if err != nil {
+			s.log.Warn("replication connection lost; reconnecting", "err", err, "attempt", attempt+1, "delay", backoff.String())
+		}
+		// Capped exponential backoff with full jitter on the upper half.
+		delay := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-procErr:
+			return err
+		case <-time.After(delay):
+		}
+		backoff = min(backoff*2, s.cfg.MaxBackoff)
+		s.reconnects.Add(1)
+	}
+}
+
+// fatalError ends Run instead of causing a reconnection.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+
+// errSlotInUse means another walsender streams from the slot.
+var errSlotInUse = errors.New("replication slot is active for another process")
+
+// wal is one XLogData payload (a copy: pgconn reuses its buffer) or a
+// session marker.
+type wal struct {
+	data  []byte
+	start pglogrepl.LSN
+	// session is set on the marker that starts a new session.
+	session bool
+}
+
+// session runs one replication connection until it fails or ctx ends.
+func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan error) error {
+	conn, err := s.connectReplication(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+
+	// Never report a flush position below the slot's: start from it.
+	confirmed, err := s.slotConfirmed(ctx)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if confirmed > s.flushed {
+		s.flushed = confirmed
+	}
+	s.mu.Unlock()
+
+	err = pglogrepl.StartReplication(ctx, conn, quoteIdent(s.cfg.Slot), 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{
+			"proto_version '1'",
+			"publication_names '" + escapeLiteral(s.cfg.Publication) + "'",
+			"messages 'true'",
+		},
+	})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" { // object_in_use
+			return errSlotInUse
+		}
+		if errors.As(err, &pgErr) && (pgErr.Code == "42704" || pgErr.Code == "42P01") {
+			return &fatalError{fmt.Errorf("start replication on slot %q: %w (run `dzhook setup`)", s.cfg.Slot, err)}
+		}
+		return fmt.Errorf("start replication on slot %q: %w", s.cfg.Slot, err)
+	}
+	if s.standby.Swap(false) {
+		s.log.Info("slot acquired; leaving standby")
+	}
+	s.connected.Store(true)
+	s.log.Info("streaming", "publication", s.cfg.Publication, "from_lsn", confirmed.String())
+
+	select {
+	case msgs <- wal{session: true}:
+		s.busy.Add(1)
+	case <-ctx.Done():
+		return nil
+	case err := <-procErr:
+		return &fatalError{err}
+	}
+
+	status := time.Now().Add(s.cfg.StatusInterval)
+	lastReport := time.Now()
+	recv := &deadlineCtx{parent: ctx}
+	defer recv.stop()
+	for {
+		select {
+		case err := <-procErr:
+			return &fatalError{err}
+		case <-s.wake:
+			// Report a new durable position promptly, but at most once a
+			// second: it only bounds WAL retention.
+			if time.Since(lastReport) >= time.Second {
+				if err := s.sendStatus(conn, false, 0); err != nil {
+					return err
+				}
+				lastReport = time.Now()
+			} else {
+				select {
+				case s.wake <- struct{}{}:
+				default:
+				}
+			}
+		default:
+		}
+		if now := time.Now(); !now.Before(status) {
+			if err := s.sendStatus(conn, false, 0); err != nil {
+				return err
+			}
+			lastReport = now
+			status = now.Add(s.cfg.StatusInterval)
+		}
+		raw, err := conn.ReceiveMessage(recv.get(earliest(status, time.Now().Add(time.Second))))
+		if err != nil {
+			if ctx.Err() != nil {
+				_ = s.sendStatus(conn, false, 0) // the final acknowledgement
+				return nil
+			}
+			if pgconn.Timeout(err) {
+				recv.stop()
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse keepalive: %w", err)
+				}
+				if ka.ReplyRequested || s.idle() {
+					if err := s.sendStatus(conn, false, ka.ServerWALEnd); err != nil {
+						return err
+					}
+					lastReport = time.Now()
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse XLogData: %w", err)
+				}
+				end := xld.WALStart + pglogrepl.LSN(len(xld.WALData))
+				if uint64(end) > s.received.Load() {
+					s.received.Store(uint64(end))
+				}
+				w := wal{data: append([]byte(nil), xld.WALData...), start: xld.WALStart}
+				s.busy.Add(1)
+				if err := s.enqueue(ctx, conn, msgs, w, procErr); err != nil {
+					s.busy.Add(-1)
+					return err
+				}
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("server ended the replication stream")
+		}
+	}
+}
+
+// enqueue hands a message to the processor. While the processor is busy
+// (the handler applies backpressure) it keeps telling PostgreSQL where the
+// stream stands, so the server never times the connection out.
+func (s *Stream) enqueue(ctx context.Context, conn *pgconn.PgConn, msgs chan<- wal, w wal, procErr <-chan error) error {
+	select {
+	case msgs <- w:
+		return nil
+	default:
+	}
+	tick := time.NewTicker(s.cfg.StatusInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case msgs <- w:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-procErr:
+			return &fatalError{err}
+		case <-tick.C:
+			if err := s.sendStatus(conn, false, 0); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// idle reports whether every message received has been processed and every
+// transaction handed on has been acknowledged.
+func (s *Stream) idle() bool {
+	if s.busy.Load() != 0 || s.inTx.Load() {
+		return false
+	}
+	s.advance()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending) == 0
+}
+
+// advance moves the flush position past every acknowledged transaction.
+func (s *Stream) advance() pglogrepl.LSN {
+	acked := pglogrepl.LSN(s.acked.Load())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for n < len(s.pending) && s.pending[n].commit <= acked {
+		if s.pending[n].end > s.flushed {
+			s.flushed = s.pending[n].end
+		}
+		n++
+	}
+	if n > 0 {
+		s.pending = append(s.pending[:0], s.pending[n:]...)
+	}
+	return s.flushed
+}
+
+// handed records a transaction given to the handler, to be acknowledged.
+func (s *Stream) handed(t txEnd) {
+	s.mu.Lock()
+	s.pending = append(s.pending, t)
+	s.mu.Unlock()
+}
+
+// sendStatus reports write = received, flush = apply = durable, all three
+// explicitly (left at 0, pglogrepl would copy write into flush, reporting
+// undelivered work as flushed). idleEnd, when non-zero, is a keepalive's WAL
+// end that may be acknowledged because nothing is pending.
+func (s *Stream) sendStatus(conn *pgconn.PgConn, reply bool, idleEnd pglogrepl.LSN) error {
+	flush := s.advance()
+	if idleEnd > flush && s.idle() {
+		s.mu.Lock()
+		if idleEnd > s.flushed {
+			s.flushed = idleEnd
+		}
+		flush = s.flushed
+		s.mu.Unlock()
+	}
+	if flush == 0 {
+		return nil // nothing known yet; a zero would be read as "write"
+	}
+	write := max(pglogrepl.LSN(s.received.Load()), flush)
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: write,
+		WALFlushPosition: flush,
+		WALApplyPosition: flush,
+		ClientTime:       time.Now(),
+		ReplyRequested:   reply,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	return nil
+}
+
+func escapeLiteral(s string) string {
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\'' {
+			out = append(out, '\'')
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// deadlineCtx reuses one deadline context for many receives: creating one
+// per message would cost a timer each, on the hottest loop of the stream.
+// The deadline wakes the reader at least once a second to check for
+// acknowledgements to report.
+type deadlineCtx struct {
+	parent context.Context
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// get returns a context that expires at the latest at deadline.
+func (d *deadlineCtx) get(deadline time.Time) context.Context {
+	if d.ctx != nil {
+		if dl, _ := d.ctx.Deadline(); !dl.After(deadline) && d.ctx.Err() == nil {
+			return d.ctx
+		}
+		d.cancel()
+	}
+	d.ctx, d.cancel = context.WithDeadline(d.parent, deadline)
+	return d.ctx
+}
+
+func (d *deadlineCtx) stop() {
+	if d.cancel != nil {
+		d.cancel()
+		d.ctx, d.cancel = nil, nil
+	}
+}

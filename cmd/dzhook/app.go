@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Exit codes that scripts can trust.
+const (
+	exitOK      = 0 // done
+	exitFailure = 1 // the command ran and failed: bad config, a failed delivery, an unreachable server
+	exitUsage   = 2 // the command line itself is wrong
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// command is one subcommand.
+type command struct {
+	summary string
+	run     func(ctx context.Context, env *cli, args []string) int
+}
+
+// cli is what every subcommand gets: where to write and how to read the
+// environment, so run is testable without a process.
+type cli struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	environ        func() []string
+}
+
+func commands() map[string]command {
+	return map[string]command{
+		"validate": {"check a configuration file and report every problem", runValidate},
+		"listen":   {"local receiver that verifies signatures and prints events", runListen},
+		"events":   {"list the event catalog", runEvents},
+		"version":  {"print the version", runVersion},
+	}
+}
+
+// run is the whole program: it parses args, dispatches to a subcommand and
+// returns its exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	env := &cli{stdout: stdout, stderr: stderr, getenv: os.Getenv, environ: os.Environ}
+	if len(args) < 2 {
+		usage(stderr)
+		return exitUsage
+	}
+	name := args[1]
+	switch name {
+	case "help", "-h", "--help", "-help":
+		usage(stdout)
+		return exitOK
+	case "-version", "--version":
+		name = "version"
+	}
+	cmd, ok := commands()[name]
+	if !ok {
+		fmt.Fprintf(stderr, "dzhook: unknown command %q\n\n", name)
+		usage(stderr)
+		return exitUsage
+	}
+	return cmd.run(ctx, env, args[2:])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "dzhook — DZDESK webhooks from the database's change stream")
+	fmt.Fprintln(w, "\nUsage: dzhook <command> [flags]\n\nCommands:")
+	cmds := commands()
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-11s %s\n", n, cmds[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'dzhook <command> -h' for a command's flags.")
+}
+
+// newFlags returns a FlagSet that writes its usage to the cli's stderr.
+func newFlags(env *cli, name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "Usage: dzhook %s %s\n\nFlags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and returns the exit code to stop with, if any.
+func parseFlags(fs *flag.FlagSet, args []string) (code int, stop bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK, true
+		}
+		return exitUsage, true
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "dzhook %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		fs.Usage()
+		return exitUsage, true
+	}
+	return 0, false
+}
+
+// configFlag registers --config with its default and environment override.
+func configFlag(env *cli, fs *flag.FlagSet) *string {
+	def := "./config.yaml"
+	if v := env.getenv("DZHOOK_CONFIG"); v != "" {
+		def = v
+	}
+	return fs.String("config", def, "configuration `file` (env DZHOOK_CONFIG)")
+}
+
+func runVersion(_ context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "version", "")
+	if code, stop := parseFlags(fs, args); stop {
+		return code
+	}
+	fmt.Fprintf(env.stdout, "dzhook %s\n", version)
+	return exitOK
+}
+
+// indent prefixes every line of s.
+func indent(s, prefix string) string {
+	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
+}

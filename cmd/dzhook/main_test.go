@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/signer"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// syncBuffer is a bytes.Buffer safe for a command writing in one goroutine
+// while the test reads in another.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runCmd runs the program in-process and returns its exit code and output.
+func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), append([]string{"dzhook"}, args...), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestValidateSample(t *testing.T) {
+	code, out, errOut := runCmd(t, "validate", "--config", "../../config.yaml")
+	if code != exitOK {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, errOut)
+	}
+	if !regexp.MustCompile(`^\.\./\.\./config\.yaml: ok: 2 subscriptions \(2 active\), 12 events \(11 built-in, 1 custom\)\n$`).MatchString(out) {
+		t.Errorf("stdout = %q, want the one-line summary", out)
+	}
+}
+
+// TestValidateFiveMistakes is the golden test of `dzhook validate` on a
+// file with five distinct mistakes.
+func TestValidateFiveMistakes(t *testing.T) {
+	code, out, errOut := runCmd(t, "validate", "--config", "../../internal/config/testdata/five-mistakes.yaml")
+	if code != exitFailure {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	if out != "" {
+		t.Errorf("stdout = %q, want nothing", out)
+	}
+	golden := filepath.Join("testdata", "validate-five-mistakes.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(errOut), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errOut != string(want) {
+		t.Errorf("stderr:\n%s\nwant (%s; refresh with -update):\n%s", errOut, golden, want)
+	}
+}
+
+func TestValidateMissingFile(t *testing.T) {
+	code, _, errOut := runCmd(t, "validate", "--config", "testdata/nope.yaml")
+	if code != exitFailure || !strings.Contains(errOut, "does not exist") {
+		t.Fatalf("exit %d, stderr %q; want 1 and a clear message", code, errOut)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, exitUsage, "Usage: dzhook <command>"},
+		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{[]string{"validate", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
+		{[]string{"validate", "extra"}, exitUsage, `unexpected argument "extra"`},
+		{[]string{"help"}, exitOK, "validate"},
+		{[]string{"version"}, exitOK, "dzhook dev"},
+		{[]string{"events"}, exitOK, "request.status_changed"},
+	} {
+		code, out, errOut := runCmd(t, tc.args...)
+		if code != tc.code || !strings.Contains(out+errOut, tc.want) {
+			t.Errorf("dzhook %v: exit %d, output %q; want exit %d containing %q", tc.args, code, out+errOut, tc.code, tc.want)
+		}
+	}
+}
+
+// TestListen runs `dzhook listen` and posts to it: a signed delivery gets
+// 200 and a printed line, a tampered body 401 and an INVALID line.
+func TestListen(t *testing.T) {
+	const secret = "listen-test-secret-0123456789"
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"dzhook", "listen", "--port", "0", "--secret", secret}, &out, &errOut)
+	}()
+	addr := waitFor(t, &errOut, regexp.MustCompile(`receiving on (http://[0-9.:]+/)`))
+
+	body := []byte(`{"id":"whk_listen1","event":"request.created","timestamp":"2024-01-15T14:30:00Z","data":{"id":"req_1","title":"Café ☕"}}`)
+	post := func(b []byte, sig string) int {
+		req, _ := http.NewRequest(http.MethodPost, addr, bytes.NewReader(b))
+		req.Header.Set(signer.HeaderSignature, sig)
+		req.Header.Set(signer.HeaderEvent, "request.created")
+		req.Header.Set(signer.HeaderAttempt, "2")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	sig := signer.Sign([]byte(secret), body)
+	if got := post(body, sig); got != http.StatusOK {
+		t.Errorf("signed POST: status %d, want 200", got)
+	}
+	waitFor(t, &out, regexp.MustCompile(`request\.created whk_listen1 attempt=2 verified -> 200`))
+
+	tampered := bytes.Replace(body, []byte("Café"), []byte("Cafe"), 1)
+	if got := post(tampered, sig); got != http.StatusUnauthorized {
+		t.Errorf("tampered POST: status %d, want 401", got)
+	}
+	waitFor(t, &out, regexp.MustCompile(`whk_listen1 attempt=2 INVALID \(invalid signature\) -> 401`))
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Errorf("listen exited %d after interrupt, want 0", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("listen did not stop after its context was cancelled")
+	}
+}
+
+func TestListenNeedsSecret(t *testing.T) {
+	code, _, errOut := runCmd(t, "listen", "--port", "0")
+	if code != exitUsage || !strings.Contains(errOut, "--secret") {
+		t.Fatalf("exit %d, stderr %q; want 2 and a hint about --secret", code, errOut)
+	}
+}
+
+// waitFor polls a buffer until re matches, and returns the first group (or
+// the match).
+func waitFor(t *testing.T, buf fmt.Stringer, re *regexp.Regexp) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := re.FindStringSubmatch(buf.String()); m != nil {
+			return m[len(m)-1]
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %q in:\n%s", re, buf.String())
+	return ""
+}

@@ -1,0 +1,242 @@
+// Package config loads and validates dzhook's configuration: a YAML file,
+// DZHOOK_… environment overrides and ${NAME} references inside values. It
+// is the only package that knows koanf.
+//
+// Loading is strict: an unknown key, a value of the wrong type, an
+// unresolved ${NAME} and every semantic mistake are collected and reported
+// together, each with its YAML path, so an operator fixes a file in one
+// pass rather than one error per restart.
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/catalog"
+)
+
+// Defaults, in one place. The documentation of each field repeats them.
+const (
+	DefaultConfigPath        = "./config.yaml"
+	DefaultSlot              = "dzhook"
+	DefaultPublication       = "dzhook"
+	DefaultJournalSchema     = "dzhook"
+	DefaultRetention         = 30 * 24 * time.Hour
+	DefaultTimeout           = 5 * time.Second
+	DefaultResponseBodyLimit = 4096
+	DefaultConcurrency       = 16
+	DefaultQueueSize         = 1024
+	DefaultAdminListen       = "127.0.0.1:8080"
+	DefaultWarningPercent    = 75
+	DefaultLogLevel          = "info"
+	DefaultLogFormat         = "text"
+	DefaultOutboxTable       = "dzhook_outbox"
+	DefaultMessagePrefix     = "dzdesk"
+)
+
+// DefaultRetrySchedule is DZDESK's documented retry policy: attempt 1
+// immediately, then after 1 minute, 5 minutes, 30 minutes and 2 hours.
+var DefaultRetrySchedule = []time.Duration{0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
+
+// Config is the whole configuration of one dzhook process.
+type Config struct {
+	// Source is the DZDESK database whose changes dzhook streams.
+	Source Source `koanf:"source"`
+	// Journal is where deliveries, attempts and checkpoints are kept.
+	Journal Journal `koanf:"journal"`
+	// Delivery governs every HTTP attempt.
+	Delivery Delivery `koanf:"delivery"`
+	// Admin is the HTTP API, dashboard and metrics server.
+	Admin Admin `koanf:"admin"`
+	// Notify is where the admin is told that a subscription changed state.
+	Notify Notify `koanf:"notify"`
+	// SLA configures the clock behind sla.warning and sla.breach.
+	SLA SLA `koanf:"sla"`
+	// Outbox configures the application-written events.
+	Outbox Outbox `koanf:"outbox"`
+	// Log configures dzhook's own log lines.
+	Log Log `koanf:"log"`
+	// CustomEvents declares events beyond DZDESK's eleven, emitted through
+	// the outbox table or pg_logical_emit_message. Names look like
+	// entity.action. Defaults to none.
+	CustomEvents []CustomEvent `koanf:"custom_events"`
+	// Subscriptions are the webhook endpoints and what each receives.
+	Subscriptions []Subscription `koanf:"subscriptions"`
+}
+
+// Source is the DZDESK PostgreSQL database.
+type Source struct {
+	// DSN is a libpq connection string or URL for the DZDESK database.
+	// The role needs REPLICATION (see deploy/sql/role.sql). Required.
+	DSN Secret `koanf:"dsn"`
+	// Slot is the logical replication slot dzhook owns. Defaults to "dzhook".
+	Slot string `koanf:"slot"`
+	// Publication lists the tables dzhook reads. Defaults to "dzhook".
+	Publication string `koanf:"publication"`
+	// AutoSetup makes `dzhook run` create the publication and slot and set
+	// REPLICA IDENTITY when they are missing, as `dzhook setup` does.
+	// Defaults to true.
+	AutoSetup bool `koanf:"auto_setup"`
+}
+
+// Journal is the durable store of events, deliveries and attempts.
+type Journal struct {
+	// DSN of the journal database. Defaults to source.dsn, so the journal
+	// lives beside DZDESK's tables in its own schema.
+	DSN Secret `koanf:"dsn"`
+	// Schema holds the journal's tables. Defaults to "dzhook".
+	Schema string `koanf:"schema"`
+	// Retention is how long finished deliveries and their attempts are
+	// kept. Defaults to 720h (30 days).
+	Retention time.Duration `koanf:"retention"`
+}
+
+// Delivery governs how dzhook calls receivers.
+type Delivery struct {
+	// Timeout bounds one attempt, from dial to the end of the response.
+	// Defaults to 5s, as DZDESK's documentation asks receivers to answer
+	// within 5 seconds.
+	Timeout time.Duration `koanf:"timeout"`
+	// RetrySchedule is the delay before each attempt: its length is the
+	// number of attempts. Defaults to [0s, 1m, 5m, 30m, 2h].
+	RetrySchedule []time.Duration `koanf:"retry_schedule"`
+	// AllowInsecureHTTP accepts http:// URLs (local tests only). Defaults
+	// to false: https only.
+	AllowInsecureHTTP bool `koanf:"allow_insecure_http"`
+	// ResponseBodyLimit is how many bytes of each response body are kept
+	// in the history. Defaults to 4096.
+	ResponseBodyLimit int `koanf:"response_body_limit"`
+	// Concurrency is how many attempts may be in flight per subscription.
+	// Defaults to 16.
+	Concurrency int `koanf:"concurrency"`
+	// QueueSize bounds each subscription's in-memory queue; when it is
+	// full, deliveries wait in the journal instead. Defaults to 1024.
+	QueueSize int `koanf:"queue_size"`
+}
+
+// Admin is the operator-facing HTTP server.
+type Admin struct {
+	// Listen is the address of the admin API, dashboard and /metrics.
+	// Defaults to 127.0.0.1:8080. Empty disables the server.
+	Listen string `koanf:"listen"`
+	// Token is the bearer token of the admin API. Required when Listen is
+	// not a loopback address.
+	Token Secret `koanf:"token"`
+	// MetricsPublic serves /metrics without the token. Defaults to true.
+	MetricsPublic bool `koanf:"metrics_public"`
+}
+
+// Notify is the admin notification endpoint.
+type Notify struct {
+	// URL receives a signed JSON POST (Slack-compatible "text" field) when
+	// a subscription becomes failing, recovers or is disabled. Treated as
+	// a secret, since a Slack webhook URL is a credential. Defaults to
+	// none: notifications are only logged.
+	URL Secret `koanf:"url"`
+	// Secret signs notifications like deliveries. Defaults to none
+	// (unsigned).
+	Secret Secret `koanf:"secret"`
+}
+
+// SLA configures the SLA clock.
+type SLA struct {
+	// WarningPercent is the share of started_at → target_at after which
+	// sla.warning fires. Defaults to 75.
+	WarningPercent float64 `koanf:"warning_percent"`
+}
+
+// Outbox configures application-written events.
+type Outbox struct {
+	// Table is the insert-only outbox table; empty disables it. Defaults
+	// to "dzhook_outbox" (used only when the table exists).
+	Table string `koanf:"table"`
+	// MessagePrefix is the pg_logical_emit_message prefix dzhook turns
+	// into events. Defaults to "dzdesk".
+	MessagePrefix string `koanf:"message_prefix"`
+}
+
+// Log configures dzhook's log output.
+type Log struct {
+	// Level is debug, info, warn or error. Defaults to info.
+	Level string `koanf:"level"`
+	// Format is text or json. Defaults to text.
+	Format string `koanf:"format"`
+}
+
+// CustomEvent declares an event outside DZDESK's catalog.
+type CustomEvent struct {
+	// Name looks like entity.action, e.g. order.shipped. Required.
+	Name string `koanf:"name"`
+	// Description is shown in the dashboard. Optional.
+	Description string `koanf:"description"`
+}
+
+// Subscription is one webhook endpoint.
+type Subscription struct {
+	// ID names the subscription in the API, history and metrics: lowercase
+	// letters, digits, - and _. Required, unique.
+	ID string `koanf:"id"`
+	// URL receives the POSTs; https only unless
+	// delivery.allow_insecure_http. Required.
+	URL string `koanf:"url"`
+	// Events are exact event names or globs (request.*, *). Required.
+	Events []string `koanf:"events"`
+	// Secret signs every delivery (X-DZDESK-Signature; a whsec_ secret is
+	// base64-decoded for the Standard Webhooks signature). Required, at
+	// least 16 characters.
+	Secret Secret `koanf:"secret"`
+	// Active false stops deliveries. Defaults to true.
+	Active bool `koanf:"active"`
+	// QueueWhileInactive keeps the deliveries of an inactive or paused
+	// subscription and sends them, oldest first, on resume; otherwise they
+	// are recorded as skipped. Defaults to false.
+	QueueWhileInactive bool `koanf:"queue_while_inactive"`
+	// Filter is a CEL expression over the envelope (id, event, timestamp,
+	// data) that must be true for a delivery, e.g.
+	// data.priority in ["high", "urgent"]. Defaults to none.
+	Filter string `koanf:"filter"`
+	// Headers are static headers added to every POST; values may be
+	// ${NAME} references. Defaults to none.
+	Headers map[string]Secret `koanf:"headers"`
+	// StandardWebhooks adds the webhook-id, webhook-timestamp and
+	// webhook-signature headers. Defaults to false.
+	StandardWebhooks bool `koanf:"standard_webhooks"`
+}
+
+// Default returns the configuration every file is laid over.
+func Default() Config {
+	return Config{
+		Source:   Source{Slot: DefaultSlot, Publication: DefaultPublication, AutoSetup: true},
+		Journal:  Journal{Schema: DefaultJournalSchema, Retention: DefaultRetention},
+		Delivery: Delivery{Timeout: DefaultTimeout, RetrySchedule: append([]time.Duration(nil), DefaultRetrySchedule...), ResponseBodyLimit: DefaultResponseBodyLimit, Concurrency: DefaultConcurrency, QueueSize: DefaultQueueSize},
+		Admin:    Admin{Listen: DefaultAdminListen, MetricsPublic: true},
+		SLA:      SLA{WarningPercent: DefaultWarningPercent},
+		Outbox:   Outbox{Table: DefaultOutboxTable, MessagePrefix: DefaultMessagePrefix},
+		Log:      Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+	}
+}
+
+// subscriptionDefaults are laid under every subscriptions[] entry.
+func subscriptionDefaults() Subscription { return Subscription{Active: true} }
+
+// JournalDSN returns the journal's DSN: journal.dsn, or source.dsn.
+func (c *Config) JournalDSN() Secret {
+	if c.Journal.DSN.IsSet() {
+		return c.Journal.DSN
+	}
+	return c.Source.DSN
+}
+
+// Summary is the one line `dzhook validate` prints for a good file.
+func (c *Config) Summary() string {
+	cat, _ := c.Catalog()
+	active := 0
+	for _, s := range c.Subscriptions {
+		if s.Active {
+			active++
+		}
+	}
+	n := len(cat.Events())
+	return fmt.Sprintf("%d subscriptions (%d active), %d events (%d built-in, %d custom)",
+		len(c.Subscriptions), active, n, len(catalog.Builtin()), n-len(catalog.Builtin()))
+}

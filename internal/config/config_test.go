@@ -1,0 +1,268 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+const minimal = `
+source:
+  dsn: postgres://dzhook@127.0.0.1/dzdesk
+subscriptions:
+  - id: crm
+    url: https://crm.example.com/hook
+    events: [request.*]
+    secret: 0123456789abcdef
+`
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse([]byte(minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Delivery.Timeout, 5*time.Second; got != want {
+		t.Errorf("delivery.timeout = %v, want %v", got, want)
+	}
+	if got, want := cfg.Delivery.RetrySchedule, []time.Duration{0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour}; !reflect.DeepEqual(got, want) {
+		t.Errorf("delivery.retry_schedule = %v, want %v", got, want)
+	}
+	if got, want := cfg.Admin.Listen, "127.0.0.1:8080"; got != want {
+		t.Errorf("admin.listen = %q, want %q", got, want)
+	}
+	if got, want := cfg.Source.Slot, "dzhook"; got != want {
+		t.Errorf("source.slot = %q, want %q", got, want)
+	}
+	if !cfg.Subscriptions[0].Active {
+		t.Error("subscriptions[0].active = false, want the default true")
+	}
+	if got, want := cfg.JournalDSN().Reveal(), "postgres://dzhook@127.0.0.1/dzdesk"; got != want {
+		t.Errorf("journal DSN = %q, want source.dsn %q", got, want)
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	env := []string{
+		"DZHOOK_SOURCE_DSN=postgres://other@db/x",
+		"DZHOOK_DELIVERY_TIMEOUT=10s",
+		"DZHOOK_DELIVERY_ALLOW_INSECURE_HTTP=true",
+		"DZHOOK_DELIVERY_RETRY_SCHEDULE=0s, 2s,4s",
+		"DZHOOK_ADMIN_LISTEN=127.0.0.1:9999",
+		"DZHOOK_NOT_A_SETTING=ignored",
+		"SECRET=fedcba9876543210fedcba",
+	}
+	yaml := strings.Replace(minimal, "https://crm", "http://crm", 1) + "    headers:\n      X-Api-Key: key-${SECRET}\n"
+	cfg, err := Parse([]byte(yaml), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Source.DSN.Reveal(), "postgres://other@db/x"; got != want {
+		t.Errorf("source.dsn = %q, want %q", got, want)
+	}
+	if got, want := cfg.Delivery.Timeout, 10*time.Second; got != want {
+		t.Errorf("delivery.timeout = %v, want %v", got, want)
+	}
+	if !cfg.Delivery.AllowInsecureHTTP {
+		t.Error("delivery.allow_insecure_http not set from the environment")
+	}
+	if got, want := cfg.Delivery.RetrySchedule, []time.Duration{0, 2 * time.Second, 4 * time.Second}; !reflect.DeepEqual(got, want) {
+		t.Errorf("delivery.retry_schedule = %v, want %v", got, want)
+	}
+	if got, want := cfg.Admin.Listen, "127.0.0.1:9999"; got != want {
+		t.Errorf("admin.listen = %q, want %q", got, want)
+	}
+	if got, want := cfg.Subscriptions[0].Headers["X-Api-Key"].Reveal(), "key-fedcba9876543210fedcba"; got != want {
+		t.Errorf("header = %q, want %q", got, want)
+	}
+}
+
+func TestReferences(t *testing.T) {
+	lookup := func(name string) (string, bool) {
+		v, ok := map[string]string{"A": "alpha", "EMPTY": ""}[name]
+		return v, ok
+	}
+	for _, tc := range []struct {
+		in, want string
+		missing  []string
+	}{
+		{"plain", "plain", nil},
+		{"${A}", "alpha", nil},
+		{"x-${A}-${A}", "x-alpha-alpha", nil},
+		{"${NOPE}", "", []string{"NOPE"}},
+		{"${NOPE:-fallback}", "fallback", nil},
+		{"${EMPTY:-fallback}", "fallback", nil},
+		{"${EMPTY}", "", nil},
+		{"$${A}", "${A}", nil},
+		{"${unterminated", "${unterminated", nil},
+	} {
+		got, _, missing := expand(tc.in, lookup)
+		if got != tc.want || !reflect.DeepEqual(missing, tc.missing) {
+			t.Errorf("expand(%q) = %q, missing %v; want %q, missing %v", tc.in, got, missing, tc.want, tc.missing)
+		}
+	}
+}
+
+// TestFiveMistakes is the golden test of `dzhook validate`'s report: five
+// distinct mistakes, all reported at once with their paths.
+func TestFiveMistakes(t *testing.T) {
+	_, err := LoadEnv("testdata/five-mistakes.yaml", nil)
+	ps := AsProblems(err)
+	if ps == nil {
+		t.Fatalf("LoadEnv error = %v, want Problems", err)
+	}
+	got := ps.Error() + "\n"
+	golden := filepath.Join("testdata", "five-mistakes.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("problems:\n%s\nwant (testdata/five-mistakes.golden, refresh with -update):\n%s", got, want)
+	}
+	for _, path := range []string{"delivery.timeout", "subscriptions[0].url", "subscriptions[0].events[1]", "subscriptions[0].secret", "subscriptions[1].evnts"} {
+		if !strings.Contains(got, path+": ") {
+			t.Errorf("no problem reported at %s", path)
+		}
+	}
+}
+
+func TestProblems(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		env        []string
+		want       []string // each must appear in the report
+	}{
+		{"missing dsn, url and secret", `
+subscriptions:
+  - id: a
+    events: ['*']`, nil, []string{"source.dsn: required", "subscriptions[0].url: required", "subscriptions[0].secret: required"}},
+		{"duplicate ids", minimal + `
+  - id: crm
+    url: https://b.example.com/
+    events: [user.created]
+    secret: 0123456789abcdef`, nil, []string{`subscriptions[1].id: "crm" is already the id of subscriptions[0]`}},
+		{"glob matching nothing", strings.Replace(minimal, "request.*", "ticket.*", 1), nil, []string{`subscriptions[0].events[0]: pattern "ticket.*" matches no event`}},
+		{"typo in event name", strings.Replace(minimal, "request.*", "user.deactivate", 1), nil, []string{`did you mean "user.deactivated"?`}},
+		{"bad duration in schedule", minimal + "delivery:\n  retry_schedule: [0s, 1x]\n", nil, []string{`delivery.retry_schedule[1]: "1x" is not a duration`}},
+		{"empty schedule", minimal + "delivery:\n  retry_schedule: []\n", nil, []string{"delivery.retry_schedule: must list at least one attempt"}},
+		{"unknown top-level and nested keys", minimal + "sourc: {}\ndelivery:\n  timout: 5s\n", nil, []string{`sourc: unknown key (did you mean "source"?)`, `delivery.timout: unknown key (did you mean "timeout"?)`}},
+		{"unresolved reference", strings.Replace(minimal, "0123456789abcdef", "${WEBHOOK_SECRET}", 1), nil, []string{"subscriptions[0].secret: ${WEBHOOK_SECRET} is not set in the environment"}},
+		{"credentials in url", strings.Replace(minimal, "https://crm", "https://user:pw@crm", 1), nil, []string{"subscriptions[0].url: must not contain credentials"}},
+		{"odd scheme", strings.Replace(minimal, "https://crm.example.com/hook", "ftp://crm.example.com/hook", 1), nil, []string{`scheme "ftp" is not allowed`}},
+		{"unicode host", strings.Replace(minimal, "crm.example.com", "crм.example.com", 1), nil, []string{"non-ASCII"}},
+		{"wrong types", minimal + "delivery:\n  concurrency: many\n  allow_insecure_http: maybe\nsla:\n  warning_percent: [1]\n", nil,
+			[]string{`delivery.concurrency: "many" is not a whole number`, `delivery.allow_insecure_http: "maybe" is not a boolean`, "sla.warning_percent: must be a single value, not a list"}},
+		{"reserved header", minimal + "    headers: {X-DZDESK-Signature: forged}\n", nil, []string{"subscriptions[0].headers.X-DZDESK-Signature: X-Dzdesk-Signature is set by dzhook"}},
+		{"short secret", strings.Replace(minimal, "0123456789abcdef", "short", 1), nil, []string{"subscriptions[0].secret: too short"}},
+		{"public admin without token", minimal + "admin:\n  listen: 0.0.0.0:8080\n", nil, []string{"admin.token: required when admin.listen"}},
+		{"bad custom event", minimal + "custom_events:\n  - name: Shipped\n", nil, []string{`custom_events: "Shipped": a custom event name must look like entity.action`}},
+		{"standard webhooks without whsec_", minimal + "    standard_webhooks: true\n", nil, []string{"subscriptions[0].secret: standard_webhooks needs a whsec_<base64> secret"}},
+		{"bad env value", minimal, []string{"DZHOOK_DELIVERY_TIMEOUT=soon"}, []string{`delivery.timeout: "soon" is not a duration`}},
+		{"not a mapping", "subscriptions: {id: a}\n", nil, []string{"subscriptions: must be a list, not a mapping"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), tc.env)
+			if err == nil {
+				t.Fatal("Parse succeeded, want problems")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("report lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestCustomEventsAreSubscribable(t *testing.T) {
+	yaml := strings.Replace(minimal, "request.*", "order.shipped", 1) + "custom_events:\n  - name: order.shipped\n    description: An order left the warehouse\n"
+	cfg, err := Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, _ := cfg.Catalog()
+	if e, ok := cat.Lookup("order.shipped"); !ok || !e.Custom || e.Group != "order" {
+		t.Errorf("order.shipped = %+v, %v; want a custom event of group order", e, ok)
+	}
+}
+
+func TestInvalidYAML(t *testing.T) {
+	_, err := Parse([]byte("source:\n  dsn: [unclosed\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "not valid YAML") || !strings.Contains(err.Error(), "line") {
+		t.Fatalf("err = %v, want a YAML error with its line", err)
+	}
+}
+
+// TestSecretsNeverPrinted renders a loaded config every way a program
+// might print it and checks that no secret value shows.
+func TestSecretsNeverPrinted(t *testing.T) {
+	const secret = "s3cr3t-value-0123456789"
+	yaml := strings.Replace(minimal, "0123456789abcdef", secret, 1) +
+		"    headers: {Authorization: Bearer " + secret + "}\nadmin:\n  token: " + secret + "\nnotify:\n  url: https://hooks.slack.example/" + secret + "\n"
+	yaml = strings.Replace(yaml, "dzhook@127", "dzhook:"+secret+"@127", 1)
+	cfg, err := Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "%v %+v %#v %s", cfg, cfg, cfg, cfg.Subscriptions[0].Secret)
+	b, _ := json.Marshal(cfg)
+	buf.Write(b)
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("cfg", "secret", cfg.Subscriptions[0].Secret, "dsn", cfg.Source.DSN, "config", cfg)
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("cfg", "secret", cfg.Subscriptions[0].Secret, "token", cfg.Admin.Token)
+	if strings.Contains(buf.String(), secret) {
+		t.Fatalf("secret printed:\n%s", buf.String())
+	}
+	if !strings.Contains(buf.String(), "REDACTED") {
+		t.Fatalf("expected REDACTED in:\n%s", buf.String())
+	}
+
+	// A mistake in a secret-bearing field must not echo the value either.
+	bad := strings.Replace(yaml, "https://hooks.slack.example/", "ftp://hooks.slack.example/", 1)
+	bad = strings.Replace(bad, "secret: "+secret, "secret: [\""+secret+"\"]", 1)
+	_, err = Parse([]byte(bad), nil)
+	if err == nil {
+		t.Fatal("want problems")
+	}
+	if strings.Contains(err.Error(), secret) {
+		t.Fatalf("problem report shows a secret:\n%v", err)
+	}
+}
+
+func TestSampleConfigValidates(t *testing.T) {
+	cfg, err := LoadEnv("../../config.yaml", nil)
+	if err != nil {
+		t.Fatalf("config.yaml: %v", err)
+	}
+	if len(cfg.Subscriptions) == 0 {
+		t.Fatal("config.yaml has no subscriptions")
+	}
+}
+
+func TestEnvVars(t *testing.T) {
+	vars := EnvVars()
+	for _, want := range []string{"DZHOOK_SOURCE_DSN", "DZHOOK_DELIVERY_ALLOW_INSECURE_HTTP", "DZHOOK_ADMIN_TOKEN", "DZHOOK_DELIVERY_RETRY_SCHEDULE"} {
+		found := false
+		for _, v := range vars {
+			found = found || v == want
+		}
+		if !found {
+			t.Errorf("EnvVars() lacks %s: %v", want, vars)
+		}
+	}
+}

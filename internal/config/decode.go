@@ -1,0 +1,331 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// decoder copies koanf's raw map onto a typed Config. It is written here
+// rather than left to mapstructure because dzhook must report every problem
+// at once with its YAML path (subscriptions[1].evnts: unknown key), expand
+// ${NAME} references before a value is converted, and keep secrets out of
+// every message; mapstructure stops at type errors and formats paths its
+// own way.
+type decoder struct {
+	lookupEnv func(string) (string, bool)
+	problems  *Problems
+}
+
+var (
+	durationType = reflect.TypeFor[time.Duration]()
+	secretType   = reflect.TypeFor[Secret]()
+)
+
+// defaulter is implemented by list elements that have defaults of their
+// own (subscriptions are active unless they say otherwise).
+type defaulter interface{ setDefaults() }
+
+func (s *Subscription) setDefaults() { *s = subscriptionDefaults() }
+
+// decode sets dst from raw, which came from YAML or the environment.
+func (d *decoder) decode(path string, raw any, dst reflect.Value) {
+	if raw == nil {
+		return // "key:" with no value keeps the default
+	}
+	t := dst.Type()
+	switch {
+	case t == durationType:
+		s, ref, ok := d.scalar(path, raw, false)
+		if !ok {
+			return
+		}
+		v, err := parseDuration(s)
+		if err != nil {
+			d.problems.addDecode(path, "%s is not a duration (use a number with a unit: 500ms, 5s, 1m, 2h)", shown(s, ref, false))
+			return
+		}
+		dst.SetInt(int64(v))
+		return
+	case t.Kind() == reflect.Struct:
+		d.decodeStruct(path, raw, dst)
+		return
+	}
+	switch t.Kind() {
+	case reflect.String:
+		secret := t == secretType
+		s, _, ok := d.scalar(path, raw, secret)
+		if ok {
+			dst.SetString(s)
+		}
+	case reflect.Bool:
+		s, ref, ok := d.scalar(path, raw, false)
+		if !ok {
+			return
+		}
+		v, err := strconv.ParseBool(s)
+		if err != nil {
+			d.problems.addDecode(path, "%s is not a boolean (use true or false)", shown(s, ref, false))
+			return
+		}
+		dst.SetBool(v)
+	case reflect.Int:
+		s, ref, ok := d.scalar(path, raw, false)
+		if !ok {
+			return
+		}
+		v, err := strconv.Atoi(s)
+		if err != nil {
+			d.problems.addDecode(path, "%s is not a whole number", shown(s, ref, false))
+			return
+		}
+		dst.SetInt(int64(v))
+	case reflect.Float64:
+		s, ref, ok := d.scalar(path, raw, false)
+		if !ok {
+			return
+		}
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			d.problems.addDecode(path, "%s is not a number", shown(s, ref, false))
+			return
+		}
+		dst.SetFloat(v)
+	case reflect.Slice:
+		d.decodeSlice(path, raw, dst)
+	case reflect.Map:
+		m, ok := raw.(map[string]any)
+		if !ok {
+			d.problems.addDecode(path, "must be a mapping of names to values, not %s", kindOf(raw))
+			return
+		}
+		out := reflect.MakeMapWithSize(t, len(m))
+		for _, k := range sortedKeys(m) {
+			v := reflect.New(t.Elem()).Elem()
+			d.decode(path+"."+k, m[k], v)
+			out.SetMapIndex(reflect.ValueOf(k).Convert(t.Key()), v)
+		}
+		dst.Set(out)
+	default:
+		// A programming error in Config, not a user error.
+		panic(fmt.Sprintf("config: field %s has unsupported type %s", path, t))
+	}
+}
+
+func (d *decoder) decodeStruct(path string, raw any, dst reflect.Value) {
+	m, ok := raw.(map[string]any)
+	if !ok {
+		d.problems.addDecode(path, "must be a mapping of keys to values, not %s", kindOf(raw))
+		return
+	}
+	t := dst.Type()
+	known := make(map[string]int, t.NumField())
+	var names []string
+	for i := range t.NumField() {
+		if tag := t.Field(i).Tag.Get("koanf"); tag != "" {
+			known[tag] = i
+			names = append(names, tag)
+		}
+	}
+	// Fields in declaration order, then unknown keys sorted, so the
+	// report reads in the order of the reference documentation.
+	for _, name := range names {
+		if v, ok := m[name]; ok {
+			d.decode(join(path, name), v, dst.Field(known[name]))
+		}
+	}
+	for _, k := range sortedKeys(m) {
+		if _, ok := known[k]; !ok {
+			msg := "unknown key"
+			if s := suggest(k, names); s != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", s)
+			}
+			d.problems.addDecode(join(path, k), "%s", msg)
+		}
+	}
+}
+
+func (d *decoder) decodeSlice(path string, raw any, dst reflect.Value) {
+	var items []any
+	switch v := raw.(type) {
+	case []any:
+		items = v
+	case string:
+		// From the environment (DZHOOK_DELIVERY_RETRY_SCHEDULE=0s,10s) or a
+		// lone value in YAML (events: request.created).
+		for part := range strings.SplitSeq(v, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				items = append(items, part)
+			}
+		}
+	default:
+		d.problems.addDecode(path, "must be a list, not %s", kindOf(raw))
+		return
+	}
+	t := dst.Type()
+	out := reflect.MakeSlice(t, len(items), len(items))
+	for i, item := range items {
+		el := out.Index(i)
+		if def, ok := el.Addr().Interface().(defaulter); ok {
+			def.setDefaults()
+		}
+		d.decode(fmt.Sprintf("%s[%d]", path, i), item, el)
+	}
+	dst.Set(out)
+}
+
+// scalar returns raw as a string with ${NAME} references expanded. ref
+// reports whether the value held a reference, so a message can show the
+// reference rather than what it resolved to.
+func (d *decoder) scalar(path string, raw any, secret bool) (s string, ref bool, ok bool) {
+	switch v := raw.(type) {
+	case string:
+		s = v
+	case bool, int, int64, uint64, float64:
+		s = fmt.Sprint(v)
+	default:
+		what := kindOf(raw)
+		if secret {
+			what = "a " + what // never print a secret's value, even a misplaced one
+		}
+		d.problems.addDecode(path, "must be a single value, not %s", what)
+		return "", false, false
+	}
+	out, ref, missing := expand(s, d.lookupEnv)
+	for _, name := range missing {
+		d.problems.addDecode(path, "${%s} is not set in the environment", name)
+	}
+	if len(missing) > 0 {
+		return "", ref, false
+	}
+	return out, ref, true
+}
+
+// expand replaces ${NAME} and ${NAME:-default} in s with the environment's
+// values; $${ stands for a literal ${. It returns the names that were not
+// set and had no default.
+func expand(s string, lookup func(string) (string, bool)) (out string, ref bool, missing []string) {
+	if !strings.Contains(s, "${") {
+		return s, false, nil
+	}
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "${")
+		if i < 0 {
+			b.WriteString(s)
+			break
+		}
+		if i > 0 && s[i-1] == '$' { // $${ → ${
+			b.WriteString(s[:i-1])
+			b.WriteString("${")
+			s = s[i+2:]
+			continue
+		}
+		end := strings.IndexByte(s[i:], '}')
+		if end < 0 {
+			b.WriteString(s)
+			break
+		}
+		b.WriteString(s[:i])
+		expr := s[i+2 : i+end]
+		s = s[i+end+1:]
+		ref = true
+		name, def, hasDef := strings.Cut(expr, ":-")
+		if v, ok := lookup(name); ok && (v != "" || !hasDef) {
+			b.WriteString(v)
+		} else if hasDef {
+			b.WriteString(def)
+		} else {
+			missing = append(missing, name)
+		}
+	}
+	return b.String(), ref, missing
+}
+
+// shown is how a value appears in a message: quoted, or as the reference
+// it came from, or not at all for a secret.
+func shown(s string, ref, secret bool) string {
+	switch {
+	case secret:
+		return "the value"
+	case ref:
+		return fmt.Sprintf("%q (from an environment reference)", s)
+	}
+	return strconv.Quote(s)
+}
+
+// parseDuration accepts Go durations ("1m30s") and a bare 0.
+func parseDuration(s string) (time.Duration, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	return time.ParseDuration(s)
+}
+
+func kindOf(v any) string {
+	switch v.(type) {
+	case map[string]any:
+		return "a mapping"
+	case []any:
+		return "a list"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case int, int64, uint64, float64:
+		return "a number"
+	}
+	return fmt.Sprintf("a %T", v)
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// suggest returns the known name closest to an unknown one, when it is
+// close enough to be a typo.
+func suggest(unknown string, known []string) string {
+	best, bestDist := "", 3
+	for _, k := range known {
+		if d := distance(unknown, k); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	return best
+}
+
+// distance is the Levenshtein distance between a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

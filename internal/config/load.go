@@ -1,0 +1,119 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/rawbytes"
+	"github.com/knadh/koanf/v2"
+)
+
+// EnvPrefix starts every environment override: DZHOOK_SOURCE_DSN sets
+// source.dsn, DZHOOK_DELIVERY_ALLOW_INSECURE_HTTP sets
+// delivery.allow_insecure_http. Lists take commas:
+// DZHOOK_DELIVERY_RETRY_SCHEDULE=0s,10s,1m.
+const EnvPrefix = "DZHOOK_"
+
+// Load reads the YAML file at path, lays the DZHOOK_… environment over it,
+// expands ${NAME} references, and validates the result. The error lists
+// every problem (see Problems).
+func Load(path string) (*Config, error) {
+	return LoadEnv(path, os.Environ())
+}
+
+// LoadEnv is Load with an explicit environment (KEY=value strings), for
+// tests and for callers that sanitize the environment.
+func LoadEnv(path string, environ []string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("config file %s does not exist (pass --config, or copy config.yaml from the dzhook repository)", path)
+		}
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(b, environ)
+}
+
+// Parse is Load for YAML already in memory.
+func Parse(yamlBytes []byte, environ []string) (*Config, error) {
+	k := koanf.New(".")
+	if err := k.Load(rawbytes.Provider(yamlBytes), yaml.Parser()); err != nil {
+		return nil, fmt.Errorf("config is not valid YAML: %w", err)
+	}
+	keys := envKeys()
+	envMap := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if name, v, ok := strings.Cut(kv, "="); ok {
+			envMap[name] = v
+		}
+	}
+	err := k.Load(env.Provider(".", env.Opt{
+		Prefix:        EnvPrefix,
+		EnvironFunc:   func() []string { return environ },
+		TransformFunc: func(name, v string) (string, any) { return keys[name], v },
+	}), nil)
+	if err != nil {
+		return nil, fmt.Errorf("read environment: %w", err)
+	}
+
+	cfg := Default()
+	var problems Problems
+	d := decoder{
+		lookupEnv: func(name string) (string, bool) { v, ok := envMap[name]; return v, ok },
+		problems:  &problems,
+	}
+	d.decode("", k.Raw(), reflect.ValueOf(&cfg).Elem())
+	cfg.validate(&problems)
+	if err := problems.err(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// envKeys maps every DZHOOK_… variable name to the key it overrides, for
+// the scalar and list settings outside subscriptions (which are a list of
+// records, set in the file).
+func envKeys() map[string]string {
+	keys := make(map[string]string)
+	var walk func(prefix string, t reflect.Type)
+	walk = func(prefix string, t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			tag := f.Tag.Get("koanf")
+			if tag == "" {
+				continue
+			}
+			key := join(prefix, tag)
+			switch {
+			case f.Type.Kind() == reflect.Struct:
+				walk(key, f.Type)
+			case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct,
+				f.Type.Kind() == reflect.Map:
+				// records and maps are set in the file
+			default:
+				keys[EnvPrefix+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = key
+			}
+		}
+	}
+	walk("", reflect.TypeFor[Config]())
+	return keys
+}
+
+// EnvVars returns the names of every DZHOOK_… override, sorted, for the
+// documentation and for checks that deployment files only use real ones.
+func EnvVars() []string {
+	keys := envKeys()
+	out := make([]string, 0, len(keys))
+	for k := range keys {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,271 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"slices"
+	"strings"
+
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/signer"
+)
+
+// MinSecretLength is the shortest webhook secret dzhook accepts: 16
+// characters, since a guessable secret makes signatures worthless.
+const MinSecretLength = 16
+
+var (
+	subscriptionID = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	sqlIdentifier  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
+	headerToken    = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+)
+
+// reservedHeaders are set by dzhook on every delivery; a subscription's
+// static headers may not replace them, so a signature can't be spoofed.
+var reservedHeaders = []string{
+	"content-type", "content-length", "user-agent", "host",
+	"x-dzdesk-signature", "x-dzdesk-event", "x-dzdesk-delivery", "x-dzdesk-attempt",
+	"webhook-id", "webhook-timestamp", "webhook-signature",
+}
+
+// Catalog returns the events this configuration knows: DZDESK's eleven plus
+// its custom events.
+func (c *Config) Catalog() (*catalog.Catalog, error) {
+	custom := make([]catalog.Event, len(c.CustomEvents))
+	for i, e := range c.CustomEvents {
+		custom[i] = catalog.Event{Name: e.Name, Description: e.Description}
+	}
+	return catalog.New(custom...)
+}
+
+// validate adds every semantic mistake of c to ps.
+func (c *Config) validate(ps *Problems) {
+	if !c.Source.DSN.IsSet() {
+		ps.add("source.dsn", "required: the DZDESK database to stream from (e.g. postgres://dzhook@db/dzdesk), or set DZHOOK_SOURCE_DSN")
+	}
+	checkIdentifier(ps, "source.slot", c.Source.Slot)
+	checkIdentifier(ps, "source.publication", c.Source.Publication)
+	checkIdentifier(ps, "journal.schema", c.Journal.Schema)
+	if c.Journal.Retention <= 0 {
+		ps.add("journal.retention", "must be positive, e.g. 720h")
+	}
+
+	d := c.Delivery
+	if d.Timeout <= 0 {
+		ps.add("delivery.timeout", "must be positive, e.g. 5s")
+	}
+	if len(d.RetrySchedule) == 0 {
+		ps.add("delivery.retry_schedule", "must list at least one attempt, e.g. [0s, 1m, 5m, 30m, 2h]")
+	}
+	for i, delay := range d.RetrySchedule {
+		if delay < 0 {
+			ps.add(fmt.Sprintf("delivery.retry_schedule[%d]", i), "must not be negative")
+		}
+	}
+	if d.ResponseBodyLimit < 0 || d.ResponseBodyLimit > 1<<20 {
+		ps.add("delivery.response_body_limit", "must be between 0 and 1048576 bytes")
+	}
+	if d.Concurrency < 1 || d.Concurrency > 1024 {
+		ps.add("delivery.concurrency", "must be between 1 and 1024")
+	}
+	if d.QueueSize < 1 || d.QueueSize > 1<<20 {
+		ps.add("delivery.queue_size", "must be between 1 and 1048576")
+	}
+
+	if c.Admin.Listen != "" {
+		host, port, err := net.SplitHostPort(c.Admin.Listen)
+		switch {
+		case err != nil || port == "":
+			ps.add("admin.listen", "%q is not host:port (e.g. 127.0.0.1:8080)", c.Admin.Listen)
+		case !c.Admin.Token.IsSet() && !isLoopback(host):
+			ps.add("admin.token", "required when admin.listen (%s) is not a loopback address: the admin API can retry and pause deliveries", c.Admin.Listen)
+		}
+	}
+	if c.Notify.URL.IsSet() {
+		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP); msg != "" {
+			// The URL is a credential (Slack); the message never quotes it.
+			ps.add("notify.url", "%s", msg)
+		}
+	}
+	if p := c.SLA.WarningPercent; p <= 0 || p >= 100 {
+		ps.add("sla.warning_percent", "must be between 0 and 100 (exclusive), e.g. 75")
+	}
+	if c.Outbox.Table != "" {
+		checkQualifiedName(ps, "outbox.table", c.Outbox.Table)
+	}
+	if c.Outbox.MessagePrefix == "" {
+		ps.add("outbox.message_prefix", "must not be empty")
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		ps.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		ps.add("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+
+	cat, err := c.Catalog()
+	if err != nil {
+		ps.add("custom_events", "%s", strings.TrimPrefix(err.Error(), "custom events: "))
+		cat, _ = catalog.New() // validate subscriptions against the built-in events
+	}
+	seen := make(map[string]int)
+	for i, s := range c.Subscriptions {
+		c.validateSubscription(ps, fmt.Sprintf("subscriptions[%d]", i), s, cat)
+		if s.ID == "" {
+			continue
+		}
+		if j, dup := seen[s.ID]; dup {
+			ps.add(fmt.Sprintf("subscriptions[%d].id", i), "%q is already the id of subscriptions[%d]", s.ID, j)
+		} else {
+			seen[s.ID] = i
+		}
+	}
+}
+
+func (c *Config) validateSubscription(ps *Problems, path string, s Subscription, cat *catalog.Catalog) {
+	switch {
+	case s.ID == "":
+		ps.add(path+".id", "required: a short name such as crm or slack-alerts")
+	case !subscriptionID.MatchString(s.ID):
+		ps.add(path+".id", "%q must be lowercase letters, digits, - and _ (at most 63)", s.ID)
+	}
+	if s.URL == "" {
+		ps.add(path+".url", "required: the receiver's https:// endpoint")
+	} else if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP); msg != "" {
+		ps.add(path+".url", "%s", msg)
+	}
+	switch {
+	case !s.Secret.IsSet():
+		ps.add(path+".secret", "required: the key receivers verify X-DZDESK-Signature with (use ${NAME} to read it from the environment)")
+	case len(s.Secret.Reveal()) < MinSecretLength:
+		ps.add(path+".secret", "too short: use at least %d random characters", MinSecretLength)
+	case s.StandardWebhooks && !strings.HasPrefix(s.Secret.Reveal(), "whsec_"):
+		ps.add(path+".secret", "standard_webhooks needs a whsec_<base64> secret, which Standard Webhooks libraries expect (e.g. whsec_ + `openssl rand -base64 32`)")
+	case s.StandardWebhooks:
+		if _, err := signer.StandardKey(s.Secret.Reveal()); err != nil {
+			ps.add(path+".secret", "the part after whsec_ is not valid base64")
+		}
+	}
+	if len(s.Events) == 0 {
+		ps.add(path+".events", "required: list event names or patterns, e.g. [request.created, sla.*]")
+	}
+	for i, e := range s.Events {
+		p := fmt.Sprintf("%s.events[%d]", path, i)
+		names, err := cat.Match(e)
+		switch {
+		case err != nil:
+			ps.add(p, "%v", err)
+		case len(names) > 0:
+		case catalog.IsPattern(e):
+			ps.add(p, "pattern %q matches no event of the catalog", e)
+		default:
+			msg := fmt.Sprintf("%q is not a DZDESK event", e)
+			if near := suggestEvent(e, cat); near != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", near)
+			} else {
+				msg += " (see `dzhook events`; custom events must be declared under custom_events)"
+			}
+			ps.add(p, "%s", msg)
+		}
+	}
+	for _, name := range sortedKeys(anyMap(s.Headers)) {
+		p := path + ".headers." + name
+		switch {
+		case !headerToken.MatchString(name):
+			ps.add(p, "%q is not a valid header name", name)
+		case slices.Contains(reservedHeaders, strings.ToLower(name)):
+			ps.add(p, "%s is set by dzhook and cannot be overridden", http.CanonicalHeaderKey(name))
+		case strings.ContainsAny(s.Headers[name].Reveal(), "\r\n"):
+			ps.add(p, "value must not contain line breaks")
+		}
+	}
+}
+
+// checkURL returns why raw is not an acceptable receiver URL, or "". The
+// message never repeats the URL, which may hold a credential.
+func checkURL(raw string, allowHTTP bool) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "is not a valid URL"
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !allowHTTP {
+			return "http:// is refused: use https://, or set delivery.allow_insecure_http: true for local testing"
+		}
+	case "":
+		return "must be an absolute URL starting with https://"
+	default:
+		return fmt.Sprintf("scheme %q is not allowed: use https://", u.Scheme)
+	}
+	if u.User != nil {
+		return "must not contain credentials (user:password@): put them in the subscription's headers"
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return "has no host"
+	}
+	for _, r := range u.Hostname() {
+		if r > 0x7e {
+			return "host has non-ASCII characters: write an internationalized name in its punycode form (xn--…)"
+		}
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("port %q is not between 1 and 65535", p)
+		}
+	}
+	if u.Fragment != "" || strings.Contains(raw, "#") {
+		return "must not have a #fragment (it is never sent)"
+	}
+	return ""
+}
+
+func checkIdentifier(ps *Problems, path, v string) {
+	if !sqlIdentifier.MatchString(v) {
+		ps.add(path, "%q is not a plain PostgreSQL identifier (letters, digits, _; at most 63)", v)
+	}
+}
+
+// checkQualifiedName accepts table or schema.table.
+func checkQualifiedName(ps *Problems, path, v string) {
+	parts := strings.Split(v, ".")
+	if len(parts) > 2 {
+		ps.add(path, "%q must be table or schema.table", v)
+		return
+	}
+	for _, p := range parts {
+		if !sqlIdentifier.MatchString(p) {
+			ps.add(path, "%q is not a plain PostgreSQL identifier (letters, digits, _; at most 63)", v)
+			return
+		}
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func suggestEvent(e string, cat *catalog.Catalog) string {
+	var names []string
+	for _, ev := range cat.Events() {
+		names = append(names, ev.Name)
+	}
+	return suggest(e, names)
+}
+
+func anyMap[V any](m map[string]V) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
