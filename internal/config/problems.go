@@ -3,10 +3,10 @@ package config
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"strconv"
-	"fmt"
 	"strings"
 )
 
