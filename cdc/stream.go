@@ -209,16 +209,26 @@ func (s *Stream) Run(ctx context.Context) error {
 		return err
 	}
 
+	// Run owns the processor and the lag poller: it stops them and waits
+	// for them before it returns, so no handler call outlives Run.
 	msgs := make(chan wal, 256)
 	proc := newProcessor(s, newRelations(&catalogTypes{pool: s.pool}))
 	procErr := make(chan error, 1)
-	procCtx, stopProc := context.WithCancel(ctx)
-	defer stopProc()
-	go func() { procErr <- proc.run(procCtx, msgs) }()
-
-	lagCtx, stopLag := context.WithCancel(ctx)
-	defer stopLag()
-	go s.pollLag(lagCtx)
+	workers, stopWorkers := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stopWorkers()
+		wg.Wait()
+	}()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		procErr <- proc.run(workers, msgs)
+	}()
+	go func() {
+		defer wg.Done()
+		s.pollLag(workers)
+	}()
 
 	backoff := s.cfg.MinBackoff
 	for attempt := 0; ; attempt++ {

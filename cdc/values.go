@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"database/sql/driver"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -68,6 +69,8 @@ func fastDecoder(oid uint32) decodeFunc {
 		return decodeJSON
 	case oidTimestamptz, oidTimestamp:
 		return decodeTimestamp
+	case oidDate:
+		return decodeDate
 	}
 	return nil
 }
@@ -145,6 +148,11 @@ func (r *typeRegistry) decoder(oid uint32) decodeFunc {
 	if !ok {
 		return decodeString
 	}
+	if _, isArray := t.Codec.(*pgtype.ArrayCodec); !isArray {
+		// Scalars beyond the fast paths (interval, inet, money, bytea, …)
+		// stay as PostgreSQL printed them: exact, and readable in JSON.
+		return decodeString
+	}
 	m := r.m
 	return func(src []byte) any {
 		v, err := t.Codec.DecodeValue(m, oid, pgtype.TextFormatCode, src)
@@ -177,10 +185,16 @@ func normalize(v any) any {
 			x[i] = normalize(x[i])
 		}
 		return x
+	case nil, bool, int64, float64, string:
+		return v
+	case driver.Valuer:
+		if dv, err := x.Value(); err == nil {
+			return normalize(dv)
+		}
 	case fmt.Stringer:
 		return x.String()
 	}
-	return v
+	return fmt.Sprint(v)
 }
 
 func decodeString(src []byte) any { return string(src) }
@@ -256,6 +270,17 @@ func decodeTimestamp(src []byte) any {
 		return string(src)
 	}
 	return t
+}
+
+// decodeDate parses "2006-01-02" into midnight UTC; anything else
+// ("infinity", BC dates) is kept as text.
+func decodeDate(src []byte) any {
+	if len(src) == 10 {
+		if t, ok := parseTimestamp(append(append(make([]byte, 0, 19), src...), " 00:00:00"...)); ok {
+			return t
+		}
+	}
+	return string(src)
 }
 
 func parseTimestamp(s []byte) (time.Time, bool) {
