@@ -107,3 +107,13 @@ func quoteQualified(name string) string {
 	}
 	return quoteIdent(schema) + "." + quoteIdent(table)
 }
+
+// NewRelation builds a Relation outside a stream, for tests and tools
+// that construct changes by hand. Its values are taken as given.
+func NewRelation(id uint32, namespace, name string, identity byte, columns []Column) *Relation {
+	rel := &Relation{ID: id, Namespace: namespace, Name: name, ReplicaIdentity: identity, Columns: columns, index: make(map[string]int, len(columns))}
+	for i, c := range columns {
+		rel.index[c.Name] = i
+	}
+	return rel
+}

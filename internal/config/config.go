@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/mapping"
 )
 
 // Defaults, in one place. The documentation of each field repeats them.
@@ -54,6 +55,9 @@ type Config struct {
 	SLA SLA `koanf:"sla"`
 	// Outbox configures the application-written events.
 	Outbox Outbox `koanf:"outbox"`
+	// Mapping says which tables and columns hold DZDESK's entities.
+	// Defaults to the reference schema (deploy/sql/dzdesk-schema.sql).
+	Mapping mapping.Config `koanf:"mapping"`
 	// Log configures dzhook's own log lines.
 	Log Log `koanf:"log"`
 	// CustomEvents declares events beyond DZDESK's eleven, emitted through
@@ -212,6 +216,7 @@ func Default() Config {
 		Admin:    Admin{Listen: DefaultAdminListen, MetricsPublic: true},
 		SLA:      SLA{WarningPercent: DefaultWarningPercent},
 		Outbox:   Outbox{Table: DefaultOutboxTable, MessagePrefix: DefaultMessagePrefix},
+		Mapping:  mapping.DefaultConfig(),
 		Log:      Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 	}
 }

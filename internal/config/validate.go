@@ -97,6 +97,9 @@ func (c *Config) validate(ps *Problems) {
 	if c.Outbox.Table != "" {
 		checkQualifiedName(ps, "outbox.table", c.Outbox.Table)
 	}
+	for _, p := range c.Mapping.Validate() {
+		ps.add(p.Path, "%s", p.Message)
+	}
 	if c.Outbox.MessagePrefix == "" {
 		ps.add("outbox.message_prefix", "must not be empty")
 	}

@@ -1,0 +1,141 @@
+package mapping
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Querier is what Check and the user lookup need from a connection or
+// pool.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Tables returns the schema-qualified tables the stream must publish.
+func (c *Config) Tables() []string {
+	var out []string
+	for _, e := range c.entities() {
+		out = append(out, c.Qualify(e.table))
+	}
+	return out
+}
+
+// FullIdentityTables are the tables whose events compare old and new
+// values: requests (status, assignee), users (active) and SLAs (target).
+func (c *Config) FullIdentityTables() []string {
+	return []string{c.Qualify(c.Requests.Table), c.Qualify(c.Users.Table), c.Qualify(c.SLAs.Table)}
+}
+
+// Check validates the mapping against the live catalog: every mapped
+// table exists and has every mapped column. It reports all problems at
+// once, each at its YAML path:
+//
+//	mapping.requests.columns.status: column "state2" not found in public.tickets
+func (c *Config) Check(ctx context.Context, q Querier) error {
+	var errs []error
+	for _, e := range c.entities() {
+		table := c.Qualify(e.table)
+		cols, err := tableColumns(ctx, q, table)
+		if err != nil {
+			return err
+		}
+		if cols == nil {
+			errs = append(errs, Problem{Path: "mapping." + e.key + ".table", Message: fmt.Sprintf("table %s not found", table)})
+			continue
+		}
+		for _, col := range e.columns {
+			if col.name == "" {
+				continue
+			}
+			if _, ok := cols[col.name]; !ok {
+				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q not found in %s", col.name, table)})
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tableColumns returns a table's columns and their types, or nil when the
+// table does not exist.
+func tableColumns(ctx context.Context, q Querier, table string) (map[string]string, error) {
+	schema, name, _ := strings.Cut(table, ".")
+	rows, err := q.Query(ctx, `
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+		  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", table, err)
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var n, t string
+		if err := rows.Scan(&n, &t); err != nil {
+			return nil, err
+		}
+		out[n] = t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", table, err)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// TableExists reports whether a schema-qualified table exists.
+func TableExists(ctx context.Context, q Querier, table string) (bool, error) {
+	cols, err := tableColumns(ctx, q, table)
+	return cols != nil, err
+}
+
+// PoolUsers looks users' emails up in the mapped users table, in batches.
+type PoolUsers struct {
+	pool *pgxpool.Pool
+	sql  string
+}
+
+// NewPoolUsers prepares the batched lookup; it reads the id column's type
+// so the query compares ids in their own type and uses the primary key.
+func NewPoolUsers(ctx context.Context, pool *pgxpool.Pool, c *Config) (*PoolUsers, error) {
+	table := c.Qualify(c.Users.Table)
+	cols, err := tableColumns(ctx, pool, table)
+	if err != nil {
+		return nil, err
+	}
+	idType, ok := cols[c.Users.Columns.ID]
+	if !ok {
+		return nil, fmt.Errorf("mapping.users.columns.id: column %q not found in %s", c.Users.Columns.ID, table)
+	}
+	schema, name, _ := strings.Cut(table, ".")
+	ident := func(s string) string { return pgx.Identifier{s}.Sanitize() }
+	sql := fmt.Sprintf(`SELECT %s::text, %s::text FROM %s.%s WHERE %s = ANY($1::text[]::%s[])`,
+		ident(c.Users.Columns.ID), ident(c.Users.Columns.Email), ident(schema), ident(name), ident(c.Users.Columns.ID), idType)
+	return &PoolUsers{pool: pool, sql: sql}, nil
+}
+
+// LookupEmails implements UserLookup.
+func (p *PoolUsers) LookupEmails(ctx context.Context, ids []string) (map[string]string, error) {
+	rows, err := p.pool.Query(ctx, p.sql, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(ids))
+	for rows.Next() {
+		var id string
+		var email *string
+		if err := rows.Scan(&id, &email); err != nil {
+			return nil, err
+		}
+		if email != nil {
+			out[id] = *email
+		}
+	}
+	return out, rows.Err()
+}

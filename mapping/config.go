@@ -1,0 +1,237 @@
+package mapping
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Config maps DZDESK's entities onto tables and columns (the `mapping:`
+// section). Its defaults are the reference schema (deploy/sql), so an empty
+// mapping works with it; another schema is described here, in YAML, without
+// code. A column left empty ("") is not mapped: its field is null in
+// payloads, or the event that needs it does not fire.
+type Config struct {
+	// Schema qualifies table names written without one. Defaults to
+	// "public".
+	Schema string `koanf:"schema"`
+	// Requests are DZDESK's requests (tickets).
+	Requests Requests `koanf:"requests"`
+	// Users are requesters and agents.
+	Users Users `koanf:"users"`
+	// Comments are a request's comments.
+	Comments Comments `koanf:"comments"`
+	// SLAs are a request's SLA clocks.
+	SLAs SLAs `koanf:"request_slas"`
+}
+
+// Requests maps the request entity.
+type Requests struct {
+	// Table holding requests. Defaults to "requests".
+	Table string `koanf:"table"`
+	// IDPrefix starts request ids in payloads. Defaults to "req_".
+	IDPrefix string         `koanf:"id_prefix"`
+	Columns  RequestColumns `koanf:"columns"`
+	// Values translate stored values into DZDESK's, per field, e.g.
+	// status: {"1": open, "2": in_progress}. Unlisted values pass as
+	// they are. Defaults to none.
+	Values RequestValues `koanf:"values"`
+}
+
+// RequestColumns names the column of each request field.
+type RequestColumns struct {
+	ID         string `koanf:"id"`          // Defaults to "id". Required.
+	Title      string `koanf:"title"`       // Defaults to "title".
+	Status     string `koanf:"status"`      // Defaults to "status". Required.
+	Priority   string `koanf:"priority"`    // Defaults to "priority".
+	Requester  string `koanf:"requester"`   // user id; defaults to "requester_id".
+	AssignedTo string `koanf:"assigned_to"` // user id; defaults to "assigned_to_id".
+	UpdatedBy  string `koanf:"updated_by"`  // user id, for changedBy; defaults to "updated_by_id".
+	CreatedAt  string `koanf:"created_at"`  // Defaults to "created_at".
+	UpdatedAt  string `koanf:"updated_at"`  // Defaults to "updated_at".
+}
+
+// RequestValues translate stored request values.
+type RequestValues struct {
+	Status   map[string]string `koanf:"status"`
+	Priority map[string]string `koanf:"priority"`
+}
+
+// Users maps the user entity.
+type Users struct {
+	// Table holding users. Defaults to "users".
+	Table string `koanf:"table"`
+	// IDPrefix starts user ids. Defaults to "usr_".
+	IDPrefix string      `koanf:"id_prefix"`
+	Columns  UserColumns `koanf:"columns"`
+	Values   UserValues  `koanf:"values"`
+}
+
+// UserColumns names the column of each user field.
+type UserColumns struct {
+	ID        string `koanf:"id"`         // Defaults to "id". Required.
+	Email     string `koanf:"email"`      // Defaults to "email". Required.
+	Name      string `koanf:"name"`       // Defaults to "name".
+	Role      string `koanf:"role"`       // Defaults to "role".
+	Active    string `koanf:"active"`     // boolean; defaults to "active".
+	CreatedAt string `koanf:"created_at"` // Defaults to "created_at".
+	UpdatedAt string `koanf:"updated_at"` // Defaults to "updated_at".
+}
+
+// UserValues translate stored user values. Active maps stored values to
+// "true" or "false", for schemas that keep a status text instead of a
+// boolean (e.g. {enabled: "true", disabled: "false"}).
+type UserValues struct {
+	Role   map[string]string `koanf:"role"`
+	Active map[string]string `koanf:"active"`
+}
+
+// Comments maps the comment entity.
+type Comments struct {
+	// Table holding comments. Defaults to "comments".
+	Table string `koanf:"table"`
+	// IDPrefix starts comment ids. Defaults to "cmt_".
+	IDPrefix string         `koanf:"id_prefix"`
+	Columns  CommentColumns `koanf:"columns"`
+}
+
+// CommentColumns names the column of each comment field.
+type CommentColumns struct {
+	ID        string `koanf:"id"`         // Defaults to "id". Required.
+	Request   string `koanf:"request"`    // request id; defaults to "request_id". Required.
+	Author    string `koanf:"author"`     // user id; defaults to "author_id".
+	Body      string `koanf:"body"`       // Defaults to "body".
+	Internal  string `koanf:"internal"`   // boolean; defaults to "internal".
+	CreatedAt string `koanf:"created_at"` // Defaults to "created_at".
+}
+
+// SLAs maps the SLA entity that drives sla.warning and sla.breach.
+type SLAs struct {
+	// Table holding SLAs. Defaults to "request_slas".
+	Table   string     `koanf:"table"`
+	Columns SLAColumns `koanf:"columns"`
+	// Values translate stored SLA types into DZDESK's (response,
+	// resolution). Defaults to none.
+	Values SLAValues `koanf:"values"`
+}
+
+// SLAColumns names the column of each SLA field.
+type SLAColumns struct {
+	ID          string `koanf:"id"`           // Defaults to "id". Required.
+	Request     string `koanf:"request"`      // request id; defaults to "request_id". Required.
+	SLAType     string `koanf:"sla_type"`     // Defaults to "sla_type".
+	StartedAt   string `koanf:"started_at"`   // Defaults to "started_at". Required.
+	TargetAt    string `koanf:"target_at"`    // Defaults to "target_at". Required.
+	CompletedAt string `koanf:"completed_at"` // null while open; defaults to "completed_at". Required.
+}
+
+// SLAValues translate stored SLA values.
+type SLAValues struct {
+	SLAType map[string]string `koanf:"sla_type"`
+}
+
+// DefaultConfig is the mapping of the reference schema.
+func DefaultConfig() Config {
+	return Config{
+		Schema: "public",
+		Requests: Requests{Table: "requests", IDPrefix: "req_", Columns: RequestColumns{
+			ID: "id", Title: "title", Status: "status", Priority: "priority", Requester: "requester_id",
+			AssignedTo: "assigned_to_id", UpdatedBy: "updated_by_id", CreatedAt: "created_at", UpdatedAt: "updated_at"}},
+		Users: Users{Table: "users", IDPrefix: "usr_", Columns: UserColumns{
+			ID: "id", Email: "email", Name: "name", Role: "role", Active: "active", CreatedAt: "created_at", UpdatedAt: "updated_at"}},
+		Comments: Comments{Table: "comments", IDPrefix: "cmt_", Columns: CommentColumns{
+			ID: "id", Request: "request_id", Author: "author_id", Body: "body", Internal: "internal", CreatedAt: "created_at"}},
+		SLAs: SLAs{Table: "request_slas", Columns: SLAColumns{
+			ID: "id", Request: "request_id", SLAType: "sla_type", StartedAt: "started_at", TargetAt: "target_at", CompletedAt: "completed_at"}},
+	}
+}
+
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
+
+// column is one mapped column, with the YAML path it was configured at.
+type column struct {
+	path, name string
+	required   bool
+}
+
+// entityColumns lists an entity's table and mapped columns with their
+// paths, for validation and the catalog check.
+func (c *Config) entities() []entity {
+	r, u, cm, s := c.Requests.Columns, c.Users.Columns, c.Comments.Columns, c.SLAs.Columns
+	return []entity{
+		{"requests", c.Requests.Table, []column{
+			{"id", r.ID, true}, {"title", r.Title, false}, {"status", r.Status, true}, {"priority", r.Priority, false},
+			{"requester", r.Requester, false}, {"assigned_to", r.AssignedTo, false}, {"updated_by", r.UpdatedBy, false},
+			{"created_at", r.CreatedAt, false}, {"updated_at", r.UpdatedAt, false}}},
+		{"users", c.Users.Table, []column{
+			{"id", u.ID, true}, {"email", u.Email, true}, {"name", u.Name, false}, {"role", u.Role, false},
+			{"active", u.Active, false}, {"created_at", u.CreatedAt, false}, {"updated_at", u.UpdatedAt, false}}},
+		{"comments", c.Comments.Table, []column{
+			{"id", cm.ID, true}, {"request", cm.Request, true}, {"author", cm.Author, false}, {"body", cm.Body, false},
+			{"internal", cm.Internal, false}, {"created_at", cm.CreatedAt, false}}},
+		{"request_slas", c.SLAs.Table, []column{
+			{"id", s.ID, true}, {"request", s.Request, true}, {"sla_type", s.SLAType, false},
+			{"started_at", s.StartedAt, true}, {"target_at", s.TargetAt, true}, {"completed_at", s.CompletedAt, true}}},
+	}
+}
+
+type entity struct {
+	key, table string
+	columns    []column
+}
+
+// Qualify returns schema.table for a configured table name.
+func (c *Config) Qualify(table string) string {
+	if strings.Contains(table, ".") {
+		return table
+	}
+	return c.Schema + "." + table
+}
+
+// Problem is a mapping mistake at a YAML path below mapping.
+type Problem struct{ Path, Message string }
+
+func (p Problem) Error() string { return p.Path + ": " + p.Message }
+
+// Validate reports the mistakes that need no database: names that are not
+// plain identifiers, required columns left empty, prefixes with spaces,
+// one table mapped to two entities.
+func (c *Config) Validate() []Problem {
+	var ps []Problem
+	add := func(path, format string, args ...any) {
+		ps = append(ps, Problem{Path: "mapping." + path, Message: fmt.Sprintf(format, args...)})
+	}
+	if !identifier.MatchString(c.Schema) {
+		add("schema", "%q is not a plain PostgreSQL identifier", c.Schema)
+	}
+	tables := map[string]string{}
+	for _, e := range c.entities() {
+		parts := strings.Split(e.table, ".")
+		valid := len(parts) <= 2
+		for _, p := range parts {
+			valid = valid && identifier.MatchString(p)
+		}
+		if !valid {
+			add(e.key+".table", "%q is not a table name (table or schema.table, plain identifiers)", e.table)
+		} else if other, dup := tables[c.Qualify(e.table)]; dup {
+			add(e.key+".table", "%s is already mapped as %s", c.Qualify(e.table), other)
+		} else {
+			tables[c.Qualify(e.table)] = e.key
+		}
+		for _, col := range e.columns {
+			p := e.key + ".columns." + col.path
+			switch {
+			case col.name == "" && col.required:
+				add(p, "required: the %s entity cannot work without it", e.key)
+			case col.name != "" && !identifier.MatchString(col.name):
+				add(p, "%q is not a plain PostgreSQL identifier", col.name)
+			}
+		}
+	}
+	for _, p := range []struct{ key, prefix string }{{"requests", c.Requests.IDPrefix}, {"users", c.Users.IDPrefix}, {"comments", c.Comments.IDPrefix}} {
+		if strings.ContainsAny(p.prefix, " \t\r\n\"\\") {
+			add(p.key+".id_prefix", "%q must not contain spaces, quotes or backslashes", p.prefix)
+		}
+	}
+	return ps
+}

@@ -1,0 +1,472 @@
+package mapping
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/dzdesk/dzhook/cdc"
+	"github.com/dzdesk/dzhook/internal/catalog"
+)
+
+// Defaults of MapperConfig.
+const (
+	DefaultLookupTimeout = 2 * time.Second
+	// MaxOutboxPayload is the largest outbox payload accepted (1 MiB);
+	// a larger one is rejected, not delivered.
+	MaxOutboxPayload = 1 << 20
+)
+
+// MapperConfig is the input of NewMapper.
+type MapperConfig struct {
+	// Mapping says which tables and columns hold DZDESK's entities.
+	Mapping Config
+	// Source distinguishes this database's event ids from another's.
+	Source Source
+	// Catalog lists the events that exist, custom ones included.
+	Catalog *catalog.Catalog
+	// OutboxTable is the schema-qualified outbox table, or "" for none.
+	OutboxTable string
+	// MessagePrefix selects the pg_logical_emit_message messages that are
+	// events. Defaults to "dzdesk".
+	MessagePrefix string
+	// Users looks up emails on a cache miss; nil means every miss gives a
+	// null email.
+	Users UserLookup
+	// CacheSize bounds the email cache. Defaults to 50,000 users.
+	CacheSize int
+	// LookupTimeout bounds one batched email lookup. Defaults to 2 s.
+	LookupTimeout time.Duration
+	// Logger; defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Rejection is an outbox row or message that could not become an event.
+// It is recorded and skipped; the stream goes on.
+type Rejection struct {
+	// What names the rejected input, e.g. "public.dzhook_outbox row 17".
+	What   string
+	Reason string
+}
+
+func (r *Rejection) Error() string { return r.What + ": " + r.Reason }
+
+// Mapper turns committed row changes into DZDESK events. It is used from
+// one goroutine (the stream's), except for the email cache, which is safe
+// to share.
+type Mapper struct {
+	cfg       Config
+	source    Source
+	catalog   *catalog.Catalog
+	people    *people
+	log       *slog.Logger
+	outbox    string
+	prefix    string
+	timeout   time.Duration
+	tables    map[string]entityKind
+	noOldWarn atomic.Bool
+
+	// scratch and data are reused for every event: an event costs one
+	// allocation for its body and one for its id.
+	scratch []byte
+	data    []byte
+	base    int // len(out) when Map was called: event indexes count from it
+}
+
+type entityKind uint8
+
+const (
+	kindNone entityKind = iota
+	kindRequest
+	kindUser
+	kindComment
+	kindSLA
+	kindOutbox
+)
+
+// NewMapper returns a Mapper.
+func NewMapper(cfg MapperConfig) *Mapper {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.LookupTimeout <= 0 {
+		cfg.LookupTimeout = DefaultLookupTimeout
+	}
+	if cfg.MessagePrefix == "" {
+		cfg.MessagePrefix = "dzdesk"
+	}
+	if cfg.Catalog == nil {
+		cfg.Catalog, _ = catalog.New()
+	}
+	mc := cfg.Mapping
+	m := &Mapper{
+		cfg: mc, source: cfg.Source, catalog: cfg.Catalog, people: newPeople(cfg.CacheSize, cfg.Users),
+		log: cfg.Logger.With("component", "mapping"), outbox: cfg.OutboxTable, prefix: cfg.MessagePrefix,
+		timeout: cfg.LookupTimeout,
+		tables: map[string]entityKind{
+			mc.Qualify(mc.Requests.Table): kindRequest,
+			mc.Qualify(mc.Users.Table):    kindUser,
+			mc.Qualify(mc.Comments.Table): kindComment,
+			mc.Qualify(mc.SLAs.Table):     kindSLA,
+		},
+	}
+	if cfg.OutboxTable != "" {
+		m.tables[cfg.OutboxTable] = kindOutbox
+	}
+	return m
+}
+
+// IsSLA reports whether c is a change of the SLA table, which the SLA
+// clock consumes (it fires no event by itself).
+func (m *Mapper) IsSLA(c *cdc.Change) bool {
+	return c.Relation != nil && m.tables[c.Relation.QualifiedName()] == kindSLA
+}
+
+// Map appends to out the events that c fires, in the order they fire, and
+// returns it. An outbox row or message that cannot become an event is
+// returned as a Rejection (with no events): record it and go on.
+func (m *Mapper) Map(ctx context.Context, c *cdc.Change, out []Event) ([]Event, *Rejection) {
+	m.base = len(out)
+	if c.Op == cdc.OpMessage {
+		return m.message(c, out)
+	}
+	if c.Relation == nil {
+		return out, nil
+	}
+	switch m.tables[c.Relation.QualifiedName()] {
+	case kindRequest:
+		return m.request(ctx, c, out), nil
+	case kindUser:
+		return m.user(c, out), nil
+	case kindComment:
+		return m.comment(ctx, c, out), nil
+	case kindOutbox:
+		return m.outboxRow(c, out)
+	}
+	return out, nil
+}
+
+// emit serializes one event and appends it.
+func (m *Mapper) emit(out []Event, c *cdc.Change, event string, data []byte) []Event {
+	id := m.source.NewID(c.CommitLSN, c.Ordinal, len(out)-m.base)
+	m.scratch = envelope(m.scratch[:0], id, event, c.CommitTime, data)
+	body := make([]byte, len(m.scratch))
+	copy(body, m.scratch)
+	if cap(data) > cap(m.data) {
+		m.data = data[:0] // keep the larger buffer for the next event
+	}
+	return append(out, Event{ID: id, Type: event, Timestamp: c.CommitTime, Body: body, CommitLSN: c.CommitLSN})
+}
+
+// col returns a mapped column's value; ok is false when the column is not
+// mapped, not in the relation, or an unchanged TOAST value.
+func col(c *cdc.Change, t cdc.Tuple, name string) (cdc.Value, bool) {
+	if name == "" || t == nil {
+		return cdc.Value{}, false
+	}
+	v, ok := c.Relation.Get(t, name)
+	if !ok || v.State == cdc.Unchanged {
+		return cdc.Value{}, false
+	}
+	return v, true
+}
+
+// text renders an id or a translated value as text.
+func text(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case bool:
+		return strconv.FormatBool(x)
+	case nil:
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+// idOf returns the text of an id column, or "" when it is null or absent.
+func idOf(c *cdc.Change, t cdc.Tuple, name string) string {
+	v, ok := col(c, t, name)
+	if !ok || v.State == cdc.Null {
+		return ""
+	}
+	return text(v.V)
+}
+
+// changed reports whether any of the named columns differs between the old
+// and new rows. An unchanged TOAST value is unchanged.
+func changed(c *cdc.Change, names ...string) bool {
+	for _, n := range names {
+		nv, ok1 := col(c, c.New, n)
+		ov, ok2 := col(c, c.Old, n)
+		if ok1 && ok2 && !sameValue(ov, nv) {
+			return true
+		}
+	}
+	return false
+}
+
+func sameValue(a, b cdc.Value) bool {
+	if a.State != b.State {
+		return false
+	}
+	switch x := a.V.(type) {
+	case json.RawMessage:
+		y, _ := b.V.(json.RawMessage)
+		return bytes.Equal(x, y)
+	case time.Time:
+		y, ok := b.V.(time.Time)
+		return ok && x.Equal(y)
+	case []any, []byte:
+		return reflect.DeepEqual(a.V, b.V)
+	}
+	return a.V == b.V
+}
+
+// resolvePeople looks up, in one batch, the emails of the users ids
+// names. A failed lookup is logged and gives null emails.
+func (m *Mapper) resolvePeople(ctx context.Context, ids ...string) {
+	if err := m.people.resolve(ctx, m.timeout, ids); err != nil && ctx.Err() == nil {
+		m.log.Warn("user email lookup failed; sending null emails", "err", err)
+	}
+}
+
+// appendPerson writes {"id":"usr_…","email":…} or null.
+func (m *Mapper) appendPerson(b []byte, id string) []byte {
+	if id == "" {
+		return append(b, "null"...)
+	}
+	o := beginObj(b)
+	o.key("id")
+	o.b = appendString(o.b, m.cfg.Users.IDPrefix, id)
+	if p, ok := m.people.get(id); ok && p.known {
+		o.str("email", p.email)
+	} else {
+		o.null("email")
+	}
+	return o.end()
+}
+
+// appendMapped writes a column's value (translated through values when
+// given) under key; an unmapped or unchanged-TOAST column is left out.
+func appendMapped(o *obj, c *cdc.Change, t cdc.Tuple, key, name string, values map[string]string) {
+	v, ok := col(c, t, name)
+	if !ok {
+		return
+	}
+	o.key(key)
+	if v.State == cdc.Null {
+		o.b = append(o.b, "null"...)
+		return
+	}
+	if values != nil {
+		if s, ok := values[text(v.V)]; ok {
+			o.b = appendString(o.b, s)
+			return
+		}
+	}
+	o.b = appendValue(o.b, v.V)
+}
+
+// request object: {id, title, status, priority, requester, assignedTo,
+// createdAt, updatedAt} in the documentation's order, then extra keys.
+func (m *Mapper) appendRequest(b []byte, c *cdc.Change, t cdc.Tuple, extra func(o *obj)) []byte {
+	rc, rv := m.cfg.Requests.Columns, m.cfg.Requests.Values
+	o := beginObj(b)
+	o.key("id")
+	o.b = appendString(o.b, m.cfg.Requests.IDPrefix, idOf(c, t, rc.ID))
+	appendMapped(&o, c, t, "title", rc.Title, nil)
+	appendMapped(&o, c, t, "status", rc.Status, rv.Status)
+	appendMapped(&o, c, t, "priority", rc.Priority, rv.Priority)
+	if rc.Requester != "" {
+		o.key("requester")
+		o.b = m.appendPerson(o.b, idOf(c, t, rc.Requester))
+	}
+	if rc.AssignedTo != "" {
+		o.key("assignedTo")
+		o.b = m.appendPerson(o.b, idOf(c, t, rc.AssignedTo))
+	}
+	appendMapped(&o, c, t, "createdAt", rc.CreatedAt, nil)
+	appendMapped(&o, c, t, "updatedAt", rc.UpdatedAt, nil)
+	if extra != nil {
+		extra(&o)
+	}
+	return o.end()
+}
+
+func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Event {
+	rc := m.cfg.Requests.Columns
+	var data []byte
+	switch c.Op {
+	case cdc.OpInsert:
+		m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo))
+		data = m.appendRequest(m.data[:0], c, c.New, nil)
+		return m.emit(out, c, catalog.RequestCreated, data)
+
+	case cdc.OpUpdate:
+		if c.Old == nil {
+			// Without REPLICA IDENTITY FULL there is nothing to compare:
+			// say so once, and report the update as such.
+			if !m.noOldWarn.Swap(true) {
+				m.log.Warn("requests updates carry no old values, so request.status_changed and request.assigned cannot fire: run ALTER TABLE ... REPLICA IDENTITY FULL (dzhook setup does it)", "table", c.Relation.QualifiedName())
+			}
+			m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo))
+			return m.emit(out, c, catalog.RequestUpdated, m.appendRequest(m.data[:0], c, c.New, nil))
+		}
+		if !changed(c, rc.ID, rc.Title, rc.Status, rc.Priority, rc.Requester, rc.AssignedTo, rc.CreatedAt, rc.UpdatedAt) {
+			return out // only unmapped columns changed
+		}
+		changedBy := idOf(c, c.New, rc.UpdatedBy)
+		oldAssignee := idOf(c, c.Old, rc.AssignedTo)
+		m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo), oldAssignee, changedBy)
+
+		out = m.emit(out, c, catalog.RequestUpdated, m.appendRequest(m.data[:0], c, c.New, nil))
+		if changed(c, rc.Status) {
+			rv := m.cfg.Requests.Values
+			o := beginObj(m.data[:0])
+			o.key("id")
+			o.b = appendString(o.b, m.cfg.Requests.IDPrefix, idOf(c, c.New, rc.ID))
+			appendMapped(&o, c, c.Old, "previousStatus", rc.Status, rv.Status)
+			appendMapped(&o, c, c.New, "newStatus", rc.Status, rv.Status)
+			o.key("changedBy")
+			o.b = m.appendPerson(o.b, changedBy)
+			out = m.emit(out, c, catalog.RequestStatusChanged, o.end())
+		}
+		if changed(c, rc.AssignedTo) {
+			data = m.appendRequest(m.data[:0], c, c.New, func(o *obj) {
+				o.key("previousAssignedTo")
+				o.b = m.appendPerson(o.b, oldAssignee)
+				o.key("changedBy")
+				o.b = m.appendPerson(o.b, changedBy)
+			})
+			out = m.emit(out, c, catalog.RequestAssigned, data)
+		}
+		return out
+
+	case cdc.OpDelete:
+		if c.Relation.ReplicaIdentity == 'f' {
+			m.resolvePeople(ctx, idOf(c, c.Old, rc.Requester), idOf(c, c.Old, rc.AssignedTo))
+			return m.emit(out, c, catalog.RequestDeleted, m.appendRequest(m.data[:0], c, c.Old, nil))
+		}
+		o := beginObj(m.data[:0])
+		o.key("id")
+		o.b = appendString(o.b, m.cfg.Requests.IDPrefix, idOf(c, c.Old, rc.ID))
+		return m.emit(out, c, catalog.RequestDeleted, o.end())
+	}
+	return out
+}
+
+// activeOf reads the active column as a boolean.
+func (m *Mapper) activeOf(c *cdc.Change, t cdc.Tuple) (active, ok bool) {
+	v, ok := col(c, t, m.cfg.Users.Columns.Active)
+	if !ok || v.State == cdc.Null {
+		return false, false
+	}
+	s := text(v.V)
+	if mapped, ok := m.cfg.Users.Values.Active[s]; ok {
+		s = mapped
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		switch s {
+		case "t", "yes", "y", "on":
+			return true, true
+		case "f", "no", "n", "off":
+			return false, true
+		}
+		return false, false
+	}
+	return b, true
+}
+
+// user object: {id, email, name, role, active, createdAt}.
+func (m *Mapper) appendUser(c *cdc.Change, t cdc.Tuple) []byte {
+	uc := m.cfg.Users.Columns
+	o := beginObj(m.data[:0])
+	o.key("id")
+	o.b = appendString(o.b, m.cfg.Users.IDPrefix, idOf(c, t, uc.ID))
+	appendMapped(&o, c, t, "email", uc.Email, nil)
+	appendMapped(&o, c, t, "name", uc.Name, nil)
+	appendMapped(&o, c, t, "role", uc.Role, m.cfg.Users.Values.Role)
+	if uc.Active != "" {
+		o.key("active")
+		if a, ok := m.activeOf(c, t); ok {
+			o.b = strconv.AppendBool(o.b, a)
+		} else {
+			o.b = append(o.b, "null"...)
+		}
+	}
+	appendMapped(&o, c, t, "createdAt", uc.CreatedAt, nil)
+	return o.end()
+}
+
+// rememberUser keeps the email cache fresh from the users stream.
+func (m *Mapper) rememberUser(c *cdc.Change) {
+	uc := m.cfg.Users.Columns
+	switch c.Op {
+	case cdc.OpInsert, cdc.OpUpdate:
+		id := idOf(c, c.New, uc.ID)
+		if v, ok := col(c, c.New, uc.Email); ok && id != "" {
+			if v.State == cdc.Null {
+				m.people.put(id, "", false)
+			} else {
+				m.people.put(id, text(v.V), true)
+			}
+		}
+	case cdc.OpDelete:
+		if id := idOf(c, c.Old, uc.ID); id != "" {
+			m.people.put(id, "", false)
+		}
+	}
+}
+
+func (m *Mapper) user(c *cdc.Change, out []Event) []Event {
+	m.rememberUser(c)
+	uc := m.cfg.Users.Columns
+	switch c.Op {
+	case cdc.OpInsert:
+		return m.emit(out, c, catalog.UserCreated, m.appendUser(c, c.New))
+	case cdc.OpUpdate:
+		if c.Old != nil && !changed(c, uc.ID, uc.Email, uc.Name, uc.Role, uc.Active, uc.CreatedAt, uc.UpdatedAt) {
+			return out
+		}
+		data := m.appendUser(c, c.New)
+		out = m.emit(out, c, catalog.UserUpdated, data)
+		wasActive, ok1 := m.activeOf(c, c.Old)
+		isActive, ok2 := m.activeOf(c, c.New)
+		if ok1 && ok2 && wasActive && !isActive {
+			out = m.emit(out, c, catalog.UserDeactivated, data)
+		}
+	}
+	return out
+}
+
+func (m *Mapper) comment(ctx context.Context, c *cdc.Change, out []Event) []Event {
+	if c.Op != cdc.OpInsert {
+		return out
+	}
+	cc := m.cfg.Comments.Columns
+	author := idOf(c, c.New, cc.Author)
+	m.resolvePeople(ctx, author)
+	o := beginObj(m.data[:0])
+	o.key("id")
+	o.b = appendString(o.b, m.cfg.Comments.IDPrefix, idOf(c, c.New, cc.ID))
+	o.key("requestId")
+	o.b = appendString(o.b, m.cfg.Requests.IDPrefix, idOf(c, c.New, cc.Request))
+	if cc.Author != "" {
+		o.key("author")
+		o.b = m.appendPerson(o.b, author)
+	}
+	appendMapped(&o, c, c.New, "body", cc.Body, nil)
+	appendMapped(&o, c, c.New, "internal", cc.Internal, nil)
+	appendMapped(&o, c, c.New, "createdAt", cc.CreatedAt, nil)
+	return m.emit(out, c, catalog.RequestCommented, o.end())
+}

@@ -1,0 +1,83 @@
+package mapping
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/dzdesk/dzhook/cdc"
+)
+
+// outboxRow turns an insert into the outbox table into the event it names,
+// with the payload as data. Deletes (the application may delete the row in
+// the same transaction) and updates are ignored.
+func (m *Mapper) outboxRow(c *cdc.Change, out []Event) ([]Event, *Rejection) {
+	if c.Op != cdc.OpInsert {
+		return out, nil
+	}
+	what := fmt.Sprintf("%s row %s", c.Relation.QualifiedName(), idOf(c, c.New, "id"))
+	ev, _ := col(c, c.New, "event")
+	pv, _ := col(c, c.New, "payload")
+	name, ok := ev.V.(string)
+	if !ok || ev.State != cdc.Present {
+		return out, &Rejection{What: what, Reason: "column event is null or not text"}
+	}
+	var payload []byte
+	switch p := pv.V.(type) {
+	case json.RawMessage:
+		payload = p
+	case string:
+		payload = []byte(p)
+	default:
+		return out, &Rejection{What: what, Reason: "column payload is null or not json/jsonb/text"}
+	}
+	return m.custom(c, out, what, name, payload)
+}
+
+// message turns a pg_logical_emit_message with the configured prefix into
+// an event: its content must be {"event":"entity.action","data":{…}}.
+func (m *Mapper) message(c *cdc.Change, out []Event) ([]Event, *Rejection) {
+	msg := c.Message
+	if msg == nil || msg.Prefix != m.prefix {
+		return out, nil
+	}
+	what := fmt.Sprintf("logical message %q at %s", msg.Prefix, msg.LSN)
+	if len(msg.Content) > MaxOutboxPayload {
+		return out, &Rejection{What: what, Reason: fmt.Sprintf("content of %d bytes is over the 1 MiB limit", len(msg.Content))}
+	}
+	var content struct {
+		Event *string         `json:"event"`
+		Data  json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(msg.Content, &content); err != nil {
+		return out, &Rejection{What: what, Reason: "content is not a JSON object {\"event\":…, \"data\":{…}}: " + err.Error()}
+	}
+	if content.Event == nil {
+		return out, &Rejection{What: what, Reason: `content has no "event"`}
+	}
+	if content.Data == nil {
+		content.Data = json.RawMessage("{}")
+	}
+	return m.custom(c, out, what, *content.Event, content.Data)
+}
+
+// custom validates an application-written event and appends it.
+func (m *Mapper) custom(c *cdc.Change, out []Event, what, name string, payload []byte) ([]Event, *Rejection) {
+	if len(payload) > MaxOutboxPayload {
+		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload of %d bytes is over the 1 MiB limit", len(payload))}
+	}
+	if !m.catalog.Has(name) {
+		reason := fmt.Sprintf("event %q is not declared: add it under custom_events", name)
+		if !strings.Contains(name, ".") {
+			reason = fmt.Sprintf("event %q does not look like entity.action", name)
+		}
+		return out, &Rejection{What: what, Reason: reason}
+	}
+	// Compact: jsonb prints with spaces; an envelope is compact JSON.
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, payload); err != nil || !bytes.HasPrefix(compact.Bytes(), []byte("{")) {
+		return out, &Rejection{What: what, Reason: "payload is not a JSON object"}
+	}
+	return m.emit(out, c, name, compact.Bytes()), nil
+}
