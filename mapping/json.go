@@ -36,8 +36,6 @@ func (o *obj) str(k, v string) {
 	o.b = appendString(o.b, v)
 }
 
-
-
 func (o *obj) raw(k string, v []byte) {
 	o.key(k)
 	o.b = append(o.b, v...)
