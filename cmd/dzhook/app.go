@@ -37,6 +37,8 @@ type cli struct {
 
 func commands() map[string]command {
 	return map[string]command{
+		"run":      {"stream the database's changes and deliver the webhooks", runRun},
+		"setup":    {"create the publication, replication slot and journal (idempotent)", runSetup},
 		"validate": {"check a configuration file and report every problem", runValidate},
 		"listen":   {"local receiver that verifies signatures and prints events", runListen},
 		"events":   {"list the event catalog", runEvents},

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-
-	"github.com/dzdesk/dzhook/internal/config"
 )
 
 // runValidate checks a configuration file: every problem with its path and
@@ -15,16 +13,8 @@ func runValidate(_ context.Context, env *cli, args []string) int {
 	if code, stop := parseFlags(fs, args); stop {
 		return code
 	}
-	cfg, err := config.LoadEnv(*path, env.environ())
-	if err != nil {
-		if ps := config.AsProblems(err); ps != nil {
-			fmt.Fprintf(env.stderr, "%s: %d problem(s):\n", *path, len(ps))
-			for _, p := range ps {
-				fmt.Fprintf(env.stderr, "  %s\n", p)
-			}
-		} else {
-			fmt.Fprintf(env.stderr, "%s: %v\n", *path, err)
-		}
+	cfg, ok := loadConfig(env, *path)
+	if !ok {
 		return exitFailure
 	}
 	fmt.Fprintf(env.stdout, "%s: ok: %s\n", *path, cfg.Summary())

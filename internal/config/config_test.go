@@ -172,6 +172,7 @@ subscriptions:
 		{"public admin without token", minimal + "admin:\n  listen: 0.0.0.0:8080\n", nil, []string{"admin.token: required when admin.listen"}},
 		{"bad custom event", minimal + "custom_events:\n  - name: Shipped\n", nil, []string{`custom_events: "Shipped": a custom event name must look like entity.action`}},
 		{"standard webhooks without whsec_", minimal + "    standard_webhooks: true\n", nil, []string{"subscriptions[0].secret: standard_webhooks needs a whsec_<base64> secret"}},
+		{"bad filter", minimal + "    filter: 'data.priority in'\n", nil, []string{"subscriptions[0].filter: ", "Syntax error"}},
 		{"bad env value", minimal, []string{"DZHOOK_DELIVERY_TIMEOUT=soon"}, []string{`delivery.timeout: "soon" is not a duration`}},
 		{"not a mapping", "subscriptions: {id: a}\n", nil, []string{"subscriptions: must be a list, not a mapping"}},
 	} {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -173,6 +174,11 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 				msg += " (see `dzhook events`; custom events must be declared under custom_events)"
 			}
 			ps.add(p, "%s", msg)
+		}
+	}
+	if s.Filter != "" {
+		if _, err := filter.Compile(s.Filter); err != nil {
+			ps.add(path+".filter", "%v", err)
 		}
 	}
 	for _, name := range sortedKeys(anyMap(s.Headers)) {

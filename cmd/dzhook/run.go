@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/engine"
+)
+
+// loadConfig loads --config and prints every problem on failure.
+func loadConfig(env *cli, path string) (*config.Config, bool) {
+	cfg, err := config.LoadEnv(path, env.environ())
+	if err != nil {
+		if ps := config.AsProblems(err); ps != nil {
+			fmt.Fprintf(env.stderr, "%s: %d problem(s):\n", path, len(ps))
+			for _, p := range ps {
+				fmt.Fprintf(env.stderr, "  %s\n", p)
+			}
+		} else {
+			fmt.Fprintf(env.stderr, "%s: %v\n", path, err)
+		}
+		return nil, false
+	}
+	return cfg, true
+}
+
+// newLogger builds the one logger of the process from log.level and
+// log.format.
+func newLogger(w io.Writer, cfg config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// runRun is the daemon: stream, map, deliver, until SIGINT or SIGTERM.
+func runRun(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "run", "[--config file]")
+	path := configFlag(env, fs)
+	if code, stop := parseFlags(fs, args); stop {
+		return code
+	}
+	cfg, ok := loadConfig(env, *path)
+	if !ok {
+		return exitFailure
+	}
+	log := newLogger(env.stderr, cfg.Log)
+	e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version})
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFailure
+	}
+	if err := e.Run(ctx); err != nil {
+		log.Error("stopped", "err", err)
+		return exitFailure
+	}
+	log.Info("stopped cleanly")
+	return exitOK
+}
+
+// runSetup prepares the database: publication, replica identity, slot and
+// journal, idempotently.
+func runSetup(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "setup", "[--config file] [--check]")
+	path := configFlag(env, fs)
+	check := fs.Bool("check", false, "change nothing; report what is missing")
+	if code, stop := parseFlags(fs, args); stop {
+		return code
+	}
+	cfg, ok := loadConfig(env, *path)
+	if !ok {
+		return exitFailure
+	}
+	actions, err := engine.Setup(ctx, cfg, *check)
+	for _, a := range actions {
+		fmt.Fprintf(env.stdout, "  %s\n", a)
+	}
+	if err != nil {
+		fmt.Fprintf(env.stderr, "setup: %v\n", err)
+		return exitFailure
+	}
+	if len(actions) == 0 {
+		fmt.Fprintln(env.stdout, "setup: everything is in place")
+	} else {
+		fmt.Fprintf(env.stdout, "setup: done (%d change(s))\n", len(actions))
+	}
+	return exitOK
+}

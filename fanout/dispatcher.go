@@ -1,0 +1,488 @@
+package fanout
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/filter"
+	"github.com/dzdesk/dzhook/journal"
+)
+
+// Defaults of Config.
+const (
+	DefaultTimeout      = 5 * time.Second
+	DefaultConcurrency  = 16
+	DefaultQueueSize    = 1024
+	DefaultBodyLimit    = 4096
+	DefaultPollInterval = time.Second
+	DefaultHeartbeat    = 5 * time.Second
+	DefaultLinger       = 2 * time.Millisecond
+	defaultWriterQueue  = 8192
+	defaultMaxBatch     = 4096
+)
+
+// DefaultRetrySchedule is DZDESK's: immediately, 1 min, 5 min, 30 min, 2 h.
+var DefaultRetrySchedule = []time.Duration{0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
+
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Config is the input of New.
+type Config struct {
+	Subscriptions []Subscription
+	// Journal records everything; required.
+	Journal *journal.Store
+	// Slot names the replication slot whose checkpoint the writer keeps.
+	Slot string
+	// Instance identifies this process among those sharing the journal.
+	Instance string
+	// Ack is told the highest commit LSN whose transaction is fully
+	// journaled; it moves the slot.
+	Ack func(lsn uint64)
+
+	Timeout           time.Duration   // per attempt; defaults to 5 s
+	RetrySchedule     []time.Duration // defaults to DefaultRetrySchedule
+	ResponseBodyLimit int             // bytes kept; defaults to 4096
+	Concurrency       int             // per subscription; defaults to 16
+	QueueSize         int             // per subscription; defaults to 1024
+	UserAgent         string          // defaults to "dzhook"
+
+	PollInterval time.Duration // how often due work is claimed; defaults to 1 s
+	Heartbeat    time.Duration // defaults to 5 s; an owner silent for 3 heartbeats is dead
+	Linger       time.Duration // group commit wait; defaults to 2 ms
+
+	// DialContext dials receivers (the egress guard); defaults to a
+	// net.Dialer with the timeout.
+	DialContext dialFunc
+	// RootCAs verify receivers' certificates; nil means the system's.
+	RootCAs *x509.CertPool
+	Logger  *slog.Logger
+	// NowFunc is the clock; defaults to time.Now.
+	NowFunc func() time.Time
+}
+
+// Event is what Dispatch delivers.
+type Event struct {
+	ID        string
+	Type      string
+	Timestamp time.Time
+	// Body is the envelope, sent byte for byte on every attempt.
+	Body []byte
+	// CommitLSN of the source transaction; 0 for events from time.
+	CommitLSN uint64
+}
+
+// Dispatcher matches events to subscriptions and delivers them: the first
+// attempt straight from memory, the journal written beside it in batches,
+// retries claimed from the journal when due.
+type Dispatcher struct {
+	cfg     Config
+	log     *slog.Logger
+	subs    []*sub
+	byID    map[string]*sub
+	writer  *writer
+	wake    chan struct{}
+	stopped chan struct{} // closed when workers must stop taking tasks
+	now     func() time.Time
+}
+
+// New compiles the subscriptions and returns a Dispatcher; Run starts it.
+func New(cfg Config) (*Dispatcher, error) {
+	if cfg.Journal == nil {
+		return nil, errors.New("fanout: Config.Journal is required")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if len(cfg.RetrySchedule) == 0 {
+		cfg.RetrySchedule = DefaultRetrySchedule
+	}
+	if cfg.ResponseBodyLimit <= 0 {
+		cfg.ResponseBodyLimit = DefaultBodyLimit
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "dzhook"
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.Linger < 0 {
+		cfg.Linger = 0
+	} else if cfg.Linger == 0 {
+		cfg.Linger = DefaultLinger
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.NowFunc == nil {
+		cfg.NowFunc = time.Now
+	}
+	if cfg.Instance == "" {
+		return nil, errors.New("fanout: Config.Instance is required")
+	}
+	if cfg.DialContext == nil {
+		d := &net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}
+		cfg.DialContext = d.DialContext
+	}
+	d := &Dispatcher{
+		cfg: cfg, log: cfg.Logger.With("component", "fanout"), byID: map[string]*sub{},
+		wake: make(chan struct{}, 1), stopped: make(chan struct{}), now: cfg.NowFunc,
+	}
+	for _, sc := range cfg.Subscriptions {
+		s, err := compile(sc, cfg.Timeout, cfg.Concurrency, cfg.QueueSize, cfg.DialContext, &cfg)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := d.byID[sc.ID]; dup {
+			return nil, fmt.Errorf("fanout: duplicate subscription %q", sc.ID)
+		}
+		d.subs = append(d.subs, s)
+		d.byID[sc.ID] = s
+	}
+	d.writer = &writer{
+		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, ack: cfg.Ack,
+		onSpill: d.nudge, log: d.log, linger: cfg.Linger, maxBatch: defaultMaxBatch,
+	}
+	return d, nil
+}
+
+// nudge wakes the scheduler.
+func (d *Dispatcher) nudge() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run delivers until ctx ends. It loads the subscriptions' persisted state,
+// registers this instance, and runs the workers, the journal writer, the
+// scheduler of due work and the heartbeat. When ctx ends it stops taking
+// new work, lets attempts in flight finish (each within the delivery
+// timeout), writes everything queued to the journal, releases the
+// deliveries it owned to other instances, and returns nil. Deliveries still
+// in memory queues are already journaled and go out on the next start or
+// from another instance.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	life, stopLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLife()
+	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
+		return fmt.Errorf("register in journal: %w", err)
+	}
+	if err := d.loadState(ctx); err != nil {
+		return err
+	}
+
+	drain := make(chan struct{})
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		d.writer.run(life, drain)
+	}()
+
+	var workers sync.WaitGroup
+	for _, s := range d.subs {
+		for range d.cfg.Concurrency {
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				d.work(life, s)
+			}()
+		}
+	}
+	var bg sync.WaitGroup
+	bg.Add(2)
+	go func() { defer bg.Done(); d.scheduleLoop(ctx) }()
+	go func() { defer bg.Done(); d.heartbeatLoop(ctx) }()
+
+	<-ctx.Done()
+	close(d.stopped)
+	bg.Wait()
+	workers.Wait()
+	close(drain)
+	<-writerDone
+	uctx, cancel := context.WithTimeout(life, 10*time.Second)
+	defer cancel()
+	if err := d.cfg.Journal.Unregister(uctx, d.cfg.Instance); err != nil {
+		d.log.Warn("could not release owned deliveries; another instance takes them over after the heartbeat expires", "err", err)
+	}
+	return nil
+}
+
+// loadState restores pause and health from the journal.
+func (d *Dispatcher) loadState(ctx context.Context) error {
+	states, err := d.cfg.Journal.SubscriptionStates(ctx)
+	if err != nil {
+		return fmt.Errorf("load subscription state: %w", err)
+	}
+	for _, st := range states {
+		if s, ok := d.byID[st.ID]; ok {
+			s.mu.Lock()
+			s.state, s.paused = st.State, st.Paused
+			s.lastSuccessAt, s.lastFailureAt, s.lastStatus, s.lastError = st.LastSuccessAt, st.LastFailureAt, st.LastStatus, st.LastError
+			s.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// Dispatch matches ev against the subscriptions, journals its deliveries
+// (queued for the group commit) and hands each active subscription's
+// delivery to its workers, so the first attempt does not wait for the
+// journal. When a subscription's queue is full, its delivery waits in the
+// journal as due work instead. Dispatch blocks only while the journal's
+// queue is full. It is called from one goroutine, in commit order.
+func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
+	var env *filter.Envelope
+	var rows []journal.DeliveryRow
+	var tasks []*task
+	var targets []*sub
+	spilled := false
+	now := d.now().UTC()
+	for _, s := range d.subs {
+		if !s.matches(ev.Type) {
+			continue
+		}
+		if s.filter != nil {
+			if env == nil {
+				var err error
+				if env, err = filter.Parse(ev.Body); err != nil {
+					d.log.Error("event body is not JSON; filters cannot see it", "event_id", ev.ID, "err", err)
+					continue
+				}
+			}
+			ok, err := s.filter.Match(env)
+			if err != nil {
+				d.log.Debug("filter did not apply to the event", "subscription", s.cfg.ID, "event_id", ev.ID, "err", err)
+			}
+			if !ok {
+				continue
+			}
+		}
+		row := journal.DeliveryRow{
+			ID: DeliveryID(ev.ID, s.cfg.ID), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
+		}
+		switch {
+		case !s.accepting():
+			row.State = "skipped"
+			if s.cfg.QueueWhileInactive {
+				row.State = "held"
+			}
+		case s.reserve(1) == 1:
+			row.State, row.Owner, row.NextAttemptAt = "pending", d.cfg.Instance, now
+			tasks = append(tasks, &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: TriggerAuto})
+			targets = append(targets, s)
+		default:
+			// The queue is full: the delivery waits in the journal and
+			// the scheduler claims it when there is room.
+			row.State, row.NextAttemptAt = "pending", now
+			spilled = true
+		}
+		rows = append(rows, row)
+	}
+	if len(rows) == 0 {
+		return nil // no subscription wants it: nothing to record
+	}
+	rec := record{
+		event:   &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, CommitLSN: ev.CommitLSN, OccurredAt: ev.Timestamp},
+		delivs:  rows,
+		spilled: spilled,
+	}
+	if err := d.writer.put(ctx, rec); err != nil {
+		for _, s := range targets {
+			s.release(1)
+		}
+		return err
+	}
+	// The journal's queue holds the deliveries before any result of
+	// theirs can follow them there.
+	for i, t := range tasks {
+		targets[i].queue <- t
+	}
+	return nil
+}
+
+// Commit marks the end of the transaction committed at lsn: once the
+// journal holds everything queued before it, lsn is acknowledged.
+func (d *Dispatcher) Commit(ctx context.Context, lsn uint64) error {
+	return d.writer.put(ctx, record{commit: lsn})
+}
+
+// Reject records an outbox row or message that could not become an event.
+func (d *Dispatcher) Reject(ctx context.Context, r journal.Rejection) error {
+	return d.writer.put(ctx, record{reject: &r})
+}
+
+// work runs one worker of a subscription until the dispatcher stops.
+func (d *Dispatcher) work(life context.Context, s *sub) {
+	for {
+		select {
+		case <-d.stopped:
+			return
+		case t := <-s.queue:
+			s.release(1)
+			d.attempt(life, s, t)
+		}
+	}
+}
+
+// attempt makes one attempt and queues its outcome for the journal.
+func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) {
+	n := t.attempts + 1
+	res := post(life, s.client, request{
+		url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
+		attempt: n, secret: s.cfg.Secret, standardKey: s.standardKey, headers: s.headers, userAgent: d.cfg.UserAgent,
+	}, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
+	if t.reply != nil {
+		t.reply <- res
+	}
+	now := d.now().UTC()
+	upd := journal.DeliveryUpdate{
+		ID: t.deliveryID, Attempts: n, LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At,
+	}
+	dec := Decide(n, res.Status, res.RetryAfter, d.cfg.RetrySchedule, now)
+	if t.trigger != TriggerAuto && dec.Outcome == Retry {
+		// A manual or test attempt is one attempt: no new schedule.
+		dec = Decision{Outcome: Failed}
+	}
+	switch dec.Outcome {
+	case Delivered:
+		upd.State = "delivered"
+	case Retry:
+		upd.State, upd.NextAttemptAt = "pending", dec.NextAttemptAt
+	default:
+		upd.State = "failed"
+	}
+	trigger := t.trigger
+	rec := record{
+		update: &upd,
+		attempt: &journal.AttemptRow{
+			DeliveryID: t.deliveryID, Attempt: n, At: res.At, Trigger: trigger, StatusCode: res.Status,
+			Duration: res.Duration, ResponseBody: res.Body, ErrorClass: res.ErrorClass, Error: errorExcerpt(res.Error),
+		},
+	}
+	if !t.test {
+		rec.sub = d.health(s, dec, res)
+	}
+	if err := d.writer.put(life, rec); err != nil {
+		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)
+	}
+	if res.ErrorClass != "" {
+		d.log.Debug("attempt failed", "subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n,
+			"status_code", res.Status, "error_class", res.ErrorClass, "outcome", dec.Outcome.String())
+	}
+}
+
+// health updates a subscription's health after an attempt and returns the
+// row to journal: failing once a delivery exhausts its schedule, healthy
+// again on the next 2xx, disabled on 410 Gone.
+func (d *Dispatcher) health(s *sub, dec Decision, res attemptResult) *journal.SubscriptionState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev := s.state
+	st := &journal.SubscriptionState{ID: s.cfg.ID, LastStatus: res.Status}
+	switch {
+	case dec.Outcome == Delivered:
+		s.lastSuccessAt, st.LastSuccessAt = res.At, res.At
+		if s.state == StateFailing {
+			s.state = StateHealthy
+		}
+	default:
+		s.lastFailureAt, st.LastFailureAt = res.At, res.At
+		s.lastError, st.LastError = errorExcerpt(res.Error), errorExcerpt(res.Error)
+		switch {
+		case dec.Outcome == Gone:
+			s.state = StateDisabled
+		case dec.Exhausted && s.state == StateHealthy:
+			s.state = StateFailing
+		}
+	}
+	s.lastStatus = res.Status
+	st.State = s.state
+	st.Changed = s.state != prev
+	if st.Changed {
+		lvl := slog.LevelError
+		if s.state == StateHealthy {
+			lvl = slog.LevelInfo
+		}
+		d.log.Log(context.Background(), lvl, "subscription changed state", "subscription", s.cfg.ID, "from", prev, "to", s.state, "status_code", res.Status)
+	}
+	return st
+}
+
+// scheduleLoop claims due deliveries from the journal for subscriptions
+// with room in their queues, every PollInterval or when nudged.
+func (d *Dispatcher) scheduleLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-d.wake:
+		}
+		for _, s := range d.subs {
+			if ctx.Err() != nil {
+				return
+			}
+			if !s.accepting() {
+				continue
+			}
+			if err := d.claim(ctx, s); err != nil && ctx.Err() == nil {
+				d.log.Warn("claiming due deliveries failed; retrying", "subscription", s.cfg.ID, "err", err)
+			}
+		}
+	}
+}
+
+// claim takes due deliveries of one subscription, as many as its queue
+// has room for (reserved first, so nothing claimed is left without a
+// place).
+func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
+	n := s.reserve(min(s.size, 512))
+	if n == 0 {
+		return nil
+	}
+	claimed, err := d.cfg.Journal.Claim(ctx, s.cfg.ID, int(n), d.cfg.Instance, 3*d.cfg.Heartbeat)
+	s.release(n - int64(len(claimed)))
+	if err != nil {
+		return err
+	}
+	for _, c := range claimed {
+		s.queue <- &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: TriggerAuto, test: c.Test}
+	}
+	if len(claimed) == int(n) {
+		d.nudge() // there may be more
+	}
+	return nil
+}
+
+// heartbeatLoop keeps this instance alive in the journal.
+func (d *Dispatcher) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := d.cfg.Journal.Heartbeat(ctx, d.cfg.Instance); err != nil && ctx.Err() == nil {
+				d.log.Warn("journal heartbeat failed", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,235 @@
+package fanout
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+
+	"github.com/dzdesk/dzhook/signer"
+)
+
+// Error classes recorded with a failed attempt.
+const (
+	ClassTimeout = "timeout" // no answer within delivery.timeout
+	ClassDNS     = "dns"     // the host name did not resolve
+	ClassConnect = "connect" // refused, reset or unreachable
+	ClassTLS     = "tls"     // handshake or certificate failure
+	ClassHTTP    = "http"    // an answer that is not 2xx, or a broken one
+	ClassBlocked = "blocked" // the egress guard refused the address
+)
+
+// maxDrain is how much of a response beyond the kept part is read so the
+// connection can be reused; a larger body closes the connection instead.
+const maxDrain = 64 << 10
+
+// newClient returns the HTTP client of one subscription. Each subscription
+// has its own (and its own connections), so a receiver that hangs or
+// fails cannot take connections or keep-alives from the others:
+// retryablehttp closes the client's idle connections after a failed
+// request, which with a shared client would hit every subscription.
+//
+// retryablehttp runs with RetryMax 0 and a CheckRetry that never retries:
+// the journal owns the retry schedule, and retries stacked inside one
+// attempt would break it. Redirects are not followed. TLS verification
+// is on, always.
+func newClient(timeout time.Duration, concurrency int, dial func(ctx context.Context, network, addr string) (net.Conn, error), rootCAs *x509.CertPool) *retryablehttp.Client {
+	tr := &http.Transport{
+		Proxy:                 nil, // never send webhooks through an ambient proxy
+		DialContext:           dial,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          concurrency,
+		MaxIdleConnsPerHost:   concurrency,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		DisableCompression:    true,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs},
+	}
+	hc := &http.Client{
+		Transport:     tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return &retryablehttp.Client{
+		HTTPClient: hc,
+		Logger:     nil,
+		RetryMax:   0,
+		CheckRetry: func(context.Context, *http.Response, error) (bool, error) { return false, nil },
+		ErrorHandler: func(resp *http.Response, err error, _ int) (*http.Response, error) {
+			return resp, err // keep the transport's error for classification
+		},
+		Backoff: retryablehttp.DefaultBackoff,
+	}
+}
+
+// attemptResult is what one attempt produced.
+type attemptResult struct {
+	At         time.Time
+	Duration   time.Duration
+	Status     int
+	Body       []byte
+	RetryAfter time.Duration
+	ErrorClass string
+	Error      string
+}
+
+// request is what an attempt sends.
+type request struct {
+	url         string
+	body        []byte
+	eventType   string
+	eventID     string
+	deliveryID  string
+	attempt     int
+	secret      []byte
+	standardKey []byte
+	headers     http.Header
+	userAgent   string
+}
+
+// post makes one attempt: POST the body, read the status and up to limit
+// bytes of the answer.
+func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.Duration, limit int) attemptResult {
+	start := time.Now()
+	res := attemptResult{At: start.UTC()}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, r.url, r.body)
+	if err != nil {
+		res.ErrorClass, res.Error = ClassHTTP, "build request: "+err.Error()
+		return res
+	}
+	h := req.Header
+	for k, v := range r.headers {
+		h[k] = v
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", r.userAgent)
+	h.Set(signer.HeaderSignature, signer.Sign(r.secret, r.body))
+	h.Set(signer.HeaderEvent, r.eventType)
+	h.Set(signer.HeaderDelivery, r.deliveryID)
+	h.Set(signer.HeaderAttempt, strconv.Itoa(r.attempt))
+	if r.standardKey != nil {
+		h.Set(signer.HeaderWebhookID, r.eventID)
+		h.Set(signer.HeaderWebhookTimestamp, strconv.FormatInt(start.Unix(), 10))
+		h.Set(signer.HeaderWebhookSignature, signer.SignStandard(r.standardKey, r.eventID, start, r.body))
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		res.Duration = time.Since(start)
+		res.ErrorClass, res.Error = classify(err, ctx)
+		return res
+	}
+	res.Status = resp.StatusCode
+	res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), start)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)))
+	res.Body = body
+	if err == nil {
+		// Read on a little so the connection can be reused; past that,
+		// closing is cheaper than reading a large answer nobody keeps.
+		_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	}
+	resp.Body.Close()
+	res.Duration = time.Since(start)
+	switch {
+	case err != nil && res.Status >= 200 && res.Status < 300:
+		// The receiver said 2xx; a body cut short does not undo that.
+	case res.Status < 200 || res.Status >= 300:
+		res.ErrorClass = ClassHTTP
+		res.Error = "HTTP " + strconv.Itoa(res.Status)
+		if loc := resp.Header.Get("Location"); res.Status >= 300 && res.Status < 400 && loc != "" {
+			res.Error += " redirect to " + redactURL(loc) + " not followed"
+		}
+	}
+	return res
+}
+
+// classify turns a transport error into an error class and a message that
+// carries no secret (URLs lose their query string).
+func classify(err error, ctx context.Context) (class, msg string) {
+	var blocked *blockedError
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var recordErr tls.RecordHeaderError
+	var alert tls.AlertError
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		err = urlErr.Err // drop "Post <url>:": the URL is known and may hold a token
+	}
+	msg = err.Error()
+	switch {
+	case errors.As(err, &blocked):
+		return ClassBlocked, msg
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		return ClassTimeout, "no answer within the delivery timeout"
+	case errors.As(err, &dnsErr):
+		return ClassDNS, msg
+	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostErr), errors.As(err, &invalid),
+		errors.As(err, &recordErr), errors.As(err, &alert), strings.Contains(msg, "tls: "):
+		return ClassTLS, msg
+	case isTimeout(err):
+		return ClassTimeout, msg
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EHOSTUNREACH),
+		errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EPIPE), isDial(err):
+		return ClassConnect, msg
+	}
+	// A connection closed before or during the answer (EOF, a malformed
+	// response) is the receiver's side of HTTP.
+	return ClassHTTP, msg
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isDial(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// redactURL drops the user info and query of a URL for logs and history.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "REDACTED"
+	}
+	return u.String()
+}
+
+// blockedError is returned by the egress guard's dialer.
+type blockedError struct {
+	addr, reason string
+}
+
+func (e *blockedError) Error() string {
+	return fmt.Sprintf("address %s refused by the egress guard: %s", e.addr, e.reason)
+}
+
+// errorExcerpt shortens a message kept in history.
+func errorExcerpt(s string) string {
+	const max = 512
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}
+

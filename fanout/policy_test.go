@@ -1,0 +1,56 @@
+package fanout
+
+import (
+	"testing"
+	"time"
+)
+
+func TestDecide(t *testing.T) {
+	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	schedule := []time.Duration{0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
+	for _, tc := range []struct {
+		name       string
+		attempt    int
+		status     int
+		retryAfter time.Duration
+		want       Decision
+	}{
+		{"2xx", 1, 200, 0, Decision{Outcome: Delivered}},
+		{"204 on the last attempt", 5, 204, 0, Decision{Outcome: Delivered}},
+		{"500 after the first attempt waits 1 min", 1, 500, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"503 after the second waits 5 min", 2, 503, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(5 * time.Minute)}},
+		{"timeout after the fourth waits 2 h", 4, 0, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(2 * time.Hour)}},
+		{"fifth failure exhausts", 5, 500, 0, Decision{Outcome: Failed, Exhausted: true}},
+		{"400 is final", 1, 400, 0, Decision{Outcome: Failed}},
+		{"404 is final", 3, 404, 0, Decision{Outcome: Failed}},
+		{"410 disables", 1, 410, 0, Decision{Outcome: Gone}},
+		{"408 is retried", 1, 408, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"425 is retried", 1, 425, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"429 honours a longer Retry-After", 1, 429, 3 * time.Minute, Decision{Outcome: Retry, NextAttemptAt: now.Add(3 * time.Minute)}},
+		{"429 keeps the schedule when Retry-After is shorter", 2, 429, 10 * time.Second, Decision{Outcome: Retry, NextAttemptAt: now.Add(5 * time.Minute)}},
+		{"Retry-After is clamped to the longest delay", 1, 429, 24 * time.Hour, Decision{Outcome: Retry, NextAttemptAt: now.Add(2 * time.Hour)}},
+		{"429 on the last attempt fails", 5, 429, time.Minute, Decision{Outcome: Failed, Exhausted: true}},
+		{"redirect is retried", 1, 301, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+	} {
+		if got := Decide(tc.attempt, tc.status, tc.retryAfter, schedule, now); got != tc.want {
+			t.Errorf("%s: Decide = %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0}, {"120", 2 * time.Minute}, {"-5", 0}, {"soon", 0},
+		{"Mon, 15 Jan 2024 14:31:00 GMT", time.Minute},
+		{"Mon, 15 Jan 2024 14:00:00 GMT", 0},
+		{"99999999", 7 * 24 * time.Hour},
+	} {
+		if got := parseRetryAfter(tc.in, now); got != tc.want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,366 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+const secret = "engine-test-secret-0123456789"
+
+// testConfig is a configuration for db with the given subscriptions (YAML
+// list items) and delivery settings.
+func testConfig(t *testing.T, db *pgtest.DB, delivery string, subs ...string) *config.Config {
+	t.Helper()
+	yaml := fmt.Sprintf(`
+source:
+  dsn: %s
+delivery:
+  allow_insecure_http: true
+%s
+admin:
+  listen: ""
+subscriptions:
+%s
+`, db.DSN, delivery, strings.Join(subs, "\n"))
+	cfg, err := config.Parse([]byte(yaml), os.Environ())
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, yaml)
+	}
+	return cfg
+}
+
+func sub(id, url, events string, extra ...string) string {
+	s := fmt.Sprintf("  - id: %s\n    url: %s\n    events: [%s]\n    secret: %s\n", id, url, events, secret)
+	for _, e := range extra {
+		s += "    " + e + "\n"
+	}
+	return s
+}
+
+// start runs an engine until the test ends.
+func start(t *testing.T, cfg *config.Config) *Engine {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond, StatusInterval: 200 * time.Millisecond})
+	if err != nil {
+		cancel()
+		t.Fatalf("engine: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("engine Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("engine did not stop within 30s")
+		}
+	})
+	return e
+}
+
+func newDB(t *testing.T) *pgtest.DB {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com'), (2, 'jane@company.com')`)
+	return db
+}
+
+func queryInt(t *testing.T, db *pgtest.DB, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.Connect(t).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+type attemptRow struct {
+	Attempt    int
+	Trigger    string
+	Status     *int
+	ErrorClass *string
+}
+
+func attempts(t *testing.T, db *pgtest.DB, deliveryID string) []attemptRow {
+	rows, err := db.Connect(t).Query(context.Background(), `SELECT attempt, trigger, status_code, error_class FROM dzhook.attempts WHERE delivery_id = $1 ORDER BY attempt`, deliveryID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []attemptRow
+	for rows.Next() {
+		var a attemptRow
+		if err := rows.Scan(&a.Attempt, &a.Trigger, &a.Status, &a.ErrorClass); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func deliveryState(t *testing.T, db *pgtest.DB, deliveryID string) string {
+	var s string
+	err := db.Connect(t).QueryRow(context.Background(), `SELECT state FROM dzhook.deliveries WHERE id = $1`, deliveryID).Scan(&s)
+	if err != nil {
+		return "missing: " + err.Error()
+	}
+	return s
+}
+
+// TestEndToEnd: an INSERT into requests reaches the receiver as
+// request.created, signed, with every header.
+func TestEndToEnd(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.*", "headers: {X-Api-Key: k-123}"),
+		"  - id: std\n    url: "+rc.URL+"/std\n    events: [request.created]\n    secret: whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=\n    standard_webhooks: true\n")
+	start(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (123, 'Cannot access email', 'high', 1)`)
+	reqs := rc.Wait(t, 2, 20*time.Second)
+	var crm, std testutil.Request
+	for _, r := range reqs {
+		if r.Header.Get("X-Api-Key") != "" {
+			crm = r
+		} else {
+			std = r
+		}
+	}
+	if err := signer.Verify(crm.Header.Get(signer.HeaderSignature), crm.Body, []byte(secret)); err != nil {
+		t.Errorf("X-DZDESK-Signature does not verify: %v", err)
+	}
+	var env struct {
+		ID, Event, Timestamp string
+		Data                 map[string]any
+	}
+	if err := json.Unmarshal(crm.Body, &env); err != nil {
+		t.Fatal(err)
+	}
+	if env.Event != "request.created" || env.Data["id"] != "req_123" || !strings.HasPrefix(env.ID, "whk_") {
+		t.Errorf("envelope = %+v", env)
+	}
+	for h, want := range map[string]string{
+		"Content-Type": "application/json", "User-Agent": "dzhook/test", signer.HeaderEvent: "request.created",
+		signer.HeaderAttempt: "1", "X-Api-Key": "k-123",
+	} {
+		if got := crm.Header.Get(h); got != want {
+			t.Errorf("header %s = %q, want %q", h, got, want)
+		}
+	}
+	dlv := crm.Header.Get(signer.HeaderDelivery)
+	if !strings.HasPrefix(dlv, "dlv_") {
+		t.Errorf("X-DZDESK-Delivery = %q", dlv)
+	}
+	key, _ := signer.StandardKey("whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
+	if err := signer.VerifyStandard(std.Header, std.Body, time.Now(), key); err != nil {
+		t.Errorf("Standard Webhooks headers do not verify: %v", err)
+	}
+	if std.Header.Get(signer.HeaderWebhookID) != env.ID {
+		t.Errorf("webhook-id = %q, want the event id %q", std.Header.Get(signer.HeaderWebhookID), env.ID)
+	}
+	testutil.Eventually(t, 10*time.Second, "the delivery journaled as delivered", func() bool { return deliveryState(t, db, dlv) == "delivered" })
+	got := attempts(t, db, dlv)
+	if len(got) != 1 || got[0].Trigger != "auto" || got[0].Status == nil || *got[0].Status != 200 {
+		t.Errorf("attempts = %+v, want one auto attempt with 200", got)
+	}
+	var body []byte
+	if err := db.Connect(t).QueryRow(context.Background(), `SELECT body FROM dzhook.events WHERE id = $1`, env.ID).Scan(&body); err != nil || string(body) != string(crm.Body) {
+		t.Errorf("journaled body %q (err %v), want the bytes sent", body, err)
+	}
+}
+
+// firstDelivery returns the X-DZDESK-Delivery of the first request.
+func firstDelivery(reqs []testutil.Request) string { return reqs[0].Header.Get(signer.HeaderDelivery) }
+
+func TestRetriesUntilSuccess(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n < 3 {
+			return 500, nil, "boom"
+		}
+		return 200, nil, "ok"
+	})
+	start(t, testConfig(t, db, "  retry_schedule: [0s, 200ms, 200ms, 200ms, 200ms]", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	reqs := rc.Wait(t, 3, 20*time.Second)
+	dlv := firstDelivery(reqs)
+	for i, r := range reqs[:3] {
+		if r.Header.Get(signer.HeaderDelivery) != dlv || r.Header.Get(signer.HeaderAttempt) != fmt.Sprint(i+1) || string(r.Body) != string(reqs[0].Body) {
+			t.Errorf("request %d: delivery %s attempt %s; want the same delivery, attempt %d, identical body", i, r.Header.Get(signer.HeaderDelivery), r.Header.Get(signer.HeaderAttempt), i+1)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "delivered", func() bool { return deliveryState(t, db, dlv) == "delivered" })
+	got := attempts(t, db, dlv)
+	if len(got) != 3 || *got[0].Status != 500 || *got[1].Status != 500 || *got[2].Status != 200 || *got[0].ErrorClass != "http" {
+		t.Errorf("attempts = %+v, want 500, 500, 200", got)
+	}
+}
+
+func TestFinal4xx(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) { return 400, nil, "bad request: field x" })
+	start(t, testConfig(t, db, "  retry_schedule: [0s, 100ms, 100ms]", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	dlv := firstDelivery(rc.Wait(t, 1, 20*time.Second))
+	testutil.Eventually(t, 10*time.Second, "failed", func() bool { return deliveryState(t, db, dlv) == "failed" })
+	var body string
+	if err := db.Connect(t).QueryRow(context.Background(), `SELECT convert_from(response_body, 'UTF8') FROM dzhook.attempts WHERE delivery_id = $1`, dlv).Scan(&body); err != nil || body != "bad request: field x" {
+		t.Errorf("response body = %q (err %v)", body, err)
+	}
+	// Give a retry, were there one, the time to happen: the schedule is 100 ms.
+	time.Sleep(500 * time.Millisecond)
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("a 400 was attempted %d times, want once", n)
+	}
+}
+
+func TestTimeoutIsRetried(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, r *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+		return 200, nil, "ok"
+	})
+	start(t, testConfig(t, db, "  timeout: 300ms\n  retry_schedule: [0s, 200ms, 200ms]", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	dlv := firstDelivery(rc.Wait(t, 2, 20*time.Second))
+	testutil.Eventually(t, 10*time.Second, "delivered", func() bool { return deliveryState(t, db, dlv) == "delivered" })
+	got := attempts(t, db, dlv)
+	if len(got) != 2 || got[0].ErrorClass == nil || *got[0].ErrorClass != "timeout" || *got[1].Status != 200 {
+		t.Errorf("attempts = %+v, want a timeout then 200", got)
+	}
+}
+
+func TestExhaustedMarksFailing(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) { return 503, nil, "down" })
+	start(t, testConfig(t, db, "  retry_schedule: [0s, 100ms, 100ms, 100ms, 100ms]", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	dlv := firstDelivery(rc.Wait(t, 5, 20*time.Second))
+	testutil.Eventually(t, 10*time.Second, "failed", func() bool { return deliveryState(t, db, dlv) == "failed" })
+	if n := len(attempts(t, db, dlv)); n != 5 {
+		t.Errorf("%d attempts, want 5", n)
+	}
+	testutil.Eventually(t, 10*time.Second, "subscription failing", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.subscriptions WHERE id = 'crm' AND state = 'failing'`) == 1
+	})
+}
+
+func TestRetryAfter(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			return 429, http.Header{"Retry-After": {"2"}}, "slow down"
+		}
+		return 200, nil, "ok"
+	})
+	start(t, testConfig(t, db, "  retry_schedule: [0s, 100ms, 100ms, 5s]", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	reqs := rc.Wait(t, 2, 20*time.Second)
+	if gap := reqs[1].At.Sub(reqs[0].At); gap < 2*time.Second {
+		t.Errorf("second attempt %s after a 429 with Retry-After: 2, want at least 2s", gap)
+	}
+}
+
+// TestIsolation: one receiver hangs past the timeout while another is
+// healthy; the healthy one's latency stays low.
+func TestIsolation(t *testing.T) {
+	db := newDB(t)
+	healthy, hung := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	hung.SetRespond(func(_ int, r *http.Request, _ []byte) (int, http.Header, string) {
+		<-r.Context().Done()
+		return 200, nil, ""
+	})
+	start(t, testConfig(t, db, "  timeout: 1s\n  retry_schedule: [0s, 100ms, 100ms]\n  concurrency: 4\n  queue_size: 16",
+		sub("healthy", healthy.URL, "request.created"), sub("hung", hung.URL, "request.created")))
+	const n = 200
+	committed := make([]time.Time, 0, n)
+	conn := db.Connect(t)
+	for i := range n {
+		if _, err := conn.Exec(context.Background(), `INSERT INTO requests (id, title, requester_id) VALUES ($1, 'x', 1)`, 1000+i); err != nil {
+			t.Fatal(err)
+		}
+		committed = append(committed, time.Now())
+		time.Sleep(5 * time.Millisecond)
+	}
+	reqs := healthy.Wait(t, n, 30*time.Second)
+	var lat []time.Duration
+	for _, r := range reqs {
+		var env struct {
+			Data struct{ ID string } `json:"data"`
+		}
+		_ = json.Unmarshal(r.Body, &env)
+		var id int
+		fmt.Sscanf(env.Data.ID, "req_%d", &id)
+		lat = append(lat, r.At.Sub(committed[id-1000]))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p99 := lat[len(lat)*99/100]
+	t.Logf("healthy subscription while the other hangs: p50 %s p99 %s max %s", lat[len(lat)/2], p99, lat[len(lat)-1])
+	if p99 > 250*time.Millisecond {
+		t.Errorf("healthy p99 %s, want < 250ms", p99)
+	}
+}
+
+func TestInactiveSubscriptions(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfig(t, db, "",
+		sub("on", rc.URL, "request.created"),
+		sub("off", rc.URL+"/off", "request.created", "active: false"),
+		sub("queued", rc.URL+"/queued", "request.created", "active: false", "queue_while_inactive: true")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "three deliveries journaled", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries`) == 3
+	})
+	for sub, want := range map[string]string{"on": "delivered", "off": "skipped", "queued": "held"} {
+		var state string
+		if err := db.Connect(t).QueryRow(context.Background(), `SELECT state FROM dzhook.deliveries WHERE subscription_id = $1`, sub).Scan(&state); err != nil || state != want {
+			t.Errorf("%s: state %q (err %v), want %s", sub, state, err, want)
+		}
+	}
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("receiver got %d requests, want 1 (only the active subscription)", n)
+	}
+}
+
+func TestFilter(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfig(t, db, "", sub("urgent", rc.URL, "request.created", `filter: 'data.priority in ["high", "urgent"]'`)))
+	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (1, 'low one', 'low', 1), (2, 'urgent one', 'urgent', 1)`,
+		`INSERT INTO requests (id, title, priority, requester_id) VALUES (3, 'marker', 'high', 1)`)
+	reqs := rc.Wait(t, 2, 20*time.Second)
+	for _, r := range reqs {
+		if strings.Contains(string(r.Body), "low one") {
+			t.Errorf("filtered-out event delivered: %s", r.Body)
+		}
+	}
+}

@@ -1,0 +1,23 @@
+// Package journal is dzhook's durable store, in PostgreSQL: events (the
+// exact bytes sent), deliveries (one per event and subscription, with
+// state and the time of the next attempt), attempts (what each receiver
+// answered), subscription state, checkpoints of the replication stream,
+// running instances, and rejected outbox rows.
+//
+// Writes come in batches (Store.Write: one transaction, one round trip),
+// never one per delivery. Due work is claimed with FOR UPDATE SKIP LOCKED
+// so several dzhook processes share it; a delivery being attempted has an
+// owner, and only when that owner's heartbeat goes stale may another
+// process take it over.
+//
+// Delivery states:
+//
+//	pending ──2xx──────────────────▶ delivered
+//	   │  └─4xx, or last attempt──▶ failed ──manual retry──▶ pending
+//	   └─5xx/timeout: next_attempt_at += schedule
+//	held (inactive subscription, queue_while_inactive) ──resume──▶ pending
+//	skipped (inactive subscription without queueing)
+//
+// The schema is created and upgraded by embedded, versioned migrations
+// (Store.Migrate), applied by `dzhook setup` and `dzhook run`.
+package journal

@@ -1,0 +1,252 @@
+package journal
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// DefaultSchema holds the journal's tables.
+const DefaultSchema = "dzhook"
+
+// Store is the journal.
+type Store struct {
+	pool   *pgxpool.Pool
+	schema string // quoted identifier
+	raw    string // schema name as configured
+}
+
+// Open connects to the journal database. The pool is the Store's; Close
+// releases it.
+func Open(ctx context.Context, dsn, schema string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("parse journal DSN: invalid connection string") // the DSN may hold a password
+	}
+	cfg.ConnConfig.RuntimeParams["application_name"] = "dzhook-journal"
+	cfg.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
+	cfg.MaxConns = 8
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to journal: %w", err)
+	}
+	return New(pool, schema), nil
+}
+
+// New returns a Store on an existing pool.
+func New(pool *pgxpool.Pool, schema string) *Store {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	return &Store{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), raw: schema}
+}
+
+// Pool returns the Store's connection pool.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Close closes the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// q replaces {{schema}} in a statement with the quoted schema.
+func (s *Store) q(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", s.schema) }
+
+// Ping checks that the journal answers.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	return s.pool.QueryRow(ctx, "SELECT 1").Scan(&one)
+}
+
+// Migrate creates the schema and applies the migrations it lacks, in
+// order, each in its own transaction, under an advisory lock so two
+// processes starting together do not race.
+func (s *Store) Migrate(ctx context.Context) ([]string, error) {
+	files, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(files)
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	defer conn.Release()
+	lockKey := "dzhook-migrate:" + s.raw
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", lockKey); err != nil {
+		return nil, fmt.Errorf("journal migration lock: %w", err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1))", lockKey) }()
+
+	if _, err := conn.Exec(ctx, s.q(`CREATE SCHEMA IF NOT EXISTS {{schema}}`)); err != nil {
+		return nil, fmt.Errorf("create journal schema %s: %w (the role needs CREATE on the database, or create the schema for it: see deploy/sql/role.sql)", s.raw, err)
+	}
+	if _, err := conn.Exec(ctx, s.q(`CREATE TABLE IF NOT EXISTS {{schema}}.schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`)); err != nil {
+		return nil, fmt.Errorf("create journal migrations table: %w", err)
+	}
+	var applied []string
+	for _, f := range files {
+		name := strings.TrimSuffix(strings.TrimPrefix(f, "migrations/"), ".sql")
+		version, err := strconv.Atoi(strings.SplitN(name, "_", 2)[0])
+		if err != nil {
+			return nil, fmt.Errorf("migration %s: name must start with its version", f)
+		}
+		var done bool
+		if err := conn.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.schema_migrations WHERE version = $1)`), version).Scan(&done); err != nil {
+			return nil, err
+		}
+		if done {
+			continue
+		}
+		body, err := migrations.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, s.q(string(body))); err != nil {
+			_ = tx.Rollback(ctx)
+			return nil, fmt.Errorf("journal migration %s: %w", name, err)
+		}
+		if _, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.schema_migrations (version, name) VALUES ($1, $2)`), version, name); err != nil {
+			_ = tx.Rollback(ctx)
+			return nil, err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return nil, fmt.Errorf("journal migration %s: %w", name, err)
+		}
+		applied = append(applied, name)
+	}
+	return applied, nil
+}
+
+// Checkpoint returns the slot's checkpoint: every transaction with a
+// commit LSN up to it is journaled (0 when none).
+func (s *Store) Checkpoint(ctx context.Context, slot string) (uint64, error) {
+	var lsn int64
+	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read checkpoint: %w", err)
+	}
+	return uint64(lsn), nil
+}
+
+// Register records a running instance; Heartbeat keeps it alive.
+func (s *Store) Register(ctx context.Context, instance string) error {
+	host, _ := os.Hostname()
+	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.instances (id, hostname) VALUES ($1, $2)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`), instance, host)
+	return err
+}
+
+// Heartbeat tells other instances this one is alive.
+func (s *Store) Heartbeat(ctx context.Context, instance string) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.instances SET heartbeat_at = now() WHERE id = $1`), instance)
+	return err
+}
+
+// Unregister ends an instance cleanly: its pending deliveries are
+// released at once for others (or the next start) to claim, and its row is
+// removed.
+func (s *Store) Unregister(ctx context.Context, instance string) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE owner = $1 AND state = 'pending'`), instance)
+	if err != nil {
+		return err
+	}
+	_, err = s.pool.Exec(ctx, s.q(`DELETE FROM {{schema}}.instances WHERE id = $1`), instance)
+	return err
+}
+
+// Claimed is a due delivery taken by Claim, with its event's body.
+type Claimed struct {
+	ID, EventID, EventType, SubscriptionID string
+	Attempts                               int
+	Body                                   []byte
+	Test                                   bool
+}
+
+// Claim takes up to limit due deliveries of a subscription, oldest first,
+// for owner: pending, due, and not owned by a live instance (one whose
+// heartbeat is newer than staleAfter). FOR UPDATE SKIP LOCKED lets several
+// processes claim at once without taking the same delivery.
+func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner string, staleAfter time.Duration) ([]Claimed, error) {
+	rows, err := s.pool.Query(ctx, s.q(`
+		WITH live AS (
+			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second'
+		), due AS (
+			SELECT d.id FROM {{schema}}.deliveries d
+			 WHERE d.subscription_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= now()
+			   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))
+			 ORDER BY d.next_attempt_at
+			 LIMIT $2
+			   FOR UPDATE SKIP LOCKED
+		)
+		UPDATE {{schema}}.deliveries d SET owner = $3, updated_at = now()
+		  FROM due, {{schema}}.events e
+		 WHERE d.id = due.id AND e.id = d.event_id
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test`),
+		subscription, limit, owner, staleAfter.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim due deliveries: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Claimed, error) {
+		var c Claimed
+		err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test)
+		return c, err
+	})
+}
+
+// SubscriptionRow is a subscription's persisted state.
+type SubscriptionRow struct {
+	ID            string
+	State         string
+	Paused        bool
+	LastSuccessAt time.Time
+	LastFailureAt time.Time
+	LastStatus    int
+	LastError     string
+}
+
+// SubscriptionStates returns every subscription's persisted state.
+func (s *Store) SubscriptionStates(ctx context.Context) ([]SubscriptionRow, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, state, paused, last_success_at, last_failure_at, last_status, last_error FROM {{schema}}.subscriptions`))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SubscriptionRow, error) {
+		var row SubscriptionRow
+		var okAt, failAt *time.Time
+		var status *int32
+		var lastErr *string
+		err := r.Scan(&row.ID, &row.State, &row.Paused, &okAt, &failAt, &status, &lastErr)
+		if okAt != nil {
+			row.LastSuccessAt = *okAt
+		}
+		if failAt != nil {
+			row.LastFailureAt = *failAt
+		}
+		if status != nil {
+			row.LastStatus = int(*status)
+		}
+		if lastErr != nil {
+			row.LastError = *lastErr
+		}
+		return row, err
+	})
+}

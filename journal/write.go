@@ -1,0 +1,228 @@
+package journal
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// EventRow is an event to record.
+type EventRow struct {
+	ID         string
+	Type       string
+	Body       []byte
+	CommitLSN  uint64 // 0: not from the stream
+	OccurredAt time.Time
+}
+
+// DeliveryRow is a delivery to record, with its state as known when the
+// batch is written (its first attempt may already be done).
+type DeliveryRow struct {
+	ID, EventID, SubscriptionID, EventType string
+	State                                  string
+	Attempts                               int
+	NextAttemptAt                          time.Time // zero: none
+	Owner                                  string
+	Test                                   bool
+	LastStatus                             int // 0: none
+	LastError                              string
+	LastAttemptAt                          time.Time
+	CreatedAt                              time.Time
+}
+
+// DeliveryUpdate changes a recorded delivery after an attempt.
+type DeliveryUpdate struct {
+	ID            string
+	State         string
+	Attempts      int
+	NextAttemptAt time.Time // zero: none
+	Owner         string    // "": none
+	LastStatus    int
+	LastError     string
+	LastAttemptAt time.Time
+}
+
+// AttemptRow is one attempt.
+type AttemptRow struct {
+	DeliveryID   string
+	Attempt      int
+	At           time.Time
+	Trigger      string // auto, manual, test
+	StatusCode   int    // 0: no response
+	Duration     time.Duration
+	ResponseBody []byte
+	ErrorClass   string
+	Error        string
+}
+
+// SubscriptionState is a subscription's health after a batch.
+type SubscriptionState struct {
+	ID            string
+	State         string // healthy, failing, disabled
+	Changed       bool   // the state changed in this batch
+	LastSuccessAt time.Time
+	LastFailureAt time.Time
+	LastStatus    int
+	LastError     string
+}
+
+// Rejection is an outbox row or message that did not become an event.
+type Rejection struct {
+	Source    string
+	Reason    string
+	CommitLSN uint64
+}
+
+// Batch is everything one group commit writes.
+type Batch struct {
+	Events     []EventRow
+	Deliveries []DeliveryRow
+	Attempts   []AttemptRow
+	Updates    []DeliveryUpdate
+	Subs       []SubscriptionState
+	Rejections []Rejection
+	// Slot and Checkpoint, when Slot is set, record that every transaction
+	// up to Checkpoint is journaled.
+	Slot       string
+	Checkpoint uint64
+}
+
+// Empty reports whether the batch writes nothing.
+func (b *Batch) Empty() bool {
+	return len(b.Events)+len(b.Deliveries)+len(b.Attempts)+len(b.Updates)+len(b.Subs)+len(b.Rejections) == 0 && b.Slot == ""
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func nullInt(n int) *int32 {
+	if n == 0 {
+		return nil
+	}
+	v := int32(n)
+	return &v
+}
+
+func nullText(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// Write records a batch in one transaction and one round trip: each kind
+// of row is one statement over arrays (unnest), so the cost grows with
+// the bytes, not with the number of rows. Inserts ignore rows already
+// there (a replay after a crash), so Write is idempotent.
+func (s *Store) Write(ctx context.Context, b *Batch) error {
+	if b.Empty() {
+		return nil
+	}
+	batch := &pgx.Batch{}
+	if n := len(b.Events); n > 0 {
+		ids, types, bodies := make([]string, n), make([]string, n), make([][]byte, n)
+		lsns, at := make([]*int64, n), make([]time.Time, n)
+		for i, e := range b.Events {
+			ids[i], types[i], bodies[i], at[i] = e.ID, e.Type, e.Body, e.OccurredAt
+			if e.CommitLSN != 0 {
+				v := int64(e.CommitLSN)
+				lsns[i] = &v
+			}
+		}
+		batch.Queue(s.q(`INSERT INTO {{schema}}.events (id, type, body, commit_lsn, occurred_at)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])
+			ON CONFLICT (id) DO NOTHING`), ids, types, bodies, lsns, at)
+	}
+	if n := len(b.Deliveries); n > 0 {
+		ids, events, subs, types, states := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		attempts := make([]int32, n)
+		next, lastAt, created := make([]*time.Time, n), make([]*time.Time, n), make([]time.Time, n)
+		owners, lastErr := make([]*string, n), make([]*string, n)
+		tests := make([]bool, n)
+		lastStatus := make([]*int32, n)
+		for i, d := range b.Deliveries {
+			ids[i], events[i], subs[i], types[i], states[i] = d.ID, d.EventID, d.SubscriptionID, d.EventType, d.State
+			attempts[i], tests[i], created[i] = int32(d.Attempts), d.Test, d.CreatedAt
+			next[i], lastAt[i] = nullTime(d.NextAttemptAt), nullTime(d.LastAttemptAt)
+			owners[i], lastErr[i], lastStatus[i] = nullText(d.Owner), nullText(d.LastError), nullInt(d.LastStatus)
+		}
+		batch.Queue(s.q(`INSERT INTO {{schema}}.deliveries (id, event_id, subscription_id, event_type, state, attempts,
+				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, updated_at)
+			SELECT u.*, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[]) AS u
+			ON CONFLICT (id) DO NOTHING`), ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created)
+	}
+	if n := len(b.Attempts); n > 0 {
+		ids, triggers, classes, errs := make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)
+		nums, durations := make([]int32, n), make([]int32, n)
+		at := make([]time.Time, n)
+		status := make([]*int32, n)
+		bodies := make([][]byte, n)
+		for i, a := range b.Attempts {
+			ids[i], nums[i], at[i], triggers[i] = a.DeliveryID, int32(a.Attempt), a.At, a.Trigger
+			status[i], durations[i], bodies[i] = nullInt(a.StatusCode), int32(a.Duration.Milliseconds()), a.ResponseBody
+			classes[i], errs[i] = nullText(a.ErrorClass), nullText(a.Error)
+		}
+		batch.Queue(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error)
+			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[])
+			ON CONFLICT (delivery_id, attempt) DO NOTHING`), ids, nums, at, triggers, status, durations, bodies, classes, errs)
+	}
+	if n := len(b.Updates); n > 0 {
+		ids, states := make([]string, n), make([]string, n)
+		attempts := make([]int32, n)
+		next, lastAt := make([]*time.Time, n), make([]*time.Time, n)
+		owners, lastErr := make([]*string, n), make([]*string, n)
+		lastStatus := make([]*int32, n)
+		for i, u := range b.Updates {
+			ids[i], states[i], attempts[i] = u.ID, u.State, int32(u.Attempts)
+			next[i], lastAt[i] = nullTime(u.NextAttemptAt), nullTime(u.LastAttemptAt)
+			owners[i], lastErr[i], lastStatus[i] = nullText(u.Owner), nullText(u.LastError), nullInt(u.LastStatus)
+		}
+		// An update never lowers the attempt count: a late result of an
+		// attempt another instance took over must not undo a newer one.
+		batch.Queue(s.q(`UPDATE {{schema}}.deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next,
+				owner = u.owner, last_status = u.status, last_error = u.err, last_attempt_at = u.at, updated_at = now()
+			FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::timestamptz[])
+				AS u(id, state, attempts, next, owner, status, err, at)
+			WHERE d.id = u.id AND d.attempts <= u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt)
+	}
+	for _, st := range b.Subs {
+		batch.Queue(s.q(`INSERT INTO {{schema}}.subscriptions AS s (id, state, state_changed_at, last_success_at, last_failure_at, last_status, last_error, updated_at)
+			VALUES ($1, $2, CASE WHEN $3 THEN now() END, $4, $5, $6, $7, now())
+			ON CONFLICT (id) DO UPDATE SET
+				state = EXCLUDED.state,
+				state_changed_at = CASE WHEN $3 THEN now() ELSE s.state_changed_at END,
+				last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
+				last_failure_at = coalesce(EXCLUDED.last_failure_at, s.last_failure_at),
+				last_status = coalesce(EXCLUDED.last_status, s.last_status),
+				last_error = coalesce(EXCLUDED.last_error, s.last_error),
+				updated_at = now()`),
+			st.ID, st.State, st.Changed, nullTime(st.LastSuccessAt), nullTime(st.LastFailureAt), nullInt(st.LastStatus), nullText(st.LastError))
+	}
+	for _, r := range b.Rejections {
+		var lsn *int64
+		if r.CommitLSN != 0 {
+			v := int64(r.CommitLSN)
+			lsn = &v
+		}
+		batch.Queue(s.q(`INSERT INTO {{schema}}.rejections (source, reason, commit_lsn) VALUES ($1, $2, $3)`), r.Source, r.Reason, lsn)
+	}
+	if b.Slot != "" {
+		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints (slot, lsn, updated_at) VALUES ($1, $2, now())
+			ON CONFLICT (slot) DO UPDATE SET lsn = greatest({{schema}}.checkpoints.lsn, EXCLUDED.lsn), updated_at = now()`),
+			b.Slot, int64(b.Checkpoint))
+	}
+	// pgx sends a batch as one pipeline ending in one Sync, which
+	// PostgreSQL runs as one implicit transaction: all or nothing, in one
+	// round trip.
+	if err := s.pool.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("journal: write batch: %w", err)
+	}
+	return nil
+}
