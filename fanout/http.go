@@ -232,4 +232,3 @@ func errorExcerpt(s string) string {
 	}
 	return s[:max] + "…"
 }
-

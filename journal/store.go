@@ -87,7 +87,9 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", lockKey); err != nil {
 		return nil, fmt.Errorf("journal migration lock: %w", err)
 	}
-	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1))", lockKey) }()
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1))", lockKey)
+	}()
 
 	if _, err := conn.Exec(ctx, s.q(`CREATE SCHEMA IF NOT EXISTS {{schema}}`)); err != nil {
 		return nil, fmt.Errorf("create journal schema %s: %w (the role needs CREATE on the database, or create the schema for it: see deploy/sql/role.sql)", s.raw, err)
