@@ -23,6 +23,7 @@ const (
 	DefaultPublication       = "dzhook"
 	DefaultJournalSchema     = "dzhook"
 	DefaultRetention         = 30 * 24 * time.Hour
+	DefaultHeartbeat         = 5 * time.Second
 	DefaultTimeout           = 5 * time.Second
 	DefaultResponseBodyLimit = 4096
 	DefaultConcurrency       = 16
@@ -93,6 +94,10 @@ type Journal struct {
 	// Retention is how long finished deliveries and their attempts are
 	// kept. Defaults to 720h (30 days).
 	Retention time.Duration `koanf:"retention"`
+	// Heartbeat is how often this process tells the journal it is alive.
+	// Deliveries a process was attempting when it died are taken over
+	// after three missed heartbeats. Defaults to 5s.
+	Heartbeat time.Duration `koanf:"heartbeat"`
 }
 
 // Delivery governs how dzhook calls receivers.
@@ -211,7 +216,7 @@ type Subscription struct {
 func Default() Config {
 	return Config{
 		Source:   Source{Slot: DefaultSlot, Publication: DefaultPublication, AutoSetup: true},
-		Journal:  Journal{Schema: DefaultJournalSchema, Retention: DefaultRetention},
+		Journal:  Journal{Schema: DefaultJournalSchema, Retention: DefaultRetention, Heartbeat: DefaultHeartbeat},
 		Delivery: Delivery{Timeout: DefaultTimeout, RetrySchedule: append([]time.Duration(nil), DefaultRetrySchedule...), ResponseBodyLimit: DefaultResponseBodyLimit, Concurrency: DefaultConcurrency, QueueSize: DefaultQueueSize},
 		Admin:    Admin{Listen: DefaultAdminListen, MetricsPublic: true},
 		SLA:      SLA{WarningPercent: DefaultWarningPercent},

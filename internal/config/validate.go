@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/filter"
@@ -53,6 +54,9 @@ func (c *Config) validate(ps *Problems) {
 	checkIdentifier(ps, "journal.schema", c.Journal.Schema)
 	if c.Journal.Retention <= 0 {
 		ps.add("journal.retention", "must be positive, e.g. 720h")
+	}
+	if c.Journal.Heartbeat < 100*time.Millisecond || c.Journal.Heartbeat > time.Minute {
+		ps.add("journal.heartbeat", "must be between 100ms and 1m, e.g. 5s")
 	}
 
 	d := c.Delivery

@@ -4,6 +4,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -161,7 +162,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Ack:     func(lsn uint64) { e.stream.Ack(pglogrepl.LSN(lsn)) },
 		Timeout: cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, UserAgent: "dzhook/" + opts.Version,
-		PollInterval: opts.PollInterval, Heartbeat: opts.Heartbeat, Logger: opts.Logger,
+		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: opts.Logger,
 	})
 	if err != nil {
 		return nil, err

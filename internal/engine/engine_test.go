@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/pgtest"
@@ -85,8 +87,14 @@ func newDB(t *testing.T) *pgtest.DB {
 
 func queryInt(t *testing.T, db *pgtest.DB, sql string, args ...any) int {
 	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
 	var n int
-	if err := db.Connect(t).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
@@ -117,9 +125,14 @@ func attempts(t *testing.T, db *pgtest.DB, deliveryID string) []attemptRow {
 }
 
 func deliveryState(t *testing.T, db *pgtest.DB, deliveryID string) string {
-	var s string
-	err := db.Connect(t).QueryRow(context.Background(), `SELECT state FROM dzhook.deliveries WHERE id = $1`, deliveryID).Scan(&s)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.DSN)
 	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var s string
+	if err := conn.QueryRow(ctx, `SELECT state FROM dzhook.deliveries WHERE id = $1`, deliveryID).Scan(&s); err != nil {
 		return "missing: " + err.Error()
 	}
 	return s

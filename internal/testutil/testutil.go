@@ -5,6 +5,7 @@ package testutil
 import (
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -114,4 +115,19 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// NewReceiverAt starts a receiver on a given address (host:port), for a
+// receiver that "comes back" where dzhook already sends.
+func NewReceiverAt(t testing.TB, addr string) *Receiver {
+	t.Helper()
+	rc := &Receiver{got: make(chan struct{}, 1)}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	rc.Server = &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(rc.serve)}}
+	rc.Server.Start()
+	t.Cleanup(rc.Close)
+	return rc
 }

@@ -1,0 +1,394 @@
+// Package e2e tests the real dzhook binary as a subprocess against a real
+// PostgreSQL and real HTTP receivers: crashes (kill -9), restarts and
+// memory under a dead receiver.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dzhook-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "dzhook")
+	out, err := exec.Command("go", "build", "-o", binary, "github.com/dzdesk/dzhook/cmd/dzhook").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build dzhook: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := pgtest.Main(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const secret = "e2e-test-secret-0123456789"
+
+// process is a running dzhook binary.
+type process struct {
+	cmd  *exec.Cmd
+	done chan error
+	log  string
+}
+
+// startDzhook runs `dzhook run --config path`, logging to a file that is
+// printed if the test fails.
+func startDzhook(t *testing.T, config string) *process {
+	t.Helper()
+	dir := os.Getenv("DZHOOK_E2E_LOGS") // keep the logs there, for debugging
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	logPath := filepath.Join(dir, fmt.Sprintf("dzhook-%d.log", time.Now().UnixNano()))
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "run", "--config", config)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, done: make(chan error, 1), log: logPath}
+	go func() { p.done <- cmd.Wait(); logf.Close() }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("dzhook log %s:\n%s", logPath, tail(string(b), 60))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// kill sends SIGKILL and waits.
+func (p *process) kill() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// stop sends SIGTERM and returns the exit error.
+func (p *process) stop(t *testing.T) error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("dzhook did not exit within 30s of SIGTERM")
+		return nil
+	}
+}
+
+// rssMB reads the process's resident memory.
+func (p *process) rssMB() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(b)))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.Atoi(f[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+func writeConfig(t *testing.T, db *pgtest.DB, url, delivery string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	yaml := fmt.Sprintf(`source:
+  dsn: %s
+journal:
+  heartbeat: 200ms
+delivery:
+  allow_insecure_http: true
+%s
+admin:
+  listen: ""
+log:
+  level: debug
+subscriptions:
+  - id: crm
+    url: %s
+    events: [request.created]
+    secret: %s
+`, db.DSN, delivery, url, secret)
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// setup runs `dzhook setup`: the slot must exist before the load, since
+// changes committed before it are not in the stream.
+func setup(t *testing.T, config string) {
+	t.Helper()
+	out, err := exec.Command(binary, "setup", "--config", config).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dzhook setup: %v\n%s", err, out)
+	}
+}
+
+func newDB(t *testing.T) *pgtest.DB {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com')`)
+	return db
+}
+
+// insertRequests commits n requests (ids from 1), perTx per transaction,
+// pausing between transactions.
+func insertRequests(ctx context.Context, db *pgtest.DB, n, perTx int, pause time.Duration) error {
+	for i := 1; i <= n; i += perTx {
+		last := min(i+perTx-1, n)
+		err := db.Cluster.Exec(ctx, db.Name, fmt.Sprintf(
+			`INSERT INTO requests (id, title, requester_id) SELECT g, 'request ' || g, 1 FROM generate_series(%d, %d) g`, i, last))
+		if err != nil {
+			return err
+		}
+		if pause > 0 {
+			time.Sleep(pause)
+		}
+	}
+	return nil
+}
+
+// received indexes what a receiver got by request id: the envelope ids
+// seen for each.
+func received(reqs []testutil.Request) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	for _, r := range reqs {
+		var env struct {
+			ID   string
+			Data struct{ ID string } `json:"data"`
+		}
+		if json.Unmarshal(r.Body, &env) != nil {
+			continue
+		}
+		if out[env.Data.ID] == nil {
+			out[env.Data.ID] = map[string]bool{}
+		}
+		out[env.Data.ID][env.ID] = true
+	}
+	return out
+}
+
+// queryRow runs a one-row query on a connection of its own (polling loops
+// call it many times).
+func queryRow(t *testing.T, db *pgtest.DB, sql string, dst any) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, sql).Scan(dst); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func queryInt(t *testing.T, db *pgtest.DB, sql string) int {
+	t.Helper()
+	var n int
+	queryRow(t, db, sql, &n)
+	return n
+}
+
+// TestCrashKill9 kills dzhook with SIGKILL at random moments during a
+// 5,000-row load, five times, restarting it each time. Every event reaches
+// the receiver at least once with the same id each time, and the journal
+// holds each delivery once.
+func TestCrashKill9(t *testing.T) {
+	const rows = 5000
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := writeConfig(t, db, rc.URL, "  retry_schedule: [0s, 300ms, 1s, 1s, 1s, 1s, 1s, 1s]")
+	setup(t, cfg)
+	p := startDzhook(t, cfg)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	loaded := make(chan error, 1)
+	go func() { loaded <- insertRequests(ctx, db, rows, 5, 4*time.Millisecond) }()
+	for range 5 {
+		time.Sleep(time.Duration(300+rand.IntN(700)) * time.Millisecond) // a random moment
+		p.kill()
+		p = startDzhook(t, cfg)
+	}
+	if err := <-loaded; err != nil {
+		t.Fatal(err)
+	}
+	waitOrDiagnose(t, db, 30*time.Second, fmt.Sprintf("all %d events at the receiver", rows), func() bool {
+		return len(received(rc.Requests())) >= rows
+	})
+	got := received(rc.Requests())
+	dups := 0
+	for i := 1; i <= rows; i++ {
+		ids := got[fmt.Sprintf("req_%d", i)]
+		if len(ids) != 1 {
+			t.Errorf("req_%d arrived under %d event ids %v, want exactly one stable id", i, len(ids), ids)
+		}
+	}
+	dups = len(rc.Requests()) - rows
+	testutil.Eventually(t, 60*time.Second, "every delivery journaled as delivered", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == rows
+	})
+	if n, distinct := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries`), queryInt(t, db, `SELECT count(DISTINCT (event_id, subscription_id)) FROM dzhook.deliveries`); n != rows || distinct != rows {
+		t.Errorf("journal holds %d deliveries (%d distinct pairs), want %d", n, distinct, rows)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.events`); n != rows {
+		t.Errorf("journal holds %d events, want %d", n, rows)
+	}
+	if err := p.stop(t); err != nil {
+		t.Errorf("dzhook exited with %v after SIGTERM, want 0", err)
+	}
+	t.Logf("%d events, 5 kills: %d requests received, %d duplicates (at-least-once), 0 missing", rows, len(rc.Requests()), dups)
+}
+
+// waitOrDiagnose is testutil.Eventually that, on a timeout, prints the
+// journal's and the slot's state.
+func waitOrDiagnose(t *testing.T, db *pgtest.DB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			conn := db.Connect(t)
+			rows, _ := conn.Query(context.Background(), `SELECT state || ' owner=' || coalesce(owner, '-') || ' n=' || count(*) FROM dzhook.deliveries GROUP BY state, owner
+				UNION ALL SELECT 'slot confirmed ' || confirmed_flush_lsn::text || ' active ' || coalesce(active_pid::text, '-') || ' now ' || pg_current_wal_lsn()::text FROM pg_replication_slots
+				UNION ALL SELECT 'instance ' || id || ' heartbeat ' || (now() - heartbeat_at)::text FROM dzhook.instances
+				UNION ALL SELECT 'checkpoint ' || lsn::text FROM dzhook.checkpoints
+				UNION ALL SELECT 'requests ' || count(*) FROM requests
+				UNION ALL SELECT 'missing from events: ' || coalesce(string_agg(r.id::text, ',' ORDER BY r.id), 'none') FROM requests r
+				  WHERE NOT EXISTS (SELECT 1 FROM dzhook.events e WHERE convert_from(e.body, 'UTF8')::json->'data'->>'id' = 'req_' || r.id)
+				UNION ALL SELECT 'events without delivery: ' || count(*) FROM dzhook.events e WHERE NOT EXISTS (SELECT 1 FROM dzhook.deliveries d WHERE d.event_id = e.id)`)
+			var lines []string
+			for rows.Next() {
+				var l string
+				_ = rows.Scan(&l)
+				lines = append(lines, l)
+			}
+			rows.Close()
+			t.Fatalf("timed out after %s waiting for %s; state:\n%s", timeout, what, strings.Join(lines, "\n"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// freePort returns a port nothing listens on.
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return port
+}
+
+func slotLSN(t *testing.T, db *pgtest.DB, expr string) pglogrepl.LSN {
+	var s string
+	queryRow(t, db, expr, &s)
+	lsn, _ := pglogrepl.ParseLSN(s)
+	return lsn
+}
+
+// TestBoundedMemory: with the receiver down and 100,000 events, dzhook's
+// memory stays bounded and the slot keeps advancing (the work waits in the
+// journal); when the receiver comes back, everything is delivered.
+func TestBoundedMemory(t *testing.T) {
+	rows := 100_000
+	if v, err := strconv.Atoi(os.Getenv("DZHOOK_E2E_MEMORY_ROWS")); err == nil && v > 0 {
+		rows = v
+	}
+	db := newDB(t)
+	port := freePort(t)
+	url := fmt.Sprintf("http://127.0.0.1:%d/hook", port)
+	cfg := writeConfig(t, db, url, "  retry_schedule: [0s, 2s, 3s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s, 5s]\n  queue_size: 256")
+	setup(t, cfg)
+	p := startDzhook(t, cfg)
+
+	var peak float64
+	var mu sync.Mutex
+	sampling, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		for sampling.Err() == nil {
+			if r := p.rssMB(); r > 0 {
+				mu.Lock()
+				peak = max(peak, r)
+				mu.Unlock()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+
+	if err := insertRequests(context.Background(), db, rows, 500, 0); err != nil {
+		t.Fatal(err)
+	}
+	end := slotLSN(t, db, `SELECT pg_current_wal_lsn()::text`)
+	testutil.Eventually(t, 3*time.Minute, "confirmed_flush_lsn past the end of the load while the receiver is down", func() bool {
+		return slotLSN(t, db, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'dzhook'`) >= end
+	})
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'pending'`); n == 0 {
+		t.Errorf("no pending deliveries in the journal while the receiver is down")
+	}
+
+	// The receiver comes back.
+	rc := testutil.NewReceiverAt(t, fmt.Sprintf("127.0.0.1:%d", port))
+	testutil.Eventually(t, 3*time.Minute, fmt.Sprintf("all %d deliveries delivered", rows), func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == rows
+	})
+	if got := len(received(rc.Requests())); got != rows {
+		t.Errorf("receiver got %d distinct requests, want %d", got, rows)
+	}
+	stop()
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d events with the receiver down: peak RSS %.1f MB", rows, peak)
+	if peak > 200 {
+		t.Errorf("peak RSS %.1f MB, want < 200 MB", peak)
+	}
+	if err := p.stop(t); err != nil {
+		t.Errorf("dzhook exited with %v after SIGTERM", err)
+	}
+}
