@@ -150,12 +150,17 @@ func New(cfg Config) (*Dispatcher, error) {
 		if _, dup := d.byID[sc.ID]; dup {
 			return nil, fmt.Errorf("fanout: duplicate subscription %q", sc.ID)
 		}
+		for _, other := range d.subs {
+			if subscriptionTag(other.cfg.ID) == subscriptionTag(sc.ID) {
+				return nil, fmt.Errorf("fanout: subscriptions %q and %q share a delivery id tag; rename one", other.cfg.ID, sc.ID)
+			}
+		}
 		d.subs = append(d.subs, s)
 		d.byID[sc.ID] = s
 	}
 	d.writer = &writer{
 		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, ack: cfg.Ack,
-		onSpill: d.nudge, log: d.log, linger: cfg.Linger, maxBatch: defaultMaxBatch,
+		onSpill: d.nudge, log: d.log, linger: cfg.Linger, hold: DefaultHold, maxBatch: defaultMaxBatch,
 	}
 	return d, nil
 }
@@ -281,7 +286,7 @@ func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
 			if s.cfg.QueueWhileInactive {
 				row.State = "held"
 			}
-		case s.reserve(1) == 1:
+		case d.reserve(ctx, s):
 			row.State, row.Owner, row.NextAttemptAt = "pending", d.cfg.Instance, now
 			tasks = append(tasks, &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: TriggerAuto})
 			targets = append(targets, s)
@@ -290,6 +295,7 @@ func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
 			// the scheduler claims it when there is room.
 			row.State, row.NextAttemptAt = "pending", now
 			spilled = true
+			s.backlog.Store(true)
 		}
 		rows = append(rows, row)
 	}
@@ -315,6 +321,42 @@ func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
 	return nil
 }
 
+// maxRoomWait bounds how long Dispatch waits for room in the queue of a
+// receiver that keeps up.
+const maxRoomWait = 100 * time.Millisecond
+
+// reserve takes a place in a subscription's queue. When the queue is full
+// and the receiver keeps up (answers 2xx, fast), it waits a moment for
+// room: the stream then runs at the receiver's pace and every delivery
+// takes the fast path, one journal insert with its outcome. A receiver
+// that is slow, failing or hung gets no wait: its deliveries go to the
+// journal at once, so it never delays the others.
+func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
+	if s.reserve(1) == 1 {
+		return true
+	}
+	if !s.keepsUp() {
+		return false
+	}
+	deadline := time.NewTimer(maxRoomWait)
+	defer deadline.Stop()
+	for {
+		select {
+		case <-s.room:
+		case <-deadline.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+		if s.reserve(1) == 1 {
+			return true
+		}
+		if !s.keepsUp() {
+			return false
+		}
+	}
+}
+
 // Commit marks the end of the transaction committed at lsn: once the
 // journal holds everything queued before it, lsn is acknowledged.
 func (d *Dispatcher) Commit(ctx context.Context, lsn uint64) error {
@@ -334,6 +376,13 @@ func (d *Dispatcher) work(life context.Context, s *sub) {
 			return
 		case t := <-s.queue:
 			s.release(1)
+			select {
+			case s.room <- struct{}{}:
+			default:
+			}
+			if s.backlog.Load() && int64(len(s.queue)) < s.size/2 {
+				d.nudge() // due work waits in the journal and there is room
+			}
 			d.attempt(life, s, t)
 		}
 	}
@@ -349,6 +398,7 @@ func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) {
 	if t.reply != nil {
 		t.reply <- res
 	}
+	s.observe(res.Duration, res.Status >= 200 && res.Status < 300)
 	now := d.now().UTC()
 	upd := journal.DeliveryUpdate{
 		ID: t.deliveryID, Attempts: n, LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At,
@@ -453,7 +503,7 @@ func (d *Dispatcher) scheduleLoop(ctx context.Context) {
 // has room for (reserved first, so nothing claimed is left without a
 // place).
 func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
-	n := s.reserve(min(s.size, 512))
+	n := s.reserve(min(s.size, 1024))
 	if n == 0 {
 		return nil
 	}
@@ -466,7 +516,10 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 		s.queue <- &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: TriggerAuto, test: c.Test}
 	}
 	if len(claimed) == int(n) {
+		s.backlog.Store(true)
 		d.nudge() // there may be more
+	} else {
+		s.backlog.Store(false)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +57,16 @@ type sub struct {
 	queue    chan *task
 	reserved atomic.Int64 // queue places taken or promised
 	size     int64
+	room     chan struct{} // a worker took a task: there may be room
+	// backlog is set while due work of this subscription waits in the
+	// journal, so workers that empty the queue wake the scheduler.
+	backlog atomic.Bool
+	// latency is an exponential moving average of attempt durations (µs)
+	// and lastFailed whether the last attempt failed: together they say
+	// whether the receiver keeps up (see keepsUp).
+	latency    atomic.Int64
+	lastFailed atomic.Bool
+	lastDone   atomic.Int64 // unix nanoseconds of the last finished attempt
 
 	mu            sync.Mutex
 	state         string // healthy, failing, disabled
@@ -124,23 +135,59 @@ func (s *sub) reserve(n int64) int64 {
 // release gives back places reserved and not used.
 func (s *sub) release(n int64) { s.reserved.Add(-n) }
 
-var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+// fastReceiver is the attempt time under which a receiver that answers
+// 2xx is considered to keep up: Dispatch waits for room in its queue
+// rather than sending its deliveries the slow way, through the journal.
+const fastReceiver = 50 * time.Millisecond
+
+// keepsUp reports whether the receiver answers, fast, right now: its last
+// attempt succeeded, attempts take little time on average, and one
+// finished recently (a receiver that stopped answering has attempts in
+// flight and none finishing).
+func (s *sub) keepsUp() bool {
+	return !s.lastFailed.Load() &&
+		time.Duration(s.latency.Load())*time.Microsecond < fastReceiver &&
+		time.Since(time.Unix(0, s.lastDone.Load())) < fastReceiver
+}
+
+// observe records an attempt's duration and outcome.
+func (s *sub) observe(d time.Duration, ok bool) {
+	us := d.Microseconds()
+	for {
+		cur := s.latency.Load()
+		next := us
+		if cur != 0 {
+			next = (cur*7 + us) / 8
+		}
+		if s.latency.CompareAndSwap(cur, next) {
+			break
+		}
+	}
+	s.lastFailed.Store(!ok)
+	s.lastDone.Store(time.Now().UnixNano())
+}
+
+var idEncoding = base32.NewEncoding("234567abcdefghijklmnopqrstuvwxyz").WithPadding(base32.NoPadding)
 
 // DeliveryID is the id of the delivery of an event to a subscription:
 // derived from the pair, so a replay finds the delivery it made before.
+// It is the event id's part followed by 13 characters of a hash of the
+// subscription id (65 bits; New refuses two subscriptions whose parts
+// collide), so deliveries sort like their events and the journal's primary
+// key grows at its end instead of at random places.
 func DeliveryID(eventID, subscriptionID string) string {
-	h := sha256.New()
-	h.Write([]byte(eventID))
-	h.Write([]byte{0})
-	h.Write([]byte(subscriptionID))
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
-	return "dlv_" + idEncoding.EncodeToString(sum[:16])
+	return "dlv_" + strings.TrimPrefix(eventID, "whk_") + subscriptionTag(subscriptionID)
+}
+
+// subscriptionTag is the subscription's part of its delivery ids.
+func subscriptionTag(subscriptionID string) string {
+	sum := sha256.Sum256([]byte(subscriptionID))
+	return idEncoding.EncodeToString(sum[:9])[:13]
 }
 
 // compile prepares a subscription for delivery.
 func compile(cfg Subscription, timeout time.Duration, concurrency, queueSize int, dialer dialFunc, opts *Config) (*sub, error) {
-	s := &sub{cfg: cfg, queue: make(chan *task, queueSize), size: int64(queueSize), state: StateHealthy, headers: http.Header{}}
+	s := &sub{cfg: cfg, queue: make(chan *task, queueSize), size: int64(queueSize), state: StateHealthy, headers: http.Header{}, room: make(chan struct{}, 1)}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {

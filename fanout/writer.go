@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -11,8 +12,7 @@ import (
 
 // record is one entry of the writer's queue. The queue is FIFO: an
 // event's deliveries are queued before any result of their attempts, and
-// a transaction's commit after all its events, so when a batch holding a
-// commit is written, the whole transaction is journaled.
+// a transaction's commit after all its events.
 type record struct {
 	event   *journal.EventRow
 	delivs  []journal.DeliveryRow
@@ -21,16 +21,26 @@ type record struct {
 	attempt *journal.AttemptRow
 	sub     *journal.SubscriptionState
 	reject  *journal.Rejection
-	commit  uint64        // a transaction boundary: its commit LSN
-	done    chan<- error  // told when the record is durable
-	wake    chan struct{} // a no-op record that only forces a flush
+	commit  uint64       // a transaction boundary: its commit LSN
+	done    chan<- error // told when the record is durable
 }
 
-// writer is the group commit: it takes what accumulated while the last
-// batch was written (lingering a moment to let first attempts finish, so a
-// delivery is usually inserted with its outcome rather than inserted and
-// then updated), writes it in one transaction, and then reports the
-// highest commit LSN of the batch as durable.
+// DefaultHold is how long the writer keeps a delivery whose first attempt
+// is in flight before writing it without its outcome.
+const DefaultHold = time.Second
+
+// writer is the group commit. It writes what accumulated while the last
+// batch was being written (lingering a moment first), in one transaction,
+// and then acknowledges the highest commit LSN whose transaction is wholly
+// journaled.
+//
+// A delivery whose first attempt is in flight is held back for up to
+// Hold, so that it is usually written once, with its outcome, instead of
+// inserted and then updated (an update touches every index of the table:
+// it is the journal's most expensive write). A transaction is not
+// acknowledged while one of its deliveries is held, so holding delays the
+// slot by at most Hold and never loses anything: a delivery held when the
+// process dies was never acknowledged, and the stream sends it again.
 type writer struct {
 	in       chan record
 	store    *journal.Store
@@ -40,7 +50,25 @@ type writer struct {
 	onFlush  func(batchRecords int, took time.Duration, err error)
 	log      *slog.Logger
 	linger   time.Duration
+	hold     time.Duration
 	maxBatch int
+
+	seq      uint64
+	held     map[string]*heldDelivery
+	heldFIFO []*heldDelivery // by arrival: deadlines are in order too
+	markers  []marker        // commits received and not yet acknowledged
+	written  uint64          // the checkpoint last written
+}
+
+type heldDelivery struct {
+	row      journal.DeliveryRow
+	seq      uint64
+	deadline time.Time
+	gone     bool // written already (its outcome came, or it expired)
+}
+
+type marker struct {
+	lsn, seq uint64
 }
 
 // put queues a record; it blocks while the queue is full (backpressure up
@@ -54,53 +82,67 @@ func (w *writer) put(ctx context.Context, r record) error {
 	}
 }
 
-// run writes batches until drain is closed, then writes what is queued
-// and returns. It never drops a batch: a failed write is retried with
-// backoff, and meanwhile the queue fills and backpressure holds the
-// stream.
+// run writes batches until drain is closed, then writes what is queued,
+// releases what it holds, and returns. It never drops a batch: a failed
+// write is retried with backoff, and meanwhile the queue fills and
+// backpressure holds the stream.
 func (w *writer) run(life context.Context, drain <-chan struct{}) {
+	if w.held == nil {
+		w.held = map[string]*heldDelivery{}
+	}
 	for {
-		var first record
+		b := newBatchBuilder()
+		var expire <-chan time.Time
+		if d, ok := w.nextDeadline(); ok {
+			t := time.NewTimer(time.Until(d))
+			expire = t.C
+			defer t.Stop()
+		}
 		select {
-		case first = <-w.in:
+		case r := <-w.in:
+			w.add(b, r)
+			w.gather(b, drain)
+		case <-expire:
 		case <-drain:
 			w.drainAll(life)
 			return
 		case <-life.Done():
 			return
 		}
-		b := newBatchBuilder()
-		b.add(first)
-		if w.linger > 0 && b.records < w.maxBatch {
-			timer := time.NewTimer(w.linger)
-		gather:
-			for b.records < w.maxBatch {
-				select {
-				case r := <-w.in:
-					b.add(r)
-				case <-timer.C:
-					break gather
-				case <-drain:
-					break gather
-				}
-			}
-			timer.Stop()
-		}
-		// Whatever else is queued now joins without waiting.
-	more:
-		for b.records < w.maxBatch {
-			select {
-			case r := <-w.in:
-				b.add(r)
-			default:
-				break more
-			}
-		}
-		w.flush(life, b)
+		w.flush(life, b, time.Now())
 	}
 }
 
-// drainAll writes everything queued, at shutdown.
+// gather adds what arrives within the linger time, and whatever else is
+// already queued, up to the batch size.
+func (w *writer) gather(b *batchBuilder, drain <-chan struct{}) {
+	if w.linger > 0 && b.records < w.maxBatch {
+		timer := time.NewTimer(w.linger)
+	wait:
+		for b.records < w.maxBatch {
+			select {
+			case r := <-w.in:
+				w.add(b, r)
+			case <-timer.C:
+				break wait
+			case <-drain:
+				break wait
+			}
+		}
+		timer.Stop()
+	}
+more:
+	for b.records < w.maxBatch {
+		select {
+		case r := <-w.in:
+			w.add(b, r)
+		default:
+			break more
+		}
+	}
+}
+
+// drainAll writes everything queued and everything held, at shutdown.
 func (w *writer) drainAll(life context.Context) {
 	for {
 		b := newBatchBuilder()
@@ -108,32 +150,126 @@ func (w *writer) drainAll(life context.Context) {
 		for b.records < w.maxBatch {
 			select {
 			case r := <-w.in:
-				b.add(r)
+				w.add(b, r)
 			default:
 				break fill
 			}
 		}
 		if b.records == 0 {
-			return
+			break
 		}
-		w.flush(life, b)
+		w.flush(life, b, time.Now())
+	}
+	// Release every held delivery: it goes to the journal as in flight,
+	// and the instance's exit releases its ownership.
+	w.flush(life, newBatchBuilder(), time.Now().Add(w.hold+time.Hour))
+}
+
+func (w *writer) nextDeadline() (time.Time, bool) {
+	for len(w.heldFIFO) > 0 && w.heldFIFO[0].gone {
+		w.heldFIFO = w.heldFIFO[1:]
+	}
+	if len(w.heldFIFO) == 0 {
+		return time.Time{}, false
+	}
+	return w.heldFIFO[0].deadline, true
+}
+
+// add merges one record into the batch.
+func (w *writer) add(bb *batchBuilder, r record) {
+	w.seq++
+	bb.records++
+	b := &bb.b
+	if r.event != nil {
+		b.Events = append(b.Events, *r.event)
+	}
+	for _, d := range r.delivs {
+		if d.State == "pending" && d.Owner != "" && w.hold > 0 {
+			h := &heldDelivery{row: d, seq: w.seq, deadline: time.Now().Add(w.hold)}
+			w.held[d.ID] = h
+			w.heldFIFO = append(w.heldFIFO, h)
+			continue
+		}
+		bb.addDelivery(d)
+	}
+	bb.spilled = bb.spilled || r.spilled
+	if u := r.update; u != nil {
+		if h, ok := w.held[u.ID]; ok {
+			// The first attempt's outcome: write the delivery once, with it.
+			delete(w.held, u.ID)
+			h.gone = true
+			mergeUpdate(&h.row, u)
+			bb.addDelivery(h.row)
+		} else {
+			bb.addUpdate(*u)
+		}
+	}
+	if r.attempt != nil {
+		b.Attempts = append(b.Attempts, *r.attempt)
+	}
+	if r.sub != nil {
+		bb.addSub(*r.sub)
+	}
+	if r.reject != nil {
+		b.Rejections = append(b.Rejections, *r.reject)
+	}
+	if r.commit != 0 {
+		w.markers = append(w.markers, marker{lsn: r.commit, seq: w.seq})
+	}
+	if r.done != nil {
+		bb.dones = append(bb.dones, r.done)
 	}
 }
 
-func (w *writer) flush(life context.Context, b *batchBuilder) {
+func mergeUpdate(d *journal.DeliveryRow, u *journal.DeliveryUpdate) {
+	if u.Attempts < d.Attempts {
+		return
+	}
+	d.State, d.Attempts, d.NextAttemptAt, d.Owner = u.State, u.Attempts, u.NextAttemptAt, u.Owner
+	d.LastStatus, d.LastError, d.LastAttemptAt = u.LastStatus, u.LastError, u.LastAttemptAt
+}
+
+// flush releases held deliveries whose time is up (as of now), writes the
+// batch with the checkpoint of every transaction now wholly journaled, and
+// acknowledges it.
+func (w *writer) flush(life context.Context, bb *batchBuilder, now time.Time) {
+	for len(w.heldFIFO) > 0 && (w.heldFIFO[0].gone || !w.heldFIFO[0].deadline.After(now)) {
+		h := w.heldFIFO[0]
+		w.heldFIFO = w.heldFIFO[1:]
+		if !h.gone {
+			h.gone = true
+			delete(w.held, h.row.ID)
+			bb.addDelivery(h.row)
+		}
+	}
+	// A commit is acknowledged once nothing before it is held.
+	minHeld := uint64(math.MaxUint64)
+	if _, ok := w.nextDeadline(); ok {
+		minHeld = w.heldFIFO[0].seq
+	}
+	var ackable uint64
+	n := 0
+	for n < len(w.markers) && w.markers[n].seq < minHeld {
+		ackable = max(ackable, w.markers[n].lsn)
+		n++
+	}
+	if ackable > w.written {
+		bb.b.Slot, bb.b.Checkpoint = w.slot, ackable
+	}
+	if bb.records == 0 && bb.b.Empty() {
+		return
+	}
+
 	start := time.Now()
 	var err error
-	if !b.b.Empty() {
-		if b.commit != 0 {
-			b.b.Slot, b.b.Checkpoint = w.slot, b.commit
-		}
+	if !bb.b.Empty() {
 		backoff := 100 * time.Millisecond
 		for attempt := 1; ; attempt++ {
-			err = w.store.Write(life, &b.b)
+			err = w.store.Write(life, &bb.b)
 			if err == nil || life.Err() != nil {
 				break
 			}
-			w.log.Error("journal write failed; retrying, deliveries and the stream wait meanwhile", "err", err, "attempt", attempt, "records", b.records)
+			w.log.Error("journal write failed; retrying, deliveries and the stream wait meanwhile", "err", err, "attempt", attempt, "records", bb.records)
 			select {
 			case <-time.After(backoff/2 + rand.N(backoff/2+1)):
 			case <-life.Done():
@@ -141,22 +277,29 @@ func (w *writer) flush(life context.Context, b *batchBuilder) {
 			backoff = min(backoff*2, 10*time.Second)
 		}
 	}
+	took := time.Since(start)
 	if w.onFlush != nil {
-		w.onFlush(b.records, time.Since(start), err)
+		w.onFlush(bb.records, took, err)
 	}
+	w.log.Debug("journal batch written", "records", bb.records, "events", len(bb.b.Events), "deliveries", len(bb.b.Deliveries),
+		"updates", len(bb.b.Updates), "attempts", len(bb.b.Attempts), "held", len(w.held), "took", took.Round(time.Microsecond).String())
 	if err != nil {
-		for _, d := range b.dones {
+		for _, d := range bb.dones {
 			d <- err
 		}
 		return
 	}
-	if b.commit != 0 && w.ack != nil {
-		w.ack(b.commit)
+	w.markers = w.markers[n:]
+	if ackable > w.written {
+		w.written = ackable
+		if w.ack != nil {
+			w.ack(ackable)
+		}
 	}
-	for _, d := range b.dones {
+	for _, d := range bb.dones {
 		d <- nil
 	}
-	if b.spilled && w.onSpill != nil {
+	if bb.spilled && w.onSpill != nil {
 		w.onSpill()
 	}
 }
@@ -167,7 +310,6 @@ type batchBuilder struct {
 	delivIdx map[string]int
 	updIdx   map[string]int
 	subIdx   map[string]int
-	commit   uint64
 	spilled  bool
 	dones    []chan<- error
 	records  int
@@ -177,61 +319,45 @@ func newBatchBuilder() *batchBuilder {
 	return &batchBuilder{delivIdx: map[string]int{}, updIdx: map[string]int{}, subIdx: map[string]int{}}
 }
 
-func (bb *batchBuilder) add(r record) {
-	bb.records++
+func (bb *batchBuilder) addDelivery(d journal.DeliveryRow) {
+	bb.delivIdx[d.ID] = len(bb.b.Deliveries)
+	bb.b.Deliveries = append(bb.b.Deliveries, d)
+}
+
+// addUpdate merges an attempt's outcome: into the delivery's insert when
+// it is in this batch, else into one update per delivery.
+func (bb *batchBuilder) addUpdate(u journal.DeliveryUpdate) {
 	b := &bb.b
-	if r.event != nil {
-		b.Events = append(b.Events, *r.event)
+	if i, ok := bb.delivIdx[u.ID]; ok {
+		mergeUpdate(&b.Deliveries[i], &u)
+		return
 	}
-	for _, d := range r.delivs {
-		bb.delivIdx[d.ID] = len(b.Deliveries)
-		b.Deliveries = append(b.Deliveries, d)
-	}
-	bb.spilled = bb.spilled || r.spilled
-	if u := r.update; u != nil {
-		if i, ok := bb.delivIdx[u.ID]; ok {
-			// Inserted in this very batch: insert it with its outcome.
-			d := &b.Deliveries[i]
-			if u.Attempts >= d.Attempts {
-				d.State, d.Attempts, d.NextAttemptAt, d.Owner = u.State, u.Attempts, u.NextAttemptAt, u.Owner
-				d.LastStatus, d.LastError, d.LastAttemptAt = u.LastStatus, u.LastError, u.LastAttemptAt
-			}
-		} else if i, ok := bb.updIdx[u.ID]; ok {
-			if u.Attempts >= b.Updates[i].Attempts {
-				b.Updates[i] = *u
-			}
-		} else {
-			bb.updIdx[u.ID] = len(b.Updates)
-			b.Updates = append(b.Updates, *u)
+	if i, ok := bb.updIdx[u.ID]; ok {
+		if u.Attempts >= b.Updates[i].Attempts {
+			b.Updates[i] = u
 		}
+		return
 	}
-	if r.attempt != nil {
-		b.Attempts = append(b.Attempts, *r.attempt)
+	bb.updIdx[u.ID] = len(b.Updates)
+	b.Updates = append(b.Updates, u)
+}
+
+// addSub keeps one state row per subscription and batch.
+func (bb *batchBuilder) addSub(s journal.SubscriptionState) {
+	b := &bb.b
+	i, ok := bb.subIdx[s.ID]
+	if !ok {
+		bb.subIdx[s.ID] = len(b.Subs)
+		b.Subs = append(b.Subs, s)
+		return
 	}
-	if s := r.sub; s != nil {
-		if i, ok := bb.subIdx[s.ID]; ok {
-			prev := b.Subs[i]
-			next := *s
-			next.Changed = next.Changed || prev.Changed
-			if next.LastSuccessAt.IsZero() {
-				next.LastSuccessAt = prev.LastSuccessAt
-			}
-			if next.LastFailureAt.IsZero() {
-				next.LastFailureAt = prev.LastFailureAt
-			}
-			b.Subs[i] = next
-		} else {
-			bb.subIdx[s.ID] = len(b.Subs)
-			b.Subs = append(b.Subs, *s)
-		}
+	prev := b.Subs[i]
+	s.Changed = s.Changed || prev.Changed
+	if s.LastSuccessAt.IsZero() {
+		s.LastSuccessAt = prev.LastSuccessAt
 	}
-	if r.reject != nil {
-		b.Rejections = append(b.Rejections, *r.reject)
+	if s.LastFailureAt.IsZero() {
+		s.LastFailureAt = prev.LastFailureAt
 	}
-	if r.commit > bb.commit {
-		bb.commit = r.commit
-	}
-	if r.done != nil {
-		bb.dones = append(bb.dones, r.done)
-	}
+	b.Subs[i] = s
 }

@@ -2,10 +2,12 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // EventRow is an event to record.
@@ -124,6 +126,24 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 	if b.Empty() {
 		return nil
 	}
+	// Plain inserts first: ON CONFLICT costs every row a speculative
+	// insertion, and conflicts only happen when the stream replays what a
+	// crashed process had journaled. A conflict aborts the whole batch,
+	// which is then written again, idempotently.
+	err := s.pool.SendBatch(ctx, s.batch(b, "")).Close()
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		err = s.pool.SendBatch(ctx, s.batch(b, " ON CONFLICT DO NOTHING")).Close()
+	}
+	if err != nil {
+		return fmt.Errorf("journal: write batch: %w", err)
+	}
+	return nil
+}
+
+// batch builds the statements of a Write; onConflict is appended to its
+// inserts.
+func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 	batch := &pgx.Batch{}
 	if n := len(b.Events); n > 0 {
 		ids, types, bodies := make([]string, n), make([]string, n), make([][]byte, n)
@@ -136,8 +156,7 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 			}
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.events (id, type, body, commit_lsn, occurred_at)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])
-			ON CONFLICT (id) DO NOTHING`), ids, types, bodies, lsns, at)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])`)+onConflict, ids, types, bodies, lsns, at)
 	}
 	if n := len(b.Deliveries); n > 0 {
 		ids, events, subs, types, states := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -155,8 +174,7 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.deliveries (id, event_id, subscription_id, event_type, state, attempts,
 				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, updated_at)
 			SELECT u.*, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[]) AS u
-			ON CONFLICT (id) DO NOTHING`), ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created)
+				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[]) AS u`)+onConflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created)
 	}
 	if n := len(b.Attempts); n > 0 {
 		ids, triggers, classes, errs := make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)
@@ -170,8 +188,7 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 			classes[i], errs[i] = nullText(a.ErrorClass), nullText(a.Error)
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error)
-			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[])
-			ON CONFLICT (delivery_id, attempt) DO NOTHING`), ids, nums, at, triggers, status, durations, bodies, classes, errs)
+			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[])`)+onConflict, ids, nums, at, triggers, status, durations, bodies, classes, errs)
 	}
 	if n := len(b.Updates); n > 0 {
 		ids, states := make([]string, n), make([]string, n)
@@ -221,8 +238,5 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 	// pgx sends a batch as one pipeline ending in one Sync, which
 	// PostgreSQL runs as one implicit transaction: all or nothing, in one
 	// round trip.
-	if err := s.pool.SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("journal: write batch: %w", err)
-	}
-	return nil
+	return batch
 }

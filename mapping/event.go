@@ -27,7 +27,10 @@ type Event struct {
 	CommitLSN pglogrepl.LSN
 }
 
-var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+// idEncoding is base32 with its digits in ASCII order, so ids of one
+// database sort as their positions in the stream do (the journal's indexes
+// stay append-mostly).
+var idEncoding = base32.NewEncoding("234567abcdefghijklmnopqrstuvwxyz").WithPadding(base32.NoPadding)
 
 // Source identifies a database: events of two databases never share ids.
 type Source uint32

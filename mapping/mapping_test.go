@@ -169,8 +169,8 @@ var goldenOrder = []string{
 }
 
 var (
-	volatileID   = regexp.MustCompile(`^\{"id":"whk_[a-z2-7]{26}","event":"[a-z_.]+","timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"`)
-	volatileHead = regexp.MustCompile(`"id":"whk_[a-z2-7]{26}","event":"([a-z_.]+)","timestamp":"[^"]+"`)
+	volatileID   = regexp.MustCompile(`^\{"id":"whk_[2-7a-z]{26}","event":"[a-z_.]+","timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"`)
+	volatileHead = regexp.MustCompile(`"id":"whk_[2-7a-z]{26}","event":"([a-z_.]+)","timestamp":"[^"]+"`)
 )
 
 // normalize replaces the two parts of an envelope that depend on the run

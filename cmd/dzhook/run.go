@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/engine"
@@ -51,6 +53,13 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		return exitFailure
 	}
 	log := newLogger(env.stderr, cfg.Log)
+	if path := env.getenv("DZHOOK_CPUPROFILE"); path != "" {
+		// For benchmarks (BENCHMARKS.md): a CPU profile of the whole run.
+		f, err := os.Create(path)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version})
 	if err != nil {
 		log.Error("cannot start", "err", err)

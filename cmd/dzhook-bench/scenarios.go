@@ -1,0 +1,645 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/signer"
+)
+
+const benchSecret = "bench-secret-0123456789abcdef"
+
+// receiver is the benchmark's webhook endpoint: it verifies each
+// signature, notes when each delivery first arrived, and answers 200; a
+// path under /hang/ never answers.
+type receiver struct {
+	url   string
+	srv   *http.Server
+	total atomic.Int64
+
+	mu      sync.Mutex
+	first   map[string]time.Time // X-DZDESK-Delivery → first arrival
+	byReq   map[string]time.Time // path + request id → first arrival
+	target  int
+	reached chan struct{}
+	bad     atomic.Int64
+}
+
+func newReceiver() (*receiver, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	rc := &receiver{url: "http://" + ln.Addr().String(), first: map[string]time.Time{}, byReq: map[string]time.Time{}}
+	rc.srv = &http.Server{Handler: rc, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = rc.srv.Serve(ln) }()
+	return rc, nil
+}
+
+func (rc *receiver) close() { _ = rc.srv.Close() }
+
+// expect resets the receiver to wait for n distinct deliveries.
+func (rc *receiver) expect(n int) <-chan struct{} {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.first, rc.byReq = map[string]time.Time{}, map[string]time.Time{}
+	rc.target, rc.reached = n, make(chan struct{})
+	rc.total.Store(0)
+	return rc.reached
+}
+
+var dataID = []byte(`"data":{"id":"`)
+
+func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	body, _ := io.ReadAll(r.Body)
+	if strings.HasPrefix(r.URL.Path, "/hang/") {
+		<-r.Context().Done()
+		return
+	}
+	if signer.Verify(r.Header.Get(signer.HeaderSignature), body, []byte(benchSecret)) != nil {
+		rc.bad.Add(1)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	rc.total.Add(1)
+	dlv := r.Header.Get(signer.HeaderDelivery)
+	req := ""
+	if i := bytes.Index(body, dataID); i >= 0 {
+		rest := body[i+len(dataID):]
+		if j := bytes.IndexByte(rest, '"'); j >= 0 {
+			req = r.URL.Path + " " + string(rest[:j])
+		}
+	}
+	rc.mu.Lock()
+	if _, seen := rc.first[dlv]; !seen {
+		rc.first[dlv] = now
+		if req != "" {
+			rc.byReq[req] = now
+		}
+		if len(rc.first) == rc.target && rc.reached != nil {
+			close(rc.reached)
+		}
+	}
+	rc.mu.Unlock()
+	w.WriteHeader(http.StatusOK)
+}
+
+func (rc *receiver) arrivals() (map[string]time.Time, map[string]time.Time) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return maps(rc.first), maps(rc.byReq)
+}
+
+func maps(m map[string]time.Time) map[string]time.Time {
+	out := make(map[string]time.Time, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// newDB creates a database with the reference schema and one user.
+func (b *bench) newDB(ctx context.Context) (name, dsn string, err error) {
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	name = "bench_" + hex.EncodeToString(r[:])
+	if err := b.cluster.Exec(ctx, "postgres", "CREATE DATABASE "+name); err != nil {
+		return "", "", err
+	}
+	err = b.cluster.Exec(ctx, name, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'bench@company.com')`)
+	return name, b.cluster.DSN(name), err
+}
+
+type subSpec struct {
+	id, path string
+}
+
+// writeConfig writes a dzhook configuration for db with the given
+// subscriptions.
+func (b *bench) writeConfig(dsn string, subs []subSpec, url string) (string, error) {
+	var s strings.Builder
+	fmt.Fprintf(&s, "source:\n  dsn: %s\ndelivery:\n  allow_insecure_http: true\n  timeout: 5s\n  concurrency: 64\nadmin:\n  listen: \"\"\nlog:\n  level: warn\nsubscriptions:\n", dsn)
+	for _, sub := range subs {
+		fmt.Fprintf(&s, "  - id: %s\n    url: %s%s\n    events: [request.created]\n    secret: %s\n", sub.id, url, sub.path, benchSecret)
+	}
+	path := filepath.Join(b.work, fmt.Sprintf("config-%d.yaml", time.Now().UnixNano()))
+	return path, os.WriteFile(path, []byte(s.String()), 0o600)
+}
+
+// dzhook is a running dzhook subprocess.
+type dzhook struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func (b *bench) setup(config string) error {
+	out, err := exec.Command(b.binary, "setup", "--config", config).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("dzhook setup: %v\n%s", err, out)
+	}
+	return nil
+}
+
+func (b *bench) start(config string) (*dzhook, error) {
+	cmd := exec.Command(b.binary, "run", "--config", config)
+	if b.profile != "" {
+		cmd.Env = append(os.Environ(), "DZHOOK_CPUPROFILE="+b.profile)
+	}
+	if b.verbose {
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	d := &dzhook{cmd: cmd, done: make(chan error, 1)}
+	go func() { d.done <- cmd.Wait() }()
+	return d, nil
+}
+
+// usage reads the process's CPU seconds and peak resident memory.
+func (d *dzhook) usage() (cpu float64, peakMB float64) {
+	pid := d.cmd.Process.Pid
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// Fields after the command name, which is in parentheses.
+		s := string(stat)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) > 13 {
+			ut, _ := strconv.ParseFloat(f[11], 64)
+			st, _ := strconv.ParseFloat(f[12], 64)
+			cpu = (ut + st) / 100 // clock ticks
+		}
+	}
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+				kb, _ := strconv.Atoi(f[1])
+				peakMB = float64(kb) / 1024
+			}
+		}
+	}
+	return cpu, peakMB
+}
+
+func (d *dzhook) stop() error {
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		return err
+	case <-time.After(60 * time.Second):
+		_ = d.cmd.Process.Kill()
+		return fmt.Errorf("dzhook did not stop within 60s of SIGTERM")
+	}
+}
+
+// load commits n request inserts, perTx per transaction, with the
+// server's own loop (synchronous_commit off for the loader only: the
+// workload is committed before anything reads it).
+func (b *bench) load(ctx context.Context, db string, from, n, perTx int) error {
+	return b.cluster.Exec(ctx, db, "SET synchronous_commit = off", fmt.Sprintf(`DO $$ BEGIN FOR i IN 0..%d LOOP
+		INSERT INTO requests (id, title, description, priority, requester_id)
+		SELECT %d + i * %d + g, 'Printer on floor 3 is jammed again', 'It shows error E-42 and the tray light blinks.', 'high', 1
+		  FROM generate_series(0, %d) g;
+		COMMIT; END LOOP; END $$`, n/perTx-1, from, perTx, perTx-1))
+}
+
+// minimalLoop reads a slot with pglogrepl alone, parsing each message and
+// doing nothing else, until it has seen n inserts: the stream's limit.
+func minimalLoop(ctx context.Context, dsn, slot string, n int) (time.Duration, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return 0, err
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	start := time.Now()
+	if err := pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'dzhook'", "messages 'true'"}}); err != nil {
+		return 0, err
+	}
+	inserts := 0
+	for inserts < n {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			return 0, err
+		}
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok || len(cd.Data) == 0 || cd.Data[0] != pglogrepl.XLogDataByteID {
+			continue
+		}
+		xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
+		if err != nil {
+			return 0, err
+		}
+		m, err := pglogrepl.Parse(xld.WALData)
+		if err != nil {
+			return 0, err
+		}
+		if _, ok := m.(*pglogrepl.InsertMessage); ok {
+			inserts++
+		}
+	}
+	return time.Since(start), nil
+}
+
+// stream measures the minimal loop on 100-row transactions.
+func (b *bench) stream(ctx context.Context) error {
+	db, dsn, err := b.newDB(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.cluster.DropDatabase(ctx, db)
+	if err := b.cluster.Exec(ctx, db, `CREATE PUBLICATION dzhook FOR TABLE users, requests, comments, request_slas`,
+		`SELECT pg_create_logical_replication_slot('raw', 'pgoutput')`); err != nil {
+		return err
+	}
+	if err := b.load(ctx, db, 0, b.rows, 100); err != nil {
+		return err
+	}
+	took, err := minimalLoop(ctx, dsn, "raw", b.rows)
+	if err != nil {
+		return err
+	}
+	b.add(Result{Scenario: "stream", Metric: "minimal pglogrepl loop, 100-row transactions", Value: float64(b.rows) / took.Seconds(), Unit: "rows/s"})
+	b.streamLimit = float64(b.rows) / took.Seconds()
+	return nil
+}
+
+// receiverLimit measures how many signed 600-byte POSTs per second the
+// receiver takes from 64 keep-alive connections.
+func (b *bench) receiverLimit(ctx context.Context) error {
+	rc, err := newReceiver()
+	if err != nil {
+		return err
+	}
+	defer rc.close()
+	body := bytes.Repeat([]byte("x"), 560)
+	body = append([]byte(`{"id":"whk_x","event":"request.created","data":{"id":"req_`), body...)
+	sig := signer.Sign([]byte(benchSecret), body)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxIdleConns: 64}}
+	var n atomic.Int64
+	deadline := time.Now().Add(5 * time.Second)
+	var wg sync.WaitGroup
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				req, _ := http.NewRequest(http.MethodPost, rc.url+"/limit", bytes.NewReader(body))
+				req.Header.Set(signer.HeaderSignature, sig)
+				req.Header.Set(signer.HeaderDelivery, fmt.Sprintf("dlv_%d_%d", w, i))
+				resp, err := client.Do(req)
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				n.Add(1)
+			}
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	rate := float64(n.Load()) / time.Since(start).Seconds()
+	b.add(Result{Scenario: "receiver", Metric: "signed 600-byte POSTs, 64 keep-alive connections", Value: rate, Unit: "req/s"})
+	b.receiverMax = rate
+	return nil
+}
+
+// catchup commits the workload before dzhook starts, then times dzhook
+// until the receiver has every event.
+func (b *bench) catchup(ctx context.Context) error {
+	for _, perTx := range []int{1, 100} {
+		if err := b.catchupOnce(ctx, perTx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
+	db, dsn, err := b.newDB(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.cluster.DropDatabase(ctx, db)
+	rc, err := newReceiver()
+	if err != nil {
+		return err
+	}
+	defer rc.close()
+	config, err := b.writeConfig(dsn, []subSpec{{"bench", "/bench"}}, rc.url)
+	if err != nil {
+		return err
+	}
+	if err := b.setup(config); err != nil {
+		return err
+	}
+	if err := b.cluster.Exec(ctx, db, `SELECT pg_create_logical_replication_slot('raw', 'pgoutput')`); err != nil {
+		return err
+	}
+	if err := b.load(ctx, db, 0, b.rows, perTx); err != nil {
+		return err
+	}
+	rawTook, err := minimalLoop(ctx, dsn, "raw", b.rows)
+	if err != nil {
+		return err
+	}
+	streamLimit := float64(b.rows) / rawTook.Seconds()
+	if b.receiverMax == 0 {
+		if err := b.receiverLimit(ctx); err != nil {
+			return err
+		}
+	}
+	reached := rc.expect(b.rows)
+	start := time.Now()
+	d, err := b.start(config)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-reached:
+	case err := <-d.done:
+		return fmt.Errorf("dzhook exited: %v", err)
+	case <-time.After(10 * time.Minute):
+		return fmt.Errorf("catch-up did not finish in 10 minutes (%d of %d)", len(rc.first), b.rows)
+	}
+	took := time.Since(start)
+	cpu, rss := d.usage()
+	wal := b.walRetained(ctx, db)
+	if err := d.stop(); err != nil {
+		return err
+	}
+	rate := float64(b.rows) / took.Seconds()
+	limit := min(streamLimit, b.receiverMax)
+	name := fmt.Sprintf("tx%d", perTx)
+	b.add(Result{Scenario: "catchup", Metric: name + ": stream limit (minimal loop, same slot data)", Value: streamLimit, Unit: "rows/s"})
+	b.goal("catchup", name+": dzhook committed rows -> 2xx received", rate, "events/s", 15000, true, "")
+	b.goal("catchup", name+": ratio to min(stream, receiver)", rate/limit*100, "%", 40, true, fmt.Sprintf("limit %.0f/s", limit))
+	b.goal("resources", name+": peak RSS", rss, "MB", 150, false, "")
+	b.add(Result{Scenario: "resources", Metric: name + ": CPU per 10,000 events", Value: cpu / float64(b.rows) * 10000, Unit: "s"})
+	b.add(Result{Scenario: "resources", Metric: name + ": WAL retained by the slot at the end", Value: wal / 1024, Unit: "KiB"})
+	return nil
+}
+
+// walRetained is the WAL the slot keeps (current position - restart_lsn),
+// once dzhook has acknowledged what it delivered.
+func (b *bench) walRetained(ctx context.Context, db string) float64 {
+	conn, err := pgx.Connect(ctx, b.cluster.DSN(db))
+	if err != nil {
+		return -1
+	}
+	defer conn.Close(ctx)
+	var lag float64 = -1
+	for range 100 {
+		_ = conn.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_replication_slots WHERE slot_name = 'dzhook'`).Scan(&lag)
+		if lag < 1<<20 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // acknowledgements are reported about once a second
+	}
+	return lag
+}
+
+// paced commits single-row transactions at rate/s for d from two
+// connections and returns each request's commit time.
+func (b *bench) paced(ctx context.Context, dsn string, from, rate int, d time.Duration) (map[int]time.Time, error) {
+	const conns = 2
+	var mu sync.Mutex
+	committed := map[int]time.Time{}
+	errs := make(chan error, conns)
+	per := time.Second * conns / time.Duration(rate)
+	total := int(d.Seconds()) * rate
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close(ctx)
+			for i := c; i < total; i += conns {
+				// Each connection has its own schedule, so a slow commit
+				// does not shift the others.
+				if wait := time.Until(start.Add(time.Duration(i/conns) * per)); wait > 0 {
+					time.Sleep(wait)
+				}
+				id := from + i
+				if _, err := conn.Exec(ctx, `INSERT INTO requests (id, title, priority, requester_id) VALUES ($1, 'Live request', 'high', 1)`, id); err != nil {
+					errs <- err
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				committed[id] = now
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
+	}
+	return committed, nil
+}
+
+// latencies matches arrivals (path + " req_<id>") with commit times.
+func latencies(committed map[int]time.Time, arrivals map[string]time.Time, path string) []time.Duration {
+	var out []time.Duration
+	for id, at := range committed {
+		if arr, ok := arrivals[fmt.Sprintf("%s req_%d", path, id)]; ok {
+			out = append(out, arr.Sub(at))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func pct(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return -1
+	}
+	i := min(int(float64(len(d))*p), len(d)-1)
+	return float64(d[i].Microseconds()) / 1000
+}
+
+func (b *bench) live(ctx context.Context) error {
+	db, dsn, err := b.newDB(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.cluster.DropDatabase(ctx, db)
+	rc, err := newReceiver()
+	if err != nil {
+		return err
+	}
+	defer rc.close()
+	config, err := b.writeConfig(dsn, []subSpec{{"bench", "/bench"}}, rc.url)
+	if err != nil {
+		return err
+	}
+	if err := b.setup(config); err != nil {
+		return err
+	}
+	d, err := b.start(config)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	// Warm up: connections, caches.
+	warm := rc.expect(200)
+	if _, err := b.paced(ctx, dsn, 1_000_000, 200, time.Second); err != nil {
+		return err
+	}
+	<-warm
+	n := b.rate * int(b.liveFor.Seconds())
+	reached := rc.expect(n)
+	committed, err := b.paced(ctx, dsn, 0, b.rate, b.liveFor)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-reached:
+	case <-time.After(time.Minute):
+		return fmt.Errorf("live: only %d of %d events arrived", len(rc.first), n)
+	}
+	_, byReq := rc.arrivals()
+	lat := latencies(committed, byReq, "/bench")
+	label := fmt.Sprintf("%d tx/s for %s", b.rate, b.liveFor)
+	b.goal("live", label+": commit -> received p50", pct(lat, 0.50), "ms", 1, false, "")
+	b.add(Result{Scenario: "live", Metric: label + ": commit -> received p95", Value: pct(lat, 0.95), Unit: "ms"})
+	b.goal("live", label+": commit -> received p99", pct(lat, 0.99), "ms", 3, false, "")
+	b.add(Result{Scenario: "live", Metric: label + ": commit -> received max", Value: pct(lat, 1), Unit: "ms"})
+	return nil
+}
+
+// fanout: 20 subscriptions each matching every event, catch-up.
+func (b *bench) fanout(ctx context.Context) error {
+	const subs = 20
+	events := b.rows / 5
+	db, dsn, err := b.newDB(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.cluster.DropDatabase(ctx, db)
+	rc, err := newReceiver()
+	if err != nil {
+		return err
+	}
+	defer rc.close()
+	var specs []subSpec
+	for i := range subs {
+		specs = append(specs, subSpec{fmt.Sprintf("s%02d", i), fmt.Sprintf("/s%02d", i)})
+	}
+	config, err := b.writeConfig(dsn, specs, rc.url)
+	if err != nil {
+		return err
+	}
+	if err := b.setup(config); err != nil {
+		return err
+	}
+	if err := b.load(ctx, db, 0, events, 100); err != nil {
+		return err
+	}
+	reached := rc.expect(events * subs)
+	start := time.Now()
+	d, err := b.start(config)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	select {
+	case <-reached:
+	case <-time.After(10 * time.Minute):
+		return fmt.Errorf("fan-out did not finish")
+	}
+	took := time.Since(start)
+	_, rss := d.usage()
+	b.goal("fanout", fmt.Sprintf("%d subscriptions x %d events: deliveries", subs, events), float64(events*subs)/took.Seconds(), "deliveries/s", 15000, true, "")
+	b.goal("resources", "fanout: peak RSS", rss, "MB", 150, false, "")
+	return nil
+}
+
+// isolation: 5 healthy subscriptions and one whose receiver never answers,
+// at a paced load; the healthy ones' latency.
+func (b *bench) isolation(ctx context.Context) error {
+	db, dsn, err := b.newDB(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.cluster.DropDatabase(ctx, db)
+	rc, err := newReceiver()
+	if err != nil {
+		return err
+	}
+	defer rc.close()
+	var specs []subSpec
+	for i := range 5 {
+		specs = append(specs, subSpec{fmt.Sprintf("ok%d", i), fmt.Sprintf("/ok%d", i)})
+	}
+	specs = append(specs, subSpec{"hung", "/hang/x"})
+	config, err := b.writeConfig(dsn, specs, rc.url)
+	if err != nil {
+		return err
+	}
+	if err := b.setup(config); err != nil {
+		return err
+	}
+	d, err := b.start(config)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	const rate, dur = 500, 10 * time.Second
+	reached := rc.expect(5 * rate * int(dur.Seconds()))
+	committed, err := b.paced(ctx, dsn, 0, rate, dur)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-reached:
+	case <-time.After(time.Minute):
+		return fmt.Errorf("isolation: the healthy subscriptions did not get every event")
+	}
+	_, byReq := rc.arrivals()
+	var all []time.Duration
+	for i := range 5 {
+		all = append(all, latencies(committed, byReq, fmt.Sprintf("/ok%d", i))...)
+	}
+	slices.Sort(all)
+	b.goal("isolation", "5 healthy + 1 hung receiver, 500 tx/s: healthy p99", pct(all, 0.99), "ms", 10, false,
+		fmt.Sprintf("p50 %.2f ms", pct(all, 0.5)))
+	return nil
+}
