@@ -194,6 +194,9 @@ func (r *reader) tuple(dst []rawColumn) []rawColumn {
 		r.fail(fmt.Sprintf("tuple of %d columns", n))
 		return nil
 	}
+	if cap(dst) < n {
+		dst = make([]rawColumn, 0, n)
+	}
 	dst = dst[:0]
 	for range n {
 		kind := r.byte("column kind")
@@ -213,7 +216,9 @@ func (r *reader) tuple(dst []rawColumn) []rawColumn {
 	return dst
 }
 
-func parseRowChange(b []byte) (rowChange, error) {
+// parseRowChange parses an insert, update or delete. Its raw columns go
+// into the scratch slices given (reused from message to message).
+func parseRowChange(b []byte, oldBuf, newBuf []rawColumn) (rowChange, error) {
 	r := reader{b: b, off: 1}
 	var m rowChange
 	m.RelationID = r.uint32("relation id")
@@ -223,23 +228,23 @@ func parseRowChange(b []byte) (rowChange, error) {
 		if t := r.byte("tuple marker"); r.err == nil && t != 'N' {
 			return m, fmt.Errorf("insert: tuple marker %q, want 'N'", t)
 		}
-		m.New = r.tuple(nil)
+		m.New = r.tuple(newBuf)
 	case 'U':
 		t := r.byte("tuple marker")
 		if t == 'K' || t == 'O' {
-			m.Old = r.tuple(nil)
+			m.Old = r.tuple(oldBuf)
 			t = r.byte("tuple marker")
 		}
 		if r.err == nil && t != 'N' {
 			return m, fmt.Errorf("update: tuple marker %q, want 'N'", t)
 		}
-		m.New = r.tuple(nil)
+		m.New = r.tuple(newBuf)
 	case 'D':
 		t := r.byte("tuple marker")
 		if r.err == nil && t != 'K' && t != 'O' {
 			return m, fmt.Errorf("delete: tuple marker %q, want 'K' or 'O'", t)
 		}
-		m.Old = r.tuple(nil)
+		m.Old = r.tuple(oldBuf)
 	}
 	return m, r.err
 }

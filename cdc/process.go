@@ -28,6 +28,8 @@ type processor struct {
 
 	lastCommit pglogrepl.LSN // commit LSN of the last transaction handed on in full
 	partial    *txProgress   // a transaction cut short by a lost connection
+
+	oldBuf, newBuf []rawColumn // raw tuples, reused message to message
 }
 
 type txProgress struct {
@@ -116,7 +118,13 @@ func (p *processor) handle(ctx context.Context, w wal) error {
 	case 'Y', 'O':
 		// Types are resolved from the catalog; origins are not used.
 	case 'I', 'U', 'D':
-		m, err := parseRowChange(b)
+		m, err := parseRowChange(b, p.oldBuf, p.newBuf)
+		if m.Old != nil {
+			p.oldBuf = m.Old[:0]
+		}
+		if m.New != nil {
+			p.newBuf = m.New[:0]
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", opName(b[0]), err)
 		}

@@ -499,11 +499,16 @@ func (d *Dispatcher) scheduleLoop(ctx context.Context) {
 	}
 }
 
-// claim takes due deliveries of one subscription, as many as its queue
-// has room for (reserved first, so nothing claimed is left without a
-// place).
+// claim takes due deliveries of one subscription, up to half the room
+// left in its queue (reserved first, so nothing claimed is left without a
+// place; only half, so the stream's own deliveries still find room while
+// the claim runs).
 func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
-	n := s.reserve(min(s.size, 1024))
+	free := s.size - s.reserved.Load()
+	if free < 2 {
+		return nil
+	}
+	n := s.reserve(min(free/2, 1024))
 	if n == 0 {
 		return nil
 	}

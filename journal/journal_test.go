@@ -61,3 +61,115 @@ func BenchmarkWrite(b *testing.B) {
 	}
 	b.ReportMetric(float64(i*n)/b.Elapsed().Seconds(), "events/s")
 }
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	s, _ := newStore(t) // applied once
+	applied, err := s.Migrate(context.Background())
+	if err != nil || len(applied) != 0 {
+		t.Fatalf("second Migrate applied %v (err %v), want nothing", applied, err)
+	}
+}
+
+// TestWriteIsIdempotent: writing a batch again (a replay after a crash)
+// leaves one row of each, and keeps the checkpoint's maximum.
+func TestWriteIsIdempotent(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, batchOf(0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, batchOf(5, 10)); err != nil { // overlaps 5..9
+		t.Fatalf("overlapping batch: %v", err)
+	}
+	conn := db.Connect(t)
+	for table, want := range map[string]int{"events": 15, "deliveries": 15, "attempts": 15} {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM dzhook."+table).Scan(&n); err != nil || n != want {
+			t.Errorf("%s: %d rows (err %v), want %d", table, n, err, want)
+		}
+	}
+	if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != 15 {
+		t.Errorf("checkpoint = %d (err %v), want 15: it never moves back", cp, err)
+	}
+	var body []byte
+	if err := conn.QueryRow(ctx, `SELECT body FROM dzhook.events LIMIT 1`).Scan(&body); err != nil || len(body) != 600 {
+		t.Errorf("body of %d bytes (err %v), want the 600 written", len(body), err)
+	}
+}
+
+func pendingBatch(ids ...string) *Batch {
+	b := &Batch{}
+	now := time.Now().Add(-time.Second)
+	for _, id := range ids {
+		b.Events = append(b.Events, EventRow{ID: "whk_" + id, Type: "request.created", Body: []byte(`{}`), OccurredAt: now})
+		b.Deliveries = append(b.Deliveries, DeliveryRow{ID: "dlv_" + id, EventID: "whk_" + id, SubscriptionID: "crm",
+			EventType: "request.created", State: "pending", NextAttemptAt: now, CreatedAt: now})
+	}
+	return b
+}
+
+// TestClaim: due work is shared by two instances without overlap, and the
+// work of an instance whose heartbeat stopped is taken over.
+func TestClaim(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, fmt.Sprintf("%02d", i))
+	}
+	if err := s.Write(ctx, pendingBatch(ids...)); err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"a", "b"} {
+		if err := s.Register(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := s.Claim(ctx, "crm", 6, "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Claim(ctx, "crm", 6, "b", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a) != 6 || len(b) != 4 {
+		t.Fatalf("a claimed %d, b %d; want 6 and 4", len(a), len(b))
+	}
+	seen := map[string]bool{}
+	for _, c := range append(a, b...) {
+		if seen[c.ID] {
+			t.Errorf("%s claimed twice", c.ID)
+		}
+		seen[c.ID] = true
+		if string(c.Body) != "{}" {
+			t.Errorf("%s body %q", c.ID, c.Body)
+		}
+	}
+	// a is alive: nothing more to claim.
+	if more, _ := s.Claim(ctx, "crm", 10, "b", time.Minute); len(more) != 0 {
+		t.Errorf("b claimed %d deliveries owned by a live instance", len(more))
+	}
+	// a's heartbeat goes stale: b takes a's deliveries over.
+	time.Sleep(1100 * time.Millisecond) // let a's heartbeat age past the 1s staleness used below
+	if err := s.Heartbeat(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := s.Claim(ctx, "crm", 10, "b", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(taken) != 6 {
+		t.Errorf("b took over %d deliveries of the dead instance, want 6", len(taken))
+	}
+	// Unregister releases at once.
+	if err := s.Unregister(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.Claim(ctx, "crm", 20, "c", time.Hour); len(again) != 10 {
+		t.Errorf("after b left, c claimed %d, want all 10", len(again))
+	}
+}

@@ -59,6 +59,8 @@ type bench struct {
 	verbose bool
 	profile string
 
+	separateJournal bool
+
 	streamLimit float64
 	receiverMax float64
 }
@@ -71,6 +73,7 @@ func main() {
 	rate := flag.Int("rate", 1000, "transactions/s of the live scenario")
 	liveFor := flag.Duration("live-for", 30*time.Second, "duration of the live scenario")
 	verbose := flag.Bool("v", false, "show dzhook's log")
+	separate := flag.Bool("separate-journal", false, "put the journal in a database of its own (journal.dsn)")
 	profile := flag.String("cpuprofile", "", "write dzhook's CPU profile of the last run to this `file`")
 	flag.Parse()
 
@@ -90,7 +93,7 @@ func main() {
 	work, _ := os.MkdirTemp("", "dzhook-bench-")
 	defer os.RemoveAll(work)
 
-	b := &bench{cluster: cluster, binary: abs, work: work, rows: *rows, rate: *rate, liveFor: *liveFor, verbose: *verbose, profile: *profile,
+	b := &bench{cluster: cluster, binary: abs, work: work, rows: *rows, rate: *rate, liveFor: *liveFor, verbose: *verbose, profile: *profile, separateJournal: *separate,
 		report: &Report{StartedAt: time.Now().UTC(), Machine: machine(), Go: runtime.Version(), Postgres: pgVersion(cluster),
 			Settings: "PostgreSQL fsync=on synchronous_commit=on; dzhook journal in the source database; 1 subscription unless stated"}}
 	scenarios := []struct {

@@ -141,7 +141,17 @@ type subSpec struct {
 // subscriptions.
 func (b *bench) writeConfig(dsn string, subs []subSpec, url string) (string, error) {
 	var s strings.Builder
-	fmt.Fprintf(&s, "source:\n  dsn: %s\ndelivery:\n  allow_insecure_http: true\n  timeout: 5s\n  concurrency: 64\nadmin:\n  listen: \"\"\nlog:\n  level: warn\nsubscriptions:\n", dsn)
+	journal := ""
+	if b.separateJournal {
+		// The journal in a database of its own (journal.dsn): the
+		// walsender then skips its WAL early instead of decoding it.
+		name := fmt.Sprintf("journal_%d", time.Now().UnixNano())
+		if err := b.cluster.Exec(context.Background(), "postgres", "CREATE DATABASE "+name); err != nil {
+			return "", err
+		}
+		journal = "journal:\n  dsn: " + b.cluster.DSN(name) + "\n"
+	}
+	fmt.Fprintf(&s, "source:\n  dsn: %s\n%sdelivery:\n  allow_insecure_http: true\n  timeout: 5s\nadmin:\n  listen: \"\"\nlog:\n  level: warn\nsubscriptions:\n", dsn, journal)
 	for _, sub := range subs {
 		fmt.Fprintf(&s, "  - id: %s\n    url: %s%s\n    events: [request.created]\n    secret: %s\n", sub.id, url, sub.path, benchSecret)
 	}
@@ -165,8 +175,15 @@ func (b *bench) setup(config string) error {
 
 func (b *bench) start(config string) (*dzhook, error) {
 	cmd := exec.Command(b.binary, "run", "--config", config)
+	cmd.Env = os.Environ()
 	if b.profile != "" {
-		cmd.Env = append(os.Environ(), "DZHOOK_CPUPROFILE="+b.profile)
+		cmd.Env = append(cmd.Env, "DZHOOK_CPUPROFILE="+b.profile)
+	}
+	if m := os.Getenv("BENCH_MEMPROFILE"); m != "" {
+		cmd.Env = append(cmd.Env, "DZHOOK_MEMPROFILE="+m)
+	}
+	if g := os.Getenv("BENCH_GOGC"); g != "" {
+		cmd.Env = append(cmd.Env, "GOGC="+g)
 	}
 	if b.verbose {
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
