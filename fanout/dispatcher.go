@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"sync"
 	"time"
 
@@ -32,6 +33,16 @@ var DefaultRetrySchedule = []time.Duration{0, time.Minute, 5 * time.Minute, 30 *
 
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
+// Observer is told what the dispatcher does, for metrics. Its methods must
+// be fast and safe for concurrent use.
+type Observer interface {
+	EventDispatched(eventType string, deliveries int)
+	DeliveryRecorded(subscription, state string)
+	AttemptFinished(subscription string, took time.Duration, status int, errorClass string, outcome Outcome)
+	StateChanged(subscription, from, to string)
+	JournalFlushed(records int, took time.Duration, err error)
+}
+
 // Config is the input of New.
 type Config struct {
 	Subscriptions []Subscription
@@ -52,6 +63,10 @@ type Config struct {
 	QueueSize         int             // per subscription; defaults to 1024
 	UserAgent         string          // defaults to "dzhook"
 
+	// Notify sends the admin a signed message when a subscription becomes
+	// failing, recovers or is disabled; zero value: log only.
+	Notify NotifyConfig
+
 	PollInterval time.Duration // how often due work is claimed; defaults to 1 s
 	Heartbeat    time.Duration // defaults to 5 s; an owner silent for 3 heartbeats is dead
 	Linger       time.Duration // group commit wait; defaults to 2 ms
@@ -60,8 +75,9 @@ type Config struct {
 	// net.Dialer with the timeout.
 	DialContext dialFunc
 	// RootCAs verify receivers' certificates; nil means the system's.
-	RootCAs *x509.CertPool
-	Logger  *slog.Logger
+	RootCAs  *x509.CertPool
+	Logger   *slog.Logger
+	Observer Observer
 	// NowFunc is the clock; defaults to time.Now.
 	NowFunc func() time.Time
 }
@@ -81,20 +97,31 @@ type Event struct {
 // attempt straight from memory, the journal written beside it in batches,
 // retries claimed from the journal when due.
 type Dispatcher struct {
-	cfg     Config
-	log     *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	obs    Observer
+	writer *writer
+	wake   chan struct{}
+	nwake  chan struct{}
+	now    func() time.Time
+
+	// mu guards the subscription set. Dispatch and claims hold it for
+	// reading while they reserve and fill queues; Reload holds it for
+	// writing while it swaps subscriptions.
+	mu      sync.RWMutex
 	subs    []*sub
 	byID    map[string]*sub
-	writer  *writer
-	wake    chan struct{}
-	stopped chan struct{} // closed when workers must stop taking tasks
-	now     func() time.Time
+	life    context.Context // the workers' context, once Run started
+	stopped bool
 }
 
 // New compiles the subscriptions and returns a Dispatcher; Run starts it.
 func New(cfg Config) (*Dispatcher, error) {
 	if cfg.Journal == nil {
 		return nil, errors.New("fanout: Config.Journal is required")
+	}
+	if cfg.Instance == "" {
+		return nil, errors.New("fanout: Config.Instance is required")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
@@ -131,38 +158,60 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.NowFunc == nil {
 		cfg.NowFunc = time.Now
 	}
-	if cfg.Instance == "" {
-		return nil, errors.New("fanout: Config.Instance is required")
-	}
 	if cfg.DialContext == nil {
 		d := &net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}
 		cfg.DialContext = d.DialContext
 	}
 	d := &Dispatcher{
-		cfg: cfg, log: cfg.Logger.With("component", "fanout"), byID: map[string]*sub{},
-		wake: make(chan struct{}, 1), stopped: make(chan struct{}), now: cfg.NowFunc,
+		cfg: cfg, log: cfg.Logger.With("component", "fanout"), obs: cfg.Observer,
+		wake: make(chan struct{}, 1), nwake: make(chan struct{}, 1), now: cfg.NowFunc,
 	}
-	for _, sc := range cfg.Subscriptions {
-		s, err := compile(sc, cfg.Timeout, cfg.Concurrency, cfg.QueueSize, cfg.DialContext, &cfg)
+	if d.obs == nil {
+		d.obs = nopObserver{}
+	}
+	subs, err := d.compileAll(cfg.Subscriptions)
+	if err != nil {
+		return nil, err
+	}
+	d.subs = subs
+	d.byID = index(subs)
+	d.writer = &writer{
+		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, ack: cfg.Ack,
+		onSpill: d.nudge, onNotify: d.nudgeNotifier, onFlush: d.obs.JournalFlushed, owner: cfg.Instance,
+		log: d.log, linger: cfg.Linger, hold: DefaultHold, maxBatch: defaultMaxBatch,
+	}
+	return d, nil
+}
+
+// compileAll prepares subscriptions, refusing duplicates and colliding
+// delivery id tags.
+func (d *Dispatcher) compileAll(cfgs []Subscription) ([]*sub, error) {
+	var subs []*sub
+	tags := map[string]string{}
+	for _, sc := range cfgs {
+		s, err := compile(sc, d.cfg.Timeout, d.cfg.Concurrency, d.cfg.QueueSize, d.cfg.DialContext, &d.cfg)
 		if err != nil {
 			return nil, err
 		}
-		if _, dup := d.byID[sc.ID]; dup {
-			return nil, fmt.Errorf("fanout: duplicate subscription %q", sc.ID)
-		}
-		for _, other := range d.subs {
-			if subscriptionTag(other.cfg.ID) == subscriptionTag(sc.ID) {
-				return nil, fmt.Errorf("fanout: subscriptions %q and %q share a delivery id tag; rename one", other.cfg.ID, sc.ID)
+		tag := subscriptionTag(sc.ID)
+		if other, dup := tags[tag]; dup {
+			if other == sc.ID {
+				return nil, fmt.Errorf("fanout: duplicate subscription %q", sc.ID)
 			}
+			return nil, fmt.Errorf("fanout: subscriptions %q and %q share a delivery id tag; rename one", other, sc.ID)
 		}
-		d.subs = append(d.subs, s)
-		d.byID[sc.ID] = s
+		tags[tag] = sc.ID
+		subs = append(subs, s)
 	}
-	d.writer = &writer{
-		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, ack: cfg.Ack,
-		onSpill: d.nudge, log: d.log, linger: cfg.Linger, hold: DefaultHold, maxBatch: defaultMaxBatch,
+	return subs, nil
+}
+
+func index(subs []*sub) map[string]*sub {
+	m := make(map[string]*sub, len(subs))
+	for _, s := range subs {
+		m[s.cfg.ID] = s
 	}
-	return d, nil
+	return m
 }
 
 // nudge wakes the scheduler.
@@ -173,11 +222,18 @@ func (d *Dispatcher) nudge() {
 	}
 }
 
+func (d *Dispatcher) nudgeNotifier() {
+	select {
+	case d.nwake <- struct{}{}:
+	default:
+	}
+}
+
 // Run delivers until ctx ends. It loads the subscriptions' persisted state,
 // registers this instance, and runs the workers, the journal writer, the
-// scheduler of due work and the heartbeat. When ctx ends it stops taking
-// new work, lets attempts in flight finish (each within the delivery
-// timeout), writes everything queued to the journal, releases the
+// scheduler of due work, the notifier and the heartbeat. When ctx ends it
+// stops taking new work, lets attempts in flight finish (each within the
+// delivery timeout), writes everything queued to the journal, releases the
 // deliveries it owned to other instances, and returns nil. Deliveries still
 // in memory queues are already journaled and go out on the next start or
 // from another instance.
@@ -198,25 +254,31 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.writer.run(life, drain)
 	}()
 
-	var workers sync.WaitGroup
+	d.mu.Lock()
+	d.life = life
 	for _, s := range d.subs {
-		for range d.cfg.Concurrency {
-			workers.Add(1)
-			go func() {
-				defer workers.Done()
-				d.work(life, s)
-			}()
-		}
+		d.startWorkers(s)
 	}
+	d.mu.Unlock()
+
 	var bg sync.WaitGroup
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); d.scheduleLoop(ctx) }()
 	go func() { defer bg.Done(); d.heartbeatLoop(ctx) }()
+	go func() { defer bg.Done(); d.notifyLoop(ctx) }()
 
 	<-ctx.Done()
-	close(d.stopped)
+	d.mu.Lock()
+	d.stopped = true
+	subs := d.subs
+	d.mu.Unlock()
 	bg.Wait()
-	workers.Wait()
+	for _, s := range subs {
+		close(s.stop)
+	}
+	for _, s := range subs {
+		s.wg.Wait()
+	}
 	close(drain)
 	<-writerDone
 	uctx, cancel := context.WithTimeout(life, 10*time.Second)
@@ -227,12 +289,25 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return nil
 }
 
+// startWorkers runs a subscription's workers. Call with d.mu held.
+func (d *Dispatcher) startWorkers(s *sub) {
+	for range d.cfg.Concurrency {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			d.work(d.life, s)
+		}()
+	}
+}
+
 // loadState restores pause and health from the journal.
 func (d *Dispatcher) loadState(ctx context.Context) error {
 	states, err := d.cfg.Journal.SubscriptionStates(ctx)
 	if err != nil {
 		return fmt.Errorf("load subscription state: %w", err)
 	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	for _, st := range states {
 		if s, ok := d.byID[st.ID]; ok {
 			s.mu.Lock()
@@ -244,6 +319,71 @@ func (d *Dispatcher) loadState(ctx context.Context) error {
 	return nil
 }
 
+// Reload replaces the subscriptions without a restart and without losing
+// a delivery. An unchanged subscription keeps running as it is. A new one
+// starts. A changed one starts afresh with its health and pause state, and
+// its old self stops after the attempts in flight: what waited in its
+// queue is journaled and goes back to the journal for the new one. A
+// removed one stops the same way; its pending deliveries stay in the
+// journal, and go out if it comes back.
+func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
+	fresh, err := d.compileAll(cfgs)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if d.stopped {
+		d.mu.Unlock()
+		return errors.New("fanout: stopped")
+	}
+	var next, retired []*sub
+	keep := map[*sub]bool{}
+	for _, f := range fresh {
+		old, ok := d.byID[f.cfg.ID]
+		switch {
+		case ok && reflect.DeepEqual(old.cfg, f.cfg):
+			next = append(next, old)
+			keep[old] = true
+		case ok:
+			old.mu.Lock()
+			f.state, f.paused, f.lastSuccessAt, f.lastFailureAt = old.state, old.paused, old.lastSuccessAt, old.lastFailureAt
+			old.mu.Unlock()
+			next = append(next, f)
+		default:
+			next = append(next, f)
+		}
+	}
+	for _, s := range d.subs {
+		if !keep[s] {
+			retired = append(retired, s)
+		}
+	}
+	d.subs, d.byID = next, index(next)
+	if d.life != nil {
+		for _, s := range next {
+			if !keep[s] {
+				d.startWorkers(s)
+			}
+		}
+	}
+	running := d.life != nil
+	d.mu.Unlock()
+
+	for _, s := range retired {
+		close(s.stop)
+	}
+	if running {
+		for _, s := range retired {
+			s.wg.Wait()
+			if err := d.writer.put(ctx, record{release: s.cfg.ID}); err != nil {
+				return err
+			}
+		}
+	}
+	d.nudge()
+	return nil
+}
+
 // Dispatch matches ev against the subscriptions, journals its deliveries
 // (queued for the group commit) and hands each active subscription's
 // delivery to its workers, so the first attempt does not wait for the
@@ -251,6 +391,11 @@ func (d *Dispatcher) loadState(ctx context.Context) error {
 // journal as due work instead. Dispatch blocks only while the journal's
 // queue is full. It is called from one goroutine, in commit order.
 func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.stopped {
+		return context.Canceled
+	}
 	var env *filter.Envelope
 	var rows []journal.DeliveryRow
 	var tasks []*task
@@ -297,8 +442,10 @@ func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
 			spilled = true
 			s.backlog.Store(true)
 		}
+		d.obs.DeliveryRecorded(s.cfg.ID, row.State)
 		rows = append(rows, row)
 	}
+	d.obs.EventDispatched(ev.Type, len(rows))
 	if len(rows) == 0 {
 		return nil // no subscription wants it: nothing to record
 	}
@@ -368,11 +515,11 @@ func (d *Dispatcher) Reject(ctx context.Context, r journal.Rejection) error {
 	return d.writer.put(ctx, record{reject: &r})
 }
 
-// work runs one worker of a subscription until the dispatcher stops.
+// work runs one worker of a subscription until it is stopped.
 func (d *Dispatcher) work(life context.Context, s *sub) {
 	for {
 		select {
-		case <-d.stopped:
+		case <-s.stop:
 			return
 		case t := <-s.queue:
 			s.release(1)
@@ -389,16 +536,16 @@ func (d *Dispatcher) work(life context.Context, s *sub) {
 }
 
 // attempt makes one attempt and queues its outcome for the journal.
-func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) {
+func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) attemptResult {
 	n := t.attempts + 1
 	res := post(life, s.client, request{
 		url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
 		attempt: n, secret: s.cfg.Secret, standardKey: s.standardKey, headers: s.headers, userAgent: d.cfg.UserAgent,
 	}, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
-	if t.reply != nil {
-		t.reply <- res
+	ok := res.Status >= 200 && res.Status < 300
+	if !t.test {
+		s.observe(res.Duration, ok)
 	}
-	s.observe(res.Duration, res.Status >= 200 && res.Status < 300)
 	now := d.now().UTC()
 	upd := journal.DeliveryUpdate{
 		ID: t.deliveryID, Attempts: n, LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At,
@@ -408,24 +555,32 @@ func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) {
 		// A manual or test attempt is one attempt: no new schedule.
 		dec = Decision{Outcome: Failed}
 	}
-	switch dec.Outcome {
-	case Delivered:
+	switch {
+	case dec.Outcome == Delivered:
 		upd.State = "delivered"
-	case Retry:
+	case dec.Outcome == Retry:
 		upd.State, upd.NextAttemptAt = "pending", dec.NextAttemptAt
+	case t.keepPending:
+		// A manual retry of a delivery still on its schedule failed: the
+		// schedule goes on.
+		upd.State, upd.NextAttemptAt = "pending", t.keepNext
 	default:
 		upd.State = "failed"
 	}
-	trigger := t.trigger
 	rec := record{
 		update: &upd,
 		attempt: &journal.AttemptRow{
-			DeliveryID: t.deliveryID, Attempt: n, At: res.At, Trigger: trigger, StatusCode: res.Status,
+			DeliveryID: t.deliveryID, Attempt: n, At: res.At, Trigger: t.trigger, StatusCode: res.Status,
 			Duration: res.Duration, ResponseBody: res.Body, ErrorClass: res.ErrorClass, Error: errorExcerpt(res.Error),
 		},
 	}
 	if !t.test {
-		rec.sub = d.health(s, dec, res)
+		s.stats.record(now, res.Duration, dec.Outcome)
+		rec.sub, rec.notify = d.health(s, dec, res)
+	}
+	d.obs.AttemptFinished(s.cfg.ID, res.Duration, res.Status, res.ErrorClass, dec.Outcome)
+	if t.durable != nil {
+		rec.done = t.durable
 	}
 	if err := d.writer.put(life, rec); err != nil {
 		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)
@@ -434,14 +589,18 @@ func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) {
 		d.log.Debug("attempt failed", "subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n,
 			"status_code", res.Status, "error_class", res.ErrorClass, "outcome", dec.Outcome.String())
 	}
+	if t.reply != nil {
+		t.reply <- res
+	}
+	return res
 }
 
 // health updates a subscription's health after an attempt and returns the
-// row to journal: failing once a delivery exhausts its schedule, healthy
-// again on the next 2xx, disabled on 410 Gone.
-func (d *Dispatcher) health(s *sub, dec Decision, res attemptResult) *journal.SubscriptionState {
+// row to journal, with a notification when the state changed: failing
+// once a delivery exhausts its schedule, healthy again on the next 2xx,
+// disabled on 410 Gone.
+func (d *Dispatcher) health(s *sub, dec Decision, res attemptResult) (*journal.SubscriptionState, *journal.NotificationRow) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	prev := s.state
 	st := &journal.SubscriptionState{ID: s.cfg.ID, LastStatus: res.Status}
 	switch {
@@ -461,16 +620,21 @@ func (d *Dispatcher) health(s *sub, dec Decision, res attemptResult) *journal.Su
 		}
 	}
 	s.lastStatus = res.Status
-	st.State = s.state
-	st.Changed = s.state != prev
-	if st.Changed {
-		lvl := slog.LevelError
-		if s.state == StateHealthy {
-			lvl = slog.LevelInfo
-		}
-		d.log.Log(context.Background(), lvl, "subscription changed state", "subscription", s.cfg.ID, "from", prev, "to", s.state, "status_code", res.Status)
+	state := s.state
+	st.State = state
+	st.Changed = state != prev
+	s.mu.Unlock()
+	if !st.Changed {
+		return st, nil
 	}
-	return st
+	lvl := slog.LevelError
+	if state == StateHealthy {
+		lvl = slog.LevelInfo
+	}
+	d.log.Log(context.Background(), lvl, "subscription changed state", "subscription", s.cfg.ID, "from", prev, "to", state,
+		"status_code", res.Status, "error_class", res.ErrorClass)
+	d.obs.StateChanged(s.cfg.ID, prev, state)
+	return st, d.notification(s.cfg.ID, prev, state, res)
 }
 
 // scheduleLoop claims due deliveries from the journal for subscriptions
@@ -485,7 +649,10 @@ func (d *Dispatcher) scheduleLoop(ctx context.Context) {
 		case <-t.C:
 		case <-d.wake:
 		}
-		for _, s := range d.subs {
+		d.mu.RLock()
+		subs := d.subs
+		d.mu.RUnlock()
+		for _, s := range subs {
 			if ctx.Err() != nil {
 				return
 			}
@@ -504,21 +671,27 @@ func (d *Dispatcher) scheduleLoop(ctx context.Context) {
 // place; only half, so the stream's own deliveries still find room while
 // the claim runs).
 func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.byID[s.cfg.ID] != s || d.stopped {
+		return nil // replaced or stopping meanwhile
+	}
 	free := s.size - s.reserved.Load()
 	if free < 2 {
 		return nil
 	}
 	n := s.reserve(min(free/2, 1024))
-	if n == 0 {
-		return nil
-	}
 	claimed, err := d.cfg.Journal.Claim(ctx, s.cfg.ID, int(n), d.cfg.Instance, 3*d.cfg.Heartbeat)
 	s.release(n - int64(len(claimed)))
 	if err != nil {
 		return err
 	}
 	for _, c := range claimed {
-		s.queue <- &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: TriggerAuto, test: c.Test}
+		trigger := TriggerAuto
+		if c.Manual {
+			trigger = TriggerManual
+		}
+		s.queue <- &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: trigger, test: c.Test}
 	}
 	if len(claimed) == int(n) {
 		s.backlog.Store(true)
@@ -544,3 +717,11 @@ func (d *Dispatcher) heartbeatLoop(ctx context.Context) {
 		}
 	}
 }
+
+type nopObserver struct{}
+
+func (nopObserver) EventDispatched(string, int)                                 {}
+func (nopObserver) DeliveryRecorded(string, string)                             {}
+func (nopObserver) AttemptFinished(string, time.Duration, int, string, Outcome) {}
+func (nopObserver) StateChanged(string, string, string)                         {}
+func (nopObserver) JournalFlushed(int, time.Duration, error)                    {}

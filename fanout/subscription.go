@@ -68,6 +68,10 @@ type sub struct {
 	lastFailed atomic.Bool
 	lastDone   atomic.Int64 // unix nanoseconds of the last finished attempt
 
+	stop  chan struct{} // closed to stop the subscription's workers
+	wg    sync.WaitGroup
+	stats stats
+
 	mu            sync.Mutex
 	state         string // healthy, failing, disabled
 	paused        bool
@@ -85,6 +89,13 @@ type task struct {
 	trigger                        string // auto, manual, test
 	test                           bool
 	reply                          chan<- attemptResult // manual and test attempts wait for theirs
+	// keepState, for a manual retry of a pending delivery: a failure
+	// leaves it pending, due at keepNext, rather than failed.
+	keepPending bool
+	keepNext    time.Time
+	// durable, when set, is told once the outcome is journaled: an
+	// operator's request returns only then, so its next one sees it.
+	durable chan error
 }
 
 // Attempt triggers.
@@ -187,7 +198,8 @@ func subscriptionTag(subscriptionID string) string {
 
 // compile prepares a subscription for delivery.
 func compile(cfg Subscription, timeout time.Duration, concurrency, queueSize int, dialer dialFunc, opts *Config) (*sub, error) {
-	s := &sub{cfg: cfg, queue: make(chan *task, queueSize), size: int64(queueSize), state: StateHealthy, headers: http.Header{}, room: make(chan struct{}, 1)}
+	s := &sub{cfg: cfg, queue: make(chan *task, queueSize), size: int64(queueSize), state: StateHealthy, headers: http.Header{},
+		room: make(chan struct{}, 1), stop: make(chan struct{})}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {

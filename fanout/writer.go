@@ -21,6 +21,10 @@ type record struct {
 	attempt *journal.AttemptRow
 	sub     *journal.SubscriptionState
 	reject  *journal.Rejection
+	notify  *journal.NotificationRow
+	// release: the subscription stopped here (reload); its deliveries this
+	// instance owns go back to the journal for whoever runs it now.
+	release string
 	commit  uint64       // a transaction boundary: its commit LSN
 	done    chan<- error // told when the record is durable
 }
@@ -47,7 +51,9 @@ type writer struct {
 	slot     string
 	ack      func(uint64)
 	onSpill  func()
+	onNotify func()
 	onFlush  func(batchRecords int, took time.Duration, err error)
+	owner    string
 	log      *slog.Logger
 	linger   time.Duration
 	hold     time.Duration
@@ -213,6 +219,22 @@ func (w *writer) add(bb *batchBuilder, r record) {
 	if r.reject != nil {
 		b.Rejections = append(b.Rejections, *r.reject)
 	}
+	if r.notify != nil {
+		b.Notifications = append(b.Notifications, *r.notify)
+		bb.notified = true
+	}
+	if r.release != "" {
+		// Write what is held for the subscription now, so the release
+		// that follows in the same batch covers it.
+		for _, h := range w.heldFIFO {
+			if !h.gone && h.row.SubscriptionID == r.release {
+				h.gone = true
+				delete(w.held, h.row.ID)
+				bb.addDelivery(h.row)
+			}
+		}
+		b.Release = append(b.Release, journal.Release{Subscription: r.release})
+	}
 	if r.commit != 0 {
 		w.markers = append(w.markers, marker{lsn: r.commit, seq: w.seq})
 	}
@@ -255,6 +277,9 @@ func (w *writer) flush(life context.Context, bb *batchBuilder, now time.Time) {
 	}
 	if ackable > w.written {
 		bb.b.Slot, bb.b.Checkpoint = w.slot, ackable
+	}
+	for i := range bb.b.Release {
+		bb.b.Release[i].Owner = w.owner
 	}
 	if bb.records == 0 && bb.b.Empty() {
 		return
@@ -302,6 +327,9 @@ func (w *writer) flush(life context.Context, bb *batchBuilder, now time.Time) {
 	if bb.spilled && w.onSpill != nil {
 		w.onSpill()
 	}
+	if bb.notified && w.onNotify != nil {
+		w.onNotify()
+	}
 }
 
 // batchBuilder merges records into one journal.Batch.
@@ -311,6 +339,7 @@ type batchBuilder struct {
 	updIdx   map[string]int
 	subIdx   map[string]int
 	spilled  bool
+	notified bool
 	dones    []chan<- error
 	records  int
 }

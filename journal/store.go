@@ -181,6 +181,9 @@ type Claimed struct {
 	Attempts                               int
 	Body                                   []byte
 	Test                                   bool
+	// Manual is set when the attempt is a manual retry: one attempt, no
+	// new schedule.
+	Manual bool
 }
 
 // Claim takes up to limit due deliveries of a subscription, oldest first,
@@ -202,14 +205,14 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 		UPDATE {{schema}}.deliveries d SET owner = $3, updated_at = now()
 		  FROM due, {{schema}}.events e
 		 WHERE d.id = due.id AND e.id = d.event_id
-		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test`),
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test, d.manual`),
 		subscription, limit, owner, staleAfter.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim due deliveries: %w", err)
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Claimed, error) {
 		var c Claimed
-		err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test)
+		err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test, &c.Manual)
 		return c, err
 	})
 }

@@ -70,6 +70,19 @@ type SubscriptionState struct {
 	LastError     string
 }
 
+// NotificationRow is a message for the admin, written with the state
+// change that causes it.
+type NotificationRow struct {
+	SubscriptionID string
+	Kind           string // failing, recovered, disabled
+	Body           []byte
+}
+
+// Release is a subscription whose deliveries an instance stops attempting.
+type Release struct {
+	Subscription, Owner string
+}
+
 // Rejection is an outbox row or message that did not become an event.
 type Rejection struct {
 	Source    string
@@ -83,8 +96,12 @@ type Batch struct {
 	Deliveries []DeliveryRow
 	Attempts   []AttemptRow
 	Updates    []DeliveryUpdate
-	Subs       []SubscriptionState
-	Rejections []Rejection
+	Subs          []SubscriptionState
+	Notifications []NotificationRow
+	Rejections    []Rejection
+	// Release gives back, after the batch's inserts, the pending
+	// deliveries of a subscription that an instance owns.
+	Release []Release
 	// Slot and Checkpoint, when Slot is set, record that every transaction
 	// up to Checkpoint is journaled.
 	Slot       string
@@ -93,7 +110,7 @@ type Batch struct {
 
 // Empty reports whether the batch writes nothing.
 func (b *Batch) Empty() bool {
-	return len(b.Events)+len(b.Deliveries)+len(b.Attempts)+len(b.Updates)+len(b.Subs)+len(b.Rejections) == 0 && b.Slot == ""
+	return len(b.Events)+len(b.Deliveries)+len(b.Attempts)+len(b.Updates)+len(b.Subs)+len(b.Notifications)+len(b.Rejections)+len(b.Release) == 0 && b.Slot == ""
 }
 
 func nullTime(t time.Time) *time.Time {
@@ -204,7 +221,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		// An update never lowers the attempt count: a late result of an
 		// attempt another instance took over must not undo a newer one.
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next,
-				owner = u.owner, last_status = u.status, last_error = u.err, last_attempt_at = u.at, updated_at = now()
+				owner = u.owner, last_status = u.status, last_error = u.err, last_attempt_at = u.at, manual = false, updated_at = now()
 			FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::timestamptz[])
 				AS u(id, state, attempts, next, owner, status, err, at)
 			WHERE d.id = u.id AND d.attempts <= u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt)
@@ -222,6 +239,9 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 				updated_at = now()`),
 			st.ID, st.State, st.Changed, nullTime(st.LastSuccessAt), nullTime(st.LastFailureAt), nullInt(st.LastStatus), nullText(st.LastError))
 	}
+	for _, n := range b.Notifications {
+		batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body) VALUES ($1, $2, $3)`), n.SubscriptionID, n.Kind, n.Body)
+	}
 	for _, r := range b.Rejections {
 		var lsn *int64
 		if r.CommitLSN != 0 {
@@ -229,6 +249,9 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 			lsn = &v
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.rejections (source, reason, commit_lsn) VALUES ($1, $2, $3)`), r.Source, r.Reason, lsn)
+	}
+	for _, r := range b.Release {
+		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE owner = $1 AND subscription_id = $2 AND state = 'pending'`), r.Owner, r.Subscription)
 	}
 	if b.Slot != "" {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints (slot, lsn, updated_at) VALUES ($1, $2, now())

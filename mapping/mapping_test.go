@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -356,5 +357,25 @@ func TestCheckNamesMissingColumns(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Check = %v, want %q", err, want)
 		}
+	}
+}
+
+func TestSamples(t *testing.T) {
+	ts := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	for _, e := range catalog.Builtin() {
+		body := Sample(e.Name, "whk_test_1", ts)
+		var env struct {
+			ID, Event, Timestamp string
+			Data                 map[string]any
+		}
+		if err := json.Unmarshal(body, &env); err != nil {
+			t.Fatalf("%s: %v\n%s", e.Name, err, body)
+		}
+		if env.ID != "whk_test_1" || env.Event != e.Name || env.Timestamp != "2024-01-15T14:30:00Z" || len(env.Data) == 0 {
+			t.Errorf("%s: envelope %s", e.Name, body)
+		}
+	}
+	if got := string(Sample(catalog.SLAWarning, "whk_x", ts)); !strings.Contains(got, `"timeRemaining":"2h 30m"`) {
+		t.Errorf("sla.warning sample = %s", got)
 	}
 }

@@ -37,19 +37,36 @@ type cli struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"run":      {"stream the database's changes and deliver the webhooks", runRun},
-		"setup":    {"create the publication, replication slot and journal (idempotent)", runSetup},
-		"validate": {"check a configuration file and report every problem", runValidate},
-		"listen":   {"local receiver that verifies signatures and prints events", runListen},
-		"events":   {"list the event catalog", runEvents},
-		"version":  {"print the version", runVersion},
+		"run":        {"stream the database's changes and deliver the webhooks", runRun},
+		"setup":      {"create the publication, replication slot and journal (idempotent)", runSetup},
+		"validate":   {"check a configuration file and report every problem", runValidate},
+		"status":     {"subscriptions: state, backlog, response times (admin API)", runStatus},
+		"deliveries": {"delivery history, or one delivery's attempts (deliveries show ID)", runDeliveries},
+		"retry":      {"retry a delivery now, or a subscription's failed ones", runRetry},
+		"test":       {"send a sample event to a subscription", runTest},
+		"pause":      {"pause a subscription", runPause},
+		"resume":     {"resume a subscription; held deliveries go out", runResume},
+		"listen":     {"local receiver that verifies signatures and prints events", runListen},
+		"events":     {"list the event catalog", runEvents},
+		"version":    {"print the version", runVersion},
 	}
 }
 
 // run is the whole program: it parses args, dispatches to a subcommand and
 // returns its exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	env := &cli{stdout: stdout, stderr: stderr, getenv: os.Getenv, environ: os.Environ}
+	return runEnv(ctx, args, stdout, stderr, os.Environ())
+}
+
+// runEnv is run with an explicit environment (KEY=value), for tests.
+func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, environ []string) int {
+	vars := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	env := &cli{stdout: stdout, stderr: stderr, getenv: func(k string) string { return vars[k] }, environ: func() []string { return environ }}
 	if len(args) < 2 {
 		usage(stderr)
 		return exitUsage

@@ -2,14 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"syscall"
+	"time"
 
 	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
 )
 
@@ -70,11 +76,14 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 			}
 		}()
 	}
-	e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version})
+	e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version, Dashboard: dashboardFiles()})
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go watchConfig(watchCtx, env, *path, log, e)
 	if err := e.Run(ctx); err != nil {
 		log.Error("stopped", "err", err)
 		return exitFailure
@@ -111,3 +120,60 @@ func runSetup(ctx context.Context, env *cli, args []string) int {
 	}
 	return exitOK
 }
+
+// configPoll is how often the configuration file is checked for changes.
+const configPoll = 2 * time.Second
+
+// watchConfig reloads the configuration on SIGHUP and when the file's
+// content changes. A new configuration with problems is rejected, its
+// problems logged, and the running one kept.
+func watchConfig(ctx context.Context, env *cli, path string, log *slog.Logger, e *engine.Engine) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	last := fileDigest(path)
+	t := time.NewTicker(configPoll)
+	defer t.Stop()
+	for {
+		reason := ""
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			reason = "SIGHUP"
+		case <-t.C:
+			d := fileDigest(path)
+			if d == last {
+				continue
+			}
+			last, reason = d, "file changed"
+		}
+		last = fileDigest(path)
+		next, err := config.LoadEnv(path, env.environ())
+		if err != nil {
+			if ps := config.AsProblems(err); ps != nil {
+				for _, p := range ps {
+					log.Error("configuration reload rejected; the running configuration stays", "reason", reason, "problem", p.Error())
+				}
+			} else {
+				log.Error("configuration reload rejected; the running configuration stays", "reason", reason, "err", err)
+			}
+			continue
+		}
+		if err := e.Reload(ctx, next); err != nil {
+			log.Error("configuration reload failed; the running configuration stays", "reason", reason, "err", err)
+		}
+	}
+}
+
+// fileDigest identifies a file's content ("" when unreadable).
+func fileDigest(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return string(sum[:])
+}
+
+func dashboardFiles() fs.FS { return dashboard.Files() }

@@ -10,8 +10,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
 	"os"
+	"reflect"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -22,7 +27,10 @@ import (
 
 	"github.com/dzdesk/dzhook/cdc"
 	"github.com/dzdesk/dzhook/fanout"
+	"github.com/dzdesk/dzhook/internal/admin"
+	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/metrics"
 	"github.com/dzdesk/dzhook/journal"
 	"github.com/dzdesk/dzhook/mapping"
 )
@@ -31,6 +39,8 @@ import (
 type Options struct {
 	Logger  *slog.Logger
 	Version string
+	// Dashboard is served by the admin server at /.
+	Dashboard fs.FS
 	// PollInterval, Heartbeat and StatusInterval shorten the engine's
 	// clocks in tests; zero keeps the defaults.
 	PollInterval   time.Duration
@@ -50,6 +60,11 @@ type Engine struct {
 	instance   string
 	checkpoint pglogrepl.LSN
 	scratch    []mapping.Event
+	metrics    *metrics.Metrics
+	admin      *admin.Server
+	adminLn    net.Listener
+	catalog    *catalog.Catalog
+	dashboard  fs.FS
 }
 
 // Setup prepares the source database and the journal, as `dzhook setup`
@@ -153,14 +168,20 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		MessagePrefix: cfg.Outbox.MessagePrefix, Users: users, Logger: opts.Logger,
 	})
 	e.instance = newInstanceID()
-	subs := make([]fanout.Subscription, len(cfg.Subscriptions))
-	for i, s := range cfg.Subscriptions {
-		subs[i] = Subscription(s)
-	}
+	e.catalog = cat
+	e.dashboard = opts.Dashboard
+	e.metrics = metrics.New(metrics.Sources{
+		Stream:        e.streamStats,
+		Subscriptions: func() []fanout.SubscriptionStatus { return e.dispatcher.Subscriptions() },
+		Backlogs:      e.journal.Backlogs,
+		Logger:        opts.Logger,
+	})
 	e.dispatcher, err = fanout.New(fanout.Config{
-		Subscriptions: subs, Journal: e.journal, Slot: cfg.Source.Slot, Instance: e.instance,
-		Ack:     func(lsn uint64) { e.stream.Ack(pglogrepl.LSN(lsn)) },
-		Timeout: cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
+		Subscriptions: subscriptions(cfg), Journal: e.journal, Slot: cfg.Source.Slot, Instance: e.instance,
+		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
+		Observer: e.metrics,
+		Ack:      func(lsn uint64) { e.stream.Ack(pglogrepl.LSN(lsn)) },
+		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, UserAgent: "dzhook/" + opts.Version,
 		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: opts.Logger,
 	})
@@ -174,8 +195,35 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Admin.Listen != "" {
+		// Bound here, so a port in use is an error at start.
+		if e.adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			return nil, fmt.Errorf("admin.listen %s: %w", cfg.Admin.Listen, err)
+		}
+		e.admin = admin.New(admin.Config{
+			Token: cfg.Admin.Token.Reveal(), MetricsPublic: cfg.Admin.MetricsPublic,
+			Deliverer: e.dispatcher, History: e.journal, Catalog: e.catalog, Sample: sample,
+			Ready: e.Ready, Registry: e.metrics.Registry, Dashboard: e.dashboard, Logger: e.log,
+		})
+	}
 	ok = true
 	return e, nil
+}
+
+// AdminAddr is the admin server's address ("" when it is off).
+func (e *Engine) AdminAddr() string {
+	if e.adminLn == nil {
+		return ""
+	}
+	return e.adminLn.Addr().String()
+}
+
+func subscriptions(cfg *config.Config) []fanout.Subscription {
+	subs := make([]fanout.Subscription, len(cfg.Subscriptions))
+	for i, s := range cfg.Subscriptions {
+		subs[i] = Subscription(s)
+	}
+	return subs
 }
 
 // Subscription converts a configured subscription for fanout.
@@ -224,6 +272,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.close()
 	e.log.Info("dzhook running", "instance", e.instance, "slot", e.cfg.Source.Slot, "subscriptions", len(e.cfg.Subscriptions), "checkpoint", e.checkpoint.String())
 	g, gctx := errgroup.WithContext(ctx)
+	if e.admin != nil {
+		g.Go(func() error { return e.admin.Serve(gctx, e.adminLn) })
+	}
 	g.Go(func() error { return e.dispatcher.Run(gctx) })
 	g.Go(func() error {
 		err := e.stream.Run(gctx)
@@ -236,6 +287,9 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 func (e *Engine) close() {
+	if e.adminLn != nil {
+		e.adminLn.Close()
+	}
 	if e.journal != nil {
 		e.journal.Close()
 	}
@@ -243,6 +297,75 @@ func (e *Engine) close() {
 		e.source.Close()
 	}
 }
+
+// sample builds a test event of a type.
+func sample(eventType string) fanout.Event {
+	id, now := fanout.TestEventID(), time.Now().UTC()
+	return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: mapping.Sample(eventType, id, now)}
+}
+
+// Ready reports why dzhook cannot do its job right now: not streaming
+// (connecting, or standby behind another process), or the journal
+// unreachable.
+func (e *Engine) Ready(ctx context.Context) error {
+	st := e.stream.Stats()
+	switch {
+	case st.Standby:
+		return errors.New("standby: another dzhook holds the replication slot")
+	case !st.Connected:
+		return errors.New("not streaming: connecting to PostgreSQL")
+	}
+	if err := e.journal.Ping(ctx); err != nil {
+		return fmt.Errorf("journal unreachable: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) streamStats() metrics.StreamStats {
+	st := e.stream.Stats()
+	return metrics.StreamStats{
+		ReceivedLSN: uint64(st.ReceivedLSN), FlushedLSN: uint64(st.FlushedLSN), AckedLSN: uint64(st.AckedLSN),
+		LagBytes: st.LagBytes, Changes: st.Changes, Transactions: st.Transactions, Reconnects: st.Reconnects,
+		Connected: st.Connected, Standby: st.Standby,
+	}
+}
+
+// Reload applies a new configuration without a restart: subscriptions
+// are added, removed or changed without losing a delivery. Settings that
+// need a restart (source, journal, delivery, admin, mapping) are reported
+// and left as they were.
+func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
+	if err := e.dispatcher.Reload(ctx, subscriptions(next)); err != nil {
+		return err
+	}
+	var restart []string
+	for name, pair := range map[string][2]any{
+		"source": {e.cfg.Source, next.Source}, "journal": {e.cfg.Journal, next.Journal}, "delivery": {e.cfg.Delivery, next.Delivery},
+		"admin": {e.cfg.Admin, next.Admin}, "notify": {e.cfg.Notify, next.Notify}, "mapping": {e.cfg.Mapping, next.Mapping},
+		"outbox": {e.cfg.Outbox, next.Outbox}, "sla": {e.cfg.SLA, next.SLA}, "log": {e.cfg.Log, next.Log},
+		"custom_events": {e.cfg.CustomEvents, next.CustomEvents},
+	} {
+		if !reflect.DeepEqual(pair[0], pair[1]) {
+			restart = append(restart, name)
+		}
+	}
+	slices.Sort(restart)
+	keep := *e.cfg
+	keep.Subscriptions = next.Subscriptions
+	e.cfg = &keep
+	if len(restart) > 0 {
+		e.log.Warn("configuration reloaded: subscriptions applied; these sections changed and take effect at the next restart", "sections", strings.Join(restart, ", "))
+	} else {
+		e.log.Info("configuration reloaded", "subscriptions", len(next.Subscriptions))
+	}
+	return nil
+}
+
+// Metrics returns the engine's metrics.
+func (e *Engine) Metrics() *metrics.Metrics { return e.metrics }
+
+// Dispatcher returns the dispatcher.
+func (e *Engine) Dispatcher() *fanout.Dispatcher { return e.dispatcher }
 
 // Stream returns the replication stream, for health and metrics.
 func (e *Engine) Stream() *cdc.Stream { return e.stream }
@@ -260,6 +383,7 @@ func (e *Engine) HandleChange(ctx context.Context, c *cdc.Change) error {
 	events, rej := e.mapper.Map(ctx, c, e.scratch[:0])
 	e.scratch = events[:0]
 	if rej != nil {
+		e.metrics.Rejected()
 		e.log.Warn("outbox event rejected", "source", rej.What, "reason", rej.Reason, "lsn", c.CommitLSN.String())
 		if err := e.dispatcher.Reject(ctx, journal.Rejection{Source: rej.What, Reason: rej.Reason, CommitLSN: uint64(c.CommitLSN)}); err != nil {
 			return err

@@ -28,17 +28,25 @@ const secret = "engine-test-secret-0123456789"
 // list items) and delivery settings.
 func testConfig(t *testing.T, db *pgtest.DB, delivery string, subs ...string) *config.Config {
 	t.Helper()
+	return testConfigWith(t, db, "admin:\n  listen: \"\"\n", delivery, subs...)
+}
+
+// testConfigWith is testConfig with extra top-level sections (admin,
+// notify…).
+func testConfigWith(t *testing.T, db *pgtest.DB, extra, delivery string, subs ...string) *config.Config {
+	t.Helper()
 	yaml := fmt.Sprintf(`
 source:
   dsn: %s
+journal:
+  heartbeat: 200ms
 delivery:
   allow_insecure_http: true
 %s
-admin:
-  listen: ""
+%s
 subscriptions:
 %s
-`, db.DSN, delivery, strings.Join(subs, "\n"))
+`, db.DSN, delivery, extra, strings.Join(subs, "\n"))
 	cfg, err := config.Parse([]byte(yaml), os.Environ())
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml)

@@ -29,6 +29,7 @@ CREATE TABLE {{schema}}.deliveries (
     next_attempt_at  timestamptz,               -- pending: when the next attempt is due
     owner            text,                      -- the dzhook instance attempting it now, if any
     test             boolean NOT NULL DEFAULT false,
+    manual           boolean NOT NULL DEFAULT false,   -- the next attempt is a manual retry
     last_status      int,
     last_error       text,
     last_attempt_at  timestamptz,
@@ -42,6 +43,10 @@ CREATE INDEX deliveries_due ON {{schema}}.deliveries (subscription_id, next_atte
 -- uses the BRIN index.
 CREATE INDEX deliveries_sub_history ON {{schema}}.deliveries (subscription_id, created_at DESC, id DESC);
 CREATE INDEX deliveries_created ON {{schema}}.deliveries USING brin (created_at);
+-- Failed and held deliveries are few; these serve retry-failed, resume
+-- (oldest first) and the counts of the admin API.
+CREATE INDEX deliveries_failed ON {{schema}}.deliveries (subscription_id, created_at) WHERE state = 'failed';
+CREATE INDEX deliveries_held ON {{schema}}.deliveries (subscription_id, created_at) WHERE state = 'held';
 
 -- Attempts: every try, with what the receiver answered.
 CREATE TABLE {{schema}}.attempts (
@@ -86,6 +91,22 @@ CREATE TABLE {{schema}}.instances (
     started_at    timestamptz NOT NULL DEFAULT now(),
     heartbeat_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Notifications to the admin (notify.url), written in the same batch as
+-- the state change that causes them and sent by whichever instance claims
+-- them, so a crash loses none.
+CREATE TABLE {{schema}}.notifications (
+    id               bigserial PRIMARY KEY,
+    subscription_id  text NOT NULL,
+    kind             text NOT NULL,              -- failing, recovered, disabled
+    body             bytea NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    attempts         int NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    sent_at          timestamptz,
+    last_error       text
+);
+CREATE INDEX notifications_due ON {{schema}}.notifications (next_attempt_at) WHERE sent_at IS NULL;
 
 -- Outbox rows and messages that could not become events.
 CREATE TABLE {{schema}}.rejections (

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/config"
+)
+
+// client talks to a running dzhook's admin API.
+type client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// apiError is an answer of the API that is not 2xx.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.status) }
+
+// adminFlags registers the flags every API command has.
+func adminFlags(env *cli, fs *flag.FlagSet) (admin, config *string, asJSON *bool) {
+	admin = fs.String("admin", env.getenv("DZHOOK_ADMIN_URL"), "admin API `URL` (env DZHOOK_ADMIN_URL; default from the config's admin.listen, else http://127.0.0.1:8080)")
+	config = configFlag(env, fs)
+	asJSON = fs.Bool("json", false, "print the API's JSON")
+	return
+}
+
+// newClient finds the admin API: --admin, else the configuration's
+// admin.listen; the token comes from DZHOOK_ADMIN_TOKEN, else the
+// configuration's admin.token. Never from a flag: command lines are
+// visible to every user of the machine.
+func newClient(env *cli, admin, configPath string) *client {
+	c := &client{base: admin, token: env.getenv("DZHOOK_ADMIN_TOKEN"), http: &http.Client{Timeout: 30 * time.Second}}
+	if c.base == "" || c.token == "" {
+		if cfg, err := config.LoadEnv(configPath, env.environ()); err == nil {
+			if c.base == "" && cfg.Admin.Listen != "" {
+				host, port, _ := net.SplitHostPort(cfg.Admin.Listen)
+				if host == "" || host == "0.0.0.0" || host == "::" {
+					host = "127.0.0.1"
+				}
+				c.base = "http://" + net.JoinHostPort(host, port)
+			}
+			if c.token == "" {
+				c.token = cfg.Admin.Token.Reveal()
+			}
+		}
+	}
+	if c.base == "" {
+		c.base = "http://127.0.0.1:8080"
+	}
+	c.base = strings.TrimRight(c.base, "/")
+	return c
+}
+
+// do calls the API and decodes its JSON answer into out (and returns the
+// raw bytes for --json).
+func (c *client) do(ctx context.Context, method, path string, body any, out any) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("admin URL %q: %w", c.base, err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach dzhook's admin API at %s (is `dzhook run` running? --admin sets the address): %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(raw))
+		}
+		if resp.StatusCode == http.StatusUnauthorized && c.token == "" {
+			e.Error += "; set DZHOOK_ADMIN_TOKEN"
+		}
+		return raw, &apiError{status: resp.StatusCode, msg: e.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return raw, fmt.Errorf("unexpected answer from %s: %w", c.base, err)
+		}
+	}
+	return raw, nil
+}
+
+// fail prints an API error and returns the exit code.
+func fail(env *cli, cmd string, err error) int {
+	fmt.Fprintf(env.stderr, "dzhook %s: %v\n", cmd, err)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.status == http.StatusBadRequest {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+// parseArgs parses flags that may come before or after positional
+// arguments (dzhook retry ID --json).
+func parseArgs(fs *flag.FlagSet, args []string) (pos []string, code int, stop bool) {
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, true
+			}
+			return nil, exitUsage, true
+		}
+		if fs.NArg() == 0 {
+			return pos, 0, false
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func when(t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func intOrDash(p *int) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprint(*p)
+}
+
+// query builds a query string from the set values.
+func query(kv ...string) string {
+	v := url.Values{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] != "" {
+			v.Set(kv[i], kv[i+1])
+		}
+	}
+	if len(v) == 0 {
+		return ""
+	}
+	return "?" + v.Encode()
+}

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// subscriptionJSON mirrors the admin API's subscription.
+type subscriptionJSON struct {
+	ID            string     `json:"id"`
+	URL           string     `json:"url"`
+	Active        bool       `json:"active"`
+	Paused        bool       `json:"paused"`
+	State         string     `json:"state"`
+	QueueDepth    int        `json:"queue_depth"`
+	Pending       int        `json:"pending"`
+	Failed        int        `json:"failed"`
+	Held          int        `json:"held"`
+	LastSuccessAt *time.Time `json:"last_success_at"`
+	LastFailureAt *time.Time `json:"last_failure_at"`
+	LastStatus    int        `json:"last_status"`
+	Stats         struct {
+		SuccessRate float64 `json:"success_rate"`
+		P50MS       float64 `json:"p50_ms"`
+		P99MS       float64 `json:"p99_ms"`
+	} `json:"stats"`
+}
+
+type deliveryJSON struct {
+	ID            string     `json:"id"`
+	EventID       string     `json:"event_id"`
+	Event         string     `json:"event"`
+	Subscription  string     `json:"subscription"`
+	State         string     `json:"state"`
+	Attempts      int        `json:"attempts"`
+	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	InFlight      bool       `json:"in_flight"`
+	Test          bool       `json:"test"`
+	LastStatus    *int       `json:"last_status"`
+	LastError     *string    `json:"last_error"`
+	LastAttemptAt *time.Time `json:"last_attempt_at"`
+	CreatedAt     time.Time  `json:"created_at"`
+}
+
+type attemptJSON struct {
+	Attempt      int       `json:"attempt"`
+	At           time.Time `json:"at"`
+	Trigger      string    `json:"trigger"`
+	StatusCode   *int      `json:"status_code"`
+	DurationMS   int       `json:"duration_ms"`
+	ResponseBody string    `json:"response_body"`
+	ErrorClass   *string   `json:"error_class"`
+	Error        *string   `json:"error"`
+}
+
+type reportJSON struct {
+	DeliveryID   string  `json:"delivery_id"`
+	Attempt      int     `json:"attempt"`
+	StatusCode   int     `json:"status_code"`
+	Delivered    bool    `json:"delivered"`
+	DurationMS   float64 `json:"duration_ms"`
+	ResponseBody string  `json:"response_body"`
+	ErrorClass   string  `json:"error_class"`
+	Error        string  `json:"error"`
+}
+
+// runStatus prints every subscription's state and backlog.
+func runStatus(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "status", "[--admin URL] [--json]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	if code, stop := parseFlags(fs, args); stop {
+		return code
+	}
+	c := newClient(env, *admin, *cfg)
+	var out struct {
+		Subscriptions []subscriptionJSON `json:"subscriptions"`
+	}
+	raw, err := c.do(ctx, "GET", "/v1/subscriptions", nil, &out)
+	if err != nil {
+		return fail(env, "status", err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	tw := newTable(env.stdout)
+	fmt.Fprintln(tw, "SUBSCRIPTION\tSTATE\tACTIVE\tQUEUE\tPENDING\tFAILED\tHELD\tSUCCESS\tP50\tP99\tLAST SUCCESS\tLAST FAILURE")
+	for _, s := range out.Subscriptions {
+		state := s.State
+		if s.Paused {
+			state += " (paused)"
+		}
+		rate := "-"
+		if s.Stats.SuccessRate >= 0 {
+			rate = fmt.Sprintf("%.1f%%", s.Stats.SuccessRate*100)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%d\t%d\t%d\t%s\t%.1fms\t%.1fms\t%s\t%s\n", s.ID, state, s.Active, s.QueueDepth, s.Pending, s.Failed, s.Held,
+			rate, s.Stats.P50MS, s.Stats.P99MS, when(s.LastSuccessAt), when(s.LastFailureAt))
+	}
+	_ = tw.Flush()
+	return exitOK
+}
+
+// runDeliveries lists the history, or shows one delivery with its attempts.
+func runDeliveries(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "deliveries", "[show ID] [--subscription S] [--status failed] [--event E] [--since 2h] [--until T] [--limit N] [--cursor C] [--json]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	sub := fs.String("subscription", "", "only this `subscription`")
+	status := fs.String("status", "", "only this `state`: pending, delivered, failed, skipped, held")
+	event := fs.String("event", "", "only this `event` type")
+	since := fs.String("since", "", "created after this `time` (RFC 3339, or a duration ago: 2h)")
+	until := fs.String("until", "", "created before this `time`")
+	limit := fs.Int("limit", 50, "at most `N` deliveries (1-500)")
+	cursor := fs.String("cursor", "", "the next page's `cursor`, as printed")
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	c := newClient(env, *admin, *cfg)
+	if len(pos) > 0 && pos[0] == "show" {
+		if len(pos) != 2 {
+			fmt.Fprintln(env.stderr, "dzhook deliveries show: give one delivery id (dlv_…)")
+			return exitUsage
+		}
+		return showDelivery(ctx, env, c, pos[1], *asJSON)
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(env.stderr, "dzhook deliveries: unexpected argument %q\n", pos[0])
+		fs.Usage()
+		return exitUsage
+	}
+	var out struct {
+		Deliveries []deliveryJSON `json:"deliveries"`
+		NextCursor string         `json:"next_cursor"`
+	}
+	q := query("subscription", *sub, "status", *status, "event", *event, "since", *since, "until", *until, "limit", fmt.Sprint(*limit), "cursor", *cursor)
+	raw, err := c.do(ctx, "GET", "/v1/deliveries"+q, nil, &out)
+	if err != nil {
+		return fail(env, "deliveries", err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	tw := newTable(env.stdout)
+	fmt.Fprintln(tw, "DELIVERY\tCREATED\tSUBSCRIPTION\tEVENT\tSTATE\tATTEMPTS\tLAST STATUS\tNEXT ATTEMPT")
+	for _, d := range out.Deliveries {
+		state := d.State
+		if d.InFlight {
+			state += " (in flight)"
+		}
+		if d.Test {
+			state += " (test)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, when(&d.CreatedAt), d.Subscription, d.Event, state, d.Attempts, intOrDash(d.LastStatus), when(d.NextAttemptAt))
+	}
+	_ = tw.Flush()
+	if out.NextCursor != "" {
+		fmt.Fprintf(env.stdout, "\nmore: --cursor %s\n", out.NextCursor)
+	}
+	return exitOK
+}
+
+func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bool) int {
+	var out struct {
+		Delivery deliveryJSON    `json:"delivery"`
+		Attempts []attemptJSON   `json:"attempts"`
+		Payload  json.RawMessage `json:"payload"`
+	}
+	raw, err := c.do(ctx, "GET", "/v1/deliveries/"+url.PathEscape(id), nil, &out)
+	if err != nil {
+		return fail(env, "deliveries show", err)
+	}
+	if asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	d := out.Delivery
+	tw := newTable(env.stdout)
+	for _, kv := range [][2]string{
+		{"delivery", d.ID}, {"event", d.Event + " " + d.EventID}, {"subscription", d.Subscription}, {"state", d.State},
+		{"attempts", fmt.Sprint(d.Attempts)}, {"next attempt", when(d.NextAttemptAt)}, {"created", when(&d.CreatedAt)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(env.stdout, "\nattempts:")
+	tw = newTable(env.stdout)
+	fmt.Fprintln(tw, "#\tTIME\tTRIGGER\tSTATUS\tTIME (ms)\tERROR\tRESPONSE")
+	for _, a := range out.Attempts {
+		errText := "-"
+		if a.ErrorClass != nil {
+			errText = *a.ErrorClass
+			if a.Error != nil {
+				errText += ": " + *a.Error
+			}
+		}
+		body := strings.ReplaceAll(a.ResponseBody, "\n", " ")
+		if len(body) > 60 {
+			body = body[:60] + "…"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Attempt, when(&a.At), a.Trigger, intOrDash(a.StatusCode), a.DurationMS, errText, orDash(body))
+	}
+	_ = tw.Flush()
+	var pretty bytes.Buffer
+	if json.Indent(&pretty, out.Payload, "", "  ") != nil {
+		pretty.Write(out.Payload)
+	}
+	fmt.Fprintf(env.stdout, "\npayload:\n%s\n", pretty.String())
+	return exitOK
+}
+
+// runRetry retries one delivery now, or every failed one of a
+// subscription.
+func runRetry(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "retry", "ID | --subscription S --failed [--since 2h] [--until T]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	sub := fs.String("subscription", "", "the `subscription` whose failed deliveries to retry (with --failed)")
+	failed := fs.Bool("failed", false, "retry every failed delivery of --subscription")
+	since := fs.String("since", "", "only deliveries created after this `time` (RFC 3339, or a duration ago: 2h)")
+	until := fs.String("until", "", "only deliveries created before this `time`")
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	c := newClient(env, *admin, *cfg)
+	switch {
+	case len(pos) == 1 && *sub == "" && !*failed:
+		var rep reportJSON
+		raw, err := c.do(ctx, "POST", "/v1/deliveries/"+url.PathEscape(pos[0])+"/retry", nil, &rep)
+		if err != nil {
+			return fail(env, "retry", err)
+		}
+		return printReport(env, raw, rep, *asJSON)
+	case len(pos) == 0 && *sub != "" && *failed:
+		var out struct {
+			Scheduled int `json:"scheduled"`
+		}
+		raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(*sub)+"/retry-failed"+query("since", *since, "until", *until), nil, &out)
+		if err != nil {
+			return fail(env, "retry", err)
+		}
+		if *asJSON {
+			env.stdout.Write(raw)
+		} else {
+			fmt.Fprintf(env.stdout, "%d failed deliveries of %s scheduled for one more attempt\n", out.Scheduled, *sub)
+		}
+		return exitOK
+	}
+	fmt.Fprintln(env.stderr, "dzhook retry: give a delivery id, or --subscription S --failed")
+	fs.Usage()
+	return exitUsage
+}
+
+// printReport prints an attempt's outcome; the exit code says whether it
+// was delivered.
+func printReport(env *cli, raw []byte, rep reportJSON, asJSON bool) int {
+	if asJSON {
+		env.stdout.Write(raw)
+	} else {
+		outcome := fmt.Sprintf("HTTP %d", rep.StatusCode)
+		if rep.StatusCode == 0 {
+			outcome = rep.ErrorClass + " error: " + rep.Error
+		}
+		verdict := "delivered"
+		if !rep.Delivered {
+			verdict = "NOT delivered"
+		}
+		fmt.Fprintf(env.stdout, "%s attempt %d: %s in %.1f ms: %s\n", rep.DeliveryID, rep.Attempt, outcome, rep.DurationMS, verdict)
+		if rep.ResponseBody != "" {
+			fmt.Fprintf(env.stdout, "response: %s\n", rep.ResponseBody)
+		}
+	}
+	if !rep.Delivered {
+		return exitFailure
+	}
+	return exitOK
+}
+
+// runTest sends a sample event to a subscription.
+func runTest(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "test", "SUBSCRIPTION [--event request.created]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	event := fs.String("event", "request.created", "the `event` type of the sample")
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(env.stderr, "dzhook test: give one subscription id")
+		fs.Usage()
+		return exitUsage
+	}
+	c := newClient(env, *admin, *cfg)
+	var rep reportJSON
+	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/test", map[string]string{"event": *event}, &rep)
+	if err != nil {
+		return fail(env, "test", err)
+	}
+	return printReport(env, raw, rep, *asJSON)
+}
+
+// runPause and runResume toggle a subscription.
+func runPause(ctx context.Context, env *cli, args []string) int {
+	return toggle(ctx, env, "pause", args)
+}
+func runResume(ctx context.Context, env *cli, args []string) int {
+	return toggle(ctx, env, "resume", args)
+}
+
+func toggle(ctx context.Context, env *cli, verb string, args []string) int {
+	fs := newFlags(env, verb, "SUBSCRIPTION")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	if len(pos) != 1 {
+		fmt.Fprintf(env.stderr, "dzhook %s: give one subscription id\n", verb)
+		fs.Usage()
+		return exitUsage
+	}
+	c := newClient(env, *admin, *cfg)
+	var out struct {
+		Released int `json:"released"`
+	}
+	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/"+verb, nil, &out)
+	if err != nil {
+		return fail(env, verb, err)
+	}
+	switch {
+	case *asJSON:
+		env.stdout.Write(raw)
+	case verb == "pause":
+		fmt.Fprintf(env.stdout, "%s paused\n", pos[0])
+	default:
+		fmt.Fprintf(env.stdout, "%s resumed (%d held deliveries released)\n", pos[0], out.Released)
+	}
+	return exitOK
+}

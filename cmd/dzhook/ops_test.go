@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/engine"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+const cliToken = "cli-admin-token-0123456789"
+
+// startEngine runs dzhook in-process with its admin API and returns the
+// API's URL.
+func startEngine(t *testing.T, receiver string) (*pgtest.DB, string) {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com')`)
+	yaml := fmt.Sprintf(`
+source: {dsn: "%s"}
+journal: {heartbeat: 200ms}
+delivery: {allow_insecure_http: true, retry_schedule: [0s, 1h]}
+admin: {listen: "127.0.0.1:0", token: %s}
+subscriptions:
+  - {id: crm, url: "%s", events: ["request.*"], secret: cli-test-secret-0123456789}
+`, db.DSN, cliToken, receiver)
+	cfg, err := config.Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := engine.New(ctx, cfg, engine.Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return db, "http://" + e.AdminAddr()
+}
+
+// cliRun runs a dzhook command against the API with the token in the
+// environment.
+func cliRun(t *testing.T, url string, token string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	env := []string{"DZHOOK_ADMIN_URL=" + url, "DZHOOK_CONFIG=/nonexistent.yaml"}
+	if token != "" {
+		env = append(env, "DZHOOK_ADMIN_TOKEN="+token)
+	}
+	code := runEnv(context.Background(), append([]string{"dzhook"}, args...), &out, &errb, env)
+	return code, out.String(), errb.String()
+}
+
+func TestCLIOperations(t *testing.T) {
+	rc := testutil.NewReceiver(t)
+	var up atomic.Bool
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if up.Load() {
+			return 200, nil, "fine"
+		}
+		return 400, nil, "no thanks"
+	})
+	db, url := startEngine(t, rc.URL)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'seven', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+
+	// Without the token: a clear message and exit 1.
+	if code, _, errOut := cliRun(t, url, "", "status"); code != exitFailure || !strings.Contains(errOut, "DZHOOK_ADMIN_TOKEN") {
+		t.Errorf("status without token: exit %d, %q", code, errOut)
+	}
+	// Nothing listening: exit 1 and a hint.
+	if code, _, errOut := cliRun(t, "http://127.0.0.1:1", cliToken, "status"); code != exitFailure || !strings.Contains(errOut, "cannot reach") {
+		t.Errorf("status against nothing: exit %d, %q", code, errOut)
+	}
+
+	var id string
+	testutil.Eventually(t, 10*time.Second, "a failed delivery", func() bool {
+		code, out, _ := cliRun(t, url, cliToken, "deliveries", "--status", "failed", "--json")
+		var list struct {
+			Deliveries []struct{ ID string } `json:"deliveries"`
+		}
+		if code != exitOK || json.Unmarshal([]byte(out), &list) != nil || len(list.Deliveries) != 1 {
+			return false
+		}
+		id = list.Deliveries[0].ID
+		return true
+	})
+
+	code, out, errOut := cliRun(t, url, cliToken, "status")
+	if code != exitOK || !strings.Contains(out, "SUBSCRIPTION") || !strings.Contains(out, "crm") || !strings.Contains(out, "healthy") {
+		t.Errorf("status: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = cliRun(t, url, cliToken, "deliveries", "--subscription", "crm", "--limit", "10")
+	if code != exitOK || !strings.Contains(out, id) || !strings.Contains(out, "failed") {
+		t.Errorf("deliveries: exit %d\n%s", code, out)
+	}
+	code, out, _ = cliRun(t, url, cliToken, "deliveries", "show", id)
+	if code != exitOK || !strings.Contains(out, "no thanks") || !strings.Contains(out, `"id": "req_7"`) {
+		t.Errorf("deliveries show: exit %d\n%s", code, out)
+	}
+	if code, _, errOut := cliRun(t, url, cliToken, "deliveries", "--status", "lost"); code != exitUsage || !strings.Contains(errOut, "status") {
+		t.Errorf("deliveries --status lost: exit %d %q, want 2 and the reason", code, errOut)
+	}
+
+	// A retry that fails again exits 1; after the receiver recovers, 0.
+	if code, out, _ := cliRun(t, url, cliToken, "retry", id); code != exitFailure || !strings.Contains(out, "NOT delivered") {
+		t.Errorf("retry while the receiver refuses: exit %d\n%s", code, out)
+	}
+	up.Store(true)
+	if code, out, _ := cliRun(t, url, cliToken, "retry", id, "--json"); code != exitOK || !strings.Contains(out, `"delivered":true`) {
+		t.Errorf("retry --json: exit %d\n%s", code, out)
+	}
+	if code, out, _ := cliRun(t, url, cliToken, "retry", "--subscription", "crm", "--failed", "--since", "2h"); code != exitOK || !strings.Contains(out, "0 failed deliveries") {
+		t.Errorf("retry --failed: exit %d\n%s", code, out)
+	}
+	if code, _, _ := cliRun(t, url, cliToken, "retry"); code != exitUsage {
+		t.Errorf("retry without arguments: exit %d, want 2", code)
+	}
+	if code, out, _ := cliRun(t, url, cliToken, "test", "crm", "--event", "request.assigned"); code != exitOK || !strings.Contains(out, "HTTP 200") {
+		t.Errorf("test: exit %d\n%s", code, out)
+	}
+	if code, _, errOut := cliRun(t, url, cliToken, "test", "ghost"); code != exitFailure || !strings.Contains(errOut, "no such subscription") {
+		t.Errorf("test ghost: exit %d %q", code, errOut)
+	}
+	if code, out, _ := cliRun(t, url, cliToken, "pause", "crm"); code != exitOK || !strings.Contains(out, "paused") {
+		t.Errorf("pause: exit %d %q", code, out)
+	}
+	if code, out, _ := cliRun(t, url, cliToken, "status", "--json"); code != exitOK || !strings.Contains(out, `"paused":true`) {
+		t.Errorf("status --json after pause: %q", out)
+	}
+	if code, out, _ := cliRun(t, url, cliToken, "resume", "crm"); code != exitOK || !strings.Contains(out, "resumed") {
+		t.Errorf("resume: exit %d %q", code, out)
+	}
+}

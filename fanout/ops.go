@@ -1,0 +1,245 @@
+package fanout
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dzdesk/dzhook/journal"
+)
+
+// ErrUnknownSubscription: no subscription has that id.
+var ErrUnknownSubscription = errors.New("no such subscription")
+
+// AttemptReport is what an attempt made on an operator's request got.
+type AttemptReport struct {
+	DeliveryID   string  `json:"delivery_id"`
+	EventID      string  `json:"event_id"`
+	Attempt      int     `json:"attempt"`
+	StatusCode   int     `json:"status_code"`
+	Delivered    bool    `json:"delivered"`
+	DurationMS   float64 `json:"duration_ms"`
+	ResponseBody string  `json:"response_body"`
+	ErrorClass   string  `json:"error_class,omitempty"`
+	Error        string  `json:"error,omitempty"`
+}
+
+func report(t *task, res attemptResult) AttemptReport {
+	return AttemptReport{
+		DeliveryID: t.deliveryID, EventID: t.eventID, Attempt: t.attempts + 1, StatusCode: res.Status,
+		Delivered: res.Status >= 200 && res.Status < 300, DurationMS: float64(res.Duration.Microseconds()) / 1000,
+		ResponseBody: excerpt(res.Body, len(res.Body)), ErrorClass: res.ErrorClass, Error: res.Error,
+	}
+}
+
+func (d *Dispatcher) lookup(id string) (*sub, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	s, ok := d.byID[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownSubscription, id)
+	}
+	return s, nil
+}
+
+// RetryNow makes one immediate manual attempt of a delivery, whatever its
+// state (no new schedule: a pending delivery keeps its own), and reports
+// it. A delivery being attempted right now is not sent twice:
+// journal.ErrBusy.
+func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptReport, error) {
+	before, _, _, err := d.cfg.Journal.GetDelivery(ctx, deliveryID)
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	s, err := d.lookup(before.Subscription)
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, 3*d.cfg.Heartbeat)
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: TriggerManual, test: c.Test,
+		durable: make(chan error, 1)}
+	if before.State == "pending" && before.NextAttemptAt != nil {
+		t.keepPending, t.keepNext = true, *before.NextAttemptAt
+	}
+	res := d.attempt(context.WithoutCancel(ctx), s, t)
+	if err := waitDurable(ctx, t.durable); err != nil {
+		return report(t, res), err
+	}
+	return report(t, res), nil
+}
+
+// RetryFailed sends every failed delivery of a subscription created in
+// [since, until) again, one manual attempt each, through its queue. It
+// returns how many it scheduled.
+func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since, until time.Time) (int, error) {
+	if _, err := d.lookup(subscription); err != nil {
+		return 0, err
+	}
+	n, err := d.cfg.Journal.RetryFailed(ctx, subscription, since, until)
+	if n > 0 {
+		d.nudge()
+	}
+	return n, err
+}
+
+// SendTest posts a sample event to a subscription, signed with its real
+// secret, and reports what the receiver answered. The delivery is recorded
+// with trigger test and left out of the subscription's health.
+func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event) (AttemptReport, error) {
+	s, err := d.lookup(subscription)
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	now := d.now().UTC()
+	id := DeliveryID(ev.ID, s.cfg.ID)
+	err = d.writer.put(ctx, record{
+		event: &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, OccurredAt: ev.Timestamp},
+		delivs: []journal.DeliveryRow{{ID: id, EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type,
+			State: "pending", Owner: d.cfg.Instance, NextAttemptAt: now.Add(time.Hour), Test: true, CreatedAt: now}},
+	})
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	t := &task{deliveryID: id, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: TriggerTest, test: true, durable: make(chan error, 1)}
+	res := d.attempt(context.WithoutCancel(ctx), s, t)
+	if err := waitDurable(ctx, t.durable); err != nil {
+		return report(t, res), err
+	}
+	return report(t, res), nil
+}
+
+// waitDurable waits until a record is journaled.
+func waitDurable(ctx context.Context, done <-chan error) error {
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestEventID returns a fresh id for a test event.
+func TestEventID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "whk_test_" + hex.EncodeToString(b[:])
+}
+
+// Pause stops a subscription's deliveries (persisted: it stays paused
+// across restarts). With queue_while_inactive its new deliveries wait as
+// held; otherwise they are recorded as skipped.
+func (d *Dispatcher) Pause(ctx context.Context, subscription string) error {
+	s, err := d.lookup(subscription)
+	if err != nil {
+		return err
+	}
+	if err := d.cfg.Journal.SetPaused(ctx, subscription, true); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.paused = true
+	s.mu.Unlock()
+	d.log.Info("subscription paused", "subscription", subscription)
+	return nil
+}
+
+// Resume restarts a paused or disabled subscription; its held deliveries
+// go out, oldest first. It returns how many were held.
+func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, error) {
+	s, err := d.lookup(subscription)
+	if err != nil {
+		return 0, err
+	}
+	if err := d.cfg.Journal.SetPaused(ctx, subscription, false); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	wasDisabled := s.state == StateDisabled
+	s.paused = false
+	if wasDisabled {
+		s.state = StateHealthy
+	}
+	s.mu.Unlock()
+	if wasDisabled {
+		if err := d.cfg.Journal.SetState(ctx, subscription, StateHealthy); err != nil {
+			return 0, err
+		}
+	}
+	n, err := d.cfg.Journal.ReleaseHeld(ctx, subscription)
+	if err != nil {
+		return 0, err
+	}
+	d.log.Info("subscription resumed", "subscription", subscription, "held_deliveries", n)
+	d.nudge()
+	return n, nil
+}
+
+// SubscriptionStatus is a subscription as the admin API shows it.
+type SubscriptionStatus struct {
+	ID                 string     `json:"id"`
+	URL                string     `json:"url"`
+	Events             []string   `json:"events"`
+	Active             bool       `json:"active"`
+	Paused             bool       `json:"paused"`
+	QueueWhileInactive bool       `json:"queue_while_inactive"`
+	Filter             string     `json:"filter,omitempty"`
+	State              string     `json:"state"`
+	LastSuccessAt      *time.Time `json:"last_success_at"`
+	LastFailureAt      *time.Time `json:"last_failure_at"`
+	LastStatus         int        `json:"last_status,omitempty"`
+	LastError          string     `json:"last_error,omitempty"`
+	QueueDepth         int        `json:"queue_depth"`
+	Stats              Stats      `json:"stats"`
+}
+
+// Subscriptions returns every subscription's status.
+func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
+	d.mu.RLock()
+	subs := d.subs
+	d.mu.RUnlock()
+	now := d.now()
+	out := make([]SubscriptionStatus, 0, len(subs))
+	for _, s := range subs {
+		s.mu.Lock()
+		st := SubscriptionStatus{
+			ID: s.cfg.ID, URL: redactURL(s.cfg.URL), Events: s.cfg.Events, Active: s.cfg.Active, Paused: s.paused,
+			QueueWhileInactive: s.cfg.QueueWhileInactive, Filter: s.cfg.Filter, State: s.state,
+			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: len(s.queue),
+		}
+		if !s.lastSuccessAt.IsZero() {
+			t := s.lastSuccessAt
+			st.LastSuccessAt = &t
+		}
+		if !s.lastFailureAt.IsZero() {
+			t := s.lastFailureAt
+			st.LastFailureAt = &t
+		}
+		s.mu.Unlock()
+		st.Stats = s.stats.snapshot(now)
+		out = append(out, st)
+	}
+	return out
+}
+
+// SubscriptionIDs lists the configured subscriptions.
+func (d *Dispatcher) SubscriptionIDs() []string {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	ids := make([]string, len(d.subs))
+	for i, s := range d.subs {
+		ids[i] = s.cfg.ID
+	}
+	return ids
+}
+
+// HasSubscription reports whether a subscription is configured.
+func (d *Dispatcher) HasSubscription(id string) bool {
+	_, err := d.lookup(id)
+	return err == nil
+}

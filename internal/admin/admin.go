@@ -1,0 +1,240 @@
+// Package admin is dzhook's operator-facing HTTP server: the JSON API
+// (subscriptions, delivery history, retries, test sends, pause and
+// resume), /metrics, /healthz and /readyz, and the dashboard.
+//
+// Every /v1 endpoint needs "Authorization: Bearer <admin.token>", compared
+// in constant time; /healthz, /readyz and the dashboard's static files are
+// open, /metrics is open unless admin.metrics_public is false. Errors are
+// JSON, {"error": "…"}, naming the problem: 400 for a bad parameter or
+// body, 401 without the token, 404 for an unknown delivery or
+// subscription, 409 for a delivery being attempted right now, 503 when the
+// journal cannot be reached. Bad input never gets a 500.
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dzdesk/dzhook/fanout"
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/journal"
+)
+
+// Deliverer is what the API needs from the dispatcher.
+type Deliverer interface {
+	Subscriptions() []fanout.SubscriptionStatus
+	SubscriptionIDs() []string
+	HasSubscription(id string) bool
+	RetryNow(ctx context.Context, deliveryID string) (fanout.AttemptReport, error)
+	RetryFailed(ctx context.Context, subscription string, since, until time.Time) (int, error)
+	SendTest(ctx context.Context, subscription string, ev fanout.Event) (fanout.AttemptReport, error)
+	Pause(ctx context.Context, subscription string) error
+	Resume(ctx context.Context, subscription string) (int, error)
+}
+
+// History is what the API needs from the journal.
+type History interface {
+	ListDeliveries(ctx context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error)
+	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)
+	Backlogs(ctx context.Context) (map[string]journal.Backlog, error)
+}
+
+// Config is the input of New.
+type Config struct {
+	// Token is the bearer token of the API; empty refuses every /v1 call
+	// (with a message saying how to set it).
+	Token         string
+	MetricsPublic bool
+	Deliverer     Deliverer
+	History       History
+	Catalog       *catalog.Catalog
+	// Sample builds a test event of a type.
+	Sample func(eventType string) fanout.Event
+	// Ready reports why dzhook is not ready (nil when it is).
+	Ready    func(ctx context.Context) error
+	Registry *prometheus.Registry
+	// Dashboard is served at /; nil serves none.
+	Dashboard fs.FS
+	Logger    *slog.Logger
+}
+
+// Server is the admin HTTP server.
+type Server struct {
+	cfg Config
+	mux *http.ServeMux
+	log *slog.Logger
+}
+
+// New returns the server's handler.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger.With("component", "admin")}
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	metrics := http.Handler(http.NotFoundHandler())
+	if cfg.Registry != nil {
+		metrics = promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
+	}
+	if !cfg.MetricsPublic {
+		metrics = s.auth(metrics)
+	}
+	s.mux.Handle("GET /metrics", metrics)
+	api := func(pattern string, h http.HandlerFunc) { s.mux.Handle(pattern, s.auth(h)) }
+	api("GET /v1/events", s.events)
+	api("GET /v1/subscriptions", s.subscriptions)
+	api("GET /v1/subscriptions/{id}", s.subscription)
+	api("POST /v1/subscriptions/{id}/retry-failed", s.retryFailed)
+	api("POST /v1/subscriptions/{id}/test", s.test)
+	api("POST /v1/subscriptions/{id}/pause", s.pause)
+	api("POST /v1/subscriptions/{id}/resume", s.resume)
+	api("GET /v1/deliveries", s.deliveries)
+	api("GET /v1/deliveries/{id}", s.delivery)
+	api("POST /v1/deliveries/{id}/retry", s.retry)
+	api("/v1/", s.noRoute)
+	if cfg.Dashboard != nil {
+		s.mux.Handle("GET /", dashboardHandler(cfg.Dashboard))
+	}
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		// A bug must not take the process down, and must not show a stack
+		// to the client.
+		if v := recover(); v != nil {
+			s.log.Error("admin handler panicked", "path", r.URL.Path, "panic", v)
+			writeError(w, http.StatusInternalServerError, "internal error")
+		}
+	}()
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	s.mux.ServeHTTP(w, r)
+}
+
+// Run serves on listen until ctx ends, then shuts down gracefully. A
+// listen address that cannot be bound is an error at start.
+func (s *Server) Run(ctx context.Context, listen string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve is Run on a listener.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
+	s.log.Info("admin API listening", "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	}
+}
+
+// noRoute answers a /v1 request no route takes: 405 when the path exists
+// with another method, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "" && pattern != "/v1/" {
+			w.Header().Set("Allow", m)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, m))
+			return
+		}
+	}
+	writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+}
+
+// auth requires the bearer token, compared in constant time.
+func (s *Server) auth(next http.Handler) http.Handler {
+	want := []byte(s.cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(want) == 0 {
+			writeError(w, http.StatusUnauthorized, "the admin API is off: set admin.token (or DZHOOK_ADMIN_TOKEN) to use it")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="dzhook"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token (Authorization: Bearer <admin.token>)")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if err := s.cfg.Ready(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, errorBody{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	// Compact: a delivery's payload is shown byte for byte as it was sent.
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// journalError answers an error of the journal or dispatcher.
+func (s *Server) journalError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, journal.ErrNotFound):
+		writeError(w, http.StatusNotFound, "no such delivery")
+	case errors.Is(err, journal.ErrBusy):
+		writeError(w, http.StatusConflict, "this delivery is being attempted right now; try again in a moment")
+	case errors.Is(err, journal.ErrBadCursor):
+		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")
+	case errors.Is(err, fanout.ErrUnknownSubscription):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		writeError(w, http.StatusServiceUnavailable, "timed out")
+	default:
+		s.log.Error("admin request failed", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "the journal could not be reached; see dzhook's log")
+	}
+}

@@ -1,0 +1,458 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
+)
+
+const adminToken = "admin-token-for-tests-0123456789"
+
+const adminSection = "admin:\n  listen: 127.0.0.1:0\n  token: " + adminToken + "\n"
+
+// api calls the admin API of an engine.
+type api struct {
+	t    *testing.T
+	base string
+}
+
+func newAPI(t *testing.T, e *Engine) *api { return &api{t: t, base: "http://" + e.AdminAddr()} }
+
+// call returns the status and the decoded JSON answer.
+func (a *api) call(method, path, token string, body any) (int, map[string]any) {
+	a.t.Helper()
+	var rd io.Reader
+	if s, ok := body.(string); ok {
+		rd = strings.NewReader(s)
+	} else if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, a.base+path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	out := map[string]any{}
+	if err := json.Unmarshal(raw, &out); err != nil && strings.Contains(resp.Header.Get("Content-Type"), "json") {
+		a.t.Fatalf("%s %s: answer is not JSON: %s", method, path, raw)
+	}
+	out["_raw"] = string(raw)
+	return resp.StatusCode, out
+}
+
+func (a *api) ok(method, path string, body any) map[string]any {
+	a.t.Helper()
+	code, out := a.call(method, path, adminToken, body)
+	if code != http.StatusOK {
+		a.t.Fatalf("%s %s: %d %v", method, path, code, out["_raw"])
+	}
+	return out
+}
+
+func TestAdminAuthAndHealth(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection+"  metrics_public: false\n", "", sub("crm", rc.URL, "request.created")))
+	a := newAPI(t, e)
+	for _, tc := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/v1/subscriptions", "", 401},
+		{"/v1/subscriptions", "wrong", 401},
+		{"/v1/subscriptions", adminToken + "x", 401},
+		{"/v1/deliveries", "", 401},
+		{"/metrics", "", 401},
+		{"/v1/subscriptions", adminToken, 200},
+		{"/metrics", adminToken, 200},
+		{"/healthz", "", 200},
+	} {
+		if code, out := a.call("GET", tc.path, tc.token, nil); code != tc.want {
+			t.Errorf("GET %s with token %q: %d %v, want %d", tc.path, tc.token, code, out["_raw"], tc.want)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "/readyz 200", func() bool {
+		code, _ := a.call("GET", "/readyz", "", nil)
+		return code == 200
+	})
+	if code, out := a.call("POST", "/v1/subscriptions/crm/pause", "", nil); code != 401 || !strings.Contains(fmt.Sprint(out["error"]), "bearer token") {
+		t.Errorf("POST without token: %d %v", code, out)
+	}
+}
+
+func TestAdminBadInput(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	a := newAPI(t, e)
+	for _, tc := range []struct {
+		method, path string
+		body         any
+		want         int
+		msg          string
+	}{
+		{"GET", "/v1/deliveries?limit=0", nil, 400, "limit"},
+		{"GET", "/v1/deliveries?limit=abc", nil, 400, "limit"},
+		{"GET", "/v1/deliveries?limit=100000", nil, 400, "limit"},
+		{"GET", "/v1/deliveries?status=lost", nil, 400, "status"},
+		{"GET", "/v1/deliveries?event=nope.event", nil, 400, "event"},
+		{"GET", "/v1/deliveries?subscription=ghost", nil, 400, "subscription"},
+		{"GET", "/v1/deliveries?since=yesterday", nil, 400, "since"},
+		{"GET", "/v1/deliveries?since=1h&until=2h", nil, 400, "since must be before until"},
+		{"GET", "/v1/deliveries?cursor=%25%25%25", nil, 400, "cursor"},
+		{"GET", "/v1/deliveries?cursor=bm90LWEtY3Vyc29y", nil, 400, "cursor"},
+		{"GET", "/v1/deliveries?bogus=1", nil, 400, "unknown parameter"},
+		{"GET", "/v1/deliveries/not-an-id", nil, 400, "malformed"},
+		{"GET", "/v1/deliveries/dlv_doesnotexist", nil, 404, "no such delivery"},
+		{"POST", "/v1/deliveries/dlv_doesnotexist/retry", nil, 404, "no such delivery"},
+		{"POST", "/v1/subscriptions/ghost/pause", nil, 404, "no such subscription"},
+		{"POST", "/v1/subscriptions/Bad%20Id/pause", nil, 400, "malformed"},
+		{"POST", "/v1/subscriptions/crm/test", "{not json", 400, "body"},
+		{"POST", "/v1/subscriptions/crm/test", `{"event":"request.created","extra":1}`, 400, "body"},
+		{"POST", "/v1/subscriptions/crm/test", `{"event":"order.lost"}`, 400, "event"},
+		{"POST", "/v1/subscriptions/crm/retry-failed?since=bad", nil, 400, "since"},
+		{"GET", "/v1/nothing-here", nil, 404, "no such endpoint"},
+		{"DELETE", "/v1/subscriptions", nil, 405, ""},
+	} {
+		code, out := a.call(tc.method, tc.path, adminToken, tc.body)
+		if code != tc.want || !strings.Contains(fmt.Sprint(out["error"]), tc.msg) {
+			t.Errorf("%s %s: %d %v; want %d with %q", tc.method, tc.path, code, out["_raw"], tc.want, tc.msg)
+		}
+	}
+}
+
+// TestHistoryAndManualRetry: the history lists deliveries newest first
+// with cursors; a delivery shows its attempts; a manual retry makes one
+// attempt with trigger manual.
+func TestHistoryAndManualRetry(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	var up atomic.Bool
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if up.Load() {
+			return 200, nil, "ok now"
+		}
+		return 500, nil, "down"
+	})
+	e := start(t, testConfigWith(t, db, adminSection, "  retry_schedule: [0s, 1h]", sub("crm", rc.URL, "request.created")))
+	a := newAPI(t, e)
+	for i := 1; i <= 3; i++ {
+		db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'r%d', 1)`, i, i))
+	}
+	rc.Wait(t, 3, 20*time.Second)
+	var list []any
+	testutil.Eventually(t, 10*time.Second, "three deliveries in the history", func() bool {
+		list, _ = a.ok("GET", "/v1/deliveries?subscription=crm", nil)["deliveries"].([]any)
+		return len(list) == 3
+	})
+	page1 := a.ok("GET", "/v1/deliveries?limit=2", nil)
+	d1, _ := page1["deliveries"].([]any)
+	cursor, _ := page1["next_cursor"].(string)
+	if len(d1) != 2 || cursor == "" {
+		t.Fatalf("first page: %d deliveries, cursor %q", len(d1), cursor)
+	}
+	page2 := a.ok("GET", "/v1/deliveries?limit=2&cursor="+cursor, nil)
+	d2, _ := page2["deliveries"].([]any)
+	if len(d2) != 1 || page2["next_cursor"] != "" {
+		t.Fatalf("second page: %v", page2["_raw"])
+	}
+	newest := d1[0].(map[string]any)
+	oldest := d2[0].(map[string]any)
+	if newest["created_at"].(string) < oldest["created_at"].(string) {
+		t.Errorf("history not newest first: %s before %s", newest["created_at"], oldest["created_at"])
+	}
+	if newest["state"] != "pending" || newest["next_attempt_at"] == nil {
+		t.Errorf("a failed first attempt with an hour to wait: %v", newest)
+	}
+	id := newest["id"].(string)
+	if got := a.ok("GET", "/v1/deliveries?status=pending&event=request.created&since=1h", nil)["deliveries"].([]any); len(got) != 3 {
+		t.Errorf("filtered list has %d deliveries, want 3", len(got))
+	}
+
+	up.Store(true)
+	rep := a.ok("POST", "/v1/deliveries/"+id+"/retry", nil)
+	if rep["delivered"] != true || rep["status_code"] != 200.0 || rep["attempt"] != 2.0 || rep["response_body"] != "ok now" {
+		t.Errorf("retry report: %v", rep["_raw"])
+	}
+	var detail map[string]any
+	testutil.Eventually(t, 10*time.Second, "the manual attempt in the history", func() bool {
+		detail = a.ok("GET", "/v1/deliveries/"+id, nil)
+		at, _ := detail["attempts"].([]any)
+		return len(at) == 2
+	})
+	at := detail["attempts"].([]any)
+	first, second := at[0].(map[string]any), at[1].(map[string]any)
+	if first["trigger"] != "auto" || first["status_code"] != 500.0 || first["response_body"] != "down" || first["error_class"] != "http" {
+		t.Errorf("first attempt: %v", first)
+	}
+	if second["trigger"] != "manual" || second["status_code"] != 200.0 {
+		t.Errorf("second attempt: %v", second)
+	}
+	if d := detail["delivery"].(map[string]any); d["state"] != "delivered" {
+		t.Errorf("after a successful manual retry the state is %v", d["state"])
+	}
+	if p, _ := detail["payload"].(map[string]any); p["event"] != "request.created" {
+		t.Errorf("payload: %v", detail["payload"])
+	}
+}
+
+func TestRetryFailed(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	var up atomic.Bool
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if up.Load() {
+			return 200, nil, "ok"
+		}
+		return 400, nil, "rejected"
+	})
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	a := newAPI(t, e)
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`, `INSERT INTO requests (title, requester_id) VALUES ('b', 1)`)
+	rc.Wait(t, 2, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "two failed deliveries", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 2
+	})
+	up.Store(true)
+	if n := a.ok("POST", "/v1/subscriptions/crm/retry-failed?since=1h", nil)["scheduled"]; n != 2.0 {
+		t.Fatalf("scheduled %v, want 2", n)
+	}
+	if n := a.ok("POST", "/v1/subscriptions/crm/retry-failed", nil)["scheduled"]; n != 0.0 {
+		t.Errorf("a second retry-failed scheduled %v, want 0: those deliveries are already on their way", n)
+	}
+	rc.Wait(t, 4, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "both delivered", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 2
+	})
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.attempts WHERE trigger = 'manual' AND status_code = 200`); n != 2 {
+		t.Errorf("%d manual attempts, want 2", n)
+	}
+	if n := len(rc.Requests()); n != 4 {
+		t.Errorf("receiver got %d requests, want 4 (nothing sent twice)", n)
+	}
+}
+
+func TestSendTest(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			return 200, nil, "got the test"
+		}
+		return 503, nil, "down"
+	})
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.*")))
+	a := newAPI(t, e)
+	rep := a.ok("POST", "/v1/subscriptions/crm/test", map[string]string{"event": "sla.warning"})
+	if rep["delivered"] != true || rep["response_body"] != "got the test" {
+		t.Fatalf("test report: %v", rep["_raw"])
+	}
+	r := rc.Requests()[0]
+	if err := signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(secret)); err != nil {
+		t.Errorf("the test event is not signed with the subscription's secret: %v", err)
+	}
+	if !strings.Contains(string(r.Body), `"event":"sla.warning"`) || !strings.Contains(string(r.Body), `"timeRemaining":"2h 30m"`) {
+		t.Errorf("test body: %s", r.Body)
+	}
+	// A failing test leaves health alone.
+	if rep := a.ok("POST", "/v1/subscriptions/crm/test", map[string]string{"event": "request.created"}); rep["delivered"] != false || rep["status_code"] != 503.0 {
+		t.Errorf("second test report: %v", rep["_raw"])
+	}
+	testutil.Eventually(t, 10*time.Second, "two test deliveries journaled", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries d JOIN dzhook.attempts a ON a.delivery_id = d.id WHERE d.test AND a.trigger = 'test'`) == 2
+	})
+	subs := a.ok("GET", "/v1/subscriptions", nil)["subscriptions"].([]any)
+	if st := subs[0].(map[string]any); st["state"] != "healthy" || st["last_failure_at"] != nil {
+		t.Errorf("a test send changed the subscription's health: %v", st)
+	}
+}
+
+// TestNotificationsOncePerTransition: failing once (however many
+// deliveries fail), then recovered once.
+func TestNotificationsOncePerTransition(t *testing.T) {
+	db := newDB(t)
+	rc, admin := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	var up atomic.Bool
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if up.Load() {
+			return 200, nil, "ok"
+		}
+		return 503, nil, "maintenance"
+	})
+	notify := fmt.Sprintf("notify:\n  url: %s\n  secret: notify-secret-0123456789\n", admin.URL)
+	start(t, testConfigWith(t, db, adminSection+notify, "  retry_schedule: [0s, 100ms]", sub("crm", rc.URL, "request.created")))
+	for i := range 3 {
+		db.Exec(t, fmt.Sprintf(`INSERT INTO requests (title, requester_id) VALUES ('fail %d', 1)`, i))
+	}
+	testutil.Eventually(t, 20*time.Second, "three exhausted deliveries", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 3
+	})
+	admin.Wait(t, 1, 20*time.Second)
+	up.Store(true)
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('works again', 1)`)
+	got := admin.Wait(t, 2, 20*time.Second)
+	// Nothing more comes: give a third notification the time to arrive.
+	time.Sleep(500 * time.Millisecond)
+	got = admin.Requests()
+	if len(got) != 2 {
+		t.Fatalf("admin got %d notifications, want 2 (failing, recovered)", len(got))
+	}
+	for i, want := range []string{"subscription.failing", "subscription.recovered"} {
+		var n map[string]any
+		if err := json.Unmarshal(got[i].Body, &n); err != nil {
+			t.Fatal(err)
+		}
+		if n["type"] != want || n["subscription"] != "crm" || !strings.Contains(fmt.Sprint(n["text"]), "crm") {
+			t.Errorf("notification %d: %s", i, got[i].Body)
+		}
+		if err := signer.Verify(got[i].Header.Get(signer.HeaderSignature), got[i].Body, []byte("notify-secret-0123456789")); err != nil {
+			t.Errorf("notification %d is not signed: %v", i, err)
+		}
+	}
+	if n := map[string]any{}; json.Unmarshal(got[0].Body, &n) == nil && (n["last_status_code"] != 503.0 || n["response_excerpt"] != "maintenance") {
+		t.Errorf("failing notification lacks the last status or excerpt: %s", got[0].Body)
+	}
+}
+
+// TestPauseWithQueueing: a paused subscription with queue_while_inactive
+// receives nothing, then its held deliveries after resume, oldest first
+// (with one attempt at a time, so the order shows at the receiver).
+func TestPauseWithQueueing(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection, "  concurrency: 1", sub("crm", rc.URL, "request.created", "queue_while_inactive: true")))
+	a := newAPI(t, e)
+	a.ok("POST", "/v1/subscriptions/crm/pause", nil)
+	for i := 1; i <= 3; i++ {
+		db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'r', 1)`, i))
+	}
+	testutil.Eventually(t, 10*time.Second, "three held deliveries", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'held'`) == 3
+	})
+	if n := len(rc.Requests()); n != 0 {
+		t.Fatalf("a paused subscription received %d requests", n)
+	}
+	if st := a.ok("GET", "/v1/subscriptions/crm", nil); st["paused"] != true || st["held"] != 3.0 {
+		t.Errorf("status while paused: %v", st["_raw"])
+	}
+	if out := a.ok("POST", "/v1/subscriptions/crm/resume", nil); out["released"] != 3.0 {
+		t.Errorf("resume: %v", out["_raw"])
+	}
+	reqs := rc.Wait(t, 3, 20*time.Second)
+	for i, r := range reqs {
+		if want := fmt.Sprintf(`"id":"req_%d"`, i+1); !strings.Contains(string(r.Body), want) {
+			t.Errorf("held delivery %d out of order: %s", i, r.Body)
+		}
+	}
+}
+
+// TestPauseSurvivesRestart: pause is persisted in the journal.
+func TestPauseSurvivesRestart(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created"))
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	newAPI(t, e).ok("POST", "/v1/subscriptions/crm/pause", nil)
+	cancel()
+	<-done
+	e2 := start(t, cfg)
+	if st := newAPI(t, e2).ok("GET", "/v1/subscriptions/crm", nil); st["paused"] != true {
+		t.Errorf("after a restart the subscription is not paused: %v", st["_raw"])
+	}
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('while paused', 1)`)
+	testutil.Eventually(t, 10*time.Second, "a skipped delivery", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'skipped'`) == 1
+	})
+}
+
+// TestReload adds a subscription that then receives events and removes
+// one that then receives none.
+func TestReload(t *testing.T) {
+	db := newDB(t)
+	a, b := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	e := start(t, testConfig(t, db, "", sub("alpha", a.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	a.Wait(t, 1, 20*time.Second)
+
+	if err := e.Reload(context.Background(), testConfig(t, db, "", sub("alpha", a.URL, "request.created"), sub("beta", b.URL, "request.created"))); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'two', 1)`)
+	a.Wait(t, 2, 20*time.Second)
+	if reqs := b.Wait(t, 1, 20*time.Second); !strings.Contains(string(reqs[0].Body), `"id":"req_2"`) {
+		t.Errorf("the added subscription got %s", reqs[0].Body)
+	}
+
+	if err := e.Reload(context.Background(), testConfig(t, db, "", sub("beta", b.URL, "request.created"))); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (3, 'three', 1)`)
+	b.Wait(t, 2, 20*time.Second)
+	if n := len(a.Requests()); n != 2 {
+		t.Errorf("the removed subscription got %d requests, want 2 (none after its removal)", n)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+	var body []byte
+	scrape := func() {
+		resp, err := http.Get("http://" + e.AdminAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	// The attempt is counted once its response is read, a moment after
+	// the receiver saw the request.
+	testutil.Eventually(t, 10*time.Second, "the attempt in /metrics", func() bool {
+		scrape()
+		return strings.Contains(string(body), `dzhook_attempt_duration_seconds_count{subscription="crm"} 1`)
+	})
+	for _, want := range []string{
+		`dzhook_events_total{event="request.created"} 1`,
+		`dzhook_deliveries_total{outcome="delivered",subscription="crm"} 1`,
+		`dzhook_attempt_duration_seconds_count{subscription="crm"} 1`,
+		`dzhook_subscription_state{state="healthy",subscription="crm"} 1`,
+		`dzhook_queue_depth{subscription="crm"}`,
+		`dzhook_oldest_pending_seconds{subscription="crm"}`,
+		`dzhook_replication_lag_bytes`,
+		`dzhook_replication_durable_lsn`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(string(body), secret) {
+		t.Error("/metrics shows the subscription secret")
+	}
+	_ = pgtest.InstallHint
+}

@@ -1,0 +1,226 @@
+// Package metrics exposes dzhook's Prometheus metrics, on a registry of
+// its own (no global state): events by type, deliveries by subscription
+// and outcome, attempt durations, attempts by error class, queue depth and
+// the age of the oldest pending delivery, replication positions and lag,
+// subscription states, journal writes.
+package metrics
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/dzdesk/dzhook/fanout"
+	"github.com/dzdesk/dzhook/journal"
+)
+
+// Metrics implements fanout.Observer and collects the rest at scrape time.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	events      *prometheus.CounterVec
+	deliveries  *prometheus.CounterVec
+	attempts    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	errors      *prometheus.CounterVec
+	transitions *prometheus.CounterVec
+	flushes     prometheus.Histogram
+	flushErrors prometheus.Counter
+	rejections  prometheus.Counter
+}
+
+// Sources are read at scrape time.
+type Sources struct {
+	// Stream returns the replication positions.
+	Stream func() StreamStats
+	// Subscriptions returns the subscriptions' status.
+	Subscriptions func() []fanout.SubscriptionStatus
+	// Backlogs counts the journal's pending work per subscription.
+	Backlogs func(ctx context.Context) (map[string]journal.Backlog, error)
+	Logger   *slog.Logger
+}
+
+// StreamStats is what the replication stream reports.
+type StreamStats struct {
+	ReceivedLSN, FlushedLSN, AckedLSN uint64
+	LagBytes                          int64
+	Changes, Transactions, Reconnects uint64
+	Connected, Standby                bool
+}
+
+// New creates the metrics and registers them, with the Go and process
+// collectors.
+func New(src Sources) *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dzhook_events_total", Help: "Events produced, by type."}, []string{"event"}),
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dzhook_deliveries_total", Help: "Deliveries by subscription and outcome (delivered, failed, retry, gone; recorded as skipped, held, queued, spilled)."},
+			[]string{"subscription", "outcome"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dzhook_attempts_total", Help: "HTTP attempts by subscription and status code (0: no response)."}, []string{"subscription", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "dzhook_attempt_duration_seconds", Help: "Time of one HTTP attempt, request to end of response.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"subscription"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dzhook_attempt_errors_total", Help: "Failed attempts by subscription and error class (timeout, dns, connect, tls, http, blocked)."},
+			[]string{"subscription", "class"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dzhook_subscription_transitions_total", Help: "Subscription state changes, by new state."}, []string{"subscription", "to"}),
+		flushes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "dzhook_journal_batch_seconds", Help: "Time to write one journal batch.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
+		flushErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dzhook_journal_write_errors_total", Help: "Journal batches that failed (and were retried)."}),
+		rejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dzhook_rejections_total", Help: "Outbox rows and messages that could not become events."}),
+	}
+	r.MustRegister(m.events, m.deliveries, m.attempts, m.duration, m.errors, m.transitions, m.flushes, m.flushErrors, m.rejections,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &scraped{src: src})
+	return m
+}
+
+// EventDispatched implements fanout.Observer.
+func (m *Metrics) EventDispatched(eventType string, _ int) { m.events.WithLabelValues(eventType).Inc() }
+
+// DeliveryRecorded implements fanout.Observer.
+func (m *Metrics) DeliveryRecorded(subscription, state string) {
+	outcome := state
+	if state == "pending" {
+		outcome = "queued"
+	}
+	m.deliveries.WithLabelValues(subscription, outcome).Inc()
+}
+
+// AttemptFinished implements fanout.Observer.
+func (m *Metrics) AttemptFinished(subscription string, took time.Duration, status int, class string, outcome fanout.Outcome) {
+	m.attempts.WithLabelValues(subscription, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(subscription).Observe(took.Seconds())
+	if class != "" {
+		m.errors.WithLabelValues(subscription, class).Inc()
+	}
+	m.deliveries.WithLabelValues(subscription, outcome.String()).Inc()
+}
+
+// StateChanged implements fanout.Observer.
+func (m *Metrics) StateChanged(subscription, _, to string) {
+	m.transitions.WithLabelValues(subscription, to).Inc()
+}
+
+// JournalFlushed implements fanout.Observer.
+func (m *Metrics) JournalFlushed(_ int, took time.Duration, err error) {
+	m.flushes.Observe(took.Seconds())
+	if err != nil {
+		m.flushErrors.Inc()
+	}
+}
+
+// Rejected counts a rejected outbox row or message.
+func (m *Metrics) Rejected() { m.rejections.Inc() }
+
+// scraped reads the stream and the subscriptions at scrape time; the
+// journal's backlog is cached for a few seconds so frequent scrapes cost
+// the database little.
+type scraped struct {
+	src Sources
+
+	mu      sync.Mutex
+	at      time.Time
+	backlog map[string]journal.Backlog
+}
+
+var (
+	descReceived    = prometheus.NewDesc("dzhook_replication_received_lsn", "End of the last WAL received.", nil, nil)
+	descDurable     = prometheus.NewDesc("dzhook_replication_durable_lsn", "Position reported to PostgreSQL as flushed: everything before it is journaled.", nil, nil)
+	descLag         = prometheus.NewDesc("dzhook_replication_lag_bytes", "pg_current_wal_lsn() - confirmed_flush_lsn of the slot.", nil, nil)
+	descChanges     = prometheus.NewDesc("dzhook_replication_changes_total", "Row changes received.", nil, nil)
+	descTx          = prometheus.NewDesc("dzhook_replication_transactions_total", "Transactions received.", nil, nil)
+	descReconnects  = prometheus.NewDesc("dzhook_replication_reconnects_total", "Replication sessions started after the first.", nil, nil)
+	descConnected   = prometheus.NewDesc("dzhook_replication_connected", "1 while streaming.", nil, nil)
+	descStandby     = prometheus.NewDesc("dzhook_replication_standby", "1 while another process holds the slot.", nil, nil)
+	descQueue       = prometheus.NewDesc("dzhook_queue_depth", "Deliveries in a subscription's in-memory queue.", []string{"subscription"}, nil)
+	descPending     = prometheus.NewDesc("dzhook_pending_deliveries", "Deliveries waiting in the journal, by state (pending, failed, held).", []string{"subscription", "state"}, nil)
+	descOldest      = prometheus.NewDesc("dzhook_oldest_pending_seconds", "Age of the oldest due pending delivery.", []string{"subscription"}, nil)
+	descSubState    = prometheus.NewDesc("dzhook_subscription_state", "1 for the subscription's current state.", []string{"subscription", "state"}, nil)
+	descSubPaused   = prometheus.NewDesc("dzhook_subscription_paused", "1 while paused.", []string{"subscription"}, nil)
+	allSubStates    = []string{fanout.StateHealthy, fanout.StateFailing, fanout.StateDisabled}
+	backlogInterval = 5 * time.Second
+)
+
+func (s *scraped) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descChanges, descTx, descReconnects, descConnected,
+		descStandby, descQueue, descPending, descOldest, descSubState, descSubPaused} {
+		ch <- d
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *scraped) Collect(ch chan<- prometheus.Metric) {
+	if s.src.Stream != nil {
+		st := s.src.Stream()
+		ch <- prometheus.MustNewConstMetric(descReceived, prometheus.GaugeValue, float64(st.ReceivedLSN))
+		ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(st.FlushedLSN))
+		if st.LagBytes >= 0 {
+			ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.LagBytes))
+		}
+		ch <- prometheus.MustNewConstMetric(descChanges, prometheus.CounterValue, float64(st.Changes))
+		ch <- prometheus.MustNewConstMetric(descTx, prometheus.CounterValue, float64(st.Transactions))
+		ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(st.Reconnects))
+		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, b2f(st.Connected))
+		ch <- prometheus.MustNewConstMetric(descStandby, prometheus.GaugeValue, b2f(st.Standby))
+	}
+	var subs []fanout.SubscriptionStatus
+	if s.src.Subscriptions != nil {
+		subs = s.src.Subscriptions()
+	}
+	backlog := s.backlogs()
+	now := time.Now()
+	for _, sub := range subs {
+		ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(sub.QueueDepth), sub.ID)
+		for _, st := range allSubStates {
+			ch <- prometheus.MustNewConstMetric(descSubState, prometheus.GaugeValue, b2f(sub.State == st), sub.ID, st)
+		}
+		ch <- prometheus.MustNewConstMetric(descSubPaused, prometheus.GaugeValue, b2f(sub.Paused), sub.ID)
+		b := backlog[sub.ID]
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Pending), sub.ID, "pending")
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Failed), sub.ID, "failed")
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Held), sub.ID, "held")
+		age := 0.0
+		if !b.OldestPending.IsZero() && b.OldestPending.Before(now) {
+			age = now.Sub(b.OldestPending).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, age, sub.ID)
+	}
+}
+
+func (s *scraped) backlogs() map[string]journal.Backlog {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.src.Backlogs == nil || time.Since(s.at) < backlogInterval {
+		return s.backlog
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	b, err := s.src.Backlogs(ctx)
+	if err != nil {
+		if s.src.Logger != nil {
+			s.src.Logger.Warn("metrics: counting the journal's backlog failed", "err", err)
+		}
+		return s.backlog
+	}
+	s.backlog, s.at = b, time.Now()
+	return b
+}

@@ -1,0 +1,341 @@
+package journal
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Errors the admin API turns into status codes.
+var (
+	// ErrNotFound: no such delivery.
+	ErrNotFound = errors.New("not found")
+	// ErrBusy: a live instance is attempting the delivery right now.
+	ErrBusy = errors.New("an attempt of this delivery is in flight")
+	// ErrBadCursor: the cursor was not made by ListDeliveries.
+	ErrBadCursor = errors.New("invalid cursor")
+)
+
+// Delivery is a delivery as the history shows it.
+type Delivery struct {
+	ID             string     `json:"id"`
+	EventID        string     `json:"event_id"`
+	Event          string     `json:"event"`
+	Subscription   string     `json:"subscription"`
+	State          string     `json:"state"`
+	Attempts       int        `json:"attempts"`
+	NextAttemptAt  *time.Time `json:"next_attempt_at"`
+	InFlight       bool       `json:"in_flight"`
+	Test           bool       `json:"test"`
+	LastStatus     *int       `json:"last_status"`
+	LastError      *string    `json:"last_error"`
+	LastAttemptAt  *time.Time `json:"last_attempt_at"`
+	CreatedAt      time.Time  `json:"created_at"`
+	UpdatedAt      time.Time  `json:"updated_at"`
+	owner          *string
+	nextAttemptRaw *time.Time
+}
+
+// Attempt is one attempt as the history shows it.
+type Attempt struct {
+	Attempt      int       `json:"attempt"`
+	At           time.Time `json:"at"`
+	Trigger      string    `json:"trigger"`
+	StatusCode   *int      `json:"status_code"`
+	DurationMS   int       `json:"duration_ms"`
+	ResponseBody []byte    `json:"-"`
+	ErrorClass   *string   `json:"error_class"`
+	Error        *string   `json:"error"`
+}
+
+// DeliveryFilter selects deliveries for the history.
+type DeliveryFilter struct {
+	// Subscriptions to search; all of them when Subscription is empty.
+	Subscriptions []string
+	Subscription  string
+	State         string
+	Event         string
+	Since, Until  time.Time
+	Limit         int
+	Cursor        string
+}
+
+const deliveryColumns = `d.id, d.event_id, d.event_type, d.subscription_id, d.state, d.attempts, d.next_attempt_at, d.owner, d.test,
+	d.last_status, d.last_error, d.last_attempt_at, d.created_at, d.updated_at`
+
+func scanDelivery(r pgx.Row) (Delivery, error) {
+	var d Delivery
+	var status *int32
+	err := r.Scan(&d.ID, &d.EventID, &d.Event, &d.Subscription, &d.State, &d.Attempts, &d.nextAttemptRaw, &d.owner, &d.Test,
+		&status, &d.LastError, &d.LastAttemptAt, &d.CreatedAt, &d.UpdatedAt)
+	if status != nil {
+		v := int(*status)
+		d.LastStatus = &v
+	}
+	if d.State == "pending" {
+		d.NextAttemptAt = d.nextAttemptRaw
+		d.InFlight = d.owner != nil
+	}
+	return d, err
+}
+
+// ListDeliveries returns deliveries newest first, and the cursor of the
+// next page ("" on the last one). Without a subscription filter it merges
+// each subscription's newest rows (one index scan each).
+func (s *Store) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Delivery, string, error) {
+	subs := f.Subscriptions
+	if f.Subscription != "" {
+		subs = []string{f.Subscription}
+	}
+	var curAt *time.Time
+	var curID *string
+	if f.Cursor != "" {
+		at, id, err := decodeCursor(f.Cursor)
+		if err != nil {
+			return nil, "", err
+		}
+		curAt, curID = &at, &id
+	}
+	rows, err := s.pool.Query(ctx, s.q(`
+		SELECT `+deliveryColumns+` FROM unnest($1::text[]) AS sub(id) CROSS JOIN LATERAL (
+			SELECT * FROM {{schema}}.deliveries x
+			 WHERE x.subscription_id = sub.id
+			   AND ($2::text IS NULL OR x.state = $2) AND ($3::text IS NULL OR x.event_type = $3)
+			   AND ($4::timestamptz IS NULL OR x.created_at >= $4) AND ($5::timestamptz IS NULL OR x.created_at < $5)
+			   AND ($6::timestamptz IS NULL OR (x.created_at, x.id) < ($6, $7::text))
+			 ORDER BY x.created_at DESC, x.id DESC LIMIT $8) d
+		ORDER BY d.created_at DESC, d.id DESC LIMIT $8`),
+		subs, nullText(f.State), nullText(f.Event), nullTime(f.Since), nullTime(f.Until), curAt, curID, f.Limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list deliveries: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Delivery, error) { return scanDelivery(r) })
+	if err != nil {
+		return nil, "", fmt.Errorf("list deliveries: %w", err)
+	}
+	next := ""
+	if len(list) > f.Limit {
+		list = list[:f.Limit]
+		last := list[len(list)-1]
+		next = encodeCursor(last.CreatedAt, last.ID)
+	}
+	return list, next, nil
+}
+
+func encodeCursor(at time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(at.UTC().Format(time.RFC3339Nano) + "|" + id))
+}
+
+func decodeCursor(c string) (time.Time, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", ErrBadCursor
+	}
+	at, id, ok := strings.Cut(string(b), "|")
+	if !ok || !strings.HasPrefix(id, "dlv_") {
+		return time.Time{}, "", ErrBadCursor
+	}
+	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil {
+		return time.Time{}, "", ErrBadCursor
+	}
+	return t, id, nil
+}
+
+// GetDelivery returns a delivery, its event's body and every attempt.
+func (s *Store) GetDelivery(ctx context.Context, id string) (Delivery, []byte, []Attempt, error) {
+	d, err := scanDelivery(s.pool.QueryRow(ctx, s.q(`SELECT `+deliveryColumns+` FROM {{schema}}.deliveries d WHERE d.id = $1`), id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return d, nil, nil, ErrNotFound
+	}
+	if err != nil {
+		return d, nil, nil, fmt.Errorf("get delivery: %w", err)
+	}
+	var body []byte
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT body FROM {{schema}}.events WHERE id = $1`), d.EventID).Scan(&body); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return d, nil, nil, fmt.Errorf("get event: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT attempt, at, trigger, status_code, duration_ms, response_body, error_class, error
+		FROM {{schema}}.attempts WHERE delivery_id = $1 ORDER BY attempt`), id)
+	if err != nil {
+		return d, nil, nil, fmt.Errorf("get attempts: %w", err)
+	}
+	attempts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Attempt, error) {
+		var a Attempt
+		var status *int32
+		err := r.Scan(&a.Attempt, &a.At, &a.Trigger, &status, &a.DurationMS, &a.ResponseBody, &a.ErrorClass, &a.Error)
+		if status != nil {
+			v := int(*status)
+			a.StatusCode = &v
+		}
+		return a, err
+	})
+	if err != nil {
+		return d, nil, nil, fmt.Errorf("get attempts: %w", err)
+	}
+	return d, body, attempts, nil
+}
+
+// ClaimForRetry takes one delivery for an immediate manual attempt, unless
+// a live instance is attempting it (ErrBusy). A pending delivery keeps its
+// schedule; a finished one gets one more attempt.
+func (s *Store) ClaimForRetry(ctx context.Context, id, owner string, staleAfter time.Duration) (Claimed, error) {
+	var c Claimed
+	err := s.pool.QueryRow(ctx, s.q(`
+		UPDATE {{schema}}.deliveries d SET owner = $2, updated_at = now()
+		  FROM {{schema}}.events e
+		 WHERE d.id = $1 AND e.id = d.event_id
+		   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $3 * interval '1 second'))
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test`), id, owner, staleAfter.Seconds()).
+		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test)
+	if errors.Is(err, pgx.ErrNoRows) {
+		var exists bool
+		if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`), id).Scan(&exists); err != nil {
+			return c, err
+		}
+		if exists {
+			return c, ErrBusy
+		}
+		return c, ErrNotFound
+	}
+	c.Manual = true
+	return c, err
+}
+
+// RetryFailed makes every failed delivery of a subscription created in
+// [since, until) due now, as manual retries (one attempt each). Deliveries
+// already pending are left alone, so calling it twice sends nothing twice.
+func (s *Store) RetryFailed(ctx context.Context, subscription string, since, until time.Time) (int, error) {
+	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'pending', next_attempt_at = now(), owner = NULL, manual = true, updated_at = now()
+		WHERE subscription_id = $1 AND state = 'failed' AND NOT test
+		  AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)`),
+		subscription, nullTime(since), nullTime(until))
+	if err != nil {
+		return 0, fmt.Errorf("retry failed deliveries: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// SetPaused records a subscription's pause state.
+func (s *Store) SetPaused(ctx context.Context, subscription string, paused bool) error {
+	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.subscriptions (id, paused) VALUES ($1, $2)
+		ON CONFLICT (id) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()`), subscription, paused)
+	return err
+}
+
+// SetState records a subscription's health (resume re-enables a disabled
+// subscription).
+func (s *Store) SetState(ctx context.Context, subscription, state string) error {
+	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.subscriptions (id, state, state_changed_at) VALUES ($1, $2, now())
+		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, state_changed_at = now(), updated_at = now()`), subscription, state)
+	return err
+}
+
+// ReleaseHeld makes a subscription's held deliveries due, oldest first
+// (their next attempt is set to when they were created).
+func (s *Store) ReleaseHeld(ctx context.Context, subscription string) (int, error) {
+	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'pending', next_attempt_at = created_at, owner = NULL, updated_at = now()
+		WHERE subscription_id = $1 AND state = 'held'`), subscription)
+	if err != nil {
+		return 0, fmt.Errorf("release held deliveries: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Backlog is a subscription's work waiting in the journal.
+type Backlog struct {
+	Pending, Failed, Held int
+	// OldestPending is when the oldest pending delivery became due.
+	OldestPending time.Time
+}
+
+// Backlogs counts, per subscription, the pending, failed and held
+// deliveries (partial indexes make this cheap: those states are rare).
+func (s *Store) Backlogs(ctx context.Context) (map[string]Backlog, error) {
+	rows, err := s.pool.Query(ctx, s.q(`
+		SELECT subscription_id, state, count(*), min(next_attempt_at)
+		  FROM {{schema}}.deliveries WHERE state IN ('pending', 'failed', 'held') GROUP BY 1, 2`))
+	if err != nil {
+		return nil, fmt.Errorf("count backlog: %w", err)
+	}
+	out := map[string]Backlog{}
+	for rows.Next() {
+		var sub, state string
+		var n int
+		var oldest *time.Time
+		if err := rows.Scan(&sub, &state, &n, &oldest); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		b := out[sub]
+		switch state {
+		case "pending":
+			b.Pending = n
+			if oldest != nil {
+				b.OldestPending = *oldest
+			}
+		case "failed":
+			b.Failed = n
+		case "held":
+			b.Held = n
+		}
+		out[sub] = b
+	}
+	return out, rows.Err()
+}
+
+// Notification is an admin notification to send.
+type Notification struct {
+	ID             int64
+	SubscriptionID string
+	Kind           string
+	Body           []byte
+	Attempts       int
+}
+
+// ClaimNotifications takes up to limit due notifications, leasing them
+// for lease so that no other instance sends them meanwhile.
+func (s *Store) ClaimNotifications(ctx context.Context, limit int, lease time.Duration) ([]Notification, error) {
+	rows, err := s.pool.Query(ctx, s.q(`
+		WITH due AS (SELECT id FROM {{schema}}.notifications WHERE sent_at IS NULL AND next_attempt_at <= now()
+			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+		UPDATE {{schema}}.notifications n SET next_attempt_at = now() + $2 * interval '1 second', attempts = n.attempts + 1
+		  FROM due WHERE n.id = due.id
+		RETURNING n.id, n.subscription_id, n.kind, n.body, n.attempts`), limit, lease.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim notifications: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Notification, error) {
+		var n Notification
+		err := r.Scan(&n.ID, &n.SubscriptionID, &n.Kind, &n.Body, &n.Attempts)
+		return n, err
+	})
+}
+
+// NotificationSent marks a notification sent, or failed with its next try.
+func (s *Store) NotificationSent(ctx context.Context, id int64, sendErr error, next time.Time) error {
+	if sendErr == nil {
+		_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.notifications SET sent_at = now(), last_error = NULL WHERE id = $1`), id)
+		return err
+	}
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.notifications SET next_attempt_at = $2, last_error = $3 WHERE id = $1`), id, next, sendErr.Error())
+	return err
+}
+
+// Notifications lists the latest notifications (for tests and the API).
+func (s *Store) Notifications(ctx context.Context, limit int) ([]Notification, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, subscription_id, kind, body, attempts FROM {{schema}}.notifications ORDER BY id DESC LIMIT $1`), limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Notification, error) {
+		var n Notification
+		err := r.Scan(&n.ID, &n.SubscriptionID, &n.Kind, &n.Body, &n.Attempts)
+		return n, err
+	})
+}
