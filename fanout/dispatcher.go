@@ -391,6 +391,12 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 // journal as due work instead. Dispatch blocks only while the journal's
 // queue is full. It is called from one goroutine, in commit order.
 func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
+	return d.dispatch(ctx, ev, false)
+}
+
+// dispatch is Dispatch; noHold writes the deliveries without waiting for
+// their first attempts' outcomes.
+func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if d.stopped {
@@ -453,6 +459,7 @@ func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
 		event:   &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, CommitLSN: ev.CommitLSN, OccurredAt: ev.Timestamp},
 		delivs:  rows,
 		spilled: spilled,
+		noHold:  noHold,
 	}
 	if err := d.writer.put(ctx, rec); err != nil {
 		for _, s := range targets {
@@ -501,6 +508,32 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 		if !s.keepsUp() {
 			return false
 		}
+	}
+}
+
+// ArmTimers queues an SLA's timer change in the journal, in order with the
+// transaction's events (so it is durable before the transaction is
+// acknowledged).
+func (d *Dispatcher) ArmTimers(ctx context.Context, c journal.TimerChange) error {
+	return d.writer.put(ctx, record{timer: &c})
+}
+
+// DispatchDurable is Dispatch for an event from time (the SLA clock): it
+// returns once the event and its deliveries are journaled, so the clock
+// may then mark its timer fired.
+func (d *Dispatcher) DispatchDurable(ctx context.Context, ev Event) error {
+	if err := d.dispatch(ctx, ev, true); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	if err := d.writer.put(ctx, record{done: done}); err != nil {
+		return err
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

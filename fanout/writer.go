@@ -17,11 +17,13 @@ type record struct {
 	event   *journal.EventRow
 	delivs  []journal.DeliveryRow
 	spilled bool // some deliveries wait in the journal for the scheduler
+	noHold  bool // write the deliveries now, without their first outcomes
 	update  *journal.DeliveryUpdate
 	attempt *journal.AttemptRow
 	sub     *journal.SubscriptionState
 	reject  *journal.Rejection
 	notify  *journal.NotificationRow
+	timer   *journal.TimerChange
 	// release: the subscription stopped here (reload); its deliveries this
 	// instance owns go back to the journal for whoever runs it now.
 	release string
@@ -190,7 +192,7 @@ func (w *writer) add(bb *batchBuilder, r record) {
 		b.Events = append(b.Events, *r.event)
 	}
 	for _, d := range r.delivs {
-		if d.State == "pending" && d.Owner != "" && w.hold > 0 {
+		if d.State == "pending" && d.Owner != "" && w.hold > 0 && !r.noHold {
 			h := &heldDelivery{row: d, seq: w.seq, deadline: time.Now().Add(w.hold)}
 			w.held[d.ID] = h
 			w.heldFIFO = append(w.heldFIFO, h)
@@ -222,6 +224,15 @@ func (w *writer) add(bb *batchBuilder, r record) {
 	if r.notify != nil {
 		b.Notifications = append(b.Notifications, *r.notify)
 		bb.notified = true
+	}
+	if r.timer != nil {
+		// One change per SLA and batch: the latest says the SLA's state.
+		if i, ok := bb.timerIdx[r.timer.SLAID]; ok {
+			b.Timers[i] = *r.timer
+		} else {
+			bb.timerIdx[r.timer.SLAID] = len(b.Timers)
+			b.Timers = append(b.Timers, *r.timer)
+		}
 	}
 	if r.release != "" {
 		// Write what is held for the subscription now, so the release
@@ -338,6 +349,7 @@ type batchBuilder struct {
 	delivIdx map[string]int
 	updIdx   map[string]int
 	subIdx   map[string]int
+	timerIdx map[string]int
 	spilled  bool
 	notified bool
 	dones    []chan<- error
@@ -345,7 +357,7 @@ type batchBuilder struct {
 }
 
 func newBatchBuilder() *batchBuilder {
-	return &batchBuilder{delivIdx: map[string]int{}, updIdx: map[string]int{}, subIdx: map[string]int{}}
+	return &batchBuilder{delivIdx: map[string]int{}, updIdx: map[string]int{}, subIdx: map[string]int{}, timerIdx: map[string]int{}}
 }
 
 func (bb *batchBuilder) addDelivery(d journal.DeliveryRow) {

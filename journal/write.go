@@ -102,6 +102,8 @@ type Batch struct {
 	// Release gives back, after the batch's inserts, the pending
 	// deliveries of a subscription that an instance owns.
 	Release []Release
+	// Timers arm and cancel SLA timers.
+	Timers []TimerChange
 	// Slot and Checkpoint, when Slot is set, record that every transaction
 	// up to Checkpoint is journaled.
 	Slot       string
@@ -110,7 +112,7 @@ type Batch struct {
 
 // Empty reports whether the batch writes nothing.
 func (b *Batch) Empty() bool {
-	return len(b.Events)+len(b.Deliveries)+len(b.Attempts)+len(b.Updates)+len(b.Subs)+len(b.Notifications)+len(b.Rejections)+len(b.Release) == 0 && b.Slot == ""
+	return len(b.Events)+len(b.Deliveries)+len(b.Attempts)+len(b.Updates)+len(b.Subs)+len(b.Notifications)+len(b.Rejections)+len(b.Release)+len(b.Timers) == 0 && b.Slot == ""
 }
 
 func nullTime(t time.Time) *time.Time {
@@ -250,6 +252,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.rejections (source, reason, commit_lsn) VALUES ($1, $2, $3)`), r.Source, r.Reason, lsn)
 	}
+	s.queueTimers(batch, b.Timers)
 	for _, r := range b.Release {
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE owner = $1 AND subscription_id = $2 AND state = 'pending'`), r.Owner, r.Subscription)
 	}

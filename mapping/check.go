@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -136,6 +137,89 @@ func (p *PoolUsers) LookupEmails(ctx context.Context, ids []string) (map[string]
 		if email != nil {
 			out[id] = *email
 		}
+	}
+	return out, rows.Err()
+}
+
+// SLASource reads the SLA table for the clock: the open SLAs at the first
+// start, and the state of SLAs whose timers are due.
+type SLASource struct {
+	pool    *pgxpool.Pool
+	scan    string
+	recheck string
+}
+
+// SLARow is an SLA as the table holds it now.
+type SLARow struct {
+	ID, RequestID, SLAType string
+	StartedAt, TargetAt    time.Time
+	Completed              bool
+}
+
+// NewSLASource prepares the SLA queries; it reads the id column's type so
+// they compare ids in their own type and use the primary key.
+func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASource, error) {
+	table := c.Qualify(c.SLAs.Table)
+	cols, err := tableColumns(ctx, pool, table)
+	if err != nil {
+		return nil, err
+	}
+	sc := c.SLAs.Columns
+	idType, ok := cols[sc.ID]
+	if !ok {
+		return nil, fmt.Errorf("mapping.request_slas.columns.id: column %q not found in %s", sc.ID, table)
+	}
+	schema, name, _ := strings.Cut(table, ".")
+	ident := func(s string) string { return pgx.Identifier{s}.Sanitize() }
+	typ := "NULL::text"
+	if sc.SLAType != "" {
+		typ = "t." + ident(sc.SLAType) + "::text"
+	}
+	from := fmt.Sprintf("%s.%s", ident(schema), ident(name))
+	return &SLASource{
+		pool: pool,
+		scan: fmt.Sprintf(`SELECT t.%s::text, t.%s::text, coalesce(%s, ''), t.%s, t.%s FROM %s t
+			WHERE t.%s IS NULL AND t.%s IS NOT NULL AND t.%s IS NOT NULL AND ($1::text IS NULL OR t.%s > $1::text::%s) ORDER BY t.%s LIMIT $2`,
+			ident(sc.ID), ident(sc.Request), typ, ident(sc.StartedAt), ident(sc.TargetAt), from,
+			ident(sc.CompletedAt), ident(sc.StartedAt), ident(sc.TargetAt), ident(sc.ID), idType, ident(sc.ID)),
+		recheck: fmt.Sprintf(`SELECT %s::text, %s, %s IS NOT NULL FROM %s WHERE %s = ANY($1::text[]::%s[])`,
+			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, ident(sc.ID), idType),
+	}, nil
+}
+
+// OpenSLAs returns up to limit open SLAs with an id after the given one
+// ("" for the first page), in id order.
+func (s *SLASource) OpenSLAs(ctx context.Context, after string, limit int) ([]SLARow, error) {
+	var afterArg *string
+	if after != "" {
+		afterArg = &after
+	}
+	rows, err := s.pool.Query(ctx, s.scan, afterArg, limit)
+	if err != nil {
+		return nil, fmt.Errorf("scan open SLAs: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SLARow, error) {
+		var row SLARow
+		err := r.Scan(&row.ID, &row.RequestID, &row.SLAType, &row.StartedAt, &row.TargetAt)
+		return row, err
+	})
+}
+
+// Current returns the SLAs with the given ids as the table holds them
+// now; a deleted SLA is absent.
+func (s *SLASource) Current(ctx context.Context, ids []string) (map[string]SLARow, error) {
+	rows, err := s.pool.Query(ctx, s.recheck, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read SLAs: %w", err)
+	}
+	out := map[string]SLARow{}
+	for rows.Next() {
+		var row SLARow
+		if err := rows.Scan(&row.ID, &row.TargetAt, &row.Completed); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out[row.ID] = row
 	}
 	return out, rows.Err()
 }

@@ -30,6 +30,7 @@ const (
 	DefaultQueueSize         = 1024
 	DefaultAdminListen       = "127.0.0.1:8080"
 	DefaultWarningPercent    = 75
+	DefaultSLACheckInterval  = 5 * time.Second
 	DefaultLogLevel          = "info"
 	DefaultLogFormat         = "text"
 	DefaultOutboxTable       = "dzhook_outbox"
@@ -150,8 +151,12 @@ type Notify struct {
 // SLA configures the SLA clock.
 type SLA struct {
 	// WarningPercent is the share of started_at → target_at after which
-	// sla.warning fires. Defaults to 75.
-	WarningPercent float64 `koanf:"warning_percent"`
+	// sla.warning fires: one number, or a list for several warnings.
+	// Defaults to 75.
+	WarningPercent []float64 `koanf:"warning_percent"`
+	// CheckInterval is how often due SLA timers are looked for; an event
+	// fires at most this long after its moment. Defaults to 5s.
+	CheckInterval time.Duration `koanf:"check_interval"`
 }
 
 // Outbox configures application-written events.
@@ -219,7 +224,7 @@ func Default() Config {
 		Journal:  Journal{Schema: DefaultJournalSchema, Retention: DefaultRetention, Heartbeat: DefaultHeartbeat},
 		Delivery: Delivery{Timeout: DefaultTimeout, RetrySchedule: append([]time.Duration(nil), DefaultRetrySchedule...), ResponseBodyLimit: DefaultResponseBodyLimit, Concurrency: DefaultConcurrency, QueueSize: DefaultQueueSize},
 		Admin:    Admin{Listen: DefaultAdminListen, MetricsPublic: true},
-		SLA:      SLA{WarningPercent: DefaultWarningPercent},
+		SLA:      SLA{WarningPercent: []float64{DefaultWarningPercent}, CheckInterval: DefaultSLACheckInterval},
 		Outbox:   Outbox{Table: DefaultOutboxTable, MessagePrefix: DefaultMessagePrefix},
 		Mapping:  mapping.DefaultConfig(),
 		Log:      Log{Level: DefaultLogLevel, Format: DefaultLogFormat},

@@ -161,6 +161,8 @@ func (d *decoder) decodeSlice(path string, raw any, dst reflect.Value) {
 				items = append(items, part)
 			}
 		}
+	case bool, int, int64, uint64, float64:
+		items = []any{v} // a lone value is a list of one
 	default:
 		d.problems.addDecode(path, "must be a list, not %s", kindOf(raw))
 		return

@@ -96,8 +96,15 @@ func (c *Config) validate(ps *Problems) {
 			ps.add("notify.url", "%s", msg)
 		}
 	}
-	if p := c.SLA.WarningPercent; p <= 0 || p >= 100 {
-		ps.add("sla.warning_percent", "must be between 0 and 100 (exclusive), e.g. 75")
+	for i, p := range c.SLA.WarningPercent {
+		if p <= 0 || p >= 100 {
+			ps.add(fmt.Sprintf("sla.warning_percent[%d]", i), "must be between 0 and 100 (exclusive), e.g. 75")
+		} else if i > 0 && p <= c.SLA.WarningPercent[i-1] {
+			ps.add(fmt.Sprintf("sla.warning_percent[%d]", i), "thresholds must be in increasing order, each once")
+		}
+	}
+	if d := c.SLA.CheckInterval; d < 100*time.Millisecond || d > 30*time.Second {
+		ps.add("sla.check_interval", "must be between 100ms and 30s: SLA events fire at most this long after their moment")
 	}
 	if c.Outbox.Table != "" {
 		checkQualifiedName(ps, "outbox.table", c.Outbox.Table)

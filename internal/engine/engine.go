@@ -65,6 +65,7 @@ type Engine struct {
 	adminLn    net.Listener
 	catalog    *catalog.Catalog
 	dashboard  fs.FS
+	slaSource  *mapping.SLASource
 }
 
 // Setup prepares the source database and the journal, as `dzhook setup`
@@ -157,6 +158,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	}
 	users, err := mapping.NewPoolUsers(ctx, source, &cfg.Mapping)
 	if err != nil {
+		return nil, err
+	}
+	if e.slaSource, err = mapping.NewSLASource(ctx, source, &cfg.Mapping); err != nil {
 		return nil, err
 	}
 	outbox := ""
@@ -276,6 +280,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		g.Go(func() error { return e.admin.Serve(gctx, e.adminLn) })
 	}
 	g.Go(func() error { return e.dispatcher.Run(gctx) })
+	g.Go(func() error { return e.runSLAClock(gctx) })
 	g.Go(func() error {
 		err := e.stream.Run(gctx)
 		if err != nil {
@@ -379,6 +384,9 @@ func (e *Engine) Journal() *journal.Store { return e.journal }
 func (e *Engine) HandleChange(ctx context.Context, c *cdc.Change) error {
 	if c.CommitLSN <= e.checkpoint {
 		return nil
+	}
+	if e.mapper.IsSLA(c) {
+		return e.armSLA(ctx, c)
 	}
 	events, rej := e.mapper.Map(ctx, c, e.scratch[:0])
 	e.scratch = events[:0]

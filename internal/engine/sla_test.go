@@ -1,0 +1,184 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+const slaSection = "admin:\n  listen: \"\"\nsla:\n  check_interval: 200ms\n"
+
+type slaEvent struct {
+	ID        string `json:"id"`
+	Event     string `json:"event"`
+	Timestamp string `json:"timestamp"`
+	Data      struct {
+		RequestID      string  `json:"requestId"`
+		SLAType        string  `json:"slaType"`
+		TargetTime     string  `json:"targetTime"`
+		PercentElapsed float64 `json:"percentElapsed"`
+		TimeRemaining  string  `json:"timeRemaining"`
+		BreachedAt     string  `json:"breachedAt"`
+	} `json:"data"`
+	at time.Time
+}
+
+func slaEvents(t *testing.T, rc *testutil.Receiver) []slaEvent {
+	var out []slaEvent
+	for _, r := range rc.Requests() {
+		var ev slaEvent
+		if err := json.Unmarshal(r.Body, &ev); err != nil {
+			t.Fatal(err)
+		}
+		ev.at = r.At
+		out = append(out, ev)
+	}
+	return out
+}
+
+// insertSLA creates request id with a resolution SLA from now to now+d
+// (database time), and returns the target.
+func insertSLA(t *testing.T, db interface {
+	Exec(testing.TB, ...string)
+}, id int, d time.Duration) {
+	db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'sla', 1)`, id),
+		fmt.Sprintf(`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (%d, %d, 'resolution', now(), now() + interval '%d milliseconds')`, id, id, d.Milliseconds()))
+}
+
+func TestSLAWarningThenBreach(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*")))
+	begin := time.Now()
+	insertSLA(t, db, 10, 4*time.Second)
+	rc.Wait(t, 2, 30*time.Second)
+	evs := slaEvents(t, rc)
+	if len(evs) != 2 || evs[0].Event != "sla.warning" || evs[1].Event != "sla.breach" {
+		t.Fatalf("events = %+v, want warning then breach", evs)
+	}
+	w, b := evs[0], evs[1]
+	if w.Data.RequestID != "req_10" || w.Data.SLAType != "resolution" || w.Data.PercentElapsed != 75 || w.Data.TimeRemaining != "<1m" || w.Data.TargetTime == "" {
+		t.Errorf("warning data = %+v", w.Data)
+	}
+	if b.Data.RequestID != "req_10" || b.Data.TargetTime != w.Data.TargetTime || b.Data.BreachedAt != b.Data.TargetTime {
+		t.Errorf("breach data = %+v", b.Data)
+	}
+	// On time: the warning at 75% (3 s), the breach at the target (4 s),
+	// each within the clock's interval plus delivery, far inside 30 s.
+	if lw := w.at.Sub(begin); lw < 2900*time.Millisecond || lw > 6*time.Second {
+		t.Errorf("warning arrived %s after the SLA started, want about 3s", lw)
+	}
+	if lb := b.at.Sub(begin); lb < 3900*time.Millisecond || lb > 7*time.Second {
+		t.Errorf("breach arrived %s after the SLA started, want about 4s", lb)
+	}
+}
+
+func TestSLACompletionCancels(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*, request.created")))
+	insertSLA(t, db, 11, 2*time.Second)
+	db.Exec(t, `UPDATE request_slas SET completed_at = now() WHERE id = 11`)
+	rc.Wait(t, 1, 10*time.Second) // request.created: the transaction went through
+	testutil.Eventually(t, 10*time.Second, "no unfired timer left", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE fired_at IS NULL`) == 0
+	})
+	// Past the target and a few ticks more, nothing came.
+	time.Sleep(2500 * time.Millisecond)
+	for _, ev := range slaEvents(t, rc) {
+		if ev.Event != "request.created" {
+			t.Errorf("a completed SLA fired %s", ev.Event)
+		}
+	}
+}
+
+func TestSLAMovedTargetRearms(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*")))
+	insertSLA(t, db, 12, 2*time.Second)
+	db.Exec(t, `UPDATE request_slas SET target_at = started_at + interval '5 seconds' WHERE id = 12`)
+	var newTarget time.Time
+	if err := db.Connect(t).QueryRow(context.Background(), `SELECT target_at FROM request_slas WHERE id = 12`).Scan(&newTarget); err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 2, 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // nothing more may follow
+	evs := slaEvents(t, rc)
+	want := newTarget.UTC().Truncate(time.Second).Format(time.RFC3339)
+	if len(evs) != 2 || evs[0].Event != "sla.warning" || evs[1].Event != "sla.breach" {
+		t.Fatalf("events = %+v, want one warning and one breach", evs)
+	}
+	for _, ev := range evs {
+		if ev.Data.TargetTime != want {
+			t.Errorf("%s for target %s, want the moved target %s", ev.Event, ev.Data.TargetTime, want)
+		}
+	}
+}
+
+func TestSLARestartNoDuplicate(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*"))
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	insertSLA(t, db, 13, 4*time.Second)
+	rc.Wait(t, 1, 30*time.Second) // the warning
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	start(t, cfg)
+	rc.Wait(t, 2, 30*time.Second) // the breach
+	time.Sleep(500 * time.Millisecond)
+	evs := slaEvents(t, rc)
+	if len(evs) != 2 || evs[0].Event != "sla.warning" || evs[1].Event != "sla.breach" {
+		t.Fatalf("events across a restart = %+v, want one warning then one breach", evs)
+	}
+}
+
+func TestSLATwoProcesses(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*"))
+	start(t, cfg)
+	start(t, cfg) // a second dzhook on the same database: standby for the stream, a second SLA clock
+	for i := range 5 {
+		insertSLA(t, db, 20+i, 3*time.Second)
+	}
+	rc.Wait(t, 10, 30*time.Second)
+	time.Sleep(time.Second) // duplicates, were there any, would come meanwhile
+	seen := map[string]int{}
+	for _, ev := range slaEvents(t, rc) {
+		seen[ev.Event+" "+ev.Data.RequestID]++
+	}
+	if len(seen) != 10 {
+		t.Errorf("%d distinct SLA events, want 10: %v", len(seen), seen)
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("%s delivered %d times by two processes, want once", k, n)
+		}
+	}
+}
+
+func TestSLAPreexisting(t *testing.T) {
+	db := newDB(t)
+	insertSLA(t, db, 30, 4*time.Second) // before dzhook ever ran: no slot yet
+	rc := testutil.NewReceiver(t)
+	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*")))
+	rc.Wait(t, 2, 30*time.Second)
+	evs := slaEvents(t, rc)
+	if evs[0].Event != "sla.warning" || evs[1].Event != "sla.breach" || evs[0].Data.RequestID != "req_30" {
+		t.Errorf("pre-existing SLA: %+v", evs)
+	}
+}

@@ -1,0 +1,126 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TimerRow is an SLA timer.
+type TimerRow struct {
+	SLAID, Kind string
+	TargetAt    time.Time
+	FireAt      time.Time
+	RequestID   string
+	SLAType     string
+	StartedAt   time.Time
+}
+
+// TimerChange arms an SLA's timers for its current target and cancels
+// the unfired ones of any other target (Keep zero: all of them).
+type TimerChange struct {
+	SLAID string
+	Keep  time.Time
+	Arm   []TimerRow
+}
+
+// queueTimers adds the statements of the batch's timer changes: first the
+// cancellations, then the arming (one change per SLA: the batch keeps the
+// latest).
+func (s *Store) queueTimers(batch *pgx.Batch, changes []TimerChange) {
+	if len(changes) == 0 {
+		return
+	}
+	ids := make([]string, len(changes))
+	keep := make([]*time.Time, len(changes))
+	var arm []TimerRow
+	for i, c := range changes {
+		ids[i] = c.SLAID
+		keep[i] = nullTime(c.Keep)
+		arm = append(arm, c.Arm...)
+	}
+	batch.Queue(s.q(`DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[]) AS c(id, keep)
+		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)`), ids, keep)
+	if len(arm) == 0 {
+		return
+	}
+	n := len(arm)
+	sla, kind, req, typ := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	target, fire, started := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	for i, t := range arm {
+		sla[i], kind[i], req[i], typ[i] = t.SLAID, t.Kind, t.RequestID, t.SLAType
+		target[i], fire[i], started[i] = t.TargetAt, t.FireAt, t.StartedAt
+	}
+	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[])
+		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = EXCLUDED.fire_at, request_id = EXCLUDED.request_id,
+			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at
+		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started)
+}
+
+// ClaimTimers leases up to limit due timers for lease: no other instance
+// fires them meanwhile (FOR UPDATE SKIP LOCKED, then the lease).
+func (s *Store) ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]TimerRow, error) {
+	rows, err := s.pool.Query(ctx, s.q(`
+		WITH due AS (
+			SELECT sla_id, kind, target_at FROM {{schema}}.sla_timers
+			 WHERE fired_at IS NULL AND fire_at <= now() AND (leased_until IS NULL OR leased_until < now())
+			 ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+		UPDATE {{schema}}.sla_timers t SET leased_until = now() + $2 * interval '1 second'
+		  FROM due WHERE t.sla_id = due.sla_id AND t.kind = due.kind AND t.target_at = due.target_at
+		RETURNING t.sla_id, t.kind, t.target_at, t.fire_at, t.request_id, t.sla_type, t.started_at`), limit, lease.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim SLA timers: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TimerRow, error) {
+		var t TimerRow
+		err := r.Scan(&t.SLAID, &t.Kind, &t.TargetAt, &t.FireAt, &t.RequestID, &t.SLAType, &t.StartedAt)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim SLA timers: %w", err)
+	}
+	return list, nil
+}
+
+// TimerDone records a timer's outcome: fired, or cancelled (the SLA was
+// completed, deleted or moved before the moment).
+func (s *Store) TimerDone(ctx context.Context, t TimerRow, outcome string) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.sla_timers SET fired_at = now(), outcome = $4, leased_until = NULL
+		WHERE sla_id = $1 AND kind = $2 AND target_at = $3`), t.SLAID, t.Kind, t.TargetAt, outcome)
+	return err
+}
+
+// EventExists reports whether an event is journaled.
+func (s *Store) EventExists(ctx context.Context, id string) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.events WHERE id = $1)`), id).Scan(&ok)
+	return ok, err
+}
+
+// SLABootstrapped reports whether a slot's pre-existing SLAs were armed.
+func (s *Store) SLABootstrapped(ctx context.Context, slot string) (bool, error) {
+	var at time.Time
+	err := s.pool.QueryRow(ctx, s.q(`SELECT done_at FROM {{schema}}.sla_bootstrap WHERE slot = $1`), slot).Scan(&at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// ArmBootstrap arms timers of pre-existing SLAs directly (not through a
+// batch), and, with done, records that the slot's bootstrap is complete.
+func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool) error {
+	batch := &pgx.Batch{}
+	s.queueTimers(batch, changes)
+	if done {
+		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot) VALUES ($1) ON CONFLICT (slot) DO NOTHING`), slot)
+	}
+	if batch.Len() == 0 {
+		return nil
+	}
+	return s.pool.SendBatch(ctx, batch).Close()
+}

@@ -1,0 +1,189 @@
+package mapping
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dzdesk/dzhook/cdc"
+	"github.com/dzdesk/dzhook/internal/catalog"
+)
+
+// This file is the pure part of the SLA clock: what a change of the SLA
+// table arms or cancels, when each event is due, and what it says. The
+// clock itself (durable timers in the journal, claimed by whichever
+// dzhook instance is free) runs in the engine.
+
+// Timer is one SLA event to fire at a moment.
+type Timer struct {
+	SLAID     string
+	Kind      string // "warning:<percent>" or "breach"
+	RequestID string // as stored, without prefix
+	SLAType   string // translated
+	StartedAt time.Time
+	TargetAt  time.Time
+	FireAt    time.Time
+}
+
+// SLAUpdate is what one change of the SLA table means for its timers.
+type SLAUpdate struct {
+	SLAID string
+	// Arm are the timers of the SLA's current target (none when it is
+	// completed or deleted).
+	Arm []Timer
+	// Keep is the target whose timers stay; unfired timers of any other
+	// target are cancelled. Zero cancels every unfired timer of the SLA.
+	Keep time.Time
+}
+
+// WarningKind is the timer kind of a warning threshold.
+func WarningKind(percent float64) string {
+	return "warning:" + strconv.FormatFloat(percent, 'f', -1, 64)
+}
+
+// warningPercent reads the threshold back from a kind.
+func warningPercent(kind string) (float64, bool) {
+	p, ok := strings.CutPrefix(kind, "warning:")
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(p, 64)
+	return v, err == nil
+}
+
+// SLATimers returns the timers an open SLA needs: one warning per
+// threshold (at that share of started → target) and the breach (at the
+// target). A warning whose moment is already past when the target is
+// also past is not armed: the breach says more.
+func SLATimers(base Timer, thresholds []float64, now time.Time) []Timer {
+	var out []Timer
+	span := base.TargetAt.Sub(base.StartedAt)
+	for _, p := range thresholds {
+		if span <= 0 || !base.TargetAt.After(now) {
+			break
+		}
+		t := base
+		t.Kind = WarningKind(p)
+		t.FireAt = base.StartedAt.Add(time.Duration(float64(span) * p / 100))
+		out = append(out, t)
+	}
+	b := base
+	b.Kind, b.FireAt = "breach", base.TargetAt
+	return append(out, b)
+}
+
+// SLAChange reads a change of the SLA table: the timers to arm and the
+// ones to cancel. ok is false for a change it cannot read (a column
+// missing or not a time), which it reports as err.
+func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (SLAUpdate, error) {
+	sc := m.cfg.SLAs.Columns
+	switch c.Op {
+	case cdc.OpDelete:
+		return SLAUpdate{SLAID: idOf(c, c.Old, sc.ID)}, nil
+	case cdc.OpTruncate:
+		return SLAUpdate{}, nil
+	}
+	id := idOf(c, c.New, sc.ID)
+	up := SLAUpdate{SLAID: id}
+	if v, ok := col(c, c.New, sc.CompletedAt); !ok || v.State != cdc.Null {
+		if !ok && c.Op == cdc.OpUpdate {
+			// An unchanged TOAST value cannot be a timestamp; a missing
+			// column is a mapping mistake the catalog check reports.
+			return up, fmt.Errorf("SLA %s: no %s column in the change", id, sc.CompletedAt)
+		}
+		return up, nil // completed: cancel everything
+	}
+	started, err1 := timeOf(c, c.New, sc.StartedAt)
+	target, err2 := timeOf(c, c.New, sc.TargetAt)
+	if err1 != nil || err2 != nil {
+		return up, fmt.Errorf("SLA %s: %v", id, firstErr(err1, err2))
+	}
+	slaType := ""
+	if v, ok := col(c, c.New, sc.SLAType); ok && v.State == cdc.Present {
+		slaType = text(v.V)
+		if t, ok := m.cfg.SLAs.Values.SLAType[slaType]; ok {
+			slaType = t
+		}
+	}
+	base := Timer{SLAID: id, RequestID: idOf(c, c.New, sc.Request), SLAType: slaType, StartedAt: started, TargetAt: target}
+	up.Arm = SLATimers(base, thresholds, now)
+	up.Keep = target
+	return up, nil
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+func timeOf(c *cdc.Change, t cdc.Tuple, name string) (time.Time, error) {
+	v, ok := col(c, t, name)
+	if !ok || v.State != cdc.Present {
+		return time.Time{}, fmt.Errorf("column %s is missing or null", name)
+	}
+	ts, ok := v.V.(time.Time)
+	if !ok {
+		return time.Time{}, fmt.Errorf("column %s is not a timestamp", name)
+	}
+	return ts, nil
+}
+
+// SLAEvent builds the event a timer fires: its id (from the SLA row, the
+// kind and the target, so a second firing is the same event), its moment
+// and its envelope.
+func (m *Mapper) SLAEvent(t Timer) Event {
+	id := m.source.NewTimedID("sla", t.SLAID, t.Kind, strconv.FormatInt(t.TargetAt.UnixMicro(), 10))
+	o := beginObj(nil)
+	o.key("requestId")
+	o.b = appendString(o.b, m.cfg.Requests.IDPrefix, t.RequestID)
+	o.str("slaType", t.SLAType)
+	o.key("targetTime")
+	o.b = appendTime(o.b, t.TargetAt)
+	name := catalog.SLABreach
+	if p, ok := warningPercent(t.Kind); ok {
+		name = catalog.SLAWarning
+		o.key("percentElapsed")
+		o.b = strconv.AppendFloat(o.b, p, 'f', -1, 64)
+		o.str("timeRemaining", TimeRemaining(t.TargetAt.Sub(t.FireAt)))
+	} else {
+		o.key("breachedAt")
+		o.b = appendTime(o.b, t.TargetAt)
+	}
+	body := envelope(nil, id, name, t.FireAt, o.end())
+	return Event{ID: id, Type: name, Timestamp: t.FireAt, Body: body}
+}
+
+// TimeRemaining formats a duration as DZDESK's documentation shows it
+// ("2h 30m"): the largest non-zero unit among days, hours and minutes,
+// followed by the next smaller unit when that is not zero, rounded down:
+// "1d 4h", "1d" (for 1d 0h 30m), "2h 30m", "2h", "45m". Under a minute it
+// is "<1m".
+func TimeRemaining(d time.Duration) string {
+	if d < time.Minute {
+		return "<1m"
+	}
+	units := []struct {
+		n    int64
+		unit string
+	}{
+		{int64(d / (24 * time.Hour)), "d"},
+		{int64(d % (24 * time.Hour) / time.Hour), "h"},
+		{int64(d % time.Hour / time.Minute), "m"},
+	}
+	for i, u := range units {
+		if u.n == 0 {
+			continue
+		}
+		out := strconv.FormatInt(u.n, 10) + u.unit
+		if i+1 < len(units) && units[i+1].n > 0 {
+			out += " " + strconv.FormatInt(units[i+1].n, 10) + units[i+1].unit
+		}
+		return out
+	}
+	return "<1m"
+}
