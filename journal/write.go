@@ -92,10 +92,10 @@ type Rejection struct {
 
 // Batch is everything one group commit writes.
 type Batch struct {
-	Events     []EventRow
-	Deliveries []DeliveryRow
-	Attempts   []AttemptRow
-	Updates    []DeliveryUpdate
+	Events        []EventRow
+	Deliveries    []DeliveryRow
+	Attempts      []AttemptRow
+	Updates       []DeliveryUpdate
 	Subs          []SubscriptionState
 	Notifications []NotificationRow
 	Rejections    []Rejection
