@@ -27,5 +27,17 @@ fmt-check:
 deps:
 	cd signer/testdata && npm ci --no-audit --no-fund
 
+# The one-command demo: a throwaway PostgreSQL, dzhook, a verifying
+# receiver, and a helpdesk story in SQL. DEMO_ONCE=1 exits 0 once every
+# expected event arrived (CI); otherwise it runs until Ctrl-C.
+demo: build
+	@scripts/ensure-postgres.sh
+	$(GO) run ./cmd/dzhook-demo $(if $(DEMO_ONCE),-once)
+
+# The benchmark (BENCHMARKS.md): every scenario, or one with SCENARIO=live.
+bench: build
+	@scripts/ensure-postgres.sh
+	$(GO) run ./cmd/dzhook-bench $(if $(SCENARIO),-scenario $(SCENARIO))
+
 clean:
 	rm -rf bin

@@ -104,7 +104,6 @@ func New(cfg Config) *Server {
 	api("GET /v1/deliveries", s.deliveries)
 	api("GET /v1/deliveries/{id}", s.delivery)
 	api("POST /v1/deliveries/{id}/retry", s.retry)
-	api("/v1/", s.noRoute)
 	if cfg.Dashboard != nil {
 		s.mux.Handle("GET /", dashboardHandler(cfg.Dashboard))
 	}
@@ -123,6 +122,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
+	if strings.HasPrefix(r.URL.Path, "/v1/") {
+		// Unknown /v1 paths and methods get JSON errors, not the mux's
+		// text (and not the dashboard).
+		if _, pattern := s.mux.Handler(r); pattern == "" || !strings.Contains(pattern, "/v1/") {
+			s.auth(http.HandlerFunc(s.noRoute)).ServeHTTP(w, r)
+			return
+		}
+	}
 	s.mux.ServeHTTP(w, r)
 }
 
@@ -162,7 +169,7 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 		}
 		probe := r.Clone(r.Context())
 		probe.Method = m
-		if _, pattern := s.mux.Handler(probe); pattern != "" && pattern != "/v1/" {
+		if _, pattern := s.mux.Handler(probe); strings.Contains(pattern, "/v1/") {
 			w.Header().Set("Allow", m)
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, m))
 			return

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/pgtest"
+)
+
+// TestDemoOnce runs `make demo DEMO_ONCE=1`'s program: the whole story,
+// until every expected event arrived verified at the listener.
+func TestDemoOnce(t *testing.T) {
+	if _, err := pgtest.FindBin(); err != nil {
+		pgtest.Unavailable(t, "%v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "dzhook")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/dzdesk/dzhook/cmd/dzhook").CombinedOutput(); err != nil {
+		t.Fatalf("build dzhook: %v\n%s", err, out)
+	}
+	// The demo prints a lot: to the test's log (shown with -v or on failure).
+	if err := run(testWriter{t}, bin, true, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
