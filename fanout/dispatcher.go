@@ -71,8 +71,10 @@ type Config struct {
 	Heartbeat    time.Duration // defaults to 5 s; an owner silent for 3 heartbeats is dead
 	Linger       time.Duration // group commit wait; defaults to 2 ms
 
-	// DialContext dials receivers (the egress guard); defaults to a
-	// net.Dialer with the timeout.
+	// Egress decides which addresses deliveries and notifications may
+	// reach; link-local and metadata addresses are refused even when nil.
+	Egress *EgressGuard
+	// DialContext dials receivers; defaults to Egress's dialer.
 	DialContext dialFunc
 	// RootCAs verify receivers' certificates; nil means the system's.
 	RootCAs  *x509.CertPool
@@ -159,8 +161,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		cfg.NowFunc = time.Now
 	}
 	if cfg.DialContext == nil {
-		d := &net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}
-		cfg.DialContext = d.DialContext
+		cfg.DialContext = cfg.Egress.Dialer(cfg.Timeout)
 	}
 	d := &Dispatcher{
 		cfg: cfg, log: cfg.Logger.With("component", "fanout"), obs: cfg.Observer,

@@ -122,6 +122,14 @@ type Delivery struct {
 	// QueueSize bounds each subscription's in-memory queue; when it is
 	// full, deliveries wait in the journal instead. Defaults to 1024.
 	QueueSize int `koanf:"queue_size"`
+	// BlockPrivateNetworks refuses receivers (and notify.url) on loopback
+	// and private addresses, checked on the address actually dialled.
+	// Link-local and cloud metadata addresses are refused always.
+	// Defaults to false.
+	BlockPrivateNetworks bool `koanf:"block_private_networks"`
+	// AllowNetworks are CIDRs allowed despite BlockPrivateNetworks, e.g.
+	// [10.1.2.0/24]. Defaults to none.
+	AllowNetworks []string `koanf:"allow_networks"`
 }
 
 // Admin is the operator-facing HTTP server.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -79,6 +80,11 @@ func (c *Config) validate(ps *Problems) {
 	}
 	if d.QueueSize < 1 || d.QueueSize > 1<<20 {
 		ps.add("delivery.queue_size", "must be between 1 and 1048576")
+	}
+	for i, n := range d.AllowNetworks {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			ps.add(fmt.Sprintf("delivery.allow_networks[%d]", i), "%q is not a network in CIDR form (e.g. 10.1.2.0/24)", n)
+		}
 	}
 
 	if c.Admin.Listen != "" {

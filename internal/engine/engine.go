@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"slices"
@@ -184,6 +185,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Subscriptions: subscriptions(cfg), Journal: e.journal, Slot: cfg.Source.Slot, Instance: e.instance,
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
 		Observer: e.metrics,
+		Egress:   egressGuard(cfg.Delivery),
 		Ack:      func(lsn uint64) { e.stream.Ack(pglogrepl.LSN(lsn)) },
 		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, UserAgent: "dzhook/" + opts.Version,
@@ -220,6 +222,16 @@ func (e *Engine) AdminAddr() string {
 		return ""
 	}
 	return e.adminLn.Addr().String()
+}
+
+func egressGuard(d config.Delivery) *fanout.EgressGuard {
+	g := &fanout.EgressGuard{BlockPrivate: d.BlockPrivateNetworks}
+	for _, n := range d.AllowNetworks {
+		if p, err := netip.ParsePrefix(n); err == nil { // validated with the configuration
+			g.Allow = append(g.Allow, p.Masked())
+		}
+	}
+	return g
 }
 
 func subscriptions(cfg *config.Config) []fanout.Subscription {

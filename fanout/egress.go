@@ -1,0 +1,100 @@
+package fanout
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+)
+
+// The egress guard checks the address a delivery actually dials, after
+// DNS resolution (in the dialer's Control hook), so a receiver's name
+// cannot be re-pointed at an internal address between a check and the
+// connection (DNS rebinding). Link-local and cloud metadata addresses are
+// always refused; with BlockPrivate, loopback and private ranges are too,
+// except the networks in Allow.
+
+// alwaysBlocked are never dialled, whatever the configuration: they hold
+// cloud metadata services (169.254.169.254, fd00:ec2::254) that hand out
+// credentials.
+var alwaysBlocked = []netip.Prefix{
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("fd00:ec2::254/128"),
+}
+
+// privateNetworks are refused with BlockPrivate.
+var privateNetworks = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"), // "this network": 0.0.0.0 reaches the local host
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("255.255.255.255/32"),
+	netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("fc00::/7"),
+	netip.MustParsePrefix("ff00::/8"),
+}
+
+// EgressGuard decides which addresses deliveries may reach.
+type EgressGuard struct {
+	// BlockPrivate refuses loopback and private ranges
+	// (delivery.block_private_networks).
+	BlockPrivate bool
+	// Allow lists networks allowed even when BlockPrivate
+	// (delivery.allow_networks); never the always-blocked ones.
+	Allow []netip.Prefix
+}
+
+// Check returns why addr may not be dialled, or "".
+func (g *EgressGuard) Check(addr netip.Addr) string {
+	addr = addr.Unmap()
+	for _, p := range alwaysBlocked {
+		if p.Contains(addr) {
+			return fmt.Sprintf("link-local or cloud metadata address (%s) is never allowed", p)
+		}
+	}
+	if g == nil || !g.BlockPrivate {
+		return ""
+	}
+	for _, p := range g.Allow {
+		if p.Contains(addr) {
+			return ""
+		}
+	}
+	for _, p := range privateNetworks {
+		if p.Contains(addr) {
+			return fmt.Sprintf("private or loopback network (%s) is refused by delivery.block_private_networks; add it to delivery.allow_networks to allow it", p)
+		}
+	}
+	return ""
+}
+
+// Dialer returns a dial function that applies the guard to the address
+// each connection is made to.
+func (g *EgressGuard) Dialer(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{
+		Timeout:   timeout,
+		KeepAlive: 30 * time.Second,
+		Control: func(_, address string, _ syscall.RawConn) error {
+			host, _, err := net.SplitHostPort(address)
+			if err != nil {
+				return &blockedError{addr: address, reason: "unparseable address"}
+			}
+			ip, err := netip.ParseAddr(host)
+			if err != nil {
+				return &blockedError{addr: address, reason: "not an IP address"}
+			}
+			if reason := g.Check(ip); reason != "" {
+				return &blockedError{addr: address, reason: reason}
+			}
+			return nil
+		},
+	}
+	return d.DialContext
+}

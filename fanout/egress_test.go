@@ -1,0 +1,76 @@
+package fanout
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEgressCheck(t *testing.T) {
+	open := &EgressGuard{}
+	strict := &EgressGuard{BlockPrivate: true, Allow: []netip.Prefix{netip.MustParsePrefix("10.1.2.0/24"), netip.MustParsePrefix("169.254.0.0/16")}}
+	for _, tc := range []struct {
+		addr          string
+		open, strict  bool // allowed?
+		strictMessage string
+	}{
+		{"169.254.169.254", false, false, "metadata"},
+		{"::ffff:169.254.169.254", false, false, "metadata"},
+		{"fe80::1", false, false, "link-local"},
+		{"fd00:ec2::254", false, false, "metadata"},
+		{"127.0.0.1", true, false, "allow_networks"},
+		{"::1", true, false, "private or loopback"},
+		{"0.0.0.0", true, false, "private"},
+		{"10.0.0.5", true, false, "10.0.0.0/8"},
+		{"10.1.2.3", true, true, ""},
+		{"172.20.1.1", true, false, "172.16.0.0/12"},
+		{"192.168.1.1", true, false, "192.168.0.0/16"},
+		{"::ffff:192.168.1.1", true, false, "192.168.0.0/16"},
+		{"fd12::1", true, false, "fc00::/7"},
+		{"100.64.0.1", true, false, "100.64.0.0/10"},
+		{"93.184.216.34", true, true, ""},
+		{"2606:2800:220:1::1", true, true, ""},
+	} {
+		ip := netip.MustParseAddr(tc.addr)
+		if got := open.Check(ip) == ""; got != tc.open {
+			t.Errorf("open guard, %s: allowed %v, want %v", tc.addr, got, tc.open)
+		}
+		msg := strict.Check(ip)
+		if got := msg == ""; got != tc.strict || !strings.Contains(msg, tc.strictMessage) {
+			t.Errorf("strict guard, %s: %q, want allowed %v with %q", tc.addr, msg, tc.strict, tc.strictMessage)
+		}
+	}
+	var nilGuard *EgressGuard
+	if nilGuard.Check(netip.MustParseAddr("169.254.169.254")) == "" {
+		t.Error("a nil guard lets the metadata address through")
+	}
+}
+
+// TestEgressOnTheWire: the guard refuses the dialled address, and the
+// attempt records why, with error class blocked.
+func TestEgressOnTheWire(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }))
+	defer srv.Close()
+	attempt := func(g *EgressGuard, url string) attemptResult {
+		c := newClient(time.Second, 1, g.Dialer(time.Second), nil)
+		return post(context.Background(), c, request{url: url, body: []byte(`{}`), secret: []byte("s"), userAgent: "t"}, time.Second, 100)
+	}
+	if res := attempt(&EgressGuard{BlockPrivate: true}, srv.URL); res.ErrorClass != ClassBlocked || !strings.Contains(res.Error, "block_private_networks") {
+		t.Errorf("loopback with block_private_networks: %+v", res)
+	}
+	if res := attempt(&EgressGuard{BlockPrivate: true, Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, srv.URL); res.Status != 200 {
+		t.Errorf("loopback allowed by allow_networks: %+v", res)
+	}
+	// A name that resolves to a blocked address is refused after
+	// resolution: localhost under block_private_networks.
+	if res := attempt(&EgressGuard{BlockPrivate: true}, strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)); res.ErrorClass != ClassBlocked {
+		t.Errorf("localhost by name: %+v", res)
+	}
+	if res := attempt(nil, "http://169.254.169.254/latest/meta-data/"); res.ErrorClass != ClassBlocked || !strings.Contains(res.Error, "metadata") {
+		t.Errorf("metadata address: %+v", res)
+	}
+}
