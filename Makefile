@@ -39,5 +39,14 @@ bench: build
 	@scripts/ensure-postgres.sh
 	$(GO) run ./cmd/dzhook-bench $(if $(SCENARIO),-scenario $(SCENARIO))
 
+# The reliability suite at full size (RELIABILITY.md): 20,000 operations,
+# 10 SIGKILLs and a PostgreSQL restart with chaotic receivers; 100,000
+# events at a dead receiver; retention of 1,000,000 deliveries under load.
+chaos: build
+	@scripts/ensure-postgres.sh
+	DZHOOK_CHAOS_OPS=20000 DZHOOK_CHAOS_KILLS=10 DZHOOK_CHAOS_RATE=700 DZHOOK_E2E_MEMORY_ROWS=100000 \
+	DZHOOK_RETENTION_ROWS=1000000 DZHOOK_CHAOS_REPORT=$(CURDIR)/bench/chaos-report.txt \
+	$(GO) test -count=1 -timeout 60m -v -run 'TestChaos|TestBoundedMemory|TestRetentionUnderLoad|TestIdleWAL' ./internal/e2e ./internal/engine
+
 clean:
 	rm -rf bin

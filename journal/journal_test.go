@@ -173,3 +173,54 @@ func TestClaim(t *testing.T) {
 		t.Errorf("after b left, c claimed %d, want all 10", len(again))
 	}
 }
+
+// TestPrune: finished deliveries older than the cutoff go, with their
+// attempts and events; pending and held ones stay whatever their age, and
+// so do their events.
+func TestPrune(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	old := time.Now().Add(-40 * 24 * time.Hour)
+	b := batchOf(0, 3000) // delivered, created now
+	for i := range b.Deliveries {
+		if i < 2500 {
+			b.Deliveries[i].CreatedAt = old
+			b.Events[i].OccurredAt = old
+		}
+	}
+	b.Deliveries[0].State, b.Deliveries[1].State = "pending", "held"
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	cutoff := time.Now().Add(-30 * 24 * time.Hour)
+	total := Pruned{}
+	for {
+		p, err := s.PruneStep(ctx, cutoff, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total.Deliveries += p.Deliveries
+		total.Events += p.Events
+		if p.Deliveries < 1000 {
+			break
+		}
+	}
+	if total.Deliveries != 2498 || total.Events != 2498 {
+		t.Errorf("pruned %+v, want 2498 deliveries and their events", total)
+	}
+	conn := db.Connect(t)
+	for _, q := range []struct {
+		sql  string
+		want int
+	}{
+		{`SELECT count(*) FROM dzhook.deliveries`, 502},
+		{`SELECT count(*) FROM dzhook.attempts`, 502},
+		{`SELECT count(*) FROM dzhook.events`, 502},
+		{`SELECT count(*) FROM dzhook.deliveries WHERE state IN ('pending', 'held')`, 2},
+	} {
+		var n int
+		if err := conn.QueryRow(ctx, q.sql).Scan(&n); err != nil || n != q.want {
+			t.Errorf("%s = %d (err %v), want %d", q.sql, n, err, q.want)
+		}
+	}
+}

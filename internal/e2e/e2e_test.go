@@ -392,3 +392,30 @@ func TestBoundedMemory(t *testing.T) {
 		t.Errorf("dzhook exited with %v after SIGTERM", err)
 	}
 }
+
+// TestIdleWAL: with no DZDESK writes while another database of the cluster
+// writes a lot of WAL (an idle hour's worth, compressed), the slot keeps
+// little of it: the idle stream acknowledges keepalives.
+func TestIdleWAL(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := writeConfig(t, db, rc.URL, "")
+	setup(t, cfg)
+	p := startDzhook(t, cfg)
+	other := pgtest.NewDB(t)
+	other.Exec(t, `CREATE TABLE noise (v text)`)
+	start := slotLSN(t, db, `SELECT pg_current_wal_lsn()::text`)
+	const written = 128 << 20
+	for slotLSN(t, db, `SELECT pg_current_wal_lsn()::text`)-start < written {
+		other.Exec(t, `INSERT INTO noise SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g`, `DELETE FROM noise`)
+	}
+	var retained int64
+	testutil.Eventually(t, 90*time.Second, "the slot to retain less than 16 MiB", func() bool {
+		queryRow(t, db, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'dzhook'`, &retained)
+		return retained < 16<<20
+	})
+	t.Logf("idle: %d MiB of WAL written by another database; the slot retains %.1f MiB", written>>20, float64(retained)/(1<<20))
+	if err := p.stop(t); err != nil {
+		t.Errorf("dzhook exited with %v", err)
+	}
+}

@@ -44,9 +44,10 @@ type Options struct {
 	Dashboard fs.FS
 	// PollInterval, Heartbeat and StatusInterval shorten the engine's
 	// clocks in tests; zero keeps the defaults.
-	PollInterval   time.Duration
-	Heartbeat      time.Duration
-	StatusInterval time.Duration
+	PollInterval      time.Duration
+	Heartbeat         time.Duration
+	StatusInterval    time.Duration
+	RetentionInterval time.Duration
 }
 
 // Engine is one running dzhook.
@@ -67,6 +68,7 @@ type Engine struct {
 	catalog    *catalog.Catalog
 	dashboard  fs.FS
 	slaSource  *mapping.SLASource
+	opts       Options
 }
 
 // Setup prepares the source database and the journal, as `dzhook setup`
@@ -134,7 +136,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, fmt.Errorf("connect to source: %w", redact(err))
 	}
-	e := &Engine{cfg: cfg, log: opts.Logger, source: source}
+	e := &Engine{cfg: cfg, log: opts.Logger, source: source, opts: opts}
 	ok := false
 	defer func() {
 		if !ok {
@@ -293,6 +295,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return e.dispatcher.Run(gctx) })
 	g.Go(func() error { return e.runSLAClock(gctx) })
+	g.Go(func() error { return e.runRetention(gctx, cmp.Or(e.opts.RetentionInterval, DefaultRetentionInterval)) })
 	g.Go(func() error {
 		err := e.stream.Run(gctx)
 		if err != nil {

@@ -385,3 +385,12 @@ func TestFilter(t *testing.T) {
 		}
 	}
 }
+
+func configFrom(t *testing.T, yaml string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return cfg
+}

@@ -3,8 +3,12 @@
 
 -- Events: the exact bytes every attempt sends (bytea, never jsonb, which
 -- would reorder keys and change the signature).
+-- Ids use the C collation: byte order, whatever the database's collation,
+-- so a delivery's id range (dlv_ + its event's part + a tag) can be read
+-- from the primary key (retention asks whether an event still has
+-- deliveries that way) and comparisons are cheap.
 CREATE TABLE {{schema}}.events (
-    id           text PRIMARY KEY,
+    id           text COLLATE "C" PRIMARY KEY,
     type         text NOT NULL,
     body         bytea NOT NULL,
     commit_lsn   bigint,                      -- source transaction; NULL for SLA and test events
@@ -20,9 +24,9 @@ CREATE INDEX events_created ON {{schema}}.events USING brin (created_at);
 -- primary key is that uniqueness: replaying the stream after a crash
 -- inserts nothing twice, without a second unique index on the hot path.
 CREATE TABLE {{schema}}.deliveries (
-    id               text PRIMARY KEY,
-    event_id         text NOT NULL,
-    subscription_id  text NOT NULL,
+    id               text COLLATE "C" PRIMARY KEY,
+    event_id         text COLLATE "C" NOT NULL,
+    subscription_id  text COLLATE "C" NOT NULL,
     event_type       text NOT NULL,
     state            text NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'skipped', 'held')),
     attempts         int NOT NULL DEFAULT 0,
@@ -50,7 +54,7 @@ CREATE INDEX deliveries_held ON {{schema}}.deliveries (subscription_id, created_
 
 -- Attempts: every try, with what the receiver answered.
 CREATE TABLE {{schema}}.attempts (
-    delivery_id    text NOT NULL,
+    delivery_id    text COLLATE "C" NOT NULL,
     attempt        int NOT NULL,
     at             timestamptz NOT NULL,
     trigger        text NOT NULL CHECK (trigger IN ('auto', 'manual', 'test')),

@@ -1,0 +1,97 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// TestRetentionUnderLoad fills the journal with old delivered history
+// (DZHOOK_RETENTION_ROWS, 100,000 by default; make chaos: 1,000,000) and
+// lets retention prune it while new events are delivered: the history
+// goes, in batches, and deliveries never wait for it.
+func TestRetentionUnderLoad(t *testing.T) {
+	rows := 100_000
+	if v, err := strconv.Atoi(os.Getenv("DZHOOK_RETENTION_ROWS")); err == nil && v > 0 {
+		rows = v
+	}
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	if _, err := Setup(context.Background(), cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	fill := time.Now()
+	db.Exec(t,
+		fmt.Sprintf(`INSERT INTO dzhook.events (id, type, body, occurred_at, created_at)
+			SELECT 'whk_old' || lpad(g::text, 22, '0'), 'request.created', convert_to(repeat('x', 500), 'UTF8'), now() - interval '40 days', now() - interval '40 days'
+			  FROM generate_series(1, %d) g`, rows),
+		fmt.Sprintf(`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, attempts, created_at, updated_at)
+			SELECT 'dlv_old' || lpad(g::text, 22, '0') || '2222222222222', 'whk_old' || lpad(g::text, 22, '0'), 'crm', 'request.created',
+			       'delivered', 1, now() - interval '40 days', now() - interval '40 days'
+			  FROM generate_series(1, %d) g`, rows),
+		fmt.Sprintf(`INSERT INTO dzhook.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms)
+			SELECT 'dlv_old' || lpad(g::text, 22, '0') || '2222222222222', 1, now() - interval '40 days', 'auto', 200, 1
+			  FROM generate_series(1, %d) g`, rows),
+		`ANALYZE dzhook.deliveries`, `ANALYZE dzhook.events`)
+	t.Logf("journal filled with %d old deliveries in %s", rows, time.Since(fill).Round(time.Millisecond))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond, RetentionInterval: time.Second})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// Deliveries while retention works: commit→received latency, from the
+	// first delivery on (the stream's start-up is not retention's).
+	conn := db.Connect(t)
+	if _, err := conn.Exec(context.Background(), `INSERT INTO requests (title, requester_id) VALUES ('warm-up', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 1, 30*time.Second)
+	pruneStart := time.Now()
+	var lat []time.Duration
+	sent := 1
+	for {
+		before := time.Now()
+		if _, err := conn.Exec(context.Background(), `INSERT INTO requests (title, requester_id) VALUES ('during retention', 1)`); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+		got := rc.Wait(t, sent, 30*time.Second)
+		lat = append(lat, got[sent-1].At.Sub(before))
+		if queryInt(t, db, `SELECT count(*) FROM (SELECT 1 FROM dzhook.deliveries WHERE id >= 'dlv_old' AND id < 'dlv_olf' LIMIT 1) x`) == 0 {
+			break
+		}
+		if time.Since(pruneStart) > 10*time.Minute {
+			t.Fatal("retention did not finish within 10 minutes")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(pruneStart)
+	for _, q := range []string{`SELECT count(*) FROM dzhook.events WHERE id LIKE 'whk_old%'`, `SELECT count(*) FROM dzhook.attempts WHERE delivery_id LIKE 'dlv_old%'`} {
+		if n := queryInt(t, db, q); n != 0 {
+			t.Errorf("%s = %d after retention", q, n)
+		}
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`); n != sent {
+		t.Errorf("%d recent deliveries left, want the %d of this test", n, sent)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p99 := lat[len(lat)*99/100]
+	t.Logf("retention pruned %d old deliveries (+ attempts, events) in %s while %d events were delivered: latency p50 %s, p99 %s, max %s",
+		rows, took.Round(time.Millisecond), sent, lat[len(lat)/2], p99, lat[len(lat)-1])
+	if p99 > 250*time.Millisecond {
+		t.Errorf("deliveries waited for retention: p99 %s", p99)
+	}
+}

@@ -1,0 +1,155 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// lockedBuffer collects log lines from many goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestSecretsNeverLeak runs dzhook with one known secret in every place a
+// secret goes (webhook secret, header value, admin token, notify URL and
+// secret, DSN password) through deliveries, failures, a notification, a
+// test send and every API endpoint, then looks for it in the logs (debug
+// level), the API's answers, /metrics and every journal table.
+func TestSecretsNeverLeak(t *testing.T) {
+	const known = "Kn0wnS3cretValue-0123456789"
+	db := newDB(t)
+	rc, admin := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n <= 2 {
+			return 503, nil, "unavailable"
+		}
+		return 200, nil, "ok"
+	})
+	admin.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			return 500, nil, "notify failed once"
+		}
+		return 200, nil, "ok"
+	})
+	yaml := fmt.Sprintf(`
+source:
+  dsn: "%s&password=%s"
+journal: {heartbeat: 200ms}
+delivery:
+  allow_insecure_http: true
+  retry_schedule: [0s, 100ms]
+admin: {listen: "127.0.0.1:0", token: "%s"}
+notify: {url: "%s/hooks/%s?token=%s", secret: "%s"}
+log: {level: debug}
+subscriptions:
+  - id: crm
+    url: "%s/in?key=%s"
+    events: ["*"]
+    secret: "%s"
+    headers: {Authorization: "Bearer %s"}
+`, db.DSN, known, known, admin.URL, known, known, known, rc.URL, known, known, known)
+	var logs lockedBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := configFrom(t, yaml)
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := New(ctx, cfg, Options{Logger: logger, Version: "test", PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		cancel()
+		t.Fatalf("engine: %v", err) // an error here must not show the secret either
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'x', 1)`)
+	admin.Wait(t, 2, 30*time.Second) // failing: the first try fails, the second arrives
+	for _, r := range rc.Requests() {
+		if r.Header.Get("Authorization") != "Bearer "+known {
+			t.Fatal("the static header did not reach the receiver")
+		}
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'y', 1)`)
+	rc.Wait(t, 3, 30*time.Second)
+
+	a := &api{t: t, base: "http://" + e.AdminAddr()}
+	var answers strings.Builder
+	get := func(path string) {
+		code, out := a.call("GET", path, known, nil)
+		fmt.Fprintf(&answers, "%d %v\n", code, out["_raw"])
+	}
+	get("/v1/subscriptions")
+	get("/v1/subscriptions/crm")
+	get("/v1/events")
+	_, list := a.call("GET", "/v1/deliveries", known, nil)
+	fmt.Fprintln(&answers, list["_raw"])
+	for _, d := range list["deliveries"].([]any) {
+		get("/v1/deliveries/" + d.(map[string]any)["id"].(string))
+	}
+	_, out := a.call("POST", "/v1/subscriptions/crm/test", known, map[string]string{"event": "user.created"})
+	fmt.Fprintln(&answers, out["_raw"])
+	_, out = a.call("GET", "/v1/subscriptions", "wrong-"+known, nil)
+	fmt.Fprintln(&answers, out["_raw"])
+	resp, err := http.Get("http://" + e.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+
+	var journal strings.Builder
+	conn := db.Connect(t)
+	for _, table := range []string{"events", "deliveries", "attempts", "subscriptions", "notifications", "checkpoints", "instances", "rejections", "sla_timers"} {
+		rows, err := conn.Query(context.Background(), fmt.Sprintf(`SELECT t::text FROM dzhook.%s t`, table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var s string
+			_ = rows.Scan(&s)
+			journal.WriteString(s + "\n")
+		}
+		rows.Close()
+	}
+	var notes strings.Builder
+	for _, r := range admin.Requests() {
+		notes.Write(r.Body)
+	}
+	for name, text := range map[string]string{
+		"logs": logs.String(), "API answers": answers.String(), "/metrics": string(metrics),
+		"journal": journal.String(), "notification bodies": notes.String(),
+	} {
+		if len(text) == 0 {
+			t.Errorf("%s: nothing collected", name)
+		}
+		if i := strings.Index(text, known); i >= 0 {
+			lo := max(0, i-120)
+			t.Errorf("the secret appears in the %s: …%s…", name, text[lo:min(len(text), i+40)])
+		}
+	}
+	if !strings.Contains(logs.String(), "admin notification failed") {
+		t.Errorf("the notification failure was not logged (the test would not cover its message)")
+	}
+}
