@@ -394,3 +394,27 @@ func configFrom(t *testing.T, yaml string) *config.Config {
 	}
 	return cfg
 }
+
+// TestOutboxRejectionsRecorded: an outbox row that is not an object, or
+// over 1 MiB, is recorded as rejected and the stream goes on.
+func TestOutboxRejectionsRecorded(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\ncustom_events:\n  - name: order.shipped\n", "", sub("crm", rc.URL, "order.shipped"))
+	start(t, cfg)
+	db.Exec(t,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', '"just a string"')`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', jsonb_build_object('pad', repeat('x', 1100000)))`,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', 'not json')`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', '{"order": 42}')`)
+	reqs := rc.Wait(t, 1, 20*time.Second)
+	if !strings.Contains(string(reqs[0].Body), `"data":{"order":42}`) {
+		t.Errorf("delivered %s", reqs[0].Body)
+	}
+	testutil.Eventually(t, 10*time.Second, "three rejections journaled", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.rejections`) == 3
+	})
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.rejections WHERE reason LIKE '%1 MiB%'`); n != 1 {
+		t.Errorf("%d rejections for the 1 MiB limit, want 1", n)
+	}
+}
