@@ -82,11 +82,15 @@ func preflight(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) error {
 	}
 	var role string
 	var canReplicate bool
-	if err := conn.QueryRow(ctx, `SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&role, &canReplicate); err != nil {
+	// On RDS and Aurora the REPLICATION attribute is granted as membership
+	// of rds_replication.
+	if err := conn.QueryRow(ctx, `SELECT current_user, rolreplication OR rolsuper
+		OR (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') AND pg_has_role(current_user, 'rds_replication', 'member'))
+		FROM pg_roles WHERE rolname = current_user`).Scan(&role, &canReplicate); err != nil {
 		return fmt.Errorf("read role attributes: %w", err)
 	}
 	if !canReplicate {
-		return fmt.Errorf("role %q lacks the REPLICATION attribute that streaming needs: run ALTER ROLE %s REPLICATION as a superuser (see deploy/sql/role.sql)", role, quoteIdent(role))
+		return fmt.Errorf("role %q lacks the REPLICATION attribute that streaming needs: run ALTER ROLE %s REPLICATION as a superuser (on RDS: GRANT rds_replication TO %s; see deploy/sql/role.sql)", role, quoteIdent(role), quoteIdent(role))
 	}
 	return nil
 }

@@ -91,8 +91,17 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1))", lockKey)
 	}()
 
-	if _, err := conn.Exec(ctx, s.q(`CREATE SCHEMA IF NOT EXISTS {{schema}}`)); err != nil {
-		return nil, fmt.Errorf("create journal schema %s: %w (the role needs CREATE on the database, or create the schema for it: see deploy/sql/role.sql)", s.raw, err)
+	// Look first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database
+	// even when the schema exists, and a least-privilege role (see
+	// deploy/sql/role.sql) only owns its schema.
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, s.raw).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, s.q(`CREATE SCHEMA {{schema}}`)); err != nil {
+			return nil, fmt.Errorf("create journal schema %s: %w (the role needs CREATE on the database, or a DBA creates the schema for it: CREATE SCHEMA %s AUTHORIZATION <role>; see deploy/sql/role.sql)", s.raw, err, s.schema)
+		}
 	}
 	if _, err := conn.Exec(ctx, s.q(`CREATE TABLE IF NOT EXISTS {{schema}}.schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`)); err != nil {
 		return nil, fmt.Errorf("create journal migrations table: %w", err)

@@ -23,7 +23,7 @@ func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 // Stripe): it verifies every POST's signature and prints one line per
 // event until interrupted.
 func runListen(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags(env, "listen", "--secret S [--port 9000] [--status 500 | --fail-rate 0.3] [--delay 6s] [--verbose]")
+	fs := newFlags(env, "listen", "--secret S [--host 127.0.0.1] [--port 9000] [--status 500 | --fail-rate 0.3] [--delay 6s] [--verbose]")
 	port := fs.Int("port", 9000, "TCP `port` to listen on (0 picks a free one)")
 	host := fs.String("host", "127.0.0.1", "`address` to listen on")
 	var secrets stringList

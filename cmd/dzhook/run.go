@@ -21,6 +21,9 @@ import (
 
 // loadConfig loads --config and prints every problem on failure.
 func loadConfig(env *cli, path string) (*config.Config, bool) {
+	for _, w := range config.UnknownEnv(env.environ()) {
+		fmt.Fprintf(env.stderr, "warning: %s\n", w)
+	}
 	cfg, err := config.LoadEnv(path, env.environ())
 	if err != nil {
 		if ps := config.AsProblems(err); ps != nil {

@@ -86,6 +86,32 @@ func TestEnvironmentOverrides(t *testing.T) {
 	}
 }
 
+func TestFileReferences(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "secret")
+	if err := os.WriteFile(path, []byte("file-secret-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse([]byte(strings.Replace(minimal, "0123456789abcdef", "${file:"+path+"}", 1)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Subscriptions[0].Secret.Reveal(); got != "file-secret-0123456789" {
+		t.Errorf("secret from file = %q", got)
+	}
+	_, err = Parse([]byte(strings.Replace(minimal, "0123456789abcdef", "${file:"+dir+"/missing}", 1)), nil)
+	if err == nil || !strings.Contains(err.Error(), "subscriptions[0].secret: ${file:"+dir+"/missing} cannot be read") {
+		t.Errorf("missing secret file: %v", err)
+	}
+}
+
+func TestUnknownEnv(t *testing.T) {
+	got := UnknownEnv([]string{"DZHOOK_SOURCE_DNS=x", "DZHOOK_SOURCE_DSN=y", "DZHOOK_CONFIG=z", "PATH=/bin"})
+	if len(got) != 1 || !strings.Contains(got[0], "DZHOOK_SOURCE_DNS") || !strings.Contains(got[0], "DZHOOK_SOURCE_DSN") {
+		t.Errorf("UnknownEnv = %q, want DZHOOK_SOURCE_DNS with a suggestion", got)
+	}
+}
+
 func TestReferences(t *testing.T) {
 	lookup := func(name string) (string, bool) {
 		v, ok := map[string]string{"A": "alpha", "EMPTY": ""}[name]
@@ -98,7 +124,7 @@ func TestReferences(t *testing.T) {
 		{"plain", "plain", nil},
 		{"${A}", "alpha", nil},
 		{"x-${A}-${A}", "x-alpha-alpha", nil},
-		{"${NOPE}", "", []string{"NOPE"}},
+		{"${NOPE}", "", []string{"${NOPE} is not set in the environment"}},
 		{"${NOPE:-fallback}", "fallback", nil},
 		{"${EMPTY:-fallback}", "fallback", nil},
 		{"${EMPTY}", "", nil},

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"reflect"
 	"slices"
 	"strconv"
@@ -197,8 +199,8 @@ func (d *decoder) scalar(path string, raw any, secret bool) (s string, ref bool,
 		return "", false, false
 	}
 	out, ref, missing := expand(s, d.lookupEnv)
-	for _, name := range missing {
-		d.problems.addDecode(path, "${%s} is not set in the environment", name)
+	for _, msg := range missing {
+		d.problems.addDecode(path, "%s", msg)
 	}
 	if len(missing) > 0 {
 		return "", ref, false
@@ -207,8 +209,10 @@ func (d *decoder) scalar(path string, raw any, secret bool) (s string, ref bool,
 }
 
 // expand replaces ${NAME} and ${NAME:-default} in s with the environment's
-// values; $${ stands for a literal ${. It returns the names that were not
-// set and had no default.
+// values, and ${file:/path} with the file's content (without a trailing
+// newline: Docker and Kubernetes secrets, systemd credentials); $${
+// stands for a literal ${. It returns the references it could not resolve,
+// as messages naming them (never their values).
 func expand(s string, lookup func(string) (string, bool)) (out string, ref bool, missing []string) {
 	if !strings.Contains(s, "${") {
 		return s, false, nil
@@ -235,13 +239,22 @@ func expand(s string, lookup func(string) (string, bool)) (out string, ref bool,
 		expr := s[i+2 : i+end]
 		s = s[i+end+1:]
 		ref = true
+		if path, ok := strings.CutPrefix(expr, "file:"); ok {
+			content, err := os.ReadFile(path)
+			if err != nil {
+				missing = append(missing, fmt.Sprintf("${file:%s} cannot be read: %v", path, errors.Unwrap(err)))
+				continue
+			}
+			b.WriteString(strings.TrimRight(string(content), "\r\n"))
+			continue
+		}
 		name, def, hasDef := strings.Cut(expr, ":-")
 		if v, ok := lookup(name); ok && (v != "" || !hasDef) {
 			b.WriteString(v)
 		} else if hasDef {
 			b.WriteString(def)
 		} else {
-			missing = append(missing, name)
+			missing = append(missing, fmt.Sprintf("${%s} is not set in the environment", name))
 		}
 	}
 	return b.String(), ref, missing

@@ -117,3 +117,32 @@ func EnvVars() []string {
 	slices.Sort(out)
 	return out
 }
+
+// cliEnv are the DZHOOK_… variables the command line reads itself.
+var cliEnv = []string{"DZHOOK_CONFIG", "DZHOOK_ADMIN_URL", "DZHOOK_ADMIN_TOKEN", "DZHOOK_LISTEN_SECRET", "DZHOOK_CPUPROFILE", "DZHOOK_MEMPROFILE"}
+
+// UnknownEnv returns a warning for every DZHOOK_… variable that is neither
+// a setting nor read by the command line: a misspelt override would
+// otherwise be ignored without a word.
+func UnknownEnv(environ []string) []string {
+	known := envKeys()
+	names := make([]string, 0, len(known)+len(cliEnv))
+	for k := range known {
+		names = append(names, k)
+	}
+	names = append(names, cliEnv...)
+	slices.Sort(names)
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) || slices.Contains(names, name) {
+			continue
+		}
+		msg := name + " is not a dzhook setting and is ignored"
+		if s := suggest(name, names); s != "" {
+			msg += fmt.Sprintf(" (did you mean %s?)", s)
+		}
+		out = append(out, msg)
+	}
+	return out
+}
