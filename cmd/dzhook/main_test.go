@@ -180,3 +180,39 @@ func waitFor(t *testing.T, buf fmt.Stringer, re *regexp.Regexp) string {
 	t.Fatalf("timed out waiting for %q in:\n%s", re, buf.String())
 	return ""
 }
+
+// TestRunWaitsForTheDatabase: `dzhook run` started before its database
+// keeps retrying (a sidecar), and gives up at once on a mistake that will
+// not go away.
+func TestRunWaitsForTheDatabase(t *testing.T) {
+	dir := t.TempDir()
+	cfg := dir + "/config.yaml"
+	write := func(dsn string) {
+		yaml := "source:\n  dsn: " + dsn + "\nadmin:\n  listen: \"\"\n"
+		if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Nothing listens on port 1: it retries until interrupted.
+	write("postgres://dzhook@127.0.0.1:1/dzdesk?sslmode=disable&connect_timeout=1")
+	ctx, cancel := context.WithCancel(context.Background())
+	var errOut syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- runEnv(ctx, []string{"dzhook", "run", "--config", cfg}, io.Discard, &errOut, nil) }()
+	waitFor(t, &errOut, regexp.MustCompile(`database not reachable yet; retrying`))
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Errorf("interrupted while waiting: exit %d, want 0", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop when interrupted")
+	}
+	// A malformed DSN is not transient: exit 1 at once.
+	write("postgres://dzhook@127.0.0.1:notaport/x")
+	code, _, stderr := runCmd(t, "run", "--config", cfg)
+	if code != exitFailure || !strings.Contains(stderr, "cannot start") {
+		t.Errorf("malformed DSN: exit %d, %q", code, stderr)
+	}
+}

@@ -25,7 +25,7 @@ const cliToken = "cli-admin-token-0123456789"
 
 // startEngine runs dzhook in-process with its admin API and returns the
 // API's URL.
-func startEngine(t *testing.T, receiver string) (*pgtest.DB, string) {
+func startTestEngine(t *testing.T, receiver string) (*pgtest.DB, string) {
 	t.Helper()
 	db := pgtest.NewDB(t)
 	db.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com')`)
@@ -75,7 +75,7 @@ func TestCLIOperations(t *testing.T) {
 		}
 		return 400, nil, "no thanks"
 	})
-	db, url := startEngine(t, rc.URL)
+	db, url := startTestEngine(t, rc.URL)
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'seven', 1)`)
 	rc.Wait(t, 1, 20*time.Second)
 

@@ -79,10 +79,13 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 			}
 		}()
 	}
-	e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version, Dashboard: dashboardFiles()})
+	e, err := startEngine(ctx, cfg, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
+	}
+	if ctx.Err() != nil {
+		return exitOK
 	}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
@@ -180,3 +183,26 @@ func fileDigest(path string) string {
 }
 
 func dashboardFiles() fs.FS { return dashboard.Files() }
+
+// startupPatience is how long dzhook waits for a database that is not
+// reachable yet (a sidecar starting before its PostgreSQL).
+const startupPatience = 2 * time.Minute
+
+// startEngine builds the engine, retrying with backoff while the database
+// is not reachable yet; any other error is returned at once.
+func startEngine(ctx context.Context, cfg *config.Config, log *slog.Logger) (*engine.Engine, error) {
+	start, delay := time.Now(), 500*time.Millisecond
+	for {
+		e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version, Dashboard: dashboardFiles()})
+		if err == nil || !engine.Transient(err) || time.Since(start) > startupPatience || ctx.Err() != nil {
+			return e, err
+		}
+		log.Warn("database not reachable yet; retrying", "err", err, "delay", delay.String(), "giving_up_in", (startupPatience - time.Since(start)).Round(time.Second).String())
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
