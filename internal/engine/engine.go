@@ -5,7 +5,6 @@ package engine
 
 import (
 	"cmp"
-	"syscall"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -19,6 +18,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pglogrepl"
