@@ -22,10 +22,13 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-# What the interop tests need beyond Go: node, python3 and the npm package
-# standardwebhooks (installed from signer/testdata/package-lock.json).
+# What the tests need beyond Go and PostgreSQL: node and python3 with the
+# npm packages standardwebhooks (signer interop) and playwright-core (the
+# dashboard's browser test, which drives Debian's chromium: apt-get install
+# chromium; npm never downloads a browser).
 deps:
 	cd signer/testdata && npm ci --no-audit --no-fund
+	cd internal/dashboard/browsertest && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 
 # The one-command demo: a throwaway PostgreSQL, dzhook, a verifying
 # receiver, and a helpdesk story in SQL. DEMO_ONCE=1 exits 0 once every

@@ -200,12 +200,18 @@ func (s *Stream) Run(ctx context.Context) error {
 	} else {
 		pool, err := newCatalogPool(ctx, s.cfg.DSN)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
 		s.pool, s.ownPool = pool, true
 		defer pool.Close()
 	}
 	if err := s.checkSlot(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 

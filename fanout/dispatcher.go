@@ -242,9 +242,15 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	life, stopLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLife()
 	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("register in journal: %w", err)
 	}
 	if err := d.loadState(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 

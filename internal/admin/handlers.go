@@ -122,7 +122,12 @@ func parseTime(name, v string, now time.Time) (time.Time, error) {
 	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
 		return now.Add(-d), nil
 	}
-	return time.Time{}, fmt.Errorf("%s: %q is neither an RFC 3339 time (2024-01-15T14:30:00Z) nor a duration ago (2h)", name, clip(v))
+	if days, ok := strings.CutSuffix(v, "d"); ok { // 7d: days, which Go durations lack
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 && n <= 36500 {
+			return now.AddDate(0, 0, -n), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%s: %q is neither an RFC 3339 time (2024-01-15T14:30:00Z) nor a duration ago (2h, 7d)", name, clip(v))
 }
 
 // rangeParams reads since and until.

@@ -1,6 +1,16 @@
 // Package dashboard embeds the admin dashboard: static files that talk to
 // the admin API, served at / by the admin server. It works offline: no
 // CDN, no external fonts.
+//
+// static/index.html, app.css and app.js are plain files, with no build
+// step, that fit the admin server's content security policy (no inline
+// script or style). app.js asks for the admin token once per browser
+// session (sessionStorage), polls the API every 3 s, and never renders
+// what the API returns as HTML: response bodies come from third parties.
+//
+// browser_test.go drives the page in Debian's headless chromium through
+// the npm package playwright-core (browsertest/); without node, chromium
+// or node_modules it is skipped, or fails under CI=true.
 package dashboard
 
 import (

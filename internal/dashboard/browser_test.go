@@ -1,0 +1,234 @@
+package dashboard_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/dashboard"
+	"github.com/dzdesk/dzhook/internal/engine"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+const (
+	adminToken = "dashboard-admin-token-0123456789"
+	// chromium is Debian's package; playwright-core never downloads a
+	// browser of its own.
+	chromium    = "/usr/bin/chromium"
+	installHint = "apt-get install -y chromium; cd internal/dashboard/browsertest && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci"
+	script      = "browsertest/dashboard.test.mjs"
+)
+
+// browserDeps returns node, or stops the test through pgtest.Unavailable
+// (a skip on a workstation, a failure under CI=true) when node, chromium
+// or the playwright-core package is missing.
+func browserDeps(t *testing.T) string {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		pgtest.Unavailable(t, "node: %v\n\tinstall: apt-get install -y nodejs npm; %s", err, installHint)
+	}
+	if _, err := os.Stat(chromium); err != nil {
+		pgtest.Unavailable(t, "chromium: %v\n\tinstall: %s", err, installHint)
+	}
+	if _, err := os.Stat(filepath.Join("browsertest", "node_modules", "playwright-core", "package.json")); err != nil {
+		pgtest.Unavailable(t, "playwright-core: %v\n\tinstall: %s", err, installHint)
+	}
+	return node
+}
+
+// TestDashboardInBrowser drives the dashboard in headless chromium: sign
+// in, find the delivery an INSERT caused, open it, retry it by hand (the
+// receiver now answers 200), send a test event, pause the subscription.
+// The script's expectations are checked again here against the journal.
+func TestDashboardInBrowser(t *testing.T) {
+	node := browserDeps(t)
+
+	// The receiver refuses the automatic first attempt and accepts from
+	// attempt 2 on (the dashboard's manual retry), and every test send.
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(_ int, r *http.Request, _ []byte) (int, http.Header, string) {
+		if strings.Contains(r.Header.Get(signer.HeaderDelivery), "test_") {
+			return http.StatusOK, nil, `{"received":"test"}`
+		}
+		if n, _ := strconv.Atoi(r.Header.Get(signer.HeaderAttempt)); n >= 2 {
+			return http.StatusOK, nil, `{"received":true}`
+		}
+		return http.StatusInternalServerError, nil, "receiver down"
+	})
+
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com')`)
+	// retry_schedule [0s, 1h]: after the first failure nothing retries on
+	// its own while the test runs.
+	yaml := fmt.Sprintf(`
+source: {dsn: "%s"}
+journal: {heartbeat: 200ms}
+delivery: {allow_insecure_http: true, retry_schedule: [0s, 1h]}
+admin: {listen: "127.0.0.1:0", token: %s}
+subscriptions:
+  - {id: crm, url: "%s/hooks/dzdesk", events: ["request.*"], secret: dashboard-test-secret-0123456789}
+`, db.DSN, adminToken, rc.URL)
+	cfg, err := config.Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := engine.New(ctx, cfg, engine.Options{Logger: testutil.Logger(t), Version: "test", Dashboard: dashboard.Files(), PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		cancel()
+		t.Fatalf("engine: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("engine Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("engine did not stop within 30s")
+		}
+	})
+	base := "http://" + e.AdminAddr()
+
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (42, 'Printer on fire', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+	conn := db.Connect(t)
+	var id string
+	testutil.Eventually(t, 10*time.Second, "the failed first attempt in the journal", func() bool {
+		err := conn.QueryRow(context.Background(), `
+			SELECT d.id FROM dzhook.deliveries d JOIN dzhook.attempts a ON a.delivery_id = d.id
+			 WHERE NOT d.test AND a.attempt = 1 AND a.status_code = 500`).Scan(&id)
+		return err == nil
+	})
+
+	// The screenshots (and one of a failure) are kept with go test
+	// -artifacts, or at DZHOOK_SCREENSHOT.
+	shot := os.Getenv("DZHOOK_SCREENSHOT")
+	if shot == "" {
+		shot = filepath.Join(t.ArtifactDir(), "dashboard.png")
+	} else if shot, err = filepath.Abs(shot); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runScript(t, node, map[string]string{
+		"DZHOOK_URL":          base + "/",
+		"DZHOOK_TOKEN":        adminToken,
+		"DZHOOK_SUBSCRIPTION": "crm",
+		"DZHOOK_DELIVERY_ID":  id,
+		"DZHOOK_SCREENSHOT":   shot,
+		"DZHOOK_CHROMIUM":     chromium,
+	})
+	t.Logf("browser script output:\n%s", out)
+	if err != nil {
+		t.Fatalf("browser script: %v (output above; keep its screenshots with go test -artifacts or DZHOOK_SCREENSHOT=path.png)", err)
+	}
+	if st, err := os.Stat(shot); err != nil || st.Size() == 0 {
+		t.Errorf("screenshot %s: %v", shot, err)
+	} else {
+		t.Logf("screenshot: %s", shot)
+	}
+
+	// What the clicks did, seen from the journal.
+	type attempt struct {
+		Trigger string
+		Status  *int
+	}
+	rows, err := conn.Query(context.Background(), `SELECT trigger, status_code FROM dzhook.attempts WHERE delivery_id = $1 ORDER BY attempt`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[attempt])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(attempts) != 2 || attempts[1].Trigger != "manual" || attempts[1].Status == nil || *attempts[1].Status != 200 {
+		t.Errorf("attempts of %s: %+v, want the automatic 500 then a manual 200", id, attempts)
+	}
+	var state string
+	if err := conn.QueryRow(context.Background(), `SELECT state FROM dzhook.deliveries WHERE id = $1`, id).Scan(&state); err != nil || state != "delivered" {
+		t.Errorf("delivery %s: state %q (%v), want delivered", id, state, err)
+	}
+	var paused bool
+	if err := conn.QueryRow(context.Background(), `SELECT paused FROM dzhook.subscriptions WHERE id = 'crm'`).Scan(&paused); err != nil || !paused {
+		t.Errorf("subscription crm paused in the journal: %v (%v), want true", paused, err)
+	}
+	var tests int
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM dzhook.deliveries WHERE test AND subscription_id = 'crm'`).Scan(&tests); err != nil || tests != 1 {
+		t.Errorf("test deliveries: %d (%v), want the one the dashboard sent", tests, err)
+	}
+	if !apiSaysPaused(t, base) {
+		t.Errorf("GET /v1/subscriptions does not show crm paused")
+	}
+}
+
+// runScript runs the browser script with env added to the test's
+// environment, and returns its combined output. A script that hangs is
+// sent SIGTERM (playwright then closes its browser) and later killed.
+func runScript(t *testing.T, node string, env map[string]string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, filepath.Base(script))
+	cmd.Dir = filepath.Dir(script)
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 15 * time.Second
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = errors.Join(err, fmt.Errorf("timed out: %w", ctx.Err()))
+	}
+	return out.String(), err
+}
+
+func apiSaysPaused(t *testing.T, base string) bool {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/subscriptions", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /v1/subscriptions: %v", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Subscriptions []struct {
+			ID     string `json:"id"`
+			Paused bool   `json:"paused"`
+		} `json:"subscriptions"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("GET /v1/subscriptions: %v", err)
+	}
+	for _, s := range body.Subscriptions {
+		if s.ID == "crm" {
+			return s.Paused
+		}
+	}
+	return false
+}

@@ -1,0 +1,202 @@
+// Drives the dzhook dashboard in Debian's headless chromium for
+// internal/dashboard/browser_test.go, which starts PostgreSQL, dzhook and a
+// receiver, and passes in the environment:
+//
+//   DZHOOK_URL           the dashboard's URL (http://127.0.0.1:port/)
+//   DZHOOK_TOKEN         the admin token
+//   DZHOOK_SUBSCRIPTION  the subscription's id
+//   DZHOOK_DELIVERY_ID   the delivery an INSERT caused; its first attempt
+//                        got a 500, the receiver answers 200 from attempt 2
+//   DZHOOK_SCREENSHOT    where to write the screenshot (PNG)
+//   DZHOOK_CHROMIUM      the browser (default /usr/bin/chromium)
+//
+// It exits 0 when every expectation held, 1 with "FAIL: …" otherwise.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name, fallback) => {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined || v === '') {
+    console.error(`FAIL: ${name} is not set (run through go test ./internal/dashboard/)`);
+    process.exit(2);
+  }
+  return v;
+};
+
+const url = env('DZHOOK_URL');
+const token = env('DZHOOK_TOKEN');
+const sub = env('DZHOOK_SUBSCRIPTION');
+const deliveryID = env('DZHOOK_DELIVERY_ID');
+const screenshot = env('DZHOOK_SCREENSHOT');
+const executablePath = env('DZHOOK_CHROMIUM', '/usr/bin/chromium');
+const TIMEOUT = 15_000;
+
+const tid = (id) => `[data-testid="${id}"]`;
+
+// step logs what the script is about to check, so a failure reads as a
+// story.
+let current = 'start';
+function step(what) {
+  current = what;
+  console.log(`- ${what}`);
+}
+
+// eventually polls get() until ok(value) holds, or fails with the last
+// value seen.
+async function eventually(what, get, ok, timeout = TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await get();
+      if (ok(last)) return last;
+    } catch (e) {
+      last = `error: ${e.message.split('\n')[0]}`;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: after ${timeout} ms still ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const text = (loc) => loc.textContent({ timeout: 1000 }).then((s) => (s ?? '').trim());
+
+const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dzhook-chromium-'));
+let context;
+let page;
+const pageErrors = [];
+
+async function main() {
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    viewport: { width: 1366, height: 768 },
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+      '--no-first-run', '--disable-sync', '--disable-quic'],
+    timeout: 30_000,
+  });
+  page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(TIMEOUT);
+  page.on('pageerror', (e) => pageErrors.push(`uncaught: ${e.message}`));
+  page.on('console', (m) => {
+    // A refused fetch is logged by the browser itself; CSP violations and
+    // script errors are the page's fault.
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) pageErrors.push(`console: ${m.text()}`);
+  });
+
+  step('open the dashboard: it asks for the token');
+  await page.goto(url);
+  await page.locator(tid('token-input')).waitFor({ state: 'visible' });
+
+  step('a wrong token is refused and asked for again');
+  await page.locator(tid('token-input')).fill('not-the-token');
+  await page.locator(tid('token-submit')).click();
+  await eventually('token error shown', () => text(page.locator(tid('token-error'))), (s) => s.includes('refused'));
+  if (!(await page.locator(tid('token-input')).isVisible())) throw new Error('the token dialog closed after a wrong token');
+
+  step('the right token opens the dashboard');
+  await page.locator(tid('token-input')).fill(token);
+  await page.keyboard.press('Enter');
+  await page.locator(tid('token-dialog')).waitFor({ state: 'hidden' });
+  const stored = await page.evaluate(() => sessionStorage.getItem('dzhook.adminToken'));
+  if (stored !== token) throw new Error(`token in sessionStorage: ${JSON.stringify(stored)}`);
+
+  step(`subscription ${sub} is listed with its URL and state`);
+  const card = page.locator(tid(`subscription-row-${sub}`));
+  await card.waitFor({ state: 'visible' });
+  await eventually('subscription URL', () => text(page.locator(tid(`url-${sub}`))), (s) => s.includes('/hooks/dzdesk'));
+  const st = await eventually('subscription state', () => text(page.locator(tid(`state-${sub}`))), (s) => ['healthy', 'failing'].includes(s));
+  console.log(`  state ${st}`);
+  await eventually('chart of the last hour', () => page.locator(`${tid(`chart-${sub}`)} rect`).count(), (n) => n >= 1);
+
+  step(`delivery ${deliveryID} is in the history, pending after its 500`);
+  const row = page.locator(tid(`delivery-row-${deliveryID}`));
+  await row.waitFor({ state: 'visible' });
+  await eventually('delivery state', () => text(page.locator(tid(`delivery-state-${deliveryID}`))), (s) => s === 'pending');
+
+  step('open it: one automatic attempt, HTTP 500, the receiver\'s body and the payload');
+  await page.locator(tid(`open-${deliveryID}`)).click();
+  await page.locator(tid('delivery-detail')).waitFor({ state: 'visible' });
+  await eventually('detail id', () => text(page.locator(tid('detail-id'))), (s) => s === deliveryID);
+  const attempts = page.locator(tid('attempt-row'));
+  await eventually('one attempt', () => attempts.count(), (n) => n === 1);
+  await eventually('first attempt trigger', () => text(attempts.nth(0).locator(tid('attempt-trigger'))), (s) => s === 'auto');
+  await eventually('first attempt status', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === '500');
+  await page.locator(tid('attempt-body')).first().locator('summary').click();
+  await eventually('first response body', () => text(page.locator(tid('attempt-body')).first().locator('pre')), (s) => s === 'receiver down');
+  const payload = JSON.parse(await text(page.locator(tid('payload'))));
+  if (payload.event !== 'request.created') throw new Error(`payload event: ${JSON.stringify(payload.event)}`);
+  if (!(await text(page.locator(tid('payload')))).includes('\n  ')) throw new Error('the payload is not pretty-printed');
+  if (!(await page.evaluate(() => location.hash)).includes(deliveryID)) throw new Error('the open delivery is not in the URL');
+
+  step('retry it from the dashboard (the receiver now answers 200): a second, manual attempt');
+  await page.locator(tid('retry-delivery')).click();
+  await eventually('two attempts', () => attempts.count(), (n) => n === 2);
+  await eventually('second attempt trigger', () => text(attempts.nth(1).locator(tid('attempt-trigger'))), (s) => s === 'manual');
+  await eventually('second attempt status', () => text(attempts.nth(1).locator(tid('attempt-status'))), (s) => s === '200');
+  await eventually('detail state', () => text(page.locator(tid('detail-state'))), (s) => s === 'delivered');
+  await eventually('history row state', () => text(page.locator(tid(`delivery-state-${deliveryID}`))), (s) => s === 'delivered');
+  await eventually('status message', () => text(page.locator(tid('status'))), (s) => s.includes('HTTP 200'));
+
+  step('send a test event from the subscription\'s card');
+  await page.locator(tid(`test-event-${sub}`)).selectOption('request.assigned');
+  await page.locator(tid(`send-test-${sub}`)).click();
+  await eventually('test result status', () => text(page.locator(tid(`test-result-${sub}-status`))), (s) => s === 'HTTP 200');
+  await eventually('test result body', () => text(page.locator(tid(`test-result-${sub}-body`))), (s) => s.includes('"received": "test"'));
+
+  step('the filters narrow the history, and live updates keep the open detail');
+  await page.locator(tid('filter-status')).selectOption('failed');
+  await eventually('no failed delivery', () => page.locator(tid('history-empty')).isVisible(), (v) => v === true);
+  await page.locator(tid('filter-status')).selectOption('delivered');
+  await row.waitFor({ state: 'visible' });
+  // Two polls later the detail is still open with its two attempts.
+  let live = await text(page.locator(tid('live')));
+  for (const n of [1, 2]) {
+    const before = live;
+    live = await eventually(`live update ${n}`, () => text(page.locator(tid('live'))), (s) => s !== before && s.startsWith('Live'), 10_000);
+  }
+  if ((await attempts.count()) !== 2 || !(await page.locator(tid('delivery-detail')).isVisible())) throw new Error('a live update lost the open detail');
+  if ((await page.locator(tid('filter-status')).inputValue()) !== 'delivered') throw new Error('a live update reset the status filter');
+
+  step(`pause ${sub}: its state becomes paused and Resume takes the focus`);
+  await page.locator(tid(`pause-${sub}`)).click();
+  await eventually('subscription state', () => text(page.locator(tid(`state-${sub}`))), (s) => s === 'paused');
+  await page.locator(tid(`resume-${sub}`)).waitFor({ state: 'visible' });
+  if (await page.locator(tid(`pause-${sub}`)).isVisible()) throw new Error('Pause is still shown on a paused subscription');
+  const focused = await page.evaluate(() => document.activeElement?.dataset?.testid ?? '');
+  if (focused !== `resume-${sub}`) throw new Error(`focus after pausing is on ${JSON.stringify(focused)}, want resume-${sub}`);
+
+  step('no API error was shown and the page raised none');
+  const alert = await text(page.locator(tid('alert')));
+  if (alert) throw new Error(`the alert region says: ${alert}`);
+  if (pageErrors.length) throw new Error(`page errors:\n  ${pageErrors.join('\n  ')}`);
+
+  step(`screenshot ${screenshot}`);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: screenshot });
+  await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-full.png', fullPage: true });
+}
+
+let code = 0;
+const watchdog = setTimeout(() => {
+  console.error(`FAIL: timed out at step "${current}"`);
+  process.exit(1);
+}, 150_000);
+try {
+  await main();
+  console.log('PASS');
+} catch (e) {
+  code = 1;
+  console.error(`FAIL at step "${current}": ${e.message}`);
+  if (page) {
+    const failShot = screenshot.replace(/\.png$/, '') + '-failure.png';
+    await page.screenshot({ path: failShot, fullPage: true }).then(() => console.error(`  screenshot of the failure: ${failShot}`), () => {});
+  }
+} finally {
+  clearTimeout(watchdog);
+  if (context) await context.close().catch(() => {});
+  fs.rmSync(userDataDir, { recursive: true, force: true });
+}
+process.exit(code);

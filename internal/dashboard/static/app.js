@@ -1,0 +1,960 @@
+// dzhook dashboard: a page over the admin API (/v1), polled every few
+// seconds. The operator enters the bearer token once; it stays in
+// sessionStorage for the browser session and is asked for again on a 401.
+//
+// Everything the API returns is put in the page with textContent or
+// setAttribute, never as HTML: response bodies and payloads come from
+// third parties.
+
+const TOKEN_KEY = 'dzhook.adminToken';
+const POLL_MS = 3000;
+const PAGE_SIZE = 50;
+const MAX_LIMIT = 500; // the API's largest page
+// The API takes Go durations: no "d" unit.
+const RANGES = { '1h': '1h', '24h': '24h', '7d': '168h', all: '' };
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+const $ = (id) => document.getElementById(id);
+
+// ---- DOM helpers -----------------------------------------------------------
+
+// el builds an element. attrs are set with setAttribute (class, data-*,
+// aria-*), except the keys "text" (textContent), "hidden" and "on*"
+// handlers. children are nodes or strings (as text nodes).
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(typeof c === 'string' ? document.createTextNode(c) : c);
+  }
+  return node;
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  setAttrs(node, attrs);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function setAttrs(node, attrs) {
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'text') node.textContent = String(v);
+    else if (k === 'hidden') node.hidden = Boolean(v);
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? '' : String(v));
+  }
+}
+
+function setText(node, text) {
+  const s = String(text);
+  if (node.textContent !== s) node.textContent = s;
+}
+
+// ---- formatting ------------------------------------------------------------
+
+const pad = (n) => String(n).padStart(2, '0');
+
+// fmtTime: "2024-01-15 14:30:05" in the browser's time zone.
+function fmtTime(iso) {
+  if (!iso) return '—';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+// fmtShort: the time alone for today, else month-day and minutes (the
+// exact instant is in the <time> element's tooltip).
+function fmtShort(iso, now = new Date()) {
+  if (!iso) return '—';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  const full = fmtTime(iso);
+  if (d.toDateString() === now.toDateString()) return full.slice(11);
+  if (d.getFullYear() === now.getFullYear()) return full.slice(5, 16);
+  return full.slice(0, 10);
+}
+
+// fmtAgo: "12 s ago", "3 min ago", "in 5 min".
+function fmtAgo(iso, now = Date.now()) {
+  if (!iso) return 'never';
+  const t = new Date(iso).getTime();
+  if (Number.isNaN(t)) return String(iso);
+  const s = Math.round((now - t) / 1000);
+  const abs = Math.abs(s);
+  let v;
+  if (abs < 5) return 'just now';
+  if (abs < 60) v = `${abs} s`;
+  else if (abs < 3600) v = `${Math.floor(abs / 60)} min`;
+  else if (abs < 86400) v = `${Math.floor(abs / 3600)} h`;
+  else v = `${Math.floor(abs / 86400)} d`;
+  return s >= 0 ? `${v} ago` : `in ${v}`;
+}
+
+function fmtMS(ms) {
+  if (ms === null || ms === undefined) return '—';
+  if (ms < 1 && ms >= 0 && Number.isInteger(ms)) return '< 1 ms'; // the journal keeps whole ms
+  if (ms >= 10000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms >= 100) return `${Math.round(ms)} ms`;
+  return `${Number(ms).toFixed(1).replace(/\.0$/, '')} ms`;
+}
+
+// errorText joins a status code and an error, without saying "HTTP 500"
+// twice.
+function errorText(status, error) {
+  const code = status ? `HTTP ${status}` : '';
+  if (!error || error === code) return code;
+  if (!code || error.includes(code)) return error;
+  return `${code}: ${error}`;
+}
+
+// timeEl is a <time> showing local time, with the exact UTC instant as a
+// tooltip.
+function timeEl(iso, text) {
+  if (!iso) return el('span', { class: 'muted', text: '—' });
+  return el('time', { datetime: iso, title: iso, text: text ?? fmtTime(iso) });
+}
+
+// prettyJSON pretty-prints JSON text or a value; other text stays as is.
+function pretty(v) {
+  if (typeof v === 'string') {
+    try {
+      return JSON.stringify(JSON.parse(v), null, 2);
+    } catch {
+      return v;
+    }
+  }
+  return JSON.stringify(v, null, 2);
+}
+
+// ---- alerts and status -------------------------------------------------------
+
+let alertSource = '';
+
+// showError puts a message in the alert region (role=alert). source tells
+// who may clear it: live updates clear only their own errors.
+function showError(message, source = 'action') {
+  const region = $('alert');
+  alertSource = source;
+  region.replaceChildren(
+    el('div', { class: 'alert' },
+      el('p', { class: 'alert-text', 'data-testid': 'alert-text', text: message }),
+      el('button', { type: 'button', class: 'quiet', 'data-testid': 'dismiss-alert', onclick: clearError }, 'Dismiss'),
+    ),
+  );
+}
+
+function clearError(source) {
+  if (typeof source === 'string' && alertSource !== source) return;
+  $('alert').replaceChildren();
+  alertSource = '';
+}
+
+let announceTimer = 0;
+
+// announce says what an action did, in a polite live region, for a while.
+function announce(message) {
+  const region = $('status');
+  region.replaceChildren(el('p', { class: 'status-text', text: message }));
+  clearTimeout(announceTimer);
+  announceTimer = setTimeout(() => region.replaceChildren(), 15000);
+}
+
+// ---- the API ---------------------------------------------------------------
+
+class APIError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+let tokenWaiters = null;
+
+// askToken opens the token dialog (once, however many calls wait) and
+// resolves when the operator submits a token.
+function askToken(reason) {
+  const dialog = $('token-dialog');
+  const err = $('token-error');
+  err.hidden = !reason;
+  err.textContent = reason || '';
+  if (!tokenWaiters) {
+    tokenWaiters = [];
+    $('token-input').value = '';
+    if (!dialog.open) dialog.showModal();
+    $('token-input').focus();
+  }
+  return new Promise((resolve) => tokenWaiters.push(resolve));
+}
+
+function submitToken(ev) {
+  ev.preventDefault();
+  const token = $('token-input').value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('token-dialog').close();
+  const waiters = tokenWaiters || [];
+  tokenWaiters = null;
+  for (const w of waiters) w(token);
+}
+
+// api calls the admin API and returns the decoded JSON. A 401 asks for the
+// token and tries again (the API did nothing with the refused request);
+// other errors throw an APIError with the API's message.
+async function api(method, path, body) {
+  for (;;) {
+    const token = sessionStorage.getItem(TOKEN_KEY) || (await askToken(''));
+    const headers = { Authorization: `Bearer ${token}`, Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let resp;
+    try {
+      resp = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: 'no-store',
+        credentials: 'omit',
+      });
+    } catch (e) {
+      throw new APIError(0, `Cannot reach dzhook: ${e.message}`);
+    }
+    const text = await resp.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    const message = data && typeof data.error === 'string' ? data.error : `HTTP ${resp.status} ${resp.statusText}`.trim();
+    if (resp.status === 401) {
+      if (sessionStorage.getItem(TOKEN_KEY) === token) sessionStorage.removeItem(TOKEN_KEY);
+      await askToken(`The API refused the token: ${message}`);
+      continue;
+    }
+    if (!resp.ok) throw new APIError(resp.status, message);
+    if (data === null) throw new APIError(resp.status, `${method} ${path}: the answer is not JSON`);
+    return data;
+  }
+}
+
+const enc = encodeURIComponent;
+
+// ---- page state --------------------------------------------------------------
+
+const state = {
+  events: [],
+  subs: [],
+  cards: new Map(), // subscription id → card
+  filters: { subscription: '', status: '', event: '', range: '24h' },
+  deliveries: [],
+  rows: new Map(), // delivery id → <tr>
+  nextCursor: '',
+  historyKey: '', // the filters the rows were loaded with
+  openID: '',
+  detailJSON: '',
+  paused: false,
+  timer: 0,
+  polling: null,
+  lastOK: 0,
+};
+
+// The filters and the open delivery live in the URL's fragment, so a
+// reload or a shared link shows the same view.
+function readHash() {
+  const q = new URLSearchParams(location.hash.slice(1));
+  const f = state.filters;
+  f.subscription = q.get('subscription') || '';
+  f.status = q.get('status') || '';
+  f.event = q.get('event') || '';
+  f.range = Object.hasOwn(RANGES, q.get('range') || '') ? q.get('range') : '24h';
+  const open = q.get('delivery') || '';
+  state.openID = /^dlv_[0-9a-z_]{1,120}$/.test(open) ? open : '';
+}
+
+function writeHash() {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(state.filters)) if (v && !(k === 'range' && v === '24h')) q.set(k, v);
+  if (state.openID) q.set('delivery', state.openID);
+  const h = q.toString();
+  history.replaceState(null, '', h ? `#${h}` : location.pathname + location.search);
+}
+
+// ---- subscriptions -----------------------------------------------------------
+
+function stateOf(s) {
+  if (s.paused) return 'paused';
+  return s.state || 'unknown';
+}
+
+function buildCard(id) {
+  const p = `sub-${id}`;
+  const c = {};
+  c.state = el('span', { class: 'badge', 'data-testid': `state-${id}` });
+  c.inactive = el('span', { class: 'tag', text: 'inactive', title: 'active: false in the configuration', hidden: true });
+  c.url = el('p', { class: 'url mono', 'data-testid': `url-${id}` });
+  const metric = (label, key, extra = {}) => {
+    c[key] = el('dd', { 'data-testid': `${key}-${id}`, ...extra });
+    return el('div', { class: 'metric' }, el('dt', { text: label }), c[key]);
+  };
+  const metrics = el('dl', { class: 'metrics' },
+    metric('Success', 'success'),
+    metric('p50', 'p50'),
+    metric('p99', 'p99'),
+    metric('Pending', 'pending'),
+    metric('Failed', 'failed'),
+    metric('Held', 'held'),
+    metric('Last success', 'lastok'),
+    metric('Last failure', 'lastfail'),
+  );
+  c.chart = svg('svg', {
+    class: 'chart', viewBox: '0 0 240 48', preserveAspectRatio: 'none', role: 'img',
+    'aria-labelledby': `${p}-chart-cap`, 'data-testid': `chart-${id}`, focusable: 'false',
+  });
+  c.chartCap = el('figcaption', { id: `${p}-chart-cap`, class: 'chart-cap' });
+  const chart = el('figure', { class: 'chart-box' },
+    c.chart,
+    el('div', { class: 'chart-axis', 'aria-hidden': 'true' }, el('span', { text: '60 min ago' }), el('span', { text: 'now' })),
+    c.chartCap,
+  );
+  c.lastError = el('p', { class: 'last-error', 'data-testid': `last-error-${id}`, hidden: true });
+
+  c.pause = el('button', { type: 'button', 'data-testid': `pause-${id}`, onclick: () => pauseResume(id, 'pause') }, 'Pause');
+  c.resume = el('button', { type: 'button', 'data-testid': `resume-${id}`, hidden: true, onclick: () => pauseResume(id, 'resume') }, 'Resume');
+  c.retrySince = el('select', { id: `${p}-retry-since`, 'data-testid': `retry-since-${id}` },
+    el('option', { value: '', text: 'any time' }),
+    el('option', { value: '1h', text: 'in the last hour' }),
+    el('option', { value: '24h', text: 'in the last 24 h' }),
+    el('option', { value: '168h', text: 'in the last 7 days' }),
+  );
+  c.retryFailed = el('button', { type: 'button', 'data-testid': `retry-failed-${id}`, onclick: () => retryFailed(id) }, 'Retry failed');
+  c.testEvent = el('select', { id: `${p}-test-event`, 'data-testid': `test-event-${id}` });
+  c.sendTest = el('button', { type: 'button', 'data-testid': `send-test-${id}`, onclick: () => sendTest(id) }, 'Send test');
+  c.testResult = el('div', { class: 'test-result', role: 'status', 'aria-live': 'polite', 'data-testid': `test-result-${id}` });
+
+  c.root = el('article', { class: 'card', 'data-testid': `subscription-row-${id}`, 'aria-labelledby': `${p}-title` },
+    el('div', { class: 'card-head' },
+      el('h3', { id: `${p}-title`, class: 'card-title', text: id }),
+      c.state, c.inactive,
+      el('span', { class: 'card-head-actions' }, c.pause, c.resume),
+    ),
+    c.url,
+    el('div', { class: 'card-body' }, metrics, chart),
+    c.lastError,
+    el('div', { class: 'actions', role: 'group', 'aria-label': `Actions for ${id}` },
+      el('span', { class: 'action-group' },
+        el('label', { for: `${p}-retry-since`, text: 'Failed deliveries created' }),
+        c.retrySince, c.retryFailed,
+      ),
+      el('span', { class: 'action-group' },
+        el('label', { for: `${p}-test-event`, text: 'Test event' }),
+        c.testEvent, c.sendTest,
+      ),
+    ),
+    c.testResult,
+  );
+  fillEventSelect(c.testEvent, false);
+  return c;
+}
+
+function updateCard(c, s) {
+  const st = stateOf(s);
+  setText(c.state, st);
+  c.state.className = `badge badge-${st}`;
+  c.inactive.hidden = s.active !== false;
+  setText(c.url, s.url);
+  c.url.title = s.url;
+  const stats = s.stats || {};
+  const rate = typeof stats.success_rate === 'number' ? stats.success_rate : -1;
+  setText(c.success, rate < 0 ? '—' : `${(rate * 100).toFixed(rate === 1 || rate === 0 ? 0 : 1)} %`);
+  c.success.className = rate < 0 ? 'muted' : rate >= 0.99 ? 'good' : rate >= 0.9 ? 'warn' : 'bad';
+  c.success.title = rate < 0 ? 'no attempts in the last hour' : 'share of 2xx answers among the attempts of the last hour';
+  const hasTimes = (stats.delivered || 0) + (stats.failed || 0) + (stats.retried || 0) > 0;
+  setText(c.p50, hasTimes ? fmtMS(stats.p50_ms) : '—');
+  setText(c.p99, hasTimes ? fmtMS(stats.p99_ms) : '—');
+  setText(c.pending, s.pending ?? 0);
+  c.pending.title = s.oldest_pending_seconds > 0 ? `oldest due ${Math.round(s.oldest_pending_seconds)} s ago` : '';
+  setText(c.failed, s.failed ?? 0);
+  c.failed.className = s.failed > 0 ? 'bad' : '';
+  setText(c.held, s.held ?? 0);
+  setText(c.lastok, fmtAgo(s.last_success_at));
+  c.lastok.title = s.last_success_at || '';
+  setText(c.lastfail, fmtAgo(s.last_failure_at));
+  c.lastfail.title = s.last_failure_at || '';
+
+  const failedLast = s.last_failure_at && (!s.last_success_at || s.last_failure_at > s.last_success_at);
+  const why = errorText(s.last_status, s.last_error);
+  c.lastError.hidden = !(failedLast && why);
+  setText(c.lastError, `Last error: ${why}`);
+
+  const canResume = s.paused || s.state === 'disabled';
+  if (c.pause.hidden !== canResume) {
+    const hadFocus = document.activeElement === c.pause || document.activeElement === c.resume;
+    c.pause.hidden = canResume;
+    c.resume.hidden = !canResume;
+    if (hadFocus) (canResume ? c.resume : c.pause).focus();
+  }
+  drawChart(c, stats.per_minute || []);
+}
+
+function drawChart(c, perMinute) {
+  const key = JSON.stringify(perMinute.map((m) => [m.delivered, m.failed]));
+  if (c.chartKey === key) return;
+  c.chartKey = key;
+  const W = 240, H = 48, n = Math.max(perMinute.length, 60), bw = W / n;
+  let max = 1, ok = 0, bad = 0;
+  for (const m of perMinute) {
+    max = Math.max(max, m.delivered + m.failed);
+    ok += m.delivered;
+    bad += m.failed;
+  }
+  const nodes = [svg('line', { class: 'chart-base', x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5 })];
+  perMinute.forEach((m, i) => {
+    const total = m.delivered + m.failed;
+    if (total === 0) return;
+    const x = i * bw + 0.5;
+    const w = Math.max(bw - 1, 1);
+    const hOK = (m.delivered / max) * (H - 2);
+    const hBad = (m.failed / max) * (H - 2);
+    const g = svg('g', {}, svg('title', {}, document.createTextNode(`${fmtTime(m.minute).slice(11, 16)}: ${m.delivered} delivered, ${m.failed} failed`)));
+    if (m.delivered) g.append(svg('rect', { class: 'bar-ok', x, y: H - hOK, width: w, height: hOK }));
+    if (m.failed) g.append(svg('rect', { class: 'bar-bad', x, y: H - hOK - hBad, width: w, height: hBad }));
+    nodes.push(g);
+  });
+  c.chart.replaceChildren(...nodes);
+  c.chartCap.replaceChildren(...[
+    el('span', { class: 'visually-hidden', text: 'Attempts in the last hour: ' }),
+    el('span', { class: 'key key-ok' }), ` ${ok} delivered `,
+    el('span', { class: 'key key-bad' }), ` ${bad} failed`,
+    max > 1 ? el('span', { class: 'muted', text: ` · peak ${max}/min` }) : null,
+  ].filter(Boolean));
+}
+
+function renderSubscriptions(list) {
+  state.subs = list;
+  const box = $('subscriptions');
+  const seen = new Set();
+  list.forEach((s, i) => {
+    seen.add(s.id);
+    let c = state.cards.get(s.id);
+    if (!c) {
+      c = buildCard(s.id);
+      state.cards.set(s.id, c);
+    }
+    updateCard(c, s);
+    if (box.children[i] !== c.root) box.insertBefore(c.root, box.children[i] || null);
+  });
+  for (const [id, c] of state.cards) {
+    if (!seen.has(id)) {
+      c.root.remove();
+      state.cards.delete(id);
+    }
+  }
+  $('subs-empty').hidden = list.length > 0;
+  // The subscription filter lists what is configured (keeping a choice
+  // that is gone, so the filter does not change under the operator).
+  const sel = $('f-subscription');
+  const ids = list.map((s) => s.id);
+  if (state.filters.subscription && !ids.includes(state.filters.subscription)) ids.push(state.filters.subscription);
+  syncOptions(sel, [['', 'All subscriptions'], ...ids.map((id) => [id, id])], state.filters.subscription);
+}
+
+// syncOptions replaces a select's options only when they changed.
+function syncOptions(sel, options, value) {
+  const key = JSON.stringify(options);
+  if (sel.dataset.key !== key) {
+    sel.replaceChildren(...options.map(([v, t]) => el('option', { value: v, text: t })));
+    sel.dataset.key = key;
+  }
+  sel.value = value;
+}
+
+function fillEventSelect(sel, withAny) {
+  const current = sel.value;
+  const groups = new Map();
+  for (const e of state.events) {
+    if (!groups.has(e.group)) groups.set(e.group, []);
+    groups.get(e.group).push(e);
+  }
+  const nodes = [];
+  if (withAny) nodes.push(el('option', { value: '', text: 'Any event' }));
+  for (const [group, evs] of groups) {
+    nodes.push(el('optgroup', { label: group }, ...evs.map((e) => el('option', { value: e.name, text: e.name, title: e.description || '' }))));
+  }
+  sel.replaceChildren(...nodes);
+  if (current && state.events.some((e) => e.name === current)) sel.value = current;
+  else if (!withAny && state.events.some((e) => e.name === 'request.created')) sel.value = 'request.created';
+}
+
+async function loadEvents() {
+  const data = await api('GET', '/v1/events');
+  state.events = Array.isArray(data.events) ? data.events : [];
+  fillEventSelect($('f-event'), true);
+  if (state.filters.event && !state.events.some((e) => e.name === state.filters.event)) {
+    $('f-event').append(el('option', { value: state.filters.event, text: state.filters.event }));
+  }
+  $('f-event').value = state.filters.event;
+  for (const c of state.cards.values()) fillEventSelect(c.testEvent, false);
+}
+
+async function loadSubscriptions() {
+  const data = await api('GET', '/v1/subscriptions');
+  renderSubscriptions(Array.isArray(data.subscriptions) ? data.subscriptions : []);
+}
+
+// busy disables a button while its request runs.
+async function busy(button, fn) {
+  if (button.disabled) return;
+  button.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  try {
+    await fn();
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute('aria-busy');
+  }
+}
+
+function pauseResume(id, action) {
+  const c = state.cards.get(id);
+  return busy(action === 'pause' ? c.pause : c.resume, async () => {
+    const res = await api('POST', `/v1/subscriptions/${enc(id)}/${action}`);
+    clearError('action');
+    if (action === 'pause') announce(`Paused ${id}: its new deliveries wait (or are skipped) until it is resumed.`);
+    else announce(`Resumed ${id}${res.released ? `; ${res.released} held deliveries released` : ''}.`);
+    await refreshAll();
+    // The button pressed is now hidden: keep the focus on its twin.
+    const twin = action === 'pause' ? c.resume : c.pause;
+    if (!twin.hidden) twin.focus();
+  });
+}
+
+function retryFailed(id) {
+  const c = state.cards.get(id);
+  return busy(c.retryFailed, async () => {
+    const since = c.retrySince.value;
+    const res = await api('POST', `/v1/subscriptions/${enc(id)}/retry-failed${since ? `?since=${enc(since)}` : ''}`);
+    clearError('action');
+    const n = res.scheduled || 0;
+    announce(n === 0 ? `${id}: no failed deliveries to retry.` : `${id}: ${n} failed ${n === 1 ? 'delivery' : 'deliveries'} scheduled for one more attempt.`);
+    await refreshAll();
+  });
+}
+
+function sendTest(id) {
+  const c = state.cards.get(id);
+  return busy(c.sendTest, async () => {
+    const event = c.testEvent.value || 'request.created';
+    c.testResult.replaceChildren(el('p', { class: 'muted', text: `Sending a test ${event}…` }));
+    let rep;
+    try {
+      rep = await api('POST', `/v1/subscriptions/${enc(id)}/test`, { event });
+    } catch (e) {
+      c.testResult.replaceChildren();
+      throw e;
+    }
+    clearError('action');
+    c.testResult.replaceChildren(testReport(id, event, rep));
+    await refreshHistory();
+  });
+}
+
+// testReport shows what the receiver answered to a test send.
+function testReport(id, event, rep) {
+  const t = `test-result-${id}`;
+  const status = rep.status_code ? `HTTP ${rep.status_code}` : rep.error_class || 'no answer';
+  const hide = () => {
+    state.cards.get(id)?.testResult.replaceChildren();
+    state.cards.get(id)?.sendTest.focus();
+  };
+  return el('div', { class: 'report' },
+    el('div', { class: 'report-head' },
+      el('p', {},
+        el('strong', { text: `Test ${event}: ` }),
+        el('span', { class: `badge ${rep.delivered ? 'badge-delivered' : 'badge-failed'}`, 'data-testid': `${t}-status`, text: status }),
+        ` ${rep.delivered ? 'delivered' : 'not delivered'} in `,
+        el('span', { 'data-testid': `${t}-duration`, text: fmtMS(rep.duration_ms) }),
+      ),
+      el('button', { type: 'button', class: 'quiet small', 'data-testid': `close-test-${id}`, onclick: hide }, 'Hide'),
+    ),
+    rep.error && rep.error !== status ? el('p', { class: 'attempt-error', text: rep.error }) : null,
+    el('pre', {
+      class: 'code code-small', 'data-testid': `${t}-body`, tabindex: '0', 'aria-label': `Response body of the test ${event}`,
+      text: rep.response_body ? pretty(rep.response_body) : '(empty response body)',
+    }),
+    rep.delivery_id
+      ? el('p', { class: 'muted small-text' }, 'Recorded as ',
+        el('button', { type: 'button', class: 'linkish mono', 'aria-label': `Open delivery ${rep.delivery_id}`, onclick: () => openDelivery(rep.delivery_id, true) }, rep.delivery_id))
+      : null,
+  );
+}
+
+// ---- history -----------------------------------------------------------------
+
+function listQuery(limit, cursor) {
+  const f = state.filters;
+  const q = new URLSearchParams();
+  if (f.subscription) q.set('subscription', f.subscription);
+  if (f.status) q.set('status', f.status);
+  if (f.event) q.set('event', f.event);
+  if (RANGES[f.range]) q.set('since', RANGES[f.range]);
+  q.set('limit', String(limit));
+  if (cursor) q.set('cursor', cursor);
+  return q.toString();
+}
+
+// refreshHistory reloads the rows shown so far (at least one page), so
+// live updates neither lose "Load more" pages nor the scroll position.
+async function refreshHistory() {
+  const key = listQuery(0, '');
+  const keep = key === state.historyKey ? state.deliveries.length : 0;
+  const limit = Math.min(Math.max(PAGE_SIZE, keep), MAX_LIMIT);
+  const data = await api('GET', `/v1/deliveries?${listQuery(limit, '')}`);
+  if (key !== listQuery(0, '')) return; // the filters changed meanwhile
+  state.historyKey = key;
+  state.deliveries = data.deliveries || [];
+  state.nextCursor = data.next_cursor || '';
+  renderHistory();
+}
+
+async function loadMore() {
+  const key = listQuery(0, '');
+  const data = await api('GET', `/v1/deliveries?${listQuery(PAGE_SIZE, state.nextCursor)}`);
+  if (key !== state.historyKey) return;
+  const have = new Set(state.deliveries.map((d) => d.id));
+  state.deliveries.push(...(data.deliveries || []).filter((d) => !have.has(d.id)));
+  state.nextCursor = data.next_cursor || '';
+  renderHistory();
+}
+
+function lastResult(d) {
+  if (d.in_flight) return el('span', { class: 'muted', text: 'sending…' });
+  if (d.last_status) return el('span', { class: d.last_status < 300 ? 'good' : 'bad', text: `HTTP ${d.last_status}` });
+  if (d.last_error) return el('span', { class: 'bad', title: d.last_error, text: d.last_error });
+  return el('span', { class: 'muted', text: '—' });
+}
+
+function buildRow(d) {
+  const tr = el('tr', { 'data-testid': `delivery-row-${d.id}`, 'data-id': d.id });
+  tr.addEventListener('click', (ev) => {
+    if (ev.target.closest('button, a, select, input')) return;
+    if (window.getSelection && String(window.getSelection()).length > 0) return; // selecting text
+    openDelivery(d.id, false);
+  });
+  return tr;
+}
+
+function fillRow(tr, d) {
+  const key = JSON.stringify(d) + (state.openID === d.id);
+  if (tr.dataset.key === key) return;
+  const hadFocus = tr.contains(document.activeElement);
+  tr.dataset.key = key;
+  const open = el('button', {
+    type: 'button', class: 'linkish', 'data-testid': `open-${d.id}`,
+    'aria-label': `Open delivery ${d.id} (${d.event})`, onclick: () => openDelivery(d.id, true),
+  }, d.event);
+  if (state.openID === d.id) open.setAttribute('aria-current', 'true');
+  tr.classList.toggle('selected', state.openID === d.id);
+  tr.replaceChildren(
+    el('td', { class: 'c-time' }, timeEl(d.created_at, fmtShort(d.created_at))),
+    el('td', { class: 'c-event' }, open, d.test ? el('span', { class: 'tag', text: 'test' }) : null),
+    el('td', { text: d.subscription }),
+    el('td', {}, el('span', { class: `badge badge-${d.state}`, 'data-testid': `delivery-state-${d.id}`, text: d.state })),
+    el('td', { class: 'num opt' , text: d.attempts }),
+    el('td', { class: 'c-result' }, lastResult(d)),
+    el('td', { class: 'c-time opt' }, d.next_attempt_at ? timeEl(d.next_attempt_at, fmtAgo(d.next_attempt_at)) : el('span', { class: 'muted', text: '—' })),
+    el('td', { class: 'c-id opt mono muted', text: d.id }),
+  );
+  if (hadFocus) open.focus();
+}
+
+function renderHistory() {
+  const body = $('history-body');
+  const seen = new Set();
+  state.deliveries.forEach((d, i) => {
+    seen.add(d.id);
+    let tr = state.rows.get(d.id);
+    if (!tr) {
+      tr = buildRow(d);
+      state.rows.set(d.id, tr);
+    }
+    fillRow(tr, d);
+    // Insert new rows before the old ones rather than moving old ones:
+    // moving a row would take the keyboard focus away from it.
+    if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+  });
+  for (const [id, tr] of state.rows) {
+    if (!seen.has(id)) {
+      tr.remove();
+      state.rows.delete(id);
+    }
+  }
+  const n = state.deliveries.length;
+  $('history-empty').hidden = n > 0;
+  $('load-more').hidden = !state.nextCursor;
+  setText($('history-count'), n === 0 ? '' : `${n}${state.nextCursor ? '+' : ''} ${n === 1 ? 'delivery' : 'deliveries'}, newest first`);
+}
+
+function applyFilters() {
+  const f = state.filters;
+  f.subscription = $('f-subscription').value;
+  f.status = $('f-status').value;
+  f.event = $('f-event').value;
+  f.range = $('f-range').value;
+  writeHash();
+  state.deliveries = [];
+  state.nextCursor = '';
+  return refreshHistory().catch((e) => showError(e.message));
+}
+
+function showFilters() {
+  const f = state.filters;
+  $('f-subscription').value = f.subscription;
+  $('f-status').value = f.status;
+  $('f-event').value = f.event;
+  $('f-range').value = f.range;
+}
+
+// ---- delivery detail ---------------------------------------------------------
+
+async function openDelivery(id, focus) {
+  const was = state.openID;
+  state.openID = id;
+  state.detailJSON = '';
+  writeHash();
+  for (const d of state.deliveries) {
+    if (d.id === id || d.id === was) fillRow(state.rows.get(d.id), d);
+  }
+  try {
+    await loadDetail();
+    if (focus) $('detail-title').focus();
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function closeDetail() {
+  const was = state.openID;
+  state.openID = '';
+  state.detailJSON = '';
+  writeHash();
+  $('detail').hidden = true;
+  $('split').classList.remove('with-detail');
+  const d = state.deliveries.find((x) => x.id === was);
+  if (d) {
+    fillRow(state.rows.get(was), d);
+    state.rows.get(was).querySelector('button')?.focus();
+  } else {
+    $('history-title').focus();
+  }
+}
+
+async function loadDetail() {
+  const id = state.openID;
+  if (!id) return;
+  let data;
+  try {
+    data = await api('GET', `/v1/deliveries/${enc(id)}`);
+  } catch (e) {
+    if (e.status === 404 && state.openID === id) {
+      closeDetail();
+      throw new APIError(404, `Delivery ${id} was not found in the journal.`);
+    }
+    throw e;
+  }
+  if (state.openID !== id) return; // another one was opened meanwhile
+  const json = JSON.stringify(data);
+  if (json === state.detailJSON) return; // nothing new: keep scroll and selection
+  state.detailJSON = json;
+  renderDetail(data);
+}
+
+function fact(label, value, testid) {
+  const dd = el('dd', testid ? { 'data-testid': testid } : {});
+  if (value instanceof Node) dd.append(value);
+  else dd.textContent = value === null || value === undefined || value === '' ? '—' : String(value);
+  return el('div', { class: 'fact' }, el('dt', { text: label }), dd);
+}
+
+function renderDetail(data) {
+  const d = data.delivery || {};
+  $('detail').hidden = false;
+  $('split').classList.add('with-detail');
+  setText($('detail-title'), `Delivery of ${d.event || 'an event'}`);
+  setText($('detail-id'), d.id || '');
+  const facts = [
+    fact('State', el('span', { class: `badge badge-${d.state}`, 'data-testid': 'detail-state', text: d.state })),
+    fact('Subscription', d.subscription),
+    fact('Attempts', d.attempts),
+    fact('Next attempt', d.next_attempt_at ? timeEl(d.next_attempt_at, `${fmtTime(d.next_attempt_at)} (${fmtAgo(d.next_attempt_at)})`) : (d.in_flight ? 'being sent now' : null)),
+    fact('Created', timeEl(d.created_at)),
+    fact('Event id', el('span', { class: 'mono', text: d.event_id || '' })),
+  ];
+  if (d.test) facts.push(fact('Kind', 'test send (not counted in the subscription’s health)'));
+  $('detail-facts').replaceChildren(...facts);
+
+  const attempts = Array.isArray(data.attempts) ? data.attempts : [];
+  const rows = [];
+  for (const a of attempts) {
+    const ok = a.status_code && a.status_code >= 200 && a.status_code < 300;
+    rows.push(el('tr', { 'data-testid': 'attempt-row', 'data-attempt': a.attempt, class: 'attempt' },
+      el('td', { class: 'num', 'data-testid': 'attempt-number', text: a.attempt }),
+      el('td', { class: 'c-time' }, timeEl(a.at, fmtShort(a.at))),
+      el('td', { 'data-testid': 'attempt-trigger', text: a.trigger }),
+      el('td', { 'data-testid': 'attempt-status' },
+        a.status_code ? el('span', { class: ok ? 'good' : 'bad', text: String(a.status_code) }) : el('span', { class: 'muted', text: 'no answer' })),
+      el('td', { 'data-testid': 'attempt-error-class' }, a.error_class ? el('span', { class: 'tag tag-bad', text: a.error_class }) : el('span', { class: 'muted', text: '—' })),
+      el('td', { class: 'num', 'data-testid': 'attempt-duration', text: fmtMS(a.duration_ms) }),
+    ));
+    const body = a.response_body || '';
+    const note = a.response_body_base64 ? ' (not valid UTF-8: invalid bytes shown as �)' : '';
+    rows.push(el('tr', { class: 'attempt-body' },
+      el('td', {}),
+      el('td', { colspan: '5' },
+        a.error && a.error !== `HTTP ${a.status_code}` ? el('p', { class: 'attempt-error', 'data-testid': 'attempt-error', text: a.error }) : null,
+        body
+          ? el('details', { 'data-testid': 'attempt-body' },
+            el('summary', { text: `Response body (${body.length} characters${note})` }),
+            el('pre', { class: 'code code-small', tabindex: '0', 'aria-label': `Response body of attempt ${a.attempt}`, text: pretty(body) }))
+          : el('p', { class: 'muted small-text', text: 'Empty response body' }),
+      ),
+    ));
+  }
+  // Keep the response bodies the operator opened open.
+  const opened = new Set([...$('attempts-body').querySelectorAll('details[open]')].map((x) => x.closest('tr')?.previousSibling?.dataset.attempt));
+  $('attempts-body').replaceChildren(...rows);
+  for (const det of $('attempts-body').querySelectorAll('details')) {
+    if (opened.has(det.closest('tr').previousSibling.dataset.attempt)) det.open = true;
+  }
+  $('attempts-empty').hidden = attempts.length > 0;
+  const p = data.payload;
+  setText($('payload'), p === undefined || p === null || p === '' ? '(no payload in the journal)' : pretty(p));
+}
+
+function retryOpen() {
+  const id = state.openID;
+  return busy($('retry-delivery'), async () => {
+    const rep = await api('POST', `/v1/deliveries/${enc(id)}/retry`);
+    clearError('action');
+    const status = rep.status_code ? `HTTP ${rep.status_code}` : rep.error_class || 'no answer';
+    announce(`Attempt ${rep.attempt} of ${id}: ${status}, ${rep.delivered ? 'delivered' : 'not delivered'} in ${fmtMS(rep.duration_ms)}.`);
+    await Promise.all([loadDetail(), refreshHistory(), loadSubscriptions()]);
+  });
+}
+
+// ---- live updates ------------------------------------------------------------
+
+async function refreshAll() {
+  // The catalog is loaded once; again only if that failed.
+  await Promise.all([state.events.length ? null : loadEvents(), loadSubscriptions(), refreshHistory(), loadDetail()]);
+}
+
+const clock = (t = Date.now()) => fmtTime(new Date(t).toISOString()).slice(11);
+
+function showLive() {
+  setText($('live'), state.paused ? `Live updates paused · updated ${clock(state.lastOK)}` : `Live · updated ${clock(state.lastOK)}`);
+  $('live').className = state.paused ? 'live paused' : 'live ok';
+}
+
+// poll refreshes everything; one at a time, and not while the tab is
+// hidden or the operator paused live updates.
+async function poll() {
+  clearTimeout(state.timer);
+  if (state.polling) return state.polling;
+  state.polling = (async () => {
+    try {
+      await refreshAll();
+      state.lastOK = Date.now();
+      clearError('poll');
+      showLive();
+    } catch (e) {
+      showError(`Live update failed: ${e.message}`, 'poll');
+      $('live').className = 'live stale';
+      setText($('live'), state.lastOK ? `Stale · last update ${clock(state.lastOK)}` : 'Not connected');
+    } finally {
+      state.polling = null;
+      schedule();
+    }
+  })();
+  return state.polling;
+}
+
+function schedule() {
+  clearTimeout(state.timer);
+  if (!state.paused && !document.hidden) state.timer = setTimeout(poll, POLL_MS);
+}
+
+function toggleLive() {
+  state.paused = !state.paused;
+  $('pause-live').textContent = state.paused ? 'Resume live updates' : 'Pause live updates';
+  if (state.paused) {
+    clearTimeout(state.timer);
+    showLive();
+  } else {
+    poll();
+  }
+}
+
+// ---- start -----------------------------------------------------------------
+
+function wire() {
+  $('token-form').addEventListener('submit', submitToken);
+  $('token-dialog').addEventListener('cancel', (ev) => {
+    // Without a token the page can show nothing: keep asking.
+    if (!sessionStorage.getItem(TOKEN_KEY)) ev.preventDefault();
+  });
+  $('change-token').addEventListener('click', () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    askToken('').then(() => poll());
+  });
+  $('pause-live').addEventListener('click', toggleLive);
+  const filters = $('filters');
+  filters.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    applyFilters();
+  });
+  filters.addEventListener('change', () => applyFilters());
+  filters.addEventListener('reset', (ev) => {
+    ev.preventDefault();
+    Object.assign(state.filters, { subscription: '', status: '', event: '', range: '24h' });
+    showFilters();
+    applyFilters();
+  });
+  $('load-more').addEventListener('click', (ev) => busy(ev.currentTarget, loadMore));
+  $('retry-delivery').addEventListener('click', retryOpen);
+  $('close-detail').addEventListener('click', closeDetail);
+  $('detail').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') closeDetail();
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && !state.paused) poll();
+  });
+  window.addEventListener('hashchange', () => {
+    const open = state.openID;
+    readHash();
+    showFilters();
+    applyFilters();
+    if (state.openID && state.openID !== open) openDelivery(state.openID, false);
+    else if (!state.openID && open) closeDetail();
+  });
+}
+
+async function start() {
+  wire();
+  readHash();
+  showFilters();
+  try {
+    await loadEvents();
+    await refreshAll();
+    state.lastOK = Date.now();
+    showLive();
+  } catch (e) {
+    showError(e.message, 'poll');
+  }
+  schedule();
+}
+
+start();
