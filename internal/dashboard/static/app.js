@@ -154,12 +154,12 @@ function clearError(source) {
 
 let announceTimer = 0;
 
-// announce says what an action did, in a polite live region, for a while.
+// announce says what an action did, in a polite live region, for six seconds (it floats over the page: gone before it hides much).
 function announce(message) {
   const region = $('status');
   region.replaceChildren(el('p', { class: 'status-text', text: message }));
   clearTimeout(announceTimer);
-  announceTimer = setTimeout(() => region.replaceChildren(), 15000);
+  announceTimer = setTimeout(() => region.replaceChildren(), 6000);
 }
 
 // ---- the API ---------------------------------------------------------------
