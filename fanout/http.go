@@ -107,6 +107,10 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	defer cancel()
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, r.url, r.body)
 	if err != nil {
+		var urlErr *url.Error
+		if errors.As(err, &urlErr) {
+			err = urlErr.Err // drop `parse "<url>":`, which quotes the query string
+		}
 		res.ErrorClass, res.Error = ClassHTTP, "build request: "+err.Error()
 		return res
 	}
@@ -227,8 +231,9 @@ func (e *blockedError) Error() string {
 // errorExcerpt shortens a message kept in history.
 func errorExcerpt(s string) string {
 	const max = 512
-	if len(s) <= max {
-		return s
+	if len(s) > max {
+		s = s[:max] + "…"
 	}
-	return s[:max] + "…"
+	// Whole characters only: the journal's text columns take valid UTF-8.
+	return strings.ToValidUTF8(s, "\uFFFD")
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/dzdesk/dzhook/cdc"
 )
@@ -46,24 +47,30 @@ func (m *Mapper) message(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 	if len(msg.Content) > MaxOutboxPayload {
 		return out, &Rejection{What: what, Reason: fmt.Sprintf("content of %d bytes is over the 1 MiB limit", len(msg.Content))}
 	}
-	var content struct {
-		Event *string         `json:"event"`
-		Data  json.RawMessage `json:"data"`
+	if !utf8.Valid(msg.Content) {
+		return out, &Rejection{What: what, Reason: "content is not valid UTF-8"}
 	}
+	// Exact keys: encoding/json would also take "EVENT" or "Data".
+	var content map[string]json.RawMessage
 	if err := json.Unmarshal(msg.Content, &content); err != nil {
 		return out, &Rejection{What: what, Reason: "content is not a JSON object {\"event\":…, \"data\":{…}}: " + err.Error()}
 	}
-	if content.Event == nil {
-		return out, &Rejection{What: what, Reason: `content has no "event"`}
+	var event string
+	if raw, ok := content["event"]; !ok || json.Unmarshal(raw, &event) != nil {
+		return out, &Rejection{What: what, Reason: `content has no "event" string`}
 	}
-	if content.Data == nil {
-		content.Data = json.RawMessage("{}")
+	data, ok := content["data"]
+	if !ok {
+		data = json.RawMessage("{}")
 	}
-	return m.custom(c, out, what, *content.Event, content.Data)
+	return m.custom(c, out, what, event, data)
 }
 
 // custom validates an application-written event and appends it.
 func (m *Mapper) custom(c *cdc.Change, out []Event, what, name string, payload []byte) ([]Event, *Rejection) {
+	if !utf8.Valid(payload) {
+		return out, &Rejection{What: what, Reason: "payload is not valid UTF-8"}
+	}
 	if len(payload) > MaxOutboxPayload {
 		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload of %d bytes is over the 1 MiB limit", len(payload))}
 	}

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -163,6 +164,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // noRoute answers a /v1 request no route takes: 405 when the path exists
 // with another method, else 404.
 func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	if path.Clean(r.URL.Path) != r.URL.Path {
+		// The mux would redirect a probe of an unclean path elsewhere.
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+		return
+	}
 	for _, m := range []string{http.MethodGet, http.MethodPost} {
 		if m == r.Method {
 			continue

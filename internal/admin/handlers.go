@@ -155,9 +155,13 @@ var knownListParams = map[string]bool{"subscription": true, "status": true, "eve
 
 func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	for k := range q {
+	for k, v := range q {
 		if !knownListParams[k] {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (use subscription, status, event, since, until, limit, cursor)", clip(k)))
+			return
+		}
+		if len(v) > 1 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q is given %d times; give it once", clip(k), len(v)))
 			return
 		}
 	}
@@ -279,9 +283,13 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	for k := range q {
+	for k, v := range q {
 		if k != "since" && k != "until" {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (use since, until)", clip(k)))
+			return
+		}
+		if len(v) > 1 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q is given %d times; give it once", clip(k), len(v)))
 			return
 		}
 	}

@@ -293,3 +293,18 @@ func TestEnvVars(t *testing.T) {
 		}
 	}
 }
+
+// TestNotifyURLNeverQuoted: notify.url can be a credential (a Slack
+// webhook URL); a mistake in it is reported without any part of it.
+func TestNotifyURLNeverQuoted(t *testing.T) {
+	for _, u := range []string{"xoxb-PLANTED-SECRET-123456789://hooks", "https://hooks.example.com:PLANTED-SECRET-123456789/x", "http://PLANTED-SECRET-123456789.example.com/x"} {
+		_, err := Parse([]byte(minimal+"notify:\n  url: "+u+"\n"), nil)
+		if err == nil {
+			t.Errorf("%s: accepted", u)
+			continue
+		}
+		if strings.Contains(strings.ToLower(err.Error()), "planted-secret") {
+			t.Errorf("notify.url problem quotes the URL: %v", err)
+		}
+	}
+}

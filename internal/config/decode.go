@@ -191,11 +191,9 @@ func (d *decoder) scalar(path string, raw any, secret bool) (s string, ref bool,
 	case bool, int, int64, uint64, float64:
 		s = fmt.Sprint(v)
 	default:
-		what := kindOf(raw)
-		if secret {
-			what = "a " + what // never print a secret's value, even a misplaced one
-		}
-		d.problems.addDecode(path, "must be a single value, not %s", what)
+		// kindOf names only the kind: never a secret's value, even a
+		// misplaced one.
+		d.problems.addDecode(path, "must be a single value, not %s", kindOf(raw))
 		return "", false, false
 	}
 	out, ref, missing := expand(s, d.lookupEnv)

@@ -97,7 +97,7 @@ func (c *Config) validate(ps *Problems) {
 		}
 	}
 	if c.Notify.URL.IsSet() {
-		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP); msg != "" {
+		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP, true); msg != "" {
 			// The URL is a credential (Slack); the message never quotes it.
 			ps.add("notify.url", "%s", msg)
 		}
@@ -156,7 +156,7 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 	}
 	if s.URL == "" {
 		ps.add(path+".url", "required: the receiver's https:// endpoint")
-	} else if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP); msg != "" {
+	} else if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP, false); msg != "" {
 		ps.add(path+".url", "%s", msg)
 	}
 	switch {
@@ -212,8 +212,9 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 }
 
 // checkURL returns why raw is not an acceptable receiver URL, or "". The
-// message never repeats the URL, which may hold a credential.
-func checkURL(raw string, allowHTTP bool) string {
+// message never repeats the URL, which may hold a credential; with secret
+// (notify.url, a Slack URL is one) it quotes no part of it at all.
+func checkURL(raw string, allowHTTP, secret bool) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "is not a valid URL"
@@ -227,6 +228,9 @@ func checkURL(raw string, allowHTTP bool) string {
 	case "":
 		return "must be an absolute URL starting with https://"
 	default:
+		if secret {
+			return "its scheme is not allowed: use https://"
+		}
 		return fmt.Sprintf("scheme %q is not allowed: use https://", u.Scheme)
 	}
 	if u.User != nil {
@@ -242,6 +246,9 @@ func checkURL(raw string, allowHTTP bool) string {
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			if secret {
+				return "its port is not between 1 and 65535"
+			}
 			return fmt.Sprintf("port %q is not between 1 and 65535", p)
 		}
 	}

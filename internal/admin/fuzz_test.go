@@ -1,0 +1,251 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/fanout"
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/journal"
+)
+
+// fuzzSubscriptions are the subscriptions the fakes know.
+var fuzzSubscriptions = []string{"crm", "slack-alerts"}
+
+// checkedDeliverer is a Deliverer that fails the test when the server
+// calls it with input the handlers should have refused.
+type checkedDeliverer struct {
+	t   *testing.T
+	cat *catalog.Catalog
+}
+
+func (d checkedDeliverer) known(method, id string) {
+	if !slices.Contains(fuzzSubscriptions, id) {
+		d.t.Errorf("%s called with subscription %q, not one of %q", method, id, fuzzSubscriptions)
+	}
+}
+
+func (d checkedDeliverer) Subscriptions() []fanout.SubscriptionStatus {
+	var out []fanout.SubscriptionStatus
+	for _, id := range fuzzSubscriptions {
+		out = append(out, fanout.SubscriptionStatus{ID: id, URL: "https://example.com/" + id, Events: []string{"*"}, Active: true, State: fanout.StateHealthy})
+	}
+	return out
+}
+
+func (d checkedDeliverer) SubscriptionIDs() []string { return slices.Clone(fuzzSubscriptions) }
+
+func (d checkedDeliverer) HasSubscription(id string) bool {
+	return slices.Contains(fuzzSubscriptions, id)
+}
+
+func (d checkedDeliverer) RetryNow(_ context.Context, id string) (fanout.AttemptReport, error) {
+	if !deliveryIDPattern.MatchString(id) {
+		d.t.Errorf("RetryNow called with malformed delivery id %q", id)
+	}
+	return fanout.AttemptReport{DeliveryID: id, StatusCode: 200, Delivered: true}, nil
+}
+
+func (d checkedDeliverer) RetryFailed(_ context.Context, sub string, since, until time.Time) (int, error) {
+	d.known("RetryFailed", sub)
+	if !since.IsZero() && !until.IsZero() && !since.Before(until) {
+		d.t.Errorf("RetryFailed called with since %v not before until %v", since, until)
+	}
+	return 3, nil
+}
+
+func (d checkedDeliverer) SendTest(_ context.Context, sub string, ev fanout.Event) (fanout.AttemptReport, error) {
+	d.known("SendTest", sub)
+	if !d.cat.Has(ev.Type) {
+		d.t.Errorf("SendTest called with event %q, not in the catalog", ev.Type)
+	}
+	return fanout.AttemptReport{DeliveryID: "dlv_test", EventID: ev.ID, StatusCode: 500, ResponseBody: "\xff not utf-8", ErrorClass: "http", Error: "HTTP 500"}, nil
+}
+
+func (d checkedDeliverer) Pause(_ context.Context, sub string) error {
+	d.known("Pause", sub)
+	return nil
+}
+
+func (d checkedDeliverer) Resume(_ context.Context, sub string) (int, error) {
+	d.known("Resume", sub)
+	return 0, nil
+}
+
+// checkedHistory is a History that fails the test on unvalidated input,
+// and answers the way the journal does (not found, bad cursor, outages).
+type checkedHistory struct {
+	t   *testing.T
+	cat *catalog.Catalog
+}
+
+func (h checkedHistory) ListDeliveries(_ context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error) {
+	t := h.t
+	if f.Limit < 1 || f.Limit > maxLimit {
+		t.Errorf("ListDeliveries called with limit %d, outside 1..%d", f.Limit, maxLimit)
+	}
+	if f.State != "" && !slices.Contains(states, f.State) {
+		t.Errorf("ListDeliveries called with state %q, not one of %q", f.State, states)
+	}
+	if f.Subscription != "" && !slices.Contains(fuzzSubscriptions, f.Subscription) {
+		t.Errorf("ListDeliveries called with subscription %q", f.Subscription)
+	}
+	if !slices.Equal(f.Subscriptions, fuzzSubscriptions) {
+		t.Errorf("ListDeliveries called with subscriptions %q, want %q", f.Subscriptions, fuzzSubscriptions)
+	}
+	if f.Event != "" && !h.cat.Has(f.Event) {
+		t.Errorf("ListDeliveries called with event %q, not in the catalog", f.Event)
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		t.Errorf("ListDeliveries called with since %v not before until %v", f.Since, f.Until)
+	}
+	if len(f.Cursor) > 512 {
+		t.Errorf("ListDeliveries called with a %d-byte cursor", len(f.Cursor))
+	}
+	switch f.Cursor {
+	case "bad":
+		return nil, "", journal.ErrBadCursor
+	case "down":
+		return nil, "", io.ErrUnexpectedEOF // an outage: 503
+	case "empty":
+		return nil, "", nil
+	}
+	status := 200
+	return []journal.Delivery{{ID: "dlv_1", EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "delivered", LastStatus: &status}}, "next", nil
+}
+
+func (h checkedHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error) {
+	if !deliveryIDPattern.MatchString(id) {
+		h.t.Errorf("GetDelivery called with malformed delivery id %q", id)
+	}
+	switch id {
+	case "dlv_missing":
+		return journal.Delivery{}, nil, nil, journal.ErrNotFound
+	case "dlv_busy":
+		return journal.Delivery{}, nil, nil, journal.ErrBusy
+	}
+	status, class, msg := 500, "http", "HTTP 500"
+	attempts := []journal.Attempt{
+		{Attempt: 1, Trigger: "auto", StatusCode: &status, ResponseBody: []byte("\xff\xfe ok"), ErrorClass: &class, Error: &msg},
+		{Attempt: 2, Trigger: "manual", ResponseBody: []byte("plain")},
+	}
+	body := []byte(`{"id":"whk_1","event":"request.created","timestamp":"2024-01-15T14:30:00Z","data":{}}`)
+	if strings.HasSuffix(id, "_raw") {
+		body = []byte("not json \xff")
+	}
+	return journal.Delivery{ID: id, EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "failed"}, body, attempts, nil
+}
+
+func (h checkedHistory) Backlogs(context.Context) (map[string]journal.Backlog, error) {
+	return map[string]journal.Backlog{"crm": {Pending: 2, Failed: 1}}, nil
+}
+
+// FuzzQueryParams sends the admin API fuzzed query strings, path ids and
+// test bodies. The server must never panic or answer 500, must answer
+// every error (status ≥ 400) as JSON with a non-empty "error", and may
+// only call its Deliverer and History with input it validated.
+func FuzzQueryParams(f *testing.F) {
+	for _, seed := range []struct {
+		query, id string
+		body      []byte
+	}{
+		{"", "crm", []byte(`{"event":"request.created"}`)},
+		{"limit=10&status=failed&subscription=crm&event=request.created", "dlv_abc", []byte(`{}`)},
+		{"limit=0", "dlv_", nil},
+		{"limit=501", "", []byte(``)},
+		{"limit=-1&limit=5", "CRM", []byte(`{"event":"nope.nope"}`)},
+		{"limit=1e3", "slack-alerts", []byte(`{"event":1}`)},
+		{"limit=%20%2010", "dlv_missing", []byte(`{"evnt":"request.created"}`)},
+		{"status=FAILED", "dlv_busy", []byte(`[]`)},
+		{"status=&status=bogus", "dlv_x_raw", []byte(`null`)},
+		{"subscription=../crm", "..", []byte(`{"event":"request.created"} trailing`)},
+		{"subscription=nope", "../../v1/deliveries", []byte(`{"event":"request.created","event":"sla.breach"}`)},
+		{"event=request.*", "a/b", []byte(`{"event":"\ud800"}`)},
+		{"since=2h", "%", []byte("{\"event\":\"\xff\"}")},
+		{"since=2024-01-15T14:30:00Z&until=2024-01-15T14:00:00Z", "\xff\xfe", []byte(`{"event":"request.created"`)},
+		{"since=-2h&until=soon", strings.Repeat("a", 200), bytes.Repeat([]byte(" "), 20<<10)},
+		{"since=2562047h47m16.854775807s&until=0s", "dlv_" + strings.Repeat("z", 121), []byte(`{"event":"` + strings.Repeat("x", 20<<10) + `"}`)},
+		{"until=9999-12-31T23:59:59Z&since=0000-01-01T00:00:00Z", "dlv_ok", nil},
+		{"cursor=" + strings.Repeat("c", 600), "dlv_1", nil},
+		{"cursor=bad", "dlv_1", nil},
+		{"cursor=down", "dlv_1", nil},
+		{"cursor=empty&limit=500", "dlv_1", nil},
+		{"foo=bar", "crm", nil},
+		{"%zz&limit=5;status=failed", "crm?x=1", nil},
+		{"status=%ff%fe&event=%00", "crm#frag", nil},
+	} {
+		f.Add(seed.query, seed.id, seed.body)
+	}
+	cat, err := catalog.New(catalog.Event{Name: "order.shipped"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.Fuzz(func(t *testing.T, rawQuery, id string, body []byte) {
+		srv := New(Config{
+			Token:     "t",
+			Deliverer: checkedDeliverer{t: t, cat: cat},
+			History:   checkedHistory{t: t, cat: cat},
+			Catalog:   cat,
+			Sample: func(eventType string) fanout.Event {
+				return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
+			},
+			Logger: quiet,
+		})
+		call := func(method, path, rawPath, query string, body []byte) {
+			t.Helper()
+			req := httptest.NewRequest(method, "/", bytes.NewReader(body))
+			req.URL = &url.URL{Path: path, RawPath: rawPath, RawQuery: query}
+			req.RequestURI = req.URL.RequestURI()
+			req.Header.Set("Authorization", "Bearer t")
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, req)
+			checkAnswer(t, method+" "+req.URL.String(), rec)
+		}
+		call(http.MethodGet, "/v1/deliveries", "", rawQuery, nil)
+		// The id as one path segment, and as whatever path it makes.
+		call(http.MethodGet, "/v1/deliveries/"+id, "/v1/deliveries/"+url.PathEscape(id), "", nil)
+		call(http.MethodGet, "/v1/deliveries/"+id, "", "", nil)
+		call(http.MethodPost, "/v1/subscriptions/"+id+"/retry-failed", "/v1/subscriptions/"+url.PathEscape(id)+"/retry-failed", rawQuery, nil)
+		call(http.MethodPost, "/v1/subscriptions/crm/retry-failed", "", rawQuery, nil)
+		call(http.MethodPost, "/v1/subscriptions/crm/test", "", "", body)
+		call(http.MethodPost, "/v1/subscriptions/"+id+"/test", "/v1/subscriptions/"+url.PathEscape(id)+"/test", rawQuery, body)
+	})
+}
+
+// checkAnswer checks one answer of the API: never a 500, and every error
+// a JSON object with a non-empty "error".
+func checkAnswer(t *testing.T, what string, rec *httptest.ResponseRecorder) {
+	t.Helper()
+	if rec.Code >= 500 && rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("%s: %d %s", what, rec.Code, rec.Body)
+	}
+	if rec.Code == http.StatusServiceUnavailable && !strings.Contains(rec.Body.String(), "could not be reached") {
+		t.Fatalf("%s: 503 without a journal outage: %s", what, rec.Body)
+	}
+	if rec.Code < 400 {
+		if rec.Code == http.StatusOK && !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("%s: 200 with a body that is not JSON: %q", what, rec.Body)
+		}
+		return
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("%s: %d with Content-Type %q, want application/json (body %q)", what, rec.Code, ct, rec.Body)
+	}
+	var e struct {
+		Error *string `json:"error"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == nil || *e.Error == "" {
+		t.Fatalf("%s: %d with body %q, want {\"error\": \"…\"}", what, rec.Code, rec.Body)
+	}
+}
