@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/filter"
@@ -298,11 +299,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 // startWorkers runs a subscription's workers. Call with d.mu held.
 func (d *Dispatcher) startWorkers(s *sub) {
-	for range d.cfg.Concurrency {
+	for i := range d.cfg.Concurrency {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			d.work(d.life, s)
+			d.work(d.life, s, &s.busy[i])
 		}()
 	}
 }
@@ -555,8 +556,9 @@ func (d *Dispatcher) Reject(ctx context.Context, r journal.Rejection) error {
 	return d.writer.put(ctx, record{reject: &r})
 }
 
-// work runs one worker of a subscription until it is stopped.
-func (d *Dispatcher) work(life context.Context, s *sub) {
+// work runs one worker of a subscription until it is stopped; busy says
+// since when its attempt in flight runs.
+func (d *Dispatcher) work(life context.Context, s *sub, busy *atomic.Int64) {
 	for {
 		select {
 		case <-s.stop:
@@ -570,7 +572,9 @@ func (d *Dispatcher) work(life context.Context, s *sub) {
 			if s.backlog.Load() && int64(len(s.queue)) < s.size/2 {
 				d.nudge() // due work waits in the journal and there is room
 			}
+			busy.Store(time.Now().UnixNano())
 			d.attempt(life, s, t)
+			busy.Store(0)
 		}
 	}
 }

@@ -66,7 +66,10 @@ type sub struct {
 	// whether the receiver keeps up (see keepsUp).
 	latency    atomic.Int64
 	lastFailed atomic.Bool
-	lastDone   atomic.Int64 // unix nanoseconds of the last finished attempt
+	// busy holds, per worker, when its attempt in flight started (unix
+	// nanoseconds; 0 when idle): a receiver that stopped answering shows
+	// as an old attempt long before the first timeout comes back.
+	busy []atomic.Int64
 
 	stop  chan struct{} // closed to stop the subscription's workers
 	wg    sync.WaitGroup
@@ -151,14 +154,24 @@ func (s *sub) release(n int64) { s.reserved.Add(-n) }
 // rather than sending its deliveries the slow way, through the journal.
 const fastReceiver = 50 * time.Millisecond
 
-// keepsUp reports whether the receiver answers, fast, right now: its last
-// attempt succeeded, attempts take little time on average, and one
-// finished recently (a receiver that stopped answering has attempts in
-// flight and none finishing).
+// stuckAttempt is how old an attempt in flight may be before its receiver
+// counts as not keeping up, whatever its average.
+const stuckAttempt = 250 * time.Millisecond
+
+// keepsUp reports whether the receiver answers, and fast, right now: its
+// last attempt succeeded, attempts take little time on average, and none
+// in flight has been waiting long (a receiver that stopped answering).
 func (s *sub) keepsUp() bool {
-	return !s.lastFailed.Load() &&
-		time.Duration(s.latency.Load())*time.Microsecond < fastReceiver &&
-		time.Since(time.Unix(0, s.lastDone.Load())) < fastReceiver
+	if s.lastFailed.Load() || time.Duration(s.latency.Load())*time.Microsecond >= fastReceiver {
+		return false
+	}
+	oldest := time.Now().Add(-stuckAttempt).UnixNano()
+	for i := range s.busy {
+		if since := s.busy[i].Load(); since != 0 && since < oldest {
+			return false
+		}
+	}
+	return true
 }
 
 // observe records an attempt's duration and outcome.
@@ -175,7 +188,6 @@ func (s *sub) observe(d time.Duration, ok bool) {
 		}
 	}
 	s.lastFailed.Store(!ok)
-	s.lastDone.Store(time.Now().UnixNano())
 }
 
 var idEncoding = base32.NewEncoding("234567abcdefghijklmnopqrstuvwxyz").WithPadding(base32.NoPadding)
@@ -199,7 +211,7 @@ func subscriptionTag(subscriptionID string) string {
 // compile prepares a subscription for delivery.
 func compile(cfg Subscription, timeout time.Duration, concurrency, queueSize int, dialer dialFunc, opts *Config) (*sub, error) {
 	s := &sub{cfg: cfg, queue: make(chan *task, queueSize), size: int64(queueSize), state: StateHealthy, headers: http.Header{},
-		room: make(chan struct{}, 1), stop: make(chan struct{})}
+		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, concurrency)}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {

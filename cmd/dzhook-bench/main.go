@@ -36,6 +36,9 @@ type Result struct {
 	Goal     string  `json:"goal,omitempty"`
 	Met      *bool   `json:"met,omitempty"`
 	Note     string  `json:"note,omitempty"`
+	// Run is the scenario whose run produced the figure (resources come
+	// from several).
+	Run string `json:"run"`
 }
 
 // Report is bench/results.json.
@@ -61,6 +64,7 @@ type bench struct {
 
 	separateJournal bool
 
+	current     string // the scenario running now
 	streamLimit float64
 	receiverMax float64
 }
@@ -110,6 +114,7 @@ func main() {
 			continue
 		}
 		ran = true
+		b.current = s.name
 		fmt.Fprintf(os.Stderr, "== %s\n", s.name)
 		if err := s.run(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "dzhook-bench: %s: %v\n", s.name, err)
@@ -128,6 +133,7 @@ func main() {
 }
 
 func (b *bench) add(r Result) {
+	r.Run = b.current
 	b.report.Results = append(b.report.Results, r)
 	fmt.Fprintf(os.Stderr, "   %-10s %-44s %12.2f %s\n", r.Scenario, r.Metric, r.Value, r.Unit)
 }
@@ -166,11 +172,11 @@ func (b *bench) write(path string) error {
 	}
 	ran := map[string]bool{}
 	for _, r := range b.report.Results {
-		ran[r.Scenario] = true
+		ran[r.Run] = true
 	}
 	var merged []Result
 	for _, r := range old.Results {
-		if !ran[r.Scenario] {
+		if !ran[r.Run] && r.Run != "" {
 			merged = append(merged, r)
 		}
 	}

@@ -434,8 +434,11 @@ func (b *bench) walRetained(ctx context.Context, db string) float64 {
 		return -1
 	}
 	defer conn.Close(ctx)
+	// restart_lsn moves when the walsender decodes a running-transactions
+	// record past the confirmed position, which PostgreSQL logs every 15 s
+	// of activity: wait up to 40 s for it.
 	var lag float64 = -1
-	for range 100 {
+	for range 400 {
 		_ = conn.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_replication_slots WHERE slot_name = 'dzhook'`).Scan(&lag)
 		if lag < 1<<20 {
 			break
