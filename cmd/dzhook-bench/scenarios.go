@@ -121,6 +121,36 @@ func maps(m map[string]time.Time) map[string]time.Time {
 	return out
 }
 
+// world is a scenario's database, receiver and dzhook configuration.
+type world struct {
+	db, dsn, config string
+	rc              *receiver
+}
+
+// prepare creates a database with the reference schema, a receiver, and a
+// configuration with the given subscriptions (set up with dzhook setup).
+func (b *bench) prepare(ctx context.Context, subs []subSpec) (*world, func(), error) {
+	db, dsn, err := b.newDB(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	rc, err := newReceiver()
+	if err != nil {
+		b.cluster.DropDatabase(ctx, db)
+		return nil, nil, err
+	}
+	cleanup := func() { rc.close(); b.cluster.DropDatabase(ctx, db) }
+	config, err := b.writeConfig(dsn, subs, rc.url)
+	if err == nil {
+		err = b.setup(config)
+	}
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return &world{db: db, dsn: dsn, config: config, rc: rc}, cleanup, nil
+}
+
 // newDB creates a database with the reference schema and one user.
 func (b *bench) newDB(ctx context.Context) (name, dsn string, err error) {
 	var r [4]byte
@@ -362,23 +392,12 @@ func (b *bench) catchup(ctx context.Context) error {
 }
 
 func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
-	db, dsn, err := b.newDB(ctx)
+	w, cleanup, err := b.prepare(ctx, []subSpec{{"bench", "/bench"}})
 	if err != nil {
 		return err
 	}
-	defer b.cluster.DropDatabase(ctx, db)
-	rc, err := newReceiver()
-	if err != nil {
-		return err
-	}
-	defer rc.close()
-	config, err := b.writeConfig(dsn, []subSpec{{"bench", "/bench"}}, rc.url)
-	if err != nil {
-		return err
-	}
-	if err := b.setup(config); err != nil {
-		return err
-	}
+	defer cleanup()
+	db, dsn, rc, config := w.db, w.dsn, w.rc, w.config
 	if err := b.cluster.Exec(ctx, db, `SELECT pg_create_logical_replication_slot('raw', 'pgoutput')`); err != nil {
 		return err
 	}
@@ -516,23 +535,12 @@ func pct(d []time.Duration, p float64) float64 {
 }
 
 func (b *bench) live(ctx context.Context) error {
-	db, dsn, err := b.newDB(ctx)
+	w, cleanup, err := b.prepare(ctx, []subSpec{{"bench", "/bench"}})
 	if err != nil {
 		return err
 	}
-	defer b.cluster.DropDatabase(ctx, db)
-	rc, err := newReceiver()
-	if err != nil {
-		return err
-	}
-	defer rc.close()
-	config, err := b.writeConfig(dsn, []subSpec{{"bench", "/bench"}}, rc.url)
-	if err != nil {
-		return err
-	}
-	if err := b.setup(config); err != nil {
-		return err
-	}
+	defer cleanup()
+	dsn, rc, config := w.dsn, w.rc, w.config
 	d, err := b.start(config)
 	if err != nil {
 		return err
@@ -569,27 +577,16 @@ func (b *bench) live(ctx context.Context) error {
 func (b *bench) fanout(ctx context.Context) error {
 	const subs = 20
 	events := b.rows / 5
-	db, dsn, err := b.newDB(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.cluster.DropDatabase(ctx, db)
-	rc, err := newReceiver()
-	if err != nil {
-		return err
-	}
-	defer rc.close()
 	var specs []subSpec
 	for i := range subs {
 		specs = append(specs, subSpec{fmt.Sprintf("s%02d", i), fmt.Sprintf("/s%02d", i)})
 	}
-	config, err := b.writeConfig(dsn, specs, rc.url)
+	w, cleanup, err := b.prepare(ctx, specs)
 	if err != nil {
 		return err
 	}
-	if err := b.setup(config); err != nil {
-		return err
-	}
+	defer cleanup()
+	db, rc, config := w.db, w.rc, w.config
 	if err := b.load(ctx, db, 0, events, 100); err != nil {
 		return err
 	}
@@ -615,28 +612,17 @@ func (b *bench) fanout(ctx context.Context) error {
 // isolation: 5 healthy subscriptions and one whose receiver never answers,
 // at a paced load; the healthy ones' latency.
 func (b *bench) isolation(ctx context.Context) error {
-	db, dsn, err := b.newDB(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.cluster.DropDatabase(ctx, db)
-	rc, err := newReceiver()
-	if err != nil {
-		return err
-	}
-	defer rc.close()
 	var specs []subSpec
 	for i := range 5 {
 		specs = append(specs, subSpec{fmt.Sprintf("ok%d", i), fmt.Sprintf("/ok%d", i)})
 	}
 	specs = append(specs, subSpec{"hung", "/hang/x"})
-	config, err := b.writeConfig(dsn, specs, rc.url)
+	w, cleanup, err := b.prepare(ctx, specs)
 	if err != nil {
 		return err
 	}
-	if err := b.setup(config); err != nil {
-		return err
-	}
+	defer cleanup()
+	dsn, rc, config := w.dsn, w.rc, w.config
 	d, err := b.start(config)
 	if err != nil {
 		return err

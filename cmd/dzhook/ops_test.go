@@ -13,8 +13,8 @@ import (
 	"time"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
-	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/engine"
+	"github.com/dzdesk/dzhook/internal/enginetest"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
@@ -37,19 +37,7 @@ admin: {listen: "127.0.0.1:0", token: %s}
 subscriptions:
   - {id: crm, url: "%s", events: ["request.*"], secret: cli-test-secret-0123456789}
 `, db.DSN, cliToken, receiver)
-	cfg, err := config.Parse([]byte(yaml), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e, err := engine.New(ctx, cfg, engine.Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	e := enginetest.Start(t, yaml, engine.Options{PollInterval: 50 * time.Millisecond})
 	return db, "http://" + e.AdminAddr()
 }
 

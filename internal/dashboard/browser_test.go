@@ -19,9 +19,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
-	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
+	"github.com/dzdesk/dzhook/internal/enginetest"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -88,29 +88,7 @@ admin: {listen: "127.0.0.1:0", token: %s}
 subscriptions:
   - {id: crm, url: "%s/hooks/dzdesk", events: ["request.*"], secret: dashboard-test-secret-0123456789}
 `, db.DSN, adminToken, rc.URL)
-	cfg, err := config.Parse([]byte(yaml), nil)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e, err := engine.New(ctx, cfg, engine.Options{Logger: testutil.Logger(t), Version: "test", Dashboard: dashboard.Files(), PollInterval: 50 * time.Millisecond})
-	if err != nil {
-		cancel()
-		t.Fatalf("engine: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("engine Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("engine did not stop within 30s")
-		}
-	})
+	e := enginetest.Start(t, yaml, engine.Options{Dashboard: dashboard.Files(), PollInterval: 50 * time.Millisecond})
 	base := "http://" + e.AdminAddr()
 
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (42, 'Printer on fire', 1)`)
@@ -129,8 +107,8 @@ subscriptions:
 	shot := os.Getenv("DZHOOK_SCREENSHOT")
 	if shot == "" {
 		shot = filepath.Join(t.ArtifactDir(), "dashboard.png")
-	} else if shot, err = filepath.Abs(shot); err != nil {
-		t.Fatal(err)
+	} else if abs, err := filepath.Abs(shot); err == nil {
+		shot = abs
 	}
 	out, err := runScript(t, node, map[string]string{
 		"DZHOOK_URL":          base + "/",
