@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -222,5 +223,38 @@ func TestPrune(t *testing.T) {
 		if err := conn.QueryRow(ctx, q.sql).Scan(&n); err != nil || n != q.want {
 			t.Errorf("%s = %d (err %v), want %d", q.sql, n, err, q.want)
 		}
+	}
+}
+
+// TestTimerClaimUsesIndex: with 200,000 armed SLA timers, claiming the due
+// ones reads the partial index on fire_at, not the whole table.
+func TestTimerClaimUsesIndex(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	db.Exec(t, `INSERT INTO dzhook.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
+		SELECT g::text, 'breach', now() + g * interval '1 minute', now() + g * interval '1 minute', g::text, 'resolution', now()
+		  FROM generate_series(1, 200000) g`,
+		`UPDATE dzhook.sla_timers SET fire_at = now() - interval '1 second' WHERE sla_id IN ('1', '2', '3')`,
+		`ANALYZE dzhook.sla_timers`)
+	conn := db.Connect(t)
+	rows, err := conn.Query(ctx, `EXPLAIN SELECT sla_id FROM dzhook.sla_timers
+		WHERE fired_at IS NULL AND fire_at <= now() AND (leased_until IS NULL OR leased_until < now())
+		ORDER BY fire_at LIMIT 500 FOR UPDATE SKIP LOCKED`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan strings.Builder
+	for rows.Next() {
+		var line string
+		_ = rows.Scan(&line)
+		plan.WriteString(line + "\n")
+	}
+	rows.Close()
+	if !strings.Contains(plan.String(), "sla_timers_due") || strings.Contains(plan.String(), "Seq Scan") {
+		t.Errorf("the due timers are not read through the index:\n%s", plan.String())
+	}
+	due, err := s.ClaimTimers(ctx, 500, time.Minute)
+	if err != nil || len(due) != 3 {
+		t.Errorf("claimed %d timers (err %v), want the 3 due", len(due), err)
 	}
 }
