@@ -41,6 +41,7 @@ func commands() map[string]command {
 		"setup":      {"create the publication, replication slot and journal (idempotent)", runSetup},
 		"validate":   {"check a configuration file and report every problem", runValidate},
 		"status":     {"subscriptions: state, backlog, response times (admin API)", runStatus},
+		"health":     {"probe a running dzhook: /healthz, or /readyz with --ready (exit 0 when it answers 200)", runHealth},
 		"deliveries": {"delivery history, or one delivery's attempts (deliveries show ID)", runDeliveries},
 		"retry":      {"retry a delivery now, or a subscription's failed ones", runRetry},
 		"test":       {"send a sample event to a subscription", runTest},

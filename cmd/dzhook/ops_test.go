@@ -67,6 +67,17 @@ func TestCLIOperations(t *testing.T) {
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'seven', 1)`)
 	rc.Wait(t, 1, 20*time.Second)
 
+	// The probe needs no token.
+	if code, out, _ := cliRun(t, url, "", "health"); code != exitOK || !strings.Contains(out, `"ok"`) {
+		t.Errorf("health: exit %d %q", code, out)
+	}
+	if code, out, _ := cliRun(t, url, "", "health", "--ready"); code != exitOK || !strings.Contains(out, "ready") {
+		t.Errorf("health --ready: exit %d %q", code, out)
+	}
+	if code, _, _ := cliRun(t, "http://127.0.0.1:1", "", "health"); code != exitFailure {
+		t.Errorf("health against nothing: exit %d, want 1", code)
+	}
+
 	// Without the token: a clear message and exit 1.
 	if code, _, errOut := cliRun(t, url, "", "status"); code != exitFailure || !strings.Contains(errOut, "DZHOOK_ADMIN_TOKEN") {
 		t.Errorf("status without token: exit %d, %q", code, errOut)
