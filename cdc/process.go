@@ -197,22 +197,36 @@ func (p *processor) emit(ctx context.Context, c *Change) error {
 }
 
 // standalone hands on a non-transactional logical message as a
-// transaction of its own, identified by the message's LSN.
+// transaction of its own.
+//
+// Its key (the commit LSN the handler sees) is the message's LSN minus one.
+// pgoutput reports a message at the end of its record, which is the start
+// of the next record; when that record is a commit, of a transaction that
+// emitted the message while open, the message's LSN equals that
+// transaction's commit LSN, and keying the message by it would make the
+// transaction look handed on already. Every commit before the message
+// starts before the message's record, so the key stays strictly between
+// the commits around it.
+//
+// The flush position is the message's LSN: PostgreSQL skips a
+// non-transactional message on restart once the flush position is past the
+// start of its record, and a commit only once it is past the commit
+// record's start, so anything beyond the message's end would acknowledge
+// a following transaction not yet handed on.
 func (p *processor) standalone(ctx context.Context, m *Message) error {
-	if m.LSN <= p.lastCommit {
+	key := m.LSN - 1
+	if key <= p.lastCommit {
 		return nil
 	}
-	c := &Change{Op: OpMessage, Message: m, CommitLSN: m.LSN, CommitTime: time.Now().UTC()}
+	c := &Change{Op: OpMessage, Message: m, CommitLSN: key, CommitTime: time.Now().UTC()}
 	p.s.changes.Add(1)
 	if err := p.s.cfg.Handler.HandleChange(ctx, c); err != nil {
 		return err
 	}
-	// PostgreSQL resends a non-transactional message unless the flush
-	// position is past its start.
-	p.s.handed(txEnd{commit: m.LSN, end: m.LSN + 1})
-	p.lastCommit = m.LSN
+	p.s.handed(txEnd{commit: key, end: m.LSN})
+	p.lastCommit = key
 	p.s.transactions.Add(1)
-	return p.s.cfg.Handler.HandleCommit(ctx, Commit{CommitLSN: m.LSN, CommitTime: c.CommitTime, EndLSN: m.LSN + 1, Changes: 1})
+	return p.s.cfg.Handler.HandleCommit(ctx, Commit{CommitLSN: key, CommitTime: c.CommitTime, EndLSN: m.LSN, Changes: 1})
 }
 
 func (p *processor) endTx() {

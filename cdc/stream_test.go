@@ -622,6 +622,60 @@ func TestLogicalMessages(t *testing.T) {
 	}
 }
 
+// TestNonTransactionalMessageInsideTransaction: a non-transactional
+// message emitted inside an open transaction arrives before that
+// transaction, and its record can end exactly where the transaction's
+// commit record starts. Neither may hide the other, in the stream or after
+// a restart that acknowledged the message but not the transaction.
+func TestNonTransactionalMessageInsideTransaction(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(false)
+	s := startStream(t, db, rec)
+	conn := db.Connect(t)
+	ctx := context.Background()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO users (id, email) VALUES (1, 'a@x')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(false, 'dzdesk', 'now')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	changes, commits := rec.waitCommits(t, 2)
+	if len(changes) != 2 || changes[0].Op != OpMessage || changes[1].Op != OpInsert {
+		t.Fatalf("changes = %v, want the message then the insert", changes)
+	}
+	if commits[0].CommitLSN >= commits[1].CommitLSN {
+		t.Fatalf("message keyed %s, not before the transaction's commit %s", commits[0].CommitLSN, commits[1].CommitLSN)
+	}
+	// Acknowledge the message only: the transaction must come back.
+	s.Ack(commits[0].CommitLSN)
+	waitConfirmed(t, db, "the message's end", func(l pglogrepl.LSN) bool { return l >= commits[0].EndLSN })
+	stopStream(s)
+	if got := slotConfirmedLSN(t, db); got > commits[1].CommitLSN {
+		t.Fatalf("confirmed_flush_lsn %s passed the unacknowledged transaction at %s", got, commits[1].CommitLSN)
+	}
+	rec2 := newRecorder(true)
+	startStream(t, db, rec2)
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (2, 'b@x')`)
+	changes, _ = rec2.waitCommits(t, 2)
+	var ids []any
+	for _, c := range changes {
+		if c.Op != OpInsert {
+			t.Fatalf("after restart got %v, want only the two inserts", c.Op)
+		}
+		ids = append(ids, value(t, c, c.New, "id"))
+	}
+	if want := []any{int64(1), int64(2)}; !reflect.DeepEqual(ids, want) {
+		t.Errorf("after restart got users %v, want %v", ids, want)
+	}
+}
+
 func TestSetupIsIdempotentAndChecks(t *testing.T) {
 	db := pgtest.NewDB(t)
 	db.Exec(t, dzsql.Schema, `ALTER TABLE requests REPLICA IDENTITY DEFAULT`)
