@@ -45,16 +45,17 @@ func NewSource(systemID string) Source {
 
 // NewID returns the id of the index-th event fired by the change at
 // ordinal in the transaction committed at lsn. It is the position itself,
-// encoded (4 bytes of the source, 8 of LSN, 3 of ordinal, 1 of index):
+// encoded (3 bytes of the source, 8 of LSN, 4 of ordinal, 1 of index):
 // stable across replays, unique within a database, and free of hashing on
-// the hot path.
+// the hot path. Four bytes of ordinal cover any transaction PostgreSQL can
+// commit (a bulk UPDATE of 20 million rows must not wrap into ids already
+// used); the index counts the events of one change, a handful; the source
+// only has to tell apart the few databases that could share a journal.
 func (s Source) NewID(lsn pglogrepl.LSN, ordinal, index int) string {
 	var b [16]byte
-	binary.BigEndian.PutUint32(b[0:], uint32(s))
-	binary.BigEndian.PutUint64(b[4:], uint64(lsn))
-	b[12] = byte(ordinal >> 16)
-	b[13] = byte(ordinal >> 8)
-	b[14] = byte(ordinal)
+	b[0], b[1], b[2] = byte(s>>16), byte(s>>8), byte(s)
+	binary.BigEndian.PutUint64(b[3:], uint64(lsn))
+	binary.BigEndian.PutUint32(b[11:], uint32(ordinal))
 	b[15] = byte(index)
 	var out [4 + 26]byte
 	copy(out[:], "whk_")
