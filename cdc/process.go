@@ -63,8 +63,17 @@ func (p *processor) run(ctx context.Context, msgs <-chan wal) error {
 func (p *processor) handle(ctx context.Context, w wal) error {
 	if w.session {
 		if p.inTx {
-			p.partial = &txProgress{lsn: p.cur.FinalLSN, handed: p.ordinal}
+			// What was skipped of a replayed transaction counts as handed:
+			// cut short again before reaching skipBelow, it must not hand
+			// those changes a second time.
+			p.partial = &txProgress{lsn: p.cur.FinalLSN, handed: max(p.ordinal, p.skipBelow)}
+			if p.skipAll {
+				p.partial = nil // handed in full: lastCommit covers it
+			}
 			p.endTx()
+		}
+		if p.s.cfg.OnSession != nil {
+			p.s.cfg.OnSession(ctx)
 		}
 		return nil
 	}
@@ -105,10 +114,16 @@ func (p *processor) handle(ctx context.Context, w wal) error {
 		if skip {
 			return nil
 		}
-		p.s.handed(txEnd{commit: m.CommitLSN, end: m.EndLSN})
 		p.lastCommit = m.CommitLSN
 		p.s.transactions.Add(1)
-		return p.s.cfg.Handler.HandleCommit(ctx, Commit{XID: p.cur.XID, CommitLSN: m.CommitLSN, CommitTime: m.CommitTime, EndLSN: m.EndLSN, Changes: n})
+		if err := p.s.cfg.Handler.HandleCommit(ctx, Commit{XID: p.cur.XID, CommitLSN: m.CommitLSN, CommitTime: m.CommitTime, EndLSN: m.EndLSN, Changes: n}); err != nil {
+			return err
+		}
+		// Recorded once the handler took the commit (its acknowledgement
+		// may come first: advance compares with the highest one), so a
+		// stopping stream never waits for a commit the handler refused.
+		p.s.handed(txEnd{commit: m.CommitLSN, end: m.EndLSN})
+		return nil
 	case 'R':
 		rel, err := parseRelation(b)
 		if err != nil {
@@ -223,10 +238,13 @@ func (p *processor) standalone(ctx context.Context, m *Message) error {
 	if err := p.s.cfg.Handler.HandleChange(ctx, c); err != nil {
 		return err
 	}
-	p.s.handed(txEnd{commit: key, end: m.LSN})
 	p.lastCommit = key
 	p.s.transactions.Add(1)
-	return p.s.cfg.Handler.HandleCommit(ctx, Commit{CommitLSN: key, CommitTime: c.CommitTime, EndLSN: m.LSN, Changes: 1})
+	if err := p.s.cfg.Handler.HandleCommit(ctx, Commit{CommitLSN: key, CommitTime: c.CommitTime, EndLSN: m.LSN, Changes: 1}); err != nil {
+		return err
+	}
+	p.s.handed(txEnd{commit: key, end: m.LSN})
+	return nil
 }
 
 func (p *processor) endTx() {

@@ -36,6 +36,7 @@ const (
 	DefaultMinBackoff     = 250 * time.Millisecond
 	DefaultMaxBackoff     = 30 * time.Second
 	DefaultLagInterval    = 10 * time.Second
+	DefaultDrainTimeout   = 10 * time.Second
 )
 
 // Config is the input of New.
@@ -60,6 +61,13 @@ type Config struct {
 	LagInterval time.Duration
 	// Pool serves catalog queries; when nil the stream opens its own.
 	Pool *pgxpool.Pool
+	// DrainTimeout bounds how long a stopped stream keeps the slot while
+	// the handler acknowledges what it was handed. Defaults to 10 s.
+	DrainTimeout time.Duration
+	// OnSession, when set, is called each time a replication session
+	// starts, from the goroutine that calls the Handler and before any
+	// change of that session.
+	OnSession func(ctx context.Context)
 }
 
 // Stats is a snapshot of the stream's positions, for metrics and health.
@@ -98,9 +106,10 @@ type Stream struct {
 	acked atomic.Uint64 // highest commit LSN acknowledged by the handler
 	wake  chan struct{} // nudges the reader to report a new flush position
 
-	mu      sync.Mutex
-	pending []txEnd       // transactions handed on and not yet acknowledged
-	flushed pglogrepl.LSN // last flush position reported
+	mu       sync.Mutex
+	pending  []txEnd       // transactions handed on and not yet acknowledged
+	procDone chan struct{} // closed when the processor has stopped
+	flushed  pglogrepl.LSN // last flush position reported
 
 	received     atomic.Uint64
 	lagBytes     atomic.Int64
@@ -143,6 +152,9 @@ func New(cfg Config) (*Stream, error) {
 	}
 	if cfg.LagInterval <= 0 {
 		cfg.LagInterval = DefaultLagInterval
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	s := &Stream{cfg: cfg, log: cfg.Logger.With("component", "cdc", "slot", cfg.Slot), wake: make(chan struct{}, 1)}
 	s.lagBytes.Store(-1)
@@ -227,9 +239,12 @@ func (s *Stream) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	wg.Add(2)
+	s.procDone = make(chan struct{})
 	go func() {
 		defer wg.Done()
-		procErr <- proc.run(workers, msgs)
+		err := proc.run(workers, msgs)
+		close(s.procDone)
+		procErr <- err
 	}()
 	go func() {
 		defer wg.Done()
@@ -328,6 +343,11 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	}
 	s.connected.Store(true)
 	s.log.Info("streaming", "publication", s.cfg.Publication, "from_lsn", confirmed.String())
+	defer func() {
+		if ctx.Err() != nil {
+			s.finish(conn)
+		}
+	}()
 
 	select {
 	case msgs <- wal{session: true}:
@@ -372,8 +392,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		raw, err := conn.ReceiveMessage(recv.get(earliest(status, time.Now().Add(time.Second))))
 		if err != nil {
 			if ctx.Err() != nil {
-				_ = s.sendStatus(conn, false, 0) // the final acknowledgement
-				return nil
+				return nil // finish reports the last acknowledgements
 			}
 			if pgconn.Timeout(err) {
 				recv.stop()
@@ -420,6 +439,47 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 			return errors.New("server ended the replication stream")
 		}
 	}
+}
+
+// finish runs when the stream is stopped: it keeps the connection, and
+// with it the slot, until the handler has acknowledged every transaction
+// handed to it (it drains its queues on the same signal) or DrainTimeout
+// passes, reporting each new durable position. PostgreSQL then knows
+// exactly where this process ended, so a standby taking the slot, or the
+// next start, does not receive again what was journaled.
+func (s *Stream) finish(conn *pgconn.PgConn) {
+	deadline := time.NewTimer(s.cfg.DrainTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !s.drained() {
+		select {
+		case <-s.wake:
+		case <-tick.C:
+		case <-deadline.C:
+			s.log.Warn("stopping with transactions not yet acknowledged; they are sent again on the next start", "waited", s.cfg.DrainTimeout.String())
+			_ = s.sendStatus(conn, false, 0)
+			return
+		}
+		if err := s.sendStatus(conn, false, 0); err != nil {
+			return
+		}
+	}
+	_ = s.sendStatus(conn, false, 0)
+}
+
+// drained reports whether the processor has stopped and everything it
+// handed on is acknowledged.
+func (s *Stream) drained() bool {
+	select {
+	case <-s.procDone:
+	default:
+		return false
+	}
+	s.advance()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending) == 0
 }
 
 // enqueue hands a message to the processor. While the processor is busy

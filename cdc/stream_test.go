@@ -130,8 +130,15 @@ func runSetup(t *testing.T, db *pgtest.DB, cfg SetupConfig) SetupReport {
 // ends, and returns it.
 func startStream(t *testing.T, db *pgtest.DB, h *recorder) *Stream {
 	t.Helper()
+	return startStreamDrain(t, db, h, 300*time.Millisecond)
+}
+
+// startStreamDrain is startStream with the given DrainTimeout.
+func startStreamDrain(t *testing.T, db *pgtest.DB, h *recorder, drain time.Duration) *Stream {
+	t.Helper()
 	s, err := New(Config{DSN: db.DSN, Slot: "dzhook", Publication: "dzhook", Handler: h, Logger: testLogger(t),
-		StatusInterval: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, LagInterval: 200 * time.Millisecond})
+		StatusInterval: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, LagInterval: 200 * time.Millisecond,
+		DrainTimeout: drain})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,6 +462,33 @@ func TestResume(t *testing.T) {
 	}
 	if want := []any{int64(4), int64(5), int64(6), int64(7)}; !reflect.DeepEqual(ids, want) {
 		t.Errorf("after restart got users %v, want %v", ids, want)
+	}
+}
+
+// TestStopWaitsForAcknowledgements: a stopped stream keeps the slot until
+// the handler acknowledges what it was handed, and tells PostgreSQL, so
+// whoever takes the slot next starts after it.
+func TestStopWaitsForAcknowledgements(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(false)
+	s := startStreamDrain(t, db, rec, 30*time.Second)
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'a@x')`)
+	_, commits := rec.waitCommits(t, 1)
+	stopped := make(chan struct{})
+	go func() { stopStream(s); close(stopped) }()
+	select {
+	case <-stopped:
+		t.Fatal("the stream stopped with a transaction unacknowledged")
+	case <-time.After(300 * time.Millisecond):
+	}
+	s.Ack(commits[0].CommitLSN)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream did not stop once everything was acknowledged")
+	}
+	if got := slotConfirmedLSN(t, db); got < commits[0].EndLSN {
+		t.Errorf("confirmed_flush_lsn %s after stopping, want the acknowledged transaction's end %s", got, commits[0].EndLSN)
 	}
 }
 

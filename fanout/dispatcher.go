@@ -49,8 +49,9 @@ type Config struct {
 	Subscriptions []Subscription
 	// Journal records everything; required.
 	Journal *journal.Store
-	// Slot names the replication slot whose checkpoint the writer keeps.
-	Slot string
+	// Slot names the replication slot whose checkpoint the writer keeps;
+	// SystemID, the database cluster its positions belong to.
+	Slot, SystemID string
 	// Instance identifies this process among those sharing the journal.
 	Instance string
 	// Ack is told the highest commit LSN whose transaction is fully
@@ -178,7 +179,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	d.subs = subs
 	d.byID = index(subs)
 	d.writer = &writer{
-		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, ack: cfg.Ack,
+		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, systemID: cfg.SystemID, ack: cfg.Ack,
 		onSpill: d.nudge, onNotify: d.nudgeNotifier, onFlush: d.obs.JournalFlushed, owner: cfg.Instance,
 		log: d.log, linger: cfg.Linger, hold: DefaultHold, maxBatch: defaultMaxBatch,
 	}
@@ -383,8 +384,13 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 	if running {
 		for _, s := range retired {
 			s.wg.Wait()
-			if err := d.writer.put(ctx, record{release: s.cfg.ID}); err != nil {
-				return err
+			// Its workers are gone and nothing feeds its queue any more
+			// (claims check that the subscription is still current): what
+			// waits there was never attempted.
+			if ids := s.drainQueue(); len(ids) > 0 {
+				if err := d.writer.put(ctx, record{release: ids}); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -146,6 +146,21 @@ func (s *sub) reserve(n int64) int64 {
 	}
 }
 
+// drainQueue empties the queue of a stopped subscription and returns the
+// deliveries that waited there.
+func (s *sub) drainQueue() []string {
+	var ids []string
+	for {
+		select {
+		case t := <-s.queue:
+			s.release(1)
+			ids = append(ids, t.deliveryID)
+		default:
+			return ids
+		}
+	}
+}
+
 // release gives back places reserved and not used.
 func (s *sub) release(n int64) { s.reserved.Add(-n) }
 

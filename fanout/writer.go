@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -24,9 +25,10 @@ type record struct {
 	reject  *journal.Rejection
 	notify  *journal.NotificationRow
 	timer   *journal.TimerChange
-	// release: the subscription stopped here (reload); its deliveries this
-	// instance owns go back to the journal for whoever runs it now.
-	release string
+	// release: deliveries that waited in the queue of a subscription
+	// stopped by a reload; they go back to the journal, unowned, for
+	// whoever runs the subscription now.
+	release []string
 	commit  uint64       // a transaction boundary: its commit LSN
 	done    chan<- error // told when the record is durable
 }
@@ -51,6 +53,7 @@ type writer struct {
 	in       chan record
 	store    *journal.Store
 	slot     string
+	systemID string
 	ack      func(uint64)
 	onSpill  func()
 	onNotify func()
@@ -66,6 +69,10 @@ type writer struct {
 	heldFIFO []*heldDelivery // by arrival: deadlines are in order too
 	markers  []marker        // commits received and not yet acknowledged
 	written  uint64          // the checkpoint last written
+	// broken: a batch was not written (the writer's life ended while it
+	// retried). Nothing after it may be written or acknowledged: a later
+	// checkpoint would cover the lost batch's transactions.
+	broken error
 }
 
 type heldDelivery struct {
@@ -98,13 +105,17 @@ func (w *writer) run(life context.Context, drain <-chan struct{}) {
 	if w.held == nil {
 		w.held = map[string]*heldDelivery{}
 	}
+	// One timer for the next held delivery's deadline, reset each round
+	// (since Go 1.23 Stop and Reset leave no stale tick behind).
+	expiry := time.NewTimer(time.Hour)
+	expiry.Stop()
+	defer expiry.Stop()
 	for {
 		b := newBatchBuilder()
 		var expire <-chan time.Time
 		if d, ok := w.nextDeadline(); ok {
-			t := time.NewTimer(time.Until(d))
-			expire = t.C
-			defer t.Stop()
+			expiry.Reset(time.Until(d))
+			expire = expiry.C
 		}
 		select {
 		case r := <-w.in:
@@ -112,11 +123,13 @@ func (w *writer) run(life context.Context, drain <-chan struct{}) {
 			w.gather(b, drain)
 		case <-expire:
 		case <-drain:
+			expiry.Stop()
 			w.drainAll(life)
 			return
 		case <-life.Done():
 			return
 		}
+		expiry.Stop()
 		w.flush(life, b, time.Now())
 	}
 }
@@ -192,6 +205,9 @@ func (w *writer) add(bb *batchBuilder, r record) {
 		b.Events = append(b.Events, *r.event)
 	}
 	for _, d := range r.delivs {
+		if h, ok := w.held[d.ID]; ok && !h.gone {
+			continue // handed twice (a replayed transaction): held already
+		}
 		if d.State == "pending" && d.Owner != "" && w.hold > 0 && !r.noHold {
 			h := &heldDelivery{row: d, seq: w.seq, deadline: time.Now().Add(w.hold)}
 			w.held[d.ID] = h
@@ -234,17 +250,21 @@ func (w *writer) add(bb *batchBuilder, r record) {
 			b.Timers = append(b.Timers, *r.timer)
 		}
 	}
-	if r.release != "" {
-		// Write what is held for the subscription now, so the release
-		// that follows in the same batch covers it.
+	if len(r.release) > 0 {
+		// Write what is held of them now, so the release that follows in
+		// the same batch covers it.
+		ids := make(map[string]bool, len(r.release))
+		for _, id := range r.release {
+			ids[id] = true
+		}
 		for _, h := range w.heldFIFO {
-			if !h.gone && h.row.SubscriptionID == r.release {
+			if !h.gone && ids[h.row.ID] {
 				h.gone = true
 				delete(w.held, h.row.ID)
 				bb.addDelivery(h.row)
 			}
 		}
-		b.Release = append(b.Release, journal.Release{Subscription: r.release})
+		b.Release = append(b.Release, journal.Release{IDs: r.release})
 	}
 	if r.commit != 0 {
 		w.markers = append(w.markers, marker{lsn: r.commit, seq: w.seq})
@@ -287,7 +307,7 @@ func (w *writer) flush(life context.Context, bb *batchBuilder, now time.Time) {
 		n++
 	}
 	if ackable > w.written {
-		bb.b.Slot, bb.b.Checkpoint = w.slot, ackable
+		bb.b.Slot, bb.b.Checkpoint, bb.b.SystemID = w.slot, ackable, w.systemID
 	}
 	for i := range bb.b.Release {
 		bb.b.Release[i].Owner = w.owner
@@ -297,8 +317,8 @@ func (w *writer) flush(life context.Context, bb *batchBuilder, now time.Time) {
 	}
 
 	start := time.Now()
-	var err error
-	if !bb.b.Empty() {
+	err := w.broken
+	if err == nil && !bb.b.Empty() {
 		backoff := 100 * time.Millisecond
 		for attempt := 1; ; attempt++ {
 			err = w.store.Write(life, &bb.b)
@@ -320,8 +340,12 @@ func (w *writer) flush(life context.Context, bb *batchBuilder, now time.Time) {
 	w.log.Debug("journal batch written", "records", bb.records, "events", len(bb.b.Events), "deliveries", len(bb.b.Deliveries),
 		"updates", len(bb.b.Updates), "attempts", len(bb.b.Attempts), "held", len(w.held), "took", took.Round(time.Microsecond).String())
 	if err != nil {
+		if w.broken == nil {
+			w.broken = fmt.Errorf("journal batch not written: %w", err)
+			w.log.Error("journal batch not written; nothing after it is acknowledged, the stream sends it again on the next start", "err", err, "records", bb.records)
+		}
 		for _, d := range bb.dones {
-			d <- err
+			d <- w.broken
 		}
 		return
 	}

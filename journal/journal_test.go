@@ -92,8 +92,27 @@ func TestWriteIsIdempotent(t *testing.T) {
 	if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: 3}); err != nil {
 		t.Fatal(err)
 	}
-	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != 15 {
-		t.Errorf("checkpoint = %d (err %v), want 15: it never moves back", cp, err)
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != 15 {
+		t.Errorf("checkpoint = %+v (err %v), want 15: it never moves back", cp, err)
+	}
+	// Within one cluster the checkpoint never moves back; a checkpoint of
+	// another cluster is replaced, not kept as a maximum.
+	for _, w := range []struct {
+		sys       string
+		lsn, want uint64
+	}{{"A", 100, 100}, {"A", 50, 100}, {"B", 7, 7}, {"B", 6, 7}, {"B", 9, 9}} {
+		if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: w.lsn, SystemID: w.sys}); err != nil {
+			t.Fatal(err)
+		}
+		if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != (Checkpoint{LSN: w.want, SystemID: w.sys}) {
+			t.Errorf("after %d of %s: checkpoint = %+v (err %v), want %d of %s", w.lsn, w.sys, cp, err, w.want, w.sys)
+		}
+	}
+	if err := s.ResetCheckpoint(ctx, "dzhook"); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != (Checkpoint{}) {
+		t.Errorf("after reset: checkpoint = %+v (err %v), want none", cp, err)
 	}
 	var body []byte
 	if err := conn.QueryRow(ctx, `SELECT body FROM dzhook.events LIMIT 1`).Scan(&body); err != nil || len(body) != 600 {

@@ -144,18 +144,40 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 	return applied, nil
 }
 
-// Checkpoint returns the slot's checkpoint: every transaction with a
-// commit LSN up to it is journaled (0 when none).
-func (s *Store) Checkpoint(ctx context.Context, slot string) (uint64, error) {
+// Checkpoint is where a slot's journaled transactions end.
+type Checkpoint struct {
+	// LSN: every transaction with a commit LSN up to it is journaled.
+	LSN uint64
+	// SystemID is the database cluster's system identifier the LSN
+	// belongs to ("" when written before journal version 3).
+	SystemID string
+}
+
+// Checkpoint returns the slot's checkpoint (zero when none).
+func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error) {
 	var lsn int64
-	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn)
+	var sys *string
+	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn, system_id FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn, &sys)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
+		return Checkpoint{}, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read checkpoint: %w", err)
+		return Checkpoint{}, fmt.Errorf("read checkpoint: %w", err)
 	}
-	return uint64(lsn), nil
+	cp := Checkpoint{LSN: uint64(lsn)}
+	if sys != nil {
+		cp.SystemID = *sys
+	}
+	return cp, nil
+}
+
+// ResetCheckpoint forgets the slot's checkpoint: it belongs to another
+// cluster, or to this one before a restore from backup.
+func (s *Store) ResetCheckpoint(ctx context.Context, slot string) error {
+	if _, err := s.pool.Exec(ctx, s.q(`DELETE FROM {{schema}}.checkpoints WHERE slot = $1`), slot); err != nil {
+		return fmt.Errorf("reset checkpoint: %w", err)
+	}
+	return nil
 }
 
 // Register records a running instance; Heartbeat keeps it alive.

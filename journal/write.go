@@ -78,9 +78,13 @@ type NotificationRow struct {
 	Body           []byte
 }
 
-// Release is a subscription whose deliveries an instance stops attempting.
+// Release gives back deliveries an instance owns and will not attempt
+// (they waited in the queue of a subscription a reload stopped): pending
+// ones lose their owner and are claimed again by whoever runs the
+// subscription now.
 type Release struct {
-	Subscription, Owner string
+	Owner string
+	IDs   []string
 }
 
 // Rejection is an outbox row or message that did not become an event.
@@ -99,8 +103,8 @@ type Batch struct {
 	Subs          []SubscriptionState
 	Notifications []NotificationRow
 	Rejections    []Rejection
-	// Release gives back, after the batch's inserts, the pending
-	// deliveries of a subscription that an instance owns.
+	// Release gives back, after the batch's inserts, pending deliveries
+	// an instance owns.
 	Release []Release
 	// Timers arm and cancel SLA timers.
 	Timers []TimerChange
@@ -108,6 +112,8 @@ type Batch struct {
 	// up to Checkpoint is journaled.
 	Slot       string
 	Checkpoint uint64
+	// SystemID is the cluster the checkpoint's LSN belongs to.
+	SystemID string
 }
 
 // Empty reports whether the batch writes nothing.
@@ -220,13 +226,14 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 			next[i], lastAt[i] = nullTime(u.NextAttemptAt), nullTime(u.LastAttemptAt)
 			owners[i], lastErr[i], lastStatus[i] = nullText(u.Owner), nullText(u.LastError), nullInt(u.LastStatus)
 		}
-		// An update never lowers the attempt count: a late result of an
-		// attempt another instance took over must not undo a newer one.
+		// An update only ever raises the attempt count: a late result of
+		// an attempt another instance took over (and made with the same
+		// number) must not undo the one already recorded.
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next,
 				owner = u.owner, last_status = u.status, last_error = u.err, last_attempt_at = u.at, manual = false, updated_at = now()
 			FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::timestamptz[])
 				AS u(id, state, attempts, next, owner, status, err, at)
-			WHERE d.id = u.id AND d.attempts <= u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt)
+			WHERE d.id = u.id AND d.attempts < u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt)
 	}
 	for _, st := range b.Subs {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.subscriptions AS s (id, state, state_changed_at, last_success_at, last_failure_at, last_status, last_error, updated_at)
@@ -254,12 +261,17 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 	}
 	s.queueTimers(batch, b.Timers)
 	for _, r := range b.Release {
-		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE owner = $1 AND subscription_id = $2 AND state = 'pending'`), r.Owner, r.Subscription)
+		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE id = ANY($1) AND owner = $2 AND state = 'pending'`), r.IDs, r.Owner)
 	}
 	if b.Slot != "" {
-		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints (slot, lsn, updated_at) VALUES ($1, $2, now())
-			ON CONFLICT (slot) DO UPDATE SET lsn = greatest({{schema}}.checkpoints.lsn, EXCLUDED.lsn), updated_at = now()`),
-			b.Slot, int64(b.Checkpoint))
+		// Within one cluster the checkpoint never moves back; a checkpoint
+		// of another cluster is replaced.
+		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, system_id, updated_at) VALUES ($1, $2, $3, now())
+			ON CONFLICT (slot) DO UPDATE SET
+				lsn = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL
+					THEN greatest(c.lsn, EXCLUDED.lsn) ELSE EXCLUDED.lsn END,
+				system_id = EXCLUDED.system_id, updated_at = now()`),
+			b.Slot, int64(b.Checkpoint), nullText(b.SystemID))
 	}
 	// pgx sends a batch as one pipeline ending in one Sync, which
 	// PostgreSQL runs as one implicit transaction: all or nothing, in one

@@ -61,7 +61,8 @@ type Engine struct {
 	mapper     *mapping.Mapper
 	dispatcher *fanout.Dispatcher
 	instance   string
-	checkpoint pglogrepl.LSN
+	checkpoint pglogrepl.LSN // read and moved only by the stream's goroutine (and New)
+	systemID   string
 	scratch    []mapping.Event
 	metrics    *metrics.Metrics
 	admin      *admin.Server
@@ -147,13 +148,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if e.journal, err = journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema); err != nil {
 		return nil, err
 	}
-	cp, err := e.journal.Checkpoint(ctx, cfg.Source.Slot)
+	sys, err := identifySystem(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
 		return nil, err
 	}
-	e.checkpoint = pglogrepl.LSN(cp)
-	sysID, err := systemID(ctx, cfg.Source.DSN.Reveal())
-	if err != nil {
+	sysID := sys.SystemID
+	e.systemID = sysID
+	if err := e.loadCheckpoint(ctx, sys.XLogPos); err != nil {
 		return nil, err
 	}
 	cat, err := cfg.Catalog()
@@ -185,7 +186,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Logger:        opts.Logger,
 	})
 	e.dispatcher, err = fanout.New(fanout.Config{
-		Subscriptions: subscriptions(cfg), Journal: e.journal, Slot: cfg.Source.Slot, Instance: e.instance,
+		Subscriptions: subscriptions(cfg), Journal: e.journal, Slot: cfg.Source.Slot, SystemID: sysID, Instance: e.instance,
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
 		Observer: e.metrics,
 		Egress:   egressGuard(cfg.Delivery),
@@ -200,6 +201,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	e.stream, err = cdc.New(cdc.Config{
 		DSN: cfg.Source.DSN.Reveal(), Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
 		Handler: e, Logger: opts.Logger, Pool: source, StatusInterval: opts.StatusInterval,
+		OnSession: e.sessionStarted,
+		// On shutdown the stream keeps the slot while attempts in flight
+		// finish (each within the delivery timeout) and the journal takes
+		// their outcomes, so PostgreSQL hears of every journaled commit.
+		DrainTimeout: cfg.Delivery.Timeout + 5*time.Second,
 	})
 	if err != nil {
 		return nil, err
@@ -266,22 +272,66 @@ func newInstanceID() string {
 
 // systemID reads the cluster's system identifier, which keeps event ids of
 // two databases apart.
-func systemID(ctx context.Context, dsn string) (string, error) {
+func identifySystem(ctx context.Context, dsn string) (pglogrepl.IdentifySystemResult, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return "", redact(err)
+		return pglogrepl.IdentifySystemResult{}, redact(err)
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return "", fmt.Errorf("connect for IDENTIFY_SYSTEM: %w", err)
+		return pglogrepl.IdentifySystemResult{}, fmt.Errorf("connect for IDENTIFY_SYSTEM: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
-		return "", fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
+		return pglogrepl.IdentifySystemResult{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
 	}
-	return sys.SystemID, nil
+	return sys, nil
+}
+
+// loadCheckpoint reads the slot's checkpoint, below which the stream's
+// transactions are known to be journaled. One that cannot be this
+// cluster's (another system identifier, or a position its WAL has not
+// reached: a restore from backup) is dropped rather than trusted, since it
+// would make dzhook skip transactions it never journaled.
+func (e *Engine) loadCheckpoint(ctx context.Context, walEnd pglogrepl.LSN) error {
+	cp, err := e.journal.Checkpoint(ctx, e.cfg.Source.Slot)
+	if err != nil {
+		return err
+	}
+	lsn := pglogrepl.LSN(cp.LSN)
+	var why string
+	switch {
+	case cp.LSN == 0:
+	case cp.SystemID != "" && cp.SystemID != e.systemID:
+		why = "it belongs to database cluster " + cp.SystemID + ", not " + e.systemID
+	case lsn > walEnd:
+		why = "it is ahead of the database's WAL (" + walEnd.String() + "): the database was restored from a backup or replaced"
+	}
+	if why == "" {
+		e.checkpoint = lsn
+		return nil
+	}
+	e.log.Warn("journal checkpoint dropped; every transaction the slot sends is processed", "slot", e.cfg.Source.Slot, "checkpoint", lsn.String(), "reason", why)
+	e.checkpoint = 0
+	return e.journal.ResetCheckpoint(ctx, e.cfg.Source.Slot)
+}
+
+// sessionStarted runs, in the stream's order, before the first change of
+// each replication session: another instance may have journaled
+// transactions (and checkpointed them) while this one waited for the slot,
+// and PostgreSQL resends what that instance journaled but had not yet
+// confirmed. The fresh checkpoint skips them. It only ever moves forward.
+func (e *Engine) sessionStarted(ctx context.Context) {
+	cp, err := e.journal.Checkpoint(ctx, e.cfg.Source.Slot)
+	if err != nil {
+		e.log.Warn("could not re-read the journal checkpoint; transactions journaled by another instance may be delivered again", "err", err)
+		return
+	}
+	if cp.SystemID == e.systemID && pglogrepl.LSN(cp.LSN) > e.checkpoint {
+		e.checkpoint = pglogrepl.LSN(cp.LSN)
+	}
 }
 
 // Run streams and delivers until ctx ends or a component fails. On

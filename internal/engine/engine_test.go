@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,6 +66,13 @@ func sub(id, url, events string, extra ...string) string {
 // start runs an engine until the test ends.
 func start(t *testing.T, cfg *config.Config) *Engine {
 	t.Helper()
+	e, _ := startStoppable(t, cfg)
+	return e
+}
+
+// startStoppable runs an engine until stop is called or the test ends.
+func startStoppable(t *testing.T, cfg *config.Config) (*Engine, func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond, StatusInterval: 200 * time.Millisecond})
 	if err != nil {
@@ -73,18 +81,22 @@ func start(t *testing.T, cfg *config.Config) *Engine {
 	}
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("engine Run: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("engine Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("engine did not stop within 30s")
 			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("engine did not stop within 30s")
-		}
-	})
-	return e
+		})
+	}
+	t.Cleanup(stop)
+	return e, stop
 }
 
 func newDB(t *testing.T) *pgtest.DB {
@@ -204,6 +216,90 @@ func TestEndToEnd(t *testing.T) {
 	var body []byte
 	if err := db.Connect(t).QueryRow(context.Background(), `SELECT body FROM dzhook.events WHERE id = $1`, env.ID).Scan(&body); err != nil || string(body) != string(crm.Body) {
 		t.Errorf("journaled body %q (err %v), want the bytes sent", body, err)
+	}
+}
+
+// TestCheckpointOfAnotherClusterIsDropped: a checkpoint that cannot be
+// this cluster's (ahead of its WAL after a restore, or written for
+// another system) must not make dzhook skip the transactions below it.
+func TestCheckpointOfAnotherClusterIsDropped(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	_, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (1, 'first', 'high', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+	stop()
+	var sysID string
+	if err := db.Connect(t).QueryRow(context.Background(), `SELECT system_id FROM dzhook.checkpoints WHERE slot = 'dzhook'`).Scan(&sysID); err != nil || sysID == "" {
+		t.Fatalf("checkpoint's system id %q (err %v), want the cluster's", sysID, err)
+	}
+	received := func(id string) bool {
+		for _, r := range rc.Requests() {
+			if strings.Contains(string(r.Body), `"id":"`+id+`"`) {
+				return true
+			}
+		}
+		return false
+	}
+	for i, stale := range []string{
+		`UPDATE dzhook.checkpoints SET lsn = x'7FFFFFFF00000000'::bigint`,                           // ahead of the WAL
+		`UPDATE dzhook.checkpoints SET lsn = x'7FFFFFFF00000000'::bigint, system_id = '1234567890'`, // another cluster
+	} {
+		db.Exec(t, stale)
+		_, stop := startStoppable(t, cfg)
+		id := i + 2
+		db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, priority, requester_id) VALUES (%d, 'after', 'high', 1)`, id))
+		testutil.Eventually(t, 20*time.Second, fmt.Sprintf("case %d: request %d delivered", i, id), func() bool { return received(fmt.Sprintf("req_%d", id)) })
+		stop()
+		if n := queryInt(t, db, `SELECT count(*) FROM dzhook.checkpoints WHERE lsn < x'7FFFFFFF00000000'::bigint AND system_id = $1`, sysID); n != 1 {
+			t.Errorf("case %d: the stale checkpoint was not replaced by this cluster's", i)
+		}
+	}
+}
+
+// TestStandbyTakesOverWithoutRepeats: an instance waiting for the slot
+// takes over from one that stopped after journaling a transaction but
+// before PostgreSQL heard it confirmed. The stream resends that
+// transaction; the new instance must read the checkpoint written
+// meanwhile and not deliver it again.
+func TestStandbyTakesOverWithoutRepeats(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	arrived := make(chan struct{}, 10)
+	rc.SetRespond(func(n int, r *http.Request, body []byte) (int, http.Header, string) {
+		arrived <- struct{}{}
+		if n == 1 {
+			// Slower than nothing, quicker than the writer's hold: the
+			// transaction is acknowledged only after the stream closed.
+			time.Sleep(600 * time.Millisecond)
+		}
+		return 200, nil, "ok"
+	})
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	_, stopA := startStoppable(t, cfg)
+	start(t, cfg) // B: waits for the slot, with the checkpoint of before
+	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (1, 'first', 'high', 1)`)
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("request 1 never arrived")
+	}
+	stopA()
+	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (2, 'second', 'high', 1)`)
+	testutil.Eventually(t, 60*time.Second, "request 2 delivered by the standby", func() bool {
+		for _, r := range rc.Requests() {
+			if strings.Contains(string(r.Body), `"id":"req_2"`) {
+				return true
+			}
+		}
+		return false
+	})
+	if reqs := rc.Requests(); len(reqs) != 2 {
+		for _, r := range reqs {
+			t.Logf("received %s", r.Body)
+		}
+		t.Errorf("receiver got %d requests, want 2: the standby delivered what the first instance had journaled", len(reqs))
 	}
 }
 

@@ -456,3 +456,61 @@ func TestMetrics(t *testing.T) {
 	}
 	_ = pgtest.InstallHint
 }
+
+// TestReloadChangedSubscriptionWithQueue: a subscription changed while
+// deliveries wait in its queue and new ones arrive for its new self. What
+// waited goes back to the journal and out once; what the new self took is
+// not released from under it (which would send it twice).
+func TestReloadChangedSubscriptionWithQueue(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, r *http.Request, body []byte) (int, http.Header, string) {
+		switch {
+		case n == 1:
+			time.Sleep(1500 * time.Millisecond) // the old self's attempt in flight during the reload
+		case strings.Contains(string(body), `"title":"new"`):
+			time.Sleep(500 * time.Millisecond) // the new self's queue still full when the old one stops
+		default:
+			time.Sleep(50 * time.Millisecond)
+		}
+		return 200, nil, "ok"
+	})
+	delivery := "  concurrency: 1"
+	cfg := testConfig(t, db, delivery, sub("alpha", rc.URL, "request.created"))
+	e := start(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) SELECT g, 'old', 1 FROM generate_series(1, 10) g`)
+	rc.Wait(t, 1, 20*time.Second)
+	reloaded := make(chan error, 1)
+	go func() {
+		reloaded <- e.Reload(context.Background(), testConfig(t, db, delivery, sub("alpha", rc.URL, "request.created", "headers: {X-Version: '2'}")))
+	}()
+	// While the old self finishes its attempt, the new self takes events.
+	testutil.Eventually(t, 10*time.Second, "the new subscription running", func() bool {
+		for _, s := range e.dispatcher.Subscriptions() {
+			if s.ID == "alpha" {
+				return true
+			}
+		}
+		return false
+	})
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) SELECT g, 'new', 1 FROM generate_series(11, 15) g`)
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 15, 30*time.Second)
+	testutil.Eventually(t, 20*time.Second, "every delivery journaled as delivered", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 15
+	})
+	seen := map[string]int{}
+	for _, r := range rc.Requests() {
+		seen[r.Header.Get(signer.HeaderDelivery)]++
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("delivery %s sent %d times, want once", id, n)
+		}
+	}
+	if len(seen) != 15 {
+		t.Errorf("%d deliveries sent, want 15", len(seen))
+	}
+}
