@@ -114,6 +114,23 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 	return report(t, res), nil
 }
 
+// barrier returns once every delivery dispatched before it is journaled:
+// dispatches in progress hold d.mu's read lock until their records are
+// queued, and the writer takes its queue in order.
+func (d *Dispatcher) barrier(ctx context.Context) error {
+	d.mu.Lock()
+	stopped := d.stopped
+	d.mu.Unlock()
+	if stopped {
+		return errors.New("fanout: stopped")
+	}
+	done := make(chan error, 1)
+	if err := d.writer.put(ctx, record{done: done}); err != nil {
+		return err
+	}
+	return waitDurable(ctx, done)
+}
+
 // waitDurable waits until a record is journaled.
 func waitDurable(ctx context.Context, done <-chan error) error {
 	select {
@@ -170,6 +187,12 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 		if err := d.cfg.Journal.SetState(ctx, subscription, StateHealthy); err != nil {
 			return 0, err
 		}
+	}
+	// A delivery recorded as held just before the resume may still be on
+	// its way to the journal; it must be there before the held are
+	// released, or it would stay held.
+	if err := d.barrier(ctx); err != nil {
+		return 0, err
 	}
 	n, err := d.cfg.Journal.ReleaseHeld(ctx, subscription)
 	if err != nil {

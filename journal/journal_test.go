@@ -277,3 +277,44 @@ func TestTimerClaimUsesIndex(t *testing.T) {
 		t.Errorf("claimed %d timers (err %v), want the 3 due", len(due), err)
 	}
 }
+
+// TestCancelledTimerCanBeArmedAgain: a claimed timer cancelled because its
+// SLA moved is forgotten, so the SLA moving back to that target arms it
+// again; a timer armed anew since the claim is not cancelled.
+func TestCancelledTimerCanBeArmedAgain(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	timer := TimerRow{SLAID: "7", Kind: "breach", TargetAt: now, FireAt: now.Add(-time.Second), RequestID: "7", SLAType: "resolution", StartedAt: now.Add(-time.Hour)}
+	arm := func() {
+		t.Helper()
+		if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "7", Keep: now, Arm: []TimerRow{timer}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim := func(want int) []TimerRow {
+		t.Helper()
+		due, err := s.ClaimTimers(ctx, 10, time.Minute)
+		if err != nil || len(due) != want {
+			t.Fatalf("claimed %d timers (err %v), want %d", len(due), err, want)
+		}
+		return due
+	}
+	arm()
+	due := claim(1)
+	if err := s.TimerCancelled(ctx, due[0]); err != nil {
+		t.Fatal(err)
+	}
+	arm() // the SLA came back to the same target
+	due = claim(1)
+	// Moved away and back while this claim was out: the stream's cancel
+	// deletes the claimed row and arms a fresh one, unleased.
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "7"}}}); err != nil {
+		t.Fatal(err)
+	}
+	arm()
+	if err := s.TimerCancelled(ctx, due[0]); err != nil {
+		t.Fatal(err)
+	}
+	claim(1)
+}

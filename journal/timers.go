@@ -86,12 +86,26 @@ func (s *Store) ClaimTimers(ctx context.Context, limit int, lease time.Duration)
 	return list, nil
 }
 
-// TimerDone records a timer's outcome: fired, or cancelled (the SLA was
-// completed, deleted or moved before the moment).
+// TimerDone records a timer's outcome ("fired"): the row stays, so the
+// timer is never fired twice.
 func (s *Store) TimerDone(ctx context.Context, t TimerRow, outcome string) error {
 	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.sla_timers SET fired_at = now(), outcome = $4, leased_until = NULL
 		WHERE sla_id = $1 AND kind = $2 AND target_at = $3`), t.SLAID, t.Kind, t.TargetAt, outcome)
 	return err
+}
+
+// TimerCancelled forgets a claimed timer that is no longer due (its SLA
+// completed, deleted or moved, or its kind no longer configured). The row
+// goes rather than being marked: should the SLA come back to that target,
+// the stream arms it afresh. A row armed anew since the claim (unleased)
+// is left alone.
+func (s *Store) TimerCancelled(ctx context.Context, t TimerRow) error {
+	_, err := s.pool.Exec(ctx, s.q(`DELETE FROM {{schema}}.sla_timers
+		WHERE sla_id = $1 AND kind = $2 AND target_at = $3 AND fired_at IS NULL AND leased_until IS NOT NULL`), t.SLAID, t.Kind, t.TargetAt)
+	if err != nil {
+		return fmt.Errorf("cancel SLA timer: %w", err)
+	}
+	return nil
 }
 
 // EventExists reports whether an event is journaled.

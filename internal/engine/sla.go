@@ -126,10 +126,12 @@ func (e *Engine) fireDue(ctx context.Context, src *mapping.SLASource) error {
 		}
 		for _, t := range due {
 			cur, ok := current[t.SLAID]
-			if !ok || cur.Completed || !cur.TargetAt.Equal(t.TargetAt) {
+			if !ok || cur.Completed || !cur.TargetAt.Equal(t.TargetAt) || !e.slaKindConfigured(t.Kind) {
 				// Completed, deleted or moved before its moment: the
-				// stream has or will have re-armed what is still due.
-				if err := e.journal.TimerDone(ctx, t, "cancelled"); err != nil {
+				// stream has or will have re-armed what is still due. A
+				// warning threshold since removed from sla.warning_percent
+				// fires no more.
+				if err := e.journal.TimerCancelled(ctx, t); err != nil {
 					return err
 				}
 				continue
@@ -154,4 +156,18 @@ func (e *Engine) fireDue(ctx context.Context, src *mapping.SLASource) error {
 			return nil
 		}
 	}
+}
+
+// slaKindConfigured reports whether a timer's kind is one the current
+// configuration arms.
+func (e *Engine) slaKindConfigured(kind string) bool {
+	if kind == "breach" {
+		return true
+	}
+	for _, p := range e.cfg.SLA.WarningPercent {
+		if mapping.WarningKind(p) == kind {
+			return true
+		}
+	}
+	return false
 }

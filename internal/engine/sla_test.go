@@ -182,3 +182,28 @@ func TestSLAPreexisting(t *testing.T) {
 		t.Errorf("pre-existing SLA: %+v", evs)
 	}
 }
+
+// TestSLARemovedThresholdFiresNoMore: timers armed for a warning threshold
+// since removed from sla.warning_percent (a restart with a new
+// configuration) are dropped when due, not fired.
+func TestSLARemovedThresholdFiresNoMore(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection+"  warning_percent: [50]\n", "", sub("ops", rc.URL, "sla.*"))
+	_, stop := startStoppable(t, cfg)
+	insertSLA(t, db, 40, time.Hour)
+	testutil.Eventually(t, 20*time.Second, "the 50% warning and the breach armed", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '40'`) == 2
+	})
+	stop()
+	// Restarted with 75% only; the SLA row is not touched, so its 50%
+	// timer stays armed. Make it due.
+	db.Exec(t, `UPDATE dzhook.sla_timers SET fire_at = now() - interval '1 second' WHERE kind = 'warning:50'`)
+	start(t, testConfigWith(t, db, slaSection+"  warning_percent: [75]\n", "", sub("ops", rc.URL, "sla.*")))
+	testutil.Eventually(t, 20*time.Second, "the removed threshold's timer dropped", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE kind = 'warning:50'`) == 0
+	})
+	if evs := slaEvents(t, rc); len(evs) != 0 {
+		t.Errorf("events %+v, want none", evs)
+	}
+}
