@@ -112,11 +112,16 @@ type Dispatcher struct {
 	// mu guards the subscription set. Dispatch and claims hold it for
 	// reading while they reserve and fill queues; Reload holds it for
 	// writing while it swaps subscriptions.
-	mu      sync.RWMutex
-	subs    []*sub
-	byID    map[string]*sub
-	life    context.Context // the workers' context, once Run started
-	stopped bool
+	mu   sync.RWMutex
+	subs []*sub
+	byID map[string]*sub
+	// life is the workers' and the writer's context: from New until Run
+	// has drained (or given up on) the journal.
+	life     context.Context
+	stopLife context.CancelFunc
+	started  bool // Run started the workers
+	stopped  bool
+	loaded   atomic.Bool // LoadState done
 }
 
 // New compiles the subscriptions and returns a Dispatcher; Run starts it.
@@ -178,6 +183,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d.subs = subs
 	d.byID = index(subs)
+	d.life, d.stopLife = context.WithCancel(context.Background())
 	d.writer = &writer{
 		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, systemID: cfg.SystemID, ack: cfg.Ack,
 		onSpill: d.nudge, onNotify: d.nudgeNotifier, onFlush: d.obs.JournalFlushed, owner: cfg.Instance,
@@ -241,7 +247,7 @@ func (d *Dispatcher) nudgeNotifier() {
 // in memory queues are already journaled and go out on the next start or
 // from another instance.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	life, stopLife := context.WithCancel(context.WithoutCancel(ctx))
+	life, stopLife := d.life, d.stopLife
 	defer stopLife()
 	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
 		if ctx.Err() != nil {
@@ -249,11 +255,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("register in journal: %w", err)
 	}
-	if err := d.loadState(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	if !d.loaded.Load() {
+		if err := d.LoadState(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
-		return err
 	}
 
 	drain := make(chan struct{})
@@ -264,7 +272,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}()
 
 	d.mu.Lock()
-	d.life = life
+	d.started = true
 	for _, s := range d.subs {
 		d.startWorkers(s)
 	}
@@ -289,7 +297,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		s.wg.Wait()
 	}
 	close(drain)
-	<-writerDone
+	select {
+	case <-writerDone:
+	case <-time.After(drainJournalTimeout):
+		// The journal is unreachable: give up on what is queued rather
+		// than hang the shutdown. None of it was acknowledged, so the
+		// stream sends it again on the next start.
+		d.log.Error("journal unreachable at shutdown; stopping with records unwritten (their transactions were not acknowledged and come again)", "waited", drainJournalTimeout.String())
+		stopLife()
+		<-writerDone
+	}
 	uctx, cancel := context.WithTimeout(life, 10*time.Second)
 	defer cancel()
 	if err := d.cfg.Journal.Unregister(uctx, d.cfg.Instance); err != nil {
@@ -297,6 +314,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// drainJournalTimeout bounds how long a stopping dispatcher waits for the
+// journal to take what is queued.
+const drainJournalTimeout = 20 * time.Second
 
 // startWorkers runs a subscription's workers. Call with d.mu held.
 func (d *Dispatcher) startWorkers(s *sub) {
@@ -309,8 +330,10 @@ func (d *Dispatcher) startWorkers(s *sub) {
 	}
 }
 
-// loadState restores pause and health from the journal.
-func (d *Dispatcher) loadState(ctx context.Context) error {
+// LoadState restores pause and health from the journal. Run does it when
+// it was not done before; calling it first makes the state visible (to the
+// admin API) before Run starts.
+func (d *Dispatcher) LoadState(ctx context.Context) error {
 	states, err := d.cfg.Journal.SubscriptionStates(ctx)
 	if err != nil {
 		return fmt.Errorf("load subscription state: %w", err)
@@ -325,6 +348,7 @@ func (d *Dispatcher) loadState(ctx context.Context) error {
 			s.mu.Unlock()
 		}
 	}
+	d.loaded.Store(true)
 	return nil
 }
 
@@ -368,14 +392,14 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		}
 	}
 	d.subs, d.byID = next, index(next)
-	if d.life != nil {
+	if d.started {
 		for _, s := range next {
 			if !keep[s] {
 				d.startWorkers(s)
 			}
 		}
 	}
-	running := d.life != nil
+	running := d.started
 	d.mu.Unlock()
 
 	for _, s := range retired {
@@ -529,7 +553,18 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 // transaction's events (so it is durable before the transaction is
 // acknowledged).
 func (d *Dispatcher) ArmTimers(ctx context.Context, c journal.TimerChange) error {
-	return d.writer.put(ctx, record{timer: &c})
+	return d.put(ctx, record{timer: &c})
+}
+
+// put queues a record for the journal unless the dispatcher has stopped
+// (its writer then takes nothing more: the record would wait forever).
+func (d *Dispatcher) put(ctx context.Context, r record) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.stopped {
+		return context.Canceled
+	}
+	return d.writer.put(ctx, r)
 }
 
 // DispatchDurable is Dispatch for an event from time (the SLA clock): it
@@ -540,7 +575,7 @@ func (d *Dispatcher) DispatchDurable(ctx context.Context, ev Event) error {
 		return err
 	}
 	done := make(chan error, 1)
-	if err := d.writer.put(ctx, record{done: done}); err != nil {
+	if err := d.put(ctx, record{done: done}); err != nil {
 		return err
 	}
 	select {
@@ -554,12 +589,12 @@ func (d *Dispatcher) DispatchDurable(ctx context.Context, ev Event) error {
 // Commit marks the end of the transaction committed at lsn: once the
 // journal holds everything queued before it, lsn is acknowledged.
 func (d *Dispatcher) Commit(ctx context.Context, lsn uint64) error {
-	return d.writer.put(ctx, record{commit: lsn})
+	return d.put(ctx, record{commit: lsn})
 }
 
 // Reject records an outbox row or message that could not become an event.
 func (d *Dispatcher) Reject(ctx context.Context, r journal.Rejection) error {
-	return d.writer.put(ctx, record{reject: &r})
+	return d.put(ctx, record{reject: &r})
 }
 
 // work runs one worker of a subscription until it is stopped; busy says

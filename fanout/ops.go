@@ -67,7 +67,13 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	if before.State == "pending" && before.NextAttemptAt != nil {
 		t.keepPending, t.keepNext = true, *before.NextAttemptAt
 	}
-	res := d.attempt(context.WithoutCancel(ctx), s, t)
+	life, err := d.running()
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	// The attempt runs to its end even if the operator's request goes
+	// away (its outcome is journaled), but not past the dispatcher's life.
+	res := d.attempt(life, s, t)
 	if err := waitDurable(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
@@ -98,7 +104,7 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 	}
 	now := d.now().UTC()
 	id := DeliveryID(ev.ID, s.cfg.ID)
-	err = d.writer.put(ctx, record{
+	err = d.put(ctx, record{
 		event: &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, OccurredAt: ev.Timestamp},
 		delivs: []journal.DeliveryRow{{ID: id, EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type,
 			State: "pending", Owner: d.cfg.Instance, NextAttemptAt: now.Add(time.Hour), Test: true, CreatedAt: now}},
@@ -107,11 +113,28 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 		return AttemptReport{}, err
 	}
 	t := &task{deliveryID: id, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: TriggerTest, test: true, durable: make(chan error, 1)}
-	res := d.attempt(context.WithoutCancel(ctx), s, t)
+	life, err := d.running()
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	// The attempt runs to its end even if the operator's request goes
+	// away (its outcome is journaled), but not past the dispatcher's life.
+	res := d.attempt(life, s, t)
 	if err := waitDurable(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
 	return report(t, res), nil
+}
+
+// running returns the dispatcher's life, or an error once it stopped (an
+// operation then would never be journaled).
+func (d *Dispatcher) running() (context.Context, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.stopped {
+		return nil, errors.New("fanout: stopped")
+	}
+	return d.life, nil
 }
 
 // barrier returns once every delivery dispatched before it is journaled:

@@ -198,6 +198,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	// Pause and health as journaled, before the admin API can be asked.
+	if err := e.dispatcher.LoadState(ctx); err != nil {
+		return nil, err
+	}
 	e.stream, err = cdc.New(cdc.Config{
 		DSN: cfg.Source.DSN.Reveal(), Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
 		Handler: e, Logger: opts.Logger, Pool: source, StatusInterval: opts.StatusInterval,
@@ -421,9 +425,9 @@ func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
 		}
 	}
 	slices.Sort(restart)
-	keep := *e.cfg
-	keep.Subscriptions = next.Subscriptions
-	e.cfg = &keep
+	// e.cfg stays the configuration the process started with (other
+	// goroutines read it without a lock): the sections compared above are
+	// the ones still running, so a change stays reported until a restart.
 	if len(restart) > 0 {
 		e.log.Warn("configuration reloaded: subscriptions applied; these sections changed and take effect at the next restart", "sections", strings.Join(restart, ", "))
 	} else {
