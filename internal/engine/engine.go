@@ -311,7 +311,8 @@ func (e *Engine) loadCheckpoint(ctx context.Context, walEnd pglogrepl.LSN) error
 	case cp.SystemID != "" && cp.SystemID != e.systemID:
 		why = "it belongs to database cluster " + cp.SystemID + ", not " + e.systemID
 	case lsn > walEnd:
-		why = "it is ahead of the database's WAL (" + walEnd.String() + "): the database was restored from a backup or replaced"
+		why = "it is ahead of the database's WAL (" + walEnd.String() + "): the database was restored from a backup or replaced; " +
+			"new events may reuse ids of the lost timeline, which the journal drops as known: give dzhook a fresh journal.schema"
 	}
 	if why == "" {
 		e.checkpoint = lsn
