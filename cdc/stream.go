@@ -452,20 +452,30 @@ func (s *Stream) finish(conn *pgconn.PgConn) {
 	defer deadline.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+drain:
 	for !s.drained() {
 		select {
 		case <-s.wake:
 		case <-tick.C:
 		case <-deadline.C:
 			s.log.Warn("stopping with transactions not yet acknowledged; they are sent again on the next start", "waited", s.cfg.DrainTimeout.String())
-			_ = s.sendStatus(conn, false, 0)
-			return
+			break drain
 		}
 		if err := s.sendStatus(conn, false, 0); err != nil {
 			return
 		}
 	}
-	_ = s.sendStatus(conn, false, 0)
+	if err := s.sendStatus(conn, false, 0); err != nil {
+		return
+	}
+	// End the stream properly: closing at once, with WAL still unread in
+	// the socket, makes the kernel reset the connection, and the
+	// walsender can die before it reads the last status. After CopyDone
+	// the server answers only once it has read everything before it.
+	_ = conn.Conn().SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := pglogrepl.SendStandbyCopyDone(context.Background(), conn); err != nil {
+		s.log.Debug("ending the replication stream", "err", err)
+	}
 }
 
 // drained reports whether the processor has stopped and everything it

@@ -119,7 +119,8 @@ type Dispatcher struct {
 	// has drained (or given up on) the journal.
 	life     context.Context
 	stopLife context.CancelFunc
-	started  bool // Run started the workers
+	started  bool           // Run started the workers
+	ops      sync.WaitGroup // operators' operations in progress (enter)
 	stopped  bool
 	loaded   atomic.Bool // LoadState done
 }
@@ -185,7 +186,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	d.byID = index(subs)
 	d.life, d.stopLife = context.WithCancel(context.Background())
 	d.writer = &writer{
-		in: make(chan record, defaultWriterQueue), store: cfg.Journal, slot: cfg.Slot, systemID: cfg.SystemID, ack: cfg.Ack,
+		in: make(chan record, defaultWriterQueue), closed: make(chan struct{}), store: cfg.Journal, slot: cfg.Slot, systemID: cfg.SystemID, ack: cfg.Ack,
 		onSpill: d.nudge, onNotify: d.nudgeNotifier, onFlush: d.obs.JournalFlushed, owner: cfg.Instance,
 		log: d.log, linger: cfg.Linger, hold: DefaultHold, maxBatch: defaultMaxBatch,
 	}
@@ -249,18 +250,24 @@ func (d *Dispatcher) nudgeNotifier() {
 func (d *Dispatcher) Run(ctx context.Context) error {
 	life, stopLife := d.life, d.stopLife
 	defer stopLife()
-	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
+	// abandon ends a Run that never started its writer: nothing more is
+	// accepted, and whoever waits for the writer hears it is gone.
+	abandon := func(err error) error {
+		d.mu.Lock()
+		d.stopped = true
+		d.mu.Unlock()
+		close(d.writer.closed)
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		return fmt.Errorf("register in journal: %w", err)
+		return err
+	}
+	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
+		return abandon(fmt.Errorf("register in journal: %w", err))
 	}
 	if !d.loaded.Load() {
 		if err := d.LoadState(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+			return abandon(err)
 		}
 	}
 
@@ -295,6 +302,15 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	for _, s := range subs {
 		s.wg.Wait()
+	}
+	// Operators' retries and test sends in flight finish their attempt
+	// (within the delivery timeout) and journal it, unless they overrun.
+	opsDone := make(chan struct{})
+	go func() { d.ops.Wait(); close(opsDone) }()
+	select {
+	case <-opsDone:
+	case <-time.After(d.cfg.Timeout + 5*time.Second):
+		d.log.Warn("stopping with an operator's retry or test still running; its outcome may not be journaled")
 	}
 	close(drain)
 	select {
@@ -556,12 +572,15 @@ func (d *Dispatcher) ArmTimers(ctx context.Context, c journal.TimerChange) error
 	return d.put(ctx, record{timer: &c})
 }
 
-// put queues a record for the journal unless the dispatcher has stopped
-// (its writer then takes nothing more: the record would wait forever).
+// put queues a record for the journal unless the dispatcher has stopped.
+// It does not hold d.mu while the writer's queue is full: a shutdown
+// waiting for the lock would otherwise wait on a caller whose context
+// never ends (an operator's request).
 func (d *Dispatcher) put(ctx context.Context, r record) error {
 	d.mu.RLock()
-	defer d.mu.RUnlock()
-	if d.stopped {
+	stopped := d.stopped
+	d.mu.RUnlock()
+	if stopped {
 		return context.Canceled
 	}
 	return d.writer.put(ctx, r)
@@ -578,12 +597,7 @@ func (d *Dispatcher) DispatchDurable(ctx context.Context, ev Event) error {
 	if err := d.put(ctx, record{done: done}); err != nil {
 		return err
 	}
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return d.waitDurable(ctx, done)
 }
 
 // Commit marks the end of the transaction committed at lsn: once the

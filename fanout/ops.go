@@ -50,6 +50,11 @@ func (d *Dispatcher) lookup(id string) (*sub, error) {
 // it. A delivery being attempted right now is not sent twice:
 // journal.ErrBusy.
 func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptReport, error) {
+	life, leave, err := d.enter()
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	defer leave()
 	before, _, _, err := d.cfg.Journal.GetDelivery(ctx, deliveryID)
 	if err != nil {
 		return AttemptReport{}, err
@@ -67,14 +72,10 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	if before.State == "pending" && before.NextAttemptAt != nil {
 		t.keepPending, t.keepNext = true, *before.NextAttemptAt
 	}
-	life, err := d.running()
-	if err != nil {
-		return AttemptReport{}, err
-	}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
 	res := d.attempt(life, s, t)
-	if err := waitDurable(ctx, t.durable); err != nil {
+	if err := d.waitDurable(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
 	return report(t, res), nil
@@ -98,6 +99,11 @@ func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since
 // secret, and reports what the receiver answered. The delivery is recorded
 // with trigger test and left out of the subscription's health.
 func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event) (AttemptReport, error) {
+	life, leave, err := d.enter()
+	if err != nil {
+		return AttemptReport{}, err
+	}
+	defer leave()
 	s, err := d.lookup(subscription)
 	if err != nil {
 		return AttemptReport{}, err
@@ -113,54 +119,63 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 		return AttemptReport{}, err
 	}
 	t := &task{deliveryID: id, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: TriggerTest, test: true, durable: make(chan error, 1)}
-	life, err := d.running()
-	if err != nil {
-		return AttemptReport{}, err
-	}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
 	res := d.attempt(life, s, t)
-	if err := waitDurable(ctx, t.durable); err != nil {
+	if err := d.waitDurable(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
 	return report(t, res), nil
 }
 
-// running returns the dispatcher's life, or an error once it stopped (an
-// operation then would never be journaled).
-func (d *Dispatcher) running() (context.Context, error) {
+// enter registers an operator's operation (a manual retry, a test send, a
+// resume): the dispatcher's shutdown waits for it, a while, before its
+// journal writer stops. It fails once the dispatcher is stopping. life
+// bounds the operation's attempt; leave ends the registration.
+func (d *Dispatcher) enter() (life context.Context, leave func(), err error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if d.stopped {
-		return nil, errors.New("fanout: stopped")
+		return nil, nil, errors.New("fanout: stopped")
 	}
-	return d.life, nil
+	d.ops.Add(1)
+	return d.life, d.ops.Done, nil
 }
 
 // barrier returns once every delivery dispatched before it is journaled:
 // dispatches in progress hold d.mu's read lock until their records are
 // queued, and the writer takes its queue in order.
 func (d *Dispatcher) barrier(ctx context.Context) error {
-	d.mu.Lock()
-	stopped := d.stopped
-	d.mu.Unlock()
-	if stopped {
-		return errors.New("fanout: stopped")
+	_, leave, err := d.enter()
+	if err != nil {
+		return err
 	}
+	defer leave()
+	// An empty critical section: it waits out every dispatch in progress.
+	d.mu.Lock()
+	d.mu.Unlock()
 	done := make(chan error, 1)
 	if err := d.writer.put(ctx, record{done: done}); err != nil {
 		return err
 	}
-	return waitDurable(ctx, done)
+	return d.waitDurable(ctx, done)
 }
 
-// waitDurable waits until a record is journaled.
-func waitDurable(ctx context.Context, done <-chan error) error {
+// waitDurable waits until a record is journaled, ctx ends, or the writer
+// stopped without writing it.
+func (d *Dispatcher) waitDurable(ctx context.Context, done <-chan error) error {
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-d.writer.closed:
+		select {
+		case err := <-done:
+			return err // written in the writer's last batch
+		default:
+			return errWriterClosed
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -51,6 +52,7 @@ const DefaultHold = time.Second
 // process dies was never acknowledged, and the stream sends it again.
 type writer struct {
 	in       chan record
+	closed   chan struct{} // closed when run returns
 	store    *journal.Store
 	slot     string
 	systemID string
@@ -90,18 +92,29 @@ type marker struct {
 // to the replication stream) and returns ctx's error if ctx ends first.
 func (w *writer) put(ctx context.Context, r record) error {
 	select {
+	case <-w.closed:
+		return errWriterClosed
+	default:
+	}
+	select {
 	case w.in <- r:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-w.closed:
+		return errWriterClosed
 	}
 }
+
+// errWriterClosed: the writer stopped; the record was not journaled.
+var errWriterClosed = errors.New("fanout: the journal writer has stopped")
 
 // run writes batches until drain is closed, then writes what is queued,
 // releases what it holds, and returns. It never drops a batch: a failed
 // write is retried with backoff, and meanwhile the queue fills and
 // backpressure holds the stream.
 func (w *writer) run(life context.Context, drain <-chan struct{}) {
+	defer close(w.closed)
 	if w.held == nil {
 		w.held = map[string]*heldDelivery{}
 	}

@@ -108,7 +108,13 @@ func TestWriteIsIdempotent(t *testing.T) {
 			t.Errorf("after %d of %s: checkpoint = %+v (err %v), want %d of %s", w.lsn, w.sys, cp, err, w.want, w.sys)
 		}
 	}
-	if err := s.ResetCheckpoint(ctx, "dzhook"); err != nil {
+	if err := s.ResetCheckpoint(ctx, "dzhook", Checkpoint{LSN: 8, SystemID: "B"}); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != 9 {
+		t.Errorf("reset of a checkpoint read before the last write: checkpoint = %+v (err %v), want 9 kept", cp, err)
+	}
+	if err := s.ResetCheckpoint(ctx, "dzhook", Checkpoint{LSN: 9, SystemID: "B"}); err != nil {
 		t.Fatal(err)
 	}
 	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != (Checkpoint{}) {
@@ -282,7 +288,7 @@ func TestTimerClaimUsesIndex(t *testing.T) {
 // SLA moved is forgotten, so the SLA moving back to that target arms it
 // again; a timer armed anew since the claim is not cancelled.
 func TestCancelledTimerCanBeArmedAgain(t *testing.T) {
-	s, _ := newStore(t)
+	s, db := newStore(t)
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	timer := TimerRow{SLAID: "7", Kind: "breach", TargetAt: now, FireAt: now.Add(-time.Second), RequestID: "7", SLAType: "resolution", StartedAt: now.Add(-time.Hour)}
@@ -316,5 +322,24 @@ func TestCancelledTimerCanBeArmedAgain(t *testing.T) {
 	if err := s.TimerCancelled(ctx, due[0]); err != nil {
 		t.Fatal(err)
 	}
-	claim(1)
+	due = claim(1)
+	// Moved away and back within one batch: the writer keeps the latest
+	// change only, an upsert of the claimed row. It is a new arming, which
+	// the claim's cancellation must not delete.
+	arm()
+	if err := s.TimerCancelled(ctx, due[0]); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '7' AND fired_at IS NULL`); n != 1 {
+		t.Errorf("%d armed timers after cancelling a claim of an older arming, want 1", n)
+	}
+}
+
+func queryCount(t *testing.T, db *pgtest.DB, sql string) int {
+	t.Helper()
+	var n int
+	if err := db.Connect(t).QueryRow(context.Background(), sql).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
 }

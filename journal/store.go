@@ -171,10 +171,13 @@ func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error)
 	return cp, nil
 }
 
-// ResetCheckpoint forgets the slot's checkpoint: it belongs to another
-// cluster, or to this one before a restore from backup.
-func (s *Store) ResetCheckpoint(ctx context.Context, slot string) error {
-	if _, err := s.pool.Exec(ctx, s.q(`DELETE FROM {{schema}}.checkpoints WHERE slot = $1`), slot); err != nil {
+// ResetCheckpoint forgets the slot's checkpoint cp: it belongs to another
+// cluster, or to this one before a restore from backup. A checkpoint
+// written since cp was read is kept.
+func (s *Store) ResetCheckpoint(ctx context.Context, slot string, cp Checkpoint) error {
+	_, err := s.pool.Exec(ctx, s.q(`DELETE FROM {{schema}}.checkpoints WHERE slot = $1 AND lsn = $2 AND coalesce(system_id, '') = $3`),
+		slot, int64(cp.LSN), cp.SystemID)
+	if err != nil {
 		return fmt.Errorf("reset checkpoint: %w", err)
 	}
 	return nil

@@ -17,6 +17,9 @@ type TimerRow struct {
 	RequestID   string
 	SLAType     string
 	StartedAt   time.Time
+	// Generation identifies the arming a claim returned (new at every
+	// arming, including an upsert of the same timer).
+	Generation int64
 }
 
 // TimerChange arms an SLA's timers for its current target and cancels
@@ -57,7 +60,7 @@ func (s *Store) queueTimers(batch *pgx.Batch, changes []TimerChange) {
 	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[])
 		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = EXCLUDED.fire_at, request_id = EXCLUDED.request_id,
-			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at
+			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at, generation = nextval('{{schema}}.sla_timer_generation')
 		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started)
 }
 
@@ -71,13 +74,13 @@ func (s *Store) ClaimTimers(ctx context.Context, limit int, lease time.Duration)
 			 ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 		UPDATE {{schema}}.sla_timers t SET leased_until = now() + $2 * interval '1 second'
 		  FROM due WHERE t.sla_id = due.sla_id AND t.kind = due.kind AND t.target_at = due.target_at
-		RETURNING t.sla_id, t.kind, t.target_at, t.fire_at, t.request_id, t.sla_type, t.started_at`), limit, lease.Seconds())
+		RETURNING t.sla_id, t.kind, t.target_at, t.fire_at, t.request_id, t.sla_type, t.started_at, t.generation`), limit, lease.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim SLA timers: %w", err)
 	}
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TimerRow, error) {
 		var t TimerRow
-		err := r.Scan(&t.SLAID, &t.Kind, &t.TargetAt, &t.FireAt, &t.RequestID, &t.SLAType, &t.StartedAt)
+		err := r.Scan(&t.SLAID, &t.Kind, &t.TargetAt, &t.FireAt, &t.RequestID, &t.SLAType, &t.StartedAt, &t.Generation)
 		return t, err
 	})
 	if err != nil {
@@ -97,11 +100,11 @@ func (s *Store) TimerDone(ctx context.Context, t TimerRow, outcome string) error
 // TimerCancelled forgets a claimed timer that is no longer due (its SLA
 // completed, deleted or moved, or its kind no longer configured). The row
 // goes rather than being marked: should the SLA come back to that target,
-// the stream arms it afresh. A row armed anew since the claim (unleased)
-// is left alone.
+// the stream arms it afresh. A timer armed again since the claim (another
+// generation) is left alone: the SLA came back while the clock looked.
 func (s *Store) TimerCancelled(ctx context.Context, t TimerRow) error {
 	_, err := s.pool.Exec(ctx, s.q(`DELETE FROM {{schema}}.sla_timers
-		WHERE sla_id = $1 AND kind = $2 AND target_at = $3 AND fired_at IS NULL AND leased_until IS NOT NULL`), t.SLAID, t.Kind, t.TargetAt)
+		WHERE sla_id = $1 AND kind = $2 AND target_at = $3 AND fired_at IS NULL AND generation = $4`), t.SLAID, t.Kind, t.TargetAt, t.Generation)
 	if err != nil {
 		return fmt.Errorf("cancel SLA timer: %w", err)
 	}

@@ -148,13 +148,20 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if e.journal, err = journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema); err != nil {
 		return nil, err
 	}
+	// The checkpoint first, the WAL's end after: another instance holding
+	// the slot may journal meanwhile, and a checkpoint read after the WAL
+	// position could look ahead of it.
+	cp, err := e.journal.Checkpoint(ctx, cfg.Source.Slot)
+	if err != nil {
+		return nil, err
+	}
 	sys, err := identifySystem(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
 		return nil, err
 	}
 	sysID := sys.SystemID
 	e.systemID = sysID
-	if err := e.loadCheckpoint(ctx, sys.XLogPos); err != nil {
+	if err := e.useCheckpoint(ctx, cp, sys.XLogPos); err != nil {
 		return nil, err
 	}
 	cat, err := cfg.Catalog()
@@ -294,16 +301,12 @@ func identifySystem(ctx context.Context, dsn string) (pglogrepl.IdentifySystemRe
 	return sys, nil
 }
 
-// loadCheckpoint reads the slot's checkpoint, below which the stream's
+// useCheckpoint adopts the slot's checkpoint, below which the stream's
 // transactions are known to be journaled. One that cannot be this
 // cluster's (another system identifier, or a position its WAL has not
 // reached: a restore from backup) is dropped rather than trusted, since it
 // would make dzhook skip transactions it never journaled.
-func (e *Engine) loadCheckpoint(ctx context.Context, walEnd pglogrepl.LSN) error {
-	cp, err := e.journal.Checkpoint(ctx, e.cfg.Source.Slot)
-	if err != nil {
-		return err
-	}
+func (e *Engine) useCheckpoint(ctx context.Context, cp journal.Checkpoint, walEnd pglogrepl.LSN) error {
 	lsn := pglogrepl.LSN(cp.LSN)
 	var why string
 	switch {
@@ -320,7 +323,7 @@ func (e *Engine) loadCheckpoint(ctx context.Context, walEnd pglogrepl.LSN) error
 	}
 	e.log.Warn("journal checkpoint dropped; every transaction the slot sends is processed", "slot", e.cfg.Source.Slot, "checkpoint", lsn.String(), "reason", why)
 	e.checkpoint = 0
-	return e.journal.ResetCheckpoint(ctx, e.cfg.Source.Slot)
+	return e.journal.ResetCheckpoint(ctx, e.cfg.Source.Slot, cp)
 }
 
 // sessionStarted runs, in the stream's order, before the first change of

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/fanout"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -521,5 +522,49 @@ func TestReloadChangedSubscriptionWithQueue(t *testing.T) {
 	}
 	if len(seen) != 15 {
 		t.Errorf("%d deliveries sent, want 15", len(seen))
+	}
+}
+
+// TestSendTestDuringShutdown: a test send in flight when dzhook is told to
+// stop finishes its attempt and journals it before the journal writer
+// stops; the operator gets the answer.
+func TestSendTestDuringShutdown(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	arrived := make(chan struct{}, 1)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		arrived <- struct{}{}
+		time.Sleep(time.Second)
+		return 200, nil, "ok"
+	})
+	e, stop := startStoppable(t, testConfig(t, db, "", sub("crm", rc.URL, "request.*")))
+	testutil.Eventually(t, 20*time.Second, "dzhook ready and registered", func() bool {
+		return e.Ready(context.Background()) == nil && queryInt(t, db, `SELECT count(*) FROM dzhook.instances`) == 1
+	})
+	type result struct {
+		rep fanout.AttemptReport
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		rep, err := e.dispatcher.SendTest(context.Background(), "crm", sample("request.created"))
+		got <- result{rep, err}
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the test send never arrived")
+	}
+	stop()
+	select {
+	case r := <-got:
+		if r.err != nil || !r.rep.Delivered {
+			t.Errorf("SendTest = %+v, %v; want delivered", r.rep, r.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("SendTest did not return after the shutdown")
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.attempts WHERE trigger = 'test' AND status_code = 200`); n != 1 {
+		t.Errorf("%d test attempts journaled, want 1", n)
 	}
 }
