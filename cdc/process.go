@@ -115,10 +115,10 @@ func (p *processor) handle(ctx context.Context, w wal) error {
 			return nil
 		}
 		p.lastCommit = m.CommitLSN
-		p.s.transactions.Add(1)
 		if err := p.s.cfg.Handler.HandleCommit(ctx, Commit{XID: p.cur.XID, CommitLSN: m.CommitLSN, CommitTime: m.CommitTime, EndLSN: m.EndLSN, Changes: n}); err != nil {
 			return err
 		}
+		p.s.transactions.Add(1)
 		// Recorded once the handler took the commit (its acknowledgement
 		// may come first: advance compares with the highest one), so a
 		// stopping stream never waits for a commit the handler refused.
@@ -239,10 +239,10 @@ func (p *processor) standalone(ctx context.Context, m *Message) error {
 		return err
 	}
 	p.lastCommit = key
-	p.s.transactions.Add(1)
 	if err := p.s.cfg.Handler.HandleCommit(ctx, Commit{CommitLSN: key, CommitTime: c.CommitTime, EndLSN: m.LSN, Changes: 1}); err != nil {
 		return err
 	}
+	p.s.transactions.Add(1)
 	p.s.handed(txEnd{commit: key, end: m.LSN})
 	return nil
 }

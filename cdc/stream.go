@@ -85,7 +85,7 @@ type Stats struct {
 	LagBytes int64
 	// Changes counts the changes handed to the handler.
 	Changes uint64
-	// Transactions counts the commits handed to the handler.
+	// Transactions counts the commits the handler took.
 	Transactions uint64
 	// Connected reports whether the replication connection is streaming.
 	Connected bool

@@ -277,7 +277,7 @@ func TestStandbyTakesOverWithoutRepeats(t *testing.T) {
 		return 200, nil, "ok"
 	})
 	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
-	_, stopA := startStoppable(t, cfg)
+	a, stopA := startStoppable(t, cfg)
 	start(t, cfg) // B: waits for the slot, with the checkpoint of before
 	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (1, 'first', 'high', 1)`)
 	select {
@@ -285,6 +285,10 @@ func TestStandbyTakesOverWithoutRepeats(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("request 1 never arrived")
 	}
+	// The first attempt starts before the stream reads the commit; A is
+	// stopped once it took the commit (stopped before, the transaction is
+	// rightly sent again: at-least-once).
+	testutil.Eventually(t, 10*time.Second, "A took the commit", func() bool { return a.Stream().Stats().Transactions >= 1 })
 	stopA()
 	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (2, 'second', 'high', 1)`)
 	testutil.Eventually(t, 60*time.Second, "request 2 delivered by the standby", func() bool {
