@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"reflect"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +125,58 @@ type Dispatcher struct {
 	ops      sync.WaitGroup // operators' operations in progress (enter)
 	stopped  bool
 	loaded   atomic.Bool // LoadState done
+
+	// lost holds claims that failed: their UPDATE may have committed
+	// with the answer lost, leaving deliveries owned by this live
+	// instance and in no queue. The schedule loop gives them back.
+	lostMu sync.Mutex
+	lost   []journal.LostClaim
+	// loseAnswer, set by tests, drops a successful claim's answer, as a
+	// connection that breaks after the commit does.
+	loseAnswer func(what string) bool
+}
+
+// errAnswerLost is what a claim whose answer a test dropped returns.
+var errAnswerLost = errors.New("the claim's answer was lost")
+
+// claimToken marks the rows of one claim (journal.Claim).
+func claimToken() string { return strconv.FormatUint(rand.Uint64(), 36) }
+
+// claimFailed remembers a claim that failed, so what it may have taken
+// is given back.
+func (d *Dispatcher) claimFailed(c journal.LostClaim) {
+	d.lostMu.Lock()
+	d.lost = append(d.lost, c)
+	d.lostMu.Unlock()
+	d.nudge()
+}
+
+// releaseLost gives back what failed claims took; a release that fails is
+// tried again on the next round.
+func (d *Dispatcher) releaseLost(ctx context.Context) {
+	d.lostMu.Lock()
+	lost := d.lost
+	d.lost = nil
+	d.lostMu.Unlock()
+	var again []journal.LostClaim
+	for i, c := range lost {
+		n, err := d.cfg.Journal.ReleaseLost(ctx, d.cfg.Instance, c)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("could not give back the deliveries of a failed claim; retrying", "err", err)
+			}
+			again = append(again, lost[i:]...)
+			break
+		}
+		if n > 0 {
+			d.log.Warn("a claim's answer was lost; its deliveries are claimed again", "deliveries", n, "subscription", c.Subscription, "delivery_id", c.Delivery)
+		}
+	}
+	if len(again) > 0 {
+		d.lostMu.Lock()
+		d.lost = append(again, d.lost...)
+		d.lostMu.Unlock()
+	}
 }
 
 // New compiles the subscriptions and returns a Dispatcher; Run starts it.
@@ -748,6 +802,7 @@ func (d *Dispatcher) scheduleLoop(ctx context.Context) {
 		case <-t.C:
 		case <-d.wake:
 		}
+		d.releaseLost(ctx)
 		d.mu.RLock()
 		subs := d.subs
 		d.mu.RUnlock()
@@ -780,9 +835,14 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 		return nil
 	}
 	n := s.reserve(min(free/2, 1024))
-	claimed, err := d.cfg.Journal.Claim(ctx, s.cfg.ID, int(n), d.cfg.Instance, 3*d.cfg.Heartbeat)
+	token := claimToken()
+	claimed, err := d.cfg.Journal.Claim(ctx, s.cfg.ID, int(n), d.cfg.Instance, token, 3*d.cfg.Heartbeat)
+	if err == nil && d.loseAnswer != nil && d.loseAnswer("claim") {
+		claimed, err = nil, errAnswerLost
+	}
 	s.release(n - int64(len(claimed)))
 	if err != nil {
+		d.claimFailed(journal.LostClaim{Subscription: s.cfg.ID, Token: token})
 		return err
 	}
 	for _, c := range claimed {

@@ -63,8 +63,18 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	if err != nil {
 		return AttemptReport{}, err
 	}
-	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, 3*d.cfg.Heartbeat)
+	token := claimToken()
+	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, token, 3*d.cfg.Heartbeat)
+	if err == nil && d.loseAnswer != nil && d.loseAnswer("retry") {
+		err = errAnswerLost
+	}
 	if err != nil {
+		if !errors.Is(err, journal.ErrBusy) && !errors.Is(err, journal.ErrNotFound) {
+			// The operator may have gone away after the claim committed:
+			// without the release the delivery would look busy until
+			// this instance stops.
+			d.claimFailed(journal.LostClaim{Delivery: deliveryID, Token: token})
+		}
 		return AttemptReport{}, err
 	}
 	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: TriggerManual, test: c.Test,

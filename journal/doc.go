@@ -8,7 +8,9 @@
 // never one per delivery. Due work is claimed with FOR UPDATE SKIP LOCKED
 // so several dzhook processes share it; a delivery being attempted has an
 // owner, and only when that owner's heartbeat goes stale may another
-// process take it over.
+// process take it over. Each claim marks its rows with a token, so an
+// owner whose claim failed after committing (the answer lost with the
+// connection) can give back exactly those rows (Store.ReleaseLost).
 //
 // Delivery states:
 //

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -154,11 +155,11 @@ func TestClaim(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a, err := s.Claim(ctx, "crm", 6, "a", time.Minute)
+	a, err := s.Claim(ctx, "crm", 6, "a", "t1", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.Claim(ctx, "crm", 6, "b", time.Minute)
+	b, err := s.Claim(ctx, "crm", 6, "b", "t2", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +177,7 @@ func TestClaim(t *testing.T) {
 		}
 	}
 	// a is alive: nothing more to claim.
-	if more, _ := s.Claim(ctx, "crm", 10, "b", time.Minute); len(more) != 0 {
+	if more, _ := s.Claim(ctx, "crm", 10, "b", "t3", time.Minute); len(more) != 0 {
 		t.Errorf("b claimed %d deliveries owned by a live instance", len(more))
 	}
 	// a's heartbeat goes stale: b takes a's deliveries over.
@@ -184,7 +185,7 @@ func TestClaim(t *testing.T) {
 	if err := s.Heartbeat(ctx, "b"); err != nil {
 		t.Fatal(err)
 	}
-	taken, err := s.Claim(ctx, "crm", 10, "b", time.Second)
+	taken, err := s.Claim(ctx, "crm", 10, "b", "t4", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,8 +196,70 @@ func TestClaim(t *testing.T) {
 	if err := s.Unregister(ctx, "b"); err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := s.Claim(ctx, "crm", 20, "c", time.Hour); len(again) != 10 {
+	if again, _ := s.Claim(ctx, "crm", 20, "c", "t5", time.Hour); len(again) != 10 {
 		t.Errorf("after b left, c claimed %d, want all 10", len(again))
+	}
+}
+
+// TestReleaseLost: the deliveries a claim took whose answer was lost go
+// back to the pool, and nothing else the instance owns does.
+func TestReleaseLost(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	ids := []string{"00", "01", "02", "03", "04", "05"}
+	if err := s.Write(ctx, pendingBatch(ids...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := s.Claim(ctx, "crm", 2, "a", "kept", time.Minute) // answered: in a's memory
+	if err != nil || len(kept) != 2 {
+		t.Fatalf("claim: %d, %v", len(kept), err)
+	}
+	if lost, err := s.Claim(ctx, "crm", 3, "a", "lost", time.Minute); err != nil || len(lost) != 3 { // its answer "lost"
+		t.Fatalf("claim: %d, %v", len(lost), err)
+	}
+	if n, err := s.ReleaseLost(ctx, "b", LostClaim{Subscription: "crm", Token: "lost"}); err != nil || n != 0 {
+		t.Errorf("another owner released %d (%v), want 0", n, err)
+	}
+	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Token: "lost"}); err != nil || n != 3 {
+		t.Errorf("released %d (%v), want the 3 of the lost claim", n, err)
+	}
+	again, err := s.Claim(ctx, "crm", 10, "a", "again", time.Minute)
+	if err != nil || len(again) != 4 { // the 3 released and the one never claimed
+		t.Fatalf("claim after the release: %d, %v; want 4", len(again), err)
+	}
+	for _, c := range again {
+		for _, k := range kept {
+			if c.ID == k.ID {
+				t.Errorf("%s was held in memory and was released", c.ID)
+			}
+		}
+	}
+	if n, _ := s.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Token: "lost"}); n != 0 {
+		t.Errorf("releasing the lost claim twice released %d, want 0 (they were claimed again)", n)
+	}
+
+	// A manual retry's claim, lost: the delivery is free for the next one.
+	id := kept[0].ID
+	if err := s.Write(ctx, &Batch{Updates: []DeliveryUpdate{{ID: id, State: "failed", Attempts: 5}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimForRetry(ctx, id, "a", "m1", time.Minute); err != nil { // its answer "lost"
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimForRetry(ctx, id, "b", "m2", time.Minute); !errors.Is(err, ErrBusy) {
+		t.Fatalf("claim of a delivery a live instance owns: %v, want ErrBusy", err)
+	}
+	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Token: "kept"}); err != nil || n != 0 {
+		t.Errorf("a release with another claim's token released %d (%v), want 0", n, err)
+	}
+	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Token: "m1"}); err != nil || n != 1 {
+		t.Fatalf("released %d (%v), want 1", n, err)
+	}
+	if _, err := s.ClaimForRetry(ctx, id, "b", "m3", time.Minute); err != nil {
+		t.Errorf("claim after the release: %v", err)
 	}
 }
 

@@ -183,15 +183,16 @@ func (s *Store) GetDelivery(ctx context.Context, id string) (Delivery, []byte, [
 
 // ClaimForRetry takes one delivery for an immediate manual attempt, unless
 // a live instance is attempting it (ErrBusy). A pending delivery keeps its
-// schedule; a finished one gets one more attempt.
-func (s *Store) ClaimForRetry(ctx context.Context, id, owner string, staleAfter time.Duration) (Claimed, error) {
+// schedule; a finished one gets one more attempt. token marks the claim
+// as in Claim.
+func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (Claimed, error) {
 	var c Claimed
 	err := s.pool.QueryRow(ctx, s.q(`
-		UPDATE {{schema}}.deliveries d SET owner = $2, updated_at = now()
+		UPDATE {{schema}}.deliveries d SET owner = $2, claim = $4, updated_at = now()
 		  FROM {{schema}}.events e
 		 WHERE d.id = $1 AND e.id = d.event_id
 		   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $3 * interval '1 second'))
-		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test`), id, owner, staleAfter.Seconds()).
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test`), id, owner, staleAfter.Seconds(), token).
 		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test)
 	if errors.Is(err, pgx.ErrNoRows) {
 		var exists bool

@@ -223,8 +223,11 @@ type Claimed struct {
 // Claim takes up to limit due deliveries of a subscription, oldest first,
 // for owner: pending, due, and not owned by a live instance (one whose
 // heartbeat is newer than staleAfter). FOR UPDATE SKIP LOCKED lets several
-// processes claim at once without taking the same delivery.
-func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner string, staleAfter time.Duration) ([]Claimed, error) {
+// processes claim at once without taking the same delivery. The rows
+// taken are marked with token, new for every claim: when the call fails,
+// its UPDATE may still have committed, and ReleaseLost gives back what it
+// took.
+func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]Claimed, error) {
 	rows, err := s.pool.Query(ctx, s.q(`
 		WITH live AS (
 			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second'
@@ -236,11 +239,11 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 			 LIMIT $2
 			   FOR UPDATE SKIP LOCKED
 		)
-		UPDATE {{schema}}.deliveries d SET owner = $3, updated_at = now()
+		UPDATE {{schema}}.deliveries d SET owner = $3, claim = $5, updated_at = now()
 		  FROM due, {{schema}}.events e
 		 WHERE d.id = due.id AND e.id = d.event_id
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test, d.manual`),
-		subscription, limit, owner, staleAfter.Seconds())
+		subscription, limit, owner, staleAfter.Seconds(), token)
 	if err != nil {
 		return nil, fmt.Errorf("claim due deliveries: %w", err)
 	}
@@ -249,6 +252,38 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 		err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test, &c.Manual)
 		return c, err
 	})
+}
+
+// LostClaim is a claim whose answer never arrived: Claim's (Subscription
+// set) or ClaimForRetry's (Delivery set), with the token it wrote.
+type LostClaim struct {
+	Subscription string
+	Delivery     string
+	Token        string
+}
+
+// ReleaseLost gives back the deliveries a lost claim of owner took, if it
+// took any: they lose their owner and are claimed again (by owner too).
+// The token limits it to that claim, so nothing owner holds in memory is
+// touched. Releasing a claim that committed nothing changes nothing.
+func (s *Store) ReleaseLost(ctx context.Context, owner string, c LostClaim) (int, error) {
+	var sql string
+	key := c.Subscription
+	if c.Delivery != "" {
+		// A manual retry claims a delivery in any state.
+		sql = `UPDATE {{schema}}.deliveries SET owner = NULL, claim = NULL WHERE id = $1 AND owner = $2 AND claim = $3`
+		key = c.Delivery
+	} else {
+		// The claim took pending deliveries (of the due index); only this
+		// instance has touched them since.
+		sql = `UPDATE {{schema}}.deliveries SET owner = NULL, claim = NULL
+			WHERE subscription_id = $1 AND state = 'pending' AND owner = $2 AND claim = $3`
+	}
+	tag, err := s.pool.Exec(ctx, s.q(sql), key, owner, c.Token)
+	if err != nil {
+		return 0, fmt.Errorf("release a lost claim: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // SubscriptionRow is a subscription's persisted state.

@@ -1,0 +1,106 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/journal"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+func newJournal(t *testing.T) *journal.Store {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := journal.New(pool, "dzhook")
+	if _, err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestLostClaimAnswer: a claim whose UPDATE committed but whose answer
+// never arrived (the connection broke) leaves deliveries owned by this
+// live instance and in no queue. They must still go out while it runs,
+// and a manual retry whose answer was lost must not leave its delivery
+// busy.
+func TestLostClaimAnswer(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	past := time.Now().Add(-time.Minute)
+	b := &journal.Batch{}
+	for _, id := range []string{"a", "b", "c", "f"} {
+		d := journal.DeliveryRow{ID: "dlv_" + id, EventID: "whk_" + id, SubscriptionID: "crm", EventType: "request.created",
+			State: "pending", Attempts: 1, NextAttemptAt: past, CreatedAt: past}
+		if id == "f" {
+			d.State, d.Attempts, d.NextAttemptAt = "failed", 5, time.Time{}
+		}
+		b.Events = append(b.Events, journal.EventRow{ID: "whk_" + id, Type: "request.created", Body: []byte(`{"id":"whk_` + id + `"}`), OccurredAt: past})
+		b.Deliveries = append(b.Deliveries, d)
+	}
+	if err := store.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond,
+		Logger: testutil.Logger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loseClaim, loseRetry atomic.Bool
+	loseClaim.Store(true)
+	d.loseAnswer = func(what string) bool {
+		if what == "claim" {
+			return loseClaim.Swap(false)
+		}
+		return loseRetry.Swap(false)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
+
+	// The first claim takes the three due deliveries and loses its answer.
+	rc.Wait(t, 3, 10*time.Second)
+	if loseClaim.Load() {
+		t.Fatal("no claim's answer was dropped")
+	}
+	testutil.Eventually(t, 10*time.Second, "the three journaled as delivered", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
+		return n == 3
+	})
+
+	// A manual retry whose answer is lost; the next one goes out.
+	loseRetry.Store(true)
+	if _, err := d.RetryNow(ctx, "dlv_f"); !errors.Is(err, errAnswerLost) {
+		t.Fatalf("RetryNow with its answer dropped: %v", err)
+	}
+	testutil.Eventually(t, 10*time.Second, "a manual retry after the lost one", func() bool {
+		rep, err := d.RetryNow(ctx, "dlv_f")
+		if err != nil && !errors.Is(err, journal.ErrBusy) {
+			t.Fatalf("RetryNow: %v", err)
+		}
+		return err == nil && rep.Delivered
+	})
+	rc.Wait(t, 4, 10*time.Second)
+}
