@@ -3,11 +3,13 @@ package fanout
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/pgtest"
@@ -103,4 +105,31 @@ func TestLostClaimAnswer(t *testing.T) {
 		return err == nil && rep.Delivered
 	})
 	rc.Wait(t, 4, 10*time.Second)
+}
+
+// TestMayHaveCommitted: only an error that leaves the claim's fate open
+// makes it a lost claim; a refused statement or a connection never made
+// committed nothing.
+func TestMayHaveCommitted(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	_, refused := store.Pool().Exec(ctx, `UPDATE dzhook.deliveries SET attempts = 'x'`)
+	_, unreachable := pgconn.Connect(ctx, "postgres://nobody@127.0.0.1:1/none?connect_timeout=2")
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"refused by the server", refused, false},
+		{"no connection", unreachable, false},
+		{"answer lost", errAnswerLost, true},
+		{"cancelled while waiting for the answer", context.Canceled, true},
+	} {
+		if c.err == nil {
+			t.Fatalf("%s: no error to classify", c.name)
+		}
+		if got := mayHaveCommitted(fmt.Errorf("claim due deliveries: %w", c.err)); got != c.want {
+			t.Errorf("%s (%v): mayHaveCommitted = %v, want %v", c.name, c.err, got, c.want)
+		}
+	}
 }

@@ -9,10 +9,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"reflect"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/journal"
@@ -142,13 +145,35 @@ var errAnswerLost = errors.New("the claim's answer was lost")
 // claimToken marks the rows of one claim (journal.Claim).
 func claimToken() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
-// claimFailed remembers a claim that failed, so what it may have taken
-// is given back.
-func (d *Dispatcher) claimFailed(c journal.LostClaim) {
+// claimFailed remembers a claim that failed after it may have committed,
+// so what it took is given back. One entry per subscription or delivery,
+// however many claims failed.
+func (d *Dispatcher) claimFailed(subscription, delivery, token string, err error) {
+	if !mayHaveCommitted(err) {
+		return
+	}
 	d.lostMu.Lock()
-	d.lost = append(d.lost, c)
+	d.claimFailedLocked(subscription, delivery, token)
 	d.lostMu.Unlock()
 	d.nudge()
+}
+
+func (d *Dispatcher) claimFailedLocked(subscription, delivery, token string) {
+	i := slices.IndexFunc(d.lost, func(c journal.LostClaim) bool { return c.Subscription == subscription && c.Delivery == delivery })
+	if i < 0 {
+		d.lost = append(d.lost, journal.LostClaim{Subscription: subscription, Delivery: delivery})
+		i = len(d.lost) - 1
+	}
+	d.lost[i].Tokens = append(d.lost[i].Tokens, token)
+}
+
+// mayHaveCommitted reports whether a statement that failed may have
+// committed all the same: not when the server refused it (one statement
+// is its own transaction) nor when it was never sent.
+func mayHaveCommitted(err error) bool {
+	var pgErr *pgconn.PgError
+	var connErr *pgconn.ConnectError
+	return !errors.As(err, &pgErr) && !errors.As(err, &connErr) && !pgconn.SafeToRetry(err)
 }
 
 // releaseLost gives back what failed claims took; a release that fails is
@@ -158,6 +183,9 @@ func (d *Dispatcher) releaseLost(ctx context.Context) {
 	lost := d.lost
 	d.lost = nil
 	d.lostMu.Unlock()
+	if len(lost) == 0 {
+		return
+	}
 	var again []journal.LostClaim
 	for i, c := range lost {
 		n, err := d.cfg.Journal.ReleaseLost(ctx, d.cfg.Instance, c)
@@ -174,7 +202,11 @@ func (d *Dispatcher) releaseLost(ctx context.Context) {
 	}
 	if len(again) > 0 {
 		d.lostMu.Lock()
-		d.lost = append(again, d.lost...)
+		for _, c := range again {
+			for _, tok := range c.Tokens {
+				d.claimFailedLocked(c.Subscription, c.Delivery, tok)
+			}
+		}
 		d.lostMu.Unlock()
 	}
 }
@@ -842,7 +874,7 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 	}
 	s.release(n - int64(len(claimed)))
 	if err != nil {
-		d.claimFailed(journal.LostClaim{Subscription: s.cfg.ID, Token: token})
+		d.claimFailed(s.cfg.ID, "", token, err)
 		return err
 	}
 	for _, c := range claimed {

@@ -73,7 +73,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 			// The operator may have gone away after the claim committed:
 			// without the release the delivery would look busy until
 			// this instance stops.
-			d.claimFailed(journal.LostClaim{Delivery: deliveryID, Token: token})
+			d.claimFailed("", deliveryID, token, err)
 		}
 		return AttemptReport{}, err
 	}

@@ -254,12 +254,13 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 	})
 }
 
-// LostClaim is a claim whose answer never arrived: Claim's (Subscription
-// set) or ClaimForRetry's (Delivery set), with the token it wrote.
+// LostClaim names claims whose answers never arrived: Claim's of one
+// subscription (Subscription set) or ClaimForRetry's of one delivery
+// (Delivery set), by the tokens they wrote.
 type LostClaim struct {
 	Subscription string
 	Delivery     string
-	Token        string
+	Tokens       []string
 }
 
 // ReleaseLost gives back the deliveries a lost claim of owner took, if it
@@ -271,15 +272,15 @@ func (s *Store) ReleaseLost(ctx context.Context, owner string, c LostClaim) (int
 	key := c.Subscription
 	if c.Delivery != "" {
 		// A manual retry claims a delivery in any state.
-		sql = `UPDATE {{schema}}.deliveries SET owner = NULL, claim = NULL WHERE id = $1 AND owner = $2 AND claim = $3`
+		sql = `UPDATE {{schema}}.deliveries SET owner = NULL, claim = NULL WHERE id = $1 AND owner = $2 AND claim = ANY($3)`
 		key = c.Delivery
 	} else {
 		// The claim took pending deliveries (of the due index); only this
 		// instance has touched them since.
 		sql = `UPDATE {{schema}}.deliveries SET owner = NULL, claim = NULL
-			WHERE subscription_id = $1 AND state = 'pending' AND owner = $2 AND claim = $3`
+			WHERE subscription_id = $1 AND state = 'pending' AND owner = $2 AND claim = ANY($3)`
 	}
-	tag, err := s.pool.Exec(ctx, s.q(sql), key, owner, c.Token)
+	tag, err := s.pool.Exec(ctx, s.q(sql), key, owner, c.Tokens)
 	if err != nil {
 		return 0, fmt.Errorf("release a lost claim: %w", err)
 	}
