@@ -59,7 +59,9 @@ func TestLostClaimAnswer(t *testing.T) {
 	}
 	d, err := New(Config{
 		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond,
+		// The default heartbeat: this instance must stay alive for the
+		// whole test, so only the release can free what it lost.
+		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: 5 * time.Second,
 		Logger: testutil.Logger(t),
 	})
 	if err != nil {
@@ -91,6 +93,9 @@ func TestLostClaimAnswer(t *testing.T) {
 		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
 		return n == 3
 	})
+	if n := len(rc.Requests()); n != 3 {
+		t.Errorf("receiver got %d requests for 3 deliveries: the release freed a delivery still queued", n)
+	}
 
 	// A manual retry whose answer is lost; the next one goes out.
 	loseRetry.Store(true)
@@ -105,6 +110,9 @@ func TestLostClaimAnswer(t *testing.T) {
 		return err == nil && rep.Delivered
 	})
 	rc.Wait(t, 4, 10*time.Second)
+	if n := len(rc.Requests()); n != 4 {
+		t.Errorf("receiver got %d requests, want 4", n)
+	}
 }
 
 // TestMayHaveCommitted: only an error that leaves the claim's fate open
@@ -115,6 +123,14 @@ func TestMayHaveCommitted(t *testing.T) {
 	ctx := context.Background()
 	_, refused := store.Pool().Exec(ctx, `UPDATE dzhook.deliveries SET attempts = 'x'`)
 	_, unreachable := pgconn.Connect(ctx, "postgres://nobody@127.0.0.1:1/none?connect_timeout=2")
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	conn, err := store.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	_, notSent := conn.Conn().PgConn().Exec(done, `SELECT 1`).ReadAll()
 	for _, c := range []struct {
 		name string
 		err  error
@@ -122,7 +138,11 @@ func TestMayHaveCommitted(t *testing.T) {
 	}{
 		{"refused by the server", refused, false},
 		{"no connection", unreachable, false},
+		{"context done before sending", notSent, false},
 		{"answer lost", errAnswerLost, true},
+		// What pgbouncer sends when its server connection broke, before
+		// or after the commit.
+		{"FATAL from a pooler", &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08P01", Message: "server conn crashed?"}, true},
 		{"cancelled while waiting for the answer", context.Canceled, true},
 	} {
 		if c.err == nil {

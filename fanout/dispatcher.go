@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -146,16 +147,17 @@ var errAnswerLost = errors.New("the claim's answer was lost")
 func claimToken() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 // claimFailed remembers a claim that failed after it may have committed,
-// so what it took is given back. One entry per subscription or delivery,
-// however many claims failed.
-func (d *Dispatcher) claimFailed(subscription, delivery, token string, err error) {
+// so the next scheduling round gives back what it took. One entry per
+// subscription or delivery, however many claims failed. It does not wake
+// the scheduler: a claim failing again at once would make it spin.
+func (d *Dispatcher) claimFailed(subscription, delivery, token string, err error) bool {
 	if !mayHaveCommitted(err) {
-		return
+		return false
 	}
 	d.lostMu.Lock()
 	d.claimFailedLocked(subscription, delivery, token)
 	d.lostMu.Unlock()
-	d.nudge()
+	return true
 }
 
 func (d *Dispatcher) claimFailedLocked(subscription, delivery, token string) {
@@ -168,12 +170,18 @@ func (d *Dispatcher) claimFailedLocked(subscription, delivery, token string) {
 }
 
 // mayHaveCommitted reports whether a statement that failed may have
-// committed all the same: not when the server refused it (one statement
-// is its own transaction) nor when it was never sent.
+// committed all the same: not when the server refused it with an ERROR
+// (one statement is its own transaction, rolled back) nor when it was
+// never sent. A FATAL or PANIC says nothing about the statement: a pooler
+// such as pgbouncer sends one when its server connection broke, after
+// the commit or before it.
 func mayHaveCommitted(err error) bool {
 	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) != "ERROR"
+	}
 	var connErr *pgconn.ConnectError
-	return !errors.As(err, &pgErr) && !errors.As(err, &connErr) && !pgconn.SafeToRetry(err)
+	return !errors.As(err, &connErr) && !pgconn.SafeToRetry(err)
 }
 
 // releaseLost gives back what failed claims took; a release that fails is

@@ -73,7 +73,9 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 			// The operator may have gone away after the claim committed:
 			// without the release the delivery would look busy until
 			// this instance stops.
-			d.claimFailed("", deliveryID, token, err)
+			if d.claimFailed("", deliveryID, token, err) {
+				d.nudge() // free it soon: the operator may try again
+			}
 		}
 		return AttemptReport{}, err
 	}
@@ -98,7 +100,7 @@ func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since
 	if _, err := d.lookup(subscription); err != nil {
 		return 0, err
 	}
-	n, err := d.cfg.Journal.RetryFailed(ctx, subscription, since, until)
+	n, err := d.cfg.Journal.RetryFailed(ctx, subscription, since, until, 3*d.cfg.Heartbeat)
 	if n > 0 {
 		d.nudge()
 	}

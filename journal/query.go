@@ -210,12 +210,16 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 
 // RetryFailed makes every failed delivery of a subscription created in
 // [since, until) due now, as manual retries (one attempt each). Deliveries
-// already pending are left alone, so calling it twice sends nothing twice.
-func (s *Store) RetryFailed(ctx context.Context, subscription string, since, until time.Time) (int, error) {
+// already pending are left alone, so calling it twice sends nothing twice,
+// and so are those a live instance is retrying by hand.
+func (s *Store) RetryFailed(ctx context.Context, subscription string, since, until time.Time, staleAfter time.Duration) (int, error) {
+	// A failed delivery a live instance owns is being retried by hand
+	// right now: taking it from under that attempt would send it twice.
 	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'pending', next_attempt_at = now(), owner = NULL, manual = true, updated_at = now()
 		WHERE subscription_id = $1 AND state = 'failed' AND NOT test
-		  AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)`),
-		subscription, nullTime(since), nullTime(until))
+		  AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
+		  AND (owner IS NULL OR owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second'))`),
+		subscription, nullTime(since), nullTime(until), staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("retry failed deliveries: %w", err)
 	}
