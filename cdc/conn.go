@@ -64,7 +64,10 @@ func newCatalogPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 func redactDSNError(err error) error {
 	var pe *pgconn.ParseConfigError
 	if errors.As(err, &pe) {
-		return fmt.Errorf("%s", pe.Unwrap())
+		if inner := pe.Unwrap(); inner != nil {
+			return fmt.Errorf("invalid connection string: %w", inner)
+		}
+		return errors.New("invalid connection string (not shown: it may hold a password)")
 	}
 	return err
 }

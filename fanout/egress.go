@@ -39,6 +39,7 @@ var privateNetworks = []netip.Prefix{
 	netip.MustParsePrefix("::1/128"),
 	netip.MustParsePrefix("fc00::/7"),
 	netip.MustParsePrefix("ff00::/8"),
+	nat64Local,
 }
 
 // EgressGuard decides which addresses deliveries may reach.
@@ -51,9 +52,36 @@ type EgressGuard struct {
 	Allow []netip.Prefix
 }
 
+// Translation prefixes that carry an IPv4 address inside an IPv6 one: a
+// NAT64 gateway or 6to4 relay delivers to that IPv4 address, so it is the
+// one checked.
+var (
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052 well-known prefix: the IPv4 address in the last 32 bits
+	sixToFour  = netip.MustParsePrefix("2002::/16")      // RFC 3056: the IPv4 address in bits 16–47
+	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215 local-use: layout chosen by the operator, so a private network
+)
+
+// effective returns the address a connection to addr reaches, for the
+// checks: without an IPv6 zone (Prefix.Contains never matches a zoned
+// address, and Linux ignores the zone of a non-link-local one), and the
+// IPv4 address inside an IPv4-mapped, NAT64 or 6to4 address.
+func effective(addr netip.Addr) netip.Addr {
+	addr = addr.WithZone("").Unmap()
+	if addr.Is6() {
+		b := addr.As16()
+		switch {
+		case nat64.Contains(addr):
+			return netip.AddrFrom4([4]byte(b[12:16]))
+		case sixToFour.Contains(addr):
+			return netip.AddrFrom4([4]byte(b[2:6]))
+		}
+	}
+	return addr
+}
+
 // Check returns why addr may not be dialled, or "".
 func (g *EgressGuard) Check(addr netip.Addr) string {
-	addr = addr.Unmap()
+	addr = effective(addr)
 	for _, p := range alwaysBlocked {
 		if p.Contains(addr) {
 			return fmt.Sprintf("link-local or cloud metadata address (%s) is never allowed", p)

@@ -2,6 +2,8 @@ package fanout
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -32,6 +34,19 @@ func TestEgressCheck(t *testing.T) {
 		{"::ffff:192.168.1.1", true, false, "192.168.0.0/16"},
 		{"fd12::1", true, false, "fc00::/7"},
 		{"100.64.0.1", true, false, "100.64.0.0/10"},
+		// A zone must not hide the address (Prefix.Contains never
+		// matches a zoned one; Linux ignores most zones when dialling).
+		{"fe80::1%eth0", false, false, "link-local"},
+		{"fd00:ec2::254%eth0", false, false, "metadata"},
+		{"::1%lo", true, false, "private or loopback"},
+		// IPv4 inside NAT64 and 6to4 addresses is what is reached.
+		{"64:ff9b::a9fe:a9fe", false, false, "metadata"},
+		{"64:ff9b::a00:5", true, false, "10.0.0.0/8"},
+		{"64:ff9b::7f00:1", true, false, "127.0.0.0/8"},
+		{"64:ff9b::5db8:d822", true, true, ""},
+		{"2002:a9fe:a9fe::1", false, false, "metadata"},
+		{"2002:c0a8:101::1", true, false, "192.168.0.0/16"},
+		{"64:ff9b:1::a00:5", true, false, "64:ff9b:1::/48"},
 		{"93.184.216.34", true, true, ""},
 		{"2606:2800:220:1::1", true, true, ""},
 	} {
@@ -72,5 +87,23 @@ func TestEgressOnTheWire(t *testing.T) {
 	}
 	if res := attempt(nil, "http://169.254.169.254/latest/meta-data/"); res.ErrorClass != ClassBlocked || !strings.Contains(res.Error, "metadata") {
 		t.Errorf("metadata address: %+v", res)
+	}
+	// Loopback with a zone, which Linux dials as plain ::1.
+	v6 := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }))
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		// TestEgressCheck covers zoned addresses without the network.
+		t.Logf("no IPv6 loopback here, the zoned dial is not tried: %v", err)
+		return
+	}
+	v6.Listener = ln
+	v6.Start()
+	defer v6.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if res := attempt(&EgressGuard{}, fmt.Sprintf("http://[::1%%25lo]:%d/", port)); res.Status != 200 {
+		t.Fatalf("control: ::1 with a zone, no blocking: %+v", res)
+	}
+	if res := attempt(&EgressGuard{BlockPrivate: true}, fmt.Sprintf("http://[::1%%25lo]:%d/", port)); res.ErrorClass != ClassBlocked {
+		t.Errorf("::1 with a zone under block_private_networks: %+v", res)
 	}
 }

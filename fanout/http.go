@@ -120,7 +120,9 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	}
 	h.Set("Content-Type", "application/json")
 	h.Set("User-Agent", r.userAgent)
-	h.Set(signer.HeaderSignature, signer.Sign(r.secret, r.body))
+	if len(r.secret) > 0 { // only notifications may be unsigned: an HMAC with no key proves nothing
+		h.Set(signer.HeaderSignature, signer.Sign(r.secret, r.body))
+	}
 	h.Set(signer.HeaderEvent, r.eventType)
 	h.Set(signer.HeaderDelivery, r.deliveryID)
 	h.Set(signer.HeaderAttempt, strconv.Itoa(r.attempt))

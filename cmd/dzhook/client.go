@@ -103,7 +103,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 			Error string `json:"error"`
 		}
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(raw))
+			e.Error = printable(strings.TrimSpace(string(raw)), true)
 		}
 		if resp.StatusCode == http.StatusUnauthorized && c.token == "" {
 			e.Error += "; set DZHOOK_ADMIN_TOKEN"
@@ -153,6 +153,26 @@ func when(t *time.Time) string {
 		return "-"
 	}
 	return t.Local().Format("2006-01-02 15:04:05")
+}
+
+// printable makes text from outside (a receiver's answer, an error it
+// caused, a server that is not dzhook) safe for a terminal: control
+// characters, which can move the cursor, rewrite what is shown or set
+// the clipboard, are written as \xNN escapes. Newlines and tabs stay
+// when keepLines.
+func printable(s string, keepLines bool) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case keepLines && (r == '\n' || r == '\t'):
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0):
+			fmt.Fprintf(&b, "\\x%02x", r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func orDash(s string) string {

@@ -200,11 +200,12 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 				errText += ": " + *a.Error
 			}
 		}
-		body := strings.ReplaceAll(a.ResponseBody, "\n", " ")
+		body := []rune(printable(strings.ReplaceAll(a.ResponseBody, "\n", " "), false))
 		if len(body) > 60 {
-			body = body[:60] + "…"
+			body = append(body[:60], '…')
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Attempt, when(&a.At), a.Trigger, intOrDash(a.StatusCode), a.DurationMS, errText, orDash(body))
+		errText = printable(errText, false)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Attempt, when(&a.At), a.Trigger, intOrDash(a.StatusCode), a.DurationMS, errText, orDash(string(body)))
 	}
 	_ = tw.Flush()
 	var pretty bytes.Buffer
@@ -265,7 +266,7 @@ func printReport(env *cli, raw []byte, rep reportJSON, asJSON bool) int {
 	} else {
 		outcome := fmt.Sprintf("HTTP %d", rep.StatusCode)
 		if rep.StatusCode == 0 {
-			outcome = rep.ErrorClass + " error: " + rep.Error
+			outcome = rep.ErrorClass + " error: " + printable(rep.Error, false)
 		}
 		verdict := "delivered"
 		if !rep.Delivered {
@@ -273,7 +274,7 @@ func printReport(env *cli, raw []byte, rep reportJSON, asJSON bool) int {
 		}
 		fmt.Fprintf(env.stdout, "%s attempt %d: %s in %.1f ms: %s\n", rep.DeliveryID, rep.Attempt, outcome, rep.DurationMS, verdict)
 		if rep.ResponseBody != "" {
-			fmt.Fprintf(env.stdout, "response: %s\n", rep.ResponseBody)
+			fmt.Fprintf(env.stdout, "response: %s\n", printable(rep.ResponseBody, true))
 		}
 	}
 	if !rep.Delivered {

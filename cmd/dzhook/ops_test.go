@@ -61,7 +61,9 @@ func TestCLIOperations(t *testing.T) {
 		if up.Load() {
 			return 200, nil, "fine"
 		}
-		return 400, nil, "no thanks"
+		// A receiver's answer may try to drive the operator's terminal
+		// (clear the screen, set the clipboard): the CLI shows it escaped.
+		return 400, nil, "no thanks\x1b[2J\x1b]52;c;ZXZpbA==\x07"
 	})
 	db, url := startTestEngine(t, rc.URL)
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'seven', 1)`)
@@ -112,13 +114,17 @@ func TestCLIOperations(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "no thanks") || !strings.Contains(out, `"id": "req_7"`) {
 		t.Errorf("deliveries show: exit %d\n%s", code, out)
 	}
+	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `no thanks\x1b[2J`) {
+		t.Errorf("deliveries show passes control characters through, or does not show them escaped:\n%q", out)
+	}
 	if code, _, errOut := cliRun(t, url, cliToken, "deliveries", "--status", "lost"); code != exitUsage || !strings.Contains(errOut, "status") {
 		t.Errorf("deliveries --status lost: exit %d %q, want 2 and the reason", code, errOut)
 	}
 
 	// A retry that fails again exits 1; after the receiver recovers, 0.
-	if code, out, _ := cliRun(t, url, cliToken, "retry", id); code != exitFailure || !strings.Contains(out, "NOT delivered") {
-		t.Errorf("retry while the receiver refuses: exit %d\n%s", code, out)
+	if code, out, _ := cliRun(t, url, cliToken, "retry", id); code != exitFailure || !strings.Contains(out, "NOT delivered") ||
+		strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `\x1b]52;c;ZXZpbA==\x07`) {
+		t.Errorf("retry while the receiver refuses: exit %d\n%q", code, out)
 	}
 	up.Store(true)
 	if code, out, _ := cliRun(t, url, cliToken, "retry", id, "--json"); code != exitOK || !strings.Contains(out, `"delivered":true`) {

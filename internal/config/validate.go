@@ -96,6 +96,12 @@ func (c *Config) validate(ps *Problems) {
 			ps.add("admin.token", "required when admin.listen (%s) is not a loopback address: the admin API can retry and pause deliveries", c.Admin.Listen)
 		}
 	}
+	if t := c.Admin.Token.Reveal(); t != "" && len(t) < MinSecretLength {
+		ps.add("admin.token", "too short: use at least %d random characters (it allows retrying, pausing and reading every delivery)", MinSecretLength)
+	}
+	if s := c.Notify.Secret.Reveal(); s != "" && len(s) < MinSecretLength {
+		ps.add("notify.secret", "too short: use at least %d random characters", MinSecretLength)
+	}
 	if c.Notify.URL.IsSet() {
 		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP, true); msg != "" {
 			// The URL is a credential (Slack); the message never quotes it.
@@ -238,6 +244,9 @@ func checkURL(raw string, allowHTTP, secret bool) string {
 	}
 	if u.Host == "" || u.Hostname() == "" {
 		return "has no host"
+	}
+	if strings.Contains(u.Hostname(), "%") {
+		return "host has an IPv6 zone (%…): receivers are reached by name or global address, never through an interface"
 	}
 	for _, r := range u.Hostname() {
 		if r > 0x7e {

@@ -395,7 +395,10 @@ func (e *Engine) Ready(ctx context.Context) error {
 		return errors.New("not streaming: connecting to PostgreSQL")
 	}
 	if err := e.journal.Ping(ctx); err != nil {
-		return fmt.Errorf("journal unreachable: %w", err)
+		// /readyz answers without a token: the reason names no host,
+		// user or database; the log has the detail.
+		e.log.Warn("readiness: the journal does not answer", "err", err)
+		return errors.New("journal unreachable (the log has the detail)")
 	}
 	return nil
 }
