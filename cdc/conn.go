@@ -54,7 +54,7 @@ func newCatalogPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	cfg.ConnConfig.RuntimeParams["application_name"] = "dzhook-catalog"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect to source: %w", err)
+		return nil, fmt.Errorf("connect to source (source.dsn): %w", err)
 	}
 	return pool, nil
 }

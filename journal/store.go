@@ -34,14 +34,14 @@ type Store struct {
 func Open(ctx context.Context, dsn, schema string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, errors.New("parse journal DSN: invalid connection string") // the DSN may hold a password
+		return nil, errors.New("journal DSN (journal.dsn, or source.dsn when it is empty): invalid connection string (not shown: it may hold a password)")
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "dzhook-journal"
 	cfg.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
 	cfg.MaxConns = 8
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect to journal: %w", err)
+		return nil, fmt.Errorf("connect to journal (journal.dsn, or source.dsn when it is empty): %w", err)
 	}
 	return New(pool, schema), nil
 }

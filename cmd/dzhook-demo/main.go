@@ -172,7 +172,8 @@ subscriptions:
 	if err := waitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", adminPort)); err != nil {
 		return err
 	}
-	say("▶ dzhook runs; the listener prints every event it verifies.\n  Dashboard: http://127.0.0.1:%d/  (token: %s)\n  CLI:       DZHOOK_ADMIN_URL=http://127.0.0.1:%d DZHOOK_ADMIN_TOKEN=%s %s status", adminPort, token, adminPort, token, binary)
+	say("▶ dzhook runs; the listener prints every event it verifies.\n  Dashboard: http://127.0.0.1:%d/  (token: %s)\n  CLI:       DZHOOK_ADMIN_URL=http://127.0.0.1:%d DZHOOK_ADMIN_TOKEN=%s %s status\n  Failures:  kill %d (the listener), then in another terminal\n             %s listen --port %d --secret %s --status 500\n             and watch retries and the failing state; start it without --status to recover",
+		adminPort, token, adminPort, token, binary, lp.cmd.Process.Pid, binary, listenPort, secret)
 
 	story := []struct{ what, sql string }{
 		{"a requester and an agent sign up", `INSERT INTO users (id, email, name, role) VALUES (1, 'john@company.com', 'John Smith', 'requester'), (2, 'jane@company.com', 'Jane Doe', 'agent')`},

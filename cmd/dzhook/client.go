@@ -105,7 +105,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 			e.Error = printable(strings.TrimSpace(string(raw)), true)
 		}
-		if resp.StatusCode == http.StatusUnauthorized && c.token == "" {
+		if resp.StatusCode == http.StatusUnauthorized && c.token == "" && !strings.Contains(e.Error, "DZHOOK_ADMIN_TOKEN") {
 			e.Error += "; set DZHOOK_ADMIN_TOKEN"
 		}
 		return raw, &apiError{status: resp.StatusCode, msg: e.Error}

@@ -51,7 +51,7 @@ func runListen(ctx context.Context, env *cli, args []string) int {
 	}
 	h, err := listen.NewHandler(cfg)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "dzhook listen: %v\n", err)
+		fmt.Fprintf(env.stderr, "dzhook %v\n", err) // the errors begin with "listen: "
 		if len(secrets) == 0 {
 			fmt.Fprintln(env.stderr, "  pass --secret with the subscription's secret")
 		}
@@ -59,7 +59,7 @@ func runListen(ctx context.Context, env *cli, args []string) int {
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(*host, fmt.Sprint(*port)))
 	if err != nil {
-		fmt.Fprintf(env.stderr, "dzhook listen: %v\n", err)
+		fmt.Fprintf(env.stderr, "dzhook %v\n", err) // the errors begin with "listen: "
 		return exitFailure
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
@@ -76,7 +76,7 @@ func runListen(ctx context.Context, env *cli, args []string) int {
 		if errors.Is(err, http.ErrServerClosed) {
 			return exitOK
 		}
-		fmt.Fprintf(env.stderr, "dzhook listen: %v\n", err)
+		fmt.Fprintf(env.stderr, "dzhook %v\n", err) // the errors begin with "listen: "
 		return exitFailure
 	}
 }

@@ -103,7 +103,7 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 func runSetup(ctx context.Context, env *cli, args []string) int {
 	fs := newFlags(env, "setup", "[--config file] [--check]")
 	path := configFlag(env, fs)
-	check := fs.Bool("check", false, "change nothing; report what is missing")
+	check := fs.Bool("check", false, "change nothing in the source database, report what is missing (the journal schema is still migrated)")
 	if code, stop := parseFlags(fs, args); stop {
 		return code
 	}

@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -239,10 +240,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // journalError answers an error of the journal or dispatcher.
-func (s *Server) journalError(w http.ResponseWriter, err error) {
+func (s *Server) journalError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, journal.ErrNotFound):
-		writeError(w, http.StatusNotFound, "no such delivery")
+		msg := "no such delivery"
+		if id := r.PathValue("id"); id != "" && strings.HasPrefix(r.URL.Path, "/v1/deliveries/") {
+			msg += ": " + strconv.Quote(id)
+		}
+		writeError(w, http.StatusNotFound, msg)
 	case errors.Is(err, journal.ErrBusy):
 		writeError(w, http.StatusConflict, "this delivery is being attempted right now; try again in a moment")
 	case errors.Is(err, journal.ErrBadCursor):

@@ -63,7 +63,7 @@ func (s *Server) views(r *http.Request) ([]subscriptionView, error) {
 func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request) {
 	views, err := s.views(r)
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"subscriptions": views})
@@ -90,7 +90,7 @@ func (s *Server) subscription(w http.ResponseWriter, r *http.Request) {
 	}
 	views, err := s.views(r)
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	for _, v := range views {
@@ -211,7 +211,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 	}
 	list, next, err := s.cfg.History.ListDeliveries(r.Context(), f)
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	if list == nil {
@@ -244,7 +244,7 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	}
 	d, body, attempts, err := s.cfg.History.GetDelivery(r.Context(), id)
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	views := make([]attemptView, 0, len(attempts))
@@ -271,7 +271,7 @@ func (s *Server) retry(w http.ResponseWriter, r *http.Request) {
 	}
 	rep, err := s.cfg.Deliverer.RetryNow(r.Context(), id)
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, rep)
@@ -300,7 +300,7 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := s.cfg.Deliverer.RetryFailed(r.Context(), id, since, until)
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"subscription": id, "scheduled": n})
@@ -329,7 +329,7 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request) {
 	}
 	rep, err := s.cfg.Deliverer.SendTest(r.Context(), id, s.cfg.Sample(body.Event))
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, rep)
@@ -341,7 +341,7 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.cfg.Deliverer.Pause(r.Context(), id); err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"subscription": id, "paused": true})
@@ -354,7 +354,7 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := s.cfg.Deliverer.Resume(r.Context(), id)
 	if err != nil {
-		s.journalError(w, err)
+		s.journalError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"subscription": id, "paused": false, "released": n})

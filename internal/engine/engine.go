@@ -79,7 +79,7 @@ type Engine struct {
 func Setup(ctx context.Context, cfg *config.Config, checkOnly bool) ([]string, error) {
 	conn, err := pgx.Connect(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
-		return nil, fmt.Errorf("connect to source: %w", redact(err))
+		return nil, fmt.Errorf("connect to source (source.dsn): %w", redact(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if err := cfg.Mapping.Check(ctx, conn); err != nil {
@@ -119,7 +119,10 @@ func Setup(ctx context.Context, cfg *config.Config, checkOnly bool) ([]string, e
 func redact(err error) error {
 	var pe *pgconn.ParseConfigError
 	if errors.As(err, &pe) {
-		return errors.New("invalid connection string")
+		if inner := pe.Unwrap(); inner != nil {
+			return fmt.Errorf("invalid connection string: %w", inner) // pgconn's detail quotes no value
+		}
+		return errors.New("invalid connection string (check its syntax: host=… dbname=… or postgres://user@host:5432/db)")
 	}
 	return err
 }
@@ -136,7 +139,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	}
 	source, err := pgxpool.New(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
-		return nil, fmt.Errorf("connect to source: %w", redact(err))
+		return nil, fmt.Errorf("connect to source (source.dsn): %w", redact(err))
 	}
 	e := &Engine{cfg: cfg, log: opts.Logger, source: source, opts: opts}
 	ok := false
