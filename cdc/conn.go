@@ -26,7 +26,7 @@ var sessionParams = map[string]string{
 func (s *Stream) connectReplication(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
 	if err != nil {
-		return nil, &fatalError{fmt.Errorf("parse source DSN: %w", redactDSNError(err))}
+		return nil, &fatalError{fmt.Errorf("parse source DSN: %w", RedactDSNError(err))}
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	for k, v := range sessionParams {
@@ -45,7 +45,7 @@ func (s *Stream) connectReplication(ctx context.Context) (*pgconn.PgConn, error)
 func newCatalogPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("parse source DSN: %w", redactDSNError(err))
+		return nil, fmt.Errorf("parse source DSN: %w", RedactDSNError(err))
 	}
 	cfg.MaxConns = 2
 	for k, v := range sessionParams {
@@ -59,15 +59,15 @@ func newCatalogPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// redactDSNError drops the DSN that pgconn's parse errors may quote: it
-// can hold a password.
-func redactDSNError(err error) error {
+// RedactDSNError drops the DSN that pgconn's parse errors may quote: it
+// can hold a password. pgconn's own detail, which quotes no value, stays.
+func RedactDSNError(err error) error {
 	var pe *pgconn.ParseConfigError
 	if errors.As(err, &pe) {
 		if inner := pe.Unwrap(); inner != nil {
 			return fmt.Errorf("invalid connection string: %w", inner)
 		}
-		return errors.New("invalid connection string (not shown: it may hold a password)")
+		return errors.New("invalid connection string (not shown: it may hold a password; check its syntax: host=… dbname=… or postgres://user@host:5432/db)")
 	}
 	return err
 }

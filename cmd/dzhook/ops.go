@@ -8,7 +8,15 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/dzdesk/dzhook/fanout"
+	"github.com/dzdesk/dzhook/journal"
 )
+
+// The admin API's deliveries (journal.Delivery) and attempt reports
+// (fanout.AttemptReport) are decoded into the types the server encodes,
+// so the two cannot drift apart; the types below mirror answers that the
+// server assembles from several parts.
 
 // subscriptionJSON mirrors the admin API's subscription.
 type subscriptionJSON struct {
@@ -31,22 +39,6 @@ type subscriptionJSON struct {
 	} `json:"stats"`
 }
 
-type deliveryJSON struct {
-	ID            string     `json:"id"`
-	EventID       string     `json:"event_id"`
-	Event         string     `json:"event"`
-	Subscription  string     `json:"subscription"`
-	State         string     `json:"state"`
-	Attempts      int        `json:"attempts"`
-	NextAttemptAt *time.Time `json:"next_attempt_at"`
-	InFlight      bool       `json:"in_flight"`
-	Test          bool       `json:"test"`
-	LastStatus    *int       `json:"last_status"`
-	LastError     *string    `json:"last_error"`
-	LastAttemptAt *time.Time `json:"last_attempt_at"`
-	CreatedAt     time.Time  `json:"created_at"`
-}
-
 type attemptJSON struct {
 	Attempt      int       `json:"attempt"`
 	At           time.Time `json:"at"`
@@ -56,17 +48,6 @@ type attemptJSON struct {
 	ResponseBody string    `json:"response_body"`
 	ErrorClass   *string   `json:"error_class"`
 	Error        *string   `json:"error"`
-}
-
-type reportJSON struct {
-	DeliveryID   string  `json:"delivery_id"`
-	Attempt      int     `json:"attempt"`
-	StatusCode   int     `json:"status_code"`
-	Delivered    bool    `json:"delivered"`
-	DurationMS   float64 `json:"duration_ms"`
-	ResponseBody string  `json:"response_body"`
-	ErrorClass   string  `json:"error_class"`
-	Error        string  `json:"error"`
 }
 
 // runStatus prints every subscription's state and backlog.
@@ -135,8 +116,8 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 		return exitUsage
 	}
 	var out struct {
-		Deliveries []deliveryJSON `json:"deliveries"`
-		NextCursor string         `json:"next_cursor"`
+		Deliveries []journal.Delivery `json:"deliveries"`
+		NextCursor string             `json:"next_cursor"`
 	}
 	q := query("subscription", *sub, "status", *status, "event", *event, "since", *since, "until", *until, "limit", fmt.Sprint(*limit), "cursor", *cursor)
 	raw, err := c.do(ctx, "GET", "/v1/deliveries"+q, nil, &out)
@@ -168,9 +149,9 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 
 func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bool) int {
 	var out struct {
-		Delivery deliveryJSON    `json:"delivery"`
-		Attempts []attemptJSON   `json:"attempts"`
-		Payload  json.RawMessage `json:"payload"`
+		Delivery journal.Delivery `json:"delivery"`
+		Attempts []attemptJSON    `json:"attempts"`
+		Payload  json.RawMessage  `json:"payload"`
 	}
 	raw, err := c.do(ctx, "GET", "/v1/deliveries/"+url.PathEscape(id), nil, &out)
 	if err != nil {
@@ -232,7 +213,7 @@ func runRetry(ctx context.Context, env *cli, args []string) int {
 	c := newClient(env, *admin, *cfg)
 	switch {
 	case len(pos) == 1 && *sub == "" && !*failed:
-		var rep reportJSON
+		var rep fanout.AttemptReport
 		raw, err := c.do(ctx, "POST", "/v1/deliveries/"+url.PathEscape(pos[0])+"/retry", nil, &rep)
 		if err != nil {
 			return fail(env, "retry", err)
@@ -260,7 +241,7 @@ func runRetry(ctx context.Context, env *cli, args []string) int {
 
 // printReport prints an attempt's outcome; the exit code says whether it
 // was delivered.
-func printReport(env *cli, raw []byte, rep reportJSON, asJSON bool) int {
+func printReport(env *cli, raw []byte, rep fanout.AttemptReport, asJSON bool) int {
 	if asJSON {
 		env.stdout.Write(raw)
 	} else {
@@ -298,7 +279,7 @@ func runTest(ctx context.Context, env *cli, args []string) int {
 		return exitUsage
 	}
 	c := newClient(env, *admin, *cfg)
-	var rep reportJSON
+	var rep fanout.AttemptReport
 	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/test", map[string]string{"event": *event}, &rep)
 	if err != nil {
 		return fail(env, "test", err)

@@ -79,7 +79,7 @@ type Engine struct {
 func Setup(ctx context.Context, cfg *config.Config, checkOnly bool) ([]string, error) {
 	conn, err := pgx.Connect(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
-		return nil, fmt.Errorf("connect to source (source.dsn): %w", redact(err))
+		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if err := cfg.Mapping.Check(ctx, conn); err != nil {
@@ -115,18 +115,6 @@ func Setup(ctx context.Context, cfg *config.Config, checkOnly bool) ([]string, e
 	return rep.Actions, err
 }
 
-// redact drops the connection string pgconn may quote in an error.
-func redact(err error) error {
-	var pe *pgconn.ParseConfigError
-	if errors.As(err, &pe) {
-		if inner := pe.Unwrap(); inner != nil {
-			return fmt.Errorf("invalid connection string: %w", inner) // pgconn's detail quotes no value
-		}
-		return errors.New("invalid connection string (check its syntax: host=… dbname=… or postgres://user@host:5432/db)")
-	}
-	return err
-}
-
 // New connects, prepares the database (setup, or a check when
 // source.auto_setup is false) and assembles the engine. Every error here
 // is one the operator must fix; Run handles the transient ones.
@@ -139,7 +127,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	}
 	source, err := pgxpool.New(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
-		return nil, fmt.Errorf("connect to source (source.dsn): %w", redact(err))
+		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
 	}
 	e := &Engine{cfg: cfg, log: opts.Logger, source: source, opts: opts}
 	ok := false
@@ -289,7 +277,7 @@ func newInstanceID() string {
 func identifySystem(ctx context.Context, dsn string) (pglogrepl.IdentifySystemResult, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return pglogrepl.IdentifySystemResult{}, redact(err)
+		return pglogrepl.IdentifySystemResult{}, cdc.RedactDSNError(err)
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
