@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dzdesk/dzhook/fanout"
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // The admin API's deliveries (journal.Delivery) and attempt reports

@@ -30,9 +30,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/dzdesk/dzhook/fanout"
 	"github.com/dzdesk/dzhook/internal/catalog"
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // Deliverer is what the API needs from the dispatcher.

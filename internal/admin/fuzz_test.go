@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dzdesk/dzhook/fanout"
 	"github.com/dzdesk/dzhook/internal/catalog"
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // fuzzSubscriptions are the subscriptions the fakes know.

@@ -12,8 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/dzdesk/dzhook/fanout"
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 var (

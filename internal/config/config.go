@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
-	"github.com/dzdesk/dzhook/mapping"
+	"github.com/dzdesk/dzhook/internal/mapping"
 )
 
 // Defaults, in one place. The documentation of each field repeats them.

@@ -27,14 +27,14 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/dzdesk/dzhook/cdc"
-	"github.com/dzdesk/dzhook/fanout"
 	"github.com/dzdesk/dzhook/internal/admin"
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
 	"github.com/dzdesk/dzhook/internal/metrics"
-	"github.com/dzdesk/dzhook/journal"
-	"github.com/dzdesk/dzhook/mapping"
 )
 
 // Options tune an Engine beyond its configuration.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dzdesk/dzhook/fanout"
+	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // DefaultRetentionInterval is how often old history is pruned.

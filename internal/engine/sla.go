@@ -4,10 +4,10 @@ import (
 	"context"
 	"time"
 
-	"github.com/dzdesk/dzhook/cdc"
-	"github.com/dzdesk/dzhook/fanout"
-	"github.com/dzdesk/dzhook/journal"
-	"github.com/dzdesk/dzhook/mapping"
+	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
 )
 
 // The SLA clock turns time into sla.warning and sla.breach. Changes of the

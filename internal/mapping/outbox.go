@@ -7,7 +7,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/dzdesk/dzhook/cdc"
+	"github.com/dzdesk/dzhook/internal/cdc"
 )
 
 // outboxRow turns an insert into the outbox table into the event it names,

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dzdesk/dzhook/cdc"
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -228,7 +228,7 @@ func checkGolden(t *testing.T, events []Event, writeGolden bool) {
 }
 
 // TestGolden runs SQL on the reference schema and compares every event with
-// testdata/*.golden.json (refresh with go test ./mapping -update).
+// testdata/*.golden.json (refresh with go test ./internal/mapping -update).
 func TestGolden(t *testing.T) {
 	db := pgtest.NewDB(t)
 	db.Exec(t, dzsql.Schema)

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // ErrUnknownSubscription: no subscription has that id.

@@ -9,7 +9,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // record is one entry of the writer's queue. The queue is FIFO: an

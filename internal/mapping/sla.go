@@ -6,8 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dzdesk/dzhook/cdc"
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/cdc"
 )
 
 // This file is the pure part of the SLA clock: what a change of the SLA

@@ -11,8 +11,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/dzdesk/dzhook/cdc"
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/cdc"
 )
 
 // FuzzOutboxMessage feeds arbitrary pg_logical_emit_message contents to the

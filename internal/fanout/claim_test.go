@@ -12,9 +12,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
-	"github.com/dzdesk/dzhook/journal"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dzdesk/dzhook/internal/filter"
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // Defaults of Config.

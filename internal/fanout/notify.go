@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dzdesk/dzhook/journal"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // NotifyConfig is where the admin is told of state changes.

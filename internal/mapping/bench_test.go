@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dzdesk/dzhook/cdc"
+	"github.com/dzdesk/dzhook/internal/cdc"
 )
 
 // requestUpdate is a change of the reference requests table that fires
