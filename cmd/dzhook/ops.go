@@ -164,7 +164,7 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 	d := out.Delivery
 	tw := newTable(env.stdout)
 	for _, kv := range [][2]string{
-		{"delivery", d.ID}, {"event", d.Event + " " + d.EventID}, {"subscription", d.Subscription}, {"state", d.State},
+		{"delivery", d.ID}, {"event", d.Event + " " + d.EventID}, {"subscription", d.Subscription}, {"state", string(d.State)},
 		{"attempts", fmt.Sprint(d.Attempts)}, {"next attempt", when(d.NextAttemptAt)}, {"created", when(&d.CreatedAt)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])

@@ -182,7 +182,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("status: %q is not one of %s", clip(v), strings.Join(states, ", ")))
 			return
 		}
-		f.State = v
+		f.State = journal.State(v)
 	}
 	if v := q.Get("event"); v != "" {
 		if !s.cfg.Catalog.Has(v) {

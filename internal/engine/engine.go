@@ -60,6 +60,7 @@ type Engine struct {
 	stream     *cdc.Stream
 	mapper     *mapping.Mapper
 	dispatcher *fanout.Dispatcher
+	writer     *journal.Writer
 	instance   string
 	checkpoint pglogrepl.LSN // read and moved only by the stream's goroutine (and New)
 	systemID   string
@@ -183,12 +184,23 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Backlogs:      e.journal.Backlogs,
 		Logger:        opts.Logger,
 	})
+	// The journal writer owns the acknowledgement contract: it moves the
+	// slot (e.stream.Ack) only past transactions wholly journaled.
+	e.writer, err = journal.NewWriter(journal.WriterConfig{
+		Store: e.journal, Slot: cfg.Source.Slot, SystemID: sysID, Owner: e.instance, Logger: opts.Logger,
+		Ack:      func(lsn pglogrepl.LSN) { e.stream.Ack(lsn) },
+		OnSpill:  func() { e.dispatcher.Spilled() },
+		OnNotify: func() { e.dispatcher.Notifier().Wake() },
+		OnFlush:  e.metrics.JournalFlushed,
+	})
+	if err != nil {
+		return nil, err
+	}
 	e.dispatcher, err = fanout.New(fanout.Config{
-		Subscriptions: subscriptions(cfg), Journal: e.journal, Slot: cfg.Source.Slot, SystemID: sysID, Instance: e.instance,
+		Subscriptions: subscriptions(cfg), Journal: e.journal, Records: e.writer, Instance: e.instance,
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
 		Observer: e.metrics,
 		Egress:   egressGuard(cfg.Delivery),
-		Ack:      func(lsn uint64) { e.stream.Ack(pglogrepl.LSN(lsn)) },
 		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, UserAgent: "dzhook/" + opts.Version,
 		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: opts.Logger,
@@ -339,11 +351,21 @@ func (e *Engine) sessionStarted(ctx context.Context) {
 func (e *Engine) Run(ctx context.Context) error {
 	defer e.close()
 	e.log.Info("dzhook running", "instance", e.instance, "slot", e.cfg.Source.Slot, "subscriptions", len(e.cfg.Subscriptions), "checkpoint", e.checkpoint.String())
+	// The journal writer stops last: the stream's handler and the
+	// deliverers put records until they have stopped.
+	wctx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- e.writer.Run(wctx) }()
+	defer func() {
+		stopWriter()
+		<-writerDone
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	if e.admin != nil {
 		g.Go(func() error { return e.admin.Serve(gctx, e.adminLn) })
 	}
 	g.Go(func() error { return e.dispatcher.Run(gctx) })
+	g.Go(func() error { return e.dispatcher.Notifier().Run(gctx) })
 	g.Go(func() error { return e.runSLAClock(gctx) })
 	g.Go(func() error { return e.runRetention(gctx, cmp.Or(e.opts.RetentionInterval, DefaultRetentionInterval)) })
 	g.Go(func() error {
@@ -461,7 +483,7 @@ func (e *Engine) HandleChange(ctx context.Context, c *cdc.Change) error {
 	if rej != nil {
 		e.metrics.Rejected()
 		e.log.Warn("outbox event rejected", "source", rej.What, "reason", rej.Reason, "lsn", c.CommitLSN.String())
-		if err := e.dispatcher.Reject(ctx, journal.Rejection{Source: rej.What, Reason: rej.Reason, CommitLSN: uint64(c.CommitLSN)}); err != nil {
+		if err := e.writer.Reject(ctx, journal.Rejection{Source: rej.What, Reason: rej.Reason, CommitLSN: c.CommitLSN}); err != nil {
 			return err
 		}
 	}
@@ -480,7 +502,7 @@ func (e *Engine) HandleCommit(ctx context.Context, c cdc.Commit) error {
 		e.stream.Ack(c.CommitLSN)
 		return nil
 	}
-	return e.dispatcher.Commit(ctx, uint64(c.CommitLSN))
+	return e.writer.Commit(ctx, c.CommitLSN)
 }
 
 // Transient reports whether a start-up error may go away by itself: the

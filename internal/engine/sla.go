@@ -38,7 +38,7 @@ func (e *Engine) armSLA(ctx context.Context, c *cdc.Change) error {
 	if up.SLAID == "" {
 		return nil
 	}
-	return e.dispatcher.ArmTimers(ctx, timerChange(up))
+	return e.writer.ArmTimers(ctx, timerChange(up))
 }
 
 func timerChange(up mapping.SLAUpdate) journal.TimerChange {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,9 +46,9 @@ func TestLostClaimAnswer(t *testing.T) {
 	b := &journal.Batch{}
 	for _, id := range []string{"a", "b", "c", "f"} {
 		d := journal.DeliveryRow{ID: "dlv_" + id, EventID: "whk_" + id, SubscriptionID: "crm", EventType: "request.created",
-			State: "pending", Attempts: 1, NextAttemptAt: past, CreatedAt: past}
+			State: journal.Pending, Attempts: 1, NextAttemptAt: past, CreatedAt: past}
 		if id == "f" {
-			d.State, d.Attempts, d.NextAttemptAt = "failed", 5, time.Time{}
+			d.State, d.Attempts, d.NextAttemptAt = journal.Failed, 5, time.Time{}
 		}
 		b.Events = append(b.Events, journal.EventRow{ID: "whk_" + id, Type: "request.created", Body: []byte(`{"id":"whk_` + id + `"}`), OccurredAt: past})
 		b.Deliveries = append(b.Deliveries, d)
@@ -57,35 +56,18 @@ func TestLostClaimAnswer(t *testing.T) {
 	if err := store.Write(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Config{
+	lossy := &lossyStore{Store: store}
+	lossy.loseClaim.Store(true)
+	d := start(t, store, Config{
 		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
 		// The default heartbeat: this instance must stay alive for the
 		// whole test, so only the release can free what it lost.
-		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: 5 * time.Second,
-		Logger: testutil.Logger(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var loseClaim, loseRetry atomic.Bool
-	loseClaim.Store(true)
-	d.loseAnswer = func(what string) bool {
-		if what == "claim" {
-			return loseClaim.Swap(false)
-		}
-		return loseRetry.Swap(false)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- d.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		<-done
+		Journal: lossy, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: 5 * time.Second,
 	})
 
 	// The first claim takes the three due deliveries and loses its answer.
 	rc.Wait(t, 3, 10*time.Second)
-	if loseClaim.Load() {
+	if lossy.loseClaim.Load() {
 		t.Fatal("no claim's answer was dropped")
 	}
 	testutil.Eventually(t, 10*time.Second, "the three journaled as delivered", func() bool {
@@ -98,7 +80,7 @@ func TestLostClaimAnswer(t *testing.T) {
 	}
 
 	// A manual retry whose answer is lost; the next one goes out.
-	loseRetry.Store(true)
+	lossy.loseRetry.Store(true)
 	if _, err := d.RetryNow(ctx, "dlv_f"); !errors.Is(err, errAnswerLost) {
 		t.Fatalf("RetryNow with its answer dropped: %v", err)
 	}

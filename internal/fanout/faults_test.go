@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // The fault tests make one attempt (post) against real peers on 127.0.0.1
@@ -568,8 +570,8 @@ func TestDeliveryFaults(t *testing.T) {
 			if res.Status >= 200 && res.Status < 300 {
 				want = Delivered
 			}
-			if got := Decide(1, res.Status, res.RetryAfter, faultSchedule, time.Now()).Outcome; got != want {
-				t.Errorf("Decide after status %d, class %q = %v, want %v", res.Status, res.ErrorClass, got, want)
+			if got := Next(Attempted{Attempt: 1, Trigger: journal.TriggerAuto, Status: res.Status, RetryAfter: res.RetryAfter}, faultSchedule, time.Now()).Outcome; got != want {
+				t.Errorf("Next after status %d, class %q = %v, want %v", res.Status, res.ErrorClass, got, want)
 			}
 			if tc.after != nil {
 				tc.after(t, res)
@@ -607,19 +609,19 @@ func TestRedirectMessage(t *testing.T) {
 }
 
 // TestFailureClassesAreRetried: whatever the class of a failure without a
-// response (status 0), Decide schedules another attempt while attempts
+// response (status 0), Next schedules another attempt while attempts
 // remain and gives up, exhausted, after the last.
 func TestFailureClassesAreRetried(t *testing.T) {
 	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
 	for _, class := range []string{ClassTimeout, ClassDNS, ClassConnect, ClassTLS, ClassHTTP, ClassBlocked} {
 		for attempt := 1; attempt < len(faultSchedule); attempt++ {
-			want := Decision{Outcome: Retry, NextAttemptAt: now.Add(faultSchedule[attempt])}
-			if got := Decide(attempt, 0, 0, faultSchedule, now); got != want {
-				t.Errorf("%s failure on attempt %d: Decide = %+v, want %+v", class, attempt, got, want)
+			want := Decision{Outcome: Retry, State: journal.Pending, NextAttemptAt: now.Add(faultSchedule[attempt])}
+			if got := Next(Attempted{Attempt: attempt, Trigger: journal.TriggerAuto}, faultSchedule, now); got != want {
+				t.Errorf("%s failure on attempt %d: Next = %+v, want %+v", class, attempt, got, want)
 			}
 		}
-		if got, want := Decide(len(faultSchedule), 0, 0, faultSchedule, now), (Decision{Outcome: Failed, Exhausted: true}); got != want {
-			t.Errorf("%s failure on the last attempt: Decide = %+v, want %+v", class, got, want)
+		if got, want := Next(Attempted{Attempt: len(faultSchedule), Trigger: journal.TriggerAuto}, faultSchedule, now), (Decision{Outcome: Failed, State: journal.Failed, Exhausted: true}); got != want {
+			t.Errorf("%s failure on the last attempt: Next = %+v, want %+v", class, got, want)
 		}
 	}
 }

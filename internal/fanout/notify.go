@@ -1,11 +1,16 @@
 package fanout
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/dzdesk/dzhook/internal/journal"
 )
@@ -41,21 +46,57 @@ type notificationBody struct {
 	At              time.Time `json:"at"`
 }
 
-// notification builds the message for a state change, or nil when no
+// Notifier sends the journal's notifications to notify.url: messages to
+// the admin about subscriptions that became failing, recovered or were
+// disabled. They are written to the journal with the state change that
+// causes them, so a crash loses none, and any instance may send them.
+type Notifier struct {
+	cfg    NotifyConfig
+	store  Store
+	log    *slog.Logger
+	wake   chan struct{}
+	client *retryablehttp.Client
+	// timeout, poll and userAgent as the dispatcher's Config says.
+	timeout   time.Duration
+	poll      time.Duration
+	userAgent string
+}
+
+func newNotifier(cfg Config) *Notifier {
+	n := &Notifier{
+		cfg: cfg.Notify, store: cfg.Journal, log: cfg.Logger.With("component", "notifier"), wake: make(chan struct{}, 1),
+		timeout: cfg.Timeout, poll: cfg.PollInterval, userAgent: cfg.UserAgent,
+	}
+	if n.cfg.URL != "" {
+		n.client = newClient(cfg.Timeout, 2, cfg.DialContext, cfg.RootCAs)
+	}
+	return n
+}
+
+// Wake makes Run look for due notifications now (after a batch that
+// wrote one: journal.WriterConfig.OnNotify).
+func (n *Notifier) Wake() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// message builds the notification of a state change, or nil when no
 // notify.url is set.
-func (d *Dispatcher) notification(id, prev, state string, res attemptResult) *journal.NotificationRow {
-	if d.cfg.Notify.URL == "" {
+func (n *Notifier) message(id string, prev, state journal.Health, res attemptResult) *journal.NotificationRow {
+	if n.cfg.URL == "" {
 		return nil
 	}
 	kind := NotifyFailing
 	switch state {
-	case StateHealthy:
+	case journal.Healthy:
 		kind = NotifyRecovered
-	case StateDisabled:
+	case journal.Disabled:
 		kind = NotifyDisabled
 	}
 	b := notificationBody{
-		Type: "subscription." + kind, Subscription: id, State: state, PreviousState: prev,
+		Type: "subscription." + kind, Subscription: id, State: string(state), PreviousState: string(prev),
 		LastStatusCode: res.Status, LastError: res.Error, ResponseExcerpt: excerpt(res.Body, 300), At: res.At,
 	}
 	switch kind {
@@ -97,56 +138,55 @@ func notifyBackoff(attempts int) time.Duration {
 // maxNotifyAttempts bounds the tries of one notification (about 3 h).
 const maxNotifyAttempts = 24
 
-// notifyLoop sends the journal's due notifications, retrying failures with
-// backoff. It runs beside the deliveries and never holds them up.
-func (d *Dispatcher) notifyLoop(ctx context.Context) {
-	if d.cfg.Notify.URL == "" {
+// Run sends the journal's due notifications until ctx ends, retrying
+// failures with backoff; a notification being sent when ctx ends is sent
+// again later (by this or another instance). It runs beside the
+// deliveries and never holds them up. Without notify.url it only waits.
+func (n *Notifier) Run(ctx context.Context) error {
+	if n.cfg.URL == "" {
 		<-ctx.Done()
-		return
+		return nil
 	}
-	client := newClient(d.cfg.Timeout, 2, d.cfg.DialContext, d.cfg.RootCAs)
-	t := time.NewTicker(d.cfg.PollInterval)
+	t := time.NewTicker(n.poll)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
-		case <-d.nwake:
+		case <-n.wake:
 		}
-		due, err := d.cfg.Journal.ClaimNotifications(ctx, 20, 2*d.cfg.Timeout)
+		due, err := n.store.ClaimNotifications(ctx, 20, 2*n.timeout)
 		if err != nil {
 			if ctx.Err() == nil {
-				d.log.Warn("claiming notifications failed", "err", err)
+				n.log.Warn("claiming notifications failed", "err", err)
 			}
 			continue
 		}
-		for _, n := range due {
-			res := post(ctx, client, request{
-				url: d.cfg.Notify.URL, body: n.Body, eventType: "subscription." + n.Kind, eventID: fmt.Sprintf("ntf_%d", n.ID),
-				deliveryID: fmt.Sprintf("ntf_%d", n.ID), attempt: n.Attempts, secret: d.cfg.Notify.Secret, userAgent: d.cfg.UserAgent,
-			}, d.cfg.Timeout, 512)
-			var sendErr error
-			if res.Status < 200 || res.Status >= 300 {
-				sendErr = fmt.Errorf("%s", cmpOr(res.Error, fmt.Sprintf("HTTP %d", res.Status)))
-			}
-			next := time.Now().Add(notifyBackoff(n.Attempts))
-			if sendErr != nil && n.Attempts >= maxNotifyAttempts {
-				next = time.Now().Add(100 * 365 * 24 * time.Hour) // given up; kept for the record
-				d.log.Error("admin notification given up", "subscription", n.SubscriptionID, "kind", n.Kind, "attempts", n.Attempts, "err", sendErr)
-			} else if sendErr != nil {
-				d.log.Warn("admin notification failed; retrying", "subscription", n.SubscriptionID, "kind", n.Kind, "attempt", n.Attempts, "err", sendErr)
-			}
-			if err := d.cfg.Journal.NotificationSent(ctx, n.ID, sendErr, next); err != nil && ctx.Err() == nil {
-				d.log.Warn("recording a notification failed", "err", err)
-			}
+		for _, m := range due {
+			n.send(ctx, m)
 		}
 	}
 }
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
+// send posts one notification and records the outcome.
+func (n *Notifier) send(ctx context.Context, m journal.Notification) {
+	res := post(ctx, n.client, request{
+		url: n.cfg.URL, body: m.Body, eventType: "subscription." + m.Kind, eventID: fmt.Sprintf("ntf_%d", m.ID),
+		deliveryID: fmt.Sprintf("ntf_%d", m.ID), attempt: m.Attempts, secret: n.cfg.Secret, userAgent: n.userAgent,
+	}, n.timeout, 512)
+	var sendErr error
+	if res.Status < 200 || res.Status >= 300 {
+		sendErr = errors.New(cmp.Or(res.Error, fmt.Sprintf("HTTP %d", res.Status)))
 	}
-	return b
+	next := time.Now().Add(notifyBackoff(m.Attempts))
+	if sendErr != nil && m.Attempts >= maxNotifyAttempts {
+		next = time.Now().Add(100 * 365 * 24 * time.Hour) // given up; kept for the record
+		n.log.Error("admin notification given up", "subscription", m.SubscriptionID, "kind", m.Kind, "attempts", m.Attempts, "err", sendErr)
+	} else if sendErr != nil {
+		n.log.Warn("admin notification failed; retrying", "subscription", m.SubscriptionID, "kind", m.Kind, "attempt", m.Attempts, "err", sendErr)
+	}
+	if err := n.store.NotificationSent(ctx, m.ID, sendErr, next); err != nil && ctx.Err() == nil {
+		n.log.Warn("recording a notification failed", "err", err)
+	}
 }

@@ -36,9 +36,7 @@ func report(t *task, res attemptResult) AttemptReport {
 }
 
 func (d *Dispatcher) lookup(id string) (*sub, error) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	s, ok := d.byID[id]
+	s, ok := d.reg.Load().byID[id]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownSubscription, id)
 	}
@@ -50,7 +48,7 @@ func (d *Dispatcher) lookup(id string) (*sub, error) {
 // it. A delivery being attempted right now is not sent twice:
 // journal.ErrBusy.
 func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptReport, error) {
-	life, leave, err := d.enter()
+	life, leave, err := d.enter(ctx)
 	if err != nil {
 		return AttemptReport{}, err
 	}
@@ -65,29 +63,26 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	}
 	token := claimToken()
 	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, token, 3*d.cfg.Heartbeat)
-	if err == nil && d.loseAnswer != nil && d.loseAnswer("retry") {
-		err = errAnswerLost
-	}
 	if err != nil {
 		if !errors.Is(err, journal.ErrBusy) && !errors.Is(err, journal.ErrNotFound) {
 			// The operator may have gone away after the claim committed:
 			// without the release the delivery would look busy until
 			// this instance stops.
-			if d.claimFailed("", deliveryID, token, err) {
+			if d.lost.failed("", deliveryID, token, err) {
 				d.nudge() // free it soon: the operator may try again
 			}
 		}
 		return AttemptReport{}, err
 	}
-	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: TriggerManual, test: c.Test,
+	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: journal.TriggerManual, test: c.Test,
 		durable: make(chan error, 1)}
-	if before.State == "pending" && before.NextAttemptAt != nil {
-		t.keepPending, t.keepNext = true, *before.NextAttemptAt
+	if before.State == journal.Pending && before.NextAttemptAt != nil {
+		t.keepNext = *before.NextAttemptAt
 	}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
 	res := d.attempt(life, s, t)
-	if err := d.waitDurable(ctx, t.durable); err != nil {
+	if err := d.records.Wait(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
 	return report(t, res), nil
@@ -111,7 +106,7 @@ func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since
 // secret, and reports what the receiver answered. The delivery is recorded
 // with trigger test and left out of the subscription's health.
 func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event) (AttemptReport, error) {
-	life, leave, err := d.enter()
+	life, leave, err := d.enter(ctx)
 	if err != nil {
 		return AttemptReport{}, err
 	}
@@ -122,73 +117,38 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 	}
 	now := d.now().UTC()
 	id := DeliveryID(ev.ID, s.cfg.ID)
-	err = d.put(ctx, record{
-		event: &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, OccurredAt: ev.Timestamp},
-		delivs: []journal.DeliveryRow{{ID: id, EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type,
-			State: "pending", Owner: d.cfg.Instance, NextAttemptAt: now.Add(time.Hour), Test: true, CreatedAt: now}},
+	err = d.records.Put(ctx, journal.Record{
+		Event: &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, OccurredAt: ev.Timestamp},
+		Deliveries: []journal.DeliveryRow{{ID: id, EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type,
+			State: journal.Pending, Owner: d.cfg.Instance, NextAttemptAt: now.Add(time.Hour), Test: true, CreatedAt: now}},
 	})
 	if err != nil {
 		return AttemptReport{}, err
 	}
-	t := &task{deliveryID: id, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: TriggerTest, test: true, durable: make(chan error, 1)}
+	t := &task{deliveryID: id, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerTest, test: true, durable: make(chan error, 1)}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
 	res := d.attempt(life, s, t)
-	if err := d.waitDurable(ctx, t.durable); err != nil {
+	if err := d.records.Wait(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
 	return report(t, res), nil
 }
 
-// enter registers an operator's operation (a manual retry, a test send, a
-// resume): the dispatcher's shutdown waits for it, a while, before its
-// journal writer stops. It fails once the dispatcher is stopping. life
-// bounds the operation's attempt; leave ends the registration.
-func (d *Dispatcher) enter() (life context.Context, leave func(), err error) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	if d.stopped {
+// enter registers an operator's operation (a manual retry, a test send):
+// the dispatcher's shutdown waits for it, a while, before it stops. It
+// fails once the dispatcher is stopping. life bounds the operation's
+// attempt: the attempt runs to its end (within the delivery timeout) even
+// when the operator's request goes away, so its outcome is journaled.
+// leave ends the registration.
+func (d *Dispatcher) enter(ctx context.Context) (life context.Context, leave func(), err error) {
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
+	if d.stopping.Load() {
 		return nil, nil, errors.New("fanout: stopped")
 	}
 	d.ops.Add(1)
-	return d.life, d.ops.Done, nil
-}
-
-// barrier returns once every delivery dispatched before it is journaled:
-// dispatches in progress hold d.mu's read lock until their records are
-// queued, and the writer takes its queue in order.
-func (d *Dispatcher) barrier(ctx context.Context) error {
-	_, leave, err := d.enter()
-	if err != nil {
-		return err
-	}
-	defer leave()
-	// An empty critical section: it waits out every dispatch in progress.
-	d.mu.Lock()
-	d.mu.Unlock()
-	done := make(chan error, 1)
-	if err := d.writer.put(ctx, record{done: done}); err != nil {
-		return err
-	}
-	return d.waitDurable(ctx, done)
-}
-
-// waitDurable waits until a record is journaled, ctx ends, or the writer
-// stopped without writing it.
-func (d *Dispatcher) waitDurable(ctx context.Context, done <-chan error) error {
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-d.writer.closed:
-		select {
-		case err := <-done:
-			return err // written in the writer's last batch
-		default:
-			return errWriterClosed
-		}
-	}
+	return context.WithoutCancel(ctx), d.ops.Done, nil
 }
 
 // TestEventID returns a fresh id for a test event.
@@ -227,21 +187,25 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 		return 0, err
 	}
 	s.mu.Lock()
-	wasDisabled := s.state == StateDisabled
+	wasDisabled := s.state == journal.Disabled
 	s.paused = false
 	if wasDisabled {
-		s.state = StateHealthy
+		s.state = journal.Healthy
 	}
 	s.mu.Unlock()
 	if wasDisabled {
-		if err := d.cfg.Journal.SetState(ctx, subscription, StateHealthy); err != nil {
+		if err := d.cfg.Journal.SetState(ctx, subscription, journal.Healthy); err != nil {
 			return 0, err
 		}
 	}
 	// A delivery recorded as held just before the resume may still be on
 	// its way to the journal; it must be there before the held are
-	// released, or it would stay held.
-	if err := d.barrier(ctx); err != nil {
+	// released, or it would stay held: wait for the dispatches that may
+	// have seen the subscription paused, then for the journal writer.
+	if err := d.dispatches.wait(ctx); err != nil {
+		return 0, err
+	}
+	if err := barrier(ctx, d.records); err != nil {
 		return 0, err
 	}
 	n, err := d.cfg.Journal.ReleaseHeld(ctx, subscription)
@@ -255,27 +219,25 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 
 // SubscriptionStatus is a subscription as the admin API shows it.
 type SubscriptionStatus struct {
-	ID                 string     `json:"id"`
-	URL                string     `json:"url"`
-	Events             []string   `json:"events"`
-	Active             bool       `json:"active"`
-	Paused             bool       `json:"paused"`
-	QueueWhileInactive bool       `json:"queue_while_inactive"`
-	Filter             string     `json:"filter,omitempty"`
-	State              string     `json:"state"`
-	LastSuccessAt      *time.Time `json:"last_success_at"`
-	LastFailureAt      *time.Time `json:"last_failure_at"`
-	LastStatus         int        `json:"last_status,omitempty"`
-	LastError          string     `json:"last_error,omitempty"`
-	QueueDepth         int        `json:"queue_depth"`
-	Stats              Stats      `json:"stats"`
+	ID                 string         `json:"id"`
+	URL                string         `json:"url"`
+	Events             []string       `json:"events"`
+	Active             bool           `json:"active"`
+	Paused             bool           `json:"paused"`
+	QueueWhileInactive bool           `json:"queue_while_inactive"`
+	Filter             string         `json:"filter,omitempty"`
+	State              journal.Health `json:"state"`
+	LastSuccessAt      *time.Time     `json:"last_success_at"`
+	LastFailureAt      *time.Time     `json:"last_failure_at"`
+	LastStatus         int            `json:"last_status,omitempty"`
+	LastError          string         `json:"last_error,omitempty"`
+	QueueDepth         int            `json:"queue_depth"`
+	Stats              Stats          `json:"stats"`
 }
 
 // Subscriptions returns every subscription's status.
 func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
-	d.mu.RLock()
-	subs := d.subs
-	d.mu.RUnlock()
+	subs := d.reg.Load().subs
 	now := d.now()
 	out := make([]SubscriptionStatus, 0, len(subs))
 	for _, s := range subs {
@@ -302,10 +264,9 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 
 // SubscriptionIDs lists the configured subscriptions.
 func (d *Dispatcher) SubscriptionIDs() []string {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	ids := make([]string, len(d.subs))
-	for i, s := range d.subs {
+	subs := d.reg.Load().subs
+	ids := make([]string, len(subs))
+	for i, s := range subs {
 		ids[i] = s.cfg.ID
 	}
 	return ids

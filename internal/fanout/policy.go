@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // Outcome is what an attempt means for its delivery.
@@ -36,14 +38,30 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// Decision is what happens after an attempt.
+// Decision is what follows an attempt.
 type Decision struct {
 	Outcome Outcome
-	// NextAttemptAt is when the next attempt is due (Retry only).
+	// State is the delivery's state after the attempt.
+	State journal.State
+	// NextAttemptAt is when the next attempt is due (State pending).
 	NextAttemptAt time.Time
 	// Exhausted is set when the last attempt of the schedule failed: the
 	// subscription becomes failing.
 	Exhausted bool
+}
+
+// Attempted is an attempt just made, as Next sees it.
+type Attempted struct {
+	// Attempt is the attempt's number, 1-based.
+	Attempt int
+	Trigger journal.Trigger
+	// KeepNext is set for a manual retry of a delivery that is still on
+	// its schedule: when its next scheduled attempt is due.
+	KeepNext time.Time
+	// Status is the HTTP status, 0 when no response came.
+	Status int
+	// RetryAfter is the receiver's Retry-After, 0 when none.
+	RetryAfter time.Duration
 }
 
 // retryable reports whether a status code is worth another attempt:
@@ -60,13 +78,35 @@ func retryable(status int) bool {
 	return false
 }
 
-// Decide is the retry policy, a pure function: given the attempt number
-// just made (1-based), its status (0 when no response came) and
-// Retry-After, the schedule and the time, it says what happens next.
-// schedule[i] is the delay before attempt i+1, so its length is the number
-// of attempts. A Retry-After longer than the schedule's next delay is
-// honoured, clamped to the schedule's longest delay.
-func Decide(attempt, status int, retryAfter time.Duration, schedule []time.Duration, now time.Time) Decision {
+// Next is the retry policy, a pure function and the only place that
+// decides what follows an attempt: given the attempt, the schedule and the
+// time, it says the delivery's outcome and state. schedule[i] is the delay
+// before attempt i+1, so its length is the number of attempts. A
+// Retry-After longer than the schedule's next delay is honoured, clamped
+// to the schedule's longest delay. A manual or test attempt is one
+// attempt: it never starts a new schedule, and a manual retry of a
+// delivery still on its schedule that does not deliver leaves it there
+// (due at KeepNext).
+func Next(a Attempted, schedule []time.Duration, now time.Time) Decision {
+	d := decide(a.Attempt, a.Status, a.RetryAfter, schedule, now)
+	if d.Outcome == Retry && a.Trigger != journal.TriggerAuto {
+		d = Decision{Outcome: Failed}
+	}
+	switch {
+	case d.Outcome == Delivered:
+		d.State = journal.Delivered
+	case d.Outcome == Retry:
+		d.State = journal.Pending
+	case !a.KeepNext.IsZero():
+		d.State, d.NextAttemptAt = journal.Pending, a.KeepNext
+	default:
+		d.State = journal.Failed
+	}
+	return d
+}
+
+// decide maps an automatic attempt's answer to its outcome.
+func decide(attempt, status int, retryAfter time.Duration, schedule []time.Duration, now time.Time) Decision {
 	switch {
 	case status >= 200 && status < 300:
 		return Decision{Outcome: Delivered}

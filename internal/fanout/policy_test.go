@@ -3,9 +3,11 @@ package fanout
 import (
 	"testing"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
-func TestDecide(t *testing.T) {
+func TestNext(t *testing.T) {
 	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
 	schedule := []time.Duration{0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
 	for _, tc := range []struct {
@@ -15,25 +17,26 @@ func TestDecide(t *testing.T) {
 		retryAfter time.Duration
 		want       Decision
 	}{
-		{"2xx", 1, 200, 0, Decision{Outcome: Delivered}},
-		{"204 on the last attempt", 5, 204, 0, Decision{Outcome: Delivered}},
-		{"500 after the first attempt waits 1 min", 1, 500, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
-		{"503 after the second waits 5 min", 2, 503, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(5 * time.Minute)}},
-		{"timeout after the fourth waits 2 h", 4, 0, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(2 * time.Hour)}},
-		{"fifth failure exhausts", 5, 500, 0, Decision{Outcome: Failed, Exhausted: true}},
-		{"400 is final", 1, 400, 0, Decision{Outcome: Failed}},
-		{"404 is final", 3, 404, 0, Decision{Outcome: Failed}},
-		{"410 disables", 1, 410, 0, Decision{Outcome: Gone}},
-		{"408 is retried", 1, 408, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
-		{"425 is retried", 1, 425, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
-		{"429 honours a longer Retry-After", 1, 429, 3 * time.Minute, Decision{Outcome: Retry, NextAttemptAt: now.Add(3 * time.Minute)}},
-		{"429 keeps the schedule when Retry-After is shorter", 2, 429, 10 * time.Second, Decision{Outcome: Retry, NextAttemptAt: now.Add(5 * time.Minute)}},
-		{"Retry-After is clamped to the longest delay", 1, 429, 24 * time.Hour, Decision{Outcome: Retry, NextAttemptAt: now.Add(2 * time.Hour)}},
-		{"429 on the last attempt fails", 5, 429, time.Minute, Decision{Outcome: Failed, Exhausted: true}},
-		{"redirect is retried", 1, 301, 0, Decision{Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"2xx", 1, 200, 0, Decision{State: journal.Delivered, Outcome: Delivered}},
+		{"204 on the last attempt", 5, 204, 0, Decision{State: journal.Delivered, Outcome: Delivered}},
+		{"500 after the first attempt waits 1 min", 1, 500, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"503 after the second waits 5 min", 2, 503, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(5 * time.Minute)}},
+		{"timeout after the fourth waits 2 h", 4, 0, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(2 * time.Hour)}},
+		{"fifth failure exhausts", 5, 500, 0, Decision{State: journal.Failed, Outcome: Failed, Exhausted: true}},
+		{"400 is final", 1, 400, 0, Decision{State: journal.Failed, Outcome: Failed}},
+		{"404 is final", 3, 404, 0, Decision{State: journal.Failed, Outcome: Failed}},
+		{"410 disables", 1, 410, 0, Decision{State: journal.Failed, Outcome: Gone}},
+		{"408 is retried", 1, 408, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"425 is retried", 1, 425, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"429 honours a longer Retry-After", 1, 429, 3 * time.Minute, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(3 * time.Minute)}},
+		{"429 keeps the schedule when Retry-After is shorter", 2, 429, 10 * time.Second, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(5 * time.Minute)}},
+		{"Retry-After is clamped to the longest delay", 1, 429, 24 * time.Hour, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(2 * time.Hour)}},
+		{"429 on the last attempt fails", 5, 429, time.Minute, Decision{State: journal.Failed, Outcome: Failed, Exhausted: true}},
+		{"redirect is retried", 1, 301, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
 	} {
-		if got := Decide(tc.attempt, tc.status, tc.retryAfter, schedule, now); got != tc.want {
-			t.Errorf("%s: Decide = %+v, want %+v", tc.name, got, tc.want)
+		got := Next(Attempted{Attempt: tc.attempt, Trigger: journal.TriggerAuto, Status: tc.status, RetryAfter: tc.retryAfter}, schedule, now)
+		if got != tc.want {
+			t.Errorf("%s: Next = %+v, want %+v", tc.name, got, tc.want)
 		}
 	}
 }
@@ -51,6 +54,43 @@ func TestParseRetryAfter(t *testing.T) {
 	} {
 		if got := parseRetryAfter(tc.in, now); got != tc.want {
 			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestNextForOperators: a manual or test attempt is one attempt. It never
+// starts a schedule; a manual retry of a delivery still on its schedule
+// leaves it there when it does not deliver.
+func TestNextForOperators(t *testing.T) {
+	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	scheduled := now.Add(4 * time.Minute)
+	schedule := []time.Duration{0, time.Minute, 5 * time.Minute}
+	for _, tc := range []struct {
+		name string
+		a    Attempted
+		want Decision
+	}{
+		{"manual 2xx", Attempted{Attempt: 6, Trigger: journal.TriggerManual, Status: 200},
+			Decision{Outcome: Delivered, State: journal.Delivered}},
+		{"manual 500 past the schedule stays failed (and counts as exhausted)", Attempted{Attempt: 6, Trigger: journal.TriggerManual, Status: 500},
+			Decision{Outcome: Failed, State: journal.Failed, Exhausted: true}},
+		{"manual 500 early in the schedule does not start one", Attempted{Attempt: 1, Trigger: journal.TriggerManual, Status: 500},
+			Decision{Outcome: Failed, State: journal.Failed}},
+		{"manual 500 of a pending delivery keeps its schedule", Attempted{Attempt: 2, Trigger: journal.TriggerManual, Status: 500, KeepNext: scheduled},
+			Decision{Outcome: Failed, State: journal.Pending, NextAttemptAt: scheduled}},
+		{"manual 404 of a pending delivery keeps its schedule", Attempted{Attempt: 2, Trigger: journal.TriggerManual, Status: 404, KeepNext: scheduled},
+			Decision{Outcome: Failed, State: journal.Pending, NextAttemptAt: scheduled}},
+		{"manual 2xx of a pending delivery delivers it", Attempted{Attempt: 2, Trigger: journal.TriggerManual, Status: 204, KeepNext: scheduled},
+			Decision{Outcome: Delivered, State: journal.Delivered}},
+		{"test 503 is final", Attempted{Attempt: 1, Trigger: journal.TriggerTest, Status: 503},
+			Decision{Outcome: Failed, State: journal.Failed}},
+		{"test 410 says gone", Attempted{Attempt: 1, Trigger: journal.TriggerTest, Status: 410},
+			Decision{Outcome: Gone, State: journal.Failed}},
+		{"auto exhausted", Attempted{Attempt: 3, Trigger: journal.TriggerAuto},
+			Decision{Outcome: Failed, State: journal.Failed, Exhausted: true}},
+	} {
+		if got := Next(tc.a, schedule, now); got != tc.want {
+			t.Errorf("%s: Next = %+v, want %+v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -1,11 +1,14 @@
 package fanout
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
+	"maps"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +17,7 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/dzdesk/dzhook/internal/filter"
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -39,12 +43,13 @@ type Subscription struct {
 	Headers map[string]string
 }
 
-// Health states of a subscription.
-const (
-	StateHealthy  = "healthy"
-	StateFailing  = "failing"
-	StateDisabled = "disabled"
-)
+// Equal reports whether two configurations are the same (a reload keeps
+// a subscription whose configuration did not change running as it is).
+func (s Subscription) Equal(o Subscription) bool {
+	return s.ID == o.ID && s.URL == o.URL && slices.Equal(s.Events, o.Events) && bytes.Equal(s.Secret, o.Secret) &&
+		s.StandardWebhooks == o.StandardWebhooks && s.Active == o.Active && s.QueueWhileInactive == o.QueueWhileInactive &&
+		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers)
+}
 
 // sub is a subscription at run time: its queue, workers' client, health.
 type sub struct {
@@ -71,12 +76,13 @@ type sub struct {
 	// as an old attempt long before the first timeout comes back.
 	busy []atomic.Int64
 
-	stop  chan struct{} // closed to stop the subscription's workers
+	stop  chan struct{} // closed by retire: the workers stop
 	wg    sync.WaitGroup
 	stats stats
 
 	mu            sync.Mutex
-	state         string // healthy, failing, disabled
+	retired       bool // stopped by a reload or shutdown: its queue takes nothing more
+	state         journal.Health
 	paused        bool
 	lastSuccessAt time.Time
 	lastFailureAt time.Time
@@ -88,25 +94,16 @@ type sub struct {
 type task struct {
 	deliveryID, eventID, eventType string
 	body                           []byte
-	attempts                       int    // attempts made before this one
-	trigger                        string // auto, manual, test
+	attempts                       int // attempts made before this one
+	trigger                        journal.Trigger
 	test                           bool
-	reply                          chan<- attemptResult // manual and test attempts wait for theirs
-	// keepState, for a manual retry of a pending delivery: a failure
-	// leaves it pending, due at keepNext, rather than failed.
-	keepPending bool
-	keepNext    time.Time
+	// keepNext, for a manual retry of a delivery still on its schedule:
+	// when its next scheduled attempt is due (see Attempted.KeepNext).
+	keepNext time.Time
 	// durable, when set, is told once the outcome is journaled: an
 	// operator's request returns only then, so its next one sees it.
 	durable chan error
 }
-
-// Attempt triggers.
-const (
-	TriggerAuto   = "auto"
-	TriggerManual = "manual"
-	TriggerTest   = "test"
-)
 
 // matches reports whether the subscription's patterns select an event
 // type.
@@ -127,7 +124,31 @@ func (s *sub) matches(eventType string) bool {
 func (s *sub) accepting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cfg.Active && !s.paused && s.state != StateDisabled
+	return s.cfg.Active && !s.paused && s.state != journal.Disabled
+}
+
+// enqueue hands a task to the workers, in a place reserved before. It
+// refuses once the subscription is retired: nobody would take the task.
+func (s *sub) enqueue(t *task) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.retired {
+		s.release(1)
+		return false
+	}
+	s.queue <- t // never blocks: the place was reserved
+	return true
+}
+
+// retire stops the subscription: its workers end after their attempts in
+// flight, and its queue takes nothing more.
+func (s *sub) retire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.retired {
+		s.retired = true
+		close(s.stop)
+	}
 }
 
 // reserve takes n places in the queue, or as many as are free; it
@@ -224,9 +245,9 @@ func subscriptionTag(subscriptionID string) string {
 }
 
 // compile prepares a subscription for delivery.
-func compile(cfg Subscription, timeout time.Duration, concurrency, queueSize int, dialer dialFunc, opts *Config) (*sub, error) {
-	s := &sub{cfg: cfg, queue: make(chan *task, queueSize), size: int64(queueSize), state: StateHealthy, headers: http.Header{},
-		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, concurrency)}
+func compile(cfg Subscription, opts *Config) (*sub, error) {
+	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
+		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency)}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {
@@ -244,6 +265,6 @@ func compile(cfg Subscription, timeout time.Duration, concurrency, queueSize int
 	for k, v := range cfg.Headers {
 		s.headers.Set(k, v)
 	}
-	s.client = newClient(timeout, concurrency, dialer, opts.RootCAs)
+	s.client = newClient(opts.Timeout, opts.Concurrency, opts.DialContext, opts.RootCAs)
 	return s, nil
 }

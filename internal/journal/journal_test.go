@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/pgtest"
@@ -34,13 +35,13 @@ func newStore(t testing.TB) (*Store, *pgtest.DB) {
 // batchOf is a batch of n events, each delivered at its first attempt:
 // the hot path's journal write.
 func batchOf(start, n int) *Batch {
-	b := &Batch{Slot: "dzhook", Checkpoint: uint64(start + n)}
+	b := &Batch{Slot: "dzhook", Checkpoint: pglogrepl.LSN(start + n)}
 	now := time.Now()
 	body := make([]byte, 600)
 	for i := start; i < start+n; i++ {
 		ev := fmt.Sprintf("whk_%026d", i)
 		dlv := fmt.Sprintf("dlv_%026d", i)
-		b.Events = append(b.Events, EventRow{ID: ev, Type: "request.created", Body: body, CommitLSN: uint64(i), OccurredAt: now})
+		b.Events = append(b.Events, EventRow{ID: ev, Type: "request.created", Body: body, CommitLSN: pglogrepl.LSN(i), OccurredAt: now})
 		b.Deliveries = append(b.Deliveries, DeliveryRow{ID: dlv, EventID: ev, SubscriptionID: "crm", EventType: "request.created",
 			State: "delivered", Attempts: 1, LastStatus: 200, LastAttemptAt: now, CreatedAt: now})
 		b.Attempts = append(b.Attempts, AttemptRow{DeliveryID: dlv, Attempt: 1, At: now, Trigger: "auto", StatusCode: 200, Duration: time.Millisecond, ResponseBody: []byte("ok")})
@@ -100,7 +101,7 @@ func TestWriteIsIdempotent(t *testing.T) {
 	// another cluster is replaced, not kept as a maximum.
 	for _, w := range []struct {
 		sys       string
-		lsn, want uint64
+		lsn, want pglogrepl.LSN
 	}{{"A", 100, 100}, {"A", 50, 100}, {"B", 7, 7}, {"B", 6, 7}, {"B", 9, 9}} {
 		if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: w.lsn, SystemID: w.sys}); err != nil {
 			t.Fatal(err)

@@ -27,7 +27,7 @@ type Delivery struct {
 	EventID        string     `json:"event_id"`
 	Event          string     `json:"event"`
 	Subscription   string     `json:"subscription"`
-	State          string     `json:"state"`
+	State          State      `json:"state"`
 	Attempts       int        `json:"attempts"`
 	NextAttemptAt  *time.Time `json:"next_attempt_at"`
 	InFlight       bool       `json:"in_flight"`
@@ -45,7 +45,7 @@ type Delivery struct {
 type Attempt struct {
 	Attempt      int       `json:"attempt"`
 	At           time.Time `json:"at"`
-	Trigger      string    `json:"trigger"`
+	Trigger      Trigger   `json:"trigger"`
 	StatusCode   *int      `json:"status_code"`
 	DurationMS   int       `json:"duration_ms"`
 	ResponseBody []byte    `json:"-"`
@@ -58,7 +58,7 @@ type DeliveryFilter struct {
 	// Subscriptions to search; all of them when Subscription is empty.
 	Subscriptions []string
 	Subscription  string
-	State         string
+	State         State
 	Event         string
 	Since, Until  time.Time
 	Limit         int
@@ -77,7 +77,7 @@ func scanDelivery(r pgx.Row) (Delivery, error) {
 		v := int(*status)
 		d.LastStatus = &v
 	}
-	if d.State == "pending" {
+	if d.State == Pending {
 		d.NextAttemptAt = d.nextAttemptRaw
 		d.InFlight = d.owner != nil
 	}
@@ -110,7 +110,7 @@ func (s *Store) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Deliver
 			   AND ($6::timestamptz IS NULL OR (x.created_at, x.id) < ($6, $7::text))
 			 ORDER BY x.created_at DESC, x.id DESC LIMIT $8) d
 		ORDER BY d.created_at DESC, d.id DESC LIMIT $8`),
-		subs, nullText(f.State), nullText(f.Event), nullTime(f.Since), nullTime(f.Until), curAt, curID, f.Limit+1)
+		subs, nullText(string(f.State)), nullText(f.Event), nullTime(f.Since), nullTime(f.Until), curAt, curID, f.Limit+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("list deliveries: %w", err)
 	}
@@ -235,9 +235,9 @@ func (s *Store) SetPaused(ctx context.Context, subscription string, paused bool)
 
 // SetState records a subscription's health (resume re-enables a disabled
 // subscription).
-func (s *Store) SetState(ctx context.Context, subscription, state string) error {
+func (s *Store) SetState(ctx context.Context, subscription string, state Health) error {
 	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.subscriptions (id, state, state_changed_at) VALUES ($1, $2, now())
-		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, state_changed_at = now(), updated_at = now()`), subscription, state)
+		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, state_changed_at = now(), updated_at = now()`), subscription, string(state))
 	return err
 }
 
@@ -270,7 +270,8 @@ func (s *Store) Backlogs(ctx context.Context) (map[string]Backlog, error) {
 	}
 	out := map[string]Backlog{}
 	for rows.Next() {
-		var sub, state string
+		var sub string
+		var state State
 		var n int
 		var oldest *time.Time
 		if err := rows.Scan(&sub, &state, &n, &oldest); err != nil {
@@ -279,14 +280,14 @@ func (s *Store) Backlogs(ctx context.Context) (map[string]Backlog, error) {
 		}
 		b := out[sub]
 		switch state {
-		case "pending":
+		case Pending:
 			b.Pending = n
 			if oldest != nil {
 				b.OldestPending = *oldest
 			}
-		case "failed":
+		case Failed:
 			b.Failed = n
-		case "held":
+		case Held:
 			b.Held = n
 		}
 		out[sub] = b

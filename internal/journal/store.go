@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -147,7 +148,7 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 // Checkpoint is where a slot's journaled transactions end.
 type Checkpoint struct {
 	// LSN: every transaction with a commit LSN up to it is journaled.
-	LSN uint64
+	LSN pglogrepl.LSN
 	// SystemID is the database cluster's system identifier the LSN
 	// belongs to ("" when written before journal version 3).
 	SystemID string
@@ -164,7 +165,7 @@ func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error)
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("read checkpoint: %w", err)
 	}
-	cp := Checkpoint{LSN: uint64(lsn)}
+	cp := Checkpoint{LSN: pglogrepl.LSN(lsn)}
 	if sys != nil {
 		cp.SystemID = *sys
 	}
@@ -290,7 +291,7 @@ func (s *Store) ReleaseLost(ctx context.Context, owner string, c LostClaim) (int
 // SubscriptionRow is a subscription's persisted state.
 type SubscriptionRow struct {
 	ID            string
-	State         string
+	State         Health
 	Paused        bool
 	LastSuccessAt time.Time
 	LastFailureAt time.Time

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -15,7 +16,7 @@ type EventRow struct {
 	ID         string
 	Type       string
 	Body       []byte
-	CommitLSN  uint64 // 0: not from the stream
+	CommitLSN  pglogrepl.LSN // 0: not from the stream
 	OccurredAt time.Time
 }
 
@@ -23,7 +24,7 @@ type EventRow struct {
 // batch is written (its first attempt may already be done).
 type DeliveryRow struct {
 	ID, EventID, SubscriptionID, EventType string
-	State                                  string
+	State                                  State
 	Attempts                               int
 	NextAttemptAt                          time.Time // zero: none
 	Owner                                  string
@@ -37,7 +38,7 @@ type DeliveryRow struct {
 // DeliveryUpdate changes a recorded delivery after an attempt.
 type DeliveryUpdate struct {
 	ID            string
-	State         string
+	State         State
 	Attempts      int
 	NextAttemptAt time.Time // zero: none
 	Owner         string    // "": none
@@ -51,8 +52,8 @@ type AttemptRow struct {
 	DeliveryID   string
 	Attempt      int
 	At           time.Time
-	Trigger      string // auto, manual, test
-	StatusCode   int    // 0: no response
+	Trigger      Trigger
+	StatusCode   int // 0: no response
 	Duration     time.Duration
 	ResponseBody []byte
 	ErrorClass   string
@@ -62,8 +63,8 @@ type AttemptRow struct {
 // SubscriptionState is a subscription's health after a batch.
 type SubscriptionState struct {
 	ID            string
-	State         string // healthy, failing, disabled
-	Changed       bool   // the state changed in this batch
+	State         Health
+	Changed       bool // the state changed in this batch
 	LastSuccessAt time.Time
 	LastFailureAt time.Time
 	LastStatus    int
@@ -91,7 +92,7 @@ type Release struct {
 type Rejection struct {
 	Source    string
 	Reason    string
-	CommitLSN uint64
+	CommitLSN pglogrepl.LSN
 }
 
 // Batch is everything one group commit writes.
@@ -111,7 +112,7 @@ type Batch struct {
 	// Slot and Checkpoint, when Slot is set, record that every transaction
 	// up to Checkpoint is journaled.
 	Slot       string
-	Checkpoint uint64
+	Checkpoint pglogrepl.LSN
 	// SystemID is the cluster the checkpoint's LSN belongs to.
 	SystemID string
 }
@@ -191,7 +192,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		tests := make([]bool, n)
 		lastStatus := make([]*int32, n)
 		for i, d := range b.Deliveries {
-			ids[i], events[i], subs[i], types[i], states[i] = d.ID, d.EventID, d.SubscriptionID, d.EventType, d.State
+			ids[i], events[i], subs[i], types[i], states[i] = d.ID, d.EventID, d.SubscriptionID, d.EventType, string(d.State)
 			attempts[i], tests[i], created[i] = int32(d.Attempts), d.Test, d.CreatedAt
 			next[i], lastAt[i] = nullTime(d.NextAttemptAt), nullTime(d.LastAttemptAt)
 			owners[i], lastErr[i], lastStatus[i] = nullText(d.Owner), nullText(d.LastError), nullInt(d.LastStatus)
@@ -208,7 +209,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		status := make([]*int32, n)
 		bodies := make([][]byte, n)
 		for i, a := range b.Attempts {
-			ids[i], nums[i], at[i], triggers[i] = a.DeliveryID, int32(a.Attempt), a.At, a.Trigger
+			ids[i], nums[i], at[i], triggers[i] = a.DeliveryID, int32(a.Attempt), a.At, string(a.Trigger)
 			status[i], durations[i], bodies[i] = nullInt(a.StatusCode), int32(a.Duration.Milliseconds()), a.ResponseBody
 			classes[i], errs[i] = nullText(a.ErrorClass), nullText(a.Error)
 		}
@@ -222,7 +223,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		owners, lastErr := make([]*string, n), make([]*string, n)
 		lastStatus := make([]*int32, n)
 		for i, u := range b.Updates {
-			ids[i], states[i], attempts[i] = u.ID, u.State, int32(u.Attempts)
+			ids[i], states[i], attempts[i] = u.ID, string(u.State), int32(u.Attempts)
 			next[i], lastAt[i] = nullTime(u.NextAttemptAt), nullTime(u.LastAttemptAt)
 			owners[i], lastErr[i], lastStatus[i] = nullText(u.Owner), nullText(u.LastError), nullInt(u.LastStatus)
 		}

@@ -91,9 +91,9 @@ func New(src Sources) *Metrics {
 func (m *Metrics) EventDispatched(eventType string, _ int) { m.events.WithLabelValues(eventType).Inc() }
 
 // DeliveryRecorded implements fanout.Observer.
-func (m *Metrics) DeliveryRecorded(subscription, state string) {
-	outcome := state
-	if state == "pending" {
+func (m *Metrics) DeliveryRecorded(subscription string, state journal.State) {
+	outcome := string(state)
+	if state == journal.Pending {
 		outcome = "queued"
 	}
 	m.deliveries.WithLabelValues(subscription, outcome).Inc()
@@ -110,11 +110,11 @@ func (m *Metrics) AttemptFinished(subscription string, took time.Duration, statu
 }
 
 // StateChanged implements fanout.Observer.
-func (m *Metrics) StateChanged(subscription, _, to string) {
-	m.transitions.WithLabelValues(subscription, to).Inc()
+func (m *Metrics) StateChanged(subscription string, _, to journal.Health) {
+	m.transitions.WithLabelValues(subscription, string(to)).Inc()
 }
 
-// JournalFlushed implements fanout.Observer.
+// JournalFlushed observes a journal batch (journal.WriterConfig.OnFlush).
 func (m *Metrics) JournalFlushed(_ int, took time.Duration, err error) {
 	m.flushes.Observe(took.Seconds())
 	if err != nil {
@@ -150,7 +150,6 @@ var (
 	descOldest      = prometheus.NewDesc("dzhook_oldest_pending_seconds", "Age of the oldest due pending delivery.", []string{"subscription"}, nil)
 	descSubState    = prometheus.NewDesc("dzhook_subscription_state", "1 for the subscription's current state.", []string{"subscription", "state"}, nil)
 	descSubPaused   = prometheus.NewDesc("dzhook_subscription_paused", "1 while paused.", []string{"subscription"}, nil)
-	allSubStates    = []string{fanout.StateHealthy, fanout.StateFailing, fanout.StateDisabled}
 	backlogInterval = 5 * time.Second
 )
 
@@ -190,14 +189,14 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	for _, sub := range subs {
 		ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(sub.QueueDepth), sub.ID)
-		for _, st := range allSubStates {
-			ch <- prometheus.MustNewConstMetric(descSubState, prometheus.GaugeValue, b2f(sub.State == st), sub.ID, st)
+		for _, st := range journal.Healths {
+			ch <- prometheus.MustNewConstMetric(descSubState, prometheus.GaugeValue, b2f(sub.State == st), sub.ID, string(st))
 		}
 		ch <- prometheus.MustNewConstMetric(descSubPaused, prometheus.GaugeValue, b2f(sub.Paused), sub.ID)
 		b := backlog[sub.ID]
-		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Pending), sub.ID, "pending")
-		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Failed), sub.ID, "failed")
-		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Held), sub.ID, "held")
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Pending), sub.ID, string(journal.Pending))
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Failed), sub.ID, string(journal.Failed))
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Held), sub.ID, string(journal.Held))
 		age := 0.0
 		if !b.OldestPending.IsZero() && b.OldestPending.Before(now) {
 			age = now.Sub(b.OldestPending).Seconds()

@@ -1,0 +1,115 @@
+package fanout
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+// work runs one worker of a subscription until it is retired; busy says
+// since when its attempt in flight runs.
+func (d *Dispatcher) work(life context.Context, s *sub, busy *atomic.Int64) {
+	for {
+		select {
+		case <-s.stop:
+			return
+		case t := <-s.queue:
+			s.release(1)
+			select {
+			case s.room <- struct{}{}:
+			default:
+			}
+			if s.backlog.Load() && int64(len(s.queue)) < s.size/2 {
+				d.nudge() // due work waits in the journal and there is room
+			}
+			busy.Store(time.Now().UnixNano())
+			d.attempt(life, s, t)
+			busy.Store(0)
+		}
+	}
+}
+
+// attempt makes one attempt and puts its outcome to the journal writer.
+func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) attemptResult {
+	n := t.attempts + 1
+	res := post(life, s.client, request{
+		url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
+		attempt: n, secret: s.cfg.Secret, standardKey: s.standardKey, headers: s.headers, userAgent: d.cfg.UserAgent,
+	}, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
+	ok := res.Status >= 200 && res.Status < 300
+	if !t.test {
+		s.observe(res.Duration, ok)
+	}
+	now := d.now().UTC()
+	dec := Next(Attempted{Attempt: n, Trigger: t.trigger, KeepNext: t.keepNext, Status: res.Status, RetryAfter: res.RetryAfter},
+		d.cfg.RetrySchedule, now)
+	rec := journal.Record{
+		Update: &journal.DeliveryUpdate{
+			ID: t.deliveryID, State: dec.State, Attempts: n, NextAttemptAt: dec.NextAttemptAt,
+			LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At,
+		},
+		Attempt: &journal.AttemptRow{
+			DeliveryID: t.deliveryID, Attempt: n, At: res.At, Trigger: t.trigger, StatusCode: res.Status,
+			Duration: res.Duration, ResponseBody: res.Body, ErrorClass: res.ErrorClass, Error: errorExcerpt(res.Error),
+		},
+		Done: t.durable,
+	}
+	if !t.test {
+		s.stats.record(now, res.Duration, dec.Outcome)
+		rec.Sub, rec.Notify = d.health(life, s, dec, res)
+	}
+	d.obs.AttemptFinished(s.cfg.ID, res.Duration, res.Status, res.ErrorClass, dec.Outcome)
+	if err := d.records.Put(life, rec); err != nil {
+		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)
+	}
+	if res.ErrorClass != "" {
+		d.log.Debug("attempt failed", "subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n,
+			"status_code", res.Status, "error_class", res.ErrorClass, "outcome", dec.Outcome.String())
+	}
+	return res
+}
+
+// health updates a subscription's health after an attempt and returns the
+// row to journal, with a notification when the state changed: failing
+// once a delivery exhausts its schedule, healthy again on the next 2xx,
+// disabled on 410 Gone.
+func (d *Dispatcher) health(ctx context.Context, s *sub, dec Decision, res attemptResult) (*journal.SubscriptionState, *journal.NotificationRow) {
+	s.mu.Lock()
+	prev := s.state
+	st := &journal.SubscriptionState{ID: s.cfg.ID, LastStatus: res.Status}
+	switch {
+	case dec.Outcome == Delivered:
+		s.lastSuccessAt, st.LastSuccessAt = res.At, res.At
+		if s.state == journal.Failing {
+			s.state = journal.Healthy
+		}
+	default:
+		s.lastFailureAt, st.LastFailureAt = res.At, res.At
+		s.lastError, st.LastError = errorExcerpt(res.Error), errorExcerpt(res.Error)
+		switch {
+		case dec.Outcome == Gone:
+			s.state = journal.Disabled
+		case dec.Exhausted && s.state == journal.Healthy:
+			s.state = journal.Failing
+		}
+	}
+	s.lastStatus = res.Status
+	state := s.state
+	st.State = state
+	st.Changed = state != prev
+	s.mu.Unlock()
+	if !st.Changed {
+		return st, nil
+	}
+	lvl := slog.LevelError
+	if state == journal.Healthy {
+		lvl = slog.LevelInfo
+	}
+	d.log.Log(ctx, lvl, "subscription changed state", "subscription", s.cfg.ID, "from", prev, "to", state,
+		"status_code", res.Status, "error_class", res.ErrorClass)
+	d.obs.StateChanged(s.cfg.ID, prev, state)
+	return st, d.notifier.message(s.cfg.ID, prev, state, res)
+}

@@ -1,0 +1,75 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// errAnswerLost is what a claim whose answer lossyStore dropped returns.
+var errAnswerLost = errors.New("the claim's answer was lost")
+
+// lossyStore is the real journal, except that it drops the answer of a
+// claim or a manual retry's claim when told to, after the claim
+// committed: what a connection that breaks at that moment does.
+type lossyStore struct {
+	*journal.Store
+	loseClaim, loseRetry atomic.Bool
+}
+
+func (s *lossyStore) Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
+	c, err := s.Store.Claim(ctx, subscription, limit, owner, token, staleAfter)
+	if err == nil && s.loseClaim.Swap(false) {
+		return nil, errAnswerLost
+	}
+	return c, err
+}
+
+func (s *lossyStore) ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (journal.Claimed, error) {
+	c, err := s.Store.ClaimForRetry(ctx, id, owner, token, staleAfter)
+	if err == nil && s.loseRetry.Swap(false) {
+		return journal.Claimed{}, errAnswerLost
+	}
+	return c, err
+}
+
+// start runs a journal writer on store and a dispatcher on it, as the
+// engine does; the test's cleanup stops the dispatcher, then the writer.
+func start(t *testing.T, store *journal.Store, cfg Config) *Dispatcher {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = testutil.Logger(t)
+	}
+	var d *Dispatcher
+	w, err := journal.NewWriter(journal.WriterConfig{Store: store, Owner: cfg.Instance, Logger: cfg.Logger,
+		OnSpill: func() { d.Spilled() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Records = w
+	if d, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stopWriter := context.WithCancel(context.Background())
+	wdone := make(chan error, 1)
+	go func() { wdone <- w.Run(wctx) }()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Dispatcher.Run: %v", err)
+		}
+		stopWriter()
+		if err := <-wdone; err != nil {
+			t.Errorf("Writer.Run: %v", err)
+		}
+	})
+	return d
+}

@@ -1,0 +1,164 @@
+package fanout
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/dzdesk/dzhook/internal/filter"
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+// Dispatch matches ev against the subscriptions, journals its deliveries
+// (put to the journal writer) and hands each active subscription's
+// delivery to its workers, so the first attempt does not wait for the
+// journal. When a subscription's queue is full, its delivery waits in the
+// journal as due work instead. Dispatch blocks only while the journal
+// writer's queue is full, and holds no lock meanwhile. The stream calls it
+// from one goroutine, in commit order.
+func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
+	return d.dispatch(ctx, ev, false)
+}
+
+// DispatchDurable is Dispatch for an event from time (the SLA clock): it
+// returns once the event and its deliveries are journaled, so the clock
+// may then mark its timer fired.
+func (d *Dispatcher) DispatchDurable(ctx context.Context, ev Event) error {
+	if err := d.dispatch(ctx, ev, true); err != nil {
+		return err
+	}
+	return barrier(ctx, d.records)
+}
+
+// route is one subscription's part of a dispatch.
+type route struct {
+	s    *sub
+	task *task // the first attempt, to hand to its workers
+}
+
+// dispatch is Dispatch; noHold writes the deliveries without waiting for
+// their first attempts' outcomes.
+func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error {
+	if d.stopping.Load() {
+		return context.Canceled
+	}
+	ticket := d.dispatches.enter()
+	defer d.dispatches.leave(ticket)
+
+	var env *filter.Envelope
+	var rows []journal.DeliveryRow
+	var routes []route
+	spilled := false
+	now := d.now().UTC()
+	for _, s := range d.reg.Load().subs {
+		if !s.matches(ev.Type) {
+			continue
+		}
+		if s.filter != nil {
+			if env == nil {
+				var err error
+				if env, err = filter.Parse(ev.Body); err != nil {
+					d.log.Error("event body is not JSON; filters cannot see it", "event_id", ev.ID, "err", err)
+					continue
+				}
+			}
+			ok, err := s.filter.Match(env)
+			if err != nil {
+				d.log.Debug("filter did not apply to the event", "subscription", s.cfg.ID, "event_id", ev.ID, "err", err)
+			}
+			if !ok {
+				continue
+			}
+		}
+		row := journal.DeliveryRow{
+			ID: DeliveryID(ev.ID, s.cfg.ID), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
+		}
+		switch {
+		case !s.accepting():
+			row.State = journal.Skipped
+			if s.cfg.QueueWhileInactive {
+				row.State = journal.Held
+			}
+		case d.reserve(ctx, s):
+			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
+			routes = append(routes, route{s: s, task: &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto}})
+		default:
+			// The queue is full: the delivery waits in the journal and
+			// the scheduler claims it when there is room.
+			row.State, row.NextAttemptAt = journal.Pending, now
+			spilled = true
+			s.backlog.Store(true)
+		}
+		d.obs.DeliveryRecorded(s.cfg.ID, row.State)
+		rows = append(rows, row)
+	}
+	d.obs.EventDispatched(ev.Type, len(rows))
+	if len(rows) == 0 {
+		return nil // no subscription wants it: nothing to record
+	}
+	rec := journal.Record{
+		Event:      &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, CommitLSN: pglogrepl.LSN(ev.CommitLSN), OccurredAt: ev.Timestamp},
+		Deliveries: rows,
+		Spilled:    spilled,
+		NoHold:     noHold,
+	}
+	if err := d.records.Put(ctx, rec); err != nil {
+		for _, r := range routes {
+			r.s.release(1)
+		}
+		return err
+	}
+	// The journal's queue holds the deliveries before any result of
+	// theirs can follow them there. A subscription retired meanwhile (a
+	// reload, a shutdown) takes nothing: its deliveries go back to the
+	// journal, unowned, for whoever runs it now.
+	var giveBack []string
+	for _, r := range routes {
+		if !r.s.enqueue(r.task) {
+			giveBack = append(giveBack, r.task.deliveryID)
+		}
+	}
+	if len(giveBack) > 0 {
+		return d.records.Put(ctx, journal.Record{Release: giveBack})
+	}
+	return nil
+}
+
+// maxRoomWait bounds how long Dispatch waits for room in the queue of a
+// receiver that keeps up.
+const maxRoomWait = 100 * time.Millisecond
+
+// reserve takes a place in a subscription's queue. When the queue is full
+// and the receiver keeps up (answers 2xx, fast), it waits a moment for
+// room: the stream then runs at the receiver's pace and every delivery
+// takes the fast path, one journal insert with its outcome. A receiver
+// that is slow, failing or hung gets no wait: its deliveries go to the
+// journal at once, so it never delays the others.
+func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
+	if s.reserve(1) == 1 {
+		return true
+	}
+	if !s.keepsUp() {
+		return false
+	}
+	deadline := time.NewTimer(maxRoomWait)
+	defer deadline.Stop()
+	for {
+		select {
+		case <-s.room:
+		case <-s.stop:
+			return false
+		case <-deadline.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+		if s.reserve(1) == 1 {
+			return true
+		}
+		if !s.keepsUp() {
+			return false
+		}
+	}
+}

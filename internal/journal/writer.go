@@ -1,0 +1,587 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/dzdesk/dzhook/internal/backoff"
+)
+
+// Record is one entry of the Writer's queue. The queue is FIFO, and that
+// order is the acknowledgement contract: an event's deliveries are put
+// before any outcome of their attempts, and a transaction's Commit after
+// everything the transaction produced.
+type Record struct {
+	Event      *EventRow
+	Deliveries []DeliveryRow
+	// Spilled: some deliveries wait in the journal for the scheduler
+	// (WriterConfig.OnSpill is told once they are written).
+	Spilled bool
+	// NoHold writes the deliveries now, without waiting for the outcome
+	// of their first attempts.
+	NoHold  bool
+	Update  *DeliveryUpdate
+	Attempt *AttemptRow
+	Sub     *SubscriptionState
+	Reject  *Rejection
+	Notify  *NotificationRow
+	Timer   *TimerChange
+	// Release gives back deliveries that waited in the queue of a
+	// subscription a reload stopped: they go back to the journal,
+	// unowned, for whoever runs the subscription now.
+	Release []string
+	// Commit marks a transaction boundary: its commit LSN.
+	Commit pglogrepl.LSN
+	// Done is told when the record is durable (nil), or that it will
+	// never be.
+	Done chan<- error
+}
+
+// BatchStore is what the Writer needs of the journal: one batch written
+// in one transaction, all or nothing. *Store is one.
+type BatchStore interface {
+	Write(ctx context.Context, b *Batch) error
+}
+
+// Defaults of WriterConfig.
+const (
+	DefaultLinger       = 2 * time.Millisecond
+	DefaultHold         = time.Second
+	DefaultWriterQueue  = 8192
+	DefaultMaxBatch     = 4096
+	DefaultDrainTimeout = 20 * time.Second
+)
+
+// WriterConfig is the input of NewWriter.
+type WriterConfig struct {
+	// Store receives the batches; required.
+	Store BatchStore
+	// Slot names the replication slot whose checkpoint the writer keeps;
+	// SystemID, the database cluster its positions belong to.
+	Slot, SystemID string
+	// Owner is this instance: releases give back only what it owns.
+	Owner string
+	// Ack is told the highest commit LSN whose transaction is wholly
+	// journaled, after the batch that made it so is written; it moves the
+	// replication slot. Called from Run's goroutine, in increasing order.
+	Ack func(pglogrepl.LSN)
+	// OnSpill is called after a batch that wrote spilled deliveries
+	// (wakes the scheduler); OnNotify after one that wrote a notification.
+	OnSpill, OnNotify func()
+	// OnFlush observes every batch written or failed (metrics).
+	OnFlush func(records int, took time.Duration, err error)
+	Logger  *slog.Logger
+	// Linger is how long a batch waits for more records once the first
+	// arrived. Defaults to 2 ms; negative: no wait.
+	Linger time.Duration
+	// Hold is how long a delivery whose first attempt is in flight is
+	// kept back to be written once, with its outcome. Defaults to 1 s;
+	// negative: never held.
+	Hold time.Duration
+	// QueueSize bounds the records waiting to be written (then Put
+	// blocks: backpressure up to the stream). Defaults to 8192.
+	QueueSize int
+	// MaxBatch bounds the records of one batch. Defaults to 4096.
+	MaxBatch int
+	// DrainTimeout bounds how long a stopping Writer tries to write what
+	// is queued. Defaults to 20 s.
+	DrainTimeout time.Duration
+}
+
+// Writer is the journal's group commit, and the owner of the
+// acknowledgement contract:
+//
+//	the acknowledged LSN never passes a transaction with a delivery
+//	that is not durable in the journal.
+//
+// It writes what accumulated while the last batch was being written
+// (lingering a moment first) in one transaction, and then acknowledges the
+// highest commit LSN whose transaction is wholly journaled.
+//
+// A delivery whose first attempt is in flight (pending, owned, and not
+// NoHold) is held back for up to Hold, so that it is usually written once,
+// with its outcome, instead of inserted and then updated (an update
+// touches every index of the table: it is the journal's most expensive
+// write). A transaction is not acknowledged while one of its deliveries is
+// held, so holding delays the slot by at most Hold and never loses
+// anything: a delivery held when the process dies was never acknowledged,
+// and the stream sends it again.
+//
+// A batch that cannot be written is retried with backoff for as long as
+// the Writer runs; meanwhile its queue fills and Put blocks, so the
+// stream waits. If the Writer stops before the batch is written, the
+// Writer is broken: nothing after that batch is written or acknowledged,
+// since a later checkpoint would cover the lost batch's transactions.
+type Writer struct {
+	cfg    WriterConfig
+	log    *slog.Logger
+	in     chan Record
+	closed chan struct{} // closed when Run returns
+
+	// The state below belongs to Run's goroutine.
+	seq      uint64
+	held     map[string]*heldDelivery
+	heldFIFO []*heldDelivery // by arrival: deadlines are in order too
+	markers  []marker        // commits received and not yet acknowledged
+	written  pglogrepl.LSN   // the checkpoint last written
+	broken   error
+}
+
+type heldDelivery struct {
+	row      DeliveryRow
+	seq      uint64
+	deadline time.Time
+	gone     bool // written already (its outcome came, or it expired)
+}
+
+// marker is a commit: acknowledgeable once no record put before it
+// (seq) is held.
+type marker struct {
+	lsn pglogrepl.LSN
+	seq uint64
+}
+
+// ErrWriterClosed: the Writer stopped; the record was not journaled.
+var ErrWriterClosed = errors.New("journal: the writer has stopped")
+
+// NewWriter returns a Writer; Run starts it.
+func NewWriter(cfg WriterConfig) (*Writer, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("journal: WriterConfig.Store is required")
+	}
+	switch {
+	case cfg.Linger < 0:
+		cfg.Linger = 0
+	case cfg.Linger == 0:
+		cfg.Linger = DefaultLinger
+	}
+	switch {
+	case cfg.Hold < 0:
+		cfg.Hold = 0
+	case cfg.Hold == 0:
+		cfg.Hold = DefaultHold
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultWriterQueue
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Writer{
+		cfg: cfg, log: cfg.Logger.With("component", "journal-writer"),
+		in: make(chan Record, cfg.QueueSize), closed: make(chan struct{}), held: map[string]*heldDelivery{},
+	}, nil
+}
+
+// Put queues a record; it blocks while the queue is full (backpressure up
+// to the replication stream) and returns ctx's error if ctx ends first,
+// or ErrWriterClosed once Run has returned.
+func (w *Writer) Put(ctx context.Context, r Record) error {
+	select {
+	case <-w.closed:
+		return ErrWriterClosed
+	default:
+	}
+	select {
+	case w.in <- r:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.closed:
+		return ErrWriterClosed
+	}
+}
+
+// Commit marks the end of the transaction committed at lsn: once the
+// journal holds everything put before it, lsn is acknowledged.
+func (w *Writer) Commit(ctx context.Context, lsn pglogrepl.LSN) error {
+	return w.Put(ctx, Record{Commit: lsn})
+}
+
+// Reject records an outbox row or message that could not become an event.
+func (w *Writer) Reject(ctx context.Context, r Rejection) error {
+	return w.Put(ctx, Record{Reject: &r})
+}
+
+// ArmTimers queues an SLA's timer change, in order with its transaction's
+// events (so it is durable before the transaction is acknowledged).
+func (w *Writer) ArmTimers(ctx context.Context, c TimerChange) error {
+	return w.Put(ctx, Record{Timer: &c})
+}
+
+// Barrier returns once everything put before it is durable.
+func (w *Writer) Barrier(ctx context.Context) error {
+	done := make(chan error, 1)
+	if err := w.Put(ctx, Record{Done: done}); err != nil {
+		return err
+	}
+	return w.Wait(ctx, done)
+}
+
+// Wait waits for a record's Done channel: until the record is durable,
+// ctx ends, or the Writer stopped without writing it.
+func (w *Writer) Wait(ctx context.Context, done <-chan error) error {
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.closed:
+		select {
+		case err := <-done:
+			return err // written in the last batch
+		default:
+			return ErrWriterClosed
+		}
+	}
+}
+
+// Closed is closed when Run has returned.
+func (w *Writer) Closed() <-chan struct{} { return w.closed }
+
+// Run writes batches until ctx ends. Then it writes what is queued and
+// what it holds (trying for up to DrainTimeout), and returns nil; what it
+// could not write was never acknowledged, so the stream sends it again on
+// the next start. Stop it after everything that puts records (the
+// stream's handler, the deliverers) has stopped: a Put after Run returned
+// fails with ErrWriterClosed.
+func (w *Writer) Run(ctx context.Context) error {
+	defer close(w.closed)
+	// One timer for the next held delivery's deadline, reset each round
+	// (since Go 1.23 Stop and Reset leave no stale tick behind).
+	expiry := time.NewTimer(time.Hour)
+	expiry.Stop()
+	defer expiry.Stop()
+	for {
+		b := newBatchBuilder()
+		var expire <-chan time.Time
+		if d, ok := w.nextDeadline(); ok {
+			expiry.Reset(time.Until(d))
+			expire = expiry.C
+		}
+		select {
+		case r := <-w.in:
+			w.add(b, r)
+			w.gather(ctx, b)
+		case <-expire:
+		case <-ctx.Done():
+			expiry.Stop()
+			w.drain(ctx)
+			return nil
+		}
+		expiry.Stop()
+		w.flush(ctx, b, time.Now())
+	}
+}
+
+// gather adds what arrives within the linger time, and whatever else is
+// already queued, up to the batch size.
+func (w *Writer) gather(ctx context.Context, b *batchBuilder) {
+	if w.cfg.Linger > 0 && b.records < w.cfg.MaxBatch {
+		timer := time.NewTimer(w.cfg.Linger)
+	wait:
+		for b.records < w.cfg.MaxBatch {
+			select {
+			case r := <-w.in:
+				w.add(b, r)
+			case <-timer.C:
+				break wait
+			case <-ctx.Done():
+				break wait
+			}
+		}
+		timer.Stop()
+	}
+	w.takeQueued(b)
+}
+
+// takeQueued adds what is queued now, up to the batch size.
+func (w *Writer) takeQueued(b *batchBuilder) {
+	for b.records < w.cfg.MaxBatch {
+		select {
+		case r := <-w.in:
+			w.add(b, r)
+		default:
+			return
+		}
+	}
+}
+
+// drain writes everything queued and everything held, at shutdown, on a
+// context of its own bounded by DrainTimeout.
+func (w *Writer) drain(parent context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), w.cfg.DrainTimeout)
+	defer cancel()
+	for {
+		b := newBatchBuilder()
+		w.takeQueued(b)
+		if b.records == 0 {
+			break
+		}
+		w.flush(ctx, b, time.Now())
+	}
+	// Release every held delivery: it goes to the journal as in flight,
+	// and the instance's exit releases its ownership.
+	w.flush(ctx, newBatchBuilder(), time.Now().Add(w.cfg.Hold+time.Hour))
+	if ctx.Err() != nil {
+		w.log.Error("journal unreachable at shutdown; stopping with records unwritten (their transactions were not acknowledged and come again)",
+			"waited", w.cfg.DrainTimeout.String())
+	}
+}
+
+func (w *Writer) nextDeadline() (time.Time, bool) {
+	for len(w.heldFIFO) > 0 && w.heldFIFO[0].gone {
+		w.heldFIFO = w.heldFIFO[1:]
+	}
+	if len(w.heldFIFO) == 0 {
+		return time.Time{}, false
+	}
+	return w.heldFIFO[0].deadline, true
+}
+
+// add merges one record into the batch.
+func (w *Writer) add(bb *batchBuilder, r Record) {
+	w.seq++
+	bb.records++
+	b := &bb.b
+	if r.Event != nil {
+		b.Events = append(b.Events, *r.Event)
+	}
+	for _, d := range r.Deliveries {
+		if h, ok := w.held[d.ID]; ok && !h.gone {
+			continue // handed twice (a replayed transaction): held already
+		}
+		if d.State == Pending && d.Owner != "" && w.cfg.Hold > 0 && !r.NoHold {
+			h := &heldDelivery{row: d, seq: w.seq, deadline: time.Now().Add(w.cfg.Hold)}
+			w.held[d.ID] = h
+			w.heldFIFO = append(w.heldFIFO, h)
+			continue
+		}
+		bb.addDelivery(d)
+	}
+	bb.spilled = bb.spilled || r.Spilled
+	if u := r.Update; u != nil {
+		if h, ok := w.held[u.ID]; ok {
+			// The first attempt's outcome: write the delivery once, with it.
+			delete(w.held, u.ID)
+			h.gone = true
+			mergeUpdate(&h.row, u)
+			bb.addDelivery(h.row)
+		} else {
+			bb.addUpdate(*u)
+		}
+	}
+	if r.Attempt != nil {
+		b.Attempts = append(b.Attempts, *r.Attempt)
+	}
+	if r.Sub != nil {
+		bb.addSub(*r.Sub)
+	}
+	if r.Reject != nil {
+		b.Rejections = append(b.Rejections, *r.Reject)
+	}
+	if r.Notify != nil {
+		b.Notifications = append(b.Notifications, *r.Notify)
+		bb.notified = true
+	}
+	if r.Timer != nil {
+		// One change per SLA and batch: the latest says the SLA's state.
+		if i, ok := bb.timerIdx[r.Timer.SLAID]; ok {
+			b.Timers[i] = *r.Timer
+		} else {
+			bb.timerIdx[r.Timer.SLAID] = len(b.Timers)
+			b.Timers = append(b.Timers, *r.Timer)
+		}
+	}
+	if len(r.Release) > 0 {
+		// Write what is held of them now, so the release that follows in
+		// the same batch covers it.
+		ids := make(map[string]bool, len(r.Release))
+		for _, id := range r.Release {
+			ids[id] = true
+		}
+		for _, h := range w.heldFIFO {
+			if !h.gone && ids[h.row.ID] {
+				h.gone = true
+				delete(w.held, h.row.ID)
+				bb.addDelivery(h.row)
+			}
+		}
+		b.Release = append(b.Release, Release{IDs: r.Release})
+	}
+	if r.Commit != 0 {
+		w.markers = append(w.markers, marker{lsn: r.Commit, seq: w.seq})
+	}
+	if r.Done != nil {
+		bb.dones = append(bb.dones, r.Done)
+	}
+}
+
+func mergeUpdate(d *DeliveryRow, u *DeliveryUpdate) {
+	if u.Attempts < d.Attempts {
+		return
+	}
+	d.State, d.Attempts, d.NextAttemptAt, d.Owner = u.State, u.Attempts, u.NextAttemptAt, u.Owner
+	d.LastStatus, d.LastError, d.LastAttemptAt = u.LastStatus, u.LastError, u.LastAttemptAt
+}
+
+// flush releases held deliveries whose time is up (as of now), writes the
+// batch with the checkpoint of every transaction now wholly journaled, and
+// acknowledges it.
+func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
+	for len(w.heldFIFO) > 0 && (w.heldFIFO[0].gone || !w.heldFIFO[0].deadline.After(now)) {
+		h := w.heldFIFO[0]
+		w.heldFIFO = w.heldFIFO[1:]
+		if !h.gone {
+			h.gone = true
+			delete(w.held, h.row.ID)
+			bb.addDelivery(h.row)
+		}
+	}
+	// A commit is acknowledged once nothing put before it is held.
+	minHeld := uint64(math.MaxUint64)
+	if _, ok := w.nextDeadline(); ok {
+		minHeld = w.heldFIFO[0].seq
+	}
+	var ackable pglogrepl.LSN
+	n := 0
+	for n < len(w.markers) && w.markers[n].seq < minHeld {
+		ackable = max(ackable, w.markers[n].lsn)
+		n++
+	}
+	if ackable > w.written {
+		bb.b.Slot, bb.b.Checkpoint, bb.b.SystemID = w.cfg.Slot, ackable, w.cfg.SystemID
+	}
+	for i := range bb.b.Release {
+		bb.b.Release[i].Owner = w.cfg.Owner
+	}
+	if bb.records == 0 && bb.b.Empty() {
+		return
+	}
+
+	start := time.Now()
+	err := w.broken
+	if err == nil && !bb.b.Empty() {
+		err = w.write(ctx, bb)
+	}
+	took := time.Since(start)
+	if w.cfg.OnFlush != nil {
+		w.cfg.OnFlush(bb.records, took, err)
+	}
+	w.log.Debug("journal batch written", "records", bb.records, "events", len(bb.b.Events), "deliveries", len(bb.b.Deliveries),
+		"updates", len(bb.b.Updates), "attempts", len(bb.b.Attempts), "held", len(w.held), "took", took.Round(time.Microsecond).String())
+	if err != nil {
+		if w.broken == nil {
+			w.broken = fmt.Errorf("journal batch not written: %w", err)
+			w.log.Error("journal batch not written; nothing after it is acknowledged, the stream sends it again on the next start", "err", err, "records", bb.records)
+		}
+		for _, d := range bb.dones {
+			d <- w.broken
+		}
+		return
+	}
+	w.markers = w.markers[n:]
+	if ackable > w.written {
+		w.written = ackable
+		if w.cfg.Ack != nil {
+			w.cfg.Ack(ackable)
+		}
+	}
+	for _, d := range bb.dones {
+		d <- nil
+	}
+	if bb.spilled && w.cfg.OnSpill != nil {
+		w.cfg.OnSpill()
+	}
+	if bb.notified && w.cfg.OnNotify != nil {
+		w.cfg.OnNotify()
+	}
+}
+
+// write writes a batch, retrying with backoff until it is written or ctx
+// ends (then it returns the last error).
+func (w *Writer) write(ctx context.Context, bb *batchBuilder) error {
+	bo := backoff.New(100*time.Millisecond, 10*time.Second)
+	for attempt := 1; ; attempt++ {
+		err := w.cfg.Store.Write(ctx, &bb.b)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		w.log.Error("journal write failed; retrying, deliveries and the stream wait meanwhile", "err", err, "attempt", attempt, "records", bb.records)
+		if bo.Wait(ctx) != nil {
+			return err
+		}
+	}
+}
+
+// batchBuilder merges records into one Batch.
+type batchBuilder struct {
+	b        Batch
+	delivIdx map[string]int
+	updIdx   map[string]int
+	subIdx   map[string]int
+	timerIdx map[string]int
+	spilled  bool
+	notified bool
+	dones    []chan<- error
+	records  int
+}
+
+func newBatchBuilder() *batchBuilder {
+	return &batchBuilder{delivIdx: map[string]int{}, updIdx: map[string]int{}, subIdx: map[string]int{}, timerIdx: map[string]int{}}
+}
+
+func (bb *batchBuilder) addDelivery(d DeliveryRow) {
+	bb.delivIdx[d.ID] = len(bb.b.Deliveries)
+	bb.b.Deliveries = append(bb.b.Deliveries, d)
+}
+
+// addUpdate merges an attempt's outcome: into the delivery's insert when
+// it is in this batch, else into one update per delivery.
+func (bb *batchBuilder) addUpdate(u DeliveryUpdate) {
+	b := &bb.b
+	if i, ok := bb.delivIdx[u.ID]; ok {
+		mergeUpdate(&b.Deliveries[i], &u)
+		return
+	}
+	if i, ok := bb.updIdx[u.ID]; ok {
+		if u.Attempts >= b.Updates[i].Attempts {
+			b.Updates[i] = u
+		}
+		return
+	}
+	bb.updIdx[u.ID] = len(b.Updates)
+	b.Updates = append(b.Updates, u)
+}
+
+// addSub keeps one state row per subscription and batch.
+func (bb *batchBuilder) addSub(s SubscriptionState) {
+	b := &bb.b
+	i, ok := bb.subIdx[s.ID]
+	if !ok {
+		bb.subIdx[s.ID] = len(b.Subs)
+		b.Subs = append(b.Subs, s)
+		return
+	}
+	prev := b.Subs[i]
+	s.Changed = s.Changed || prev.Changed
+	if s.LastSuccessAt.IsZero() {
+		s.LastSuccessAt = prev.LastSuccessAt
+	}
+	if s.LastFailureAt.IsZero() {
+		s.LastFailureAt = prev.LastFailureAt
+	}
+	b.Subs[i] = s
+}

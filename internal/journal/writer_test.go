@@ -1,0 +1,464 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// memStore is a BatchStore in memory: it applies batches the way Write
+// does (inserts, then updates that raise the attempt count, then releases
+// and the checkpoint) and fails when fail says so.
+type memStore struct {
+	mu         sync.Mutex
+	fail       func(write int) error
+	writes     int
+	batches    []Batch
+	deliveries map[string]DeliveryRow
+	released   map[string]bool
+	checkpoint pglogrepl.LSN
+}
+
+func newMemStore() *memStore {
+	return &memStore{deliveries: map[string]DeliveryRow{}, released: map[string]bool{}}
+}
+
+func (m *memStore) Write(_ context.Context, b *Batch) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.writes++
+	if m.fail != nil {
+		if err := m.fail(m.writes); err != nil {
+			return err
+		}
+	}
+	cp := *b
+	cp.Deliveries = append([]DeliveryRow(nil), b.Deliveries...)
+	cp.Updates = append([]DeliveryUpdate(nil), b.Updates...)
+	m.batches = append(m.batches, cp)
+	for _, d := range b.Deliveries {
+		if _, ok := m.deliveries[d.ID]; !ok {
+			m.deliveries[d.ID] = d
+		}
+	}
+	for _, u := range b.Updates {
+		if d, ok := m.deliveries[u.ID]; ok && d.Attempts < u.Attempts {
+			mergeUpdate(&d, &u)
+			m.deliveries[u.ID] = d
+		}
+	}
+	for _, r := range b.Release {
+		for _, id := range r.IDs {
+			m.released[id] = true
+		}
+	}
+	if b.Slot != "" {
+		m.checkpoint = max(m.checkpoint, b.Checkpoint)
+	}
+	return nil
+}
+
+func (m *memStore) delivery(id string) (DeliveryRow, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d, ok := m.deliveries[id]
+	return d, ok
+}
+
+func (m *memStore) snapshot() (batches []Batch, checkpoint pglogrepl.LSN) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]Batch(nil), m.batches...), m.checkpoint
+}
+
+// harness runs a Writer on a memStore and records its acknowledgements.
+// Every acknowledgement is checked against the invariant: each delivery
+// put before a commit at or below the acknowledged LSN is durable.
+type harness struct {
+	t     *testing.T
+	store *memStore
+	w     *Writer
+	stop  context.CancelFunc
+	done  chan error
+
+	mu     sync.Mutex
+	acks   []pglogrepl.LSN
+	ackCh  chan pglogrepl.LSN
+	before map[pglogrepl.LSN][]string // deliveries put before each commit
+	puts   []string
+	spills int
+}
+
+func newHarness(t *testing.T, store *memStore, cfg WriterConfig) *harness {
+	t.Helper()
+	h := &harness{t: t, store: store, ackCh: make(chan pglogrepl.LSN, 1024), before: map[pglogrepl.LSN][]string{}, done: make(chan error, 1)}
+	cfg.Store, cfg.Slot, cfg.Owner = store, "dzhook", "i1"
+	cfg.Ack = h.ack
+	cfg.OnSpill = func() { h.mu.Lock(); h.spills++; h.mu.Unlock() }
+	if cfg.Linger == 0 {
+		cfg.Linger = -1
+	}
+	w, err := NewWriter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.w = w
+	ctx, stop := context.WithCancel(context.Background())
+	h.stop = stop
+	go func() { h.done <- w.Run(ctx) }()
+	t.Cleanup(h.close)
+	return h
+}
+
+func (h *harness) close() {
+	h.stop()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("Run returned %v, want nil", err)
+		}
+		h.done <- nil // close may run twice
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("Run did not return after its context ended")
+	}
+}
+
+// ack is the Writer's Ack: it checks the invariant as the slot would move.
+func (h *harness) ack(lsn pglogrepl.LSN) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n := len(h.acks); n > 0 && lsn <= h.acks[n-1] {
+		h.t.Errorf("acknowledged %s after %s: acknowledgements must increase", lsn, h.acks[n-1])
+	}
+	h.acks = append(h.acks, lsn)
+	for commit, ids := range h.before {
+		if commit > lsn {
+			continue
+		}
+		for _, id := range ids {
+			if _, ok := h.store.delivery(id); !ok {
+				h.t.Errorf("acknowledged %s, but delivery %s of the transaction committed at %s is not durable", lsn, id, commit)
+			}
+		}
+	}
+	h.ackCh <- lsn
+}
+
+func (h *harness) put(r Record) {
+	h.t.Helper()
+	h.mu.Lock()
+	for _, d := range r.Deliveries {
+		h.puts = append(h.puts, d.ID)
+	}
+	if r.Commit != 0 {
+		h.before[r.Commit] = append([]string(nil), h.puts...)
+	}
+	h.mu.Unlock()
+	if err := h.w.Put(context.Background(), r); err != nil {
+		h.t.Fatalf("Put: %v", err)
+	}
+}
+
+// waitAck waits for the acknowledgement of lsn (or a later one).
+func (h *harness) waitAck(lsn pglogrepl.LSN, within time.Duration) {
+	h.t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case got := <-h.ackCh:
+			if got >= lsn {
+				return
+			}
+		case <-deadline:
+			h.t.Fatalf("%s not acknowledged within %v (acknowledged: %v)", lsn, within, h.acked())
+		}
+	}
+}
+
+// noAckPast asserts that nothing at or past lsn is acknowledged while
+// the Writer has had time to write (a barrier makes sure it did).
+func (h *harness) noAckPast(lsn pglogrepl.LSN) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.w.Barrier(ctx); err != nil {
+		h.t.Fatalf("Barrier: %v", err)
+	}
+	for _, a := range h.acked() {
+		if a >= lsn {
+			h.t.Fatalf("%s acknowledged although a delivery of its transaction is not durable (acknowledged: %v)", a, h.acked())
+		}
+	}
+}
+
+func (h *harness) acked() []pglogrepl.LSN {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]pglogrepl.LSN(nil), h.acks...)
+}
+
+func inFlight(id string) DeliveryRow {
+	return DeliveryRow{ID: id, EventID: "whk_" + id, SubscriptionID: "crm", EventType: "request.created", State: Pending, Owner: "i1"}
+}
+
+func outcome(id string, state State) *DeliveryUpdate {
+	return &DeliveryUpdate{ID: id, State: state, Attempts: 1, LastStatus: 200}
+}
+
+func TestWriterHoldsAnInFlightDeliveryUntilItsOutcome(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}})
+	h.put(Record{Commit: 10})
+	h.noAckPast(10)
+	if _, ok := store.delivery("a"); ok {
+		t.Fatal("a held delivery was written before its outcome or its deadline")
+	}
+	h.put(Record{Update: outcome("a", Delivered)})
+	h.waitAck(10, 5*time.Second)
+	d, _ := store.delivery("a")
+	if d.State != Delivered || d.Attempts != 1 {
+		t.Errorf("delivery a journaled as %s after %d attempts, want delivered after 1", d.State, d.Attempts)
+	}
+	batches, cp := store.snapshot()
+	for _, b := range batches {
+		if len(b.Updates) > 0 {
+			t.Errorf("a held delivery was inserted and then updated (%d updates); want one insert with its outcome", len(b.Updates))
+		}
+	}
+	if cp != 10 {
+		t.Errorf("checkpoint = %s, want 0/A", cp)
+	}
+}
+
+func TestWriterWritesAHeldDeliveryAtItsDeadline(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: 50 * time.Millisecond})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}})
+	h.put(Record{Commit: 10})
+	h.waitAck(10, 5*time.Second)
+	d, ok := store.delivery("a")
+	if !ok || d.State != Pending || d.Owner != "i1" {
+		t.Fatalf("after its deadline the delivery is journaled as %+v (found %v), want pending and owned", d, ok)
+	}
+	// Its outcome, when it comes, is an update.
+	h.put(Record{Update: outcome("a", Delivered)})
+	if err := h.w.Barrier(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := store.delivery("a"); d.State != Delivered {
+		t.Errorf("the late outcome left the delivery %s, want delivered", d.State)
+	}
+}
+
+func TestWriterAcknowledgesUpToTheFirstHeldDelivery(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
+	h.put(Record{Deliveries: []DeliveryRow{{ID: "s", State: Pending}}, Spilled: true}) // spilled: no owner
+	h.put(Record{Commit: 5})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("b")}})
+	h.put(Record{Commit: 10})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("c")}})
+	h.put(Record{Commit: 15})
+	h.waitAck(5, 5*time.Second)
+	h.noAckPast(10)
+	// The later transaction's outcome comes first: still nothing past 5.
+	h.put(Record{Update: outcome("c", Delivered)})
+	h.noAckPast(10)
+	h.put(Record{Update: outcome("b", Failed)})
+	h.waitAck(15, 5*time.Second)
+	h.mu.Lock()
+	spills := h.spills
+	h.mu.Unlock()
+	if spills == 0 {
+		t.Error("OnSpill was not called after spilled deliveries were written")
+	}
+}
+
+func TestWriterNoHold(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}, NoHold: true})
+	h.put(Record{Commit: 10})
+	h.waitAck(10, 5*time.Second)
+	if d, ok := store.delivery("a"); !ok || d.State != Pending {
+		t.Fatalf("a NoHold delivery is journaled as %+v (found %v), want pending at once", d, ok)
+	}
+}
+
+func TestWriterReleaseWritesWhatItHolds(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a"), inFlight("b")}})
+	h.put(Record{Commit: 10})
+	h.put(Record{Release: []string{"a"}})
+	h.noAckPast(10) // b is still held
+	if _, ok := store.delivery("a"); !ok {
+		t.Fatal("a released delivery was not written before its release")
+	}
+	store.mu.Lock()
+	released := store.released["a"]
+	store.mu.Unlock()
+	if !released {
+		t.Error("the release of a was not written")
+	}
+	batches, _ := store.snapshot()
+	for _, b := range batches {
+		for _, r := range b.Release {
+			if r.Owner != "i1" {
+				t.Errorf("release written for owner %q, want i1", r.Owner)
+			}
+		}
+	}
+}
+
+func TestWriterReplayedDeliveryIsHeldOnce(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}}) // the stream sent it again
+	h.put(Record{Commit: 10})
+	h.put(Record{Update: outcome("a", Delivered)})
+	h.waitAck(10, 5*time.Second)
+	batches, _ := store.snapshot()
+	n := 0
+	for _, b := range batches {
+		n += len(b.Deliveries)
+	}
+	if n != 1 {
+		t.Errorf("delivery a written %d times, want once", n)
+	}
+}
+
+func TestWriterRetriesAFailedBatch(t *testing.T) {
+	store := newMemStore()
+	var failures int
+	store.fail = func(write int) error {
+		if write <= 3 {
+			failures++
+			return errors.New("connection refused")
+		}
+		return nil
+	}
+	h := newHarness(t, store, WriterConfig{Hold: -1})
+	done := make(chan error, 1)
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}})
+	h.put(Record{Commit: 10, Done: done})
+	h.waitAck(10, 10*time.Second)
+	if err := <-done; err != nil {
+		t.Errorf("Done after the retried batch = %v, want nil", err)
+	}
+	if failures != 3 {
+		t.Errorf("the store failed %d times, want 3", failures)
+	}
+	if _, ok := store.delivery("a"); !ok {
+		t.Error("the retried batch's delivery is not durable")
+	}
+}
+
+func TestWriterBrokenBatchStopsAcknowledgements(t *testing.T) {
+	store := newMemStore()
+	store.fail = func(int) error { return errors.New("journal unreachable") }
+	h := newHarness(t, store, WriterConfig{Hold: -1, DrainTimeout: 200 * time.Millisecond})
+	done := make(chan error, 1)
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}})
+	h.put(Record{Commit: 10, Done: done})
+	// Stopping while the batch cannot be written: it is given up, and
+	// so is everything after it.
+	h.close()
+	if err := <-done; err == nil {
+		t.Error("Done of an unwritten record said durable")
+	}
+	if a := h.acked(); len(a) > 0 {
+		t.Errorf("acknowledged %v with the journal unreachable", a)
+	}
+	if err := h.w.Put(context.Background(), Record{Commit: 11}); !errors.Is(err, ErrWriterClosed) {
+		t.Errorf("Put after Run returned = %v, want ErrWriterClosed", err)
+	}
+	if err := h.w.Barrier(context.Background()); !errors.Is(err, ErrWriterClosed) {
+		t.Errorf("Barrier after Run returned = %v, want ErrWriterClosed", err)
+	}
+}
+
+func TestWriterDrainsHeldDeliveriesAtShutdown(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a")}})
+	h.put(Record{Commit: 10})
+	h.close()
+	if d, ok := store.delivery("a"); !ok || d.State != Pending {
+		t.Fatalf("at shutdown the held delivery is journaled as %+v (found %v), want pending", d, ok)
+	}
+	if _, cp := store.snapshot(); cp != 10 {
+		t.Errorf("checkpoint after the drain = %s, want 0/A", cp)
+	}
+}
+
+// TestWriterInvariantUnderRandomWork puts random transactions, with
+// deliveries held or not, outcomes in any order and a journal that fails
+// now and then; every acknowledgement is checked by the harness, and at
+// the end everything is acknowledged.
+func TestWriterInvariantUnderRandomWork(t *testing.T) {
+	for seed := range uint64(20) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 7))
+			store := newMemStore()
+			frng := rand.New(rand.NewPCG(seed, 9)) // the writer's goroutine only
+			store.fail = func(int) error {
+				if frng.IntN(8) == 0 {
+					return errors.New("transient")
+				}
+				return nil
+			}
+			hold := time.Duration(rng.IntN(3)) * 20 * time.Millisecond // 0 (never held), 20 ms or 40 ms
+			if hold == 0 {
+				hold = -1
+			}
+			h := newHarness(t, store, WriterConfig{Hold: hold, MaxBatch: 1 + rng.IntN(16)})
+			var pending []string
+			lsn := pglogrepl.LSN(0)
+			n := 0
+			for range 200 {
+				switch rng.IntN(4) {
+				case 0, 1:
+					n++
+					id := fmt.Sprintf("d%d", n)
+					d := inFlight(id)
+					if rng.IntN(3) == 0 {
+						d.Owner = "" // spilled
+					}
+					h.put(Record{Deliveries: []DeliveryRow{d}, NoHold: rng.IntN(5) == 0})
+					if d.Owner != "" {
+						pending = append(pending, id)
+					}
+				case 2:
+					lsn += pglogrepl.LSN(1 + rng.IntN(100))
+					h.put(Record{Commit: lsn})
+				case 3:
+					if len(pending) > 0 {
+						i := rng.IntN(len(pending))
+						h.put(Record{Update: outcome(pending[i], Delivered)})
+						pending = append(pending[:i], pending[i+1:]...)
+					}
+				}
+			}
+			for _, id := range pending {
+				h.put(Record{Update: outcome(id, Delivered)})
+			}
+			lsn++
+			h.put(Record{Commit: lsn})
+			h.waitAck(lsn, 10*time.Second)
+			for i := 1; i <= n; i++ {
+				if _, ok := store.delivery(fmt.Sprintf("d%d", i)); !ok {
+					t.Errorf("d%d never written", i)
+				}
+			}
+		})
+	}
+}
