@@ -13,6 +13,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // FuzzOutboxMessage feeds arbitrary pg_logical_emit_message contents to the
@@ -69,7 +70,7 @@ func FuzzOutboxMessage(f *testing.F) {
 	commit := time.Date(2024, 1, 15, 14, 30, 0, 123, time.UTC)
 	f.Fuzz(func(t *testing.T, content []byte) {
 		m := NewMapper(MapperConfig{
-			Mapping: DefaultConfig(), Source: NewSource("1"), Catalog: cat,
+			Mapping: DefaultConfig(), Source: ids.NewSource("1"), Catalog: cat,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 		c := &cdc.Change{

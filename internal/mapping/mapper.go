@@ -13,6 +13,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // Defaults of MapperConfig.
@@ -28,7 +29,7 @@ type MapperConfig struct {
 	// Mapping says which tables and columns hold DZDESK's entities.
 	Mapping Config
 	// Source distinguishes this database's event ids from another's.
-	Source Source
+	Source ids.Source
 	// Catalog lists the events that exist, custom ones included.
 	Catalog *catalog.Catalog
 	// OutboxTable is the schema-qualified outbox table, or "" for none.
@@ -62,7 +63,7 @@ func (r *Rejection) Error() string { return r.What + ": " + r.Reason }
 // to share.
 type Mapper struct {
 	cfg       Config
-	source    Source
+	source    ids.Source
 	catalog   *catalog.Catalog
 	people    *people
 	log       *slog.Logger

@@ -18,8 +18,8 @@ import (
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/pgtest"
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -88,12 +88,12 @@ func (p *pipeline) wait(t *testing.T, events, rejections int) ([]Event, []*Rejec
 	}
 }
 
-func systemSource(t *testing.T, pool *pgxpool.Pool) Source {
+func systemSource(t *testing.T, pool *pgxpool.Pool) ids.Source {
 	var id string
 	if err := pool.QueryRow(context.Background(), `SELECT system_identifier::text FROM pg_control_system()`).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
-	return NewSource(id)
+	return ids.NewSource(id)
 }
 
 // startPipeline sets up publication and slot for the mapping and streams
@@ -378,32 +378,5 @@ func TestSamples(t *testing.T) {
 	}
 	if got := string(Sample(catalog.SLAWarning, "whk_x", ts)); !strings.Contains(got, `"timeRemaining":"2h 30m"`) {
 		t.Errorf("sla.warning sample = %s", got)
-	}
-}
-
-// TestEventIDs: ids differ wherever the position differs, even past 2^24
-// changes in one transaction, and sort as positions do.
-func TestEventIDs(t *testing.T) {
-	src := NewSource("7301234567890123456")
-	positions := []struct {
-		lsn          uint64
-		ordinal, idx int
-	}{
-		{0x16B3740, 0, 0}, {0x16B3740, 0, 1}, {0x16B3740, 1, 0}, {0x16B3740, 1<<24 - 1, 0},
-		{0x16B3740, 1 << 24, 0}, {0x16B3740, 1<<24 + 1, 0}, {0x16B3740, 1<<31 + 5, 0}, {0x16B3741, 0, 0}, {0x1_0000_0000, 0, 0},
-	}
-	var prev string
-	for i, p := range positions {
-		id := src.NewID(pglogrepl.LSN(p.lsn), p.ordinal, p.idx)
-		if !regexp.MustCompile(`^whk_[2-7a-z]{26}$`).MatchString(id) {
-			t.Fatalf("id %q has the wrong shape", id)
-		}
-		if i > 0 && id <= prev {
-			t.Errorf("id of %+v = %s, not after %s", p, id, prev)
-		}
-		prev = id
-	}
-	if NewSource("other").NewID(0x16B3740, 0, 0) == src.NewID(0x16B3740, 0, 0) {
-		t.Error("two sources give the same id for one position")
 	}
 }
