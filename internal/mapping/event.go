@@ -21,6 +21,13 @@ type Event struct {
 	Body []byte
 	// CommitLSN is the source transaction's commit LSN (0 for SLA events).
 	CommitLSN pglogrepl.LSN
+	// Key names the entity the event is about, for subscriptions that
+	// deliver the events of one entity in order: the request id as the
+	// payload shows it ("req_123") for request.* and sla.* events and for
+	// request.commented, the user id ("usr_…") for user.* events, and the
+	// key an outbox row or message carries for custom events. Empty means
+	// unordered. It is not part of the body.
+	Key string
 }
 
 // envelope serializes {"id","event","timestamp","data"} around data, in

@@ -36,6 +36,8 @@ func FuzzOutboxMessage(f *testing.F) {
 		[]byte(`{"EVENT":"order.shipped","Data":{"case":"insensitive"}}`),
 		[]byte(`{"event":"x.y","event":"order.shipped","data":{},"data":{"last":"wins"}}`),
 		[]byte(`{"event":"order.shipped","data":{},"extra":1}`),
+		[]byte(`{"event":"order.shipped","key":"ord_9","data":{}}`),
+		[]byte(`{"event":"order.shipped","key":null,"data":{}}`),
 		// Not events.
 		[]byte(`{"event":"order.shipped","data":[1,2]}`),
 		[]byte(`{"event":"order.shipped","data":"text"}`),
@@ -47,6 +49,8 @@ func FuzzOutboxMessage(f *testing.F) {
 		[]byte(`{"event":null,"data":{}}`),
 		[]byte(`{"event":1,"data":{}}`),
 		[]byte(`{"data":{}}`),
+		[]byte(`{"event":"order.shipped","key":9,"data":{}}`),
+		[]byte(`{"event":"order.shipped","key":["ord_9"],"data":{}}`),
 		[]byte(`{"event":"order.shipped","data":{}} trailing`),
 		[]byte(`{"event":"order.shipped","data":{"unterminated":`),
 		[]byte(`[]`),
