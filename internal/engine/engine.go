@@ -371,7 +371,7 @@ func (e *Engine) close() {
 
 // sample builds a test event of a type.
 func sample(eventType string) fanout.Event {
-	id, now := fanout.TestEventID(), time.Now().UTC()
+	id, now := ids.TestEventID(), time.Now().UTC()
 	return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: mapping.Sample(eventType, id, now)}
 }
 
