@@ -63,10 +63,14 @@ ALTER TABLE requests REPLICA IDENTITY FULL;
 ALTER TABLE request_slas REPLICA IDENTITY FULL;
 
 -- The outbox: applications insert (event, payload) rows, dzhook turns each
--- into an event; the row may be deleted in the same transaction.
+-- into an event; the row may be deleted in the same transaction. key is
+-- optional: the entity the event is about (e.g. 'ord_9'), the ordering key
+-- of per-entity delivery; NULL or '' is unordered. Outbox tables without
+-- the column work as before.
 CREATE TABLE IF NOT EXISTS dzhook_outbox (
     id          bigserial PRIMARY KEY,
     event       text NOT NULL,
     payload     jsonb NOT NULL DEFAULT '{}',
+    key         text,
     created_at  timestamptz NOT NULL DEFAULT now()
 );

@@ -32,6 +32,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/mapping"
 	"github.com/dzdesk/dzhook/internal/metrics"
@@ -172,7 +173,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		outbox = cfg.Mapping.Qualify(cfg.Outbox.Table)
 	}
 	e.mapper = mapping.NewMapper(mapping.MapperConfig{
-		Mapping: cfg.Mapping, Source: mapping.NewSource(sysID), Catalog: cat, OutboxTable: outbox,
+		Mapping: cfg.Mapping, Source: ids.NewSource(sysID), Catalog: cat, OutboxTable: outbox,
 		MessagePrefix: cfg.Outbox.MessagePrefix, Users: users, Logger: opts.Logger,
 	})
 	e.instance = newInstanceID()
@@ -392,7 +393,7 @@ func (e *Engine) close() {
 
 // sample builds a test event of a type.
 func sample(eventType string) fanout.Event {
-	id, now := fanout.TestEventID(), time.Now().UTC()
+	id, now := ids.TestEventID(), time.Now().UTC()
 	return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: mapping.Sample(eventType, id, now)}
 }
 

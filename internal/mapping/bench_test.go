@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // requestUpdate is a change of the reference requests table that fires
@@ -27,7 +28,7 @@ func requestUpdate() *cdc.Change {
 // BenchmarkMapRequestUpdate maps and serializes one request update that
 // fires three events; the email cache is warm, as it is in steady state.
 func BenchmarkMapRequestUpdate(b *testing.B) {
-	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: NewSource("7311234567890123456")})
+	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("7311234567890123456")})
 	m.people.put("123", "john@company.com", true)
 	m.people.put("456", "jane@company.com", true)
 	c := requestUpdate()
@@ -46,7 +47,7 @@ func BenchmarkMapRequestUpdate(b *testing.B) {
 // BenchmarkMapRequestInsert maps the catch-up workload's change: a request
 // insert that fires request.created.
 func BenchmarkMapRequestInsert(b *testing.B) {
-	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: NewSource("7311234567890123456")})
+	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("7311234567890123456")})
 	m.people.put("123", "john@company.com", true)
 	m.people.put("456", "jane@company.com", true)
 	c := requestUpdate()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // FuzzOutboxMessage feeds arbitrary pg_logical_emit_message contents to the
@@ -35,6 +36,8 @@ func FuzzOutboxMessage(f *testing.F) {
 		[]byte(`{"EVENT":"order.shipped","Data":{"case":"insensitive"}}`),
 		[]byte(`{"event":"x.y","event":"order.shipped","data":{},"data":{"last":"wins"}}`),
 		[]byte(`{"event":"order.shipped","data":{},"extra":1}`),
+		[]byte(`{"event":"order.shipped","key":"ord_9","data":{}}`),
+		[]byte(`{"event":"order.shipped","key":null,"data":{}}`),
 		// Not events.
 		[]byte(`{"event":"order.shipped","data":[1,2]}`),
 		[]byte(`{"event":"order.shipped","data":"text"}`),
@@ -46,6 +49,8 @@ func FuzzOutboxMessage(f *testing.F) {
 		[]byte(`{"event":null,"data":{}}`),
 		[]byte(`{"event":1,"data":{}}`),
 		[]byte(`{"data":{}}`),
+		[]byte(`{"event":"order.shipped","key":9,"data":{}}`),
+		[]byte(`{"event":"order.shipped","key":["ord_9"],"data":{}}`),
 		[]byte(`{"event":"order.shipped","data":{}} trailing`),
 		[]byte(`{"event":"order.shipped","data":{"unterminated":`),
 		[]byte(`[]`),
@@ -69,7 +74,7 @@ func FuzzOutboxMessage(f *testing.F) {
 	commit := time.Date(2024, 1, 15, 14, 30, 0, 123, time.UTC)
 	f.Fuzz(func(t *testing.T, content []byte) {
 		m := NewMapper(MapperConfig{
-			Mapping: DefaultConfig(), Source: NewSource("1"), Catalog: cat,
+			Mapping: DefaultConfig(), Source: ids.NewSource("1"), Catalog: cat,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 		c := &cdc.Change{

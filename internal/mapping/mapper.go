@@ -13,6 +13,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // Defaults of MapperConfig.
@@ -28,7 +29,7 @@ type MapperConfig struct {
 	// Mapping says which tables and columns hold DZDESK's entities.
 	Mapping Config
 	// Source distinguishes this database's event ids from another's.
-	Source Source
+	Source ids.Source
 	// Catalog lists the events that exist, custom ones included.
 	Catalog *catalog.Catalog
 	// OutboxTable is the schema-qualified outbox table, or "" for none.
@@ -62,7 +63,7 @@ func (r *Rejection) Error() string { return r.What + ": " + r.Reason }
 // to share.
 type Mapper struct {
 	cfg       Config
-	source    Source
+	source    ids.Source
 	catalog   *catalog.Catalog
 	people    *people
 	log       *slog.Logger
@@ -71,9 +72,11 @@ type Mapper struct {
 	timeout   time.Duration
 	tables    map[string]entityKind
 	noOldWarn atomic.Bool
+	keyWarn   atomic.Bool // an outbox key column that is not text, said once
 
 	// scratch and data are reused for every event: an event costs one
-	// allocation for its body and one for its id.
+	// allocation for its body and one for its id, and a change one for its
+	// events' key.
 	scratch []byte
 	data    []byte
 	base    int // len(out) when Map was called: event indexes count from it
@@ -152,8 +155,8 @@ func (m *Mapper) Map(ctx context.Context, c *cdc.Change, out []Event) ([]Event, 
 	return out, nil
 }
 
-// emit serializes one event and appends it.
-func (m *Mapper) emit(out []Event, c *cdc.Change, event string, data []byte) []Event {
+// emit serializes one event with its ordering key and appends it.
+func (m *Mapper) emit(out []Event, c *cdc.Change, event, key string, data []byte) []Event {
 	id := m.source.NewID(c.CommitLSN, c.Ordinal, len(out)-m.base)
 	m.scratch = envelope(m.scratch[:0], id, event, c.CommitTime, data)
 	body := make([]byte, len(m.scratch))
@@ -161,7 +164,31 @@ func (m *Mapper) emit(out []Event, c *cdc.Change, event string, data []byte) []E
 	if cap(data) > cap(m.data) {
 		m.data = data[:0] // keep the larger buffer for the next event
 	}
-	return append(out, Event{ID: id, Type: event, Timestamp: c.CommitTime, Body: body, CommitLSN: c.CommitLSN})
+	return append(out, Event{ID: id, Type: event, Timestamp: c.CommitTime, Body: body, CommitLSN: c.CommitLSN, Key: key})
+}
+
+// entityKey is an entity's ordering key: its id as payloads show it,
+// prefix included. A row without an id gets no key (unordered) rather
+// than a bare prefix that would put every such row in one queue.
+func entityKey(prefix, id string) string {
+	if id == "" {
+		return ""
+	}
+	return prefix + id
+}
+
+// keyOf is entityKey of an id column, built in one allocation: it is
+// computed for every change of requests and users, the hot path.
+func keyOf(c *cdc.Change, t cdc.Tuple, name, prefix string) string {
+	v, ok := col(c, t, name)
+	if !ok || v.State == cdc.Null {
+		return ""
+	}
+	if n, ok := v.V.(int64); ok {
+		var buf [32]byte
+		return string(strconv.AppendInt(append(buf[:0], prefix...), n, 10))
+	}
+	return entityKey(prefix, text(v.V))
 }
 
 // col returns a mapped column's value; ok is false when the column is not
@@ -305,11 +332,18 @@ func (m *Mapper) appendRequest(b []byte, c *cdc.Change, t cdc.Tuple, extra func(
 func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Event {
 	rc := m.cfg.Requests.Columns
 	var data []byte
+	// Every event of the change is about the request of the row it reads:
+	// the new row, or the old one for a delete.
+	row := c.New
+	if c.Op == cdc.OpDelete {
+		row = c.Old
+	}
+	key := keyOf(c, row, rc.ID, m.cfg.Requests.IDPrefix)
 	switch c.Op {
 	case cdc.OpInsert:
 		m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo))
 		data = m.appendRequest(m.data[:0], c, c.New, nil)
-		return m.emit(out, c, catalog.RequestCreated, data)
+		return m.emit(out, c, catalog.RequestCreated, key, data)
 
 	case cdc.OpUpdate:
 		if c.Old == nil {
@@ -319,7 +353,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 				m.log.Warn("requests updates carry no old values, so request.status_changed and request.assigned cannot fire: run ALTER TABLE ... REPLICA IDENTITY FULL (dzhook setup does it)", "table", c.Relation.QualifiedName())
 			}
 			m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo))
-			return m.emit(out, c, catalog.RequestUpdated, m.appendRequest(m.data[:0], c, c.New, nil))
+			return m.emit(out, c, catalog.RequestUpdated, key, m.appendRequest(m.data[:0], c, c.New, nil))
 		}
 		if !changed(c, rc.ID, rc.Title, rc.Status, rc.Priority, rc.Requester, rc.AssignedTo, rc.CreatedAt, rc.UpdatedAt) {
 			return out // only unmapped columns changed
@@ -328,7 +362,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 		oldAssignee := idOf(c, c.Old, rc.AssignedTo)
 		m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo), oldAssignee, changedBy)
 
-		out = m.emit(out, c, catalog.RequestUpdated, m.appendRequest(m.data[:0], c, c.New, nil))
+		out = m.emit(out, c, catalog.RequestUpdated, key, m.appendRequest(m.data[:0], c, c.New, nil))
 		if changed(c, rc.Status) {
 			rv := m.cfg.Requests.Values
 			o := beginObj(m.data[:0])
@@ -338,7 +372,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 			appendMapped(&o, c, c.New, "newStatus", rc.Status, rv.Status)
 			o.key("changedBy")
 			o.b = m.appendPerson(o.b, changedBy)
-			out = m.emit(out, c, catalog.RequestStatusChanged, o.end())
+			out = m.emit(out, c, catalog.RequestStatusChanged, key, o.end())
 		}
 		if changed(c, rc.AssignedTo) {
 			data = m.appendRequest(m.data[:0], c, c.New, func(o *obj) {
@@ -347,19 +381,19 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 				o.key("changedBy")
 				o.b = m.appendPerson(o.b, changedBy)
 			})
-			out = m.emit(out, c, catalog.RequestAssigned, data)
+			out = m.emit(out, c, catalog.RequestAssigned, key, data)
 		}
 		return out
 
 	case cdc.OpDelete:
 		if c.Relation.ReplicaIdentity == 'f' {
 			m.resolvePeople(ctx, idOf(c, c.Old, rc.Requester), idOf(c, c.Old, rc.AssignedTo))
-			return m.emit(out, c, catalog.RequestDeleted, m.appendRequest(m.data[:0], c, c.Old, nil))
+			return m.emit(out, c, catalog.RequestDeleted, key, m.appendRequest(m.data[:0], c, c.Old, nil))
 		}
 		o := beginObj(m.data[:0])
 		o.key("id")
 		o.b = appendString(o.b, m.cfg.Requests.IDPrefix, idOf(c, c.Old, rc.ID))
-		return m.emit(out, c, catalog.RequestDeleted, o.end())
+		return m.emit(out, c, catalog.RequestDeleted, key, o.end())
 	}
 	return out
 }
@@ -431,19 +465,20 @@ func (m *Mapper) rememberUser(c *cdc.Change) {
 func (m *Mapper) user(c *cdc.Change, out []Event) []Event {
 	m.rememberUser(c)
 	uc := m.cfg.Users.Columns
+	key := keyOf(c, c.New, uc.ID, m.cfg.Users.IDPrefix)
 	switch c.Op {
 	case cdc.OpInsert:
-		return m.emit(out, c, catalog.UserCreated, m.appendUser(c, c.New))
+		return m.emit(out, c, catalog.UserCreated, key, m.appendUser(c, c.New))
 	case cdc.OpUpdate:
 		if c.Old != nil && !changed(c, uc.ID, uc.Email, uc.Name, uc.Role, uc.Active, uc.CreatedAt, uc.UpdatedAt) {
 			return out
 		}
 		data := m.appendUser(c, c.New)
-		out = m.emit(out, c, catalog.UserUpdated, data)
+		out = m.emit(out, c, catalog.UserUpdated, key, data)
 		wasActive, ok1 := m.activeOf(c, c.Old)
 		isActive, ok2 := m.activeOf(c, c.New)
 		if ok1 && ok2 && wasActive && !isActive {
-			out = m.emit(out, c, catalog.UserDeactivated, data)
+			out = m.emit(out, c, catalog.UserDeactivated, key, data)
 		}
 	}
 	return out
@@ -454,13 +489,13 @@ func (m *Mapper) comment(ctx context.Context, c *cdc.Change, out []Event) []Even
 		return out
 	}
 	cc := m.cfg.Comments.Columns
-	author := idOf(c, c.New, cc.Author)
+	author, request := idOf(c, c.New, cc.Author), idOf(c, c.New, cc.Request)
 	m.resolvePeople(ctx, author)
 	o := beginObj(m.data[:0])
 	o.key("id")
 	o.b = appendString(o.b, m.cfg.Comments.IDPrefix, idOf(c, c.New, cc.ID))
 	o.key("requestId")
-	o.b = appendString(o.b, m.cfg.Requests.IDPrefix, idOf(c, c.New, cc.Request))
+	o.b = appendString(o.b, m.cfg.Requests.IDPrefix, request)
 	if cc.Author != "" {
 		o.key("author")
 		o.b = m.appendPerson(o.b, author)
@@ -468,5 +503,6 @@ func (m *Mapper) comment(ctx context.Context, c *cdc.Change, out []Event) []Even
 	appendMapped(&o, c, c.New, "body", cc.Body, nil)
 	appendMapped(&o, c, c.New, "internal", cc.Internal, nil)
 	appendMapped(&o, c, c.New, "createdAt", cc.CreatedAt, nil)
-	return m.emit(out, c, catalog.RequestCommented, o.end())
+	// A comment is ordered with its request's events, not on its own.
+	return m.emit(out, c, catalog.RequestCommented, entityKey(m.cfg.Requests.IDPrefix, request), o.end())
 }

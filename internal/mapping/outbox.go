@@ -11,8 +11,9 @@ import (
 )
 
 // outboxRow turns an insert into the outbox table into the event it names,
-// with the payload as data. Deletes (the application may delete the row in
-// the same transaction) and updates are ignored.
+// with the payload as data and the optional key column as its ordering
+// key. Deletes (the application may delete the row in the same
+// transaction) and updates are ignored.
 func (m *Mapper) outboxRow(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 	if c.Op != cdc.OpInsert {
 		return out, nil
@@ -33,11 +34,29 @@ func (m *Mapper) outboxRow(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 	default:
 		return out, &Rejection{What: what, Reason: "column payload is null or not json/jsonb/text"}
 	}
-	return m.custom(c, out, what, name, payload)
+	return m.custom(c, out, what, name, m.outboxKey(c), payload)
+}
+
+// outboxKey reads the row's optional key column. Outbox tables made before
+// keys existed have none, and a null or empty key means unordered. A key
+// column that is not text (or varchar, uuid: what decodes as a string)
+// gives no key either: its type is the table's, so rejecting would reject
+// every row; it is logged once instead.
+func (m *Mapper) outboxKey(c *cdc.Change) string {
+	v, ok := col(c, c.New, "key")
+	if !ok || v.State != cdc.Present {
+		return ""
+	}
+	key, ok := v.V.(string)
+	if !ok && !m.keyWarn.Swap(true) {
+		m.log.Warn("outbox column key is not text, so outbox events get no ordering key: make it text", "table", c.Relation.QualifiedName())
+	}
+	return key
 }
 
 // message turns a pg_logical_emit_message with the configured prefix into
-// an event: its content must be {"event":"entity.action","data":{…}}.
+// an event: its content must be {"event":"entity.action","data":{…}},
+// with an optional "key":"…" as its ordering key.
 func (m *Mapper) message(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 	msg := c.Message
 	if msg == nil || msg.Prefix != m.prefix {
@@ -59,15 +78,31 @@ func (m *Mapper) message(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 	if raw, ok := content["event"]; !ok || json.Unmarshal(raw, &event) != nil {
 		return out, &Rejection{What: what, Reason: `content has no "event" string`}
 	}
+	// A key that is not a string is rejected, as an "event" that is not a
+	// string is: the message is one value the application wrote, so a
+	// wrong type is a bug to show in the rejections, not a reason to
+	// deliver the event silently out of order. null is no key, like the
+	// outbox's NULL.
+	var key *string
+	if raw, ok := content["key"]; ok && json.Unmarshal(raw, &key) != nil {
+		return out, &Rejection{What: what, Reason: `content's "key" is not a string`}
+	}
 	data, ok := content["data"]
 	if !ok {
 		data = json.RawMessage("{}")
 	}
-	return m.custom(c, out, what, event, data)
+	return m.custom(c, out, what, event, deref(key), data)
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // custom validates an application-written event and appends it.
-func (m *Mapper) custom(c *cdc.Change, out []Event, what, name string, payload []byte) ([]Event, *Rejection) {
+func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payload []byte) ([]Event, *Rejection) {
 	if !utf8.Valid(payload) {
 		return out, &Rejection{What: what, Reason: "payload is not valid UTF-8"}
 	}
@@ -86,5 +121,5 @@ func (m *Mapper) custom(c *cdc.Change, out []Event, what, name string, payload [
 	if err := json.Compact(&compact, payload); err != nil || !bytes.HasPrefix(compact.Bytes(), []byte("{")) {
 		return out, &Rejection{What: what, Reason: "payload is not a JSON object"}
 	}
-	return m.emit(out, c, name, compact.Bytes()), nil
+	return m.emit(out, c, name, key, compact.Bytes()), nil
 }

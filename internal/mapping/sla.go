@@ -155,7 +155,7 @@ func (m *Mapper) SLAEvent(t Timer) Event {
 		o.b = appendTime(o.b, t.TargetAt)
 	}
 	body := envelope(nil, id, name, t.FireAt, o.end())
-	return Event{ID: id, Type: name, Timestamp: t.FireAt, Body: body}
+	return Event{ID: id, Type: name, Timestamp: t.FireAt, Body: body, Key: entityKey(m.cfg.Requests.IDPrefix, t.RequestID)}
 }
 
 // TimeRemaining formats a duration as DZDESK's documentation shows it

@@ -3,6 +3,8 @@ package mapping
 import (
 	"testing"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 func TestTimeRemaining(t *testing.T) {
@@ -41,7 +43,7 @@ func TestSLATimers(t *testing.T) {
 	if got := SLATimers(base, []float64{75}, target.Add(time.Minute)); len(got) != 1 || got[0].Kind != "breach" {
 		t.Errorf("late timers = %+v", got)
 	}
-	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: NewSource("1")})
+	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("1")})
 	w := m.SLAEvent(got[2])
 	if w.Type != "sla.breach" {
 		t.Errorf("breach event type %s", w.Type)
