@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -249,7 +250,7 @@ func (d *Dispatcher) compileAll(cfgs []Subscription) ([]*sub, error) {
 		if err != nil {
 			return nil, err
 		}
-		tag := subscriptionTag(sc.ID)
+		tag := ids.SubscriptionTag(sc.ID)
 		if other, dup := tags[tag]; dup {
 			if other == sc.ID {
 				return nil, fmt.Errorf("fanout: duplicate subscription %q", sc.ID)

@@ -2,12 +2,11 @@ package fanout
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -116,7 +115,7 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 		return AttemptReport{}, err
 	}
 	now := d.now().UTC()
-	id := DeliveryID(ev.ID, s.cfg.ID)
+	id := ids.DeliveryID(ev.ID, s.cfg.ID)
 	err = d.records.Put(ctx, journal.Record{
 		Event: &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, OccurredAt: ev.Timestamp},
 		Deliveries: []journal.DeliveryRow{{ID: id, EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type,
@@ -149,13 +148,6 @@ func (d *Dispatcher) enter(ctx context.Context) (life context.Context, leave fun
 	}
 	d.ops.Add(1)
 	return context.WithoutCancel(ctx), d.ops.Done, nil
-}
-
-// TestEventID returns a fresh id for a test event.
-func TestEventID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return "whk_test_" + hex.EncodeToString(b[:])
 }
 
 // Pause stops a subscription's deliveries (persisted: it stays paused

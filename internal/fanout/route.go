@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/dzdesk/dzhook/internal/filter"
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -72,7 +73,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 			}
 		}
 		row := journal.DeliveryRow{
-			ID: DeliveryID(ev.ID, s.cfg.ID), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
+			ID: ids.DeliveryID(ev.ID, s.cfg.ID), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
 		}
 		switch {
 		case !s.accepting():

@@ -2,14 +2,11 @@ package fanout
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/base32"
 	"fmt"
 	"maps"
 	"net/http"
 	"path"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -224,24 +221,6 @@ func (s *sub) observe(d time.Duration, ok bool) {
 		}
 	}
 	s.lastFailed.Store(!ok)
-}
-
-var idEncoding = base32.NewEncoding("234567abcdefghijklmnopqrstuvwxyz").WithPadding(base32.NoPadding)
-
-// DeliveryID is the id of the delivery of an event to a subscription:
-// derived from the pair, so a replay finds the delivery it made before.
-// It is the event id's part followed by 13 characters of a hash of the
-// subscription id (65 bits; New refuses two subscriptions whose parts
-// collide), so deliveries sort like their events and the journal's primary
-// key grows at its end instead of at random places.
-func DeliveryID(eventID, subscriptionID string) string {
-	return "dlv_" + strings.TrimPrefix(eventID, "whk_") + subscriptionTag(subscriptionID)
-}
-
-// subscriptionTag is the subscription's part of its delivery ids.
-func subscriptionTag(subscriptionID string) string {
-	sum := sha256.Sum256([]byte(subscriptionID))
-	return idEncoding.EncodeToString(sum[:9])[:13]
 }
 
 // compile prepares a subscription for delivery.
