@@ -2,6 +2,10 @@
 // (subscriptions, delivery history, retries, test sends, pause and
 // resume), /metrics, /healthz and /readyz, and the dashboard.
 //
+// The bodies of the requests and answers are the types of package api;
+// the functions of convert.go build them from the dispatcher's, the
+// journal's and the catalog's types.
+//
 // Every /v1 endpoint needs "Authorization: Bearer <admin.token>", compared
 // in constant time; /healthz, /readyz and the dashboard's static files are
 // open, /metrics is open unless admin.metrics_public is false. Errors are
@@ -30,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -209,7 +214,7 @@ func (s *Server) auth(next http.Handler) http.Handler {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -217,19 +222,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		if err := s.cfg.Ready(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+			writeJSON(w, http.StatusServiceUnavailable, api.Health{Reason: err.Error(), Status: "unavailable"})
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-}
-
-type errorBody struct {
-	Error string `json:"error"`
+	writeJSON(w, http.StatusOK, api.Health{Status: "ready"})
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, errorBody{Error: msg})
+	writeJSON(w, status, api.Error{Message: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

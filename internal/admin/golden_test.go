@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -120,25 +122,26 @@ func TestAPIGolden(t *testing.T) {
 	var got bytes.Buffer
 	for _, tc := range []struct {
 		method, path, token, body string
+		into                      any // the api type of the answer
 	}{
-		{"GET", "/healthz", "", ""},
-		{"GET", "/readyz", "", ""},
-		{"GET", "/v1/events", "t", ""},
-		{"GET", "/v1/subscriptions", "t", ""},
-		{"GET", "/v1/subscriptions/crm", "t", ""},
-		{"GET", "/v1/deliveries?limit=2", "t", ""},
-		{"GET", "/v1/deliveries?cursor=last", "t", ""},
-		{"GET", "/v1/deliveries/dlv_1", "t", ""},
-		{"GET", "/v1/deliveries/dlv_1_raw", "t", ""},
-		{"POST", "/v1/deliveries/dlv_1/retry", "t", ""},
-		{"POST", "/v1/subscriptions/crm/retry-failed?since=2h", "t", ""},
-		{"POST", "/v1/subscriptions/crm/test", "t", `{"event":"order.shipped"}`},
-		{"POST", "/v1/subscriptions/crm/pause", "t", ""},
-		{"POST", "/v1/subscriptions/crm/resume", "t", ""},
-		{"GET", "/v1/deliveries/dlv_missing", "t", ""},
-		{"GET", "/v1/deliveries?limit=0", "t", ""},
-		{"GET", "/v1/subscriptions", "", ""},
-		{"DELETE", "/v1/subscriptions", "t", ""},
+		{"GET", "/healthz", "", "", &api.Health{}},
+		{"GET", "/readyz", "", "", &api.Health{}},
+		{"GET", "/v1/events", "t", "", &api.EventList{}},
+		{"GET", "/v1/subscriptions", "t", "", &api.SubscriptionList{}},
+		{"GET", "/v1/subscriptions/crm", "t", "", &api.Subscription{}},
+		{"GET", "/v1/deliveries?limit=2", "t", "", &api.DeliveryList{}},
+		{"GET", "/v1/deliveries?cursor=last", "t", "", &api.DeliveryList{}},
+		{"GET", "/v1/deliveries/dlv_1", "t", "", &api.DeliveryDetail{}},
+		{"GET", "/v1/deliveries/dlv_1_raw", "t", "", &api.DeliveryDetail{}},
+		{"POST", "/v1/deliveries/dlv_1/retry", "t", "", &api.AttemptReport{}},
+		{"POST", "/v1/subscriptions/crm/retry-failed?since=2h", "t", "", &api.RetryFailedResponse{}},
+		{"POST", "/v1/subscriptions/crm/test", "t", `{"event":"order.shipped"}`, &api.AttemptReport{}},
+		{"POST", "/v1/subscriptions/crm/pause", "t", "", &api.PauseResponse{}},
+		{"POST", "/v1/subscriptions/crm/resume", "t", "", &api.ResumeResponse{}},
+		{"GET", "/v1/deliveries/dlv_missing", "t", "", &api.Error{}},
+		{"GET", "/v1/deliveries?limit=0", "t", "", &api.Error{}},
+		{"GET", "/v1/subscriptions", "", "", &api.Error{}},
+		{"DELETE", "/v1/subscriptions", "t", "", &api.Error{}},
 	} {
 		req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
 		if tc.token != "" {
@@ -147,6 +150,21 @@ func TestAPIGolden(t *testing.T) {
 		rec := httptest.NewRecorder()
 		srv.ServeHTTP(rec, req)
 		fmt.Fprintf(&got, "%s %s\n%d %s\n%s\n", tc.method, tc.path, rec.Code, rec.Header().Get("Content-Type"), rec.Body)
+
+		// A client decoding into the api type loses nothing: every key
+		// is a field of the type, and encoding it again gives the same
+		// bytes.
+		dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(tc.into); err != nil {
+			t.Errorf("%s %s: decoding into %T: %v", tc.method, tc.path, tc.into, err)
+			continue
+		}
+		var again bytes.Buffer
+		_ = json.NewEncoder(&again).Encode(tc.into)
+		if again.String() != rec.Body.String() {
+			t.Errorf("%s %s: %T encodes as\n%s, the server answered\n%s", tc.method, tc.path, tc.into, again.Bytes(), rec.Body)
+		}
 	}
 	golden := filepath.Join("testdata", "api.golden")
 	if *update {
