@@ -141,17 +141,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// Run serves on listen until ctx ends, then shuts down gracefully. A
-// listen address that cannot be bound is an error at start.
-func (s *Server) Run(ctx context.Context, listen string) error {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	return s.Serve(ctx, ln)
-}
-
-// Serve is Run on a listener.
+// Serve serves on ln until ctx ends, then shuts down gracefully: requests
+// in progress get 5 seconds to finish. It returns nil after a shutdown,
+// else the error that stopped the server. The caller binds ln, so that an
+// address that cannot be bound is an error at start.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
 	s.log.Info("admin API listening", "addr", ln.Addr().String())
