@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/config"
 )
 
@@ -99,16 +100,14 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		return nil, err
 	}
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
+		var e api.Error
+		if json.Unmarshal(raw, &e) != nil || e.Message == "" {
+			e.Message = printable(strings.TrimSpace(string(raw)), true)
 		}
-		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
-			e.Error = printable(strings.TrimSpace(string(raw)), true)
+		if resp.StatusCode == http.StatusUnauthorized && c.token == "" && !strings.Contains(e.Message, "DZHOOK_ADMIN_TOKEN") {
+			e.Message += "; set DZHOOK_ADMIN_TOKEN"
 		}
-		if resp.StatusCode == http.StatusUnauthorized && c.token == "" && !strings.Contains(e.Error, "DZHOOK_ADMIN_TOKEN") {
-			e.Error += "; set DZHOOK_ADMIN_TOKEN"
-		}
-		return raw, &apiError{status: resp.StatusCode, msg: e.Error}
+		return raw, &apiError{status: resp.StatusCode, msg: e.Message}
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {

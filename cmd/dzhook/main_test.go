@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -214,5 +216,41 @@ func TestRunWaitsForTheDatabase(t *testing.T) {
 	code, _, stderr := runCmd(t, "run", "--config", cfg)
 	if code != exitFailure || !strings.Contains(stderr, "cannot start") {
 		t.Errorf("malformed DSN: exit %d, %q", code, stderr)
+	}
+}
+
+// TestRunReloadsAndStops: `dzhook run` reloads its configuration when the
+// file changes, and when interrupted stops its engine and its
+// configuration watcher both, and exits 0.
+func TestRunReloadsAndStops(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	cfg := t.TempDir() + "/config.yaml"
+	write := func(subs ...string) {
+		yaml := fmt.Sprintf("source: {dsn: %q}\nadmin: {listen: \"\"}\ndelivery: {allow_insecure_http: true}\nsubscriptions:\n", db.DSN)
+		for _, id := range subs {
+			yaml += fmt.Sprintf("  - {id: %s, url: \"http://127.0.0.1:1/%s\", events: [\"*\"], secret: run-test-secret-0123456789}\n", id, id)
+		}
+		if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("crm")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var errOut syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- runEnv(ctx, []string{"dzhook", "run", "--config", cfg}, io.Discard, &errOut, nil) }()
+	waitFor(t, &errOut, regexp.MustCompile(`dzhook running`))
+	write("crm", "slack")
+	waitFor(t, &errOut, regexp.MustCompile(`configuration reloaded.* subscriptions=2`))
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Errorf("interrupted: exit %d, want 0\n%s", code, errOut.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop when interrupted")
 	}
 }

@@ -7,48 +7,13 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"time"
 
-	"github.com/dzdesk/dzhook/internal/fanout"
-	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/api"
 )
 
-// The admin API's deliveries (journal.Delivery) and attempt reports
-// (fanout.AttemptReport) are decoded into the types the server encodes,
-// so the two cannot drift apart; the types below mirror answers that the
-// server assembles from several parts.
-
-// subscriptionJSON mirrors the admin API's subscription.
-type subscriptionJSON struct {
-	ID            string     `json:"id"`
-	URL           string     `json:"url"`
-	Active        bool       `json:"active"`
-	Paused        bool       `json:"paused"`
-	State         string     `json:"state"`
-	QueueDepth    int        `json:"queue_depth"`
-	Pending       int        `json:"pending"`
-	Failed        int        `json:"failed"`
-	Held          int        `json:"held"`
-	LastSuccessAt *time.Time `json:"last_success_at"`
-	LastFailureAt *time.Time `json:"last_failure_at"`
-	LastStatus    int        `json:"last_status"`
-	Stats         struct {
-		SuccessRate float64 `json:"success_rate"`
-		P50MS       float64 `json:"p50_ms"`
-		P99MS       float64 `json:"p99_ms"`
-	} `json:"stats"`
-}
-
-type attemptJSON struct {
-	Attempt      int       `json:"attempt"`
-	At           time.Time `json:"at"`
-	Trigger      string    `json:"trigger"`
-	StatusCode   *int      `json:"status_code"`
-	DurationMS   int       `json:"duration_ms"`
-	ResponseBody string    `json:"response_body"`
-	ErrorClass   *string   `json:"error_class"`
-	Error        *string   `json:"error"`
-}
+// The commands below decode the admin API's answers into the types of
+// internal/api, the ones the server encodes, so the two cannot drift
+// apart.
 
 // runStatus prints every subscription's state and backlog.
 func runStatus(ctx context.Context, env *cli, args []string) int {
@@ -58,9 +23,7 @@ func runStatus(ctx context.Context, env *cli, args []string) int {
 		return code
 	}
 	c := newClient(env, *admin, *cfg)
-	var out struct {
-		Subscriptions []subscriptionJSON `json:"subscriptions"`
-	}
+	var out api.SubscriptionList
 	raw, err := c.do(ctx, "GET", "/v1/subscriptions", nil, &out)
 	if err != nil {
 		return fail(env, "status", err)
@@ -115,10 +78,7 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
-	var out struct {
-		Deliveries []journal.Delivery `json:"deliveries"`
-		NextCursor string             `json:"next_cursor"`
-	}
+	var out api.DeliveryList
 	q := query("subscription", *sub, "status", *status, "event", *event, "since", *since, "until", *until, "limit", fmt.Sprint(*limit), "cursor", *cursor)
 	raw, err := c.do(ctx, "GET", "/v1/deliveries"+q, nil, &out)
 	if err != nil {
@@ -148,11 +108,7 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 }
 
 func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bool) int {
-	var out struct {
-		Delivery journal.Delivery `json:"delivery"`
-		Attempts []attemptJSON    `json:"attempts"`
-		Payload  json.RawMessage  `json:"payload"`
-	}
+	var out api.DeliveryDetail
 	raw, err := c.do(ctx, "GET", "/v1/deliveries/"+url.PathEscape(id), nil, &out)
 	if err != nil {
 		return fail(env, "deliveries show", err)
@@ -213,16 +169,14 @@ func runRetry(ctx context.Context, env *cli, args []string) int {
 	c := newClient(env, *admin, *cfg)
 	switch {
 	case len(pos) == 1 && *sub == "" && !*failed:
-		var rep fanout.AttemptReport
+		var rep api.AttemptReport
 		raw, err := c.do(ctx, "POST", "/v1/deliveries/"+url.PathEscape(pos[0])+"/retry", nil, &rep)
 		if err != nil {
 			return fail(env, "retry", err)
 		}
 		return printReport(env, raw, rep, *asJSON)
 	case len(pos) == 0 && *sub != "" && *failed:
-		var out struct {
-			Scheduled int `json:"scheduled"`
-		}
+		var out api.RetryFailedResponse
 		raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(*sub)+"/retry-failed"+query("since", *since, "until", *until), nil, &out)
 		if err != nil {
 			return fail(env, "retry", err)
@@ -241,7 +195,7 @@ func runRetry(ctx context.Context, env *cli, args []string) int {
 
 // printReport prints an attempt's outcome; the exit code says whether it
 // was delivered.
-func printReport(env *cli, raw []byte, rep fanout.AttemptReport, asJSON bool) int {
+func printReport(env *cli, raw []byte, rep api.AttemptReport, asJSON bool) int {
 	if asJSON {
 		env.stdout.Write(raw)
 	} else {
@@ -279,8 +233,8 @@ func runTest(ctx context.Context, env *cli, args []string) int {
 		return exitUsage
 	}
 	c := newClient(env, *admin, *cfg)
-	var rep fanout.AttemptReport
-	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/test", map[string]string{"event": *event}, &rep)
+	var rep api.AttemptReport
+	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/test", api.TestRequest{Event: *event}, &rep)
 	if err != nil {
 		return fail(env, "test", err)
 	}
@@ -308,9 +262,9 @@ func toggle(ctx context.Context, env *cli, verb string, args []string) int {
 		return exitUsage
 	}
 	c := newClient(env, *admin, *cfg)
-	var out struct {
-		Released int `json:"released"`
-	}
+	// Pause answers an api.PauseResponse, resume an api.ResumeResponse:
+	// the latter has every field of the former.
+	var out api.ResumeResponse
 	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/"+verb, nil, &out)
 	if err != nil {
 		return fail(env, verb, err)

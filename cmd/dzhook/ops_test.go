@@ -13,6 +13,7 @@ import (
 	"time"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/engine"
 	"github.com/dzdesk/dzhook/internal/enginetest"
 	"github.com/dzdesk/dzhook/internal/pgtest"
@@ -92,9 +93,7 @@ func TestCLIOperations(t *testing.T) {
 	var id string
 	testutil.Eventually(t, 10*time.Second, "a failed delivery", func() bool {
 		code, out, _ := cliRun(t, url, cliToken, "deliveries", "--status", "failed", "--json")
-		var list struct {
-			Deliveries []struct{ ID string } `json:"deliveries"`
-		}
+		var list api.DeliveryList
 		if code != exitOK || json.Unmarshal([]byte(out), &list) != nil || len(list.Deliveries) != 1 {
 			return false
 		}
@@ -145,7 +144,9 @@ func TestCLIOperations(t *testing.T) {
 	if code, out, _ := cliRun(t, url, cliToken, "pause", "crm"); code != exitOK || !strings.Contains(out, "paused") {
 		t.Errorf("pause: exit %d %q", code, out)
 	}
-	if code, out, _ := cliRun(t, url, cliToken, "status", "--json"); code != exitOK || !strings.Contains(out, `"paused":true`) {
+	var status api.SubscriptionList
+	if code, out, _ := cliRun(t, url, cliToken, "status", "--json"); code != exitOK || json.Unmarshal([]byte(out), &status) != nil ||
+		len(status.Subscriptions) != 1 || !status.Subscriptions[0].Paused || !strings.Contains(out, `"paused":true`) {
 		t.Errorf("status --json after pause: %q", out)
 	}
 	if code, out, _ := cliRun(t, url, cliToken, "resume", "crm"); code != exitOK || !strings.Contains(out, "resumed") {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
@@ -87,10 +89,19 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 	if ctx.Err() != nil {
 		return exitOK
 	}
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	go watchConfig(watchCtx, env, *path, log, e)
-	if err := e.Run(ctx); err != nil {
+	// The engine and the configuration watcher run together. When the
+	// engine returns (at shutdown, or on a fatal error) the watcher stops
+	// too, and run returns only once both have: a reload in progress is
+	// not left behind.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer stop()
+		return e.Run(gctx)
+	})
+	g.Go(func() error { return watchConfig(gctx, env, *path, log, e) })
+	if err := g.Wait(); err != nil {
 		log.Error("stopped", "err", err)
 		return exitFailure
 	}
@@ -132,8 +143,9 @@ const configPoll = 2 * time.Second
 
 // watchConfig reloads the configuration on SIGHUP and when the file's
 // content changes. A new configuration with problems is rejected, its
-// problems logged, and the running one kept.
-func watchConfig(ctx context.Context, env *cli, path string, log *slog.Logger, e *engine.Engine) {
+// problems logged, and the running one kept. It returns nil when ctx
+// ends, after the reload in progress, if any.
+func watchConfig(ctx context.Context, env *cli, path string, log *slog.Logger, e *engine.Engine) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -144,7 +156,7 @@ func watchConfig(ctx context.Context, env *cli, path string, log *slog.Logger, e
 		reason := ""
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-hup:
 			reason = "SIGHUP"
 		case <-t.C:

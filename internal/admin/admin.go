@@ -2,6 +2,10 @@
 // (subscriptions, delivery history, retries, test sends, pause and
 // resume), /metrics, /healthz and /readyz, and the dashboard.
 //
+// The bodies of the requests and answers are the types of package api;
+// the functions of convert.go build them from the dispatcher's, the
+// journal's and the catalog's types.
+//
 // Every /v1 endpoint needs "Authorization: Bearer <admin.token>", compared
 // in constant time; /healthz, /readyz and the dashboard's static files are
 // open, /metrics is open unless admin.metrics_public is false. Errors are
@@ -30,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -136,17 +141,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// Run serves on listen until ctx ends, then shuts down gracefully. A
-// listen address that cannot be bound is an error at start.
-func (s *Server) Run(ctx context.Context, listen string) error {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	return s.Serve(ctx, ln)
-}
-
-// Serve is Run on a listener.
+// Serve serves on ln until ctx ends, then shuts down gracefully: requests
+// in progress get 5 seconds to finish. It returns nil after a shutdown,
+// else the error that stopped the server. The caller binds ln, so that an
+// address that cannot be bound is an error at start.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
 	s.log.Info("admin API listening", "addr", ln.Addr().String())
@@ -209,7 +207,7 @@ func (s *Server) auth(next http.Handler) http.Handler {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -217,19 +215,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		if err := s.cfg.Ready(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+			writeJSON(w, http.StatusServiceUnavailable, api.Health{Reason: err.Error(), Status: "unavailable"})
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-}
-
-type errorBody struct {
-	Error string `json:"error"`
+	writeJSON(w, http.StatusOK, api.Health{Status: "ready"})
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, errorBody{Error: msg})
+	writeJSON(w, status, api.Error{Message: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -242,10 +243,8 @@ func checkAnswer(t *testing.T, what string, rec *httptest.ResponseRecorder) {
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("%s: %d with Content-Type %q, want application/json (body %q)", what, rec.Code, ct, rec.Body)
 	}
-	var e struct {
-		Error *string `json:"error"`
-	}
-	if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == nil || *e.Error == "" {
+	var e api.Error
+	if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Message == "" {
 		t.Fatalf("%s: %d with body %q, want {\"error\": \"…\"}", what, rec.Code, rec.Body)
 	}
 }

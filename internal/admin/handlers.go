@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,9 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
-	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -29,33 +27,24 @@ const (
 )
 
 func (s *Server) events(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"events": s.cfg.Catalog.Events()})
+	events := s.cfg.Catalog.Events()
+	out := api.EventList{Events: make([]api.Event, 0, len(events))}
+	for _, e := range events {
+		out.Events = append(out.Events, eventOf(e))
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
-// subscriptionView adds the journal's backlog to a subscription's status.
-type subscriptionView struct {
-	fanout.SubscriptionStatus
-	Pending int `json:"pending"`
-	Failed  int `json:"failed"`
-	Held    int `json:"held"`
-	// OldestPendingSeconds is how long the oldest due delivery waits.
-	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
-}
-
-func (s *Server) views(r *http.Request) ([]subscriptionView, error) {
+// views returns every subscription with its backlog in the journal.
+func (s *Server) views(r *http.Request) ([]api.Subscription, error) {
 	backlog, err := s.cfg.History.Backlogs(r.Context())
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
-	var out []subscriptionView
+	var out []api.Subscription
 	for _, st := range s.cfg.Deliverer.Subscriptions() {
-		b := backlog[st.ID]
-		v := subscriptionView{SubscriptionStatus: st, Pending: b.Pending, Failed: b.Failed, Held: b.Held}
-		if !b.OldestPending.IsZero() && b.OldestPending.Before(now) {
-			v.OldestPendingSeconds = now.Sub(b.OldestPending).Seconds()
-		}
-		out = append(out, v)
+		out = append(out, subscriptionOf(st, backlog[st.ID], now))
 	}
 	return out, nil
 }
@@ -66,7 +55,7 @@ func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"subscriptions": views})
+	writeJSON(w, http.StatusOK, api.SubscriptionList{Subscriptions: views})
 }
 
 // subscriptionID validates the {id} of the path.
@@ -214,18 +203,11 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	if list == nil {
-		list = []journal.Delivery{}
+	out := api.DeliveryList{Deliveries: make([]api.Delivery, 0, len(list)), NextCursor: next} // [] rather than null
+	for _, d := range list {
+		out.Deliveries = append(out.Deliveries, deliveryOf(d))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"deliveries": list, "next_cursor": next})
-}
-
-// attemptView is an attempt with its response body as text (invalid UTF-8
-// replaced; the exact bytes in base64 beside it then).
-type attemptView struct {
-	journal.Attempt
-	ResponseBody       string `json:"response_body"`
-	ResponseBodyBase64 string `json:"response_body_base64,omitempty"`
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) deliveryID(w http.ResponseWriter, r *http.Request) (string, bool) {
@@ -247,19 +229,9 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	views := make([]attemptView, 0, len(attempts))
+	out := api.DeliveryDetail{Attempts: make([]api.Attempt, 0, len(attempts)), Delivery: deliveryOf(d), Payload: payloadOf(body)}
 	for _, a := range attempts {
-		v := attemptView{Attempt: a, ResponseBody: strings.ToValidUTF8(string(a.ResponseBody), "\uFFFD")}
-		if !utf8.Valid(a.ResponseBody) {
-			v.ResponseBodyBase64 = base64.StdEncoding.EncodeToString(a.ResponseBody)
-		}
-		views = append(views, v)
-	}
-	out := map[string]any{"delivery": d, "attempts": views}
-	if json.Valid(body) {
-		out["payload"] = json.RawMessage(body)
-	} else {
-		out["payload"] = string(body)
+		out.Attempts = append(out.Attempts, attemptOf(a))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -274,7 +246,7 @@ func (s *Server) retry(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, rep)
+	writeJSON(w, http.StatusOK, reportOf(rep))
 }
 
 func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
@@ -303,7 +275,7 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"subscription": id, "scheduled": n})
+	writeJSON(w, http.StatusOK, api.RetryFailedResponse{Scheduled: n, Subscription: id})
 }
 
 func (s *Server) test(w http.ResponseWriter, r *http.Request) {
@@ -311,9 +283,7 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var body struct {
-		Event string `json:"event"`
-	}
+	var body api.TestRequest
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {
@@ -332,7 +302,7 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, rep)
+	writeJSON(w, http.StatusOK, reportOf(rep))
 }
 
 func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
@@ -344,7 +314,7 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"subscription": id, "paused": true})
+	writeJSON(w, http.StatusOK, api.PauseResponse{Paused: true, Subscription: id})
 }
 
 func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
@@ -357,5 +327,5 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"subscription": id, "paused": false, "released": n})
+	writeJSON(w, http.StatusOK, api.ResumeResponse{Paused: false, Released: n, Subscription: id})
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
 )
 
@@ -25,7 +26,7 @@ func TestResponseBodyRendering(t *testing.T) {
 		Token: "t", Deliverer: checkedDeliverer{t: t, cat: cat}, History: checkedHistory{t: t, cat: cat},
 		Catalog: cat, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	get := func(id string) map[string]json.RawMessage {
+	get := func(id string) api.DeliveryDetail {
 		t.Helper()
 		req := httptest.NewRequest(http.MethodGet, "/v1/deliveries/"+id, nil)
 		req.Header.Set("Authorization", "Bearer t")
@@ -34,7 +35,7 @@ func TestResponseBodyRendering(t *testing.T) {
 		if rec.Code != http.StatusOK {
 			t.Fatalf("GET %s: %d %s", id, rec.Code, rec.Body)
 		}
-		var out map[string]json.RawMessage
+		var out api.DeliveryDetail
 		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
 			t.Fatalf("GET %s: %v in %s", id, err, rec.Body)
 		}
@@ -42,33 +43,30 @@ func TestResponseBodyRendering(t *testing.T) {
 	}
 
 	out := get("dlv_1")
-	var attempts []struct {
-		ResponseBody       string  `json:"response_body"`
-		ResponseBodyBase64 *string `json:"response_body_base64"`
-	}
-	if err := json.Unmarshal(out["attempts"], &attempts); err != nil || len(attempts) != 2 {
-		t.Fatalf("attempts = %s (%v), want the fake's two", out["attempts"], err)
+	attempts := out.Attempts
+	if len(attempts) != 2 {
+		t.Fatalf("attempts = %+v, want the fake's two", attempts)
 	}
 	// checkedHistory's first attempt answered "\xff\xfe ok": one
 	// replacement character for the run of invalid bytes.
 	if got, want := attempts[0].ResponseBody, "\uFFFD ok"; got != want {
 		t.Errorf("response_body = %q, want %q", got, want)
 	}
-	if b := attempts[0].ResponseBodyBase64; b == nil || *b != base64.StdEncoding.EncodeToString([]byte("\xff\xfe ok")) {
-		t.Errorf("response_body_base64 = %v, want the exact bytes", b)
-	} else if raw, _ := base64.StdEncoding.DecodeString(*b); string(raw) != "\xff\xfe ok" {
+	if b := attempts[0].ResponseBodyBase64; b != base64.StdEncoding.EncodeToString([]byte("\xff\xfe ok")) {
+		t.Errorf("response_body_base64 = %q, want the exact bytes", b)
+	} else if raw, _ := base64.StdEncoding.DecodeString(b); string(raw) != "\xff\xfe ok" {
 		t.Errorf("response_body_base64 decodes to %q", raw)
 	}
-	if got := attempts[1]; got.ResponseBody != "plain" || got.ResponseBodyBase64 != nil {
-		t.Errorf("valid UTF-8 body: %q with base64 %v, want it as is and no base64", got.ResponseBody, got.ResponseBodyBase64)
+	if got := attempts[1]; got.ResponseBody != "plain" || got.ResponseBodyBase64 != "" {
+		t.Errorf("valid UTF-8 body: %q with base64 %q, want it as is and no base64", got.ResponseBody, got.ResponseBodyBase64)
 	}
-	if p := out["payload"]; len(p) == 0 || p[0] != '{' {
+	if p := out.Payload; len(p) == 0 || p[0] != '{' {
 		t.Errorf("payload = %s, want the envelope as JSON", p)
 	}
 
 	// A payload that is not JSON is a JSON string, not broken output.
 	var payload string
-	if err := json.Unmarshal(get("dlv_1_raw")["payload"], &payload); err != nil || payload != "not json \uFFFD" {
+	if err := json.Unmarshal(get("dlv_1_raw").Payload, &payload); err != nil || payload != "not json \uFFFD" {
 		t.Errorf("payload = %q (%v), want the text with invalid UTF-8 replaced", payload, err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
 	"github.com/dzdesk/dzhook/internal/enginetest"
@@ -194,12 +195,7 @@ func apiSaysPaused(t *testing.T, base string) bool {
 		t.Fatalf("GET /v1/subscriptions: %v", err)
 	}
 	defer resp.Body.Close()
-	var body struct {
-		Subscriptions []struct {
-			ID     string `json:"id"`
-			Paused bool   `json:"paused"`
-		} `json:"subscriptions"`
-	}
+	var body api.SubscriptionList
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 		t.Fatalf("GET /v1/subscriptions: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
@@ -22,16 +23,19 @@ const adminToken = "admin-token-for-tests-0123456789"
 
 const adminSection = "admin:\n  listen: 127.0.0.1:0\n  token: " + adminToken + "\n"
 
-// api calls the admin API of an engine.
-type api struct {
+// adminClient calls the admin API of an engine.
+type adminClient struct {
 	t    *testing.T
 	base string
 }
 
-func newAPI(t *testing.T, e *Engine) *api { return &api{t: t, base: "http://" + e.AdminAddr()} }
+func newAdminClient(t *testing.T, e *Engine) *adminClient {
+	return &adminClient{t: t, base: "http://" + e.AdminAddr()}
+}
 
-// call returns the status and the decoded JSON answer.
-func (a *api) call(method, path, token string, body any) (int, map[string]any) {
+// call returns the status and the raw answer. A string body is sent as
+// it is, anything else as JSON.
+func (a *adminClient) call(method, path, token string, body any) (int, []byte) {
 	a.t.Helper()
 	var rd io.Reader
 	if s, ok := body.(string); ok {
@@ -50,19 +54,35 @@ func (a *api) call(method, path, token string, body any) (int, map[string]any) {
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	out := map[string]any{}
-	if err := json.Unmarshal(raw, &out); err != nil && strings.Contains(resp.Header.Get("Content-Type"), "json") {
+	if strings.Contains(resp.Header.Get("Content-Type"), "json") && !json.Valid(raw) {
 		a.t.Fatalf("%s %s: answer is not JSON: %s", method, path, raw)
 	}
-	out["_raw"] = string(raw)
-	return resp.StatusCode, out
+	return resp.StatusCode, raw
 }
 
-func (a *api) ok(method, path string, body any) map[string]any {
+// callError returns the status and the error body of an answer (an empty
+// api.Error when it has none).
+func (a *adminClient) callError(method, path, token string, body any) (int, api.Error, []byte) {
 	a.t.Helper()
-	code, out := a.call(method, path, adminToken, body)
+	code, raw := a.call(method, path, token, body)
+	var e api.Error
+	_ = json.Unmarshal(raw, &e)
+	return code, e, raw
+}
+
+// answer makes a call with the right token that must answer 200, and
+// decodes its answer into the api type T, refusing keys T lacks.
+func answer[T any](a *adminClient, method, path string, body any) T {
+	a.t.Helper()
+	code, raw := a.call(method, path, adminToken, body)
 	if code != http.StatusOK {
-		a.t.Fatalf("%s %s: %d %v", method, path, code, out["_raw"])
+		a.t.Fatalf("%s %s: %d %s", method, path, code, raw)
+	}
+	var out T
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&out); err != nil {
+		a.t.Fatalf("%s %s: decoding into %T: %v in %s", method, path, out, err, raw)
 	}
 	return out
 }
@@ -71,7 +91,7 @@ func TestAdminAuthAndHealth(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
 	e := start(t, testConfigWith(t, db, adminSection+"  metrics_public: false\n", "", sub("crm", rc.URL, "request.created")))
-	a := newAPI(t, e)
+	a := newAdminClient(t, e)
 	for _, tc := range []struct {
 		path, token string
 		want        int
@@ -85,16 +105,16 @@ func TestAdminAuthAndHealth(t *testing.T) {
 		{"/metrics", adminToken, 200},
 		{"/healthz", "", 200},
 	} {
-		if code, out := a.call("GET", tc.path, tc.token, nil); code != tc.want {
-			t.Errorf("GET %s with token %q: %d %v, want %d", tc.path, tc.token, code, out["_raw"], tc.want)
+		if code, raw := a.call("GET", tc.path, tc.token, nil); code != tc.want {
+			t.Errorf("GET %s with token %q: %d %s, want %d", tc.path, tc.token, code, raw, tc.want)
 		}
 	}
 	testutil.Eventually(t, 10*time.Second, "/readyz 200", func() bool {
 		code, _ := a.call("GET", "/readyz", "", nil)
 		return code == 200
 	})
-	if code, out := a.call("POST", "/v1/subscriptions/crm/pause", "", nil); code != 401 || !strings.Contains(fmt.Sprint(out["error"]), "bearer token") {
-		t.Errorf("POST without token: %d %v", code, out)
+	if code, e, raw := a.callError("POST", "/v1/subscriptions/crm/pause", "", nil); code != 401 || !strings.Contains(e.Message, "bearer token") {
+		t.Errorf("POST without token: %d %s", code, raw)
 	}
 }
 
@@ -102,7 +122,7 @@ func TestAdminBadInput(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
 	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
-	a := newAPI(t, e)
+	a := newAdminClient(t, e)
 	for _, tc := range []struct {
 		method, path string
 		body         any
@@ -132,9 +152,9 @@ func TestAdminBadInput(t *testing.T) {
 		{"GET", "/v1/nothing-here", nil, 404, "no such endpoint"},
 		{"DELETE", "/v1/subscriptions", nil, 405, ""},
 	} {
-		code, out := a.call(tc.method, tc.path, adminToken, tc.body)
-		if code != tc.want || !strings.Contains(fmt.Sprint(out["error"]), tc.msg) {
-			t.Errorf("%s %s: %d %v; want %d with %q", tc.method, tc.path, code, out["_raw"], tc.want, tc.msg)
+		code, e, raw := a.callError(tc.method, tc.path, adminToken, tc.body)
+		if code != tc.want || e.Message == "" || !strings.Contains(e.Message, tc.msg) {
+			t.Errorf("%s %s: %d %s; want %d with %q", tc.method, tc.path, code, raw, tc.want, tc.msg)
 		}
 	}
 }
@@ -153,64 +173,60 @@ func TestHistoryAndManualRetry(t *testing.T) {
 		return 500, nil, "down"
 	})
 	e := start(t, testConfigWith(t, db, adminSection, "  retry_schedule: [0s, 1h]", sub("crm", rc.URL, "request.created")))
-	a := newAPI(t, e)
+	a := newAdminClient(t, e)
 	for i := 1; i <= 3; i++ {
 		db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'r%d', 1)`, i, i))
 	}
 	rc.Wait(t, 3, 20*time.Second)
-	var list []any
 	testutil.Eventually(t, 10*time.Second, "three deliveries in the history", func() bool {
-		list, _ = a.ok("GET", "/v1/deliveries?subscription=crm", nil)["deliveries"].([]any)
-		return len(list) == 3
+		return len(answer[api.DeliveryList](a, "GET", "/v1/deliveries?subscription=crm", nil).Deliveries) == 3
 	})
-	page1 := a.ok("GET", "/v1/deliveries?limit=2", nil)
-	d1, _ := page1["deliveries"].([]any)
-	cursor, _ := page1["next_cursor"].(string)
-	if len(d1) != 2 || cursor == "" {
-		t.Fatalf("first page: %d deliveries, cursor %q", len(d1), cursor)
+	page1 := answer[api.DeliveryList](a, "GET", "/v1/deliveries?limit=2", nil)
+	if len(page1.Deliveries) != 2 || page1.NextCursor == "" {
+		t.Fatalf("first page: %d deliveries, cursor %q", len(page1.Deliveries), page1.NextCursor)
 	}
-	page2 := a.ok("GET", "/v1/deliveries?limit=2&cursor="+cursor, nil)
-	d2, _ := page2["deliveries"].([]any)
-	if len(d2) != 1 || page2["next_cursor"] != "" {
-		t.Fatalf("second page: %v", page2["_raw"])
+	page2 := answer[api.DeliveryList](a, "GET", "/v1/deliveries?limit=2&cursor="+page1.NextCursor, nil)
+	if len(page2.Deliveries) != 1 || page2.NextCursor != "" {
+		t.Fatalf("second page: %+v", page2)
 	}
-	newest := d1[0].(map[string]any)
-	oldest := d2[0].(map[string]any)
-	if newest["created_at"].(string) < oldest["created_at"].(string) {
-		t.Errorf("history not newest first: %s before %s", newest["created_at"], oldest["created_at"])
+	newest, oldest := page1.Deliveries[0], page2.Deliveries[0]
+	if newest.CreatedAt.Before(oldest.CreatedAt) {
+		t.Errorf("history not newest first: %s before %s", newest.CreatedAt, oldest.CreatedAt)
 	}
-	if newest["state"] != "pending" || newest["next_attempt_at"] == nil {
-		t.Errorf("a failed first attempt with an hour to wait: %v", newest)
+	if newest.State != "pending" || newest.NextAttemptAt == nil {
+		t.Errorf("a failed first attempt with an hour to wait: %+v", newest)
 	}
-	id := newest["id"].(string)
-	if got := a.ok("GET", "/v1/deliveries?status=pending&event=request.created&since=1h", nil)["deliveries"].([]any); len(got) != 3 {
+	id := newest.ID
+	if got := answer[api.DeliveryList](a, "GET", "/v1/deliveries?status=pending&event=request.created&since=1h", nil).Deliveries; len(got) != 3 {
 		t.Errorf("filtered list has %d deliveries, want 3", len(got))
 	}
 
 	up.Store(true)
-	rep := a.ok("POST", "/v1/deliveries/"+id+"/retry", nil)
-	if rep["delivered"] != true || rep["status_code"] != 200.0 || rep["attempt"] != 2.0 || rep["response_body"] != "ok now" {
-		t.Errorf("retry report: %v", rep["_raw"])
+	rep := answer[api.AttemptReport](a, "POST", "/v1/deliveries/"+id+"/retry", nil)
+	if !rep.Delivered || rep.StatusCode != 200 || rep.Attempt != 2 || rep.ResponseBody != "ok now" {
+		t.Errorf("retry report: %+v", rep)
 	}
-	var detail map[string]any
+	var detail api.DeliveryDetail
 	testutil.Eventually(t, 10*time.Second, "the manual attempt in the history", func() bool {
-		detail = a.ok("GET", "/v1/deliveries/"+id, nil)
-		at, _ := detail["attempts"].([]any)
-		return len(at) == 2
+		detail = answer[api.DeliveryDetail](a, "GET", "/v1/deliveries/"+id, nil)
+		return len(detail.Attempts) == 2
 	})
-	at := detail["attempts"].([]any)
-	first, second := at[0].(map[string]any), at[1].(map[string]any)
-	if first["trigger"] != "auto" || first["status_code"] != 500.0 || first["response_body"] != "down" || first["error_class"] != "http" {
-		t.Errorf("first attempt: %v", first)
+	first, second := detail.Attempts[0], detail.Attempts[1]
+	if first.Trigger != "auto" || first.StatusCode == nil || *first.StatusCode != 500 || first.ResponseBody != "down" ||
+		first.ErrorClass == nil || *first.ErrorClass != "http" {
+		t.Errorf("first attempt: %+v", first)
 	}
-	if second["trigger"] != "manual" || second["status_code"] != 200.0 {
-		t.Errorf("second attempt: %v", second)
+	if second.Trigger != "manual" || second.StatusCode == nil || *second.StatusCode != 200 {
+		t.Errorf("second attempt: %+v", second)
 	}
-	if d := detail["delivery"].(map[string]any); d["state"] != "delivered" {
-		t.Errorf("after a successful manual retry the state is %v", d["state"])
+	if detail.Delivery.State != "delivered" {
+		t.Errorf("after a successful manual retry the state is %v", detail.Delivery.State)
 	}
-	if p, _ := detail["payload"].(map[string]any); p["event"] != "request.created" {
-		t.Errorf("payload: %v", detail["payload"])
+	var payload struct {
+		Event string `json:"event"`
+	}
+	if err := json.Unmarshal(detail.Payload, &payload); err != nil || payload.Event != "request.created" {
+		t.Errorf("payload: %s", detail.Payload)
 	}
 }
 
@@ -225,17 +241,17 @@ func TestRetryFailed(t *testing.T) {
 		return 400, nil, "rejected"
 	})
 	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
-	a := newAPI(t, e)
+	a := newAdminClient(t, e)
 	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`, `INSERT INTO requests (title, requester_id) VALUES ('b', 1)`)
 	rc.Wait(t, 2, 20*time.Second)
 	testutil.Eventually(t, 10*time.Second, "two failed deliveries", func() bool {
 		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 2
 	})
 	up.Store(true)
-	if n := a.ok("POST", "/v1/subscriptions/crm/retry-failed?since=1h", nil)["scheduled"]; n != 2.0 {
+	if n := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed?since=1h", nil).Scheduled; n != 2 {
 		t.Fatalf("scheduled %v, want 2", n)
 	}
-	if n := a.ok("POST", "/v1/subscriptions/crm/retry-failed", nil)["scheduled"]; n != 0.0 {
+	if n := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed", nil).Scheduled; n != 0 {
 		t.Errorf("a second retry-failed scheduled %v, want 0: those deliveries are already on their way", n)
 	}
 	rc.Wait(t, 4, 20*time.Second)
@@ -260,10 +276,10 @@ func TestSendTest(t *testing.T) {
 		return 503, nil, "down"
 	})
 	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.*")))
-	a := newAPI(t, e)
-	rep := a.ok("POST", "/v1/subscriptions/crm/test", map[string]string{"event": "sla.warning"})
-	if rep["delivered"] != true || rep["response_body"] != "got the test" {
-		t.Fatalf("test report: %v", rep["_raw"])
+	a := newAdminClient(t, e)
+	rep := answer[api.AttemptReport](a, "POST", "/v1/subscriptions/crm/test", api.TestRequest{Event: "sla.warning"})
+	if !rep.Delivered || rep.ResponseBody != "got the test" {
+		t.Fatalf("test report: %+v", rep)
 	}
 	r := rc.Requests()[0]
 	if err := signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(secret)); err != nil {
@@ -273,15 +289,18 @@ func TestSendTest(t *testing.T) {
 		t.Errorf("test body: %s", r.Body)
 	}
 	// A failing test leaves health alone.
-	if rep := a.ok("POST", "/v1/subscriptions/crm/test", map[string]string{"event": "request.created"}); rep["delivered"] != false || rep["status_code"] != 503.0 {
-		t.Errorf("second test report: %v", rep["_raw"])
+	if rep := answer[api.AttemptReport](a, "POST", "/v1/subscriptions/crm/test", api.TestRequest{Event: "request.created"}); rep.Delivered || rep.StatusCode != 503 {
+		t.Errorf("second test report: %+v", rep)
 	}
 	testutil.Eventually(t, 10*time.Second, "two test deliveries journaled", func() bool {
 		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries d JOIN dzhook.attempts a ON a.delivery_id = d.id WHERE d.test AND a.trigger = 'test'`) == 2
 	})
-	subs := a.ok("GET", "/v1/subscriptions", nil)["subscriptions"].([]any)
-	if st := subs[0].(map[string]any); st["state"] != "healthy" || st["last_failure_at"] != nil {
-		t.Errorf("a test send changed the subscription's health: %v", st)
+	subs := answer[api.SubscriptionList](a, "GET", "/v1/subscriptions", nil).Subscriptions
+	if len(subs) != 1 {
+		t.Fatalf("%d subscriptions, want 1", len(subs))
+	}
+	if st := subs[0]; st.State != "healthy" || st.LastFailureAt != nil {
+		t.Errorf("a test send changed the subscription's health: %+v", st)
 	}
 }
 
@@ -339,8 +358,10 @@ func TestPauseWithQueueing(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
 	e := start(t, testConfigWith(t, db, adminSection, "  concurrency: 1", sub("crm", rc.URL, "request.created", "queue_while_inactive: true")))
-	a := newAPI(t, e)
-	a.ok("POST", "/v1/subscriptions/crm/pause", nil)
+	a := newAdminClient(t, e)
+	if out := answer[api.PauseResponse](a, "POST", "/v1/subscriptions/crm/pause", nil); !out.Paused || out.Subscription != "crm" {
+		t.Errorf("pause: %+v", out)
+	}
 	for i := 1; i <= 3; i++ {
 		db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'r', 1)`, i))
 	}
@@ -350,11 +371,11 @@ func TestPauseWithQueueing(t *testing.T) {
 	if n := len(rc.Requests()); n != 0 {
 		t.Fatalf("a paused subscription received %d requests", n)
 	}
-	if st := a.ok("GET", "/v1/subscriptions/crm", nil); st["paused"] != true || st["held"] != 3.0 {
-		t.Errorf("status while paused: %v", st["_raw"])
+	if st := answer[api.Subscription](a, "GET", "/v1/subscriptions/crm", nil); !st.Paused || st.Held != 3 {
+		t.Errorf("status while paused: %+v", st)
 	}
-	if out := a.ok("POST", "/v1/subscriptions/crm/resume", nil); out["released"] != 3.0 {
-		t.Errorf("resume: %v", out["_raw"])
+	if out := answer[api.ResumeResponse](a, "POST", "/v1/subscriptions/crm/resume", nil); out.Released != 3 || out.Paused {
+		t.Errorf("resume: %+v", out)
 	}
 	reqs := rc.Wait(t, 3, 20*time.Second)
 	for i, r := range reqs {
@@ -376,12 +397,12 @@ func TestPauseSurvivesRestart(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
-	newAPI(t, e).ok("POST", "/v1/subscriptions/crm/pause", nil)
+	answer[api.PauseResponse](newAdminClient(t, e), "POST", "/v1/subscriptions/crm/pause", nil)
 	cancel()
 	<-done
 	e2 := start(t, cfg)
-	if st := newAPI(t, e2).ok("GET", "/v1/subscriptions/crm", nil); st["paused"] != true {
-		t.Errorf("after a restart the subscription is not paused: %v", st["_raw"])
+	if st := answer[api.Subscription](newAdminClient(t, e2), "GET", "/v1/subscriptions/crm", nil); !st.Paused {
+		t.Errorf("after a restart the subscription is not paused: %+v", st)
 	}
 	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('while paused', 1)`)
 	testutil.Eventually(t, 10*time.Second, "a skipped delivery", func() bool {

@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -94,24 +96,28 @@ subscriptions:
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'y', 1)`)
 	rc.Wait(t, 3, 30*time.Second)
 
-	a := &api{t: t, base: "http://" + e.AdminAddr()}
+	a := &adminClient{t: t, base: "http://" + e.AdminAddr()}
 	var answers strings.Builder
 	get := func(path string) {
-		code, out := a.call("GET", path, known, nil)
-		fmt.Fprintf(&answers, "%d %v\n", code, out["_raw"])
+		code, raw := a.call("GET", path, known, nil)
+		fmt.Fprintf(&answers, "%d %s\n", code, raw)
 	}
 	get("/v1/subscriptions")
 	get("/v1/subscriptions/crm")
 	get("/v1/events")
-	_, list := a.call("GET", "/v1/deliveries", known, nil)
-	fmt.Fprintln(&answers, list["_raw"])
-	for _, d := range list["deliveries"].([]any) {
-		get("/v1/deliveries/" + d.(map[string]any)["id"].(string))
+	_, raw := a.call("GET", "/v1/deliveries", known, nil)
+	fmt.Fprintf(&answers, "%s\n", raw)
+	var list api.DeliveryList
+	if err := json.Unmarshal(raw, &list); err != nil {
+		t.Fatalf("GET /v1/deliveries: %v in %s", err, raw)
 	}
-	_, out := a.call("POST", "/v1/subscriptions/crm/test", known, map[string]string{"event": "user.created"})
-	fmt.Fprintln(&answers, out["_raw"])
-	_, out = a.call("GET", "/v1/subscriptions", "wrong-"+known, nil)
-	fmt.Fprintln(&answers, out["_raw"])
+	for _, d := range list.Deliveries {
+		get("/v1/deliveries/" + d.ID)
+	}
+	_, raw = a.call("POST", "/v1/subscriptions/crm/test", known, api.TestRequest{Event: "user.created"})
+	fmt.Fprintf(&answers, "%s\n", raw)
+	_, raw = a.call("GET", "/v1/subscriptions", "wrong-"+known, nil)
+	fmt.Fprintf(&answers, "%s\n", raw)
 	resp, err := http.Get("http://" + e.AdminAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,185 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// goldenTime is the fixed time of every field the fakes below fill.
+var goldenTime = time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+
+// fullDeliverer answers with every field of its answers set, so that the
+// golden file shows each field's name and shape on the wire.
+type fullDeliverer struct{}
+
+func (fullDeliverer) Subscriptions() []fanout.SubscriptionStatus {
+	ok, bad := goldenTime, goldenTime.Add(time.Minute)
+	return []fanout.SubscriptionStatus{
+		{
+			ID: "crm", URL: "https://crm.example.com/hook", Events: []string{"request.*"}, Active: true, Paused: true,
+			QueueWhileInactive: true, Filter: `data.priority == "high"`, State: fanout.StateFailing,
+			LastSuccessAt: &ok, LastFailureAt: &bad, LastStatus: 503, LastError: "HTTP 503", QueueDepth: 4,
+			Stats: fanout.Stats{Delivered: 10, Failed: 2, Retried: 3, SuccessRate: 0.75, P50MS: 12.5, P99MS: 250,
+				PerMinute: []fanout.MinuteCount{{Minute: goldenTime, Delivered: 3, Failed: 1}, {Minute: goldenTime.Add(time.Minute)}}},
+		},
+		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, State: fanout.StateHealthy, Stats: fanout.Stats{SuccessRate: -1}},
+	}
+}
+
+func (fullDeliverer) SubscriptionIDs() []string { return []string{"crm", "slack-alerts"} }
+
+func (fullDeliverer) HasSubscription(id string) bool { return id == "crm" || id == "slack-alerts" }
+
+func (fullDeliverer) RetryNow(_ context.Context, id string) (fanout.AttemptReport, error) {
+	return fanout.AttemptReport{DeliveryID: id, EventID: "whk_1", Attempt: 3, StatusCode: 200, Delivered: true, DurationMS: 12.5, ResponseBody: "ok"}, nil
+}
+
+func (fullDeliverer) RetryFailed(context.Context, string, time.Time, time.Time) (int, error) {
+	return 7, nil
+}
+
+func (fullDeliverer) SendTest(_ context.Context, _ string, ev fanout.Event) (fanout.AttemptReport, error) {
+	return fanout.AttemptReport{DeliveryID: "dlv_test_1", EventID: ev.ID, Attempt: 1, DurationMS: 3000, ErrorClass: "timeout", Error: "no answer within 3s"}, nil
+}
+
+func (fullDeliverer) Pause(context.Context, string) error { return nil }
+
+func (fullDeliverer) Resume(context.Context, string) (int, error) { return 5, nil }
+
+// fullHistory is fullDeliverer's journal.
+type fullHistory struct{}
+
+func (fullHistory) ListDeliveries(_ context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error) {
+	if f.Cursor == "last" {
+		return nil, "", nil
+	}
+	status, msg, next, last := 500, "HTTP 500", goldenTime.Add(time.Hour), goldenTime.Add(-time.Minute)
+	return []journal.Delivery{
+		{ID: "dlv_2", EventID: "whk_2", Event: "request.updated", Subscription: "crm", State: "pending", Attempts: 1,
+			NextAttemptAt: &next, InFlight: true, Test: true, LastStatus: &status, LastError: &msg, LastAttemptAt: &last,
+			CreatedAt: goldenTime, UpdatedAt: goldenTime.Add(time.Second)},
+		{ID: "dlv_1", EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "delivered", CreatedAt: goldenTime, UpdatedAt: goldenTime},
+	}, "next-page", nil
+}
+
+func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error) {
+	if id == "dlv_missing" {
+		return journal.Delivery{}, nil, nil, journal.ErrNotFound
+	}
+	status, class, msg := 500, "http", "HTTP 500"
+	d := journal.Delivery{ID: id, EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "delivered", Attempts: 2,
+		LastStatus: &status, CreatedAt: goldenTime, UpdatedAt: goldenTime}
+	attempts := []journal.Attempt{
+		{Attempt: 1, At: goldenTime, Trigger: "auto", StatusCode: &status, DurationMS: 40, ResponseBody: []byte("\xff\xfe down"), ErrorClass: &class, Error: &msg},
+		{Attempt: 2, At: goldenTime.Add(time.Minute), Trigger: "manual", DurationMS: 7, ResponseBody: []byte(`{"ok":true}`)},
+	}
+	body := []byte(`{"id":"whk_1","event":"request.created","timestamp":"2024-01-15T14:30:00Z","data":{"id":"req_1"}}`)
+	if strings.HasSuffix(id, "_raw") {
+		body = []byte("not json \xff")
+	}
+	return d, body, attempts, nil
+}
+
+func (fullHistory) Backlogs(context.Context) (map[string]journal.Backlog, error) {
+	return map[string]journal.Backlog{"crm": {Pending: 2, Failed: 1, Held: 3}}, nil
+}
+
+// TestAPIGolden pins every answer of the admin API, byte for byte, in
+// testdata/api.golden: the CLI, the dashboard's JavaScript and scripts
+// of operators read these names and shapes. go test -update rewrites it.
+func TestAPIGolden(t *testing.T) {
+	cat, err := catalog.New(catalog.Event{Name: "order.shipped", Description: "An order left the warehouse."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(Config{
+		Token: "t", Deliverer: fullDeliverer{}, History: fullHistory{}, Catalog: cat,
+		Sample: func(eventType string) fanout.Event {
+			return fanout.Event{ID: "whk_test_1", Type: eventType, Body: []byte(`{}`)}
+		},
+		Ready:  func(context.Context) error { return errors.New("the journal is not reachable") },
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	var got bytes.Buffer
+	for _, tc := range []struct {
+		method, path, token, body string
+		into                      any // the api type of the answer
+	}{
+		{"GET", "/healthz", "", "", &api.Health{}},
+		{"GET", "/readyz", "", "", &api.Health{}},
+		{"GET", "/v1/events", "t", "", &api.EventList{}},
+		{"GET", "/v1/subscriptions", "t", "", &api.SubscriptionList{}},
+		{"GET", "/v1/subscriptions/crm", "t", "", &api.Subscription{}},
+		{"GET", "/v1/deliveries?limit=2", "t", "", &api.DeliveryList{}},
+		{"GET", "/v1/deliveries?cursor=last", "t", "", &api.DeliveryList{}},
+		{"GET", "/v1/deliveries/dlv_1", "t", "", &api.DeliveryDetail{}},
+		{"GET", "/v1/deliveries/dlv_1_raw", "t", "", &api.DeliveryDetail{}},
+		{"POST", "/v1/deliveries/dlv_1/retry", "t", "", &api.AttemptReport{}},
+		{"POST", "/v1/subscriptions/crm/retry-failed?since=2h", "t", "", &api.RetryFailedResponse{}},
+		{"POST", "/v1/subscriptions/crm/test", "t", `{"event":"order.shipped"}`, &api.AttemptReport{}},
+		{"POST", "/v1/subscriptions/crm/pause", "t", "", &api.PauseResponse{}},
+		{"POST", "/v1/subscriptions/crm/resume", "t", "", &api.ResumeResponse{}},
+		{"GET", "/v1/deliveries/dlv_missing", "t", "", &api.Error{}},
+		{"GET", "/v1/deliveries?limit=0", "t", "", &api.Error{}},
+		{"GET", "/v1/subscriptions", "", "", &api.Error{}},
+		{"DELETE", "/v1/subscriptions", "t", "", &api.Error{}},
+	} {
+		req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		fmt.Fprintf(&got, "%s %s\n%d %s\n%s\n", tc.method, tc.path, rec.Code, rec.Header().Get("Content-Type"), rec.Body)
+
+		// A client decoding into the api type loses nothing: every key
+		// is a field of the type, and encoding it again gives the same
+		// bytes.
+		dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(tc.into); err != nil {
+			t.Errorf("%s %s: decoding into %T: %v", tc.method, tc.path, tc.into, err)
+			continue
+		}
+		var again bytes.Buffer
+		_ = json.NewEncoder(&again).Encode(tc.into)
+		if again.String() != rec.Body.String() {
+			t.Errorf("%s %s: %T encodes as\n%s, the server answered\n%s", tc.method, tc.path, tc.into, again.Bytes(), rec.Body)
+		}
+	}
+	golden := filepath.Join("testdata", "api.golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, got.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Errorf("the API's answers differ from %s (go test -update rewrites it, if the change is meant):\n%s", golden, got.Bytes())
+	}
+}

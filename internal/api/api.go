@@ -1,0 +1,247 @@
+// Package api defines the bodies of dzhook's admin API, once, for the
+// server (internal/admin), the CLI (cmd/dzhook) and the tests. The
+// dashboard's JavaScript (internal/dashboard/static/app.js) reads the same
+// names.
+//
+// These types are the wire format and nothing else: the server converts
+// its domain types (fanout's subscription status and attempt reports, the
+// journal's deliveries and attempts, the catalog's events) into them, so
+// a change inside dzhook does not change what operators' scripts read.
+// The order of the fields is the order of the keys on the wire; answers
+// that were once encoded from maps keep their keys in alphabetical
+// order. internal/admin/testdata/api.golden pins every answer byte for
+// byte.
+//
+// Times are RFC 3339 in UTC. A pointer field is null when the value is
+// absent (a delivery never attempted has "last_status": null); fields
+// marked omitempty are left out instead.
+package api
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Error is the body of every answer that is not 2xx:
+// {"error": "no such delivery: \"dlv_…\""}. The message names the
+// problem, in words meant for the operator.
+type Error struct {
+	Message string `json:"error"`
+}
+
+// Health is the answer of /healthz ({"status": "ok"}) and /readyz
+// ({"status": "ready"}, or 503 with {"status": "unavailable", "reason":
+// "…"}). These two need no token.
+type Health struct {
+	// Reason says why dzhook is not ready; absent when it is.
+	Reason string `json:"reason,omitempty"`
+	// Status is "ok" (/healthz), "ready" or "unavailable" (/readyz).
+	Status string `json:"status"`
+}
+
+// EventList is the answer of GET /v1/events: the event catalog, built-in
+// events first, then the configuration's custom events.
+type EventList struct {
+	Events []Event `json:"events"`
+}
+
+// Event is an event type of the catalog.
+type Event struct {
+	// Name is the event type, e.g. "request.created".
+	Name string `json:"name"`
+	// Group is the part before the dot: "request", "sla", "user", or the
+	// entity of a custom event.
+	Group string `json:"group"`
+	// Description says what fires the event.
+	Description string `json:"description"`
+	// Custom is true for events declared in the configuration (outbox
+	// rows and logical decoding messages); absent for built-in events.
+	Custom bool `json:"custom,omitempty"`
+}
+
+// SubscriptionList is the answer of GET /v1/subscriptions, in the order
+// of the configuration.
+type SubscriptionList struct {
+	Subscriptions []Subscription `json:"subscriptions"`
+}
+
+// Subscription is a subscription as the API shows it: its configuration
+// (the URL without credentials), its health, this process's recent
+// statistics, and the journal's backlog. It is also the answer of
+// GET /v1/subscriptions/{id}.
+type Subscription struct {
+	ID                 string   `json:"id"`
+	URL                string   `json:"url"`
+	Events             []string `json:"events"`
+	Active             bool     `json:"active"`
+	Paused             bool     `json:"paused"`
+	QueueWhileInactive bool     `json:"queue_while_inactive"`
+	// Filter is the subscription's filter expression; absent without one.
+	Filter string `json:"filter,omitempty"`
+	// State is the health state: "healthy", "failing" or "disabled".
+	State         string     `json:"state"`
+	LastSuccessAt *time.Time `json:"last_success_at"`
+	LastFailureAt *time.Time `json:"last_failure_at"`
+	// LastStatus is the HTTP status of the last failed attempt; absent
+	// when it got none.
+	LastStatus int `json:"last_status,omitempty"`
+	// LastError describes the last failed attempt; absent when none failed.
+	LastError string `json:"last_error,omitempty"`
+	// QueueDepth is how many deliveries wait in memory for a worker.
+	QueueDepth int   `json:"queue_depth"`
+	Stats      Stats `json:"stats"`
+	// Pending, Failed and Held count the journal's deliveries in those
+	// states.
+	Pending int `json:"pending"`
+	Failed  int `json:"failed"`
+	Held    int `json:"held"`
+	// OldestPendingSeconds is how long the oldest due delivery has waited
+	// (0 when none is due).
+	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
+}
+
+// Stats is a subscription's recent delivery history, as this process saw
+// it since it started.
+type Stats struct {
+	// Delivered, Failed and Retried count attempts: 2xx, final failures,
+	// failures to retry.
+	Delivered uint64 `json:"delivered"`
+	Failed    uint64 `json:"failed"`
+	Retried   uint64 `json:"retried"`
+	// SuccessRate is the share of 2xx among the attempts of the last hour,
+	// from 0 to 1; -1 without attempts.
+	SuccessRate float64 `json:"success_rate"`
+	// P50MS and P99MS are response times of the last 512 attempts, in
+	// milliseconds.
+	P50MS float64 `json:"p50_ms"`
+	P99MS float64 `json:"p99_ms"`
+	// PerMinute is the last 60 minutes, oldest first.
+	PerMinute []MinuteCount `json:"per_minute"`
+}
+
+// MinuteCount is one minute of a subscription's chart.
+type MinuteCount struct {
+	// Minute is the minute's start.
+	Minute    time.Time `json:"minute"`
+	Delivered int       `json:"delivered"`
+	Failed    int       `json:"failed"`
+}
+
+// DeliveryList is the answer of GET /v1/deliveries: one page of the
+// history, newest first.
+type DeliveryList struct {
+	Deliveries []Delivery `json:"deliveries"`
+	// NextCursor is the cursor parameter of the next page; "" on the last
+	// page.
+	NextCursor string `json:"next_cursor"`
+}
+
+// Delivery is one delivery of an event to a subscription, as the history
+// shows it.
+type Delivery struct {
+	// ID is the delivery id, "dlv_…", also sent as X-DZDESK-Delivery.
+	ID      string `json:"id"`
+	EventID string `json:"event_id"`
+	// Event is the event type.
+	Event        string `json:"event"`
+	Subscription string `json:"subscription"`
+	// State is "pending", "delivered", "failed", "skipped" or "held".
+	State    string `json:"state"`
+	Attempts int    `json:"attempts"`
+	// NextAttemptAt is when a pending delivery is due; null in the other
+	// states.
+	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	// InFlight is true while an instance is attempting the delivery.
+	InFlight bool `json:"in_flight"`
+	// Test marks a delivery of `dzhook test` (POST …/test).
+	Test          bool       `json:"test"`
+	LastStatus    *int       `json:"last_status"`
+	LastError     *string    `json:"last_error"`
+	LastAttemptAt *time.Time `json:"last_attempt_at"`
+	CreatedAt     time.Time  `json:"created_at"`
+	UpdatedAt     time.Time  `json:"updated_at"`
+}
+
+// DeliveryDetail is the answer of GET /v1/deliveries/{id}: the delivery,
+// its attempts oldest first, and the payload it sends.
+type DeliveryDetail struct {
+	Attempts []Attempt `json:"attempts"`
+	Delivery Delivery  `json:"delivery"`
+	// Payload is the signed body, as JSON when it is JSON, else as a JSON
+	// string (invalid UTF-8 replaced).
+	Payload json.RawMessage `json:"payload"`
+}
+
+// Attempt is one attempt of a delivery.
+type Attempt struct {
+	// Attempt numbers the attempts of the delivery from 1.
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	// Trigger is what made the attempt: "auto", "manual" or "test".
+	Trigger string `json:"trigger"`
+	// StatusCode is the receiver's HTTP status; null without an answer.
+	StatusCode *int `json:"status_code"`
+	DurationMS int  `json:"duration_ms"`
+	// ErrorClass and Error say why the attempt failed; null when it
+	// succeeded.
+	ErrorClass *string `json:"error_class"`
+	Error      *string `json:"error"`
+	// ResponseBody is the start of the receiver's answer as text, invalid
+	// UTF-8 replaced by U+FFFD.
+	ResponseBody string `json:"response_body"`
+	// ResponseBodyBase64 is the exact bytes of ResponseBody when they are
+	// not valid UTF-8; absent otherwise.
+	ResponseBodyBase64 string `json:"response_body_base64,omitempty"`
+}
+
+// AttemptReport is the answer of POST /v1/deliveries/{id}/retry and of
+// POST /v1/subscriptions/{id}/test: what the attempt made on the
+// operator's request got.
+type AttemptReport struct {
+	DeliveryID string `json:"delivery_id"`
+	EventID    string `json:"event_id"`
+	Attempt    int    `json:"attempt"`
+	// StatusCode is the receiver's HTTP status; 0 without an answer.
+	StatusCode int  `json:"status_code"`
+	Delivered  bool `json:"delivered"`
+	// DurationMS is how long the attempt took, in milliseconds.
+	DurationMS   float64 `json:"duration_ms"`
+	ResponseBody string  `json:"response_body"`
+	// ErrorClass and Error say why the attempt failed; absent when it
+	// did not.
+	ErrorClass string `json:"error_class,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// TestRequest is the body of POST /v1/subscriptions/{id}/test. Unknown
+// fields are refused.
+type TestRequest struct {
+	// Event is the type of the sample event to send. Defaults to
+	// "request.created".
+	Event string `json:"event"`
+}
+
+// RetryFailedResponse is the answer of
+// POST /v1/subscriptions/{id}/retry-failed.
+type RetryFailedResponse struct {
+	// Scheduled is how many failed deliveries were scheduled for one more
+	// attempt.
+	Scheduled    int    `json:"scheduled"`
+	Subscription string `json:"subscription"`
+}
+
+// PauseResponse is the answer of POST /v1/subscriptions/{id}/pause.
+type PauseResponse struct {
+	// Paused is true.
+	Paused       bool   `json:"paused"`
+	Subscription string `json:"subscription"`
+}
+
+// ResumeResponse is the answer of POST /v1/subscriptions/{id}/resume.
+type ResumeResponse struct {
+	// Paused is false.
+	Paused bool `json:"paused"`
+	// Released is how many held deliveries were released.
+	Released     int    `json:"released"`
+	Subscription string `json:"subscription"`
+}
