@@ -25,7 +25,7 @@ func eventOf(e catalog.Event) api.Event {
 func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Time) api.Subscription {
 	v := api.Subscription{
 		ID: st.ID, URL: st.URL, Events: st.Events, Active: st.Active, Paused: st.Paused,
-		QueueWhileInactive: st.QueueWhileInactive, Filter: st.Filter, State: st.State,
+		QueueWhileInactive: st.QueueWhileInactive, Filter: st.Filter, State: string(st.State),
 		LastSuccessAt: st.LastSuccessAt, LastFailureAt: st.LastFailureAt, LastStatus: st.LastStatus, LastError: st.LastError,
 		QueueDepth: st.QueueDepth, Stats: statsOf(st.Stats),
 		Pending: b.Pending, Failed: b.Failed, Held: b.Held,
@@ -49,7 +49,7 @@ func statsOf(s fanout.Stats) api.Stats {
 
 func deliveryOf(d journal.Delivery) api.Delivery {
 	return api.Delivery{
-		ID: d.ID, EventID: d.EventID, Event: d.Event, Subscription: d.Subscription, State: d.State, Attempts: d.Attempts,
+		ID: d.ID, EventID: d.EventID, Event: d.Event, Subscription: d.Subscription, State: string(d.State), Attempts: d.Attempts,
 		NextAttemptAt: d.NextAttemptAt, InFlight: d.InFlight, Test: d.Test,
 		LastStatus: d.LastStatus, LastError: d.LastError, LastAttemptAt: d.LastAttemptAt,
 		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
@@ -60,7 +60,7 @@ func deliveryOf(d journal.Delivery) api.Delivery {
 // replaced; the exact bytes in base64 beside it then).
 func attemptOf(a journal.Attempt) api.Attempt {
 	v := api.Attempt{
-		Attempt: a.Attempt, At: a.At, Trigger: a.Trigger, StatusCode: a.StatusCode, DurationMS: a.DurationMS,
+		Attempt: a.Attempt, At: a.At, Trigger: string(a.Trigger), StatusCode: a.StatusCode, DurationMS: a.DurationMS,
 		ErrorClass: a.ErrorClass, Error: a.Error,
 		ResponseBody: strings.ToValidUTF8(string(a.ResponseBody), "\uFFFD"),
 	}

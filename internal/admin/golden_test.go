@@ -36,12 +36,12 @@ func (fullDeliverer) Subscriptions() []fanout.SubscriptionStatus {
 	return []fanout.SubscriptionStatus{
 		{
 			ID: "crm", URL: "https://crm.example.com/hook", Events: []string{"request.*"}, Active: true, Paused: true,
-			QueueWhileInactive: true, Filter: `data.priority == "high"`, State: fanout.StateFailing,
+			QueueWhileInactive: true, Filter: `data.priority == "high"`, State: journal.Failing,
 			LastSuccessAt: &ok, LastFailureAt: &bad, LastStatus: 503, LastError: "HTTP 503", QueueDepth: 4,
 			Stats: fanout.Stats{Delivered: 10, Failed: 2, Retried: 3, SuccessRate: 0.75, P50MS: 12.5, P99MS: 250,
 				PerMinute: []fanout.MinuteCount{{Minute: goldenTime, Delivered: 3, Failed: 1}, {Minute: goldenTime.Add(time.Minute)}}},
 		},
-		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, State: fanout.StateHealthy, Stats: fanout.Stats{SuccessRate: -1}},
+		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, State: journal.Healthy, Stats: fanout.Stats{SuccessRate: -1}},
 	}
 }
 

@@ -15,15 +15,15 @@ var ErrUnknownSubscription = errors.New("no such subscription")
 
 // AttemptReport is what an attempt made on an operator's request got.
 type AttemptReport struct {
-	DeliveryID   string  `json:"delivery_id"`
-	EventID      string  `json:"event_id"`
-	Attempt      int     `json:"attempt"`
-	StatusCode   int     `json:"status_code"`
-	Delivered    bool    `json:"delivered"`
-	DurationMS   float64 `json:"duration_ms"`
-	ResponseBody string  `json:"response_body"`
-	ErrorClass   string  `json:"error_class,omitempty"`
-	Error        string  `json:"error,omitempty"`
+	DeliveryID   string
+	EventID      string
+	Attempt      int
+	StatusCode   int
+	Delivered    bool
+	DurationMS   float64
+	ResponseBody string
+	ErrorClass   string
+	Error        string
 }
 
 func report(t *task, res attemptResult) AttemptReport {
@@ -211,20 +211,20 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 
 // SubscriptionStatus is a subscription as the admin API shows it.
 type SubscriptionStatus struct {
-	ID                 string         `json:"id"`
-	URL                string         `json:"url"`
-	Events             []string       `json:"events"`
-	Active             bool           `json:"active"`
-	Paused             bool           `json:"paused"`
-	QueueWhileInactive bool           `json:"queue_while_inactive"`
-	Filter             string         `json:"filter,omitempty"`
-	State              journal.Health `json:"state"`
-	LastSuccessAt      *time.Time     `json:"last_success_at"`
-	LastFailureAt      *time.Time     `json:"last_failure_at"`
-	LastStatus         int            `json:"last_status,omitempty"`
-	LastError          string         `json:"last_error,omitempty"`
-	QueueDepth         int            `json:"queue_depth"`
-	Stats              Stats          `json:"stats"`
+	ID                 string
+	URL                string
+	Events             []string
+	Active             bool
+	Paused             bool
+	QueueWhileInactive bool
+	Filter             string
+	State              journal.Health
+	LastSuccessAt      *time.Time
+	LastFailureAt      *time.Time
+	LastStatus         int
+	LastError          string
+	QueueDepth         int
+	Stats              Stats
 }
 
 // Subscriptions returns every subscription's status.

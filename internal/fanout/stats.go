@@ -53,24 +53,24 @@ func (s *stats) record(now time.Time, d time.Duration, outcome Outcome) {
 type Stats struct {
 	// Delivered, Failed and Retried count attempts since this process
 	// started: 2xx, final failures, failures to retry.
-	Delivered uint64 `json:"delivered"`
-	Failed    uint64 `json:"failed"`
-	Retried   uint64 `json:"retried"`
+	Delivered uint64
+	Failed    uint64
+	Retried   uint64
 	// SuccessRate is the share of 2xx among the attempts of the last hour
 	// (-1 without attempts).
-	SuccessRate float64 `json:"success_rate"`
+	SuccessRate float64
 	// P50MS and P99MS are response times of the last 512 attempts.
-	P50MS float64 `json:"p50_ms"`
-	P99MS float64 `json:"p99_ms"`
+	P50MS float64
+	P99MS float64
 	// PerMinute is the last 60 minutes, oldest first.
-	PerMinute []MinuteCount `json:"per_minute"`
+	PerMinute []MinuteCount
 }
 
 // MinuteCount is one minute of the chart.
 type MinuteCount struct {
-	Minute    time.Time `json:"minute"`
-	Delivered int       `json:"delivered"`
-	Failed    int       `json:"failed"`
+	Minute    time.Time
+	Delivered int
+	Failed    int
 }
 
 func (s *stats) snapshot(now time.Time) Stats {

@@ -23,34 +23,34 @@ var (
 
 // Delivery is a delivery as the history shows it.
 type Delivery struct {
-	ID             string     `json:"id"`
-	EventID        string     `json:"event_id"`
-	Event          string     `json:"event"`
-	Subscription   string     `json:"subscription"`
-	State          State      `json:"state"`
-	Attempts       int        `json:"attempts"`
-	NextAttemptAt  *time.Time `json:"next_attempt_at"`
-	InFlight       bool       `json:"in_flight"`
-	Test           bool       `json:"test"`
-	LastStatus     *int       `json:"last_status"`
-	LastError      *string    `json:"last_error"`
-	LastAttemptAt  *time.Time `json:"last_attempt_at"`
-	CreatedAt      time.Time  `json:"created_at"`
-	UpdatedAt      time.Time  `json:"updated_at"`
+	ID             string
+	EventID        string
+	Event          string
+	Subscription   string
+	State          State
+	Attempts       int
+	NextAttemptAt  *time.Time
+	InFlight       bool
+	Test           bool
+	LastStatus     *int
+	LastError      *string
+	LastAttemptAt  *time.Time
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
 	owner          *string
 	nextAttemptRaw *time.Time
 }
 
 // Attempt is one attempt as the history shows it.
 type Attempt struct {
-	Attempt      int       `json:"attempt"`
-	At           time.Time `json:"at"`
-	Trigger      Trigger   `json:"trigger"`
-	StatusCode   *int      `json:"status_code"`
-	DurationMS   int       `json:"duration_ms"`
-	ResponseBody []byte    `json:"-"`
-	ErrorClass   *string   `json:"error_class"`
-	Error        *string   `json:"error"`
+	Attempt      int
+	At           time.Time
+	Trigger      Trigger
+	StatusCode   *int
+	DurationMS   int
+	ResponseBody []byte
+	ErrorClass   *string
+	Error        *string
 }
 
 // DeliveryFilter selects deliveries for the history.
