@@ -345,7 +345,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return e.dispatcher.Run(gctx) })
 	g.Go(func() error { return e.runSLAClock(gctx) })
-	g.Go(func() error { return e.runRetention(gctx, cmp.Or(e.opts.RetentionInterval, DefaultRetentionInterval)) })
+	retention := journal.Retention{Store: e.journal, MaxAge: e.cfg.Journal.Retention, Interval: e.opts.RetentionInterval, Logger: e.log}
+	g.Go(func() error { return retention.Run(gctx) })
 	g.Go(func() error {
 		err := e.stream.Run(gctx)
 		if err != nil {
