@@ -35,6 +35,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/mapping"
 	"github.com/dzdesk/dzhook/internal/metrics"
+	"github.com/dzdesk/dzhook/internal/slaclock"
 )
 
 // Options tune an Engine beyond its configuration.
@@ -69,7 +70,7 @@ type Engine struct {
 	adminLn    net.Listener
 	catalog    *catalog.Catalog
 	dashboard  fs.FS
-	slaSource  *mapping.SLASource
+	clock      *slaclock.Clock
 	opts       Options
 }
 
@@ -163,7 +164,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
-	if e.slaSource, err = mapping.NewSLASource(ctx, source, &cfg.Mapping); err != nil {
+	slaSource, err := mapping.NewSLASource(ctx, source, &cfg.Mapping)
+	if err != nil {
 		return nil, err
 	}
 	outbox := ""
@@ -192,6 +194,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, UserAgent: "dzhook/" + opts.Version,
 		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: opts.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.clock, err = slaclock.New(slaclock.Config{
+		Store: e.journal, Source: slaSource, Events: e.mapper, Dispatcher: e.dispatcher, Slot: cfg.Source.Slot,
+		WarningPercent: cfg.SLA.WarningPercent, SLATypes: cfg.Mapping.SLAs.Values.SLAType, CheckInterval: cfg.SLA.CheckInterval, Logger: opts.Logger,
 	})
 	if err != nil {
 		return nil, err
@@ -344,7 +353,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		g.Go(func() error { return e.admin.Serve(gctx, e.adminLn) })
 	}
 	g.Go(func() error { return e.dispatcher.Run(gctx) })
-	g.Go(func() error { return e.runSLAClock(gctx) })
+	g.Go(func() error { return e.clock.Run(gctx) })
 	retention := journal.Retention{Store: e.journal, MaxAge: e.cfg.Journal.Retention, Interval: e.opts.RetentionInterval, Logger: e.log}
 	g.Go(func() error { return retention.Run(gctx) })
 	g.Go(func() error {
