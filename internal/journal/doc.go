@@ -20,6 +20,10 @@
 //	held (inactive subscription, queue_while_inactive) ──resume──▶ pending
 //	skipped (inactive subscription without queueing)
 //
+// History does not grow for ever: Retention, which every process may run,
+// deletes finished deliveries older than journal.retention in short
+// batches, with their attempts and events.
+//
 // The schema is created and upgraded by embedded, versioned migrations
 // (Store.Migrate), applied by `dzhook setup` and `dzhook run`.
 package journal

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -412,4 +413,41 @@ func queryCount(t *testing.T, db *pgtest.DB, sql string) int {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
+}
+
+// TestRetentionRun: Retention.Run prunes on its interval what is older
+// than MaxAge, keeps the rest, and returns nil once ctx ends.
+func TestRetentionRun(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	old := time.Now().Add(-40 * 24 * time.Hour)
+	b := batchOf(0, 20)
+	for i := range 15 {
+		b.Deliveries[i].CreatedAt = old
+	}
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Retention{Store: s, MaxAge: 30 * 24 * time.Hour, Interval: 10 * time.Millisecond}.Run(rctx)
+	}()
+	conn := db.Connect(t)
+	testutil.Eventually(t, 20*time.Second, "the 15 old deliveries pruned, the 5 recent ones kept", func() bool {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 5
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v on cancellation, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10s of cancellation")
+	}
 }

@@ -1,10 +1,93 @@
 package journal
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 )
+
+// DefaultRetentionInterval is how often Retention prunes old history.
+const DefaultRetentionInterval = time.Hour
+
+// Retention deletes history older than MaxAge, in small batches (short
+// transactions, a pause between them) so deliveries never wait on it.
+// Every dzhook process may run it: batches of different processes simply
+// delete different rows.
+type Retention struct {
+	// Store is the journal to prune. Required.
+	Store *Store
+	// MaxAge is how long finished deliveries, their attempts and events,
+	// fired timers, notifications, rejections and stale instances are
+	// kept (journal.retention). Required.
+	MaxAge time.Duration
+	// Interval is the time between two runs; the first run comes after a
+	// minute, or after Interval when it is shorter. Defaults to
+	// DefaultRetentionInterval.
+	Interval time.Duration
+	// Logger; defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Run prunes every Interval until ctx ends, then returns nil. A prune in
+// progress stops between two statements: what its finished batches
+// deleted stays deleted, the rest waits for the next run. A failed prune
+// is logged and retried at the next run; Run itself never fails.
+func (r Retention) Run(ctx context.Context) error {
+	interval := cmp.Or(r.Interval, DefaultRetentionInterval)
+	first := time.NewTimer(min(interval, time.Minute))
+	defer first.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-first.C:
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		r.Prune(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Prune runs retention steps until nothing older than MaxAge is left, or
+// ctx ends, and returns what it deleted. A failed step is logged and ends
+// this prune.
+func (r Retention) Prune(ctx context.Context) Pruned {
+	log := cmp.Or(r.Logger, slog.Default())
+	cutoff := time.Now().Add(-r.MaxAge)
+	var total Pruned
+	start := time.Now()
+	for ctx.Err() == nil {
+		p, err := r.Store.PruneStep(ctx, cutoff, PruneBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("retention: pruning old history failed; retrying at the next run", "err", err)
+			}
+			break
+		}
+		total.Deliveries += p.Deliveries
+		total.Events += p.Events
+		total.Other += p.Other
+		if p.Deliveries < PruneBatch {
+			break
+		}
+		select { // let deliveries have the journal between batches
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if total.Deliveries+total.Events+total.Other > 0 {
+		log.Info("retention: pruned old history", "deliveries", total.Deliveries, "events", total.Events, "other_rows", total.Other,
+			"older_than", cutoff.UTC().Format(time.RFC3339), "took", time.Since(start).Round(time.Millisecond).String())
+	}
+	return total
+}
 
 // PruneBatch is how many deliveries one retention step deletes: small
 // enough that each step's transaction is short and deliveries go on.

@@ -1,0 +1,68 @@
+package engine
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/mapping"
+	"github.com/dzdesk/dzhook/internal/metrics"
+)
+
+func egressGuard(d config.Delivery) *fanout.EgressGuard {
+	g := &fanout.EgressGuard{BlockPrivate: d.BlockPrivateNetworks}
+	for _, n := range d.AllowNetworks {
+		if p, err := netip.ParsePrefix(n); err == nil { // validated with the configuration
+			g.Allow = append(g.Allow, p.Masked())
+		}
+	}
+	return g
+}
+
+func subscriptions(cfg *config.Config) []fanout.Subscription {
+	subs := make([]fanout.Subscription, len(cfg.Subscriptions))
+	for i, s := range cfg.Subscriptions {
+		subs[i] = Subscription(s)
+	}
+	return subs
+}
+
+// Subscription converts a configured subscription for fanout.
+func Subscription(s config.Subscription) fanout.Subscription {
+	headers := make(map[string]string, len(s.Headers))
+	for k, v := range s.Headers {
+		headers[k] = v.Reveal()
+	}
+	return fanout.Subscription{
+		ID: s.ID, URL: s.URL, Events: s.Events, Secret: []byte(s.Secret.Reveal()), StandardWebhooks: s.StandardWebhooks,
+		Active: s.Active, QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, Headers: headers,
+	}
+}
+
+func newInstanceID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+// sample builds a test event of a type.
+func sample(eventType string) fanout.Event {
+	id, now := ids.TestEventID(), time.Now().UTC()
+	return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: mapping.Sample(eventType, id, now)}
+}
+
+func (e *Engine) streamStats() metrics.StreamStats {
+	st := e.stream.Stats()
+	return metrics.StreamStats{
+		ReceivedLSN: uint64(st.ReceivedLSN), FlushedLSN: uint64(st.FlushedLSN), AckedLSN: uint64(st.AckedLSN),
+		LagBytes: st.LagBytes, Changes: st.Changes, Transactions: st.Transactions, Reconnects: st.Reconnects,
+		Connected: st.Connected, Standby: st.Standby,
+	}
+}

@@ -1,0 +1,72 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/metrics"
+)
+
+// Ready reports why dzhook cannot do its job right now: not streaming
+// (connecting, or standby behind another process), or the journal
+// unreachable.
+func (e *Engine) Ready(ctx context.Context) error {
+	st := e.stream.Stats()
+	switch {
+	case st.Standby:
+		return errors.New("standby: another dzhook holds the replication slot")
+	case !st.Connected:
+		return errors.New("not streaming: connecting to PostgreSQL")
+	}
+	if err := e.journal.Ping(ctx); err != nil {
+		// /readyz answers without a token: the reason names no host,
+		// user or database; the log has the detail.
+		e.log.Warn("readiness: the journal does not answer", "err", err)
+		return errors.New("journal unreachable (the log has the detail)")
+	}
+	return nil
+}
+
+// Reload applies a new configuration without a restart: subscriptions
+// are added, removed or changed without losing a delivery. Settings that
+// need a restart (every other section) are reported and left as they
+// were.
+func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
+	if err := e.dispatcher.Reload(ctx, subscriptions(next)); err != nil {
+		return err
+	}
+	// e.cfg stays the configuration the process started with (other
+	// goroutines read it without a lock): the sections compared are the
+	// ones still running, so a change stays reported until a restart.
+	if restart := config.RestartSections(e.cfg, next); len(restart) > 0 {
+		e.log.Warn("configuration reloaded: subscriptions applied; these sections changed and take effect at the next restart", "sections", strings.Join(restart, ", "))
+	} else {
+		e.log.Info("configuration reloaded", "subscriptions", len(next.Subscriptions))
+	}
+	return nil
+}
+
+// AdminAddr is the admin server's address ("" when it is off).
+func (e *Engine) AdminAddr() string {
+	if e.adminLn == nil {
+		return ""
+	}
+	return e.adminLn.Addr().String()
+}
+
+// Metrics returns the engine's metrics.
+func (e *Engine) Metrics() *metrics.Metrics { return e.metrics }
+
+// Dispatcher returns the dispatcher.
+func (e *Engine) Dispatcher() *fanout.Dispatcher { return e.dispatcher }
+
+// Stream returns the replication stream, for health and metrics.
+func (e *Engine) Stream() *cdc.Stream { return e.stream }
+
+// Journal returns the journal.
+func (e *Engine) Journal() *journal.Store { return e.journal }

@@ -1,0 +1,218 @@
+// Package pipeline consumes the replication stream: it is the cdc.Handler
+// that turns each change into events (through mapping) and hands them to
+// the router, arms SLA timers for changes of the SLA table, records
+// rejected outbox rows, and marks each transaction's end for the journal.
+//
+// It also keeps dzhook from journaling a transaction twice. The journal
+// holds a checkpoint per slot: every transaction with a commit LSN up to
+// it is journaled. PostgreSQL resends what was not confirmed before a
+// restart (or before another process took the slot over), so a change at
+// or below the checkpoint is skipped, and its commit is acknowledged at
+// once (Ack) instead of passing through the journal again. A checkpoint
+// that cannot be this cluster's is dropped rather than trusted (see
+// UseCheckpoint).
+//
+// The stream calls a Pipeline from one goroutine, in commit order, and
+// waits for each call; a Pipeline has no goroutine of its own.
+package pipeline
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
+	"github.com/dzdesk/dzhook/internal/slaclock"
+)
+
+// Router delivers an event to the subscriptions that want it. A nil
+// return means the event is in the hands of the journal writer, in order
+// with the rest of its transaction.
+type Router interface {
+	Dispatch(ctx context.Context, ev fanout.Event) error
+}
+
+// Journal takes what must stay in order with a transaction's events: the
+// transaction's end, rejected outbox rows, and SLA timers. Each returns
+// once the record is queued for the journal writer, which acknowledges a
+// commit LSN to the stream only once everything before it is durable.
+type Journal interface {
+	Commit(ctx context.Context, lsn pglogrepl.LSN) error
+	Reject(ctx context.Context, r journal.Rejection) error
+	ArmTimers(ctx context.Context, c journal.TimerChange) error
+}
+
+// Checkpoints reads and forgets the journal's checkpoints;
+// *journal.Store has it.
+type Checkpoints interface {
+	Checkpoint(ctx context.Context, slot string) (journal.Checkpoint, error)
+	ResetCheckpoint(ctx context.Context, slot string, cp journal.Checkpoint) error
+}
+
+// Observer counts what the pipeline sees; *metrics.Metrics has it.
+type Observer interface {
+	Rejected()
+}
+
+// Config is the input of New.
+type Config struct {
+	// Slot is the replication slot, whose checkpoint the pipeline reads.
+	Slot string
+	// SystemID is the source cluster's system identifier (from
+	// IDENTIFY_SYSTEM): a checkpoint written for another is not trusted.
+	SystemID string
+	// Mapper turns changes into events. Required.
+	Mapper *mapping.Mapper
+	// Router receives the events. Required.
+	Router Router
+	// Journal receives commits, rejections and SLA timers. Required.
+	Journal Journal
+	// Checkpoints is the journal's checkpoint table. Required.
+	Checkpoints Checkpoints
+	// Ack acknowledges to the stream a transaction skipped as already
+	// journaled (cdc.Stream.Ack). Required.
+	Ack func(pglogrepl.LSN)
+	// WarningPercent are the sla.warning thresholds timers are armed for.
+	WarningPercent []float64
+	// Observer, when set, counts rejections.
+	Observer Observer
+	// Logger; defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Pipeline is the stream's handler. Its methods, except New, are called
+// from the stream's goroutine only (UseCheckpoint and Checkpoint before
+// the stream runs).
+type Pipeline struct {
+	cfg        Config
+	log        *slog.Logger
+	checkpoint pglogrepl.LSN
+	scratch    []mapping.Event
+}
+
+var _ cdc.Handler = (*Pipeline)(nil)
+
+// New returns a pipeline without a checkpoint: call UseCheckpoint before
+// the stream runs.
+func New(cfg Config) (*Pipeline, error) {
+	if cfg.Mapper == nil || cfg.Router == nil || cfg.Journal == nil || cfg.Checkpoints == nil || cfg.Ack == nil {
+		return nil, errors.New("pipeline: Mapper, Router, Journal, Checkpoints and Ack are required")
+	}
+	return &Pipeline{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}, nil
+}
+
+// UseCheckpoint adopts cp, the slot's checkpoint, below which the
+// stream's transactions are known to be journaled. Read cp before walEnd
+// (the WAL's end from IDENTIFY_SYSTEM): another process holding the slot
+// may journal meanwhile, and a checkpoint read after the WAL position
+// could look ahead of it. A checkpoint that cannot be this cluster's
+// (another system identifier, or a position its WAL has not reached: a
+// restore from backup) is dropped, here and in the journal, rather than
+// trusted, since it would make dzhook skip transactions it never
+// journaled.
+func (p *Pipeline) UseCheckpoint(ctx context.Context, cp journal.Checkpoint, walEnd pglogrepl.LSN) error {
+	lsn, why := trusted(cp, p.cfg.SystemID, walEnd)
+	p.checkpoint = lsn
+	if why == "" {
+		return nil
+	}
+	p.log.Warn("journal checkpoint dropped; every transaction the slot sends is processed", "slot", p.cfg.Slot, "checkpoint", pglogrepl.LSN(cp.LSN).String(), "reason", why)
+	return p.cfg.Checkpoints.ResetCheckpoint(ctx, p.cfg.Slot, cp)
+}
+
+// trusted returns the position below which cp says transactions are
+// journaled, or 0 and why cp cannot be trusted.
+func trusted(cp journal.Checkpoint, systemID string, walEnd pglogrepl.LSN) (pglogrepl.LSN, string) {
+	lsn := pglogrepl.LSN(cp.LSN)
+	switch {
+	case cp.LSN == 0:
+		return 0, ""
+	case cp.SystemID != "" && cp.SystemID != systemID:
+		return 0, "it belongs to database cluster " + cp.SystemID + ", not " + systemID
+	case lsn > walEnd:
+		return 0, "it is ahead of the database's WAL (" + walEnd.String() + "): the database was restored from a backup or replaced; " +
+			"new events may reuse ids of the lost timeline, which the journal drops as known: give dzhook a fresh journal.schema"
+	}
+	return lsn, ""
+}
+
+// Checkpoint is the position at or below which transactions are skipped.
+func (p *Pipeline) Checkpoint() pglogrepl.LSN { return p.checkpoint }
+
+// SessionStarted is for cdc.Config.OnSession: it runs, in the stream's
+// order, before the first change of each replication session. Another
+// process may have journaled transactions (and checkpointed them) while
+// this one waited for the slot, and PostgreSQL resends what that process
+// journaled but had not yet confirmed. The fresh checkpoint skips them. It
+// only ever moves forward.
+func (p *Pipeline) SessionStarted(ctx context.Context) {
+	cp, err := p.cfg.Checkpoints.Checkpoint(ctx, p.cfg.Slot)
+	if err != nil {
+		p.log.Warn("could not re-read the journal checkpoint; transactions journaled by another instance may be delivered again", "err", err)
+		return
+	}
+	if cp.SystemID == p.cfg.SystemID && pglogrepl.LSN(cp.LSN) > p.checkpoint {
+		p.checkpoint = pglogrepl.LSN(cp.LSN)
+	}
+}
+
+// HandleChange implements cdc.Handler: map the change and dispatch its
+// events, or arm the timers of an SLA change. A change of a transaction
+// already journaled is skipped.
+func (p *Pipeline) HandleChange(ctx context.Context, c *cdc.Change) error {
+	if c.CommitLSN <= p.checkpoint {
+		return nil
+	}
+	if p.cfg.Mapper.IsSLA(c) {
+		return p.armSLA(ctx, c)
+	}
+	events, rej := p.cfg.Mapper.Map(ctx, c, p.scratch[:0])
+	p.scratch = events[:0]
+	if rej != nil {
+		if p.cfg.Observer != nil {
+			p.cfg.Observer.Rejected()
+		}
+		p.log.Warn("outbox event rejected", "source", rej.What, "reason", rej.Reason, "lsn", c.CommitLSN.String())
+		if err := p.cfg.Journal.Reject(ctx, journal.Rejection{Source: rej.What, Reason: rej.Reason, CommitLSN: c.CommitLSN}); err != nil {
+			return err
+		}
+	}
+	for _, ev := range events {
+		err := p.cfg.Router.Dispatch(ctx, fanout.Event{ID: ev.ID, Type: ev.Type, Timestamp: ev.Timestamp, Body: ev.Body, CommitLSN: uint64(ev.CommitLSN)})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HandleCommit implements cdc.Handler: the transaction's end goes to the
+// journal, which acknowledges it once it is durable; a transaction
+// already journaled is acknowledged at once.
+func (p *Pipeline) HandleCommit(ctx context.Context, c cdc.Commit) error {
+	if c.CommitLSN <= p.checkpoint {
+		p.cfg.Ack(c.CommitLSN)
+		return nil
+	}
+	return p.cfg.Journal.Commit(ctx, c.CommitLSN)
+}
+
+// armSLA handles a change of the SLA table.
+func (p *Pipeline) armSLA(ctx context.Context, c *cdc.Change) error {
+	up, err := p.cfg.Mapper.SLAChange(c, p.cfg.WarningPercent, time.Now())
+	if err != nil {
+		p.log.Warn("SLA change not understood; its timers are left as they were", "err", err, "lsn", c.CommitLSN.String())
+		return nil
+	}
+	if up.SLAID == "" {
+		return nil
+	}
+	return p.cfg.Journal.ArmTimers(ctx, slaclock.TimerChange(up))
+}

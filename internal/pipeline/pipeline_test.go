@@ -1,0 +1,216 @@
+package pipeline
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
+)
+
+// recorder is the pipeline's world: router, journal writer, checkpoint
+// table and the stream's Ack, each recording what it was given.
+type recorder struct {
+	dispatched []fanout.Event
+	commits    []pglogrepl.LSN
+	rejections []journal.Rejection
+	timers     []journal.TimerChange
+	acks       []pglogrepl.LSN
+	stored     journal.Checkpoint   // what Checkpoint returns
+	resets     []journal.Checkpoint // ResetCheckpoint calls
+	rejected   int                  // Observer.Rejected calls
+}
+
+func (r *recorder) Dispatch(_ context.Context, ev fanout.Event) error {
+	r.dispatched = append(r.dispatched, ev)
+	return nil
+}
+
+func (r *recorder) Commit(_ context.Context, lsn pglogrepl.LSN) error {
+	r.commits = append(r.commits, lsn)
+	return nil
+}
+
+func (r *recorder) Reject(_ context.Context, rej journal.Rejection) error {
+	r.rejections = append(r.rejections, rej)
+	return nil
+}
+
+func (r *recorder) ArmTimers(_ context.Context, c journal.TimerChange) error {
+	r.timers = append(r.timers, c)
+	return nil
+}
+
+func (r *recorder) Checkpoint(context.Context, string) (journal.Checkpoint, error) {
+	return r.stored, nil
+}
+
+func (r *recorder) ResetCheckpoint(_ context.Context, _ string, cp journal.Checkpoint) error {
+	r.resets = append(r.resets, cp)
+	return nil
+}
+
+func (r *recorder) Rejected() { r.rejected++ }
+
+const systemID = "7300000000000000001"
+
+func newPipeline(t *testing.T, r *recorder) *Pipeline {
+	t.Helper()
+	cat, err := catalog.New(catalog.Event{Name: "order.shipped"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p, err := New(Config{
+		Slot: "dzhook", SystemID: systemID,
+		Mapper: mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource(systemID), Catalog: cat, Logger: log}),
+		Router: r, Journal: r, Checkpoints: r, Ack: func(lsn pglogrepl.LSN) { r.acks = append(r.acks, lsn) },
+		WarningPercent: []float64{75}, Observer: r, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// message is a transaction's pg_logical_emit_message change, which the
+// mapper turns into one event (or a rejection, for content that is not an
+// event).
+func message(lsn pglogrepl.LSN, content string) *cdc.Change {
+	return &cdc.Change{
+		Op:        cdc.OpMessage,
+		Message:   &cdc.Message{Prefix: "dzdesk", Content: []byte(content), Transactional: true, LSN: lsn - 8},
+		CommitLSN: lsn, CommitTime: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC),
+	}
+}
+
+const shipped = `{"event":"order.shipped","data":{"order":"ord_1"}}`
+
+// TestTrusted: a checkpoint is trusted only when it can be this
+// cluster's: written for this system (or before system ids were
+// recorded) and not ahead of the WAL.
+func TestTrusted(t *testing.T) {
+	const walEnd = pglogrepl.LSN(1000)
+	for _, tc := range []struct {
+		name string
+		cp   journal.Checkpoint
+		want pglogrepl.LSN
+		drop bool
+	}{
+		{"none", journal.Checkpoint{}, 0, false},
+		{"this cluster", journal.Checkpoint{LSN: 900, SystemID: systemID}, 900, false},
+		{"at the WAL's end", journal.Checkpoint{LSN: 1000, SystemID: systemID}, 1000, false},
+		{"written before system ids", journal.Checkpoint{LSN: 900}, 900, false},
+		{"another cluster", journal.Checkpoint{LSN: 900, SystemID: "7300000000000000002"}, 0, true},
+		{"ahead of the WAL", journal.Checkpoint{LSN: 1001, SystemID: systemID}, 0, true},
+		{"ahead of the WAL, before system ids", journal.Checkpoint{LSN: 5000}, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, why := trusted(tc.cp, systemID, walEnd)
+			if got != tc.want || (why != "") != tc.drop {
+				t.Errorf("trusted(%+v) = %s, %q; want %s, dropped %v", tc.cp, got, why, tc.want, tc.drop)
+			}
+		})
+	}
+}
+
+// TestUseCheckpointDropsUntrusted: a checkpoint of another cluster is
+// forgotten in the journal too, and the transactions below it are
+// processed, not skipped.
+func TestUseCheckpointDropsUntrusted(t *testing.T) {
+	r := &recorder{}
+	p := newPipeline(t, r)
+	cp := journal.Checkpoint{LSN: 500, SystemID: "7300000000000000002"}
+	if err := p.UseCheckpoint(context.Background(), cp, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if p.Checkpoint() != 0 || !slices.Equal(r.resets, []journal.Checkpoint{cp}) {
+		t.Fatalf("checkpoint %s, resets %+v; want 0 and the dropped checkpoint reset", p.Checkpoint(), r.resets)
+	}
+	ctx := context.Background()
+	if err := p.HandleChange(ctx, message(400, shipped)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.HandleCommit(ctx, cdc.Commit{CommitLSN: 400}); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.dispatched) != 1 || !slices.Equal(r.commits, []pglogrepl.LSN{400}) || len(r.acks) != 0 {
+		t.Errorf("dispatched %d, commits %v, acks %v; want the transaction below the dropped checkpoint journaled", len(r.dispatched), r.commits, r.acks)
+	}
+}
+
+// TestReplaySkip: changes at or below the checkpoint are skipped and
+// their commits acknowledged at once, without the journal; changes above
+// it are dispatched and their commits go to the journal, which
+// acknowledges them once durable.
+func TestReplaySkip(t *testing.T) {
+	r := &recorder{}
+	p := newPipeline(t, r)
+	ctx := context.Background()
+	if err := p.UseCheckpoint(ctx, journal.Checkpoint{LSN: 200, SystemID: systemID}, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.resets) != 0 {
+		t.Fatalf("a checkpoint of this cluster was reset: %+v", r.resets)
+	}
+	for _, lsn := range []pglogrepl.LSN{100, 200, 300} {
+		if err := p.HandleChange(ctx, message(lsn, shipped)); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.HandleChange(ctx, message(lsn, `{"event":"not.declared","data":{}}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.HandleCommit(ctx, cdc.Commit{CommitLSN: lsn}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []pglogrepl.LSN{100, 200}; !slices.Equal(r.acks, want) {
+		t.Errorf("acknowledged at once %v, want %v", r.acks, want)
+	}
+	if want := []pglogrepl.LSN{300}; !slices.Equal(r.commits, want) {
+		t.Errorf("commits to the journal %v, want %v", r.commits, want)
+	}
+	if len(r.dispatched) != 1 || r.dispatched[0].CommitLSN != 300 || r.dispatched[0].Type != "order.shipped" {
+		t.Errorf("dispatched %+v, want the one event of LSN 300", r.dispatched)
+	}
+	if len(r.rejections) != 1 || r.rejections[0].CommitLSN != 300 || r.rejected != 1 {
+		t.Errorf("rejections %+v (counted %d), want the one of LSN 300", r.rejections, r.rejected)
+	}
+}
+
+// TestSessionStartedMovesForward: at a new replication session the
+// checkpoint another process wrote meanwhile is adopted, if it is this
+// cluster's and ahead; it never moves back.
+func TestSessionStartedMovesForward(t *testing.T) {
+	r := &recorder{}
+	p := newPipeline(t, r)
+	ctx := context.Background()
+	if err := p.UseCheckpoint(ctx, journal.Checkpoint{LSN: 200, SystemID: systemID}, 1000); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		stored journal.Checkpoint
+		want   pglogrepl.LSN
+	}{
+		{journal.Checkpoint{LSN: 300, SystemID: systemID}, 300},
+		{journal.Checkpoint{LSN: 250, SystemID: systemID}, 300},
+		{journal.Checkpoint{LSN: 900, SystemID: "7300000000000000002"}, 300},
+		{journal.Checkpoint{LSN: 400, SystemID: systemID}, 400},
+	} {
+		r.stored = step.stored
+		p.SessionStarted(ctx)
+		if got := p.Checkpoint(); got != step.want {
+			t.Errorf("after a session with %+v stored: checkpoint %s, want %s", step.stored, got, step.want)
+		}
+	}
+}

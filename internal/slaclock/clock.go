@@ -1,0 +1,241 @@
+// Package slaclock turns time into sla.warning and sla.breach events.
+//
+// Changes of the SLA table arm durable timers in the journal; the stream
+// handler does that (see TimerChange), through the journal writer, in
+// order with the transaction, so an armed timer is never lost before the
+// transaction is acknowledged. At the first start on a slot the clock
+// arms the SLAs already open by a scan. Then, every CheckInterval, any
+// dzhook process claims the due timers (leased, FOR UPDATE SKIP LOCKED:
+// two processes never fire the same one), checks the SLA again
+// (completed, deleted or moved since: the timer is cancelled), and fires
+// the event through the dispatcher like any other. The event's id comes
+// from the SLA row, the kind and the target, so a timer fired again after
+// a crash is the same event, and is not dispatched again if the journal
+// has it.
+package slaclock
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
+)
+
+const (
+	claimLimit = 500
+	lease      = 30 * time.Second
+	scanPage   = 1000
+)
+
+// Store is the part of the journal the clock uses; *journal.Store has it.
+type Store interface {
+	SLABootstrapped(ctx context.Context, slot string) (bool, error)
+	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool) error
+	ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]journal.TimerRow, error)
+	TimerCancelled(ctx context.Context, t journal.TimerRow) error
+	TimerDone(ctx context.Context, t journal.TimerRow, outcome string) error
+	EventExists(ctx context.Context, id string) (bool, error)
+}
+
+// Source reads the SLA table of the source database; *mapping.SLASource
+// has it.
+type Source interface {
+	OpenSLAs(ctx context.Context, after string, limit int) ([]mapping.SLARow, error)
+	Current(ctx context.Context, ids []string) (map[string]mapping.SLARow, error)
+}
+
+// Events builds the event of a fired timer; *mapping.Mapper has it.
+type Events interface {
+	SLAEvent(t mapping.Timer) mapping.Event
+}
+
+// Dispatcher delivers a fired event, returning once it is journaled;
+// *fanout.Dispatcher has it.
+type Dispatcher interface {
+	DispatchDurable(ctx context.Context, ev fanout.Event) error
+}
+
+// Config is the input of New.
+type Config struct {
+	// Store holds the timers and the fired events. Required.
+	Store Store
+	// Source is the SLA table, read to arm the SLAs open at the first
+	// start and to check a due timer's SLA before it fires. Required.
+	Source Source
+	// Events builds the events. Required.
+	Events Events
+	// Dispatcher delivers them. Required.
+	Dispatcher Dispatcher
+	// Slot is the replication slot whose first start arms the open SLAs.
+	Slot string
+	// WarningPercent are the thresholds of sla.warning (sla.warning_percent):
+	// a due timer of a threshold no longer listed is dropped, not fired.
+	WarningPercent []float64
+	// SLATypes translates stored SLA types (mapping.slas.values.sla_type);
+	// nil keeps them as stored.
+	SLATypes map[string]string
+	// CheckInterval is how often due timers are looked for
+	// (sla.check_interval). Required, positive.
+	CheckInterval time.Duration
+	// Logger; defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Clock fires the SLA timers that are due.
+type Clock struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a clock; Run starts it.
+func New(cfg Config) (*Clock, error) {
+	if cfg.Store == nil || cfg.Source == nil || cfg.Events == nil || cfg.Dispatcher == nil {
+		return nil, errors.New("slaclock: Store, Source, Events and Dispatcher are required")
+	}
+	if cfg.CheckInterval <= 0 {
+		return nil, errors.New("slaclock: CheckInterval must be positive")
+	}
+	return &Clock{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}, nil
+}
+
+// Run arms the SLAs open before the first start (once per slot), then
+// fires due timers every CheckInterval until ctx ends, and returns nil.
+// It never fails: a failed scan is retried at the next start, a failed
+// round at the next tick, both logged. A timer being fired when ctx ends
+// keeps its lease: once the lease expires, this or another process claims
+// it again, and the event id it fires under is the same, so it is not
+// delivered twice.
+func (c *Clock) Run(ctx context.Context) error {
+	if err := c.bootstrap(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.log.Error("arming the SLAs open before the first start failed; retrying at the next start", "err", err)
+	}
+	t := time.NewTicker(c.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		if err := c.fireDue(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("SLA clock: firing due timers failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// TimerChange is the journal's form of what a change of the SLA table
+// means for its timers.
+func TimerChange(up mapping.SLAUpdate) journal.TimerChange {
+	tc := journal.TimerChange{SLAID: up.SLAID, Keep: up.Keep}
+	for _, t := range up.Arm {
+		tc.Arm = append(tc.Arm, journal.TimerRow{SLAID: t.SLAID, Kind: t.Kind, TargetAt: t.TargetAt, FireAt: t.FireAt,
+			RequestID: t.RequestID, SLAType: t.SLAType, StartedAt: t.StartedAt})
+	}
+	return tc
+}
+
+// bootstrap arms every open SLA the first time dzhook runs on a slot.
+func (c *Clock) bootstrap(ctx context.Context) error {
+	done, err := c.cfg.Store.SLABootstrapped(ctx, c.cfg.Slot)
+	if err != nil || done {
+		return err
+	}
+	after, armed := "", 0
+	for {
+		rows, err := c.cfg.Source.OpenSLAs(ctx, after, scanPage)
+		if err != nil {
+			return err
+		}
+		var changes []journal.TimerChange
+		now := time.Now()
+		for _, r := range rows {
+			slaType := r.SLAType
+			if t, ok := c.cfg.SLATypes[slaType]; ok {
+				slaType = t
+			}
+			base := mapping.Timer{SLAID: r.ID, RequestID: r.RequestID, SLAType: slaType, StartedAt: r.StartedAt, TargetAt: r.TargetAt}
+			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: mapping.SLATimers(base, c.cfg.WarningPercent, now)}))
+		}
+		last := len(rows) < scanPage
+		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last); err != nil {
+			return err
+		}
+		armed += len(rows)
+		if last {
+			c.log.Info("SLA clock: armed the SLAs open at the first start", "slas", armed)
+			return nil
+		}
+		after = rows[len(rows)-1].ID
+	}
+}
+
+// fireDue claims the due timers and fires or cancels each.
+func (c *Clock) fireDue(ctx context.Context) error {
+	for {
+		due, err := c.cfg.Store.ClaimTimers(ctx, claimLimit, lease)
+		if err != nil || len(due) == 0 {
+			return err
+		}
+		ids := make([]string, 0, len(due))
+		for _, t := range due {
+			ids = append(ids, t.SLAID)
+		}
+		current, err := c.cfg.Source.Current(ctx, ids)
+		if err != nil {
+			return err
+		}
+		for _, t := range due {
+			cur, ok := current[t.SLAID]
+			if !ok || cur.Completed || !cur.TargetAt.Equal(t.TargetAt) || !c.configured(t.Kind) {
+				// Completed, deleted or moved before its moment: the
+				// stream has or will have re-armed what is still due. A
+				// warning threshold since removed from sla.warning_percent
+				// fires no more.
+				if err := c.cfg.Store.TimerCancelled(ctx, t); err != nil {
+					return err
+				}
+				continue
+			}
+			ev := c.cfg.Events.SLAEvent(mapping.Timer{SLAID: t.SLAID, Kind: t.Kind, RequestID: t.RequestID, SLAType: t.SLAType,
+				StartedAt: t.StartedAt, TargetAt: t.TargetAt, FireAt: t.FireAt})
+			seen, err := c.cfg.Store.EventExists(ctx, ev.ID)
+			if err != nil {
+				return err
+			}
+			if !seen {
+				if err := c.cfg.Dispatcher.DispatchDurable(ctx, fanout.Event{ID: ev.ID, Type: ev.Type, Timestamp: ev.Timestamp, Body: ev.Body}); err != nil {
+					return err
+				}
+				c.log.Debug("SLA event fired", "event", ev.Type, "event_id", ev.ID, "sla", t.SLAID, "late", time.Since(t.FireAt).Round(time.Millisecond).String())
+			}
+			if err := c.cfg.Store.TimerDone(ctx, t, "fired"); err != nil {
+				return err
+			}
+		}
+		if len(due) < claimLimit {
+			return nil
+		}
+	}
+}
+
+// configured reports whether a timer's kind is one the configuration
+// arms.
+func (c *Clock) configured(kind string) bool {
+	if kind == "breach" {
+		return true
+	}
+	for _, p := range c.cfg.WarningPercent {
+		if mapping.WarningKind(p) == kind {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,182 @@
+package slaclock
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
+)
+
+// fakeStore is the journal side of the clock: the due timers it hands
+// out once, and what the clock recorded.
+type fakeStore struct {
+	due          []journal.TimerRow
+	known        map[string]bool // journaled event ids
+	bootstrapped bool
+	armed        []journal.TimerChange
+	armDone      bool
+	cancelled    []string // "sla kind"
+	fired        []string
+}
+
+func (s *fakeStore) SLABootstrapped(context.Context, string) (bool, error) {
+	return s.bootstrapped, nil
+}
+
+func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool) error {
+	s.armed = append(s.armed, changes...)
+	s.armDone = done
+	return nil
+}
+
+func (s *fakeStore) ClaimTimers(context.Context, int, time.Duration) ([]journal.TimerRow, error) {
+	due := s.due
+	s.due = nil
+	return due, nil
+}
+
+func (s *fakeStore) TimerCancelled(_ context.Context, t journal.TimerRow) error {
+	s.cancelled = append(s.cancelled, t.SLAID+" "+t.Kind)
+	return nil
+}
+
+func (s *fakeStore) TimerDone(_ context.Context, t journal.TimerRow, outcome string) error {
+	s.fired = append(s.fired, t.SLAID+" "+t.Kind+" "+outcome)
+	return nil
+}
+
+func (s *fakeStore) EventExists(_ context.Context, id string) (bool, error) { return s.known[id], nil }
+
+// fakeSource is the SLA table.
+type fakeSource struct{ rows []mapping.SLARow }
+
+func (f fakeSource) OpenSLAs(_ context.Context, after string, limit int) ([]mapping.SLARow, error) {
+	var out []mapping.SLARow
+	for _, r := range f.rows {
+		if r.ID > after && !r.Completed && len(out) < limit {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func (f fakeSource) Current(_ context.Context, ids []string) (map[string]mapping.SLARow, error) {
+	out := map[string]mapping.SLARow{}
+	for _, r := range f.rows {
+		if slices.Contains(ids, r.ID) {
+			out[r.ID] = r
+		}
+	}
+	return out, nil
+}
+
+type fakeDispatcher struct{ events []fanout.Event }
+
+func (d *fakeDispatcher) DispatchDurable(_ context.Context, ev fanout.Event) error {
+	d.events = append(d.events, ev)
+	return nil
+}
+
+func newClock(t *testing.T, store *fakeStore, src fakeSource, d *fakeDispatcher, mapper *mapping.Mapper) *Clock {
+	t.Helper()
+	c, err := New(Config{
+		Store: store, Source: src, Events: mapper, Dispatcher: d, Slot: "dzhook",
+		WarningPercent: []float64{75}, SLATypes: map[string]string{"res": "resolution"},
+		CheckInterval: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestFireDue: a due timer fires only when its SLA is still open at the
+// same target and its kind is still configured; otherwise it is
+// cancelled. One whose event the journal already has (fired before a
+// crash) is marked fired without a second dispatch.
+func TestFireDue(t *testing.T) {
+	start := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	target := start.Add(4 * time.Hour)
+	open := func(id string) mapping.SLARow {
+		return mapping.SLARow{ID: id, RequestID: id, SLAType: "resolution", StartedAt: start, TargetAt: target}
+	}
+	completed := open("completed")
+	completed.Completed = true
+	moved := open("moved")
+	moved.TargetAt = target.Add(time.Hour)
+	src := fakeSource{rows: []mapping.SLARow{open("warn"), open("breach"), open("again"), open("removed"), completed, moved}}
+	timer := func(id, kind string) journal.TimerRow {
+		return journal.TimerRow{SLAID: id, Kind: kind, RequestID: id, SLAType: "resolution", StartedAt: start, TargetAt: target, FireAt: target}
+	}
+	mapper := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")})
+	firedBefore := mapper.SLAEvent(mapping.Timer{SLAID: "again", Kind: "breach", RequestID: "again", SLAType: "resolution",
+		StartedAt: start, TargetAt: target, FireAt: target})
+	store := &fakeStore{
+		due: []journal.TimerRow{
+			timer("warn", "warning:75"), timer("breach", "breach"), timer("again", "breach"),
+			timer("removed", "warning:50"), timer("completed", "breach"), timer("moved", "breach"), timer("deleted", "breach"),
+		},
+		known: map[string]bool{firedBefore.ID: true},
+	}
+	d := &fakeDispatcher{}
+	if err := newClock(t, store, src, d, mapper).fireDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range d.events {
+		got = append(got, ev.Type)
+	}
+	if want := []string{"sla.warning", "sla.breach"}; !slices.Equal(got, want) {
+		t.Errorf("dispatched %v, want %v", got, want)
+	}
+	if want := []string{"warn warning:75 fired", "breach breach fired", "again breach fired"}; !slices.Equal(store.fired, want) {
+		t.Errorf("fired %v, want %v", store.fired, want)
+	}
+	if want := []string{"removed warning:50", "completed breach", "moved breach", "deleted breach"}; !slices.Equal(store.cancelled, want) {
+		t.Errorf("cancelled %v, want %v", store.cancelled, want)
+	}
+}
+
+// TestBootstrapArmsOpenSLAs: at the first start on a slot, every open SLA
+// gets its timers (SLA types translated), and the bootstrap is recorded
+// as done; on a slot already bootstrapped nothing is armed.
+func TestBootstrapArmsOpenSLAs(t *testing.T) {
+	now := time.Now()
+	src := fakeSource{rows: []mapping.SLARow{
+		{ID: "1", RequestID: "10", SLAType: "res", StartedAt: now, TargetAt: now.Add(time.Hour)},
+		{ID: "2", RequestID: "20", SLAType: "response", StartedAt: now, TargetAt: now.Add(time.Hour), Completed: true},
+	}}
+	mapper := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")})
+	store := &fakeStore{}
+	if err := newClock(t, store, src, &fakeDispatcher{}, mapper).bootstrap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(store.armed) != 1 || !store.armDone {
+		t.Fatalf("armed %+v (done %v), want the one open SLA and done", store.armed, store.armDone)
+	}
+	var kinds []string
+	for _, r := range store.armed[0].Arm {
+		kinds = append(kinds, r.Kind)
+		if r.SLAType != "resolution" {
+			t.Errorf("timer %s has SLA type %q, want the translated %q", r.Kind, r.SLAType, "resolution")
+		}
+	}
+	if want := []string{"warning:75", "breach"}; !slices.Equal(kinds, want) {
+		t.Errorf("armed kinds %v, want %v", kinds, want)
+	}
+
+	again := &fakeStore{bootstrapped: true}
+	if err := newClock(t, again, src, &fakeDispatcher{}, mapper).bootstrap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(again.armed) != 0 {
+		t.Errorf("a bootstrapped slot armed %+v again", again.armed)
+	}
+}
