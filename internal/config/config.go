@@ -223,7 +223,16 @@ type Subscription struct {
 	// StandardWebhooks adds the webhook-id, webhook-timestamp and
 	// webhook-signature headers. Defaults to false.
 	StandardWebhooks bool `koanf:"standard_webhooks"`
+	// Ordering is what order deliveries keep: "none" (in parallel, no
+	// order promised), "entity" (the deliveries of one request or user
+	// reach the receiver in stream order, each after the previous one
+	// finished; different entities in parallel) or "subscription" (one at
+	// a time, in stream order). Defaults to none.
+	Ordering string `koanf:"ordering"`
 }
+
+// Orderings are the values of subscriptions[].ordering.
+var Orderings = []string{"none", "entity", "subscription"}
 
 // Default returns the configuration every file is laid over.
 func Default() Config {
@@ -240,7 +249,7 @@ func Default() Config {
 }
 
 // subscriptionDefaults are laid under every subscriptions[] entry.
-func subscriptionDefaults() Subscription { return Subscription{Active: true} }
+func subscriptionDefaults() Subscription { return Subscription{Active: true, Ordering: "none"} }
 
 // JournalDSN returns the journal's DSN: journal.dsn, or source.dsn.
 func (c *Config) JournalDSN() Secret {

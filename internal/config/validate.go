@@ -204,6 +204,9 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 			ps.add(path+".filter", "%v", err)
 		}
 	}
+	if !slices.Contains(Orderings, s.Ordering) {
+		ps.add(path+".ordering", "%q is not an ordering: use one of %s", s.Ordering, strings.Join(Orderings, ", "))
+	}
 	for _, name := range sortedKeys(anyMap(s.Headers)) {
 		p := path + ".headers." + name
 		switch {

@@ -42,6 +42,7 @@ func Subscription(s config.Subscription) fanout.Subscription {
 	return fanout.Subscription{
 		ID: s.ID, URL: s.URL, Events: s.Events, Secret: []byte(s.Secret.Reveal()), StandardWebhooks: s.StandardWebhooks,
 		Active: s.Active, QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, Headers: headers,
+		Ordering: fanout.Ordering(s.Ordering), // validated with the configuration
 	}
 }
 

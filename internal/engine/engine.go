@@ -159,6 +159,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	e.clock, err = slaclock.New(slaclock.Config{
 		Store: e.journal, Source: slaSource, Events: mapper, Dispatcher: e.dispatcher, Slot: cfg.Source.Slot,
 		WarningPercent: cfg.SLA.WarningPercent, SLATypes: cfg.Mapping.SLAs.Values.SLAType, CheckInterval: cfg.SLA.CheckInterval, Logger: log,
+		Streaming: func() bool { st := e.stream.Stats(); return st.Connected && !st.Standby },
 	})
 	if err != nil {
 		return nil, err
@@ -171,7 +172,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	e.stream, err = cdc.New(cdc.Config{
 		DSN: cfg.Source.DSN.Reveal(), Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
 		Handler: e.pipeline, Logger: log, Pool: source, StatusInterval: opts.StatusInterval,
-		OnSession: e.pipeline.SessionStarted,
+		OnSession: e.sessionStarted,
 		// On shutdown the stream keeps the slot while attempts in flight
 		// finish (each within the delivery timeout) and the journal takes
 		// their outcomes, so PostgreSQL hears of every journaled commit.
@@ -230,6 +231,17 @@ func (e *Engine) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// sessionStarted runs in the stream's order before the first change of
+// each replication session: the pipeline re-reads its checkpoint, and
+// fanout what waits in the journal for the ordered keys (another process
+// may have streamed meanwhile).
+func (e *Engine) sessionStarted(ctx context.Context) {
+	e.pipeline.SessionStarted(ctx)
+	if err := e.dispatcher.SyncOrder(ctx); err != nil {
+		e.log.Warn("could not read the ordered keys' backlog; ordered deliveries go through the journal until it is read", "err", err)
+	}
 }
 
 func (e *Engine) close() {

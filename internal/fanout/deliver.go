@@ -25,15 +25,39 @@ func (d *Dispatcher) work(life context.Context, s *sub, busy *atomic.Int64) {
 			if s.backlog.Load() && int64(len(s.queue)) < s.size/2 {
 				d.nudge() // due work waits in the journal and there is room
 			}
-			busy.Store(time.Now().UnixNano())
-			d.attempt(life, s, t)
-			busy.Store(0)
+			// An ordered key's next delivery follows on this worker, right
+			// after the previous one finished.
+			for t != nil {
+				busy.Store(time.Now().UnixNano())
+				_, dec := d.attempt(life, s, t)
+				busy.Store(0)
+				t = d.afterOrdered(life, s, t, dec)
+			}
 		}
 	}
 }
 
-// attempt makes one attempt and puts its outcome to the journal writer.
-func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) attemptResult {
+// afterOrdered keeps an ordered subscription's key state after an attempt
+// of t, and returns the key's next delivery to attempt now, if any.
+func (d *Dispatcher) afterOrdered(life context.Context, s *sub, t *task, dec Decision) *task {
+	if s.ord == nil || !t.ordered {
+		return nil
+	}
+	next, release, nudge := s.ord.finished(t, dec.State == journal.Pending, s.isRetired())
+	if len(release) > 0 {
+		if err := d.records.Put(life, journal.Record{Release: release}); err != nil {
+			d.log.Warn("deliveries waiting behind a retry stay owned by this instance until it stops", "subscription", s.cfg.ID, "deliveries", len(release), "err", err)
+		}
+	}
+	if nudge {
+		d.nudge()
+	}
+	return next
+}
+
+// attempt makes one attempt, puts its outcome to the journal writer, and
+// returns what the receiver answered and what follows.
+func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) (attemptResult, Decision) {
 	n := t.attempts + 1
 	res := post(life, s.client, request{
 		url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
@@ -69,7 +93,7 @@ func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) attemptResul
 		d.log.Debug("attempt failed", "subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n,
 			"status_code", res.Status, "error_class", res.ErrorClass, "outcome", dec.Outcome.String())
 	}
-	return res
+	return res, dec
 }
 
 // health updates a subscription's health after an attempt and returns the

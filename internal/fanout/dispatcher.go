@@ -61,6 +61,7 @@ type Store interface {
 	SetPaused(ctx context.Context, subscription string, paused bool) error
 	SetState(ctx context.Context, subscription string, state journal.Health) error
 	ReleaseHeld(ctx context.Context, subscription string) (int, error)
+	OrderedBacklog(ctx context.Context, subscriptions []string, self string) (map[string]map[string]journal.KeyBacklog, error)
 	ClaimNotifications(ctx context.Context, limit int, lease time.Duration) ([]journal.Notification, error)
 	NotificationSent(ctx context.Context, id int64, sendErr error, next time.Time) error
 }
@@ -163,6 +164,10 @@ type Event struct {
 	Body []byte
 	// CommitLSN of the source transaction; 0 for events from time.
 	CommitLSN uint64
+	// Key is the entity the event is about (a request's or a user's id),
+	// whose deliveries an ordered subscription keeps in order; "" for
+	// none.
+	Key string
 }
 
 // Dispatcher delivers events to subscriptions. Its parts, in the order
@@ -205,6 +210,8 @@ type Dispatcher struct {
 	loaded   atomic.Bool     // LoadState done
 
 	lost lostClaims
+	// pos gives ordered deliveries their positions.
+	pos positions
 }
 
 // registry is one immutable set of subscriptions.
@@ -348,6 +355,9 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 			return err
 		}
 	}
+	if err := d.SyncOrder(ctx); err != nil {
+		d.log.Warn("could not read the ordered keys' backlog; ordered deliveries go through the journal until it is read", "err", err)
+	}
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	d.opMu.Lock()
@@ -434,6 +444,11 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 			o.mu.Lock()
 			f.state, f.paused, f.lastSuccessAt, f.lastFailureAt = o.state, o.paused, o.lastSuccessAt, o.lastFailureAt
 			o.mu.Unlock()
+			if f.cfg.Ordering == o.cfg.Ordering && o.ord != nil {
+				// The keys' state carries over: the old generation's
+				// attempts in flight and waiting deliveries still count.
+				f.ord = o.ord
+			}
 			next = append(next, f)
 		default:
 			next = append(next, f)
@@ -477,6 +492,45 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		}
 	}
 	d.nudge()
+	return nil
+}
+
+// SyncOrder reads what waits in the journal for the ordered
+// subscriptions' keys (left by another process, or by this one before a
+// restart), so that no new delivery of such a key leaves from memory
+// before them. The stream calls it when a replication session starts,
+// before the first change: only the process that streams makes new
+// deliveries.
+func (d *Dispatcher) SyncOrder(ctx context.Context) error { return d.syncOrder(ctx, false) }
+
+// syncOrder is SyncOrder, for the subscriptions not synced yet only when
+// onlyUnsynced (the scheduler's retry, and a subscription a reload added).
+func (d *Dispatcher) syncOrder(ctx context.Context, onlyUnsynced bool) error {
+	var ordered []*sub
+	var names []string
+	for _, s := range d.reg.Load().subs {
+		if s.ord != nil && (!onlyUnsynced || !s.ord.isSynced()) {
+			ordered = append(ordered, s)
+			names = append(names, s.cfg.ID)
+		}
+	}
+	if len(ordered) == 0 {
+		return nil
+	}
+	if !onlyUnsynced {
+		// Until the journal is read, new ordered deliveries go through it:
+		// another process may have streamed since this one last did.
+		for _, s := range ordered {
+			s.ord.unsync()
+		}
+	}
+	backlog, err := d.cfg.Journal.OrderedBacklog(ctx, names, d.cfg.Instance)
+	if err != nil {
+		return err
+	}
+	for _, s := range ordered {
+		s.ord.sync(backlog[s.cfg.ID])
+	}
 	return nil
 }
 

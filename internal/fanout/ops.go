@@ -80,7 +80,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
-	res := d.attempt(life, s, t)
+	res, _ := d.attempt(life, s, t)
 	if err := d.records.Wait(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
@@ -127,7 +127,7 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 	t := &task{deliveryID: id, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerTest, test: true, durable: make(chan error, 1)}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
-	res := d.attempt(life, s, t)
+	res, _ := d.attempt(life, s, t)
 	if err := d.records.Wait(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
@@ -225,6 +225,10 @@ type SubscriptionStatus struct {
 	LastError          string
 	QueueDepth         int
 	Stats              Stats
+	// Ordering is the subscription's; Order what this process holds of
+	// its keys (zero without ordering).
+	Ordering Ordering
+	Order    OrderStatus
 }
 
 // Subscriptions returns every subscription's status.
@@ -249,6 +253,13 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 		}
 		s.mu.Unlock()
 		st.Stats = s.stats.snapshot(now)
+		st.Ordering = s.cfg.Ordering
+		if st.Ordering == "" {
+			st.Ordering = OrderNone
+		}
+		if s.ord != nil {
+			st.Order = s.ord.status()
+		}
 		out = append(out, st)
 	}
 	return out

@@ -38,6 +38,14 @@ type route struct {
 	task *task // the first attempt, to hand to its workers
 }
 
+// admitted is an ordered delivery's place, undone if the journal refuses
+// the record.
+type admitted struct {
+	s     *sub
+	t     *task
+	where admission
+}
+
 // dispatch is Dispatch; noHold writes the deliveries without waiting for
 // their first attempts' outcomes.
 func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error {
@@ -50,8 +58,11 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 	var env *filter.Envelope
 	var rows []journal.DeliveryRow
 	var routes []route
+	var unhold []string
+	var orderedRoutes []admitted
 	spilled := false
 	now := d.now().UTC()
+	var pos int64 // the ordered deliveries' position, taken when first needed
 	for _, s := range d.reg.Load().subs {
 		if !s.matches(ev.Type) {
 			continue
@@ -75,11 +86,43 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 		row := journal.DeliveryRow{
 			ID: ids.DeliveryID(ev.ID, s.cfg.ID), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
 		}
+		key, ordered := s.cfg.Ordering.key(ev.Key)
+		if ordered && pos == 0 {
+			pos = d.pos.next(now)
+		}
 		switch {
 		case !s.accepting():
 			row.State = journal.Skipped
 			if s.cfg.QueueWhileInactive {
 				row.State = journal.Held
+				if ordered {
+					var un []string
+					row.Ordered, row.OrderingKey = true, key
+					row.Position, un = s.ord.held(key, pos)
+					unhold = append(unhold, un...)
+				}
+			}
+		case ordered:
+			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key}
+			room := d.reserve(ctx, s)
+			where, position, un := s.ord.admit(t, pos, room)
+			row.Ordered, row.OrderingKey, row.Position = true, key, position
+			unhold = append(unhold, un...)
+			orderedRoutes = append(orderedRoutes, admitted{s: s, t: t, where: where})
+			if room && where != toWorkers {
+				s.release(1)
+			}
+			switch where {
+			case toWorkers:
+				row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
+				routes = append(routes, route{s: s, task: t})
+			case toWaiting:
+				// In memory behind the key's active delivery; the journal
+				// has it as in flight here (held by the writer meanwhile).
+				row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
+			default:
+				row.State, row.NextAttemptAt = journal.Pending, now
+				spilled = true
 			}
 		case d.reserve(ctx, s):
 			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
@@ -103,10 +146,17 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 		Deliveries: rows,
 		Spilled:    spilled,
 		NoHold:     noHold,
+		// Before this record's unowned deliveries can be claimed, the
+		// earlier ones of their keys that are in memory are in the journal
+		// too: the same batch writes both.
+		Unhold: unhold,
 	}
 	if err := d.records.Put(ctx, rec); err != nil {
 		for _, r := range routes {
 			r.s.release(1)
+		}
+		for _, a := range orderedRoutes {
+			a.s.ord.undo(a.t, a.where)
 		}
 		return err
 	}
@@ -116,7 +166,11 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 	// journal, unowned, for whoever runs it now.
 	var giveBack []string
 	for _, r := range routes {
-		if !r.s.enqueue(r.task) {
+		switch {
+		case r.s.enqueue(r.task):
+		case r.task.ordered:
+			giveBack = append(giveBack, r.s.ord.drained([]*task{r.task})...)
+		default:
 			giveBack = append(giveBack, r.task.deliveryID)
 		}
 	}

@@ -32,6 +32,9 @@ func (d *Dispatcher) scheduleLoop(ctx context.Context) {
 		case <-d.wake:
 		}
 		d.releaseLost(ctx)
+		if err := d.syncOrder(ctx, true); err != nil && ctx.Err() == nil {
+			d.log.Warn("reading the ordered keys' backlog failed; retrying", "err", err)
+		}
 		for _, s := range d.reg.Load().subs {
 			if ctx.Err() != nil {
 				return
@@ -70,8 +73,18 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 			trigger = journal.TriggerManual
 		}
 		t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: trigger, test: c.Test}
-		if !s.enqueue(t) {
+		// A manual retry (retry-failed) steps outside the order: its key's
+		// state does not count it.
+		if c.Ordered && !c.Manual && s.ord != nil {
+			t.ordered, t.key, t.claimed = true, c.OrderingKey, true
+			s.ord.claimed(t)
+		}
+		switch {
+		case s.enqueue(t):
+		case t.ordered:
 			// Retired by a reload or a shutdown since the claim began.
+			giveBack = append(giveBack, s.ord.drained([]*task{t})...)
+		default:
 			giveBack = append(giveBack, c.ID)
 		}
 	}

@@ -38,6 +38,8 @@ type Subscription struct {
 	Filter string
 	// Headers are added to every POST.
 	Headers map[string]string
+	// Ordering is what order its deliveries keep (zero: none).
+	Ordering Ordering
 }
 
 // Equal reports whether two configurations are the same (a reload keeps
@@ -45,7 +47,7 @@ type Subscription struct {
 func (s Subscription) Equal(o Subscription) bool {
 	return s.ID == o.ID && s.URL == o.URL && slices.Equal(s.Events, o.Events) && bytes.Equal(s.Secret, o.Secret) &&
 		s.StandardWebhooks == o.StandardWebhooks && s.Active == o.Active && s.QueueWhileInactive == o.QueueWhileInactive &&
-		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers)
+		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering
 }
 
 // sub is a subscription at run time: its queue, workers' client, health.
@@ -73,6 +75,10 @@ type sub struct {
 	// as an old attempt long before the first timeout comes back.
 	busy []atomic.Int64
 
+	// ord is the per-key state of an ordered subscription (nil: none),
+	// shared by the generations of a subscription a reload replaces.
+	ord *orderState
+
 	stop  chan struct{} // closed by retire: the workers stop
 	wg    sync.WaitGroup
 	stats stats
@@ -97,6 +103,12 @@ type task struct {
 	// keepNext, for a manual retry of a delivery still on its schedule:
 	// when its next scheduled attempt is due (see Attempted.KeepNext).
 	keepNext time.Time
+	// ordered: a delivery of an ordered subscription, with its key;
+	// claimed: taken from the journal by the scheduler (not routed from
+	// memory).
+	ordered bool
+	key     string
+	claimed bool
 	// durable, when set, is told once the outcome is journaled: an
 	// operator's request returns only then, so its next one sees it.
 	durable chan error
@@ -165,18 +177,35 @@ func (s *sub) reserve(n int64) int64 {
 }
 
 // drainQueue empties the queue of a stopped subscription and returns the
-// deliveries that waited there.
+// deliveries to give back to the journal: those that waited there (and,
+// for an ordered subscription, the waiting deliveries of their keys).
 func (s *sub) drainQueue() []string {
-	var ids []string
+	var tasks []*task
 	for {
 		select {
 		case t := <-s.queue:
 			s.release(1)
-			ids = append(ids, t.deliveryID)
+			tasks = append(tasks, t)
+			continue
 		default:
-			return ids
 		}
+		break
 	}
+	if s.ord != nil {
+		return s.ord.drained(tasks)
+	}
+	ids := make([]string, len(tasks))
+	for i, t := range tasks {
+		ids[i] = t.deliveryID
+	}
+	return ids
+}
+
+// isRetired reports whether the subscription was stopped.
+func (s *sub) isRetired() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.retired
 }
 
 // release gives back places reserved and not used.
@@ -245,5 +274,8 @@ func compile(cfg Subscription, opts *Config) (*sub, error) {
 		s.headers.Set(k, v)
 	}
 	s.client = newClient(opts.Timeout, opts.Concurrency, opts.DialContext, opts.RootCAs)
+	if _, ordered := cfg.Ordering.key("k"); ordered {
+		s.ord = newOrderState(opts.QueueSize)
+	}
 	return s, nil
 }

@@ -23,20 +23,24 @@ var (
 
 // Delivery is a delivery as the history shows it.
 type Delivery struct {
-	ID             string
-	EventID        string
-	Event          string
-	Subscription   string
-	State          State
-	Attempts       int
-	NextAttemptAt  *time.Time
-	InFlight       bool
-	Test           bool
-	LastStatus     *int
-	LastError      *string
-	LastAttemptAt  *time.Time
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
+	ID            string
+	EventID       string
+	Event         string
+	Subscription  string
+	State         State
+	Attempts      int
+	NextAttemptAt *time.Time
+	InFlight      bool
+	Test          bool
+	LastStatus    *int
+	LastError     *string
+	LastAttemptAt *time.Time
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	// OrderingKey is the key of an ordered delivery (nil: unordered).
+	OrderingKey *string
+	// Position orders the deliveries of one key.
+	Position       *int64
 	owner          *string
 	nextAttemptRaw *time.Time
 }
@@ -66,13 +70,13 @@ type DeliveryFilter struct {
 }
 
 const deliveryColumns = `d.id, d.event_id, d.event_type, d.subscription_id, d.state, d.attempts, d.next_attempt_at, d.owner, d.test,
-	d.last_status, d.last_error, d.last_attempt_at, d.created_at, d.updated_at`
+	d.last_status, d.last_error, d.last_attempt_at, d.created_at, d.updated_at, d.ordering_key, d.position`
 
 func scanDelivery(r pgx.Row) (Delivery, error) {
 	var d Delivery
 	var status *int32
 	err := r.Scan(&d.ID, &d.EventID, &d.Event, &d.Subscription, &d.State, &d.Attempts, &d.nextAttemptRaw, &d.owner, &d.Test,
-		&status, &d.LastError, &d.LastAttemptAt, &d.CreatedAt, &d.UpdatedAt)
+		&status, &d.LastError, &d.LastAttemptAt, &d.CreatedAt, &d.UpdatedAt, &d.OrderingKey, &d.Position)
 	if status != nil {
 		v := int(*status)
 		d.LastStatus = &v
@@ -181,6 +185,24 @@ func (s *Store) GetDelivery(ctx context.Context, id string) (Delivery, []byte, [
 	return d, body, attempts, nil
 }
 
+// WaitedBehind lists, for an ordered delivery, the later deliveries of
+// its key that were created while it was unfinished: those it held back
+// while it waited for its retries (up to limit, in order). An unordered
+// delivery held back nothing.
+func (s *Store) WaitedBehind(ctx context.Context, id string, limit int) ([]string, error) {
+	rows, err := s.pool.Query(ctx, s.q(`
+		SELECT x.id FROM {{schema}}.deliveries d JOIN {{schema}}.deliveries x
+		    ON x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
+		 WHERE d.id = $1 AND d.ordering_key IS NOT NULL
+		   AND (x.position, x.id) > (d.position, d.id) AND x.created_at >= d.created_at
+		   AND x.created_at <= CASE WHEN d.state IN ('pending', 'held') THEN now() ELSE d.last_attempt_at END
+		 ORDER BY x.position, x.id LIMIT $2`), id, limit)
+	if err != nil {
+		return nil, fmt.Errorf("deliveries that waited: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
 // ClaimForRetry takes one delivery for an immediate manual attempt, unless
 // a live instance is attempting it (ErrBusy). A pending delivery keeps its
 // schedule; a finished one gets one more attempt. token marks the claim
@@ -257,6 +279,12 @@ type Backlog struct {
 	Pending, Failed, Held int
 	// OldestPending is when the oldest pending delivery became due.
 	OldestPending time.Time
+	// BlockedKeys counts the ordering keys whose head waits for a retry
+	// (a pending ordered delivery already attempted), holding back the
+	// later deliveries of its key; OldestBlocked is when the oldest of
+	// those heads was created.
+	BlockedKeys   int
+	OldestBlocked time.Time
 }
 
 // Backlogs counts, per subscription, the pending, failed and held
@@ -290,6 +318,27 @@ func (s *Store) Backlogs(ctx context.Context) (map[string]Backlog, error) {
 		case Held:
 			b.Held = n
 		}
+		out[sub] = b
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows, err = s.pool.Query(ctx, s.q(`
+		SELECT subscription_id, count(DISTINCT ordering_key), min(created_at) FROM {{schema}}.deliveries
+		 WHERE ordering_key IS NOT NULL AND state = 'pending' AND attempts > 0 GROUP BY 1`))
+	if err != nil {
+		return nil, fmt.Errorf("count blocked keys: %w", err)
+	}
+	for rows.Next() {
+		var sub string
+		var n int
+		var oldest time.Time
+		if err := rows.Scan(&sub, &n, &oldest); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		b := out[sub]
+		b.BlockedKeys, b.OldestBlocked = n, oldest
 		out[sub] = b
 	}
 	return out, rows.Err()

@@ -219,6 +219,9 @@ type Claimed struct {
 	// Manual is set when the attempt is a manual retry: one attempt, no
 	// new schedule.
 	Manual bool
+	// Ordered deliveries carry their key (see DeliveryRow.Ordered).
+	Ordered     bool
+	OrderingKey string
 }
 
 // Claim takes up to limit due deliveries of a subscription, oldest first,
@@ -228,6 +231,12 @@ type Claimed struct {
 // taken are marked with token, new for every claim: when the call fails,
 // its UPDATE may still have committed, and ReleaseLost gives back what it
 // took.
+//
+// An ordered delivery is taken only when it is the head of its key: no
+// earlier delivery of the same subscription and key (by position, then
+// id) is pending or held. An earlier one being attempted (pending, owned
+// by a live instance) or waiting for its retry holds back the later ones
+// of its key, and only those; a failed one lets its key move on.
 func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]Claimed, error) {
 	rows, err := s.pool.Query(ctx, s.q(`
 		WITH live AS (
@@ -236,6 +245,10 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 			SELECT d.id FROM {{schema}}.deliveries d
 			 WHERE d.subscription_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= now()
 			   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))
+			   AND (d.ordering_key IS NULL OR NOT EXISTS (
+			        SELECT 1 FROM {{schema}}.deliveries x
+			         WHERE x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
+			           AND x.state IN ('pending', 'held') AND (x.position, x.id) < (d.position, d.id)))
 			 ORDER BY d.next_attempt_at
 			 LIMIT $2
 			   FOR UPDATE SKIP LOCKED
@@ -243,16 +256,57 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 		UPDATE {{schema}}.deliveries d SET owner = $3, claim = $5, updated_at = now()
 		  FROM due, {{schema}}.events e
 		 WHERE d.id = due.id AND e.id = d.event_id
-		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test, d.manual`),
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test, d.manual, d.ordering_key`),
 		subscription, limit, owner, staleAfter.Seconds(), token)
 	if err != nil {
 		return nil, fmt.Errorf("claim due deliveries: %w", err)
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Claimed, error) {
 		var c Claimed
-		err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test, &c.Manual)
+		var key *string
+		err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test, &c.Manual, &key)
+		if key != nil {
+			c.Ordered, c.OrderingKey = true, *key
+		}
 		return c, err
 	})
+}
+
+// KeyBacklog is what waits in the journal for one ordering key.
+type KeyBacklog struct {
+	// Count is the key's pending and held deliveries.
+	Count int
+	// MaxPosition is the latest position among them.
+	MaxPosition int64
+}
+
+// OrderedBacklog returns, per subscription and ordering key, the pending
+// and held deliveries not owned by self: what a process that starts
+// streaming must let go first before it sends a key's new deliveries
+// straight from memory.
+func (s *Store) OrderedBacklog(ctx context.Context, subscriptions []string, self string) (map[string]map[string]KeyBacklog, error) {
+	rows, err := s.pool.Query(ctx, s.q(`
+		SELECT subscription_id, ordering_key, count(*), max(position) FROM {{schema}}.deliveries
+		 WHERE subscription_id = ANY($1) AND ordering_key IS NOT NULL AND state IN ('pending', 'held')
+		   AND owner IS DISTINCT FROM $2
+		 GROUP BY 1, 2`), subscriptions, self)
+	if err != nil {
+		return nil, fmt.Errorf("read ordered backlog: %w", err)
+	}
+	out := map[string]map[string]KeyBacklog{}
+	for rows.Next() {
+		var sub, key string
+		var b KeyBacklog
+		if err := rows.Scan(&sub, &key, &b.Count, &b.MaxPosition); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read ordered backlog: %w", err)
+		}
+		if out[sub] == nil {
+			out[sub] = map[string]KeyBacklog{}
+		}
+		out[sub][key] = b
+	}
+	return out, rows.Err()
 }
 
 // LostClaim names claims whose answers never arrived: Claim's of one

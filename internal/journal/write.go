@@ -33,6 +33,11 @@ type DeliveryRow struct {
 	LastError                              string
 	LastAttemptAt                          time.Time
 	CreatedAt                              time.Time
+	// Ordered deliveries (a subscription with ordering) carry their key
+	// and their position in the key's order; see Store.Claim.
+	Ordered     bool
+	OrderingKey string
+	Position    int64
 }
 
 // DeliveryUpdate changes a recorded delivery after an attempt.
@@ -191,16 +196,21 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		owners, lastErr := make([]*string, n), make([]*string, n)
 		tests := make([]bool, n)
 		lastStatus := make([]*int32, n)
+		keys, positions := make([]*string, n), make([]*int64, n)
 		for i, d := range b.Deliveries {
 			ids[i], events[i], subs[i], types[i], states[i] = d.ID, d.EventID, d.SubscriptionID, d.EventType, string(d.State)
 			attempts[i], tests[i], created[i] = int32(d.Attempts), d.Test, d.CreatedAt
 			next[i], lastAt[i] = nullTime(d.NextAttemptAt), nullTime(d.LastAttemptAt)
 			owners[i], lastErr[i], lastStatus[i] = nullText(d.Owner), nullText(d.LastError), nullInt(d.LastStatus)
+			if d.Ordered {
+				keys[i], positions[i] = &d.OrderingKey, &d.Position
+			}
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.deliveries (id, event_id, subscription_id, event_type, state, attempts,
-				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, updated_at)
+				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, ordering_key, position, updated_at)
 			SELECT u.*, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[]) AS u`)+onConflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created)
+				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
+				$14::text[], $15::bigint[]) AS u`)+onConflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created, keys, positions)
 	}
 	if n := len(b.Attempts); n > 0 {
 		ids, triggers, classes, errs := make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)

@@ -32,10 +32,17 @@ type Record struct {
 	Reject  *Rejection
 	Notify  *NotificationRow
 	Timer   *TimerChange
-	// Release gives back deliveries that waited in the queue of a
-	// subscription a reload stopped: they go back to the journal,
-	// unowned, for whoever runs the subscription now.
+	// Release gives back deliveries this instance owns and will not
+	// attempt (they waited in the queue of a subscription a reload
+	// stopped, or behind an ordered delivery that now waits for its
+	// retry): they go back to the journal, unowned, for whoever claims
+	// them.
 	Release []string
+	// Unhold writes these deliveries now if they are held, still owned:
+	// an ordered key whose later deliveries go to the journal makes its
+	// earlier ones, in memory, visible there first, so that no claim can
+	// take a later one while an earlier one is being attempted.
+	Unhold []string
 	// Commit marks a transaction boundary: its commit LSN.
 	Commit pglogrepl.LSN
 	// Done is told when the record is durable (nil), or that it will
@@ -405,20 +412,11 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 			b.Timers = append(b.Timers, *r.Timer)
 		}
 	}
+	// Write what is held of them now: a release that follows in the same
+	// batch covers it; an unheld delivery is visible with this batch.
+	w.unhold(bb, r.Release)
+	w.unhold(bb, r.Unhold)
 	if len(r.Release) > 0 {
-		// Write what is held of them now, so the release that follows in
-		// the same batch covers it.
-		ids := make(map[string]bool, len(r.Release))
-		for _, id := range r.Release {
-			ids[id] = true
-		}
-		for _, h := range w.heldFIFO {
-			if !h.gone && ids[h.row.ID] {
-				h.gone = true
-				delete(w.held, h.row.ID)
-				bb.addDelivery(h.row)
-			}
-		}
 		b.Release = append(b.Release, Release{IDs: r.Release})
 	}
 	if r.Commit != 0 {
@@ -426,6 +424,17 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 	}
 	if r.Done != nil {
 		bb.dones = append(bb.dones, r.Done)
+	}
+}
+
+// unhold adds the held deliveries among ids to the batch.
+func (w *Writer) unhold(bb *batchBuilder, ids []string) {
+	for _, id := range ids {
+		if h, ok := w.held[id]; ok && !h.gone {
+			h.gone = true
+			delete(w.held, id)
+			bb.addDelivery(h.row)
+		}
 	}
 }
 

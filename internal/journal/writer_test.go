@@ -462,3 +462,29 @@ func TestWriterInvariantUnderRandomWork(t *testing.T) {
 		})
 	}
 }
+
+func TestWriterUnholdWritesNowAndKeepsTheOwner(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("a"), inFlight("b")}})
+	h.put(Record{Commit: 10})
+	h.put(Record{Unhold: []string{"a", "unknown"}})
+	h.noAckPast(10) // b is still held
+	d, ok := store.delivery("a")
+	if !ok || d.State != Pending || d.Owner != "i1" {
+		t.Fatalf("after Unhold, a is journaled as %+v (found %v), want pending and still owned", d, ok)
+	}
+	store.mu.Lock()
+	released := store.released["a"]
+	store.mu.Unlock()
+	if released {
+		t.Error("Unhold released the delivery")
+	}
+	// Its outcome is an update now.
+	h.put(Record{Update: outcome("a", Delivered)})
+	h.put(Record{Update: outcome("b", Delivered)})
+	h.waitAck(10, 5*time.Second)
+	if d, _ := store.delivery("a"); d.State != Delivered {
+		t.Errorf("a is %s after its outcome, want delivered", d.State)
+	}
+}

@@ -82,6 +82,13 @@ type Config struct {
 	// CheckInterval is how often due timers are looked for
 	// (sla.check_interval). Required, positive.
 	CheckInterval time.Duration
+	// Streaming reports whether this process streams now (holds the
+	// replication slot); nil: always. Due timers are fired only then: the
+	// process that streams is the only one that makes new deliveries, so
+	// an SLA event takes its place among its request's deliveries for an
+	// ordered subscription. When it stops, the process that takes the
+	// slot fires them (a standby takes over within the heartbeat).
+	Streaming func() bool
 	// Logger; defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -120,8 +127,10 @@ func (c *Clock) Run(ctx context.Context) error {
 	t := time.NewTicker(c.cfg.CheckInterval)
 	defer t.Stop()
 	for {
-		if err := c.fireDue(ctx); err != nil && ctx.Err() == nil {
-			c.log.Warn("SLA clock: firing due timers failed; retrying", "err", err)
+		if c.cfg.Streaming == nil || c.cfg.Streaming() {
+			if err := c.fireDue(ctx); err != nil && ctx.Err() == nil {
+				c.log.Warn("SLA clock: firing due timers failed; retrying", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -211,7 +220,7 @@ func (c *Clock) fireDue(ctx context.Context) error {
 				return err
 			}
 			if !seen {
-				if err := c.cfg.Dispatcher.DispatchDurable(ctx, fanout.Event{ID: ev.ID, Type: ev.Type, Timestamp: ev.Timestamp, Body: ev.Body}); err != nil {
+				if err := c.cfg.Dispatcher.DispatchDurable(ctx, fanout.Event{ID: ev.ID, Type: ev.Type, Timestamp: ev.Timestamp, Body: ev.Body, Key: ev.Key}); err != nil {
 					return err
 				}
 				c.log.Debug("SLA event fired", "event", ev.Type, "event_id", ev.ID, "sla", t.SLAID, "late", time.Since(t.FireAt).Round(time.Millisecond).String())

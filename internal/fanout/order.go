@@ -1,0 +1,352 @@
+package fanout
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+// Ordering is what order a subscription's deliveries keep.
+type Ordering string
+
+// Orderings.
+const (
+	// OrderNone: deliveries go out in parallel; no order is promised.
+	OrderNone Ordering = "none"
+	// OrderEntity: the deliveries of one key (a request, a user; see
+	// Event.Key) reach the receiver in stream order, each after the
+	// previous one finished; different keys go out in parallel.
+	OrderEntity Ordering = "entity"
+	// OrderSubscription: one delivery at a time, in stream order.
+	OrderSubscription Ordering = "subscription"
+)
+
+// ParseOrdering reads a configured ordering ("" is none).
+func ParseOrdering(s string) (Ordering, error) {
+	switch o := Ordering(s); o {
+	case "", OrderNone:
+		return OrderNone, nil
+	case OrderEntity, OrderSubscription:
+		return o, nil
+	}
+	return OrderNone, fmt.Errorf("ordering %q is not one of none, entity, subscription", s)
+}
+
+// key returns the ordering key of an event whose own key is eventKey,
+// and whether its delivery is ordered at all: under entity an event
+// without a key is not.
+func (o Ordering) key(eventKey string) (string, bool) {
+	switch o {
+	case OrderEntity:
+		return eventKey, eventKey != ""
+	case OrderSubscription:
+		return "", true
+	}
+	return "", false
+}
+
+// How ordered delivery works (DESIGN: "ordering")
+//
+// The journal is the authority: Store.Claim takes an ordered delivery
+// only when no earlier delivery of its key is pending or held. Memory is
+// a fast path for the process that streams (the only one that makes new
+// deliveries): a key whose deliveries are all in this process's memory
+// needs no journal round trip. Per key, orderState knows
+//
+//   - active: the delivery handed to the workers (queued or in flight);
+//   - waiting: later deliveries, in order, that go out one after the
+//     other from memory, each right after the previous one finished;
+//   - journaled: how many of the key's deliveries wait in the journal
+//     (a retry, a spill, held while paused, or left by an earlier
+//     process) that this process has not seen finish.
+//
+// A new delivery of an idle key goes to the workers at once; of a key
+// with an active delivery, to its waiting list; of a key with journaled
+// deliveries, to the journal, unowned, where the claim orders it. When a
+// delivery of a key goes to the journal while earlier ones are in memory,
+// those are made visible in the journal first (journal.Record.Unhold):
+// pending and owned by a live instance, they hold the later one back.
+// When an attempt leads to a retry, the waiting deliveries of its key go
+// to the journal behind it (journal.Record.Release), and the key waits
+// there; other keys flow. The count errs only upwards (deliveries of the
+// key finished by another process): a key then keeps using the journal,
+// which is slower but never out of order.
+type orderState struct {
+	mu      sync.Mutex
+	keys    map[string]*keyState
+	waiting int // tasks waiting in memory, all keys
+	limit   int // bound of waiting: beyond it, new deliveries go to the journal
+	// synced: the journal's backlog was read (sync). Until then every
+	// delivery goes to the journal, where the claim orders it.
+	synced bool
+}
+
+type keyState struct {
+	active    *task
+	waiting   []*task
+	journaled int
+	lastPos   int64
+}
+
+func newOrderState(limit int) *orderState {
+	return &orderState{keys: map[string]*keyState{}, limit: limit}
+}
+
+func (ks *keyState) idle() bool { return ks.active == nil && len(ks.waiting) == 0 && ks.journaled == 0 }
+
+// inMemory lists the deliveries of the key in this process's memory.
+func (ks *keyState) inMemory() []string {
+	var ids []string
+	if ks.active != nil {
+		ids = append(ids, ks.active.deliveryID)
+	}
+	for _, t := range ks.waiting {
+		ids = append(ids, t.deliveryID)
+	}
+	return ids
+}
+
+func (o *orderState) get(key string) *keyState {
+	ks := o.keys[key]
+	if ks == nil {
+		ks = &keyState{}
+		o.keys[key] = ks
+	}
+	return ks
+}
+
+func (o *orderState) forget(key string, ks *keyState) {
+	if ks.idle() {
+		delete(o.keys, key)
+	}
+}
+
+// route is where admit sends a delivery.
+type admission uint8
+
+const (
+	toWorkers admission = iota // the key was idle: the first attempt now
+	toWaiting                  // behind the key's active delivery, in memory
+	toJournal                  // unowned in the journal, claimed in order
+)
+
+// admit decides where a new delivery t of its key goes, and gives it its
+// position: pos, or later than every earlier delivery of the key. room
+// says whether a place in the workers' queue is reserved for it. unhold
+// lists the key's deliveries in memory that the journal must show first.
+func (o *orderState) admit(t *task, pos int64, room bool) (where admission, position int64, unhold []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ks := o.get(t.key)
+	position = max(pos, ks.lastPos+1)
+	ks.lastPos = position
+	switch {
+	case !o.synced:
+	case ks.idle() && room:
+		ks.active = t
+		return toWorkers, position, nil
+	case ks.journaled == 0 && ks.active != nil && o.waiting < o.limit:
+		ks.waiting = append(ks.waiting, t)
+		o.waiting++
+		return toWaiting, position, nil
+	}
+	ks.journaled++
+	return toJournal, position, ks.inMemory()
+}
+
+// undo forgets a delivery admitted but never journaled (the journal
+// writer refused it: the process is stopping).
+func (o *orderState) undo(t *task, where admission) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ks := o.keys[t.key]
+	if ks == nil {
+		return
+	}
+	switch where {
+	case toWorkers:
+		if ks.active == t {
+			ks.active = nil
+		}
+	case toWaiting:
+		for i, w := range ks.waiting {
+			if w == t {
+				ks.waiting = append(ks.waiting[:i], ks.waiting[i+1:]...)
+				o.waiting--
+				break
+			}
+		}
+	default:
+		ks.journaled = max(0, ks.journaled-1)
+	}
+	o.forget(t.key, ks)
+}
+
+// held records a delivery of the key recorded as held (its subscription
+// is paused): it waits in the journal, so the key does too.
+func (o *orderState) held(key string, pos int64) (position int64, unhold []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ks := o.get(key)
+	position = max(pos, ks.lastPos+1)
+	ks.lastPos = position
+	ks.journaled++
+	return position, ks.inMemory()
+}
+
+// claimed records a delivery of the journal taken by the scheduler.
+func (o *orderState) claimed(t *task) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	// The claimed delivery itself is in the journal, unfinished: the key
+	// is not idle until it finishes, whatever the count said.
+	ks := o.get(t.key)
+	ks.journaled = max(ks.journaled, 1)
+}
+
+// finished records the end of an attempt of t; retrying says the
+// delivery now waits in the journal for its next attempt. It returns the
+// key's next delivery to attempt now (nil: none), the deliveries to give
+// back to the journal, and whether due work of the key may now be
+// claimable there.
+func (o *orderState) finished(t *task, retrying, retired bool) (next *task, release []string, nudge bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ks := o.keys[t.key]
+	if ks == nil {
+		return nil, nil, t.claimed
+	}
+	if ks.active == t {
+		ks.active = nil
+	}
+	switch {
+	case t.claimed && !retrying:
+		ks.journaled = max(0, ks.journaled-1)
+		nudge = true
+	case !t.claimed && retrying:
+		ks.journaled++
+	}
+	if retrying || retired {
+		// The later deliveries of the key wait in the journal behind it.
+		for _, w := range ks.waiting {
+			release = append(release, w.deliveryID)
+		}
+		ks.journaled += len(ks.waiting)
+		o.waiting -= len(ks.waiting)
+		ks.waiting = nil
+	} else if len(ks.waiting) > 0 {
+		next = ks.waiting[0]
+		ks.waiting = ks.waiting[1:]
+		o.waiting--
+		ks.active = next
+	}
+	if ks.active == nil && ks.journaled > 0 {
+		nudge = true
+	}
+	o.forget(t.key, ks)
+	return next, release, nudge
+}
+
+// drained records tasks taken out of a retired subscription's queue,
+// never attempted: they and the waiting deliveries of their keys go back
+// to the journal. It returns what to release.
+func (o *orderState) drained(tasks []*task) []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var release []string
+	for _, t := range tasks {
+		release = append(release, t.deliveryID)
+		if !t.ordered {
+			continue
+		}
+		ks := o.keys[t.key]
+		if ks == nil {
+			continue
+		}
+		if ks.active == t {
+			ks.active = nil
+		}
+		if !t.claimed {
+			ks.journaled++
+		}
+		for _, w := range ks.waiting {
+			release = append(release, w.deliveryID)
+		}
+		ks.journaled += len(ks.waiting)
+		o.waiting -= len(ks.waiting)
+		ks.waiting = nil
+	}
+	return release
+}
+
+// sync raises the journaled counts to what the journal holds for each
+// key, not owned by this process (see Dispatcher.SyncOrder). It only
+// raises them: a delivery put to the journal writer and not yet written
+// is counted already.
+func (o *orderState) sync(backlog map[string]journal.KeyBacklog) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for key, b := range backlog {
+		ks := o.get(key)
+		ks.journaled = max(ks.journaled, b.Count)
+		ks.lastPos = max(ks.lastPos, b.MaxPosition)
+	}
+	o.synced = true
+}
+
+func (o *orderState) unsync() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.synced = false
+}
+
+func (o *orderState) isSynced() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.synced
+}
+
+// OrderStatus is a subscription's ordered delivery as this process sees
+// it.
+type OrderStatus struct {
+	// Keys is how many keys have deliveries in memory or in the journal;
+	// Waiting, how many deliveries wait in memory behind another of their
+	// key; JournalKeys, how many keys wait in the journal (for a retry, a
+	// spill, a pause).
+	Keys, Waiting, JournalKeys int
+}
+
+func (o *orderState) status() OrderStatus {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	st := OrderStatus{Keys: len(o.keys), Waiting: o.waiting}
+	for _, ks := range o.keys {
+		if ks.journaled > 0 {
+			st.JournalKeys++
+		}
+	}
+	return st
+}
+
+// positions gives deliveries their position: the moment they were routed,
+// in microseconds, strictly increasing within the process (and from one
+// process to the next that streams, as long as clocks do not go back;
+// orderState.admit also keeps each key's positions increasing). The
+// process that streams routes in stream order, so positions follow the
+// commit order and the order within each transaction, and an SLA event
+// falls where it fired.
+type positions struct{ last atomic.Int64 }
+
+func (p *positions) next(now time.Time) int64 {
+	us := now.UnixMicro()
+	for {
+		last := p.last.Load()
+		n := max(us, last+1)
+		if p.last.CompareAndSwap(last, n) {
+			return n
+		}
+	}
+}
