@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dzdesk/dzhook/internal/backoff"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
@@ -203,18 +204,15 @@ const startupPatience = 2 * time.Minute
 // startEngine builds the engine, retrying with backoff while the database
 // is not reachable yet; any other error is returned at once.
 func startEngine(ctx context.Context, cfg *config.Config, log *slog.Logger) (*engine.Engine, error) {
-	start, delay := time.Now(), 500*time.Millisecond
+	start, bo := time.Now(), backoff.New(500*time.Millisecond, 10*time.Second)
 	for {
 		e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version, Dashboard: dashboardFiles()})
 		if err == nil || !engine.Transient(err) || time.Since(start) > startupPatience || ctx.Err() != nil {
 			return e, err
 		}
-		log.Warn("database not reachable yet; retrying", "err", err, "delay", delay.String(), "giving_up_in", (startupPatience - time.Since(start)).Round(time.Second).String())
-		select {
-		case <-ctx.Done():
+		log.Warn("database not reachable yet; retrying", "err", err, "delay", bo.Current().String(), "giving_up_in", (startupPatience - time.Since(start)).Round(time.Second).String())
+		if bo.Wait(ctx) != nil {
 			return nil, nil
-		case <-time.After(delay):
 		}
-		delay = min(delay*2, 10*time.Second)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dzdesk/dzhook/internal/backoff"
 )
 
 // Handler consumes the stream. The stream calls it from one goroutine, in
@@ -251,7 +252,7 @@ func (s *Stream) Run(ctx context.Context) error {
 		s.pollLag(workers)
 	}()
 
-	backoff := s.cfg.MinBackoff
+	bo := backoff.New(s.cfg.MinBackoff, s.cfg.MaxBackoff)
 	for attempt := 0; ; attempt++ {
 		err := s.session(ctx, msgs, procErr)
 		s.connected.Store(false)
@@ -262,25 +263,25 @@ func (s *Stream) Run(ctx context.Context) error {
 		case errors.As(err, &fatal):
 			return fatal.err
 		case err == nil:
-			backoff = s.cfg.MinBackoff
+			bo.Reset()
 		}
 		if errors.Is(err, errSlotInUse) {
 			if !s.standby.Swap(true) {
 				s.log.Warn("standby: another process holds the replication slot; waiting for it, never stealing it")
 			}
 		} else if err != nil {
-			s.log.Warn("replication connection lost; reconnecting", "err", err, "attempt", attempt+1, "delay", backoff.String())
+			s.log.Warn("replication connection lost; reconnecting", "err", err, "attempt", attempt+1, "delay", bo.Current().String())
 		}
-		// Capped exponential backoff with full jitter on the upper half.
-		delay := backoff/2 + rand.N(backoff/2+1)
+		delay := time.NewTimer(bo.Next())
 		select {
 		case <-ctx.Done():
+			delay.Stop()
 			return nil
 		case err := <-procErr:
+			delay.Stop()
 			return err
-		case <-time.After(delay):
+		case <-delay.C:
 		}
-		backoff = min(backoff*2, s.cfg.MaxBackoff)
 		s.reconnects.Add(1)
 	}
 }

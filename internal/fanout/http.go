@@ -45,17 +45,21 @@ const maxDrain = 64 << 10
 // attempt would break it. Redirects are not followed. TLS verification
 // is on, always.
 func newClient(timeout time.Duration, concurrency int, dial func(ctx context.Context, network, addr string) (net.Conn, error), rootCAs *x509.CertPool) *retryablehttp.Client {
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs, NextProtos: []string{"h2", "http/1.1"}}
 	tr := &http.Transport{
-		Proxy:                 nil, // never send webhooks through an ambient proxy
-		DialContext:           dial,
+		Proxy:       nil, // never send webhooks through an ambient proxy
+		DialContext: dial,
+		// The handshake is ours, so that its failure has a type of its
+		// own (class tls) whatever crypto/tls says; the request's context
+		// bounds it (the delivery timeout).
+		DialTLSContext:        tlsDialer(dial, tlsConfig),
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          concurrency,
 		MaxIdleConnsPerHost:   concurrency,
 		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   timeout,
 		ResponseHeaderTimeout: timeout,
 		DisableCompression:    true,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs},
+		TLSClientConfig:       tlsConfig,
 	}
 	hc := &http.Client{
 		Transport:     tr,
@@ -70,6 +74,40 @@ func newClient(timeout time.Duration, concurrency int, dial func(ctx context.Con
 			return resp, err // keep the transport's error for classification
 		},
 		Backoff: retryablehttp.DefaultBackoff,
+	}
+}
+
+// tlsError is a failed TLS handshake with a receiver.
+type tlsError struct{ err error }
+
+func (e *tlsError) Error() string { return e.err.Error() }
+func (e *tlsError) Unwrap() error { return e.err }
+
+// tlsDialer dials with dial and makes the TLS handshake, verifying the
+// receiver's certificate for the host dialled (always: verification is
+// never off).
+func tlsDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error), base *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		cfg := base.Clone()
+		cfg.ServerName = host
+		tc := tls.Client(conn, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			if ctx.Err() != nil {
+				return nil, ctx.Err() // a timeout, not the certificate's fault
+			}
+			return nil, &tlsError{err: err}
+		}
+		return tc, nil
 	}
 }
 
@@ -166,10 +204,8 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 func classify(err error, ctx context.Context) (class, msg string) {
 	var blocked *blockedError
 	var dnsErr *net.DNSError
+	var handshake *tlsError
 	var certErr *tls.CertificateVerificationError
-	var unknownAuth x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalid x509.CertificateInvalidError
 	var recordErr tls.RecordHeaderError
 	var alert tls.AlertError
 	var urlErr *url.Error
@@ -184,8 +220,7 @@ func classify(err error, ctx context.Context) (class, msg string) {
 		return ClassTimeout, "no answer within the delivery timeout"
 	case errors.As(err, &dnsErr):
 		return ClassDNS, msg
-	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostErr), errors.As(err, &invalid),
-		errors.As(err, &recordErr), errors.As(err, &alert), strings.Contains(msg, "tls: "):
+	case errors.As(err, &handshake), errors.As(err, &certErr), errors.As(err, &recordErr), errors.As(err, &alert):
 		return ClassTLS, msg
 	case isTimeout(err):
 		return ClassTimeout, msg
