@@ -9,6 +9,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/dzdesk/dzhook/internal/config"
 )
 
 // Exit codes that scripts can trust.
@@ -133,7 +135,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, stop bool) {
 
 // configFlag registers --config with its default and environment override.
 func configFlag(env *cli, fs *flag.FlagSet) *string {
-	def := "./config.yaml"
+	def := config.DefaultConfigPath
 	if v := env.getenv("DZHOOK_CONFIG"); v != "" {
 		def = v
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/mapping"
 )
 
@@ -21,13 +23,13 @@ const (
 	DefaultConfigPath        = "./config.yaml"
 	DefaultSlot              = "dzhook"
 	DefaultPublication       = "dzhook"
-	DefaultJournalSchema     = "dzhook"
+	DefaultJournalSchema     = journal.DefaultSchema
 	DefaultRetention         = 30 * 24 * time.Hour
-	DefaultHeartbeat         = 5 * time.Second
-	DefaultTimeout           = 5 * time.Second
-	DefaultResponseBodyLimit = 4096
-	DefaultConcurrency       = 16
-	DefaultQueueSize         = 1024
+	DefaultHeartbeat         = fanout.DefaultHeartbeat
+	DefaultTimeout           = fanout.DefaultTimeout
+	DefaultResponseBodyLimit = fanout.DefaultBodyLimit
+	DefaultConcurrency       = fanout.DefaultConcurrency
+	DefaultQueueSize         = fanout.DefaultQueueSize
 	DefaultAdminListen       = "127.0.0.1:8080"
 	DefaultWarningPercent    = 75
 	DefaultSLACheckInterval  = 5 * time.Second
@@ -39,7 +41,9 @@ const (
 
 // DefaultRetrySchedule is DZDESK's documented retry policy: attempt 1
 // immediately, then after 1 minute, 5 minutes, 30 minutes and 2 hours.
-var DefaultRetrySchedule = []time.Duration{0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
+// The delivery defaults are the components' own (fanout, journal): one
+// source, which the configuration names.
+var DefaultRetrySchedule = fanout.DefaultRetrySchedule
 
 // Config is the whole configuration of one dzhook process.
 type Config struct {
