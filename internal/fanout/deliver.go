@@ -43,10 +43,20 @@ func (d *Dispatcher) afterOrdered(life context.Context, s *sub, t *task, dec Dec
 	if s.ord == nil || !t.ordered {
 		return nil
 	}
-	next, release, nudge := s.ord.finished(t, dec.State == journal.Pending, s.isRetired())
-	if len(release) > 0 {
-		if err := d.records.Put(life, journal.Record{Release: release}); err != nil {
-			d.log.Warn("deliveries waiting behind a retry stay owned by this instance until it stops", "subscription", s.cfg.ID, "deliveries", len(release), "err", err)
+	retrying, retired := dec.State == journal.Pending, s.isRetired()
+	var next *task
+	var nudge bool
+	if !retrying && !retired {
+		// Nothing goes back to the journal: no need to wait for routing.
+		next, _, nudge = s.ord.finished(t, false, false)
+	} else {
+		err := d.giveBack(life, func() []string {
+			var release []string
+			next, release, nudge = s.ord.finished(t, retrying, retired)
+			return release
+		})
+		if err != nil {
+			d.log.Warn("deliveries waiting behind a retry stay owned by this instance until it stops", "subscription", s.cfg.ID, "err", err)
 		}
 	}
 	if nudge {

@@ -199,6 +199,13 @@ type Dispatcher struct {
 
 	reg      atomic.Pointer[registry]
 	reloadMu sync.Mutex // one Reload at a time; held only while swapping
+	// routeMu serializes routing: the stream's dispatches, the SLA
+	// clock's, and the returns of ordered deliveries to the journal. The
+	// journal writer then receives records in the order ordered keys were
+	// decided, which Record.Unhold relies on. Only those producers wait on
+	// it (while the writer's queue is full); readers, Reload and the
+	// workers' attempts never do.
+	routeMu sync.Mutex
 	// dispatches counts the dispatches in progress: Resume waits for
 	// those that may have seen the subscription paused.
 	dispatches gate
@@ -484,14 +491,24 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 			// Its workers are gone, and nothing can enter its queue any
 			// more (enqueue checks retirement): what waits there was
 			// never attempted.
-			if ids := s.drainQueue(); len(ids) > 0 {
-				if err := d.records.Put(ctx, journal.Record{Release: ids}); err != nil {
-					return err
-				}
+			if err := d.giveBack(ctx, s.drainQueue); err != nil {
+				return err
 			}
 		}
 	}
 	d.nudge()
+	return nil
+}
+
+// giveBack puts to the journal a release of the deliveries take returns,
+// in routing order (routeMu), so no dispatch decided meanwhile for their
+// keys reaches the journal writer between the decision and the release.
+func (d *Dispatcher) giveBack(ctx context.Context, take func() []string) error {
+	d.routeMu.Lock()
+	defer d.routeMu.Unlock()
+	if ids := take(); len(ids) > 0 {
+		return d.records.Put(ctx, journal.Record{Release: ids})
+	}
 	return nil
 }
 

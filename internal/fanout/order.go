@@ -157,6 +157,16 @@ func (o *orderState) admit(t *task, pos int64, room bool) (where admission, posi
 	return toJournal, position, ks.inMemory()
 }
 
+// wantsRoom reports whether a new delivery of key would go straight to
+// the workers (the key is idle): only then is a place in the queue worth
+// reserving (and waiting a moment for).
+func (o *orderState) wantsRoom(key string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ks := o.keys[key]
+	return o.synced && (ks == nil || ks.idle())
+}
+
 // undo forgets a delivery admitted but never journaled (the journal
 // writer refused it: the process is stopping).
 func (o *orderState) undo(t *task, where admission) {

@@ -54,6 +54,8 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 	}
 	ticket := d.dispatches.enter()
 	defer d.dispatches.leave(ticket)
+	d.routeMu.Lock()
+	defer d.routeMu.Unlock()
 
 	var env *filter.Envelope
 	var rows []journal.DeliveryRow
@@ -104,7 +106,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 			}
 		case ordered:
 			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key}
-			room := d.reserve(ctx, s)
+			room := s.ord.wantsRoom(key) && d.reserve(ctx, s)
 			where, position, un := s.ord.admit(t, pos, room)
 			row.Ordered, row.OrderingKey, row.Position = true, key, position
 			unhold = append(unhold, un...)

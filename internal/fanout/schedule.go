@@ -66,7 +66,7 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 		d.lost.failed(s.cfg.ID, "", token, err)
 		return err
 	}
-	var giveBack []string
+	var giveBack []*task
 	for _, c := range claimed {
 		trigger := journal.TriggerAuto
 		if c.Manual {
@@ -79,17 +79,22 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 			t.ordered, t.key, t.claimed = true, c.OrderingKey, true
 			s.ord.claimed(t)
 		}
-		switch {
-		case s.enqueue(t):
-		case t.ordered:
+		if !s.enqueue(t) {
 			// Retired by a reload or a shutdown since the claim began.
-			giveBack = append(giveBack, s.ord.drained([]*task{t})...)
-		default:
-			giveBack = append(giveBack, c.ID)
+			giveBack = append(giveBack, t)
 		}
 	}
 	if len(giveBack) > 0 {
-		return d.records.Put(ctx, journal.Record{Release: giveBack})
+		return d.giveBack(ctx, func() []string {
+			if s.ord != nil {
+				return s.ord.drained(giveBack)
+			}
+			ids := make([]string, len(giveBack))
+			for i, t := range giveBack {
+				ids[i] = t.deliveryID
+			}
+			return ids
+		})
 	}
 	if len(claimed) == int(n) {
 		s.backlog.Store(true)
