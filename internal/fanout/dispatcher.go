@@ -194,7 +194,7 @@ type Dispatcher struct {
 	obs      Observer
 	records  Recorder
 	notifier *Notifier
-	wake     chan struct{}
+	sched    *scheduler
 	now      func() time.Time
 
 	reg      atomic.Pointer[registry]
@@ -216,7 +216,6 @@ type Dispatcher struct {
 	ops      sync.WaitGroup  // operators' operations in progress (enter)
 	loaded   atomic.Bool     // LoadState done
 
-	lost lostClaims
 	// pos gives ordered deliveries their positions.
 	pos positions
 }
@@ -243,9 +242,14 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d := &Dispatcher{
 		cfg: cfg, log: cfg.Logger.With("component", "fanout"), obs: cfg.Observer, records: cfg.Records,
-		wake: make(chan struct{}, 1), now: cfg.NowFunc,
+		now: cfg.NowFunc,
 	}
 	d.notifier = newNotifier(cfg)
+	d.sched = &scheduler{
+		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log,
+		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
+		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
+	}
 	subs, err := d.compileAll(cfg.Subscriptions)
 	if err != nil {
 		return nil, err
@@ -282,19 +286,15 @@ func (d *Dispatcher) compileAll(cfgs []Subscription) ([]*sub, error) {
 func (d *Dispatcher) Notifier() *Notifier { return d.notifier }
 
 // nudge wakes the scheduler.
-func (d *Dispatcher) nudge() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
-}
+func (d *Dispatcher) nudge() { d.sched.nudge() }
 
 // Spilled is to be called when deliveries were journaled for the
 // scheduler to claim (journal.WriterConfig.OnSpill).
 func (d *Dispatcher) Spilled() { d.nudge() }
 
 // Run delivers until ctx ends. It loads the subscriptions' persisted state,
-// registers this instance, and runs the workers and the scheduler. When
+// registers this instance, and runs the workers and the scheduler
+// (claims of due work, heartbeat). When
 // ctx ends it stops taking new work, lets attempts in flight finish (each
 // within the delivery timeout), waits until their outcomes are journaled,
 // releases the deliveries it owned to other instances, and returns nil.
@@ -313,16 +313,18 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	var bg sync.WaitGroup
-	bg.Add(2)
-	go func() { defer bg.Done(); d.scheduleLoop(ctx) }()
-	go func() { defer bg.Done(); d.heartbeatLoop(ctx) }()
+	schedDone := make(chan error, 1)
+	go func() { schedDone <- d.sched.Run(ctx) }()
 	<-ctx.Done()
 
+	// Under reloadMu: a Reload in progress finishes starting its new
+	// subscriptions' workers first, and none starts any after this.
+	d.reloadMu.Lock()
 	d.opMu.Lock()
 	d.stopping.Store(true)
 	d.opMu.Unlock()
-	bg.Wait()
+	d.reloadMu.Unlock()
+	<-schedDone
 	subs := d.reg.Load().subs
 	for _, s := range subs {
 		s.retire()
@@ -549,22 +551,6 @@ func (d *Dispatcher) syncOrder(ctx context.Context, onlyUnsynced bool) error {
 		s.ord.sync(backlog[s.cfg.ID])
 	}
 	return nil
-}
-
-// heartbeatLoop keeps this instance alive in the journal.
-func (d *Dispatcher) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(d.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := d.cfg.Journal.Heartbeat(ctx, d.cfg.Instance); err != nil && ctx.Err() == nil {
-				d.log.Warn("journal heartbeat failed", "err", err)
-			}
-		}
-	}
 }
 
 type nopObserver struct{}

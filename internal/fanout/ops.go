@@ -67,7 +67,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 			// The operator may have gone away after the claim committed:
 			// without the release the delivery would look busy until
 			// this instance stops.
-			if d.lost.failed("", deliveryID, token, err) {
+			if d.sched.lost.failed("", deliveryID, token, err) {
 				d.nudge() // free it soon: the operator may try again
 			}
 		}

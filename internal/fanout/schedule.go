@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -15,35 +16,85 @@ import (
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
-// The scheduler: due work waits in the journal (retries, deliveries that
-// found their queue full, deliveries released by a reload, a resume or a
-// dead instance), and the scheduler claims it into the subscriptions'
-// queues when they have room, every PollInterval or when nudged.
+// scheduler claims due work into the subscriptions' queues when they have
+// room, every poll interval or when nudged. Due work waits in the journal:
+// retries, deliveries that found their queue full, deliveries released by
+// a reload, a resume or a dead instance, and the keys' heads of ordered
+// subscriptions. It also gives back what lost claims took, keeps this
+// instance's heartbeat, and reads the ordered keys' backlog while it is
+// unread.
+type scheduler struct {
+	store     Store
+	instance  string
+	poll      time.Duration
+	heartbeat time.Duration
+	log       *slog.Logger
+	wake      chan struct{}
+	lost      lostClaims
+	// subs is the current subscription set; giveBack returns deliveries
+	// to the journal in routing order; syncOrder reads the backlog of the
+	// ordered subscriptions not synced yet.
+	subs      func() []*sub
+	giveBack  func(ctx context.Context, take func() []string) error
+	syncOrder func(ctx context.Context) error
+}
 
-// scheduleLoop claims due deliveries until ctx ends.
-func (d *Dispatcher) scheduleLoop(ctx context.Context) {
-	t := time.NewTicker(d.cfg.PollInterval)
+// nudge makes Run claim now.
+func (sc *scheduler) nudge() {
+	select {
+	case sc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run claims due work and keeps the heartbeat until ctx ends, and
+// returns nil. Deliveries it claimed and queued when ctx ends stay owned
+// by this instance: the dispatcher's shutdown gives them back.
+func (sc *scheduler) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc.heartbeatLoop(ctx)
+	}()
+	defer func() { <-done }()
+	t := time.NewTicker(sc.poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-sc.wake:
+		}
+		sc.releaseLost(ctx)
+		if err := sc.syncOrder(ctx); err != nil && ctx.Err() == nil {
+			sc.log.Warn("reading the ordered keys' backlog failed; retrying", "err", err)
+		}
+		for _, s := range sc.subs() {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if !s.accepting() {
+				continue
+			}
+			if err := sc.claim(ctx, s); err != nil && ctx.Err() == nil {
+				sc.log.Warn("claiming due deliveries failed; retrying", "subscription", s.cfg.ID, "err", err)
+			}
+		}
+	}
+}
+
+// heartbeatLoop keeps this instance alive in the journal.
+func (sc *scheduler) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(sc.heartbeat)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-d.wake:
-		}
-		d.releaseLost(ctx)
-		if err := d.syncOrder(ctx, true); err != nil && ctx.Err() == nil {
-			d.log.Warn("reading the ordered keys' backlog failed; retrying", "err", err)
-		}
-		for _, s := range d.reg.Load().subs {
-			if ctx.Err() != nil {
-				return
-			}
-			if !s.accepting() {
-				continue
-			}
-			if err := d.claim(ctx, s); err != nil && ctx.Err() == nil {
-				d.log.Warn("claiming due deliveries failed; retrying", "subscription", s.cfg.ID, "err", err)
+			if err := sc.store.Heartbeat(ctx, sc.instance); err != nil && ctx.Err() == nil {
+				sc.log.Warn("journal heartbeat failed", "err", err)
 			}
 		}
 	}
@@ -53,17 +104,17 @@ func (d *Dispatcher) scheduleLoop(ctx context.Context) {
 // left in its queue (reserved first, so nothing claimed is left without a
 // place; only half, so the stream's own deliveries still find room while
 // the claim runs).
-func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
+func (sc *scheduler) claim(ctx context.Context, s *sub) error {
 	free := s.size - s.reserved.Load()
 	if free < 2 {
 		return nil
 	}
 	n := s.reserve(min(free/2, 1024))
 	token := claimToken()
-	claimed, err := d.cfg.Journal.Claim(ctx, s.cfg.ID, int(n), d.cfg.Instance, token, 3*d.cfg.Heartbeat)
+	claimed, err := sc.store.Claim(ctx, s.cfg.ID, int(n), sc.instance, token, 3*sc.heartbeat)
 	s.release(n - int64(len(claimed)))
 	if err != nil {
-		d.lost.failed(s.cfg.ID, "", token, err)
+		sc.lost.failed(s.cfg.ID, "", token, err)
 		return err
 	}
 	var giveBack []*task
@@ -85,7 +136,7 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 		}
 	}
 	if len(giveBack) > 0 {
-		return d.giveBack(ctx, func() []string {
+		return sc.giveBack(ctx, func() []string {
 			if s.ord != nil {
 				return s.ord.drained(giveBack)
 			}
@@ -98,7 +149,7 @@ func (d *Dispatcher) claim(ctx context.Context, s *sub) error {
 	}
 	if len(claimed) == int(n) {
 		s.backlog.Store(true)
-		d.nudge() // there may be more
+		sc.nudge() // there may be more
 	} else {
 		s.backlog.Store(false)
 	}
@@ -164,25 +215,25 @@ func mayHaveCommitted(err error) bool {
 
 // releaseLost gives back what failed claims took; a release that fails is
 // tried again on the next round.
-func (d *Dispatcher) releaseLost(ctx context.Context) {
-	lost := d.lost.take()
+func (sc *scheduler) releaseLost(ctx context.Context) {
+	lost := sc.lost.take()
 	for i, c := range lost {
-		n, err := d.cfg.Journal.ReleaseLost(ctx, d.cfg.Instance, c)
+		n, err := sc.store.ReleaseLost(ctx, sc.instance, c)
 		if err != nil {
 			if ctx.Err() == nil {
-				d.log.Warn("could not give back the deliveries of a failed claim; retrying", "err", err)
+				sc.log.Warn("could not give back the deliveries of a failed claim; retrying", "err", err)
 			}
-			d.lost.mu.Lock()
+			sc.lost.mu.Lock()
 			for _, again := range lost[i:] {
 				for _, tok := range again.Tokens {
-					d.lost.add(again.Subscription, again.Delivery, tok)
+					sc.lost.add(again.Subscription, again.Delivery, tok)
 				}
 			}
-			d.lost.mu.Unlock()
+			sc.lost.mu.Unlock()
 			return
 		}
 		if n > 0 {
-			d.log.Warn("a claim's answer was lost; its deliveries are claimed again", "deliveries", n, "subscription", c.Subscription, "delivery_id", c.Delivery)
+			sc.log.Warn("a claim's answer was lost; its deliveries are claimed again", "deliveries", n, "subscription", c.Subscription, "delivery_id", c.Delivery)
 		}
 	}
 }
