@@ -9,9 +9,39 @@ import (
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
+// deliverer makes the attempts of the subscriptions: each subscription's
+// workers take its queue (and, for an ordered subscription, the next
+// delivery of a key right after the previous one), POST, decide what
+// follows (Next), keep the subscription's health, and put every outcome to
+// the journal writer.
+type deliverer struct {
+	cfg      *Config
+	records  Recorder
+	obs      Observer
+	notifier *Notifier
+	log      *slog.Logger
+	now      func() time.Time
+	// nudge wakes the scheduler; giveBack returns deliveries to the
+	// journal in routing order.
+	nudge    func()
+	giveBack func(ctx context.Context, take func() []string) error
+}
+
+// start runs a subscription's workers until it is retired; life bounds
+// their attempts.
+func (d *deliverer) start(life context.Context, s *sub) {
+	for i := range d.cfg.Concurrency {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			d.work(life, s, &s.busy[i])
+		}()
+	}
+}
+
 // work runs one worker of a subscription until it is retired; busy says
 // since when its attempt in flight runs.
-func (d *Dispatcher) work(life context.Context, s *sub, busy *atomic.Int64) {
+func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 	for {
 		select {
 		case <-s.stop:
@@ -39,7 +69,7 @@ func (d *Dispatcher) work(life context.Context, s *sub, busy *atomic.Int64) {
 
 // afterOrdered keeps an ordered subscription's key state after an attempt
 // of t, and returns the key's next delivery to attempt now, if any.
-func (d *Dispatcher) afterOrdered(life context.Context, s *sub, t *task, dec Decision) *task {
+func (d *deliverer) afterOrdered(life context.Context, s *sub, t *task, dec Decision) *task {
 	if s.ord == nil || !t.ordered {
 		return nil
 	}
@@ -67,7 +97,7 @@ func (d *Dispatcher) afterOrdered(life context.Context, s *sub, t *task, dec Dec
 
 // attempt makes one attempt, puts its outcome to the journal writer, and
 // returns what the receiver answered and what follows.
-func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) (attemptResult, Decision) {
+func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResult, Decision) {
 	n := t.attempts + 1
 	res := post(life, s.client, request{
 		url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
@@ -110,7 +140,7 @@ func (d *Dispatcher) attempt(life context.Context, s *sub, t *task) (attemptResu
 // row to journal, with a notification when the state changed: failing
 // once a delivery exhausts its schedule, healthy again on the next 2xx,
 // disabled on 410 Gone.
-func (d *Dispatcher) health(ctx context.Context, s *sub, dec Decision, res attemptResult) (*journal.SubscriptionState, *journal.NotificationRow) {
+func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemptResult) (*journal.SubscriptionState, *journal.NotificationRow) {
 	s.mu.Lock()
 	prev := s.state
 	st := &journal.SubscriptionState{ID: s.cfg.ID, LastStatus: res.Status}

@@ -194,6 +194,7 @@ type Dispatcher struct {
 	obs      Observer
 	records  Recorder
 	notifier *Notifier
+	deliver  *deliverer
 	sched    *scheduler
 	now      func() time.Time
 
@@ -245,6 +246,8 @@ func New(cfg Config) (*Dispatcher, error) {
 		now: cfg.NowFunc,
 	}
 	d.notifier = newNotifier(cfg)
+	d.deliver = &deliverer{cfg: &d.cfg, records: cfg.Records, obs: cfg.Observer, notifier: d.notifier, log: d.log, now: cfg.NowFunc,
+		nudge: d.nudge, giveBack: d.giveBack}
 	d.sched = &scheduler{
 		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log,
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
@@ -373,7 +376,7 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 	d.life = life
 	d.opMu.Unlock()
 	for _, s := range d.reg.Load().subs {
-		d.startWorkers(life, s)
+		d.deliver.start(life, s)
 	}
 	return nil
 }
@@ -385,17 +388,6 @@ func barrier(ctx context.Context, r Recorder) error {
 		return err
 	}
 	return r.Wait(ctx, done)
-}
-
-// startWorkers runs a subscription's workers.
-func (d *Dispatcher) startWorkers(life context.Context, s *sub) {
-	for i := range d.cfg.Concurrency {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			d.work(life, s, &s.busy[i])
-		}()
-	}
 }
 
 // LoadState restores pause and health from the journal. Run does it when
@@ -476,7 +468,7 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 	if running {
 		for _, s := range next {
 			if !keep[s] {
-				d.startWorkers(life, s)
+				d.deliver.start(life, s)
 			}
 		}
 	}
