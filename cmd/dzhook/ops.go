@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/dzdesk/dzhook/internal/api"
 )
@@ -33,7 +34,8 @@ func runStatus(ctx context.Context, env *cli, args []string) int {
 		return exitOK
 	}
 	tw := newTable(env.stdout)
-	fmt.Fprintln(tw, "SUBSCRIPTION\tSTATE\tACTIVE\tQUEUE\tPENDING\tFAILED\tHELD\tSUCCESS\tP50\tP99\tLAST SUCCESS\tLAST FAILURE")
+	now := time.Now()
+	fmt.Fprintln(tw, "SUBSCRIPTION\tSTATE\tACTIVE\tORDERING\tQUEUE\tPENDING\tFAILED\tHELD\tBLOCKED KEYS\tSUCCESS\tP50\tP99\tLAST SUCCESS\tLAST FAILURE")
 	for _, s := range out.Subscriptions {
 		state := s.State
 		if s.Paused {
@@ -43,11 +45,56 @@ func runStatus(ctx context.Context, env *cli, args []string) int {
 		if s.Stats.SuccessRate >= 0 {
 			rate = fmt.Sprintf("%.1f%%", s.Stats.SuccessRate*100)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%d\t%d\t%d\t%s\t%.1fms\t%.1fms\t%s\t%s\n", s.ID, state, s.Active, s.QueueDepth, s.Pending, s.Failed, s.Held,
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.1fms\t%.1fms\t%s\t%s\n", s.ID, state, s.Active, orDash(s.Ordering),
+			s.QueueDepth, s.Pending, s.Failed, s.Held, blocked(s, now),
 			rate, s.Stats.P50MS, s.Stats.P99MS, when(s.LastSuccessAt), when(s.LastFailureAt))
 	}
 	_ = tw.Flush()
 	return exitOK
+}
+
+// blocked says how many keys of a subscription wait behind a retry, and
+// for how long the oldest has: "2 (oldest 5m)". An unordered
+// subscription shows "-", unless deliveries made under an earlier
+// ordering are still blocked.
+func blocked(s api.Subscription, now time.Time) string {
+	if s.BlockedKeys == 0 {
+		if s.Ordering == "none" {
+			return "-"
+		}
+		return "0"
+	}
+	if s.OldestBlockedAt == nil {
+		return fmt.Sprint(s.BlockedKeys)
+	}
+	return fmt.Sprintf("%d (oldest %s)", s.BlockedKeys, age(now.Sub(*s.OldestBlockedAt)))
+}
+
+// age is a duration for a table: its two largest units, "45s", "12m",
+// "3h05m", "2d04h".
+func age(d time.Duration) string {
+	d = max(d, 0).Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// orderingKey shows a delivery's ordering key: the entity's id, "(whole
+// subscription)" under ordering: subscription, "- (unordered)" without.
+func orderingKey(k *string) string {
+	switch {
+	case k == nil:
+		return "- (unordered)"
+	case *k == "":
+		return "(whole subscription)"
+	}
+	return printable(*k, false) // an outbox key is the application's text
 }
 
 // runDeliveries lists the history, or shows one delivery with its attempts.
@@ -122,6 +169,7 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 	for _, kv := range [][2]string{
 		{"delivery", d.ID}, {"event", d.Event + " " + d.EventID}, {"subscription", d.Subscription}, {"state", string(d.State)},
 		{"attempts", fmt.Sprint(d.Attempts)}, {"next attempt", when(d.NextAttemptAt)}, {"created", when(&d.CreatedAt)},
+		{"ordering key", orderingKey(d.OrderingKey)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
@@ -145,6 +193,21 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Attempt, when(&a.At), a.Trigger, intOrDash(a.StatusCode), a.DurationMS, errText, orDash(string(body)))
 	}
 	_ = tw.Flush()
+	if d.OrderingKey != nil {
+		// The later deliveries of its key that this one held back.
+		switch {
+		case len(out.WaitedBehindIt) == 0:
+			fmt.Fprintln(env.stdout, "\nwaited behind it: none")
+		default:
+			fmt.Fprintln(env.stdout, "\nwaited behind it (oldest first):")
+			for _, id := range out.WaitedBehindIt {
+				fmt.Fprintf(env.stdout, "  %s\n", printable(id, false))
+			}
+			if out.WaitedBehindMore {
+				fmt.Fprintf(env.stdout, "  … and more (the first %d are shown)\n", len(out.WaitedBehindIt))
+			}
+		}
+	}
 	var pretty bytes.Buffer
 	if json.Indent(&pretty, out.Payload, "", "  ") != nil {
 		pretty.Write(out.Payload)

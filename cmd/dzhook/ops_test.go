@@ -18,6 +18,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/enginetest"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -25,8 +26,9 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 const cliToken = "cli-admin-token-0123456789"
 
 // startEngine runs dzhook in-process with its admin API and returns the
-// API's URL.
-func startTestEngine(t *testing.T, receiver string) (*pgtest.DB, string) {
+// API's URL. extra is added to the crm subscription's keys
+// (", ordering: entity").
+func startTestEngine(t *testing.T, receiver, extra string) (*pgtest.DB, string) {
 	t.Helper()
 	db := pgtest.NewDB(t)
 	db.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com')`)
@@ -36,8 +38,8 @@ journal: {heartbeat: 200ms}
 delivery: {allow_insecure_http: true, retry_schedule: [0s, 1h]}
 admin: {listen: "127.0.0.1:0", token: %s}
 subscriptions:
-  - {id: crm, url: "%s", events: ["request.*"], secret: cli-test-secret-0123456789}
-`, db.DSN, cliToken, receiver)
+  - {id: crm, url: "%s", events: ["request.*"], secret: cli-test-secret-0123456789%s}
+`, db.DSN, cliToken, receiver, extra)
 	e := enginetest.Start(t, yaml, engine.Options{PollInterval: 50 * time.Millisecond})
 	return db, "http://" + e.AdminAddr()
 }
@@ -66,7 +68,7 @@ func TestCLIOperations(t *testing.T) {
 		// (clear the screen, set the clipboard): the CLI shows it escaped.
 		return 400, nil, "no thanks\x1b[2J\x1b]52;c;ZXZpbA==\x07"
 	})
-	db, url := startTestEngine(t, rc.URL)
+	db, url := startTestEngine(t, rc.URL, "")
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'seven', 1)`)
 	rc.Wait(t, 1, 20*time.Second)
 
@@ -102,7 +104,8 @@ func TestCLIOperations(t *testing.T) {
 	})
 
 	code, out, errOut := cliRun(t, url, cliToken, "status")
-	if code != exitOK || !strings.Contains(out, "SUBSCRIPTION") || !strings.Contains(out, "crm") || !strings.Contains(out, "healthy") {
+	if code != exitOK || !strings.Contains(out, "SUBSCRIPTION") || !strings.Contains(out, "crm") || !strings.Contains(out, "healthy") ||
+		!strings.Contains(out, "ORDERING") || !strings.Contains(out, " none ") {
 		t.Errorf("status: exit %d\n%s%s", code, out, errOut)
 	}
 	code, out, _ = cliRun(t, url, cliToken, "deliveries", "--subscription", "crm", "--limit", "10")
@@ -110,7 +113,8 @@ func TestCLIOperations(t *testing.T) {
 		t.Errorf("deliveries: exit %d\n%s", code, out)
 	}
 	code, out, _ = cliRun(t, url, cliToken, "deliveries", "show", id)
-	if code != exitOK || !strings.Contains(out, "no thanks") || !strings.Contains(out, `"id": "req_7"`) {
+	if code != exitOK || !strings.Contains(out, "no thanks") || !strings.Contains(out, `"id": "req_7"`) ||
+		!strings.Contains(out, "(unordered)") || strings.Contains(out, "waited behind it") {
 		t.Errorf("deliveries show: exit %d\n%s", code, out)
 	}
 	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `no thanks\x1b[2J`) {
@@ -151,5 +155,85 @@ func TestCLIOperations(t *testing.T) {
 	}
 	if code, out, _ := cliRun(t, url, cliToken, "resume", "crm"); code != exitOK || !strings.Contains(out, "resumed") {
 		t.Errorf("resume: exit %d %q", code, out)
+	}
+}
+
+// TestCLIOrdering: under ordering: entity, a request.created that waits
+// for its retry holds back the request's update. status shows the
+// blocked key; deliveries show shows the key and what waited behind it.
+func TestCLIOrdering(t *testing.T) {
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(_ int, r *http.Request, _ []byte) (int, http.Header, string) {
+		if r.Header.Get(signer.HeaderEvent) == "request.created" && r.Header.Get(signer.HeaderAttempt) == "1" {
+			return 500, nil, "down"
+		}
+		return 200, nil, "fine"
+	})
+	db, url := startTestEngine(t, rc.URL, ", ordering: entity")
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'seven', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+	db.Exec(t, `UPDATE requests SET title = 'seven, again' WHERE id = 7`)
+
+	// The update waits behind the created's retry (due in an hour).
+	var head, behind string
+	testutil.Eventually(t, 10*time.Second, "the created pending with its update behind it", func() bool {
+		code, out, _ := cliRun(t, url, cliToken, "deliveries", "--subscription", "crm", "--status", "pending", "--json")
+		var list api.DeliveryList
+		if code != exitOK || json.Unmarshal([]byte(out), &list) != nil {
+			return false
+		}
+		head, behind = "", ""
+		for _, d := range list.Deliveries {
+			if d.OrderingKey == nil || *d.OrderingKey != "req_7" {
+				t.Fatalf("delivery %s: ordering key %v, want req_7", d.ID, d.OrderingKey)
+			}
+			switch d.Event {
+			case "request.created":
+				head = d.ID
+			case "request.updated":
+				behind = d.ID
+			}
+		}
+		return head != "" && behind != ""
+	})
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("the receiver got %d requests, want only the created's first attempt: the update must wait", n)
+	}
+
+	code, out, errOut := cliRun(t, url, cliToken, "status")
+	if code != exitOK || !strings.Contains(out, "BLOCKED KEYS") || !strings.Contains(out, " entity ") || !strings.Contains(out, "1 (oldest ") {
+		t.Errorf("status: exit %d, want the ordering and 1 blocked key\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = cliRun(t, url, cliToken, "deliveries", "show", head)
+	if code != exitOK || !strings.Contains(out, "ordering key:") || !strings.Contains(out, "req_7") ||
+		!strings.Contains(out, "waited behind it (oldest first):\n  "+behind+"\n") {
+		t.Errorf("deliveries show %s: exit %d, want the key and %s waiting behind it\n%s%s", head, code, behind, out, errOut)
+	}
+	code, out, _ = cliRun(t, url, cliToken, "deliveries", "show", behind)
+	if code != exitOK || !strings.Contains(out, "waited behind it: none") {
+		t.Errorf("deliveries show %s: exit %d, want nothing waiting behind it\n%s", behind, code, out)
+	}
+}
+
+func TestBlockedAndAge(t *testing.T) {
+	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	ago := func(d time.Duration) *time.Time { t := now.Add(-d); return &t }
+	for _, tc := range []struct {
+		s    api.Subscription
+		want string
+	}{
+		{api.Subscription{Ordering: "none"}, "-"},
+		{api.Subscription{Ordering: "entity"}, "0"},
+		{api.Subscription{Ordering: "entity", BlockedKeys: 2, OldestBlockedAt: ago(45 * time.Second)}, "2 (oldest 45s)"},
+		{api.Subscription{Ordering: "subscription", BlockedKeys: 1, OldestBlockedAt: ago(12*time.Minute + 30*time.Second)}, "1 (oldest 12m)"},
+		{api.Subscription{Ordering: "entity", BlockedKeys: 3, OldestBlockedAt: ago(3*time.Hour + 5*time.Minute)}, "3 (oldest 3h05m)"},
+		{api.Subscription{Ordering: "entity", BlockedKeys: 1, OldestBlockedAt: ago(52 * time.Hour)}, "1 (oldest 2d04h)"},
+		// Made under an earlier ordering, still blocked after a reload to none.
+		{api.Subscription{Ordering: "none", BlockedKeys: 1, OldestBlockedAt: ago(time.Minute)}, "1 (oldest 1m)"},
+		{api.Subscription{Ordering: "entity", BlockedKeys: 1, OldestBlockedAt: ago(-time.Minute)}, "1 (oldest 0s)"}, // clocks apart
+	} {
+		if got := blocked(tc.s, now); got != tc.want {
+			t.Errorf("blocked(%+v) = %q, want %q", tc.s, got, tc.want)
+		}
 	}
 }

@@ -57,6 +57,7 @@ type History interface {
 	ListDeliveries(ctx context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error)
 	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)
 	Backlogs(ctx context.Context) (map[string]journal.Backlog, error)
+	WaitedBehind(ctx context.Context, id string, limit int) ([]string, error)
 }
 
 // Config is the input of New.

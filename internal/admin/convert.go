@@ -33,6 +33,20 @@ func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Ti
 	if !b.OldestPending.IsZero() && b.OldestPending.Before(now) {
 		v.OldestPendingSeconds = now.Sub(b.OldestPending).Seconds()
 	}
+	v.Ordering = string(st.Ordering)
+	if v.Ordering == "" {
+		v.Ordering = string(fanout.OrderNone)
+	}
+	if st.Ordering != "" && st.Ordering != fanout.OrderNone {
+		v.OrderMemory = &api.OrderMemory{Keys: st.Order.Keys, Waiting: st.Order.Waiting, JournalKeys: st.Order.JournalKeys}
+	}
+	// The journal's count stands whatever the ordering is now: deliveries
+	// made under an earlier ordering keep their key until they finish.
+	v.BlockedKeys = b.BlockedKeys
+	if b.BlockedKeys > 0 && !b.OldestBlocked.IsZero() {
+		t := b.OldestBlocked.UTC()
+		v.OldestBlockedAt = &t
+	}
 	return v
 }
 
@@ -52,7 +66,7 @@ func deliveryOf(d journal.Delivery) api.Delivery {
 		ID: d.ID, EventID: d.EventID, Event: d.Event, Subscription: d.Subscription, State: string(d.State), Attempts: d.Attempts,
 		NextAttemptAt: d.NextAttemptAt, InFlight: d.InFlight, Test: d.Test,
 		LastStatus: d.LastStatus, LastError: d.LastError, LastAttemptAt: d.LastAttemptAt,
-		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
+		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, OrderingKey: d.OrderingKey,
 	}
 }
 

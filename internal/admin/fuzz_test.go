@@ -144,7 +144,18 @@ func (h checkedHistory) GetDelivery(_ context.Context, id string) (journal.Deliv
 	if strings.HasSuffix(id, "_raw") {
 		body = []byte("not json \xff")
 	}
-	return journal.Delivery{ID: id, EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "failed"}, body, attempts, nil
+	key := "req_1" // ordered, so the server asks WaitedBehind too
+	return journal.Delivery{ID: id, EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "failed", OrderingKey: &key}, body, attempts, nil
+}
+
+func (h checkedHistory) WaitedBehind(_ context.Context, id string, limit int) ([]string, error) {
+	if !deliveryIDPattern.MatchString(id) {
+		h.t.Errorf("WaitedBehind called with malformed delivery id %q", id)
+	}
+	if limit < 1 || limit > maxWaitedBehind+1 {
+		h.t.Errorf("WaitedBehind called with limit %d", limit)
+	}
+	return []string{"dlv_2"}, nil
 }
 
 func (h checkedHistory) Backlogs(context.Context) (map[string]journal.Backlog, error) {

@@ -40,6 +40,7 @@ func (fullDeliverer) Subscriptions() []fanout.SubscriptionStatus {
 			LastSuccessAt: &ok, LastFailureAt: &bad, LastStatus: 503, LastError: "HTTP 503", QueueDepth: 4,
 			Stats: fanout.Stats{Delivered: 10, Failed: 2, Retried: 3, SuccessRate: 0.75, P50MS: 12.5, P99MS: 250,
 				PerMinute: []fanout.MinuteCount{{Minute: goldenTime, Delivered: 3, Failed: 1}, {Minute: goldenTime.Add(time.Minute)}}},
+			Ordering: fanout.OrderEntity, Order: fanout.OrderStatus{Keys: 5, Waiting: 7, JournalKeys: 2},
 		},
 		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, State: journal.Healthy, Stats: fanout.Stats{SuccessRate: -1}},
 	}
@@ -72,11 +73,11 @@ func (fullHistory) ListDeliveries(_ context.Context, f journal.DeliveryFilter) (
 	if f.Cursor == "last" {
 		return nil, "", nil
 	}
-	status, msg, next, last := 500, "HTTP 500", goldenTime.Add(time.Hour), goldenTime.Add(-time.Minute)
+	status, msg, next, last, key := 500, "HTTP 500", goldenTime.Add(time.Hour), goldenTime.Add(-time.Minute), "req_1"
 	return []journal.Delivery{
 		{ID: "dlv_2", EventID: "whk_2", Event: "request.updated", Subscription: "crm", State: "pending", Attempts: 1,
 			NextAttemptAt: &next, InFlight: true, Test: true, LastStatus: &status, LastError: &msg, LastAttemptAt: &last,
-			CreatedAt: goldenTime, UpdatedAt: goldenTime.Add(time.Second)},
+			CreatedAt: goldenTime, UpdatedAt: goldenTime.Add(time.Second), OrderingKey: &key},
 		{ID: "dlv_1", EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "delivered", CreatedAt: goldenTime, UpdatedAt: goldenTime},
 	}, "next-page", nil
 }
@@ -88,6 +89,10 @@ func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, 
 	status, class, msg := 500, "http", "HTTP 500"
 	d := journal.Delivery{ID: id, EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "delivered", Attempts: 2,
 		LastStatus: &status, CreatedAt: goldenTime, UpdatedAt: goldenTime}
+	if !strings.HasSuffix(id, "_raw") { // the _raw one is unordered
+		key := "req_1"
+		d.OrderingKey = &key
+	}
 	attempts := []journal.Attempt{
 		{Attempt: 1, At: goldenTime, Trigger: "auto", StatusCode: &status, DurationMS: 40, ResponseBody: []byte("\xff\xfe down"), ErrorClass: &class, Error: &msg},
 		{Attempt: 2, At: goldenTime.Add(time.Minute), Trigger: "manual", DurationMS: 7, ResponseBody: []byte(`{"ok":true}`)},
@@ -100,7 +105,17 @@ func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, 
 }
 
 func (fullHistory) Backlogs(context.Context) (map[string]journal.Backlog, error) {
-	return map[string]journal.Backlog{"crm": {Pending: 2, Failed: 1, Held: 3}}, nil
+	return map[string]journal.Backlog{"crm": {Pending: 2, Failed: 1, Held: 3, BlockedKeys: 2, OldestBlocked: goldenTime.Add(-time.Hour)}}, nil
+}
+
+// WaitedBehind answers one more id than the API shows, so the golden
+// file shows a cut list.
+func (fullHistory) WaitedBehind(_ context.Context, id string, limit int) ([]string, error) {
+	var ids []string
+	for i := range limit {
+		ids = append(ids, fmt.Sprintf("dlv_%d", i+3))
+	}
+	return ids, nil
 }
 
 // TestAPIGolden pins every answer of the admin API, byte for byte, in

@@ -24,6 +24,9 @@ const (
 	defaultLimit = 50
 	maxLimit     = 500
 	maxBody      = 16 << 10
+	// maxWaitedBehind is how many of the deliveries that waited behind an
+	// ordered one its detail lists.
+	maxWaitedBehind = 20
 )
 
 func (s *Server) events(w http.ResponseWriter, _ *http.Request) {
@@ -229,9 +232,22 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		s.journalError(w, r, err)
 		return
 	}
-	out := api.DeliveryDetail{Attempts: make([]api.Attempt, 0, len(attempts)), Delivery: deliveryOf(d), Payload: payloadOf(body)}
+	out := api.DeliveryDetail{Attempts: make([]api.Attempt, 0, len(attempts)), Delivery: deliveryOf(d), Payload: payloadOf(body),
+		WaitedBehindIt: []string{}} // [] rather than null
 	for _, a := range attempts {
 		out.Attempts = append(out.Attempts, attemptOf(a))
+	}
+	if d.OrderingKey != nil { // an unordered delivery held nothing back
+		// One more than shown tells whether the list is cut.
+		waited, err := s.cfg.History.WaitedBehind(r.Context(), id, maxWaitedBehind+1)
+		if err != nil {
+			s.journalError(w, r, err)
+			return
+		}
+		if len(waited) > maxWaitedBehind {
+			waited, out.WaitedBehindMore = waited[:maxWaitedBehind], true
+		}
+		out.WaitedBehindIt = append(out.WaitedBehindIt, waited...)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -98,6 +98,34 @@ type Subscription struct {
 	// OldestPendingSeconds is how long the oldest due delivery has waited
 	// (0 when none is due).
 	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
+	// Ordering is the order the subscription keeps: "none" (parallel, no
+	// order promised), "entity" (in stream order per key: a request, a
+	// user) or "subscription" (one at a time, in stream order).
+	Ordering string `json:"ordering"`
+	// BlockedKeys counts, from the journal, the ordering keys whose head
+	// waits for a retry and holds back the later deliveries of its key (0
+	// without ordering); OldestBlockedAt is when the oldest of those heads
+	// was created, null when no key is blocked.
+	BlockedKeys     int        `json:"blocked_keys"`
+	OldestBlockedAt *time.Time `json:"oldest_blocked_at"`
+	// OrderMemory is what this process holds of the subscription's keys
+	// in memory; absent without ordering.
+	OrderMemory *OrderMemory `json:"order_memory,omitempty"`
+}
+
+// OrderMemory is what the process that answers holds of an ordered
+// subscription's keys. It shows the fast path: another process may hold
+// other keys, and the journal (Subscription.BlockedKeys) is the authority.
+type OrderMemory struct {
+	// Keys is how many keys have deliveries in this process's memory or
+	// known to wait in the journal.
+	Keys int `json:"keys"`
+	// Waiting is how many deliveries wait in memory behind an earlier
+	// delivery of their key.
+	Waiting int `json:"waiting"`
+	// JournalKeys is how many of the keys wait in the journal (for a
+	// retry, after a spill, while paused).
+	JournalKeys int `json:"journal_keys"`
 }
 
 // Stats is a subscription's recent delivery history, as this process saw
@@ -160,6 +188,10 @@ type Delivery struct {
 	LastAttemptAt *time.Time `json:"last_attempt_at"`
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
+	// OrderingKey is the key that orders the delivery among its
+	// subscription's: a request or user id under ordering "entity", ""
+	// under "subscription"; null when the delivery is unordered.
+	OrderingKey *string `json:"ordering_key"`
 }
 
 // DeliveryDetail is the answer of GET /v1/deliveries/{id}: the delivery,
@@ -170,6 +202,12 @@ type DeliveryDetail struct {
 	// Payload is the signed body, as JSON when it is JSON, else as a JSON
 	// string (invalid UTF-8 replaced).
 	Payload json.RawMessage `json:"payload"`
+	// WaitedBehindIt lists, oldest first, the deliveries of the same key
+	// that waited behind this one while it was unfinished (its retries
+	// held them back); empty for an unordered delivery. At most 20 are
+	// listed; WaitedBehindMore is true when there were more.
+	WaitedBehindIt   []string `json:"waited_behind_it"`
+	WaitedBehindMore bool     `json:"waited_behind_more,omitempty"`
 }
 
 // Attempt is one attempt of a delivery.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,20 +59,23 @@ func browserDeps(t *testing.T) string {
 }
 
 // TestDashboardInBrowser drives the dashboard in headless chromium: sign
-// in, find the delivery an INSERT caused, open it, retry it by hand (the
-// receiver now answers 200), send a test event, pause the subscription.
-// The script's expectations are checked again here against the journal.
+// in, see the subscription's ordering and its blocked key, find the
+// delivery an INSERT caused and the update that waits behind it, open it,
+// retry it by hand (the receiver now answers 200), send a test event,
+// pause the subscription. The script's expectations are checked again
+// here against the journal and the receiver.
 func TestDashboardInBrowser(t *testing.T) {
 	node := browserDeps(t)
 
-	// The receiver refuses the automatic first attempt and accepts from
-	// attempt 2 on (the dashboard's manual retry), and every test send.
+	// The receiver refuses the automatic first attempt of the
+	// request.created and accepts from attempt 2 on (the dashboard's
+	// manual retry), every other event, and every test send.
 	rc := testutil.NewReceiver(t)
 	rc.SetRespond(func(_ int, r *http.Request, _ []byte) (int, http.Header, string) {
 		if strings.Contains(r.Header.Get(signer.HeaderDelivery), "test_") {
 			return http.StatusOK, nil, `{"received":"test"}`
 		}
-		if n, _ := strconv.Atoi(r.Header.Get(signer.HeaderAttempt)); n >= 2 {
+		if n, _ := strconv.Atoi(r.Header.Get(signer.HeaderAttempt)); n >= 2 || r.Header.Get(signer.HeaderEvent) != "request.created" {
 			return http.StatusOK, nil, `{"received":true}`
 		}
 		return http.StatusInternalServerError, nil, "receiver down"
@@ -87,7 +91,7 @@ journal: {heartbeat: 200ms}
 delivery: {allow_insecure_http: true, retry_schedule: [0s, 1h]}
 admin: {listen: "127.0.0.1:0", token: %s}
 subscriptions:
-  - {id: crm, url: "%s/hooks/dzdesk", events: ["request.*"], secret: dashboard-test-secret-0123456789}
+  - {id: crm, url: "%s/hooks/dzdesk", events: ["request.*"], secret: dashboard-test-secret-0123456789, ordering: entity}
 `, db.DSN, adminToken, rc.URL)
 	e := enginetest.Start(t, yaml, engine.Options{Dashboard: dashboard.Files(), PollInterval: 50 * time.Millisecond})
 	base := "http://" + e.AdminAddr()
@@ -102,6 +106,16 @@ subscriptions:
 			 WHERE NOT d.test AND a.attempt = 1 AND a.status_code = 500`).Scan(&id)
 		return err == nil
 	})
+	// Ordering: entity holds the request's update back behind the
+	// created's retry (due in an hour).
+	db.Exec(t, `UPDATE requests SET title = 'Printer still on fire' WHERE id = 42`)
+	var waited string
+	testutil.Eventually(t, 10*time.Second, "the update in the journal", func() bool {
+		return conn.QueryRow(context.Background(), `SELECT id FROM dzhook.deliveries WHERE event_type = 'request.updated'`).Scan(&waited) == nil
+	})
+	if n := len(rc.Requests()); n != 1 {
+		t.Fatalf("the receiver got %d requests, want only the created's first attempt: the update must wait behind it", n)
+	}
 
 	// The screenshots (and one of a failure) are kept with go test
 	// -artifacts, or at DZHOOK_SCREENSHOT.
@@ -116,6 +130,7 @@ subscriptions:
 		"DZHOOK_TOKEN":        adminToken,
 		"DZHOOK_SUBSCRIPTION": "crm",
 		"DZHOOK_DELIVERY_ID":  id,
+		"DZHOOK_WAITED_ID":    waited,
 		"DZHOOK_SCREENSHOT":   shot,
 		"DZHOOK_CHROMIUM":     chromium,
 	})
@@ -156,6 +171,16 @@ subscriptions:
 	var tests int
 	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM dzhook.deliveries WHERE test AND subscription_id = 'crm'`).Scan(&tests); err != nil || tests != 1 {
 		t.Errorf("test deliveries: %d (%v), want the one the dashboard sent", tests, err)
+	}
+	// The update went out only after the created was delivered.
+	var events []string
+	for _, r := range rc.Requests() {
+		if !strings.Contains(r.Header.Get(signer.HeaderDelivery), "test_") {
+			events = append(events, r.Header.Get(signer.HeaderEvent)+"#"+r.Header.Get(signer.HeaderAttempt))
+		}
+	}
+	if want := []string{"request.created#1", "request.created#2", "request.updated#1"}; !slices.Equal(events, want) {
+		t.Errorf("the receiver got %q, want %q", events, want)
 	}
 	if !apiSaysPaused(t, base) {
 		t.Errorf("GET /v1/subscriptions does not show crm paused")

@@ -460,6 +460,7 @@ func TestMetrics(t *testing.T) {
 		`dzhook_subscription_state{state="healthy",subscription="crm"} 1`,
 		`dzhook_queue_depth{subscription="crm"}`,
 		`dzhook_oldest_pending_seconds{subscription="crm"}`,
+		`dzhook_ordered_blocked_keys{subscription="crm"} 0`,
 		`dzhook_replication_lag_bytes`,
 		`dzhook_replication_durable_lsn`,
 	}

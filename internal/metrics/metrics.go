@@ -1,8 +1,9 @@
 // Package metrics exposes dzhook's Prometheus metrics, on a registry of
 // its own (no global state): events by type, deliveries by subscription
 // and outcome, attempt durations, attempts by error class, queue depth and
-// the age of the oldest pending delivery, replication positions and lag,
-// subscription states, journal writes.
+// the age of the oldest pending delivery, the ordering keys blocked
+// behind a retry, replication positions and lag, subscription states,
+// journal writes.
 package metrics
 
 import (
@@ -150,12 +151,13 @@ var (
 	descOldest      = prometheus.NewDesc("dzhook_oldest_pending_seconds", "Age of the oldest due pending delivery.", []string{"subscription"}, nil)
 	descSubState    = prometheus.NewDesc("dzhook_subscription_state", "1 for the subscription's current state.", []string{"subscription", "state"}, nil)
 	descSubPaused   = prometheus.NewDesc("dzhook_subscription_paused", "1 while paused.", []string{"subscription"}, nil)
+	descBlocked     = prometheus.NewDesc("dzhook_ordered_blocked_keys", "Ordering keys whose head delivery waits for a retry, holding back the later deliveries of its key (0 without ordering).", []string{"subscription"}, nil)
 	backlogInterval = 5 * time.Second
 )
 
 func (s *scraped) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descChanges, descTx, descReconnects, descConnected,
-		descStandby, descQueue, descPending, descOldest, descSubState, descSubPaused} {
+		descStandby, descQueue, descPending, descOldest, descSubState, descSubPaused, descBlocked} {
 		ch <- d
 	}
 }
@@ -202,6 +204,7 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 			age = now.Sub(b.OldestPending).Seconds()
 		}
 		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, age, sub.ID)
+		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, float64(b.BlockedKeys), sub.ID)
 	}
 }
 

@@ -7,6 +7,8 @@
 //   DZHOOK_SUBSCRIPTION  the subscription's id
 //   DZHOOK_DELIVERY_ID   the delivery an INSERT caused; its first attempt
 //                        got a 500, the receiver answers 200 from attempt 2
+//   DZHOOK_WAITED_ID     the delivery of the request's update, which waits
+//                        behind it (the subscription has ordering: entity)
 //   DZHOOK_SCREENSHOT    where to write the screenshot (PNG)
 //   DZHOOK_CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -30,6 +32,7 @@ const url = env('DZHOOK_URL');
 const token = env('DZHOOK_TOKEN');
 const sub = env('DZHOOK_SUBSCRIPTION');
 const deliveryID = env('DZHOOK_DELIVERY_ID');
+const waitedID = env('DZHOOK_WAITED_ID');
 const screenshot = env('DZHOOK_SCREENSHOT');
 const executablePath = env('DZHOOK_CHROMIUM', '/usr/bin/chromium');
 const TIMEOUT = 15_000;
@@ -111,6 +114,11 @@ async function main() {
   console.log(`  state ${st}`);
   await eventually('chart of the last hour', () => page.locator(`${tid(`chart-${sub}`)} rect`).count(), (n) => n >= 1);
 
+  step(`${sub} shows its ordering and the key blocked behind the 500`);
+  await eventually('ordering', () => text(page.locator(tid(`ordering-${sub}`))), (s) => s === 'ordering: entity');
+  const blocked = await eventually('blocked keys', () => text(page.locator(tid(`blocked-${sub}`))), (s) => s.startsWith('Blocked keys: 1 (oldest created '));
+  console.log(`  ${blocked}`);
+
   step(`delivery ${deliveryID} is in the history, pending after its 500`);
   const row = page.locator(tid(`delivery-row-${deliveryID}`));
   await row.waitFor({ state: 'visible' });
@@ -131,6 +139,11 @@ async function main() {
   if (!(await text(page.locator(tid('payload')))).includes('\n  ')) throw new Error('the payload is not pretty-printed');
   if (!(await page.evaluate(() => location.hash)).includes(deliveryID)) throw new Error('the open delivery is not in the URL');
 
+  step('its ordering key, and the update that waits behind it');
+  await eventually('ordering key', () => text(page.locator(tid('detail-ordering-key'))), (s) => s === 'req_42');
+  await page.locator(tid('waited-behind')).waitFor({ state: 'visible' });
+  await eventually('waited behind it', () => page.locator(`${tid('waited-list')} li`).allTextContents(), (l) => l.length === 1 && l[0].trim() === waitedID);
+
   step('retry it from the dashboard (the receiver now answers 200): a second, manual attempt');
   await page.locator(tid('retry-delivery')).click();
   await eventually('two attempts', () => attempts.count(), (n) => n === 2);
@@ -139,6 +152,11 @@ async function main() {
   await eventually('detail state', () => text(page.locator(tid('detail-state'))), (s) => s === 'delivered');
   await eventually('history row state', () => text(page.locator(tid(`delivery-state-${deliveryID}`))), (s) => s === 'delivered');
   await eventually('status message', () => text(page.locator(tid('status'))), (s) => s.includes('HTTP 200'));
+
+  step('its key moves on: the update is delivered, no key is blocked, and the history still shows what waited');
+  await eventually('update delivered', () => text(page.locator(tid(`delivery-state-${waitedID}`))), (s) => s === 'delivered');
+  await eventually('blocked keys', () => text(page.locator(tid(`blocked-${sub}`))), (s) => s === 'Blocked keys: none');
+  await eventually('still waited behind it', () => page.locator(`${tid('waited-list')} li`).count(), (n) => n === 1);
 
   step('send a test event from the subscription\'s card');
   await page.locator(tid(`test-event-${sub}`)).selectOption('request.assigned');

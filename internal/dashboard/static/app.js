@@ -293,6 +293,7 @@ function buildCard(id) {
   const c = {};
   c.state = el('span', { class: 'badge', 'data-testid': `state-${id}` });
   c.inactive = el('span', { class: 'tag', text: 'inactive', title: 'active: false in the configuration', hidden: true });
+  c.ordering = el('span', { class: 'tag', 'data-testid': `ordering-${id}` });
   c.url = el('p', { class: 'url mono', 'data-testid': `url-${id}` });
   const metric = (label, key, extra = {}) => {
     c[key] = el('dd', { 'data-testid': `${key}-${id}`, ...extra });
@@ -318,6 +319,7 @@ function buildCard(id) {
     el('div', { class: 'chart-axis', 'aria-hidden': 'true' }, el('span', { text: '60 min ago' }), el('span', { text: 'now' })),
     c.chartCap,
   );
+  c.blocked = el('p', { class: 'order-line', 'data-testid': `blocked-${id}`, hidden: true });
   c.lastError = el('p', { class: 'last-error', 'data-testid': `last-error-${id}`, hidden: true });
 
   c.pause = el('button', { type: 'button', 'data-testid': `pause-${id}`, onclick: () => pauseResume(id, 'pause') }, 'Pause');
@@ -336,11 +338,12 @@ function buildCard(id) {
   c.root = el('article', { class: 'card', 'data-testid': `subscription-row-${id}`, 'aria-labelledby': `${p}-title` },
     el('div', { class: 'card-head' },
       el('h3', { id: `${p}-title`, class: 'card-title', text: id }),
-      c.state, c.inactive,
+      c.state, c.inactive, c.ordering,
       el('span', { class: 'card-head-actions' }, c.pause, c.resume),
     ),
     c.url,
     el('div', { class: 'card-body' }, metrics, chart),
+    c.blocked,
     c.lastError,
     el('div', { class: 'actions', role: 'group', 'aria-label': `Actions for ${id}` },
       el('span', { class: 'action-group' },
@@ -383,6 +386,8 @@ function updateCard(c, s) {
   setText(c.lastfail, fmtAgo(s.last_failure_at));
   c.lastfail.title = s.last_failure_at || '';
 
+  updateOrdering(c, s);
+
   const failedLast = s.last_failure_at && (!s.last_success_at || s.last_failure_at > s.last_success_at);
   const why = errorText(s.last_status, s.last_error);
   c.lastError.hidden = !(failedLast && why);
@@ -396,6 +401,29 @@ function updateCard(c, s) {
     if (hadFocus) (canResume ? c.resume : c.pause).focus();
   }
   drawChart(c, stats.per_minute || []);
+}
+
+const orderingTitles = {
+  none: 'ordering: none — deliveries go out in parallel; no order is promised',
+  entity: 'ordering: entity — the deliveries of one request or user reach the receiver in stream order, each after the previous one finished; different keys in parallel',
+  subscription: 'ordering: subscription — one delivery at a time, in stream order',
+};
+
+// updateOrdering shows the subscription's ordering mode and, when it is
+// ordered (or deliveries of an earlier ordering are still blocked), the
+// keys whose head waits for a retry and holds back the rest of its key.
+function updateOrdering(c, s) {
+  const mode = s.ordering || 'none';
+  setText(c.ordering, `ordering: ${mode}`);
+  c.ordering.title = orderingTitles[mode] || '';
+  const n = s.blocked_keys || 0;
+  c.blocked.hidden = mode === 'none' && n === 0;
+  setText(c.blocked, n === 0 ? 'Blocked keys: none' : `Blocked keys: ${n} (oldest created ${fmtAgo(s.oldest_blocked_at)})`);
+  c.blocked.className = n > 0 ? 'order-line warn' : 'order-line';
+  const m = s.order_memory;
+  const plural = (k, one, many) => `${k} ${k === 1 ? one : many}`;
+  c.blocked.title = 'A blocked key’s first delivery waits for its retry; the later deliveries of that key wait behind it, other keys flow.' +
+    (m ? ` This process holds ${plural(m.keys, 'key', 'keys')}: ${plural(m.waiting, 'delivery waits', 'deliveries wait')} in memory behind an earlier one of its key, ${plural(m.journal_keys, 'key waits', 'keys wait')} in the journal.` : '');
 }
 
 function drawChart(c, perMinute) {
@@ -792,6 +820,7 @@ function renderDetail(data) {
     fact('Next attempt', d.next_attempt_at ? timeEl(d.next_attempt_at, `${fmtTime(d.next_attempt_at)} (${fmtAgo(d.next_attempt_at)})`) : (d.in_flight ? 'being sent now' : null)),
     fact('Created', timeEl(d.created_at)),
     fact('Event id', el('span', { class: 'mono', text: d.event_id || '' })),
+    fact('Ordering key', orderingKey(d.ordering_key), 'detail-ordering-key'),
   ];
   if (d.test) facts.push(fact('Kind', 'test send (not counted in the subscription’s health)'));
   $('detail-facts').replaceChildren(...facts);
@@ -830,8 +859,33 @@ function renderDetail(data) {
     if (opened.has(det.closest('tr').previousSibling.dataset.attempt)) det.open = true;
   }
   $('attempts-empty').hidden = attempts.length > 0;
+  renderWaited(d, data);
   const p = data.payload;
   setText($('payload'), p === undefined || p === null || p === '' ? '(no payload in the journal)' : pretty(p));
+}
+
+// orderingKey shows a delivery's ordering key: the entity's id, the whole
+// subscription (ordering: subscription), or unordered.
+function orderingKey(k) {
+  if (k === null || k === undefined) return el('span', { class: 'muted', text: 'unordered' });
+  if (k === '') return el('span', { text: 'whole subscription (one at a time)' });
+  return el('span', { class: 'mono', text: k });
+}
+
+// renderWaited lists the deliveries of the same key that waited behind an
+// ordered one while it was unfinished; each opens on a click.
+function renderWaited(d, data) {
+  const ordered = d.ordering_key !== null && d.ordering_key !== undefined;
+  $('waited-section').hidden = !ordered;
+  if (!ordered) {
+    $('waited-list').replaceChildren();
+    return;
+  }
+  const ids = Array.isArray(data.waited_behind_it) ? data.waited_behind_it : [];
+  $('waited-list').replaceChildren(...ids.map((id) => el('li', {},
+    el('button', { type: 'button', class: 'linkish mono', 'data-testid': `waited-${id}`, onclick: () => openDelivery(id, true) }, id))));
+  $('waited-empty').hidden = ids.length > 0;
+  $('waited-more').hidden = !data.waited_behind_more;
 }
 
 function retryOpen() {

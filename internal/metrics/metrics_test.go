@@ -1,0 +1,57 @@
+package metrics
+
+import (
+	"context"
+	"maps"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+// TestBacklogGauges: the journal's backlog becomes per-subscription
+// gauges, blocked ordering keys included, and is read once per
+// backlogInterval however often Prometheus scrapes.
+func TestBacklogGauges(t *testing.T) {
+	reads := 0
+	m := New(Sources{
+		Subscriptions: func() []fanout.SubscriptionStatus {
+			return []fanout.SubscriptionStatus{{ID: "crm", Ordering: fanout.OrderEntity}, {ID: "slack", Ordering: fanout.OrderNone}}
+		},
+		Backlogs: func(context.Context) (map[string]journal.Backlog, error) {
+			reads++
+			return map[string]journal.Backlog{"crm": {Pending: 4, BlockedKeys: 3}}, nil
+		},
+	})
+	want := map[string]float64{"crm": 3, "slack": 0}
+	for range 3 {
+		mfs, err := m.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "dzhook_ordered_blocked_keys" {
+				continue
+			}
+			if mf.GetType() != dto.MetricType_GAUGE {
+				t.Errorf("dzhook_ordered_blocked_keys is a %v, want a gauge", mf.GetType())
+			}
+			for _, mt := range mf.GetMetric() {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "subscription" {
+						got[l.GetValue()] = mt.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("dzhook_ordered_blocked_keys: got %v, want %v", got, want)
+		}
+	}
+	if reads != 1 {
+		t.Errorf("the backlog was read %d times in three scrapes, want once (cached)", reads)
+	}
+}
