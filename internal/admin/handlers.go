@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,9 +39,21 @@ func (s *Server) events(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// journalTimeout bounds each read of the journal an API request makes: a
+// journal that does not answer (its packets dropped) gets a 503 naming it,
+// not a request that hangs.
+const journalTimeout = 5 * time.Second
+
+// journalCtx is the context of one journal read for a request.
+func journalCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), journalTimeout)
+}
+
 // views returns every subscription with its backlog in the journal.
 func (s *Server) views(r *http.Request) ([]api.Subscription, error) {
-	backlog, err := s.cfg.History.Backlogs(r.Context())
+	ctx, cancel := journalCtx(r)
+	defer cancel()
+	backlog, err := s.cfg.History.Backlogs(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +214,9 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")
 		return
 	}
-	list, next, err := s.cfg.History.ListDeliveries(r.Context(), f)
+	ctx, cancel := journalCtx(r)
+	defer cancel()
+	list, next, err := s.cfg.History.ListDeliveries(ctx, f)
 	if err != nil {
 		s.journalError(w, r, err)
 		return
@@ -227,7 +242,9 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	d, body, attempts, err := s.cfg.History.GetDelivery(r.Context(), id)
+	ctx, cancel := journalCtx(r)
+	defer cancel()
+	d, body, attempts, err := s.cfg.History.GetDelivery(ctx, id)
 	if err != nil {
 		s.journalError(w, r, err)
 		return
@@ -239,7 +256,7 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	}
 	if d.OrderingKey != nil { // an unordered delivery held nothing back
 		// One more than shown tells whether the list is cut.
-		waited, err := s.cfg.History.WaitedBehind(r.Context(), id, maxWaitedBehind+1)
+		waited, err := s.cfg.History.WaitedBehind(ctx, id, maxWaitedBehind+1)
 		if err != nil {
 			s.journalError(w, r, err)
 			return

@@ -132,9 +132,10 @@ func (m *Metrics) Rejected() { m.rejections.Inc() }
 type scraped struct {
 	src Sources
 
-	mu      sync.Mutex
-	at      time.Time
-	backlog map[string]journal.Backlog
+	mu         sync.Mutex
+	at         time.Time
+	refreshing bool
+	backlog    map[string]journal.Backlog
 }
 
 var (
@@ -210,19 +211,29 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 
 func (s *scraped) backlogs() map[string]journal.Backlog {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.src.Backlogs == nil || time.Since(s.at) < backlogInterval {
-		return s.backlog
+	if s.src.Backlogs == nil || s.refreshing || time.Since(s.at) < backlogInterval {
+		b := s.backlog
+		s.mu.Unlock()
+		return b
 	}
+	// One scrape refreshes, without the lock: the others answer at once
+	// with the last counts, even while the journal does not answer.
+	s.refreshing = true
+	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	b, err := s.src.Backlogs(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refreshing = false
+	// A failure is tried again after the same interval, not at every scrape.
+	s.at = time.Now()
 	if err != nil {
 		if s.src.Logger != nil {
 			s.src.Logger.Warn("metrics: counting the journal's backlog failed", "err", err)
 		}
 		return s.backlog
 	}
-	s.backlog, s.at = b, time.Now()
+	s.backlog = b
 	return b
 }
