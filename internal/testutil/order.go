@@ -19,6 +19,8 @@ type Attempt struct {
 	// and its data.id (the request's or user's id: the ordering key of
 	// the reference mapping's events).
 	EventID, Type, Key string
+	// Agent is the request's User-Agent: which dzhook sent it.
+	Agent string
 	// N counts the attempts of this event the receiver saw, from 1.
 	N int
 	// Status is what the receiver answered.
@@ -76,7 +78,7 @@ func (rc *OrderReceiver) serve(w http.ResponseWriter, r *http.Request) {
 	rc.mu.Lock()
 	rc.clock++
 	rc.seen[env.ID]++
-	a := Attempt{EventID: env.ID, Type: env.Event, Key: env.Data.ID, N: rc.seen[env.ID], Start: rc.clock, At: time.Now()}
+	a := Attempt{EventID: env.ID, Type: env.Event, Key: env.Data.ID, Agent: r.UserAgent(), N: rc.seen[env.ID], Start: rc.clock, At: time.Now()}
 	rc.inFlight[a.Key]++
 	if rc.inFlight[a.Key] > 1 {
 		rc.overlaps = append(rc.overlaps, fmt.Sprintf("%s: %s (%s) while %s", a.Key, a.EventID, a.Type, rc.running[a.Key]))
