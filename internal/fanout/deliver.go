@@ -90,9 +90,31 @@ func (d *deliverer) afterOrdered(life context.Context, s *sub, t *task, dec Deci
 		}
 	}
 	if nudge {
-		d.nudge()
+		d.nudgeWhenDurable(life)
 	}
 	return next
+}
+
+// nudgeWhenDurable wakes the scheduler once what was put to the journal
+// writer so far is durable. After an ordered delivery finished, the next
+// one of its key waits in the journal and becomes claimable only when
+// this one's outcome is written there: until then the claim still sees
+// this one pending, the head of its key, and takes nothing. Woken at
+// once, the scheduler would find nothing and sleep a PollInterval, and a
+// key that went through the journal (after a retry, a spill, a pause)
+// would move one delivery per PollInterval.
+func (d *Dispatcher) nudgeWhenDurable(life context.Context) {
+	done := make(chan error, 1)
+	if err := d.records.Put(life, journal.Record{Done: done}); err != nil {
+		d.nudge()
+		return
+	}
+	// Ends when the record is durable, the writer stops, or life ends.
+	go func() {
+		if d.records.Wait(life, done) == nil {
+			d.nudge()
+		}
+	}()
 }
 
 // attempt makes one attempt, puts its outcome to the journal writer, and
