@@ -102,19 +102,12 @@ func (d *deliverer) afterOrdered(life context.Context, s *sub, t *task, dec Deci
 // this one pending, the head of its key, and takes nothing. Woken at
 // once, the scheduler would find nothing and sleep a PollInterval, and a
 // key that went through the journal (after a retry, a spill, a pause)
-// would move one delivery per PollInterval.
-func (d *Dispatcher) nudgeWhenDurable(life context.Context) {
-	done := make(chan error, 1)
-	if err := d.records.Put(life, journal.Record{Done: done}); err != nil {
+// would move one delivery per PollInterval. The writer wakes it after
+// the batch that holds this record (journal.Record.Spilled).
+func (d *deliverer) nudgeWhenDurable(life context.Context) {
+	if err := d.records.Put(life, journal.Record{Spilled: true}); err != nil {
 		d.nudge()
-		return
 	}
-	// Ends when the record is durable, the writer stops, or life ends.
-	go func() {
-		if d.records.Wait(life, done) == nil {
-			d.nudge()
-		}
-	}()
 }
 
 // attempt makes one attempt, puts its outcome to the journal writer, and

@@ -20,8 +20,9 @@ import (
 type Record struct {
 	Event      *EventRow
 	Deliveries []DeliveryRow
-	// Spilled: some deliveries wait in the journal for the scheduler
-	// (WriterConfig.OnSpill is told once they are written).
+	// Spilled: some deliveries wait in the journal for the scheduler, or
+	// became claimable there (WriterConfig.OnSpill is told once the batch
+	// holding this record is written).
 	Spilled bool
 	// NoHold writes the deliveries now, without waiting for the outcome
 	// of their first attempts.
