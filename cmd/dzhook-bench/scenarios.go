@@ -45,6 +45,13 @@ type receiver struct {
 	target  int
 	reached chan struct{}
 	bad     atomic.Int64
+
+	// With ordered set (expectOrdered), each first arrival's title "#<n>"
+	// is compared with the last one seen of its request: a lower n is an
+	// arrival out of commit order.
+	ordered    bool
+	lastSeq    map[string]int64
+	outOfOrder int
 }
 
 func newReceiver() (*receiver, error) {
@@ -67,10 +74,51 @@ func (rc *receiver) expect(n int) <-chan struct{} {
 	rc.first, rc.byReq = map[string]time.Time{}, map[string]time.Time{}
 	rc.target, rc.reached = n, make(chan struct{})
 	rc.total.Store(0)
+	rc.ordered, rc.lastSeq, rc.outOfOrder = false, nil, 0
 	return rc.reached
 }
 
-var dataID = []byte(`"data":{"id":"`)
+// expectOrdered is expect, also counting arrivals out of each request's
+// commit order (see receiver.ordered).
+func (rc *receiver) expectOrdered(n int) <-chan struct{} {
+	reached := rc.expect(n)
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.ordered, rc.lastSeq = true, map[string]int64{}
+	return reached
+}
+
+// misordered is how many first arrivals came before a later delivery of
+// their request had arrived.
+func (rc *receiver) misordered() int {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.outOfOrder
+}
+
+var (
+	dataID  = []byte(`"data":{"id":"`)
+	titleNo = []byte(`"title":"#`)
+)
+
+// seqOf reads n from the payload's "title":"#<n>" (-1: none).
+func seqOf(body []byte) int64 {
+	i := bytes.Index(body, titleNo)
+	if i < 0 {
+		return -1
+	}
+	n, ok := int64(0), false
+	for _, c := range body[i+len(titleNo):] {
+		if c < '0' || c > '9' {
+			break
+		}
+		n, ok = n*10+int64(c-'0'), true
+	}
+	if !ok {
+		return -1
+	}
+	return n
+}
 
 func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
@@ -98,6 +146,15 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rc.first[dlv] = now
 		if req != "" {
 			rc.byReq[req] = now
+			if rc.ordered {
+				if seq := seqOf(body); seq >= 0 {
+					if last, ok := rc.lastSeq[req]; ok && seq < last {
+						rc.outOfOrder++
+					} else {
+						rc.lastSeq[req] = seq
+					}
+				}
+			}
 		}
 		if len(rc.first) == rc.target && rc.reached != nil {
 			close(rc.reached)
@@ -165,6 +222,10 @@ func (b *bench) newDB(ctx context.Context) (name, dsn string, err error) {
 
 type subSpec struct {
 	id, path string
+	// events defaults to [request.created]; ordering to dzhook's default
+	// (none).
+	events   []string
+	ordering string
 }
 
 // writeConfig writes a dzhook configuration for db with the given
@@ -183,7 +244,14 @@ func (b *bench) writeConfig(dsn string, subs []subSpec, url string) (string, err
 	}
 	fmt.Fprintf(&s, "source:\n  dsn: %s\n%sdelivery:\n  allow_insecure_http: true\n  timeout: 5s\nadmin:\n  listen: \"\"\nlog:\n  level: warn\nsubscriptions:\n", dsn, journal)
 	for _, sub := range subs {
-		fmt.Fprintf(&s, "  - id: %s\n    url: %s%s\n    events: [request.created]\n    secret: %s\n", sub.id, url, sub.path, benchSecret)
+		events := sub.events
+		if len(events) == 0 {
+			events = []string{"request.created"}
+		}
+		fmt.Fprintf(&s, "  - id: %s\n    url: %s%s\n    events: [%s]\n    secret: %s\n", sub.id, url, sub.path, strings.Join(events, ", "), benchSecret)
+		if sub.ordering != "" {
+			fmt.Fprintf(&s, "    ordering: %s\n", sub.ordering)
+		}
 	}
 	path := filepath.Join(b.work, fmt.Sprintf("config-%d.yaml", time.Now().UnixNano()))
 	return path, os.WriteFile(path, []byte(s.String()), 0o600)
@@ -392,7 +460,7 @@ func (b *bench) catchup(ctx context.Context) error {
 }
 
 func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
-	w, cleanup, err := b.prepare(ctx, []subSpec{{"bench", "/bench"}})
+	w, cleanup, err := b.prepare(ctx, []subSpec{{id: "bench", path: "/bench"}})
 	if err != nil {
 		return err
 	}
@@ -535,7 +603,7 @@ func pct(d []time.Duration, p float64) float64 {
 }
 
 func (b *bench) live(ctx context.Context) error {
-	w, cleanup, err := b.prepare(ctx, []subSpec{{"bench", "/bench"}})
+	w, cleanup, err := b.prepare(ctx, []subSpec{{id: "bench", path: "/bench"}})
 	if err != nil {
 		return err
 	}
@@ -579,7 +647,7 @@ func (b *bench) fanout(ctx context.Context) error {
 	events := b.rows / 5
 	var specs []subSpec
 	for i := range subs {
-		specs = append(specs, subSpec{fmt.Sprintf("s%02d", i), fmt.Sprintf("/s%02d", i)})
+		specs = append(specs, subSpec{id: fmt.Sprintf("s%02d", i), path: fmt.Sprintf("/s%02d", i)})
 	}
 	w, cleanup, err := b.prepare(ctx, specs)
 	if err != nil {
@@ -614,9 +682,9 @@ func (b *bench) fanout(ctx context.Context) error {
 func (b *bench) isolation(ctx context.Context) error {
 	var specs []subSpec
 	for i := range 5 {
-		specs = append(specs, subSpec{fmt.Sprintf("ok%d", i), fmt.Sprintf("/ok%d", i)})
+		specs = append(specs, subSpec{id: fmt.Sprintf("ok%d", i), path: fmt.Sprintf("/ok%d", i)})
 	}
-	specs = append(specs, subSpec{"hung", "/hang/x"})
+	specs = append(specs, subSpec{id: "hung", path: "/hang/x"})
 	w, cleanup, err := b.prepare(ctx, specs)
 	if err != nil {
 		return err
