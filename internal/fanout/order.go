@@ -77,8 +77,7 @@ func (o Ordering) key(eventKey string) (string, bool) {
 type orderState struct {
 	mu      sync.Mutex
 	keys    map[string]*keyState
-	waiting int // tasks waiting in memory, all keys
-	limit   int // bound of waiting: beyond it, new deliveries go to the journal
+	waiting int // tasks waiting in memory, all keys (each holds a queue place)
 	// synced: the journal's backlog was read (sync). Until then every
 	// delivery goes to the journal, where the claim orders it.
 	synced bool
@@ -91,8 +90,8 @@ type keyState struct {
 	lastPos   int64
 }
 
-func newOrderState(limit int) *orderState {
-	return &orderState{keys: map[string]*keyState{}, limit: limit}
+func newOrderState() *orderState {
+	return &orderState{keys: map[string]*keyState{}}
 }
 
 func (ks *keyState) idle() bool { return ks.active == nil && len(ks.waiting) == 0 && ks.journaled == 0 }
@@ -135,20 +134,24 @@ const (
 
 // admit decides where a new delivery t of its key goes, and gives it its
 // position: pos, or later than every earlier delivery of the key. room
-// says whether a place in the workers' queue is reserved for it. unhold
-// lists the key's deliveries in memory that the journal must show first.
-func (o *orderState) admit(t *task, pos int64, room bool) (where admission, position int64, unhold []string) {
+// is a place reserved in the subscription's queue for it (nil: none): a
+// delivery kept in memory, going to the workers or waiting behind its
+// key, keeps its place, so memory stays bounded by the queue's size and
+// the stream is paced by the receiver as without ordering. unhold lists
+// the key's deliveries in memory that the journal must show first.
+func (o *orderState) admit(t *task, pos int64, room *sub) (where admission, position int64, unhold []string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	ks := o.get(t.key)
 	position = max(pos, ks.lastPos+1)
 	ks.lastPos = position
 	switch {
-	case !o.synced:
-	case ks.idle() && room:
+	case !o.synced || room == nil:
+	case ks.idle():
 		ks.active = t
 		return toWorkers, position, nil
-	case ks.journaled == 0 && ks.active != nil && o.waiting < o.limit:
+	case ks.journaled == 0 && ks.active != nil:
+		t.place = room
 		ks.waiting = append(ks.waiting, t)
 		o.waiting++
 		return toWaiting, position, nil
@@ -157,14 +160,14 @@ func (o *orderState) admit(t *task, pos int64, room bool) (where admission, posi
 	return toJournal, position, ks.inMemory()
 }
 
-// wantsRoom reports whether a new delivery of key would go straight to
-// the workers (the key is idle): only then is a place in the queue worth
-// reserving (and waiting a moment for).
+// wantsRoom reports whether a new delivery of key would stay in memory
+// (its key has nothing in the journal): only then is a place in the
+// queue worth reserving (and waiting a moment for).
 func (o *orderState) wantsRoom(key string) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	ks := o.keys[key]
-	return o.synced && (ks == nil || ks.idle())
+	return o.synced && (ks == nil || ks.journaled == 0)
 }
 
 // undo forgets a delivery admitted but never journaled (the journal
@@ -186,6 +189,7 @@ func (o *orderState) undo(t *task, where admission) {
 			if w == t {
 				ks.waiting = append(ks.waiting[:i], ks.waiting[i+1:]...)
 				o.waiting--
+				t.freePlace()
 				break
 			}
 		}
@@ -241,16 +245,12 @@ func (o *orderState) finished(t *task, retrying, retired bool) (next *task, rele
 	}
 	if retrying || retired {
 		// The later deliveries of the key wait in the journal behind it.
-		for _, w := range ks.waiting {
-			release = append(release, w.deliveryID)
-		}
-		ks.journaled += len(ks.waiting)
-		o.waiting -= len(ks.waiting)
-		ks.waiting = nil
+		release = o.giveUpWaiting(ks)
 	} else if len(ks.waiting) > 0 {
 		next = ks.waiting[0]
 		ks.waiting = ks.waiting[1:]
 		o.waiting--
+		next.freePlace() // it leaves the queue's count, as a task taken by a worker does
 		ks.active = next
 	}
 	if ks.active == nil && ks.journaled > 0 {
@@ -282,14 +282,23 @@ func (o *orderState) drained(tasks []*task) []string {
 		if !t.claimed {
 			ks.journaled++
 		}
-		for _, w := range ks.waiting {
-			release = append(release, w.deliveryID)
-		}
-		ks.journaled += len(ks.waiting)
-		o.waiting -= len(ks.waiting)
-		ks.waiting = nil
+		release = append(release, o.giveUpWaiting(ks)...)
 	}
 	return release
+}
+
+// giveUpWaiting sends the key's waiting deliveries to the journal (the
+// caller releases them there) and frees their places.
+func (o *orderState) giveUpWaiting(ks *keyState) []string {
+	ids := make([]string, 0, len(ks.waiting))
+	for _, w := range ks.waiting {
+		ids = append(ids, w.deliveryID)
+		w.freePlace()
+	}
+	ks.journaled += len(ks.waiting)
+	o.waiting -= len(ks.waiting)
+	ks.waiting = nil
+	return ids
 }
 
 // sync raises the journaled counts to what the journal holds for each

@@ -106,12 +106,15 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 			}
 		case ordered:
 			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key}
-			room := s.ord.wantsRoom(key) && d.reserve(ctx, s)
+			var room *sub
+			if s.ord.wantsRoom(key) && d.reserve(ctx, s) {
+				room = s
+			}
 			where, position, un := s.ord.admit(t, pos, room)
 			row.Ordered, row.OrderingKey, row.Position = true, key, position
 			unhold = append(unhold, un...)
 			orderedRoutes = append(orderedRoutes, admitted{s: s, t: t, where: where})
-			if room && where != toWorkers {
+			if room != nil && where == toJournal {
 				s.release(1)
 			}
 			switch where {

@@ -109,6 +109,9 @@ type task struct {
 	ordered bool
 	key     string
 	claimed bool
+	// place is the subscription whose queue place a delivery waiting
+	// behind its key holds (nil: none).
+	place *sub
 	// durable, when set, is told once the outcome is journaled: an
 	// operator's request returns only then, so its next one sees it.
 	durable chan error
@@ -211,6 +214,19 @@ func (s *sub) isRetired() bool {
 // release gives back places reserved and not used.
 func (s *sub) release(n int64) { s.reserved.Add(-n) }
 
+// freePlace gives back the queue place a waiting delivery held, and says
+// there is room, as a worker taking a task from the queue does.
+func (t *task) freePlace() {
+	if s := t.place; s != nil {
+		t.place = nil
+		s.release(1)
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // fastReceiver is the attempt time under which a receiver that answers
 // 2xx is considered to keep up: Dispatch waits for room in its queue
 // rather than sending its deliveries the slow way, through the journal.
@@ -275,7 +291,7 @@ func compile(cfg Subscription, opts *Config) (*sub, error) {
 	}
 	s.client = newClient(opts.Timeout, opts.Concurrency, opts.DialContext, opts.RootCAs)
 	if _, ordered := cfg.Ordering.key("k"); ordered {
-		s.ord = newOrderState(opts.QueueSize)
+		s.ord = newOrderState()
 	}
 	return s, nil
 }
