@@ -4,9 +4,10 @@
 // handler does that (see TimerChange), through the journal writer, in
 // order with the transaction, so an armed timer is never lost before the
 // transaction is acknowledged. At the first start on a slot the clock
-// arms the SLAs already open by a scan. Then, every CheckInterval, any
-// dzhook process claims the due timers (leased, FOR UPDATE SKIP LOCKED:
-// two processes never fire the same one), checks the SLA again
+// arms the SLAs already open by a scan. Then, every CheckInterval, the
+// dzhook process that streams (Config.Streaming) claims the due timers
+// (leased, FOR UPDATE SKIP LOCKED: two processes never fire the same one,
+// also while the slot changes hands), checks the SLA again
 // (completed, deleted or moved since: the timer is cancelled), and fires
 // the event through the dispatcher like any other. The event's id comes
 // from the SLA row, the kind and the target, so a timer fired again after
