@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
@@ -163,7 +165,7 @@ type Event struct {
 	// Body is the envelope, sent byte for byte on every attempt.
 	Body []byte
 	// CommitLSN of the source transaction; 0 for events from time.
-	CommitLSN uint64
+	CommitLSN pglogrepl.LSN
 	// Key is the entity the event is about (a request's or a user's id),
 	// whose deliveries an ordered subscription keeps in order; "" for
 	// none.

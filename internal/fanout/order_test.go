@@ -113,7 +113,7 @@ func orderEvents(keys []string) []Event {
 	for i, k := range keys {
 		id := src.NewID(pglogrepl.LSN(1000+i), 0, 0)
 		body := fmt.Sprintf(`{"id":%q,"event":"request.updated","timestamp":"2024-01-15T14:30:00Z","data":{"key":%q,"seq":%d}}`, id, k, seq[k])
-		evs[i] = Event{ID: id, Type: "request.updated", Timestamp: time.Now(), Body: []byte(body), CommitLSN: uint64(1000 + i), Key: k}
+		evs[i] = Event{ID: id, Type: "request.updated", Timestamp: time.Now(), Body: []byte(body), CommitLSN: pglogrepl.LSN(1000 + i), Key: k}
 		seq[k]++
 	}
 	return evs
@@ -287,4 +287,44 @@ func seqOf(keys []string, i int) int {
 		}
 	}
 	return n
+}
+
+// TestOrderedAcrossReload: reloading an ordered subscription (its headers
+// changed) while keys have deliveries in flight, waiting in memory and
+// waiting in the journal behind a retry keeps every key in order: the new
+// generation inherits the keys' state, and what the old one held goes
+// back to the journal behind what came before it.
+func TestOrderedAcrossReload(t *testing.T) {
+	store := newJournal(t)
+	var keys []string
+	for i := range 600 {
+		keys = append(keys, fmt.Sprintf("req_%d", i%12))
+	}
+	rc := newOrderReceiver(t, len(keys), func(key string, seq, attempt int) bool {
+		return (key == "req_4" && seq == 2 || key == "req_9" && seq == 30) && attempt == 1
+	})
+	sub := Subscription{ID: "crm", URL: rc.srv.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		RetrySchedule: []time.Duration{0, 500 * time.Millisecond}, Concurrency: 4, Logger: testutil.Logger(t),
+	})
+	ctx := context.Background()
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := orderEvents(keys)
+	for i, ev := range evs {
+		if i == len(evs)/2 {
+			changed := sub
+			changed.Headers = map[string]string{"X-Generation": "2"}
+			if err := d.Reload(ctx, []Subscription{changed}); err != nil {
+				t.Fatalf("Reload: %v", err)
+			}
+		}
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.wait(t, 60*time.Second)
+	rc.checkOrder(t, keys)
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/jackc/pglogrepl"
-
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -147,7 +145,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 		return nil // no subscription wants it: nothing to record
 	}
 	rec := journal.Record{
-		Event:      &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, CommitLSN: pglogrepl.LSN(ev.CommitLSN), OccurredAt: ev.Timestamp},
+		Event:      &journal.EventRow{ID: ev.ID, Type: ev.Type, Body: ev.Body, CommitLSN: ev.CommitLSN, OccurredAt: ev.Timestamp},
 		Deliveries: rows,
 		Spilled:    spilled,
 		NoHold:     noHold,

@@ -185,7 +185,7 @@ func (p *Pipeline) HandleChange(ctx context.Context, c *cdc.Change) error {
 		}
 	}
 	for _, ev := range events {
-		err := p.cfg.Router.Dispatch(ctx, fanout.Event{ID: ev.ID, Type: ev.Type, Timestamp: ev.Timestamp, Body: ev.Body, CommitLSN: uint64(ev.CommitLSN), Key: ev.Key})
+		err := p.cfg.Router.Dispatch(ctx, fanout.Event{ID: ev.ID, Type: ev.Type, Timestamp: ev.Timestamp, Body: ev.Body, CommitLSN: ev.CommitLSN, Key: ev.Key})
 		if err != nil {
 			return err
 		}
