@@ -83,6 +83,10 @@ func (d *deliverer) afterOrdered(life context.Context, s *sub, t *task, dec Deci
 		err := d.giveBack(life, func() []string {
 			var release []string
 			next, release, nudge = s.ord.finished(t, retrying, retired)
+			if retrying {
+				// Kept owned by attempt until now: first in line again.
+				release = append([]string{t.deliveryID}, release...)
+			}
 			return release
 		})
 		if err != nil {
@@ -125,8 +129,17 @@ func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResul
 	now := d.now().UTC()
 	dec := Next(Attempted{Attempt: n, Trigger: t.trigger, KeepNext: t.keepNext, Status: res.Status, RetryAfter: res.RetryAfter},
 		d.cfg.RetrySchedule, now)
+	// An ordered delivery that will be retried stays this instance's
+	// until its key's state has moved on (afterOrdered releases it with
+	// the deliveries that wait behind it): claimable at once, it could be
+	// claimed, attempted and followed by the next one of its key while
+	// this worker has not yet recorded that it waits for a retry.
+	owner := ""
+	if t.ordered && dec.State == journal.Pending {
+		owner = d.cfg.Instance
+	}
 	rec := journal.Record{
-		Update: &journal.DeliveryUpdate{
+		Update: &journal.DeliveryUpdate{Owner: owner,
 			ID: t.deliveryID, State: dec.State, Attempts: n, NextAttemptAt: dec.NextAttemptAt,
 			LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At,
 		},

@@ -320,6 +320,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- d.sched.Run(ctx) }()
+	// The heartbeat goes on until the owned deliveries are given back: a
+	// process still finishing its attempts must not look dead to the
+	// others, which would take over what it is sending.
+	hbCtx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); d.sched.heartbeatLoop(hbCtx) }()
+	defer func() { stopHeartbeat(); <-hbDone }()
 	<-ctx.Done()
 
 	// Under reloadMu: a Reload in progress finishes starting its new
@@ -334,8 +341,21 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	for _, s := range subs {
 		s.retire()
 	}
-	for _, s := range subs {
-		s.wg.Wait()
+	// Attempts in flight finish within the delivery timeout; workers
+	// blocked on a journal that does not answer are stopped after that.
+	workersDone := make(chan struct{})
+	go func() {
+		for _, s := range subs {
+			s.wg.Wait()
+		}
+		close(workersDone)
+	}()
+	select {
+	case <-workersDone:
+	case <-time.After(d.cfg.Timeout + 5*time.Second):
+		d.log.Warn("stopping with attempts whose outcome the journal did not take; their deliveries are attempted again")
+		stopLife()
+		<-workersDone
 	}
 	// Operators' retries and test sends in flight finish their attempt
 	// (within the delivery timeout) and journal it, unless they overrun.
@@ -466,8 +486,7 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 	d.opMu.Lock()
 	life := d.life
 	d.opMu.Unlock()
-	running := life != nil
-	if running {
+	if life != nil {
 		for _, s := range next {
 			if !keep[s] {
 				d.deliver.start(life, s)
@@ -481,15 +500,17 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 	}
 	d.reloadMu.Unlock()
 
-	if running {
-		for _, s := range retired {
-			s.wg.Wait()
-			// Its workers are gone, and nothing can enter its queue any
-			// more (enqueue checks retirement): what waits there was
-			// never attempted.
-			if err := d.giveBack(ctx, s.drainQueue); err != nil {
-				return err
-			}
+	for _, s := range retired {
+		// Its workers (if Run started any) are gone, and nothing can enter
+		// its queue any more (enqueue checks retirement): what waits there
+		// was never attempted, and goes back to the journal for whoever
+		// runs the subscription now. Before Run, the stream may already
+		// have queued deliveries that no worker would ever take.
+		s.wg.Wait()
+		if err := d.giveBack(ctx, s.drainQueue); err != nil {
+			// The new set is in force; what could not be given back stays
+			// this instance's until it stops (Unregister releases it).
+			d.log.Warn("deliveries queued for a replaced subscription stay owned by this instance until it stops", "subscription", s.cfg.ID, "err", err)
 		}
 	}
 	d.nudge()

@@ -233,9 +233,6 @@ func (o *orderState) finished(t *task, retrying, retired bool) (next *task, rele
 	if ks == nil {
 		return nil, nil, t.claimed
 	}
-	if ks.active == t {
-		ks.active = nil
-	}
 	switch {
 	case t.claimed && !retrying:
 		ks.journaled = max(0, ks.journaled-1)
@@ -243,10 +240,16 @@ func (o *orderState) finished(t *task, retrying, retired bool) (next *task, rele
 	case !t.claimed && retrying:
 		ks.journaled++
 	}
+	wasActive := ks.active == t
+	if wasActive {
+		ks.active = nil
+	}
 	if retrying || retired {
 		// The later deliveries of the key wait in the journal behind it.
 		release = o.giveUpWaiting(ks)
-	} else if len(ks.waiting) > 0 {
+	} else if wasActive && len(ks.waiting) > 0 {
+		// Only the key's delivery in memory hands over to the next one: a
+		// delivery claimed from the journal is not the one they wait for.
 		next = ks.waiting[0]
 		ks.waiting = ks.waiting[1:]
 		o.waiting--

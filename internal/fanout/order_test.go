@@ -295,6 +295,14 @@ func seqOf(keys []string, i int) int {
 // generation inherits the keys' state, and what the old one held goes
 // back to the journal behind what came before it.
 func TestOrderedAcrossReload(t *testing.T) {
+	// Before Run started its workers (the stream may queue deliveries
+	// first), and while they run with keys in flight and waiting.
+	for _, running := range []bool{false, true} {
+		t.Run(fmt.Sprintf("running=%v", running), func(t *testing.T) { orderedAcrossReload(t, running) })
+	}
+}
+
+func orderedAcrossReload(t *testing.T, running bool) {
 	store := newJournal(t)
 	var keys []string
 	for i := range 600 {
@@ -315,6 +323,13 @@ func TestOrderedAcrossReload(t *testing.T) {
 	evs := orderEvents(keys)
 	for i, ev := range evs {
 		if i == len(evs)/2 {
+			if running {
+				testutil.Eventually(t, 30*time.Second, "deliveries under way before the reload", func() bool {
+					rc.mu.Lock()
+					defer rc.mu.Unlock()
+					return rc.total >= 50
+				})
+			}
 			changed := sub
 			changed.Headers = map[string]string{"X-Generation": "2"}
 			if err := d.Reload(ctx, []Subscription{changed}); err != nil {
@@ -327,4 +342,84 @@ func TestOrderedAcrossReload(t *testing.T) {
 	}
 	rc.wait(t, 60*time.Second)
 	rc.checkOrder(t, keys)
+}
+
+// TestOrderedRetryIsNotClaimedBeforeItsKeyMovesOn: a retried ordered
+// delivery stays owned by its worker until the key's state says it waits
+// for a retry. Claimable as soon as its outcome was written (the worker
+// waiting for routeMu, held here by a stand-in for a blocked dispatch),
+// it was claimed and delivered meanwhile, and the key's waiting
+// deliveries were split between memory and the journal: two in flight at
+// once, out of order (found by review: [0 2 1]).
+func TestOrderedRetryIsNotClaimedBeforeItsKeyMovesOn(t *testing.T) {
+	store := newJournal(t)
+	var mu sync.Mutex
+	attempts := map[int]int{}
+	inFlight := 0
+	var overlap []int
+	var order []int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var b orderBody
+		_ = json.Unmarshal(body, &b)
+		mu.Lock()
+		attempts[b.Data.Seq]++
+		n := attempts[b.Data.Seq]
+		inFlight++
+		if inFlight > 1 {
+			overlap = append(overlap, b.Data.Seq)
+		}
+		mu.Unlock()
+		if b.Data.Seq == 1 {
+			time.Sleep(time.Second)
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		if b.Data.Seq == 0 && n == 1 {
+			w.WriteHeader(500)
+			return
+		}
+		mu.Lock()
+		order = append(order, b.Data.Seq)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: srv.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		RetrySchedule: []time.Duration{0, 0, 0}, Logger: testutil.Logger(t),
+	})
+	ctx := context.Background()
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := orderEvents([]string{"k", "k", "k"})
+	for _, ev := range evs {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A dispatch holding routeMu for a while (waiting for room in another
+	// subscription's queue, or for the journal writer).
+	d.routeMu.Lock()
+	time.Sleep(400 * time.Millisecond) // fault injection: the lock is held this long
+	d.routeMu.Unlock()
+	testutil.Eventually(t, 30*time.Second, "the three deliveries of k", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(order) == 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("delivered in order %v, attempts %v, overlaps %v", order, attempts, overlap)
+	if len(overlap) > 0 {
+		t.Errorf("two attempts of key k at once (seq %v)", overlap)
+	}
+	for i, s := range order {
+		if s != i {
+			t.Errorf("out of order: %v", order)
+			break
+		}
+	}
 }

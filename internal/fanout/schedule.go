@@ -47,16 +47,11 @@ func (sc *scheduler) nudge() {
 	}
 }
 
-// Run claims due work and keeps the heartbeat until ctx ends, and
-// returns nil. Deliveries it claimed and queued when ctx ends stay owned
-// by this instance: the dispatcher's shutdown gives them back.
+// Run claims due work until ctx ends, and returns nil. Deliveries it
+// claimed and queued when ctx ends stay owned by this instance: the
+// dispatcher's shutdown gives them back. (The heartbeat runs apart, until
+// the dispatcher has given them back: heartbeatLoop.)
 func (sc *scheduler) Run(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sc.heartbeatLoop(ctx)
-	}()
-	defer func() { <-done }()
 	t := time.NewTicker(sc.poll)
 	defer t.Stop()
 	for {

@@ -139,6 +139,10 @@ type Writer struct {
 	markers  []marker        // commits received and not yet acknowledged
 	written  pglogrepl.LSN   // the checkpoint last written
 	broken   error
+	// unwritten is a batch whose write was cut short by Run's context
+	// ending (a shutdown, not a failure of the journal): the drain writes
+	// it first.
+	unwritten *batchBuilder
 }
 
 type heldDelivery struct {
@@ -229,7 +233,9 @@ func (w *Writer) ArmTimers(ctx context.Context, c TimerChange) error {
 	return w.Put(ctx, Record{Timer: &c})
 }
 
-// Barrier returns once everything put before it is durable.
+// Barrier returns once everything put before it is written, except the
+// deliveries the Writer holds (in flight: they are written with their
+// outcome, or at their deadline).
 func (w *Writer) Barrier(ctx context.Context) error {
 	done := make(chan error, 1)
 	if err := w.Put(ctx, Record{Done: done}); err != nil {
@@ -330,8 +336,12 @@ func (w *Writer) takeQueued(b *batchBuilder) {
 // drain writes everything queued and everything held, at shutdown, on a
 // context of its own bounded by DrainTimeout.
 func (w *Writer) drain(parent context.Context) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), w.cfg.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(parent), drainKey{}, true), w.cfg.DrainTimeout)
 	defer cancel()
+	if bb := w.unwritten; bb != nil {
+		w.unwritten = nil
+		w.flush(ctx, bb, time.Now())
+	}
 	for {
 		b := newBatchBuilder()
 		w.takeQueued(b)
@@ -485,6 +495,12 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 	err := w.broken
 	if err == nil && !bb.b.Empty() {
 		err = w.write(ctx, bb)
+		if err != nil && ctx.Err() != nil && w.unwritten == nil && !isDrain(ctx) {
+			// Cut short by the shutdown, not refused by the journal: the
+			// drain writes it (idempotently) before anything else.
+			w.unwritten = bb
+			return
+		}
 	}
 	took := time.Since(start)
 	if w.cfg.OnFlush != nil {
@@ -519,6 +535,11 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 		w.cfg.OnNotify()
 	}
 }
+
+// drainKey marks the drain's context.
+type drainKey struct{}
+
+func isDrain(ctx context.Context) bool { return ctx.Value(drainKey{}) != nil }
 
 // write writes a batch, retrying with backoff until it is written or ctx
 // ends (then it returns the last error).

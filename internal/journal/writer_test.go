@@ -488,3 +488,70 @@ func TestWriterUnholdWritesNowAndKeepsTheOwner(t *testing.T) {
 		t.Errorf("a is %s after its outcome, want delivered", d.State)
 	}
 }
+
+// cutStore's first write blocks until its context ends, as a batch being
+// written when the shutdown comes; the later ones succeed.
+type cutStore struct {
+	*memStore
+	started chan struct{}
+	once    sync.Once
+}
+
+func (c *cutStore) Write(ctx context.Context, b *Batch) error {
+	first := false
+	c.once.Do(func() { first = true })
+	if first {
+		close(c.started)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return c.memStore.Write(ctx, b)
+}
+
+// TestWriterShutdownDuringABatchStillDrains: a batch whose write the
+// shutdown cut short is not a broken journal: the drain writes it, and
+// what was queued after it, and acknowledges them.
+func TestWriterShutdownDuringABatchStillDrains(t *testing.T) {
+	store := &cutStore{memStore: newMemStore(), started: make(chan struct{})}
+	var mu sync.Mutex
+	var acked pglogrepl.LSN
+	w, err := NewWriter(WriterConfig{Store: store, Slot: "dzhook", Linger: -1, Hold: -1,
+		Ack: func(l pglogrepl.LSN) { mu.Lock(); acked = l; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	bg := context.Background()
+	if err := w.Put(bg, Record{Deliveries: []DeliveryRow{{ID: "a", State: Pending}}, Commit: 10}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-store.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first batch was never written")
+	}
+	if err := w.Put(bg, Record{Deliveries: []DeliveryRow{{ID: "b", State: Pending}}, Commit: 20}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	for _, id := range []string{"a", "b"} {
+		if _, ok := store.delivery(id); !ok {
+			t.Errorf("delivery %s was not written by the drain", id)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if acked != 20 {
+		t.Errorf("acknowledged %s after the drain, want 0/14", acked)
+	}
+}

@@ -94,6 +94,9 @@ func (m *Mapper) message(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 	return m.custom(c, out, what, event, deref(key), data)
 }
 
+// MaxKey bounds an outbox row's or a message's ordering key, in bytes.
+const MaxKey = 256
+
 func deref(s *string) string {
 	if s == nil {
 		return ""
@@ -105,6 +108,15 @@ func deref(s *string) string {
 func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payload []byte) ([]Event, *Rejection) {
 	if !utf8.Valid(payload) {
 		return out, &Rejection{What: what, Reason: "payload is not valid UTF-8"}
+	}
+	// The key is stored in an indexed column: a NUL byte (which PostgreSQL
+	// text cannot hold) or a key too long for the index would make the
+	// journal refuse the whole batch, again and again, and hold the stream.
+	switch {
+	case strings.ContainsRune(key, 0):
+		return out, &Rejection{What: what, Reason: "key contains a NUL character"}
+	case len(key) > MaxKey:
+		return out, &Rejection{What: what, Reason: fmt.Sprintf("key of %d bytes is over the %d-byte limit", len(key), MaxKey)}
 	}
 	if len(payload) > MaxOutboxPayload {
 		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload of %d bytes is over the 1 MiB limit", len(payload))}
