@@ -64,16 +64,22 @@ func (o Ordering) key(eventKey string) (string, bool) {
 //     process) that this process has not seen finish.
 //
 // A new delivery of an idle key goes to the workers at once; of a key
-// with an active delivery, to its waiting list; of a key with journaled
-// deliveries, to the journal, unowned, where the claim orders it. When a
-// delivery of a key goes to the journal while earlier ones are in memory,
-// those are made visible in the journal first (journal.Record.Unhold):
-// pending and owned by a live instance, they hold the later one back.
-// When an attempt leads to a retry, the waiting deliveries of its key go
-// to the journal behind it (journal.Record.Release), and the key waits
-// there; other keys flow. The count errs only upwards (deliveries of the
-// key finished by another process): a key then keeps using the journal,
-// which is slower but never out of order.
+// with an active delivery, to its waiting list (keeping its place in the
+// subscription's queue, so memory is bounded and the stream is paced by
+// the receiver as without ordering); of a key with journaled deliveries,
+// or when the queue has no room, to the journal, unowned, where the claim
+// orders it. When a delivery of a key goes to the journal while earlier
+// ones are in memory, those are made visible in the journal first
+// (journal.Record.Unhold): pending and owned by a live instance, they
+// hold the later one back. When an attempt leads to a retry, the delivery
+// stays owned until the key's state records it, then it and the waiting
+// deliveries of its key go to the journal (journal.Record.Release), and
+// the key waits there; other keys flow. Routing, and these releases, are
+// serialized (Dispatcher.routeMu), so the journal writer receives a key's
+// records in the order they were decided. The count errs only upwards
+// (deliveries of the key finished by another process, or replayed after a
+// crash): a key then keeps using the journal, which is slower but never
+// out of order.
 type orderState struct {
 	mu      sync.Mutex
 	keys    map[string]*keyState
