@@ -134,6 +134,12 @@ func (p *process) rssMB() float64 {
 }
 
 func writeConfig(t *testing.T, db *pgtest.DB, url, delivery string) string {
+	return writeConfigWith(t, db, url, delivery, "    events: [request.created]\n")
+}
+
+// writeConfigWith is writeConfig with the subscription's lines after its
+// url and before its secret (events, ordering, …).
+func writeConfigWith(t *testing.T, db *pgtest.DB, url, delivery, subscription string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	yaml := fmt.Sprintf(`source:
@@ -150,9 +156,8 @@ log:
 subscriptions:
   - id: crm
     url: %s
-    events: [request.created]
-    secret: %s
-`, db.DSN, delivery, url, secret)
+%s    secret: %s
+`, db.DSN, delivery, url, subscription, secret)
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}

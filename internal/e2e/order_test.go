@@ -5,43 +5,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
-
-// writeOrderedConfig is a configuration with one subscription to every
-// request event under ordering: entity.
-func writeOrderedConfig(t *testing.T, db *pgtest.DB, url, delivery string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	yaml := fmt.Sprintf(`source:
-  dsn: %s
-journal:
-  heartbeat: 200ms
-delivery:
-  allow_insecure_http: true
-%s
-admin:
-  listen: ""
-log:
-  level: debug
-subscriptions:
-  - id: crm
-    url: %s
-    events: [request.*]
-    secret: %s
-    ordering: entity
-`, db.DSN, delivery, url, secret)
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // TestOrderedKill9 kills the dzhook binary with SIGKILL twice during a
 // load of 40 requests updated 25 times each, and once more after it while
@@ -65,7 +33,7 @@ func TestOrderedKill9(t *testing.T) {
 		h.Write([]byte(a.EventID))
 		return a.N == 1 && h.Sum32()%7 == 0
 	})
-	cfg := writeOrderedConfig(t, db, rc.URL, "  retry_schedule: [0s, 300ms, 1s, 1s, 1s, 1s, 1s, 1s]")
+	cfg := writeConfigWith(t, db, rc.URL, "  retry_schedule: [0s, 300ms, 1s, 1s, 1s, 1s, 1s, 1s]", "    events: [request.*]\n    ordering: entity\n")
 	setup(t, cfg)
 	p := startDzhook(t, cfg)
 

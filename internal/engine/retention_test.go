@@ -58,7 +58,12 @@ func TestRetentionUnderLoad(t *testing.T) {
 	if _, err := conn.Exec(context.Background(), `INSERT INTO requests (title, requester_id) VALUES ('warm-up', 1)`); err != nil {
 		t.Fatal(err)
 	}
-	rc.Wait(t, 1, 30*time.Second)
+	// The slot was made before the fill: the stream first reads past the
+	// fill's WAL (three tables of rows rows, ~1 GB at make chaos's size),
+	// which pgoutput decodes and drops, before it reaches the warm-up.
+	warm := time.Now()
+	rc.Wait(t, 1, 30*time.Second+time.Duration(rows/10_000)*time.Second)
+	t.Logf("first delivery %s after the engine started (the stream read past the fill's WAL)", time.Since(warm).Round(time.Millisecond))
 	pruneStart := time.Now()
 	var lat []time.Duration
 	sent := 1
