@@ -64,6 +64,7 @@ type Store interface {
 	SetState(ctx context.Context, subscription string, state journal.Health) error
 	ReleaseHeld(ctx context.Context, subscription string) (int, error)
 	OrderedBacklog(ctx context.Context, subscriptions []string, self string) (map[string]map[string]journal.KeyBacklog, error)
+	KeyBacklogs(ctx context.Context, subscription string, keys []string) (map[string]int, error)
 	ClaimNotifications(ctx context.Context, limit int, lease time.Duration) ([]journal.Notification, error)
 	NotificationSent(ctx context.Context, id int64, sendErr error, next time.Time) error
 }
@@ -254,6 +255,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log,
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
 		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
+		recount:   d.recountOrder,
 	}
 	subs, err := d.compileAll(cfg.Subscriptions)
 	if err != nil {
@@ -514,6 +516,48 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		}
 	}
 	d.nudge()
+	return nil
+}
+
+// recountKeysLimit bounds the keys one recount reads.
+const recountKeysLimit = 1000
+
+// recountOrder brings the ordered keys' counts of journaled deliveries
+// down to what the journal holds, for keys with nothing in memory and
+// nothing claimed in flight (see orderState). The counts err upwards when
+// another process finished a key's deliveries, or when a delivery was
+// routed again after a crash; such a key would otherwise keep going
+// through the journal until the process restarts. It holds routeMu for a
+// barrier and one query per subscription, so that no delivery of those
+// keys is routed or unwritten while they are counted.
+func (d *Dispatcher) recountOrder(ctx context.Context) error {
+	for _, s := range d.reg.Load().subs {
+		if s.ord == nil {
+			continue
+		}
+		keys := s.ord.recountable(recountKeysLimit)
+		if len(keys) == 0 {
+			continue
+		}
+		err := func() error {
+			d.routeMu.Lock()
+			defer d.routeMu.Unlock()
+			if err := barrier(ctx, d.records); err != nil {
+				return err
+			}
+			counts, err := d.cfg.Journal.KeyBacklogs(ctx, s.cfg.ID, keys)
+			if err != nil {
+				return err
+			}
+			if n := s.ord.recount(keys, counts); n > 0 {
+				d.log.Debug("ordered keys back on the fast path", "subscription", s.cfg.ID, "keys", n)
+			}
+			return nil
+		}()
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

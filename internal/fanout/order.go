@@ -78,8 +78,9 @@ func (o Ordering) key(eventKey string) (string, bool) {
 // serialized (Dispatcher.routeMu), so the journal writer receives a key's
 // records in the order they were decided. The count errs only upwards
 // (deliveries of the key finished by another process, or replayed after a
-// crash): a key then keeps using the journal, which is slower but never
-// out of order.
+// crash): a key then uses the journal, which is slower but never out of
+// order, until the scheduler's periodic recount (Dispatcher.recountOrder)
+// brings its count down to what the journal holds.
 type orderState struct {
 	mu      sync.Mutex
 	keys    map[string]*keyState
@@ -94,6 +95,7 @@ type keyState struct {
 	waiting   []*task
 	journaled int
 	lastPos   int64
+	claimed   int // deliveries of the key claimed from the journal and not finished
 }
 
 func newOrderState() *orderState {
@@ -225,6 +227,7 @@ func (o *orderState) claimed(t *task) {
 	// is not idle until it finishes, whatever the count said.
 	ks := o.get(t.key)
 	ks.journaled = max(ks.journaled, 1)
+	ks.claimed++
 }
 
 // finished records the end of an attempt of t; retrying says the
@@ -238,6 +241,9 @@ func (o *orderState) finished(t *task, retrying, retired bool) (next *task, rele
 	ks := o.keys[t.key]
 	if ks == nil {
 		return nil, nil, t.claimed
+	}
+	if t.claimed {
+		ks.claimed = max(0, ks.claimed-1)
 	}
 	switch {
 	case t.claimed && !retrying:
@@ -288,7 +294,9 @@ func (o *orderState) drained(tasks []*task) []string {
 		if ks.active == t {
 			ks.active = nil
 		}
-		if !t.claimed {
+		if t.claimed {
+			ks.claimed = max(0, ks.claimed-1) // back in the journal, counted there
+		} else {
 			ks.journaled++
 		}
 		release = append(release, o.giveUpWaiting(ks)...)
@@ -323,6 +331,46 @@ func (o *orderState) sync(backlog map[string]journal.KeyBacklog) {
 		ks.lastPos = max(ks.lastPos, b.MaxPosition)
 	}
 	o.synced = true
+}
+
+// recountable lists up to limit keys whose count of journaled deliveries
+// may be too high and can be checked: keys with nothing in memory and no
+// claimed delivery in flight.
+func (o *orderState) recountable(limit int) []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var keys []string
+	for k, ks := range o.keys {
+		if ks.journaled > 0 && ks.active == nil && len(ks.waiting) == 0 && ks.claimed == 0 {
+			keys = append(keys, k)
+			if len(keys) == limit {
+				break
+			}
+		}
+	}
+	return keys
+}
+
+// recount sets the keys' counts to what the journal holds. The caller
+// holds routeMu and read the journal after a barrier, so nothing was
+// routed to these keys meanwhile and nothing put for them is unwritten; a
+// key that got a claimed delivery or a delivery in memory since it was
+// listed is left as it is (its count could move under the read).
+func (o *orderState) recount(keys []string, counts map[string]int) (lowered int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, k := range keys {
+		ks := o.keys[k]
+		if ks == nil || ks.active != nil || len(ks.waiting) > 0 || ks.claimed > 0 {
+			continue
+		}
+		if n := counts[k]; n < ks.journaled {
+			ks.journaled = n
+			lowered++
+			o.forget(k, ks)
+		}
+	}
+	return lowered
 }
 
 func (o *orderState) unsync() {

@@ -423,3 +423,44 @@ func TestOrderedRetryIsNotClaimedBeforeItsKeyMovesOn(t *testing.T) {
 		}
 	}
 }
+
+// TestOrderedRecountBringsKeysBack: a key waits in the journal (its head
+// failed and is due much later); another process delivers that head (an
+// UPDATE of the journal here, as its claim and outcome would be). The
+// count of this process errs upwards until its scheduler's recount reads
+// the journal: then the key is back on the fast path, and not before.
+func TestOrderedRecountBringsKeysBack(t *testing.T) {
+	store := newJournal(t)
+	rc := newOrderReceiver(t, 1, func(key string, seq, attempt int) bool { return seq == 0 && attempt == 1 }) // the head is delivered "elsewhere"
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.srv.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
+		Journal:       store, Instance: "i1", PollInterval: 20 * time.Millisecond, Heartbeat: time.Second,
+		RetrySchedule: []time.Duration{0, time.Hour}, Logger: testutil.Logger(t),
+	})
+	ctx := context.Background()
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	journalKeys := func() int { return d.Subscriptions()[0].Order.JournalKeys }
+	evs := orderEvents([]string{"req_K", "req_K"})
+	if err := d.Dispatch(ctx, evs[0]); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the key waiting in the journal for its head's retry", func() bool { return journalKeys() == 1 })
+	// Several recounts (every 20 polls: 400 ms) while the head is pending:
+	// the key stays in the journal.
+	time.Sleep(1200 * time.Millisecond)
+	if n := journalKeys(); n != 1 {
+		t.Fatalf("keys in the journal = %d while the head is still pending there, want 1", n)
+	}
+	// Another process delivers the head.
+	if _, err := store.Pool().Exec(ctx, `UPDATE dzhook.deliveries SET state = 'delivered', owner = NULL WHERE subscription_id = 'crm'`); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the key back on the fast path after a recount", func() bool { return journalKeys() == 0 })
+	// Its next delivery goes out from memory, at once.
+	if err := d.Dispatch(ctx, evs[1]); err != nil {
+		t.Fatal(err)
+	}
+	rc.wait(t, 10*time.Second)
+}

@@ -37,7 +37,15 @@ type scheduler struct {
 	subs      func() []*sub
 	giveBack  func(ctx context.Context, take func() []string) error
 	syncOrder func(ctx context.Context) error
+	// recount corrects the ordered keys' counts, every recountEvery poll
+	// intervals at most.
+	recount     func(ctx context.Context) error
+	lastRecount time.Time
 }
+
+// recountEvery is how many poll intervals pass between two recounts of
+// the ordered keys (20 s with the default poll interval).
+const recountEvery = 20
 
 // nudge makes Run claim now.
 func (sc *scheduler) nudge() {
@@ -64,6 +72,13 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		sc.releaseLost(ctx)
 		if err := sc.syncOrder(ctx); err != nil && ctx.Err() == nil {
 			sc.log.Warn("reading the ordered keys' backlog failed; retrying", "err", err)
+		}
+		if sc.recount != nil && time.Since(sc.lastRecount) >= recountEvery*sc.poll {
+			sc.lastRecount = time.Now()
+			// Claims run in this goroutine only, so none starts meanwhile.
+			if err := sc.recount(ctx); err != nil && ctx.Err() == nil {
+				sc.log.Warn("recounting the ordered keys' backlog failed; retrying later", "err", err)
+			}
 		}
 		for _, s := range sc.subs() {
 			if ctx.Err() != nil {

@@ -280,6 +280,30 @@ type KeyBacklog struct {
 	MaxPosition int64
 }
 
+// KeyBacklogs counts, for some ordering keys of a subscription, the
+// pending and held deliveries (whoever owns them): keys without any are
+// absent.
+func (s *Store) KeyBacklogs(ctx context.Context, subscription string, keys []string) (map[string]int, error) {
+	rows, err := s.pool.Query(ctx, s.q(`
+		SELECT ordering_key, count(*) FROM {{schema}}.deliveries
+		 WHERE subscription_id = $1 AND ordering_key = ANY($2) AND state IN ('pending', 'held')
+		 GROUP BY 1`), subscription, keys)
+	if err != nil {
+		return nil, fmt.Errorf("count keys' backlog: %w", err)
+	}
+	out := map[string]int{}
+	for rows.Next() {
+		var key string
+		var n int
+		if err := rows.Scan(&key, &n); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("count keys' backlog: %w", err)
+		}
+		out[key] = n
+	}
+	return out, rows.Err()
+}
+
 // OrderedBacklog returns, per subscription and ordering key, the pending
 // and held deliveries not owned by self: what a process that starts
 // streaming must let go first before it sends a key's new deliveries
