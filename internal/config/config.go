@@ -236,7 +236,7 @@ type Subscription struct {
 }
 
 // Orderings are the values of subscriptions[].ordering.
-var Orderings = []string{"none", "entity", "subscription"}
+var Orderings = []string{string(fanout.OrderNone), string(fanout.OrderEntity), string(fanout.OrderSubscription)}
 
 // Default returns the configuration every file is laid over.
 func Default() Config {
@@ -253,7 +253,9 @@ func Default() Config {
 }
 
 // subscriptionDefaults are laid under every subscriptions[] entry.
-func subscriptionDefaults() Subscription { return Subscription{Active: true, Ordering: "none"} }
+func subscriptionDefaults() Subscription {
+	return Subscription{Active: true, Ordering: string(fanout.OrderNone)}
+}
 
 // JournalDSN returns the journal's DSN: journal.dsn, or source.dsn.
 func (c *Config) JournalDSN() Secret {

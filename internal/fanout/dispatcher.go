@@ -42,10 +42,12 @@ type Observer interface {
 }
 
 // Recorder is the journal writer as fanout uses it: records go in FIFO
-// order, and Wait says when one is durable. *journal.Writer is one.
+// order, Wait says when one is durable, Barrier when all put before it
+// are. *journal.Writer is one.
 type Recorder interface {
 	Put(ctx context.Context, r journal.Record) error
 	Wait(ctx context.Context, done <-chan error) error
+	Barrier(ctx context.Context) error
 }
 
 // Store is what fanout reads from and claims in the journal (the writes
@@ -372,7 +374,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// owned deliveries back (bounded: the journal may be unreachable).
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), journal.DefaultDrainTimeout)
 	defer cancel()
-	if err := barrier(fctx, d.records); err != nil {
+	if err := d.records.Barrier(fctx); err != nil {
 		d.log.Warn("outcomes of the last attempts may not be journaled; their deliveries are attempted again", "err", err)
 	}
 	if err := d.cfg.Journal.Unregister(fctx, d.cfg.Instance); err != nil {
@@ -403,15 +405,6 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 		d.deliver.start(life, s)
 	}
 	return nil
-}
-
-// barrier returns once everything put to r before it is durable.
-func barrier(ctx context.Context, r Recorder) error {
-	done := make(chan error, 1)
-	if err := r.Put(ctx, journal.Record{Done: done}); err != nil {
-		return err
-	}
-	return r.Wait(ctx, done)
 }
 
 // LoadState restores pause and health from the journal. Run does it when
@@ -542,7 +535,7 @@ func (d *Dispatcher) recountOrder(ctx context.Context) error {
 		err := func() error {
 			d.routeMu.Lock()
 			defer d.routeMu.Unlock()
-			if err := barrier(ctx, d.records); err != nil {
+			if err := d.records.Barrier(ctx); err != nil {
 				return err
 			}
 			counts, err := d.cfg.Journal.KeyBacklogs(ctx, s.cfg.ID, keys)

@@ -197,7 +197,7 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 	if err := d.dispatches.wait(ctx); err != nil {
 		return 0, err
 	}
-	if err := barrier(ctx, d.records); err != nil {
+	if err := d.records.Barrier(ctx); err != nil {
 		return 0, err
 	}
 	n, err := d.cfg.Journal.ReleaseHeld(ctx, subscription)

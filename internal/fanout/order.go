@@ -1,7 +1,6 @@
 package fanout
 
 import (
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,17 +22,6 @@ const (
 	// OrderSubscription: one delivery at a time, in stream order.
 	OrderSubscription Ordering = "subscription"
 )
-
-// ParseOrdering reads a configured ordering ("" is none).
-func ParseOrdering(s string) (Ordering, error) {
-	switch o := Ordering(s); o {
-	case "", OrderNone:
-		return OrderNone, nil
-	case OrderEntity, OrderSubscription:
-		return o, nil
-	}
-	return OrderNone, fmt.Errorf("ordering %q is not one of none, entity, subscription", s)
-}
 
 // key returns the ordering key of an event whose own key is eventKey,
 // and whether its delivery is ordered at all: under entity an event

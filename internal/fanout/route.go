@@ -27,7 +27,7 @@ func (d *Dispatcher) DispatchDurable(ctx context.Context, ev Event) error {
 	if err := d.dispatch(ctx, ev, true); err != nil {
 		return err
 	}
-	return barrier(ctx, d.records)
+	return d.records.Barrier(ctx)
 }
 
 // route is one subscription's part of a dispatch.

@@ -262,9 +262,6 @@ func (w *Writer) Wait(ctx context.Context, done <-chan error) error {
 	}
 }
 
-// Closed is closed when Run has returned.
-func (w *Writer) Closed() <-chan struct{} { return w.closed }
-
 // Run writes batches until ctx ends. Then it writes what is queued and
 // what it holds (trying for up to DrainTimeout), and returns nil; what it
 // could not write was never acknowledged, so the stream sends it again on
