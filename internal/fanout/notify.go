@@ -190,3 +190,34 @@ func (n *Notifier) send(ctx context.Context, m journal.Notification) {
 		n.log.Warn("recording a notification failed", "err", err)
 	}
 }
+
+// System notification kinds: the stream stopped or refused to go on, for
+// a reason only the operator can fix. They have no subscription.
+const (
+	NotifyStreamStalled = "stream.stalled"
+	NotifyStreamGap     = "stream.gap"
+)
+
+// systemBody is what notify.url receives for a system notification.
+type systemBody struct {
+	Text   string            `json:"text"`
+	Type   string            `json:"type"`
+	Detail map[string]string `json:"detail,omitempty"`
+	At     time.Time         `json:"at"`
+}
+
+// NotifySystem queues a notification about dzhook itself (not one
+// subscription) through the journal writer, like the subscriptions' ones,
+// so it survives a crash and any instance sends it. text is the sentence
+// the admin reads; it must name no secret. Callers send one per
+// occurrence of a condition, not one per check.
+func (d *Dispatcher) NotifySystem(ctx context.Context, kind, text string, detail map[string]string) error {
+	if d.notifier.cfg.URL == "" {
+		return nil
+	}
+	body, err := json.Marshal(systemBody{Text: ":rotating_light: dzhook: " + text, Type: kind, Detail: detail, At: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	return d.records.Put(ctx, journal.Record{Notify: &journal.NotificationRow{Kind: kind, Body: body}})
+}
