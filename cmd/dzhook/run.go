@@ -113,9 +113,10 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 // runSetup prepares the database: publication, replica identity, slot and
 // journal, idempotently.
 func runSetup(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags(env, "setup", "[--config file] [--check]")
+	fs := newFlags(env, "setup", "[--config file] [--check] [--accept-gap]")
 	path := configFlag(env, fs)
 	check := fs.Bool("check", false, "change nothing in the source database, report what is missing (the journal schema is still migrated)")
+	acceptGap := fs.Bool("accept-gap", false, "accept that the replication slot starts past the journal's position (it was dropped and created again): the events of transactions committed in between are not delivered; recorded in the journal")
 	if code, stop := parseFlags(fs, args); stop {
 		return code
 	}
@@ -123,7 +124,7 @@ func runSetup(ctx context.Context, env *cli, args []string) int {
 	if !ok {
 		return exitFailure
 	}
-	actions, err := engine.Setup(ctx, cfg, *check)
+	actions, err := engine.Setup(ctx, cfg, engine.SetupOptions{CheckOnly: *check, AcceptGap: *acceptGap})
 	for _, a := range actions {
 		fmt.Fprintf(env.stdout, "  %s\n", a)
 	}

@@ -134,7 +134,7 @@ func lookupSlot(ctx context.Context, pool *pgxpool.Pool, slot string) (slotInfo,
 func (si slotInfo) check(slot string) error {
 	switch {
 	case !si.exists:
-		return fmt.Errorf("replication slot %q does not exist: run `dzhook setup` (or set source.auto_setup: true)", slot)
+		return &SlotMissingError{Slot: slot}
 	case si.slotType != "logical" || si.plugin != "pgoutput":
 		return fmt.Errorf("replication slot %q uses plugin %q (%s), not pgoutput: drop it (SELECT pg_drop_replication_slot('%s')) or choose another source.slot", slot, si.plugin, si.slotType, slot)
 	case si.database != si.currentDB:
@@ -152,6 +152,13 @@ func (s *Stream) slotConfirmed(ctx context.Context) (pglogrepl.LSN, error) {
 		return 0, err
 	}
 	if err := info.check(s.cfg.Slot); err != nil {
+		var missing *SlotMissingError
+		if errors.As(err, &missing) || info.walStatus == "lost" {
+			// Dropped (or invalidated) while dzhook ran: wait, loudly,
+			// for the operator to create it again; the gap check then
+			// refuses what it cannot vouch for.
+			return 0, err
+		}
 		return 0, &fatalError{err}
 	}
 	return info.confirmed, nil
@@ -205,4 +212,13 @@ func (c *catalogTypes) LoadType(ctx context.Context, oid uint32) (TypeInfo, erro
 		ti.Delimiter = delim[0]
 	}
 	return ti, nil
+}
+
+// SlotMissingError says the replication slot does not exist.
+type SlotMissingError struct{ Slot string }
+
+func (e *SlotMissingError) Error() string {
+	return fmt.Sprintf("replication slot %q does not exist (never created, or dropped): run `dzhook setup` to create it; "+
+		"if dzhook streamed from a slot of that name before, transactions committed since it was dropped were never read, "+
+		"and dzhook refuses to go on until the gap is accepted with `dzhook setup --accept-gap`", e.Slot)
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +71,17 @@ type Config struct {
 	// starts, from the goroutine that calls the Handler and before any
 	// change of that session.
 	OnSession func(ctx context.Context)
+	// CheckStart, when set, is called before each session streams, with
+	// the slot's confirmed_flush_lsn: an error ends the session before it
+	// reads anything, and the stream retries later, reporting the error
+	// as its Problem (a gap the operator has not accepted).
+	CheckStart func(ctx context.Context, slotConfirmed pglogrepl.LSN) error
+	// PersistIdle, when set, is how a position the stream was idle at
+	// (a keepalive's WAL end with nothing pending) becomes durable before
+	// it is reported to PostgreSQL: the stream calls it (never more than
+	// one call in flight) and reports the position once Ack reaches it.
+	// Without it the stream reports such positions at once.
+	PersistIdle func(lsn pglogrepl.LSN)
 }
 
 // Stats is a snapshot of the stream's positions, for metrics and health.
@@ -95,6 +108,10 @@ type Stats struct {
 	Standby bool
 	// Reconnects counts the sessions started after the first.
 	Reconnects uint64
+	// Problem says why the stream is not streaming, as /readyz may show
+	// it (no host, user or database named); "" while streaming or
+	// before the first attempt.
+	Problem string
 }
 
 // Stream reads the slot and hands committed changes to a Handler.
@@ -125,7 +142,22 @@ type Stream struct {
 	// stream is idle, so a keepalive's WAL end may be acknowledged.
 	busy atomic.Int64
 	inTx atomic.Bool
+
+	// problem is Stats.Problem; interrupt ends the current session
+	// (Interrupt).
+	problem   atomic.Pointer[string]
+	interrupt chan error
+
+	// idleAsked is the last idle position handed to PersistIdle (under
+	// mu), idleAskedAt when (the session goroutine's only).
+	idleAsked   pglogrepl.LSN
+	idleAskedAt time.Time
 }
+
+// idlePersistEvery is how often, at most, an idle position is made
+// durable unless the server asks for a reply: each costs a journal write,
+// and that write is itself WAL the server then reports.
+const idlePersistEvery = 10 * time.Second
 
 // txEnd pairs a transaction's commit LSN with the end of its commit
 // record, which is what PostgreSQL must be told is flushed.
@@ -157,7 +189,7 @@ func New(cfg Config) (*Stream, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
-	s := &Stream{cfg: cfg, log: cfg.Logger.With("component", "cdc", "slot", cfg.Slot), wake: make(chan struct{}, 1)}
+	s := &Stream{cfg: cfg, log: cfg.Logger.With("component", "cdc", "slot", cfg.Slot), wake: make(chan struct{}, 1), interrupt: make(chan error, 1)}
 	s.lagBytes.Store(-1)
 	return s, nil
 }
@@ -196,6 +228,7 @@ func (s *Stream) Stats() Stats {
 		Connected:    s.connected.Load(),
 		Standby:      s.standby.Load(),
 		Reconnects:   s.reconnects.Load(),
+		Problem:      s.Problem(),
 	}
 }
 
@@ -265,6 +298,7 @@ func (s *Stream) Run(ctx context.Context) error {
 		case err == nil:
 			bo.Reset()
 		}
+		s.setProblem(err)
 		if errors.Is(err, errSlotInUse) {
 			if !s.standby.Swap(true) {
 				s.log.Warn("standby: another process holds the replication slot; waiting for it, never stealing it")
@@ -305,6 +339,10 @@ type wal struct {
 
 // session runs one replication connection until it fails or ctx ends.
 func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan error) error {
+	select {
+	case <-s.interrupt: // meant for a session that has ended
+	default:
+	}
 	conn, err := s.connectReplication(ctx)
 	if err != nil {
 		return err
@@ -315,6 +353,11 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	confirmed, err := s.slotConfirmed(ctx)
 	if err != nil {
 		return err
+	}
+	if s.cfg.CheckStart != nil {
+		if err := s.cfg.CheckStart(ctx, confirmed); err != nil {
+			return err
+		}
 	}
 	s.mu.Lock()
 	if confirmed > s.flushed {
@@ -343,6 +386,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		s.log.Info("slot acquired; leaving standby")
 	}
 	s.connected.Store(true)
+	s.problem.Store(nil)
 	s.log.Info("streaming", "publication", s.cfg.Publication, "from_lsn", confirmed.String())
 	defer func() {
 		if ctx.Err() != nil {
@@ -367,6 +411,8 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		select {
 		case err := <-procErr:
 			return &fatalError{err}
+		case err := <-s.interrupt:
+			return err
 		case <-s.wake:
 			// Report a new durable position promptly, but at most once a
 			// second: it only bounds WAL retention.
@@ -413,7 +459,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 					return fmt.Errorf("parse keepalive: %w", err)
 				}
 				if ka.ReplyRequested || s.idle() {
-					if err := s.sendStatus(conn, false, ka.ServerWALEnd); err != nil {
+					if err := s.sendStatusIdle(conn, ka.ServerWALEnd, ka.ReplyRequested); err != nil {
 						return err
 					}
 					lastReport = time.Now()
@@ -512,6 +558,8 @@ func (s *Stream) enqueue(ctx context.Context, conn *pgconn.PgConn, msgs chan<- w
 			return ctx.Err()
 		case err := <-procErr:
 			return &fatalError{err}
+		case err := <-s.interrupt:
+			return err
 		case <-tick.C:
 			if err := s.sendStatus(conn, false, 0); err != nil {
 				return err
@@ -547,6 +595,11 @@ func (s *Stream) advance() pglogrepl.LSN {
 	if n > 0 {
 		s.pending = append(s.pending[:0], s.pending[n:]...)
 	}
+	// An idle position, once durable, may be reported even if
+	// transactions came since: theirs commit past it.
+	if s.idleAsked > s.flushed && acked >= s.idleAsked {
+		s.flushed = s.idleAsked
+	}
 	return s.flushed
 }
 
@@ -561,6 +614,28 @@ func (s *Stream) handed(t txEnd) {
 // explicitly (left at 0, pglogrepl would copy write into flush, reporting
 // undelivered work as flushed). idleEnd, when non-zero, is a keepalive's WAL
 // end that may be acknowledged because nothing is pending.
+// sendStatusIdle answers a keepalive whose WAL end is idleEnd: that
+// position too is flushed if nothing is pending, at once or, with
+// PersistIdle, once it is durable.
+func (s *Stream) sendStatusIdle(conn *pgconn.PgConn, idleEnd pglogrepl.LSN, replyRequested bool) error {
+	if s.cfg.PersistIdle == nil {
+		return s.sendStatus(conn, false, idleEnd)
+	}
+	s.mu.Lock()
+	asked := s.idleAsked
+	s.mu.Unlock()
+	inFlight := uint64(asked) > s.acked.Load()
+	due := replyRequested || time.Since(s.idleAskedAt) >= idlePersistEvery
+	if idleEnd > asked && !inFlight && due && s.idle() && idleEnd > s.advance() {
+		s.mu.Lock()
+		s.idleAsked = idleEnd
+		s.mu.Unlock()
+		s.idleAskedAt = time.Now()
+		s.cfg.PersistIdle(idleEnd)
+	}
+	return s.sendStatus(conn, false, 0)
+}
+
 func (s *Stream) sendStatus(conn *pgconn.PgConn, reply bool, idleEnd pglogrepl.LSN) error {
 	flush := s.advance()
 	if idleEnd > flush && s.idle() {
@@ -633,4 +708,77 @@ func (d *deadlineCtx) stop() {
 		d.cancel()
 		d.ctx, d.cancel = nil, nil
 	}
+}
+
+// Interrupt ends the current replication session, if one is streaming,
+// with err; the stream connects again after its backoff. The engine calls
+// it when the journal cannot be written: nothing more can be
+// acknowledged, and a PostgreSQL shutting down waits for its walsenders'
+// clients to confirm the end of the WAL, which dzhook then never would.
+func (s *Stream) Interrupt(err error) {
+	if !s.connected.Load() {
+		return
+	}
+	select {
+	case s.interrupt <- err:
+	default:
+	}
+}
+
+// Problem says why the stream is not streaming; "" when it is.
+func (s *Stream) Problem() string {
+	if p := s.problem.Load(); p != nil && !s.connected.Load() {
+		return *p
+	}
+	return ""
+}
+
+func (s *Stream) setProblem(err error) {
+	if err == nil {
+		return
+	}
+	p := Reason(err)
+	s.problem.Store(&p)
+}
+
+// PublicReason is implemented by errors whose text may be shown without
+// a token (/readyz): it names no host, user or database.
+type PublicReason interface{ PublicReason() string }
+
+// PublicReason implements PublicReason: the slot's name is configuration,
+// not a credential.
+func (e *SlotMissingError) PublicReason() string { return e.Error() }
+
+// Reason describes err for /readyz, which answers without a token: it
+// names no host, user or database (the log has the detail), only what
+// kind of failure keeps the stream from streaming.
+func Reason(err error) string {
+	var pub PublicReason
+	if errors.As(err, &pub) {
+		return pub.PublicReason()
+	}
+	if errors.Is(err, errSlotInUse) {
+		return "standby: another dzhook holds the replication slot"
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "42501":
+			return "PostgreSQL refused replication: permission denied (SQLSTATE 42501); the role needs the REPLICATION attribute (ALTER ROLE … REPLICATION; on RDS GRANT rds_replication)"
+		case strings.HasPrefix(pgErr.Code, "28"):
+			return "PostgreSQL refused the login (SQLSTATE " + pgErr.Code + "): check source.dsn's user and password, and pg_hba.conf"
+		case pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03":
+			return "PostgreSQL is shutting down or starting up (SQLSTATE " + pgErr.Code + "); reconnecting"
+		case pgErr.Code == "53300":
+			return "PostgreSQL has no connection free (SQLSTATE 53300); reconnecting"
+		case pgErr.Code == "3D000":
+			return "the source database does not exist (SQLSTATE 3D000)"
+		}
+		return "PostgreSQL error (SQLSTATE " + pgErr.Code + "); reconnecting (the log has the detail)"
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return "PostgreSQL unreachable; reconnecting (the log has the detail)"
+	}
+	return "replication connection lost; reconnecting (the log has the detail)"
 }

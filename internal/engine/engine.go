@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -61,6 +62,9 @@ type Engine struct {
 	metrics    *metrics.Metrics
 	admin      *admin.Server
 	adminLn    net.Listener
+	systemID   string
+	// lastGap is the gap last logged, so a retrying stream logs it once.
+	lastGap atomic.Pointer[GapError]
 }
 
 // New connects, prepares the database (setup, or a check when
@@ -68,7 +72,7 @@ type Engine struct {
 // is one the operator must fix, unless Transient says it may pass.
 func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error) {
 	log := cmp.Or(opts.Logger, slog.Default())
-	if _, err := Setup(ctx, cfg, !cfg.Source.AutoSetup); err != nil {
+	if _, err := Setup(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}); err != nil {
 		return nil, err
 	}
 	source, err := pgxpool.New(ctx, cfg.Source.DSN.Reveal())
@@ -94,6 +98,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	e.systemID = sys.SystemID
 	cat, err := cfg.Catalog()
 	if err != nil {
 		return nil, err
@@ -129,6 +134,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		OnSpill:  func() { e.dispatcher.Spilled() },
 		OnNotify: func() { e.dispatcher.Notifier().Wake() },
 		OnFlush:  e.metrics.JournalFlushed,
+		// Nothing can be acknowledged while the journal cannot be
+		// written: end the replication session rather than keep the
+		// walsender waiting (a PostgreSQL shutting down waits for it).
+		OnWriteError: func(err error) { e.stream.Interrupt(&journalDownError{err}) },
 	})
 	if err != nil {
 		return nil, err
@@ -172,7 +181,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	e.stream, err = cdc.New(cdc.Config{
 		DSN: cfg.Source.DSN.Reveal(), Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
 		Handler: e.pipeline, Logger: log, Pool: source, StatusInterval: opts.StatusInterval,
-		OnSession: e.sessionStarted,
+		OnSession: e.sessionStarted, CheckStart: e.checkStart, PersistIdle: e.persistIdle,
 		// On shutdown the stream keeps the slot while attempts in flight
 		// finish (each within the delivery timeout) and the journal takes
 		// their outcomes, so PostgreSQL hears of every journaled commit.

@@ -20,6 +20,8 @@ func (e *Engine) Ready(ctx context.Context) error {
 	switch {
 	case st.Standby:
 		return errors.New("standby: another dzhook holds the replication slot")
+	case !st.Connected && st.Problem != "":
+		return errors.New("not streaming: " + st.Problem)
 	case !st.Connected:
 		return errors.New("not streaming: connecting to PostgreSQL")
 	}

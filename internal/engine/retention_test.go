@@ -24,7 +24,7 @@ func TestRetentionUnderLoad(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
 	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
-	if _, err := Setup(context.Background(), cfg, false); err != nil {
+	if _, err := Setup(context.Background(), cfg, SetupOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	fill := time.Now()

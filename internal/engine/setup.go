@@ -14,10 +14,22 @@ import (
 	"github.com/dzdesk/dzhook/internal/mapping"
 )
 
-// Setup prepares the source database and the journal, as `dzhook setup`
-// does: publication, replica identity, slot, journal migrations. With
-// checkOnly it changes nothing and reports what is missing.
-func Setup(ctx context.Context, cfg *config.Config, checkOnly bool) ([]string, error) {
+// SetupOptions say what Setup may change.
+type SetupOptions struct {
+	// CheckOnly changes nothing in the source database and reports what
+	// is missing (the journal is still migrated).
+	CheckOnly bool
+	// AcceptGap records that the operator accepts a gap between the
+	// journal's position and the slot's start (`dzhook setup
+	// --accept-gap`); without it a gap is an error.
+	AcceptGap bool
+}
+
+// Setup prepares the journal and the source database, as `dzhook setup`
+// does: journal migrations, the journal's one source slot, publication,
+// replica identity, slot, and the gap check. The journal comes first: a
+// start that fails on it leaves no slot behind holding WAL.
+func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string, error) {
 	conn, err := pgx.Connect(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
 		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
@@ -25,6 +37,27 @@ func Setup(ctx context.Context, cfg *config.Config, checkOnly bool) ([]string, e
 	defer conn.Close(context.WithoutCancel(ctx))
 	if err := cfg.Mapping.Check(ctx, conn); err != nil {
 		return nil, err
+	}
+	var actions []string
+	store, err := journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema)
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	applied, err := store.Migrate(ctx)
+	for _, m := range applied {
+		actions = append(actions, "applied journal migration "+m)
+	}
+	if err != nil {
+		return actions, err
+	}
+	sys, err := identifySystem(ctx, cfg.Source.DSN.Reveal())
+	if err != nil {
+		return actions, err
+	}
+	sc, err := checkSource(ctx, conn, store, sys.SystemID, cfg.Source.Slot)
+	if err != nil {
+		return actions, err
 	}
 	tables := cfg.Mapping.Tables()
 	if cfg.Outbox.Table != "" {
@@ -39,21 +72,14 @@ func Setup(ctx context.Context, cfg *config.Config, checkOnly bool) ([]string, e
 	}
 	rep, err := cdc.Setup(ctx, conn, cdc.SetupConfig{
 		Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables,
-		FullIdentity: cfg.Mapping.FullIdentityTables(), CheckOnly: checkOnly,
+		FullIdentity: cfg.Mapping.FullIdentityTables(), CheckOnly: opts.CheckOnly,
 	})
+	actions = append(actions, rep.Actions...)
 	if err != nil {
-		return rep.Actions, err
+		return actions, err
 	}
-	store, err := journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema)
-	if err != nil {
-		return rep.Actions, err
-	}
-	defer store.Close()
-	applied, err := store.Migrate(ctx)
-	for _, m := range applied {
-		rep.Actions = append(rep.Actions, "applied journal migration "+m)
-	}
-	return rep.Actions, err
+	more, err := settleSource(ctx, conn, store, sc, sys.SystemID, cfg.Source.Slot, opts.AcceptGap)
+	return append(actions, more...), err
 }
 
 // identifySystem reads the cluster's system identifier, which keeps event

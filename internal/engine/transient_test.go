@@ -33,7 +33,7 @@ func TestTransient(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = Setup(context.Background(), cfg, true)
+		_, err = Setup(context.Background(), cfg, SetupOptions{CheckOnly: true})
 		if err == nil {
 			t.Fatalf("Setup with %s succeeded, want an error", dsn)
 		}

@@ -215,9 +215,16 @@ func (d *Dispatcher) NotifySystem(ctx context.Context, kind, text string, detail
 	if d.notifier.cfg.URL == "" {
 		return nil
 	}
-	body, err := json.Marshal(systemBody{Text: ":rotating_light: dzhook: " + text, Type: kind, Detail: detail, At: time.Now().UTC()})
+	row, err := SystemNotification(kind, text, detail)
 	if err != nil {
 		return err
 	}
-	return d.records.Put(ctx, journal.Record{Notify: &journal.NotificationRow{Kind: kind, Body: body}})
+	return d.records.Put(ctx, journal.Record{Notify: &row})
+}
+
+// SystemNotification is the journal row of a system notification, for
+// those who write it to the journal themselves (a start that fails).
+func SystemNotification(kind, text string, detail map[string]string) (journal.NotificationRow, error) {
+	body, err := json.Marshal(systemBody{Text: ":rotating_light: dzhook: " + text, Type: kind, Detail: detail, At: time.Now().UTC()})
+	return journal.NotificationRow{Kind: kind, Body: body}, err
 }

@@ -101,13 +101,13 @@ func TestWriteIsIdempotent(t *testing.T) {
 	// Within one cluster the checkpoint never moves back; a checkpoint of
 	// another cluster is replaced, not kept as a maximum.
 	for _, w := range []struct {
-		sys       string
-		lsn, want pglogrepl.LSN
-	}{{"A", 100, 100}, {"A", 50, 100}, {"B", 7, 7}, {"B", 6, 7}, {"B", 9, 9}} {
-		if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: w.lsn, SystemID: w.sys}); err != nil {
+		sys                     string
+		lsn, end, want, wantEnd pglogrepl.LSN
+	}{{"A", 100, 130, 100, 130}, {"A", 50, 60, 100, 130}, {"A", 101, 0, 101, 130}, {"B", 7, 8, 7, 8}, {"B", 6, 0, 7, 8}, {"B", 9, 10, 9, 10}} {
+		if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: w.lsn, CheckpointEnd: w.end, SystemID: w.sys}); err != nil {
 			t.Fatal(err)
 		}
-		if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != (Checkpoint{LSN: w.want, SystemID: w.sys}) {
+		if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != (Checkpoint{LSN: w.want, SystemID: w.sys, End: w.wantEnd}) {
 			t.Errorf("after %d of %s: checkpoint = %+v (err %v), want %d of %s", w.lsn, w.sys, cp, err, w.want, w.sys)
 		}
 	}

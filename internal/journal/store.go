@@ -152,20 +152,27 @@ type Checkpoint struct {
 	// SystemID is the database cluster's system identifier the LSN
 	// belongs to ("" when written before journal version 3).
 	SystemID string
+	// End is the highest position the stream may have reported to
+	// PostgreSQL as flushed with this checkpoint (at least LSN).
+	End pglogrepl.LSN
 }
 
 // Checkpoint returns the slot's checkpoint (zero when none).
 func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error) {
 	var lsn int64
+	var end *int64
 	var sys *string
-	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn, system_id FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn, &sys)
+	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn, end_lsn, system_id FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn, &end, &sys)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{}, nil
 	}
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("read checkpoint: %w", err)
 	}
-	cp := Checkpoint{LSN: pglogrepl.LSN(lsn)}
+	cp := Checkpoint{LSN: pglogrepl.LSN(lsn), End: pglogrepl.LSN(lsn)}
+	if end != nil && pglogrepl.LSN(*end) > cp.End {
+		cp.End = pglogrepl.LSN(*end)
+	}
 	if sys != nil {
 		cp.SystemID = *sys
 	}

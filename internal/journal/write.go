@@ -118,6 +118,9 @@ type Batch struct {
 	// up to Checkpoint is journaled.
 	Slot       string
 	Checkpoint pglogrepl.LSN
+	// CheckpointEnd bounds what the stream reports as flushed with it:
+	// the end of the last commit record (see Record.CommitEnd).
+	CheckpointEnd pglogrepl.LSN
 	// SystemID is the cluster the checkpoint's LSN belongs to.
 	SystemID string
 }
@@ -277,12 +280,14 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 	if b.Slot != "" {
 		// Within one cluster the checkpoint never moves back; a checkpoint
 		// of another cluster is replaced.
-		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, system_id, updated_at) VALUES ($1, $2, $3, now())
+		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, updated_at) VALUES ($1, $2, $3, $4, now())
 			ON CONFLICT (slot) DO UPDATE SET
 				lsn = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL
 					THEN greatest(c.lsn, EXCLUDED.lsn) ELSE EXCLUDED.lsn END,
+				end_lsn = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL
+					THEN greatest(c.end_lsn, EXCLUDED.end_lsn) ELSE EXCLUDED.end_lsn END,
 				system_id = EXCLUDED.system_id, updated_at = now()`),
-			b.Slot, int64(b.Checkpoint), nullText(b.SystemID))
+			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID))
 	}
 	// pgx sends a batch as one pipeline ending in one Sync, which
 	// PostgreSQL runs as one implicit transaction: all or nothing, in one

@@ -44,8 +44,12 @@ type Record struct {
 	// earlier ones, in memory, visible there first, so that no claim can
 	// take a later one while an earlier one is being attempted.
 	Unhold []string
-	// Commit marks a transaction boundary: its commit LSN.
-	Commit pglogrepl.LSN
+	// Commit marks a transaction boundary: its commit LSN. CommitEnd is
+	// the end of its commit record, the position PostgreSQL is told is
+	// flushed once the commit is acknowledged; it is kept with the
+	// checkpoint so that a slot found past it is known to have started
+	// elsewhere (a gap). Zero means Commit.
+	Commit, CommitEnd pglogrepl.LSN
 	// Done is told when the record is durable (nil), or that it will
 	// never be.
 	Done chan<- error
@@ -84,7 +88,11 @@ type WriterConfig struct {
 	OnSpill, OnNotify func()
 	// OnFlush observes every batch written or failed (metrics).
 	OnFlush func(records int, took time.Duration, err error)
-	Logger  *slog.Logger
+	// OnWriteError is told of every failed attempt to write a batch
+	// (the writer retries it): the engine ends the replication session,
+	// since nothing can be acknowledged until the journal is back.
+	OnWriteError func(err error)
+	Logger       *slog.Logger
 	// Linger is how long a batch waits for more records once the first
 	// arrived. Defaults to 2 ms; negative: no wait.
 	Linger time.Duration
@@ -155,8 +163,8 @@ type heldDelivery struct {
 // marker is a commit: acknowledgeable once no record put before it
 // (seq) is held.
 type marker struct {
-	lsn pglogrepl.LSN
-	seq uint64
+	lsn, end pglogrepl.LSN
+	seq      uint64
 }
 
 // ErrWriterClosed: the Writer stopped; the record was not journaled.
@@ -216,10 +224,11 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 	}
 }
 
-// Commit marks the end of the transaction committed at lsn: once the
-// journal holds everything put before it, lsn is acknowledged.
-func (w *Writer) Commit(ctx context.Context, lsn pglogrepl.LSN) error {
-	return w.Put(ctx, Record{Commit: lsn})
+// Commit marks the end of the transaction committed at lsn, whose commit
+// record ends at end: once the journal holds everything put before it,
+// lsn is acknowledged.
+func (w *Writer) Commit(ctx context.Context, lsn, end pglogrepl.LSN) error {
+	return w.Put(ctx, Record{Commit: lsn, CommitEnd: end})
 }
 
 // Reject records an outbox row or message that could not become an event.
@@ -428,7 +437,7 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 		b.Release = append(b.Release, Release{IDs: r.Release})
 	}
 	if r.Commit != 0 {
-		w.markers = append(w.markers, marker{lsn: r.Commit, seq: w.seq})
+		w.markers = append(w.markers, marker{lsn: r.Commit, end: max(r.Commit, r.CommitEnd), seq: w.seq})
 	}
 	if r.Done != nil {
 		bb.dones = append(bb.dones, r.Done)
@@ -472,14 +481,15 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 	if _, ok := w.nextDeadline(); ok {
 		minHeld = w.heldFIFO[0].seq
 	}
-	var ackable pglogrepl.LSN
+	var ackable, end pglogrepl.LSN
 	n := 0
 	for n < len(w.markers) && w.markers[n].seq < minHeld {
 		ackable = max(ackable, w.markers[n].lsn)
+		end = max(end, w.markers[n].end)
 		n++
 	}
 	if ackable > w.written {
-		bb.b.Slot, bb.b.Checkpoint, bb.b.SystemID = w.cfg.Slot, ackable, w.cfg.SystemID
+		bb.b.Slot, bb.b.Checkpoint, bb.b.CheckpointEnd, bb.b.SystemID = w.cfg.Slot, ackable, end, w.cfg.SystemID
 	}
 	for i := range bb.b.Release {
 		bb.b.Release[i].Owner = w.cfg.Owner
@@ -548,6 +558,9 @@ func (w *Writer) write(ctx context.Context, bb *batchBuilder) error {
 			return err
 		}
 		w.log.Error("journal write failed; retrying, deliveries and the stream wait meanwhile", "err", err, "attempt", attempt, "records", bb.records)
+		if w.cfg.OnWriteError != nil {
+			w.cfg.OnWriteError(err)
+		}
 		if bo.Wait(ctx) != nil {
 			return err
 		}

@@ -254,6 +254,31 @@ func (c *Cluster) stop() {
 	}
 }
 
+// StopFast stops the server as `pg_ctl stop -m fast` does (SIGINT: cut
+// the sessions, write a shutdown checkpoint, wait for the walsenders'
+// clients to confirm it) and reports how long that took; a server still
+// running after timeout is killed, and ok is false. Start it again with
+// StartAgain.
+func (c *Cluster) StopFast(timeout time.Duration) (took time.Duration, ok bool) {
+	c.mu.Lock()
+	cmd, exited := c.cmd, c.exited
+	c.cmd = nil
+	c.mu.Unlock()
+	if cmd == nil {
+		return 0, true
+	}
+	start := time.Now()
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-exited:
+		return time.Since(start), true
+	case <-time.After(timeout):
+		_ = cmd.Process.Kill()
+		<-exited
+		return time.Since(start), false
+	}
+}
+
 // Restart stops the server and starts it again on the same port, as
 // `pg_ctl restart -m fast` does: every connection is cut.
 func (c *Cluster) Restart() error {

@@ -44,7 +44,7 @@ type Router interface {
 // once the record is queued for the journal writer, which acknowledges a
 // commit LSN to the stream only once everything before it is durable.
 type Journal interface {
-	Commit(ctx context.Context, lsn pglogrepl.LSN) error
+	Commit(ctx context.Context, lsn, end pglogrepl.LSN) error
 	Reject(ctx context.Context, r journal.Rejection) error
 	ArmTimers(ctx context.Context, c journal.TimerChange) error
 }
@@ -201,7 +201,7 @@ func (p *Pipeline) HandleCommit(ctx context.Context, c cdc.Commit) error {
 		p.cfg.Ack(c.CommitLSN)
 		return nil
 	}
-	return p.cfg.Journal.Commit(ctx, c.CommitLSN)
+	return p.cfg.Journal.Commit(ctx, c.CommitLSN, c.EndLSN)
 }
 
 // armSLA handles a change of the SLA table.

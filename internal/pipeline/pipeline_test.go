@@ -36,7 +36,7 @@ func (r *recorder) Dispatch(_ context.Context, ev fanout.Event) error {
 	return nil
 }
 
-func (r *recorder) Commit(_ context.Context, lsn pglogrepl.LSN) error {
+func (r *recorder) Commit(_ context.Context, lsn, _ pglogrepl.LSN) error {
 	r.commits = append(r.commits, lsn)
 	return nil
 }

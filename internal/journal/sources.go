@@ -1,0 +1,136 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// Source is the slot that feeds the journal from one source database.
+type Source struct {
+	SystemID, Database, Slot string
+	RegisteredAt             time.Time
+}
+
+// Sources returns the source registered for (systemID, database), and
+// whether there is one.
+func (s *Store) Source(ctx context.Context, systemID, database string) (Source, bool, error) {
+	src := Source{SystemID: systemID, Database: database}
+	err := s.pool.QueryRow(ctx, s.q(`SELECT slot, registered_at FROM {{schema}}.sources WHERE system_id = $1 AND database = $2`),
+		systemID, database).Scan(&src.Slot, &src.RegisteredAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return src, false, nil
+	}
+	if err != nil {
+		return src, false, fmt.Errorf("read the journal's source: %w", err)
+	}
+	return src, true, nil
+}
+
+// RegisterSource records slot as the one feeding the journal from
+// (systemID, database), replacing the slot registered before (the caller
+// checked that it no longer exists). It returns false when another
+// process registered a different slot meanwhile.
+func (s *Store) RegisterSource(ctx context.Context, src Source, replacing string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.sources AS s (system_id, database, slot) VALUES ($1, $2, $3)
+		ON CONFLICT (system_id, database) DO UPDATE SET slot = EXCLUDED.slot,
+			registered_at = CASE WHEN s.slot = EXCLUDED.slot THEN s.registered_at ELSE now() END
+		WHERE s.slot = $4 OR s.slot = EXCLUDED.slot`), src.SystemID, src.Database, src.Slot, replacing)
+	if err != nil {
+		return false, fmt.Errorf("register the journal's source: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Gap is a stretch of WAL the slot never read: from the journal's
+// checkpoint to where the slot starts.
+type Gap struct {
+	ID         int64
+	Slot       string
+	SystemID   string
+	From, To   pglogrepl.LSN
+	DetectedAt time.Time
+	AcceptedAt *time.Time
+	AcceptedBy string
+}
+
+// RecordGap keeps g (once) as detected and not accepted, with notify (when
+// not nil) the first time: it reports whether g is new.
+func (s *Store) RecordGap(ctx context.Context, g Gap, notify *NotificationRow) (bool, error) {
+	var isNew bool
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.gaps (slot, system_id, from_lsn, to_lsn) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (slot, system_id, from_lsn, to_lsn) DO NOTHING`), g.Slot, g.SystemID, int64(g.From), int64(g.To))
+		if err != nil {
+			return err
+		}
+		isNew = tag.RowsAffected() == 1
+		if isNew && notify != nil {
+			_, err = tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body) VALUES ($1, $2, $3)`),
+				notify.SubscriptionID, notify.Kind, notify.Body)
+		}
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("record the gap: %w", err)
+	}
+	return isNew, nil
+}
+
+// AcceptGap records that an operator (by) accepted g, and moves the
+// slot's checkpoint to its end, in one transaction: from then on the
+// slot's start is the journal's position.
+func (s *Store) AcceptGap(ctx context.Context, g Gap, by string) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.gaps AS g (slot, system_id, from_lsn, to_lsn, accepted_at, accepted_by) VALUES ($1, $2, $3, $4, now(), $5)
+			ON CONFLICT (slot, system_id, from_lsn, to_lsn) DO UPDATE SET accepted_at = coalesce(g.accepted_at, now()), accepted_by = coalesce(g.accepted_by, EXCLUDED.accepted_by)`),
+			g.Slot, g.SystemID, int64(g.From), int64(g.To), by); err != nil {
+			return fmt.Errorf("record the accepted gap: %w", err)
+		}
+		return s.advanceCheckpoint(ctx, tx, g.Slot, g.SystemID, g.To)
+	})
+}
+
+// AdoptSlotPosition moves the slot's checkpoint to lsn without recording a
+// gap: the slot's position is trusted as it is (the first start of a
+// journal that predates source registration, whose slot may have been
+// acknowledged past the checkpoint while idle).
+func (s *Store) AdoptSlotPosition(ctx context.Context, slot, systemID string, lsn pglogrepl.LSN) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return s.advanceCheckpoint(ctx, tx, slot, systemID, lsn)
+	})
+}
+
+func (s *Store) advanceCheckpoint(ctx context.Context, tx pgx.Tx, slot, systemID string, lsn pglogrepl.LSN) error {
+	_, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, updated_at) VALUES ($1, $2, $2, $3, now())
+		ON CONFLICT (slot) DO UPDATE SET lsn = greatest(c.lsn, EXCLUDED.lsn), end_lsn = greatest(c.end_lsn, EXCLUDED.end_lsn),
+			system_id = EXCLUDED.system_id, updated_at = now()`),
+		slot, int64(lsn), systemID)
+	if err != nil {
+		return fmt.Errorf("move the checkpoint: %w", err)
+	}
+	return nil
+}
+
+// Gaps lists the gaps recorded for slot, newest first.
+func (s *Store) Gaps(ctx context.Context, slot string) ([]Gap, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, slot, system_id, from_lsn, to_lsn, detected_at, accepted_at, coalesce(accepted_by, '')
+		FROM {{schema}}.gaps WHERE slot = $1 ORDER BY id DESC`), slot)
+	if err != nil {
+		return nil, fmt.Errorf("list gaps: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Gap, error) {
+		var g Gap
+		var from, to int64
+		err := r.Scan(&g.ID, &g.Slot, &g.SystemID, &from, &to, &g.DetectedAt, &g.AcceptedAt, &g.AcceptedBy)
+		g.From, g.To = pglogrepl.LSN(from), pglogrepl.LSN(to)
+		return g, err
+	})
+}
+
+// Schema is the journal's schema name, as configured.
+func (s *Store) Schema() string { return s.raw }
