@@ -30,7 +30,7 @@ const (
 	maxWaitedBehind = 20
 )
 
-func (s *Server) events(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) events(w http.ResponseWriter, _ *http.Request, _ query) {
 	events := s.cfg.Catalog.Events()
 	out := api.EventList{Events: make([]api.Event, 0, len(events))}
 	for _, e := range events {
@@ -65,7 +65,7 @@ func (s *Server) views(r *http.Request) ([]api.Subscription, error) {
 	return out, nil
 }
 
-func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request) {
+func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request, _ query) {
 	views, err := s.views(r)
 	if err != nil {
 		s.journalError(w, r, err)
@@ -88,7 +88,7 @@ func (s *Server) subscriptionID(w http.ResponseWriter, r *http.Request) (string,
 	return id, true
 }
 
-func (s *Server) subscription(w http.ResponseWriter, r *http.Request) {
+func (s *Server) subscription(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
@@ -136,18 +136,12 @@ func parseTime(name, v string, now time.Time) (time.Time, error) {
 }
 
 // rangeParams reads since and until.
-func rangeParams(q map[string][]string) (since, until time.Time, err error) {
+func rangeParams(q query) (since, until time.Time, err error) {
 	now := time.Now()
-	get := func(k string) string {
-		if v := q[k]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
-	if since, err = parseTime("since", get("since"), now); err != nil {
+	if since, err = parseTime("since", q["since"], now); err != nil {
 		return
 	}
-	if until, err = parseTime("until", get("until"), now); err != nil {
+	if until, err = parseTime("until", q["until"], now); err != nil {
 		return
 	}
 	if !since.IsZero() && !until.IsZero() && !since.Before(until) {
@@ -156,29 +150,16 @@ func rangeParams(q map[string][]string) (since, until time.Time, err error) {
 	return
 }
 
-var knownListParams = map[string]bool{"subscription": true, "status": true, "event": true, "since": true, "until": true, "limit": true, "cursor": true}
-
-func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	for k, v := range q {
-		if !knownListParams[k] {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (use subscription, status, event, since, until, limit, cursor)", clip(k)))
-			return
-		}
-		if len(v) > 1 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q is given %d times; give it once", clip(k), len(v)))
-			return
-		}
-	}
+func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {
 	f := journal.DeliveryFilter{Subscriptions: s.cfg.Deliverer.SubscriptionIDs(), Limit: defaultLimit}
-	if v := q.Get("subscription"); v != "" {
+	if v := q["subscription"]; v != "" {
 		if !subscriptionIDPattern.MatchString(v) || !s.cfg.Deliverer.HasSubscription(v) {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("subscription: no such subscription %q", clip(v)))
 			return
 		}
 		f.Subscription = v
 	}
-	if v := q.Get("status"); v != "" {
+	if v := q["status"]; v != "" {
 		ok := false
 		for _, st := range states {
 			ok = ok || v == st
@@ -189,7 +170,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		}
 		f.State = journal.State(v)
 	}
-	if v := q.Get("event"); v != "" {
+	if v := q["event"]; v != "" {
 		if !s.cfg.Catalog.Has(v) {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("event: %q is not an event of the catalog", clip(v)))
 			return
@@ -201,7 +182,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if v := q.Get("limit"); v != "" {
+	if v := q["limit"]; v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxLimit {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: %q is not a number from 1 to %d", clip(v), maxLimit))
@@ -209,7 +190,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
-	f.Cursor = q.Get("cursor")
+	f.Cursor = q["cursor"]
 	if len(f.Cursor) > 512 {
 		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")
 		return
@@ -237,7 +218,7 @@ func (s *Server) deliveryID(w http.ResponseWriter, r *http.Request) (string, boo
 	return id, true
 }
 
-func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
+func (s *Server) delivery(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.deliveryID(w, r)
 	if !ok {
 		return
@@ -269,7 +250,7 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) retry(w http.ResponseWriter, r *http.Request) {
+func (s *Server) retry(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.deliveryID(w, r)
 	if !ok {
 		return
@@ -282,21 +263,10 @@ func (s *Server) retry(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, reportOf(rep))
 }
 
-func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
+func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, q query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
-	}
-	q := r.URL.Query()
-	for k, v := range q {
-		if k != "since" && k != "until" {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (use since, until)", clip(k)))
-			return
-		}
-		if len(v) > 1 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q is given %d times; give it once", clip(k), len(v)))
-			return
-		}
 	}
 	since, until, err := rangeParams(q)
 	if err != nil {
@@ -311,7 +281,7 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.RetryFailedResponse{Scheduled: n, Subscription: id})
 }
 
-func (s *Server) test(w http.ResponseWriter, r *http.Request) {
+func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
@@ -338,7 +308,7 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, reportOf(rep))
 }
 
-func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
+func (s *Server) pause(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
@@ -350,7 +320,7 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.PauseResponse{Paused: true, Subscription: id})
 }
 
-func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
+func (s *Server) resume(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return

@@ -1,0 +1,215 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+// spy records every call the server makes to its Deliverer and History,
+// so a test can assert that a refused request acted on nothing and read
+// nothing. It answers like checkedDeliverer and checkedHistory.
+type spy struct {
+	calls []string
+}
+
+type spyDeliverer struct {
+	checkedDeliverer
+	s *spy
+}
+
+func (d spyDeliverer) RetryNow(ctx context.Context, id string) (fanout.AttemptReport, error) {
+	d.s.calls = append(d.s.calls, "RetryNow")
+	return d.checkedDeliverer.RetryNow(ctx, id)
+}
+
+func (d spyDeliverer) RetryFailed(ctx context.Context, sub string, since, until time.Time) (int, error) {
+	d.s.calls = append(d.s.calls, "RetryFailed")
+	return d.checkedDeliverer.RetryFailed(ctx, sub, since, until)
+}
+
+func (d spyDeliverer) SendTest(ctx context.Context, sub string, ev fanout.Event) (fanout.AttemptReport, error) {
+	d.s.calls = append(d.s.calls, "SendTest")
+	return d.checkedDeliverer.SendTest(ctx, sub, ev)
+}
+
+func (d spyDeliverer) Pause(ctx context.Context, sub string) error {
+	d.s.calls = append(d.s.calls, "Pause")
+	return d.checkedDeliverer.Pause(ctx, sub)
+}
+
+func (d spyDeliverer) Resume(ctx context.Context, sub string) (int, error) {
+	d.s.calls = append(d.s.calls, "Resume")
+	return d.checkedDeliverer.Resume(ctx, sub)
+}
+
+type spyHistory struct {
+	checkedHistory
+	s *spy
+}
+
+func (h spyHistory) ListDeliveries(ctx context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error) {
+	h.s.calls = append(h.s.calls, "ListDeliveries")
+	return h.checkedHistory.ListDeliveries(ctx, f)
+}
+
+func (h spyHistory) GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error) {
+	h.s.calls = append(h.s.calls, "GetDelivery")
+	return h.checkedHistory.GetDelivery(ctx, id)
+}
+
+func (h spyHistory) Backlogs(ctx context.Context) (map[string]journal.Backlog, error) {
+	h.s.calls = append(h.s.calls, "Backlogs")
+	return h.checkedHistory.Backlogs(ctx)
+}
+
+// newSpyServer returns a server over spies, and the spy.
+func newSpyServer(t *testing.T) (*Server, *spy) {
+	t.Helper()
+	cat, err := catalog.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &spy{}
+	srv := New(Config{
+		Token:     "t",
+		Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s},
+		History:   spyHistory{checkedHistory{t: t, cat: cat}, s},
+		Catalog:   cat,
+		Sample: func(eventType string) fanout.Event {
+			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
+		},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	return srv, s
+}
+
+// do sends a request with the token; target is the path and raw query,
+// sent byte for byte. It returns the status and the error message (""
+// for a 2xx).
+func do(t *testing.T, srv *Server, method, target string, body io.Reader) (int, string) {
+	t.Helper()
+	req := httptest.NewRequest(method, target, body)
+	req.Header.Set("Authorization", "Bearer t")
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	checkAnswer(t, method+" "+target, rec)
+	if rec.Code < 300 {
+		return rec.Code, ""
+	}
+	var e api.Error
+	_ = json.Unmarshal(rec.Body.Bytes(), &e) // checkAnswer checked it
+	return rec.Code, e.Message
+}
+
+// TestRetryFailedRefusesUnreadableFilter: a since or until that Go's
+// query parser would drop (a ';', a bad escape) or that is given twice,
+// misspelt or empty makes retry-failed answer 400 naming the parameter,
+// and retry nothing: an unreadable filter must never widen the retry to
+// every failed delivery.
+func TestRetryFailedRefusesUnreadableFilter(t *testing.T) {
+	for _, tc := range []struct {
+		query, param string
+	}{
+		{"since=2099-01-01T00:00:00Z;", "since"},                           // the hostile sweep's case: 525 retried
+		{"since=2099-01-01T00:00:00Z%3", "since"},                          // a bad escape
+		{"until=2000-01-01T00:00:00Z;&since=1h", "until"},                  // dropped, the other kept
+		{"since=2099-01-01T00:00:00Z&since=1h", "since"},                   // repeated
+		{"sinse=2099-01-01T00:00:00Z", "sinse"},                            // misspelt
+		{"since=", "since"},                                                // empty
+		{"since", "since"},                                                 // no value
+		{"since=2099-01-01T00:00:00Z;until=2100-01-01T00:00:00Z", "since"}, // ';' as a separator
+	} {
+		srv, s := newSpyServer(t)
+		target := "/v1/subscriptions/crm/retry-failed?" + tc.query
+		code, msg := do(t, srv, http.MethodPost, target, nil)
+		if code != http.StatusBadRequest || !strings.Contains(msg, `"`+tc.param+`"`) {
+			t.Errorf("POST %s: %d %q, want 400 naming %q", target, code, msg, tc.param)
+		}
+		if len(s.calls) != 0 {
+			t.Errorf("POST %s: the server called %v, want nothing", target, s.calls)
+		}
+	}
+}
+
+// TestDeliveriesRefusesUnreadableFilter: GET /v1/deliveries?status=failed;
+// answered delivered rows (the status filter dropped); it must be a 400
+// naming status, without reading the journal.
+func TestDeliveriesRefusesUnreadableFilter(t *testing.T) {
+	for _, tc := range []struct {
+		query, param string
+	}{
+		{"status=failed;", "status"},
+		{"status=failed%", "status"},
+		{"limit=5&status=failed;", "status"},
+		{"status=failed&status=delivered", "status"},
+		{"subscription=crm&subscription=slack-alerts", "subscription"},
+		{"state=failed", "state"},
+		{"event=", "event"},
+		{"a;b=1", "a;b"},
+		{"%zz=1", "%zz"},
+	} {
+		srv, s := newSpyServer(t)
+		target := "/v1/deliveries?" + tc.query
+		code, msg := do(t, srv, http.MethodGet, target, nil)
+		if code != http.StatusBadRequest || !strings.Contains(msg, `"`+tc.param+`"`) {
+			t.Errorf("GET %s: %d %q, want 400 naming %q", target, code, msg, tc.param)
+		}
+		if len(s.calls) != 0 {
+			t.Errorf("GET %s: the server called %v, want nothing", target, s.calls)
+		}
+	}
+}
+
+// TestReadQuery: a query string is read whole or refused with the
+// parameter named; a long query stops at its first problem.
+func TestReadQuery(t *testing.T) {
+	accepts := []string{"since", "until"}
+	for _, tc := range []struct {
+		raw       string
+		want      query
+		wantParam string
+	}{
+		{"", query{}, ""},
+		{"since=2h&until=1h", query{"since": "2h", "until": "1h"}, ""},
+		{"since=2024-01-15T14%3A30%3A00Z&", query{"since": "2024-01-15T14:30:00Z"}, ""},
+		{"&&since=2h", query{"since": "2h"}, ""},
+		{"since=a%3Bb", query{"since": "a;b"}, ""}, // an escaped ';' is a value like any other
+		{"since=2h;", nil, "since"},
+		{"since=%", nil, "since"},
+		{"since=2h&since=2h", nil, "since"},
+		{"until=1h&limit=5", nil, "limit"},
+		{"since=&until=1h", nil, "since"},
+		{"=1", nil, ""},
+		{"since=2h&" + strings.Repeat("x=1&", 20000), nil, "x"}, // past url.ParseQuery's 10,000 pairs
+	} {
+		got, err := readQuery("POST /x", tc.raw, accepts)
+		if tc.want != nil {
+			if err != nil || len(got) != len(tc.want) {
+				t.Errorf("readQuery(%q) = %v, %v; want %v", clip(tc.raw), got, err, tc.want)
+				continue
+			}
+			for k, v := range tc.want {
+				if got[k] != v {
+					t.Errorf("readQuery(%q)[%q] = %q, want %q", clip(tc.raw), k, got[k], v)
+				}
+			}
+			continue
+		}
+		pe, ok := err.(*paramError)
+		if !ok || pe.Param != tc.wantParam {
+			t.Errorf("readQuery(%q) = %v, %v; want an error about %q", clip(tc.raw), got, err, tc.wantParam)
+		}
+	}
+}
