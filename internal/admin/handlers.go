@@ -2,9 +2,8 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -287,10 +286,12 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 		return
 	}
 	var body api.TestRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		writeError(w, http.StatusBadRequest, `body: want {"event": "request.created"}: `+clip(err.Error()))
+	if err := readBody(w, r, &body); err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, errBodyTooLarge) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeError(w, status, `body: want {"event": "request.created"}: `+clip(err.Error()))
 		return
 	}
 	if body.Event == "" {

@@ -1,6 +1,9 @@
 package admin
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -111,4 +114,36 @@ func hasBody(r *http.Request) bool {
 	var b [1]byte // unknown length (chunked): look
 	n, _ := io.ReadFull(r.Body, b[:])
 	return n > 0
+}
+
+// errBodyTooLarge is answered 413 by the endpoints that read a body.
+var errBodyTooLarge = errors.New("too large")
+
+// readBody decodes a request's body, a single JSON object of at most
+// maxBody bytes, into v, refusing fields v lacks. It refuses what
+// json.Decoder alone would let through: null (which leaves v as it was),
+// a value that is not an object, and anything after the object. A body
+// over maxBody is errBodyTooLarge.
+func readBody(w http.ResponseWriter, r *http.Request, v any) error {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+		return fmt.Errorf("%w: the limit is %d bytes", errBodyTooLarge, mbe.Limit)
+	}
+	if err != nil {
+		return fmt.Errorf("unreadable: %v", err)
+	}
+	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 {
+		return errors.New("empty; want a JSON object")
+	} else if trimmed[0] != '{' {
+		return errors.New("not a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("more after the JSON object; send one object")
+	}
+	return nil
 }

@@ -213,3 +213,67 @@ func TestReadQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestTestBody: POST …/test reads one JSON object of at most 16 KiB. A
+// larger body is a 413 (it was a 400); null, a value that is not an
+// object, and anything after the object are 400s naming the body (null
+// and trailing data were accepted and sent a request.created test). A
+// refused body sends nothing.
+func TestTestBody(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       int
+		msg        string
+	}{
+		{"10 MB", `{"event":"` + strings.Repeat("x", 10<<20) + `"}`, http.StatusRequestEntityTooLarge, "too large"},
+		{"one byte over", `{"event":"` + strings.Repeat("x", maxBody-11) + `"}`, http.StatusRequestEntityTooLarge, "too large"},
+		{"null", `null`, http.StatusBadRequest, "not a JSON object"},
+		{"null padded", " \n null \n", http.StatusBadRequest, "not a JSON object"},
+		{"two objects", `{"a":1} {"b":2}`, http.StatusBadRequest, `unknown field "a"`},
+		{"a second object", `{"event":"request.created"} {"b":2}`, http.StatusBadRequest, "more after the JSON object"},
+		{"trailing text", `{}x`, http.StatusBadRequest, "more after the JSON object"},
+		{"trailing null", `{"event":"request.created"}null`, http.StatusBadRequest, "more after the JSON object"},
+		{"array", `[]`, http.StatusBadRequest, "not a JSON object"},
+		{"string", `"request.created"`, http.StatusBadRequest, "not a JSON object"},
+		{"empty", ``, http.StatusBadRequest, "empty"},
+		{"unknown field", `{"event":"request.created","extra":1}`, http.StatusBadRequest, `"extra"`},
+		{"unfinished", `{"event":"request.created"`, http.StatusBadRequest, "body"},
+	} {
+		srv, s := newSpyServer(t)
+		code, msg := do(t, srv, http.MethodPost, "/v1/subscriptions/crm/test", strings.NewReader(tc.body))
+		if code != tc.want || !strings.Contains(msg, "body") || !strings.Contains(msg, tc.msg) {
+			t.Errorf("%s: %d %q, want %d with %q", tc.name, code, clip(msg), tc.want, tc.msg)
+		}
+		if len(s.calls) != 0 {
+			t.Errorf("%s: the server called %v, want nothing", tc.name, s.calls)
+		}
+	}
+	// Whitespace after the object is fine, and a body of exactly the
+	// limit is read whole.
+	exact := `{"event":"request.created"}` + strings.Repeat(" ", maxBody-27)
+	for _, body := range []string{`{}`, "{\"event\":\"sla.warning\"}\n", exact} {
+		srv, s := newSpyServer(t)
+		code, msg := do(t, srv, http.MethodPost, "/v1/subscriptions/crm/test", strings.NewReader(body))
+		if code != http.StatusOK || len(s.calls) != 1 || s.calls[0] != "SendTest" {
+			t.Errorf("a %d-byte body %q: %d %q, calls %v; want 200 and one SendTest", len(body), clip(body), code, msg, s.calls)
+		}
+	}
+}
+
+// TestNoBodyEndpointsRefuseABody: an endpoint that reads no body refuses
+// one rather than ignore it, and does nothing.
+func TestNoBodyEndpointsRefuseABody(t *testing.T) {
+	for _, target := range []string{
+		"/v1/subscriptions/crm/pause", "/v1/subscriptions/crm/resume",
+		"/v1/subscriptions/crm/retry-failed", "/v1/deliveries/dlv_1/retry",
+	} {
+		srv, s := newSpyServer(t)
+		code, msg := do(t, srv, http.MethodPost, target, strings.NewReader(`{}`))
+		if code != http.StatusBadRequest || !strings.Contains(msg, "takes no body") {
+			t.Errorf("POST %s with a body: %d %q, want 400 saying it takes no body", target, code, msg)
+		}
+		if len(s.calls) != 0 {
+			t.Errorf("POST %s with a body: the server called %v, want nothing", target, s.calls)
+		}
+	}
+}
