@@ -49,7 +49,7 @@ type Deliverer interface {
 	SubscriptionIDs() []string
 	HasSubscription(id string) bool
 	RetryNow(ctx context.Context, deliveryID string) (fanout.AttemptReport, error)
-	RetryFailed(ctx context.Context, subscription string, since, until time.Time) (int, error)
+	RetryFailed(ctx context.Context, subscription string, since, until *time.Time) (int, error)
 	SendTest(ctx context.Context, subscription string, ev fanout.Event) (fanout.AttemptReport, error)
 	Pause(ctx context.Context, subscription string) error
 	Resume(ctx context.Context, subscription string) (int, error)

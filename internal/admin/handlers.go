@@ -115,11 +115,9 @@ func clip(s string) string {
 }
 
 // parseTime reads since/until: RFC 3339, or a duration meaning that long
-// ago ("2h", "30m").
+// ago ("2h", "30m"). Any time is a bound, the zero time too: an absent
+// parameter is the only "no bound".
 func parseTime(name, v string, now time.Time) (time.Time, error) {
-	if v == "" {
-		return time.Time{}, nil
-	}
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
 		return t, nil
 	}
@@ -134,19 +132,27 @@ func parseTime(name, v string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%s: %q is neither an RFC 3339 time (2024-01-15T14:30:00Z) nor a duration ago (2h, 7d)", name, clip(v))
 }
 
-// rangeParams reads since and until.
-func rangeParams(q query) (since, until time.Time, err error) {
+// rangeParams reads since and until; nil is a parameter not given.
+func rangeParams(q query) (since, until *time.Time, err error) {
 	now := time.Now()
-	if since, err = parseTime("since", q["since"], now); err != nil {
-		return
+	for _, p := range []struct {
+		name string
+		to   **time.Time
+	}{{"since", &since}, {"until", &until}} {
+		v, ok := q[p.name]
+		if !ok {
+			continue
+		}
+		t, err := parseTime(p.name, v, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		*p.to = &t
 	}
-	if until, err = parseTime("until", q["until"], now); err != nil {
-		return
+	if since != nil && until != nil && !since.Before(*until) {
+		return nil, nil, fmt.Errorf("since must be before until")
 	}
-	if !since.IsZero() && !until.IsZero() && !since.Before(until) {
-		err = fmt.Errorf("since must be before until")
-	}
-	return
+	return since, until, nil
 }
 
 func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {

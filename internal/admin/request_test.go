@@ -22,6 +22,9 @@ import (
 // nothing. It answers like checkedDeliverer and checkedHistory.
 type spy struct {
 	calls []string
+	// since and until are the bounds of the last RetryFailed or
+	// ListDeliveries.
+	since, until *time.Time
 }
 
 type spyDeliverer struct {
@@ -34,8 +37,9 @@ func (d spyDeliverer) RetryNow(ctx context.Context, id string) (fanout.AttemptRe
 	return d.checkedDeliverer.RetryNow(ctx, id)
 }
 
-func (d spyDeliverer) RetryFailed(ctx context.Context, sub string, since, until time.Time) (int, error) {
+func (d spyDeliverer) RetryFailed(ctx context.Context, sub string, since, until *time.Time) (int, error) {
 	d.s.calls = append(d.s.calls, "RetryFailed")
+	d.s.since, d.s.until = since, until
 	return d.checkedDeliverer.RetryFailed(ctx, sub, since, until)
 }
 
@@ -61,6 +65,7 @@ type spyHistory struct {
 
 func (h spyHistory) ListDeliveries(ctx context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error) {
 	h.s.calls = append(h.s.calls, "ListDeliveries")
+	h.s.since, h.s.until = f.Since, f.Until
 	return h.checkedHistory.ListDeliveries(ctx, f)
 }
 
@@ -275,5 +280,41 @@ func TestNoBodyEndpointsRefuseABody(t *testing.T) {
 		if len(s.calls) != 0 {
 			t.Errorf("POST %s with a body: the server called %v, want nothing", target, s.calls)
 		}
+	}
+}
+
+// TestZeroTimeIsABound: until=0001-01-01T00:00:00Z was taken for "no
+// until" (the zero time meant unset), so it retried and listed
+// everything. A parameter given is a bound, the zero time too; only an
+// absent one is no bound.
+func TestZeroTimeIsABound(t *testing.T) {
+	zero := "0001-01-01T00:00:00Z"
+	for _, target := range []string{
+		"POST /v1/subscriptions/crm/retry-failed?until=" + zero,
+		"GET /v1/deliveries?until=" + zero,
+		"GET /v1/deliveries?until=0001-01-01T01:00:00%2B01:00", // the same instant
+	} {
+		method, path, _ := strings.Cut(target, " ")
+		srv, s := newSpyServer(t)
+		if code, msg := do(t, srv, method, path, nil); code != http.StatusOK {
+			t.Fatalf("%s: %d %q", target, code, msg)
+		}
+		if s.since != nil || s.until == nil || !s.until.IsZero() {
+			t.Errorf("%s: bounds since %v, until %v; want no since and until the zero time", target, s.since, s.until)
+		}
+	}
+	for _, target := range []string{"POST /v1/subscriptions/crm/retry-failed", "GET /v1/deliveries"} {
+		method, path, _ := strings.Cut(target, " ")
+		srv, s := newSpyServer(t)
+		if code, msg := do(t, srv, method, path, nil); code != http.StatusOK || s.since != nil || s.until != nil {
+			t.Errorf("%s without since and until: %d %q, bounds %v, %v; want 200 and no bounds", target, code, msg, s.since, s.until)
+		}
+	}
+	// Both the zero time: an empty range, refused as any since ≥ until is
+	// (it was "no bounds at all").
+	srv, s := newSpyServer(t)
+	code, msg := do(t, srv, http.MethodPost, "/v1/subscriptions/crm/retry-failed?since="+zero+"&until="+zero, nil)
+	if code != http.StatusBadRequest || !strings.Contains(msg, "since must be before until") || len(s.calls) != 0 {
+		t.Errorf("since = until = the zero time: %d %q, calls %v; want 400 and nothing done", code, msg, s.calls)
 	}
 }
