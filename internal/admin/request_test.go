@@ -318,3 +318,98 @@ func TestZeroTimeIsABound(t *testing.T) {
 		t.Errorf("since = until = the zero time: %d %q, calls %v; want 400 and nothing done", code, msg, s.calls)
 	}
 }
+
+// TestMalformedRequests is the admin API's answer to malformed requests,
+// route by route: each is a 4xx (never a 500, never a 200) whose message
+// names the parameter or the body, and none reaches the dispatcher or the
+// journal. RELIABILITY.md cites this list.
+func TestMalformedRequests(t *testing.T) {
+	const (
+		list  = "/v1/deliveries"
+		retry = "/v1/subscriptions/crm/retry-failed"
+		test  = "/v1/subscriptions/crm/test"
+	)
+	tenMB := `{"event":"` + strings.Repeat("x", 10<<20) + `"}`
+	for _, tc := range []struct {
+		method, target, body string
+		want                 int
+		names                string // what the message must name
+	}{
+		// Query strings that do not parse whole: Go's parser drops the pair.
+		{"GET", list + "?status=failed;", "", 400, `"status"`},
+		{"GET", list + "?limit=5;status=failed", "", 400, `"limit"`},
+		{"GET", list + "?status=%zz", "", 400, `"status"`},
+		{"GET", list + "?%zz=1", "", 400, `"%zz"`},
+		{"POST", retry + "?since=2099-01-01T00:00:00Z;", "", 400, `"since"`},
+		{"POST", retry + "?until=2099-01-01T00:00:00Z%E", "", 400, `"until"`},
+		{"GET", "/v1/events?a;b", "", 400, `"a;b"`},
+		// Repeated parameters.
+		{"GET", list + "?limit=5&limit=6", "", 400, `"limit"`},
+		{"GET", list + "?status=failed&status=delivered", "", 400, `"status"`},
+		{"POST", retry + "?until=1h&until=2h", "", 400, `"until"`},
+		// Unknown parameters, and a filter retry-failed does not have.
+		{"GET", list + "?sort=asc", "", 400, `"sort"`},
+		{"POST", retry + "?status=failed", "", 400, `"status"`},
+		{"POST", test + "?event=sla.warning", "{}", 400, `"event"`},
+		// Parameters on routes that take none.
+		{"GET", "/v1/events?x=1", "", 400, `"x"`},
+		{"GET", "/v1/subscriptions?x=1", "", 400, `"x"`},
+		{"GET", "/v1/subscriptions/crm?x=1", "", 400, `"x"`},
+		{"POST", "/v1/subscriptions/crm/pause?x=1", "", 400, `"x"`},
+		{"POST", "/v1/subscriptions/crm/resume?x=1", "", 400, `"x"`},
+		{"GET", "/v1/deliveries/dlv_1?x=1", "", 400, `"x"`},
+		{"POST", "/v1/deliveries/dlv_1/retry?x=1", "", 400, `"x"`},
+		// Empty values.
+		{"GET", list + "?status=", "", 400, `"status"`},
+		{"POST", retry + "?since", "", 400, `"since"`},
+		// Wrong types and out-of-range values.
+		{"GET", list + "?since=notatime", "", 400, "since"},
+		{"POST", retry + "?until=notatime", "", 400, "until"},
+		{"POST", retry + "?since=-2h", "", 400, "since"},
+		{"GET", list + "?since=1h&until=2h", "", 400, "since must be before until"},
+		{"GET", list + "?limit=-1", "", 400, "limit"},
+		{"GET", list + "?limit=abc", "", 400, "limit"},
+		{"GET", list + "?limit=0", "", 400, "limit"},
+		{"GET", list + "?limit=501", "", 400, "limit"},
+		{"GET", list + "?limit=99999999999999999999", "", 400, "limit"},
+		{"GET", list + "?status=FAILED", "", 400, "status"},
+		{"GET", list + "?subscription=ghost", "", 400, "subscription"},
+		{"GET", list + "?event=nope.nope", "", 400, "event"},
+		{"GET", list + "?cursor=" + strings.Repeat("c", 600), "", 400, "cursor"},
+		// Oversize bodies.
+		{"POST", test, tenMB, 413, "body"},
+		{"POST", "/v1/subscriptions/crm/pause", tenMB, 400, "body"},
+		// Bodies that are null, not an object, or followed by more.
+		{"POST", test, "", 400, "body"},
+		{"POST", test, "null", 400, "body"},
+		{"POST", test, "[]", 400, "body"},
+		{"POST", test, `"request.created"`, 400, "body"},
+		{"POST", test, "42", 400, "body"},
+		{"POST", test, `{"a":1} {"b":2}`, 400, "body"},
+		{"POST", test, `{}x`, 400, "body"},
+		{"POST", test, `{"event":"request.created"`, 400, "body"},
+		// Unknown fields, wrong field types, unknown events in the body.
+		{"POST", test, `{"evnt":"request.created"}`, 400, `"evnt"`},
+		{"POST", test, `{"event":1}`, 400, "event"},
+		{"POST", test, `{"event":"nope.nope"}`, 400, "event"},
+		// Bodies on routes that take none.
+		{"POST", "/v1/subscriptions/crm/resume", "{}", 400, "body"},
+		{"POST", "/v1/deliveries/dlv_1/retry", "{}", 400, "body"},
+		{"POST", retry + "?since=1h", "{}", 400, "body"},
+		{"GET", "/v1/subscriptions", "{}", 400, "body"},
+	} {
+		srv, s := newSpyServer(t)
+		var body io.Reader
+		if tc.body != "" {
+			body = strings.NewReader(tc.body)
+		}
+		code, msg := do(t, srv, tc.method, tc.target, body)
+		what := clip(tc.method + " " + tc.target + " " + tc.body)
+		if code != tc.want || !strings.Contains(msg, tc.names) {
+			t.Errorf("%s: %d %q, want %d naming %s", what, code, clip(msg), tc.want, tc.names)
+		}
+		if len(s.calls) != 0 {
+			t.Errorf("%s: the server called %v, want nothing", what, s.calls)
+		}
+	}
+}
