@@ -12,7 +12,10 @@
 // JSON, {"error": "…"}, naming the problem: 400 for a bad parameter or
 // body, 401 without the token, 404 for an unknown delivery or
 // subscription, 409 for a delivery being attempted right now, 503 when the
-// journal cannot be reached. Bad input never gets a 500.
+// journal cannot be reached. Bad input never gets a 500. A query string
+// is read whole or refused: a pair Go's parser would drop (a ';', a bad
+// escape), a parameter the endpoint does not read, one given twice or
+// empty is a 400 naming it, before anything is done (request.go).
 package admin
 
 import (
@@ -46,7 +49,7 @@ type Deliverer interface {
 	SubscriptionIDs() []string
 	HasSubscription(id string) bool
 	RetryNow(ctx context.Context, deliveryID string) (fanout.AttemptReport, error)
-	RetryFailed(ctx context.Context, subscription string, since, until time.Time) (int, error)
+	RetryFailed(ctx context.Context, subscription string, since, until *time.Time) (int, error)
 	SendTest(ctx context.Context, subscription string, ev fanout.Event) (fanout.AttemptReport, error)
 	Pause(ctx context.Context, subscription string) error
 	Resume(ctx context.Context, subscription string) (int, error)
@@ -102,17 +105,21 @@ func New(cfg Config) *Server {
 		metrics = s.auth(metrics)
 	}
 	s.mux.Handle("GET /metrics", metrics)
-	api := func(pattern string, h http.HandlerFunc) { s.mux.Handle(pattern, s.auth(h)) }
-	api("GET /v1/events", s.events)
-	api("GET /v1/subscriptions", s.subscriptions)
-	api("GET /v1/subscriptions/{id}", s.subscription)
-	api("POST /v1/subscriptions/{id}/retry-failed", s.retryFailed)
-	api("POST /v1/subscriptions/{id}/test", s.test)
-	api("POST /v1/subscriptions/{id}/pause", s.pause)
-	api("POST /v1/subscriptions/{id}/resume", s.resume)
-	api("GET /v1/deliveries", s.deliveries)
-	api("GET /v1/deliveries/{id}", s.delivery)
-	api("POST /v1/deliveries/{id}/retry", s.retry)
+	// Each endpoint with the query parameters it reads and whether it
+	// takes a body; anything else is refused (request.go).
+	none := endpoint{}
+	rng := endpoint{params: []string{"since", "until"}}
+	list := endpoint{params: []string{"subscription", "status", "event", "since", "until", "limit", "cursor"}}
+	s.route("GET /v1/events", none, s.events)
+	s.route("GET /v1/subscriptions", none, s.subscriptions)
+	s.route("GET /v1/subscriptions/{id}", none, s.subscription)
+	s.route("POST /v1/subscriptions/{id}/retry-failed", rng, s.retryFailed)
+	s.route("POST /v1/subscriptions/{id}/test", endpoint{body: true}, s.test)
+	s.route("POST /v1/subscriptions/{id}/pause", none, s.pause)
+	s.route("POST /v1/subscriptions/{id}/resume", none, s.resume)
+	s.route("GET /v1/deliveries", list, s.deliveries)
+	s.route("GET /v1/deliveries/{id}", none, s.delivery)
+	s.route("POST /v1/deliveries/{id}/retry", none, s.retry)
 	if cfg.Dashboard != nil {
 		s.mux.Handle("GET /", dashboardHandler(cfg.Dashboard))
 	}

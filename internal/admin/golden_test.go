@@ -54,7 +54,7 @@ func (fullDeliverer) RetryNow(_ context.Context, id string) (fanout.AttemptRepor
 	return fanout.AttemptReport{DeliveryID: id, EventID: "whk_1", Attempt: 3, StatusCode: 200, Delivered: true, DurationMS: 12.5, ResponseBody: "ok"}, nil
 }
 
-func (fullDeliverer) RetryFailed(context.Context, string, time.Time, time.Time) (int, error) {
+func (fullDeliverer) RetryFailed(context.Context, string, *time.Time, *time.Time) (int, error) {
 	return 7, nil
 }
 

@@ -2,9 +2,8 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -30,7 +29,7 @@ const (
 	maxWaitedBehind = 20
 )
 
-func (s *Server) events(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) events(w http.ResponseWriter, _ *http.Request, _ query) {
 	events := s.cfg.Catalog.Events()
 	out := api.EventList{Events: make([]api.Event, 0, len(events))}
 	for _, e := range events {
@@ -65,7 +64,7 @@ func (s *Server) views(r *http.Request) ([]api.Subscription, error) {
 	return out, nil
 }
 
-func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request) {
+func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request, _ query) {
 	views, err := s.views(r)
 	if err != nil {
 		s.journalError(w, r, err)
@@ -88,7 +87,7 @@ func (s *Server) subscriptionID(w http.ResponseWriter, r *http.Request) (string,
 	return id, true
 }
 
-func (s *Server) subscription(w http.ResponseWriter, r *http.Request) {
+func (s *Server) subscription(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
@@ -116,11 +115,9 @@ func clip(s string) string {
 }
 
 // parseTime reads since/until: RFC 3339, or a duration meaning that long
-// ago ("2h", "30m").
+// ago ("2h", "30m"). Any time is a bound, the zero time too: an absent
+// parameter is the only "no bound".
 func parseTime(name, v string, now time.Time) (time.Time, error) {
-	if v == "" {
-		return time.Time{}, nil
-	}
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
 		return t, nil
 	}
@@ -135,50 +132,39 @@ func parseTime(name, v string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%s: %q is neither an RFC 3339 time (2024-01-15T14:30:00Z) nor a duration ago (2h, 7d)", name, clip(v))
 }
 
-// rangeParams reads since and until.
-func rangeParams(q map[string][]string) (since, until time.Time, err error) {
+// rangeParams reads since and until; nil is a parameter not given.
+func rangeParams(q query) (since, until *time.Time, err error) {
 	now := time.Now()
-	get := func(k string) string {
-		if v := q[k]; len(v) > 0 {
-			return v[0]
+	for _, p := range []struct {
+		name string
+		to   **time.Time
+	}{{"since", &since}, {"until", &until}} {
+		v, ok := q[p.name]
+		if !ok {
+			continue
 		}
-		return ""
+		t, err := parseTime(p.name, v, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		*p.to = &t
 	}
-	if since, err = parseTime("since", get("since"), now); err != nil {
-		return
+	if since != nil && until != nil && !since.Before(*until) {
+		return nil, nil, fmt.Errorf("since must be before until")
 	}
-	if until, err = parseTime("until", get("until"), now); err != nil {
-		return
-	}
-	if !since.IsZero() && !until.IsZero() && !since.Before(until) {
-		err = fmt.Errorf("since must be before until")
-	}
-	return
+	return since, until, nil
 }
 
-var knownListParams = map[string]bool{"subscription": true, "status": true, "event": true, "since": true, "until": true, "limit": true, "cursor": true}
-
-func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	for k, v := range q {
-		if !knownListParams[k] {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (use subscription, status, event, since, until, limit, cursor)", clip(k)))
-			return
-		}
-		if len(v) > 1 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q is given %d times; give it once", clip(k), len(v)))
-			return
-		}
-	}
+func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {
 	f := journal.DeliveryFilter{Subscriptions: s.cfg.Deliverer.SubscriptionIDs(), Limit: defaultLimit}
-	if v := q.Get("subscription"); v != "" {
+	if v := q["subscription"]; v != "" {
 		if !subscriptionIDPattern.MatchString(v) || !s.cfg.Deliverer.HasSubscription(v) {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("subscription: no such subscription %q", clip(v)))
 			return
 		}
 		f.Subscription = v
 	}
-	if v := q.Get("status"); v != "" {
+	if v := q["status"]; v != "" {
 		ok := false
 		for _, st := range states {
 			ok = ok || v == st
@@ -189,7 +175,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		}
 		f.State = journal.State(v)
 	}
-	if v := q.Get("event"); v != "" {
+	if v := q["event"]; v != "" {
 		if !s.cfg.Catalog.Has(v) {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("event: %q is not an event of the catalog", clip(v)))
 			return
@@ -201,7 +187,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if v := q.Get("limit"); v != "" {
+	if v := q["limit"]; v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxLimit {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: %q is not a number from 1 to %d", clip(v), maxLimit))
@@ -209,7 +195,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
-	f.Cursor = q.Get("cursor")
+	f.Cursor = q["cursor"]
 	if len(f.Cursor) > 512 {
 		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")
 		return
@@ -237,7 +223,7 @@ func (s *Server) deliveryID(w http.ResponseWriter, r *http.Request) (string, boo
 	return id, true
 }
 
-func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
+func (s *Server) delivery(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.deliveryID(w, r)
 	if !ok {
 		return
@@ -269,7 +255,7 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) retry(w http.ResponseWriter, r *http.Request) {
+func (s *Server) retry(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.deliveryID(w, r)
 	if !ok {
 		return
@@ -282,21 +268,10 @@ func (s *Server) retry(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, reportOf(rep))
 }
 
-func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
+func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, q query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
-	}
-	q := r.URL.Query()
-	for k, v := range q {
-		if k != "since" && k != "until" {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q (use since, until)", clip(k)))
-			return
-		}
-		if len(v) > 1 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("parameter %q is given %d times; give it once", clip(k), len(v)))
-			return
-		}
 	}
 	since, until, err := rangeParams(q)
 	if err != nil {
@@ -311,16 +286,18 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.RetryFailedResponse{Scheduled: n, Subscription: id})
 }
 
-func (s *Server) test(w http.ResponseWriter, r *http.Request) {
+func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
 	}
 	var body api.TestRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		writeError(w, http.StatusBadRequest, `body: want {"event": "request.created"}: `+clip(err.Error()))
+	if err := readBody(w, r, &body); err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, errBodyTooLarge) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeError(w, status, `body: want {"event": "request.created"}: `+clip(err.Error()))
 		return
 	}
 	if body.Event == "" {
@@ -338,7 +315,7 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, reportOf(rep))
 }
 
-func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
+func (s *Server) pause(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return
@@ -350,7 +327,7 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.PauseResponse{Paused: true, Subscription: id})
 }
 
-func (s *Server) resume(w http.ResponseWriter, r *http.Request) {
+func (s *Server) resume(w http.ResponseWriter, r *http.Request, _ query) {
 	id, ok := s.subscriptionID(w, r)
 	if !ok {
 		return

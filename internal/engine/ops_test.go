@@ -266,6 +266,81 @@ func TestRetryFailed(t *testing.T) {
 	}
 }
 
+// TestAdminUnreadableFilterActsOnNothing: against a real journal, a
+// retry-failed whose filter Go's query parser would drop (a ';', a bad
+// escape) or that is given twice answers 400 and changes no delivery;
+// deliveries?status=failed; is a 400, not a list with delivered rows; and
+// an explicit until of the zero time is a bound (it retried everything).
+func TestAdminUnreadableFilterActsOnNothing(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			return 200, nil, "ok"
+		}
+		return 400, nil, "rejected"
+	})
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	a := newAdminClient(t, e)
+	for _, title := range []string{"a", "b", "c"} {
+		db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('`+title+`', 1)`)
+	}
+	rc.Wait(t, 3, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "one delivered and two failed deliveries", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 2 &&
+			queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 1
+	})
+	conn := db.Connect(t)
+	snapshot := func() string { // every delivery's id, state and last change
+		t.Helper()
+		var s string
+		if err := conn.QueryRow(context.Background(), `SELECT string_agg(id || ' ' || state || ' ' || updated_at::text, ', ' ORDER BY id) FROM dzhook.deliveries`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	before := snapshot()
+	for _, tc := range []struct{ query, param string }{
+		{"since=2099-01-01T00:00:00Z;", "since"},
+		{"since=2099-01-01T00:00:00Z%zz", "since"},
+		{"since=2099-01-01T00:00:00Z&since=1h", "since"},
+		{"sinse=2099-01-01T00:00:00Z", "sinse"},
+	} {
+		code, e, raw := a.callError("POST", "/v1/subscriptions/crm/retry-failed?"+tc.query, adminToken, nil)
+		if code != 400 || !strings.Contains(e.Message, `"`+tc.param+`"`) {
+			t.Errorf("retry-failed?%s: %d %s, want 400 naming %q", tc.query, code, raw, tc.param)
+		}
+		if after := snapshot(); after != before {
+			t.Fatalf("retry-failed?%s changed deliveries:\nbefore %s\nafter  %s", tc.query, before, after)
+		}
+	}
+	// The same filter, readable: nothing failed after 2099.
+	if n := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed?since=2099-01-01T00:00:00Z", nil).Scheduled; n != 0 {
+		t.Errorf("retry-failed?since=2099-01-01T00:00:00Z scheduled %d, want 0", n)
+	}
+	// The zero time as until: nothing was created before it.
+	if n := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed?until=0001-01-01T00:00:00Z", nil).Scheduled; n != 0 {
+		t.Errorf("retry-failed?until=0001-01-01T00:00:00Z scheduled %d, want 0", n)
+	}
+	if after := snapshot(); after != before {
+		t.Fatalf("retry-failed with readable filters that match nothing changed deliveries:\nbefore %s\nafter  %s", before, after)
+	}
+	if got := answer[api.DeliveryList](a, "GET", "/v1/deliveries?until=0001-01-01T00:00:00Z", nil).Deliveries; len(got) != 0 {
+		t.Errorf("deliveries?until=0001-01-01T00:00:00Z listed %d deliveries, want 0", len(got))
+	}
+	if code, e, raw := a.callError("GET", "/v1/deliveries?status=failed;", adminToken, nil); code != 400 || !strings.Contains(e.Message, `"status"`) {
+		t.Errorf("deliveries?status=failed;: %d %s, want 400 naming status", code, raw)
+	}
+	for _, d := range answer[api.DeliveryList](a, "GET", "/v1/deliveries?status=failed", nil).Deliveries {
+		if d.State != "failed" {
+			t.Errorf("deliveries?status=failed listed a %s delivery", d.State)
+		}
+	}
+	if n := len(rc.Requests()); n != 3 {
+		t.Errorf("receiver got %d requests, want 3: nothing retried", n)
+	}
+}
+
 func TestSendTest(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)

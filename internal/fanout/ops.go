@@ -88,9 +88,10 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 }
 
 // RetryFailed sends every failed delivery of a subscription created in
-// [since, until) again, one manual attempt each, through its queue. It
+// [since, until) again (a nil bound is none), one manual attempt each,
+// through its queue. It
 // returns how many it scheduled.
-func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since, until time.Time) (int, error) {
+func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since, until *time.Time) (int, error) {
 	if _, err := d.lookup(subscription); err != nil {
 		return 0, err
 	}

@@ -254,7 +254,7 @@ func TestReleaseLost(t *testing.T) {
 	if _, err := s.ClaimForRetry(ctx, id, "b", "m2", time.Minute); !errors.Is(err, ErrBusy) {
 		t.Fatalf("claim of a delivery a live instance owns: %v, want ErrBusy", err)
 	}
-	if n, err := s.RetryFailed(ctx, "crm", time.Time{}, time.Time{}, time.Minute); err != nil || n != 0 {
+	if n, err := s.RetryFailed(ctx, "crm", nil, nil, time.Minute); err != nil || n != 0 {
 		t.Errorf("retry-failed took %d (%v) deliveries a live instance is retrying by hand, want 0", n, err)
 	}
 	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"kept"}}); err != nil || n != 0 {
@@ -263,7 +263,7 @@ func TestReleaseLost(t *testing.T) {
 	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"m1"}}); err != nil || n != 1 {
 		t.Fatalf("released %d (%v), want 1", n, err)
 	}
-	if n, err := s.RetryFailed(ctx, "crm", time.Time{}, time.Time{}, time.Minute); err != nil || n != 1 {
+	if n, err := s.RetryFailed(ctx, "crm", nil, nil, time.Minute); err != nil || n != 1 {
 		t.Errorf("retry-failed after the release took %d (%v), want 1", n, err)
 	}
 	if _, err := s.ClaimForRetry(ctx, id, "b", "m3", time.Minute); err != nil {

@@ -64,9 +64,11 @@ type DeliveryFilter struct {
 	Subscription  string
 	State         State
 	Event         string
-	Since, Until  time.Time
-	Limit         int
-	Cursor        string
+	// Since and Until bound the deliveries' creation to [Since, Until);
+	// nil is no bound (the zero time is a bound like any other).
+	Since, Until *time.Time
+	Limit        int
+	Cursor       string
 }
 
 const deliveryColumns = `d.id, d.event_id, d.event_type, d.subscription_id, d.state, d.attempts, d.next_attempt_at, d.owner, d.test,
@@ -114,7 +116,7 @@ func (s *Store) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Deliver
 			   AND ($6::timestamptz IS NULL OR (x.created_at, x.id) < ($6, $7::text))
 			 ORDER BY x.created_at DESC, x.id DESC LIMIT $8) d
 		ORDER BY d.created_at DESC, d.id DESC LIMIT $8`),
-		subs, nullText(string(f.State)), nullText(f.Event), nullTime(f.Since), nullTime(f.Until), curAt, curID, f.Limit+1)
+		subs, nullText(string(f.State)), nullText(f.Event), f.Since, f.Until, curAt, curID, f.Limit+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("list deliveries: %w", err)
 	}
@@ -231,17 +233,18 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 }
 
 // RetryFailed makes every failed delivery of a subscription created in
-// [since, until) due now, as manual retries (one attempt each). Deliveries
+// [since, until) due now (a nil bound is none), as manual retries (one
+// attempt each). Deliveries
 // already pending are left alone, so calling it twice sends nothing twice,
 // and so are those a live instance is retrying by hand.
-func (s *Store) RetryFailed(ctx context.Context, subscription string, since, until time.Time, staleAfter time.Duration) (int, error) {
+func (s *Store) RetryFailed(ctx context.Context, subscription string, since, until *time.Time, staleAfter time.Duration) (int, error) {
 	// A failed delivery a live instance owns is being retried by hand
 	// right now: taking it from under that attempt would send it twice.
 	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'pending', next_attempt_at = now(), owner = NULL, manual = true, updated_at = now()
 		WHERE subscription_id = $1 AND state = 'failed' AND NOT test
 		  AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
 		  AND (owner IS NULL OR owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second'))`),
-		subscription, nullTime(since), nullTime(until), staleAfter.Seconds())
+		subscription, since, until, staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("retry failed deliveries: %w", err)
 	}
