@@ -78,7 +78,7 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 	if err != nil {
 		return actions, err
 	}
-	more, err := settleSource(ctx, conn, store, sc, sys.SystemID, cfg.Source.Slot, opts.AcceptGap)
+	more, err := settleSource(ctx, conn, store, sc, sys.SystemID, cfg.Source.Slot, opts.AcceptGap, cfg.Notify.URL.Reveal() != "")
 	return append(actions, more...), err
 }
 

@@ -44,8 +44,12 @@ func detectGap(cp journal.Checkpoint, systemID, slot string, start pglogrepl.LSN
 	return &GapError{Slot: slot, From: cp.End, To: start}
 }
 
-// gapNotification is the admin's notification of g.
-func gapNotification(g *GapError) *journal.NotificationRow {
+// gapNotification is the admin's notification of g; nil when notify.url
+// is not set.
+func gapNotification(g *GapError, notify bool) *journal.NotificationRow {
+	if !notify {
+		return nil
+	}
 	row, err := fanout.SystemNotification(fanout.NotifyStreamGap,
 		fmt.Sprintf("the change stream has a gap: replication slot *%s* starts at %s, past the journal's position %s. Events of transactions committed in between are lost; streaming is stopped until an operator runs `dzhook setup --accept-gap`.", g.Slot, g.To, g.From),
 		map[string]string{"slot": g.Slot, "from_lsn": g.From.String(), "to_lsn": g.To.String()})
@@ -104,7 +108,7 @@ func secondSlotError(src journal.Source, slot string, store *journal.Store) erro
 // registers the slot as the journal's source once that holds. A gap is
 // recorded (and the admin notified, once); it is refused unless accept,
 // then recorded as accepted by whoever runs setup.
-func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc sourceCheck, systemID, slot string, accept bool) ([]string, error) {
+func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc sourceCheck, systemID, slot string, accept, notify bool) ([]string, error) {
 	var actions []string
 	var confirmed *string
 	err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&confirmed)
@@ -146,7 +150,7 @@ func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc 
 		}
 		actions = append(actions, fmt.Sprintf("accepted the gap in the change stream from %s to %s on slot %s (by %s): events of transactions committed in between are not delivered", gap.From, gap.To, slot, by))
 	default:
-		if _, err := store.RecordGap(ctx, journal.Gap{Slot: slot, SystemID: systemID, From: gap.From, To: gap.To}, gapNotification(gap)); err != nil {
+		if _, err := store.RecordGap(ctx, journal.Gap{Slot: slot, SystemID: systemID, From: gap.From, To: gap.To}, gapNotification(gap, notify)); err != nil {
 			return nil, err
 		}
 		return nil, gap
@@ -203,7 +207,7 @@ func (e *Engine) checkStart(ctx context.Context, start pglogrepl.LSN) error {
 	if gap == nil {
 		return nil
 	}
-	isNew, err := e.journal.RecordGap(ctx, journal.Gap{Slot: slot, SystemID: e.systemID, From: gap.From, To: gap.To}, gapNotification(gap))
+	isNew, err := e.journal.RecordGap(ctx, journal.Gap{Slot: slot, SystemID: e.systemID, From: gap.From, To: gap.To}, gapNotification(gap, e.cfg.Notify.URL.Reveal() != ""))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,210 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// hasRequest reports whether rc received request id's creation.
+func hasRequest(rc *testutil.Receiver, id int) bool {
+	for _, r := range rc.Requests() {
+		if strings.Contains(string(r.Body), fmt.Sprintf(`"id":"req_%d"`, id)) {
+			return true
+		}
+	}
+	return false
+}
+
+// dropSlot drops the slot, ending the walsender that holds it first.
+func dropSlot(t *testing.T, db *pgtest.DB, slot string) {
+	t.Helper()
+	testutil.Eventually(t, 20*time.Second, "slot "+slot+" dropped", func() bool {
+		db.Exec(t, fmt.Sprintf(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '%s' AND active_pid IS NOT NULL`, slot))
+		conn := db.Connect(t)
+		defer conn.Close(context.Background())
+		_, err := conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot)
+		return err == nil
+	})
+}
+
+// TestGapWhenSlotDroppedWhileStopped: a slot dropped while dzhook is
+// stopped, and created again by the next start, starts past the journal's
+// position. The start refuses (naming both positions and the fix), records
+// the gap and a notification once, until `setup --accept-gap` records the
+// operator's acceptance; then dzhook streams again.
+func TestGapWhenSlotDroppedWhileStopped(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\nnotify:\n  url: http://127.0.0.1:9/notify\n", "", sub("crm", rc.URL, "request.created"))
+	_, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'before', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 1 delivered", func() bool { return hasRequest(rc, 1) })
+	stop()
+
+	dropSlot(t, db, "dzhook")
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'in the gap', 1)`)
+
+	for range 2 { // refused each time; recorded and notified once
+		_, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)})
+		var gap *GapError
+		if !errors.As(err, &gap) {
+			t.Fatalf("start after the slot was dropped: %v, want a gap error", err)
+		}
+		for _, want := range []string{gap.From.String(), gap.To.String(), "dzhook setup --accept-gap", `slot "dzhook"`} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("gap error %q does not name %q", err, want)
+			}
+		}
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.gaps WHERE accepted_at IS NULL AND to_lsn > from_lsn`); n != 1 {
+		t.Errorf("%d unaccepted gaps recorded, want 1", n)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'stream.gap' AND subscription_id = ''`); n != 1 {
+		t.Errorf("%d gap notifications queued, want 1", n)
+	}
+
+	actions, err := Setup(context.Background(), cfg, SetupOptions{AcceptGap: true})
+	if err != nil || !strings.Contains(strings.Join(actions, "\n"), "accepted the gap") {
+		t.Fatalf("setup --accept-gap: %v %q", err, actions)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.gaps WHERE accepted_at IS NOT NULL AND accepted_by LIKE '%accept-gap%'`); n != 1 {
+		t.Errorf("%d accepted gaps recorded, want 1", n)
+	}
+	start(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (3, 'after', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 3 delivered after the gap was accepted", func() bool { return hasRequest(rc, 3) })
+	if hasRequest(rc, 2) {
+		t.Error("request 2, committed while there was no slot, was delivered: the test did not make a gap")
+	}
+}
+
+// TestGapWhenSlotDroppedWhileRunning: the slot dropped under a running
+// dzhook. The stream does not exit: /readyz says the slot is missing;
+// once `dzhook setup` creates it again, the stream refuses the gap
+// (/readyz says so) until it is accepted, then streams on.
+func TestGapWhenSlotDroppedWhileRunning(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	e := start(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'before', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 1 delivered", func() bool { return hasRequest(rc, 1) })
+
+	dropSlot(t, db, "dzhook")
+	readyWith := func(what, want string) {
+		t.Helper()
+		testutil.Eventually(t, 30*time.Second, what, func() bool {
+			err := e.Ready(context.Background())
+			return err != nil && strings.Contains(err.Error(), want)
+		})
+	}
+	readyWith("/readyz names the missing slot", `replication slot "dzhook" does not exist`)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'in the gap', 1)`)
+
+	var gap *GapError
+	if _, err := Setup(context.Background(), cfg, SetupOptions{}); !errors.As(err, &gap) {
+		t.Fatalf("setup after the slot was dropped: %v, want a gap error", err)
+	}
+	readyWith("/readyz names the gap", "gap in the change stream")
+	if _, err := Setup(context.Background(), cfg, SetupOptions{AcceptGap: true}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, "streaming again", func() bool { return e.Ready(context.Background()) == nil })
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (3, 'after', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 3 delivered", func() bool { return hasRequest(rc, 3) })
+	if hasRequest(rc, 2) {
+		t.Error("request 2, committed while there was no slot, was delivered: the test did not make a gap")
+	}
+}
+
+// TestNoGapAfterIdleStretch: a stream idle while other WAL is written
+// confirms the server's WAL end; a restart must not take that for a gap.
+func TestNoGapAfterIdleStretch(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	_, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 1 delivered", func() bool { return hasRequest(rc, 1) })
+	// WAL that is not in the publication, until the slot is confirmed
+	// past the last transaction's end.
+	end := queryInt(t, db, `SELECT (pg_current_wal_lsn() - '0/0')::bigint`)
+	db.Exec(t, `CREATE TABLE other (x int)`)
+	testutil.Eventually(t, 30*time.Second, "the slot confirmed past the idle stretch", func() bool {
+		db.Exec(t, `INSERT INTO other SELECT 1`, `SELECT pg_switch_wal()`)
+		return queryInt(t, db, `SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = 'dzhook'`) > end
+	})
+	stop()
+	start(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'two', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 2 delivered after a restart", func() bool { return hasRequest(rc, 2) })
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.gaps`); n != 0 {
+		t.Errorf("%d gaps recorded after an idle stretch, want 0", n)
+	}
+}
+
+// TestSecondSlotRefused: a second process configured with another slot on
+// the same source and journal would deliver everything twice; it is
+// refused at start, naming the slot already streaming, and creates no
+// slot.
+func TestSecondSlotRefused(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfig(t, db, "", sub("crm", rc.URL, "request.created")))
+	second := testConfigWith(t, db, "admin:\n  listen: \"\"\n", "", sub("crm", rc.URL, "request.created"))
+	second.Source.Slot = "dzhook_second"
+	_, err := New(context.Background(), second, Options{Logger: testutil.Logger(t)})
+	if err == nil || !strings.Contains(err.Error(), `by replication slot "dzhook"`) || !strings.Contains(err.Error(), "a second time") {
+		t.Fatalf("second slot on the same journal: %v, want a refusal naming slot dzhook", err)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'dzhook_second'`); n != 0 {
+		t.Errorf("the refused start created its slot")
+	}
+}
+
+// TestFailedJournalMigrationLeavesNoSlot: the journal is migrated before
+// the slot is created, so a start that fails on the journal leaves no
+// slot holding WAL.
+func TestFailedJournalMigrationLeavesNoSlot(t *testing.T) {
+	db := newDB(t)
+	db.Exec(t, `CREATE SCHEMA dzhook`, `CREATE TABLE dzhook.events (in_the_way int)`)
+	cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+	if _, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)}); err == nil {
+		t.Fatal("start with a journal that cannot be migrated succeeded")
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); n != 0 {
+		t.Errorf("the failed start left %d replication slot(s) holding WAL", n)
+	}
+}
+
+// TestReadyNamesRevokedReplication: REPLICATION revoked from the source's
+// role while dzhook runs: /readyz says so instead of "connecting".
+func TestReadyNamesRevokedReplication(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	role := "dz_" + db.Name
+	db.Exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION`, role), fmt.Sprintf(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO %s`, role))
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	if _, err := Setup(context.Background(), cfg, SetupOptions{}); err != nil { // as the superuser
+		t.Fatal(err)
+	}
+	cfg.Journal.DSN = cfg.JournalDSN()
+	cfg.Source.DSN = config.Secret(strings.Replace(db.DSN, "postgres@", role+"@", 1))
+	t.Cleanup(func() { db.Exec(t, fmt.Sprintf(`DROP OWNED BY %s`, role), fmt.Sprintf(`DROP ROLE %s`, role)) })
+	e := start(t, cfg)
+	testutil.Eventually(t, 20*time.Second, "streaming as the role", func() bool { return e.Ready(context.Background()) == nil })
+	db.Exec(t, fmt.Sprintf(`ALTER ROLE %s NOREPLICATION`, role),
+		`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'dzhook' AND active_pid IS NOT NULL`)
+	testutil.Eventually(t, 30*time.Second, "/readyz names the permission", func() bool {
+		err := e.Ready(context.Background())
+		return err != nil && strings.Contains(err.Error(), "REPLICATION attribute")
+	})
+}
