@@ -204,6 +204,17 @@ func (s *sub) drainQueue() []string {
 	return ids
 }
 
+// stopped reports whether the subscription was retired, without a lock:
+// its workers check it before every attempt.
+func (s *sub) stopped() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // isRetired reports whether the subscription was stopped.
 func (s *sub) isRetired() bool {
 	s.mu.Lock()
