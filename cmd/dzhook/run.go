@@ -66,6 +66,9 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		return exitFailure
 	}
 	log := newLogger(env.stderr, cfg.Log)
+	// What net/http writes to the standard log goes through log too,
+	// rate-limited (stdlog.go).
+	defer routeStdLog(log)()
 	if path := env.getenv("DZHOOK_CPUPROFILE"); path != "" {
 		// For benchmarks (BENCHMARKS.md): a CPU profile of the whole run.
 		f, err := os.Create(path)

@@ -10,12 +10,15 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -422,5 +425,57 @@ func TestIdleWAL(t *testing.T) {
 	t.Logf("idle: %d MiB of WAL written by another database; the slot retains %.1f MiB", written>>20, float64(retained)/(1<<20))
 	if err := p.stop(t); err != nil {
 		t.Errorf("dzhook exited with %v", err)
+	}
+}
+
+// TestSIGTERMWithHungReceiver: with a receiver that never answers and
+// deliveries queued behind the attempts in flight, dzhook stops on
+// SIGTERM within the delivery timeout and a little more, starts no
+// attempt after the signal, and leaves every delivery pending in the
+// journal, released, attempted at most once. A stopping worker used to
+// take queued deliveries at random and start an attempt with each, so the
+// exit took several delivery timeouts.
+func TestSIGTERMWithHungReceiver(t *testing.T) {
+	const (
+		rows    = 40
+		workers = 8 // a stopping worker used to choose its stop first with probability 1/2
+		timeout = 3 * time.Second
+		slack   = 4 * time.Second
+	)
+	db := newDB(t)
+	var got atomic.Int64
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // first: Close waits for the handlers
+	cfg := writeConfig(t, db, srv.URL, fmt.Sprintf("  timeout: %s\n  concurrency: %d", timeout, workers))
+	setup(t, cfg)
+	p := startDzhook(t, cfg)
+	if err := insertRequests(context.Background(), db, rows, rows, 0); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, "every worker's attempt in flight", func() bool { return got.Load() == workers })
+
+	began := time.Now()
+	if err := p.stop(t); err != nil {
+		t.Errorf("dzhook exited with %v after SIGTERM, want 0", err)
+	}
+	if took := time.Since(began); took > timeout+slack {
+		t.Errorf("dzhook took %s to stop after SIGTERM, want at most the delivery timeout %s + %s", took.Round(time.Millisecond), timeout, slack)
+	}
+	if n := got.Load(); n != workers {
+		t.Errorf("receiver got %d requests, want the %d in flight at SIGTERM: %d attempts started after it", n, workers, n-workers)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'pending' AND owner IS NULL AND attempts <= 1`); n != rows {
+		t.Errorf("%d deliveries pending, released, attempted at most once; want all %d", n, rows)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.attempts`); n != workers {
+		t.Errorf("journal holds %d attempts, want the %d in flight at SIGTERM", n, workers)
 	}
 }

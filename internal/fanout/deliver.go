@@ -41,8 +41,18 @@ func (d *deliverer) start(life context.Context, s *sub) {
 
 // work runs one worker of a subscription until it is retired; busy says
 // since when its attempt in flight runs.
+//
+// Once the subscription is retired (shutdown, or a reload that removed or
+// replaced it) the worker starts no attempt: it finishes the one in
+// flight and ends. A select with both the stop and the queue ready picks
+// one at random, so stop is checked on its own first; a task taken just
+// as the subscription was retired goes back to the journal unattempted
+// (giveUp), as what is left in a retired queue does.
 func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 	for {
+		if s.stopped() {
+			return
+		}
 		select {
 		case <-s.stop:
 			return
@@ -58,12 +68,35 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 			// An ordered key's next delivery follows on this worker, right
 			// after the previous one finished.
 			for t != nil {
+				if s.stopped() {
+					d.giveUp(life, s, t)
+					break
+				}
 				busy.Store(time.Now().UnixNano())
 				_, dec := d.attempt(life, s, t)
 				busy.Store(0)
 				t = d.afterOrdered(life, s, t, dec)
 			}
 		}
+	}
+}
+
+// giveUp gives back to the journal a task of a retired subscription that
+// a worker took and will not attempt (and, for an ordered delivery, the
+// deliveries waiting behind its key): it stays pending, claimable by
+// whoever runs the subscription now, this process after a reload or
+// another one. What cannot be given back stays owned by this instance
+// until its shutdown releases everything it owns (Store.Unregister).
+func (d *deliverer) giveUp(life context.Context, s *sub, t *task) {
+	err := d.giveBack(life, func() []string {
+		if s.ord != nil {
+			return s.ord.drained([]*task{t})
+		}
+		return []string{t.deliveryID}
+	})
+	if err != nil {
+		d.log.Warn("a delivery not attempted stays owned by this instance until it stops", "subscription", s.cfg.ID,
+			"delivery_id", t.deliveryID, "err", err)
 	}
 }
 

@@ -430,9 +430,10 @@ func (d *Dispatcher) LoadState(ctx context.Context) error {
 
 // Reload replaces the subscriptions without a restart and without losing
 // a delivery. An unchanged subscription keeps running as it is. A new one
-// starts. A changed one starts afresh with its health and pause state, and
-// its old self stops after the attempts in flight: what waited in its
-// queue is journaled and goes back to the journal for the new one. A
+// starts. A changed one starts afresh with its health, pause state and
+// statistics, and its old self stops after the attempts in flight: what
+// waited in its queue is journaled and goes back to the journal for the
+// new one. A
 // removed one stops the same way; its pending deliveries stay in the
 // journal, and go out if it comes back.
 //
@@ -459,9 +460,18 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 			next = append(next, o)
 			keep[o] = true
 		case ok:
+			// What the subscription's status shows carries over: its
+			// health, its last answer and its statistics, as for a
+			// subscription the reload keeps as it is.
 			o.mu.Lock()
 			f.state, f.paused, f.lastSuccessAt, f.lastFailureAt = o.state, o.paused, o.lastSuccessAt, o.lastFailureAt
+			f.lastStatus, f.lastError = o.lastStatus, o.lastError
 			o.mu.Unlock()
+			f.stats = o.stats
+			// So does whether the receiver keeps up (Dispatch waits for
+			// room only for one that does).
+			f.latency.Store(o.latency.Load())
+			f.lastFailed.Store(o.lastFailed.Load())
 			if f.cfg.Ordering == o.cfg.Ordering && o.ord != nil {
 				// The keys' state carries over: the old generation's
 				// attempts in flight and waiting deliveries still count.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -355,6 +357,18 @@ func TestDeliveryFaults(t *testing.T) {
 			errorHas: []string{"certificate"},
 		},
 		faultCase{
+			// The receiver speaks plain HTTP on the port an https URL
+			// names: the handshake fails on its first record, the answer
+			// to the ClientHello, which net/http turns into
+			// http.ErrSchemeMismatch.
+			name: "https URL to a plain-HTTP port",
+			peer: func(t *testing.T) string {
+				srv := quietServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), false, false)
+				return withToken(strings.Replace(srv.URL, "http://", "https://", 1))
+			},
+			status: 0, class: ClassTLS, body: []byte{},
+		},
+		faultCase{
 			name: "self-signed certificate with its pool (HTTP/1.1)",
 			peer: tlsPeer(false, &tlsSrvPool), client: poolOf(&tlsSrvPool), status: 200, class: "", body: []byte("HTTP/1.1"),
 		},
@@ -627,7 +641,8 @@ func TestFailureClassesAreRetried(t *testing.T) {
 }
 
 // TestClassifyContextErrors: a deadline anywhere in the chain is a
-// timeout, whatever else the error says.
+// timeout, whatever else the error says; an HTTP answer to the TLS
+// handshake is tls, whichever part reports it.
 func TestClassifyContextErrors(t *testing.T) {
 	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
@@ -641,6 +656,8 @@ func TestClassifyContextErrors(t *testing.T) {
 		{"wrapped deadline", errors.Join(errors.New("read"), context.DeadlineExceeded), context.Background(), ClassTimeout},
 		{"any error after the attempt's context expired", io.ErrUnexpectedEOF, expired, ClassTimeout},
 		{"EOF", io.EOF, context.Background(), ClassHTTP},
+		{"HTTP answer to the TLS handshake, as net/http reports it", &url.Error{Op: "Post", URL: "https://x", Err: http.ErrSchemeMismatch}, context.Background(), ClassTLS},
+		{"HTTP answer to the TLS handshake, as crypto/tls reports it", &tlsError{err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}}, context.Background(), ClassTLS},
 		{"blocked wins over an expired context", &blockedError{addr: "169.254.169.254:80", reason: "metadata"}, expired, ClassBlocked},
 	} {
 		if got, _ := classify(tc.err, tc.ctx); got != tc.want {

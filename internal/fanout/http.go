@@ -220,7 +220,12 @@ func classify(err error, ctx context.Context) (class, msg string) {
 		return ClassTimeout, "no answer within the delivery timeout"
 	case errors.As(err, &dnsErr):
 		return ClassDNS, msg
-	case errors.As(err, &handshake), errors.As(err, &certErr), errors.As(err, &recordErr), errors.As(err, &alert):
+	case errors.As(err, &handshake), errors.As(err, &certErr), errors.As(err, &recordErr), errors.As(err, &alert),
+		// An https URL naming a plain-HTTP port: net/http replaces the
+		// handshake's tls.RecordHeaderError with this sentinel when the
+		// transport made the handshake (ours does, in tlsDialer, and
+		// keeps the record error; this holds if it ever stops).
+		errors.Is(err, http.ErrSchemeMismatch):
 		return ClassTLS, msg
 	case isTimeout(err):
 		return ClassTimeout, msg

@@ -79,9 +79,12 @@ type sub struct {
 	// shared by the generations of a subscription a reload replaces.
 	ord *orderState
 
-	stop  chan struct{} // closed by retire: the workers stop
-	wg    sync.WaitGroup
-	stats stats
+	stop chan struct{} // closed by retire: the workers stop
+	wg   sync.WaitGroup
+	// stats, like ord, is shared by the generations of a subscription a
+	// reload replaces: its history is the subscription's, not its
+	// configuration's, and the old generation's last attempts count too.
+	stats *stats
 
 	mu            sync.Mutex
 	retired       bool // stopped by a reload or shutdown: its queue takes nothing more
@@ -204,6 +207,17 @@ func (s *sub) drainQueue() []string {
 	return ids
 }
 
+// stopped reports whether the subscription was retired, without a lock:
+// its workers check it before every attempt.
+func (s *sub) stopped() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // isRetired reports whether the subscription was stopped.
 func (s *sub) isRetired() bool {
 	s.mu.Lock()
@@ -271,7 +285,7 @@ func (s *sub) observe(d time.Duration, ok bool) {
 // compile prepares a subscription for delivery.
 func compile(cfg Subscription, opts *Config) (*sub, error) {
 	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
-		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency)}
+		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{}}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {

@@ -1,0 +1,105 @@
+package fanout
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// statusSummary is what a subscription's status says of its past, minus
+// what moves with the clock (the per-minute chart's window).
+type statusSummary struct {
+	State                        string
+	LastSuccessAt, LastFailureAt time.Time
+	LastStatus                   int
+	LastError                    string
+	Delivered, Failed, Retried   uint64
+	SuccessRate, P50MS, P99MS    float64
+	ChartDelivered, ChartFailed  int
+}
+
+func summary(t *testing.T, d *Dispatcher, id string) statusSummary {
+	t.Helper()
+	for _, st := range d.Subscriptions() {
+		if st.ID != id {
+			continue
+		}
+		s := statusSummary{State: string(st.State), LastStatus: st.LastStatus, LastError: st.LastError,
+			Delivered: st.Stats.Delivered, Failed: st.Stats.Failed, Retried: st.Stats.Retried,
+			SuccessRate: st.Stats.SuccessRate, P50MS: st.Stats.P50MS, P99MS: st.Stats.P99MS}
+		if st.LastSuccessAt != nil {
+			s.LastSuccessAt = *st.LastSuccessAt
+		}
+		if st.LastFailureAt != nil {
+			s.LastFailureAt = *st.LastFailureAt
+		}
+		for _, m := range st.Stats.PerMinute {
+			s.ChartDelivered += m.Delivered
+			s.ChartFailed += m.Failed
+		}
+		return s
+	}
+	t.Fatalf("no subscription %q in the status", id)
+	return statusSummary{}
+}
+
+// TestReloadKeepsStatistics: a reload keeps what the status of a
+// subscription it keeps shows (counts, response times, chart, last answer,
+// last success and failure), whether its configuration is the same or
+// changed (a header). A changed subscription used to start with empty
+// statistics and no last status or error.
+func TestReloadKeepsStatistics(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, r *http.Request, body []byte) (int, http.Header, string) {
+		if n == 3 {
+			return http.StatusServiceUnavailable, nil, "busy"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", Concurrency: 1,
+		RetrySchedule: []time.Duration{0, time.Hour}, Logger: testutil.Logger(t),
+	})
+	ctx := context.Background()
+	for _, ev := range orderEvents([]string{"a", "b", "c"}) {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "three attempts in the statistics", func() bool {
+		s := summary(t, d, "crm")
+		return s.Delivered+s.Retried == 3
+	})
+	before := summary(t, d, "crm")
+	if before.Delivered != 2 || before.Retried != 1 || before.LastStatus != http.StatusServiceUnavailable ||
+		before.LastSuccessAt.IsZero() || before.LastFailureAt.IsZero() || before.LastError == "" {
+		t.Fatalf("before the reload: %+v, want 2 delivered, 1 retried, last status 503, a last success, failure and error", before)
+	}
+
+	changed := sub
+	changed.Headers = map[string]string{"X-Tenant": "acme"}
+	for _, step := range []struct {
+		name string
+		sub  Subscription
+	}{{"same", sub}, {"header changed", changed}, {"back", sub}} {
+		if err := d.Reload(ctx, []Subscription{step.sub}); err != nil {
+			t.Fatalf("Reload (%s): %v", step.name, err)
+		}
+		if got := summary(t, d, "crm"); got != before {
+			t.Errorf("after the reload (%s): status %+v, want %+v", step.name, got, before)
+		}
+	}
+	// The subscription's next attempts count on top of what was kept.
+	if err := d.Dispatch(ctx, orderEvents([]string{"d"})[0]); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the fourth attempt counted with the first three", func() bool {
+		s := summary(t, d, "crm")
+		return s.Delivered == 3 && s.Retried == 1 && s.LastStatus == http.StatusOK
+	})
+}
