@@ -34,8 +34,10 @@ func (c *Config) FullIdentityTables() []string {
 }
 
 // Check validates the mapping against the live catalog: every mapped
-// table exists and has every mapped column. It reports all problems at
-// once, each at its YAML path:
+// table exists and has every mapped column, and the columns shown as
+// times (created_at, updated_at, the SLA's started_at and target_at) are
+// timestamp types (timestamptz, timestamp or date, or a domain over one).
+// It reports all problems at once, each at its YAML path:
 //
 //	mapping.requests.columns.status: column "state2" not found in public.tickets
 func (c *Config) Check(ctx context.Context, q Querier) error {
@@ -54,32 +56,46 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 			if col.name == "" {
 				continue
 			}
-			if _, ok := cols[col.name]; !ok {
+			info, ok := cols[col.name]
+			switch {
+			case !ok:
 				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q not found in %s", col.name, table)})
+			case col.time && !timeTypeNames[info.base]:
+				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q of %s is %s, not a timestamp type", col.name, table, info.typ)})
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// timeTypeNames are the base types (format_type without modifiers) that
+// decode as times.
+var timeTypeNames = map[string]bool{"timestamp with time zone": true, "timestamp without time zone": true, "date": true}
+
+// columnInfo is a column's type as format_type shows it, and its base
+// type (a domain's, else the same) without modifiers.
+type columnInfo struct{ typ, base string }
+
 // tableColumns returns a table's columns and their types, or nil when the
 // table does not exist.
-func tableColumns(ctx context.Context, q Querier, table string) (map[string]string, error) {
+func tableColumns(ctx context.Context, q Querier, table string) (map[string]columnInfo, error) {
 	schema, name, _ := strings.Cut(table, ".")
 	rows, err := q.Query(ctx, `
-		SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+		       format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL)
 		  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		  JOIN pg_type t ON t.oid = a.atttypid
 		 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)
 	}
-	out := map[string]string{}
+	out := map[string]columnInfo{}
 	for rows.Next() {
-		var n, t string
-		if err := rows.Scan(&n, &t); err != nil {
+		var n, t, b string
+		if err := rows.Scan(&n, &t, &b); err != nil {
 			return nil, err
 		}
-		out[n] = t
+		out[n] = columnInfo{typ: t, base: b}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)
@@ -110,7 +126,8 @@ func NewPoolUsers(ctx context.Context, pool *pgxpool.Pool, c *Config) (*PoolUser
 	if err != nil {
 		return nil, err
 	}
-	idType, ok := cols[c.Users.Columns.ID]
+	idCol, ok := cols[c.Users.Columns.ID]
+	idType := idCol.typ
 	if !ok {
 		return nil, fmt.Errorf("mapping.users.columns.id: column %q not found in %s", c.Users.Columns.ID, table)
 	}
@@ -165,7 +182,8 @@ func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASourc
 		return nil, err
 	}
 	sc := c.SLAs.Columns
-	idType, ok := cols[sc.ID]
+	idCol, ok := cols[sc.ID]
+	idType := idCol.typ
 	if !ok {
 		return nil, fmt.Errorf("mapping.request_slas.columns.id: column %q not found in %s", sc.ID, table)
 	}

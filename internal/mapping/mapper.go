@@ -62,6 +62,7 @@ func (r *Rejection) Error() string { return r.What + ": " + r.Reason }
 // one goroutine (the stream's), except for the email cache, which is safe
 // to share.
 type Mapper struct {
+	mc        MapperConfig // as given to NewMapper, defaults applied
 	cfg       Config
 	source    ids.Source
 	catalog   *catalog.Catalog
@@ -109,7 +110,7 @@ func NewMapper(cfg MapperConfig) *Mapper {
 	}
 	mc := cfg.Mapping
 	m := &Mapper{
-		cfg: mc, source: cfg.Source, catalog: cfg.Catalog, people: newPeople(cfg.CacheSize, cfg.Users),
+		mc: cfg, cfg: mc, source: cfg.Source, catalog: cfg.Catalog, people: newPeople(cfg.CacheSize, cfg.Users),
 		log: cfg.Logger.With("component", "mapping"), outbox: cfg.OutboxTable, prefix: cfg.MessagePrefix,
 		timeout: cfg.LookupTimeout,
 		tables: map[string]entityKind{
