@@ -196,13 +196,26 @@ func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASourc
 	from := fmt.Sprintf("%s.%s", ident(schema), ident(name))
 	return &SLASource{
 		pool: pool,
-		scan: fmt.Sprintf(`SELECT t.%s::text, t.%s::text, coalesce(%s, ''), t.%s, t.%s FROM %s t
-			WHERE t.%s IS NULL AND t.%s IS NOT NULL AND t.%s IS NOT NULL AND ($1::text IS NULL OR t.%s > $1::text::%s) ORDER BY t.%s LIMIT $2`,
-			ident(sc.ID), ident(sc.Request), typ, ident(sc.StartedAt), ident(sc.TargetAt), from,
-			ident(sc.CompletedAt), ident(sc.StartedAt), ident(sc.TargetAt), ident(sc.ID), idType, ident(sc.ID)),
-		recheck: fmt.Sprintf(`SELECT %s::text, %s, %s IS NOT NULL FROM %s WHERE %s = ANY($1::text[]::%s[])`,
-			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, ident(sc.ID), idType),
+		// Times RFC 3339 cannot show (infinity, years outside 1 to 9999)
+		// are read as SLAChange reads them: a target that is not one
+		// arms nothing (and a timer armed for an earlier target reads as
+		// deleted, so it is cancelled), a start that is not one arms the
+		// breach alone.
+		scan: fmt.Sprintf(`SELECT t.%[1]s::text, t.%[2]s::text, coalesce(%[3]s, ''),
+			       CASE WHEN %[5]s THEN t.%[4]s ELSE t.%[6]s END, t.%[6]s FROM %[7]s t
+			WHERE t.%[8]s IS NULL AND t.%[4]s IS NOT NULL AND %[9]s AND ($1::text IS NULL OR t.%[1]s > $1::text::%[10]s) ORDER BY t.%[1]s LIMIT $2`,
+			ident(sc.ID), ident(sc.Request), typ, ident(sc.StartedAt), inRFC3339("t."+ident(sc.StartedAt)), ident(sc.TargetAt), from,
+			ident(sc.CompletedAt), inRFC3339("t."+ident(sc.TargetAt)), idType),
+		recheck: fmt.Sprintf(`SELECT %s::text, %s, %s IS NOT NULL FROM %s WHERE %s = ANY($1::text[]::%s[]) AND %s`,
+			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, ident(sc.ID), idType, inRFC3339(ident(sc.TargetAt))),
 	}, nil
+}
+
+// inRFC3339 is the SQL condition that a time column's value is one RFC
+// 3339 can show: not infinite, not BC, a year before 10000 (false for
+// NULL).
+func inRFC3339(col string) string {
+	return fmt.Sprintf(`(%[1]s >= '0001-01-01' AND %[1]s < '10000-01-01')`, col)
 }
 
 // OpenSLAs returns up to limit open SLAs with an id after the given one
