@@ -29,6 +29,10 @@ type Column struct {
 	// TypeOID is the column's type; domains keep their own OID.
 	TypeOID uint32
 	TypeMod int32
+	// BaseTypeOID is the type its values decode as: a domain's base
+	// type, else TypeOID. It is set when the stream stores the relation
+	// (NewRelation copies TypeOID when it is zero).
+	BaseTypeOID uint32
 	// Key reports whether the column is part of the replica identity.
 	Key bool
 }
@@ -86,6 +90,7 @@ func (r *relations) put(ctx context.Context, rel *Relation) error {
 			return fmt.Errorf("relation %s column %s: %w", rel.QualifiedName(), c.Name, err)
 		}
 		rel.decoders[i] = r.types.decoder(c.TypeOID)
+		rel.Columns[i].BaseTypeOID = r.types.resolve(c.TypeOID)
 	}
 	r.byID[rel.ID] = rel
 	return nil
@@ -114,6 +119,9 @@ func NewRelation(id uint32, namespace, name string, identity byte, columns []Col
 	rel := &Relation{ID: id, Namespace: namespace, Name: name, ReplicaIdentity: identity, Columns: columns, index: make(map[string]int, len(columns))}
 	for i, c := range columns {
 		rel.index[c.Name] = i
+		if c.BaseTypeOID == 0 {
+			rel.Columns[i].BaseTypeOID = c.TypeOID
+		}
 	}
 	return rel
 }

@@ -44,6 +44,10 @@ type Options struct {
 	Heartbeat         time.Duration
 	StatusInterval    time.Duration
 	RetentionInterval time.Duration
+	// SchemaInterval is how often the mapped tables are checked for
+	// being dropped or out of the publication. Defaults to
+	// DefaultSchemaInterval.
+	SchemaInterval time.Duration
 }
 
 // Engine is one running dzhook.
@@ -62,6 +66,7 @@ type Engine struct {
 	metrics    *metrics.Metrics
 	admin      *admin.Server
 	adminLn    net.Listener
+	schema     *schemaWatch // schema.go
 	systemID   string
 	// lastGap is the gap last logged, so a retrying stream logs it once.
 	lastGap atomic.Pointer[GapError]
@@ -125,6 +130,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Backlogs:      e.journal.Backlogs,
 		Logger:        log,
 	})
+	e.schema = newSchemaWatch(e, cfg, opts.SchemaInterval, slaSource)
 	// e.stream is set below, before anything can be acknowledged.
 	ack := func(lsn pglogrepl.LSN) { e.stream.Ack(lsn) }
 	// The journal writer owns the acknowledgement contract: it moves the
@@ -157,7 +163,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	e.pipeline, err = pipeline.New(pipeline.Config{
 		Slot: cfg.Source.Slot, SystemID: sys.SystemID, Mapper: mapper, Router: e.dispatcher,
 		Journal: e.writer, Checkpoints: e.journal, Ack: ack,
-		WarningPercent: cfg.SLA.WarningPercent, Observer: e.metrics, Logger: log,
+		WarningPercent: cfg.SLA.WarningPercent, Observer: e.metrics, Stalls: e.schema, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -166,7 +172,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		return nil, err
 	}
 	e.clock, err = slaclock.New(slaclock.Config{
-		Store: e.journal, Source: slaSource, Events: mapper, Dispatcher: e.dispatcher, Slot: cfg.Source.Slot,
+		Store: e.journal, Source: e.schema, Events: e.schema, Dispatcher: e.dispatcher, Slot: cfg.Source.Slot,
 		WarningPercent: cfg.SLA.WarningPercent, SLATypes: cfg.Mapping.SLAs.Values.SLAType, CheckInterval: cfg.SLA.CheckInterval, Logger: log,
 		Streaming: func() bool { st := e.stream.Stats(); return st.Connected && !st.Standby },
 	})
@@ -233,6 +239,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.dispatcher.Notifier().Run(gctx) })
 	g.Go(func() error { return e.clock.Run(gctx) })
 	g.Go(func() error { return e.retention.Run(gctx) })
+	g.Go(func() error { return e.schema.Run(gctx) })
 	g.Go(func() error {
 		if err := e.stream.Run(gctx); err != nil {
 			return fmt.Errorf("replication stream: %w", err)

@@ -25,6 +25,9 @@ func (e *Engine) Ready(ctx context.Context) error {
 	case !st.Connected:
 		return errors.New("not streaming: connecting to PostgreSQL")
 	}
+	if err := e.schema.notReady(); err != nil {
+		return err
+	}
 	if err := e.journal.Ping(ctx); err != nil {
 		// /readyz answers without a token: the reason names no host,
 		// user or database; the log has the detail.
@@ -35,17 +38,19 @@ func (e *Engine) Ready(ctx context.Context) error {
 }
 
 // Reload applies a new configuration without a restart: subscriptions
-// are added, removed or changed without losing a delivery. Settings that
-// need a restart (every other section) are reported and left as they
-// were.
+// are added, removed or changed without losing a delivery, and a mapping
+// that fits the live catalog takes effect (resuming a stream stalled on a
+// mapping that no longer fit: schema.go). Settings that need a restart
+// (every other section) are reported and left as they were.
 func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
 	if err := e.dispatcher.Reload(ctx, subscriptions(next)); err != nil {
 		return err
 	}
+	mappingApplied := e.schema.reload(ctx, next)
 	// e.cfg stays the configuration the process started with (other
 	// goroutines read it without a lock): the sections compared are the
 	// ones still running, so a change stays reported until a restart.
-	if restart := config.RestartSections(e.cfg, next); len(restart) > 0 {
+	if restart := withoutMapping(config.RestartSections(e.cfg, next), mappingApplied); len(restart) > 0 {
 		e.log.Warn("configuration reloaded: subscriptions applied; these sections changed and take effect at the next restart", "sections", strings.Join(restart, ", "))
 	} else {
 		e.log.Info("configuration reloaded", "subscriptions", len(next.Subscriptions))

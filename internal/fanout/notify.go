@@ -196,6 +196,9 @@ func (n *Notifier) send(ctx context.Context, m journal.Notification) {
 const (
 	NotifyStreamStalled = "stream.stalled"
 	NotifyStreamGap     = "stream.gap"
+	// NotifyTableMissing: a mapped table is not streamed (dropped,
+	// renamed, or out of the publication).
+	NotifyTableMissing = "stream.table_missing"
 )
 
 // systemBody is what notify.url receives for a system notification.

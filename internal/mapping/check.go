@@ -34,8 +34,10 @@ func (c *Config) FullIdentityTables() []string {
 }
 
 // Check validates the mapping against the live catalog: every mapped
-// table exists and has every mapped column. It reports all problems at
-// once, each at its YAML path:
+// table exists and has every mapped column, and the columns shown as
+// times (created_at, updated_at, the SLA's started_at and target_at) are
+// timestamp types (timestamptz, timestamp or date, or a domain over one).
+// It reports all problems at once, each at its YAML path:
 //
 //	mapping.requests.columns.status: column "state2" not found in public.tickets
 func (c *Config) Check(ctx context.Context, q Querier) error {
@@ -54,32 +56,46 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 			if col.name == "" {
 				continue
 			}
-			if _, ok := cols[col.name]; !ok {
+			info, ok := cols[col.name]
+			switch {
+			case !ok:
 				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q not found in %s", col.name, table)})
+			case col.time && !timeTypeNames[info.base]:
+				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q of %s is %s, not a timestamp type", col.name, table, info.typ)})
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// timeTypeNames are the base types (format_type without modifiers) that
+// decode as times.
+var timeTypeNames = map[string]bool{"timestamp with time zone": true, "timestamp without time zone": true, "date": true}
+
+// columnInfo is a column's type as format_type shows it, and its base
+// type (a domain's, else the same) without modifiers.
+type columnInfo struct{ typ, base string }
+
 // tableColumns returns a table's columns and their types, or nil when the
 // table does not exist.
-func tableColumns(ctx context.Context, q Querier, table string) (map[string]string, error) {
+func tableColumns(ctx context.Context, q Querier, table string) (map[string]columnInfo, error) {
 	schema, name, _ := strings.Cut(table, ".")
 	rows, err := q.Query(ctx, `
-		SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+		       format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL)
 		  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		  JOIN pg_type t ON t.oid = a.atttypid
 		 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)
 	}
-	out := map[string]string{}
+	out := map[string]columnInfo{}
 	for rows.Next() {
-		var n, t string
-		if err := rows.Scan(&n, &t); err != nil {
+		var n, t, b string
+		if err := rows.Scan(&n, &t, &b); err != nil {
 			return nil, err
 		}
-		out[n] = t
+		out[n] = columnInfo{typ: t, base: b}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)
@@ -110,7 +126,8 @@ func NewPoolUsers(ctx context.Context, pool *pgxpool.Pool, c *Config) (*PoolUser
 	if err != nil {
 		return nil, err
 	}
-	idType, ok := cols[c.Users.Columns.ID]
+	idCol, ok := cols[c.Users.Columns.ID]
+	idType := idCol.typ
 	if !ok {
 		return nil, fmt.Errorf("mapping.users.columns.id: column %q not found in %s", c.Users.Columns.ID, table)
 	}
@@ -165,7 +182,8 @@ func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASourc
 		return nil, err
 	}
 	sc := c.SLAs.Columns
-	idType, ok := cols[sc.ID]
+	idCol, ok := cols[sc.ID]
+	idType := idCol.typ
 	if !ok {
 		return nil, fmt.Errorf("mapping.request_slas.columns.id: column %q not found in %s", sc.ID, table)
 	}
@@ -178,13 +196,26 @@ func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASourc
 	from := fmt.Sprintf("%s.%s", ident(schema), ident(name))
 	return &SLASource{
 		pool: pool,
-		scan: fmt.Sprintf(`SELECT t.%s::text, t.%s::text, coalesce(%s, ''), t.%s, t.%s FROM %s t
-			WHERE t.%s IS NULL AND t.%s IS NOT NULL AND t.%s IS NOT NULL AND ($1::text IS NULL OR t.%s > $1::text::%s) ORDER BY t.%s LIMIT $2`,
-			ident(sc.ID), ident(sc.Request), typ, ident(sc.StartedAt), ident(sc.TargetAt), from,
-			ident(sc.CompletedAt), ident(sc.StartedAt), ident(sc.TargetAt), ident(sc.ID), idType, ident(sc.ID)),
-		recheck: fmt.Sprintf(`SELECT %s::text, %s, %s IS NOT NULL FROM %s WHERE %s = ANY($1::text[]::%s[])`,
-			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, ident(sc.ID), idType),
+		// Times RFC 3339 cannot show (infinity, years outside 1 to 9999)
+		// are read as SLAChange reads them: a target that is not one
+		// arms nothing (and a timer armed for an earlier target reads as
+		// deleted, so it is cancelled), a start that is not one arms the
+		// breach alone.
+		scan: fmt.Sprintf(`SELECT t.%[1]s::text, t.%[2]s::text, coalesce(%[3]s, ''),
+			       CASE WHEN %[5]s THEN t.%[4]s ELSE t.%[6]s END, t.%[6]s FROM %[7]s t
+			WHERE t.%[8]s IS NULL AND t.%[4]s IS NOT NULL AND %[9]s AND ($1::text IS NULL OR t.%[1]s > $1::text::%[10]s) ORDER BY t.%[1]s LIMIT $2`,
+			ident(sc.ID), ident(sc.Request), typ, ident(sc.StartedAt), inRFC3339("t."+ident(sc.StartedAt)), ident(sc.TargetAt), from,
+			ident(sc.CompletedAt), inRFC3339("t."+ident(sc.TargetAt)), idType),
+		recheck: fmt.Sprintf(`SELECT %s::text, %s, %s IS NOT NULL FROM %s WHERE %s = ANY($1::text[]::%s[]) AND %s`,
+			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, ident(sc.ID), idType, inRFC3339(ident(sc.TargetAt))),
 	}, nil
+}
+
+// inRFC3339 is the SQL condition that a time column's value is one RFC
+// 3339 can show: not infinite, not BC, a year before 10000 (false for
+// NULL).
+func inRFC3339(col string) string {
+	return fmt.Sprintf(`(%[1]s >= '0001-01-01' AND %[1]s < '10000-01-01')`, col)
 }
 
 // OpenSLAs returns up to limit open SLAs with an id after the given one

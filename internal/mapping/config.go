@@ -149,29 +149,32 @@ func DefaultConfig() Config {
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
 
 // column is one mapped column, with the YAML path it was configured at.
+// time: the payload shows it as an RFC 3339 time (or the SLA clock
+// computes with it), so it must be a timestamp type (see CheckTypes).
 type column struct {
-	path, name string
-	required   bool
+	path, name     string
+	required, time bool
 }
 
 // entityColumns lists an entity's table and mapped columns with their
 // paths, for validation and the catalog check.
 func (c *Config) entities() []entity {
 	r, u, cm, s := c.Requests.Columns, c.Users.Columns, c.Comments.Columns, c.SLAs.Columns
+	const req, opt, ts = true, false, true
 	return []entity{
 		{"requests", c.Requests.Table, []column{
-			{"id", r.ID, true}, {"title", r.Title, false}, {"status", r.Status, true}, {"priority", r.Priority, false},
-			{"requester", r.Requester, false}, {"assigned_to", r.AssignedTo, false}, {"updated_by", r.UpdatedBy, false},
-			{"created_at", r.CreatedAt, false}, {"updated_at", r.UpdatedAt, false}}},
+			{"id", r.ID, req, false}, {"title", r.Title, opt, false}, {"status", r.Status, req, false}, {"priority", r.Priority, opt, false},
+			{"requester", r.Requester, opt, false}, {"assigned_to", r.AssignedTo, opt, false}, {"updated_by", r.UpdatedBy, opt, false},
+			{"created_at", r.CreatedAt, opt, ts}, {"updated_at", r.UpdatedAt, opt, ts}}},
 		{"users", c.Users.Table, []column{
-			{"id", u.ID, true}, {"email", u.Email, true}, {"name", u.Name, false}, {"role", u.Role, false},
-			{"active", u.Active, false}, {"created_at", u.CreatedAt, false}, {"updated_at", u.UpdatedAt, false}}},
+			{"id", u.ID, req, false}, {"email", u.Email, req, false}, {"name", u.Name, opt, false}, {"role", u.Role, opt, false},
+			{"active", u.Active, opt, false}, {"created_at", u.CreatedAt, opt, ts}, {"updated_at", u.UpdatedAt, opt, ts}}},
 		{"comments", c.Comments.Table, []column{
-			{"id", cm.ID, true}, {"request", cm.Request, true}, {"author", cm.Author, false}, {"body", cm.Body, false},
-			{"internal", cm.Internal, false}, {"created_at", cm.CreatedAt, false}}},
+			{"id", cm.ID, req, false}, {"request", cm.Request, req, false}, {"author", cm.Author, opt, false}, {"body", cm.Body, opt, false},
+			{"internal", cm.Internal, opt, false}, {"created_at", cm.CreatedAt, opt, ts}}},
 		{"request_slas", c.SLAs.Table, []column{
-			{"id", s.ID, true}, {"request", s.Request, true}, {"sla_type", s.SLAType, false},
-			{"started_at", s.StartedAt, true}, {"target_at", s.TargetAt, true}, {"completed_at", s.CompletedAt, true}}},
+			{"id", s.ID, req, false}, {"request", s.Request, req, false}, {"sla_type", s.SLAType, opt, false},
+			{"started_at", s.StartedAt, req, ts}, {"target_at", s.TargetAt, req, ts}, {"completed_at", s.CompletedAt, req, false}}},
 	}
 }
 

@@ -62,6 +62,7 @@ func (r *Rejection) Error() string { return r.What + ": " + r.Reason }
 // one goroutine (the stream's), except for the email cache, which is safe
 // to share.
 type Mapper struct {
+	mc        MapperConfig // as given to NewMapper, defaults applied
 	cfg       Config
 	source    ids.Source
 	catalog   *catalog.Catalog
@@ -109,7 +110,7 @@ func NewMapper(cfg MapperConfig) *Mapper {
 	}
 	mc := cfg.Mapping
 	m := &Mapper{
-		cfg: mc, source: cfg.Source, catalog: cfg.Catalog, people: newPeople(cfg.CacheSize, cfg.Users),
+		mc: cfg, cfg: mc, source: cfg.Source, catalog: cfg.Catalog, people: newPeople(cfg.CacheSize, cfg.Users),
 		log: cfg.Logger.With("component", "mapping"), outbox: cfg.OutboxTable, prefix: cfg.MessagePrefix,
 		timeout: cfg.LookupTimeout,
 		tables: map[string]entityKind{
@@ -303,6 +304,36 @@ func appendMapped(o *obj, c *cdc.Change, t cdc.Tuple, key, name string, values m
 	o.b = appendValue(o.b, v.V)
 }
 
+// appendTimeField writes a time column under key as RFC 3339 UTC, the
+// only form DZDESK's payloads have. A value RFC 3339 cannot show
+// (PostgreSQL's infinity and -infinity, years after 9999 or before 1, BC
+// dates: the stream keeps them as PostgreSQL's text) is written as null,
+// with a warning naming the row (table, id column value) and the column:
+// a receiver never gets raw text in a time field. An unmapped or
+// unchanged-TOAST column is left out, as appendMapped does.
+func (m *Mapper) appendTimeField(o *obj, c *cdc.Change, t cdc.Tuple, key, name, idColumn string) {
+	v, ok := col(c, t, name)
+	if !ok {
+		return
+	}
+	o.key(key)
+	if v.State == cdc.Present {
+		if ts, ok := v.V.(time.Time); ok && representable(ts) {
+			o.b = appendTime(o.b, ts)
+			return
+		}
+		m.log.Warn("timestamp not representable in RFC 3339 (infinity, or a year outside 1 to 9999); sent as null",
+			"table", c.Relation.QualifiedName(), "id", idOf(c, t, idColumn), "column", name, "value", text(v.V), "lsn", c.CommitLSN.String())
+	}
+	o.b = append(o.b, "null"...)
+}
+
+// representable reports whether RFC 3339 can show t: a four-digit year.
+func representable(t time.Time) bool {
+	y := t.UTC().Year()
+	return y >= 1 && y <= 9999
+}
+
 // request object: {id, title, status, priority, requester, assignedTo,
 // createdAt, updatedAt} in the documentation's order, then extra keys.
 func (m *Mapper) appendRequest(b []byte, c *cdc.Change, t cdc.Tuple, extra func(o *obj)) []byte {
@@ -321,8 +352,8 @@ func (m *Mapper) appendRequest(b []byte, c *cdc.Change, t cdc.Tuple, extra func(
 		o.key("assignedTo")
 		o.b = m.appendPerson(o.b, idOf(c, t, rc.AssignedTo))
 	}
-	appendMapped(&o, c, t, "createdAt", rc.CreatedAt, nil)
-	appendMapped(&o, c, t, "updatedAt", rc.UpdatedAt, nil)
+	m.appendTimeField(&o, c, t, "createdAt", rc.CreatedAt, rc.ID)
+	m.appendTimeField(&o, c, t, "updatedAt", rc.UpdatedAt, rc.ID)
 	if extra != nil {
 		extra(&o)
 	}
@@ -438,7 +469,7 @@ func (m *Mapper) appendUser(c *cdc.Change, t cdc.Tuple) []byte {
 			o.b = append(o.b, "null"...)
 		}
 	}
-	appendMapped(&o, c, t, "createdAt", uc.CreatedAt, nil)
+	m.appendTimeField(&o, c, t, "createdAt", uc.CreatedAt, uc.ID)
 	return o.end()
 }
 
@@ -502,7 +533,7 @@ func (m *Mapper) comment(ctx context.Context, c *cdc.Change, out []Event) []Even
 	}
 	appendMapped(&o, c, c.New, "body", cc.Body, nil)
 	appendMapped(&o, c, c.New, "internal", cc.Internal, nil)
-	appendMapped(&o, c, c.New, "createdAt", cc.CreatedAt, nil)
+	m.appendTimeField(&o, c, c.New, "createdAt", cc.CreatedAt, cc.ID)
 	// A comment is ordered with its request's events, not on its own.
 	return m.emit(out, c, catalog.RequestCommented, entityKey(m.cfg.Requests.IDPrefix, request), o.end())
 }

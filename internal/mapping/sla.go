@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -96,6 +97,20 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 	}
 	started, err1 := timeOf(c, c.New, sc.StartedAt)
 	target, err2 := timeOf(c, c.New, sc.TargetAt)
+	if errors.Is(err2, errNotRFC3339) {
+		// No sla.* event could show its target: arm nothing, and cancel
+		// what an earlier target armed.
+		m.log.Warn("SLA target is not a time RFC 3339 can show (infinity, or a year outside 1 to 9999); its timers are cancelled",
+			"table", c.Relation.QualifiedName(), "id", id, "column", sc.TargetAt, "lsn", c.CommitLSN.String())
+		return up, nil
+	}
+	if errors.Is(err1, errNotRFC3339) && err2 == nil {
+		// Warnings are shares of started → target: without a start only
+		// the breach can be armed.
+		m.log.Warn("SLA start is not a time RFC 3339 can show (infinity, or a year outside 1 to 9999); only its breach is armed",
+			"table", c.Relation.QualifiedName(), "id", id, "column", sc.StartedAt, "lsn", c.CommitLSN.String())
+		started, err1 = target, nil
+	}
 	if err1 != nil || err2 != nil {
 		return up, fmt.Errorf("SLA %s: %v", id, firstErr(err1, err2))
 	}
@@ -128,9 +143,25 @@ func timeOf(c *cdc.Change, t cdc.Tuple, name string) (time.Time, error) {
 	}
 	ts, ok := v.V.(time.Time)
 	if !ok {
+		if _, isText := v.V.(string); isText && isTimeColumn(c.Relation, name) {
+			return time.Time{}, fmt.Errorf("column %s: %w", name, errNotRFC3339)
+		}
 		return time.Time{}, fmt.Errorf("column %s is not a timestamp", name)
 	}
+	if !representable(ts) {
+		return time.Time{}, fmt.Errorf("column %s: %w", name, errNotRFC3339)
+	}
 	return ts, nil
+}
+
+// errNotRFC3339: a timestamp column holds a value RFC 3339 cannot show,
+// which the stream keeps as PostgreSQL's text (infinity, BC, year 10000).
+var errNotRFC3339 = errors.New("a time RFC 3339 cannot show")
+
+// isTimeColumn reports whether the named column is of a timestamp type.
+func isTimeColumn(rel *cdc.Relation, name string) bool {
+	i, ok := rel.Index(name)
+	return ok && isTimeOID(rel.Columns[i].BaseTypeOID)
 }
 
 // SLAEvent builds the event a timer fires: its id (from the SLA row, the

@@ -33,6 +33,8 @@ type Metrics struct {
 	flushes     prometheus.Histogram
 	flushErrors prometheus.Counter
 	rejections  prometheus.Counter
+	stalled     *prometheus.GaugeVec
+	unstreamed  prometheus.Gauge
 }
 
 // Sources are read at scrape time.
@@ -82,8 +84,14 @@ func New(src Sources) *Metrics {
 			Name: "dzhook_journal_write_errors_total", Help: "Journal batches that failed (and were retried)."}),
 		rejections: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dzhook_rejections_total", Help: "Outbox rows and messages that could not become events."}),
+		stalled: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dzhook_stream_stalled", Help: "1 while the replication stream waits at a change it cannot turn into events, by reason (mapping: the mapping does not fit the table)."},
+			[]string{"reason"}),
+		unstreamed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "dzhook_mapped_tables_unstreamed", Help: "Mapped tables whose changes are not streamed: dropped, renamed or out of the publication."}),
 	}
-	r.MustRegister(m.events, m.deliveries, m.attempts, m.duration, m.errors, m.transitions, m.flushes, m.flushErrors, m.rejections,
+	m.stalled.WithLabelValues("mapping").Set(0)
+	r.MustRegister(m.events, m.deliveries, m.attempts, m.duration, m.errors, m.transitions, m.flushes, m.flushErrors, m.rejections, m.stalled, m.unstreamed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &scraped{src: src})
 	return m
 }
@@ -122,6 +130,14 @@ func (m *Metrics) JournalFlushed(_ int, took time.Duration, err error) {
 		m.flushErrors.Inc()
 	}
 }
+
+// SetStalled says whether the stream waits at a change, for reason.
+func (m *Metrics) SetStalled(reason string, stalled bool) {
+	m.stalled.WithLabelValues(reason).Set(b2f(stalled))
+}
+
+// SetUnstreamedTables sets how many mapped tables are not streamed.
+func (m *Metrics) SetUnstreamedTables(n int) { m.unstreamed.Set(float64(n)) }
 
 // Rejected counts a rejected outbox row or message.
 func (m *Metrics) Rejected() { m.rejections.Inc() }

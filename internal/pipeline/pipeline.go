@@ -68,7 +68,7 @@ type Config struct {
 	// SystemID is the source cluster's system identifier (from
 	// IDENTIFY_SYSTEM): a checkpoint written for another is not trusted.
 	SystemID string
-	// Mapper turns changes into events. Required.
+	// Mapper turns changes into events. Required. SetMapper replaces it.
 	Mapper *mapping.Mapper
 	// Router receives the events. Required.
 	Router Router
@@ -83,6 +83,9 @@ type Config struct {
 	WarningPercent []float64
 	// Observer, when set, counts rejections.
 	Observer Observer
+	// Stalls, when set, is told when the stream stops at a change the
+	// mapping no longer fits, and when it goes on (stall.go).
+	Stalls Stalls
 	// Logger; defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -95,6 +98,7 @@ type Pipeline struct {
 	log        *slog.Logger
 	checkpoint pglogrepl.LSN
 	scratch    []mapping.Event
+	schema     schemaState
 }
 
 var _ cdc.Handler = (*Pipeline)(nil)
@@ -105,7 +109,9 @@ func New(cfg Config) (*Pipeline, error) {
 	if cfg.Mapper == nil || cfg.Router == nil || cfg.Journal == nil || cfg.Checkpoints == nil || cfg.Ack == nil {
 		return nil, errors.New("pipeline: Mapper, Router, Journal, Checkpoints and Ack are required")
 	}
-	return &Pipeline{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}, nil
+	p := &Pipeline{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}
+	p.schema.init(cfg.Mapper)
+	return p, nil
 }
 
 // UseCheckpoint adopts cp, the slot's checkpoint, below which the
@@ -170,10 +176,21 @@ func (p *Pipeline) HandleChange(ctx context.Context, c *cdc.Change) error {
 	if c.CommitLSN <= p.checkpoint {
 		return nil
 	}
-	if p.cfg.Mapper.IsSLA(c) {
-		return p.armSLA(ctx, c)
+	if c.Op == cdc.OpTruncate {
+		p.truncated(c)
+		return nil
 	}
-	events, rej := p.cfg.Mapper.Map(ctx, c, p.scratch[:0])
+	// Waits here while the mapping does not fit the change's table as
+	// the stream describes it: nothing after is handed over, so nothing
+	// after is acknowledged (stall.go).
+	m, err := p.mapperFor(ctx, c)
+	if err != nil {
+		return err
+	}
+	if m.IsSLA(c) {
+		return p.armSLA(ctx, m, c)
+	}
+	events, rej := m.Map(ctx, c, p.scratch[:0])
 	p.scratch = events[:0]
 	if rej != nil {
 		if p.cfg.Observer != nil {
@@ -205,8 +222,8 @@ func (p *Pipeline) HandleCommit(ctx context.Context, c cdc.Commit) error {
 }
 
 // armSLA handles a change of the SLA table.
-func (p *Pipeline) armSLA(ctx context.Context, c *cdc.Change) error {
-	up, err := p.cfg.Mapper.SLAChange(c, p.cfg.WarningPercent, time.Now())
+func (p *Pipeline) armSLA(ctx context.Context, m *mapping.Mapper, c *cdc.Change) error {
+	up, err := m.SLAChange(c, p.cfg.WarningPercent, time.Now())
 	if err != nil {
 		p.log.Warn("SLA change not understood; its timers are left as they were", "err", err, "lsn", c.CommitLSN.String())
 		return nil

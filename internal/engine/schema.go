@@ -1,0 +1,245 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/mapping"
+	"github.com/dzdesk/dzhook/internal/pipeline"
+)
+
+// DefaultSchemaInterval is how often the mapped tables are checked for
+// being dropped, renamed or out of the publication.
+const DefaultSchemaInterval = 30 * time.Second
+
+// schemaWatch makes a source schema that no longer fits the mapping
+// loud, and lets a reload fix it.
+//
+// Two cases, because the stream sees them differently:
+//
+//   - A mapped column renamed, dropped or retyped: the stream describes
+//     the table again before its next change, and the pipeline stops at
+//     that change (internal/pipeline/stall.go) until a reloaded mapping
+//     fits it. schemaWatch is the pipeline's Stalls: /readyz answers 503
+//     with the reason, dzhook_stream_stalled{reason="mapping"} is 1, and
+//     one notification goes out per stall.
+//   - A mapped table dropped (or renamed, or recreated outside the
+//     publication): pgoutput says nothing, and there is no change to stop
+//     before; changes made to the table are not streamed at all, so
+//     stopping the stream would save none of them and would hold back
+//     the other tables' events. So the stream goes on, and a periodic
+//     check of the catalog and the publication makes it loud instead:
+//     an ERROR per table, /readyz 503, dzhook_mapped_tables_unstreamed,
+//     one notification per new problem. It clears itself once the table
+//     is back in the publication (`dzhook setup`) or a reload maps
+//     another.
+//
+// A reload with a changed mapping section is checked against the live
+// catalog (mapping.Config.Check) and, if it passes, takes effect without
+// a restart: the pipeline gets a new Mapper (at the first change it
+// fits), the SLA clock new queries.
+type schemaWatch struct {
+	e        *Engine
+	interval time.Duration
+	sla      atomic.Pointer[mapping.SLASource]
+
+	mu      sync.Mutex
+	applied mapping.Config // the mapping in effect (or becoming so)
+	stall   *pipeline.Stall
+	missing []mapping.Misfit
+}
+
+func newSchemaWatch(e *Engine, cfg *config.Config, interval time.Duration, sla *mapping.SLASource) *schemaWatch {
+	if interval <= 0 {
+		interval = DefaultSchemaInterval
+	}
+	w := &schemaWatch{e: e, interval: interval, applied: cfg.Mapping}
+	w.sla.Store(sla)
+	return w
+}
+
+// Stalled implements pipeline.Stalls.
+func (w *schemaWatch) Stalled(ctx context.Context, s pipeline.Stall) {
+	w.mu.Lock()
+	w.stall = &s
+	w.mu.Unlock()
+	w.e.metrics.SetStalled("mapping", true)
+	detail := map[string]string{"lsn": s.CommitLSN.String()}
+	var what []string
+	for _, m := range s.Misfits {
+		what = append(what, m.Error())
+		detail[m.Path] = m.Message
+	}
+	text := fmt.Sprintf("the replication stream stopped at %s: the mapping no longer fits the source tables (%s). Nothing after it is acknowledged or lost; fix the mapping and reload (SIGHUP) to resume from that change.",
+		s.CommitLSN, strings.Join(what, "; "))
+	if err := w.e.dispatcher.NotifySystem(ctx, fanout.NotifyStreamStalled, text, detail); err != nil && ctx.Err() == nil {
+		w.e.log.Warn("could not queue the stall notification", "err", err)
+	}
+}
+
+// Resumed implements pipeline.Stalls.
+func (w *schemaWatch) Resumed(pipeline.Stall) {
+	w.mu.Lock()
+	w.stall = nil
+	w.mu.Unlock()
+	w.e.metrics.SetStalled("mapping", false)
+}
+
+// notReady is the reason /readyz gives, or nil. It names mapping paths
+// and positions, not hosts or credentials: /readyz needs no token.
+func (w *schemaWatch) notReady() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stall != nil {
+		var paths []string
+		for _, m := range w.stall.Misfits {
+			paths = append(paths, m.Path)
+		}
+		return fmt.Errorf("replication stream stalled at %s: the mapping does not fit the source table (%s); fix the mapping and reload", w.stall.CommitLSN, strings.Join(paths, ", "))
+	}
+	if len(w.missing) > 0 {
+		var paths []string
+		for _, m := range w.missing {
+			paths = append(paths, m.Path)
+		}
+		return fmt.Errorf("mapped tables not streamed (dropped, renamed or out of the publication): %s; the log has the detail", strings.Join(paths, ", "))
+	}
+	return nil
+}
+
+// Run checks the mapped tables every interval until ctx ends.
+func (w *schemaWatch) Run(ctx context.Context) error {
+	t := time.NewTicker(w.interval)
+	defer t.Stop()
+	for {
+		w.check(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// check compares the mapped tables with the catalog and the publication.
+func (w *schemaWatch) check(ctx context.Context) {
+	w.mu.Lock()
+	mc := w.applied
+	w.mu.Unlock()
+	misfits, err := mc.CheckPublished(ctx, w.e.source, w.e.cfg.Source.Publication)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.e.log.Warn("could not check the mapped tables", "err", err)
+		}
+		return
+	}
+	w.mu.Lock()
+	known := map[string]bool{}
+	for _, m := range w.missing {
+		known[m.Error()] = true
+	}
+	w.missing = misfits
+	w.mu.Unlock()
+	w.e.metrics.SetUnstreamedTables(len(misfits))
+	var fresh []string
+	for _, m := range misfits {
+		if !known[m.Error()] {
+			fresh = append(fresh, m.Error())
+			w.e.log.Error("a mapped table is not streamed: its changes give no events", "path", m.Path, "table", m.Table, "problem", m.Message)
+		}
+		delete(known, m.Error())
+	}
+	for gone := range known {
+		w.e.log.Info("a mapped table is streamed again", "was", gone)
+	}
+	if len(fresh) > 0 {
+		text := "mapped tables are not streamed, so their changes give no events: " + strings.Join(fresh, "; ")
+		if err := w.e.dispatcher.NotifySystem(ctx, fanout.NotifyTableMissing, text, nil); err != nil && ctx.Err() == nil {
+			w.e.log.Warn("could not queue the notification", "err", err)
+		}
+	}
+}
+
+// reload applies next's mapping if it changed and fits the live catalog.
+// It reports whether next's mapping is the one in effect (false: it was
+// rejected, and the log says why).
+func (w *schemaWatch) reload(ctx context.Context, next *config.Config) bool {
+	w.mu.Lock()
+	same := reflect.DeepEqual(w.applied, next.Mapping)
+	stalled := w.stall != nil
+	w.mu.Unlock()
+	if same {
+		return true
+	}
+	if err := next.Mapping.Check(ctx, w.e.source); err != nil {
+		var problems []string
+		for _, e := range unjoin(err) {
+			problems = append(problems, e.Error())
+		}
+		w.e.log.Error("reloaded mapping rejected: it does not fit the source tables; the running mapping stays", "problems", strings.Join(problems, "; "), "stream_stalled", stalled)
+		return false
+	}
+	users, err := mapping.NewPoolUsers(ctx, w.e.source, &next.Mapping)
+	if err == nil {
+		var sla *mapping.SLASource
+		if sla, err = mapping.NewSLASource(ctx, w.e.source, &next.Mapping); err == nil {
+			w.sla.Store(sla)
+		}
+	}
+	if err != nil {
+		w.e.log.Error("reloaded mapping not applied; the running mapping stays", "err", err, "stream_stalled", stalled)
+		return false
+	}
+	w.e.pipeline.SetMapper(w.e.pipeline.Mapper().WithMapping(next.Mapping, users))
+	w.mu.Lock()
+	w.applied = next.Mapping
+	w.mu.Unlock()
+	w.e.log.Info("reloaded mapping applied; it takes effect at the first change it fits", "stream_stalled", stalled)
+	w.check(ctx)
+	return true
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// OpenSLAs implements slaclock.Source with the SLA queries of the
+// mapping in effect.
+func (w *schemaWatch) OpenSLAs(ctx context.Context, after string, limit int) ([]mapping.SLARow, error) {
+	return w.sla.Load().OpenSLAs(ctx, after, limit)
+}
+
+// Current implements slaclock.Source.
+func (w *schemaWatch) Current(ctx context.Context, ids []string) (map[string]mapping.SLARow, error) {
+	return w.sla.Load().Current(ctx, ids)
+}
+
+// SLAEvent implements slaclock.Events with the mapping in effect.
+func (w *schemaWatch) SLAEvent(t mapping.Timer) mapping.Event {
+	return w.e.pipeline.Mapper().SLAEvent(t)
+}
+
+// withoutMapping drops "mapping" from the sections a reload could not
+// apply, when it applied it.
+func withoutMapping(sections []string, applied bool) []string {
+	if !applied {
+		return sections
+	}
+	out := sections[:0:0]
+	for _, s := range sections {
+		if s != "mapping" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
