@@ -11,6 +11,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 // hasRequest reports whether rc received request id's creation.
@@ -93,7 +94,8 @@ func TestGapWhenSlotDroppedWhileStopped(t *testing.T) {
 func TestGapWhenSlotDroppedWhileRunning(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
-	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	admin := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\nnotify:\n  url: "+admin.URL+"\n", "", sub("crm", rc.URL, "request.created"))
 	e := start(t, cfg)
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'before', 1)`)
 	testutil.Eventually(t, 20*time.Second, "request 1 delivered", func() bool { return hasRequest(rc, 1) })
@@ -114,6 +116,14 @@ func TestGapWhenSlotDroppedWhileRunning(t *testing.T) {
 		t.Fatalf("setup after the slot was dropped: %v, want a gap error", err)
 	}
 	readyWith("/readyz names the gap", "gap in the change stream")
+	testutil.Eventually(t, 20*time.Second, "the admin notified of the gap", func() bool {
+		for _, r := range admin.Requests() {
+			if r.Header.Get(signer.HeaderEvent) == "stream.gap" && strings.Contains(string(r.Body), gap.To.String()) {
+				return true
+			}
+		}
+		return false
+	})
 	if _, err := Setup(context.Background(), cfg, SetupOptions{AcceptGap: true}); err != nil {
 		t.Fatal(err)
 	}

@@ -171,8 +171,12 @@ func (n *Notifier) Run(ctx context.Context) error {
 
 // send posts one notification and records the outcome.
 func (n *Notifier) send(ctx context.Context, m journal.Notification) {
+	eventType := "subscription." + m.Kind
+	if m.SubscriptionID == "" { // about dzhook itself: the kind is the type
+		eventType = m.Kind
+	}
 	res := post(ctx, n.client, request{
-		url: n.cfg.URL, body: m.Body, eventType: "subscription." + m.Kind, eventID: fmt.Sprintf("ntf_%d", m.ID),
+		url: n.cfg.URL, body: m.Body, eventType: eventType, eventID: fmt.Sprintf("ntf_%d", m.ID),
 		deliveryID: fmt.Sprintf("ntf_%d", m.ID), attempt: m.Attempts, secret: n.cfg.Secret, userAgent: n.userAgent,
 	}, n.timeout, 512)
 	var sendErr error
