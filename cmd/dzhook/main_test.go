@@ -244,6 +244,14 @@ func TestRunReloadsAndStops(t *testing.T) {
 	waitFor(t, &errOut, regexp.MustCompile(`dzhook running`))
 	write("crm", "slack")
 	waitFor(t, &errOut, regexp.MustCompile(`configuration reloaded.* subscriptions=2`))
+	// A broken file is rejected with its problems; the running
+	// configuration stays, and the next good file is applied.
+	if err := os.WriteFile(cfg, []byte("source: {dsn: [\nsubscriptions: 7\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, &errOut, regexp.MustCompile(`configuration reload rejected; the running configuration stays`))
+	write("crm", "slack", "teams")
+	waitFor(t, &errOut, regexp.MustCompile(`configuration reloaded.* subscriptions=3`))
 	cancel()
 	select {
 	case code := <-done:
