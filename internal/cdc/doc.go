@@ -92,6 +92,11 @@
 // all. So a keepalive's WAL end is reported as flushed when the stream is
 // idle: no message received and not yet processed, no transaction open,
 // nothing pending. Nothing handed over can lie before that end unacked.
+// With Config.PersistIdle the position is first made durable by the
+// handler's owner (one call in flight; at most every 10 s unless the
+// server asks for a reply) and reported once Ack reaches it, so that the
+// owner knows every position the slot was ever told: a slot found past
+// it was not moved by this stream (Config.CheckStart refuses such a gap).
 //
 // # Reconnection
 //
@@ -101,9 +106,13 @@
 // position. When a session ends with an error Run logs it with the
 // attempt and the delay, waits a capped exponential backoff with jitter
 // (from MinBackoff doubling to MaxBackoff; a delay between half and all
-// of it) and starts another. Some endings are not retried: a handler
-// error, a malformed DSN, a slot or publication that does not exist
-// (`dzhook setup` creates them). When another process streams from the
+// of it) and starts another; Stats.Problem says why, in words /readyz may
+// show (Reason). Some endings are not retried: a handler error, a
+// malformed DSN, a slot of another plugin or database. A slot dropped
+// while Run runs is waited for (`dzhook setup` creates it; the owner's
+// CheckStart then judges where it starts). Interrupt ends a session from
+// outside (the engine does when the journal cannot be written). When
+// another process streams from the
 // slot, Run waits as a standby (Stats.Standby) and tries again, never
 // taking the slot from it.
 //
