@@ -203,6 +203,43 @@ func TestClaim(t *testing.T) {
 	}
 }
 
+// TestClaimSkipsOwnDeliveries: an instance whose own heartbeat looks
+// stale (a stalled process or database) takes over nothing of its own: it
+// claims, so it runs, and has what it owns in memory. Another instance
+// takes it over.
+func TestClaimSkipsOwnDeliveries(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, pendingBatch("00", "01", "02")); err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"a", "b"} {
+		if err := s.Register(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine, err := s.Claim(ctx, "crm", 2, "a", "t1", time.Minute)
+	if err != nil || len(mine) != 2 {
+		t.Fatalf("claim: %d, %v; want 2", len(mine), err)
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'a'`)
+	again, err := s.Claim(ctx, "crm", 10, "a", "t2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 1 || again[0].ID != "dlv_02" {
+		var got []string
+		for _, c := range again {
+			got = append(got, c.ID)
+		}
+		t.Errorf("a, its heartbeat late, claimed %v; want only dlv_02, not what it owns", got)
+	}
+	taken, err := s.Claim(ctx, "crm", 10, "b", "t3", time.Minute)
+	if err != nil || len(taken) != 3 {
+		t.Errorf("b took over %d (%v) deliveries of a, whose heartbeat is late; want 3", len(taken), err)
+	}
+}
+
 // TestReleaseLost: the deliveries a claim took whose answer was lost go
 // back to the pool, and nothing else the instance owns does.
 func TestReleaseLost(t *testing.T) {
