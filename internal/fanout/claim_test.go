@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,5 +135,106 @@ func TestMayHaveCommitted(t *testing.T) {
 		if got := mayHaveCommitted(fmt.Errorf("claim due deliveries: %w", c.err)); got != c.want {
 			t.Errorf("%s (%v): mayHaveCommitted = %v, want %v", c.name, c.err, got, c.want)
 		}
+	}
+}
+
+// claimLog is the real journal; it keeps what each claim of due work
+// took, so a test can wait for claims made after a moment it chose.
+type claimLog struct {
+	*journal.Store
+	mu     sync.Mutex
+	rounds [][]string // the ids each claim took, in order
+}
+
+func (s *claimLog) Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
+	c, err := s.Store.Claim(ctx, subscription, limit, owner, token, staleAfter)
+	ids := []string{}
+	for _, d := range c {
+		ids = append(ids, d.ID)
+	}
+	s.mu.Lock()
+	s.rounds = append(s.rounds, ids)
+	s.mu.Unlock()
+	return c, err
+}
+
+// since returns the claims made after the first n, and how many there were.
+func (s *claimLog) since(n int) ([][]string, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]string(nil), s.rounds[min(n, len(s.rounds)):]...), len(s.rounds)
+}
+
+// TestLateHeartbeatTakesNothingInFlight: an instance whose own heartbeat
+// is late in the journal (a stalled database or process: under load, a
+// heartbeat write took over a second) does not take over its own
+// deliveries as a dead instance's. It has them in memory: queued or in
+// flight. The claim used to take them, and every claim while the
+// heartbeat was late sent them once more (engine
+// TestReloadChangedSubscriptionWithQueue: deliveries sent 2 to 4 times).
+func TestLateHeartbeatTakesNothingInFlight(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	past := time.Now().Add(-time.Minute)
+	if err := store.Write(ctx, &journal.Batch{
+		Events: []journal.EventRow{{ID: "whk_a", Type: "request.created", Body: []byte(`{"id":"whk_a"}`), OccurredAt: past}},
+		Deliveries: []journal.DeliveryRow{{ID: "dlv_a", EventID: "whk_a", SubscriptionID: "crm", EventType: "request.created",
+			State: journal.Pending, NextAttemptAt: past, CreatedAt: past}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rc := testutil.NewReceiver(t)
+	release := make(chan struct{})
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			<-release // the first attempt in flight while the heartbeat is late
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	log := &claimLog{Store: store}
+	start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		// A second worker is idle, so whatever a claim takes again goes
+		// out at once. The heartbeat loop does not tick during the test:
+		// the test makes the heartbeat late itself.
+		Journal: log, Instance: "i1", Concurrency: 2, PollInterval: 20 * time.Millisecond, Heartbeat: time.Hour,
+	})
+
+	rc.Wait(t, 1, 10*time.Second)
+	if _, err := store.Pool().Exec(ctx, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 day' WHERE id = 'i1'`); err != nil {
+		t.Fatal(err)
+	}
+	_, n := log.since(0)
+	// The first claim after n may have begun before the heartbeat aged;
+	// the second began after.
+	var late [][]string
+	testutil.Eventually(t, 10*time.Second, "two claims with the heartbeat late", func() bool {
+		late, _ = log.since(n)
+		return len(late) >= 2
+	})
+	retaken := 0
+	for _, ids := range late {
+		retaken += len(ids)
+	}
+	// What a claim took is sent by the idle worker: wait for it, to count it.
+	rc.Wait(t, 1+retaken, 10*time.Second)
+	close(release)
+	testutil.Eventually(t, 10*time.Second, "the delivery journaled as delivered", func() bool {
+		var state string
+		_ = store.Pool().QueryRow(ctx, `SELECT state FROM dzhook.deliveries WHERE id = 'dlv_a'`).Scan(&state)
+		return state == string(journal.Delivered)
+	})
+	if retaken > 0 {
+		t.Errorf("claims with this instance's heartbeat late took its delivery in flight %d times", retaken)
+	}
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("delivery sent %d times, want once", n)
 	}
 }

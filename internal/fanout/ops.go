@@ -95,7 +95,7 @@ func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since
 	if _, err := d.lookup(subscription); err != nil {
 		return 0, err
 	}
-	n, err := d.cfg.Journal.RetryFailed(ctx, subscription, since, until, 3*d.cfg.Heartbeat)
+	n, err := d.cfg.Journal.RetryFailed(ctx, subscription, since, until, d.cfg.Instance, 3*d.cfg.Heartbeat)
 	if n > 0 {
 		d.nudge()
 	}

@@ -203,6 +203,60 @@ func TestClaim(t *testing.T) {
 	}
 }
 
+// TestClaimSkipsOwnDeliveries: an instance whose own heartbeat looks
+// stale (a stalled process or database) takes over nothing of its own: it
+// claims, so it runs, and has what it owns in memory. Another instance
+// takes it over.
+func TestClaimSkipsOwnDeliveries(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, pendingBatch("00", "01", "02")); err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"a", "b"} {
+		if err := s.Register(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine, err := s.Claim(ctx, "crm", 2, "a", "t1", time.Minute)
+	if err != nil || len(mine) != 2 {
+		t.Fatalf("claim: %d, %v; want 2", len(mine), err)
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'a'`)
+	again, err := s.Claim(ctx, "crm", 10, "a", "t2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 1 || again[0].ID != "dlv_02" {
+		var got []string
+		for _, c := range again {
+			got = append(got, c.ID)
+		}
+		t.Errorf("a, its heartbeat late, claimed %v; want only dlv_02, not what it owns", got)
+	}
+	taken, err := s.Claim(ctx, "crm", 10, "b", "t3", time.Minute)
+	if err != nil || len(taken) != 3 {
+		t.Errorf("b took over %d (%v) deliveries of a, whose heartbeat is late; want 3", len(taken), err)
+	}
+
+	// The same for a manual retry a has in flight.
+	if err := s.Write(ctx, &Batch{Updates: []DeliveryUpdate{{ID: "dlv_00", State: "failed", Attempts: 5}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimForRetry(ctx, "dlv_00", "a", "m1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimForRetry(ctx, "dlv_00", "a", "m2", time.Minute); !errors.Is(err, ErrBusy) {
+		t.Errorf("a's second manual retry of its delivery in flight, its heartbeat late: %v, want ErrBusy", err)
+	}
+	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "a", time.Minute); err != nil || n != 0 {
+		t.Errorf("a's retry-failed, its heartbeat late, took %d (%v) of its own manual retries in flight, want 0", n, err)
+	}
+	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "b", time.Minute); err != nil || n != 1 {
+		t.Errorf("b's retry-failed took %d (%v) of a's, whose heartbeat is late; want 1", n, err)
+	}
+}
+
 // TestReleaseLost: the deliveries a claim took whose answer was lost go
 // back to the pool, and nothing else the instance owns does.
 func TestReleaseLost(t *testing.T) {
@@ -254,7 +308,7 @@ func TestReleaseLost(t *testing.T) {
 	if _, err := s.ClaimForRetry(ctx, id, "b", "m2", time.Minute); !errors.Is(err, ErrBusy) {
 		t.Fatalf("claim of a delivery a live instance owns: %v, want ErrBusy", err)
 	}
-	if n, err := s.RetryFailed(ctx, "crm", nil, nil, time.Minute); err != nil || n != 0 {
+	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "b", time.Minute); err != nil || n != 0 {
 		t.Errorf("retry-failed took %d (%v) deliveries a live instance is retrying by hand, want 0", n, err)
 	}
 	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"kept"}}); err != nil || n != 0 {
@@ -263,7 +317,7 @@ func TestReleaseLost(t *testing.T) {
 	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"m1"}}); err != nil || n != 1 {
 		t.Fatalf("released %d (%v), want 1", n, err)
 	}
-	if n, err := s.RetryFailed(ctx, "crm", nil, nil, time.Minute); err != nil || n != 1 {
+	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "b", time.Minute); err != nil || n != 1 {
 		t.Errorf("retry-failed after the release took %d (%v), want 1", n, err)
 	}
 	if _, err := s.ClaimForRetry(ctx, id, "b", "m3", time.Minute); err != nil {

@@ -206,16 +206,18 @@ func (s *Store) WaitedBehind(ctx context.Context, id string, limit int) ([]strin
 }
 
 // ClaimForRetry takes one delivery for an immediate manual attempt, unless
-// a live instance is attempting it (ErrBusy). A pending delivery keeps its
-// schedule; a finished one gets one more attempt. token marks the claim
-// as in Claim.
+// a live instance or owner itself is attempting it (ErrBusy; owner's own
+// heartbeat, late, says nothing to owner, as in Claim). A pending delivery
+// keeps its schedule; a finished one gets one more attempt. token marks
+// the claim as in Claim.
 func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (Claimed, error) {
 	var c Claimed
 	err := s.pool.QueryRow(ctx, s.q(`
 		UPDATE {{schema}}.deliveries d SET owner = $2, claim = $4, updated_at = now()
 		  FROM {{schema}}.events e
 		 WHERE d.id = $1 AND e.id = d.event_id
-		   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $3 * interval '1 second'))
+		   AND (d.owner IS NULL OR (d.owner <> $2
+		        AND d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $3 * interval '1 second')))
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test`), id, owner, staleAfter.Seconds(), token).
 		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -236,15 +238,18 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 // [since, until) due now (a nil bound is none), as manual retries (one
 // attempt each). Deliveries
 // already pending are left alone, so calling it twice sends nothing twice,
-// and so are those a live instance is retrying by hand.
-func (s *Store) RetryFailed(ctx context.Context, subscription string, since, until *time.Time, staleAfter time.Duration) (int, error) {
+// and so are those a live instance or self (the caller's instance) is
+// retrying by hand.
+func (s *Store) RetryFailed(ctx context.Context, subscription string, since, until *time.Time, self string, staleAfter time.Duration) (int, error) {
 	// A failed delivery a live instance owns is being retried by hand
 	// right now: taking it from under that attempt would send it twice.
+	// So is one self owns, whatever its heartbeat says (see Claim).
 	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'pending', next_attempt_at = now(), owner = NULL, manual = true, updated_at = now()
 		WHERE subscription_id = $1 AND state = 'failed' AND NOT test
 		  AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
-		  AND (owner IS NULL OR owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second'))`),
-		subscription, since, until, staleAfter.Seconds())
+		  AND (owner IS NULL OR (owner <> $5
+		       AND owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second')))`),
+		subscription, since, until, staleAfter.Seconds(), self)
 	if err != nil {
 		return 0, fmt.Errorf("retry failed deliveries: %w", err)
 	}

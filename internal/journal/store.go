@@ -232,12 +232,18 @@ type Claimed struct {
 }
 
 // Claim takes up to limit due deliveries of a subscription, oldest first,
-// for owner: pending, due, and not owned by a live instance (one whose
-// heartbeat is newer than staleAfter). FOR UPDATE SKIP LOCKED lets several
-// processes claim at once without taking the same delivery. The rows
-// taken are marked with token, new for every claim: when the call fails,
-// its UPDATE may still have committed, and ReleaseLost gives back what it
-// took.
+// for owner: pending, due, and owned by nobody or by a dead instance (one
+// whose heartbeat is older than staleAfter) other than owner. FOR UPDATE
+// SKIP LOCKED lets several processes claim at once without taking the
+// same delivery. The rows taken are marked with token, new for every
+// claim: when the call fails, its UPDATE may still have committed, and
+// ReleaseLost gives back what it took.
+//
+// owner never takes over its own deliveries, even when its heartbeat
+// looks stale (a stalled process or database): it is running, since it
+// claims, and what it owns it has in memory, queued or in flight, or is
+// giving back (a release, ReleaseLost). Taken over, each would be sent
+// again, once per claim while the heartbeat is late.
 //
 // An ordered delivery is taken only when it is the head of its key: no
 // earlier delivery of the same subscription and key (by position, then
@@ -251,7 +257,7 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 		), due AS (
 			SELECT d.id FROM {{schema}}.deliveries d
 			 WHERE d.subscription_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= now()
-			   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))
+			   AND (d.owner IS NULL OR (d.owner <> $3 AND d.owner NOT IN (SELECT id FROM live)))
 			   AND (d.ordering_key IS NULL OR NOT EXISTS (
 			        SELECT 1 FROM {{schema}}.deliveries x
 			         WHERE x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
