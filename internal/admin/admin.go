@@ -263,3 +263,36 @@ func (s *Server) journalError(w http.ResponseWriter, r *http.Request, err error)
 		writeError(w, http.StatusServiceUnavailable, "the journal could not be reached; see dzhook's log")
 	}
 }
+
+// Manager changes the runtime subscriptions (stored in the journal,
+// shared by every process on it) and keeps the audit trail. Its errors:
+// *ValidationError (400), *ConflictError (409: a config.yaml id, an id in
+// use, no secrets key), ErrNotFound (404).
+type Manager interface {
+	CreateSubscription(ctx context.Context, in api.SubscriptionInput, client string) (api.CreatedSubscription, error)
+	UpdateSubscription(ctx context.Context, id string, in api.SubscriptionInput, client string) (api.Subscription, error)
+	DeleteSubscription(ctx context.Context, id, client string) (api.Deleted, error)
+	RotateSecret(ctx context.Context, id string, in api.SecretRotation, client string) (api.RotatedSecret, error)
+	// Record adds an entry to the audit trail (pause, resume).
+	Record(ctx context.Context, action, subscription, client string, fields []string) error
+	Audit(ctx context.Context, limit int, cursor string) (api.AuditPage, error)
+}
+
+// ValidationError lists every problem of a subscription body.
+type ValidationError struct{ Problems []api.FieldProblem }
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.Field + ": " + p.Problem
+	}
+	return strings.Join(parts, "; ")
+}
+
+// ConflictError is a request the current state refuses (409).
+type ConflictError struct{ Message string }
+
+func (e *ConflictError) Error() string { return e.Message }
+
+// ErrNotFound is an unknown subscription (404).
+var ErrNotFound = errors.New("not found")

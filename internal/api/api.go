@@ -102,6 +102,11 @@ type Subscription struct {
 	// order promised), "entity" (in stream order per key: a request, a
 	// user) or "subscription" (one at a time, in stream order).
 	Ordering string `json:"ordering"`
+	// Source is where the subscription is defined: "config" (config.yaml,
+	// read-only through the API) or "runtime" (created through the API).
+	Source string `json:"source"`
+	// Description is the runtime subscription's note; absent without one.
+	Description string `json:"description,omitempty"`
 	// BlockedKeys counts, from the journal, the ordering keys whose head
 	// waits for a retry and holds back the later deliveries of its key (0
 	// without ordering); OldestBlockedAt is when the oldest of those heads
@@ -282,4 +287,89 @@ type ResumeResponse struct {
 	// Released is how many held deliveries were released.
 	Released     int    `json:"released"`
 	Subscription string `json:"subscription"`
+}
+
+// SubscriptionInput is the body of POST /v1/subscriptions (create) and
+// PATCH /v1/subscriptions/{id} (change): a field left out keeps its value
+// (PATCH) or its default (POST). ID and Secret are refused by PATCH (the
+// secret changes through POST …/secret).
+type SubscriptionInput struct {
+	ID                 *string            `json:"id,omitempty"`
+	URL                *string            `json:"url,omitempty"`
+	Events             *[]string          `json:"events,omitempty"`
+	Secret             *string            `json:"secret,omitempty"`
+	Active             *bool              `json:"active,omitempty"`
+	QueueWhileInactive *bool              `json:"queue_while_inactive,omitempty"`
+	Filter             *string            `json:"filter,omitempty"`
+	Headers            *map[string]string `json:"headers,omitempty"`
+	StandardWebhooks   *bool              `json:"standard_webhooks,omitempty"`
+	Ordering           *string            `json:"ordering,omitempty"`
+	Description        *string            `json:"description,omitempty"`
+}
+
+// FieldProblem is one validation problem of a request body: the field
+// (a JSON path such as "url" or "events[1]") and what is wrong with it.
+type FieldProblem struct {
+	Field   string `json:"field"`
+	Problem string `json:"problem"`
+}
+
+// ValidationErrors is the 400 answer to a body with problems: every one.
+type ValidationErrors struct {
+	Errors []FieldProblem `json:"errors"`
+}
+
+// CreatedSubscription is the 201 answer to POST /v1/subscriptions: the
+// subscription, and its secret, shown in this answer only.
+type CreatedSubscription struct {
+	Subscription
+	Secret string `json:"secret"`
+}
+
+// SecretRotation is the body of POST /v1/subscriptions/{id}/secret.
+type SecretRotation struct {
+	// Secret is the new secret; generated when absent.
+	Secret *string `json:"secret,omitempty"`
+	// Overlap is how long the old secret stays valid, as a Go duration
+	// ("24h", the default).
+	Overlap *string `json:"overlap,omitempty"`
+	// Activate says when X-DZDESK-Signature (one signature) switches to
+	// the new secret: "now" or "end_of_overlap" (the default). Standard
+	// Webhooks deliveries carry both signatures during the overlap.
+	Activate *string `json:"activate,omitempty"`
+}
+
+// RotatedSecret is the answer to a rotation: the new secret, shown once.
+type RotatedSecret struct {
+	Secret string `json:"secret"`
+	// PreviousValidUntil is when the old secret stops being used.
+	PreviousValidUntil time.Time `json:"previous_valid_until"`
+	// SignatureSwitchAt is when X-DZDESK-Signature uses the new secret.
+	SignatureSwitchAt time.Time `json:"signature_switch_at"`
+}
+
+// Deleted is the answer to DELETE /v1/subscriptions/{id}.
+type Deleted struct {
+	ID string `json:"id"`
+	// Cancelled counts the pending and held deliveries cancelled.
+	Cancelled int `json:"cancelled"`
+}
+
+// AuditEntry is one change to the subscriptions (GET /v1/audit).
+type AuditEntry struct {
+	ID           int64     `json:"id"`
+	At           time.Time `json:"at"`
+	Action       string    `json:"action"` // create, update, rotate, delete, pause, resume
+	Subscription string    `json:"subscription"`
+	// Fields names the fields changed, never their secret values.
+	Fields []string `json:"fields,omitempty"`
+	// Client is the address the request came from.
+	Client string `json:"client"`
+}
+
+// AuditPage is the answer to GET /v1/audit, newest first.
+type AuditPage struct {
+	Entries []AuditEntry `json:"entries"`
+	// NextCursor continues the listing; absent at the end.
+	NextCursor string `json:"next_cursor,omitempty"`
 }
