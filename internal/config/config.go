@@ -9,7 +9,9 @@
 package config
 
 import (
+	"encoding/base64"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
@@ -66,6 +68,9 @@ type Config struct {
 	Mapping mapping.Config `koanf:"mapping"`
 	// Log configures dzhook's own log lines.
 	Log Log `koanf:"log"`
+	// Secrets holds the keys that encrypt the secrets of subscriptions
+	// created through the API, in the journal.
+	Secrets Secrets `koanf:"secrets"`
 	// CustomEvents declares events beyond DZDESK's eleven, emitted through
 	// the outbox table or pg_logical_emit_message. Names look like
 	// entity.action. Defaults to none.
@@ -189,6 +194,33 @@ type Log struct {
 	Format string `koanf:"format"`
 }
 
+// Secrets are the keys of the runtime subscriptions' secrets at rest
+// (AES-256-GCM). Without one, subscriptions cannot be created through the
+// API.
+type Secrets struct {
+	// Key is one key: 32 random bytes, base64 (openssl rand -base64 32),
+	// typically ${file:/run/secrets/dzhook-key}.
+	Key Secret `koanf:"key"`
+	// Keys is a list of keys for rotation: the first encrypts, every one
+	// decrypts. Key, when set, comes first.
+	Keys []Secret `koanf:"keys"`
+}
+
+// All returns the keys in order, Key first; each is validated base64 of
+// 32 bytes.
+func (s Secrets) All() [][]byte {
+	var out [][]byte
+	for _, k := range append([]Secret{s.Key}, s.Keys...) {
+		if !k.IsSet() {
+			continue
+		}
+		if b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(k.Reveal())); err == nil && len(b) == 32 {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // CustomEvent declares an event outside DZDESK's catalog.
 type CustomEvent struct {
 	// Name looks like entity.action, e.g. order.shipped. Required.
@@ -278,3 +310,7 @@ func (c *Config) Summary() string {
 	return fmt.Sprintf("%d subscriptions (%d active), %d events (%d built-in, %d custom)",
 		len(c.Subscriptions), active, n, len(catalog.Builtin()), n-len(catalog.Builtin()))
 }
+
+// DefaultSubscription is a subscription with every default (one created
+// through the API starts from it).
+func DefaultSubscription() Subscription { return subscriptionDefaults() }

@@ -22,6 +22,7 @@ func RestartSections(cur, next *Config) []string {
 		{"mapping", reflect.DeepEqual(cur.Mapping, next.Mapping)},
 		{"notify", cur.Notify == next.Notify},
 		{"outbox", cur.Outbox == next.Outbox},
+		{"secrets", reflect.DeepEqual(cur.Secrets, next.Secrets)},
 		{"sla", reflect.DeepEqual(cur.SLA, next.SLA)},
 		{"source", cur.Source == next.Source},
 	} {

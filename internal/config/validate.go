@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/http"
@@ -134,6 +135,22 @@ func (c *Config) validate(ps *Problems) {
 		ps.add("log.format", "%q is not one of text, json", c.Log.Format)
 	}
 
+	for i, k := range append([]Secret{c.Secrets.Key}, c.Secrets.Keys...) {
+		path := "secrets.key"
+		if i > 0 {
+			path = fmt.Sprintf("secrets.keys[%d]", i-1)
+		}
+		if !k.IsSet() {
+			if i > 0 {
+				c.secretsProblem(ps, path, "empty")
+			}
+			continue
+		}
+		if b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(k.Reveal())); err != nil || len(b) != 32 {
+			c.secretsProblem(ps, path, "not 32 bytes of base64")
+		}
+	}
+
 	cat, err := c.Catalog()
 	if err != nil {
 		ps.add("custom_events", "%s", strings.TrimPrefix(err.Error(), "custom events: "))
@@ -151,6 +168,26 @@ func (c *Config) validate(ps *Problems) {
 			seen[s.ID] = i
 		}
 	}
+}
+
+func (c *Config) secretsProblem(ps *Problems, path, what string) {
+	ps.add(path, "%s: a key is 32 random bytes in base64, e.g. from `openssl rand -base64 32`", what)
+}
+
+// ValidateSubscription checks one subscription as the file's are checked
+// (a subscription created or changed through the API): every problem,
+// with paths relative to the subscription ("url", "events[1]").
+func (c *Config) ValidateSubscription(s Subscription) Problems {
+	var ps Problems
+	cat, err := c.Catalog()
+	if err != nil {
+		cat, _ = catalog.New()
+	}
+	c.validateSubscription(&ps, "", s, cat)
+	for i := range ps {
+		ps[i].Path = strings.TrimPrefix(ps[i].Path, ".")
+	}
+	return ps
 }
 
 func (c *Config) validateSubscription(ps *Problems, path string, s Subscription, cat *catalog.Catalog) {

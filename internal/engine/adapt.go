@@ -25,14 +25,6 @@ func egressGuard(d config.Delivery) *fanout.EgressGuard {
 	return g
 }
 
-func subscriptions(cfg *config.Config) []fanout.Subscription {
-	subs := make([]fanout.Subscription, len(cfg.Subscriptions))
-	for i, s := range cfg.Subscriptions {
-		subs[i] = Subscription(s)
-	}
-	return subs
-}
-
 // Subscription converts a configured subscription for fanout.
 func Subscription(s config.Subscription) fanout.Subscription {
 	headers := make(map[string]string, len(s.Headers))

@@ -38,6 +38,9 @@ type Options struct {
 	Version string
 	// Dashboard is served by the admin server at /.
 	Dashboard fs.FS
+	// ConfigFile is the configuration's path, named when the API refuses
+	// to change a subscription defined there.
+	ConfigFile string
 	// PollInterval, Heartbeat, StatusInterval and RetentionInterval
 	// shorten the engine's clocks in tests; zero keeps the defaults.
 	PollInterval      time.Duration
@@ -68,6 +71,8 @@ type Engine struct {
 	adminLn    net.Listener
 	schema     *schemaWatch // schema.go
 	systemID   string
+	runtime    *runtime // runtime.go
+	opts       Options
 	// lastGap is the gap last logged, so a retrying stream logs it once.
 	lastGap atomic.Pointer[GapError]
 }
@@ -84,7 +89,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
 	}
-	e := &Engine{cfg: cfg, log: log, source: source, instance: newInstanceID()}
+	e := &Engine{cfg: cfg, log: log, source: source, instance: newInstanceID(), opts: opts}
 	ok := false
 	defer func() {
 		if !ok {
@@ -148,8 +153,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	subs, err := e.startRuntime(ctx)
+	if err != nil {
+		return nil, err
+	}
 	e.dispatcher, err = fanout.New(fanout.Config{
-		Subscriptions: subscriptions(cfg), Journal: e.journal, Records: e.writer, Instance: e.instance,
+		Subscriptions: subs, Journal: e.journal, Records: e.writer, Instance: e.instance,
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
 		Observer: e.metrics,
 		Egress:   egressGuard(cfg.Delivery),
@@ -239,6 +248,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.dispatcher.Notifier().Run(gctx) })
 	g.Go(func() error { return e.clock.Run(gctx) })
 	g.Go(func() error { return e.retention.Run(gctx) })
+	g.Go(func() error { return e.pollRuntime(gctx) })
 	g.Go(func() error { return e.schema.Run(gctx) })
 	g.Go(func() error {
 		if err := e.stream.Run(gctx); err != nil {

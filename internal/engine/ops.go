@@ -43,7 +43,9 @@ func (e *Engine) Ready(ctx context.Context) error {
 // mapping that no longer fit: schema.go). Settings that need a restart
 // (every other section) are reported and left as they were.
 func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
-	if err := e.dispatcher.Reload(ctx, subscriptions(next)); err != nil {
+	// config.yaml's subscriptions with the runtime ones (runtime.go): an
+	// id in both refuses the file.
+	if err := e.syncRuntime(ctx, next); err != nil {
 		return err
 	}
 	mappingApplied := e.schema.reload(ctx, next)

@@ -151,9 +151,10 @@ func (d *deliverer) nudgeWhenDurable(life context.Context) {
 // returns what the receiver answered and what follows.
 func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResult, Decision) {
 	n := t.attempts + 1
+	secret, standard := s.signing(d.now())
 	res := post(life, s.client, request{
 		url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
-		attempt: n, secret: s.cfg.Secret, standardKey: s.standardKey, headers: s.headers, userAgent: d.cfg.UserAgent,
+		attempt: n, secret: secret, standardKeys: standard, headers: s.headers, userAgent: d.cfg.UserAgent,
 	}, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
 	ok := res.Status >= 200 && res.Status < 300
 	if !t.test {

@@ -124,16 +124,18 @@ type attemptResult struct {
 
 // request is what an attempt sends.
 type request struct {
-	url         string
-	body        []byte
-	eventType   string
-	eventID     string
-	deliveryID  string
-	attempt     int
-	secret      []byte
-	standardKey []byte
-	headers     http.Header
-	userAgent   string
+	url        string
+	body       []byte
+	eventType  string
+	eventID    string
+	deliveryID string
+	attempt    int
+	secret     []byte
+	// standardKeys sign webhook-signature, one signature each (two
+	// during a secret's rotation); none: no Standard Webhooks headers.
+	standardKeys [][]byte
+	headers      http.Header
+	userAgent    string
 }
 
 // post makes one attempt: POST the body, read the status and up to limit
@@ -164,10 +166,14 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	h.Set(signer.HeaderEvent, r.eventType)
 	h.Set(signer.HeaderDelivery, r.deliveryID)
 	h.Set(signer.HeaderAttempt, strconv.Itoa(r.attempt))
-	if r.standardKey != nil {
+	if len(r.standardKeys) > 0 {
 		h.Set(signer.HeaderWebhookID, r.eventID)
 		h.Set(signer.HeaderWebhookTimestamp, strconv.FormatInt(start.Unix(), 10))
-		h.Set(signer.HeaderWebhookSignature, signer.SignStandard(r.standardKey, r.eventID, start, r.body))
+		sigs := make([]string, len(r.standardKeys))
+		for i, k := range r.standardKeys {
+			sigs[i] = signer.SignStandard(k, r.eventID, start, r.body)
+		}
+		h.Set(signer.HeaderWebhookSignature, strings.Join(sigs, " "))
 	}
 	resp, err := c.Do(req)
 	if err != nil {

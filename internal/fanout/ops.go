@@ -230,6 +230,8 @@ type SubscriptionStatus struct {
 	// its keys (zero without ordering).
 	Ordering Ordering
 	Order    OrderStatus
+	// Source and Description as configured (Subscription).
+	Source, Description string
 }
 
 // Subscriptions returns every subscription's status.
@@ -243,6 +245,7 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 			ID: s.cfg.ID, URL: redactURL(s.cfg.URL), Events: s.cfg.Events, Active: s.cfg.Active, Paused: s.paused,
 			QueueWhileInactive: s.cfg.QueueWhileInactive, Filter: s.cfg.Filter, State: s.state,
 			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: len(s.queue),
+			Source: s.cfg.Source, Description: s.cfg.Description,
 		}
 		if !s.lastSuccessAt.IsZero() {
 			t := s.lastSuccessAt

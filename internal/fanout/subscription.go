@@ -40,6 +40,14 @@ type Subscription struct {
 	Headers map[string]string
 	// Ordering is what order its deliveries keep (zero: none).
 	Ordering Ordering
+	// Source is where it is defined ("config" or "runtime"); Description
+	// is a runtime subscription's note. Both are shown, not used.
+	Source, Description string
+	// PreviousSecret is the secret before a rotation: Standard Webhooks
+	// deliveries are signed with it too until PreviousUntil, and
+	// X-DZDESK-Signature (one signature) uses it until SwitchAt.
+	PreviousSecret          []byte
+	PreviousUntil, SwitchAt time.Time
 }
 
 // Equal reports whether two configurations are the same (a reload keeps
@@ -47,7 +55,28 @@ type Subscription struct {
 func (s Subscription) Equal(o Subscription) bool {
 	return s.ID == o.ID && s.URL == o.URL && slices.Equal(s.Events, o.Events) && bytes.Equal(s.Secret, o.Secret) &&
 		s.StandardWebhooks == o.StandardWebhooks && s.Active == o.Active && s.QueueWhileInactive == o.QueueWhileInactive &&
-		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering
+		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering &&
+		s.Source == o.Source && s.Description == o.Description && bytes.Equal(s.PreviousSecret, o.PreviousSecret) &&
+		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt)
+}
+
+// signing returns the secret of X-DZDESK-Signature and the keys of
+// webhook-signature at now: during a rotation's overlap Standard Webhooks
+// carries one signature per secret (receivers verify against either),
+// and X-DZDESK-Signature, which carries one, switches at SwitchAt.
+func (s *sub) signing(now time.Time) (secret []byte, standard [][]byte) {
+	secret = s.cfg.Secret
+	overlap := len(s.cfg.PreviousSecret) > 0 && now.Before(s.cfg.PreviousUntil)
+	if overlap && now.Before(s.cfg.SwitchAt) {
+		secret = s.cfg.PreviousSecret
+	}
+	if s.standardKey != nil {
+		standard = [][]byte{s.standardKey}
+		if overlap && s.previousKey != nil {
+			standard = append(standard, s.previousKey)
+		}
+	}
+	return secret, standard
 }
 
 // sub is a subscription at run time: its queue, workers' client, health.
@@ -56,6 +85,7 @@ type sub struct {
 	filter      *filter.Program
 	headers     http.Header
 	standardKey []byte
+	previousKey []byte // the standard key of cfg.PreviousSecret, during a rotation
 	client      *retryablehttp.Client
 
 	queue    chan *task
@@ -299,6 +329,11 @@ func compile(cfg Subscription, opts *Config) (*sub, error) {
 			return nil, fmt.Errorf("subscription %s: standard webhooks secret: %w", cfg.ID, err)
 		}
 		s.standardKey = key
+		if len(cfg.PreviousSecret) > 0 {
+			if prev, err := signer.StandardKey(string(cfg.PreviousSecret)); err == nil {
+				s.previousKey = prev
+			}
+		}
 	}
 	for k, v := range cfg.Headers {
 		s.headers.Set(k, v)

@@ -17,10 +17,13 @@ const (
 	// Held: the subscription was inactive or paused and queues; resume
 	// makes it pending.
 	Held State = "held"
+	// Cancelled: its subscription was deleted before it was attempted
+	// (last_error says so); never attempted.
+	Cancelled State = "cancelled"
 )
 
 // States lists every delivery state.
-var States = []State{Pending, Delivered, Failed, Skipped, Held}
+var States = []State{Pending, Delivered, Failed, Skipped, Held, Cancelled}
 
 // Valid reports whether s is a delivery state.
 func (s State) Valid() bool {

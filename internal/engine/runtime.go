@@ -1,0 +1,670 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/admin"
+	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/secretbox"
+)
+
+// Runtime subscriptions are created, changed and deleted through the
+// admin API and kept in the journal (runtime_subscriptions), so every
+// process on the journal runs the same set. Each process polls the
+// table's revision every runtimePoll and, when it moved, reloads its
+// subscriptions: config.yaml's and the journal's. Polling rather than
+// LISTEN/NOTIFY: one indexed max() a second costs nothing, needs no
+// connection held open (pgbouncer in transaction mode cannot LISTEN), and
+// a missed notification cannot leave a process behind; a change through
+// this process applies here at once, elsewhere within runtimePoll (the
+// issue asks for 2 s).
+const runtimePoll = time.Second
+
+// runtimeSpec is a runtime subscription's fields but its secret and
+// headers (sealed: a header often carries a credential).
+type runtimeSpec struct {
+	URL                string   `json:"url"`
+	Events             []string `json:"events"`
+	Active             bool     `json:"active"`
+	QueueWhileInactive bool     `json:"queue_while_inactive"`
+	Filter             string   `json:"filter,omitempty"`
+	StandardWebhooks   bool     `json:"standard_webhooks"`
+	Ordering           string   `json:"ordering"`
+	Description        string   `json:"description,omitempty"`
+}
+
+// sealedPart is what is encrypted at rest.
+type sealedPart struct {
+	Secret  string            `json:"secret"`
+	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// runtimeSub is a runtime subscription as this process holds it.
+type runtimeSub struct {
+	cfg                     config.Subscription
+	description             string
+	previous                string
+	previousUntil, switchAt time.Time
+}
+
+// runtime is the engine's runtime subscriptions.
+type runtime struct {
+	ring *secretbox.Ring
+	// mu serialises applying a set of subscriptions (a poll, a change
+	// through the API, a config reload) and guards the fields below.
+	mu      sync.Mutex
+	subs    map[string]runtimeSub
+	order   []string
+	rev     int64
+	cfgSubs []config.Subscription // config.yaml's, as last loaded
+	cfg     *config.Config        // the configuration started with (delivery settings validate with it)
+	known   map[string]bool       // runtime ids this process ran, to cancel on delete
+}
+
+func newRuntime(cfg *config.Config) (*runtime, error) {
+	ring, err := secretbox.New(cfg.Secrets.All())
+	if err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	return &runtime{ring: ring, subs: map[string]runtimeSub{}, cfgSubs: cfg.Subscriptions, cfg: cfg, known: map[string]bool{}}, nil
+}
+
+// load reads the runtime subscriptions from the journal.
+func (r *runtime) load(ctx context.Context, store *journal.Store) (map[string]runtimeSub, []string, []string, int64, error) {
+	rows, deleted, rev, err := store.RuntimeSubscriptions(ctx)
+	if err != nil {
+		return nil, nil, nil, 0, err
+	}
+	subs := make(map[string]runtimeSub, len(rows))
+	order := make([]string, 0, len(rows))
+	for _, row := range rows {
+		s, err := r.decode(row)
+		if err != nil {
+			return nil, nil, nil, 0, fmt.Errorf("runtime subscription %s: %w", row.ID, err)
+		}
+		subs[row.ID] = s
+		order = append(order, row.ID)
+	}
+	return subs, order, deleted, rev, nil
+}
+
+func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
+	var spec runtimeSpec
+	if err := json.Unmarshal(row.Spec, &spec); err != nil {
+		return runtimeSub{}, fmt.Errorf("spec: %w", err)
+	}
+	plain, err := r.ring.Open(row.Secret, []byte(row.ID))
+	if err != nil {
+		return runtimeSub{}, err
+	}
+	var sp sealedPart
+	if err := json.Unmarshal(plain, &sp); err != nil {
+		return runtimeSub{}, errors.New("sealed part: not JSON")
+	}
+	s := runtimeSub{description: spec.Description}
+	s.cfg = config.Subscription{
+		ID: row.ID, URL: spec.URL, Events: spec.Events, Secret: config.Secret(sp.Secret), Active: spec.Active,
+		QueueWhileInactive: spec.QueueWhileInactive, Filter: spec.Filter, StandardWebhooks: spec.StandardWebhooks, Ordering: spec.Ordering,
+	}
+	if len(sp.Headers) > 0 {
+		s.cfg.Headers = make(map[string]config.Secret, len(sp.Headers))
+		for k, v := range sp.Headers {
+			s.cfg.Headers[k] = config.Secret(v)
+		}
+	}
+	if row.PreviousSecret != "" && row.PreviousUntil != nil {
+		prev, err := r.ring.Open(row.PreviousSecret, []byte(row.ID))
+		if err != nil {
+			return runtimeSub{}, fmt.Errorf("previous secret: %w", err)
+		}
+		var pp sealedPart
+		if json.Unmarshal(prev, &pp) == nil {
+			s.previous, s.previousUntil = pp.Secret, *row.PreviousUntil
+			if row.SwitchAt != nil {
+				s.switchAt = *row.SwitchAt
+			}
+		}
+	}
+	return s, nil
+}
+
+// conflicts names the ids defined in both config.yaml and the journal.
+func conflicts(cfgSubs []config.Subscription, subs map[string]runtimeSub) error {
+	var msgs []string
+	for _, c := range cfgSubs {
+		if _, ok := subs[c.ID]; ok {
+			msgs = append(msgs, fmt.Sprintf("subscription %q is defined in config.yaml and was also created through the API (kept in the journal): ids are unique across both; rename or remove the one in config.yaml, or delete the runtime one (DELETE /v1/subscriptions/%s) first", c.ID, c.ID))
+		}
+	}
+	if len(msgs) > 0 {
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// set returns the subscriptions to run: config.yaml's, then the runtime
+// ones in creation order.
+func (r *runtime) set(cfgSubs []config.Subscription, subs map[string]runtimeSub, order []string) []fanout.Subscription {
+	out := make([]fanout.Subscription, 0, len(cfgSubs)+len(order))
+	for _, c := range cfgSubs {
+		s := Subscription(c)
+		s.Source = "config"
+		out = append(out, s)
+	}
+	for _, id := range order {
+		rs := subs[id]
+		s := Subscription(rs.cfg)
+		s.Source, s.Description = "runtime", rs.description
+		if rs.previous != "" {
+			s.PreviousSecret, s.PreviousUntil, s.SwitchAt = []byte(rs.previous), rs.previousUntil, rs.switchAt
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// startRuntime loads the runtime subscriptions at start: New runs the
+// dispatcher with them and config.yaml's.
+func (e *Engine) startRuntime(ctx context.Context) ([]fanout.Subscription, error) {
+	rt, err := newRuntime(e.cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.runtime = rt
+	subs, order, _, rev, err := rt.load(ctx, e.journal)
+	if err != nil {
+		return nil, err
+	}
+	if err := conflicts(e.cfg.Subscriptions, subs); err != nil {
+		return nil, err
+	}
+	rt.subs, rt.order, rt.rev = subs, order, rev
+	for _, id := range order {
+		rt.known[id] = true
+	}
+	return rt.set(e.cfg.Subscriptions, subs, order), nil
+}
+
+// pollRuntime applies changes made through other processes until ctx ends.
+func (e *Engine) pollRuntime(ctx context.Context) error {
+	t := time.NewTicker(runtimePoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		rev, err := e.journal.RuntimeRev(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Debug("runtime subscriptions: revision not read", "err", err)
+			}
+			continue
+		}
+		e.runtime.mu.Lock()
+		stale := rev != e.runtime.rev
+		e.runtime.mu.Unlock()
+		if stale {
+			if err := e.syncRuntime(ctx, nil); err != nil && ctx.Err() == nil {
+				e.log.Error("runtime subscriptions not applied; the running set stays", "err", err)
+			}
+		}
+	}
+}
+
+// syncRuntime reads the runtime subscriptions and applies them with
+// config.yaml's (next, when a reload brings a new file; else the one in
+// force). A conflict of ids refuses the whole set.
+func (e *Engine) syncRuntime(ctx context.Context, next *config.Config) error {
+	rt := e.runtime
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	subs, order, deleted, rev, err := rt.load(ctx, e.journal)
+	if err != nil {
+		return err
+	}
+	cfgSubs := rt.cfgSubs
+	if next != nil {
+		cfgSubs = next.Subscriptions
+	}
+	if err := conflicts(cfgSubs, subs); err != nil {
+		return err
+	}
+	if err := e.dispatcher.Reload(ctx, rt.set(cfgSubs, subs, order)); err != nil {
+		return err
+	}
+	rt.subs, rt.order, rt.rev, rt.cfgSubs = subs, order, rev, cfgSubs
+	// A deleted subscription's deliveries this process let go of (its
+	// queue given back, attempts in flight finished and journaled) are
+	// cancelled: the deletion cancelled what no process held.
+	for _, id := range deleted {
+		if !rt.known[id] {
+			continue
+		}
+		delete(rt.known, id)
+		if err := e.writer.Barrier(ctx); err != nil {
+			return err
+		}
+		if _, err := e.journal.CancelDeliveries(ctx, id); err != nil {
+			return err
+		}
+	}
+	for _, id := range order {
+		rt.known[id] = true
+	}
+	return nil
+}
+
+// Manager is the admin API's access to the runtime subscriptions.
+func (e *Engine) Manager() admin.Manager { return managerOf{e} }
+
+type managerOf struct{ e *Engine }
+
+var _ admin.Manager = managerOf{}
+
+// fieldsOf names the fields a request sets, for the audit trail (names,
+// never values).
+func fieldsOf(in api.SubscriptionInput) []string {
+	var f []string
+	add := func(set bool, name string) {
+		if set {
+			f = append(f, name)
+		}
+	}
+	add(in.ID != nil, "id")
+	add(in.URL != nil, "url")
+	add(in.Events != nil, "events")
+	add(in.Secret != nil, "secret")
+	add(in.Active != nil, "active")
+	add(in.QueueWhileInactive != nil, "queue_while_inactive")
+	add(in.Filter != nil, "filter")
+	add(in.Headers != nil, "headers")
+	add(in.StandardWebhooks != nil, "standard_webhooks")
+	add(in.Ordering != nil, "ordering")
+	add(in.Description != nil, "description")
+	return f
+}
+
+// apply lays the request's fields over s.
+func apply(s *config.Subscription, desc *string, in api.SubscriptionInput) {
+	if in.URL != nil {
+		s.URL = *in.URL
+	}
+	if in.Events != nil {
+		s.Events = *in.Events
+	}
+	if in.Active != nil {
+		s.Active = *in.Active
+	}
+	if in.QueueWhileInactive != nil {
+		s.QueueWhileInactive = *in.QueueWhileInactive
+	}
+	if in.Filter != nil {
+		s.Filter = *in.Filter
+	}
+	if in.Headers != nil {
+		s.Headers = make(map[string]config.Secret, len(*in.Headers))
+		for k, v := range *in.Headers {
+			s.Headers[k] = config.Secret(v)
+		}
+	}
+	if in.StandardWebhooks != nil {
+		s.StandardWebhooks = *in.StandardWebhooks
+	}
+	if in.Ordering != nil {
+		s.Ordering = *in.Ordering
+	}
+	if in.Description != nil {
+		*desc = *in.Description
+	}
+}
+
+// problemsOf turns the configuration's problems into the API's.
+func problemsOf(ps config.Problems) *admin.ValidationError {
+	v := &admin.ValidationError{}
+	for _, p := range ps {
+		v.Problems = append(v.Problems, api.FieldProblem{Field: p.Path, Problem: p.Message})
+	}
+	return v
+}
+
+const maxDescription = 500
+
+// newSecret is a generated secret: 32 random bytes, in the whsec_ form
+// Standard Webhooks libraries take, or base64 for X-DZDESK-Signature.
+func newSecret(standard bool) string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	if standard {
+		return "whsec_" + base64.StdEncoding.EncodeToString(b[:])
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// newID is a generated subscription id: wh_ and 12 random characters.
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "wh_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))[:12]
+}
+
+func (m managerOf) noKey() error {
+	return &admin.ConflictError{Message: "subscriptions cannot be created through the API without a key to encrypt their secrets: set secrets.key in the configuration to 32 random bytes in base64 (openssl rand -base64 32; e.g. key: ${file:/run/secrets/dzhook-key}) and restart dzhook"}
+}
+
+func (m managerOf) configSourced(id string) error {
+	file := m.e.opts.ConfigFile
+	if file == "" {
+		file = "the configuration file"
+	}
+	return &admin.ConflictError{Message: fmt.Sprintf("subscription %q is defined in %s (config.yaml): change or delete it there; the API changes only subscriptions created through it", id, file)}
+}
+
+func (m managerOf) isConfig(id string) bool {
+	m.e.runtime.mu.Lock()
+	defer m.e.runtime.mu.Unlock()
+	return slices.ContainsFunc(m.e.runtime.cfgSubs, func(c config.Subscription) bool { return c.ID == id })
+}
+
+func (m managerOf) status(id string) (api.Subscription, error) {
+	for _, st := range m.e.dispatcher.Subscriptions() {
+		if st.ID == id {
+			return admin.SubscriptionOf(st), nil
+		}
+	}
+	return api.Subscription{}, admin.ErrNotFound
+}
+
+func (m managerOf) seal(id string, sp sealedPart) (string, error) {
+	b, err := json.Marshal(sp)
+	if err != nil {
+		return "", err
+	}
+	return m.e.runtime.ring.Seal(b, []byte(id))
+}
+
+func specOf(s config.Subscription, desc string) ([]byte, error) {
+	return json.Marshal(runtimeSpec{URL: s.URL, Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
+		Filter: s.Filter, StandardWebhooks: s.StandardWebhooks, Ordering: s.Ordering, Description: desc})
+}
+
+func headersOf(s config.Subscription) map[string]string {
+	if len(s.Headers) == 0 {
+		return nil
+	}
+	h := make(map[string]string, len(s.Headers))
+	for k, v := range s.Headers {
+		h[k] = v.Reveal()
+	}
+	return h
+}
+
+func (m managerOf) validate(s config.Subscription, desc string) error {
+	m.e.runtime.mu.Lock()
+	cfg := m.e.runtime.cfg
+	m.e.runtime.mu.Unlock()
+	ps := cfg.ValidateSubscription(s)
+	if len(desc) > maxDescription {
+		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters", maxDescription)})
+	}
+	if len(ps) > 0 {
+		return problemsOf(ps)
+	}
+	return nil
+}
+
+// CreateSubscription implements admin.Manager.
+func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionInput, client string) (api.CreatedSubscription, error) {
+	e := m.e
+	if !e.runtime.ring.CanSeal() {
+		return api.CreatedSubscription{}, m.noKey()
+	}
+	s := config.DefaultSubscription()
+	desc := ""
+	apply(&s, &desc, in)
+	s.ID = newID()
+	if in.ID != nil {
+		s.ID = *in.ID
+	}
+	secret := ""
+	if in.Secret != nil {
+		secret = *in.Secret
+	} else {
+		secret = newSecret(s.StandardWebhooks)
+	}
+	s.Secret = config.Secret(secret)
+	if err := m.validate(s, desc); err != nil {
+		return api.CreatedSubscription{}, err
+	}
+	if m.isConfig(s.ID) {
+		return api.CreatedSubscription{}, &admin.ConflictError{Message: fmt.Sprintf("subscription %q is defined in config.yaml: choose another id", s.ID)}
+	}
+	spec, err := specOf(s, desc)
+	if err != nil {
+		return api.CreatedSubscription{}, err
+	}
+	sealed, err := m.seal(s.ID, sealedPart{Secret: secret, Headers: headersOf(s)})
+	if err != nil {
+		return api.CreatedSubscription{}, err
+	}
+	err = e.journal.CreateRuntime(ctx, journal.RuntimeSubscription{ID: s.ID, Spec: spec, Secret: sealed},
+		journal.AuditRow{Action: "create", Subscription: s.ID, Fields: fieldsOf(in), Client: client})
+	if errors.Is(err, journal.ErrExists) {
+		return api.CreatedSubscription{}, &admin.ConflictError{Message: fmt.Sprintf("a subscription with id %q exists", s.ID)}
+	}
+	if err != nil {
+		return api.CreatedSubscription{}, err
+	}
+	if err := e.syncRuntime(ctx, nil); err != nil {
+		return api.CreatedSubscription{}, err
+	}
+	st, err := m.status(s.ID)
+	if err != nil {
+		return api.CreatedSubscription{}, err
+	}
+	return api.CreatedSubscription{Subscription: st, Secret: secret}, nil
+}
+
+// current returns the runtime subscription id as this process holds it.
+func (m managerOf) current(id string) (runtimeSub, error) {
+	m.e.runtime.mu.Lock()
+	rs, ok := m.e.runtime.subs[id]
+	m.e.runtime.mu.Unlock()
+	if ok {
+		return rs, nil
+	}
+	if m.isConfig(id) {
+		return runtimeSub{}, m.configSourced(id)
+	}
+	return runtimeSub{}, admin.ErrNotFound
+}
+
+// UpdateSubscription implements admin.Manager.
+func (m managerOf) UpdateSubscription(ctx context.Context, id string, in api.SubscriptionInput, client string) (api.Subscription, error) {
+	e := m.e
+	var ps []api.FieldProblem
+	if in.ID != nil && *in.ID != id {
+		ps = append(ps, api.FieldProblem{Field: "id", Problem: "cannot be changed: create a new subscription and delete this one"})
+	}
+	if in.Secret != nil {
+		ps = append(ps, api.FieldProblem{Field: "secret", Problem: "is changed by rotation: POST /v1/subscriptions/" + id + "/secret"})
+	}
+	if len(ps) > 0 {
+		return api.Subscription{}, &admin.ValidationError{Problems: ps}
+	}
+	if err := e.syncRuntime(ctx, nil); err != nil { // the latest, whoever changed it
+		return api.Subscription{}, err
+	}
+	rs, err := m.current(id)
+	if err != nil {
+		return api.Subscription{}, err
+	}
+	if rs.cfg.StandardWebhooks != (in.StandardWebhooks != nil && *in.StandardWebhooks) && in.StandardWebhooks != nil {
+		return api.Subscription{}, &admin.ValidationError{Problems: []api.FieldProblem{{Field: "standard_webhooks",
+			Problem: "cannot be switched on an existing subscription (its secret's form differs): rotate the secret to the new form, or create a new subscription"}}}
+	}
+	s, desc := rs.cfg, rs.description
+	apply(&s, &desc, in)
+	if err := m.validate(s, desc); err != nil {
+		return api.Subscription{}, err
+	}
+	spec, err := specOf(s, desc)
+	if err != nil {
+		return api.Subscription{}, err
+	}
+	a := journal.AuditRow{Action: "update", Subscription: id, Fields: fieldsOf(in), Client: client}
+	if in.Headers != nil {
+		// Headers are sealed with the secret: write both.
+		sealed, err := m.seal(id, sealedPart{Secret: s.Secret.Reveal(), Headers: headersOf(s)})
+		if err != nil {
+			return api.Subscription{}, err
+		}
+		err = e.journal.UpdateRuntimeSealed(ctx, id, spec, sealed, a)
+		if err != nil {
+			return api.Subscription{}, m.mapErr(id, err)
+		}
+	} else if err := e.journal.UpdateRuntime(ctx, id, spec, a); err != nil {
+		return api.Subscription{}, m.mapErr(id, err)
+	}
+	if err := e.syncRuntime(ctx, nil); err != nil {
+		return api.Subscription{}, err
+	}
+	return m.status(id)
+}
+
+func (m managerOf) mapErr(id string, err error) error {
+	if errors.Is(err, journal.ErrNoSubscription) {
+		if m.isConfig(id) {
+			return m.configSourced(id)
+		}
+		return admin.ErrNotFound
+	}
+	return err
+}
+
+// DeleteSubscription implements admin.Manager.
+func (m managerOf) DeleteSubscription(ctx context.Context, id, client string) (api.Deleted, error) {
+	e := m.e
+	if m.isConfig(id) {
+		return api.Deleted{}, m.configSourced(id)
+	}
+	n, err := e.journal.DeleteRuntime(ctx, id, journal.AuditRow{Action: "delete", Subscription: id, Client: client})
+	if err != nil {
+		return api.Deleted{}, m.mapErr(id, err)
+	}
+	// Stop it here now: its queue goes back to the journal, attempts in
+	// flight finish; what that leaves pending is cancelled too.
+	if err := e.syncRuntime(ctx, nil); err != nil {
+		return api.Deleted{ID: id, Cancelled: n}, err
+	}
+	more, err := e.journal.CancelDeliveries(ctx, id)
+	return api.Deleted{ID: id, Cancelled: n + more}, err
+}
+
+// DefaultOverlap is how long a rotated secret stays valid.
+const DefaultOverlap = 24 * time.Hour
+
+// RotateSecret implements admin.Manager.
+func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRotation, client string) (api.RotatedSecret, error) {
+	e := m.e
+	if err := e.syncRuntime(ctx, nil); err != nil {
+		return api.RotatedSecret{}, err
+	}
+	rs, err := m.current(id)
+	if err != nil {
+		return api.RotatedSecret{}, err
+	}
+	overlap := DefaultOverlap
+	var ps []api.FieldProblem
+	if in.Overlap != nil {
+		d, err := time.ParseDuration(*in.Overlap)
+		switch {
+		case err != nil:
+			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: fmt.Sprintf("%q is not a duration such as 24h or 90m", *in.Overlap)})
+		case d < 0 || d > 30*24*time.Hour:
+			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "must be between 0s and 720h"})
+		default:
+			overlap = d
+		}
+	}
+	activate := "end_of_overlap"
+	if in.Activate != nil {
+		activate = *in.Activate
+		if activate != "now" && activate != "end_of_overlap" {
+			ps = append(ps, api.FieldProblem{Field: "activate", Problem: fmt.Sprintf("%q is not one of now, end_of_overlap", activate)})
+		}
+	}
+	secret := newSecret(rs.cfg.StandardWebhooks)
+	if in.Secret != nil {
+		secret = *in.Secret
+	}
+	next := rs.cfg
+	next.Secret = config.Secret(secret)
+	for _, p := range m.e.runtime.cfg.ValidateSubscription(next) {
+		if p.Path == "secret" {
+			ps = append(ps, api.FieldProblem{Field: "secret", Problem: p.Message})
+		}
+	}
+	if secret == rs.cfg.Secret.Reveal() {
+		ps = append(ps, api.FieldProblem{Field: "secret", Problem: "is the current secret"})
+	}
+	if len(ps) > 0 {
+		return api.RotatedSecret{}, &admin.ValidationError{Problems: ps}
+	}
+	now := time.Now().UTC()
+	until, switchAt := now.Add(overlap), now.Add(overlap)
+	if activate == "now" {
+		switchAt = now
+	}
+	sealed, err := m.seal(id, sealedPart{Secret: secret, Headers: headersOf(rs.cfg)})
+	if err != nil {
+		return api.RotatedSecret{}, err
+	}
+	prev, err := m.seal(id, sealedPart{Secret: rs.cfg.Secret.Reveal()})
+	if err != nil {
+		return api.RotatedSecret{}, err
+	}
+	if err := e.journal.RotateRuntime(ctx, id, sealed, prev, until, switchAt,
+		journal.AuditRow{Action: "rotate", Subscription: id, Fields: []string{"secret"}, Client: client}); err != nil {
+		return api.RotatedSecret{}, m.mapErr(id, err)
+	}
+	if err := e.syncRuntime(ctx, nil); err != nil {
+		return api.RotatedSecret{}, err
+	}
+	return api.RotatedSecret{Secret: secret, PreviousValidUntil: until, SignatureSwitchAt: switchAt}, nil
+}
+
+// Record implements admin.Manager.
+func (m managerOf) Record(ctx context.Context, action, subscription, client string, fields []string) error {
+	return m.e.journal.Audit(ctx, journal.AuditRow{Action: action, Subscription: subscription, Fields: fields, Client: client})
+}
+
+// Audit implements admin.Manager.
+func (m managerOf) Audit(ctx context.Context, limit int, cursor string) (api.AuditPage, error) {
+	rows, next, err := m.e.journal.AuditTrail(ctx, limit, cursor)
+	if err != nil {
+		return api.AuditPage{}, err
+	}
+	page := api.AuditPage{Entries: make([]api.AuditEntry, len(rows)), NextCursor: next}
+	for i, r := range rows {
+		f := slices.Clone(r.Fields)
+		sort.Strings(f)
+		page.Entries[i] = api.AuditEntry{ID: r.ID, At: r.At.UTC(), Action: r.Action, Subscription: r.Subscription, Fields: f, Client: r.Client}
+	}
+	return page, nil
+}

@@ -1,0 +1,284 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/admin"
+	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
+)
+
+const secretsKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+func ptr[T any](v T) *T { return &v }
+
+// runtimeConfig is a configuration with a secrets key and the given
+// config.yaml subscriptions.
+func runtimeConfig(t *testing.T, db *pgtest.DB, subs ...string) *config.Config {
+	t.Helper()
+	return testConfigWith(t, db, "admin:\n  listen: \"\"\nsecrets:\n  key: "+secretsKey+"\n", "  retry_schedule: [0s, 100ms]", subs...)
+}
+
+// verified returns the requests rc received for event id that verify
+// with secret.
+func verified(rc *testutil.Receiver, secret, id string) int {
+	n := 0
+	for _, r := range rc.Requests() {
+		if strings.Contains(string(r.Body), `"id":"`+id+`"`) && signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(secret)) == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRuntimeSubscriptionLifecycle: a subscription created through the
+// manager receives events signed with its secret; a change of its events
+// applies; a rotation signs with the new secret when asked; a delete
+// cancels what waited; every step is in the audit trail; the secret is
+// nowhere in the journal in clear.
+func TestRuntimeSubscriptionLifecycle(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, runtimeConfig(t, db, sub("crm", rc.URL, "request.created")))
+	m := e.Manager()
+	ctx := context.Background()
+
+	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr(rc.URL + "/rt"), Events: ptr([]string{"request.created"}),
+		Headers: ptr(map[string]string{"Authorization": "Bearer header-credential-xyz"}), Description: ptr("made at runtime")}, "192.0.2.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Secret == "" || created.Source != "runtime" || !strings.HasPrefix(created.ID, "wh_") || created.Description != "made at runtime" {
+		t.Fatalf("created %+v", created)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 1 at the runtime subscription, signed with its secret", func() bool {
+		return verified(rc, created.Secret, "req_1") == 1
+	})
+
+	if _, err := m.UpdateSubscription(ctx, created.ID, api.SubscriptionInput{Events: ptr([]string{"request.updated"})}, "192.0.2.7"); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'two', 1)`, `UPDATE requests SET title = 'two!' WHERE id = 2`)
+	testutil.Eventually(t, 20*time.Second, "request 2's update at the runtime subscription", func() bool {
+		for _, r := range rc.Requests() {
+			if r.Header.Get(signer.HeaderEvent) == "request.updated" && strings.Contains(string(r.Body), `"req_2"`) {
+				return true
+			}
+		}
+		return false
+	})
+	if verified(rc, created.Secret, "req_2") != 1 { // the config subscription's request.created is signed with its own secret
+		t.Errorf("request 2 reached the runtime subscription %d times signed with its secret, want 1 (the update only)", verified(rc, created.Secret, "req_2"))
+	}
+
+	rot, err := m.RotateSecret(ctx, created.ID, api.SecretRotation{Activate: ptr("now")}, "192.0.2.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `UPDATE requests SET title = 'two again' WHERE id = 2`)
+	testutil.Eventually(t, 20*time.Second, "an update signed with the rotated secret", func() bool {
+		n := 0
+		for _, r := range rc.Requests() {
+			if strings.Contains(string(r.Body), "two again") && signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(rot.Secret)) == nil {
+				n++
+			}
+		}
+		return n == 1
+	})
+
+	// Pending deliveries are cancelled by a delete: pause so they wait.
+	if err := e.Dispatcher().Pause(ctx, created.ID); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `UPDATE requests SET title = 'waits' WHERE id IN (1, 2)`)
+	testutil.Eventually(t, 20*time.Second, "two deliveries waiting", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE subscription_id = $1 AND state IN ('pending', 'held', 'skipped')`, created.ID) >= 2
+	})
+	waiting := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE subscription_id = $1 AND state IN ('pending', 'held')`, created.ID)
+	del, err := m.DeleteSubscription(ctx, created.ID, "192.0.2.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if del.Cancelled != waiting {
+		t.Errorf("delete cancelled %d deliveries, want the %d waiting", del.Cancelled, waiting)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE subscription_id = $1 AND state IN ('pending', 'held')`, created.ID); n != 0 {
+		t.Errorf("%d deliveries of the deleted subscription still pending or held", n)
+	}
+	if e.Dispatcher().HasSubscription(created.ID) {
+		t.Error("the deleted subscription still runs")
+	}
+
+	page, err := m.Audit(ctx, 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, a := range page.Entries {
+		actions = append(actions, a.Action)
+		if a.Client != "192.0.2.7" || a.Subscription != created.ID {
+			t.Errorf("audit entry %+v", a)
+		}
+	}
+	if got := strings.Join(actions, ","); got != "delete,rotate,update,create" {
+		t.Errorf("audit actions %s, want delete,rotate,update,create", got)
+	}
+	for _, secret := range []string{created.Secret, rot.Secret, "header-credential-xyz"} {
+		if n := queryInt(t, db, `SELECT count(*) FROM dzhook.runtime_subscriptions r WHERE strpos(r::text, $1) > 0`, secret); n != 0 {
+			t.Errorf("a secret is stored in clear in runtime_subscriptions")
+		}
+		if n := queryInt(t, db, `SELECT count(*) FROM dzhook.audit a WHERE strpos(a::text, $1) > 0`, secret); n != 0 {
+			t.Errorf("a secret is in the audit trail")
+		}
+	}
+}
+
+// TestRuntimeValidationAndConflicts: every problem of a body at once, with
+// its field; config.yaml's subscriptions are refused with 409 naming the
+// file; no key: 409 saying how to set one.
+func TestRuntimeValidationAndConflicts(t *testing.T) {
+	db := newDB(t)
+	e := start(t, runtimeConfig(t, db, sub("crm", "https://example.com/hook", "request.created")))
+	m := e.Manager()
+	ctx := context.Background()
+
+	_, err := m.CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("Bad Id"), URL: ptr("ftp://x"), Events: ptr([]string{"request.crated"}),
+		Secret: ptr("short"), Filter: ptr("data.priority =="), Ordering: ptr("sideways"), Headers: ptr(map[string]string{"Content-Type": "x"})}, "")
+	var ve *admin.ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("create with six mistakes: %v", err)
+	}
+	fields := map[string]bool{}
+	for _, p := range ve.Problems {
+		fields[p.Field] = true
+	}
+	for _, f := range []string{"id", "url", "events[0]", "secret", "filter", "ordering", "headers.Content-Type"} {
+		if !fields[f] {
+			t.Errorf("no problem for field %s in %+v", f, ve.Problems)
+		}
+	}
+	var ce *admin.ConflictError
+	if _, err := m.UpdateSubscription(ctx, "crm", api.SubscriptionInput{URL: ptr("https://example.com/other")}, ""); !errors.As(err, &ce) || !strings.Contains(ce.Message, "config.yaml") {
+		t.Errorf("update of a config.yaml subscription: %v, want a conflict naming the file", err)
+	}
+	if _, err := m.DeleteSubscription(ctx, "crm", ""); !errors.As(err, &ce) {
+		t.Errorf("delete of a config.yaml subscription: %v, want a conflict", err)
+	}
+	if _, err := m.CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("crm"), URL: ptr("https://example.com/x"), Events: ptr([]string{"*"})}, ""); !errors.As(err, &ce) {
+		t.Errorf("create reusing a config.yaml id: %v, want a conflict", err)
+	}
+	if _, err := m.UpdateSubscription(ctx, "nope", api.SubscriptionInput{URL: ptr("https://example.com/x")}, ""); !errors.Is(err, admin.ErrNotFound) {
+		t.Errorf("update of an unknown id: %v, want not found", err)
+	}
+	if _, err := m.UpdateSubscription(ctx, "crm", api.SubscriptionInput{Secret: ptr("0123456789abcdefghij")}, ""); !errors.As(err, &ve) {
+		t.Errorf("a secret in a change: %v, want a validation error", err)
+	}
+
+	nokey := start(t, testConfig(t, db, ""))
+	if _, err := nokey.Manager().CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/x"), Events: ptr([]string{"*"})}, ""); !errors.As(err, &ce) || !strings.Contains(ce.Message, "secrets.key") {
+		t.Errorf("create without a secrets key: %v, want a conflict saying how to set one", err)
+	}
+}
+
+// TestRuntimeSharedAcrossProcesses: a subscription created through one
+// process is in force on another on the same journal within 2 s, kept
+// across a restart, untouched by a config reload; a config.yaml that
+// reuses its id is refused, naming it.
+func TestRuntimeSharedAcrossProcesses(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := runtimeConfig(t, db)
+	a := start(t, cfg)
+	b, stopB := startStoppable(t, cfg)
+	ctx := context.Background()
+	created, err := a.Manager().CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("shared"), URL: ptr(rc.URL), Events: ptr([]string{"request.created"})}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	testutil.Eventually(t, 5*time.Second, "the other process runs it", func() bool { return b.Dispatcher().HasSubscription("shared") })
+	if took := time.Since(began); took > 2*time.Second {
+		t.Errorf("the other process ran the new subscription after %s, want within 2s", took.Round(time.Millisecond))
+	}
+	// A config reload of either keeps it.
+	if err := a.Reload(ctx, runtimeConfig(t, db, sub("crm", rc.URL, "request.created"))); err != nil {
+		t.Fatal(err)
+	}
+	if !a.Dispatcher().HasSubscription("shared") || !a.Dispatcher().HasSubscription("crm") {
+		t.Error("a config reload dropped the runtime subscription")
+	}
+	err = a.Reload(ctx, runtimeConfig(t, db, sub("shared", rc.URL, "request.created")))
+	if err == nil || !strings.Contains(err.Error(), `"shared"`) {
+		t.Errorf("a config.yaml reusing a runtime id: %v, want refused naming it", err)
+	}
+	// Kept across a restart.
+	stopB()
+	c := start(t, cfg)
+	if !c.Dispatcher().HasSubscription("shared") {
+		t.Fatal("a restarted process lost the runtime subscription")
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	testutil.Eventually(t, 20*time.Second, "delivered with its secret", func() bool { return verified(rc, created.Secret, "req_1") >= 1 })
+	// A delete through one is in force on the other within 2 s.
+	if _, err := c.Manager().DeleteSubscription(ctx, "shared", ""); err != nil {
+		t.Fatal(err)
+	}
+	began = time.Now()
+	testutil.Eventually(t, 5*time.Second, "the delete in force on the other process", func() bool { return !a.Dispatcher().HasSubscription("shared") })
+	if took := time.Since(began); took > 2*time.Second {
+		t.Errorf("the delete reached the other process after %s, want within 2s", took.Round(time.Millisecond))
+	}
+	// A start with a config.yaml that reuses a runtime id is refused.
+	if _, err := a.Manager().CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("again"), URL: ptr(rc.URL), Events: ptr([]string{"*"})}, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(ctx, runtimeConfig(t, db, sub("again", rc.URL, "request.created")), Options{Logger: testutil.Logger(t)})
+	if err == nil || !strings.Contains(err.Error(), `"again"`) {
+		t.Errorf("start with a config.yaml reusing a runtime id: %v, want refused naming it", err)
+	}
+}
+
+// TestRotationOverlapStandardWebhooks: during a rotation's overlap a
+// Standard Webhooks delivery carries both signatures, and X-DZDESK-
+// Signature keeps the old secret until the end of the overlap.
+func TestRotationOverlapStandardWebhooks(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, runtimeConfig(t, db))
+	ctx := context.Background()
+	created, err := e.Manager().CreateSubscription(ctx, api.SubscriptionInput{URL: ptr(rc.URL), Events: ptr([]string{"request.created"}), StandardWebhooks: ptr(true)}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(created.Secret, "whsec_") {
+		t.Fatalf("a generated Standard Webhooks secret %q lacks whsec_", created.Secret[:6])
+	}
+	rot, err := e.Manager().RotateSecret(ctx, created.ID, api.SecretRotation{Overlap: ptr("1h")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	reqs := rc.Wait(t, 1, 20*time.Second)
+	r := reqs[0]
+	oldKey, _ := signer.StandardKey(created.Secret)
+	newKey, _ := signer.StandardKey(rot.Secret)
+	for name, key := range map[string][]byte{"old": oldKey, "new": newKey} {
+		if err := signer.VerifyStandard(r.Header, r.Body, time.Now(), key); err != nil {
+			t.Errorf("webhook-signature does not verify with the %s secret during the overlap: %v", name, err)
+		}
+	}
+	if n := len(strings.Fields(r.Header.Get(signer.HeaderWebhookSignature))); n != 2 {
+		t.Errorf("webhook-signature carries %d signatures, want 2", n)
+	}
+	if err := signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(created.Secret)); err != nil {
+		t.Errorf("X-DZDESK-Signature should stay on the old secret until the overlap ends: %v", err)
+	}
+}

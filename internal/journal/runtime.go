@@ -1,0 +1,229 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// RuntimeSubscription is a subscription managed through the admin API, as
+// the journal keeps it: Spec holds every field but the secrets (JSON);
+// the secrets are sealed (internal/secretbox).
+type RuntimeSubscription struct {
+	ID     string
+	Spec   []byte
+	Secret string
+	// PreviousSecret stays valid until PreviousUntil after a rotation;
+	// SwitchAt is when X-DZDESK-Signature moves to Secret.
+	PreviousSecret string
+	PreviousUntil  *time.Time
+	SwitchAt       *time.Time
+	Rev            int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+}
+
+// AuditRow is one change to the subscriptions.
+type AuditRow struct {
+	ID           int64
+	At           time.Time
+	Action       string
+	Subscription string
+	Fields       []string
+	Client       string
+}
+
+// ErrExists: a runtime subscription has that id already.
+var ErrExists = errors.New("a subscription with this id exists")
+
+// ErrNoSubscription: no runtime subscription has that id.
+var ErrNoSubscription = errors.New("no such runtime subscription")
+
+// RuntimeRev is the highest revision of the runtime subscriptions (0 when
+// none ever existed): it moves on every change, deletes included.
+func (s *Store) RuntimeRev(ctx context.Context) (int64, error) {
+	var rev int64
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT coalesce(max(rev), 0) FROM {{schema}}.runtime_subscriptions`)).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("read the runtime subscriptions' revision: %w", err)
+	}
+	return rev, nil
+}
+
+// RuntimeSubscriptions lists the runtime subscriptions not deleted, with
+// the revision they are as of, and the ids of those deleted.
+func (s *Store) RuntimeSubscriptions(ctx context.Context) (subs []RuntimeSubscription, deleted []string, rev int64, err error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, spec, secret, coalesce(previous_secret, ''), previous_until, switch_at, rev, created_at, updated_at, deleted_at IS NOT NULL
+		FROM {{schema}}.runtime_subscriptions ORDER BY created_at, id`))
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("read the runtime subscriptions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r RuntimeSubscription
+		var gone bool
+		if err := rows.Scan(&r.ID, &r.Spec, &r.Secret, &r.PreviousSecret, &r.PreviousUntil, &r.SwitchAt, &r.Rev, &r.CreatedAt, &r.UpdatedAt, &gone); err != nil {
+			return nil, nil, 0, fmt.Errorf("read the runtime subscriptions: %w", err)
+		}
+		rev = max(rev, r.Rev)
+		if gone {
+			deleted = append(deleted, r.ID)
+		} else {
+			subs = append(subs, r)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, 0, fmt.Errorf("read the runtime subscriptions: %w", err)
+	}
+	return subs, deleted, rev, nil
+}
+
+// CreateRuntime stores a new runtime subscription (or one whose id was
+// deleted before) and its audit entry, in one transaction.
+func (s *Store) CreateRuntime(ctx context.Context, r RuntimeSubscription, a AuditRow) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.runtime_subscriptions AS r (id, spec, secret, rev)
+			VALUES ($1, $2, $3, nextval('{{schema}}.runtime_rev'))
+			ON CONFLICT (id) DO UPDATE SET spec = EXCLUDED.spec, secret = EXCLUDED.secret, previous_secret = NULL,
+				previous_until = NULL, switch_at = NULL, rev = EXCLUDED.rev, created_at = now(), updated_at = now(), deleted_at = NULL
+			WHERE r.deleted_at IS NOT NULL`), r.ID, r.Spec, r.Secret)
+		if err != nil {
+			return fmt.Errorf("store the subscription: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrExists
+		}
+		return s.audit(ctx, tx, a)
+	})
+}
+
+// UpdateRuntime replaces a runtime subscription's spec.
+func (s *Store) UpdateRuntime(ctx context.Context, id string, spec []byte, a AuditRow) error {
+	return s.changeRuntime(ctx, a, `UPDATE {{schema}}.runtime_subscriptions SET spec = $2, rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
+		WHERE id = $1 AND deleted_at IS NULL`, id, spec)
+}
+
+// RotateRuntime sets a new secret, keeping the previous one until until;
+// X-DZDESK-Signature switches at switchAt.
+func (s *Store) RotateRuntime(ctx context.Context, id, secret, previous string, until, switchAt time.Time, a AuditRow) error {
+	return s.changeRuntime(ctx, a, `UPDATE {{schema}}.runtime_subscriptions SET secret = $2, previous_secret = $3, previous_until = $4, switch_at = $5,
+			rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
+		WHERE id = $1 AND deleted_at IS NULL`, id, secret, previous, until, switchAt)
+}
+
+// DeleteRuntime marks a runtime subscription deleted and cancels its
+// pending and held deliveries (CancelDeliveries), with its audit entry.
+func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.runtime_subscriptions SET deleted_at = now(), rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
+			WHERE id = $1 AND deleted_at IS NULL`), id)
+		if err != nil {
+			return fmt.Errorf("delete the subscription: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNoSubscription
+		}
+		if n, err = s.cancel(ctx, tx, id); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, a)
+	})
+	return n, err
+}
+
+// CancelDeliveries cancels the pending and held deliveries of a deleted
+// subscription that no process is attempting (owner NULL, or an owner
+// that ran the subscription before it was deleted and has let go). Each
+// process runs it again once it stopped the subscription, for those its
+// attempts in flight left pending.
+func (s *Store) CancelDeliveries(ctx context.Context, subscription string) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		n, err = s.cancel(ctx, tx, subscription)
+		return err
+	})
+	return n, err
+}
+
+func (s *Store) cancel(ctx context.Context, tx pgx.Tx, subscription string) (int, error) {
+	tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL,
+			last_error = 'cancelled: the subscription was deleted', updated_at = now()
+		WHERE subscription_id = $1 AND state IN ('pending', 'held') AND owner IS NULL`), subscription)
+	if err != nil {
+		return 0, fmt.Errorf("cancel the subscription's deliveries: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Audit adds an entry to the audit trail (pause, resume).
+func (s *Store) Audit(ctx context.Context, a AuditRow) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return s.audit(ctx, tx, a) })
+}
+
+func (s *Store) audit(ctx context.Context, tx pgx.Tx, a AuditRow) error {
+	_, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.audit (action, subscription_id, fields, client) VALUES ($1, $2, $3, $4)`),
+		a.Action, a.Subscription, a.Fields, a.Client)
+	if err != nil {
+		return fmt.Errorf("record the change in the audit trail: %w", err)
+	}
+	return nil
+}
+
+// AuditTrail lists the audit trail, newest first, limit entries before
+// cursor (an entry's id; "" for the newest), and the next cursor.
+func (s *Store) AuditTrail(ctx context.Context, limit int, cursor string) ([]AuditRow, string, error) {
+	before := int64(1<<63 - 1)
+	if cursor != "" {
+		v, err := strconv.ParseInt(cursor, 10, 64)
+		if err != nil || v <= 0 {
+			return nil, "", ErrBadCursor
+		}
+		before = v
+	}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, at, action, subscription_id, coalesce(fields, '{}'), client
+		FROM {{schema}}.audit WHERE id < $1 ORDER BY id DESC LIMIT $2`), before, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("read the audit trail: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditRow, error) {
+		var a AuditRow
+		err := r.Scan(&a.ID, &a.At, &a.Action, &a.Subscription, &a.Fields, &a.Client)
+		return a, err
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("read the audit trail: %w", err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = strconv.FormatInt(out[limit-1].ID, 10)
+	}
+	return out, next, nil
+}
+
+func (s *Store) changeRuntime(ctx context.Context, a AuditRow, sql string, args ...any) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var tag pgconn.CommandTag
+		tag, err := tx.Exec(ctx, s.q(sql), args...)
+		if err != nil {
+			return fmt.Errorf("change the subscription: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNoSubscription
+		}
+		return s.audit(ctx, tx, a)
+	})
+}
+
+// UpdateRuntimeSealed replaces a runtime subscription's spec and its
+// sealed part (the secret and headers).
+func (s *Store) UpdateRuntimeSealed(ctx context.Context, id string, spec []byte, sealed string, a AuditRow) error {
+	return s.changeRuntime(ctx, a, `UPDATE {{schema}}.runtime_subscriptions SET spec = $2, secret = $3, rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
+		WHERE id = $1 AND deleted_at IS NULL`, id, spec, sealed)
+}
