@@ -236,7 +236,13 @@ func (e *Engine) syncRuntime(ctx context.Context, next *config.Config) error {
 	defer rt.mu.Unlock()
 	subs, order, deleted, rev, err := rt.load(ctx, e.journal)
 	if err != nil {
-		return err
+		if next == nil {
+			return err
+		}
+		// A reload of the file does not wait for the journal: the runtime
+		// subscriptions as last read stay, and the poll catches up.
+		e.log.Warn("configuration reload: the runtime subscriptions could not be read; those last read stay", "err", err)
+		subs, order, deleted, rev = rt.subs, rt.order, nil, rt.rev
 	}
 	cfgSubs := rt.cfgSubs
 	if next != nil {
