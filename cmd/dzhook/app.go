@@ -39,19 +39,21 @@ type cli struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"run":        {"stream the database's changes and deliver the webhooks", runRun},
-		"setup":      {"create the publication, replication slot and journal (idempotent)", runSetup},
-		"validate":   {"check a configuration file and report every problem", runValidate},
-		"status":     {"subscriptions: state, backlog, response times (admin API)", runStatus},
-		"health":     {"probe a running dzhook: /healthz, or /readyz with --ready (exit 0 when it answers 200)", runHealth},
-		"deliveries": {"delivery history, or one delivery's attempts (deliveries show ID)", runDeliveries},
-		"retry":      {"retry a delivery now, or a subscription's failed ones", runRetry},
-		"test":       {"send a sample event to a subscription", runTest},
-		"pause":      {"pause a subscription", runPause},
-		"resume":     {"resume a subscription; held deliveries go out", runResume},
-		"listen":     {"local receiver that verifies signatures and prints events", runListen},
-		"events":     {"list the event catalog", runEvents},
-		"version":    {"print the version", runVersion},
+		"run":           {"stream the database's changes and deliver the webhooks", runRun},
+		"setup":         {"create the publication, replication slot and journal (idempotent)", runSetup},
+		"validate":      {"check a configuration file and report every problem", runValidate},
+		"status":        {"subscriptions: state, backlog, response times (admin API)", runStatus},
+		"health":        {"probe a running dzhook: /healthz, or /readyz with --ready (exit 0 when it answers 200)", runHealth},
+		"deliveries":    {"delivery history, or one delivery's attempts (deliveries show ID)", runDeliveries},
+		"retry":         {"retry a delivery now, or a subscription's failed ones", runRetry},
+		"test":          {"send a sample event to a subscription", runTest},
+		"pause":         {"pause a subscription", runPause},
+		"resume":        {"resume a subscription; held deliveries go out", runResume},
+		"subscriptions": {"list, show, create, update, delete subscriptions; rotate-secret", runSubscriptions},
+		"audit":         {"the audit trail of changes to subscriptions", runAudit},
+		"listen":        {"local receiver that verifies signatures and prints events", runListen},
+		"events":        {"list the event catalog", runEvents},
+		"version":       {"print the version", runVersion},
 	}
 }
 
@@ -101,7 +103,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-11s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-13s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'dzhook <command> -h' for a command's flags.")
 }

@@ -30,6 +30,8 @@ type client struct {
 type apiError struct {
 	status int
 	msg    string
+	// problems are a refused body's, each with its field.
+	problems []api.FieldProblem
 }
 
 func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.status) }
@@ -100,14 +102,14 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		return nil, err
 	}
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
-		var e api.Error
+		var e api.ValidationErrors // api.Error, and a body's problems
 		if json.Unmarshal(raw, &e) != nil || e.Message == "" {
 			e.Message = printable(strings.TrimSpace(string(raw)), true)
 		}
 		if resp.StatusCode == http.StatusUnauthorized && c.token == "" && !strings.Contains(e.Message, "DZHOOK_ADMIN_TOKEN") {
 			e.Message += "; set DZHOOK_ADMIN_TOKEN"
 		}
-		return raw, &apiError{status: resp.StatusCode, msg: e.Message}
+		return raw, &apiError{status: resp.StatusCode, msg: e.Message, problems: e.Errors}
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -117,11 +119,19 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	return raw, nil
 }
 
-// fail prints an API error and returns the exit code.
+// fail prints an API error and returns the exit code. A refused body's
+// problems are printed one a line, "field: problem".
 func fail(env *cli, cmd string, err error) int {
-	fmt.Fprintf(env.stderr, "dzhook %s: %v\n", cmd, err)
 	var ae *apiError
-	if errors.As(err, &ae) && ae.status == http.StatusBadRequest {
+	if errors.As(err, &ae) && len(ae.problems) > 0 {
+		fmt.Fprintf(env.stderr, "dzhook %s: refused (HTTP %d):\n", cmd, ae.status)
+		for _, p := range ae.problems {
+			fmt.Fprintf(env.stderr, "  %s: %s\n", printable(p.Field, false), printable(p.Problem, false))
+		}
+	} else {
+		fmt.Fprintf(env.stderr, "dzhook %s: %v\n", cmd, err)
+	}
+	if ae != nil && ae.status == http.StatusBadRequest {
 		return exitUsage
 	}
 	return exitFailure

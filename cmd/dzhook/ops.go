@@ -102,7 +102,7 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 	fs := newFlags(env, "deliveries", "[show ID] [--subscription S] [--status failed] [--event E] [--since 2h] [--until T] [--limit N] [--cursor C] [--json]")
 	admin, cfg, asJSON := adminFlags(env, fs)
 	sub := fs.String("subscription", "", "only this `subscription`")
-	status := fs.String("status", "", "only this `state`: pending, delivered, failed, skipped, held")
+	status := fs.String("status", "", "only this `state`: pending, delivered, failed, skipped, held, cancelled")
 	event := fs.String("event", "", "only this `event` type")
 	since := fs.String("since", "", "created after this `time` (RFC 3339, or a duration ago: 2h)")
 	until := fs.String("until", "", "created before this `time`")

@@ -1,0 +1,400 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+
+	"github.com/dzdesk/dzhook/internal/api"
+)
+
+// runSubscriptions lists, shows, creates, changes and deletes
+// subscriptions and rotates their secrets. Only runtime subscriptions
+// (created through the API) can be changed; those of config.yaml are
+// changed in the file (the API answers 409 naming it).
+func runSubscriptions(ctx context.Context, env *cli, args []string) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+			subscriptionsUsage(env)
+			return exitOK
+		}
+		fmt.Fprintln(env.stderr, "dzhook subscriptions: give a subcommand")
+		subscriptionsUsage(env)
+		return exitUsage
+	}
+	verb, rest := args[0], args[1:]
+	switch verb {
+	case "list":
+		return listSubscriptions(ctx, env, rest)
+	case "show":
+		return showSubscription(ctx, env, rest)
+	case "create":
+		return changeSubscription(ctx, env, "create", rest)
+	case "update":
+		return changeSubscription(ctx, env, "update", rest)
+	case "delete":
+		return deleteSubscription(ctx, env, rest)
+	case "rotate-secret":
+		return rotateSecret(ctx, env, rest)
+	}
+	fmt.Fprintf(env.stderr, "dzhook subscriptions: unknown subcommand %q\n", verb)
+	subscriptionsUsage(env)
+	return exitUsage
+}
+
+func subscriptionsUsage(env *cli) {
+	fmt.Fprint(env.stderr, `Usage: dzhook subscriptions <subcommand> [flags]
+
+  list                       every subscription, from config.yaml and runtime
+  show ID                    one subscription
+  create --url U --events E  a runtime subscription (its secret is shown once)
+         [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR]
+         [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription]
+         [--description D]
+  update ID [flags]          change the fields given (the same flags; --active, --inactive)
+  delete ID                  delete it; its pending and held deliveries are cancelled
+  rotate-secret ID           a new secret, shown once; the old one stays valid for --overlap
+         [--secret S] [--overlap 24h] [--activate now|end_of_overlap]
+
+Every subcommand takes --admin URL, --config F and --json.
+Run 'dzhook subscriptions <subcommand> -h' for its flags.
+`)
+}
+
+// headerFlag collects --header K=V, repeated.
+type headerFlag map[string]string
+
+func (h headerFlag) String() string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ",") // names only: a header may carry a credential
+}
+
+func (h headerFlag) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not NAME=VALUE", v)
+	}
+	h[k] = val
+	return nil
+}
+
+func listSubscriptions(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "subscriptions list", "[--json]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	if code, stop := parseFlags(fs, args); stop {
+		return code
+	}
+	c := newClient(env, *admin, *cfg)
+	var out api.SubscriptionList
+	raw, err := c.do(ctx, "GET", "/v1/subscriptions", nil, &out)
+	if err != nil {
+		return fail(env, "subscriptions list", err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	tw := newTable(env.stdout)
+	fmt.Fprintln(tw, "SUBSCRIPTION\tSOURCE\tACTIVE\tSTATE\tEVENTS\tURL\tDESCRIPTION")
+	for _, s := range out.Subscriptions {
+		state := s.State
+		if s.Paused {
+			state += " (paused)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.ID, orDash(s.Source), s.Active, state, strings.Join(s.Events, ","),
+			printable(s.URL, false), orDash(printable(s.Description, false)))
+	}
+	_ = tw.Flush()
+	return exitOK
+}
+
+func showSubscription(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "subscriptions show", "ID [--json]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(env.stderr, "dzhook subscriptions show: give one subscription id")
+		fs.Usage()
+		return exitUsage
+	}
+	c := newClient(env, *admin, *cfg)
+	var out api.Subscription
+	raw, err := c.do(ctx, "GET", "/v1/subscriptions/"+url.PathEscape(pos[0]), nil, &out)
+	if err != nil {
+		return fail(env, "subscriptions show", err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	printSubscription(env, out)
+	return exitOK
+}
+
+// printSubscription prints a subscription's settings and state.
+func printSubscription(env *cli, s api.Subscription) {
+	state := s.State
+	if s.Paused {
+		state += " (paused)"
+	}
+	tw := newTable(env.stdout)
+	for _, kv := range [][2]string{
+		{"subscription", s.ID}, {"source", orDash(s.Source)}, {"description", orDash(printable(s.Description, false))},
+		{"url", printable(s.URL, false)}, {"events", strings.Join(s.Events, ", ")}, {"filter", orDash(printable(s.Filter, false))},
+		{"active", fmt.Sprint(s.Active)}, {"queue while inactive", fmt.Sprint(s.QueueWhileInactive)}, {"ordering", orDash(s.Ordering)},
+		{"state", state}, {"pending", fmt.Sprint(s.Pending)}, {"failed", fmt.Sprint(s.Failed)}, {"held", fmt.Sprint(s.Held)},
+		{"last success", when(s.LastSuccessAt)}, {"last failure", when(s.LastFailureAt)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	_ = tw.Flush()
+}
+
+// changeSubscription creates a subscription, or changes the fields whose
+// flags are given.
+func changeSubscription(ctx context.Context, env *cli, verb string, args []string) int {
+	name := "subscriptions " + verb
+	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription] [--description D]"
+	if verb == "update" {
+		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--ordering …] [--description D]"
+	}
+	fs := newFlags(env, name, synopsis)
+	admin, cfg, asJSON := adminFlags(env, fs)
+	u := fs.String("url", "", "the receiver's `URL` (https)")
+	events := fs.String("events", "", "the event `types`, comma-separated; globs allowed (request.*)")
+	inactive := fs.Bool("inactive", false, "make it inactive (deliveries skipped, or held with --queue-while-inactive)")
+	queue := fs.Bool("queue-while-inactive", false, "hold deliveries while inactive, rather than skip them")
+	filter := fs.String("filter", "", "a CEL `expression` the event must match")
+	headers := headerFlag{}
+	fs.Var(headers, "header", "an HTTP header sent with each delivery, `NAME=VALUE` (repeat the flag for more); on update, the whole set")
+	standard := fs.Bool("standard-webhooks", false, "sign as Standard Webhooks (webhook-signature) rather than X-DZDESK-Signature")
+	ordering := fs.String("ordering", "", "the order kept: `none`, entity or subscription")
+	description := fs.String("description", "", "a `note` for operators")
+	var id, secret *string
+	var active *bool
+	if verb == "create" {
+		id = fs.String("id", "", "the subscription `id` (lowercase letters, digits, - and _); generated when absent")
+		secret = fs.String("secret", "", "the signing `secret`; generated when absent (better: a command line is visible to other users of the machine)")
+	} else {
+		active = fs.Bool("active", false, "make it active")
+	}
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	path := "/v1/subscriptions"
+	switch {
+	case verb == "create" && len(pos) != 0:
+		fmt.Fprintf(env.stderr, "dzhook %s: unexpected argument %q (the id is --id)\n", name, pos[0])
+		fs.Usage()
+		return exitUsage
+	case verb == "update" && len(pos) != 1:
+		fmt.Fprintf(env.stderr, "dzhook %s: give one subscription id\n", name)
+		fs.Usage()
+		return exitUsage
+	case verb == "update":
+		path += "/" + url.PathEscape(pos[0])
+	}
+	if given["active"] && given["inactive"] {
+		fmt.Fprintf(env.stderr, "dzhook %s: give --active or --inactive, not both\n", name)
+		return exitUsage
+	}
+	in := api.SubscriptionInput{}
+	str := func(flag string, v *string) *string {
+		if given[flag] {
+			return v
+		}
+		return nil
+	}
+	boolean := func(flag string, v *bool) *bool {
+		if given[flag] {
+			return v
+		}
+		return nil
+	}
+	in.URL = str("url", u)
+	if given["events"] {
+		list := []string{}
+		for e := range strings.SplitSeq(*events, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				list = append(list, e)
+			}
+		}
+		in.Events = &list
+	}
+	in.QueueWhileInactive = boolean("queue-while-inactive", queue)
+	in.Filter = str("filter", filter)
+	if given["header"] {
+		h := map[string]string(headers)
+		in.Headers = &h
+	}
+	in.StandardWebhooks = boolean("standard-webhooks", standard)
+	in.Ordering = str("ordering", ordering)
+	in.Description = str("description", description)
+	if given["inactive"] {
+		v := !*inactive
+		in.Active = &v
+	}
+	if verb == "create" {
+		in.ID, in.Secret = str("id", id), str("secret", secret)
+		if !given["url"] || !given["events"] {
+			fmt.Fprintf(env.stderr, "dzhook %s: give --url and --events\n", name)
+			fs.Usage()
+			return exitUsage
+		}
+		var out api.CreatedSubscription
+		raw, err := newClient(env, *admin, *cfg).do(ctx, "POST", path, in, &out)
+		if err != nil {
+			return fail(env, name, err)
+		}
+		if *asJSON {
+			env.stdout.Write(raw)
+			return exitOK
+		}
+		fmt.Fprintf(env.stdout, "created %s\n\n", out.ID)
+		printSubscription(env, out.Subscription)
+		fmt.Fprintf(env.stdout, "\nsecret: %s\n", printable(out.Secret, false))
+		fmt.Fprintln(env.stdout, "The secret is shown only now: dzhook will not show it again. Give it to the receiver to verify signatures.")
+		return exitOK
+	}
+	if given["active"] {
+		in.Active = active
+	}
+	if len(given) == 0 || onlyAdminFlags(given) {
+		fmt.Fprintf(env.stderr, "dzhook %s: give the fields to change (--url, --events, --active, …)\n", name)
+		fs.Usage()
+		return exitUsage
+	}
+	var out api.Subscription
+	raw, err := newClient(env, *admin, *cfg).do(ctx, "PATCH", path, in, &out)
+	if err != nil {
+		return fail(env, name, err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	fmt.Fprintf(env.stdout, "updated %s\n\n", out.ID)
+	printSubscription(env, out)
+	return exitOK
+}
+
+// onlyAdminFlags reports whether the flags given are only those that say
+// where the API is and how to print.
+func onlyAdminFlags(given map[string]bool) bool {
+	for f := range given {
+		if f != "admin" && f != "config" && f != "json" {
+			return false
+		}
+	}
+	return true
+}
+
+func deleteSubscription(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "subscriptions delete", "ID [--json]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(env.stderr, "dzhook subscriptions delete: give one subscription id")
+		fs.Usage()
+		return exitUsage
+	}
+	var out api.Deleted
+	raw, err := newClient(env, *admin, *cfg).do(ctx, "DELETE", "/v1/subscriptions/"+url.PathEscape(pos[0]), nil, &out)
+	if err != nil {
+		return fail(env, "subscriptions delete", err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+	} else {
+		fmt.Fprintf(env.stdout, "deleted %s (%d pending and held deliveries cancelled)\n", out.ID, out.Cancelled)
+	}
+	return exitOK
+}
+
+func rotateSecret(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "subscriptions rotate-secret", "ID [--secret S] [--overlap 24h] [--activate now|end_of_overlap] [--json]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	secret := fs.String("secret", "", "the new `secret`; generated when absent (better: a command line is visible to other users of the machine)")
+	overlap := fs.String("overlap", "", "how long the old secret stays valid (`duration`; default 24h)")
+	activate := fs.String("activate", "", "when X-DZDESK-Signature switches to the new secret: now, or end_of_overlap (the default)")
+	pos, code, stop := parseArgs(fs, args)
+	if stop {
+		return code
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(env.stderr, "dzhook subscriptions rotate-secret: give one subscription id")
+		fs.Usage()
+		return exitUsage
+	}
+	var in api.SecretRotation
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "secret":
+			in.Secret = secret
+		case "overlap":
+			in.Overlap = overlap
+		case "activate":
+			in.Activate = activate
+		}
+	})
+	var out api.RotatedSecret
+	raw, err := newClient(env, *admin, *cfg).do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/secret", in, &out)
+	if err != nil {
+		return fail(env, "subscriptions rotate-secret", err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	fmt.Fprintf(env.stdout, "new secret of %s: %s\n", pos[0], printable(out.Secret, false))
+	fmt.Fprintln(env.stdout, "The secret is shown only now: dzhook will not show it again.")
+	fmt.Fprintf(env.stdout, "The old secret stays valid until %s (Standard Webhooks deliveries carry a signature with each until then).\n", when(&out.PreviousValidUntil))
+	fmt.Fprintf(env.stdout, "X-DZDESK-Signature is made with the new secret from %s.\n", when(&out.SignatureSwitchAt))
+	return exitOK
+}
+
+// runAudit prints the audit trail of the subscriptions, newest first.
+func runAudit(ctx context.Context, env *cli, args []string) int {
+	fs := newFlags(env, "audit", "[--limit N] [--cursor C] [--json]")
+	admin, cfg, asJSON := adminFlags(env, fs)
+	limit := fs.Int("limit", 50, "at most `N` entries (1-500)")
+	cursor := fs.String("cursor", "", "the next page's `cursor`, as printed")
+	if code, stop := parseFlags(fs, args); stop {
+		return code
+	}
+	var out api.AuditPage
+	raw, err := newClient(env, *admin, *cfg).do(ctx, "GET", "/v1/audit"+query("limit", fmt.Sprint(*limit), "cursor", *cursor), nil, &out)
+	if err != nil {
+		return fail(env, "audit", err)
+	}
+	if *asJSON {
+		env.stdout.Write(raw)
+		return exitOK
+	}
+	tw := newTable(env.stdout)
+	fmt.Fprintln(tw, "TIME\tACTION\tSUBSCRIPTION\tFIELDS\tCLIENT")
+	for _, e := range out.Entries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", when(&e.At), e.Action, e.Subscription, orDash(strings.Join(e.Fields, ",")), printable(e.Client, false))
+	}
+	_ = tw.Flush()
+	if out.NextCursor != "" {
+		fmt.Fprintf(env.stdout, "\nmore: --cursor %s\n", out.NextCursor)
+	}
+	return exitOK
+}

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/admin"
+	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+// fakeSubs is the admin API's dispatcher, journal and Manager in memory:
+// crm from config.yaml, and the runtime subscriptions created through it.
+type fakeSubs struct {
+	mu      sync.Mutex
+	subs    []fanout.SubscriptionStatus
+	inputs  []api.SubscriptionInput // of create and update, in order
+	rotated api.SecretRotation
+	audit   []api.AuditEntry
+}
+
+func newFakeSubs() *fakeSubs {
+	return &fakeSubs{subs: []fanout.SubscriptionStatus{{ID: "crm", URL: "https://crm.example.com/hook", Events: []string{"request.*"},
+		Active: true, State: journal.Healthy, Ordering: fanout.OrderNone, Source: "config"}}}
+}
+
+func (f *fakeSubs) Subscriptions() []fanout.SubscriptionStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.subs)
+}
+
+func (f *fakeSubs) SubscriptionIDs() []string {
+	var ids []string
+	for _, s := range f.Subscriptions() {
+		ids = append(ids, s.ID)
+	}
+	return ids
+}
+
+func (f *fakeSubs) HasSubscription(id string) bool { return slices.Contains(f.SubscriptionIDs(), id) }
+
+func (f *fakeSubs) RetryNow(context.Context, string) (fanout.AttemptReport, error) {
+	return fanout.AttemptReport{}, nil
+}
+
+func (f *fakeSubs) RetryFailed(context.Context, string, *time.Time, *time.Time) (int, error) {
+	return 0, nil
+}
+
+func (f *fakeSubs) SendTest(context.Context, string, fanout.Event) (fanout.AttemptReport, error) {
+	return fanout.AttemptReport{}, nil
+}
+
+func (f *fakeSubs) Pause(context.Context, string) error { return nil }
+
+func (f *fakeSubs) Resume(context.Context, string) (int, error) { return 0, nil }
+
+func (f *fakeSubs) ListDeliveries(context.Context, journal.DeliveryFilter) ([]journal.Delivery, string, error) {
+	return nil, "", nil
+}
+
+func (f *fakeSubs) GetDelivery(context.Context, string) (journal.Delivery, []byte, []journal.Attempt, error) {
+	return journal.Delivery{}, nil, nil, journal.ErrNotFound
+}
+
+func (f *fakeSubs) Backlogs(context.Context) (map[string]journal.Backlog, error) { return nil, nil }
+
+func (f *fakeSubs) WaitedBehind(context.Context, string, int) ([]string, error) { return nil, nil }
+
+func (f *fakeSubs) index(id string) int {
+	return slices.IndexFunc(f.subs, func(s fanout.SubscriptionStatus) bool { return s.ID == id })
+}
+
+func (f *fakeSubs) record(action, id, client string, fields ...string) {
+	f.audit = append([]api.AuditEntry{{ID: int64(len(f.audit) + 1), At: time.Now(), Action: action, Subscription: id, Fields: fields, Client: client}}, f.audit...)
+}
+
+const fakeSecret = "whsec_ZmFrZS1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZmdoaWo="
+
+func (f *fakeSubs) CreateSubscription(_ context.Context, in api.SubscriptionInput, client string) (api.CreatedSubscription, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inputs = append(f.inputs, in)
+	var ps []api.FieldProblem
+	if in.URL != nil && strings.HasPrefix(*in.URL, "http://") {
+		ps = append(ps, api.FieldProblem{Field: "url", Problem: "must be https"})
+	}
+	if in.Events != nil {
+		for i, e := range *in.Events {
+			if e == "nope" {
+				ps = append(ps, api.FieldProblem{Field: fmt.Sprintf("events[%d]", i), Problem: `"nope" is not an event of the catalog`})
+			}
+		}
+	}
+	if len(ps) > 0 {
+		return api.CreatedSubscription{}, &admin.ValidationError{Problems: ps}
+	}
+	id := "wh_abc"
+	if in.ID != nil {
+		id = *in.ID
+	}
+	if f.index(id) >= 0 {
+		return api.CreatedSubscription{}, &admin.ConflictError{Message: fmt.Sprintf("a subscription with id %q exists", id)}
+	}
+	st := fanout.SubscriptionStatus{ID: id, URL: *in.URL, Events: *in.Events, Active: true, State: journal.Healthy, Ordering: fanout.OrderNone, Source: "runtime"}
+	if in.Description != nil {
+		st.Description = *in.Description
+	}
+	f.subs = append(f.subs, st)
+	f.record("create", id, client, "url", "events")
+	return api.CreatedSubscription{Subscription: admin.SubscriptionOf(st), Secret: fakeSecret}, nil
+}
+
+func (f *fakeSubs) UpdateSubscription(_ context.Context, id string, in api.SubscriptionInput, client string) (api.Subscription, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inputs = append(f.inputs, in)
+	i := f.index(id)
+	switch {
+	case i < 0:
+		return api.Subscription{}, admin.ErrNotFound
+	case f.subs[i].Source == "config":
+		return api.Subscription{}, &admin.ConflictError{Message: fmt.Sprintf("subscription %q is defined in config.yaml: change or delete it there", id)}
+	}
+	if in.Active != nil {
+		f.subs[i].Active = *in.Active
+	}
+	if in.Events != nil {
+		f.subs[i].Events = *in.Events
+	}
+	f.record("update", id, client)
+	return admin.SubscriptionOf(f.subs[i]), nil
+}
+
+func (f *fakeSubs) DeleteSubscription(_ context.Context, id, client string) (api.Deleted, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := f.index(id)
+	if i < 0 {
+		return api.Deleted{}, admin.ErrNotFound
+	}
+	f.subs = slices.Delete(f.subs, i, i+1)
+	f.record("delete", id, client)
+	return api.Deleted{ID: id, Cancelled: 2}, nil
+}
+
+func (f *fakeSubs) RotateSecret(_ context.Context, id string, in api.SecretRotation, client string) (api.RotatedSecret, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rotated = in
+	if f.index(id) < 0 {
+		return api.RotatedSecret{}, admin.ErrNotFound
+	}
+	f.record("rotate", id, client, "secret")
+	until := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	return api.RotatedSecret{Secret: "new-" + fakeSecret, PreviousValidUntil: until, SignatureSwitchAt: until}, nil
+}
+
+func (f *fakeSubs) Record(_ context.Context, action, id, client string, fields []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record(action, id, client, fields...)
+	return nil
+}
+
+func (f *fakeSubs) Audit(_ context.Context, limit int, _ string) (api.AuditPage, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	page := api.AuditPage{Entries: slices.Clone(f.audit)}
+	if len(page.Entries) > limit {
+		page.Entries, page.NextCursor = page.Entries[:limit], "more"
+	}
+	return page, nil
+}
+
+// startFakeAPI serves the admin API over fakeSubs.
+func startFakeAPI(t *testing.T) (*fakeSubs, string) {
+	t.Helper()
+	cat, err := catalog.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeSubs()
+	srv := httptest.NewServer(admin.New(admin.Config{Token: cliToken, Deliverer: f, History: f, Manager: f, Catalog: cat,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	t.Cleanup(srv.Close)
+	return f, srv.URL
+}
+
+// TestCLISubscriptions walks create → list → show → update → rotate →
+// delete → audit, with the exit codes and outputs scripts rely on.
+func TestCLISubscriptions(t *testing.T) {
+	f, url := startFakeAPI(t)
+
+	code, out, errOut := cliRun(t, url, cliToken, "subscriptions", "create", "--id", "billing", "--url", "https://billing.example.com/hook",
+		"--events", "request.created, request.updated", "--header", "X-Team=billing", "--header", "X-Env=prod", "--inactive",
+		"--ordering", "entity", "--description", "Billing's mirror")
+	if code != exitOK || !strings.Contains(out, "created billing") || !strings.Contains(out, "secret: "+fakeSecret) ||
+		!strings.Contains(out, "shown only now") || !strings.Contains(out, "source:") {
+		t.Fatalf("create: exit %d\n%s%s", code, out, errOut)
+	}
+	want := api.SubscriptionInput{ID: ptr("billing"), URL: ptr("https://billing.example.com/hook"),
+		Events: ptr([]string{"request.created", "request.updated"}), Active: ptr(false),
+		Headers: ptr(map[string]string{"X-Team": "billing", "X-Env": "prod"}), Ordering: ptr("entity"), Description: ptr("Billing's mirror")}
+	if !reflect.DeepEqual(f.inputs[0], want) {
+		t.Errorf("create sent %s, want %s", jsonOf(f.inputs[0]), jsonOf(want))
+	}
+
+	// --json prints the API's answer.
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "create", "--url", "https://x.example.com", "--events", "*", "--json")
+	var created api.CreatedSubscription
+	if code != exitOK || json.Unmarshal([]byte(out), &created) != nil || created.ID != "wh_abc" || created.Secret != fakeSecret {
+		t.Errorf("create --json: exit %d %q", code, out)
+	}
+
+	// Problems, one a line; exit 2. A conflict: exit 1.
+	code, _, errOut = cliRun(t, url, cliToken, "subscriptions", "create", "--url", "http://x.example.com", "--events", "request.created,nope")
+	if code != exitUsage || !strings.Contains(errOut, "\n  url: must be https\n  events[1]: \"nope\" is not an event of the catalog\n") {
+		t.Errorf("create with problems: exit %d %q, want 2 and one problem a line", code, errOut)
+	}
+	code, _, errOut = cliRun(t, url, cliToken, "subscriptions", "create", "--id", "billing", "--url", "https://b.example.com", "--events", "*")
+	if code != exitFailure || !strings.Contains(errOut, `a subscription with id "billing" exists (HTTP 409)`) {
+		t.Errorf("create of an id in use: exit %d %q, want 1", code, errOut)
+	}
+	for _, args := range [][]string{
+		{"subscriptions", "create", "--events", "*"},
+		{"subscriptions", "create", "billing", "--url", "https://x.example.com", "--events", "*"},
+		{"subscriptions", "create", "--header", "novalue", "--url", "https://x.example.com", "--events", "*"},
+		{"subscriptions", "update", "billing"},
+		{"subscriptions", "update", "billing", "--active", "--inactive"},
+		{"subscriptions", "update"},
+		{"subscriptions", "show"},
+		{"subscriptions", "delete"},
+		{"subscriptions", "rotate-secret"},
+		{"subscriptions", "frobnicate"},
+		{"subscriptions"},
+		{"audit", "extra"},
+	} {
+		if code, _, _ := cliRun(t, url, cliToken, args...); code != exitUsage {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "list")
+	if code != exitOK || !strings.Contains(out, "SOURCE") || !regexpMatch(out, `(?m)^crm +config `) || !regexpMatch(out, `(?m)^billing +runtime `) ||
+		strings.Contains(out, fakeSecret) {
+		t.Errorf("list: exit %d\n%s", code, out)
+	}
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "show", "billing")
+	if code != exitOK || !strings.Contains(out, "Billing's mirror") || !strings.Contains(out, "request.created, request.updated") || strings.Contains(out, fakeSecret) {
+		t.Errorf("show: exit %d\n%s", code, out)
+	}
+	if code, _, errOut := cliRun(t, url, cliToken, "subscriptions", "show", "ghost"); code != exitFailure || !strings.Contains(errOut, "no such subscription") {
+		t.Errorf("show ghost: exit %d %q", code, errOut)
+	}
+
+	// update sends only the fields given.
+	code, out, errOut = cliRun(t, url, cliToken, "subscriptions", "update", "billing", "--active", "--events", "request.*")
+	if code != exitOK || !strings.Contains(out, "updated billing") {
+		t.Errorf("update: exit %d\n%s%s", code, out, errOut)
+	}
+	if got := jsonOf(f.inputs[len(f.inputs)-1]); got != `{"events":["request.*"],"active":true}` {
+		t.Errorf("update sent %s, want only events and active", got)
+	}
+	if code, _, errOut := cliRun(t, url, cliToken, "subscriptions", "update", "crm", "--inactive"); code != exitFailure || !strings.Contains(errOut, "config.yaml") {
+		t.Errorf("update of config.yaml's crm: exit %d %q, want 1 naming the file", code, errOut)
+	}
+
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "rotate-secret", "billing", "--overlap", "1h", "--activate", "now")
+	if code != exitOK || !strings.Contains(out, "new-"+fakeSecret) || !strings.Contains(out, "shown only now") || !strings.Contains(out, "X-DZDESK-Signature") {
+		t.Errorf("rotate-secret: exit %d\n%s", code, out)
+	}
+	if got := jsonOf(f.rotated); got != `{"overlap":"1h","activate":"now"}` {
+		t.Errorf("rotate-secret sent %s", got)
+	}
+	if code, _, _ := cliRun(t, url, cliToken, "subscriptions", "rotate-secret", "billing"); code != exitOK || jsonOf(f.rotated) != `{}` {
+		t.Errorf("rotate-secret without flags: exit %d, sent %s; want {}", code, jsonOf(f.rotated))
+	}
+
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "delete", "billing")
+	if code != exitOK || !strings.Contains(out, "deleted billing (2 pending and held deliveries cancelled)") {
+		t.Errorf("delete: exit %d %q", code, out)
+	}
+	if code, _, _ := cliRun(t, url, cliToken, "subscriptions", "delete", "billing"); code != exitFailure {
+		t.Errorf("delete again: exit %d, want 1", code)
+	}
+
+	code, out, _ = cliRun(t, url, cliToken, "audit", "--limit", "3")
+	if code != exitOK || !regexpMatch(out, `(?m)^\S+ \S+ +delete +billing +- +127\.0\.0\.1`) || !strings.Contains(out, "more: --cursor more") {
+		t.Errorf("audit: exit %d\n%s", code, out)
+	}
+	var page api.AuditPage
+	if code, out, _ := cliRun(t, url, cliToken, "audit", "--json"); code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Entries) != 6 {
+		t.Errorf("audit --json: exit %d %q", code, out)
+	}
+}
+
+func TestHelpListsSubscriptions(t *testing.T) {
+	code, out, _ := runCmd(t, "help")
+	if code != exitOK || !strings.Contains(out, "  subscriptions ") || !strings.Contains(out, "  audit ") {
+		t.Errorf("help: exit %d\n%s", code, out)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func jsonOf(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func regexpMatch(s, re string) bool { return regexp.MustCompile(re).MatchString(s) }
