@@ -293,7 +293,7 @@ func checkManaged(t *testing.T, conn *pgx.Conn, hook *testutil.Receiver, secretF
 		}
 	}
 	want := []string{
-		"create(id,url,events,active,queue_while_inactive,headers,ordering,description)",
+		"create(active,description,events,headers,id,ordering,queue_while_inactive,url)",
 		"update(active)", "update(active)", "update(description)", "rotate(secret)", "delete()",
 	}
 	if !slices.Equal(got, want) {

@@ -1018,8 +1018,10 @@ async function toggleActive(id) {
   c.active.focus();
 }
 
+// showHistoryOf shows every delivery of one subscription (the status and
+// event filters are cleared; the time range is kept).
 function showHistoryOf(id) {
-  state.filters.subscription = id;
+  Object.assign(state.filters, { subscription: id, status: '', event: '' });
   showFilters();
   applyFilters();
   $('history-title').focus();
@@ -1090,7 +1092,7 @@ async function openDelete(id, opener) {
     if (held) parts.push(`${held} held`);
     setText($('delete-text'), n === 0
       ? `No deliveries are pending for ${id}. Deleting it stops its deliveries; its history is kept.`
-      : `${n} ${n === 1 ? 'delivery is' : 'deliveries are'} waiting for ${id} (${parts.join(', ')}): deleting it cancels ${n === 1 ? 'it' : 'them'}. They stay in the history as cancelled; an attempt in flight finishes.`);
+      : `${n} ${n === 1 ? 'delivery is' : 'deliveries are'} waiting for ${id} (${parts.join(', ')}): deleting it cancels ${n === 1 ? 'it' : 'them'}. ${n === 1 ? 'It stays' : 'They stay'} in the history as cancelled; an attempt in flight finishes.`);
     $('delete-dialog').dataset.pending = String(n);
     $('delete-dialog').showModal();
     $('delete-cancel').focus();
@@ -1107,6 +1109,12 @@ async function submitDelete(ev) {
     $('delete-dialog').close();
     const n = rep.cancelled || 0;
     announce(`Deleted ${id}${n ? `; ${n} ${n === 1 ? 'delivery' : 'deliveries'} cancelled` : ''}.`);
+    // The API lists the deliveries of existing subscriptions only.
+    if (state.filters.subscription === id) {
+      state.filters.subscription = '';
+      showFilters();
+      writeHash();
+    }
     await refreshAll();
     $('add-webhook').focus();
   });
