@@ -11,8 +11,13 @@
 // open, /metrics is open unless admin.metrics_public is false. Errors are
 // JSON, {"error": "…"}, naming the problem: 400 for a bad parameter or
 // body, 401 without the token, 404 for an unknown delivery or
-// subscription, 409 for a delivery being attempted right now, 503 when the
-// journal cannot be reached. Bad input never gets a 500. A query string
+// subscription, 405 naming the methods a path has, 409 for a delivery
+// being attempted right now or a change the current state refuses (a
+// subscription defined in config.yaml, an id in use, no secrets key), 413
+// for a body over 16 KiB, 501 for runtime subscriptions on a server
+// without them, 503 when the journal cannot be reached. A body with problems is a 400 that lists
+// them with their fields as well: {"error": "…", "errors": [{"field":
+// "url", "problem": "…"}]}. Bad input never gets a 500. A query string
 // is read whole or refused: a pair Go's parser would drop (a ';', a bad
 // escape), a parameter the endpoint does not read, one given twice or
 // empty is a 400 naming it, before anything is done (request.go).
@@ -79,7 +84,10 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Dashboard is served at /; nil serves none.
 	Dashboard fs.FS
-	Logger    *slog.Logger
+	// Manager creates, changes and deletes the runtime subscriptions and
+	// keeps the audit trail; nil answers those endpoints 501.
+	Manager Manager
+	Logger  *slog.Logger
 }
 
 // Server is the admin HTTP server.
@@ -111,15 +119,21 @@ func New(cfg Config) *Server {
 	rng := endpoint{params: []string{"since", "until"}}
 	list := endpoint{params: []string{"subscription", "status", "event", "since", "until", "limit", "cursor"}}
 	s.route("GET /v1/events", none, s.events)
+	body := endpoint{body: true}
 	s.route("GET /v1/subscriptions", none, s.subscriptions)
+	s.route("POST /v1/subscriptions", body, s.createSubscription)
 	s.route("GET /v1/subscriptions/{id}", none, s.subscription)
+	s.route("PATCH /v1/subscriptions/{id}", body, s.updateSubscription)
+	s.route("DELETE /v1/subscriptions/{id}", none, s.deleteSubscription)
+	s.route("POST /v1/subscriptions/{id}/secret", body, s.rotateSecret)
 	s.route("POST /v1/subscriptions/{id}/retry-failed", rng, s.retryFailed)
-	s.route("POST /v1/subscriptions/{id}/test", endpoint{body: true}, s.test)
+	s.route("POST /v1/subscriptions/{id}/test", body, s.test)
 	s.route("POST /v1/subscriptions/{id}/pause", none, s.pause)
 	s.route("POST /v1/subscriptions/{id}/resume", none, s.resume)
 	s.route("GET /v1/deliveries", list, s.deliveries)
 	s.route("GET /v1/deliveries/{id}", none, s.delivery)
 	s.route("POST /v1/deliveries/{id}/retry", none, s.retry)
+	s.route("GET /v1/audit", endpoint{params: []string{"limit", "cursor"}}, s.audit)
 	if cfg.Dashboard != nil {
 		s.mux.Handle("GET /", dashboardHandler(cfg.Dashboard))
 	}
@@ -169,25 +183,33 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// noRoute answers a /v1 request no route takes: 405 when the path exists
-// with another method, else 404.
+// noRoute answers a /v1 request no route takes: 405 naming the methods
+// the path has, else 404.
 func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 	if path.Clean(r.URL.Path) != r.URL.Path {
 		// The mux would redirect a probe of an unclean path elsewhere.
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 		return
 	}
-	for _, m := range []string{http.MethodGet, http.MethodPost} {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		if m == r.Method {
 			continue
 		}
 		probe := r.Clone(r.Context())
 		probe.Method = m
 		if _, pattern := s.mux.Handler(probe); strings.Contains(pattern, "/v1/") {
-			w.Header().Set("Allow", m)
-			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, m))
-			return
+			allow = append(allow, m)
 		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		use := allow[len(allow)-1]
+		if len(allow) > 1 {
+			use = strings.Join(allow[:len(allow)-1], ", ") + " or " + use
+		}
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: use %s", r.Method, r.URL.Path, use))
+		return
 	}
 	writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 }

@@ -29,6 +29,7 @@ func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Ti
 		LastSuccessAt: st.LastSuccessAt, LastFailureAt: st.LastFailureAt, LastStatus: st.LastStatus, LastError: st.LastError,
 		QueueDepth: st.QueueDepth, Stats: statsOf(st.Stats),
 		Pending: b.Pending, Failed: b.Failed, Held: b.Held,
+		Source: st.Source, Description: st.Description,
 	}
 	if !b.OldestPending.IsZero() && b.OldestPending.Before(now) {
 		v.OldestPendingSeconds = now.Sub(b.OldestPending).Seconds()

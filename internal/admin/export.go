@@ -12,7 +12,5 @@ import (
 // journal's backlog (the answer to a change: the manager has the status,
 // not the counts).
 func SubscriptionOf(st fanout.SubscriptionStatus) api.Subscription {
-	v := subscriptionOf(st, journal.Backlog{}, time.Now())
-	v.Source, v.Description = st.Source, st.Description
-	return v
+	return subscriptionOf(st, journal.Backlog{}, time.Now())
 }

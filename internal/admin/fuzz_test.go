@@ -162,6 +162,59 @@ func (h checkedHistory) Backlogs(context.Context) (map[string]journal.Backlog, e
 	return map[string]journal.Backlog{"crm": {Pending: 2, Failed: 1}}, nil
 }
 
+// checkedManager is a Manager that fails the test when the server calls
+// it with input the handlers should have refused.
+type checkedManager struct{ t *testing.T }
+
+func (m checkedManager) id(method, id string) {
+	if !subscriptionIDPattern.MatchString(id) {
+		m.t.Errorf("%s called with malformed subscription id %q", method, id)
+	}
+}
+
+func (m checkedManager) CreateSubscription(_ context.Context, in api.SubscriptionInput, _ string) (api.CreatedSubscription, error) {
+	if in.URL == nil {
+		return api.CreatedSubscription{}, &ValidationError{Problems: []api.FieldProblem{{Field: "url", Problem: "is required"}, {Field: "events", Problem: "is required"}}}
+	}
+	return api.CreatedSubscription{Subscription: api.Subscription{ID: "wh_1"}, Secret: "s"}, nil
+}
+
+func (m checkedManager) UpdateSubscription(_ context.Context, id string, in api.SubscriptionInput, _ string) (api.Subscription, error) {
+	m.id("UpdateSubscription", id)
+	if in.ID != nil || in.Secret != nil {
+		m.t.Errorf("UpdateSubscription called with an id or a secret: %+v", in)
+	}
+	if id == "crm" {
+		return api.Subscription{}, &ConflictError{Message: "crm is config.yaml's"}
+	}
+	return api.Subscription{ID: id}, nil
+}
+
+func (m checkedManager) DeleteSubscription(_ context.Context, id, _ string) (api.Deleted, error) {
+	m.id("DeleteSubscription", id)
+	return api.Deleted{}, ErrNotFound
+}
+
+func (m checkedManager) RotateSecret(_ context.Context, id string, _ api.SecretRotation, _ string) (api.RotatedSecret, error) {
+	m.id("RotateSecret", id)
+	return api.RotatedSecret{Secret: "s"}, nil
+}
+
+func (m checkedManager) Record(_ context.Context, _, id, _ string, _ []string) error {
+	m.id("Record", id)
+	return nil
+}
+
+func (m checkedManager) Audit(_ context.Context, limit int, cursor string) (api.AuditPage, error) {
+	if limit < 1 || limit > maxLimit || len(cursor) > 512 {
+		m.t.Errorf("Audit called with limit %d and a %d-byte cursor", limit, len(cursor))
+	}
+	if cursor == "bad" {
+		return api.AuditPage{}, journal.ErrBadCursor
+	}
+	return api.AuditPage{}, nil
+}
+
 // FuzzQueryParams sends the admin API fuzzed query strings, path ids and
 // test bodies. The server must never panic or answer 500, must answer
 // every error (status ≥ 400) as JSON with a non-empty "error", and may
@@ -195,6 +248,8 @@ func FuzzQueryParams(f *testing.F) {
 		{"foo=bar", "crm", nil},
 		{"%zz&limit=5;status=failed", "crm?x=1", nil},
 		{"status=%ff%fe&event=%00", "crm#frag", nil},
+		{"limit=5&cursor=bad", "billing", []byte(`{"url":"https://x.example.com","events":["*"],"secret":"s","id":"x"}`)},
+		{"", "wh_1", []byte(`{"overlap":"1h","activate":"now","url":null}`)},
 	} {
 		f.Add(seed.query, seed.id, seed.body)
 	}
@@ -208,6 +263,7 @@ func FuzzQueryParams(f *testing.F) {
 			Token:     "t",
 			Deliverer: checkedDeliverer{t: t, cat: cat},
 			History:   checkedHistory{t: t, cat: cat},
+			Manager:   checkedManager{t: t},
 			Catalog:   cat,
 			Sample: func(eventType string) fanout.Event {
 				return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
@@ -232,6 +288,11 @@ func FuzzQueryParams(f *testing.F) {
 		call(http.MethodPost, "/v1/subscriptions/crm/retry-failed", "", rawQuery, nil)
 		call(http.MethodPost, "/v1/subscriptions/crm/test", "", "", body)
 		call(http.MethodPost, "/v1/subscriptions/"+id+"/test", "/v1/subscriptions/"+url.PathEscape(id)+"/test", rawQuery, body)
+		call(http.MethodGet, "/v1/audit", "", rawQuery, nil)
+		call(http.MethodPost, "/v1/subscriptions", "", "", body)
+		call(http.MethodPatch, "/v1/subscriptions/"+id, "/v1/subscriptions/"+url.PathEscape(id), "", body)
+		call(http.MethodDelete, "/v1/subscriptions/"+id, "/v1/subscriptions/"+url.PathEscape(id), rawQuery, nil)
+		call(http.MethodPost, "/v1/subscriptions/"+id+"/secret", "/v1/subscriptions/"+url.PathEscape(id)+"/secret", "", body)
 	})
 }
 

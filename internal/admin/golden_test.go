@@ -40,9 +40,10 @@ func (fullDeliverer) Subscriptions() []fanout.SubscriptionStatus {
 			LastSuccessAt: &ok, LastFailureAt: &bad, LastStatus: 503, LastError: "HTTP 503", QueueDepth: 4,
 			Stats: fanout.Stats{Delivered: 10, Failed: 2, Retried: 3, SuccessRate: 0.75, P50MS: 12.5, P99MS: 250,
 				PerMinute: []fanout.MinuteCount{{Minute: goldenTime, Delivered: 3, Failed: 1}, {Minute: goldenTime.Add(time.Minute)}}},
-			Ordering: fanout.OrderEntity, Order: fanout.OrderStatus{Keys: 5, Waiting: 7, JournalKeys: 2},
+			Ordering: fanout.OrderEntity, Order: fanout.OrderStatus{Keys: 5, Waiting: 7, JournalKeys: 2}, Source: "config",
 		},
-		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, State: journal.Healthy, Stats: fanout.Stats{SuccessRate: -1}},
+		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, State: journal.Healthy, Stats: fanout.Stats{SuccessRate: -1},
+			Source: "runtime", Description: "Alerts to the on-call channel"},
 	}
 }
 
@@ -118,6 +119,53 @@ func (fullHistory) WaitedBehind(_ context.Context, id string, limit int) ([]stri
 	return ids, nil
 }
 
+// fullManager answers the runtime subscriptions' endpoints with every
+// field set; crm is config.yaml's (409), a url starting with http:// has
+// problems.
+type fullManager struct{}
+
+func (fullManager) sub(id string) api.Subscription {
+	return api.Subscription{ID: id, URL: "https://billing.example.com/hook", Events: []string{"request.*"}, Active: true, State: "healthy",
+		Stats: api.Stats{SuccessRate: -1}, Ordering: "none", Source: "runtime", Description: "Billing's mirror"}
+}
+
+func (m fullManager) CreateSubscription(_ context.Context, in api.SubscriptionInput, _ string) (api.CreatedSubscription, error) {
+	if in.URL != nil && strings.HasPrefix(*in.URL, "http://") {
+		return api.CreatedSubscription{}, &ValidationError{Problems: []api.FieldProblem{
+			{Field: "url", Problem: "must be https (delivery.allow_insecure_http is false)"},
+			{Field: "events[1]", Problem: `"nope.nope" is not an event of the catalog`}}}
+	}
+	return api.CreatedSubscription{Subscription: m.sub(*in.ID), Secret: "whsec_Z29sZGVuLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVmZ2g="}, nil
+}
+
+func (m fullManager) UpdateSubscription(_ context.Context, id string, _ api.SubscriptionInput, _ string) (api.Subscription, error) {
+	if id == "crm" {
+		return api.Subscription{}, &ConflictError{Message: `subscription "crm" is defined in config.yaml: change or delete it there`}
+	}
+	return m.sub(id), nil
+}
+
+func (fullManager) DeleteSubscription(_ context.Context, id, _ string) (api.Deleted, error) {
+	if id == "ghost" {
+		return api.Deleted{}, ErrNotFound
+	}
+	return api.Deleted{ID: id, Cancelled: 4}, nil
+}
+
+func (fullManager) RotateSecret(context.Context, string, api.SecretRotation, string) (api.RotatedSecret, error) {
+	return api.RotatedSecret{Secret: "whsec_bmV3LWdvbGRlbi1zZWNyZXQtMDEyMzQ1Njc4OWFiY2Q=", PreviousValidUntil: goldenTime.Add(24 * time.Hour),
+		SignatureSwitchAt: goldenTime.Add(24 * time.Hour)}, nil
+}
+
+func (fullManager) Record(context.Context, string, string, string, []string) error { return nil }
+
+func (fullManager) Audit(context.Context, int, string) (api.AuditPage, error) {
+	return api.AuditPage{Entries: []api.AuditEntry{
+		{ID: 8, At: goldenTime.Add(time.Minute), Action: "rotate", Subscription: "billing", Fields: []string{"secret"}, Client: "192.0.2.1"},
+		{ID: 7, At: goldenTime, Action: "pause", Subscription: "crm", Client: "2001:db8::1"},
+	}, NextCursor: "7"}, nil
+}
+
 // TestAPIGolden pins every answer of the admin API, byte for byte, in
 // testdata/api.golden: the CLI, the dashboard's JavaScript and scripts
 // of operators read these names and shapes. go test -update rewrites it.
@@ -127,7 +175,7 @@ func TestAPIGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := New(Config{
-		Token: "t", Deliverer: fullDeliverer{}, History: fullHistory{}, Catalog: cat,
+		Token: "t", Deliverer: fullDeliverer{}, History: fullHistory{}, Manager: fullManager{}, Catalog: cat,
 		Sample: func(eventType string) fanout.Event {
 			return fanout.Event{ID: "whk_test_1", Type: eventType, Body: []byte(`{}`)}
 		},
@@ -153,10 +201,20 @@ func TestAPIGolden(t *testing.T) {
 		{"POST", "/v1/subscriptions/crm/test", "t", `{"event":"order.shipped"}`, &api.AttemptReport{}},
 		{"POST", "/v1/subscriptions/crm/pause", "t", "", &api.PauseResponse{}},
 		{"POST", "/v1/subscriptions/crm/resume", "t", "", &api.ResumeResponse{}},
+		{"POST", "/v1/subscriptions", "t", `{"id":"billing","url":"https://billing.example.com/hook","events":["request.*"]}`, &api.CreatedSubscription{}},
+		{"POST", "/v1/subscriptions", "t", `{"url":"http://billing.example.com/hook","events":["request.*","nope.nope"]}`, &api.ValidationErrors{}},
+		{"PATCH", "/v1/subscriptions/billing", "t", `{"description":"Billing's mirror"}`, &api.Subscription{}},
+		{"PATCH", "/v1/subscriptions/billing", "t", `{"id":"b2","secret":"x"}`, &api.ValidationErrors{}},
+		{"PATCH", "/v1/subscriptions/crm", "t", `{"active":false}`, &api.Error{}},
+		{"POST", "/v1/subscriptions/billing/secret", "t", `{"overlap":"24h"}`, &api.RotatedSecret{}},
+		{"DELETE", "/v1/subscriptions/billing", "t", "", &api.Deleted{}},
+		{"DELETE", "/v1/subscriptions/ghost", "t", "", &api.Error{}},
+		{"GET", "/v1/audit?limit=2", "t", "", &api.AuditPage{}},
 		{"GET", "/v1/deliveries/dlv_missing", "t", "", &api.Error{}},
 		{"GET", "/v1/deliveries?limit=0", "t", "", &api.Error{}},
 		{"GET", "/v1/subscriptions", "", "", &api.Error{}},
 		{"DELETE", "/v1/subscriptions", "t", "", &api.Error{}},
+		{"PUT", "/v1/subscriptions/crm", "t", "", &api.Error{}},
 	} {
 		req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
 		if tc.token != "" {

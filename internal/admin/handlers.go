@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -17,7 +16,7 @@ import (
 var (
 	deliveryIDPattern     = regexp.MustCompile(`^dlv_[0-9a-z_]{1,120}$`)
 	subscriptionIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-	states                = []string{"pending", "delivered", "failed", "skipped", "held"}
+	states                = statesOf(journal.States)
 )
 
 const (
@@ -28,6 +27,14 @@ const (
 	// ordered one its detail lists.
 	maxWaitedBehind = 20
 )
+
+func statesOf(js []journal.State) []string {
+	out := make([]string, len(js))
+	for i, st := range js {
+		out[i] = string(st)
+	}
+	return out
+}
 
 func (s *Server) events(w http.ResponseWriter, _ *http.Request, _ query) {
 	events := s.cfg.Catalog.Events()
@@ -73,11 +80,21 @@ func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request, _ query) 
 	writeJSON(w, http.StatusOK, api.SubscriptionList{Subscriptions: views})
 }
 
-// subscriptionID validates the {id} of the path.
-func (s *Server) subscriptionID(w http.ResponseWriter, r *http.Request) (string, bool) {
+// pathSubscriptionID validates the form of the {id} of the path.
+func pathSubscriptionID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
 	if !subscriptionIDPattern.MatchString(id) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("subscription id %q is malformed (lowercase letters, digits, - and _)", clip(id)))
+		return "", false
+	}
+	return id, true
+}
+
+// subscriptionID validates the {id} of the path: a subscription this
+// process delivers to.
+func (s *Server) subscriptionID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id, ok := pathSubscriptionID(w, r)
+	if !ok {
 		return "", false
 	}
 	if !s.cfg.Deliverer.HasSubscription(id) {
@@ -293,11 +310,7 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 	}
 	var body api.TestRequest
 	if err := readBody(w, r, &body); err != nil {
-		status := http.StatusBadRequest
-		if errors.Is(err, errBodyTooLarge) {
-			status = http.StatusRequestEntityTooLarge
-		}
-		writeError(w, status, `body: want {"event": "request.created"}: `+clip(err.Error()))
+		bodyError(w, `{"event": "request.created"}`, err)
 		return
 	}
 	if body.Event == "" {
@@ -324,6 +337,7 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request, _ query) {
 		s.journalError(w, r, err)
 		return
 	}
+	s.record(r, "pause", id)
 	writeJSON(w, http.StatusOK, api.PauseResponse{Paused: true, Subscription: id})
 }
 
@@ -337,5 +351,6 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request, _ query) {
 		s.journalError(w, r, err)
 		return
 	}
+	s.record(r, "resume", id)
 	writeJSON(w, http.StatusOK, api.ResumeResponse{Paused: false, Released: n, Subscription: id})
 }

@@ -125,13 +125,29 @@ var errBodyTooLarge = errors.New("too large")
 // a value that is not an object, and anything after the object. A body
 // over maxBody is errBodyTooLarge.
 func readBody(w http.ResponseWriter, r *http.Request, v any) error {
+	raw, err := readRaw(w, r)
+	if err != nil {
+		return err
+	}
+	return decodeObject(raw, v)
+}
+
+// readRaw reads a request's body whole, at most maxBody bytes (more is
+// errBodyTooLarge).
+func readRaw(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-		return fmt.Errorf("%w: the limit is %d bytes", errBodyTooLarge, mbe.Limit)
+		return nil, fmt.Errorf("%w: the limit is %d bytes", errBodyTooLarge, mbe.Limit)
 	}
 	if err != nil {
-		return fmt.Errorf("unreadable: %v", err)
+		return nil, fmt.Errorf("unreadable: %v", err)
 	}
+	return raw, nil
+}
+
+// decodeObject decodes raw, a single JSON object, into v, refusing fields
+// v lacks, null, a value that is not an object and anything after it.
+func decodeObject(raw []byte, v any) error {
 	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 {
 		return errors.New("empty; want a JSON object")
 	} else if trimmed[0] != '{' {
@@ -146,4 +162,14 @@ func readBody(w http.ResponseWriter, r *http.Request, v any) error {
 		return errors.New("more after the JSON object; send one object")
 	}
 	return nil
+}
+
+// bodyError answers a body readBody refused: 413 when too large, else
+// 400, the message starting with "body: " and what was wanted.
+func bodyError(w http.ResponseWriter, want string, err error) {
+	status := http.StatusBadRequest
+	if errors.Is(err, errBodyTooLarge) {
+		status = http.StatusRequestEntityTooLarge
+	}
+	writeError(w, status, "body: want "+want+": "+clip(err.Error()))
 }

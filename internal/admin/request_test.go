@@ -25,6 +25,9 @@ type spy struct {
 	// since and until are the bounds of the last RetryFailed or
 	// ListDeliveries.
 	since, until *time.Time
+	// The Manager's side (manage_test.go): what it was called with, and
+	// the errors it answers.
+	m spyManagerState
 }
 
 type spyDeliverer struct {
@@ -91,6 +94,7 @@ func newSpyServer(t *testing.T) (*Server, *spy) {
 		Token:     "t",
 		Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s},
 		History:   spyHistory{checkedHistory{t: t, cat: cat}, s},
+		Manager:   spyManager{s},
 		Catalog:   cat,
 		Sample: func(eventType string) fanout.Event {
 			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
@@ -359,6 +363,13 @@ func TestMalformedRequests(t *testing.T) {
 		{"POST", "/v1/subscriptions/crm/resume?x=1", "", 400, `"x"`},
 		{"GET", "/v1/deliveries/dlv_1?x=1", "", 400, `"x"`},
 		{"POST", "/v1/deliveries/dlv_1/retry?x=1", "", 400, `"x"`},
+		{"POST", "/v1/subscriptions?x=1", `{"url":"https://x.example.com"}`, 400, `"x"`},
+		{"PATCH", "/v1/subscriptions/crm?x=1", `{"active":false}`, 400, `"x"`},
+		{"DELETE", "/v1/subscriptions/crm?x=1", "", 400, `"x"`},
+		{"POST", "/v1/subscriptions/crm/secret?overlap=1h", "", 400, `"overlap"`},
+		{"GET", "/v1/audit?subscription=crm", "", 400, `"subscription"`},
+		{"GET", "/v1/audit?limit=5&limit=6", "", 400, `"limit"`},
+		{"GET", "/v1/audit?cursor=7;", "", 400, `"cursor"`},
 		// Empty values.
 		{"GET", list + "?status=", "", 400, `"status"`},
 		{"POST", retry + "?since", "", 400, `"since"`},
@@ -376,9 +387,21 @@ func TestMalformedRequests(t *testing.T) {
 		{"GET", list + "?subscription=ghost", "", 400, "subscription"},
 		{"GET", list + "?event=nope.nope", "", 400, "event"},
 		{"GET", list + "?cursor=" + strings.Repeat("c", 600), "", 400, "cursor"},
+		{"GET", "/v1/audit?limit=0", "", 400, "limit"},
+		{"GET", "/v1/audit?limit=501", "", 400, "limit"},
+		{"GET", "/v1/audit?limit=ten", "", 400, "limit"},
+		{"GET", "/v1/audit?cursor=" + strings.Repeat("c", 600), "", 400, "cursor"},
+		// Malformed subscription ids in the path.
+		{"PATCH", "/v1/subscriptions/CRM", `{"active":false}`, 400, "malformed"},
+		{"DELETE", "/v1/subscriptions/a%20b", "", 400, "malformed"},
+		{"POST", "/v1/subscriptions/" + strings.Repeat("a", 64) + "/secret", "", 400, "malformed"},
 		// Oversize bodies.
 		{"POST", test, tenMB, 413, "body"},
 		{"POST", "/v1/subscriptions/crm/pause", tenMB, 400, "body"},
+		{"POST", "/v1/subscriptions", tenMB, 413, "body"},
+		{"PATCH", "/v1/subscriptions/crm", tenMB, 413, "body"},
+		{"POST", "/v1/subscriptions/crm/secret", tenMB, 413, "body"},
+		{"DELETE", "/v1/subscriptions/crm", tenMB, 400, "body"},
 		// Bodies that are null, not an object, or followed by more.
 		{"POST", test, "", 400, "body"},
 		{"POST", test, "null", 400, "body"},
@@ -388,10 +411,27 @@ func TestMalformedRequests(t *testing.T) {
 		{"POST", test, `{"a":1} {"b":2}`, 400, "body"},
 		{"POST", test, `{}x`, 400, "body"},
 		{"POST", test, `{"event":"request.created"`, 400, "body"},
+		{"POST", "/v1/subscriptions", "", 400, "body"},
+		{"POST", "/v1/subscriptions", "null", 400, "body"},
+		{"POST", "/v1/subscriptions", `["https://x.example.com"]`, 400, "body"},
+		{"POST", "/v1/subscriptions", `{"url":"https://x.example.com"}null`, 400, "body"},
+		{"PATCH", "/v1/subscriptions/crm", "null", 400, "body"},
+		{"PATCH", "/v1/subscriptions/crm", `{"active":false} {}`, 400, "body"},
+		{"POST", "/v1/subscriptions/crm/secret", "null", 400, "body"},
+		{"POST", "/v1/subscriptions/crm/secret", `{}x`, 400, "body"},
 		// Unknown fields, wrong field types, unknown events in the body.
 		{"POST", test, `{"evnt":"request.created"}`, 400, `"evnt"`},
 		{"POST", test, `{"event":1}`, 400, "event"},
 		{"POST", test, `{"event":"nope.nope"}`, 400, "event"},
+		{"POST", "/v1/subscriptions", `{"url":"https://x.example.com","evnts":["*"]}`, 400, `"evnts"`},
+		{"POST", "/v1/subscriptions", `{"url":"https://x.example.com","events":"*"}`, 400, "events"},
+		{"POST", "/v1/subscriptions", `{"url":null}`, 400, `"url" is null`},
+		{"PATCH", "/v1/subscriptions/crm", `{"paused":true}`, 400, `"paused"`},
+		{"PATCH", "/v1/subscriptions/crm", `{"id":"crm2"}`, 400, "id: cannot be changed"},
+		{"PATCH", "/v1/subscriptions/crm", `{"secret":"0123456789abcdef0123"}`, 400, "secret: is changed by rotation"},
+		{"PATCH", "/v1/subscriptions/crm", `{}`, 400, "no field to change"},
+		{"POST", "/v1/subscriptions/crm/secret", `{"overlap":"1h","activate_at":"now"}`, 400, `"activate_at"`},
+		{"POST", "/v1/subscriptions/crm/secret", `{"overlap":24}`, 400, "overlap"},
 		// Bodies on routes that take none.
 		{"POST", "/v1/subscriptions/crm/resume", "{}", 400, "body"},
 		{"POST", "/v1/deliveries/dlv_1/retry", "{}", 400, "body"},

@@ -314,9 +314,13 @@ type FieldProblem struct {
 	Problem string `json:"problem"`
 }
 
-// ValidationErrors is the 400 answer to a body with problems: every one.
+// ValidationErrors is the 400 answer to a body with problems: every one,
+// with its field. Message sums them up in one line, so that a client that
+// reads only "error" (as it does for every other answer that is not 2xx)
+// still shows what is wrong.
 type ValidationErrors struct {
-	Errors []FieldProblem `json:"errors"`
+	Message string         `json:"error"`
+	Errors  []FieldProblem `json:"errors"`
 }
 
 // CreatedSubscription is the 201 answer to POST /v1/subscriptions: the

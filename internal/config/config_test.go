@@ -186,6 +186,7 @@ subscriptions:
 		{"typo in event name", strings.Replace(minimal, "request.*", "user.deactivate", 1), nil, []string{`did you mean "user.deactivated"?`}},
 		{"bad duration in schedule", minimal + "delivery:\n  retry_schedule: [0s, 1x]\n", nil, []string{`delivery.retry_schedule[1]: "1x" is not a duration`}},
 		{"empty schedule", minimal + "delivery:\n  retry_schedule: []\n", nil, []string{"delivery.retry_schedule: must list at least one attempt"}},
+		{"secrets keys not 32 bytes of base64", minimal + "secrets:\n  key: c2hvcnQ=\n  keys: [not-base64!]\n", nil, []string{"secrets.key: not 32 bytes of base64", "secrets.keys[0]: not 32 bytes of base64"}},
 		{"unknown top-level and nested keys", minimal + "sourc: {}\ndelivery:\n  timout: 5s\n", nil, []string{`sourc: unknown key (did you mean "source"?)`, `delivery.timout: unknown key (did you mean "timeout"?)`}},
 		{"unresolved reference", strings.Replace(minimal, "0123456789abcdef", "${WEBHOOK_SECRET}", 1), nil, []string{"subscriptions[0].secret: ${WEBHOOK_SECRET} is not set in the environment"}},
 		{"credentials in url", strings.Replace(minimal, "https://crm", "https://user:pw@crm", 1), nil, []string{"subscriptions[0].url: must not contain credentials"}},
