@@ -275,6 +275,7 @@ async function manageWebhooks() {
   if (secret.length < 32) throw new Error(`secret shown: ${secret.length} characters`);
   fs.writeFileSync(secretFile, secret, { mode: 0o600 });
   await eventually('warning', () => text(page.locator(`${tid('sub-dialog')} ${tid('secret-once')}`)), (s) => s.includes('not shown again'));
+  await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-add-webhook.png' });
   await page.locator(`${tid('sub-dialog')} ${tid('copy-secret')}`).click();
   await eventually('copied', () => text(page.locator(`${tid('sub-dialog')} ${tid('copy-status')}`)), (s) => s !== '');
   await eventually('dialog title', () => text(page.locator(tid('sub-title'))), (s) => s === `Edit webhook ${newID}`);

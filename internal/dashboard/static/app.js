@@ -931,6 +931,7 @@ async function saveForm(andTest) {
       $('sf-secret').value = '';
       $('sf-id').value = '';
       saved = `Created webhook ${sub.id}.`;
+      result.scrollIntoView({ block: 'nearest' });
     } else if (Object.keys(body).length) {
       const sub = await api('PATCH', `/v1/subscriptions/${enc(form.id)}`, body);
       Object.assign(form, { orig: sub, headersDirty: false });
@@ -956,6 +957,8 @@ async function saveForm(andTest) {
   try {
     const rep = await api('POST', `/v1/subscriptions/${enc(form.id)}/test`, { event });
     box.replaceChildren(testReport('sub-test', event, rep, () => box.remove()));
+    // The secret and the result are below the buttons: bring them in view.
+    (result.querySelector('.secret-once') || box).scrollIntoView({ block: 'nearest' });
     refreshHistory().catch(() => {});
   } catch (e) {
     box.replaceChildren(el('p', { class: 'form-error-text', text: `Saved, but the test could not be sent: ${e.message}` }));
