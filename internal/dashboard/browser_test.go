@@ -38,6 +38,11 @@ const (
 	chromium    = "/usr/bin/chromium"
 	installHint = "apt-get install -y chromium; cd internal/dashboard/browsertest && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci"
 	script      = "browsertest/dashboard.test.mjs"
+	// secretsKey encrypts the secrets of the webhooks the script adds
+	// (secrets.key: 32 bytes, base64).
+	secretsKey = "ZGFzaGJvYXJkLXRlc3Qtc2VjcmV0cy1rZXktMzJieXQ="
+	// newID is the webhook the script adds, edits, rotates and deletes.
+	newID = "helpdesk-sync"
 )
 
 // browserDeps returns node, or stops the test through pgtest.Unavailable
@@ -62,8 +67,12 @@ func browserDeps(t *testing.T) string {
 // in, see the subscription's ordering and its blocked key, find the
 // delivery an INSERT caused and the update that waits behind it, open it,
 // retry it by hand (the receiver now answers 200), send a test event,
-// pause the subscription. The script's expectations are checked again
-// here against the journal and the receiver.
+// pause the subscription; then walk DZDESK's webhook settings: add a
+// webhook, save and test, toggle Active, view its history, rotate its
+// secret, delete it (the confirmation counts the delivery it cancels), and
+// find the config.yaml subscription read-only. The script's expectations
+// are checked again here against the journal, the receivers and the audit
+// trail.
 func TestDashboardInBrowser(t *testing.T) {
 	node := browserDeps(t)
 
@@ -81,6 +90,17 @@ func TestDashboardInBrowser(t *testing.T) {
 		return http.StatusInternalServerError, nil, "receiver down"
 	})
 
+	// The webhook the script adds: test events are accepted; anything
+	// else gets a 500, so the user created below stays pending (its retry
+	// is an hour away) until the delete cancels it.
+	hook := testutil.NewReceiver(t)
+	hook.SetRespond(func(_ int, r *http.Request, _ []byte) (int, http.Header, string) {
+		if strings.Contains(r.Header.Get(signer.HeaderDelivery), "test_") {
+			return http.StatusOK, nil, `{"received":"test"}`
+		}
+		return http.StatusInternalServerError, nil, "helpdesk down"
+	})
+
 	db := pgtest.NewDB(t)
 	db.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com')`)
 	// retry_schedule [0s, 1h]: after the first failure nothing retries on
@@ -90,9 +110,10 @@ source: {dsn: "%s"}
 journal: {heartbeat: 200ms}
 delivery: {allow_insecure_http: true, retry_schedule: [0s, 1h]}
 admin: {listen: "127.0.0.1:0", token: %s}
+secrets: {key: %s}
 subscriptions:
   - {id: crm, url: "%s/hooks/dzdesk", events: ["request.*"], secret: dashboard-test-secret-0123456789, ordering: entity}
-`, db.DSN, adminToken, rc.URL)
+`, db.DSN, adminToken, secretsKey, rc.URL)
 	e := enginetest.Start(t, yaml, engine.Options{Dashboard: dashboard.Files(), PollInterval: 50 * time.Millisecond})
 	base := "http://" + e.AdminAddr()
 
@@ -125,7 +146,35 @@ subscriptions:
 	} else if abs, err := filepath.Abs(shot); err == nil {
 		shot = abs
 	}
+	// Once the script has added its webhook, a user is created: the
+	// webhook's delivery of it fails and waits, pending.
+	userCreated := make(chan error, 1)
+	go func() {
+		ctx := t.Context()
+		for {
+			var n int
+			if err := conn.QueryRow(ctx, `SELECT count(*) FROM dzhook.runtime_subscriptions WHERE id = $1`, newID).Scan(&n); err != nil {
+				userCreated <- err
+				return
+			}
+			if n == 1 {
+				_, err := conn.Exec(ctx, `INSERT INTO users (id, email) VALUES (2, 'jane@company.com')`)
+				userCreated <- err
+				return
+			}
+			select {
+			case <-ctx.Done():
+				userCreated <- ctx.Err()
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	secretFile := filepath.Join(t.TempDir(), "secret")
 	out, err := runScript(t, node, map[string]string{
+		"DZHOOK_NEW_URL":      hook.URL + "/hooks/helpdesk",
+		"DZHOOK_NEW_ID":       newID,
+		"DZHOOK_SECRET_FILE":  secretFile,
 		"DZHOOK_URL":          base + "/",
 		"DZHOOK_TOKEN":        adminToken,
 		"DZHOOK_SUBSCRIPTION": "crm",
@@ -184,6 +233,71 @@ subscriptions:
 	}
 	if !apiSaysPaused(t, base) {
 		t.Errorf("GET /v1/subscriptions does not show crm paused")
+	}
+	checkManaged(t, conn, hook, secretFile, base)
+	if err := <-userCreated; err != nil {
+		t.Errorf("insert the user: %v", err)
+	}
+}
+
+// checkManaged checks what the script did to the webhook it added: the
+// test event reached the receiver signed with the secret the page showed
+// once, with the header the form set; the user's delivery was cancelled
+// by the delete; the audit trail has every step.
+func checkManaged(t *testing.T, conn *pgx.Conn, hook *testutil.Receiver, secretFile, base string) {
+	t.Helper()
+	secret, err := os.ReadFile(secretFile)
+	if err != nil {
+		t.Fatalf("the secret the page showed: %v", err)
+	}
+	var tests int
+	for _, r := range hook.Requests() {
+		if !strings.Contains(r.Header.Get(signer.HeaderDelivery), "test_") {
+			continue
+		}
+		tests++
+		if err := signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, secret); err != nil {
+			t.Errorf("the test event's signature with the secret the page showed: %v", err)
+		}
+		if ev := r.Header.Get(signer.HeaderEvent); ev != "user.created" {
+			t.Errorf("the test event is %q, want the user.created chosen in the form", ev)
+		}
+		if h := r.Header.Get("X-Helpdesk"); h != "browser-test" {
+			t.Errorf("X-Helpdesk: %q, want the header the form set", h)
+		}
+	}
+	if tests != 1 {
+		t.Errorf("%s got %d test events, want the one Save and test sent", newID, tests)
+	}
+	var state string
+	err = conn.QueryRow(context.Background(), `SELECT state FROM dzhook.deliveries WHERE subscription_id = $1 AND NOT test AND event_type = 'user.created'`, newID).Scan(&state)
+	if err != nil || state != "cancelled" {
+		t.Errorf("the user's delivery to %s: %q (%v), want cancelled by the delete", newID, state, err)
+	}
+
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/audit", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /v1/audit: %v", err)
+	}
+	defer resp.Body.Close()
+	var page api.AuditPage
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+		t.Fatalf("GET /v1/audit: %v", err)
+	}
+	var got []string
+	for _, e := range slices.Backward(page.Entries) { // newest first
+		if e.Subscription == newID {
+			got = append(got, e.Action+"("+strings.Join(e.Fields, ",")+")")
+		}
+	}
+	want := []string{
+		"create(active,description,events,headers,id,ordering,queue_while_inactive,url)",
+		"update(active)", "update(active)", "update(description)", "rotate(secret)", "delete()",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("audit trail of %s:\n got %q\nwant %q", newID, got, want)
 	}
 }
 

@@ -7,6 +7,10 @@
 // script or style). app.js asks for the admin token once per browser
 // session (sessionStorage), polls the API every 3 s, and never renders
 // what the API returns as HTML: response bodies come from third parties.
+// Runtime subscriptions are added, edited, rotated and deleted in modal
+// dialogs; a secret the API returns once is shown in the dialog that got
+// it and removed from the page when it closes (never in the URL or
+// storage). config.yaml subscriptions are shown read-only.
 //
 // browser_test.go drives the page in Debian's headless chromium through
 // the npm package playwright-core (browsertest/); without node, chromium

@@ -214,6 +214,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 			Token: cfg.Admin.Token.Reveal(), MetricsPublic: cfg.Admin.MetricsPublic,
 			Deliverer: e.dispatcher, History: e.journal, Catalog: cat, Sample: sample,
 			Ready: e.Ready, Registry: e.metrics.Registry, Dashboard: opts.Dashboard, Logger: log,
+			Manager: e.Manager(),
 		})
 	}
 	ok = true

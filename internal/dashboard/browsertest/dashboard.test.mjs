@@ -9,6 +9,13 @@
 //                        got a 500, the receiver answers 200 from attempt 2
 //   DZHOOK_WAITED_ID     the delivery of the request's update, which waits
 //                        behind it (the subscription has ordering: entity)
+//   DZHOOK_NEW_URL       the endpoint of the webhook the script adds (it
+//                        answers 200 to test events, 500 to the others)
+//   DZHOOK_NEW_ID        the id the script gives that webhook; the test
+//                        inserts a user once it exists, whose delivery
+//                        stays pending after a 500
+//   DZHOOK_SECRET_FILE   where the script writes the secret the page showed
+//                        once, for the test to verify the signature
 //   DZHOOK_SCREENSHOT    where to write the screenshot (PNG)
 //   DZHOOK_CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -33,6 +40,9 @@ const token = env('DZHOOK_TOKEN');
 const sub = env('DZHOOK_SUBSCRIPTION');
 const deliveryID = env('DZHOOK_DELIVERY_ID');
 const waitedID = env('DZHOOK_WAITED_ID');
+const newURL = env('DZHOOK_NEW_URL');
+const newID = env('DZHOOK_NEW_ID');
+const secretFile = env('DZHOOK_SECRET_FILE');
 const screenshot = env('DZHOOK_SCREENSHOT');
 const executablePath = env('DZHOOK_CHROMIUM', '/usr/bin/chromium');
 const TIMEOUT = 15_000;
@@ -186,6 +196,8 @@ async function main() {
   const focused = await page.evaluate(() => document.activeElement?.dataset?.testid ?? '');
   if (focused !== `resume-${sub}`) throw new Error(`focus after pausing is on ${JSON.stringify(focused)}, want resume-${sub}`);
 
+  await manageWebhooks();
+
   step('no API error was shown and the page raised none');
   const alert = await text(page.locator(tid('alert')));
   if (alert) throw new Error(`the alert region says: ${alert}`);
@@ -195,6 +207,150 @@ async function main() {
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: screenshot });
   await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-full.png', fullPage: true });
+}
+
+// secretLeft says where a secret can still be found: the page's text and
+// markup, the values of its inputs, the URL and the browser's storage.
+function secretLeft(secret) {
+  return page.evaluate((secret) => {
+    const where = [];
+    if (document.documentElement.outerHTML.includes(secret)) where.push('the markup');
+    if ([...document.querySelectorAll('input, textarea')].some((i) => i.value.includes(secret))) where.push('an input');
+    if (location.href.includes(secret)) where.push('the URL');
+    for (const [name, st] of [['localStorage', localStorage], ['sessionStorage', sessionStorage]]) {
+      for (let i = 0; i < st.length; i++) if (st.getItem(st.key(i)).includes(secret)) where.push(name);
+    }
+    return where;
+  }, secret);
+}
+
+// manageWebhooks walks DZDESK's "Setting Up Webhooks", "Testing Webhooks"
+// and "Webhook Management": add a webhook, save and test, toggle Active,
+// view its history, rotate its secret, delete it; and checks that the
+// config.yaml subscription cannot be changed from the page.
+async function manageWebhooks() {
+  step(`${sub} comes from config.yaml: a badge, read-only settings, no edit controls`);
+  await eventually('config.yaml badge', () => text(page.locator(tid(`source-${sub}`))), (s) => s === 'config.yaml');
+  for (const control of [`edit-${sub}`, `rotate-${sub}`, `delete-${sub}`, `active-${sub}`]) {
+    if (await page.locator(tid(control)).isVisible()) throw new Error(`${control} is shown on a config.yaml subscription`);
+  }
+  await page.locator(`${tid(`settings-box-${sub}`)} summary`).click();
+  await eventually('read-only note', () => text(page.locator(tid(`settings-box-${sub}`))), (s) => s.includes('read-only') && s.includes('request.*'));
+
+  step('Add webhook: the dialog takes the focus, events grouped as in the catalog');
+  await page.locator(tid('add-webhook')).click();
+  const dialog = page.locator(tid('sub-dialog'));
+  await dialog.waitFor({ state: 'visible' });
+  const focused = await page.evaluate(() => document.activeElement?.id);
+  if (focused !== 'sf-url') throw new Error(`focus in the dialog is on ${JSON.stringify(focused)}, want the URL`);
+  for (const g of ['request', 'sla', 'user']) await page.locator(tid(`sf-group-${g}`)).waitFor({ state: 'visible' });
+
+  step('a 400 puts each problem next to its field');
+  await page.getByLabel('Filter').fill('data.priority ==');
+  await page.locator(tid('sf-save-test')).click();
+  await eventually('URL problem', () => text(page.locator(tid('sf-url-error'))), (s) => s.includes('required'));
+  await eventually('events problem', () => page.locator(tid('sf-events-error')).isVisible(), (v) => v);
+  await eventually('filter problem', () => page.locator(tid('sf-filter-error')).isVisible(), (v) => v);
+  if ((await page.locator(tid('sf-url')).getAttribute('aria-invalid')) !== 'true') throw new Error('the URL is not marked invalid');
+
+  step(`fill it in as DZDESK's admin does: URL, events, generated secret, active; Save and test`);
+  await page.getByLabel('Id (optional').fill(newID);
+  await page.getByLabel('Endpoint URL').fill(newURL);
+  await page.getByLabel('Description').fill('Helpdesk sync (browser test)');
+  await page.getByLabel('user.created').check();
+  await page.getByLabel('user.updated').check();
+  await page.getByLabel('While inactive, keep its events').check();
+  await page.getByLabel('Filter').fill('');
+  await page.locator(tid('sf-add-header')).click();
+  await page.getByLabel('Header 1 name').fill('X-Helpdesk');
+  await page.getByLabel('Header 1 value').fill('browser-test');
+  if ((await page.locator(tid('sf-test-event')).inputValue()) !== 'user.created') throw new Error('the test event is not one of the chosen events');
+  await page.locator(tid('sf-save-test')).click();
+  await eventually('test result', () => text(page.locator(tid('sub-test-status'))), (s) => s === 'HTTP 200', 20_000);
+  await eventually('test response body', () => text(page.locator(tid('sub-test-body'))), (s) => s.includes('"received": "test"'));
+  console.log(`  test sent in ${await text(page.locator(tid('sub-test-duration')))}`);
+
+  step('the generated secret is shown once, with a copy button and a warning');
+  const secret = await page.locator(`${tid('sub-dialog')} ${tid('secret-value')}`).inputValue();
+  if (secret.length < 32) throw new Error(`secret shown: ${secret.length} characters`);
+  fs.writeFileSync(secretFile, secret, { mode: 0o600 });
+  await eventually('warning', () => text(page.locator(`${tid('sub-dialog')} ${tid('secret-once')}`)), (s) => s.includes('not shown again'));
+  await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-add-webhook.png' });
+  await page.locator(`${tid('sub-dialog')} ${tid('copy-secret')}`).click();
+  await eventually('copied', () => text(page.locator(`${tid('sub-dialog')} ${tid('copy-status')}`)), (s) => s !== '');
+  await eventually('dialog title', () => text(page.locator(tid('sub-title'))), (s) => s === `Edit webhook ${newID}`);
+
+  step('close: the secret is gone from the page, the URL and the storage; the focus is back on Add webhook');
+  await page.keyboard.press('Escape');
+  await dialog.waitFor({ state: 'hidden' });
+  const left = await secretLeft(secret);
+  if (left.length) throw new Error(`the secret is still in ${left.join(', ')}`);
+  if ((await page.evaluate(() => document.activeElement?.dataset?.testid)) !== 'add-webhook') throw new Error('the focus did not go back to Add webhook');
+
+  step(`${newID} is listed, active, with its description and no config.yaml badge`);
+  await page.locator(tid(`subscription-row-${newID}`)).waitFor({ state: 'visible' });
+  await eventually('description', () => text(page.locator(tid(`description-${newID}`))), (s) => s === 'Helpdesk sync (browser test)');
+  if (await page.locator(tid(`source-${newID}`)).isVisible()) throw new Error('a runtime subscription shows the config.yaml badge');
+  const active = page.locator(tid(`active-${newID}`));
+  await eventually('active', () => active.getAttribute('aria-checked'), (v) => v === 'true');
+
+  step('a user is created: its delivery failed once and is pending');
+  await eventually('pending', () => text(page.locator(tid(`pending-${newID}`))), (s) => s === '1', 20_000);
+
+  step('toggle Active off and on, from the keyboard');
+  await active.focus();
+  await page.keyboard.press('Space');
+  await eventually('inactive', () => active.getAttribute('aria-checked'), (v) => v === 'false');
+  await eventually('status message', () => text(page.locator(tid('status'))), (s) => s.includes('inactive'));
+  await eventually('focus kept on the switch', () => page.evaluate(() => document.activeElement?.dataset?.testid), (v) => v === `active-${newID}`);
+  await page.keyboard.press('Enter');
+  await eventually('active again', () => active.getAttribute('aria-checked'), (v) => v === 'true');
+
+  step('edit: change the description only');
+  await page.locator(tid(`edit-${newID}`)).click();
+  await dialog.waitFor({ state: 'visible' });
+  if (await page.locator(tid('sf-secret-group')).isVisible()) throw new Error('the edit form offers the secret');
+  if ((await page.locator(tid('sf-url')).inputValue()) !== newURL) throw new Error('the edit form does not show the URL');
+  await page.getByLabel('Description').fill('Helpdesk sync');
+  await page.locator(tid('sf-save')).click();
+  await dialog.waitFor({ state: 'hidden' });
+  await eventually('description changed', () => text(page.locator(tid(`description-${newID}`))), (s) => s === 'Helpdesk sync');
+
+  step('view its delivery history: the test and the pending user.created');
+  await page.locator(tid(`history-${newID}`)).click();
+  await eventually('filter', () => page.locator(tid('filter-subscription')).inputValue(), (v) => v === newID);
+  await eventually('its deliveries', () => page.locator(`${tid('history')} tbody tr`).allTextContents(),
+    (rows) => rows.length === 2 && rows.every((r) => r.includes(newID)) && rows.some((r) => r.includes('test')) && rows.some((r) => r.includes('pending')));
+
+  step('rotate its secret: overlap and activation explained, the new secret shown once');
+  await page.locator(tid(`rotate-${newID}`)).click();
+  const rotateDialog = page.locator(tid('rotate-dialog'));
+  await rotateDialog.waitFor({ state: 'visible' });
+  await eventually('explanation', () => text(rotateDialog), (s) => s.includes('old secret stays valid'));
+  await page.locator(tid('rotate-overlap')).selectOption('1h');
+  await page.locator(tid('rotate-activate-now')).check();
+  await page.locator(tid('rotate-submit')).click();
+  const rotated = await eventually('new secret', () => page.locator(`${tid('rotate-dialog')} ${tid('secret-value')}`).inputValue(), (s) => s.length >= 32);
+  if (rotated === secret) throw new Error('the rotation showed the old secret');
+  await eventually('summary', () => text(page.locator(tid('rotate-summary'))), (s) => s.includes('stays valid until'));
+  await page.locator(tid('rotate-close')).click();
+  await rotateDialog.waitFor({ state: 'hidden' });
+  const leftRotated = await secretLeft(rotated);
+  if (leftRotated.length) throw new Error(`the rotated secret is still in ${leftRotated.join(', ')}`);
+
+  step('delete: the confirmation says how many deliveries are pending and that they are cancelled');
+  await page.locator(tid(`delete-${newID}`)).click();
+  const deleteDialog = page.locator(tid('delete-dialog'));
+  await deleteDialog.waitFor({ state: 'visible' });
+  const says = await text(page.locator(tid('delete-text')));
+  console.log(`  ${says}`);
+  if (!/^1 delivery is waiting .*cancels it/.test(says)) throw new Error(`the confirmation says ${JSON.stringify(says)}`);
+  if ((await page.evaluate(() => document.activeElement?.dataset?.testid)) !== 'delete-cancel') throw new Error('the confirmation does not focus Keep it');
+  await page.locator(tid('delete-submit')).click();
+  await deleteDialog.waitFor({ state: 'hidden' });
+  await page.locator(tid(`subscription-row-${newID}`)).waitFor({ state: 'detached' });
+  await eventually('deleted message', () => text(page.locator(tid('status'))), (s) => s.includes(`Deleted ${newID}; 1 delivery cancelled`));
+  await page.locator(tid('reset-filters')).click();
 }
 
 let code = 0;

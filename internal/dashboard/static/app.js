@@ -165,9 +165,11 @@ function announce(message) {
 // ---- the API ---------------------------------------------------------------
 
 class APIError extends Error {
-  constructor(status, message) {
+  // problems are the field problems of a 400 ({"errors":[{field, problem}]}).
+  constructor(status, message, problems = []) {
     super(message);
     this.status = status;
+    this.problems = problems;
   }
 }
 
@@ -227,13 +229,16 @@ async function api(method, path, body) {
     } catch {
       data = null;
     }
-    const message = data && typeof data.error === 'string' ? data.error : `HTTP ${resp.status} ${resp.statusText}`.trim();
+    const problems = data && Array.isArray(data.errors) ? data.errors.filter((p) => p && typeof p.problem === 'string') : [];
+    const message = data && typeof data.error === 'string' ? data.error
+      : problems.length ? problems.map((p) => `${p.field}: ${p.problem}`).join('; ')
+        : `HTTP ${resp.status} ${resp.statusText}`.trim();
     if (resp.status === 401) {
       if (sessionStorage.getItem(TOKEN_KEY) === token) sessionStorage.removeItem(TOKEN_KEY);
       await askToken(`The API refused the token: ${message}`);
       continue;
     }
-    if (!resp.ok) throw new APIError(resp.status, message);
+    if (!resp.ok) throw new APIError(resp.status, message, problems);
     if (data === null) throw new APIError(resp.status, `${method} ${path}: the answer is not JSON`);
     return data;
   }
@@ -294,7 +299,24 @@ function buildCard(id) {
   c.state = el('span', { class: 'badge', 'data-testid': `state-${id}` });
   c.inactive = el('span', { class: 'tag', text: 'inactive', title: 'active: false in the configuration', hidden: true });
   c.ordering = el('span', { class: 'tag', 'data-testid': `ordering-${id}` });
+  c.source = el('span', {
+    class: 'tag tag-config', 'data-testid': `source-${id}`, text: 'config.yaml', hidden: true,
+    title: 'Defined in config.yaml: change it there. Pause, resume, test and retry work here.',
+  });
+  c.active = el('button', {
+    type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'true', 'data-testid': `active-${id}`,
+    'aria-label': `Active: send ${id}’s events`, hidden: true, onclick: () => toggleActive(id),
+  }, 'Active');
   c.url = el('p', { class: 'url mono', 'data-testid': `url-${id}` });
+  c.description = el('p', { class: 'description', 'data-testid': `description-${id}`, hidden: true });
+  c.settings = el('dl', { class: 'facts settings-facts', 'data-testid': `settings-${id}` });
+  c.settingsNote = el('p', { class: 'hint' });
+  const settings = el('details', { class: 'settings', 'data-testid': `settings-box-${id}` },
+    el('summary', { text: 'Settings' }), c.settingsNote, c.settings);
+  c.edit = el('button', { type: 'button', 'data-testid': `edit-${id}`, onclick: (ev) => openForm(id, ev.currentTarget) }, 'Edit');
+  c.rotate = el('button', { type: 'button', 'data-testid': `rotate-${id}`, onclick: (ev) => openRotate(id, ev.currentTarget) }, 'Rotate secret');
+  c.remove = el('button', { type: 'button', class: 'danger-quiet', 'data-testid': `delete-${id}`, onclick: (ev) => openDelete(id, ev.currentTarget) }, 'Delete');
+  c.manage = el('span', { class: 'action-group', hidden: true }, c.edit, c.rotate, c.remove);
   const metric = (label, key, extra = {}) => {
     c[key] = el('dd', { 'data-testid': `${key}-${id}`, ...extra });
     return el('div', { class: 'metric' }, el('dt', { text: label }), c[key]);
@@ -338,10 +360,11 @@ function buildCard(id) {
   c.root = el('article', { class: 'card', 'data-testid': `subscription-row-${id}`, 'aria-labelledby': `${p}-title` },
     el('div', { class: 'card-head' },
       el('h3', { id: `${p}-title`, class: 'card-title', text: id }),
-      c.state, c.inactive, c.ordering,
-      el('span', { class: 'card-head-actions' }, c.pause, c.resume),
+      c.state, c.inactive, c.ordering, c.source,
+      el('span', { class: 'card-head-actions' }, c.active, c.pause, c.resume),
     ),
     c.url,
+    c.description,
     el('div', { class: 'card-body' }, metrics, chart),
     c.blocked,
     c.lastError,
@@ -354,8 +377,13 @@ function buildCard(id) {
         el('label', { for: `${p}-test-event`, text: 'Test event' }),
         c.testEvent, c.sendTest,
       ),
+      el('span', { class: 'action-group' },
+        el('button', { type: 'button', 'data-testid': `history-${id}`, onclick: () => showHistoryOf(id) }, 'Delivery history'),
+      ),
+      c.manage,
     ),
     c.testResult,
+    settings,
   );
   fillEventSelect(c.testEvent, false);
   return c;
@@ -365,9 +393,19 @@ function updateCard(c, s) {
   const st = stateOf(s);
   setText(c.state, st);
   c.state.className = `badge badge-${st}`;
-  c.inactive.hidden = s.active !== false;
+  const runtime = s.source === 'runtime';
+  c.inactive.hidden = runtime || s.active !== false;
+  c.source.hidden = s.source !== 'config';
+  c.active.hidden = !runtime;
+  c.manage.hidden = !runtime;
+  c.active.setAttribute('aria-checked', String(s.active !== false));
+  c.active.title = s.active !== false ? 'Active: its events are sent. Press to make it inactive.'
+    : `Inactive: its events are ${s.queue_while_inactive ? 'kept until it is active again' : 'skipped'}. Press to make it active.`;
   setText(c.url, s.url);
   c.url.title = s.url;
+  c.description.hidden = !s.description;
+  setText(c.description, s.description || '');
+  updateSettings(c, s);
   const stats = s.stats || {};
   const rate = typeof stats.success_rate === 'number' ? stats.success_rate : -1;
   setText(c.success, rate < 0 ? '—' : `${(rate * 100).toFixed(rate === 1 || rate === 0 ? 0 : 1)} %`);
@@ -401,6 +439,24 @@ function updateCard(c, s) {
     if (hadFocus) (canResume ? c.resume : c.pause).focus();
   }
   drawChart(c, stats.per_minute || []);
+}
+
+// updateSettings lists the subscription's fields, read-only (a config.yaml
+// subscription is changed in the file; a runtime one through Edit).
+function updateSettings(c, s) {
+  const key = JSON.stringify([s.source, s.events, s.filter, s.active, s.queue_while_inactive, s.ordering, s.description]);
+  if (c.settingsKey === key) return;
+  c.settingsKey = key;
+  setText(c.settingsNote, s.source === 'config'
+    ? 'Defined in config.yaml: read-only here. Change it in the file and reload dzhook.'
+    : 'Created at runtime: change it with Edit. The secret and the header values are never shown.');
+  c.settings.replaceChildren(
+    fact('Events', (s.events || []).join(', ')),
+    fact('Filter', s.filter ? el('span', { class: 'mono', text: s.filter }) : 'none'),
+    fact('Active', s.active !== false ? 'yes' : `no (events ${s.queue_while_inactive ? 'kept for later' : 'skipped'})`),
+    fact('Ordering', s.ordering || 'none'),
+    fact('Source', s.source === 'config' ? 'config.yaml' : 'runtime (API or dashboard)'),
+  );
 }
 
 const orderingTitles = {
@@ -585,19 +641,18 @@ function sendTest(id) {
       throw e;
     }
     clearError('action');
-    c.testResult.replaceChildren(testReport(id, event, rep));
+    c.testResult.replaceChildren(testReport(`test-result-${id}`, event, rep, () => {
+      state.cards.get(id)?.testResult.replaceChildren();
+      state.cards.get(id)?.sendTest.focus();
+    }));
     await refreshHistory();
   });
 }
 
-// testReport shows what the receiver answered to a test send.
-function testReport(id, event, rep) {
-  const t = `test-result-${id}`;
+// testReport shows what the receiver answered to a test send; t prefixes
+// its test ids, hide removes it.
+function testReport(t, event, rep, hide) {
   const status = rep.status_code ? `HTTP ${rep.status_code}` : rep.error_class || 'no answer';
-  const hide = () => {
-    state.cards.get(id)?.testResult.replaceChildren();
-    state.cards.get(id)?.sendTest.focus();
-  };
   return el('div', { class: 'report' },
     el('div', { class: 'report-head' },
       el('p', {},
@@ -606,7 +661,7 @@ function testReport(id, event, rep) {
         ` ${rep.delivered ? 'delivered' : 'not delivered'} in `,
         el('span', { 'data-testid': `${t}-duration`, text: fmtMS(rep.duration_ms) }),
       ),
-      el('button', { type: 'button', class: 'quiet small', 'data-testid': `close-test-${id}`, onclick: hide }, 'Hide'),
+      el('button', { type: 'button', class: 'quiet small', 'data-testid': `${t}-hide`, onclick: hide }, 'Hide'),
     ),
     rep.error && rep.error !== status ? el('p', { class: 'attempt-error', text: rep.error }) : null,
     el('pre', {
@@ -618,6 +673,494 @@ function testReport(id, event, rep) {
         el('button', { type: 'button', class: 'linkish mono', 'aria-label': `Open delivery ${rep.delivery_id}`, onclick: () => openDelivery(rep.delivery_id, true) }, rep.delivery_id))
       : null,
   );
+}
+
+// ---- managing runtime subscriptions ------------------------------------------
+//
+// Add webhook, Edit, Rotate secret and Delete open modal dialogs. A secret
+// (generated, or the answer to a rotation) is shown once, in the dialog
+// that received it, and removed from the page when that dialog closes: it
+// never goes to the URL, sessionStorage or localStorage.
+
+const GROUP_LABELS = { request: 'Request events', sla: 'SLA events', user: 'User events', custom: 'Custom events' };
+const FORM_FIELDS = ['id', 'url', 'description', 'events', 'secret', 'active', 'ordering', 'filter', 'headers'];
+
+// form is the open Add/Edit dialog: mode "create" or "edit", the
+// subscription as last saved (edit), whether the header rows were touched,
+// and the button that opened it (the focus goes back there).
+const form = { mode: 'create', id: '', orig: null, headersDirty: false, opener: null };
+
+const radioValue = (name) => document.querySelector(`input[name="${name}"]:checked`)?.value || '';
+
+function eventGroups() {
+  const groups = new Map();
+  for (const e of state.events) {
+    const g = e.custom ? 'custom' : e.group;
+    if (!groups.has(g)) groups.set(g, []);
+    groups.get(g).push(e);
+  }
+  return groups;
+}
+
+// fillEventBoxes builds the grouped event checkboxes, checking chosen.
+function fillEventBoxes(chosen) {
+  const boxes = [];
+  for (const [g, evs] of eventGroups()) {
+    boxes.push(el('fieldset', { class: 'event-group', 'data-testid': `sf-group-${g}` },
+      el('legend', { text: GROUP_LABELS[g] || `${g} events` }),
+      ...evs.map((e) => {
+        const id = `sf-ev-${e.name}`;
+        const box = el('input', { type: 'checkbox', id, value: e.name, 'data-testid': `sf-event-${e.name}` });
+        box.checked = chosen.has(e.name);
+        return el('div', { class: 'event-box' },
+          box, el('label', { for: id }, el('span', { class: 'mono', text: e.name }), e.description ? el('span', { class: 'muted', text: ` — ${e.description}` }) : null));
+      })));
+  }
+  $('sf-event-groups').replaceChildren(...boxes);
+}
+
+function chosenEvents() {
+  const names = [...$('sf-event-groups').querySelectorAll('input:checked')].map((b) => b.value);
+  const more = $('sf-patterns').value.split(',').map((x) => x.trim()).filter(Boolean);
+  return [...names, ...more.filter((m) => !names.includes(m))];
+}
+
+// syncTestEvent keeps the test event among the chosen ones when it can.
+function syncTestEvent() {
+  const sel = $('sf-test-event');
+  const names = [...$('sf-event-groups').querySelectorAll('input:checked')].map((b) => b.value);
+  if (names.length && !names.includes(sel.value)) sel.value = names[0];
+}
+
+function addHeaderRow(name = '', value = '') {
+  const box = $('sf-headers');
+  const n = (form.rowSeq = (form.rowSeq || 0) + 1);
+  const nameIn = el('input', { id: `sf-h-name-${n}`, autocomplete: 'off', spellcheck: 'false', placeholder: 'X-Api-Key', 'data-testid': 'sf-header-name' });
+  const valueIn = el('input', { id: `sf-h-value-${n}`, type: 'password', autocomplete: 'off', spellcheck: 'false', 'data-testid': 'sf-header-value' });
+  nameIn.value = name;
+  valueIn.value = value;
+  const row = el('div', { class: 'header-row' },
+    el('label', { for: nameIn.id, class: 'visually-hidden', text: `Header ${n} name` }), nameIn,
+    el('label', { for: valueIn.id, class: 'visually-hidden', text: `Header ${n} value` }), valueIn,
+  );
+  row.append(el('button', {
+    type: 'button', class: 'quiet small', 'aria-label': `Remove header ${n}`,
+    onclick: () => {
+      form.headersDirty = true;
+      row.remove();
+      $('sf-add-header').focus();
+    },
+  }, 'Remove'));
+  box.append(row);
+  return nameIn;
+}
+
+function headerRows() {
+  const h = {};
+  for (const row of $('sf-headers').querySelectorAll('.header-row')) {
+    const [name, value] = row.querySelectorAll('input');
+    if (name.value.trim() || value.value) h[name.value.trim()] = value.value;
+  }
+  return h;
+}
+
+function clearFieldErrors() {
+  $('sub-errors').replaceChildren();
+  for (const f of FORM_FIELDS) {
+    const p = $(`sf-${f}-error`);
+    if (p) {
+      p.hidden = true;
+      p.textContent = '';
+    }
+  }
+  for (const n of $('sub-form').querySelectorAll('[aria-invalid]')) n.removeAttribute('aria-invalid');
+}
+
+// fieldOf maps an API field path ("events[1]", "headers.X-Key",
+// "standard_webhooks") to the form field that shows its problem.
+function fieldOf(path) {
+  const root = String(path).split(/[.[]/)[0];
+  if (root === 'standard_webhooks') return 'secret';
+  if (root === 'queue_while_inactive') return 'active';
+  return FORM_FIELDS.includes(root) ? root : '';
+}
+
+// showProblems puts each problem next to its field (the rest at the top)
+// and moves the focus to the first field with one.
+function showProblems(box, problems, message) {
+  const byField = new Map();
+  const general = [];
+  for (const p of problems) {
+    const f = fieldOf(p.field);
+    if (f && $(`sf-${f}-error`) && (form.mode === 'create' || !['id', 'secret'].includes(f))) {
+      if (!byField.has(f)) byField.set(f, []);
+      byField.get(f).push(p.field === f ? p.problem : `${p.field}: ${p.problem}`);
+    } else {
+      general.push(`${p.field}: ${p.problem}`);
+    }
+  }
+  let first = null;
+  for (const f of FORM_FIELDS) {
+    if (!byField.has(f)) continue;
+    const p = $(`sf-${f}-error`);
+    p.textContent = byField.get(f).join('; ');
+    p.hidden = false;
+    const target = $(`sf-${f}`);
+    const control = target && target.matches('input, select, textarea') ? target
+      : p.closest('fieldset')?.querySelector('input, select, textarea, button');
+    control?.setAttribute('aria-invalid', 'true');
+    first = first || control;
+  }
+  const n = problems.length;
+  box.replaceChildren(el('p', { class: 'form-error-text', text: n ? `${n === 1 ? 'One problem' : `${n} problems`} to fix before saving.` : message }),
+    ...(general.length ? [el('ul', {}, ...general.map((g) => el('li', { text: g })))] : []));
+  (first || box).focus?.();
+}
+
+// openForm opens the Add webhook dialog (id empty) or Edit for id.
+function openForm(id, opener) {
+  const s = id ? state.subs.find((x) => x.id === id) : null;
+  if (id && !s) return;
+  Object.assign(form, { mode: s ? 'edit' : 'create', id: id || '', orig: s, headersDirty: false, opener });
+  $('sub-form').reset();
+  clearFieldErrors();
+  $('sub-result').replaceChildren();
+  $('sf-headers').replaceChildren();
+  fillEventSelect($('sf-test-event'), false);
+  const names = new Set(state.events.map((e) => e.name));
+  const chosen = new Set((s?.events || []).filter((e) => names.has(e)));
+  fillEventBoxes(chosen);
+  $('sf-patterns').value = (s?.events || []).filter((e) => !names.has(e)).join(', ');
+  if (s) {
+    $('sf-url').value = s.url || '';
+    $('sf-description').value = s.description || '';
+    $('sf-active').checked = s.active !== false;
+    $('sf-queue').checked = Boolean(s.queue_while_inactive);
+    $('sf-ordering').value = s.ordering || 'none';
+    $('sf-filter').value = s.filter || '';
+    syncTestEvent();
+  }
+  showFormMode();
+  $('sf-secret-field').hidden = true;
+  const dialog = $('sub-dialog');
+  if (!dialog.open) dialog.showModal();
+  $('sf-url').focus();
+}
+
+// showFormMode shows the fields that belong to creating or editing.
+function showFormMode() {
+  const edit = form.mode === 'edit';
+  setText($('sub-title'), edit ? `Edit webhook ${form.id}` : 'Add webhook');
+  $('sf-id-field').hidden = edit;
+  $('sf-secret-group').hidden = edit;
+  $('sf-secret-note').hidden = !edit;
+  $('sf-headers-hint').textContent = edit
+    ? 'Sent with every delivery; stored encrypted, so the current ones are not shown. Change the rows here to replace them all; leave them untouched to keep them.'
+    : 'Sent with every delivery; stored encrypted like the secret.';
+}
+
+// formBody is the JSON body: every field set when creating; only the
+// changed ones when editing (PATCH).
+function formBody() {
+  const b = {};
+  const events = chosenEvents();
+  const url = $('sf-url').value.trim();
+  const description = $('sf-description').value.trim();
+  const filter = $('sf-filter').value.trim();
+  const active = $('sf-active').checked;
+  const queue = $('sf-queue').checked;
+  const ordering = $('sf-ordering').value;
+  if (form.mode === 'create') {
+    const id = $('sf-id').value.trim();
+    if (id) b.id = id;
+    b.url = url;
+    b.events = events;
+    if (radioValue('secret-mode') === 'paste') b.secret = $('sf-secret').value;
+    if ($('sf-standard').checked) b.standard_webhooks = true;
+    b.active = active;
+    b.queue_while_inactive = queue;
+    b.ordering = ordering;
+    if (filter) b.filter = filter;
+    if (description) b.description = description;
+    const h = headerRows();
+    if (Object.keys(h).length) b.headers = h;
+    return b;
+  }
+  const o = form.orig;
+  if (url !== o.url) b.url = url;
+  const same = (a, c) => a.length === c.length && a.every((x) => c.includes(x));
+  if (!same(events, o.events || [])) b.events = events;
+  if (description !== (o.description || '')) b.description = description;
+  if (filter !== (o.filter || '')) b.filter = filter;
+  if (active !== (o.active !== false)) b.active = active;
+  if (queue !== Boolean(o.queue_while_inactive)) b.queue_while_inactive = queue;
+  if (ordering !== (o.ordering || 'none')) b.ordering = ordering;
+  if (form.headersDirty) b.headers = headerRows();
+  return b;
+}
+
+async function submitForm(ev) {
+  ev.preventDefault();
+  const button = ev.submitter && ev.submitter.value ? ev.submitter : $('sf-save');
+  const andTest = button.value === 'test';
+  if (button.disabled) return;
+  const buttons = [$('sf-save'), $('sf-save-test')];
+  for (const b of buttons) b.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  clearFieldErrors();
+  try {
+    await saveForm(andTest);
+  } finally {
+    for (const b of buttons) b.disabled = false;
+    button.removeAttribute('aria-busy');
+  }
+}
+
+async function saveForm(andTest) {
+  const body = formBody();
+  const result = $('sub-result');
+  let saved = null;
+  try {
+    if (form.mode === 'create') {
+      const generated = body.secret === undefined;
+      const created = await api('POST', '/v1/subscriptions', body);
+      const { secret, ...sub } = created;
+      Object.assign(form, { mode: 'edit', id: sub.id, orig: sub, headersDirty: false });
+      showFormMode();
+      result.replaceChildren(generated && secret ? secretOnce(secret, 'sub') : el('p', { class: 'muted', text: 'Saved with the secret you entered.' }));
+      $('sf-secret').value = '';
+      $('sf-id').value = '';
+      saved = `Created webhook ${sub.id}.`;
+      result.scrollIntoView({ block: 'nearest' });
+    } else if (Object.keys(body).length) {
+      const sub = await api('PATCH', `/v1/subscriptions/${enc(form.id)}`, body);
+      Object.assign(form, { orig: sub, headersDirty: false });
+      result.querySelector('[data-testid="sub-test"]')?.remove();
+      saved = `Saved ${form.id}: ${Object.keys(body).join(', ')} changed.`;
+    } else if (!andTest) {
+      saved = 'Nothing changed.';
+    }
+  } catch (e) {
+    showProblems($('sub-errors'), e.problems || [], e.message);
+    return;
+  }
+  if (saved) announce(saved);
+  loadSubscriptions().catch((e) => showError(e.message));
+  if (!andTest) {
+    if (saved && !result.querySelector('input')) closeForm();
+    return;
+  }
+  const event = $('sf-test-event').value || 'request.created';
+  result.querySelector('[data-testid="sub-test"]')?.remove();
+  const box = el('div', { 'data-testid': 'sub-test', role: 'status', 'aria-live': 'polite' }, el('p', { class: 'muted', text: `Sending a test ${event} to ${form.id}…` }));
+  result.append(box);
+  try {
+    const rep = await api('POST', `/v1/subscriptions/${enc(form.id)}/test`, { event });
+    box.replaceChildren(testReport('sub-test', event, rep, () => box.remove()));
+    // The secret and the result are below the buttons: bring them in view.
+    (result.querySelector('.secret-once') || box).scrollIntoView({ block: 'nearest' });
+    refreshHistory().catch(() => {});
+  } catch (e) {
+    box.replaceChildren(el('p', { class: 'form-error-text', text: `Saved, but the test could not be sent: ${e.message}` }));
+  }
+}
+
+// secretOnce shows a secret with a copy button and the warning that it is
+// not shown again. Its value is a property of the input, not an attribute.
+function secretOnce(secret, prefix) {
+  const input = el('input', { id: `${prefix}-secret-value`, class: 'mono secret-value', readonly: true, spellcheck: 'false', autocomplete: 'off', 'data-testid': 'secret-value' });
+  input.value = secret;
+  const status = el('p', { class: 'hint', role: 'status', 'data-testid': 'copy-status' });
+  const copy = el('button', {
+    type: 'button', 'data-testid': 'copy-secret',
+    onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(input.value);
+        status.textContent = 'Copied to the clipboard.';
+      } catch {
+        input.focus();
+        input.select();
+        status.textContent = 'Selected: press Ctrl+C (⌘C) to copy it.';
+      }
+    },
+  }, 'Copy');
+  return el('div', { class: 'secret-once', 'data-testid': 'secret-once' },
+    el('p', { class: 'secret-warning' },
+      el('strong', { text: 'Copy this secret now: it is not shown again. ' }),
+      'dzhook keeps it encrypted and never returns it; your receiver needs it to verify each delivery’s signature.'),
+    el('div', { class: 'secret-row' },
+      el('label', { for: input.id, text: 'Secret' }), input, copy),
+    status,
+  );
+}
+
+function closeForm() {
+  const d = $('sub-dialog');
+  if (d.open) d.close();
+}
+
+// forget removes what a dialog may hold of a secret, and gives the focus
+// back to the button that opened it (or Add webhook when that is gone).
+function forget(resultID, inputs, opener) {
+  $(resultID).replaceChildren();
+  for (const i of inputs) $(i).value = '';
+  (opener && opener.isConnected && !opener.closest('[hidden]') ? opener : $('add-webhook')).focus();
+}
+
+async function toggleActive(id) {
+  const c = state.cards.get(id);
+  const s = state.subs.find((x) => x.id === id);
+  if (!c || !s) return;
+  const active = s.active === false;
+  await busy(c.active, async () => {
+    await api('PATCH', `/v1/subscriptions/${enc(id)}`, { active });
+    clearError('action');
+    announce(active ? `${id} is active: its events are sent.` : `${id} is inactive: its events are ${s.queue_while_inactive ? 'kept until it is active again' : 'skipped'}.`);
+    await loadSubscriptions();
+  });
+  c.active.focus();
+}
+
+// showHistoryOf shows every delivery of one subscription (the status and
+// event filters are cleared; the time range is kept).
+function showHistoryOf(id) {
+  Object.assign(state.filters, { subscription: id, status: '', event: '' });
+  showFilters();
+  applyFilters();
+  $('history-title').focus();
+  $('history-title').scrollIntoView({ block: 'start' });
+}
+
+// ---- rotate ------------------------------------------------------------------
+
+const rotate = { id: '', opener: null };
+
+function openRotate(id, opener) {
+  Object.assign(rotate, { id, opener });
+  $('rotate-form').reset();
+  $('rotate-errors').replaceChildren();
+  $('rotate-result').replaceChildren();
+  $('rotate-fields').hidden = false;
+  $('rotate-secret-field').hidden = true;
+  setText($('rotate-title'), `Rotate the secret of ${id}`);
+  $('rotate-dialog').showModal();
+  $('rotate-overlap').focus();
+}
+
+async function submitRotate(ev) {
+  ev.preventDefault();
+  const body = { overlap: $('rotate-overlap').value, activate: radioValue('rotate-activate') };
+  if (radioValue('rotate-mode') === 'paste') body.secret = $('rotate-secret').value;
+  const button = $('rotate-submit');
+  if (button.disabled) return;
+  button.disabled = true;
+  $('rotate-errors').replaceChildren();
+  try {
+    const rep = await api('POST', `/v1/subscriptions/${enc(rotate.id)}/secret`, body);
+    $('rotate-secret').value = '';
+    $('rotate-fields').hidden = true;
+    const when = (iso) => `${fmtTime(iso)} (${fmtAgo(iso)})`;
+    $('rotate-result').replaceChildren(
+      body.secret === undefined ? secretOnce(rep.secret, 'rotate') : el('p', { text: 'The secret you entered is in force.' }),
+      el('p', { 'data-testid': 'rotate-summary' },
+        `The old secret stays valid until ${when(rep.previous_valid_until)}; X-DZDESK-Signature uses the new one from ${when(rep.signature_switch_at)}.`),
+    );
+    announce(`Rotated the secret of ${rotate.id}.`);
+    ($('rotate-result').querySelector('button') || $('rotate-close')).focus();
+  } catch (e) {
+    $('rotate-errors').replaceChildren(el('p', { class: 'form-error-text', text: e.message }));
+    $('rotate-errors').focus?.();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- delete ------------------------------------------------------------------
+
+const removal = { id: '', opener: null };
+
+// openDelete asks before deleting, saying how many deliveries its delete
+// cancels (pending and held, from the journal).
+async function openDelete(id, opener) {
+  Object.assign(removal, { id, opener });
+  const c = state.cards.get(id);
+  await busy(c.remove, async () => {
+    const s = await api('GET', `/v1/subscriptions/${enc(id)}`);
+    const pending = s.pending || 0;
+    const held = s.held || 0;
+    const n = pending + held;
+    setText($('delete-title'), `Delete webhook ${id}?`);
+    const parts = [];
+    if (pending) parts.push(`${pending} pending`);
+    if (held) parts.push(`${held} held`);
+    setText($('delete-text'), n === 0
+      ? `No deliveries are pending for ${id}. Deleting it stops its deliveries; its history is kept.`
+      : `${n} ${n === 1 ? 'delivery is' : 'deliveries are'} waiting for ${id} (${parts.join(', ')}): deleting it cancels ${n === 1 ? 'it' : 'them'}. ${n === 1 ? 'It stays' : 'They stay'} in the history as cancelled; an attempt in flight finishes.`);
+    $('delete-dialog').dataset.pending = String(n);
+    $('delete-dialog').showModal();
+    $('delete-cancel').focus();
+  });
+}
+
+async function submitDelete(ev) {
+  ev.preventDefault();
+  const id = removal.id;
+  const button = $('delete-submit');
+  await busy(button, async () => {
+    const rep = await api('DELETE', `/v1/subscriptions/${enc(id)}`);
+    clearError('action');
+    $('delete-dialog').close();
+    const n = rep.cancelled || 0;
+    announce(`Deleted ${id}${n ? `; ${n} ${n === 1 ? 'delivery' : 'deliveries'} cancelled` : ''}.`);
+    // The API lists the deliveries of existing subscriptions only.
+    if (state.filters.subscription === id) {
+      state.filters.subscription = '';
+      showFilters();
+      writeHash();
+    }
+    await refreshAll();
+    $('add-webhook').focus();
+  });
+}
+
+function wireManage() {
+  $('add-webhook').addEventListener('click', (ev) => openForm('', ev.currentTarget));
+  $('sub-form').addEventListener('submit', submitForm);
+  $('sub-close').addEventListener('click', closeForm);
+  $('sf-cancel').addEventListener('click', closeForm);
+  $('sub-dialog').addEventListener('close', () => forget('sub-result', ['sf-secret'], form.opener));
+  $('sf-add-header').addEventListener('click', () => {
+    form.headersDirty = true;
+    addHeaderRow().focus();
+  });
+  $('sf-headers').addEventListener('input', () => {
+    form.headersDirty = true;
+  });
+  $('sf-event-groups').addEventListener('change', syncTestEvent);
+  $('sub-form').addEventListener('change', (ev) => {
+    if (ev.target.name === 'secret-mode') {
+      $('sf-secret-field').hidden = ev.target.value !== 'paste';
+      if (ev.target.value === 'paste') $('sf-secret').focus();
+      else $('sf-secret').value = '';
+    }
+  });
+  $('rotate-form').addEventListener('submit', submitRotate);
+  $('rotate-form').addEventListener('change', (ev) => {
+    if (ev.target.name === 'rotate-mode') {
+      $('rotate-secret-field').hidden = ev.target.value !== 'paste';
+      if (ev.target.value !== 'paste') $('rotate-secret').value = '';
+    }
+  });
+  const closeRotate = () => $('rotate-dialog').close();
+  $('rotate-close').addEventListener('click', closeRotate);
+  $('rotate-cancel').addEventListener('click', closeRotate);
+  $('rotate-dialog').addEventListener('close', () => forget('rotate-result', ['rotate-secret'], rotate.opener));
+  $('delete-form').addEventListener('submit', submitDelete);
+  $('delete-cancel').addEventListener('click', () => $('delete-dialog').close());
+  $('delete-dialog').addEventListener('close', () => {
+    const c = state.cards.get(removal.id);
+    if (c && c.root.isConnected) c.remove.focus();
+  });
 }
 
 // ---- history -----------------------------------------------------------------
@@ -955,6 +1498,7 @@ function toggleLive() {
 // ---- start -----------------------------------------------------------------
 
 function wire() {
+  wireManage();
   $('token-form').addEventListener('submit', submitToken);
   $('token-dialog').addEventListener('cancel', (ev) => {
     // Without a token the page can show nothing: keep asking.
