@@ -79,7 +79,9 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Dashboard is served at /; nil serves none.
 	Dashboard fs.FS
-	Logger    *slog.Logger
+	// Replays serves the replay endpoints (replay.go); nil leaves them out.
+	Replays Replayer
+	Logger  *slog.Logger
 }
 
 // Server is the admin HTTP server.
@@ -120,6 +122,9 @@ func New(cfg Config) *Server {
 	s.route("GET /v1/deliveries", list, s.deliveries)
 	s.route("GET /v1/deliveries/{id}", none, s.delivery)
 	s.route("POST /v1/deliveries/{id}/retry", none, s.retry)
+	if cfg.Replays != nil {
+		s.replayRoutes()
+	}
 	if cfg.Dashboard != nil {
 		s.mux.Handle("GET /", dashboardHandler(cfg.Dashboard))
 	}
