@@ -178,7 +178,7 @@ func (s *Server) cancelReplay(w http.ResponseWriter, r *http.Request, _ query) {
 	defer cancel()
 	rp, _, err := s.cfg.Replays.CancelReplay(ctx, id, rid, clientAddr(r))
 	if errors.Is(err, journal.ErrReplayFinished) {
-		writeError(w, http.StatusConflict, fmt.Sprintf("replay %s is %s, not running: nothing to cancel", rid, rp.State))
+		writeError(w, http.StatusConflict, fmt.Sprintf("replay %s is %s and none of its deliveries waits: nothing to cancel", rid, rp.State))
 		return
 	}
 	if err != nil {

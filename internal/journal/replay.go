@@ -31,7 +31,7 @@ const (
 
 // Errors of the replay operations.
 var (
-	// ErrReplayFinished: the replay is no longer running.
+	// ErrReplayFinished: the replay has nothing left to stop.
 	ErrReplayFinished = errors.New("the replay is no longer running")
 )
 
@@ -193,13 +193,14 @@ func (s *Store) RunningReplays(ctx context.Context) ([]Replay, error) {
 	return list, nil
 }
 
-// CancelReplay stops a running replay: it makes no more deliveries, and
+// CancelReplay stops a replay that is running, or done making its
+// deliveries while some still wait: it makes no more deliveries, and
 // those it made that wait in the journal (pending and owned by no
 // process, or held) are skipped with the reason, whether never attempted
 // or waiting for a retry: a cancel means "stop sending". Attempts in
 // flight, and deliveries a process already took into its queue, finish.
 // It returns the replay as it now is and how many deliveries it skipped;
-// ErrReplayFinished (with the replay) when it was not running.
+// ErrReplayFinished (with the replay) when there was nothing to stop.
 //
 // The UPDATE waits for a StepReplay in progress (it holds the replay's
 // row): the deliveries that step made are then committed, and skipped
@@ -211,7 +212,9 @@ func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason strin
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	r, err := scanReplay(tx.QueryRow(ctx, s.q(`UPDATE {{schema}}.replays r SET state = 'cancelled', reason = $3, finished_at = now(), updated_at = now()
-		WHERE r.id = $1 AND r.subscription_id = $2 AND r.state = 'running' RETURNING `+replayColumns), id, subscription, reason))
+		WHERE r.id = $1 AND r.subscription_id = $2 AND (r.state = 'running' OR r.state = 'done' AND EXISTS (
+			SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held')))
+		RETURNING `+replayColumns), id, subscription, reason))
 	if errors.Is(err, pgx.ErrNoRows) {
 		r, err := s.GetReplay(ctx, subscription, id)
 		if err != nil {
