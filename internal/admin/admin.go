@@ -87,6 +87,8 @@ type Config struct {
 	// Manager creates, changes and deletes the runtime subscriptions and
 	// keeps the audit trail; nil answers those endpoints 501.
 	Manager Manager
+	// Replays serves the replay endpoints (replay.go); nil leaves them out.
+	Replays Replayer
 	Logger  *slog.Logger
 }
 
@@ -134,6 +136,9 @@ func New(cfg Config) *Server {
 	s.route("GET /v1/deliveries/{id}", none, s.delivery)
 	s.route("POST /v1/deliveries/{id}/retry", none, s.retry)
 	s.route("GET /v1/audit", endpoint{params: []string{"limit", "cursor"}}, s.audit)
+	if cfg.Replays != nil {
+		s.replayRoutes()
+	}
 	if cfg.Dashboard != nil {
 		s.mux.Handle("GET /", dashboardHandler(cfg.Dashboard))
 	}

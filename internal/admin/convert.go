@@ -63,12 +63,16 @@ func statsOf(s fanout.Stats) api.Stats {
 }
 
 func deliveryOf(d journal.Delivery) api.Delivery {
-	return api.Delivery{
+	v := api.Delivery{
 		ID: d.ID, EventID: d.EventID, Event: d.Event, Subscription: d.Subscription, State: string(d.State), Attempts: d.Attempts,
 		NextAttemptAt: d.NextAttemptAt, InFlight: d.InFlight, Test: d.Test,
 		LastStatus: d.LastStatus, LastError: d.LastError, LastAttemptAt: d.LastAttemptAt,
 		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, OrderingKey: d.OrderingKey,
 	}
+	if d.ReplayID != nil {
+		v.ReplayID = *d.ReplayID
+	}
+	return v
 }
 
 // attemptOf shows an attempt's response body as text (invalid UTF-8

@@ -197,6 +197,9 @@ type Delivery struct {
 	// subscription's: a request or user id under ordering "entity", ""
 	// under "subscription"; null when the delivery is unordered.
 	OrderingKey *string `json:"ordering_key"`
+	// ReplayID is the replay that made the delivery ("rpl_…"); absent
+	// for the stream's deliveries and tests.
+	ReplayID string `json:"replay_id,omitempty"`
 }
 
 // DeliveryDetail is the answer of GET /v1/deliveries/{id}: the delivery,
@@ -376,4 +379,60 @@ type AuditPage struct {
 	Entries []AuditEntry `json:"entries"`
 	// NextCursor continues the listing; absent at the end.
 	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// ReplayRequest is the body of POST /v1/subscriptions/{id}/replay: re-send
+// the journaled events of [since, until) to the subscription.
+type ReplayRequest struct {
+	// Since is required: an RFC 3339 time, or a duration ago ("24h", "7d").
+	Since string `json:"since"`
+	// Until is the end of the window, excluded; now when absent.
+	Until string `json:"until,omitempty"`
+	// Events are event types or globs ("request.*"); every event the
+	// subscription receives when absent.
+	Events []string `json:"events,omitempty"`
+}
+
+// Replay is a replay and its progress: the answer of POST …/replay (202),
+// GET /v1/subscriptions/{id}/replays/{rid} and of a cancel.
+type Replay struct {
+	// ID is "rpl_…".
+	ID           string    `json:"id"`
+	Subscription string    `json:"subscription"`
+	Since        time.Time `json:"since"`
+	Until        time.Time `json:"until"`
+	// Events are the globs asked for ([] for all); Types the event types
+	// they select among the subscription's.
+	Events []string `json:"events"`
+	Types  []string `json:"types"`
+	// State is "running" (making deliveries), "done" (all made; see the
+	// counts for how far they got), "cancelled" or "failed".
+	State string `json:"state"`
+	// Matched counts the window's events of those types when the replay
+	// was asked for; Scanned those looked at so far; Created the
+	// deliveries made (the subscription's filter may leave some out).
+	Matched int `json:"matched"`
+	Scanned int `json:"scanned"`
+	Created int `json:"created"`
+	// The replay's deliveries by state: Pending includes held ones;
+	// Skipped are those a cancel stopped.
+	Delivered   int        `json:"delivered"`
+	Failed      int        `json:"failed"`
+	Pending     int        `json:"pending"`
+	Skipped     int        `json:"skipped"`
+	RequestedBy string     `json:"requested_by"`
+	Reason      string     `json:"reason,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	FinishedAt  *time.Time `json:"finished_at"`
+	// JournalFrom (POST only) is the oldest event the journal keeps;
+	// Note says when the window starts before it (journal.retention
+	// pruned the rest) or holds nothing.
+	JournalFrom *time.Time `json:"journal_from,omitempty"`
+	Note        string     `json:"note,omitempty"`
+}
+
+// ReplayList is the answer of GET /v1/subscriptions/{id}/replays: the
+// latest replays, newest first.
+type ReplayList struct {
+	Replays []Replay `json:"replays"`
 }

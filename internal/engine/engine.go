@@ -158,7 +158,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		return nil, err
 	}
 	e.dispatcher, err = fanout.New(fanout.Config{
-		Subscriptions: subs, Journal: e.journal, Records: e.writer, Instance: e.instance,
+		Subscriptions: subs, Journal: e.journal, Replays: e.journal, Records: e.writer, Instance: e.instance,
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
 		Observer: e.metrics,
 		Egress:   egressGuard(cfg.Delivery),
@@ -212,7 +212,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		}
 		e.admin = admin.New(admin.Config{
 			Token: cfg.Admin.Token.Reveal(), MetricsPublic: cfg.Admin.MetricsPublic,
-			Deliverer: e.dispatcher, History: e.journal, Catalog: cat, Sample: sample,
+			Deliverer: e.dispatcher, History: e.journal, Catalog: cat, Sample: sample, Replays: e.dispatcher,
 			Ready: e.Ready, Registry: e.metrics.Registry, Dashboard: opts.Dashboard, Logger: log,
 			Manager: e.Manager(),
 		})

@@ -80,6 +80,10 @@ type Config struct {
 	// order; required. The journal writer behind it acknowledges the
 	// replication stream.
 	Records Recorder
+	// Replays, when set, lets operators replay journaled events into a
+	// subscription (StartReplay), and this process take part in making
+	// the replays' deliveries (replay.go). *journal.Store is one.
+	Replays ReplayStore
 	// Instance identifies this process among those sharing the journal.
 	Instance string
 
@@ -201,6 +205,7 @@ type Dispatcher struct {
 	notifier *Notifier
 	deliver  *deliverer
 	sched    *scheduler
+	replayer *replayer
 	now      func() time.Time
 
 	reg      atomic.Pointer[registry]
@@ -258,6 +263,10 @@ func New(cfg Config) (*Dispatcher, error) {
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
 		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
 		recount:   d.recountOrder,
+	}
+	d.replayer = &replayer{
+		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), wake: make(chan struct{}, 1), now: cfg.NowFunc,
+		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
 	}
 	subs, err := d.compileAll(cfg.Subscriptions)
 	if err != nil {
@@ -324,6 +333,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- d.sched.Run(ctx) }()
+	replayDone := make(chan struct{})
+	go func() { defer close(replayDone); _ = d.replayer.Run(ctx) }()
 	// The heartbeat goes on until the owned deliveries are given back: a
 	// process still finishing its attempts must not look dead to the
 	// others, which would take over what it is sending.
@@ -341,6 +352,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.opMu.Unlock()
 	d.reloadMu.Unlock()
 	<-schedDone
+	<-replayDone
 	subs := d.reg.Load().subs
 	for _, s := range subs {
 		s.retire()

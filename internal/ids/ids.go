@@ -1,6 +1,7 @@
 // Package ids holds the formats of dzhook's identifiers in one place: event
 // ids ("whk_…"), delivery ids ("dlv_…"), test event ids ("whk_test_…") and
-// the key range that holds the deliveries of an event.
+// the key range that holds the deliveries of an event, and replay ids
+// ("rpl_…") with the ids of the deliveries replays make.
 //
 // The formats are load-bearing beyond Go: the journal stores ids in
 // COLLATE "C" columns and its retention SQL finds the deliveries of an event
@@ -21,6 +22,7 @@ import (
 	"encoding/hex"
 	"hash/fnv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -139,4 +141,36 @@ func DeliveryRange(eventID string) (lo, hi string) {
 // deliveryBase is what every delivery id of the event starts with.
 func deliveryBase(eventID string) string {
 	return DeliveryPrefix + strings.TrimPrefix(eventID, EventPrefix)
+}
+
+// ReplayPrefix starts every replay id.
+const ReplayPrefix = "rpl_"
+
+// NewReplayID returns the id of a replay requested at now: "rpl_" + 16
+// characters, 6 bytes of the time in milliseconds then 4 random bytes, so
+// a subscription's replays sort in the order they were asked for. Unlike
+// event ids it is drawn, not derived: two replays of the same window are
+// two operators' requests, and each sends its own deliveries.
+func NewReplayID(now time.Time) string {
+	var b [10]byte
+	ms := uint64(now.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	_, _ = rand.Read(b[6:])
+	return ReplayPrefix + encoding.EncodeToString(b[:])
+}
+
+// ReplayDeliveryID is the id of the delivery of an event to a
+// subscription made by a replay: DeliveryID, then "_" and the replay id
+// without "rpl_". It cannot be a normal delivery's id (those end with the
+// tag), so a replay of an event the subscription already received adds a
+// delivery instead of colliding with it; and it stays inside the event's
+// DeliveryRange ('_' and the base32 digits sort before '~'), so retention
+// still finds every delivery of an event by the range of the primary key.
+// Derived from the triple, so a replay that resumes after a crash finds
+// the deliveries it made before.
+func ReplayDeliveryID(eventID, subscriptionID, replayID string) string {
+	return DeliveryID(eventID, subscriptionID) + "_" + strings.TrimPrefix(replayID, ReplayPrefix)
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/jackc/pglogrepl"
@@ -30,6 +31,8 @@ func TestGoldenIDs(t *testing.T) {
 		{"delivery", DeliveryID("whk_77swq22222224utrc222222526", "crm"), "dlv_77swq22222224utrc222222526mdkwxvsfmujb3"},
 		{"delivery of a timed event", DeliveryID("whk_ruoboa5pq54ee5j3dkzcfapbzw", "billing"), "dlv_ruoboa5pq54ee5j3dkzcfapbzw3mewjvb3tshdi"},
 		{"delivery of a test event", DeliveryID("whk_test_00112233445566778899aabb", "crm"), "dlv_test_00112233445566778899aabbmdkwxvsfmujb3"},
+		{"replay", NewReplayID(time.UnixMilli(1705341600000))[:12], "rpl_2aakwly3"},
+		{"replay delivery", ReplayDeliveryID("whk_77swq22222224utrc222222526", "crm", "rpl_223y2wzf6a2bcdef"), "dlv_77swq22222224utrc222222526mdkwxvsfmujb3_223y2wzf6a2bcdef"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s: got %s, want %s", tc.name, tc.got, tc.want)
@@ -45,7 +48,33 @@ var (
 	eventShape     = regexp.MustCompile(`^whk_[2-7a-z]{26}$`)
 	testEventShape = regexp.MustCompile(`^whk_test_[0-9a-f]{24}$`)
 	deliveryShape  = regexp.MustCompile(`^dlv_([2-7a-z]{26}|test_[0-9a-f]{24})[2-7a-z]{13}$`)
+	replayShape    = regexp.MustCompile(`^rpl_[2-7a-z]{16}$`)
+	replayDlvShape = regexp.MustCompile(`^dlv_[2-7a-z]{26}[2-7a-z]{13}_[2-7a-z]{16}$`)
 )
+
+// TestReplayIDs: replay ids have their shape, differ when drawn at the
+// same moment, sort by time; a replay's delivery never is the normal
+// delivery of the pair, nor another replay's.
+func TestReplayIDs(t *testing.T) {
+	at := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	a, b, later := NewReplayID(at), NewReplayID(at), NewReplayID(at.Add(time.Millisecond))
+	for _, id := range []string{a, b, later} {
+		if !replayShape.MatchString(id) {
+			t.Errorf("replay id %q has the wrong shape", id)
+		}
+	}
+	if a == b {
+		t.Errorf("two replay ids drawn at once are equal: %s", a)
+	}
+	if later <= a || later <= b {
+		t.Errorf("a later replay id %s sorts before %s or %s", later, a, b)
+	}
+	ev := NewSource("x").NewID(1, 2, 3)
+	da, db := ReplayDeliveryID(ev, "crm", a), ReplayDeliveryID(ev, "crm", b)
+	if !replayDlvShape.MatchString(da) || da == db || da == DeliveryID(ev, "crm") {
+		t.Errorf("replay deliveries %s, %s of %s: want two shapes apart from %s", da, db, ev, DeliveryID(ev, "crm"))
+	}
+}
 
 func TestShapes(t *testing.T) {
 	src := NewSource("x")
@@ -106,6 +135,9 @@ func rangeEvents() []string {
 	}
 }
 
+// rangeReplay is the replay of the replay deliveries in the range tests.
+const rangeReplay = "rpl_zzzzzzzzzzzzzzzz"
+
 var rangeSubscriptions = []string{"crm", "billing", "a", "", "ops-eu-1", strings.Repeat("z", 200)}
 
 func TestDeliveryRange(t *testing.T) {
@@ -114,10 +146,11 @@ func TestDeliveryRange(t *testing.T) {
 		lo, hi := DeliveryRange(ev)
 		for _, other := range events {
 			for _, sub := range rangeSubscriptions {
-				d := DeliveryID(other, sub)
-				in := lo <= d && d < hi
-				if in != (other == ev) {
-					t.Errorf("delivery %s of %s: in the range [%s, %s) of %s = %v", d, other, lo, hi, ev, in)
+				for _, d := range []string{DeliveryID(other, sub), ReplayDeliveryID(other, sub, rangeReplay)} {
+					in := lo <= d && d < hi
+					if in != (other == ev) {
+						t.Errorf("delivery %s of %s: in the range [%s, %s) of %s = %v", d, other, lo, hi, ev, in)
+					}
 				}
 			}
 		}
@@ -145,11 +178,12 @@ func TestDeliveryRangeSQL(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, sub := range rangeSubscriptions {
-			d := DeliveryID(ev, sub)
-			if _, err := conn.Exec(ctx, `INSERT INTO deliveries VALUES ($1, $2)`, d, ev); err != nil {
-				t.Fatal(err)
+			for _, d := range []string{DeliveryID(ev, sub), ReplayDeliveryID(ev, sub, rangeReplay)} {
+				if _, err := conn.Exec(ctx, `INSERT INTO deliveries VALUES ($1, $2)`, d, ev); err != nil {
+					t.Fatal(err)
+				}
+				want[ev] = append(want[ev], d)
 			}
-			want[ev] = append(want[ev], d)
 		}
 		sort.Strings(want[ev])
 	}

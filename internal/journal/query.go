@@ -40,7 +40,10 @@ type Delivery struct {
 	// OrderingKey is the key of an ordered delivery (nil: unordered).
 	OrderingKey *string
 	// Position orders the deliveries of one key.
-	Position       *int64
+	Position *int64
+	// ReplayID is the replay that made the delivery (nil: the stream or
+	// an operator's test did).
+	ReplayID       *string
 	owner          *string
 	nextAttemptRaw *time.Time
 }
@@ -72,13 +75,13 @@ type DeliveryFilter struct {
 }
 
 const deliveryColumns = `d.id, d.event_id, d.event_type, d.subscription_id, d.state, d.attempts, d.next_attempt_at, d.owner, d.test,
-	d.last_status, d.last_error, d.last_attempt_at, d.created_at, d.updated_at, d.ordering_key, d.position`
+	d.last_status, d.last_error, d.last_attempt_at, d.created_at, d.updated_at, d.ordering_key, d.position, d.replay_id`
 
 func scanDelivery(r pgx.Row) (Delivery, error) {
 	var d Delivery
 	var status *int32
 	err := r.Scan(&d.ID, &d.EventID, &d.Event, &d.Subscription, &d.State, &d.Attempts, &d.nextAttemptRaw, &d.owner, &d.Test,
-		&status, &d.LastError, &d.LastAttemptAt, &d.CreatedAt, &d.UpdatedAt, &d.OrderingKey, &d.Position)
+		&status, &d.LastError, &d.LastAttemptAt, &d.CreatedAt, &d.UpdatedAt, &d.OrderingKey, &d.Position, &d.ReplayID)
 	if status != nil {
 		v := int(*status)
 		d.LastStatus = &v

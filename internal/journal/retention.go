@@ -132,6 +132,7 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 			`DELETE FROM {{schema}}.sla_timers WHERE fired_at < $1`,
 			`DELETE FROM {{schema}}.notifications WHERE sent_at < $1`,
 			`DELETE FROM {{schema}}.rejections WHERE created_at < $1`,
+			`DELETE FROM {{schema}}.replays WHERE finished_at < $1`,
 			`DELETE FROM {{schema}}.instances WHERE heartbeat_at < $1`,
 		} {
 			tag, err := s.pool.Exec(ctx, s.q(stmt), cutoff)

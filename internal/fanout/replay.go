@@ -1,0 +1,344 @@
+package fanout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/filter"
+	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/journal"
+)
+
+// Replays
+//
+// A replay re-sends the journaled events of a window to one subscription
+// (a new integration wants what happened before it existed; a receiver
+// that lost its database wants the last day again). It is a journal row
+// (journal.Replay) and a loop, the replayer, that any process sharing the
+// journal runs: it turns the window's events, oldest first, into
+// deliveries a batch at a time (journal.Store.StepReplay), pending and
+// unowned. From there they are due work like any other: the scheduler
+// claims them when the subscription's queue has room, and retries,
+// pause, the failing state, signing and ordering apply as they do to the
+// stream's deliveries.
+//
+// Identity: each delivery carries the original event's id and body (the
+// journaled bytes) so receivers deduplicate on id; its own id is derived
+// from (event, subscription, replay) (ids.ReplayDeliveryID), so a replay
+// never collides with the delivery the subscription already had, and one
+// taken up again after a crash makes nothing twice.
+//
+// Pacing: a step makes deliveries only while the subscription has fewer
+// than ReplayBound pending or held (live ones included), at most
+// ReplayBatch at a time. A replay therefore follows its receiver: a fast
+// one drains the bound quickly and gets the next batch on the next round
+// (every replayPoll); a slow, failing or paused one holds the replay at
+// the bound. The journal never takes a day of history at once, and the
+// subscription's queue keeps its room for the stream, whose deliveries
+// take the memory path first: the scheduler claims only half the free
+// room (scheduler.claim).
+//
+// Order: the events of the window are read in (occurred_at, id) order:
+// commit-time order, and stream order within a transaction. (Two
+// transactions committed concurrently may carry commit times in the
+// other order than their commit LSNs, by microseconds; the replay follows
+// the times.) Unordered subscriptions get them due one microsecond apart,
+// so the claim (oldest due first) hands them out oldest first; with
+// several workers they may still arrive out of order, as live deliveries
+// may. An ordered subscription gets them with ordering keys of the
+// replay's own: "replay:<rid>:" then the key (the entity under entity
+// ordering, "" under subscription ordering), positions in the window's
+// order. The replay's deliveries are therefore ordered among themselves,
+// but not against the live deliveries of the same entity: under one key,
+// a day of history would hold back every live delivery of the entity (or
+// of the whole subscription) until it was through, the starvation pacing
+// is there to prevent. The entity key of a stored event is read from its
+// body as mapping derives it (data.id of request.* and user.* events,
+// data.requestId of request.commented and sla.*); a custom event's key
+// (outbox key column, message "key") is not in the stored event, so under
+// entity ordering custom events are ordered with the whole replay
+// (key "replay:<rid>:"), slower but never out of order.
+//
+// The subscription as it is when each batch is made decides: its event
+// patterns and CEL filter apply, so a replay sends what the subscription
+// would have received; events it no longer wants are passed over.
+
+// Defaults of the replay loop.
+const (
+	// ReplayBatch is how many events one step looks at, at most.
+	ReplayBatch = 500
+	// ReplayBound: a step makes deliveries only while the subscription
+	// has fewer pending or held.
+	ReplayBound = 1000
+	// replayPollMax is the longest wait between two rounds of the loop.
+	replayPollMax = 200 * time.Millisecond
+)
+
+// ReplayStore is what the replays read and write in the journal.
+// *journal.Store is one.
+type ReplayStore interface {
+	CreateReplay(ctx context.Context, req journal.ReplayRequest) (journal.Replay, journal.ReplayWindow, error)
+	GetReplay(ctx context.Context, subscription, id string) (journal.Replay, error)
+	ListReplays(ctx context.Context, subscription string, limit int) ([]journal.Replay, error)
+	CancelReplay(ctx context.Context, subscription, id, reason string) (journal.Replay, int, error)
+	RunningReplays(ctx context.Context) ([]journal.Replay, error)
+	FailReplay(ctx context.Context, id, reason string) error
+	StepReplay(ctx context.Context, id string, batch, bound int, plan journal.ReplayPlan) (journal.ReplayStep, error)
+}
+
+// ErrReplaysOff: the dispatcher was built without Config.Replays.
+var ErrReplaysOff = errors.New("replays are not available")
+
+// ErrNothingToReplay: none of the event types asked for is one the
+// subscription receives.
+var ErrNothingToReplay = errors.New("none of these events is one the subscription receives")
+
+// ReplayRequest asks for a replay (StartReplay).
+type ReplayRequest struct {
+	Subscription string
+	// Since and Until bound the events' timestamps: [Since, Until).
+	Since, Until time.Time
+	// Patterns are the globs asked for, recorded as given; Types the
+	// event types they select in the catalog (every type when no glob
+	// was given). The subscription's own patterns narrow Types further.
+	Patterns, Types []string
+	// RequestedBy names who asked (the API client's address).
+	RequestedBy string
+}
+
+// StartReplay records a replay and wakes the loop that makes its
+// deliveries; it returns the replay and what the journal holds of the
+// window. A subscription that is paused or inactive may be replayed to:
+// its deliveries wait like its others.
+func (d *Dispatcher) StartReplay(ctx context.Context, req ReplayRequest) (journal.Replay, journal.ReplayWindow, error) {
+	if d.cfg.Replays == nil {
+		return journal.Replay{}, journal.ReplayWindow{}, ErrReplaysOff
+	}
+	s, err := d.lookup(req.Subscription)
+	if err != nil {
+		return journal.Replay{}, journal.ReplayWindow{}, err
+	}
+	var types []string
+	for _, t := range req.Types {
+		if s.matches(t) {
+			types = append(types, t)
+		}
+	}
+	if len(types) == 0 {
+		return journal.Replay{}, journal.ReplayWindow{}, fmt.Errorf("%w (it receives %s)", ErrNothingToReplay, strings.Join(s.cfg.Events, ", "))
+	}
+	r, w, err := d.cfg.Replays.CreateReplay(ctx, journal.ReplayRequest{
+		ID: ids.NewReplayID(d.now()), Subscription: s.cfg.ID, Since: req.Since, Until: req.Until,
+		Patterns: req.Patterns, Types: types, RequestedBy: req.RequestedBy,
+	})
+	if err != nil {
+		return r, w, err
+	}
+	d.log.Info("replay requested", "replay", r.ID, "subscription", r.Subscription, "since", r.Since, "until", r.Until,
+		"events", r.Matched, "requested_by", r.RequestedBy)
+	d.replayer.nudge()
+	return r, w, nil
+}
+
+// GetReplay returns a replay of a subscription with its progress.
+func (d *Dispatcher) GetReplay(ctx context.Context, subscription, id string) (journal.Replay, error) {
+	if d.cfg.Replays == nil {
+		return journal.Replay{}, ErrReplaysOff
+	}
+	return d.cfg.Replays.GetReplay(ctx, subscription, id)
+}
+
+// ListReplays returns a subscription's latest replays, newest first.
+func (d *Dispatcher) ListReplays(ctx context.Context, subscription string, limit int) ([]journal.Replay, error) {
+	if d.cfg.Replays == nil {
+		return nil, ErrReplaysOff
+	}
+	return d.cfg.Replays.ListReplays(ctx, subscription, limit)
+}
+
+// CancelReplay stops a running replay: no more deliveries are made, and
+// those waiting in the journal are cancelled (journal.Store.CancelReplay);
+// attempts in flight finish. Cancelling a finished replay is
+// journal.ErrReplayFinished, with the replay as it is.
+func (d *Dispatcher) CancelReplay(ctx context.Context, subscription, id, by string) (journal.Replay, int, error) {
+	if d.cfg.Replays == nil {
+		return journal.Replay{}, 0, ErrReplaysOff
+	}
+	reason := "cancelled by an operator"
+	if by != "" {
+		reason += " (" + by + ")"
+	}
+	r, n, err := d.cfg.Replays.CancelReplay(ctx, subscription, id, reason)
+	if err == nil {
+		d.log.Info("replay cancelled", "replay", id, "subscription", subscription, "skipped", n)
+	}
+	return r, n, err
+}
+
+// replayer is the loop that makes the running replays' deliveries, one
+// replay at a time per subscription (the oldest first: a second replay of
+// a subscription waits for the first, so two never compete for its
+// bound). Every process runs it; StepReplay's row lock keeps two from
+// stepping one replay at once.
+type replayer struct {
+	store ReplayStore
+	log   *slog.Logger
+	poll  time.Duration
+	wake  chan struct{}
+	now   func() time.Time
+	// lookup returns a subscription of the current registry (nil: none).
+	lookup func(id string) *sub
+	// claimed wakes the scheduler, which claims what a step made.
+	claimed func()
+}
+
+func (rp *replayer) nudge() {
+	if rp == nil {
+		return
+	}
+	select {
+	case rp.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run makes the running replays' deliveries until ctx ends, then returns
+// nil. A step cut short by ctx rolls back whole; whoever runs the loop
+// next starts it again from the replay's cursor.
+func (rp *replayer) Run(ctx context.Context) error {
+	if rp.store == nil {
+		return nil
+	}
+	t := time.NewTicker(rp.poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-rp.wake:
+		}
+		if err := rp.round(ctx); err != nil && ctx.Err() == nil {
+			rp.log.Warn("replaying failed; retrying", "err", err)
+		}
+	}
+}
+
+// round steps each subscription's oldest running replay until it waits
+// for its receiver, is done, or another process has it.
+func (rp *replayer) round(ctx context.Context) error {
+	running, err := rp.store.RunningReplays(ctx)
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, r := range running {
+		if seen[r.Subscription] {
+			continue
+		}
+		seen[r.Subscription] = true
+		s := rp.lookup(r.Subscription)
+		if s == nil {
+			// Removed from the configuration (every process shares it):
+			// nobody will send these deliveries. The replay says so
+			// rather than run for ever.
+			if err := rp.store.FailReplay(ctx, r.ID, fmt.Sprintf("subscription %q no longer exists", r.Subscription)); err != nil {
+				return err
+			}
+			continue
+		}
+		for ctx.Err() == nil {
+			step, err := rp.store.StepReplay(ctx, r.ID, ReplayBatch, ReplayBound, replayPlan(s, rp.now().UTC()))
+			if err != nil {
+				return fmt.Errorf("replay %s: %w", r.ID, err)
+			}
+			if step.Created > 0 {
+				rp.claimed()
+			}
+			if step.Done {
+				rp.log.Info("replay made all its deliveries", "replay", r.ID, "subscription", r.Subscription)
+			}
+			if step.Busy || step.Waiting || step.Done {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// replayPlan turns a batch of a replay's events into the deliveries of s
+// (see "Replays" above for the ids, order and keys).
+func replayPlan(s *sub, now time.Time) journal.ReplayPlan {
+	return func(r journal.Replay, scanned int, events []journal.ReplayEvent) []journal.DeliveryRow {
+		rows := make([]journal.DeliveryRow, 0, len(events))
+		for i, ev := range events {
+			if !s.matches(ev.Type) {
+				continue
+			}
+			if s.filter != nil {
+				env, err := filter.Parse(ev.Body)
+				if err != nil {
+					continue
+				}
+				if ok, _ := s.filter.Match(env); !ok {
+					continue
+				}
+			}
+			row := journal.DeliveryRow{
+				ID: ids.ReplayDeliveryID(ev.ID, s.cfg.ID, r.ID), EventID: ev.ID, EventType: ev.Type,
+				// Due oldest first: the claim takes the earliest due.
+				NextAttemptAt: now.Add(time.Duration(i) * time.Microsecond),
+			}
+			if key, ordered := replayKey(s.cfg.Ordering, ev); ordered {
+				row.Ordered, row.OrderingKey, row.Position = true, "replay:"+r.ID+":"+key, int64(scanned+i+1)
+			}
+			rows = append(rows, row)
+		}
+		return rows
+	}
+}
+
+// replayKey is the ordering key of a stored event's replay delivery
+// (before the replay's prefix), and whether it is ordered.
+func replayKey(o Ordering, ev journal.ReplayEvent) (string, bool) {
+	switch o {
+	case OrderSubscription:
+		return "", true
+	case OrderEntity:
+		// Under entity ordering, an event whose key is not in its body
+		// (a custom event) goes with the whole replay's key: ordered.
+		return storedKey(ev), true
+	}
+	return "", false
+}
+
+// storedKey reads an event's entity key from its body as mapping
+// derives it: "" when the body does not hold it.
+func storedKey(ev journal.ReplayEvent) string {
+	var env struct {
+		Data struct {
+			ID        any `json:"id"`
+			RequestID any `json:"requestId"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(ev.Body, &env) != nil {
+		return ""
+	}
+	v := env.Data.ID
+	switch {
+	case ev.Type == "request.commented" || strings.HasPrefix(ev.Type, "sla."):
+		v = env.Data.RequestID
+	case strings.HasPrefix(ev.Type, "request.") || strings.HasPrefix(ev.Type, "user."):
+	default:
+		return "" // custom events: the key was a column or a field of the message
+	}
+	if s, ok := v.(string); ok {
+		return s
+	}
+	return ""
+}

@@ -1,0 +1,378 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ReplayState is a replay's state (the replays table's state).
+type ReplayState string
+
+// Replay states.
+//
+//	running ──every event of the window looked at──▶ done
+//	   ├──cancel──▶ cancelled
+//	   └──its subscription is gone──▶ failed
+const (
+	// ReplayRunning: deliveries are still being made.
+	ReplayRunning ReplayState = "running"
+	// ReplayDone: every event of the window has its delivery (they may
+	// still be pending: Replay.Deliveries says how far they got).
+	ReplayDone ReplayState = "done"
+	// ReplayCancelled: an operator stopped it.
+	ReplayCancelled ReplayState = "cancelled"
+	// ReplayFailed: it cannot go on (Replay.Reason says why).
+	ReplayFailed ReplayState = "failed"
+)
+
+// Errors of the replay operations.
+var (
+	// ErrReplayFinished: the replay has nothing left to stop.
+	ErrReplayFinished = errors.New("the replay is no longer running")
+)
+
+// Replay is a replay of journaled events to one subscription.
+type Replay struct {
+	ID, Subscription string
+	Since, Until     time.Time
+	// Patterns are the event globs asked for; Types the event types they
+	// select within the subscription's.
+	Patterns, Types []string
+	State           ReplayState
+	// Matched counts the events of the window and types when the replay
+	// was asked for; Scanned those looked at so far; Created the
+	// deliveries made (the subscription's filter may leave some out).
+	Matched, Scanned, Created int
+	RequestedBy               string
+	Reason                    string
+	CreatedAt, UpdatedAt      time.Time
+	FinishedAt                *time.Time
+	// Deliveries counts the replay's deliveries by state (filled by
+	// GetReplay and ListReplays).
+	Deliveries map[State]int
+}
+
+// ReplayRequest asks for a replay.
+type ReplayRequest struct {
+	ID, Subscription string
+	Since, Until     time.Time
+	Patterns, Types  []string
+	RequestedBy      string
+}
+
+// ReplayWindow is what the journal holds of a window.
+type ReplayWindow struct {
+	// Matched counts its events of the types.
+	Matched int
+	// Oldest is the oldest event the journal keeps at all (nil: none):
+	// a window that starts before it lost what retention pruned.
+	Oldest *time.Time
+}
+
+const replayColumns = `r.id, r.subscription_id, r.since, r.until, r.patterns, r.types, r.state, r.matched, r.scanned, r.created,
+	r.requested_by, coalesce(r.reason, ''), r.created_at, r.updated_at, r.finished_at`
+
+func scanReplay(row pgx.Row) (Replay, error) {
+	var r Replay
+	err := row.Scan(&r.ID, &r.Subscription, &r.Since, &r.Until, &r.Patterns, &r.Types, &r.State, &r.Matched, &r.Scanned, &r.Created,
+		&r.RequestedBy, &r.Reason, &r.CreatedAt, &r.UpdatedAt, &r.FinishedAt)
+	return r, err
+}
+
+// CountWindow counts the events of [since, until) of the types.
+func (s *Store) CountWindow(ctx context.Context, since, until time.Time, types []string) (ReplayWindow, error) {
+	var w ReplayWindow
+	err := s.pool.QueryRow(ctx, s.q(`SELECT
+		(SELECT count(*) FROM {{schema}}.events WHERE occurred_at >= $1 AND occurred_at < $2 AND type = ANY($3)),
+		(SELECT min(occurred_at) FROM {{schema}}.events)`), since, until, types).Scan(&w.Matched, &w.Oldest)
+	if err != nil {
+		return w, fmt.Errorf("count the events of a replay's window: %w", err)
+	}
+	return w, nil
+}
+
+// CreateReplay records a replay, running, with the count of its window,
+// and returns it with what the journal holds of the window.
+func (s *Store) CreateReplay(ctx context.Context, req ReplayRequest) (Replay, ReplayWindow, error) {
+	w, err := s.CountWindow(ctx, req.Since, req.Until, req.Types)
+	if err != nil {
+		return Replay{}, w, err
+	}
+	row := s.pool.QueryRow(ctx, s.q(`INSERT INTO {{schema}}.replays AS r (id, subscription_id, since, until, patterns, types, matched, requested_by)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING `+replayColumns),
+		req.ID, req.Subscription, req.Since, req.Until, nonNil(req.Patterns), nonNil(req.Types), w.Matched, req.RequestedBy)
+	r, err := scanReplay(row)
+	if err != nil {
+		return Replay{}, w, fmt.Errorf("record replay: %w", err)
+	}
+	r.Deliveries = map[State]int{}
+	return r, w, nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// GetReplay returns a replay of a subscription with its deliveries
+// counted by state; ErrNotFound when there is none.
+func (s *Store) GetReplay(ctx context.Context, subscription, id string) (Replay, error) {
+	r, err := scanReplay(s.pool.QueryRow(ctx, s.q(`SELECT `+replayColumns+` FROM {{schema}}.replays r WHERE r.id = $1 AND r.subscription_id = $2`), id, subscription))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Replay{}, ErrNotFound
+	}
+	if err != nil {
+		return Replay{}, fmt.Errorf("read replay: %w", err)
+	}
+	counts, err := s.replayCounts(ctx, []string{id})
+	r.Deliveries = counts[id]
+	return r, err
+}
+
+// ListReplays returns a subscription's latest replays, newest first.
+func (s *Store) ListReplays(ctx context.Context, subscription string, limit int) ([]Replay, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+replayColumns+` FROM {{schema}}.replays r WHERE r.subscription_id = $1
+		ORDER BY r.created_at DESC, r.id DESC LIMIT $2`), subscription, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list replays: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Replay, error) { return scanReplay(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list replays: %w", err)
+	}
+	ids := make([]string, len(list))
+	for i, r := range list {
+		ids[i] = r.ID
+	}
+	counts, err := s.replayCounts(ctx, ids)
+	for i := range list {
+		list[i].Deliveries = counts[list[i].ID]
+	}
+	return list, err
+}
+
+// replayCounts counts the replays' deliveries by state.
+func (s *Store) replayCounts(ctx context.Context, ids []string) (map[string]map[State]int, error) {
+	out := map[string]map[State]int{}
+	for _, id := range ids {
+		out[id] = map[State]int{}
+	}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT replay_id, state, count(*) FROM {{schema}}.deliveries WHERE replay_id = ANY($1) GROUP BY 1, 2`), ids)
+	if err != nil {
+		return out, fmt.Errorf("count replay deliveries: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var st State
+		var n int
+		if err := rows.Scan(&id, &st, &n); err != nil {
+			return out, fmt.Errorf("count replay deliveries: %w", err)
+		}
+		out[id][st] = n
+	}
+	return out, rows.Err()
+}
+
+// RunningReplays lists the replays still making deliveries, oldest first.
+func (s *Store) RunningReplays(ctx context.Context) ([]Replay, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+replayColumns+` FROM {{schema}}.replays r WHERE r.state = 'running' ORDER BY r.created_at, r.id`))
+	if err != nil {
+		return nil, fmt.Errorf("list running replays: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Replay, error) { return scanReplay(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list running replays: %w", err)
+	}
+	return list, nil
+}
+
+// CancelReplay stops a replay that is running, or done making its
+// deliveries while some still wait: it makes no more deliveries, and
+// those it made that wait in the journal (pending and owned by no
+// process, or held) are cancelled with the reason, whether never attempted
+// or waiting for a retry: a cancel means "stop sending". Attempts in
+// flight, and deliveries a process already took into its queue, finish.
+// It returns the replay as it now is and how many deliveries it cancelled;
+// ErrReplayFinished (with the replay) when there was nothing to stop.
+//
+// The UPDATE waits for a StepReplay in progress (it holds the replay's
+// row): the deliveries that step made are then committed, and skipped
+// here too.
+func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason string) (Replay, int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return Replay{}, 0, fmt.Errorf("cancel replay: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	r, err := scanReplay(tx.QueryRow(ctx, s.q(`UPDATE {{schema}}.replays r SET state = 'cancelled', reason = $3, finished_at = now(), updated_at = now()
+		WHERE r.id = $1 AND r.subscription_id = $2 AND (r.state = 'running' OR r.state = 'done' AND EXISTS (
+			SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held')))
+		RETURNING `+replayColumns), id, subscription, reason))
+	if errors.Is(err, pgx.ErrNoRows) {
+		r, err := s.GetReplay(ctx, subscription, id)
+		if err != nil {
+			return Replay{}, 0, err
+		}
+		return r, 0, ErrReplayFinished
+	}
+	if err != nil {
+		return Replay{}, 0, fmt.Errorf("cancel replay: %w", err)
+	}
+	tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL, last_error = $2, updated_at = now()
+		WHERE replay_id = $1 AND state IN ('pending', 'held') AND owner IS NULL`), id, "replay cancelled: "+reason)
+	if err != nil {
+		return Replay{}, 0, fmt.Errorf("skip a cancelled replay's deliveries: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Replay{}, 0, fmt.Errorf("cancel replay: %w", err)
+	}
+	counts, err := s.replayCounts(ctx, []string{id})
+	r.Deliveries = counts[id]
+	return r, int(tag.RowsAffected()), err
+}
+
+// FailReplay ends a running replay that cannot go on, with the reason.
+func (s *Store) FailReplay(ctx context.Context, id, reason string) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET state = 'failed', reason = $2, finished_at = now(), updated_at = now()
+		WHERE id = $1 AND state = 'running'`), id, reason)
+	if err != nil {
+		return fmt.Errorf("fail replay: %w", err)
+	}
+	return nil
+}
+
+// ReplayEvent is a journaled event a replay looks at.
+type ReplayEvent struct {
+	ID, Type   string
+	Body       []byte
+	OccurredAt time.Time
+}
+
+// ReplayPlan turns a batch of a replay's events, in order, into its
+// deliveries (ID, EventID, EventType and the ordering fields; the rest
+// StepReplay sets). scanned is how many events the replay looked at
+// before the batch, so positions scanned+1, scanned+2, … keep the
+// events' order across batches.
+type ReplayPlan func(r Replay, scanned int, events []ReplayEvent) []DeliveryRow
+
+// ReplayStep says what one StepReplay did.
+type ReplayStep struct {
+	// Busy: another process is stepping the replay, or it is not running.
+	Busy bool
+	// Waiting: the subscription's backlog is at the bound; nothing done.
+	Waiting bool
+	// Scanned events and Created deliveries in this step.
+	Scanned, Created int
+	// Done: the window is exhausted; the replay is done.
+	Done bool
+}
+
+// StepReplay makes the next deliveries of a running replay: it looks at
+// up to batch events of its window and types after its cursor, in order
+// (occurred_at, then id: commit order, and within a transaction stream
+// order), asks plan for their deliveries, inserts them pending and
+// unowned (the scheduler claims them like any due work), and moves the
+// cursor, all in one transaction. It makes none while the subscription
+// has bound or more deliveries pending or held (its own included), and
+// fewer when it is close: a replay never floods the journal or the
+// subscription's queue, and it waits while the receiver is slow, failing
+// or paused.
+//
+// The transaction holds the replay's row (FOR UPDATE SKIP LOCKED): two
+// processes never step one replay at once, and a crash rolls the step
+// back whole, so whoever steps it next starts at the same cursor. That
+// is the lease: nothing outlives the transaction, so nothing expires.
+// Delivery ids derive from (event, subscription, replay) and are inserted
+// ON CONFLICT DO NOTHING besides.
+func (s *Store) StepReplay(ctx context.Context, id string, batch, bound int, plan ReplayPlan) (ReplayStep, error) {
+	var step ReplayStep
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return step, fmt.Errorf("step replay: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var cursorAt *time.Time
+	var cursorID *string
+	var r Replay
+	err = tx.QueryRow(ctx, s.q(`SELECT r.id, r.subscription_id, r.since, r.until, r.types, r.scanned, r.cursor_at, r.cursor_id
+		FROM {{schema}}.replays r WHERE r.id = $1 AND r.state = 'running' FOR UPDATE SKIP LOCKED`), id).
+		Scan(&r.ID, &r.Subscription, &r.Since, &r.Until, &r.Types, &r.Scanned, &cursorAt, &cursorID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		step.Busy = true
+		return step, nil
+	}
+	if err != nil {
+		return step, fmt.Errorf("step replay: %w", err)
+	}
+	var backlog int
+	if err := tx.QueryRow(ctx, s.q(`SELECT count(*) FROM {{schema}}.deliveries WHERE subscription_id = $1 AND state IN ('pending', 'held')`),
+		r.Subscription).Scan(&backlog); err != nil {
+		return step, fmt.Errorf("step replay: count the backlog: %w", err)
+	}
+	room := min(batch, bound-backlog)
+	if room <= 0 {
+		step.Waiting = true
+		return step, nil
+	}
+	rows, err := tx.Query(ctx, s.q(`SELECT id, type, body, occurred_at FROM {{schema}}.events
+		WHERE occurred_at < $2 AND type = ANY($3)
+		  AND (CASE WHEN $4::timestamptz IS NULL THEN occurred_at >= $1 ELSE (occurred_at, id) > ($4, $5::text) END)
+		ORDER BY occurred_at, id LIMIT $6`), r.Since, r.Until, r.Types, cursorAt, cursorID, room)
+	if err != nil {
+		return step, fmt.Errorf("step replay: read events: %w", err)
+	}
+	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ReplayEvent, error) {
+		var e ReplayEvent
+		err := row.Scan(&e.ID, &e.Type, &e.Body, &e.OccurredAt)
+		return e, err
+	})
+	if err != nil {
+		return step, fmt.Errorf("step replay: read events: %w", err)
+	}
+	step.Scanned = len(events)
+	step.Done = len(events) < room
+	if len(events) > 0 {
+		deliveries := plan(r, r.Scanned, events)
+		if n := len(deliveries); n > 0 {
+			ids, evs, types, next := make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
+			keys, positions := make([]*string, n), make([]*int64, n)
+			for i, d := range deliveries {
+				ids[i], evs[i], types[i], next[i] = d.ID, d.EventID, d.EventType, d.NextAttemptAt
+				if d.Ordered {
+					keys[i], positions[i] = &d.OrderingKey, &d.Position
+				}
+			}
+			tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.deliveries (id, event_id, subscription_id, event_type, state,
+					next_attempt_at, ordering_key, position, replay_id, created_at, updated_at)
+				SELECT u.id, u.ev, $1, u.typ, 'pending', u.next, u.key, u.pos, $2, now(), now()
+				  FROM unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::bigint[]) AS u(id, ev, typ, next, key, pos)
+				ON CONFLICT (id) DO NOTHING`), r.Subscription, r.ID, ids, evs, types, next, keys, positions)
+			if err != nil {
+				return step, fmt.Errorf("step replay: insert deliveries: %w", err)
+			}
+			step.Created = int(tag.RowsAffected())
+		}
+		last := events[len(events)-1]
+		cursorAt, cursorID = &last.OccurredAt, &last.ID
+	}
+	state := ReplayRunning
+	if step.Done {
+		state = ReplayDone
+	}
+	if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET scanned = scanned + $2, created = created + $3, cursor_at = $4, cursor_id = $5,
+			state = $6, finished_at = CASE WHEN $6 = 'running' THEN NULL ELSE now() END, updated_at = now()
+		WHERE id = $1`), r.ID, step.Scanned, step.Created, cursorAt, cursorID, state); err != nil {
+		return step, fmt.Errorf("step replay: move the cursor: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return step, fmt.Errorf("step replay: %w", err)
+	}
+	return step, nil
+}
