@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -34,8 +35,9 @@ import (
 // issue asks for 2 s).
 const runtimePoll = time.Second
 
-// runtimeSpec is a runtime subscription's fields but its secret and
-// headers (sealed: a header often carries a credential).
+// runtimeSpec is a runtime subscription's fields but its secret, URL and
+// headers (sealed: a header or a URL's query often carries a credential;
+// the spec keeps the URL without query or user info, for reading).
 type runtimeSpec struct {
 	URL                string   `json:"url"`
 	Events             []string `json:"events"`
@@ -50,7 +52,18 @@ type runtimeSpec struct {
 // sealedPart is what is encrypted at rest.
 type sealedPart struct {
 	Secret  string            `json:"secret"`
+	URL     string            `json:"url,omitempty"`
 	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// shownURL is u without its query, fragment and user info.
+func shownURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return ""
+	}
+	p.RawQuery, p.Fragment, p.User = "", "", nil
+	return p.String()
 }
 
 // runtimeSub is a runtime subscription as this process holds it.
@@ -116,6 +129,9 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 		return runtimeSub{}, errors.New("sealed part: not JSON")
 	}
 	s := runtimeSub{description: spec.Description}
+	if sp.URL != "" {
+		spec.URL = sp.URL
+	}
 	s.cfg = config.Subscription{
 		ID: row.ID, URL: spec.URL, Events: spec.Events, Secret: config.Secret(sp.Secret), Active: spec.Active,
 		QueueWhileInactive: spec.QueueWhileInactive, Filter: spec.Filter, StandardWebhooks: spec.StandardWebhooks, Ordering: spec.Ordering,
@@ -405,7 +421,7 @@ func (m managerOf) seal(id string, sp sealedPart) (string, error) {
 }
 
 func specOf(s config.Subscription, desc string) ([]byte, error) {
-	return json.Marshal(runtimeSpec{URL: s.URL, Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
+	return json.Marshal(runtimeSpec{URL: shownURL(s.URL), Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
 		Filter: s.Filter, StandardWebhooks: s.StandardWebhooks, Ordering: s.Ordering, Description: desc})
 }
 
@@ -464,7 +480,7 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 	if err != nil {
 		return api.CreatedSubscription{}, err
 	}
-	sealed, err := m.seal(s.ID, sealedPart{Secret: secret, Headers: headersOf(s)})
+	sealed, err := m.seal(s.ID, sealedPart{Secret: secret, URL: s.URL, Headers: headersOf(s)})
 	if err != nil {
 		return api.CreatedSubscription{}, err
 	}
@@ -534,9 +550,9 @@ func (m managerOf) UpdateSubscription(ctx context.Context, id string, in api.Sub
 		return api.Subscription{}, err
 	}
 	a := journal.AuditRow{Action: "update", Subscription: id, Fields: fieldsOf(in), Client: client}
-	if in.Headers != nil {
-		// Headers are sealed with the secret: write both.
-		sealed, err := m.seal(id, sealedPart{Secret: s.Secret.Reveal(), Headers: headersOf(s)})
+	if in.Headers != nil || in.URL != nil {
+		// The URL and headers are sealed with the secret: write them all.
+		sealed, err := m.seal(id, sealedPart{Secret: s.Secret.Reveal(), URL: s.URL, Headers: headersOf(s)})
 		if err != nil {
 			return api.Subscription{}, err
 		}
@@ -637,7 +653,7 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	if activate == "now" {
 		switchAt = now
 	}
-	sealed, err := m.seal(id, sealedPart{Secret: secret, Headers: headersOf(rs.cfg)})
+	sealed, err := m.seal(id, sealedPart{Secret: secret, URL: rs.cfg.URL, Headers: headersOf(rs.cfg)})
 	if err != nil {
 		return api.RotatedSecret{}, err
 	}

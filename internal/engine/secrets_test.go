@@ -66,13 +66,14 @@ delivery:
 admin: {listen: "127.0.0.1:0", token: "%s"}
 notify: {url: "%s/hooks/%s?token=%s", secret: "%s"}
 log: {level: debug}
+secrets: {key: %s}
 subscriptions:
   - id: crm
     url: "%s/in?key=%s"
     events: ["*"]
     secret: "%s"
     headers: {Authorization: "Bearer %s"}
-`, db.DSN, known, known, admin.URL, known, known, known, rc.URL, known, known, known)
+`, db.DSN, known, known, admin.URL, known, known, known, secretsKey, rc.URL, known, known, known)
 	var logs lockedBuffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := configFrom(t, yaml)
@@ -118,6 +119,45 @@ subscriptions:
 	fmt.Fprintf(&answers, "%s\n", raw)
 	_, raw = a.call("GET", "/v1/subscriptions", "wrong-"+known, nil)
 	fmt.Fprintf(&answers, "%s\n", raw)
+
+	// A runtime subscription whose secret and header carry the secret:
+	// shown once at creation (and the rotated one once), never after.
+	code, created := a.call("POST", "/v1/subscriptions", known, map[string]any{
+		"id": "rt", "url": rc.URL + "/rt?key=" + known, "events": []string{"request.created"}, "secret": known + "-rt",
+		"headers": map[string]string{"X-Api-Key": known},
+	})
+	if code != http.StatusCreated || !strings.Contains(string(created), known+"-rt") {
+		t.Fatalf("create a runtime subscription: %d %s", code, created)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (3, 'z', 1)`)
+	testutil.Eventually(t, 30*time.Second, "a delivery to the runtime subscription", func() bool {
+		for _, r := range rc.Requests() {
+			if r.Header.Get("X-Api-Key") == known {
+				return true
+			}
+		}
+		return false
+	})
+	for _, step := range []struct{ method, path string }{
+		{"PATCH", "/v1/subscriptions/rt"}, {"POST", "/v1/subscriptions/rt/pause"}, {"POST", "/v1/subscriptions/rt/resume"},
+	} {
+		var body any
+		if step.method == "PATCH" {
+			body = map[string]any{"description": "changed", "headers": map[string]string{"X-Api-Key": known}}
+		}
+		code, raw := a.call(step.method, step.path, known, body)
+		fmt.Fprintf(&answers, "%d %s\n", code, raw)
+	}
+	code, rotated := a.call("POST", "/v1/subscriptions/rt/secret", known, map[string]any{"secret": known + "-rotated"})
+	if code != http.StatusOK {
+		t.Fatalf("rotate: %d %s", code, rotated)
+	}
+	get("/v1/subscriptions/rt")
+	get("/v1/audit")
+	code, raw = a.call("POST", "/v1/subscriptions", known, map[string]any{"id": "Bad", "url": "ftp://x?k=" + known, "events": []string{"nope"}, "secret": known})
+	fmt.Fprintf(&answers, "%d %s\n", code, raw)
+	code, raw = a.call("DELETE", "/v1/subscriptions/rt", known, nil)
+	fmt.Fprintf(&answers, "%d %s\n", code, raw)
 	resp, err := http.Get("http://" + e.AdminAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +167,7 @@ subscriptions:
 
 	var journal strings.Builder
 	conn := db.Connect(t)
-	for _, table := range []string{"events", "deliveries", "attempts", "subscriptions", "notifications", "checkpoints", "instances", "rejections", "sla_timers"} {
+	for _, table := range []string{"events", "deliveries", "attempts", "subscriptions", "notifications", "checkpoints", "instances", "rejections", "sla_timers", "runtime_subscriptions", "audit", "replays", "gaps", "sources"} {
 		rows, err := conn.Query(context.Background(), fmt.Sprintf(`SELECT t::text FROM dzhook.%s t`, table))
 		if err != nil {
 			t.Fatal(err)
@@ -135,7 +175,7 @@ subscriptions:
 		for rows.Next() {
 			var s string
 			_ = rows.Scan(&s)
-			journal.WriteString(s + "\n")
+			journal.WriteString(table + ": " + s + "\n")
 		}
 		rows.Close()
 	}
@@ -150,9 +190,14 @@ subscriptions:
 		if len(text) == 0 {
 			t.Errorf("%s: nothing collected", name)
 		}
+		for _, line := range strings.Split(text, "\n") {
+			if strings.Contains(line, known) {
+				t.Logf("%s: %s", name, line)
+			}
+		}
 		if i := strings.Index(text, known); i >= 0 {
-			lo := max(0, i-120)
-			t.Errorf("the secret appears in the %s: …%s…", name, text[lo:min(len(text), i+40)])
+			lo := max(0, i-300)
+			t.Errorf("the secret appears in the %s: …%s…", name, text[lo:min(len(text), i+80)])
 		}
 	}
 	if !strings.Contains(logs.String(), "admin notification failed") {
