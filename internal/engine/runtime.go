@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -68,6 +69,7 @@ func shownURL(u string) string {
 
 // runtimeSub is a runtime subscription as this process holds it.
 type runtimeSub struct {
+	rev                     int64 // the row's revision, for changes that read then write
 	cfg                     config.Subscription
 	description             string
 	previous                string
@@ -86,6 +88,7 @@ type runtime struct {
 	cfgSubs []config.Subscription // config.yaml's, as last loaded
 	cfg     *config.Config        // the configuration started with (delivery settings validate with it)
 	known   map[string]bool       // runtime ids this process ran, to cancel on delete
+	kept    map[string]runtimeSub // read before, unreadable now (see keep)
 }
 
 func newRuntime(cfg *config.Config) (*runtime, error) {
@@ -96,8 +99,11 @@ func newRuntime(cfg *config.Config) (*runtime, error) {
 	return &runtime{ring: ring, subs: map[string]runtimeSub{}, cfgSubs: cfg.Subscriptions, cfg: cfg, known: map[string]bool{}}, nil
 }
 
-// load reads the runtime subscriptions from the journal.
-func (r *runtime) load(ctx context.Context, store *journal.Store) (map[string]runtimeSub, []string, []string, int64, error) {
+// load reads the runtime subscriptions from the journal. A row that does
+// not open (a key missing from secrets.keys) is an error when strict (at
+// start); otherwise it is left out, reported through skip, so that one
+// row does not stop every other change from applying.
+func (r *runtime) load(ctx context.Context, store *journal.Store, strict bool, skip func(id string, err error)) (map[string]runtimeSub, []string, []string, int64, error) {
 	rows, deleted, rev, err := store.RuntimeSubscriptions(ctx)
 	if err != nil {
 		return nil, nil, nil, 0, err
@@ -107,7 +113,12 @@ func (r *runtime) load(ctx context.Context, store *journal.Store) (map[string]ru
 	for _, row := range rows {
 		s, err := r.decode(row)
 		if err != nil {
-			return nil, nil, nil, 0, fmt.Errorf("runtime subscription %s: %w", row.ID, err)
+			err = fmt.Errorf("runtime subscription %s: %w", row.ID, err)
+			if strict {
+				return nil, nil, nil, 0, err
+			}
+			skip(row.ID, err)
+			continue
 		}
 		subs[row.ID] = s
 		order = append(order, row.ID)
@@ -128,7 +139,7 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 	if err := json.Unmarshal(plain, &sp); err != nil {
 		return runtimeSub{}, errors.New("sealed part: not JSON")
 	}
-	s := runtimeSub{description: spec.Description}
+	s := runtimeSub{description: spec.Description, rev: row.Rev}
 	if sp.URL != "" {
 		spec.URL = sp.URL
 	}
@@ -142,7 +153,9 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 			s.cfg.Headers[k] = config.Secret(v)
 		}
 	}
-	if row.PreviousSecret != "" && row.PreviousUntil != nil {
+	// A previous secret whose overlap ended is not opened: its key may be
+	// gone from the ring already.
+	if row.PreviousSecret != "" && row.PreviousUntil != nil && time.Now().Before(*row.PreviousUntil) {
 		prev, err := r.ring.Open(row.PreviousSecret, []byte(row.ID))
 		if err != nil {
 			return runtimeSub{}, fmt.Errorf("previous secret: %w", err)
@@ -201,7 +214,7 @@ func (e *Engine) startRuntime(ctx context.Context) ([]fanout.Subscription, error
 		return nil, err
 	}
 	e.runtime = rt
-	subs, order, _, rev, err := rt.load(ctx, e.journal)
+	subs, order, _, rev, err := rt.load(ctx, e.journal, true, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -219,11 +232,14 @@ func (e *Engine) startRuntime(ctx context.Context) ([]fanout.Subscription, error
 func (e *Engine) pollRuntime(ctx context.Context) error {
 	t := time.NewTicker(runtimePoll)
 	defer t.Stop()
-	for {
+	for n := 0; ; n++ {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		}
+		if n%sweepEvery == sweepEvery-1 {
+			e.sweepDeleted(ctx)
 		}
 		rev, err := e.journal.RuntimeRev(ctx)
 		if err != nil {
@@ -243,6 +259,33 @@ func (e *Engine) pollRuntime(ctx context.Context) error {
 	}
 }
 
+// sweepEvery is how many polls apart the sweep of deleted subscriptions'
+// deliveries runs.
+const sweepEvery = 30
+
+// staleAfter is how old a heartbeat says its process is gone.
+func (e *Engine) staleAfter() time.Duration {
+	return 3 * cmp.Or(e.opts.Heartbeat, e.cfg.Journal.Heartbeat)
+}
+
+// sweepDeleted cancels what deleted subscriptions left pending or held
+// and no live process holds: deliveries of a process that crashed, or
+// that a cancel after a delete could not reach (the journal was away).
+func (e *Engine) sweepDeleted(ctx context.Context) {
+	ids, err := e.journal.DeletedRuntime(ctx)
+	if err != nil {
+		return
+	}
+	for _, id := range ids {
+		if e.dispatcher.HasSubscription(id) {
+			continue // re-created since
+		}
+		if n, err := e.journal.CancelDeliveries(ctx, id, e.staleAfter()); err == nil && n > 0 {
+			e.log.Info("cancelled deliveries of a deleted subscription", "subscription", id, "cancelled", n)
+		}
+	}
+}
+
 // syncRuntime reads the runtime subscriptions and applies them with
 // config.yaml's (next, when a reload brings a new file; else the one in
 // force). A conflict of ids refuses the whole set.
@@ -250,7 +293,17 @@ func (e *Engine) syncRuntime(ctx context.Context, next *config.Config) error {
 	rt := e.runtime
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	subs, order, deleted, rev, err := rt.load(ctx, e.journal)
+	subs, order, deleted, rev, err := rt.load(ctx, e.journal, false, func(id string, err error) {
+		if prev, ok := rt.subs[id]; ok {
+			e.log.Error("runtime subscription cannot be read; it keeps running as last read", "subscription", id, "err", err)
+			rt.keep(id, prev)
+		} else {
+			e.log.Error("runtime subscription cannot be read; it does not run here", "subscription", id, "err", err)
+		}
+	})
+	if err == nil {
+		subs, order = rt.withKept(subs, order)
+	}
 	if err != nil {
 		if next == nil {
 			return err
@@ -265,7 +318,19 @@ func (e *Engine) syncRuntime(ctx context.Context, next *config.Config) error {
 		cfgSubs = next.Subscriptions
 	}
 	if err := conflicts(cfgSubs, subs); err != nil {
-		return err
+		if next != nil {
+			return err // a file that reuses a runtime id is refused
+		}
+		// This process's config.yaml has an id another process created
+		// at runtime: the runtime one does not run here; every other
+		// change still applies.
+		e.log.Error("runtime subscription not run here", "err", err)
+		for _, c := range cfgSubs {
+			if _, ok := subs[c.ID]; ok {
+				delete(subs, c.ID)
+				order = slices.DeleteFunc(order, func(id string) bool { return id == c.ID })
+			}
+		}
 	}
 	if err := e.dispatcher.Reload(ctx, rt.set(cfgSubs, subs, order)); err != nil {
 		return err
@@ -278,13 +343,13 @@ func (e *Engine) syncRuntime(ctx context.Context, next *config.Config) error {
 		if !rt.known[id] {
 			continue
 		}
-		delete(rt.known, id)
 		if err := e.writer.Barrier(ctx); err != nil {
 			return err
 		}
-		if _, err := e.journal.CancelDeliveries(ctx, id); err != nil {
-			return err
+		if _, err := e.journal.CancelDeliveries(ctx, id, e.staleAfter()); err != nil {
+			return err // known stays: the next sync tries again (and the sweep)
 		}
+		delete(rt.known, id)
 	}
 	for _, id := range order {
 		rt.known[id] = true
@@ -492,12 +557,14 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 	if err != nil {
 		return api.CreatedSubscription{}, err
 	}
-	if err := e.syncRuntime(ctx, nil); err != nil {
-		return api.CreatedSubscription{}, err
-	}
+	// Stored: from here the answer must carry the secret, shown only
+	// now, whatever applying it here does (the poll catches up).
+	m.applied(ctx, s.ID)
 	st, err := m.status(s.ID)
 	if err != nil {
-		return api.CreatedSubscription{}, err
+		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: shownURL(s.URL), Events: s.Events, Active: s.Active,
+			QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, State: journal.Healthy, Ordering: fanout.Ordering(s.Ordering),
+			Source: "runtime", Description: desc})
 	}
 	return api.CreatedSubscription{Subscription: st, Secret: secret}, nil
 }
@@ -556,20 +623,21 @@ func (m managerOf) UpdateSubscription(ctx context.Context, id string, in api.Sub
 		if err != nil {
 			return api.Subscription{}, err
 		}
-		err = e.journal.UpdateRuntimeSealed(ctx, id, spec, sealed, a)
+		err = e.journal.UpdateRuntimeSealed(ctx, id, rs.rev, spec, sealed, a)
 		if err != nil {
 			return api.Subscription{}, m.mapErr(id, err)
 		}
-	} else if err := e.journal.UpdateRuntime(ctx, id, spec, a); err != nil {
+	} else if err := e.journal.UpdateRuntime(ctx, id, rs.rev, spec, a); err != nil {
 		return api.Subscription{}, m.mapErr(id, err)
 	}
-	if err := e.syncRuntime(ctx, nil); err != nil {
-		return api.Subscription{}, err
-	}
+	m.applied(ctx, id)
 	return m.status(id)
 }
 
 func (m managerOf) mapErr(id string, err error) error {
+	if errors.Is(err, journal.ErrChanged) {
+		return &admin.ConflictError{Message: fmt.Sprintf("subscription %q was changed by another request meanwhile: read it again and retry", id)}
+	}
 	if errors.Is(err, journal.ErrNoSubscription) {
 		if m.isConfig(id) {
 			return m.configSourced(id)
@@ -590,12 +658,14 @@ func (m managerOf) DeleteSubscription(ctx context.Context, id, client string) (a
 		return api.Deleted{}, m.mapErr(id, err)
 	}
 	// Stop it here now: its queue goes back to the journal, attempts in
-	// flight finish; what that leaves pending is cancelled too.
-	if err := e.syncRuntime(ctx, nil); err != nil {
-		return api.Deleted{ID: id, Cancelled: n}, err
+	// flight finish; what that leaves pending is cancelled too (here, or
+	// by the sweep).
+	m.applied(ctx, id)
+	more, err := e.journal.CancelDeliveries(context.WithoutCancel(ctx), id, e.staleAfter())
+	if err != nil {
+		e.log.Warn("deleted subscription: some deliveries not cancelled yet; the sweep will", "subscription", id, "err", err)
 	}
-	more, err := e.journal.CancelDeliveries(ctx, id)
-	return api.Deleted{ID: id, Cancelled: n + more}, err
+	return api.Deleted{ID: id, Cancelled: n + more}, nil
 }
 
 // DefaultOverlap is how long a rotated secret stays valid.
@@ -635,6 +705,14 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	if in.Secret != nil {
 		secret = *in.Secret
 	}
+	// The secret kept valid for the overlap is the one receivers verify
+	// with now: during an earlier rotation's overlap, before its switch,
+	// that is still the earlier previous one (X-DZDESK-Signature signs
+	// with it), not the current one nobody may have yet.
+	previous := rs.cfg.Secret.Reveal()
+	if rs.previous != "" && time.Now().Before(rs.switchAt) && time.Now().Before(rs.previousUntil) {
+		previous = rs.previous
+	}
 	next := rs.cfg
 	next.Secret = config.Secret(secret)
 	for _, p := range m.e.runtime.cfg.ValidateSubscription(next) {
@@ -657,17 +735,15 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	if err != nil {
 		return api.RotatedSecret{}, err
 	}
-	prev, err := m.seal(id, sealedPart{Secret: rs.cfg.Secret.Reveal()})
+	prev, err := m.seal(id, sealedPart{Secret: previous})
 	if err != nil {
 		return api.RotatedSecret{}, err
 	}
-	if err := e.journal.RotateRuntime(ctx, id, sealed, prev, until, switchAt,
+	if err := e.journal.RotateRuntime(ctx, id, rs.rev, sealed, prev, until, switchAt,
 		journal.AuditRow{Action: "rotate", Subscription: id, Fields: []string{"secret"}, Client: client}); err != nil {
 		return api.RotatedSecret{}, m.mapErr(id, err)
 	}
-	if err := e.syncRuntime(ctx, nil); err != nil {
-		return api.RotatedSecret{}, err
-	}
+	m.applied(ctx, id)
 	return api.RotatedSecret{Secret: secret, PreviousValidUntil: until, SignatureSwitchAt: switchAt}, nil
 }
 
@@ -689,4 +765,36 @@ func (m managerOf) Audit(ctx context.Context, limit int, cursor string) (api.Aud
 		page.Entries[i] = api.AuditEntry{ID: r.ID, At: r.At.UTC(), Action: r.Action, Subscription: r.Subscription, Fields: f, Client: r.Client}
 	}
 	return page, nil
+}
+
+// keep and withKept carry a subscription that could not be read this
+// time over from the last read (a key removed too early, say).
+func (r *runtime) keep(id string, s runtimeSub) {
+	if r.kept == nil {
+		r.kept = map[string]runtimeSub{}
+	}
+	r.kept[id] = s
+}
+
+func (r *runtime) withKept(subs map[string]runtimeSub, order []string) (map[string]runtimeSub, []string) {
+	for id, s := range r.kept {
+		if _, ok := subs[id]; !ok {
+			subs[id] = s
+			order = append(order, id)
+		}
+	}
+	r.kept = nil
+	return subs, order
+}
+
+// applied applies a change the journal has committed, here and now,
+// detached from the request (a client that goes away must not leave it
+// half applied); a failure is logged and the poll applies it within a
+// second or so.
+func (m managerOf) applied(ctx context.Context, id string) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := m.e.syncRuntime(sctx, nil); err != nil {
+		m.e.log.Warn("runtime subscription change stored but not applied here yet; the poll retries", "subscription", id, "err", err)
+	}
 }

@@ -328,3 +328,28 @@ func seedVerifies(t *testing.T, rc *testutil.Receiver, secret, id string) {
 		}
 	}
 }
+
+// TestSecondRotationKeepsTheSigningSecret: a second rotation during the
+// first's overlap keeps valid the secret X-DZDESK-Signature still signs
+// with (the first one), not the one the first rotation issued, which a
+// receiver may never have installed.
+func TestSecondRotationKeepsTheSigningSecret(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, runtimeConfig(t, db))
+	ctx := context.Background()
+	m := e.Manager()
+	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr(rc.URL), Events: ptr([]string{"request.created"})}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := m.RotateSecret(ctx, created.ID, api.SecretRotation{Overlap: ptr("1h")}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 1 signed with the secret receivers have", func() bool {
+		return verified(rc, created.Secret, "req_1") == 1
+	})
+}

@@ -195,7 +195,17 @@ type replayer struct {
 	lookup func(id string) *sub
 	// claimed wakes the scheduler, which claims what a step made.
 	claimed func()
+	// missing is since when a running replay's subscription has not been
+	// in this process's registry (Run's goroutine only).
+	missing map[string]time.Time
 }
+
+// replayMissingGrace is how long a replay's subscription may be missing
+// from this process before the replay fails: a subscription just created
+// through another process, or a reload not yet made here, arrives within
+// a few seconds; a deleted runtime subscription's replays are cancelled
+// by the delete itself.
+const replayMissingGrace = time.Minute
 
 func (rp *replayer) nudge() {
 	if rp == nil {
@@ -244,14 +254,28 @@ func (rp *replayer) round(ctx context.Context) error {
 		seen[r.Subscription] = true
 		s := rp.lookup(r.Subscription)
 		if s == nil {
-			// Removed from the configuration (every process shares it):
-			// nobody will send these deliveries. The replay says so
-			// rather than run for ever.
+			// Not here (yet): another process may run it, or this one
+			// will after its next reload. Missing for long, it was
+			// removed from the configuration: nobody will send these
+			// deliveries, and the replay says so rather than run for ever.
+			if rp.missing == nil {
+				rp.missing = map[string]time.Time{}
+			}
+			since, ok := rp.missing[r.ID]
+			if !ok {
+				rp.missing[r.ID] = rp.now()
+				continue
+			}
+			if rp.now().Sub(since) < replayMissingGrace {
+				continue
+			}
+			delete(rp.missing, r.ID)
 			if err := rp.store.FailReplay(ctx, r.ID, fmt.Sprintf("subscription %q no longer exists", r.Subscription)); err != nil {
 				return err
 			}
 			continue
 		}
+		delete(rp.missing, r.ID)
 		for ctx.Err() == nil {
 			step, err := rp.store.StepReplay(ctx, r.ID, ReplayBatch, ReplayBound, replayPlan(s, rp.now().UTC()))
 			if err != nil {

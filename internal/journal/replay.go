@@ -87,7 +87,7 @@ func scanReplay(row pgx.Row) (Replay, error) {
 func (s *Store) CountWindow(ctx context.Context, since, until time.Time, types []string) (ReplayWindow, error) {
 	var w ReplayWindow
 	err := s.pool.QueryRow(ctx, s.q(`SELECT
-		(SELECT count(*) FROM {{schema}}.events WHERE occurred_at >= $1 AND occurred_at < $2 AND type = ANY($3)),
+		(SELECT count(*) FROM {{schema}}.events WHERE occurred_at >= $1 AND occurred_at < $2 AND type = ANY($3) AND id NOT LIKE 'whk\_test\_%'),
 		(SELECT min(occurred_at) FROM {{schema}}.events)`), since, until, types).Scan(&w.Matched, &w.Oldest)
 	if err != nil {
 		return w, fmt.Errorf("count the events of a replay's window: %w", err)
@@ -323,6 +323,7 @@ func (s *Store) StepReplay(ctx context.Context, id string, batch, bound int, pla
 	}
 	rows, err := tx.Query(ctx, s.q(`SELECT id, type, body, occurred_at FROM {{schema}}.events
 		WHERE occurred_at < $2 AND type = ANY($3)
+		  AND id NOT LIKE 'whk\_test\_%' -- an operator's test sends are samples, not events to send again
 		  AND (CASE WHEN $4::timestamptz IS NULL THEN occurred_at >= $1 ELSE (occurred_at, id) > ($4, $5::text) END)
 		ORDER BY occurred_at, id LIMIT $6`), r.Since, r.Until, r.Types, cursorAt, cursorID, room)
 	if err != nil {

@@ -108,7 +108,7 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 		WITH d AS (
 			DELETE FROM {{schema}}.deliveries WHERE id IN (
 				SELECT id FROM {{schema}}.deliveries
-				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped') LIMIT $2)
+				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') LIMIT $2)
 			RETURNING id, event_id),
 		a AS (DELETE FROM {{schema}}.attempts WHERE delivery_id IN (SELECT id FROM d)),
 		e AS (

@@ -48,7 +48,7 @@ var ErrNoSubscription = errors.New("no such runtime subscription")
 // none ever existed): it moves on every change, deletes included.
 func (s *Store) RuntimeRev(ctx context.Context) (int64, error) {
 	var rev int64
-	if err := s.pool.QueryRow(ctx, s.q(`SELECT coalesce(max(rev), 0) FROM {{schema}}.runtime_subscriptions`)).Scan(&rev); err != nil {
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT rev FROM {{schema}}.runtime_meta`)).Scan(&rev); err != nil {
 		return 0, fmt.Errorf("read the runtime subscriptions' revision: %w", err)
 	}
 	return rev, nil
@@ -86,11 +86,15 @@ func (s *Store) RuntimeSubscriptions(ctx context.Context) (subs []RuntimeSubscri
 // deleted before) and its audit entry, in one transaction.
 func (s *Store) CreateRuntime(ctx context.Context, r RuntimeSubscription, a AuditRow) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rev, err := s.nextRev(ctx, tx)
+		if err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.runtime_subscriptions AS r (id, spec, secret, rev)
-			VALUES ($1, $2, $3, nextval('{{schema}}.runtime_rev'))
+			VALUES ($1, $2, $3, $4)
 			ON CONFLICT (id) DO UPDATE SET spec = EXCLUDED.spec, secret = EXCLUDED.secret, previous_secret = NULL,
 				previous_until = NULL, switch_at = NULL, rev = EXCLUDED.rev, created_at = now(), updated_at = now(), deleted_at = NULL
-			WHERE r.deleted_at IS NOT NULL`), r.ID, r.Spec, r.Secret)
+			WHERE r.deleted_at IS NOT NULL`), r.ID, r.Spec, r.Secret, rev)
 		if err != nil {
 			return fmt.Errorf("store the subscription: %w", err)
 		}
@@ -101,18 +105,19 @@ func (s *Store) CreateRuntime(ctx context.Context, r RuntimeSubscription, a Audi
 	})
 }
 
-// UpdateRuntime replaces a runtime subscription's spec.
-func (s *Store) UpdateRuntime(ctx context.Context, id string, spec []byte, a AuditRow) error {
-	return s.changeRuntime(ctx, a, `UPDATE {{schema}}.runtime_subscriptions SET spec = $2, rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
-		WHERE id = $1 AND deleted_at IS NULL`, id, spec)
+// UpdateRuntime replaces a runtime subscription's spec, if it is still at
+// revision expected (else ErrChanged: another change came first).
+func (s *Store) UpdateRuntime(ctx context.Context, id string, expected int64, spec []byte, a AuditRow) error {
+	return s.changeRuntime(ctx, a, id, expected, `UPDATE {{schema}}.runtime_subscriptions SET spec = $3, rev = $2, updated_at = now()
+		WHERE id = $1 AND deleted_at IS NULL AND rev = $4`, spec)
 }
 
 // RotateRuntime sets a new secret, keeping the previous one until until;
 // X-DZDESK-Signature switches at switchAt.
-func (s *Store) RotateRuntime(ctx context.Context, id, secret, previous string, until, switchAt time.Time, a AuditRow) error {
-	return s.changeRuntime(ctx, a, `UPDATE {{schema}}.runtime_subscriptions SET secret = $2, previous_secret = $3, previous_until = $4, switch_at = $5,
-			rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
-		WHERE id = $1 AND deleted_at IS NULL`, id, secret, previous, until, switchAt)
+func (s *Store) RotateRuntime(ctx context.Context, id string, expected int64, secret, previous string, until, switchAt time.Time, a AuditRow) error {
+	return s.changeRuntime(ctx, a, id, expected, `UPDATE {{schema}}.runtime_subscriptions SET secret = $3, previous_secret = $5, previous_until = $6, switch_at = $7,
+			rev = $2, updated_at = now()
+		WHERE id = $1 AND deleted_at IS NULL AND rev = $4`, secret, previous, until, switchAt)
 }
 
 // DeleteRuntime marks a runtime subscription deleted and cancels its
@@ -120,16 +125,25 @@ func (s *Store) RotateRuntime(ctx context.Context, id, secret, previous string, 
 func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.runtime_subscriptions SET deleted_at = now(), rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
-			WHERE id = $1 AND deleted_at IS NULL`), id)
+		rev, err := s.nextRev(ctx, tx)
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.runtime_subscriptions SET deleted_at = now(), rev = $2, updated_at = now()
+			WHERE id = $1 AND deleted_at IS NULL`), id, rev)
 		if err != nil {
 			return fmt.Errorf("delete the subscription: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
 			return ErrNoSubscription
 		}
-		if n, err = s.cancel(ctx, tx, id); err != nil {
+		if n, err = s.cancel(ctx, tx, id, 0); err != nil {
 			return err
+		}
+		// Its replays stop: nobody will run the subscription.
+		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET state = 'cancelled', reason = 'the subscription was deleted', finished_at = now(), updated_at = now()
+			WHERE subscription_id = $1 AND state = 'running'`), id); err != nil {
+			return fmt.Errorf("stop the subscription's replays: %w", err)
 		}
 		return s.audit(ctx, tx, a)
 	})
@@ -137,24 +151,38 @@ func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, 
 }
 
 // CancelDeliveries cancels the pending and held deliveries of a deleted
-// subscription that no process is attempting (owner NULL, or an owner
-// that ran the subscription before it was deleted and has let go). Each
-// process runs it again once it stopped the subscription, for those its
-// attempts in flight left pending.
-func (s *Store) CancelDeliveries(ctx context.Context, subscription string) (int, error) {
+// subscription that no live process holds: unowned, or owned by an
+// instance whose heartbeat is older than staleAfter (a crashed one; zero:
+// unowned only). Each process runs it again once it stopped the
+// subscription, for those its attempts in flight left pending.
+func (s *Store) CancelDeliveries(ctx context.Context, subscription string, staleAfter time.Duration) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		n, err = s.cancel(ctx, tx, subscription)
+		n, err = s.cancel(ctx, tx, subscription, staleAfter)
 		return err
 	})
 	return n, err
 }
 
-func (s *Store) cancel(ctx context.Context, tx pgx.Tx, subscription string) (int, error) {
+// DeletedRuntime lists the ids of deleted runtime subscriptions that
+// still have pending or held deliveries.
+func (s *Store) DeletedRuntime(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT r.id FROM {{schema}}.runtime_subscriptions r
+		WHERE r.deleted_at IS NOT NULL AND EXISTS (SELECT 1 FROM {{schema}}.deliveries d
+			WHERE d.subscription_id = r.id AND d.state IN ('pending', 'held'))`))
+	if err != nil {
+		return nil, fmt.Errorf("list deleted subscriptions: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+func (s *Store) cancel(ctx context.Context, tx pgx.Tx, subscription string, staleAfter time.Duration) (int, error) {
 	tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL,
 			last_error = 'cancelled: the subscription was deleted', updated_at = now()
-		WHERE subscription_id = $1 AND state IN ('pending', 'held') AND owner IS NULL`), subscription)
+		WHERE subscription_id = $1 AND state IN ('pending', 'held')
+		  AND (owner IS NULL OR ($2 > 0 AND owner NOT IN (SELECT id FROM {{schema}}.instances
+		       WHERE heartbeat_at > now() - make_interval(secs => $2))))`), subscription, staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("cancel the subscription's deliveries: %w", err)
 	}
@@ -207,14 +235,28 @@ func (s *Store) AuditTrail(ctx context.Context, limit int, cursor string) ([]Aud
 	return out, next, nil
 }
 
-func (s *Store) changeRuntime(ctx context.Context, a AuditRow, sql string, args ...any) error {
+// changeRuntime runs sql ($1 id, $2 the new revision, $3… more, $4 the
+// expected revision after the first of more) and the audit entry.
+func (s *Store) changeRuntime(ctx context.Context, a AuditRow, id string, expected int64, sql string, more ...any) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rev, err := s.nextRev(ctx, tx)
+		if err != nil {
+			return err
+		}
+		args := append([]any{id, rev, more[0], expected}, more[1:]...)
 		var tag pgconn.CommandTag
-		tag, err := tx.Exec(ctx, s.q(sql), args...)
+		tag, err = tx.Exec(ctx, s.q(sql), args...)
 		if err != nil {
 			return fmt.Errorf("change the subscription: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
+			var exists bool
+			if err := tx.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.runtime_subscriptions WHERE id = $1 AND deleted_at IS NULL)`), id).Scan(&exists); err != nil {
+				return err
+			}
+			if exists {
+				return ErrChanged
+			}
 			return ErrNoSubscription
 		}
 		return s.audit(ctx, tx, a)
@@ -222,8 +264,22 @@ func (s *Store) changeRuntime(ctx context.Context, a AuditRow, sql string, args 
 }
 
 // UpdateRuntimeSealed replaces a runtime subscription's spec and its
-// sealed part (the secret and headers).
-func (s *Store) UpdateRuntimeSealed(ctx context.Context, id string, spec []byte, sealed string, a AuditRow) error {
-	return s.changeRuntime(ctx, a, `UPDATE {{schema}}.runtime_subscriptions SET spec = $2, secret = $3, rev = nextval('{{schema}}.runtime_rev'), updated_at = now()
-		WHERE id = $1 AND deleted_at IS NULL`, id, spec, sealed)
+// sealed part (the secret, URL and headers), if still at revision
+// expected.
+func (s *Store) UpdateRuntimeSealed(ctx context.Context, id string, expected int64, spec []byte, sealed string, a AuditRow) error {
+	return s.changeRuntime(ctx, a, id, expected, `UPDATE {{schema}}.runtime_subscriptions SET spec = $3, secret = $5, rev = $2, updated_at = now()
+		WHERE id = $1 AND deleted_at IS NULL AND rev = $4`, spec, sealed)
+}
+
+// ErrChanged: the runtime subscription changed since it was read.
+var ErrChanged = errors.New("the subscription was changed meanwhile")
+
+// nextRev takes the next revision; the row stays locked until the
+// transaction ends, so revisions commit in order.
+func (s *Store) nextRev(ctx context.Context, tx pgx.Tx) (int64, error) {
+	var rev int64
+	if err := tx.QueryRow(ctx, s.q(`UPDATE {{schema}}.runtime_meta SET rev = rev + 1 RETURNING rev`)).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("take a revision: %w", err)
+	}
+	return rev, nil
 }

@@ -4,9 +4,16 @@
 -- A runtime subscription's fields are in spec (JSON, every field but the
 -- secrets); its secrets are sealed (AES-256-GCM, internal/secretbox) under
 -- secrets.key. rev increases on every change, deletes included (a
--- deleted row is kept, with deleted_at), so every process polls
--- max(rev) and reloads when it moves.
-CREATE SEQUENCE {{schema}}.runtime_rev;
+-- deleted row is kept, with deleted_at): every change takes the next
+-- revision from runtime_meta's one row, in its transaction, so changes
+-- commit in revision order (the row lock serialises them), and a
+-- process that polls runtime_meta.rev and reloads when it moves misses
+-- none (a sequence would let a later revision commit first).
+CREATE TABLE {{schema}}.runtime_meta (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    rev  bigint NOT NULL
+);
+INSERT INTO {{schema}}.runtime_meta (rev) VALUES (0);
 CREATE TABLE {{schema}}.runtime_subscriptions (
     id               text COLLATE "C" PRIMARY KEY,
     spec             jsonb NOT NULL,
@@ -30,9 +37,10 @@ CREATE TABLE {{schema}}.audit (
 );
 
 -- A deleted subscription's pending and held deliveries are cancelled:
--- kept in the history, with the reason, and never attempted. NOT VALID
--- then VALIDATE: the check of existing rows does not lock out writes.
+-- kept in the history, with the reason, and never attempted. NOT VALID:
+-- the existing rows met the narrower check, so they are not scanned
+-- again while the migration holds the table; new and changed rows are
+-- checked.
 ALTER TABLE {{schema}}.deliveries DROP CONSTRAINT IF EXISTS deliveries_state_check;
 ALTER TABLE {{schema}}.deliveries ADD CONSTRAINT deliveries_state_check
     CHECK (state IN ('pending', 'delivered', 'failed', 'skipped', 'held', 'cancelled')) NOT VALID;
-ALTER TABLE {{schema}}.deliveries VALIDATE CONSTRAINT deliveries_state_check;
