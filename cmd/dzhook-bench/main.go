@@ -2,11 +2,11 @@
 // runs on, in one run: a minimal pglogrepl loop (the stream's limit) and a
 // keep-alive Go client against the benchmark's receiver (the receiver's
 // limit), then dzhook itself as a subprocess: catch-up, paced live
-// latency, fan-out, isolation and ordered delivery, with its memory and
-// CPU. It starts a
+// latency, fan-out, isolation, ordered delivery and live latency during a
+// replay, with its memory and CPU. It starts a
 // throwaway PostgreSQL 15 (fsync on) and uses the reference schema.
 //
-//	go run ./cmd/dzhook-bench [-scenario all|stream|receiver|catchup|live|fanout|isolation|ordering]
+//	go run ./cmd/dzhook-bench [-scenario all|stream|receiver|catchup|live|fanout|isolation|ordering|replay]
 //
 // It prints a table and writes bench/results.json. See BENCHMARKS.md.
 package main
@@ -71,7 +71,7 @@ type bench struct {
 }
 
 func main() {
-	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, fanout, isolation, ordering")
+	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, fanout, isolation, ordering, replay")
 	out := flag.String("out", "bench/results.json", "where to write the results (merged with earlier scenarios)")
 	binary := flag.String("binary", "bin/dzhook", "the dzhook binary to measure")
 	rows := flag.Int("rows", 100_000, "rows of the catch-up workload")
@@ -106,7 +106,7 @@ func main() {
 		run  func(context.Context) error
 	}{
 		{"stream", b.stream}, {"receiver", b.receiverLimit}, {"catchup", b.catchup},
-		{"live", b.live}, {"fanout", b.fanout}, {"isolation", b.isolation}, {"ordering", b.ordering},
+		{"live", b.live}, {"fanout", b.fanout}, {"isolation", b.isolation}, {"ordering", b.ordering}, {"replay", b.replay},
 	}
 	ctx := context.Background()
 	ran := false
@@ -182,7 +182,7 @@ func (b *bench) write(path string) error {
 		}
 	}
 	b.report.Results = append(merged, b.report.Results...)
-	order := []string{"stream", "receiver", "catchup", "live", "fanout", "isolation", "ordering", "resources"}
+	order := []string{"stream", "receiver", "catchup", "live", "fanout", "isolation", "ordering", "replay", "resources"}
 	slices.SortStableFunc(b.report.Results, func(x, y Result) int {
 		return slices.Index(order, x.Scenario) - slices.Index(order, y.Scenario)
 	})

@@ -197,7 +197,7 @@ func (b *bench) prepare(ctx context.Context, subs []subSpec) (*world, func(), er
 		return nil, nil, err
 	}
 	cleanup := func() { rc.close(); b.cluster.DropDatabase(ctx, db) }
-	config, err := b.writeConfig(dsn, subs, rc.url)
+	config, err := b.writeConfig(dsn, subs, rc.url, "")
 	if err == nil {
 		err = b.setup(config)
 	}
@@ -229,8 +229,9 @@ type subSpec struct {
 }
 
 // writeConfig writes a dzhook configuration for db with the given
-// subscriptions.
-func (b *bench) writeConfig(dsn string, subs []subSpec, url string) (string, error) {
+// subscriptions; admin is the admin API's address ("": off), whose token
+// is benchAdminToken.
+func (b *bench) writeConfig(dsn string, subs []subSpec, url, admin string) (string, error) {
 	var s strings.Builder
 	journal := ""
 	if b.separateJournal {
@@ -242,7 +243,11 @@ func (b *bench) writeConfig(dsn string, subs []subSpec, url string) (string, err
 		}
 		journal = "journal:\n  dsn: " + b.cluster.DSN(name) + "\n"
 	}
-	fmt.Fprintf(&s, "source:\n  dsn: %s\n%sdelivery:\n  allow_insecure_http: true\n  timeout: 5s\nadmin:\n  listen: \"\"\nlog:\n  level: warn\nsubscriptions:\n", dsn, journal)
+	adminSection := "admin:\n  listen: \"\"\n"
+	if admin != "" {
+		adminSection = fmt.Sprintf("admin:\n  listen: %s\n  token: %s\n", admin, benchAdminToken)
+	}
+	fmt.Fprintf(&s, "source:\n  dsn: %s\n%sdelivery:\n  allow_insecure_http: true\n  timeout: 5s\n%slog:\n  level: warn\nsubscriptions:\n", dsn, journal, adminSection)
 	for _, sub := range subs {
 		events := sub.events
 		if len(events) == 0 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -319,4 +320,87 @@ func TestReplayValidation(t *testing.T) {
 	if err := json.Unmarshal(raw, &rp); code != http.StatusAccepted || err != nil || rp.Note == "" || !slices.Contains(rp.Types, "request.created") {
 		t.Errorf("replay of an empty window: %d %s, want 202 with a note", code, raw)
 	}
+}
+
+// TestReplayLiveDeliveryNotBehindBacklog: while a replay of 3,000 events
+// goes to a subscription whose receiver takes 5 ms per request, a live
+// event committed in the middle of it reaches that receiver while the
+// replay still has deliveries to send: the live delivery does not wait
+// for the replay's backlog, neither in the journal nor in the
+// subscription's queue. Every replayed event arrives once.
+func TestReplayLiveDeliveryNotBehindBacklog(t *testing.T) {
+	const n = 3000
+	db := newDB(t)
+	crm, late := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	late.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		time.Sleep(5 * time.Millisecond) // a slow receiver: the replay takes a while
+		return 200, nil, "ok"
+	})
+	_, stop := startStoppable(t, replayConfig(t, db, crm.URL, late.URL, false))
+	db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) SELECT 100 + g, 'request ' || g, 1 FROM generate_series(0, %d) g`, n-1))
+	// A last transaction of its own: it may be streamed again after the
+	// restart (its checkpoint not yet written) and reach late live, a
+	// single event; the 3,000 are behind the checkpoint by then.
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (99, 'marker', 1)`)
+	crm.Wait(t, n+1, 60*time.Second)
+	testutil.Eventually(t, 10*time.Second, "the events journaled", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.events`) >= n+1
+	})
+	stop()
+
+	e := start(t, replayConfig(t, db, crm.URL, late.URL, true))
+	a := newAdminClient(t, e)
+	rp := startReplay(t, a)
+	if rp.Matched != n+1 {
+		t.Fatalf("the replay matched %d events, want %d", rp.Matched, n+1)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("replay deliveries: %s", replayStates(t, db, rp.ID))
+		}
+	})
+	waitReplayed(t, late, rp.ID, 100, 30*time.Second)
+
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1000000, 'live', 1)`)
+	atCommit := len(ofReplay(late.Requests(), rp.ID))
+	var atArrival int // replay deliveries received before the live one
+	testutil.Eventually(t, 30*time.Second, "the live event received by late", func() bool {
+		reqs := late.Requests()
+		for i, r := range reqs {
+			if strings.Contains(string(r.Body), `"id":"req_1000000"`) {
+				atArrival = len(ofReplay(reqs[:i], rp.ID))
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("replay deliveries received: %d when the live event was committed, %d when it arrived, of %d", atCommit, atArrival, n+1)
+	if atArrival >= n+1 {
+		t.Errorf("the live event arrived after all %d replay deliveries: it waited for the replay's backlog", atArrival)
+	}
+	// Nor behind the replay deliveries the scheduler claimed into memory
+	// (between half and all of the 1,024-place queue while the replay
+	// runs): only those in flight, or taken in the moment the stream
+	// needs to read the commit, go before it.
+	if ahead := atArrival - atCommit; ahead >= fanout.DefaultQueueSize/4 {
+		t.Errorf("%d replay deliveries arrived between the live event's commit and its arrival: it waited behind the claimed ones", ahead)
+	}
+
+	reqs := waitReplayed(t, late, rp.ID, n+1, 120*time.Second)
+	seen := map[string]int{}
+	for _, r := range reqs {
+		seen[eventID(t, r.Body)]++
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("event %s replayed %d times", id, c)
+		}
+	}
+	if len(seen) != n+1 || len(reqs) != n+1 {
+		t.Errorf("late received %d replay deliveries of %d distinct events, want %d once each", len(reqs), len(seen), n+1)
+	}
+	testutil.Eventually(t, 10*time.Second, "the replay done, every delivery delivered", func() bool {
+		got := getReplay(t, a, rp.ID)
+		return got.State == "done" && got.Delivered == n+1
+	})
 }
