@@ -342,6 +342,10 @@ func checkReplays(t *testing.T, conn *pgx.Conn, replayFile string) {
 		}
 		return s
 	}
+	// crm's own deliveries are delivered by now; the replay's wait. The
+	// test event sent from crm's card is journaled as an event too
+	// (whk_test_…) and the replay sends it again as well; that is left
+	// out here, compared are the events the stream made.
 	var want []string
 	for _, d := range deliveries(`replay_id IS NULL`) {
 		ev, _, _ := strings.Cut(d, " delivered")
@@ -350,7 +354,7 @@ func checkReplays(t *testing.T, conn *pgx.Conn, replayFile string) {
 	if st := state(ids[0]); st != "done" {
 		t.Errorf("replay %s: %s, want done", ids[0], st)
 	}
-	if got := deliveries(`replay_id = $1`, ids[0]); len(got) < 2 || !slices.Equal(got, want) {
+	if got := deliveries(`replay_id = $1 AND event_id NOT LIKE 'whk\_test\_%'`, ids[0]); len(got) < 2 || !slices.Equal(got, want) {
 		t.Errorf("the deliveries of replay %s:\n got %q\nwant %q (crm's events again, waiting while it is paused)", ids[0], got, want)
 	}
 	if st := state(ids[1]); st != "cancelled" {

@@ -197,8 +197,9 @@ async function main() {
   await eventually('subscription state', () => text(page.locator(tid(`state-${sub}`))), (s) => s === 'paused');
   await page.locator(tid(`resume-${sub}`)).waitFor({ state: 'visible' });
   if (await page.locator(tid(`pause-${sub}`)).isVisible()) throw new Error('Pause is still shown on a paused subscription');
-  const focused = await page.evaluate(() => document.activeElement?.dataset?.testid ?? '');
-  if (focused !== `resume-${sub}`) throw new Error(`focus after pausing is on ${JSON.stringify(focused)}, want resume-${sub}`);
+  // Resume shows when the subscriptions are loaded again; the focus moves
+  // once the rest of the refresh (history, detail) is in as well.
+  await eventually('focus after pausing', () => page.evaluate(() => document.activeElement?.dataset?.testid ?? ''), (v) => v === `resume-${sub}`, 5_000);
 
   await manageWebhooks();
   await replays();
@@ -367,14 +368,14 @@ async function replays() {
   const dialog = page.locator(tid('replay-dialog'));
   await dialog.waitFor({ state: 'visible' });
   await eventually('focus', () => page.evaluate(() => document.activeElement?.dataset?.testid), (v) => v === 'replay-since-1h');
-  if (!(await page.getByLabel('The last hour').isChecked())) throw new Error('the last hour is not the default');
+  if (!(await page.getByRole('radio', { name: 'The last hour' }).isChecked())) throw new Error('the last hour is not the default');
 
   step('a date and time asks for one; a pattern that selects nothing is refused next to its field');
-  await page.getByLabel('A date and time').check();
+  await page.getByRole('radio', { name: 'A date and time' }).check();
   await page.locator(tid('replay-at')).waitFor({ state: 'visible' });
   await page.locator(tid('replay-start')).click();
   await eventually('date problem', () => text(page.locator(tid('replay-since-error'))), (s) => s.includes('date and time'));
-  await page.getByLabel('The last hour').check();
+  await page.getByRole('radio', { name: 'The last hour' }).check();
   await page.locator(tid('replay-events')).fill('nope.*');
   await page.locator(tid('replay-start')).click();
   await eventually('events problem', () => text(page.locator(tid('replay-events-error'))), (s) => s.includes('nope.*'));
@@ -397,7 +398,7 @@ async function replays() {
   step('New replay of request.updated only, then cancel it: its waiting delivery is cancelled');
   await page.locator(tid('replay-new')).click();
   await eventually('the first replay offered', () => text(page.locator(tid('replay-running'))), (s) => s.includes(first));
-  await page.getByLabel('Event patterns').fill('request.updated');
+  await page.getByRole('textbox', { name: 'Event patterns' }).fill('request.updated');
   await page.locator(tid('replay-start')).click();
   await eventually('a second replay', () => text(page.locator(tid('replay-id'))), (s) => s !== first && s.startsWith('rpl_'));
   const second = await text(page.locator(tid('replay-id')));
