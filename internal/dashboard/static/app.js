@@ -1291,7 +1291,8 @@ function renderReplay(rp) {
   st.className = `badge badge-${rp.state}`;
   let says = REPLAY_STATES[rp.state] || '';
   if (rp.state === 'done' && rp.pending > 0) says += ` ${rp.pending} still ${rp.pending === 1 ? 'waits' : 'wait'} to go out.`;
-  if (rp.reason) says += ` ${rp.reason}`;
+  // The reason of a cancel says who ("cancelled by an operator (…)").
+  if (rp.reason) says = rp.state === 'cancelled' ? `${rp.reason[0].toUpperCase()}${rp.reason.slice(1)}.` : `${says} ${rp.reason}`;
   setText($('replay-state-text'), says);
   const bar = $('replay-bar');
   bar.max = Math.max(rp.matched, 1);
