@@ -46,6 +46,7 @@ func commands() map[string]command {
 		"health":        {"probe a running dzhook: /healthz, or /readyz with --ready (exit 0 when it answers 200)", runHealth},
 		"deliveries":    {"delivery history, or one delivery's attempts (deliveries show ID)", runDeliveries},
 		"retry":         {"retry a delivery now, or a subscription's failed ones", runRetry},
+		"replay":        {"re-send a window of journaled events to a subscription; replay status, replay cancel", runReplay},
 		"test":          {"send a sample event to a subscription", runTest},
 		"pause":         {"pause a subscription", runPause},
 		"resume":        {"resume a subscription; held deliveries go out", runResume},

@@ -70,7 +70,8 @@ func browserDeps(t *testing.T) string {
 // pause the subscription; then walk DZDESK's webhook settings: add a
 // webhook, save and test, toggle Active, view its history, rotate its
 // secret, delete it (the confirmation counts the delivery it cancels), and
-// find the config.yaml subscription read-only. The script's expectations
+// find the config.yaml subscription read-only; replay the last hour into
+// the (paused) subscription and cancel a second replay. The script's expectations
 // are checked again here against the journal, the receivers and the audit
 // trail.
 func TestDashboardInBrowser(t *testing.T) {
@@ -171,10 +172,12 @@ subscriptions:
 		}
 	}()
 	secretFile := filepath.Join(t.TempDir(), "secret")
+	replayFile := filepath.Join(t.TempDir(), "replays")
 	out, err := runScript(t, node, map[string]string{
 		"DZHOOK_NEW_URL":      hook.URL + "/hooks/helpdesk",
 		"DZHOOK_NEW_ID":       newID,
 		"DZHOOK_SECRET_FILE":  secretFile,
+		"DZHOOK_REPLAY_FILE":  replayFile,
 		"DZHOOK_URL":          base + "/",
 		"DZHOOK_TOKEN":        adminToken,
 		"DZHOOK_SUBSCRIPTION": "crm",
@@ -235,6 +238,7 @@ subscriptions:
 		t.Errorf("GET /v1/subscriptions does not show crm paused")
 	}
 	checkManaged(t, conn, hook, secretFile, base)
+	checkReplays(t, conn, replayFile)
 	if err := <-userCreated; err != nil {
 		t.Errorf("insert the user: %v", err)
 	}
@@ -298,6 +302,66 @@ func checkManaged(t *testing.T, conn *pgx.Conn, hook *testutil.Receiver, secretF
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("audit trail of %s:\n got %q\nwant %q", newID, got, want)
+	}
+}
+
+// checkReplays checks the two replays the script started into crm, by
+// then paused: the first made a delivery of each event crm had, with the
+// same event ids, all still waiting; the second's one delivery, of the
+// request's update, was cancelled with it.
+func checkReplays(t *testing.T, conn *pgx.Conn, replayFile string) {
+	t.Helper()
+	b, err := os.ReadFile(replayFile)
+	if err != nil {
+		t.Fatalf("the replays the page started: %v", err)
+	}
+	ids := strings.Fields(string(b))
+	if len(ids) != 2 {
+		t.Fatalf("the page started replays %q, want two", ids)
+	}
+	ctx := context.Background()
+	// deliveries lists crm's deliveries as "event_id event_type state".
+	deliveries := func(where string, args ...any) []string {
+		t.Helper()
+		rows, err := conn.Query(ctx, `SELECT event_id || ' ' || event_type || ' ' || state FROM dzhook.deliveries
+			WHERE subscription_id = 'crm' AND NOT test AND `+where+` ORDER BY event_id`, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	state := func(id string) string {
+		t.Helper()
+		var s string
+		if err := conn.QueryRow(ctx, `SELECT state FROM dzhook.replays WHERE id = $1 AND subscription_id = 'crm'`, id).Scan(&s); err != nil {
+			t.Errorf("replay %s: %v", id, err)
+		}
+		return s
+	}
+	// crm's own deliveries are delivered by now; the replay's wait. The
+	// test event sent from crm's card is journaled as an event too
+	// (whk_test_…) and the replay sends it again as well; that is left
+	// out here, compared are the events the stream made.
+	var want []string
+	for _, d := range deliveries(`replay_id IS NULL`) {
+		ev, _, _ := strings.Cut(d, " delivered")
+		want = append(want, ev+" pending")
+	}
+	if st := state(ids[0]); st != "done" {
+		t.Errorf("replay %s: %s, want done", ids[0], st)
+	}
+	if got := deliveries(`replay_id = $1 AND event_id NOT LIKE 'whk\_test\_%'`, ids[0]); len(got) < 2 || !slices.Equal(got, want) {
+		t.Errorf("the deliveries of replay %s:\n got %q\nwant %q (crm's events again, waiting while it is paused)", ids[0], got, want)
+	}
+	if st := state(ids[1]); st != "cancelled" {
+		t.Errorf("replay %s: %s, want cancelled", ids[1], st)
+	}
+	if got := deliveries(`replay_id = $1`, ids[1]); len(got) != 1 || !strings.HasSuffix(got[0], " request.updated cancelled") {
+		t.Errorf("the deliveries of the cancelled replay %s: %q, want the update's, cancelled", ids[1], got)
 	}
 }
 

@@ -10,7 +10,9 @@
 // Runtime subscriptions are added, edited, rotated and deleted in modal
 // dialogs; a secret the API returns once is shown in the dialog that got
 // it and removed from the page when it closes (never in the URL or
-// storage). config.yaml subscriptions are shown read-only.
+// storage). config.yaml subscriptions are shown read-only. Every
+// subscription's card has Replay…, a dialog that starts a replay and
+// follows its progress every 2 s while it is open.
 //
 // browser_test.go drives the page in Debian's headless chromium through
 // the npm package playwright-core (browsertest/); without node, chromium

@@ -16,6 +16,9 @@
 //                        stays pending after a 500
 //   DZHOOK_SECRET_FILE   where the script writes the secret the page showed
 //                        once, for the test to verify the signature
+//   DZHOOK_REPLAY_FILE   where the script writes the ids of the two replays
+//                        it starts into DZHOOK_SUBSCRIPTION (done, then
+//                        cancelled), one a line
 //   DZHOOK_SCREENSHOT    where to write the screenshot (PNG)
 //   DZHOOK_CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -43,6 +46,7 @@ const waitedID = env('DZHOOK_WAITED_ID');
 const newURL = env('DZHOOK_NEW_URL');
 const newID = env('DZHOOK_NEW_ID');
 const secretFile = env('DZHOOK_SECRET_FILE');
+const replayFile = env('DZHOOK_REPLAY_FILE');
 const screenshot = env('DZHOOK_SCREENSHOT');
 const executablePath = env('DZHOOK_CHROMIUM', '/usr/bin/chromium');
 const TIMEOUT = 15_000;
@@ -193,10 +197,12 @@ async function main() {
   await eventually('subscription state', () => text(page.locator(tid(`state-${sub}`))), (s) => s === 'paused');
   await page.locator(tid(`resume-${sub}`)).waitFor({ state: 'visible' });
   if (await page.locator(tid(`pause-${sub}`)).isVisible()) throw new Error('Pause is still shown on a paused subscription');
-  const focused = await page.evaluate(() => document.activeElement?.dataset?.testid ?? '');
-  if (focused !== `resume-${sub}`) throw new Error(`focus after pausing is on ${JSON.stringify(focused)}, want resume-${sub}`);
+  // Resume shows when the subscriptions are loaded again; the focus moves
+  // once the rest of the refresh (history, detail) is in as well.
+  await eventually('focus after pausing', () => page.evaluate(() => document.activeElement?.dataset?.testid ?? ''), (v) => v === `resume-${sub}`, 5_000);
 
   await manageWebhooks();
+  await replays();
 
   step('no API error was shown and the page raised none');
   const alert = await text(page.locator(tid('alert')));
@@ -351,6 +357,66 @@ async function manageWebhooks() {
   await page.locator(tid(`subscription-row-${newID}`)).waitFor({ state: 'detached' });
   await eventually('deleted message', () => text(page.locator(tid('status'))), (s) => s.includes(`Deleted ${newID}; 1 delivery cancelled`));
   await page.locator(tid('reset-filters')).click();
+}
+
+// replays replays the last hour into the subscription, which is paused by
+// now: the replay is done once every event has its delivery, and those
+// wait, pending, so the second replay always has something to cancel.
+async function replays() {
+  step(`Replay… on ${sub}: a dialog whose first choice, the last hour, has the focus`);
+  await page.locator(tid(`replay-${sub}`)).click();
+  const dialog = page.locator(tid('replay-dialog'));
+  await dialog.waitFor({ state: 'visible' });
+  await eventually('focus', () => page.evaluate(() => document.activeElement?.dataset?.testid), (v) => v === 'replay-since-1h');
+  if (!(await page.getByRole('radio', { name: 'The last hour' }).isChecked())) throw new Error('the last hour is not the default');
+
+  step('a date and time asks for one; a pattern that selects nothing is refused next to its field');
+  await page.getByRole('radio', { name: 'A date and time' }).check();
+  await page.locator(tid('replay-at')).waitFor({ state: 'visible' });
+  await page.locator(tid('replay-start')).click();
+  await eventually('date problem', () => text(page.locator(tid('replay-since-error'))), (s) => s.includes('date and time'));
+  await page.getByRole('radio', { name: 'The last hour' }).check();
+  await page.locator(tid('replay-events')).fill('nope.*');
+  await page.locator(tid('replay-start')).click();
+  await eventually('events problem', () => text(page.locator(tid('replay-events-error'))), (s) => s.includes('nope.*'));
+  if ((await page.locator(tid('replay-events')).getAttribute('aria-invalid')) !== 'true') throw new Error('the patterns are not marked invalid');
+
+  step('start a replay of the last hour from the keyboard: it reaches done, its deliveries wait while the subscription is paused');
+  await page.locator(tid('replay-events')).fill('');
+  await page.locator(tid('replay-events')).press('Enter');
+  await page.locator(tid('replay-progress')).waitFor({ state: 'visible' });
+  const first = await text(page.locator(tid('replay-id')));
+  if (!/^rpl_[2-7a-z]{16}$/.test(first)) throw new Error(`replay id ${JSON.stringify(first)}`);
+  await eventually('replay done', () => text(page.locator(tid('replay-state'))), (s) => s === 'done', 20_000);
+  const created = Number(await text(page.locator(tid('replay-created'))));
+  if (!(created >= 2)) throw new Error(`the replay made ${created} deliveries, want the created and the update at least`);
+  await eventually('pending', () => text(page.locator(tid('replay-pending'))), (s) => s === String(created));
+  await eventually('every event looked at', () => text(page.locator(tid('replay-scanned'))), (s) => /^(\d+) of \1$/.test(s));
+  console.log(`  ${first}: ${await text(page.locator(tid('replay-state-text')))}`);
+  await page.locator(tid('replay-cancel')).waitFor({ state: 'visible' });
+
+  step('New replay of request.updated only, then cancel it: its waiting delivery is cancelled');
+  await page.locator(tid('replay-new')).click();
+  await eventually('the first replay offered', () => text(page.locator(tid('replay-running'))), (s) => s.includes(first));
+  await page.getByRole('textbox', { name: 'Event patterns' }).fill('request.updated');
+  await page.locator(tid('replay-start')).click();
+  await eventually('a second replay', () => text(page.locator(tid('replay-id'))), (s) => s !== first && s.startsWith('rpl_'));
+  const second = await text(page.locator(tid('replay-id')));
+  await eventually('its delivery made', () => text(page.locator(tid('replay-created'))), (s) => s === '1', 20_000);
+  await page.locator(tid('replay-cancel')).click();
+  await eventually('cancelled', () => text(page.locator(tid('replay-state'))), (s) => s === 'cancelled');
+  await eventually('skipped', () => text(page.locator(tid('replay-skipped'))), (s) => s === '1');
+  await eventually('pending', () => text(page.locator(tid('replay-pending'))), (s) => s === '0');
+  if (await page.locator(tid('replay-cancel')).isVisible()) throw new Error('Cancel replay is still shown on a cancelled replay');
+  await eventually('focus after the cancel', () => page.evaluate(() => document.activeElement?.dataset?.testid), (v) => v === 'replay-new');
+  await eventually('cancelled message', () => text(page.locator(tid('status'))), (s) => s.includes(`Cancelled replay ${second}`));
+  await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-replay.png' });
+  fs.writeFileSync(replayFile, `${first}\n${second}\n`);
+
+  step('Escape closes it; the focus is back on Replay…');
+  await page.keyboard.press('Escape');
+  await dialog.waitFor({ state: 'hidden' });
+  await eventually('focus back', () => page.evaluate(() => document.activeElement?.dataset?.testid), (v) => v === `replay-${sub}`);
 }
 
 let code = 0;

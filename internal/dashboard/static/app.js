@@ -379,6 +379,7 @@ function buildCard(id) {
       ),
       el('span', { class: 'action-group' },
         el('button', { type: 'button', 'data-testid': `history-${id}`, onclick: () => showHistoryOf(id) }, 'Delivery history'),
+        el('button', { type: 'button', 'data-testid': `replay-${id}`, 'aria-haspopup': 'dialog', onclick: (ev) => openReplay(id, ev.currentTarget) }, 'Replay…'),
       ),
       c.manage,
     ),
@@ -1163,6 +1164,234 @@ function wireManage() {
   });
 }
 
+// ---- replay ------------------------------------------------------------------
+//
+// Replay… re-sends the journaled events of a window to a subscription
+// (POST /v1/subscriptions/{id}/replay). While the dialog is open the
+// replay's progress is asked for every 2 s, until it has nothing left to
+// do; closing the dialog stops asking, not the replay.
+
+const REPLAY_POLL_MS = 2000;
+
+// replay is the open dialog: its subscription, the replay shown (rid), the
+// POST's note and the replay it is about (the GET has none), the last
+// answer, and the button that opened it.
+const replay = { id: '', rid: '', note: '', noteID: '', last: null, opener: null, timer: 0 };
+
+// replayBusy: the replay still has something to follow or to cancel.
+const replayBusy = (rp) => rp.state === 'running' || (rp.state === 'done' && rp.pending > 0);
+
+function openReplay(id, opener) {
+  clearTimeout(replay.timer);
+  Object.assign(replay, { id, rid: '', note: '', noteID: '', last: null, opener });
+  $('replay-form').reset();
+  setText($('replay-title'), `Replay events into ${id}`);
+  showReplayForm();
+  $('replay-dialog').showModal();
+  $('replay-since-1h').focus();
+  // A replay still at work is offered, not shown in place of the form.
+  api('GET', `/v1/subscriptions/${enc(id)}/replays`).then((list) => {
+    const last = (list.replays || [])[0];
+    if (last && replay.id === id && !replay.last && $('replay-dialog').open && replayBusy(last)) {
+      replay.last = last;
+      showReplayForm();
+    }
+  }, () => {}); // the form works without it
+}
+
+function showReplayForm() {
+  clearTimeout(replay.timer);
+  $('replay-errors').replaceChildren();
+  replayFieldError('since', '');
+  replayFieldError('events', '');
+  $('replay-at-field').hidden = radioValue('replay-since') !== 'at';
+  $('replay-fields').hidden = false;
+  $('replay-progress').hidden = true;
+  const last = replay.last;
+  $('replay-running').hidden = !(last && replayBusy(last));
+  if (last) setText($('replay-running-text'), `Replay ${last.id} (started ${fmtAgo(last.created_at)}) is ${last.state === 'running' ? 'running' : 'waiting for its deliveries'}.`);
+}
+
+function replayFieldError(field, problem) {
+  const p = $(`replay-${field}-error`);
+  p.hidden = !problem;
+  setText(p, problem);
+  const input = field === 'since' ? $('replay-at') : $('replay-events');
+  if (problem) input.setAttribute('aria-invalid', 'true');
+  else input.removeAttribute('aria-invalid');
+}
+
+async function submitReplay(ev) {
+  ev.preventDefault();
+  const button = $('replay-start');
+  if (button.disabled) return;
+  $('replay-errors').replaceChildren();
+  replayFieldError('since', '');
+  replayFieldError('events', '');
+  let since = radioValue('replay-since');
+  if (since === 'at') {
+    const d = new Date($('replay-at').value);
+    if (!$('replay-at').value || Number.isNaN(d.getTime())) {
+      replayFieldError('since', 'Choose the date and time to start from.');
+      $('replay-at').focus();
+      return;
+    }
+    since = d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  }
+  const events = $('replay-events').value.split(',').map((e) => e.trim()).filter(Boolean);
+  const body = events.length ? { since, events } : { since };
+  const id = replay.id;
+  button.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  try {
+    const rp = await api('POST', `/v1/subscriptions/${enc(id)}/replay`, body);
+    if (replay.id !== id) return;
+    Object.assign(replay, { note: rp.note || '', noteID: rp.id });
+    announce(`Replay ${rp.id} of ${id} started: ${rp.matched} ${rp.matched === 1 ? 'event' : 'events'} in the window.`);
+    showReplay(rp);
+    $('replay-progress-title').focus();
+  } catch (e) {
+    // The API names the field first: "since: …", "events[0]: …".
+    const m = /^(since|until|events)(\[\d+\])?: /.exec(e.message);
+    if (e.status === 400 && m) {
+      replayFieldError(m[1] === 'events' ? 'events' : 'since', e.message.slice(m[0].length));
+      (m[1] === 'events' ? $('replay-events') : document.querySelector('input[name="replay-since"]:checked')).focus();
+    } else {
+      $('replay-errors').replaceChildren(el('p', { class: 'form-error-text', text: e.message }));
+      $('replay-errors').focus();
+    }
+  } finally {
+    button.disabled = false;
+    button.removeAttribute('aria-busy');
+  }
+}
+
+// showReplay shows a replay's progress in place of the form, and asks for
+// it again while it is busy.
+function showReplay(rp) {
+  replay.rid = rp.id;
+  $('replay-fields').hidden = true;
+  $('replay-progress').hidden = false;
+  renderReplay(rp);
+  pollReplay();
+}
+
+const REPLAY_STATES = {
+  running: 'Running: making the deliveries.',
+  done: 'Done: every event of the window has its delivery.',
+  cancelled: 'Cancelled.',
+  failed: 'Failed.',
+};
+
+function renderReplay(rp) {
+  replay.last = rp;
+  setText($('replay-id'), rp.id);
+  const st = $('replay-state');
+  setText(st, rp.state);
+  st.className = `badge badge-${rp.state}`;
+  let says = REPLAY_STATES[rp.state] || '';
+  if (rp.state === 'done' && rp.pending > 0) says += ` ${rp.pending} still ${rp.pending === 1 ? 'waits' : 'wait'} to go out.`;
+  // The reason of a cancel says who ("cancelled by an operator (…)").
+  if (rp.reason) says = rp.state === 'cancelled' ? `${rp.reason[0].toUpperCase()}${rp.reason.slice(1)}.` : `${says} ${rp.reason}`;
+  setText($('replay-state-text'), says);
+  const bar = $('replay-bar');
+  bar.max = Math.max(rp.matched, 1);
+  bar.value = rp.matched ? Math.min(rp.scanned, rp.matched) : (rp.state === 'running' ? 0 : 1);
+  setText($('replay-bar-label'), `${rp.scanned} of ${rp.matched} ${rp.matched === 1 ? 'event' : 'events'} looked at`);
+  const events = (rp.events || []).length ? rp.events.join(', ') : 'every event it receives';
+  $('replay-facts').replaceChildren(
+    fact('Window', `${fmtTime(rp.since)} → ${fmtTime(rp.until)}`),
+    fact('Events', events),
+    fact('Scanned', `${rp.scanned} of ${rp.matched}`, 'replay-scanned'),
+    fact('Created', rp.created, 'replay-created'),
+    fact('Delivered', rp.delivered, 'replay-delivered'),
+    fact('Pending', rp.pending, 'replay-pending'),
+    fact('Failed', rp.failed, 'replay-failed'),
+    fact('Cancelled', rp.skipped, 'replay-skipped'),
+    fact('Started', fmtTime(rp.created_at)),
+  );
+  const note = replay.noteID === rp.id ? replay.note : '';
+  $('replay-note').hidden = !note;
+  setText($('replay-note'), note);
+  const cancel = $('replay-cancel');
+  const busyNow = replayBusy(rp);
+  if (cancel.hidden === busyNow) {
+    const hadFocus = document.activeElement === cancel;
+    cancel.hidden = !busyNow;
+    if (hadFocus) $('replay-new').focus();
+  }
+}
+
+function pollReplay() {
+  clearTimeout(replay.timer);
+  const { id, rid, last } = replay;
+  if (!$('replay-dialog').open || !last || !replayBusy(last)) return;
+  replay.timer = setTimeout(async () => {
+    try {
+      const rp = await api('GET', `/v1/subscriptions/${enc(id)}/replays/${enc(rid)}`);
+      if (replay.id !== id || replay.rid !== rid || $('replay-progress').hidden) return;
+      $('replay-errors').replaceChildren();
+      renderReplay(rp);
+    } catch (e) {
+      if (replay.rid !== rid) return;
+      $('replay-errors').replaceChildren(el('p', { class: 'form-error-text', text: `Progress: ${e.message}` }));
+    }
+    if (replay.rid === rid && !$('replay-progress').hidden) pollReplay();
+  }, REPLAY_POLL_MS);
+}
+
+async function cancelReplay() {
+  const button = $('replay-cancel');
+  if (button.disabled) return;
+  const { id, rid } = replay;
+  button.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  try {
+    const rp = await api('POST', `/v1/subscriptions/${enc(id)}/replays/${enc(rid)}/cancel`);
+    $('replay-errors').replaceChildren();
+    renderReplay(rp);
+    const n = rp.skipped || 0;
+    announce(`Cancelled replay ${rid} of ${id}${n ? `; ${n} ${n === 1 ? 'delivery' : 'deliveries'} will not go out` : ''}.`);
+  } catch (e) {
+    // A 409: it finished meanwhile; the next poll shows how.
+    $('replay-errors').replaceChildren(el('p', { class: 'form-error-text', text: e.message }));
+  } finally {
+    button.disabled = false;
+    button.removeAttribute('aria-busy');
+  }
+  if (button.hidden) $('replay-new').focus();
+  pollReplay();
+}
+
+function wireReplay() {
+  $('replay-form').addEventListener('submit', submitReplay);
+  $('replay-form').addEventListener('change', (ev) => {
+    if (ev.target.name !== 'replay-since') return;
+    $('replay-at-field').hidden = ev.target.value !== 'at';
+    replayFieldError('since', '');
+  });
+  const close = () => $('replay-dialog').close();
+  $('replay-close').addEventListener('click', close);
+  $('replay-dismiss').addEventListener('click', close);
+  $('replay-cancel').addEventListener('click', cancelReplay);
+  $('replay-new').addEventListener('click', () => {
+    $('replay-form').reset();
+    showReplayForm();
+    $('replay-since-1h').focus();
+  });
+  $('replay-show-last').addEventListener('click', () => {
+    if (!replay.last) return;
+    showReplay(replay.last);
+    $('replay-progress-title').focus();
+  });
+  $('replay-dialog').addEventListener('close', () => {
+    clearTimeout(replay.timer);
+    replay.rid = '';
+    const o = replay.opener;
+    (o && o.isConnected ? o : $('add-webhook')).focus();
+  });
+}
+
 // ---- history -----------------------------------------------------------------
 
 function listQuery(limit, cursor) {
@@ -1366,6 +1595,7 @@ function renderDetail(data) {
     fact('Ordering key', orderingKey(d.ordering_key), 'detail-ordering-key'),
   ];
   if (d.test) facts.push(fact('Kind', 'test send (not counted in the subscription’s health)'));
+  if (d.replay_id) facts.push(fact('Replay', el('span', { class: 'mono', text: d.replay_id }), 'detail-replay'));
   $('detail-facts').replaceChildren(...facts);
 
   const attempts = Array.isArray(data.attempts) ? data.attempts : [];
@@ -1499,6 +1729,7 @@ function toggleLive() {
 
 function wire() {
   wireManage();
+  wireReplay();
   $('token-form').addEventListener('submit', submitToken);
   $('token-dialog').addEventListener('cancel', (ev) => {
     // Without a token the page can show nothing: keep asking.
