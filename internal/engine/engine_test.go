@@ -282,8 +282,16 @@ func TestStandbyTakesOverWithoutRepeats(t *testing.T) {
 		return 200, nil, "ok"
 	})
 	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
-	a, stopA := startStoppable(t, cfg)
-	start(t, cfg) // B: waits for the slot, with the checkpoint of before
+	one, stopOne := startStoppable(t, cfg)
+	two, stopTwo := startStoppable(t, cfg)
+	// One of them streams, the other waits for the slot with the
+	// checkpoint of before; which one is a race between their starts.
+	streams := func(e *Engine) bool { st := e.Stream().Stats(); return st.Connected && !st.Standby }
+	testutil.Eventually(t, 20*time.Second, "one instance streaming", func() bool { return streams(one) || streams(two) })
+	a, stopA := one, stopOne
+	if !streams(one) {
+		a, stopA = two, stopTwo
+	}
 	db.Exec(t, `INSERT INTO requests (id, title, priority, requester_id) VALUES (1, 'first', 'high', 1)`)
 	select {
 	case <-arrived:
