@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"regexp"
 	"slices"
@@ -53,7 +52,7 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 		return
 	}
 	now := time.Now()
-	req := fanout.ReplayRequest{Subscription: id, Until: now, Patterns: body.Events, RequestedBy: clientAddr(r)}
+	req := fanout.ReplayRequest{Subscription: id, Until: now, Patterns: body.Events, RequestedBy: client(r)}
 	if body.Since == "" {
 		writeError(w, http.StatusBadRequest, `since: required (an RFC 3339 time, or a duration ago: "24h", "7d")`)
 		return
@@ -176,7 +175,7 @@ func (s *Server) cancelReplay(w http.ResponseWriter, r *http.Request, _ query) {
 	}
 	ctx, cancel := journalCtx(r)
 	defer cancel()
-	rp, _, err := s.cfg.Replays.CancelReplay(ctx, id, rid, clientAddr(r))
+	rp, _, err := s.cfg.Replays.CancelReplay(ctx, id, rid, client(r))
 	if errors.Is(err, journal.ErrReplayFinished) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("replay %s is %s and none of its deliveries waits: nothing to cancel", rid, rp.State))
 		return
@@ -197,16 +196,6 @@ func (s *Server) replayError(w http.ResponseWriter, r *http.Request, err error) 
 	default:
 		s.journalError(w, r, err)
 	}
-}
-
-// clientAddr is who asked, as the replay records it: the client's IP
-// address (a proxy in front is what it sees).
-func clientAddr(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 func replayOf(rp journal.Replay) api.Replay {

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -38,7 +37,7 @@ const runtimePoll = time.Second
 
 // runtimeSpec is a runtime subscription's fields but its secret, URL and
 // headers (sealed: a header or a URL's query often carries a credential;
-// the spec keeps the URL without query or user info, for reading).
+// the spec keeps the URL as fanout.RedactURL shows it, for reading).
 type runtimeSpec struct {
 	URL                string   `json:"url"`
 	Events             []string `json:"events"`
@@ -55,16 +54,6 @@ type sealedPart struct {
 	Secret  string            `json:"secret"`
 	URL     string            `json:"url,omitempty"`
 	Headers map[string]string `json:"headers,omitempty"`
-}
-
-// shownURL is u without its query, fragment and user info.
-func shownURL(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return ""
-	}
-	p.RawQuery, p.Fragment, p.User = "", "", nil
-	return p.String()
 }
 
 // runtimeSub is a runtime subscription as this process holds it.
@@ -486,7 +475,7 @@ func (m managerOf) seal(id string, sp sealedPart) (string, error) {
 }
 
 func specOf(s config.Subscription, desc string) ([]byte, error) {
-	return json.Marshal(runtimeSpec{URL: shownURL(s.URL), Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
+	return json.Marshal(runtimeSpec{URL: fanout.RedactURL(s.URL), Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
 		Filter: s.Filter, StandardWebhooks: s.StandardWebhooks, Ordering: s.Ordering, Description: desc})
 }
 
@@ -562,7 +551,7 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 	m.applied(ctx, s.ID)
 	st, err := m.status(s.ID)
 	if err != nil {
-		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: shownURL(s.URL), Events: s.Events, Active: s.Active,
+		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: fanout.RedactURL(s.URL), Events: s.Events, Active: s.Active,
 			QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, State: journal.Healthy, Ordering: fanout.Ordering(s.Ordering),
 			Source: "runtime", Description: desc})
 	}

@@ -255,7 +255,12 @@ func isDial(err error) bool {
 }
 
 // redactURL drops the user info and query of a URL for logs and history.
-func redactURL(raw string) string {
+func redactURL(raw string) string { return RedactURL(raw) }
+
+// RedactURL is raw without its user info and with its query replaced by
+// REDACTED: a URL as dzhook shows or keeps it where a credential must not
+// be (logs, answers, the journal's readable copy).
+func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparseable URL)"
