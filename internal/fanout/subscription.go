@@ -95,8 +95,7 @@ type sub struct {
 	// share the places counted by reserved, and each can hold them all.
 	queue    chan *task
 	live     chan *task
-	takes    atomic.Uint64 // tasks taken, for next's fairness
-	reserved atomic.Int64  // queue places taken or promised
+	reserved atomic.Int64 // queue places taken or promised
 	size     int64
 	room     chan struct{} // a worker took a task: there may be room
 	// backlog is set while due work of this subscription waits in the
@@ -201,16 +200,10 @@ func (s *sub) enqueue(t *task, live bool) bool {
 }
 
 // next waits for a worker's next task: the live lane's first, then
-// either lane's; nil once the subscription is retired. Every
-// fairEvery-th take looks at the queue first, so that a steady stream
-// does not starve retries and spilled deliveries.
+// either lane's; nil once the subscription is retired.
 func (s *sub) next() *task {
-	first := s.live
-	if s.takes.Add(1)%fairEvery == 0 {
-		first = s.queue
-	}
 	select {
-	case t := <-first:
+	case t := <-s.live:
 		return t
 	default:
 	}
@@ -223,9 +216,6 @@ func (s *sub) next() *task {
 		return t
 	}
 }
-
-// fairEvery: one take in fairEvery prefers the queue to the live lane.
-const fairEvery = 8
 
 // queued is how many tasks wait in the two lanes.
 func (s *sub) queued() int { return len(s.live) + len(s.queue) }
