@@ -41,10 +41,7 @@ import (
 // the bound. The journal never takes a day of history at once, and the
 // subscription's queue keeps its room for the stream, whose deliveries
 // take the memory path first: the scheduler claims only half the free
-// room (scheduler.claim). What it claims waits in the queue; the
-// stream's deliveries go to the live lane, which the workers take first
-// (sub.next), so a live delivery waits for the attempts in flight, not
-// for the up to QueueSize replay deliveries claimed before it.
+// room (scheduler.claim).
 //
 // Order: the events of the window are read in (occurred_at, id) order:
 // commit-time order, and stream order within a transaction. (Two

@@ -140,7 +140,7 @@ func (sc *scheduler) claim(ctx context.Context, s *sub) error {
 			t.ordered, t.key, t.claimed = true, c.OrderingKey, true
 			s.ord.claimed(t)
 		}
-		if !s.enqueue(t, false) {
+		if !s.enqueue(t) {
 			// Retired by a reload or a shutdown since the claim began.
 			giveBack = append(giveBack, t)
 		}

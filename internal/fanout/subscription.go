@@ -88,13 +88,7 @@ type sub struct {
 	previousKey []byte // the standard key of cfg.PreviousSecret, during a rotation
 	client      *retryablehttp.Client
 
-	// queue holds the deliveries the scheduler claimed from the journal
-	// (retries, spilled and replayed ones); live the stream's, routed
-	// from memory. Workers take live first: a replay or a backlog in the
-	// queue never holds up a delivery of what was just committed. Both
-	// share the places counted by reserved, and each can hold them all.
 	queue    chan *task
-	live     chan *task
 	reserved atomic.Int64 // queue places taken or promised
 	size     int64
 	room     chan struct{} // a worker took a task: there may be room
@@ -178,47 +172,18 @@ func (s *sub) accepting() bool {
 	return s.cfg.Active && !s.paused && s.state != journal.Disabled
 }
 
-// enqueue hands a task to the workers, in a place reserved before: in
-// the live lane when live (the stream's deliveries), else in the queue.
-// It refuses once the subscription is retired: nobody would take the
-// task.
-func (s *sub) enqueue(t *task, live bool) bool {
+// enqueue hands a task to the workers, in a place reserved before. It
+// refuses once the subscription is retired: nobody would take the task.
+func (s *sub) enqueue(t *task) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.retired {
 		s.release(1)
 		return false
 	}
-	// Never blocks: the place was reserved, and either lane can hold
-	// every place.
-	if live {
-		s.live <- t
-	} else {
-		s.queue <- t
-	}
+	s.queue <- t // never blocks: the place was reserved
 	return true
 }
-
-// next waits for a worker's next task: the live lane's first, then
-// either lane's; nil once the subscription is retired.
-func (s *sub) next() *task {
-	select {
-	case t := <-s.live:
-		return t
-	default:
-	}
-	select {
-	case <-s.stop:
-		return nil
-	case t := <-s.live:
-		return t
-	case t := <-s.queue:
-		return t
-	}
-}
-
-// queued is how many tasks wait in the two lanes.
-func (s *sub) queued() int { return len(s.live) + len(s.queue) }
 
 // retire stops the subscription: its workers end after their attempts in
 // flight, and its queue takes nothing more.
@@ -252,17 +217,15 @@ func (s *sub) reserve(n int64) int64 {
 // for an ordered subscription, the waiting deliveries of their keys).
 func (s *sub) drainQueue() []string {
 	var tasks []*task
-	for _, lane := range []chan *task{s.live, s.queue} {
-		for {
-			select {
-			case t := <-lane:
-				s.release(1)
-				tasks = append(tasks, t)
-				continue
-			default:
-			}
-			break
+	for {
+		select {
+		case t := <-s.queue:
+			s.release(1)
+			tasks = append(tasks, t)
+			continue
+		default:
 		}
+		break
 	}
 	if s.ord != nil {
 		return s.ord.drained(tasks)
@@ -351,7 +314,7 @@ func (s *sub) observe(d time.Duration, ok bool) {
 
 // compile prepares a subscription for delivery.
 func compile(cfg Subscription, opts *Config) (*sub, error) {
-	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), live: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
+	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
 		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{}}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
