@@ -14,7 +14,7 @@
 // Its parts, in the order an event meets them (Dispatcher's comment has
 // the detail):
 //
-//	route.go     Dispatch: match, filter, admit (ordering), rows → journal writer, first attempt → live lane
+//	route.go     Dispatch: match, filter, admit (ordering), rows → journal writer, first attempt → queue
 //	deliver.go   per subscription: workers, attempts, health
 //	policy.go    Next: what follows an attempt (pure, table-tested)
 //	order.go     per-key state of ordered subscriptions (the design is explained there)
