@@ -6,7 +6,7 @@
 // replay, with its memory and CPU. It starts a
 // throwaway PostgreSQL 15 (fsync on) and uses the reference schema.
 //
-//	go run ./cmd/dzhook-bench [-scenario all|stream|receiver|catchup|live|fanout|isolation|ordering|replay]
+//	go run ./cmd/dzhook-bench [-scenario all|stream|receiver|catchup|live|rates|fanout|isolation|ordering|replay]
 //
 // It prints a table and writes bench/results.json. See BENCHMARKS.md.
 package main
@@ -71,7 +71,8 @@ type bench struct {
 }
 
 func main() {
-	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, fanout, isolation, ordering, replay")
+	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, rates, fanout, isolation, ordering, replay")
+	onlyRates := flag.String("rates", "", "the rates scenario's rates, comma-separated (default 100,500,1000,2000)")
 	out := flag.String("out", "bench/results.json", "where to write the results (merged with earlier scenarios)")
 	binary := flag.String("binary", "bin/dzhook", "the dzhook binary to measure")
 	rows := flag.Int("rows", 100_000, "rows of the catch-up workload")
@@ -81,6 +82,9 @@ func main() {
 	separate := flag.Bool("separate-journal", false, "put the journal in a database of its own (journal.dsn)")
 	profile := flag.String("cpuprofile", "", "write dzhook's CPU profile of the last run to this `file`")
 	flag.Parse()
+	if *onlyRates != "" {
+		rateSteps = pickRates(*onlyRates)
+	}
 
 	abs, err := filepath.Abs(*binary)
 	if err != nil || !fileExists(abs) {
@@ -106,7 +110,7 @@ func main() {
 		run  func(context.Context) error
 	}{
 		{"stream", b.stream}, {"receiver", b.receiverLimit}, {"catchup", b.catchup},
-		{"live", b.live}, {"fanout", b.fanout}, {"isolation", b.isolation}, {"ordering", b.ordering}, {"replay", b.replay},
+		{"live", b.live}, {"rates", b.rates}, {"fanout", b.fanout}, {"isolation", b.isolation}, {"ordering", b.ordering}, {"replay", b.replay},
 	}
 	ctx := context.Background()
 	ran := false
@@ -182,7 +186,7 @@ func (b *bench) write(path string) error {
 		}
 	}
 	b.report.Results = append(merged, b.report.Results...)
-	order := []string{"stream", "receiver", "catchup", "live", "fanout", "isolation", "ordering", "replay", "resources"}
+	order := []string{"stream", "receiver", "catchup", "live", "rates", "fanout", "isolation", "ordering", "replay", "resources"}
 	slices.SortStableFunc(b.report.Results, func(x, y Result) int {
 		return slices.Index(order, x.Scenario) - slices.Index(order, y.Scenario)
 	})

@@ -303,16 +303,7 @@ func (b *bench) start(config string) (*dzhook, error) {
 // usage reads the process's CPU seconds and peak resident memory.
 func (d *dzhook) usage() (cpu float64, peakMB float64) {
 	pid := d.cmd.Process.Pid
-	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// Fields after the command name, which is in parentheses.
-		s := string(stat)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(f) > 13 {
-			ut, _ := strconv.ParseFloat(f[11], 64)
-			st, _ := strconv.ParseFloat(f[12], 64)
-			cpu = (ut + st) / 100 // clock ticks
-		}
-	}
+	cpu = procCPU(pid)
 	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
 		for _, l := range strings.Split(string(status), "\n") {
 			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {

@@ -86,8 +86,11 @@ type Config struct {
 
 // Stats is a snapshot of the stream's positions, for metrics and health.
 type Stats struct {
-	// ReceivedLSN is the end of the last WAL data received.
+	// ReceivedLSN is the end of the last WAL data received, or the WAL
+	// end of a keepalive past it.
 	ReceivedLSN pglogrepl.LSN
+	// StatusUpdates counts the standby status updates sent.
+	StatusUpdates uint64
 	// FlushedLSN is the position last reported to PostgreSQL as flushed:
 	// the end of the last acknowledged transaction (or, when idle, the
 	// server's WAL end).
@@ -130,6 +133,7 @@ type Stream struct {
 	flushed  pglogrepl.LSN // last flush position reported
 
 	received     atomic.Uint64
+	statusSent   atomic.Uint64
 	lagBytes     atomic.Int64
 	changes      atomic.Uint64
 	transactions atomic.Uint64
@@ -219,16 +223,17 @@ func (s *Stream) Stats() Stats {
 	flushed := s.flushed
 	s.mu.Unlock()
 	return Stats{
-		ReceivedLSN:  pglogrepl.LSN(s.received.Load()),
-		FlushedLSN:   flushed,
-		AckedLSN:     pglogrepl.LSN(s.acked.Load()),
-		LagBytes:     s.lagBytes.Load(),
-		Changes:      s.changes.Load(),
-		Transactions: s.transactions.Load(),
-		Connected:    s.connected.Load(),
-		Standby:      s.standby.Load(),
-		Reconnects:   s.reconnects.Load(),
-		Problem:      s.Problem(),
+		ReceivedLSN:   pglogrepl.LSN(s.received.Load()),
+		StatusUpdates: s.statusSent.Load(),
+		FlushedLSN:    flushed,
+		AckedLSN:      pglogrepl.LSN(s.acked.Load()),
+		LagBytes:      s.lagBytes.Load(),
+		Changes:       s.changes.Load(),
+		Transactions:  s.transactions.Load(),
+		Connected:     s.connected.Load(),
+		Standby:       s.standby.Load(),
+		Reconnects:    s.reconnects.Load(),
+		Problem:       s.Problem(),
 	}
 }
 
@@ -458,6 +463,16 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 				if err != nil {
 					return fmt.Errorf("parse keepalive: %w", err)
 				}
+				// The keepalive's WAL end is where the server's sending
+				// stands (its sentPtr): everything before it was received.
+				// Reporting it as written matters: a walsender whose
+				// client reports both write and flush behind sentPtr pings
+				// again as soon as it has an answer, and an idle stream
+				// whose flush waits for PersistIdle would answer each ping
+				// at once, a busy loop of both processes.
+				if uint64(ka.ServerWALEnd) > s.received.Load() {
+					s.received.Store(uint64(ka.ServerWALEnd))
+				}
 				if ka.ReplyRequested || s.idle() {
 					if err := s.sendStatusIdle(conn, ka.ServerWALEnd, ka.ReplyRequested); err != nil {
 						return err
@@ -660,6 +675,7 @@ func (s *Stream) sendStatus(conn *pgconn.PgConn, reply bool, idleEnd pglogrepl.L
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
+	s.statusSent.Add(1)
 	return nil
 }
 

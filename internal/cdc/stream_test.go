@@ -827,3 +827,59 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// TestIdleStreamIsQuiet: an idle stream whose idle positions are made
+// durable first (PersistIdle) answers the server's keepalives without a
+// ping-pong. The walsender pings again as soon as it has an answer while
+// the client reports both write and flush behind its sending position;
+// an idle stream reported write = the end of the last data, and each
+// reply brought the next ping at once: both processes busy (~60% of a
+// core each) with nothing to send.
+func TestIdleStreamIsQuiet(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(true)
+	var s *Stream
+	s, err := New(Config{DSN: db.DSN, Slot: "dzhook", Publication: "dzhook", Handler: rec, Logger: testLogger(t),
+		StatusInterval: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, LagInterval: 200 * time.Millisecond,
+		DrainTimeout: 300 * time.Millisecond,
+		// Durable at once, as the journal makes it within a batch.
+		PersistIdle: func(lsn pglogrepl.LSN) { go s.Ack(lsn) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.stream = s
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return after cancellation")
+		}
+	}()
+	// A published change, then WAL the walsender decodes and skips (a
+	// table outside the publication): its sending position moves past
+	// the last data it sent.
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'a@company.com')`)
+	rec.waitCommits(t, 1)
+	db.Exec(t, `CREATE TABLE noise (v text)`, `INSERT INTO noise SELECT 'x' FROM generate_series(1, 100)`)
+	deadline := time.Now().Add(30 * time.Second)
+	for !s.idle() {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream did not become idle")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := s.Stats().StatusUpdates
+	const window = 2 * time.Second
+	time.Sleep(window) // the measured stretch: a count over time, not a wait for a condition
+	sent := s.Stats().StatusUpdates - before
+	// One every StatusInterval (200 ms), and a reply to each keepalive the
+	// server sends on its own (every wal_sender_timeout/2 at most).
+	if sent > 30 {
+		t.Fatalf("%d status updates in %s of idleness: the stream ping-pongs with the walsender", sent, window)
+	}
+	t.Logf("%d status updates in %s idle", sent, window)
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// rateSteps are the paced rates of the rates scenario (tx/s) and how long
+// each runs: long enough for a few thousand events at every rate.
+type rateStep struct {
+	rate int
+	dur  time.Duration
+}
+
+var rateSteps = []rateStep{{100, 20 * time.Second}, {500, 10 * time.Second}, {1000, 10 * time.Second}, {2000, 10 * time.Second}}
+
+// rates measures what one event costs at the rates a helpdesk produces
+// (issue 17): dzhook idle, then single-row transactions paced at each of
+// rateSteps, one after the other on one running dzhook. For each: commit
+// -> received p50/p99, dzhook's CPU per 10,000 events, and PostgreSQL's
+// CPU spent for dzhook (the walsender and the journal's backends, read
+// from /proc: the journal's cost is part of dzhook's cost).
+func (b *bench) rates(ctx context.Context) error {
+	w, cleanup, err := b.prepare(ctx, []subSpec{{id: "bench", path: "/bench"}})
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	d, err := b.start(w.config)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	warm := w.rc.expect(200)
+	if _, err := b.paced(ctx, w.dsn, 1_000_000, 200, time.Second); err != nil {
+		return err
+	}
+	<-warm
+
+	// Idle: nothing committed for 10 s (after the warm-up settled).
+	time.Sleep(2 * time.Second)
+	cpu0, _ := d.usage()
+	const idleFor = 10 * time.Second
+	time.Sleep(idleFor)
+	cpu1, _ := d.usage()
+	b.goal("rates", "idle: dzhook CPU", (cpu1-cpu0)/idleFor.Seconds()*100, "% of a core", 0.5, false, "")
+
+	from := 0
+	for _, step := range rateSteps {
+		n := step.rate * int(step.dur.Seconds())
+		reached := w.rc.expect(n)
+		pg0, err := b.pgCPU(ctx, w.db)
+		if err != nil {
+			return err
+		}
+		cpu0, _ := d.usage()
+		committed, err := b.paced(ctx, w.dsn, from, step.rate, step.dur)
+		if err != nil {
+			return err
+		}
+		select {
+		case <-reached:
+		case <-time.After(time.Minute):
+			return fmt.Errorf("rates: %d tx/s: only %d of %d events arrived", step.rate, len(w.rc.first), n)
+		}
+		cpu1, _ := d.usage()
+		pg1, err := b.pgCPU(ctx, w.db)
+		if err != nil {
+			return err
+		}
+		from += n
+		_, byReq := w.rc.arrivals()
+		lat := latencies(committed, byReq, "/bench")
+		per10k := (cpu1 - cpu0) / float64(n) * 10000
+		label := fmt.Sprintf("%d tx/s", step.rate)
+		note := fmt.Sprintf("%.1f%% of a core", (cpu1-cpu0)/step.dur.Seconds()*100)
+		switch step.rate {
+		case 500:
+			b.goal("rates", label+": dzhook CPU per 10,000 events", per10k, "s", 1.0, false, note)
+			b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p50", Value: pct(lat, 0.50), Unit: "ms"})
+			b.goal("rates", label+": commit -> received p99", pct(lat, 0.99), "ms", 2, false, "")
+		case 1000:
+			b.add(Result{Scenario: "rates", Metric: label + ": dzhook CPU per 10,000 events", Value: per10k, Unit: "s", Note: note})
+			b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p50", Value: pct(lat, 0.50), Unit: "ms"})
+			b.goal("rates", label+": commit -> received p99", pct(lat, 0.99), "ms", 3, false, "")
+		case 2000:
+			b.goal("rates", label+": dzhook CPU per 10,000 events", per10k, "s", 0.8, false, note)
+			b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p50", Value: pct(lat, 0.50), Unit: "ms"})
+			b.goal("rates", label+": commit -> received p99", pct(lat, 0.99), "ms", 5, false, "")
+		default:
+			b.add(Result{Scenario: "rates", Metric: label + ": dzhook CPU per 10,000 events", Value: per10k, Unit: "s", Note: note})
+			b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p50", Value: pct(lat, 0.50), Unit: "ms"})
+			b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p99", Value: pct(lat, 0.99), Unit: "ms"})
+		}
+		b.add(Result{Scenario: "rates", Metric: label + ": PostgreSQL CPU for dzhook per 10,000 events", Value: pg1.since(pg0) / float64(n) * 10000, Unit: "s",
+			Note: "walsender + journal backends"})
+	}
+	return nil
+}
+
+// pgSample is the CPU seconds of each of dzhook's PostgreSQL backends
+// (the walsender, the journal's and the catalog's connections) at one
+// moment.
+type pgSample map[int]float64
+
+// since is the CPU the backends spent between s0 and s: a backend that
+// started meanwhile counts whole.
+func (s pgSample) since(s0 pgSample) float64 {
+	total := 0.0
+	for pid, cpu := range s {
+		total += cpu - s0[pid]
+	}
+	return total
+}
+
+// pgCPU samples dzhook's backends of db: those whose application_name
+// dzhook sets (dzhook, dzhook-journal, dzhook-catalog).
+func (b *bench) pgCPU(ctx context.Context, db string) (pgSample, error) {
+	conn, err := pgx.Connect(ctx, b.cluster.DSN(db))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dzhook%'`)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return nil, err
+	}
+	s := pgSample{}
+	for _, pid := range pids {
+		s[int(pid)] = procCPU(int(pid))
+	}
+	return s, nil
+}
+
+// procCPU is a process's utime + stime in seconds (0 if it is gone).
+func procCPU(pid int) float64 {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) <= 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100
+}
+
+// pickRates keeps the steps of rateSteps named in list ("500,2000").
+func pickRates(list string) []rateStep {
+	var out []rateStep
+	for _, f := range strings.Split(list, ",") {
+		r, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || r <= 0 {
+			fmt.Fprintf(os.Stderr, "dzhook-bench: -rates: %q is not a rate\n", f)
+			os.Exit(2)
+		}
+		dur := 10 * time.Second
+		if r < 500 {
+			dur = 20 * time.Second
+		}
+		out = append(out, rateStep{r, dur})
+	}
+	return out
+}
