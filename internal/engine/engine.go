@@ -9,14 +9,17 @@ package engine
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -148,7 +151,16 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		// Nothing can be acknowledged while the journal cannot be
 		// written: end the replication session rather than keep the
 		// walsender waiting (a PostgreSQL shutting down waits for it).
-		OnWriteError: func(err error) { e.stream.Interrupt(&journalDownError{err}) },
+		OnWriteError: func(err error) {
+			// A transaction rolled back by PostgreSQL (deadlock,
+			// serialization) is retried at once and says nothing about
+			// the journal's reachability: the session goes on.
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "40") {
+				return
+			}
+			e.stream.Interrupt(&journalDownError{err})
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -163,7 +175,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Observer: e.metrics,
 		Egress:   egressGuard(cfg.Delivery),
 		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
-		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, UserAgent: "dzhook/" + opts.Version,
+		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, ShareFirstAttempts: cfg.Delivery.ShareFirstAttempts, UserAgent: "dzhook/" + opts.Version,
 		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: log,
 	})
 	if err != nil {

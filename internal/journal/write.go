@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -249,18 +251,35 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 				AS u(id, state, attempts, next, owner, status, err, at)
 			WHERE d.id = u.id AND d.attempts < u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt)
 	}
-	for _, st := range b.Subs {
+	if n := len(b.Subs); n > 0 {
+		// One statement for every subscription of the batch, its rows
+		// locked in id order: processes sharing the journal update the
+		// same subscriptions' health, and two batches taking the rows in
+		// opposite orders deadlocked (the batch is retried, but the
+		// writer's error ended the replication session).
+		subs := slices.SortedFunc(slices.Values(b.Subs), func(x, y SubscriptionState) int { return strings.Compare(x.ID, y.ID) })
+		ids, states, changed := make([]string, n), make([]string, n), make([]bool, n)
+		success, failure := make([]*time.Time, n), make([]*time.Time, n)
+		status, lastErr := make([]*int32, n), make([]*string, n)
+		for i, st := range subs {
+			ids[i], states[i], changed[i] = st.ID, string(st.State), st.Changed
+			success[i], failure[i] = nullTime(st.LastSuccessAt), nullTime(st.LastFailureAt)
+			status[i], lastErr[i] = nullInt(st.LastStatus), nullText(st.LastError)
+		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.subscriptions AS s (id, state, state_changed_at, last_success_at, last_failure_at, last_status, last_error, updated_at)
-			VALUES ($1, $2, CASE WHEN $3 THEN now() END, $4, $5, $6, $7, now())
+			SELECT u.id, u.state, CASE WHEN u.changed THEN now() END, u.success, u.failure, u.status, u.err, now()
+			FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[])
+				AS u(id, state, changed, success, failure, status, err)
+			ORDER BY u.id
 			ON CONFLICT (id) DO UPDATE SET
 				state = EXCLUDED.state,
-				state_changed_at = CASE WHEN $3 THEN now() ELSE s.state_changed_at END,
+				state_changed_at = coalesce(EXCLUDED.state_changed_at, s.state_changed_at),
 				last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
 				last_failure_at = coalesce(EXCLUDED.last_failure_at, s.last_failure_at),
 				last_status = coalesce(EXCLUDED.last_status, s.last_status),
 				last_error = coalesce(EXCLUDED.last_error, s.last_error),
 				updated_at = now()`),
-			st.ID, st.State, st.Changed, nullTime(st.LastSuccessAt), nullTime(st.LastFailureAt), nullInt(st.LastStatus), nullText(st.LastError))
+			ids, states, changed, success, failure, status, lastErr)
 	}
 	for _, n := range b.Notifications {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body) VALUES ($1, $2, $3)`), n.SubscriptionID, n.Kind, n.Body)
