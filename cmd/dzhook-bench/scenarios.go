@@ -288,6 +288,13 @@ func (b *bench) start(config string) (*dzhook, error) {
 	if g := os.Getenv("BENCH_GOGC"); g != "" {
 		cmd.Env = append(cmd.Env, "GOGC="+g)
 	}
+	// BENCH_DZHOOK_<NAME>=v sets <NAME>=v for dzhook only (experiments:
+	// BENCH_DZHOOK_GOMAXPROCS=1, BENCH_DZHOOK_GODEBUG=...).
+	for _, kv := range os.Environ() {
+		if rest, ok := strings.CutPrefix(kv, "BENCH_DZHOOK_"); ok {
+			cmd.Env = append(cmd.Env, rest)
+		}
+	}
 	if b.verbose {
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	}

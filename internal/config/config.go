@@ -131,6 +131,14 @@ type Delivery struct {
 	// QueueSize bounds each subscription's in-memory queue; when it is
 	// full, deliveries wait in the journal instead. Defaults to 1024.
 	QueueSize int `koanf:"queue_size"`
+	// ShareFirstAttempts journals every new delivery unowned and due, so
+	// that every dzhook process on the journal takes part in first
+	// attempts, not only the one that streams. Without it, deliveries
+	// whose subscription's queue is full take that way (and, while other
+	// processes are alive, the stream does not wait for room). Defaults
+	// to false: first attempts from memory, the fastest path for one
+	// process.
+	ShareFirstAttempts bool `koanf:"share_first_attempts"`
 	// BlockPrivateNetworks refuses receivers (and notify.url) on loopback
 	// and private addresses, checked on the address actually dialled.
 	// Link-local and cloud metadata addresses are refused always.

@@ -54,7 +54,7 @@ type Recorder interface {
 // of the hot path go through the Recorder). *journal.Store is one.
 type Store interface {
 	Register(ctx context.Context, instance string) error
-	Heartbeat(ctx context.Context, instance string) error
+	Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, err error)
 	Unregister(ctx context.Context, instance string) error
 	SubscriptionStates(ctx context.Context) ([]journal.SubscriptionRow, error)
 	Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error)
@@ -92,7 +92,11 @@ type Config struct {
 	ResponseBodyLimit int             // bytes kept; defaults to 4096
 	Concurrency       int             // per subscription; defaults to 16
 	QueueSize         int             // per subscription; defaults to 1024
-	UserAgent         string          // defaults to "dzhook"
+	// ShareFirstAttempts journals every new delivery unowned and due, for
+	// whichever process sharing the journal claims it first, instead of
+	// making its first attempt here from memory (see Dispatch).
+	ShareFirstAttempts bool
+	UserAgent          string // defaults to "dzhook"
 
 	// Notify sends the admin a signed message when a subscription becomes
 	// failing, recovers or is disabled; zero value: log only.
@@ -633,3 +637,7 @@ func (nopObserver) EventDispatched(string, int)                                 
 func (nopObserver) DeliveryRecorded(string, journal.State)                      {}
 func (nopObserver) AttemptFinished(string, time.Duration, int, string, Outcome) {}
 func (nopObserver) StateChanged(string, journal.Health, journal.Health)         {}
+
+// Peers is how many other dzhook processes on the journal were alive at
+// the last heartbeat.
+func (d *Dispatcher) Peers() int { return int(d.sched.peers.Load()) }

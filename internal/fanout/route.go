@@ -13,7 +13,9 @@ import (
 // (put to the journal writer) and hands each active subscription's
 // delivery to its workers, so the first attempt does not wait for the
 // journal. When a subscription's queue is full, its delivery waits in the
-// journal as due work instead. Dispatch blocks only while the journal
+// journal as due work instead, unowned: whichever process sharing the
+// journal has room claims it (scale-out). With Config.ShareFirstAttempts
+// every delivery takes that way. Dispatch blocks only while the journal
 // writer's queue is full, and holds no lock meanwhile. The stream calls it
 // from one goroutine, in commit order.
 func (d *Dispatcher) Dispatch(ctx context.Context, ev Event) error {
@@ -105,7 +107,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 		case ordered:
 			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key}
 			var room *sub
-			if s.ord.wantsRoom(key) && d.reserve(ctx, s) {
+			if !d.cfg.ShareFirstAttempts && s.ord.wantsRoom(key) && d.reserve(ctx, s) {
 				room = s
 			}
 			where, position, un := s.ord.admit(t, pos, room)
@@ -127,7 +129,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 				row.State, row.NextAttemptAt = journal.Pending, now
 				spilled = true
 			}
-		case d.reserve(ctx, s):
+		case !d.cfg.ShareFirstAttempts && d.reserve(ctx, s):
 			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
 			routes = append(routes, route{s: s, task: &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto}})
 		default:
@@ -192,12 +194,14 @@ const maxRoomWait = 100 * time.Millisecond
 // room: the stream then runs at the receiver's pace and every delivery
 // takes the fast path, one journal insert with its outcome. A receiver
 // that is slow, failing or hung gets no wait: its deliveries go to the
-// journal at once, so it never delays the others.
+// journal at once, so it never delays the others. Nor does any receiver
+// while other processes share the journal: they have workers of their
+// own for this subscription, and claim what goes to the journal.
 func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 	if s.reserve(1) == 1 {
 		return true
 	}
-	if !s.keepsUp() {
+	if !s.keepsUp() || d.sched.peers.Load() > 0 {
 		return false
 	}
 	deadline := time.NewTimer(maxRoomWait)

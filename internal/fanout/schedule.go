@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -31,6 +32,10 @@ type scheduler struct {
 	log       *slog.Logger
 	wake      chan struct{}
 	lost      lostClaims
+	// peers is how many other instances sharing the journal are alive,
+	// as of the last heartbeat: with any, a full queue hands deliveries
+	// to them (Dispatcher.reserve) instead of waiting for room.
+	peers atomic.Int64
 	// subs is the current subscription set; giveBack returns deliveries
 	// to the journal in routing order; syncOrder reads the backlog of the
 	// ordered subscriptions not synced yet.
@@ -94,18 +99,25 @@ func (sc *scheduler) Run(ctx context.Context) error {
 	}
 }
 
-// heartbeatLoop keeps this instance alive in the journal.
+// heartbeatLoop keeps this instance alive in the journal, and learns how
+// many others are (at once, then every heartbeat).
 func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	t := time.NewTicker(sc.heartbeat)
 	defer t.Stop()
 	for {
+		peers, err := sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat)
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				sc.log.Warn("journal heartbeat failed", "err", err)
+			}
+		case sc.peers.Swap(int64(peers)) != int64(peers):
+			sc.log.Info("instances sharing the journal changed", "others_alive", peers)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := sc.store.Heartbeat(ctx, sc.instance); err != nil && ctx.Err() == nil {
-				sc.log.Warn("journal heartbeat failed", "err", err)
-			}
 		}
 	}
 }
@@ -113,13 +125,21 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 // claim takes due deliveries of one subscription, up to half the room
 // left in its queue (reserved first, so nothing claimed is left without a
 // place; only half, so the stream's own deliveries still find room while
-// the claim runs).
+// the claim runs). While other processes share the journal it takes only
+// what its workers can start soon (two per worker, less what is queued):
+// what one process claims waits in its queue while others, with idle
+// workers, find nothing, and an ordered key's head claimed here holds
+// back the key everywhere.
 func (sc *scheduler) claim(ctx context.Context, s *sub) error {
 	free := s.size - s.reserved.Load()
-	if free < 2 {
+	want := min(free/2, 1024)
+	if sc.peers.Load() > 0 {
+		want = min(want, int64(2*len(s.busy))-int64(len(s.queue)))
+	}
+	if free < 2 || want < 1 {
 		return nil
 	}
-	n := s.reserve(min(free/2, 1024))
+	n := s.reserve(want)
 	token := claimToken()
 	claimed, err := sc.store.Claim(ctx, s.cfg.ID, int(n), sc.instance, token, 3*sc.heartbeat)
 	s.release(n - int64(len(claimed)))

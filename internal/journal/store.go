@@ -199,10 +199,13 @@ func (s *Store) Register(ctx context.Context, instance string) error {
 	return err
 }
 
-// Heartbeat tells other instances this one is alive.
-func (s *Store) Heartbeat(ctx context.Context, instance string) error {
-	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.instances SET heartbeat_at = now() WHERE id = $1`), instance)
-	return err
+// Heartbeat tells other instances this one is alive, and returns how many
+// others are: those whose heartbeat is younger than within.
+func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, err error) {
+	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (UPDATE {{schema}}.instances SET heartbeat_at = now() WHERE id = $1)
+		SELECT count(*) FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - $2::interval`),
+		instance, within).Scan(&peers)
+	return peers, err
 }
 
 // Unregister ends an instance cleanly: its pending deliveries are

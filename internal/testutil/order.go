@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -50,6 +51,9 @@ type OrderReceiver struct {
 	overlaps []string // "key: event a while event b" of every overlap
 	running  map[string]string
 	got      chan struct{}
+	// delay is each attempt's service time in nanoseconds (SetDelay);
+	// 1 ms unless set.
+	delay atomic.Int64
 }
 
 // NewOrderReceiver starts an OrderReceiver for the test; fail (nil: never)
@@ -88,7 +92,8 @@ func (rc *OrderReceiver) serve(w http.ResponseWriter, r *http.Request) {
 	rc.maxAll = max(rc.maxAll, rc.all)
 	rc.mu.Unlock()
 
-	time.Sleep(time.Millisecond) // the receiver's work: overlapping attempts do overlap
+	// The receiver's work: overlapping attempts do overlap.
+	time.Sleep(max(time.Duration(rc.delay.Load()), time.Millisecond))
 
 	a.Status = http.StatusOK
 	if rc.fail != nil && rc.fail(a) {
@@ -107,6 +112,9 @@ func (rc *OrderReceiver) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(a.Status)
 }
+
+// SetDelay makes every attempt take d (the receiver's service time).
+func (rc *OrderReceiver) SetDelay(d time.Duration) { rc.delay.Store(int64(d)) }
 
 // Attempts returns every attempt answered so far, in the order answered.
 func (rc *OrderReceiver) Attempts() []Attempt {
