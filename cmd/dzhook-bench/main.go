@@ -3,10 +3,11 @@
 // keep-alive Go client against the benchmark's receiver (the receiver's
 // limit), then dzhook itself as a subprocess: catch-up, paced live
 // latency, fan-out, isolation, ordered delivery and live latency during a
-// replay, with its memory and CPU. It starts a
+// replay, and delivery throughput of one and of three processes sharing a
+// journal, with its memory and CPU. It starts a
 // throwaway PostgreSQL 15 (fsync on) and uses the reference schema.
 //
-//	go run ./cmd/dzhook-bench [-scenario all|stream|receiver|catchup|live|rates|fanout|isolation|ordering|replay]
+//	go run ./cmd/dzhook-bench [-scenario all|stream|receiver|catchup|live|rates|fanout|isolation|ordering|replay|scaleout]
 //
 // It prints a table and writes bench/results.json. See BENCHMARKS.md.
 package main
@@ -71,11 +72,11 @@ type bench struct {
 }
 
 func main() {
-	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, rates, fanout, isolation, ordering, replay")
+	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, rates, fanout, isolation, ordering, replay, scaleout")
 	onlyRates := flag.String("rates", "", "the rates scenario's rates, comma-separated (default 100,500,1000,2000)")
 	out := flag.String("out", "bench/results.json", "where to write the results (merged with earlier scenarios)")
 	binary := flag.String("binary", "bin/dzhook", "the dzhook binary to measure")
-	rows := flag.Int("rows", 100_000, "rows of the catch-up workload")
+	rows := flag.Int("rows", 100_000, "rows of the catch-up workload (other scenarios scale theirs from it; scaleout: rows/50 events)")
 	rate := flag.Int("rate", 1000, "transactions/s of the live scenario")
 	liveFor := flag.Duration("live-for", 30*time.Second, "duration of the live scenario")
 	verbose := flag.Bool("v", false, "show dzhook's log")
@@ -111,6 +112,7 @@ func main() {
 	}{
 		{"stream", b.stream}, {"receiver", b.receiverLimit}, {"catchup", b.catchup},
 		{"live", b.live}, {"rates", b.rates}, {"fanout", b.fanout}, {"isolation", b.isolation}, {"ordering", b.ordering}, {"replay", b.replay},
+		{"scaleout", b.scaleout},
 	}
 	ctx := context.Background()
 	ran := false
@@ -186,7 +188,7 @@ func (b *bench) write(path string) error {
 		}
 	}
 	b.report.Results = append(merged, b.report.Results...)
-	order := []string{"stream", "receiver", "catchup", "live", "rates", "fanout", "isolation", "ordering", "replay", "resources"}
+	order := []string{"stream", "receiver", "catchup", "live", "rates", "fanout", "isolation", "ordering", "replay", "scaleout", "resources"}
 	slices.SortStableFunc(b.report.Results, func(x, y Result) int {
 		return slices.Index(order, x.Scenario) - slices.Index(order, y.Scenario)
 	})
