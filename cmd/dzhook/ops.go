@@ -176,7 +176,7 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 	_ = tw.Flush()
 	fmt.Fprintln(env.stdout, "\nattempts:")
 	tw = newTable(env.stdout)
-	fmt.Fprintln(tw, "#\tTIME\tTRIGGER\tSTATUS\tTIME (ms)\tERROR\tRESPONSE")
+	fmt.Fprintln(tw, "#\tTIME\tTRIGGER\tINSTANCE\tSTATUS\tTIME (ms)\tERROR\tRESPONSE")
 	for _, a := range out.Attempts {
 		errText := "-"
 		if a.ErrorClass != nil {
@@ -190,7 +190,10 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 			body = append(body[:60], '…')
 		}
 		errText = printable(errText, false)
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Attempt, when(&a.At), a.Trigger, intOrDash(a.StatusCode), a.DurationMS, errText, orDash(string(body)))
+		// The instance that made the attempt; "-" when the journal does
+		// not know (attempts made before it recorded it).
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Attempt, when(&a.At), a.Trigger, orDash(printable(a.Instance, false)),
+			intOrDash(a.StatusCode), a.DurationMS, errText, orDash(string(body)))
 	}
 	_ = tw.Flush()
 	if d.OrderingKey != nil {

@@ -120,6 +120,15 @@ func TestCLIOperations(t *testing.T) {
 	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `no thanks\x1b[2J`) {
 		t.Errorf("deliveries show passes control characters through, or does not show them escaped:\n%q", out)
 	}
+	// The attempt names the instance that made it, in the JSON and in
+	// the table.
+	var detail api.DeliveryDetail
+	if code, raw, _ := cliRun(t, url, cliToken, "deliveries", "show", id, "--json"); code != exitOK || json.Unmarshal([]byte(raw), &detail) != nil ||
+		len(detail.Attempts) != 1 || detail.Attempts[0].Instance == "" || !strings.Contains(raw, `"instance":"`) {
+		t.Errorf("deliveries show --json: exit %d, want one attempt with its instance\n%s", code, raw)
+	} else if !strings.Contains(out, "INSTANCE") || !strings.Contains(out, " "+detail.Attempts[0].Instance+" ") {
+		t.Errorf("deliveries show does not name the attempt's instance %q:\n%s", detail.Attempts[0].Instance, out)
+	}
 	if code, _, errOut := cliRun(t, url, cliToken, "deliveries", "--status", "lost"); code != exitUsage || !strings.Contains(errOut, "status") {
 		t.Errorf("deliveries --status lost: exit %d %q, want 2 and the reason", code, errOut)
 	}

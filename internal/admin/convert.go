@@ -83,6 +83,9 @@ func attemptOf(a journal.Attempt) api.Attempt {
 		ErrorClass: a.ErrorClass, Error: a.Error,
 		ResponseBody: strings.ToValidUTF8(string(a.ResponseBody), "\uFFFD"),
 	}
+	if a.Instance != nil {
+		v.Instance = *a.Instance
+	}
 	if !utf8.Valid(a.ResponseBody) {
 		v.ResponseBodyBase64 = base64.StdEncoding.EncodeToString(a.ResponseBody)
 	}

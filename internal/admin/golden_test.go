@@ -87,7 +87,7 @@ func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, 
 	if id == "dlv_missing" {
 		return journal.Delivery{}, nil, nil, journal.ErrNotFound
 	}
-	status, class, msg := 500, "http", "HTTP 500"
+	status, class, msg, instance := 500, "http", "HTTP 500", "dzhook-1-4242-0a1b2c3d"
 	d := journal.Delivery{ID: id, EventID: "whk_1", Event: "request.created", Subscription: "crm", State: "delivered", Attempts: 2,
 		LastStatus: &status, CreatedAt: goldenTime, UpdatedAt: goldenTime}
 	if !strings.HasSuffix(id, "_raw") { // the _raw one is unordered
@@ -95,7 +95,8 @@ func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, 
 		d.OrderingKey = &key
 	}
 	attempts := []journal.Attempt{
-		{Attempt: 1, At: goldenTime, Trigger: "auto", StatusCode: &status, DurationMS: 40, ResponseBody: []byte("\xff\xfe down"), ErrorClass: &class, Error: &msg},
+		{Attempt: 1, At: goldenTime, Trigger: "auto", StatusCode: &status, DurationMS: 40, ResponseBody: []byte("\xff\xfe down"), ErrorClass: &class, Error: &msg,
+			Instance: &instance},
 		{Attempt: 2, At: goldenTime.Add(time.Minute), Trigger: "manual", DurationMS: 7, ResponseBody: []byte(`{"ok":true}`)},
 	}
 	body := []byte(`{"id":"whk_1","event":"request.created","timestamp":"2024-01-15T14:30:00Z","data":{"id":"req_1"}}`)

@@ -225,6 +225,10 @@ type Attempt struct {
 	At      time.Time `json:"at"`
 	// Trigger is what made the attempt: "auto", "manual" or "test".
 	Trigger string `json:"trigger"`
+	// Instance is the id of the dzhook instance that made the attempt
+	// (hostname-pid-random, as logged at its start); absent for
+	// attempts journaled before dzhook recorded it.
+	Instance string `json:"instance,omitempty"`
 	// StatusCode is the receiver's HTTP status; null without an answer.
 	StatusCode *int `json:"status_code"`
 	DurationMS int  `json:"duration_ms"`

@@ -121,13 +121,16 @@ subscriptions:
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (42, 'Printer on fire', 1)`)
 	rc.Wait(t, 1, 20*time.Second)
 	conn := db.Connect(t)
-	var id string
+	var id, instance string
 	testutil.Eventually(t, 10*time.Second, "the failed first attempt in the journal", func() bool {
 		err := conn.QueryRow(context.Background(), `
-			SELECT d.id FROM dzhook.deliveries d JOIN dzhook.attempts a ON a.delivery_id = d.id
-			 WHERE NOT d.test AND a.attempt = 1 AND a.status_code = 500`).Scan(&id)
+			SELECT d.id, coalesce(a.instance, '') FROM dzhook.deliveries d JOIN dzhook.attempts a ON a.delivery_id = d.id
+			 WHERE NOT d.test AND a.attempt = 1 AND a.status_code = 500`).Scan(&id, &instance)
 		return err == nil
 	})
+	if instance == "" {
+		t.Fatalf("the first attempt of %s names no instance in the journal", id)
+	}
 	// Ordering: entity holds the request's update back behind the
 	// created's retry (due in an hour).
 	db.Exec(t, `UPDATE requests SET title = 'Printer still on fire' WHERE id = 42`)
@@ -182,6 +185,7 @@ subscriptions:
 		"DZHOOK_TOKEN":        adminToken,
 		"DZHOOK_SUBSCRIPTION": "crm",
 		"DZHOOK_DELIVERY_ID":  id,
+		"DZHOOK_INSTANCE":     instance,
 		"DZHOOK_WAITED_ID":    waited,
 		"DZHOOK_SCREENSHOT":   shot,
 		"DZHOOK_CHROMIUM":     chromium,
@@ -198,10 +202,11 @@ subscriptions:
 
 	// What the clicks did, seen from the journal.
 	type attempt struct {
-		Trigger string
-		Status  *int
+		Trigger  string
+		Status   *int
+		Instance string
 	}
-	rows, err := conn.Query(context.Background(), `SELECT trigger, status_code FROM dzhook.attempts WHERE delivery_id = $1 ORDER BY attempt`, id)
+	rows, err := conn.Query(context.Background(), `SELECT trigger, status_code, coalesce(instance, '') FROM dzhook.attempts WHERE delivery_id = $1 ORDER BY attempt`, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,8 +214,9 @@ subscriptions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(attempts) != 2 || attempts[1].Trigger != "manual" || attempts[1].Status == nil || *attempts[1].Status != 200 {
-		t.Errorf("attempts of %s: %+v, want the automatic 500 then a manual 200", id, attempts)
+	if len(attempts) != 2 || attempts[1].Trigger != "manual" || attempts[1].Status == nil || *attempts[1].Status != 200 ||
+		attempts[0].Instance != instance || attempts[1].Instance != instance {
+		t.Errorf("attempts of %s: %+v, want the automatic 500 then a manual 200, both by instance %s", id, attempts, instance)
 	}
 	var state string
 	if err := conn.QueryRow(context.Background(), `SELECT state FROM dzhook.deliveries WHERE id = $1`, id).Scan(&state); err != nil || state != "delivered" {

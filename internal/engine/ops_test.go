@@ -219,6 +219,15 @@ func TestHistoryAndManualRetry(t *testing.T) {
 	if second.Trigger != "manual" || second.StatusCode == nil || *second.StatusCode != 200 {
 		t.Errorf("second attempt: %+v", second)
 	}
+	// Each attempt names the instance that made it, on the wire too.
+	for _, at := range detail.Attempts {
+		if at.Instance != e.instance {
+			t.Errorf("attempt %d made by instance %q, want %q", at.Attempt, at.Instance, e.instance)
+		}
+	}
+	if _, raw := a.call("GET", "/v1/deliveries/"+id, adminToken, nil); !bytes.Contains(raw, []byte(`"instance":"`+e.instance+`"`)) {
+		t.Errorf("the delivery's answer does not name the instance %q: %s", e.instance, raw)
+	}
 	if detail.Delivery.State != "delivered" {
 		t.Errorf("after a successful manual retry the state is %v", detail.Delivery.State)
 	}

@@ -180,6 +180,7 @@ func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResul
 		Attempt: &journal.AttemptRow{
 			DeliveryID: t.deliveryID, Attempt: n, At: res.At, Trigger: t.trigger, StatusCode: res.Status,
 			Duration: res.Duration, ResponseBody: res.Body, ErrorClass: res.ErrorClass, Error: errorExcerpt(res.Error),
+			Instance: d.cfg.Instance,
 		},
 		Done: t.durable,
 	}

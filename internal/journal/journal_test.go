@@ -45,7 +45,8 @@ func batchOf(start, n int) *Batch {
 		b.Events = append(b.Events, EventRow{ID: ev, Type: "request.created", Body: body, CommitLSN: pglogrepl.LSN(i), OccurredAt: now})
 		b.Deliveries = append(b.Deliveries, DeliveryRow{ID: dlv, EventID: ev, SubscriptionID: "crm", EventType: "request.created",
 			State: "delivered", Attempts: 1, LastStatus: 200, LastAttemptAt: now, CreatedAt: now})
-		b.Attempts = append(b.Attempts, AttemptRow{DeliveryID: dlv, Attempt: 1, At: now, Trigger: "auto", StatusCode: 200, Duration: time.Millisecond, ResponseBody: []byte("ok")})
+		b.Attempts = append(b.Attempts, AttemptRow{DeliveryID: dlv, Attempt: 1, At: now, Trigger: "auto", StatusCode: 200, Duration: time.Millisecond, ResponseBody: []byte("ok"),
+			Instance: "bench-host-1-0a1b2c3d"})
 	}
 	return b
 }
@@ -127,6 +128,57 @@ func TestWriteIsIdempotent(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT body FROM dzhook.events LIMIT 1`).Scan(&body); err != nil || len(body) != 600 {
 		t.Errorf("body of %d bytes (err %v), want the 600 written", len(body), err)
 	}
+}
+
+// TestAttemptInstance: an attempt is read back with the instance that
+// made it; one journaled before version 10 (when attempts had no
+// instance) stays unknown after the migration, as does one written
+// without an instance.
+func TestAttemptInstance(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	// The journal as version 9 left it, with one attempt made then.
+	db.Exec(t, `ALTER TABLE dzhook.attempts DROP COLUMN instance`, `DELETE FROM dzhook.schema_migrations WHERE version = 10`)
+	old := batchOf(0, 1)
+	old.Attempts = nil
+	if err := s.Write(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	dlv := old.Deliveries[0].ID
+	db.Exec(t, fmt.Sprintf(`INSERT INTO dzhook.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms)
+		VALUES ('%s', 1, now(), 'auto', 500, 3)`, dlv))
+	applied, err := s.Migrate(ctx)
+	if err != nil || len(applied) != 1 || applied[0] != "0010_attempt_instance" {
+		t.Fatalf("Migrate from version 9 applied %v (err %v), want 0010_attempt_instance", applied, err)
+	}
+
+	now := time.Now()
+	const instance = "host-a-4242-0a1b2c3d"
+	if err := s.Write(ctx, &Batch{Attempts: []AttemptRow{
+		{DeliveryID: dlv, Attempt: 2, At: now, Trigger: "auto", StatusCode: 503, Duration: time.Millisecond, Instance: instance},
+		{DeliveryID: dlv, Attempt: 3, At: now, Trigger: "manual", StatusCode: 200, Duration: time.Millisecond},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, attempts, err := s.GetDelivery(ctx, dlv)
+	if err != nil || len(attempts) != 3 {
+		t.Fatalf("GetDelivery: %d attempts (err %v), want 3", len(attempts), err)
+	}
+	for i, want := range []*string{nil, ptr(instance), nil} {
+		got := attempts[i].Instance
+		if (got == nil) != (want == nil) || got != nil && *got != *want {
+			t.Errorf("attempt %d: instance %v, want %v", attempts[i].Attempt, deref(got), deref(want))
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref(p *string) string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("%q", *p)
 }
 
 func pendingBatch(ids ...string) *Batch {

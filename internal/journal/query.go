@@ -58,6 +58,9 @@ type Attempt struct {
 	ResponseBody []byte
 	ErrorClass   *string
 	Error        *string
+	// Instance is the id of the dzhook instance that made the attempt
+	// (nil: unknown, an attempt journaled before version 10).
+	Instance *string
 }
 
 // DeliveryFilter selects deliveries for the history.
@@ -169,7 +172,7 @@ func (s *Store) GetDelivery(ctx context.Context, id string) (Delivery, []byte, [
 	if err := s.pool.QueryRow(ctx, s.q(`SELECT body FROM {{schema}}.events WHERE id = $1`), d.EventID).Scan(&body); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return d, nil, nil, fmt.Errorf("get event: %w", err)
 	}
-	rows, err := s.pool.Query(ctx, s.q(`SELECT attempt, at, trigger, status_code, duration_ms, response_body, error_class, error
+	rows, err := s.pool.Query(ctx, s.q(`SELECT attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance
 		FROM {{schema}}.attempts WHERE delivery_id = $1 ORDER BY attempt`), id)
 	if err != nil {
 		return d, nil, nil, fmt.Errorf("get attempts: %w", err)
@@ -177,7 +180,7 @@ func (s *Store) GetDelivery(ctx context.Context, id string) (Delivery, []byte, [
 	attempts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Attempt, error) {
 		var a Attempt
 		var status *int32
-		err := r.Scan(&a.Attempt, &a.At, &a.Trigger, &status, &a.DurationMS, &a.ResponseBody, &a.ErrorClass, &a.Error)
+		err := r.Scan(&a.Attempt, &a.At, &a.Trigger, &status, &a.DurationMS, &a.ResponseBody, &a.ErrorClass, &a.Error, &a.Instance)
 		if status != nil {
 			v := int(*status)
 			a.StatusCode = &v

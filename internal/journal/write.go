@@ -65,6 +65,9 @@ type AttemptRow struct {
 	ResponseBody []byte
 	ErrorClass   string
 	Error        string
+	// Instance is the id of the dzhook instance that made the attempt
+	// ("": unknown).
+	Instance string
 }
 
 // SubscriptionState is a subscription's health after a batch.
@@ -223,13 +226,15 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		at := make([]time.Time, n)
 		status := make([]*int32, n)
 		bodies := make([][]byte, n)
+		instances := make([]*string, n)
 		for i, a := range b.Attempts {
 			ids[i], nums[i], at[i], triggers[i] = a.DeliveryID, int32(a.Attempt), a.At, string(a.Trigger)
 			status[i], durations[i], bodies[i] = nullInt(a.StatusCode), int32(a.Duration.Milliseconds()), a.ResponseBody
-			classes[i], errs[i] = nullText(a.ErrorClass), nullText(a.Error)
+			classes[i], errs[i], instances[i] = nullText(a.ErrorClass), nullText(a.Error), nullText(a.Instance)
 		}
-		batch.Queue(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error)
-			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[])`)+onConflict, ids, nums, at, triggers, status, durations, bodies, classes, errs)
+		batch.Queue(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance)
+			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[], $10::text[])`)+onConflict,
+			ids, nums, at, triggers, status, durations, bodies, classes, errs, instances)
 	}
 	if n := len(b.Updates); n > 0 {
 		ids, states := make([]string, n), make([]string, n)

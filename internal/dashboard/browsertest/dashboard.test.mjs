@@ -7,6 +7,7 @@
 //   DZHOOK_SUBSCRIPTION  the subscription's id
 //   DZHOOK_DELIVERY_ID   the delivery an INSERT caused; its first attempt
 //                        got a 500, the receiver answers 200 from attempt 2
+//   DZHOOK_INSTANCE      the dzhook instance that makes its attempts
 //   DZHOOK_WAITED_ID     the delivery of the request's update, which waits
 //                        behind it (the subscription has ordering: entity)
 //   DZHOOK_NEW_URL       the endpoint of the webhook the script adds (it
@@ -42,6 +43,7 @@ const url = env('DZHOOK_URL');
 const token = env('DZHOOK_TOKEN');
 const sub = env('DZHOOK_SUBSCRIPTION');
 const deliveryID = env('DZHOOK_DELIVERY_ID');
+const instance = env('DZHOOK_INSTANCE');
 const waitedID = env('DZHOOK_WAITED_ID');
 const newURL = env('DZHOOK_NEW_URL');
 const newID = env('DZHOOK_NEW_ID');
@@ -146,6 +148,7 @@ async function main() {
   await eventually('one attempt', () => attempts.count(), (n) => n === 1);
   await eventually('first attempt trigger', () => text(attempts.nth(0).locator(tid('attempt-trigger'))), (s) => s === 'auto');
   await eventually('first attempt status', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === '500');
+  await eventually('first attempt instance', () => text(attempts.nth(0).locator(tid('attempt-instance'))), (s) => s === instance);
   await page.locator(tid('attempt-body')).first().locator('summary').click();
   await eventually('first response body', () => text(page.locator(tid('attempt-body')).first().locator('pre')), (s) => s === 'receiver down');
   const payload = JSON.parse(await text(page.locator(tid('payload'))));
@@ -163,6 +166,7 @@ async function main() {
   await eventually('two attempts', () => attempts.count(), (n) => n === 2);
   await eventually('second attempt trigger', () => text(attempts.nth(1).locator(tid('attempt-trigger'))), (s) => s === 'manual');
   await eventually('second attempt status', () => text(attempts.nth(1).locator(tid('attempt-status'))), (s) => s === '200');
+  await eventually('second attempt instance', () => text(attempts.nth(1).locator(tid('attempt-instance'))), (s) => s === instance);
   await eventually('detail state', () => text(page.locator(tid('detail-state'))), (s) => s === 'delivered');
   await eventually('history row state', () => text(page.locator(tid(`delivery-state-${deliveryID}`))), (s) => s === 'delivered');
   await eventually('status message', () => text(page.locator(tid('status'))), (s) => s.includes('HTTP 200'));

@@ -1606,6 +1606,11 @@ function renderDetail(data) {
       el('td', { class: 'num', 'data-testid': 'attempt-number', text: a.attempt }),
       el('td', { class: 'c-time' }, timeEl(a.at, fmtShort(a.at))),
       el('td', { 'data-testid': 'attempt-trigger', text: a.trigger }),
+      // The dzhook instance that made the attempt; absent for attempts
+      // journaled before dzhook recorded it.
+      a.instance
+        ? el('td', { class: 'mono c-instance', 'data-testid': 'attempt-instance', title: a.instance, text: a.instance })
+        : el('td', { 'data-testid': 'attempt-instance' }, el('span', { class: 'muted', title: 'not recorded', text: '—' })),
       el('td', { 'data-testid': 'attempt-status' },
         a.status_code ? el('span', { class: ok ? 'good' : 'bad', text: String(a.status_code) }) : el('span', { class: 'muted', text: 'no answer' })),
       el('td', { 'data-testid': 'attempt-error-class' }, a.error_class ? el('span', { class: 'tag tag-bad', text: a.error_class }) : el('span', { class: 'muted', text: '—' })),
@@ -1615,7 +1620,7 @@ function renderDetail(data) {
     const note = a.response_body_base64 ? ' (not valid UTF-8: invalid bytes shown as �)' : '';
     rows.push(el('tr', { class: 'attempt-body' },
       el('td', {}),
-      el('td', { colspan: '5' },
+      el('td', { colspan: '6' },
         a.error && a.error !== `HTTP ${a.status_code}` ? el('p', { class: 'attempt-error', 'data-testid': 'attempt-error', text: a.error }) : null,
         body
           ? el('details', { 'data-testid': 'attempt-body' },
