@@ -76,7 +76,7 @@ func main() {
 	onlyRates := flag.String("rates", "", "the rates scenario's rates, comma-separated (default 100,500,1000,2000)")
 	out := flag.String("out", "bench/results.json", "where to write the results (merged with earlier scenarios)")
 	binary := flag.String("binary", "bin/dzhook", "the dzhook binary to measure")
-	rows := flag.Int("rows", 100_000, "rows of the catch-up workload (other scenarios scale theirs from it; scaleout: rows/50 events)")
+	rows := flag.Int("rows", 100_000, "rows of the catch-up workload (other scenarios scale theirs from it; scaleout: rows/25 events)")
 	rate := flag.Int("rate", 1000, "transactions/s of the live scenario")
 	liveFor := flag.Duration("live-for", 30*time.Second, "duration of the live scenario")
 	verbose := flag.Bool("v", false, "show dzhook's log")

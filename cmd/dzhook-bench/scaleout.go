@@ -67,7 +67,7 @@ type scaleoutRun struct {
 
 func (r scaleoutRun) rate() float64 { return float64(r.deliveries) / r.took.Seconds() }
 
-// scaleout runs the same catch-up (rows/50 events, each delivered to 20
+// scaleout runs the same catch-up (rows/25 events, each delivered to 20
 // subscriptions by a receiver that takes 40 ms to answer) with one dzhook
 // process, then with three started with the same configuration on the
 // same journal (one streams, two wait as standbys for the slot and claim
@@ -75,7 +75,7 @@ func (r scaleoutRun) rate() float64 { return float64(r.deliveries) / r.took.Seco
 // three and delivery.share_first_attempts: true. Deliveries/s of each,
 // the ratio three / one, and how many attempts each process made.
 func (b *bench) scaleout(ctx context.Context) error {
-	events := max(100, b.rows/50/100*100) // whole 100-row transactions
+	events := max(100, b.rows/25/100*100) // whole 100-row transactions: one process takes ~40 s, so the processes' start (~1 s until they know of each other) weighs little
 	one, err := b.scaleoutOnce(ctx, "1 process", 1, false, events)
 	if err != nil {
 		return fmt.Errorf("1 process: %w", err)

@@ -199,8 +199,12 @@ func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResul
 	return res, dec
 }
 
+// healthEvery bounds how often an unchanged, healthy subscription's
+// health row is journaled after successes.
+const healthEvery = time.Second
+
 // health updates a subscription's health after an attempt and returns the
-// row to journal, with a notification when the state changed: failing
+// row to journal (nil: nothing new worth a write), with a notification when the state changed: failing
 // once a delivery exhausts its schedule, healthy again on the next 2xx,
 // disabled on 410 Gone.
 func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemptResult) (*journal.SubscriptionState, *journal.NotificationRow) {
@@ -209,6 +213,16 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 	st := &journal.SubscriptionState{ID: s.cfg.ID, LastStatus: res.Status}
 	switch {
 	case dec.Outcome == Delivered:
+		if s.state == journal.Healthy && s.lastStatus == res.Status && res.At.Sub(s.healthWritten) < healthEvery && res.At.After(s.healthWritten) {
+			// Nothing to tell but a later success: every process sharing
+			// the journal writes these rows, and one write per attempt
+			// made them the journal's busiest rows (each batch waited for
+			// the others' locks). last_success_at lags by healthEvery at
+			// most.
+			s.lastSuccessAt = res.At
+			s.mu.Unlock()
+			return nil, nil
+		}
 		s.lastSuccessAt, st.LastSuccessAt = res.At, res.At
 		if s.state == journal.Failing {
 			s.state = journal.Healthy
@@ -224,6 +238,7 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 		}
 	}
 	s.lastStatus = res.Status
+	s.healthWritten = res.At
 	state := s.state
 	st.State = state
 	st.Changed = state != prev

@@ -267,6 +267,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
 		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
 		recount:   d.recountOrder,
+		joined:    d.shareQueued,
 	}
 	d.replayer = &replayer{
 		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), wake: make(chan struct{}, 1), now: cfg.NowFunc,
@@ -637,6 +638,36 @@ func (nopObserver) EventDispatched(string, int)                                 
 func (nopObserver) DeliveryRecorded(string, journal.State)                      {}
 func (nopObserver) AttemptFinished(string, time.Duration, int, string, Outcome) {}
 func (nopObserver) StateChanged(string, journal.Health, journal.Health)         {}
+
+// shareQueued runs when other processes appear on the journal: what waits
+// in this process's queues beyond what its workers start soon (a
+// catch-up's backlog, queued while it was alone) goes back to the
+// journal, unowned, for all of them to claim. Ordered subscriptions keep
+// theirs: their keys' state is this process's until those deliveries
+// are attempted.
+func (d *Dispatcher) shareQueued(ctx context.Context) {
+	shared := 0
+	for _, s := range d.reg.Load().subs {
+		if s.ord != nil {
+			continue
+		}
+		err := d.giveBack(ctx, func() []string {
+			ids := s.trimQueue(s.soon())
+			shared += len(ids)
+			return ids
+		})
+		if err != nil {
+			d.log.Warn("could not share queued deliveries with the other processes", "subscription", s.cfg.ID, "err", err)
+			return
+		}
+		if shared > 0 {
+			s.backlog.Store(true)
+		}
+	}
+	if shared > 0 {
+		d.log.Info("queued deliveries shared with the other processes on the journal", "deliveries", shared)
+	}
+}
 
 // Peers is how many other dzhook processes on the journal were alive at
 // the last heartbeat.

@@ -196,8 +196,17 @@ const maxRoomWait = 100 * time.Millisecond
 // that is slow, failing or hung gets no wait: its deliveries go to the
 // journal at once, so it never delays the others. Nor does any receiver
 // while other processes share the journal: they have workers of their
-// own for this subscription, and claim what goes to the journal.
+// own for this subscription, and claim what goes to the journal; the
+// queue then holds only what its workers can start soon, or a catch-up
+// would leave most of the work queued in this process while the others
+// idle.
 func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
+	if d.sched.peers.Load() > 0 && s.reserved.Load() >= s.soon() {
+		// Others are alive: what would wait here behind more than the
+		// workers can start soon goes to the journal, where any process
+		// with a free worker claims it (the same bound as the claims').
+		return false
+	}
 	if s.reserve(1) == 1 {
 		return true
 	}

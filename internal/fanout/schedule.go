@@ -36,6 +36,8 @@ type scheduler struct {
 	// as of the last heartbeat: with any, a full queue hands deliveries
 	// to them (Dispatcher.reserve) instead of waiting for room.
 	peers atomic.Int64
+	// joined is told when other processes appear where there were none.
+	joined func(ctx context.Context)
 	// subs is the current subscription set; giveBack returns deliveries
 	// to the journal in routing order; syncOrder reads the backlog of the
 	// ordered subscriptions not synced yet.
@@ -65,7 +67,7 @@ func (sc *scheduler) nudge() {
 // dispatcher's shutdown gives them back. (The heartbeat runs apart, until
 // the dispatcher has given them back: heartbeatLoop.)
 func (sc *scheduler) Run(ctx context.Context) error {
-	t := time.NewTicker(sc.poll)
+	t := time.NewTimer(sc.poll)
 	defer t.Stop()
 	for {
 		select {
@@ -74,6 +76,7 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-sc.wake:
 		}
+		found := false
 		sc.releaseLost(ctx)
 		if err := sc.syncOrder(ctx); err != nil && ctx.Err() == nil {
 			sc.log.Warn("reading the ordered keys' backlog failed; retrying", "err", err)
@@ -92,17 +95,34 @@ func (sc *scheduler) Run(ctx context.Context) error {
 			if !s.accepting() {
 				continue
 			}
-			if err := sc.claim(ctx, s); err != nil && ctx.Err() == nil {
+			n, err := sc.claim(ctx, s)
+			if err != nil && ctx.Err() == nil {
 				sc.log.Warn("claiming due deliveries failed; retrying", "subscription", s.cfg.ID, "err", err)
 			}
+			found = found || n > 0
 		}
+		// While other processes share the journal, work found says more
+		// is coming: the process that streams is told at once when it
+		// journals due work (OnSpill), the others only poll, so they poll
+		// fast until a round finds nothing.
+		next := sc.poll
+		if found && sc.peers.Load() > 0 {
+			next = min(next, busyPoll)
+		}
+		t.Reset(next)
 	}
 }
 
+// busyPoll is how soon a process claims again after a round that found
+// work, while other processes share the journal.
+const busyPoll = 50 * time.Millisecond
+
 // heartbeatLoop keeps this instance alive in the journal, and learns how
-// many others are (at once, then every heartbeat).
+// many others are: at once, then every heartbeat or every second, whichever
+// is sooner, so that a process joining takes part within a second (one
+// row updated per second and process).
 func (sc *scheduler) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(sc.heartbeat)
+	t := time.NewTicker(min(sc.heartbeat, time.Second))
 	defer t.Stop()
 	for {
 		peers, err := sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat)
@@ -111,8 +131,13 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 			if ctx.Err() == nil {
 				sc.log.Warn("journal heartbeat failed", "err", err)
 			}
-		case sc.peers.Swap(int64(peers)) != int64(peers):
-			sc.log.Info("instances sharing the journal changed", "others_alive", peers)
+		default:
+			if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
+				sc.log.Info("instances sharing the journal changed", "others_alive", peers)
+				if before == 0 && sc.joined != nil {
+					sc.joined(ctx)
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -130,14 +155,14 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 // what one process claims waits in its queue while others, with idle
 // workers, find nothing, and an ordered key's head claimed here holds
 // back the key everywhere.
-func (sc *scheduler) claim(ctx context.Context, s *sub) error {
+func (sc *scheduler) claim(ctx context.Context, s *sub) (int, error) {
 	free := s.size - s.reserved.Load()
 	want := min(free/2, 1024)
 	if sc.peers.Load() > 0 {
-		want = min(want, int64(2*len(s.busy))-int64(len(s.queue)))
+		want = min(want, s.soon()-s.reserved.Load())
 	}
 	if free < 2 || want < 1 {
-		return nil
+		return 0, nil
 	}
 	n := s.reserve(want)
 	token := claimToken()
@@ -145,7 +170,7 @@ func (sc *scheduler) claim(ctx context.Context, s *sub) error {
 	s.release(n - int64(len(claimed)))
 	if err != nil {
 		sc.lost.failed(s.cfg.ID, "", token, err)
-		return err
+		return 0, err
 	}
 	var giveBack []*task
 	for _, c := range claimed {
@@ -166,7 +191,7 @@ func (sc *scheduler) claim(ctx context.Context, s *sub) error {
 		}
 	}
 	if len(giveBack) > 0 {
-		return sc.giveBack(ctx, func() []string {
+		return len(claimed), sc.giveBack(ctx, func() []string {
 			if s.ord != nil {
 				return s.ord.drained(giveBack)
 			}
@@ -183,7 +208,7 @@ func (sc *scheduler) claim(ctx context.Context, s *sub) error {
 	} else {
 		s.backlog.Store(false)
 	}
-	return nil
+	return len(claimed), nil
 }
 
 // claimToken marks the rows of one claim (journal.Claim).

@@ -124,6 +124,9 @@ type sub struct {
 	lastFailureAt time.Time
 	lastStatus    int
 	lastError     string
+	// healthWritten is when this process last journaled the
+	// subscription's health (see deliverer.health).
+	healthWritten time.Time
 }
 
 // task is one attempt to make.
@@ -237,6 +240,23 @@ func (s *sub) drainQueue() []string {
 	return ids
 }
 
+// trimQueue takes out of the queue of an unordered subscription what waits
+// there beyond keep, and returns their ids, to give back to the journal.
+func (s *sub) trimQueue(keep int64) []string {
+	var ids []string
+	for int64(len(s.queue)) > keep {
+		select {
+		case t := <-s.queue:
+			s.release(1)
+			ids = append(ids, t.deliveryID)
+			continue
+		default:
+		}
+		break
+	}
+	return ids
+}
+
 // stopped reports whether the subscription was retired, without a lock:
 // its workers check it before every attempt.
 func (s *sub) stopped() bool {
@@ -279,6 +299,11 @@ const fastReceiver = 50 * time.Millisecond
 // stuckAttempt is how old an attempt in flight may be before its receiver
 // counts as not keeping up, whatever its average.
 const stuckAttempt = 250 * time.Millisecond
+
+// soon is how many deliveries of the subscription its workers start
+// soon: two per worker. While other processes share the journal a
+// process queues no more than that (Dispatcher.reserve, scheduler.claim).
+func (s *sub) soon() int64 { return int64(4 * len(s.busy)) }
 
 // keepsUp reports whether the receiver answers, and fast, right now: its
 // last attempt succeeded, attempts take little time on average, and none
