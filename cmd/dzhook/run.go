@@ -105,9 +105,6 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		return e.Run(gctx)
 	})
 	g.Go(func() error { return watchConfig(gctx, env, *path, log, e) })
-	if runtime.GOOS == "linux" {
-		g.Go(func() error { adaptProcs(gctx, env.getenv, log); return nil })
-	}
 	if err := g.Wait(); err != nil {
 		log.Error("stopped", "err", err)
 		return exitFailure
