@@ -13,6 +13,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -375,6 +376,13 @@ func TestReplayLiveDeliveryNotBehindBacklog(t *testing.T) {
 	t.Logf("replay deliveries received: %d when the live event was committed, %d when it arrived, of %d", atCommit, atArrival, n+1)
 	if atArrival >= n+1 {
 		t.Errorf("the live event arrived after all %d replay deliveries: it waited for the replay's backlog", atArrival)
+	}
+	// Nor behind the replay deliveries the scheduler claimed into memory
+	// (between half and all of the 1,024-place queue while the replay
+	// runs): only those in flight, or taken in the moment the stream
+	// needs to read the commit, go before it (the live lane).
+	if ahead := atArrival - atCommit; ahead >= fanout.DefaultQueueSize/4 {
+		t.Errorf("%d replay deliveries arrived between the live event's commit and its arrival: it waited behind the claimed ones", ahead)
 	}
 
 	reqs := waitReplayed(t, late, rp.ID, n+1, 120*time.Second)

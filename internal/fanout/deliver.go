@@ -53,30 +53,29 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 		if s.stopped() {
 			return
 		}
-		select {
-		case <-s.stop:
+		t := s.next()
+		if t == nil {
 			return
-		case t := <-s.queue:
-			s.release(1)
-			select {
-			case s.room <- struct{}{}:
-			default:
+		}
+		s.release(1)
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+		if s.backlog.Load() && int64(s.queued()) < s.size/2 {
+			d.nudge() // due work waits in the journal and there is room
+		}
+		// An ordered key's next delivery follows on this worker, right
+		// after the previous one finished.
+		for t != nil {
+			if s.stopped() {
+				d.giveUp(life, s, t)
+				break
 			}
-			if s.backlog.Load() && int64(len(s.queue)) < s.size/2 {
-				d.nudge() // due work waits in the journal and there is room
-			}
-			// An ordered key's next delivery follows on this worker, right
-			// after the previous one finished.
-			for t != nil {
-				if s.stopped() {
-					d.giveUp(life, s, t)
-					break
-				}
-				busy.Store(time.Now().UnixNano())
-				_, dec := d.attempt(life, s, t)
-				busy.Store(0)
-				t = d.afterOrdered(life, s, t, dec)
-			}
+			busy.Store(time.Now().UnixNano())
+			_, dec := d.attempt(life, s, t)
+			busy.Store(0)
+			t = d.afterOrdered(life, s, t, dec)
 		}
 	}
 }

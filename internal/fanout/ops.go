@@ -244,7 +244,7 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 		st := SubscriptionStatus{
 			ID: s.cfg.ID, URL: redactURL(s.cfg.URL), Events: s.cfg.Events, Active: s.cfg.Active, Paused: s.paused,
 			QueueWhileInactive: s.cfg.QueueWhileInactive, Filter: s.cfg.Filter, State: s.state,
-			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: len(s.queue),
+			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: s.queued(),
 			Source: s.cfg.Source, Description: s.cfg.Description,
 		}
 		if !s.lastSuccessAt.IsZero() {

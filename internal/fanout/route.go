@@ -172,7 +172,7 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 	var giveBack []string
 	for _, r := range routes {
 		switch {
-		case r.s.enqueue(r.task):
+		case r.s.enqueueLive(r.task):
 		case r.task.ordered:
 			giveBack = append(giveBack, r.s.ord.drained([]*task{r.task})...)
 		default:

@@ -88,8 +88,19 @@ type sub struct {
 	previousKey []byte // the standard key of cfg.PreviousSecret, during a rotation
 	client      *retryablehttp.Client
 
+	// queue holds what the scheduler claimed from the journal (retries,
+	// spilled and replayed deliveries) and an ordered subscription's
+	// every delivery; live the stream's deliveries of an unordered
+	// subscription, routed from memory. Workers take live first (one
+	// take in fairEvery looks at queue first, so a steady stream does not
+	// starve retries): a replay or a backlog claimed into the queue never
+	// holds up what was just committed. An ordered subscription has one
+	// lane: its key state decides what goes out when. Both lanes share
+	// the places counted by reserved, and each can hold them all.
 	queue    chan *task
-	reserved atomic.Int64 // queue places taken or promised
+	live     chan *task
+	takes    atomic.Uint64 // tasks taken, for next's fairness
+	reserved atomic.Int64  // queue places taken or promised
 	size     int64
 	room     chan struct{} // a worker took a task: there may be room
 	// backlog is set while due work of this subscription waits in the
@@ -178,15 +189,64 @@ func (s *sub) accepting() bool {
 // enqueue hands a task to the workers, in a place reserved before. It
 // refuses once the subscription is retired: nobody would take the task.
 func (s *sub) enqueue(t *task) bool {
+	return s.put(t, false)
+}
+
+// enqueueLive is enqueue for a delivery the stream routed from memory:
+// in the live lane, unless the subscription is ordered.
+func (s *sub) enqueueLive(t *task) bool {
+	return s.put(t, s.ord == nil)
+}
+
+func (s *sub) put(t *task, live bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.retired {
 		s.release(1)
 		return false
 	}
-	s.queue <- t // never blocks: the place was reserved
+	// Never blocks: the place was reserved, and either lane can hold
+	// every place.
+	if live {
+		s.live <- t
+	} else {
+		s.queue <- t
+	}
 	return true
 }
+
+// next waits for a worker's next task, the live lane's first (see
+// sub.queue); nil once the subscription is retired.
+func (s *sub) next() *task {
+	first, then := s.live, s.queue
+	if s.takes.Add(1)%fairEvery == 0 {
+		first, then = s.queue, s.live
+	}
+	select {
+	case t := <-first:
+		return t
+	default:
+	}
+	select {
+	case t := <-then:
+		return t
+	default:
+	}
+	select {
+	case <-s.stop:
+		return nil
+	case t := <-s.live:
+		return t
+	case t := <-s.queue:
+		return t
+	}
+}
+
+// fairEvery: one take in fairEvery prefers the queue to the live lane.
+const fairEvery = 8
+
+// queued is how many tasks wait in the two lanes.
+func (s *sub) queued() int { return len(s.live) + len(s.queue) }
 
 // retire stops the subscription: its workers end after their attempts in
 // flight, and its queue takes nothing more.
@@ -220,15 +280,17 @@ func (s *sub) reserve(n int64) int64 {
 // for an ordered subscription, the waiting deliveries of their keys).
 func (s *sub) drainQueue() []string {
 	var tasks []*task
-	for {
-		select {
-		case t := <-s.queue:
-			s.release(1)
-			tasks = append(tasks, t)
-			continue
-		default:
+	for _, lane := range []chan *task{s.live, s.queue} {
+		for {
+			select {
+			case t := <-lane:
+				s.release(1)
+				tasks = append(tasks, t)
+				continue
+			default:
+			}
+			break
 		}
-		break
 	}
 	if s.ord != nil {
 		return s.ord.drained(tasks)
@@ -244,8 +306,12 @@ func (s *sub) drainQueue() []string {
 // there beyond keep, and returns their ids, to give back to the journal.
 func (s *sub) trimQueue(keep int64) []string {
 	var ids []string
-	for int64(len(s.queue)) > keep {
+	for int64(s.queued()) > keep {
 		select {
+		case t := <-s.live:
+			s.release(1)
+			ids = append(ids, t.deliveryID)
+			continue
 		case t := <-s.queue:
 			s.release(1)
 			ids = append(ids, t.deliveryID)
@@ -339,7 +405,7 @@ func (s *sub) observe(d time.Duration, ok bool) {
 
 // compile prepares a subscription for delivery.
 func compile(cfg Subscription, opts *Config) (*sub, error) {
-	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
+	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), live: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
 		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{}}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
