@@ -308,7 +308,12 @@ func waitOrDiagnose(t *testing.T, db *pgtest.DB, timeout time.Duration, what str
 				UNION ALL SELECT 'requests ' || count(*) FROM requests
 				UNION ALL SELECT 'missing from events: ' || coalesce(string_agg(r.id::text, ',' ORDER BY r.id), 'none') FROM requests r
 				  WHERE NOT EXISTS (SELECT 1 FROM dzhook.events e WHERE convert_from(e.body, 'UTF8')::json->'data'->>'id' = 'req_' || r.id)
-				UNION ALL SELECT 'events without delivery: ' || count(*) FROM dzhook.events e WHERE NOT EXISTS (SELECT 1 FROM dzhook.deliveries d WHERE d.event_id = e.id)`)
+				UNION ALL SELECT 'events without delivery: ' || count(*) FROM dzhook.events e WHERE NOT EXISTS (SELECT 1 FROM dzhook.deliveries d WHERE d.event_id = e.id)
+				UNION ALL (SELECT 'not delivered ' || d.id || ' ' || d.state || ' owner=' || coalesce(d.owner, '-') || ' attempts=' || d.attempts ||
+					' claim=' || coalesce(d.claim, '-') || ' updated ' || (now() - d.updated_at)::text || ' journaled attempts: ' ||
+					coalesce((SELECT string_agg(a.attempt || ':' || coalesce(a.status_code::text, a.error_class, '?') || '@' || coalesce(a.instance, '-') || ' ' || (now() - a.at)::text, ', ' ORDER BY a.attempt, a.at)
+						FROM dzhook.attempts a WHERE a.delivery_id = d.id), 'none')
+					FROM dzhook.deliveries d WHERE d.state <> 'delivered' ORDER BY d.id LIMIT 20)`)
 			var lines []string
 			for rows.Next() {
 				var l string

@@ -561,3 +561,100 @@ func TestRetentionRun(t *testing.T) {
 		t.Fatal("Run did not return within 10s of cancellation")
 	}
 }
+
+// TestReplayedDeliveryTakesALaterAttemptsOutcome: the stream hands a
+// process again a transaction whose delivery a killed process journaled
+// and had retried (attempts 1) and then claimed (its retry in flight).
+// The replayed copy is held by the writer, owned and not attempted, while
+// this process claims the delivery and makes its second attempt. That
+// outcome meets the held row and goes to the journal with it, as one
+// insert: the insert finds the row there, and the outcome must still
+// apply. Dropped with the insert, it left the delivery pending and owned
+// by the live process, claimable by nobody and attempted by nobody (the
+// replayed copy's own first attempt does not raise the attempt count):
+// TestChaos's deliveries stuck in flight.
+func TestReplayedDeliveryTakesALaterAttemptsOutcome(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, pendingBatch("00")); err != nil {
+		t.Fatal(err)
+	}
+	// The killed process: first attempt failed, then claimed for a retry.
+	if err := s.Write(ctx, &Batch{Updates: []DeliveryUpdate{{ID: "dlv_00", State: Pending, Attempts: 1, NextAttemptAt: time.Now().Add(-time.Second), LastStatus: 500}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"dead", "live"} {
+		if err := s.Register(ctx, inst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, err := s.Claim(ctx, "crm", 10, "dead", "t1", time.Minute); err != nil || len(c) != 1 {
+		t.Fatalf("dead's claim: %d, %v", len(c), err)
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'dead'`)
+
+	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", Owner: "live", Hold: time.Hour, Linger: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	defer func() { stop(); <-done }()
+	put := func(r Record) {
+		t.Helper()
+		if err := w.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The replayed transaction: the delivery again, owned by live, in
+	// flight from memory (held).
+	replayed := pendingBatch("00").Deliveries[0]
+	replayed.Owner = "live"
+	put(Record{Deliveries: []DeliveryRow{replayed}})
+	// live takes over the dead process's claim and retries: attempt 2.
+	claimed, err := s.Claim(ctx, "crm", 10, "live", "t2", time.Minute)
+	if err != nil || len(claimed) != 1 || claimed[0].Attempts != 1 {
+		t.Fatalf("live's claim: %+v, %v; want dlv_00 after 1 attempt", claimed, err)
+	}
+	now := time.Now()
+	put(Record{Update: &DeliveryUpdate{ID: "dlv_00", State: Delivered, Attempts: 2, LastStatus: 200, LastAttemptAt: now},
+		Attempt: &AttemptRow{DeliveryID: "dlv_00", Attempt: 2, At: now, Trigger: "auto", StatusCode: 200, Instance: "live"}})
+	if err := w.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Then the replayed copy's first attempt ends (it was slower).
+	put(Record{Update: &DeliveryUpdate{ID: "dlv_00", State: Delivered, Attempts: 1, LastStatus: 200, LastAttemptAt: now}})
+	if err := w.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	var state string
+	var attempts int
+	var owner *string
+	if err := db.Connect(t).QueryRow(ctx, `SELECT state, attempts, owner FROM dzhook.deliveries WHERE id = 'dlv_00'`).Scan(&state, &attempts, &owner); err != nil {
+		t.Fatal(err)
+	}
+	if state != string(Delivered) || attempts != 2 || owner != nil {
+		t.Errorf("dlv_00 journaled %s after %d attempts, owner %s; want delivered after 2, no owner", state, attempts, deref(owner))
+	}
+
+	// A batch that holds a journaled delivery twice (replayed twice) is
+	// written, with its latest attempt's outcome.
+	again := pendingBatch("00", "01")
+	third := again.Deliveries[0]
+	third.State, third.Attempts, third.LastStatus = Failed, 3, 410
+	again.Deliveries = append(again.Deliveries, third, again.Deliveries[0])
+	if err := s.Write(ctx, again); err != nil {
+		t.Fatalf("a batch with a journaled delivery twice: %v", err)
+	}
+	if err := db.Connect(t).QueryRow(ctx, `SELECT state, attempts FROM dzhook.deliveries WHERE id = 'dlv_00'`).Scan(&state, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if state != string(Failed) || attempts != 3 {
+		t.Errorf("dlv_00 journaled %s after %d attempts, want failed after 3", state, attempts)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries`); n != 2 {
+		t.Errorf("%d deliveries journaled, want 2", n)
+	}
+}

@@ -160,7 +160,9 @@ func nullText(s string) *string {
 // Write records a batch in one transaction and one round trip: each kind
 // of row is one statement over arrays (unnest), so the cost grows with
 // the bytes, not with the number of rows. Inserts ignore rows already
-// there (a replay after a crash), so Write is idempotent.
+// there (a replay after a crash), but for a delivery's outcome merged into
+// its insert, which applies when it raises the attempt count as an update
+// does: Write is idempotent.
 func (s *Store) Write(ctx context.Context, b *Batch) error {
 	if b.Empty() {
 		return nil
@@ -198,6 +200,24 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])`)+onConflict, ids, types, bodies, lsns, at)
 	}
 	if n := len(b.Deliveries); n > 0 {
+		deliveries, conflict := b.Deliveries, onConflict
+		if onConflict != "" {
+			// A delivery already journaled (the stream replayed its
+			// transaction) may come with the outcome of a later attempt
+			// merged in (journal.Writer: a held row takes the next
+			// outcome of its delivery, and an update in the batch of its
+			// insert goes into it), possibly one that this process
+			// claimed and made: the outcome applies as an update would,
+			// when it raises the attempt count. Ignored, it left the
+			// delivery pending and owned by a live process that no
+			// longer has it in memory, claimable by nobody.
+			deliveries = latestAttempts(b.Deliveries)
+			conflict = ` ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+				next_attempt_at = EXCLUDED.next_attempt_at, owner = EXCLUDED.owner, last_status = EXCLUDED.last_status,
+				last_error = EXCLUDED.last_error, last_attempt_at = EXCLUDED.last_attempt_at, manual = false, updated_at = now()
+			WHERE d.attempts < EXCLUDED.attempts`
+		}
+		n := len(deliveries)
 		ids, events, subs, types, states := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		attempts := make([]int32, n)
 		next, lastAt, created := make([]*time.Time, n), make([]*time.Time, n), make([]time.Time, n)
@@ -205,7 +225,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		tests := make([]bool, n)
 		lastStatus := make([]*int32, n)
 		keys, positions := make([]*string, n), make([]*int64, n)
-		for i, d := range b.Deliveries {
+		for i, d := range deliveries {
 			ids[i], events[i], subs[i], types[i], states[i] = d.ID, d.EventID, d.SubscriptionID, d.EventType, string(d.State)
 			attempts[i], tests[i], created[i] = int32(d.Attempts), d.Test, d.CreatedAt
 			next[i], lastAt[i] = nullTime(d.NextAttemptAt), nullTime(d.LastAttemptAt)
@@ -214,11 +234,11 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 				keys[i], positions[i] = &d.OrderingKey, &d.Position
 			}
 		}
-		batch.Queue(s.q(`INSERT INTO {{schema}}.deliveries (id, event_id, subscription_id, event_type, state, attempts,
+		batch.Queue(s.q(`INSERT INTO {{schema}}.deliveries AS d (id, event_id, subscription_id, event_type, state, attempts,
 				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, ordering_key, position, updated_at)
 			SELECT u.*, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
 				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
-				$14::text[], $15::bigint[]) AS u`)+onConflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created, keys, positions)
+				$14::text[], $15::bigint[]) AS u`)+conflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created, keys, positions)
 	}
 	if n := len(b.Attempts); n > 0 {
 		ids, triggers, classes, errs := make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)
@@ -317,4 +337,23 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 	// PostgreSQL runs as one implicit transaction: all or nothing, in one
 	// round trip.
 	return batch
+}
+
+// latestAttempts keeps one row per delivery, the one with the most
+// attempts (the first of equals), in their order: an INSERT ... ON
+// CONFLICT DO UPDATE may not touch a row twice.
+func latestAttempts(rows []DeliveryRow) []DeliveryRow {
+	at := make(map[string]int, len(rows))
+	out := make([]DeliveryRow, 0, len(rows))
+	for _, d := range rows {
+		i, ok := at[d.ID]
+		switch {
+		case !ok:
+			at[d.ID] = len(out)
+			out = append(out, d)
+		case d.Attempts > out[i].Attempts:
+			out[i] = d
+		}
+	}
+	return out
 }

@@ -13,8 +13,10 @@ import (
 )
 
 // memStore is a BatchStore in memory: it applies batches the way Write
-// does (inserts, then updates that raise the attempt count, then releases
-// and the checkpoint) and fails when fail says so.
+// does (inserts, an outcome merged into the insert of a delivery already
+// there applied when it raises the attempt count, then updates that raise
+// the attempt count, then releases and the checkpoint) and fails when fail
+// says so.
 type memStore struct {
 	mu         sync.Mutex
 	fail       func(write int) error
@@ -43,8 +45,15 @@ func (m *memStore) Write(_ context.Context, b *Batch) error {
 	cp.Updates = append([]DeliveryUpdate(nil), b.Updates...)
 	m.batches = append(m.batches, cp)
 	for _, d := range b.Deliveries {
-		if _, ok := m.deliveries[d.ID]; !ok {
+		switch old, ok := m.deliveries[d.ID]; {
+		case !ok:
 			m.deliveries[d.ID] = d
+		case old.Attempts < d.Attempts:
+			// Journaled already: the outcome merged in applies as an
+			// update would.
+			mergeUpdate(&old, &DeliveryUpdate{ID: d.ID, State: d.State, Attempts: d.Attempts, NextAttemptAt: d.NextAttemptAt, Owner: d.Owner,
+				LastStatus: d.LastStatus, LastError: d.LastError, LastAttemptAt: d.LastAttemptAt})
+			m.deliveries[d.ID] = old
 		}
 	}
 	for _, u := range b.Updates {
