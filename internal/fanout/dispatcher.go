@@ -651,16 +651,18 @@ func (d *Dispatcher) shareQueued(ctx context.Context) {
 		if s.ord != nil {
 			continue
 		}
+		n := 0
 		err := d.giveBack(ctx, func() []string {
 			ids := s.trimQueue(s.soon())
-			shared += len(ids)
+			n = len(ids)
 			return ids
 		})
 		if err != nil {
 			d.log.Warn("could not share queued deliveries with the other processes", "subscription", s.cfg.ID, "err", err)
 			return
 		}
-		if shared > 0 {
+		if n > 0 {
+			shared += n
 			s.backlog.Store(true)
 		}
 	}
