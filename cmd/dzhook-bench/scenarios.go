@@ -491,6 +491,10 @@ func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
 	if err != nil {
 		return err
 	}
+	// dzhook's PostgreSQL backends start with it and serve only it
+	// during the catch-up: their whole lives' CPU is what the catch-up
+	// cost PostgreSQL (pgSample.since against an empty sample).
+	pg0 := pgSample{}
 	select {
 	case <-reached:
 	case err := <-d.done:
@@ -500,6 +504,7 @@ func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
 	}
 	took := time.Since(start)
 	cpu, rss := d.usage()
+	pg1, pgErr := b.pgCPU(ctx, db)
 	wal := b.walRetained(ctx, db)
 	if err := d.stop(); err != nil {
 		return err
@@ -512,6 +517,10 @@ func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
 	b.goal("catchup", name+": ratio to min(stream, receiver)", rate/limit*100, "%", 40, true, fmt.Sprintf("limit %.0f/s", limit))
 	b.goal("resources", name+": peak RSS", rss, "MB", 150, false, "")
 	b.add(Result{Scenario: "resources", Metric: name + ": CPU per 10,000 events", Value: cpu / float64(b.rows) * 10000, Unit: "s"})
+	if pgErr == nil {
+		b.add(Result{Scenario: "resources", Metric: name + ": PostgreSQL CPU for dzhook per 10,000 events", Value: pg1.since(pg0) / float64(b.rows) * 10000, Unit: "s",
+			Note: "walsender + journal backends, whole lives"})
+	}
 	b.add(Result{Scenario: "resources", Metric: name + ": WAL retained by the slot at the end", Value: wal / 1024, Unit: "KiB"})
 	return nil
 }
