@@ -136,9 +136,17 @@ func startStream(t *testing.T, db *pgtest.DB, h *recorder) *Stream {
 // startStreamDrain is startStream with the given DrainTimeout.
 func startStreamDrain(t *testing.T, db *pgtest.DB, h *recorder, drain time.Duration) *Stream {
 	t.Helper()
-	s, err := New(Config{DSN: db.DSN, Slot: "dzhook", Publication: "dzhook", Handler: h, Logger: testLogger(t),
+	return startStreamWith(t, db, h, func(c *Config) { c.DrainTimeout = drain })
+}
+
+// startStreamWith is startStream with the configuration changed by set.
+func startStreamWith(t *testing.T, db *pgtest.DB, h *recorder, set func(*Config)) *Stream {
+	t.Helper()
+	cfg := Config{DSN: db.DSN, Slot: "dzhook", Publication: "dzhook", Handler: h, Logger: testLogger(t),
 		StatusInterval: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, LagInterval: 200 * time.Millisecond,
-		DrainTimeout: drain})
+		DrainTimeout: 300 * time.Millisecond}
+	set(&cfg)
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -838,27 +846,8 @@ func (w tWriter) Write(p []byte) (int, error) {
 func TestIdleStreamIsQuiet(t *testing.T) {
 	db := setupRef(t)
 	rec := newRecorder(true)
-	var s *Stream
-	s, err := New(Config{DSN: db.DSN, Slot: "dzhook", Publication: "dzhook", Handler: rec, Logger: testLogger(t),
-		StatusInterval: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, LagInterval: 200 * time.Millisecond,
-		DrainTimeout: 300 * time.Millisecond,
-		// Durable at once, as the journal makes it within a batch.
-		PersistIdle: func(lsn pglogrepl.LSN) { go s.Ack(lsn) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec.stream = s
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return after cancellation")
-		}
-	}()
+	// Durable at once, as the journal makes it within a batch.
+	s := startStreamWith(t, db, rec, func(c *Config) { c.PersistIdle = func(lsn pglogrepl.LSN) { go rec.stream.Ack(lsn) } })
 	// A published change, then WAL the walsender decodes and skips (a
 	// table outside the publication): its sending position moves past
 	// the last data it sent.

@@ -203,9 +203,9 @@ func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResul
 const healthEvery = time.Second
 
 // health updates a subscription's health after an attempt and returns the
-// row to journal (nil: nothing new worth a write), with a notification when the state changed: failing
-// once a delivery exhausts its schedule, healthy again on the next 2xx,
-// disabled on 410 Gone.
+// row to journal (nil: nothing new worth a write), with a notification
+// when the state changed: failing once a delivery exhausts its schedule,
+// healthy again on the next 2xx, disabled on 410 Gone.
 func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemptResult) (*journal.SubscriptionState, *journal.NotificationRow) {
 	s.mu.Lock()
 	prev := s.state

@@ -126,17 +126,14 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		peers, err := sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat)
-		switch {
-		case err != nil:
+		if err != nil {
 			if ctx.Err() == nil {
 				sc.log.Warn("journal heartbeat failed", "err", err)
 			}
-		default:
-			if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
-				sc.log.Info("instances sharing the journal changed", "others_alive", peers)
-				if before == 0 && sc.joined != nil {
-					sc.joined(ctx)
-				}
+		} else if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
+			sc.log.Info("instances sharing the journal changed", "others_alive", peers)
+			if before == 0 && sc.joined != nil {
+				sc.joined(ctx)
 			}
 		}
 		select {
@@ -151,7 +148,7 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 // left in its queue (reserved first, so nothing claimed is left without a
 // place; only half, so the stream's own deliveries still find room while
 // the claim runs). While other processes share the journal it takes only
-// what its workers can start soon (two per worker, less what is queued):
+// what its workers can start soon (sub.soon, less what is queued):
 // what one process claims waits in its queue while others, with idle
 // workers, find nothing, and an ordered key's head claimed here holds
 // back the key everywhere.

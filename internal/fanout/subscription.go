@@ -279,22 +279,32 @@ func (s *sub) reserve(n int64) int64 {
 // deliveries to give back to the journal: those that waited there (and,
 // for an ordered subscription, the waiting deliveries of their keys).
 func (s *sub) drainQueue() []string {
-	var tasks []*task
-	for _, lane := range []chan *task{s.live, s.queue} {
-		for {
-			select {
-			case t := <-lane:
-				s.release(1)
-				tasks = append(tasks, t)
-				continue
-			default:
-			}
-			break
-		}
-	}
+	tasks := s.takeQueued(0)
 	if s.ord != nil {
 		return s.ord.drained(tasks)
 	}
+	return taskIDs(tasks)
+}
+
+// takeQueued takes out of both lanes what waits there beyond keep,
+// releasing their places.
+func (s *sub) takeQueued(keep int) []*task {
+	var tasks []*task
+	for s.queued() > keep {
+		select {
+		case t := <-s.live:
+			tasks = append(tasks, t)
+		case t := <-s.queue:
+			tasks = append(tasks, t)
+		default:
+			return tasks // taken by workers meanwhile
+		}
+		s.release(1)
+	}
+	return tasks
+}
+
+func taskIDs(tasks []*task) []string {
 	ids := make([]string, len(tasks))
 	for i, t := range tasks {
 		ids[i] = t.deliveryID
@@ -304,24 +314,7 @@ func (s *sub) drainQueue() []string {
 
 // trimQueue takes out of the queue of an unordered subscription what waits
 // there beyond keep, and returns their ids, to give back to the journal.
-func (s *sub) trimQueue(keep int64) []string {
-	var ids []string
-	for int64(s.queued()) > keep {
-		select {
-		case t := <-s.live:
-			s.release(1)
-			ids = append(ids, t.deliveryID)
-			continue
-		case t := <-s.queue:
-			s.release(1)
-			ids = append(ids, t.deliveryID)
-			continue
-		default:
-		}
-		break
-	}
-	return ids
-}
+func (s *sub) trimQueue(keep int64) []string { return taskIDs(s.takeQueued(int(keep))) }
 
 // stopped reports whether the subscription was retired, without a lock:
 // its workers check it before every attempt.
@@ -367,7 +360,7 @@ const fastReceiver = 50 * time.Millisecond
 const stuckAttempt = 250 * time.Millisecond
 
 // soon is how many deliveries of the subscription its workers start
-// soon: two per worker. While other processes share the journal a
+// soon: four per worker. While other processes share the journal a
 // process queues no more than that (Dispatcher.reserve, scheduler.claim).
 func (s *sub) soon() int64 { return int64(4 * len(s.busy)) }
 

@@ -295,8 +295,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	defer close(w.closed)
 	// One timer for the next held delivery's deadline, reset each round
 	// (since Go 1.23 Stop and Reset leave no stale tick behind).
-	expiry := time.NewTimer(time.Hour)
-	expiry.Stop()
+	expiry := stoppedTimer()
 	defer expiry.Stop()
 	for {
 		b := newBatchBuilder()
@@ -330,6 +329,13 @@ func (w *Writer) Run(ctx context.Context) error {
 // (Done: a barrier, the SLA clock) ends the linger: the batch is written
 // at once.
 func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
+	if urgent {
+		// Its own signal is spent: the next batch lingers as usual.
+		select {
+		case <-w.urgent:
+		default:
+		}
+	}
 	if w.cfg.Linger > 0 && !urgent && b.records < w.cfg.MaxBatch {
 		w.linger.Reset(w.cfg.Linger)
 		select {
