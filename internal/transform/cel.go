@@ -1,0 +1,211 @@
+package transform
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+	"cel.dev/cel-go/common/types/traits"
+)
+
+// CostLimit bounds one evaluation of a transform (CEL's cost units,
+// roughly one per operation and per byte of a string built): a few
+// thousand times what a message of a few fields costs, and small enough
+// that an expression looping over a large list is stopped within
+// milliseconds. Over it, the delivery fails with class "transform".
+const CostLimit = 1_000_000
+
+// maxBody bounds a transform's result, so that an expression cannot
+// build a body larger than any receiver takes.
+const maxBody = 1 << 20
+
+// program is a compiled CEL transform.
+type program struct {
+	prg cel.Program
+}
+
+// compile parses and type-checks a transform: it must give a map, a list
+// or null. The error says where the mistake is (line:column).
+func compile(expr string) (*program, error) {
+	if strings.TrimSpace(expr) == "" {
+		return nil, errors.New("empty transform")
+	}
+	env, err := cel.NewEnv(
+		cel.Variable("id", cel.StringType),
+		cel.Variable("event", cel.StringType),
+		cel.Variable("timestamp", cel.StringType),
+		cel.Variable("data", cel.MapType(cel.StringType, cel.DynType)),
+		// skip is null typed dyn: CEL's checker refuses `c ? {…} : null`
+		// (the branches' types differ), and accepts `c ? {…} : skip`.
+		cel.Variable("skip", cel.DynType),
+	)
+	if err != nil {
+		return nil, err
+	}
+	ast, iss := env.Compile(expr)
+	if iss != nil && iss.Err() != nil {
+		msg := strings.ReplaceAll(strings.TrimSpace(iss.Err().Error()), "\n", " ")
+		if strings.Contains(msg, "'_?_:_'") && strings.Contains(msg, "null)") {
+			msg += " (to skip the delivery in a branch of ?:, write skip instead of null)"
+		}
+		return nil, fmt.Errorf("%s", msg)
+	}
+	switch out := ast.OutputType(); {
+	case out.Kind() == types.MapKind, out.Kind() == types.ListKind, out.Kind() == types.DynKind, out.Kind() == types.NullTypeKind:
+	default:
+		return nil, fmt.Errorf("the transform must give a map (a JSON object), a list or null, but it gives %s", out)
+	}
+	prg, err := env.Program(ast, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		return nil, err
+	}
+	return &program{prg: prg}, nil
+}
+
+// eval runs the transform on an envelope; nil means null (skip).
+func (p *program) eval(env *Envelope) (any, error) {
+	out, _, err := p.prg.Eval(map[string]any{
+		"id": env.ID, "event": env.Event, "timestamp": env.Timestamp, "data": celValue(env.Data), "skip": types.NullValue,
+	})
+	if err != nil {
+		if strings.Contains(err.Error(), "cost limit exceeded") {
+			return nil, fmt.Errorf("the transform went over its cost budget (%d) and was stopped", CostLimit)
+		}
+		return nil, fmt.Errorf("the transform failed on this event: %w", err)
+	}
+	v, err := native(out, 0)
+	if err != nil {
+		return nil, fmt.Errorf("the transform's result: %w", err)
+	}
+	switch v.(type) {
+	case nil, map[string]any, []any:
+	default:
+		return nil, fmt.Errorf("the transform gave %T, not a map, a list or null", v)
+	}
+	if v != nil {
+		if n := approxSize(v, 0); n > maxBody {
+			return nil, fmt.Errorf("the transform's result is larger than %d bytes", maxBody)
+		}
+	}
+	return v, nil
+}
+
+// celValue turns an envelope's json.Numbers into CEL's numbers: an
+// integer is an int, anything else a double.
+func celValue(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(v))
+		for k, x := range v {
+			m[k] = celValue(x)
+		}
+		return m
+	case []any:
+		l := make([]any, len(v))
+		for i, x := range v {
+			l[i] = celValue(x)
+		}
+		return l
+	case json.Number:
+		if n, err := v.Int64(); err == nil {
+			return n
+		}
+		f, _ := v.Float64()
+		return f
+	}
+	return v
+}
+
+// maxDepth bounds the nesting of a result.
+const maxDepth = 64
+
+// native turns a CEL value into what encoding/json writes.
+func native(v ref.Val, depth int) (any, error) {
+	if depth > maxDepth {
+		return nil, fmt.Errorf("nested deeper than %d", maxDepth)
+	}
+	switch x := v.(type) {
+	case types.Null:
+		return nil, nil
+	case types.Bool:
+		return bool(x), nil
+	case types.Int:
+		return int64(x), nil
+	case types.Uint:
+		return uint64(x), nil
+	case types.Double:
+		f := float64(x)
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("%v is not a JSON number", f)
+		}
+		return f, nil
+	case types.String:
+		return string(x), nil
+	case types.Timestamp:
+		return x.Time.UTC().Format(time.RFC3339Nano), nil
+	case types.Duration:
+		return x.Duration.String(), nil
+	case types.Bytes:
+		return nil, errors.New("bytes are not JSON: use string(...)")
+	case *types.Err:
+		return nil, x
+	}
+	if m, ok := v.(traits.Mapper); ok {
+		out := map[string]any{}
+		it := m.Iterator()
+		for it.HasNext() == types.True {
+			k := it.Next()
+			ks, ok := k.(types.String)
+			if !ok {
+				return nil, fmt.Errorf("a map key %v is not a string", k)
+			}
+			val, err := native(m.Get(k), depth+1)
+			if err != nil {
+				return nil, err
+			}
+			out[string(ks)] = val
+		}
+		return out, nil
+	}
+	if l, ok := v.(traits.Lister); ok {
+		n, _ := l.Size().(types.Int)
+		out := make([]any, 0, int(n))
+		for i := range int64(n) {
+			val, err := native(l.Get(types.Int(i)), depth+1)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, val)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("a value of type %s is not JSON", v.Type())
+}
+
+// approxSize is about the size of v as JSON, stopping once past maxBody.
+func approxSize(v any, acc int) int {
+	if acc > maxBody {
+		return acc
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			acc = approxSize(e, acc+len(k)+4)
+		}
+		return acc + 2
+	case []any:
+		for _, e := range x {
+			acc = approxSize(e, acc+1)
+		}
+		return acc + 2
+	case string:
+		return acc + len(x) + 2
+	}
+	return acc + 8
+}
