@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/base64"
 	"encoding/json"
+	"math"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -30,6 +31,18 @@ func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Ti
 		QueueDepth: st.QueueDepth, Stats: statsOf(st.Stats),
 		Pending: b.Pending, Failed: b.Failed, Held: b.Held,
 		Source: st.Source, Description: st.Description,
+		Format: st.Format, Transform: st.Transform, Method: st.Method, RateLimit: st.RateLimit.String(),
+		PacePerSecond: math.Round(st.Pace*1000) / 1000,
+	}
+	if v.Format == "" {
+		v.Format = "dzdesk"
+	}
+	if v.Method == "" {
+		v.Method = "POST"
+	}
+	if !st.PausedUntil.IsZero() {
+		t := st.PausedUntil.UTC()
+		v.PausedUntil = &t
 	}
 	if !b.OldestPending.IsZero() && b.OldestPending.Before(now) {
 		v.OldestPendingSeconds = now.Sub(b.OldestPending).Seconds()

@@ -93,6 +93,8 @@ func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, 
 	if !strings.HasSuffix(id, "_raw") { // the _raw one is unordered
 		key := "req_1"
 		d.OrderingKey = &key
+	} else { // and sends a body of its own (a transform's)
+		d.Sent = []byte(`{"text":"New request req_1"}`)
 	}
 	attempts := []journal.Attempt{
 		{Attempt: 1, At: goldenTime, Trigger: "auto", StatusCode: &status, DurationMS: 40, ResponseBody: []byte("\xff\xfe down"), ErrorClass: &class, Error: &msg,
@@ -126,7 +128,7 @@ func (fullHistory) WaitedBehind(_ context.Context, id string, limit int) ([]stri
 type fullManager struct{}
 
 func (fullManager) sub(id string) api.Subscription {
-	return api.Subscription{ID: id, URL: "https://billing.example.com/hook", Events: []string{"request.*"}, Active: true, State: "healthy",
+	return api.Subscription{ID: id, URL: "https://billing.example.com/hook", Events: []string{"request.*"}, Active: true, State: "healthy", Format: "dzdesk", Method: "POST",
 		Stats: api.Stats{SuccessRate: -1}, Ordering: "none", Source: "runtime", Description: "Billing's mirror"}
 }
 

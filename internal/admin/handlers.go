@@ -254,6 +254,9 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request, _ query) {
 	}
 	out := api.DeliveryDetail{Attempts: make([]api.Attempt, 0, len(attempts)), Delivery: deliveryOf(d), Payload: payloadOf(body),
 		WaitedBehindIt: []string{}} // [] rather than null
+	if d.Sent != nil {
+		out.Sent = payloadOf(d.Sent)
+	}
 	for _, a := range attempts {
 		out.Attempts = append(out.Attempts, attemptOf(a))
 	}

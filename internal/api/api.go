@@ -102,6 +102,21 @@ type Subscription struct {
 	// order promised), "entity" (in stream order per key: a request, a
 	// user) or "subscription" (one at a time, in stream order).
 	Ordering string `json:"ordering"`
+	// Format is the body's shape: "dzdesk" (the envelope), "slack",
+	// "teams" or "discord"; Transform the CEL expression that makes the
+	// body instead, absent without one.
+	Format    string `json:"format"`
+	Transform string `json:"transform,omitempty"`
+	// Method is the HTTP method of its attempts: "POST" or "PUT".
+	Method string `json:"method"`
+	// RateLimit is its rate limit ("50/s", "600/m"); absent without one.
+	// PacePerSecond is the pace this process keeps now (lower than the
+	// limit after 429 answers, or shared with other processes) and
+	// PausedUntil when a Retry-After holds its attempts; both absent
+	// without a rate limit.
+	RateLimit     string     `json:"rate_limit,omitempty"`
+	PacePerSecond float64    `json:"pace_per_second,omitempty"`
+	PausedUntil   *time.Time `json:"paused_until,omitempty"`
 	// Source is where the subscription is defined: "config" (config.yaml,
 	// read-only through the API) or "runtime" (created through the API).
 	Source string `json:"source"`
@@ -210,6 +225,10 @@ type DeliveryDetail struct {
 	// Payload is the signed body, as JSON when it is JSON, else as a JSON
 	// string (invalid UTF-8 replaced).
 	Payload json.RawMessage `json:"payload"`
+	// Sent is the body the delivery sends when it is not the payload:
+	// what its subscription's transform (or format) made of it at the
+	// first attempt, kept for every retry and signed; absent otherwise.
+	Sent json.RawMessage `json:"sent,omitempty"`
 	// WaitedBehindIt lists, oldest first, the deliveries of the same key
 	// that waited behind this one while it was unfinished (its retries
 	// held them back); empty for an unordered delivery. At most 20 are
@@ -311,6 +330,10 @@ type SubscriptionInput struct {
 	Headers            *map[string]string `json:"headers,omitempty"`
 	StandardWebhooks   *bool              `json:"standard_webhooks,omitempty"`
 	Ordering           *string            `json:"ordering,omitempty"`
+	Transform          *string            `json:"transform,omitempty"`
+	Format             *string            `json:"format,omitempty"`
+	Method             *string            `json:"method,omitempty"`
+	RateLimit          *string            `json:"rate_limit,omitempty"`
 	Description        *string            `json:"description,omitempty"`
 }
 

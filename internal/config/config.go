@@ -18,6 +18,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/mapping"
+	"github.com/dzdesk/dzhook/internal/transform"
 )
 
 // Defaults, in one place. The documentation of each field repeats them.
@@ -267,6 +268,25 @@ type Subscription struct {
 	// StandardWebhooks adds the webhook-id, webhook-timestamp and
 	// webhook-signature headers. Defaults to false.
 	StandardWebhooks bool `koanf:"standard_webhooks"`
+	// Transform is a CEL expression over the envelope (id, event,
+	// timestamp, data) that gives the body to send: a map (a JSON
+	// object) or a list; null, or skip in a branch of ?:, skips the
+	// delivery (recorded as skipped). Computed once per delivery, at its
+	// first attempt, and kept: retries send the same bytes, signed. It
+	// overrides Format. Defaults to none: the envelope is sent.
+	Transform string `koanf:"transform"`
+	// Format is the body's shape: dzdesk (DZDESK's envelope), or a
+	// built-in transform for a destination's incoming webhooks: slack,
+	// teams or discord. Those destinations do not check DZDESK's
+	// signature, so Secret is optional with them. Defaults to dzdesk.
+	Format string `koanf:"format"`
+	// Method is the HTTP method of every attempt: POST or PUT. Defaults
+	// to POST.
+	Method string `koanf:"method"`
+	// RateLimit caps the deliveries started per second or minute, e.g.
+	// 50/s or 600/m: beyond it deliveries wait in the journal, not in
+	// memory, and go out as the budget allows. Defaults to none.
+	RateLimit string `koanf:"rate_limit"`
 	// Ordering is what order deliveries keep: "none" (in parallel, no
 	// order promised), "entity" (the deliveries of one request or user
 	// reach the receiver in stream order, each after the previous one
@@ -294,7 +314,7 @@ func Default() Config {
 
 // subscriptionDefaults are laid under every subscriptions[] entry.
 func subscriptionDefaults() Subscription {
-	return Subscription{Active: true, Ordering: string(fanout.OrderNone)}
+	return Subscription{Active: true, Ordering: string(fanout.OrderNone), Format: transform.FormatDZDESK, Method: "POST"}
 }
 
 // JournalDSN returns the journal's DSN: journal.dsn, or source.dsn.

@@ -202,6 +202,13 @@ subscriptions:
 		{"bad custom event", minimal + "custom_events:\n  - name: Shipped\n", nil, []string{`custom_events: "Shipped": a custom event name must look like entity.action`}},
 		{"standard webhooks without whsec_", minimal + "    standard_webhooks: true\n", nil, []string{"subscriptions[0].secret: standard_webhooks needs a whsec_<base64> secret"}},
 		{"bad filter", minimal + "    filter: 'data.priority in'\n", nil, []string{"subscriptions[0].filter: ", "Syntax error"}},
+		{"bad transform, with its position", minimal + "    transform: '{\"text\": data.x +}'\n", nil, []string{"subscriptions[0].transform: ", "<input>:1:"}},
+		{"transform giving a string", minimal + "    transform: '\"hello\"'\n", nil, []string{"subscriptions[0].transform: the transform must give a map (a JSON object), a list or null, but it gives string"}},
+		{"transform with null in a branch", minimal + "    transform: 'event == \"x\" ? {\"a\": 1} : null'\n", nil, []string{"write skip instead of null"}},
+		{"unknown format", minimal + "    format: mattermost\n", nil, []string{`subscriptions[0].format: "mattermost" is not a format: use one of dzdesk, slack, teams, discord`}},
+		{"bad method", minimal + "    method: PATCH\n", nil, []string{`subscriptions[0].method: "PATCH": use POST or PUT`}},
+		{"bad rate limit", minimal + "    rate_limit: 50/h\n", nil, []string{`subscriptions[0].rate_limit: "50/h" is not a rate limit: the unit after / is s (per second) or m (per minute)`}},
+		{"preset still needs a secret for dzdesk", strings.Replace(minimal, "    secret: 0123456789abcdef\n", "", 1), nil, []string{"subscriptions[0].secret: required"}},
 		{"bad env value", minimal, []string{"DZHOOK_DELIVERY_TIMEOUT=soon"}, []string{`delivery.timeout: "soon" is not a duration`}},
 		{"not a mapping", "subscriptions: {id: a}\n", nil, []string{"subscriptions: must be a list, not a mapping"}},
 	} {
@@ -309,5 +316,26 @@ func TestNotifyURLNeverQuoted(t *testing.T) {
 		if strings.Contains(strings.ToLower(err.Error()), "planted-secret") {
 			t.Errorf("notify.url problem quotes the URL: %v", err)
 		}
+	}
+}
+
+// TestConnectorNeedsNoSecret: Slack, Teams and Discord do not check a
+// signature, so a subscription with their format needs no secret; the
+// new keys default to the envelope, POST and no rate limit.
+func TestConnectorNeedsNoSecret(t *testing.T) {
+	yaml := strings.Replace(minimal, "    secret: 0123456789abcdef\n", "    format: slack\n    rate_limit: 1/s\n    method: PUT\n", 1) + `  - id: plain
+    url: https://plain.example.com/hook
+    events: [request.*]
+    secret: 0123456789abcdef
+`
+	c, err := Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Subscriptions[0]; s.Format != "slack" || s.RateLimit != "1/s" || s.Method != "PUT" || s.Secret.IsSet() {
+		t.Errorf("slack subscription: %+v", s)
+	}
+	if s := c.Subscriptions[1]; s.Format != "dzdesk" || s.Method != "POST" || s.RateLimit != "" || s.Transform != "" {
+		t.Errorf("defaults: format %q, method %q, rate_limit %q, transform %q", s.Format, s.Method, s.RateLimit, s.Transform)
 	}
 }

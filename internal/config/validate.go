@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/filter"
+	"github.com/dzdesk/dzhook/internal/transform"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -202,7 +204,11 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 	} else if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP, false); msg != "" {
 		ps.add(path+".url", "%s", msg)
 	}
+	preset := s.Format != "" && s.Format != transform.FormatDZDESK
 	switch {
+	case !s.Secret.IsSet() && preset:
+		// Slack, Teams and Discord do not check a signature: their
+		// webhook URL is the credential.
 	case !s.Secret.IsSet():
 		ps.add(path+".secret", "required: the key receivers verify X-DZDESK-Signature with (use ${NAME} to read it from the environment)")
 	case len(s.Secret.Reveal()) < MinSecretLength:
@@ -239,6 +245,22 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 	if s.Filter != "" {
 		if _, err := filter.Compile(s.Filter); err != nil {
 			ps.add(path+".filter", "%v", err)
+		}
+	}
+	if !slices.Contains(transform.Formats, s.Format) {
+		ps.add(path+".format", "%q is not a format: use one of %s", s.Format, strings.Join(transform.Formats, ", "))
+	}
+	if s.Transform != "" {
+		if _, err := transform.New(s.Transform, ""); err != nil {
+			ps.add(path+".transform", "%v", err)
+		}
+	}
+	if s.Method != "POST" && s.Method != "PUT" {
+		ps.add(path+".method", "%q: use POST or PUT", s.Method)
+	}
+	if s.RateLimit != "" {
+		if _, err := fanout.ParseRate(s.RateLimit); err != nil {
+			ps.add(path+".rate_limit", "%v", err)
 		}
 	}
 	if !slices.Contains(Orderings, s.Ordering) {

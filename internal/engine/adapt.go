@@ -31,10 +31,12 @@ func Subscription(s config.Subscription) fanout.Subscription {
 	for k, v := range s.Headers {
 		headers[k] = v.Reveal()
 	}
+	rate, _ := fanout.ParseRate(s.RateLimit) // validated with the configuration ("": none)
 	return fanout.Subscription{
 		ID: s.ID, URL: s.URL, Events: s.Events, Secret: []byte(s.Secret.Reveal()), StandardWebhooks: s.StandardWebhooks,
 		Active: s.Active, QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, Headers: headers,
-		Ordering: fanout.Ordering(s.Ordering), // validated with the configuration
+		Ordering:  fanout.Ordering(s.Ordering), // validated with the configuration
+		Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate,
 	}
 }
 

@@ -46,6 +46,10 @@ type runtimeSpec struct {
 	Filter             string   `json:"filter,omitempty"`
 	StandardWebhooks   bool     `json:"standard_webhooks"`
 	Ordering           string   `json:"ordering"`
+	Transform          string   `json:"transform,omitempty"`
+	Format             string   `json:"format,omitempty"`
+	Method             string   `json:"method,omitempty"`
+	RateLimit          string   `json:"rate_limit,omitempty"`
 	Description        string   `json:"description,omitempty"`
 }
 
@@ -135,6 +139,14 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 	s.cfg = config.Subscription{
 		ID: row.ID, URL: spec.URL, Events: spec.Events, Secret: config.Secret(sp.Secret), Active: spec.Active,
 		QueueWhileInactive: spec.QueueWhileInactive, Filter: spec.Filter, StandardWebhooks: spec.StandardWebhooks, Ordering: spec.Ordering,
+		Transform: spec.Transform, Format: spec.Format, Method: spec.Method, RateLimit: spec.RateLimit,
+	}
+	// Specs stored before these fields existed have none: the defaults.
+	if s.cfg.Format == "" {
+		s.cfg.Format = config.DefaultSubscription().Format
+	}
+	if s.cfg.Method == "" {
+		s.cfg.Method = config.DefaultSubscription().Method
 	}
 	if len(sp.Headers) > 0 {
 		s.cfg.Headers = make(map[string]config.Secret, len(sp.Headers))
@@ -372,6 +384,10 @@ func fieldsOf(in api.SubscriptionInput) []string {
 	add(in.Headers != nil, "headers")
 	add(in.StandardWebhooks != nil, "standard_webhooks")
 	add(in.Ordering != nil, "ordering")
+	add(in.Transform != nil, "transform")
+	add(in.Format != nil, "format")
+	add(in.Method != nil, "method")
+	add(in.RateLimit != nil, "rate_limit")
 	add(in.Description != nil, "description")
 	return f
 }
@@ -404,6 +420,18 @@ func apply(s *config.Subscription, desc *string, in api.SubscriptionInput) {
 	}
 	if in.Ordering != nil {
 		s.Ordering = *in.Ordering
+	}
+	if in.Transform != nil {
+		s.Transform = *in.Transform
+	}
+	if in.Format != nil {
+		s.Format = *in.Format
+	}
+	if in.Method != nil {
+		s.Method = strings.ToUpper(*in.Method)
+	}
+	if in.RateLimit != nil {
+		s.RateLimit = *in.RateLimit
 	}
 	if in.Description != nil {
 		*desc = *in.Description
@@ -476,7 +504,8 @@ func (m managerOf) seal(id string, sp sealedPart) (string, error) {
 
 func specOf(s config.Subscription, desc string) ([]byte, error) {
 	return json.Marshal(runtimeSpec{URL: fanout.RedactURL(s.URL), Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
-		Filter: s.Filter, StandardWebhooks: s.StandardWebhooks, Ordering: s.Ordering, Description: desc})
+		Filter: s.Filter, StandardWebhooks: s.StandardWebhooks, Ordering: s.Ordering, Description: desc,
+		Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: s.RateLimit})
 }
 
 func headersOf(s config.Subscription) map[string]string {
@@ -553,7 +582,7 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 	if err != nil {
 		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: fanout.RedactURL(s.URL), Events: s.Events, Active: s.Active,
 			QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, State: journal.Healthy, Ordering: fanout.Ordering(s.Ordering),
-			Source: "runtime", Description: desc})
+			Source: "runtime", Description: desc, Transform: s.Transform, Format: s.Format, Method: s.Method})
 	}
 	return api.CreatedSubscription{Subscription: st, Secret: secret}, nil
 }

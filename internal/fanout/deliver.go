@@ -2,11 +2,14 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/transform"
 )
 
 // deliverer makes the attempts of the subscriptions: each subscription's
@@ -72,8 +75,17 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 				d.giveUp(life, s, t)
 				break
 			}
+			// A rate-limited subscription's attempt waits for its turn
+			// (one that will not be sent takes none).
+			if s.pace != nil && t.trigger == journal.TriggerAuto && s.shapeBody(t) == nil && !s.pace.wait(life, s.stop) {
+				d.giveUp(life, s, t)
+				break
+			}
 			busy.Store(time.Now().UnixNano())
-			_, dec := d.attempt(life, s, t)
+			res, dec := d.attempt(life, s, t)
+			if s.pace != nil && res.Status == http.StatusTooManyRequests {
+				s.pace.throttled(time.Now(), res.RetryAfter)
+			}
 			busy.Store(0)
 			t = d.afterOrdered(life, s, t, dec)
 		}
@@ -150,9 +162,19 @@ func (d *deliverer) nudgeWhenDurable(life context.Context) {
 // returns what the receiver answered and what follows.
 func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResult, Decision) {
 	n := t.attempts + 1
+	// A delivery's own body is made at its first attempt (or the first
+	// since its subscription has a transform) and kept with it: every
+	// later attempt sends those bytes, whatever the transform becomes.
+	if err := s.shapeBody(t); err != nil {
+		return d.unsent(life, s, t, n, err)
+	}
+	var shaped []byte
+	if t.fresh {
+		shaped = t.body
+	}
 	secret, standard := s.signing(d.now())
 	res := post(life, s.client, request{
-		url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
+		method: s.method, url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
 		attempt: n, secret: secret, standardKeys: standard, headers: s.headers, userAgent: d.cfg.UserAgent,
 	}, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
 	ok := res.Status >= 200 && res.Status < 300
@@ -174,7 +196,7 @@ func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResul
 	rec := journal.Record{
 		Update: &journal.DeliveryUpdate{Owner: owner,
 			ID: t.deliveryID, State: dec.State, Attempts: n, NextAttemptAt: dec.NextAttemptAt,
-			LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At,
+			LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At, Body: shaped,
 		},
 		Attempt: &journal.AttemptRow{
 			DeliveryID: t.deliveryID, Attempt: n, At: res.At, Trigger: t.trigger, StatusCode: res.Status,
@@ -194,6 +216,46 @@ func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResul
 	if res.ErrorClass != "" {
 		d.log.Debug("attempt failed", "subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n,
 			"status_code", res.Status, "error_class", res.ErrorClass, "outcome", dec.Outcome.String())
+	}
+	return res, dec
+}
+
+// unsent records an attempt that sent nothing: the subscription's
+// transform skipped the delivery (it gave null) or failed on its event.
+// Either is final: the same event and transform give the same answer,
+// so a failure is not retried (a person may retry it by hand, after
+// fixing the transform). A failure counts against the subscription's
+// health like an exhausted schedule, so the admin is told.
+func (d *deliverer) unsent(life context.Context, s *sub, t *task, n int, err error) (attemptResult, Decision) {
+	now := d.now().UTC()
+	res := attemptResult{At: now}
+	dec := Decision{Outcome: Failed, State: journal.Failed, Exhausted: true}
+	if errors.Is(err, transform.ErrSkip) {
+		dec = Decision{Outcome: Skipped, State: journal.Skipped}
+		res.Error = "skipped: " + err.Error()
+	} else {
+		res.ErrorClass, res.Error = ClassTransform, s.shape.Name()+": "+err.Error()
+	}
+	rec := journal.Record{
+		Update: &journal.DeliveryUpdate{ID: t.deliveryID, State: dec.State, Attempts: n, LastError: errorExcerpt(res.Error), LastAttemptAt: now},
+		Attempt: &journal.AttemptRow{DeliveryID: t.deliveryID, Attempt: n, At: now, Trigger: t.trigger, ErrorClass: res.ErrorClass,
+			Error: errorExcerpt(res.Error), Instance: d.cfg.Instance},
+		Done: t.durable,
+	}
+	switch {
+	case dec.Outcome == Skipped:
+		d.obs.DeliveryRecorded(s.cfg.ID, journal.Skipped)
+	default:
+		if !t.test {
+			s.stats.record(now, 0, dec.Outcome)
+			rec.Sub, rec.Notify = d.health(life, s, dec, res)
+		}
+		d.obs.AttemptFinished(s.cfg.ID, 0, 0, res.ErrorClass, dec.Outcome)
+		d.log.Warn("transform failed: the delivery fails without being sent", "subscription", s.cfg.ID,
+			"delivery_id", t.deliveryID, "event", t.eventType, "err", err)
+	}
+	if err := d.records.Put(life, rec); err != nil {
+		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)
 	}
 	return res, dec
 }

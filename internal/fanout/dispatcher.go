@@ -287,7 +287,7 @@ func (d *Dispatcher) compileAll(cfgs []Subscription) ([]*sub, error) {
 	var subs []*sub
 	tags := map[string]string{}
 	for _, sc := range cfgs {
-		s, err := compile(sc, &d.cfg)
+		s, err := compile(sc, &d.cfg, d.share)
 		if err != nil {
 			return nil, err
 		}
@@ -303,6 +303,10 @@ func (d *Dispatcher) compileAll(cfgs []Subscription) ([]*sub, error) {
 	}
 	return subs, nil
 }
+
+// share is how many processes share a rate limit: this one and the
+// others alive on the journal.
+func (d *Dispatcher) share() int64 { return 1 + d.sched.peers.Load() }
 
 // Notifier returns the part that sends notifications; the owner of the
 // Dispatcher runs it (Notifier.Run).

@@ -28,6 +28,9 @@ const (
 	ClassTLS     = "tls"     // handshake or certificate failure
 	ClassHTTP    = "http"    // an answer that is not 2xx, or a broken one
 	ClassBlocked = "blocked" // the egress guard refused the address
+	// ClassTransform: the subscription's transform failed on the event
+	// (an error, or over its cost budget); nothing was sent.
+	ClassTransform = "transform"
 )
 
 // maxDrain is how much of a response beyond the kept part is read so the
@@ -124,6 +127,7 @@ type attemptResult struct {
 
 // request is what an attempt sends.
 type request struct {
+	method     string // "": POST
 	url        string
 	body       []byte
 	eventType  string
@@ -145,7 +149,11 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	res := attemptResult{At: start.UTC()}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, r.url, r.body)
+	method := r.method
+	if method == "" {
+		method = http.MethodPost
+	}
+	req, err := retryablehttp.NewRequestWithContext(ctx, method, r.url, r.body)
 	if err != nil {
 		var urlErr *url.Error
 		if errors.As(err, &urlErr) {
@@ -160,7 +168,7 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	}
 	h.Set("Content-Type", "application/json")
 	h.Set("User-Agent", r.userAgent)
-	if len(r.secret) > 0 { // only notifications may be unsigned: an HMAC with no key proves nothing
+	if len(r.secret) > 0 { // only notifications and connectors (Slack, Teams, Discord) may be unsigned: an HMAC with no key proves nothing
 		h.Set(signer.HeaderSignature, signer.Sign(r.secret, r.body))
 	}
 	h.Set(signer.HeaderEvent, r.eventType)

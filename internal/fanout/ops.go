@@ -73,7 +73,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 		}
 		return AttemptReport{}, err
 	}
-	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, attempts: c.Attempts, trigger: journal.TriggerManual, test: c.Test,
+	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, trigger: journal.TriggerManual, test: c.Test,
 		durable: make(chan error, 1)}
 	if before.State == journal.Pending && before.NextAttemptAt != nil {
 		t.keepNext = *before.NextAttemptAt
@@ -232,6 +232,13 @@ type SubscriptionStatus struct {
 	Order    OrderStatus
 	// Source and Description as configured (Subscription).
 	Source, Description string
+	// Transform, Format, Method and RateLimit as configured; Pace the
+	// rate-limited pace now (attempts per second; 0 without a limit) and
+	// PausedUntil a 429's Retry-After (zero: none).
+	Transform, Format, Method string
+	RateLimit                 Rate
+	Pace                      float64
+	PausedUntil               time.Time
 }
 
 // Subscriptions returns every subscription's status.
@@ -246,6 +253,10 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 			QueueWhileInactive: s.cfg.QueueWhileInactive, Filter: s.cfg.Filter, State: s.state,
 			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: s.queued(),
 			Source: s.cfg.Source, Description: s.cfg.Description,
+			Transform: s.cfg.Transform, Format: s.cfg.Format, Method: s.method, RateLimit: s.cfg.RateLimit,
+		}
+		if s.pace != nil {
+			st.Pace, st.PausedUntil = s.pace.pace(now)
 		}
 		if !s.lastSuccessAt.IsZero() {
 			t := s.lastSuccessAt

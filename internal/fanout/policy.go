@@ -22,6 +22,8 @@ const (
 	Failed
 	// Gone: 410 Gone. The delivery fails and the subscription is disabled.
 	Gone
+	// Skipped: the subscription's transform gave null; nothing was sent.
+	Skipped
 )
 
 func (o Outcome) String() string {
@@ -34,6 +36,8 @@ func (o Outcome) String() string {
 		return "failed"
 	case Gone:
 		return "gone"
+	case Skipped:
+		return "skipped"
 	}
 	return "unknown"
 }

@@ -210,7 +210,7 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 	if s.reserve(1) == 1 {
 		return true
 	}
-	if !s.keepsUp() || d.sched.peers.Load() > 0 {
+	if !s.keepsUp() || d.sched.peers.Load() > 0 || s.pace != nil {
 		return false
 	}
 	deadline := time.NewTimer(maxRoomWait)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"path"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/transform"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -40,6 +42,14 @@ type Subscription struct {
 	Headers map[string]string
 	// Ordering is what order its deliveries keep (zero: none).
 	Ordering Ordering
+	// Transform is a CEL expression that makes the body from the
+	// envelope; Format a preset's name (slack, teams, discord; "" or
+	// dzdesk: the envelope). A transform overrides the format.
+	Transform, Format string
+	// Method is the HTTP method: POST ("") or PUT.
+	Method string
+	// RateLimit caps the attempts started (zero: none); see pacer.
+	RateLimit Rate
 	// Source is where it is defined ("config" or "runtime"); Description
 	// is a runtime subscription's note. Both are shown, not used.
 	Source, Description string
@@ -56,6 +66,7 @@ func (s Subscription) Equal(o Subscription) bool {
 	return s.ID == o.ID && s.URL == o.URL && slices.Equal(s.Events, o.Events) && bytes.Equal(s.Secret, o.Secret) &&
 		s.StandardWebhooks == o.StandardWebhooks && s.Active == o.Active && s.QueueWhileInactive == o.QueueWhileInactive &&
 		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering &&
+		s.Transform == o.Transform && s.Format == o.Format && s.Method == o.Method && s.RateLimit == o.RateLimit &&
 		s.Source == o.Source && s.Description == o.Description && bytes.Equal(s.PreviousSecret, o.PreviousSecret) &&
 		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt)
 }
@@ -83,6 +94,9 @@ func (s *sub) signing(now time.Time) (secret []byte, standard [][]byte) {
 type sub struct {
 	cfg         Subscription
 	filter      *filter.Program
+	shape       *transform.Transform // nil: the envelope is sent as it is
+	method      string
+	pace        *pacer // nil: no rate limit
 	headers     http.Header
 	standardKey []byte
 	previousKey []byte // the standard key of cfg.PreviousSecret, during a rotation
@@ -143,10 +157,17 @@ type sub struct {
 // task is one attempt to make.
 type task struct {
 	deliveryID, eventID, eventType string
-	body                           []byte
-	attempts                       int // attempts made before this one
-	trigger                        journal.Trigger
-	test                           bool
+	// body is what the attempt sends: the event's envelope, or the
+	// delivery's own body (own) once a transform made it.
+	body []byte
+	own  bool
+	// fresh: own was made at this attempt (it goes to the journal with
+	// the outcome); shapeErr: the transform failed or skipped.
+	fresh    bool
+	shapeErr error
+	attempts int // attempts made before this one
+	trigger  journal.Trigger
+	test     bool
 	// keepNext, for a manual retry of a delivery still on its schedule:
 	// when its next scheduled attempt is due (see Attempted.KeepNext).
 	keepNext time.Time
@@ -396,8 +417,26 @@ func (s *sub) observe(d time.Duration, ok bool) {
 	s.lastFailed.Store(!ok)
 }
 
-// compile prepares a subscription for delivery.
-func compile(cfg Subscription, opts *Config) (*sub, error) {
+// shapeBody makes a task's own body when its subscription has a
+// transform and the delivery has none yet; the error (transform.ErrSkip
+// or a failure) says it is not to be sent. Calling it again returns the
+// first answer.
+func (s *sub) shapeBody(t *task) error {
+	if s.shape == nil || t.own || t.shapeErr != nil {
+		return t.shapeErr
+	}
+	body, err := s.shape.Apply(t.body)
+	if err != nil {
+		t.shapeErr = err
+		return err
+	}
+	t.body, t.own, t.fresh = body, true, true
+	return nil
+}
+
+// compile prepares a subscription for delivery; share says how many
+// processes share its rate limit.
+func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), live: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
 		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{}}
 	if cfg.Filter != "" {
@@ -406,6 +445,26 @@ func compile(cfg Subscription, opts *Config) (*sub, error) {
 			return nil, fmt.Errorf("subscription %s: filter: %w", cfg.ID, err)
 		}
 		s.filter = p
+	}
+	shape, err := transform.New(cfg.Transform, cfg.Format)
+	if err != nil {
+		return nil, fmt.Errorf("subscription %s: transform: %w", cfg.ID, err)
+	}
+	s.shape = shape
+	if !cfg.RateLimit.IsZero() {
+		s.pace = newPacer(cfg.RateLimit, share)
+		// What waits in memory is what the budget lets start within a
+		// second or so (and no fewer than the workers): the rest waits
+		// in the journal, claimed as the queue empties.
+		s.size = min(s.size, max(int64(opts.Concurrency), int64(math.Ceil(cfg.RateLimit.perSecond()))))
+	}
+	s.method = http.MethodPost
+	switch cfg.Method {
+	case "", http.MethodPost:
+	case http.MethodPut:
+		s.method = http.MethodPut
+	default:
+		return nil, fmt.Errorf("subscription %s: method %q: POST or PUT", cfg.ID, cfg.Method)
 	}
 	if cfg.StandardWebhooks {
 		key, err := signer.StandardKey(string(cfg.Secret))

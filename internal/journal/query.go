@@ -43,7 +43,10 @@ type Delivery struct {
 	Position *int64
 	// ReplayID is the replay that made the delivery (nil: the stream or
 	// an operator's test did).
-	ReplayID       *string
+	ReplayID *string
+	// Sent is the delivery's own body, when it sends one (a transform's
+	// result); nil: its event's. Only GetDelivery reads it.
+	Sent           []byte
 	owner          *string
 	nextAttemptRaw *time.Time
 }
@@ -169,7 +172,8 @@ func (s *Store) GetDelivery(ctx context.Context, id string) (Delivery, []byte, [
 		return d, nil, nil, fmt.Errorf("get delivery: %w", err)
 	}
 	var body []byte
-	if err := s.pool.QueryRow(ctx, s.q(`SELECT body FROM {{schema}}.events WHERE id = $1`), d.EventID).Scan(&body); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT e.body, d.body FROM {{schema}}.deliveries d LEFT JOIN {{schema}}.events e ON e.id = d.event_id
+		WHERE d.id = $1`), id).Scan(&body, &d.Sent); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return d, nil, nil, fmt.Errorf("get event: %w", err)
 	}
 	rows, err := s.pool.Query(ctx, s.q(`SELECT attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance
@@ -224,8 +228,9 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		 WHERE d.id = $1 AND e.id = d.event_id
 		   AND (d.owner IS NULL OR (d.owner <> $2
 		        AND d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $3 * interval '1 second')))
-		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test`), id, owner, staleAfter.Seconds(), token).
-		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test)
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test`),
+		id, owner, staleAfter.Seconds(), token).
+		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test)
 	if errors.Is(err, pgx.ErrNoRows) {
 		var exists bool
 		if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`), id).Scan(&exists); err != nil {

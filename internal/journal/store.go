@@ -220,12 +220,16 @@ func (s *Store) Unregister(ctx context.Context, instance string) error {
 	return err
 }
 
-// Claimed is a due delivery taken by Claim, with its event's body.
+// Claimed is a due delivery taken by Claim, with its body: its own
+// (Own) or its event's.
 type Claimed struct {
 	ID, EventID, EventType, SubscriptionID string
 	Attempts                               int
 	Body                                   []byte
-	Test                                   bool
+	// Own is set when Body is the delivery's own (a transform's result,
+	// kept since its first attempt), not its event's.
+	Own  bool
+	Test bool
 	// Manual is set when the attempt is a manual retry: one attempt, no
 	// new schedule.
 	Manual bool
@@ -282,7 +286,8 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 		UPDATE {{schema}}.deliveries d SET owner = $3, claim = $5, updated_at = now()
 		  FROM due, {{schema}}.events e
 		 WHERE d.id = due.id AND e.id = d.event_id
-		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, e.body, d.test, d.manual, d.ordering_key`),
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL,
+			d.test, d.manual, d.ordering_key`),
 		subscription, limit, owner, staleAfter.Seconds(), token)
 	var claimed []Claimed
 	claim.Query(func(rows pgx.Rows) error {
@@ -290,7 +295,7 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 		claimed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Claimed, error) {
 			var c Claimed
 			var key *string
-			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Test, &c.Manual, &key)
+			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.Manual, &key)
 			if key != nil {
 				c.Ordered, c.OrderingKey = true, *key
 			}

@@ -40,6 +40,9 @@ type DeliveryRow struct {
 	Ordered     bool
 	OrderingKey string
 	Position    int64
+	// Body is what the delivery sends when it is not its event's body (a
+	// transform's result, fixed at the first attempt); nil: the event's.
+	Body []byte
 }
 
 // DeliveryUpdate changes a recorded delivery after an attempt.
@@ -52,6 +55,9 @@ type DeliveryUpdate struct {
 	LastStatus    int
 	LastError     string
 	LastAttemptAt time.Time
+	// Body, when set, is the delivery's own body, computed at this
+	// attempt (see DeliveryRow.Body). A body once recorded is kept.
+	Body []byte
 }
 
 // AttemptRow is one attempt.
@@ -214,7 +220,8 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 			deliveries = latestAttempts(b.Deliveries)
 			conflict = ` ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts,
 				next_attempt_at = EXCLUDED.next_attempt_at, owner = EXCLUDED.owner, last_status = EXCLUDED.last_status,
-				last_error = EXCLUDED.last_error, last_attempt_at = EXCLUDED.last_attempt_at, manual = false, updated_at = now()
+				last_error = EXCLUDED.last_error, last_attempt_at = EXCLUDED.last_attempt_at, manual = false,
+				body = coalesce(d.body, EXCLUDED.body), updated_at = now()
 			WHERE d.attempts < EXCLUDED.attempts`
 		}
 		n := len(deliveries)
@@ -225,7 +232,9 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		tests := make([]bool, n)
 		lastStatus := make([]*int32, n)
 		keys, positions := make([]*string, n), make([]*int64, n)
+		bodies := make([][]byte, n)
 		for i, d := range deliveries {
+			bodies[i] = d.Body
 			ids[i], events[i], subs[i], types[i], states[i] = d.ID, d.EventID, d.SubscriptionID, d.EventType, string(d.State)
 			attempts[i], tests[i], created[i] = int32(d.Attempts), d.Test, d.CreatedAt
 			next[i], lastAt[i] = nullTime(d.NextAttemptAt), nullTime(d.LastAttemptAt)
@@ -235,10 +244,10 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 			}
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.deliveries AS d (id, event_id, subscription_id, event_type, state, attempts,
-				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, ordering_key, position, updated_at)
+				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, ordering_key, position, body, updated_at)
 			SELECT u.*, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
 				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
-				$14::text[], $15::bigint[]) AS u`)+conflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created, keys, positions)
+				$14::text[], $15::bigint[], $16::bytea[]) AS u`)+conflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created, keys, positions, bodies)
 	}
 	if n := len(b.Attempts); n > 0 {
 		ids, triggers, classes, errs := make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)
@@ -262,8 +271,9 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		next, lastAt := make([]*time.Time, n), make([]*time.Time, n)
 		owners, lastErr := make([]*string, n), make([]*string, n)
 		lastStatus := make([]*int32, n)
+		bodies := make([][]byte, n)
 		for i, u := range b.Updates {
-			ids[i], states[i], attempts[i] = u.ID, string(u.State), int32(u.Attempts)
+			ids[i], states[i], attempts[i], bodies[i] = u.ID, string(u.State), int32(u.Attempts), u.Body
 			next[i], lastAt[i] = nullTime(u.NextAttemptAt), nullTime(u.LastAttemptAt)
 			owners[i], lastErr[i], lastStatus[i] = nullText(u.Owner), nullText(u.LastError), nullInt(u.LastStatus)
 		}
@@ -271,10 +281,11 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		// an attempt another instance took over (and made with the same
 		// number) must not undo the one already recorded.
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next,
-				owner = u.owner, last_status = u.status, last_error = u.err, last_attempt_at = u.at, manual = false, updated_at = now()
-			FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::timestamptz[])
-				AS u(id, state, attempts, next, owner, status, err, at)
-			WHERE d.id = u.id AND d.attempts < u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt)
+				owner = u.owner, last_status = u.status, last_error = u.err, last_attempt_at = u.at, manual = false,
+				body = coalesce(d.body, u.body), updated_at = now()
+			FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::timestamptz[], $9::bytea[])
+				AS u(id, state, attempts, next, owner, status, err, at, body)
+			WHERE d.id = u.id AND d.attempts < u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt, bodies)
 	}
 	if n := len(b.Subs); n > 0 {
 		// One statement for every subscription of the batch, its rows

@@ -488,6 +488,9 @@ func mergeUpdate(d *DeliveryRow, u *DeliveryUpdate) {
 	}
 	d.State, d.Attempts, d.NextAttemptAt, d.Owner = u.State, u.Attempts, u.NextAttemptAt, u.Owner
 	d.LastStatus, d.LastError, d.LastAttemptAt = u.LastStatus, u.LastError, u.LastAttemptAt
+	if d.Body == nil {
+		d.Body = u.Body
+	}
 }
 
 // flush releases held deliveries whose time is up (as of now), writes the
@@ -626,7 +629,12 @@ func (bb *batchBuilder) addUpdate(u DeliveryUpdate) {
 	}
 	if i, ok := bb.updIdx[u.ID]; ok {
 		if u.Attempts >= b.Updates[i].Attempts {
+			if u.Body == nil {
+				u.Body = b.Updates[i].Body // a body once computed is kept
+			}
 			b.Updates[i] = u
+		} else if b.Updates[i].Body == nil {
+			b.Updates[i].Body = u.Body
 		}
 		return
 	}

@@ -1,0 +1,231 @@
+package fanout
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]Rate{"50/s": {50, time.Second}, "600/m": {600, time.Minute}, " 1 / s ": {1, time.Second}} {
+		got, err := ParseRate(in)
+		if err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "50", "50/h", "0/s", "-1/s", "x/s", "50/", "/s", "1000000/s"} {
+		if _, err := ParseRate(in); err == nil {
+			t.Errorf("ParseRate(%q) accepted", in)
+		}
+	}
+}
+
+// TestPacer: starts are spaced evenly; a 429 halves the pace and holds
+// starts until its Retry-After; the pace comes back, doubling every
+// recoverEvery without another 429; other processes alive share it.
+func TestPacer(t *testing.T) {
+	peers := int64(0)
+	p := newPacer(Rate{Count: 100, Per: time.Second}, func() int64 { return 1 + peers })
+	t0 := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	for i := range 5 {
+		if at := p.take(t0); !at.Equal(t0.Add(time.Duration(i) * 10 * time.Millisecond)) {
+			t.Fatalf("start %d at %s, want every 10ms", i, at.Sub(t0))
+		}
+	}
+	now := t0.Add(time.Second)
+	p.throttled(now, 2*time.Second)
+	if pace, until := p.pace(now); pace != 50 || !until.Equal(now.Add(2*time.Second)) {
+		t.Fatalf("after a 429: %v/s paused until %s, want 50/s until +2s", pace, until.Sub(now))
+	}
+	if at := p.take(now); !at.Equal(now.Add(2 * time.Second)) {
+		t.Fatalf("a start during the pause at %s", at.Sub(now))
+	}
+	p.throttled(now, 0)
+	if pace, _ := p.pace(now); pace != 25 {
+		t.Fatalf("two 429s: %v/s, want 25", pace)
+	}
+	if pace, _ := p.pace(now.Add(recoverEvery)); pace != 50 {
+		t.Fatalf("after %s: %v/s, want 50", recoverEvery, pace)
+	}
+	if pace, _ := p.pace(now.Add(10 * recoverEvery)); pace != 100 {
+		t.Fatalf("long after: %v/s, want the limit, 100", pace)
+	}
+	for range 20 {
+		p.throttled(now, 0)
+	}
+	if pace, _ := p.pace(now); pace != 100.0/maxSlowdown {
+		t.Fatalf("many 429s: %v/s, want the floor %v", pace, 100.0/maxSlowdown)
+	}
+	peers = 3
+	if pace, _ := p.pace(now.Add(time.Hour)); pace != 25 {
+		t.Fatalf("4 processes: %v/s each, want 25", pace)
+	}
+}
+
+// TestRateLimitPaces: 2,000 events come at 400/s to two subscriptions.
+// The one with rate_limit: 100/s receives them at 100/s ± 10%; what
+// waits beyond its budget waits in the journal, not in memory (its
+// queue never holds more than a second's budget while the journal holds
+// most of the backlog); the other subscription gets every event at
+// once, its p99 well within the isolation goal's order.
+func TestRateLimitPaces(t *testing.T) {
+	store := newJournal(t)
+	limited, free := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	secret := []byte("rate-limit-secret-0123456789")
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{
+			{ID: "limited", URL: limited.URL, Events: []string{"*"}, Secret: secret, Active: true, RateLimit: Rate{Count: 100, Per: time.Second}},
+			{ID: "free", URL: free.URL, Events: []string{"*"}, Secret: secret, Active: true},
+		},
+		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, Logger: testutil.Logger(t),
+		QueueSize: 1024, Concurrency: 16,
+	})
+	const n = 2000
+	pairs := make([]string, 0, 2*n)
+	for i := range n {
+		pairs = append(pairs, "request.updated", fmt.Sprintf(`{"id":"req_%d"}`, i))
+	}
+	evs := envelopes(pairs...)
+	var mu sync.Mutex
+	sentAt := map[string]time.Time{}
+	// Watch the limited subscription's memory and the journal's backlog.
+	stopWatch := make(chan struct{})
+	var maxQueued, maxPending int
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			for _, s := range d.Subscriptions() {
+				if s.ID == "limited" {
+					maxQueued = max(maxQueued, s.QueueDepth)
+				}
+			}
+			if b, err := store.Backlogs(context.Background()); err == nil {
+				maxPending = max(maxPending, b["limited"].Pending)
+			}
+		}
+	}()
+	for i := 0; i < n; i += 20 {
+		for _, ev := range evs[i : i+20] {
+			mu.Lock()
+			sentAt[ev.ID] = time.Now()
+			mu.Unlock()
+			if err := d.Dispatch(context.Background(), ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(50 * time.Millisecond) // the source's pace: 400 events/s
+	}
+	freeReqs := free.Wait(t, n, 30*time.Second)
+	reqs := limited.Wait(t, n, 40*time.Second)
+	close(stopWatch)
+	<-watched
+
+	// The pace, from the 100th arrival (the start is a burst of none:
+	// starts are spaced from the first) to the last.
+	span := reqs[n-1].At.Sub(reqs[99].At)
+	rate := float64(n-100) / span.Seconds()
+	t.Logf("limited: %.1f deliveries/s; at most %d in memory, %d pending in the journal", rate, maxQueued, maxPending)
+	if rate < 90 || rate > 110 {
+		t.Errorf("limited subscription received %.1f/s, want 100 ± 10%%", rate)
+	}
+	if maxQueued > 100 {
+		t.Errorf("up to %d deliveries waited in memory; the budget of a second is 100", maxQueued)
+	}
+	if maxPending < n/2 {
+		t.Errorf("at most %d deliveries waited in the journal; the backlog (about %d) belongs there", maxPending, n/2)
+	}
+	lat := make([]time.Duration, 0, n)
+	for _, r := range freeReqs {
+		var env struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(r.Body, &env); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		lat = append(lat, r.At.Sub(sentAt[env.ID]))
+		mu.Unlock()
+	}
+	slices.Sort(lat)
+	p99 := lat[len(lat)*99/100]
+	t.Logf("free: p50 %s, p99 %s", lat[len(lat)/2], p99)
+	if p99 > 25*time.Millisecond {
+		t.Errorf("the other subscription's p99 is %s: the rate limit held it up", p99)
+	}
+}
+
+// TestRateLimit429: a 429 with Retry-After from a rate-limited receiver
+// holds the subscription's next attempts until then, and halves its pace.
+func TestRateLimit429(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 3 {
+			return http.StatusTooManyRequests, http.Header{"Retry-After": {"1"}}, "slow down"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
+			RateLimit: Rate{Count: 20, Per: time.Second}}},
+		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, Logger: testutil.Logger(t),
+		RetrySchedule: []time.Duration{0, 100 * time.Millisecond, 100 * time.Millisecond},
+	})
+	pairs := []string{}
+	for i := range 6 {
+		pairs = append(pairs, "request.updated", fmt.Sprintf(`{"id":"req_%d"}`, i))
+	}
+	dispatchAll(t, d, envelopes(pairs...))
+	rc.Wait(t, 3, 10*time.Second)
+	var st SubscriptionStatus
+	testutil.Eventually(t, 5*time.Second, "the pace halved", func() bool {
+		st = d.Subscriptions()[0]
+		return st.Pace == 10
+	})
+	if st.PausedUntil.IsZero() {
+		t.Errorf("no pause after a 429 with Retry-After")
+	}
+	reqs := rc.Wait(t, 7, 20*time.Second) // six deliveries, one of them twice
+	if gap := reqs[3].At.Sub(reqs[2].At); gap < 950*time.Millisecond {
+		t.Errorf("the next attempt came %s after the 429's Retry-After: 1", gap)
+	}
+}
+
+// TestRateLimitOrdered: a rate-limited subscription with ordering:
+// entity keeps each key's order while it paces, through the journal
+// (most of its deliveries wait there) and a retry.
+func TestRateLimitOrdered(t *testing.T) {
+	store := newJournal(t)
+	var keys []string
+	for i := range 300 {
+		keys = append(keys, fmt.Sprintf("req_%d", i%5))
+	}
+	evs := orderEvents(keys)
+	rc := testutil.NewOrderReceiver(t, failFirst(1, nthOf(evs, "req_2", 3)))
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
+			Ordering: OrderEntity, RateLimit: Rate{Count: 200, Per: time.Second}}},
+		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, Logger: testutil.Logger(t),
+		RetrySchedule: []time.Duration{0, 200 * time.Millisecond, 200 * time.Millisecond},
+	})
+	start := time.Now()
+	dispatchAll(t, d, evs)
+	rc.WaitDelivered(t, len(evs), 30*time.Second)
+	rc.CheckOrder(t, same, true)
+	if took := time.Since(start); took < 1400*time.Millisecond {
+		t.Errorf("301 attempts at 200/s took %s", took)
+	}
+}
