@@ -157,7 +157,8 @@ func TestRuntimeValidationAndConflicts(t *testing.T) {
 	ctx := context.Background()
 
 	_, err := m.CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("Bad Id"), URL: ptr("ftp://x"), Events: ptr([]string{"request.crated"}),
-		Secret: ptr("short"), Filter: ptr("data.priority =="), Ordering: ptr("sideways"), Headers: ptr(map[string]string{"Content-Type": "x"})}, "")
+		Secret: ptr("short"), Filter: ptr("data.priority =="), Ordering: ptr("sideways"), Headers: ptr(map[string]string{"Content-Type": "x"}),
+		Transform: ptr(`{"text": data.title +}`), Format: ptr("irc"), Method: ptr("GET"), RateLimit: ptr("fast")}, "")
 	var ve *admin.ValidationError
 	if !errors.As(err, &ve) {
 		t.Fatalf("create with six mistakes: %v", err)
@@ -166,9 +167,14 @@ func TestRuntimeValidationAndConflicts(t *testing.T) {
 	for _, p := range ve.Problems {
 		fields[p.Field] = true
 	}
-	for _, f := range []string{"id", "url", "events[0]", "secret", "filter", "ordering", "headers.Content-Type"} {
+	for _, f := range []string{"id", "url", "events[0]", "secret", "filter", "ordering", "headers.Content-Type", "transform", "format", "method", "rate_limit"} {
 		if !fields[f] {
 			t.Errorf("no problem for field %s in %+v", f, ve.Problems)
+		}
+	}
+	for _, p := range ve.Problems {
+		if p.Field == "transform" && !strings.Contains(p.Problem, "<input>:1:") {
+			t.Errorf("the transform's problem has no position: %q", p.Problem)
 		}
 	}
 	var ce *admin.ConflictError
@@ -351,5 +357,49 @@ func TestSecondRotationKeepsTheSigningSecret(t *testing.T) {
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
 	testutil.Eventually(t, 20*time.Second, "request 1 signed with the secret receivers have", func() bool {
 		return verified(rc, created.Secret, "req_1") == 1
+	})
+}
+
+// TestRuntimeTransform: a subscription created through the API with a
+// transform, PUT and a rate limit sends the transformed body, signed
+// over those bytes; its settings show in its status and survive a
+// restart (another process on the journal sees them too); the
+// journal's history keeps the event and what was sent.
+func TestRuntimeTransform(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := runtimeConfig(t, db)
+	e := start(t, cfg)
+	m := e.Manager()
+	ctx := context.Background()
+	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr(rc.URL), Events: ptr([]string{"request.created"}),
+		Transform: ptr(`{"text": "New request " + data.id + ": " + data.title}`), Method: ptr("put"), RateLimit: ptr("10/s")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Transform == "" || created.Method != "PUT" || created.RateLimit != "10/s" || created.Format != "dzdesk" {
+		t.Fatalf("created: transform %q, method %q, rate limit %q, format %q", created.Transform, created.Method, created.RateLimit, created.Format)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'Printer on fire', 1)`)
+	reqs := rc.Wait(t, 1, 20*time.Second)
+	if want := `{"text":"New request req_7: Printer on fire"}`; string(reqs[0].Body) != want {
+		t.Errorf("sent %s, want %s", reqs[0].Body, want)
+	}
+	if err := signer.Verify(reqs[0].Header.Get(signer.HeaderSignature), reqs[0].Body, []byte(created.Secret)); err != nil {
+		t.Errorf("signature over the transformed body: %v", err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the sent body in the journal", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE subscription_id = $1 AND body = convert_to($2, 'UTF8')`,
+			created.ID, string(reqs[0].Body)) == 1
+	})
+
+	other := start(t, runtimeConfig(t, db))
+	testutil.Eventually(t, 10*time.Second, "the settings on another process", func() bool {
+		for _, st := range other.Dispatcher().Subscriptions() {
+			if st.ID == created.ID {
+				return st.Transform == created.Transform && st.Method == "PUT" && st.RateLimit.String() == "10/s" && st.Pace > 0
+			}
+		}
+		return false
 	})
 }
