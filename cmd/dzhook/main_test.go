@@ -54,7 +54,7 @@ func TestValidateSample(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d, want 0; stderr:\n%s", code, errOut)
 	}
-	if !regexp.MustCompile(`^\.\./\.\./config\.yaml: ok: 2 subscriptions \(2 active\), 12 events \(11 built-in, 1 custom\)\n$`).MatchString(out) {
+	if !regexp.MustCompile(`^\.\./\.\./config\.yaml: ok: 3 subscriptions \(3 active\), 12 events \(11 built-in, 1 custom\)\n$`).MatchString(out) {
 		t.Errorf("stdout = %q, want the one-line summary", out)
 	}
 }

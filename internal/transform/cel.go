@@ -44,6 +44,8 @@ func compile(expr string) (*program, error) {
 		// skip is null typed dyn: CEL's checker refuses `c ? {…} : null`
 		// (the branches' types differ), and accepts `c ? {…} : skip`.
 		cel.Variable("skip", cel.DynType),
+		// data.?field.orValue(default): a field that may be missing.
+		cel.OptionalTypes(),
 	)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,121 @@
+package transform
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+const warning = `{"id":"whk_1","event":"sla.warning","timestamp":"2024-01-15T14:30:00Z","data":{"requestId":"req_123","slaType":"resolution","targetTime":"2024-01-15T18:00:00Z","percentElapsed":75,"timeRemaining":"2h 30m","ratio":0.75,"big":12345678901234567890,"tags":["a","b"],"who":{"id":"usr_1"},"none":null}}`
+
+func TestCELTransform(t *testing.T) {
+	for _, tc := range []struct {
+		expr, want string
+	}{
+		{`{"text": "⚠️ SLA at risk: " + data.requestId + " (" + data.slaType + ", " + data.timeRemaining + " left)"}`,
+			`{"text":"⚠️ SLA at risk: req_123 (resolution, 2h 30m left)"}`},
+		// Numbers: integers stay integers, others doubles; arithmetic works.
+		{`{"pct": data.percentElapsed, "next": data.percentElapsed + 5, "ratio": data.ratio, "late": data.percentElapsed > 50}`,
+			`{"late":true,"next":80,"pct":75,"ratio":0.75}`},
+		// Nested values pass through; keys come out sorted; no HTML escaping.
+		{`{"who": data.who, "tags": data.tags, "none": data.none, "html": "<b>&</b>", "id": id, "event": event, "at": timestamp}`,
+			`{"at":"2024-01-15T14:30:00Z","event":"sla.warning","html":"<b>&</b>","id":"whk_1","none":null,"tags":["a","b"],"who":{"id":"usr_1"}}`},
+		{`[event, data.requestId]`, `["sla.warning","req_123"]`},
+		{`{"t": data.?missing.orValue("none"), "has": has(data.requestId)}`, `{"has":true,"t":"none"}`},
+		{`event == "sla.warning" ? {"text": "x"} : skip`, `{"text":"x"}`},
+		{`{"when": timestamp(timestamp) + duration("1h")}`, `{"when":"2024-01-15T15:30:00Z"}`},
+	} {
+		tr, err := New(tc.expr, "")
+		if err != nil {
+			t.Errorf("%s: %v", tc.expr, err)
+			continue
+		}
+		got, err := tr.Apply([]byte(warning))
+		if err != nil || string(got) != tc.want {
+			t.Errorf("%s:\n got %s, %v\nwant %s", tc.expr, got, err, tc.want)
+		}
+	}
+}
+
+func TestCELTransformSkips(t *testing.T) {
+	for _, expr := range []string{`null`, `event == "request.created" ? {"a": 1} : skip`} {
+		tr, err := New(expr, "")
+		if err != nil {
+			t.Fatalf("%s: %v", expr, err)
+		}
+		if _, err := tr.Apply([]byte(warning)); !errors.Is(err, ErrSkip) {
+			t.Errorf("%s: %v, want ErrSkip", expr, err)
+		}
+	}
+}
+
+func TestCELTransformRefused(t *testing.T) {
+	for expr, want := range map[string]string{
+		`  `:                       "empty transform",
+		`{"a": 1`:                  "<input>:1:",
+		`"text"`:                   "gives string",
+		`42`:                       "gives int",
+		`data.x == 1`:              "gives bool",
+		`{"a": nosuch}`:            "undeclared reference to 'nosuch'",
+		`event == "x" ? {} : null`: "write skip instead of null",
+		"{\"a\": 1,\n \"b\": }":    "<input>:2:",
+	} {
+		_, err := New(expr, "")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("New(%q) = %v, want an error with %q", expr, err, want)
+		}
+	}
+	if _, err := New("", "irc"); err == nil || !strings.Contains(err.Error(), `unknown format "irc"`) {
+		t.Errorf("unknown format: %v", err)
+	}
+	for _, f := range []string{"", FormatDZDESK} {
+		if tr, err := New("", f); tr != nil || err != nil {
+			t.Errorf("format %q: %v, %v; want no transform", f, tr, err)
+		}
+	}
+}
+
+// TestCELTransformFailsOnTheEvent: what fails at run time is an error
+// (class transform for the delivery), never a panic: a missing field, a
+// wrong type, a result that is not JSON, an envelope that is not JSON,
+// and an expression over its cost budget.
+func TestCELTransformFailsOnTheEvent(t *testing.T) {
+	items := strings.Repeat(`"x",`, 2999) + `"x"`
+	for expr, env := range map[string]string{
+		`{"a": data.missing}`:       warning,
+		`{"a": data.requestId + 1}`: warning,
+		`{"a": b"bytes"}`:           warning,
+		`{"a": 1.0 / 0.0}`:          warning,
+		`dyn(data.requestId)`:       warning,
+		`{"a": 1}`:                  `not json`,
+		`{"a": data.items.map(x, data.items.map(y, x + y))}`: `{"id":"i","event":"e","timestamp":"t","data":{"items":[` + items + `]}}`,
+	} {
+		tr, err := New(expr, "")
+		if err != nil {
+			t.Fatalf("%s: %v", expr, err)
+		}
+		if body, err := tr.Apply([]byte(env)); err == nil || errors.Is(err, ErrSkip) {
+			t.Errorf("%s: %s, %v; want an error", expr, body, err)
+		}
+	}
+	tr, _ := New(`{"a": data.items.map(x, data.items.map(y, x + y))}`, "")
+	if _, err := tr.Apply([]byte(`{"id":"i","event":"e","timestamp":"t","data":{"items":[` + items + `]}}`)); err == nil || !strings.Contains(err.Error(), "cost budget") {
+		t.Errorf("over budget: %v", err)
+	}
+}
+
+func FuzzCELTransform(f *testing.F) {
+	f.Add(`{"t": data.a}`, `{"id":"x","event":"e","timestamp":"t","data":{"a":"b"}}`)
+	f.Add(`[data]`, `{"data":{"a":[1,2,{"b":null}]}}`)
+	f.Add(`data.a > 1 ? {"x": data} : skip`, `{"data":{"a":2.5}}`)
+	f.Fuzz(func(t *testing.T, expr, env string) {
+		tr, err := New(expr, "")
+		if err != nil || tr == nil {
+			return
+		}
+		body, err := tr.Apply([]byte(env))
+		if err == nil && (len(body) == 0 || (body[0] != '{' && body[0] != '[')) {
+			t.Fatalf("%s on %s gave %q", expr, env, body)
+		}
+	})
+}
