@@ -206,7 +206,7 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 	}
 	preset := s.Format != "" && s.Format != transform.FormatDZDESK
 	switch {
-	case !s.Secret.IsSet() && preset:
+	case !s.Secret.IsSet() && preset && !s.StandardWebhooks:
 		// Slack, Teams and Discord do not check a signature: their
 		// webhook URL is the credential.
 	case !s.Secret.IsSet():
