@@ -91,12 +91,12 @@ func describe(e *Envelope) message {
 	case catalog.RequestCreated:
 		m.level = levelNew
 		m.title = titled("🆕 New request", d.ref("id"))
-		m.detail = d.text("title")
+		m.detail = d.long("title")
 		quote = m.detail
 		m.facts = d.requestFacts()
 	case catalog.RequestUpdated:
 		m.title = titled("✏️ Request updated", d.ref("id"))
-		m.detail = d.text("title")
+		m.detail = d.long("title")
 		quote = m.detail
 		m.facts = d.requestFacts()
 	case catalog.RequestStatusChanged:
@@ -109,7 +109,7 @@ func describe(e *Envelope) message {
 		m.facts = d.add(m.facts, "Changed by", "changedBy")
 	case catalog.RequestAssigned:
 		m.title = titled("👤 Request assigned", d.ref("id"))
-		m.detail = d.text("title")
+		m.detail = d.long("title")
 		quote = m.detail
 		if to, ok := d.person("assignedTo"); ok {
 			extra = append(extra, "to "+to)
@@ -120,7 +120,7 @@ func describe(e *Envelope) message {
 		}
 	case catalog.RequestCommented:
 		m.title = titled("💬 New comment", d.ref("requestId"))
-		m.detail = d.text("body")
+		m.detail = d.long("body")
 		quote = m.detail
 		m.facts = d.add(m.facts, "Author", "author")
 		if internal, ok := d["internal"].(bool); ok {
@@ -135,7 +135,7 @@ func describe(e *Envelope) message {
 	case catalog.RequestDeleted:
 		m.level = levelGone
 		m.title = titled("🗑️ Request deleted", d.ref("id"))
-		m.detail = d.text("title")
+		m.detail = d.long("title")
 		quote = m.detail
 		m.facts = d.requestFacts()
 	case catalog.SLAWarning, catalog.SLABreach:
@@ -227,6 +227,15 @@ type fields map[string]any
 // shown as bounded JSON.
 func (d fields) text(key string) string {
 	return show(d[key])
+}
+
+// long is like text, for a detail: a string is bounded by maxDetail
+// rather than maxValue.
+func (d fields) long(key string) string {
+	if s, ok := d[key].(string); ok {
+		return clip(strings.TrimSpace(s), maxDetail)
+	}
+	return d.text(key)
 }
 
 // ref is the field as a one-line reference for a title: an id or a name.

@@ -333,3 +333,15 @@ func walkStrings(v any, f func(path, s string)) {
 	}
 	walk("", v)
 }
+
+// A comment's body is shown whole up to maxDetail, beyond a fact's bound.
+func TestPresetLongComment(t *testing.T) {
+	text := strings.Repeat("word ", 300) + "end."
+	q, _ := json.Marshal(text)
+	raw := envelope("request.commented", fmt.Sprintf(`{"requestId":"req_1","body":%s}`, q))
+	for _, p := range presetFormats {
+		if body := string(applyPreset(t, p.format, raw)); !strings.Contains(body, "word end.") {
+			t.Errorf("%s: the comment's %d characters were cut: %s", p.format, len(text), body)
+		}
+	}
+}
