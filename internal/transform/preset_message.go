@@ -169,6 +169,9 @@ func describe(e *Envelope) message {
 		m.summary += " — " + quote
 	}
 	if len(extra) > 0 {
+		for i, x := range extra {
+			extra[i] = clip(oneLine(x), maxTitle) // the summary is one line
+		}
 		m.summary += " (" + strings.Join(extra, ", ") + ")"
 	}
 	return m

@@ -345,3 +345,20 @@ func TestPresetLongComment(t *testing.T) {
 		}
 	}
 }
+
+// The notification text is one line, whatever line breaks the data holds.
+func TestPresetSummaryOneLine(t *testing.T) {
+	raws := [][]byte{
+		envelope("request.status_changed", `{"id":"req\n1","previousStatus":"open\nnow","newStatus":"in\r\nprogress"}`),
+		envelope("request.assigned", `{"id":"req_1","title":"a\nb","assignedTo":{"name":"Jane\nDoe","email":"j@x"}}`),
+		envelope("sla.warning", `{"requestId":"req_1","slaType":"reso\nlution","timeRemaining":"2h\n30m"}`),
+	}
+	for _, raw := range raws {
+		for _, tc := range []struct{ format, field string }{{FormatSlack, "text"}, {FormatTeams, "summary"}, {FormatDiscord, "content"}} {
+			got, _ := decode(t, applyPreset(t, tc.format, raw))[tc.field].(string)
+			if strings.ContainsAny(got, "\r\n") {
+				t.Errorf("%s %s: %q has a line break", tc.format, tc.field, got)
+			}
+		}
+	}
+}
