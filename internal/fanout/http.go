@@ -267,8 +267,17 @@ func redactURL(raw string) string { return RedactURL(raw) }
 
 // RedactURL is raw without its user info and with its query replaced by
 // REDACTED: a URL as dzhook shows or keeps it where a credential must not
-// be (logs, answers, the journal's readable copy).
-func RedactURL(raw string) string {
+// be (logs, answers, the journal's readable copy). The incoming webhook
+// URLs of Slack, Discord and Microsoft Teams carry their credential in
+// the path: theirs is replaced by /REDACTED too.
+func RedactURL(raw string) string { return redact(raw, false) }
+
+// RedactConnectorURL is RedactURL for a URL whose path is a credential
+// whatever its host: a connector subscription's (format slack, teams or
+// discord), which may reach its destination through a relay.
+func RedactConnectorURL(raw string) string { return redact(raw, true) }
+
+func redact(raw string, path bool) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparseable URL)"
@@ -277,7 +286,28 @@ func RedactURL(raw string) string {
 	if u.RawQuery != "" {
 		u.RawQuery = "REDACTED"
 	}
+	if (path || tokenInPath(u)) && u.Path != "" && u.Path != "/" {
+		u.Path, u.RawPath = "/REDACTED", ""
+	}
+	u.Fragment, u.RawFragment = "", ""
 	return u.String()
+}
+
+// tokenInPath reports whether u is a webhook URL of a service that puts
+// its credential in the path: Slack (hooks.slack.com/services/T…/B…/…),
+// Discord (discord.com/api/webhooks/ID/TOKEN) and Teams' legacy
+// connectors (….webhook.office.com/webhookb2/…).
+func tokenInPath(u *url.URL) bool {
+	host := strings.ToLower(u.Hostname())
+	switch {
+	case host == "hooks.slack.com", host == "hooks.slack-gov.com":
+		return true
+	case host == "discord.com", host == "discordapp.com", strings.HasSuffix(host, ".discord.com"):
+		return strings.Contains(u.Path, "/webhooks/")
+	case strings.HasSuffix(host, ".webhook.office.com"), host == "outlook.office.com", host == "outlook.office365.com":
+		return true
+	}
+	return false
 }
 
 // blockedError is returned by the egress guard's dialer.

@@ -31,3 +31,29 @@ func TestSignatureOnlyWithSecret(t *testing.T) {
 		}
 	}
 }
+
+// TestRedactURL: what dzhook shows of a URL holds no credential: not
+// the user info, the query, or the path of the webhook URLs that carry
+// their token there (Slack, Discord, Teams; and any connector's).
+func TestRedactURL(t *testing.T) {
+	for raw, want := range map[string]string{
+		"https://crm.example.com/hooks/dzdesk":                                                         "https://crm.example.com/hooks/dzdesk",
+		"https://user:pw@crm.example.com/h?token=abc#frag":                                             "https://crm.example.com/h?REDACTED",
+		"https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXX":                            "https://hooks.slack.com/REDACTED",
+		"https://discord.com/api/webhooks/123456/abcdefTOKEN":                                          "https://discord.com/REDACTED",
+		"https://ptb.discord.com/api/webhooks/123456/abcdefTOKEN?wait=true":                            "https://ptb.discord.com/REDACTED?REDACTED",
+		"https://discord.com/developers/docs":                                                          "https://discord.com/developers/docs",
+		"https://contoso.webhook.office.com/webhookb2/abc@def/IncomingWebhook/ghi/jkl":                 "https://contoso.webhook.office.com/REDACTED",
+		"https://prod-12.westus.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=SECRET": "https://prod-12.westus.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?REDACTED",
+	} {
+		if got := RedactURL(raw); got != want {
+			t.Errorf("RedactURL(%s) = %s, want %s", raw, got, want)
+		}
+	}
+	if got := ShownURL("https://relay.example.com/slack/T0/B0/token", "slack"); got != "https://relay.example.com/REDACTED" {
+		t.Errorf("a connector's URL through a relay: %s", got)
+	}
+	if got := ShownURL("https://relay.example.com/slack/T0/B0/token", "dzdesk"); got != "https://relay.example.com/slack/T0/B0/token" {
+		t.Errorf("a plain subscription's URL: %s", got)
+	}
+}

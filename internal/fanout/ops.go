@@ -249,7 +249,7 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 	for _, s := range subs {
 		s.mu.Lock()
 		st := SubscriptionStatus{
-			ID: s.cfg.ID, URL: redactURL(s.cfg.URL), Events: s.cfg.Events, Active: s.cfg.Active, Paused: s.paused,
+			ID: s.cfg.ID, URL: s.shownURL(), Events: s.cfg.Events, Active: s.cfg.Active, Paused: s.paused,
 			QueueWhileInactive: s.cfg.QueueWhileInactive, Filter: s.cfg.Filter, State: s.state,
 			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: s.queued(),
 			Source: s.cfg.Source, Description: s.cfg.Description,

@@ -74,7 +74,7 @@ func TestPacer(t *testing.T) {
 // waits beyond its budget waits in the journal, not in memory (its
 // queue never holds more than a second's budget while the journal holds
 // most of the backlog); the other subscription gets every event at
-// once, its p99 well within the isolation goal's order.
+// once.
 func TestRateLimitPaces(t *testing.T) {
 	store := newJournal(t)
 	limited, free := testutil.NewReceiver(t), testutil.NewReceiver(t)
@@ -117,6 +117,7 @@ func TestRateLimitPaces(t *testing.T) {
 			}
 		}
 	}()
+	began := time.Now()
 	for i := 0; i < n; i += 20 {
 		for _, ev := range evs[i : i+20] {
 			mu.Lock()
@@ -127,6 +128,12 @@ func TestRateLimitPaces(t *testing.T) {
 			}
 		}
 		time.Sleep(50 * time.Millisecond) // the source's pace: 400 events/s
+	}
+	// The source's pace is its own: 5 s for 2,000 events. Had the stream
+	// waited for room in the limited subscription's queue, it would have
+	// gone at that subscription's pace (20 s), and the other one with it.
+	if took := time.Since(began); took > 12*time.Second {
+		t.Errorf("dispatching took %s: the stream waited for the rate-limited subscription", took)
 	}
 	freeReqs := free.Wait(t, n, 30*time.Second)
 	reqs := limited.Wait(t, n, 40*time.Second)
@@ -162,7 +169,11 @@ func TestRateLimitPaces(t *testing.T) {
 	slices.Sort(lat)
 	p99 := lat[len(lat)*99/100]
 	t.Logf("free: p50 %s, p99 %s", lat[len(lat)/2], p99)
-	if p99 > 25*time.Millisecond {
+	// make bench measures isolation's p99 (under 10 ms); here, under the
+	// race detector beside other packages' tests, the bound is what a
+	// stream held up by the limited subscription would break: waiting
+	// for room in its queue would add up to 100 ms per event.
+	if p99 > time.Second {
 		t.Errorf("the other subscription's p99 is %s: the rate limit held it up", p99)
 	}
 }

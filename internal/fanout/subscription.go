@@ -417,6 +417,19 @@ func (s *sub) observe(d time.Duration, ok bool) {
 	s.lastFailed.Store(!ok)
 }
 
+// shownURL is the subscription's URL as dzhook shows it: without its
+// credentials (a connector's whole path is one).
+func (s *sub) shownURL() string { return ShownURL(s.cfg.URL, s.cfg.Format) }
+
+// ShownURL is a subscription's URL as shown (API, CLI, history, the
+// journal's readable copy), for its format.
+func ShownURL(raw, format string) string {
+	if format != "" && format != transform.FormatDZDESK {
+		return RedactConnectorURL(raw)
+	}
+	return RedactURL(raw)
+}
+
 // shapeBody makes a task's own body when its subscription has a
 // transform and the delivery has none yet; the error (transform.ErrSkip
 // or a failure) says it is not to be sent. Calling it again returns the
