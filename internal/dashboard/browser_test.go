@@ -24,6 +24,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
 	"github.com/dzdesk/dzhook/internal/enginetest"
+	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -150,8 +151,10 @@ subscriptions:
 	} else if abs, err := filepath.Abs(shot); err == nil {
 		shot = abs
 	}
-	// Once the script has added its webhook, a user is created: the
-	// webhook's delivery of it fails and waits, pending.
+	// Once the script has added its webhook and the engine runs it (the
+	// journal's row alone is not enough: a user streamed before the
+	// reload that applies it would not be delivered to it), a user is
+	// created: the webhook's delivery of it fails and waits, pending.
 	userCreated := make(chan error, 1)
 	go func() {
 		ctx := t.Context()
@@ -161,7 +164,7 @@ subscriptions:
 				userCreated <- err
 				return
 			}
-			if n == 1 {
+			if n == 1 && slices.ContainsFunc(e.Dispatcher().Subscriptions(), func(s fanout.SubscriptionStatus) bool { return s.ID == newID }) {
 				_, err := conn.Exec(ctx, `INSERT INTO users (id, email) VALUES (2, 'jane@company.com')`)
 				userCreated <- err
 				return
