@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/internal/transform/transformtest"
 )
 
 const slaSection = "admin:\n  listen: \"\"\nsla:\n  check_interval: 200ms\n"
@@ -205,5 +207,39 @@ func TestSLARemovedThresholdFiresNoMore(t *testing.T) {
 	})
 	if evs := slaEvents(t, rc); len(evs) != 0 {
 		t.Errorf("events %+v, want none", evs)
+	}
+}
+
+// TestSeedSlackUseCase is the seed's "Slack notifications" example with
+// no code: an SLA at risk in DZDESK becomes a Slack message ("⚠️ SLA at
+// risk: req_21 …") through format: slack, a body Slack's incoming
+// webhooks take; Teams and Discord get theirs from the same event. The
+// connectors need no secret.
+func TestSeedSlackUseCase(t *testing.T) {
+	db := newDB(t)
+	slack, teams, discord := testutil.NewReceiver(t), testutil.NewReceiver(t), testutil.NewReceiver(t)
+	connector := func(id, url, format string) string {
+		return fmt.Sprintf("  - id: %s\n    url: %s\n    events: [sla.warning]\n    format: %s\n", id, url, format)
+	}
+	start(t, testConfigWith(t, db, slaSection, "",
+		connector("slack", slack.URL+"/services/T0/B0/token", "slack"), connector("teams", teams.URL, "teams"), connector("discord", discord.URL, "discord")))
+	insertSLA(t, db, 21, 2*time.Second)
+	for name, c := range map[string]struct {
+		rc       *testutil.Receiver
+		validate func([]byte) error
+	}{"slack": {slack, transformtest.ValidateSlack}, "teams": {teams, transformtest.ValidateTeams}, "discord": {discord, transformtest.ValidateDiscord}} {
+		body := c.rc.Wait(t, 1, 30*time.Second)[0].Body
+		if err := c.validate(body); err != nil {
+			t.Errorf("%s: %v\n%s", name, err, body)
+		}
+		if !strings.Contains(string(body), "SLA at risk: req_21") {
+			t.Errorf("%s: the message does not say the SLA is at risk: %s", name, body)
+		}
+	}
+	var msg struct {
+		Text string `json:"text"`
+	}
+	if err := json.Unmarshal(slack.Requests()[0].Body, &msg); err != nil || !strings.HasPrefix(msg.Text, "⚠️ SLA at risk: req_21 (resolution") {
+		t.Errorf("Slack's text is %q (%v), want the seed's ⚠️ SLA at risk: req_21 (resolution, …)", msg.Text, err)
 	}
 }
