@@ -34,30 +34,70 @@ const (
 // connection can be reused; a larger body closes the connection instead.
 const maxDrain = 64 << 10
 
-// newClient returns the HTTP client of one subscription. Each subscription
-// has its own (and its own connections), so a receiver that hangs or
-// fails cannot take connections or keep-alives from the others:
-// retryablehttp closes the client's idle connections after a failed
-// request, which with a shared client would hit every subscription.
+// newClient is a direct client (no proxy, no client certificate): see
+// newEgressClient.
+func newClient(timeout time.Duration, concurrency int, dial func(ctx context.Context, network, addr string) (net.Conn, error), rootCAs *x509.CertPool) *retryablehttp.Client {
+	return newEgressClient(clientConfig{timeout: timeout, concurrency: concurrency, dial: dial, rootCAs: rootCAs})
+}
+
+// clientConfig is what a client is made of: how it reaches receivers.
+type clientConfig struct {
+	timeout     time.Duration
+	concurrency int
+	dial        dialFunc       // the egress guard's dialer
+	rootCAs     *x509.CertPool // nil: the system's roots
+	// clientCert is presented to receivers that ask for one (tls.go).
+	clientCert *clientCert
+}
+
+// egress is the part of a client's configuration that every
+// subscription and the notifier share: dialer, roots.
+func (cfg *Config) egress(concurrency int) clientConfig {
+	return clientConfig{timeout: cfg.Timeout, concurrency: concurrency, dial: cfg.DialContext, rootCAs: cfg.RootCAs}
+}
+
+// subscriptionClient returns the client of a subscription, presenting
+// its client certificate.
+func subscriptionClient(s Subscription, opts *Config) (*retryablehttp.Client, error) {
+	cc := opts.egress(opts.Concurrency)
+	if !s.ClientCert.IsZero() {
+		c, err := loadClientCert(s.ClientCert, opts.Logger.With("component", "fanout", "subscription", s.ID), time.Now)
+		if err != nil {
+			return nil, err
+		}
+		cc.clientCert = c
+	}
+	return newEgressClient(cc), nil
+}
+
+// newEgressClient returns the HTTP client of one subscription (or of the
+// notifier). Each subscription has its own (and its own connections), so
+// a receiver that hangs or fails cannot take connections or keep-alives
+// from the others: retryablehttp closes the client's idle connections
+// after a failed request, which with a shared client would hit every
+// subscription.
 //
 // retryablehttp runs with RetryMax 0 and a CheckRetry that never retries:
 // the journal owns the retry schedule, and retries stacked inside one
 // attempt would break it. Redirects are not followed. TLS verification
 // is on, always.
-func newClient(timeout time.Duration, concurrency int, dial func(ctx context.Context, network, addr string) (net.Conn, error), rootCAs *x509.CertPool) *retryablehttp.Client {
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs, NextProtos: []string{"h2", "http/1.1"}}
+func newEgressClient(cc clientConfig) *retryablehttp.Client {
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cc.rootCAs, NextProtos: []string{"h2", "http/1.1"}}
+	if cc.clientCert != nil {
+		tlsConfig.GetClientCertificate = cc.clientCert.get
+	}
 	tr := &http.Transport{
 		Proxy:       nil, // never send webhooks through an ambient proxy
-		DialContext: dial,
+		DialContext: cc.dial,
 		// The handshake is ours, so that its failure has a type of its
 		// own (class tls) whatever crypto/tls says; the request's context
 		// bounds it (the delivery timeout).
-		DialTLSContext:        tlsDialer(dial, tlsConfig),
+		DialTLSContext:        tlsDialer(cc.dial, tlsConfig),
 		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          concurrency,
-		MaxIdleConnsPerHost:   concurrency,
+		MaxIdleConns:          cc.concurrency,
+		MaxIdleConnsPerHost:   cc.concurrency,
 		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: timeout,
+		ResponseHeaderTimeout: cc.timeout,
 		DisableCompression:    true,
 		TLSClientConfig:       tlsConfig,
 	}
@@ -231,7 +271,12 @@ func classify(err error, ctx context.Context) (class, msg string) {
 		// handshake's tls.RecordHeaderError with this sentinel when the
 		// transport made the handshake (ours does, in tlsDialer, and
 		// keeps the record error; this holds if it ever stops).
-		errors.Is(err, http.ErrSchemeMismatch):
+		errors.Is(err, http.ErrSchemeMismatch),
+		// An alert from the receiver after our side of the handshake
+		// completed: with TLS 1.3 a receiver checks the client's
+		// certificate then, and says "certificate required" or "bad
+		// certificate" on the first read.
+		isRemoteAlert(err):
 		return ClassTLS, msg
 	case isTimeout(err):
 		return ClassTimeout, msg
@@ -242,6 +287,13 @@ func classify(err error, ctx context.Context) (class, msg string) {
 	// A connection closed before or during the answer (EOF, a malformed
 	// response) is the receiver's side of HTTP.
 	return ClassHTTP, msg
+}
+
+// isRemoteAlert reports whether err is a TLS alert the peer sent, which
+// crypto/tls reports as a *net.OpError with Op "remote error".
+func isRemoteAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
 }
 
 func isTimeout(err error) bool {

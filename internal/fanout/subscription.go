@@ -48,6 +48,10 @@ type Subscription struct {
 	// X-DZDESK-Signature (one signature) uses it until SwitchAt.
 	PreviousSecret          []byte
 	PreviousUntil, SwitchAt time.Time
+	// ClientCert is presented to a receiver that asks for a client
+	// certificate (mutual TLS); zero: none. Its files are read again
+	// when they change (tls.go).
+	ClientCert ClientCert
 }
 
 // Equal reports whether two configurations are the same (a reload keeps
@@ -57,7 +61,8 @@ func (s Subscription) Equal(o Subscription) bool {
 		s.StandardWebhooks == o.StandardWebhooks && s.Active == o.Active && s.QueueWhileInactive == o.QueueWhileInactive &&
 		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering &&
 		s.Source == o.Source && s.Description == o.Description && bytes.Equal(s.PreviousSecret, o.PreviousSecret) &&
-		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt)
+		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt) &&
+		s.ClientCert == o.ClientCert
 }
 
 // signing returns the secret of X-DZDESK-Signature and the keys of
@@ -422,7 +427,11 @@ func compile(cfg Subscription, opts *Config) (*sub, error) {
 	for k, v := range cfg.Headers {
 		s.headers.Set(k, v)
 	}
-	s.client = newClient(opts.Timeout, opts.Concurrency, opts.DialContext, opts.RootCAs)
+	client, err := subscriptionClient(cfg, opts)
+	if err != nil {
+		return nil, fmt.Errorf("subscription %s: %w", cfg.ID, err)
+	}
+	s.client = client
 	if _, ordered := cfg.Ordering.key("k"); ordered {
 		s.ord = newOrderState()
 	}
