@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,20 +47,32 @@ type clientConfig struct {
 	concurrency int
 	dial        dialFunc       // the egress guard's dialer
 	rootCAs     *x509.CertPool // nil: the system's roots
+	// proxy, when set, carries every attempt (proxy.go); guard checks
+	// the receivers' addresses before the proxy is asked.
+	proxy *url.URL
+	guard *EgressGuard
 	// clientCert is presented to receivers that ask for one (tls.go).
 	clientCert *clientCert
 }
 
 // egress is the part of a client's configuration that every
-// subscription and the notifier share: dialer, roots.
+// subscription and the notifier share: dialer, roots, Config.Proxy.
 func (cfg *Config) egress(concurrency int) clientConfig {
-	return clientConfig{timeout: cfg.Timeout, concurrency: concurrency, dial: cfg.DialContext, rootCAs: cfg.RootCAs}
+	return clientConfig{timeout: cfg.Timeout, concurrency: concurrency, dial: cfg.DialContext, rootCAs: cfg.RootCAs, proxy: cfg.proxyURL, guard: cfg.Egress}
 }
 
-// subscriptionClient returns the client of a subscription, presenting
-// its client certificate.
+// subscriptionClient returns the client of a subscription: newClient's,
+// through the subscription's proxy (Config.Proxy when it names none),
+// presenting its client certificate.
 func subscriptionClient(s Subscription, opts *Config) (*retryablehttp.Client, error) {
 	cc := opts.egress(opts.Concurrency)
+	if s.Proxy != "" {
+		u, err := ParseProxy(s.Proxy)
+		if err != nil {
+			return nil, fmt.Errorf("proxy %w", err) // never the URL: it may hold a password
+		}
+		cc.proxy = u
+	}
 	if !s.ClientCert.IsZero() {
 		c, err := loadClientCert(s.ClientCert, opts.Logger.With("component", "fanout", "subscription", s.ID), time.Now)
 		if err != nil {
@@ -87,7 +100,7 @@ func newEgressClient(cc clientConfig) *retryablehttp.Client {
 		tlsConfig.GetClientCertificate = cc.clientCert.get
 	}
 	tr := &http.Transport{
-		Proxy:       nil, // never send webhooks through an ambient proxy
+		Proxy:       nil, // never send webhooks through an ambient proxy (HTTPS_PROXY)
 		DialContext: cc.dial,
 		// The handshake is ours, so that its failure has a type of its
 		// own (class tls) whatever crypto/tls says; the request's context
@@ -100,6 +113,15 @@ func newEgressClient(cc clientConfig) *retryablehttp.Client {
 		ResponseHeaderTimeout: cc.timeout,
 		DisableCompression:    true,
 		TLSClientConfig:       tlsConfig,
+	}
+	if cc.proxy != nil {
+		// The configured proxy only (proxy.go): https:// receivers
+		// through a tunnel of ours, http:// ones through net/http's
+		// absolute-form requests.
+		p := newForwardProxy(cc.proxy, cc.dial, cc.guard, tlsConfig)
+		tr.Proxy = p.forRequest
+		tr.DialContext = p.dialPlain
+		tr.DialTLSContext = p.dialTLS(tlsConfig)
 	}
 	hc := &http.Client{
 		Transport:     tr,
@@ -246,8 +268,20 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 }
 
 // classify turns a transport error into an error class and a message that
-// carries no secret (URLs lose their query string).
+// carries no secret (URLs lose their query string, and any user info).
 func classify(err error, ctx context.Context) (class, msg string) {
+	class, msg = classOf(err, ctx)
+	// On the way through a proxy, what is not more precise (a proxy that
+	// refused CONNECT, hung up before answering it) fails like a
+	// connection: the receiver was never reached.
+	var viaProxy *proxyError
+	if class == ClassHTTP && errors.As(err, &viaProxy) {
+		class = ClassConnect
+	}
+	return class, stripUserinfo(msg)
+}
+
+func classOf(err error, ctx context.Context) (class, msg string) {
 	var blocked *blockedError
 	var dnsErr *net.DNSError
 	var handshake *tlsError
@@ -294,6 +328,19 @@ func classify(err error, ctx context.Context) (class, msg string) {
 func isRemoteAlert(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "remote error"
+}
+
+// userinfo matches the user info of a URL inside a message.
+var userinfo = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@`)
+
+// stripUserinfo removes user:password@ from any URL a message quotes: a
+// proxy's URL carries its credentials, and no message dzhook keeps or logs
+// may (a net/http or third-party error could quote it one day).
+func stripUserinfo(msg string) string {
+	if !strings.Contains(msg, "@") {
+		return msg
+	}
+	return userinfo.ReplaceAllString(msg, "$1")
 }
 
 func isTimeout(err error) bool {

@@ -48,6 +48,9 @@ type Subscription struct {
 	// X-DZDESK-Signature (one signature) uses it until SwitchAt.
 	PreviousSecret          []byte
 	PreviousUntil, SwitchAt time.Time
+	// Proxy is the forward proxy of this subscription's attempts
+	// (proxy.go); "" uses Config.Proxy.
+	Proxy string
 	// ClientCert is presented to a receiver that asks for a client
 	// certificate (mutual TLS); zero: none. Its files are read again
 	// when they change (tls.go).
@@ -62,7 +65,7 @@ func (s Subscription) Equal(o Subscription) bool {
 		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering &&
 		s.Source == o.Source && s.Description == o.Description && bytes.Equal(s.PreviousSecret, o.PreviousSecret) &&
 		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt) &&
-		s.ClientCert == o.ClientCert
+		s.Proxy == o.Proxy && s.ClientCert == o.ClientCert
 }
 
 // signing returns the secret of X-DZDESK-Signature and the keys of
