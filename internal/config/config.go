@@ -148,6 +148,24 @@ type Delivery struct {
 	// AllowNetworks are CIDRs allowed despite BlockPrivateNetworks, e.g.
 	// [10.1.2.0/24]. Defaults to none.
 	AllowNetworks []string `koanf:"allow_networks"`
+	// Proxy is the forward proxy deliveries and notifications go
+	// through: http://host:port, or https://host:port for TLS to the
+	// proxy, with user:password@ for Proxy-Authorization (so a secret).
+	// https:// receivers are reached through a CONNECT tunnel, http://
+	// ones by absolute-form requests. The proxy must pass the egress
+	// guard like a receiver, and receivers' addresses are still
+	// resolved and checked by dzhook. The environment's HTTPS_PROXY and
+	// HTTP_PROXY are never used. A subscription's proxy replaces it.
+	// Defaults to none: receivers are dialled directly.
+	Proxy Secret `koanf:"proxy"`
+	// CAFile is a PEM bundle of certificate authorities trusted, besides
+	// the system's roots, to sign receivers' (and an https proxy's)
+	// certificates: a company's private CA. Read at start. Defaults to
+	// none: the system's roots alone.
+	CAFile string `koanf:"ca_file"`
+	// CAReplaceSystem trusts CAFile's authorities alone, not the
+	// system's roots. Defaults to false.
+	CAReplaceSystem bool `koanf:"ca_replace_system"`
 }
 
 // Admin is the operator-facing HTTP server.
@@ -293,6 +311,25 @@ type Subscription struct {
 	// finished; different entities in parallel) or "subscription" (one at
 	// a time, in stream order). Defaults to none.
 	Ordering string `koanf:"ordering"`
+	// Proxy replaces delivery.proxy for this subscription's deliveries
+	// (same form, also a secret). Defaults to delivery.proxy.
+	Proxy Secret `koanf:"proxy"`
+	// TLS is the client certificate presented to a receiver that asks
+	// for one (mutual TLS). Defaults to none.
+	TLS ClientTLS `koanf:"tls"`
+}
+
+// ClientTLS is a subscription's client certificate: two PEM files, read
+// again when they change (at most once a second, when a new connection
+// is made), so a rotated certificate needs no restart; files that do not
+// load keep the previous pair in use, with a warning.
+type ClientTLS struct {
+	// CertFile is the certificate, followed by any intermediate ones.
+	// Required with key_file.
+	CertFile string `koanf:"cert_file"`
+	// KeyFile is its private key (PKCS #1, PKCS #8 or EC), unencrypted.
+	// Required with cert_file.
+	KeyFile string `koanf:"key_file"`
 }
 
 // Orderings are the values of subscriptions[].ordering.

@@ -40,6 +40,10 @@ func FuzzParse(f *testing.F) {
 		{"admin:\n  listen: 0.0.0.0:8080\n  token: " + planted + "\n  metrics_public: maybe\n", "-5s"},
 		{"notify:\n  url: ftp://hooks.example/" + planted + "\n  secret: " + planted + "\ndelivery:\n  allow_networks: [nope]\n", "5s"},
 		{"notify:\n  url: [" + planted + "]\n  secret: {a: " + planted + "}\n", "5s"},
+		// Proxies carry passwords; PEM files named in the file are read.
+		{"delivery:\n  proxy: socks5://dzhook:" + planted + "@proxy:1080\n  ca_file: /dev/zero\n  ca_replace_system: maybe\n", "5s"},
+		{"delivery:\n  proxy: http://dzhook:" + planted + "@proxy\n  ca_file: testdata/five-mistakes.yaml\n", "5s"},
+		{good + "    proxy: http://" + planted + ":" + planted + "@proxy:3128/x?y\n    tls: {cert_file: testdata/five-mistakes.yaml}\n", "5s"},
 		// Shapes that are wrong as a whole.
 		{"source: [1, 2]\nsubscriptions: {secret: " + planted + "}\n", "x"},
 		{"subscriptions:\n  - secret: " + planted + "\n  - 7\n  - [a]\n", "x"},
@@ -152,6 +156,8 @@ var secretPaths = [][]string{
 	{"notify", "secret"},
 	{"subscriptions", "[]", "secret"},
 	{"subscriptions", "[]", "headers", "*"},
+	{"delivery", "proxy"},
+	{"subscriptions", "[]", "proxy"},
 }
 
 // isSecretPath reports whether a YAML path (map keys, "[]" for a list

@@ -1,8 +1,11 @@
 package config
 
 import (
+	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -88,6 +91,14 @@ func (c *Config) validate(ps *Problems) {
 		if _, err := netip.ParsePrefix(n); err != nil {
 			ps.add(fmt.Sprintf("delivery.allow_networks[%d]", i), "%q is not a network in CIDR form (e.g. 10.1.2.0/24)", n)
 		}
+	}
+	checkProxy(ps, "delivery.proxy", d.Proxy)
+	if d.CAFile != "" {
+		if _, err := fanout.ReadCertificates(d.CAFile); err != nil {
+			ps.add("delivery.ca_file", "%s", fileProblem(d.CAFile, err))
+		}
+	} else if d.CAReplaceSystem {
+		ps.add("delivery.ca_replace_system", "needs delivery.ca_file: without it no receiver's certificate could be verified")
 	}
 
 	if c.Admin.Listen != "" {
@@ -266,6 +277,8 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 	if !slices.Contains(Orderings, s.Ordering) {
 		ps.add(path+".ordering", "%q is not an ordering: use one of %s", s.Ordering, strings.Join(Orderings, ", "))
 	}
+	checkProxy(ps, path+".proxy", s.Proxy)
+	checkClientTLS(ps, path+".tls", s.TLS)
 	for _, name := range sortedKeys(anyMap(s.Headers)) {
 		p := path + ".headers." + name
 		switch {
@@ -327,6 +340,59 @@ func checkURL(raw string, allowHTTP, secret bool) string {
 		return "must not have a #fragment (it is never sent)"
 	}
 	return ""
+}
+
+// checkProxy reports a proxy URL that dzhook cannot use. The URL may
+// hold a password: the message never quotes it.
+func checkProxy(ps *Problems, path string, proxy Secret) {
+	if !proxy.IsSet() {
+		return
+	}
+	if _, err := fanout.ParseProxy(proxy.Reveal()); err != nil {
+		ps.add(path, "%v", err)
+	}
+}
+
+// checkClientTLS reports a client certificate whose files do not make a
+// pair, at the file at fault.
+func checkClientTLS(ps *Problems, path string, c ClientTLS) {
+	switch {
+	case c.CertFile == "" && c.KeyFile == "":
+		return
+	case c.KeyFile == "":
+		ps.add(path+".key_file", "required with cert_file: the private key of the client certificate")
+		return
+	case c.CertFile == "":
+		ps.add(path+".cert_file", "required with key_file: the client certificate (PEM)")
+		return
+	}
+	if _, err := fanout.ReadCertificates(c.CertFile); err != nil {
+		ps.add(path+".cert_file", "%s", fileProblem(c.CertFile, err))
+		return
+	}
+	certPEM, err := fanout.ReadPEM(c.CertFile)
+	if err != nil {
+		ps.add(path+".cert_file", "%s", fileProblem(c.CertFile, err))
+		return
+	}
+	keyPEM, err := fanout.ReadPEM(c.KeyFile)
+	if err != nil {
+		ps.add(path+".key_file", "%s", fileProblem(c.KeyFile, err))
+		return
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		ps.add(path+".key_file", "%q does not go with cert_file %q: %v", c.KeyFile, c.CertFile, err)
+	}
+}
+
+// fileProblem says why a PEM file named in the configuration is of no
+// use: it cannot be read, or holds no certificate.
+func fileProblem(file string, err error) string {
+	var pathErr *fs.PathError
+	if errors.As(err, &pathErr) {
+		return fmt.Sprintf("%q cannot be read: %v", file, pathErr.Err)
+	}
+	return fmt.Sprintf("%q: %v", file, err)
 }
 
 func checkIdentifier(ps *Problems, path, v string) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net/netip"
@@ -25,7 +26,22 @@ func egressGuard(d config.Delivery) *fanout.EgressGuard {
 	return g
 }
 
-// Subscription converts a configured subscription for fanout.
+// rootCAs is the pool receivers' certificates are verified with:
+// delivery.ca_file with or instead of the system's roots (nil: the
+// system's alone). The file was checked when the configuration loaded; it
+// is read again here, once, at start.
+func rootCAs(d config.Delivery) (*x509.CertPool, error) {
+	pool, err := fanout.RootCAs(d.CAFile, d.CAReplaceSystem)
+	if err != nil {
+		return nil, fmt.Errorf("delivery.ca_file: %w", err)
+	}
+	return pool, nil
+}
+
+// Subscription converts a configured subscription for fanout. One
+// created through the admin API has neither proxy nor client
+// certificate: it goes through delivery.proxy, like every subscription
+// that names no proxy of its own.
 func Subscription(s config.Subscription) fanout.Subscription {
 	headers := make(map[string]string, len(s.Headers))
 	for k, v := range s.Headers {
@@ -37,6 +53,7 @@ func Subscription(s config.Subscription) fanout.Subscription {
 		Active: s.Active, QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, Headers: headers,
 		Ordering:  fanout.Ordering(s.Ordering), // validated with the configuration
 		Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate,
+		Proxy: s.Proxy.Reveal(), ClientCert: fanout.ClientCert{CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile},
 	}
 }
 

@@ -169,6 +169,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	roots, err := rootCAs(cfg.Delivery)
+	if err != nil {
+		return nil, err
+	}
 	e.dispatcher, err = fanout.New(fanout.Config{
 		Subscriptions: subs, Journal: e.journal, Replays: e.journal, Records: e.writer, Instance: e.instance,
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
@@ -177,6 +181,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, ShareFirstAttempts: cfg.Delivery.ShareFirstAttempts, UserAgent: "dzhook/" + opts.Version,
 		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: log,
+		RootCAs: roots, Proxy: cfg.Delivery.Proxy.Reveal(),
 	})
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,7 +112,13 @@ type Config struct {
 	// DialContext dials receivers; defaults to Egress's dialer.
 	DialContext dialFunc
 	// RootCAs verify receivers' certificates; nil means the system's.
-	RootCAs  *x509.CertPool
+	RootCAs *x509.CertPool
+	// Proxy is the forward proxy (http:// or https://host:port, with
+	// user:password for Proxy-Authorization) that deliveries and
+	// notifications go through, unless a subscription names its own;
+	// "" for none. The environment's HTTPS_PROXY is never used.
+	Proxy    string
+	proxyURL *url.URL // Proxy, parsed by withDefaults
 	Logger   *slog.Logger
 	Observer Observer
 	// NowFunc is the clock; defaults to time.Now.
@@ -161,6 +168,13 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.DialContext == nil {
 		cfg.DialContext = cfg.Egress.Dialer(cfg.Timeout)
+	}
+	if cfg.Proxy != "" {
+		u, err := ParseProxy(cfg.Proxy)
+		if err != nil {
+			return cfg, fmt.Errorf("fanout: Config.Proxy %w", err) // never the URL: it may hold a password
+		}
+		cfg.proxyURL = u
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}

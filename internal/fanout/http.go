@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,32 +38,93 @@ const (
 // connection can be reused; a larger body closes the connection instead.
 const maxDrain = 64 << 10
 
-// newClient returns the HTTP client of one subscription. Each subscription
-// has its own (and its own connections), so a receiver that hangs or
-// fails cannot take connections or keep-alives from the others:
-// retryablehttp closes the client's idle connections after a failed
-// request, which with a shared client would hit every subscription.
+// newClient is a direct client (no proxy, no client certificate): see
+// newEgressClient.
+func newClient(timeout time.Duration, concurrency int, dial func(ctx context.Context, network, addr string) (net.Conn, error), rootCAs *x509.CertPool) *retryablehttp.Client {
+	return newEgressClient(clientConfig{timeout: timeout, concurrency: concurrency, dial: dial, rootCAs: rootCAs})
+}
+
+// clientConfig is what a client is made of: how it reaches receivers.
+type clientConfig struct {
+	timeout     time.Duration
+	concurrency int
+	dial        dialFunc       // the egress guard's dialer
+	rootCAs     *x509.CertPool // nil: the system's roots
+	// proxy, when set, carries every attempt (proxy.go); guard checks
+	// the receivers' addresses before the proxy is asked.
+	proxy *url.URL
+	guard *EgressGuard
+	// clientCert is presented to receivers that ask for one (tls.go).
+	clientCert *clientCert
+}
+
+// egress is the part of a client's configuration that every
+// subscription and the notifier share: dialer, roots, Config.Proxy.
+func (cfg *Config) egress(concurrency int) clientConfig {
+	return clientConfig{timeout: cfg.Timeout, concurrency: concurrency, dial: cfg.DialContext, rootCAs: cfg.RootCAs, proxy: cfg.proxyURL, guard: cfg.Egress}
+}
+
+// subscriptionClient returns the client of a subscription: newClient's,
+// through the subscription's proxy (Config.Proxy when it names none),
+// presenting its client certificate.
+func subscriptionClient(s Subscription, opts *Config) (*retryablehttp.Client, error) {
+	cc := opts.egress(opts.Concurrency)
+	if s.Proxy != "" {
+		u, err := ParseProxy(s.Proxy)
+		if err != nil {
+			return nil, fmt.Errorf("proxy %w", err) // never the URL: it may hold a password
+		}
+		cc.proxy = u
+	}
+	if !s.ClientCert.IsZero() {
+		c, err := loadClientCert(s.ClientCert, opts.Logger.With("component", "fanout", "subscription", s.ID), time.Now)
+		if err != nil {
+			return nil, err
+		}
+		cc.clientCert = c
+	}
+	return newEgressClient(cc), nil
+}
+
+// newEgressClient returns the HTTP client of one subscription (or of the
+// notifier). Each subscription has its own (and its own connections), so
+// a receiver that hangs or fails cannot take connections or keep-alives
+// from the others: retryablehttp closes the client's idle connections
+// after a failed request, which with a shared client would hit every
+// subscription.
 //
 // retryablehttp runs with RetryMax 0 and a CheckRetry that never retries:
 // the journal owns the retry schedule, and retries stacked inside one
 // attempt would break it. Redirects are not followed. TLS verification
 // is on, always.
-func newClient(timeout time.Duration, concurrency int, dial func(ctx context.Context, network, addr string) (net.Conn, error), rootCAs *x509.CertPool) *retryablehttp.Client {
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs, NextProtos: []string{"h2", "http/1.1"}}
+func newEgressClient(cc clientConfig) *retryablehttp.Client {
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cc.rootCAs, NextProtos: []string{"h2", "http/1.1"}}
+	if cc.clientCert != nil {
+		tlsConfig.GetClientCertificate = cc.clientCert.get
+	}
 	tr := &http.Transport{
-		Proxy:       nil, // never send webhooks through an ambient proxy
-		DialContext: dial,
+		Proxy:       nil, // never send webhooks through an ambient proxy (HTTPS_PROXY)
+		DialContext: cc.dial,
 		// The handshake is ours, so that its failure has a type of its
 		// own (class tls) whatever crypto/tls says; the request's context
 		// bounds it (the delivery timeout).
-		DialTLSContext:        tlsDialer(dial, tlsConfig),
+		DialTLSContext:        tlsDialer(cc.dial, tlsConfig),
 		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          concurrency,
-		MaxIdleConnsPerHost:   concurrency,
+		MaxIdleConns:          cc.concurrency,
+		MaxIdleConnsPerHost:   cc.concurrency,
 		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: timeout,
+		ResponseHeaderTimeout: cc.timeout,
 		DisableCompression:    true,
 		TLSClientConfig:       tlsConfig,
+	}
+	if cc.proxy != nil {
+		// The configured proxy only (proxy.go): https:// receivers
+		// through a tunnel of ours, http:// ones through net/http's
+		// absolute-form requests.
+		p := newForwardProxy(cc.proxy, cc.dial, cc.guard, tlsConfig)
+		tr.Proxy = p.forRequest
+		tr.DialContext = p.dialPlain
+		tr.DialTLSContext = p.dialTLS(tlsConfig)
 	}
 	hc := &http.Client{
 		Transport:     tr,
@@ -214,8 +276,20 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 }
 
 // classify turns a transport error into an error class and a message that
-// carries no secret (URLs lose their query string).
+// carries no secret (URLs lose their query string, and any user info).
 func classify(err error, ctx context.Context) (class, msg string) {
+	class, msg = classOf(err, ctx)
+	// On the way through a proxy, what is not more precise (a proxy that
+	// refused CONNECT, hung up before answering it) fails like a
+	// connection: the receiver was never reached.
+	var viaProxy *proxyError
+	if class == ClassHTTP && errors.As(err, &viaProxy) {
+		class = ClassConnect
+	}
+	return class, stripUserinfo(msg)
+}
+
+func classOf(err error, ctx context.Context) (class, msg string) {
 	var blocked *blockedError
 	var dnsErr *net.DNSError
 	var handshake *tlsError
@@ -239,7 +313,12 @@ func classify(err error, ctx context.Context) (class, msg string) {
 		// handshake's tls.RecordHeaderError with this sentinel when the
 		// transport made the handshake (ours does, in tlsDialer, and
 		// keeps the record error; this holds if it ever stops).
-		errors.Is(err, http.ErrSchemeMismatch):
+		errors.Is(err, http.ErrSchemeMismatch),
+		// An alert from the receiver after our side of the handshake
+		// completed: with TLS 1.3 a receiver checks the client's
+		// certificate then, and says "certificate required" or "bad
+		// certificate" on the first read.
+		isRemoteAlert(err):
 		return ClassTLS, msg
 	case isTimeout(err):
 		return ClassTimeout, msg
@@ -250,6 +329,26 @@ func classify(err error, ctx context.Context) (class, msg string) {
 	// A connection closed before or during the answer (EOF, a malformed
 	// response) is the receiver's side of HTTP.
 	return ClassHTTP, msg
+}
+
+// isRemoteAlert reports whether err is a TLS alert the peer sent, which
+// crypto/tls reports as a *net.OpError with Op "remote error".
+func isRemoteAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
+}
+
+// userinfo matches the user info of a URL inside a message.
+var userinfo = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@`)
+
+// stripUserinfo removes user:password@ from any URL a message quotes: a
+// proxy's URL carries its credentials, and no message dzhook keeps or logs
+// may (a net/http or third-party error could quote it one day).
+func stripUserinfo(msg string) string {
+	if !strings.Contains(msg, "@") {
+		return msg
+	}
+	return userinfo.ReplaceAllString(msg, "$1")
 }
 
 func isTimeout(err error) bool {

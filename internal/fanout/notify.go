@@ -68,7 +68,7 @@ func newNotifier(cfg Config) *Notifier {
 		timeout: cfg.Timeout, poll: cfg.PollInterval, userAgent: cfg.UserAgent,
 	}
 	if n.cfg.URL != "" {
-		n.client = newClient(cfg.Timeout, 2, cfg.DialContext, cfg.RootCAs)
+		n.client = newEgressClient(cfg.egress(2)) // delivery.proxy and ca_file apply; no client certificate
 	}
 	return n
 }

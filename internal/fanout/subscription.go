@@ -58,6 +58,13 @@ type Subscription struct {
 	// X-DZDESK-Signature (one signature) uses it until SwitchAt.
 	PreviousSecret          []byte
 	PreviousUntil, SwitchAt time.Time
+	// Proxy is the forward proxy of this subscription's attempts
+	// (proxy.go); "" uses Config.Proxy.
+	Proxy string
+	// ClientCert is presented to a receiver that asks for a client
+	// certificate (mutual TLS); zero: none. Its files are read again
+	// when they change (tls.go).
+	ClientCert ClientCert
 }
 
 // Equal reports whether two configurations are the same (a reload keeps
@@ -68,7 +75,8 @@ func (s Subscription) Equal(o Subscription) bool {
 		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering &&
 		s.Transform == o.Transform && s.Format == o.Format && s.Method == o.Method && s.RateLimit == o.RateLimit &&
 		s.Source == o.Source && s.Description == o.Description && bytes.Equal(s.PreviousSecret, o.PreviousSecret) &&
-		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt)
+		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt) &&
+		s.Proxy == o.Proxy && s.ClientCert == o.ClientCert
 }
 
 // signing returns the secret of X-DZDESK-Signature and the keys of
@@ -494,7 +502,11 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 	for k, v := range cfg.Headers {
 		s.headers.Set(k, v)
 	}
-	s.client = newClient(opts.Timeout, opts.Concurrency, opts.DialContext, opts.RootCAs)
+	client, err := subscriptionClient(cfg, opts)
+	if err != nil {
+		return nil, fmt.Errorf("subscription %s: %w", cfg.ID, err)
+	}
+	s.client = client
 	if _, ordered := cfg.Ordering.key("k"); ordered {
 		s.ord = newOrderState()
 	}
