@@ -200,7 +200,7 @@ subscriptions:
 	// its deliveries, each after the one before finished.
 	chatDone := make(chan error, 1)
 	chatConn := db.Connect(t)
-	go func() { chatDone <- chatEvents(t.Context(), chatConn) }()
+	go func() { chatDone <- chatEvents(t.Context(), chatConn, base) }()
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	replayFile := filepath.Join(t.TempDir(), "replays")
 	out, err := runScript(t, node, map[string]string{
@@ -311,10 +311,10 @@ var chatSteps = []chatEvent{
 	{`INSERT INTO users (id, email, name) VALUES (5, 'busy@company.com', 'Busy Bee')`, "user.created", "pending"},
 }
 
-// chatEvents waits for the script to add chatID, then makes chatSteps,
-// each once the delivery of the one before reached its state (so the
-// 429's pause holds nothing else back).
-func chatEvents(ctx context.Context, conn *pgx.Conn) error {
+// chatEvents waits for the script to add chatID and dzhook to run it,
+// then makes chatSteps, each once the delivery of the one before reached
+// its state (so the 429's pause holds nothing else back).
+func chatEvents(ctx context.Context, conn *pgx.Conn, base string) error {
 	poll := func(what string, cond func() (bool, error)) error {
 		for {
 			ok, err := cond()
@@ -328,10 +328,20 @@ func chatEvents(ctx context.Context, conn *pgx.Conn) error {
 			}
 		}
 	}
+	// The API shows a subscription once the dispatcher runs it: from
+	// then on its events make deliveries.
 	err := poll("wait for "+chatID, func() (bool, error) {
-		var n int
-		err := conn.QueryRow(ctx, `SELECT count(*) FROM dzhook.runtime_subscriptions WHERE id = $1`, chatID).Scan(&n)
-		return n == 1, err
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/subscriptions/"+chatID, nil)
+		if err != nil {
+			return false, err
+		}
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, nil // the next poll asks again
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
 	})
 	if err != nil {
 		return err
