@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,7 +37,7 @@ func runStatus(ctx context.Context, env *cli, args []string) int {
 	}
 	tw := newTable(env.stdout)
 	now := time.Now()
-	fmt.Fprintln(tw, "SUBSCRIPTION\tSTATE\tACTIVE\tORDERING\tQUEUE\tPENDING\tFAILED\tHELD\tBLOCKED KEYS\tSUCCESS\tP50\tP99\tLAST SUCCESS\tLAST FAILURE")
+	fmt.Fprintln(tw, "SUBSCRIPTION\tSTATE\tACTIVE\tORDERING\tRATE LIMIT\tQUEUE\tPENDING\tFAILED\tHELD\tBLOCKED KEYS\tSUCCESS\tP50\tP99\tLAST SUCCESS\tLAST FAILURE")
 	for _, s := range out.Subscriptions {
 		state := s.State
 		if s.Paused {
@@ -45,8 +47,8 @@ func runStatus(ctx context.Context, env *cli, args []string) int {
 		if s.Stats.SuccessRate >= 0 {
 			rate = fmt.Sprintf("%.1f%%", s.Stats.SuccessRate*100)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.1fms\t%.1fms\t%s\t%s\n", s.ID, state, s.Active, orDash(s.Ordering),
-			s.QueueDepth, s.Pending, s.Failed, s.Held, blocked(s, now),
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.1fms\t%.1fms\t%s\t%s\n", s.ID, state, s.Active, orDash(s.Ordering),
+			rateLimitOf(s), s.QueueDepth, s.Pending, s.Failed, s.Held, blocked(s, now),
 			rate, s.Stats.P50MS, s.Stats.P99MS, when(s.LastSuccessAt), when(s.LastFailureAt))
 	}
 	_ = tw.Flush()
@@ -68,6 +70,32 @@ func blocked(s api.Subscription, now time.Time) string {
 		return fmt.Sprint(s.BlockedKeys)
 	}
 	return fmt.Sprintf("%d (oldest %s)", s.BlockedKeys, age(now.Sub(*s.OldestBlockedAt)))
+}
+
+// rateLimitOf says a subscription's rate limit; then, when this process keeps a
+// lower pace (after 429 answers, or the limit shared with other
+// processes), that pace in the limit's unit, and until when a 429's
+// Retry-After pauses it: "50/s", "50/s (pace 25/s)", "600/m (pace 150/m,
+// paused until 2024-01-15 14:30:00)". "-" without a limit.
+func rateLimitOf(s api.Subscription) string {
+	if s.RateLimit == "" {
+		return "-"
+	}
+	limit := printable(s.RateLimit, false)
+	var notes []string
+	count, unit, _ := strings.Cut(s.RateLimit, "/")
+	n, err := strconv.Atoi(count)
+	per := map[string]float64{"s": 1, "m": 60}[unit]
+	if pace := s.PacePerSecond * per; err == nil && per > 0 && pace > 0 && pace < float64(n)*0.999 {
+		notes = append(notes, "pace "+strconv.FormatFloat(math.Round(pace*100)/100, 'f', -1, 64)+"/"+unit)
+	}
+	if s.PausedUntil != nil {
+		notes = append(notes, "paused until "+when(s.PausedUntil))
+	}
+	if len(notes) == 0 {
+		return limit
+	}
+	return limit + " (" + strings.Join(notes, ", ") + ")"
 }
 
 // age is a duration for a table: its two largest units, "45s", "12m",
@@ -179,11 +207,17 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 	fmt.Fprintln(tw, "#\tTIME\tTRIGGER\tINSTANCE\tSTATUS\tTIME (ms)\tERROR\tRESPONSE")
 	for _, a := range out.Attempts {
 		errText := "-"
-		if a.ErrorClass != nil {
+		switch {
+		case a.ErrorClass != nil && a.Error != nil && strings.HasPrefix(*a.Error, *a.ErrorClass+": "):
+			errText = *a.Error // "transform: …" names its class already
+		case a.ErrorClass != nil && a.Error != nil:
+			errText = *a.ErrorClass + ": " + *a.Error
+		case a.ErrorClass != nil:
 			errText = *a.ErrorClass
-			if a.Error != nil {
-				errText += ": " + *a.Error
-			}
+		case a.Error != nil:
+			// A delivery its transform skipped: an attempt that sent
+			// nothing, without an error class.
+			errText = *a.Error
 		}
 		body := []rune(printable(strings.ReplaceAll(a.ResponseBody, "\n", " "), false))
 		if len(body) > 60 {
@@ -211,12 +245,23 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 			}
 		}
 	}
-	var pretty bytes.Buffer
-	if json.Indent(&pretty, out.Payload, "", "  ") != nil {
-		pretty.Write(out.Payload)
+	fmt.Fprintf(env.stdout, "\npayload:\n%s\n", indentJSON(out.Payload))
+	if len(out.Sent) > 0 {
+		// What the subscription's transform or format made of the
+		// payload: the bytes sent (and signed) at every attempt.
+		fmt.Fprintf(env.stdout, "\nsent (transformed):\n%s\n", indentJSON(out.Sent))
 	}
-	fmt.Fprintf(env.stdout, "\npayload:\n%s\n", pretty.String())
 	return exitOK
+}
+
+// indentJSON pretty-prints JSON from the API; other text is shown as it
+// is, made safe for a terminal.
+func indentJSON(raw []byte) string {
+	var pretty bytes.Buffer
+	if json.Indent(&pretty, raw, "", "  ") != nil {
+		return printable(string(raw), true)
+	}
+	return pretty.String()
 }
 
 // runRetry retries one delivery now, or every failed one of a

@@ -224,6 +224,72 @@ func TestCLIOrdering(t *testing.T) {
 	}
 }
 
+// TestCLITransform: a subscription whose transform makes its bodies.
+// deliveries show prints the body sent after the event's payload, and
+// reads a skip and a failed transform as attempts that sent nothing;
+// status and subscriptions show name the rate limit, format and method.
+func TestCLITransform(t *testing.T) {
+	rc := testutil.NewReceiver(t)
+	const transform = `event == "request.updated" ? skip : {"text": data.title + " for " + data.assignedTo.email}`
+	db, url := startTestEngine(t, rc.URL, ", transform: '"+transform+"', method: PUT, rate_limit: 600/m")
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id, assigned_to_id) VALUES (7, 'Printer', 1, 1)`)
+	db.Exec(t, `UPDATE requests SET title = 'Printer on fire' WHERE id = 7`)
+	// Nobody is assigned: data.assignedTo is null, and the transform fails.
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (8, 'Nobody', 1)`)
+
+	// sent is request 7's creation, skipped its update, failed request
+	// 8's creation.
+	var sent, skipped, failed string
+	testutil.Eventually(t, 20*time.Second, "a delivery sent, one skipped and one failed", func() bool {
+		code, out, _ := cliRun(t, url, cliToken, "deliveries", "--subscription", "crm", "--json")
+		var list api.DeliveryList
+		if code != exitOK || json.Unmarshal([]byte(out), &list) != nil {
+			return false
+		}
+		for _, d := range list.Deliveries {
+			switch {
+			case d.Event == "request.created" && d.State == "delivered":
+				sent = d.ID
+			case d.Event == "request.updated" && d.State == "skipped":
+				skipped = d.ID
+			case d.Event == "request.created" && d.State == "failed":
+				failed = d.ID
+			}
+		}
+		return sent != "" && skipped != "" && failed != ""
+	})
+
+	code, out, errOut := cliRun(t, url, cliToken, "deliveries", "show", sent)
+	payload, body, ok := strings.Cut(out, "\nsent (transformed):\n")
+	if code != exitOK || !ok || body != "{\n  \"text\": \"Printer for john@company.com\"\n}\n" ||
+		!strings.Contains(payload, "\npayload:\n{\n") || !strings.Contains(payload, `"title": "Printer"`) {
+		t.Errorf("deliveries show %s: exit %d, want the payload, then the body sent\n%s%s", sent, code, out, errOut)
+	}
+	if reqs := rc.Requests(); len(reqs) != 1 || string(reqs[0].Body) != `{"text":"Printer for john@company.com"}` {
+		t.Errorf("the receiver got %d requests, want the one body shown as sent", len(reqs))
+	}
+	code, out, _ = cliRun(t, url, cliToken, "deliveries", "show", skipped)
+	if code != exitOK || !regexpMatch(out, `(?m)^1 .* auto .* - +0 +skipped: the transform gave null: not sent +-$`) ||
+		strings.Contains(out, "sent (transformed)") {
+		t.Errorf("deliveries show %s: exit %d, want an attempt that sent nothing, skipped\n%s", skipped, code, out)
+	}
+	code, out, _ = cliRun(t, url, cliToken, "deliveries", "show", failed)
+	if code != exitOK || !regexpMatch(out, `(?m)^1 .* auto .* - +0 +transform: the transform failed on this event: `) ||
+		strings.Contains(out, "sent (transformed)") {
+		t.Errorf("deliveries show %s: exit %d, want an attempt that sent nothing, class transform (named once)\n%s", failed, code, out)
+	}
+
+	code, out, _ = cliRun(t, url, cliToken, "status")
+	if code != exitOK || !regexpMatch(out, `(?m)^SUBSCRIPTION +STATE +ACTIVE +ORDERING +RATE LIMIT +QUEUE`) || !regexpMatch(out, `(?m)^crm +\S+ +true +none +600/m +\d`) {
+		t.Errorf("status: exit %d, want the rate limit\n%s", code, out)
+	}
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "show", "crm")
+	if code != exitOK || !regexpMatch(out, "\nformat: +dzdesk \\(the transform below makes the body\\)\nmethod: +PUT\nrate limit: +600/m\n") ||
+		!strings.HasSuffix(out, "\ntransform:\n  "+transform+"\n") {
+		t.Errorf("subscriptions show crm: exit %d\n%s", code, out)
+	}
+}
+
 func TestBlockedAndAge(t *testing.T) {
 	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
 	ago := func(d time.Duration) *time.Time { t := now.Add(-d); return &t }

@@ -53,7 +53,8 @@ func subscriptionsUsage(env *cli) {
   create --url U --events E  a runtime subscription (its secret is shown once)
          [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR]
          [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription]
-         [--description D]
+         [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT]
+         [--rate-limit 50/s] [--description D]
   update ID [flags]          change the fields given (the same flags; --active, --inactive)
   delete ID                  delete it; its pending and held deliveries are cancelled
   rotate-secret ID           a new secret, shown once; the old one stays valid for --overlap
@@ -102,14 +103,18 @@ func listSubscriptions(ctx context.Context, env *cli, args []string) int {
 		return exitOK
 	}
 	tw := newTable(env.stdout)
-	fmt.Fprintln(tw, "SUBSCRIPTION\tSOURCE\tACTIVE\tSTATE\tEVENTS\tURL\tDESCRIPTION")
+	fmt.Fprintln(tw, "SUBSCRIPTION\tSOURCE\tACTIVE\tSTATE\tFORMAT\tMETHOD\tRATE LIMIT\tEVENTS\tURL\tDESCRIPTION")
 	for _, s := range out.Subscriptions {
 		state := s.State
 		if s.Paused {
 			state += " (paused)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", s.ID, orDash(s.Source), s.Active, state, strings.Join(s.Events, ","),
-			printable(s.URL, false), orDash(printable(s.Description, false)))
+		format := orDash(s.Format)
+		if s.Transform != "" {
+			format += "+transform"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, orDash(s.Source), s.Active, state, format, orDash(s.Method),
+			rateLimitOf(s), strings.Join(s.Events, ","), printable(s.URL, false), orDash(printable(s.Description, false)))
 	}
 	_ = tw.Flush()
 	return exitOK
@@ -141,32 +146,45 @@ func showSubscription(ctx context.Context, env *cli, args []string) int {
 	return exitOK
 }
 
-// printSubscription prints a subscription's settings and state.
+// printSubscription prints a subscription's settings and state; its
+// transform, which may span lines, comes last.
 func printSubscription(env *cli, s api.Subscription) {
 	state := s.State
 	if s.Paused {
 		state += " (paused)"
+	}
+	format := orDash(s.Format)
+	if s.Transform != "" {
+		format += " (the transform below makes the body)"
 	}
 	tw := newTable(env.stdout)
 	for _, kv := range [][2]string{
 		{"subscription", s.ID}, {"source", orDash(s.Source)}, {"description", orDash(printable(s.Description, false))},
 		{"url", printable(s.URL, false)}, {"events", strings.Join(s.Events, ", ")}, {"filter", orDash(printable(s.Filter, false))},
 		{"active", fmt.Sprint(s.Active)}, {"queue while inactive", fmt.Sprint(s.QueueWhileInactive)}, {"ordering", orDash(s.Ordering)},
+		{"format", format}, {"method", orDash(s.Method)}, {"rate limit", rateLimitOf(s)},
 		{"state", state}, {"pending", fmt.Sprint(s.Pending)}, {"failed", fmt.Sprint(s.Failed)}, {"held", fmt.Sprint(s.Held)},
 		{"last success", when(s.LastSuccessAt)}, {"last failure", when(s.LastFailureAt)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	_ = tw.Flush()
+	if s.Transform != "" {
+		fmt.Fprintln(env.stdout, "transform:")
+		for line := range strings.Lines(printable(strings.TrimRight(s.Transform, "\n"), true)) {
+			fmt.Fprintf(env.stdout, "  %s", line)
+		}
+		fmt.Fprintln(env.stdout)
+	}
 }
 
 // changeSubscription creates a subscription, or changes the fields whose
 // flags are given.
 func changeSubscription(ctx context.Context, env *cli, verb string, args []string) int {
 	name := "subscriptions " + verb
-	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription] [--description D]"
+	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--description D]"
 	if verb == "update" {
-		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--ordering …] [--description D]"
+		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--description D]"
 	}
 	fs := newFlags(env, name, synopsis)
 	admin, cfg, asJSON := adminFlags(env, fs)
@@ -179,12 +197,16 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	fs.Var(headers, "header", "an HTTP header sent with each delivery, `NAME=VALUE` (repeat the flag for more); on update, the whole set")
 	standard := fs.Bool("standard-webhooks", false, "sign as Standard Webhooks (webhook-signature) rather than X-DZDESK-Signature")
 	ordering := fs.String("ordering", "", "the order kept: `none`, entity or subscription")
+	format := fs.String("format", "", "the body's `shape`: dzdesk (the event envelope), or a message for slack, teams or discord (which check no signature)")
+	transform := fs.String("transform", "", "a CEL `expression` over id, event, timestamp and data that makes the body: a map or a list, sent as JSON; skip or null: not sent. It overrides --format; on update, '' removes it")
+	method := fs.String("method", "", "the HTTP `method` of its attempts: POST or PUT")
+	rateLimit := fs.String("rate-limit", "", "at most this many attempts started per second or minute, e.g. `50/s` or 600/m; on update, '' removes it")
 	description := fs.String("description", "", "a `note` for operators")
 	var id, secret *string
 	var active *bool
 	if verb == "create" {
 		id = fs.String("id", "", "the subscription `id` (lowercase letters, digits, - and _); generated when absent")
-		secret = fs.String("secret", "", "the signing `secret`; generated when absent (better: a command line is visible to other users of the machine)")
+		secret = fs.String("secret", "", "the signing `secret`; generated when absent (better: a command line is visible to other users of the machine); with --format slack, teams or discord, --secret '' means none")
 	} else {
 		active = fs.Bool("active", false, "make it active")
 	}
@@ -242,6 +264,10 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	}
 	in.StandardWebhooks = boolean("standard-webhooks", standard)
 	in.Ordering = str("ordering", ordering)
+	in.Format = str("format", format)
+	in.Transform = str("transform", transform)
+	in.Method = str("method", method)
+	in.RateLimit = str("rate-limit", rateLimit)
 	in.Description = str("description", description)
 	if given["inactive"] {
 		v := !*inactive
@@ -265,6 +291,10 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 		}
 		fmt.Fprintf(env.stdout, "created %s\n\n", out.ID)
 		printSubscription(env, out.Subscription)
+		if out.Secret == "" {
+			fmt.Fprintf(env.stdout, "\nno secret: its receiver (format %s) checks no signature; the webhook URL is the credential.\n", orDash(out.Format))
+			return exitOK
+		}
 		fmt.Fprintf(env.stdout, "\nsecret: %s\n", printable(out.Secret, false))
 		fmt.Fprintln(env.stdout, "The secret is shown only now: dzhook will not show it again. Give it to the receiver to verify signatures.")
 		return exitOK

@@ -120,9 +120,41 @@ func (f *fakeSubs) CreateSubscription(_ context.Context, in api.SubscriptionInpu
 	if in.Description != nil {
 		st.Description = *in.Description
 	}
+	if err := applyBody(&st, in); err != nil {
+		return api.CreatedSubscription{}, err
+	}
 	f.subs = append(f.subs, st)
 	f.record("create", id, client, "url", "events")
-	return api.CreatedSubscription{Subscription: admin.SubscriptionOf(st), Secret: fakeSecret}, nil
+	secret := fakeSecret
+	if in.Secret != nil {
+		secret = *in.Secret // "" with a connector format: none
+	}
+	return api.CreatedSubscription{Subscription: admin.SubscriptionOf(st), Secret: secret}, nil
+}
+
+// applyBody lays a request's format, transform, method and rate limit
+// over st, as the engine does.
+func applyBody(st *fanout.SubscriptionStatus, in api.SubscriptionInput) error {
+	if in.Format != nil {
+		st.Format = *in.Format
+	}
+	if in.Transform != nil {
+		st.Transform = *in.Transform
+	}
+	if in.Method != nil {
+		st.Method = strings.ToUpper(*in.Method)
+	}
+	if in.RateLimit != nil {
+		st.RateLimit = fanout.Rate{}
+		if *in.RateLimit != "" {
+			r, err := fanout.ParseRate(*in.RateLimit)
+			if err != nil {
+				return &admin.ValidationError{Problems: []api.FieldProblem{{Field: "rate_limit", Problem: err.Error()}}}
+			}
+			st.RateLimit = r
+		}
+	}
+	return nil
 }
 
 func (f *fakeSubs) UpdateSubscription(_ context.Context, id string, in api.SubscriptionInput, client string) (api.Subscription, error) {
@@ -141,6 +173,9 @@ func (f *fakeSubs) UpdateSubscription(_ context.Context, id string, in api.Subsc
 	}
 	if in.Events != nil {
 		f.subs[i].Events = *in.Events
+	}
+	if err := applyBody(&f.subs[i], in); err != nil {
+		return api.Subscription{}, err
 	}
 	f.record("update", id, client)
 	return admin.SubscriptionOf(f.subs[i]), nil
@@ -306,6 +341,83 @@ func TestCLISubscriptions(t *testing.T) {
 	var page api.AuditPage
 	if code, out, _ := cliRun(t, url, cliToken, "audit", "--json"); code != exitOK || json.Unmarshal([]byte(out), &page) != nil || len(page.Entries) != 6 {
 		t.Errorf("audit --json: exit %d %q", code, out)
+	}
+}
+
+// TestCLISubscriptionBody: create and update take the body's format, the
+// transform, the method and the rate limit; list and show print them,
+// the transform last, as it was written.
+func TestCLISubscriptionBody(t *testing.T) {
+	f, url := startFakeAPI(t)
+	const transform = "event == \"user.updated\"\n  ? skip\n  : {\"text\": \"New user: \" + data.name}"
+	code, out, errOut := cliRun(t, url, cliToken, "subscriptions", "create", "--id", "team-chat", "--url", "https://hooks.slack.example/T0/B0/X",
+		"--events", "user.*", "--format", "slack", "--transform", transform, "--method", "put", "--rate-limit", "50/s", "--secret", "")
+	if code != exitOK {
+		t.Fatalf("create: exit %d\n%s%s", code, out, errOut)
+	}
+	want := api.SubscriptionInput{ID: ptr("team-chat"), URL: ptr("https://hooks.slack.example/T0/B0/X"), Events: ptr([]string{"user.*"}),
+		Secret: ptr(""), Format: ptr("slack"), Transform: ptr(transform), Method: ptr("put"), RateLimit: ptr("50/s")}
+	if got := f.inputs[0]; !reflect.DeepEqual(got, want) {
+		t.Errorf("create sent %s, want %s", jsonOf(got), jsonOf(want))
+	}
+	for _, line := range []string{
+		"\nformat: +slack \\(the transform below makes the body\\)\n",
+		"\nmethod: +PUT\n",
+		"\nrate limit: +50/s\n",
+		"\ntransform:\n  event == \"user.updated\"\n    \\? skip\n    : \\{\"text\": \"New user: \" \\+ data.name\\}\n",
+		"\nno secret: its receiver \\(format slack\\) checks no signature",
+	} {
+		if !regexpMatch(out, line) {
+			t.Errorf("create's output does not match %q:\n%s", line, out)
+		}
+	}
+	if strings.Contains(out, "\nsecret: ") {
+		t.Errorf("create without a secret prints one:\n%s", out)
+	}
+
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "list")
+	if code != exitOK || !regexpMatch(out, `(?m)^SUBSCRIPTION +SOURCE +ACTIVE +STATE +FORMAT +METHOD +RATE LIMIT +EVENTS`) ||
+		!regexpMatch(out, `(?m)^crm +config +true +healthy +dzdesk +POST +- +request\.\*`) ||
+		!regexpMatch(out, `(?m)^team-chat +runtime +true +healthy +slack\+transform +PUT +50/s +user\.\*`) {
+		t.Errorf("list: exit %d\n%s", code, out)
+	}
+
+	// update sends the fields given; '' removes the transform and the
+	// rate limit.
+	code, out, errOut = cliRun(t, url, cliToken, "subscriptions", "update", "team-chat", "--transform", "", "--rate-limit", "", "--method", "POST")
+	if code != exitOK {
+		t.Fatalf("update: exit %d\n%s%s", code, out, errOut)
+	}
+	if got := jsonOf(f.inputs[len(f.inputs)-1]); got != `{"transform":"","method":"POST","rate_limit":""}` {
+		t.Errorf("update sent %s", got)
+	}
+	if !regexpMatch(out, "\nformat: +slack\n") || !regexpMatch(out, "\nrate limit: +-\n") || strings.Contains(out, "transform") {
+		t.Errorf("update's output:\n%s", out)
+	}
+	code, _, errOut = cliRun(t, url, cliToken, "subscriptions", "update", "team-chat", "--rate-limit", "fast")
+	if code != exitUsage || !strings.Contains(errOut, "\n  rate_limit: ") {
+		t.Errorf("update --rate-limit fast: exit %d %q, want 2 and the problem", code, errOut)
+	}
+}
+
+func TestRateLimitOf(t *testing.T) {
+	until := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		s    api.Subscription
+		want string
+	}{
+		{api.Subscription{}, "-"},
+		{api.Subscription{RateLimit: "50/s", PacePerSecond: 50}, "50/s"},
+		{api.Subscription{RateLimit: "50/s", PacePerSecond: 25}, "50/s (pace 25/s)"},
+		{api.Subscription{RateLimit: "600/m", PacePerSecond: 10}, "600/m"},
+		{api.Subscription{RateLimit: "600/m", PacePerSecond: 2.5}, "600/m (pace 150/m)"},
+		{api.Subscription{RateLimit: "7/m", PacePerSecond: 0.058}, "7/m (pace 3.48/m)"},
+		{api.Subscription{RateLimit: "50/s", PacePerSecond: 25, PausedUntil: &until}, "50/s (pace 25/s, paused until " + when(&until) + ")"},
+		{api.Subscription{RateLimit: "50/s", PausedUntil: &until}, "50/s (paused until " + when(&until) + ")"},
+	} {
+		if got := rateLimitOf(tc.s); got != tc.want {
+			t.Errorf("rateLimitOf(%+v) = %q, want %q", tc.s, got, tc.want)
+		}
 	}
 }
 

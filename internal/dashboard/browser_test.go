@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,6 +45,9 @@ const (
 	secretsKey = "ZGFzaGJvYXJkLXRlc3Qtc2VjcmV0cy1rZXktMzJieXQ="
 	// newID is the webhook the script adds, edits, rotates and deletes.
 	newID = "helpdesk-sync"
+	// chatID is the Slack webhook the script adds last: format slack, no
+	// secret, a transform, PUT and a rate limit.
+	chatID = "team-chat"
 )
 
 // browserDeps returns node, or stops the test through pgtest.Unavailable
@@ -72,9 +76,12 @@ func browserDeps(t *testing.T) string {
 // webhook, save and test, toggle Active, view its history, rotate its
 // secret, delete it (the confirmation counts the delivery it cancels), and
 // find the config.yaml subscription read-only; replay the last hour into
-// the (paused) subscription and cancel a second replay. The script's expectations
-// are checked again here against the journal, the receivers and the audit
-// trail.
+// the (paused) subscription and cancel a second replay; add a Slack
+// webhook with a transform (a syntax error first, shown beside the field)
+// and a rate limit, and read what its transform made of four user events:
+// a message sent, a skip, a failure, and a 429 that paused it. The
+// script's expectations are checked again here against the journal, the
+// receivers and the audit trail.
 func TestDashboardInBrowser(t *testing.T) {
 	node := browserDeps(t)
 
@@ -101,6 +108,21 @@ func TestDashboardInBrowser(t *testing.T) {
 			return http.StatusOK, nil, `{"received":"test"}`
 		}
 		return http.StatusInternalServerError, nil, "helpdesk down"
+	})
+
+	// The Slack webhook's endpoint: it wants PUT, and answers 429 with a
+	// Retry-After to Busy Bee's message.
+	chat := testutil.NewReceiver(t)
+	var chatMu sync.Mutex
+	var chatMethods []string
+	chat.SetRespond(func(_ int, r *http.Request, body []byte) (int, http.Header, string) {
+		chatMu.Lock()
+		chatMethods = append(chatMethods, r.Method)
+		chatMu.Unlock()
+		if strings.Contains(string(body), "Busy Bee") {
+			return http.StatusTooManyRequests, http.Header{"Retry-After": {"120"}}, "slow down"
+		}
+		return http.StatusOK, nil, "ok"
 	})
 
 	db := pgtest.NewDB(t)
@@ -177,11 +199,18 @@ subscriptions:
 			}
 		}
 	}()
+	// Once the script has added the Slack webhook, four user events make
+	// its deliveries, each after the one before finished.
+	chatDone := make(chan error, 1)
+	chatConn := db.Connect(t)
+	go func() { chatDone <- chatEvents(t.Context(), chatConn, base) }()
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	replayFile := filepath.Join(t.TempDir(), "replays")
 	out, err := runScript(t, node, map[string]string{
 		"DZHOOK_NEW_URL":      hook.URL + "/hooks/helpdesk",
 		"DZHOOK_NEW_ID":       newID,
+		"DZHOOK_CHAT_URL":     chat.URL + "/services/T000/B000/XXXX",
+		"DZHOOK_CHAT_ID":      chatID,
 		"DZHOOK_SECRET_FILE":  secretFile,
 		"DZHOOK_REPLAY_FILE":  replayFile,
 		"DZHOOK_URL":          base + "/",
@@ -251,6 +280,122 @@ subscriptions:
 	if err := <-userCreated; err != nil {
 		t.Errorf("insert the user: %v", err)
 	}
+	if err := <-chatDone; err != nil {
+		t.Errorf("the Slack webhook's events: %v", err)
+	}
+	chatMu.Lock()
+	methods := slices.Clone(chatMethods)
+	chatMu.Unlock()
+	checkChat(t, conn, chat, methods)
+	// The form sends what the admin set: on create, the body's shape and
+	// pace besides the rest (and an empty secret); on edit, only the
+	// rate limit changed.
+	want := []string{
+		"create(active,events,format,id,method,ordering,queue_while_inactive,rate_limit,secret,transform,url)",
+		"update(rate_limit)",
+	}
+	if got := auditTrail(t, base, chatID); !slices.Equal(got, want) {
+		t.Errorf("audit trail of %s:\n got %q\nwant %q", chatID, got, want)
+	}
+}
+
+// chatEvent is a change to the users table and the delivery to chatID it
+// makes: its event and the state it reaches.
+type chatEvent struct{ sql, event, state string }
+
+// chatSteps are the user events the Slack webhook gets: Ana's creation
+// is sent as the transform's message; her update is skipped by the
+// transform; a user without a name makes the transform fail; Busy Bee's
+// message is answered 429, which pauses the webhook.
+var chatSteps = []chatEvent{
+	{`INSERT INTO users (id, email, name) VALUES (3, 'ana@company.com', 'Ana')`, "user.created", "delivered"},
+	{`UPDATE users SET name = 'Ana Lima' WHERE id = 3`, "user.updated", "skipped"},
+	{`INSERT INTO users (id, email) VALUES (4, 'nobody@company.com')`, "user.created", "failed"},
+	{`INSERT INTO users (id, email, name) VALUES (5, 'busy@company.com', 'Busy Bee')`, "user.created", "pending"},
+}
+
+// chatEvents waits for the script to add chatID and dzhook to run it,
+// then makes chatSteps, each once the delivery of the one before reached
+// its state (so the 429's pause holds nothing else back).
+func chatEvents(ctx context.Context, conn *pgx.Conn, base string) error {
+	poll := func(what string, cond func() (bool, error)) error {
+		for {
+			ok, err := cond()
+			if err != nil || ok {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s: %w", what, ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	// The API shows a subscription once the dispatcher runs it: from
+	// then on its events make deliveries.
+	err := poll("wait for "+chatID, func() (bool, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/subscriptions/"+chatID, nil)
+		if err != nil {
+			return false, err
+		}
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, nil // the next poll asks again
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, st := range chatSteps {
+		if _, err := conn.Exec(ctx, st.sql); err != nil {
+			return fmt.Errorf("%s: %w", st.sql, err)
+		}
+		// Pending counts once attempted: a delivery is pending before too.
+		err := poll(st.event+" "+st.state, func() (bool, error) {
+			var n int
+			err := conn.QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries
+				WHERE subscription_id = $1 AND NOT test AND event_type = $2 AND state = $3 AND attempts > 0`, chatID, st.event, st.state).Scan(&n)
+			return n == 1, err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkChat checks what the Slack webhook's receiver got: Ana's message
+// and Busy Bee's (answered 429), each the transform's body as the
+// journal keeps it, by PUT; nothing of the skipped and failed ones.
+func checkChat(t *testing.T, conn *pgx.Conn, chat *testutil.Receiver, methods []string) {
+	t.Helper()
+	var got []string
+	for _, r := range chat.Requests() {
+		got = append(got, string(r.Body))
+	}
+	want := []string{`{"text":"New user: Ana <ana@company.com>"}`, `{"text":"New user: Busy Bee <busy@company.com>"}`}
+	if !slices.Equal(got, want) {
+		t.Errorf("%s's receiver got %q, want %q", chatID, got, want)
+	}
+	if !slices.Equal(methods, []string{http.MethodPut, http.MethodPut}) {
+		t.Errorf("%s's receiver got methods %q, want PUT for both", chatID, methods)
+	}
+	rows, err := conn.Query(context.Background(), `SELECT state || ' ' || coalesce(convert_from(body, 'UTF8'), '-') FROM dzhook.deliveries
+		WHERE subscription_id = $1 AND NOT test ORDER BY created_at, id`, chatID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantKept := []string{"delivered " + want[0], "skipped -", "failed -", "pending " + want[1]}
+	if !slices.Equal(kept, wantKept) {
+		t.Errorf("%s's deliveries in the journal (state, body kept):\n got %q\nwant %q", chatID, kept, wantKept)
+	}
 }
 
 // checkManaged checks what the script did to the webhook it added: the
@@ -288,6 +433,19 @@ func checkManaged(t *testing.T, conn *pgx.Conn, hook *testutil.Receiver, secretF
 		t.Errorf("the user's delivery to %s: %q (%v), want cancelled by the delete", newID, state, err)
 	}
 
+	want := []string{
+		"create(active,description,events,headers,id,ordering,queue_while_inactive,url)",
+		"update(active)", "update(active)", "update(description)", "rotate(secret)", "delete()",
+	}
+	if got := auditTrail(t, base, newID); !slices.Equal(got, want) {
+		t.Errorf("audit trail of %s:\n got %q\nwant %q", newID, got, want)
+	}
+}
+
+// auditTrail returns the audit trail of subscription id, oldest first, as
+// "action(field,…)".
+func auditTrail(t *testing.T, base, id string) []string {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, base+"/v1/audit", nil)
 	req.Header.Set("Authorization", "Bearer "+adminToken)
 	resp, err := http.DefaultClient.Do(req)
@@ -301,17 +459,11 @@ func checkManaged(t *testing.T, conn *pgx.Conn, hook *testutil.Receiver, secretF
 	}
 	var got []string
 	for _, e := range slices.Backward(page.Entries) { // newest first
-		if e.Subscription == newID {
+		if e.Subscription == id {
 			got = append(got, e.Action+"("+strings.Join(e.Fields, ",")+")")
 		}
 	}
-	want := []string{
-		"create(active,description,events,headers,id,ordering,queue_while_inactive,url)",
-		"update(active)", "update(active)", "update(description)", "rotate(secret)", "delete()",
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("audit trail of %s:\n got %q\nwant %q", newID, got, want)
-	}
+	return got
 }
 
 // checkReplays checks the two replays the script started into crm, by

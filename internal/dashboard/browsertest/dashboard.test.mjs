@@ -20,6 +20,10 @@
 //   DZHOOK_REPLAY_FILE   where the script writes the ids of the two replays
 //                        it starts into DZHOOK_SUBSCRIPTION (done, then
 //                        cancelled), one a line
+//   DZHOOK_CHAT_URL      the endpoint of the Slack webhook the script adds
+//                        last (it answers 429 to Busy Bee's message)
+//   DZHOOK_CHAT_ID       its id; once it exists the test makes four user
+//                        events: sent, skipped, failed, and answered 429
 //   DZHOOK_SCREENSHOT    where to write the screenshot (PNG)
 //   DZHOOK_CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -49,6 +53,8 @@ const newURL = env('DZHOOK_NEW_URL');
 const newID = env('DZHOOK_NEW_ID');
 const secretFile = env('DZHOOK_SECRET_FILE');
 const replayFile = env('DZHOOK_REPLAY_FILE');
+const chatURL = env('DZHOOK_CHAT_URL');
+const chatID = env('DZHOOK_CHAT_ID');
 const screenshot = env('DZHOOK_SCREENSHOT');
 const executablePath = env('DZHOOK_CHROMIUM', '/usr/bin/chromium');
 const TIMEOUT = 15_000;
@@ -207,6 +213,7 @@ async function main() {
 
   await manageWebhooks();
   await replays();
+  await connectors();
 
   step('no API error was shown and the page raised none');
   const alert = await text(page.locator(tid('alert')));
@@ -421,6 +428,140 @@ async function replays() {
   await page.keyboard.press('Escape');
   await dialog.waitFor({ state: 'hidden' });
   await eventually('focus back', () => page.evaluate(() => document.activeElement?.dataset?.testid), (v) => v === `replay-${sub}`);
+}
+
+// The Slack webhook's transform: a message for each user, none for an
+// update; it fails on a user without a name (null + string).
+const chatTransform = 'event == "user.updated" ? skip : {"text": "New user: " + data.name + " <" + data.email + ">"}';
+
+// connectors adds a Slack webhook as DZDESK's admin would (format slack,
+// no secret, a transform, PUT and a rate limit; a syntax error first),
+// reads its card, and opens what its transform made of the four user
+// events the test makes once it exists: a message sent, a skip, a
+// failure, and a message answered 429, which pauses the webhook.
+async function connectors() {
+  step('Add webhook, format slack: the secret becomes optional and "No secret" is chosen');
+  await page.locator(tid('add-webhook')).click();
+  const dialog = page.locator(tid('sub-dialog'));
+  await dialog.waitFor({ state: 'visible' });
+  if (await page.locator(tid('sf-secret-optional')).isVisible()) throw new Error('the secret is said optional with format dzdesk');
+  if (await page.locator(tid('sf-secret-none')).isVisible()) throw new Error('"No secret" is offered with format dzdesk');
+  await page.locator(tid('sf-format')).selectOption('slack');
+  await eventually('secret optional', () => text(page.locator(tid('sf-secret-optional'))), (s) => s.startsWith('Optional') && s.includes('Slack'));
+  if (!(await page.locator(tid('sf-secret-none')).isChecked())) throw new Error('"No secret" is not chosen for a Slack webhook');
+
+  step('a transform with a syntax error and a malformed rate limit: each problem beside its field');
+  await page.getByLabel('Id (optional').fill(chatID);
+  await page.getByLabel('Endpoint URL').fill(chatURL);
+  await page.getByLabel('More events or patterns').fill('user.*');
+  await page.getByLabel('Transform (optional').fill(`${chatTransform} +`);
+  await page.getByLabel('Method').selectOption('PUT');
+  await page.getByLabel('Rate limit').fill('50/sec');
+  await page.locator(tid('sf-save')).click();
+  const transformError = await eventually('transform problem', () => text(page.locator(tid('sf-transform-error'))),
+    (s) => /syntax error/i.test(s) && /\b1:\d+\b/.test(s));
+  console.log(`  transform: ${transformError}`);
+  await eventually('rate limit problem', () => text(page.locator(tid('sf-rate-limit-error'))), (s) => s.includes('50/sec'));
+  if ((await page.locator(tid('sf-transform')).getAttribute('aria-invalid')) !== 'true') throw new Error('the transform is not marked invalid');
+  if ((await page.evaluate(() => document.activeElement?.id)) !== 'sf-transform') throw new Error('the focus is not on the transform, the first field with a problem');
+  await dialog.screenshot({ path: screenshot.replace(/\.png$/, '') + '-transform-error.png' });
+  for (const f of ['url', 'events', 'secret', 'format', 'method']) {
+    if (await page.locator(tid(`sf-${f}-error`)).isVisible()) throw new Error(`a problem is shown beside ${f}`);
+  }
+
+  step('fix both and save: saved without a secret, the dialog closes');
+  await page.getByLabel('Transform (optional').fill(chatTransform);
+  await page.getByLabel('Rate limit').fill('50/s');
+  await page.locator(tid('sf-save')).click();
+  await dialog.waitFor({ state: 'hidden' });
+  await eventually('created message', () => text(page.locator(tid('status'))), (s) => s.includes(`Created webhook ${chatID}`));
+
+  step(`${chatID}'s card: format slack, a transform, PUT, the rate limit and its pace`);
+  await page.locator(tid(`subscription-row-${chatID}`)).waitFor({ state: 'visible' });
+  await eventually('format tag', () => text(page.locator(tid(`format-${chatID}`))), (s) => s === 'slack');
+  await eventually('transform tag', () => page.locator(tid(`transform-tag-${chatID}`)).getAttribute('title'), (s) => s?.endsWith(chatTransform));
+  await eventually('method tag', () => text(page.locator(tid(`method-${chatID}`))), (s) => s === 'PUT');
+  await eventually('rate limit', () => text(page.locator(tid(`rate-${chatID}`))), (s) => s.startsWith('Rate limit: 50/s · pace '));
+  if (await page.locator(tid(`format-${sub}`)).isVisible()) throw new Error(`${sub} (format dzdesk) shows a format tag`);
+  if (await page.locator(tid(`rate-${sub}`)).isVisible()) throw new Error(`${sub} (no rate limit) shows a rate limit`);
+
+  step('its settings show the transform as text, never as markup');
+  await page.locator(`${tid(`settings-box-${chatID}`)} summary`).click();
+  const shown = page.locator(tid(`settings-transform-${chatID}`));
+  await eventually('transform shown', () => shown.textContent(), (s) => s === chatTransform);
+  if ((await shown.locator('*').count()) !== 0) throw new Error('the transform was rendered as HTML');
+  await eventually('format fact', () => text(page.locator(tid(`settings-format-${chatID}`))), (s) => s.includes('slack') && s.includes('the transform makes the body instead'));
+
+  step('its history: Ana sent, her update skipped, a user without a name failed, Busy Bee answered 429: the card says it is paused, at half pace');
+  await page.locator(tid(`history-${chatID}`)).click();
+  await eventually('filter', () => page.locator(tid('filter-subscription')).inputValue(), (v) => v === chatID);
+  const rows = page.locator(`${tid('history')} tbody tr`);
+  const states = (await eventually('its four deliveries', () => rows.locator('[data-testid^="delivery-state-"]').allTextContents(),
+    (l) => l.length === 4 && ['delivered', 'skipped', 'failed'].every((st) => l.includes(st)), 30_000)).join(', ');
+  console.log(`  ${states}`);
+  // Checked at once: the pace recovers 30 s after the 429 (the pause
+  // lasts its Retry-After, 120 s).
+  const rate = await eventually('paused', () => text(page.locator(tid(`rate-${chatID}`))),
+    (s) => /^Rate limit: 50\/s · pace now 25\/s · paused until \d\d:\d\d:\d\d \(in \d+ (s|min)\)$/.test(s));
+  console.log(`  the card: ${rate}`);
+  const open = async (state) => {
+    await rows.filter({ has: page.locator('[data-testid^="delivery-state-"]', { hasText: new RegExp(`^${state}$`) }) })
+      .locator('[data-testid^="open-"]').click();
+    await eventually('detail state', () => text(page.locator(tid('detail-state'))), (s) => s === state);
+  };
+  const attempts = page.locator(tid('attempt-row'));
+
+  step('Ana\'s delivery: the event payload, and the body sent, pretty-printed, with what the signature covers');
+  await open('delivered');
+  await eventually('one attempt, HTTP 200', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === '200');
+  await eventually('payload title', () => text(page.locator(tid('payload-title'))), (s) => s === 'Event payload');
+  const payload = JSON.parse(await text(page.locator(tid('payload'))));
+  if (payload.event !== 'user.created' || payload.data?.name !== 'Ana') throw new Error(`event payload: ${JSON.stringify(payload)}`);
+  await page.locator(tid('sent-section')).waitFor({ state: 'visible' });
+  const sentText = await text(page.locator(tid('sent')));
+  if (JSON.stringify(JSON.parse(sentText)) !== JSON.stringify({ text: 'New user: Ana <ana@company.com>' })) throw new Error(`sent: ${sentText}`);
+  if (!sentText.includes('\n  ')) throw new Error('the sent body is not pretty-printed');
+  if (!(await text(page.locator(tid('sent-section')))).includes('signature covers these bytes')) throw new Error('no note on what the signature covers');
+  if (await page.locator(tid('detail-note')).isVisible()) throw new Error('a delivered delivery has a note');
+  await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-sent.png', fullPage: true });
+
+  step('the update: skipped by the transform, nothing sent');
+  await open('skipped');
+  await eventually('attempt status', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === 'not sent');
+  await eventually('attempt kind', () => text(attempts.nth(0).locator(tid('attempt-error-class'))), (s) => s === 'skipped');
+  await eventually('attempt error', () => text(page.locator(tid('attempt-error'))), (s) => s.startsWith('skipped: the transform gave null'));
+  await eventually('note', () => text(page.locator(tid('detail-note'))), (s) => s.startsWith('Skipped by the subscription’s transform'));
+  if (await page.locator(tid('sent-section')).isVisible()) throw new Error('a skipped delivery shows a sent body');
+  if ((await text(page.locator(tid('payload-title')))) !== 'Payload') throw new Error('the payload of a delivery without a sent body is not titled Payload');
+
+  step('the user without a name: the transform failed, class transform, nothing sent');
+  await open('failed');
+  await eventually('attempt status', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === 'not sent');
+  await eventually('attempt class', () => text(attempts.nth(0).locator(tid('attempt-error-class'))), (s) => s === 'transform');
+  await eventually('attempt error', () => text(page.locator(tid('attempt-error'))), (s) => s.startsWith('transform: '));
+  await eventually('note', () => text(page.locator(tid('detail-note'))), (s) => s.includes('transform (or format) failed'));
+  if (await page.locator(tid('sent-section')).isVisible()) throw new Error('a failed transform shows a sent body');
+
+  step('Busy Bee: answered 429, pending, its body kept for the retry');
+  await open('pending');
+  await eventually('attempt status', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === '429');
+  await eventually('sent', () => text(page.locator(tid('sent'))), (s) => s.includes('Busy Bee'));
+  await page.locator(tid(`subscription-row-${chatID}`)).screenshot({ path: screenshot.replace(/\.png$/, '') + '-connector.png' });
+  await page.locator(tid('close-detail')).click();
+  await page.locator(tid('reset-filters')).click();
+
+  step('edit: the form shows the format, transform, method and rate limit; changing the rate limit sends only it');
+  await page.locator(tid(`edit-${chatID}`)).click();
+  await dialog.waitFor({ state: 'visible' });
+  for (const [f, want] of [['sf-format', 'slack'], ['sf-transform', chatTransform], ['sf-method', 'PUT'], ['sf-rate-limit', '50/s']]) {
+    const got = await page.locator(tid(f)).inputValue();
+    if (got !== want) throw new Error(`the edit form's ${f} is ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+  }
+  await page.getByLabel('Rate limit').fill('600/m');
+  await page.locator(tid('sf-save')).click();
+  await dialog.waitFor({ state: 'hidden' });
+  await eventually('saved message', () => text(page.locator(tid('status'))), (s) => s.includes(`Saved ${chatID}: rate_limit changed`));
+  await eventually('new rate limit', () => text(page.locator(tid(`rate-${chatID}`))), (s) => s === 'Rate limit: 600/m · pace 600/m');
 }
 
 let code = 0;

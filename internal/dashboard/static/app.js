@@ -299,6 +299,11 @@ function buildCard(id) {
   c.state = el('span', { class: 'badge', 'data-testid': `state-${id}` });
   c.inactive = el('span', { class: 'tag', text: 'inactive', title: 'active: false in the configuration', hidden: true });
   c.ordering = el('span', { class: 'tag', 'data-testid': `ordering-${id}` });
+  // The body's shape and the method, shown only when they are not the
+  // defaults (DZDESK's envelope, POST).
+  c.format = el('span', { class: 'tag tag-format', 'data-testid': `format-${id}`, hidden: true });
+  c.transform = el('span', { class: 'tag tag-format', 'data-testid': `transform-tag-${id}`, text: 'transform', hidden: true });
+  c.method = el('span', { class: 'tag', 'data-testid': `method-${id}`, hidden: true });
   c.source = el('span', {
     class: 'tag tag-config', 'data-testid': `source-${id}`, text: 'config.yaml', hidden: true,
     title: 'Defined in config.yaml: change it there. Pause, resume, test and retry work here.',
@@ -342,6 +347,7 @@ function buildCard(id) {
     c.chartCap,
   );
   c.blocked = el('p', { class: 'order-line', 'data-testid': `blocked-${id}`, hidden: true });
+  c.rate = el('p', { class: 'order-line', 'data-testid': `rate-${id}`, hidden: true });
   c.lastError = el('p', { class: 'last-error', 'data-testid': `last-error-${id}`, hidden: true });
 
   c.pause = el('button', { type: 'button', 'data-testid': `pause-${id}`, onclick: () => pauseResume(id, 'pause') }, 'Pause');
@@ -360,13 +366,14 @@ function buildCard(id) {
   c.root = el('article', { class: 'card', 'data-testid': `subscription-row-${id}`, 'aria-labelledby': `${p}-title` },
     el('div', { class: 'card-head' },
       el('h3', { id: `${p}-title`, class: 'card-title', text: id }),
-      c.state, c.inactive, c.ordering, c.source,
+      c.state, c.inactive, c.ordering, c.format, c.transform, c.method, c.source,
       el('span', { class: 'card-head-actions' }, c.active, c.pause, c.resume),
     ),
     c.url,
     c.description,
     el('div', { class: 'card-body' }, metrics, chart),
     c.blocked,
+    c.rate,
     c.lastError,
     el('div', { class: 'actions', role: 'group', 'aria-label': `Actions for ${id}` },
       el('span', { class: 'action-group' },
@@ -426,6 +433,7 @@ function updateCard(c, s) {
   c.lastfail.title = s.last_failure_at || '';
 
   updateOrdering(c, s);
+  updateBody(c, s);
 
   const failedLast = s.last_failure_at && (!s.last_success_at || s.last_failure_at > s.last_success_at);
   const why = errorText(s.last_status, s.last_error);
@@ -445,7 +453,8 @@ function updateCard(c, s) {
 // updateSettings lists the subscription's fields, read-only (a config.yaml
 // subscription is changed in the file; a runtime one through Edit).
 function updateSettings(c, s) {
-  const key = JSON.stringify([s.source, s.events, s.filter, s.active, s.queue_while_inactive, s.ordering, s.description]);
+  const key = JSON.stringify([s.source, s.events, s.filter, s.active, s.queue_while_inactive, s.ordering, s.description,
+    s.format, s.transform, s.method, s.rate_limit]);
   if (c.settingsKey === key) return;
   c.settingsKey = key;
   setText(c.settingsNote, s.source === 'config'
@@ -456,8 +465,81 @@ function updateSettings(c, s) {
     fact('Filter', s.filter ? el('span', { class: 'mono', text: s.filter }) : 'none'),
     fact('Active', s.active !== false ? 'yes' : `no (events ${s.queue_while_inactive ? 'kept for later' : 'skipped'})`),
     fact('Ordering', s.ordering || 'none'),
+    fact('Format', formatText(s), `settings-format-${s.id}`),
+    fact('Method', s.method || 'POST'),
+    fact('Rate limit', s.rate_limit || 'none'),
     fact('Source', s.source === 'config' ? 'config.yaml' : 'runtime (API or dashboard)'),
+    wide(fact('Transform', s.transform
+      ? el('pre', { class: 'code code-small', 'data-testid': `settings-transform-${s.id}`, text: s.transform })
+      : connector(s.format) ? `none: the ${s.format} format makes the body` : 'none: the event envelope is sent')),
   );
+}
+
+// FORMATS are the body's shapes (subscriptions[].format).
+const FORMATS = {
+  dzdesk: 'DZDESK’s event envelope',
+  slack: 'Slack incoming webhook',
+  teams: 'Microsoft Teams incoming webhook',
+  discord: 'Discord webhook',
+};
+
+// connector: a format for a chat destination, which verifies no
+// signature (its webhook URL is the credential).
+const connector = (format) => Boolean(format) && format !== 'dzdesk';
+
+function formatText(s) {
+  const f = s.format || 'dzdesk';
+  const what = `${f} (${FORMATS[f] || 'unknown'})`;
+  return s.transform ? `${what}; the transform makes the body instead` : what;
+}
+
+function wide(node) {
+  node.classList.add('fact-wide');
+  return node;
+}
+
+// updateBody shows what shapes and paces the subscription's requests
+// when it is not the default: its format, its transform (the expression
+// in the tooltip; the settings show it whole), PUT, and the rate limit
+// with the pace this process keeps now and a 429's pause.
+function updateBody(c, s) {
+  const format = s.format || 'dzdesk';
+  c.format.hidden = !connector(format);
+  setText(c.format, format);
+  c.format.title = s.transform ? `format: ${format}; the transform makes the body instead` : `format: ${format} — each body is made for a ${FORMATS[format] || format}`;
+  c.transform.hidden = !s.transform;
+  c.transform.title = s.transform ? `A CEL transform makes each body: ${s.transform}` : '';
+  const method = s.method || 'POST';
+  c.method.hidden = method === 'POST';
+  setText(c.method, method);
+  c.method.title = `Every attempt is an HTTP ${method}`;
+  c.rate.hidden = !s.rate_limit;
+  if (!s.rate_limit) return;
+  const r = rateLine(s);
+  setText(c.rate, r.text);
+  c.rate.className = r.slowed || r.paused ? 'order-line warn' : 'order-line';
+  c.rate.title = 'At most this many attempts start, evenly spaced; the rest wait in the journal. A 429 halves the pace (it recovers every 30 s) and its Retry-After holds the attempts until then. dzhook processes that share the journal share the limit.' +
+    (r.paused ? ` Paused until ${s.paused_until}.` : '');
+}
+
+// rateLine says a rate limit, the pace kept now in the limit's unit
+// (lower after 429 answers, or when other processes share the limit) and
+// a 429's pause: "Rate limit: 50/s · pace now 25/s · paused until
+// 14:32:05 (in 2 min)".
+function rateLine(s, now = Date.now()) {
+  const [count, unit] = String(s.rate_limit).split('/');
+  const per = unit === 'm' ? 60 : 1;
+  const limit = Number(count) / per; // per second
+  const pace = Number(s.pace_per_second) || 0;
+  const slowed = pace > 0 && pace < limit * 0.999;
+  const parts = [`Rate limit: ${s.rate_limit}`];
+  if (pace > 0) {
+    const v = pace * per;
+    parts.push(`pace ${slowed ? 'now ' : ''}${Number(v.toFixed(v < 10 ? 2 : 1))}/${unit}`);
+  }
+  const paused = Boolean(s.paused_until) && new Date(s.paused_until).getTime() > now;
+  if (paused) parts.push(`paused until ${fmtTime(s.paused_until).slice(11)} (${fmtAgo(s.paused_until, now)})`);
+  return { text: parts.join(' · '), slowed, paused };
 }
 
 const orderingTitles = {
@@ -684,12 +766,16 @@ function testReport(t, event, rep, hide) {
 // never goes to the URL, sessionStorage or localStorage.
 
 const GROUP_LABELS = { request: 'Request events', sla: 'SLA events', user: 'User events', custom: 'Custom events' };
-const FORM_FIELDS = ['id', 'url', 'description', 'events', 'secret', 'active', 'ordering', 'filter', 'headers'];
+// FORM_FIELDS are the API's fields the form shows problems of, in the
+// form's order; a field's controls are #sf-<name> and #sf-<name>-error,
+// with - for _ (rate_limit: #sf-rate-limit).
+const FORM_FIELDS = ['id', 'url', 'description', 'events', 'secret', 'active', 'ordering', 'filter', 'format', 'transform', 'method', 'rate_limit', 'headers'];
+const fieldID = (f) => `sf-${f.replaceAll('_', '-')}`;
 
 // form is the open Add/Edit dialog: mode "create" or "edit", the
 // subscription as last saved (edit), whether the header rows were touched,
 // and the button that opened it (the focus goes back there).
-const form = { mode: 'create', id: '', orig: null, headersDirty: false, opener: null };
+const form = { mode: 'create', id: '', orig: null, headersDirty: false, secretModeTouched: false, opener: null };
 
 const radioValue = (name) => document.querySelector(`input[name="${name}"]:checked`)?.value || '';
 
@@ -768,7 +854,7 @@ function headerRows() {
 function clearFieldErrors() {
   $('sub-errors').replaceChildren();
   for (const f of FORM_FIELDS) {
-    const p = $(`sf-${f}-error`);
+    const p = $(`${fieldID(f)}-error`);
     if (p) {
       p.hidden = true;
       p.textContent = '';
@@ -793,7 +879,7 @@ function showProblems(box, problems, message) {
   const general = [];
   for (const p of problems) {
     const f = fieldOf(p.field);
-    if (f && $(`sf-${f}-error`) && (form.mode === 'create' || !['id', 'secret'].includes(f))) {
+    if (f && $(`${fieldID(f)}-error`) && (form.mode === 'create' || !['id', 'secret'].includes(f))) {
       if (!byField.has(f)) byField.set(f, []);
       byField.get(f).push(p.field === f ? p.problem : `${p.field}: ${p.problem}`);
     } else {
@@ -803,10 +889,10 @@ function showProblems(box, problems, message) {
   let first = null;
   for (const f of FORM_FIELDS) {
     if (!byField.has(f)) continue;
-    const p = $(`sf-${f}-error`);
+    const p = $(`${fieldID(f)}-error`);
     p.textContent = byField.get(f).join('; ');
     p.hidden = false;
-    const target = $(`sf-${f}`);
+    const target = $(fieldID(f));
     const control = target && target.matches('input, select, textarea') ? target
       : p.closest('fieldset')?.querySelector('input, select, textarea, button');
     control?.setAttribute('aria-invalid', 'true');
@@ -839,10 +925,16 @@ function openForm(id, opener) {
     $('sf-queue').checked = Boolean(s.queue_while_inactive);
     $('sf-ordering').value = s.ordering || 'none';
     $('sf-filter').value = s.filter || '';
+    $('sf-format').value = s.format || 'dzdesk';
+    $('sf-transform').value = s.transform || '';
+    $('sf-method').value = s.method || 'POST';
+    $('sf-rate-limit').value = s.rate_limit || '';
     syncTestEvent();
   }
+  form.secretModeTouched = false;
   showFormMode();
   $('sf-secret-field').hidden = true;
+  syncSecretChoices();
   const dialog = $('sub-dialog');
   if (!dialog.open) dialog.showModal();
   $('sf-url').focus();
@@ -860,8 +952,37 @@ function showFormMode() {
     : 'Sent with every delivery; stored encrypted like the secret.';
 }
 
-// formBody is the JSON body: every field set when creating; only the
-// changed ones when editing (PATCH).
+// syncSecretChoices fits the secret's choices to the format: with Slack,
+// Teams or Discord the secret is optional (they verify no signature), and
+// "No secret" is chosen unless the operator chose otherwise.
+function syncSecretChoices() {
+  const format = $('sf-format').value;
+  const optional = connector(format);
+  $('sf-secret-legend-optional').hidden = !optional;
+  $('sf-secret-optional').hidden = !optional;
+  setText($('sf-secret-optional'), optional
+    ? `Optional: ${FORMATS[format]}s check no signature, the webhook URL is the credential (keep it secret). A secret only serves something in between that verifies X-DZDESK-Signature.`
+    : '');
+  $('sf-secret-none-choice').hidden = !optional;
+  const mode = radioValue('secret-mode');
+  if (optional && !form.secretModeTouched && mode === 'generate') setSecretMode('none');
+  if (!optional && mode === 'none') setSecretMode('generate');
+  // Standard Webhooks signatures need a secret.
+  const none = radioValue('secret-mode') === 'none';
+  $('sf-standard').disabled = none;
+  if (none) $('sf-standard').checked = false;
+}
+
+function setSecretMode(mode) {
+  const radio = document.querySelector(`input[name="secret-mode"][value="${mode}"]`);
+  radio.checked = true;
+  $('sf-secret-field').hidden = mode !== 'paste';
+  if (mode !== 'paste') $('sf-secret').value = '';
+}
+
+// formBody is the JSON body: every field set when creating (the body's
+// shape and pace only when they are not the defaults); only the changed
+// ones when editing (PATCH).
 function formBody() {
   const b = {};
   const events = chosenEvents();
@@ -871,17 +992,29 @@ function formBody() {
   const active = $('sf-active').checked;
   const queue = $('sf-queue').checked;
   const ordering = $('sf-ordering').value;
+  const format = $('sf-format').value;
+  const transform = $('sf-transform').value.trim();
+  const method = $('sf-method').value;
+  const rateLimit = $('sf-rate-limit').value.trim();
   if (form.mode === 'create') {
     const id = $('sf-id').value.trim();
     if (id) b.id = id;
     b.url = url;
     b.events = events;
-    if (radioValue('secret-mode') === 'paste') b.secret = $('sf-secret').value;
+    const mode = radioValue('secret-mode');
+    if (mode === 'paste') b.secret = $('sf-secret').value;
+    // "" asks for none (allowed with a connector format); left out, the
+    // API generates one.
+    if (mode === 'none') b.secret = '';
     if ($('sf-standard').checked) b.standard_webhooks = true;
     b.active = active;
     b.queue_while_inactive = queue;
     b.ordering = ordering;
     if (filter) b.filter = filter;
+    if (format !== 'dzdesk') b.format = format;
+    if (transform) b.transform = transform;
+    if (method !== 'POST') b.method = method;
+    if (rateLimit) b.rate_limit = rateLimit;
     if (description) b.description = description;
     const h = headerRows();
     if (Object.keys(h).length) b.headers = h;
@@ -896,6 +1029,11 @@ function formBody() {
   if (active !== (o.active !== false)) b.active = active;
   if (queue !== Boolean(o.queue_while_inactive)) b.queue_while_inactive = queue;
   if (ordering !== (o.ordering || 'none')) b.ordering = ordering;
+  // "" removes a transform or a rate limit.
+  if (format !== (o.format || 'dzdesk')) b.format = format;
+  if (transform !== (o.transform || '').trim()) b.transform = transform;
+  if (method !== (o.method || 'POST')) b.method = method;
+  if (rateLimit !== (o.rate_limit || '').trim()) b.rate_limit = rateLimit;
   if (form.headersDirty) b.headers = headerRows();
   return b;
 }
@@ -928,7 +1066,8 @@ async function saveForm(andTest) {
       const { secret, ...sub } = created;
       Object.assign(form, { mode: 'edit', id: sub.id, orig: sub, headersDirty: false });
       showFormMode();
-      result.replaceChildren(generated && secret ? secretOnce(secret, 'sub') : el('p', { class: 'muted', text: 'Saved with the secret you entered.' }));
+      result.replaceChildren(generated && secret ? secretOnce(secret, 'sub')
+        : el('p', { class: 'muted', text: body.secret === '' ? 'Saved without a secret.' : 'Saved with the secret you entered.' }));
       $('sf-secret').value = '';
       $('sf-id').value = '';
       saved = `Created webhook ${sub.id}.`;
@@ -1140,10 +1279,13 @@ function wireManage() {
   $('sf-event-groups').addEventListener('change', syncTestEvent);
   $('sub-form').addEventListener('change', (ev) => {
     if (ev.target.name === 'secret-mode') {
+      form.secretModeTouched = true;
       $('sf-secret-field').hidden = ev.target.value !== 'paste';
       if (ev.target.value === 'paste') $('sf-secret').focus();
       else $('sf-secret').value = '';
+      syncSecretChoices();
     }
+    if (ev.target.id === 'sf-format') syncSecretChoices();
   });
   $('rotate-form').addEventListener('submit', submitRotate);
   $('rotate-form').addEventListener('change', (ev) => {
@@ -1433,7 +1575,7 @@ async function loadMore() {
 function lastResult(d) {
   if (d.in_flight) return el('span', { class: 'muted', text: 'sending…' });
   if (d.last_status) return el('span', { class: d.last_status < 300 ? 'good' : 'bad', text: `HTTP ${d.last_status}` });
-  if (d.last_error) return el('span', { class: 'bad', title: d.last_error, text: d.last_error });
+  if (d.last_error) return el('span', { class: d.state === 'skipped' ? 'muted' : 'bad', title: d.last_error, text: d.last_error });
   return el('span', { class: 'muted', text: '—' });
 }
 
@@ -1602,6 +1744,9 @@ function renderDetail(data) {
   const rows = [];
   for (const a of attempts) {
     const ok = a.status_code && a.status_code >= 200 && a.status_code < 300;
+    // An attempt that sent nothing: the transform skipped the delivery or
+    // failed on its event.
+    const unsent = unsentWhy(a);
     rows.push(el('tr', { 'data-testid': 'attempt-row', 'data-attempt': a.attempt, class: 'attempt' },
       el('td', { class: 'num', 'data-testid': 'attempt-number', text: a.attempt }),
       el('td', { class: 'c-time' }, timeEl(a.at, fmtShort(a.at))),
@@ -1612,21 +1757,24 @@ function renderDetail(data) {
         ? el('td', { class: 'mono c-instance', 'data-testid': 'attempt-instance', title: a.instance, text: a.instance })
         : el('td', { 'data-testid': 'attempt-instance' }, el('span', { class: 'muted', title: 'not recorded', text: '—' })),
       el('td', { 'data-testid': 'attempt-status' },
-        a.status_code ? el('span', { class: ok ? 'good' : 'bad', text: String(a.status_code) }) : el('span', { class: 'muted', text: 'no answer' })),
-      el('td', { 'data-testid': 'attempt-error-class' }, a.error_class ? el('span', { class: 'tag tag-bad', text: a.error_class }) : el('span', { class: 'muted', text: '—' })),
-      el('td', { class: 'num', 'data-testid': 'attempt-duration', text: fmtMS(a.duration_ms) }),
+        a.status_code ? el('span', { class: ok ? 'good' : 'bad', text: String(a.status_code) })
+          : el('span', { class: 'muted', text: unsent ? 'not sent' : 'no answer' })),
+      el('td', { 'data-testid': 'attempt-error-class' }, a.error_class ? el('span', { class: 'tag tag-bad', text: a.error_class })
+        : el('span', { class: 'muted', text: unsent === 'skipped' ? 'skipped' : '—' })),
+      el('td', { class: 'num', 'data-testid': 'attempt-duration', text: unsent ? '—' : fmtMS(a.duration_ms) }),
     ));
     const body = a.response_body || '';
     const note = a.response_body_base64 ? ' (not valid UTF-8: invalid bytes shown as �)' : '';
     rows.push(el('tr', { class: 'attempt-body' },
       el('td', {}),
       el('td', { colspan: '6' },
-        a.error && a.error !== `HTTP ${a.status_code}` ? el('p', { class: 'attempt-error', 'data-testid': 'attempt-error', text: a.error }) : null,
+        a.error && a.error !== `HTTP ${a.status_code}`
+          ? el('p', { class: unsent === 'skipped' ? 'muted' : 'attempt-error', 'data-testid': 'attempt-error', text: a.error }) : null,
         body
           ? el('details', { 'data-testid': 'attempt-body' },
             el('summary', { text: `Response body (${body.length} characters${note})` }),
             el('pre', { class: 'code code-small', tabindex: '0', 'aria-label': `Response body of attempt ${a.attempt}`, text: pretty(body) }))
-          : el('p', { class: 'muted small-text', text: 'Empty response body' }),
+          : el('p', { class: 'muted small-text', text: unsent ? 'Nothing was sent to the receiver.' : 'Empty response body' }),
       ),
     ));
   }
@@ -1638,8 +1786,41 @@ function renderDetail(data) {
   }
   $('attempts-empty').hidden = attempts.length > 0;
   renderWaited(d, data);
+  renderNote(d, attempts);
   const p = data.payload;
   setText($('payload'), p === undefined || p === null || p === '' ? '(no payload in the journal)' : pretty(p));
+  // The body sent, when the subscription's transform or format made one.
+  const sent = data.sent;
+  const hasSent = sent !== undefined && sent !== null;
+  $('sent-section').hidden = !hasSent;
+  setText($('sent'), hasSent ? pretty(sent) : '');
+  setText($('payload-title'), hasSent ? 'Event payload' : 'Payload');
+}
+
+// unsentWhy says why an attempt sent nothing: "transform" (its transform
+// failed on the event, or went over its cost budget) or "skipped" (its
+// transform gave null: the one attempt with neither a status nor an error
+// class); "" for an attempt that made a request.
+function unsentWhy(a) {
+  if (a.status_code) return '';
+  if (a.error_class === 'transform') return 'transform';
+  if (!a.error_class) return 'skipped';
+  return '';
+}
+
+// renderNote explains a delivery that its transform kept from being
+// sent: skipped, or failed on the event.
+function renderNote(d, attempts) {
+  const last = attempts[attempts.length - 1];
+  const why = last && d.state !== 'pending' ? unsentWhy(last) : '';
+  const note = $('detail-note');
+  note.hidden = !why;
+  note.className = why === 'transform' ? 'detail-note bad' : 'detail-note';
+  setText(note, why === 'skipped'
+    ? 'Skipped by the subscription’s transform: it gave null (skip) for this event, so nothing was sent.'
+    : why === 'transform'
+      ? 'Not sent: the subscription’s transform (or format) failed on this event; its error is in the attempts. Fix the transform, then Retry now: a retry makes the body again with the one in force.'
+      : '');
 }
 
 // orderingKey shows a delivery's ordering key: the entity's id, the whole
