@@ -580,9 +580,10 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 	m.applied(ctx, s.ID)
 	st, err := m.status(s.ID)
 	if err != nil {
+		rate, _ := fanout.ParseRate(s.RateLimit) // validated ("": none)
 		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: fanout.ShownURL(s.URL, s.Format), Events: s.Events, Active: s.Active,
 			QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, State: journal.Healthy, Ordering: fanout.Ordering(s.Ordering),
-			Source: "runtime", Description: desc, Transform: s.Transform, Format: s.Format, Method: s.Method})
+			Source: "runtime", Description: desc, Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate})
 	}
 	return api.CreatedSubscription{Subscription: st, Secret: secret}, nil
 }

@@ -234,7 +234,10 @@ func (d *deliverer) unsent(life context.Context, s *sub, t *task, n int, err err
 		dec = Decision{Outcome: Skipped, State: journal.Skipped}
 		res.Error = "skipped: " + err.Error()
 	} else {
-		res.ErrorClass, res.Error = ClassTransform, s.shape.Name()+": "+err.Error()
+		res.ErrorClass, res.Error = ClassTransform, err.Error()
+		if name := s.shape.Name(); name != "transform" { // a preset's: say which
+			res.Error = name + ": " + res.Error
+		}
 	}
 	rec := journal.Record{
 		Update: &journal.DeliveryUpdate{ID: t.deliveryID, State: dec.State, Attempts: n, LastError: errorExcerpt(res.Error), LastAttemptAt: now},

@@ -538,7 +538,7 @@ async function connectors() {
   await open('failed');
   await eventually('attempt status', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === 'not sent');
   await eventually('attempt class', () => text(attempts.nth(0).locator(tid('attempt-error-class'))), (s) => s === 'transform');
-  await eventually('attempt error', () => text(page.locator(tid('attempt-error'))), (s) => s.startsWith('transform: '));
+  await eventually('attempt error', () => text(page.locator(tid('attempt-error'))), (s) => s.startsWith('the transform failed on this event'));
   await eventually('note', () => text(page.locator(tid('detail-note'))), (s) => s.includes('transform (or format) failed'));
   if (await page.locator(tid('sent-section')).isVisible()) throw new Error('a failed transform shows a sent body');
 
