@@ -61,6 +61,11 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 	if code, stop := parseFlags(fs, args); stop {
 		return code
 	}
+	// The watcher compares the file with what was read now: digested
+	// before the load, a change made meanwhile is reloaded (harmless);
+	// digested when the watcher starts, which may be after the engine
+	// started, a change made before that was never seen.
+	digest := fileDigest(*path)
 	cfg, ok := loadConfig(env, *path)
 	if !ok {
 		return exitFailure
@@ -104,7 +109,7 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		defer stop()
 		return e.Run(gctx)
 	})
-	g.Go(func() error { return watchConfig(gctx, env, *path, log, e) })
+	g.Go(func() error { return watchConfig(gctx, env, *path, digest, log, e) })
 	if err := g.Wait(); err != nil {
 		log.Error("stopped", "err", err)
 		return exitFailure
@@ -147,14 +152,13 @@ func runSetup(ctx context.Context, env *cli, args []string) int {
 const configPoll = 2 * time.Second
 
 // watchConfig reloads the configuration on SIGHUP and when the file's
-// content changes. A new configuration with problems is rejected, its
+// content changes from last, the digest of what was loaded. A new configuration with problems is rejected, its
 // problems logged, and the running one kept. It returns nil when ctx
 // ends, after the reload in progress, if any.
-func watchConfig(ctx context.Context, env *cli, path string, log *slog.Logger, e *engine.Engine) error {
+func watchConfig(ctx context.Context, env *cli, path, last string, log *slog.Logger, e *engine.Engine) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	last := fileDigest(path)
 	t := time.NewTicker(configPoll)
 	defer t.Stop()
 	for {
