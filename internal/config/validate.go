@@ -266,7 +266,7 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 			ps.add(path+".transform", "%v", err)
 		}
 	}
-	if s.Method != "POST" && s.Method != "PUT" {
+	if m := strings.ToUpper(s.Method); m != "POST" && m != "PUT" {
 		ps.add(path+".method", "%q: use POST or PUT", s.Method)
 	}
 	if s.RateLimit != "" {

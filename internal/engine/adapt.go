@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/config"
@@ -52,7 +53,7 @@ func Subscription(s config.Subscription) fanout.Subscription {
 		ID: s.ID, URL: s.URL, Events: s.Events, Secret: []byte(s.Secret.Reveal()), StandardWebhooks: s.StandardWebhooks,
 		Active: s.Active, QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, Headers: headers,
 		Ordering:  fanout.Ordering(s.Ordering), // validated with the configuration
-		Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate,
+		Transform: s.Transform, Format: s.Format, Method: strings.ToUpper(s.Method), RateLimit: rate,
 		Proxy: s.Proxy.Reveal(), ClientCert: fanout.ClientCert{CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile},
 	}
 }

@@ -503,7 +503,7 @@ func (m managerOf) seal(id string, sp sealedPart) (string, error) {
 }
 
 func specOf(s config.Subscription, desc string) ([]byte, error) {
-	return json.Marshal(runtimeSpec{URL: fanout.ShownURL(s.URL, s.Format), Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
+	return json.Marshal(runtimeSpec{URL: fanout.ShownURL(s.URL, s.Format, s.Transform), Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
 		Filter: s.Filter, StandardWebhooks: s.StandardWebhooks, Ordering: s.Ordering, Description: desc,
 		Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: s.RateLimit})
 }
@@ -581,7 +581,7 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 	st, err := m.status(s.ID)
 	if err != nil {
 		rate, _ := fanout.ParseRate(s.RateLimit) // validated ("": none)
-		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: fanout.ShownURL(s.URL, s.Format), Events: s.Events, Active: s.Active,
+		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: fanout.ShownURL(s.URL, s.Format, s.Transform), Events: s.Events, Active: s.Active,
 			QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, State: journal.Healthy, Ordering: fanout.Ordering(s.Ordering),
 			Source: "runtime", Description: desc, Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate})
 	}

@@ -76,15 +76,19 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 				break
 			}
 			// A rate-limited subscription's attempt waits for its turn
-			// (one that will not be sent takes none).
-			if s.pace != nil && t.trigger == journal.TriggerAuto && s.shapeBody(t) == nil && !s.pace.wait(life, s.stop) {
+			// (one that will not be sent takes none). Retries of failed
+			// deliveries in bulk (retry-failed) wait too: only an
+			// operator's single attempt (RetryNow, SendTest, which do not
+			// come through here) goes at once.
+			if s.pace != nil && s.shapeBody(t) == nil && !s.pace.wait(life, s.stop) {
 				d.giveUp(life, s, t)
 				break
 			}
-			busy.Store(time.Now().UnixNano())
+			started := time.Now()
+			busy.Store(started.UnixNano())
 			res, dec := d.attempt(life, s, t)
 			if s.pace != nil && res.Status == http.StatusTooManyRequests {
-				s.pace.throttled(time.Now(), res.RetryAfter)
+				s.pace.throttled(time.Now(), started, res.RetryAfter)
 			}
 			busy.Store(0)
 			t = d.afterOrdered(life, s, t, dec)
@@ -254,8 +258,10 @@ func (d *deliverer) unsent(life context.Context, s *sub, t *task, n int, err err
 			rec.Sub, rec.Notify = d.health(life, s, dec, res)
 		}
 		d.obs.AttemptFinished(s.cfg.ID, 0, 0, res.ErrorClass, dec.Outcome)
-		d.log.Warn("transform failed: the delivery fails without being sent", "subscription", s.cfg.ID,
-			"delivery_id", t.deliveryID, "event", t.eventType, "err", err)
+		// Not the error's text: CEL's can quote the event's values, which
+		// stay out of logs; the history has it.
+		d.log.Warn("transform failed: the delivery fails without being sent (its history says why)", "subscription", s.cfg.ID,
+			"delivery_id", t.deliveryID, "event", t.eventType, "error_class", ClassTransform)
 	}
 	if err := d.records.Put(life, rec); err != nil {
 		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)

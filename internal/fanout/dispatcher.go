@@ -287,7 +287,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), wake: make(chan struct{}, 1), now: cfg.NowFunc,
 		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
 	}
-	subs, err := d.compileAll(cfg.Subscriptions)
+	subs, err := d.compileAll(cfg.Subscriptions, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -297,13 +297,21 @@ func New(cfg Config) (*Dispatcher, error) {
 
 // compileAll prepares subscriptions, refusing duplicates and colliding
 // delivery id tags.
-func (d *Dispatcher) compileAll(cfgs []Subscription) ([]*sub, error) {
+//
+// A subscription of current whose configuration did not change is kept,
+// not compiled again: a reload changes only what it changes (and does not
+// fail on a client certificate caught in the middle of its rotation when
+// that subscription's settings are the same).
+func (d *Dispatcher) compileAll(cfgs []Subscription, current map[string]*sub) ([]*sub, error) {
 	var subs []*sub
 	tags := map[string]string{}
 	for _, sc := range cfgs {
-		s, err := compile(sc, &d.cfg, d.share)
-		if err != nil {
-			return nil, err
+		s := current[sc.ID]
+		if s == nil || !s.cfg.Equal(sc) {
+			var err error
+			if s, err = compile(sc, &d.cfg, d.share); err != nil {
+				return nil, err
+			}
 		}
 		tag := ids.SubscriptionTag(sc.ID)
 		if other, dup := tags[tag]; dup {
@@ -476,16 +484,19 @@ func (d *Dispatcher) LoadState(ctx context.Context) error {
 // the new set is swapped in at once, and the old subscriptions are
 // stopped afterwards, without a lock.
 func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
-	fresh, err := d.compileAll(cfgs)
-	if err != nil {
-		return err
-	}
 	d.reloadMu.Lock()
 	if d.stopping.Load() {
 		d.reloadMu.Unlock()
 		return errors.New("fanout: stopped")
 	}
 	old := d.reg.Load()
+	// Under the lock: the unchanged subscriptions it keeps are those of
+	// the registry it replaces, not of one another reload retired.
+	fresh, err := d.compileAll(cfgs, old.byID)
+	if err != nil {
+		d.reloadMu.Unlock()
+		return err
+	}
 	var next, retired []*sub
 	keep := map[*sub]bool{}
 	for _, f := range fresh {
@@ -507,6 +518,12 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 			// room only for one that does).
 			f.latency.Store(o.latency.Load())
 			f.lastFailed.Store(o.lastFailed.Load())
+			if f.cfg.RateLimit == o.cfg.RateLimit && o.pace != nil {
+				// The pace carries over with its 429s' slowdown and
+				// pause: an edit of the description is no reason to
+				// call a receiver that asked for a pause.
+				f.pace = o.pace
+			}
 			if f.cfg.Ordering == o.cfg.Ordering && o.ord != nil {
 				// The keys' state carries over: the old generation's
 				// attempts in flight and waiting deliveries still count.

@@ -50,10 +50,13 @@ func TestRedactURL(t *testing.T) {
 			t.Errorf("RedactURL(%s) = %s, want %s", raw, got, want)
 		}
 	}
-	if got := ShownURL("https://relay.example.com/slack/T0/B0/token", "slack"); got != "https://relay.example.com/REDACTED" {
+	if got := ShownURL("https://relay.example.com/slack/T0/B0/token", "slack", ""); got != "https://relay.example.com/REDACTED" {
 		t.Errorf("a connector's URL through a relay: %s", got)
 	}
-	if got := ShownURL("https://relay.example.com/slack/T0/B0/token", "dzdesk"); got != "https://relay.example.com/slack/T0/B0/token" {
+	if got := ShownURL("https://chat.example.com/hooks/token", "dzdesk", `{"text": event}`); got != "https://chat.example.com/REDACTED" {
+		t.Errorf("a transform's URL: %s", got)
+	}
+	if got := ShownURL("https://relay.example.com/slack/T0/B0/token", "dzdesk", ""); got != "https://relay.example.com/slack/T0/B0/token" {
 		t.Errorf("a plain subscription's URL: %s", got)
 	}
 }

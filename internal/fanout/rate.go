@@ -136,17 +136,27 @@ func (p *pacer) wait(ctx context.Context, stop <-chan struct{}) bool {
 	}
 }
 
-// throttled slows the pace after a 429 Too Many Requests.
-func (p *pacer) throttled(now time.Time, retryAfter time.Duration) {
+// throttled slows the pace after a 429 Too Many Requests to an attempt
+// that started at started. The 429s of attempts started before the last
+// slowdown answer the pace that slowdown already corrected: they halve
+// it only once, however many were in flight (each still holds the
+// starts until its Retry-After). The starts already taken by waiting
+// workers are taken again at the new spacing.
+func (p *pacer) throttled(now, started time.Time, retryAfter time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.interval(now) // recover first what time allows
-	p.slowdown = min(p.slowdown*2, maxSlowdown)
-	p.slowedAt = now
+	iv := p.interval(now) // recover first what time allows
+	if !started.Before(p.slowedAt) || p.slowdown == 1 {
+		p.slowdown = min(p.slowdown*2, maxSlowdown)
+		p.slowedAt = now
+		iv = p.interval(now)
+	}
+	until := now.Add(iv) // the waiting workers' starts: taken again
 	if retryAfter > 0 {
-		if until := now.Add(min(retryAfter, maxPause)); until.After(p.pauseUntil) {
-			p.pauseUntil = until
-		}
+		until = now.Add(min(retryAfter, maxPause))
+	}
+	if until.After(p.pauseUntil) {
+		p.pauseUntil = until
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -40,31 +42,57 @@ func TestPacer(t *testing.T) {
 		}
 	}
 	now := t0.Add(time.Second)
-	p.throttled(now, 2*time.Second)
+	began := now.Add(-50 * time.Millisecond) // the 429's attempt started before it came
+	p.throttled(now, began, 2*time.Second)
 	if pace, until := p.pace(now); pace != 50 || !until.Equal(now.Add(2*time.Second)) {
 		t.Fatalf("after a 429: %v/s paused until %s, want 50/s until +2s", pace, until.Sub(now))
 	}
 	if at := p.take(now); !at.Equal(now.Add(2 * time.Second)) {
 		t.Fatalf("a start during the pause at %s", at.Sub(now))
 	}
-	p.throttled(now, 0)
-	if pace, _ := p.pace(now); pace != 25 {
-		t.Fatalf("two 429s: %v/s, want 25", pace)
+	// The 429s of the other attempts that were in flight answer the old
+	// pace, which the first one corrected: no further halving.
+	for range 10 {
+		p.throttled(now.Add(time.Millisecond), began.Add(time.Millisecond), 0)
 	}
-	if pace, _ := p.pace(now.Add(recoverEvery)); pace != 50 {
+	if pace, _ := p.pace(now); pace != 50 {
+		t.Fatalf("a burst of 429s from attempts in flight: %v/s, want 50 (halved once)", pace)
+	}
+	// A 429 to an attempt started at the slower pace halves it again.
+	later := now.Add(3 * time.Second)
+	p.throttled(later, later.Add(-10*time.Millisecond), 0)
+	if pace, _ := p.pace(later); pace != 25 {
+		t.Fatalf("a 429 at the slower pace: %v/s, want 25", pace)
+	}
+	if pace, _ := p.pace(later.Add(recoverEvery)); pace != 50 {
 		t.Fatalf("after %s: %v/s, want 50", recoverEvery, pace)
 	}
-	if pace, _ := p.pace(now.Add(10 * recoverEvery)); pace != 100 {
+	if pace, _ := p.pace(later.Add(10 * recoverEvery)); pace != 100 {
 		t.Fatalf("long after: %v/s, want the limit, 100", pace)
 	}
+	at := later.Add(20 * recoverEvery)
 	for range 20 {
-		p.throttled(now, 0)
+		at = at.Add(time.Second)
+		p.throttled(at, at.Add(-time.Millisecond), 0)
 	}
-	if pace, _ := p.pace(now); pace != 100.0/maxSlowdown {
-		t.Fatalf("many 429s: %v/s, want the floor %v", pace, 100.0/maxSlowdown)
+	if pace, _ := p.pace(at); pace != 100.0/maxSlowdown {
+		t.Fatalf("429 after 429: %v/s, want the floor %v", pace, 100.0/maxSlowdown)
+	}
+	// A slowdown re-spaces the starts workers already took: each takes
+	// its start again after one new interval.
+	q := newPacer(Rate{Count: 100, Per: time.Second}, func() int64 { return 1 })
+	for range 3 {
+		q.take(t0)
+	}
+	q.throttled(t0, t0.Add(-time.Millisecond), 0)
+	if paused, _ := q.pace(t0); paused != 50 {
+		t.Fatalf("pace %v", paused)
+	}
+	if at := q.take(t0); at.Before(t0.Add(20 * time.Millisecond)) {
+		t.Fatalf("the next start after a 429 at +%s, want the new interval (20ms) or later", at.Sub(t0))
 	}
 	peers = 3
-	if pace, _ := p.pace(now.Add(time.Hour)); pace != 25 {
+	if pace, _ := p.pace(at.Add(time.Hour)); pace != 25 {
 		t.Fatalf("4 processes: %v/s each, want 25", pace)
 	}
 }
@@ -238,5 +266,101 @@ func TestRateLimitOrdered(t *testing.T) {
 	rc.CheckOrder(t, same, true)
 	if took := time.Since(start); took < 1400*time.Millisecond {
 		t.Errorf("301 attempts at 200/s took %s", took)
+	}
+}
+
+// TestRateLimitOneWorker: with one worker and a small limit, the queue
+// has one place; the scheduler still claims from the journal: the
+// retry of a delivery whose first attempt failed, and what spilled
+// while the worker waited its turn.
+func TestRateLimitOneWorker(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			return http.StatusServiceUnavailable, nil, "down"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "slack", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
+			RateLimit: Rate{Count: 1, Per: time.Second}}},
+		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, Logger: testutil.Logger(t),
+		Concurrency: 1, RetrySchedule: []time.Duration{0, 100 * time.Millisecond, 100 * time.Millisecond},
+	})
+	if got := d.reg.Load().byID["slack"].size; got != 1 {
+		t.Fatalf("queue of %d places, want 1 (the test is about a queue of one)", got)
+	}
+	dispatchAll(t, d, envelopes("request.updated", `{"id":"req_1"}`, "request.updated", `{"id":"req_2"}`, "request.updated", `{"id":"req_3"}`))
+	reqs := rc.Wait(t, 4, 20*time.Second) // three deliveries, the first twice
+	for i := 1; i < len(reqs); i++ {
+		if gap := reqs[i].At.Sub(reqs[i-1].At); gap < 900*time.Millisecond {
+			t.Errorf("attempts %d and %d %s apart at 1/s", i, i+1, gap)
+		}
+	}
+}
+
+// TestRateLimitPauseSurvivesReload: a change to a subscription that
+// leaves its rate limit as it is (here its description, as an edit
+// through the API does) keeps the pause a 429's Retry-After asked for.
+func TestRateLimitPauseSurvivesReload(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			return http.StatusTooManyRequests, http.Header{"Retry-After": {"2"}}, "slow down"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
+		RateLimit: Rate{Count: 10, Per: time.Second}}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		Logger: testutil.Logger(t), RetrySchedule: []time.Duration{0, 100 * time.Millisecond, 100 * time.Millisecond},
+	})
+	dispatchAll(t, d, envelopes("request.updated", `{"id":"req_1"}`))
+	first := rc.Wait(t, 1, 10*time.Second)[0]
+	sub.Description = "edited"
+	if err := d.Reload(context.Background(), []Subscription{sub}); err != nil {
+		t.Fatal(err)
+	}
+	dispatchAll(t, d, envelopes("request.updated", `{"id":"req_2"}`))
+	reqs := rc.Wait(t, 3, 20*time.Second)
+	if gap := reqs[1].At.Sub(first.At); gap < 1900*time.Millisecond {
+		t.Errorf("an attempt %s after the 429's Retry-After: 2, across a reload", gap)
+	}
+}
+
+// TestRateLimitWaitEndsWithTheSubscription: a worker waiting for its
+// turn when its subscription is removed gives the delivery back to the
+// journal, pending and unowned (another process, or the subscription
+// when it comes back, sends it), and the dispatcher stops at once.
+func TestRateLimitWaitEndsWithTheSubscription(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
+		RateLimit: Rate{Count: 1, Per: time.Minute}}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		Logger: testutil.Logger(t), Concurrency: 2,
+	})
+	evs := envelopes("request.updated", `{"id":"req_1"}`, "request.updated", `{"id":"req_2"}`, "request.updated", `{"id":"req_3"}`)
+	dispatchAll(t, d, evs)
+	rc.Wait(t, 1, 10*time.Second)
+	if err := d.Reload(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the two deliveries that waited, pending and unowned", func() bool {
+		n := 0
+		for _, ev := range evs[1:] {
+			dl, _, _, err := store.GetDelivery(context.Background(), ids.DeliveryID(ev.ID, "crm"))
+			if err == nil && dl.State == journal.Pending && !dl.InFlight {
+				n++
+			}
+		}
+		return n == 2
+	})
+	if n := len(rc.Requests()); n != 1 {
+		t.Errorf("%d requests, want 1: the others waited for their turn", n)
 	}
 }

@@ -139,6 +139,10 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 			spilled = true
 			s.backlog.Store(true)
 		}
+		// A rate-limited first attempt waits for its turn, often longer
+		// than the writer would hold the row: written at once, the
+		// commit's acknowledgement does not wait for it.
+		row.NoHold = s.pace != nil
 		d.obs.DeliveryRecorded(s.cfg.ID, row.State)
 		rows = append(rows, row)
 	}

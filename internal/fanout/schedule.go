@@ -154,11 +154,13 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 // back the key everywhere.
 func (sc *scheduler) claim(ctx context.Context, s *sub) (int, error) {
 	free := s.size - s.reserved.Load()
-	want := min(free/2, 1024)
+	// At least one: a queue of one place (a rate-limited subscription
+	// with one worker, queue_size: 1) would otherwise never claim.
+	want := min(max(free/2, 1), 1024)
 	if sc.peers.Load() > 0 {
 		want = min(want, s.soon()-s.reserved.Load())
 	}
-	if free < 2 || want < 1 {
+	if free < 1 || want < 1 {
 		return 0, nil
 	}
 	n := s.reserve(want)

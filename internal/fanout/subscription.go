@@ -427,12 +427,15 @@ func (s *sub) observe(d time.Duration, ok bool) {
 
 // shownURL is the subscription's URL as dzhook shows it: without its
 // credentials (a connector's whole path is one).
-func (s *sub) shownURL() string { return ShownURL(s.cfg.URL, s.cfg.Format) }
+func (s *sub) shownURL() string { return ShownURL(s.cfg.URL, s.cfg.Format, s.cfg.Transform) }
 
 // ShownURL is a subscription's URL as shown (API, CLI, history, the
-// journal's readable copy), for its format.
-func ShownURL(raw, format string) string {
-	if format != "" && format != transform.FormatDZDESK {
+// journal's readable copy). A subscription that sends its own shape (a
+// connector's format, or a transform: a chat such as Mattermost's
+// /hooks/<token>, a relay) likely posts to a URL whose path is its
+// credential: the path is hidden too.
+func ShownURL(raw, format, transformExpr string) string {
+	if (format != "" && format != transform.FormatDZDESK) || transformExpr != "" {
 		return RedactConnectorURL(raw)
 	}
 	return RedactURL(raw)

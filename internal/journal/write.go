@@ -43,6 +43,10 @@ type DeliveryRow struct {
 	// Body is what the delivery sends when it is not its event's body (a
 	// transform's result, fixed at the first attempt); nil: the event's.
 	Body []byte
+	// NoHold: the writer writes it at once, not holding it for its first
+	// attempt's outcome (see Record.NoHold): an attempt that waits for its
+	// turn (a rate limit) may come after the hold.
+	NoHold bool
 }
 
 // DeliveryUpdate changes a recorded delivery after an attempt.

@@ -414,7 +414,7 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 		if h, ok := w.held[d.ID]; ok && !h.gone {
 			continue // handed twice (a replayed transaction): held already
 		}
-		if d.State == Pending && d.Owner != "" && w.cfg.Hold > 0 && !r.NoHold {
+		if d.State == Pending && d.Owner != "" && w.cfg.Hold > 0 && !r.NoHold && !d.NoHold {
 			h := &heldDelivery{row: d, seq: w.seq, deadline: time.Now().Add(w.cfg.Hold)}
 			w.held[d.ID] = h
 			w.heldFIFO = append(w.heldFIFO, h)

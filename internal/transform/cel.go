@@ -12,6 +12,7 @@ import (
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/interpreter"
 )
 
 // CostLimit bounds one evaluation of a transform (CEL's cost units,
@@ -76,7 +77,8 @@ func (p *program) eval(env *Envelope) (any, error) {
 		"id": env.ID, "event": env.Event, "timestamp": env.Timestamp, "data": celValue(env.Data), "skip": types.NullValue,
 	})
 	if err != nil {
-		if strings.Contains(err.Error(), "cost limit exceeded") {
+		var cancelled interpreter.EvalCancelledError
+		if errors.As(err, &cancelled) && cancelled.Cause == interpreter.CostLimitExceeded {
 			return nil, fmt.Errorf("the transform went over its cost budget (%d) and was stopped", CostLimit)
 		}
 		return nil, fmt.Errorf("the transform failed on this event: %w", err)
