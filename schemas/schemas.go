@@ -1,0 +1,257 @@
+// Package schemas holds the JSON Schemas (draft 2020-12) of the webhooks
+// dzhook sends: one document per DZDESK event (request.created.json, …),
+// each describing the whole envelope {"id","event","timestamp","data"} and
+// its data. The files in this directory are the source; they are embedded,
+// so `dzhook events --schema` and the admin API's
+// GET /v1/events/{name}/schema serve the same bytes.
+//
+// The schemas describe the reference mapping (deploy/sql and the mapping's
+// defaults): ids carry its prefixes (req_, usr_, cmt_), and every field it
+// fills is required. A deployment with another mapping may send other
+// prefixes or leave fields out. Objects are open (no additionalProperties:
+// false): dzhook may add fields, and a receiver should ignore those it does
+// not know.
+//
+// A Set adds the custom events a configuration declares with a schema of
+// their data (custom_events[].schema) and validates payloads against
+// either. Receivers written in Go can use it too:
+//
+//	set, _ := schemas.New(nil)
+//	err := set.Validate(body) // the event named in the body
+package schemas
+
+import (
+	"bytes"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
+	"golang.org/x/text/language"
+	"golang.org/x/text/message"
+)
+
+//go:embed *.json
+var files embed.FS
+
+// BaseURL is where the built-in documents say they live (their $id).
+const BaseURL = "https://raw.githubusercontent.com/dzdesk/dzhook/main/schemas/"
+
+// Builtin returns the document of a built-in event as it is stored, or
+// false when name is not one of DZDESK's events.
+func Builtin(name string) ([]byte, bool) {
+	if strings.ContainsAny(name, "/\\") {
+		return nil, false
+	}
+	b, err := files.ReadFile(name + ".json")
+	if err != nil {
+		return nil, false
+	}
+	return b, true
+}
+
+// Set is the compiled schemas of a configuration's events: DZDESK's and
+// the custom events declared with a data schema. It is safe for
+// concurrent use.
+type Set struct {
+	docs     map[string][]byte
+	compiled map[string]*jsonschema.Schema
+	data     map[string]*jsonschema.Schema // custom events: their data schema alone
+}
+
+// New compiles the built-in schemas and, for each custom event in custom,
+// the envelope around its data schema. A custom schema that does not
+// compile is an error naming the event.
+func New(custom map[string]any) (*Set, error) {
+	s := &Set{docs: map[string][]byte{}, compiled: map[string]*jsonschema.Schema{}, data: map[string]*jsonschema.Schema{}}
+	entries, err := files.ReadDir(".")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		name := strings.TrimSuffix(e.Name(), ".json")
+		b, _ := files.ReadFile(e.Name())
+		sch, err := compile(BaseURL+e.Name(), b)
+		if err != nil {
+			return nil, fmt.Errorf("schema of %s: %w", name, err)
+		}
+		s.docs[name], s.compiled[name] = b, sch
+	}
+	for _, name := range slices.Sorted(maps.Keys(custom)) {
+		if _, ok := s.docs[name]; ok {
+			return nil, fmt.Errorf("schema of %s: a built-in event's schema cannot be replaced", name)
+		}
+		data, err := CompileData(name, custom[name])
+		if err != nil {
+			return nil, err
+		}
+		doc, err := customDocument(name, custom[name])
+		if err != nil {
+			return nil, fmt.Errorf("schema of %s: %w", name, err)
+		}
+		sch, err := compile(customURL(name), doc)
+		if err != nil {
+			return nil, fmt.Errorf("schema of %s: %w", name, err)
+		}
+		s.docs[name], s.compiled[name], s.data[name] = doc, sch, data
+	}
+	return s, nil
+}
+
+// CompileData compiles a custom event's data schema alone, as
+// configuration validation does: the error says why it does not compile.
+func CompileData(name string, schema any) (*jsonschema.Schema, error) {
+	b, err := json.Marshal(schema)
+	if err != nil {
+		return nil, fmt.Errorf("schema of %s: %w", name, err)
+	}
+	if _, ok := schema.(map[string]any); !ok {
+		return nil, fmt.Errorf("schema of %s: must be a JSON Schema object", name)
+	}
+	sch, err := compile(customURL(name)+"/data", b)
+	if err != nil {
+		return nil, fmt.Errorf("schema of %s: %w", name, err)
+	}
+	return sch, nil
+}
+
+func customURL(name string) string { return "urn:dzhook:event:" + name }
+
+// compile compiles one document, with formats asserted (a date-time that
+// is not one fails) and no loading of other documents: a $ref may only
+// point inside the document, so validation never reaches the network or
+// the file system.
+func compile(url string, doc []byte) (*jsonschema.Schema, error) {
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
+	if err != nil {
+		return nil, err
+	}
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2020)
+	c.AssertFormat()
+	c.UseLoader(noLoader{})
+	if err := c.AddResource(url, v); err != nil {
+		return nil, err
+	}
+	return c.Compile(url)
+}
+
+// noLoader refuses every document the compiler would fetch.
+type noLoader struct{}
+
+func (noLoader) Load(url string) (any, error) {
+	return nil, fmt.Errorf("%s: schemas may only refer inside themselves", url)
+}
+
+// customDocument is a custom event's schema document: the envelope every
+// event has, with the configured schema as data.
+func customDocument(name string, data any) ([]byte, error) {
+	doc := map[string]any{
+		"$schema":     "https://json-schema.org/draft/2020-12/schema",
+		"$id":         customURL(name),
+		"title":       name,
+		"description": "The webhook dzhook POSTs for the custom event " + name + ": the envelope, with data as the application wrote it to the outbox, checked against custom_events[].schema before it is sent.",
+		"type":        "object",
+		"required":    []string{"id", "event", "timestamp", "data"},
+		"properties": map[string]any{
+			"id":        map[string]any{"type": "string", "pattern": "^whk_([2-7a-z]{26}|test_[0-9a-f]{24})$"},
+			"event":     map[string]any{"const": name},
+			"timestamp": map[string]any{"type": "string", "format": "date-time"},
+			"data":      data,
+		},
+	}
+	return json.MarshalIndent(doc, "", "  ")
+}
+
+// Document returns the schema document of an event, or false when the
+// set has none for it (not an event, or a custom event declared without
+// a schema).
+func (s *Set) Document(name string) ([]byte, bool) {
+	b, ok := s.docs[name]
+	return b, ok
+}
+
+// Names returns the events the set has a schema of, sorted.
+func (s *Set) Names() []string { return slices.Sorted(maps.Keys(s.docs)) }
+
+// ErrNoSchema is returned for an event the set has no schema of.
+var ErrNoSchema = errors.New("no schema")
+
+// Validate checks a webhook body against the schema of the event its
+// "event" field names. It returns a *ValidationError when the body breaks
+// the schema, ErrNoSchema (wrapped) when the event has none.
+func (s *Set) Validate(body []byte) error {
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("body is not JSON: %w", err)
+	}
+	obj, _ := v.(map[string]any)
+	name, _ := obj["event"].(string)
+	sch, ok := s.compiled[name]
+	if !ok {
+		return fmt.Errorf("event %q: %w", name, ErrNoSchema)
+	}
+	return validate(sch, v)
+}
+
+// ValidateData checks a custom event's data (an outbox payload) against
+// the schema its declaration gives. An event without one accepts any
+// data: it returns nil. Pointers in the error are relative to data.
+func (s *Set) ValidateData(name string, data []byte) error {
+	sch, ok := s.data[name]
+	if !ok {
+		return nil
+	}
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("data is not JSON: %w", err)
+	}
+	return validate(sch, v)
+}
+
+// ValidationError is a value that breaks its schema: where (a JSON
+// pointer into the value; a missing property's pointer names the
+// property) and why. Only the first cause is kept: one to fix at a time.
+type ValidationError struct {
+	// Pointer is the JSON pointer (RFC 6901) of the offending value, ""
+	// for the whole document.
+	Pointer string
+	// Message says what is wrong, e.g. "missing property 'title'".
+	Message string
+}
+
+func (e *ValidationError) Error() string {
+	p := e.Pointer
+	if p == "" {
+		p = "/"
+	}
+	return "at " + p + ": " + e.Message
+}
+
+var printer = message.NewPrinter(language.English)
+
+func validate(sch *jsonschema.Schema, v any) error {
+	err := sch.Validate(v)
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	for len(ve.Causes) > 0 {
+		ve = ve.Causes[0]
+	}
+	loc := ve.InstanceLocation
+	if r, ok := ve.ErrorKind.(*kind.Required); ok && len(r.Missing) > 0 {
+		loc = append(slices.Clone(loc), r.Missing[0])
+	}
+	var p strings.Builder
+	for _, tok := range loc {
+		p.WriteByte('/')
+		p.WriteString(strings.NewReplacer("~", "~0", "/", "~1").Replace(tok))
+	}
+	return &ValidationError{Pointer: p.String(), Message: ve.ErrorKind.LocalizedString(printer)}
+}
