@@ -138,7 +138,13 @@ func compile(url string, doc []byte) (*jsonschema.Schema, error) {
 	if err := c.AddResource(url, v); err != nil {
 		return nil, err
 	}
-	return c.Compile(url)
+	sch, err := c.Compile(url)
+	var bad *jsonschema.SchemaValidationError
+	if errors.As(err, &bad) {
+		// Say where the schema is wrong, not the metaschema's story.
+		return nil, fmt.Errorf("not a valid JSON Schema: %w", first(bad.Err))
+	}
+	return sch, err
 }
 
 // noLoader refuses every document the compiler would fetch.
@@ -236,7 +242,12 @@ func (e *ValidationError) Error() string {
 var printer = message.NewPrinter(language.English)
 
 func validate(sch *jsonschema.Schema, v any) error {
-	err := sch.Validate(v)
+	return first(sch.Validate(v))
+}
+
+// first turns the validator's tree of causes into the first leaf's
+// pointer and message; other errors pass as they are.
+func first(err error) error {
 	var ve *jsonschema.ValidationError
 	if !errors.As(err, &ve) {
 		return err

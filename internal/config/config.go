@@ -254,6 +254,14 @@ type CustomEvent struct {
 	Name string `koanf:"name"`
 	// Description is shown in the dashboard. Optional.
 	Description string `koanf:"description"`
+	// Schema is a JSON Schema (draft 2020-12 unless it says otherwise)
+	// of the event's data, written inline as a YAML (or JSON) mapping. It
+	// must compile, and may refer only inside itself. An outbox row or
+	// logical message whose data breaks it is rejected (recorded in the
+	// journal's rejections, logged, not delivered), and `dzhook events
+	// --schema` and GET /v1/events/{name}/schema serve it inside the
+	// envelope. Defaults to none: any JSON object is delivered.
+	Schema map[string]any `koanf:"schema"`
 }
 
 // Subscription is one webhook endpoint.

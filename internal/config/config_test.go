@@ -200,6 +200,9 @@ subscriptions:
 		{"short admin token and notify secret", minimal + "admin:\n  token: t0ken\nnotify:\n  secret: s3cret\n", nil, []string{"admin.token: too short", "notify.secret: too short"}},
 		{"public admin without token", minimal + "admin:\n  listen: 0.0.0.0:8080\n", nil, []string{"admin.token: required when admin.listen"}},
 		{"bad custom event", minimal + "custom_events:\n  - name: Shipped\n", nil, []string{`custom_events: "Shipped": a custom event name must look like entity.action`}},
+		{"custom event schema that does not compile", minimal + "custom_events:\n  - name: order.shipped\n  - name: order.paid\n    schema: {type: objekt}\n", nil, []string{"custom_events[1].schema: not a valid JSON Schema: at /type: value must be one of"}},
+		{"custom event schema that is not a mapping", minimal + "custom_events:\n  - name: order.paid\n    schema: object\n", nil, []string{`custom_events[0].schema: must be a mapping (a JSON Schema object), not a string`}},
+		{"custom event schema with a remote $ref", minimal + "custom_events:\n  - name: order.paid\n    schema: {$ref: 'https://example.com/order.json'}\n", nil, []string{`custom_events[0].schema: `, "may only refer inside"}},
 		{"standard webhooks without whsec_", minimal + "    standard_webhooks: true\n", nil, []string{"subscriptions[0].secret: standard_webhooks needs a whsec_<base64> secret"}},
 		{"bad filter", minimal + "    filter: 'data.priority in'\n", nil, []string{"subscriptions[0].filter: ", "Syntax error"}},
 		{"bad transform, with its position", minimal + "    transform: '{\"text\": data.x +}'\n", nil, []string{"subscriptions[0].transform: ", "<input>:1:"}},
@@ -235,6 +238,41 @@ func TestCustomEventsAreSubscribable(t *testing.T) {
 	cat, _ := cfg.Catalog()
 	if e, ok := cat.Lookup("order.shipped"); !ok || !e.Custom || e.Group != "order" {
 		t.Errorf("order.shipped = %+v, %v; want a custom event of group order", e, ok)
+	}
+}
+
+// A custom event's schema is read as YAML wrote it (keys with dots,
+// nulls and all) and serves as the event's schema.
+func TestCustomEventSchema(t *testing.T) {
+	yaml := minimal + `custom_events:
+  - name: order.shipped
+    schema:
+      type: object
+      required: [orderId]
+      properties:
+        orderId: {type: string, pattern: "^ord_"}
+        carrier.code: {enum: [ups, null]}
+  - name: order.paid
+`
+	cfg, err := Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := cfg.Schemas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := set.Document("order.paid"); ok {
+		t.Error("order.paid declares no schema but has one")
+	}
+	for data, ok := range map[string]bool{
+		`{"orderId":"ord_1","carrier.code":null}`:  true,
+		`{"orderId":"ord_1","carrier.code":"dhl"}`: false,
+		`{"orderId":"1"}`:                          false,
+	} {
+		if err := set.ValidateData("order.shipped", []byte(data)); (err == nil) != ok {
+			t.Errorf("%s: got %v, want valid %v", data, err, ok)
+		}
 	}
 }
 

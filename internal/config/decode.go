@@ -25,6 +25,10 @@ type decoder struct {
 var (
 	durationType = reflect.TypeFor[time.Duration]()
 	secretType   = reflect.TypeFor[Secret]()
+	// documentType is a document kept as YAML gave it (a custom event's
+	// JSON Schema): its keys are the document's, not dzhook's, so they
+	// are neither checked nor expanded.
+	documentType = reflect.TypeFor[map[string]any]()
 )
 
 // defaulter is implemented by list elements that have defaults of their
@@ -54,6 +58,14 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 		return
 	case t.Kind() == reflect.Struct:
 		d.decodeStruct(path, raw, dst)
+		return
+	case t == documentType:
+		m, ok := raw.(map[string]any)
+		if !ok {
+			d.problems.addDecode(path, "must be a mapping (a JSON Schema object), not %s", kindOf(raw))
+			return
+		}
+		dst.Set(reflect.ValueOf(m))
 		return
 	}
 	switch t.Kind() {

@@ -20,6 +20,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/transform"
+	"github.com/dzdesk/dzhook/schemas"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -49,6 +50,18 @@ func (c *Config) Catalog() (*catalog.Catalog, error) {
 		custom[i] = catalog.Event{Name: e.Name, Description: e.Description}
 	}
 	return catalog.New(custom...)
+}
+
+// Schemas returns the JSON Schemas of this configuration's events:
+// DZDESK's and those of the custom events declared with a schema.
+func (c *Config) Schemas() (*schemas.Set, error) {
+	custom := map[string]any{}
+	for _, e := range c.CustomEvents {
+		if e.Schema != nil {
+			custom[e.Name] = e.Schema
+		}
+	}
+	return schemas.New(custom)
 }
 
 // validate adds every semantic mistake of c to ps.
@@ -168,6 +181,14 @@ func (c *Config) validate(ps *Problems) {
 	if err != nil {
 		ps.add("custom_events", "%s", strings.TrimPrefix(err.Error(), "custom events: "))
 		cat, _ = catalog.New() // validate subscriptions against the built-in events
+	}
+	for i, e := range c.CustomEvents {
+		if e.Schema == nil {
+			continue
+		}
+		if _, err := schemas.CompileData(e.Name, e.Schema); err != nil {
+			ps.add(fmt.Sprintf("custom_events[%d].schema", i), "%s", strings.TrimPrefix(err.Error(), "schema of "+e.Name+": "))
+		}
 	}
 	seen := make(map[string]int)
 	for i, s := range c.Subscriptions {
