@@ -116,6 +116,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	schemaSet, err := cfg.Schemas()
+	if err != nil {
+		return nil, err
+	}
 	users, err := mapping.NewPoolUsers(ctx, source, &cfg.Mapping)
 	if err != nil {
 		return nil, err
@@ -130,7 +134,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	}
 	mapper := mapping.NewMapper(mapping.MapperConfig{
 		Mapping: cfg.Mapping, Source: ids.NewSource(sys.SystemID), Catalog: cat, OutboxTable: outbox,
-		MessagePrefix: cfg.Outbox.MessagePrefix, Users: users, Logger: log,
+		MessagePrefix: cfg.Outbox.MessagePrefix, Users: users, Schemas: schemaSet, Logger: log,
 	})
 	e.metrics = metrics.New(metrics.Sources{
 		Stream:        e.streamStats,

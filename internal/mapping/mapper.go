@@ -44,8 +44,19 @@ type MapperConfig struct {
 	CacheSize int
 	// LookupTimeout bounds one batched email lookup. Defaults to 2 s.
 	LookupTimeout time.Duration
+	// Schemas checks the data of custom events declared with a schema
+	// (custom_events[].schema); an outbox row or message that breaks it is
+	// rejected. nil checks nothing.
+	Schemas DataValidator
 	// Logger; defaults to slog.Default().
 	Logger *slog.Logger
+}
+
+// DataValidator checks an application-written event's data against the
+// schema its declaration gives, and returns nil for an event without one.
+// Its error says where the data is wrong (a JSON pointer into data).
+type DataValidator interface {
+	ValidateData(event string, data []byte) error
 }
 
 // Rejection is an outbox row or message that could not become an event.

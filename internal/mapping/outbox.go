@@ -133,5 +133,10 @@ func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payl
 	if err := json.Compact(&compact, payload); err != nil || !bytes.HasPrefix(compact.Bytes(), []byte("{")) {
 		return out, &Rejection{What: what, Reason: "payload is not a JSON object"}
 	}
+	if m.mc.Schemas != nil {
+		if err := m.mc.Schemas.ValidateData(name, compact.Bytes()); err != nil {
+			return out, &Rejection{What: what, Reason: fmt.Sprintf("data breaks the schema of %s (custom_events[].schema): %v", name, err)}
+		}
+	}
 	return m.emit(out, c, name, key, compact.Bytes()), nil
 }

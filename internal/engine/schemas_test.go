@@ -1,0 +1,111 @@
+package engine
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// orderShipped declares a custom event with a schema of its data.
+const orderShipped = `custom_events:
+  - name: order.shipped
+    schema:
+      type: object
+      required: [order]
+      properties:
+        order: {type: string, pattern: "^ord_"}
+`
+
+// TestDeliveredBodiesMatchSchemas: changes to the reference schema that
+// fire every catalog event (and the SLA clock's two), and an outbox row of
+// a custom event with a schema, reach the receiver as bodies that validate
+// against their event's schema: what dzhook sends is what schemas/ says.
+func TestDeliveredBodiesMatchSchemas(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection+orderShipped, "", sub("all", rc.URL, `"*"`))
+	set, err := cfg.Schemas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, cfg)
+	db.Exec(t,
+		`INSERT INTO users (id, email, name, role) VALUES (3, 'new@company.com', 'New Agent', 'agent')`,
+		`INSERT INTO requests (id, title, priority, requester_id) VALUES (123, 'Cannot access email', 'high', 1)`,
+		`UPDATE requests SET status = 'in_progress', assigned_to_id = 2, updated_by_id = 2 WHERE id = 123`,
+		`INSERT INTO comments (id, request_id, author_id, body) VALUES (789, 123, 2, 'Looking into it.')`,
+		`UPDATE users SET active = false WHERE id = 3`,
+		`DELETE FROM requests WHERE id = 123`,
+		`INSERT INTO dzhook_outbox (event, payload, key) VALUES ('order.shipped', '{"order": "ord_9", "carrier": "ups"}', 'ord_9')`,
+	)
+	insertSLA(t, db, 10, 3*time.Second)
+	// user.created, request.created, .updated, .status_changed, .assigned,
+	// .commented, user.updated, .deactivated, request.deleted,
+	// order.shipped, request.created (the SLA's), sla.warning, sla.breach.
+	reqs := rc.Wait(t, 13, 30*time.Second)
+	seen := map[string]bool{}
+	for _, r := range reqs {
+		event := r.Header.Get("X-DZDESK-Event")
+		seen[event] = true
+		if err := set.Validate(r.Body); err != nil {
+			t.Errorf("%s: %v\n%s", event, err, r.Body)
+		}
+	}
+	for _, e := range append(catalog.Builtin(), catalog.Event{Name: "order.shipped"}) {
+		if !seen[e.Name] {
+			t.Errorf("no %s delivered; got %v", e.Name, slices.Sorted(maps.Keys(seen)))
+		}
+	}
+}
+
+// TestOutboxSchemaRejections: an outbox row or logical message whose data
+// breaks its custom event's schema is rejected as invalid JSON is:
+// journaled in rejections with a reason naming the failing pointer, not
+// delivered, and the stream goes on to the next row.
+func TestOutboxSchemaRejections(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\n"+orderShipped, "", sub("crm", rc.URL, "order.shipped"))
+	start(t, cfg)
+	db.Exec(t,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', '{"order": 42}')`,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"order.shipped","data":{"id":"ord_9"}}')`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', '{"order": "ord_9"}')`)
+	reqs := rc.Wait(t, 1, 20*time.Second)
+	if !strings.Contains(string(reqs[0].Body), `"data":{"order":"ord_9"}`) {
+		t.Errorf("delivered %s, want only the row that keeps to the schema", reqs[0].Body)
+	}
+	testutil.Eventually(t, 10*time.Second, "two rejections journaled", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.rejections`) == 2
+	})
+	rows, err := db.Connect(t).Query(context.Background(), `SELECT reason FROM dzhook.rejections ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var reasons []string
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		reasons = append(reasons, r)
+	}
+	for i, want := range []string{
+		"data breaks the schema of order.shipped (custom_events[].schema): at /order: got number, want string",
+		"data breaks the schema of order.shipped (custom_events[].schema): at /order: missing property 'order'",
+	} {
+		if i >= len(reasons) || reasons[i] != want {
+			t.Errorf("rejection %d: got %q, want %q", i, reasons, want)
+		}
+	}
+	if got := len(rc.Requests()); got != 1 {
+		t.Errorf("%d deliveries, want 1", got)
+	}
+}
