@@ -46,6 +46,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/schemas"
 )
 
 // Deliverer is what the API needs from the dispatcher.
@@ -66,6 +67,14 @@ type History interface {
 	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)
 	Backlogs(ctx context.Context) (map[string]journal.Backlog, error)
 	WaitedBehind(ctx context.Context, id string, limit int) ([]string, error)
+}
+
+// Schemas is what the API needs from the events' JSON Schemas
+// (*schemas.Set).
+type Schemas interface {
+	// Document returns an event's schema document, or false when it has
+	// none.
+	Document(name string) ([]byte, bool)
 }
 
 // Config is the input of New.
@@ -89,8 +98,17 @@ type Config struct {
 	Manager Manager
 	// Replays serves the replay endpoints (replay.go); nil leaves them out.
 	Replays Replayer
+	// Schemas holds the JSON Schemas of the events, served at
+	// GET /v1/events/{name}/schema; nil serves the built-in events' only.
+	Schemas Schemas
 	Logger  *slog.Logger
 }
+
+// builtinSchemas serves the built-in events' schemas when Config.Schemas
+// is nil.
+type builtinSchemas struct{}
+
+func (builtinSchemas) Document(name string) ([]byte, bool) { return schemas.Builtin(name) }
 
 // Server is the admin HTTP server.
 type Server struct {
@@ -103,6 +121,9 @@ type Server struct {
 func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Schemas == nil {
+		cfg.Schemas = builtinSchemas{}
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger.With("component", "admin")}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
@@ -121,6 +142,7 @@ func New(cfg Config) *Server {
 	rng := endpoint{params: []string{"since", "until"}}
 	list := endpoint{params: []string{"subscription", "status", "event", "since", "until", "limit", "cursor"}}
 	s.route("GET /v1/events", none, s.events)
+	s.route("GET /v1/events/{name}/schema", none, s.eventSchema)
 	body := endpoint{body: true}
 	s.route("GET /v1/subscriptions", none, s.subscriptions)
 	s.route("POST /v1/subscriptions", body, s.createSubscription)

@@ -45,6 +45,25 @@ func (s *Server) events(w http.ResponseWriter, _ *http.Request, _ query) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// eventSchema answers an event's JSON Schema document as
+// application/schema+json, or 404 for an event that is not in the catalog
+// or a custom event declared without a schema.
+func (s *Server) eventSchema(w http.ResponseWriter, r *http.Request, _ query) {
+	name := r.PathValue("name")
+	doc, ok := s.cfg.Schemas.Document(name)
+	if !ok || !s.cfg.Catalog.Has(name) {
+		if e, known := s.cfg.Catalog.Lookup(name); known && e.Custom {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("custom event %q is declared without a schema (custom_events[].schema)", name))
+			return
+		}
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no event %q (GET /v1/events lists them)", clip(name)))
+		return
+	}
+	w.Header().Set("Content-Type", "application/schema+json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(doc)
+}
+
 // journalTimeout bounds each read of the journal an API request makes: a
 // journal that does not answer (its packets dropped) gets a 503 naming it,
 // not a request that hangs.
