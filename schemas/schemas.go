@@ -86,38 +86,52 @@ func New(custom map[string]any) (*Set, error) {
 		if _, ok := s.docs[name]; ok {
 			return nil, fmt.Errorf("schema of %s: a built-in event's schema cannot be replaced", name)
 		}
-		data, err := CompileData(name, custom[name])
+		c, err := compileCustom(name, custom[name])
 		if err != nil {
 			return nil, err
 		}
-		doc, err := customDocument(name, custom[name])
-		if err != nil {
-			return nil, fmt.Errorf("schema of %s: %w", name, err)
-		}
-		sch, err := compile(customURL(name), doc)
-		if err != nil {
-			return nil, fmt.Errorf("schema of %s: %w", name, err)
-		}
-		s.docs[name], s.compiled[name], s.data[name] = doc, sch, data
+		s.docs[name], s.compiled[name], s.data[name] = c.doc, c.envelope, c.data
 	}
 	return s, nil
 }
 
-// CompileData compiles a custom event's data schema alone, as
-// configuration validation does: the error says why it does not compile.
-func CompileData(name string, schema any) (*jsonschema.Schema, error) {
-	b, err := json.Marshal(schema)
+// CompileData checks a custom event's data schema as configuration
+// validation does: it compiles alone and inside the envelope. The error
+// says why not.
+func CompileData(name string, schema any) error {
+	_, err := compileCustom(name, schema)
+	return err
+}
+
+// custom is a custom event's compiled schemas.
+type custom struct {
+	doc            []byte
+	envelope, data *jsonschema.Schema
+}
+
+func compileCustom(name string, schema any) (custom, error) {
+	wrap := func(err error) (custom, error) { return custom{}, fmt.Errorf("schema of %s: %w", name, err) }
+	m, ok := schema.(map[string]any)
+	if !ok {
+		return wrap(errors.New("must be a JSON Schema object"))
+	}
+	b, err := json.Marshal(m)
 	if err != nil {
-		return nil, fmt.Errorf("schema of %s: %w", name, err)
+		return wrap(err)
 	}
-	if _, ok := schema.(map[string]any); !ok {
-		return nil, fmt.Errorf("schema of %s: must be a JSON Schema object", name)
-	}
-	sch, err := compile(customURL(name)+"/data", b)
+	data, err := compile(customURL(name)+":data", b)
 	if err != nil {
-		return nil, fmt.Errorf("schema of %s: %w", name, err)
+		return wrap(err)
 	}
-	return sch, nil
+	doc, err := customDocument(name, m)
+	if err != nil {
+		return wrap(err)
+	}
+	env, err := compile(customURL(name), doc)
+	if err != nil {
+		return wrap(err)
+	}
+	return custom{doc: doc, envelope: env, data: data}, nil
 }
 
 func customURL(name string) string { return "urn:dzhook:event:" + name }
@@ -155,8 +169,15 @@ func (noLoader) Load(url string) (any, error) {
 }
 
 // customDocument is a custom event's schema document: the envelope every
-// event has, with the configured schema as data.
-func customDocument(name string, data any) ([]byte, error) {
+// event has, with the configured schema as data. The data schema gets an
+// $id of its own when it has none (an embedded resource), so that its
+// references ("#/$defs/…") resolve inside it, as they did alone, and not
+// against the envelope.
+func customDocument(name string, data map[string]any) ([]byte, error) {
+	if _, ok := data["$id"]; !ok {
+		data = maps.Clone(data)
+		data["$id"] = customURL(name) + ":data"
+	}
 	doc := map[string]any{
 		"$schema":     "https://json-schema.org/draft/2020-12/schema",
 		"$id":         customURL(name),

@@ -265,3 +265,46 @@ func TestCustomSchemas(t *testing.T) {
 		t.Error("a built-in event's schema was replaced")
 	}
 }
+
+// A custom schema that refers inside itself ($defs, a draft-07
+// definitions with its $schema, its own $id) works alone and inside the
+// envelope: its references resolve against it, not against the envelope.
+func TestCustomSchemaReferences(t *testing.T) {
+	str := map[string]any{"type": "string"}
+	for _, sch := range []map[string]any{
+		{"type": "object", "$defs": map[string]any{"x": str}, "properties": map[string]any{"a": map[string]any{"$ref": "#/$defs/x"}}},
+		{"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "definitions": map[string]any{"x": str}, "properties": map[string]any{"a": map[string]any{"$ref": "#/definitions/x"}}},
+		{"$id": "https://example.com/order.json", "type": "object", "$defs": map[string]any{"x": str}, "properties": map[string]any{"a": map[string]any{"$ref": "#/$defs/x"}}},
+	} {
+		if err := schemas.CompileData("order.shipped", sch); err != nil {
+			t.Errorf("%v: %v", sch, err)
+			continue
+		}
+		s := newSet(t, map[string]any{"order.shipped": sch})
+		var ve *schemas.ValidationError
+		if err := s.ValidateData("order.shipped", []byte(`{"a":1}`)); !errors.As(err, &ve) || ve.Pointer != "/a" {
+			t.Errorf("%v: data: got %v, want an error at /a", sch, err)
+		}
+		body := `{"id":"whk_test_0123456789abcdef01234567","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"a":1}}`
+		if err := s.Validate([]byte(body)); !errors.As(err, &ve) || ve.Pointer != "/data/a" {
+			t.Errorf("%v: envelope: got %v, want an error at /data/a", sch, err)
+		}
+	}
+}
+
+// FuzzValidate: any body or data validates or fails with an error, never
+// a panic.
+func FuzzValidate(f *testing.F) {
+	s, err := schemas.New(map[string]any{"order.shipped": map[string]any{"type": "object", "required": []any{"order"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(mapping.Sample(catalog.RequestAssigned, ids.TestEventID(), time.Unix(0, 0))))
+	f.Add([]byte(`{"event":"order.shipped","data":{"order":[]}}`))
+	f.Add([]byte(`{"event":7}`))
+	f.Add([]byte(`[`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = s.Validate(b)
+		_ = s.ValidateData("order.shipped", b)
+	})
+}

@@ -186,7 +186,7 @@ func (c *Config) validate(ps *Problems) {
 		if e.Schema == nil {
 			continue
 		}
-		if _, err := schemas.CompileData(e.Name, e.Schema); err != nil {
+		if err := schemas.CompileData(e.Name, e.Schema); err != nil {
 			ps.add(fmt.Sprintf("custom_events[%d].schema", i), "%s", strings.TrimPrefix(err.Error(), "schema of "+e.Name+": "))
 		}
 	}
