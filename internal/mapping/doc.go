@@ -66,9 +66,11 @@
 // application may delete the row in the same transaction. A logical
 // decoding message (pg_logical_emit_message) whose prefix is the
 // configured one ("dzdesk" by default) carries {"event": "…", "data":
-// {…}}. Either must be valid UTF-8, at most 1 MiB, a JSON object, and name
-// a declared event. One that is not becomes a Rejection instead of
-// events: the engine records it and the stream goes on.
+// {…}}. Either must be valid UTF-8, at most 1 MiB, a JSON object, name
+// a declared event, and keep to the schema of its data when the
+// declaration gives one (MapperConfig.Schemas). One that is not becomes a
+// Rejection instead of events: the engine records it and the stream goes
+// on.
 //
 // # People
 //
