@@ -2,8 +2,8 @@
 // its own (no global state): events by type, deliveries by subscription
 // and outcome, attempt durations, attempts by error class, queue depth and
 // the age of the oldest pending delivery, the ordering keys blocked
-// behind a retry, replication positions and lag, subscription states,
-// journal writes.
+// behind a retry, replication positions, lag and retained WAL,
+// subscription states, journal writes.
 package metrics
 
 import (
@@ -51,7 +51,8 @@ type Sources struct {
 // StreamStats is what the replication stream reports.
 type StreamStats struct {
 	ReceivedLSN, FlushedLSN, AckedLSN uint64
-	LagBytes                          int64
+	LagBytes                          int64 // < 0: unknown, not exported
+	RetainedWALBytes                  int64 // < 0: unknown, not exported
 	Changes, Transactions, Reconnects uint64
 	Connected, Standby                bool
 }
@@ -158,6 +159,7 @@ var (
 	descReceived    = prometheus.NewDesc("dzhook_replication_received_lsn", "End of the last WAL received.", nil, nil)
 	descDurable     = prometheus.NewDesc("dzhook_replication_durable_lsn", "Position reported to PostgreSQL as flushed: everything before it is journaled.", nil, nil)
 	descLag         = prometheus.NewDesc("dzhook_replication_lag_bytes", "pg_current_wal_lsn() - confirmed_flush_lsn of the slot.", nil, nil)
+	descRetained    = prometheus.NewDesc("dzhook_replication_retained_wal_bytes", "pg_current_wal_lsn() - restart_lsn of the slot: WAL the database keeps on disk for dzhook.", nil, nil)
 	descChanges     = prometheus.NewDesc("dzhook_replication_changes_total", "Row changes received.", nil, nil)
 	descTx          = prometheus.NewDesc("dzhook_replication_transactions_total", "Transactions received.", nil, nil)
 	descReconnects  = prometheus.NewDesc("dzhook_replication_reconnects_total", "Replication sessions started after the first.", nil, nil)
@@ -173,7 +175,7 @@ var (
 )
 
 func (s *scraped) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descChanges, descTx, descReconnects, descConnected,
+	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descRetained, descChanges, descTx, descReconnects, descConnected,
 		descStandby, descQueue, descPending, descOldest, descSubState, descSubPaused, descBlocked} {
 		ch <- d
 	}
@@ -193,6 +195,9 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(st.FlushedLSN))
 		if st.LagBytes >= 0 {
 			ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.LagBytes))
+		}
+		if st.RetainedWALBytes >= 0 {
+			ch <- prometheus.MustNewConstMetric(descRetained, prometheus.GaugeValue, float64(st.RetainedWALBytes))
 		}
 		ch <- prometheus.MustNewConstMetric(descChanges, prometheus.CounterValue, float64(st.Changes))
 		ch <- prometheus.MustNewConstMetric(descTx, prometheus.CounterValue, float64(st.Transactions))

@@ -55,3 +55,37 @@ func TestBacklogGauges(t *testing.T) {
 		t.Errorf("the backlog was read %d times in three scrapes, want once (cached)", reads)
 	}
 }
+
+// TestReplicationBytes: the slot's lag and retained WAL are gauges once
+// the stream knows them, and absent before (-1), rather than a 0 that
+// would read as "caught up".
+func TestReplicationBytes(t *testing.T) {
+	stats := StreamStats{LagBytes: -1, RetainedWALBytes: -1}
+	m := New(Sources{Stream: func() StreamStats { return stats }})
+	gauges := func() map[string]float64 {
+		t.Helper()
+		mfs, err := m.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			switch mf.GetName() {
+			case "dzhook_replication_lag_bytes", "dzhook_replication_retained_wal_bytes":
+				if mf.GetType() != dto.MetricType_GAUGE {
+					t.Errorf("%s is a %v, want a gauge", mf.GetName(), mf.GetType())
+				}
+				got[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		return got
+	}
+	if got := gauges(); len(got) != 0 {
+		t.Errorf("before the first poll: got %v, want neither gauge", got)
+	}
+	stats.LagBytes, stats.RetainedWALBytes = 4096, 1<<20
+	want := map[string]float64{"dzhook_replication_lag_bytes": 4096, "dzhook_replication_retained_wal_bytes": 1 << 20}
+	if got := gauges(); !maps.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}
