@@ -494,6 +494,7 @@ subscriptions:
 		`dzhook_pending_deliveries{state="failed",subscription="broken"} 1`,
 		`dzhook_deliveries_total{outcome="delivered",subscription="ok"}`,
 		`dzhook_replication_lag_bytes `,
+		`dzhook_replication_retained_wal_bytes `,
 	}
 	var body string
 	var missing []string
