@@ -495,6 +495,8 @@ subscriptions:
 		`dzhook_deliveries_total{outcome="delivered",subscription="ok"}`,
 		`dzhook_replication_lag_bytes `,
 		`dzhook_replication_retained_wal_bytes `,
+		`dzhook_heartbeat_timestamp_seconds `,
+		`dzhook_journal_instances 1`,
 	}
 	var body string
 	var missing []string
