@@ -116,7 +116,7 @@ func TestAlertRules(t *testing.T) {
 	for _, want := range []string{
 		"DzhookSubscriptionFailing", "DzhookSubscriptionDisabled",
 		"DzhookDeliveriesBeyondRetrySchedule", "DzhookReplicationLagHigh", "DzhookRetainedWALHigh",
-		"DzhookStreamNotStreaming", "DzhookDown", "DzhookAbsent",
+		"DzhookStreamNotStreaming", "DzhookHeartbeatStale", "DzhookDown", "DzhookAbsent",
 	} {
 		if !alerts[want] {
 			t.Errorf("no alert %s", want)
