@@ -55,13 +55,17 @@ var prometheusOwn = exportedMetrics{"up": labelSet(targetLabels...)}
 // alertSeverities are the severity labels the rules may carry.
 var alertSeverities = []string{"warning", "critical"}
 
-// exportedMetrics maps a series name to the label names it carries.
-type exportedMetrics map[string]map[string]bool
+// exportedMetrics maps a series name to its labels, and each label to
+// the values seen (nil: any value, as for the target labels).
+type exportedMetrics map[string]labelValuesSeen
 
-func labelSet(names ...string) map[string]bool {
-	m := map[string]bool{}
+type labelValuesSeen map[string]map[string]bool
+
+// labelSet has the names, with any value.
+func labelSet(names ...string) labelValuesSeen {
+	m := labelValuesSeen{}
 	for _, n := range names {
-		m[n] = true
+		m[n] = nil
 	}
 	return m
 }
@@ -193,8 +197,8 @@ var grafanaVar = regexp.MustCompile(`\$(?:\{(\w+)(?::\w+)?\}|(\w+))`)
 
 // expandGrafana replaces the dashboard variables of a query with what
 // Grafana would put there, so that Prometheus's parser can read it: a
-// duration for the interval variables, a plain value inside the label
-// matchers where the others belong.
+// duration for the interval variables, and for the others (which belong
+// in =~ matchers, being multi-valued) a regular expression of any value.
 func expandGrafana(expr string) string {
 	return grafanaVar.ReplaceAllStringFunc(expr, func(v string) string {
 		m := grafanaVar.FindStringSubmatch(v)
@@ -202,7 +206,7 @@ func expandGrafana(expr string) string {
 		case "__rate_interval", "__interval", "__range":
 			return "5m"
 		}
-		return "value"
+		return ".*"
 	})
 }
 
@@ -280,7 +284,8 @@ func TestMonitoringNamesExportedMetrics(t *testing.T) {
 	exported := scrapeRunningDzhook(t)
 
 	// The check itself must catch a made-up name and a made-up label.
-	for _, bad := range []string{`dzhook_made_up_total`, `dzhook_queue_depth{made_up="x"}`, `{__name__=~"dzhook_.*"}`} {
+	for _, bad := range []string{`dzhook_made_up_total`, `dzhook_queue_depth{made_up="x"}`, `{__name__=~"dzhook_.*"}`,
+		`dzhook_subscription_state{state="failed"}`, `dzhook_deliveries_total{outcome=~"deliver"}`} {
 		if len(exprProblems(bad, exported)) == 0 {
 			t.Errorf("%s passes the check", bad)
 		}
@@ -328,7 +333,7 @@ func TestMonitoringNamesExportedMetrics(t *testing.T) {
 		}
 		if ls, ok := exported[m[1]]; !ok {
 			t.Errorf("dashboard variable %s: dzhook exports no %s", v.Name, m[1])
-		} else if !ls[m[2]] {
+		} else if _, ok := ls[m[2]]; !ok {
 			t.Errorf("dashboard variable %s: %s has no label %s", v.Name, m[1], m[2])
 		}
 		if !strings.Contains(string(v.Query), v.Definition) {
@@ -338,7 +343,9 @@ func TestMonitoringNamesExportedMetrics(t *testing.T) {
 }
 
 // exprProblems lists the metrics and labels of a PromQL expression that
-// known lacks (a nil label set accepts any label).
+// known lacks (a nil label set accepts any label), and the = and =~
+// matchers that select no value dzhook exports (state="failed" where the
+// states are healthy, failing and disabled).
 func exprProblems(expr string, known exportedMetrics) []string {
 	e, err := promQL.ParseExpr(expr)
 	if err != nil {
@@ -366,8 +373,23 @@ func exprProblems(expr string, known exportedMetrics) []string {
 			return nil
 		}
 		for _, m := range vs.LabelMatchers {
-			if m.Name != labels.MetricName && ls != nil && !ls[m.Name] {
+			if m.Name == labels.MetricName || ls == nil {
+				continue
+			}
+			values, ok := ls[m.Name]
+			if !ok {
 				problems = append(problems, fmt.Sprintf("%s has no label %s", name, m.Name))
+				continue
+			}
+			if values == nil || (m.Type != labels.MatchEqual && m.Type != labels.MatchRegexp) {
+				continue
+			}
+			matched := false
+			for v := range values {
+				matched = matched || m.Matches(v)
+			}
+			if !matched {
+				problems = append(problems, fmt.Sprintf("%s{%s} selects none of the values dzhook exports: %v", name, m, sortedKeys(values)))
 			}
 		}
 		return nil
@@ -528,7 +550,10 @@ subscriptions:
 		ls := labelSet(targetLabels...)
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				ls[l.GetName()] = true
+				if ls[l.GetName()] == nil {
+					ls[l.GetName()] = map[string]bool{}
+				}
+				ls[l.GetName()][l.GetValue()] = true
 			}
 		}
 		switch f.GetType().String() {
@@ -545,11 +570,11 @@ subscriptions:
 	return exported
 }
 
-// withLabel is a copy of ls with name added.
-func withLabel(ls map[string]bool, name string) map[string]bool {
+// withLabel is a copy of ls with name added, with any value.
+func withLabel(ls labelValuesSeen, name string) labelValuesSeen {
 	out := labelSet(name)
-	for l := range ls {
-		out[l] = true
+	for l, v := range ls {
+		out[l] = v
 	}
 	return out
 }
