@@ -151,11 +151,14 @@ type datasourceRef struct {
 }
 
 type panel struct {
-	ID          int            `json:"id"`
-	Type        string         `json:"type"`
-	Title       string         `json:"title"`
-	Datasource  *datasourceRef `json:"datasource"`
-	Panels      []panel        `json:"panels"` // a collapsed row's
+	ID         int            `json:"id"`
+	Type       string         `json:"type"`
+	Title      string         `json:"title"`
+	Datasource *datasourceRef `json:"datasource"`
+	Panels     []panel        `json:"panels"` // a collapsed row's
+	GridPos    struct {
+		H, W, X, Y int
+	} `json:"gridPos"`
 	FieldConfig struct {
 		Defaults struct {
 			Unit string `json:"unit"`
@@ -271,6 +274,21 @@ func TestDashboard(t *testing.T) {
 	}
 	if queries == 0 {
 		t.Error("the dashboard has no queries")
+	}
+	// Grafana moves overlapping panels on load; what the file says should
+	// be what shows.
+	ps := allPanels(d.Panels)
+	for i, a := range ps {
+		g := a.GridPos
+		if g.W <= 0 || g.H <= 0 || g.X < 0 || g.X+g.W > 24 {
+			t.Errorf("panel %d %q: gridPos %+v outside the 24 columns", a.ID, a.Title, g)
+		}
+		for _, b := range ps[i+1:] {
+			h := b.GridPos
+			if g.X < h.X+h.W && h.X < g.X+g.W && g.Y < h.Y+h.H && h.Y < g.Y+g.H {
+				t.Errorf("panels %q and %q overlap: %+v, %+v", a.Title, b.Title, g, h)
+			}
+		}
 	}
 }
 
