@@ -4,7 +4,9 @@
 // unit and the README use must exist in dzhook, and every configuration
 // shipped here must pass `dzhook validate` with the environment its
 // manifest gives it. Renaming a flag or an environment variable without
-// updating deploy/ fails these tests.
+// updating deploy/ fails these tests. monitoring_test.go holds the
+// Prometheus rules and the Grafana dashboard to the metrics a running
+// dzhook exports.
 //
 // TestMain builds cmd/dzhook once, with the build flags of the
 // Dockerfile, and the tests run that binary. sql_test.go also applies the

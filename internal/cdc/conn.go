@@ -164,17 +164,21 @@ func (s *Stream) slotConfirmed(ctx context.Context) (pglogrepl.LSN, error) {
 	return info.confirmed, nil
 }
 
-// pollLag keeps Stats.LagBytes fresh until ctx ends.
+// pollLag keeps Stats.LagBytes and Stats.RetainedBytes fresh until ctx
+// ends.
 func (s *Stream) pollLag(ctx context.Context) {
 	t := time.NewTicker(s.cfg.LagInterval)
 	defer t.Stop()
 	for {
-		var lag *int64
+		var lag, retained *int64
 		err := s.pool.QueryRow(ctx, `
-			SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
-			  FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag)
+			SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint
+			  FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag, &retained)
 		if err == nil && lag != nil {
 			s.lagBytes.Store(*lag)
+		}
+		if err == nil && retained != nil {
+			s.retained.Store(*retained)
 		}
 		select {
 		case <-ctx.Done():

@@ -100,6 +100,12 @@ type Stats struct {
 	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn of the slot,
 	// polled; -1 until known.
 	LagBytes int64
+	// RetainedBytes is pg_current_wal_lsn() - restart_lsn of the slot:
+	// the WAL PostgreSQL keeps on disk for it (restart_lsn trails
+	// confirmed_flush_lsn while a transaction that began earlier is
+	// still open, so this is at least LagBytes). Polled with LagBytes;
+	// -1 until known.
+	RetainedBytes int64
 	// Changes counts the changes handed to the handler.
 	Changes uint64
 	// Transactions counts the commits the handler took.
@@ -135,6 +141,7 @@ type Stream struct {
 	received     atomic.Uint64
 	statusSent   atomic.Uint64
 	lagBytes     atomic.Int64
+	retained     atomic.Int64
 	changes      atomic.Uint64
 	transactions atomic.Uint64
 	connected    atomic.Bool
@@ -195,6 +202,7 @@ func New(cfg Config) (*Stream, error) {
 	}
 	s := &Stream{cfg: cfg, log: cfg.Logger.With("component", "cdc", "slot", cfg.Slot), wake: make(chan struct{}, 1), interrupt: make(chan error, 1)}
 	s.lagBytes.Store(-1)
+	s.retained.Store(-1)
 	return s, nil
 }
 
@@ -228,6 +236,7 @@ func (s *Stream) Stats() Stats {
 		FlushedLSN:    flushed,
 		AckedLSN:      pglogrepl.LSN(s.acked.Load()),
 		LagBytes:      s.lagBytes.Load(),
+		RetainedBytes: s.retained.Load(),
 		Changes:       s.changes.Load(),
 		Transactions:  s.transactions.Load(),
 		Connected:     s.connected.Load(),

@@ -628,6 +628,29 @@ func TestIdleAdvances(t *testing.T) {
 	waitConfirmed(t, db, "an advance past "+before.String(), func(l pglogrepl.LSN) bool { return l > before+16*1024 })
 }
 
+// TestLagAndRetainedWAL: the lag poller reports both distances from the
+// current WAL position: to confirmed_flush_lsn (lag) and to restart_lsn
+// (what the slot keeps on disk), which is never the shorter.
+func TestLagAndRetainedWAL(t *testing.T) {
+	db := setupRef(t)
+	s := startStream(t, db, newRecorder(true))
+	db.Exec(t, `INSERT INTO users (email) VALUES ('lag@example.com')`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := s.Stats()
+		if st.LagBytes >= 0 && st.RetainedBytes >= 0 {
+			if st.RetainedBytes < st.LagBytes {
+				t.Errorf("retained %d bytes, lag %d: restart_lsn is never past confirmed_flush_lsn", st.RetainedBytes, st.LagBytes)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: lag %d, retained %d, want both known (>= 0)", st.LagBytes, st.RetainedBytes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func TestAddColumnMidStream(t *testing.T) {
 	db := setupRef(t)
 	rec := newRecorder(true)

@@ -75,7 +75,7 @@ func (e *Engine) streamStats() metrics.StreamStats {
 	st := e.stream.Stats()
 	return metrics.StreamStats{
 		ReceivedLSN: uint64(st.ReceivedLSN), FlushedLSN: uint64(st.FlushedLSN), AckedLSN: uint64(st.AckedLSN),
-		LagBytes: st.LagBytes, Changes: st.Changes, Transactions: st.Transactions, Reconnects: st.Reconnects,
+		LagBytes: st.LagBytes, RetainedWALBytes: st.RetainedBytes, Changes: st.Changes, Transactions: st.Transactions, Reconnects: st.Reconnects,
 		Connected: st.Connected, Standby: st.Standby,
 	}
 }

@@ -140,7 +140,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Stream:        e.streamStats,
 		Subscriptions: func() []fanout.SubscriptionStatus { return e.dispatcher.Subscriptions() },
 		Backlogs:      e.journal.Backlogs,
-		Logger:        log,
+		Heartbeat: func() (time.Time, int) {
+			return e.dispatcher.LastHeartbeat(), e.dispatcher.Peers()
+		},
+		Logger: log,
 	})
 	e.schema = newSchemaWatch(e, cfg, opts.SchemaInterval, slaSource)
 	// e.stream is set below, before anything can be acknowledged.

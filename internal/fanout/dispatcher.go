@@ -709,3 +709,12 @@ func (d *Dispatcher) shareQueued(ctx context.Context) {
 // Peers is how many other dzhook processes on the journal were alive at
 // the last heartbeat.
 func (d *Dispatcher) Peers() int { return int(d.sched.peers.Load()) }
+
+// LastHeartbeat is when this process's heartbeat last reached the
+// journal; the zero time before the first.
+func (d *Dispatcher) LastHeartbeat() time.Time {
+	if ns := d.sched.beat.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}

@@ -36,6 +36,9 @@ type scheduler struct {
 	// as of the last heartbeat: with any, a full queue hands deliveries
 	// to them (Dispatcher.reserve) instead of waiting for room.
 	peers atomic.Int64
+	// beat is when the last heartbeat reached the journal (Unix
+	// nanoseconds; 0: none yet).
+	beat atomic.Int64
 	// joined is told when other processes appear where there were none.
 	joined func(ctx context.Context)
 	// subs is the current subscription set; giveBack returns deliveries
@@ -130,10 +133,13 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 			if ctx.Err() == nil {
 				sc.log.Warn("journal heartbeat failed", "err", err)
 			}
-		} else if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
-			sc.log.Info("instances sharing the journal changed", "others_alive", peers)
-			if before == 0 && sc.joined != nil {
-				sc.joined(ctx)
+		} else {
+			sc.beat.Store(time.Now().UnixNano())
+			if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
+				sc.log.Info("instances sharing the journal changed", "others_alive", peers)
+				if before == 0 && sc.joined != nil {
+					sc.joined(ctx)
+				}
 			}
 		}
 		select {

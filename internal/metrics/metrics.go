@@ -2,8 +2,9 @@
 // its own (no global state): events by type, deliveries by subscription
 // and outcome, attempt durations, attempts by error class, queue depth and
 // the age of the oldest pending delivery, the ordering keys blocked
-// behind a retry, replication positions and lag, subscription states,
-// journal writes.
+// behind a retry, replication positions, lag and retained WAL,
+// subscription states, journal writes, the journal heartbeat and the
+// processes alive on the journal.
 package metrics
 
 import (
@@ -45,13 +46,18 @@ type Sources struct {
 	Subscriptions func() []fanout.SubscriptionStatus
 	// Backlogs counts the journal's pending work per subscription.
 	Backlogs func(ctx context.Context) (map[string]journal.Backlog, error)
-	Logger   *slog.Logger
+	// Heartbeat returns when this process's journal heartbeat last
+	// succeeded (zero: not yet) and how many other processes were alive
+	// on the journal then.
+	Heartbeat func() (last time.Time, peers int)
+	Logger    *slog.Logger
 }
 
 // StreamStats is what the replication stream reports.
 type StreamStats struct {
 	ReceivedLSN, FlushedLSN, AckedLSN uint64
-	LagBytes                          int64
+	LagBytes                          int64 // < 0: unknown, not exported
+	RetainedWALBytes                  int64 // < 0: unknown, not exported
 	Changes, Transactions, Reconnects uint64
 	Connected, Standby                bool
 }
@@ -158,6 +164,7 @@ var (
 	descReceived    = prometheus.NewDesc("dzhook_replication_received_lsn", "End of the last WAL received.", nil, nil)
 	descDurable     = prometheus.NewDesc("dzhook_replication_durable_lsn", "Position reported to PostgreSQL as flushed: everything before it is journaled.", nil, nil)
 	descLag         = prometheus.NewDesc("dzhook_replication_lag_bytes", "pg_current_wal_lsn() - confirmed_flush_lsn of the slot.", nil, nil)
+	descRetained    = prometheus.NewDesc("dzhook_replication_retained_wal_bytes", "pg_current_wal_lsn() - restart_lsn of the slot: WAL the database keeps on disk for dzhook.", nil, nil)
 	descChanges     = prometheus.NewDesc("dzhook_replication_changes_total", "Row changes received.", nil, nil)
 	descTx          = prometheus.NewDesc("dzhook_replication_transactions_total", "Transactions received.", nil, nil)
 	descReconnects  = prometheus.NewDesc("dzhook_replication_reconnects_total", "Replication sessions started after the first.", nil, nil)
@@ -168,13 +175,15 @@ var (
 	descOldest      = prometheus.NewDesc("dzhook_oldest_pending_seconds", "Age of the oldest due pending delivery.", []string{"subscription"}, nil)
 	descSubState    = prometheus.NewDesc("dzhook_subscription_state", "1 for the subscription's current state.", []string{"subscription", "state"}, nil)
 	descSubPaused   = prometheus.NewDesc("dzhook_subscription_paused", "1 while paused.", []string{"subscription"}, nil)
+	descBeat        = prometheus.NewDesc("dzhook_heartbeat_timestamp_seconds", "Unix time of this process's last heartbeat in the journal (absent before the first): time() minus it is how long other processes have not heard from it.", nil, nil)
+	descInstances   = prometheus.NewDesc("dzhook_journal_instances", "dzhook processes alive on the journal at the last heartbeat, this one included.", nil, nil)
 	descBlocked     = prometheus.NewDesc("dzhook_ordered_blocked_keys", "Ordering keys whose head delivery waits for a retry, holding back the later deliveries of its key (0 without ordering).", []string{"subscription"}, nil)
 	backlogInterval = 5 * time.Second
 )
 
 func (s *scraped) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descChanges, descTx, descReconnects, descConnected,
-		descStandby, descQueue, descPending, descOldest, descSubState, descSubPaused, descBlocked} {
+	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descRetained, descChanges, descTx, descReconnects, descConnected,
+		descStandby, descBeat, descInstances, descQueue, descPending, descOldest, descSubState, descSubPaused, descBlocked} {
 		ch <- d
 	}
 }
@@ -194,11 +203,20 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 		if st.LagBytes >= 0 {
 			ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.LagBytes))
 		}
+		if st.RetainedWALBytes >= 0 {
+			ch <- prometheus.MustNewConstMetric(descRetained, prometheus.GaugeValue, float64(st.RetainedWALBytes))
+		}
 		ch <- prometheus.MustNewConstMetric(descChanges, prometheus.CounterValue, float64(st.Changes))
 		ch <- prometheus.MustNewConstMetric(descTx, prometheus.CounterValue, float64(st.Transactions))
 		ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(st.Reconnects))
 		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, b2f(st.Connected))
 		ch <- prometheus.MustNewConstMetric(descStandby, prometheus.GaugeValue, b2f(st.Standby))
+	}
+	if s.src.Heartbeat != nil {
+		if last, peers := s.src.Heartbeat(); !last.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descBeat, prometheus.GaugeValue, float64(last.UnixNano())/1e9)
+			ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(1+peers))
+		}
 	}
 	var subs []fanout.SubscriptionStatus
 	if s.src.Subscriptions != nil {
