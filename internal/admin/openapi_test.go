@@ -1,0 +1,55 @@
+package admin
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	apidoc "github.com/dzdesk/dzhook/api"
+	"github.com/dzdesk/dzhook/api/apitest"
+)
+
+// newChecked returns a server held to api/openapi.yaml: every request a
+// test sends it, and every answer, must match the description (package
+// apitest), so a route, parameter, status or field the description lacks
+// fails the test that meets it. Every test of this package builds its
+// server so.
+func newChecked(t testing.TB, cfg Config) http.Handler {
+	t.Helper()
+	return apitest.Handler(t, New(cfg))
+}
+
+// TestOpenAPIServed: GET /v1/openapi.yaml answers api/openapi.yaml byte
+// for byte, as YAML, without the token, even on a server whose API is
+// off (no token set).
+func TestOpenAPIServed(t *testing.T) {
+	for _, token := range []string{"t", ""} {
+		srv := newChecked(t, Config{Token: token})
+		req := httptest.NewRequest(http.MethodGet, "/v1/openapi.yaml", nil)
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("token %q: GET /v1/openapi.yaml: got %d %s, want 200", token, rec.Code, rec.Body)
+		}
+		if got, want := rec.Header().Get("Content-Type"), "application/yaml"; got != want {
+			t.Errorf("token %q: Content-Type: got %q, want %q", token, got, want)
+		}
+		if !bytes.Equal(rec.Body.Bytes(), apidoc.YAML()) {
+			t.Errorf("token %q: the body differs from api/openapi.yaml", token)
+		}
+	}
+}
+
+// TestOpenAPIRefusesQuery: the description's endpoint reads its request
+// whole like the others (a query string is a 400).
+func TestOpenAPIRefusesQuery(t *testing.T) {
+	srv := newChecked(t, Config{})
+	req := httptest.NewRequest(http.MethodGet, "/v1/openapi.yaml?format=json", io.NopCloser(bytes.NewReader(nil)))
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	if rec.Code != http.StatusBadRequest {
+		t.Errorf("GET /v1/openapi.yaml?format=json: got %d %s, want 400", rec.Code, rec.Body)
+	}
+}
