@@ -2,10 +2,14 @@ package admin
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	apidoc "github.com/dzdesk/dzhook/api"
 	"github.com/dzdesk/dzhook/api/apitest"
@@ -51,5 +55,39 @@ func TestOpenAPIRefusesQuery(t *testing.T) {
 	srv.ServeHTTP(rec, req)
 	if rec.Code != http.StatusBadRequest {
 		t.Errorf("GET /v1/openapi.yaml?format=json: got %d %s, want 400", rec.Code, rec.Body)
+	}
+}
+
+// TestOpenAPIOpenEndpoints: the endpoints outside /v1 answer as
+// described: /metrics open or behind the token, /readyz ready and not.
+func TestOpenAPIOpenEndpoints(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "dzhook_test_total", Help: "A counter."}))
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		target string
+		token  string
+		want   int
+	}{
+		{"metrics public", Config{Registry: reg, MetricsPublic: true}, "/metrics", "", http.StatusOK},
+		{"metrics with the token", Config{Token: "t", Registry: reg}, "/metrics", "t", http.StatusOK},
+		{"metrics without the token", Config{Token: "t", Registry: reg}, "/metrics", "", http.StatusUnauthorized},
+		{"metrics without a registry", Config{MetricsPublic: true}, "/metrics", "", http.StatusNotFound},
+		{"ready", Config{}, "/readyz", "", http.StatusOK},
+		{"not ready", Config{Ready: func(context.Context) error { return errors.New("the journal is not reachable") }}, "/readyz", "", http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newChecked(t, tc.cfg)
+			req := httptest.NewRequest(http.MethodGet, tc.target, nil)
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Errorf("GET %s: got %d %s, want %d", tc.target, rec.Code, rec.Body, tc.want)
+			}
+		})
 	}
 }
