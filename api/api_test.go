@@ -1,8 +1,14 @@
 package api_test
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"testing"
 
+	"github.com/getkin/kin-openapi/openapi3"
+
+	"github.com/dzdesk/dzhook/api"
 	"github.com/dzdesk/dzhook/api/apitest"
 )
 
@@ -15,5 +21,30 @@ func TestDescriptionIsValid(t *testing.T) {
 	}
 	if got, want := doc.OpenAPI, "3.1.0"; got != want {
 		t.Errorf("openapi: got %q, want %q", got, want)
+	}
+}
+
+// TestJSON: the JSON form is the same document: it loads and validates
+// as OpenAPI 3.1 and has every operation of the YAML one.
+func TestJSON(t *testing.T) {
+	raw, err := api.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromJSON, err := openapi3.NewLoader().LoadFromData(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fromJSON.Validate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fromYAML, err := apitest.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := json.Marshal(fromJSON)
+	b, _ := json.Marshal(fromYAML)
+	if !bytes.Equal(a, b) {
+		t.Errorf("the JSON form differs from openapi.yaml:\n%s\nwant\n%s", a, b)
 	}
 }

@@ -8,7 +8,7 @@
 //
 // Every /v1 endpoint needs "Authorization: Bearer <admin.token>", compared
 // in constant time, except the API's OpenAPI description (GET
-// /v1/openapi.yaml, api/openapi.yaml); /healthz, /readyz and the
+// /v1/openapi.yaml, api/openapi.yaml, and /v1/openapi.json); /healthz, /readyz and the
 // dashboard's static files are open, /metrics is open unless
 // admin.metrics_public is false. Errors are JSON, {"error": "…"}, naming
 // the problem: 400 for a bad parameter or body, 401 without the token, 404
@@ -124,6 +124,7 @@ func New(cfg Config) *Server {
 	rng := endpoint{params: []string{"since", "until"}}
 	list := endpoint{params: []string{"subscription", "status", "event", "since", "until", "limit", "cursor"}}
 	s.route("GET /v1/openapi.yaml", endpoint{public: true}, s.openapi)
+	s.route("GET /v1/openapi.json", endpoint{public: true}, s.openapiJSON)
 	s.route("GET /v1/events", none, s.events)
 	body := endpoint{body: true}
 	s.route("GET /v1/subscriptions", none, s.subscriptions)
@@ -266,6 +267,19 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) openapi(w http.ResponseWriter, _ *http.Request, _ query) {
 	w.Header().Set("Content-Type", "application/yaml")
 	_, _ = w.Write(apidoc.YAML())
+}
+
+// openapiJSON serves the description as JSON, for tools that read only
+// JSON.
+func (s *Server) openapiJSON(w http.ResponseWriter, _ *http.Request, _ query) {
+	raw, err := apidoc.JSON()
+	if err != nil { // the embedded file is tested: not reached
+		s.log.Error("openapi.json", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal error")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(raw)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

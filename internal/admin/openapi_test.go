@@ -46,6 +46,25 @@ func TestOpenAPIServed(t *testing.T) {
 	}
 }
 
+// TestOpenAPIJSONServed: GET /v1/openapi.json answers api.JSON, as
+// JSON, without the token.
+func TestOpenAPIJSONServed(t *testing.T) {
+	want, err := apidoc.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newChecked(t, Config{Token: "t"})
+	req := httptest.NewRequest(http.MethodGet, "/v1/openapi.json", nil)
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /v1/openapi.json: got %d %s, want 200 application/json", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	if !bytes.Equal(rec.Body.Bytes(), want) {
+		t.Errorf("the body differs from api.JSON()")
+	}
+}
+
 // TestOpenAPIRefusesQuery: the description's endpoint reads its request
 // whole like the others (a query string is a 400).
 func TestOpenAPIRefusesQuery(t *testing.T) {
