@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -46,5 +48,26 @@ func TestJSON(t *testing.T) {
 	b, _ := json.Marshal(fromYAML)
 	if !bytes.Equal(a, b) {
 		t.Errorf("the JSON form differs from openapi.yaml:\n%s\nwant\n%s", a, b)
+	}
+}
+
+// TestCreatedSubscription: the create answer's schema is Subscription's
+// and the secret (written out in openapi.yaml, so they could drift).
+func TestCreatedSubscription(t *testing.T) {
+	doc, err := apitest.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := doc.Components.Schemas["Subscription"].Value
+	created := doc.Components.Schemas["CreatedSubscription"].Value
+	want, _ := json.Marshal(sub.Properties)
+	props := maps.Clone(created.Properties)
+	delete(props, "secret")
+	got, _ := json.Marshal(props)
+	if !bytes.Equal(got, want) {
+		t.Errorf("CreatedSubscription's properties but secret:\n%s\nwant Subscription's:\n%s", got, want)
+	}
+	if got, want := created.Required, append(slices.Clone(sub.Required), "secret"); !slices.Equal(got, want) {
+		t.Errorf("CreatedSubscription's required: got %v, want %v", got, want)
 	}
 }
