@@ -44,11 +44,19 @@ func TestHandler(t *testing.T) {
 		{"no token", "GET", "/v1/events", "", 200, `{"events":[]}`, "refuses the request"},
 		{"status not described", "GET", "/v1/events", "t", 409, `{"error":"busy"}`, "status is not supported"},
 		{"error body not described", "GET", "/v1/deliveries/dlv_1", "t", 404, `{"message":"no"}`, "doesn't match"},
+		// An event's schema (another branch serves it) is application/schema+json.
+		{"event schema", "GET", "/v1/events/request.created/schema", "t", 200, `{"type":"object"}`, ""},
+		{"event schema not an object", "GET", "/v1/events/request.created/schema", "t", 200, `[]`, "doesn't match"},
+		{"unknown event", "GET", "/v1/events/nope.nope/schema", "t", 404, `{"error":"no such event"}`, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := &recorder{TB: t}
 			h := Handler(rec, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
+				ct := "application/json"
+				if strings.HasSuffix(tc.target, "/schema") && tc.status == 200 {
+					ct = "application/schema+json"
+				}
+				w.Header().Set("Content-Type", ct)
 				w.WriteHeader(tc.status)
 				_, _ = w.Write([]byte(tc.body))
 			}))
