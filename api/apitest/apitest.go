@@ -31,6 +31,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -61,25 +62,39 @@ func Load(opts ...openapi3.ValidationOption) (*openapi3.T, error) {
 // serves, and its answer, that do not match the description fail t.
 func Handler(t testing.TB, h http.Handler) http.Handler {
 	t.Helper()
-	// The examples are checked once, by api's TestDescriptionIsValid:
-	// checking them for every server a test builds costs seconds.
-	doc, err := Load(openapi3.DisableExamplesValidation())
+	d, err := loaded()
 	if err != nil {
 		t.Fatal(err)
+	}
+	return &checker{t: t, description: d, next: h}
+}
+
+// description is the loaded document and its router, read-only once
+// made, so shared by every Handler and safe for concurrent use.
+type description struct {
+	doc    *openapi3.T
+	router routers.Router
+}
+
+// loaded loads the description once per test binary: the file is
+// embedded and never changes, and parsing it for every server a test
+// builds cost most of the tests' time. The examples are checked once,
+// by api's TestDescriptionIsValid, for the same reason.
+var loaded = sync.OnceValues(func() (*description, error) {
+	doc, err := Load(openapi3.DisableExamplesValidation())
+	if err != nil {
+		return nil, err
 	}
 	router, err := gorillamux.NewRouter(doc)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return &checker{t: t, doc: doc, router: router, next: h}
-}
+	return &description{doc: doc, router: router}, nil
+})
 
 type checker struct {
-	t      testing.TB
-	doc    *openapi3.T
-	router interface {
-		FindRoute(*http.Request) (*routers.Route, map[string]string, error)
-	}
+	*description
+	t    testing.TB
 	next http.Handler
 }
 
