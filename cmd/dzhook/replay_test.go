@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/api/apitest"
 	"github.com/dzdesk/dzhook/internal/admin"
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
@@ -124,8 +125,9 @@ func startReplayAPI(t *testing.T) (*fakeReplays, string) {
 			Active: true, State: journal.Healthy, Ordering: fanout.OrderNone, Source: "runtime"})
 	}
 	r := &fakeReplays{}
-	srv := httptest.NewServer(admin.New(admin.Config{Token: cliToken, Deliverer: f, History: f, Manager: f, Catalog: cat, Replays: r,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	// The CLI's requests and the answers are held to api/openapi.yaml.
+	srv := httptest.NewServer(apitest.Handler(t, admin.New(admin.Config{Token: cliToken, Deliverer: f, History: f, Manager: f, Catalog: cat, Replays: r,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})))
 	t.Cleanup(srv.Close)
 	return r, srv.URL
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/api/apitest"
 	"github.com/dzdesk/dzhook/internal/admin"
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
@@ -230,8 +231,9 @@ func startFakeAPI(t *testing.T) (*fakeSubs, string) {
 		t.Fatal(err)
 	}
 	f := newFakeSubs()
-	srv := httptest.NewServer(admin.New(admin.Config{Token: cliToken, Deliverer: f, History: f, Manager: f, Catalog: cat,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	// The CLI's requests and the answers are held to api/openapi.yaml.
+	srv := httptest.NewServer(apitest.Handler(t, admin.New(admin.Config{Token: cliToken, Deliverer: f, History: f, Manager: f, Catalog: cat,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})))
 	t.Cleanup(srv.Close)
 	return f, srv.URL
 }

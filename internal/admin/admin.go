@@ -7,20 +7,22 @@
 // journal's and the catalog's types.
 //
 // Every /v1 endpoint needs "Authorization: Bearer <admin.token>", compared
-// in constant time; /healthz, /readyz and the dashboard's static files are
-// open, /metrics is open unless admin.metrics_public is false. Errors are
-// JSON, {"error": "…"}, naming the problem: 400 for a bad parameter or
-// body, 401 without the token, 404 for an unknown delivery or
-// subscription, 405 naming the methods a path has, 409 for a delivery
-// being attempted right now or a change the current state refuses (a
-// subscription defined in config.yaml, an id in use, no secrets key), 413
-// for a body over 16 KiB, 501 for runtime subscriptions on a server
-// without them, 503 when the journal cannot be reached. A body with problems is a 400 that lists
-// them with their fields as well: {"error": "…", "errors": [{"field":
-// "url", "problem": "…"}]}. Bad input never gets a 500. A query string
-// is read whole or refused: a pair Go's parser would drop (a ';', a bad
-// escape), a parameter the endpoint does not read, one given twice or
-// empty is a 400 naming it, before anything is done (request.go).
+// in constant time, except the API's OpenAPI description (GET
+// /v1/openapi.yaml, api/openapi.yaml, and /v1/openapi.json); /healthz, /readyz and the
+// dashboard's static files are open, /metrics is open unless
+// admin.metrics_public is false. Errors are JSON, {"error": "…"}, naming
+// the problem: 400 for a bad parameter or body, 401 without the token, 404
+// for an unknown delivery or subscription, 405 naming the methods a path
+// has, 409 for a delivery being attempted right now or a change the
+// current state refuses (a subscription defined in config.yaml, an id in
+// use, no secrets key), 413 for a body over 16 KiB, 501 for runtime
+// subscriptions on a server without them, 503 when the journal cannot be
+// reached. A body with problems is a 400 that lists them with their fields
+// as well: {"error": "…", "errors": [{"field": "url", "problem": "…"}]}.
+// Bad input never gets a 500. A query string is read whole or refused: a
+// pair Go's parser would drop (a ';', a bad escape), a parameter the
+// endpoint does not read, one given twice or empty is a 400 naming it,
+// before anything is done (request.go).
 package admin
 
 import (
@@ -42,6 +44,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	apidoc "github.com/dzdesk/dzhook/api"
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
@@ -141,6 +144,8 @@ func New(cfg Config) *Server {
 	none := endpoint{}
 	rng := endpoint{params: []string{"since", "until"}}
 	list := endpoint{params: []string{"subscription", "status", "event", "since", "until", "limit", "cursor"}}
+	s.route("GET /v1/openapi.yaml", endpoint{public: true}, s.openapi)
+	s.route("GET /v1/openapi.json", endpoint{public: true}, s.openapiJSON)
 	s.route("GET /v1/events", none, s.events)
 	s.route("GET /v1/events/{name}/schema", none, s.eventSchema)
 	body := endpoint{body: true}
@@ -277,6 +282,26 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, api.Health{Status: "ready"})
+}
+
+// openapi serves api/openapi.yaml, the description of this API, without
+// the token: clients are generated from it before they have one.
+func (s *Server) openapi(w http.ResponseWriter, _ *http.Request, _ query) {
+	w.Header().Set("Content-Type", "application/yaml")
+	_, _ = w.Write(apidoc.YAML())
+}
+
+// openapiJSON serves the description as JSON, for tools that read only
+// JSON.
+func (s *Server) openapiJSON(w http.ResponseWriter, _ *http.Request, _ query) {
+	raw, err := apidoc.JSON()
+	if err != nil { // the embedded file is tested: not reached
+		s.log.Error("openapi.json", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal error")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(raw)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

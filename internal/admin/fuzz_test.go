@@ -54,6 +54,9 @@ func (d checkedDeliverer) RetryNow(_ context.Context, id string) (fanout.Attempt
 	if !deliveryIDPattern.MatchString(id) {
 		d.t.Errorf("RetryNow called with malformed delivery id %q", id)
 	}
+	if id == "dlv_busy" { // only an attempt is refused as busy (journal.Claim)
+		return fanout.AttemptReport{}, journal.ErrBusy
+	}
 	return fanout.AttemptReport{DeliveryID: id, StatusCode: 200, Delivered: true}, nil
 }
 
@@ -132,8 +135,6 @@ func (h checkedHistory) GetDelivery(_ context.Context, id string) (journal.Deliv
 	switch id {
 	case "dlv_missing":
 		return journal.Delivery{}, nil, nil, journal.ErrNotFound
-	case "dlv_busy":
-		return journal.Delivery{}, nil, nil, journal.ErrBusy
 	}
 	status, class, msg := 500, "http", "HTTP 500"
 	attempts := []journal.Attempt{
@@ -176,7 +177,7 @@ func (m checkedManager) CreateSubscription(_ context.Context, in api.Subscriptio
 	if in.URL == nil {
 		return api.CreatedSubscription{}, &ValidationError{Problems: []api.FieldProblem{{Field: "url", Problem: "is required"}, {Field: "events", Problem: "is required"}}}
 	}
-	return api.CreatedSubscription{Subscription: api.Subscription{ID: "wh_1"}, Secret: "s"}, nil
+	return api.CreatedSubscription{Subscription: runtimeSubscription("wh_1"), Secret: "s"}, nil
 }
 
 func (m checkedManager) UpdateSubscription(_ context.Context, id string, in api.SubscriptionInput, _ string) (api.Subscription, error) {
@@ -187,7 +188,14 @@ func (m checkedManager) UpdateSubscription(_ context.Context, id string, in api.
 	if id == "crm" {
 		return api.Subscription{}, &ConflictError{Message: "crm is config.yaml's"}
 	}
-	return api.Subscription{ID: id}, nil
+	return runtimeSubscription(id), nil
+}
+
+// runtimeSubscription is a runtime subscription with its defaults, as a
+// Manager answers it.
+func runtimeSubscription(id string) api.Subscription {
+	return api.Subscription{ID: id, URL: "https://example.com/hook", Events: []string{"request.*"}, Active: true, State: "healthy",
+		Stats: api.Stats{SuccessRate: -1}, Ordering: "none", Format: "dzdesk", Method: "POST", Source: "runtime"}
 }
 
 func (m checkedManager) DeleteSubscription(_ context.Context, id, _ string) (api.Deleted, error) {
@@ -259,7 +267,7 @@ func FuzzQueryParams(f *testing.F) {
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	f.Fuzz(func(t *testing.T, rawQuery, id string, body []byte) {
-		srv := New(Config{
+		srv := newChecked(t, Config{
 			Token:     "t",
 			Deliverer: checkedDeliverer{t: t, cat: cat},
 			History:   checkedHistory{t: t, cat: cat},
@@ -284,6 +292,7 @@ func FuzzQueryParams(f *testing.F) {
 		// The id as one path segment, and as whatever path it makes.
 		call(http.MethodGet, "/v1/deliveries/"+id, "/v1/deliveries/"+url.PathEscape(id), "", nil)
 		call(http.MethodGet, "/v1/deliveries/"+id, "", "", nil)
+		call(http.MethodPost, "/v1/deliveries/"+id+"/retry", "/v1/deliveries/"+url.PathEscape(id)+"/retry", rawQuery, nil)
 		call(http.MethodPost, "/v1/subscriptions/"+id+"/retry-failed", "/v1/subscriptions/"+url.PathEscape(id)+"/retry-failed", rawQuery, nil)
 		call(http.MethodPost, "/v1/subscriptions/crm/retry-failed", "", rawQuery, nil)
 		call(http.MethodPost, "/v1/subscriptions/crm/test", "", "", body)

@@ -177,7 +177,7 @@ func TestAPIGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(Config{
+	srv := newChecked(t, Config{
 		Token: "t", Deliverer: fullDeliverer{}, History: fullHistory{}, Manager: fullManager{}, Catalog: cat,
 		Sample: func(eventType string) fanout.Event {
 			return fanout.Event{ID: "whk_test_1", Type: eventType, Body: []byte(`{}`)}

@@ -51,7 +51,7 @@ func (m spyManager) CreateSubscription(_ context.Context, in api.SubscriptionInp
 	if err := m.call("CreateSubscription", id, client); err != nil {
 		return api.CreatedSubscription{}, err
 	}
-	return api.CreatedSubscription{Subscription: api.Subscription{ID: id, Source: "runtime", State: "healthy", Ordering: "none"}, Secret: spySecret}, nil
+	return api.CreatedSubscription{Subscription: runtimeSubscription(id), Secret: spySecret}, nil
 }
 
 func (m spyManager) UpdateSubscription(_ context.Context, id string, in api.SubscriptionInput, client string) (api.Subscription, error) {
@@ -59,7 +59,7 @@ func (m spyManager) UpdateSubscription(_ context.Context, id string, in api.Subs
 	if err := m.call("UpdateSubscription", id, client); err != nil {
 		return api.Subscription{}, err
 	}
-	return api.Subscription{ID: id, Source: "runtime", State: "healthy", Ordering: "none"}, nil
+	return runtimeSubscription(id), nil
 }
 
 func (m spyManager) DeleteSubscription(_ context.Context, id, client string) (api.Deleted, error) {
@@ -96,7 +96,7 @@ func (m spyManager) Audit(_ context.Context, limit int, cursor string) (api.Audi
 
 // send sends a request with the token from the address 192.0.2.1 (and an
 // X-Forwarded-For that must be ignored), and returns the recorder.
-func send(t *testing.T, srv *Server, method, target, body string) *httptest.ResponseRecorder {
+func send(t *testing.T, srv http.Handler, method, target, body string) *httptest.ResponseRecorder {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -400,7 +400,7 @@ func TestPauseResumeAudited(t *testing.T) {
 	var logs bytes.Buffer
 	s = &spy{}
 	s.m.recordErr = errors.New("journal down")
-	srv = New(Config{Token: "t", Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s}, History: spyHistory{checkedHistory{t: t, cat: cat}, s},
+	srv = newChecked(t, Config{Token: "t", Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s}, History: spyHistory{checkedHistory{t: t, cat: cat}, s},
 		Manager: spyManager{s}, Catalog: cat, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if rec := send(t, srv, "POST", "/v1/subscriptions/crm/pause", ""); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"paused":true`) {
 		t.Errorf("pause with the trail down: %d %s, want 200", rec.Code, rec.Body)
@@ -424,7 +424,7 @@ func TestNoManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &spy{}
-	srv := New(Config{Token: "t", Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s}, History: spyHistory{checkedHistory{t: t, cat: cat}, s},
+	srv := newChecked(t, Config{Token: "t", Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s}, History: spyHistory{checkedHistory{t: t, cat: cat}, s},
 		Catalog: cat, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	for _, r := range []struct{ method, target, body string }{
 		{"POST", "/v1/subscriptions", `{"url":"https://x.example.com","events":["*"]}`},
@@ -467,7 +467,7 @@ func TestSecretsNotShown(t *testing.T) {
 		for _, mErr := range []error{nil, io.ErrUnexpectedEOF, &ValidationError{Problems: []api.FieldProblem{{Field: "secret", Problem: "at least 16 bytes"}}}} {
 			s := &spy{}
 			s.m.err = mErr
-			srv := New(Config{Token: "t", Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s}, History: spyHistory{checkedHistory{t: t, cat: cat}, s},
+			srv := newChecked(t, Config{Token: "t", Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s}, History: spyHistory{checkedHistory{t: t, cat: cat}, s},
 				Manager: spyManager{s}, Catalog: cat, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			rec := send(t, srv, r.method, r.target, r.body)
 			if strings.Contains(rec.Body.String(), secret) {

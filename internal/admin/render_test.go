@@ -22,7 +22,7 @@ func TestResponseBodyRendering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(Config{
+	srv := newChecked(t, Config{
 		Token: "t", Deliverer: checkedDeliverer{t: t, cat: cat}, History: checkedHistory{t: t, cat: cat},
 		Catalog: cat, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

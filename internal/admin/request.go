@@ -28,6 +28,9 @@ type endpoint struct {
 	// body is true for the endpoints that read a JSON body; the others
 	// refuse one.
 	body bool
+	// public is true for the endpoints open without the token (the API's
+	// description).
+	public bool
 }
 
 // query is a request's query string read whole: one non-empty value for
@@ -85,10 +88,10 @@ func readQuery(pattern, raw string, accepts []string) (query, error) {
 	return q, nil
 }
 
-// route registers an API endpoint behind the token: the request's query
-// and body are checked against ep before h runs.
+// route registers an API endpoint, behind the token unless ep is public:
+// the request's query and body are checked against ep before h runs.
 func (s *Server) route(pattern string, ep endpoint, h handler) {
-	s.mux.Handle(pattern, s.auth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	checked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, err := readQuery(pattern, r.URL.RawQuery, ep.params)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err.Error())
@@ -99,7 +102,12 @@ func (s *Server) route(pattern string, ep endpoint, h handler) {
 			return
 		}
 		h(w, r, q)
-	})))
+	})
+	if ep.public {
+		s.mux.Handle(pattern, checked)
+		return
+	}
+	s.mux.Handle(pattern, s.auth(checked))
 }
 
 // hasBody reports whether a request carries a body (one byte of it is

@@ -83,14 +83,14 @@ func (h spyHistory) Backlogs(ctx context.Context) (map[string]journal.Backlog, e
 }
 
 // newSpyServer returns a server over spies, and the spy.
-func newSpyServer(t *testing.T) (*Server, *spy) {
+func newSpyServer(t *testing.T) (http.Handler, *spy) {
 	t.Helper()
 	cat, err := catalog.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &spy{}
-	srv := New(Config{
+	srv := newChecked(t, Config{
 		Token:     "t",
 		Deliverer: spyDeliverer{checkedDeliverer{t: t, cat: cat}, s},
 		History:   spyHistory{checkedHistory{t: t, cat: cat}, s},
@@ -107,7 +107,7 @@ func newSpyServer(t *testing.T) (*Server, *spy) {
 // do sends a request with the token; target is the path and raw query,
 // sent byte for byte. It returns the status and the error message (""
 // for a 2xx).
-func do(t *testing.T, srv *Server, method, target string, body io.Reader) (int, string) {
+func do(t *testing.T, srv http.Handler, method, target string, body io.Reader) (int, string) {
 	t.Helper()
 	req := httptest.NewRequest(method, target, body)
 	req.Header.Set("Authorization", "Bearer t")
