@@ -243,6 +243,23 @@ func TestHelmZalandoSidecar(t *testing.T) {
 		mounts = append(mounts, obj{"name": str(v, "name"), "mountPath": str(v, "mountPath")})
 	}
 	ctr["volumeMounts"] = mounts
+	if get(ctr, "args") == nil {
+		// The operator's sidecars take no args or command: the image's CMD
+		// runs.
+		df, err := parseDockerfile(filepath.Join(env.deploy, "Dockerfile"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmds := df.final().find("CMD")
+		if len(cmds) != 1 {
+			t.Fatalf("Dockerfile: %d CMD in the final stage, want 1", len(cmds))
+		}
+		var args []any
+		for _, a := range execForm(t, cmds[0]) {
+			args = append(args, a)
+		}
+		ctr["args"] = args
+	}
 	template := obj{
 		"metadata": obj{"labels": labels},
 		"spec":     obj{"containers": []any{ctr}, "volumes": volumes},
