@@ -205,3 +205,30 @@ func TestRequiredValuesOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestExistingSecret checks that secret.create: false makes no Secret and
+// points every variable at the named one, secrets.key optionally (the
+// chart cannot know whether that Secret has it).
+func TestExistingSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "existing.values.yaml")
+	const vals = "secret:\n  create: false\n  existingSecret: dzhook-from-vault\n  webhookSecrets:\n    CRM_WEBHOOK_SECRET: \"\"\n"
+	if err := os.WriteFile(path, []byte(vals), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := render(t, path)
+	if err != nil {
+		t.Fatalf("render with an existing Secret: %v", err)
+	}
+	if strings.Contains(r.manifest, "\nkind: Secret\n") {
+		t.Errorf("secret.create: false rendered a Secret")
+	}
+	for _, key := range []string{"source-dsn", "admin-token", "secrets-key", "CRM_WEBHOOK_SECRET"} {
+		want := "name: dzhook-from-vault\n                  key: " + key + "\n"
+		if !strings.Contains(r.manifest, want) {
+			t.Errorf("no env from key %s of the existing Secret (want %q)", key, want)
+		}
+	}
+	if !strings.Contains(r.manifest, "key: secrets-key\n                  optional: true\n") {
+		t.Errorf("secrets-key of an existing Secret is not optional")
+	}
+}
