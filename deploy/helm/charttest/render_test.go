@@ -140,7 +140,14 @@ func TestNotes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"wal_level=logical", "deploy/sql/role.sql", "kubectl port-forward -n dzdesk svc/dzhook 8080:8080"} {
+		wants := []string{"wal_level=logical", "deploy/sql/role.sql", "kubectl port-forward -n dzdesk svc/dzhook 8080:8080", "admin-token):\n\n  kubectl exec"}
+		if strings.Contains(c.name, "zalando") {
+			// The operator's pods, not the chart's labels.
+			wants = append(wants, "-l application=spilo,cluster-name=dzdesk-db -c dzhook")
+		} else {
+			wants = append(wants, "-l app.kubernetes.io/instance=dzhook -c dzhook", "deploy/dzhook -c dzhook -- dzhook status")
+		}
+		for _, want := range wants {
 			if !strings.Contains(r.notes, want) {
 				t.Errorf("%s: NOTES.txt lacks %q:\n%s", c.name, want, r.notes)
 			}
