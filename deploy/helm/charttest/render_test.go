@@ -10,6 +10,8 @@ import (
 
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/v2/lint"
+	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	"helm.sh/helm/v4/pkg/cli/values"
 	"helm.sh/helm/v4/pkg/getter"
@@ -237,5 +239,27 @@ func TestExistingSecret(t *testing.T) {
 	}
 	if !strings.Contains(r.manifest, "key: secrets-key\n                  optional: true\n") {
 		t.Errorf("secrets-key of an existing Secret is not optional")
+	}
+}
+
+// TestLint runs Helm's linter with each case's values as `helm lint
+// --strict` does (Chart.yaml, values, templates, the schema): no warning
+// or error. (Information stays: dzhook has no icon.)
+func TestLint(t *testing.T) {
+	kv, err := common.ParseKubeVersion("v1.27.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range goldenCases {
+		vals, err := (&values.Options{ValueFiles: c.values}).MergeValues(getter.Providers{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := lint.RunAll(chartDir, vals, "dzdesk", lint.WithKubeVersion(kv))
+		for _, m := range l.Messages {
+			if m.Severity >= support.WarningSev {
+				t.Errorf("%s: helm lint: %s", c.name, m)
+			}
+		}
 	}
 }
