@@ -227,6 +227,13 @@ func TestHelmZalandoSidecar(t *testing.T) {
 	if sidecar == nil {
 		t.Fatalf("%s: no sidecar named dzhook", file)
 	}
+	// The operator's Sidecar type has these fields only; it drops others
+	// (probes, securityContext, volumeMounts: additionalVolumes mount).
+	for key := range sidecar {
+		if !slices.Contains([]string{"name", "image", "ports", "env", "resources"}, key) {
+			t.Errorf("%s: sidecar dzhook: %s is not a field of the operator's sidecars (name, image, ports, env, resources)", file, key)
+		}
+	}
 	// The pod as the operator makes it: its labels, the sidecar, and the
 	// additional volumes that target it.
 	labels := obj{"application": "spilo", "cluster-name": str(pg, "metadata", "name"), "spilo-role": "master"}
