@@ -14,9 +14,16 @@ build:
 # detector against a throwaway PostgreSQL (internal/pgtest).
 test: fmt-check vet
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd $(CHARTTEST) && $(GO) test -count=1 -timeout 10m ./...
+
+# The Helm chart's render test is a module of its own, so that Helm and the
+# Kubernetes libraries stay out of go.mod; ./... does not reach into it.
+# (No -race there: it renders templates in one goroutine.)
+CHARTTEST := deploy/helm/charttest
 
 vet:
 	$(GO) vet ./...
+	cd $(CHARTTEST) && $(GO) vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

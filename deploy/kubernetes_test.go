@@ -97,40 +97,49 @@ func loadK8s(t *testing.T) *k8s {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &k8s{docs: make(map[string][]obj), secrets: make(map[string]map[string]string), configMaps: make(map[string]map[string]string)}
+	k := newK8s()
 	for _, f := range files {
-		docs := decodeYAMLDocs(t, f)
-		k.docs[filepath.Base(f)] = docs
-		for _, d := range docs {
-			name := str(d, "metadata", "name")
-			switch str(d, "kind") {
-			case "Secret":
-				vals := make(map[string]string)
-				for key, v := range asMap(get(d, "stringData")) {
-					vals[key] = fmt.Sprint(v)
-				}
-				for key, v := range asMap(get(d, "data")) {
-					b, err := base64.StdEncoding.DecodeString(fmt.Sprint(v))
-					if err != nil {
-						t.Errorf("%s: Secret %s data.%s: %v", filepath.Base(f), name, key, err)
-					}
-					vals[key] = string(b)
-				}
-				k.secrets[name] = vals
-			case "ConfigMap":
-				vals := make(map[string]string)
-				for key, v := range asMap(get(d, "data")) {
-					vals[key] = fmt.Sprint(v)
-				}
-				k.configMaps[name] = vals
-			case "Service":
-				k.services = append(k.services, d)
-			case "StatefulSet":
-				k.sets = append(k.sets, d)
-			}
-		}
+		k.add(t, filepath.Base(f), decodeYAMLDocs(t, f))
 	}
 	return k
+}
+
+func newK8s() *k8s {
+	return &k8s{docs: make(map[string][]obj), secrets: make(map[string]map[string]string), configMaps: make(map[string]map[string]string)}
+}
+
+// add indexes the documents of one file (file names the messages).
+func (k *k8s) add(t *testing.T, file string, docs []obj) {
+	t.Helper()
+	k.docs[file] = append(k.docs[file], docs...)
+	for _, d := range docs {
+		name := str(d, "metadata", "name")
+		switch str(d, "kind") {
+		case "Secret":
+			vals := make(map[string]string)
+			for key, v := range asMap(get(d, "stringData")) {
+				vals[key] = fmt.Sprint(v)
+			}
+			for key, v := range asMap(get(d, "data")) {
+				b, err := base64.StdEncoding.DecodeString(fmt.Sprint(v))
+				if err != nil {
+					t.Errorf("%s: Secret %s data.%s: %v", file, name, key, err)
+				}
+				vals[key] = string(b)
+			}
+			k.secrets[name] = vals
+		case "ConfigMap":
+			vals := make(map[string]string)
+			for key, v := range asMap(get(d, "data")) {
+				vals[key] = fmt.Sprint(v)
+			}
+			k.configMaps[name] = vals
+		case "Service":
+			k.services = append(k.services, d)
+		case "StatefulSet":
+			k.sets = append(k.sets, d)
+		}
+	}
 }
 
 func asMap(v any) obj {
@@ -160,6 +169,9 @@ func (k *k8s) containerEnv(t *testing.T, where string, c obj) map[string]string 
 			ref, key := str(e, "valueFrom", "secretKeyRef", "name"), str(e, "valueFrom", "secretKeyRef", "key")
 			v, ok := k.secrets[ref][key]
 			if !ok {
+				if optional, _ := boolean(e, "valueFrom", "secretKeyRef", "optional"); optional {
+					continue // the kubelet leaves it unset
+				}
 				t.Errorf("%s: env %s: Secret %s has no key %s", where, name, ref, key)
 			}
 			environ[name] = v
@@ -325,7 +337,6 @@ func TestKubernetes(t *testing.T) {
 	}
 	set := k.sets[0]
 	pod := asMap(get(set, "spec", "template", "spec"))
-	podLabels := asMap(get(set, "spec", "template", "metadata", "labels"))
 	pg, dz := container(pod, "postgres"), container(pod, "dzhook")
 	if pg == nil || dz == nil {
 		t.Fatalf("the StatefulSet's pod needs containers postgres and dzhook")
@@ -345,55 +356,92 @@ func TestKubernetes(t *testing.T) {
 	if img := str(dz, "image"); !slices.Contains(images, strings.Split(img, ":")[0]) {
 		t.Errorf("dzhook container image %q is not one kustomization.yaml's images set (%v)", img, images)
 	}
-	if get(dz, "command") != nil {
-		t.Errorf("dzhook container: command overrides the image's ENTRYPOINT; use args")
+	checkDzhookPod(t, k, "StatefulSet "+str(set, "metadata", "name"), asMap(get(set, "spec", "template")), "run",
+		map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": ""})
+
+	// kubectl, when present, renders the kustomization.
+	if kubectl, err := exec.LookPath("kubectl"); err == nil {
+		out, err := exec.Command(kubectl, "kustomize", filepath.Join(env.deploy, "kubernetes")).CombinedOutput()
+		if err != nil {
+			t.Errorf("kubectl kustomize deploy/kubernetes: %v\n%s", err, out)
+		}
+	} else {
+		t.Log("kubectl not found: the kustomization is checked by these tests only, not rendered")
 	}
-	inv := checkInvocation(t, "dzhook container args", strs(dz, "args"))
-	if inv.sub != "run" {
-		t.Errorf("dzhook container runs dzhook %s, want run", inv.sub)
+}
+
+// checkDzhookPod checks a pod template's dzhook container against the
+// dzhook binary and the manifests k holds: its command line (subcommand
+// sub), its environment, the config.yaml mounted where --config says,
+// which must pass `dzhook validate` with that environment, the probes
+// (name → path, "" for either /healthz or /readyz) and a Service on the
+// admin port, and the hardening of every container of the pod (init
+// containers too).
+func checkDzhookPod(t *testing.T, k *k8s, where string, template obj, sub string, probes map[string]string) {
+	t.Helper()
+	checkDzhookContainer(t, k, where, template, sub, probes)
+	checkHardening(t, where, asMap(get(template, "spec")))
+}
+
+// checkDzhookContainer is checkDzhookPod without the hardening, for pods
+// whose securityContext is not the manifest's to set (an operator's
+// sidecar).
+func checkDzhookContainer(t *testing.T, k *k8s, where string, template obj, sub string, probes map[string]string) {
+	t.Helper()
+	pod := asMap(get(template, "spec"))
+	podLabels := asMap(get(template, "metadata", "labels"))
+	dz := container(pod, "dzhook")
+	if dz == nil {
+		t.Fatalf("%s: the pod has no container dzhook", where)
+	}
+	if get(dz, "command") != nil {
+		t.Errorf("%s: dzhook container: command overrides the image's ENTRYPOINT; use args", where)
+	}
+	inv := checkInvocation(t, where+": dzhook container args", strs(dz, "args"))
+	if inv.sub != sub {
+		t.Errorf("%s: dzhook container runs dzhook %s, want %s", where, inv.sub, sub)
 	}
 	configPath := inv.flags["config"]
 	if configPath == "" {
-		t.Fatal("dzhook container args: no --config")
+		t.Fatalf("%s: dzhook container args: no --config", where)
 	}
-	environ := k.containerEnv(t, "dzhook container", dz)
+	environ := k.containerEnv(t, where+": dzhook container", dz)
 	if v, ok := environ["DZHOOK_CONFIG"]; ok && v != configPath {
-		t.Errorf("dzhook container: DZHOOK_CONFIG=%s but --config %s", v, configPath)
+		t.Errorf("%s: dzhook container: DZHOOK_CONFIG=%s but --config %s", where, v, configPath)
 	}
-	configYAML := mountedFile(t, "dzhook container", pod, dz, k, configPath)
-	checkContainerEnv(t, "dzhook container env", environ, configYAML)
-	cfg := validate(t, "kubernetes config.yaml with the pod's environment", configYAML, environ)
+	configYAML := mountedFile(t, where+": dzhook container", pod, dz, k, configPath)
+	checkContainerEnv(t, where+": dzhook container env", environ, configYAML)
+	cfg := validate(t, where+": config.yaml with the pod's environment", configYAML, environ)
 
 	// The probes and the Service reach the admin server of that config.
-	host, port := adminPort(t, "kubernetes config.yaml", cfg)
+	host, port := adminPort(t, where+": config.yaml", cfg)
 	if isLoopback(host) {
-		t.Errorf("kubernetes config.yaml: admin.listen %s is loopback: the kubelet's probes and the Service cannot reach it", cfg.Admin.Listen)
+		t.Errorf("%s: config.yaml: admin.listen %s is loopback: the kubelet's probes and the Service cannot reach it", where, cfg.Admin.Listen)
 	}
 	if !cfg.Admin.Token.IsSet() {
-		t.Errorf("kubernetes config.yaml: admin.token is not set")
+		t.Errorf("%s: config.yaml: admin.token is not set", where)
 	}
-	probes := map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": ""}
 	for _, probe := range sortedKeys(probes) {
 		p := get(dz, probe)
 		if p == nil {
 			if probes[probe] != "" {
-				t.Errorf("dzhook container: no %s", probe)
+				t.Errorf("%s: dzhook container: no %s", where, probe)
 			}
 			continue
 		}
 		path := str(p, "httpGet", "path")
 		want := probes[probe]
 		if want == "" && path != "/healthz" && path != "/readyz" {
-			t.Errorf("dzhook container %s: path %q, want /healthz or /readyz", probe, path)
+			t.Errorf("%s: dzhook container %s: path %q, want /healthz or /readyz", where, probe, path)
 		} else if want != "" && path != want {
-			t.Errorf("dzhook container %s: path %q, want %s", probe, path, want)
+			t.Errorf("%s: dzhook container %s: path %q, want %s", where, probe, path, want)
 		}
 		if got := resolvePort(dz, get(p, "httpGet", "port")); got != port {
-			t.Errorf("dzhook container %s: port %v (%d), but admin.listen is %s", probe, get(p, "httpGet", "port"), got, cfg.Admin.Listen)
+			t.Errorf("%s: dzhook container %s: port %v (%d), but admin.listen is %s", where, probe, get(p, "httpGet", "port"), got, cfg.Admin.Listen)
 		}
 	}
-	if a := str(get(set, "spec", "template", "metadata", "annotations"), "prometheus.io/port"); a != "" && a != strconv.Itoa(port) {
-		t.Errorf("prometheus.io/port annotation %s, but admin.listen is %s", a, cfg.Admin.Listen)
+	if a := str(get(template, "metadata", "annotations"), "prometheus.io/port"); a != "" && a != strconv.Itoa(port) {
+		t.Errorf("%s: prometheus.io/port annotation %s, but admin.listen is %s", where, a, cfg.Admin.Listen)
 	}
 	adminService := false
 	for _, svc := range k.services {
@@ -411,58 +459,55 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 	if !adminService {
-		t.Errorf("no Service selects the pod and targets the admin port %d", port)
+		t.Errorf("%s: no Service selects the pod and targets the admin port %d", where, port)
 	}
 
-	// Hardening of every container, and the dzhook container's user is the
-	// image's.
+}
+
+// checkHardening checks every container of a pod: non-root, no privilege
+// escalation or capabilities, memory and CPU budgets, and the dzhook
+// container's read-only root and the image's user.
+func checkHardening(t *testing.T, where string, pod obj) {
+	t.Helper()
+	dz := container(pod, "dzhook")
 	df, err := parseDockerfile(filepath.Join(env.deploy, "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	users := df.final().find("USER")
-	for _, c := range list(pod, "containers") {
+	for _, c := range append(list(pod, "initContainers"), list(pod, "containers")...) {
 		name := str(c, "name")
 		sc := get(c, "securityContext")
 		if v, _ := boolean(sc, "runAsNonRoot"); !v {
-			t.Errorf("container %s: securityContext.runAsNonRoot is not true", name)
+			t.Errorf("%s: container %s: securityContext.runAsNonRoot is not true", where, name)
 		}
 		if v, set := boolean(sc, "allowPrivilegeEscalation"); v || !set {
-			t.Errorf("container %s: securityContext.allowPrivilegeEscalation is not false", name)
+			t.Errorf("%s: container %s: securityContext.allowPrivilegeEscalation is not false", where, name)
 		}
 		if !slices.Contains(strs(sc, "capabilities", "drop"), "ALL") {
-			t.Errorf("container %s: securityContext.capabilities.drop lacks ALL", name)
+			t.Errorf("%s: container %s: securityContext.capabilities.drop lacks ALL", where, name)
 		}
 		for _, kind := range []string{"requests", "limits"} {
 			if str(c, "resources", kind, "memory") == "" {
-				t.Errorf("container %s: no resources.%s.memory", name, kind)
+				t.Errorf("%s: container %s: no resources.%s.memory", where, name, kind)
 			}
 		}
 		if str(c, "resources", "requests", "cpu") == "" {
-			t.Errorf("container %s: no resources.requests.cpu", name)
+			t.Errorf("%s: container %s: no resources.requests.cpu", where, name)
 		}
 	}
 	if v, _ := boolean(dz, "securityContext", "readOnlyRootFilesystem"); !v {
-		t.Errorf("dzhook container: securityContext.readOnlyRootFilesystem is not true")
+		t.Errorf("%s: dzhook container: securityContext.readOnlyRootFilesystem is not true", where)
 	}
 	if str(dz, "resources", "limits", "cpu") == "" {
-		t.Errorf("dzhook container: no resources.limits.cpu")
+		t.Errorf("%s: dzhook container: no resources.limits.cpu", where)
 	}
 	if len(users) > 0 {
 		if uid, want := str(dz, "securityContext", "runAsUser"), strings.Split(users[len(users)-1].args, ":")[0]; uid != "" && uid != want {
-			t.Errorf("dzhook container runs as uid %s, the image's USER is %s", uid, want)
+			t.Errorf("%s: dzhook container runs as uid %s, the image's USER is %s", where, uid, want)
 		}
 	}
 
-	// kubectl, when present, renders the kustomization.
-	if kubectl, err := exec.LookPath("kubectl"); err == nil {
-		out, err := exec.Command(kubectl, "kustomize", filepath.Join(env.deploy, "kubernetes")).CombinedOutput()
-		if err != nil {
-			t.Errorf("kubectl kustomize deploy/kubernetes: %v\n%s", err, out)
-		}
-	} else {
-		t.Log("kubectl not found: the kustomization is checked by these tests only, not rendered")
-	}
 }
 
 // selects reports whether a Service selector matches the labels.

@@ -1,0 +1,116 @@
+{{/* The chart's name, for labels. */}}
+{{- define "dzhook.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Objects' names: the release, with the chart's name unless it has it. */}}
+{{- define "dzhook.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dzhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dzhook.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "dzhook.labels" -}}
+{{ include "dzhook.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: dzdesk
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "dzhook.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "dzhook.configName" -}}
+{{ include "dzhook.fullname" . }}-config
+{{- end -}}
+
+{{- define "dzhook.secretName" -}}
+{{- if .Values.secret.create -}}
+{{ include "dzhook.fullname" . }}
+{{- else -}}
+{{ .Values.secret.existingSecret }}
+{{- end -}}
+{{- end -}}
+
+{{/* /readyz with one replica, /healthz with more (values.yaml). */}}
+{{- define "dzhook.readinessPath" -}}
+{{- if .Values.readinessProbe.path -}}
+{{ .Values.readinessProbe.path }}
+{{- else if and (not .Values.sidecar.enabled) (gt (int .Values.replicaCount) 1) -}}
+/healthz
+{{- else -}}
+/readyz
+{{- end -}}
+{{- end -}}
+
+{{/* dzhook's config.yaml: the values' config with admin.listen set. */}}
+{{- define "dzhook.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $admin := default dict (get $cfg "admin") -}}
+{{- $listen := printf "0.0.0.0:%d" (int .Values.adminPort) -}}
+{{- if and (hasKey $admin "listen") (ne (toString (get $admin "listen")) $listen) -}}
+{{- fail (printf "config.admin.listen is set by the chart from adminPort (%s); set adminPort instead of config.admin.listen (%v)" $listen (get $admin "listen")) -}}
+{{- end -}}
+{{- $_ := set $admin "listen" $listen -}}
+{{- $_ := set $cfg "admin" $admin -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+The environment both containers share: the admin token (admin.token, and
+the token `kubectl exec … dzhook status` sends), secrets.key and the
+${NAME} references, all from the Secret, then extraEnv.
+*/}}
+{{- define "dzhook.sharedEnv" -}}
+- name: DZHOOK_CONFIG
+  value: /etc/dzhook/config.yaml
+- name: DZHOOK_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "dzhook.secretName" . }}
+      key: admin-token
+{{- if or .Values.secret.secretsKey (not .Values.secret.create) }}
+- name: DZHOOK_SECRETS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "dzhook.secretName" . }}
+      key: secrets-key
+      optional: true
+{{- end }}
+{{- range $name, $_ := .Values.secret.webhookSecrets }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "dzhook.secretName" $ }}
+      key: {{ $name }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "dzhook.securityContext" -}}
+runAsUser: 65532
+runAsGroup: 65532
+runAsNonRoot: true
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
