@@ -181,7 +181,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	}
 	tp := opts.TracerProvider
 	if tp == nil {
-		if e.tracing, err = telemetry.New(ctx, telemetry.Config{Endpoint: cfg.Telemetry.OTLPEndpoint, Version: opts.Version}); err != nil {
+		if e.tracing, err = telemetry.New(ctx, telemetry.Config{Endpoint: cfg.Telemetry.OTLPEndpoint, Version: opts.Version, Logger: log}); err != nil {
 			return nil, err
 		}
 		tp = e.tracing.Provider()

@@ -16,14 +16,17 @@
 package telemetry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path"
 	"strings"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -49,6 +52,9 @@ type Config struct {
 	// LookupEnv reads the environment; defaults to os.LookupEnv. (The
 	// SDK and the exporter read the other OTEL_* variables themselves.)
 	LookupEnv func(string) (string, bool)
+	// Logger is told of spans that could not be exported and of
+	// settings dzhook does not follow; defaults to slog.Default().
+	Logger *slog.Logger
 }
 
 // Tracing is a process's tracer provider while tracing is on. A nil
@@ -92,6 +98,20 @@ func New(ctx context.Context, cfg Config) (*Tracing, error) {
 	if !Enabled(cfg) {
 		return nil, nil
 	}
+	log := cmp.Or(cfg.Logger, slog.Default()).With("component", "telemetry")
+	env := lookup(cfg)
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		if v, ok := env(name); ok && strings.TrimSpace(v) != "" && strings.TrimSpace(v) != "http/protobuf" {
+			log.Warn("dzhook exports spans over OTLP/HTTP (http/protobuf) only; the variable is ignored", "variable", name, "value", v)
+		}
+	}
+	// The SDK reports failed exports (a collector down) only through
+	// OpenTelemetry's process-wide handler, by default the standard
+	// log package: to dzhook's log instead. One process runs one
+	// engine, so the last one set is the one in use.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("tracing: spans not exported", "err", err)
+	}))
 	var opts []otlptracehttp.Option
 	if cfg.Endpoint != "" {
 		u, err := TracesURL(cfg.Endpoint)

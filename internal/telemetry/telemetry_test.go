@@ -1,10 +1,14 @@
 package telemetry
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,4 +106,51 @@ func TestExportsToEndpoint(t *testing.T) {
 	if w := wrong.Load(); w != nil {
 		t.Errorf("unexpected request: %v", w)
 	}
+}
+
+// TestExportFailureLogged: spans the collector refuses are reported in
+// dzhook's log (not the standard log package's), and a protocol dzhook
+// does not speak is warned about.
+func TestExportFailureLogged(t *testing.T) {
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+	}))
+	defer rc.Close()
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	ctx := context.Background()
+	tr, err := New(ctx, Config{Endpoint: rc.URL, Logger: log,
+		LookupEnv: env(map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})})
+	if err != nil || tr == nil {
+		t.Fatalf("New = %v, %v", tr, err)
+	}
+	_, span := tr.Provider().Tracer("test").Start(ctx, "dzhook.event")
+	span.End()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = tr.Shutdown(sctx)
+	out := buf.String()
+	for _, want := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "spans not exported"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the exporter's goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
