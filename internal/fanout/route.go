@@ -120,7 +120,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 			}
 		case ordered:
 			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key,
-				parent: es.context()}
+				event: es}
 			var room *sub
 			if !d.cfg.ShareFirstAttempts && s.ord.wantsRoom(key) && d.reserve(ctx, s) {
 				room = s
@@ -147,7 +147,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 		case !d.cfg.ShareFirstAttempts && d.reserve(ctx, s):
 			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
 			routes = append(routes, route{s: s, task: &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto,
-				parent: es.context()}})
+				event: es}})
 		default:
 			// The queue is full: the delivery waits in the journal and
 			// the scheduler claims it when there is room.

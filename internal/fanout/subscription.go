@@ -14,8 +14,6 @@ import (
 
 	"github.com/hashicorp/go-retryablehttp"
 
-	"go.opentelemetry.io/otel/trace"
-
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/transform"
@@ -197,9 +195,10 @@ type task struct {
 	// durable, when set, is told once the outcome is journaled: an
 	// operator's request returns only then, so its next one sees it.
 	durable chan error
-	// parent is the span of the dispatch that made the task (zero when
-	// tracing is off, or the task was claimed from the journal).
-	parent trace.SpanContext
+	// event is the span of the dispatch that made the task (nil when
+	// tracing is off, or the task was claimed from the journal): a
+	// pointer, so that a task grows by one word for it.
+	event *eventSpan
 }
 
 // matches reports whether the subscription's patterns select an event

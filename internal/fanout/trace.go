@@ -74,15 +74,6 @@ type eventSpan struct {
 	journaled bool
 }
 
-// context returns the span's context, for the first attempts' spans (the
-// zero SpanContext when es is nil: tracing off).
-func (es *eventSpan) context() trace.SpanContext {
-	if es == nil {
-		return trace.SpanContext{}
-	}
-	return es.span.SpanContext()
-}
-
 // startEvent starts an event's span.
 func startEvent(ctx context.Context, tr trace.Tracer, ev Event) *eventSpan {
 	_, span := tr.Start(ctx, spanEvent, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
@@ -105,8 +96,8 @@ func startAttempt(ctx context.Context, tr trace.Tracer, s *sub, t *task, n int) 
 	opts := []trace.SpanStartOption{trace.WithAttributes(
 		AttrEventType.String(t.eventType), AttrEventID.String(t.eventID), AttrSubscriptionID.String(s.cfg.ID),
 		AttrDeliveryID.String(t.deliveryID), AttrAttempt.Int(n), AttrTrigger.String(string(t.trigger)))}
-	if t.parent.IsValid() && !t.claimed {
-		ctx = trace.ContextWithSpanContext(ctx, t.parent)
+	if t.event != nil && !t.claimed {
+		ctx = trace.ContextWithSpanContext(ctx, t.event.span.SpanContext())
 	} else {
 		opts = append(opts, trace.WithNewRoot())
 	}
