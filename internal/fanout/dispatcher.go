@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dzdesk/dzhook/internal/ids"

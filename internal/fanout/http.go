@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
-
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dzdesk/dzhook/signer"
@@ -204,9 +203,9 @@ type request struct {
 	standardKeys [][]byte
 	headers      http.Header
 	userAgent    string
-	// tracer, when set, makes the attempt's HTTP client span, named
-	// shownURL (the URL without its credentials); traceparent sends its
-	// context to the receiver.
+	// tracer, when set, makes the attempt's HTTP client span, whose
+	// url.full is shownURL (the URL without its credentials);
+	// traceparent sends its context to the receiver.
 	tracer      trace.Tracer
 	traceparent bool
 	shownURL    string
