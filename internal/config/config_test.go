@@ -363,6 +363,13 @@ func TestTelemetry(t *testing.T) {
 	if !c.Subscriptions[0].Traceparent {
 		t.Error("traceparent: got false, want true")
 	}
+	c, err = Parse([]byte(minimal), []string{"DZHOOK_TELEMETRY_OTLP_ENDPOINT=https://otel.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Telemetry.OTLPEndpoint, "https://otel.example.com"; got != want {
+		t.Errorf("from DZHOOK_TELEMETRY_OTLP_ENDPOINT: got %q, want %q", got, want)
+	}
 	for _, bad := range []string{"otel-collector:4318", "grpc://collector:4317", "http://user:PLANTED-SECRET@collector:4318", "http://collector:4318?token=PLANTED-SECRET", "http://"} {
 		_, err := Parse([]byte(minimal+"telemetry:\n  otlp_endpoint: "+bad+"\n"), nil)
 		if err == nil {
