@@ -54,7 +54,7 @@ func subscriptionsUsage(env *cli) {
          [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR]
          [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription]
          [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT]
-         [--rate-limit 50/s] [--description D]
+         [--rate-limit 50/s] [--traceparent] [--description D]
   update ID [flags]          change the fields given (the same flags; --active, --inactive)
   delete ID                  delete it; its pending and held deliveries are cancelled
   rotate-secret ID           a new secret, shown once; the old one stays valid for --overlap
@@ -182,9 +182,9 @@ func printSubscription(env *cli, s api.Subscription) {
 // flags are given.
 func changeSubscription(ctx context.Context, env *cli, verb string, args []string) int {
 	name := "subscriptions " + verb
-	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--description D]"
+	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--traceparent] [--description D]"
 	if verb == "update" {
-		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--description D]"
+		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--traceparent[=false]] [--description D]"
 	}
 	fs := newFlags(env, name, synopsis)
 	admin, cfg, asJSON := adminFlags(env, fs)
@@ -200,6 +200,7 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	format := fs.String("format", "", "the body's `shape`: dzdesk (the event envelope), or a message for slack, teams or discord (which check no signature)")
 	transform := fs.String("transform", "", "a CEL `expression` over id, event, timestamp and data that makes the body: a map or a list, sent as JSON; skip or null: not sent. It overrides --format; on update, '' removes it")
 	method := fs.String("method", "", "the HTTP `method` of its attempts: POST or PUT")
+	traceparent := fs.Bool("traceparent", false, "send a W3C traceparent header with each attempt while dzhook's tracing is on")
 	rateLimit := fs.String("rate-limit", "", "at most this many attempts started per second or minute, e.g. `50/s` or 600/m; on update, '' removes it")
 	description := fs.String("description", "", "a `note` for operators")
 	var id, secret *string
@@ -268,6 +269,7 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	in.Transform = str("transform", transform)
 	in.Method = str("method", method)
 	in.RateLimit = str("rate-limit", rateLimit)
+	in.Traceparent = boolean("traceparent", traceparent)
 	in.Description = str("description", description)
 	if given["inactive"] {
 		v := !*inactive

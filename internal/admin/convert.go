@@ -33,6 +33,7 @@ func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Ti
 		Source: st.Source, Description: st.Description,
 		Format: st.Format, Transform: st.Transform, Method: st.Method, RateLimit: st.RateLimit.String(),
 		PacePerSecond: math.Round(st.Pace*1000) / 1000,
+		Traceparent:   st.Traceparent,
 	}
 	if v.Format == "" {
 		v.Format = "dzdesk"

@@ -122,6 +122,9 @@ type Subscription struct {
 	Source string `json:"source"`
 	// Description is the runtime subscription's note; absent without one.
 	Description string `json:"description,omitempty"`
+	// Traceparent: its attempts carry a W3C traceparent header while
+	// tracing is on; absent when false.
+	Traceparent bool `json:"traceparent,omitempty"`
 	// BlockedKeys counts, from the journal, the ordering keys whose head
 	// waits for a retry and holds back the later deliveries of its key (0
 	// without ordering); OldestBlockedAt is when the oldest of those heads
@@ -334,6 +337,7 @@ type SubscriptionInput struct {
 	Format             *string            `json:"format,omitempty"`
 	Method             *string            `json:"method,omitempty"`
 	RateLimit          *string            `json:"rate_limit,omitempty"`
+	Traceparent        *bool              `json:"traceparent,omitempty"`
 	Description        *string            `json:"description,omitempty"`
 }
 

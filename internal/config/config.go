@@ -72,6 +72,8 @@ type Config struct {
 	// Secrets holds the keys that encrypt the secrets of subscriptions
 	// created through the API, in the journal.
 	Secrets Secrets `koanf:"secrets"`
+	// Telemetry configures OpenTelemetry traces. Defaults to off.
+	Telemetry Telemetry `koanf:"telemetry"`
 	// CustomEvents declares events beyond DZDESK's eleven, emitted through
 	// the outbox table or pg_logical_emit_message. Names look like
 	// entity.action. Defaults to none.
@@ -221,6 +223,20 @@ type Log struct {
 	Format string `koanf:"format"`
 }
 
+// Telemetry configures OpenTelemetry traces (internal/telemetry).
+type Telemetry struct {
+	// OTLPEndpoint is the base URL of an OTLP/HTTP collector, e.g.
+	// http://otel-collector:4318: spans go to its /v1/traces. Setting it
+	// turns tracing on; so does the standard OTEL_EXPORTER_OTLP_ENDPOINT
+	// (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) variable, which this
+	// replaces when both are set. OTEL_SDK_DISABLED=true or
+	// OTEL_TRACES_EXPORTER=none keep tracing off whatever is set. The
+	// other OTEL_* variables (service name, resource attributes,
+	// sampler, exporter headers, timeout) apply as the OpenTelemetry SDK
+	// defines them. Defaults to none: tracing off, no span is made.
+	OTLPEndpoint string `koanf:"otlp_endpoint"`
+}
+
 // Secrets are the keys of the runtime subscriptions' secrets at rest
 // (AES-256-GCM). Without one, subscriptions cannot be created through the
 // API.
@@ -325,6 +341,11 @@ type Subscription struct {
 	// TLS is the client certificate presented to a receiver that asks
 	// for one (mutual TLS). Defaults to none.
 	TLS ClientTLS `koanf:"tls"`
+	// Traceparent adds a W3C traceparent header to every attempt,
+	// carrying the attempt's HTTP client span, so the receiver's own
+	// trace continues dzhook's. Only while tracing is on (telemetry).
+	// Defaults to false.
+	Traceparent bool `koanf:"traceparent"`
 }
 
 // ClientTLS is a subscription's client certificate: two PEM files, read

@@ -377,3 +377,48 @@ func TestConnectorNeedsNoSecret(t *testing.T) {
 		t.Errorf("defaults: format %q, method %q, rate_limit %q, transform %q", s.Format, s.Method, s.RateLimit, s.Transform)
 	}
 }
+
+// TestTelemetry: tracing is off by default; telemetry.otlp_endpoint takes
+// an http(s) base URL, and a bad one is named by its path without being
+// quoted; subscriptions[].traceparent defaults to false.
+func TestTelemetry(t *testing.T) {
+	c, err := Parse([]byte(minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Telemetry.OTLPEndpoint != "" || c.Subscriptions[0].Traceparent {
+		t.Errorf("defaults: otlp_endpoint %q, traceparent %v; want none, false", c.Telemetry.OTLPEndpoint, c.Subscriptions[0].Traceparent)
+	}
+	yaml := strings.Replace(minimal, "    secret: 0123456789abcdef\n", "    secret: 0123456789abcdef\n    traceparent: true\n", 1) +
+		"telemetry:\n  otlp_endpoint: http://otel-collector:4318\n"
+	c, err = Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Telemetry.OTLPEndpoint, "http://otel-collector:4318"; got != want {
+		t.Errorf("otlp_endpoint: got %q, want %q", got, want)
+	}
+	if !c.Subscriptions[0].Traceparent {
+		t.Error("traceparent: got false, want true")
+	}
+	c, err = Parse([]byte(minimal), []string{"DZHOOK_TELEMETRY_OTLP_ENDPOINT=https://otel.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Telemetry.OTLPEndpoint, "https://otel.example.com"; got != want {
+		t.Errorf("from DZHOOK_TELEMETRY_OTLP_ENDPOINT: got %q, want %q", got, want)
+	}
+	for _, bad := range []string{"otel-collector:4318", "grpc://collector:4317", "http://user:PLANTED-SECRET@collector:4318", "http://collector:4318?token=PLANTED-SECRET", "http://"} {
+		_, err := Parse([]byte(minimal+"telemetry:\n  otlp_endpoint: "+bad+"\n"), nil)
+		if err == nil {
+			t.Errorf("%s: accepted", bad)
+			continue
+		}
+		if !strings.Contains(err.Error(), "telemetry.otlp_endpoint") {
+			t.Errorf("%s: problem does not name telemetry.otlp_endpoint: %v", bad, err)
+		}
+		if strings.Contains(err.Error(), "PLANTED-SECRET") {
+			t.Errorf("%s: problem quotes the URL: %v", bad, err)
+		}
+	}
+}

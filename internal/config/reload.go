@@ -25,6 +25,7 @@ func RestartSections(cur, next *Config) []string {
 		{"secrets", reflect.DeepEqual(cur.Secrets, next.Secrets)},
 		{"sla", reflect.DeepEqual(cur.SLA, next.SLA)},
 		{"source", cur.Source == next.Source},
+		{"telemetry", cur.Telemetry == next.Telemetry},
 	} {
 		if !s.same {
 			changed = append(changed, s.name)

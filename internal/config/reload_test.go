@@ -51,7 +51,7 @@ func TestRestartSections(t *testing.T) {
 // subscriptions is compared, so a section added to Config cannot be
 // forgotten by reload's report.
 func TestRestartSectionsCoversConfig(t *testing.T) {
-	full, err := Parse([]byte(minimal+"notify:\n  url: https://hooks.example.com/x\ncustom_events:\n  - name: order.shipped\nsecrets:\n  key: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), nil)
+	full, err := Parse([]byte(minimal+"notify:\n  url: https://hooks.example.com/x\ncustom_events:\n  - name: order.shipped\nsecrets:\n  key: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\ntelemetry:\n  otlp_endpoint: http://collector:4318\n"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

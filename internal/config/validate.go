@@ -129,6 +129,11 @@ func (c *Config) validate(ps *Problems) {
 	if s := c.Notify.Secret.Reveal(); s != "" && len(s) < MinSecretLength {
 		ps.add("notify.secret", "too short: use at least %d random characters", MinSecretLength)
 	}
+	if e := c.Telemetry.OTLPEndpoint; e != "" {
+		if msg := checkOTLPEndpoint(e); msg != "" {
+			ps.add("telemetry.otlp_endpoint", "%s", msg)
+		}
+	}
 	if c.Notify.URL.IsSet() {
 		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP, true); msg != "" {
 			// The URL is a credential (Slack); the message never quotes it.
@@ -311,6 +316,25 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 			ps.add(p, "value must not contain line breaks")
 		}
 	}
+}
+
+// checkOTLPEndpoint returns why raw is not an OTLP/HTTP collector's base
+// URL, or "". The message never repeats the URL.
+func checkOTLPEndpoint(raw string) string {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return "is not a valid URL"
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "must be an http:// or https:// URL, e.g. http://otel-collector:4318"
+	case u.Host == "" || u.Hostname() == "":
+		return "has no host"
+	case u.User != nil:
+		return "must not contain credentials (user:password@): set OTEL_EXPORTER_OTLP_HEADERS instead"
+	case u.RawQuery != "" || u.Fragment != "":
+		return "must not have a query or fragment: it is a base URL, /v1/traces is appended"
+	}
+	return ""
 }
 
 // checkURL returns why raw is not an acceptable receiver URL, or "". The

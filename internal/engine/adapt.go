@@ -55,6 +55,7 @@ func Subscription(s config.Subscription) fanout.Subscription {
 		Ordering:  fanout.Ordering(s.Ordering), // validated with the configuration
 		Transform: s.Transform, Format: s.Format, Method: strings.ToUpper(s.Method), RateLimit: rate,
 		Proxy: s.Proxy.Reveal(), ClientCert: fanout.ClientCert{CertFile: s.TLS.CertFile, KeyFile: s.TLS.KeyFile},
+		Traceparent: s.Traceparent,
 	}
 }
 

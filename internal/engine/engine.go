@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dzdesk/dzhook/internal/admin"
@@ -33,6 +34,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/metrics"
 	"github.com/dzdesk/dzhook/internal/pipeline"
 	"github.com/dzdesk/dzhook/internal/slaclock"
+	"github.com/dzdesk/dzhook/internal/telemetry"
 )
 
 // Options tune an Engine beyond its configuration.
@@ -54,6 +56,9 @@ type Options struct {
 	// being dropped or out of the publication. Defaults to
 	// DefaultSchemaInterval.
 	SchemaInterval time.Duration
+	// TracerProvider replaces the tracing the configuration asks for
+	// (telemetry): tests give the SDK's with an in-memory exporter.
+	TracerProvider trace.TracerProvider
 }
 
 // Engine is one running dzhook.
@@ -75,6 +80,7 @@ type Engine struct {
 	schema     *schemaWatch // schema.go
 	systemID   string
 	runtime    *runtime // runtime.go
+	tracing    *telemetry.Tracing
 	opts       Options
 	// lastGap is the gap last logged, so a retrying stream logs it once.
 	lastGap atomic.Pointer[GapError]
@@ -96,7 +102,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	ok := false
 	defer func() {
 		if !ok {
-			e.close()
+			e.close(ctx)
 		}
 	}()
 	if e.journal, err = journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema); err != nil {
@@ -180,6 +186,16 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	tp := opts.TracerProvider
+	if tp == nil {
+		if e.tracing, err = telemetry.New(ctx, telemetry.Config{Endpoint: cfg.Telemetry.OTLPEndpoint, Version: opts.Version, Logger: log}); err != nil {
+			return nil, err
+		}
+		tp = e.tracing.Provider()
+	}
+	if tp != nil {
+		log.Info("tracing on: spans of events and attempts are exported over OTLP")
+	}
 	e.dispatcher, err = fanout.New(fanout.Config{
 		Subscriptions: subs, Journal: e.journal, Replays: e.journal, Records: e.writer, Instance: e.instance,
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
@@ -188,7 +204,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, ShareFirstAttempts: cfg.Delivery.ShareFirstAttempts, UserAgent: "dzhook/" + opts.Version,
 		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: log,
-		RootCAs: roots, Proxy: cfg.Delivery.Proxy.Reveal(),
+		RootCAs: roots, Proxy: cfg.Delivery.Proxy.Reveal(), TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, err
@@ -256,7 +272,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 // returned, and the stream keeps the slot until what they journaled is
 // acknowledged.
 func (e *Engine) Run(ctx context.Context) error {
-	defer e.close()
+	defer e.close(ctx)
 	e.log.Info("dzhook running", "instance", e.instance, "slot", e.cfg.Source.Slot, "subscriptions", len(e.cfg.Subscriptions), "checkpoint", e.pipeline.Checkpoint().String())
 	wctx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
 	writerDone := make(chan error, 1)
@@ -295,7 +311,16 @@ func (e *Engine) sessionStarted(ctx context.Context) {
 	}
 }
 
-func (e *Engine) close() {
+// close releases what the engine holds; the spans not yet exported are
+// sent first, within 5 s.
+func (e *Engine) close(ctx context.Context) {
+	if e.tracing != nil {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if err := e.tracing.Shutdown(sctx); err != nil {
+			e.log.Warn("tracing: spans not exported at shutdown", "err", err)
+		}
+		cancel()
+	}
 	if e.adminLn != nil {
 		e.adminLn.Close()
 	}

@@ -50,6 +50,7 @@ type runtimeSpec struct {
 	Format             string   `json:"format,omitempty"`
 	Method             string   `json:"method,omitempty"`
 	RateLimit          string   `json:"rate_limit,omitempty"`
+	Traceparent        bool     `json:"traceparent,omitempty"`
 	Description        string   `json:"description,omitempty"`
 }
 
@@ -140,6 +141,7 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 		ID: row.ID, URL: spec.URL, Events: spec.Events, Secret: config.Secret(sp.Secret), Active: spec.Active,
 		QueueWhileInactive: spec.QueueWhileInactive, Filter: spec.Filter, StandardWebhooks: spec.StandardWebhooks, Ordering: spec.Ordering,
 		Transform: spec.Transform, Format: spec.Format, Method: spec.Method, RateLimit: spec.RateLimit,
+		Traceparent: spec.Traceparent,
 	}
 	// Specs stored before these fields existed have none: the defaults.
 	if s.cfg.Format == "" {
@@ -388,6 +390,7 @@ func fieldsOf(in api.SubscriptionInput) []string {
 	add(in.Format != nil, "format")
 	add(in.Method != nil, "method")
 	add(in.RateLimit != nil, "rate_limit")
+	add(in.Traceparent != nil, "traceparent")
 	add(in.Description != nil, "description")
 	return f
 }
@@ -432,6 +435,9 @@ func apply(s *config.Subscription, desc *string, in api.SubscriptionInput) {
 	}
 	if in.RateLimit != nil {
 		s.RateLimit = *in.RateLimit
+	}
+	if in.Traceparent != nil {
+		s.Traceparent = *in.Traceparent
 	}
 	if in.Description != nil {
 		*desc = *in.Description
@@ -505,7 +511,7 @@ func (m managerOf) seal(id string, sp sealedPart) (string, error) {
 func specOf(s config.Subscription, desc string) ([]byte, error) {
 	return json.Marshal(runtimeSpec{URL: fanout.ShownURL(s.URL, s.Format, s.Transform), Events: s.Events, Active: s.Active, QueueWhileInactive: s.QueueWhileInactive,
 		Filter: s.Filter, StandardWebhooks: s.StandardWebhooks, Ordering: s.Ordering, Description: desc,
-		Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: s.RateLimit})
+		Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: s.RateLimit, Traceparent: s.Traceparent})
 }
 
 func headersOf(s config.Subscription) map[string]string {
@@ -583,7 +589,8 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 		rate, _ := fanout.ParseRate(s.RateLimit) // validated ("": none)
 		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: fanout.ShownURL(s.URL, s.Format, s.Transform), Events: s.Events, Active: s.Active,
 			QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, State: journal.Healthy, Ordering: fanout.Ordering(s.Ordering),
-			Source: "runtime", Description: desc, Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate})
+			Source: "runtime", Description: desc, Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate,
+			Traceparent: s.Traceparent})
 	}
 	return api.CreatedSubscription{Subscription: st, Secret: secret}, nil
 }

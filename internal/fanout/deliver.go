@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/transform"
 )
@@ -28,6 +30,7 @@ type deliverer struct {
 	// journal in routing order.
 	nudge    func()
 	giveBack func(ctx context.Context, take func() []string) error
+	tracer   trace.Tracer // nil: tracing off
 }
 
 // start runs a subscription's workers until it is retired; life bounds
@@ -163,8 +166,20 @@ func (d *deliverer) nudgeWhenDurable(life context.Context) {
 }
 
 // attempt makes one attempt, puts its outcome to the journal writer, and
-// returns what the receiver answered and what follows.
+// returns what the receiver answered and what follows; in a span of its
+// own when tracing is on.
 func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResult, Decision) {
+	if d.tracer == nil {
+		return d.try(life, s, t)
+	}
+	ctx, span := startAttempt(life, d.tracer, s, t, t.attempts+1)
+	res, dec := d.try(ctx, s, t)
+	endAttempt(span, res, dec)
+	return res, dec
+}
+
+// try is attempt, without its span.
+func (d *deliverer) try(life context.Context, s *sub, t *task) (attemptResult, Decision) {
 	n := t.attempts + 1
 	// A delivery's own body is made at its first attempt (or the first
 	// since its subscription has a transform) and kept with it: every
@@ -177,10 +192,14 @@ func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResul
 		shaped = t.body
 	}
 	secret, standard := s.signing(d.now())
-	res := post(life, s.client, request{
+	r := request{
 		method: s.method, url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
 		attempt: n, secret: secret, standardKeys: standard, headers: s.headers, userAgent: d.cfg.UserAgent,
-	}, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
+	}
+	if d.tracer != nil {
+		r.tracer, r.traceparent, r.shownURL = d.tracer, s.cfg.Traceparent, s.shownURL()
+	}
+	res := post(life, s.client, r, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
 	ok := res.Status >= 200 && res.Status < 300
 	if !t.test {
 		s.observe(res.Duration, ok)

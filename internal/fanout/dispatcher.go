@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -121,6 +122,9 @@ type Config struct {
 	proxyURL *url.URL // Proxy, parsed by withDefaults
 	Logger   *slog.Logger
 	Observer Observer
+	// TracerProvider makes the spans of events and attempts (trace.go);
+	// nil: tracing off, and the delivery path makes no span at all.
+	TracerProvider trace.TracerProvider
 	// NowFunc is the clock; defaults to time.Now.
 	NowFunc func() time.Time
 }
@@ -225,6 +229,7 @@ type Dispatcher struct {
 	sched    *scheduler
 	replayer *replayer
 	now      func() time.Time
+	tracer   trace.Tracer // nil: tracing off
 
 	reg      atomic.Pointer[registry]
 	reloadMu sync.Mutex // one Reload at a time; held only while swapping
@@ -271,11 +276,11 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d := &Dispatcher{
 		cfg: cfg, log: cfg.Logger.With("component", "fanout"), obs: cfg.Observer, records: cfg.Records,
-		now: cfg.NowFunc,
+		now: cfg.NowFunc, tracer: cfg.tracer(),
 	}
 	d.notifier = newNotifier(cfg)
 	d.deliver = &deliverer{cfg: &d.cfg, records: cfg.Records, obs: cfg.Observer, notifier: d.notifier, log: d.log, now: cfg.NowFunc,
-		nudge: d.nudge, giveBack: d.giveBack}
+		nudge: d.nudge, giveBack: d.giveBack, tracer: d.tracer}
 	d.sched = &scheduler{
 		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log,
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dzdesk/dzhook/signer"
 )
@@ -202,11 +203,32 @@ type request struct {
 	standardKeys [][]byte
 	headers      http.Header
 	userAgent    string
+	// tracer, when set, makes the attempt's HTTP client span, whose
+	// url.full is shownURL (the URL without its credentials);
+	// traceparent sends its context to the receiver.
+	tracer      trace.Tracer
+	traceparent bool
+	shownURL    string
 }
 
 // post makes one attempt: POST the body, read the status and up to limit
-// bytes of the answer.
+// bytes of the answer; inside an HTTP client span when r.tracer is set.
 func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.Duration, limit int) attemptResult {
+	if r.tracer == nil {
+		return send(ctx, c, r, timeout, limit)
+	}
+	method := r.method
+	if method == "" {
+		method = http.MethodPost
+	}
+	ctx, span := clientSpan(ctx, r.tracer, method, r.url, r.shownURL)
+	res := send(ctx, c, r, timeout, limit)
+	endClient(span, res)
+	return res
+}
+
+// send is post, without its span.
+func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.Duration, limit int) attemptResult {
 	start := time.Now()
 	res := attemptResult{At: start.UTC()}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -236,6 +258,9 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	h.Set(signer.HeaderEvent, r.eventType)
 	h.Set(signer.HeaderDelivery, r.deliveryID)
 	h.Set(signer.HeaderAttempt, strconv.Itoa(r.attempt))
+	if r.traceparent {
+		injectTraceparent(ctx, h)
+	}
 	if len(r.standardKeys) > 0 {
 		h.Set(signer.HeaderWebhookID, r.eventID)
 		h.Set(signer.HeaderWebhookTimestamp, strconv.FormatInt(start.Unix(), 10))

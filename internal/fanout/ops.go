@@ -239,6 +239,8 @@ type SubscriptionStatus struct {
 	RateLimit                 Rate
 	Pace                      float64
 	PausedUntil               time.Time
+	// Traceparent as configured.
+	Traceparent bool
 }
 
 // Subscriptions returns every subscription's status.
@@ -254,6 +256,7 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: s.queued(),
 			Source: s.cfg.Source, Description: s.cfg.Description,
 			Transform: s.cfg.Transform, Format: s.cfg.Format, Method: s.method, RateLimit: s.cfg.RateLimit,
+			Traceparent: s.cfg.Traceparent,
 		}
 		if s.pace != nil {
 			st.Pace, st.PausedUntil = s.pace.pace(now)

@@ -52,6 +52,20 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 	if d.stopping.Load() {
 		return context.Canceled
 	}
+	if d.tracer == nil {
+		return d.route(ctx, ev, noHold, nil)
+	}
+	es := startEvent(ctx, d.tracer, ev)
+	err := d.route(ctx, ev, noHold, es)
+	if !es.journaled {
+		es.end(err) // nothing was put to the journal: the span ends now
+	}
+	return err
+}
+
+// route is dispatch; es, when tracing is on, is the event's span, ended
+// once the record is durable.
+func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *eventSpan) error {
 	ticket := d.dispatches.enter()
 	defer d.dispatches.leave(ticket)
 	d.routeMu.Lock()
@@ -105,7 +119,8 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 				}
 			}
 		case ordered:
-			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key}
+			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key,
+				event: es}
 			var room *sub
 			if !d.cfg.ShareFirstAttempts && s.ord.wantsRoom(key) && d.reserve(ctx, s) {
 				room = s
@@ -131,7 +146,8 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 			}
 		case !d.cfg.ShareFirstAttempts && d.reserve(ctx, s):
 			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
-			routes = append(routes, route{s: s, task: &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto}})
+			routes = append(routes, route{s: s, task: &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto,
+				event: es}})
 		default:
 			// The queue is full: the delivery waits in the journal and
 			// the scheduler claims it when there is room.
@@ -148,6 +164,9 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 	}
 	d.obs.EventDispatched(ev.Type, len(rows))
 	if len(rows) == 0 {
+		if es != nil {
+			es.span.SetAttributes(AttrDeliveries.Int(0))
+		}
 		return nil // no subscription wants it: nothing to record
 	}
 	rec := journal.Record{
@@ -160,6 +179,10 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 		// too: the same batch writes both.
 		Unhold: unhold,
 	}
+	if es != nil {
+		es.span.SetAttributes(AttrDeliveries.Int(len(rows)))
+		rec.Durable = es.end
+	}
 	if err := d.records.Put(ctx, rec); err != nil {
 		for _, r := range routes {
 			r.s.release(1)
@@ -168,6 +191,9 @@ func (d *Dispatcher) dispatch(ctx context.Context, ev Event, noHold bool) error 
 			a.s.ord.undo(a.t, a.where)
 		}
 		return err
+	}
+	if es != nil {
+		es.journaled = true // es.end is called once the record is durable
 	}
 	// The journal's queue holds the deliveries before any result of
 	// theirs can follow them there. A subscription retired meanwhile (a

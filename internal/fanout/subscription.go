@@ -65,6 +65,10 @@ type Subscription struct {
 	// certificate (mutual TLS); zero: none. Its files are read again
 	// when they change (tls.go).
 	ClientCert ClientCert
+	// Traceparent sends a W3C traceparent header with each attempt
+	// while tracing is on (Config.TracerProvider): the attempt's HTTP
+	// client span, so the receiver's trace continues it.
+	Traceparent bool
 }
 
 // Equal reports whether two configurations are the same (a reload keeps
@@ -76,7 +80,7 @@ func (s Subscription) Equal(o Subscription) bool {
 		s.Transform == o.Transform && s.Format == o.Format && s.Method == o.Method && s.RateLimit == o.RateLimit &&
 		s.Source == o.Source && s.Description == o.Description && bytes.Equal(s.PreviousSecret, o.PreviousSecret) &&
 		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt) &&
-		s.Proxy == o.Proxy && s.ClientCert == o.ClientCert
+		s.Proxy == o.Proxy && s.ClientCert == o.ClientCert && s.Traceparent == o.Traceparent
 }
 
 // signing returns the secret of X-DZDESK-Signature and the keys of
@@ -191,6 +195,10 @@ type task struct {
 	// durable, when set, is told once the outcome is journaled: an
 	// operator's request returns only then, so its next one sees it.
 	durable chan error
+	// event is the span of the dispatch that made the task (nil when
+	// tracing is off, or the task was claimed from the journal): a
+	// pointer, so that a task grows by one word for it.
+	event *eventSpan
 }
 
 // matches reports whether the subscription's patterns select an event

@@ -53,6 +53,12 @@ type Record struct {
 	// Done is told when the record is durable (nil), or that it will
 	// never be.
 	Done chan<- error
+	// Durable, when set, is called like Done is told, from Run's
+	// goroutine (so it must not block), without ending the batch's
+	// linger: an observer's, such as the end of a tracing span, that no
+	// one waits for. Deliveries held for their first attempt's outcome
+	// are written later, as with Done.
+	Durable func(error)
 }
 
 // BatchStore is what the Writer needs of the journal: one batch written
@@ -469,6 +475,9 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 	if r.Done != nil {
 		bb.dones = append(bb.dones, r.Done)
 	}
+	if r.Durable != nil {
+		bb.durables = append(bb.durables, r.Durable)
+	}
 }
 
 // unhold adds the held deliveries among ids to the batch.
@@ -553,6 +562,9 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 		for _, d := range bb.dones {
 			d <- w.broken
 		}
+		for _, f := range bb.durables {
+			f(w.broken)
+		}
 		return
 	}
 	w.markers = w.markers[n:]
@@ -564,6 +576,9 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 	}
 	for _, d := range bb.dones {
 		d <- nil
+	}
+	for _, f := range bb.durables {
+		f(nil)
 	}
 	if bb.spilled && w.cfg.OnSpill != nil {
 		w.cfg.OnSpill()
@@ -607,6 +622,7 @@ type batchBuilder struct {
 	spilled  bool
 	notified bool
 	dones    []chan<- error
+	durables []func(error)
 	records  int
 }
 

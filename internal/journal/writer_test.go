@@ -564,3 +564,44 @@ func TestWriterShutdownDuringABatchStillDrains(t *testing.T) {
 		t.Errorf("acknowledged %s after the drain, want 0/14", acked)
 	}
 }
+
+// TestWriterDurableCallback: Record.Durable is called once the batch
+// holding the record is written (not before), is told a broken batch's
+// error, and does not end the linger as Done does.
+func TestWriterDurableCallback(t *testing.T) {
+	store := newMemStore()
+	h := newHarness(t, store, WriterConfig{Linger: 200 * time.Millisecond})
+	told := make(chan error, 1)
+	start := time.Now()
+	h.put(Record{Event: &EventRow{ID: "whk_1"}, Durable: func(err error) {
+		if store.writes == 0 { // Run's goroutine, which made the writes
+			t.Error("Durable called before any batch was written")
+		}
+		told <- err
+	}})
+	select {
+	case err := <-told:
+		if err != nil {
+			t.Errorf("Durable told %v, want nil", err)
+		}
+		if waited := time.Since(start); waited < 150*time.Millisecond {
+			t.Errorf("written after %s: Durable ended the linger", waited)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Durable not called")
+	}
+
+	broken := newMemStore()
+	broken.fail = func(int) error { return errors.New("journal down") }
+	hb := newHarness(t, broken, WriterConfig{DrainTimeout: 200 * time.Millisecond})
+	hb.put(Record{Event: &EventRow{ID: "whk_2"}, Durable: func(err error) { told <- err }})
+	hb.close() // the write is retried until Run stops; then the batch is broken
+	select {
+	case err := <-told:
+		if err == nil {
+			t.Error("Durable told nil for a batch never written")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Durable not called for a broken batch")
+	}
+}
