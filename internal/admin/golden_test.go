@@ -128,7 +128,7 @@ func (fullHistory) WaitedBehind(_ context.Context, id string, limit int) ([]stri
 type fullManager struct{}
 
 func (fullManager) sub(id string) api.Subscription {
-	return api.Subscription{ID: id, URL: "https://billing.example.com/hook", Events: []string{"request.*"}, Active: true, State: "healthy", Format: "dzdesk", Method: "POST",
+	return api.Subscription{ID: id, URL: "https://billing.example.com/hook", Events: []string{"request.*"}, Active: true, State: "healthy", Format: "dzdesk", Method: "POST", Traceparent: true,
 		Stats: api.Stats{SuccessRate: -1}, Ordering: "none", Source: "runtime", Description: "Billing's mirror"}
 }
 
