@@ -41,6 +41,7 @@ import (
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // promQL parses as Prometheus does by default (no experimental functions).
@@ -474,7 +475,7 @@ subscriptions:
 	}
 	cmd := exec.Command(env.bin, "run", "--config", path)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

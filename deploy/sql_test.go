@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // rolePassword is the dzhook role's password in these tests (pgtest's
@@ -239,7 +238,7 @@ func runKubernetesConfig(t *testing.T, db *pgtest.DB) {
 
 	cmd := exec.Command(env.bin, inv.sub, "--config", path)
 	cmd.Env = environList(environ)
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -356,26 +355,8 @@ func maps(ms ...map[string]string) map[string]string {
 	return out
 }
 
-// syncBuffer is a bytes.Buffer that a process writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitFor waits until the buffer contains s.
-func waitFor(t *testing.T, b *syncBuffer, s string, timeout time.Duration) {
+func waitFor(t *testing.T, b *testutil.SyncBuffer, s string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(b.String(), s) {

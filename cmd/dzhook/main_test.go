@@ -11,35 +11,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
-
-// syncBuffer is a bytes.Buffer safe for a command writing in one goroutine
-// while the test reads in another.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // runCmd runs the program in-process and returns its exit code and output.
 func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -117,7 +98,7 @@ func TestUsage(t *testing.T) {
 func TestListen(t *testing.T) {
 	const secret = "listen-test-secret-0123456789"
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"dzhook", "listen", "--port", "0", "--secret", secret}, &out, &errOut)
@@ -198,7 +179,7 @@ func TestRunWaitsForTheDatabase(t *testing.T) {
 	// Nothing listens on port 1: it retries until interrupted.
 	write("postgres://dzhook@127.0.0.1:1/dzdesk?sslmode=disable&connect_timeout=1")
 	ctx, cancel := context.WithCancel(context.Background())
-	var errOut syncBuffer
+	var errOut testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() { done <- runEnv(ctx, []string{"dzhook", "run", "--config", cfg}, io.Discard, &errOut, nil) }()
 	waitFor(t, &errOut, regexp.MustCompile(`database not reachable yet; retrying`))
@@ -238,7 +219,7 @@ func TestRunReloadsAndStops(t *testing.T) {
 	write("crm")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var errOut syncBuffer
+	var errOut testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() { done <- runEnv(ctx, []string{"dzhook", "run", "--config", cfg}, io.Discard, &errOut, nil) }()
 	waitFor(t, &errOut, regexp.MustCompile(`dzhook running`))

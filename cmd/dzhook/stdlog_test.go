@@ -19,6 +19,7 @@ import (
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // jsonLines decodes the structured log's lines.
@@ -43,7 +44,7 @@ func jsonLines(t *testing.T, out string) []map[string]any {
 // kinds beyond a bound share one; what was suppressed last is reported on
 // restore.
 func TestStdLogRateLimited(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
 	w := newStdLog(slog.New(slog.NewJSONHandler(&buf, nil)), func() time.Time { return now })
 	for i := range 1000 {
@@ -128,7 +129,7 @@ func bodyAfter204(t *testing.T) (url string, got *atomic.Int64) {
 func TestRunLogsStdLogThroughSlog(t *testing.T) {
 	const deliveries = 50
 	url, got := bodyAfter204(t)
-	var raw syncBuffer // the standard log's own output, had run left it alone
+	var raw testutil.SyncBuffer // the standard log's own output, had run left it alone
 	log.SetOutput(&raw)
 	defer log.SetOutput(os.Stderr)
 
@@ -142,7 +143,7 @@ func TestRunLogsStdLogThroughSlog(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var errOut syncBuffer
+	var errOut testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() { done <- runEnv(ctx, []string{"dzhook", "run", "--config", cfg}, io.Discard, &errOut, nil) }()
 	waitFor(t, &errOut, regexp.MustCompile(`dzhook running`))

@@ -73,8 +73,17 @@ func start(t *testing.T, cfg *config.Config) *Engine {
 // startStoppable runs an engine until stop is called or the test ends.
 func startStoppable(t *testing.T, cfg *config.Config) (*Engine, func()) {
 	t.Helper()
+	return startWith(t, cfg, Options{})
+}
+
+// startWith is startStoppable with options (the test's intervals and
+// logger are laid over them).
+func startWith(t *testing.T, cfg *config.Config, opts Options) (*Engine, func()) {
+	t.Helper()
+	opts.Logger, opts.Version = testutil.Logger(t), "test"
+	opts.PollInterval, opts.Heartbeat, opts.StatusInterval = 50*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
-	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond, StatusInterval: 200 * time.Millisecond})
+	e, err := New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatalf("engine: %v", err)

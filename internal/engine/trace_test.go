@@ -26,21 +26,8 @@ func TestTracesEndToEnd(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 
-	ctx, cancel := context.WithCancel(context.Background())
-	e, err := New(ctx, runtimeConfig(t, db), Options{Logger: testutil.Logger(t), Version: "test", PollInterval: 50 * time.Millisecond,
-		Heartbeat: 200 * time.Millisecond, StatusInterval: 200 * time.Millisecond, TracerProvider: tp})
-	if err != nil {
-		cancel()
-		t.Fatalf("engine: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("engine Run: %v", err)
-		}
-	})
+	e, _ := startWith(t, runtimeConfig(t, db), Options{TracerProvider: tp})
+	ctx := context.Background()
 
 	created, err := e.Manager().CreateSubscription(ctx, api.SubscriptionInput{URL: ptr(rc.URL + "/hook?token=abc"),
 		Events: ptr([]string{"request.created"}), Traceparent: ptr(true)}, "")

@@ -1,7 +1,6 @@
 package fanout
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -217,22 +216,13 @@ func TestReadCertificates(t *testing.T) {
 	}
 }
 
-// logCount counts the log lines that contain a text.
-type logCount struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logCount) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logCount) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), s)
+// issueFiles writes a client certificate of ca (and its key), with
+// serial, to certFile and keyFile.
+func (ca *testCA) issueFiles(t *testing.T, serial int64, certFile, keyFile string) {
+	t.Helper()
+	c, k := ca.issue(t, serial, fmt.Sprintf("dzhook %d", serial), true)
+	writeFile(t, certFile, c)
+	writeFile(t, keyFile, k)
 }
 
 // TestClientCertificate: a receiver that requires a client certificate
@@ -246,11 +236,7 @@ func TestClientCertificate(t *testing.T) {
 	rc := newTLSReceiver(t, serverCA, clientCA, false)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	issue := func(serial int64) {
-		c, k := clientCA.issue(t, serial, fmt.Sprintf("dzhook %d", serial), true)
-		writeFile(t, certFile, c)
-		writeFile(t, keyFile, k)
-	}
+	issue := func(serial int64) { clientCA.issueFiles(t, serial, certFile, keyFile) }
 	req := request{url: rc.URL + "/hook", body: []byte(`{}`), secret: []byte("s"), userAgent: "t"}
 	post1 := func(c *clientConfig) attemptResult {
 		return post(context.Background(), newEgressClient(*c), req, faultTimeout, 100)
@@ -267,7 +253,7 @@ func TestClientCertificate(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Now().UnixNano())
 	clock := func() time.Time { return time.Unix(0, now.Load()) }
-	var logs logCount
+	var logs testutil.SyncBuffer
 	cert, err := loadClientCert(ClientCert{CertFile: certFile, KeyFile: keyFile}, slog.New(slog.NewTextHandler(&logs, nil)), clock)
 	if err != nil {
 		t.Fatal(err)
@@ -316,15 +302,15 @@ func TestClientCertificate(t *testing.T) {
 			t.Errorf("with a half-written key: serial %q presented, want the previous 2", got)
 		}
 	}
-	if n := logs.count("do not load"); n != 1 {
-		t.Errorf("%d warnings about files that do not load, want 1:\n%s", n, logs.buf.String())
+	if n := strings.Count(logs.String(), "do not load"); n != 1 {
+		t.Errorf("%d warnings about files that do not load, want 1:\n%s", n, logs.String())
 	}
 	writeFile(t, keyFile, k3)
 	now.Add(int64(clientCertRecheck))
 	if got := lastSerial(); got != "3" {
 		t.Errorf("after the key was written: serial %q presented, want 3", got)
 	}
-	if n := logs.count("client certificate reloaded"); n != 2 {
+	if n := strings.Count(logs.String(), "client certificate reloaded"); n != 2 {
 		t.Errorf("%d reloads logged, want 2", n)
 	}
 }
@@ -339,11 +325,7 @@ func TestClientCertificateInDispatcher(t *testing.T) {
 	rc := newTLSReceiver(t, serverCA, clientCA, true)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	issue := func(serial int64) {
-		c, k := clientCA.issue(t, serial, fmt.Sprintf("dzhook %d", serial), true)
-		writeFile(t, certFile, c)
-		writeFile(t, keyFile, k)
-	}
+	issue := func(serial int64) { clientCA.issueFiles(t, serial, certFile, keyFile) }
 	issue(1)
 	d := start(t, store, Config{
 		Subscriptions: []Subscription{{ID: "mtls", URL: rc.URL + "/hook", Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,

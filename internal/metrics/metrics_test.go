@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -65,21 +66,7 @@ func TestReplicationBytes(t *testing.T) {
 	m := New(Sources{Stream: func() StreamStats { return stats }})
 	gauges := func() map[string]float64 {
 		t.Helper()
-		mfs, err := m.Registry.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]float64{}
-		for _, mf := range mfs {
-			switch mf.GetName() {
-			case "dzhook_replication_lag_bytes", "dzhook_replication_retained_wal_bytes":
-				if mf.GetType() != dto.MetricType_GAUGE {
-					t.Errorf("%s is a %v, want a gauge", mf.GetName(), mf.GetType())
-				}
-				got[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		return got
+		return gaugeValues(t, m, "dzhook_replication_lag_bytes", "dzhook_replication_retained_wal_bytes")
 	}
 	if got := gauges(); len(got) != 0 {
 		t.Errorf("before the first poll: got %v, want neither gauge", got)
@@ -99,18 +86,7 @@ func TestHeartbeatGauges(t *testing.T) {
 	m := New(Sources{Heartbeat: func() (time.Time, int) { return last, 2 }})
 	gauges := func() map[string]float64 {
 		t.Helper()
-		mfs, err := m.Registry.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]float64{}
-		for _, mf := range mfs {
-			switch mf.GetName() {
-			case "dzhook_heartbeat_timestamp_seconds", "dzhook_journal_instances":
-				got[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		return got
+		return gaugeValues(t, m, "dzhook_heartbeat_timestamp_seconds", "dzhook_journal_instances")
 	}
 	if got := gauges(); len(got) != 0 {
 		t.Errorf("before the first heartbeat: got %v, want neither gauge", got)
@@ -120,4 +96,26 @@ func TestHeartbeatGauges(t *testing.T) {
 	if got := gauges(); !maps.Equal(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
+}
+
+// gaugeValues gathers m and returns the value of each of the named
+// gauges that is exported (absent ones are left out); a named metric of
+// another type fails the test.
+func gaugeValues(t *testing.T, m *Metrics, names ...string) map[string]float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if !slices.Contains(names, mf.GetName()) {
+			continue
+		}
+		if mf.GetType() != dto.MetricType_GAUGE {
+			t.Errorf("%s is a %v, want a gauge", mf.GetName(), mf.GetType())
+		}
+		got[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
+	}
+	return got
 }

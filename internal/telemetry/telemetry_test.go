@@ -1,17 +1,17 @@
 package telemetry
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // env is an environment of the given variables only.
@@ -116,7 +116,7 @@ func TestExportFailureLogged(t *testing.T) {
 		w.WriteHeader(http.StatusBadRequest)
 	}))
 	defer rc.Close()
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	ctx := context.Background()
 	tr, err := New(ctx, Config{Endpoint: rc.URL, Logger: log,
@@ -135,22 +135,4 @@ func TestExportFailureLogged(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the exporter's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

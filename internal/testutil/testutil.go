@@ -3,6 +3,7 @@
 package testutil
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"net"
@@ -130,4 +131,23 @@ func NewReceiverAt(t testing.TB, addr string) *Receiver {
 	rc.Server.Start()
 	t.Cleanup(rc.Close)
 	return rc
+}
+
+// SyncBuffer is a bytes.Buffer safe for one goroutine (a command, a
+// process, an exporter) writing while the test reads.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
