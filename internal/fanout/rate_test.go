@@ -160,8 +160,11 @@ func TestRateLimitPaces(t *testing.T) {
 	// The source's pace is its own: 5 s for 2,000 events. Had the stream
 	// waited for room in the limited subscription's queue, it would have
 	// gone at that subscription's pace (20 s), and the other one with it.
-	if took := time.Since(began); took > 12*time.Second {
-		t.Errorf("dispatching took %s: the stream waited for the rate-limited subscription", took)
+	// (Waiting would take 19 s: the limited queue holds 100. The bound
+	// leaves a loaded host time to spare.)
+	dispatched := time.Since(began)
+	if dispatched > 15*time.Second {
+		t.Errorf("dispatching took %s: the stream waited for the rate-limited subscription", dispatched)
 	}
 	freeReqs := free.Wait(t, n, 30*time.Second)
 	reqs := limited.Wait(t, n, 40*time.Second)
@@ -173,14 +176,20 @@ func TestRateLimitPaces(t *testing.T) {
 	span := reqs[n-1].At.Sub(reqs[99].At)
 	rate := float64(n-100) / span.Seconds()
 	t.Logf("limited: %.1f deliveries/s; at most %d in memory, %d pending in the journal", rate, maxQueued, maxPending)
-	if rate < 90 || rate > 110 {
-		t.Errorf("limited subscription received %.1f/s, want 100 ± 10%%", rate)
+	// The pacer's promise is the ceiling; the floor only catches a pace
+	// gone wrong (a share or slowdown miscounted halves it), since on a
+	// loaded host the claims from the journal may lag behind the pace.
+	if rate < 75 || rate > 110 {
+		t.Errorf("limited subscription received %.1f/s, want at most 100 (+10%% for the arrivals' jitter) and not far below", rate)
 	}
 	if maxQueued > 100 {
 		t.Errorf("up to %d deliveries waited in memory; the budget of a second is 100", maxQueued)
 	}
-	if maxPending < n/2 {
-		t.Errorf("at most %d deliveries waited in the journal; the backlog (about %d) belongs there", maxPending, n/2)
+	// The backlog when dispatching ended: what came, less what the pace
+	// let through and the queue's budget. At least half of it must have
+	// waited in the journal (the watcher samples every 50 ms).
+	if backlog := n - int(100*dispatched.Seconds()) - 100; maxPending < backlog/2 {
+		t.Errorf("at most %d deliveries waited in the journal; the backlog (about %d) belongs there", maxPending, backlog)
 	}
 	lat := make([]time.Duration, 0, n)
 	for _, r := range freeReqs {
@@ -201,7 +210,7 @@ func TestRateLimitPaces(t *testing.T) {
 	// race detector beside other packages' tests, the bound is what a
 	// stream held up by the limited subscription would break: waiting
 	// for room in its queue would add up to 100 ms per event.
-	if p99 > time.Second {
+	if p99 > 2*time.Second {
 		t.Errorf("the other subscription's p99 is %s: the rate limit held it up", p99)
 	}
 }
@@ -221,6 +230,10 @@ func TestRateLimit429(t *testing.T) {
 		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
 			RateLimit: Rate{Count: 20, Per: time.Second}}},
 		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, Logger: testutil.Logger(t),
+		// One worker: the next start is taken after the 429 was read. With
+		// more, one may start 50 ms after the third, its 429 still on the
+		// way: the pacer does not hold what already started.
+		Concurrency:   1,
 		RetrySchedule: []time.Duration{0, 100 * time.Millisecond, 100 * time.Millisecond},
 	})
 	pairs := []string{}
@@ -316,7 +329,10 @@ func TestRateLimitOneWorker(t *testing.T) {
 		return len(starts) == 4
 	})
 	for i := 1; i < len(starts); i++ {
-		if gap := starts[i].Sub(starts[i-1]); gap < 950*time.Millisecond {
+		// The pacer spaces the places it hands out; the journaled start is
+		// stamped a moment after the place is reached, later on a loaded
+		// host. Halving the interval fails at 500 ms.
+		if gap := starts[i].Sub(starts[i-1]); gap < 800*time.Millisecond {
 			t.Errorf("attempts %d and %d started %s apart at 1/s", i, i+1, gap)
 		}
 	}
@@ -342,6 +358,9 @@ func TestRateLimitPauseSurvivesReload(t *testing.T) {
 	})
 	dispatchAll(t, d, envelopes("request.updated", `{"id":"req_1"}`))
 	first := rc.Wait(t, 1, 10*time.Second)[0]
+	// The reload comes once the 429 was read: it is the pause it set that
+	// must survive.
+	testutil.Eventually(t, 10*time.Second, "the 429's pause in force", func() bool { return !d.Subscriptions()[0].PausedUntil.IsZero() })
 	sub.Description = "edited"
 	if err := d.Reload(context.Background(), []Subscription{sub}); err != nil {
 		t.Fatal(err)

@@ -197,6 +197,7 @@ func TestStopStartsNoNewAttempt(t *testing.T) {
 			done := make(chan error, 1)
 			go func() { done <- d.Run(ctx) }()
 			stopped := false
+			var runReturned time.Time
 			stopAll := func() {
 				if stopped {
 					return
@@ -205,6 +206,7 @@ func TestStopStartsNoNewAttempt(t *testing.T) {
 				stop()
 				select {
 				case err := <-done:
+					runReturned = time.Now()
 					if err != nil {
 						t.Errorf("Dispatcher.Run: %v", err)
 					}
@@ -233,17 +235,22 @@ func TestStopStartsNoNewAttempt(t *testing.T) {
 			testutil.Eventually(t, 10*time.Second, "every worker's attempt in flight", func() bool { return rc.got.Load() == workers })
 			inFlight := int(rc.got.Load())
 
+			checkTook := func(took time.Duration) {
+				if took > timeout+slack {
+					t.Errorf("stopping took %s, want at most the delivery timeout %s + %s", took.Round(time.Millisecond), timeout, slack)
+				}
+			}
 			began := time.Now()
 			if tc.reload {
 				if err := d.Reload(context.Background(), nil); err != nil {
 					t.Fatalf("Reload: %v", err)
 				}
+				checkTook(time.Since(began))
 			} else {
+				// The dispatcher's stop, not the journal writer's drain
+				// after it (slow on a loaded host, and not what is tested).
 				stopAll()
-			}
-			took := time.Since(began)
-			if took > timeout+slack {
-				t.Errorf("stopping took %s, want at most the delivery timeout %s + %s", took.Round(time.Millisecond), timeout, slack)
+				checkTook(runReturned.Sub(began))
 			}
 			// The workers have ended: no request can start after this.
 			if got := int(rc.got.Load()); got != inFlight {

@@ -87,6 +87,9 @@ async function eventually(what, get, ok, timeout = TIMEOUT) {
 }
 
 const text = (loc) => loc.textContent({ timeout: 1000 }).then((s) => (s ?? '').trim());
+// textNow: read once, outside eventually, with Playwright's default wait
+// (a loaded CI host can take more than a second to render).
+const textNow = (loc) => loc.textContent().then((s) => (s ?? '').trim());
 
 const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dzhook-chromium-'));
 let context;
@@ -157,9 +160,9 @@ async function main() {
   await eventually('first attempt instance', () => text(attempts.nth(0).locator(tid('attempt-instance'))), (s) => s === instance);
   await page.locator(tid('attempt-body')).first().locator('summary').click();
   await eventually('first response body', () => text(page.locator(tid('attempt-body')).first().locator('pre')), (s) => s === 'receiver down');
-  const payload = JSON.parse(await text(page.locator(tid('payload'))));
+  const payload = JSON.parse(await textNow(page.locator(tid('payload'))));
   if (payload.event !== 'request.created') throw new Error(`payload event: ${JSON.stringify(payload.event)}`);
-  if (!(await text(page.locator(tid('payload')))).includes('\n  ')) throw new Error('the payload is not pretty-printed');
+  if (!(await textNow(page.locator(tid('payload')))).includes('\n  ')) throw new Error('the payload is not pretty-printed');
   if (!(await page.evaluate(() => location.hash)).includes(deliveryID)) throw new Error('the open delivery is not in the URL');
 
   step('its ordering key, and the update that waits behind it');
@@ -194,7 +197,7 @@ async function main() {
   await page.locator(tid('filter-status')).selectOption('delivered');
   await row.waitFor({ state: 'visible' });
   // Two polls later the detail is still open with its two attempts.
-  let live = await text(page.locator(tid('live')));
+  let live = await textNow(page.locator(tid('live')));
   for (const n of [1, 2]) {
     const before = live;
     live = await eventually(`live update ${n}`, () => text(page.locator(tid('live'))), (s) => s !== before && s.startsWith('Live'), 10_000);
@@ -216,7 +219,7 @@ async function main() {
   await connectors();
 
   step('no API error was shown and the page raised none');
-  const alert = await text(page.locator(tid('alert')));
+  const alert = await textNow(page.locator(tid('alert')));
   if (alert) throw new Error(`the alert region says: ${alert}`);
   if (pageErrors.length) throw new Error(`page errors:\n  ${pageErrors.join('\n  ')}`);
 
@@ -285,7 +288,7 @@ async function manageWebhooks() {
   await page.locator(tid('sf-save-test')).click();
   await eventually('test result', () => text(page.locator(tid('sub-test-status'))), (s) => s === 'HTTP 200', 20_000);
   await eventually('test response body', () => text(page.locator(tid('sub-test-body'))), (s) => s.includes('"received": "test"'));
-  console.log(`  test sent in ${await text(page.locator(tid('sub-test-duration')))}`);
+  console.log(`  test sent in ${await textNow(page.locator(tid('sub-test-duration')))}`);
 
   step('the generated secret is shown once, with a copy button and a warning');
   const secret = await page.locator(`${tid('sub-dialog')} ${tid('secret-value')}`).inputValue();
@@ -359,7 +362,7 @@ async function manageWebhooks() {
   await page.locator(tid(`delete-${newID}`)).click();
   const deleteDialog = page.locator(tid('delete-dialog'));
   await deleteDialog.waitFor({ state: 'visible' });
-  const says = await text(page.locator(tid('delete-text')));
+  const says = await textNow(page.locator(tid('delete-text')));
   console.log(`  ${says}`);
   if (!/^1 delivery is waiting .*cancels it/.test(says)) throw new Error(`the confirmation says ${JSON.stringify(says)}`);
   if ((await page.evaluate(() => document.activeElement?.dataset?.testid)) !== 'delete-cancel') throw new Error('the confirmation does not focus Keep it');
@@ -396,14 +399,14 @@ async function replays() {
   await page.locator(tid('replay-events')).fill('');
   await page.locator(tid('replay-events')).press('Enter');
   await page.locator(tid('replay-progress')).waitFor({ state: 'visible' });
-  const first = await text(page.locator(tid('replay-id')));
+  const first = await textNow(page.locator(tid('replay-id')));
   if (!/^rpl_[2-7a-z]{16}$/.test(first)) throw new Error(`replay id ${JSON.stringify(first)}`);
   await eventually('replay done', () => text(page.locator(tid('replay-state'))), (s) => s === 'done', 20_000);
-  const created = Number(await text(page.locator(tid('replay-created'))));
+  const created = Number(await textNow(page.locator(tid('replay-created'))));
   if (!(created >= 2)) throw new Error(`the replay made ${created} deliveries, want the created and the update at least`);
   await eventually('pending', () => text(page.locator(tid('replay-pending'))), (s) => s === String(created));
   await eventually('every event looked at', () => text(page.locator(tid('replay-scanned'))), (s) => /^(\d+) of \1$/.test(s));
-  console.log(`  ${first}: ${await text(page.locator(tid('replay-state-text')))}`);
+  console.log(`  ${first}: ${await textNow(page.locator(tid('replay-state-text')))}`);
   await page.locator(tid('replay-cancel')).waitFor({ state: 'visible' });
 
   step('New replay of request.updated only, then cancel it: its waiting delivery is cancelled');
@@ -412,7 +415,7 @@ async function replays() {
   await page.getByRole('textbox', { name: 'Event patterns' }).fill('request.updated');
   await page.locator(tid('replay-start')).click();
   await eventually('a second replay', () => text(page.locator(tid('replay-id'))), (s) => s !== first && s.startsWith('rpl_'));
-  const second = await text(page.locator(tid('replay-id')));
+  const second = await textNow(page.locator(tid('replay-id')));
   await eventually('its delivery made', () => text(page.locator(tid('replay-created'))), (s) => s === '1', 20_000);
   await page.locator(tid('replay-cancel')).click();
   await eventually('cancelled', () => text(page.locator(tid('replay-state'))), (s) => s === 'cancelled');
@@ -515,13 +518,13 @@ async function connectors() {
   await open('delivered');
   await eventually('one attempt, HTTP 200', () => text(attempts.nth(0).locator(tid('attempt-status'))), (s) => s === '200');
   await eventually('payload title', () => text(page.locator(tid('payload-title'))), (s) => s === 'Event payload');
-  const payload = JSON.parse(await text(page.locator(tid('payload'))));
+  const payload = JSON.parse(await textNow(page.locator(tid('payload'))));
   if (payload.event !== 'user.created' || payload.data?.name !== 'Ana') throw new Error(`event payload: ${JSON.stringify(payload)}`);
   await page.locator(tid('sent-section')).waitFor({ state: 'visible' });
-  const sentText = await text(page.locator(tid('sent')));
+  const sentText = await textNow(page.locator(tid('sent')));
   if (JSON.stringify(JSON.parse(sentText)) !== JSON.stringify({ text: 'New user: Ana <ana@company.com>' })) throw new Error(`sent: ${sentText}`);
   if (!sentText.includes('\n  ')) throw new Error('the sent body is not pretty-printed');
-  if (!(await text(page.locator(tid('sent-section')))).includes('signature covers these bytes')) throw new Error('no note on what the signature covers');
+  if (!(await textNow(page.locator(tid('sent-section')))).includes('signature covers these bytes')) throw new Error('no note on what the signature covers');
   if (await page.locator(tid('detail-note')).isVisible()) throw new Error('a delivered delivery has a note');
   await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-sent.png', fullPage: true });
 
@@ -532,7 +535,7 @@ async function connectors() {
   await eventually('attempt error', () => text(page.locator(tid('attempt-error'))), (s) => s.startsWith('skipped: the transform gave null'));
   await eventually('note', () => text(page.locator(tid('detail-note'))), (s) => s.startsWith('Skipped by the subscription’s transform'));
   if (await page.locator(tid('sent-section')).isVisible()) throw new Error('a skipped delivery shows a sent body');
-  if ((await text(page.locator(tid('payload-title')))) !== 'Payload') throw new Error('the payload of a delivery without a sent body is not titled Payload');
+  if ((await textNow(page.locator(tid('payload-title')))) !== 'Payload') throw new Error('the payload of a delivery without a sent body is not titled Payload');
 
   step('the user without a name: the transform failed, class transform, nothing sent');
   await open('failed');
