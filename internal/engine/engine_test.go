@@ -388,7 +388,10 @@ func TestTimeoutIsRetried(t *testing.T) {
 		}
 		return 200, nil, "ok"
 	})
-	start(t, testConfig(t, db, "  timeout: 300ms\n  retry_schedule: [0s, 200ms, 200ms]", sub("crm", rc.URL, "request.created")))
+	// The first attempt hangs 5 s, far past the timeout; the timeout is
+	// long enough (2 s) that the healthy second attempt, slowed by -race
+	// and a loaded machine, does not time out too (a third attempt).
+	start(t, testConfig(t, db, "  timeout: 2s\n  retry_schedule: [0s, 200ms, 200ms]", sub("crm", rc.URL, "request.created")))
 	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
 	dlv := firstDelivery(rc.Wait(t, 2, 20*time.Second))
 	testutil.Eventually(t, 10*time.Second, "delivered", func() bool { return deliveryState(t, db, dlv) == "delivered" })
@@ -433,15 +436,36 @@ func TestRetryAfter(t *testing.T) {
 
 // TestIsolation: one receiver hangs past the timeout while another is
 // healthy; the healthy one's latency stays low.
+//
+// The hang costs far more than the bound: each attempt of the hung
+// subscription holds its worker for the 5 s timeout, and its 4 workers
+// and 16 queue slots are full within the first 20 of the 200 events.
+// Were the healthy subscription coupled to it (the stream waiting for the
+// hung one's room, shared workers, attempts journaled in line), most of
+// its deliveries would wait whole seconds (a hung attempt's 5 s per 4
+// events), so p99 would be several seconds. Uncoupled, the healthy
+// deliveries take what a loaded machine's stream and journal take: well
+// under 1 s even under -race on two busy cores (journal writes seen at
+// 450 ms), where the old 250 ms bound was within reach of load alone.
 func TestIsolation(t *testing.T) {
 	db := newDB(t)
 	healthy, hung := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	// The hung receiver's requests end when the engine gives up on them,
+	// or when the test ends (see the cleanup below).
+	ended := make(chan struct{})
 	hung.SetRespond(func(_ int, r *http.Request, _ []byte) (int, http.Header, string) {
-		<-r.Context().Done()
+		select {
+		case <-r.Context().Done():
+		case <-ended:
+		}
 		return 200, nil, ""
 	})
-	start(t, testConfig(t, db, "  timeout: 1s\n  retry_schedule: [0s, 100ms, 100ms]\n  concurrency: 4\n  queue_size: 16",
+	start(t, testConfig(t, db, "  timeout: 5s\n  retry_schedule: [0s, 100ms, 100ms]\n  concurrency: 4\n  queue_size: 16",
 		sub("healthy", healthy.URL, "request.created"), sub("hung", hung.URL, "request.created")))
+	// Registered after start: it runs first, so neither the engine's stop
+	// (which lets attempts in flight finish) nor the receiver's Close
+	// (which waits for its requests) waits out the 5 s timeout.
+	t.Cleanup(func() { close(ended) })
 	const n = 200
 	committed := make([]time.Time, 0, n)
 	conn := db.Connect(t)
@@ -466,8 +490,8 @@ func TestIsolation(t *testing.T) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p99 := lat[len(lat)*99/100]
 	t.Logf("healthy subscription while the other hangs: p50 %s p99 %s max %s", lat[len(lat)/2], p99, lat[len(lat)-1])
-	if p99 > 250*time.Millisecond {
-		t.Errorf("healthy p99 %s, want < 250ms", p99)
+	if p99 > time.Second {
+		t.Errorf("healthy p99 %s, want < 1s: the healthy subscription waited for the hung one (5s per attempt)", p99)
 	}
 }
 

@@ -78,7 +78,10 @@ func TestReloadWhileJournalUnreachable(t *testing.T) {
 		}
 	})
 
-	client := &http.Client{Timeout: 2 * time.Second}
+	// 4 s: room for a slow answer on a loaded machine, still below the
+	// admin's 5 s journal timeout, so a handler that waits for the
+	// unreachable journal (or the reload) times the probe out.
+	client := &http.Client{Timeout: 4 * time.Second}
 	base := "http://" + e.AdminAddr()
 	var metrics string
 	for i := range 5 {

@@ -67,14 +67,18 @@ func TestRetentionUnderLoad(t *testing.T) {
 	pruneStart := time.Now()
 	var lat []time.Duration
 	sent := 1
-	for {
+	// sample commits one request and returns its commit→received latency.
+	sample := func(title string) time.Duration {
 		before := time.Now()
-		if _, err := conn.Exec(context.Background(), `INSERT INTO requests (title, requester_id) VALUES ('during retention', 1)`); err != nil {
+		if _, err := conn.Exec(context.Background(), `INSERT INTO requests (title, requester_id) VALUES ($1, 1)`, title); err != nil {
 			t.Fatal(err)
 		}
 		sent++
 		got := rc.Wait(t, sent, 30*time.Second)
-		lat = append(lat, got[sent-1].At.Sub(before))
+		return got[sent-1].At.Sub(before)
+	}
+	for {
+		lat = append(lat, sample("during retention"))
 		if queryInt(t, db, `SELECT count(*) FROM (SELECT 1 FROM dzhook.deliveries WHERE id >= 'dlv_old' AND id < 'dlv_olf' LIMIT 1) x`) == 0 {
 			break
 		}
@@ -92,14 +96,28 @@ func TestRetentionUnderLoad(t *testing.T) {
 	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`); n != sent {
 		t.Errorf("%d recent deliveries left, want the %d of this test", n, sent)
 	}
+	// The baseline: as many deliveries again (20 to 200), the same way,
+	// now that retention has nothing left to delete; whatever else loads
+	// the machine (-race, the other packages' tests) weighs on both.
+	base := make([]time.Duration, 0, max(20, min(len(lat), 200)))
+	for range cap(base) {
+		base = append(base, sample("after retention"))
+		time.Sleep(5 * time.Millisecond)
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	sort.Slice(base, func(i, j int) bool { return base[i] < base[j] })
 	p95, p99 := lat[len(lat)*95/100], lat[len(lat)*99/100]
-	t.Logf("retention pruned %d old deliveries (+ attempts, events) in %s while %d events were delivered: latency p50 %s, p95 %s, p99 %s, max %s",
-		rows, took.Round(time.Millisecond), sent, lat[len(lat)/2], p95, p99, lat[len(lat)-1])
+	baseP95 := base[len(base)*95/100]
+	t.Logf("retention pruned %d old deliveries (+ attempts, events) in %s while %d events were delivered: latency p50 %s, p95 %s, p99 %s, max %s; without retention: p50 %s, p95 %s",
+		rows, took.Round(time.Millisecond), len(lat)+1, lat[len(lat)/2], p95, p99, lat[len(lat)-1], base[len(base)/2], baseP95)
 	// p95: at make test's size there are a few dozen samples, so p99 is the
 	// single worst one, which the other test packages running beside this
-	// one on two cores can delay on their own.
-	if p95 > 250*time.Millisecond {
-		t.Errorf("deliveries waited for retention: p95 %s", p95)
+	// one on two cores can delay on their own. The bound is relative to
+	// the same test's latency without retention (3× its p95 + 250 ms), so
+	// a loaded machine slows both sides alike; capped at 5 s so that
+	// deliveries waiting for retention's deletes (seconds per batch) fail
+	// however slow the baseline.
+	if bound := min(3*baseP95+250*time.Millisecond, 5*time.Second); p95 > bound {
+		t.Errorf("deliveries waited for retention: p95 %s, want at most %s (3× the p95 without retention, %s, + 250ms)", p95, bound, baseP95)
 	}
 }

