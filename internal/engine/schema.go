@@ -140,24 +140,33 @@ func (w *schemaWatch) check(ctx context.Context) {
 		}
 		return
 	}
+	// A problem is a mapped table (its path) not streamed, from the check
+	// that finds it to the one that finds it streamed again: one ERROR and
+	// one notification. Its reason can change meanwhile (dropped, then
+	// recreated but not yet in the publication): the log says so, and
+	// nothing claims it is streamed again.
 	w.mu.Lock()
-	known := map[string]bool{}
+	known := map[string]string{} // path → the problem as last reported
 	for _, m := range w.missing {
-		known[m.Error()] = true
+		known[m.Path] = m.Error()
 	}
 	w.missing = misfits
 	w.mu.Unlock()
 	w.e.metrics.SetUnstreamedTables(len(misfits))
 	var fresh []string
 	for _, m := range misfits {
-		if !known[m.Error()] {
+		was, had := known[m.Path]
+		delete(known, m.Path)
+		switch {
+		case !had:
 			fresh = append(fresh, m.Error())
 			w.e.log.Error("a mapped table is not streamed: its changes give no events", "path", m.Path, "table", m.Table, "problem", m.Message)
+		case was != m.Error():
+			w.e.log.Error("a mapped table is still not streamed, now for another reason", "path", m.Path, "table", m.Table, "problem", m.Message, "was", was)
 		}
-		delete(known, m.Error())
 	}
-	for gone := range known {
-		w.e.log.Info("a mapped table is streamed again", "was", gone)
+	for _, was := range known {
+		w.e.log.Info("a mapped table is streamed again", "was", was)
 	}
 	if len(fresh) > 0 {
 		text := "mapped tables are not streamed, so their changes give no events: " + strings.Join(fresh, "; ")
