@@ -313,7 +313,12 @@ func TestOrderedPauseResume(t *testing.T) {
 func startAs(t *testing.T, cfg *config.Config, version string, poll time.Duration) *Engine {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: version, PollInterval: poll, Heartbeat: 200 * time.Millisecond, StatusInterval: 200 * time.Millisecond})
+	// A heartbeat of 1 s: an instance's deliveries in flight are taken
+	// over once its heartbeat is 3 s old. Shorter (it was 200 ms: 600 ms)
+	// a slow journal write on a loaded machine could make a live peer look
+	// dead, and its attempts be made twice; none of these tests is about
+	// takeover, and a peer is still seen within a second.
+	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t), Version: version, PollInterval: poll, Heartbeat: time.Second, StatusInterval: 200 * time.Millisecond})
 	if err != nil {
 		cancel()
 		t.Fatalf("engine %s: %v", version, err)
