@@ -466,6 +466,13 @@ func TestSIGTERMWithHungReceiver(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 30*time.Second, "every worker's attempt in flight", func() bool { return got.Load() == workers })
+	// And the whole transaction handed on (its events are journaled at
+	// once, their deliveries held while in memory): a SIGTERM before the
+	// stream handed the last row would leave it, rightly, to the next
+	// start (nothing acknowledged), and this test counts all of them.
+	testutil.Eventually(t, 30*time.Second, "every event journaled", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.events`) == rows
+	})
 
 	began := time.Now()
 	if err := p.stop(t); err != nil {
