@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,31 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
-
-// lockedBuffer collects log lines from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestSecretsNeverLeak runs dzhook with one known secret in every place a
 // secret goes (webhook secret, header value, admin token, notify URL and
@@ -74,7 +54,7 @@ subscriptions:
     secret: "%s"
     headers: {Authorization: "Bearer %s"}
 `, db.DSN, known, known, admin.URL, known, known, known, secretsKey, rc.URL, known, known, known)
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := configFrom(t, yaml)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,23 +23,12 @@ import (
 )
 
 // logLines collects the engine's JSON log, shown when the test fails.
-type logLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
+type logLines struct{ testutil.SyncBuffer }
 
 // count returns how many lines at level have every attribute of want.
 func (l *logLines) count(level string, want map[string]string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	n := 0
-	for _, line := range strings.Split(l.buf.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) != nil || m["level"] != level {
 			continue
@@ -63,9 +51,7 @@ func startLogged(t *testing.T, cfg *config.Config) (e *Engine, logs *logLines, s
 	logs = &logLines{}
 	t.Cleanup(func() {
 		if t.Failed() {
-			logs.mu.Lock()
-			t.Logf("engine log:\n%s", logs.buf.String())
-			logs.mu.Unlock()
+			t.Logf("engine log:\n%s", logs.String())
 		}
 	})
 	ctx, cancel := context.WithCancel(context.Background())

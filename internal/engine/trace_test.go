@@ -43,9 +43,9 @@ func TestTracesEndToEnd(t *testing.T) {
 	var spans tracetest.SpanStubs
 	testutil.Eventually(t, 10*time.Second, "event, attempt and client spans", func() bool {
 		spans = exp.GetSpans()
-		return len(named(spans, "dzhook.event")) == 1 && len(named(spans, "dzhook.attempt")) == 1 && len(named(spans, "POST")) == 1
+		return len(testutil.SpansNamed(spans, "dzhook.event")) == 1 && len(testutil.SpansNamed(spans, "dzhook.attempt")) == 1 && len(testutil.SpansNamed(spans, "POST")) == 1
 	})
-	ev, at, cl := named(spans, "dzhook.event")[0], named(spans, "dzhook.attempt")[0], named(spans, "POST")[0]
+	ev, at, cl := testutil.SpansNamed(spans, "dzhook.event")[0], testutil.SpansNamed(spans, "dzhook.attempt")[0], testutil.SpansNamed(spans, "POST")[0]
 	if at.Parent.SpanID() != ev.SpanContext.SpanID() || cl.Parent.SpanID() != at.SpanContext.SpanID() {
 		t.Errorf("tree: attempt's parent %v (event %v), client's parent %v (attempt %v)",
 			at.Parent.SpanID(), ev.SpanContext.SpanID(), cl.Parent.SpanID(), at.SpanContext.SpanID())
@@ -66,14 +66,4 @@ func TestTracesEndToEnd(t *testing.T) {
 	if st.Traceparent {
 		t.Error("traceparent still shown after a change to false")
 	}
-}
-
-func named(spans tracetest.SpanStubs, name string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.Name == name {
-			out = append(out, s)
-		}
-	}
-	return out
 }

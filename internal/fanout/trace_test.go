@@ -22,17 +22,6 @@ import (
 // carry it.
 const traceToken = "TRACE-SECRET-51c2"
 
-// spansNamed returns the ended spans called name.
-func spansNamed(spans tracetest.SpanStubs, name string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.Name == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
 // attr returns a span's attribute, and whether it has it.
 func attr(s tracetest.SpanStub, key attribute.Key) (attribute.Value, bool) {
 	for _, kv := range s.Attributes {
@@ -98,10 +87,10 @@ func TestTraces(t *testing.T) {
 	var spans tracetest.SpanStubs
 	testutil.Eventually(t, 10*time.Second, "an event span, three attempt and three client spans", func() bool {
 		spans = exp.GetSpans()
-		return len(spansNamed(spans, spanEvent)) == 1 && len(spansNamed(spans, spanAttempt)) == 3 && len(spansNamed(spans, "POST")) == 3
+		return len(testutil.SpansNamed(spans, spanEvent)) == 1 && len(testutil.SpansNamed(spans, spanAttempt)) == 3 && len(testutil.SpansNamed(spans, "POST")) == 3
 	})
 
-	evSpan := spansNamed(spans, spanEvent)[0]
+	evSpan := testutil.SpansNamed(spans, spanEvent)[0]
 	wantAttrs(t, evSpan, map[attribute.Key]any{AttrEventType: "request.created", AttrEventID: ev.ID, AttrDeliveries: int64(2)})
 	if evSpan.SpanKind != trace.SpanKindProducer {
 		t.Errorf("event span kind %v, want producer", evSpan.SpanKind)
@@ -109,7 +98,7 @@ func TestTraces(t *testing.T) {
 
 	// Attempts by subscription and number.
 	attempts := map[string]tracetest.SpanStub{}
-	for _, s := range spansNamed(spans, spanAttempt) {
+	for _, s := range testutil.SpansNamed(spans, spanAttempt) {
 		sub, _ := attr(s, AttrSubscriptionID)
 		n, _ := attr(s, AttrAttempt)
 		attempts[sub.AsString()+"#"+n.Emit()] = s
@@ -141,7 +130,7 @@ func TestTraces(t *testing.T) {
 
 	// Each attempt holds one HTTP client span.
 	clients := map[trace.SpanID]tracetest.SpanStub{}
-	for _, c := range spansNamed(spans, "POST") {
+	for _, c := range testutil.SpansNamed(spans, "POST") {
 		if c.SpanKind != trace.SpanKindClient {
 			t.Errorf("client span kind %v", c.SpanKind)
 		}

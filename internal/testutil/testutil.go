@@ -133,8 +133,8 @@ func NewReceiverAt(t testing.TB, addr string) *Receiver {
 	return rc
 }
 
-// SyncBuffer is a bytes.Buffer safe for one goroutine (a command, a
-// process, an exporter) writing while the test reads.
+// SyncBuffer is a bytes.Buffer that goroutines (a command, a process, a
+// logger, an exporter) write while the test reads.
 type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
