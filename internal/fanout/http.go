@@ -127,8 +127,14 @@ func newEgressClient(cc clientConfig) *retryablehttp.Client {
 		tr.DialContext = p.dialPlain
 		tr.DialTLSContext = p.dialTLS(tlsConfig)
 	}
+	var rt http.RoundTripper = tr
+	if cc.proxy == nil {
+		// Direct connections: HTTP/1.1 on the attempt's own goroutine
+		// (h1.go), net/http's Transport for receivers that choose HTTP/2.
+		rt = newH1Transport(cc.dial, tr.DialTLSContext, tr, cc.concurrency, tr.IdleConnTimeout)
+	}
 	hc := &http.Client{
-		Transport:     tr,
+		Transport:     rt,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	return &retryablehttp.Client{

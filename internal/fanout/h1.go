@@ -1,0 +1,427 @@
+package fanout
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// h1Transport is the HTTP/1.1 client of a subscription's direct
+// connections (no proxy): the worker making an attempt writes the request
+// and reads the answer on its own connection, on its own goroutine.
+//
+// Why not net/http's Transport: it gives every connection two goroutines
+// (a writer and a reader) and hands each request and its answer between
+// them and the caller over channels. On a small virtual machine each
+// hand-over to a sleeping goroutine is a thread wake, and at a helpdesk's
+// usual rates (an event at a time) those wakes, not the HTTP work, are
+// most of what an event costs: a paced loop of 600-byte POSTs measured
+// 3.2 s of CPU per 10,000 requests through net/http against 2.4 s with the
+// request written and the answer read by the caller, and 0.77 against
+// 0.39 s back to back (BENCHMARKS.md, "Issue 17"). The HTTP itself is
+// still the standard library's: http.Request.Write and http.ReadResponse.
+//
+// What net/http's Transport did that this one does too: keep-alive with
+// at most maxIdle idle connections per receiver, closed after idleTimeout;
+// a connection is reused only when its answer was read to the end and
+// neither side asked to close; a request that fails on a reused
+// connection before any answer arrived (the receiver closed it while it
+// was idle) is sent once more on a new one; 1xx answers are skipped; the
+// attempt's context bounds everything (its deadline, and its cancellation
+// at shutdown). A receiver that chooses HTTP/2 in the TLS handshake is
+// handed, with that connection, to net/http's Transport (h2), which then
+// serves every request to it.
+type h1Transport struct {
+	dial        dialFunc // plain connections: the egress guard's dialer
+	dialTLS     dialFunc // tlsDialer: verified, failures classed tls
+	h2          *http.Transport
+	maxIdle     int
+	idleTimeout time.Duration
+
+	mu      sync.Mutex
+	idle    map[string][]*h1Conn // by scheme://host:port, most recent last
+	h2Hosts map[string]bool      // receivers that chose HTTP/2
+	pending map[string]net.Conn  // an HTTP/2 connection on its way to h2, by host:port
+	sweep   *time.Timer          // closes connections idle too long; nil when none are idle
+}
+
+// h1Conn is one connection and its buffers.
+type h1Conn struct {
+	key    string
+	conn   net.Conn
+	tcp    syscall.Conn // the socket under conn, for the liveness check; nil if unknown
+	cr     countingReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	idleAt time.Time
+}
+
+// countingReader counts what the answer's reader took from the
+// connection since the request was sent: nothing means no answer began.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func newH1Transport(dial, dialTLS dialFunc, h2 *http.Transport, maxIdle int, idleTimeout time.Duration) *h1Transport {
+	t := &h1Transport{dial: dial, dialTLS: dialTLS, h2: h2, maxIdle: max(maxIdle, 1), idleTimeout: idleTimeout,
+		idle: map[string][]*h1Conn{}, h2Hosts: map[string]bool{}, pending: map[string]net.Conn{}}
+	// h2's connections to a receiver that chose HTTP/2: the one whose
+	// handshake said so first (no second handshake), then its own.
+	h2.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		t.mu.Lock()
+		c := t.pending[addr]
+		delete(t.pending, addr)
+		t.mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		return dialTLS(ctx, network, addr)
+	}
+	return t
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var addr string
+	switch req.URL.Scheme {
+	case "http":
+		addr = hostPort(req, "80")
+	case "https":
+		addr = hostPort(req, "443")
+	default:
+		closeBody(req)
+		return nil, fmt.Errorf("unsupported scheme %q", req.URL.Scheme)
+	}
+	key := req.URL.Scheme + "://" + addr
+	if req.URL.Scheme == "https" && t.isH2(key) {
+		return t.h2.RoundTrip(req)
+	}
+	ctx := req.Context()
+	for again := true; ; again = false {
+		c, reused := t.get(key)
+		if c == nil {
+			conn, err := t.dialFor(ctx, req.URL.Scheme, addr)
+			if err != nil {
+				closeBody(req)
+				return nil, err
+			}
+			if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+				t.handOver(key, addr, conn)
+				return t.h2.RoundTrip(req)
+			}
+			c = newH1Conn(key, conn)
+		}
+		resp, err := t.exchange(ctx, c, req)
+		if err == nil {
+			return resp, nil
+		}
+		c.conn.Close()
+		// A reused connection the receiver closed while it was idle fails
+		// before any answer: the request goes once more, on a new one
+		// (net/http's Transport does the same). After any byte of an
+		// answer, or on a new connection, the failure is the attempt's.
+		if again && reused && c.cr.n == 0 && ctx.Err() == nil && !isTimeout(err) && req.GetBody != nil {
+			body, gerr := req.GetBody()
+			if gerr == nil {
+				r := req.Clone(ctx)
+				r.Body = body
+				req = r
+				continue
+			}
+		}
+		closeBody(req)
+		return nil, err
+	}
+}
+
+// exchange sends req on c and reads its answer's head.
+func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request) (*http.Response, error) {
+	deadline, hasDeadline := ctx.Deadline()
+	if hasDeadline {
+		_ = c.conn.SetDeadline(deadline)
+	}
+	// Cancellation (shutdown) unblocks the connection at once; stop
+	// reports whether it had not happened when the answer was done with.
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	fail := func(what string, err error) (*http.Response, error) {
+		stop()
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case hasDeadline && isTimeout(err) && !time.Now().Before(deadline):
+			return nil, context.DeadlineExceeded
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	c.cr.n = 0
+	if err := req.Write(c.bw); err != nil {
+		return fail("sending the request", err)
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fail("sending the request", err)
+	}
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(c.br, req)
+		if err != nil {
+			if c.cr.n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				err = errors.New("connection closed before an answer (EOF)")
+			}
+			return fail("reading the answer", err)
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		// 100 Continue, 103 Early Hints: the answer follows.
+		_, _ = io.Copy(io.Discard, resp.Body)
+	}
+	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, stop: stop, eof: resp.Body == http.NoBody,
+		keep: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols}
+	return resp, nil
+}
+
+// h1Body is an answer's body: at its end, read whole and with keep-alive
+// on both sides, the connection goes back to the idle pool; otherwise it
+// is closed (reading on to the end of a large or slow body could take the
+// whole timeout).
+type h1Body struct {
+	rc     io.ReadCloser
+	t      *h1Transport
+	c      *h1Conn
+	stop   func() bool
+	eof    bool
+	keep   bool
+	closed bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, errors.New("read on a closed body")
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	notCancelled := b.stop()
+	if b.eof && b.keep && notCancelled {
+		_ = b.rc.Close() // at EOF: reads nothing more
+		if b.c.conn.SetDeadline(time.Time{}) == nil {
+			b.t.put(b.c)
+			return nil
+		}
+	}
+	return b.c.conn.Close()
+}
+
+func newH1Conn(key string, conn net.Conn) *h1Conn {
+	c := &h1Conn{key: key, conn: conn}
+	raw := conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if sc, ok := raw.(syscall.Conn); ok {
+		c.tcp = sc
+	}
+	c.cr.r = conn
+	c.br = bufio.NewReaderSize(&c.cr, 4096)
+	c.bw = bufio.NewWriterSize(conn, 4096)
+	return c
+}
+
+func (t *h1Transport) dialFor(ctx context.Context, scheme, addr string) (net.Conn, error) {
+	if scheme == "https" {
+		return t.dialTLS(ctx, "tcp", addr)
+	}
+	return t.dial(ctx, "tcp", addr)
+}
+
+// get takes the most recently used idle connection to key that is still
+// open; nil if there is none.
+func (t *h1Transport) get(key string) (*h1Conn, bool) {
+	now := time.Now()
+	for {
+		t.mu.Lock()
+		list := t.idle[key]
+		if len(list) == 0 {
+			t.mu.Unlock()
+			return nil, false
+		}
+		c := list[len(list)-1]
+		list[len(list)-1] = nil
+		t.idle[key] = list[:len(list)-1]
+		t.mu.Unlock()
+		if now.Sub(c.idleAt) < t.idleTimeout && c.open() {
+			return c, true
+		}
+		c.conn.Close()
+	}
+}
+
+// open reports whether an idle connection can carry a request: the
+// receiver has neither closed it nor sent anything unasked (a plain HTTP
+// server's "408 Request Timeout" before it closes). One non-blocking peek
+// at the socket. Under TLS, bytes may be a session ticket that the next
+// read handles, so only a close counts; a close_notify in flight is left
+// to RoundTrip's retry on a reused connection.
+func (c *h1Conn) open() bool {
+	if c.br.Buffered() > 0 {
+		return false // bytes after the last answer: not a clean HTTP/1.1 peer
+	}
+	if c.tcp == nil {
+		return true
+	}
+	rc, err := c.tcp.SyscallConn()
+	if err != nil {
+		return true
+	}
+	ok := true
+	_, isTLS := c.conn.(*tls.Conn)
+	var b [1]byte
+	_ = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case err == syscall.EAGAIN || err == syscall.EINTR:
+		case err != nil, n == 0:
+			ok = false // reset, or closed
+		case !isTLS:
+			ok = false
+		}
+		return true
+	})
+	return ok
+}
+
+// put returns c to the idle pool, or closes it when the pool is full.
+func (t *h1Transport) put(c *h1Conn) {
+	c.idleAt = time.Now()
+	t.mu.Lock()
+	list := t.idle[c.key]
+	if len(list) >= t.maxIdle {
+		t.mu.Unlock()
+		c.conn.Close()
+		return
+	}
+	t.idle[c.key] = append(list, c)
+	if t.sweep == nil {
+		t.sweep = time.AfterFunc(t.idleTimeout, t.closeExpired)
+	}
+	t.mu.Unlock()
+}
+
+// closeExpired closes the connections idle for idleTimeout, and comes
+// back while any are left.
+func (t *h1Transport) closeExpired() {
+	now := time.Now()
+	var expired []*h1Conn
+	t.mu.Lock()
+	left := 0
+	for key, list := range t.idle {
+		kept := list[:0]
+		for _, c := range list {
+			if now.Sub(c.idleAt) >= t.idleTimeout {
+				expired = append(expired, c)
+			} else {
+				kept = append(kept, c)
+			}
+		}
+		clear(list[len(kept):])
+		if len(kept) == 0 {
+			delete(t.idle, key)
+		} else {
+			t.idle[key] = kept
+		}
+		left += len(kept)
+	}
+	if left > 0 {
+		t.sweep = time.AfterFunc(t.idleTimeout, t.closeExpired)
+	} else {
+		t.sweep = nil
+	}
+	t.mu.Unlock()
+	for _, c := range expired {
+		c.conn.Close()
+	}
+}
+
+// CloseIdleConnections closes every idle connection (http.Client calls it;
+// retryablehttp after a failed request).
+func (t *h1Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = map[string][]*h1Conn{}
+	pending := t.pending
+	t.pending = map[string]net.Conn{}
+	if t.sweep != nil {
+		t.sweep.Stop()
+		t.sweep = nil
+	}
+	t.mu.Unlock()
+	for _, list := range idle {
+		for _, c := range list {
+			c.conn.Close()
+		}
+	}
+	for _, c := range pending {
+		c.Close()
+	}
+	t.h2.CloseIdleConnections()
+}
+
+func (t *h1Transport) isH2(key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.h2Hosts[key]
+}
+
+// handOver gives h2 a receiver that chose HTTP/2, with the connection it
+// chose it on (one at a time: h2 shares a connection between requests).
+func (t *h1Transport) handOver(key, addr string, conn net.Conn) {
+	t.mu.Lock()
+	t.h2Hosts[key] = true
+	old := t.pending[addr]
+	t.pending[addr] = conn
+	t.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+}
+
+// hostPort is the request's host:port, with the scheme's port if the URL
+// has none.
+func hostPort(req *http.Request, port string) string {
+	if p := req.URL.Port(); p != "" {
+		port = p
+	}
+	return net.JoinHostPort(strings.ToLower(req.URL.Hostname()), port)
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}

@@ -1,0 +1,321 @@
+package fanout
+
+import (
+	"bufio"
+	"context"
+	"crypto/x509"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+)
+
+// The HTTP/1.1 transport's own behaviour (h1.go), against real peers on
+// 127.0.0.1: keep-alive, receivers that close kept connections or send
+// something unasked, answers that end their connection, 1xx, cancellation
+// and the idle sweep. TestDeliveryFaults covers what an attempt records
+// for each way a receiver breaks; its TLS cases the hand-over to HTTP/2.
+
+// h1Peer serves HTTP/1.1 on a bare listener: serve is called for each
+// request with its index on the connection (0 for the first), writes the
+// answer, and says whether to read another request on that connection.
+type h1Peer struct {
+	url    string
+	conns  atomic.Int64
+	reqs   atomic.Int64
+	closed chan struct{} // a value each time a connection ends
+}
+
+func newH1Peer(t *testing.T, serve func(c net.Conn, i int, req *http.Request) (more bool)) *h1Peer {
+	t.Helper()
+	p := &h1Peer{closed: make(chan struct{}, 100)}
+	p.url = rawPeer(t, func(c *net.TCPConn) {
+		defer func() {
+			c.Close()
+			p.closed <- struct{}{}
+		}()
+		p.conns.Add(1)
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return
+			}
+			p.reqs.Add(1)
+			if !serve(c, i, req) {
+				return
+			}
+		}
+	})
+	return p
+}
+
+const okAnswer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+// answerWith writes s and keeps the connection.
+func answerWith(s string) func(net.Conn, int, *http.Request) bool {
+	return func(c net.Conn, _ int, _ *http.Request) bool {
+		_, err := io.WriteString(c, s)
+		return err == nil
+	}
+}
+
+// testRequest is an attempt's request with a test body, as
+// TestDeliveryFaults makes.
+func testRequest(url string) request {
+	return request{url: url, body: []byte(`{"id":"whk_1"}`), eventType: "request.created",
+		eventID: "whk_1", deliveryID: "dlv_1", attempt: 1, secret: []byte("0123456789abcdef"), userAgent: "dzhook-test"}
+}
+
+func attemptTo(c *retryablehttp.Client, url string) attemptResult {
+	return post(context.Background(), c, testRequest(url), faultTimeout, faultLimit)
+}
+
+// attempts makes n attempts in turn and fails the test on any that is
+// not a 200.
+func attempts(t *testing.T, p *h1Peer, n int) {
+	t.Helper()
+	c := openClient(faultTimeout, nil)
+	for i := range n {
+		if res := attemptTo(c, p.url); res.Status != 200 {
+			t.Fatalf("attempt %d: %+v, want 200", i+1, res)
+		}
+	}
+}
+
+func TestH1KeepAlive(t *testing.T) {
+	p := newH1Peer(t, answerWith(okAnswer))
+	attempts(t, p, 20)
+	if n := p.conns.Load(); n != 1 {
+		t.Errorf("20 attempts in turn took %d connections, want 1 (keep-alive)", n)
+	}
+}
+
+// TestH1KeptConnectionGone: a receiver that ends kept connections its own
+// way costs no attempt. Each case makes 3 attempts; each must be a 200
+// and the peer must have read exactly reqs requests on conns connections.
+func TestH1KeptConnectionGone(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		serve       func(c net.Conn, i int, req *http.Request) bool
+		reqs, conns int64
+	}{
+		{
+			// Closed after each answer without "Connection: close": seen
+			// at the next attempt (or that attempt sent again).
+			name:  "closed after each answer",
+			serve: func(c net.Conn, _ int, _ *http.Request) bool { _, _ = io.WriteString(c, okAnswer); return false },
+			reqs:  3, conns: 3,
+		},
+		{
+			// The second request on a connection is read and the peer
+			// hangs up, as a server whose keep-alive timer fired at that
+			// moment does: sent once more, on a new connection.
+			name: "hangs up on a kept connection's next request",
+			serve: func(c net.Conn, i int, _ *http.Request) bool {
+				if i > 0 {
+					return false
+				}
+				_, err := io.WriteString(c, okAnswer)
+				return err == nil
+			},
+			reqs: 5, conns: 3,
+		},
+		{
+			// Bytes after the answer, in the same write (read with it):
+			// not the next attempt's answer, and not a peer to keep.
+			name:  "an unasked answer right behind the answer",
+			serve: answerWith(okAnswer + "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"),
+			reqs:  3, conns: 3,
+		},
+		{
+			name:  "Connection: close",
+			serve: answerWith("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"),
+			reqs:  3, conns: 3,
+		},
+		{
+			// A body too large to read on is not read on: the connection
+			// is closed instead.
+			name:  "a body larger than the limit and the drain",
+			serve: answerWith("HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + strings.Repeat("x", 200000)),
+			reqs:  3, conns: 3,
+		},
+		{
+			name:  "100 Continue, then the answer",
+			serve: answerWith("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + okAnswer),
+			reqs:  3, conns: 1,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newH1Peer(t, tc.serve)
+			attempts(t, p, 3)
+			if n := p.reqs.Load(); n != tc.reqs {
+				t.Errorf("the peer read %d requests for 3 attempts, want %d", n, tc.reqs)
+			}
+			if n := p.conns.Load(); n != tc.conns {
+				t.Errorf("3 attempts took %d connections, want %d", n, tc.conns)
+			}
+		})
+	}
+}
+
+// TestH1UnaskedAnswerWhileIdle: a "408 Request Timeout" that a server
+// sends on an idle connection before closing it is not the next
+// attempt's answer: the next attempt sees the connection is done and
+// takes a new one.
+func TestH1UnaskedAnswerWhileIdle(t *testing.T) {
+	answered := make(chan struct{})
+	p := newH1Peer(t, func(c net.Conn, i int, _ *http.Request) bool {
+		if _, err := io.WriteString(c, okAnswer); err != nil || i > 0 {
+			return false
+		}
+		<-answered
+		_, _ = io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+		return false
+	})
+	c := openClient(faultTimeout, nil)
+	if res := attemptTo(c, p.url); res.Status != 200 {
+		t.Fatalf("first attempt: %+v", res)
+	}
+	close(answered)
+	select { // the 408 and the close are in the client's socket
+	case <-p.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the peer did not close its connection")
+	}
+	if res := attemptTo(c, p.url); res.Status != 200 {
+		t.Fatalf("the attempt after an unasked 408: %+v, want 200 on a new connection", res)
+	}
+	if n := p.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+// TestH1NoSecondSendOnNewConnection: a failure on a new connection is the
+// attempt's: the receiver read the request, and sending it again would
+// deliver that attempt twice.
+func TestH1NoSecondSendOnNewConnection(t *testing.T) {
+	p := newH1Peer(t, func(net.Conn, int, *http.Request) bool { return false })
+	res := attemptTo(openClient(faultTimeout, nil), p.url)
+	if res.Status != 0 || res.ErrorClass != ClassHTTP {
+		t.Fatalf("%+v, want a failed attempt of class http", res)
+	}
+	if n := p.reqs.Load(); n != 1 {
+		t.Errorf("the peer read %d requests, want 1", n)
+	}
+	if !strings.Contains(res.Error, "closed before an answer") {
+		t.Errorf("error %q, want it to say the connection closed before an answer", res.Error)
+	}
+}
+
+// TestH1Cancelled: an attempt waiting for a hung receiver ends when its
+// context is cancelled (dzhook stopping), long before its timeout.
+func TestH1Cancelled(t *testing.T) {
+	hung, arrived := make(chan struct{}), make(chan struct{}, 1)
+	t.Cleanup(func() { close(hung) })
+	p := newH1Peer(t, func(net.Conn, int, *http.Request) bool { arrived <- struct{}{}; <-hung; return false })
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-arrived // the attempt is waiting for its answer
+		cancel()
+	}()
+	start := time.Now()
+	res := post(ctx, openClient(time.Minute, nil), testRequest(p.url), time.Minute, faultLimit)
+	if elapsed := time.Since(start); elapsed > 10*time.Second {
+		t.Fatalf("cancelled attempt took %v (timeout 1 min)", elapsed)
+	}
+	if res.Status != 0 || res.ErrorClass != ClassTimeout {
+		t.Errorf("%+v, want no status and class timeout", res)
+	}
+}
+
+// TestH1IdleSweep: a kept connection idle for longer than the idle
+// timeout is closed by dzhook, not left open on the receiver.
+func TestH1IdleSweep(t *testing.T) {
+	p := newH1Peer(t, answerWith(okAnswer))
+	c := openClient(faultTimeout, nil)
+	c.HTTPClient.Transport.(*h1Transport).idleTimeout = 100 * time.Millisecond
+	if res := attemptTo(c, p.url); res.Status != 200 {
+		t.Fatalf("%+v", res)
+	}
+	select {
+	case <-p.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the idle connection was still open 10 s after its 100 ms idle timeout")
+	}
+	if res := attemptTo(c, p.url); res.Status != 200 {
+		t.Fatalf("after the sweep: %+v", res)
+	}
+}
+
+// TestH1Concurrent: attempts from many workers at once share the pool
+// (run with -race).
+func TestH1Concurrent(t *testing.T) {
+	p := newH1Peer(t, answerWith(okAnswer))
+	c := newClient(faultTimeout, 4, (&EgressGuard{}).Dialer(faultTimeout), nil)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				if res := attemptTo(c, p.url); res.Status != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n != 0 {
+		t.Errorf("%d of 400 attempts failed", n)
+	}
+	if n := p.reqs.Load(); n != 400 {
+		t.Errorf("the peer read %d requests, want 400", n)
+	}
+}
+
+// TestH1KeepAliveTLS: over TLS (HTTP/1.1 and HTTP/2), attempts in turn
+// share one connection; the HTTP/2 receiver is served by net/http's h2
+// client on the connection of the first handshake.
+func TestH1KeepAliveTLS(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		var conns atomic.Int64
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, r.Proto)
+		}))
+		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		}
+		srv.EnableHTTP2 = h2
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		pool := x509.NewCertPool()
+		pool.AddCert(srv.Certificate())
+		c := openClient(faultTimeout, pool)
+		want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
+		for i := range 10 {
+			if res := attemptTo(c, srv.URL); res.Status != 200 || string(res.Body) != want {
+				t.Fatalf("HTTP/2 %v, attempt %d: %+v, want 200 over %s", h2, i+1, res, want)
+			}
+		}
+		if n := conns.Load(); n != 1 {
+			t.Errorf("HTTP/2 %v: 10 attempts in turn took %d connections, want 1", h2, n)
+		}
+	}
+}
