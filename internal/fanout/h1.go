@@ -33,11 +33,15 @@ import (
 // What net/http's Transport did that this one does too: keep-alive with
 // at most maxIdle idle connections per receiver, closed after idleTimeout;
 // a connection is reused only when its answer was read to the end and
-// neither side asked to close; a request that fails on a reused
-// connection before any answer arrived (the receiver closed it while it
-// was idle) is sent once more on a new one; 1xx answers are skipped; the
-// attempt's context bounds everything (its deadline, and its cancellation
-// at shutdown). A receiver that chooses HTTP/2 in the TLS handshake is
+// neither side asked to close, and only once a look at it shows the
+// receiver has neither closed it nor sent anything unasked while it was
+// idle; a request none of which could be written on a reused connection
+// is sent once more on a new one, and, as net/http does for a POST,
+// never one that was written (the receiver may have acted on it: the
+// journal's retry schedule decides); header values with control
+// characters are refused; 1xx answers are skipped (five at most); the
+// attempt's context bounds everything (its deadline, and its
+// cancellation at shutdown). A receiver that chooses HTTP/2 in the TLS handshake is
 // handed, with that connection, to net/http's Transport (h2), which then
 // serves every request to it.
 type h1Transport struct {
@@ -60,6 +64,7 @@ type h1Conn struct {
 	conn   net.Conn
 	tcp    syscall.Conn // the socket under conn, for the liveness check; nil if unknown
 	cr     countingReader
+	cw     countingWriter
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
@@ -74,6 +79,18 @@ type countingReader struct {
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// countingWriter counts what reached the connection of the request.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
 }
@@ -112,9 +129,17 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme == "https" && t.isH2(key) {
 		return t.h2.RoundTrip(req)
 	}
+	if err := checkHeaders(req.Header); err != nil {
+		closeBody(req)
+		return nil, err
+	}
 	ctx := req.Context()
 	for again := true; ; again = false {
-		c, reused := t.get(key)
+		var c *h1Conn
+		reused := false
+		if again { // a resend takes a new connection: the pool's may be as stale
+			c, reused = t.get(key)
+		}
 		if c == nil {
 			conn, err := t.dialFor(ctx, req.URL.Scheme, addr)
 			if err != nil {
@@ -132,11 +157,12 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		c.conn.Close()
-		// A reused connection the receiver closed while it was idle fails
-		// before any answer: the request goes once more, on a new one
-		// (net/http's Transport does the same). After any byte of an
-		// answer, or on a new connection, the failure is the attempt's.
-		if again && reused && c.cr.n == 0 && ctx.Err() == nil && !isTimeout(err) && req.GetBody != nil {
+		// A reused connection that took none of the request (closed by
+		// the receiver after the look at it in get) gets it again on a
+		// new one. Once any of it was written the failure is the
+		// attempt's, as net/http has it for a POST: the receiver may
+		// have read it all and acted on it before it hung up.
+		if again && reused && c.cw.n == 0 && ctx.Err() == nil && !isTimeout(err) && req.GetBody != nil {
 			body, gerr := req.GetBody()
 			if gerr == nil {
 				r := req.Clone(ctx)
@@ -169,7 +195,7 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 		}
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	c.cr.n = 0
+	c.cr.n, c.cw.n = 0, 0
 	if err := req.Write(c.bw); err != nil {
 		return fail("sending the request", err)
 	}
@@ -177,7 +203,7 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 		return fail("sending the request", err)
 	}
 	var resp *http.Response
-	for {
+	for informational := 0; ; informational++ {
 		var err error
 		resp, err = http.ReadResponse(c.br, req)
 		if err != nil {
@@ -186,10 +212,14 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 			}
 			return fail("reading the answer", err)
 		}
-		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+		if resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
-		// 100 Continue, 103 Early Hints: the answer follows.
+		// 100 Continue, 103 Early Hints: the answer follows (after five,
+		// the receiver is not answering).
+		if informational == 4 {
+			return fail("reading the answer", errors.New("more than five 1xx answers"))
+		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 	}
 	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, stop: stop, eof: resp.Body == http.NoBody,
@@ -247,9 +277,9 @@ func newH1Conn(key string, conn net.Conn) *h1Conn {
 	if sc, ok := raw.(syscall.Conn); ok {
 		c.tcp = sc
 	}
-	c.cr.r = conn
+	c.cr.r, c.cw.w = conn, conn
 	c.br = bufio.NewReaderSize(&c.cr, 4096)
-	c.bw = bufio.NewWriterSize(conn, 4096)
+	c.bw = bufio.NewWriterSize(&c.cw, 4096)
 	return c
 }
 
@@ -283,11 +313,11 @@ func (t *h1Transport) get(key string) (*h1Conn, bool) {
 }
 
 // open reports whether an idle connection can carry a request: the
-// receiver has neither closed it nor sent anything unasked (a plain HTTP
-// server's "408 Request Timeout" before it closes). One non-blocking peek
-// at the socket. Under TLS, bytes may be a session ticket that the next
-// read handles, so only a close counts; a close_notify in flight is left
-// to RoundTrip's retry on a reused connection.
+// receiver has neither closed it nor sent anything unasked (a server's
+// "408 Request Timeout" before it closes). One non-blocking peek at the
+// socket. Under TLS, bytes there may also be a session ticket or a key
+// update, which carry no data: those are read through TLS for a moment
+// (tlsQuiet) to tell them from a close_notify or an answer.
 func (c *h1Conn) open() bool {
 	if c.br.Buffered() > 0 {
 		return false // bytes after the last answer: not a clean HTTP/1.1 peer
@@ -299,8 +329,7 @@ func (c *h1Conn) open() bool {
 	if err != nil {
 		return true
 	}
-	ok := true
-	_, isTLS := c.conn.(*tls.Conn)
+	ok, pending := true, false
 	var b [1]byte
 	_ = rc.Read(func(fd uintptr) bool {
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
@@ -308,12 +337,38 @@ func (c *h1Conn) open() bool {
 		case err == syscall.EAGAIN || err == syscall.EINTR:
 		case err != nil, n == 0:
 			ok = false // reset, or closed
-		case !isTLS:
-			ok = false
+		default:
+			pending = true
 		}
 		return true
 	})
-	return ok
+	if !ok || !pending {
+		return ok
+	}
+	if tc, isTLS := c.conn.(*tls.Conn); isTLS {
+		return tlsQuiet(tc)
+	}
+	return false // bytes nobody asked for
+}
+
+// tlsProbe is how long tlsQuiet waits for a record that began to arrive.
+const tlsProbe = 5 * time.Millisecond
+
+// tlsQuiet reads an idle TLS connection whose socket has bytes: records
+// without data (a session ticket, a key update) are taken in by
+// crypto/tls and the read times out, and the connection can go on; data
+// or a close (close_notify, EOF) cannot. A read timeout leaves a
+// tls.Conn usable.
+func tlsQuiet(tc *tls.Conn) bool {
+	if tc.SetReadDeadline(time.Now().Add(tlsProbe)) != nil {
+		return false
+	}
+	var b [1]byte
+	n, err := tc.Read(b[:])
+	if n > 0 || !isTimeout(err) {
+		return false
+	}
+	return tc.SetReadDeadline(time.Time{}) == nil
 }
 
 // put returns c to the idle pool, or closes it when the pool is full.
@@ -399,25 +454,47 @@ func (t *h1Transport) isH2(key string) bool {
 }
 
 // handOver gives h2 a receiver that chose HTTP/2, with the connection it
-// chose it on (one at a time: h2 shares a connection between requests).
+// chose it on. Only the first: once h2 serves the receiver it shares its
+// own connection between requests, and would never take another.
 func (t *h1Transport) handOver(key, addr string, conn net.Conn) {
 	t.mu.Lock()
+	first := !t.h2Hosts[key]
 	t.h2Hosts[key] = true
-	old := t.pending[addr]
-	t.pending[addr] = conn
+	if first {
+		t.pending[addr] = conn
+	}
 	t.mu.Unlock()
-	if old != nil {
-		old.Close()
+	if !first {
+		conn.Close()
 	}
 }
 
 // hostPort is the request's host:port, with the scheme's port if the URL
-// has none.
+// has none: as net/http's Transport names it to DialTLSContext (the host
+// as written), so that h2 finds a handed-over connection.
 func hostPort(req *http.Request, port string) string {
 	if p := req.URL.Port(); p != "" {
 		port = p
 	}
-	return net.JoinHostPort(strings.ToLower(req.URL.Hostname()), port)
+	return net.JoinHostPort(req.URL.Hostname(), port)
+}
+
+// checkHeaders refuses header names that are not tokens and values with
+// control characters (other than tab), as net/http's Transport does:
+// Request.Write would send them as they are. The error names the header,
+// never its value (it may be a credential).
+func checkHeaders(h http.Header) error {
+	for k, vs := range h {
+		if k == "" || strings.IndexFunc(k, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) }) >= 0 {
+			return fmt.Errorf("invalid header name %q", k)
+		}
+		for _, v := range vs {
+			if strings.IndexFunc(v, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f }) >= 0 {
+				return fmt.Errorf("invalid value for header %s: control characters", k)
+			}
+		}
+	}
+	return nil
 }
 
 func closeBody(req *http.Request) {
