@@ -72,6 +72,10 @@ type bench struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == floorArg {
+		runFloorClient(os.Args[2:])
+		return
+	}
 	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, rates, fanout, isolation, ordering, replay, scaleout")
 	onlyRates := flag.String("rates", "", "the rates scenario's rates, comma-separated (default 100,500,1000,2000)")
 	out := flag.String("out", "bench/results.json", "where to write the results (merged with earlier scenarios)")

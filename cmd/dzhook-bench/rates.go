@@ -36,7 +36,12 @@ func (b *bench) rates(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer d.stop()
+	running := true
+	defer func() {
+		if running {
+			d.stop()
+		}
+	}()
 	warm := w.rc.expect(200)
 	if _, err := b.paced(ctx, w.dsn, 1_000_000, 200, time.Second); err != nil {
 		return err
@@ -52,6 +57,7 @@ func (b *bench) rates(ctx context.Context) error {
 	b.goal("rates", "idle: dzhook CPU", (cpu1-cpu0)/idleFor.Seconds()*100, "% of a core", 0.5, false, "")
 
 	from := 0
+	dzhookCPU := map[int]float64{}
 	for _, step := range rateSteps {
 		n := step.rate * int(step.dur.Seconds())
 		reached := w.rc.expect(n)
@@ -78,6 +84,7 @@ func (b *bench) rates(ctx context.Context) error {
 		_, byReq := w.rc.arrivals()
 		lat := latencies(committed, byReq, "/bench")
 		per10k := (cpu1 - cpu0) / float64(n) * 10000
+		dzhookCPU[step.rate] = per10k
 		label := fmt.Sprintf("%d tx/s", step.rate)
 		note := fmt.Sprintf("%.1f%% of a core", (cpu1-cpu0)/step.dur.Seconds()*100)
 		switch step.rate {
@@ -101,7 +108,100 @@ func (b *bench) rates(ctx context.Context) error {
 		b.add(Result{Scenario: "rates", Metric: label + ": PostgreSQL CPU for dzhook per 10,000 events", Value: pg1.since(pg0) / float64(n) * 10000, Unit: "s",
 			Note: "walsender + journal backends"})
 	}
+
+	// The floor (floor.go) at each rate, with dzhook stopped: the same
+	// paced inserts, read from a slot of its own and POSTed signed to the
+	// same receiver by the least code that can.
+	running = false
+	if err := d.stop(); err != nil {
+		return err
+	}
+	for _, step := range rateSteps {
+		n := step.rate * int(step.dur.Seconds())
+		perEvent, lat, err := b.floorStep(ctx, w, from, step)
+		if err != nil {
+			return err
+		}
+		from += n
+		label := fmt.Sprintf("%d tx/s", step.rate)
+		b.add(Result{Scenario: "rates", Metric: label + ": floor CPU per 10,000 events", Value: perEvent, Unit: "s",
+			Note: "pglogrepl + a signed POST per event on one goroutine, no journal"})
+		b.add(Result{Scenario: "rates", Metric: label + ": floor commit -> received p99", Value: pct(lat, 0.99), Unit: "ms"})
+		b.add(Result{Scenario: "rates", Metric: label + ": dzhook CPU per event / floor's", Value: dzhookCPU[step.rate] / perEvent, Unit: "x"})
+	}
 	return nil
+}
+
+// floorStep runs the floor client through one rate step: its CPU per
+// 10,000 events and its commit -> received latencies.
+func (b *bench) floorStep(ctx context.Context, w *world, from int, step rateStep) (float64, []time.Duration, error) {
+	n := step.rate * int(step.dur.Seconds())
+	if err := b.cluster.Exec(ctx, w.db, `SELECT pg_create_logical_replication_slot('floor', 'pgoutput')`); err != nil {
+		return 0, nil, err
+	}
+	defer b.dropSlot(ctx, w.db, "floor")
+	reached := w.rc.expect(n)
+	sep := "?"
+	if strings.Contains(w.dsn, "?") {
+		sep = "&"
+	}
+	p, err := startFloor(w.dsn+sep+"application_name=floor", "floor", w.rc.url+"/floor", n)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := b.waitStreaming(ctx, w.db, "floor", 30*time.Second); err != nil {
+		_ = p.cmd.Process.Kill()
+		_, _ = p.wait(time.Second)
+		return 0, nil, err
+	}
+	committed, err := b.paced(ctx, w.dsn, from, step.rate, step.dur)
+	if err != nil {
+		_ = p.cmd.Process.Kill()
+		_, _ = p.wait(time.Second)
+		return 0, nil, err
+	}
+	cpu, err := p.wait(time.Minute)
+	if err != nil {
+		return 0, nil, err
+	}
+	<-reached
+	_, byReq := w.rc.arrivals()
+	return cpu / float64(n-1) * 10000, latencies(committed, byReq, "/floor"), nil
+}
+
+// dropSlot drops a slot once its walsender is gone (it outlives its
+// client by a moment), trying for up to 10 s.
+func (b *bench) dropSlot(ctx context.Context, db, slot string) {
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := b.cluster.Exec(ctx, db, `SELECT pg_drop_replication_slot('`+slot+`')`)
+		if err == nil || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitStreaming waits until a walsender for application name app streams.
+func (b *bench) waitStreaming(ctx context.Context, db, app string, limit time.Duration) error {
+	conn, err := pgx.Connect(ctx, b.cluster.DSN(db))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(limit)
+	for {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'`, app).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the %s client was not streaming after %v", app, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // pgSample is the CPU seconds of each of dzhook's PostgreSQL backends
