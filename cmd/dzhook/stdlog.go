@@ -19,8 +19,11 @@ import (
 //
 // There is no clean way to avoid the line at its source: the transport
 // returns the connection to its pool before any of dzhook's code sees the
-// stray bytes, finds them itself, logs and closes that connection. What
-// remains of the problem is the line, so dzhook routes the standard log
+// stray bytes, finds them itself, logs and closes that connection.
+// (net/http's Transport carries proxied deliveries and HTTP/2 receivers;
+// dzhook's own HTTP/1.1 transport, for the rest, writes the same line in
+// the same words, internal/fanout/h1.go, so that it is one kind here.)
+// What remains of the problem is the line, so dzhook routes the standard log
 // through its own logger, at WARN, rate-limited per kind of message (its
 // first words: the rest quotes what the receiver sent): at most one line
 // per kind per stdLogEvery, the next one saying how many were suppressed

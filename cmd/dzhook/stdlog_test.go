@@ -85,9 +85,9 @@ func TestStdLogRateLimited(t *testing.T) {
 }
 
 // bodyAfter204 is a receiver that answers every request 204 followed by
-// bytes a 204 cannot have: Go's client finds them on the idle connection
-// and writes "Unsolicited response received on idle HTTP channel" to the
-// standard log.
+// bytes a 204 cannot have: dzhook's client finds them on the idle
+// connection and writes "Unsolicited response received on idle HTTP
+// channel" to the standard log (as net/http's does).
 func bodyAfter204(t *testing.T) (url string, got *atomic.Int64) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -123,7 +123,7 @@ func bodyAfter204(t *testing.T) (url string, got *atomic.Int64) {
 }
 
 // TestRunLogsStdLogThroughSlog: a receiver answering 204 with a body to
-// every delivery makes net/http write to the standard log each time;
+// every delivery makes the HTTP client write to the standard log each time;
 // `dzhook run` sends those lines through its structured log, a bounded
 // number of them, and none around it.
 func TestRunLogsStdLogThroughSlog(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"strings"
@@ -319,8 +320,10 @@ func (t *h1Transport) get(key string) (*h1Conn, bool) {
 // update, which carry no data: those are read through TLS for a moment
 // (tlsQuiet) to tell them from a close_notify or an answer.
 func (c *h1Conn) open() bool {
-	if c.br.Buffered() > 0 {
-		return false // bytes after the last answer: not a clean HTTP/1.1 peer
+	if n := c.br.Buffered(); n > 0 { // bytes after the last answer
+		b, _ := c.br.Peek(min(n, unaskedQuote))
+		unasked(b)
+		return false
 	}
 	if c.tcp == nil {
 		return true
@@ -329,8 +332,8 @@ func (c *h1Conn) open() bool {
 	if err != nil {
 		return true
 	}
-	ok, pending := true, false
-	var b [1]byte
+	ok, pending := true, 0
+	var b [unaskedQuote]byte
 	_ = rc.Read(func(fd uintptr) bool {
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
@@ -338,17 +341,31 @@ func (c *h1Conn) open() bool {
 		case err != nil, n == 0:
 			ok = false // reset, or closed
 		default:
-			pending = true
+			pending = n
 		}
 		return true
 	})
-	if !ok || !pending {
+	if !ok || pending == 0 {
 		return ok
 	}
 	if tc, isTLS := c.conn.(*tls.Conn); isTLS {
 		return tlsQuiet(tc)
 	}
-	return false // bytes nobody asked for
+	unasked(b[:pending])
+	return false
+}
+
+// unaskedQuote is how much of what a receiver sent unasked is quoted.
+const unaskedQuote = 32
+
+// unasked reports bytes a receiver sent on an idle connection: to the
+// standard log, in net/http's Transport's words, as it does for the
+// connections it keeps (proxied subscriptions, HTTP/2 receivers); `dzhook
+// run` routes the standard log through its structured log, rate-limited
+// per kind of line (cmd/dzhook/stdlog.go), so both transports' lines are
+// one kind there and a receiver cannot flood the log.
+func unasked(b []byte) {
+	log.Printf("Unsolicited response received on idle HTTP channel starting with %q; err=<nil>", b)
 }
 
 // tlsProbe is how long tlsQuiet waits for a record that began to arrive.
@@ -363,9 +380,13 @@ func tlsQuiet(tc *tls.Conn) bool {
 	if tc.SetReadDeadline(time.Now().Add(tlsProbe)) != nil {
 		return false
 	}
-	var b [1]byte
+	var b [unaskedQuote]byte
 	n, err := tc.Read(b[:])
-	if n > 0 || !isTimeout(err) {
+	if n > 0 {
+		unasked(b[:n])
+		return false
+	}
+	if !isTimeout(err) {
 		return false
 	}
 	return tc.SetReadDeadline(time.Time{}) == nil
