@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/dzdesk/dzhook/signer"
@@ -73,20 +72,11 @@ func floorClient(ctx context.Context, dsn, slot, target string, n int) (first fl
 	if err != nil {
 		return 0, err
 	}
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		return 0, err
-	}
-	cfg.RuntimeParams["replication"] = "database"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	conn, err := replicate(ctx, dsn, slot)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close(ctx)
-	if err := pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names 'dzhook'"}}); err != nil {
-		return 0, err
-	}
 	hc, err := net.Dial("tcp", u.Host)
 	if err != nil {
 		return 0, err

@@ -344,24 +344,35 @@ func (b *bench) load(ctx context.Context, db string, from, n, perTx int) error {
 		COMMIT; END LOOP; END $$`, n/perTx-1, from, perTx, perTx-1))
 }
 
-// minimalLoop reads a slot with pglogrepl alone, parsing each message and
-// doing nothing else, until it has seen n inserts: the stream's limit.
-func minimalLoop(ctx context.Context, dsn, slot string, n int) (time.Duration, error) {
+// replicate opens a replication connection to dsn and streams slot with
+// pgoutput (protocol 1, publication dzhook, and any more arguments).
+func replicate(ctx context.Context, dsn, slot string, more ...string) (*pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"proto_version '1'", "publication_names 'dzhook'"}, more...)
+	if err := pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+		conn.Close(ctx)
+		return nil, err
+	}
+	return conn, nil
+}
+
+// minimalLoop reads a slot with pglogrepl alone, parsing each message and
+// doing nothing else, until it has seen n inserts: the stream's limit.
+func minimalLoop(ctx context.Context, dsn, slot string, n int) (time.Duration, error) {
+	start := time.Now()
+	conn, err := replicate(ctx, dsn, slot, "messages 'true'")
+	if err != nil {
 		return 0, err
 	}
 	defer conn.Close(ctx)
-	start := time.Now()
-	if err := pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names 'dzhook'", "messages 'true'"}}); err != nil {
-		return 0, err
-	}
 	inserts := 0
 	for inserts < n {
 		msg, err := conn.ReceiveMessage(ctx)

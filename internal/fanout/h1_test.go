@@ -399,26 +399,33 @@ func TestH1Concurrent(t *testing.T) {
 	}
 }
 
+// protoServer is a TLS server answering with the protocol each request
+// came over (HTTP/2 offered if h2), counting its connections; pool trusts
+// its certificate.
+func protoServer(t *testing.T, h2 bool) (srv *httptest.Server, conns *atomic.Int64, pool *x509.CertPool) {
+	t.Helper()
+	conns = &atomic.Int64{}
+	srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, r.Proto) }))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.EnableHTTP2 = h2
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	pool = x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	return srv, conns, pool
+}
+
 // TestH1KeepAliveTLS: over TLS (HTTP/1.1 and HTTP/2), attempts in turn
 // share one connection; the HTTP/2 receiver is served by net/http's h2
 // client on the connection of the first handshake.
 func TestH1KeepAliveTLS(t *testing.T) {
 	for _, h2 := range []bool{false, true} {
-		var conns atomic.Int64
-		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			_, _ = io.WriteString(w, r.Proto)
-		}))
-		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				conns.Add(1)
-			}
-		}
-		srv.EnableHTTP2 = h2
-		srv.StartTLS()
-		t.Cleanup(srv.Close)
-		pool := x509.NewCertPool()
-		pool.AddCert(srv.Certificate())
+		srv, conns, pool := protoServer(t, h2)
 		c := openClient(faultTimeout, pool)
 		want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
 		for i := range 10 {
@@ -553,19 +560,7 @@ func TestH1TLSUnaskedAnswerWhileIdle(t *testing.T) {
 // capitals gets the handed-over HTTP/2 connection too (net/http names the
 // host as written), and no connection is left behind.
 func TestH1HandOverHostAsWritten(t *testing.T) {
-	var conns atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, r.Proto) }))
-	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	pool := x509.NewCertPool()
-	pool.AddCert(srv.Certificate())
+	srv, conns, pool := protoServer(t, true)
 	target := srv.Listener.Addr().String()
 	_, port, _ := net.SplitHostPort(target)
 	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
