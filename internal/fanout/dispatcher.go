@@ -289,7 +289,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		joined:    d.shareQueued,
 	}
 	d.replayer = &replayer{
-		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), wake: make(chan struct{}, 1), now: cfg.NowFunc,
+		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc,
 		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
 	}
 	subs, err := d.compileAll(cfg.Subscriptions, nil)

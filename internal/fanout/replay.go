@@ -37,7 +37,9 @@ import (
 // than ReplayBound pending or held (live ones included), at most
 // ReplayBatch at a time. A replay therefore follows its receiver: a fast
 // one drains the bound quickly and gets the next batch on the next round
-// (every replayPoll); a slow, failing or paused one holds the replay at
+// (every replayPollMax while replays run; with none running, the loop
+// looks every poll interval, and at once when this process's API starts
+// one); a slow, failing or paused one holds the replay at
 // the bound. The journal never takes a day of history at once, and the
 // subscription's queue keeps its room for the stream, whose deliveries
 // take the memory path first: the scheduler claims only half the free
@@ -82,7 +84,8 @@ const (
 	// ReplayBound: a step makes deliveries only while the subscription
 	// has fewer pending or held.
 	ReplayBound = 1000
-	// replayPollMax is the longest wait between two rounds of the loop.
+	// replayPollMax is the longest wait between two rounds of the loop
+	// while replays run.
 	replayPollMax = 200 * time.Millisecond
 )
 
@@ -195,7 +198,8 @@ func (d *Dispatcher) CancelReplay(ctx context.Context, subscription, id, by stri
 type replayer struct {
 	store ReplayStore
 	log   *slog.Logger
-	poll  time.Duration
+	poll  time.Duration // between rounds while replays run
+	idle  time.Duration // between rounds while none does
 	wake  chan struct{}
 	now   func() time.Time
 	// lookup returns a subscription of the current registry (nil: none).
@@ -231,7 +235,7 @@ func (rp *replayer) Run(ctx context.Context) error {
 	if rp.store == nil {
 		return nil
 	}
-	t := time.NewTicker(rp.poll)
+	t := time.NewTimer(rp.idle)
 	defer t.Stop()
 	for {
 		select {
@@ -240,19 +244,34 @@ func (rp *replayer) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-rp.wake:
 		}
-		if err := rp.round(ctx); err != nil && ctx.Err() == nil {
+		active, err := rp.round(ctx)
+		if err != nil && ctx.Err() == nil {
 			rp.log.Warn("replaying failed; retrying", "err", err)
 		}
+		// Every poll while replays run (a step that waited for its
+		// receiver goes on soon); with none, a look every idle interval
+		// for one another process created (this one's API wakes it).
+		next := rp.idle
+		if active || err != nil {
+			next = rp.poll
+		}
+		t.Reset(next)
 	}
 }
 
 // round steps each subscription's oldest running replay until it waits
-// for its receiver, is done, or another process has it.
-func (rp *replayer) round(ctx context.Context) error {
+// for its receiver, is done, or another process has it. active: some
+// replay was running.
+func (rp *replayer) round(ctx context.Context) (active bool, err error) {
 	running, err := rp.store.RunningReplays(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
+	return len(running) > 0, rp.step(ctx, running)
+}
+
+// step is round's work on the running replays.
+func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 	seen := map[string]bool{}
 	for _, r := range running {
 		if seen[r.Subscription] {
