@@ -72,13 +72,28 @@ type h1Conn struct {
 }
 
 // countingReader counts what the answer's reader took from the
-// connection since the request was sent: nothing means no answer began.
+// connection since the request was sent (nothing means no answer began),
+// and refuses to read past limit while limit is set (the answer's head).
 type countingReader struct {
-	r io.Reader
-	n int64
+	r     io.Reader
+	n     int64
+	limit int64
 }
 
+// maxAnswerHead bounds an answer's status line and headers, 1xx answers
+// included: a receiver's head over 1 MB is broken or hostile, and each
+// worker would buffer it (net/http's own bound is 10 MB).
+const maxAnswerHead = 1 << 20
+
+var errHeadTooLarge = errors.New("the answer's headers are larger than 1 MB")
+
 func (c *countingReader) Read(p []byte) (int, error) {
+	if c.limit > 0 {
+		if c.n >= c.limit {
+			return 0, errHeadTooLarge
+		}
+		p = p[:min(int64(len(p)), c.limit-c.n)]
+	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
@@ -204,10 +219,12 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 		return fail("sending the request", err)
 	}
 	var resp *http.Response
+	c.cr.limit = maxAnswerHead
 	for informational := 0; ; informational++ {
 		var err error
 		resp, err = http.ReadResponse(c.br, req)
 		if err != nil {
+			c.cr.limit = 0
 			if c.cr.n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
 				err = errors.New("connection closed before an answer (EOF)")
 			}
@@ -218,11 +235,13 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 		}
 		// 100 Continue, 103 Early Hints: the answer follows (after five,
 		// the receiver is not answering).
-		if informational == 4 {
+		if informational == 5 {
+			c.cr.limit = 0
 			return fail("reading the answer", errors.New("more than five 1xx answers"))
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 	}
+	c.cr.limit = 0 // the body is bounded by its reader (response_body_limit)
 	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, stop: stop, eof: resp.Body == http.NoBody,
 		keep: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols}
 	return resp, nil
@@ -315,44 +334,68 @@ func (t *h1Transport) get(key string) (*h1Conn, bool) {
 
 // open reports whether an idle connection can carry a request: the
 // receiver has neither closed it nor sent anything unasked (a server's
-// "408 Request Timeout" before it closes). One non-blocking peek at the
-// socket. Under TLS, bytes there may also be a session ticket or a key
-// update, which carry no data: those are read through TLS for a moment
-// (tlsQuiet) to tell them from a close_notify or an answer.
+// "408 Request Timeout" before it closes). What is already read (our
+// buffer; under TLS, what crypto/tls read ahead) is looked at first, then
+// the socket, with one non-blocking peek. Under TLS, bytes on the socket
+// may also be a session ticket or a key update, which carry no data:
+// those are read through TLS for a moment (tlsRead) to tell them from a
+// close_notify or an answer.
 func (c *h1Conn) open() bool {
 	if n := c.br.Buffered(); n > 0 { // bytes after the last answer
 		b, _ := c.br.Peek(min(n, unaskedQuote))
 		unasked(b)
 		return false
 	}
-	if c.tcp == nil {
+	tc, isTLS := c.conn.(*tls.Conn)
+	// A deadline already past: crypto/tls hands over what it holds and
+	// times out before any system call.
+	if isTLS && !tlsRead(tc, time.Unix(1, 0)) {
+		return false
+	}
+	pending, ok := c.peek()
+	switch {
+	case !ok:
+		return false // reset, or closed
+	case len(pending) == 0:
 		return true
+	case !isTLS:
+		unasked(pending)
+		return false
+	}
+	if !tlsRead(tc, time.Now().Add(tlsProbe)) {
+		return false
+	}
+	// Still bytes on the socket: the probe did not get to read them (a
+	// paused goroutine, a record not whole). Not worth keeping.
+	pending, ok = c.peek()
+	return ok && len(pending) == 0
+}
+
+// peek looks at the socket without reading it and without waiting: what
+// is there (up to unaskedQuote bytes), and ok false if it is closed or
+// reset. A connection that is not a socket has nothing to show.
+func (c *h1Conn) peek() (pending []byte, ok bool) {
+	if c.tcp == nil {
+		return nil, true
 	}
 	rc, err := c.tcp.SyscallConn()
 	if err != nil {
-		return true
+		return nil, true
 	}
-	ok, pending := true, 0
+	ok = true
 	var b [unaskedQuote]byte
 	_ = rc.Read(func(fd uintptr) bool {
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case err == syscall.EAGAIN || err == syscall.EINTR:
 		case err != nil, n == 0:
-			ok = false // reset, or closed
+			ok = false
 		default:
-			pending = n
+			pending = b[:n]
 		}
 		return true
 	})
-	if !ok || pending == 0 {
-		return ok
-	}
-	if tc, isTLS := c.conn.(*tls.Conn); isTLS {
-		return tlsQuiet(tc)
-	}
-	unasked(b[:pending])
-	return false
+	return pending, ok
 }
 
 // unaskedQuote is how much of what a receiver sent unasked is quoted.
@@ -368,16 +411,16 @@ func unasked(b []byte) {
 	log.Printf("Unsolicited response received on idle HTTP channel starting with %q; err=<nil>", b)
 }
 
-// tlsProbe is how long tlsQuiet waits for a record that began to arrive.
+// tlsProbe is how long tlsRead waits for a record that began to arrive.
 const tlsProbe = 5 * time.Millisecond
 
-// tlsQuiet reads an idle TLS connection whose socket has bytes: records
-// without data (a session ticket, a key update) are taken in by
-// crypto/tls and the read times out, and the connection can go on; data
-// or a close (close_notify, EOF) cannot. A read timeout leaves a
-// tls.Conn usable.
-func tlsQuiet(tc *tls.Conn) bool {
-	if tc.SetReadDeadline(time.Now().Add(tlsProbe)) != nil {
+// tlsRead reads an idle TLS connection until deadline: records without
+// data (a session ticket, a key update) are taken in by crypto/tls and
+// the read times out, and the connection can go on; data or a close
+// (close_notify, EOF) cannot. A read timeout leaves a tls.Conn usable
+// (crypto/tls keeps a partial record for the next read).
+func tlsRead(tc *tls.Conn, deadline time.Time) bool {
+	if tc.SetReadDeadline(deadline) != nil {
 		return false
 	}
 	var b [unaskedQuote]byte

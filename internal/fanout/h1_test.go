@@ -580,3 +580,27 @@ func TestH1HandOverHostAsWritten(t *testing.T) {
 		t.Errorf("%d connections, %d left pending; want 1 and 0", n, pending)
 	}
 }
+
+// TestH1AnswerHeadBounds: at most five 1xx answers are skipped, and an
+// answer's head over 1 MB is refused (1xx included) instead of buffered.
+func TestH1AnswerHeadBounds(t *testing.T) {
+	cont := "HTTP/1.1 100 Continue\r\n\r\n"
+	for _, tc := range []struct {
+		name   string
+		answer string
+		status int
+		error  string
+	}{
+		{"five 1xx, then the answer", strings.Repeat(cont, 5) + okAnswer, 200, ""},
+		{"six 1xx", strings.Repeat(cont, 6) + okAnswer, 0, "more than five 1xx answers"},
+		{"a 2 MB header", "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\nContent-Length: 2\r\n\r\nok", 0, "larger than 1 MB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newH1Peer(t, answerWith(tc.answer))
+			res := attemptTo(openClient(faultTimeout, nil), p.url)
+			if res.Status != tc.status || !strings.Contains(res.Error, tc.error) || (tc.error != "" && res.ErrorClass != ClassHTTP) {
+				t.Errorf("%+v, want status %d and an error saying %q", res, tc.status, tc.error)
+			}
+		})
+	}
+}
