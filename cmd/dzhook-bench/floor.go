@@ -111,11 +111,7 @@ func floorClient(ctx context.Context, dsn, slot, target string, n int) (first fl
 				nextStatus = time.Time{}
 			}
 		case pglogrepl.XLogDataByteID:
-			xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
-			if err != nil {
-				return 0, err
-			}
-			m, err := pglogrepl.Parse(xld.WALData)
+			m, err := parseXLogData(cd.Data[1:])
 			if err != nil {
 				return 0, err
 			}

@@ -364,6 +364,15 @@ func replicate(ctx context.Context, dsn, slot string, more ...string) (*pgconn.P
 	return conn, nil
 }
 
+// parseXLogData parses an XLogData message's pgoutput message (protocol 1).
+func parseXLogData(data []byte) (pglogrepl.Message, error) {
+	xld, err := pglogrepl.ParseXLogData(data)
+	if err != nil {
+		return nil, err
+	}
+	return pglogrepl.Parse(xld.WALData)
+}
+
 // minimalLoop reads a slot with pglogrepl alone, parsing each message and
 // doing nothing else, until it has seen n inserts: the stream's limit.
 func minimalLoop(ctx context.Context, dsn, slot string, n int) (time.Duration, error) {
@@ -383,11 +392,7 @@ func minimalLoop(ctx context.Context, dsn, slot string, n int) (time.Duration, e
 		if !ok || len(cd.Data) == 0 || cd.Data[0] != pglogrepl.XLogDataByteID {
 			continue
 		}
-		xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
-		if err != nil {
-			return 0, err
-		}
-		m, err := pglogrepl.Parse(xld.WALData)
+		m, err := parseXLogData(cd.Data[1:])
 		if err != nil {
 			return 0, err
 		}
