@@ -196,6 +196,7 @@ subscriptions:
 		{"wrong types", minimal + "delivery:\n  concurrency: many\n  allow_insecure_http: maybe\nsla:\n  warning_percent: [[1]]\n", nil,
 			[]string{`delivery.concurrency: "many" is not a whole number`, `delivery.allow_insecure_http: "maybe" is not a boolean`, "sla.warning_percent[0]: must be a single value, not a list"}},
 		{"reserved header", minimal + "    headers: {X-DZDESK-Signature: forged}\n", nil, []string{"subscriptions[0].headers.X-DZDESK-Signature: X-Dzdesk-Signature is set by dzhook"}},
+		{"control character in a header value", minimal + "    headers: {X-Tenant: \"acme\\0\"}\n", nil, []string{"subscriptions[0].headers.X-Tenant: value must not contain control characters"}},
 		{"short secret", strings.Replace(minimal, "0123456789abcdef", "short", 1), nil, []string{"subscriptions[0].secret: too short"}},
 		{"short admin token and notify secret", minimal + "admin:\n  token: t0ken\nnotify:\n  secret: s3cret\n", nil, []string{"admin.token: too short", "notify.secret: too short"}},
 		{"public admin without token", minimal + "admin:\n  listen: 0.0.0.0:8080\n", nil, []string{"admin.token: required when admin.listen"}},

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/filter"
@@ -31,7 +33,6 @@ const MinSecretLength = 16
 var (
 	subscriptionID = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	sqlIdentifier  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
-	headerToken    = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 )
 
 // reservedHeaders are set by dzhook on every delivery; a subscription's
@@ -308,12 +309,12 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 	for _, name := range sortedKeys(anyMap(s.Headers)) {
 		p := path + ".headers." + name
 		switch {
-		case !headerToken.MatchString(name):
+		case !httpguts.ValidHeaderFieldName(name):
 			ps.add(p, "%q is not a valid header name", name)
 		case slices.Contains(reservedHeaders, strings.ToLower(name)):
 			ps.add(p, "%s is set by dzhook and cannot be overridden", http.CanonicalHeaderKey(name))
-		case strings.ContainsAny(s.Headers[name].Reveal(), "\r\n"):
-			ps.add(p, "value must not contain line breaks")
+		case !httpguts.ValidHeaderFieldValue(s.Headers[name].Reveal()):
+			ps.add(p, "value must not contain control characters (line breaks, NUL, DEL; a tab is allowed)")
 		}
 	}
 }

@@ -10,10 +10,11 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // h1Transport is the HTTP/1.1 client of a subscription's direct
@@ -42,9 +43,9 @@ import (
 // journal's retry schedule decides); header values with control
 // characters are refused; 1xx answers are skipped (five at most); the
 // attempt's context bounds everything (its deadline, and its
-// cancellation at shutdown). A receiver that chooses HTTP/2 in the TLS handshake is
-// handed, with that connection, to net/http's Transport (h2), which then
-// serves every request to it.
+// cancellation at shutdown). A receiver that chooses HTTP/2 in the TLS
+// handshake is handed, with that connection, to net/http's Transport
+// (h2), which then serves every request to it.
 type h1Transport struct {
 	dial        dialFunc // plain connections: the egress guard's dialer
 	dialTLS     dialFunc // tlsDialer: verified, failures classed tls
@@ -543,17 +544,18 @@ func hostPort(req *http.Request, port string) string {
 	return net.JoinHostPort(req.URL.Hostname(), port)
 }
 
-// checkHeaders refuses header names that are not tokens and values with
-// control characters (other than tab), as net/http's Transport does:
-// Request.Write would send them as they are. The error names the header,
-// never its value (it may be a credential).
+// checkHeaders refuses what net/http's Transport refuses (header names
+// that are not tokens, values with control characters other than tab):
+// Request.Write would send them as they are. Configuration refuses them
+// at load already; this guards the headers dzhook adds itself. The error
+// names the header, never its value (it may be a credential).
 func checkHeaders(h http.Header) error {
 	for k, vs := range h {
-		if k == "" || strings.IndexFunc(k, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) }) >= 0 {
+		if !httpguts.ValidHeaderFieldName(k) {
 			return fmt.Errorf("invalid header name %q", k)
 		}
 		for _, v := range vs {
-			if strings.IndexFunc(v, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f }) >= 0 {
+			if !httpguts.ValidHeaderFieldValue(v) {
 				return fmt.Errorf("invalid value for header %s: control characters", k)
 			}
 		}
