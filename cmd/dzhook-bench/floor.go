@@ -214,3 +214,9 @@ func (p *floorProc) wait(limit time.Duration) (float64, error) {
 	}
 	return strconv.ParseFloat(strings.TrimSpace(p.out.String()), 64)
 }
+
+// kill ends the floor's process and waits for it.
+func (p *floorProc) kill() {
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+}

@@ -150,14 +150,12 @@ func (b *bench) floorStep(ctx context.Context, w *world, from int, step rateStep
 		return 0, nil, err
 	}
 	if err := b.waitStreaming(ctx, w.db, "floor", 30*time.Second); err != nil {
-		_ = p.cmd.Process.Kill()
-		_, _ = p.wait(time.Second)
+		p.kill()
 		return 0, nil, err
 	}
 	committed, err := b.paced(ctx, w.dsn, from, step.rate, step.dur)
 	if err != nil {
-		_ = p.cmd.Process.Kill()
-		_, _ = p.wait(time.Second)
+		p.kill()
 		return 0, nil, err
 	}
 	cpu, err := p.wait(time.Minute)
