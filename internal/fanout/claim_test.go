@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -146,8 +148,8 @@ type claimLog struct {
 	rounds [][]string // the ids each claim took, in order
 }
 
-func (s *claimLog) Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
-	c, err := s.Store.Claim(ctx, subscription, limit, owner, token, staleAfter)
+func (s *claimLog) Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
+	c, err := s.Store.Claim(ctx, wants, owner, token, staleAfter)
 	ids := []string{}
 	for _, d := range c {
 		ids = append(ids, d.ID)
@@ -236,5 +238,102 @@ func TestLateHeartbeatTakesNothingInFlight(t *testing.T) {
 	}
 	if n := len(rc.Requests()); n != 1 {
 		t.Errorf("delivery sent %d times, want once", n)
+	}
+}
+
+// askLog is lossyStore that also keeps which subscriptions each claim of
+// due work asked for.
+type askLog struct {
+	*lossyStore
+	mu    sync.Mutex
+	asked [][]string
+}
+
+func (s *askLog) Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
+	var subs []string
+	for _, w := range wants {
+		subs = append(subs, w.Subscription)
+	}
+	s.mu.Lock()
+	s.asked = append(s.asked, subs)
+	s.mu.Unlock()
+	return s.lossyStore.Claim(ctx, wants, owner, token, staleAfter)
+}
+
+// TestOneClaimForAllSubscriptions: a scheduling round claims the due work
+// of every subscription in one claim (an idle process asks the journal
+// once per poll interval, however many subscriptions it has), each
+// subscription's deliveries reach its own receiver once, and when that
+// claim's answer is lost every subscription's share of it is given back
+// and sent.
+func TestOneClaimForAllSubscriptions(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	past := time.Now().Add(-time.Minute)
+	b := &journal.Batch{}
+	var subs []Subscription
+	var rcs []*testutil.Receiver
+	for i := range 4 {
+		id := fmt.Sprintf("s%d", i)
+		rc := testutil.NewReceiver(t)
+		rcs = append(rcs, rc)
+		subs = append(subs, Subscription{ID: id, URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true})
+		if i == 3 {
+			continue // s3 has nothing due
+		}
+		for j := range 3 {
+			n := fmt.Sprintf("%s_%d", id, j)
+			b.Events = append(b.Events, journal.EventRow{ID: "whk_" + n, Type: "request.created", Body: []byte(`{"id":"whk_` + n + `"}`), OccurredAt: past})
+			b.Deliveries = append(b.Deliveries, journal.DeliveryRow{ID: "dlv_" + n, EventID: "whk_" + n, SubscriptionID: id, EventType: "request.created",
+				State: journal.Pending, NextAttemptAt: past, CreatedAt: past})
+		}
+	}
+	if err := store.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	log := &askLog{lossyStore: &lossyStore{Store: store}}
+	log.loseClaim.Store(true)
+	start(t, store, Config{Subscriptions: subs, Journal: log, Instance: "i1", PollInterval: 20 * time.Millisecond, Heartbeat: 5 * time.Second})
+
+	for i, rc := range rcs[:3] {
+		rc.Wait(t, 3, 10*time.Second)
+		if log.loseClaim.Load() {
+			t.Fatal("no claim's answer was dropped")
+		}
+		for _, r := range rc.Requests() {
+			if id := r.Header.Get(signer.HeaderDelivery); !strings.HasPrefix(id, fmt.Sprintf("dlv_s%d_", i)) {
+				t.Errorf("receiver of s%d got delivery %q", i, id)
+			}
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "the nine journaled as delivered", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
+		return n == 9
+	})
+	// Idle rounds after the work is done.
+	log.mu.Lock()
+	n := len(log.asked)
+	log.mu.Unlock()
+	testutil.Eventually(t, 10*time.Second, "five more claims", func() bool {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		return len(log.asked) >= n+5
+	})
+	log.mu.Lock()
+	for k, asked := range log.asked {
+		if len(asked) != 4 {
+			t.Errorf("claim %d asked for %v, want all four subscriptions in one claim", k+1, asked)
+		}
+	}
+	log.mu.Unlock()
+	for i, rc := range rcs {
+		want := 3
+		if i == 3 {
+			want = 0
+		}
+		if got := len(rc.Requests()); got != want {
+			t.Errorf("receiver of s%d got %d requests, want %d (each delivery once)", i, got, want)
+		}
 	}
 }

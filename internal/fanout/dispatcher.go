@@ -59,7 +59,7 @@ type Store interface {
 	Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, err error)
 	Unregister(ctx context.Context, instance string) error
 	SubscriptionStates(ctx context.Context) ([]journal.SubscriptionRow, error)
-	Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error)
+	Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error)
 	ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (journal.Claimed, error)
 	ReleaseLost(ctx context.Context, owner string, c journal.LostClaim) (int, error)
 	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)

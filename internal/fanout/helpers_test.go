@@ -22,8 +22,8 @@ type lossyStore struct {
 	loseClaim, loseRetry atomic.Bool
 }
 
-func (s *lossyStore) Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
-	c, err := s.Store.Claim(ctx, subscription, limit, owner, token, staleAfter)
+func (s *lossyStore) Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
+	c, err := s.Store.Claim(ctx, wants, owner, token, staleAfter)
 	if err == nil && s.loseClaim.Swap(false) {
 		return nil, errAnswerLost
 	}

@@ -91,19 +91,10 @@ func (sc *scheduler) Run(ctx context.Context) error {
 				sc.log.Warn("recounting the ordered keys' backlog failed; retrying later", "err", err)
 			}
 		}
-		for _, s := range sc.subs() {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if !s.accepting() {
-				continue
-			}
-			n, err := sc.claim(ctx, s)
-			if err != nil && ctx.Err() == nil {
-				sc.log.Warn("claiming due deliveries failed; retrying", "subscription", s.cfg.ID, "err", err)
-			}
-			found = found || n > 0
+		if ctx.Err() != nil {
+			return nil
 		}
+		found = sc.claim(ctx, sc.subs()) > 0
 		// While other processes share the journal, work found says more
 		// is coming: the process that streams is told at once when it
 		// journals due work (OnSpill), the others only poll, so they poll
@@ -150,33 +141,83 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// claim takes due deliveries of one subscription, up to half the room
-// left in its queue (reserved first, so nothing claimed is left without a
-// place; only half, so the stream's own deliveries still find room while
-// the claim runs). While other processes share the journal it takes only
-// what its workers can start soon (sub.soon, less what is queued):
-// what one process claims waits in its queue while others, with idle
-// workers, find nothing, and an ordered key's head claimed here holds
-// back the key everywhere.
-func (sc *scheduler) claim(ctx context.Context, s *sub) (int, error) {
-	free := s.size - s.reserved.Load()
-	// At least one: a queue of one place (a rate-limited subscription
-	// with one worker, queue_size: 1) would otherwise never claim.
-	want := min(max(free/2, 1), 1024)
-	if sc.peers.Load() > 0 {
-		want = min(want, s.soon()-s.reserved.Load())
+// claim takes due deliveries for the subscriptions accepting work, in one
+// claim for all of them, and queues them; it returns how many it took.
+// For each, it takes up to half the room left in its queue (reserved
+// first, so nothing claimed is left without a place; only half, so the
+// stream's own deliveries still find room while the claim runs). While
+// other processes share the journal it takes only what its workers can
+// start soon (sub.soon, less what is queued): what one process claims
+// waits in its queue while others, with idle workers, find nothing, and
+// an ordered key's head claimed here holds back the key everywhere.
+func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
+	type asked struct {
+		s *sub
+		n int64 // places reserved
 	}
-	if free < 1 || want < 1 {
-		return 0, nil
+	var wants []journal.ClaimWant
+	var ask []asked
+	peers := sc.peers.Load() > 0
+	for _, s := range subs {
+		if !s.accepting() {
+			continue
+		}
+		free := s.size - s.reserved.Load()
+		// At least one: a queue of one place (a rate-limited subscription
+		// with one worker, queue_size: 1) would otherwise never claim.
+		want := min(max(free/2, 1), 1024)
+		if peers {
+			want = min(want, s.soon()-s.reserved.Load())
+		}
+		if free < 1 || want < 1 {
+			continue
+		}
+		n := s.reserve(want)
+		if n < 1 {
+			continue
+		}
+		wants = append(wants, journal.ClaimWant{Subscription: s.cfg.ID, Limit: int(n)})
+		ask = append(ask, asked{s, n})
 	}
-	n := s.reserve(want)
+	if len(wants) == 0 {
+		return 0
+	}
 	token := claimToken()
-	claimed, err := sc.store.Claim(ctx, s.cfg.ID, int(n), sc.instance, token, 3*sc.heartbeat)
-	s.release(n - int64(len(claimed)))
+	claimed, err := sc.store.Claim(ctx, wants, sc.instance, token, 3*sc.heartbeat)
 	if err != nil {
-		sc.lost.failed(s.cfg.ID, "", token, err)
-		return 0, err
+		for _, a := range ask {
+			a.s.release(a.n)
+			sc.lost.failed(a.s.cfg.ID, "", token, err)
+		}
+		if ctx.Err() == nil {
+			sc.log.Warn("claiming due deliveries failed; retrying", "subscriptions", len(ask), "err", err)
+		}
+		return 0
 	}
+	bySub := make(map[string][]journal.Claimed, len(ask))
+	for _, c := range claimed {
+		bySub[c.SubscriptionID] = append(bySub[c.SubscriptionID], c)
+	}
+	for _, a := range ask {
+		got := bySub[a.s.cfg.ID]
+		a.s.release(a.n - int64(len(got)))
+		if err := sc.queue(ctx, a.s, got); err != nil && ctx.Err() == nil {
+			sc.log.Warn("giving back claimed deliveries failed; retrying", "subscription", a.s.cfg.ID, "err", err)
+		}
+		if len(got) == int(a.n) {
+			a.s.backlog.Store(true)
+			sc.nudge() // there may be more
+		} else {
+			a.s.backlog.Store(false)
+		}
+	}
+	return len(claimed)
+}
+
+// queue hands what a claim took for s to its workers, in the places
+// reserved for them; what s no longer takes (retired by a reload or a
+// shutdown since the claim began) goes back to the journal.
+func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claimed) error {
 	var giveBack []*task
 	for _, c := range claimed {
 		trigger := journal.TriggerAuto
@@ -191,29 +232,22 @@ func (sc *scheduler) claim(ctx context.Context, s *sub) (int, error) {
 			s.ord.claimed(t)
 		}
 		if !s.enqueue(t) {
-			// Retired by a reload or a shutdown since the claim began.
 			giveBack = append(giveBack, t)
 		}
 	}
-	if len(giveBack) > 0 {
-		return len(claimed), sc.giveBack(ctx, func() []string {
-			if s.ord != nil {
-				return s.ord.drained(giveBack)
-			}
-			ids := make([]string, len(giveBack))
-			for i, t := range giveBack {
-				ids[i] = t.deliveryID
-			}
-			return ids
-		})
+	if len(giveBack) == 0 {
+		return nil
 	}
-	if len(claimed) == int(n) {
-		s.backlog.Store(true)
-		sc.nudge() // there may be more
-	} else {
-		s.backlog.Store(false)
-	}
-	return len(claimed), nil
+	return sc.giveBack(ctx, func() []string {
+		if s.ord != nil {
+			return s.ord.drained(giveBack)
+		}
+		ids := make([]string, len(giveBack))
+		for i, t := range giveBack {
+			ids[i] = t.deliveryID
+		}
+		return ids
+	})
 }
 
 // claimToken marks the rows of one claim (journal.Claim).

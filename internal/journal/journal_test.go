@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"testing"
@@ -192,6 +193,61 @@ func pendingBatch(ids ...string) *Batch {
 	return b
 }
 
+// crm asks a claim for up to n due deliveries of subscription crm.
+func crm(n int) []ClaimWant { return []ClaimWant{{Subscription: "crm", Limit: n}} }
+
+// TestClaimSeveralSubscriptions: one claim takes, for each subscription
+// it names, at most that subscription's limit, and nothing of the others.
+func TestClaimSeveralSubscriptions(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	b := &Batch{}
+	now := time.Now().Add(-time.Second)
+	for _, sub := range []string{"crm", "erp", "bi", "zero"} {
+		for i := range 5 {
+			id := fmt.Sprintf("%s_%d", sub, i)
+			b.Events = append(b.Events, EventRow{ID: "whk_" + id, Type: "request.created", Body: []byte(`{"s":"` + sub + `"}`), OccurredAt: now})
+			b.Deliveries = append(b.Deliveries, DeliveryRow{ID: "dlv_" + id, EventID: "whk_" + id, SubscriptionID: sub,
+				EventType: "request.created", State: "pending", NextAttemptAt: now, CreatedAt: now})
+		}
+	}
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Claim(ctx, []ClaimWant{{"crm", 2}, {"erp", 10}, {"zero", 0}}, "a", "t1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, c := range got {
+		count[c.SubscriptionID]++
+		if want := `{"s":"` + c.SubscriptionID + `"}`; string(c.Body) != want {
+			t.Errorf("%s (subscription %s): body %s, want %s", c.ID, c.SubscriptionID, c.Body, want)
+		}
+	}
+	if want := map[string]int{"crm": 2, "erp": 5}; !maps.Equal(count, want) {
+		t.Errorf("claimed per subscription %v, want %v (bi not asked, zero asked for none)", count, want)
+	}
+	// The rest of crm, and bi, in a second claim; erp has none left.
+	got, err = s.Claim(ctx, []ClaimWant{{"crm", 10}, {"erp", 10}, {"bi", 10}}, "a", "t2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(count)
+	for _, c := range got {
+		count[c.SubscriptionID]++
+	}
+	if want := map[string]int{"crm": 3, "bi": 5}; !maps.Equal(count, want) {
+		t.Errorf("second claim per subscription %v, want %v", count, want)
+	}
+	if got, err := s.Claim(ctx, nil, "a", "t3", time.Minute); err != nil || len(got) != 0 {
+		t.Errorf("a claim asking nothing: %d deliveries, %v", len(got), err)
+	}
+}
+
 // TestClaim: due work is shared by two instances without overlap, and the
 // work of an instance whose heartbeat stopped is taken over.
 func TestClaim(t *testing.T) {
@@ -209,11 +265,11 @@ func TestClaim(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a, err := s.Claim(ctx, "crm", 6, "a", "t1", time.Minute)
+	a, err := s.Claim(ctx, crm(6), "a", "t1", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.Claim(ctx, "crm", 6, "b", "t2", time.Minute)
+	b, err := s.Claim(ctx, crm(6), "b", "t2", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +287,7 @@ func TestClaim(t *testing.T) {
 		}
 	}
 	// a is alive: nothing more to claim.
-	if more, _ := s.Claim(ctx, "crm", 10, "b", "t3", time.Minute); len(more) != 0 {
+	if more, _ := s.Claim(ctx, crm(10), "b", "t3", time.Minute); len(more) != 0 {
 		t.Errorf("b claimed %d deliveries owned by a live instance", len(more))
 	}
 	// a's heartbeat goes stale: b takes a's deliveries over.
@@ -243,7 +299,7 @@ func TestClaim(t *testing.T) {
 	if peers, err := s.Heartbeat(ctx, "b", time.Hour); err != nil || peers != 1 {
 		t.Fatalf("Heartbeat: %d live peers within an hour, %v; want 1 (a)", peers, err)
 	}
-	taken, err := s.Claim(ctx, "crm", 10, "b", "t4", time.Second)
+	taken, err := s.Claim(ctx, crm(10), "b", "t4", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +310,7 @@ func TestClaim(t *testing.T) {
 	if err := s.Unregister(ctx, "b"); err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := s.Claim(ctx, "crm", 20, "c", "t5", time.Hour); len(again) != 10 {
+	if again, _ := s.Claim(ctx, crm(20), "c", "t5", time.Hour); len(again) != 10 {
 		t.Errorf("after b left, c claimed %d, want all 10", len(again))
 	}
 }
@@ -274,12 +330,12 @@ func TestClaimSkipsOwnDeliveries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mine, err := s.Claim(ctx, "crm", 2, "a", "t1", time.Minute)
+	mine, err := s.Claim(ctx, crm(2), "a", "t1", time.Minute)
 	if err != nil || len(mine) != 2 {
 		t.Fatalf("claim: %d, %v; want 2", len(mine), err)
 	}
 	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'a'`)
-	again, err := s.Claim(ctx, "crm", 10, "a", "t2", time.Minute)
+	again, err := s.Claim(ctx, crm(10), "a", "t2", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +346,7 @@ func TestClaimSkipsOwnDeliveries(t *testing.T) {
 		}
 		t.Errorf("a, its heartbeat late, claimed %v; want only dlv_02, not what it owns", got)
 	}
-	taken, err := s.Claim(ctx, "crm", 10, "b", "t3", time.Minute)
+	taken, err := s.Claim(ctx, crm(10), "b", "t3", time.Minute)
 	if err != nil || len(taken) != 3 {
 		t.Errorf("b took over %d (%v) deliveries of a, whose heartbeat is late; want 3", len(taken), err)
 	}
@@ -325,11 +381,11 @@ func TestReleaseLost(t *testing.T) {
 	if err := s.Register(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	kept, err := s.Claim(ctx, "crm", 2, "a", "kept", time.Minute) // answered: in a's memory
+	kept, err := s.Claim(ctx, crm(2), "a", "kept", time.Minute) // answered: in a's memory
 	if err != nil || len(kept) != 2 {
 		t.Fatalf("claim: %d, %v", len(kept), err)
 	}
-	if lost, err := s.Claim(ctx, "crm", 3, "a", "lost", time.Minute); err != nil || len(lost) != 3 { // its answer "lost"
+	if lost, err := s.Claim(ctx, crm(3), "a", "lost", time.Minute); err != nil || len(lost) != 3 { // its answer "lost"
 		t.Fatalf("claim: %d, %v", len(lost), err)
 	}
 	if n, err := s.ReleaseLost(ctx, "b", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 0 {
@@ -338,7 +394,7 @@ func TestReleaseLost(t *testing.T) {
 	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 3 {
 		t.Errorf("released %d (%v), want the 3 of the lost claim", n, err)
 	}
-	again, err := s.Claim(ctx, "crm", 10, "a", "again", time.Minute)
+	again, err := s.Claim(ctx, crm(10), "a", "again", time.Minute)
 	if err != nil || len(again) != 4 { // the 3 released and the one never claimed
 		t.Fatalf("claim after the release: %d, %v; want 4", len(again), err)
 	}
@@ -588,7 +644,7 @@ func TestReplayedDeliveryTakesALaterAttemptsOutcome(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if c, err := s.Claim(ctx, "crm", 10, "dead", "t1", time.Minute); err != nil || len(c) != 1 {
+	if c, err := s.Claim(ctx, crm(10), "dead", "t1", time.Minute); err != nil || len(c) != 1 {
 		t.Fatalf("dead's claim: %d, %v", len(c), err)
 	}
 	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'dead'`)
@@ -613,7 +669,7 @@ func TestReplayedDeliveryTakesALaterAttemptsOutcome(t *testing.T) {
 	replayed.Owner = "live"
 	put(Record{Deliveries: []DeliveryRow{replayed}})
 	// live takes over the dead process's claim and retries: attempt 2.
-	claimed, err := s.Claim(ctx, "crm", 10, "live", "t2", time.Minute)
+	claimed, err := s.Claim(ctx, crm(10), "live", "t2", time.Minute)
 	if err != nil || len(claimed) != 1 || claimed[0].Attempts != 1 {
 		t.Fatalf("live's claim: %+v, %v; want dlv_00 after 1 attempt", claimed, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -238,8 +239,17 @@ type Claimed struct {
 	OrderingKey string
 }
 
-// Claim takes up to limit due deliveries of a subscription, oldest first,
-// for owner: pending, due, and owned by nobody or by a dead instance (one
+// ClaimWant is what a claim asks of one subscription: up to Limit of its
+// due deliveries.
+type ClaimWant struct {
+	Subscription string
+	Limit        int
+}
+
+// Claim takes, for each want, up to its limit of the subscription's due
+// deliveries, oldest first, in one statement (one round trip however many
+// subscriptions: an idle process asks once per poll interval, not once
+// per subscription), for owner: pending, due, and owned by nobody or by a dead instance (one
 // whose heartbeat is older than staleAfter) other than owner. FOR UPDATE
 // SKIP LOCKED lets several processes claim at once without taking the
 // same delivery. The rows taken are marked with token, new for every
@@ -257,7 +267,17 @@ type Claimed struct {
 // id) is pending or held. An earlier one being attempted (pending, owned
 // by a live instance) or waiting for its retry holds back the later ones
 // of its key, and only those; a failed one lets its key move on.
-func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner, token string, staleAfter time.Duration) ([]Claimed, error) {
+//
+// What it returns is in no particular order; SubscriptionID says whose
+// each delivery is.
+func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token string, staleAfter time.Duration) ([]Claimed, error) {
+	if len(wants) == 0 {
+		return nil, nil
+	}
+	subs, limits := make([]string, len(wants)), make([]int32, len(wants))
+	for i, w := range wants {
+		subs[i], limits[i] = w.Subscription, int32(min(max(w.Limit, 0), math.MaxInt32))
+	}
 	// One round trip: BEGIN, the claim, COMMIT in one pipeline. The
 	// commit does not wait for the WAL's flush (synchronous_commit off,
 	// for this transaction only): a claim that a crash of PostgreSQL
@@ -272,23 +292,25 @@ func (s *Store) Claim(ctx context.Context, subscription string, limit int, owner
 		WITH live AS (
 			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second'
 		), due AS (
-			SELECT d.id FROM {{schema}}.deliveries d
-			 WHERE d.subscription_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= now()
-			   AND (d.owner IS NULL OR (d.owner <> $3 AND d.owner NOT IN (SELECT id FROM live)))
-			   AND (d.ordering_key IS NULL OR NOT EXISTS (
-			        SELECT 1 FROM {{schema}}.deliveries x
-			         WHERE x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
-			           AND x.state IN ('pending', 'held') AND (x.position, x.id) < (d.position, d.id)))
-			 ORDER BY d.next_attempt_at
-			 LIMIT $2
-			   FOR UPDATE SKIP LOCKED
+			SELECT c.id FROM unnest($1::text[], $2::int[]) AS w(sub, lim) CROSS JOIN LATERAL (
+				SELECT d.id FROM {{schema}}.deliveries d
+				 WHERE d.subscription_id = w.sub AND d.state = 'pending' AND d.next_attempt_at <= now()
+				   AND (d.owner IS NULL OR (d.owner <> $3 AND d.owner NOT IN (SELECT id FROM live)))
+				   AND (d.ordering_key IS NULL OR NOT EXISTS (
+				        SELECT 1 FROM {{schema}}.deliveries x
+				         WHERE x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
+				           AND x.state IN ('pending', 'held') AND (x.position, x.id) < (d.position, d.id)))
+				 ORDER BY d.next_attempt_at
+				 LIMIT w.lim
+				   FOR UPDATE SKIP LOCKED
+			) c
 		)
 		UPDATE {{schema}}.deliveries d SET owner = $3, claim = $5, updated_at = now()
 		  FROM due, {{schema}}.events e
 		 WHERE d.id = due.id AND e.id = d.event_id
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL,
 			d.test, d.manual, d.ordering_key`),
-		subscription, limit, owner, staleAfter.Seconds(), token)
+		subs, limits, owner, staleAfter.Seconds(), token)
 	var claimed []Claimed
 	claim.Query(func(rows pgx.Rows) error {
 		var err error
