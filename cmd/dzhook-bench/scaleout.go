@@ -63,6 +63,11 @@ type scaleoutRun struct {
 	// 50 ms or more (fanout's fastReceiver, see scaleoutService).
 	meanMS float64
 	slow   int64
+	// idleCPU, idlePG: with one process, after the catch-up, its CPU and
+	// PostgreSQL's for it (walsender and journal backends) while nothing
+	// happens, in % of a core: what an idle dzhook costs with 20
+	// subscriptions (rates measures it with one). -1: not measured.
+	idleCPU, idlePG float64
 }
 
 func (r scaleoutRun) rate() float64 { return float64(r.deliveries) / r.took.Seconds() }
@@ -111,6 +116,8 @@ func (b *bench) scaleout(ctx context.Context) error {
 		}
 		b.add(Result{Scenario: "scaleout", Metric: fmt.Sprintf("%s, %s: deliveries", r.label, label), Value: r.rate(), Unit: "deliveries/s", Note: note})
 	}
+	b.goal("scaleout", fmt.Sprintf("idle with %d subscriptions: dzhook CPU", scaleoutSubs), one.idleCPU, "% of a core", 0.5, false,
+		fmt.Sprintf("one process, after its catch-up; PostgreSQL for it (walsender + journal backends): %.2f%% of a core", one.idlePG))
 	for _, r := range runs[1:] {
 		b.goal("scaleout", r.label+" / 1 process deliveries/s", r.rate()/one.rate(), "x", 2.5, true, "")
 	}
@@ -218,7 +225,7 @@ func slowReceiver(service time.Duration) (*receiver, error) {
 }
 
 func (b *bench) scaleoutOnce(ctx context.Context, label string, procs int, share bool, events int) (scaleoutRun, error) {
-	run := scaleoutRun{label: label, procs: procs, share: share, deliveries: events * scaleoutSubs, streaming: -1}
+	run := scaleoutRun{label: label, procs: procs, share: share, deliveries: events * scaleoutSubs, streaming: -1, idleCPU: -1, idlePG: -1}
 	db, dsn, err := b.newDB(ctx)
 	if err != nil {
 		return run, err
@@ -283,6 +290,27 @@ func (b *bench) scaleoutOnce(ctx context.Context, label string, procs int, share
 	for _, d := range ds {
 		cpu, _ := d.usage()
 		run.cpu = append(run.cpu, cpu)
+	}
+	if procs == 1 {
+		// Idle: 2 s for the outcomes' flush (held up to 1 s), then 10 s
+		// with nothing to do.
+		time.Sleep(2 * time.Second)
+		const idleFor = 10 * time.Second
+		cpu0, _ := ds[0].usage()
+		pg0, err := b.pgCPU(ctx, db)
+		if err != nil {
+			_ = stopAll()
+			return run, err
+		}
+		time.Sleep(idleFor)
+		cpu1, _ := ds[0].usage()
+		pg1, err := b.pgCPU(ctx, db)
+		if err != nil {
+			_ = stopAll()
+			return run, err
+		}
+		run.idleCPU = (cpu1 - cpu0) / idleFor.Seconds() * 100
+		run.idlePG = pg1.since(pg0) / idleFor.Seconds() * 100
 	}
 	// Stopped before the journal is read: each flushes its outcomes.
 	if err := stopAll(); err != nil {
