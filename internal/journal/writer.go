@@ -342,7 +342,7 @@ func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 		default:
 		}
 	}
-	if w.cfg.Linger > 0 && !urgent && b.records < w.cfg.MaxBatch {
+	if w.cfg.Linger > 0 && !urgent && !b.full(w.cfg.MaxBatch) {
 		w.linger.Reset(w.cfg.Linger)
 		select {
 		case <-w.linger.C:
@@ -356,7 +356,7 @@ func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 
 // takeQueued adds what is queued now, up to the batch size.
 func (w *Writer) takeQueued(b *batchBuilder) {
-	for b.records < w.cfg.MaxBatch {
+	for !b.full(w.cfg.MaxBatch) {
 		select {
 		case r := <-w.in:
 			w.add(b, r)
@@ -624,6 +624,21 @@ type batchBuilder struct {
 	dones    []chan<- error
 	durables []func(error)
 	records  int
+}
+
+// full reports whether the batch has maxRecords records, or rows to
+// write for four times as many. A record can carry many rows (an event's
+// deliveries to 20 subscriptions, a release of a whole queue): bounded by
+// records alone, a catch-up shared with other processes wrote 76,000
+// deliveries in one transaction of 1.4 s, and none of them could be
+// claimed until it committed.
+func (bb *batchBuilder) full(maxRecords int) bool {
+	b := &bb.b
+	rows := len(b.Events) + len(b.Deliveries) + len(b.Updates) + len(b.Attempts)
+	for _, r := range b.Release {
+		rows += len(r.IDs)
+	}
+	return bb.records >= maxRecords || rows >= 4*maxRecords
 }
 
 func newBatchBuilder() *batchBuilder {

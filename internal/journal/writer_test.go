@@ -327,6 +327,44 @@ func TestWriterReleaseWritesWhatItHolds(t *testing.T) {
 	}
 }
 
+// TestWriterBoundsRowsPerBatch: a batch holds at most four times
+// MaxBatch rows (and one record more), however few records carry them:
+// rows written in one transaction are claimable by other processes only
+// once it commits.
+func TestWriterBoundsRowsPerBatch(t *testing.T) {
+	store := newMemStore()
+	unblock := make(chan struct{})
+	store.fail = func(write int) error {
+		if write == 1 {
+			<-unblock // records pile up in the queue meanwhile
+		}
+		return nil
+	}
+	h := newHarness(t, store, WriterConfig{Hold: time.Hour, MaxBatch: 10})
+	h.put(Record{Deliveries: []DeliveryRow{inFlight("first")}, NoHold: true, Spilled: true})
+	for i := range 10 {
+		var ds []DeliveryRow
+		for j := range 20 {
+			ds = append(ds, inFlight(fmt.Sprintf("d%d_%d", i, j)))
+		}
+		h.put(Record{Deliveries: ds, NoHold: true, Spilled: true})
+	}
+	h.put(Record{Commit: 10})
+	close(unblock)
+	h.waitAck(10, 5*time.Second)
+	batches, _ := store.snapshot()
+	total := 0
+	for i, b := range batches {
+		total += len(b.Deliveries)
+		if len(b.Deliveries) > 4*10+20 {
+			t.Errorf("batch %d wrote %d deliveries, want at most %d", i+1, len(b.Deliveries), 4*10+20)
+		}
+	}
+	if total != 201 {
+		t.Errorf("%d deliveries written, want 201", total)
+	}
+}
+
 func TestWriterReplayedDeliveryIsHeldOnce(t *testing.T) {
 	store := newMemStore()
 	h := newHarness(t, store, WriterConfig{Hold: time.Hour})
