@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -91,5 +92,54 @@ func TestShareFirstAttemptsOrdered(t *testing.T) {
 	}
 	if got := by["dzhook/A"] + by["dzhook/B"]; got != total {
 		t.Errorf("%d first attempts for %d events", got, total)
+	}
+}
+
+// TestJoiningPeerGetsAShareOfTheQueue: A streams alone and queues a
+// backlog (its receiver keeps up, so it waits for room rather than
+// journaling); when B appears, A gives back part of its queue for B to
+// claim and keeps its own share (half, with two processes). Giving back
+// all of it made both wait for the journal to write it (make bench
+// SCENARIO=scaleout: a second with no attempts at all).
+func TestJoiningPeerGetsAShareOfTheQueue(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewOrderReceiver(t, nil)
+	rc.SetDelay(20 * time.Millisecond)
+	cfg := testConfig(t, db, "  concurrency: 1\n  queue_size: 1000", sub("crm", rc.URL, "request.created"))
+	a := startAs(t, cfg, "A", 50*time.Millisecond)
+	testutil.Eventually(t, 20*time.Second, "A streaming", func() bool { st := a.Stream().Stats(); return st.Connected && !st.Standby })
+
+	const n = 400
+	db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) SELECT g, 'r', 1 FROM generate_series(1, %d) g`, n))
+	testutil.Eventually(t, 20*time.Second, "A delivering", func() bool { return len(rc.Delivered()) >= 5 })
+	b := startAs(t, cfg, "B", 50*time.Millisecond)
+	var before int // delivered when A learned of B: the rest was queued
+	testutil.Eventually(t, 10*time.Second, "A seeing B alive", func() bool {
+		before = len(rc.Delivered())
+		return a.dispatcher.Peers() == 1
+	})
+	if b.Stream().Stats().Connected && !b.Stream().Stats().Standby {
+		t.Fatal("B streams: A should hold the slot")
+	}
+	rc.WaitDelivered(t, n, 60*time.Second)
+
+	by := firstAttemptsBy(rc)
+	t.Logf("first attempts by instance: %v; %d delivered before A learned of B", by, before)
+	if by["dzhook/B"] == 0 {
+		t.Fatalf("B made no first attempt (%v): A's queue was not shared", by)
+	}
+	if got := by["dzhook/A"] + by["dzhook/B"]; got != n {
+		t.Errorf("%d first attempts for %d events: some event was attempted first twice", got, n)
+	}
+	// What A gave back was claimed from the journal (claim set), by
+	// either instance; what it kept went from memory.
+	var given int
+	if err := db.Connect(t).QueryRow(context.Background(), `SELECT count(claim) FROM dzhook.deliveries`).Scan(&given); err != nil {
+		t.Fatal(err)
+	}
+	queued := n - before
+	t.Logf("%d of the %d queued when B appeared were given back to the journal", given, queued)
+	if given == 0 || given > queued*3/4 {
+		t.Errorf("A gave back %d of %d queued deliveries, want about half (its share kept)", given, queued)
 	}
 }

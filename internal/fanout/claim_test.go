@@ -337,3 +337,83 @@ func TestOneClaimForAllSubscriptions(t *testing.T) {
 		}
 	}
 }
+
+// journalDue journals a due delivery of crm, unowned, as another
+// process would: this one is not told.
+func journalDue(t *testing.T, store *journal.Store, id string) {
+	t.Helper()
+	past := time.Now().Add(-time.Second)
+	if err := store.Write(context.Background(), &journal.Batch{
+		Events: []journal.EventRow{{ID: "whk_" + id, Type: "request.created", Body: []byte(`{}`), OccurredAt: past}},
+		Deliveries: []journal.DeliveryRow{{ID: "dlv_" + id, EventID: "whk_" + id, SubscriptionID: "crm", EventType: "request.created",
+			State: journal.Pending, NextAttemptAt: past, CreatedAt: past}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStartBesidePeersPollsFast: a process that starts while others run
+// polls at the busy pace for two heartbeats, not its poll interval: a
+// streaming process hands over part of its queue when it learns of the
+// newcomer, at its next heartbeat.
+func TestStartBesidePeersPollsFast(t *testing.T) {
+	store := newJournal(t)
+	if err := store.Register(context.Background(), "other"); err != nil {
+		t.Fatal(err)
+	}
+	rc := testutil.NewReceiver(t)
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       store, Instance: "i1", PollInterval: 10 * time.Second, Heartbeat: time.Hour,
+	})
+	testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
+	journalDue(t, store, "a")
+	at := time.Now()
+	rc.Wait(t, 1, 15*time.Second)
+	if took := time.Since(at); took > 5*time.Second {
+		t.Errorf("due work found %v after it was journaled, want the busy pace (%v) after starting beside a peer, not the poll interval", took.Round(time.Millisecond), busyPoll)
+	}
+}
+
+// TestPeersPollFastWhileWorkComes: while other processes share the
+// journal, a process that found due work keeps claiming at the busy pace
+// for a poll interval, not only until one round finds nothing: the
+// streaming process journals work for the others in bursts, and a
+// process that slept a whole poll interval after each gap left its
+// workers idle.
+func TestPeersPollFastWhileWorkComes(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	// A live peer (heartbeats are judged within 2 x Heartbeat: hours).
+	if err := store.Register(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	rc := testutil.NewReceiver(t)
+	log := &claimLog{Store: store}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       log, Instance: "i1", PollInterval: 10 * time.Second, Heartbeat: time.Hour,
+	})
+	testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
+	// A process starting beside others polls fast for two heartbeats
+	// anyway (busyUntil): past that window, only found work may keep it
+	// at the busy pace.
+	testutil.Eventually(t, 10*time.Second, "the start's busy window over", func() bool {
+		until := d.sched.busyUntil.Load()
+		return until != 0 && time.Now().UnixNano() > until
+	})
+	journalDue(t, store, "a")
+	d.Spilled() // as the writer tells the streaming process
+	rc.Wait(t, 1, 10*time.Second)
+	// Rounds that find nothing follow; then more work, nobody told.
+	testutil.Eventually(t, 5*time.Second, "an empty round after the one that found work", func() bool {
+		rounds, _ := log.since(0)
+		return len(rounds) >= 2 && len(rounds[len(rounds)-1]) == 0
+	})
+	journalDue(t, store, "b")
+	at := time.Now()
+	rc.Wait(t, 2, 10*time.Second)
+	if took := time.Since(at); took > 3*time.Second {
+		t.Errorf("due work found %v after it was journaled, want the busy pace (%v), not the poll interval", took.Round(time.Millisecond), busyPoll)
+	}
+}

@@ -39,6 +39,9 @@ type scheduler struct {
 	// beat is when the last heartbeat reached the journal (Unix
 	// nanoseconds; 0: none yet).
 	beat atomic.Int64
+	// busyUntil: until then (Unix nanoseconds) Run polls fast while
+	// others share the journal, set when their number changes.
+	busyUntil atomic.Int64
 	// joined is told when other processes appear where there were none.
 	joined func(ctx context.Context)
 	// subs is the current subscription set; giveBack returns deliveries
@@ -72,6 +75,7 @@ func (sc *scheduler) nudge() {
 func (sc *scheduler) Run(ctx context.Context) error {
 	t := time.NewTimer(sc.poll)
 	defer t.Stop()
+	var lastFound time.Time // when a round last found work
 	for {
 		select {
 		case <-ctx.Done():
@@ -98,9 +102,22 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		// While other processes share the journal, work found says more
 		// is coming: the process that streams is told at once when it
 		// journals due work (OnSpill), the others only poll, so they poll
-		// fast until a round finds nothing.
+		// fast until no round has found work for a poll interval. Not
+		// only until a round finds nothing: the streaming process
+		// journals in bursts (when its queues fill, when its writer
+		// flushes), and a process that waited a whole poll interval after
+		// each gap left its workers idle (make bench SCENARIO=scaleout:
+		// the two standbys idle for a second at a time early in the run).
+		// A process that starts beside others polls fast for two
+		// heartbeats (busyUntil): a streaming process hands over its
+		// queued deliveries when it learns of the newcomer, at its next
+		// heartbeat. The processes already running keep their pace.
+		now := time.Now()
+		if found {
+			lastFound = now
+		}
 		next := sc.poll
-		if found && sc.peers.Load() > 0 {
+		if sc.peers.Load() > 0 && (now.Sub(lastFound) < sc.poll || now.UnixNano() < sc.busyUntil.Load()) {
 			next = min(next, busyPoll)
 		}
 		t.Reset(next)
@@ -116,9 +133,10 @@ const busyPoll = 50 * time.Millisecond
 // is sooner, so that a process joining takes part within a second (one
 // row updated per second and process).
 func (sc *scheduler) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(min(sc.heartbeat, time.Second))
+	every := min(sc.heartbeat, time.Second)
+	t := time.NewTicker(every)
 	defer t.Stop()
-	for {
+	for first := true; ; {
 		peers, err := sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -131,7 +149,14 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 				if before == 0 && sc.joined != nil {
 					sc.joined(ctx)
 				}
+				if first {
+					// Joining others: they hand over work (a streaming
+					// process shares its queues at its next heartbeat).
+					sc.busyUntil.Store(time.Now().Add(2 * every).UnixNano())
+					sc.nudge()
+				}
 			}
+			first = false
 		}
 		select {
 		case <-ctx.Done():
