@@ -83,7 +83,7 @@ func main() {
 	rows := flag.Int("rows", 100_000, "rows of the catch-up workload (other scenarios scale theirs from it; scaleout: rows/25 events)")
 	rate := flag.Int("rate", 1000, "transactions/s of the live scenario")
 	liveFor := flag.Duration("live-for", 30*time.Second, "duration of the live scenario")
-	verbose := flag.Bool("v", false, "show dzhook's log")
+	verbose := flag.Bool("v", false, "show dzhook's log (at BENCH_LOG_LEVEL, default warn) and the scaleout scenario's attempts per process and half second")
 	separate := flag.Bool("separate-journal", false, "put the journal in a database of its own (journal.dsn)")
 	profile := flag.String("cpuprofile", "", "write dzhook's CPU profile of the last run to this `file`")
 	flag.Parse()

@@ -68,6 +68,7 @@ type scaleoutRun struct {
 	// happens, in % of a core: what an idle dzhook costs with 20
 	// subscriptions (rates measures it with one). -1: not measured.
 	idleCPU, idlePG float64
+	started         time.Time // when the first process was started
 }
 
 func (r scaleoutRun) rate() float64 { return float64(r.deliveries) / r.took.Seconds() }
@@ -264,6 +265,7 @@ func (b *bench) scaleoutOnce(ctx context.Context, label string, procs int, share
 		return errors.Join(errs...)
 	}
 	start := time.Now()
+	run.started = start
 	for i := range procs {
 		d, err := b.startLogged(config, i+1)
 		if err != nil {
@@ -364,6 +366,11 @@ func (b *bench) scaleoutJournal(ctx context.Context, dsn string, ds []*loggedDzh
 		fmt.Fprintf(os.Stderr, "   scaleout: %s: %s\n", run.label, run.noteProc)
 		return nil
 	}
+	if b.verbose {
+		if err := scaleoutTimeline(ctx, conn, ds, run); err != nil {
+			return err
+		}
+	}
 	rows, err := conn.Query(ctx, `SELECT coalesce(instance::text, ''), count(*) FROM dzhook.attempts GROUP BY 1`)
 	if err != nil {
 		return err
@@ -381,6 +388,36 @@ func (b *bench) scaleoutJournal(ctx context.Context, dsn string, ds []*loggedDzh
 		} else {
 			run.unmatched += n
 		}
+	}
+	return rows.Err()
+}
+
+// scaleoutTimeline shows (with -v) the attempts each process started in
+// each half second since the processes were started, with their mean
+// duration: where a run lost time (a process that joined late, a pause
+// while work moved between processes).
+func scaleoutTimeline(ctx context.Context, conn *pgx.Conn, ds []*loggedDzhook, run *scaleoutRun) error {
+	rows, err := conn.Query(ctx, `SELECT floor(extract(epoch FROM at - $1::timestamptz) * 2)::int, coalesce(instance::text, ''), count(*), round(avg(duration_ms))::int
+		  FROM dzhook.attempts GROUP BY 1, 2 ORDER BY 1, 2`, run.started)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	line := map[int]string{}
+	var halves []int
+	for rows.Next() {
+		var half, n, ms int
+		var instance string
+		if err := rows.Scan(&half, &instance, &n, &ms); err != nil {
+			return err
+		}
+		if _, ok := line[half]; !ok {
+			halves = append(halves, half)
+		}
+		line[half] += fmt.Sprintf("  process %d: %d (%d ms)", processOf(instance, ds)+1, n, ms)
+	}
+	for _, h := range halves {
+		fmt.Fprintf(os.Stderr, "   scaleout: %s: %4.1f s%s\n", run.label, float64(h)/2, line[h])
 	}
 	return rows.Err()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -247,7 +248,7 @@ func (b *bench) writeConfig(dsn string, subs []subSpec, url, admin string) (stri
 	if admin != "" {
 		adminSection = fmt.Sprintf("admin:\n  listen: %s\n  token: %s\n", admin, benchAdminToken)
 	}
-	fmt.Fprintf(&s, "source:\n  dsn: %s\n%sdelivery:\n  allow_insecure_http: true\n  timeout: 5s\n%slog:\n  level: warn\nsubscriptions:\n", dsn, journal, adminSection)
+	fmt.Fprintf(&s, "source:\n  dsn: %s\n%sdelivery:\n  allow_insecure_http: true\n  timeout: 5s\n%slog:\n  level: %s\nsubscriptions:\n", dsn, journal, adminSection, cmp.Or(os.Getenv("BENCH_LOG_LEVEL"), "warn"))
 	for _, sub := range subs {
 		events := sub.events
 		if len(events) == 0 {
