@@ -270,8 +270,17 @@ func (rp *replayer) round(ctx context.Context) (active bool, err error) {
 	return len(running) > 0, rp.step(ctx, running)
 }
 
-// step is round's work on the running replays.
+// step is round's work on the running replays: one step of each in turn
+// (a long replay does not hold back another subscription's), until each
+// waits for its receiver, is done, or another process has it. A replay
+// whose step fails is left for the next round; the others go on.
 func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
+	type stepping struct {
+		r journal.Replay
+		s *sub
+	}
+	var errs []error
+	var active []stepping
 	seen := map[string]bool{}
 	for _, r := range running {
 		if seen[r.Subscription] {
@@ -295,39 +304,49 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 			if rp.now().Sub(since) < replayMissingGrace {
 				continue
 			}
-			delete(rp.missing, r.ID)
 			if err := rp.store.FailReplay(ctx, r.ID, fmt.Sprintf("subscription %q no longer exists", r.Subscription)); err != nil {
-				return err
+				errs = append(errs, fmt.Errorf("replay %s: %w", r.ID, err))
+				continue
 			}
+			delete(rp.missing, r.ID)
 			continue
 		}
 		delete(rp.missing, r.ID)
-		for ctx.Err() == nil {
-			step, err := rp.store.StepReplay(ctx, r.ID, ReplayBatch, ReplayBound, replayPlan(s, rp.now().UTC()))
+		active = append(active, stepping{r, s})
+	}
+	for len(active) > 0 && ctx.Err() == nil {
+		created := 0
+		next := active[:0]
+		for _, a := range active {
+			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.now().UTC()))
 			if err != nil {
-				return fmt.Errorf("replay %s: %w", r.ID, err)
-			}
-			if step.Created > 0 {
-				rp.claimed()
-				// Paced: the next step after the time these deliveries
-				// take at ReplayRate.
-				pause := time.NewTimer(time.Duration(step.Created) * time.Second / ReplayRate)
-				select {
-				case <-ctx.Done():
-					pause.Stop()
-					return nil
-				case <-pause.C:
+				if ctx.Err() == nil {
+					errs = append(errs, fmt.Errorf("replay %s: %w", a.r.ID, err))
 				}
+				continue
 			}
+			created += step.Created
 			if step.Done {
-				rp.log.Info("replay made all its deliveries", "replay", r.ID, "subscription", r.Subscription)
+				rp.log.Info("replay made all its deliveries", "replay", a.r.ID, "subscription", a.r.Subscription)
 			}
-			if step.Busy || step.Waiting || step.Done {
-				break
+			if !step.Busy && !step.Waiting && !step.Done {
+				next = append(next, a)
+			}
+		}
+		active = next
+		if created > 0 {
+			rp.claimed()
+			// Paced: the next steps after the time these deliveries take
+			// at ReplayRate (all replays together).
+			pause := time.NewTimer(time.Duration(created) * time.Second / ReplayRate)
+			select {
+			case <-ctx.Done():
+				pause.Stop()
+			case <-pause.C:
 			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // replayPlan turns a batch of a replay's events into the deliveries of s

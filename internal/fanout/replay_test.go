@@ -2,6 +2,8 @@ package fanout
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,4 +42,66 @@ func TestReplayLoopIdle(t *testing.T) {
 	if n := replays.asked.Load(); n > 6 {
 		t.Errorf("the idle replay loop asked for running replays %d times in %v, want at most 6 (one per 500 ms poll interval)", n, window)
 	}
+}
+
+// failingReplays is the journal, except that the steps of one replay
+// fail (a journal error on that replay alone).
+type failingReplays struct {
+	*journal.Store
+	failID atomic.Value // string
+	failed atomic.Int64
+}
+
+func (f *failingReplays) StepReplay(ctx context.Context, id string, batch, bound int, plan journal.ReplayPlan) (journal.ReplayStep, error) {
+	if id == f.failID.Load() {
+		f.failed.Add(1)
+		return journal.ReplayStep{}, errors.New("injected: this replay's step fails")
+	}
+	return f.Store.StepReplay(ctx, id, batch, bound, plan)
+}
+
+// TestReplayStepFailureHoldsBackNoOther: a replay whose steps fail does
+// not stop the replays of other subscriptions; it is retried.
+func TestReplayStepFailureHoldsBackNoOther(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	past := time.Now().Add(-time.Minute)
+	b := &journal.Batch{}
+	for i := range 3 {
+		id := fmt.Sprintf("whk_%d", i)
+		b.Events = append(b.Events, journal.EventRow{ID: id, Type: "request.created", Body: []byte(`{"id":"` + id + `"}`), OccurredAt: past})
+	}
+	if err := store.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	replays := &failingReplays{Store: store}
+	replays.failID.Store("")
+	ra, rb := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{
+			{ID: "a", URL: ra.URL, Events: []string{"*"}, Secret: []byte("replay-fail-secret-0123456789"), Active: true},
+			{ID: "b", URL: rb.URL, Events: []string{"*"}, Secret: []byte("replay-fail-secret-0123456789"), Active: true},
+		},
+		Journal: store, Replays: replays, Instance: "i1", PollInterval: 100 * time.Millisecond, Heartbeat: time.Second,
+	})
+	window := ReplayRequest{Since: past.Add(-time.Hour), Until: time.Now(), Types: []string{"request.created"}, RequestedBy: "test"}
+	// a's replay first: the loop takes the running replays oldest first.
+	window.Subscription = "a"
+	first, _, err := d.StartReplay(ctx, window)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replays.failID.Store(first.ID)
+	window.Subscription = "b"
+	if _, _, err := d.StartReplay(ctx, window); err != nil {
+		t.Fatal(err)
+	}
+	rb.Wait(t, 3, 10*time.Second)
+	testutil.Eventually(t, 10*time.Second, "a's replay retried", func() bool { return replays.failed.Load() >= 2 })
+	if n := len(ra.Requests()); n != 0 {
+		t.Errorf("a's receiver got %d requests from a replay whose steps all failed", n)
+	}
+	// Its journal back, a's replay goes on.
+	replays.failID.Store("")
+	ra.Wait(t, 3, 10*time.Second)
 }
