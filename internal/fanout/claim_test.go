@@ -353,7 +353,7 @@ func journalDue(t *testing.T, store *journal.Store, id string) {
 }
 
 // TestStartBesidePeersPollsFast: a process that starts while others run
-// polls at the busy pace for two heartbeats, not its poll interval: a
+// polls at the busy pace for three heartbeats, not its poll interval: a
 // streaming process hands over part of its queue when it learns of the
 // newcomer, at its next heartbeat.
 func TestStartBesidePeersPollsFast(t *testing.T) {
@@ -395,7 +395,7 @@ func TestPeersPollFastWhileWorkComes(t *testing.T) {
 		Journal:       log, Instance: "i1", PollInterval: 10 * time.Second, Heartbeat: time.Hour,
 	})
 	testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
-	// A process starting beside others polls fast for two heartbeats
+	// A process starting beside others polls fast for three heartbeats
 	// anyway (busyUntil): past that window, only found work may keep it
 	// at the busy pace.
 	testutil.Eventually(t, 10*time.Second, "the start's busy window over", func() bool {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -271,9 +272,9 @@ func (rp *replayer) round(ctx context.Context) (active bool, err error) {
 }
 
 // step is round's work on the running replays: one step of each in turn
-// (a long replay does not hold back another subscription's), until each
-// waits for its receiver, is done, or another process has it. A replay
-// whose step fails is left for the next round; the others go on.
+// (a long replay does not hold back another subscription's), each paced,
+// until each waits for its receiver, is done, or another process has it.
+// A replay whose step fails is left for the next round; the others go on.
 func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 	type stepping struct {
 		r journal.Replay
@@ -282,6 +283,12 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 	var errs []error
 	var active []stepping
 	seen := map[string]bool{}
+	for id := range rp.missing {
+		// Ended meanwhile (cancelled, or failed by another process).
+		if !slices.ContainsFunc(running, func(r journal.Replay) bool { return r.ID == id }) {
+			delete(rp.missing, id)
+		}
+	}
 	for _, r := range running {
 		if seen[r.Subscription] {
 			continue
@@ -315,9 +322,11 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 		active = append(active, stepping{r, s})
 	}
 	for len(active) > 0 && ctx.Err() == nil {
-		created := 0
 		next := active[:0]
 		for _, a := range active {
+			if ctx.Err() != nil {
+				break
+			}
 			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.now().UTC()))
 			if err != nil {
 				if ctx.Err() == nil {
@@ -325,26 +334,25 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 				}
 				continue
 			}
-			created += step.Created
 			if step.Done {
 				rp.log.Info("replay made all its deliveries", "replay", a.r.ID, "subscription", a.r.Subscription)
 			}
 			if !step.Busy && !step.Waiting && !step.Done {
 				next = append(next, a)
 			}
-		}
-		active = next
-		if created > 0 {
-			rp.claimed()
-			// Paced: the next steps after the time these deliveries take
-			// at ReplayRate (all replays together).
-			pause := time.NewTimer(time.Duration(created) * time.Second / ReplayRate)
-			select {
-			case <-ctx.Done():
-				pause.Stop()
-			case <-pause.C:
+			if step.Created > 0 {
+				rp.claimed()
+				// Paced: the next step (of this replay or another) after
+				// the time these deliveries take at ReplayRate.
+				pause := time.NewTimer(time.Duration(step.Created) * time.Second / ReplayRate)
+				select {
+				case <-ctx.Done():
+					pause.Stop()
+				case <-pause.C:
+				}
 			}
 		}
+		active = next
 	}
 	return errors.Join(errs...)
 }

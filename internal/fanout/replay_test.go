@@ -48,12 +48,13 @@ func TestReplayLoopIdle(t *testing.T) {
 // fail (a journal error on that replay alone).
 type failingReplays struct {
 	*journal.Store
-	failID atomic.Value // string
-	failed atomic.Int64
+	failID  atomic.Value // string
+	failAll atomic.Bool  // until failID is known
+	failed  atomic.Int64
 }
 
 func (f *failingReplays) StepReplay(ctx context.Context, id string, batch, bound int, plan journal.ReplayPlan) (journal.ReplayStep, error) {
-	if id == f.failID.Load() {
+	if f.failAll.Load() || id == f.failID.Load() {
 		f.failed.Add(1)
 		return journal.ReplayStep{}, errors.New("injected: this replay's step fails")
 	}
@@ -76,6 +77,7 @@ func TestReplayStepFailureHoldsBackNoOther(t *testing.T) {
 	}
 	replays := &failingReplays{Store: store}
 	replays.failID.Store("")
+	replays.failAll.Store(true) // the loop may step a's replay before its id is known
 	ra, rb := testutil.NewReceiver(t), testutil.NewReceiver(t)
 	d := start(t, store, Config{
 		Subscriptions: []Subscription{
@@ -92,6 +94,7 @@ func TestReplayStepFailureHoldsBackNoOther(t *testing.T) {
 		t.Fatal(err)
 	}
 	replays.failID.Store(first.ID)
+	replays.failAll.Store(false)
 	window.Subscription = "b"
 	if _, _, err := d.StartReplay(ctx, window); err != nil {
 		t.Fatal(err)

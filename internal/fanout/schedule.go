@@ -40,7 +40,8 @@ type scheduler struct {
 	// nanoseconds; 0: none yet).
 	beat atomic.Int64
 	// busyUntil: until then (Unix nanoseconds) Run polls fast while
-	// others share the journal, set when their number changes.
+	// others share the journal; set by this process's first heartbeat
+	// that sees others (it joined them).
 	busyUntil atomic.Int64
 	// joined is told when other processes appear where there were none.
 	joined func(ctx context.Context)
@@ -108,7 +109,7 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		// flushes), and a process that waited a whole poll interval after
 		// each gap left its workers idle (make bench SCENARIO=scaleout:
 		// the two standbys idle for a second at a time early in the run).
-		// A process that starts beside others polls fast for two
+		// A process that starts beside others polls fast for three
 		// heartbeats (busyUntil): a streaming process hands over its
 		// queued deliveries when it learns of the newcomer, at its next
 		// heartbeat. The processes already running keep their pace.
@@ -151,8 +152,9 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 				}
 				if first {
 					// Joining others: they hand over work (a streaming
-					// process shares its queues at its next heartbeat).
-					sc.busyUntil.Store(time.Now().Add(2 * every).UnixNano())
+					// process shares its queues at its next heartbeat,
+					// and its writer takes a moment to journal them).
+					sc.busyUntil.Store(time.Now().Add(3 * every).UnixNano())
 					sc.nudge()
 				}
 			}
