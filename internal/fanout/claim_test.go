@@ -403,7 +403,7 @@ func TestPeersPollFastWhileWorkComes(t *testing.T) {
 		return until != 0 && time.Now().UnixNano() > until
 	})
 	journalDue(t, store, "a")
-	d.Spilled() // as the writer tells the streaming process
+	d.sched.nudge() // found by a round, as a poll would (not told by a writer: Spilled)
 	rc.Wait(t, 1, 10*time.Second)
 	// Rounds that find nothing follow; then more work, nobody told.
 	testutil.Eventually(t, 5*time.Second, "an empty round after the one that found work", func() bool {

@@ -344,7 +344,10 @@ func (d *Dispatcher) nudge() { d.sched.nudge() }
 
 // Spilled is to be called when deliveries were journaled for the
 // scheduler to claim (journal.WriterConfig.OnSpill).
-func (d *Dispatcher) Spilled() { d.nudge() }
+func (d *Dispatcher) Spilled() {
+	d.sched.told.Store(time.Now().UnixNano())
+	d.nudge()
+}
 
 // Run delivers until ctx ends. It loads the subscriptions' persisted state,
 // registers this instance, and runs the workers and the scheduler

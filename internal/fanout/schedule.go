@@ -43,6 +43,9 @@ type scheduler struct {
 	// others share the journal; set by this process's first heartbeat
 	// that sees others (it joined them).
 	busyUntil atomic.Int64
+	// told is when this process's journal writer last woke it for work
+	// it journaled (Dispatcher.Spilled; Unix nanoseconds).
+	told atomic.Int64
 	// joined is told when other processes appear where there were none.
 	joined func(ctx context.Context)
 	// subs is the current subscription set; giveBack returns deliveries
@@ -117,8 +120,15 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		if found {
 			lastFound = now
 		}
+		// The window after found work is for the processes that are not
+		// told: one whose writer wakes it when it journals claimable work
+		// (Spilled) learns of its own at once, and polling fast as well
+		// would have it take the work it shares from the others
+		// (TestOrderedTwoInstances: the streaming process then made every
+		// retry).
+		told := now.UnixNano()-sc.told.Load() < int64(sc.poll)
 		next := sc.poll
-		if sc.peers.Load() > 0 && (now.Sub(lastFound) < sc.poll || now.UnixNano() < sc.busyUntil.Load()) {
+		if sc.peers.Load() > 0 && (found || !told && now.Sub(lastFound) < sc.poll || now.UnixNano() < sc.busyUntil.Load()) {
 			next = min(next, busyPoll)
 		}
 		t.Reset(next)
