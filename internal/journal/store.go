@@ -249,12 +249,12 @@ type ClaimWant struct {
 // Claim takes, for each want, up to its limit of the subscription's due
 // deliveries, oldest first, in one statement (one round trip however many
 // subscriptions: an idle process asks once per poll interval, not once
-// per subscription), for owner: pending, due, and owned by nobody or by a dead instance (one
-// whose heartbeat is older than staleAfter) other than owner. FOR UPDATE
-// SKIP LOCKED lets several processes claim at once without taking the
-// same delivery. The rows taken are marked with token, new for every
-// claim: when the call fails, its UPDATE may still have committed, and
-// ReleaseLost gives back what it took.
+// per subscription), for owner: pending, due, and owned by nobody or by a
+// dead instance (one whose heartbeat is older than staleAfter) other than
+// owner. FOR UPDATE SKIP LOCKED lets several processes claim at once
+// without taking the same delivery. The rows taken are marked with token,
+// new for every claim: when the call fails, its UPDATE may still have
+// committed, and ReleaseLost gives back what it took.
 //
 // owner never takes over its own deliveries, even when its heartbeat
 // looks stale (a stalled process or database): it is running, since it
