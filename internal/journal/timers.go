@@ -33,7 +33,7 @@ type TimerChange struct {
 // queueTimers adds the statements of the batch's timer changes: first the
 // cancellations, then the arming (one change per SLA: the batch keeps the
 // latest).
-func (s *Store) queueTimers(batch *pgx.Batch, changes []TimerChange) {
+func (s *Store) queueTimers(batch *statements, changes []TimerChange) {
 	if len(changes) == 0 {
 		return
 	}
@@ -131,13 +131,13 @@ func (s *Store) SLABootstrapped(ctx context.Context, slot string) (bool, error) 
 // ArmBootstrap arms timers of pre-existing SLAs directly (not through a
 // batch), and, with done, records that the slot's bootstrap is complete.
 func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool) error {
-	batch := &pgx.Batch{}
-	s.queueTimers(batch, changes)
+	var batch statements
+	s.queueTimers(&batch, changes)
 	if done {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot) VALUES ($1) ON CONFLICT (slot) DO NOTHING`), slot)
 	}
-	if batch.Len() == 0 {
+	if len(batch.list) == 0 {
 		return nil
 	}
-	return s.pool.SendBatch(ctx, batch).Close()
+	return s.run(ctx, batch.list)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -177,14 +178,16 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 	if b.Empty() {
 		return nil
 	}
+	a := encoders.Get().(*arrays)
+	defer encoders.Put(a)
 	// Plain inserts first: ON CONFLICT costs every row a speculative
 	// insertion, and conflicts only happen when the stream replays what a
 	// crashed process had journaled. A conflict aborts the whole batch,
 	// which is then written again, idempotently.
-	err := s.pool.SendBatch(ctx, s.batch(b, "")).Close()
+	err := s.run(ctx, s.batch(b, "", a))
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
-		err = s.pool.SendBatch(ctx, s.batch(b, " ON CONFLICT DO NOTHING")).Close()
+		err = s.run(ctx, s.batch(b, " ON CONFLICT DO NOTHING", a))
 	}
 	if err != nil {
 		return fmt.Errorf("journal: write batch: %w", err)
@@ -192,22 +195,142 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 	return nil
 }
 
+// encoders keeps the batches' array buffers for the next batch.
+var encoders = sync.Pool{New: func() any { return new(arrays) }}
+
+// statement is one statement of a batch: its arguments, which pgx
+// encodes, or its parameters already encoded in binary (arrays).
+type statement struct {
+	sql    string
+	args   []any
+	params [][]byte
+}
+
+// statements is what a batch sends, in order.
+type statements struct{ list []statement }
+
+// Queue adds a statement whose arguments pgx encodes.
+func (st *statements) Queue(sql string, args ...any) {
+	st.list = append(st.list, statement{sql: sql, args: args})
+}
+
+// add adds a statement whose parameters are the arrays written in a
+// since the last add.
+func (st *statements) add(sql string, a *arrays) {
+	st.list = append(st.list, statement{sql: sql, params: a.take()})
+}
+
+var binaryFormat = []int16{pgx.BinaryFormatCode}
+
+// run sends stmts as one pipeline ending in one Sync, which PostgreSQL
+// runs as one implicit transaction: all or nothing, in one round trip.
+// Each statement is prepared once per connection (pgx keeps it by its
+// SQL). Everything is encoded before the first byte is sent, so an
+// argument pgx cannot encode fails the batch without harming the
+// connection.
+func (s *Store) run(ctx context.Context, stmts []statement) error {
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	conn := c.Conn()
+	descs := make([]*pgconn.StatementDescription, len(stmts))
+	built := make([]*pgx.ExtendedQueryBuilder, len(stmts))
+	for i, st := range stmts {
+		sd, err := conn.Prepare(ctx, st.sql, st.sql)
+		if err != nil {
+			return err
+		}
+		descs[i] = sd
+		if st.params == nil {
+			eqb := new(pgx.ExtendedQueryBuilder)
+			if err := eqb.Build(conn.TypeMap(), sd, st.args); err != nil {
+				return fmt.Errorf("%s: %w", firstLine(st.sql), err)
+			}
+			built[i] = eqb
+		}
+	}
+	p := conn.PgConn().StartPipeline(ctx)
+	for i, st := range stmts {
+		if eqb := built[i]; eqb != nil {
+			p.SendQueryStatement(descs[i], eqb.ParamValues, eqb.ParamFormats, eqb.ResultFormats)
+		} else {
+			p.SendQueryStatement(descs[i], st.params, binaryFormat, nil)
+		}
+	}
+	if err := p.Sync(); err != nil {
+		p.Close()
+		return err
+	}
+	var first error
+	for range stmts {
+		res, err := p.GetResults()
+		if err != nil {
+			first = err
+			break
+		}
+		rr, ok := res.(*pgconn.ResultReader)
+		if !ok {
+			first = fmt.Errorf("unexpected pipeline result %T", res)
+			break
+		}
+		if _, err := rr.Close(); err != nil {
+			first = err
+			break
+		}
+	}
+	if err := p.Close(); first == nil {
+		first = err
+	}
+	return first
+}
+
+// firstLine is the start of a statement, to name it in an error.
+func firstLine(sql string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(sql), "\n")
+	return line
+}
+
 // batch builds the statements of a Write; onConflict is appended to its
-// inserts.
-func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
-	batch := &pgx.Batch{}
+// inserts. The inserts of events, deliveries and attempts, which carry a
+// row per event at catch-up, have their arrays encoded in a (arrays.go).
+func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
+	a.reset()
+	var batch statements
 	if n := len(b.Events); n > 0 {
-		ids, types, bodies := make([]string, n), make([]string, n), make([][]byte, n)
-		lsns, at := make([]*int64, n), make([]time.Time, n)
-		for i, e := range b.Events {
-			ids[i], types[i], bodies[i], at[i] = e.ID, e.Type, e.Body, e.OccurredAt
-			if e.CommitLSN != 0 {
-				v := int64(e.CommitLSN)
-				lsns[i] = &v
+		events := b.Events
+		a.begin(oidText, n)
+		for i := range events {
+			a.text(events[i].ID)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range events {
+			a.text(events[i].Type)
+		}
+		a.end()
+		a.begin(oidBytea, n)
+		for i := range events {
+			a.bytes(events[i].Body)
+		}
+		a.end()
+		a.begin(oidInt8, n)
+		for i := range events {
+			if lsn := events[i].CommitLSN; lsn != 0 {
+				a.int8(int64(lsn))
+			} else {
+				a.null()
 			}
 		}
-		batch.Queue(s.q(`INSERT INTO {{schema}}.events (id, type, body, commit_lsn, occurred_at)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])`)+onConflict, ids, types, bodies, lsns, at)
+		a.end()
+		a.begin(oidTimestamptz, n)
+		for i := range events {
+			a.timestamptz(events[i].OccurredAt)
+		}
+		a.end()
+		batch.add(s.q(`INSERT INTO {{schema}}.events (id, type, body, commit_lsn, occurred_at)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])`)+onConflict, a)
 	}
 	if n := len(b.Deliveries); n > 0 {
 		deliveries, conflict := b.Deliveries, onConflict
@@ -229,45 +352,141 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 			WHERE d.attempts < EXCLUDED.attempts`
 		}
 		n := len(deliveries)
-		ids, events, subs, types, states := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		attempts := make([]int32, n)
-		next, lastAt, created := make([]*time.Time, n), make([]*time.Time, n), make([]time.Time, n)
-		owners, lastErr := make([]*string, n), make([]*string, n)
-		tests := make([]bool, n)
-		lastStatus := make([]*int32, n)
-		keys, positions := make([]*string, n), make([]*int64, n)
-		bodies := make([][]byte, n)
-		for i, d := range deliveries {
-			bodies[i] = d.Body
-			ids[i], events[i], subs[i], types[i], states[i] = d.ID, d.EventID, d.SubscriptionID, d.EventType, string(d.State)
-			attempts[i], tests[i], created[i] = int32(d.Attempts), d.Test, d.CreatedAt
-			next[i], lastAt[i] = nullTime(d.NextAttemptAt), nullTime(d.LastAttemptAt)
-			owners[i], lastErr[i], lastStatus[i] = nullText(d.Owner), nullText(d.LastError), nullInt(d.LastStatus)
-			if d.Ordered {
-				keys[i], positions[i] = &d.OrderingKey, &d.Position
+		text := func(f func(d *DeliveryRow) string) {
+			a.begin(oidText, n)
+			for i := range deliveries {
+				a.text(f(&deliveries[i]))
+			}
+			a.end()
+		}
+		text(func(d *DeliveryRow) string { return d.ID })
+		text(func(d *DeliveryRow) string { return d.EventID })
+		text(func(d *DeliveryRow) string { return d.SubscriptionID })
+		text(func(d *DeliveryRow) string { return d.EventType })
+		text(func(d *DeliveryRow) string { return string(d.State) })
+		a.begin(oidInt4, n)
+		for i := range deliveries {
+			a.int4(int32(deliveries[i].Attempts))
+		}
+		a.end()
+		a.begin(oidTimestamptz, n)
+		for i := range deliveries {
+			a.timestamptzOrNull(deliveries[i].NextAttemptAt)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range deliveries {
+			a.textOrNull(deliveries[i].Owner)
+		}
+		a.end()
+		a.begin(oidBool, n)
+		for i := range deliveries {
+			a.bool(deliveries[i].Test)
+		}
+		a.end()
+		a.begin(oidInt4, n)
+		for i := range deliveries {
+			a.int4OrNull(deliveries[i].LastStatus)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range deliveries {
+			a.textOrNull(deliveries[i].LastError)
+		}
+		a.end()
+		a.begin(oidTimestamptz, n)
+		for i := range deliveries {
+			a.timestamptzOrNull(deliveries[i].LastAttemptAt)
+		}
+		a.end()
+		a.begin(oidTimestamptz, n)
+		for i := range deliveries {
+			a.timestamptz(deliveries[i].CreatedAt)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range deliveries {
+			if d := &deliveries[i]; d.Ordered {
+				a.text(d.OrderingKey)
+			} else {
+				a.null()
 			}
 		}
-		batch.Queue(s.q(`INSERT INTO {{schema}}.deliveries AS d (id, event_id, subscription_id, event_type, state, attempts,
+		a.end()
+		a.begin(oidInt8, n)
+		for i := range deliveries {
+			if d := &deliveries[i]; d.Ordered {
+				a.int8(d.Position)
+			} else {
+				a.null()
+			}
+		}
+		a.end()
+		a.begin(oidBytea, n)
+		for i := range deliveries {
+			a.bytes(deliveries[i].Body)
+		}
+		a.end()
+		batch.add(s.q(`INSERT INTO {{schema}}.deliveries AS d (id, event_id, subscription_id, event_type, state, attempts,
 				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, ordering_key, position, body, updated_at)
 			SELECT u.*, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
 				$7::timestamptz[], $8::text[], $9::bool[], $10::int[], $11::text[], $12::timestamptz[], $13::timestamptz[],
-				$14::text[], $15::bigint[], $16::bytea[]) AS u`)+conflict, ids, events, subs, types, states, attempts, next, owners, tests, lastStatus, lastErr, lastAt, created, keys, positions, bodies)
+				$14::text[], $15::bigint[], $16::bytea[]) AS u`)+conflict, a)
 	}
 	if n := len(b.Attempts); n > 0 {
-		ids, triggers, classes, errs := make([]string, n), make([]string, n), make([]*string, n), make([]*string, n)
-		nums, durations := make([]int32, n), make([]int32, n)
-		at := make([]time.Time, n)
-		status := make([]*int32, n)
-		bodies := make([][]byte, n)
-		instances := make([]*string, n)
-		for i, a := range b.Attempts {
-			ids[i], nums[i], at[i], triggers[i] = a.DeliveryID, int32(a.Attempt), a.At, string(a.Trigger)
-			status[i], durations[i], bodies[i] = nullInt(a.StatusCode), int32(a.Duration.Milliseconds()), a.ResponseBody
-			classes[i], errs[i], instances[i] = nullText(a.ErrorClass), nullText(a.Error), nullText(a.Instance)
+		attempts := b.Attempts
+		a.begin(oidText, n)
+		for i := range attempts {
+			a.text(attempts[i].DeliveryID)
 		}
-		batch.Queue(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance)
-			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[], $10::text[])`)+onConflict,
-			ids, nums, at, triggers, status, durations, bodies, classes, errs, instances)
+		a.end()
+		a.begin(oidInt4, n)
+		for i := range attempts {
+			a.int4(int32(attempts[i].Attempt))
+		}
+		a.end()
+		a.begin(oidTimestamptz, n)
+		for i := range attempts {
+			a.timestamptz(attempts[i].At)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range attempts {
+			a.text(string(attempts[i].Trigger))
+		}
+		a.end()
+		a.begin(oidInt4, n)
+		for i := range attempts {
+			a.int4OrNull(attempts[i].StatusCode)
+		}
+		a.end()
+		a.begin(oidInt4, n)
+		for i := range attempts {
+			a.int4(int32(attempts[i].Duration.Milliseconds()))
+		}
+		a.end()
+		a.begin(oidBytea, n)
+		for i := range attempts {
+			a.bytes(attempts[i].ResponseBody)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range attempts {
+			a.textOrNull(attempts[i].ErrorClass)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range attempts {
+			a.textOrNull(attempts[i].Error)
+		}
+		a.end()
+		a.begin(oidText, n)
+		for i := range attempts {
+			a.textOrNull(attempts[i].Instance)
+		}
+		a.end()
+		batch.add(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance)
+			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[], $10::text[])`)+onConflict, a)
 	}
 	if n := len(b.Updates); n > 0 {
 		ids, states := make([]string, n), make([]string, n)
@@ -332,7 +551,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.rejections (source, reason, commit_lsn) VALUES ($1, $2, $3)`), r.Source, r.Reason, lsn)
 	}
-	s.queueTimers(batch, b.Timers)
+	s.queueTimers(&batch, b.Timers)
 	for _, r := range b.Release {
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE id = ANY($1) AND owner = $2 AND state = 'pending'`), r.IDs, r.Owner)
 	}
@@ -348,10 +567,7 @@ func (s *Store) batch(b *Batch, onConflict string) *pgx.Batch {
 				system_id = EXCLUDED.system_id, updated_at = now()`),
 			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID))
 	}
-	// pgx sends a batch as one pipeline ending in one Sync, which
-	// PostgreSQL runs as one implicit transaction: all or nothing, in one
-	// round trip.
-	return batch
+	return batch.list
 }
 
 // latestAttempts keeps one row per delivery, the one with the most
