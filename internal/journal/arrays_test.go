@@ -16,7 +16,7 @@ func TestWriteEncodesEveryColumn(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
 	paris := time.FixedZone("CET", 3600)
-	fine := time.Date(2026, 12, 4, 10, 11, 12, 123456789, paris) // sub-microsecond part dropped
+	fine := time.Date(2026, 12, 4, 10, 11, 12, 123456789, paris)      // sub-microsecond part dropped
 	early := time.Date(1999, 12, 31, 23, 59, 59, 999999000, time.UTC) // before PostgreSQL's epoch
 	epoch := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 	b := &Batch{
