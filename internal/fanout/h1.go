@@ -64,7 +64,14 @@ type h1Transport struct {
 type h1Conn struct {
 	key    string
 	conn   net.Conn
-	tcp    syscall.Conn // the socket under conn, for the liveness check; nil if unknown
+	raw    syscall.RawConn // the socket under conn, for the liveness check; nil if unknown
+	// peekFD, bound once, looks at the socket for peek, which finds what
+	// it saw in peeked, peekN and peekErr: a callback made per look, with
+	// its results, took three allocations per attempt.
+	peekFD  func(fd uintptr) bool
+	peeked  [unaskedQuote]byte
+	peekN   int
+	peekErr error
 	cr     countingReader
 	cw     countingWriter
 	br     *bufio.Reader
@@ -296,7 +303,13 @@ func newH1Conn(key string, conn net.Conn) *h1Conn {
 		raw = tc.NetConn()
 	}
 	if sc, ok := raw.(syscall.Conn); ok {
-		c.tcp = sc
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.raw = rc
+			c.peekFD = func(fd uintptr) bool {
+				c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peeked[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+				return true
+			}
+		}
 	}
 	c.cr.r, c.cw.w = conn, conn
 	c.br = bufio.NewReaderSize(&c.cr, 4096)
@@ -376,27 +389,20 @@ func (c *h1Conn) open() bool {
 // is there (up to unaskedQuote bytes), and ok false if it is closed or
 // reset. A connection that is not a socket has nothing to show.
 func (c *h1Conn) peek() (pending []byte, ok bool) {
-	if c.tcp == nil {
+	if c.raw == nil {
 		return nil, true
 	}
-	rc, err := c.tcp.SyscallConn()
-	if err != nil {
-		return nil, true
+	if err := c.raw.Read(c.peekFD); err != nil {
+		return nil, true // the socket is closed on our side: the request's write says so
 	}
-	ok = true
-	var b [unaskedQuote]byte
-	_ = rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch {
-		case err == syscall.EAGAIN || err == syscall.EINTR:
-		case err != nil, n == 0:
-			ok = false
-		default:
-			pending = b[:n]
-		}
-		return true
-	})
-	return pending, ok
+	switch n, err := c.peekN, c.peekErr; {
+	case err == syscall.EAGAIN || err == syscall.EINTR:
+		return nil, true
+	case err != nil, n == 0:
+		return nil, false
+	default:
+		return c.peeked[:n], true
+	}
 }
 
 // unaskedQuote is how much of what a receiver sent unasked is quoted.

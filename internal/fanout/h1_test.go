@@ -210,12 +210,8 @@ func waitUnasked(t *testing.T, c *retryablehttp.Client, closed <-chan struct{}) 
 			t.Fatal("no pooled connection")
 		}
 		var b [1]byte
-		rc, err := pooled.tcp.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
 		n := 0
-		_ = rc.Read(func(fd uintptr) bool {
+		_ = pooled.raw.Read(func(fd uintptr) bool {
 			n, _, _ = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 			return true
 		})

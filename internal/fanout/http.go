@@ -35,6 +35,19 @@ const (
 	ClassTransform = "transform"
 )
 
+// The canonical forms of the headers every attempt sets.
+var (
+	keyContentType      = http.CanonicalHeaderKey("Content-Type")
+	keyUserAgent        = http.CanonicalHeaderKey("User-Agent")
+	keySignature        = http.CanonicalHeaderKey(signer.HeaderSignature)
+	keyEvent            = http.CanonicalHeaderKey(signer.HeaderEvent)
+	keyDelivery         = http.CanonicalHeaderKey(signer.HeaderDelivery)
+	keyAttempt          = http.CanonicalHeaderKey(signer.HeaderAttempt)
+	keyWebhookID        = http.CanonicalHeaderKey(signer.HeaderWebhookID)
+	keyWebhookTimestamp = http.CanonicalHeaderKey(signer.HeaderWebhookTimestamp)
+	keyWebhookSignature = http.CanonicalHeaderKey(signer.HeaderWebhookSignature)
+)
+
 // maxDrain is how much of a response beyond the kept part is read so the
 // connection can be reused; a larger body closes the connection instead.
 const maxDrain = 64 << 10
@@ -256,25 +269,32 @@ func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	for k, v := range r.headers {
 		h[k] = v
 	}
-	h.Set("Content-Type", "application/json")
-	h.Set("User-Agent", r.userAgent)
-	if len(r.secret) > 0 { // only notifications and connectors (Slack, Teams, Discord) may be unsigned: an HMAC with no key proves nothing
-		h.Set(signer.HeaderSignature, signer.Sign(r.secret, r.body))
+	// The values this attempt sets share one array (Header.Set makes a
+	// slice for each); the keys are canonical already.
+	vals := make([]string, 0, 9)
+	set := func(k, v string) {
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
-	h.Set(signer.HeaderEvent, r.eventType)
-	h.Set(signer.HeaderDelivery, r.deliveryID)
-	h.Set(signer.HeaderAttempt, strconv.Itoa(r.attempt))
+	set(keyContentType, "application/json")
+	set(keyUserAgent, r.userAgent)
+	if len(r.secret) > 0 { // only notifications and connectors (Slack, Teams, Discord) may be unsigned: an HMAC with no key proves nothing
+		set(keySignature, signer.Sign(r.secret, r.body))
+	}
+	set(keyEvent, r.eventType)
+	set(keyDelivery, r.deliveryID)
+	set(keyAttempt, strconv.Itoa(r.attempt))
 	if r.traceparent {
 		injectTraceparent(ctx, h)
 	}
 	if len(r.standardKeys) > 0 {
-		h.Set(signer.HeaderWebhookID, r.eventID)
-		h.Set(signer.HeaderWebhookTimestamp, strconv.FormatInt(start.Unix(), 10))
-		sigs := make([]string, len(r.standardKeys))
-		for i, k := range r.standardKeys {
-			sigs[i] = signer.SignStandard(k, r.eventID, start, r.body)
+		set(keyWebhookID, r.eventID)
+		set(keyWebhookTimestamp, strconv.FormatInt(start.Unix(), 10))
+		sig := signer.SignStandard(r.standardKeys[0], r.eventID, start, r.body)
+		for _, k := range r.standardKeys[1:] {
+			sig += " " + signer.SignStandard(k, r.eventID, start, r.body)
 		}
-		h.Set(signer.HeaderWebhookSignature, strings.Join(sigs, " "))
+		set(keyWebhookSignature, sig)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -284,13 +304,20 @@ func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	}
 	res.Status = resp.StatusCode
 	res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), start)
-	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)))
-	res.Body = body
-	if err == nil {
-		// Read on a little so the connection can be reused; past that,
-		// closing is cheaper than reading a large answer nobody keeps.
-		_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	var body []byte
+	if resp.ContentLength == 0 || resp.Body == http.NoBody {
+		body = []byte{} // what ReadAll gives for an empty answer, without its first 512 bytes
+	} else {
+		lr := &io.LimitedReader{R: resp.Body, N: int64(limit)}
+		body, err = io.ReadAll(lr)
+		if err == nil {
+			// Read on a little so the connection can be reused; past that,
+			// closing is cheaper than reading a large answer nobody keeps.
+			lr.N = maxDrain
+			_, err = io.Copy(io.Discard, lr)
+		}
 	}
+	res.Body = body
 	resp.Body.Close()
 	res.Duration = time.Since(start)
 	switch {

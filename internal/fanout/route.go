@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/filter"
@@ -219,6 +220,14 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 // receiver that keeps up.
 const maxRoomWait = 100 * time.Millisecond
 
+// roomTimers bound the waits for room: during a catch-up the stream waits
+// for most events, and a timer made for each was two allocations.
+var roomTimers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
 // reserve takes a place in a subscription's queue. When the queue is full
 // and the receiver keeps up (answers 2xx, fast), it waits a moment for
 // room: the stream then runs at the receiver's pace and every delivery
@@ -243,8 +252,12 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 	if !s.keepsUp() || d.sched.peers.Load() > 0 || s.pace != nil {
 		return false
 	}
-	deadline := time.NewTimer(maxRoomWait)
-	defer deadline.Stop()
+	deadline := roomTimers.Get().(*time.Timer)
+	deadline.Reset(maxRoomWait)
+	defer func() {
+		deadline.Stop() // since Go 1.23: no stale tick left for the next user
+		roomTimers.Put(deadline)
+	}()
 	for {
 		select {
 		case <-s.room:
