@@ -62,9 +62,9 @@ type h1Transport struct {
 
 // h1Conn is one connection and its buffers.
 type h1Conn struct {
-	key    string
-	conn   net.Conn
-	raw    syscall.RawConn // the socket under conn, for the liveness check; nil if unknown
+	key  string
+	conn net.Conn
+	raw  syscall.RawConn // the socket under conn, for the liveness check; nil if unknown
 	// peekFD, bound once, looks at the socket for peek, which finds what
 	// it saw in peeked, peekN and peekErr: a callback made per look, with
 	// its results, took three allocations per attempt.
@@ -72,11 +72,11 @@ type h1Conn struct {
 	peeked  [unaskedQuote]byte
 	peekN   int
 	peekErr error
-	cr     countingReader
-	cw     countingWriter
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	idleAt time.Time
+	cr      countingReader
+	cw      countingWriter
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	idleAt  time.Time
 }
 
 // countingReader counts what the answer's reader took from the
