@@ -36,6 +36,35 @@ type Metrics struct {
 	rejections  prometheus.Counter
 	stalled     *prometheus.GaugeVec
 	unstreamed  prometheus.Gauge
+
+	// Series looked up once: WithLabelValues hashes and checks its labels
+	// at every call, and an event made four or five such calls.
+	byType sync.Map // event type -> prometheus.Counter
+	bySub  sync.Map // subscription -> *subSeries
+}
+
+// subSeries are one subscription's series.
+type subSeries struct {
+	duration prometheus.Observer
+	outcomes sync.Map // outcome -> prometheus.Counter
+	codes    sync.Map // status code -> prometheus.Counter
+}
+
+func (m *Metrics) sub(id string) *subSeries {
+	if v, ok := m.bySub.Load(id); ok {
+		return v.(*subSeries)
+	}
+	v, _ := m.bySub.LoadOrStore(id, &subSeries{duration: m.duration.WithLabelValues(id)})
+	return v.(*subSeries)
+}
+
+// counter returns the counter of vec for labels, kept in cache under key.
+func counter[K comparable](cache *sync.Map, key K, vec *prometheus.CounterVec, labels ...string) prometheus.Counter {
+	if c, ok := cache.Load(key); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := cache.LoadOrStore(key, vec.WithLabelValues(labels...))
+	return c.(prometheus.Counter)
 }
 
 // Sources are read at scrape time.
@@ -103,7 +132,9 @@ func New(src Sources) *Metrics {
 }
 
 // EventDispatched implements fanout.Observer.
-func (m *Metrics) EventDispatched(eventType string, _ int) { m.events.WithLabelValues(eventType).Inc() }
+func (m *Metrics) EventDispatched(eventType string, _ int) {
+	counter(&m.byType, eventType, m.events, eventType).Inc()
+}
 
 // DeliveryRecorded implements fanout.Observer.
 func (m *Metrics) DeliveryRecorded(subscription string, state journal.State) {
@@ -111,17 +142,19 @@ func (m *Metrics) DeliveryRecorded(subscription string, state journal.State) {
 	if state == journal.Pending {
 		outcome = "queued"
 	}
-	m.deliveries.WithLabelValues(subscription, outcome).Inc()
+	counter(&m.sub(subscription).outcomes, outcome, m.deliveries, subscription, outcome).Inc()
 }
 
 // AttemptFinished implements fanout.Observer.
 func (m *Metrics) AttemptFinished(subscription string, took time.Duration, status int, class string, outcome fanout.Outcome) {
-	m.attempts.WithLabelValues(subscription, strconv.Itoa(status)).Inc()
-	m.duration.WithLabelValues(subscription).Observe(took.Seconds())
+	ss := m.sub(subscription)
+	counter(&ss.codes, status, m.attempts, subscription, strconv.Itoa(status)).Inc()
+	ss.duration.Observe(took.Seconds())
 	if class != "" {
 		m.errors.WithLabelValues(subscription, class).Inc()
 	}
-	m.deliveries.WithLabelValues(subscription, outcome.String()).Inc()
+	o := outcome.String()
+	counter(&ss.outcomes, o, m.deliveries, subscription, o).Inc()
 }
 
 // StateChanged implements fanout.Observer.

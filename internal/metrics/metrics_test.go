@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,4 +119,80 @@ func gaugeValues(t *testing.T, m *Metrics, names ...string) map[string]float64 {
 		got[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
 	}
 	return got
+}
+
+// TestObserverSeries: what fanout observes lands in the series of its
+// subscription, event type, status code and outcome (the series are
+// looked up once and kept: none may take another's counts).
+func TestObserverSeries(t *testing.T) {
+	m := New(Sources{})
+	m.EventDispatched("request.created", 1)
+	m.EventDispatched("request.created", 2)
+	m.EventDispatched("user.deactivated", 1)
+	m.DeliveryRecorded("a", journal.Pending)
+	m.DeliveryRecorded("b", journal.Held)
+	for range 2 {
+		m.AttemptFinished("a", 10*time.Millisecond, 200, "", fanout.Delivered)
+	}
+	m.AttemptFinished("a", 5*time.Millisecond, 503, "http", fanout.Retry)
+	m.AttemptFinished("b", time.Second, 0, "timeout", fanout.Retry)
+	m.AttemptFinished("b", 20*time.Millisecond, 200, "", fanout.Delivered)
+
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mt := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range mt.GetLabel() {
+				key += " " + l.GetName() + "=" + l.GetValue()
+			}
+			switch mf.GetType() {
+			case dto.MetricType_COUNTER:
+				got[key] = mt.GetCounter().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				got[key] = float64(mt.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"dzhook_events_total event=request.created":                2,
+		"dzhook_events_total event=user.deactivated":               1,
+		"dzhook_deliveries_total outcome=queued subscription=a":    1,
+		"dzhook_deliveries_total outcome=held subscription=b":      1,
+		"dzhook_deliveries_total outcome=delivered subscription=a": 2,
+		"dzhook_deliveries_total outcome=retry subscription=a":     1,
+		"dzhook_deliveries_total outcome=retry subscription=b":     1,
+		"dzhook_deliveries_total outcome=delivered subscription=b": 1,
+		"dzhook_attempts_total code=200 subscription=a":            2,
+		"dzhook_attempts_total code=503 subscription=a":            1,
+		"dzhook_attempts_total code=0 subscription=b":              1,
+		"dzhook_attempts_total code=200 subscription=b":            1,
+		"dzhook_attempt_errors_total class=http subscription=a":    1,
+		"dzhook_attempt_errors_total class=timeout subscription=b": 1,
+		"dzhook_attempt_duration_seconds subscription=a":           3,
+		"dzhook_attempt_duration_seconds subscription=b":           2,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	for k, v := range got {
+		if _, ok := want[k]; !ok && (strings.HasPrefix(k, "dzhook_events") || strings.HasPrefix(k, "dzhook_deliveries") || strings.HasPrefix(k, "dzhook_attempt")) {
+			t.Errorf("unexpected series %s = %v", k, v)
+		}
+	}
+}
+
+// BenchmarkAttemptObserved: what the metrics cost an attempt.
+func BenchmarkAttemptObserved(b *testing.B) {
+	m := New(Sources{})
+	b.ReportAllocs()
+	for b.Loop() {
+		m.DeliveryRecorded("crm", journal.Pending)
+		m.AttemptFinished("crm", 3*time.Millisecond, 204, "", fanout.Delivered)
+	}
 }
