@@ -5,7 +5,10 @@
 // running instances, and rejected outbox rows.
 //
 // Writes come in batches (Store.Write: one transaction, one round trip),
-// never one per delivery. Due work is claimed with FOR UPDATE SKIP LOCKED
+// never one per delivery: one statement per kind of row over arrays
+// (unnest), prepared once per connection; the arrays of events,
+// deliveries and attempts, a row each per event, are encoded by the
+// batch itself in PostgreSQL's binary format (arrays.go). Due work is claimed with FOR UPDATE SKIP LOCKED
 // so several dzhook processes share it; a delivery being attempted has an
 // owner, and only when that owner's heartbeat goes stale may another
 // process take it over. Each claim marks its rows with a token, so an

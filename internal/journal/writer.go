@@ -69,11 +69,14 @@ type BatchStore interface {
 
 // Defaults of WriterConfig.
 const (
-	DefaultLinger       = 10 * time.Millisecond
+	DefaultLinger       = 50 * time.Millisecond
 	DefaultHold         = time.Second
 	DefaultWriterQueue  = 8192
 	DefaultMaxBatch     = 4096
 	DefaultDrainTimeout = 20 * time.Second
+	// SpilledLinger bounds the linger of a batch holding a Spilled record
+	// (see WriterConfig.Linger).
+	SpilledLinger = 10 * time.Millisecond
 )
 
 // WriterConfig is the input of NewWriter.
@@ -100,11 +103,15 @@ type WriterConfig struct {
 	OnWriteError func(err error)
 	Logger       *slog.Logger
 	// Linger is how long a batch waits for more records once the first
-	// arrived (a record with Done is written without waiting). Defaults
-	// to 10 ms: the deliveries' first attempts never wait for the journal,
-	// so a linger delays only the acknowledgement to PostgreSQL and the
-	// journal's view, and at moderate rates it turns a round trip per
-	// transaction into one per linger. Negative: no wait.
+	// arrived. Defaults to 50 ms: the deliveries' first attempts never
+	// wait for the journal, so a linger delays only the acknowledgement to
+	// PostgreSQL and the journal's view, and at moderate rates it turns a
+	// round trip per transaction into one per linger. What waits for the
+	// journal does not wait so long: a record with Done, or a full batch
+	// queued, ends the linger at once; a Spilled record (work the
+	// scheduler claims from the journal once it is written: an ordered
+	// key's next delivery, deliveries for other processes) ends it within
+	// SpilledLinger. Negative: no wait.
 	Linger time.Duration
 	// Hold is how long a delivery whose first attempt is in flight is
 	// kept back to be written once, with its outcome. Defaults to 1 s;
@@ -149,9 +156,12 @@ type Writer struct {
 	log    *slog.Logger
 	in     chan Record
 	closed chan struct{} // closed when Run returns
-	// urgent ends a linger: a record someone waits for was put.
+	// urgent ends a linger: a record someone waits for was put, or a
+	// full batch is queued.
 	urgent chan struct{}
-	linger *time.Timer // Run's goroutine's
+	// spilled shortens a linger to SpilledLinger: a Spilled record was put.
+	spilled chan struct{}
+	linger  *time.Timer // Run's goroutine's
 
 	// The state below belongs to Run's goroutine.
 	seq      uint64
@@ -215,7 +225,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	return &Writer{
 		cfg: cfg, log: cfg.Logger.With("component", "journal-writer"),
 		in: make(chan Record, cfg.QueueSize), closed: make(chan struct{}), held: map[string]*heldDelivery{},
-		urgent: make(chan struct{}, 1), linger: stoppedTimer(),
+		urgent: make(chan struct{}, 1), spilled: make(chan struct{}, 1), linger: stoppedTimer(),
 	}, nil
 }
 
@@ -230,11 +240,11 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 	}
 	select {
 	case w.in <- r:
-		if r.Done != nil {
-			select {
-			case w.urgent <- struct{}{}:
-			default:
-			}
+		switch {
+		case r.Done != nil || len(w.in) >= w.cfg.MaxBatch:
+			signal(w.urgent)
+		case r.Spilled:
+			signal(w.spilled)
 		}
 		return nil
 	case <-ctx.Done():
@@ -329,11 +339,10 @@ func (w *Writer) Run(ctx context.Context) error {
 // the batch size. It sleeps on the timer alone instead of taking each
 // record as it arrives: at a helpdesk's usual rates records come one by
 // one, and waking this goroutine for each (then the batch's round trip
-// per transaction) was most of what an event cost. The queue holds far
-// more than arrives within a linger even at catch-up rates, so nothing
-// waits on a full queue meanwhile. A record that someone waits for
-// (Done: a barrier, the SLA clock) ends the linger: the batch is written
-// at once.
+// per transaction) was most of what an event cost. What waits for the
+// journal ends the linger sooner (WriterConfig.Linger): a record someone
+// waits for (Done: a barrier, the SLA clock) or a full batch queued at
+// once, a Spilled record within SpilledLinger.
 func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 	if urgent {
 		// Its own signal is spent: the next batch lingers as usual.
@@ -343,15 +352,38 @@ func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 		}
 	}
 	if w.cfg.Linger > 0 && !urgent && !b.full(w.cfg.MaxBatch) {
-		w.linger.Reset(w.cfg.Linger)
-		select {
-		case <-w.linger.C:
-		case <-w.urgent:
-		case <-ctx.Done():
+		start, linger := time.Now(), w.cfg.Linger
+		w.linger.Reset(linger)
+	wait:
+		for {
+			select {
+			case <-w.linger.C:
+				break wait
+			case <-w.spilled:
+				// Put's signal, of this batch's first record or a later
+				// one (one left by a record of an earlier batch only
+				// makes this one shorter).
+				if linger > SpilledLinger {
+					linger = SpilledLinger
+					w.linger.Reset(max(0, time.Until(start.Add(linger))))
+				}
+			case <-w.urgent:
+				break wait
+			case <-ctx.Done():
+				break wait
+			}
 		}
 		w.linger.Stop()
 	}
 	w.takeQueued(b)
+}
+
+// signal wakes the receiver of c, if it is not woken already.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // takeQueued adds what is queued now, up to the batch size.

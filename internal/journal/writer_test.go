@@ -643,3 +643,61 @@ func TestWriterDurableCallback(t *testing.T) {
 		t.Fatal("Durable not called for a broken batch")
 	}
 }
+
+// TestWriterLingerEndsForWhatWaits: a batch lingers for more records,
+// but not when something waits for it: a full batch queued is written at
+// once, and a Spilled record (work the scheduler claims from the journal)
+// within SpilledLinger, whether it came first or during the linger.
+func TestWriterLingerEndsForWhatWaits(t *testing.T) {
+	const linger = 5 * time.Second
+	written := func(store *memStore) int {
+		b, _ := store.snapshot()
+		return len(b)
+	}
+	// waitWritten returns how long the first batch took to be written,
+	// failing the test past limit.
+	waitWritten := func(t *testing.T, store *memStore, start time.Time, limit time.Duration) time.Duration {
+		t.Helper()
+		for written(store) == 0 {
+			if time.Since(start) > limit {
+				t.Fatalf("nothing written after %s (linger %s)", limit, linger)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	t.Run("plain records linger", func(t *testing.T) {
+		store := newMemStore()
+		h := newHarness(t, store, WriterConfig{Linger: 300 * time.Millisecond})
+		start := time.Now()
+		h.put(Record{Event: &EventRow{ID: "whk_1"}})
+		h.put(Record{Event: &EventRow{ID: "whk_2"}})
+		if took := waitWritten(t, store, start, 5*time.Second); took < 250*time.Millisecond {
+			t.Errorf("written after %s, before the linger of 300 ms", took)
+		}
+	})
+	t.Run("a spilled record comes during the linger", func(t *testing.T) {
+		store := newMemStore()
+		h := newHarness(t, store, WriterConfig{Linger: linger})
+		start := time.Now()
+		h.put(Record{Event: &EventRow{ID: "whk_1"}})
+		h.put(Record{Spilled: true})
+		waitWritten(t, store, start, linger/2)
+	})
+	t.Run("the first record is spilled", func(t *testing.T) {
+		store := newMemStore()
+		h := newHarness(t, store, WriterConfig{Linger: linger})
+		start := time.Now()
+		h.put(Record{Spilled: true, Event: &EventRow{ID: "whk_1"}})
+		waitWritten(t, store, start, linger/2)
+	})
+	t.Run("a full batch is queued", func(t *testing.T) {
+		store := newMemStore()
+		h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: 4})
+		start := time.Now()
+		for i := range 9 {
+			h.put(Record{Event: &EventRow{ID: fmt.Sprintf("whk_%d", i)}})
+		}
+		waitWritten(t, store, start, linger/2)
+	})
+}
