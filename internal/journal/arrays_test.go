@@ -3,6 +3,7 @@ package journal
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -136,11 +137,11 @@ func TestWriteEncodesEveryColumn(t *testing.T) {
 	}
 }
 
-// TestWriteStatementsOnOneConnection: batches run again the statements
+// TestWriteAfterAFailedBatch: batches run again the statements
 // prepared on their connection; a batch that fails part way (a row
 // violating a constraint) writes nothing, and the batch after it is
 // written.
-func TestWriteStatementsOnOneConnection(t *testing.T) {
+func TestWriteAfterAFailedBatch(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
 	for i := range 3 {
@@ -189,4 +190,33 @@ func shown[T any](p *T) any {
 		return nil
 	}
 	return *p
+}
+
+// TestWriteAfterASchemaChange: a statement prepared before a migration
+// changed one of its parameters' types fails once, and the connection
+// that held it goes: the next write prepares it again and succeeds (a
+// newer process migrating the journal during a rolling update).
+func TestWriteAfterASchemaChange(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	notify := func(i int) *Batch {
+		return &Batch{Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "failing", Body: []byte(fmt.Sprintf(`{"n":%d}`, i))}}}
+	}
+	if err := s.Write(ctx, notify(0)); err != nil {
+		t.Fatal(err)
+	}
+	conn := db.Connect(t)
+	if _, err := conn.Exec(ctx, `ALTER TABLE dzhook.notifications ALTER COLUMN body TYPE jsonb USING convert_from(body, 'UTF8')::jsonb`); err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for i := 1; i <= 4; i++ {
+		if err := s.Write(ctx, notify(i)); err != nil {
+			failed++
+			t.Logf("write %d after the migration: %v", i, err)
+		}
+	}
+	if failed > 1 {
+		t.Errorf("%d of 4 writes failed after the migration, want at most the first", failed)
+	}
 }

@@ -179,7 +179,11 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 		return nil
 	}
 	a := encoders.Get().(*arrays)
-	defer encoders.Put(a)
+	defer func() {
+		if cap(a.buf) <= maxKeptArrays {
+			encoders.Put(a)
+		}
+	}()
 	// Plain inserts first: ON CONFLICT costs every row a speculative
 	// insertion, and conflicts only happen when the stream replays what a
 	// crashed process had journaled. A conflict aborts the whole batch,
@@ -195,8 +199,12 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 	return nil
 }
 
-// encoders keeps the batches' array buffers for the next batch.
+// encoders keeps the batches' array buffers for the next batch; one
+// that grew past maxKeptArrays (a batch of large bodies) is left to the
+// collector.
 var encoders = sync.Pool{New: func() any { return new(arrays) }}
+
+const maxKeptArrays = 8 << 20
 
 // statement is one statement of a batch: its arguments, which pgx
 // encodes, or its parameters already encoded in binary (arrays).
@@ -228,19 +236,33 @@ var binaryFormat = []int16{pgx.BinaryFormatCode}
 // SQL). Everything is encoded before the first byte is sent, so an
 // argument pgx cannot encode fails the batch without harming the
 // connection.
-func (s *Store) run(ctx context.Context, stmts []statement) error {
+func (s *Store) run(ctx context.Context, stmts []statement) (err error) {
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Release()
 	conn := c.Conn()
+	defer func() {
+		var pgErr *pgconn.PgError
+		if err == nil || errors.As(err, &pgErr) && pgErr.Code == "23505" || conn.IsClosed() {
+			return
+		}
+		// What failed may be a statement prepared on this connection: a
+		// newer process's migration changed a parameter's type, a pooler
+		// dropped it. pgx keeps prepared statements for the connection's
+		// life (pgx.Batch's cache dropped a failed batch's), so the
+		// connection goes, and the writer's next try prepares on another.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
 	descs := make([]*pgconn.StatementDescription, len(stmts))
 	built := make([]*pgx.ExtendedQueryBuilder, len(stmts))
 	for i, st := range stmts {
 		sd, err := conn.Prepare(ctx, st.sql, st.sql)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", firstLine(st.sql), err)
 		}
 		descs[i] = sd
 		if st.params == nil {

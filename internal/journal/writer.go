@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -161,7 +162,10 @@ type Writer struct {
 	urgent chan struct{}
 	// spilled shortens a linger to SpilledLinger: a Spilled record was put.
 	spilled chan struct{}
-	linger  *time.Timer // Run's goroutine's
+	// queuedRows counts the rows of the records in the queue, so that Put
+	// can tell a batch full by rows (batchBuilder.full) is queued.
+	queuedRows atomic.Int64
+	linger     *time.Timer // Run's goroutine's
 
 	// The state below belongs to Run's goroutine.
 	seq      uint64
@@ -240,8 +244,9 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 	}
 	select {
 	case w.in <- r:
+		rows := w.queuedRows.Add(int64(r.rows()))
 		switch {
-		case r.Done != nil || len(w.in) >= w.cfg.MaxBatch:
+		case r.Done != nil || len(w.in) >= w.cfg.MaxBatch || rows >= int64(batchRows(w.cfg.MaxBatch)):
 			signal(w.urgent)
 		case r.Spilled:
 			signal(w.spilled)
@@ -322,6 +327,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		select {
 		case r := <-w.in:
+			w.queuedRows.Add(-int64(r.rows()))
 			w.add(b, r)
 			w.gather(ctx, b, r.Done != nil)
 		case <-expire:
@@ -391,6 +397,7 @@ func (w *Writer) takeQueued(b *batchBuilder) {
 	for !b.full(w.cfg.MaxBatch) {
 		select {
 		case r := <-w.in:
+			w.queuedRows.Add(-int64(r.rows()))
 			w.add(b, r)
 		default:
 			return
@@ -670,7 +677,25 @@ func (bb *batchBuilder) full(maxRecords int) bool {
 	for _, r := range b.Release {
 		rows += len(r.IDs)
 	}
-	return bb.records >= maxRecords || rows >= 4*maxRecords
+	return bb.records >= maxRecords || rows >= batchRows(maxRecords)
+}
+
+// batchRows is the rows a batch of at most maxRecords records may hold.
+func batchRows(maxRecords int) int { return 4 * maxRecords }
+
+// rows counts what r adds to a batch, as batchBuilder.full does.
+func (r *Record) rows() int {
+	n := len(r.Deliveries) + len(r.Release)
+	if r.Event != nil {
+		n++
+	}
+	if r.Update != nil {
+		n++
+	}
+	if r.Attempt != nil {
+		n++
+	}
+	return n
 }
 
 func newBatchBuilder() *batchBuilder {

@@ -691,6 +691,19 @@ func TestWriterLingerEndsForWhatWaits(t *testing.T) {
 		h.put(Record{Spilled: true, Event: &EventRow{ID: "whk_1"}})
 		waitWritten(t, store, start, linger/2)
 	})
+	t.Run("a batch full by rows is queued", func(t *testing.T) {
+		store := newMemStore()
+		h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: 8})
+		start := time.Now()
+		for i := range 6 { // 6 records, 54 rows: more than the 32 of a batch of 8 records
+			r := Record{Event: &EventRow{ID: fmt.Sprintf("whk_%d", i)}}
+			for j := range 8 {
+				r.Deliveries = append(r.Deliveries, DeliveryRow{ID: fmt.Sprintf("dlv_%d_%d", i, j), State: Delivered})
+			}
+			h.put(r)
+		}
+		waitWritten(t, store, start, linger/2)
+	})
 	t.Run("a full batch is queued", func(t *testing.T) {
 		store := newMemStore()
 		h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: 4})
