@@ -162,10 +162,13 @@ type Writer struct {
 	urgent chan struct{}
 	// spilled shortens a linger to SpilledLinger: a Spilled record was put.
 	spilled chan struct{}
-	// queuedRows counts the rows of the records in the queue, so that Put
-	// can tell a batch full by rows (batchBuilder.full) is queued.
-	queuedRows atomic.Int64
-	linger     *time.Timer // Run's goroutine's
+	// What the queue holds that decides a linger: its rows (a batch full
+	// by rows, batchBuilder.full), and its records someone waits for
+	// (Done) or the scheduler will claim from (Spilled). Signals only wake
+	// a linger; these say, whatever batch a signal was spent on, how long
+	// the next one may be.
+	queuedRows, queuedDone, queuedSpilled atomic.Int64
+	linger                                *time.Timer // Run's goroutine's
 
 	// The state below belongs to Run's goroutine.
 	seq      uint64
@@ -244,9 +247,9 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 	}
 	select {
 	case w.in <- r:
-		rows := w.queuedRows.Add(int64(r.rows()))
+		w.count(r, 1)
 		switch {
-		case r.Done != nil || len(w.in) >= w.cfg.MaxBatch || rows >= int64(batchRows(w.cfg.MaxBatch)):
+		case r.Done != nil || w.fullQueued():
 			signal(w.urgent)
 		case r.Spilled:
 			signal(w.spilled)
@@ -327,7 +330,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		select {
 		case r := <-w.in:
-			w.queuedRows.Add(-int64(r.rows()))
+			w.count(r, -1)
 			w.add(b, r)
 			w.gather(ctx, b, r.Done != nil)
 		case <-expire:
@@ -357,8 +360,11 @@ func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 		default:
 		}
 	}
-	if w.cfg.Linger > 0 && !urgent && !b.full(w.cfg.MaxBatch) {
+	if w.cfg.Linger > 0 && !urgent && !b.full(w.cfg.MaxBatch) && w.queuedDone.Load() == 0 && !w.fullQueued() {
 		start, linger := time.Now(), w.cfg.Linger
+		if b.spilled || w.queuedSpilled.Load() > 0 {
+			linger = min(linger, SpilledLinger)
+		}
 		w.linger.Reset(linger)
 	wait:
 		for {
@@ -366,9 +372,6 @@ func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 			case <-w.linger.C:
 				break wait
 			case <-w.spilled:
-				// Put's signal, of this batch's first record or a later
-				// one (one left by a record of an earlier batch only
-				// makes this one shorter).
 				if linger > SpilledLinger {
 					linger = SpilledLinger
 					w.linger.Reset(max(0, time.Until(start.Add(linger))))
@@ -384,6 +387,22 @@ func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 	w.takeQueued(b)
 }
 
+// count adds r to the queue's counts (sign 1), or takes it out (-1).
+func (w *Writer) count(r Record, sign int64) {
+	w.queuedRows.Add(sign * int64(r.rows()))
+	if r.Done != nil {
+		w.queuedDone.Add(sign)
+	}
+	if r.Spilled {
+		w.queuedSpilled.Add(sign)
+	}
+}
+
+// fullQueued reports whether the queue holds a full batch.
+func (w *Writer) fullQueued() bool {
+	return len(w.in) >= w.cfg.MaxBatch || w.queuedRows.Load() >= int64(batchRows(w.cfg.MaxBatch))
+}
+
 // signal wakes the receiver of c, if it is not woken already.
 func signal(c chan struct{}) {
 	select {
@@ -397,7 +416,7 @@ func (w *Writer) takeQueued(b *batchBuilder) {
 	for !b.full(w.cfg.MaxBatch) {
 		select {
 		case r := <-w.in:
-			w.queuedRows.Add(-int64(r.rows()))
+			w.count(r, -1)
 			w.add(b, r)
 		default:
 			return

@@ -704,6 +704,27 @@ func TestWriterLingerEndsForWhatWaits(t *testing.T) {
 		}
 		waitWritten(t, store, start, linger/2)
 	})
+	t.Run("a record someone waits for, behind a full batch", func(t *testing.T) {
+		// The full batch's signal ends the first linger; the record
+		// waited for is in the next batch, whose linger must not wait
+		// for a signal already spent.
+		store := newMemStore()
+		h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: 4})
+		start := time.Now()
+		for i := range 5 {
+			h.put(Record{Event: &EventRow{ID: fmt.Sprintf("whk_%d", i)}})
+		}
+		done := make(chan error, 1)
+		h.put(Record{Event: &EventRow{ID: "whk_waited"}, Done: done})
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(linger / 2):
+			t.Fatalf("the record waited for was not written after %s (linger %s)", time.Since(start), linger)
+		}
+	})
 	t.Run("a full batch is queued", func(t *testing.T) {
 		store := newMemStore()
 		h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: 4})
