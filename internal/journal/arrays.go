@@ -58,6 +58,16 @@ func (a *arrays) end() {
 	a.bounds = append(a.bounds, [2]int{a.start, len(a.buf)})
 }
 
+// column writes an array of n elements of type oid: put(i) writes the
+// i-th (one call of text, bytes, null...).
+func (a *arrays) column(oid uint32, n int, put func(i int)) {
+	a.begin(oid, n)
+	for i := range n {
+		put(i)
+	}
+	a.end()
+}
+
 // take returns the arrays written since the last take, in order. They
 // share the buffer, which only grows until the next reset: valid until
 // then (an array written before the buffer moved stays where it was).

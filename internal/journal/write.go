@@ -322,35 +322,17 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	var batch statements
 	if n := len(b.Events); n > 0 {
 		events := b.Events
-		a.begin(oidText, n)
-		for i := range events {
-			a.text(events[i].ID)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range events {
-			a.text(events[i].Type)
-		}
-		a.end()
-		a.begin(oidBytea, n)
-		for i := range events {
-			a.bytes(events[i].Body)
-		}
-		a.end()
-		a.begin(oidInt8, n)
-		for i := range events {
+		a.column(oidText, n, func(i int) { a.text(events[i].ID) })
+		a.column(oidText, n, func(i int) { a.text(events[i].Type) })
+		a.column(oidBytea, n, func(i int) { a.bytes(events[i].Body) })
+		a.column(oidInt8, n, func(i int) {
 			if lsn := events[i].CommitLSN; lsn != 0 {
 				a.int8(int64(lsn))
 			} else {
 				a.null()
 			}
-		}
-		a.end()
-		a.begin(oidTimestamptz, n)
-		for i := range events {
-			a.timestamptz(events[i].OccurredAt)
-		}
-		a.end()
+		})
+		a.column(oidTimestamptz, n, func(i int) { a.timestamptz(events[i].OccurredAt) })
 		batch.add(s.q(`INSERT INTO {{schema}}.events (id, type, body, commit_lsn, occurred_at)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])`)+onConflict, a)
 	}
@@ -374,81 +356,34 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 			WHERE d.attempts < EXCLUDED.attempts`
 		}
 		n := len(deliveries)
-		text := func(f func(d *DeliveryRow) string) {
-			a.begin(oidText, n)
-			for i := range deliveries {
-				a.text(f(&deliveries[i]))
-			}
-			a.end()
-		}
-		text(func(d *DeliveryRow) string { return d.ID })
-		text(func(d *DeliveryRow) string { return d.EventID })
-		text(func(d *DeliveryRow) string { return d.SubscriptionID })
-		text(func(d *DeliveryRow) string { return d.EventType })
-		text(func(d *DeliveryRow) string { return string(d.State) })
-		a.begin(oidInt4, n)
-		for i := range deliveries {
-			a.int4(int32(deliveries[i].Attempts))
-		}
-		a.end()
-		a.begin(oidTimestamptz, n)
-		for i := range deliveries {
-			a.timestamptzOrNull(deliveries[i].NextAttemptAt)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range deliveries {
-			a.textOrNull(deliveries[i].Owner)
-		}
-		a.end()
-		a.begin(oidBool, n)
-		for i := range deliveries {
-			a.bool(deliveries[i].Test)
-		}
-		a.end()
-		a.begin(oidInt4, n)
-		for i := range deliveries {
-			a.int4OrNull(deliveries[i].LastStatus)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range deliveries {
-			a.textOrNull(deliveries[i].LastError)
-		}
-		a.end()
-		a.begin(oidTimestamptz, n)
-		for i := range deliveries {
-			a.timestamptzOrNull(deliveries[i].LastAttemptAt)
-		}
-		a.end()
-		a.begin(oidTimestamptz, n)
-		for i := range deliveries {
-			a.timestamptz(deliveries[i].CreatedAt)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range deliveries {
+		a.column(oidText, n, func(i int) { a.text(deliveries[i].ID) })
+		a.column(oidText, n, func(i int) { a.text(deliveries[i].EventID) })
+		a.column(oidText, n, func(i int) { a.text(deliveries[i].SubscriptionID) })
+		a.column(oidText, n, func(i int) { a.text(deliveries[i].EventType) })
+		a.column(oidText, n, func(i int) { a.text(string(deliveries[i].State)) })
+		a.column(oidInt4, n, func(i int) { a.int4(int32(deliveries[i].Attempts)) })
+		a.column(oidTimestamptz, n, func(i int) { a.timestamptzOrNull(deliveries[i].NextAttemptAt) })
+		a.column(oidText, n, func(i int) { a.textOrNull(deliveries[i].Owner) })
+		a.column(oidBool, n, func(i int) { a.bool(deliveries[i].Test) })
+		a.column(oidInt4, n, func(i int) { a.int4OrNull(deliveries[i].LastStatus) })
+		a.column(oidText, n, func(i int) { a.textOrNull(deliveries[i].LastError) })
+		a.column(oidTimestamptz, n, func(i int) { a.timestamptzOrNull(deliveries[i].LastAttemptAt) })
+		a.column(oidTimestamptz, n, func(i int) { a.timestamptz(deliveries[i].CreatedAt) })
+		a.column(oidText, n, func(i int) {
 			if d := &deliveries[i]; d.Ordered {
 				a.text(d.OrderingKey)
 			} else {
 				a.null()
 			}
-		}
-		a.end()
-		a.begin(oidInt8, n)
-		for i := range deliveries {
+		})
+		a.column(oidInt8, n, func(i int) {
 			if d := &deliveries[i]; d.Ordered {
 				a.int8(d.Position)
 			} else {
 				a.null()
 			}
-		}
-		a.end()
-		a.begin(oidBytea, n)
-		for i := range deliveries {
-			a.bytes(deliveries[i].Body)
-		}
-		a.end()
+		})
+		a.column(oidBytea, n, func(i int) { a.bytes(deliveries[i].Body) })
 		batch.add(s.q(`INSERT INTO {{schema}}.deliveries AS d (id, event_id, subscription_id, event_type, state, attempts,
 				next_attempt_at, owner, test, last_status, last_error, last_attempt_at, created_at, ordering_key, position, body, updated_at)
 			SELECT u.*, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
@@ -457,56 +392,16 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	}
 	if n := len(b.Attempts); n > 0 {
 		attempts := b.Attempts
-		a.begin(oidText, n)
-		for i := range attempts {
-			a.text(attempts[i].DeliveryID)
-		}
-		a.end()
-		a.begin(oidInt4, n)
-		for i := range attempts {
-			a.int4(int32(attempts[i].Attempt))
-		}
-		a.end()
-		a.begin(oidTimestamptz, n)
-		for i := range attempts {
-			a.timestamptz(attempts[i].At)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range attempts {
-			a.text(string(attempts[i].Trigger))
-		}
-		a.end()
-		a.begin(oidInt4, n)
-		for i := range attempts {
-			a.int4OrNull(attempts[i].StatusCode)
-		}
-		a.end()
-		a.begin(oidInt4, n)
-		for i := range attempts {
-			a.int4(int32(attempts[i].Duration.Milliseconds()))
-		}
-		a.end()
-		a.begin(oidBytea, n)
-		for i := range attempts {
-			a.bytes(attempts[i].ResponseBody)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range attempts {
-			a.textOrNull(attempts[i].ErrorClass)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range attempts {
-			a.textOrNull(attempts[i].Error)
-		}
-		a.end()
-		a.begin(oidText, n)
-		for i := range attempts {
-			a.textOrNull(attempts[i].Instance)
-		}
-		a.end()
+		a.column(oidText, n, func(i int) { a.text(attempts[i].DeliveryID) })
+		a.column(oidInt4, n, func(i int) { a.int4(int32(attempts[i].Attempt)) })
+		a.column(oidTimestamptz, n, func(i int) { a.timestamptz(attempts[i].At) })
+		a.column(oidText, n, func(i int) { a.text(string(attempts[i].Trigger)) })
+		a.column(oidInt4, n, func(i int) { a.int4OrNull(attempts[i].StatusCode) })
+		a.column(oidInt4, n, func(i int) { a.int4(int32(attempts[i].Duration.Milliseconds())) })
+		a.column(oidBytea, n, func(i int) { a.bytes(attempts[i].ResponseBody) })
+		a.column(oidText, n, func(i int) { a.textOrNull(attempts[i].ErrorClass) })
+		a.column(oidText, n, func(i int) { a.textOrNull(attempts[i].Error) })
+		a.column(oidText, n, func(i int) { a.textOrNull(attempts[i].Instance) })
 		batch.add(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance)
 			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[], $10::text[])`)+onConflict, a)
 	}
