@@ -245,9 +245,11 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 		return ErrWriterClosed
 	default:
 	}
+	// Counted before it is queued, so that the writer, which takes it out
+	// of the counts when it takes it, never sees them below zero.
+	w.count(&r, 1)
 	select {
 	case w.in <- r:
-		w.count(r, 1)
 		switch {
 		case r.Done != nil || w.fullQueued():
 			signal(w.urgent)
@@ -256,8 +258,10 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 		}
 		return nil
 	case <-ctx.Done():
+		w.count(&r, -1)
 		return ctx.Err()
 	case <-w.closed:
+		w.count(&r, -1)
 		return ErrWriterClosed
 	}
 }
@@ -330,7 +334,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		select {
 		case r := <-w.in:
-			w.count(r, -1)
+			w.count(&r, -1)
 			w.add(b, r)
 			w.gather(ctx, b, r.Done != nil)
 		case <-expire:
@@ -388,7 +392,7 @@ func (w *Writer) gather(ctx context.Context, b *batchBuilder, urgent bool) {
 }
 
 // count adds r to the queue's counts (sign 1), or takes it out (-1).
-func (w *Writer) count(r Record, sign int64) {
+func (w *Writer) count(r *Record, sign int64) {
 	w.queuedRows.Add(sign * int64(r.rows()))
 	if r.Done != nil {
 		w.queuedDone.Add(sign)
@@ -416,7 +420,7 @@ func (w *Writer) takeQueued(b *batchBuilder) {
 	for !b.full(w.cfg.MaxBatch) {
 		select {
 		case r := <-w.in:
-			w.count(r, -1)
+			w.count(&r, -1)
 			w.add(b, r)
 		default:
 			return
