@@ -148,7 +148,11 @@ func (m *Metrics) DeliveryRecorded(subscription string, state journal.State) {
 // AttemptFinished implements fanout.Observer.
 func (m *Metrics) AttemptFinished(subscription string, took time.Duration, status int, class string, outcome fanout.Outcome) {
 	ss := m.sub(subscription)
-	counter(&ss.codes, status, m.attempts, subscription, strconv.Itoa(status)).Inc()
+	code, ok := ss.codes.Load(status) // the label made only on a miss
+	if !ok {
+		code = counter(&ss.codes, status, m.attempts, subscription, strconv.Itoa(status))
+	}
+	code.(prometheus.Counter).Inc()
 	ss.duration.Observe(took.Seconds())
 	if class != "" {
 		m.errors.WithLabelValues(subscription, class).Inc()
