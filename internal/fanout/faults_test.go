@@ -646,21 +646,26 @@ func TestFailureClassesAreRetried(t *testing.T) {
 func TestClassifyContextErrors(t *testing.T) {
 	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
+	past := time.Now().Add(-time.Second)
 	for _, tc := range []struct {
-		name string
-		err  error
-		ctx  context.Context
-		want string
+		name     string
+		err      error
+		ctx      context.Context
+		deadline time.Time
+		want     string
 	}{
-		{"deadline", context.DeadlineExceeded, context.Background(), ClassTimeout},
-		{"wrapped deadline", errors.Join(errors.New("read"), context.DeadlineExceeded), context.Background(), ClassTimeout},
-		{"any error after the attempt's context expired", io.ErrUnexpectedEOF, expired, ClassTimeout},
-		{"EOF", io.EOF, context.Background(), ClassHTTP},
-		{"HTTP answer to the TLS handshake, as net/http reports it", &url.Error{Op: "Post", URL: "https://x", Err: http.ErrSchemeMismatch}, context.Background(), ClassTLS},
-		{"HTTP answer to the TLS handshake, as crypto/tls reports it", &tlsError{err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}}, context.Background(), ClassTLS},
-		{"blocked wins over an expired context", &blockedError{addr: "169.254.169.254:80", reason: "metadata"}, expired, ClassBlocked},
+		{"deadline", context.DeadlineExceeded, context.Background(), time.Time{}, ClassTimeout},
+		{"wrapped deadline", errors.Join(errors.New("read"), context.DeadlineExceeded), context.Background(), time.Time{}, ClassTimeout},
+		{"any error after the attempt's context expired", io.ErrUnexpectedEOF, expired, time.Time{}, ClassTimeout},
+		{"any error after the attempt's deadline", io.ErrUnexpectedEOF, context.Background(), past, ClassTimeout},
+		{"EOF", io.EOF, context.Background(), time.Time{}, ClassHTTP},
+		{"EOF before the attempt's deadline", io.EOF, context.Background(), time.Now().Add(time.Hour), ClassHTTP},
+		{"HTTP answer to the TLS handshake, as net/http reports it", &url.Error{Op: "Post", URL: "https://x", Err: http.ErrSchemeMismatch}, context.Background(), time.Time{}, ClassTLS},
+		{"HTTP answer to the TLS handshake, as crypto/tls reports it", &tlsError{err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}}, context.Background(), time.Time{}, ClassTLS},
+		{"blocked wins over an expired context", &blockedError{addr: "169.254.169.254:80", reason: "metadata"}, expired, time.Time{}, ClassBlocked},
+		{"blocked wins over a past deadline", &blockedError{addr: "169.254.169.254:80", reason: "metadata"}, context.Background(), past, ClassBlocked},
 	} {
-		if got, _ := classify(tc.err, tc.ctx); got != tc.want {
+		if got, _ := classify(tc.err, tc.ctx, tc.deadline); got != tc.want {
 			t.Errorf("%s: class %q, want %q", tc.name, got, tc.want)
 		}
 	}

@@ -4,13 +4,17 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,6 +62,8 @@ type h1Transport struct {
 	h2Hosts map[string]bool      // receivers that chose HTTP/2
 	pending map[string]net.Conn  // an HTTP/2 connection on its way to h2, by host:port
 	sweep   *time.Timer          // closes connections idle too long; nil when none are idle
+
+	last atomic.Pointer[h1Target] // the target of the last URL asked for
 }
 
 // h1Conn is one connection and its buffers.
@@ -137,46 +143,114 @@ func newH1Transport(dial, dialTLS dialFunc, h2 *http.Transport, maxIdle int, idl
 	return t
 }
 
-// RoundTrip implements http.RoundTripper.
-func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	var addr string
-	switch req.URL.Scheme {
+// h1Target is a receiver's URL parsed, with what the transport derives
+// from it: the last one is kept (target), so that a subscription's
+// attempts parse their URL once, not once each.
+type h1Target struct {
+	raw  string   // the URL as configured
+	url  *url.URL // shared by every request to it: read, never written
+	host string   // the Host header: the URL's host without an empty port
+	addr string   // host:port dialled, as h2 names it (hostPort)
+	key  string   // scheme://host:port, the idle pool's key
+	// auth is the Authorization header the URL's user info makes
+	// ("Basic …"; "" without user info), as http.Client sends it when the
+	// request has none of its own.
+	auth string
+}
+
+// newTarget derives a target from u; an error for a scheme other than
+// http and https.
+func newTarget(raw string, u *url.URL) (*h1Target, error) {
+	tg := &h1Target{raw: raw, url: u, host: strings.TrimSuffix(u.Host, ":")}
+	switch u.Scheme {
 	case "http":
-		addr = hostPort(req, "80")
+		tg.addr = hostPort(u, "80")
 	case "https":
-		addr = hostPort(req, "443")
+		tg.addr = hostPort(u, "443")
 	default:
-		closeBody(req)
-		return nil, fmt.Errorf("unsupported scheme %q", req.URL.Scheme)
+		return nil, fmt.Errorf("unsupported scheme %q", u.Scheme)
 	}
-	key := req.URL.Scheme + "://" + addr
-	if req.URL.Scheme == "https" && t.isH2(key) {
-		return t.h2.RoundTrip(req)
+	tg.key = u.Scheme + "://" + tg.addr
+	if u.User != nil {
+		pass, _ := u.User.Password()
+		tg.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pass))
+	}
+	return tg, nil
+}
+
+// target is raw's target: the last one if it is raw's, else parsed now
+// (and kept). Errors are url.Parse's (which quote the URL: the caller
+// drops the quote) and newTarget's.
+func (t *h1Transport) target(raw string) (*h1Target, error) {
+	if tg := t.last.Load(); tg != nil && tg.raw == raw {
+		return tg, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	tg, err := newTarget(raw, u)
+	if err != nil {
+		return nil, err
+	}
+	t.last.Store(tg)
+	return tg, nil
+}
+
+// RoundTrip implements http.RoundTripper: do, with the request's context
+// and its deadline.
+func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	tg, err := newTarget("", req.URL)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	ctx := req.Context()
+	deadline, _ := ctx.Deadline()
+	return t.do(ctx, deadline, tg, req)
+}
+
+// do sends req to tg and reads its answer's head; the answer's body is
+// read within the same deadline (the connection's), and ctx's
+// cancellation (shutdown) ends the exchange at once. A zero deadline is
+// none. req's own context is not looked at (send makes it without one):
+// every wait here is bounded by deadline and ctx.
+//
+// send calls do directly, not through http.Client and retryablehttp:
+// with no retries of theirs and no redirects followed, what they did for
+// an attempt here was a copy of its headers, a context with a timer, a
+// second registration on that context and a parse of the URL, together
+// about a tenth of dzhook's CPU at catch-up (BENCHMARKS.md, "Issue 17").
+// What they did that matters is done here or in send: the URL's user
+// info sent as Basic credentials, the idle connections closed after a
+// failed attempt.
+func (t *h1Transport) do(ctx context.Context, deadline time.Time, tg *h1Target, req *http.Request) (*http.Response, error) {
+	if tg.url.Scheme == "https" && t.isH2(tg.key) {
+		return t.viaH2(ctx, deadline, req)
 	}
 	if err := checkHeaders(req.Header); err != nil {
 		closeBody(req)
 		return nil, err
 	}
-	ctx := req.Context()
 	for again := true; ; again = false {
 		var c *h1Conn
 		reused := false
 		if again { // a resend takes a new connection: the pool's may be as stale
-			c, reused = t.get(key)
+			c, reused = t.get(tg.key)
 		}
 		if c == nil {
-			conn, err := t.dialFor(ctx, req.URL.Scheme, addr)
+			conn, err := t.dialFor(ctx, deadline, tg)
 			if err != nil {
 				closeBody(req)
 				return nil, err
 			}
 			if tc, ok := conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-				t.handOver(key, addr, conn)
-				return t.h2.RoundTrip(req)
+				t.handOver(tg.key, tg.addr, conn)
+				return t.viaH2(ctx, deadline, req)
 			}
-			c = newH1Conn(key, conn)
+			c = newH1Conn(tg.key, conn)
 		}
-		resp, err := t.exchange(ctx, c, req)
+		resp, err := t.exchange(ctx, deadline, c, req)
 		if err == nil {
 			return resp, nil
 		}
@@ -189,7 +263,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if again && reused && c.cw.n == 0 && ctx.Err() == nil && !isTimeout(err) && req.GetBody != nil {
 			body, gerr := req.GetBody()
 			if gerr == nil {
-				r := req.Clone(ctx)
+				r := req.Clone(req.Context())
 				r.Body = body
 				req = r
 				continue
@@ -200,9 +274,37 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// viaH2 sends req through h2 (a receiver that chose HTTP/2), under a
+// context with the deadline, which ends when the answer's body is closed.
+func (t *h1Transport) viaH2(ctx context.Context, deadline time.Time, req *http.Request) (*http.Response, error) {
+	if deadline.IsZero() {
+		return t.h2.RoundTrip(req.WithContext(ctx))
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	resp, err := t.h2.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelBody is an answer's body whose context ends when it is closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
 // exchange sends req on c and reads its answer's head.
-func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request) (*http.Response, error) {
-	deadline, hasDeadline := ctx.Deadline()
+func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Conn, req *http.Request) (*http.Response, error) {
+	hasDeadline := !deadline.IsZero()
 	if hasDeadline {
 		_ = c.conn.SetDeadline(deadline)
 	}
@@ -317,11 +419,17 @@ func newH1Conn(key string, conn net.Conn) *h1Conn {
 	return c
 }
 
-func (t *h1Transport) dialFor(ctx context.Context, scheme, addr string) (net.Conn, error) {
-	if scheme == "https" {
-		return t.dialTLS(ctx, "tcp", addr)
+// dialFor dials tg (and makes the TLS handshake for https) by deadline.
+func (t *h1Transport) dialFor(ctx context.Context, deadline time.Time, tg *h1Target) (net.Conn, error) {
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
 	}
-	return t.dial(ctx, "tcp", addr)
+	if tg.url.Scheme == "https" {
+		return t.dialTLS(ctx, "tcp", tg.addr)
+	}
+	return t.dial(ctx, "tcp", tg.addr)
 }
 
 // get takes the most recently used idle connection to key that is still
@@ -543,11 +651,11 @@ func (t *h1Transport) handOver(key, addr string, conn net.Conn) {
 // hostPort is the request's host:port, with the scheme's port if the URL
 // has none: as net/http's Transport names it to DialTLSContext (the host
 // as written), so that h2 finds a handed-over connection.
-func hostPort(req *http.Request, port string) string {
-	if p := req.URL.Port(); p != "" {
+func hostPort(u *url.URL, port string) string {
+	if p := u.Port(); p != "" {
 		port = p
 	}
-	return net.JoinHostPort(req.URL.Hostname(), port)
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // checkHeaders refuses what net/http's Transport refuses (header names

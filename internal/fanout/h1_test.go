@@ -600,3 +600,83 @@ func TestH1AnswerHeadBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestH1DeadlineBoundsEveryStage: the attempt's timeout bounds a TLS
+// handshake that never ends and an HTTP/2 answer whose body never ends,
+// as it bounds HTTP/1.1's (TestDeliveryFaults): the direct path carries
+// the timeout as a deadline, not in the request's context, and must hand
+// it to the dial and to h2 itself.
+func TestH1DeadlineBoundsEveryStage(t *testing.T) {
+	hung := make(chan struct{})
+	silent := rawPeer(t, func(c *net.TCPConn) { <-hung; c.Close() }) // accepts, says nothing
+	srv := quietServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "part")
+		w.(http.Flusher).Flush()
+		select { // the rest of the body never comes
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}), true, true)
+	t.Cleanup(func() { close(hung) }) // before srv.Close, which waits for its handlers
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	for _, tc := range []struct {
+		name, url string
+		want      attemptResult // its status, class and body
+	}{
+		{"TLS handshake never answered", strings.Replace(silent, "http://", "https://", 1), attemptResult{ErrorClass: ClassTimeout}},
+		{"HTTP/2 body never ended", srv.URL, attemptResult{Status: 200, Body: []byte("part")}},
+	} {
+		done := make(chan attemptResult, 1)
+		start := time.Now()
+		go func() { done <- attemptTo(openClient(faultTimeout, pool), tc.url) }()
+		var res attemptResult
+		select {
+		case res = <-done:
+		case <-time.After(10 * faultTimeout):
+			t.Fatalf("%s: the attempt has not ended after %v (timeout %v)", tc.name, 10*faultTimeout, faultTimeout)
+		}
+		if elapsed := time.Since(start); elapsed > faultTimeout+faultSlack {
+			t.Errorf("%s: the attempt took %v, timeout %v", tc.name, elapsed, faultTimeout)
+		}
+		if res.Status != tc.want.Status || res.ErrorClass != tc.want.ErrorClass || string(res.Body) != string(tc.want.Body) {
+			t.Errorf("%s: %+v, want status %d, class %q, body %q", tc.name, res, tc.want.Status, tc.want.ErrorClass, tc.want.Body)
+		}
+	}
+}
+
+// TestH1TargetFollowsTheURL: a client asked for one URL, then another,
+// then the first again, sends each attempt to the URL it was asked for
+// (the transport keeps the last URL parsed), with the URL's user info as
+// Basic credentials unless a header of the subscription's sets
+// Authorization itself, and never in the request line.
+func TestH1TargetFollowsTheURL(t *testing.T) {
+	type seen struct{ auth, uri, host string }
+	got := make(chan seen, 10)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.Header.Get("Authorization"), r.RequestURI, r.Host}
+	})
+	a, b := quietServer(t, handler, false, false), quietServer(t, handler, false, false)
+	withUser := strings.Replace(b.URL, "http://", "http://crm:p%40ss@", 1) + "/in?x=1"
+	c := openClient(faultTimeout, nil)
+	for i, tc := range []struct {
+		url     string
+		headers http.Header
+		want    seen
+	}{
+		{a.URL + "/a", nil, seen{"", "/a", a.Listener.Addr().String()}},
+		{withUser, nil, seen{"Basic Y3JtOnBAc3M=", "/in?x=1", b.Listener.Addr().String()}}, // crm:p@ss
+		{withUser, http.Header{"Authorization": {"Bearer own"}}, seen{"Bearer own", "/in?x=1", b.Listener.Addr().String()}},
+		{a.URL + "/a", nil, seen{"", "/a", a.Listener.Addr().String()}},
+	} {
+		r := testRequest(tc.url)
+		r.headers = tc.headers
+		if res := post(context.Background(), c, r, faultTimeout, faultLimit); res.Status != 200 {
+			t.Fatalf("attempt %d to %s: %+v", i+1, tc.url, res)
+		}
+		if s := <-got; s != tc.want {
+			t.Errorf("attempt %d to %s: the receiver saw %+v, want %+v", i+1, tc.url, s, tc.want)
+		}
+	}
+}

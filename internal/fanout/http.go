@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -46,6 +47,7 @@ var (
 	keyWebhookID        = http.CanonicalHeaderKey(signer.HeaderWebhookID)
 	keyWebhookTimestamp = http.CanonicalHeaderKey(signer.HeaderWebhookTimestamp)
 	keyWebhookSignature = http.CanonicalHeaderKey(signer.HeaderWebhookSignature)
+	keyAuthorization    = http.CanonicalHeaderKey("Authorization")
 )
 
 // maxDrain is how much of a response beyond the kept part is read so the
@@ -247,16 +249,39 @@ func post(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 }
 
 // send is post, without its span.
+//
+// Direct connections go to the h1 transport itself (h1Transport.do says
+// why), bounded by a deadline; through a proxy, net/http's Transport is
+// called through http.Client and retryablehttp, under a context with the
+// timeout.
 func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.Duration, limit int) attemptResult {
 	start := time.Now()
 	res := attemptResult{At: start.UTC()}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	method := r.method
 	if method == "" {
 		method = http.MethodPost
 	}
-	req, err := retryablehttp.NewRequestWithContext(ctx, method, r.url, r.body)
+	var (
+		req      *http.Request
+		rreq     *retryablehttp.Request
+		tg       *h1Target
+		deadline time.Time
+		err      error
+	)
+	h1, direct := c.HTTPClient.Transport.(*h1Transport)
+	if direct {
+		deadline = start.Add(timeout)
+		if tg, err = h1.target(r.url); err == nil {
+			req = newRequest(method, tg, r.body)
+		}
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+		if rreq, err = retryablehttp.NewRequestWithContext(ctx, method, r.url, r.body); err == nil {
+			req = rreq.Request
+		}
+	}
 	if err != nil {
 		var urlErr *url.Error
 		if errors.As(err, &urlErr) {
@@ -271,7 +296,7 @@ func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	}
 	// The values this attempt sets share one array (Header.Set makes a
 	// slice for each); the keys are canonical already.
-	vals := make([]string, 0, 9)
+	vals := make([]string, 0, 10)
 	set := func(k, v string) {
 		vals = append(vals, v)
 		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
@@ -296,10 +321,26 @@ func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 		}
 		set(keyWebhookSignature, sig)
 	}
-	resp, err := c.Do(req)
+	var resp *http.Response
+	if direct {
+		// The URL's user info, as http.Client sends it: Basic
+		// credentials, unless a header of the subscription's says
+		// otherwise.
+		if tg.auth != "" && h.Get("Authorization") == "" {
+			set(keyAuthorization, tg.auth)
+		}
+		resp, err = h1.do(ctx, deadline, tg, req)
+		if err != nil {
+			// As retryablehttp does after a failed request: the
+			// receiver's other idle connections may be as broken.
+			h1.CloseIdleConnections()
+		}
+	} else {
+		resp, err = c.Do(rreq)
+	}
 	if err != nil {
 		res.Duration = time.Since(start)
-		res.ErrorClass, res.Error = classify(err, ctx)
+		res.ErrorClass, res.Error = classify(err, ctx, deadline)
 		return res
 	}
 	res.Status = resp.StatusCode
@@ -333,10 +374,34 @@ func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	return res
 }
 
+// newRequest is an HTTP/1.1 request of method to tg with body, as
+// http.NewRequest makes it (GetBody included, for the h1 transport's one
+// resend), from the target's parsed URL; without a context (do takes
+// its own) and with an empty header map.
+func newRequest(method string, tg *h1Target, body []byte) *http.Request {
+	req := &http.Request{
+		Method: method, URL: tg.url, Host: tg.host,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        make(http.Header, 10),
+		ContentLength: int64(len(body)),
+		Body:          http.NoBody,
+		GetBody:       func() (io.ReadCloser, error) { return http.NoBody, nil },
+	}
+	if len(body) > 0 {
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	return req
+}
+
 // classify turns a transport error into an error class and a message that
 // carries no secret (URLs lose their query string, and any user info).
-func classify(err error, ctx context.Context) (class, msg string) {
-	class, msg = classOf(err, ctx)
+// The attempt ended by its timeout if ctx is done (the proxy path's
+// context carries the timeout) or deadline (the direct path's; zero:
+// none) has passed.
+func classify(err error, ctx context.Context, deadline time.Time) (class, msg string) {
+	ended := ctx.Err() != nil || (!deadline.IsZero() && !time.Now().Before(deadline))
+	class, msg = classOf(err, ended)
 	// On the way through a proxy, what is not more precise (a proxy that
 	// refused CONNECT, hung up before answering it) fails like a
 	// connection: the receiver was never reached.
@@ -347,7 +412,7 @@ func classify(err error, ctx context.Context) (class, msg string) {
 	return class, stripUserinfo(msg)
 }
 
-func classOf(err error, ctx context.Context) (class, msg string) {
+func classOf(err error, ended bool) (class, msg string) {
 	var blocked *blockedError
 	var dnsErr *net.DNSError
 	var handshake *tlsError
@@ -362,7 +427,7 @@ func classOf(err error, ctx context.Context) (class, msg string) {
 	switch {
 	case errors.As(err, &blocked):
 		return ClassBlocked, msg
-	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+	case errors.Is(err, context.DeadlineExceeded) || ended:
 		return ClassTimeout, "no answer within the delivery timeout"
 	case errors.As(err, &dnsErr):
 		return ClassDNS, msg

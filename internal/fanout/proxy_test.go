@@ -390,7 +390,7 @@ func TestStripUserinfo(t *testing.T) {
 			t.Errorf("stripUserinfo(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if class, msg := classify(&url.Error{Op: "Post", URL: "https://x", Err: fmt.Errorf("via http://dzhook:s3cret@proxy:3128: %w", io.EOF)}, context.Background()); strings.Contains(msg, "s3cret") || class != ClassHTTP {
+	if class, msg := classify(&url.Error{Op: "Post", URL: "https://x", Err: fmt.Errorf("via http://dzhook:s3cret@proxy:3128: %w", io.EOF)}, context.Background(), time.Time{}); strings.Contains(msg, "s3cret") || class != ClassHTTP {
 		t.Errorf("classify kept the credentials or changed class: %s %q", class, msg)
 	}
 }
