@@ -5,11 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -677,6 +680,72 @@ func TestH1TargetFollowsTheURL(t *testing.T) {
 		}
 		if s := <-got; s != tc.want {
 			t.Errorf("attempt %d to %s: the receiver saw %+v, want %+v", i+1, tc.url, s, tc.want)
+		}
+	}
+}
+
+// TestWriteRequestAsRequestWrite: the h1 transport writes the requests
+// send makes byte for byte as Request.Write does, and leaves to it the
+// hosts it would rewrite or leave out.
+func TestWriteRequestAsRequestWrite(t *testing.T) {
+	many := http.Header{}
+	for i := range 20 { // more than writeHead's room on the stack
+		many[fmt.Sprintf("X-Many-%02d", i)] = []string{strconv.Itoa(i)}
+	}
+	for _, tc := range []struct {
+		name, method, url string
+		header            http.Header
+		body              string
+		fast              bool // writeHead writes it, not Request.Write
+	}{
+		{"POST with a body", "POST", "http://127.0.0.1:8080/hooks/dzdesk?token=t&x=%20y", http.Header{
+			"Content-Type": {"application/json"}, "User-Agent": {"dzhook/1.0"}, "X-Dzdesk-Signature": {"sha256=ab"}}, `{"id":"whk_1"}`, true},
+		{"PUT", "PUT", "https://crm.example.com/in", http.Header{"User-Agent": {"dzhook"}}, "{}", true},
+		{"POST without a body", "POST", "http://crm.example.com:8443/", http.Header{"User-Agent": {"dzhook"}}, "", true},
+		{"GET without a body", "GET", "http://crm.example.com/", http.Header{"User-Agent": {"dzhook"}}, "", true},
+		{"no User-Agent", "POST", "http://crm.example.com/", http.Header{"Accept": {"*/*"}}, "x", true},
+		{"empty User-Agent", "POST", "http://crm.example.com/", http.Header{"User-Agent": {""}}, "x", true},
+		{"User-Agent without a value", "POST", "http://crm.example.com/", http.Header{"User-Agent": nil}, "x", true},
+		{"values to trim, several values, a name not canonical", "POST", "http://crm.example.com/", http.Header{
+			"X-Pad": {"  a b \t"}, "X-Two": {"1", " 2"}, "x-lower": {"v"}, "User-Agent": {"\tua "}}, "x", true},
+		{"headers Request.Write leaves out or writes itself", "POST", "http://crm.example.com/", http.Header{
+			"Host": {"evil.example"}, "Content-Length": {"999"}, "Transfer-Encoding": {"chunked"}, "Trailer": {"X"},
+			"Bad Name": {"v"}, "User-Agent": {"dzhook"}}, "x", true},
+		{"more headers than the stack holds", "POST", "http://crm.example.com/", many, "x", true},
+		{"IPv6 host, empty port", "POST", "http://[::1]:/p", nil, "x", true},
+		{"IDNA host", "POST", "http://bücher.example/p", nil, "x", false},
+		{"IPv6 zone", "POST", "http://[fe80::1%25eth0]:8080/p", nil, "x", false},
+	} {
+		u, err := url.Parse(tc.url)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		tg, err := newTarget(tc.url, u)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := tg.head != ""; got != tc.fast {
+			t.Errorf("%s: head %q, want it made: %v", tc.name, tg.head, tc.fast)
+		}
+		write := func(f func(*bufio.Writer, *http.Request) error) string {
+			req := newRequest(tc.method, tg, []byte(tc.body))
+			for k, v := range tc.header {
+				req.Header[k] = v
+			}
+			var b strings.Builder
+			w := bufio.NewWriter(&b)
+			if err := f(w, req); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			return b.String()
+		}
+		want := write(func(w *bufio.Writer, r *http.Request) error { return r.Write(w) })
+		got := write(func(w *bufio.Writer, r *http.Request) error { return writeRequest(w, r, tg.head) })
+		if got != want {
+			t.Errorf("%s:\n got %q\nwant %q", tc.name, got, want)
 		}
 	}
 }
