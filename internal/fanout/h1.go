@@ -87,6 +87,67 @@ type h1Conn struct {
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	idleAt  time.Time
+
+	// The cancellation that ends the connection's exchange at once (a
+	// past deadline): one registration per connection and context's
+	// Done channel (the deliverer's lifetime, mostly), not one per
+	// attempt, whose making and undoing under the context's lock were a
+	// thirtieth of dzhook's CPU at catch-up. watched is that channel
+	// (nil: none), unwatch undoes the registration; a callback of an
+	// earlier one that has already started acts only while gen is still
+	// its own (mu).
+	watched <-chan struct{}
+	unwatch func() bool
+	mu      sync.Mutex
+	gen     uint64
+}
+
+// afterFunc is context.AfterFunc; tests count the registrations.
+var afterFunc = context.AfterFunc
+
+// watch makes ctx's cancellation end c's exchange (its I/O fails at
+// once), unless it already does. The caller owns c.
+func (c *h1Conn) watch(ctx context.Context) {
+	done := ctx.Done()
+	if done == c.watched {
+		return
+	}
+	c.stopWatching()
+	if done == nil { // never cancelled
+		return
+	}
+	c.mu.Lock()
+	gen := c.gen
+	c.mu.Unlock()
+	c.watched = done
+	c.unwatch = afterFunc(ctx, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.gen == gen {
+			_ = c.conn.SetDeadline(time.Unix(1, 0))
+		}
+	})
+}
+
+// stopWatching undoes watch: no earlier registration touches c after it
+// returns (the deadline a callback already running would set is set
+// under mu, before gen moves on, so the caller's next SetDeadline wins).
+func (c *h1Conn) stopWatching() {
+	if c.unwatch == nil {
+		return
+	}
+	c.unwatch()
+	c.unwatch, c.watched = nil, nil
+	c.mu.Lock()
+	c.gen++
+	c.mu.Unlock()
+}
+
+// close closes c's connection and ends its watch: a connection closed
+// leaves no registration on a context that lives on.
+func (c *h1Conn) close() error {
+	c.stopWatching()
+	return c.conn.Close()
 }
 
 // countingReader counts what the answer's reader took from the
@@ -267,7 +328,7 @@ func (t *h1Transport) do(ctx context.Context, deadline time.Time, tg *h1Target, 
 		if err == nil {
 			return resp, nil
 		}
-		c.conn.Close()
+		c.close()
 		// A reused connection that took none of the request (closed by
 		// the receiver after the look at it in get) gets it again on a
 		// new one. Once any of it was written the failure is the
@@ -318,15 +379,15 @@ func (b *cancelBody) Close() error {
 // exchange sends req on c and reads its answer's head; head is its
 // target's (writeHead), "" to send it with Request.Write.
 func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Conn, req *http.Request, head string) (*http.Response, error) {
+	c.watch(ctx)
 	hasDeadline := !deadline.IsZero()
 	if hasDeadline {
 		_ = c.conn.SetDeadline(deadline)
 	}
-	// Cancellation (shutdown) unblocks the connection at once; stop
-	// reports whether it had not happened when the answer was done with.
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	if err := ctx.Err(); err != nil { // cancelled before the deadline above was set
+		return nil, err
+	}
 	fail := func(what string, err error) (*http.Response, error) {
-		stop()
 		switch {
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
@@ -366,7 +427,7 @@ func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Con
 		_, _ = io.Copy(io.Discard, resp.Body)
 	}
 	c.cr.limit = 0 // the body is bounded by its reader (response_body_limit)
-	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, stop: stop, eof: resp.Body == http.NoBody,
+	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, ctx: ctx, eof: resp.Body == http.NoBody,
 		keep: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols}
 	return resp, nil
 }
@@ -479,7 +540,7 @@ type h1Body struct {
 	rc     io.ReadCloser
 	t      *h1Transport
 	c      *h1Conn
-	stop   func() bool
+	ctx    context.Context // the attempt's: cancelled, the connection is not kept
 	eof    bool
 	keep   bool
 	closed bool
@@ -501,7 +562,7 @@ func (b *h1Body) Close() error {
 		return nil
 	}
 	b.closed = true
-	notCancelled := b.stop()
+	notCancelled := b.ctx.Err() == nil
 	if b.eof && b.keep && notCancelled {
 		_ = b.rc.Close() // at EOF: reads nothing more
 		if b.c.conn.SetDeadline(time.Time{}) == nil {
@@ -509,7 +570,7 @@ func (b *h1Body) Close() error {
 			return nil
 		}
 	}
-	return b.c.conn.Close()
+	return b.c.close()
 }
 
 func newH1Conn(key string, conn net.Conn) *h1Conn {
@@ -564,7 +625,7 @@ func (t *h1Transport) get(key string) (*h1Conn, bool) {
 		if now.Sub(c.idleAt) < t.idleTimeout && c.open() {
 			return c, true
 		}
-		c.conn.Close()
+		c.close()
 	}
 }
 
@@ -671,7 +732,7 @@ func (t *h1Transport) put(c *h1Conn) {
 	list := t.idle[c.key]
 	if len(list) >= t.maxIdle {
 		t.mu.Unlock()
-		c.conn.Close()
+		c.close()
 		return
 	}
 	t.idle[c.key] = append(list, c)
@@ -712,7 +773,7 @@ func (t *h1Transport) closeExpired() {
 	}
 	t.mu.Unlock()
 	for _, c := range expired {
-		c.conn.Close()
+		c.close()
 	}
 }
 
@@ -731,7 +792,7 @@ func (t *h1Transport) CloseIdleConnections() {
 	t.mu.Unlock()
 	for _, list := range idle {
 		for _, c := range list {
-			c.conn.Close()
+			c.close()
 		}
 	}
 	for _, c := range pending {

@@ -749,3 +749,63 @@ func TestWriteRequestAsRequestWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestH1WatchPerConnection: the cancellation that ends an exchange is
+// registered once per connection and context, not per attempt, and a
+// connection closed leaves no registration on the context (which lives
+// as long as dzhook). A connection kept across a context that has been
+// cancelled serves the next context's attempts.
+func TestH1WatchPerConnection(t *testing.T) {
+	var live, made atomic.Int64
+	afterFunc = func(ctx context.Context, f func()) func() bool {
+		made.Add(1)
+		live.Add(1)
+		stop := context.AfterFunc(ctx, func() { live.Add(-1); f() })
+		return func() bool {
+			stopped := stop()
+			if stopped {
+				live.Add(-1)
+			}
+			return stopped
+		}
+	}
+	t.Cleanup(func() { afterFunc = context.AfterFunc })
+	life, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	try := func(ctx context.Context, c *retryablehttp.Client, url string) {
+		t.Helper()
+		if res := post(ctx, c, testRequest(url), faultTimeout, faultLimit); res.Status != 200 {
+			t.Fatalf("%+v, want 200", res)
+		}
+	}
+
+	kept := newH1Peer(t, answerWith(okAnswer))
+	c := openClient(faultTimeout, nil)
+	for range 20 {
+		try(life, c, kept.url)
+	}
+	if n, m := kept.conns.Load(), made.Load(); n != 1 || m != 1 {
+		t.Errorf("20 attempts on a kept connection: %d connections, %d registrations; want 1 and 1", n, m)
+	}
+	// A context of its own (an API call's), cancelled once its attempt
+	// is done; then the lifetime's again, on the same connection.
+	apiCall, endCall := context.WithCancel(context.Background())
+	try(apiCall, c, kept.url)
+	endCall()
+	try(life, c, kept.url)
+	if n, m := kept.conns.Load(), made.Load(); n != 1 || m != 3 {
+		t.Errorf("after a cancelled context of its own: %d connections, %d registrations; want 1 and 3", n, m)
+	}
+	c.HTTPClient.CloseIdleConnections()
+	if n := live.Load(); n != 0 {
+		t.Errorf("%d registrations left after the connection closed", n)
+	}
+
+	closing := newH1Peer(t, answerWith("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"))
+	for range 20 {
+		try(life, c, closing.url)
+	}
+	if n := live.Load(); n != 0 {
+		t.Errorf("20 connections closed after their answer left %d registrations", n)
+	}
+}
