@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // The HTTP/1.1 transport's own behaviour (h1.go), against real peers on
@@ -696,7 +698,7 @@ func TestWriteRequestAsRequestWrite(t *testing.T) {
 		name, method, url string
 		header            http.Header
 		body              string
-		fast              bool // writeHead writes it, not Request.Write
+		fast              bool // the target has a head: its host is sent as it is
 	}{
 		{"POST with a body", "POST", "http://127.0.0.1:8080/hooks/dzdesk?token=t&x=%20y", http.Header{
 			"Content-Type": {"application/json"}, "User-Agent": {"dzhook/1.0"}, "X-Dzdesk-Signature": {"sha256=ab"}}, `{"id":"whk_1"}`, true},
@@ -705,6 +707,10 @@ func TestWriteRequestAsRequestWrite(t *testing.T) {
 		{"GET without a body", "GET", "http://crm.example.com/", http.Header{"User-Agent": {"dzhook"}}, "", true},
 		{"no User-Agent", "POST", "http://crm.example.com/", http.Header{"Accept": {"*/*"}}, "x", true},
 		{"empty User-Agent", "POST", "http://crm.example.com/", http.Header{"User-Agent": {""}}, "x", true},
+		{"blank User-Agent", "POST", "http://crm.example.com/", http.Header{"User-Agent": {"   "}}, "x", true},
+		{"PATCH without a body", "PATCH", "http://crm.example.com/", http.Header{"User-Agent": {"dzhook"}}, "", true},
+		{"DELETE without a body", "DELETE", "http://crm.example.com/", http.Header{"User-Agent": {"dzhook"}}, "", true},
+		{"OPTIONS without a body", "OPTIONS", "http://crm.example.com/", http.Header{"User-Agent": {"dzhook"}}, "", true},
 		{"User-Agent without a value", "POST", "http://crm.example.com/", http.Header{"User-Agent": nil}, "x", true},
 		{"values to trim, several values, a name not canonical", "POST", "http://crm.example.com/", http.Header{
 			"X-Pad": {"  a b \t"}, "X-Two": {"1", " 2"}, "x-lower": {"v"}, "User-Agent": {"\tua "}}, "x", true},
@@ -807,5 +813,54 @@ func TestH1WatchPerConnection(t *testing.T) {
 	}
 	if n := live.Load(); n != 0 {
 		t.Errorf("20 connections closed after their answer left %d registrations", n)
+	}
+}
+
+// TestH1IdleAfterItsContextEnded: a kept connection whose last attempt's
+// context was cancelled while it idled (its watch fired: a past
+// deadline) is still looked at before it is reused, so a receiver that
+// closed it, or sent a 408 and closed it, in the meantime costs no
+// attempt. (Found by a review: the look failed on the past deadline and
+// took the connection for open.)
+func TestH1IdleAfterItsContextEnded(t *testing.T) {
+	for _, tc := range []struct{ name, then string }{
+		{"closed", ""},
+		{"408, then closed", "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"},
+	} {
+		idled := make(chan struct{})
+		p := newH1Peer(t, func(c net.Conn, i int, _ *http.Request) bool {
+			if _, err := io.WriteString(c, okAnswer); err != nil || i > 0 {
+				return false
+			}
+			<-idled
+			_, _ = io.WriteString(c, tc.then)
+			return false
+		})
+		c := openClient(faultTimeout, nil)
+		apiCall, endCall := context.WithCancel(context.Background())
+		if res := post(apiCall, c, testRequest(p.url), faultTimeout, faultLimit); res.Status != 200 {
+			t.Fatalf("%s: first attempt: %+v", tc.name, res)
+		}
+		endCall()
+		tr := c.HTTPClient.Transport.(*h1Transport)
+		tr.mu.Lock()
+		var kept *h1Conn
+		for _, list := range tr.idle {
+			kept = list[0]
+		}
+		tr.mu.Unlock()
+		// The watch's callback has run once the socket's reads fail at
+		// once (a past deadline).
+		testutil.Eventually(t, 5*time.Second, "the cancelled context's callback", func() bool {
+			return kept.raw.Read(func(uintptr) bool { return true }) != nil
+		})
+		close(idled)
+		<-p.closed // the receiver is done with the kept connection
+		if res := attemptTo(c, p.url); res.Status != 200 {
+			t.Errorf("%s: %+v, want 200 on a new connection", tc.name, res)
+		}
+		if n := p.conns.Load(); n != 2 {
+			t.Errorf("%s: %d connections, want 2", tc.name, n)
+		}
 	}
 }
