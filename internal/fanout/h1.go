@@ -495,8 +495,7 @@ func writeHead(w *bufio.Writer, method, head string, h http.Header, length int64
 		writeField(w, "User-Agent", headerValue(ua))
 	}
 	_, _ = w.WriteString("Content-Length: ")
-	var b [20]byte
-	_, _ = w.Write(strconv.AppendInt(b[:0], length, 10))
+	_, _ = w.Write(strconv.AppendInt(w.AvailableBuffer(), length, 10)) // no copy, no allocation
 	_, _ = w.WriteString("\r\n")
 	var keys [16]string
 	sorted := keys[:0]

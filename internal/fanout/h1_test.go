@@ -734,7 +734,7 @@ func TestWriteRequestAsRequestWrite(t *testing.T) {
 			t.Errorf("%s: head %q, want it made: %v", tc.name, tg.head, tc.fast)
 		}
 		write := func(f func(*bufio.Writer, *http.Request) error) string {
-			req := newRequest(tc.method, tg, []byte(tc.body))
+			req := newRequest(tc.method, tg, []byte(tc.body), len(tc.header))
 			for k, v := range tc.header {
 				req.Header[k] = v
 			}
