@@ -440,7 +440,7 @@ func (w *Writer) drain(parent context.Context) {
 		w.flush(ctx, bb, time.Now())
 	}
 	for {
-		b := newBatchBuilder()
+		b := newBatchBuilderFor(batchSizes{})
 		w.takeQueued(b)
 		if b.records == 0 {
 			break
@@ -449,7 +449,7 @@ func (w *Writer) drain(parent context.Context) {
 	}
 	// Release every held delivery: it goes to the journal as in flight,
 	// and the instance's exit releases its ownership.
-	w.flush(ctx, newBatchBuilder(), time.Now().Add(w.cfg.Hold+time.Hour))
+	w.flush(ctx, newBatchBuilderFor(batchSizes{}), time.Now().Add(w.cfg.Hold+time.Hour))
 	if ctx.Err() != nil {
 		w.log.Error("journal unreachable at shutdown; stopping with records unwritten (their transactions were not acknowledged and come again)",
 			"waited", w.cfg.DrainTimeout.String())
@@ -721,10 +721,6 @@ func (r *Record) rows() int {
 		n++
 	}
 	return n
-}
-
-func newBatchBuilder() *batchBuilder {
-	return &batchBuilder{delivIdx: map[string]int{}, updIdx: map[string]int{}, subIdx: map[string]int{}, timerIdx: map[string]int{}}
 }
 
 // batchSizes is how many events, deliveries and attempts a batch held.

@@ -691,19 +691,6 @@ func TestWriterLingerEndsForWhatWaits(t *testing.T) {
 		h.put(Record{Spilled: true, Event: &EventRow{ID: "whk_1"}})
 		waitWritten(t, store, start, linger/2)
 	})
-	t.Run("a batch full by rows is queued", func(t *testing.T) {
-		store := newMemStore()
-		h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: 8})
-		start := time.Now()
-		for i := range 6 { // 6 records, 54 rows: more than the 32 of a batch of 8 records
-			r := Record{Event: &EventRow{ID: fmt.Sprintf("whk_%d", i)}}
-			for j := range 8 {
-				r.Deliveries = append(r.Deliveries, DeliveryRow{ID: fmt.Sprintf("dlv_%d_%d", i, j), State: Delivered})
-			}
-			h.put(r)
-		}
-		waitWritten(t, store, start, linger/2)
-	})
 	t.Run("a record someone waits for, behind a full batch", func(t *testing.T) {
 		// The full batch's signal ends the first linger; the record
 		// waited for is in the next batch, whose linger must not wait
@@ -725,13 +712,27 @@ func TestWriterLingerEndsForWhatWaits(t *testing.T) {
 			t.Fatalf("the record waited for was not written after %s (linger %s)", time.Since(start), linger)
 		}
 	})
-	t.Run("a full batch is queued", func(t *testing.T) {
-		store := newMemStore()
-		h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: 4})
-		start := time.Now()
-		for i := range 9 {
-			h.put(Record{Event: &EventRow{ID: fmt.Sprintf("whk_%d", i)}})
-		}
-		waitWritten(t, store, start, linger/2)
-	})
+	// A full batch queued, by records (9 of a batch of 4) or by rows (6
+	// records of 9 rows: 54, more than the 32 of a batch of 8 records).
+	for _, tc := range []struct {
+		name                          string
+		maxBatch, records, deliveries int
+	}{
+		{"a full batch is queued", 4, 9, 0},
+		{"a batch full by rows is queued", 8, 6, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newMemStore()
+			h := newHarness(t, store, WriterConfig{Linger: linger, MaxBatch: tc.maxBatch})
+			start := time.Now()
+			for i := range tc.records {
+				r := Record{Event: &EventRow{ID: fmt.Sprintf("whk_%d", i)}}
+				for j := range tc.deliveries {
+					r.Deliveries = append(r.Deliveries, DeliveryRow{ID: fmt.Sprintf("dlv_%d_%d", i, j), State: Delivered})
+				}
+				h.put(r)
+			}
+			waitWritten(t, store, start, linger/2)
+		})
+	}
 }
