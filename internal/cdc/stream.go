@@ -64,6 +64,9 @@ type Config struct {
 	LagInterval time.Duration
 	// Pool serves catalog queries; when nil the stream opens its own.
 	Pool *pgxpool.Pool
+	// recheck is the longest a receive waits before the reader looks for
+	// acknowledgements to report (1 s; tests lengthen it).
+	recheck time.Duration
 	// DrainTimeout bounds how long a stopped stream keeps the slot while
 	// the handler acknowledges what it was handed. Defaults to 10 s.
 	DrainTimeout time.Duration
@@ -184,6 +187,9 @@ func New(cfg Config) (*Stream, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.recheck <= 0 {
+		cfg.recheck = time.Second
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = DefaultStatusInterval
@@ -419,8 +425,17 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 
 	status := time.Now().Add(s.cfg.StatusInterval)
 	lastReport := time.Now()
-	recv := &deadlineCtx{parent: ctx}
-	defer recv.stop()
+	// Receives wait on the connection's read deadline, armed again each
+	// time one passes: at most recheck ahead, so the reader looks for
+	// acknowledgements to report, and no later than the next status. They
+	// pass context.Background(): pgconn registers a cancellation hook on
+	// any other context for every message (a twentieth of the CPU of a
+	// catch-up). Cancelling ctx ends a receive through the same deadline,
+	// with one hook for the whole session.
+	nc := conn.Conn()
+	stopRecv := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(aLongTimeAgo) })
+	defer stopRecv()
+	armed := false
 	for {
 		select {
 		case err := <-procErr:
@@ -443,20 +458,32 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 			}
 		default:
 		}
-		if now := time.Now(); !now.Before(status) {
-			if err := s.sendStatus(conn, false, 0); err != nil {
-				return err
+		if !armed {
+			now := time.Now()
+			if !now.Before(status) {
+				if err := s.sendStatus(conn, false, 0); err != nil {
+					return err
+				}
+				lastReport = now
+				status = now.Add(s.cfg.StatusInterval)
 			}
-			lastReport = now
-			status = now.Add(s.cfg.StatusInterval)
+			if err := nc.SetReadDeadline(earliest(status, now.Add(s.cfg.recheck))); err != nil {
+				return fmt.Errorf("receive: %w", err)
+			}
+			armed = true
+			// After the deadline is set: a cancellation that came before
+			// it is seen here, one after it moves the deadline back.
+			if ctx.Err() != nil {
+				return nil // finish reports the last acknowledgements
+			}
 		}
-		raw, err := conn.ReceiveMessage(recv.get(earliest(status, time.Now().Add(time.Second))))
+		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // finish reports the last acknowledgements
 			}
 			if pgconn.Timeout(err) {
-				recv.stop()
+				armed = false
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
@@ -706,34 +733,8 @@ func earliest(a, b time.Time) time.Time {
 	return b
 }
 
-// deadlineCtx reuses one deadline context for many receives: creating one
-// per message would cost a timer each, on the hottest loop of the stream.
-// The deadline wakes the reader at least once a second to check for
-// acknowledgements to report.
-type deadlineCtx struct {
-	parent context.Context
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-// get returns a context that expires at the latest at deadline.
-func (d *deadlineCtx) get(deadline time.Time) context.Context {
-	if d.ctx != nil {
-		if dl, _ := d.ctx.Deadline(); !dl.After(deadline) && d.ctx.Err() == nil {
-			return d.ctx
-		}
-		d.cancel()
-	}
-	d.ctx, d.cancel = context.WithDeadline(d.parent, deadline)
-	return d.ctx
-}
-
-func (d *deadlineCtx) stop() {
-	if d.cancel != nil {
-		d.cancel()
-		d.ctx, d.cancel = nil, nil
-	}
-}
+// aLongTimeAgo is a deadline in the past: it ends a blocked receive.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // Interrupt ends the current replication session, if one is streaming,
 // with err; the stream connects again after its backoff. The engine calls

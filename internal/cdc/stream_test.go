@@ -500,6 +500,24 @@ func TestStopWaitsForAcknowledgements(t *testing.T) {
 	}
 }
 
+// TestStopEndsAWaitingReceive: a stream waiting for the next message
+// stops at once when its context ends, not when the receive's deadline
+// (here an hour away) passes or the server next sends something.
+func TestStopEndsAWaitingReceive(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(true)
+	s := startStreamWith(t, db, rec, func(c *Config) { c.StatusInterval, c.recheck = time.Hour, time.Hour })
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'a@x')`)
+	rec.waitCommits(t, 1)
+	stopped := make(chan struct{})
+	go func() { stopStream(s); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream did not stop within 10 s of its context ending")
+	}
+}
+
 // TestDurability withholds acknowledgements: confirmed_flush_lsn must never
 // pass the first unacknowledged commit, even after status updates.
 func TestDurability(t *testing.T) {
