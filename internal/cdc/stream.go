@@ -431,10 +431,21 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	// pass context.Background(): pgconn registers a cancellation hook on
 	// any other context for every message (a twentieth of the CPU of a
 	// catch-up). Cancelling ctx ends a receive through the same deadline,
-	// with one hook for the whole session.
+	// with one hook for the whole session. The session waits for a hook
+	// that has started before it returns: finish, deferred before it and
+	// so run after it, sets a deadline of its own that the hook must not
+	// overwrite (as pgconn's Unwatch waits for its handler).
 	nc := conn.Conn()
-	stopRecv := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(aLongTimeAgo) })
-	defer stopRecv()
+	hookDone := make(chan struct{})
+	stopRecv := context.AfterFunc(ctx, func() {
+		_ = nc.SetReadDeadline(aLongTimeAgo)
+		close(hookDone)
+	})
+	defer func() {
+		if !stopRecv() {
+			<-hookDone
+		}
+	}()
 	armed := false
 	for {
 		select {
