@@ -95,14 +95,15 @@ func (b *bench) rates(ctx context.Context) error {
 		dzhookCPU[step.rate] = per10k
 		label := fmt.Sprintf("%d tx/s", step.rate)
 		note := fmt.Sprintf("%.1f%% of a core", (cpu1-cpu0)/step.dur.Seconds()*100)
-		if g := rateGoals[step.rate]; g.cpu > 0 {
+		g := rateGoals[step.rate]
+		if g.cpu > 0 {
 			b.goal("rates", label+": dzhook CPU per 10,000 events", per10k, "s", g.cpu, false, note)
 		} else {
 			b.add(Result{Scenario: "rates", Metric: label + ": dzhook CPU per 10,000 events", Value: per10k, Unit: "s", Note: note})
 		}
 		b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p50", Value: pct(lat, 0.50), Unit: "ms"})
 		b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p95", Value: pct(lat, 0.95), Unit: "ms"})
-		if g := rateGoals[step.rate]; g.p99 > 0 {
+		if g.p99 > 0 {
 			b.goal("rates", label+": commit -> received p99", pct(lat, 0.99), "ms", g.p99, false, "")
 		} else {
 			b.add(Result{Scenario: "rates", Metric: label + ": commit -> received p99", Value: pct(lat, 0.99), Unit: "ms"})
