@@ -68,11 +68,16 @@ func standardSum(key []byte, id string, unix int64, body []byte) [sha256.Size]by
 	// The prefix is built in a stack buffer; a longer id still works,
 	// append just moves to the heap.
 	var buf [96]byte
-	prefix := append(buf[:0], id...)
-	prefix = append(prefix, '.')
-	prefix = strconv.AppendInt(prefix, unix, 10)
-	prefix = append(prefix, '.')
-	return sum256(key, prefix, body)
+	return sum256(key, standardPrefixOf(buf[:0], id, unix), body)
+}
+
+// standardPrefixOf appends what the Standard Webhooks signed content has
+// before the body, id + "." + unix + ".", to dst.
+func standardPrefixOf(dst []byte, id string, unix int64) []byte {
+	dst = append(dst, id...)
+	dst = append(dst, '.')
+	dst = strconv.AppendInt(dst, unix, 10)
+	return append(dst, '.')
 }
 
 // VerifyStandard checks the Standard Webhooks headers of a request, as

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 // discardRecorder takes records and writes nothing: the benchmarks
@@ -46,11 +47,12 @@ func benchAttempt(b *testing.B, cfg Config, traceparent bool) {
 	s := d.reg.Load().byID["bench"]
 	body := []byte(`{"id":"evt_1","event":"request.updated","data":{"id":"req_1"}}`)
 	ctx := context.Background()
+	var sg signer.Signer // as a worker has
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		t := &task{deliveryID: "dlv_1", eventID: "evt_1", eventType: "request.updated", body: body, trigger: journal.TriggerAuto, test: true}
-		if res, _ := d.deliver.attempt(ctx, s, t); res.Status != http.StatusNoContent {
+		if res, _ := d.deliver.attempt(ctx, s, t, &sg); res.Status != http.StatusNoContent {
 			b.Fatalf("status %d, %s", res.Status, res.Error)
 		}
 	}

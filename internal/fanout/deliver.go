@@ -12,6 +12,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/transform"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 // deliverer makes the attempts of the subscriptions: each subscription's
@@ -55,6 +56,7 @@ func (d *deliverer) start(life context.Context, s *sub) {
 // as the subscription was retired goes back to the journal unattempted
 // (giveUp), as what is left in a retired queue does.
 func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
+	var sg signer.Signer // this worker's keyed HMACs, kept between its attempts
 	for {
 		if s.stopped() {
 			return
@@ -89,7 +91,7 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 			}
 			started := time.Now()
 			busy.Store(started.UnixNano())
-			res, dec := d.attempt(life, s, t)
+			res, dec := d.attempt(life, s, t, &sg)
 			if s.pace != nil && res.Status == http.StatusTooManyRequests {
 				s.pace.throttled(time.Now(), started, res.RetryAfter)
 			}
@@ -168,18 +170,18 @@ func (d *deliverer) nudgeWhenDurable(life context.Context) {
 // attempt makes one attempt, puts its outcome to the journal writer, and
 // returns what the receiver answered and what follows; in a span of its
 // own when tracing is on.
-func (d *deliverer) attempt(life context.Context, s *sub, t *task) (attemptResult, Decision) {
+func (d *deliverer) attempt(life context.Context, s *sub, t *task, sg *signer.Signer) (attemptResult, Decision) {
 	if d.tracer == nil {
-		return d.try(life, s, t)
+		return d.try(life, s, t, sg)
 	}
 	ctx, span := startAttempt(life, d.tracer, s, t, t.attempts+1)
-	res, dec := d.try(ctx, s, t)
+	res, dec := d.try(ctx, s, t, sg)
 	endAttempt(span, res, dec)
 	return res, dec
 }
 
 // try is attempt, without its span.
-func (d *deliverer) try(life context.Context, s *sub, t *task) (attemptResult, Decision) {
+func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer) (attemptResult, Decision) {
 	n := t.attempts + 1
 	// A delivery's own body is made at its first attempt (or the first
 	// since its subscription has a transform) and kept with it: every
@@ -194,7 +196,7 @@ func (d *deliverer) try(life context.Context, s *sub, t *task) (attemptResult, D
 	secret, standard := s.signing(d.now())
 	r := request{
 		method: s.method, url: s.cfg.URL, body: t.body, eventType: t.eventType, eventID: t.eventID, deliveryID: t.deliveryID,
-		attempt: n, secret: secret, standardKeys: standard, headers: s.headers, userAgent: d.cfg.UserAgent,
+		attempt: n, secret: secret, standardKeys: standard, signer: sg, headers: s.headers, userAgent: d.cfg.UserAgent,
 	}
 	if d.tracer != nil {
 		r.tracer, r.traceparent, r.shownURL = d.tracer, s.cfg.Traceparent, s.shownURL()

@@ -222,8 +222,11 @@ type request struct {
 	// standardKeys sign webhook-signature, one signature each (two
 	// during a secret's rotation); none: no Standard Webhooks headers.
 	standardKeys [][]byte
-	headers      http.Header
-	userAgent    string
+	// signer, when set, is the sending worker's: it keeps the keys'
+	// HMACs between attempts (nil: each signature keys its own).
+	signer    *signer.Signer
+	headers   http.Header
+	userAgent string
 	// tracer, when set, makes the attempt's HTTP client span, whose
 	// url.full is shownURL (the URL without its credentials);
 	// traceparent sends its context to the receiver.
@@ -321,7 +324,7 @@ func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	set(keyContentType, "application/json")
 	set(keyUserAgent, r.userAgent)
 	if len(r.secret) > 0 { // only notifications and connectors (Slack, Teams, Discord) may be unsigned: an HMAC with no key proves nothing
-		set(keySignature, signer.Sign(r.secret, r.body))
+		set(keySignature, r.signer.Sign(r.secret, r.body))
 	}
 	set(keyEvent, r.eventType)
 	set(keyDelivery, r.deliveryID)
@@ -332,9 +335,9 @@ func send(ctx context.Context, c *retryablehttp.Client, r request, timeout time.
 	if len(r.standardKeys) > 0 {
 		set(keyWebhookID, r.eventID)
 		set(keyWebhookTimestamp, strconv.FormatInt(start.Unix(), 10))
-		sig := signer.SignStandard(r.standardKeys[0], r.eventID, start, r.body)
+		sig := r.signer.SignStandard(r.standardKeys[0], r.eventID, start, r.body)
 		for _, k := range r.standardKeys[1:] {
-			sig += " " + signer.SignStandard(k, r.eventID, start, r.body)
+			sig += " " + r.signer.SignStandard(k, r.eventID, start, r.body)
 		}
 		set(keyWebhookSignature, sig)
 	}

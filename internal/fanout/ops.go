@@ -80,7 +80,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
-	res, _ := d.deliver.attempt(life, s, t)
+	res, _ := d.deliver.attempt(life, s, t, nil)
 	if err := d.records.Wait(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}
@@ -128,7 +128,7 @@ func (d *Dispatcher) SendTest(ctx context.Context, subscription string, ev Event
 	t := &task{deliveryID: id, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerTest, test: true, durable: make(chan error, 1)}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.
-	res, _ := d.deliver.attempt(life, s, t)
+	res, _ := d.deliver.attempt(life, s, t, nil)
 	if err := d.records.Wait(ctx, t.durable); err != nil {
 		return report(t, res), err
 	}

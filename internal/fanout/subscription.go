@@ -93,26 +93,26 @@ func (s *sub) signing(now time.Time) (secret []byte, standard [][]byte) {
 	if overlap && now.Before(s.cfg.SwitchAt) {
 		secret = s.cfg.PreviousSecret
 	}
-	if s.standardKey != nil {
-		standard = [][]byte{s.standardKey}
-		if overlap && s.previousKey != nil {
-			standard = append(standard, s.previousKey)
-		}
+	n := len(s.standardKeys)
+	if !overlap {
+		n = min(n, 1)
 	}
-	return secret, standard
+	return secret, s.standardKeys[:n:n] // shared with every attempt: no room to append into
 }
 
 // sub is a subscription at run time: its queue, workers' client, health.
 type sub struct {
-	cfg         Subscription
-	filter      *filter.Program
-	shape       *transform.Transform // nil: the envelope is sent as it is
-	method      string
-	pace        *pacer // nil: no rate limit
-	headers     http.Header
-	standardKey []byte
-	previousKey []byte // the standard key of cfg.PreviousSecret, during a rotation
-	client      *retryablehttp.Client
+	cfg     Subscription
+	filter  *filter.Program
+	shape   *transform.Transform // nil: the envelope is sent as it is
+	method  string
+	pace    *pacer // nil: no rate limit
+	headers http.Header
+	// standardKeys are the Standard Webhooks keys of cfg.Secret and,
+	// during a rotation, of cfg.PreviousSecret (made once, not per
+	// attempt); none: no Standard Webhooks headers.
+	standardKeys [][]byte
+	client       *retryablehttp.Client
 
 	// queue holds what the scheduler claimed from the journal (retries,
 	// spilled and replayed deliveries) and an ordered subscription's
@@ -503,10 +503,10 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 		if err != nil {
 			return nil, fmt.Errorf("subscription %s: standard webhooks secret: %w", cfg.ID, err)
 		}
-		s.standardKey = key
+		s.standardKeys = [][]byte{key}
 		if len(cfg.PreviousSecret) > 0 {
 			if prev, err := signer.StandardKey(string(cfg.PreviousSecret)); err == nil {
-				s.previousKey = prev
+				s.standardKeys = append(s.standardKeys, prev)
 			}
 		}
 	}
