@@ -447,6 +447,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		}
 	}()
 	armed := false
+	var keep *time.Timer // enqueue's
 	for {
 		select {
 		case err := <-procErr:
@@ -537,7 +538,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 				}
 				w := wal{data: append([]byte(nil), xld.WALData...), start: xld.WALStart}
 				s.busy.Add(1)
-				if err := s.enqueue(ctx, conn, msgs, w, procErr); err != nil {
+				if err := s.enqueue(ctx, conn, msgs, w, procErr, &keep); err != nil {
 					s.busy.Add(-1)
 					return err
 				}
@@ -604,13 +605,23 @@ func (s *Stream) drained() bool {
 // enqueue hands a message to the processor. While the processor is busy
 // (the handler applies backpressure) it keeps telling PostgreSQL where the
 // stream stands, so the server never times the connection out.
-func (s *Stream) enqueue(ctx context.Context, conn *pgconn.PgConn, msgs chan<- wal, w wal, procErr <-chan error) error {
+//
+// keep is the session's timer for those reports, made at its first wait
+// and reset at each one after (nil until then): a ticker made per wait
+// was a fiftieth of dzhook's CPU at catch-up, when most messages wait.
+func (s *Stream) enqueue(ctx context.Context, conn *pgconn.PgConn, msgs chan<- wal, w wal, procErr <-chan error, keep **time.Timer) error {
 	select {
 	case msgs <- w:
 		return nil
 	default:
 	}
-	tick := time.NewTicker(s.cfg.StatusInterval / 2)
+	every := s.cfg.StatusInterval / 2
+	if *keep == nil {
+		*keep = time.NewTimer(every)
+	} else {
+		(*keep).Reset(every)
+	}
+	tick := *keep
 	defer tick.Stop()
 	for {
 		select {
@@ -626,6 +637,7 @@ func (s *Stream) enqueue(ctx context.Context, conn *pgconn.PgConn, msgs chan<- w
 			if err := s.sendStatus(conn, false, 0); err != nil {
 				return err
 			}
+			tick.Reset(every)
 		}
 	}
 }

@@ -36,13 +36,23 @@ type recorder struct {
 	autoAck bool
 	stream  *Stream
 	changed chan struct{}
+	// gate, when set, holds every change until it is closed: the
+	// handler's backpressure.
+	gate chan struct{}
 }
 
 func newRecorder(autoAck bool) *recorder {
 	return &recorder{autoAck: autoAck, changed: make(chan struct{}, 1)}
 }
 
-func (r *recorder) HandleChange(_ context.Context, c *Change) error {
+func (r *recorder) HandleChange(ctx context.Context, c *Change) error {
+	if r.gate != nil {
+		select {
+		case <-r.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	r.mu.Lock()
 	r.changes = append(r.changes, c)
 	r.mu.Unlock()
@@ -518,6 +528,40 @@ func TestStopEndsAWaitingReceive(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("the stream did not stop within 10 s of its context ending")
 		<-stopped // stopStream gives up after 30 s, reporting before the test ends
+	}
+}
+
+// TestStatusWhileHandlerBlocks: while the handler holds the stream back
+// and the reader waits to hand over the next message, the stream keeps
+// reporting its position to PostgreSQL (every StatusInterval/2), so the
+// walsender does not time the connection out (wal_sender_timeout).
+func TestStatusWhileHandlerBlocks(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(true)
+	rec.gate = make(chan struct{})
+	s := startStreamWith(t, db, rec, func(c *Config) { c.StatusInterval = 200 * time.Millisecond })
+	defer close(rec.gate) // before the stream's stop (cleanup), which waits for the handler
+	// More messages than the reader's queue to the processor holds (256).
+	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 1000) g`)
+	// The reader is waiting in enqueue once the queue is full, one message
+	// is with the processor and one in the reader's hand.
+	deadline := time.Now().Add(30 * time.Second)
+	for s.busy.Load() < 256+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader has %d messages handed over or in hand, want 258 (queue full)", s.busy.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := s.Stats().StatusUpdates
+	deadline = time.Now().Add(10 * time.Second)
+	for s.Stats().StatusUpdates < before+3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d status updates in 10 s while the reader waits for the handler, want 3 or more", s.Stats().StatusUpdates-before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := s.busy.Load(); n != 256+2 {
+		t.Fatalf("the reader has %d messages handed over or in hand while the handler blocks, want 258", n)
 	}
 }
 
