@@ -329,6 +329,22 @@ func TestDeliveryFaults(t *testing.T) {
 			},
 			status: 0, class: ClassHTTP, body: []byte{}, errorHas: []string{"malformed HTTP"},
 		},
+		faultCase{
+			// An echo service, or a port forwarded to the wrong place:
+			// the "status" net/http cannot parse is our request line,
+			// the URL's token in it.
+			name: "the request echoed back instead of an answer",
+			peer: func(t *testing.T) string {
+				return withToken(rawPeer(t, func(c *net.TCPConn) {
+					_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+					buf := make([]byte, 4096)
+					n, _ := c.Read(buf)
+					_, _ = c.Write(buf[:n])
+					c.Close()
+				}))
+			},
+			status: 0, class: ClassHTTP, body: []byte{}, errorHas: []string{"malformed HTTP status code"},
+		},
 	)
 
 	// TLS: verification is on, always; a self-signed certificate passes

@@ -470,8 +470,40 @@ func classOf(err error, ended bool) (class, msg string) {
 		return ClassConnect, msg
 	}
 	// A connection closed before or during the answer (EOF, a malformed
-	// response) is the receiver's side of HTTP.
-	return ClassHTTP, msg
+	// response) is the receiver's side of HTTP. net/http quotes what it
+	// could not parse; a peer that echoes the request (an echo service, a
+	// port forwarded to the wrong place) would put the request line, the
+	// URL's query string with it, in the history: the quotes are kept,
+	// their content is not.
+	return ClassHTTP, unquoted(msg)
+}
+
+// unquoted is msg with the content of each double-quoted ("%q") span
+// replaced by "…".
+func unquoted(msg string) string {
+	if !strings.Contains(msg, `"`) {
+		return msg
+	}
+	var b strings.Builder
+	in, escaped := false, false
+	for _, r := range msg {
+		switch {
+		case !in:
+			b.WriteRune(r)
+			in = r == '"'
+		case escaped:
+			escaped = false
+		case r == '\\':
+			escaped = true
+		case r == '"':
+			b.WriteString("…\"")
+			in = false
+		}
+	}
+	if in {
+		b.WriteString("…")
+	}
+	return b.String()
 }
 
 // isRemoteAlert reports whether err is a TLS alert the peer sent, which

@@ -60,3 +60,18 @@ func TestRedactURL(t *testing.T) {
 		t.Errorf("a plain subscription's URL: %s", got)
 	}
 }
+
+func TestUnquoted(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{`no quotes`, `no quotes`},
+		{`malformed HTTP status code "/hook?token=x"`, `malformed HTTP status code "…"`},
+		{`got ["1" "2"]`, `got ["…" "…"]`},
+		{`line: "a \"quoted\" b" after`, `line: "…" after`},
+		{`cut "short`, `cut "…`},
+		{`"é\xff"`, `"…"`},
+	} {
+		if got := unquoted(tt.in); got != tt.want {
+			t.Errorf("unquoted(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
