@@ -572,6 +572,10 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		// runs the subscription now. Before Run, the stream may already
 		// have queued deliveries that no worker would ever take.
 		s.wg.Wait()
+		// Its own client's idle connections would otherwise stay open
+		// until the pool's sweep (up to twice the idle timeout), each
+		// with its registration on the dispatcher's lifetime.
+		s.client.HTTPClient.CloseIdleConnections()
 		if err := d.giveBack(ctx, s.drainQueue); err != nil {
 			// The new set is in force; what could not be given back stays
 			// this instance's until it stops (Unregister releases it).

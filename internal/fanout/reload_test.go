@@ -2,7 +2,11 @@ package fanout
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,4 +106,42 @@ func TestReloadKeepsStatistics(t *testing.T) {
 		s := summary(t, d, "crm")
 		return s.Delivered == 3 && s.Retried == 1 && s.LastStatus == http.StatusOK
 	})
+}
+
+// TestReloadClosesRetiredConnections: a subscription replaced by a reload
+// closes its kept-alive connections once its workers are done, instead of
+// leaving them open until the idle sweep (minutes).
+func TestReloadClosesRetiredConnections(t *testing.T) {
+	store := newJournal(t)
+	var closed atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			closed.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	sub := Subscription{ID: "crm", URL: srv.URL + "/hook", Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", Concurrency: 1,
+		RetrySchedule: []time.Duration{0, time.Hour}, Logger: testutil.Logger(t),
+	})
+	ctx := context.Background()
+	if err := d.Dispatch(ctx, orderEvents([]string{"a"})[0]); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the first delivery", func() bool { return summary(t, d, "crm").Delivered == 1 })
+	if n := closed.Load(); n != 0 {
+		t.Fatalf("%d connections closed before the reload, want the delivery's kept alive", n)
+	}
+	changed := sub
+	changed.Headers = map[string]string{"X-Tenant": "acme"} // a new subscription value: the old one is retired
+	if err := d.Reload(ctx, []Subscription{changed}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the retired subscription's idle connection closed", func() bool { return closed.Load() == 1 })
 }
