@@ -29,6 +29,13 @@
 // timestamp, [VerifyStandard] also rejects deliveries older or newer than
 // [DefaultTolerance], which stops replays of captured requests.
 //
+// # Sending
+//
+// [Sign] and [SignStandard] are safe for concurrent use and key a new
+// HMAC per call. A sender that signs many messages with the same few
+// keys gives each sending goroutine a [Signer], which keeps the keyed
+// HMACs between messages (dzhook's delivery workers do).
+//
 // # Receiving
 //
 // A Go receiver wraps its handler in [Verifier.Middleware], which reads the
