@@ -79,7 +79,7 @@ type h1Conn struct {
 	// it saw in peeked, peekN and peekErr: a callback made per look, with
 	// its results, took three allocations per attempt.
 	peekFD  func(fd uintptr) bool
-	peeked  [unaskedQuote]byte
+	peeked  []byte // unaskedQuote bytes; tlsPeek under TLS, to see whole records
 	peekN   int
 	peekErr error
 	cr      countingReader
@@ -591,16 +591,17 @@ func (b *h1Body) Close() error {
 }
 
 func newH1Conn(key string, conn net.Conn) *h1Conn {
-	c := &h1Conn{key: key, conn: conn}
+	c := &h1Conn{key: key, conn: conn, peeked: make([]byte, unaskedQuote)}
 	raw := conn
 	if tc, ok := conn.(*tls.Conn); ok {
 		raw = tc.NetConn()
+		c.peeked = make([]byte, tlsPeek)
 	}
 	if sc, ok := raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.raw = rc
 			c.peekFD = func(fd uintptr) bool {
-				c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peeked[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+				c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peeked, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 				return true
 			}
 		}
@@ -677,13 +678,72 @@ func (c *h1Conn) open() bool {
 		unasked(pending)
 		return false
 	}
+	// Only whole records are read through TLS, and only those: of a
+	// record cut short (an unasked answer half arrived), the probe would
+	// take the part that came into crypto/tls's buffer and time out, the
+	// socket would look empty, and the rest would be read as the next
+	// attempt's answer.
+	whole, ok := wholeRecords(pending)
+	sock, counted := tc.NetConn().(*tlsSocket)
+	if !ok || !counted {
+		return false
+	}
+	before := sock.read.Load()
 	if !tlsRead(tc, time.Now().Add(tlsProbe)) {
 		return false
 	}
+	if sock.read.Load()-before != int64(whole) {
+		return false // more came meanwhile, maybe not whole
+	}
 	// Still bytes on the socket: the probe did not get to read them (a
-	// paused goroutine, a record not whole). Not worth keeping.
+	// paused goroutine). Not worth keeping.
 	pending, ok = c.peek()
 	return ok && len(pending) == 0
+}
+
+// tlsPeek is how much of an idle TLS connection's socket the liveness
+// check looks at: a session ticket or a key update and then some; more
+// than that pending is not worth keeping the connection for.
+const tlsPeek = 2048
+
+// wholeRecords is the length of the whole TLS records b starts with, and
+// whether b is nothing but whole records (a record: a 5-byte header
+// whose last two bytes are the length of what follows).
+func wholeRecords(b []byte) (n int, ok bool) {
+	for n < len(b) {
+		if len(b)-n < 5 {
+			return n, false
+		}
+		size := 5 + (int(b[n+3])<<8 | int(b[n+4]))
+		if len(b)-n < size {
+			return n, false
+		}
+		n += size
+	}
+	return n, true
+}
+
+// tlsSocket is the connection under a TLS one (tlsDialer), counting what
+// crypto/tls reads from it: the liveness check (h1Conn.open) holds its
+// probe to the whole records it saw on the socket.
+type tlsSocket struct {
+	net.Conn
+	read atomic.Int64
+}
+
+func (s *tlsSocket) Read(p []byte) (int, error) {
+	n, err := s.Conn.Read(p)
+	s.read.Add(int64(n))
+	return n, err
+}
+
+// SyscallConn is the socket's, for the liveness check's peek.
+func (s *tlsSocket) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := s.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("not a socket")
+	}
+	return sc.SyscallConn()
 }
 
 // peek looks at the socket without reading it and without waiting: what

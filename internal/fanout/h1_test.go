@@ -557,6 +557,128 @@ func TestH1TLSUnaskedAnswerWhileIdle(t *testing.T) {
 	}
 }
 
+// TestH1TLSPartialRecordWhileIdle: an unasked answer whose TLS record has
+// only partly arrived when the idle connection is looked at (the receiver
+// sent its 408 as it closed, the last bytes still on their way) must not
+// let the connection be reused: the next attempt goes on a new one.
+// Before the check held its probe to whole records, the probe took the
+// part that had come into crypto/tls's buffer, the socket looked empty,
+// and the 408 was read as the next attempt's answer.
+func TestH1TLSPartialRecordWhileIdle(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.StartTLS() // for its certificate
+	t.Cleanup(srv.Close)
+	cfg := srv.TLS.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int64
+	answered, release := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	go func() {
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			first := conns.Add(1) == 1
+			hold := &holdBackConn{Conn: raw, release: release}
+			c := tls.Server(hold, cfg)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if _, err := io.WriteString(c, okAnswer); err != nil {
+						return
+					}
+					if first {
+						<-answered
+						hold.holdBack.Store(10) // the record's last 10 bytes wait for release
+						_, _ = io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+						return
+					}
+				}
+			}()
+		}
+	}()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	c := openClient(faultTimeout, pool)
+	url := "https://" + ln.Addr().String()
+	if res := attemptTo(c, url); res.Status != 200 {
+		t.Fatalf("first attempt: %+v", res)
+	}
+	close(answered)
+	waitPending(t, c)
+	if res := attemptTo(c, url); res.Status != 200 {
+		t.Fatalf("the attempt after half an unasked 408: %+v, want 200 on a new connection", res)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+// holdBackConn writes all but the last holdBack bytes of a write at
+// once, and those when release is closed.
+type holdBackConn struct {
+	net.Conn
+	holdBack atomic.Int64
+	release  <-chan struct{}
+}
+
+func (c *holdBackConn) Write(p []byte) (int, error) {
+	k := int(c.holdBack.Load())
+	if k == 0 || len(p) <= k {
+		return c.Conn.Write(p)
+	}
+	n, err := c.Conn.Write(p[:len(p)-k])
+	if err != nil {
+		return n, err
+	}
+	<-c.release
+	m, err := c.Conn.Write(p[len(p)-k:])
+	return n + m, err
+}
+
+// waitPending waits until the pooled connection's socket holds bytes.
+func waitPending(t *testing.T, c *retryablehttp.Client) {
+	t.Helper()
+	tr := c.HTTPClient.Transport.(*h1Transport)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tr.mu.Lock()
+		var pooled *h1Conn
+		for _, list := range tr.idle {
+			pooled = list[0]
+		}
+		tr.mu.Unlock()
+		if pooled == nil {
+			t.Fatal("no pooled connection")
+		}
+		var b [1]byte
+		n := 0
+		_ = pooled.raw.Read(func(fd uintptr) bool {
+			n, _, _ = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			return true
+		})
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("what the peer sent never reached the pooled connection")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestH1HandOverHostAsWritten: a receiver whose URL writes its host in
 // capitals gets the handed-over HTTP/2 connection too (net/http names the
 // host as written), and no connection is left behind.

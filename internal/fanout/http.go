@@ -186,7 +186,7 @@ func tlsDialer(dial func(ctx context.Context, network, addr string) (net.Conn, e
 		}
 		cfg := base.Clone()
 		cfg.ServerName = host
-		tc := tls.Client(conn, cfg)
+		tc := tls.Client(&tlsSocket{Conn: conn}, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			if ctx.Err() != nil {
