@@ -66,6 +66,7 @@ type h1Transport struct {
 	h2Hosts map[string]bool      // receivers that chose HTTP/2
 	pending map[string]net.Conn  // an HTTP/2 connection on its way to h2, by host:port
 	sweep   *time.Timer          // closes connections idle too long; nil when none are idle
+	sweeps  uint64               // counts the sweeps scheduled: a fired one that is not the latest does not schedule another
 
 	last atomic.Pointer[h1Target] // the target of the last URL asked for
 }
@@ -815,14 +816,23 @@ func (t *h1Transport) put(c *h1Conn) {
 	}
 	t.idle[c.key] = append(list, c)
 	if t.sweep == nil {
-		t.sweep = time.AfterFunc(t.idleTimeout, t.closeExpired)
+		t.scheduleSweep()
 	}
 	t.mu.Unlock()
 }
 
-// closeExpired closes the connections idle for idleTimeout, and comes
-// back while any are left.
-func (t *h1Transport) closeExpired() {
+// scheduleSweep makes the next sweep, in idleTimeout. t.mu is held.
+func (t *h1Transport) scheduleSweep() {
+	t.sweeps++
+	n := t.sweeps
+	t.sweep = time.AfterFunc(t.idleTimeout, func() { t.closeExpired(n) })
+}
+
+// closeExpired, the sweep numbered n, closes the connections idle for
+// idleTimeout, and comes back while any are left, unless it is no longer
+// the latest sweep: CloseIdleConnections can stop it as it fires, and a
+// put after that schedules another, which goes on alone.
+func (t *h1Transport) closeExpired(n uint64) {
 	now := time.Now()
 	var expired []*h1Conn
 	t.mu.Lock()
@@ -844,9 +854,11 @@ func (t *h1Transport) closeExpired() {
 		}
 		left += len(kept)
 	}
-	if left > 0 {
-		t.sweep = time.AfterFunc(t.idleTimeout, t.closeExpired)
-	} else {
+	switch {
+	case n != t.sweeps: // not the latest: that one goes on
+	case left > 0:
+		t.scheduleSweep()
+	default:
 		t.sweep = nil
 	}
 	t.mu.Unlock()

@@ -373,6 +373,38 @@ func TestH1IdleSweep(t *testing.T) {
 	}
 }
 
+// TestH1OneSweepAtATime: a sweep that fired as CloseIdleConnections
+// stopped it, and ran once a later put had scheduled the next, does not
+// schedule one more: the pool keeps one chain of sweeps.
+func TestH1OneSweepAtATime(t *testing.T) {
+	p := newH1Peer(t, answerWith(okAnswer))
+	c := openClient(faultTimeout, nil)
+	tr := c.HTTPClient.Transport.(*h1Transport)
+	tr.idleTimeout = time.Hour // no sweep fires by itself here
+	if res := attemptTo(c, p.url); res.Status != 200 {
+		t.Fatalf("%+v", res)
+	}
+	tr.mu.Lock()
+	fired := tr.sweeps // the sweep that "fires" below
+	tr.mu.Unlock()
+	tr.CloseIdleConnections()
+	if res := attemptTo(c, p.url); res.Status != 200 { // its connection goes idle: a new sweep
+		t.Fatalf("%+v", res)
+	}
+	tr.mu.Lock()
+	latest := tr.sweep
+	tr.mu.Unlock()
+	tr.closeExpired(fired) // the stopped sweep, running late
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.sweep != latest {
+		t.Errorf("the late sweep scheduled another beside the latest one")
+	}
+	if len(tr.idle) != 1 {
+		t.Errorf("%d receivers with idle connections after the late sweep, want 1 (not expired)", len(tr.idle))
+	}
+}
+
 // TestH1Concurrent: attempts from many workers at once share the pool
 // (run with -race).
 func TestH1Concurrent(t *testing.T) {
