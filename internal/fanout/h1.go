@@ -444,7 +444,10 @@ func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Con
 	}
 	c.cr.limit = 0 // the body is bounded by its reader (response_body_limit)
 	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, ctx: ctx, eof: resp.Body == http.NoBody,
-		keep: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols}
+		keep: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols &&
+			// A subscription's own "Connection: close" header: the
+			// receiver may close without saying so in its answer.
+			!httpguts.HeaderValuesContainsToken(req.Header["Connection"], "close")}
 	return resp, nil
 }
 

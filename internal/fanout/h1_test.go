@@ -405,6 +405,31 @@ func TestH1OneSweepAtATime(t *testing.T) {
 	}
 }
 
+// TestH1OwnConnectionClose: a subscription that sends "Connection:
+// close" itself gets a new connection per attempt, whether or not the
+// receiver says close in its answer.
+func TestH1OwnConnectionClose(t *testing.T) {
+	p := newH1Peer(t, answerWith(okAnswer)) // keeps its side open
+	c := openClient(faultTimeout, nil)
+	tr := c.HTTPClient.Transport.(*h1Transport)
+	r := testRequest(p.url)
+	r.headers = http.Header{"Connection": {"Close"}}
+	for i := range 2 {
+		if res := post(context.Background(), c, r, faultTimeout, faultLimit); res.Status != 200 {
+			t.Fatalf("attempt %d: %+v", i+1, res)
+		}
+		tr.mu.Lock()
+		idle := len(tr.idle)
+		tr.mu.Unlock()
+		if idle != 0 {
+			t.Fatalf("after attempt %d: a connection kept idle although the request said Connection: close", i+1)
+		}
+	}
+	if n := p.conns.Load(); n != 2 {
+		t.Errorf("%d connections for 2 attempts, want 2", n)
+	}
+}
+
 // TestH1Concurrent: attempts from many workers at once share the pool
 // (run with -race).
 func TestH1Concurrent(t *testing.T) {
