@@ -714,3 +714,128 @@ func TestReplayedDeliveryTakesALaterAttemptsOutcome(t *testing.T) {
 		t.Errorf("%d deliveries journaled, want 2", n)
 	}
 }
+
+// waitLockedOrDone waits until done has a result or a backend waits on a
+// lock of kind (pg_stat_activity), and returns the result if there is one.
+func waitLockedOrDone(t *testing.T, db *pgtest.DB, kind string, done <-chan error) (finished bool, err error) {
+	t.Helper()
+	conn := db.Connect(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			return true, err
+		default:
+		}
+		var n int
+		if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = $1`, kind).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return false, nil
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("neither finished nor waiting on a %s lock after 10 s", kind)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPruneBesideReplay: a retention step that runs while a replay step
+// reads an old event and makes its delivery must not delete the event
+// (its deliveries of before were all finished and old): the replayed
+// delivery would stay pending for ever, unclaimable, since a claim reads
+// its event. The retention step waits for the replay step instead.
+func TestPruneBesideReplay(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	old := time.Now().Add(-40 * 24 * time.Hour).UTC().Truncate(time.Microsecond)
+	b := batchOf(0, 1)
+	b.Deliveries[0].CreatedAt, b.Events[0].OccurredAt = old, old
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: old.Add(-time.Hour), Until: time.Now(),
+		Patterns: []string{"request.created"}, Types: []string{"request.created"}, RequestedBy: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cutoff := time.Now().Add(-30 * 24 * time.Hour)
+	pruned := make(chan error, 1)
+	_, err = s.StepReplay(ctx, r.ID, 10, 100, func(_ Replay, _ int, events []ReplayEvent) []DeliveryRow {
+		// The retention step starts between the replay's read of the
+		// event and its insert of the delivery.
+		go func() {
+			_, err := s.PruneStep(ctx, cutoff, 100)
+			pruned <- err
+		}()
+		if finished, err := waitLockedOrDone(t, db, "advisory", pruned); finished {
+			pruned <- err // ran beside the replay step: checked below
+		}
+		var rows []DeliveryRow
+		for _, e := range events {
+			rows = append(rows, DeliveryRow{ID: "dlv_" + e.ID[4:] + "_erp", EventID: e.ID, SubscriptionID: "erp", EventType: e.Type,
+				NextAttemptAt: time.Now()})
+		}
+		return rows
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-pruned; err != nil {
+		t.Fatal(err)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries d WHERE state = 'pending'
+		AND NOT EXISTS (SELECT 1 FROM dzhook.events e WHERE e.id = d.event_id)`); n != 0 {
+		t.Errorf("%d pending deliveries whose event retention deleted", n)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE subscription_id = 'erp' AND state = 'pending'`); n != 1 {
+		t.Errorf("%d replayed deliveries pending, want 1", n)
+	}
+}
+
+// TestPruneBesideRetryFailed: a retention step that meets a failed
+// delivery RetryFailed is making pending (its transaction not yet
+// committed) keeps it, whichever waits for the other.
+func TestPruneBesideRetryFailed(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	old := time.Now().Add(-40 * 24 * time.Hour)
+	b := batchOf(0, 1)
+	b.Deliveries[0].CreatedAt, b.Events[0].OccurredAt = old, old
+	b.Deliveries[0].State = "failed"
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	conn := db.Connect(t)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `UPDATE dzhook.deliveries SET state = 'pending', next_attempt_at = now(), owner = NULL, manual = true
+		WHERE state = 'failed'`); err != nil {
+		t.Fatal(err)
+	}
+	pruned := make(chan error, 1)
+	go func() {
+		_, err := s.PruneStep(ctx, time.Now().Add(-30*24*time.Hour), 100)
+		pruned <- err
+	}()
+	finished, err := waitLockedOrDone(t, db, "transactionid", pruned)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !finished {
+		err = <-pruned
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'pending'`); n != 1 {
+		t.Errorf("%d pending deliveries after the retention step, want the one retried", n)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.events`); n != 1 {
+		t.Errorf("%d events, want the retried delivery's", n)
+	}
+}

@@ -311,6 +311,12 @@ func (s *Store) StepReplay(ctx context.Context, id string, batch, bound int, pla
 	if err != nil {
 		return step, fmt.Errorf("step replay: %w", err)
 	}
+	// Retention's steps wait while replay steps run (PruneStep says why),
+	// and a replay step waits for the retention step in progress: the
+	// events it reads below are then those that step left.
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock_shared(hashtext($1))", s.replayLock()); err != nil {
+		return step, fmt.Errorf("step replay: wait for retention: %w", err)
+	}
 	var backlog int
 	if err := tx.QueryRow(ctx, s.q(`SELECT count(*) FROM {{schema}}.deliveries WHERE subscription_id = $1 AND state IN ('pending', 'held')`),
 		r.Subscription).Scan(&backlog); err != nil {

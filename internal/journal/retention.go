@@ -102,13 +102,34 @@ type Pruned struct {
 // skipped) created before cutoff, with their attempts, and the events
 // left without deliveries. Pending and held deliveries are never pruned,
 // whatever their age. Call it until it deletes fewer than limit.
+//
+// The deliveries' state is checked again on the rows deleted, not only
+// where they are chosen: a row another transaction changes while the
+// step waits for it (RetryFailed making a failed delivery pending) is
+// checked as it is then, and kept. Rows being changed are skipped, not
+// waited for. And the step excludes replay steps (replayLock): a replay
+// reads events in its own snapshot and inserts their deliveries, which a
+// step running beside it would not see, deleting their event and leaving
+// them pending with nothing to send, for ever.
 func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pruned, error) {
 	var p Pruned
-	err := s.pool.QueryRow(ctx, s.q(`
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return p, fmt.Errorf("prune deliveries: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// Its own statement: the deletion's snapshot is taken once the lock
+	// is held, after any replay step it waited for has committed.
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", s.replayLock()); err != nil {
+		return p, fmt.Errorf("prune deliveries: wait for replays: %w", err)
+	}
+	err = tx.QueryRow(ctx, s.q(`
 		WITH d AS (
 			DELETE FROM {{schema}}.deliveries WHERE id IN (
 				SELECT id FROM {{schema}}.deliveries
-				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') LIMIT $2)
+				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') LIMIT $2
+				   FOR UPDATE SKIP LOCKED)
+			  AND created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled')
 			RETURNING id, event_id),
 		a AS (DELETE FROM {{schema}}.attempts WHERE delivery_id IN (SELECT id FROM d)),
 		e AS (
@@ -135,12 +156,15 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 			`DELETE FROM {{schema}}.replays WHERE finished_at < $1`,
 			`DELETE FROM {{schema}}.instances WHERE heartbeat_at < $1`,
 		} {
-			tag, err := s.pool.Exec(ctx, s.q(stmt), cutoff)
+			tag, err := tx.Exec(ctx, s.q(stmt), cutoff) // events without deliveries too: under the lock
 			if err != nil {
 				return p, fmt.Errorf("prune: %w", err)
 			}
 			p.Other += int(tag.RowsAffected())
 		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return p, fmt.Errorf("prune deliveries: %w", err)
 	}
 	return p, nil
 }

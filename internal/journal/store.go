@@ -65,6 +65,10 @@ func (s *Store) Close() { s.pool.Close() }
 // q replaces {{schema}} in a statement with the quoted schema.
 func (s *Store) q(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", s.schema) }
 
+// replayLock names the advisory lock that keeps retention's steps and
+// replay steps on this journal apart (PruneStep).
+func (s *Store) replayLock() string { return "dzhook-replay-prune:" + s.raw }
+
 // Ping checks that the journal answers.
 func (s *Store) Ping(ctx context.Context) error {
 	var one int
