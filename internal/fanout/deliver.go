@@ -207,7 +207,7 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 		s.observe(res.Duration, ok)
 	}
 	now := d.now().UTC()
-	dec := Next(Attempted{Attempt: n, Trigger: t.trigger, KeepNext: t.keepNext, Status: res.Status, RetryAfter: res.RetryAfter},
+	dec := Next(Attempted{Attempt: n, ByHand: t.byHand, Trigger: t.trigger, KeepNext: t.keepNext, Status: res.Status, RetryAfter: res.RetryAfter},
 		d.cfg.RetrySchedule, now)
 	// An ordered delivery that will be retried stays this instance's
 	// until its key's state has moved on (afterOrdered releases it with

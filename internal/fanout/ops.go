@@ -75,8 +75,8 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	}
 	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, trigger: journal.TriggerManual, test: c.Test,
 		durable: make(chan error, 1)}
-	if before.State == journal.Pending && before.NextAttemptAt != nil {
-		t.keepNext = *before.NextAttemptAt
+	if c.State == journal.Pending && c.NextAttemptAt != nil { // as claimed: before may be stale
+		t.keepNext = *c.NextAttemptAt
 	}
 	// The attempt runs to its end even if the operator's request goes
 	// away (its outcome is journaled), but not past the dispatcher's life.

@@ -58,6 +58,10 @@ type Decision struct {
 type Attempted struct {
 	// Attempt is the attempt's number, 1-based.
 	Attempt int
+	// ByHand counts the delivery's earlier attempts made by hand: the
+	// schedule counts automatic attempts only (a manual retry is one
+	// attempt, no new schedule, and takes no step of it).
+	ByHand  int
 	Trigger journal.Trigger
 	// KeepNext is set for a manual retry of a delivery that is still on
 	// its schedule: when its next scheduled attempt is due.
@@ -92,7 +96,7 @@ func retryable(status int) bool {
 // delivery still on its schedule that does not deliver leaves it there
 // (due at KeepNext).
 func Next(a Attempted, schedule []time.Duration, now time.Time) Decision {
-	d := decide(a.Attempt, a.Status, a.RetryAfter, schedule, now)
+	d := decide(a.Attempt-a.ByHand, a.Status, a.RetryAfter, schedule, now)
 	if d.Outcome == Retry && a.Trigger != journal.TriggerAuto {
 		d = Decision{Outcome: Failed}
 	}

@@ -88,6 +88,12 @@ func TestNextForOperators(t *testing.T) {
 			Decision{Outcome: Gone, State: journal.Failed}},
 		{"auto exhausted", Attempted{Attempt: 3, Trigger: journal.TriggerAuto},
 			Decision{Outcome: Failed, State: journal.Failed, Exhausted: true}},
+		// A manual retry took no step of the schedule: the third attempt,
+		// after one by hand, is the second automatic one.
+		{"auto after a manual retry takes the next step", Attempted{Attempt: 3, ByHand: 1, Trigger: journal.TriggerAuto, Status: 500},
+			Decision{Outcome: Retry, State: journal.Pending, NextAttemptAt: now.Add(5 * time.Minute)}},
+		{"auto exhausted counts automatic attempts", Attempted{Attempt: 4, ByHand: 1, Trigger: journal.TriggerAuto, Status: 500},
+			Decision{Outcome: Failed, State: journal.Failed, Exhausted: true}},
 	} {
 		if got := Next(tc.a, schedule, now); got != tc.want {
 			t.Errorf("%s: Next = %+v, want %+v", tc.name, got, tc.want)

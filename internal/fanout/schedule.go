@@ -261,7 +261,7 @@ func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claime
 		if c.Manual {
 			trigger = journal.TriggerManual
 		}
-		t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, trigger: trigger, test: c.Test}
+		t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, byHand: c.ByHand, trigger: trigger, test: c.Test}
 		// A manual retry (retry-failed) steps outside the order: its key's
 		// state does not count it.
 		if c.Ordered && !c.Manual && s.ord != nil {

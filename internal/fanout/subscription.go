@@ -178,6 +178,7 @@ type task struct {
 	fresh    bool
 	shapeErr error
 	attempts int // attempts made before this one
+	byHand   int // of those, made by hand (manual): the schedule does not count them
 	trigger  journal.Trigger
 	test     bool
 	// keepNext, for a manual retry of a delivery still on its schedule:

@@ -839,3 +839,46 @@ func TestPruneBesideRetryFailed(t *testing.T) {
 		t.Errorf("%d events, want the retried delivery's", n)
 	}
 }
+
+// TestClaimCountsAttemptsByHand: a claimed delivery says how many of its
+// attempts were made by hand, which its retry schedule does not count,
+// and ClaimForRetry says the state and next attempt it took it in.
+func TestClaimCountsAttemptsByHand(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	now := time.Now().Add(-time.Second).UTC().Truncate(time.Microsecond)
+	b := &Batch{
+		Events: []EventRow{{ID: "whk_1", Type: "request.created", Body: []byte(`{}`), OccurredAt: now}},
+		Deliveries: []DeliveryRow{{ID: "dlv_1", EventID: "whk_1", SubscriptionID: "crm", EventType: "request.created",
+			State: "pending", NextAttemptAt: now, CreatedAt: now, Attempts: 3}},
+		Attempts: []AttemptRow{
+			{DeliveryID: "dlv_1", Attempt: 1, At: now, Trigger: "auto", StatusCode: 500},
+			{DeliveryID: "dlv_1", Attempt: 2, At: now, Trigger: "manual", StatusCode: 500},
+			{DeliveryID: "dlv_1", Attempt: 3, At: now, Trigger: "auto", StatusCode: 500},
+		},
+	}
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryCount(t, db, `SELECT attempts FROM dzhook.deliveries WHERE id = 'dlv_1'`); n != 3 {
+		t.Fatalf("the delivery has %d attempts, want 3 (the test's premise)", n)
+	}
+	got, err := s.Claim(ctx, []ClaimWant{{"crm", 10}}, "a", "t1", time.Minute)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("claimed %+v (err %v), want dlv_1", got, err)
+	}
+	if got[0].Attempts != 3 || got[0].ByHand != 1 {
+		t.Errorf("claimed with %d attempts, %d by hand; want 3 and 1", got[0].Attempts, got[0].ByHand)
+	}
+	db.Exec(t, `UPDATE dzhook.deliveries SET owner = NULL, state = 'delivered', next_attempt_at = NULL WHERE id = 'dlv_1'`)
+	c, err := s.ClaimForRetry(ctx, "dlv_1", "a", "t2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.State != Delivered || c.NextAttemptAt != nil {
+		t.Errorf("ClaimForRetry took it as %s, next %v; want delivered, none", c.State, c.NextAttemptAt)
+	}
+}

@@ -219,7 +219,9 @@ func (s *Store) WaitedBehind(ctx context.Context, id string, limit int) ([]strin
 // a live instance or owner itself is attempting it (ErrBusy; owner's own
 // heartbeat, late, says nothing to owner, as in Claim). A pending delivery
 // keeps its schedule; a finished one gets one more attempt. token marks
-// the claim as in Claim.
+// the claim as in Claim. The state and next attempt it returns are the
+// delivery's as claimed: one read before may be stale (another process
+// may have finished it since).
 func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (Claimed, error) {
 	var c Claimed
 	err := s.pool.QueryRow(ctx, s.q(`
@@ -228,9 +230,10 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		 WHERE d.id = $1 AND e.id = d.event_id
 		   AND (d.owner IS NULL OR (d.owner <> $2
 		        AND d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $3 * interval '1 second')))
-		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test`),
+		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test,
+			d.state, d.next_attempt_at`),
 		id, owner, staleAfter.Seconds(), token).
-		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test)
+		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.State, &c.NextAttemptAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		var exists bool
 		if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`), id).Scan(&exists); err != nil {

@@ -238,6 +238,14 @@ type Claimed struct {
 	// Manual is set when the attempt is a manual retry: one attempt, no
 	// new schedule.
 	Manual bool
+	// ByHand counts the delivery's attempts made by hand (manual), which
+	// the retry schedule does not count: Attempts - ByHand automatic
+	// attempts were made.
+	ByHand int
+	// State and NextAttemptAt are the delivery's as ClaimForRetry took it
+	// (Claim leaves them zero: what it takes is pending and due).
+	State         State
+	NextAttemptAt *time.Time
 	// Ordered deliveries carry their key (see DeliveryRow.Ordered).
 	Ordered     bool
 	OrderingKey string
@@ -313,7 +321,9 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 		  FROM due, {{schema}}.events e
 		 WHERE d.id = due.id AND e.id = d.event_id
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL,
-			d.test, d.manual, d.ordering_key`),
+			d.test, d.manual, d.ordering_key,
+			CASE WHEN d.attempts = 0 THEN 0 ELSE
+				(SELECT count(*) FROM {{schema}}.attempts a WHERE a.delivery_id = d.id AND a.trigger = 'manual') END`),
 		subs, limits, owner, staleAfter.Seconds(), token)
 	var claimed []Claimed
 	claim.Query(func(rows pgx.Rows) error {
@@ -321,7 +331,7 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 		claimed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Claimed, error) {
 			var c Claimed
 			var key *string
-			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.Manual, &key)
+			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.Manual, &key, &c.ByHand)
 			if key != nil {
 				c.Ordered, c.OrderingKey = true, *key
 			}
