@@ -417,3 +417,61 @@ func TestPeersPollFastWhileWorkComes(t *testing.T) {
 		t.Errorf("due work found %v after it was journaled, want the busy pace (%v), not the poll interval", took.Round(time.Millisecond), busyPoll)
 	}
 }
+
+// TestPauseAcrossInstances: a pause made on one process stops the claims
+// of the others sharing the journal (within a heartbeat), a resume on
+// another resumes it everywhere, and a subscription another process
+// disabled (a 410) or re-enabled is disabled or re-enabled here too.
+func TestPauseAcrossInstances(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	cfg := func(instance string) Config {
+		return Config{
+			Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+			Journal:       store, Instance: instance, PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond,
+		}
+	}
+	d1, d2 := start(t, store, cfg("i1")), start(t, store, cfg("i2"))
+	testutil.Eventually(t, 10*time.Second, "each sees the other", func() bool { return d1.Peers() == 1 && d2.Peers() == 1 })
+	status := func(d *Dispatcher) SubscriptionStatus {
+		for _, st := range d.Subscriptions() {
+			if st.ID == "crm" {
+				return st
+			}
+		}
+		t.Fatal("no subscription crm")
+		return SubscriptionStatus{}
+	}
+
+	if err := d1.Pause(ctx, "crm"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the pause seen by the other process", func() bool { return status(d2).Paused })
+	journalDue(t, store, "a")
+	// The measured stretch: twenty poll intervals of both processes, in
+	// which neither may claim the paused subscription's due delivery.
+	time.Sleep(time.Second)
+	if n := len(rc.Requests()); n != 0 {
+		t.Fatalf("%d deliveries sent while the subscription was paused on another process", n)
+	}
+	if _, err := d2.Resume(ctx, "crm"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the resume seen by the other process", func() bool { return !status(d1).Paused })
+	rc.Wait(t, 1, 10*time.Second)
+
+	// Another process received a 410 and disabled it; later one resumed it.
+	if err := store.SetState(ctx, "crm", journal.Disabled); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the disabled state seen", func() bool {
+		return status(d1).State == journal.Disabled && status(d2).State == journal.Disabled
+	})
+	if err := store.SetState(ctx, "crm", journal.Healthy); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the re-enabled state seen", func() bool {
+		return status(d1).State == journal.Healthy && status(d2).State == journal.Healthy
+	})
+}

@@ -323,6 +323,10 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 		s.lastError, st.LastError = errorExcerpt(res.Error), errorExcerpt(res.Error)
 		switch {
 		case dec.Outcome == Gone:
+			if s.state != journal.Disabled {
+				s.flagsGen++
+				s.disabledAt = time.Now()
+			}
 			s.state = journal.Disabled
 		case dec.Exhausted && s.state == journal.Healthy:
 			s.state = journal.Failing

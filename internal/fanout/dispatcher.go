@@ -287,6 +287,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
 		recount:   d.recountOrder,
 		joined:    d.shareQueued,
+		syncFlags: d.syncFlags,
 	}
 	d.replayer = &replayer{
 		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc,
@@ -456,6 +457,66 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 		d.deliver.start(life, s)
 	}
 	return nil
+}
+
+// syncFlags adopts the pause and disabled state other processes sharing
+// the journal gave the subscriptions: a pause on one stops the claims of
+// all (within a heartbeat), a 410 one of them received disables the
+// subscription everywhere, a resume on one resumes it everywhere. Each
+// process keeps its own view of failing and healthy.
+//
+// A change of this process's own since the journal was read is kept (it
+// is newer), and so is a disabled state this process set that the journal
+// does not show yet (its writer journals it in its next batch): the
+// journal's other state is adopted only if it was set after that.
+func (d *Dispatcher) syncFlags(ctx context.Context) {
+	reg := d.reg.Load()
+	gens := make(map[*sub]uint64, len(reg.subs))
+	for _, s := range reg.subs {
+		s.mu.Lock()
+		gens[s] = s.flagsGen
+		s.mu.Unlock()
+	}
+	asked := time.Now()
+	states, err := d.cfg.Journal.SubscriptionStates(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("reading the subscriptions' pause and state from the journal", "err", err)
+		}
+		return
+	}
+	resumed := false
+	for _, st := range states {
+		s, ok := reg.byID[st.ID]
+		if !ok {
+			continue
+		}
+		s.mu.Lock()
+		if s.flagsGen != gens[s] {
+			s.mu.Unlock()
+			continue
+		}
+		was := s.paused || s.state == journal.Disabled
+		if s.paused != st.Paused {
+			s.paused = st.Paused
+			d.log.Info("subscription pause changed by another instance", "subscription", st.ID, "paused", st.Paused)
+		}
+		switch {
+		case st.State == journal.Disabled && s.state != journal.Disabled:
+			s.state, s.disabledAt = journal.Disabled, time.Now()
+			d.log.Info("subscription disabled by another instance", "subscription", st.ID)
+		case st.State != journal.Disabled && s.state == journal.Disabled && asked.Add(-st.StateAge).After(s.disabledAt):
+			s.state = st.State
+			d.log.Info("subscription re-enabled by another instance", "subscription", st.ID, "state", st.State)
+		}
+		if was && !s.paused && s.state != journal.Disabled {
+			resumed = true
+		}
+		s.mu.Unlock()
+	}
+	if resumed {
+		d.nudge() // its due work waits in the journal
+	}
 }
 
 // LoadState restores pause and health from the journal. Run does it when

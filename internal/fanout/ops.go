@@ -164,6 +164,7 @@ func (d *Dispatcher) Pause(ctx context.Context, subscription string) error {
 	}
 	s.mu.Lock()
 	s.paused = true
+	s.flagsGen++
 	s.mu.Unlock()
 	d.log.Info("subscription paused", "subscription", subscription)
 	return nil
@@ -182,6 +183,7 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 	s.mu.Lock()
 	wasDisabled := s.state == journal.Disabled
 	s.paused = false
+	s.flagsGen++
 	if wasDisabled {
 		s.state = journal.Healthy
 	}

@@ -48,6 +48,10 @@ type scheduler struct {
 	told atomic.Int64
 	// joined is told when other processes appear where there were none.
 	joined func(ctx context.Context)
+	// syncFlags, after each heartbeat while others share the journal (and
+	// the one after they left), adopts what they changed of the
+	// subscriptions' pause and disabled state.
+	syncFlags func(ctx context.Context)
 	// subs is the current subscription set; giveBack returns deliveries
 	// to the journal in routing order; syncOrder reads the backlog of the
 	// ordered subscriptions not synced yet.
@@ -147,6 +151,7 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	every := min(sc.heartbeat, time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	shared := false // others were alive at the last heartbeat
 	for first := true; ; {
 		peers, err := sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat)
 		if err != nil {
@@ -169,6 +174,10 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 				}
 			}
 			first = false
+			if sc.syncFlags != nil && (peers > 0 || shared) {
+				sc.syncFlags(ctx)
+			}
+			shared = peers > 0
 		}
 		select {
 		case <-ctx.Done():

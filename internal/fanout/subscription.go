@@ -164,6 +164,12 @@ type sub struct {
 	// healthWritten is when this process last journaled the
 	// subscription's health (see deliverer.health).
 	healthWritten time.Time
+	// flagsGen counts this process's own changes of paused and of the
+	// disabled state (pause, resume, a 410), and disabledAt is when it
+	// last disabled the subscription: syncFlags adopts another process's
+	// changes, not a journal that has not caught up with these.
+	flagsGen   uint64
+	disabledAt time.Time
 }
 
 // task is one attempt to make.

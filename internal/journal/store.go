@@ -449,11 +449,15 @@ type SubscriptionRow struct {
 	LastFailureAt time.Time
 	LastStatus    int
 	LastError     string
+	// StateAge is how long ago (the journal's clock) State was set; a
+	// very long time when it never was.
+	StateAge time.Duration
 }
 
 // SubscriptionStates returns every subscription's persisted state.
 func (s *Store) SubscriptionStates(ctx context.Context) ([]SubscriptionRow, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT id, state, paused, last_success_at, last_failure_at, last_status, last_error FROM {{schema}}.subscriptions`))
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, state, paused, last_success_at, last_failure_at, last_status, last_error,
+		coalesce(extract(epoch FROM now() - state_changed_at), 1e9)::float8 FROM {{schema}}.subscriptions`))
 	if err != nil {
 		return nil, err
 	}
@@ -462,7 +466,9 @@ func (s *Store) SubscriptionStates(ctx context.Context) ([]SubscriptionRow, erro
 		var okAt, failAt *time.Time
 		var status *int32
 		var lastErr *string
-		err := r.Scan(&row.ID, &row.State, &row.Paused, &okAt, &failAt, &status, &lastErr)
+		var age float64
+		err := r.Scan(&row.ID, &row.State, &row.Paused, &okAt, &failAt, &status, &lastErr, &age)
+		row.StateAge = time.Duration(age * float64(time.Second))
 		if okAt != nil {
 			row.LastSuccessAt = *okAt
 		}
