@@ -9,11 +9,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dzdesk/dzhook/internal/admin"
 	"github.com/dzdesk/dzhook/internal/api"
@@ -525,7 +527,8 @@ func headersOf(s config.Subscription) map[string]string {
 	return h
 }
 
-func (m managerOf) validate(s config.Subscription, desc string) error {
+// validate checks s, with description desc, made from the request in.
+func (m managerOf) validate(s config.Subscription, desc string, in api.SubscriptionInput) error {
 	m.e.runtime.mu.Lock()
 	cfg := m.e.runtime.cfg
 	m.e.runtime.mu.Unlock()
@@ -533,10 +536,63 @@ func (m managerOf) validate(s config.Subscription, desc string) error {
 	if len(desc) > maxDescription {
 		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters", maxDescription)})
 	}
+	for _, p := range textProblems(in) {
+		// A field the configuration's checks refused already (a header
+		// value with a NUL, say) keeps their message.
+		if !slices.ContainsFunc(ps, func(q config.Problem) bool { return q.Path == p.Path }) {
+			ps = append(ps, p)
+		}
+	}
 	if len(ps) > 0 {
 		return problemsOf(ps)
 	}
 	return nil
+}
+
+// textProblems reports the text of a request that the journal cannot
+// keep as given: PostgreSQL's jsonb and text refuse NUL (\u0000), and
+// invalid UTF-8 has no JSON form (encoding/json would store U+FFFD in its
+// place unnoticed). Every string of the request is checked, named by its
+// JSON field, so a field added to api.SubscriptionInput is checked too.
+// The messages never quote the text: it may be a secret.
+func textProblems(in api.SubscriptionInput) []config.Problem {
+	var ps []config.Problem
+	check := func(path, s string) {
+		switch {
+		case !utf8.ValidString(s):
+			ps = append(ps, config.Problem{Path: path, Message: "is not valid UTF-8"})
+		case strings.IndexByte(s, 0) >= 0:
+			ps = append(ps, config.Problem{Path: path, Message: `must not contain NUL (\u0000)`})
+		}
+	}
+	v := reflect.ValueOf(in)
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if f.Kind() != reflect.Pointer || f.IsNil() {
+			continue
+		}
+		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
+		switch f = f.Elem(); f.Kind() {
+		case reflect.String:
+			check(name, f.String())
+		case reflect.Slice:
+			for j := range f.Len() {
+				check(fmt.Sprintf("%s[%d]", name, j), f.Index(j).String())
+			}
+		case reflect.Map:
+			keys := f.MapKeys()
+			slices.SortFunc(keys, func(a, b reflect.Value) int { return cmp.Compare(a.String(), b.String()) })
+			for _, k := range keys {
+				if !utf8.ValidString(k.String()) || strings.IndexByte(k.String(), 0) >= 0 {
+					// The name is no path to show: name the map.
+					check(name, k.String())
+					continue
+				}
+				check(name+"."+k.String(), f.MapIndex(k).String())
+			}
+		}
+	}
+	return ps
 }
 
 // CreateSubscription implements admin.Manager.
@@ -559,7 +615,7 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 		secret = newSecret(s.StandardWebhooks)
 	}
 	s.Secret = config.Secret(secret)
-	if err := m.validate(s, desc); err != nil {
+	if err := m.validate(s, desc, in); err != nil {
 		return api.CreatedSubscription{}, err
 	}
 	if m.isConfig(s.ID) {
@@ -635,7 +691,7 @@ func (m managerOf) UpdateSubscription(ctx context.Context, id string, in api.Sub
 	}
 	s, desc := rs.cfg, rs.description
 	apply(&s, &desc, in)
-	if err := m.validate(s, desc); err != nil {
+	if err := m.validate(s, desc, in); err != nil {
 		return api.Subscription{}, err
 	}
 	spec, err := specOf(s, desc)

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -411,4 +412,57 @@ func TestRuntimeTransform(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestRuntimeRefusesTextTheJournalCannotKeep: a NUL in any text of a
+// runtime subscription (PostgreSQL's jsonb refuses \u0000) is a 400
+// naming the field, on create and on change, never a 503 from the
+// journal; invalid UTF-8 handed to the manager is refused too, rather
+// than stored with U+FFFD in its place.
+func TestRuntimeRefusesTextTheJournalCannotKeep(t *testing.T) {
+	db := newDB(t)
+	e := start(t, testConfigWith(t, db, adminSection+"secrets:\n  key: "+secretsKey+"\n", ""))
+	a := newAdminClient(t, e)
+	base := map[string]any{"url": "https://example.com/hook", "events": []string{"request.created"}}
+	code, raw := a.call("POST", "/v1/subscriptions", adminToken, map[string]any{"id": "nul", "url": base["url"], "events": base["events"]})
+	if code != http.StatusCreated {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	for _, tc := range []struct {
+		field string
+		value any
+	}{
+		{"description", "a\x00b"},
+		{"filter", "data.title == \"a\x00b\""},
+		{"transform", "{\"text\": \"a\x00b\"}"},
+		{"events[0]", []string{"request.\x00created"}},
+		{"url", "https://example.com/a\x00b"},
+		{"headers.X-Tenant", map[string]string{"X-Tenant": "a\x00b"}},
+		{"rate_limit", "10/s\x00"},
+	} {
+		key, _, _ := strings.Cut(tc.field, "[")
+		key, _, _ = strings.Cut(key, ".")
+		body := map[string]any{"url": base["url"], "events": base["events"], key: tc.value}
+		code, e, raw := a.callError("POST", "/v1/subscriptions", adminToken, body)
+		if code != http.StatusBadRequest || !strings.Contains(e.Message, tc.field+":") {
+			t.Errorf("create with a NUL in %s: %d %s; want 400 naming %s", tc.field, code, raw, tc.field)
+		}
+		code, e, raw = a.callError("PATCH", "/v1/subscriptions/nul", adminToken, map[string]any{key: tc.value})
+		if code != http.StatusBadRequest || !strings.Contains(e.Message, tc.field+":") {
+			t.Errorf("change with a NUL in %s: %d %s; want 400 naming %s", tc.field, code, raw, tc.field)
+		}
+	}
+
+	m := e.Manager()
+	ctx := context.Background()
+	for field, in := range map[string]api.SubscriptionInput{
+		"description": {Description: ptr("caf\xe9")},
+		"filter":      {Filter: ptr("data.title == \"\xff\xfe\"")},
+	} {
+		_, err := m.UpdateSubscription(ctx, "nul", in, "")
+		var ve *admin.ValidationError
+		if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != field {
+			t.Errorf("change with invalid UTF-8 in %s: %v; want a validation error naming it", field, err)
+		}
+	}
 }
