@@ -342,8 +342,8 @@ func TestManagerErrors(t *testing.T) {
 }
 
 // TestBodiesOfChanges: the bodies of create, change and rotate are read
-// as /test's is: at most 16 KiB (413), one object, no unknown field, no
-// null; and none of them reaches the Manager.
+// as /test's is: at most 16 KiB (413), one object of UTF-8 text, no
+// unknown field, no null; and none of them reaches the Manager.
 func TestBodiesOfChanges(t *testing.T) {
 	big := `{"secret":"` + strings.Repeat("x", maxBody) + `"}`
 	for target, field := range map[string]string{
@@ -363,6 +363,7 @@ func TestBodiesOfChanges(t *testing.T) {
 			{`{"` + field + `":"1h"} {}`, 400, "more after the JSON object"},
 			{`{"` + field + `":"1h","colour":"red"}`, 400, `unknown field "colour"`},
 			{`{"` + field + `":1}`, 400, field},
+			{`{"` + field + "\":\"1h\xff\xfe\"}", 400, "not valid UTF-8 at offset"},
 		} {
 			srv, s := newSpyServer(t)
 			code, msg := do(t, srv, method, path, strings.NewReader(tc.body))

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // An endpoint of the API declares what it reads besides its path: the
@@ -154,12 +155,17 @@ func readRaw(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 }
 
 // decodeObject decodes raw, a single JSON object, into v, refusing fields
-// v lacks, null, a value that is not an object and anything after it.
+// v lacks, null, a value that is not an object, anything after it, and
+// text that is not UTF-8 (which encoding/json would take with U+FFFD in
+// place of each bad byte, so a value would change unnoticed).
 func decodeObject(raw []byte, v any) error {
 	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 {
 		return errors.New("empty; want a JSON object")
 	} else if trimmed[0] != '{' {
 		return errors.New("not a JSON object")
+	}
+	if !utf8.Valid(raw) {
+		return fmt.Errorf("not valid UTF-8 at offset %d; JSON text is UTF-8", invalidUTF8(raw))
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -170,6 +176,19 @@ func decodeObject(raw []byte, v any) error {
 		return errors.New("more after the JSON object; send one object")
 	}
 	return nil
+}
+
+// invalidUTF8 is the offset of the first byte of b that is not valid
+// UTF-8, or -1.
+func invalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return i
+		}
+		i += n
+	}
+	return -1
 }
 
 // bodyError answers a body readBody refused: 413 when too large, else
