@@ -455,6 +455,7 @@ func problemsOf(ps config.Problems) *admin.ValidationError {
 	return v
 }
 
+// maxDescription is the longest description, in characters (runes).
 const maxDescription = 500
 
 // newSecret is a generated secret: 32 random bytes, in the whsec_ form
@@ -533,8 +534,8 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 	cfg := m.e.runtime.cfg
 	m.e.runtime.mu.Unlock()
 	ps := cfg.ValidateSubscription(s)
-	if len(desc) > maxDescription {
-		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters", maxDescription)})
+	if n := utf8.RuneCountInString(desc); n > maxDescription {
+		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters, not %d", maxDescription, n)})
 	}
 	for _, p := range textProblems(in) {
 		// A field the configuration's checks refused already (a header

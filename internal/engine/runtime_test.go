@@ -466,3 +466,24 @@ func TestRuntimeRefusesTextTheJournalCannotKeep(t *testing.T) {
 		}
 	}
 }
+
+// TestRuntimeDescriptionLengthInCharacters: the description's limit is
+// counted in characters, as its message says, not in bytes: 500 é (1000
+// bytes) is accepted, 501 characters are refused naming the field.
+func TestRuntimeDescriptionLengthInCharacters(t *testing.T) {
+	db := newDB(t)
+	e := start(t, runtimeConfig(t, db))
+	m := e.Manager()
+	ctx := context.Background()
+	in := api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"}),
+		Description: ptr(strings.Repeat("é", maxDescription))}
+	if _, err := m.CreateSubscription(ctx, in, ""); err != nil {
+		t.Errorf("a description of %d characters (%d bytes): %v, want it accepted", maxDescription, 2*maxDescription, err)
+	}
+	in.Description = ptr(strings.Repeat("x", maxDescription+1))
+	_, err := m.CreateSubscription(ctx, in, "")
+	var ve *admin.ValidationError
+	if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != "description" {
+		t.Errorf("a description of %d characters: %v, want a validation error naming it", maxDescription+1, err)
+	}
+}
