@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -118,6 +119,12 @@ func TestAdminAuthAndHealth(t *testing.T) {
 	}
 }
 
+// cursorOf is a delivery-list cursor made as the journal makes one, with
+// id as its delivery id.
+func cursorOf(id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("2024-01-01T00:00:00Z|" + id))
+}
+
 func TestAdminBadInput(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
@@ -139,6 +146,13 @@ func TestAdminBadInput(t *testing.T) {
 		{"GET", "/v1/deliveries?since=1h&until=2h", nil, 400, "since must be before until"},
 		{"GET", "/v1/deliveries?cursor=%25%25%25", nil, 400, "cursor"},
 		{"GET", "/v1/deliveries?cursor=bm90LWEtY3Vyc29y", nil, 400, "cursor"},
+		// A cursor whose id is no delivery id: PostgreSQL refuses a NUL or
+		// invalid UTF-8 in text, which must not make it a 503.
+		{"GET", "/v1/deliveries?cursor=" + cursorOf("dlv_\x00"), nil, 400, "cursor"},
+		{"GET", "/v1/deliveries?cursor=" + cursorOf("dlv_\xff\xfe"), nil, 400, "cursor"},
+		{"GET", "/v1/deliveries?cursor=" + cursorOf("dlv_a\x01b"), nil, 400, "cursor"},
+		{"GET", "/v1/deliveries?cursor=" + cursorOf("dlv_"), nil, 400, "cursor"},
+		{"GET", "/v1/deliveries?cursor=" + cursorOf("dlv_ABC"), nil, 400, "cursor"},
 		{"GET", "/v1/deliveries?bogus=1", nil, 400, "unknown parameter"},
 		{"GET", "/v1/deliveries/not-an-id", nil, 400, "malformed"},
 		{"GET", "/v1/deliveries/dlv_doesnotexist", nil, 404, "no such delivery"},
