@@ -770,7 +770,8 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 		d, err := time.ParseDuration(*in.Overlap)
 		switch {
 		case err != nil:
-			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: fmt.Sprintf("%q is not a duration such as 24h or 90m", *in.Overlap)})
+			// Not quoted: it may be a secret pasted into the wrong field.
+			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "is not a duration such as 24h or 90m"})
 		case d < 0 || d > 30*24*time.Hour:
 			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "must be between 0s and 720h"})
 		default:
@@ -781,7 +782,7 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	if in.Activate != nil {
 		activate = *in.Activate
 		if activate != "now" && activate != "end_of_overlap" {
-			ps = append(ps, api.FieldProblem{Field: "activate", Problem: fmt.Sprintf("%q is not one of now, end_of_overlap", activate)})
+			ps = append(ps, api.FieldProblem{Field: "activate", Problem: "is not one of now, end_of_overlap"}) // not quoted either
 		}
 	}
 	secret := newSecret(rs.cfg.StandardWebhooks)

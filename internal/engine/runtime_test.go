@@ -487,3 +487,32 @@ func TestRuntimeDescriptionLengthInCharacters(t *testing.T) {
 		t.Errorf("a description of %d characters: %v, want a validation error naming it", maxDescription+1, err)
 	}
 }
+
+// TestRotationOverlapNotEchoed: an overlap that is no duration, or an
+// activate that is no choice, is refused naming the field without quoting
+// the value, which may be a secret pasted into the wrong field.
+func TestRotationOverlapNotEchoed(t *testing.T) {
+	db := newDB(t)
+	e := start(t, runtimeConfig(t, db))
+	m := e.Manager()
+	ctx := context.Background()
+	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"})}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pasted := "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	for field, in := range map[string]api.SecretRotation{
+		"overlap":  {Overlap: ptr(pasted)},
+		"activate": {Activate: ptr(pasted)},
+	} {
+		_, err = m.RotateSecret(ctx, created.ID, in, "")
+		var ve *admin.ValidationError
+		if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != field {
+			t.Errorf("rotation with a secret as its %s: %v, want a validation error naming %s", field, err, field)
+			continue
+		}
+		if strings.Contains(ve.Problems[0].Problem, "MDEyMzQ1") {
+			t.Errorf("the %s's problem quotes the value: %q", field, ve.Problems[0].Problem)
+		}
+	}
+}
