@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/dzdesk/dzhook/internal/admin"
@@ -537,6 +538,11 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 	if n := utf8.RuneCountInString(desc); n > maxDescription {
 		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters, not %d", maxDescription, n)})
 	}
+	if in.Secret != nil {
+		if msg := secretProblem(*in.Secret); msg != "" && !slices.ContainsFunc(ps, func(q config.Problem) bool { return q.Path == "secret" }) {
+			ps = append(ps, config.Problem{Path: "secret", Message: msg})
+		}
+	}
 	for _, p := range textProblems(in) {
 		// A field the configuration's checks refused already (a header
 		// value with a NUL, say) keeps their message.
@@ -548,6 +554,20 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 		return problemsOf(ps)
 	}
 	return nil
+}
+
+// secretProblem says why a secret given through the API is refused, or
+// "". A control character (a NUL, a line break, a tab) is a paste gone
+// wrong that a receiver would not copy back the same. The message never
+// quotes the secret.
+func secretProblem(secret string) string {
+	switch {
+	case !utf8.ValidString(secret):
+		return "is not valid UTF-8"
+	case strings.ContainsFunc(secret, unicode.IsControl):
+		return "must not contain control characters (NUL, line breaks, tabs, DEL)"
+	}
+	return ""
 }
 
 // textProblems reports the text of a request that the journal cannot
@@ -799,9 +819,13 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	}
 	next := rs.cfg
 	next.Secret = config.Secret(secret)
-	for _, p := range m.e.runtime.cfg.ValidateSubscription(next) {
-		if p.Path == "secret" {
-			ps = append(ps, api.FieldProblem{Field: "secret", Problem: p.Message})
+	if msg := secretProblem(secret); msg != "" {
+		ps = append(ps, api.FieldProblem{Field: "secret", Problem: msg})
+	} else {
+		for _, p := range m.e.runtime.cfg.ValidateSubscription(next) {
+			if p.Path == "secret" {
+				ps = append(ps, api.FieldProblem{Field: "secret", Problem: p.Message})
+			}
 		}
 	}
 	if secret == rs.cfg.Secret.Reveal() {

@@ -516,3 +516,30 @@ func TestRotationOverlapNotEchoed(t *testing.T) {
 		}
 	}
 }
+
+// TestSecretWithControlCharacters: a secret given with a control
+// character (a NUL, a line break: a paste gone wrong) is refused naming
+// the field, on rotation and on create, and the answer does not quote it.
+func TestSecretWithControlCharacters(t *testing.T) {
+	db := newDB(t)
+	e := start(t, runtimeConfig(t, db))
+	m := e.Manager()
+	ctx := context.Background()
+	in := api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"})}
+	created, err := m.CreateSubscription(ctx, in, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"s3cret-0123456789\x00abc", "s3cret-0123456789abc\n", "s3cret-0123\x7f456789abc"} {
+		_, err := m.RotateSecret(ctx, created.ID, api.SecretRotation{Secret: ptr(secret)}, "")
+		var ve *admin.ValidationError
+		if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != "secret" || strings.Contains(ve.Problems[0].Problem, "s3cret") {
+			t.Errorf("rotation to a secret %q: %v, want a validation error naming secret, not quoting it", secret, err)
+		}
+		in.Secret = ptr(secret)
+		_, err = m.CreateSubscription(ctx, in, "")
+		if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != "secret" || strings.Contains(ve.Problems[0].Problem, "s3cret") {
+			t.Errorf("create with a secret %q: %v, want a validation error naming secret, not quoting it", secret, err)
+		}
+	}
+}
