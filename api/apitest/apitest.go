@@ -225,10 +225,13 @@ func checkQuery(op *openapi3.Operation, raw string) error {
 }
 
 // bearer is the bearer scheme as the description has it: a token is
-// given. Whether it is the right one only the server knows (401).
+// given, after the scheme's name in any case (HTTP auth schemes are
+// case-insensitive). Whether it is the right one only the server knows
+// (401).
 func bearer(_ context.Context, in *openapi3filter.AuthenticationInput) error {
-	token, ok := strings.CutPrefix(in.RequestValidationInput.Request.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	const prefix = "Bearer "
+	auth := in.RequestValidationInput.Request.Header.Get("Authorization")
+	if len(auth) <= len(prefix) || !strings.EqualFold(auth[:len(prefix)], prefix) {
 		return errors.New("no bearer token")
 	}
 	return nil

@@ -453,3 +453,35 @@ func TestMalformedRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthSchemeAnyCase: the Authorization scheme is matched in any case
+// (HTTP auth schemes are case-insensitive, RFC 9110 11.1); the token is
+// not, and anything else is 401.
+func TestAuthSchemeAnyCase(t *testing.T) {
+	srv, _ := newSpyServer(t)
+	for _, tc := range []struct {
+		header string
+		want   int
+	}{
+		{"Bearer t", http.StatusOK},
+		{"bearer t", http.StatusOK},
+		{"BEARER t", http.StatusOK},
+		{"bEaReR t", http.StatusOK},
+		{"Bearer T", http.StatusUnauthorized},
+		{"bearer wrong", http.StatusUnauthorized},
+		{"Basic t", http.StatusUnauthorized},
+		{"bearert", http.StatusUnauthorized},
+		{"t", http.StatusUnauthorized},
+		{"", http.StatusUnauthorized},
+	} {
+		req := httptest.NewRequest("GET", "/v1/events", nil)
+		if tc.header != "" {
+			req.Header.Set("Authorization", tc.header)
+		}
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code != tc.want {
+			t.Errorf("Authorization: %q: %d %s, want %d", tc.header, rec.Code, rec.Body, tc.want)
+		}
+	}
+}
