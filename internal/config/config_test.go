@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -421,5 +422,40 @@ func TestTelemetry(t *testing.T) {
 		if strings.Contains(err.Error(), "PLANTED-SECRET") {
 			t.Errorf("%s: problem quotes the URL: %v", bad, err)
 		}
+	}
+}
+
+// TestNonFiniteNumbers: NaN and ±Inf are refused in a float setting, by
+// name and value, from YAML, a string or the environment. NaN would pass
+// every range check (each comparison with it is false): an
+// sla.warning_percent of NaN fired its warning at once, with
+// "percentElapsed":NaN in a body that is then not JSON.
+func TestNonFiniteNumbers(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		env  []string
+		want string
+	}{
+		{"sla:\n  warning_percent: [.nan]\n", nil, `sla.warning_percent[0]: "NaN" is not a finite number`},
+		{"sla:\n  warning_percent: .NaN\n", nil, `sla.warning_percent[0]: "NaN" is not a finite number`},
+		{"sla:\n  warning_percent: [50, .inf]\n", nil, `sla.warning_percent[1]: "+Inf" is not a finite number`},
+		{"sla:\n  warning_percent: -.inf\n", nil, `sla.warning_percent[0]: "-Inf" is not a finite number`},
+		{"sla:\n  warning_percent: [\"nan\"]\n", nil, `sla.warning_percent[0]: "nan" is not a finite number`},
+		{"sla:\n  warning_percent: [Infinity]\n", nil, `sla.warning_percent[0]: "Infinity" is not a finite number`},
+		{"", []string{"DZHOOK_SLA_WARNING_PERCENT=50,NaN"}, `sla.warning_percent[1]: "NaN" is not a finite number`},
+	} {
+		_, err := Parse([]byte(minimal+tc.yaml), tc.env)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %q: got %v, want %s", tc.yaml, tc.env, err, tc.want)
+		}
+	}
+
+	// The range check itself holds for a Config made in code.
+	cfg := Default()
+	cfg.SLA.WarningPercent = []float64{math.NaN()}
+	var ps Problems
+	cfg.validate(&ps)
+	if !strings.Contains(ps.Error(), "sla.warning_percent[0]: must be between 0 and 100") {
+		t.Errorf("validate with a NaN warning_percent: got %v, want it out of range", ps)
 	}
 }

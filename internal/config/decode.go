@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
 	"slices"
@@ -105,6 +106,13 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 		v, err := strconv.ParseFloat(s, 64)
 		if err != nil {
 			d.problems.addDecode(path, "%s is not a number", shown(s, ref, false))
+			return
+		}
+		// ParseFloat takes NaN and Inf (and YAML gives .nan and .inf as
+		// floats): no setting means either, and NaN passes every range
+		// check, since each comparison with it is false.
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			d.problems.addDecode(path, "%s is not a finite number", shown(s, ref, false))
 			return
 		}
 		dst.SetFloat(v)

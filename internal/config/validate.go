@@ -142,7 +142,9 @@ func (c *Config) validate(ps *Problems) {
 		}
 	}
 	for i, p := range c.SLA.WarningPercent {
-		if p <= 0 || p >= 100 {
+		// Written as "not inside" so that NaN, for which every comparison
+		// is false, is outside too.
+		if !(p > 0 && p < 100) {
 			ps.add(fmt.Sprintf("sla.warning_percent[%d]", i), "must be between 0 and 100 (exclusive), e.g. 75")
 		} else if i > 0 && p <= c.SLA.WarningPercent[i-1] {
 			ps.add(fmt.Sprintf("sla.warning_percent[%d]", i), "thresholds must be in increasing order, each once")
