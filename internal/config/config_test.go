@@ -130,7 +130,8 @@ func TestReferences(t *testing.T) {
 		{"${EMPTY:-fallback}", "fallback", nil},
 		{"${EMPTY}", "", nil},
 		{"$${A}", "${A}", nil},
-		{"${unterminated", "${unterminated", nil},
+		{"x-${A}-${unterminated", "x-alpha-", []string{"unterminated ${ reference (end it with }, or write $${ for a literal ${)"}},
+		{"$${unterminated", "${unterminated", nil},
 	} {
 		got, _, missing := expand(tc.in, lookup)
 		if got != tc.want || !reflect.DeepEqual(missing, tc.missing) {
@@ -457,5 +458,30 @@ func TestNonFiniteNumbers(t *testing.T) {
 	cfg.validate(&ps)
 	if !strings.Contains(ps.Error(), "sla.warning_percent[0]: must be between 0 and 100") {
 		t.Errorf("validate with a NaN warning_percent: got %v, want it out of range", ps)
+	}
+}
+
+// TestUnterminatedReference: a ${ without its } is an error at its path,
+// not a literal value (the admin token was once the text
+// "${DZ_ADMIN_TOKEN_FROM_ENV, ..."), and the message quotes none of the
+// value, which may hold a secret after the ${.
+func TestUnterminatedReference(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		env  []string
+		want string
+	}{
+		{"admin:\n  token: ${DZ_ADMIN_TOKEN_FROM_ENV, " + planted + "\n", nil, "admin.token: unterminated ${ reference"},
+		{"", []string{"DZHOOK_ADMIN_TOKEN=" + planted + "${DZ_ADMIN_TOKEN"}, "admin.token: unterminated ${ reference"},
+		{"    headers: {X-Key: \"k-${KEY-" + planted + "\"}\n", []string{"KEY=x"}, "subscriptions[0].headers.X-Key: unterminated ${ reference"},
+	} {
+		_, err := Parse([]byte(minimal+tc.yaml), tc.env)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %q: got %v, want %s", tc.yaml, tc.env, err, tc.want)
+			continue
+		}
+		if strings.Contains(err.Error(), planted) || strings.Contains(err.Error(), "DZ_ADMIN_TOKEN") {
+			t.Errorf("%q %q: the message repeats the value: %v", tc.yaml, tc.env, err)
+		}
 	}
 }

@@ -230,7 +230,7 @@ func (d *decoder) scalar(path string, raw any, secret bool) (s string, ref bool,
 // values, and ${file:/path} with the file's content (without a trailing
 // newline: Docker and Kubernetes secrets, systemd credentials); $${
 // stands for a literal ${. It returns the references it could not resolve,
-// as messages naming them (never their values).
+// and a ${ without its }, as messages naming them (never their values).
 func expand(s string, lookup func(string) (string, bool)) (out string, ref bool, missing []string) {
 	if !strings.Contains(s, "${") {
 		return s, false, nil
@@ -250,7 +250,12 @@ func expand(s string, lookup func(string) (string, bool)) (out string, ref bool,
 		}
 		end := strings.IndexByte(s[i:], '}')
 		if end < 0 {
-			b.WriteString(s)
+			// Kept as text, a reference with its } forgotten became the
+			// value itself (an admin token of "${DZ_ADMIN_TOKEN"). The
+			// message quotes nothing: the rest may be a secret.
+			b.WriteString(s[:i])
+			ref = true
+			missing = append(missing, "unterminated ${ reference (end it with }, or write $${ for a literal ${)")
 			break
 		}
 		b.WriteString(s[:i])
