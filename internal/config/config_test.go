@@ -455,7 +455,7 @@ func TestNonFiniteNumbers(t *testing.T) {
 	cfg := Default()
 	cfg.SLA.WarningPercent = []float64{math.NaN()}
 	var ps Problems
-	cfg.validate(&ps)
+	cfg.validate(&ps, nil)
 	if !strings.Contains(ps.Error(), "sla.warning_percent[0]: must be between 0 and 100") {
 		t.Errorf("validate with a NaN warning_percent: got %v, want it out of range", ps)
 	}
@@ -483,5 +483,115 @@ func TestUnterminatedReference(t *testing.T) {
 		if strings.Contains(err.Error(), planted) || strings.Contains(err.Error(), "DZ_ADMIN_TOKEN") {
 			t.Errorf("%q %q: the message repeats the value: %v", tc.yaml, tc.env, err)
 		}
+	}
+}
+
+// TestReferencesNeverResolvedInMessages: a value that came from a
+// ${NAME} or ${file:…} reference is shown in every message as the
+// reference, never as what it resolved to, which may be a secret put in
+// the wrong field (problems are logged when a reload is refused). Every
+// setting the environment can set, and every field of a subscription,
+// is given a reference to a value no field accepts.
+func TestReferencesNeverResolvedInMessages(t *testing.T) {
+	const resolved = "ZZ:ENV SECRET%"
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secret")
+	write(t, file, []byte(resolved+"\n"))
+	certFile, _ := pemPair(t, dir, "a")
+	_, otherKey := pemPair(t, dir, "b")
+
+	every := []string{"PW=" + resolved, "DZHOOK_SOURCE_DSN=postgres://db/x"}
+	for _, name := range EnvVars() {
+		if name != "DZHOOK_SOURCE_DSN" {
+			every = append(every, name+"=${PW}")
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		yaml   string
+		env    []string
+		hidden []string // resolved values that must not show
+		want   []string
+	}{
+		{"every setting", `subscriptions:
+  - id: ${PW}
+    url: ${PW}
+    events: ["${PW}", "x${PW}*"]
+    secret: 0123456789abcdef
+    filter: ${PW}
+    transform: ${PW}
+    format: ${PW}
+    method: ${PW}
+    rate_limit: ${PW}
+    ordering: ${PW}
+    active: ${PW}
+    tls: {cert_file: "${PW}", key_file: "${file:` + file + `}"}
+  - id: ${PW}
+    url: https://crm.example.com/x
+    events: [request.created]
+    secret: 0123456789abcdef
+    tls: {cert_file: "${CERT}", key_file: "${KEY}"}
+custom_events:
+  - name: ${PW}
+`, append(every, "CERT="+certFile, "KEY="+otherKey), []string{"ZZ", "ENV SECRET", "SECRET%", certFile, otherKey}, []string{
+			"delivery.timeout: the value of ${PW} is not a duration",
+			"delivery.concurrency: the value of ${PW} is not a whole number",
+			"delivery.allow_insecure_http: the value of ${PW} is not a boolean",
+			"sla.warning_percent[0]: the value of ${PW} is not a number",
+			"log.level: the value of ${PW} is not one of debug, info, warn, error",
+			"log.format: the value of ${PW} is not one of",
+			"source.slot: the value of ${PW} is not a plain PostgreSQL identifier",
+			"outbox.table: the value of ${PW} is not",
+			"delivery.allow_networks[0]: the value of ${PW} is not a network",
+			"delivery.ca_file: the value of ${PW} cannot be read",
+			"mapping.schema: the value of ${PW} is not",
+			"mapping.users.table: the value of ${PW} is not",
+			"custom_events: the value of ${PW}: a custom event name must look like",
+			"subscriptions[0].id: the value of ${PW} must be lowercase",
+			"subscriptions[1].id: the value of ${PW} is already the id of subscriptions[0]",
+			"subscriptions[0].url: its scheme is not allowed",
+			"subscriptions[0].events[0]: the value of ${PW} is not a DZDESK event",
+			`subscriptions[0].events[1]: the value of "x${PW}*", a pattern, matches no event`,
+			"subscriptions[0].filter: the value of ${PW} is not",
+			"subscriptions[0].transform: the value of ${PW} is not",
+			"subscriptions[0].format: the value of ${PW} is not a format",
+			"subscriptions[0].method: the value of ${PW}: use POST or PUT",
+			"subscriptions[0].rate_limit: the value of ${PW} is not a rate limit",
+			"subscriptions[0].ordering: the value of ${PW} is not an ordering",
+			"subscriptions[0].active: the value of ${PW} is not a boolean",
+			"subscriptions[0].tls.cert_file: the value of ${PW} cannot be read",
+			"subscriptions[1].tls.key_file: the value of ${KEY} does not go with cert_file the value of ${CERT}",
+		}},
+		{"admin.listen in another setting's message", minimal, []string{"DZHOOK_ADMIN_LISTEN=${L}", "L=10.9.8.7:8080"}, []string{"10.9.8.7"},
+			[]string{"admin.token: required when admin.listen (the value of ${L}) is not a loopback address"}},
+		{"admin.listen", minimal, []string{"DZHOOK_ADMIN_LISTEN=${L}", "L=ZZ-NO-PORT"}, []string{"ZZ"},
+			[]string{"admin.listen: the value of ${L} is not host:port"}},
+		{"part of a value", minimal + "delivery:\n  timeout: 5${UNIT}\n", []string{"UNIT=" + resolved}, []string{"ZZ"},
+			[]string{`delivery.timeout: the value of "5${UNIT}" is not a duration`}},
+		{"a default", minimal + "delivery:\n  timeout: ${T:-soon}\n", nil, nil,
+			[]string{"delivery.timeout: the value of ${T:-soon} is not a duration"}},
+		{"a file", minimal + "delivery:\n  queue_size: ${file:" + file + "}\n", nil, []string{"ZZ"},
+			[]string{"delivery.queue_size: the value of ${file:" + file + "} is not a whole number"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), tc.env)
+			if err == nil {
+				t.Fatal("Parse succeeded, want problems")
+			}
+			report := err.Error()
+			for _, h := range tc.hidden {
+				if strings.Contains(report, h) {
+					t.Errorf("the report shows the resolved value (%q)", h)
+				}
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(report, w) {
+					t.Errorf("the report lacks %q", w)
+				}
+			}
+			if t.Failed() {
+				t.Logf("report:\n%s", report)
+			}
+		})
 	}
 }

@@ -21,11 +21,13 @@ import (
 type decoder struct {
 	lookupEnv func(string) (string, bool)
 	problems  *Problems
+	// refs gets every setting whose value held a reference, for the
+	// messages of validation too.
+	refs references
 }
 
 var (
 	durationType = reflect.TypeFor[time.Duration]()
-	secretType   = reflect.TypeFor[Secret]()
 	// documentType is a document kept as YAML gave it (a custom event's
 	// JSON Schema): its keys are the document's, not dzhook's, so they
 	// are neither checked nor expanded.
@@ -46,13 +48,13 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 	t := dst.Type()
 	switch {
 	case t == durationType:
-		s, ref, ok := d.scalar(path, raw, false)
+		s, ok := d.scalar(path, raw)
 		if !ok {
 			return
 		}
 		v, err := parseDuration(s)
 		if err != nil {
-			d.problems.addDecode(path, "%s is not a duration (use a number with a unit: 500ms, 5s, 1m, 2h)", shown(s, ref, false))
+			d.problems.addDecode(path, "%s is not a duration (use a number with a unit: 500ms, 5s, 1m, 2h)", d.refs.show(path, s))
 			return
 		}
 		dst.SetInt(int64(v))
@@ -71,48 +73,47 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 	}
 	switch t.Kind() {
 	case reflect.String:
-		secret := t == secretType
-		s, _, ok := d.scalar(path, raw, secret)
+		s, ok := d.scalar(path, raw)
 		if ok {
 			dst.SetString(s)
 		}
 	case reflect.Bool:
-		s, ref, ok := d.scalar(path, raw, false)
+		s, ok := d.scalar(path, raw)
 		if !ok {
 			return
 		}
 		v, err := strconv.ParseBool(s)
 		if err != nil {
-			d.problems.addDecode(path, "%s is not a boolean (use true or false)", shown(s, ref, false))
+			d.problems.addDecode(path, "%s is not a boolean (use true or false)", d.refs.show(path, s))
 			return
 		}
 		dst.SetBool(v)
 	case reflect.Int:
-		s, ref, ok := d.scalar(path, raw, false)
+		s, ok := d.scalar(path, raw)
 		if !ok {
 			return
 		}
 		v, err := strconv.Atoi(s)
 		if err != nil {
-			d.problems.addDecode(path, "%s is not a whole number", shown(s, ref, false))
+			d.problems.addDecode(path, "%s is not a whole number", d.refs.show(path, s))
 			return
 		}
 		dst.SetInt(int64(v))
 	case reflect.Float64:
-		s, ref, ok := d.scalar(path, raw, false)
+		s, ok := d.scalar(path, raw)
 		if !ok {
 			return
 		}
 		v, err := strconv.ParseFloat(s, 64)
 		if err != nil {
-			d.problems.addDecode(path, "%s is not a number", shown(s, ref, false))
+			d.problems.addDecode(path, "%s is not a number", d.refs.show(path, s))
 			return
 		}
 		// ParseFloat takes NaN and Inf (and YAML gives .nan and .inf as
 		// floats): no setting means either, and NaN passes every range
 		// check, since each comparison with it is false.
 		if math.IsNaN(v) || math.IsInf(v, 0) {
-			d.problems.addDecode(path, "%s is not a finite number", shown(s, ref, false))
+			d.problems.addDecode(path, "%s is not a finite number", d.refs.show(path, s))
 			return
 		}
 		dst.SetFloat(v)
@@ -201,10 +202,10 @@ func (d *decoder) decodeSlice(path string, raw any, dst reflect.Value) {
 	dst.Set(out)
 }
 
-// scalar returns raw as a string with ${NAME} references expanded. ref
-// reports whether the value held a reference, so a message can show the
-// reference rather than what it resolved to.
-func (d *decoder) scalar(path string, raw any, secret bool) (s string, ref bool, ok bool) {
+// scalar returns raw as a string with ${NAME} references expanded. A value
+// that held a reference is recorded in d.refs, so that a message shows
+// the reference rather than what it resolved to.
+func (d *decoder) scalar(path string, raw any) (s string, ok bool) {
 	switch v := raw.(type) {
 	case string:
 		s = v
@@ -214,16 +215,19 @@ func (d *decoder) scalar(path string, raw any, secret bool) (s string, ref bool,
 		// kindOf names only the kind: never a secret's value, even a
 		// misplaced one.
 		d.problems.addDecode(path, "must be a single value, not %s", kindOf(raw))
-		return "", false, false
+		return "", false
 	}
 	out, ref, missing := expand(s, d.lookupEnv)
 	for _, msg := range missing {
 		d.problems.addDecode(path, "%s", msg)
 	}
 	if len(missing) > 0 {
-		return "", ref, false
+		return "", false
 	}
-	return out, ref, true
+	if ref {
+		d.refs[path] = reference{written: s, value: out}
+	}
+	return out, true
 }
 
 // expand replaces ${NAME} and ${NAME:-default} in s with the environment's
@@ -281,18 +285,6 @@ func expand(s string, lookup func(string) (string, bool)) (out string, ref bool,
 		}
 	}
 	return b.String(), ref, missing
-}
-
-// shown is how a value appears in a message: quoted, or as the reference
-// it came from, or not at all for a secret.
-func shown(s string, ref, secret bool) string {
-	switch {
-	case secret:
-		return "the value"
-	case ref:
-		return fmt.Sprintf("%q (from an environment reference)", s)
-	}
-	return strconv.Quote(s)
 }
 
 // parseDuration accepts Go durations ("1m30s") and a bare 0.

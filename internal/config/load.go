@@ -68,9 +68,10 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 	d := decoder{
 		lookupEnv: func(name string) (string, bool) { v, ok := envMap[name]; return v, ok },
 		problems:  &problems,
+		refs:      references{},
 	}
 	d.decode("", k.Raw(), reflect.ValueOf(&cfg).Elem())
-	cfg.validate(&problems)
+	cfg.validate(&problems, d.refs)
 	if err := problems.err(); err != nil {
 		return nil, err
 	}

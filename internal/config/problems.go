@@ -16,7 +16,8 @@ type Problem struct {
 	// Empty for a problem with the file as a whole.
 	Path string
 	// Message says what is wrong and, where possible, how to fix it. It
-	// never contains a secret's value.
+	// never contains a secret's value, nor what a ${NAME} or ${file:…}
+	// reference resolved to: it shows the reference.
 	Message string
 
 	decode bool // found while decoding, before validation

@@ -65,14 +65,15 @@ func (c *Config) Schemas() (*schemas.Set, error) {
 	return schemas.New(custom)
 }
 
-// validate adds every semantic mistake of c to ps.
-func (c *Config) validate(ps *Problems) {
+// validate adds every semantic mistake of c to ps. A value that came
+// from a reference (in refs) is shown as that reference.
+func (c *Config) validate(ps *Problems, refs references) {
 	if !c.Source.DSN.IsSet() {
 		ps.add("source.dsn", "required: the DZDESK database to stream from (e.g. postgres://dzhook@db/dzdesk), or set DZHOOK_SOURCE_DSN")
 	}
-	checkIdentifier(ps, "source.slot", c.Source.Slot)
-	checkIdentifier(ps, "source.publication", c.Source.Publication)
-	checkIdentifier(ps, "journal.schema", c.Journal.Schema)
+	checkIdentifier(ps, refs, "source.slot", c.Source.Slot)
+	checkIdentifier(ps, refs, "source.publication", c.Source.Publication)
+	checkIdentifier(ps, refs, "journal.schema", c.Journal.Schema)
 	if c.Journal.Retention <= 0 {
 		ps.add("journal.retention", "must be positive, e.g. 720h")
 	}
@@ -103,13 +104,14 @@ func (c *Config) validate(ps *Problems) {
 	}
 	for i, n := range d.AllowNetworks {
 		if _, err := netip.ParsePrefix(n); err != nil {
-			ps.add(fmt.Sprintf("delivery.allow_networks[%d]", i), "%q is not a network in CIDR form (e.g. 10.1.2.0/24)", n)
+			p := fmt.Sprintf("delivery.allow_networks[%d]", i)
+			ps.add(p, "%s is not a network in CIDR form (e.g. 10.1.2.0/24)", refs.show(p, n))
 		}
 	}
 	checkProxy(ps, "delivery.proxy", d.Proxy)
 	if d.CAFile != "" {
 		if _, err := fanout.ReadCertificates(d.CAFile); err != nil {
-			ps.add("delivery.ca_file", "%s", fileProblem(d.CAFile, err))
+			ps.add("delivery.ca_file", "%s", fileProblem(refs.show("delivery.ca_file", d.CAFile), err))
 		}
 	} else if d.CAReplaceSystem {
 		ps.add("delivery.ca_replace_system", "needs delivery.ca_file: without it no receiver's certificate could be verified")
@@ -119,9 +121,13 @@ func (c *Config) validate(ps *Problems) {
 		host, port, err := net.SplitHostPort(c.Admin.Listen)
 		switch {
 		case err != nil || port == "":
-			ps.add("admin.listen", "%q is not host:port (e.g. 127.0.0.1:8080)", c.Admin.Listen)
+			ps.add("admin.listen", "%s is not host:port (e.g. 127.0.0.1:8080)", refs.show("admin.listen", c.Admin.Listen))
 		case !c.Admin.Token.IsSet() && !isLoopback(host):
-			ps.add("admin.token", "required when admin.listen (%s) is not a loopback address: the admin API can retry and pause deliveries", c.Admin.Listen)
+			listen := c.Admin.Listen
+			if _, ok := refs["admin.listen"]; ok {
+				listen = refs.show("admin.listen", listen)
+			}
+			ps.add("admin.token", "required when admin.listen (%s) is not a loopback address: the admin API can retry and pause deliveries", listen)
 		}
 	}
 	if t := c.Admin.Token.Reveal(); t != "" && len(t) < MinSecretLength {
@@ -154,19 +160,21 @@ func (c *Config) validate(ps *Problems) {
 		ps.add("sla.check_interval", "must be between 100ms and 30s: SLA events fire at most this long after their moment")
 	}
 	if c.Outbox.Table != "" {
-		checkQualifiedName(ps, "outbox.table", c.Outbox.Table)
+		checkQualifiedName(ps, refs, "outbox.table", c.Outbox.Table)
 	}
 	for _, p := range c.Mapping.Validate() {
-		ps.add(p.Path, "%s", p.Message)
+		// A message may name a table with its schema: any of mapping's
+		// references may be in it.
+		ps.add(p.Path, "%s", refs.scrub("mapping", p.Message, "is not a valid name here"))
 	}
 	if c.Outbox.MessagePrefix == "" {
 		ps.add("outbox.message_prefix", "must not be empty")
 	}
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
-		ps.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+		ps.add("log.level", "%s is not one of debug, info, warn, error", refs.show("log.level", c.Log.Level))
 	}
 	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
-		ps.add("log.format", "%q is not one of text, json", c.Log.Format)
+		ps.add("log.format", "%s is not one of text, json", refs.show("log.format", c.Log.Format))
 	}
 
 	for i, k := range append([]Secret{c.Secrets.Key}, c.Secrets.Keys...) {
@@ -187,7 +195,7 @@ func (c *Config) validate(ps *Problems) {
 
 	cat, err := c.Catalog()
 	if err != nil {
-		ps.add("custom_events", "%s", strings.TrimPrefix(err.Error(), "custom events: "))
+		ps.add("custom_events", "%s", refs.scrub("custom_events", strings.TrimPrefix(err.Error(), "custom events: "), "is not a valid custom event name"))
 		cat, _ = catalog.New() // validate subscriptions against the built-in events
 	}
 	for i, e := range c.CustomEvents {
@@ -200,12 +208,13 @@ func (c *Config) validate(ps *Problems) {
 	}
 	seen := make(map[string]int)
 	for i, s := range c.Subscriptions {
-		c.validateSubscription(ps, fmt.Sprintf("subscriptions[%d]", i), s, cat)
+		c.validateSubscription(ps, refs, fmt.Sprintf("subscriptions[%d]", i), s, cat)
 		if s.ID == "" {
 			continue
 		}
 		if j, dup := seen[s.ID]; dup {
-			ps.add(fmt.Sprintf("subscriptions[%d].id", i), "%q is already the id of subscriptions[%d]", s.ID, j)
+			p := fmt.Sprintf("subscriptions[%d].id", i)
+			ps.add(p, "%s is already the id of subscriptions[%d]", refs.show(p, s.ID), j)
 		} else {
 			seen[s.ID] = i
 		}
@@ -225,24 +234,29 @@ func (c *Config) ValidateSubscription(s Subscription) Problems {
 	if err != nil {
 		cat, _ = catalog.New()
 	}
-	c.validateSubscription(&ps, "", s, cat)
+	c.validateSubscription(&ps, nil, "", s, cat)
 	for i := range ps {
 		ps[i].Path = strings.TrimPrefix(ps[i].Path, ".")
 	}
 	return ps
 }
 
-func (c *Config) validateSubscription(ps *Problems, path string, s Subscription, cat *catalog.Catalog) {
+func (c *Config) validateSubscription(ps *Problems, refs references, path string, s Subscription, cat *catalog.Catalog) {
 	switch {
 	case s.ID == "":
 		ps.add(path+".id", "required: a short name such as crm or slack-alerts")
 	case !subscriptionID.MatchString(s.ID):
-		ps.add(path+".id", "%q must be lowercase letters, digits, - and _ (at most 63)", s.ID)
+		ps.add(path+".id", "%s must be lowercase letters, digits, - and _ (at most 63)", refs.show(path+".id", s.ID))
 	}
 	if s.URL == "" {
 		ps.add(path+".url", "required: the receiver's https:// endpoint")
-	} else if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP, false); msg != "" {
-		ps.add(path+".url", "%s", msg)
+	} else {
+		// A URL from a reference is checked as a secret one: the
+		// message quotes no part of it (its scheme, its port).
+		_, ref := refs[path+".url"]
+		if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP, ref); msg != "" {
+			ps.add(path+".url", "%s", msg)
+		}
 	}
 	preset := s.Format != "" && s.Format != transform.FormatDZDESK
 	switch {
@@ -268,12 +282,16 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 		names, err := cat.Match(e)
 		switch {
 		case err != nil:
-			ps.add(p, "%v", err)
+			ps.add(p, "%s", refs.scrub(p, err.Error(), "is not a valid pattern"))
 		case len(names) > 0:
 		case catalog.IsPattern(e):
-			ps.add(p, "pattern %q matches no event of the catalog", e)
+			what := "pattern " + strconv.Quote(e)
+			if _, ok := refs[p]; ok {
+				what = refs.show(p, e) + ", a pattern,"
+			}
+			ps.add(p, "%s matches no event of the catalog", what)
 		default:
-			msg := fmt.Sprintf("%q is not a DZDESK event", e)
+			msg := fmt.Sprintf("%s is not a DZDESK event", refs.show(p, e))
 			if near := suggestEvent(e, cat); near != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", near)
 			} else {
@@ -284,30 +302,30 @@ func (c *Config) validateSubscription(ps *Problems, path string, s Subscription,
 	}
 	if s.Filter != "" {
 		if _, err := filter.Compile(s.Filter); err != nil {
-			ps.add(path+".filter", "%v", err)
+			ps.add(path+".filter", "%s", refs.scrub(path+".filter", err.Error(), "is not a valid CEL expression"))
 		}
 	}
 	if !slices.Contains(transform.Formats, s.Format) {
-		ps.add(path+".format", "%q is not a format: use one of %s", s.Format, strings.Join(transform.Formats, ", "))
+		ps.add(path+".format", "%s is not a format: use one of %s", refs.show(path+".format", s.Format), strings.Join(transform.Formats, ", "))
 	}
 	if s.Transform != "" {
 		if _, err := transform.New(s.Transform, ""); err != nil {
-			ps.add(path+".transform", "%v", err)
+			ps.add(path+".transform", "%s", refs.scrub(path+".transform", err.Error(), "is not a valid transform"))
 		}
 	}
 	if m := strings.ToUpper(s.Method); m != "POST" && m != "PUT" {
-		ps.add(path+".method", "%q: use POST or PUT", s.Method)
+		ps.add(path+".method", "%s: use POST or PUT", refs.show(path+".method", s.Method))
 	}
 	if s.RateLimit != "" {
 		if _, err := fanout.ParseRate(s.RateLimit); err != nil {
-			ps.add(path+".rate_limit", "%v", err)
+			ps.add(path+".rate_limit", "%s", refs.scrub(path+".rate_limit", err.Error(), "is not a rate limit: a count from 1 to 100000, then /s or /m, e.g. 50/s or 600/m"))
 		}
 	}
 	if !slices.Contains(Orderings, s.Ordering) {
-		ps.add(path+".ordering", "%q is not an ordering: use one of %s", s.Ordering, strings.Join(Orderings, ", "))
+		ps.add(path+".ordering", "%s is not an ordering: use one of %s", refs.show(path+".ordering", s.Ordering), strings.Join(Orderings, ", "))
 	}
 	checkProxy(ps, path+".proxy", s.Proxy)
-	checkClientTLS(ps, path+".tls", s.TLS)
+	checkClientTLS(ps, refs, path+".tls", s.TLS)
 	for _, name := range sortedKeys(anyMap(s.Headers)) {
 		p := path + ".headers." + name
 		switch {
@@ -403,7 +421,8 @@ func checkProxy(ps *Problems, path string, proxy Secret) {
 
 // checkClientTLS reports a client certificate whose files do not make a
 // pair, at the file at fault.
-func checkClientTLS(ps *Problems, path string, c ClientTLS) {
+func checkClientTLS(ps *Problems, refs references, path string, c ClientTLS) {
+	certFile, keyFile := refs.show(path+".cert_file", c.CertFile), refs.show(path+".key_file", c.KeyFile)
 	switch {
 	case c.CertFile == "" && c.KeyFile == "":
 		return
@@ -415,50 +434,52 @@ func checkClientTLS(ps *Problems, path string, c ClientTLS) {
 		return
 	}
 	if _, err := fanout.ReadCertificates(c.CertFile); err != nil {
-		ps.add(path+".cert_file", "%s", fileProblem(c.CertFile, err))
+		ps.add(path+".cert_file", "%s", fileProblem(certFile, err))
 		return
 	}
 	certPEM, err := fanout.ReadPEM(c.CertFile)
 	if err != nil {
-		ps.add(path+".cert_file", "%s", fileProblem(c.CertFile, err))
+		ps.add(path+".cert_file", "%s", fileProblem(certFile, err))
 		return
 	}
 	keyPEM, err := fanout.ReadPEM(c.KeyFile)
 	if err != nil {
-		ps.add(path+".key_file", "%s", fileProblem(c.KeyFile, err))
+		ps.add(path+".key_file", "%s", fileProblem(keyFile, err))
 		return
 	}
 	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
-		ps.add(path+".key_file", "%q does not go with cert_file %q: %v", c.KeyFile, c.CertFile, err)
+		ps.add(path+".key_file", "%s does not go with cert_file %s: %v", keyFile, certFile, err)
 	}
 }
 
-// fileProblem says why a PEM file named in the configuration is of no
-// use: it cannot be read, or holds no certificate.
+// fileProblem says why a PEM file named in the configuration (file, as
+// shown in a message) is of no use: it cannot be read, or holds no
+// certificate. The error of a failed read names the file itself: only
+// its cause is kept.
 func fileProblem(file string, err error) string {
 	var pathErr *fs.PathError
 	if errors.As(err, &pathErr) {
-		return fmt.Sprintf("%q cannot be read: %v", file, pathErr.Err)
+		return fmt.Sprintf("%s cannot be read: %v", file, pathErr.Err)
 	}
-	return fmt.Sprintf("%q: %v", file, err)
+	return fmt.Sprintf("%s: %v", file, err)
 }
 
-func checkIdentifier(ps *Problems, path, v string) {
+func checkIdentifier(ps *Problems, refs references, path, v string) {
 	if !sqlIdentifier.MatchString(v) {
-		ps.add(path, "%q is not a plain PostgreSQL identifier (letters, digits, _; at most 63)", v)
+		ps.add(path, "%s is not a plain PostgreSQL identifier (letters, digits, _; at most 63)", refs.show(path, v))
 	}
 }
 
 // checkQualifiedName accepts table or schema.table.
-func checkQualifiedName(ps *Problems, path, v string) {
+func checkQualifiedName(ps *Problems, refs references, path, v string) {
 	parts := strings.Split(v, ".")
 	if len(parts) > 2 {
-		ps.add(path, "%q must be table or schema.table", v)
+		ps.add(path, "%s must be table or schema.table", refs.show(path, v))
 		return
 	}
 	for _, p := range parts {
 		if !sqlIdentifier.MatchString(p) {
-			ps.add(path, "%q is not a plain PostgreSQL identifier (letters, digits, _; at most 63)", v)
+			ps.add(path, "%s is not a plain PostgreSQL identifier (letters, digits, _; at most 63)", refs.show(path, v))
 			return
 		}
 	}
