@@ -17,14 +17,26 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/fanout"
 )
 
 // client talks to a running dzhook's admin API.
 type client struct {
-	base  string
+	base string
+	// shown is base as messages show it: without user info, which may
+	// hold a password (and without a query, which base may not have).
+	shown string
 	token string
 	http  *http.Client
+	// err is why base cannot be used, returned by every call.
+	err error
 }
+
+// usageError is a mistake of the command line found after its flags
+// were parsed: the command exits with exitUsage.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
 
 // apiError is an answer of the API that is not 2xx.
 type apiError struct {
@@ -68,12 +80,45 @@ func newClient(env *cli, admin, configPath string) *client {
 		c.base = "http://127.0.0.1:8080"
 	}
 	c.base = strings.TrimRight(c.base, "/")
+	c.shown = fanout.RedactURL(c.base)
+	c.err = checkAdminURL(c.base)
 	return c
+}
+
+// checkAdminURL returns why raw cannot be the admin API's URL, or nil.
+// The message never quotes raw whole: its user info or query may hold a
+// credential (a token put in ?token=, where it would also have been sent
+// as part of every path).
+func checkAdminURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return &usageError{"the admin URL is not a valid URL: give http://host:port, e.g. http://127.0.0.1:8080"}
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#"):
+		return &usageError{fmt.Sprintf("the admin URL %s must not have a ?query or #fragment: it is the API's base URL; give the token in DZHOOK_ADMIN_TOKEN", fanout.RedactURL(raw))}
+	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+		return &usageError{fmt.Sprintf("the admin URL %s is not http://host:port or https://host:port", fanout.RedactURL(raw))}
+	}
+	return nil
+}
+
+// withoutURL is err without the URL that net/http puts in its errors:
+// that URL is the one requested, user info (less its password) and all.
+// The messages name the API by c.shown instead.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // do calls the API and decodes its JSON answer into out (and returns the
 // raw bytes for --json).
 func (c *client) do(ctx context.Context, method, path string, body any, out any) ([]byte, error) {
+	if c.err != nil {
+		return nil, c.err
+	}
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -84,7 +129,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return nil, fmt.Errorf("admin URL %q: %w", c.base, err)
+		return nil, &usageError{fmt.Sprintf("admin URL %s: %v", c.shown, withoutURL(err))}
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -94,7 +139,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach dzhook's admin API at %s (is `dzhook run` running? --admin sets the address): %w", c.base, err)
+		return nil, fmt.Errorf("cannot reach dzhook's admin API at %s (is `dzhook run` running? --admin sets the address): %w", c.shown, withoutURL(err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
@@ -113,7 +158,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
-			return raw, fmt.Errorf("unexpected answer from %s: %w", c.base, err)
+			return raw, fmt.Errorf("unexpected answer from %s: %w", c.shown, err)
 		}
 	}
 	return raw, nil
@@ -131,7 +176,8 @@ func fail(env *cli, cmd string, err error) int {
 	} else {
 		fmt.Fprintf(env.stderr, "dzhook %s: %v\n", cmd, err)
 	}
-	if ae != nil && ae.status == http.StatusBadRequest {
+	var ue *usageError
+	if (ae != nil && ae.status == http.StatusBadRequest) || errors.As(err, &ue) {
 		return exitUsage
 	}
 	return exitFailure

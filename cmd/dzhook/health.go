@@ -22,6 +22,10 @@ func runHealth(ctx context.Context, env *cli, args []string) int {
 		return code
 	}
 	c := newClient(env, *admin, *cfg)
+	if c.err != nil {
+		fmt.Fprintf(env.stderr, "dzhook health: %v\n", c.err)
+		return exitUsage
+	}
 	path := "/healthz"
 	if *ready {
 		path = "/readyz"
@@ -30,12 +34,12 @@ func runHealth(ctx context.Context, env *cli, args []string) int {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "dzhook health: %v\n", err)
+		fmt.Fprintf(env.stderr, "dzhook health: admin URL %s: %v\n", c.shown, withoutURL(err))
 		return exitUsage
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "dzhook health: %s does not answer: %v\n", c.base, err)
+		fmt.Fprintf(env.stderr, "dzhook health: %s does not answer: %v\n", c.shown, withoutURL(err))
 		return exitFailure
 	}
 	defer resp.Body.Close()

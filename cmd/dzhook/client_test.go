@@ -1,0 +1,63 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// TestAdminURLNeverPrinted: the admin URL's user info and query may hold
+// a credential, and no message prints them; a URL with a query or a
+// fragment is refused (the token goes in DZHOOK_ADMIN_TOKEN), and one
+// that does not parse is not quoted. Port 1 of the loopback refuses
+// connections, so every call fails at once.
+func TestAdminURLNeverPrinted(t *testing.T) {
+	const secret = "PLANTEDPASS"
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		env   []string
+		code  int
+		wants []string
+	}{
+		{"user info", []string{"status", "--admin", "http://u:" + secret + "@127.0.0.1:1"}, nil, exitFailure,
+			[]string{"cannot reach dzhook's admin API at http://127.0.0.1:1 "}},
+		{"user info from the environment", []string{"subscriptions", "list"}, []string{"DZHOOK_ADMIN_URL=http://" + secret + "@127.0.0.1:1/"}, exitFailure,
+			[]string{"at http://127.0.0.1:1 "}},
+		{"user info, health", []string{"health", "--admin", "http://u:" + secret + "@127.0.0.1:1"}, nil, exitFailure,
+			[]string{"dzhook health: http://127.0.0.1:1 does not answer"}},
+		{"token in the query", []string{"status", "--admin", "http://127.0.0.1:1/?token=" + secret}, nil, exitUsage,
+			[]string{"must not have a ?query or #fragment", "DZHOOK_ADMIN_TOKEN"}},
+		{"token in the query, health", []string{"health", "--admin", "http://127.0.0.1:1?token=" + secret}, nil, exitUsage,
+			[]string{"must not have a ?query or #fragment"}},
+		{"fragment", []string{"deliveries", "--admin", "http://127.0.0.1:1/#" + secret}, nil, exitUsage,
+			[]string{"must not have a ?query or #fragment"}},
+		{"empty fragment", []string{"status", "--admin", "http://u:" + secret + "@127.0.0.1:1#"}, nil, exitUsage,
+			[]string{"must not have a ?query or #fragment"}},
+		{"unparseable", []string{"status", "--admin", "http://u:" + secret + " x@127.0.0.1:1"}, nil, exitUsage,
+			[]string{"the admin URL is not a valid URL"}},
+		{"unparseable, health", []string{"health", "--admin", "http://u:" + secret + "@[::1"}, nil, exitUsage,
+			[]string{"the admin URL is not a valid URL"}},
+		{"no scheme", []string{"status", "--admin", secret + ".example:8080"}, nil, exitUsage,
+			[]string{"is not http://host:port"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			env := append([]string{"DZHOOK_CONFIG=testdata/none.yaml"}, tc.env...)
+			code := runEnv(context.Background(), append([]string{"dzhook"}, tc.args...), &out, &errb, env)
+			stderr := errb.String()
+			if code != tc.code {
+				t.Errorf("exit %d, want %d; stderr:\n%s", code, tc.code, stderr)
+			}
+			if strings.Contains(stderr+out.String(), secret) {
+				t.Errorf("the output shows the credential:\n%s", stderr)
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
