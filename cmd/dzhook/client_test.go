@@ -61,3 +61,41 @@ func TestAdminURLNeverPrinted(t *testing.T) {
 		})
 	}
 }
+
+// TestHeaderValueNeverPrinted: a malformed --header is refused naming at
+// most the header, never its value, which is often a credential. The
+// flag package quotes the whole argument of a Set that fails, so the
+// flag never fails there. No server is needed: the command stops first.
+func TestHeaderValueNeverPrinted(t *testing.T) {
+	const secret = "PLANTEDSECRET"
+	for _, tc := range []struct {
+		header, want string
+	}{
+		{"Authorization: Bearer " + secret, "--header Authorization: write NAME=VALUE (Authorization=…), not NAME: VALUE"},
+		{"Authorization:Bearer=" + secret, "--header Authorization: write NAME=VALUE"},
+		{"Bearer " + secret, "a --header is not NAME=VALUE"},
+		{secret, "a --header is not NAME=VALUE"},
+		{"=" + secret, "a --header is not NAME=VALUE"},
+		{"Bearer " + secret + "==", "a --header does not start with a valid header name"},
+	} {
+		for _, verb := range [][]string{
+			{"subscriptions", "create", "--url", "https://x.example.com", "--events", "*"},
+			{"subscriptions", "update", "crm"},
+		} {
+			args := append([]string{"dzhook"}, verb...)
+			args = append(args, "--header", "X-Key="+secret, "--header", tc.header)
+			var out, errb bytes.Buffer
+			code := runEnv(context.Background(), args, &out, &errb, []string{"DZHOOK_ADMIN_URL=http://127.0.0.1:1", "DZHOOK_CONFIG=testdata/none.yaml"})
+			stderr := errb.String()
+			if code != exitUsage {
+				t.Errorf("%s --header %q: exit %d, want 2", verb[1], tc.header, code)
+			}
+			if strings.Contains(stderr+out.String(), secret) {
+				t.Errorf("%s --header %q: the output shows the value:\n%s", verb[1], tc.header, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("%s --header %q: stderr lacks %q:\n%s", verb[1], tc.header, tc.want, stderr)
+			}
+		}
+	}
+}

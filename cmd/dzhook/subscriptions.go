@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/dzdesk/dzhook/internal/api"
 )
 
@@ -65,24 +67,47 @@ Run 'dzhook subscriptions <subcommand> -h' for its flags.
 `)
 }
 
-// headerFlag collects --header K=V, repeated.
-type headerFlag map[string]string
+// headerFlag collects --header NAME=VALUE, repeated. A header's value
+// may be a credential (Authorization: Bearer …), so nothing here prints
+// one: String gives the names, and a malformed --header is not refused
+// by Set, since the flag package would quote the whole argument in its
+// "invalid value" message, but kept in bad, described by its name at
+// most, for the command to report once the flags are parsed.
+type headerFlag struct {
+	values map[string]string
+	bad    []string
+}
 
-func (h headerFlag) String() string {
-	keys := make([]string, 0, len(h))
-	for k := range h {
+func (h *headerFlag) String() string {
+	keys := make([]string, 0, len(h.values))
+	for k := range h.values {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	return strings.Join(keys, ",") // names only: a header may carry a credential
 }
 
-func (h headerFlag) Set(v string) error {
-	k, val, ok := strings.Cut(v, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("%q is not NAME=VALUE", v)
+func (h *headerFlag) Set(v string) error {
+	// The name ends at the first = or : (a header name has neither);
+	// what follows is the value, which no message may show.
+	i := strings.IndexAny(v, "=:")
+	name := ""
+	if i > 0 && httpguts.ValidHeaderFieldName(v[:i]) {
+		name = v[:i]
 	}
-	h[k] = val
+	switch {
+	case name != "" && v[i] == '=':
+		if h.values == nil {
+			h.values = map[string]string{}
+		}
+		h.values[name] = v[i+1:]
+	case name != "":
+		h.bad = append(h.bad, fmt.Sprintf("--header %s: write NAME=VALUE (%s=…), not NAME: VALUE", name, name))
+	case i > 0:
+		h.bad = append(h.bad, "a --header does not start with a valid header name: write NAME=VALUE")
+	default:
+		h.bad = append(h.bad, "a --header is not NAME=VALUE")
+	}
 	return nil
 }
 
@@ -193,7 +218,7 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	inactive := fs.Bool("inactive", false, "make it inactive (deliveries skipped, or held with --queue-while-inactive)")
 	queue := fs.Bool("queue-while-inactive", false, "hold deliveries while inactive, rather than skip them")
 	filter := fs.String("filter", "", "a CEL `expression` the event must match")
-	headers := headerFlag{}
+	headers := &headerFlag{}
 	fs.Var(headers, "header", "an HTTP header sent with each delivery, `NAME=VALUE` (repeat the flag for more); on update, the whole set")
 	standard := fs.Bool("standard-webhooks", false, "sign as Standard Webhooks (webhook-signature) rather than X-DZDESK-Signature")
 	ordering := fs.String("ordering", "", "the order kept: `none`, entity or subscription")
@@ -214,6 +239,13 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	pos, code, stop := parseArgs(fs, args)
 	if stop {
 		return code
+	}
+	if len(headers.bad) > 0 {
+		for _, msg := range headers.bad {
+			fmt.Fprintf(env.stderr, "dzhook %s: %s\n", name, msg)
+		}
+		fs.Usage()
+		return exitUsage
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -260,8 +292,7 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	in.QueueWhileInactive = boolean("queue-while-inactive", queue)
 	in.Filter = str("filter", filter)
 	if given["header"] {
-		h := map[string]string(headers)
-		in.Headers = &h
+		in.Headers = &headers.values
 	}
 	in.StandardWebhooks = boolean("standard-webhooks", standard)
 	in.Ordering = str("ordering", ordering)
