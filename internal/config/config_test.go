@@ -189,6 +189,11 @@ subscriptions:
 		{"bad duration in schedule", minimal + "delivery:\n  retry_schedule: [0s, 1x]\n", nil, []string{`delivery.retry_schedule[1]: "1x" is not a duration`}},
 		{"empty schedule", minimal + "delivery:\n  retry_schedule: []\n", nil, []string{"delivery.retry_schedule: must list at least one attempt"}},
 		{"secrets keys not 32 bytes of base64", minimal + "secrets:\n  key: c2hvcnQ=\n  keys: [not-base64!]\n", nil, []string{"secrets.key: not 32 bytes of base64", "secrets.keys[0]: not 32 bytes of base64"}},
+		{"dotted keys", minimal + "admin.token: 0123456789abcdef0123\nmapping.requests.table: tickets\ndelivery:\n  retry.schedule: [0s]\n", nil, []string{
+			"admin.token: unknown key (keys are not split at dots: write admin: {token: …})",
+			"mapping.requests.table: unknown key (keys are not split at dots: write mapping: {requests: {table: …}})",
+			`delivery.retry.schedule: unknown key (did you mean "retry_schedule"?)`, // retry is no key of delivery
+		}},
 		{"unknown top-level and nested keys", minimal + "sourc: {}\ndelivery:\n  timout: 5s\n", nil, []string{`sourc: unknown key (did you mean "source"?)`, `delivery.timout: unknown key (did you mean "timeout"?)`}},
 		{"unresolved reference", strings.Replace(minimal, "0123456789abcdef", "${WEBHOOK_SECRET}", 1), nil, []string{"subscriptions[0].secret: ${WEBHOOK_SECRET} is not set in the environment"}},
 		{"credentials in url", strings.Replace(minimal, "https://crm", "https://user:pw@crm", 1), nil, []string{"subscriptions[0].url: must not contain credentials"}},

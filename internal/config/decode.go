@@ -163,7 +163,9 @@ func (d *decoder) decodeStruct(path string, raw any, dst reflect.Value) {
 	for _, k := range sortedKeys(m) {
 		if _, ok := known[k]; !ok {
 			msg := "unknown key"
-			if s := suggest(k, names); s != "" {
+			if nested := nest(k, known); nested != "" {
+				msg += fmt.Sprintf(" (keys are not split at dots: write %s)", nested)
+			} else if s := suggest(k, names); s != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
 			}
 			d.problems.addDecode(join(path, k), "%s", msg)
@@ -309,6 +311,17 @@ func kindOf(v any) string {
 		return "a number"
 	}
 	return fmt.Sprintf("a %T", v)
+}
+
+// nest returns a dotted key whose first part is known (admin.token, as
+// the documentation and the DZHOOK_… names spell a setting) in the nested
+// form YAML needs, "admin: {token: …}", or "".
+func nest(key string, known map[string]int) string {
+	parts := strings.Split(key, ".")
+	if _, ok := known[parts[0]]; !ok || len(parts) < 2 || slices.Contains(parts, "") {
+		return ""
+	}
+	return strings.Join(parts, ": {") + ": …" + strings.Repeat("}", len(parts)-1)
 }
 
 func join(path, key string) string {
