@@ -220,6 +220,10 @@ subscriptions:
 		{"bad method", minimal + "    method: PATCH\n", nil, []string{`subscriptions[0].method: "PATCH": use POST or PUT`}},
 		{"bad rate limit", minimal + "    rate_limit: 50/h\n", nil, []string{`subscriptions[0].rate_limit: "50/h" is not a rate limit: the unit after / is s (per second) or m (per minute)`}},
 		{"preset still needs a secret for dzdesk", strings.Replace(minimal, "    secret: 0123456789abcdef\n", "", 1), nil, []string{"subscriptions[0].secret: required"}},
+		{"empty env value", minimal, []string{"DZHOOK_SOURCE_DSN=", "DZHOOK_LOG_LEVEL="}, []string{
+			"source.dsn: DZHOOK_SOURCE_DSN is set but empty (an empty variable still replaces the file's value): required",
+			`log.level: DZHOOK_LOG_LEVEL is set but empty (an empty variable still replaces the file's value): "" is not one of`,
+		}},
 		{"bad env value", minimal, []string{"DZHOOK_DELIVERY_TIMEOUT=soon"}, []string{`delivery.timeout: "soon" is not a duration`}},
 		{"not a mapping", "subscriptions: {id: a}\n", nil, []string{"subscriptions: must be a list, not a mapping"}},
 	} {

@@ -63,6 +63,15 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 		return nil, fmt.Errorf("read environment: %w", err)
 	}
 
+	// An empty DZHOOK_… variable is a value: it replaces the file's,
+	// which makes "source.dsn: required" a riddle when the file has one.
+	emptyEnv := make(map[string]string)
+	for name, v := range envMap {
+		if key, ok := keys[name]; ok && v == "" {
+			emptyEnv[key] = name
+		}
+	}
+
 	cfg := Default()
 	var problems Problems
 	d := decoder{
@@ -72,6 +81,11 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 	}
 	d.decode("", k.Raw(), reflect.ValueOf(&cfg).Elem())
 	cfg.validate(&problems, d.refs)
+	for i, p := range problems {
+		if name, ok := emptyEnv[p.Path]; ok {
+			problems[i].Message = fmt.Sprintf("%s is set but empty (an empty variable still replaces the file's value): %s", name, p.Message)
+		}
+	}
 	if err := problems.err(); err != nil {
 		return nil, err
 	}
