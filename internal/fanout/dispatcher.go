@@ -381,7 +381,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	hbCtx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); d.sched.heartbeatLoop(hbCtx) }()
-	defer func() { stopHeartbeat(); <-hbDone }()
+	endHeartbeat := sync.OnceFunc(func() { stopHeartbeat(); <-hbDone })
+	defer endHeartbeat()
 	<-ctx.Done()
 
 	// Under reloadMu: a Reload in progress finishes starting its new
@@ -429,6 +430,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.records.Barrier(fctx); err != nil {
 		d.log.Warn("outcomes of the last attempts may not be journaled; their deliveries are attempted again", "err", err)
 	}
+	// Before the row goes: a heartbeat after it would register the
+	// instance again (Heartbeat does, for a live one whose row is gone).
+	endHeartbeat()
 	if err := d.cfg.Journal.Unregister(fctx, d.cfg.Instance); err != nil {
 		d.log.Warn("could not release owned deliveries; another instance takes them over after the heartbeat expires", "err", err)
 	}

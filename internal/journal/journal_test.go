@@ -882,3 +882,23 @@ func TestClaimCountsAttemptsByHand(t *testing.T) {
 		t.Errorf("ClaimForRetry took it as %s, next %v; want delivered, none", c.State, c.NextAttemptAt)
 	}
 }
+
+// TestHeartbeatRegistersAgain: a live instance whose row is gone (pruned
+// by retention after a long stop) is registered again by its heartbeat,
+// so that others see it alive and do not take over what it owns.
+func TestHeartbeatRegistersAgain(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b"} {
+		if err := s.Register(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Exec(t, `DELETE FROM dzhook.instances WHERE id = 'a'`)
+	if _, err := s.Heartbeat(ctx, "a", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if peers, err := s.Heartbeat(ctx, "b", time.Hour); err != nil || peers != 1 {
+		t.Errorf("b sees %d live peers (err %v), want 1: a, whose heartbeat put its row back", peers, err)
+	}
+}

@@ -205,11 +205,17 @@ func (s *Store) Register(ctx context.Context, instance string) error {
 }
 
 // Heartbeat tells other instances this one is alive, and returns how many
-// others are: those whose heartbeat is younger than within.
+// others are: those whose heartbeat is younger than within. An instance
+// whose row is gone (retention removes rows whose heartbeat is older than
+// its cutoff: a process stopped, SIGSTOP, for that long) registers again:
+// without a row it would look dead, and others would take over what it
+// holds in memory and is sending.
 func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, err error) {
-	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (UPDATE {{schema}}.instances SET heartbeat_at = now() WHERE id = $1)
+	host, _ := os.Hostname()
+	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (INSERT INTO {{schema}}.instances (id, hostname) VALUES ($1, $3)
+			ON CONFLICT (id) DO UPDATE SET heartbeat_at = now())
 		SELECT count(*) FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - $2::interval`),
-		instance, within).Scan(&peers)
+		instance, within, host).Scan(&peers)
 	return peers, err
 }
 
