@@ -475,3 +475,25 @@ func TestPauseAcrossInstances(t *testing.T) {
 		return status(d1).State == journal.Healthy && status(d2).State == journal.Healthy
 	})
 }
+
+// TestDueInTheJournalsClock: a process whose clock is an hour ahead of
+// the journal's writes due times in the journal's clock: a delivery
+// journaled to go now goes now, not in an hour (claims compare due times
+// with the journal's now()).
+func TestDueInTheJournalsClock(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond,
+		ShareFirstAttempts: true, // every new delivery journaled, due now, and claimed
+		NowFunc:            func() time.Time { return time.Now().Add(time.Hour) },
+	})
+	testutil.Eventually(t, 10*time.Second, "the clocks' difference measured", func() bool {
+		return time.Duration(d.sched.skew.Load()) < -59*time.Minute
+	})
+	if err := d.Dispatch(context.Background(), orderEvents([]string{"a"})[0]); err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 1, 10*time.Second)
+}

@@ -27,6 +27,7 @@ type deliverer struct {
 	notifier *Notifier
 	log      *slog.Logger
 	now      func() time.Time
+	due      func(time.Time) time.Time // a time in the journal's clock (scheduler.due)
 	// nudge wakes the scheduler; giveBack returns deliveries to the
 	// journal in routing order.
 	nudge    func()
@@ -208,7 +209,7 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	}
 	now := d.now().UTC()
 	dec := Next(Attempted{Attempt: n, ByHand: t.byHand, Trigger: t.trigger, KeepNext: t.keepNext, Status: res.Status, RetryAfter: res.RetryAfter},
-		d.cfg.RetrySchedule, now)
+		d.cfg.RetrySchedule, d.due(now))
 	// An ordered delivery that will be retried stays this instance's
 	// until its key's state has moved on (afterOrdered releases it with
 	// the deliveries that wait behind it): claimable at once, it could be

@@ -56,7 +56,7 @@ type Recorder interface {
 // of the hot path go through the Recorder). *journal.Store is one.
 type Store interface {
 	Register(ctx context.Context, instance string) error
-	Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, err error)
+	Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error)
 	Unregister(ctx context.Context, instance string) error
 	SubscriptionStates(ctx context.Context) ([]journal.SubscriptionRow, error)
 	Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error)
@@ -280,9 +280,9 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d.notifier = newNotifier(cfg)
 	d.deliver = &deliverer{cfg: &d.cfg, records: cfg.Records, obs: cfg.Observer, notifier: d.notifier, log: d.log, now: cfg.NowFunc,
-		nudge: d.nudge, giveBack: d.giveBack, tracer: d.tracer}
+		nudge: d.nudge, giveBack: d.giveBack, tracer: d.tracer, due: func(t time.Time) time.Time { return d.sched.due(t) }}
 	d.sched = &scheduler{
-		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log,
+		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log, now: cfg.NowFunc,
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
 		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
 		recount:   d.recountOrder,
@@ -290,7 +290,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		syncFlags: d.syncFlags,
 	}
 	d.replayer = &replayer{
-		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc,
+		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc, due: func(t time.Time) time.Time { return d.sched.due(t) },
 		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
 	}
 	subs, err := d.compileAll(cfg.Subscriptions, nil)

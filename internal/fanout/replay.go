@@ -203,6 +203,7 @@ type replayer struct {
 	idle  time.Duration // between rounds while none does
 	wake  chan struct{}
 	now   func() time.Time
+	due   func(time.Time) time.Time // a time in the journal's clock (scheduler.due)
 	// lookup returns a subscription of the current registry (nil: none).
 	lookup func(id string) *sub
 	// claimed wakes the scheduler, which claims what a step made.
@@ -327,7 +328,7 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 			if ctx.Err() != nil {
 				break
 			}
-			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.now().UTC()))
+			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.due(rp.now().UTC())))
 			if err != nil {
 				if ctx.Err() == nil {
 					errs = append(errs, fmt.Errorf("replay %s: %w", a.r.ID, err))

@@ -79,7 +79,8 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 	var orderedRoutes []admitted
 	spilled := false
 	now := d.now().UTC()
-	var pos int64 // the ordered deliveries' position, taken when first needed
+	due := d.sched.due(now) // "now" in the journal's clock, with which claims compare it
+	var pos int64           // the ordered deliveries' position, taken when first needed
 	for _, s := range d.reg.Load().subs {
 		if !s.matches(ev.Type) {
 			continue
@@ -135,24 +136,24 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 			}
 			switch where {
 			case toWorkers:
-				row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
+				row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, due
 				routes = append(routes, route{s: s, task: t})
 			case toWaiting:
 				// In memory behind the key's active delivery; the journal
 				// has it as in flight here (held by the writer meanwhile).
-				row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
+				row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, due
 			default:
-				row.State, row.NextAttemptAt = journal.Pending, now
+				row.State, row.NextAttemptAt = journal.Pending, due
 				spilled = true
 			}
 		case !d.cfg.ShareFirstAttempts && d.reserve(ctx, s):
-			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, now
+			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, due
 			routes = append(routes, route{s: s, task: &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto,
 				event: es}})
 		default:
 			// The queue is full: the delivery waits in the journal and
 			// the scheduler claims it when there is room.
-			row.State, row.NextAttemptAt = journal.Pending, now
+			row.State, row.NextAttemptAt = journal.Pending, due
 			spilled = true
 			s.backlog.Store(true)
 		}

@@ -32,6 +32,12 @@ type scheduler struct {
 	log       *slog.Logger
 	wake      chan struct{}
 	lost      lostClaims
+	// now is the process's clock (Config.NowFunc); skew is the journal's
+	// clock less it, measured at each heartbeat (Unix nanoseconds): due
+	// times are written in the journal's clock, with which claims
+	// compare them.
+	now  func() time.Time
+	skew atomic.Int64
 	// peers is how many other instances sharing the journal are alive,
 	// as of the last heartbeat: with any, a full queue hands deliveries
 	// to them (Dispatcher.reserve) instead of waiting for room.
@@ -139,6 +145,26 @@ func (sc *scheduler) Run(ctx context.Context) error {
 	}
 }
 
+// measureSkew sets skew from a heartbeat sent at sent (the process's
+// clock) that the journal answered with its clock at: the answer's
+// middle is taken for the moment the journal read its clock. A skew
+// past a second is logged when it first appears: the hosts' clocks
+// differ, and due times follow the journal's.
+func (sc *scheduler) measureSkew(sent, at time.Time) {
+	received := sc.now()
+	mid := sent.Add(received.Sub(sent) / 2)
+	skew := at.Sub(mid)
+	before := time.Duration(sc.skew.Swap(int64(skew)))
+	if skew.Abs() > time.Second && (before-skew).Abs() > time.Second {
+		sc.log.Warn("this host's clock differs from the journal's; due times follow the journal's clock",
+			"journal_ahead_by", skew.Round(time.Millisecond).String())
+	}
+}
+
+// due is t in the journal's clock: what a due time written to the
+// journal is measured in.
+func (sc *scheduler) due(t time.Time) time.Time { return t.Add(time.Duration(sc.skew.Load())) }
+
 // busyPoll is how soon a process claims again after a round that found
 // work, while other processes share the journal.
 const busyPoll = 50 * time.Millisecond
@@ -153,7 +179,11 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	defer t.Stop()
 	shared := false // others were alive at the last heartbeat
 	for first := true; ; {
-		peers, err := sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat)
+		sent := sc.now()
+		peers, at, err := sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat)
+		if err == nil {
+			sc.measureSkew(sent, at)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				sc.log.Warn("journal heartbeat failed", "err", err)

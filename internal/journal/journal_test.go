@@ -293,10 +293,10 @@ func TestClaim(t *testing.T) {
 	// a's heartbeat goes stale: b takes a's deliveries over.
 	time.Sleep(1100 * time.Millisecond) // let a's heartbeat age past the 1s staleness used below
 	// b sees no live peer: a's heartbeat is older than a second.
-	if peers, err := s.Heartbeat(ctx, "b", time.Second); err != nil || peers != 0 {
+	if peers, _, err := s.Heartbeat(ctx, "b", time.Second); err != nil || peers != 0 {
 		t.Fatalf("Heartbeat: %d live peers, %v; want 0 (a is stale)", peers, err)
 	}
-	if peers, err := s.Heartbeat(ctx, "b", time.Hour); err != nil || peers != 1 {
+	if peers, _, err := s.Heartbeat(ctx, "b", time.Hour); err != nil || peers != 1 {
 		t.Fatalf("Heartbeat: %d live peers within an hour, %v; want 1 (a)", peers, err)
 	}
 	taken, err := s.Claim(ctx, crm(10), "b", "t4", time.Second)
@@ -895,10 +895,10 @@ func TestHeartbeatRegistersAgain(t *testing.T) {
 		}
 	}
 	db.Exec(t, `DELETE FROM dzhook.instances WHERE id = 'a'`)
-	if _, err := s.Heartbeat(ctx, "a", time.Hour); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a", time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if peers, err := s.Heartbeat(ctx, "b", time.Hour); err != nil || peers != 1 {
+	if peers, _, err := s.Heartbeat(ctx, "b", time.Hour); err != nil || peers != 1 {
 		t.Errorf("b sees %d live peers (err %v), want 1: a, whose heartbeat put its row back", peers, err)
 	}
 }

@@ -209,14 +209,15 @@ func (s *Store) Register(ctx context.Context, instance string) error {
 // whose row is gone (retention removes rows whose heartbeat is older than
 // its cutoff: a process stopped, SIGSTOP, for that long) registers again:
 // without a row it would look dead, and others would take over what it
-// holds in memory and is sending.
-func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, err error) {
+// holds in memory and is sending. at is the journal's clock (now()) as
+// it counted: due times are compared with it.
+func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error) {
 	host, _ := os.Hostname()
 	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (INSERT INTO {{schema}}.instances (id, hostname) VALUES ($1, $3)
 			ON CONFLICT (id) DO UPDATE SET heartbeat_at = now())
-		SELECT count(*) FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - $2::interval`),
-		instance, within, host).Scan(&peers)
-	return peers, err
+		SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - $2::interval`),
+		instance, within, host).Scan(&peers, &at)
+	return peers, at, err
 }
 
 // Unregister ends an instance cleanly: its pending deliveries are
