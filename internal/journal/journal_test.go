@@ -902,3 +902,40 @@ func TestHeartbeatRegistersAgain(t *testing.T) {
 		t.Errorf("b sees %d live peers (err %v), want 1: a, whose heartbeat put its row back", peers, err)
 	}
 }
+
+// TestSubscriptionStateTransitions: the journal keeps the last transition
+// any process made, not a process's unchanged view written after it, and
+// a disabled subscription stays disabled, whatever a process that has not
+// learned of it writes, until a resume sets its state.
+func TestSubscriptionStateTransitions(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	write := func(state Health, changed bool) {
+		t.Helper()
+		if err := s.Write(ctx, &Batch{Subs: []SubscriptionState{{ID: "crm", State: state, Changed: changed, LastStatus: 200}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(step string, state Health) {
+		t.Helper()
+		states, err := s.SubscriptionStates(ctx)
+		if err != nil || len(states) != 1 || states[0].State != state {
+			t.Fatalf("%s: states %+v (err %v), want crm %s", step, states, err, state)
+		}
+	}
+	write(Healthy, false)
+	want("first row", Healthy)
+	write(Failing, true)
+	want("a transition", Failing)
+	write(Healthy, false) // another process's view, unchanged
+	want("another's unchanged view", Failing)
+	write(Disabled, true)
+	want("a 410", Disabled)
+	write(Healthy, false)
+	write(Failing, true) // a process that has not learned of the 410
+	want("others while disabled", Disabled)
+	if err := s.SetState(ctx, "crm", Healthy); err != nil { // resume
+		t.Fatal(err)
+	}
+	want("resumed", Healthy)
+}

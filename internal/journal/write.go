@@ -448,8 +448,15 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				AS u(id, state, changed, success, failure, status, err)
 			ORDER BY u.id
 			ON CONFLICT (id) DO UPDATE SET
-				state = EXCLUDED.state,
-				state_changed_at = coalesce(EXCLUDED.state_changed_at, s.state_changed_at),
+				-- The journal's state is the last transition any process
+				-- made (each process has its own view of its attempts:
+				-- another's success must not undo this one's failing), and
+				-- a disabled subscription stays disabled until a resume
+				-- (SetState): a process that has not yet learned of the 410
+				-- must not re-enable it.
+				state = CASE WHEN s.state = 'disabled' OR EXCLUDED.state_changed_at IS NULL THEN s.state ELSE EXCLUDED.state END, -- changed: a change time
+				state_changed_at = CASE WHEN s.state = 'disabled' THEN s.state_changed_at
+					ELSE coalesce(EXCLUDED.state_changed_at, s.state_changed_at) END,
 				last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
 				last_failure_at = coalesce(EXCLUDED.last_failure_at, s.last_failure_at),
 				last_status = coalesce(EXCLUDED.last_status, s.last_status),
