@@ -17,6 +17,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -51,7 +52,7 @@ func (d checkedDeliverer) HasSubscription(id string) bool {
 }
 
 func (d checkedDeliverer) RetryNow(_ context.Context, id string) (fanout.AttemptReport, error) {
-	if !deliveryIDPattern.MatchString(id) {
+	if !ids.IsDeliveryID(id) {
 		d.t.Errorf("RetryNow called with malformed delivery id %q", id)
 	}
 	if id == "dlv_busy" { // only an attempt is refused as busy (journal.Claim)
@@ -129,7 +130,7 @@ func (h checkedHistory) ListDeliveries(_ context.Context, f journal.DeliveryFilt
 }
 
 func (h checkedHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error) {
-	if !deliveryIDPattern.MatchString(id) {
+	if !ids.IsDeliveryID(id) {
 		h.t.Errorf("GetDelivery called with malformed delivery id %q", id)
 	}
 	switch id {
@@ -150,7 +151,7 @@ func (h checkedHistory) GetDelivery(_ context.Context, id string) (journal.Deliv
 }
 
 func (h checkedHistory) WaitedBehind(_ context.Context, id string, limit int) ([]string, error) {
-	if !deliveryIDPattern.MatchString(id) {
+	if !ids.IsDeliveryID(id) {
 		h.t.Errorf("WaitedBehind called with malformed delivery id %q", id)
 	}
 	if limit < 1 || limit > maxWaitedBehind+1 {

@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 var (
-	deliveryIDPattern     = regexp.MustCompile(`^dlv_[0-9a-z_]{1,120}$`)
 	subscriptionIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	states                = statesOf(journal.States)
 )
@@ -252,7 +252,7 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {
 
 func (s *Server) deliveryID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
-	if !deliveryIDPattern.MatchString(id) {
+	if !ids.IsDeliveryID(id) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("delivery id %q is malformed (dlv_…)", clip(id)))
 		return "", false
 	}

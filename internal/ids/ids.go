@@ -104,6 +104,25 @@ func TestEventID() string {
 	return TestEventPrefix + hex.EncodeToString(b[:])
 }
 
+// IsDeliveryID reports whether id has the form of a delivery id:
+// DeliveryPrefix, then 1 to 120 lowercase letters, digits and '_' (an
+// event's part, a subscription's tag, a replay's part; test deliveries'
+// hex). The admin API takes no other in a path, and the journal no other
+// in a page's cursor (anything else, a NUL or invalid UTF-8, is a text
+// parameter PostgreSQL would refuse).
+func IsDeliveryID(id string) bool {
+	rest, ok := strings.CutPrefix(id, DeliveryPrefix)
+	if !ok || rest == "" || len(rest) > 120 {
+		return false
+	}
+	for i := range len(rest) {
+		if c := rest[i]; (c < '0' || c > '9') && (c < 'a' || c > 'z') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
 // DeliveryID is the id of the delivery of an event to a subscription:
 // derived from the pair, so a replay finds the delivery it made before.
 // It is "dlv_", the event id without "whk_", then the subscription's tag

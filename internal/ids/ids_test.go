@@ -239,3 +239,24 @@ func TestDeliveryRangeSQL(t *testing.T) {
 		t.Errorf("PostgreSQL's COLLATE \"C\" order differs from Go's: %v", all)
 	}
 }
+
+// TestIsDeliveryID: what every way of making a delivery id makes is one,
+// and nothing else is.
+func TestIsDeliveryID(t *testing.T) {
+	ev := "whk_" + strings.Repeat("a2", 13)
+	for _, id := range []string{
+		DeliveryID(ev, "crm"), DeliveryID(TestEventID(), "Crm-Prod"), ReplayDeliveryID(ev, "crm", NewReplayID(time.Now())),
+		"dlv_" + strings.Repeat("z", 120),
+	} {
+		if !IsDeliveryID(id) {
+			t.Errorf("IsDeliveryID(%q) = false, want true", id)
+		}
+	}
+	for _, id := range []string{
+		"", "dlv_", "dlv", "whk_abc", "dlv_ABC", "dlv_a-b", "dlv_a\x00b", "dlv_\xff\xfe", "dlv_a b", "dlv_" + strings.Repeat("z", 121),
+	} {
+		if IsDeliveryID(id) {
+			t.Errorf("IsDeliveryID(%q) = true, want false", id)
+		}
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // Errors the admin API turns into status codes.
@@ -152,7 +154,7 @@ func decodeCursor(c string) (time.Time, string, error) {
 		return time.Time{}, "", ErrBadCursor
 	}
 	at, id, ok := strings.Cut(string(b), "|")
-	if !ok || !isDeliveryID(id) {
+	if !ok || !ids.IsDeliveryID(id) { // a cursor no page made
 		return time.Time{}, "", ErrBadCursor
 	}
 	t, err := time.Parse(time.RFC3339Nano, at)
@@ -160,24 +162,6 @@ func decodeCursor(c string) (time.Time, string, error) {
 		return time.Time{}, "", ErrBadCursor
 	}
 	return t, id, nil
-}
-
-// isDeliveryID reports whether id has the form of a delivery id (package
-// ids): "dlv_", then base32 digits in lowercase, hex digits and '_', at
-// most 120 in all (as the admin API takes them in a path). A cursor's id
-// is a text parameter of the query: anything else (a NUL or invalid UTF-8,
-// which PostgreSQL refuses) is a cursor no page made.
-func isDeliveryID(id string) bool {
-	rest, ok := strings.CutPrefix(id, "dlv_")
-	if !ok || rest == "" || len(rest) > 120 {
-		return false
-	}
-	for i := range len(rest) {
-		if c := rest[i]; (c < '0' || c > '9') && (c < 'a' || c > 'z') && c != '_' {
-			return false
-		}
-	}
-	return true
 }
 
 // GetDelivery returns a delivery, its event's body and every attempt.
