@@ -279,8 +279,9 @@ func New(cfg Config) (*Dispatcher, error) {
 		now: cfg.NowFunc, tracer: cfg.tracer(),
 	}
 	d.notifier = newNotifier(cfg)
+	due := func(t time.Time) time.Time { return d.sched.due(t) } // d.sched is made below
 	d.deliver = &deliverer{cfg: &d.cfg, records: cfg.Records, obs: cfg.Observer, notifier: d.notifier, log: d.log, now: cfg.NowFunc,
-		nudge: d.nudge, giveBack: d.giveBack, tracer: d.tracer, due: func(t time.Time) time.Time { return d.sched.due(t) }}
+		nudge: d.nudge, giveBack: d.giveBack, tracer: d.tracer, due: due}
 	d.sched = &scheduler{
 		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log, now: cfg.NowFunc,
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
@@ -290,7 +291,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		syncFlags: d.syncFlags,
 	}
 	d.replayer = &replayer{
-		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc, due: func(t time.Time) time.Time { return d.sched.due(t) },
+		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc, due: due,
 		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
 	}
 	subs, err := d.compileAll(cfg.Subscriptions, nil)
