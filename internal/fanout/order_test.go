@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -335,5 +338,89 @@ func TestOrderedRecountBringsKeysBack(t *testing.T) {
 	rc.WaitDelivered(t, 1, 10*time.Second)
 	if a := rc.Delivered()[evs[1].ID]; a.N != 1 {
 		t.Errorf("the key's next delivery was delivered at attempt %d, want its first", a.N)
+	}
+}
+
+// TestOrderedBacklogParked: a key's head fails and waits an hour for its
+// retry while thousands of the key's deliveries arrive behind it. They go
+// to the journal, due; the claim would read and turn each away on every
+// round, so the scheduler parks them behind the head. Other keys flow
+// meanwhile. A manual retry delivers the head: the parked deliveries are
+// due again at once, and go out in order.
+func TestOrderedBacklogParked(t *testing.T) {
+	db := pgtest.NewDB(t)
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	store := journal.New(pool, "dzhook")
+	if _, err := store.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const behind = 8000
+	keys := []string{"req_X"}
+	for range behind {
+		keys = append(keys, "req_X")
+	}
+	for i := range 20 {
+		keys = append(keys, fmt.Sprintf("req_%d", i))
+	}
+	evs := orderEvents(keys)
+	head := evs[0]
+	rc := testutil.NewOrderReceiver(t, failFirst(1, head))
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		RetrySchedule: []time.Duration{0, time.Hour}, Logger: testutil.Logger(t),
+	})
+	ctx := context.Background()
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	headID := ""
+	parked := func() int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(min(parked_behind), '') FROM dzhook.deliveries WHERE parked_behind IS NOT NULL`).Scan(&n, &headID); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	testutil.Eventually(t, 60*time.Second, fmt.Sprintf("the %d deliveries behind the failed head parked", behind), func() bool { return parked() == behind })
+	// Nothing of the key is due: the claim reads none of it.
+	var due int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE ordering_key = 'req_X' AND state = 'pending' AND next_attempt_at <= now()`).Scan(&due); err != nil || due != 0 {
+		t.Fatalf("%d of the key's deliveries still due (err %v)", due, err)
+	}
+	rc.WaitDelivered(t, 20, 30*time.Second) // the other keys
+	if _, ok := rc.Delivered()[head.ID]; ok {
+		t.Fatal("the head was delivered before its retry: the test's failure did not happen")
+	}
+	if rep, err := d.RetryNow(ctx, headID); err != nil || rep.StatusCode != http.StatusOK {
+		t.Fatalf("retrying the head by hand: %+v, %v", rep, err)
+	}
+	// The head's outcome is durable when RetryNow returns, and what was
+	// parked behind it with it.
+	if n := parked(); n != 0 {
+		t.Errorf("%d deliveries still parked after their key's head was delivered", n)
+	}
+	rc.WaitDelivered(t, 21+100, 60*time.Second)
+	rc.CheckOrder(t, same, true)
+	// What arrived of the key is its first deliveries, without a gap.
+	got := 0
+	for _, a := range rc.Delivered() {
+		if a.Key == "req_X" {
+			got++
+		}
+	}
+	for _, ev := range evs[:got] {
+		if _, ok := rc.Delivered()[ev.ID]; !ok {
+			t.Fatalf("%d of the key's deliveries arrived, but not %s, earlier in the stream", got, ev.ID)
+		}
 	}
 }

@@ -68,7 +68,22 @@ type scheduler struct {
 	// intervals at most.
 	recount     func(ctx context.Context) error
 	lastRecount time.Time
+	// park names the ordered subscriptions whose last claim took less
+	// than it asked in a slow round: Run parks what waits behind their
+	// keys' heads (journal.Store.Park), once per poll interval at most.
+	park     []string
+	lastPark time.Time
 }
+
+// parkAfter: a claim round slower than this, in which an ordered
+// subscription took less than it asked, may have read deliveries turned
+// away behind their keys' heads; Run then parks them. An idle round takes
+// about a millisecond; each delivery turned away, a few microseconds.
+const parkAfter = 5 * time.Millisecond
+
+// parkBatch bounds what one Park statement moves (a few hundred
+// milliseconds of the journal's time); more waits for the next round.
+const parkBatch = 20000
 
 // recountEvery is how many poll intervals pass between two recounts of
 // the ordered keys (20 s with the default poll interval).
@@ -112,7 +127,11 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		began := time.Now()
 		found = sc.claim(ctx, sc.subs()) > 0
+		if len(sc.park) > 0 && time.Since(began) >= parkAfter && time.Since(sc.lastPark) >= sc.poll {
+			sc.parkBehindHeads(ctx)
+		}
 		// While other processes share the journal, work found says more
 		// is coming: the process that streams is told at once when it
 		// journals due work (OnSpill), the others only poll, so they poll
@@ -233,6 +252,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 	}
 	var wants []journal.ClaimWant
 	var ask []asked
+	sc.park = sc.park[:0]
 	peers := sc.peers.Load() > 0
 	for _, s := range subs {
 		if !s.accepting() {
@@ -285,9 +305,35 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			sc.nudge() // there may be more
 		} else {
 			a.s.backlog.Store(false)
+			if a.s.ord != nil {
+				sc.park = append(sc.park, a.s.cfg.ID)
+			}
 		}
 	}
 	return len(claimed)
+}
+
+// parkBehindHeads parks, for the ordered subscriptions of the last claim
+// that took less than they asked, the due deliveries that wait behind a
+// head waiting for its retry (journal.Store.Park): the claim no longer
+// reads and turns them away on every round. When a whole batch was
+// parked, the next round may park more.
+func (sc *scheduler) parkBehindHeads(ctx context.Context) {
+	subs := sc.park
+	sc.lastPark = time.Now()
+	n, err := sc.store.Park(ctx, subs, 3*sc.heartbeat, parkBatch)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			sc.log.Warn("parking ordered deliveries behind their keys' heads failed; the claim reads them meanwhile", "err", err)
+		}
+	case n > 0:
+		sc.log.Debug("parked ordered deliveries behind their keys' heads, which wait for a retry", "deliveries", n, "subscriptions", len(subs))
+		if n == parkBatch {
+			sc.lastPark = time.Time{}
+			sc.nudge()
+		}
+	}
 }
 
 // queue hands what a claim took for s to its workers, in the places

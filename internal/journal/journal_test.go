@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -938,4 +939,183 @@ func TestSubscriptionStateTransitions(t *testing.T) {
 		t.Fatal(err)
 	}
 	want("resumed", Healthy)
+}
+
+// orderedBatch is n deliveries of subscription crm under ordering key
+// key, at positions from+1..from+n, pending and due, none attempted.
+func orderedBatch(key string, from, n int) *Batch {
+	b := &Batch{}
+	now := time.Now().Add(-time.Second)
+	for i := from + 1; i <= from+n; i++ {
+		id := fmt.Sprintf("%s_%06d", key, i)
+		b.Events = append(b.Events, EventRow{ID: "whk_" + id, Type: "request.updated", Body: []byte(`{}`), OccurredAt: now})
+		b.Deliveries = append(b.Deliveries, DeliveryRow{ID: "dlv_" + id, EventID: "whk_" + id, SubscriptionID: "crm",
+			EventType: "request.updated", State: "pending", NextAttemptAt: now, CreatedAt: now,
+			Ordered: true, OrderingKey: key, Position: int64(i)})
+	}
+	return b
+}
+
+// dueOf counts key's deliveries the claim reads: pending and due.
+func dueOf(t *testing.T, db *pgtest.DB, key string) int {
+	t.Helper()
+	return queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE ordering_key = '`+key+`' AND state = 'pending' AND next_attempt_at <= now()`)
+}
+
+// TestParkBehindWaitingHead: the deliveries behind a head waiting for its
+// retry leave the claim's way (Park) with the head's due time; they follow
+// the head's next due time when its next attempt fails, and are due again,
+// in their order, when it succeeds. Behind a head being attempted, or one
+// never attempted, nothing is parked; other keys are not touched.
+func TestParkBehindWaitingHead(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	const behind = 3000
+	for _, b := range []*Batch{orderedBatch("k", 0, behind+1), orderedBatch("busy", 0, 3), orderedBatch("fresh", 0, 3)} {
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Register(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	// k's head failed its first attempt and waits an hour; busy's head is
+	// being attempted by a (live); fresh's head is due.
+	retry := time.Now().Add(time.Hour).Truncate(time.Microsecond)
+	head := "dlv_k_000001"
+	if err := s.Write(ctx, &Batch{
+		Updates: []DeliveryUpdate{
+			{ID: head, State: "pending", Attempts: 1, NextAttemptAt: retry, LastStatus: 503, LastAttemptAt: time.Now()},
+			{ID: "dlv_busy_000001", State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), Owner: "a", LastStatus: 503, LastAttemptAt: time.Now()},
+		},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503},
+			{DeliveryID: "dlv_busy_000001", Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dueOf(t, db, "k"); got != behind {
+		t.Fatalf("before parking, %d of k's deliveries are due, want %d", got, behind)
+	}
+	n, err := s.Park(ctx, []string{"crm"}, time.Minute, 100000)
+	if err != nil || n != behind {
+		t.Fatalf("Park parked %d (err %v), want the %d behind k's head", n, err, behind)
+	}
+	if got := dueOf(t, db, "k"); got != 0 {
+		t.Errorf("after parking, %d of k's deliveries are still due", got)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE ordering_key = 'k' AND parked_behind = '`+head+`' AND next_attempt_at = '`+retry.Format(time.RFC3339Nano)+`'`); got != behind {
+		t.Errorf("%d deliveries parked behind %s until its retry, want %d", got, head, behind)
+	}
+	if got := dueOf(t, db, "busy") + dueOf(t, db, "fresh"); got != 2+3 {
+		t.Errorf("keys busy and fresh: %d due after parking, want 5 (nothing parked behind a head being attempted or due)", got)
+	}
+	if n, err := s.Park(ctx, []string{"crm"}, time.Minute, 100000); err != nil || n != 0 {
+		t.Errorf("a second Park parked %d (err %v), want 0", n, err)
+	}
+	got, err := s.Claim(ctx, crm(100), "a", "t1", time.Minute)
+	if err != nil || len(got) != 1 || got[0].ID != "dlv_fresh_000001" {
+		t.Fatalf("claim beside the parked key: %v (err %v), want only fresh's head", got, err)
+	}
+
+	// The head's second attempt fails: the parked follow its new due time.
+	later := retry.Add(time.Hour)
+	if err := s.Write(ctx, &Batch{
+		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 2, NextAttemptAt: later, LastStatus: 503, LastAttemptAt: time.Now()}},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 2, At: time.Now(), Trigger: "manual", StatusCode: 503}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE parked_behind = '`+head+`' AND next_attempt_at = '`+later.Format(time.RFC3339Nano)+`'`); got != behind {
+		t.Errorf("%d deliveries follow the head's new due time, want %d", got, behind)
+	}
+	// Its third succeeds: they are due again, and the next of k is its
+	// head, claimed alone.
+	if err := s.Write(ctx, &Batch{
+		Updates:  []DeliveryUpdate{{ID: head, State: "delivered", Attempts: 3, LastStatus: 200, LastAttemptAt: time.Now()}},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 3, At: time.Now(), Trigger: "manual", StatusCode: 200}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dueOf(t, db, "k"); got != behind {
+		t.Errorf("after the head was delivered, %d of k's deliveries are due, want %d", got, behind)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE parked_behind IS NOT NULL`); got != 0 {
+		t.Errorf("%d deliveries still parked", got)
+	}
+	got, err = s.Claim(ctx, crm(100), "a", "t2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ofK []string
+	for _, c := range got {
+		if c.OrderingKey == "k" {
+			ofK = append(ofK, c.ID)
+		}
+	}
+	if !slices.Equal(ofK, []string{"dlv_k_000002"}) {
+		t.Errorf("claimed of k %v, want its next delivery alone", ofK)
+	}
+}
+
+// TestParkedFollowCancelledReplay: deliveries parked behind a replayed
+// delivery are due again when the replay is cancelled.
+func TestParkedFollowCancelledReplay(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, orderedBatch("k", 0, 4)); err != nil {
+		t.Fatal(err)
+	}
+	head := "dlv_k_000001"
+	db.Exec(t, `INSERT INTO dzhook.replays (id, subscription_id, since, until, patterns, types, matched)
+			VALUES ('rpl_1', 'crm', now() - interval '1 day', now(), '{}', '{}', 1)`,
+		`UPDATE dzhook.deliveries SET replay_id = 'rpl_1', attempts = 1, next_attempt_at = now() + interval '1 hour' WHERE id = '`+head+`'`)
+	if n, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 3 {
+		t.Fatalf("Park parked %d (err %v), want 3", n, err)
+	}
+	if _, _, err := s.CancelReplay(ctx, "crm", "rpl_1", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if got := dueOf(t, db, "k"); got != 3 {
+		t.Errorf("after the replay's cancel, %d of k's deliveries are due, want 3", got)
+	}
+}
+
+// BenchmarkClaimBehindWaitingHead measures a claim round of an ordered
+// subscription whose one key has 200,000 due deliveries behind a head
+// waiting for its retry, and another key with one due delivery: as the
+// journal is before Park (parked=false) and after.
+func BenchmarkClaimBehindWaitingHead(b *testing.B) {
+	for _, parked := range []bool{false, true} {
+		b.Run(fmt.Sprintf("parked=%v", parked), func(b *testing.B) {
+			s, db := newStore(b)
+			ctx := context.Background()
+			db.Exec(b, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
+				`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, attempts, next_attempt_at, created_at, updated_at, ordering_key, position)
+				 SELECT 'dlv_k_' || lpad(g::text, 7, '0'), 'whk_1', 'crm', 'request.updated', 'pending',
+				        CASE WHEN g = 1 THEN 1 ELSE 0 END, CASE WHEN g = 1 THEN now() + interval '1 hour' ELSE now() - interval '1 second' END,
+				        now(), now(), 'k', g
+				   FROM generate_series(1, 200001) g`,
+				`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+				 VALUES ('dlv_j', 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '1 second', now(), now(), 'j', 1)`,
+				`ANALYZE dzhook.deliveries`)
+			if err := s.Register(ctx, "a"); err != nil {
+				b.Fatal(err)
+			}
+			if parked {
+				if n, err := s.Park(ctx, []string{"crm"}, time.Minute, 1_000_000); err != nil || n != 200000 {
+					b.Fatalf("parked %d, %v", n, err)
+				}
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				got, err := s.Claim(ctx, []ClaimWant{{"crm", 100}}, "a", fmt.Sprint("t", i), time.Minute)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if i == 0 && len(got) != 1 {
+					b.Fatalf("claimed %d, want j's one", len(got))
+				}
+			}
+		})
+	}
 }

@@ -230,6 +230,13 @@ func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason strin
 	if err != nil {
 		return Replay{}, 0, fmt.Errorf("skip a cancelled replay's deliveries: %w", err)
 	}
+	// What was parked behind a cancelled delivery (Store.Park) no longer
+	// waits for it.
+	if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries f SET next_attempt_at = now(), parked_behind = NULL
+		  FROM {{schema}}.deliveries h
+		 WHERE h.replay_id = $1 AND h.state = 'cancelled' AND f.parked_behind = h.id AND f.state = 'pending'`), id); err != nil {
+		return Replay{}, 0, fmt.Errorf("cancel replay: bring back what waited behind its deliveries: %w", err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return Replay{}, 0, fmt.Errorf("cancel replay: %w", err)
 	}

@@ -324,7 +324,7 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 				   FOR UPDATE SKIP LOCKED
 			) c
 		)
-		UPDATE {{schema}}.deliveries d SET owner = $3, claim = $5, updated_at = now()
+		UPDATE {{schema}}.deliveries d SET owner = $3, claim = $5, parked_behind = NULL, updated_at = now()
 		  FROM due, {{schema}}.events e
 		 WHERE d.id = due.id AND e.id = d.event_id
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL,
@@ -351,6 +351,64 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 		return nil, fmt.Errorf("claim due deliveries: %w", err)
 	}
 	return claimed, nil
+}
+
+// Park takes out of the claim's way, up to limit at a time, the due
+// ordered deliveries of subscriptions that wait behind their key's head
+// while the head waits for its retry, and returns how many it took.
+//
+// Claim takes an ordered delivery only when it is its key's head, and
+// asks that of every due delivery it reads: behind a head waiting for its
+// retry the whole key is asked and turned away again on every poll, in
+// every process (200,000 deliveries behind one head: 220 ms per claim
+// round, for all subscriptions). None of them can go before the head's
+// next attempt, so Park makes that their due time, and names the head
+// (parked_behind). The head's next attempt, when the writer records it,
+// brings them back: due at once when the head no longer waits, or at its
+// new due time (Store.batch). So does a replay cancelling the head
+// (CancelReplay). A parked delivery is never later than its head's due
+// time, so nothing waits longer than its key does.
+//
+// Only heads that wait are parked behind (pending, attempted before, due
+// later, owned by no live instance): behind one being attempted, the key
+// moves on within an attempt's time. The heads are locked (FOR SHARE):
+// an outcome recorded meanwhile waits for this statement, and then
+// finds what it parked.
+func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (int, error) {
+	if len(subscriptions) == 0 || limit < 1 {
+		return 0, nil
+	}
+	tag, err := s.pool.Exec(ctx, s.q(`
+		WITH live AS (
+			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $2 * interval '1 second'
+		), behind AS (
+			SELECT d.id, h.id AS head
+			  FROM {{schema}}.deliveries d CROSS JOIN LATERAL (
+				SELECT x.id, x.state, x.attempts, x.next_attempt_at, x.owner FROM {{schema}}.deliveries x
+				 WHERE x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
+				   AND x.state IN ('pending', 'held')
+				 ORDER BY x.position, x.id LIMIT 1) h
+			 WHERE d.subscription_id = ANY($1) AND d.state = 'pending' AND d.next_attempt_at <= now()
+			   AND d.ordering_key IS NOT NULL
+			   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))
+			   AND h.id <> d.id AND h.state = 'pending' AND h.attempts > 0 AND h.next_attempt_at > now()
+			   AND (h.owner IS NULL OR h.owner NOT IN (SELECT id FROM live))
+			 LIMIT $3
+		), heads AS (
+			SELECT x.id, x.next_attempt_at FROM {{schema}}.deliveries x
+			 WHERE x.id IN (SELECT head FROM behind) AND x.state = 'pending' AND x.next_attempt_at > now()
+			   AND (x.owner IS NULL OR x.owner NOT IN (SELECT id FROM live))
+			   FOR SHARE OF x SKIP LOCKED
+		)
+		UPDATE {{schema}}.deliveries d SET next_attempt_at = heads.next_attempt_at, parked_behind = heads.id
+		  FROM behind JOIN heads ON heads.id = behind.head
+		 WHERE d.id = behind.id AND d.state = 'pending' AND d.next_attempt_at <= now()
+		   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))`),
+		subscriptions, staleAfter.Seconds(), limit)
+	if err != nil {
+		return 0, fmt.Errorf("park ordered deliveries behind their heads: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // KeyBacklog is what waits in the journal for one ordering key.
