@@ -207,15 +207,35 @@ func (o *orderState) held(key string, pos int64) (position int64, unhold []strin
 	return position, ks.inMemory()
 }
 
-// claimed records a delivery of the journal taken by the scheduler.
-func (o *orderState) claimed(t *task) {
+// claimedRun records a key's head taken from the journal by the
+// scheduler, and the run the claim took behind it (in order; may be
+// empty). The run waits in memory behind the head, each in the queue
+// place reserved for it in room, as the deliveries routed behind a busy
+// key do: each goes to the worker that finished the one before it. It
+// returns false, and records the head alone, when the key already has
+// deliveries in memory: the run then goes back to the journal.
+func (o *orderState) claimedRun(head *task, run []*task, room *sub) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	// The claimed delivery itself is in the journal, unfinished: the key
-	// is not idle until it finishes, whatever the count said.
-	ks := o.get(t.key)
-	ks.journaled = max(ks.journaled, 1)
+	// The claimed deliveries themselves are in the journal, unfinished:
+	// the key is not idle until they finish, whatever the count said.
+	ks := o.get(head.key)
+	ks.journaled = max(ks.journaled, 1+len(run))
 	ks.claimed++
+	if len(run) == 0 {
+		return true
+	}
+	if ks.active != nil || len(ks.waiting) > 0 {
+		return false
+	}
+	ks.active = head
+	for _, t := range run {
+		t.place = room
+	}
+	ks.claimed += len(run)
+	ks.waiting = append(ks.waiting, run...)
+	o.waiting += len(run)
+	return true
 }
 
 // finished records the end of an attempt of t; retrying says the
@@ -299,8 +319,13 @@ func (o *orderState) giveUpWaiting(ks *keyState) []string {
 	for _, w := range ks.waiting {
 		ids = append(ids, w.deliveryID)
 		w.freePlace()
+		if w.claimed {
+			// Of a claimed run: counted in the journal already.
+			ks.claimed = max(0, ks.claimed-1)
+		} else {
+			ks.journaled++
+		}
 	}
-	ks.journaled += len(ks.waiting)
 	o.waiting -= len(ks.waiting)
 	ks.waiting = nil
 	return ids

@@ -262,17 +262,26 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		// At least one: a queue of one place (a rate-limited subscription
 		// with one worker, queue_size: 1) would otherwise never claim.
 		want := min(max(free/2, 1), 1024)
+		heads := want
 		if peers {
-			want = min(want, s.soon()-s.reserved.Load())
+			heads = min(want, s.soon()-s.reserved.Load())
 		}
-		if free < 1 || want < 1 {
+		// An ordered subscription's runs (the deliveries that follow a
+		// key's head, attempted one after the other) start no worker of
+		// their own: with others sharing the journal they do not take
+		// work from them, so they are not held to what starts soon.
+		ordered := s.ord != nil
+		if !ordered {
+			want = heads
+		}
+		if free < 1 || heads < 1 {
 			continue
 		}
 		n := s.reserve(want)
 		if n < 1 {
 			continue
 		}
-		wants = append(wants, journal.ClaimWant{Subscription: s.cfg.ID, Limit: int(n)})
+		wants = append(wants, journal.ClaimWant{Subscription: s.cfg.ID, Limit: int(n), Heads: int(min(heads, n)), Runs: ordered})
 		ask = append(ask, asked{s, n})
 	}
 	if len(wants) == 0 {
@@ -339,22 +348,53 @@ func (sc *scheduler) parkBehindHeads(ctx context.Context) {
 // queue hands what a claim took for s to its workers, in the places
 // reserved for them; what s no longer takes (retired by a reload or a
 // shutdown since the claim began) goes back to the journal.
+//
+// Of an ordered key, the claim takes the head and the run behind it
+// (journal.Store.Claim): the head goes to the workers and the run waits
+// in memory behind it, each in its place, as the deliveries a stream
+// routes behind a busy key do; each goes out right after the one before
+// it finished.
 func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claimed) error {
 	var giveBack []*task
-	for _, c := range claimed {
-		trigger := journal.TriggerAuto
-		if c.Manual {
-			trigger = journal.TriggerManual
-		}
-		t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, byHand: c.ByHand, trigger: trigger, test: c.Test}
+	var runBack []string
+	if s.ord != nil {
+		// Each key's claimed deliveries together, in their order.
+		slices.SortStableFunc(claimed, func(a, b journal.Claimed) int {
+			return cmp.Or(cmp.Compare(a.OrderingKey, b.OrderingKey), cmp.Compare(a.Position, b.Position))
+		})
+	}
+	for i := 0; i < len(claimed); i++ {
+		c := claimed[i]
+		t := claimedTask(c)
 		// A manual retry (retry-failed) steps outside the order: its key's
 		// state does not count it.
 		if c.Ordered && !c.Manual && s.ord != nil {
 			t.ordered, t.key, t.claimed = true, c.OrderingKey, true
-			s.ord.claimed(t)
+			var run []*task
+			for i+1 < len(claimed) && claimed[i+1].Ordered && !claimed[i+1].Manual && claimed[i+1].OrderingKey == c.OrderingKey {
+				i++
+				r := claimedTask(claimed[i])
+				r.ordered, r.key, r.claimed = true, c.OrderingKey, true
+				run = append(run, r)
+			}
+			if !s.ord.claimedRun(t, run, s) {
+				// The key has deliveries in this process's memory (it
+				// should not, since the journal let its head go): its
+				// run goes back, and the claim after the head's outcome
+				// takes it again.
+				for _, r := range run {
+					s.release(1)
+					runBack = append(runBack, r.deliveryID)
+				}
+			}
 		}
 		if !s.enqueue(t) {
 			giveBack = append(giveBack, t)
+		}
+	}
+	if len(runBack) > 0 {
+		if err := sc.giveBack(ctx, func() []string { return runBack }); err != nil {
+			return err
 		}
 	}
 	if len(giveBack) == 0 {
@@ -370,6 +410,15 @@ func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claime
 		}
 		return ids
 	})
+}
+
+// claimedTask is the task of a delivery a claim took.
+func claimedTask(c journal.Claimed) *task {
+	trigger := journal.TriggerAuto
+	if c.Manual {
+		trigger = journal.TriggerManual
+	}
+	return &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, byHand: c.ByHand, trigger: trigger, test: c.Test}
 }
 
 // claimToken marks the rows of one claim (journal.Claim).

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -195,7 +196,7 @@ func pendingBatch(ids ...string) *Batch {
 }
 
 // crm asks a claim for up to n due deliveries of subscription crm.
-func crm(n int) []ClaimWant { return []ClaimWant{{Subscription: "crm", Limit: n}} }
+func crm(n int) []ClaimWant { return []ClaimWant{{Subscription: "crm", Limit: n, Runs: true}} }
 
 // TestClaimSeveralSubscriptions: one claim takes, for each subscription
 // it names, at most that subscription's limit, and nothing of the others.
@@ -218,7 +219,7 @@ func TestClaimSeveralSubscriptions(t *testing.T) {
 	if err := s.Register(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Claim(ctx, []ClaimWant{{"crm", 2}, {"erp", 10}, {"zero", 0}}, "a", "t1", time.Minute)
+	got, err := s.Claim(ctx, []ClaimWant{{Subscription: "crm", Limit: 2}, {Subscription: "erp", Limit: 10}, {Subscription: "zero"}}, "a", "t1", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +234,7 @@ func TestClaimSeveralSubscriptions(t *testing.T) {
 		t.Errorf("claimed per subscription %v, want %v (bi not asked, zero asked for none)", count, want)
 	}
 	// The rest of crm, and bi, in a second claim; erp has none left.
-	got, err = s.Claim(ctx, []ClaimWant{{"crm", 10}, {"erp", 10}, {"bi", 10}}, "a", "t2", time.Minute)
+	got, err = s.Claim(ctx, []ClaimWant{{Subscription: "crm", Limit: 10}, {Subscription: "erp", Limit: 10}, {Subscription: "bi", Limit: 10}}, "a", "t2", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -867,7 +868,7 @@ func TestClaimCountsAttemptsByHand(t *testing.T) {
 	if n := queryCount(t, db, `SELECT attempts FROM dzhook.deliveries WHERE id = 'dlv_1'`); n != 3 {
 		t.Fatalf("the delivery has %d attempts, want 3 (the test's premise)", n)
 	}
-	got, err := s.Claim(ctx, []ClaimWant{{"crm", 10}}, "a", "t1", time.Minute)
+	got, err := s.Claim(ctx, []ClaimWant{{Subscription: "crm", Limit: 10}}, "a", "t1", time.Minute)
 	if err != nil || len(got) != 1 {
 		t.Fatalf("claimed %+v (err %v), want dlv_1", got, err)
 	}
@@ -1013,8 +1014,8 @@ func TestParkBehindWaitingHead(t *testing.T) {
 		t.Errorf("a second Park parked %d (err %v), want 0", n, err)
 	}
 	got, err := s.Claim(ctx, crm(100), "a", "t1", time.Minute)
-	if err != nil || len(got) != 1 || got[0].ID != "dlv_fresh_000001" {
-		t.Fatalf("claim beside the parked key: %v (err %v), want only fresh's head", got, err)
+	if ids := claimedIDs(got); err != nil || !slices.Equal(ids, []string{"dlv_fresh_000001", "dlv_fresh_000002", "dlv_fresh_000003"}) {
+		t.Fatalf("claim beside the parked key: %v (err %v), want only fresh's head and its run", ids, err)
 	}
 
 	// The head's second attempt fails: the parked follow its new due time.
@@ -1046,14 +1047,102 @@ func TestParkBehindWaitingHead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ofK []string
-	for _, c := range got {
-		if c.OrderingKey == "k" {
-			ofK = append(ofK, c.ID)
+	var want []string
+	for i := 2; i <= 101; i++ {
+		want = append(want, fmt.Sprintf("dlv_k_%06d", i))
+	}
+	if ids := claimedIDs(got); !slices.Equal(ids, want) {
+		t.Errorf("claimed of k %v, want its next 100 in order (its head and a run)", ids)
+	}
+}
+
+// claimedIDs lists what a claim took, in position order.
+func claimedIDs(got []Claimed) []string {
+	slices.SortFunc(got, func(a, b Claimed) int {
+		return cmp.Or(cmp.Compare(a.OrderingKey, b.OrderingKey), cmp.Compare(a.Position, b.Position))
+	})
+	ids := make([]string, len(got))
+	for i, c := range got {
+		ids[i] = c.ID
+	}
+	return ids
+}
+
+// TestClaimRun: behind an ordered head, the claim takes the key's next
+// deliveries while they are claimable, in order and without a gap, within
+// the want's limit after its heads: a delivery held, owned by a live
+// instance, not due or a manual retry ends the run; a failed one is not
+// in the way (it let its key move on).
+func TestClaimRun(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	for _, key := range []string{"a", "b", "c", "d", "e"} {
+		if err := s.Write(ctx, orderedBatch(key, 0, 6)); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if !slices.Equal(ofK, []string{"dlv_k_000002"}) {
-		t.Errorf("claimed of k %v, want its next delivery alone", ofK)
+	for _, id := range []string{"x", "y"} {
+		if err := s.Register(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Exec(t, `UPDATE dzhook.deliveries SET state = 'failed', next_attempt_at = NULL WHERE id = 'dlv_a_000003'`,
+		`UPDATE dzhook.deliveries SET state = 'held' WHERE id = 'dlv_b_000004'`,
+		`UPDATE dzhook.deliveries SET owner = 'y' WHERE id = 'dlv_c_000003'`,
+		`UPDATE dzhook.deliveries SET next_attempt_at = now() + interval '1 hour' WHERE id = 'dlv_d_000005'`,
+		`UPDATE dzhook.deliveries SET manual = true WHERE id = 'dlv_e_000002'`)
+	got, err := s.Claim(ctx, []ClaimWant{{Subscription: "crm", Limit: 100, Heads: 5, Runs: true}}, "x", "t1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"dlv_a_000001", "dlv_a_000002", "dlv_a_000004", "dlv_a_000005", "dlv_a_000006",
+		"dlv_b_000001", "dlv_b_000002", "dlv_b_000003",
+		"dlv_c_000001", "dlv_c_000002",
+		"dlv_d_000001", "dlv_d_000002", "dlv_d_000003", "dlv_d_000004",
+		"dlv_e_000001",
+	}
+	if ids := claimedIDs(got); !slices.Equal(ids, want) {
+		t.Errorf("claimed %v\nwant    %v", ids, want)
+	}
+	// The limit counts heads first, then runs head by head.
+	db.Exec(t, `UPDATE dzhook.deliveries SET owner = NULL, claim = NULL`)
+	got, err = s.Claim(ctx, []ClaimWant{{Subscription: "crm", Limit: 8, Heads: 2, Runs: true}}, "x", "t2", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 8 {
+		t.Fatalf("claimed %v, want 8", claimedIDs(got))
+	}
+	heads, runOf := 0, map[string][]int64{}
+	for _, c := range got {
+		runOf[c.OrderingKey] = append(runOf[c.OrderingKey], c.Position)
+	}
+	for key, pos := range runOf {
+		heads++
+		slices.Sort(pos)
+		if pos[0] != 1 {
+			t.Errorf("key %s: claimed positions %v, not from its head", key, pos)
+		}
+	}
+	if heads != 2 {
+		t.Errorf("claimed of %d keys %v, want 2 heads and their runs", heads, claimedIDs(got))
+	}
+	// A delivery another transaction holds ends its run: what follows it
+	// is not taken.
+	db.Exec(t, `UPDATE dzhook.deliveries SET owner = NULL, claim = NULL`)
+	conn := db.Connect(t)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_a_000004' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Claim(ctx, []ClaimWant{{Subscription: "crm", Limit: 100, Heads: 1, Runs: true}}, "x", "t3", time.Minute)
+	if ids := claimedIDs(got); err != nil || !slices.Equal(ids, []string{"dlv_a_000001", "dlv_a_000002"}) {
+		t.Errorf("claimed %v (err %v) beside a held dlv_a_000004, want dlv_a_000001 and dlv_a_000002", ids, err)
 	}
 }
 
@@ -1108,7 +1197,7 @@ func BenchmarkClaimBehindWaitingHead(b *testing.B) {
 			}
 			b.ResetTimer()
 			for i := range b.N {
-				got, err := s.Claim(ctx, []ClaimWant{{"crm", 100}}, "a", fmt.Sprint("t", i), time.Minute)
+				got, err := s.Claim(ctx, []ClaimWant{{Subscription: "crm", Limit: 100}}, "a", fmt.Sprint("t", i), time.Minute)
 				if err != nil {
 					b.Fatal(err)
 				}
