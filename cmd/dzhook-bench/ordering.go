@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -66,7 +67,103 @@ func (b *bench) ordering(ctx context.Context) error {
 		b.add(Result{Scenario: "ordering", Metric: r.mode + ": deliveries claimed from the journal", Value: float64(r.journal.claimed) / float64(r.deliveries) * 100, Unit: "%",
 			Note: fmt.Sprintf("%d in %d claims", r.journal.claimed, r.journal.claims)})
 	}
+	// A backlog in the journal, after a pause.
+	n := b.rows / 10
+	rate, took, err := b.orderingDrain(ctx, n)
+	if err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	b.add(Result{Scenario: "ordering", Metric: "subscription, resumed after a pause: backlog drained", Value: rate, Unit: "deliveries/s",
+		Note: fmt.Sprintf("%d deliveries held in the journal, drained in %.1f s", n, took.Seconds())})
 	return nil
+}
+
+// orderingDrain measures how fast an ordered subscription's backlog in
+// the journal drains: a subscription with ordering: subscription (one
+// key, one delivery at a time) is paused through the admin API while n
+// request creations are committed, so they wait in the journal, held;
+// then resumed. Deliveries/s from the resume to the last first arrival.
+// Each delivery of the key can start only once the one before it
+// finished: from the journal, a claim takes the key's head and the run
+// behind it (journal.Store.Claim).
+func (b *bench) orderingDrain(ctx context.Context, n int) (float64, time.Duration, error) {
+	db, dsn, err := b.newDB(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer b.cluster.DropDatabase(ctx, db)
+	rc, err := newReceiver()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rc.close()
+	admin, err := freeAddr()
+	if err != nil {
+		return 0, 0, err
+	}
+	config, err := b.writeConfig(dsn, []subSpec{{id: "bench", path: "/bench", ordering: "subscription", holdPaused: true}}, rc.url, admin)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := b.setup(config); err != nil {
+		return 0, 0, err
+	}
+	d, err := b.start(config)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer d.stop()
+	adm := &adminAPI{base: "http://" + admin}
+	if err := adm.waitSubscription(ctx, "bench", 30*time.Second); err != nil {
+		return 0, 0, err
+	}
+	if code, raw, err := adm.call(ctx, http.MethodPost, "/v1/subscriptions/bench/pause", ""); err != nil || code != http.StatusOK {
+		return 0, 0, fmt.Errorf("pause: %d %s %v", code, raw, err)
+	}
+	if err := b.load(ctx, db, 0, n, 100); err != nil {
+		return 0, 0, err
+	}
+	if err := waitHeld(ctx, b.cluster.DSN(db), n); err != nil {
+		return 0, 0, err
+	}
+	reached := rc.expect(n)
+	start := time.Now()
+	if code, raw, err := adm.call(ctx, http.MethodPost, "/v1/subscriptions/bench/resume", ""); err != nil || code != http.StatusOK {
+		return 0, 0, fmt.Errorf("resume: %d %s %v", code, raw, err)
+	}
+	select {
+	case <-reached:
+	case err := <-d.done:
+		return 0, 0, fmt.Errorf("dzhook exited: %v", err)
+	case <-time.After(5 * time.Minute):
+		first, _ := rc.arrivals()
+		return 0, 0, fmt.Errorf("the backlog did not drain in 5 minutes (%d of %d)", len(first), n)
+	}
+	took := time.Since(start)
+	return float64(n) / took.Seconds(), took, nil
+}
+
+// waitHeld waits until the journal holds n held deliveries.
+func waitHeld(ctx context.Context, dsn string, n int) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(60 * time.Second)
+	var got int
+	for time.Now().Before(deadline) {
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'held'`).Scan(&got); err != nil {
+			return err
+		}
+		if got >= n {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond) // polled: the journal has no notification for this
+	}
+	var states string
+	_ = conn.QueryRow(ctx, `SELECT coalesce(string_agg(state || ': ' || n, ', '), 'none') FROM (SELECT state, count(*) n FROM dzhook.deliveries GROUP BY 1) s`).Scan(&states)
+	return fmt.Errorf("the journal holds %d of %d deliveries held after 60 s (deliveries: %s)", got, n, states)
 }
 
 func (b *bench) orderingOnce(ctx context.Context, mode string, updates int) (orderingRun, error) {

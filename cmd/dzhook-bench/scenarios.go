@@ -227,6 +227,9 @@ type subSpec struct {
 	// (none).
 	events   []string
 	ordering string
+	// holdPaused: queue_while_inactive (a paused subscription's
+	// deliveries wait in the journal, held).
+	holdPaused bool
 }
 
 // writeConfig writes a dzhook configuration for db with the given
@@ -257,6 +260,9 @@ func (b *bench) writeConfig(dsn string, subs []subSpec, url, admin string) (stri
 		fmt.Fprintf(&s, "  - id: %s\n    url: %s%s\n    events: [%s]\n    secret: %s\n", sub.id, url, sub.path, strings.Join(events, ", "), benchSecret)
 		if sub.ordering != "" {
 			fmt.Fprintf(&s, "    ordering: %s\n", sub.ordering)
+		}
+		if sub.holdPaused {
+			s.WriteString("    queue_while_inactive: true\n")
 		}
 	}
 	path := filepath.Join(b.work, fmt.Sprintf("config-%d.yaml", time.Now().UnixNano()))
