@@ -1208,3 +1208,47 @@ func BenchmarkClaimBehindWaitingHead(b *testing.B) {
 		})
 	}
 }
+
+// TestNotificationOncePerTransition: processes sharing the journal each
+// report the transitions they see; the admin is told of a subscription's
+// state change once, by the batch that changed the journal's state. A
+// notification about dzhook itself is always kept.
+func TestNotificationOncePerTransition(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	report := func(state Health, kind string) {
+		t.Helper()
+		b := &Batch{Subs: []SubscriptionState{{ID: "crm", State: state, Changed: true, LastStatus: 503}},
+			Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: kind, Body: []byte(`{}`)}}}
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	told := func(step, want string) {
+		t.Helper()
+		var kinds string
+		if err := db.Connect(t).QueryRow(ctx, `SELECT coalesce(string_agg(kind, ',' ORDER BY id), '') FROM dzhook.notifications`).Scan(&kinds); err != nil {
+			t.Fatal(err)
+		}
+		if kinds != want {
+			t.Errorf("%s: notifications %q, want %q", step, kinds, want)
+		}
+	}
+	if err := s.Write(ctx, &Batch{Subs: []SubscriptionState{{ID: "crm", State: Healthy, LastStatus: 200}}}); err != nil {
+		t.Fatal(err)
+	}
+	report(Failing, "failing") // process a
+	report(Failing, "failing") // process b, the same receiver
+	told("two processes saw it fail", "failing")
+	report(Healthy, "recovered")
+	report(Healthy, "recovered")
+	told("two processes saw it recover", "failing,recovered")
+	report(Disabled, "disabled")
+	report(Failing, "failing") // one that has not learned of the 410
+	report(Disabled, "disabled")
+	told("a 410", "failing,recovered,disabled")
+	if err := s.Write(ctx, &Batch{Notifications: []NotificationRow{{Kind: "journal_lag", Body: []byte(`{}`)}, {Kind: "journal_lag", Body: []byte(`{}`)}}}); err != nil {
+		t.Fatal(err)
+	}
+	told("system notifications", "failing,recovered,disabled,journal_lag,journal_lag")
+}

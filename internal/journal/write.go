@@ -455,8 +455,10 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				-- (SetState): a process that has not yet learned of the 410
 				-- must not re-enable it.
 				state = CASE WHEN s.state = 'disabled' OR EXCLUDED.state_changed_at IS NULL THEN s.state ELSE EXCLUDED.state END, -- changed: a change time
-				state_changed_at = CASE WHEN s.state = 'disabled' THEN s.state_changed_at
-					ELSE coalesce(EXCLUDED.state_changed_at, s.state_changed_at) END,
+				-- Changed when the journal's state changes: another
+				-- process may have recorded the same transition first.
+				state_changed_at = CASE WHEN s.state <> 'disabled' AND EXCLUDED.state_changed_at IS NOT NULL AND EXCLUDED.state <> s.state
+					THEN EXCLUDED.state_changed_at ELSE s.state_changed_at END,
 				last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
 				last_failure_at = coalesce(EXCLUDED.last_failure_at, s.last_failure_at),
 				last_status = coalesce(EXCLUDED.last_status, s.last_status),
@@ -465,6 +467,17 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 			ids, states, changed, success, failure, status, lastErr)
 	}
 	for _, n := range b.Notifications {
+		if state, ok := notifiedState[n.Kind]; ok && n.SubscriptionID != "" {
+			// A subscription's state change is told once, by the process
+			// whose batch changed the journal's state (the statement
+			// above, in this transaction: its now() is this batch's).
+			// Each process has its own view of its attempts, and two that
+			// saw the same receiver fail each reported the transition.
+			batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body)
+				SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {{schema}}.subscriptions
+					WHERE id = $1 AND state = $4 AND state_changed_at = now())`), n.SubscriptionID, n.Kind, n.Body, state)
+			continue
+		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body) VALUES ($1, $2, $3)`), n.SubscriptionID, n.Kind, n.Body)
 	}
 	for _, r := range b.Rejections {
@@ -505,6 +518,10 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	}
 	return batch.list
 }
+
+// notifiedState is the subscription state each kind of notification
+// tells of.
+var notifiedState = map[string]string{"failing": string(Failing), "recovered": string(Healthy), "disabled": string(Disabled)}
 
 // retriedDeliveries returns the deliveries of attempts after their first.
 func retriedDeliveries(attempts []AttemptRow) []string {
