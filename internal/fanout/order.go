@@ -39,14 +39,18 @@ func (o Ordering) key(eventKey string) (string, bool) {
 // How ordered delivery works (DESIGN: "ordering")
 //
 // The journal is the authority: Store.Claim takes an ordered delivery
-// only when no earlier delivery of its key is pending or held. Memory is
-// a fast path for the process that streams (the only one that makes new
+// only when no earlier delivery of its key is pending or held, and with
+// it the run behind it (the key's next claimable deliveries, without a
+// gap), which waits in this process's memory behind the head as a
+// streamed key's deliveries do (orderState.claimedRun). Memory is a
+// fast path for the process that streams (the only one that makes new
 // deliveries): a key whose deliveries are all in this process's memory
 // needs no journal round trip. Per key, orderState knows
 //
 //   - active: the delivery handed to the workers (queued or in flight);
 //   - waiting: later deliveries, in order, that go out one after the
-//     other from memory, each right after the previous one finished;
+//     other from memory, each right after the previous one finished
+//     (routed by the stream, or a claimed run);
 //   - journaled: how many of the key's deliveries wait in the journal
 //     (a retry, a spill, held while paused, or left by an earlier
 //     process) that this process has not seen finish.
