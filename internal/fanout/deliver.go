@@ -97,7 +97,9 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 				s.pace.throttled(time.Now(), started, res.RetryAfter)
 			}
 			busy.Store(0)
-			t = d.afterOrdered(life, s, t, dec)
+			if t = d.afterOrdered(life, s, t, dec); t != nil && s.yield(t) {
+				break // the key's next waits its turn in the queue
+			}
 		}
 	}
 }

@@ -63,6 +63,7 @@ type Store interface {
 	ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (journal.Claimed, error)
 	ReleaseLost(ctx context.Context, owner string, c journal.LostClaim) (int, error)
 	Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (int, error)
+	Unpark(ctx context.Context, limit int) (int, error)
 	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)
 	RetryFailed(ctx context.Context, subscription string, since, until *time.Time, self string, staleAfter time.Duration) (int, error)
 	SetPaused(ctx context.Context, subscription string, paused bool) error

@@ -236,6 +236,7 @@ func (o *orderState) claimedRun(head *task, run []*task, room *sub) bool {
 	for _, t := range run {
 		t.place = room
 	}
+	room.runHeld.Add(int64(len(run)))
 	ks.claimed += len(run)
 	ks.waiting = append(ks.waiting, run...)
 	o.waiting += len(run)
@@ -260,7 +261,6 @@ func (o *orderState) finished(t *task, retrying, retired bool) (next *task, rele
 	switch {
 	case t.claimed && !retrying:
 		ks.journaled = max(0, ks.journaled-1)
-		nudge = true
 	case !t.claimed && retrying:
 		ks.journaled++
 	}
@@ -280,11 +280,23 @@ func (o *orderState) finished(t *task, retrying, retired bool) (next *task, rele
 		next.freePlace() // it leaves the queue's count, as a task taken by a worker does
 		ks.active = next
 	}
-	if ks.active == nil && ks.journaled > 0 {
+	// The next of the key may be claimable once this outcome is written,
+	// unless it follows from memory (a run, or the stream's).
+	if t.claimed && !retrying && next == nil || ks.active == nil && ks.journaled > 0 {
 		nudge = true
 	}
 	o.forget(t.key, ks)
 	return next, release, nudge
+}
+
+// holds reports whether a delivery of key is in this process's memory
+// (queued, in flight, or waiting behind another): then no other delivery
+// of the key can start anywhere until it finishes.
+func (o *orderState) holds(key string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ks := o.keys[key]
+	return ks != nil && (ks.active != nil || len(ks.waiting) > 0 || ks.claimed > 0)
 }
 
 // drained records tasks taken out of a retired subscription's queue,

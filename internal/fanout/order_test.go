@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 // orderEvents builds one event per key, in stream order: their ids sort
@@ -404,11 +406,8 @@ func TestOrderedBacklogParked(t *testing.T) {
 	if rep, err := d.RetryNow(ctx, headID); err != nil || rep.StatusCode != http.StatusOK {
 		t.Fatalf("retrying the head by hand: %+v, %v", rep, err)
 	}
-	// The head's outcome is durable when RetryNow returns, and what was
-	// parked behind it with it.
-	if n := parked(); n != 0 {
-		t.Errorf("%d deliveries still parked after their key's head was delivered", n)
-	}
+	// The scheduler makes what was parked behind it due again.
+	testutil.Eventually(t, 30*time.Second, "the parked deliveries due again after their head was delivered", func() bool { return parked() == 0 })
 	// The key drains a run per claim (journal.Store.Claim), in order.
 	const drained = 1000
 	began := time.Now()
@@ -426,5 +425,71 @@ func TestOrderedBacklogParked(t *testing.T) {
 		if _, ok := rc.Delivered()[ev.ID]; !ok {
 			t.Fatalf("%d of the key's deliveries arrived, but not %s, earlier in the stream", got, ev.ID)
 		}
+	}
+}
+
+// TestOrderedRunsDoNotHoldUpOtherKeys: the claim takes key a's head and
+// the run behind it (100 deliveries, each after the one before it), and
+// the heads of keys b1..b12, one due delivery each. With two workers, the
+// runs must not keep the other keys waiting until they end: a worker
+// going on with a run yields to what is queued (sub.yield), and with a
+// peer alive the run's places do not count against the heads this
+// process takes (sub.runHeld). Each b arrives before a's run is through.
+func TestOrderedRunsDoNotHoldUpOtherKeys(t *testing.T) {
+	for _, c := range []struct{ peer, two bool }{{false, false}, {true, false}, {false, true}} {
+		t.Run(fmt.Sprintf("peer=%v,two-runs=%v", c.peer, c.two), func(t *testing.T) {
+			db := pgtest.NewDB(t)
+			pool, err := pgxpool.New(context.Background(), db.DSN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pool.Close)
+			store := journal.New(pool, "dzhook")
+			ctx := context.Background()
+			if _, err := store.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			runs := "'a'"
+			if c.two {
+				runs = "'a', 'aa'"
+			}
+			db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
+				`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+				 SELECT 'dlv_' || k || '_' || lpad(g::text, 4, '0'), 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '10 second', now(), now(), k, g
+				   FROM unnest(ARRAY[`+runs+`]) k, generate_series(1, 150) g`,
+				`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+				 SELECT 'dlv_b_' || lpad(g::text, 4, '0'), 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '5 second', now(), now(), 'b' || g, 1
+				   FROM generate_series(1, 12) g`)
+			if c.peer {
+				if err := store.Register(ctx, "other"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rc := testutil.NewReceiver(t)
+			rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+				time.Sleep(20 * time.Millisecond) // the receiver's service time
+				return http.StatusOK, nil, "ok"
+			})
+			d := start(t, store, Config{
+				Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
+				Journal:       store, Instance: "i1", Concurrency: 2, Heartbeat: time.Hour, PollInterval: 50 * time.Millisecond,
+			})
+			if c.peer {
+				testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
+			}
+			count := func(prefix string) int {
+				n := 0
+				for _, r := range rc.Requests() {
+					if strings.HasPrefix(r.Header.Get(signer.HeaderDelivery), prefix) {
+						n++
+					}
+				}
+				return n
+			}
+			testutil.Eventually(t, 60*time.Second, "the 12 deliveries of keys b*", func() bool { return count("dlv_b_") == 12 })
+			if a := count("dlv_a_"); a >= 100 {
+				t.Errorf("%d of key a's deliveries arrived before the last of keys b*: they waited for a's run", a)
+			}
+		})
 	}
 }

@@ -73,7 +73,18 @@ type scheduler struct {
 	// keys' heads (journal.Store.Park), once per poll interval at most.
 	park     []string
 	lastPark time.Time
+	// parkWait is how long after the last Park the next may run: a poll
+	// interval, doubled (to a minute at most) while Park finds nothing to
+	// park: a slow round beside a run in flight, or behind a head being
+	// attempted, reads deliveries Park cannot park.
+	parkWait time.Duration
+	// lastUnpark is when Unpark last ran (once per poll interval while
+	// the process has ordered subscriptions).
+	lastUnpark time.Time
 }
+
+// unparkBatch bounds what one Unpark statement moves.
+const unparkBatch = 20000
 
 // parkAfter: a claim round slower than this, in which an ordered
 // subscription took less than it asked, may have read deliveries turned
@@ -127,9 +138,13 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		subs := sc.subs()
+		if time.Since(sc.lastUnpark) >= sc.poll && slices.ContainsFunc(subs, func(s *sub) bool { return s.ord != nil }) {
+			sc.unpark(ctx)
+		}
 		began := time.Now()
-		found = sc.claim(ctx, sc.subs()) > 0
-		if len(sc.park) > 0 && time.Since(began) >= parkAfter && time.Since(sc.lastPark) >= sc.poll {
+		found = sc.claim(ctx, subs) > 0
+		if len(sc.park) > 0 && time.Since(began) >= parkAfter && time.Since(sc.lastPark) >= max(sc.parkWait, sc.poll) {
 			sc.parkBehindHeads(ctx)
 		}
 		// While other processes share the journal, work found says more
@@ -247,8 +262,9 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 // an ordered key's head claimed here holds back the key everywhere.
 func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 	type asked struct {
-		s *sub
-		n int64 // places reserved
+		s     *sub
+		n     int64 // places reserved
+		heads int   // of which for heads (journal.ClaimWant.Heads)
 	}
 	var wants []journal.ClaimWant
 	var ask []asked
@@ -258,13 +274,27 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		if !s.accepting() {
 			continue
 		}
+		if s.ord != nil && s.cfg.Ordering == OrderSubscription && s.ord.holds("") {
+			// Its one key is in this process's memory: nothing of the
+			// subscription can start before that finishes, and the claim
+			// would read its whole backlog to find so (every due
+			// delivery of the key, each turned away).
+			continue
+		}
 		free := s.size - s.reserved.Load()
 		// At least one: a queue of one place (a rate-limited subscription
 		// with one worker, queue_size: 1) would otherwise never claim.
 		want := min(max(free/2, 1), 1024)
 		heads := want
+		if s.cfg.Ordering == OrderSubscription && s.ord != nil {
+			// One key, so one head at most: the claim stops reading at
+			// it rather than turning away the rest of the backlog.
+			heads = 1
+		}
 		if peers {
-			heads = min(want, s.soon()-s.reserved.Load())
+			// Places held by runs waiting behind their heads start no
+			// worker: they do not count against what starts soon.
+			heads = min(want, s.soon()-(s.reserved.Load()-s.runHeld.Load()))
 		}
 		// An ordered subscription's runs (the deliveries that follow a
 		// key's head, attempted one after the other) start no worker of
@@ -282,7 +312,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			continue
 		}
 		wants = append(wants, journal.ClaimWant{Subscription: s.cfg.ID, Limit: int(n), Heads: int(min(heads, n)), Runs: ordered})
-		ask = append(ask, asked{s, n})
+		ask = append(ask, asked{s, n, int(min(heads, n))})
 	}
 	if len(wants) == 0 {
 		return 0
@@ -314,7 +344,9 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			sc.nudge() // there may be more
 		} else {
 			a.s.backlog.Store(false)
-			if a.s.ord != nil {
+			if a.s.ord != nil && headsOf(got) < a.heads {
+				// Fewer heads than asked: due deliveries may have been
+				// turned away behind heads that wait.
 				sc.park = append(sc.park, a.s.cfg.ID)
 			}
 		}
@@ -337,11 +369,34 @@ func (sc *scheduler) parkBehindHeads(ctx context.Context) {
 			sc.log.Warn("parking ordered deliveries behind their keys' heads failed; the claim reads them meanwhile", "err", err)
 		}
 	case n > 0:
+		sc.parkWait = 0
 		sc.log.Debug("parked ordered deliveries behind their keys' heads, which wait for a retry", "deliveries", n, "subscriptions", len(subs))
 		if n == parkBatch {
 			sc.lastPark = time.Time{}
 			sc.nudge()
 		}
+	default:
+		sc.parkWait = min(max(2*sc.parkWait, 2*sc.poll), time.Minute)
+	}
+}
+
+// unpark makes due again the deliveries parked behind heads that have
+// finished (journal.Store.Unpark); when a whole batch moved, the next
+// round moves more.
+func (sc *scheduler) unpark(ctx context.Context) {
+	sc.lastUnpark = time.Now()
+	n, err := sc.store.Unpark(ctx, unparkBatch)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			sc.log.Warn("making due the ordered deliveries parked behind finished heads failed; retrying", "err", err)
+		}
+	case n > 0:
+		sc.log.Debug("ordered deliveries parked behind finished heads are due again", "deliveries", n)
+		if n == unparkBatch {
+			sc.lastUnpark = time.Time{}
+		}
+		sc.nudge()
 	}
 }
 
@@ -410,6 +465,22 @@ func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claime
 		}
 		return ids
 	})
+}
+
+// headsOf counts what a claim took that can start at once: every
+// delivery but those of an ordered key's run (one per key).
+func headsOf(claimed []journal.Claimed) int {
+	n := 0
+	keys := map[string]bool{}
+	for _, c := range claimed {
+		if !c.Ordered || c.Manual {
+			n++
+		} else if !keys[c.OrderingKey] {
+			keys[c.OrderingKey] = true
+			n++
+		}
+	}
+	return n
 }
 
 // claimedTask is the task of a delivery a claim took.

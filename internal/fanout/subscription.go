@@ -129,6 +129,10 @@ type sub struct {
 	reserved atomic.Int64  // queue places taken or promised
 	size     int64
 	room     chan struct{} // a worker took a task: there may be room
+	// runHeld counts the places of reserved held by claimed runs waiting
+	// behind their heads (orderState.claimedRun): no worker starts them
+	// until the one before finished.
+	runHeld atomic.Int64
 	// backlog is set while due work of this subscription waits in the
 	// journal, so workers that empty the queue wake the scheduler.
 	backlog atomic.Bool
@@ -292,6 +296,19 @@ const fairEvery = 8
 // queued is how many tasks wait in the two lanes.
 func (s *sub) queued() int { return len(s.live) + len(s.queue) }
 
+// yield puts t, the next delivery of an ordered key, in the queue when
+// other work waits there, and reports whether it did: one key's chain (a
+// run claimed from the journal, a streamed key kept busy) then does not
+// keep a worker from the other keys' deliveries queued behind it. t is
+// still the only delivery of its key that may start; a worker takes it
+// in its turn.
+func (s *sub) yield(t *task) bool {
+	if s.queued() == 0 || s.reserve(1) != 1 {
+		return false
+	}
+	return s.enqueue(t) // retired: the place is released, and the caller gives t up
+}
+
 // retire stops the subscription: its workers end after their attempts in
 // flight, and its queue takes nothing more.
 func (s *sub) retire() {
@@ -386,6 +403,9 @@ func (s *sub) release(n int64) { s.reserved.Add(-n) }
 func (t *task) freePlace() {
 	if s := t.place; s != nil {
 		t.place = nil
+		if t.claimed {
+			s.runHeld.Add(-1)
+		}
 		s.release(1)
 		select {
 		case s.room <- struct{}{}:

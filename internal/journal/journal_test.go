@@ -964,9 +964,9 @@ func dueOf(t *testing.T, db *pgtest.DB, key string) int {
 }
 
 // TestParkBehindWaitingHead: the deliveries behind a head waiting for its
-// retry leave the claim's way (Park) with the head's due time; they follow
-// the head's next due time when its next attempt fails, and are due again,
-// in their order, when it succeeds. Behind a head being attempted, or one
+// retry leave the claim's way (Park) with the head's due time; they stay
+// parked when its next attempt fails, and are due again (Unpark), in
+// their order, when it succeeds. Behind a head being attempted, or one
 // never attempted, nothing is parked; other keys are not touched.
 func TestParkBehindWaitingHead(t *testing.T) {
 	s, db := newStore(t)
@@ -1018,7 +1018,9 @@ func TestParkBehindWaitingHead(t *testing.T) {
 		t.Fatalf("claim beside the parked key: %v (err %v), want only fresh's head and its run", ids, err)
 	}
 
-	// The head's second attempt fails: the parked follow its new due time.
+	// The head's second attempt fails: they stay parked (due at its
+	// earlier time, when they are parked behind its next one), and
+	// Unpark leaves them.
 	later := retry.Add(time.Hour)
 	if err := s.Write(ctx, &Batch{
 		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 2, NextAttemptAt: later, LastStatus: 503, LastAttemptAt: time.Now()}},
@@ -1026,16 +1028,25 @@ func TestParkBehindWaitingHead(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE parked_behind = '`+head+`' AND next_attempt_at = '`+later.Format(time.RFC3339Nano)+`'`); got != behind {
-		t.Errorf("%d deliveries follow the head's new due time, want %d", got, behind)
+	if n, err := s.Unpark(ctx, 100000); err != nil || n != 0 {
+		t.Errorf("Unpark behind a head still waiting: %d (err %v), want 0", n, err)
 	}
-	// Its third succeeds: they are due again, and the next of k is its
-	// head, claimed alone.
+	// Its third succeeds: Unpark makes them due again, and the next of k
+	// is its head, claimed with the run behind it.
 	if err := s.Write(ctx, &Batch{
 		Updates:  []DeliveryUpdate{{ID: head, State: "delivered", Attempts: 3, LastStatus: 200, LastAttemptAt: time.Now()}},
 		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 3, At: time.Now(), Trigger: "manual", StatusCode: 200}},
 	}); err != nil {
 		t.Fatal(err)
+	}
+	if got := dueOf(t, db, "k"); got != 0 {
+		t.Errorf("before Unpark, %d of k's deliveries are due", got)
+	}
+	if n, err := s.Unpark(ctx, 1000); err != nil || n != 1000 {
+		t.Errorf("Unpark moved %d (err %v), want its limit, 1000", n, err)
+	}
+	if n, err := s.Unpark(ctx, 100000); err != nil || n != behind-1000 {
+		t.Errorf("Unpark moved %d (err %v), want the other %d", n, err, behind-1000)
 	}
 	if got := dueOf(t, db, "k"); got != behind {
 		t.Errorf("after the head was delivered, %d of k's deliveries are due, want %d", got, behind)

@@ -492,18 +492,6 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	for _, r := range b.Release {
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE id = ANY($1) AND owner = $2 AND state = 'pending'`), r.IDs, r.Owner)
 	}
-	if retried := retriedDeliveries(b.Attempts); len(retried) > 0 {
-		// Deliveries parked behind one of these (Store.Park) follow it:
-		// due now when it no longer waits (delivered, failed, or due), or
-		// at its new due time. Only a delivery that waited for a retry has
-		// deliveries parked behind it, and its next attempt is at least
-		// its second: first attempts, the hot path, never send this.
-		batch.Queue(s.q(`UPDATE {{schema}}.deliveries f SET
-				next_attempt_at = CASE WHEN h.state = 'pending' AND h.next_attempt_at > now() THEN h.next_attempt_at ELSE now() END,
-				parked_behind = CASE WHEN h.state = 'pending' AND h.next_attempt_at > now() THEN h.id END
-			  FROM {{schema}}.deliveries h
-			 WHERE h.id = ANY($1) AND f.parked_behind = h.id AND f.state = 'pending'`), retried)
-	}
 	if b.Slot != "" {
 		// Within one cluster the checkpoint never moves back; a checkpoint
 		// of another cluster is replaced.
@@ -522,17 +510,6 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 // notifiedState is the subscription state each kind of notification
 // tells of.
 var notifiedState = map[string]string{"failing": string(Failing), "recovered": string(Healthy), "disabled": string(Disabled)}
-
-// retriedDeliveries returns the deliveries of attempts after their first.
-func retriedDeliveries(attempts []AttemptRow) []string {
-	var ids []string
-	for i := range attempts {
-		if attempts[i].Attempt > 1 {
-			ids = append(ids, attempts[i].DeliveryID)
-		}
-	}
-	return ids
-}
 
 // latestAttempts keeps one row per delivery, the one with the most
 // attempts (the first of equals), in their order: an INSERT ... ON

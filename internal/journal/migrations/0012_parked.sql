@@ -7,9 +7,8 @@
 -- round take 220 ms, for every subscription. Store.Park moves such a
 -- delivery's due time to its head's next attempt (it cannot go before
 -- then) and names the head here; the claim no longer sees it. When the
--- head's next attempt is recorded (journal.Writer), or the head is
--- cancelled (a replay's cancel), the deliveries parked behind it are due
--- again, or follow the head's new due time. NULL: not parked. A nullable
+-- head is finished (Store.Unpark) or cancelled (a replay's cancel), the
+-- deliveries parked behind it are due again. NULL: not parked. A nullable
 -- column without a default: adding it rewrites nothing; the index holds
 -- parked rows only.
 ALTER TABLE {{schema}}.deliveries ADD COLUMN parked_behind text COLLATE "C";
