@@ -129,10 +129,6 @@ type sub struct {
 	reserved atomic.Int64  // queue places taken or promised
 	size     int64
 	room     chan struct{} // a worker took a task: there may be room
-	// runHeld counts the places of reserved held by claimed runs waiting
-	// behind their heads (orderState.claimedRun): no worker starts them
-	// until the one before finished.
-	runHeld atomic.Int64
 	// backlog is set while due work of this subscription waits in the
 	// journal, so workers that empty the queue wake the scheduler.
 	backlog atomic.Bool
@@ -174,6 +170,11 @@ type sub struct {
 	// changes, not a journal that has not caught up with these.
 	flagsGen   uint64
 	disabledAt time.Time
+
+	// runHeld counts the places of reserved held by claimed runs waiting
+	// behind their heads (orderState.claimedRun): no worker starts them
+	// until the one before finished.
+	runHeld atomic.Int64
 }
 
 // task is one attempt to make.
