@@ -413,9 +413,10 @@ func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claime
 	var giveBack []*task
 	var runBack []string
 	if s.ord != nil {
-		// Each key's claimed deliveries together, in their order.
+		// Each key's claimed deliveries together, in their order (the
+		// claim's: position, then id).
 		slices.SortStableFunc(claimed, func(a, b journal.Claimed) int {
-			return cmp.Or(cmp.Compare(a.OrderingKey, b.OrderingKey), cmp.Compare(a.Position, b.Position))
+			return cmp.Or(cmp.Compare(a.OrderingKey, b.OrderingKey), cmp.Compare(a.Position, b.Position), cmp.Compare(a.ID, b.ID))
 		})
 	}
 	for i := 0; i < len(claimed); i++ {
