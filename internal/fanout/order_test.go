@@ -493,3 +493,71 @@ func TestOrderedRunsDoNotHoldUpOtherKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestOrderedSubscriptionRetryWhileBusy: under ordering: subscription the
+// scheduler does not ask a claim while the one key is in this process's
+// memory, but never for longer than recountEvery poll intervals: a
+// retry-failed delivery (which steps outside the order) goes out while
+// the stream keeps the key busy.
+func TestOrderedSubscriptionRetryWhileBusy(t *testing.T) {
+	store := newJournal(t)
+	keys := make([]string, 3000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("req_%d", i%7)
+	}
+	evs := orderEvents(keys)
+	rc := testutil.NewOrderReceiver(t, failFirst(1, evs[0]))
+	rc.SetDelay(5 * time.Millisecond)
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderSubscription}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, QueueSize: 4096,
+		RetrySchedule: []time.Duration{0}, Logger: testutil.Logger(t),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Dispatch(ctx, evs[0]); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the first delivery failed", func() bool {
+		dl, _, _, err := store.GetDelivery(ctx, ids.DeliveryID(evs[0].ID, "crm"))
+		return err == nil && dl.State == journal.Failed
+	})
+	// One delivered: the receiver keeps up again, so what is dispatched
+	// below waits in memory behind the delivery in flight rather than in
+	// the journal, and the stream keeps the key busy.
+	if err := d.Dispatch(ctx, evs[1]); err != nil {
+		t.Fatal(err)
+	}
+	rc.WaitDelivered(t, 1, 10*time.Second)
+	streaming := make(chan struct{})
+	go func() {
+		defer close(streaming)
+		for _, ev := range evs[2:] {
+			if d.Dispatch(ctx, ev) != nil {
+				return
+			}
+			// A little faster than the receiver answers: the key never
+			// goes idle, and the queue never fills (a full queue would
+			// leave the claim no place to ask for).
+			time.Sleep(4 * time.Millisecond)
+		}
+	}()
+	testutil.Eventually(t, 10*time.Second, "the stream under way", func() bool { return len(rc.Delivered()) > 50 })
+	if n, err := d.RetryFailed(ctx, "crm", nil, nil); err != nil || n != 1 {
+		t.Fatalf("retry-failed: %d, %v", n, err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the retried delivery sent while the stream keeps the key busy", func() bool {
+		_, ok := rc.Delivered()[evs[0].ID]
+		return ok
+	})
+	select {
+	case <-streaming:
+		t.Fatal("the stream ended before the retried delivery went out: the test proves nothing")
+	default:
+	}
+	cancel()
+	<-streaming
+}

@@ -274,11 +274,14 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		if !s.accepting() {
 			continue
 		}
-		if s.ord != nil && s.cfg.Ordering == OrderSubscription && s.ord.holds("") {
+		if s.ord != nil && s.cfg.Ordering == OrderSubscription && s.ord.holds("") && time.Since(s.lastAsked) < recountEvery*sc.poll {
 			// Its one key is in this process's memory: nothing of the
-			// subscription can start before that finishes, and the claim
-			// would read its whole backlog to find so (every due
-			// delivery of the key, each turned away).
+			// subscription can start before that finishes but a manual
+			// retry (retry-failed steps outside the order), and the claim
+			// would read its whole backlog to find so (every due delivery
+			// of the key, each turned away). It is asked all the same
+			// every recountEvery poll intervals: a stream that keeps the
+			// key busy would otherwise keep manual retries waiting.
 			continue
 		}
 		free := s.size - s.reserved.Load()
@@ -294,7 +297,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		if peers {
 			// Places held by runs waiting behind their heads start no
 			// worker: they do not count against what starts soon.
-			heads = min(want, s.soon()-(s.reserved.Load()-s.runHeld.Load()))
+			heads = min(heads, s.soon()-(s.reserved.Load()-s.runHeld.Load()))
 		}
 		// An ordered subscription's runs (the deliveries that follow a
 		// key's head, attempted one after the other) start no worker of
@@ -312,6 +315,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			continue
 		}
 		wants = append(wants, journal.ClaimWant{Subscription: s.cfg.ID, Limit: int(n), Heads: int(min(heads, n)), Runs: ordered})
+		s.lastAsked = time.Now()
 		ask = append(ask, asked{s, n, int(min(heads, n))})
 	}
 	if len(wants) == 0 {

@@ -175,6 +175,9 @@ type sub struct {
 	// behind their heads (orderState.claimedRun): no worker starts them
 	// until the one before finished.
 	runHeld atomic.Int64
+	// lastAsked is when the scheduler last asked a claim for this
+	// subscription (its goroutine alone reads and writes it).
+	lastAsked time.Time
 }
 
 // task is one attempt to make.

@@ -1262,4 +1262,25 @@ func TestNotificationOncePerTransition(t *testing.T) {
 		t.Fatal(err)
 	}
 	told("system notifications", "failing,recovered,disabled,journal_lag,journal_lag")
+
+	// A flap within one batch (the writer keeps one state row per
+	// subscription, the last): every transition this process saw is told.
+	db.Exec(t, `DELETE FROM dzhook.notifications`)
+	if err := s.SetState(ctx, "crm", Healthy); err != nil {
+		t.Fatal(err)
+	}
+	flap := func(final Health, kinds ...string) {
+		t.Helper()
+		b := &Batch{Subs: []SubscriptionState{{ID: "crm", State: final, Changed: true, LastStatus: 200}}}
+		for _, k := range kinds {
+			b.Notifications = append(b.Notifications, NotificationRow{SubscriptionID: "crm", Kind: k, Body: []byte(`{}`)})
+		}
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flap(Healthy, "failing", "recovered")
+	told("failing and recovered in one batch", "failing,recovered")
+	flap(Failing, "failing", "recovered", "failing")
+	told("three transitions in one batch", "failing,recovered,failing,recovered,failing")
 }

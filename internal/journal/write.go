@@ -466,8 +466,18 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				updated_at = now()`),
 			ids, states, changed, success, failure, status, lastErr)
 	}
+	// Transitions per subscription in this batch: one is told when it
+	// changed the journal's state; several (a flap within one batch, the
+	// writer keeping one state row per subscription) are all told, as
+	// this process saw them.
+	transitions := map[string]int{}
 	for _, n := range b.Notifications {
-		if state, ok := notifiedState[n.Kind]; ok && n.SubscriptionID != "" {
+		if _, ok := notifiedState[n.Kind]; ok && n.SubscriptionID != "" {
+			transitions[n.SubscriptionID]++
+		}
+	}
+	for _, n := range b.Notifications {
+		if state, ok := notifiedState[n.Kind]; ok && n.SubscriptionID != "" && transitions[n.SubscriptionID] == 1 {
 			// A subscription's state change is told once, by the process
 			// whose batch changed the journal's state (the statement
 			// above, in this transaction: its now() is this batch's).
