@@ -24,6 +24,14 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 func newJournal(t *testing.T) *journal.Store {
 	t.Helper()
+	s, _ := newJournalDB(t)
+	return s
+}
+
+// newJournalDB is newJournal with its database, for tests that write or
+// read the journal's tables directly.
+func newJournalDB(t *testing.T) (*journal.Store, *pgtest.DB) {
+	t.Helper()
 	db := pgtest.NewDB(t)
 	pool, err := pgxpool.New(context.Background(), db.DSN)
 	if err != nil {
@@ -34,7 +42,7 @@ func newJournal(t *testing.T) *journal.Store {
 	if _, err := s.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return s, db
 }
 
 // TestLostClaimAnswer: a claim whose UPDATE committed but whose answer

@@ -548,60 +548,18 @@ func TestH1TLSReceiverClosedIdle(t *testing.T) {
 // TestH1TLSUnaskedAnswerWhileIdle is TestH1UnaskedAnswerWhileIdle under
 // TLS, where bytes on an idle connection may also be a session ticket.
 func TestH1TLSUnaskedAnswerWhileIdle(t *testing.T) {
-	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
-	srv.StartTLS() // for its certificate
-	t.Cleanup(srv.Close)
-	cfg := srv.TLS.Clone()
-	cfg.NextProtos = []string{"http/1.1"}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var conns, reqs atomic.Int64
-	closed, answered := make(chan struct{}, 10), make(chan struct{})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			first := conns.Add(1) == 1
-			go func() {
-				defer func() { c.Close(); closed <- struct{}{} }()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, req.Body)
-					reqs.Add(1)
-					if _, err := io.WriteString(c, okAnswer); err != nil {
-						return
-					}
-					if first {
-						<-answered
-						_, _ = io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-						return
-					}
-				}
-			}()
-		}
-	}()
-	pool := x509.NewCertPool()
-	pool.AddCert(srv.Certificate())
-	c := openClient(faultTimeout, pool)
-	url := "https://" + ln.Addr().String()
-	if res := attemptTo(c, url); res.Status != 200 {
+	answered := make(chan struct{})
+	rcv := serveUnasked408(t, answered, nil)
+	c := openClient(faultTimeout, rcv.pool)
+	if res := attemptTo(c, rcv.url); res.Status != 200 {
 		t.Fatalf("first attempt: %+v", res)
 	}
 	close(answered)
-	waitUnasked(t, c, closed)
-	if res := attemptTo(c, url); res.Status != 200 {
+	waitUnasked(t, c, rcv.closed)
+	if res := attemptTo(c, rcv.url); res.Status != 200 {
 		t.Fatalf("the attempt after an unasked 408: %+v, want 200 on a new connection", res)
 	}
-	if n, r := conns.Load(), reqs.Load(); n != 2 || r != 2 {
+	if n, r := rcv.conns.Load(), rcv.reqs.Load(); n != 2 || r != 2 {
 		t.Errorf("%d connections, %d requests; want 2 and 2", n, r)
 	}
 }
@@ -614,6 +572,41 @@ func TestH1TLSUnaskedAnswerWhileIdle(t *testing.T) {
 // part that had come into crypto/tls's buffer, the socket looked empty,
 // and the 408 was read as the next attempt's answer.
 func TestH1TLSPartialRecordWhileIdle(t *testing.T) {
+	answered, release := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	rcv := serveUnasked408(t, answered, func(raw net.Conn) (net.Conn, func()) {
+		hold := &holdBackConn{Conn: raw, release: release}
+		return hold, func() { hold.holdBack.Store(10) } // the record's last 10 bytes wait for release
+	})
+	c := openClient(faultTimeout, rcv.pool)
+	if res := attemptTo(c, rcv.url); res.Status != 200 {
+		t.Fatalf("first attempt: %+v", res)
+	}
+	close(answered)
+	waitPending(t, c)
+	if res := attemptTo(c, rcv.url); res.Status != 200 {
+		t.Fatalf("the attempt after half an unasked 408: %+v, want 200 on a new connection", res)
+	}
+	if n := rcv.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+// unasked408 is a TLS receiver for the tests of unasked answers.
+type unasked408 struct {
+	url         string
+	pool        *x509.CertPool // trusts its certificate
+	conns, reqs atomic.Int64
+	closed      chan struct{} // a value as each connection ends
+}
+
+// serveUnasked408 starts a TLS receiver on 127.0.0.1 that answers 200 to
+// every request; its first connection, once answered is closed, sends an
+// unasked 408 and closes. wrap, when set, gives each accepted socket to
+// TLS through a wrapper, and a hook run on the first connection just
+// before its 408.
+func serveUnasked408(t *testing.T, answered <-chan struct{}, wrap func(net.Conn) (net.Conn, func())) *unasked408 {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
 	srv.StartTLS() // for its certificate
 	t.Cleanup(srv.Close)
@@ -624,20 +617,25 @@ func TestH1TLSPartialRecordWhileIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var conns atomic.Int64
-	answered, release := make(chan struct{}), make(chan struct{})
-	t.Cleanup(func() { close(release) })
+	rcv := &unasked408{url: "https://" + ln.Addr().String(), pool: x509.NewCertPool(), closed: make(chan struct{}, 10)}
+	rcv.pool.AddCert(srv.Certificate())
 	go func() {
 		for {
 			raw, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			first := conns.Add(1) == 1
-			hold := &holdBackConn{Conn: raw, release: release}
-			c := tls.Server(hold, cfg)
+			first := rcv.conns.Add(1) == 1
+			before := func() {}
+			if wrap != nil {
+				var hook func()
+				if raw, hook = wrap(raw); hook != nil {
+					before = hook
+				}
+			}
+			c := tls.Server(raw, cfg)
 			go func() {
-				defer c.Close()
+				defer func() { c.Close(); rcv.closed <- struct{}{} }()
 				br := bufio.NewReader(c)
 				for {
 					req, err := http.ReadRequest(br)
@@ -645,12 +643,13 @@ func TestH1TLSPartialRecordWhileIdle(t *testing.T) {
 						return
 					}
 					_, _ = io.Copy(io.Discard, req.Body)
+					rcv.reqs.Add(1)
 					if _, err := io.WriteString(c, okAnswer); err != nil {
 						return
 					}
 					if first {
 						<-answered
-						hold.holdBack.Store(10) // the record's last 10 bytes wait for release
+						before()
 						_, _ = io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
 						return
 					}
@@ -658,21 +657,7 @@ func TestH1TLSPartialRecordWhileIdle(t *testing.T) {
 			}()
 		}
 	}()
-	pool := x509.NewCertPool()
-	pool.AddCert(srv.Certificate())
-	c := openClient(faultTimeout, pool)
-	url := "https://" + ln.Addr().String()
-	if res := attemptTo(c, url); res.Status != 200 {
-		t.Fatalf("first attempt: %+v", res)
-	}
-	close(answered)
-	waitPending(t, c)
-	if res := attemptTo(c, url); res.Status != 200 {
-		t.Fatalf("the attempt after half an unasked 408: %+v, want 200 on a new connection", res)
-	}
-	if n := conns.Load(); n != 2 {
-		t.Errorf("%d connections, want 2", n)
-	}
+	return rcv
 }
 
 // holdBackConn writes all but the last holdBack bytes of a write at

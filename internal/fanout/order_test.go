@@ -10,11 +10,9 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
-	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
 )
@@ -350,16 +348,8 @@ func TestOrderedRecountBringsKeysBack(t *testing.T) {
 // meanwhile. A manual retry delivers the head: the parked deliveries are
 // due again at once, and go out in order, a run at a time.
 func TestOrderedBacklogParked(t *testing.T) {
-	db := pgtest.NewDB(t)
-	pool, err := pgxpool.New(context.Background(), db.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	store := journal.New(pool, "dzhook")
-	if _, err := store.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	store := newJournal(t)
+	pool := store.Pool()
 	const behind = 8000
 	keys := []string{"req_X"}
 	for range behind {
@@ -438,17 +428,8 @@ func TestOrderedBacklogParked(t *testing.T) {
 func TestOrderedRunsDoNotHoldUpOtherKeys(t *testing.T) {
 	for _, c := range []struct{ peer, two bool }{{false, false}, {true, false}, {false, true}} {
 		t.Run(fmt.Sprintf("peer=%v,two-runs=%v", c.peer, c.two), func(t *testing.T) {
-			db := pgtest.NewDB(t)
-			pool, err := pgxpool.New(context.Background(), db.DSN)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(pool.Close)
-			store := journal.New(pool, "dzhook")
+			store, db := newJournalDB(t)
 			ctx := context.Background()
-			if _, err := store.Migrate(ctx); err != nil {
-				t.Fatal(err)
-			}
 			runs := "'a'"
 			if c.two {
 				runs = "'a', 'aa'"

@@ -470,7 +470,10 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	// changed the journal's state; several (a flap within one batch, the
 	// writer keeping one state row per subscription) are all told, as
 	// this process saw them.
-	transitions := map[string]int{}
+	var transitions map[string]int
+	if len(b.Notifications) > 0 {
+		transitions = map[string]int{}
+	}
 	for _, n := range b.Notifications {
 		if _, ok := notifiedState[n.Kind]; ok && n.SubscriptionID != "" {
 			transitions[n.SubscriptionID]++
