@@ -14,7 +14,15 @@ build:
 # detector against a throwaway PostgreSQL (internal/pgtest).
 test: fmt-check vet
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -timeout 5m ./internal/rawsock
+	$(GO) test -count=1 -timeout 5m -run '$(RAWSOCKTESTS)' ./internal/fanout
 	cd $(CHARTTEST) && $(GO) test -count=1 -timeout 10m ./...
+
+# Under the race detector, sockets make the standard system calls
+# (internal/rawsock/race.go), so the transport's tests run a second time
+# without it, on the raw calls the binary makes. (internal/e2e's binary
+# is built without it too.)
+RAWSOCKTESTS := TestH1|TestWriteRequest|TestPrivateCA|TestClientCertificate|TestDeliveryFaults|TestFailureClasses|TestClassify|TestProxy|TestRedirect
 
 # The Helm chart's render test is a module of its own, so that Helm and the
 # Kubernetes libraries stay out of go.mod; ./... does not reach into it.

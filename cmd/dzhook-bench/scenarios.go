@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/rawsock"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -359,6 +360,8 @@ func replicate(ctx context.Context, dsn, slot string, more ...string) (*pgconn.P
 		return nil, err
 	}
 	cfg.RuntimeParams["replication"] = "database"
+	// Raw socket calls, as dzhook's stream makes them (internal/rawsock).
+	cfg.DialFunc = rawsock.Dialer(cfg.DialFunc)
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dzdesk/dzhook/internal/rawsock"
 )
 
 // sessionParams pin how PostgreSQL prints values, so text-format values
@@ -29,6 +31,7 @@ func (s *Stream) connectReplication(ctx context.Context) (*pgconn.PgConn, error)
 		return nil, &fatalError{fmt.Errorf("parse source DSN: %w", RedactDSNError(err))}
 	}
 	cfg.RuntimeParams["replication"] = "database"
+	cfg.DialFunc = rawsock.Dialer(cfg.DialFunc)
 	for k, v := range sessionParams {
 		cfg.RuntimeParams[k] = v
 	}
@@ -48,6 +51,7 @@ func newCatalogPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("parse source DSN: %w", RedactDSNError(err))
 	}
 	cfg.MaxConns = 2
+	cfg.ConnConfig.DialFunc = rawsock.Dialer(cfg.ConnConfig.DialFunc)
 	for k, v := range sessionParams {
 		cfg.ConnConfig.RuntimeParams[k] = v
 	}

@@ -23,6 +23,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/dzdesk/dzhook/internal/rawsock"
 )
 
 // h1Transport is the HTTP/1.1 client of a subscription's direct
@@ -605,7 +607,7 @@ func newH1Conn(key string, conn net.Conn) *h1Conn {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.raw = rc
 			c.peekFD = func(fd uintptr) bool {
-				c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peeked, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+				c.peekN, c.peekErr = rawsock.Peek(fd, c.peeked)
 				return true
 			}
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/dzdesk/dzhook/internal/rawsock"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -77,7 +78,7 @@ type clientConfig struct {
 // egress is the part of a client's configuration that every
 // subscription and the notifier share: dialer, roots, Config.Proxy.
 func (cfg *Config) egress(concurrency int) clientConfig {
-	return clientConfig{timeout: cfg.Timeout, concurrency: concurrency, dial: cfg.DialContext, rootCAs: cfg.RootCAs, proxy: cfg.proxyURL, guard: cfg.Egress}
+	return clientConfig{timeout: cfg.Timeout, concurrency: concurrency, dial: rawsock.Dialer(cfg.DialContext), rootCAs: cfg.RootCAs, proxy: cfg.proxyURL, guard: cfg.Egress}
 }
 
 // subscriptionClient returns the client of a subscription: newClient's,

@@ -17,6 +17,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dzdesk/dzhook/internal/rawsock"
 )
 
 //go:embed migrations/*.sql
@@ -42,6 +44,7 @@ func Open(ctx context.Context, dsn, schema string) (*Store, error) {
 	cfg.ConnConfig.RuntimeParams["application_name"] = "dzhook-journal"
 	cfg.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
 	cfg.MaxConns = 8
+	cfg.ConnConfig.DialFunc = rawsock.Dialer(cfg.ConnConfig.DialFunc)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to journal (journal.dsn, or source.dsn when it is empty): %w", err)

@@ -1,0 +1,6 @@
+//go:build !race
+
+package rawsock
+
+// enabled: see race.go.
+const enabled = true

@@ -1,0 +1,358 @@
+package rawsock
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pair returns the two ends of a connected socket of network ("tcp" or
+// "unix"), the client's end dialled with the standard library.
+func pair(t *testing.T, network string) (client, server net.Conn) {
+	t.Helper()
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "s")
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// both runs f on a plain socket and on the same kind of socket wrapped,
+// for each network, and returns what each reported, so a test can hold
+// the wrapped socket to the plain one's behaviour.
+func both(t *testing.T, f func(t *testing.T, c, peer net.Conn) string) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			c, peer := pair(t, network)
+			want := f(t, c, peer)
+			c, peer = pair(t, network)
+			w := wrap(c)
+			if _, ok := w.(*Conn); !ok {
+				t.Fatalf("wrap(%T) = %T, want *Conn", c, w)
+			}
+			got := f(t, w, peer)
+			if scrub(got) != scrub(want) {
+				t.Errorf("wrapped socket reported\n  %s\nplain socket\n  %s", got, want)
+			}
+		})
+	}
+}
+
+// scrub drops addresses, which differ from one socket to the next.
+func scrub(s string) string {
+	var b strings.Builder
+	for _, f := range strings.Fields(s) {
+		if strings.Contains(f, "127.0.0.1:") || strings.Contains(f, string(filepath.Separator)) {
+			f = "ADDR"
+		}
+		b.WriteString(f + " ")
+	}
+	return b.String()
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	var ne net.Error
+	timeout := errors.As(err, &ne) && ne.Timeout()
+	return err.Error() + " timeout=" + boolString(timeout) +
+		" deadline=" + boolString(errors.Is(err, os.ErrDeadlineExceeded)) +
+		" closed=" + boolString(errors.Is(err, net.ErrClosed)) +
+		" eof=" + boolString(err == io.EOF)
+}
+
+func boolString(b bool) string {
+	if b {
+		return "true"
+	}
+	return "false"
+}
+
+// TestLargeWriteAndRead sends 4 MiB each way: the writes outgrow the
+// socket's buffer (EAGAIN, then a wait for room), and the bytes arrive
+// whole and in order.
+func TestLargeWriteAndRead(t *testing.T) {
+	both(t, func(t *testing.T, c, peer net.Conn) string {
+		data := make([]byte, 4<<20)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		echoed := make(chan error, 1)
+		go func() { // the peer echoes what it reads, slowly at first
+			buf := make([]byte, 64<<10)
+			time.Sleep(20 * time.Millisecond)
+			_, err := io.CopyBuffer(peer, io.LimitReader(peer, int64(len(data))), buf)
+			echoed <- err
+		}()
+		wrote := make(chan error, 1)
+		go func() {
+			n, err := c.Write(data)
+			if err == nil && n != len(data) {
+				err = io.ErrShortWrite
+			}
+			wrote <- err
+		}()
+		got := make([]byte, 0, len(data))
+		buf := make([]byte, 10_000)
+		for len(got) < len(data) {
+			n, err := c.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				t.Fatalf("read after %d bytes: %v", len(got), err)
+			}
+		}
+		if err := <-wrote; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if err := <-echoed; err != nil {
+			t.Fatalf("echo: %v", err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatal("the bytes read back are not the bytes written")
+		}
+		n, err := c.Write(nil)
+		return "empty write " + string(rune('0'+n)) + " " + errString(err)
+	})
+}
+
+func TestReadDeadline(t *testing.T) {
+	both(t, func(t *testing.T, c, _ net.Conn) string {
+		if err := c.SetReadDeadline(time.Now().Add(30 * time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		n, err := c.Read(make([]byte, 10))
+		if err == nil || time.Since(start) > 5*time.Second {
+			t.Fatalf("read returned %d, %v after %v; want a timeout at the deadline", n, err, time.Since(start))
+		}
+		// The deadline lifted, the socket reads again.
+		if err := c.SetReadDeadline(time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		return errString(err)
+	})
+}
+
+func TestWriteDeadline(t *testing.T) {
+	both(t, func(t *testing.T, c, _ net.Conn) string {
+		if err := c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Write(make([]byte, 64<<20)) // the peer never reads
+		if err == nil || n >= 64<<20 {
+			t.Fatalf("write returned %d, %v; want a timeout with part written", n, err)
+		}
+		return errString(err)
+	})
+}
+
+func TestPeerCloses(t *testing.T) {
+	both(t, func(t *testing.T, c, peer net.Conn) string {
+		if _, err := peer.Write([]byte("bye")); err != nil {
+			t.Fatal(err)
+		}
+		peer.Close()
+		got, err := io.ReadAll(c)
+		if string(got) != "bye" {
+			t.Fatalf("read %q, want %q", got, "bye")
+		}
+		n, err2 := c.Read(make([]byte, 4))
+		return errString(err) + " then " + string(rune('0'+n)) + " " + errString(err2)
+	})
+}
+
+func TestPeerResets(t *testing.T) {
+	both(t, func(t *testing.T, c, peer net.Conn) string {
+		tc, ok := peer.(*net.TCPConn)
+		if !ok {
+			return "not tcp"
+		}
+		if _, err := c.Write([]byte("unread")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+		_ = tc.SetLinger(0)
+		tc.Close() // unread data and linger 0: the peer sends a reset
+		deadline := time.Now().Add(5 * time.Second)
+		var err error
+		for time.Now().Before(deadline) {
+			if _, err = c.Read(make([]byte, 10)); err != nil {
+				break
+			}
+		}
+		return errString(err) + " reset=" + boolString(errors.Is(err, syscall.ECONNRESET))
+	})
+}
+
+func TestClosedConn(t *testing.T) {
+	both(t, func(t *testing.T, c, _ net.Conn) string {
+		c.Close()
+		_, rerr := c.Read(make([]byte, 1))
+		_, werr := c.Write([]byte("x"))
+		return errString(rerr) + " / " + errString(werr)
+	})
+}
+
+// TestCloseWakesReader: a Close from another goroutine ends a read that
+// waits, as it does on a plain socket.
+func TestCloseWakesReader(t *testing.T) {
+	both(t, func(t *testing.T, c, _ net.Conn) string {
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Read(make([]byte, 1))
+			done <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		c.Close()
+		select {
+		case err := <-done:
+			return errString(err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("a read waiting on a closed socket did not return")
+			return ""
+		}
+	})
+}
+
+// TestPingPong reads and writes from two goroutines at once.
+func TestPingPong(t *testing.T) {
+	both(t, func(t *testing.T, c, peer net.Conn) string {
+		const rounds = 2000
+		go func() {
+			buf := make([]byte, 8)
+			for i := 0; i < rounds; i++ {
+				if _, err := io.ReadFull(peer, buf); err != nil {
+					return
+				}
+				if _, err := peer.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		errc := make(chan error, 1)
+		go func() {
+			for i := 0; i < rounds; i++ {
+				if _, err := c.Write([]byte{byte(i), 1, 2, 3, 4, 5, 6, 7}); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+		buf := make([]byte, 8)
+		for i := 0; i < rounds; i++ {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+			if buf[0] != byte(i) {
+				t.Fatalf("round %d: got %d", i, buf[0])
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		return "ok"
+	})
+}
+
+func TestPeek(t *testing.T) {
+	c, peer := pair(t, "tcp")
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peek := func() (string, error) {
+		var n int
+		var perr error
+		buf := make([]byte, 16)
+		if err := rc.Read(func(fd uintptr) bool { n, perr = Peek(fd, buf); return true }); err != nil {
+			t.Fatal(err)
+		}
+		return string(buf[:n]), perr
+	}
+	if got, err := peek(); got != "" || err != syscall.EAGAIN {
+		t.Fatalf("empty socket: peek = %q, %v; want EAGAIN", got, err)
+	}
+	if _, err := peer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	got, err := peek()
+	for got == "" && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		got, err = peek()
+	}
+	if got != "hello" || err != nil {
+		t.Fatalf("peek = %q, %v; want hello", got, err)
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if string(buf[:n]) != "hello" || err != nil {
+		t.Fatalf("the read after a peek got %q, %v: the peek took the bytes", buf[:n], err)
+	}
+	peer.Close()
+	got, err = peek()
+	for err == syscall.EAGAIN && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		got, err = peek()
+	}
+	if got != "" || err != nil {
+		t.Fatalf("closed peer: peek = %q, %v; want 0 bytes, no error", got, err)
+	}
+}
+
+// TestWrapLeavesOthers: a net.Conn that is not a TCP or Unix socket
+// (here an in-memory pipe) is returned as it is.
+func TestWrapLeavesOthers(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if w := wrap(a); w != a {
+		t.Fatalf("wrap(net.Pipe) = %T, want the pipe itself", w)
+	}
+	c, _ := pair(t, "tcp")
+	w := wrap(c)
+	if _, ok := w.(syscall.Conn); !ok {
+		t.Fatal("a wrapped socket has lost SyscallConn")
+	}
+	if w.LocalAddr().String() != c.LocalAddr().String() {
+		t.Fatal("a wrapped socket has another address")
+	}
+}
+
+func TestMain(m *testing.M) {
+	// The tests are of the raw calls: none goes the standard way.
+	cookedEvery = 1 << 62
+	os.Exit(m.Run())
+}
