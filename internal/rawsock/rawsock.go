@@ -18,11 +18,19 @@
 // the network poller and keep the connection's deadlines.
 //
 // The monitor has other duties: it preempts a goroutine that ran for
-// 10 ms and polls the network while every processor is busy. It does
-// them whenever it is awake, and anything else that enters a system call
-// (a file, the garbage collector's stop) wakes it. So that a busy spell
-// fed only by raw sockets cannot leave it asleep for long, one call in
-// every cookedEvery goes the standard way (cooked).
+// 10 ms, and polls the network while every processor is busy. It does
+// them whenever it is awake; asleep, it wakes at the timer that was next
+// when it fell asleep, or when anything enters a system call (a file,
+// the garbage collector's stop). So that a busy spell fed only by raw
+// sockets cannot leave it asleep for long (one goroutine computing on
+// the only processor would hold up every other until it blocked), Conn
+// keeps it near, at no cost per event while events flow:
+//   - while sockets are in use, a timer is kept pending at most backstop
+//     ahead: the monitor, asleep between two events, wakes within
+//     backstop even if no call is made meanwhile;
+//   - the first system call after backstop of silence, when no timer
+//     is pending, is made the standard way: the spell that starts after
+//     an idle one has the monitor awake.
 package rawsock
 
 import (
@@ -39,9 +47,14 @@ import (
 
 // Conn is a TCP or Unix socket whose Read and Write do not enter the
 // scheduler's system call protocol. Everything else is the socket's.
+//
+// It hides *net.TCPConn's other methods (CloseWrite, SetNoDelay,
+// ReadFrom...): io.Copy takes its generic path. Nothing of dzhook's uses
+// them on a dialled connection.
 type Conn struct {
 	net.Conn
-	rc syscall.RawConn
+	rc      syscall.RawConn
+	network string // "tcp" or "unix", for errors
 
 	rmu  sync.Mutex // the read state below: concurrent Reads take turns
 	rbuf []byte
@@ -67,11 +80,17 @@ func Wrap(c net.Conn) net.Conn {
 
 func wrap(c net.Conn) net.Conn {
 	var sc syscall.Conn
+	network := "tcp"
 	switch t := c.(type) {
 	case *net.TCPConn:
 		sc = t
 	case *net.UnixConn:
-		sc = t
+		// Stream sockets only: on a datagram socket a read of nothing
+		// is an empty datagram, not the end.
+		if a, ok := t.LocalAddr().(*net.UnixAddr); !ok || a == nil || a.Net != "unix" {
+			return c
+		}
+		sc, network = t, "unix"
 	default:
 		return c
 	}
@@ -79,42 +98,65 @@ func wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	w := &Conn{Conn: c, rc: rc}
+	w := &Conn{Conn: c, rc: rc, network: network}
 	w.rfn = w.read
 	w.wfn = w.write
 	return w
 }
 
-// cookedEvery is how often, at most, a call goes the standard way and so
-// wakes the runtime's monitor if it sleeps. The monitor's sleep is
-// bounded by the next timer too (the journal writer's linger while
-// events flow, the scheduler's poll), and with two processors one
-// goroutine that runs on cannot hold up the others: this is the
-// backstop. At 20 ms (one event in ten at 500 events/s) the monitor's
-// own context switches were ten times those without it, about 0.5 per
-// event; at 100 ms they are a fifth of that.
-var cookedEvery = 100 * time.Millisecond
+// backstop bounds how long the runtime's monitor sleeps while raw calls
+// alone feed the process. (A scratch test: with a goroutine computing on
+// the only processor, another one waited 1.8 s for data that had
+// arrived, against 0.4 s with standard calls; TestMonitorBackstop.)
+const backstop = 100 * time.Millisecond
 
 var (
-	epoch      = time.Now()
-	lastCooked atomic.Int64 // time.Since(epoch) at the last cooked call
+	armed      atomic.Bool // the timer is pending
+	used       atomic.Bool // a system call since the timer was armed
+	backstopMu sync.Mutex
+	backstopT  *time.Timer
 )
 
-// cooked reports whether this call is the one in cookedEvery to go the
-// standard way.
-func cooked() bool {
-	now := int64(time.Since(epoch))
-	last := lastCooked.Load()
-	return now-last >= int64(cookedEvery) && lastCooked.CompareAndSwap(last, now)
+// standard is called before each system call on a socket, and reports
+// whether it is to be made the standard way: the first after backstop
+// of silence. It keeps the timer pending while calls are made.
+func standard() bool {
+	if !used.Load() {
+		used.Store(true)
+	}
+	if armed.Load() || !armed.CompareAndSwap(false, true) {
+		return false
+	}
+	used.Store(false)
+	backstopMu.Lock()
+	if backstopT == nil {
+		backstopT = time.AfterFunc(backstop, expire)
+	} else {
+		backstopT.Reset(backstop)
+	}
+	backstopMu.Unlock()
+	return true
+}
+
+// expire is the timer's: pending again if a call was made since it was
+// armed, else gone until the next call.
+func expire() {
+	if !used.Swap(false) {
+		armed.Store(false)
+		if !used.Load() || !armed.CompareAndSwap(false, true) {
+			return
+		}
+		// a call between the two looks saw the timer still pending
+	}
+	backstopMu.Lock()
+	backstopT.Reset(backstop)
+	backstopMu.Unlock()
 }
 
 // Read reads into p as net.Conn's Read does.
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
-	}
-	if cooked() {
-		return c.Conn.Read(p)
+		return c.Conn.Read(p) // the checks (closed, deadline) net makes
 	}
 	c.rmu.Lock()
 	c.rbuf, c.rn, c.rerr = p, 0, nil
@@ -123,20 +165,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 	c.rbuf, c.rerr = nil, nil
 	c.rmu.Unlock()
 	if err != nil {
-		return 0, opError("read", c.Conn, unwrapOp(err))
+		return 0, c.opError("read", unwrapOp(err))
 	}
 	if rerr == io.EOF {
 		return n, io.EOF
 	}
 	if rerr != nil {
-		return n, opError("read", c.Conn, rerr)
+		return n, c.opError("read", rerr)
 	}
 	return n, nil
 }
 
 func (c *Conn) read(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		n, e := rawRead(fd, c.rbuf)
 		switch e {
 		case 0:
 			if n == 0 {
@@ -155,12 +197,39 @@ func (c *Conn) read(fd uintptr) bool {
 	}
 }
 
+// rawRead is read(2) on fd, made raw but when standard says otherwise.
+func rawRead(fd uintptr, b []byte) (uintptr, syscall.Errno) {
+	if standard() {
+		n, err := syscall.Read(int(fd), b)
+		return uintptr(max(n, 0)), errnoOf(err)
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return n, e
+}
+
+// rawWrite is write(2) on fd, as rawRead.
+func rawWrite(fd uintptr, b []byte) (uintptr, syscall.Errno) {
+	if standard() {
+		n, err := syscall.Write(int(fd), b)
+		return uintptr(max(n, 0)), errnoOf(err)
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return n, e
+}
+
+func errnoOf(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(syscall.Errno); ok {
+		return e
+	}
+	return syscall.EIO // syscall.Read and Write return only Errno
+}
+
 // Write writes all of p as net.Conn's Write does.
 func (c *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
-	}
-	if cooked() {
 		return c.Conn.Write(p)
 	}
 	c.wmu.Lock()
@@ -170,18 +239,17 @@ func (c *Conn) Write(p []byte) (int, error) {
 	c.wbuf, c.werr = nil, nil
 	c.wmu.Unlock()
 	if err != nil {
-		return n, opError("write", c.Conn, unwrapOp(err))
+		return n, c.opError("write", unwrapOp(err))
 	}
 	if werr != nil {
-		return n, opError("write", c.Conn, werr)
+		return n, c.opError("write", werr)
 	}
 	return n, nil
 }
 
 func (c *Conn) write(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
-		rest := c.wbuf[c.wn:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		n, e := rawWrite(fd, c.wbuf[c.wn:])
 		switch e {
 		case 0:
 			c.wn += int(n)
@@ -216,11 +284,11 @@ func unwrapOp(err error) error {
 }
 
 // opError is the error net.Conn's Read or Write returns for err.
-func opError(op string, c net.Conn, err error) error {
+func (c *Conn) opError(op string, err error) error {
 	if errno, ok := err.(syscall.Errno); ok {
 		err = os.NewSyscallError(op, errno)
 	}
-	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: c.network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // Peek looks at what the socket fd holds, up to len(b) bytes, without

@@ -3,11 +3,14 @@ package rawsock
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -147,7 +150,7 @@ func TestLargeWriteAndRead(t *testing.T) {
 }
 
 func TestReadDeadline(t *testing.T) {
-	both(t, func(t *testing.T, c, _ net.Conn) string {
+	both(t, func(t *testing.T, c, peer net.Conn) string {
 		if err := c.SetReadDeadline(time.Now().Add(30 * time.Millisecond)); err != nil {
 			t.Fatal(err)
 		}
@@ -159,6 +162,12 @@ func TestReadDeadline(t *testing.T) {
 		// The deadline lifted, the socket reads again.
 		if err := c.SetReadDeadline(time.Time{}); err != nil {
 			t.Fatal(err)
+		}
+		if _, err := peer.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if n, err2 := c.Read(make([]byte, 10)); n != 1 || err2 != nil {
+			t.Fatalf("read after the deadline was lifted: %d, %v", n, err2)
 		}
 		return errString(err)
 	})
@@ -192,26 +201,96 @@ func TestPeerCloses(t *testing.T) {
 	})
 }
 
+// TestPeerResets: reads and then writes on a connection the peer reset.
 func TestPeerResets(t *testing.T) {
-	both(t, func(t *testing.T, c, peer net.Conn) string {
-		tc, ok := peer.(*net.TCPConn)
-		if !ok {
-			return "not tcp"
-		}
-		if _, err := c.Write([]byte("unread")); err != nil {
+	var got [2]string
+	for i, c := range tcpPair(t) {
+		_, peer := c[0], c[1]
+		if _, err := c[0].Write([]byte("unread")); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Millisecond)
-		_ = tc.SetLinger(0)
-		tc.Close() // unread data and linger 0: the peer sends a reset
+		_ = peer.(*net.TCPConn).SetLinger(0)
+		peer.Close() // unread data and linger 0: the peer sends a reset
 		deadline := time.Now().Add(5 * time.Second)
-		var err error
-		for time.Now().Before(deadline) {
-			if _, err = c.Read(make([]byte, 10)); err != nil {
-				break
-			}
+		var rerr, werr error
+		for rerr == nil && time.Now().Before(deadline) {
+			_, rerr = c[0].Read(make([]byte, 10))
 		}
-		return errString(err) + " reset=" + boolString(errors.Is(err, syscall.ECONNRESET))
+		for werr == nil && time.Now().Before(deadline) {
+			_, werr = c[0].Write([]byte("more"))
+		}
+		if !errors.Is(rerr, syscall.ECONNRESET) {
+			t.Errorf("read after a reset: %v, want ECONNRESET", rerr)
+		}
+		got[i] = errString(rerr) + " / " + errString(werr) + " epipe=" + boolString(errors.Is(werr, syscall.EPIPE))
+	}
+	if scrub(got[0]) != scrub(got[1]) {
+		t.Errorf("wrapped socket reported\n  %s\nplain socket\n  %s", got[1], got[0])
+	}
+}
+
+// tcpPair returns a plain and a wrapped TCP connection, each with its
+// peer.
+func tcpPair(t *testing.T) [2][2]net.Conn {
+	a, pa := pair(t, "tcp")
+	b, pb := pair(t, "tcp")
+	return [2][2]net.Conn{{a, pa}, {wrap(b), pb}}
+}
+
+// TestZeroLength: reads and writes of nothing make the checks net makes
+// (closed, deadline passed).
+func TestZeroLength(t *testing.T) {
+	both(t, func(t *testing.T, c, _ net.Conn) string {
+		n1, e1 := c.Read(nil)
+		n2, e2 := c.Write(nil)
+		_ = c.SetDeadline(time.Unix(1, 0))
+		_, e3 := c.Read(nil)
+		_, e4 := c.Write(nil)
+		c.Close()
+		_, e5 := c.Read(nil)
+		_, e6 := c.Write(nil)
+		return fmt.Sprint(n1, " ", errString(e1), " / ", n2, " ", errString(e2), " / ", errString(e3), " / ", errString(e4),
+			" / ", errString(e5), " / ", errString(e6))
+	})
+}
+
+// TestConcurrentReads: eight goroutines read one socket; every byte is
+// read once.
+func TestConcurrentReads(t *testing.T) {
+	both(t, func(t *testing.T, c, peer net.Conn) string {
+		var wg sync.WaitGroup
+		total := make(chan int, 8)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n, buf := 0, make([]byte, 7)
+				for {
+					m, err := c.Read(buf)
+					n += m
+					if err != nil {
+						break
+					}
+				}
+				total <- n
+			}()
+		}
+		data := make([]byte, 1<<20)
+		if _, err := peer.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		peer.Close()
+		wg.Wait()
+		close(total)
+		sum := 0
+		for n := range total {
+			sum += n
+		}
+		if sum != len(data) {
+			t.Fatalf("read %d bytes in all, want %d", sum, len(data))
+		}
+		return "ok"
 	})
 }
 
@@ -341,6 +420,15 @@ func TestWrapLeavesOthers(t *testing.T) {
 	if w := wrap(a); w != a {
 		t.Fatalf("wrap(net.Pipe) = %T, want the pipe itself", w)
 	}
+	// A datagram socket: a read of nothing is an empty datagram there.
+	dg, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "dg"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dg.Close()
+	if w := wrap(dg); w != net.Conn(dg) {
+		t.Fatalf("wrap(unixgram) = %T, want the socket itself", w)
+	}
 	c, _ := pair(t, "tcp")
 	w := wrap(c)
 	if _, ok := w.(syscall.Conn); !ok {
@@ -351,8 +439,97 @@ func TestWrapLeavesOthers(t *testing.T) {
 	}
 }
 
-func TestMain(m *testing.M) {
-	// The tests are of the raw calls: none goes the standard way.
-	cookedEvery = 1 << 62
-	os.Exit(m.Run())
+// TestMonitorBackstop: on one processor, a goroutine that computes for
+// 1.5 s after a raw read, the first after 250 ms of silence, does not
+// hold up another goroutine whose data arrived meanwhile for that long:
+// that read is made the standard way (standard), which wakes the
+// runtime's monitor, which preempts the computing goroutine. (With raw
+// calls alone the other goroutine waited the whole 1.5 s.) It runs in a
+// child process with GOMAXPROCS=1; a shell writes to the two sockets on
+// time, since nothing in the child can while it computes.
+func TestMonitorBackstop(t *testing.T) {
+	if os.Getenv("RAWSOCK_BACKSTOP_CHILD") == "1" {
+		backstopChild(t)
+		return
+	}
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Fatal("sh not found")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMonitorBackstop$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "RAWSOCK_BACKSTOP_CHILD=1", "GOMAXPROCS=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	var waited, computed time.Duration
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, err := fmt.Sscanf(strings.TrimSpace(line), "backstop %d %d", &waited, &computed); err == nil {
+			break
+		}
+	}
+	if computed == 0 {
+		t.Fatalf("child printed no result:\n%s", out)
+	}
+	t.Logf("data read %v after it arrived; the computing goroutine ran %v", waited, computed)
+	if waited > 800*time.Millisecond {
+		t.Errorf("the reader waited %v for data that had arrived, behind a goroutine computing for %v: the monitor slept", waited, computed)
+	}
+}
+
+func backstopChild(t *testing.T) {
+	a, pa := pair(t, "tcp")
+	b, pb := pair(t, "tcp")
+	a, b = wrap(a), wrap(b)
+	fa, err := pa.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := pb.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa.Close()
+	pb.Close()
+	// 'a' at 250 ms wakes the goroutine that computes; 'b' 50 ms later is
+	// for the other one.
+	sh := exec.Command("sh", "-c", "sleep 0.25; printf a >&3; sleep 0.05; printf b >&4; sleep 5")
+	sh.ExtraFiles = []*os.File{fa, fb}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fa.Close()
+	fb.Close()
+	defer sh.Process.Kill()
+	start := time.Now()
+	computed := make(chan time.Duration, 1)
+	go func() {
+		if _, err := a.Read(make([]byte, 1)); err != nil {
+			computed <- 0
+			return
+		}
+		began := time.Now()
+		spin(1500 * time.Millisecond)
+		computed <- time.Since(began)
+	}()
+	got := make(chan time.Duration, 1)
+	go func() {
+		_, _ = b.Read(make([]byte, 1))
+		got <- time.Since(start)
+	}()
+	at := <-got
+	fmt.Printf("backstop %d %d\n", max(at-300*time.Millisecond, 0), <-computed)
+}
+
+// spin computes for d without a system call or an allocation (the clock
+// is the vDSO's), so only the monitor can preempt it.
+//
+//go:noinline
+func spin(d time.Duration) int {
+	start, x := time.Now(), 0
+	for time.Since(start) < d {
+		for i := range 1000 {
+			x += i
+		}
+	}
+	return x
 }
