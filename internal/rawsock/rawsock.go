@@ -293,8 +293,9 @@ func (c *Conn) opError(op string, err error) error {
 
 // Peek looks at what the socket fd holds, up to len(b) bytes, without
 // taking it and without waiting: recv(2) with MSG_PEEK|MSG_DONTWAIT, made
-// as Conn's reads are. n 0 with a nil error is the peer's close;
-// syscall.EAGAIN is nothing there yet.
+// raw always (it does not count for standard: the h1 transport peeks
+// only right before it writes on the connection). n 0 with a nil error
+// is the peer's close; syscall.EAGAIN is nothing there yet.
 func Peek(fd uintptr, b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil

@@ -440,70 +440,110 @@ func TestWrapLeavesOthers(t *testing.T) {
 }
 
 // TestMonitorBackstop: on one processor, a goroutine that computes for
-// 1.5 s after a raw read, the first after 250 ms of silence, does not
-// hold up another goroutine whose data arrived meanwhile for that long:
-// that read is made the standard way (standard), which wakes the
-// runtime's monitor, which preempts the computing goroutine. (With raw
-// calls alone the other goroutine waited the whole 1.5 s.) It runs in a
-// child process with GOMAXPROCS=1; a shell writes to the two sockets on
-// time, since nothing in the child can while it computes.
+// 1.5 s after a raw read does not hold up another goroutine, whose data
+// arrived meanwhile, for that long: the runtime's monitor wakes and
+// preempts it. Two ways, one case each:
+//   - after silence: the read is the first system call in 400 ms, made
+//     the standard way (standard), which wakes the monitor;
+//   - busy: a third socket gets a byte every 40 ms, so the backstop
+//     timer stays pending and every call is raw; the monitor's sleep
+//     ends at the timer.
+//
+// (With raw calls alone the other goroutine waited the whole 1.5 s.)
+// Each case runs in a child process with GOMAXPROCS=1; a shell writes to
+// the sockets on time, since nothing in the child can while it computes.
 func TestMonitorBackstop(t *testing.T) {
-	if os.Getenv("RAWSOCK_BACKSTOP_CHILD") == "1" {
-		backstopChild(t)
+	if c := os.Getenv("RAWSOCK_BACKSTOP_CHILD"); c != "" {
+		backstopChild(t, c == "busy")
 		return
 	}
 	if _, err := exec.LookPath("sh"); err != nil {
 		t.Fatal("sh not found")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestMonitorBackstop$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "RAWSOCK_BACKSTOP_CHILD=1", "GOMAXPROCS=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
-	var waited, computed time.Duration
-	for _, line := range strings.Split(string(out), "\n") {
-		if _, err := fmt.Sscanf(strings.TrimSpace(line), "backstop %d %d", &waited, &computed); err == nil {
-			break
-		}
-	}
-	if computed == 0 {
-		t.Fatalf("child printed no result:\n%s", out)
-	}
-	t.Logf("data read %v after it arrived; the computing goroutine ran %v", waited, computed)
-	if waited > 800*time.Millisecond {
-		t.Errorf("the reader waited %v for data that had arrived, behind a goroutine computing for %v: the monitor slept", waited, computed)
+	for _, c := range []string{"silence", "busy"} {
+		t.Run(c, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestMonitorBackstop$", "-test.count=1")
+			cmd.Env = append(os.Environ(), "RAWSOCK_BACKSTOP_CHILD="+c, "GOMAXPROCS=1")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("child: %v\n%s", err, out)
+			}
+			var waited, computed time.Duration
+			var armedThen bool
+			for _, line := range strings.Split(string(out), "\n") {
+				if _, err := fmt.Sscanf(strings.TrimSpace(line), "backstop %d %d %t", &waited, &computed, &armedThen); err == nil {
+					break
+				}
+			}
+			if computed == 0 {
+				t.Fatalf("child printed no result:\n%s", out)
+			}
+			t.Logf("data read %v after it arrived; the computing goroutine ran %v; timer pending before its read: %v", waited, computed, armedThen)
+			if armedThen != (c == "busy") {
+				t.Fatalf("%s: timer pending when the computing goroutine's data arrived: %v; the case tests the other way", c, armedThen)
+			}
+			if waited > 800*time.Millisecond {
+				t.Errorf("the reader waited %v for data that had arrived, behind a goroutine computing for %v: the monitor slept", waited, computed)
+			}
+		})
 	}
 }
 
-func backstopChild(t *testing.T) {
+func backstopChild(t *testing.T, busy bool) {
 	a, pa := pair(t, "tcp")
 	b, pb := pair(t, "tcp")
-	a, b = wrap(a), wrap(b)
-	fa, err := pa.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
+	k, pk := pair(t, "tcp")
+	a, b, k = wrap(a), wrap(b), wrap(k)
+	var files []*os.File
+	for _, p := range []net.Conn{pa, pb, pk} {
+		f, err := p.(*net.TCPConn).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Close()
+		files = append(files, f)
 	}
-	fb, err := pb.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
+	// 'a' at 400 ms (the timer armed by the first reads is gone by 200 ms)
+	// wakes the goroutine that computes; 'b' 50 ms later is for the other
+	// one. Busy: 'k' every 40 ms from the start.
+	script := "sleep 0.4; printf a >&3; sleep 0.05; printf b >&4; sleep 5"
+	if busy {
+		script = "(i=0; while [ $i -lt 60 ]; do printf k >&5; sleep 0.04; i=$((i+1)); done) & " + script
 	}
-	pa.Close()
-	pb.Close()
-	// 'a' at 250 ms wakes the goroutine that computes; 'b' 50 ms later is
-	// for the other one.
-	sh := exec.Command("sh", "-c", "sleep 0.25; printf a >&3; sleep 0.05; printf b >&4; sleep 5")
-	sh.ExtraFiles = []*os.File{fa, fb}
+	sh := exec.Command("sh", "-c", script)
+	sh.ExtraFiles = files
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)
 	}
-	fa.Close()
-	fb.Close()
+	for _, f := range files {
+		f.Close()
+	}
 	defer sh.Process.Kill()
+	go func() {
+		buf := make([]byte, 1)
+		for {
+			if _, err := k.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
 	start := time.Now()
 	computed := make(chan time.Duration, 1)
+	var armedThen bool
 	go func() {
-		if _, err := a.Read(make([]byte, 1)); err != nil {
+		var buf [1]byte
+		// Wait for 'a' in the poller first, so that the read that takes
+		// it is the first call after the wait.
+		waited := false
+		_ = a.(*Conn).rc.Read(func(uintptr) bool {
+			if !waited { // nothing there yet: wait for it
+				waited = true
+				return false
+			}
+			armedThen = armed.Load()
+			return true
+		})
+		if _, err := a.Read(buf[:]); err != nil {
 			computed <- 0
 			return
 		}
@@ -517,7 +557,7 @@ func backstopChild(t *testing.T) {
 		got <- time.Since(start)
 	}()
 	at := <-got
-	fmt.Printf("backstop %d %d\n", max(at-300*time.Millisecond, 0), <-computed)
+	fmt.Printf("backstop %d %d %t\n", max(at-450*time.Millisecond, 0), <-computed, armedThen)
 }
 
 // spin computes for d without a system call or an allocation (the clock
