@@ -97,11 +97,7 @@ func TestOrderedEntity(t *testing.T) {
 	for range 300 {
 		schedule = append(schedule, 100*time.Millisecond)
 	}
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
-		RetrySchedule: schedule, Logger: testutil.Logger(t),
-	})
+	d := start(t, store, ordered(store, rc.URL, OrderEntity, schedule...))
 	ctx := context.Background()
 	// As the stream does when its session starts: from now on, keys with
 	// nothing in the journal go out from memory.
@@ -162,11 +158,7 @@ func TestOrderedThroughTheJournal(t *testing.T) {
 	}
 	evs := orderEvents(keys)
 	rc := testutil.NewOrderReceiver(t, failFirst(2, nthOf(evs, "usr_3", 5)))
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
-		Journal:       noBacklogStore{store}, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
-		RetrySchedule: []time.Duration{0, 300 * time.Millisecond, 300 * time.Millisecond}, Logger: testutil.Logger(t),
-	})
+	d := start(t, store, ordered(noBacklogStore{store}, rc.URL, OrderEntity, 0, 300*time.Millisecond, 300*time.Millisecond))
 	for _, ev := range evs {
 		if err := d.Dispatch(context.Background(), ev); err != nil {
 			t.Fatal(err)
@@ -186,11 +178,7 @@ func TestOrderedSubscription(t *testing.T) {
 	}
 	evs := orderEvents(keys)
 	rc := testutil.NewOrderReceiver(t, failFirst(1, nthOf(evs, "req_2", 3)))
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "audit", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderSubscription}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
-		RetrySchedule: []time.Duration{0, 300 * time.Millisecond}, Logger: testutil.Logger(t),
-	})
+	d := start(t, store, ordered(store, rc.URL, OrderSubscription, 0, 300*time.Millisecond))
 	if err := d.SyncOrder(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -274,11 +262,7 @@ func TestOrderedRetryIsNotClaimedBeforeItsKeyMovesOn(t *testing.T) {
 		}
 		return failHead(a)
 	})
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
-		RetrySchedule: []time.Duration{0, 0, 0}, Logger: testutil.Logger(t),
-	})
+	d := start(t, store, ordered(store, rc.URL, OrderEntity, 0, 0, 0))
 	ctx := context.Background()
 	if err := d.SyncOrder(ctx); err != nil {
 		t.Fatal(err)
@@ -306,11 +290,9 @@ func TestOrderedRecountBringsKeysBack(t *testing.T) {
 	store := newJournal(t)
 	evs := orderEvents([]string{"req_K", "req_K"})
 	rc := testutil.NewOrderReceiver(t, failFirst(1, evs[0])) // the head is then delivered "elsewhere"
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
-		Journal:       store, Instance: "i1", PollInterval: 20 * time.Millisecond, Heartbeat: time.Second,
-		RetrySchedule: []time.Duration{0, time.Hour}, Logger: testutil.Logger(t),
-	})
+	cfg := ordered(store, rc.URL, OrderEntity, 0, time.Hour)
+	cfg.PollInterval = 20 * time.Millisecond
+	d := start(t, store, cfg)
 	ctx := context.Background()
 	if err := d.SyncOrder(ctx); err != nil {
 		t.Fatal(err)
@@ -361,11 +343,7 @@ func TestOrderedBacklogParked(t *testing.T) {
 	evs := orderEvents(keys)
 	head := evs[0]
 	rc := testutil.NewOrderReceiver(t, failFirst(1, head))
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
-		RetrySchedule: []time.Duration{0, time.Hour}, Logger: testutil.Logger(t),
-	})
+	d := start(t, store, ordered(store, rc.URL, OrderEntity, 0, time.Hour))
 	ctx := context.Background()
 	if err := d.SyncOrder(ctx); err != nil {
 		t.Fatal(err)
@@ -451,10 +429,9 @@ func TestOrderedRunsDoNotHoldUpOtherKeys(t *testing.T) {
 				time.Sleep(20 * time.Millisecond) // the receiver's service time
 				return http.StatusOK, nil, "ok"
 			})
-			d := start(t, store, Config{
-				Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}},
-				Journal:       store, Instance: "i1", Concurrency: 2, Heartbeat: time.Hour, PollInterval: 50 * time.Millisecond,
-			})
+			cfg := ordered(store, rc.URL, OrderEntity)
+			cfg.Concurrency, cfg.Heartbeat = 2, time.Hour
+			d := start(t, store, cfg)
 			if c.peer {
 				testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
 			}
@@ -489,11 +466,9 @@ func TestOrderedSubscriptionRetryWhileBusy(t *testing.T) {
 	evs := orderEvents(keys)
 	rc := testutil.NewOrderReceiver(t, failFirst(1, evs[0]))
 	rc.SetDelay(5 * time.Millisecond)
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderSubscription}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, QueueSize: 4096,
-		RetrySchedule: []time.Duration{0}, Logger: testutil.Logger(t),
-	})
+	cfg := ordered(store, rc.URL, OrderSubscription, 0)
+	cfg.QueueSize = 4096
+	d := start(t, store, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := d.SyncOrder(ctx); err != nil {
@@ -541,4 +516,14 @@ func TestOrderedSubscriptionRetryWhileBusy(t *testing.T) {
 	}
 	cancel()
 	<-streaming
+}
+
+// ordered is the order tests' configuration: one subscription, crm, to
+// url with ordering o, on store as instance i1, polling every 50 ms, its
+// attempts on schedule.
+func ordered(store Store, url string, o Ordering, schedule ...time.Duration) Config {
+	return Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: url, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: o}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, RetrySchedule: schedule,
+	}
 }
