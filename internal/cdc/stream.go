@@ -166,6 +166,12 @@ type Stream struct {
 	// mu), idleAskedAt when (the session goroutine's only).
 	idleAsked   pglogrepl.LSN
 	idleAskedAt time.Time
+
+	// inlining is the session's inliner while the reader processes a
+	// message itself (inline.go), for Interrupt.
+	inlining atomic.Pointer[inliner]
+	// inlined counts the messages the reader processed itself.
+	inlined atomic.Uint64
 }
 
 // idlePersistEvery is how often, at most, an idle position is made
@@ -307,7 +313,7 @@ func (s *Stream) Run(ctx context.Context) error {
 
 	bo := backoff.New(s.cfg.MinBackoff, s.cfg.MaxBackoff)
 	for attempt := 0; ; attempt++ {
-		err := s.session(ctx, msgs, procErr)
+		err := s.session(ctx, msgs, procErr, proc)
 		s.connected.Store(false)
 		var fatal *fatalError
 		switch {
@@ -358,7 +364,7 @@ type wal struct {
 }
 
 // session runs one replication connection until it fails or ctx ends.
-func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan error) error {
+func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan error, proc *processor) error {
 	select {
 	case <-s.interrupt: // meant for a session that has ended
 	default:
@@ -448,6 +454,8 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	}()
 	armed := false
 	var keep *time.Timer // enqueue's
+	in := newInliner(s, proc, conn)
+	defer in.timer.Stop()
 	for {
 		select {
 		case err := <-procErr:
@@ -489,6 +497,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 				return nil // finish reports the last acknowledgements
 			}
 		}
+		in.receiving()
 		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
@@ -537,6 +546,15 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 					s.received.Store(uint64(end))
 				}
 				w := wal{data: append([]byte(nil), xld.WALData...), start: xld.WALStart}
+				if done, err := in.try(ctx, w); done || err != nil {
+					if err != nil {
+						return err
+					}
+					if ctx.Err() != nil {
+						return nil // finish reports the last acknowledgements
+					}
+					continue
+				}
 				s.busy.Add(1)
 				if err := s.enqueue(ctx, conn, msgs, w, procErr, &keep); err != nil {
 					s.busy.Add(-1)
@@ -771,6 +789,12 @@ func (s *Stream) Interrupt(err error) {
 	select {
 	case s.interrupt <- err:
 	default:
+	}
+	// The reader may be processing a message itself (inline.go): it
+	// looks at the channel only once the handler returns, which, the
+	// journal being down, may be long.
+	if in := s.inlining.Load(); in != nil {
+		in.interrupt(err)
 	}
 }
 

@@ -37,8 +37,9 @@ type recorder struct {
 	stream  *Stream
 	changed chan struct{}
 	// gate, when set, holds every change until it is closed: the
-	// handler's backpressure.
-	gate chan struct{}
+	// handler's backpressure. delay is each change's handling time.
+	gate  chan struct{}
+	delay time.Duration
 }
 
 func newRecorder(autoAck bool) *recorder {
@@ -52,6 +53,9 @@ func (r *recorder) HandleChange(ctx context.Context, c *Change) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	if r.delay > 0 {
+		time.Sleep(r.delay) // a handler's work, not a wait for a condition
 	}
 	r.mu.Lock()
 	r.changes = append(r.changes, c)
@@ -535,33 +539,171 @@ func TestStopEndsAWaitingReceive(t *testing.T) {
 // and the reader waits to hand over the next message, the stream keeps
 // reporting its position to PostgreSQL (every StatusInterval/2), so the
 // walsender does not time the connection out (wal_sender_timeout).
+// TestStatusWhileHandlerBlocks: while the handler applies backpressure the
+// stream keeps reporting its position, so the server never times it out,
+// whether the reader is processing the blocked message itself (the
+// processor was idle) or waits to hand one to a busy processor.
 func TestStatusWhileHandlerBlocks(t *testing.T) {
+	waitStatus := func(t *testing.T, s *Stream, busy int64) {
+		t.Helper()
+		before := s.Stats().StatusUpdates
+		deadline := time.Now().Add(10 * time.Second)
+		for s.Stats().StatusUpdates < before+3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d status updates in 10 s while the handler blocks, want 3 or more", s.Stats().StatusUpdates-before)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := s.busy.Load(); n != busy {
+			t.Fatalf("the reader has %d messages handed over or in hand while the handler blocks, want %d", n, busy)
+		}
+	}
+	waitBusy := func(t *testing.T, s *Stream, busy int64, what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for s.busy.Load() < busy {
+			if time.Now().After(deadline) {
+				t.Fatalf("the reader has %d messages handed over or in hand, want %d (%s)", s.busy.Load(), busy, what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	t.Run("in the reader", func(t *testing.T) {
+		db := setupRef(t)
+		rec := newRecorder(true)
+		rec.gate = make(chan struct{})
+		s := startStreamWith(t, db, rec, func(c *Config) { c.StatusInterval = 200 * time.Millisecond })
+		defer close(rec.gate) // before the stream's stop (cleanup), which waits for the handler
+		db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 1000) g`)
+		// The processor was idle: the reader processes the first change
+		// itself, and reads nothing more until the handler returns.
+		waitBusy(t, s, 1, "the first change")
+		deadline := time.Now().Add(30 * time.Second)
+		for s.inlining.Load() == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("the reader is not processing the blocked change itself")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		waitStatus(t, s, 1)
+		if ch, _ := rec.snapshot(); len(ch) != 0 {
+			t.Fatalf("%d changes handled past the blocked one", len(ch))
+		}
+	})
+
+	t.Run("handed over", func(t *testing.T) {
+		db := setupRef(t)
+		rec := newRecorder(true)
+		gate := make(chan struct{})
+		// The processor's goroutine is busy with the session's start, so
+		// every message is handed to it.
+		s := startStreamWith(t, db, rec, func(c *Config) {
+			c.StatusInterval = 200 * time.Millisecond
+			c.OnSession = func(ctx context.Context) {
+				select {
+				case <-gate:
+				case <-ctx.Done():
+				}
+			}
+		})
+		defer close(gate)
+		// More messages than the reader's queue to the processor holds (256).
+		db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 1000) g`)
+		// The reader is waiting in enqueue once the queue is full, the
+		// session's start is with the processor and one message in the
+		// reader's hand.
+		waitBusy(t, s, 256+2, "queue full")
+		waitStatus(t, s, 256+2)
+	})
+}
+
+// TestInterruptWhileTheReaderProcesses: Interrupt ends the session at once
+// even while the reader itself waits for the handler (the journal being
+// down, it may wait long): the server sees the connection closed. Once the
+// handler returns, the stream connects again and hands on the rest, every
+// change once.
+func TestInterruptWhileTheReaderProcesses(t *testing.T) {
 	db := setupRef(t)
 	rec := newRecorder(true)
 	rec.gate = make(chan struct{})
-	s := startStreamWith(t, db, rec, func(c *Config) { c.StatusInterval = 200 * time.Millisecond })
-	defer close(rec.gate) // before the stream's stop (cleanup), which waits for the handler
-	// More messages than the reader's queue to the processor holds (256).
-	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 1000) g`)
-	// The reader is waiting in enqueue once the queue is full, one message
-	// is with the processor and one in the reader's hand.
+	s := startStream(t, db, rec)
+	opened := false
+	defer func() {
+		if !opened {
+			close(rec.gate)
+		}
+	}()
+	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 50) g`)
 	deadline := time.Now().Add(30 * time.Second)
-	for s.busy.Load() < 256+2 {
+	for s.inlining.Load() == nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("the reader has %d messages handed over or in hand, want 258 (queue full)", s.busy.Load())
+			t.Fatal("the reader is not processing the blocked change itself")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	before := s.Stats().StatusUpdates
-	deadline = time.Now().Add(10 * time.Second)
-	for s.Stats().StatusUpdates < before+3 {
+	conn := db.Connect(t)
+	active := func() bool {
+		var a bool
+		if err := conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = 'dzhook'`).Scan(&a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	if !active() {
+		t.Fatal("the slot is not active while streaming")
+	}
+	s.Interrupt(errors.New("journal down"))
+	deadline = time.Now().Add(5 * time.Second)
+	for active() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d status updates in 10 s while the reader waits for the handler, want 3 or more", s.Stats().StatusUpdates-before)
+			t.Fatal("the slot is still active 5 s after Interrupt, while the handler blocks")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := s.busy.Load(); n != 256+2 {
-		t.Fatalf("the reader has %d messages handed over or in hand while the handler blocks, want 258", n)
+	opened = true
+	close(rec.gate)
+	changes, _ := rec.waitCommits(t, 1)
+	if len(changes) != 50 {
+		t.Fatalf("%d changes handed on, want 50 (each once)", len(changes))
+	}
+	for i, c := range changes {
+		if got := value(t, c, c.New, "id"); got != int64(i+1) {
+			t.Fatalf("change %d is user %v, want %d", i, got, i+1)
+		}
+	}
+	if s.Stats().Reconnects == 0 {
+		t.Error("the stream did not connect again after the interrupt")
+	}
+}
+
+// TestLargeTransactionIsHandedOver: the reader processes messages itself
+// only while they come one by one; in a catch-up it hands them to the
+// processor's goroutine, which works beside it. Order holds across both.
+func TestLargeTransactionIsHandedOver(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(true)
+	rec.delay = 100 * time.Microsecond // slower than the server sends: messages wait in the buffer
+	s := startStream(t, db, rec)
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (0, 'first@x')`)
+	rec.waitCommits(t, 1)
+	if s.inlined.Load() == 0 {
+		t.Fatal("a lone transaction was not processed by the reader")
+	}
+	const n = 3000
+	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 3000) g`)
+	changes, _ := rec.waitCommits(t, 2)
+	if len(changes) != n+1 {
+		t.Fatalf("%d changes, want %d", len(changes), n+1)
+	}
+	for i, c := range changes {
+		if got := value(t, c, c.New, "id"); got != int64(i) {
+			t.Fatalf("change %d is user %v, want %d", i, got, i)
+		}
+	}
+	// The stream's messages: a begin, a relation, 3,000 inserts, a commit.
+	if got := s.inlined.Load(); got > n/2 {
+		t.Fatalf("the reader processed %d messages of a %d-row transaction itself; want most handed over", got, n)
 	}
 }
 

@@ -1,0 +1,159 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The reader processes a message itself when the processor is idle and
+// nothing waits for it, instead of handing the message over. A hand-over
+// readies the processor's goroutine, and with a processor (P) idle the Go
+// runtime wakes a thread for it (wakep): at a few hundred transactions a
+// second, where every message comes alone, that wake and the thread's
+// spinning and parking again were a quarter of dzhook's thread wakes per
+// event (BENCHMARKS.md, issue 17). Order is kept: the reader processes a
+// message only when every message before it is processed (busy is 0), and
+// reads no other until it is done.
+//
+// While it processes, the reader does not read. The handler may wait a
+// long time (backpressure from the journal writer, a stall for a schema
+// reload), so a guard takes over the reader's duties that cannot wait:
+// it reports the stream's position every StatusInterval/2, as enqueue does
+// while the processor is busy, so the server never times the connection
+// out, and Interrupt ends the session at once by closing the connection.
+//
+// In a catch-up messages wait in the connection's buffer: processing them
+// here would stop reading while they are processed. After inlineStreak
+// messages processed here while more were already buffered, the reader
+// hands messages over again (the processor's goroutine works beside it),
+// until it has caught up: nothing buffered when it reads, and nothing
+// handed over left to process.
+
+// inlineStreak is how many messages in a row the reader processes itself
+// while more wait in the buffer: a small transaction's, not a catch-up's.
+const inlineStreak = 64
+
+// inliner is a session's state of processing in the reader.
+type inliner struct {
+	s    *Stream
+	proc *processor
+	conn *pgconn.PgConn
+	// streak counts the messages processed here since the buffer was
+	// last empty at a receive; handOver is set once it passed
+	// inlineStreak, until the reader catches up.
+	streak   int
+	handOver bool
+
+	every time.Duration
+	timer *time.Timer // the guard's (report), armed while processing
+
+	mu         sync.Mutex
+	processing bool
+	ended      error // the session's end, decided while processing
+}
+
+func newInliner(s *Stream, proc *processor, conn *pgconn.PgConn) *inliner {
+	in := &inliner{s: s, proc: proc, conn: conn, every: s.cfg.StatusInterval / 2}
+	in.timer = time.AfterFunc(time.Hour, in.report)
+	in.timer.Stop()
+	return in
+}
+
+// receiving is called before each receive: an empty buffer then means the
+// reader has caught up with what arrived.
+func (in *inliner) receiving() {
+	if in.conn.Frontend().ReadBufferLen() == 0 {
+		in.streak = 0
+		if in.s.busy.Load() == 0 {
+			in.handOver = false
+		}
+	}
+}
+
+// try processes w here if the processor is idle with nothing handed over
+// left, and reports whether it did; err is the session's end (a handler
+// error is fatal, as in the processor's goroutine).
+func (in *inliner) try(ctx context.Context, w wal) (bool, error) {
+	if in.handOver || in.s.busy.Load() != 0 {
+		return false, nil
+	}
+	if in.streak++; in.streak > inlineStreak {
+		in.handOver = true
+		return false, nil
+	}
+	// busy (an atomic) orders this with the processor's goroutine: its
+	// last message's processing happened before busy went to 0, and it
+	// takes the next one only after the reader hands it over.
+	in.s.busy.Add(1)
+	in.s.inlined.Add(1)
+	in.begin()
+	err := in.proc.handle(ctx, w)
+	ended := in.end()
+	in.s.busy.Add(-1)
+	if err != nil {
+		if ctx.Err() != nil {
+			return true, nil // stopped while the handler waited
+		}
+		return true, &fatalError{fmt.Errorf("wal at %s: %w", w.start, err)}
+	}
+	return true, ended
+}
+
+// begin arms the guard for a message processed here.
+func (in *inliner) begin() {
+	in.mu.Lock()
+	in.processing = true
+	in.mu.Unlock()
+	in.s.inlining.Store(in)
+	in.timer.Reset(in.every)
+	// Interrupt sends, then looks at inlining; this stores, then looks at
+	// the channel: one of the two sees the other.
+	select {
+	case err := <-in.s.interrupt:
+		in.interrupt(err)
+	default:
+	}
+}
+
+// end disarms the guard, waiting for a report under way, and returns the
+// session's end if the guard decided it.
+func (in *inliner) end() error {
+	in.timer.Stop()
+	in.s.inlining.Store(nil)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.processing = false
+	return in.ended
+}
+
+// report is the guard's timer: while a message is processed here it
+// reports the stream's position, as the reader would.
+func (in *inliner) report() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.processing || in.ended != nil {
+		return
+	}
+	if err := in.s.sendStatus(in.conn, false, 0); err != nil {
+		in.ended = err
+		return
+	}
+	in.timer.Reset(in.every)
+}
+
+// interrupt ends the session while a message is processed here: the
+// connection is closed at once (PostgreSQL stops waiting for this
+// client), and the reader returns err once the handler returns.
+func (in *inliner) interrupt(err error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.processing || in.ended != nil {
+		return
+	}
+	in.ended = err
+	_ = in.conn.Conn().Close()
+}
