@@ -20,9 +20,17 @@
 //     buffer), queues it for the processor, answers keepalives and sends
 //     every standby status update;
 //   - the processor decodes the messages and calls the Handler, one call
-//     at a time. It lives as long as Run, across reconnections, so it
-//     remembers what it has handed over;
+//     at a time. Its state lives as long as Run, across reconnections, so
+//     it remembers what it has handed over;
 //   - the lag poller reads the slot's lag for Stats.
+//
+// When the processor is idle with nothing queued, the reader processes a
+// message itself instead of queueing it (inline.go): the hand-over would
+// wake a thread per message at moderate rates. Order holds (it does so
+// only when everything before is processed, and reads nothing meanwhile),
+// and a guard sends the status updates and carries out Interrupt while
+// the handler blocks. In a catch-up the reader queues again, so reading
+// and processing run side by side.
 //
 // The queue between reader and processor is a bounded channel. When the
 // handler is slow the queue fills and the reader stops reading: the

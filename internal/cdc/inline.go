@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -31,33 +32,48 @@ import (
 // messages processed here while more were already buffered, the reader
 // hands messages over again (the processor's goroutine works beside it),
 // until it has caught up: nothing buffered when it reads, and nothing
-// handed over left to process.
+// handed over left to process. A message larger than pgconn's read
+// buffer is read alone, so the empty buffer after it says nothing.
 
 // inlineStreak is how many messages in a row the reader processes itself
 // while more wait in the buffer: a small transaction's, not a catch-up's.
 const inlineStreak = 64
 
+// bigMessage is pgconn's read buffer (pgproto3's chunk reader, 8 KiB):
+// a larger message is read by itself.
+const bigMessage = 8 << 10
+
 // inliner is a session's state of processing in the reader.
 type inliner struct {
+	ctx  context.Context // the session's
 	s    *Stream
 	proc *processor
 	conn *pgconn.PgConn
 	// streak counts the messages processed here since the buffer was
 	// last empty at a receive; handOver is set once it passed
-	// inlineStreak, until the reader catches up.
+	// inlineStreak, until the reader catches up. big: the last message
+	// received was a bigMessage.
 	streak   int
 	handOver bool
+	big      bool
 
 	every time.Duration
 	timer *time.Timer // the guard's (report), armed while processing
 
+	// mu orders report with begin and end: the guard writes to the
+	// connection only while processing is set.
 	mu         sync.Mutex
 	processing bool
-	ended      error // the session's end, decided while processing
+	// active is processing, for interrupt, which does not take mu (a
+	// report may be blocked writing); interrupted is its error, the
+	// session's end.
+	active      atomic.Bool
+	interrupted atomic.Pointer[error]
+	reportErr   error // a report's failure, the session's end (under mu)
 }
 
-func newInliner(s *Stream, proc *processor, conn *pgconn.PgConn) *inliner {
-	in := &inliner{s: s, proc: proc, conn: conn, every: s.cfg.StatusInterval / 2}
+func newInliner(ctx context.Context, s *Stream, proc *processor, conn *pgconn.PgConn) *inliner {
+	in := &inliner{ctx: ctx, s: s, proc: proc, conn: conn, every: s.cfg.StatusInterval / 2}
 	in.timer = time.AfterFunc(time.Hour, in.report)
 	in.timer.Stop()
 	return in
@@ -66,12 +82,25 @@ func newInliner(s *Stream, proc *processor, conn *pgconn.PgConn) *inliner {
 // receiving is called before each receive: an empty buffer then means the
 // reader has caught up with what arrived.
 func (in *inliner) receiving() {
-	if in.conn.Frontend().ReadBufferLen() == 0 {
+	if in.conn.Frontend().ReadBufferLen() == 0 && !in.big {
 		in.streak = 0
 		if in.s.busy.Load() == 0 {
 			in.handOver = false
 		}
 	}
+}
+
+// received is called with each XLogData message's size.
+func (in *inliner) received(n int) { in.big = n > bigMessage }
+
+// ended is the session's end decided while the reader processed, if any.
+func (in *inliner) ended() error {
+	if err := in.interrupted.Load(); err != nil {
+		return *err
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.reportErr
 }
 
 // try processes w here if the processor is idle with nothing handed over
@@ -108,6 +137,7 @@ func (in *inliner) begin() {
 	in.mu.Lock()
 	in.processing = true
 	in.mu.Unlock()
+	in.active.Store(true)
 	in.s.inlining.Store(in)
 	in.timer.Reset(in.every)
 	// Interrupt sends, then looks at inlining; this stores, then looks at
@@ -124,22 +154,25 @@ func (in *inliner) begin() {
 func (in *inliner) end() error {
 	in.timer.Stop()
 	in.s.inlining.Store(nil)
+	in.active.Store(false)
 	in.mu.Lock()
-	defer in.mu.Unlock()
 	in.processing = false
-	return in.ended
+	in.mu.Unlock()
+	return in.ended()
 }
 
 // report is the guard's timer: while a message is processed here it
-// reports the stream's position, as the reader would.
+// reports the stream's position, as the reader would. Once the stream is
+// stopping it stops reporting: a handler that does not return then no
+// longer holds the slot for good.
 func (in *inliner) report() {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if !in.processing || in.ended != nil {
+	if !in.processing || in.reportErr != nil || in.interrupted.Load() != nil || in.ctx.Err() != nil {
 		return
 	}
 	if err := in.s.sendStatus(in.conn, false, 0); err != nil {
-		in.ended = err
+		in.reportErr = err
 		return
 	}
 	in.timer.Reset(in.every)
@@ -147,13 +180,14 @@ func (in *inliner) report() {
 
 // interrupt ends the session while a message is processed here: the
 // connection is closed at once (PostgreSQL stops waiting for this
-// client), and the reader returns err once the handler returns.
+// client), the stream says it is not connected, and the reader returns
+// err once the handler returns. It does not wait for a report being
+// written: closing the connection ends that write.
 func (in *inliner) interrupt(err error) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if !in.processing || in.ended != nil {
+	if !in.active.Load() || !in.interrupted.CompareAndSwap(nil, &err) {
 		return
 	}
-	in.ended = err
+	in.s.connected.Store(false)
+	in.s.setProblem(err)
 	_ = in.conn.Conn().Close()
 }

@@ -49,12 +49,15 @@ func (p *processor) run(ctx context.Context, msgs <-chan wal) error {
 			return nil
 		case w := <-msgs:
 			err := p.handle(ctx, w)
+			if err != nil && ctx.Err() == nil {
+				// busy stays above 0: the reader must not process the
+				// next message itself (inline.go) on a failed
+				// processor's state; it hands it over and sees procErr.
+				return fmt.Errorf("wal at %s: %w", w.start, err)
+			}
 			p.s.busy.Add(-1)
 			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("wal at %s: %w", w.start, err)
+				return nil // stopped while the handler waited
 			}
 		}
 	}

@@ -19,7 +19,8 @@ import (
 	"github.com/dzdesk/dzhook/internal/backoff"
 )
 
-// Handler consumes the stream. The stream calls it from one goroutine, in
+// Handler consumes the stream. The stream calls it one call at a time (from
+// the reader's goroutine or the processor's, never both at once), in
 // commit order, and waits for each call: a handler that blocks applies
 // backpressure all the way to PostgreSQL. Each transaction's changes come
 // with HandleChange as they arrive (a large transaction is never held
@@ -71,8 +72,8 @@ type Config struct {
 	// the handler acknowledges what it was handed. Defaults to 10 s.
 	DrainTimeout time.Duration
 	// OnSession, when set, is called each time a replication session
-	// starts, from the goroutine that calls the Handler and before any
-	// change of that session.
+	// starts, from the processor's goroutine, one call at a time with the
+	// Handler's and before any change of that session.
 	OnSession func(ctx context.Context)
 	// CheckStart, when set, is called before each session streams, with
 	// the slot's confirmed_flush_lsn: an error ends the session before it
@@ -454,7 +455,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	}()
 	armed := false
 	var keep *time.Timer // enqueue's
-	in := newInliner(s, proc, conn)
+	in := newInliner(ctx, s, proc, conn)
 	defer in.timer.Stop()
 	for {
 		select {
@@ -503,6 +504,9 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 			if ctx.Err() != nil {
 				return nil // finish reports the last acknowledgements
 			}
+			if err := in.ended(); err != nil {
+				return err // Interrupt closed the connection as processing ended
+			}
 			if pgconn.Timeout(err) {
 				armed = false
 				continue
@@ -546,6 +550,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 					s.received.Store(uint64(end))
 				}
 				w := wal{data: append([]byte(nil), xld.WALData...), start: xld.WALStart}
+				in.received(len(w.data))
 				if done, err := in.try(ctx, w); done || err != nil {
 					if err != nil {
 						return err

@@ -683,6 +683,11 @@ func TestInterruptWhileTheReaderProcesses(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// While the handler still blocks, the stream says why it is not
+	// connected.
+	if st := s.Stats(); st.Connected || st.Problem == "" {
+		t.Errorf("after the interrupt closed the connection: Connected=%v Problem=%q, want false and the reason", st.Connected, st.Problem)
+	}
 	opened = true
 	close(gate)
 	changes, _ := rec.waitCommits(t, 2)
@@ -699,10 +704,114 @@ func TestInterruptWhileTheReaderProcesses(t *testing.T) {
 	}
 }
 
+// failingHandler refuses its first commit and records every call after it.
+type failingHandler struct {
+	mu     sync.Mutex
+	failed bool
+	after  []string
+	fail   chan struct{}
+}
+
+func (h *failingHandler) HandleChange(_ context.Context, c *Change) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failed {
+		h.after = append(h.after, "change "+string(c.Op))
+	}
+	return nil
+}
+
+func (h *failingHandler) HandleCommit(_ context.Context, c Commit) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failed {
+		h.after = append(h.after, "commit "+c.CommitLSN.String())
+		return nil
+	}
+	h.failed = true
+	close(h.fail)
+	return errors.New("journal refused the commit")
+}
+
+// TestNoHandlerCallAfterAnError: once the processor's goroutine got an
+// error from the handler, the reader, which sees it only at its next look,
+// must not process a message itself on the failed processor's state.
+func TestNoHandlerCallAfterAnError(t *testing.T) {
+	db := setupRef(t)
+	h := &failingHandler{fail: make(chan struct{})}
+	gate := make(chan struct{})
+	sessions := make(chan struct{}, 1)
+	cfg := Config{DSN: db.DSN, Slot: "dzhook", Publication: "dzhook", Handler: h, Logger: testLogger(t),
+		StatusInterval: 2 * time.Second, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
+		LagInterval: time.Second, DrainTimeout: 300 * time.Millisecond,
+		OnSession: func(ctx context.Context) {
+			select {
+			case sessions <- struct{}{}:
+			default:
+			}
+			select { // the processor's goroutine is busy: what comes is handed over
+			case <-gate:
+			case <-ctx.Done():
+			}
+		}}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-sessions:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no session started")
+	}
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'a@x')`)
+	deadline := time.Now().Add(30 * time.Second)
+	for s.busy.Load() < 4 { // the session's start, then begin, relation, insert, commit
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages handed over, want 4 or more", s.busy.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Let a periodic status go after the walsender's keepalive, so it
+	// does not ping the reader (which would look at the error) before
+	// the next data: time passing is the condition here.
+	time.Sleep(2500 * time.Millisecond)
+	close(gate)
+	select {
+	case <-h.fail:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler was never called")
+	}
+	// Within the reader's recheck (1 s), before it looks at the error.
+	db.Exec(t, `SELECT pg_logical_emit_message(false, 'p', 'after the failure')`)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Run returned nil after the handler's error")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the handler's error")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.after) > 0 {
+		t.Errorf("the handler was called after it returned an error: %s", strings.Join(h.after, ", "))
+	}
+}
+
 // TestLargeTransactionIsHandedOver: the reader processes messages itself
 // only while they come one by one; in a catch-up it hands them to the
-// processor's goroutine, which works beside it. Order holds across both.
+// processor's goroutine, which works beside it, rows larger than pgconn's
+// read buffer included. Order holds across both.
 func TestLargeTransactionIsHandedOver(t *testing.T) {
+	t.Run("small rows", func(t *testing.T) { testHandedOver(t, `'u' || g || '@x'`) })
+	t.Run("12 KB rows", func(t *testing.T) { testHandedOver(t, `repeat(md5(g::text), 375) || '@x'`) })
+}
+
+func testHandedOver(t *testing.T, email string) {
 	db := setupRef(t)
 	rec := newRecorder(true)
 	rec.delay = 100 * time.Microsecond // slower than the server sends: messages wait in the buffer
@@ -716,7 +825,7 @@ func TestLargeTransactionIsHandedOver(t *testing.T) {
 	}
 	before = s.inlined.Load()
 	const n = 3000
-	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 3000) g`)
+	db.Exec(t, `INSERT INTO users (id, email) SELECT g, `+email+` FROM generate_series(1, 3000) g`)
 	changes, _ := rec.waitCommits(t, 3)
 	if len(changes) != n+2 {
 		t.Fatalf("%d changes after the warm-up's, want %d", len(changes)-1, n+1)
