@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/rawsock"
 	"github.com/dzdesk/dzhook/internal/transform"
 	"github.com/dzdesk/dzhook/signer"
 )
@@ -38,10 +39,17 @@ type deliverer struct {
 // start runs a subscription's workers until it is retired; life bounds
 // their attempts.
 func (d *deliverer) start(life context.Context, s *sub) {
+	s.mu.Lock()
+	if !s.retired {
+		s.bell = rawsock.NewBell() // nil: the workers wait on the lanes
+	}
+	s.mu.Unlock()
+	s.workers.Store(int32(d.cfg.Concurrency))
 	for i := range d.cfg.Concurrency {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer s.workerDone()
 			d.work(life, s, &s.busy[i])
 		}()
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/rawsock"
 	"github.com/dzdesk/dzhook/internal/transform"
 	"github.com/dzdesk/dzhook/signer"
 )
@@ -129,6 +130,15 @@ type sub struct {
 	reserved atomic.Int64  // queue places taken or promised
 	size     int64
 	room     chan struct{} // a worker took a task: there may be room
+	// bell, waiter, sleeping, idle and promote are how an idle worker is
+	// woken for a task (next, wake); bell is nil where the system has
+	// none, or before the workers start and after they end (under mu).
+	bell     *rawsock.Bell
+	waiter   atomic.Bool   // a worker holds the bell's role
+	sleeping atomic.Bool   // that worker sleeps on the bell, or is about to
+	idle     atomic.Int32  // workers waiting for promote
+	promote  chan struct{} // calls an idle worker when the bell's is busy
+	workers  atomic.Int32  // running, to close the bell after the last
 	// backlog is set while due work of this subscription waits in the
 	// journal, so workers that empty the queue wake the scheduler.
 	backlog atomic.Bool
@@ -264,12 +274,56 @@ func (s *sub) put(t *task, live bool) bool {
 	} else {
 		s.queue <- t
 	}
+	s.wake()
 	return true
 }
 
 // next waits for a worker's next task, the live lane's first (see
 // sub.queue); nil once the subscription is retired.
+//
+// With a bell, workers never wait on the lanes themselves, so a task put
+// there readies nobody directly: while every worker is idle, one of them
+// (the waiter) sleeps on the bell, and the others on promote. put rings
+// the bell when the waiter sleeps (the waiter then runs on the thread of
+// the goroutine that put the task, once it sleeps: no thread is woken
+// for the hand-over, rawsock.Bell), and calls a worker through promote
+// when the waiter is already awake and more work comes.
 func (s *sub) next() *task {
+	for {
+		if t := s.take(); t != nil {
+			return t
+		}
+		b := s.bell
+		if b == nil {
+			return s.wait()
+		}
+		if s.waiter.CompareAndSwap(false, true) {
+			if t, ok := s.waitBell(b); ok {
+				return t
+			}
+			continue
+		}
+		// wake looks at idle after it put a task; this looks at the
+		// lanes after it counted itself: one of the two sees the other.
+		s.idle.Add(1)
+		if s.queued() > 0 || s.stopped() || !s.waiter.Load() {
+			s.idle.Add(-1)
+			if s.stopped() {
+				return nil
+			}
+			continue
+		}
+		select {
+		case <-s.promote:
+		case <-s.stop:
+		}
+		s.idle.Add(-1)
+	}
+}
+
+// take takes a task if one waits, the live lane's first but one take in
+// fairEvery; nil if none.
+func (s *sub) take() *task {
 	first, then := s.live, s.queue
 	if s.takes.Add(1)%fairEvery == 0 {
 		first, then = s.queue, s.live
@@ -283,7 +337,12 @@ func (s *sub) next() *task {
 	case t := <-then:
 		return t
 	default:
+		return nil
 	}
+}
+
+// wait waits on the lanes (no bell).
+func (s *sub) wait() *task {
 	select {
 	case <-s.stop:
 		return nil
@@ -291,6 +350,59 @@ func (s *sub) next() *task {
 		return t
 	case t := <-s.queue:
 		return t
+	}
+}
+
+// waitBell is the waiter's: it sleeps on the bell until a task is put or
+// the subscription is retired. ok false: woken, look again.
+func (s *sub) waitBell(b *rawsock.Bell) (t *task, ok bool) {
+	defer s.waiter.Store(false)
+	// wake looks at sleeping after it put a task; this looks at the
+	// lanes after it set it: one of the two sees the other.
+	s.sleeping.Store(true)
+	if t := s.take(); t != nil {
+		if !s.sleeping.CompareAndSwap(true, false) {
+			// A put rang for its task while this one took another: the
+			// ring is spent on nobody, so an idle worker is called in
+			// its place. (Not the bell: outside mu, the last worker
+			// may be closing it.)
+			s.promoteOne()
+		}
+		return t, true
+	}
+	if s.stopped() {
+		s.sleeping.Store(false)
+		return nil, true
+	}
+	if err := b.Wait(); err != nil { // closed: not while a worker runs
+		s.sleeping.Store(false)
+		return s.wait(), true
+	}
+	s.sleeping.Store(false)
+	return nil, false
+}
+
+// wake, under mu after a task was put, wakes a worker for it: the waiter
+// if it sleeps, else an idle one. Without a bell the lanes ready a
+// waiting worker themselves.
+func (s *sub) wake() {
+	if s.bell == nil {
+		return
+	}
+	if s.sleeping.Load() && s.sleeping.CompareAndSwap(true, false) {
+		_ = s.bell.Ring()
+		return
+	}
+	s.promoteOne()
+}
+
+// promoteOne calls a worker waiting in promote, if any.
+func (s *sub) promoteOne() {
+	if s.idle.Load() > 0 {
+		select {
+		case s.promote <- struct{}{}:
+		default: // as many calls wait as there are workers
+		}
 	}
 }
 
@@ -321,6 +433,9 @@ func (s *sub) retire() {
 	if !s.retired {
 		s.retired = true
 		close(s.stop)
+		if s.bell != nil {
+			_ = s.bell.Ring() // the waiter looks at stop again
+		}
 	}
 }
 
@@ -501,7 +616,8 @@ func (s *sub) shapeBody(t *task) error {
 // processes share its rate limit.
 func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), live: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
-		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{}}
+		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{},
+		promote: make(chan struct{}, opts.Concurrency)}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {
@@ -553,4 +669,18 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 		s.ord = newOrderState()
 	}
 	return s, nil
+}
+
+// workerDone closes the bell after the last worker ended (they end once
+// the subscription is retired, when put rings no more).
+func (s *sub) workerDone() {
+	if s.workers.Add(-1) != 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bell != nil {
+		_ = s.bell.Close()
+		s.bell = nil
+	}
 }

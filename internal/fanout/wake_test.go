@@ -1,0 +1,167 @@
+package fanout
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/rawsock"
+)
+
+// wakeWorkers starts n workers on s as deliverer.start does, with a bell
+// when the system has one, each handing its tasks to handle; they end
+// when s is retired.
+func wakeWorkers(t *testing.T, n int, handle func(*task)) *sub {
+	t.Helper()
+	s, err := compile(Subscription{ID: "s", URL: "http://127.0.0.1:1/", Events: []string{"*"}, Active: true},
+		&Config{QueueSize: 256, Concurrency: n}, func() int64 { return 1 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.bell = rawsock.NewBell()
+	if s.bell == nil {
+		t.Log("no bell on this system: the workers wait on the lanes")
+	}
+	s.workers.Store(int32(n))
+	for range n {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.workerDone()
+			for t := s.next(); t != nil; t = s.next() {
+				handle(t)
+				s.release(1)
+			}
+		}()
+	}
+	return s
+}
+
+func putTask(t *testing.T, s *sub, id string) {
+	t.Helper()
+	if s.reserve(1) != 1 {
+		t.Fatal("the queue is full")
+	}
+	if !s.put(&task{deliveryID: id}, true) {
+		t.Fatal("put refused a task")
+	}
+}
+
+func waitFor(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out: %s", what)
+	}
+}
+
+// TestWorkersWake: whatever the timing, a task put is taken by an idle
+// worker, every worker is called when as many tasks come at once, and
+// retiring the subscription ends every worker and closes the bell.
+func TestWorkersWake(t *testing.T) {
+	const workers = 4
+	t.Run("one at a time", func(t *testing.T) {
+		taken := make(chan struct{})
+		s := wakeWorkers(t, workers, func(*task) { taken <- struct{}{} })
+		asleep(t, s, workers)
+		for i := range 300 {
+			putTask(t, s, "d")
+			waitFor(t, taken, "a task put while every worker was idle was not taken")
+			if i%3 == 0 {
+				// Let the worker go back to sleep on the bell, or not
+				// (a load pattern, not a wait).
+				time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+			}
+		}
+		retireAndWait(t, s)
+	})
+	t.Run("as many as the workers at once", func(t *testing.T) {
+		var inFlight atomic.Int32
+		all := make(chan struct{})
+		release := make(chan struct{})
+		s := wakeWorkers(t, workers, func(*task) {
+			if inFlight.Add(1) == workers {
+				close(all)
+			}
+			<-release
+		})
+		asleep(t, s, workers)
+		for range workers {
+			putTask(t, s, "d")
+		}
+		waitFor(t, all, "not every worker was called for as many tasks as workers")
+		close(release)
+		retireAndWait(t, s)
+	})
+	t.Run("from many goroutines", func(t *testing.T) {
+		const producers, each = 4, 500
+		var done atomic.Int32
+		finished := make(chan struct{})
+		s := wakeWorkers(t, workers, func(*task) {
+			if rand.IntN(8) == 0 {
+				time.Sleep(time.Duration(rand.IntN(100)) * time.Microsecond) // an attempt's time
+			}
+			if done.Add(1) == producers*each {
+				close(finished)
+			}
+		})
+		var wg sync.WaitGroup
+		for range producers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range each {
+					for s.reserve(1) != 1 {
+						time.Sleep(50 * time.Microsecond) // the queue is full: the workers empty it
+					}
+					if !s.put(&task{deliveryID: "d"}, rand.IntN(2) == 0) {
+						t.Error("put refused a task")
+						return
+					}
+					if rand.IntN(4) == 0 {
+						time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		waitFor(t, finished, "tasks put were left waiting")
+		retireAndWait(t, s)
+	})
+}
+
+// retireAndWait retires s and waits for its workers, which close its bell.
+func retireAndWait(t *testing.T, s *sub) {
+	t.Helper()
+	s.retire()
+	ended := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(ended)
+	}()
+	waitFor(t, ended, "workers still running after the subscription was retired")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bell != nil {
+		t.Error("the bell is still open after the last worker ended")
+	}
+}
+
+// asleep waits until s's n workers are idle: one on the bell, the others
+// waiting to be called.
+func asleep(t *testing.T, s *sub, n int) {
+	t.Helper()
+	if s.bell == nil {
+		return
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !s.sleeping.Load() || s.idle.Load() != int32(n-1) {
+		if time.Now().After(deadline) {
+			t.Fatalf("workers not idle: sleeping on the bell %v, %d waiting to be called", s.sleeping.Load(), s.idle.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
