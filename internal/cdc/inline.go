@@ -66,9 +66,12 @@ type inliner struct {
 	processing bool
 	// active is processing, for interrupt, which does not take mu (a
 	// report may be blocked writing); interrupted is its error, the
-	// session's end.
+	// session's end. imu makes end wait for an interrupt that saw
+	// active: once the session ends, no interrupt of its touches the
+	// stream's state, which the next session owns.
 	active      atomic.Bool
 	interrupted atomic.Pointer[error]
+	imu         sync.Mutex
 	reportErr   error // a report's failure, the session's end (under mu)
 }
 
@@ -155,6 +158,8 @@ func (in *inliner) end() error {
 	in.timer.Stop()
 	in.s.inlining.Store(nil)
 	in.active.Store(false)
+	in.imu.Lock() // an interrupt under way finishes first
+	in.imu.Unlock()
 	in.mu.Lock()
 	in.processing = false
 	in.mu.Unlock()
@@ -184,6 +189,8 @@ func (in *inliner) report() {
 // err once the handler returns. It does not wait for a report being
 // written: closing the connection ends that write.
 func (in *inliner) interrupt(err error) {
+	in.imu.Lock()
+	defer in.imu.Unlock()
 	if !in.active.Load() || !in.interrupted.CompareAndSwap(nil, &err) {
 		return
 	}

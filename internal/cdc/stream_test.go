@@ -37,9 +37,11 @@ type recorder struct {
 	stream  *Stream
 	changed chan struct{}
 	// gate, when set, holds every change until it is closed: the
-	// handler's backpressure. delay is each change's handling time.
-	gate  chan struct{}
-	delay time.Duration
+	// handler's backpressure; blocked is signalled when a change waits
+	// there. delay is each change's handling time.
+	gate    chan struct{}
+	blocked chan struct{}
+	delay   time.Duration
 }
 
 // hold sets a gate on the changes from now on and returns it.
@@ -60,7 +62,7 @@ func warmUp(t *testing.T, db *pgtest.DB, r *recorder) {
 }
 
 func newRecorder(autoAck bool) *recorder {
-	return &recorder{autoAck: autoAck, changed: make(chan struct{}, 1)}
+	return &recorder{autoAck: autoAck, changed: make(chan struct{}, 1), blocked: make(chan struct{}, 1)}
 }
 
 func (r *recorder) HandleChange(ctx context.Context, c *Change) error {
@@ -68,6 +70,10 @@ func (r *recorder) HandleChange(ctx context.Context, c *Change) error {
 	gate := r.gate
 	r.mu.Unlock()
 	if gate != nil {
+		select {
+		case r.blocked <- struct{}{}:
+		default:
+		}
 		select {
 		case <-gate:
 		case <-ctx.Done():
@@ -657,12 +663,13 @@ func TestInterruptWhileTheReaderProcesses(t *testing.T) {
 		}
 	}()
 	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 50) g`)
-	deadline := time.Now().Add(30 * time.Second)
-	for s.inlining.Load() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the reader is not processing the blocked change itself")
-		}
-		time.Sleep(10 * time.Millisecond)
+	select {
+	case <-rec.blocked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no change reached the handler")
+	}
+	if s.inlining.Load() == nil {
+		t.Fatal("the reader is not processing the blocked change itself")
 	}
 	conn := db.Connect(t)
 	active := func() bool {
@@ -676,7 +683,7 @@ func TestInterruptWhileTheReaderProcesses(t *testing.T) {
 		t.Fatal("the slot is not active while streaming")
 	}
 	s.Interrupt(errors.New("journal down"))
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for active() {
 		if time.Now().After(deadline) {
 			t.Fatal("the slot is still active 5 s after Interrupt, while the handler blocks")

@@ -298,6 +298,7 @@ func (s *sub) next() *task {
 			return s.wait()
 		}
 		if s.waiter.CompareAndSwap(false, true) {
+			bellHook("waiter")
 			if t, ok := s.waitBell(b); ok {
 				return t
 			}
@@ -361,6 +362,7 @@ func (s *sub) waitBell(b *rawsock.Bell) (t *task, ok bool) {
 	// lanes after it set it: one of the two sees the other.
 	s.sleeping.Store(true)
 	if t := s.take(); t != nil {
+		bellHook("took")
 		if !s.sleeping.CompareAndSwap(true, false) {
 			// A put rang for its task while this one took another: the
 			// ring is spent on nobody, so an idle worker is called in
@@ -394,6 +396,16 @@ func (s *sub) wake() {
 		return
 	}
 	s.promoteOne()
+}
+
+// testBellHook, set by a test, is called at two points of the wake
+// protocol to hold an interleaving there; nil otherwise.
+var testBellHook atomic.Pointer[func(at string)]
+
+func bellHook(at string) {
+	if h := testBellHook.Load(); h != nil {
+		(*h)(at)
+	}
 }
 
 // promoteOne calls a worker waiting in promote, if any.

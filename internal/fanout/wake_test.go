@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -164,4 +165,70 @@ func asleep(t *testing.T, s *sub, n int) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// TestSpentRingCallsAnotherWorker: the waiter, about to sleep, takes a
+// task that came meanwhile; a put that rang for its own task in that
+// moment spent the ring on it. Another idle worker must be called for
+// that task, not left idle while the waiter runs its attempt.
+func TestSpentRingCallsAnotherWorker(t *testing.T) {
+	holds := map[string]chan struct{}{"hold1": make(chan struct{}), "hold2": make(chan struct{}), "X": make(chan struct{})}
+	taken := make(chan string, 8)
+	s := wakeWorkers(t, 2, func(tk *task) {
+		taken <- tk.deliveryID
+		if h := holds[tk.deliveryID]; h != nil {
+			<-h
+		}
+	})
+	if s.bell == nil {
+		if runtime.GOOS == "linux" {
+			t.Fatal("no bell (eventfd) on Linux")
+		}
+		t.Skip("no bell on this system: workers wait on the lanes")
+	}
+	asleep(t, s, 2)
+	putTask(t, s, "hold1")
+	<-taken
+	putTask(t, s, "hold2")
+	<-taken // both workers busy
+	var waiter, took sync.Once
+	hook := func(at string) {
+		switch at {
+		case "waiter": // the first to finish holds the bell's role: X comes before it sleeps
+			waiter.Do(func() { putTask(t, s, "X") })
+		case "took": // it took X; the other one finishes and waits to be called
+			took.Do(func() {
+				close(holds["hold2"])
+				deadline := time.Now().Add(10 * time.Second)
+				for s.idle.Load() != 1 {
+					if time.Now().After(deadline) {
+						t.Error("the other worker never went idle")
+						return
+					}
+					time.Sleep(time.Millisecond)
+				}
+				// It counted itself idle; let it get to its wait (if it
+				// has not, it finds B itself and the test passes either way).
+				time.Sleep(20 * time.Millisecond)
+				putTask(t, s, "B") // rings: the waiter's sleeping is still set
+			})
+		}
+	}
+	testBellHook.Store(&hook)
+	defer testBellHook.Store(nil)
+	close(holds["hold1"])
+	if got := <-taken; got != "X" {
+		t.Fatalf("took %s, want X", got)
+	}
+	select {
+	case id := <-taken:
+		if id != "B" {
+			t.Fatalf("took %s, want B", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("B waited 5 s with a worker idle (idle %d, waiter %v, sleeping %v, queued %d)",
+			s.idle.Load(), s.waiter.Load(), s.sleeping.Load(), s.queued())
+	}
+	close(holds["X"])
+	retireAndWait(t, s)
 }
