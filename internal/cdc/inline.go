@@ -60,19 +60,18 @@ type inliner struct {
 	every time.Duration
 	timer *time.Timer // the guard's (report), armed while processing
 
-	// mu orders report with begin and end: the guard writes to the
-	// connection only while processing is set.
-	mu         sync.Mutex
-	processing bool
-	// active is processing, for interrupt, which does not take mu (a
-	// report may be blocked writing); interrupted is its error, the
-	// session's end. imu makes end wait for an interrupt that saw
-	// active: once the session ends, no interrupt of its touches the
-	// stream's state, which the next session owns.
+	// active is set while a message is processed here. The guard's
+	// report writes to the connection only while it is, under mu, and
+	// end waits on mu for a report under way. interrupt does not take mu
+	// (a report may be blocked writing) but imu, on which end waits too:
+	// once the session ends, no interrupt of its touches the stream's
+	// state, which the next session owns. interrupted is its error, the
+	// session's end.
 	active      atomic.Bool
-	interrupted atomic.Pointer[error]
-	imu         sync.Mutex
+	mu          sync.Mutex
 	reportErr   error // a report's failure, the session's end (under mu)
+	imu         sync.Mutex
+	interrupted atomic.Pointer[error]
 }
 
 func newInliner(ctx context.Context, s *Stream, proc *processor, conn *pgconn.PgConn) *inliner {
@@ -137,9 +136,6 @@ func (in *inliner) try(ctx context.Context, w wal) (bool, error) {
 
 // begin arms the guard for a message processed here.
 func (in *inliner) begin() {
-	in.mu.Lock()
-	in.processing = true
-	in.mu.Unlock()
 	in.active.Store(true)
 	in.s.inlining.Store(in)
 	in.timer.Reset(in.every)
@@ -160,8 +156,7 @@ func (in *inliner) end() error {
 	in.active.Store(false)
 	in.imu.Lock() // an interrupt under way finishes first
 	in.imu.Unlock()
-	in.mu.Lock()
-	in.processing = false
+	in.mu.Lock() // and a report under way
 	in.mu.Unlock()
 	return in.ended()
 }
@@ -173,7 +168,7 @@ func (in *inliner) end() error {
 func (in *inliner) report() {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if !in.processing || in.reportErr != nil || in.interrupted.Load() != nil || in.ctx.Err() != nil {
+	if !in.active.Load() || in.reportErr != nil || in.interrupted.Load() != nil || in.ctx.Err() != nil {
 		return
 	}
 	if err := in.s.sendStatus(in.conn, false, 0); err != nil {

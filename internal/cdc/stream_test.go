@@ -21,6 +21,7 @@ import (
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -573,28 +574,13 @@ func TestStatusWhileHandlerBlocks(t *testing.T) {
 	waitStatus := func(t *testing.T, s *Stream, busy int64) {
 		t.Helper()
 		before := s.Stats().StatusUpdates
-		deadline := time.Now().Add(10 * time.Second)
-		for s.Stats().StatusUpdates < before+3 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d status updates in 10 s while the handler blocks, want 3 or more", s.Stats().StatusUpdates-before)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.Eventually(t, 10*time.Second, "3 status updates while the handler blocks", func() bool {
+			return s.Stats().StatusUpdates >= before+3
+		})
 		if n := s.busy.Load(); n != busy {
 			t.Fatalf("the reader has %d messages handed over or in hand while the handler blocks, want %d", n, busy)
 		}
 	}
-	waitBusy := func(t *testing.T, s *Stream, busy int64, what string) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for s.busy.Load() < busy {
-			if time.Now().After(deadline) {
-				t.Fatalf("the reader has %d messages handed over or in hand, want %d (%s)", s.busy.Load(), busy, what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-
 	t.Run("in the reader", func(t *testing.T) {
 		db := setupRef(t)
 		rec := newRecorder(true)
@@ -605,13 +591,13 @@ func TestStatusWhileHandlerBlocks(t *testing.T) {
 		db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 1000) g`)
 		// The processor was idle: the reader processes the first change
 		// itself, and reads nothing more until the handler returns.
-		waitBusy(t, s, 1, "the first change")
-		deadline := time.Now().Add(30 * time.Second)
-		for s.inlining.Load() == nil {
-			if time.Now().After(deadline) {
-				t.Fatal("the reader is not processing the blocked change itself")
-			}
-			time.Sleep(10 * time.Millisecond)
+		select {
+		case <-rec.blocked:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no change reached the handler")
+		}
+		if s.inlining.Load() == nil {
+			t.Fatal("the reader is not processing the blocked change itself")
 		}
 		waitStatus(t, s, 1)
 		if ch, _ := rec.snapshot(); len(ch) != 1 {
@@ -640,7 +626,7 @@ func TestStatusWhileHandlerBlocks(t *testing.T) {
 		// The reader is waiting in enqueue once the queue is full, the
 		// session's start is with the processor and one message in the
 		// reader's hand.
-		waitBusy(t, s, 256+2, "queue full")
+		testutil.Eventually(t, 30*time.Second, "258 messages handed over or in hand (queue full)", func() bool { return s.busy.Load() >= 256+2 })
 		waitStatus(t, s, 256+2)
 	})
 }
@@ -683,13 +669,7 @@ func TestInterruptWhileTheReaderProcesses(t *testing.T) {
 		t.Fatal("the slot is not active while streaming")
 	}
 	s.Interrupt(errors.New("journal down"))
-	deadline := time.Now().Add(5 * time.Second)
-	for active() {
-		if time.Now().After(deadline) {
-			t.Fatal("the slot is still active 5 s after Interrupt, while the handler blocks")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, "the slot inactive after Interrupt, while the handler blocks", func() bool { return !active() })
 	// While the handler still blocks, the stream says why it is not
 	// connected.
 	if st := s.Stats(); st.Connected || st.Problem == "" {
@@ -775,13 +755,8 @@ func TestNoHandlerCallAfterAnError(t *testing.T) {
 		t.Fatal("no session started")
 	}
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'a@x')`)
-	deadline := time.Now().Add(30 * time.Second)
-	for s.busy.Load() < 4 { // the session's start, then begin, relation, insert, commit
-		if time.Now().After(deadline) {
-			t.Fatalf("%d messages handed over, want 4 or more", s.busy.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// The session's start, then begin, relation, insert, commit.
+	testutil.Eventually(t, 30*time.Second, "4 messages handed over", func() bool { return s.busy.Load() >= 4 })
 	// Let a periodic status go after the walsender's keepalive, so it
 	// does not ping the reader (which would look at the error) before
 	// the next data: time passing is the condition here.

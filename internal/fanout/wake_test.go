@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/rawsock"
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // wakeWorkers starts n workers on s as deliverer.start does, with a bell
@@ -158,13 +159,9 @@ func asleep(t *testing.T, s *sub, n int) {
 	if s.bell == nil {
 		return
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.sleeping.Load() || s.idle.Load() != int32(n-1) {
-		if time.Now().After(deadline) {
-			t.Fatalf("workers not idle: sleeping on the bell %v, %d waiting to be called", s.sleeping.Load(), s.idle.Load())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "the workers idle: one on the bell, the others waiting to be called", func() bool {
+		return s.sleeping.Load() && s.idle.Load() == int32(n-1)
+	})
 }
 
 // TestSpentRingCallsAnotherWorker: the waiter, about to sleep, takes a
