@@ -53,6 +53,20 @@ func (r *recorder) hold() chan struct{} {
 	return r.gate
 }
 
+// heldByReader waits until a change is held at r's gate and checks that
+// the reader itself is processing it.
+func heldByReader(t *testing.T, s *Stream, r *recorder) {
+	t.Helper()
+	select {
+	case <-r.blocked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no change reached the handler")
+	}
+	if s.inlining.Load() == nil {
+		t.Fatal("the reader is not processing the blocked change itself")
+	}
+}
+
 // warmUp streams one transaction through s and waits for it, so the
 // session's start is processed and the processor is idle.
 func warmUp(t *testing.T, db *pgtest.DB, r *recorder) {
@@ -591,14 +605,7 @@ func TestStatusWhileHandlerBlocks(t *testing.T) {
 		db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 1000) g`)
 		// The processor was idle: the reader processes the first change
 		// itself, and reads nothing more until the handler returns.
-		select {
-		case <-rec.blocked:
-		case <-time.After(30 * time.Second):
-			t.Fatal("no change reached the handler")
-		}
-		if s.inlining.Load() == nil {
-			t.Fatal("the reader is not processing the blocked change itself")
-		}
+		heldByReader(t, s, rec)
 		waitStatus(t, s, 1)
 		if ch, _ := rec.snapshot(); len(ch) != 1 {
 			t.Fatalf("%d changes handled past the warm-up's and the blocked one", len(ch)-1)
@@ -649,14 +656,7 @@ func TestInterruptWhileTheReaderProcesses(t *testing.T) {
 		}
 	}()
 	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 50) g`)
-	select {
-	case <-rec.blocked:
-	case <-time.After(30 * time.Second):
-		t.Fatal("no change reached the handler")
-	}
-	if s.inlining.Load() == nil {
-		t.Fatal("the reader is not processing the blocked change itself")
-	}
+	heldByReader(t, s, rec)
 	conn := db.Connect(t)
 	active := func() bool {
 		var a bool
