@@ -58,9 +58,11 @@ func (o Ordering) key(eventKey string) (string, bool) {
 // A new delivery of an idle key goes to the workers at once; of a key
 // with an active delivery, to its waiting list (keeping its place in the
 // subscription's queue, so memory is bounded and the stream is paced by
-// the receiver as without ordering); of a key with journaled deliveries,
-// or when the queue has no room, to the journal, unowned, where the claim
-// orders it. When a delivery of a key goes to the journal while earlier
+// the receiver as without ordering); of a key with journaled deliveries
+// this process does not hold (it holds a claimed head and its run: once
+// a claim took all of the key, the key is back in memory), or when the
+// queue has no room, to the journal, unowned, where the claim orders it.
+// When a delivery of a key goes to the journal while earlier
 // ones are in memory, those are made visible in the journal first
 // (journal.Record.Unhold): pending and owned by a live instance, they
 // hold the later one back. When an attempt leads to a retry, the delivery
@@ -88,6 +90,9 @@ type keyState struct {
 	journaled int
 	lastPos   int64
 	claimed   int // deliveries of the key claimed from the journal and not finished
+	// inChain counts the claimed deliveries that are active or waiting
+	// (a claimed head and the run behind it).
+	inChain int
 }
 
 func newOrderState() *orderState {
@@ -95,6 +100,17 @@ func newOrderState() *orderState {
 }
 
 func (ks *keyState) idle() bool { return ks.active == nil && len(ks.waiting) == 0 && ks.journaled == 0 }
+
+// followsInMemory reports whether a new delivery of the key can wait in
+// memory behind its active one: the key has one, and nothing of it waits
+// in the journal except what this process claimed and holds in that
+// chain. A key whose deliveries went to the journal (a spill, a retry)
+// thus comes back to memory as soon as a claim took all of them, instead
+// of sending each later one through the journal for as long as they keep
+// coming, as in a catch-up, where every claim would find the next.
+func (ks *keyState) followsInMemory() bool {
+	return ks.active != nil && (ks.journaled == 0 || ks.journaled == ks.inChain && ks.claimed == ks.inChain)
+}
 
 // inMemory lists the deliveries of the key in this process's memory.
 func (ks *keyState) inMemory() []string {
@@ -150,7 +166,7 @@ func (o *orderState) admit(t *task, pos int64, room *sub) (where admission, posi
 	case ks.idle():
 		ks.active = t
 		return toWorkers, position, nil
-	case ks.journaled == 0 && ks.active != nil:
+	case ks.followsInMemory():
 		t.place = room
 		ks.waiting = append(ks.waiting, t)
 		o.waiting++
@@ -161,13 +177,14 @@ func (o *orderState) admit(t *task, pos int64, room *sub) (where admission, posi
 }
 
 // wantsRoom reports whether a new delivery of key would stay in memory
-// (its key has nothing in the journal): only then is a place in the
-// queue worth reserving (and waiting a moment for).
+// (its key has nothing in the journal this process does not hold): only
+// then is a place in the queue worth reserving (and waiting a moment
+// for).
 func (o *orderState) wantsRoom(key string) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	ks := o.keys[key]
-	return o.synced && (ks == nil || ks.journaled == 0)
+	return o.synced && (ks == nil || ks.journaled == 0 || ks.followsInMemory())
 }
 
 // undo forgets a delivery admitted but never journaled (the journal
@@ -213,11 +230,12 @@ func (o *orderState) held(key string, pos int64) (position int64, unhold []strin
 
 // claimedRun records a key's head taken from the journal by the
 // scheduler, and the run the claim took behind it (in order; may be
-// empty). The run waits in memory behind the head, each in the queue
-// place reserved for it in room, as the deliveries routed behind a busy
-// key do: each goes to the worker that finished the one before it. It
-// returns false, and records the head alone, when the key already has
-// deliveries in memory: the run then goes back to the journal.
+// empty). The head becomes the key's active delivery, and the run waits
+// in memory behind it, each in the queue place reserved for it in room,
+// as the deliveries routed behind a busy key do: each goes to the worker
+// that finished the one before it. It returns false, and records the
+// head alone, when the key already has deliveries in memory: the run
+// then goes back to the journal.
 func (o *orderState) claimedRun(head *task, run []*task, room *sub) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -226,13 +244,11 @@ func (o *orderState) claimedRun(head *task, run []*task, room *sub) bool {
 	ks := o.get(head.key)
 	ks.journaled = max(ks.journaled, 1+len(run))
 	ks.claimed++
-	if len(run) == 0 {
-		return true
-	}
 	if ks.active != nil || len(ks.waiting) > 0 {
-		return false
+		return len(run) == 0
 	}
 	ks.active = head
+	ks.inChain = 1 + len(run)
 	for _, t := range run {
 		t.place = room
 	}
@@ -267,6 +283,9 @@ func (o *orderState) finished(t *task, retrying, retired bool) (next *task, rele
 	wasActive := ks.active == t
 	if wasActive {
 		ks.active = nil
+		if t.claimed {
+			ks.inChain = max(0, ks.inChain-1)
+		}
 	}
 	if retrying || retired {
 		// The later deliveries of the key wait in the journal behind it.
@@ -317,6 +336,9 @@ func (o *orderState) drained(tasks []*task) []string {
 		}
 		if ks.active == t {
 			ks.active = nil
+			if t.claimed {
+				ks.inChain = max(0, ks.inChain-1)
+			}
 		}
 		if t.claimed {
 			ks.claimed = max(0, ks.claimed-1) // back in the journal, counted there
@@ -338,6 +360,7 @@ func (o *orderState) giveUpWaiting(ks *keyState) []string {
 		if w.claimed {
 			// Of a claimed run: counted in the journal already.
 			ks.claimed = max(0, ks.claimed-1)
+			ks.inChain = max(0, ks.inChain-1)
 		} else {
 			ks.journaled++
 		}

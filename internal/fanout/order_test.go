@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -525,5 +526,87 @@ func ordered(store Store, url string, o Ordering, schedule ...time.Duration) Con
 	return Config{
 		Subscriptions: []Subscription{{ID: "crm", URL: url, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: o}},
 		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second, RetrySchedule: schedule,
+	}
+}
+
+// TestOrderedKeyBackInMemoryAfterItsClaim: a key's deliveries wait in the
+// journal (left by an earlier process: the same state as after a spill
+// or a retry). The claim takes them all, a head alone or a head and its
+// run, and holds them in memory; while it does, a new delivery of the
+// key waits in memory behind them and goes out from there, after them,
+// instead of going to the journal to be claimed once they finished. (In
+// a catch-up, a key sent to the journal once otherwise kept every later
+// delivery there, since each claim found the next one.) When the head
+// fails instead, the new delivery goes back to the journal with the run
+// and still arrives last.
+func TestOrderedKeyBackInMemoryAfterItsClaim(t *testing.T) {
+	for _, c := range []struct {
+		ordering Ordering
+		backlog  int
+		failHead bool
+	}{{OrderEntity, 1, false}, {OrderEntity, 3, false}, {OrderSubscription, 3, false}, {OrderEntity, 3, true}} {
+		t.Run(fmt.Sprintf("%s,backlog=%d,failHead=%v", c.ordering, c.backlog, c.failHead), func(t *testing.T) {
+			store, db := newJournalDB(t)
+			ctx := context.Background()
+			key := "req_K"
+			if c.ordering == OrderSubscription {
+				key = ""
+			}
+			db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
+				fmt.Sprintf(`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+				 SELECT 'dlv_k_' || g, 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '1 second', now(), now(), '%s', g
+				   FROM generate_series(1, %d) g`, key, c.backlog))
+			release := make(chan struct{})
+			rc := testutil.NewReceiver(t)
+			rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+				if n == 1 {
+					<-release // the claimed head is in flight until the new delivery is routed
+					if c.failHead {
+						return http.StatusInternalServerError, nil, "no"
+					}
+				}
+				return http.StatusOK, nil, "ok"
+			})
+			var once sync.Once
+			unblock := func() { once.Do(func() { close(release) }) }
+			t.Cleanup(unblock)
+			d := start(t, store, ordered(store, rc.URL, c.ordering, 0, 100*time.Millisecond))
+			rc.Wait(t, 1, 10*time.Second) // the claim took the backlog; its head is in flight
+			ev := orderEvents([]string{"req_K"})[0]
+			if err := d.Dispatch(ctx, ev); err != nil {
+				t.Fatal(err)
+			}
+			unblock()
+			want := []string{}
+			if c.failHead {
+				want = append(want, "dlv_k_1") // its failed attempt
+			}
+			for i := 1; i <= c.backlog; i++ {
+				want = append(want, fmt.Sprintf("dlv_k_%d", i))
+			}
+			newID := ids.DeliveryID(ev.ID, "crm")
+			want = append(want, newID)
+			var order []string
+			for _, r := range rc.Wait(t, len(want), 10*time.Second) {
+				order = append(order, r.Header.Get(signer.HeaderDelivery))
+			}
+			if strings.Join(order, " ") != strings.Join(want, " ") {
+				t.Fatalf("arrival order %v, want %v", order, want)
+			}
+			if c.failHead {
+				return // the new delivery went back to the journal behind the head's retry
+			}
+			// Its outcome is written after its attempt: wait for it, then
+			// ask whether a claim took it.
+			var claimed bool
+			testutil.Eventually(t, 10*time.Second, "the new delivery's outcome in the journal", func() bool {
+				var state string
+				err := store.Pool().QueryRow(ctx, `SELECT state, claim IS NOT NULL FROM dzhook.deliveries WHERE id = $1`, newID).Scan(&state, &claimed)
+				return err == nil && state == "delivered"
+			})
+			if claimed {
+				t.Errorf("the key's new delivery went through the journal and a claim, though the journal held nothing of its key but what this process had claimed")
+			}
+		})
 	}
 }
