@@ -176,17 +176,6 @@ func (o *orderState) admit(t *task, pos int64, room *sub) (where admission, posi
 	return toJournal, position, ks.inMemory()
 }
 
-// wantsRoom reports whether a new delivery of key would stay in memory
-// (its key has nothing in the journal this process does not hold): only
-// then is a place in the queue worth reserving (and waiting a moment
-// for).
-func (o *orderState) wantsRoom(key string) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	ks := o.keys[key]
-	return o.synced && (ks == nil || ks.journaled == 0 || ks.followsInMemory())
-}
-
 // undo forgets a delivery admitted but never journaled (the journal
 // writer refused it: the process is stopping).
 func (o *orderState) undo(t *task, where admission) {

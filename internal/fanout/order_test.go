@@ -610,3 +610,54 @@ func TestOrderedKeyBackInMemoryAfterItsClaim(t *testing.T) {
 		})
 	}
 }
+
+// TestOrderedCatchUpAfterASpill: in a catch-up (the stream routes as fast
+// as it reads; the receiver takes a millisecond per attempt), every key's
+// deliveries go to the journal for a moment, as after a spill (here:
+// before the journal's backlog is read). The keys come back to memory as
+// claims take what they have there, and most of the later deliveries go
+// out from memory, in order. Before, every later delivery of those keys
+// followed them to the journal, faster than claims took them back, until
+// the catch-up ended.
+func TestOrderedCatchUpAfterASpill(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewOrderReceiver(t, nil)
+	cfg := ordered(store, rc.URL, OrderEntity)
+	cfg.QueueSize = 256
+	d := start(t, store, cfg)
+	ctx := context.Background()
+	const keys, n, spilled = 300, 6000, 600
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("req_%d", i%keys)
+	}
+	evs := orderEvents(names)
+	d.reg.Load().subs[0].ord.unsync() // every ordered delivery goes to the journal
+	for _, ev := range evs[:spilled] {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs[spilled:] {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.WaitDelivered(t, n, 60*time.Second)
+	rc.CheckOrder(t, same, true)
+	var later []string
+	for _, ev := range evs[n/2:] {
+		later = append(later, ids.DeliveryID(ev.ID, "crm"))
+	}
+	var claimed int
+	if err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE claim IS NOT NULL AND id = ANY($1)`, later).Scan(&claimed); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d of the last %d deliveries were claimed from the journal", claimed, len(later))
+	if claimed > len(later)/10 {
+		t.Errorf("%d of the last %d deliveries were claimed from the journal: their keys did not come back to memory", claimed, len(later))
+	}
+}

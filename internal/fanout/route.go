@@ -123,16 +123,23 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 		case ordered:
 			t := &task{deliveryID: row.ID, eventID: ev.ID, eventType: ev.Type, body: ev.Body, trigger: journal.TriggerAuto, ordered: true, key: key,
 				event: es}
+			// A place is reserved (waited for, while the queue is full and
+			// the receiver keeps up) even for a key whose deliveries wait
+			// in the journal, which then gives it back: the stream keeps
+			// the deliveries' pace for those keys too (sub.reserveRouted).
 			var room *sub
-			if !d.cfg.ShareFirstAttempts && s.ord.wantsRoom(key) && d.reserve(ctx, s) {
+			if !d.cfg.ShareFirstAttempts && d.reserve(ctx, s) {
 				room = s
 			}
 			where, position, un := s.ord.admit(t, pos, room)
 			row.Ordered, row.OrderingKey, row.Position = true, key, position
 			unhold = append(unhold, un...)
 			orderedRoutes = append(orderedRoutes, admitted{s: s, t: t, where: where})
-			if room != nil && where == toJournal {
-				s.release(1)
+			if where == toJournal {
+				s.ahead.Add(1)
+				if room != nil {
+					s.release(1)
+				}
 			}
 			switch where {
 			case toWorkers:
@@ -145,6 +152,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 			default:
 				row.State, row.NextAttemptAt = journal.Pending, due
 				spilled = true
+				s.backlog.Store(true)
 			}
 		case !d.cfg.ShareFirstAttempts && d.reserve(ctx, s):
 			row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, due
@@ -247,7 +255,7 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 		// with a free worker claims it (the same bound as the claims').
 		return false
 	}
-	if s.reserve(1) == 1 {
+	if s.reserveRouted() {
 		return true
 	}
 	if !s.keepsUp() || d.sched.peers.Load() > 0 || s.pace != nil {
@@ -269,7 +277,7 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 		case <-ctx.Done():
 			return false
 		}
-		if s.reserve(1) == 1 {
+		if s.reserveRouted() {
 			return true
 		}
 		if !s.keepsUp() {

@@ -343,6 +343,15 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		if err := sc.queue(ctx, a.s, got); err != nil && ctx.Err() == nil {
 			sc.log.Warn("giving back claimed deliveries failed; retrying", "subscription", a.s.cfg.ID, "err", err)
 		}
+		if a.s.ord != nil {
+			if len(got) < int(a.n) || a.s.ahead.Add(-int64(len(got))) < 0 {
+				a.s.ahead.Store(0)
+			}
+			select {
+			case a.s.room <- struct{}{}: // the stream may wait for ahead to fall (reserveRouted)
+			default:
+			}
+		}
 		if len(got) == int(a.n) {
 			a.s.backlog.Store(true)
 			sc.nudge() // there may be more

@@ -130,6 +130,11 @@ type sub struct {
 	reserved atomic.Int64  // queue places taken or promised
 	size     int64
 	room     chan struct{} // a worker took a task: there may be room
+	// ahead estimates the ordered deliveries the stream sent to the
+	// journal, behind their keys, that no claim of this process took yet
+	// (less what claims took; zeroed when a claim finds less than it
+	// asked for). See reserveRouted.
+	ahead atomic.Int64
 	// bell, waiter, sleeping, idle and promote are how an idle worker is
 	// woken for a task (next, wake); bell is nil where the system has
 	// none, or before the workers start and after they end (under mu).
@@ -140,7 +145,8 @@ type sub struct {
 	promote  chan struct{} // calls an idle worker when the bell's is busy
 	workers  atomic.Int32  // running, to close the bell after the last
 	// backlog is set while due work of this subscription waits in the
-	// journal, so workers that empty the queue wake the scheduler.
+	// journal, so workers that empty the queue wake the scheduler, and
+	// the stream leaves them room to claim it (reserveRouted).
 	backlog atomic.Bool
 	// latency is an exponential moving average of attempt durations (µs)
 	// and lastFailed whether the last attempt failed: together they say
@@ -465,6 +471,34 @@ func (s *sub) reserve(n int64) int64 {
 			return take
 		}
 	}
+}
+
+// reserveRouted takes a place in the queue for a delivery the stream
+// routes. While due work waits in the journal (backlog: the stream sent
+// some there, or the last claim took all it asked for), the stream gives
+// the claims their share:
+//
+//   - It takes places only up to half the queue. In a catch-up it would
+//     otherwise take every place a worker frees, the scheduler's claims
+//     (each for half the room left) would find none, and what waits in
+//     the journal would wait until the catch-up ended.
+//   - It takes none while it has sent a queue's worth of ordered
+//     deliveries to the journal that no claim has taken yet (ahead). An
+//     ordered key's deliveries go to the journal while some of the key
+//     wait there (after a spill, say); those need no place, so without
+//     this the stream sent them there as fast as it read, much faster
+//     than claims take them back, and their keys stayed in the journal
+//     until the catch-up ended (the ordering scenario's collapse).
+//
+// Dispatcher.reserve then waits for room as for a full queue, while the
+// receiver keeps up: the stream keeps the pace of the deliveries. Without
+// a backlog (a key parked behind a retry: the claims find less than they
+// ask for) neither rule applies.
+func (s *sub) reserveRouted() bool {
+	if s.backlog.Load() && (s.reserved.Load() >= max(1, s.size/2) || s.ahead.Load() >= s.size) {
+		return false
+	}
+	return s.reserve(1) == 1
 }
 
 // drainQueue empties the queue of a stopped subscription and returns the
