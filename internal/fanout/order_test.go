@@ -661,3 +661,27 @@ func TestOrderedCatchUpAfterASpill(t *testing.T) {
 		t.Errorf("%d of the last %d deliveries were claimed from the journal: their keys did not come back to memory", claimed, len(later))
 	}
 }
+
+// TestOrderedClaimTakesWholeRuns: 200 keys wait in the journal with five
+// deliveries each. Each claim leaves most of what it asks for to the runs
+// behind its heads, so every key's five are taken by one claim (a key
+// moves a run per claim, and comes back to memory with it), rather than
+// the first claim taking all 200 heads and runs for only a few of them.
+func TestOrderedClaimTakesWholeRuns(t *testing.T) {
+	store, db := newJournalDB(t)
+	db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
+		`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+		 SELECT 'dlv_' || k || '_' || p, 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '1 second', now(), now(), 'k' || k, p
+		   FROM generate_series(1, 200) k, generate_series(1, 5) p`)
+	rc := testutil.NewReceiver(t)
+	start(t, store, ordered(store, rc.URL, OrderEntity))
+	rc.Wait(t, 1000, 30*time.Second)
+	var split int
+	if err := store.Pool().QueryRow(context.Background(),
+		`SELECT count(*) FROM (SELECT ordering_key FROM dzhook.deliveries GROUP BY 1 HAVING count(DISTINCT claim) > 1) s`).Scan(&split); err != nil {
+		t.Fatal(err)
+	}
+	if split > 0 {
+		t.Errorf("%d of the 200 keys were taken over more than one claim, want each key's five in one", split)
+	}
+}

@@ -289,10 +289,21 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		// with one worker, queue_size: 1) would otherwise never claim.
 		want := min(max(free/2, 1), 1024)
 		heads := want
-		if s.cfg.Ordering == OrderSubscription && s.ord != nil {
+		switch {
+		case s.cfg.Ordering == OrderSubscription && s.ord != nil:
 			// One key, so one head at most: the claim stops reading at
 			// it rather than turning away the rest of the backlog.
 			heads = 1
+		case s.ord != nil:
+			// Heads leave most of the want to the runs behind them: no
+			// more than an eighth of it (but one per worker), nor more
+			// than the workers start soon. Runs are taken after the heads,
+			// within the limit; a claim that filled it with heads would
+			// move each key one delivery at a time, and one that takes a
+			// key's whole run brings the key back to memory
+			// (orderState.claimedRun), where its next deliveries follow
+			// without the journal.
+			heads = min(heads, max(s.soon(), 1), max(want/8, int64(len(s.busy))))
 		}
 		if peers {
 			// Places held by runs waiting behind their heads start no
