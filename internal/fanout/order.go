@@ -368,7 +368,11 @@ func (o *orderState) sync(backlog map[string]journal.KeyBacklog) {
 	defer o.mu.Unlock()
 	for key, b := range backlog {
 		ks := o.get(key)
-		ks.journaled = max(ks.journaled, b.Count)
+		// The backlog leaves out what this process owns, and so the
+		// deliveries it claimed, which the count includes: without them
+		// the count could stay below what the journal holds for the key
+		// (and followsInMemory let a new delivery pass one there).
+		ks.journaled = max(ks.journaled, b.Count+ks.claimed)
 		ks.lastPos = max(ks.lastPos, b.MaxPosition)
 	}
 	o.synced = true

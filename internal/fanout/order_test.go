@@ -685,3 +685,67 @@ func TestOrderedClaimTakesWholeRuns(t *testing.T) {
 		t.Errorf("%d of the 200 keys were taken over more than one claim, want each key's five in one", split)
 	}
 }
+
+// TestOrderedSyncCountsClaimedDeliveries: this process holds a claimed
+// head and run of a key (in flight); another process, streaming, journals
+// a later delivery of the key; then this process starts streaming
+// (SyncOrder) and routes a new one. The journal's backlog leaves out what
+// this process owns, so the key's count must add its claimed deliveries:
+// otherwise it would seem to hold all of the key, and the new delivery
+// would pass the other process's, whether routed while the run is in
+// memory or after it finished.
+func TestOrderedSyncCountsClaimedDeliveries(t *testing.T) {
+	for _, afterRun := range []bool{false, true} {
+		t.Run(fmt.Sprintf("afterRun=%v", afterRun), func(t *testing.T) {
+			store, db := newJournalDB(t)
+			ctx := context.Background()
+			db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
+				`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+				 SELECT 'dlv_k_' || g, 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '1 second', now(), now(), 'req_K', g
+				   FROM generate_series(1, 2) g`)
+			release := make(chan struct{})
+			rc := testutil.NewReceiver(t)
+			rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+				if n == 1 {
+					<-release
+				}
+				return http.StatusOK, nil, "ok"
+			})
+			var once sync.Once
+			unblock := func() { once.Do(func() { close(release) }) }
+			t.Cleanup(unblock)
+			d := start(t, store, ordered(store, rc.URL, OrderEntity))
+			rc.Wait(t, 1, 10*time.Second) // the head in flight, the run in memory behind it
+			due := "now() - interval '1 second'"
+			if afterRun {
+				due = "now() + interval '1 second'" // not claimed before the new one is routed
+			}
+			db.Exec(t, `INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+				 VALUES ('dlv_k_3', 'whk_1', 'crm', 'request.updated', 'pending', `+due+`, now(), now(), 'req_K', 3)`)
+			if err := d.SyncOrder(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if afterRun {
+				unblock()
+				testutil.Eventually(t, 10*time.Second, "the head and run delivered, in the journal", func() bool {
+					var n int
+					err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE id IN ('dlv_k_1', 'dlv_k_2') AND state = 'delivered'`).Scan(&n)
+					return err == nil && n == 2
+				})
+			}
+			ev := orderEvents([]string{"req_K"})[0]
+			if err := d.Dispatch(ctx, ev); err != nil {
+				t.Fatal(err)
+			}
+			unblock()
+			want := []string{"dlv_k_1", "dlv_k_2", "dlv_k_3", ids.DeliveryID(ev.ID, "crm")}
+			var order []string
+			for _, r := range rc.Wait(t, 4, 10*time.Second) {
+				order = append(order, r.Header.Get(signer.HeaderDelivery))
+			}
+			if strings.Join(order, " ") != strings.Join(want, " ") {
+				t.Fatalf("arrival order %v, want %v", order, want)
+			}
+		})
+	}
+}
