@@ -136,7 +136,12 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 			unhold = append(unhold, un...)
 			orderedRoutes = append(orderedRoutes, admitted{s: s, t: t, where: where})
 			if where == toJournal {
-				s.ahead.Add(1)
+				if s.cfg.Ordering == OrderEntity {
+					// Under ordering: subscription the one key's claims
+					// wait while it is in memory, so they would not bring
+					// ahead down; its chain paces the stream as it is.
+					s.ahead.Add(1)
+				}
 				if room != nil {
 					s.release(1)
 				}

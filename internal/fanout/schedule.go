@@ -296,14 +296,14 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			heads = 1
 		case s.ord != nil:
 			// Heads leave most of the want to the runs behind them: no
-			// more than an eighth of it (but one per worker), nor more
+			// more than an eighth of it (but two per worker), nor more
 			// than the workers start soon. Runs are taken after the heads,
 			// within the limit; a claim that filled it with heads would
 			// move each key one delivery at a time, and one that takes a
 			// key's whole run brings the key back to memory
 			// (orderState.claimedRun), where its next deliveries follow
 			// without the journal.
-			heads = min(heads, max(s.soon(), 1), max(want/8, int64(len(s.busy))))
+			heads = min(heads, max(s.soon(), 1), max(want/8, 2*int64(len(s.busy))))
 		}
 		if peers {
 			// Places held by runs waiting behind their heads start no
@@ -354,8 +354,12 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		if err := sc.queue(ctx, a.s, got); err != nil && ctx.Err() == nil {
 			sc.log.Warn("giving back claimed deliveries failed; retrying", "subscription", a.s.cfg.ID, "err", err)
 		}
+		// All it asked for, or (ordering: entity, whose heads leave most
+		// of the limit to runs that may be short or none) every head it
+		// asked for: more may be due.
+		more := len(got) == int(a.n) || a.s.cfg.Ordering == OrderEntity && a.heads > 0 && headsOf(got) >= a.heads
 		if a.s.ord != nil {
-			if len(got) < int(a.n) || a.s.ahead.Add(-int64(len(got))) < 0 {
+			if !more || a.s.ahead.Add(-int64(len(got))) < 0 {
 				a.s.ahead.Store(0)
 			}
 			select {
@@ -363,7 +367,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			default:
 			}
 		}
-		if len(got) == int(a.n) {
+		if more {
 			a.s.backlog.Store(true)
 			sc.nudge() // there may be more
 		} else {
