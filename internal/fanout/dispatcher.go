@@ -737,6 +737,11 @@ func (d *Dispatcher) syncOrder(ctx context.Context, onlyUnsynced bool) error {
 			s.ord.unsync()
 		}
 	}
+	// No claim commits between the read and the sync unrecorded
+	// (scheduler.claimMu): sync adds the keys' claimed deliveries to a
+	// backlog that leaves them out.
+	d.sched.claimMu.Lock()
+	defer d.sched.claimMu.Unlock()
 	backlog, err := d.cfg.Journal.OrderedBacklog(ctx, names, d.cfg.Instance)
 	if err != nil {
 		return err

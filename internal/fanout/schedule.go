@@ -25,8 +25,15 @@ import (
 // instance's heartbeat, and reads the ordered keys' backlog while it is
 // unread.
 type scheduler struct {
-	store     Store
-	instance  string
+	store    Store
+	instance string
+	// claimMu is held across a claim and the recording of what it took
+	// (orderState.claimedRun), and across the read of the ordered keys'
+	// backlog and its sync (Dispatcher.syncOrder): the backlog leaves
+	// out what this process owns and sync adds what it claimed, so a
+	// claim committed during the read but not yet recorded would be
+	// counted twice, or not at all.
+	claimMu   sync.Mutex
 	poll      time.Duration
 	heartbeat time.Duration
 	log       *slog.Logger
@@ -333,6 +340,8 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		return 0
 	}
 	token := claimToken()
+	sc.claimMu.Lock()
+	defer sc.claimMu.Unlock()
 	claimed, err := sc.store.Claim(ctx, wants, sc.instance, token, 3*sc.heartbeat)
 	if err != nil {
 		for _, a := range ask {
@@ -351,21 +360,23 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 	for _, a := range ask {
 		got := bySub[a.s.cfg.ID]
 		a.s.release(a.n - int64(len(got)))
-		if err := sc.queue(ctx, a.s, got); err != nil && ctx.Err() == nil {
-			sc.log.Warn("giving back claimed deliveries failed; retrying", "subscription", a.s.cfg.ID, "err", err)
-		}
 		// All it asked for, or (ordering: entity, whose heads leave most
 		// of the limit to runs that may be short or none) every head it
 		// asked for: more may be due.
 		more := len(got) == int(a.n) || a.s.cfg.Ordering == OrderEntity && a.heads > 0 && headsOf(got) >= a.heads
 		if a.s.ord != nil {
+			// Before queue, which may wait for routeMu: the stream may
+			// hold it, waiting for ahead to fall (reserveRouted).
 			if !more || a.s.ahead.Add(-int64(len(got))) < 0 {
 				a.s.ahead.Store(0)
 			}
 			select {
-			case a.s.room <- struct{}{}: // the stream may wait for ahead to fall (reserveRouted)
+			case a.s.room <- struct{}{}:
 			default:
 			}
+		}
+		if err := sc.queue(ctx, a.s, got); err != nil && ctx.Err() == nil {
+			sc.log.Warn("giving back claimed deliveries failed; retrying", "subscription", a.s.cfg.ID, "err", err)
 		}
 		if more {
 			a.s.backlog.Store(true)
