@@ -670,27 +670,31 @@ func TestOrderedCatchUpAfterASpill(t *testing.T) {
 // deliveryID is the id of ev's delivery to crm.
 func deliveryID(ev Event) string { return ids.DeliveryID(ev.ID, "crm") }
 
-// TestOrderedClaimTakesWholeRuns: 200 keys wait in the journal with five
+// TestOrderedClaimTakesWholeRuns: 600 keys wait in the journal with five
 // deliveries each. Each claim leaves most of what it asks for to the runs
 // behind its heads, so every key's five are taken by one claim (a key
 // moves a run per claim, and comes back to memory with it), rather than
-// the first claim taking all 200 heads and runs for only a few of them.
+// the first claim filling its limit with heads and taking runs for only
+// some of them. The queue (4,096 places) leaves every claim at least 548
+// places however slowly the workers go, room for 64 heads and their runs.
 func TestOrderedClaimTakesWholeRuns(t *testing.T) {
 	store, db := newJournalDB(t)
 	db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
 		`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
 		 SELECT 'dlv_' || k || '_' || p, 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '1 second', now(), now(), 'k' || k, p
-		   FROM generate_series(1, 200) k, generate_series(1, 5) p`)
+		   FROM generate_series(1, 600) k, generate_series(1, 5) p`)
 	rc := testutil.NewReceiver(t)
-	start(t, store, ordered(store, rc.URL, OrderEntity))
-	rc.Wait(t, 1000, 30*time.Second)
+	cfg := ordered(store, rc.URL, OrderEntity)
+	cfg.QueueSize = 4096
+	start(t, store, cfg)
+	rc.Wait(t, 3000, 60*time.Second)
 	var split int
 	if err := store.Pool().QueryRow(context.Background(),
 		`SELECT count(*) FROM (SELECT ordering_key FROM dzhook.deliveries GROUP BY 1 HAVING count(DISTINCT claim) > 1) s`).Scan(&split); err != nil {
 		t.Fatal(err)
 	}
 	if split > 0 {
-		t.Errorf("%d of the 200 keys were taken over more than one claim, want each key's five in one", split)
+		t.Errorf("%d of the 600 keys were taken over more than one claim, want each key's five in one", split)
 	}
 }
 
