@@ -474,28 +474,30 @@ func (s *sub) reserve(n int64) int64 {
 }
 
 // reserveRouted takes a place in the queue for a delivery the stream
-// routes. While due work waits in the journal (backlog: the stream sent
-// some there, or the last claim took all it asked for), the stream gives
-// the claims their share:
+// routes. Under ordering: entity, while due work waits in the journal
+// (backlog: the stream sent some there, or the last claim took all it
+// asked for), the stream gives the claims their share:
 //
 //   - It takes places only up to half the queue. In a catch-up it would
 //     otherwise take every place a worker frees, the scheduler's claims
-//     (each for half the room left) would find none, and what waits in
-//     the journal would wait until the catch-up ended.
+//     (each for half the room left) would find none, and keys sent to the
+//     journal would wait there until the catch-up ended.
 //   - It takes none while it has sent a queue's worth of ordered
-//     deliveries to the journal that no claim has taken yet (ahead). An
+//     deliveries to the journal that no claim has taken back (ahead). An
 //     ordered key's deliveries go to the journal while some of the key
 //     wait there (after a spill, say); those need no place, so without
 //     this the stream sent them there as fast as it read, much faster
-//     than claims take them back, and their keys stayed in the journal
-//     until the catch-up ended (the ordering scenario's collapse).
+//     than claims take them back.
 //
 // Dispatcher.reserve then waits for room as for a full queue, while the
-// receiver keeps up: the stream keeps the pace of the deliveries. Without
-// a backlog (a key parked behind a retry: the claims find less than they
-// ask for) neither rule applies.
+// receiver keeps up: the stream keeps the pace of the deliveries. Other
+// subscriptions keep the stream's first claim on any free place: their
+// backlogs (retries, a replay, a spill) must not hold up what was just
+// committed, and nothing of theirs waits in the journal behind a key.
+// Nor does a key parked behind a retry pace the stream: the claims find
+// less than they ask for, which zeroes ahead and clears the backlog.
 func (s *sub) reserveRouted() bool {
-	if s.backlog.Load() && (s.reserved.Load() >= max(1, s.size/2) || s.ahead.Load() >= s.size) {
+	if s.cfg.Ordering == OrderEntity && s.backlog.Load() && (s.ahead.Load() >= s.size || s.reserved.Load() >= max(1, s.size/2)) {
 		return false
 	}
 	return s.reserve(1) == 1
