@@ -364,7 +364,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		// of the limit to runs that may be short or none) every head it
 		// asked for: more may be due.
 		more := len(got) == int(a.n) || a.s.cfg.Ordering == OrderEntity && a.heads > 0 && headsOf(got) >= a.heads
-		if a.s.ord != nil {
+		if a.s.cfg.Ordering == OrderEntity { // the only ordering that counts ahead
 			// Before queue, which may wait for routeMu: the stream may
 			// hold it, waiting for ahead to fall (reserveRouted).
 			if !more || a.s.ahead.Add(-int64(len(got))) < 0 {
