@@ -14,6 +14,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
 )
@@ -552,24 +553,8 @@ func TestOrderedKeyBackInMemoryAfterItsClaim(t *testing.T) {
 			if c.ordering == OrderSubscription {
 				key = ""
 			}
-			db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
-				fmt.Sprintf(`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
-				 SELECT 'dlv_k_' || g, 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '1 second', now(), now(), '%s', g
-				   FROM generate_series(1, %d) g`, key, c.backlog))
-			release := make(chan struct{})
-			rc := testutil.NewReceiver(t)
-			rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
-				if n == 1 {
-					<-release // the claimed head is in flight until the new delivery is routed
-					if c.failHead {
-						return http.StatusInternalServerError, nil, "no"
-					}
-				}
-				return http.StatusOK, nil, "ok"
-			})
-			var once sync.Once
-			unblock := func() { once.Do(func() { close(release) }) }
-			t.Cleanup(unblock)
+			journalKey(t, db, key, 1, c.backlog, dueNow)
+			rc, unblock := heldReceiver(t, c.failHead) // the claimed head in flight until the new delivery is routed
 			d := start(t, store, ordered(store, rc.URL, c.ordering, 0, 100*time.Millisecond))
 			rc.Wait(t, 1, 10*time.Second) // the claim took the backlog; its head is in flight
 			ev := orderEvents([]string{"req_K"})[0]
@@ -584,15 +569,9 @@ func TestOrderedKeyBackInMemoryAfterItsClaim(t *testing.T) {
 			for i := 1; i <= c.backlog; i++ {
 				want = append(want, fmt.Sprintf("dlv_k_%d", i))
 			}
-			newID := ids.DeliveryID(ev.ID, "crm")
+			newID := deliveryID(ev)
 			want = append(want, newID)
-			var order []string
-			for _, r := range rc.Wait(t, len(want), 10*time.Second) {
-				order = append(order, r.Header.Get(signer.HeaderDelivery))
-			}
-			if strings.Join(order, " ") != strings.Join(want, " ") {
-				t.Fatalf("arrival order %v, want %v", order, want)
-			}
+			checkArrivals(t, rc, want)
 			if c.failHead {
 				return // the new delivery went back to the journal behind the head's retry
 			}
@@ -670,6 +649,54 @@ func TestOrderedCatchUpAfterASpill(t *testing.T) {
 // deliveryID is the id of ev's delivery to crm.
 func deliveryID(ev Event) string { return ids.DeliveryID(ev.ID, "crm") }
 
+// dueNow is a due time already past, in the journal's clock.
+const dueNow = "now() - interval '1 second'"
+
+// journalKey journals deliveries dlv_k_<from> to dlv_k_<to> of key for
+// crm, pending, unowned and due at due (an SQL expression), at positions
+// from to to, as another process would have; their event is whk_1.
+func journalKey(t *testing.T, db *pgtest.DB, key string, from, to int, due string) {
+	t.Helper()
+	db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now()) ON CONFLICT DO NOTHING`,
+		fmt.Sprintf(`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
+		 SELECT 'dlv_k_' || g, 'whk_1', 'crm', 'request.updated', 'pending', %s, now(), now(), '%s', g
+		   FROM generate_series(%d, %d) g`, due, key, from, to))
+}
+
+// heldReceiver answers 200, but its first request only once release is
+// called (a 500 then, if fail): that delivery stays in flight meanwhile.
+// release may be called again; the test's cleanup calls it.
+func heldReceiver(t *testing.T, fail bool) (rc *testutil.Receiver, release func()) {
+	held := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(held) }) }
+	t.Cleanup(release)
+	rc = testutil.NewReceiver(t)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			<-held
+			if fail {
+				return http.StatusInternalServerError, nil, "no"
+			}
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	return rc, release
+}
+
+// checkArrivals waits for as many requests at rc as want lists, and
+// fails unless their delivery ids arrived in that order.
+func checkArrivals(t *testing.T, rc *testutil.Receiver, want []string) {
+	t.Helper()
+	var order []string
+	for _, r := range rc.Wait(t, len(want), 10*time.Second) {
+		order = append(order, r.Header.Get(signer.HeaderDelivery))
+	}
+	if strings.Join(order, " ") != strings.Join(want, " ") {
+		t.Fatalf("arrival order %v, want %v", order, want)
+	}
+}
+
 // TestOrderedClaimTakesWholeRuns: 600 keys wait in the journal with five
 // deliveries each. Each claim leaves most of what it asks for to the runs
 // behind its heads, so every key's five are taken by one claim (a key
@@ -711,29 +738,15 @@ func TestOrderedSyncCountsClaimedDeliveries(t *testing.T) {
 		t.Run(fmt.Sprintf("afterRun=%v", afterRun), func(t *testing.T) {
 			store, db := newJournalDB(t)
 			ctx := context.Background()
-			db.Exec(t, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_1', 'request.updated', '{}', now())`,
-				`INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
-				 SELECT 'dlv_k_' || g, 'whk_1', 'crm', 'request.updated', 'pending', now() - interval '1 second', now(), now(), 'req_K', g
-				   FROM generate_series(1, 2) g`)
-			release := make(chan struct{})
-			rc := testutil.NewReceiver(t)
-			rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
-				if n == 1 {
-					<-release
-				}
-				return http.StatusOK, nil, "ok"
-			})
-			var once sync.Once
-			unblock := func() { once.Do(func() { close(release) }) }
-			t.Cleanup(unblock)
+			journalKey(t, db, "req_K", 1, 2, dueNow)
+			rc, unblock := heldReceiver(t, false)
 			d := start(t, store, ordered(store, rc.URL, OrderEntity))
 			rc.Wait(t, 1, 10*time.Second) // the head in flight, the run in memory behind it
-			due := "now() - interval '1 second'"
+			due := dueNow
 			if afterRun {
 				due = "now() + interval '1 second'" // not claimed before the new one is routed
 			}
-			db.Exec(t, `INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at, ordering_key, position)
-				 VALUES ('dlv_k_3', 'whk_1', 'crm', 'request.updated', 'pending', `+due+`, now(), now(), 'req_K', 3)`)
+			journalKey(t, db, "req_K", 3, 3, due) // the other process's
 			if err := d.SyncOrder(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -750,14 +763,7 @@ func TestOrderedSyncCountsClaimedDeliveries(t *testing.T) {
 				t.Fatal(err)
 			}
 			unblock()
-			want := []string{"dlv_k_1", "dlv_k_2", "dlv_k_3", deliveryID(ev)}
-			var order []string
-			for _, r := range rc.Wait(t, 4, 10*time.Second) {
-				order = append(order, r.Header.Get(signer.HeaderDelivery))
-			}
-			if strings.Join(order, " ") != strings.Join(want, " ") {
-				t.Fatalf("arrival order %v, want %v", order, want)
-			}
+			checkArrivals(t, rc, []string{"dlv_k_1", "dlv_k_2", "dlv_k_3", deliveryID(ev)})
 		})
 	}
 }
