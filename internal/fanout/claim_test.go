@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,6 +108,120 @@ func TestLostClaimAnswer(t *testing.T) {
 	if n := len(rc.Requests()); n != 4 {
 		t.Errorf("receiver got %d requests, want 4", n)
 	}
+}
+
+// TestLostClaimCommittedLate: a claim whose network went away while the
+// server was at it (waiting for a lock) commits after the scheduler saw
+// it fail, and after the scheduler's first release, which finds nothing.
+// The scheduler releases it again until the claim's server process is
+// done: the deliveries it took go out while this instance runs.
+func TestLostClaimCommittedLate(t *testing.T) {
+	store, db := newJournalDB(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	// The claim cut off goes through a proxy, on one connection whose
+	// cache holds the claim's statement (prepared by a first claim), so
+	// it is sent whole (BEGIN to COMMIT) before it waits for the lock.
+	proxy := testutil.NewCutProxy(t, db.DSN)
+	cfg, err := pgxpool.ParseConfig(proxy.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	lpool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lpool.Close)
+	ls := &lateStore{Store: store, late: journal.New(lpool, "dzhook")}
+	if _, err := ls.late.Claim(ctx, []journal.ClaimWant{{Subscription: "none", Limit: 1, Runs: true}}, "i0", "first", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var latePort int32 // of that connection, as the server sees it
+	if err := lpool.QueryRow(ctx, `SELECT inet_client_port()`).Scan(&latePort); err != nil {
+		t.Fatal(err)
+	}
+	start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       ls, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: 5 * time.Second,
+	})
+	testutil.Eventually(t, 10*time.Second, "the dispatcher registered", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.instances WHERE id = 'i1'`).Scan(&n)
+		return n == 1
+	})
+
+	ls.armed.Store(true)
+	blocker := db.Connect(t)
+	tx, err := blocker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE dzhook.instances IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "a claim through the proxy waiting for the lock", func() bool {
+		// Not on the blocker: its transaction keeps its first look at pg_stat_activity.
+		var waiting int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%WITH live AS%'
+			AND client_port = $1`, latePort).Scan(&waiting)
+		return waiting == 1
+	})
+	// Due before the claim's transaction began (its now()); the claim
+	// reads them once it has the lock.
+	past := time.Now().Add(-time.Minute)
+	b := &journal.Batch{}
+	for _, id := range []string{"a", "b", "c"} {
+		b.Events = append(b.Events, journal.EventRow{ID: "whk_" + id, Type: "request.created", Body: []byte(`{"id":"whk_` + id + `"}`), OccurredAt: past})
+		b.Deliveries = append(b.Deliveries, journal.DeliveryRow{ID: "dlv_" + id, EventID: "whk_" + id, SubscriptionID: "crm",
+			EventType: "request.created", State: journal.Pending, Attempts: 1, NextAttemptAt: past, CreatedAt: past})
+	}
+	if err := store.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	ls.armed.Store(false)
+	proxy.Cut()
+	testutil.Eventually(t, 10*time.Second, "a release before the claim committed", func() bool { return ls.unsettled.Load() > 0 })
+	if err := tx.Commit(ctx); err != nil { // the cut-off claim goes on, and commits
+		t.Fatal(err)
+	}
+	rc.Wait(t, 3, 10*time.Second)
+	testutil.Eventually(t, 10*time.Second, "the three journaled as delivered", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
+		return n == 3
+	})
+	if n := len(rc.Requests()); n != 3 {
+		t.Errorf("receiver got %d requests for 3 deliveries", n)
+	}
+	if n := ls.released.Load(); n != 3 {
+		t.Errorf("the releases gave back %d deliveries, want the 3 the cut-off claim took", n)
+	}
+}
+
+// lateStore sends the claims made while armed through late's store.
+type lateStore struct {
+	*journal.Store
+	late      *journal.Store
+	armed     atomic.Bool
+	unsettled atomic.Int32 // releases made while a claim's process was busy
+	released  atomic.Int32 // deliveries the releases gave back
+}
+
+func (s *lateStore) Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
+	if s.armed.Load() {
+		return s.late.Claim(ctx, wants, owner, token, staleAfter)
+	}
+	return s.Store.Claim(ctx, wants, owner, token, staleAfter)
+}
+
+func (s *lateStore) ReleaseLost(ctx context.Context, owner string, c *journal.LostClaim) (int, bool, error) {
+	n, settled, err := s.Store.ReleaseLost(ctx, owner, c)
+	if err == nil && !settled {
+		s.unsettled.Add(1)
+	}
+	s.released.Add(int32(n))
+	return n, settled, err
 }
 
 // TestMayHaveCommitted: only an error that leaves the claim's fate open

@@ -551,19 +551,40 @@ func (l *lostClaims) failed(subscription, delivery, token string, err error) boo
 	if !mayHaveCommitted(err) {
 		return false
 	}
+	c := journal.LostClaim{Subscription: subscription, Delivery: delivery, Tokens: []string{token}}
+	var ce *journal.ClaimError
+	if errors.As(err, &ce) && ce.Backend != 0 {
+		c.Backends = []journal.ClaimBackend{{PID: ce.Backend}}
+	}
 	l.mu.Lock()
-	l.add(subscription, delivery, token)
+	l.add(c)
 	l.mu.Unlock()
 	return true
 }
 
-func (l *lostClaims) add(subscription, delivery, token string) {
-	i := slices.IndexFunc(l.claims, func(c journal.LostClaim) bool { return c.Subscription == subscription && c.Delivery == delivery })
+// add merges c into the entry of its subscription or delivery. l.mu is
+// held.
+func (l *lostClaims) add(c journal.LostClaim) {
+	i := slices.IndexFunc(l.claims, func(e journal.LostClaim) bool {
+		return e.Subscription == c.Subscription && e.Delivery == c.Delivery
+	})
 	if i < 0 {
-		l.claims = append(l.claims, journal.LostClaim{Subscription: subscription, Delivery: delivery})
+		l.claims = append(l.claims, journal.LostClaim{Subscription: c.Subscription, Delivery: c.Delivery})
 		i = len(l.claims) - 1
 	}
-	l.claims[i].Tokens = append(l.claims[i].Tokens, token)
+	e := &l.claims[i]
+	for _, tok := range c.Tokens {
+		if !slices.Contains(e.Tokens, tok) {
+			e.Tokens = append(e.Tokens, tok)
+		}
+	}
+	for _, b := range c.Backends {
+		if j := slices.IndexFunc(e.Backends, func(x journal.ClaimBackend) bool { return x.PID == b.PID }); j < 0 {
+			e.Backends = append(e.Backends, b)
+		} else if e.Backends[j].Started.IsZero() {
+			e.Backends[j].Started = b.Started
+		}
+	}
 }
 
 func (l *lostClaims) take() []journal.LostClaim {
@@ -590,26 +611,31 @@ func mayHaveCommitted(err error) bool {
 }
 
 // releaseLost gives back what failed claims took; a release that fails is
-// tried again on the next round.
+// tried again on the next round, and so is one made while a claim's
+// server process may still commit it (journal.ReleaseLost's settled).
 func (sc *scheduler) releaseLost(ctx context.Context) {
 	lost := sc.lost.take()
-	for i, c := range lost {
-		n, err := sc.store.ReleaseLost(ctx, sc.instance, c)
+	for i := range lost {
+		c := &lost[i]
+		n, settled, err := sc.store.ReleaseLost(ctx, sc.instance, c)
 		if err != nil {
 			if ctx.Err() == nil {
 				sc.log.Warn("could not give back the deliveries of a failed claim; retrying", "err", err)
 			}
 			sc.lost.mu.Lock()
 			for _, again := range lost[i:] {
-				for _, tok := range again.Tokens {
-					sc.lost.add(again.Subscription, again.Delivery, tok)
-				}
+				sc.lost.add(again)
 			}
 			sc.lost.mu.Unlock()
 			return
 		}
 		if n > 0 {
 			sc.log.Warn("a claim's answer was lost; its deliveries are claimed again", "deliveries", n, "subscription", c.Subscription, "delivery_id", c.Delivery)
+		}
+		if !settled {
+			sc.lost.mu.Lock()
+			sc.lost.add(*c)
+			sc.lost.mu.Unlock()
 		}
 	}
 }

@@ -13,7 +13,8 @@
 // owner, and only when that owner's heartbeat goes stale may another
 // process take it over. Each claim marks its rows with a token, so an
 // owner whose claim failed after committing (the answer lost with the
-// connection) can give back exactly those rows (Store.ReleaseLost).
+// connection) can give back exactly those rows (Store.ReleaseLost), again
+// until the server process that ran the claim is done with it.
 //
 // Delivery states:
 //

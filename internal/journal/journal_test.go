@@ -390,10 +390,10 @@ func TestReleaseLost(t *testing.T) {
 	if lost, err := s.Claim(ctx, crm(3), "a", "lost", time.Minute); err != nil || len(lost) != 3 { // its answer "lost"
 		t.Fatalf("claim: %d, %v", len(lost), err)
 	}
-	if n, err := s.ReleaseLost(ctx, "b", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 0 {
+	if n, _, err := s.ReleaseLost(ctx, "b", &LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 0 {
 		t.Errorf("another owner released %d (%v), want 0", n, err)
 	}
-	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 3 {
+	if n, _, err := s.ReleaseLost(ctx, "a", &LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 3 {
 		t.Errorf("released %d (%v), want the 3 of the lost claim", n, err)
 	}
 	again, err := s.Claim(ctx, crm(10), "a", "again", time.Minute)
@@ -407,7 +407,7 @@ func TestReleaseLost(t *testing.T) {
 			}
 		}
 	}
-	if n, _ := s.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); n != 0 {
+	if n, _, _ := s.ReleaseLost(ctx, "a", &LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); n != 0 {
 		t.Errorf("releasing the lost claim twice released %d, want 0 (they were claimed again)", n)
 	}
 
@@ -425,10 +425,10 @@ func TestReleaseLost(t *testing.T) {
 	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "b", time.Minute); err != nil || n != 0 {
 		t.Errorf("retry-failed took %d (%v) deliveries a live instance is retrying by hand, want 0", n, err)
 	}
-	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"kept"}}); err != nil || n != 0 {
+	if n, _, err := s.ReleaseLost(ctx, "a", &LostClaim{Delivery: id, Tokens: []string{"kept"}}); err != nil || n != 0 {
 		t.Errorf("a release with another claim's token released %d (%v), want 0", n, err)
 	}
-	if n, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"m1"}}); err != nil || n != 1 {
+	if n, _, err := s.ReleaseLost(ctx, "a", &LostClaim{Delivery: id, Tokens: []string{"m1"}}); err != nil || n != 1 {
 		t.Fatalf("released %d (%v), want 1", n, err)
 	}
 	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "b", time.Minute); err != nil || n != 1 {

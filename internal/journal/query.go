@@ -226,7 +226,8 @@ func (s *Store) WaitedBehind(ctx context.Context, id string, limit int) ([]strin
 // may have finished it since).
 func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (Claimed, error) {
 	var c Claimed
-	err := s.pool.QueryRow(ctx, s.q(`
+	err := s.onConn(ctx, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, s.q(`
 		UPDATE {{schema}}.deliveries d SET owner = $2, claim = $4, updated_at = now()
 		  FROM {{schema}}.events e
 		 WHERE d.id = $1 AND e.id = d.event_id
@@ -234,8 +235,9 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		        AND d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $3 * interval '1 second')))
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test,
 			d.state, d.next_attempt_at`),
-		id, owner, staleAfter.Seconds(), token).
-		Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.State, &c.NextAttemptAt)
+			id, owner, staleAfter.Seconds(), token).
+			Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.State, &c.NextAttemptAt)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		var exists bool
 		if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`), id).Scan(&exists); err != nil {
@@ -246,8 +248,11 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		}
 		return c, ErrNotFound
 	}
+	if err != nil {
+		return c, claimFailed("claim the delivery for a manual retry", err)
+	}
 	c.Manual = true
-	return c, err
+	return c, nil
 }
 
 // RetryFailed makes every failed delivery of a subscription created in

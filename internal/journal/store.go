@@ -424,10 +424,58 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 		return err
 	})
 	batch.Queue("COMMIT")
-	if err := s.pool.SendBatch(ctx, batch).Close(); err != nil {
-		return nil, fmt.Errorf("claim due deliveries: %w", err)
+	if err := s.onConn(ctx, func(conn *pgx.Conn) error { return conn.SendBatch(ctx, batch).Close() }); err != nil {
+		return nil, claimFailed("claim due deliveries", err)
 	}
 	return claimed, nil
+}
+
+// ClaimError is the error of a claim (Claim, ClaimForRetry) that failed
+// once it was sent: its transaction may commit all the same, and even
+// after the caller saw the failure, when the connection broke while the
+// server still worked on the claim (waiting for a lock, a slow plan).
+// Backend is the server process that ran it (0 when unknown), for
+// ReleaseLost to tell when that transaction can commit no more.
+type ClaimError struct {
+	Backend uint32
+	Err     error
+}
+
+func (e *ClaimError) Error() string { return e.Err.Error() }
+func (e *ClaimError) Unwrap() error { return e.Err }
+
+// claimFailed wraps a claim's error with the server process it ran on.
+func claimFailed(what string, err error) error {
+	var pe *onConnError
+	if errors.As(err, &pe) {
+		return &ClaimError{Backend: pe.backend, Err: fmt.Errorf("%s: %w", what, pe.err)}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// onConnError is the error of f in onConn, with the server process that
+// ran it.
+type onConnError struct {
+	backend uint32
+	err     error
+}
+
+func (e *onConnError) Error() string { return e.err.Error() }
+func (e *onConnError) Unwrap() error { return e.err }
+
+// onConn runs f on a connection of the pool; its error names the server
+// process it ran on (onConnError). A failure to get a connection is
+// returned as is: nothing was sent.
+func (s *Store) onConn(ctx context.Context, f func(*pgx.Conn) error) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if err := f(conn.Conn()); err != nil {
+		return &onConnError{backend: conn.Conn().PgConn().PID(), err: err}
+	}
+	return nil
 }
 
 // Park takes out of the claim's way, up to limit at a time, the due
@@ -603,18 +651,43 @@ func (s *Store) OrderedBacklog(ctx context.Context, subscriptions []string, self
 
 // LostClaim names claims whose answers never arrived: Claim's of one
 // subscription (Subscription set) or ClaimForRetry's of one delivery
-// (Delivery set), by the tokens they wrote.
+// (Delivery set), by the tokens they wrote, and the server processes
+// that ran them (none when unknown).
 type LostClaim struct {
 	Subscription string
 	Delivery     string
 	Tokens       []string
+	Backends     []ClaimBackend
+}
+
+// ClaimBackend is a server process that ran a claim (ClaimError.Backend),
+// and when it started, once ReleaseLost saw it: a process that the
+// server gives the same number later is not taken for it.
+type ClaimBackend struct {
+	PID     uint32
+	Started time.Time
 }
 
 // ReleaseLost gives back the deliveries a lost claim of owner took, if it
 // took any: they lose their owner and are claimed again (by owner too).
 // The token limits it to that claim, so nothing owner holds in memory is
 // touched. Releasing a claim that committed nothing changes nothing.
-func (s *Store) ReleaseLost(ctx context.Context, owner string, c LostClaim) (int, error) {
+//
+// settled reports that the claims can take nothing more: before the
+// release read the deliveries, none of c.Backends was still in a
+// transaction (each had ended, or was idle). Until then a claim may
+// commit after the release (its connection broke while the server was
+// still at it), and the caller releases c again later; a release that
+// came too early finds nothing and costs nothing. ReleaseLost notes in
+// c.Backends when each busy process started. A claim sent through a
+// pooler (pgbouncer) names the pooler's process number, which no server
+// process has: settled at the first release, as if the claim had ended.
+func (s *Store) ReleaseLost(ctx context.Context, owner string, c *LostClaim) (released int, settled bool, err error) {
+	// Looked at first, in a statement of its own: the release's snapshot,
+	// taken after it, sees whatever those transactions committed.
+	if settled, err = s.claimsOver(ctx, c.Backends); err != nil {
+		return 0, false, fmt.Errorf("release a lost claim: look at the server processes that ran it: %w", err)
+	}
 	var sql string
 	key := c.Subscription
 	if c.Delivery != "" {
@@ -629,9 +702,50 @@ func (s *Store) ReleaseLost(ctx context.Context, owner string, c LostClaim) (int
 	}
 	tag, err := s.pool.Exec(ctx, s.q(sql), key, owner, c.Tokens)
 	if err != nil {
-		return 0, fmt.Errorf("release a lost claim: %w", err)
+		return 0, false, fmt.Errorf("release a lost claim: %w", err)
 	}
-	return int(tag.RowsAffected()), nil
+	return int(tag.RowsAffected()), settled, nil
+}
+
+// claimsOver reports whether none of backends is in a transaction: each
+// has ended, or is idle. A process of that number that started after the
+// one first seen (Started) is another one.
+func (s *Store) claimsOver(ctx context.Context, backends []ClaimBackend) (bool, error) {
+	pids := make([]int32, 0, len(backends))
+	for _, b := range backends {
+		if b.PID != 0 {
+			pids = append(pids, int32(b.PID))
+		}
+	}
+	if len(pids) == 0 {
+		return true, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT pid, backend_start FROM pg_stat_activity
+		WHERE pid = ANY($1::int[]) AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'`, pids)
+	if err != nil {
+		return false, err
+	}
+	over := true
+	var pid int32
+	var started *time.Time
+	_, err = pgx.ForEachRow(rows, []any{&pid, &started}, func() error {
+		for i := range backends {
+			b := &backends[i]
+			if int32(b.PID) != pid {
+				continue
+			}
+			switch {
+			case started == nil: // another role's process: cannot tell
+				over = false
+			case b.Started.IsZero():
+				b.Started, over = *started, false
+			case b.Started.Equal(*started):
+				over = false
+			}
+		}
+		return nil
+	})
+	return over, err
 }
 
 // SubscriptionRow is a subscription's persisted state.
