@@ -963,6 +963,98 @@ func dueOf(t *testing.T, db *pgtest.DB, key string) int {
 	return queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE ordering_key = '`+key+`' AND state = 'pending' AND next_attempt_at <= now()`)
 }
 
+// TestParkWaitsForNoLock: Park and Unpark leave a delivery another
+// transaction holds for a later call instead of waiting for it. Waiting,
+// Park deadlocked with a replay's cancel, which holds the deliveries it
+// cancels and then wants the head Park holds: here a transaction of the
+// test takes those locks in that order, and without SKIP LOCKED
+// PostgreSQL aborts one of the two after deadlock_timeout.
+func TestParkWaitsForNoLock(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, orderedBatch("k", 0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	head := "dlv_k_000001"
+	if err := s.Write(ctx, &Batch{
+		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), LastStatus: 503, LastAttemptAt: time.Now()}},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cancel := db.Connect(t)
+	tx, err := cancel.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_k_000003' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	pctx, stop := context.WithTimeout(ctx, 10*time.Second)
+	defer stop()
+	parked := make(chan error, 1)
+	go func() {
+		n, err := s.Park(pctx, []string{"crm"}, time.Minute, 100)
+		if err == nil && n != 3 {
+			err = fmt.Errorf("parked %d, want the 3 behind the head that no one holds", n)
+		}
+		parked <- err
+	}()
+	// Once Park has returned, or waits: the cancel goes on with the head.
+	var perr error
+	returned := false
+	watch := db.Connect(t)
+	testutil.Eventually(t, 10*time.Second, "Park returned or waiting for a lock", func() bool {
+		select {
+		case perr = <-parked:
+			returned = true
+			return true
+		default:
+		}
+		var waiting int
+		_ = watch.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%), behind AS (%'`).Scan(&waiting)
+		return waiting > 0
+	})
+	if _, err := tx.Exec(ctx, `UPDATE dzhook.deliveries SET state = 'cancelled', next_attempt_at = NULL WHERE id = $1`, head); err != nil {
+		t.Fatalf("the cancel's update of the head: %v", err)
+	}
+	if !returned {
+		perr = <-parked
+	}
+	if perr != nil {
+		t.Fatalf("Park beside a transaction holding a delivery behind the head: %v", perr)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE parked_behind = '`+head+`'`); got != 3 {
+		t.Fatalf("%d parked behind the head, want 3", got)
+	}
+
+	// The head is finished: Unpark brings them back, but not one another
+	// transaction holds, until it lets go.
+	tx, err = cancel.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_k_000004' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Unpark(pctx, 100); err != nil || n != 2 {
+		t.Errorf("Unpark beside a transaction holding one of the 3: %d (err %v), want the other 2", n, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Unpark(pctx, 100); err != nil || n != 1 {
+		t.Errorf("Unpark after it let go: %d (err %v), want 1", n, err)
+	}
+	if got := dueOf(t, db, "k"); got != 4 {
+		t.Errorf("%d of k's deliveries due after the head was cancelled, want 4", got)
+	}
+}
+
 // TestParkBehindWaitingHead: the deliveries behind a head waiting for its
 // retry leave the claim's way (Park) with the head's due time; they stay
 // parked when its next attempt fails, and are due again (Unpark), in

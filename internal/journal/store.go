@@ -499,6 +499,12 @@ func (s *Store) onConn(ctx context.Context, f func(*pgx.Conn) error) error {
 // moves on within an attempt's time. The heads are locked (FOR SHARE):
 // an outcome recorded meanwhile waits for this statement, and then
 // finds what it parked.
+//
+// Park waits for no lock: a head or a delivery another transaction holds
+// is left for a later call (SKIP LOCKED). Waiting, it deadlocked with a
+// replay's cancel, which takes the same rows in another order (the
+// replay's deliveries, then those parked behind them), and PostgreSQL
+// aborted one of the two: the operator's cancel, as often as not.
 func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (int, error) {
 	if len(subscriptions) == 0 || limit < 1 {
 		return 0, nil
@@ -519,6 +525,7 @@ func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter tim
 			   AND h.id <> d.id AND h.state = 'pending' AND h.attempts > 0 AND h.next_attempt_at > now()
 			   AND (h.owner IS NULL OR h.owner NOT IN (SELECT id FROM live))
 			 LIMIT $3
+			   FOR UPDATE OF d SKIP LOCKED
 		), heads AS (
 			SELECT x.id, x.next_attempt_at FROM {{schema}}.deliveries x
 			 WHERE x.id IN (SELECT head FROM behind) AND x.state = 'pending' AND x.next_attempt_at > now()
@@ -543,6 +550,8 @@ func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter tim
 // behind its next one (one update each per retry, not two). The heads behind which
 // deliveries are parked are read from the deliveries_parked index, one
 // probe per head (a skip scan), so a call finds none in microseconds.
+// Like Park it waits for no lock: a delivery another transaction holds
+// (a replay's cancel making it due itself) is left for the next call.
 // It runs apart from the journal writer: a head with 200,000 deliveries
 // behind it is 200,000 rows to update, which held the writer's
 // transaction, and with it every outcome and the stream's checkpoint,
@@ -564,7 +573,8 @@ func (s *Store) Unpark(ctx context.Context, limit int) (int, error) {
 			   AND (x.id IS NULL OR x.state NOT IN ('pending', 'held'))
 		)
 		UPDATE {{schema}}.deliveries f SET next_attempt_at = now(), parked_behind = NULL
-		 WHERE f.id IN (SELECT d.id FROM {{schema}}.deliveries d WHERE d.parked_behind IN (SELECT id FROM moved) LIMIT $1)
+		 WHERE f.id IN (SELECT d.id FROM {{schema}}.deliveries d WHERE d.parked_behind IN (SELECT id FROM moved) LIMIT $1
+		                  FOR UPDATE SKIP LOCKED)
 		   AND f.parked_behind IS NOT NULL`), limit)
 	if err != nil {
 		return 0, fmt.Errorf("unpark ordered deliveries whose heads moved on: %w", err)
