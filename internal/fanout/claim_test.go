@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -597,6 +598,89 @@ func TestPauseAcrossInstances(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "the re-enabled state seen", func() bool {
 		return status(d1).State == journal.Healthy && status(d2).State == journal.Healthy
 	})
+}
+
+// TestHealthAcrossInstances: a subscription one process saw fail (a
+// delivery that exhausted its schedule) is failing in the others too
+// (within a heartbeat), and the first success of any of them, even one
+// that never saw a failure, makes it healthy again everywhere: the
+// journal says so, and the admin is told once of each change.
+func TestHealthAcrossInstances(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	var failing atomic.Bool
+	failing.Store(true)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if failing.Load() {
+			return http.StatusInternalServerError, nil, "down"
+		}
+		return http.StatusOK, nil, ""
+	})
+	admin := testutil.NewReceiver(t)
+	cfg := func(instance string) Config {
+		return Config{
+			Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+			Journal:       store, Instance: instance, PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond,
+			RetrySchedule: []time.Duration{0}, // one attempt: a failure exhausts the schedule
+			Notify:        NotifyConfig{URL: admin.URL},
+		}
+	}
+	d1, d2 := start(t, store, cfg("i1")), start(t, store, cfg("i2"))
+	testutil.Eventually(t, 10*time.Second, "each sees the other", func() bool { return d1.Peers() == 1 && d2.Peers() == 1 })
+	state := func(d *Dispatcher) journal.Health {
+		for _, st := range d.Subscriptions() {
+			if st.ID == "crm" {
+				return st.State
+			}
+		}
+		t.Fatal("no subscription crm")
+		return ""
+	}
+	journaled := func() journal.Health {
+		rows, err := store.SubscriptionStates(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if r.ID == "crm" {
+				return r.State
+			}
+		}
+		return ""
+	}
+	events := orderEvents([]string{"a", "b"})
+
+	if err := d1.Dispatch(ctx, events[0]); err != nil { // fails, its one attempt
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "failing in both processes and the journal", func() bool {
+		return state(d1) == journal.Failing && state(d2) == journal.Failing && journaled() == journal.Failing
+	})
+	failing.Store(false)
+	if err := d2.Dispatch(ctx, events[1]); err != nil { // delivered by the process that saw no failure
+		t.Fatal(err)
+	}
+	rc.Wait(t, 2, 10*time.Second)
+	testutil.Eventually(t, 10*time.Second, "healthy in both processes and the journal", func() bool {
+		return state(d1) == journal.Healthy && state(d2) == journal.Healthy && journaled() == journal.Healthy
+	})
+	var kinds []string
+	testutil.Eventually(t, 10*time.Second, "the admin told of both changes", func() bool {
+		ns, err := store.Notifications(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds = kinds[:0]
+		for _, n := range ns {
+			kinds = append(kinds, n.Kind)
+		}
+		return len(kinds) >= 2
+	})
+	slices.Sort(kinds)
+	if !slices.Equal(kinds, []string{"failing", "recovered"}) {
+		t.Errorf("notifications %v, want one failing and one recovered", kinds)
+	}
 }
 
 // TestDueInTheJournalsClock: a process whose clock is an hour ahead of

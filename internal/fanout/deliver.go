@@ -348,6 +348,10 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 	state := s.state
 	st.State = state
 	st.Changed = state != prev
+	if st.Changed && state != journal.Disabled {
+		s.healthGen++
+		s.healthAt = time.Now()
+	}
 	s.mu.Unlock()
 	if !st.Changed {
 		return st, nil

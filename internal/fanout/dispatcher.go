@@ -466,22 +466,27 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 	return nil
 }
 
-// syncFlags adopts the pause and disabled state other processes sharing
-// the journal gave the subscriptions: a pause on one stops the claims of
-// all (within a heartbeat), a 410 one of them received disables the
-// subscription everywhere, a resume on one resumes it everywhere. Each
-// process keeps its own view of failing and healthy.
+// syncFlags adopts the pause and state other processes sharing the
+// journal gave the subscriptions: a pause on one stops the claims of all
+// (within a heartbeat), a 410 one of them received disables the
+// subscription everywhere, a resume on one resumes it everywhere. So does
+// failing, when another process's delivery exhausted its schedule, and
+// healthy, when another's attempt succeeded after that: without it a
+// process that only ever succeeded never told the recovery (its success
+// changed nothing of its own view), and the journal said failing while
+// every process delivered.
 //
 // A change of this process's own since the journal was read is kept (it
-// is newer), and so is a disabled state this process set that the journal
-// does not show yet (its writer journals it in its next batch): the
-// journal's other state is adopted only if it was set after that.
+// is newer), and so is a state this process set that the journal does
+// not show yet (its writer journals it in its next batch): the journal's
+// other state is adopted only if it was set after that.
 func (d *Dispatcher) syncFlags(ctx context.Context) {
 	reg := d.reg.Load()
-	gens := make(map[*sub]uint64, len(reg.subs))
+	type gen struct{ flags, health uint64 }
+	gens := make(map[*sub]gen, len(reg.subs))
 	for _, s := range reg.subs {
 		s.mu.Lock()
-		gens[s] = s.flagsGen
+		gens[s] = gen{s.flagsGen, s.healthGen}
 		s.mu.Unlock()
 	}
 	asked := time.Now()
@@ -499,10 +504,11 @@ func (d *Dispatcher) syncFlags(ctx context.Context) {
 			continue
 		}
 		s.mu.Lock()
-		if s.flagsGen != gens[s] {
+		if s.flagsGen != gens[s].flags {
 			s.mu.Unlock()
 			continue
 		}
+		changedAt := asked.Add(-st.StateAge) // in this process's clock
 		was := s.paused || s.state == journal.Disabled
 		if s.paused != st.Paused {
 			s.paused = st.Paused
@@ -512,9 +518,15 @@ func (d *Dispatcher) syncFlags(ctx context.Context) {
 		case st.State == journal.Disabled && s.state != journal.Disabled:
 			s.state, s.disabledAt = journal.Disabled, time.Now()
 			d.log.Info("subscription disabled by another instance", "subscription", st.ID)
-		case st.State != journal.Disabled && s.state == journal.Disabled && asked.Add(-st.StateAge).After(s.disabledAt):
+		case st.State != journal.Disabled && s.state == journal.Disabled && changedAt.After(s.disabledAt):
 			s.state = st.State
 			d.log.Info("subscription re-enabled by another instance", "subscription", st.ID, "state", st.State)
+		case st.State != journal.Disabled && s.state != journal.Disabled && st.State != s.state &&
+			s.healthGen == gens[s].health && changedAt.After(s.healthAt):
+			// Not a transition of this process's: neither counted nor
+			// told (the process that made it told it).
+			s.state = st.State
+			d.log.Info("subscription state changed by another instance", "subscription", st.ID, "state", st.State)
 		}
 		if was && !s.paused && s.state != journal.Disabled {
 			resumed = true

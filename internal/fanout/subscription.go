@@ -186,6 +186,12 @@ type sub struct {
 	// changes, not a journal that has not caught up with these.
 	flagsGen   uint64
 	disabledAt time.Time
+	// healthGen counts this process's own moves between healthy and
+	// failing (deliverer.health), and healthAt is when it last made one:
+	// syncFlags adopts another process's, not a journal that has not
+	// caught up with these.
+	healthGen uint64
+	healthAt  time.Time
 
 	// runHeld counts the places of reserved held by claimed runs waiting
 	// behind their heads (orderState.claimedRun): no worker starts them
