@@ -180,6 +180,10 @@ func TestLostClaimCommittedLate(t *testing.T) {
 	if err := store.Write(ctx, b); err != nil {
 		t.Fatal(err)
 	}
+	// Until a release gives them back, the other claims find nothing: they
+	// would otherwise wait for the lock too and, once it is let go, race
+	// the cut-off claim for the deliveries.
+	ls.held.Store(true)
 	ls.armed.Store(false)
 	proxy.Cut()
 	testutil.Eventually(t, 10*time.Second, "a release before the claim committed", func() bool { return ls.unsettled.Load() > 0 })
@@ -205,23 +209,29 @@ type lateStore struct {
 	*journal.Store
 	late      *journal.Store
 	armed     atomic.Bool
+	held      atomic.Bool  // claims find nothing until a release gave something back
 	unsettled atomic.Int32 // releases made while a claim's process was busy
 	released  atomic.Int32 // deliveries the releases gave back
 }
 
 func (s *lateStore) Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
-	if s.armed.Load() {
+	switch {
+	case s.armed.Load():
 		return s.late.Claim(ctx, wants, owner, token, staleAfter)
+	case s.held.Load():
+		return nil, nil
 	}
 	return s.Store.Claim(ctx, wants, owner, token, staleAfter)
 }
 
-func (s *lateStore) ReleaseLost(ctx context.Context, owner string, c *journal.LostClaim) (int, bool, error) {
+func (s *lateStore) ReleaseLost(ctx context.Context, owner string, c journal.LostClaim) (int, bool, error) {
 	n, settled, err := s.Store.ReleaseLost(ctx, owner, c)
 	if err == nil && !settled {
 		s.unsettled.Add(1)
 	}
-	s.released.Add(int32(n))
+	if s.released.Add(int32(n)) > 0 {
+		s.held.Store(false)
+	}
 	return n, settled, err
 }
 
@@ -677,6 +687,17 @@ func TestHealthAcrossInstances(t *testing.T) {
 		}
 		return len(kinds) >= 2
 	})
+	// Nothing more comes: both processes' writers flushed within three
+	// heartbeats (a notification is journaled with its state's batch).
+	time.Sleep(3 * 200 * time.Millisecond)
+	ns, err := store.Notifications(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds = kinds[:0]
+	for _, n := range ns {
+		kinds = append(kinds, n.Kind)
+	}
 	slices.Sort(kinds)
 	if !slices.Equal(kinds, []string{"failing", "recovered"}) {
 		t.Errorf("notifications %v, want one failing and one recovered", kinds)

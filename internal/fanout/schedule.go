@@ -539,9 +539,25 @@ func claimToken() string { return strconv.FormatUint(rand.Uint64(), 36) }
 // with the answer lost, leaving deliveries owned by this live instance
 // and in no queue. The schedule loop gives them back.
 type lostClaims struct {
-	mu     sync.Mutex
-	claims []journal.LostClaim
+	mu      sync.Mutex
+	entries []lostEntry
 }
+
+// lostEntry is what failed claims of one subscription or delivery took,
+// and when to release it again while it is not settled (a server
+// process that ran one may still commit it): soon at first, then less
+// often, up to once a minute.
+type lostEntry struct {
+	journal.LostClaim
+	since  time.Time     // when the first of its claims failed
+	next   time.Time     // the next release, not before
+	wait   time.Duration // since the last release
+	warned bool          // that it stays unsettled
+}
+
+// lostRetryMax bounds the wait between releases of an unsettled entry,
+// and is how long it stays unsettled before a warning.
+const lostRetryMax = time.Minute
 
 // failed remembers a claim that failed after it may have committed, so
 // the next scheduling round gives back what it took. One entry per
@@ -551,48 +567,56 @@ func (l *lostClaims) failed(subscription, delivery, token string, err error) boo
 	if !mayHaveCommitted(err) {
 		return false
 	}
-	c := journal.LostClaim{Subscription: subscription, Delivery: delivery, Tokens: []string{token}}
+	e := lostEntry{LostClaim: journal.LostClaim{Subscription: subscription, Delivery: delivery, Tokens: []string{token}}, since: time.Now()}
 	var ce *journal.ClaimError
 	if errors.As(err, &ce) && ce.Backend != 0 {
-		c.Backends = []journal.ClaimBackend{{PID: ce.Backend}}
+		e.Backends = []journal.ClaimBackend{{PID: ce.Backend, Sent: ce.Sent}}
 	}
 	l.mu.Lock()
-	l.add(c)
+	l.add(e)
 	l.mu.Unlock()
 	return true
 }
 
-// add merges c into the entry of its subscription or delivery. l.mu is
-// held.
-func (l *lostClaims) add(c journal.LostClaim) {
-	i := slices.IndexFunc(l.claims, func(e journal.LostClaim) bool {
-		return e.Subscription == c.Subscription && e.Delivery == c.Delivery
+// add merges e into the entry of its subscription or delivery. l.mu is
+// held. A claim that failed since the entry's last release makes it due
+// at once.
+func (l *lostClaims) add(e lostEntry) {
+	i := slices.IndexFunc(l.entries, func(x lostEntry) bool {
+		return x.Subscription == e.Subscription && x.Delivery == e.Delivery
 	})
 	if i < 0 {
-		l.claims = append(l.claims, journal.LostClaim{Subscription: c.Subscription, Delivery: c.Delivery})
-		i = len(l.claims) - 1
+		l.entries = append(l.entries, e)
+		return
 	}
-	e := &l.claims[i]
-	for _, tok := range c.Tokens {
-		if !slices.Contains(e.Tokens, tok) {
-			e.Tokens = append(e.Tokens, tok)
+	x := &l.entries[i]
+	for _, tok := range e.Tokens {
+		if !slices.Contains(x.Tokens, tok) {
+			x.Tokens = append(x.Tokens, tok)
+			x.next, x.wait = time.Time{}, 0
 		}
 	}
-	for _, b := range c.Backends {
-		if j := slices.IndexFunc(e.Backends, func(x journal.ClaimBackend) bool { return x.PID == b.PID }); j < 0 {
-			e.Backends = append(e.Backends, b)
-		} else if e.Backends[j].Started.IsZero() {
-			e.Backends[j].Started = b.Started
+	for _, b := range e.Backends {
+		if !slices.Contains(x.Backends, b) {
+			x.Backends = append(x.Backends, b)
 		}
 	}
+	x.since = minTime(x.since, e.since)
 }
 
-func (l *lostClaims) take() []journal.LostClaim {
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func (l *lostClaims) take() []lostEntry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c := l.claims
-	l.claims = nil
-	return c
+	e := l.entries
+	l.entries = nil
+	return e
 }
 
 // mayHaveCommitted reports whether a statement that failed may have
@@ -610,32 +634,53 @@ func mayHaveCommitted(err error) bool {
 	return !errors.As(err, &connErr) && !pgconn.SafeToRetry(err)
 }
 
-// releaseLost gives back what failed claims took; a release that fails is
-// tried again on the next round, and so is one made while a claim's
-// server process may still commit it (journal.ReleaseLost's settled).
+// releaseLost gives back what failed claims took. A release that fails
+// is tried again on the next round; one made while a claim's server
+// process may still commit it (journal.ReleaseLost's settled) again
+// after a second, then less often, until it is settled.
 func (sc *scheduler) releaseLost(ctx context.Context) {
 	lost := sc.lost.take()
+	now := time.Now()
+	var keep []lostEntry
+	defer func() {
+		sc.lost.mu.Lock()
+		for _, e := range keep {
+			sc.lost.add(e)
+		}
+		sc.lost.mu.Unlock()
+	}()
 	for i := range lost {
-		c := &lost[i]
-		n, settled, err := sc.store.ReleaseLost(ctx, sc.instance, c)
+		e := lost[i]
+		if now.Before(e.next) {
+			keep = append(keep, e)
+			continue
+		}
+		n, settled, err := sc.store.ReleaseLost(ctx, sc.instance, e.LostClaim)
 		if err != nil {
 			if ctx.Err() == nil {
-				sc.log.Warn("could not give back the deliveries of a failed claim; retrying", "err", err)
+				sc.log.Warn("could not give back the deliveries of a failed claim; retrying", "subscription", e.Subscription,
+					"delivery_id", e.Delivery, "err", err)
 			}
-			sc.lost.mu.Lock()
-			for _, again := range lost[i:] {
-				sc.lost.add(again)
-			}
-			sc.lost.mu.Unlock()
+			keep = append(keep, lost[i:]...)
 			return
 		}
 		if n > 0 {
-			sc.log.Warn("a claim's answer was lost; its deliveries are claimed again", "deliveries", n, "subscription", c.Subscription, "delivery_id", c.Delivery)
+			sc.log.Warn("a claim's answer was lost; its deliveries are claimed again", "deliveries", n, "subscription", e.Subscription, "delivery_id", e.Delivery)
 		}
-		if !settled {
-			sc.lost.mu.Lock()
-			sc.lost.add(*c)
-			sc.lost.mu.Unlock()
+		if settled {
+			continue
 		}
+		e.wait = min(max(2*e.wait, time.Second), lostRetryMax)
+		e.next = now.Add(e.wait)
+		if !e.warned && now.Sub(e.since) >= lostRetryMax {
+			e.warned = true
+			pids := make([]uint32, len(e.Backends))
+			for j, b := range e.Backends {
+				pids[j] = b.PID
+			}
+			sc.log.Warn("a failed claim's server process is still at it; what it takes is given back once it is done",
+				"subscription", e.Subscription, "delivery_id", e.Delivery, "server_processes", pids, "failed", now.Sub(e.since).Round(time.Second).String())
+		}
+		keep = append(keep, e)
 	}
 }

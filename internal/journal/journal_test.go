@@ -390,10 +390,10 @@ func TestReleaseLost(t *testing.T) {
 	if lost, err := s.Claim(ctx, crm(3), "a", "lost", time.Minute); err != nil || len(lost) != 3 { // its answer "lost"
 		t.Fatalf("claim: %d, %v", len(lost), err)
 	}
-	if n, _, err := s.ReleaseLost(ctx, "b", &LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 0 {
+	if n, _, err := s.ReleaseLost(ctx, "b", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 0 {
 		t.Errorf("another owner released %d (%v), want 0", n, err)
 	}
-	if n, _, err := s.ReleaseLost(ctx, "a", &LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 3 {
+	if n, _, err := s.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); err != nil || n != 3 {
 		t.Errorf("released %d (%v), want the 3 of the lost claim", n, err)
 	}
 	again, err := s.Claim(ctx, crm(10), "a", "again", time.Minute)
@@ -407,7 +407,7 @@ func TestReleaseLost(t *testing.T) {
 			}
 		}
 	}
-	if n, _, _ := s.ReleaseLost(ctx, "a", &LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); n != 0 {
+	if n, _, _ := s.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Tokens: []string{"lost"}}); n != 0 {
 		t.Errorf("releasing the lost claim twice released %d, want 0 (they were claimed again)", n)
 	}
 
@@ -425,10 +425,10 @@ func TestReleaseLost(t *testing.T) {
 	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "b", time.Minute); err != nil || n != 0 {
 		t.Errorf("retry-failed took %d (%v) deliveries a live instance is retrying by hand, want 0", n, err)
 	}
-	if n, _, err := s.ReleaseLost(ctx, "a", &LostClaim{Delivery: id, Tokens: []string{"kept"}}); err != nil || n != 0 {
+	if n, _, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"kept"}}); err != nil || n != 0 {
 		t.Errorf("a release with another claim's token released %d (%v), want 0", n, err)
 	}
-	if n, _, err := s.ReleaseLost(ctx, "a", &LostClaim{Delivery: id, Tokens: []string{"m1"}}); err != nil || n != 1 {
+	if n, _, err := s.ReleaseLost(ctx, "a", LostClaim{Delivery: id, Tokens: []string{"m1"}}); err != nil || n != 1 {
 		t.Fatalf("released %d (%v), want 1", n, err)
 	}
 	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "b", time.Minute); err != nil || n != 1 {
@@ -961,6 +961,68 @@ func orderedBatch(key string, from, n int) *Batch {
 func dueOf(t *testing.T, db *pgtest.DB, key string) int {
 	t.Helper()
 	return queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE ordering_key = '`+key+`' AND state = 'pending' AND next_attempt_at <= now()`)
+}
+
+// TestStateChangeOfAnEarlierBatch: a subscription's state change whose
+// batch began before the journal's last change (it waited for a lock
+// meanwhile) does not undo that change, and is not told.
+func TestStateChangeOfAnEarlierBatch(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, pendingBatch("00")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetState(ctx, "crm", Healthy); err != nil {
+		t.Fatal(err)
+	}
+	hold := db.Connect(t)
+	tx, err := hold.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_00' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	// The earlier batch: it begins, then waits for the delivery's lock
+	// before it gets to the subscription.
+	earlier := make(chan error, 1)
+	go func() {
+		earlier <- s.Write(ctx, &Batch{
+			Updates:       []DeliveryUpdate{{ID: "dlv_00", State: "pending", Attempts: 1, NextAttemptAt: time.Now(), LastStatus: 200, LastAttemptAt: time.Now()}},
+			Subs:          []SubscriptionState{{ID: "crm", State: Healthy, Changed: true, LastStatus: 200}},
+			Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "recovered", Body: []byte(`{}`)}},
+		})
+	}()
+	watch := db.Connect(t)
+	testutil.Eventually(t, 10*time.Second, "the earlier batch waiting for the lock", func() bool {
+		var n int
+		_ = watch.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND backend_type = 'client backend'`).Scan(&n)
+		return n > 0
+	})
+	// The later change, committed first.
+	if err := s.Write(ctx, &Batch{
+		Subs:          []SubscriptionState{{ID: "crm", State: Failing, Changed: true, LastStatus: 503}},
+		Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "failing", Body: []byte(`{}`)}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-earlier; err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.SubscriptionStates(ctx)
+	if err != nil || len(rows) != 1 || rows[0].State != Failing {
+		t.Errorf("journal's state %+v (%v), want failing: the later change", rows, err)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'recovered'`); got != 0 {
+		t.Errorf("%d recovered notifications for a change the journal did not take, want 0", got)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'failing'`); got != 1 {
+		t.Errorf("%d failing notifications, want 1", got)
+	}
 }
 
 // TestParkWaitsForNoLock: Park and Unpark leave a delivery another

@@ -57,17 +57,14 @@ func TestReleaseLostAfterALateCommit(t *testing.T) {
 	})
 	proxy.Cut()
 	var ce *ClaimError
-	if err := <-failed; !errors.As(err, &ce) || ce.Backend == 0 {
-		t.Fatalf("claim cut off: %v, want a ClaimError naming its server process", err)
+	if err := <-failed; !errors.As(err, &ce) || ce.Backend == 0 || ce.Sent.IsZero() {
+		t.Fatalf("claim cut off: %v, want a ClaimError naming its server process and when it was sent", err)
 	}
 
-	lost := &LostClaim{Subscription: "crm", Tokens: []string{"late"}, Backends: []ClaimBackend{{PID: ce.Backend}}}
+	lost := LostClaim{Subscription: "crm", Tokens: []string{"late"}, Backends: []ClaimBackend{{PID: ce.Backend, Sent: ce.Sent}}}
 	n, settled, err := direct.ReleaseLost(ctx, "a", lost)
 	if err != nil || n != 0 || settled {
 		t.Fatalf("release while the claim waits on the server: %d, settled %v, %v; want 0, not settled", n, settled, err)
-	}
-	if lost.Backends[0].Started.IsZero() {
-		t.Error("the release did not note when the claim's server process started")
 	}
 	if err := tx.Commit(ctx); err != nil { // the claim goes on, and commits
 		t.Fatal(err)
@@ -88,22 +85,28 @@ func TestReleaseLostAfterALateCommit(t *testing.T) {
 		t.Errorf("claim after the release: %d, %v; want 3", len(got), err)
 	}
 
-	// A process in a transaction holds a release back, unless it started
-	// after the claim's process of that number was seen.
+	// Which processes hold a release back: one that has been idle since
+	// before the claim was sent (it has not reached it yet) or is in a
+	// transaction, unless it started after the claim was sent.
+	sent := time.Now()
+	if _, err := blocker.Exec(ctx, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, sent time.Time, want bool) {
+		t.Helper()
+		_, settled, err := direct.ReleaseLost(ctx, "a", LostClaim{Subscription: "crm", Tokens: []string{"late"},
+			Backends: []ClaimBackend{{PID: uint32(blocker.PgConn().PID()), Sent: sent}}})
+		if err != nil || settled != want {
+			t.Errorf("release naming a process %s: settled %v, %v; want %v", what, settled, err, want)
+		}
+	}
+	check("idle since after the claim was sent", sent, true)
+	check("idle since before the claim was sent", time.Now(), false)
 	if _, err := blocker.Exec(ctx, `BEGIN`); err != nil {
 		t.Fatal(err)
 	}
-	busy := uint32(blocker.PgConn().PID())
-	for _, c := range []struct {
-		started time.Time
-		want    bool
-	}{{time.Time{}, false}, {time.Unix(1, 0), true}} {
-		_, settled, err := direct.ReleaseLost(ctx, "a", &LostClaim{Subscription: "crm", Tokens: []string{"late"},
-			Backends: []ClaimBackend{{PID: busy, Started: c.started}}})
-		if err != nil || settled != c.want {
-			t.Errorf("release naming a process in a transaction, first seen at %v: settled %v, %v; want %v", c.started, settled, err, c.want)
-		}
-	}
+	check("in a transaction", sent, false)
+	check("started after the claim was sent", time.Now().Add(-time.Hour), true)
 }
 
 // newStoreOn is a Store on dsn's database, migrated, with at most

@@ -434,29 +434,35 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 // once it was sent: its transaction may commit all the same, and even
 // after the caller saw the failure, when the connection broke while the
 // server still worked on the claim (waiting for a lock, a slow plan).
-// Backend is the server process that ran it (0 when unknown), for
-// ReleaseLost to tell when that transaction can commit no more.
+// Backend is the server process that ran it (0 when unknown) and Sent
+// when it was sent (this process's clock), for ReleaseLost to tell when
+// that transaction can commit no more.
 type ClaimError struct {
 	Backend uint32
+	Sent    time.Time
 	Err     error
 }
 
-func (e *ClaimError) Error() string { return e.Err.Error() }
+func (e *ClaimError) Error() string {
+	return fmt.Sprintf("%v (server process %d)", e.Err, e.Backend)
+}
+
 func (e *ClaimError) Unwrap() error { return e.Err }
 
 // claimFailed wraps a claim's error with the server process it ran on.
 func claimFailed(what string, err error) error {
 	var pe *onConnError
 	if errors.As(err, &pe) {
-		return &ClaimError{Backend: pe.backend, Err: fmt.Errorf("%s: %w", what, pe.err)}
+		return &ClaimError{Backend: pe.backend, Sent: pe.sent, Err: fmt.Errorf("%s: %w", what, pe.err)}
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
 
 // onConnError is the error of f in onConn, with the server process that
-// ran it.
+// ran it and when f began.
 type onConnError struct {
 	backend uint32
+	sent    time.Time
 	err     error
 }
 
@@ -472,8 +478,9 @@ func (s *Store) onConn(ctx context.Context, f func(*pgx.Conn) error) error {
 		return err
 	}
 	defer conn.Release()
+	sent := time.Now()
 	if err := f(conn.Conn()); err != nil {
-		return &onConnError{backend: conn.Conn().PgConn().PID(), err: err}
+		return &onConnError{backend: conn.Conn().PgConn().PID(), sent: sent, err: err}
 	}
 	return nil
 }
@@ -670,12 +677,11 @@ type LostClaim struct {
 	Backends     []ClaimBackend
 }
 
-// ClaimBackend is a server process that ran a claim (ClaimError.Backend),
-// and when it started, once ReleaseLost saw it: a process that the
-// server gives the same number later is not taken for it.
+// ClaimBackend is a server process that ran a claim, and when the claim
+// was sent (ClaimError).
 type ClaimBackend struct {
-	PID     uint32
-	Started time.Time
+	PID  uint32
+	Sent time.Time
 }
 
 // ReleaseLost gives back the deliveries a lost claim of owner took, if it
@@ -684,15 +690,14 @@ type ClaimBackend struct {
 // touched. Releasing a claim that committed nothing changes nothing.
 //
 // settled reports that the claims can take nothing more: before the
-// release read the deliveries, none of c.Backends was still in a
-// transaction (each had ended, or was idle). Until then a claim may
-// commit after the release (its connection broke while the server was
-// still at it), and the caller releases c again later; a release that
-// came too early finds nothing and costs nothing. ReleaseLost notes in
-// c.Backends when each busy process started. A claim sent through a
-// pooler (pgbouncer) names the pooler's process number, which no server
-// process has: settled at the first release, as if the claim had ended.
-func (s *Store) ReleaseLost(ctx context.Context, owner string, c *LostClaim) (released int, settled bool, err error) {
+// release read the deliveries, none of c.Backends was still at its claim.
+// Until then a claim may commit after the release (its connection broke
+// while the server was still at it), and the caller releases c again
+// later; a release that came too early finds nothing. A claim sent
+// through a pooler (pgbouncer) names the pooler's process number, which
+// no server process has: settled at the first release, as if the claim
+// had ended.
+func (s *Store) ReleaseLost(ctx context.Context, owner string, c LostClaim) (released int, settled bool, err error) {
 	// Looked at first, in a statement of its own: the release's snapshot,
 	// taken after it, sees whatever those transactions committed.
 	if settled, err = s.claimsOver(ctx, c.Backends); err != nil {
@@ -717,45 +722,33 @@ func (s *Store) ReleaseLost(ctx context.Context, owner string, c *LostClaim) (re
 	return int(tag.RowsAffected()), settled, nil
 }
 
-// claimsOver reports whether none of backends is in a transaction: each
-// has ended, or is idle. A process of that number that started after the
-// one first seen (Started) is another one.
+// claimsOver reports whether none of backends can still commit its
+// claim. One can while it is a client process of this role that started
+// before the claim was sent and is in a transaction (active, or idle in
+// one), or has been idle since before the claim was sent (the claim has
+// not reached it yet: held up in a proxy, or on the network). A process
+// of that number that started later is another one. The times are
+// compared in the journal's clock, each as an age (this process's
+// monotonic clock) back from its now().
 func (s *Store) claimsOver(ctx context.Context, backends []ClaimBackend) (bool, error) {
 	pids := make([]int32, 0, len(backends))
+	ages := make([]float64, 0, len(backends))
 	for _, b := range backends {
 		if b.PID != 0 {
 			pids = append(pids, int32(b.PID))
+			ages = append(ages, time.Since(b.Sent).Seconds())
 		}
 	}
 	if len(pids) == 0 {
 		return true, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT pid, backend_start FROM pg_stat_activity
-		WHERE pid = ANY($1::int[]) AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'`, pids)
-	if err != nil {
-		return false, err
-	}
-	over := true
-	var pid int32
-	var started *time.Time
-	_, err = pgx.ForEachRow(rows, []any{&pid, &started}, func() error {
-		for i := range backends {
-			b := &backends[i]
-			if int32(b.PID) != pid {
-				continue
-			}
-			switch {
-			case started == nil: // another role's process: cannot tell
-				over = false
-			case b.Started.IsZero():
-				b.Started, over = *started, false
-			case b.Started.Equal(*started):
-				over = false
-			}
-		}
-		return nil
-	})
-	return over, err
+	var busy int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity a
+		JOIN unnest($1::int[], $2::float8[]) AS b(pid, age) ON a.pid = b.pid
+		WHERE a.pid <> pg_backend_pid() AND a.backend_type = 'client backend' AND a.usename = session_user
+		  AND a.backend_start <= now() - b.age * interval '1 second'
+		  AND (a.state IS DISTINCT FROM 'idle' OR a.state_change < now() - b.age * interval '1 second')`, pids, ages).Scan(&busy)
+	return busy == 0, err
 }
 
 // SubscriptionRow is a subscription's persisted state.

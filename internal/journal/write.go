@@ -449,15 +449,19 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 			ORDER BY u.id
 			ON CONFLICT (id) DO UPDATE SET
 				-- The journal's state is the last transition any process
-				-- made (each process has its own view of its attempts:
-				-- another's success must not undo this one's failing), and
-				-- a disabled subscription stays disabled until a resume
-				-- (SetState): a process that has not yet learned of the 410
-				-- must not re-enable it.
-				state = CASE WHEN s.state = 'disabled' OR EXCLUDED.state_changed_at IS NULL THEN s.state ELSE EXCLUDED.state END, -- changed: a change time
+				-- made (a row that only reports attempts leaves it alone;
+				-- the processes adopt it, Dispatcher.syncFlags), by its
+				-- batch's time: one whose batch began before the
+				-- journal's last change (it waited for this row's lock)
+				-- does not undo that change. A disabled subscription stays
+				-- disabled until a resume (SetState): a process that has
+				-- not yet learned of the 410 must not re-enable it.
+				state = CASE WHEN s.state = 'disabled' OR EXCLUDED.state_changed_at IS NULL
+					OR EXCLUDED.state_changed_at < coalesce(s.state_changed_at, '-infinity') THEN s.state ELSE EXCLUDED.state END, -- changed: a change time
 				-- Changed when the journal's state changes: another
 				-- process may have recorded the same transition first.
 				state_changed_at = CASE WHEN s.state <> 'disabled' AND EXCLUDED.state_changed_at IS NOT NULL AND EXCLUDED.state <> s.state
+					AND EXCLUDED.state_changed_at >= coalesce(s.state_changed_at, '-infinity')
 					THEN EXCLUDED.state_changed_at ELSE s.state_changed_at END,
 				last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
 				last_failure_at = coalesce(EXCLUDED.last_failure_at, s.last_failure_at),
@@ -484,8 +488,9 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 			// A subscription's state change is told once, by the process
 			// whose batch changed the journal's state (the statement
 			// above, in this transaction: its now() is this batch's).
-			// Each process has its own view of its attempts, and two that
-			// saw the same receiver fail each reported the transition.
+			// Two processes that saw the same receiver fail each
+			// reported the transition, and one whose transition came
+			// too late (above) reported one the journal did not take.
 			batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body)
 				SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {{schema}}.subscriptions
 					WHERE id = $1 AND state = $4 AND state_changed_at = now())`), n.SubscriptionID, n.Kind, n.Body, state)

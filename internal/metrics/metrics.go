@@ -111,7 +111,7 @@ func New(src Sources) *Metrics {
 			Name: "dzhook_attempt_errors_total", Help: "Failed attempts by subscription and error class (timeout, dns, connect, tls, http, blocked)."},
 			[]string{"subscription", "class"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dzhook_subscription_transitions_total", Help: "Subscription state changes, by new state."}, []string{"subscription", "to"}),
+			Name: "dzhook_subscription_transitions_total", Help: "Subscription state changes this process made after its own attempts, by new state (with several processes, each counts its own; a state adopted from another is not counted)."}, []string{"subscription", "to"}),
 		flushes: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "dzhook_journal_batch_seconds", Help: "Time to write one journal batch.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
