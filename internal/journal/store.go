@@ -532,7 +532,7 @@ func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter tim
 			   AND h.id <> d.id AND h.state = 'pending' AND h.attempts > 0 AND h.next_attempt_at > now()
 			   AND (h.owner IS NULL OR h.owner NOT IN (SELECT id FROM live))
 			 LIMIT $3
-			   FOR UPDATE OF d SKIP LOCKED
+			   FOR NO KEY UPDATE OF d SKIP LOCKED
 		), heads AS (
 			SELECT x.id, x.next_attempt_at FROM {{schema}}.deliveries x
 			 WHERE x.id IN (SELECT head FROM behind) AND x.state = 'pending' AND x.next_attempt_at > now()
@@ -581,7 +581,7 @@ func (s *Store) Unpark(ctx context.Context, limit int) (int, error) {
 		)
 		UPDATE {{schema}}.deliveries f SET next_attempt_at = now(), parked_behind = NULL
 		 WHERE f.id IN (SELECT d.id FROM {{schema}}.deliveries d WHERE d.parked_behind IN (SELECT id FROM moved) LIMIT $1
-		                  FOR UPDATE SKIP LOCKED)
+		                  FOR NO KEY UPDATE SKIP LOCKED)
 		   AND f.parked_behind IS NOT NULL`), limit)
 	if err != nil {
 		return 0, fmt.Errorf("unpark ordered deliveries whose heads moved on: %w", err)
