@@ -729,7 +729,8 @@ func (s *Store) ReleaseLost(ctx context.Context, owner string, c LostClaim) (rel
 // not reached it yet: held up in a proxy, or on the network). A process
 // of that number that started later is another one. The times are
 // compared in the journal's clock, each as an age (this process's
-// monotonic clock) back from its now().
+// monotonic clock) back from its now(). With track_activities off the
+// server shows no state: a process counts as at its claim until it ends.
 func (s *Store) claimsOver(ctx context.Context, backends []ClaimBackend) (bool, error) {
 	pids := make([]int32, 0, len(backends))
 	ages := make([]float64, 0, len(backends))
