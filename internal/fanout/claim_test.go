@@ -84,11 +84,7 @@ func TestLostClaimAnswer(t *testing.T) {
 	if lossy.loseClaim.Load() {
 		t.Fatal("no claim's answer was dropped")
 	}
-	testutil.Eventually(t, 10*time.Second, "the three journaled as delivered", func() bool {
-		var n int
-		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
-		return n == 3
-	})
+	waitDelivered(t, store, 3)
 	if n := len(rc.Requests()); n != 3 {
 		t.Errorf("receiver got %d requests for 3 deliveries: the release freed a delivery still queued", n)
 	}
@@ -153,14 +149,7 @@ func TestLostClaimCommittedLate(t *testing.T) {
 	})
 
 	ls.armed.Store(true)
-	blocker := db.Connect(t)
-	tx, err := blocker.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE dzhook.instances IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := db.Hold(t, `LOCK TABLE dzhook.instances IN ACCESS EXCLUSIVE MODE`)
 	testutil.Eventually(t, 10*time.Second, "a claim through the proxy waiting for the lock", func() bool {
 		// Not on the blocker: its transaction keeps its first look at pg_stat_activity.
 		var waiting int
@@ -191,11 +180,7 @@ func TestLostClaimCommittedLate(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc.Wait(t, 3, 10*time.Second)
-	testutil.Eventually(t, 10*time.Second, "the three journaled as delivered", func() bool {
-		var n int
-		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
-		return n == 3
-	})
+	waitDelivered(t, store, 3)
 	if n := len(rc.Requests()); n != 3 {
 		t.Errorf("receiver got %d requests for 3 deliveries", n)
 	}
@@ -233,6 +218,16 @@ func (s *lateStore) ReleaseLost(ctx context.Context, owner string, c journal.Los
 		s.held.Store(false)
 	}
 	return n, settled, err
+}
+
+// waitDelivered waits until the journal holds n deliveries delivered.
+func waitDelivered(t *testing.T, store *journal.Store, n int) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("%d journaled as delivered", n), func() bool {
+		var got int
+		_ = store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&got)
+		return got == n
+	})
 }
 
 // TestMayHaveCommitted: only an error that leaves the claim's fate open
@@ -440,11 +435,7 @@ func TestOneClaimForAllSubscriptions(t *testing.T) {
 			}
 		}
 	}
-	testutil.Eventually(t, 10*time.Second, "the nine journaled as delivered", func() bool {
-		var n int
-		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
-		return n == 9
-	})
+	waitDelivered(t, store, 9)
 	// Idle rounds after the work is done.
 	log.mu.Lock()
 	n := len(log.asked)

@@ -24,7 +24,21 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 func newStore(t testing.TB) (*Store, *pgtest.DB) {
 	t.Helper()
 	db := pgtest.NewDB(t)
-	pool, err := pgxpool.New(context.Background(), db.DSN)
+	return newStoreOn(t, db.DSN, 0), db
+}
+
+// newStoreOn is a Store on dsn's database, migrated, with at most
+// maxConns connections (0: the pool's default).
+func newStoreOn(t testing.TB, dsn string, maxConns int32) *Store {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +47,7 @@ func newStore(t testing.TB) (*Store, *pgtest.DB) {
 	if _, err := s.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return s, db
+	return s
 }
 
 // batchOf is a batch of n events, each delivered at its first attempt:
@@ -975,15 +989,7 @@ func TestStateChangeOfAnEarlierBatch(t *testing.T) {
 	if err := s.SetState(ctx, "crm", Healthy); err != nil {
 		t.Fatal(err)
 	}
-	hold := db.Connect(t)
-	tx, err := hold.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_00' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := db.Hold(t, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_00' FOR UPDATE`)
 	// The earlier batch: it begins, then waits for the delivery's lock
 	// before it gets to the subscription.
 	earlier := make(chan error, 1)
@@ -1044,15 +1050,8 @@ func TestParkWaitsForNoLock(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	cancel := db.Connect(t)
-	tx, err := cancel.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_k_000003' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	// The cancel's transaction: it holds a delivery behind the head.
+	tx := db.Hold(t, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_k_000003' FOR UPDATE`)
 	pctx, stop := context.WithTimeout(ctx, 10*time.Second)
 	defer stop()
 	parked := make(chan error, 1)
@@ -1096,13 +1095,7 @@ func TestParkWaitsForNoLock(t *testing.T) {
 
 	// The head is finished: Unpark brings them back, but not one another
 	// transaction holds, until it lets go.
-	tx, err = cancel.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_k_000004' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx = db.Hold(t, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_k_000004' FOR UPDATE`)
 	if n, err := s.Unpark(pctx, 100); err != nil || n != 2 {
 		t.Errorf("Unpark beside a transaction holding one of the 3: %d (err %v), want the other 2", n, err)
 	}

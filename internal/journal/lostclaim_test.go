@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
@@ -20,7 +18,7 @@ import (
 func TestReleaseLostAfterALateCommit(t *testing.T) {
 	db := pgtest.NewDB(t)
 	ctx := context.Background()
-	direct, _ := newStoreOn(t, db.DSN, 0)
+	direct := newStoreOn(t, db.DSN, 0)
 	if err := direct.Write(ctx, pendingBatch("00", "01", "02")); err != nil {
 		t.Fatal(err)
 	}
@@ -32,19 +30,13 @@ func TestReleaseLostAfterALateCommit(t *testing.T) {
 	// its cache, so the claim is sent whole (BEGIN to COMMIT) before it
 	// waits.
 	proxy := testutil.NewCutProxy(t, db.DSN)
-	cut, _ := newStoreOn(t, proxy.DSN, 1)
+	cut := newStoreOn(t, proxy.DSN, 1)
 	if got, err := cut.Claim(ctx, []ClaimWant{{Subscription: "none", Limit: 1, Runs: true}}, "a", "first", time.Minute); err != nil || len(got) != 0 {
 		t.Fatalf("first claim: %d, %v", len(got), err)
 	}
 
-	blocker := db.Connect(t)
-	tx, err := blocker.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE dzhook.instances IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := db.Hold(t, `LOCK TABLE dzhook.instances IN ACCESS EXCLUSIVE MODE`)
+	blocker := tx.Conn()
 	failed := make(chan error, 1)
 	go func() {
 		_, err := cut.Claim(ctx, crm(10), "a", "late", time.Minute)
@@ -107,27 +99,4 @@ func TestReleaseLostAfterALateCommit(t *testing.T) {
 	}
 	check("in a transaction", sent, false)
 	check("started after the claim was sent", time.Now().Add(-time.Hour), true)
-}
-
-// newStoreOn is a Store on dsn's database, migrated, with at most
-// maxConns connections (0: the pool's default).
-func newStoreOn(t *testing.T, dsn string, maxConns int32) (*Store, *pgxpool.Pool) {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if maxConns > 0 {
-		cfg.MaxConns = maxConns
-	}
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	s := New(pool, "dzhook")
-	if _, err := s.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return s, pool
 }

@@ -143,6 +143,23 @@ func (d *DB) Exec(t testing.TB, sql ...string) {
 	}
 }
 
+// Hold begins a transaction on a connection of its own and runs sql in it,
+// for the test to hold the locks it takes while it runs something beside
+// it; the transaction is rolled back with the test unless it ended before.
+func (d *DB) Hold(t testing.TB, sql string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := d.Connect(t).Begin(ctx)
+	if err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return tx
+}
+
 // Connect opens a connection to the test's database, closed with the test.
 func (d *DB) Connect(t testing.TB) *pgx.Conn {
 	t.Helper()
