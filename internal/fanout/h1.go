@@ -89,6 +89,7 @@ type h1Conn struct {
 	cw      countingWriter
 	br      *bufio.Reader
 	bw      *bufio.Writer
+	body    fixedBody // the body of the answer last read by leanAnswer
 	idleAt  time.Time
 
 	// The cancellation that ends the connection's exchange at once (a
@@ -425,7 +426,7 @@ func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Con
 	c.cr.limit = maxAnswerHead
 	for informational := 0; ; informational++ {
 		var err error
-		resp, err = http.ReadResponse(c.br, req)
+		resp, err = readAnswer(c.br, req, &c.body)
 		if err != nil {
 			c.cr.limit = 0
 			if c.cr.n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
