@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -322,7 +321,7 @@ func (d *Dispatcher) compileAll(cfgs []Subscription, current map[string]*sub) ([
 				return nil, err
 			}
 		}
-		tag := ids.SubscriptionTag(sc.ID)
+		tag := s.tag
 		if other, dup := tags[tag]; dup {
 			if other == sc.ID {
 				return nil, fmt.Errorf("fanout: duplicate subscription %q", sc.ID)

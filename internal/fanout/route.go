@@ -102,7 +102,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 			}
 		}
 		row := journal.DeliveryRow{
-			ID: ids.DeliveryID(ev.ID, s.cfg.ID), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
+			ID: ids.DeliveryIDTagged(ev.ID, s.tag), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
 		}
 		key, ordered := s.cfg.Ordering.key(ev.Key)
 		if ordered && pos == 0 {

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/dzdesk/dzhook/internal/filter"
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/rawsock"
 	"github.com/dzdesk/dzhook/internal/transform"
@@ -104,6 +105,7 @@ func (s *sub) signing(now time.Time) (secret []byte, standard [][]byte) {
 // sub is a subscription at run time: its queue, workers' client, health.
 type sub struct {
 	cfg     Subscription
+	tag     string // ids.SubscriptionTag(cfg.ID): a hash, made once, not per delivery
 	filter  *filter.Program
 	shape   *transform.Transform // nil: the envelope is sent as it is
 	method  string
@@ -671,7 +673,7 @@ func (s *sub) shapeBody(t *task) error {
 func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), live: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
 		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{},
-		promote: make(chan struct{}, opts.Concurrency)}
+		promote: make(chan struct{}, opts.Concurrency), tag: ids.SubscriptionTag(cfg.ID)}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {

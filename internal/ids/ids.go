@@ -129,7 +129,13 @@ func IsDeliveryID(id string) bool {
 // (SubscriptionTag), so deliveries sort like their events and the
 // journal's primary key grows at its end instead of at random places.
 func DeliveryID(eventID, subscriptionID string) string {
-	return deliveryBase(eventID) + SubscriptionTag(subscriptionID)
+	return DeliveryIDTagged(eventID, SubscriptionTag(subscriptionID))
+}
+
+// DeliveryIDTagged is DeliveryID with the subscription's tag made
+// already (a hash: a router keeps it with the subscription).
+func DeliveryIDTagged(eventID, tag string) string {
+	return deliveryBase(eventID) + tag
 }
 
 // SubscriptionTag is the subscription's part of its delivery ids: TagLen
