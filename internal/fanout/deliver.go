@@ -348,9 +348,12 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 	state := s.state
 	st.State = state
 	st.Changed = state != prev
-	if st.Changed && state != journal.Disabled {
-		s.healthGen++
-		s.healthAt = time.Now()
+	if st.Changed {
+		st.ChangedAt = time.Now()
+		if state != journal.Disabled {
+			s.healthGen++
+			s.healthAt = st.ChangedAt
+		}
 	}
 	s.mu.Unlock()
 	if !st.Changed {

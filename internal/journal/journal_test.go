@@ -1031,6 +1031,55 @@ func TestStateChangeOfAnEarlierBatch(t *testing.T) {
 	}
 }
 
+// TestStateChangeHeldUp: a change is placed at the time the process made
+// it, not at the time its batch was written: a batch held up (retried
+// while the journal was unreachable, say) whose change came before
+// another process's does not undo that later change, nor is it told.
+func TestStateChangeHeldUp(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	write := func(state Health, kind string, at time.Time) {
+		t.Helper()
+		if err := s.Write(ctx, &Batch{
+			Subs:          []SubscriptionState{{ID: "crm", State: state, Changed: true, ChangedAt: at, LastStatus: 503}},
+			Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: kind, Body: []byte(`{}`)}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	write(Failing, "failing", now.Add(-10*time.Second))
+	// Another process saw the receiver recover, and wrote that first.
+	write(Healthy, "recovered", now)
+	// This process saw it fail before that; its batch was held up and
+	// comes last.
+	write(Failing, "failing", now.Add(-2*time.Second))
+	rows, err := s.SubscriptionStates(ctx)
+	if err != nil || len(rows) != 1 || rows[0].State != Healthy {
+		t.Errorf("journal's state %+v (%v), want healthy: the later change", rows, err)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'failing'`); got != 1 {
+		t.Errorf("%d failing notifications, want 1: the held-up change was not the journal's", got)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'recovered'`); got != 1 {
+		t.Errorf("%d recovered notifications, want 1", got)
+	}
+	// A change is recorded at its time: one made three seconds ago reads
+	// three seconds old.
+	if err := s.Write(ctx, &Batch{
+		Subs: []SubscriptionState{{ID: "erp", State: Failing, Changed: true, ChangedAt: time.Now().Add(-3 * time.Second), LastStatus: 503}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var age float64
+	if err := db.Connect(t).QueryRow(ctx, `SELECT extract(epoch FROM now() - state_changed_at) FROM dzhook.subscriptions WHERE id = 'erp'`).Scan(&age); err != nil {
+		t.Fatal(err)
+	}
+	if age < 2.9 || age > 60 {
+		t.Errorf("the change made 3 s ago is recorded %.2f s ago", age)
+	}
+}
+
 // TestParkWaitsForNoLock: Park and Unpark leave a delivery another
 // transaction holds for a later call instead of waiting for it. Waiting,
 // Park deadlocked with a replay's cancel, which holds the deliveries it

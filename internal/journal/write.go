@@ -83,9 +83,17 @@ type AttemptRow struct {
 
 // SubscriptionState is a subscription's health after a batch.
 type SubscriptionState struct {
-	ID            string
-	State         Health
-	Changed       bool // the state changed in this batch
+	ID      string
+	State   Health
+	Changed bool // the state changed in this batch
+	// ChangedAt is when the process made the change, by its own clock:
+	// the journal records the change at its own now() less the time
+	// since (a monotonic reading, immune to the clocks of two hosts
+	// differing), so a write that was held up (a batch retried while the
+	// journal was unreachable, a lock waited for) is placed at the time
+	// of its change, not of its write, and does not undo a later change
+	// of another process. Zero: the write's own time.
+	ChangedAt     time.Time
 	LastSuccessAt time.Time
 	LastFailureAt time.Time
 	LastStatus    int
@@ -427,6 +435,7 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				AS u(id, state, attempts, next, owner, status, err, at, body)
 			WHERE d.id = u.id AND d.attempts < u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt, bodies)
 	}
+	var changeAges map[string]int64 // by subscription: changeAge of its state row
 	if n := len(b.Subs); n > 0 {
 		// One statement for every subscription of the batch, its rows
 		// locked in id order: processes sharing the journal update the
@@ -437,23 +446,30 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		ids, states, changed := make([]string, n), make([]string, n), make([]bool, n)
 		success, failure := make([]*time.Time, n), make([]*time.Time, n)
 		status, lastErr := make([]*int32, n), make([]*string, n)
+		ages := make([]int64, n)
 		for i, st := range subs {
 			ids[i], states[i], changed[i] = st.ID, string(st.State), st.Changed
 			success[i], failure[i] = nullTime(st.LastSuccessAt), nullTime(st.LastFailureAt)
 			status[i], lastErr[i] = nullInt(st.LastStatus), nullText(st.LastError)
+			ages[i] = changeAge(st)
+			if changeAges == nil {
+				changeAges = make(map[string]int64, n)
+			}
+			changeAges[st.ID] = ages[i]
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.subscriptions AS s (id, state, state_changed_at, last_success_at, last_failure_at, last_status, last_error, updated_at)
-			SELECT u.id, u.state, CASE WHEN u.changed THEN now() END, u.success, u.failure, u.status, u.err, now()
-			FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[])
-				AS u(id, state, changed, success, failure, status, err)
+			SELECT u.id, u.state, CASE WHEN u.changed THEN now() - u.age * interval '1 microsecond' END, u.success, u.failure, u.status, u.err, now()
+			FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[], $8::bigint[])
+				AS u(id, state, changed, success, failure, status, err, age)
 			ORDER BY u.id
 			ON CONFLICT (id) DO UPDATE SET
 				-- The journal's state is the last transition any process
 				-- made (a row that only reports attempts leaves it alone;
-				-- the processes adopt it, Dispatcher.syncFlags), by its
-				-- batch's time: one whose batch began before the
-				-- journal's last change (it waited for this row's lock)
-				-- does not undo that change. A disabled subscription stays
+				-- the processes adopt it, Dispatcher.syncFlags), by the
+				-- time it was made (SubscriptionState.ChangedAt): one made
+				-- before the journal's last change (its batch waited for
+				-- this row's lock, or was retried) does not undo that
+				-- change. A disabled subscription stays
 				-- disabled until a resume (SetState): a process that has
 				-- not yet learned of the 410 must not re-enable it.
 				state = CASE WHEN s.state = 'disabled' OR EXCLUDED.state_changed_at IS NULL
@@ -468,7 +484,7 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				last_status = coalesce(EXCLUDED.last_status, s.last_status),
 				last_error = coalesce(EXCLUDED.last_error, s.last_error),
 				updated_at = now()`),
-			ids, states, changed, success, failure, status, lastErr)
+			ids, states, changed, success, failure, status, lastErr, ages)
 	}
 	// Transitions per subscription in this batch: one is told when it
 	// changed the journal's state; several (a flap within one batch, the
@@ -487,13 +503,15 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		if state, ok := notifiedState[n.Kind]; ok && n.SubscriptionID != "" && transitions[n.SubscriptionID] == 1 {
 			// A subscription's state change is told once, by the process
 			// whose batch changed the journal's state (the statement
-			// above, in this transaction: its now() is this batch's).
-			// Two processes that saw the same receiver fail each
-			// reported the transition, and one whose transition came
-			// too late (above) reported one the journal did not take.
+			// above, in this transaction: the same now() and age give
+			// the same change time). Two processes that saw the same
+			// receiver fail each reported the transition, and one whose
+			// transition came too late (above) reported one the
+			// journal did not take.
 			batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body)
 				SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {{schema}}.subscriptions
-					WHERE id = $1 AND state = $4 AND state_changed_at = now())`), n.SubscriptionID, n.Kind, n.Body, state)
+					WHERE id = $1 AND state = $4 AND state_changed_at = now() - $5 * interval '1 microsecond')`),
+				n.SubscriptionID, n.Kind, n.Body, state, changeAges[n.SubscriptionID])
 			continue
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body) VALUES ($1, $2, $3)`), n.SubscriptionID, n.Kind, n.Body)
@@ -523,6 +541,15 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID))
 	}
 	return batch.list
+}
+
+// changeAge is how long ago st's change was made, in microseconds, as
+// the statement that records it is built (0 for no change, or no time).
+func changeAge(st SubscriptionState) int64 {
+	if !st.Changed || st.ChangedAt.IsZero() {
+		return 0
+	}
+	return max(0, time.Since(st.ChangedAt).Microseconds())
 }
 
 // notifiedState is the subscription state each kind of notification

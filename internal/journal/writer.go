@@ -782,6 +782,9 @@ func (bb *batchBuilder) addSub(s SubscriptionState) {
 		return
 	}
 	prev := b.Subs[i]
+	if !s.Changed {
+		s.ChangedAt = prev.ChangedAt // the batch's last change is prev's
+	}
 	s.Changed = s.Changed || prev.Changed
 	if s.LastSuccessAt.IsZero() {
 		s.LastSuccessAt = prev.LastSuccessAt

@@ -736,3 +736,20 @@ func TestWriterLingerEndsForWhatWaits(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchKeepsTheChangeTime: a batch holds one state row per
+// subscription; a later row that changes nothing keeps the time of the
+// change an earlier one made, and a later change brings its own.
+func TestBatchKeepsTheChangeTime(t *testing.T) {
+	t1, t2 := time.Now().Add(-time.Minute), time.Now()
+	bb := newBatchBuilderFor(batchSizes{})
+	bb.addSub(SubscriptionState{ID: "crm", State: Failing, Changed: true, ChangedAt: t1})
+	bb.addSub(SubscriptionState{ID: "crm", State: Failing, LastStatus: 503})
+	if got := bb.b.Subs; len(got) != 1 || !got[0].Changed || !got[0].ChangedAt.Equal(t1) || got[0].LastStatus != 503 {
+		t.Fatalf("after a row without a change: %+v, want the change of %v kept", got, t1)
+	}
+	bb.addSub(SubscriptionState{ID: "crm", State: Healthy, Changed: true, ChangedAt: t2})
+	if got := bb.b.Subs; len(got) != 1 || got[0].State != Healthy || !got[0].ChangedAt.Equal(t2) {
+		t.Fatalf("after a later change: %+v, want healthy at %v", got, t2)
+	}
+}
