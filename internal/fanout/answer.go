@@ -42,7 +42,8 @@ func readAnswer(br *bufio.Reader, req *http.Request, body *fixedBody) (*http.Res
 //     neither control characters (but tabs) nor line folding in the value;
 //   - one Content-Length, of digits, and no Transfer-Encoding; or no
 //     Content-Length at all for a 204 or 304, whose body is empty;
-//   - the whole head is in the buffer.
+//   - the whole head is in the buffer;
+//   - the request was not a HEAD (dzhook sends none).
 //
 // Otherwise it returns false and consumes nothing. The Response's Header
 // holds only Retry-After and Location (the first of each), the headers
@@ -51,6 +52,9 @@ func readAnswer(br *bufio.Reader, req *http.Request, body *fixedBody) (*http.Res
 // HTTP/1.1. The body is body (the connection's own, reset here), which
 // reads exactly Content-Length bytes from br.
 func leanAnswer(br *bufio.Reader, req *http.Request, body *fixedBody) (*http.Response, bool) {
+	if req != nil && req.Method == http.MethodHead {
+		return nil, false // no body whatever its length says: http.ReadResponse's case
+	}
 	buf, _ := br.Peek(br.Buffered())
 	end := bytes.Index(buf, crlfcrlf)
 	if end < 0 {

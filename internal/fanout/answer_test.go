@@ -118,6 +118,26 @@ func TestLeanAnswerAgreesWithReadResponse(t *testing.T) {
 	}
 }
 
+// The answer to a HEAD has no body whatever its Content-Length says:
+// left to http.ReadResponse, which reads none, so the next answer on the
+// connection is read whole.
+func TestLeanAnswerToHead(t *testing.T) {
+	raw := "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+	br := bufio.NewReaderSize(strings.NewReader(raw), 4096)
+	var body fixedBody
+	resp, err := readAnswer(br, &http.Request{Method: http.MethodHead}, &body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(resp.Body); len(b) != 0 {
+		t.Fatalf("the answer to a HEAD had a body %q", b)
+	}
+	next, err := readAnswer(br, &http.Request{Method: http.MethodPost}, &body)
+	if err != nil || next.StatusCode != http.StatusNoContent {
+		t.Fatalf("the next answer: %v, %v; want 204", next, err)
+	}
+}
+
 // An answer arriving in pieces: what is not whole in the first read goes
 // to http.ReadResponse, which reads the rest.
 func TestLeanAnswerInPieces(t *testing.T) {
