@@ -1080,6 +1080,35 @@ func TestStateChangeHeldUp(t *testing.T) {
 	}
 }
 
+// TestDisableBeatsALaterHealthChange: a 410 disables the subscription
+// even when another process, which has not seen it, wrote a health
+// change made after the 410 first: the disable is placed at its write
+// (ordered against a resume, not against health changes), and told.
+func TestDisableBeatsALaterHealthChange(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	gone := time.Now().Add(-time.Second)
+	if err := s.Write(ctx, &Batch{
+		Subs:          []SubscriptionState{{ID: "crm", State: Failing, Changed: true, ChangedAt: time.Now(), LastStatus: 503}},
+		Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "failing", Body: []byte(`{}`)}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, &Batch{
+		Subs:          []SubscriptionState{{ID: "crm", State: Disabled, Changed: true, ChangedAt: gone, LastStatus: 410}},
+		Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "disabled", Body: []byte(`{}`)}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.SubscriptionStates(ctx)
+	if err != nil || len(rows) != 1 || rows[0].State != Disabled {
+		t.Errorf("journal's state %+v (%v), want disabled", rows, err)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'disabled'`); got != 1 {
+		t.Errorf("%d disabled notifications, want 1", got)
+	}
+}
+
 // TestParkWaitsForNoLock: Park and Unpark leave a delivery another
 // transaction holds for a later call instead of waiting for it. Waiting,
 // Park deadlocked with a replay's cancel, which holds the deliveries it

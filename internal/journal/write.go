@@ -220,6 +220,10 @@ type statement struct {
 	sql    string
 	args   []any
 	params [][]byte
+	// clock, when set, is called once the connection is ready, just
+	// before any argument is encoded: it reads the clock into arguments
+	// (changeAge) as late as the batch allows.
+	clock func()
 }
 
 // statements is what a batch sends, in order.
@@ -273,9 +277,18 @@ func (s *Store) run(ctx context.Context, stmts []statement) (err error) {
 			return fmt.Errorf("%s: %w", firstLine(st.sql), err)
 		}
 		descs[i] = sd
+	}
+	// After the preparing (a round trip each on a new connection, one
+	// after an outage): what reads the clock reads it now.
+	for _, st := range stmts {
+		if st.clock != nil {
+			st.clock()
+		}
+	}
+	for i, st := range stmts {
 		if st.params == nil {
 			eqb := new(pgx.ExtendedQueryBuilder)
-			if err := eqb.Build(conn.TypeMap(), sd, st.args); err != nil {
+			if err := eqb.Build(conn.TypeMap(), descs[i], st.args); err != nil {
 				return fmt.Errorf("%s: %w", firstLine(st.sql), err)
 			}
 			built[i] = eqb
@@ -435,7 +448,7 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				AS u(id, state, attempts, next, owner, status, err, at, body)
 			WHERE d.id = u.id AND d.attempts < u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt, bodies)
 	}
-	var changeAges map[string]int64 // by subscription: changeAge of its state row
+	var changeAges map[string]*int64 // by subscription: changeAge of its state row, read by run
 	if n := len(b.Subs); n > 0 {
 		// One statement for every subscription of the batch, its rows
 		// locked in id order: processes sharing the journal update the
@@ -447,15 +460,12 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		success, failure := make([]*time.Time, n), make([]*time.Time, n)
 		status, lastErr := make([]*int32, n), make([]*string, n)
 		ages := make([]int64, n)
+		changeAges = make(map[string]*int64, n)
 		for i, st := range subs {
 			ids[i], states[i], changed[i] = st.ID, string(st.State), st.Changed
 			success[i], failure[i] = nullTime(st.LastSuccessAt), nullTime(st.LastFailureAt)
 			status[i], lastErr[i] = nullInt(st.LastStatus), nullText(st.LastError)
-			ages[i] = changeAge(st)
-			if changeAges == nil {
-				changeAges = make(map[string]int64, n)
-			}
-			changeAges[st.ID] = ages[i]
+			changeAges[st.ID] = &ages[i]
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.subscriptions AS s (id, state, state_changed_at, last_success_at, last_failure_at, last_status, last_error, updated_at)
 			SELECT u.id, u.state, CASE WHEN u.changed THEN now() - u.age * interval '1 microsecond' END, u.success, u.failure, u.status, u.err, now()
@@ -485,6 +495,11 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				last_error = coalesce(EXCLUDED.last_error, s.last_error),
 				updated_at = now()`),
 			ids, states, changed, success, failure, status, lastErr, ages)
+		batch.list[len(batch.list)-1].clock = func() {
+			for i, st := range subs {
+				ages[i] = changeAge(st)
+			}
+		}
 	}
 	// Transitions per subscription in this batch: one is told when it
 	// changed the journal's state; several (a flap within one batch, the
@@ -511,7 +526,7 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 			batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body)
 				SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM {{schema}}.subscriptions
 					WHERE id = $1 AND state = $4 AND state_changed_at = now() - $5 * interval '1 microsecond')`),
-				n.SubscriptionID, n.Kind, n.Body, state, changeAges[n.SubscriptionID])
+				n.SubscriptionID, n.Kind, n.Body, state, notifiedAge(changeAges, n.SubscriptionID))
 			continue
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body) VALUES ($1, $2, $3)`), n.SubscriptionID, n.Kind, n.Body)
@@ -544,12 +559,27 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 }
 
 // changeAge is how long ago st's change was made, in microseconds, as
-// the statement that records it is built (0 for no change, or no time).
+// the batch that records it is sent (0 for no change, or no time).
+//
+// A disable is placed at its write, as before: it is ordered against an
+// operator's resume (SetState, at its write), not against the health
+// changes of processes that have not yet seen the 410, which must not
+// undo it (the upsert keeps disabled until a resume).
 func changeAge(st SubscriptionState) int64 {
-	if !st.Changed || st.ChangedAt.IsZero() {
+	if !st.Changed || st.ChangedAt.IsZero() || st.State == Disabled {
 		return 0
 	}
 	return max(0, time.Since(st.ChangedAt).Microseconds())
+}
+
+// notifiedAge is the age its notification's check compares with: the
+// one the state's statement records (a pointer, read when run reads the
+// clock), or 0 with no state row in the batch.
+func notifiedAge(ages map[string]*int64, subscription string) any {
+	if a, ok := ages[subscription]; ok {
+		return a
+	}
+	return int64(0)
 }
 
 // notifiedState is the subscription state each kind of notification
