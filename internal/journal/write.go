@@ -246,8 +246,8 @@ var binaryFormat = []int16{pgx.BinaryFormatCode}
 // runs as one implicit transaction: all or nothing, in one round trip.
 // Each statement is prepared once per connection (pgx keeps it by its
 // SQL). Everything is encoded before the first byte is sent, so an
-// argument pgx cannot encode fails the batch without harming the
-// connection.
+// argument pgx cannot encode fails the batch with nothing of it sent
+// (the connection is then closed, as after any error but a conflict).
 func (s *Store) run(ctx context.Context, stmts []statement) (err error) {
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
