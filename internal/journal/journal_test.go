@@ -1082,8 +1082,8 @@ func TestStateChangeHeldUp(t *testing.T) {
 
 // TestDisableBeatsALaterHealthChange: a 410 disables the subscription
 // even when another process, which has not seen it, wrote a health
-// change made after the 410 first: the disable is placed at its write
-// (ordered against a resume, not against health changes), and told.
+// change made after the 410 first: a disable is ordered against a
+// resume, not against health changes, and told.
 func TestDisableBeatsALaterHealthChange(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
@@ -1106,6 +1106,50 @@ func TestDisableBeatsALaterHealthChange(t *testing.T) {
 	}
 	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'disabled'`); got != 1 {
 		t.Errorf("%d disabled notifications, want 1", got)
+	}
+}
+
+// TestHeldUpDisableAfterResume: a disable whose batch was held up past
+// an operator's resume, though made before it, does not disable the
+// subscription again; one made after the resume does.
+func TestHeldUpDisableAfterResume(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	disable := func(at time.Time) {
+		t.Helper()
+		if err := s.Write(ctx, &Batch{
+			Subs:          []SubscriptionState{{ID: "crm", State: Disabled, Changed: true, ChangedAt: at, LastStatus: 410}},
+			Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "disabled", Body: []byte(`{}`)}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func() Health {
+		t.Helper()
+		rows, err := s.SubscriptionStates(ctx)
+		if err != nil || len(rows) != 1 {
+			t.Fatalf("journal's states %+v (%v)", rows, err)
+		}
+		return rows[0].State
+	}
+	before := time.Now().Add(-time.Second)
+	disable(before.Add(-time.Second))
+	if err := s.SetState(ctx, "crm", Healthy); err != nil { // the operator resumes
+		t.Fatal(err)
+	}
+	disable(before) // another process's, made before the resume, written after it
+	if got := state(); got != Healthy {
+		t.Fatalf("state %s after a disable made before the resume, want healthy", got)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'disabled'`); got != 1 {
+		t.Errorf("%d disabled notifications, want 1: the held-up disable was not the journal's", got)
+	}
+	disable(time.Now()) // the receiver still answers 410
+	if got := state(); got != Disabled {
+		t.Fatalf("state %s after a disable made after the resume, want disabled", got)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'disabled'`); got != 2 {
+		t.Errorf("%d disabled notifications, want 2", got)
 	}
 }
 

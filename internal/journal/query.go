@@ -287,8 +287,12 @@ func (s *Store) SetPaused(ctx context.Context, subscription string, paused bool)
 // SetState records a subscription's health (resume re-enables a disabled
 // subscription).
 func (s *Store) SetState(ctx context.Context, subscription string, state Health) error {
-	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.subscriptions (id, state, state_changed_at) VALUES ($1, $2, now())
-		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, state_changed_at = now(), updated_at = now()`), subscription, string(state))
+	// resumed_at: a disable made before this (its batch held up) must
+	// not disable the subscription again (write.go, the state's upsert).
+	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.subscriptions AS s (id, state, state_changed_at, resumed_at)
+		VALUES ($1, $2, now(), CASE WHEN $2 <> 'disabled' THEN now() END)
+		ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, state_changed_at = now(), updated_at = now(),
+			resumed_at = CASE WHEN EXCLUDED.state <> 'disabled' THEN now() ELSE s.resumed_at END`), subscription, string(state))
 	return err
 }
 

@@ -479,15 +479,15 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				-- time it was made (SubscriptionState.ChangedAt): one made
 				-- before the journal's last change (its batch waited for
 				-- this row's lock, or was retried) does not undo that
-				-- change. A disabled subscription stays
-				-- disabled until a resume (SetState): a process that has
-				-- not yet learned of the 410 must not re-enable it.
-				state = CASE WHEN s.state = 'disabled' OR EXCLUDED.state_changed_at IS NULL
-					OR EXCLUDED.state_changed_at < coalesce(s.state_changed_at, '-infinity') THEN s.state ELSE EXCLUDED.state END, -- changed: a change time
+				-- change. A disabled subscription stays disabled until a
+				-- resume (SetState): a process that has not yet learned of
+				-- the 410 must not re-enable it. A disable beats any
+				-- failing/healthy change, made before or after it, and
+				-- loses only to a resume made after it (resumed_at).
+				state = CASE WHEN `+subscriptionChangeTakes+` THEN EXCLUDED.state ELSE s.state END,
 				-- Changed when the journal's state changes: another
 				-- process may have recorded the same transition first.
-				state_changed_at = CASE WHEN s.state <> 'disabled' AND EXCLUDED.state_changed_at IS NOT NULL AND EXCLUDED.state <> s.state
-					AND EXCLUDED.state_changed_at >= coalesce(s.state_changed_at, '-infinity')
+				state_changed_at = CASE WHEN `+subscriptionChangeTakes+` AND EXCLUDED.state <> s.state
 					THEN EXCLUDED.state_changed_at ELSE s.state_changed_at END,
 				last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
 				last_failure_at = coalesce(EXCLUDED.last_failure_at, s.last_failure_at),
@@ -558,15 +558,19 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	return batch.list
 }
 
+// subscriptionChangeTakes is the condition under which a state row's
+// change (EXCLUDED) becomes the journal's (s): nothing undoes a disable
+// but a resume (SetState); a disable takes unless an operator resumed
+// the subscription after it was made; a failing/healthy change takes
+// unless the journal's last change was made after it.
+const subscriptionChangeTakes = `(s.state <> 'disabled' AND EXCLUDED.state_changed_at IS NOT NULL AND CASE
+					WHEN EXCLUDED.state = 'disabled' THEN EXCLUDED.state_changed_at >= coalesce(s.resumed_at, '-infinity')
+					ELSE EXCLUDED.state_changed_at >= coalesce(s.state_changed_at, '-infinity') END)`
+
 // changeAge is how long ago st's change was made, in microseconds, as
 // the batch that records it is sent (0 for no change, or no time).
-//
-// A disable is placed at its write, as before: it is ordered against an
-// operator's resume (SetState, at its write), not against the health
-// changes of processes that have not yet seen the 410, which must not
-// undo it (the upsert keeps disabled until a resume).
 func changeAge(st SubscriptionState) int64 {
-	if !st.Changed || st.ChangedAt.IsZero() || st.State == Disabled {
+	if !st.Changed || st.ChangedAt.IsZero() {
 		return 0
 	}
 	return max(0, time.Since(st.ChangedAt).Microseconds())

@@ -1,0 +1,11 @@
+-- dzhook journal, version 13: when an operator last set a subscription's
+-- state (a resume after a 410's disable).
+--
+-- The journal orders the health changes of the processes that share it
+-- by when each was made. A disable (a receiver's 410) is ordered apart:
+-- it beats any failing/healthy change, whose process may not have seen
+-- the 410, and loses only to a resume made after it; a disable whose
+-- batch was held up past the resume does not disable the subscription
+-- again. NULL: never set by an operator. A nullable column without a
+-- default: adding it rewrites nothing.
+ALTER TABLE {{schema}}.subscriptions ADD COLUMN resumed_at timestamptz;
