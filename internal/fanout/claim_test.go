@@ -716,3 +716,104 @@ func TestDueInTheJournalsClock(t *testing.T) {
 	}
 	rc.Wait(t, 1, 10*time.Second)
 }
+
+// TestDisableKeptUntilAResume: a process that disabled a subscription (a
+// 410) keeps it disabled until an operator resumes it, whatever the
+// other processes journal meanwhile: a failing change made after the 410
+// by one that has not seen it (this one's disable not journaled yet)
+// does not re-enable it. And a disable adopted from the journal is
+// ended by a resume made after the disable, even one whose transaction
+// began before the process read the disable.
+func TestDisableKeptUntilAResume(t *testing.T) {
+	store, db := newJournalDB(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Hour, // syncFlags only when called here
+	})
+	testutil.Eventually(t, 10*time.Second, "the dispatcher started (its state loaded)", func() bool { return d.loaded.Load() })
+	s := d.reg.Load().byID["crm"]
+	passed := func(d time.Duration, since time.Time) { // the clock moves on, so that times stand apart
+		for time.Since(since) < d {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	local := func() journal.Health {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.state
+	}
+	// A 410 seen here, its batch not yet written.
+	gone := time.Now()
+	s.mu.Lock()
+	s.state, s.disabledAt = journal.Disabled, gone
+	s.mu.Unlock()
+	// Another process, which has not seen it, journals failing, made after.
+	passed(100*time.Millisecond, gone)
+	if err := store.Write(ctx, &journal.Batch{Subs: []journal.SubscriptionState{{ID: "crm", State: journal.Failing, Changed: true, ChangedAt: time.Now(), LastStatus: 503}}}); err != nil {
+		t.Fatal(err)
+	}
+	d.syncFlags(ctx)
+	if got := local(); got != journal.Disabled {
+		t.Fatalf("state %s after another process's failing change, want disabled until a resume", got)
+	}
+	// The operator resumes through another process.
+	if err := store.SetState(ctx, "crm", journal.Healthy); err != nil {
+		t.Fatal(err)
+	}
+	d.syncFlags(ctx)
+	if got := local(); got != journal.Healthy {
+		t.Fatalf("state %s after a resume, want healthy", got)
+	}
+
+	// Another process's disable is adopted here while an operator's
+	// resume is under way: its transaction began after the disable was
+	// made, but before this process read the journal, and commits after.
+	disabled := time.Now()
+	if err := store.Write(ctx, &journal.Batch{Subs: []journal.SubscriptionState{{ID: "crm", State: journal.Disabled, Changed: true, ChangedAt: disabled, LastStatus: 410}}}); err != nil {
+		t.Fatal(err)
+	}
+	passed(100*time.Millisecond, disabled)
+	resume := db.Hold(t, `SELECT 1`) // the resume's transaction: its now() is this moment
+	begun := time.Now()
+	passed(100*time.Millisecond, begun)
+	d.syncFlags(ctx)
+	if got := local(); got != journal.Disabled {
+		t.Fatalf("state %s, want the disable adopted", got)
+	}
+	if _, err := resume.Exec(ctx, `UPDATE dzhook.subscriptions SET state = 'healthy', state_changed_at = now(), resumed_at = now() WHERE id = 'crm'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := resume.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.syncFlags(ctx)
+	if got := local(); got != journal.Healthy {
+		t.Fatalf("state %s after a resume made after the disable, want healthy", got)
+	}
+}
+
+// TestResumeOfADisableNotYetAdopted: an operator's resume through a
+// process that has not yet adopted another's disable (a 410 there) is
+// the journal's all the same: the subscription is enabled again.
+func TestResumeOfADisableNotYetAdopted(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Hour,
+	})
+	testutil.Eventually(t, 10*time.Second, "the dispatcher started (its state loaded)", func() bool { return d.loaded.Load() })
+	if err := store.Write(ctx, &journal.Batch{Subs: []journal.SubscriptionState{{ID: "crm", State: journal.Disabled, Changed: true, ChangedAt: time.Now(), LastStatus: 410}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Resume(ctx, "crm"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := store.SubscriptionStates(ctx)
+	if err != nil || len(rows) != 1 || rows[0].State != journal.Healthy {
+		t.Fatalf("journal's state %+v (%v) after the resume, want healthy", rows, err)
+	}
+}

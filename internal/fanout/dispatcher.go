@@ -515,9 +515,16 @@ func (d *Dispatcher) syncFlags(ctx context.Context) {
 		}
 		switch {
 		case st.State == journal.Disabled && s.state != journal.Disabled:
-			s.state, s.disabledAt = journal.Disabled, time.Now()
+			// At the disable's own time (the journal keeps when it was
+			// made), not now: a resume made after it, which this read
+			// may just have missed, re-enables the subscription.
+			s.state, s.disabledAt = journal.Disabled, changedAt
 			d.log.Info("subscription disabled by another instance", "subscription", st.ID)
-		case st.State != journal.Disabled && s.state == journal.Disabled && changedAt.After(s.disabledAt):
+		case st.State != journal.Disabled && s.state == journal.Disabled && asked.Add(-st.ResumeAge).After(s.disabledAt):
+			// Only a resume made after this process's disable re-enables
+			// it: a failing/healthy change of a process that has not
+			// seen the 410 (this one's disable may not be journaled
+			// yet) never does, as in the journal.
 			s.state = st.State
 			d.log.Info("subscription re-enabled by another instance", "subscription", st.ID, "state", st.State)
 		case st.State != journal.Disabled && s.state != journal.Disabled && st.State != s.state &&

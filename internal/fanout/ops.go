@@ -188,6 +188,13 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 		s.state = journal.Healthy
 	}
 	s.mu.Unlock()
+	if !wasDisabled {
+		// Another process may have disabled it (a 410) and this one not
+		// adopted that yet: the resume is the journal's.
+		if wasDisabled, err = d.journalDisabled(ctx, subscription); err != nil {
+			return 0, err
+		}
+	}
 	if wasDisabled {
 		if err := d.cfg.Journal.SetState(ctx, subscription, journal.Healthy); err != nil {
 			return 0, err
@@ -210,6 +217,20 @@ func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, erro
 	d.log.Info("subscription resumed", "subscription", subscription, "held_deliveries", n)
 	d.nudge()
 	return n, nil
+}
+
+// journalDisabled reports whether the journal has subscription disabled.
+func (d *Dispatcher) journalDisabled(ctx context.Context, subscription string) (bool, error) {
+	states, err := d.cfg.Journal.SubscriptionStates(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, st := range states {
+		if st.ID == subscription {
+			return st.State == journal.Disabled, nil
+		}
+	}
+	return false, nil
 }
 
 // SubscriptionStatus is a subscription as the admin API shows it.

@@ -783,12 +783,16 @@ type SubscriptionRow struct {
 	// StateAge is how long ago (the journal's clock) State was set; a
 	// very long time when it never was.
 	StateAge time.Duration
+	// ResumeAge is how long ago an operator last set the state (a
+	// resume, SetState); a very long time when none did.
+	ResumeAge time.Duration
 }
 
 // SubscriptionStates returns every subscription's persisted state.
 func (s *Store) SubscriptionStates(ctx context.Context) ([]SubscriptionRow, error) {
 	rows, err := s.pool.Query(ctx, s.q(`SELECT id, state, paused, last_success_at, last_failure_at, last_status, last_error,
-		coalesce(extract(epoch FROM now() - state_changed_at), 1e9)::float8 FROM {{schema}}.subscriptions`))
+		coalesce(extract(epoch FROM now() - state_changed_at), 1e9)::float8,
+		coalesce(extract(epoch FROM now() - resumed_at), 1e9)::float8 FROM {{schema}}.subscriptions`))
 	if err != nil {
 		return nil, err
 	}
@@ -797,9 +801,10 @@ func (s *Store) SubscriptionStates(ctx context.Context) ([]SubscriptionRow, erro
 		var okAt, failAt *time.Time
 		var status *int32
 		var lastErr *string
-		var age float64
-		err := r.Scan(&row.ID, &row.State, &row.Paused, &okAt, &failAt, &status, &lastErr, &age)
+		var age, resumed float64
+		err := r.Scan(&row.ID, &row.State, &row.Paused, &okAt, &failAt, &status, &lastErr, &age, &resumed)
 		row.StateAge = time.Duration(age * float64(time.Second))
+		row.ResumeAge = time.Duration(resumed * float64(time.Second))
 		if okAt != nil {
 			row.LastSuccessAt = *okAt
 		}
