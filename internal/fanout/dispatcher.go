@@ -61,7 +61,7 @@ type Store interface {
 	Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error)
 	ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (journal.Claimed, error)
 	ReleaseLost(ctx context.Context, owner string, c journal.LostClaim) (released int, settled bool, err error)
-	Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (int, error)
+	Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (parked int, locked bool, err error)
 	Unpark(ctx context.Context, limit int) (int, error)
 	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)
 	RetryFailed(ctx context.Context, subscription string, since, until *time.Time, self string, staleAfter time.Duration) (int, error)

@@ -83,7 +83,8 @@ type scheduler struct {
 	// parkWait is how long after the last Park the next may run: a poll
 	// interval, doubled (to a minute at most) while Park finds nothing to
 	// park: a slow round beside a run in flight, or behind a head being
-	// attempted, reads deliveries Park cannot park.
+	// attempted, reads deliveries Park cannot park. Not doubled when
+	// Park found some but another transaction held their head.
 	parkWait time.Duration
 	// lastUnpark is when Unpark last ran (once per poll interval while
 	// the process has ordered subscriptions).
@@ -401,7 +402,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 func (sc *scheduler) parkBehindHeads(ctx context.Context) {
 	subs := sc.park
 	sc.lastPark = time.Now()
-	n, err := sc.store.Park(ctx, subs, 3*sc.heartbeat, parkBatch)
+	n, locked, err := sc.store.Park(ctx, subs, 3*sc.heartbeat, parkBatch)
 	switch {
 	case err != nil:
 		if ctx.Err() == nil {
@@ -414,6 +415,11 @@ func (sc *scheduler) parkBehindHeads(ctx context.Context) {
 			sc.lastPark = time.Time{}
 			sc.nudge()
 		}
+	case locked:
+		// Found, but held by another transaction (a head whose outcome
+		// is being recorded, a replay's cancel): not "nothing to park".
+		// The claims read them until Park takes them: again next poll.
+		sc.parkWait = 0
 	default:
 		sc.parkWait = min(max(2*sc.parkWait, 2*sc.poll), time.Minute)
 	}

@@ -1153,6 +1153,38 @@ func TestHeldUpDisableAfterResume(t *testing.T) {
 	}
 }
 
+// TestParkTellsALockedHead: Park that finds deliveries behind a waiting
+// head it cannot lock (another transaction records the head's outcome)
+// says so, so that its caller calls again soon instead of waiting longer
+// as when there is nothing to park.
+func TestParkTellsALockedHead(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, orderedBatch("k", 0, 4)); err != nil {
+		t.Fatal(err)
+	}
+	head := "dlv_k_000001"
+	if err := s.Write(ctx, &Batch{
+		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), LastStatus: 503, LastAttemptAt: time.Now()}},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tx := db.Hold(t, `SELECT 1 FROM dzhook.deliveries WHERE id = '`+head+`' FOR UPDATE`)
+	if n, locked, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 0 || !locked {
+		t.Fatalf("Park beside a locked head: parked %d, locked %v (err %v); want 0, true", n, locked, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, locked, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 3 || locked {
+		t.Fatalf("Park once the head is free: parked %d, locked %v (err %v); want 3, false", n, locked, err)
+	}
+	if n, locked, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 0 || locked {
+		t.Fatalf("Park with nothing left: parked %d, locked %v (err %v); want 0, false", n, locked, err)
+	}
+}
+
 // TestParkWaitsForNoLock: Park and Unpark leave a delivery another
 // transaction holds for a later call instead of waiting for it. Waiting,
 // Park deadlocked with a replay's cancel, which holds the deliveries it
@@ -1178,7 +1210,7 @@ func TestParkWaitsForNoLock(t *testing.T) {
 	defer stop()
 	parked := make(chan error, 1)
 	go func() {
-		n, err := s.Park(pctx, []string{"crm"}, time.Minute, 100)
+		n, _, err := s.Park(pctx, []string{"crm"}, time.Minute, 100)
 		if err == nil && n != 3 {
 			err = fmt.Errorf("parked %d, want the 3 behind the head that no one holds", n)
 		}
@@ -1266,7 +1298,7 @@ func TestParkBehindWaitingHead(t *testing.T) {
 	if got := dueOf(t, db, "k"); got != behind {
 		t.Fatalf("before parking, %d of k's deliveries are due, want %d", got, behind)
 	}
-	n, err := s.Park(ctx, []string{"crm"}, time.Minute, 100000)
+	n, _, err := s.Park(ctx, []string{"crm"}, time.Minute, 100000)
 	if err != nil || n != behind {
 		t.Fatalf("Park parked %d (err %v), want the %d behind k's head", n, err, behind)
 	}
@@ -1279,8 +1311,8 @@ func TestParkBehindWaitingHead(t *testing.T) {
 	if got := dueOf(t, db, "busy") + dueOf(t, db, "fresh"); got != 2+3 {
 		t.Errorf("keys busy and fresh: %d due after parking, want 5 (nothing parked behind a head being attempted or due)", got)
 	}
-	if n, err := s.Park(ctx, []string{"crm"}, time.Minute, 100000); err != nil || n != 0 {
-		t.Errorf("a second Park parked %d (err %v), want 0", n, err)
+	if n, locked, err := s.Park(ctx, []string{"crm"}, time.Minute, 100000); err != nil || n != 0 || locked {
+		t.Errorf("a second Park parked %d (locked %v, err %v), want 0: nothing left to park", n, locked, err)
 	}
 	got, err := s.Claim(ctx, crm(100), "a", "t1", time.Minute)
 	if ids := claimedIDs(got); err != nil || !slices.Equal(ids, []string{"dlv_fresh_000001", "dlv_fresh_000002", "dlv_fresh_000003"}) {
@@ -1438,7 +1470,7 @@ func TestParkedFollowCancelledReplay(t *testing.T) {
 	db.Exec(t, `INSERT INTO dzhook.replays (id, subscription_id, since, until, patterns, types, matched)
 			VALUES ('rpl_1', 'crm', now() - interval '1 day', now(), '{}', '{}', 1)`,
 		`UPDATE dzhook.deliveries SET replay_id = 'rpl_1', attempts = 1, next_attempt_at = now() + interval '1 hour' WHERE id = '`+head+`'`)
-	if n, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 3 {
+	if n, _, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 3 {
 		t.Fatalf("Park parked %d (err %v), want 3", n, err)
 	}
 	if _, _, err := s.CancelReplay(ctx, "crm", "rpl_1", "test"); err != nil {
@@ -1471,7 +1503,7 @@ func BenchmarkClaimBehindWaitingHead(b *testing.B) {
 				b.Fatal(err)
 			}
 			if parked {
-				if n, err := s.Park(ctx, []string{"crm"}, time.Minute, 1_000_000); err != nil || n != 200000 {
+				if n, _, err := s.Park(ctx, []string{"crm"}, time.Minute, 1_000_000); err != nil || n != 200000 {
 					b.Fatalf("parked %d, %v", n, err)
 				}
 			}

@@ -506,7 +506,10 @@ func (s *Store) onConn(ctx context.Context, f func(*pgx.Conn) error) error {
 
 // Park takes out of the claim's way, up to limit at a time, the due
 // ordered deliveries of subscriptions that wait behind their key's head
-// while the head waits for its retry, and returns how many it took.
+// while the head waits for its retry, and returns how many it took, and
+// whether it left some that it found because another transaction held
+// them or their head (the caller calls again soon, rather than taking
+// "none parked" for "nothing to park").
 //
 // Claim takes an ordered delivery only when it is its key's head, and
 // asks that of every due delivery it reads: behind a head waiting for its
@@ -531,11 +534,12 @@ func (s *Store) onConn(ctx context.Context, f func(*pgx.Conn) error) error {
 // replay's cancel, which takes the same rows in another order (the
 // replay's deliveries, then those parked behind them), and PostgreSQL
 // aborted one of the two: the operator's cancel, as often as not.
-func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (int, error) {
+func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (parked int, locked bool, err error) {
 	if len(subscriptions) == 0 || limit < 1 {
-		return 0, nil
+		return 0, false, nil
 	}
-	tag, err := s.execNoJIT(ctx, s.q(`
+	var found int
+	err = s.queryRowNoJIT(ctx, []any{&found, &parked}, s.q(`
 		WITH live AS (
 			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $2 * interval '1 second'
 		), behind AS (
@@ -557,16 +561,21 @@ func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter tim
 			 WHERE x.id IN (SELECT head FROM behind) AND x.state = 'pending' AND x.next_attempt_at > now()
 			   AND (x.owner IS NULL OR x.owner NOT IN (SELECT id FROM live))
 			   FOR SHARE OF x SKIP LOCKED
+		), parked AS (
+			UPDATE {{schema}}.deliveries d SET next_attempt_at = heads.next_attempt_at, parked_behind = heads.id
+			  FROM behind JOIN heads ON heads.id = behind.head
+			 WHERE d.id = behind.id AND d.state = 'pending' AND d.next_attempt_at <= now()
+			   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))
+			RETURNING 1
 		)
-		UPDATE {{schema}}.deliveries d SET next_attempt_at = heads.next_attempt_at, parked_behind = heads.id
-		  FROM behind JOIN heads ON heads.id = behind.head
-		 WHERE d.id = behind.id AND d.state = 'pending' AND d.next_attempt_at <= now()
-		   AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))`),
+		SELECT (SELECT count(*) FROM behind)::int, (SELECT count(*) FROM parked)::int`),
 		subscriptions, staleAfter.Seconds(), limit)
 	if err != nil {
-		return 0, fmt.Errorf("park ordered deliveries behind their heads: %w", err)
+		return 0, false, fmt.Errorf("park ordered deliveries behind their heads: %w", err)
 	}
-	return int(tag.RowsAffected()), nil
+	// Found behind a waiting head but not parked: the head was locked
+	// (SKIP LOCKED), or it moved on meanwhile.
+	return parked, found > parked, nil
 }
 
 // Unpark makes due again, up to limit at a time, the deliveries parked
@@ -606,6 +615,17 @@ func (s *Store) Unpark(ctx context.Context, limit int) (int, error) {
 		return 0, fmt.Errorf("unpark ordered deliveries whose heads moved on: %w", err)
 	}
 	return int(tag.RowsAffected()), nil
+}
+
+// queryRowNoJIT runs one statement that returns a row, scanned into
+// dest, as execNoJIT runs one.
+func (s *Store) queryRowNoJIT(ctx context.Context, dest []any, sql string, args ...any) error {
+	batch := &pgx.Batch{}
+	batch.Queue("BEGIN")
+	batch.Queue("SET LOCAL jit = off")
+	batch.Queue(sql, args...).QueryRow(func(r pgx.Row) error { return r.Scan(dest...) })
+	batch.Queue("COMMIT")
+	return s.pool.SendBatch(ctx, batch).Close()
 }
 
 // execNoJIT runs one statement in a transaction of its own without JIT
