@@ -666,33 +666,31 @@ func TestHealthAcrossInstances(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "healthy in both processes and the journal", func() bool {
 		return state(d1) == journal.Healthy && state(d2) == journal.Healthy && journaled() == journal.Healthy
 	})
-	var kinds []string
 	testutil.Eventually(t, 10*time.Second, "the admin told of both changes", func() bool {
-		ns, err := store.Notifications(ctx, 100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kinds = kinds[:0]
-		for _, n := range ns {
-			kinds = append(kinds, n.Kind)
-		}
-		return len(kinds) >= 2
+		return len(notificationKinds(t, store)) >= 2
 	})
 	// Nothing more comes: both processes' writers flushed within three
 	// heartbeats (a notification is journaled with its state's batch).
 	time.Sleep(3 * 200 * time.Millisecond)
-	ns, err := store.Notifications(ctx, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kinds = kinds[:0]
-	for _, n := range ns {
-		kinds = append(kinds, n.Kind)
-	}
+	kinds := notificationKinds(t, store)
 	slices.Sort(kinds)
 	if !slices.Equal(kinds, []string{"failing", "recovered"}) {
 		t.Errorf("notifications %v, want one failing and one recovered", kinds)
 	}
+}
+
+// notificationKinds lists the kinds of the admin's notifications.
+func notificationKinds(t *testing.T, store *journal.Store) []string {
+	t.Helper()
+	ns, err := store.Notifications(context.Background(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := make([]string, len(ns))
+	for i, n := range ns {
+		kinds[i] = n.Kind
+	}
+	return kinds
 }
 
 // TestDueInTheJournalsClock: a process whose clock is an hour ahead of
@@ -717,6 +715,20 @@ func TestDueInTheJournalsClock(t *testing.T) {
 	rc.Wait(t, 1, 10*time.Second)
 }
 
+// startAlone starts a dispatcher of subscription crm that syncs its
+// state with the journal only when a test calls syncFlags (a heartbeat
+// of an hour), once it has loaded that state.
+func startAlone(t *testing.T, store *journal.Store) *Dispatcher {
+	t.Helper()
+	rc := testutil.NewReceiver(t)
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Hour,
+	})
+	testutil.Eventually(t, 10*time.Second, "the dispatcher started (its state loaded)", func() bool { return d.loaded.Load() })
+	return d
+}
+
 // TestDisableKeptUntilAResume: a process that disabled a subscription (a
 // 410) keeps it disabled until an operator resumes it, whatever the
 // other processes journal meanwhile: a failing change made after the 410
@@ -727,12 +739,7 @@ func TestDueInTheJournalsClock(t *testing.T) {
 func TestDisableKeptUntilAResume(t *testing.T) {
 	store, db := newJournalDB(t)
 	ctx := context.Background()
-	rc := testutil.NewReceiver(t)
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Hour, // syncFlags only when called here
-	})
-	testutil.Eventually(t, 10*time.Second, "the dispatcher started (its state loaded)", func() bool { return d.loaded.Load() })
+	d := startAlone(t, store)
 	s := d.reg.Load().byID["crm"]
 	passed := func(d time.Duration, since time.Time) { // the clock moves on, so that times stand apart
 		for time.Since(since) < d {
@@ -800,12 +807,7 @@ func TestDisableKeptUntilAResume(t *testing.T) {
 func TestResumeOfADisableNotYetAdopted(t *testing.T) {
 	store := newJournal(t)
 	ctx := context.Background()
-	rc := testutil.NewReceiver(t)
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
-		Journal:       store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Hour,
-	})
-	testutil.Eventually(t, 10*time.Second, "the dispatcher started (its state loaded)", func() bool { return d.loaded.Load() })
+	d := startAlone(t, store)
 	if err := store.Write(ctx, &journal.Batch{Subs: []journal.SubscriptionState{{ID: "crm", State: journal.Disabled, Changed: true, ChangedAt: time.Now(), LastStatus: 410}}}); err != nil {
 		t.Fatal(err)
 	}

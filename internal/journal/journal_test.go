@@ -1019,16 +1019,47 @@ func TestStateChangeOfAnEarlierBatch(t *testing.T) {
 	if err := <-earlier; err != nil {
 		t.Fatal(err)
 	}
-	rows, err := s.SubscriptionStates(ctx)
-	if err != nil || len(rows) != 1 || rows[0].State != Failing {
-		t.Errorf("journal's state %+v (%v), want failing: the later change", rows, err)
+	if got := crmState(t, s); got != Failing {
+		t.Errorf("journal's state %s, want failing: the later change", got)
 	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'recovered'`); got != 0 {
+	if got := notified(t, db, "recovered"); got != 0 {
 		t.Errorf("%d recovered notifications for a change the journal did not take, want 0", got)
 	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'failing'`); got != 1 {
+	if got := notified(t, db, "failing"); got != 1 {
 		t.Errorf("%d failing notifications, want 1", got)
 	}
+}
+
+// changeState journals a process's change of crm's state, made at at,
+// with the notification that tells it.
+func changeState(t *testing.T, s *Store, state Health, kind string, at time.Time) {
+	t.Helper()
+	status := 503
+	if state == Disabled {
+		status = 410
+	}
+	if err := s.Write(context.Background(), &Batch{
+		Subs:          []SubscriptionState{{ID: "crm", State: state, Changed: true, ChangedAt: at, LastStatus: status}},
+		Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: kind, Body: []byte(`{}`)}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// crmState is crm's state in the journal.
+func crmState(t *testing.T, s *Store) Health {
+	t.Helper()
+	rows, err := s.SubscriptionStates(context.Background())
+	if err != nil || len(rows) != 1 || rows[0].ID != "crm" {
+		t.Fatalf("journal's states %+v (%v), want crm's alone", rows, err)
+	}
+	return rows[0].State
+}
+
+// notified counts the notifications of kind.
+func notified(t *testing.T, db *pgtest.DB, kind string) int {
+	t.Helper()
+	return queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = '`+kind+`'`)
 }
 
 // TestStateChangeHeldUp: a change is placed at the time the process made
@@ -1038,30 +1069,20 @@ func TestStateChangeOfAnEarlierBatch(t *testing.T) {
 func TestStateChangeHeldUp(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
-	write := func(state Health, kind string, at time.Time) {
-		t.Helper()
-		if err := s.Write(ctx, &Batch{
-			Subs:          []SubscriptionState{{ID: "crm", State: state, Changed: true, ChangedAt: at, LastStatus: 503}},
-			Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: kind, Body: []byte(`{}`)}},
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	now := time.Now()
-	write(Failing, "failing", now.Add(-10*time.Second))
+	changeState(t, s, Failing, "failing", now.Add(-10*time.Second))
 	// Another process saw the receiver recover, and wrote that first.
-	write(Healthy, "recovered", now)
+	changeState(t, s, Healthy, "recovered", now)
 	// This process saw it fail before that; its batch was held up and
 	// comes last.
-	write(Failing, "failing", now.Add(-2*time.Second))
-	rows, err := s.SubscriptionStates(ctx)
-	if err != nil || len(rows) != 1 || rows[0].State != Healthy {
-		t.Errorf("journal's state %+v (%v), want healthy: the later change", rows, err)
+	changeState(t, s, Failing, "failing", now.Add(-2*time.Second))
+	if got := crmState(t, s); got != Healthy {
+		t.Errorf("journal's state %s, want healthy: the later change", got)
 	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'failing'`); got != 1 {
+	if got := notified(t, db, "failing"); got != 1 {
 		t.Errorf("%d failing notifications, want 1: the held-up change was not the journal's", got)
 	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'recovered'`); got != 1 {
+	if got := notified(t, db, "recovered"); got != 1 {
 		t.Errorf("%d recovered notifications, want 1", got)
 	}
 	// A change is recorded at its time: one made three seconds ago reads
@@ -1086,25 +1107,13 @@ func TestStateChangeHeldUp(t *testing.T) {
 // resume, not against health changes, and told.
 func TestDisableBeatsALaterHealthChange(t *testing.T) {
 	s, db := newStore(t)
-	ctx := context.Background()
 	gone := time.Now().Add(-time.Second)
-	if err := s.Write(ctx, &Batch{
-		Subs:          []SubscriptionState{{ID: "crm", State: Failing, Changed: true, ChangedAt: time.Now(), LastStatus: 503}},
-		Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "failing", Body: []byte(`{}`)}},
-	}); err != nil {
-		t.Fatal(err)
+	changeState(t, s, Failing, "failing", time.Now())
+	changeState(t, s, Disabled, "disabled", gone)
+	if got := crmState(t, s); got != Disabled {
+		t.Errorf("journal's state %s, want disabled", got)
 	}
-	if err := s.Write(ctx, &Batch{
-		Subs:          []SubscriptionState{{ID: "crm", State: Disabled, Changed: true, ChangedAt: gone, LastStatus: 410}},
-		Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "disabled", Body: []byte(`{}`)}},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rows, err := s.SubscriptionStates(ctx)
-	if err != nil || len(rows) != 1 || rows[0].State != Disabled {
-		t.Errorf("journal's state %+v (%v), want disabled", rows, err)
-	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'disabled'`); got != 1 {
+	if got := notified(t, db, "disabled"); got != 1 {
 		t.Errorf("%d disabled notifications, want 1", got)
 	}
 }
@@ -1114,41 +1123,23 @@ func TestDisableBeatsALaterHealthChange(t *testing.T) {
 // subscription again; one made after the resume does.
 func TestHeldUpDisableAfterResume(t *testing.T) {
 	s, db := newStore(t)
-	ctx := context.Background()
-	disable := func(at time.Time) {
-		t.Helper()
-		if err := s.Write(ctx, &Batch{
-			Subs:          []SubscriptionState{{ID: "crm", State: Disabled, Changed: true, ChangedAt: at, LastStatus: 410}},
-			Notifications: []NotificationRow{{SubscriptionID: "crm", Kind: "disabled", Body: []byte(`{}`)}},
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	state := func() Health {
-		t.Helper()
-		rows, err := s.SubscriptionStates(ctx)
-		if err != nil || len(rows) != 1 {
-			t.Fatalf("journal's states %+v (%v)", rows, err)
-		}
-		return rows[0].State
-	}
 	before := time.Now().Add(-time.Second)
-	disable(before.Add(-time.Second))
-	if err := s.SetState(ctx, "crm", Healthy); err != nil { // the operator resumes
+	changeState(t, s, Disabled, "disabled", before.Add(-time.Second))
+	if err := s.SetState(context.Background(), "crm", Healthy); err != nil { // the operator resumes
 		t.Fatal(err)
 	}
-	disable(before) // another process's, made before the resume, written after it
-	if got := state(); got != Healthy {
+	changeState(t, s, Disabled, "disabled", before) // another process's, made before the resume, written after it
+	if got := crmState(t, s); got != Healthy {
 		t.Fatalf("state %s after a disable made before the resume, want healthy", got)
 	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'disabled'`); got != 1 {
+	if got := notified(t, db, "disabled"); got != 1 {
 		t.Errorf("%d disabled notifications, want 1: the held-up disable was not the journal's", got)
 	}
-	disable(time.Now()) // the receiver still answers 410
-	if got := state(); got != Disabled {
+	changeState(t, s, Disabled, "disabled", time.Now()) // the receiver still answers 410
+	if got := crmState(t, s); got != Disabled {
 		t.Fatalf("state %s after a disable made after the resume, want disabled", got)
 	}
-	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'disabled'`); got != 2 {
+	if got := notified(t, db, "disabled"); got != 2 {
 		t.Errorf("%d disabled notifications, want 2", got)
 	}
 }

@@ -539,7 +539,8 @@ func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter tim
 		return 0, false, nil
 	}
 	var found int
-	err = s.queryRowNoJIT(ctx, []any{&found, &parked}, s.q(`
+	scan := func(q *pgx.QueuedQuery) { q.QueryRow(func(r pgx.Row) error { return r.Scan(&found, &parked) }) }
+	err = s.noJIT(ctx, scan, s.q(`
 		WITH live AS (
 			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $2 * interval '1 second'
 		), behind AS (
@@ -617,30 +618,27 @@ func (s *Store) Unpark(ctx context.Context, limit int) (int, error) {
 	return int(tag.RowsAffected()), nil
 }
 
-// queryRowNoJIT runs one statement that returns a row, scanned into
-// dest, as execNoJIT runs one.
-func (s *Store) queryRowNoJIT(ctx context.Context, dest []any, sql string, args ...any) error {
+// noJIT runs one statement in a transaction of its own without JIT
+// compilation (see Claim), in one round trip; use says how its result is
+// read (QueuedQuery.Exec, QueryRow).
+func (s *Store) noJIT(ctx context.Context, use func(*pgx.QueuedQuery), sql string, args ...any) error {
 	batch := &pgx.Batch{}
 	batch.Queue("BEGIN")
 	batch.Queue("SET LOCAL jit = off")
-	batch.Queue(sql, args...).QueryRow(func(r pgx.Row) error { return r.Scan(dest...) })
+	use(batch.Queue(sql, args...))
 	batch.Queue("COMMIT")
 	return s.pool.SendBatch(ctx, batch).Close()
 }
 
-// execNoJIT runs one statement in a transaction of its own without JIT
-// compilation (see Claim), in one round trip.
+// execNoJIT runs one statement as noJIT does, and returns its tag.
 func (s *Store) execNoJIT(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	batch := &pgx.Batch{}
-	batch.Queue("BEGIN")
-	batch.Queue("SET LOCAL jit = off")
 	var tag pgconn.CommandTag
-	batch.Queue(sql, args...).Exec(func(ct pgconn.CommandTag) error {
-		tag = ct
-		return nil
-	})
-	batch.Queue("COMMIT")
-	err := s.pool.SendBatch(ctx, batch).Close()
+	err := s.noJIT(ctx, func(q *pgx.QueuedQuery) {
+		q.Exec(func(ct pgconn.CommandTag) error {
+			tag = ct
+			return nil
+		})
+	}, sql, args...)
 	return tag, err
 }
 
