@@ -20,6 +20,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
+	"github.com/dzdesk/dzhook/internal/procs"
 )
 
 // loadConfig loads --config and prints every problem on failure.
@@ -110,6 +111,10 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		return e.Run(gctx)
 	})
 	g.Go(func() error { return watchConfig(gctx, env, *path, digest, log, e) })
+	if !procs.Pinned() {
+		// One processor while the load fits in one (internal/procs).
+		g.Go(func() error { return procs.Run(gctx, procs.Config{}, log) })
+	}
 	if err := g.Wait(); err != nil {
 		log.Error("stopped", "err", err)
 		return exitFailure
