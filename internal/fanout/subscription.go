@@ -17,6 +17,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/procs"
 	"github.com/dzdesk/dzhook/internal/rawsock"
 	"github.com/dzdesk/dzhook/internal/transform"
 	"github.com/dzdesk/dzhook/signer"
@@ -141,6 +142,8 @@ type sub struct {
 	// woken for a task (next, wake); bell is nil where the system has
 	// none, or before the workers start and after they end (under mu).
 	bell     *rawsock.Bell
+	ring     chan struct{} // the bell's stand-in on one processor
+	onRing   atomic.Bool   // the waiter sleeps on ring, not on the bell
 	waiter   atomic.Bool   // a worker holds the bell's role
 	sleeping atomic.Bool   // that worker sleeps on the bell, or is about to
 	idle     atomic.Int32  // workers waiting for promote
@@ -302,6 +305,13 @@ func (s *sub) put(t *task, live bool) bool {
 // the goroutine that put the task, once it sleeps: no thread is woken
 // for the hand-over, rawsock.Bell), and calls a worker through promote
 // when the waiter is already awake and more work comes.
+//
+// On one processor (procs.One) the waiter sleeps on a channel, ring,
+// instead: a goroutine readied then wakes no thread, and the hand-over
+// makes no system call (the bell makes three: its write, its read, and
+// the poller's look). The waiter's role stays: the same worker takes
+// the tasks that come one at a time, its stack warm, rather than each
+// idle worker in turn as a channel's waiters are served.
 func (s *sub) next() *task {
 	for {
 		if t := s.take(); t != nil {
@@ -356,6 +366,9 @@ func (s *sub) take() *task {
 	}
 }
 
+// oneProcessor is procs.One; tests set it to drive either way of sleeping.
+var oneProcessor = procs.One
+
 // wait waits on the lanes (no bell).
 func (s *sub) wait() *task {
 	select {
@@ -372,6 +385,10 @@ func (s *sub) wait() *task {
 // the subscription is retired. ok false: woken, look again.
 func (s *sub) waitBell(b *rawsock.Bell) (t *task, ok bool) {
 	defer s.waiter.Store(false)
+	// Where to sleep is chosen before sleeping is set: wake reads it
+	// after it cleared sleeping.
+	onRing := oneProcessor()
+	s.onRing.Store(onRing)
 	// wake looks at sleeping after it put a task; this looks at the
 	// lanes after it set it: one of the two sees the other.
 	s.sleeping.Store(true)
@@ -390,6 +407,14 @@ func (s *sub) waitBell(b *rawsock.Bell) (t *task, ok bool) {
 		s.sleeping.Store(false)
 		return nil, true
 	}
+	if onRing {
+		select {
+		case <-s.ring:
+		case <-s.stop:
+		}
+		s.sleeping.Store(false)
+		return nil, false
+	}
 	if err := b.Wait(); err != nil { // closed: not while a worker runs
 		s.sleeping.Store(false)
 		return s.wait(), true
@@ -406,6 +431,13 @@ func (s *sub) wake() {
 		return
 	}
 	if s.sleeping.Load() && s.sleeping.CompareAndSwap(true, false) {
+		if s.onRing.Load() {
+			select {
+			case s.ring <- struct{}{}:
+			default: // a ring spent on nobody is there: it wakes the waiter
+			}
+			return
+		}
 		_ = s.bell.Ring()
 		return
 	}
@@ -673,7 +705,7 @@ func (s *sub) shapeBody(t *task) error {
 func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 	s := &sub{cfg: cfg, queue: make(chan *task, opts.QueueSize), live: make(chan *task, opts.QueueSize), size: int64(opts.QueueSize), state: journal.Healthy, headers: http.Header{},
 		room: make(chan struct{}, 1), stop: make(chan struct{}), busy: make([]atomic.Int64, opts.Concurrency), stats: &stats{},
-		promote: make(chan struct{}, opts.Concurrency), tag: ids.SubscriptionTag(cfg.ID)}
+		promote: make(chan struct{}, opts.Concurrency), ring: make(chan struct{}, 1), tag: ids.SubscriptionTag(cfg.ID)}
 	if cfg.Filter != "" {
 		p, err := filter.Compile(cfg.Filter)
 		if err != nil {

@@ -12,6 +12,26 @@ import (
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
+// The ways the idle waiter sleeps: on the bell (more than one
+// processor), on ring (one processor: procs.One), and either, chosen
+// anew at every sleep (the processor count changed while workers
+// waited).
+var waitModes = []struct {
+	name string
+	one  func() bool
+}{
+	{"bell", func() bool { return false }},
+	{"one processor", func() bool { return true }},
+	{"switching", func() bool { return rand.IntN(2) == 0 }},
+}
+
+// useWaitMode makes the waiter sleep as one says, until the test ends.
+func useWaitMode(t *testing.T, one func() bool) {
+	before := oneProcessor
+	oneProcessor = one
+	t.Cleanup(func() { oneProcessor = before })
+}
+
 // wakeWorkers starts n workers on s as deliverer.start does, with a bell
 // when the system has one, each handing its tasks to handle; they end
 // when s is retired.
@@ -64,6 +84,15 @@ func waitFor(t *testing.T, ch <-chan struct{}, what string) {
 // worker, every worker is called when as many tasks come at once, and
 // retiring the subscription ends every worker and closes the bell.
 func TestWorkersWake(t *testing.T) {
+	for _, m := range waitModes {
+		t.Run(m.name, func(t *testing.T) {
+			useWaitMode(t, m.one)
+			testWorkersWake(t)
+		})
+	}
+}
+
+func testWorkersWake(t *testing.T) {
 	const workers = 4
 	t.Run("one at a time", func(t *testing.T) {
 		taken := make(chan struct{})
@@ -152,8 +181,8 @@ func retireAndWait(t *testing.T, s *sub) {
 	}
 }
 
-// asleep waits until s's n workers are idle: one on the bell, the others
-// waiting to be called.
+// asleep waits until s's n workers are idle: one on the bell (or ring),
+// the others waiting to be called.
 func asleep(t *testing.T, s *sub, n int) {
 	t.Helper()
 	if s.bell == nil {
@@ -169,6 +198,15 @@ func asleep(t *testing.T, s *sub, n int) {
 // moment spent the ring on it. Another idle worker must be called for
 // that task, not left idle while the waiter runs its attempt.
 func TestSpentRingCallsAnotherWorker(t *testing.T) {
+	for _, m := range waitModes[:2] {
+		t.Run(m.name, func(t *testing.T) {
+			useWaitMode(t, m.one)
+			testSpentRing(t)
+		})
+	}
+}
+
+func testSpentRing(t *testing.T) {
 	holds := map[string]chan struct{}{"hold1": make(chan struct{}), "hold2": make(chan struct{}), "X": make(chan struct{})}
 	taken := make(chan string, 8)
 	s := wakeWorkers(t, 2, func(tk *task) {

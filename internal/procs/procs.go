@@ -30,9 +30,22 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
+
+// one is whether the scheduler runs on one processor, as the governor or
+// the environment set it.
+var one atomic.Bool
+
+func init() { one.Store(runtime.GOMAXPROCS(0) == 1) }
+
+// One reports whether the scheduler runs on one processor (as the
+// governor or GOMAXPROCS set it): a goroutine readied then wakes no
+// other thread, so a channel is the cheapest hand-over between two
+// goroutines (internal/fanout's idle workers sleep on one then).
+func One() bool { return one.Load() }
 
 // Defaults of Config.
 const (
@@ -161,7 +174,8 @@ func processCPU() time.Duration {
 func setProcs(n int) {
 	if n == 0 {
 		runtime.SetDefaultGOMAXPROCS()
-		return
+	} else {
+		runtime.GOMAXPROCS(n)
 	}
-	runtime.GOMAXPROCS(n)
+	one.Store(runtime.GOMAXPROCS(0) == 1)
 }
