@@ -366,8 +366,16 @@ func (s *sub) take() *task {
 	}
 }
 
-// oneProcessor is procs.One; tests set it to drive either way of sleeping.
-var oneProcessor = procs.One
+// oneProcessor is procs.One unless a test set testOneProcessor to drive
+// either way of sleeping.
+func oneProcessor() bool {
+	if f := testOneProcessor.Load(); f != nil {
+		return (*f)()
+	}
+	return procs.One()
+}
+
+var testOneProcessor atomic.Pointer[func() bool]
 
 // wait waits on the lanes (no bell).
 func (s *sub) wait() *task {

@@ -27,9 +27,8 @@ var waitModes = []struct {
 
 // useWaitMode makes the waiter sleep as one says, until the test ends.
 func useWaitMode(t *testing.T, one func() bool) {
-	before := oneProcessor
-	oneProcessor = one
-	t.Cleanup(func() { oneProcessor = before })
+	testOneProcessor.Store(&one)
+	t.Cleanup(func() { testOneProcessor.Store(nil) })
 }
 
 // wakeWorkers starts n workers on s as deliverer.start does, with a bell

@@ -13,13 +13,17 @@
 // so the governor gives them back as soon as the process is busy.
 //
 // The governor samples the process's CPU time (user and system, every
-// thread) every Interval. On one processor, a sample above Up of a core
-// restores the runtime's default (runtime.SetDefaultGOMAXPROCS: the
-// machine's or container's limit, kept up to date by the runtime); on
-// the default, DownAfter samples in a row below Down of a core go back
-// to one. A burst waits at most one Interval for the other cores; the
-// hysteresis keeps a load near the thresholds from switching often (each
-// switch stops the world for some microseconds).
+// thread) and the runtime's scheduling delays every Interval. On one
+// processor, UpAfter samples in a row above Up of a core (a GC's mark
+// phase, which takes every idle moment of the one processor, is
+// shorter), or one sample in which goroutines waited Wait or more to
+// run (bursts, a CPU quota, other processes taking the core), restore
+// the runtime's default (runtime.SetDefaultGOMAXPROCS: the machine's or
+// container's limit, kept up to date by the runtime). On the default,
+// a second of samples below Down of a core goes back to one. A load
+// that needs the other core again within seconds of each return makes
+// the governor wait twice as long each time before the next (up to a
+// minute): each switch stops the world, and waits for a GC in progress.
 //
 // GOMAXPROCS set in the environment is the operator's choice: the
 // governor then does nothing.
@@ -30,8 +34,8 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -51,21 +55,36 @@ func One() bool { return one.Load() }
 const (
 	DefaultInterval  = 100 * time.Millisecond
 	DefaultUp        = 0.6 // of a core, sampled on one processor
+	DefaultUpAfter   = 2   // samples in a row above Up (a GC's mark phase is shorter)
+	DefaultWait      = time.Millisecond
+	DefaultWaits     = 4   // goroutines seen waiting Wait or more in a sample
 	DefaultDown      = 0.3 // of a core, sampled on every processor
 	DefaultDownAfter = 10  // samples in a row (a second at DefaultInterval)
 )
 
 // Config tunes the governor; zero fields take the defaults.
 type Config struct {
-	Interval  time.Duration
-	Up, Down  float64
+	Interval time.Duration
+	Up       float64
+	UpAfter  int
+	// Wait and Waits: on one processor, a sample in which Waits
+	// goroutines (and 1% of those sampled) waited Wait or more to run
+	// restores the default at once, whatever the load: work that comes
+	// in bursts, a quota that caps the load below Up, or a machine
+	// whose other processes take the core.
+	Wait      time.Duration
+	Waits     int
+	Down      float64
 	DownAfter int
 
-	// For tests: the process's CPU time so far, and what sets the
-	// processors (n 0: the runtime's default). Defaults: getrusage,
+	// For tests: the process's CPU time so far; the scheduling delays
+	// seen so far (long: Wait or more; all: every one sampled); and what
+	// sets the processors (n 0: the runtime's default). Defaults:
+	// getrusage, the runtime's /sched/latencies:seconds, and
 	// runtime.GOMAXPROCS and runtime.SetDefaultGOMAXPROCS.
-	CPUFunc func() time.Duration
-	SetFunc func(n int)
+	CPUFunc   func() time.Duration
+	WaitsFunc func() (long, all uint64)
+	SetFunc   func(n int)
 	// MaxFunc reports the runtime's default count (tests); defaults to
 	// runtime.GOMAXPROCS(0) read while the default is set.
 	MaxFunc func() int
@@ -78,6 +97,15 @@ func (c Config) withDefaults() Config {
 	if c.Up <= 0 {
 		c.Up = DefaultUp
 	}
+	if c.UpAfter <= 0 {
+		c.UpAfter = DefaultUpAfter
+	}
+	if c.Wait <= 0 {
+		c.Wait = DefaultWait
+	}
+	if c.Waits <= 0 {
+		c.Waits = DefaultWaits
+	}
 	if c.Down <= 0 {
 		c.Down = DefaultDown
 	}
@@ -86,6 +114,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CPUFunc == nil {
 		c.CPUFunc = processCPU
+	}
+	if c.WaitsFunc == nil {
+		c.WaitsFunc = schedWaits(c.Wait)
 	}
 	if c.SetFunc == nil {
 		c.SetFunc = setProcs
@@ -104,7 +135,7 @@ func Pinned() bool { return os.Getenv("GOMAXPROCS") != "" }
 // runtime's default and returns nil.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	cfg = cfg.withDefaults()
-	g := governor{cfg: cfg}
+	g := newGovernor(cfg)
 	defer func() {
 		if g.one {
 			cfg.SetFunc(0)
@@ -113,24 +144,35 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	t := time.NewTicker(cfg.Interval)
 	defer t.Stop()
 	last, at := cfg.CPUFunc(), time.Now()
+	lastLong, lastAll := cfg.WaitsFunc()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
-			cpu := cfg.CPUFunc()
+		case <-t.C:
+			// The clock is read beside the CPU time: a tick received late
+			// (the processor was busy) still measures what it covers.
+			cpu, now := cfg.CPUFunc(), time.Now()
+			long, all := cfg.WaitsFunc()
 			wall := now.Sub(at)
 			if wall <= 0 {
 				continue
 			}
-			load := float64(cpu-last) / float64(wall)
-			last, at = cpu, now
-			if n, change := g.next(load); change {
+			s := sample{load: float64(cpu-last) / float64(wall), waits: long - lastLong, runs: all - lastAll}
+			last, at, lastLong, lastAll = cpu, now, long, all
+			if n, change := g.next(s); change {
 				cfg.SetFunc(n)
-				log.Debug("processors", "gomaxprocs", runtime.GOMAXPROCS(0), "load", load)
+				log.Debug("processors", "gomaxprocs", runtime.GOMAXPROCS(0), "load", s.load, "waits", s.waits, "hold", g.hold)
 			}
 		}
 	}
+}
+
+// sample is what the governor saw in one interval.
+type sample struct {
+	load  float64 // cores used
+	waits uint64  // goroutines sampled that waited Config.Wait or more to run
+	runs  uint64  // goroutines sampled
 }
 
 // governor is the decision, apart from the clock and the runtime.
@@ -138,37 +180,74 @@ type governor struct {
 	cfg   Config
 	one   bool // running on one processor
 	quiet int  // samples in a row below Down, on the default
+	busy  int  // samples in a row above Up, on one processor
+	// hold is how many quiet samples go back to one: DownAfter, doubled
+	// each time one processor was left within flap samples of taking it
+	// (up to maxHold), DownAfter again after a stay of calm samples.
+	hold, flap, maxHold, calm int
+	n, downAt                 int // samples seen; the sample that went to one
 }
 
-// next takes a sample (cores used since the last) and says what to set:
-// n 1 for one processor, 0 for the default; change false for nothing.
-func (g *governor) next(load float64) (n int, change bool) {
+func newGovernor(cfg Config) *governor {
+	per := func(d time.Duration) int { return max(1, int(d/cfg.Interval)) }
+	return &governor{cfg: cfg, hold: cfg.DownAfter, flap: per(5 * time.Second), maxHold: per(time.Minute), calm: per(30 * time.Second)}
+}
+
+// next takes a sample and says what to set: n 1 for one processor, 0 for
+// the default; change false for nothing.
+func (g *governor) next(s sample) (n int, change bool) {
+	g.n++
 	if g.one {
-		if load > g.cfg.Up {
-			g.one, g.quiet = false, 0
-			return 0, true
+		if s.load > g.cfg.Up {
+			g.busy++
+		} else {
+			g.busy = 0
 		}
-		return 0, false
+		waiting := s.waits >= uint64(g.cfg.Waits) && s.waits*100 >= s.runs
+		if g.busy < g.cfg.UpAfter && !waiting {
+			return 0, false
+		}
+		switch stayed := g.n - g.downAt; {
+		case stayed <= g.flap:
+			g.hold = min(2*g.hold, max(g.maxHold, g.cfg.DownAfter))
+		case stayed >= g.calm:
+			g.hold = g.cfg.DownAfter
+		}
+		g.one, g.busy, g.quiet = false, 0, 0
+		return 0, true
 	}
-	if load >= g.cfg.Down {
+	if s.load >= g.cfg.Down {
 		g.quiet = 0
 		return 0, false
 	}
 	g.quiet++
-	if g.quiet < g.cfg.DownAfter || g.cfg.MaxFunc() <= 1 {
+	if g.quiet < g.hold || g.cfg.MaxFunc() <= 1 {
 		return 0, false
 	}
-	g.one, g.quiet = true, 0
+	g.one, g.quiet, g.downAt = true, 0, g.n
 	return 1, true
 }
 
-// processCPU is the process's CPU time so far, every thread's.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
+// schedWaits reads, from the runtime's sampled scheduling delays (the
+// time goroutines spent ready to run before they ran), how many waited
+// limit or more, and how many were sampled, so far.
+func schedWaits(limit time.Duration) func() (long, all uint64) {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	bound := limit.Seconds()
+	return func() (long, all uint64) {
+		metrics.Read(s)
+		if s[0].Value.Kind() != metrics.KindFloat64Histogram {
+			return 0, 0
+		}
+		h := s[0].Value.Float64Histogram()
+		for i, c := range h.Counts {
+			all += c
+			if h.Buckets[i] >= bound { // the bucket's lower bound
+				long += c
+			}
+		}
+		return long, all
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func setProcs(n int) {

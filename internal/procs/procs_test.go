@@ -14,52 +14,138 @@ import (
 func TestGovernorDecides(t *testing.T) {
 	cfg := Config{MaxFunc: func() int { return 2 }, DownAfter: 4}.withDefaults()
 	type step struct {
-		load   float64
+		s      sample
 		n      int
 		change bool
 	}
+	quiet := func(n int, change bool) step { return step{sample{load: 0.1, runs: 1000}, n, change} }
+	load := func(l float64, n int, change bool) step { return step{sample{load: l, runs: 1000}, n, change} }
+	toOne := []step{quiet(0, false), quiet(0, false), quiet(0, false), quiet(1, true)}
 	cases := []struct {
 		name  string
 		steps []step
 	}{
-		{"quiet goes to one after DownAfter samples", []step{
-			{0.1, 0, false}, {0.1, 0, false}, {0.1, 0, false}, {0.1, 1, true},
-			{0.1, 0, false}, // stays
-		}},
+		{"quiet goes to one after DownAfter samples", append(toOne, quiet(0, false))},
 		{"a busy sample in between starts the count again", []step{
-			{0.1, 0, false}, {0.1, 0, false}, {0.1, 0, false}, {0.35, 0, false},
-			{0.1, 0, false}, {0.1, 0, false}, {0.1, 0, false}, {0.1, 1, true},
+			quiet(0, false), quiet(0, false), quiet(0, false), load(0.35, 0, false),
+			quiet(0, false), quiet(0, false), quiet(0, false), quiet(1, true),
 		}},
-		{"on one, busy goes back to the default at once", []step{
-			{0, 0, false}, {0, 0, false}, {0, 0, false}, {0, 1, true},
-			{0.5, 0, false}, // under Up: stays on one
-			{0.61, 0, true}, // the default
-			{0.1, 0, false}, // and the count starts from nothing
-			{0.1, 0, false}, {0.1, 0, false}, {0.1, 1, true},
-		}},
+		{"on one, UpAfter busy samples in a row go back to the default", append(toOne,
+			load(0.5, 0, false), // under Up
+			load(0.7, 0, false), // one above: a GC's mark phase, maybe
+			load(0.2, 0, false), // the count starts again
+			load(0.7, 0, false),
+			load(0.9, 0, true), // the default
+		)},
+		{"on one, goroutines waiting to run go back to the default at once", append(toOne,
+			step{sample{load: 0.3, waits: 3, runs: 100}, 0, false},  // fewer than Waits
+			step{sample{load: 0.3, waits: 5, runs: 1000}, 0, false}, // under 1% of those sampled
+			step{sample{load: 0.3, waits: 10, runs: 1000}, 0, true}, // both: the default
+		)},
 		{"a catch-up stays on the default", []step{
-			{1.4, 0, false}, {1.9, 0, false}, {1.2, 0, false}, {1.5, 0, false}, {1.1, 0, false},
+			load(1.4, 0, false), load(1.9, 0, false), load(1.2, 0, false), load(1.5, 0, false), load(1.1, 0, false),
 		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			g := governor{cfg: cfg}
+			g := newGovernor(cfg)
 			for i, s := range c.steps {
-				n, change := g.next(s.load)
+				n, change := g.next(s.s)
 				if n != s.n || change != s.change {
-					t.Fatalf("sample %d (load %.2f): got (%d, %v), want (%d, %v)", i, s.load, n, change, s.n, s.change)
+					t.Fatalf("sample %d (%+v): got (%d, %v), want (%d, %v)", i, s.s, n, change, s.n, s.change)
 				}
 			}
 		})
 	}
 }
 
+// A load that needs the other core again soon after each return to one
+// makes the governor wait twice as long each time before the next, up
+// to a minute; a long stay on one starts from DownAfter again.
+func TestGovernorHoldsAgainstFlapping(t *testing.T) {
+	cfg := Config{MaxFunc: func() int { return 2 }}.withDefaults()
+	g := newGovernor(cfg)
+	quiet := sample{load: 0.1, runs: 1000}
+	waiting := sample{load: 0.3, waits: 50, runs: 1000}
+	// downAfter counts the quiet samples until one processor is set.
+	downAfter := func() int {
+		for i := 1; i <= 10*g.maxHold; i++ {
+			if n, change := g.next(quiet); change {
+				if n != 1 {
+					t.Fatalf("set %d going quiet", n)
+				}
+				return i
+			}
+		}
+		t.Fatal("never went to one")
+		return 0
+	}
+	want := cfg.DownAfter
+	for round := 0; round < 8; round++ {
+		if got := downAfter(); got != want {
+			t.Fatalf("round %d: one after %d quiet samples, want %d", round, got, want)
+		}
+		if _, change := g.next(waiting); !change {
+			t.Fatalf("round %d: waiting goroutines kept one processor", round)
+		}
+		want = min(2*want, g.maxHold)
+	}
+	if want != g.maxHold {
+		t.Fatalf("the hold never reached its bound: %d, bound %d", want, g.maxHold)
+	}
+	downAfter()
+	for range g.calm { // a long stay on one
+		if _, change := g.next(quiet); change {
+			t.Fatal("changed while quiet on one")
+		}
+	}
+	if _, change := g.next(waiting); !change {
+		t.Fatal("waiting goroutines kept one processor")
+	}
+	if got := downAfter(); got != cfg.DownAfter {
+		t.Fatalf("after a long stay on one: %d quiet samples, want DownAfter %d", got, cfg.DownAfter)
+	}
+}
+
 func TestGovernorLeavesOneProcessorAlone(t *testing.T) {
-	g := governor{cfg: Config{MaxFunc: func() int { return 1 }}.withDefaults()}
+	g := newGovernor(Config{MaxFunc: func() int { return 1 }}.withDefaults())
 	for i := 0; i < 10; i++ {
-		if _, change := g.next(0); change {
+		if _, change := g.next(sample{}); change {
 			t.Fatalf("sample %d: a change on a machine of one processor", i)
 		}
+	}
+}
+
+// The runtime's scheduling delays are read: counts that only grow, and
+// as many long ones as the bound lets through.
+func TestSchedWaits(t *testing.T) {
+	read := schedWaits(0)
+	long0, all0 := read()
+	var wg sync.WaitGroup
+	for range 200 {
+		wg.Add(1)
+		go func() { defer wg.Done(); runtime.Gosched() }()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		long, all := read()
+		if long < long0 || all < all0 {
+			t.Fatalf("counts went back: long %d→%d, all %d→%d", long0, long, all0, all)
+		}
+		if all > all0 {
+			if long <= long0 || long > all { // a bound of 0 lets the delays through
+				t.Fatalf("bound 0: %d long of %d (before: %d of %d)", long, all, long0, all0)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no scheduling delay sampled for 200 goroutines in 5 s")
+		}
+		runtime.Gosched()
+	}
+	if long, all := schedWaits(time.Hour)(); long != 0 || all == 0 {
+		t.Fatalf("bound 1 h: %d long of %d sampled", long, all)
 	}
 }
 
@@ -83,8 +169,9 @@ func TestRunSwitchesAndRestores(t *testing.T) {
 			}
 			return time.Duration(cpu.Load())
 		},
-		SetFunc: func(n int) { mu.Lock(); sets = append(sets, n); mu.Unlock() },
-		MaxFunc: func() int { return 2 },
+		WaitsFunc: func() (uint64, uint64) { return 0, 0 },
+		SetFunc:   func(n int) { mu.Lock(); sets = append(sets, n); mu.Unlock() },
+		MaxFunc:   func() int { return 2 },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -124,14 +211,19 @@ func TestRunSwitchesAndRestores(t *testing.T) {
 
 // The real setter: one processor, then the runtime's default again.
 func TestSetProcs(t *testing.T) {
-	def := runtime.GOMAXPROCS(0) // the environment's GOMAXPROCS, if set, is the default too
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before); one.Store(before == 1) })
+	// The default, which SetDefaultGOMAXPROCS computes from the machine
+	// (not from the environment's GOMAXPROCS, nor go test's -cpu).
+	runtime.SetDefaultGOMAXPROCS()
+	def := runtime.GOMAXPROCS(0)
 	setProcs(1)
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Fatalf("after setProcs(1): %d processors", got)
+	if got := runtime.GOMAXPROCS(0); got != 1 || !One() {
+		t.Fatalf("after setProcs(1): %d processors, One %v", got, One())
 	}
 	setProcs(0)
-	if got := runtime.GOMAXPROCS(0); got != def {
-		t.Fatalf("after setProcs(0): %d processors, want the default %d", got, def)
+	if got := runtime.GOMAXPROCS(0); got != def || One() != (def == 1) {
+		t.Fatalf("after setProcs(0): %d processors (One %v), want the default %d", got, One(), def)
 	}
 }
 
