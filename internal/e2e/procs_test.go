@@ -13,10 +13,12 @@ import (
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
-// processorChanges is the processor counts the governor set
-// (internal/procs), in order, from the binary's debug log.
+// processorLine is the governor's debug line (internal/procs) for each
+// processor count it set.
 var processorLine = regexp.MustCompile(`msg=processors gomaxprocs=(\d+)`)
 
+// processorChanges is the processor counts the governor set, in order,
+// from the binary's log.
 func processorChanges(t *testing.T, p *process) []string {
 	t.Helper()
 	b, err := os.ReadFile(p.log)

@@ -2,13 +2,17 @@ package procs
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 func TestGovernorDecides(t *testing.T) {
@@ -176,25 +180,16 @@ func TestRunSwitchesAndRestores(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	got := func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]int(nil), sets...)
+	}
 	waitSets := func(want ...int) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			mu.Lock()
-			got := append([]int(nil), sets...)
-			mu.Unlock()
-			if len(got) >= len(want) {
-				for i := range want {
-					if got[i] != want[i] {
-						t.Fatalf("sets %v, want %v", got, want)
-					}
-				}
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("sets %v after 5 s, want %v", got, want)
-			}
-			time.Sleep(interval)
+		testutil.Eventually(t, 5*time.Second, fmt.Sprintf("sets %v", want), func() bool { return len(got()) >= len(want) })
+		if g := got(); !slices.Equal(g[:len(want)], want) {
+			t.Fatalf("sets %v, want %v", g, want)
 		}
 	}
 	waitSets(1)
