@@ -8,6 +8,7 @@
 // throwaway PostgreSQL 15 (fsync on) and uses the reference schema.
 //
 //	go run ./cmd/dzhook-bench [-scenario all|stream|receiver|catchup|live|rates|fanout|isolation|ordering|replay|scaleout]
+//	go run ./cmd/dzhook-bench -scenario rates -binary A -against B [-rounds 3] [-rates 500,2000]
 //
 // It prints a table and writes bench/results.json. See BENCHMARKS.md.
 package main
@@ -86,9 +87,14 @@ func main() {
 	verbose := flag.Bool("v", false, "show dzhook's log (at BENCH_LOG_LEVEL, default warn) and the scaleout scenario's attempts per process and half second")
 	separate := flag.Bool("separate-journal", false, "put the journal in a database of its own (journal.dsn)")
 	profile := flag.String("cpuprofile", "", "write dzhook's CPU profile of the last run to this `file`")
+	against := flag.String("against", "", "compare: run the scenario (rates or live) on -binary and on this `binary` at the same time, -rounds times, and print B's figures beside A's")
+	rounds := flag.Int("rounds", 3, "rounds of an -against comparison")
 	flag.Parse()
 	if *onlyRates != "" {
 		rateSteps = pickRates(*onlyRates)
+	}
+	if *against != "" {
+		os.Exit(compareBinaries(*scenario, *binary, *against, *rounds))
 	}
 
 	abs, err := filepath.Abs(*binary)
