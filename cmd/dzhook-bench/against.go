@@ -84,6 +84,12 @@ func runPair(p pairRun) error {
 			logs[k] = &bytes.Buffer{}
 			cmds[k].Stdout, cmds[k].Stderr = logs[k], logs[k]
 			if err := cmds[k].Start(); err != nil {
+				for _, c := range cmds {
+					if c != nil && c.Process != nil {
+						_ = c.Process.Kill()
+						_ = c.Wait()
+					}
+				}
 				return err
 			}
 		}
