@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,39 +14,52 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
+	"unicode/utf8"
 )
 
-// -against compares two binaries: the scenario runs on both at the same
-// time, each in a bench process of its own (its own PostgreSQL, receiver
-// and load), and every figure of the second is printed beside the
-// first's with their ratio. Side by side, both runs see the same moment
-// of this shared machine: two runs of one binary at 500 and 2,000 tx/s
-// differed by 1–6% this way, where runs one after the other differed by
-// up to 20% within the hour (BENCHMARKS.md, "Comparing two builds"). The
-// rounds alternate which of the two starts first.
+// -against compares two binaries: the rates scenario runs on both at the
+// same time, each in a bench process of its own (its own PostgreSQL,
+// receiver and paced load), and every figure of the second is printed
+// beside the first's with the median of their ratio over the rounds.
+// Side by side, both runs see the same moments of this shared machine:
+// two copies of one binary gave B/A 1.014 at 500 tx/s and 1.016 at 2,000
+// this way (medians of two rounds), where runs one after the other ranged
+// 1.08–1.66 s per 10,000 events at 500 tx/s within the hour
+// (BENCHMARKS.md, fifth stop of issue 17). The rounds alternate which
+// process starts first; their phases drift apart by a few seconds anyway
+// (each starts its own cluster), so the alternation only keeps a bias of
+// the start from always favouring one side.
 //
-// Only the paced scenarios compare this way: a catch-up or a fan-out
-// takes every core it can, and two at once would measure each other. And
-// only their CPU: the two PostgreSQL clusters share the disk, and at
-// 2,000 tx/s each (fsync on) their commits wait on each other's flushes,
-// so the latencies of a side-by-side run are not the binaries' (p99 of
-// 140–330 ms in both, against 2 ms alone).
-var pairedScenarios = []string{"rates", "live"}
+// Only rates compares this way, and only its CPU figures: a catch-up or a
+// fan-out takes every core it can, and two at once would measure each
+// other; live measures latency only. And the two PostgreSQL clusters share
+// the disk: at 2,000 tx/s each (fsync on) their commits wait on each
+// other's flushes, so the latencies of a side-by-side run are not the
+// binaries' (p99 of 140–330 ms in both, against 2 ms alone).
+//
+// Settings from the environment (BENCH_*) reach both runs; to give B one
+// of its own, point -against at a script that sets it and execs the
+// binary.
 
-// pairRun is what -against runs: scenario on a and on b, rounds times,
-// with the scenario's own flags (passed on as given).
+// roundLimit bounds one round: the whole rates scenario, both runs,
+// takes about three minutes here.
+const roundLimit = 20 * time.Minute
+
+// pairRun is what -against runs: the rates scenario on a and on b, rounds
+// times, with the scenario's own flags (passed on as given).
 type pairRun struct {
 	scenario string
 	a, b     string
 	rounds   int
-	pass     []string // -rates, -rate, -live-for, as given
+	pass     []string // -rates, -rows, -separate-journal, as given
 }
 
 // checkPair refuses what cannot be compared, naming the flag.
 func checkPair(p pairRun) error {
 	switch {
-	case !slices.Contains(pairedScenarios, p.scenario):
-		return fmt.Errorf("-against: scenario %q cannot be compared side by side (it takes every core it can); use one of %s", p.scenario, strings.Join(pairedScenarios, ", "))
+	case p.scenario != "rates":
+		return fmt.Errorf("-against compares the rates scenario only (its CPU per event), not %q: the others take every core they can, or measure latency only", p.scenario)
 	case p.rounds < 1:
 		return fmt.Errorf("-rounds: %d is not a count of rounds (at least 1)", p.rounds)
 	case !fileExists(p.a):
@@ -69,47 +83,17 @@ func runPair(p pairRun) error {
 	defer os.RemoveAll(work)
 	var rounds [][2]*Report
 	for i := range p.rounds {
-		bins := [2]string{p.a, p.b}
-		order := []int{0, 1}
+		first := "A"
 		if i%2 == 1 {
-			order = []int{1, 0}
+			first = "B"
 		}
-		cmds := make([]*exec.Cmd, 2)
-		logs := make([]*bytes.Buffer, 2)
-		outs := make([]string, 2)
-		for _, k := range order {
-			outs[k] = filepath.Join(work, fmt.Sprintf("round%d-%c.json", i+1, 'a'+k))
-			args := append([]string{"-scenario", p.scenario, "-binary", bins[k], "-out", outs[k]}, p.pass...)
-			cmds[k] = exec.Command(self, args...)
-			logs[k] = &bytes.Buffer{}
-			cmds[k].Stdout, cmds[k].Stderr = logs[k], logs[k]
-			if err := cmds[k].Start(); err != nil {
-				for _, c := range cmds {
-					if c != nil && c.Process != nil {
-						_ = c.Process.Kill()
-						_ = c.Wait()
-					}
-				}
-				return err
-			}
-		}
-		var errs []error
-		for k, c := range cmds {
-			if err := c.Wait(); err != nil {
-				errs = append(errs, fmt.Errorf("round %d, %s: %v: %s", i+1, bins[k], err, tail(logs[k].String(), 600)))
-			}
-		}
-		if err := errors.Join(errs...); err != nil {
-			return err
-		}
-		var pair [2]*Report
-		for k := range pair {
-			if pair[k], err = readReport(outs[k]); err != nil {
-				return fmt.Errorf("round %d: %w", i+1, err)
-			}
+		fmt.Fprintf(os.Stderr, "round %d of %d: %s on A and B at once (%s starts first)\n", i+1, p.rounds, p.scenario, first)
+		pair, err := runRound(self, work, p, i)
+		if err != nil {
+			return fmt.Errorf("round %d: %w", i+1, err)
 		}
 		rounds = append(rounds, pair)
-		fmt.Printf("round %d of %d (%s started first)\n", i+1, p.rounds, filepath.Base(bins[order[0]]))
+		fmt.Printf("round %d of %d (%s started first)\n", i+1, p.rounds, first)
 		printPair(pairRows([][2]*Report{pair}))
 	}
 	fmt.Printf("\nmedian over %d rounds: A %s, B %s\n", p.rounds, p.a, p.b)
@@ -118,12 +102,78 @@ func runPair(p pairRun) error {
 	return nil
 }
 
+// runRound runs round i: both binaries at once, B first in odd rounds. A
+// run that fails stops the other; so does roundLimit.
+func runRound(self, work string, p pairRun, i int) ([2]*Report, error) {
+	var pair [2]*Report
+	ctx, cancel := context.WithTimeout(context.Background(), roundLimit)
+	defer cancel()
+	bins := [2]string{p.a, p.b}
+	order := []int{0, 1}
+	if i%2 == 1 {
+		order = []int{1, 0}
+	}
+	var cmds [2]*exec.Cmd
+	var logs [2]bytes.Buffer
+	var outs [2]string
+	done := make(chan int, 2)
+	errs := make([]error, 2)
+	started := 0
+	stopped := -1 // the run stopped because the other failed
+	for _, k := range order {
+		outs[k] = filepath.Join(work, fmt.Sprintf("round%d-%c.json", i+1, 'a'+k))
+		args := append([]string{"-scenario", p.scenario, "-binary", bins[k], "-out", outs[k]}, p.pass...)
+		cmds[k] = exec.CommandContext(ctx, self, args...)
+		cmds[k].Stdout, cmds[k].Stderr = &logs[k], &logs[k]
+		if err := cmds[k].Start(); err != nil {
+			errs[k] = err
+			if started == 1 {
+				stopped = 1 - k
+			}
+			cancel()
+			break
+		}
+		started++
+		go func(k int) {
+			errs[k] = cmds[k].Wait()
+			done <- k
+		}(k)
+	}
+	for range started {
+		if k := <-done; errs[k] != nil && ctx.Err() == nil {
+			stopped = 1 - k
+			cancel() // the other run measures nothing useful now
+		}
+	}
+	var failed []error
+	for k, err := range errs {
+		switch {
+		case err == nil, k == stopped:
+		case ctx.Err() == context.DeadlineExceeded:
+			failed = append(failed, fmt.Errorf("%s: not done within %s", bins[k], roundLimit))
+		default:
+			failed = append(failed, fmt.Errorf("%s: %v: %s", bins[k], err, tail(logs[k].String(), 600)))
+		}
+	}
+	if err := errors.Join(failed...); err != nil {
+		return pair, err
+	}
+	for k := range pair {
+		var err error
+		if pair[k], err = readReport(outs[k]); err != nil {
+			return pair, err
+		}
+	}
+	return pair, nil
+}
+
 // pairRow is one figure of both binaries over the rounds, and the median
-// of B/A (0 when A's figure was 0 every time).
+// of B/A over the rounds where A's was not 0 (hasRatio: there were some).
 type pairRow struct {
 	metric, unit string
 	a, b         []float64
 	ratio        float64
+	hasRatio     bool
 }
 
 // pairRows pairs the figures both reports of every round have, in the
@@ -150,7 +200,7 @@ func pairRows(rounds [][2]*Report) []pairRow {
 		if len(row.a) == 0 {
 			continue
 		}
-		row.ratio = median(ratios)
+		row.ratio, row.hasRatio = median(ratios), len(ratios) > 0
 		rows = append(rows, row)
 	}
 	return rows
@@ -185,7 +235,7 @@ func printPair(rows []pairRow) {
 	fmt.Fprintf(tw, "METRIC\tA\tB\tUNIT\tB/A\n")
 	for _, r := range rows {
 		ratio := "-"
-		if r.ratio != 0 {
+		if r.hasRatio {
 			ratio = strconv.FormatFloat(r.ratio, 'f', 3, 64)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.metric, values(r.a), values(r.b), r.unit, ratio)
@@ -213,17 +263,25 @@ func readReport(path string) (*Report, error) {
 	return &r, nil
 }
 
-// tail is the end of a child's log, for its error.
+// tail is the end of a child's log, for its error, cut at a character.
 func tail(s string, n int) string {
 	s = strings.TrimSpace(s)
-	if len(s) > n {
-		s = "…" + s[len(s)-n:]
+	if len(s) <= n {
+		return s
 	}
-	return s
+	i := len(s) - n
+	for i < len(s) && !utf8.RuneStart(s[i]) {
+		i++
+	}
+	return "…" + s[i:]
 }
 
-// compareBinaries is -against: the exit code.
+// compareBinaries is -against: the exit code. The default scenario (all)
+// means rates here.
 func compareBinaries(scenario, a, b string, rounds int) int {
+	if scenario == "all" {
+		scenario = "rates"
+	}
 	abs := func(p string) string {
 		if x, err := filepath.Abs(p); err == nil {
 			return x
@@ -231,13 +289,24 @@ func compareBinaries(scenario, a, b string, rounds int) int {
 		return p
 	}
 	p := pairRun{scenario: scenario, a: abs(a), b: abs(b), rounds: rounds}
-	// The scenario's own flags go to both runs as given.
+	// The scenario's own flags go to both runs as given; those that would
+	// make both write one file, or that this mode does not honour, are
+	// refused rather than dropped.
+	var refused []string
 	flag.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "rates", "rate", "live-for", "rows":
+		case "rates", "rows":
 			p.pass = append(p.pass, "-"+f.Name, f.Value.String())
+		case "separate-journal":
+			p.pass = append(p.pass, "-"+f.Name+"="+f.Value.String())
+		case "out", "cpuprofile", "v", "rate", "live-for":
+			refused = append(refused, "-"+f.Name)
 		}
 	})
+	if len(refused) > 0 {
+		fmt.Fprintf(os.Stderr, "dzhook-bench: -against does not take %s: it prints a comparison of the rates scenario and writes no file\n", strings.Join(refused, ", "))
+		return 2
+	}
 	if err := checkPair(p); err != nil {
 		fmt.Fprintf(os.Stderr, "dzhook-bench: %v\n", err)
 		return 2

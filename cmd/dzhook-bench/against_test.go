@@ -38,6 +38,44 @@ func TestPairRowsMedianOfRatios(t *testing.T) {
 	}
 }
 
+func TestPairRowsKeepsRoundsThatHaveTheFigure(t *testing.T) {
+	rounds := [][2]*Report{
+		{report("cpu", 2.0, "idle", 0.0), report("cpu", 1.0, "idle", 0.3)},
+		{report("cpu", 1.0), report("lat", 9.0)}, // no cpu for B: this round is left out of cpu
+		{report("cpu", 1.0, "idle", 0.1), report("cpu", 1.0, "idle", 0.0)},
+	}
+	rows := pairRows(rounds)
+	if len(rows) != 2 {
+		t.Fatalf("rows %+v: want cpu and idle", rows)
+	}
+	cpu, idle := rows[0], rows[1]
+	if len(cpu.a) != 2 || cpu.ratio != 0.75 || !cpu.hasRatio {
+		t.Errorf("cpu %+v: want rounds 1 and 3 only, median of 0.5 and 1", cpu)
+	}
+	// A's idle was 0 in round 1 (no ratio), B's 0 in round 3: a ratio of 0
+	// is a figure, not "none".
+	if len(idle.a) != 2 || idle.ratio != 0 || !idle.hasRatio {
+		t.Errorf("idle %+v: want one ratio, 0", idle)
+	}
+	if only := pairRows(rounds[:1]); len(only) != 2 || only[1].hasRatio {
+		t.Errorf("round 1 alone: %+v: idle has no ratio (A was 0)", only)
+	}
+}
+
+func TestTailCutsAtACharacter(t *testing.T) {
+	// The last 4 bytes of "wörld" begin inside the ö: the cut moves on to
+	// the next character.
+	if got := tail("héllo wörld", 4); got != "…rld" {
+		t.Errorf("tail = %q, want …rld", got)
+	}
+	if got := tail("héllo wörld", 5); got != "…örld" {
+		t.Errorf("tail = %q, want …örld", got)
+	}
+	if got := tail("  short  ", 100); got != "short" {
+		t.Errorf("tail of a short log = %q", got)
+	}
+}
+
 func TestCheckPairNamesTheFlag(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "dzhook")
 	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
@@ -51,7 +89,8 @@ func TestCheckPairNamesTheFlag(t *testing.T) {
 		change func(*pairRun)
 		want   string
 	}{
-		{func(p *pairRun) { p.scenario = "catchup" }, `-against: scenario "catchup"`},
+		{func(p *pairRun) { p.scenario = "catchup" }, `rates scenario only (its CPU per event), not "catchup"`},
+		{func(p *pairRun) { p.scenario = "live" }, `not "live"`},
 		{func(p *pairRun) { p.rounds = 0 }, "-rounds: 0"},
 		{func(p *pairRun) { p.a = bin + ".missing" }, "-binary: " + bin + ".missing not found"},
 		{func(p *pairRun) { p.b = bin + ".gone" }, "-against: " + bin + ".gone not found"},

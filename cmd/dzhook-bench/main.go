@@ -87,7 +87,7 @@ func main() {
 	verbose := flag.Bool("v", false, "show dzhook's log (at BENCH_LOG_LEVEL, default warn) and the scaleout scenario's attempts per process and half second")
 	separate := flag.Bool("separate-journal", false, "put the journal in a database of its own (journal.dsn)")
 	profile := flag.String("cpuprofile", "", "write dzhook's CPU profile of the last run to this `file`")
-	against := flag.String("against", "", "compare: run the scenario (rates or live) on -binary and on this `binary` at the same time, -rounds times, and print B's figures beside A's")
+	against := flag.String("against", "", "compare: run the rates scenario on -binary and on this `binary` at the same time, -rounds times, and print B's CPU figures beside A's")
 	rounds := flag.Int("rounds", 3, "rounds of an -against comparison")
 	flag.Parse()
 	if *onlyRates != "" {

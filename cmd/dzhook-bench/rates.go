@@ -54,7 +54,11 @@ func (b *bench) rates(ctx context.Context) error {
 	if _, err := b.paced(ctx, w.dsn, 1_000_000, 200, time.Second); err != nil {
 		return err
 	}
-	<-warm
+	select {
+	case <-warm:
+	case <-time.After(time.Minute):
+		return fmt.Errorf("warm-up: the 200 events did not arrive within a minute")
+	}
 
 	// Idle: nothing committed for 10 s (after the warm-up settled).
 	time.Sleep(2 * time.Second)

@@ -660,7 +660,11 @@ func (b *bench) live(ctx context.Context) error {
 	if _, err := b.paced(ctx, dsn, 1_000_000, 200, time.Second); err != nil {
 		return err
 	}
-	<-warm
+	select {
+	case <-warm:
+	case <-time.After(time.Minute):
+		return fmt.Errorf("warm-up: the 200 events did not arrive within a minute")
+	}
 	n := b.rate * int(b.liveFor.Seconds())
 	reached := rc.expect(n)
 	committed, err := b.paced(ctx, dsn, 0, b.rate, b.liveFor)
