@@ -90,6 +90,18 @@ func main() {
 	against := flag.String("against", "", "compare: run the rates scenario on -binary and on this `binary` at the same time, -rounds times, and print B's CPU figures beside A's")
 	rounds := flag.Int("rounds", 3, "rounds of an -against comparison")
 	flag.Parse()
+	// Sizes a scenario divides by, checked before anything starts.
+	switch {
+	case *rows < 100:
+		fmt.Fprintf(os.Stderr, "dzhook-bench: -rows: %d: at least 100 (other scenarios take a share of it)\n", *rows)
+		os.Exit(2)
+	case *rate < 1:
+		fmt.Fprintf(os.Stderr, "dzhook-bench: -rate: %d is not a rate (transactions/s, at least 1)\n", *rate)
+		os.Exit(2)
+	case *liveFor < time.Second:
+		fmt.Fprintf(os.Stderr, "dzhook-bench: -live-for: %s: at least 1s\n", *liveFor)
+		os.Exit(2)
+	}
 	if *onlyRates != "" {
 		rateSteps = pickRates(*onlyRates)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -270,6 +271,10 @@ func pickRates(list string) []rateStep {
 		r, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || r <= 0 {
 			fmt.Fprintf(os.Stderr, "dzhook-bench: -rates: %q is not a rate\n", f)
+			os.Exit(2)
+		}
+		if slices.ContainsFunc(out, func(s rateStep) bool { return s.rate == r }) {
+			fmt.Fprintf(os.Stderr, "dzhook-bench: -rates: %d is given twice (its figures would share their names)\n", r)
 			os.Exit(2)
 		}
 		dur := 10 * time.Second
