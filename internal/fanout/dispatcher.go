@@ -56,6 +56,7 @@ type Recorder interface {
 type Store interface {
 	Register(ctx context.Context, instance string) error
 	Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error)
+	Peers(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error)
 	Unregister(ctx context.Context, instance string) error
 	SubscriptionStates(ctx context.Context) ([]journal.SubscriptionRow, error)
 	Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error)

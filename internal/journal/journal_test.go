@@ -919,6 +919,34 @@ func TestHeartbeatRegistersAgain(t *testing.T) {
 	}
 }
 
+// TestPeersWritesNothing: Peers counts the others alive as Heartbeat does,
+// and keeps no one alive, the caller included.
+func TestPeersWritesNothing(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b"} {
+		if err := s.Register(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 minute' WHERE id = 'a'`)
+	if peers, at, err := s.Peers(ctx, "a", time.Hour); err != nil || peers != 1 || time.Since(at).Abs() > time.Minute {
+		t.Fatalf("a's Peers: %d alive at %v (err %v), want 1 (b) at about now", peers, at, err)
+	}
+	if peers, _, err := s.Peers(ctx, "b", 30*time.Second); err != nil || peers != 0 {
+		t.Errorf("b's Peers: %d alive within 30s (err %v), want 0: a's check must not have refreshed its heartbeat", peers, err)
+	}
+	if peers, _, err := s.Peers(ctx, "b", time.Hour); err != nil || peers != 1 {
+		t.Errorf("b's Peers: %d alive within an hour (err %v), want 1 (a)", peers, err)
+	}
+	if _, _, err := s.Heartbeat(ctx, "a", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if peers, _, err := s.Peers(ctx, "b", 30*time.Second); err != nil || peers != 1 {
+		t.Errorf("b's Peers after a's heartbeat: %d alive within 30s (err %v), want 1", peers, err)
+	}
+}
+
 // TestSubscriptionStateTransitions: the journal keeps the last transition
 // any process made, not a process's unchanged view written after it, and
 // a disabled subscription stays disabled, whatever a process that has not

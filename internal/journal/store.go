@@ -224,6 +224,18 @@ func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Dura
 	return peers, at, err
 }
 
+// Peers is Heartbeat without the write: how many other instances are
+// alive (their heartbeat younger than within), and the journal's clock.
+// It writes nothing, so it costs no WAL: between two heartbeats, which
+// keep a row alive for several of its readers' windows, a process learns
+// of newcomers with it (and a journal in the source database does not
+// wake the walsender, and through it this process, for each check).
+func (s *Store) Peers(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error) {
+	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - $2::interval`),
+		instance, within).Scan(&peers, &at)
+	return peers, at, err
+}
+
 // Unregister ends an instance cleanly: its pending deliveries are
 // released at once for others (or the next start) to claim, and its row is
 // removed.

@@ -1,0 +1,63 @@
+package fanout
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// TestHeartbeatWritesEveryHalfHeartbeat: with a 4 s heartbeat the process
+// checks for others every second but writes its row every other check
+// (half a heartbeat), and a newcomer is learned of by a check that
+// writes nothing.
+func TestHeartbeatWritesEveryHalfHeartbeat(t *testing.T) {
+	store, db := newJournalDB(t)
+	d := start(t, store, Config{Journal: store, Instance: "i1", PollInterval: time.Second, Heartbeat: 4 * time.Second, Logger: testutil.Logger(t)})
+	conn := db.Connect(t)
+	ctx := context.Background()
+	beat := func() time.Time {
+		t.Helper()
+		var at time.Time
+		if err := conn.QueryRow(ctx, `SELECT heartbeat_at FROM dzhook.instances WHERE id = 'i1'`).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	// The next write, waited for with a timeout.
+	nextWrite := func(after time.Time, within time.Duration) time.Time {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for time.Now().Before(deadline) {
+			if at := beat(); !at.Equal(after) {
+				return at
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("no heartbeat written within %v after %v", within, after)
+		return time.Time{}
+	}
+	w1 := nextWrite(time.Time{}, 5*time.Second)
+	w2 := nextWrite(w1, 5*time.Second)
+	w3 := nextWrite(w2, 5*time.Second)
+	// Writes every second check: about 2 s apart (a write every check,
+	// as before, was 1 s apart).
+	if gap := w3.Sub(w2); gap < 1500*time.Millisecond || gap > 3*time.Second {
+		t.Errorf("heartbeat rows written %v apart, want about 2s (every other 1s check)", gap)
+	}
+	// Right after a write, another process appears: the next check, a
+	// second later, reads it without writing.
+	written := nextWrite(w3, 5*time.Second)
+	db.Exec(t, `INSERT INTO dzhook.instances (id, hostname) VALUES ('i2', 'elsewhere')`)
+	deadline := time.Now().Add(1800 * time.Millisecond)
+	for d.Peers() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the newcomer not learned of within 1.8s of its row (peers %d)", d.Peers())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if at := beat(); !at.Equal(written) {
+		t.Errorf("the check that learned of the newcomer wrote the row (%v, last write %v): want a read-only check", at, written)
+	}
+}
