@@ -25,6 +25,14 @@
 // the governor wait twice as long each time before the next (up to a
 // minute): each switch stops the world, and waits for a GC in progress.
 //
+// Idle on one processor (below Idle of a core, no goroutine kept waiting)
+// it samples every IdleInterval instead: each sample wakes the process,
+// and at 100 ms the samples were most of an idle process's wakes (a wake
+// of the scheduler's thread and one of the runtime's monitor, ten times a
+// second). Load that comes then is seen within IdleInterval and the
+// samples are at Interval again; one processor keeps up with a
+// catch-up's start meanwhile (BENCHMARKS.md: a quota of one core).
+//
 // GOMAXPROCS set in the environment is the operator's choice: the
 // governor then does nothing.
 package procs
@@ -57,9 +65,11 @@ const (
 	DefaultUp        = 0.6 // of a core, sampled on one processor
 	DefaultUpAfter   = 2   // samples in a row above Up (a GC's mark phase is shorter)
 	DefaultWait      = time.Millisecond
-	DefaultWaits     = 4   // goroutines seen waiting Wait or more in a sample
-	DefaultDown      = 0.3 // of a core, sampled on every processor
-	DefaultDownAfter = 10  // samples in a row (a second at DefaultInterval)
+	DefaultWaits     = 4    // goroutines seen waiting Wait or more in a sample
+	DefaultDown      = 0.3  // of a core, sampled on every processor
+	DefaultDownAfter = 10   // samples in a row (a second at DefaultInterval)
+	DefaultIdle      = 0.02 // of a core, sampled on one processor
+	DefaultIdleEvery = time.Second
 )
 
 // Config tunes the governor; zero fields take the defaults.
@@ -76,6 +86,12 @@ type Config struct {
 	Waits     int
 	Down      float64
 	DownAfter int
+	// Idle and IdleInterval: on one processor, after a sample below Idle
+	// of a core in which no goroutine waited Wait or more, the next
+	// sample comes after IdleInterval (not Interval). Samples are
+	// counted in Intervals for the hold against flapping.
+	Idle         float64
+	IdleInterval time.Duration
 
 	// For tests: the process's CPU time so far; the scheduling delays
 	// seen so far (long: Wait or more; all: every one sampled); and what
@@ -112,6 +128,13 @@ func (c Config) withDefaults() Config {
 	if c.DownAfter <= 0 {
 		c.DownAfter = DefaultDownAfter
 	}
+	if c.Idle <= 0 {
+		c.Idle = DefaultIdle
+	}
+	if c.IdleInterval <= 0 {
+		c.IdleInterval = DefaultIdleEvery
+	}
+	c.IdleInterval = max(c.IdleInterval, c.Interval)
 	if c.CPUFunc == nil {
 		c.CPUFunc = processCPU
 	}
@@ -141,7 +164,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			cfg.SetFunc(0)
 		}
 	}()
-	t := time.NewTicker(cfg.Interval)
+	t := time.NewTimer(cfg.Interval)
 	defer t.Stop()
 	last, at := cfg.CPUFunc(), time.Now()
 	lastLong, lastAll := cfg.WaitsFunc()
@@ -156,14 +179,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			long, all := cfg.WaitsFunc()
 			wall := now.Sub(at)
 			if wall <= 0 {
+				t.Reset(cfg.Interval)
 				continue
 			}
-			s := sample{load: float64(cpu-last) / float64(wall), waits: long - lastLong, runs: all - lastAll}
+			s := sample{load: float64(cpu-last) / float64(wall), waits: long - lastLong, runs: all - lastAll,
+				ticks: int((wall + cfg.Interval/2) / cfg.Interval)}
 			last, at, lastLong, lastAll = cpu, now, long, all
 			if n, change := g.next(s); change {
 				cfg.SetFunc(n)
 				log.Debug("processors", "gomaxprocs", runtime.GOMAXPROCS(0), "load", s.load, "waits", s.waits, "hold", g.hold)
 			}
+			t.Reset(g.wait(s))
 		}
 	}
 }
@@ -173,6 +199,7 @@ type sample struct {
 	load  float64 // cores used
 	waits uint64  // goroutines sampled that waited Config.Wait or more to run
 	runs  uint64  // goroutines sampled
+	ticks int     // Config.Intervals the sample covered (at least one is counted)
 }
 
 // governor is the decision, apart from the clock and the runtime.
@@ -196,7 +223,7 @@ func newGovernor(cfg Config) *governor {
 // next takes a sample and says what to set: n 1 for one processor, 0 for
 // the default; change false for nothing.
 func (g *governor) next(s sample) (n int, change bool) {
-	g.n++
+	g.n += max(1, s.ticks)
 	if g.one {
 		if s.load > g.cfg.Up {
 			g.busy++
@@ -226,6 +253,15 @@ func (g *governor) next(s sample) (n int, change bool) {
 	}
 	g.one, g.quiet, g.downAt = true, 0, g.n
 	return 1, true
+}
+
+// wait is how long after sample s (which next has taken) the next one
+// comes: IdleInterval while idle on one processor, Interval otherwise.
+func (g *governor) wait(s sample) time.Duration {
+	if g.one && s.load < g.cfg.Idle && s.waits == 0 {
+		return g.cfg.IdleInterval
+	}
+	return g.cfg.Interval
 }
 
 // schedWaits reads, from the runtime's sampled scheduling delays (the

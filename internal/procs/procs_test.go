@@ -164,7 +164,8 @@ func TestRunSwitchesAndRestores(t *testing.T) {
 	busy := atomic.Bool{}
 	interval := 5 * time.Millisecond
 	cfg := Config{
-		Interval: interval,
+		Interval:     interval,
+		IdleInterval: interval, // the fake load is per reading, not per second
 		CPUFunc: func() time.Duration {
 			// Each reading adds what the load would have used in an
 			// interval: two cores when busy, nothing when quiet.
@@ -202,6 +203,103 @@ func TestRunSwitchesAndRestores(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	waitSets(1, 0, 1, 0) // cancelled on one processor: the default again
+}
+
+// Idle on one processor, the samples come every IdleInterval; on the
+// default, or with load or waiting goroutines, every Interval. A long
+// sample counts as the Intervals it covered against flapping.
+func TestGovernorSamplesSlowerWhenIdle(t *testing.T) {
+	cfg := Config{Interval: 100 * time.Millisecond, IdleInterval: time.Second, MaxFunc: func() int { return 2 }}.withDefaults()
+	g := newGovernor(cfg)
+	idle := sample{load: 0.001, runs: 100}
+	if got := g.wait(idle); got != cfg.Interval {
+		t.Fatalf("idle on the default: next sample in %v, want Interval %v", got, cfg.Interval)
+	}
+	for range cfg.DownAfter {
+		g.next(idle)
+	}
+	if !g.one {
+		t.Fatal("not on one processor after DownAfter idle samples")
+	}
+	for _, c := range []struct {
+		s    sample
+		want time.Duration
+	}{
+		{idle, time.Second},
+		{sample{load: 0.05, runs: 100}, cfg.Interval},            // above Idle
+		{sample{load: 0.001, waits: 1, runs: 100}, cfg.Interval}, // a goroutine waited
+	} {
+		if got := g.wait(c.s); got != c.want {
+			t.Errorf("on one, sample %+v: next in %v, want %v", c.s, got, c.want)
+		}
+	}
+	// Idle samples of a second each count as ten Intervals: half a
+	// minute of them is a long stay (calm), so the next return to one
+	// waits DownAfter samples again, not twice that.
+	for range 30 {
+		if _, change := g.next(sample{load: 0.001, runs: 100, ticks: 10}); change {
+			t.Fatal("changed while idle on one")
+		}
+	}
+	if _, change := g.next(sample{load: 0.3, waits: 50, runs: 1000}); !change {
+		t.Fatal("waiting goroutines kept one processor")
+	}
+	if g.hold != cfg.DownAfter {
+		t.Errorf("after 30 s idle on one: hold %d samples, want DownAfter %d (a long stay)", g.hold, cfg.DownAfter)
+	}
+}
+
+// Run samples slowly while idle on one processor, and load that comes
+// then brings back the fast samples and the default.
+func TestRunSamplesSlowerWhenIdle(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		sets  []int
+		reads atomic.Int64
+		cpu   atomic.Int64
+	)
+	busy := atomic.Bool{}
+	interval := 5 * time.Millisecond
+	cfg := Config{
+		Interval: interval, IdleInterval: 100 * time.Millisecond, DownAfter: 2,
+		CPUFunc: func() time.Duration {
+			reads.Add(1)
+			if busy.Load() {
+				return time.Duration(cpu.Add(int64(2 * interval)))
+			}
+			return time.Duration(cpu.Load())
+		},
+		WaitsFunc: func() (uint64, uint64) { return 0, 0 },
+		SetFunc:   func(n int) { mu.Lock(); sets = append(sets, n); mu.Unlock() },
+		MaxFunc:   func() int { return 2 },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	got := func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]int(nil), sets...)
+	}
+	testutil.Eventually(t, 5*time.Second, "one processor", func() bool { return len(got()) >= 1 })
+	// Let the first idle sample's wait begin, then count for 600 ms: at
+	// 100 ms a sample, about 6 readings; at 5 ms it would be 120.
+	time.Sleep(150 * time.Millisecond)
+	before := reads.Load()
+	time.Sleep(600 * time.Millisecond)
+	if n := reads.Load() - before; n > 12 {
+		t.Errorf("%d CPU readings in 600 ms idle on one processor, want about 6 (IdleInterval 100 ms)", n)
+	}
+	busy.Store(true)
+	testutil.Eventually(t, 5*time.Second, "the default under load", func() bool { return len(got()) >= 2 })
+	if g := got(); !slices.Equal(g[:2], []int{1, 0}) {
+		t.Fatalf("sets %v, want [1 0 ...]", g)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
 }
 
 // The real setter: one processor, then the runtime's default again.
