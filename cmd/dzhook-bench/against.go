@@ -46,6 +46,10 @@ import (
 // takes about three minutes here.
 const roundLimit = 20 * time.Minute
 
+// stopWait is how long a run stopped by the other's failure (or by
+// roundLimit) has to remove its throwaway cluster before it is killed.
+const stopWait = time.Minute
+
 // pairRun is what -against runs: the rates scenario on a and on b, rounds
 // times, with the scenario's own flags (passed on as given).
 type pairRun struct {
@@ -125,6 +129,12 @@ func runRound(self, work string, p pairRun, i int) ([2]*Report, error) {
 		args := append([]string{"-scenario", p.scenario, "-binary", bins[k], "-out", outs[k]}, p.pass...)
 		cmds[k] = exec.CommandContext(ctx, self, args...)
 		cmds[k].Stdout, cmds[k].Stderr = &logs[k], &logs[k]
+		// A stopped run is interrupted, not killed: it removes its
+		// cluster and work directory (benchMain), then is killed if it
+		// has not ended within stopWait.
+		cmd := cmds[k]
+		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+		cmd.WaitDelay = stopWait
 		if err := cmds[k].Start(); err != nil {
 			errs[k] = err
 			if started == 1 {
@@ -289,20 +299,8 @@ func compareBinaries(scenario, a, b string, rounds int) int {
 		return p
 	}
 	p := pairRun{scenario: scenario, a: abs(a), b: abs(b), rounds: rounds}
-	// The scenario's own flags go to both runs as given; those that would
-	// make both write one file, or that this mode does not honour, are
-	// refused rather than dropped.
 	var refused []string
-	flag.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "rates", "rows":
-			p.pass = append(p.pass, "-"+f.Name, f.Value.String())
-		case "separate-journal":
-			p.pass = append(p.pass, "-"+f.Name+"="+f.Value.String())
-		case "out", "cpuprofile", "v", "rate", "live-for":
-			refused = append(refused, "-"+f.Name)
-		}
-	})
+	p.pass, refused = pairFlags(flag.CommandLine)
 	if len(refused) > 0 {
 		fmt.Fprintf(os.Stderr, "dzhook-bench: -against does not take %s: it prints a comparison of the rates scenario and writes no file\n", strings.Join(refused, ", "))
 		return 2
@@ -316,4 +314,21 @@ func compareBinaries(scenario, a, b string, rounds int) int {
 		return 1
 	}
 	return 0
+}
+
+// pairFlags sorts the flags set on fs: the scenario's own go to both runs
+// as given (pass); those that would make both write one file, or that
+// this mode does not honour, are refused rather than dropped.
+func pairFlags(fs *flag.FlagSet) (pass, refused []string) {
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "rates", "rows":
+			pass = append(pass, "-"+f.Name, f.Value.String())
+		case "separate-journal":
+			pass = append(pass, "-"+f.Name+"="+f.Value.String())
+		case "out", "cpuprofile", "v", "rate", "live-for":
+			refused = append(refused, "-"+f.Name)
+		}
+	})
+	return pass, refused
 }

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func report(figures ...any) *Report {
@@ -101,5 +104,73 @@ func TestCheckPairNamesTheFlag(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("checkPair(%+v) = %v, want it to say %q", p, err, tc.want)
 		}
+	}
+}
+
+func TestPairFlagsPassesTheScenariosOwn(t *testing.T) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.String("scenario", "all", "")
+	fs.String("rates", "", "")
+	fs.Int("rows", 100_000, "")
+	fs.Bool("separate-journal", false, "")
+	fs.String("out", "", "")
+	fs.Bool("v", false, "")
+	fs.Int("rate", 1000, "")
+	fs.String("against", "", "")
+	fs.Int("rounds", 3, "")
+	if err := fs.Parse([]string{"-scenario", "rates", "-rates", "500,2000", "-rows", "2000", "-separate-journal", "-against", "b", "-rounds", "2"}); err != nil {
+		t.Fatal(err)
+	}
+	pass, refused := pairFlags(fs)
+	if want := []string{"-rates", "500,2000", "-rows", "2000", "-separate-journal=true"}; !slices.Equal(pass, want) {
+		t.Errorf("passed %q, want %q (the scenario's flags as given; -scenario, -against and -rounds are the pair's)", pass, want)
+	}
+	if len(refused) != 0 {
+		t.Errorf("refused %q with none of the refused flags set", refused)
+	}
+	if err := fs.Parse([]string{"-out", "x.json", "-v", "-rate", "10", "-rows", "500"}); err != nil {
+		t.Fatal(err)
+	}
+	pass, refused = pairFlags(fs)
+	if want := []string{"-out", "-rate", "-v"}; !slices.Equal(refused, want) {
+		t.Errorf("refused %q, want %q", refused, want)
+	}
+	if !slices.Contains(pass, "500") {
+		t.Errorf("passed %q: -rows 500 is still the scenario's", pass)
+	}
+}
+
+// A run that fails stops the other with an interrupt (so that it removes
+// its throwaway cluster), not a kill; the error names the one that
+// failed. The bench processes are stood in for by a script.
+func TestRunRoundInterruptsTheOther(t *testing.T) {
+	dir := t.TempDir()
+	ready, interrupted := filepath.Join(dir, "ready"), filepath.Join(dir, "interrupted")
+	// $4 is -binary's value: A fails once B is ready to be interrupted;
+	// B waits, and records the interrupt it takes.
+	self := filepath.Join(dir, "bench.sh")
+	script := `#!/bin/sh
+case "$4" in
+*/a) while [ ! -e ` + ready + ` ]; do sleep 0.02; done; echo "boom in A" >&2; exit 1;;
+*) trap 'touch ` + interrupted + `; exit 130' INT; touch ` + ready + `; while :; do sleep 0.02; done;;
+esac
+`
+	if err := os.WriteFile(self, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := pairRun{scenario: "rates", a: filepath.Join(dir, "a"), b: filepath.Join(dir, "b"), rounds: 1}
+	done := make(chan error, 1)
+	go func() { _, err := runRound(self, dir, p, 0); done <- err }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the round did not end within 30 s of A's failure")
+	}
+	if err == nil || !strings.Contains(err.Error(), "boom in A") || strings.Contains(err.Error(), p.b+":") {
+		t.Errorf("round error %v: want A's failure and its log, not B's", err)
+	}
+	if _, statErr := os.Stat(interrupted); statErr != nil {
+		t.Errorf("B was not interrupted (killed instead?): %v", statErr)
 	}
 }

@@ -20,10 +20,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -77,6 +79,14 @@ func main() {
 		runFloorClient(os.Args[2:])
 		return
 	}
+	os.Exit(benchMain())
+}
+
+// benchMain is the bench: the exit code. It returns rather than exits so
+// that the cluster and the work directory are removed after a failure
+// too; an interrupt (SIGINT, SIGTERM: a cancelled -against round, a
+// Ctrl-C) removes them before the process ends.
+func benchMain() int {
 	scenario := flag.String("scenario", "all", "which scenario: all, stream, receiver, catchup, live, rates, fanout, isolation, ordering, replay, scaleout")
 	onlyRates := flag.String("rates", "", "the rates scenario's rates, comma-separated (default 100,500,1000,2000)")
 	out := flag.String("out", "bench/results.json", "where to write the results (merged with earlier scenarios)")
@@ -94,36 +104,50 @@ func main() {
 	switch {
 	case *rows < 100:
 		fmt.Fprintf(os.Stderr, "dzhook-bench: -rows: %d: at least 100 (other scenarios take a share of it)\n", *rows)
-		os.Exit(2)
+		return 2
 	case *rate < 1:
 		fmt.Fprintf(os.Stderr, "dzhook-bench: -rate: %d is not a rate (transactions/s, at least 1)\n", *rate)
-		os.Exit(2)
+		return 2
 	case *liveFor < time.Second:
 		fmt.Fprintf(os.Stderr, "dzhook-bench: -live-for: %s: at least 1s\n", *liveFor)
-		os.Exit(2)
+		return 2
 	}
 	if *onlyRates != "" {
 		rateSteps = pickRates(*onlyRates)
 	}
 	if *against != "" {
-		os.Exit(compareBinaries(*scenario, *binary, *against, *rounds))
+		return compareBinaries(*scenario, *binary, *against, *rounds)
 	}
 
 	abs, err := filepath.Abs(*binary)
 	if err != nil || !fileExists(abs) {
 		fmt.Fprintf(os.Stderr, "dzhook-bench: %s not found: run `make build` first\n", *binary)
-		os.Exit(2)
+		return 2
 	}
 	cluster, err := pgtest.Start(pgtest.Options{Settings: map[string]string{
 		"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on", "shared_buffers": "256MB", "max_wal_size": "4GB",
 	}})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "dzhook-bench: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
 	defer cluster.Close()
 	work, _ := os.MkdirTemp("", "dzhook-bench-")
 	defer os.RemoveAll(work)
+	// Interrupted (a cancelled -against round sends SIGINT, then kills
+	// after a minute), the cluster and the work directory go before the
+	// exit: the scenarios' loops do not all watch a context, and the
+	// dzhook processes they started die with this one (Pdeathsig).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "dzhook-bench: %v: removing the throwaway cluster and stopping\n", sig)
+		cluster.Close()
+		_ = os.RemoveAll(work)
+		os.Exit(130)
+	}()
 
 	b := &bench{cluster: cluster, binary: abs, work: work, rows: *rows, rate: *rate, liveFor: *liveFor, verbose: *verbose, profile: *profile, separateJournal: *separate,
 		report: &Report{StartedAt: time.Now().UTC(), Machine: machine(), Go: runtime.Version(), Postgres: pgVersion(cluster),
@@ -147,18 +171,19 @@ func main() {
 		fmt.Fprintf(os.Stderr, "== %s\n", s.name)
 		if err := s.run(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "dzhook-bench: %s: %v\n", s.name, err)
-			os.Exit(1)
+			return 1
 		}
 	}
 	if !ran {
 		fmt.Fprintf(os.Stderr, "dzhook-bench: unknown scenario %q\n", *scenario)
-		os.Exit(2)
+		return 2
 	}
 	b.print()
 	if err := b.write(*out); err != nil {
 		fmt.Fprintf(os.Stderr, "dzhook-bench: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 func (b *bench) add(r Result) {
