@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dzdesk/dzhook/internal/backoff"
+	"github.com/dzdesk/dzhook/internal/beat"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
@@ -164,7 +165,7 @@ func watchConfig(ctx context.Context, env *cli, path, last string, log *slog.Log
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	t := time.NewTicker(configPoll)
+	t := beat.NewTicker(configPoll)
 	defer t.Stop()
 	for {
 		reason := ""

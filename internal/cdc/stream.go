@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/backoff"
+	"github.com/dzdesk/dzhook/internal/beat"
 )
 
 // Handler consumes the stream. The stream calls it one call at a time (from
@@ -488,7 +489,9 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 				lastReport = now
 				status = now.Add(s.cfg.StatusInterval)
 			}
-			if err := nc.SetReadDeadline(earliest(status, now.Add(s.cfg.recheck))); err != nil {
+			// The recheck falls on the instants of the process's other
+			// pollers (beat): an idle stream adds no wake of its own.
+			if err := nc.SetReadDeadline(earliest(status, beat.At(s.cfg.recheck))); err != nil {
 				return fmt.Errorf("receive: %w", err)
 			}
 			armed = true

@@ -20,6 +20,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/admin"
 	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/beat"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -236,7 +237,7 @@ func (e *Engine) startRuntime(ctx context.Context) ([]fanout.Subscription, error
 
 // pollRuntime applies changes made through other processes until ctx ends.
 func (e *Engine) pollRuntime(ctx context.Context) error {
-	t := time.NewTicker(runtimePoll)
+	t := beat.NewTicker(runtimePoll) // on the instants of the other pollers
 	defer t.Stop()
 	for n := 0; ; n++ {
 		select {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-retryablehttp"
 
+	"github.com/dzdesk/dzhook/internal/beat"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -147,7 +148,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(n.poll)
+	t := beat.NewTicker(n.poll)
 	defer t.Stop()
 	for {
 		select {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/beat"
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -237,7 +238,7 @@ func (rp *replayer) Run(ctx context.Context) error {
 	if rp.store == nil {
 		return nil
 	}
-	t := time.NewTimer(rp.idle)
+	t := time.NewTimer(beat.Until(rp.idle))
 	defer t.Stop()
 	for {
 		select {
@@ -257,7 +258,7 @@ func (rp *replayer) Run(ctx context.Context) error {
 		if active || err != nil {
 			next = rp.poll
 		}
-		t.Reset(next)
+		t.Reset(beat.Until(next))
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/dzdesk/dzhook/internal/beat"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -121,7 +122,9 @@ func (sc *scheduler) nudge() {
 // dispatcher's shutdown gives them back. (The heartbeat runs apart, until
 // the dispatcher has given them back: heartbeatLoop.)
 func (sc *scheduler) Run(ctx context.Context) error {
-	t := time.NewTimer(sc.poll)
+	// Rounds fall on the multiples of the interval (beat): an idle
+	// process's pollers then wake it once a second, not each on its own.
+	t := time.NewTimer(beat.Until(sc.poll))
 	defer t.Stop()
 	var lastFound time.Time // when a round last found work
 	for {
@@ -183,7 +186,7 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		if sc.peers.Load() > 0 && (found || !told && now.Sub(lastFound) < sc.poll || now.UnixNano() < sc.busyUntil.Load()) {
 			next = min(next, busyPoll)
 		}
-		t.Reset(next)
+		t.Reset(beat.Until(next))
 	}
 }
 
@@ -223,7 +226,7 @@ const busyPoll = 50 * time.Millisecond
 func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	every := min(sc.heartbeat, time.Second)
 	writeEvery := max(1, int(sc.heartbeat/2/every)) // in checks
-	t := time.NewTicker(every)
+	t := beat.NewTicker(every)
 	defer t.Stop()
 	shared := false // others were alive at the last heartbeat
 	sinceWrite := writeEvery

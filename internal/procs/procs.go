@@ -45,6 +45,8 @@ import (
 	"runtime/metrics"
 	"sync/atomic"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/beat"
 )
 
 // one is whether the scheduler runs on one processor, as the governor or
@@ -189,7 +191,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				cfg.SetFunc(n)
 				log.Debug("processors", "gomaxprocs", runtime.GOMAXPROCS(0), "load", s.load, "waits", s.waits, "hold", g.hold)
 			}
-			t.Reset(g.wait(s))
+			if w := g.wait(s); w == cfg.IdleInterval {
+				t.Reset(beat.Until(w)) // idle: with the other pollers (beat)
+			} else {
+				t.Reset(w)
+			}
 		}
 	}
 }
