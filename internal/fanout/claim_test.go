@@ -477,7 +477,8 @@ func journalDue(t *testing.T, store *journal.Store, id string) {
 	}
 }
 
-// TestStartBesidePeersPollsFast: a process that starts while others run
+// TestStartBesidePeersPollsFast (a poll interval of an hour: only the
+// busy pace can find the work): a process that starts while others run
 // polls at the busy pace for three heartbeats, not its poll interval: a
 // streaming process hands over part of its queue when it learns of the
 // newcomer, at its next heartbeat.
@@ -489,7 +490,7 @@ func TestStartBesidePeersPollsFast(t *testing.T) {
 	rc := testutil.NewReceiver(t)
 	d := start(t, store, Config{
 		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
-		Journal:       store, Instance: "i1", PollInterval: 10 * time.Second, Heartbeat: time.Hour,
+		Journal:       store, Instance: "i1", PollInterval: time.Hour, Heartbeat: time.Hour,
 	})
 	testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
 	journalDue(t, store, "a")
@@ -517,7 +518,7 @@ func TestPeersPollFastWhileWorkComes(t *testing.T) {
 	log := &claimLog{Store: store}
 	d := start(t, store, Config{
 		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
-		Journal:       log, Instance: "i1", PollInterval: 10 * time.Second, Heartbeat: time.Hour,
+		Journal:       log, Instance: "i1", PollInterval: time.Hour, Heartbeat: time.Hour,
 	})
 	testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
 	// A process starting beside others polls fast for three heartbeats

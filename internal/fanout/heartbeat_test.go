@@ -2,9 +2,11 @@ package fanout
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -59,5 +61,68 @@ func TestHeartbeatWritesEveryHalfHeartbeat(t *testing.T) {
 	}
 	if at := beat(); !at.Equal(written) {
 		t.Errorf("the check that learned of the newcomer wrote the row (%v, last write %v): want a read-only check", at, written)
+	}
+}
+
+// slowBeats is the real journal whose heartbeat checks take delay (a
+// journal under load) once slow is set.
+type slowBeats struct {
+	*journal.Store
+	slow  atomic.Bool
+	delay time.Duration
+}
+
+func (s *slowBeats) wait() {
+	if s.slow.Load() {
+		time.Sleep(s.delay)
+	}
+}
+
+func (s *slowBeats) Heartbeat(ctx context.Context, instance string, within time.Duration) (int, time.Time, error) {
+	s.wait()
+	return s.Store.Heartbeat(ctx, instance, within)
+}
+
+func (s *slowBeats) Peers(ctx context.Context, instance string, within time.Duration) (int, time.Time, error) {
+	s.wait()
+	return s.Store.Peers(ctx, instance, within)
+}
+
+// TestHeartbeatWriteAgeOnTheClock: the row's writes are spaced by time,
+// not by checks. With a 6 s heartbeat (a write every 2 s at most) and
+// checks that take 2 s each, the first check that starts 1.5 s after a
+// write writes: every other check, 4 s apart. Counting checks, every
+// third would write, 6 s apart.
+func TestHeartbeatWriteAgeOnTheClock(t *testing.T) {
+	store, db := newJournalDB(t)
+	slow := &slowBeats{Store: store, delay: 2 * time.Second}
+	start(t, store, Config{Journal: slow, Instance: "i1", PollInterval: time.Second, Heartbeat: 6 * time.Second, Logger: testutil.Logger(t)})
+	conn := db.Connect(t)
+	ctx := context.Background()
+	beat := func() time.Time {
+		t.Helper()
+		var at time.Time
+		if err := conn.QueryRow(ctx, `SELECT heartbeat_at FROM dzhook.instances WHERE id = 'i1'`).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	nextWrite := func(after time.Time, within time.Duration) time.Time {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for time.Now().Before(deadline) {
+			if at := beat(); !at.Equal(after) {
+				return at
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("no heartbeat written within %v after %v", within, after)
+		return time.Time{}
+	}
+	slow.slow.Store(true)
+	w1 := nextWrite(beat(), 8*time.Second)
+	w2 := nextWrite(w1, 8*time.Second)
+	if gap := w2.Sub(w1); gap > 5*time.Second {
+		t.Errorf("heartbeat rows written %v apart with 2 s checks, want every other check (4 s)", gap)
 	}
 }

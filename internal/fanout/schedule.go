@@ -186,7 +186,10 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		if sc.peers.Load() > 0 && (found || !told && now.Sub(lastFound) < sc.poll || now.UnixNano() < sc.busyUntil.Load()) {
 			next = min(next, busyPoll)
 		}
-		t.Reset(beat.Until(next))
+		if next == sc.poll {
+			next = beat.Until(next) // idle: with the other pollers
+		}
+		t.Reset(next)
 	}
 }
 
@@ -214,35 +217,49 @@ func (sc *scheduler) due(t time.Time) time.Time { return t.Add(time.Duration(sc.
 // work, while other processes share the journal.
 const busyPoll = 50 * time.Millisecond
 
+// maxHeartbeatWrite bounds the time between two writes of the heartbeat
+// row, whatever journal.heartbeat is (heartbeatLoop).
+const maxHeartbeatWrite = 2 * time.Second
+
 // heartbeatLoop keeps this instance alive in the journal, and learns how
 // many others are: at once, then every heartbeat or every second, whichever
 // is sooner, so that a process joining takes part within a second. The
-// row is written at most every half heartbeat (others count it alive for
-// two, and take over its deliveries after three): the checks between two
-// writes read only. A write every second was most of an idle process's
-// cost, and of its journal's: with the journal in the source database
-// each write's WAL also woke the walsender, which then sent this process
-// a keepalive to answer.
+// row is written only when the last write is half a heartbeat old (2 s at
+// most): the checks between read only. A write every second was most of
+// an idle process's cost, and of its journal's: with the journal in the
+// source database each write's WAL also woke the walsender, which then
+// sent this process a keepalive to answer.
+//
+// The write's age is measured on the clock, not in checks: slow checks (a
+// slow journal) or a process stopped for a while (SIGSTOP, a frozen
+// cgroup) write at the first check after. Others count a row alive for
+// two of their heartbeats and take over its deliveries after three, so
+// the processes sharing a journal should share journal.heartbeat; the 2 s
+// cap keeps a process with a long one alive for any other whose own is
+// 1.5 s or more, near enough to what a write every second gave.
 func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	every := min(sc.heartbeat, time.Second)
-	writeEvery := max(1, int(sc.heartbeat/2/every)) // in checks
+	// Written at the first check at least this long after the last write
+	// (half a check early: the checks tick every `every`).
+	writeAfter := min(sc.heartbeat/2, maxHeartbeatWrite) - every/2
 	t := beat.NewTicker(every)
 	defer t.Stop()
-	shared := false // others were alive at the last heartbeat
-	sinceWrite := writeEvery
+	shared := false       // others were alive at the last heartbeat
+	var written time.Time // the last write that reached the journal
 	for first := true; ; {
 		sent := sc.now()
 		var peers int
 		var at time.Time
 		var err error
-		if sinceWrite >= writeEvery {
+		if write := written.IsZero() || time.Since(written) >= writeAfter; write {
 			if peers, at, err = sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat); err == nil {
-				sinceWrite = 0
+				written = time.Now()
+				// What others see: LastHeartbeat is this row's age.
+				sc.beat.Store(written.UnixNano())
 			}
 		} else {
 			peers, at, err = sc.store.Peers(ctx, sc.instance, 2*sc.heartbeat)
 		}
-		sinceWrite++
 		if err == nil {
 			sc.measureSkew(sent, at)
 		}
@@ -251,7 +268,6 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 				sc.log.Warn("journal heartbeat failed", "err", err)
 			}
 		} else {
-			sc.beat.Store(time.Now().UnixNano())
 			if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
 				sc.log.Info("instances sharing the journal changed", "others_alive", peers)
 				if before == 0 && sc.joined != nil {
