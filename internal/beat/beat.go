@@ -20,11 +20,13 @@ import (
 // (d/8, d+d/8]: a tick that fired a moment early, or just on the
 // multiple, waits for the next one rather than firing twice. d of zero
 // or less is returned as it is.
-func Until(d time.Duration) time.Duration {
+func Until(d time.Duration) time.Duration { return until(time.Now(), d) }
+
+func until(now time.Time, d time.Duration) time.Duration {
 	if d <= 0 {
 		return d
 	}
-	u := d - time.Duration(time.Now().UnixNano()%int64(d))
+	u := d - time.Duration(now.UnixNano()%int64(d))
 	if u <= d/8 {
 		u += d
 	}

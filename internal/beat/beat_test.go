@@ -10,21 +10,24 @@ func offset(t time.Time, d time.Duration) time.Duration {
 }
 
 func TestUntilReachesTheNextMultiple(t *testing.T) {
+	base := time.Date(2026, 12, 6, 3, 0, 0, 0, time.UTC) // a multiple of each d below
 	for _, d := range []time.Duration{time.Millisecond, 50 * time.Millisecond, time.Second, 2 * time.Second, time.Minute} {
-		for range 100 {
-			u := Until(d)
+		for _, past := range []time.Duration{0, 1, d / 8, d/8 + 1, d / 2, d - 1, d, 7*d + d/3} {
+			now := base.Add(past)
+			u := until(now, d)
 			if u <= d/8 || u > d+d/8 {
-				t.Fatalf("Until(%v) = %v, want in (d/8, d+d/8]", d, u)
+				t.Fatalf("until(%v past a multiple, %v) = %v, want in (d/8, d+d/8]", past, d, u)
 			}
-			// The instant reached is a multiple of d (give or take the
-			// moments between the two clock readings).
-			if off := offset(time.Now().Add(u), d); off > time.Millisecond/2 && d-off > time.Millisecond/2 {
-				t.Fatalf("Until(%v) = %v reaches %v past a multiple", d, u, off)
+			if off := offset(now.Add(u), d); off != 0 {
+				t.Fatalf("until(%v past a multiple, %v) = %v reaches %v past a multiple", past, d, u, off)
 			}
 		}
 	}
 	if got := Until(0); got != 0 {
 		t.Errorf("Until(0) = %v", got)
+	}
+	if got := Until(time.Second); got <= time.Second/8 || got > time.Second+time.Second/8 {
+		t.Errorf("Until(1s) = %v", got)
 	}
 }
 

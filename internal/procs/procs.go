@@ -191,8 +191,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				cfg.SetFunc(n)
 				log.Debug("processors", "gomaxprocs", runtime.GOMAXPROCS(0), "load", s.load, "waits", s.waits, "hold", g.hold)
 			}
-			if w := g.wait(s); w == cfg.IdleInterval {
-				t.Reset(beat.Until(w)) // idle: with the other pollers (beat)
+			if w, idle := g.wait(s); idle {
+				t.Reset(beat.Until(w)) // with the other pollers (beat)
 			} else {
 				t.Reset(w)
 			}
@@ -262,12 +262,13 @@ func (g *governor) next(s sample) (n int, change bool) {
 }
 
 // wait is how long after sample s (which next has taken) the next one
-// comes: IdleInterval while idle on one processor, Interval otherwise.
-func (g *governor) wait(s sample) time.Duration {
+// comes: IdleInterval while idle on one processor (idle true), Interval
+// otherwise.
+func (g *governor) wait(s sample) (d time.Duration, idle bool) {
 	if g.one && s.load < g.cfg.Idle && s.waits == 0 {
-		return g.cfg.IdleInterval
+		return g.cfg.IdleInterval, true
 	}
-	return g.cfg.Interval
+	return g.cfg.Interval, false
 }
 
 // schedWaits reads, from the runtime's sampled scheduling delays (the

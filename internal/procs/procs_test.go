@@ -212,8 +212,8 @@ func TestGovernorSamplesSlowerWhenIdle(t *testing.T) {
 	cfg := Config{Interval: 100 * time.Millisecond, IdleInterval: time.Second, MaxFunc: func() int { return 2 }}.withDefaults()
 	g := newGovernor(cfg)
 	idle := sample{load: 0.001, runs: 100}
-	if got := g.wait(idle); got != cfg.Interval {
-		t.Fatalf("idle on the default: next sample in %v, want Interval %v", got, cfg.Interval)
+	if got, isIdle := g.wait(idle); got != cfg.Interval || isIdle {
+		t.Fatalf("idle on the default: next sample in %v (idle %v), want Interval %v", got, isIdle, cfg.Interval)
 	}
 	for range cfg.DownAfter {
 		g.next(idle)
@@ -229,8 +229,8 @@ func TestGovernorSamplesSlowerWhenIdle(t *testing.T) {
 		{sample{load: 0.05, runs: 100}, cfg.Interval},            // above Idle
 		{sample{load: 0.001, waits: 1, runs: 100}, cfg.Interval}, // a goroutine waited
 	} {
-		if got := g.wait(c.s); got != c.want {
-			t.Errorf("on one, sample %+v: next in %v, want %v", c.s, got, c.want)
+		if got, isIdle := g.wait(c.s); got != c.want || isIdle != (c.want == time.Second) {
+			t.Errorf("on one, sample %+v: next in %v (idle %v), want %v", c.s, got, isIdle, c.want)
 		}
 	}
 	// Idle samples of a second each count as ten Intervals: half a
