@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -74,8 +76,11 @@ func checkPair(p pairRun) error {
 	return nil
 }
 
-// runPair runs the rounds and prints each, then the medians.
+// runPair runs the rounds and prints each, then the medians. SIGINT or
+// SIGTERM stops the round under way (its runs remove their clusters).
 func runPair(p pairRun) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -92,7 +97,7 @@ func runPair(p pairRun) error {
 			first = "B"
 		}
 		fmt.Fprintf(os.Stderr, "round %d of %d: %s on A and B at once (%s starts first)\n", i+1, p.rounds, p.scenario, first)
-		pair, err := runRound(self, work, p, i)
+		pair, err := runRound(ctx, self, work, p, i)
 		if err != nil {
 			return fmt.Errorf("round %d: %w", i+1, err)
 		}
@@ -108,9 +113,9 @@ func runPair(p pairRun) error {
 
 // runRound runs round i: both binaries at once, B first in odd rounds. A
 // run that fails stops the other; so does roundLimit.
-func runRound(self, work string, p pairRun, i int) ([2]*Report, error) {
+func runRound(parent context.Context, self, work string, p pairRun, i int) ([2]*Report, error) {
 	var pair [2]*Report
-	ctx, cancel := context.WithTimeout(context.Background(), roundLimit)
+	ctx, cancel := context.WithTimeout(parent, roundLimit)
 	defer cancel()
 	bins := [2]string{p.a, p.b}
 	order := []int{0, 1}
@@ -129,11 +134,12 @@ func runRound(self, work string, p pairRun, i int) ([2]*Report, error) {
 		args := append([]string{"-scenario", p.scenario, "-binary", bins[k], "-out", outs[k]}, p.pass...)
 		cmds[k] = exec.CommandContext(ctx, self, args...)
 		cmds[k].Stdout, cmds[k].Stderr = &logs[k], &logs[k]
-		// A stopped run is interrupted, not killed: it removes its
-		// cluster and work directory (benchMain), then is killed if it
-		// has not ended within stopWait.
+		// A stopped run is told to stop (SIGTERM: a run started with
+		// SIGINT ignored, as a shell's background job is, keeps it
+		// ignored), removes its cluster and work directory (benchMain),
+		// and is killed if it has not ended within stopWait.
 		cmd := cmds[k]
-		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = stopWait
 		if err := cmds[k].Start(); err != nil {
 			errs[k] = err
@@ -159,6 +165,8 @@ func runRound(self, work string, p pairRun, i int) ([2]*Report, error) {
 	for k, err := range errs {
 		switch {
 		case err == nil, k == stopped:
+		case parent.Err() != nil:
+			failed = append(failed, fmt.Errorf("%s: stopped by a signal", bins[k]))
 		case ctx.Err() == context.DeadlineExceeded:
 			failed = append(failed, fmt.Errorf("%s: not done within %s", bins[k], roundLimit))
 		default:

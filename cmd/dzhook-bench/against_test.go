@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"os"
 	"path/filepath"
@@ -140,9 +141,9 @@ func TestPairFlagsPassesTheScenariosOwn(t *testing.T) {
 	}
 }
 
-// A run that fails stops the other with an interrupt (so that it removes
-// its throwaway cluster), not a kill; the error names the one that
-// failed. The bench processes are stood in for by a script.
+// A run that fails stops the other with SIGTERM (so that it removes its
+// throwaway cluster), not a kill; the error names the one that failed.
+// The bench processes are stood in for by a script.
 func TestRunRoundInterruptsTheOther(t *testing.T) {
 	dir := t.TempDir()
 	ready, interrupted := filepath.Join(dir, "ready"), filepath.Join(dir, "interrupted")
@@ -152,7 +153,7 @@ func TestRunRoundInterruptsTheOther(t *testing.T) {
 	script := `#!/bin/sh
 case "$4" in
 */a) while [ ! -e ` + ready + ` ]; do sleep 0.02; done; echo "boom in A" >&2; exit 1;;
-*) trap 'touch ` + interrupted + `; exit 130' INT; touch ` + ready + `; while :; do sleep 0.02; done;;
+*) trap 'touch ` + interrupted + `; exit 143' TERM; touch ` + ready + `; while :; do sleep 0.02; done;;
 esac
 `
 	if err := os.WriteFile(self, []byte(script), 0o755); err != nil {
@@ -160,7 +161,7 @@ esac
 	}
 	p := pairRun{scenario: "rates", a: filepath.Join(dir, "a"), b: filepath.Join(dir, "b"), rounds: 1}
 	done := make(chan error, 1)
-	go func() { _, err := runRound(self, dir, p, 0); done <- err }()
+	go func() { _, err := runRound(context.Background(), self, dir, p, 0); done <- err }()
 	var err error
 	select {
 	case err = <-done:

@@ -25,6 +25,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -131,22 +132,31 @@ func benchMain() int {
 		fmt.Fprintf(os.Stderr, "dzhook-bench: %v\n", err)
 		return 1
 	}
-	defer cluster.Close()
 	work, _ := os.MkdirTemp("", "dzhook-bench-")
-	defer os.RemoveAll(work)
-	// Interrupted (a cancelled -against round sends SIGINT, then kills
-	// after a minute), the cluster and the work directory go before the
-	// exit: the scenarios' loops do not all watch a context, and the
-	// dzhook processes they started die with this one (Pdeathsig).
+	// The cluster and the work directory go once, whoever gets there
+	// first: the return below, or an interrupt (SIGINT, SIGTERM: -against
+	// stops a run with SIGTERM and kills it a minute later), since the
+	// scenarios' loops do not all watch a context. The dzhook processes
+	// they started die with this one (Pdeathsig).
+	var cleanOnce sync.Once
+	cleanup := func() {
+		cleanOnce.Do(func() {
+			cluster.Close()
+			_ = os.RemoveAll(work)
+		})
+	}
+	defer cleanup()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	go func() {
 		sig := <-sigs
 		fmt.Fprintf(os.Stderr, "dzhook-bench: %v: removing the throwaway cluster and stopping\n", sig)
-		cluster.Close()
-		_ = os.RemoveAll(work)
-		os.Exit(130)
+		cleanup()
+		code := 130 // 128 + SIGINT
+		if sig == syscall.SIGTERM {
+			code = 143
+		}
+		os.Exit(code)
 	}()
 
 	b := &bench{cluster: cluster, binary: abs, work: work, rows: *rows, rate: *rate, liveFor: *liveFor, verbose: *verbose, profile: *profile, separateJournal: *separate,
