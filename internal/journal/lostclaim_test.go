@@ -81,6 +81,11 @@ func TestReleaseLostAfterALateCommit(t *testing.T) {
 	// before the claim was sent (it has not reached it yet) or is in a
 	// transaction, unless it started after the claim was sent.
 	sent := time.Now()
+	// Time passing is the condition: the release compares ages measured
+	// here with the server's now(), read a one-way trip after the age, so
+	// a process idle since "after" must be later than that trip; under
+	// load (CI, -race) a statement made at once after sent was not.
+	time.Sleep(50 * time.Millisecond)
 	if _, err := blocker.Exec(ctx, `SELECT 1`); err != nil {
 		t.Fatal(err)
 	}
