@@ -233,10 +233,10 @@ const maxHeartbeatWrite = 2 * time.Second
 // The write's age is measured on the clock, not in checks: slow checks (a
 // slow journal) or a process stopped for a while (SIGSTOP, a frozen
 // cgroup) write at the first check after. Others count a row alive for
-// two of their heartbeats and take over its deliveries after three, so
-// the processes sharing a journal should share journal.heartbeat; the 2 s
-// cap keeps a process with a long one alive for any other whose own is
-// 1.5 s or more, near enough to what a write every second gave.
+// two heartbeats and take over its deliveries after three, of theirs or
+// of the writer's, whichever is longer (the row records the writer's:
+// journal version 14), so processes with different journal.heartbeat
+// values do not take one another for dead between writes.
 func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	every := min(sc.heartbeat, time.Second)
 	// Written at the first check at least this long after the last write

@@ -947,6 +947,44 @@ func TestPeersWritesNothing(t *testing.T) {
 	}
 }
 
+// TestReadersHonourTheWritersHeartbeat: an instance with a long heartbeat
+// (a minute: it writes its row every 2 s at most, but promises only two
+// heartbeats) is alive, and keeps its deliveries, for a reader whose own
+// heartbeat is a second, as long as its own windows say; past them it is
+// taken over. A row of an older version (no interval) is judged by the
+// reader's window alone.
+func TestReadersHonourTheWritersHeartbeat(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, pendingBatch("00", "01", "02")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Heartbeat(ctx, "slow", 2*time.Minute); err != nil { // heartbeat 1m
+		t.Fatal(err)
+	}
+	if got, err := s.Claim(ctx, crm(3), "slow", "t1", 3*time.Minute); err != nil || len(got) != 3 {
+		t.Fatalf("slow claimed %d, %v; want 3", len(got), err)
+	}
+	if err := s.Register(ctx, "old"); err != nil { // no interval: an older version
+		t.Fatal(err)
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '30 seconds'`)
+	// The fast reader (heartbeat 1s: alive within 2s, taken over after 3s).
+	if peers, _, err := s.Peers(ctx, "fast", 2*time.Second); err != nil || peers != 1 {
+		t.Errorf("fast sees %d alive (err %v), want 1: slow, whose row is 30s old of its 2m", peers, err)
+	}
+	if got, err := s.Claim(ctx, crm(3), "fast", "t2", 3*time.Second); err != nil || len(got) != 0 {
+		t.Errorf("fast took over %d of slow's deliveries (err %v) 30s after its write: want none before 3m", len(got), err)
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '4 minutes' WHERE id = 'slow'`)
+	if peers, _, err := s.Peers(ctx, "fast", 2*time.Second); err != nil || peers != 0 {
+		t.Errorf("fast sees %d alive (err %v), want 0: slow silent for 4m, old for 30s", peers, err)
+	}
+	if got, err := s.Claim(ctx, crm(3), "fast", "t3", 3*time.Second); err != nil || len(got) != 3 {
+		t.Errorf("fast took over %d of slow's deliveries (err %v) after 4m: want all 3", len(got), err)
+	}
+}
+
 // TestSubscriptionStateTransitions: the journal keeps the last transition
 // any process made, not a process's unchanged view written after it, and
 // a disabled subscription stays disabled, whatever a process that has not

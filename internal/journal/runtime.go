@@ -182,7 +182,7 @@ func (s *Store) cancel(ctx context.Context, tx pgx.Tx, subscription string, stal
 			last_error = 'cancelled: the subscription was deleted', updated_at = now()
 		WHERE subscription_id = $1 AND state IN ('pending', 'held')
 		  AND (owner IS NULL OR ($2 > 0 AND owner NOT IN (SELECT id FROM {{schema}}.instances
-		       WHERE heartbeat_at > now() - make_interval(secs => $2))))`), subscription, staleAfter.Seconds())
+		       WHERE heartbeat_at > now() - greatest(make_interval(secs => $2), 3 * heartbeat_every))))`), subscription, staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("cancel the subscription's deliveries: %w", err)
 	}

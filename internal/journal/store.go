@@ -209,7 +209,12 @@ func (s *Store) Register(ctx context.Context, instance string) error {
 }
 
 // Heartbeat tells other instances this one is alive, and returns how many
-// others are: those whose heartbeat is younger than within. An instance
+// others are: those whose heartbeat is younger than within or than two
+// of their own heartbeats, whichever is longer. within is two of this
+// instance's heartbeats: the row records half of it (heartbeat_every),
+// so that readers with a shorter heartbeat judge this one by its own
+// (the claims take over an instance's deliveries after three of its
+// heartbeats at the earliest, whatever theirs). An instance
 // whose row is gone (retention removes rows whose heartbeat is older than
 // its cutoff: a process stopped, SIGSTOP, for that long) registers again:
 // without a row it would look dead, and others would take over what it
@@ -217,21 +222,21 @@ func (s *Store) Register(ctx context.Context, instance string) error {
 // it counted: due times are compared with it.
 func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error) {
 	host, _ := os.Hostname()
-	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (INSERT INTO {{schema}}.instances (id, hostname) VALUES ($1, $3)
-			ON CONFLICT (id) DO UPDATE SET heartbeat_at = now())
-		SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - $2::interval`),
+	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (INSERT INTO {{schema}}.instances (id, hostname, heartbeat_every) VALUES ($1, $3, $2::interval / 2)
+			ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_every = EXCLUDED.heartbeat_every)
+		SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - greatest($2::interval, 2 * heartbeat_every)`),
 		instance, within, host).Scan(&peers, &at)
 	return peers, at, err
 }
 
 // Peers is Heartbeat without the write: how many other instances are
-// alive (their heartbeat younger than within), and the journal's clock.
+// alive (as Heartbeat counts them), and the journal's clock.
 // It writes nothing, so it costs no WAL: between two heartbeats, which
 // keep a row alive for several of its readers' windows, a process learns
 // of newcomers with it (and a journal in the source database does not
 // wake the walsender, and through it this process, for each check).
 func (s *Store) Peers(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error) {
-	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - $2::interval`),
+	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - greatest($2::interval, 2 * heartbeat_every)`),
 		instance, within).Scan(&peers, &at)
 	return peers, at, err
 }
@@ -356,7 +361,7 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 	batch.Queue("SET LOCAL jit = off")
 	claim := batch.Queue(s.q(`
 		WITH live AS (
-			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $4 * interval '1 second'
+			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - greatest($4 * interval '1 second', 3 * heartbeat_every)
 		), due AS (
 			SELECT c.id, w.sub, w.lim, w.runs, c.ordering_key, c.position, c.manual
 			  FROM unnest($1::text[], $2::int[], $6::int[], $8::bool[]) AS w(sub, lim, heads, runs) CROSS JOIN LATERAL (
@@ -554,7 +559,7 @@ func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter tim
 	scan := func(q *pgx.QueuedQuery) { q.QueryRow(func(r pgx.Row) error { return r.Scan(&found, &parked) }) }
 	err = s.noJIT(ctx, scan, s.q(`
 		WITH live AS (
-			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - $2 * interval '1 second'
+			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - greatest($2 * interval '1 second', 3 * heartbeat_every)
 		), behind AS (
 			SELECT d.id, h.id AS head
 			  FROM {{schema}}.deliveries d CROSS JOIN LATERAL (

@@ -1,0 +1,12 @@
+-- dzhook journal, version 14: each instance's own heartbeat interval.
+--
+-- Others judged an instance alive by their own journal.heartbeat: alive
+-- while its row is younger than two of their heartbeats, dead (its
+-- in-flight deliveries taken over) after three. An instance writes its
+-- row every half heartbeat (2 s at most), so one with a long heartbeat
+-- looked dead to one with a short heartbeat between two writes. Readers
+-- now take the longer of their own window and the writer's (two of its
+-- heartbeats alive, three before a takeover). NULL: an instance of an
+-- older version, judged by the reader's window alone, as before. A
+-- nullable column without a default: adding it rewrites nothing.
+ALTER TABLE {{schema}}.instances ADD COLUMN heartbeat_every interval;
