@@ -122,9 +122,7 @@ func (sc *scheduler) nudge() {
 // dispatcher's shutdown gives them back. (The heartbeat runs apart, until
 // the dispatcher has given them back: heartbeatLoop.)
 func (sc *scheduler) Run(ctx context.Context) error {
-	// Rounds fall on the multiples of the interval (beat): an idle
-	// process's pollers then wake it once a second, not each on its own.
-	t := time.NewTimer(beat.Until(sc.poll))
+	t := time.NewTimer(sc.poll)
 	defer t.Stop()
 	var lastFound time.Time // when a round last found work
 	for {
@@ -186,10 +184,18 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		if sc.peers.Load() > 0 && (found || !told && now.Sub(lastFound) < sc.poll || now.UnixNano() < sc.busyUntil.Load()) {
 			next = min(next, busyPoll)
 		}
-		if next == sc.poll {
-			next = beat.Until(next) // idle: with the other pollers
+		switch {
+		case next == sc.poll && sc.peers.Load() == 0:
+			// Alone and idle: on the clock's multiples, with the other
+			// pollers (beat), one wake for all.
+			t.Reset(beat.Until(next))
+		default:
+			// Beside others, each on the phase of its own rounds: on the
+			// same instants, the first to reach the journal would take
+			// every key's head that came due (TestOrderedTwoInstances:
+			// the streaming process made every retry).
+			t.Reset(next)
 		}
-		t.Reset(next)
 	}
 }
 
