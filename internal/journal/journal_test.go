@@ -985,6 +985,26 @@ func TestReadersHonourTheWritersHeartbeat(t *testing.T) {
 	}
 }
 
+// TestPruneKeepsLiveInstances: however short the retention, an instance
+// row written within the hour stays; an older one goes.
+func TestPruneKeepsLiveInstances(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	for _, id := range []string{"live", "recent", "gone"} {
+		if err := s.Register(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '10 minutes' WHERE id = 'recent'`,
+		`UPDATE dzhook.instances SET heartbeat_at = now() - interval '2 hours' WHERE id = 'gone'`)
+	if _, err := s.PruneStep(ctx, time.Now().Add(time.Minute), 1000); err != nil { // a cutoff past every row
+		t.Fatal(err)
+	}
+	if peers, _, err := s.Peers(ctx, "x", 24*time.Hour); err != nil || peers != 2 {
+		t.Errorf("%d instance rows left within a day (err %v), want 2: live and recent kept, gone pruned", peers, err)
+	}
+}
+
 // TestSubscriptionStateTransitions: the journal keeps the last transition
 // any process made, not a process's unchanged view written after it, and
 // a disabled subscription stays disabled, whatever a process that has not

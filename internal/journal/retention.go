@@ -155,7 +155,10 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 			`DELETE FROM {{schema}}.notifications WHERE sent_at < $1`,
 			`DELETE FROM {{schema}}.rejections WHERE created_at < $1`,
 			`DELETE FROM {{schema}}.replays WHERE finished_at < $1`,
-			`DELETE FROM {{schema}}.instances WHERE heartbeat_at < $1`,
+			// A live instance writes its row every 2 s at most: whatever
+			// the retention, a row younger than an hour is never pruned
+			// (gone, the instance would look dead until its next write).
+			`DELETE FROM {{schema}}.instances WHERE heartbeat_at < $1 AND heartbeat_at < now() - interval '1 hour'`,
 		} {
 			tag, err := tx.Exec(ctx, s.q(stmt), cutoff) // events without deliveries too: under the lock
 			if err != nil {
