@@ -2,13 +2,39 @@ package fanout
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
+
+// heartbeats reads an instance's heartbeat row: beat is its last write,
+// nextWrite waits (up to within) for a write other than after's.
+func heartbeats(t *testing.T, db *pgtest.DB, instance string) (beat func() time.Time, nextWrite func(after time.Time, within time.Duration) time.Time) {
+	conn := db.Connect(t)
+	beat = func() time.Time {
+		t.Helper()
+		var at time.Time
+		if err := conn.QueryRow(context.Background(), `SELECT heartbeat_at FROM dzhook.instances WHERE id = $1`, instance).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	nextWrite = func(after time.Time, within time.Duration) time.Time {
+		t.Helper()
+		var at time.Time
+		testutil.Eventually(t, within, fmt.Sprintf("a heartbeat written after %v", after), func() bool {
+			at = beat()
+			return !at.Equal(after)
+		})
+		return at
+	}
+	return beat, nextWrite
+}
 
 // TestHeartbeatWritesEveryHalfHeartbeat: with a 4 s heartbeat the process
 // checks for others every second but writes its row every other check
@@ -17,29 +43,7 @@ import (
 func TestHeartbeatWritesEveryHalfHeartbeat(t *testing.T) {
 	store, db := newJournalDB(t)
 	d := start(t, store, Config{Journal: store, Instance: "i1", PollInterval: time.Second, Heartbeat: 4 * time.Second, Logger: testutil.Logger(t)})
-	conn := db.Connect(t)
-	ctx := context.Background()
-	beat := func() time.Time {
-		t.Helper()
-		var at time.Time
-		if err := conn.QueryRow(ctx, `SELECT heartbeat_at FROM dzhook.instances WHERE id = 'i1'`).Scan(&at); err != nil {
-			t.Fatal(err)
-		}
-		return at
-	}
-	// The next write, waited for with a timeout.
-	nextWrite := func(after time.Time, within time.Duration) time.Time {
-		t.Helper()
-		deadline := time.Now().Add(within)
-		for time.Now().Before(deadline) {
-			if at := beat(); !at.Equal(after) {
-				return at
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("no heartbeat written within %v after %v", within, after)
-		return time.Time{}
-	}
+	beat, nextWrite := heartbeats(t, db, "i1")
 	w1 := nextWrite(time.Time{}, 5*time.Second)
 	w2 := nextWrite(w1, 5*time.Second)
 	w3 := nextWrite(w2, 5*time.Second)
@@ -97,28 +101,7 @@ func TestHeartbeatWriteAgeOnTheClock(t *testing.T) {
 	store, db := newJournalDB(t)
 	slow := &slowBeats{Store: store, delay: 2 * time.Second}
 	start(t, store, Config{Journal: slow, Instance: "i1", PollInterval: time.Second, Heartbeat: 6 * time.Second, Logger: testutil.Logger(t)})
-	conn := db.Connect(t)
-	ctx := context.Background()
-	beat := func() time.Time {
-		t.Helper()
-		var at time.Time
-		if err := conn.QueryRow(ctx, `SELECT heartbeat_at FROM dzhook.instances WHERE id = 'i1'`).Scan(&at); err != nil {
-			t.Fatal(err)
-		}
-		return at
-	}
-	nextWrite := func(after time.Time, within time.Duration) time.Time {
-		t.Helper()
-		deadline := time.Now().Add(within)
-		for time.Now().Before(deadline) {
-			if at := beat(); !at.Equal(after) {
-				return at
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("no heartbeat written within %v after %v", within, after)
-		return time.Time{}
-	}
+	beat, nextWrite := heartbeats(t, db, "i1")
 	slow.slow.Store(true)
 	w1 := nextWrite(beat(), 8*time.Second)
 	w2 := nextWrite(w1, 8*time.Second)

@@ -153,56 +153,73 @@ func TestSchedWaits(t *testing.T) {
 	}
 }
 
+// fakeLoad is a process for Run: a CPU clock the test drives, whose
+// every reading adds what the load used in an interval (two cores while
+// busy, nothing otherwise), and the counts Run sets.
+type fakeLoad struct {
+	interval   time.Duration
+	busy       atomic.Bool
+	cpu, reads atomic.Int64
+	mu         sync.Mutex
+	sets       []int
+	cancel     context.CancelFunc
+	done       chan error
+}
+
+// run starts Run on cfg with the fake clock and setter; stop ends it.
+func (f *fakeLoad) run(t *testing.T, cfg Config) {
+	cfg.Interval = f.interval
+	cfg.CPUFunc = func() time.Duration {
+		f.reads.Add(1)
+		if f.busy.Load() {
+			return time.Duration(f.cpu.Add(int64(2 * f.interval)))
+		}
+		return time.Duration(f.cpu.Load())
+	}
+	cfg.WaitsFunc = func() (uint64, uint64) { return 0, 0 }
+	cfg.SetFunc = func(n int) { f.mu.Lock(); f.sets = append(f.sets, n); f.mu.Unlock() }
+	cfg.MaxFunc = func() int { return 2 }
+	var ctx context.Context
+	ctx, f.cancel = context.WithCancel(context.Background())
+	t.Cleanup(f.cancel)
+	f.done = make(chan error, 1)
+	go func() { f.done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+}
+
+func (f *fakeLoad) stop(t *testing.T) {
+	t.Helper()
+	f.cancel()
+	if err := <-f.done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// waitSets waits for Run to have set want, in order.
+func (f *fakeLoad) waitSets(t *testing.T, want ...int) {
+	t.Helper()
+	got := func() []int {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return append([]int(nil), f.sets...)
+	}
+	testutil.Eventually(t, 5*time.Second, fmt.Sprintf("sets %v", want), func() bool { return len(got()) >= len(want) })
+	if g := got(); !slices.Equal(g[:len(want)], want) {
+		t.Fatalf("sets %v, want %v", g, want)
+	}
+}
+
 // Run with a CPU clock the test drives: quiet, then busy, then
 // cancelled while on one processor, which restores the default.
 func TestRunSwitchesAndRestores(t *testing.T) {
-	var (
-		mu   sync.Mutex
-		sets []int
-		cpu  atomic.Int64 // ns the fake process used
-	)
-	busy := atomic.Bool{}
-	interval := 5 * time.Millisecond
-	cfg := Config{
-		Interval:     interval,
-		IdleInterval: interval, // the fake load is per reading, not per second
-		CPUFunc: func() time.Duration {
-			// Each reading adds what the load would have used in an
-			// interval: two cores when busy, nothing when quiet.
-			if busy.Load() {
-				return time.Duration(cpu.Add(int64(2 * interval)))
-			}
-			return time.Duration(cpu.Load())
-		},
-		WaitsFunc: func() (uint64, uint64) { return 0, 0 },
-		SetFunc:   func(n int) { mu.Lock(); sets = append(sets, n); mu.Unlock() },
-		MaxFunc:   func() int { return 2 },
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
-	got := func() []int {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]int(nil), sets...)
-	}
-	waitSets := func(want ...int) {
-		t.Helper()
-		testutil.Eventually(t, 5*time.Second, fmt.Sprintf("sets %v", want), func() bool { return len(got()) >= len(want) })
-		if g := got(); !slices.Equal(g[:len(want)], want) {
-			t.Fatalf("sets %v, want %v", g, want)
-		}
-	}
-	waitSets(1)
-	busy.Store(true)
-	waitSets(1, 0)
-	busy.Store(false)
-	waitSets(1, 0, 1)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	waitSets(1, 0, 1, 0) // cancelled on one processor: the default again
+	f := &fakeLoad{interval: 5 * time.Millisecond}
+	f.run(t, Config{IdleInterval: f.interval}) // the fake load is per reading, not per second
+	f.waitSets(t, 1)
+	f.busy.Store(true)
+	f.waitSets(t, 1, 0)
+	f.busy.Store(false)
+	f.waitSets(t, 1, 0, 1)
+	f.stop(t)
+	f.waitSets(t, 1, 0, 1, 0) // cancelled on one processor: the default again
 }
 
 // Idle on one processor, the samples come every IdleInterval; on the
@@ -252,54 +269,20 @@ func TestGovernorSamplesSlowerWhenIdle(t *testing.T) {
 // Run samples slowly while idle on one processor, and load that comes
 // then brings back the fast samples and the default.
 func TestRunSamplesSlowerWhenIdle(t *testing.T) {
-	var (
-		mu    sync.Mutex
-		sets  []int
-		reads atomic.Int64
-		cpu   atomic.Int64
-	)
-	busy := atomic.Bool{}
-	interval := 5 * time.Millisecond
-	cfg := Config{
-		Interval: interval, IdleInterval: 100 * time.Millisecond, DownAfter: 2,
-		CPUFunc: func() time.Duration {
-			reads.Add(1)
-			if busy.Load() {
-				return time.Duration(cpu.Add(int64(2 * interval)))
-			}
-			return time.Duration(cpu.Load())
-		},
-		WaitsFunc: func() (uint64, uint64) { return 0, 0 },
-		SetFunc:   func(n int) { mu.Lock(); sets = append(sets, n); mu.Unlock() },
-		MaxFunc:   func() int { return 2 },
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
-	got := func() []int {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]int(nil), sets...)
-	}
-	testutil.Eventually(t, 5*time.Second, "one processor", func() bool { return len(got()) >= 1 })
+	f := &fakeLoad{interval: 5 * time.Millisecond}
+	f.run(t, Config{IdleInterval: 100 * time.Millisecond, DownAfter: 2})
+	f.waitSets(t, 1)
 	// Let the first idle sample's wait begin, then count for 600 ms: at
 	// 100 ms a sample, about 6 readings; at 5 ms it would be 120.
 	time.Sleep(150 * time.Millisecond)
-	before := reads.Load()
+	before := f.reads.Load()
 	time.Sleep(600 * time.Millisecond)
-	if n := reads.Load() - before; n > 12 {
+	if n := f.reads.Load() - before; n > 12 {
 		t.Errorf("%d CPU readings in 600 ms idle on one processor, want about 6 (IdleInterval 100 ms)", n)
 	}
-	busy.Store(true)
-	testutil.Eventually(t, 5*time.Second, "the default under load", func() bool { return len(got()) >= 2 })
-	if g := got(); !slices.Equal(g[:2], []int{1, 0}) {
-		t.Fatalf("sets %v, want [1 0 ...]", g)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	f.busy.Store(true)
+	f.waitSets(t, 1, 0)
+	f.stop(t)
 }
 
 // The real setter: one processor, then the runtime's default again.
