@@ -254,11 +254,14 @@ func (rp *replayer) Run(ctx context.Context) error {
 		// Every poll while replays run (a step that waited for its
 		// receiver goes on soon); with none, a look every idle interval
 		// for one another process created (this one's API wakes it).
-		next := rp.idle
+		// Only the idle look falls on the clock's multiples (beat), with
+		// the other pollers: while replays run, the steps keep their pace
+		// (and the processes stepping them, their own phases).
 		if active || err != nil {
-			next = rp.poll
+			t.Reset(rp.poll)
+		} else {
+			t.Reset(beat.Until(rp.idle))
 		}
-		t.Reset(beat.Until(next))
 	}
 }
 
