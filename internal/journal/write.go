@@ -294,7 +294,14 @@ func (s *Store) run(ctx context.Context, stmts []statement) (err error) {
 			built[i] = eqb
 		}
 	}
+	values := make([][][]byte, len(stmts))
+	for i, eqb := range built {
+		if eqb != nil {
+			values[i] = eqb.ParamValues
+		}
+	}
 	p := conn.PgConn().StartPipeline(ctx)
+	reserve(conn.PgConn(), pipelineSize(stmts, values))
 	for i, st := range stmts {
 		if eqb := built[i]; eqb != nil {
 			p.SendQueryStatement(descs[i], eqb.ParamValues, eqb.ParamFormats, eqb.ResultFormats)
