@@ -248,14 +248,18 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 	// Counted before it is queued, so that the writer, which takes it out
 	// of the counts when it takes it, never sees them below zero.
 	w.count(&r, 1)
+	// The queue has room almost always: a send that does not wait is a
+	// fraction of a select of three cases, and Put is called three times
+	// per event (a hundredth of dzhook's CPU at 500 tx/s).
 	select {
 	case w.in <- r:
-		switch {
-		case r.Done != nil || w.fullQueued():
-			signal(w.urgent)
-		case r.Spilled:
-			signal(w.spilled)
-		}
+		w.queued(&r)
+		return nil
+	default:
+	}
+	select {
+	case w.in <- r:
+		w.queued(&r)
 		return nil
 	case <-ctx.Done():
 		w.count(&r, -1)
@@ -263,6 +267,16 @@ func (w *Writer) Put(ctx context.Context, r Record) error {
 	case <-w.closed:
 		w.count(&r, -1)
 		return ErrWriterClosed
+	}
+}
+
+// queued signals what r, just queued, asks of the linger.
+func (w *Writer) queued(r *Record) {
+	switch {
+	case r.Done != nil || w.fullQueued():
+		signal(w.urgent)
+	case r.Spilled:
+		signal(w.spilled)
 	}
 }
 
