@@ -239,6 +239,7 @@ func slotConfirmedLSN(t *testing.T, db *pgtest.DB) pglogrepl.LSN {
 	t.Helper()
 	var s string
 	conn := db.Connect(t)
+	defer conn.Close(context.Background()) // waitConfirmed calls this 20 times a second
 	if err := conn.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'dzhook'`).Scan(&s); err != nil {
 		t.Fatal(err)
 	}
@@ -928,6 +929,42 @@ func insertUsersThroughRestarts(ctx context.Context, db *pgtest.DB, n int) error
 		time.Sleep(2 * time.Millisecond)
 	}
 	return nil
+}
+
+// TestAcknowledgementsReportedWhileBusy: while transactions keep coming
+// and one is always waiting for its acknowledgement (so neither the
+// status interval nor the recheck, an hour here, nor an idle keepalive
+// reports anything), what is acknowledged reaches PostgreSQL within
+// about a second, and again after that: at most one report a second, but
+// one each second while there is something new.
+func TestAcknowledgementsReportedWhileBusy(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(false)
+	s := startStreamWith(t, db, rec, func(c *Config) { c.StatusInterval, c.recheck = time.Hour, time.Hour })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ctx.Err() == nil; i++ {
+			_ = db.Cluster.Exec(ctx, db.Name, fmt.Sprintf(`INSERT INTO users (email) VALUES ('busy%d@x')`, i))
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	defer func() { cancel(); <-done }()
+	for round := 1; round <= 3; round++ {
+		// Every transaction but the last is acknowledged.
+		_, commits := rec.waitCommits(t, 10*round)
+		last := commits[len(commits)-2]
+		s.Ack(last.CommitLSN)
+		acked := time.Now()
+		waitConfirmed(t, db, fmt.Sprintf("round %d: the end of transaction %d", round, len(commits)-1), func(l pglogrepl.LSN) bool { return l >= last.EndLSN })
+		if took := time.Since(acked); took > 3*time.Second {
+			t.Fatalf("round %d: acknowledged position reported after %v, want about a second at most", round, took)
+		}
+		if got := slotConfirmedLSN(t, db); got > last.EndLSN {
+			t.Fatalf("round %d: confirmed_flush_lsn %s passed the unacknowledged transaction at %s", round, got, commits[len(commits)-1].CommitLSN)
+		}
+	}
 }
 
 // TestIdleAdvances: with nothing published but WAL written in another
