@@ -455,7 +455,15 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		}
 	}()
 	armed := false
-	report := false      // a new durable position waits to be reported (wake)
+	report := false // a new durable position waits to be reported (wake)
+	defer func() {
+		if report { // not reported in this session: the next one does
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	var keep *time.Timer // enqueue's
 	in := newInliner(ctx, s, proc, conn)
 	defer in.timer.Stop()

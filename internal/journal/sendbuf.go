@@ -45,7 +45,7 @@ func (sb *sendBuffer) Encode(dst []byte) ([]byte, error) {
 		return append(make([]byte, 0, need), dst...), nil
 	}
 	if cap(sb.buf) < need {
-		sb.buf = make([]byte, 0, max(need+need/4, 4096))
+		sb.buf = make([]byte, 0, min(max(need+need/4, 4096), maxSendBuffer))
 	}
 	return append(sb.buf[:0], dst...), nil
 }
@@ -59,8 +59,12 @@ func (sb *sendBuffer) Decode([]byte) error {
 func (sb *sendBuffer) Frontend() {}
 
 // reserve makes room in conn's frontend buffer for a pipeline of about
-// need bytes, before anything of it is encoded.
+// need bytes, before anything of it is encoded. Only on a connection at
+// rest: the frontend is written without pgconn's lock.
 func reserve(conn *pgconn.PgConn, need int) {
+	if conn.IsBusy() || conn.IsClosed() {
+		return
+	}
 	data := conn.CustomData()
 	sb, _ := data[sendBufferKey].(*sendBuffer)
 	if sb == nil {

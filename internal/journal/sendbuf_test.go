@@ -158,8 +158,8 @@ func sendBuffers(t *testing.T, s *Store) map[*byte]int {
 			t.Fatalf("a statement after the batches: %v", err)
 		}
 		sb, ok := c.Conn().PgConn().CustomData()[sendBufferKey].(*sendBuffer)
-		if !ok || cap(sb.buf) == 0 || cap(sb.buf) > maxSendBuffer*5/4 {
-			t.Fatalf("a connection's send buffer: %v (ok %v), want one of at most %d bytes", sb, ok, maxSendBuffer*5/4)
+		if !ok || cap(sb.buf) == 0 || cap(sb.buf) > maxSendBuffer {
+			t.Fatalf("a connection's send buffer: %v (ok %v), want one of at most %d bytes", sb, ok, maxSendBuffer)
 		}
 		bufs[unsafe.SliceData(sb.buf)] = cap(sb.buf)
 	}

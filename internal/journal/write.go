@@ -300,8 +300,8 @@ func (s *Store) run(ctx context.Context, stmts []statement) (err error) {
 			values[i] = eqb.ParamValues
 		}
 	}
-	p := conn.PgConn().StartPipeline(ctx)
 	reserve(conn.PgConn(), pipelineSize(stmts, values))
+	p := conn.PgConn().StartPipeline(ctx)
 	for i, st := range stmts {
 		if eqb := built[i]; eqb != nil {
 			p.SendQueryStatement(descs[i], eqb.ParamValues, eqb.ParamFormats, eqb.ResultFormats)
