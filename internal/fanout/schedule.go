@@ -184,18 +184,16 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		if sc.peers.Load() > 0 && (found || !told && now.Sub(lastFound) < sc.poll || now.UnixNano() < sc.busyUntil.Load()) {
 			next = min(next, busyPoll)
 		}
-		switch {
-		case next == sc.poll && sc.peers.Load() == 0:
+		if next == sc.poll && sc.peers.Load() == 0 {
 			// Alone and idle: on the clock's multiples, with the other
-			// pollers (beat), one wake for all.
-			t.Reset(beat.Until(next))
-		default:
-			// Beside others, each on the phase of its own rounds: on the
-			// same instants, the first to reach the journal would take
-			// every key's head that came due (TestOrderedTwoInstances:
-			// the streaming process made every retry).
-			t.Reset(next)
+			// pollers (beat), one wake for all. Beside others, each on
+			// the phase of its own rounds: on the same instants, the
+			// first to reach the journal would take every key's head
+			// that came due (TestOrderedTwoInstances: the streaming
+			// process made every retry).
+			next = beat.Until(next)
 		}
+		t.Reset(next)
 	}
 }
 

@@ -232,7 +232,7 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		  FROM {{schema}}.events e
 		 WHERE d.id = $1 AND e.id = d.event_id
 		   AND (d.owner IS NULL OR (d.owner <> $2
-		        AND d.owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - greatest($3 * interval '1 second', 3 * heartbeat_every))))
+		        AND d.owner NOT IN (`+liveInstances("$3 * interval '1 second'")+`)))
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test,
 			d.state, d.next_attempt_at`),
 			id, owner, staleAfter.Seconds(), token).
@@ -269,7 +269,7 @@ func (s *Store) RetryFailed(ctx context.Context, subscription string, since, unt
 		WHERE subscription_id = $1 AND state = 'failed' AND NOT test
 		  AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
 		  AND (owner IS NULL OR (owner <> $5
-		       AND owner NOT IN (SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - greatest($4 * interval '1 second', 3 * heartbeat_every))))`),
+		       AND owner NOT IN (`+liveInstances("$4 * interval '1 second'")+`)))`),
 		subscription, since, until, staleAfter.Seconds(), self)
 	if err != nil {
 		return 0, fmt.Errorf("retry failed deliveries: %w", err)

@@ -181,8 +181,7 @@ func (s *Store) cancel(ctx context.Context, tx pgx.Tx, subscription string, stal
 	tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL,
 			last_error = 'cancelled: the subscription was deleted', updated_at = now()
 		WHERE subscription_id = $1 AND state IN ('pending', 'held')
-		  AND (owner IS NULL OR ($2 > 0 AND owner NOT IN (SELECT id FROM {{schema}}.instances
-		       WHERE heartbeat_at > now() - greatest(make_interval(secs => $2), 3 * heartbeat_every))))`), subscription, staleAfter.Seconds())
+		  AND (owner IS NULL OR ($2 > 0 AND owner NOT IN (`+liveInstances("make_interval(secs => $2)")+`)))`), subscription, staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("cancel the subscription's deliveries: %w", err)
 	}

@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -77,13 +78,13 @@ func reserve(conn *pgconn.PgConn, need int) {
 
 // pipelineSize is about what sending stmts takes: each Bind carries its
 // parameters with a length each, and the statement's name (its SQL).
-func pipelineSize(stmts []statement, built [][][]byte) int {
+func pipelineSize(stmts []statement, built []*pgx.ExtendedQueryBuilder) int {
 	n := 5 // Sync
 	for i, st := range stmts {
 		n += 64 + len(st.sql)
 		params := st.params
 		if built[i] != nil {
-			params = built[i]
+			params = built[i].ParamValues
 		}
 		for _, p := range params {
 			n += 4 + len(p)

@@ -224,9 +224,28 @@ func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Dura
 	host, _ := os.Hostname()
 	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (INSERT INTO {{schema}}.instances (id, hostname, heartbeat_every) VALUES ($1, $3, $2::interval / 2)
 			ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_every = EXCLUDED.heartbeat_every)
-		SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - greatest($2::interval, 2 * heartbeat_every)`),
+		SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND `+alivePeer("$2::interval")),
 		instance, within, host).Scan(&peers, &at)
 	return peers, at, err
+}
+
+// alivePeer is the condition on an instances row that counts it as a
+// live peer: younger than within (an SQL interval: two of the reader's
+// heartbeats) or than two of the writer's own (heartbeat_every, half of
+// its heartbeat), whichever is longer.
+func alivePeer(within string) string {
+	return `heartbeat_at > now() - greatest(` + within + `, 2 * heartbeat_every)`
+}
+
+// liveInstances selects the instances whose deliveries no one may take
+// over: a row younger than stale (an SQL interval: the reader's
+// staleness) or than three of the writer's own heartbeats, whichever is
+// longer. Every takeover (claims, retries by hand, parking, a deleted
+// subscription's cancellation) asks it, so that processes with different
+// journal.heartbeat values never take one another for dead between two
+// writes of a row (journal version 14).
+func liveInstances(stale string) string {
+	return `SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - greatest(` + stale + `, 3 * heartbeat_every)`
 }
 
 // Peers is Heartbeat without the write: how many other instances are
@@ -236,7 +255,7 @@ func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Dura
 // of newcomers with it (and a journal in the source database does not
 // wake the walsender, and through it this process, for each check).
 func (s *Store) Peers(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error) {
-	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND heartbeat_at > now() - greatest($2::interval, 2 * heartbeat_every)`),
+	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND `+alivePeer("$2::interval")),
 		instance, within).Scan(&peers, &at)
 	return peers, at, err
 }
@@ -361,7 +380,7 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 	batch.Queue("SET LOCAL jit = off")
 	claim := batch.Queue(s.q(`
 		WITH live AS (
-			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - greatest($4 * interval '1 second', 3 * heartbeat_every)
+			`+liveInstances("$4 * interval '1 second'")+`
 		), due AS (
 			SELECT c.id, w.sub, w.lim, w.runs, c.ordering_key, c.position, c.manual
 			  FROM unnest($1::text[], $2::int[], $6::int[], $8::bool[]) AS w(sub, lim, heads, runs) CROSS JOIN LATERAL (
@@ -559,7 +578,7 @@ func (s *Store) Park(ctx context.Context, subscriptions []string, staleAfter tim
 	scan := func(q *pgx.QueuedQuery) { q.QueryRow(func(r pgx.Row) error { return r.Scan(&found, &parked) }) }
 	err = s.noJIT(ctx, scan, s.q(`
 		WITH live AS (
-			SELECT id FROM {{schema}}.instances WHERE heartbeat_at > now() - greatest($2 * interval '1 second', 3 * heartbeat_every)
+			`+liveInstances("$2 * interval '1 second'")+`
 		), behind AS (
 			SELECT d.id, h.id AS head
 			  FROM {{schema}}.deliveries d CROSS JOIN LATERAL (

@@ -294,13 +294,7 @@ func (s *Store) run(ctx context.Context, stmts []statement) (err error) {
 			built[i] = eqb
 		}
 	}
-	values := make([][][]byte, len(stmts))
-	for i, eqb := range built {
-		if eqb != nil {
-			values[i] = eqb.ParamValues
-		}
-	}
-	reserve(conn.PgConn(), pipelineSize(stmts, values))
+	reserve(conn.PgConn(), pipelineSize(stmts, built))
 	p := conn.PgConn().StartPipeline(ctx)
 	for i, st := range stmts {
 		if eqb := built[i]; eqb != nil {
