@@ -77,7 +77,7 @@ func (b *bench) replay(ctx context.Context) error {
 	case <-time.After(5 * time.Minute):
 		return fmt.Errorf("the history did not reach a in 5 minutes")
 	}
-	if err := waitJournaled(ctx, b.cluster.DSN(db), n); err != nil {
+	if err := waitJournaled(ctx, journalDSN(config, b.cluster.DSN(db)), n); err != nil {
 		return err
 	}
 
