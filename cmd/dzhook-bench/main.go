@@ -69,6 +69,7 @@ type bench struct {
 	profile string
 
 	separateJournal bool
+	journals        map[string]string // -separate-journal: source DSN -> its journal's DSN
 
 	current     string // the scenario running now
 	streamLimit float64

@@ -241,12 +241,22 @@ func (b *bench) writeConfig(dsn string, subs []subSpec, url, admin string) (stri
 	journal := ""
 	if b.separateJournal {
 		// The journal in a database of its own (journal.dsn): the
-		// walsender then skips its WAL early instead of decoding it.
-		name := fmt.Sprintf("journal_%d", time.Now().UnixNano())
-		if err := b.cluster.Exec(context.Background(), "postgres", "CREATE DATABASE "+name); err != nil {
-			return "", err
+		// walsender then skips its WAL early instead of decoding it. One
+		// per source database: a scenario that writes its configuration
+		// again (the replay's, for a reload) keeps its journal.
+		jdsn, ok := b.journals[dsn]
+		if !ok {
+			name := fmt.Sprintf("journal_%d", time.Now().UnixNano())
+			if err := b.cluster.Exec(context.Background(), "postgres", "CREATE DATABASE "+name); err != nil {
+				return "", err
+			}
+			jdsn = b.cluster.DSN(name)
+			if b.journals == nil {
+				b.journals = map[string]string{}
+			}
+			b.journals[dsn] = jdsn
 		}
-		journal = "journal:\n  dsn: " + b.cluster.DSN(name) + "\n"
+		journal = "journal:\n  dsn: " + jdsn + "\n"
 	}
 	adminSection := "admin:\n  listen: \"\"\n"
 	if admin != "" {
