@@ -298,6 +298,9 @@ type Claimed struct {
 	Ordered     bool
 	OrderingKey string
 	Position    int64
+	// Replay is set for a replay's delivery (deliveries.replay_id), by
+	// Claim: its attempts are paced (fanout.ReplayRate).
+	Replay bool
 }
 
 // ClaimWant is what a claim asks of one subscription: up to Limit of its
@@ -458,7 +461,8 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL,
 			d.test, d.manual, d.ordering_key, d.position,
 			CASE WHEN d.attempts = 0 THEN 0 ELSE
-				(SELECT count(*) FROM {{schema}}.attempts a WHERE a.delivery_id = d.id AND a.trigger = 'manual') END`),
+				(SELECT count(*) FROM {{schema}}.attempts a WHERE a.delivery_id = d.id AND a.trigger = 'manual') END,
+			d.replay_id IS NOT NULL`),
 		subs, limits, owner, staleAfter.Seconds(), token, heads, claimRun, runs)
 	var claimed []Claimed
 	claim.Query(func(rows pgx.Rows) error {
@@ -467,7 +471,7 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 			var c Claimed
 			var key *string
 			var pos *int64
-			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.Manual, &key, &pos, &c.ByHand)
+			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.Manual, &key, &pos, &c.ByHand, &c.Replay)
 			if key != nil {
 				c.Ordered, c.OrderingKey = true, *key
 			}
