@@ -34,9 +34,6 @@ type deliverer struct {
 	nudge    func()
 	giveBack func(ctx context.Context, take func() []string) error
 	tracer   trace.Tracer // nil: tracing off
-	// replayPace spaces the attempts of the replays' deliveries, all
-	// subscriptions together, at Config.ReplayRate.
-	replayPace *pacer
 }
 
 // start runs a subscription's workers until it is retired; life bounds
@@ -98,13 +95,6 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 			// operator's single attempt (RetryNow, SendTest, which do not
 			// come through here) goes at once.
 			if s.pace != nil && s.shapeBody(t) == nil && !s.pace.wait(life, s.stop) {
-				d.giveUp(life, s, t)
-				break
-			}
-			// A replay's delivery waits for its turn too, so a replay goes
-			// at its rate within each second, not in the bursts its steps
-			// claim (ReplayRate).
-			if t.replay && d.replayPace != nil && !d.replayPace.wait(life, s.stop) {
 				d.giveUp(life, s, t)
 				break
 			}

@@ -88,9 +88,6 @@ type Config struct {
 	// subscription (StartReplay), and this process take part in making
 	// the replays' deliveries (replay.go). *journal.Store is one.
 	Replays ReplayStore
-	// ReplayRate is how many of the replays' deliveries this process
-	// attempts per second, evenly spaced; defaults to ReplayRate.
-	ReplayRate int
 	// Instance identifies this process among those sharing the journal.
 	Instance string
 
@@ -165,9 +162,6 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultPollInterval
-	}
-	if cfg.ReplayRate <= 0 {
-		cfg.ReplayRate = ReplayRate
 	}
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = DefaultHeartbeat
@@ -289,8 +283,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	d.notifier = newNotifier(cfg)
 	due := func(t time.Time) time.Time { return d.sched.due(t) } // d.sched is made below
 	d.deliver = &deliverer{cfg: &d.cfg, records: cfg.Records, obs: cfg.Observer, notifier: d.notifier, log: d.log, now: cfg.NowFunc,
-		nudge: d.nudge, giveBack: d.giveBack, tracer: d.tracer, due: due,
-		replayPace: newPacer(Rate{Count: cfg.ReplayRate, Per: time.Second}, func() int64 { return 1 })}
+		nudge: d.nudge, giveBack: d.giveBack, tracer: d.tracer, due: due}
 	d.sched = &scheduler{
 		store: cfg.Journal, instance: cfg.Instance, poll: cfg.PollInterval, heartbeat: cfg.Heartbeat, log: d.log, now: cfg.NowFunc,
 		wake: make(chan struct{}, 1), subs: func() []*sub { return d.reg.Load().subs }, giveBack: d.giveBack,
@@ -301,7 +294,6 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d.replayer = &replayer{
 		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc, due: due,
-		rate:   cfg.ReplayRate,
 		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
 	}
 	subs, err := d.compileAll(cfg.Subscriptions, nil)

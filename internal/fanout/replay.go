@@ -81,11 +81,7 @@ const (
 	// fast as the receiver takes it (9,000/s in the bench) takes the CPU
 	// the live deliveries need (their p99 went from 2.5 to 22 ms); at
 	// this rate a day of a busy helpdesk (100,000 events) replays in under
-	// a minute and the live path keeps its room. The rate holds within
-	// the second too: the steps make their deliveries in batches, and the
-	// workers space the attempts of what they claim (deliverer.replayPace;
-	// a step's 500 went out within ~25 ms, 20,000 a second, and the live
-	// deliveries' p99 tripled beside each burst, BENCHMARKS.md).
+	// a minute and the live path keeps its room.
 	ReplayRate = 2000
 	// ReplayBound: a step makes deliveries only while the subscription
 	// has fewer pending or held.
@@ -207,7 +203,6 @@ type replayer struct {
 	poll  time.Duration // between rounds while replays run
 	idle  time.Duration // between rounds while none does
 	wake  chan struct{}
-	rate  int // deliveries a second (Config.ReplayRate)
 	now   func() time.Time
 	due   func(time.Time) time.Time // a time in the journal's clock (scheduler.due)
 	// lookup returns a subscription of the current registry (nil: none).
@@ -337,7 +332,6 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 			if ctx.Err() != nil {
 				break
 			}
-			began := time.Now()
 			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.due(rp.now().UTC())))
 			if err != nil {
 				if ctx.Err() == nil {
@@ -353,10 +347,9 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 			}
 			if step.Created > 0 {
 				rp.claimed()
-				// Paced: the next step (of this replay or another) once
-				// the time these deliveries take at the replay rate has
-				// passed since this one began.
-				pause := time.NewTimer(time.Duration(step.Created)*time.Second/time.Duration(max(rp.rate, 1)) - time.Since(began))
+				// Paced: the next step (of this replay or another) after
+				// the time these deliveries take at ReplayRate.
+				pause := time.NewTimer(time.Duration(step.Created) * time.Second / ReplayRate)
 				select {
 				case <-ctx.Done():
 					pause.Stop()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -108,59 +107,4 @@ func TestReplayStepFailureHoldsBackNoOther(t *testing.T) {
 	// Its journal back, a's replay goes on.
 	replays.failID.Store("")
 	ra.Wait(t, 3, 10*time.Second)
-}
-
-// TestReplayAttemptsArePaced: a replay's deliveries go out at the replay
-// rate within the second, not in the burst its step makes and the
-// scheduler claims at once (a step's 500 went out within ~25 ms, and
-// the live deliveries beside each burst waited). At 400 a second, 120
-// deliveries take about 300 ms, spaced 2.5 ms apart.
-func TestReplayAttemptsArePaced(t *testing.T) {
-	store := newJournal(t)
-	ctx := context.Background()
-	past := time.Now().Add(-time.Minute)
-	const n, rate = 120, 400
-	b := &journal.Batch{}
-	for i := range n {
-		id := fmt.Sprintf("whk_%03d", i)
-		b.Events = append(b.Events, journal.EventRow{ID: id, Type: "request.created", Body: []byte(`{"id":"` + id + `"}`), OccurredAt: past})
-	}
-	if err := store.Write(ctx, b); err != nil {
-		t.Fatal(err)
-	}
-	rc := testutil.NewReceiver(t)
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{{ID: "late", URL: rc.URL, Events: []string{"*"}, Secret: []byte("replay-pace-secret-0123456789"), Active: true}},
-		Journal:       store, Replays: store, ReplayRate: rate, Instance: "i1", PollInterval: 100 * time.Millisecond, Heartbeat: time.Second,
-	})
-	window := ReplayRequest{Subscription: "late", Since: past.Add(-time.Hour), Until: time.Now(), Types: []string{"request.created"}, RequestedBy: "test"}
-	if _, _, err := d.StartReplay(ctx, window); err != nil {
-		t.Fatal(err)
-	}
-	reqs := rc.Wait(t, n, 30*time.Second)
-	at := make([]time.Time, len(reqs))
-	for i, r := range reqs {
-		at[i] = r.At
-	}
-	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
-	// Evenly spaced, the 120 span 119 intervals of 2.5 ms (297 ms); a
-	// loaded host only stretches that.
-	if span := at[len(at)-1].Sub(at[0]); span < 240*time.Millisecond {
-		t.Errorf("%d replay deliveries arrived within %v, want them spread over about %v (%d a second)", n, span, time.Duration(n-1)*time.Second/rate, rate)
-	}
-	// No burst: 25 ms holds 10 at this rate. Workers woken late by a
-	// loaded host may start together the turns they had reserved, at
-	// most one each (16 by default), so 30 is the bound; unpaced, the
-	// 120 arrived within a few milliseconds.
-	most := 0
-	for i := range at {
-		j := i
-		for j < len(at) && at[j].Sub(at[i]) < 25*time.Millisecond {
-			j++
-		}
-		most = max(most, j-i)
-	}
-	if most > 30 {
-		t.Errorf("%d replay deliveries arrived within 25 ms, want at most 30 (%d a second, evenly spaced)", most, rate)
-	}
 }

@@ -575,8 +575,7 @@ func claimedTask(c journal.Claimed) *task {
 	if c.Manual {
 		trigger = journal.TriggerManual
 	}
-	return &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, byHand: c.ByHand, trigger: trigger, test: c.Test,
-		replay: c.Replay}
+	return &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, byHand: c.ByHand, trigger: trigger, test: c.Test}
 }
 
 // claimToken marks the rows of one claim (journal.Claim).

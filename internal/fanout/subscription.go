@@ -231,9 +231,6 @@ type task struct {
 	ordered bool
 	key     string
 	claimed bool
-	// replay: a replay's delivery, whose attempts are paced
-	// (deliverer.replayPace).
-	replay bool
 	// place is the subscription whose queue place a delivery waiting
 	// behind its key holds (nil: none).
 	place *sub

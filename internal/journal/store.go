@@ -298,9 +298,6 @@ type Claimed struct {
 	Ordered     bool
 	OrderingKey string
 	Position    int64
-	// Replay is set for a replay's delivery (deliveries.replay_id), by
-	// Claim: its attempts are paced (fanout.ReplayRate).
-	Replay bool
 }
 
 // ClaimWant is what a claim asks of one subscription: up to Limit of its
@@ -461,8 +458,7 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL,
 			d.test, d.manual, d.ordering_key, d.position,
 			CASE WHEN d.attempts = 0 THEN 0 ELSE
-				(SELECT count(*) FROM {{schema}}.attempts a WHERE a.delivery_id = d.id AND a.trigger = 'manual') END,
-			d.replay_id IS NOT NULL`),
+				(SELECT count(*) FROM {{schema}}.attempts a WHERE a.delivery_id = d.id AND a.trigger = 'manual') END`),
 		subs, limits, owner, staleAfter.Seconds(), token, heads, claimRun, runs)
 	var claimed []Claimed
 	claim.Query(func(rows pgx.Rows) error {
@@ -471,7 +467,7 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 			var c Claimed
 			var key *string
 			var pos *int64
-			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.Manual, &key, &pos, &c.ByHand, &c.Replay)
+			err := r.Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.Manual, &key, &pos, &c.ByHand)
 			if key != nil {
 				c.Ordered, c.OrderingKey = true, *key
 			}
