@@ -74,8 +74,14 @@ import (
 
 // Defaults of the replay loop.
 const (
-	// ReplayBatch is how many events one step looks at, at most.
-	ReplayBatch = 500
+	// ReplayBatch is how many events one step looks at, at most. Small:
+	// each step is one transaction inserting its deliveries, then a claim
+	// updates them, in the journal; with the journal in the source
+	// database the walsender decodes both before any live change
+	// committed after them. At 500 a step, the live deliveries' p99
+	// beside a replay was 4.3–4.4 ms; at 100, 3.9–4.4 (BENCHMARKS.md,
+	// eighth stop).
+	ReplayBatch = 100
 	// ReplayRate bounds the deliveries a process makes for replays, per
 	// second. A replay is history: on a small machine one that goes as
 	// fast as the receiver takes it (9,000/s in the bench) takes the CPU
@@ -332,6 +338,7 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 			if ctx.Err() != nil {
 				break
 			}
+			began := time.Now()
 			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.due(rp.now().UTC())))
 			if err != nil {
 				if ctx.Err() == nil {
@@ -347,9 +354,10 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 			}
 			if step.Created > 0 {
 				rp.claimed()
-				// Paced: the next step (of this replay or another) after
-				// the time these deliveries take at ReplayRate.
-				pause := time.NewTimer(time.Duration(step.Created) * time.Second / ReplayRate)
+				// Paced: the next step (of this replay or another) once
+				// the time these deliveries take at ReplayRate has passed
+				// since this one began.
+				pause := time.NewTimer(time.Duration(step.Created)*time.Second/ReplayRate - time.Since(began))
 				select {
 				case <-ctx.Done():
 					pause.Stop()
