@@ -160,9 +160,13 @@ func benchMain() int {
 		os.Exit(code)
 	}()
 
+	where := "in the source database"
+	if *separate {
+		where = "in a database of its own (-separate-journal)"
+	}
 	b := &bench{cluster: cluster, binary: abs, work: work, rows: *rows, rate: *rate, liveFor: *liveFor, verbose: *verbose, profile: *profile, separateJournal: *separate,
 		report: &Report{StartedAt: time.Now().UTC(), Machine: machine(), Go: runtime.Version(), Postgres: pgVersion(cluster),
-			Settings: "PostgreSQL fsync=on synchronous_commit=on; dzhook journal in the source database; 1 subscription unless stated"}}
+			Settings: "PostgreSQL fsync=on synchronous_commit=on; dzhook journal " + where + "; 1 subscription unless stated"}}
 	scenarios := []struct {
 		name string
 		run  func(context.Context) error
