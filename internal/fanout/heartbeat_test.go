@@ -2,24 +2,30 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
-// heartbeats reads an instance's heartbeat row: beat is its last write,
+// heartbeats reads an instance's heartbeat row: beat is its last write
+// (zero while the instance has not registered: the dispatcher's first
+// heartbeat runs in its own goroutine, after start returned),
 // nextWrite waits (up to within) for a write other than after's.
 func heartbeats(t *testing.T, db *pgtest.DB, instance string) (beat func() time.Time, nextWrite func(after time.Time, within time.Duration) time.Time) {
 	conn := db.Connect(t)
 	beat = func() time.Time {
 		t.Helper()
 		var at time.Time
-		if err := conn.QueryRow(context.Background(), `SELECT heartbeat_at FROM dzhook.instances WHERE id = $1`, instance).Scan(&at); err != nil {
+		err := conn.QueryRow(context.Background(), `SELECT heartbeat_at FROM dzhook.instances WHERE id = $1`, instance).Scan(&at)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			t.Fatal(err)
 		}
 		return at
@@ -102,6 +108,7 @@ func TestHeartbeatWriteAgeOnTheClock(t *testing.T) {
 	slow := &slowBeats{Store: store, delay: 2 * time.Second}
 	start(t, store, Config{Journal: slow, Instance: "i1", PollInterval: time.Second, Heartbeat: 6 * time.Second, Logger: testutil.Logger(t)})
 	beat, nextWrite := heartbeats(t, db, "i1")
+	nextWrite(time.Time{}, 8*time.Second) // registered
 	slow.slow.Store(true)
 	w1 := nextWrite(beat(), 8*time.Second)
 	w2 := nextWrite(w1, 8*time.Second)
