@@ -958,7 +958,10 @@ func TestAcknowledgementsReportedWhileBusy(t *testing.T) {
 		s.Ack(last.CommitLSN)
 		acked := time.Now()
 		waitConfirmed(t, db, fmt.Sprintf("round %d: the end of transaction %d", round, len(commits)-1), func(l pglogrepl.LSN) bool { return l >= last.EndLSN })
-		if took := time.Since(acked); took > 3*time.Second {
+		// About a second; 5 s leaves a loaded machine its delays (the
+		// report's wake, the walsender, a connection per look), and a
+		// report left to the status interval takes an hour.
+		if took := time.Since(acked); took > 5*time.Second {
 			t.Fatalf("round %d: acknowledged position reported after %v, want about a second at most", round, took)
 		}
 		if got := slotConfirmedLSN(t, db); got > last.EndLSN {

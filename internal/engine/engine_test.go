@@ -488,10 +488,13 @@ func TestIsolation(t *testing.T) {
 		lat = append(lat, r.At.Sub(committed[id-1000]))
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	p99 := lat[len(lat)*99/100]
-	t.Logf("healthy subscription while the other hangs: p50 %s p99 %s max %s", lat[len(lat)/2], p99, lat[len(lat)-1])
-	if p99 > time.Second {
-		t.Errorf("healthy p99 %s, want < 1s: the healthy subscription waited for the hung one (5s per attempt)", p99)
+	p90, p99 := lat[len(lat)*90/100], lat[len(lat)*99/100]
+	t.Logf("healthy subscription while the other hangs: p50 %s p90 %s p99 %s max %s", lat[len(lat)/2], p90, p99, lat[len(lat)-1])
+	// p99 of 200 is the third slowest: one stall of a busy machine can
+	// reach it, so it is bounded loosely; coupled, most deliveries would
+	// wait whole seconds, p90 with them.
+	if p90 > time.Second || p99 > 2500*time.Millisecond {
+		t.Errorf("healthy p90 %s, p99 %s, want < 1s and < 2.5s: the healthy subscription waited for the hung one (5s per attempt)", p90, p99)
 	}
 }
 

@@ -112,12 +112,17 @@ func TestJoiningPeerGetsAShareOfTheQueue(t *testing.T) {
 	const n = 400
 	db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) SELECT g, 'r', 1 FROM generate_series(1, %d) g`, n))
 	testutil.Eventually(t, 20*time.Second, "A delivering", func() bool { return len(rc.Delivered()) >= 5 })
+	// Slower answers while B starts and A learns of it (a start and a
+	// heartbeat, seconds on a loaded machine): at 20 ms A alone drains
+	// its 400 in 8 s, and a slow start found nothing left to share.
+	rc.SetDelay(200 * time.Millisecond)
 	b := startAs(t, cfg, "B", 50*time.Millisecond)
 	var before int // delivered when A learned of B: the rest was queued
 	testutil.Eventually(t, 10*time.Second, "A seeing B alive", func() bool {
 		before = len(rc.Delivered())
 		return a.dispatcher.Peers() == 1
 	})
+	rc.SetDelay(20 * time.Millisecond)
 	if b.Stream().Stats().Connected && !b.Stream().Stats().Standby {
 		t.Fatal("B streams: A should hold the slot")
 	}

@@ -80,9 +80,11 @@ func TestSLAWarningThenBreach(t *testing.T) {
 	}
 	// On time: each timer was due at its moment (75% of the way to the
 	// target, the target), and fired (its event journaled for delivery)
-	// within the clock's check_interval (200 ms) of it, plus 1.5 s for the
-	// claim, the source check and the journal's writes on a loaded
-	// machine (seen at 450 ms each on CI). All on the database's clock.
+	// within the clock's check_interval (200 ms) of it, plus 3 s for the
+	// claim, the source check, the event's journaling and the timer's
+	// mark on a loaded machine (five round trips, seen at 450 ms each on
+	// CI). The default interval (5 s) in place of the configured one
+	// would mostly be later than that. All on the database's clock.
 	testutil.Eventually(t, 10*time.Second, "both timers marked fired", func() bool {
 		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE outcome = 'fired'`) == 2
 	})
@@ -105,8 +107,8 @@ func TestSLAWarningThenBreach(t *testing.T) {
 		if off < -1 || off > 1 {
 			t.Errorf("%s timer due %.0fms from its moment, want at it", kind, off)
 		}
-		if late < 0 || late > 1700 {
-			t.Errorf("%s timer fired %.0fms after it was due, want within check_interval (200ms) + 1.5s", kind, late)
+		if late < 0 || late > 3200 {
+			t.Errorf("%s timer fired %.0fms after it was due, want within check_interval (200ms) + 3s", kind, late)
 		}
 	}
 	if err := rows.Err(); err != nil || kinds != 2 {

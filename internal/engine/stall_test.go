@@ -249,12 +249,16 @@ func waitStalled(t *testing.T, e *Engine, db *pgtest.DB, logs *logLines) {
 		code, body := readyz(t, e)
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "stalled") && strings.Contains(body, "mapping.requests.columns.status")
 	})
-	if n := logs.count("ERROR", map[string]string{"path": "mapping.requests.columns.status", "table": "public.requests", "column": "status"}); n != 1 {
+	// The log line and the metric come right after /readyz changes, from
+	// the same goroutine: waited for, not read at once.
+	stallFields := map[string]string{"path": "mapping.requests.columns.status", "table": "public.requests", "column": "status"}
+	testutil.Eventually(t, 10*time.Second, "the stall's ERROR line", func() bool { return logs.count("ERROR", stallFields) > 0 })
+	if n := logs.count("ERROR", stallFields); n != 1 {
 		t.Errorf("%d ERROR lines naming mapping.requests.columns.status, public.requests and status; want 1", n)
 	}
-	if m := scrape(t, e); !strings.Contains(m, `dzhook_stream_stalled{reason="mapping"} 1`) {
-		t.Errorf("/metrics lacks dzhook_stream_stalled{reason=\"mapping\"} 1")
-	}
+	testutil.Eventually(t, 10*time.Second, `dzhook_stream_stalled{reason="mapping"} 1 at /metrics`, func() bool {
+		return strings.Contains(scrape(t, e), `dzhook_stream_stalled{reason="mapping"} 1`)
+	})
 	testutil.Eventually(t, 10*time.Second, "the stall notification journaled", func() bool {
 		return queryInt(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'stream.stalled'`) == 1
 	})
@@ -307,9 +311,9 @@ func TestRenamedColumnStallsUntilReload(t *testing.T) {
 	})
 	created, changed := load.stop(t)
 	checkAllEvents(t, rc, created, changed)
-	if m := scrape(t, e); !strings.Contains(m, `dzhook_stream_stalled{reason="mapping"} 0`) {
-		t.Errorf("/metrics lacks dzhook_stream_stalled{reason=\"mapping\"} 0 after the stall")
-	}
+	testutil.Eventually(t, 10*time.Second, `dzhook_stream_stalled{reason="mapping"} 0 at /metrics after the stall`, func() bool {
+		return strings.Contains(scrape(t, e), `dzhook_stream_stalled{reason="mapping"} 0`)
+	})
 	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'stream.stalled'`); n != 1 {
 		t.Errorf("%d stall notifications, want 1 (one per stall)", n)
 	}
@@ -347,12 +351,14 @@ func TestDroppedMappedTableIsLoud(t *testing.T) {
 		code, body := readyz(t, e)
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "mapping.comments.table")
 	})
-	if n := logs.count("ERROR", map[string]string{"path": "mapping.comments.table", "table": "public.comments"}); n != 1 {
+	droppedFields := map[string]string{"path": "mapping.comments.table", "table": "public.comments"}
+	testutil.Eventually(t, 10*time.Second, "the dropped table's ERROR line", func() bool { return logs.count("ERROR", droppedFields) > 0 })
+	if n := logs.count("ERROR", droppedFields); n != 1 {
 		t.Errorf("%d ERROR lines naming mapping.comments.table and public.comments, want 1", n)
 	}
-	if m := scrape(t, e); !strings.Contains(m, "dzhook_mapped_tables_unstreamed 1") {
-		t.Errorf("/metrics lacks dzhook_mapped_tables_unstreamed 1")
-	}
+	testutil.Eventually(t, 10*time.Second, "dzhook_mapped_tables_unstreamed 1 at /metrics", func() bool {
+		return strings.Contains(scrape(t, e), "dzhook_mapped_tables_unstreamed 1")
+	})
 	testutil.Eventually(t, 10*time.Second, "the notification journaled", func() bool {
 		return queryInt(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'stream.table_missing'`) == 1
 	})

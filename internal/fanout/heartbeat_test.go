@@ -50,27 +50,49 @@ func TestHeartbeatWritesEveryHalfHeartbeat(t *testing.T) {
 	store, db := newJournalDB(t)
 	d := start(t, store, Config{Journal: store, Instance: "i1", PollInterval: time.Second, Heartbeat: 4 * time.Second, Logger: testutil.Logger(t)})
 	beat, nextWrite := heartbeats(t, db, "i1")
-	w1 := nextWrite(time.Time{}, 5*time.Second)
-	w2 := nextWrite(w1, 5*time.Second)
-	w3 := nextWrite(w2, 5*time.Second)
 	// Writes every second check: about 2 s apart (a write every check,
-	// as before, was 1 s apart).
-	if gap := w3.Sub(w2); gap < 1500*time.Millisecond || gap > 3*time.Second {
-		t.Errorf("heartbeat rows written %v apart, want about 2s (every other 1s check)", gap)
+	// as before, was 1 s apart). The write's age is on the clock from its
+	// answer: one that took over half a second (a loaded journal) moves
+	// the next write to the third check, 3 s on, as it should
+	// (TestHeartbeatWriteAgeOnTheClock). So no gap may be under 1.5 s,
+	// and of up to three gaps one must be about 2 s: writes every third
+	// check would make all three 3 s.
+	last := nextWrite(nextWrite(time.Time{}, 5*time.Second), 5*time.Second)
+	var gaps []time.Duration
+	for len(gaps) < 3 {
+		w := nextWrite(last, 5*time.Second)
+		gap := w.Sub(last)
+		last = w
+		gaps = append(gaps, gap)
+		if gap < 1500*time.Millisecond {
+			t.Fatalf("heartbeat rows written %v apart (gaps %v), want about 2s (every other 1s check)", gap, gaps)
+		}
+		if gap <= 2500*time.Millisecond {
+			break
+		}
+	}
+	if gap := gaps[len(gaps)-1]; gap > 2500*time.Millisecond {
+		t.Errorf("heartbeat rows written %v apart, want about 2s (every other 1s check)", gaps)
 	}
 	// Right after a write, another process appears: the next check, a
-	// second later, reads it without writing.
-	written := nextWrite(w3, 5*time.Second)
-	db.Exec(t, `INSERT INTO dzhook.instances (id, hostname) VALUES ('i2', 'elsewhere')`)
-	deadline := time.Now().Add(1800 * time.Millisecond)
-	for d.Peers() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the newcomer not learned of within 1.8s of its row (peers %d)", d.Peers())
+	// second later, reads it without writing. A row that lands after
+	// that check (a loaded machine) is learned of by the writing check
+	// after it, which tells nothing: the newcomer then leaves and comes
+	// again after the next write, three times at most. A process that
+	// learned of others only when it writes fails all three.
+	for attempt := 1; ; attempt++ {
+		written := nextWrite(beat(), 5*time.Second)
+		db.Exec(t, `INSERT INTO dzhook.instances (id, hostname) VALUES ('i2', 'elsewhere')`)
+		testutil.Eventually(t, 5*time.Second, "the newcomer learned of", func() bool { return d.Peers() == 1 })
+		at := beat()
+		if at.Equal(written) {
+			return
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if at := beat(); !at.Equal(written) {
-		t.Errorf("the check that learned of the newcomer wrote the row (%v, last write %v): want a read-only check", at, written)
+		if attempt == 3 {
+			t.Fatalf("the check that learned of the newcomer wrote the row, three times (%v, last write %v): want a read-only check", at, written)
+		}
+		db.Exec(t, `DELETE FROM dzhook.instances WHERE id = 'i2'`)
+		testutil.Eventually(t, 5*time.Second, "the newcomer's leaving learned of", func() bool { return d.Peers() == 0 })
 	}
 }
 
@@ -112,7 +134,9 @@ func TestHeartbeatWriteAgeOnTheClock(t *testing.T) {
 	slow.slow.Store(true)
 	w1 := nextWrite(beat(), 8*time.Second)
 	w2 := nextWrite(w1, 8*time.Second)
-	if gap := w2.Sub(w1); gap > 5*time.Second {
+	// 4 s and the slow checks' own journal round trips; every third
+	// check would be 6 s.
+	if gap := w2.Sub(w1); gap > 5500*time.Millisecond {
 		t.Errorf("heartbeat rows written %v apart with 2 s checks, want every other check (4 s)", gap)
 	}
 }

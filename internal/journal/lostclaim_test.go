@@ -83,9 +83,11 @@ func TestReleaseLostAfterALateCommit(t *testing.T) {
 	sent := time.Now()
 	// Time passing is the condition: the release compares ages measured
 	// here with the server's now(), read a one-way trip after the age, so
-	// a process idle since "after" must be later than that trip; under
-	// load (CI, -race) a statement made at once after sent was not.
-	time.Sleep(50 * time.Millisecond)
+	// a process idle since "after" must be later than that trip (and
+	// than the pool's acquire and the backend's wait for a CPU); under
+	// load (CI, -race) a statement made at once after sent was not, and
+	// 50 ms later is within a loaded machine's delays too.
+	time.Sleep(500 * time.Millisecond)
 	if _, err := blocker.Exec(ctx, `SELECT 1`); err != nil {
 		t.Fatal(err)
 	}
