@@ -118,8 +118,10 @@ func TestRetentionUnderLoad(t *testing.T) {
 	// the same test's latency without retention (3× its p95 + 250 ms), so
 	// a loaded machine slows both sides alike; capped at 5 s so that
 	// deliveries waiting for retention's deletes (seconds per batch) fail
-	// however slow the baseline.
-	if bound := min(3*baseP95+250*time.Millisecond, 5*time.Second); p95 > bound {
-		t.Errorf("deliveries waited for retention: p95 %s, want at most %s (3× the p95 without retention, %s, + 250ms)", p95, bound, baseP95)
+	// however slow the baseline. Not under 1 s: the two phases do not
+	// share every burst of the other packages' tests, and a few dozen
+	// samples' p95 moves with one.
+	if bound := min(max(3*baseP95+250*time.Millisecond, time.Second), 5*time.Second); p95 > bound {
+		t.Errorf("deliveries waited for retention: p95 %s, want at most %s (3× the p95 without retention, %s, + 250ms; 1s at least)", p95, bound, baseP95)
 	}
 }
