@@ -92,6 +92,32 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	}
 }
 
+// TestMigrateCompleteTakesNoLock: a journal with every migration is found
+// so without the migration lock, which another process starting (or a
+// migration in progress elsewhere) may hold; one lacking a migration still
+// waits for it.
+func TestMigrateCompleteTakesNoLock(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	holder := db.Connect(t)
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", "dzhook-migrate:dzhook"); err != nil {
+		t.Fatal(err)
+	}
+	quick, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if applied, err := s.Migrate(quick); err != nil || len(applied) != 0 {
+		t.Fatalf("Migrate of a complete journal while the lock is held: applied %v, err %v; want nothing, at once", applied, err)
+	}
+	if _, err := holder.Exec(ctx, "DELETE FROM dzhook.schema_migrations WHERE version = (SELECT max(version) FROM dzhook.schema_migrations)"); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	if applied, err := s.Migrate(short); err == nil {
+		t.Fatalf("Migrate of a journal lacking a migration did not wait for the lock: applied %v", applied)
+	}
+}
+
 // TestWriteIsIdempotent: writing a batch again (a replay after a crash)
 // leaves one row of each, and keeps the checkpoint's maximum.
 func TestWriteIsIdempotent(t *testing.T) {
