@@ -29,6 +29,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
@@ -60,15 +61,33 @@ func Builtin(name string) ([]byte, bool) {
 // concurrent use.
 type Set struct {
 	docs     map[string][]byte
-	compiled map[string]*jsonschema.Schema
+	builtin  map[string]*builtinSchema
+	compiled map[string]*jsonschema.Schema // custom events: the envelope
 	data     map[string]*jsonschema.Schema // custom events: their data schema alone
 }
 
-// New compiles the built-in schemas and, for each custom event in custom,
-// the envelope around its data schema. A custom schema that does not
-// compile is an error naming the event.
+// builtinSchema is a built-in event's schema, compiled when a body of
+// that event is first validated: a running dzhook only serves the
+// documents and validates custom events' data, and compiling all of them
+// was a twentieth of its start. The documents compile (TestBuiltinsCompile).
+type builtinSchema struct {
+	once sync.Once
+	url  string
+	doc  []byte
+	sch  *jsonschema.Schema
+	err  error
+}
+
+func (b *builtinSchema) compiled() (*jsonschema.Schema, error) {
+	b.once.Do(func() { b.sch, b.err = compile(b.url, b.doc) })
+	return b.sch, b.err
+}
+
+// New reads the built-in schemas and compiles, for each custom event in
+// custom, the envelope around its data schema. A custom schema that does
+// not compile is an error naming the event.
 func New(custom map[string]any) (*Set, error) {
-	s := &Set{docs: map[string][]byte{}, compiled: map[string]*jsonschema.Schema{}, data: map[string]*jsonschema.Schema{}}
+	s := &Set{docs: map[string][]byte{}, builtin: map[string]*builtinSchema{}, compiled: map[string]*jsonschema.Schema{}, data: map[string]*jsonschema.Schema{}}
 	entries, err := files.ReadDir(".")
 	if err != nil {
 		return nil, err
@@ -76,11 +95,7 @@ func New(custom map[string]any) (*Set, error) {
 	for _, e := range entries {
 		name := strings.TrimSuffix(e.Name(), ".json")
 		b, _ := files.ReadFile(e.Name())
-		sch, err := compile(BaseURL+e.Name(), b)
-		if err != nil {
-			return nil, fmt.Errorf("schema of %s: %w", name, err)
-		}
-		s.docs[name], s.compiled[name] = b, sch
+		s.docs[name], s.builtin[name] = b, &builtinSchema{url: BaseURL + e.Name(), doc: b}
 	}
 	for _, name := range slices.Sorted(maps.Keys(custom)) {
 		if _, ok := s.docs[name]; ok {
@@ -220,6 +235,12 @@ func (s *Set) Validate(body []byte) error {
 	obj, _ := v.(map[string]any)
 	name, _ := obj["event"].(string)
 	sch, ok := s.compiled[name]
+	if b, builtin := s.builtin[name]; builtin {
+		if sch, err = b.compiled(); err != nil {
+			return fmt.Errorf("schema of %s: %w", name, err)
+		}
+		ok = true
+	}
 	if !ok {
 		return fmt.Errorf("event %q: %w", name, ErrNoSchema)
 	}
