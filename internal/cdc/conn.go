@@ -26,7 +26,13 @@ var sessionParams = map[string]string{
 
 // connectReplication opens a replication=database connection.
 func (s *Stream) connectReplication(ctx context.Context) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(s.cfg.DSN)
+	return ConnectReplication(ctx, s.cfg.DSN)
+}
+
+// ConnectReplication opens a replication=database connection to dsn, as
+// the stream's sessions do (Config.Conn).
+func ConnectReplication(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, &fatalError{fmt.Errorf("parse source DSN: %w", RedactDSNError(err))}
 	}

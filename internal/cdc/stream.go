@@ -66,6 +66,12 @@ type Config struct {
 	LagInterval time.Duration
 	// Pool serves catalog queries; when nil the stream opens its own.
 	Pool *pgxpool.Pool
+	// Conn, when set, is an open replication connection (from
+	// ConnectReplication) for the first session, which then does not
+	// wait for a connection of its own: the engine's start has one for
+	// IDENTIFY_SYSTEM. The stream owns it: Run closes it if no session
+	// took it (New only once it succeeds).
+	Conn *pgconn.PgConn
 	// recheck is the longest a receive waits before the reader looks for
 	// acknowledgements to report (1 s; tests lengthen it).
 	recheck time.Duration
@@ -134,6 +140,7 @@ type Stream struct {
 	log     *slog.Logger
 	pool    *pgxpool.Pool
 	ownPool bool
+	first   atomic.Pointer[pgconn.PgConn] // Config.Conn until a session takes it
 
 	acked atomic.Uint64 // highest commit LSN acknowledged by the handler
 	wake  chan struct{} // nudges the reader to report a new flush position
@@ -217,6 +224,7 @@ func New(cfg Config) (*Stream, error) {
 	s := &Stream{cfg: cfg, log: cfg.Logger.With("component", "cdc", "slot", cfg.Slot), wake: make(chan struct{}, 1), interrupt: make(chan error, 1)}
 	s.lagBytes.Store(-1)
 	s.retained.Store(-1)
+	s.first.Store(cfg.Conn)
 	return s, nil
 }
 
@@ -269,6 +277,11 @@ func (s *Stream) Stats() Stats {
 // returns nil; transactions not yet acknowledged come again on the next
 // start.
 func (s *Stream) Run(ctx context.Context) error {
+	defer func() {
+		if c := s.first.Swap(nil); c != nil {
+			_ = c.Close(context.Background())
+		}
+	}()
 	if s.cfg.Pool != nil {
 		s.pool = s.cfg.Pool
 	} else {
@@ -371,9 +384,12 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	case <-s.interrupt: // meant for a session that has ended
 	default:
 	}
-	conn, err := s.connectReplication(ctx)
-	if err != nil {
-		return err
+	conn := s.first.Swap(nil)
+	if conn == nil {
+		var err error
+		if conn, err = s.connectReplication(ctx); err != nil {
+			return err
+		}
 	}
 	defer conn.Close(context.Background())
 

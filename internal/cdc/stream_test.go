@@ -1207,6 +1207,44 @@ func TestMissingSlotFailsAtStart(t *testing.T) {
 	}
 }
 
+// TestFirstSessionUsesTheHandedConnection: a replication connection
+// handed in Config.Conn carries the first session (the walsender is its
+// backend), and Run closes one no session took.
+func TestFirstSessionUsesTheHandedConnection(t *testing.T) {
+	db := setupRef(t)
+	ctx := context.Background()
+	conn, err := ConnectReplication(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder(true)
+	startStreamWith(t, db, rec, func(c *Config) { c.Conn = conn })
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'u1@x')`)
+	rec.waitCommits(t, 1)
+	var pid uint32
+	if err := db.Connect(t).QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'dzhook'`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if pid != conn.PID() {
+		t.Fatalf("the slot is streamed by backend %d, not the handed connection's %d", pid, conn.PID())
+	}
+
+	unused, err := ConnectReplication(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{DSN: db.DSN, Slot: "nope", Publication: "nope", Handler: newRecorder(true), Conn: unused, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(ctx); err == nil {
+		t.Fatal("Run on a missing slot returned nil")
+	}
+	if !unused.IsClosed() {
+		t.Error("Run returned without closing the connection no session took")
+	}
+}
+
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // testLogger writes log lines to the test's log, shown with -v or on
