@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,9 +92,6 @@ type Engine struct {
 // is one the operator must fix, unless Transient says it may pass.
 func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error) {
 	log := cmp.Or(opts.Logger, slog.Default())
-	if _, err := Setup(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}); err != nil {
-		return nil, err
-	}
 	source, err := pgxpool.New(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
 		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
@@ -108,12 +106,34 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if e.journal, err = journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema); err != nil {
 		return nil, err
 	}
+	// What `dzhook setup` does (in check-only mode unless auto_setup), on
+	// the connections the engine keeps: the source pool's, the journal
+	// pool's, and the replication connection IDENTIFY_SYSTEM needs, which
+	// the stream's first session then uses. Each is a PostgreSQL
+	// backend's start, so they are opened side by side.
+	pc, repl, err := e.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if repl != nil { // New failed: the stream never runs
+			_ = repl.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	err = cfg.Mapping.Check(ctx, pc.Conn())
+	if err == nil {
+		_, err = setupOn(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}, pc.Conn(), e.journal, repl)
+	}
+	pc.Release()
+	if err != nil {
+		return nil, err
+	}
 	// The checkpoint first, the WAL's end after (see UseCheckpoint).
 	cp, err := e.journal.Checkpoint(ctx, cfg.Source.Slot)
 	if err != nil {
 		return nil, err
 	}
-	sys, err := identifySystem(ctx, cfg.Source.DSN.Reveal())
+	sys, err := identifySystem(ctx, repl)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +255,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	}
 	e.stream, err = cdc.New(cdc.Config{
 		DSN: cfg.Source.DSN.Reveal(), Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
-		Handler: e.pipeline, Logger: log, Pool: source, StatusInterval: opts.StatusInterval,
+		Handler: e.pipeline, Logger: log, Pool: source, Conn: repl, StatusInterval: opts.StatusInterval,
 		OnSession: e.sessionStarted, CheckStart: e.checkStart, PersistIdle: e.persistIdle,
 		// On shutdown the stream keeps the slot while attempts in flight
 		// finish (each within the delivery timeout) and the journal takes
@@ -257,8 +277,48 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 			Manager: e.Manager(),
 		})
 	}
-	ok = true
+	ok, repl = true, nil // repl is the stream's now
 	return e, nil
+}
+
+// connect opens, side by side, a connection of the source pool (returned
+// acquired), one of the journal pool (left idle in it) and a replication
+// connection to the source. An error names the first of them that
+// failed, in that order; nothing opened is left behind.
+func (e *Engine) connect(ctx context.Context) (*pgxpool.Conn, *pgconn.PgConn, error) {
+	var (
+		wg                    sync.WaitGroup
+		pc                    *pgxpool.Conn
+		repl                  *pgconn.PgConn
+		srcErr, jrnErr, rpErr error
+	)
+	wg.Go(func() { pc, srcErr = e.source.Acquire(ctx) })
+	wg.Go(func() {
+		var c *pgxpool.Conn
+		if c, jrnErr = e.journal.Pool().Acquire(ctx); jrnErr == nil {
+			c.Release()
+		}
+	})
+	wg.Go(func() { repl, rpErr = cdc.ConnectReplication(ctx, e.cfg.Source.DSN.Reveal()) })
+	wg.Wait()
+	var err error
+	switch {
+	case srcErr != nil:
+		err = fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(srcErr))
+	case jrnErr != nil:
+		err = fmt.Errorf("connect to journal (journal.dsn, or source.dsn when it is empty): %w", jrnErr)
+	case rpErr != nil:
+		err = fmt.Errorf("source (source.dsn): %w", rpErr)
+	default:
+		return pc, repl, nil
+	}
+	if pc != nil {
+		pc.Release()
+	}
+	if repl != nil {
+		_ = repl.Close(context.WithoutCancel(ctx))
+	}
+	return nil, nil, err
 }
 
 // Run streams and delivers until ctx ends or a component fails, and

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -566,4 +568,27 @@ func TestOutboxRejectionsRecorded(t *testing.T) {
 	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.rejections WHERE reason LIKE '%1 MiB%'`); n != 1 {
 		t.Errorf("%d rejections for the 1 MiB limit, want 1", n)
 	}
+}
+
+// TestFailedStartLeavesNoConnection: a start that fails once its
+// connections are open (here admin.listen's port is taken) closes every
+// one of them, the replication connection the stream would have taken
+// too: a start retried meanwhile must not pile up backends.
+func TestFailedStartLeavesNoConnection(t *testing.T) {
+	db := newDB(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	// With the collector off, a connection left open is not closed by
+	// its socket's finalizer behind the test's back.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	cfg := testConfigWith(t, db, "admin:\n  listen: "+taken.Addr().String()+"\n  token: "+adminToken+"\n", "", sub("crm", "http://127.0.0.1:1/x", "request.created"))
+	if _, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)}); err == nil || !strings.Contains(err.Error(), "admin.listen") {
+		t.Fatalf("New with admin.listen taken = %v, want its error", err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the failed start's backends to end", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`) == 0
+	})
 }

@@ -38,12 +38,25 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 	if err := cfg.Mapping.Check(ctx, conn); err != nil {
 		return nil, err
 	}
-	var actions []string
 	store, err := journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema)
 	if err != nil {
 		return nil, err
 	}
 	defer store.Close()
+	repl, err := cdc.ConnectReplication(ctx, cfg.Source.DSN.Reveal())
+	if err != nil {
+		return nil, fmt.Errorf("source (source.dsn): %w", err)
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+	return setupOn(ctx, cfg, opts, conn, store, repl)
+}
+
+// setupOn is Setup's work after the mapping's check, on connections the
+// caller holds: the engine's start keeps them (a connection costs a
+// PostgreSQL backend's start, a few milliseconds each); repl is a
+// replication connection, for IDENTIFY_SYSTEM.
+func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn *pgx.Conn, store *journal.Store, repl *pgconn.PgConn) ([]string, error) {
+	var actions []string
 	applied, err := store.Migrate(ctx)
 	for _, m := range applied {
 		actions = append(actions, "applied journal migration "+m)
@@ -51,7 +64,7 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 	if err != nil {
 		return actions, err
 	}
-	sys, err := identifySystem(ctx, cfg.Source.DSN.Reveal())
+	sys, err := identifySystem(ctx, repl)
 	if err != nil {
 		return actions, err
 	}
@@ -84,17 +97,7 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 
 // identifySystem reads the cluster's system identifier, which keeps event
 // ids of two databases apart, and the WAL's end.
-func identifySystem(ctx context.Context, dsn string) (pglogrepl.IdentifySystemResult, error) {
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		return pglogrepl.IdentifySystemResult{}, cdc.RedactDSNError(err)
-	}
-	cfg.RuntimeParams["replication"] = "database"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return pglogrepl.IdentifySystemResult{}, fmt.Errorf("connect for IDENTIFY_SYSTEM: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
+func identifySystem(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.IdentifySystemResult, error) {
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
 		return pglogrepl.IdentifySystemResult{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
