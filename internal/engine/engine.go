@@ -110,21 +110,29 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	// the connections the engine keeps: the source pool's, the journal
 	// pool's, and the replication connection IDENTIFY_SYSTEM needs, which
 	// the stream's first session then uses. Each is a PostgreSQL
-	// backend's start, so they are opened side by side.
-	pc, repl, err := e.connect(ctx)
-	if err != nil {
-		return nil, err
-	}
+	// backend's start, so they are opened side by side; their errors,
+	// and the mapping's, come in `dzhook setup`'s order.
+	c := e.connect(ctx)
+	repl := c.repl
 	defer func() {
 		if repl != nil { // New failed: the stream never runs
 			_ = repl.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	err = cfg.Mapping.Check(ctx, pc.Conn())
+	err = c.srcErr
 	if err == nil {
-		_, err = setupOn(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}, pc.Conn(), e.journal, repl)
+		err = cfg.Mapping.Check(ctx, c.pc.Conn())
 	}
-	pc.Release()
+	if err == nil {
+		err = cmp.Or(c.jrnErr, c.replErr)
+	}
+	if err == nil {
+		identify := func() (pglogrepl.IdentifySystemResult, error) { return identifyOn(ctx, cfg.Source.DSN.Reveal(), &repl) }
+		_, err = setupOn(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}, c.pc.Conn(), e.journal, identify)
+	}
+	if c.pc != nil {
+		c.pc.Release()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +141,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
-	sys, err := identifySystem(ctx, repl)
+	sys, err := identifyOn(ctx, cfg.Source.DSN.Reveal(), &repl)
 	if err != nil {
 		return nil, err
 	}
@@ -281,44 +289,55 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	return e, nil
 }
 
-// connect opens, side by side, a connection of the source pool (returned
-// acquired), one of the journal pool (left idle in it) and a replication
-// connection to the source. An error names the first of them that
-// failed, in that order; nothing opened is left behind.
-func (e *Engine) connect(ctx context.Context) (*pgxpool.Conn, *pgconn.PgConn, error) {
-	var (
-		wg                    sync.WaitGroup
-		pc                    *pgxpool.Conn
-		repl                  *pgconn.PgConn
-		srcErr, jrnErr, rpErr error
-	)
-	wg.Go(func() { pc, srcErr = e.source.Acquire(ctx) })
+// started is what connect opened, and what it could not.
+type started struct {
+	pc                      *pgxpool.Conn  // the source pool's, acquired
+	repl                    *pgconn.PgConn // a replication connection
+	srcErr, jrnErr, replErr error
+}
+
+// connect opens, side by side, a connection of the source pool, one of
+// the journal pool (left idle in it) and a replication connection to the
+// source.
+func (e *Engine) connect(ctx context.Context) started {
+	var c started
+	var wg sync.WaitGroup
 	wg.Go(func() {
-		var c *pgxpool.Conn
-		if c, jrnErr = e.journal.Pool().Acquire(ctx); jrnErr == nil {
-			c.Release()
+		if c.pc, c.srcErr = e.source.Acquire(ctx); c.srcErr != nil {
+			c.srcErr = fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(c.srcErr))
 		}
 	})
-	wg.Go(func() { repl, rpErr = cdc.ConnectReplication(ctx, e.cfg.Source.DSN.Reveal()) })
+	wg.Go(func() {
+		conn, err := e.journal.Pool().Acquire(ctx)
+		if err != nil {
+			c.jrnErr = fmt.Errorf("connect to journal (journal.dsn, or source.dsn when it is empty): %w", err)
+			return
+		}
+		conn.Release()
+	})
+	wg.Go(func() {
+		if c.repl, c.replErr = cdc.ConnectReplication(ctx, e.cfg.Source.DSN.Reveal()); c.replErr != nil {
+			c.replErr = fmt.Errorf("source (source.dsn): %w", c.replErr)
+		}
+	})
 	wg.Wait()
-	var err error
-	switch {
-	case srcErr != nil:
-		err = fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(srcErr))
-	case jrnErr != nil:
-		err = fmt.Errorf("connect to journal (journal.dsn, or source.dsn when it is empty): %w", jrnErr)
-	case rpErr != nil:
-		err = fmt.Errorf("source (source.dsn): %w", rpErr)
-	default:
-		return pc, repl, nil
+	return c
+}
+
+// identifyOn runs IDENTIFY_SYSTEM on *repl. A connection the server has
+// closed meanwhile (idle_session_timeout; auto_setup's slot creation
+// waits for running transactions) is replaced, once.
+func identifyOn(ctx context.Context, dsn string, repl **pgconn.PgConn) (pglogrepl.IdentifySystemResult, error) {
+	sys, err := identifySystem(ctx, *repl)
+	if err == nil || !(*repl).IsClosed() || ctx.Err() != nil {
+		return sys, err
 	}
-	if pc != nil {
-		pc.Release()
+	conn, cerr := cdc.ConnectReplication(ctx, dsn)
+	if cerr != nil {
+		return sys, fmt.Errorf("source (source.dsn): %w", cerr)
 	}
-	if repl != nil {
-		_ = repl.Close(context.WithoutCancel(ctx))
-	}
-	return nil, nil, err
+	*repl = conn
+	return identifySystem(ctx, conn)
 }
 
 // Run streams and delivers until ctx ends or a component fails, and

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
@@ -591,4 +592,49 @@ func TestFailedStartLeavesNoConnection(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "the failed start's backends to end", func() bool {
 		return queryInt(t, db, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`) == 0
 	})
+}
+
+// TestIdentifyReplacesAClosedConnection: the start's replication
+// connection, ended by the server while Setup ran (idle_session_timeout,
+// or auto_setup waiting to create the slot), is replaced for the second
+// IDENTIFY_SYSTEM instead of failing the start.
+func TestIdentifyReplacesAClosedConnection(t *testing.T) {
+	db := newDB(t)
+	ctx := context.Background()
+	repl, err := cdc.ConnectReplication(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := repl.PID()
+	if ended := queryInt(t, db, `SELECT pg_terminate_backend($1, 5000)::int`, int(old)); ended != 1 {
+		t.Fatalf("backend %d not ended", old)
+	}
+	sys, err := identifyOn(ctx, db.DSN, &repl)
+	if err != nil || sys.SystemID == "" {
+		t.Fatalf("IDENTIFY_SYSTEM after the connection ended: %+v, %v", sys, err)
+	}
+	defer repl.Close(ctx)
+	if repl.PID() == old || repl.IsClosed() {
+		t.Fatalf("the connection was not replaced (pid %d, closed %v)", repl.PID(), repl.IsClosed())
+	}
+}
+
+// TestStartReportsTheMappingFirst: a start whose mapping names a missing
+// column and whose journal cannot be reached says what the mapping lacks,
+// as `dzhook setup` does, not only that the journal is unreachable (which
+// the start would retry for minutes first).
+func TestStartReportsTheMappingFirst(t *testing.T) {
+	db := newDB(t)
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := closed.Addr().String()
+	closed.Close()
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\nmapping:\n  requests:\n    columns:\n      status: stat\n", "", sub("crm", "http://127.0.0.1:1/x", "request.created"))
+	cfg.Journal.DSN = config.Secret("postgres://postgres@" + addr + "/nowhere?connect_timeout=5")
+	_, err = New(context.Background(), cfg, Options{Logger: testutil.Logger(t)})
+	if err == nil || !strings.Contains(err.Error(), "mapping.requests.columns.status") || Transient(err) {
+		t.Fatalf("New = %v, want the mapping's problem, not transient", err)
+	}
 }

@@ -43,19 +43,24 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 		return nil, err
 	}
 	defer store.Close()
-	repl, err := cdc.ConnectReplication(ctx, cfg.Source.DSN.Reveal())
-	if err != nil {
-		return nil, fmt.Errorf("source (source.dsn): %w", err)
+	// The replication connection after the journal's migrations, which
+	// `setup --check` applies even for a role that cannot replicate.
+	identify := func() (pglogrepl.IdentifySystemResult, error) {
+		repl, err := cdc.ConnectReplication(ctx, cfg.Source.DSN.Reveal())
+		if err != nil {
+			return pglogrepl.IdentifySystemResult{}, fmt.Errorf("source (source.dsn): %w", err)
+		}
+		defer repl.Close(context.WithoutCancel(ctx))
+		return identifySystem(ctx, repl)
 	}
-	defer repl.Close(context.WithoutCancel(ctx))
-	return setupOn(ctx, cfg, opts, conn, store, repl)
+	return setupOn(ctx, cfg, opts, conn, store, identify)
 }
 
 // setupOn is Setup's work after the mapping's check, on connections the
 // caller holds: the engine's start keeps them (a connection costs a
-// PostgreSQL backend's start, a few milliseconds each); repl is a
-// replication connection, for IDENTIFY_SYSTEM.
-func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn *pgx.Conn, store *journal.Store, repl *pgconn.PgConn) ([]string, error) {
+// PostgreSQL backend's start, a few milliseconds each). identify runs
+// IDENTIFY_SYSTEM, once the journal is migrated.
+func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn *pgx.Conn, store *journal.Store, identify func() (pglogrepl.IdentifySystemResult, error)) ([]string, error) {
 	var actions []string
 	applied, err := store.Migrate(ctx)
 	for _, m := range applied {
@@ -64,7 +69,7 @@ func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn *p
 	if err != nil {
 		return actions, err
 	}
-	sys, err := identifySystem(ctx, repl)
+	sys, err := identify()
 	if err != nil {
 		return actions, err
 	}

@@ -97,11 +97,23 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
 	defer conn.Release()
-	if done, err := s.appliedVersions(ctx, conn.Conn()); err == nil && appliedAll(files, done) {
-		return nil, nil
+	// The table is looked for first: a query of a missing one would put
+	// an ERROR in the server's log at every first start.
+	var table bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, s.schema+".schema_migrations").Scan(&table); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
 	}
-	// Anything else (no schema yet, no table, a migration missing, a
-	// failed read) takes the lock and looks again under it.
+	if table {
+		done, err := s.appliedVersions(ctx, conn.Conn())
+		if err != nil {
+			return nil, fmt.Errorf("journal: read applied migrations: %w", err)
+		}
+		if appliedAll(files, done) {
+			return nil, nil
+		}
+	}
+	// No schema or table yet, or a migration missing: the lock, and a
+	// second look under it.
 	lockKey := "dzhook-migrate:" + s.raw
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", lockKey); err != nil {
 		return nil, fmt.Errorf("journal migration lock: %w", err)
