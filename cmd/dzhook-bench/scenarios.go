@@ -522,6 +522,10 @@ func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
 		}
 	}
 	reached := rc.expect(b.rows)
+	// The machine's other parties during the catch-up: this process
+	// (which only receives meanwhile: the bench's receiver) and the
+	// machine's idle time.
+	recv0, machine0 := procCPU(os.Getpid()), readCPUStat()
 	start := time.Now()
 	d, err := b.start(config)
 	if err != nil {
@@ -539,6 +543,7 @@ func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
 		return fmt.Errorf("catch-up did not finish in 10 minutes (%d of %d)", len(rc.first), b.rows)
 	}
 	took := time.Since(start)
+	recv1, machine1 := procCPU(os.Getpid()), readCPUStat()
 	cpu, rss := d.usage()
 	pg1, pgErr := b.pgCPU(ctx, db)
 	wal := b.walRetained(ctx, db)
@@ -561,7 +566,57 @@ func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
 			Note: "walsender + journal backends, whole lives"})
 	}
 	b.add(Result{Scenario: "resources", Metric: name + ": WAL retained by the slot at the end", Value: wal / 1024, Unit: "KiB"})
+	// The catch-up shares the machine's cores with PostgreSQL and the
+	// receiver: their figures say whether the machine was the limit.
+	b.add(Result{Scenario: "resources", Metric: name + ": the bench's receiver CPU per 10,000 events", Value: (recv1 - recv0) / float64(b.rows) * 10000, Unit: "s",
+		Note: "the bench process, which only receives during the catch-up"})
+	if idle, ok := machine1.idleSince(machine0); ok {
+		b.add(Result{Scenario: "resources", Metric: name + ": machine idle during the catch-up", Value: idle * 100, Unit: "%", Note: "all cores, /proc/stat"})
+	}
 	return nil
+}
+
+// cpuStat is the machine's CPU time so far, in clock ticks: idle (idle
+// and iowait) and all.
+type cpuStat struct{ idle, total float64 }
+
+// readCPUStat reads /proc/stat's first line (zero when unreadable).
+func readCPUStat() cpuStat {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuStat{}
+	}
+	return parseCPUStat(string(b))
+}
+
+// parseCPUStat parses "cpu  user nice system idle iowait irq softirq
+// steal …".
+func parseCPUStat(stat string) cpuStat {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return cpuStat{}
+	}
+	var c cpuStat
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseFloat(v, 64)
+		if i < 8 { // guest times are counted in user and nice already
+			c.total += n
+		}
+		if i == 3 || i == 4 {
+			c.idle += n
+		}
+	}
+	return c
+}
+
+// idleSince is the share of the machine's time idle between c0 and c.
+func (c cpuStat) idleSince(c0 cpuStat) (float64, bool) {
+	total := c.total - c0.total
+	if total <= 0 || c0.total == 0 {
+		return 0, false
+	}
+	return (c.idle - c0.idle) / total, true
 }
 
 // walRetained is the WAL the slot keeps (current position - restart_lsn),
