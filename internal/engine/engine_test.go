@@ -625,15 +625,10 @@ func TestIdentifyReplacesAClosedConnection(t *testing.T) {
 // the start would retry for minutes first).
 func TestStartReportsTheMappingFirst(t *testing.T) {
 	db := newDB(t)
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := closed.Addr().String()
-	closed.Close()
+	addr := refusedAddr(t)
 	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\nmapping:\n  requests:\n    columns:\n      status: stat\n", "", sub("crm", "http://127.0.0.1:1/x", "request.created"))
 	cfg.Journal.DSN = config.Secret("postgres://postgres@" + addr + "/nowhere?connect_timeout=5")
-	_, err = New(context.Background(), cfg, Options{Logger: testutil.Logger(t)})
+	_, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)})
 	if err == nil || !strings.Contains(err.Error(), "mapping.requests.columns.status") || Transient(err) {
 		t.Fatalf("New = %v, want the mapping's problem, not transient", err)
 	}

@@ -20,12 +20,7 @@ import (
 // type, as Setup returns them from a real server.
 func TestTransient(t *testing.T) {
 	db := newDB(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := l.Addr().String()
-	l.Close() // nothing listens there any more: connection refused
+	closed := refusedAddr(t)
 	setupErr := func(t *testing.T, dsn string) error {
 		t.Helper()
 		yaml := "source:\n  dsn: " + dsn + "\nadmin:\n  listen: \"\"\nsubscriptions:\n" + sub("crm", "https://crm.example.com/hook", "request.created")
@@ -73,4 +68,16 @@ func TestTransient(t *testing.T) {
 			}
 		})
 	}
+}
+
+// refusedAddr is a local address nothing listens on any more: a
+// connection to it is refused.
+func refusedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
