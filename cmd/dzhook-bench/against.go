@@ -330,7 +330,7 @@ func compareBinaries(scenario, a, b string, rounds int) int {
 func pairFlags(fs *flag.FlagSet) (pass, refused []string) {
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "rates", "rows":
+		case "rates", "rows", "receiver":
 			pass = append(pass, "-"+f.Name, f.Value.String())
 		case "separate-journal":
 			pass = append(pass, "-"+f.Name+"="+f.Value.String())

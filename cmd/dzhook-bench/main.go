@@ -101,6 +101,7 @@ func benchMain() int {
 	profile := flag.String("cpuprofile", "", "write dzhook's CPU profile of the last run to this `file`")
 	against := flag.String("against", "", "compare: run the rates scenario on -binary and on this `binary` at the same time, -rounds times, and print B's CPU figures beside A's")
 	rounds := flag.Int("rounds", 3, "rounds of an -against comparison")
+	flag.StringVar(&receiverKind, "receiver", receiverKind, "the receiver's HTTP server: lean (the bench's own HTTP/1.1 loop) or net/http (the standard library's, as in runs before 2026-12-06's eleventh stop)")
 	flag.Parse()
 	// Sizes a scenario divides by, checked before anything starts.
 	switch {
@@ -112,6 +113,9 @@ func benchMain() int {
 		return 2
 	case *liveFor < time.Second:
 		fmt.Fprintf(os.Stderr, "dzhook-bench: -live-for: %s: at least 1s\n", *liveFor)
+		return 2
+	case receiverKind != "lean" && receiverKind != "net/http":
+		fmt.Fprintf(os.Stderr, "dzhook-bench: -receiver: %q: lean or net/http\n", receiverKind)
 		return 2
 	}
 	if *onlyRates != "" {
@@ -166,7 +170,7 @@ func benchMain() int {
 	}
 	b := &bench{cluster: cluster, binary: abs, work: work, rows: *rows, rate: *rate, liveFor: *liveFor, verbose: *verbose, profile: *profile, separateJournal: *separate,
 		report: &Report{StartedAt: time.Now().UTC(), Machine: machine(), Go: runtime.Version(), Postgres: pgVersion(cluster),
-			Settings: "PostgreSQL fsync=on synchronous_commit=on; dzhook journal " + where + "; 1 subscription unless stated"}}
+			Settings: "PostgreSQL fsync=on synchronous_commit=on; dzhook journal " + where + "; 1 subscription unless stated; receiver " + receiverKind}}
 	scenarios := []struct {
 		name string
 		run  func(context.Context) error

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,22 +205,6 @@ func (b *bench) scaleoutConfig(dsn, url string, share bool) (string, error) {
 		return "", errors.New("scaleout: the configuration has no delivery section to extend")
 	}
 	return path, os.WriteFile(path, []byte(patched), 0o600)
-}
-
-// slowReceiver is the benchmark's receiver answering after service: every
-// request takes that long, signature verified as usual.
-func slowReceiver(service time.Duration) (*receiver, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	rc := &receiver{url: "http://" + ln.Addr().String(), first: map[string]time.Time{}, byReq: map[string]time.Time{}}
-	rc.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(service) // the receiver's service time, which the scenario is about
-		rc.ServeHTTP(w, r)
-	})}
-	go func() { _ = rc.srv.Serve(ln) }()
-	return rc, nil
 }
 
 func (b *bench) scaleoutOnce(ctx context.Context, label string, procs int, share bool, events int) (scaleoutRun, error) {
