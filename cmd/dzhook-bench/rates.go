@@ -86,7 +86,7 @@ func (b *bench) rates(ctx context.Context) error {
 		select {
 		case <-reached:
 		case <-time.After(time.Minute):
-			return fmt.Errorf("rates: %d tx/s: only %d of %d events arrived", step.rate, len(w.rc.first), n)
+			return fmt.Errorf("rates: %d tx/s: only %d of %d events arrived", step.rate, w.rc.received(), n)
 		}
 		cpu1, _ := d.usage()
 		pg1, err := b.pgCPU(ctx, w.db)

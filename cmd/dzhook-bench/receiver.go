@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -94,15 +96,21 @@ func (rc *receiver) close() {
 }
 
 func (rc *receiver) acceptLoop() {
+	var backoff time.Duration
 	for {
 		c, err := rc.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return // closed
+			// Out of descriptors, a connection aborted before it was
+			// taken: wait and go on, as net/http's server does, rather
+			// than leave later connections in the backlog.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		rc.connMu.Lock()
 		if rc.closed {
 			rc.connMu.Unlock()
@@ -125,9 +133,11 @@ func (rc *receiver) acceptLoop() {
 const maxBody = 1 << 20
 
 var (
-	answerOK           = []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-	answerOKClose      = []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-	answerUnauthorized = []byte("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+	answerOK                = []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	answerOKClose           = []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	answerUnauthorized      = []byte("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+	answerUnauthorizedClose = []byte("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	answerContinue          = []byte("HTTP/1.1 100 Continue\r\n\r\n")
 )
 
 // benchRequest is what the lean receiver reads of a request.
@@ -135,6 +145,7 @@ type benchRequest struct {
 	path, signature, delivery string
 	length                    int
 	close                     bool
+	expectContinue            bool // Expect: 100-continue: the client waits for a 100 before its body
 }
 
 // serveConn answers one connection's requests in turn (HTTP/1.1
@@ -147,15 +158,18 @@ func (rc *receiver) serveConn(c net.Conn) {
 	for {
 		req, err := readBenchRequest(br)
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				var status *statusError
-				if errors.As(err, &status) {
-					fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", status.code, http.StatusText(status.code), len(status.msg), status.msg)
-				}
+			var status *statusError
+			if errors.As(err, &status) {
+				refuse(c, status)
 			}
 			return
 		}
 		now := time.Now()
+		if req.expectContinue {
+			if _, err := c.Write(answerContinue); err != nil {
+				return
+			}
+		}
 		if cap(body) < req.length {
 			body = make([]byte, req.length)
 		}
@@ -170,17 +184,39 @@ func (rc *receiver) serveConn(c net.Conn) {
 		if rc.service > 0 {
 			time.Sleep(rc.service) // the receiver's service time, which the scaleout scenario is about
 		}
-		answer := answerOK
+		verified := rc.take(req.path, req.signature, req.delivery, body, now) == http.StatusOK
+		var answer []byte
 		switch {
-		case rc.take(req.path, req.signature, req.delivery, body, now) != http.StatusOK:
-			answer = answerUnauthorized
-		case req.close:
+		case verified && req.close:
 			answer = answerOKClose
+		case verified:
+			answer = answerOK
+		case req.close:
+			answer = answerUnauthorizedClose
+		default:
+			answer = answerUnauthorized
 		}
 		if _, err := c.Write(answer); err != nil || req.close {
 			return
 		}
 	}
+}
+
+// refuse answers a request the receiver does not read, naming why, and
+// ends the connection. What the client still sends (the refused
+// request's body) is read and dropped for a moment first, as net/http
+// does: closing with unread data would reset the connection, and the
+// client would see the reset instead of the answer.
+func refuse(c net.Conn, status *statusError) {
+	if _, err := fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status.code, http.StatusText(status.code), len(status.msg), status.msg); err != nil {
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 4*maxBody))
 }
 
 // statusError is a request the lean receiver refuses: its status and why.
@@ -247,7 +283,12 @@ func readBenchRequest(br *bufio.Reader) (benchRequest, error) {
 		case asciiFold(name, "Transfer-Encoding"):
 			return req, &statusError{http.StatusNotImplemented, fmt.Sprintf("Transfer-Encoding %q: Content-Length bodies only", value)}
 		case asciiFold(name, "Connection"):
-			req.close = asciiFold(value, "close")
+			req.close = req.close || httpguts.HeaderValuesContainsToken([]string{string(value)}, "close")
+		case asciiFold(name, "Expect"):
+			if !asciiFold(value, "100-continue") {
+				return req, &statusError{http.StatusExpectationFailed, fmt.Sprintf("Expect %q: 100-continue only", value)}
+			}
+			req.expectContinue = true
 		case asciiFold(name, signer.HeaderSignature):
 			req.signature = string(value)
 		case asciiFold(name, signer.HeaderDelivery):
@@ -402,6 +443,13 @@ func (rc *receiver) take(path, signature, dlv string, body []byte, now time.Time
 	}
 	rc.mu.Unlock()
 	return http.StatusOK
+}
+
+// received is how many distinct deliveries have arrived.
+func (rc *receiver) received() int {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return len(rc.first)
 }
 
 func (rc *receiver) arrivals() (map[string]time.Time, map[string]time.Time) {

@@ -61,7 +61,7 @@ func TestReceiverVerifiesAndNotesArrivals(t *testing.T) {
 		}
 		// A repeated delivery id is one arrival.
 		body = []byte(`{"id":"whk_0","data":{"id":"req_7","title":"#1"}}`)
-		if got := post(t, client, rc.url+"/bench?x=1", "dlv_0", signer.Sign([]byte(benchSecret), body), body); got != http.StatusOK {
+		if got := post(t, client, rc.url+"/bench", "dlv_0", signer.Sign([]byte(benchSecret), body), body); got != http.StatusOK {
 			t.Fatalf("a retried delivery: status %d", got)
 		}
 		select {
@@ -69,12 +69,19 @@ func TestReceiverVerifiesAndNotesArrivals(t *testing.T) {
 		default:
 			t.Fatal("three distinct deliveries did not reach the target of 3")
 		}
-		first, byReq := rc.arrivals()
-		if len(first) != 3 || rc.total.Load() != 4 || rc.bad.Load() != 1 {
-			t.Errorf("first %d, total %d, bad %d: want 3 distinct, 4 verified, 1 refused", len(first), rc.total.Load(), rc.bad.Load())
+		// A query string is not part of the path an arrival is noted under.
+		body = []byte(`{"id":"whk_9","data":{"id":"req_9"}}`)
+		if got := post(t, client, rc.url+"/bench?x=1", "dlv_9", signer.Sign([]byte(benchSecret), body), body); got != http.StatusOK {
+			t.Fatalf("POST with a query string: status %d", got)
 		}
-		if _, ok := byReq["/bench req_7"]; !ok || len(byReq) != 1 {
-			t.Errorf("arrivals by request %v: want /bench req_7 only (the forged one is not noted)", byReq)
+		first, byReq := rc.arrivals()
+		if len(first) != 4 || rc.received() != 4 || rc.total.Load() != 5 || rc.bad.Load() != 1 {
+			t.Errorf("first %d, total %d, bad %d: want 4 distinct, 5 verified, 1 refused", len(first), rc.total.Load(), rc.bad.Load())
+		}
+		_, ok7 := byReq["/bench req_7"]
+		_, ok9 := byReq["/bench req_9"]
+		if !ok7 || !ok9 || len(byReq) != 2 {
+			t.Errorf("arrivals by request %v: want /bench req_7 and /bench req_9 only (the forged one is not noted)", byReq)
 		}
 		if got := rc.misordered(); got != 1 {
 			t.Errorf("misordered %d, want 1 (#2 after #3)", got)
@@ -122,6 +129,7 @@ func TestLeanReceiverRefusesWhatItDoesNotRead(t *testing.T) {
 		{"POST /bench HTTP/1.1\r\nno colon here\r\n\r\n", "400", `"no colon here"`},
 		{"POST bench\r\n\r\n", "400", `"POST bench"`},
 		{"POST /bench HTTP/1.1\r\nX: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "431", "16 KiB"},
+		{"POST /bench HTTP/1.1\r\nContent-Length: 2\r\nExpect: 101-whatever\r\n\r\n{}", "417", `"101-whatever"`},
 	} {
 		c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
 		if err != nil {
@@ -143,5 +151,156 @@ func TestLeanReceiverRefusesWhatItDoesNotRead(t *testing.T) {
 	}
 	if rc.total.Load() != 0 || rc.bad.Load() != 0 {
 		t.Errorf("total %d, bad %d: a refused request was counted", rc.total.Load(), rc.bad.Load())
+	}
+}
+
+// signedRequest is a raw signed POST of body to path, with extra headers.
+func signedRequest(path, dlv, extra string, body []byte) string {
+	return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s: %s\r\n%s: %s\r\n%s\r\n%s",
+		path, len(body), signer.HeaderSignature, signer.Sign([]byte(benchSecret), body), signer.HeaderDelivery, dlv, extra, body)
+}
+
+func TestReceiverFraming(t *testing.T) {
+	withReceiverKind(t, func(t *testing.T, rc *receiver) {
+		c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		big := []byte(`{"id":"whk_b","data":{"id":"req_b","x":"` + strings.Repeat("y", 40<<10) + `"}}`)
+		// Three requests in one write, the second's body larger than the
+		// receiver's buffer, the third asking to close.
+		raw := signedRequest("/p", "dlv_1", "", []byte(`{"data":{"id":"req_1"}}`)) +
+			signedRequest("/p", "dlv_2", "", big) +
+			signedRequest("/p", "dlv_3", "Connection: keep-alive, close\r\n", []byte(`{"data":{"id":"req_3"}}`))
+		if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		for i := 1; i <= 3; i++ {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("answer %d: %v", i, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != http.StatusOK || resp.Close != (i == 3) {
+				t.Fatalf("answer %d: %s, close %v: want 200, and close on the third only", i, resp.Status, resp.Close)
+			}
+		}
+		if n, err := br.Read(make([]byte, 1)); err == nil {
+			t.Fatalf("read %d bytes after Connection: close", n)
+		}
+		if rc.received() != 3 || rc.bad.Load() != 0 {
+			t.Fatalf("received %d, bad %d: want all three verified", rc.received(), rc.bad.Load())
+		}
+		// A forged request that asks to close gets its 401, and the close.
+		c2, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		_ = c2.SetDeadline(time.Now().Add(5 * time.Second))
+		forged := strings.Replace(signedRequest("/p", "dlv_f", "Connection: close\r\n", []byte(`{}`)), "sha256=", "sha256=00", 1)
+		if _, err := io.WriteString(c2, forged); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c2), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || !resp.Close || rc.bad.Load() != 1 {
+			t.Fatalf("forged, Connection: close: %s, close %v, bad %d: want 401 and the close", resp.Status, resp.Close, rc.bad.Load())
+		}
+		// A client that waits for 100 Continue gets it.
+		client := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: time.Minute}, Timeout: 5 * time.Second}
+		body := []byte(`{"data":{"id":"req_4"}}`)
+		req, _ := http.NewRequest(http.MethodPost, rc.url+"/p", bytes.NewReader(body))
+		req.Header.Set("Expect", "100-continue")
+		req.Header.Set(signer.HeaderSignature, signer.Sign([]byte(benchSecret), body))
+		req.Header.Set(signer.HeaderDelivery, "dlv_4")
+		resp, err = client.Do(req)
+		if err != nil {
+			t.Fatalf("Expect: 100-continue: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || rc.received() != 4 {
+			t.Fatalf("Expect: 100-continue: %s, received %d", resp.Status, rc.received())
+		}
+	})
+}
+
+func TestSlowReceiverTakesItsServiceTime(t *testing.T) {
+	for _, kind := range []string{"lean", "net/http"} {
+		t.Run(strings.ReplaceAll(kind, "/", "_"), func(t *testing.T) {
+			defer func(k string) { receiverKind = k }(receiverKind)
+			receiverKind = kind
+			rc, err := slowReceiver(100 * time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.close()
+			body := []byte(`{"data":{"id":"req_1"}}`)
+			start := time.Now()
+			if got := post(t, &http.Client{Timeout: 5 * time.Second}, rc.url+"/p", "dlv_1", signer.Sign([]byte(benchSecret), body), body); got != http.StatusOK {
+				t.Fatalf("status %d", got)
+			}
+			if took := time.Since(start); took < 100*time.Millisecond {
+				t.Fatalf("answered in %v: want at least the 100ms service time", took)
+			}
+		})
+	}
+}
+
+func TestLeanReceiverRefusalReachesAClientStillSending(t *testing.T) {
+	defer func(k string) { receiverKind = k }(receiverKind)
+	receiverKind = "lean"
+	rc, err := newReceiver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.close()
+	// A 4 MiB body is refused from its Content-Length, before it is read:
+	// the client, still sending, must get the 413, not a reset.
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Post(rc.url+"/p", "application/json", bytes.NewReader(make([]byte, 4<<20)))
+	if err != nil {
+		t.Fatalf("a refused large body: %v, want the 413", err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(msg), "4194304") {
+		t.Fatalf("%s %q: want 413 naming 4194304", resp.Status, msg)
+	}
+}
+
+func TestLeanReceiverForgetsAConnectionItsClientEnds(t *testing.T) {
+	defer func(k string) { receiverKind = k }(receiverKind)
+	receiverKind = "lean"
+	rc, err := newReceiver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.close()
+	conns := func() int {
+		rc.connMu.Lock()
+		defer rc.connMu.Unlock()
+		return len(rc.conns)
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST /hang/z HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+	for deadline := time.Now().Add(5 * time.Second); conns() != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections held, want the hung one", conns())
+		}
+	}
+	c.Close()
+	for deadline := time.Now().Add(5 * time.Second); conns() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections held after the client closed its hung request", conns())
+		}
 	}
 }

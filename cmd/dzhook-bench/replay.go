@@ -122,7 +122,7 @@ func (b *bench) replay(ctx context.Context) error {
 	select {
 	case <-reached:
 	case <-time.After(time.Minute):
-		return fmt.Errorf("without a replay: only %d of %d live deliveries arrived", len(rc.first), 2*live)
+		return fmt.Errorf("without a replay: only %d of %d live deliveries arrived", rc.received(), 2*live)
 	}
 	_, byReq := rc.arrivals()
 	quietA, quietB := latencies(quiet, byReq, "/a"), latencies(quiet, byReq, "/b")
@@ -144,7 +144,7 @@ func (b *bench) replay(ctx context.Context) error {
 	select {
 	case <-reached:
 	case <-time.After(5 * time.Minute):
-		return fmt.Errorf("replay %s: only %d of %d deliveries arrived", rp.ID, len(rc.first), n+2*live)
+		return fmt.Errorf("replay %s: only %d of %d deliveries arrived", rp.ID, rc.received(), n+2*live)
 	}
 	first, byReq := rc.arrivals()
 	// The replay's deliveries: their ids end with the replay's.

@@ -392,7 +392,7 @@ func (b *bench) catchupOnce(ctx context.Context, perTx int) error {
 	case err := <-d.done:
 		return fmt.Errorf("dzhook exited: %v", err)
 	case <-time.After(10 * time.Minute):
-		return fmt.Errorf("catch-up did not finish in 10 minutes (%d of %d)", len(rc.first), b.rows)
+		return fmt.Errorf("catch-up did not finish in 10 minutes (%d of %d)", rc.received(), b.rows)
 	}
 	took := time.Since(start)
 	recv1, machine1 := procCPU(os.Getpid()), readCPUStat()
@@ -591,7 +591,7 @@ func (b *bench) live(ctx context.Context) error {
 	select {
 	case <-reached:
 	case <-time.After(time.Minute):
-		return fmt.Errorf("live: only %d of %d events arrived", len(rc.first), n)
+		return fmt.Errorf("live: only %d of %d events arrived", rc.received(), n)
 	}
 	_, byReq := rc.arrivals()
 	lat := latencies(committed, byReq, "/bench")
