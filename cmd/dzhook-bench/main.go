@@ -114,8 +114,8 @@ func benchMain() int {
 	case *liveFor < time.Second:
 		fmt.Fprintf(os.Stderr, "dzhook-bench: -live-for: %s: at least 1s\n", *liveFor)
 		return 2
-	case receiverKind != "lean" && receiverKind != "net/http":
-		fmt.Fprintf(os.Stderr, "dzhook-bench: -receiver: %q: lean or net/http\n", receiverKind)
+	case !slices.Contains(receiverKinds, receiverKind):
+		fmt.Fprintf(os.Stderr, "dzhook-bench: -receiver: %q: one of %s\n", receiverKind, strings.Join(receiverKinds, ", "))
 		return 2
 	}
 	if *onlyRates != "" {

@@ -28,6 +28,9 @@ import (
 // CPU that on this two-core machine dzhook and PostgreSQL share with it.
 var receiverKind = "lean"
 
+// receiverKinds are the values -receiver takes.
+var receiverKinds = []string{"lean", "net/http"}
+
 // receiver is the benchmark's webhook endpoint: it verifies each
 // signature, notes when each delivery first arrived, and answers 200
 // (after service, when set); a path under /hang/ never answers.
@@ -272,7 +275,7 @@ func readBenchRequest(br *bufio.Reader) (benchRequest, error) {
 		}
 		value = bytes.TrimSpace(value)
 		switch {
-		case asciiFold(name, "Content-Length"):
+		case fold(name, "Content-Length"):
 			n, err := strconv.Atoi(string(value))
 			if err != nil || n < 0 || req.length >= 0 {
 				return req, &statusError{http.StatusBadRequest, fmt.Sprintf("Content-Length %q", value)}
@@ -281,18 +284,18 @@ func readBenchRequest(br *bufio.Reader) (benchRequest, error) {
 				return req, &statusError{http.StatusRequestEntityTooLarge, fmt.Sprintf("Content-Length %d: at most %d", n, maxBody)}
 			}
 			req.length = n
-		case asciiFold(name, "Transfer-Encoding"):
+		case fold(name, "Transfer-Encoding"):
 			return req, &statusError{http.StatusNotImplemented, fmt.Sprintf("Transfer-Encoding %q: Content-Length bodies only", value)}
-		case asciiFold(name, "Connection"):
+		case fold(name, "Connection"):
 			req.close = req.close || httpguts.HeaderValuesContainsToken([]string{string(value)}, "close")
-		case asciiFold(name, "Expect"):
-			if !asciiFold(value, "100-continue") {
+		case fold(name, "Expect"):
+			if !fold(value, "100-continue") {
 				return req, &statusError{http.StatusExpectationFailed, fmt.Sprintf("Expect %q: 100-continue only", value)}
 			}
 			req.expectContinue = true
-		case asciiFold(name, signer.HeaderSignature):
+		case fold(name, signer.HeaderSignature):
 			req.signature = string(value)
-		case asciiFold(name, signer.HeaderDelivery):
+		case fold(name, signer.HeaderDelivery):
 			req.delivery = string(value)
 		}
 	}
@@ -321,25 +324,8 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 	return line, nil
 }
 
-// asciiFold is b == s, ASCII letters' case ignored.
-func asciiFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(b) {
-		x, y := b[i], s[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
+// fold is b == s, case ignored (a header's name or token).
+func fold(b []byte, s string) bool { return strings.EqualFold(string(b), s) }
 
 // expect resets the receiver to wait for n distinct deliveries.
 func (rc *receiver) expect(n int) <-chan struct{} {

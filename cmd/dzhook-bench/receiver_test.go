@@ -15,19 +15,25 @@ import (
 	"github.com/dzdesk/dzhook/signer"
 )
 
+// startReceiver starts a receiver of kind answering after service; it
+// is closed, and receiverKind restored, when the test ends.
+func startReceiver(t *testing.T, kind string, service time.Duration) *receiver {
+	t.Helper()
+	old := receiverKind
+	receiverKind = kind
+	t.Cleanup(func() { receiverKind = old })
+	rc, err := serveReceiver(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.close)
+	return rc
+}
+
 // withReceiverKind runs f against a receiver of each kind.
-func withReceiverKind(t *testing.T, f func(t *testing.T, rc *receiver)) {
-	for _, kind := range []string{"lean", "net/http"} {
-		t.Run(strings.ReplaceAll(kind, "/", "_"), func(t *testing.T) {
-			defer func(k string) { receiverKind = k }(receiverKind)
-			receiverKind = kind
-			rc, err := newReceiver()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(rc.close)
-			f(t, rc)
-		})
+func withReceiverKind(t *testing.T, service time.Duration, f func(t *testing.T, rc *receiver)) {
+	for _, kind := range receiverKinds {
+		t.Run(strings.ReplaceAll(kind, "/", "_"), func(t *testing.T) { f(t, startReceiver(t, kind, service)) })
 	}
 }
 
@@ -46,7 +52,7 @@ func post(t *testing.T, client *http.Client, url, dlv, sig string, body []byte) 
 }
 
 func TestReceiverVerifiesAndNotesArrivals(t *testing.T) {
-	withReceiverKind(t, func(t *testing.T, rc *receiver) {
+	withReceiverKind(t, 0, func(t *testing.T, rc *receiver) {
 		reached := rc.expectOrdered(3)
 		client := &http.Client{Timeout: 5 * time.Second}
 		for i, seq := range []int{1, 3, 2} { // #2 arrives after #3: one out of order
@@ -90,7 +96,7 @@ func TestReceiverVerifiesAndNotesArrivals(t *testing.T) {
 }
 
 func TestReceiverHangsUntilClosed(t *testing.T) {
-	withReceiverKind(t, func(t *testing.T, rc *receiver) {
+	withReceiverKind(t, 0, func(t *testing.T, rc *receiver) {
 		c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
 		if err != nil {
 			t.Fatal(err)
@@ -112,13 +118,7 @@ func TestReceiverHangsUntilClosed(t *testing.T) {
 }
 
 func TestLeanReceiverRefusesWhatItDoesNotRead(t *testing.T) {
-	defer func(k string) { receiverKind = k }(receiverKind)
-	receiverKind = "lean"
-	rc, err := newReceiver()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.close()
+	rc := startReceiver(t, "lean", 0)
 	for _, tc := range []struct{ raw, status, names string }{
 		{"GET /bench HTTP/1.1\r\nHost: x\r\n\r\n", "405", `"GET"`},
 		{"POST /bench HTTP/2.0\r\n\r\n", "505", `"HTTP/2.0"`},
@@ -161,7 +161,7 @@ func signedRequest(path, dlv, extra string, body []byte) string {
 }
 
 func TestReceiverFraming(t *testing.T) {
-	withReceiverKind(t, func(t *testing.T, rc *receiver) {
+	withReceiverKind(t, 0, func(t *testing.T, rc *receiver) {
 		c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
 		if err != nil {
 			t.Fatal(err)
@@ -232,35 +232,20 @@ func TestReceiverFraming(t *testing.T) {
 }
 
 func TestSlowReceiverTakesItsServiceTime(t *testing.T) {
-	for _, kind := range []string{"lean", "net/http"} {
-		t.Run(strings.ReplaceAll(kind, "/", "_"), func(t *testing.T) {
-			defer func(k string) { receiverKind = k }(receiverKind)
-			receiverKind = kind
-			rc, err := slowReceiver(100 * time.Millisecond)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rc.close()
-			body := []byte(`{"data":{"id":"req_1"}}`)
-			start := time.Now()
-			if got := post(t, &http.Client{Timeout: 5 * time.Second}, rc.url+"/p", "dlv_1", signer.Sign([]byte(benchSecret), body), body); got != http.StatusOK {
-				t.Fatalf("status %d", got)
-			}
-			if took := time.Since(start); took < 100*time.Millisecond {
-				t.Fatalf("answered in %v: want at least the 100ms service time", took)
-			}
-		})
-	}
+	withReceiverKind(t, 100*time.Millisecond, func(t *testing.T, rc *receiver) {
+		body := []byte(`{"data":{"id":"req_1"}}`)
+		start := time.Now()
+		if got := post(t, &http.Client{Timeout: 5 * time.Second}, rc.url+"/p", "dlv_1", signer.Sign([]byte(benchSecret), body), body); got != http.StatusOK {
+			t.Fatalf("status %d", got)
+		}
+		if took := time.Since(start); took < 100*time.Millisecond {
+			t.Fatalf("answered in %v: want at least the 100ms service time", took)
+		}
+	})
 }
 
 func TestLeanReceiverRefusalReachesAClientStillSending(t *testing.T) {
-	defer func(k string) { receiverKind = k }(receiverKind)
-	receiverKind = "lean"
-	rc, err := newReceiver()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.close()
+	rc := startReceiver(t, "lean", 0)
 	// A 4 MiB body is refused from its Content-Length, before it is read:
 	// the client, still sending, must get the 413, not a reset.
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Post(rc.url+"/p", "application/json", bytes.NewReader(make([]byte, 4<<20)))
@@ -275,13 +260,7 @@ func TestLeanReceiverRefusalReachesAClientStillSending(t *testing.T) {
 }
 
 func TestLeanReceiverForgetsAConnectionItsClientEnds(t *testing.T) {
-	defer func(k string) { receiverKind = k }(receiverKind)
-	receiverKind = "lean"
-	rc, err := newReceiver()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.close()
+	rc := startReceiver(t, "lean", 0)
 	conns := func() int {
 		rc.connMu.Lock()
 		defer rc.connMu.Unlock()
