@@ -98,6 +98,9 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		return exitFailure
 	}
 	if ctx.Err() != nil {
+		if e != nil { // nil: stopped while waiting for the database
+			e.Close(ctx) // stopped after New: Run never takes what it opened
+		}
 		return exitOK
 	}
 	// The engine and the configuration watcher run together. When the

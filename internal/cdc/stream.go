@@ -268,6 +268,15 @@ func (s *Stream) Stats() Stats {
 	}
 }
 
+// Release closes the replication connection handed to New
+// (Config.Conn) if no session has taken it: for a stream whose Run is
+// never called. Run releases it too when it returns.
+func (s *Stream) Release() {
+	if c := s.first.Swap(nil); c != nil {
+		_ = c.Close(context.Background())
+	}
+}
+
 // Run streams until ctx is cancelled or the handler fails. It connects
 // once first, so a wrong DSN or a missing slot is an error at start; after
 // that a lost connection or a PostgreSQL restart is retried with capped
@@ -277,11 +286,7 @@ func (s *Stream) Stats() Stats {
 // returns nil; transactions not yet acknowledged come again on the next
 // start.
 func (s *Stream) Run(ctx context.Context) error {
-	defer func() {
-		if c := s.first.Swap(nil); c != nil {
-			_ = c.Close(context.Background())
-		}
-	}()
+	defer s.Release()
 	if s.cfg.Pool != nil {
 		s.pool = s.cfg.Pool
 	} else {

@@ -390,6 +390,16 @@ func (e *Engine) sessionStarted(ctx context.Context) {
 	}
 }
 
+// Close releases what New opened (the pools, the replication
+// connection the stream's first session would take, the admin
+// listener) for an engine whose Run is never called: ctx ended between
+// the two. Run releases the same when it returns; Close is not for an
+// engine that ran.
+func (e *Engine) Close(ctx context.Context) {
+	e.stream.Release()
+	e.close(ctx)
+}
+
 // close releases what the engine holds; the spans not yet exported are
 // sent first, within 5 s.
 func (e *Engine) close(ctx context.Context) {

@@ -594,6 +594,43 @@ func TestFailedStartLeavesNoConnection(t *testing.T) {
 	})
 }
 
+// TestCloseWithoutRun: an engine made by New whose Run never comes (the
+// process was stopped in between) gives back everything New opened on
+// Close: the backends, the replication connection the stream's first
+// session would have taken (the slot free for another process), and the
+// admin port.
+func TestCloseWithoutRun(t *testing.T) {
+	db := newDB(t)
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no finalizer closes a socket behind the test's back
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := testConfigWith(t, db, "admin:\n  listen: "+addr+"\n  token: "+adminToken+"\n", "", sub("crm", "http://127.0.0.1:1/x", "request.created"))
+	ctx := context.Background()
+	e, err := New(ctx, cfg, Options{Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'walsender'`); n != 1 {
+		t.Fatalf("%d replication connections after New, want the one the stream takes", n)
+	}
+	e.Close(ctx)
+	testutil.Eventually(t, 5*time.Second, "the engine's backends to end", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`) == 0
+	})
+	if n := queryInt(t, db, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'walsender'`); n != 0 {
+		t.Errorf("%d replication connections after Close, want 0", n)
+	}
+	again, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("admin.listen %s still taken after Close: %v", addr, err)
+	}
+	again.Close()
+}
+
 // TestIdentifyReplacesAClosedConnection: the start's replication
 // connection, ended by the server while Setup ran (idle_session_timeout,
 // or auto_setup waiting to create the slot), is replaced for the second
