@@ -131,8 +131,11 @@ func TestJoiningPeerGetsAShareOfTheQueue(t *testing.T) {
 	by := firstAttemptsBy(rc)
 	t.Logf("first attempts by instance: %v; %d delivered before A learned of B", by, before)
 	if by["dzhook/B"] == 0 {
-		// Seen once in CI (2026-12-06) and not since: say what the
-		// journal saw, so that the next failure explains itself.
+		// Seen twice in CI (2026-12-06): A's claim sized before it saw
+		// B ran after the share and took it all back (fixed: claimMu
+		// around a claim's sizing and the share; fanout's
+		// TestClaimSizedAloneTakesBackNothingShared). If it comes again,
+		// say what the journal saw.
 		var claimed, claimedLate, attemptsA, attemptsB int
 		if err := db.Connect(t).QueryRow(context.Background(), `SELECT
 				count(*) FILTER (WHERE d.claim IS NOT NULL),

@@ -820,3 +820,91 @@ func TestResumeOfADisableNotYetAdopted(t *testing.T) {
 		t.Fatalf("journal's state %+v (%v) after the resume, want healthy", rows, err)
 	}
 }
+
+// gatedClaims holds back the claim that comes after arm, at the journal,
+// until open: a claim that was sized, then waited for the database.
+type gatedClaims struct {
+	*journal.Store
+	armed   atomic.Bool
+	waiting chan struct{} // the held claim has reached the gate
+	gate    chan struct{} // closed: the held claim goes on
+	done    chan struct{} // closed once the held claim has returned
+}
+
+func (s *gatedClaims) Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error) {
+	if !s.armed.CompareAndSwap(true, false) {
+		return s.Store.Claim(ctx, wants, owner, token, staleAfter)
+	}
+	close(s.waiting)
+	<-s.gate
+	defer close(s.done)
+	return s.Store.Claim(ctx, wants, owner, token, staleAfter)
+}
+
+// TestClaimSizedAloneTakesBackNothingShared: a claim sized while this
+// process was alone (half its queue's free places) that reaches the
+// journal late, after a newcomer was seen and part of the queue was given
+// back for it, must not take that part back: the newcomer would find
+// nothing to claim (seen in CI, engine's TestJoiningPeerGetsAShareOfTheQueue:
+// the newcomer made no attempt at all). The share waits for the claim.
+func TestClaimSizedAloneTakesBackNothingShared(t *testing.T) {
+	store, db := newJournalDB(t)
+	ctx := context.Background()
+	rc := testutil.NewOrderReceiver(t, nil)
+	// The worker stays on its first attempt for the whole test: the queue
+	// stays long, so no claim made beside the peer may take anything.
+	rc.SetDelay(3 * time.Second)
+	gated := &gatedClaims{Store: store, waiting: make(chan struct{}), gate: make(chan struct{}), done: make(chan struct{})}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal:       gated, Instance: "i1", Concurrency: 1, QueueSize: 64,
+		PollInterval: 50 * time.Millisecond, Heartbeat: time.Hour, // the peer stays alive
+	})
+	var opened sync.Once
+	open := func() { opened.Do(func() { close(gated.gate) }) }
+	t.Cleanup(open) // before the dispatcher's stop (cleanups run last first)
+	for i := range 40 {
+		id := fmt.Sprintf("whk_%d", i)
+		if err := d.Dispatch(ctx, Event{ID: id, Type: "request.created", Body: []byte(`{"id":"` + id + `"}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unowned := func() int {
+		var n int
+		if err := db.Connect(t).QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE owner IS NULL AND state = 'pending'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	gated.armed.Store(true)
+	select {
+	case <-gated.waiting: // sized alone: peers 0
+	case <-time.After(10 * time.Second):
+		t.Fatal("no claim reached the journal")
+	}
+	if err := store.Register(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
+	// Without the claim's lock around the share, the queue given back is
+	// in the journal (the writer's linger, 50 ms) before the claim goes
+	// on: look for it a while before opening the gate.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && unowned() == 0; {
+		time.Sleep(20 * time.Millisecond)
+	}
+	open()
+	select {
+	case <-gated.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held claim did not return")
+	}
+	testutil.Eventually(t, 10*time.Second, "part of the queue given back for the peer", func() bool { return unowned() > 0 })
+	var claimed int
+	if err := db.Connect(t).QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE claim IS NOT NULL`).Scan(&claimed); err != nil {
+		t.Fatal(err)
+	}
+	if claimed != 0 {
+		t.Errorf("%d of the deliveries given back for the peer were claimed back by the claim sized alone (%d left for the peer)", claimed, unowned())
+	}
+}

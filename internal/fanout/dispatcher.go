@@ -788,6 +788,10 @@ func (nopObserver) StateChanged(string, journal.Health, journal.Health)         
 // their keys' state is this process's until those deliveries are
 // attempted.
 func (d *Dispatcher) shareQueued(ctx context.Context) {
+	// Not while a claim sized before the newcomer was seen is running:
+	// it would take back what is shared (scheduler.claimMu).
+	d.sched.claimMu.Lock()
+	defer d.sched.claimMu.Unlock()
 	shared := 0
 	processes := d.sched.peers.Load() + 1
 	for _, s := range d.reg.Load().subs {

@@ -33,7 +33,12 @@ type scheduler struct {
 	// backlog and its sync (Dispatcher.syncOrder): the backlog leaves
 	// out what this process owns and sync adds what it claimed, so a
 	// claim committed during the read but not yet recorded would be
-	// counted twice, or not at all.
+	// counted twice, or not at all. It is also held from a claim's sizing
+	// (which reads peers) to its end, and across Dispatcher.shareQueued:
+	// a claim sized while this process was alone (half its free places,
+	// hundreds) must not run after the queue it shares with a newcomer
+	// reached the journal, or it takes all of it back (seen in CI:
+	// TestJoiningPeerGetsAShareOfTheQueue, the newcomer made no attempt).
 	claimMu   sync.Mutex
 	poll      time.Duration
 	heartbeat time.Duration
@@ -314,6 +319,8 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		n     int64 // places reserved
 		heads int   // of which for heads (journal.ClaimWant.Heads)
 	}
+	sc.claimMu.Lock()
+	defer sc.claimMu.Unlock()
 	var wants []journal.ClaimWant
 	var ask []asked
 	sc.park = sc.park[:0]
@@ -381,8 +388,6 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		return 0
 	}
 	token := claimToken()
-	sc.claimMu.Lock()
-	defer sc.claimMu.Unlock()
 	claimed, err := sc.store.Claim(ctx, wants, sc.instance, token, 3*sc.heartbeat)
 	if err != nil {
 		for _, a := range ask {
