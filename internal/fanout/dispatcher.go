@@ -778,7 +778,8 @@ func (nopObserver) DeliveryRecorded(string, journal.State)                      
 func (nopObserver) AttemptFinished(string, time.Duration, int, string, Outcome) {}
 func (nopObserver) StateChanged(string, journal.Health, journal.Health)         {}
 
-// shareQueued runs when other processes appear on the journal: of what
+// shareQueued runs when other processes appear on the journal (on the
+// scheduler's goroutine, between two claims: scheduler.joined): of what
 // waits in this process's queues (a catch-up's backlog, queued while it
 // was alone) it keeps its share, and at least what its workers start
 // soon, and gives the rest back to the journal, unowned, for the others
@@ -788,10 +789,6 @@ func (nopObserver) StateChanged(string, journal.Health, journal.Health)         
 // their keys' state is this process's until those deliveries are
 // attempted.
 func (d *Dispatcher) shareQueued(ctx context.Context) {
-	// Not while a claim sized before the newcomer was seen is running:
-	// it would take back what is shared (scheduler.claimMu).
-	d.sched.claimMu.Lock()
-	defer d.sched.claimMu.Unlock()
 	shared := 0
 	processes := d.sched.peers.Load() + 1
 	for _, s := range d.reg.Load().subs {

@@ -33,12 +33,8 @@ type scheduler struct {
 	// backlog and its sync (Dispatcher.syncOrder): the backlog leaves
 	// out what this process owns and sync adds what it claimed, so a
 	// claim committed during the read but not yet recorded would be
-	// counted twice, or not at all. It is also held from a claim's sizing
-	// (which reads peers) to its end, and across Dispatcher.shareQueued:
-	// a claim sized while this process was alone (half its free places,
-	// hundreds) must not run after the queue it shares with a newcomer
-	// reached the journal, or it takes all of it back (seen in CI:
-	// TestJoiningPeerGetsAShareOfTheQueue, the newcomer made no attempt).
+	// counted twice, or not at all. A claim holds it from its sizing,
+	// which reads peers, to its end.
 	claimMu   sync.Mutex
 	poll      time.Duration
 	heartbeat time.Duration
@@ -65,8 +61,17 @@ type scheduler struct {
 	// told is when this process's journal writer last woke it for work
 	// it journaled (Dispatcher.Spilled; Unix nanoseconds).
 	told atomic.Int64
-	// joined is told when other processes appear where there were none.
-	joined func(ctx context.Context)
+	// joined is told when other processes appear where there were none,
+	// by Run at the start of its next round (joinedDue, set by the
+	// heartbeat): claims run on Run's goroutine only, so a claim sized
+	// while this process was alone (half its free places, hundreds) has
+	// returned before joined shares the queue with the newcomer; run
+	// after the share, it took all of it back (seen in CI:
+	// TestJoiningPeerGetsAShareOfTheQueue, the newcomer made no attempt).
+	// On Run's goroutine the share also ends with Run's context, and a
+	// slow claim never holds up a heartbeat.
+	joined    func(ctx context.Context)
+	joinedDue atomic.Bool
 	// syncFlags, after each heartbeat while others share the journal (and
 	// the one after they left), adopts what they changed of the
 	// subscriptions' pause and disabled state.
@@ -136,6 +141,9 @@ func (sc *scheduler) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-sc.wake:
+		}
+		if sc.joinedDue.Swap(false) && sc.joined != nil {
+			sc.joined(ctx)
 		}
 		found := false
 		sc.releaseLost(ctx)
@@ -280,7 +288,8 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 			if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
 				sc.log.Info("instances sharing the journal changed", "others_alive", peers)
 				if before == 0 && sc.joined != nil {
-					sc.joined(ctx)
+					sc.joinedDue.Store(true) // Run shares, at once
+					sc.nudge()
 				}
 				if first {
 					// Joining others: they hand over work (a streaming
