@@ -887,9 +887,10 @@ func TestClaimSizedAloneTakesBackNothingShared(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, "the peer seen", func() bool { return d.Peers() == 1 })
-	// Without the claim's lock around the share, the queue given back is
-	// in the journal (the writer's linger, 50 ms) before the claim goes
-	// on: look for it a while before opening the gate.
+	// With the share made beside the claim (on the heartbeat, as it
+	// was), the queue given back is in the journal (the writer's linger,
+	// 50 ms) before the claim goes on: look for it a while before opening
+	// the gate. Made between two claims, it comes only after the gate.
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && unowned() == 0; {
 		time.Sleep(20 * time.Millisecond)
 	}
