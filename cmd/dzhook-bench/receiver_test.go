@@ -97,11 +97,7 @@ func TestReceiverVerifiesAndNotesArrivals(t *testing.T) {
 
 func TestReceiverHangsUntilClosed(t *testing.T) {
 	withReceiverKind(t, 0, func(t *testing.T, rc *receiver) {
-		c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialReceiver(t, rc)
 		fmt.Fprintf(c, "POST /hang/y HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
 		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 		var ne net.Error
@@ -131,10 +127,7 @@ func TestLeanReceiverRefusesWhatItDoesNotRead(t *testing.T) {
 		{"POST /bench HTTP/1.1\r\nX: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "431", "16 KiB"},
 		{"POST /bench HTTP/1.1\r\nContent-Length: 2\r\nExpect: 101-whatever\r\n\r\n{}", "417", `"101-whatever"`},
 	} {
-		c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialReceiver(t, rc)
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.WriteString(c, tc.raw); err != nil {
 			t.Fatal(err)
@@ -154,6 +147,17 @@ func TestLeanReceiverRefusesWhatItDoesNotRead(t *testing.T) {
 	}
 }
 
+// dialReceiver connects to rc's listener, closed when the test ends.
+func dialReceiver(t *testing.T, rc *receiver) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // signedRequest is a raw signed POST of body to path, with extra headers.
 func signedRequest(path, dlv, extra string, body []byte) string {
 	return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s: %s\r\n%s: %s\r\n%s\r\n%s",
@@ -162,11 +166,7 @@ func signedRequest(path, dlv, extra string, body []byte) string {
 
 func TestReceiverFraming(t *testing.T) {
 	withReceiverKind(t, 0, func(t *testing.T, rc *receiver) {
-		c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialReceiver(t, rc)
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		big := []byte(`{"id":"whk_b","data":{"id":"req_b","x":"` + strings.Repeat("y", 40<<10) + `"}}`)
 		// Three requests in one write, the second's body larger than the
@@ -195,11 +195,7 @@ func TestReceiverFraming(t *testing.T) {
 			t.Fatalf("received %d, bad %d: want all three verified", rc.received(), rc.bad.Load())
 		}
 		// A forged request that asks to close gets its 401, and the close.
-		c2, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c2.Close()
+		c2 := dialReceiver(t, rc)
 		_ = c2.SetDeadline(time.Now().Add(5 * time.Second))
 		forged := strings.Replace(signedRequest("/p", "dlv_f", "Connection: close\r\n", []byte(`{}`)), "sha256=", "sha256=00", 1)
 		if _, err := io.WriteString(c2, forged); err != nil {
@@ -266,10 +262,7 @@ func TestLeanReceiverForgetsAConnectionItsClientEnds(t *testing.T) {
 		defer rc.connMu.Unlock()
 		return len(rc.conns)
 	}
-	c, err := net.Dial("tcp", strings.TrimPrefix(rc.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialReceiver(t, rc)
 	fmt.Fprintf(c, "POST /hang/z HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
 	for deadline := time.Now().Add(5 * time.Second); conns() != 1; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {

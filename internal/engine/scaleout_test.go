@@ -132,8 +132,8 @@ func TestJoiningPeerGetsAShareOfTheQueue(t *testing.T) {
 	t.Logf("first attempts by instance: %v; %d delivered before A learned of B", by, before)
 	if by["dzhook/B"] == 0 {
 		// Seen twice in CI (2026-12-06): A's claim sized before it saw
-		// B ran after the share and took it all back (fixed: claimMu
-		// around a claim's sizing and the share; fanout's
+		// B ran after the share and took it all back (fixed: the share
+		// runs between two claims, on the scheduler's goroutine; fanout's
 		// TestClaimSizedAloneTakesBackNothingShared). If it comes again,
 		// say what the journal saw.
 		var claimed, claimedLate, attemptsA, attemptsB int

@@ -33,8 +33,7 @@ type scheduler struct {
 	// backlog and its sync (Dispatcher.syncOrder): the backlog leaves
 	// out what this process owns and sync adds what it claimed, so a
 	// claim committed during the read but not yet recorded would be
-	// counted twice, or not at all. A claim holds it from its sizing,
-	// which reads peers, to its end.
+	// counted twice, or not at all.
 	claimMu   sync.Mutex
 	poll      time.Duration
 	heartbeat time.Duration
@@ -328,8 +327,6 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		n     int64 // places reserved
 		heads int   // of which for heads (journal.ClaimWant.Heads)
 	}
-	sc.claimMu.Lock()
-	defer sc.claimMu.Unlock()
 	var wants []journal.ClaimWant
 	var ask []asked
 	sc.park = sc.park[:0]
@@ -397,6 +394,8 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 		return 0
 	}
 	token := claimToken()
+	sc.claimMu.Lock()
+	defer sc.claimMu.Unlock()
 	claimed, err := sc.store.Claim(ctx, wants, sc.instance, token, 3*sc.heartbeat)
 	if err != nil {
 		for _, a := range ask {
