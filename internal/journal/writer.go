@@ -341,6 +341,14 @@ func (w *Writer) Run(ctx context.Context) error {
 	defer expiry.Stop()
 	var last batchSizes
 	for {
+		if ctx.Err() != nil {
+			// A shutdown, maybe one that cut the last batch short: the
+			// drain writes it and what is queued. Taking another record
+			// first (select picks at random among ready cases) would try
+			// its batch on the ended context and mark the journal broken.
+			w.drain(ctx)
+			return nil
+		}
 		b := newBatchBuilderFor(last)
 		var expire <-chan time.Time
 		if d, ok := w.nextDeadline(); ok {
@@ -355,8 +363,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		case <-expire:
 		case <-ctx.Done():
 			expiry.Stop()
-			w.drain(ctx)
-			return nil
+			continue // to the drain, above
 		}
 		expiry.Stop()
 		w.flush(ctx, b, time.Now())
