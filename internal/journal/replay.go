@@ -281,6 +281,10 @@ type ReplayStep struct {
 	Done bool
 }
 
+// replayBacklogSQL counts a subscription's deliveries not yet done, which
+// bound a replay's steps; ORed for the partial indexes (backlogsSQL).
+const replayBacklogSQL = `SELECT count(*) FROM {{schema}}.deliveries WHERE subscription_id = $1 AND (state = 'pending' OR state = 'held')`
+
 // StepReplay makes the next deliveries of a running replay: it looks at
 // up to batch events of its window and types after its cursor, in order
 // (occurred_at, then id: commit order, and within a transaction stream
@@ -325,8 +329,7 @@ func (s *Store) StepReplay(ctx context.Context, id string, batch, bound int, pla
 		return step, fmt.Errorf("step replay: wait for retention: %w", err)
 	}
 	var backlog int
-	if err := tx.QueryRow(ctx, s.q(`SELECT count(*) FROM {{schema}}.deliveries WHERE subscription_id = $1 AND state IN ('pending', 'held')`),
-		r.Subscription).Scan(&backlog); err != nil {
+	if err := tx.QueryRow(ctx, s.q(replayBacklogSQL), r.Subscription).Scan(&backlog); err != nil {
 		return step, fmt.Errorf("step replay: count the backlog: %w", err)
 	}
 	room := min(batch, bound-backlog)

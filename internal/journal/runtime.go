@@ -165,12 +165,22 @@ func (s *Store) CancelDeliveries(ctx context.Context, subscription string, stale
 	return n, err
 }
 
+// deletedRuntimeSQL and cancelSQL read a subscription's pending and held
+// deliveries through the partial indexes (the states ORed: backlogsSQL).
+var (
+	deletedRuntimeSQL = `SELECT r.id FROM {{schema}}.runtime_subscriptions r
+		WHERE r.deleted_at IS NOT NULL AND EXISTS (SELECT 1 FROM {{schema}}.deliveries d
+			WHERE d.subscription_id = r.id AND (d.state = 'pending' OR d.state = 'held'))`
+	cancelSQL = `UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL,
+			last_error = 'cancelled: the subscription was deleted', updated_at = now()
+		WHERE subscription_id = $1 AND (state = 'pending' OR state = 'held')
+		  AND (owner IS NULL OR ($2 > 0 AND owner NOT IN (` + liveInstances("make_interval(secs => $2)") + `)))`
+)
+
 // DeletedRuntime lists the ids of deleted runtime subscriptions that
 // still have pending or held deliveries.
 func (s *Store) DeletedRuntime(ctx context.Context) ([]string, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT r.id FROM {{schema}}.runtime_subscriptions r
-		WHERE r.deleted_at IS NOT NULL AND EXISTS (SELECT 1 FROM {{schema}}.deliveries d
-			WHERE d.subscription_id = r.id AND d.state IN ('pending', 'held'))`))
+	rows, err := s.pool.Query(ctx, s.q(deletedRuntimeSQL))
 	if err != nil {
 		return nil, fmt.Errorf("list deleted subscriptions: %w", err)
 	}
@@ -178,10 +188,7 @@ func (s *Store) DeletedRuntime(ctx context.Context) ([]string, error) {
 }
 
 func (s *Store) cancel(ctx context.Context, tx pgx.Tx, subscription string, staleAfter time.Duration) (int, error) {
-	tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL,
-			last_error = 'cancelled: the subscription was deleted', updated_at = now()
-		WHERE subscription_id = $1 AND state IN ('pending', 'held')
-		  AND (owner IS NULL OR ($2 > 0 AND owner NOT IN (`+liveInstances("make_interval(secs => $2)")+`)))`), subscription, staleAfter.Seconds())
+	tag, err := tx.Exec(ctx, s.q(cancelSQL), subscription, staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("cancel the subscription's deliveries: %w", err)
 	}
