@@ -245,6 +245,9 @@ type Dispatcher struct {
 	// dispatches counts the dispatches in progress: Resume waits for
 	// those that may have seen the subscription paused.
 	dispatches gate
+	// held: the subscriptions whose held deliveries wait for a release
+	// (held.go).
+	held *heldReleases
 
 	stopping atomic.Bool
 	opMu     sync.Mutex      // guards life and the ops count against stopping
@@ -278,7 +281,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d := &Dispatcher{
 		cfg: cfg, log: cfg.Logger.With("component", "fanout"), obs: cfg.Observer, records: cfg.Records,
-		now: cfg.NowFunc, tracer: cfg.tracer(),
+		now: cfg.NowFunc, tracer: cfg.tracer(), held: newHeldReleases(),
 	}
 	d.notifier = newNotifier(cfg)
 	due := func(t time.Time) time.Time { return d.sched.due(t) } // d.sched is made below
@@ -378,6 +381,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	go func() { schedDone <- d.sched.Run(ctx) }()
 	replayDone := make(chan struct{})
 	go func() { defer close(replayDone); _ = d.replayer.Run(ctx) }()
+	heldDone := make(chan struct{})
+	go func() { defer close(heldDone); d.releaseHeldLoop(ctx) }()
 	// The heartbeat goes on until the owned deliveries are given back: a
 	// process still finishing its attempts must not look dead to the
 	// others, which would take over what it is sending.
@@ -397,6 +402,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.reloadMu.Unlock()
 	<-schedDone
 	<-replayDone
+	<-heldDone
 	subs := d.reg.Load().subs
 	for _, s := range subs {
 		s.retire()
@@ -455,6 +461,9 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 	if err := d.SyncOrder(ctx); err != nil {
 		d.log.Warn("could not read the ordered keys' backlog; ordered deliveries go through the journal until it is read", "err", err)
 	}
+	// Held deliveries of a subscription active now were left by a
+	// process that stopped before it released them.
+	d.held.add(accepting(d.reg.Load().subs)...)
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	d.opMu.Lock()
@@ -498,6 +507,7 @@ func (d *Dispatcher) syncFlags(ctx context.Context) {
 		return
 	}
 	resumed := false
+	var release []string
 	for _, st := range states {
 		s, ok := reg.byID[st.ID]
 		if !ok {
@@ -537,9 +547,15 @@ func (d *Dispatcher) syncFlags(ctx context.Context) {
 		}
 		if was && !s.paused && s.state != journal.Disabled {
 			resumed = true
+			if s.cfg.Active {
+				// What this process recorded as held until now is not in
+				// what the resuming process released.
+				release = append(release, s.cfg.ID)
+			}
 		}
 		s.mu.Unlock()
 	}
+	d.held.add(release...)
 	if resumed {
 		d.nudge() // its due work waits in the journal
 	}
@@ -651,6 +667,15 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		s.retire()
 	}
 	d.reloadMu.Unlock()
+	// A subscription made active (or added) may have held deliveries
+	// waiting for it.
+	var started []*sub
+	for _, s := range next {
+		if !keep[s] {
+			started = append(started, s)
+		}
+	}
+	d.held.add(accepting(started)...)
 
 	for _, s := range retired {
 		// Its workers (if Run started any) are gone, and nothing can enter

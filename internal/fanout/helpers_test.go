@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,6 +43,15 @@ func (s *lossyStore) ClaimForRetry(ctx context.Context, id, owner, token string,
 // engine does; the test's cleanup stops the dispatcher, then the writer.
 func start(t *testing.T, store *journal.Store, cfg Config) *Dispatcher {
 	t.Helper()
+	d, stop := startStoppable(t, store, cfg)
+	t.Cleanup(stop)
+	return d
+}
+
+// startStoppable is start, stopped by the function it returns (at most
+// once; the test's cleanup does not stop it).
+func startStoppable(t *testing.T, store *journal.Store, cfg Config) (*Dispatcher, func()) {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testutil.Logger(t)
 	}
@@ -61,7 +71,7 @@ func start(t *testing.T, store *journal.Store, cfg Config) *Dispatcher {
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
+	return d, sync.OnceFunc(func() {
 		stop()
 		if err := <-done; err != nil {
 			t.Errorf("Dispatcher.Run: %v", err)
@@ -71,5 +81,4 @@ func start(t *testing.T, store *journal.Store, cfg Config) *Dispatcher {
 			t.Errorf("Writer.Run: %v", err)
 		}
 	})
-	return d
 }

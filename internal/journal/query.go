@@ -296,11 +296,16 @@ func (s *Store) SetState(ctx context.Context, subscription string, state Health)
 	return err
 }
 
-// ReleaseHeld makes a subscription's held deliveries due, oldest first
-// (their next attempt is set to when they were created).
+// ReleaseHeld makes a subscription's held deliveries due, oldest first:
+// their next attempt is set to when they were created, moved back by as
+// much as the newest of them is in the journal's future. created_at is
+// the clock of the process that recorded them; a host ahead of the
+// journal's by ten minutes made them wait ten minutes after the resume.
 func (s *Store) ReleaseHeld(ctx context.Context, subscription string) (int, error) {
-	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'pending', next_attempt_at = created_at, owner = NULL, updated_at = now()
-		WHERE subscription_id = $1 AND state = 'held'`), subscription)
+	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries d SET state = 'pending', next_attempt_at = d.created_at - m.ahead, owner = NULL, updated_at = now()
+		  FROM (SELECT greatest(max(created_at) - now(), interval '0') AS ahead FROM {{schema}}.deliveries
+		         WHERE subscription_id = $1 AND state = 'held') m
+		WHERE d.subscription_id = $1 AND d.state = 'held'`), subscription)
 	if err != nil {
 		return 0, fmt.Errorf("release held deliveries: %w", err)
 	}
