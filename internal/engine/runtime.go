@@ -247,6 +247,9 @@ func (e *Engine) pollRuntime(ctx context.Context) error {
 		}
 		if n%sweepEvery == sweepEvery-1 {
 			e.sweepDeleted(ctx)
+			if n, err := e.journal.SweepCancelledReplays(ctx, e.staleAfter()); err == nil && n > 0 {
+				e.log.Info("cancelled deliveries that cancelled replays left waiting", "cancelled", n)
+			}
 		}
 		rev, err := e.journal.RuntimeRev(ctx)
 		if err != nil {

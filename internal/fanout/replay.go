@@ -103,7 +103,7 @@ type ReplayStore interface {
 	CreateReplay(ctx context.Context, req journal.ReplayRequest) (journal.Replay, journal.ReplayWindow, error)
 	GetReplay(ctx context.Context, subscription, id string) (journal.Replay, error)
 	ListReplays(ctx context.Context, subscription string, limit int) ([]journal.Replay, error)
-	CancelReplay(ctx context.Context, subscription, id, reason string) (journal.Replay, int, error)
+	CancelReplay(ctx context.Context, subscription, id, reason string, staleAfter time.Duration) (journal.Replay, int, error)
 	RunningReplays(ctx context.Context) ([]journal.Replay, error)
 	FailReplay(ctx context.Context, id, reason string) error
 	StepReplay(ctx context.Context, id string, batch, bound int, plan journal.ReplayPlan) (journal.ReplayStep, error)
@@ -191,7 +191,7 @@ func (d *Dispatcher) CancelReplay(ctx context.Context, subscription, id, by stri
 	if by != "" {
 		reason += " (" + by + ")"
 	}
-	r, n, err := d.cfg.Replays.CancelReplay(ctx, subscription, id, reason)
+	r, n, err := d.cfg.Replays.CancelReplay(ctx, subscription, id, reason, 3*d.cfg.Heartbeat)
 	if err == nil {
 		d.log.Info("replay cancelled", "replay", id, "subscription", subscription, "skipped", n)
 	}

@@ -1576,7 +1576,7 @@ func TestParkedFollowCancelledReplay(t *testing.T) {
 	if n, _, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 3 {
 		t.Fatalf("Park parked %d (err %v), want 3", n, err)
 	}
-	if _, _, err := s.CancelReplay(ctx, "crm", "rpl_1", "test"); err != nil {
+	if _, _, err := s.CancelReplay(ctx, "crm", "rpl_1", "test", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if got := dueOf(t, db, "k"); got != 3 {

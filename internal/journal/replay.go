@@ -205,7 +205,11 @@ func (s *Store) RunningReplays(ctx context.Context) ([]Replay, error) {
 // The UPDATE waits for a StepReplay in progress (it holds the replay's
 // row): the deliveries that step made are then committed, and skipped
 // here too.
-func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason string) (Replay, int, error) {
+func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason string, staleAfter time.Duration) (Replay, int, error) {
+	// (Deliveries of a process that died, no heartbeat within staleAfter,
+	// count as waiting: nobody is sending them. What a live process holds
+	// finishes its attempt; if it fails, SweepCancelledReplays cancels its
+	// retry.)
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return Replay{}, 0, fmt.Errorf("cancel replay: %w", err)
@@ -225,8 +229,7 @@ func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason strin
 	if err != nil {
 		return Replay{}, 0, fmt.Errorf("cancel replay: %w", err)
 	}
-	tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL, last_error = $2, updated_at = now()
-		WHERE replay_id = $1 AND state IN ('pending', 'held') AND owner IS NULL`), id, "replay cancelled: "+reason)
+	tag, err := tx.Exec(ctx, s.q(cancelReplayDeliveriesSQL+` AND replay_id = $3`), "replay cancelled: "+reason, staleAfter.Seconds(), id)
 	if err != nil {
 		return Replay{}, 0, fmt.Errorf("skip a cancelled replay's deliveries: %w", err)
 	}
@@ -392,4 +395,26 @@ func (s *Store) StepReplay(ctx context.Context, id string, batch, bound int, pla
 		return step, fmt.Errorf("step replay: %w", err)
 	}
 	return step, nil
+}
+
+// cancelReplayDeliveriesSQL cancels deliveries of a replay that wait
+// (pending or held) and that no live process holds: $1 is the reason, $2
+// how old a heartbeat says its process is gone (seconds), as for claims.
+var cancelReplayDeliveriesSQL = `UPDATE {{schema}}.deliveries SET state = 'cancelled', next_attempt_at = NULL, last_error = $1, updated_at = now()
+		WHERE (state = 'pending' OR state = 'held') AND (owner IS NULL OR owner NOT IN (` + liveInstances("make_interval(secs => $2)") + `))`
+
+// SweepCancelledReplays cancels what cancelled replays left waiting: a
+// delivery a live process held at the cancel (in its queue or in flight)
+// whose attempt then failed is pending again, for a retry; one a process
+// held when it died is no longer held. Without the sweep they went
+// through the whole retry schedule after the operator had said stop.
+// The engine runs it every half minute, before the first retry (a
+// minute after a failed first attempt) is due.
+func (s *Store) SweepCancelledReplays(ctx context.Context, staleAfter time.Duration) (int, error) {
+	tag, err := s.pool.Exec(ctx, s.q(cancelReplayDeliveriesSQL+` AND replay_id IN (SELECT id FROM {{schema}}.replays WHERE state = 'cancelled')`),
+		"replay cancelled", staleAfter.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("cancel what cancelled replays left: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }

@@ -1,0 +1,73 @@
+package journal
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestCancelledReplayStopsWhatProcessesHeld: a cancel stops a replay's
+// deliveries that processes held at that moment, once nobody is sending
+// them. One a live process was attempting finishes its attempt; when the
+// attempt fails, its retry is cancelled by the sweep (it used to go
+// through the whole retry schedule: a second cancel only answers that
+// the replay is finished). One a dead process held is cancelled at once
+// (it used to be taken over and sent). Found by a review, 2026-12-06.
+func TestCancelledReplayStopsWhatProcessesHeld(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, batchOf(0, 2)); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []string{"live", "dead"} {
+		if err := s.Register(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
+		Patterns: []string{"request.created"}, Types: []string{"request.created"}, RequestedBy: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StepReplay(ctx, r.ID, 10, 100, func(_ Replay, _ int, events []ReplayEvent) []DeliveryRow {
+		var rows []DeliveryRow
+		for _, e := range events {
+			rows = append(rows, DeliveryRow{ID: "dlv_" + e.ID[4:] + "_erp", EventID: e.ID, SubscriptionID: "erp", EventType: e.Type, NextAttemptAt: time.Now().Add(-time.Second)})
+		}
+		return rows
+	}); err != nil {
+		t.Fatal(err)
+	}
+	live, err := s.Claim(ctx, []ClaimWant{{Subscription: "erp", Limit: 1}}, "live", "tok1", 30*time.Second)
+	if err != nil || len(live) != 1 {
+		t.Fatalf("claim by live: %v %v", live, err)
+	}
+	dead, err := s.Claim(ctx, []ClaimWant{{Subscription: "erp", Limit: 1}}, "dead", "tok2", 30*time.Second)
+	if err != nil || len(dead) != 1 {
+		t.Fatalf("claim by dead: %v %v", dead, err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'dead'`)); err != nil {
+		t.Fatal(err)
+	}
+	_, n, err := s.CancelReplay(ctx, "erp", r.ID, "stop", 30*time.Second)
+	if err != nil || n != 1 {
+		t.Fatalf("CancelReplay cancelled %d (%v), want 1: the dead process's delivery", n, err)
+	}
+	// The live process's attempt in flight at the cancel fails: a retry.
+	if err := s.Write(ctx, &Batch{Updates: []DeliveryUpdate{{ID: live[0].ID, State: Pending, Attempts: 1, NextAttemptAt: time.Now().Add(-time.Second), LastStatus: 500}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SweepCancelledReplays(ctx, 30*time.Second); err != nil || n != 1 {
+		t.Fatalf("SweepCancelledReplays = %d, %v; want the failed attempt's retry cancelled", n, err)
+	}
+	if again, err := s.Claim(ctx, []ClaimWant{{Subscription: "erp", Limit: 10}}, "other", "tok3", 30*time.Second); err != nil || len(again) != 0 {
+		t.Fatalf("claimed after the cancel: %v (%v)", again, err)
+	}
+	var waiting int
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT count(*) FROM {{schema}}.deliveries WHERE replay_id = 'rpl_1' AND state <> 'cancelled'`)).Scan(&waiting); err != nil || waiting != 0 {
+		t.Fatalf("%d of the replay's deliveries not cancelled (%v)", waiting, err)
+	}
+	if n, err := s.SweepCancelledReplays(ctx, 30*time.Second); err != nil || n != 0 {
+		t.Fatalf("a second sweep = %d, %v; want nothing", n, err)
+	}
+}
