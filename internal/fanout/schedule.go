@@ -430,7 +430,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			}
 		}
 		if err := sc.queue(ctx, a.s, got); err != nil && ctx.Err() == nil {
-			sc.log.Warn("giving back claimed deliveries failed; retrying", "subscription", a.s.cfg.ID, "err", err)
+			sc.log.Warn("giving back claimed deliveries failed; they stay this instance's until it stops (its exit releases them)", "subscription", a.s.cfg.ID, "err", err)
 		}
 		if more {
 			a.s.backlog.Store(true)
