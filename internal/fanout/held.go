@@ -37,15 +37,22 @@ func (h *heldReleases) add(ids ...string) {
 	if len(ids) == 0 {
 		return
 	}
+	h.again(ids...)
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// again puts back releases that failed, for the retry's timer: without
+// waking the loop, which would try them again at once (a journal away
+// would have it spin).
+func (h *heldReleases) again(ids ...string) {
 	h.mu.Lock()
 	for _, id := range ids {
 		h.due[id] = true
 	}
 	h.mu.Unlock()
-	select {
-	case h.wake <- struct{}{}:
-	default:
-	}
 }
 
 func (h *heldReleases) take() []string {
@@ -60,8 +67,12 @@ func (h *heldReleases) take() []string {
 	return ids
 }
 
+// heldRetry is how long after a failed release (the journal unreachable)
+// it is tried again.
+const heldRetry = time.Second
+
 // releaseHeldLoop runs the releases asked for until ctx ends. A release
-// that fails (the journal unreachable) is tried again a second later.
+// that fails is tried again heldRetry later.
 func (d *Dispatcher) releaseHeldLoop(ctx context.Context) {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
@@ -85,8 +96,8 @@ func (d *Dispatcher) releaseHeldLoop(ctx context.Context) {
 				return
 			}
 			d.log.Warn("releasing held deliveries: the journal writer did not answer; retrying", "err", err)
-			d.held.add(ids...)
-			retry.Reset(time.Second)
+			d.held.again(ids...)
+			retry.Reset(heldRetry)
 			continue
 		}
 		released := false
@@ -101,8 +112,8 @@ func (d *Dispatcher) releaseHeldLoop(ctx context.Context) {
 					return
 				}
 				d.log.Warn("releasing held deliveries failed; retrying", "subscription", id, "err", err)
-				d.held.add(id)
-				retry.Reset(time.Second)
+				d.held.again(id)
+				retry.Reset(heldRetry)
 				continue
 			}
 			if n > 0 {

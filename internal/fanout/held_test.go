@@ -2,9 +2,12 @@ package fanout
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -119,4 +122,32 @@ func TestReleaseHeldInTheJournalsClock(t *testing.T) {
 		t.Fatalf("Resume = %d, %v; want 1 held delivery released", n, err)
 	}
 	rc.Wait(t, 1, 10*time.Second)
+}
+
+// failingRelease is the journal with ReleaseHeld failing, counted.
+type failingRelease struct {
+	*journal.Store
+	calls atomic.Int64
+}
+
+func (f *failingRelease) ReleaseHeld(context.Context, string) (int, error) {
+	f.calls.Add(1)
+	return 0, errors.New("the journal is away")
+}
+
+// TestFailedReleaseRetriedOnItsTimer: a release that fails (the journal
+// away) is tried again a second later, not at once: a first version
+// woke itself with each retry and made 400,000 calls a second (a review,
+// 2026-12-06).
+func TestFailedReleaseRetriedOnItsTimer(t *testing.T) {
+	store := &failingRelease{Store: newJournal(t)}
+	rc := testutil.NewReceiver(t)
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, QueueWhileInactive: true}
+	start(t, store.Store, Config{Subscriptions: []Subscription{sub}, Journal: store, Instance: "a", PollInterval: 50 * time.Millisecond, Heartbeat: time.Hour})
+	testutil.Eventually(t, 10*time.Second, "the start's release tried", func() bool { return store.calls.Load() > 0 })
+	first := store.calls.Load()
+	time.Sleep(3 * heldRetry) // a window to count in, not a wait for an event
+	if n := store.calls.Load() - first; n < 1 || n > 4 {
+		t.Fatalf("%d releases tried in %s after the first failed; want one per %s", n, 3*heldRetry, heldRetry)
+	}
 }

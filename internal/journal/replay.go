@@ -407,11 +407,13 @@ var cancelReplayDeliveriesSQL = `UPDATE {{schema}}.deliveries SET state = 'cance
 // delivery a live process held at the cancel (in its queue or in flight)
 // whose attempt then failed is pending again, for a retry; one a process
 // held when it died is no longer held. Without the sweep they went
-// through the whole retry schedule after the operator had said stop.
+// through the whole retry schedule after the operator had said stop. An
+// operator's retry made after the cancel (retry-failed: manual) is theirs
+// and goes out.
 // The engine runs it every half minute, before the first retry (a
 // minute after a failed first attempt) is due.
 func (s *Store) SweepCancelledReplays(ctx context.Context, staleAfter time.Duration) (int, error) {
-	tag, err := s.pool.Exec(ctx, s.q(cancelReplayDeliveriesSQL+` AND replay_id IN (SELECT id FROM {{schema}}.replays WHERE state = 'cancelled')`),
+	tag, err := s.pool.Exec(ctx, s.q(cancelReplayDeliveriesSQL+` AND NOT manual AND replay_id IN (SELECT id FROM {{schema}}.replays WHERE state = 'cancelled')`),
 		"replay cancelled", staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("cancel what cancelled replays left: %w", err)

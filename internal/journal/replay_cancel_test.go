@@ -70,4 +70,18 @@ func TestCancelledReplayStopsWhatProcessesHeld(t *testing.T) {
 	if n, err := s.SweepCancelledReplays(ctx, 30*time.Second); err != nil || n != 0 {
 		t.Fatalf("a second sweep = %d, %v; want nothing", n, err)
 	}
+	// An operator's retry-failed after the cancel is theirs: the sweep
+	// leaves it (a review of the sweep, 2026-12-06).
+	if _, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'failed' WHERE id = $1`), live[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.RetryFailed(ctx, "erp", nil, nil, "other", 30*time.Second); err != nil || n != 1 {
+		t.Fatalf("RetryFailed = %d, %v; want 1", n, err)
+	}
+	if n, err := s.SweepCancelledReplays(ctx, 30*time.Second); err != nil || n != 0 {
+		t.Fatalf("the sweep cancelled %d (%v) of the operator's retries", n, err)
+	}
+	if got, err := s.Claim(ctx, []ClaimWant{{Subscription: "erp", Limit: 10}}, "other", "tok4", 30*time.Second); err != nil || len(got) != 1 {
+		t.Fatalf("the operator's retry claimed: %v (%v), want it", got, err)
+	}
 }
