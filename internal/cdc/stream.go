@@ -90,7 +90,13 @@ type Config struct {
 	// PersistIdle, when set, is how a position the stream was idle at
 	// (a keepalive's WAL end with nothing pending) becomes durable before
 	// it is reported to PostgreSQL: the stream calls it (never more than
-	// one call in flight) and reports the position once Ack reaches it.
+	// one call in flight) and reports the position once Ack reaches the
+	// position less one. Every transaction committed before the position
+	// was handled; one committed at it was not: a keepalive's WAL end is
+	// where the next record starts, and that can be the commit record of
+	// a transaction open while the stream was idle. So the owner acks
+	// lsn-1 (a checkpoint at lsn would skip that transaction when it is
+	// streamed again, and Ack(lsn) would report it flushed).
 	// Without it the stream reports such positions at once.
 	PersistIdle func(lsn pglogrepl.LSN)
 }
@@ -727,9 +733,10 @@ func (s *Stream) advance() pglogrepl.LSN {
 	if n > 0 {
 		s.pending = append(s.pending[:0], s.pending[n:]...)
 	}
-	// An idle position, once durable, may be reported even if
-	// transactions came since: theirs commit past it.
-	if s.idleAsked > s.flushed && acked >= s.idleAsked {
+	// An idle position, once durable (acknowledged to just before it:
+	// Config.PersistIdle), may be reported even if transactions came
+	// since: theirs commit at it or past it.
+	if s.idleAsked > s.flushed && acked >= s.idleAsked-1 {
 		s.flushed = s.idleAsked
 	}
 	return s.flushed
@@ -756,7 +763,7 @@ func (s *Stream) sendStatusIdle(conn *pgconn.PgConn, idleEnd pglogrepl.LSN, repl
 	s.mu.Lock()
 	asked := s.idleAsked
 	s.mu.Unlock()
-	inFlight := uint64(asked) > s.acked.Load()
+	inFlight := asked > 0 && uint64(asked-1) > s.acked.Load()
 	due := replyRequested || time.Since(s.idleAskedAt) >= idlePersistEvery
 	if idleEnd > asked && !inFlight && due && s.idle() && idleEnd > s.advance() {
 		s.mu.Lock()

@@ -229,7 +229,7 @@ func (e *Engine) persistIdle(lsn pglogrepl.LSN) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), journal.DefaultDrainTimeout)
 		defer cancel()
-		if err := e.writer.Commit(ctx, lsn, lsn); err != nil && !errors.Is(err, journal.ErrWriterClosed) {
+		if err := e.writer.Idle(ctx, lsn); err != nil && !errors.Is(err, journal.ErrWriterClosed) {
 			e.log.Debug("idle position not journaled", "lsn", lsn.String(), "err", err)
 		}
 	}()

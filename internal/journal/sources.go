@@ -105,11 +105,14 @@ func (s *Store) AdoptSlotPosition(ctx context.Context, slot, systemID string, ls
 	})
 }
 
+// advanceCheckpoint moves the checkpoint to a slot's position lsn: it
+// ends there, and covers the commits before it (lsn-1), not one that
+// starts at it, which the slot still sends (Writer.Idle says why).
 func (s *Store) advanceCheckpoint(ctx context.Context, tx pgx.Tx, slot, systemID string, lsn pglogrepl.LSN) error {
-	_, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, updated_at) VALUES ($1, $2, $2, $3, now())
+	_, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, updated_at) VALUES ($1, $2, $3, $4, now())
 		ON CONFLICT (slot) DO UPDATE SET lsn = greatest(c.lsn, EXCLUDED.lsn), end_lsn = greatest(c.end_lsn, EXCLUDED.end_lsn),
 			system_id = EXCLUDED.system_id, updated_at = now()`),
-		slot, int64(lsn), systemID)
+		slot, int64(max(lsn, 1)-1), int64(lsn), systemID)
 	if err != nil {
 		return fmt.Errorf("move the checkpoint: %w", err)
 	}

@@ -287,6 +287,20 @@ func (w *Writer) Commit(ctx context.Context, lsn, end pglogrepl.LSN) error {
 	return w.Put(ctx, Record{Commit: lsn, CommitEnd: end})
 }
 
+// Idle records a position the stream was idle at (cdc.Config.PersistIdle)
+// as a commit just before it, ending at it: the checkpoint then covers
+// every transaction committed before lsn, and Ack reports lsn-1. Not lsn:
+// the commit record of a transaction open while the stream was idle can
+// start exactly there (a keepalive's WAL end is where the next record
+// begins), and a checkpoint at lsn would skip it when it is streamed
+// again (after a crash: lost), while Ack(lsn) would report it flushed.
+func (w *Writer) Idle(ctx context.Context, lsn pglogrepl.LSN) error {
+	if lsn == 0 {
+		return nil
+	}
+	return w.Put(ctx, Record{Commit: lsn - 1, CommitEnd: lsn})
+}
+
 // Reject records an outbox row or message that could not become an event.
 func (w *Writer) Reject(ctx context.Context, r Rejection) error {
 	return w.Put(ctx, Record{Reject: &r})
