@@ -291,3 +291,43 @@ func TestSeedSlackUseCase(t *testing.T) {
 		t.Errorf("Slack's text is %q (%v), want the seed's ⚠️ SLA at risk: req_21 (resolution, …)", msg.Text, err)
 	}
 }
+
+// TestSLACompletedAfterItsBreachFires: an SLA completed after its target
+// was breached first: sla.breach fires, even when the completion reaches
+// dzhook before the clock fired the breach (here both happened while
+// dzhook was stopped; live, the completion can land between two checks).
+// The completion used to cancel every unfired timer, due or not, and the
+// clock's recheck cancelled a due one of a completed SLA: the breach was
+// never sent (found by a review, 2026-12-06).
+func TestSLACompletedAfterItsBreachFires(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*, request.created"))
+	_, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (40, 'x', 1)`)
+	rc.Wait(t, 1, 20*time.Second) // streaming (the SLA clock bootstrapped)
+	stop()
+	// While dzhook is stopped: breached a minute ago, completed now; and
+	// another completed before its target, which fires nothing.
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (41, 'x', 1)`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (40, 40, 'resolution', now() - interval '1 hour', now() - interval '1 minute')`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (41, 41, 'resolution', now() - interval '1 hour', now() + interval '1 hour')`)
+	db.Exec(t, `UPDATE request_slas SET completed_at = now() WHERE id IN (40, 41)`)
+	start(t, cfg)
+	testutil.Eventually(t, 20*time.Second, "sla.breach of the SLA breached before its completion", func() bool {
+		for _, ev := range slaEvents(t, rc) {
+			if ev.Event == "sla.breach" && ev.Data.RequestID == "req_40" {
+				return true
+			}
+		}
+		return false
+	})
+	testutil.Eventually(t, 10*time.Second, "no unfired timer left", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE fired_at IS NULL`) == 0
+	})
+	for _, ev := range slaEvents(t, rc) {
+		if strings.HasPrefix(ev.Event, "sla.") && ev.Data.RequestID != "req_40" {
+			t.Errorf("%s for request %s, completed before its target", ev.Event, ev.Data.RequestID)
+		}
+	}
+}

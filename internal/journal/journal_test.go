@@ -1688,3 +1688,31 @@ func TestNotificationOncePerTransition(t *testing.T) {
 	flap(Failing, "failing", "recovered", "failing")
 	told("three transitions in one batch", "failing,recovered,failing,recovered,failing")
 }
+
+// TestCompletionKeepsTimersDueBeforeIt: a completed SLA's change (Due:
+// its completion) cancels the unfired timers due after the completion
+// and keeps those due before, which the clock then fires: the SLA was
+// breached (or warned) first.
+func TestCompletionKeepsTimersDueBeforeIt(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	target := now.Add(-time.Minute)
+	warning := TimerRow{SLAID: "7", Kind: "warning:75", TargetAt: now.Add(time.Hour), FireAt: now.Add(30 * time.Minute), RequestID: "7", StartedAt: now.Add(-time.Hour)}
+	breach := TimerRow{SLAID: "7", Kind: "breach", TargetAt: target, FireAt: target, RequestID: "7", StartedAt: now.Add(-time.Hour)}
+	later := TimerRow{SLAID: "7", Kind: "warning:90", TargetAt: target, FireAt: now.Add(time.Minute), RequestID: "7", StartedAt: now.Add(-time.Hour)}
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "7", Keep: target, Arm: []TimerRow{breach, later, warning}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "7", Due: now}}}); err != nil {
+		t.Fatal(err)
+	}
+	due, err := s.ClaimTimers(ctx, 10, time.Minute)
+	if err != nil || len(due) != 1 || due[0].Kind != "breach" {
+		t.Fatalf("claimed %v (%v), want the breach due before the completion", due, err)
+	}
+	var left int
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT count(*) FROM {{schema}}.sla_timers`)).Scan(&left); err != nil || left != 1 {
+		t.Fatalf("%d timers left (%v), want the breach only: those due after the completion are cancelled", left, err)
+	}
+}

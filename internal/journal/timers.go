@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,11 +24,33 @@ type TimerRow struct {
 }
 
 // TimerChange arms an SLA's timers for its current target and cancels
-// the unfired ones of any other target (Keep zero: all of them).
+// the unfired ones of any other target (Keep zero: all of them), except
+// those due before Due (a completed SLA's completion: they fire).
 type TimerChange struct {
 	SLAID string
 	Keep  time.Time
+	Due   time.Time
 	Arm   []TimerRow
+}
+
+// after is c applied after earlier, as one change: c says the SLA's
+// state, and keeps what earlier armed that c's cancel would keep, the
+// timers due before a completion (Due). An SLA armed and completed within
+// one batch (a restart streaming both, a breach completed at once) still
+// fires what was due before its completion.
+func (c TimerChange) after(earlier TimerChange) TimerChange {
+	if c.Due.IsZero() {
+		return c
+	}
+	out := c
+	out.Arm = slices.Clone(c.Arm)
+	for _, t := range earlier.Arm {
+		if !t.FireAt.Before(c.Due) || slices.ContainsFunc(out.Arm, func(a TimerRow) bool { return a.Kind == t.Kind && a.TargetAt.Equal(t.TargetAt) }) {
+			continue
+		}
+		out.Arm = append(out.Arm, t)
+	}
+	return out
 }
 
 // queueTimers adds the statements of the batch's timer changes: first the
@@ -38,15 +61,16 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange) {
 		return
 	}
 	ids := make([]string, len(changes))
-	keep := make([]*time.Time, len(changes))
+	keep, due := make([]*time.Time, len(changes)), make([]*time.Time, len(changes))
 	var arm []TimerRow
 	for i, c := range changes {
 		ids[i] = c.SLAID
-		keep[i] = nullTime(c.Keep)
+		keep[i], due[i] = nullTime(c.Keep), nullTime(c.Due)
 		arm = append(arm, c.Arm...)
 	}
-	batch.Queue(s.q(`DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[]) AS c(id, keep)
-		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)`), ids, keep)
+	batch.Queue(s.q(`DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, keep, due)
+		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)
+		  AND (c.due IS NULL OR t.fire_at >= c.due)`), ids, keep, due)
 	if len(arm) == 0 {
 		return
 	}

@@ -555,7 +555,7 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 	if r.Timer != nil {
 		// One change per SLA and batch: the latest says the SLA's state.
 		if i, ok := bb.timerIdx[r.Timer.SLAID]; ok {
-			b.Timers[i] = *r.Timer
+			b.Timers[i] = r.Timer.after(b.Timers[i])
 		} else {
 			bb.timerIdx[r.Timer.SLAID] = len(b.Timers)
 			b.Timers = append(b.Timers, *r.Timer)

@@ -171,6 +171,9 @@ type SLARow struct {
 	ID, RequestID, SLAType string
 	StartedAt, TargetAt    time.Time
 	Completed              bool
+	// CompletedAt is when it was completed (Current only; nil when it is
+	// open, or completed at a time RFC 3339 cannot show).
+	CompletedAt *time.Time
 }
 
 // NewSLASource prepares the SLA queries; it reads the id column's type so
@@ -206,8 +209,8 @@ func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASourc
 			WHERE t.%[8]s IS NULL AND t.%[4]s IS NOT NULL AND %[9]s AND ($1::text IS NULL OR t.%[1]s > $1::text::%[10]s) ORDER BY t.%[1]s LIMIT $2`,
 			ident(sc.ID), ident(sc.Request), typ, ident(sc.StartedAt), inRFC3339("t."+ident(sc.StartedAt)), ident(sc.TargetAt), from,
 			ident(sc.CompletedAt), inRFC3339("t."+ident(sc.TargetAt)), idType),
-		recheck: fmt.Sprintf(`SELECT %s::text, %s, %s IS NOT NULL FROM %s WHERE %s = ANY($1::text[]::%s[]) AND %s`,
-			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, ident(sc.ID), idType, inRFC3339(ident(sc.TargetAt))),
+		recheck: fmt.Sprintf(`SELECT %[1]s::text, %[2]s, %[3]s IS NOT NULL, CASE WHEN %[7]s THEN %[3]s END FROM %[4]s WHERE %[1]s = ANY($1::text[]::%[5]s[]) AND %[6]s`,
+			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, idType, inRFC3339(ident(sc.TargetAt)), inRFC3339(ident(sc.CompletedAt))),
 	}, nil
 }
 
@@ -246,7 +249,7 @@ func (s *SLASource) Current(ctx context.Context, ids []string) (map[string]SLARo
 	out := map[string]SLARow{}
 	for rows.Next() {
 		var row SLARow
-		if err := rows.Scan(&row.ID, &row.TargetAt, &row.Completed); err != nil {
+		if err := rows.Scan(&row.ID, &row.TargetAt, &row.Completed, &row.CompletedAt); err != nil {
 			rows.Close()
 			return nil, err
 		}

@@ -36,6 +36,11 @@ type SLAUpdate struct {
 	// Keep is the target whose timers stay; unfired timers of any other
 	// target are cancelled. Zero cancels every unfired timer of the SLA.
 	Keep time.Time
+	// Due, for a completed SLA, is when it was completed: its unfired
+	// timers due before then are kept, and fire (it was breached first;
+	// the stream or a restart can reach the completion before the clock
+	// fired them). Zero: none is kept.
+	Due time.Time
 }
 
 // WarningKind is the timer kind of a warning threshold.
@@ -93,7 +98,12 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 			// column is a mapping mistake the catalog check reports.
 			return up, fmt.Errorf("SLA %s: no %s column in the change", id, sc.CompletedAt)
 		}
-		return up, nil // completed: cancel everything
+		// Completed: cancel what was not due yet (a completed_at that is
+		// not a time cancels everything, as before).
+		if at, err := timeOf(c, c.New, sc.CompletedAt); err == nil {
+			up.Due = at
+		}
+		return up, nil
 	}
 	started, err1 := timeOf(c, c.New, sc.StartedAt)
 	target, err2 := timeOf(c, c.New, sc.TargetAt)

@@ -144,7 +144,7 @@ func (c *Clock) Run(ctx context.Context) error {
 // TimerChange is the journal's form of what a change of the SLA table
 // means for its timers.
 func TimerChange(up mapping.SLAUpdate) journal.TimerChange {
-	tc := journal.TimerChange{SLAID: up.SLAID, Keep: up.Keep}
+	tc := journal.TimerChange{SLAID: up.SLAID, Keep: up.Keep, Due: up.Due}
 	for _, t := range up.Arm {
 		tc.Arm = append(tc.Arm, journal.TimerRow{SLAID: t.SLAID, Kind: t.Kind, TargetAt: t.TargetAt, FireAt: t.FireAt,
 			RequestID: t.RequestID, SLAType: t.SLAType, StartedAt: t.StartedAt})
@@ -204,7 +204,11 @@ func (c *Clock) fireDue(ctx context.Context) error {
 		}
 		for _, t := range due {
 			cur, ok := current[t.SLAID]
-			if !ok || cur.Completed || !cur.TargetAt.Equal(t.TargetAt) || !c.configured(t.Kind) {
+			// Completed after its moment: it was breached (or warned)
+			// first, and fires; the stream or a restart can reach the
+			// completion before the clock fired it.
+			completedFirst := cur.Completed && (cur.CompletedAt == nil || !t.FireAt.Before(*cur.CompletedAt))
+			if !ok || completedFirst || !cur.TargetAt.Equal(t.TargetAt) || !c.configured(t.Kind) {
 				// Completed, deleted or moved before its moment: the
 				// stream has or will have re-armed what is still due. A
 				// warning threshold since removed from sla.warning_percent
