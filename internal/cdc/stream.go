@@ -449,13 +449,19 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		}
 	}()
 
-	select {
-	case msgs <- wal{session: true}:
-		s.busy.Add(1)
-	case <-ctx.Done():
-		return nil
-	case err := <-procErr:
-		return &fatalError{err}
+	// The session's start marker waits for room as a message does
+	// (enqueue): answering the server's keepalives and an Interrupt. A
+	// processor blocked with the queue full (a mapping stall during a
+	// catch-up) used to hold the new session silent, and its slot active,
+	// until the server's wal_sender_timeout ended it, again and again.
+	var keep *time.Timer // enqueue's
+	s.busy.Add(1)
+	if err := s.enqueue(ctx, conn, msgs, wal{session: true}, procErr, &keep); err != nil {
+		s.busy.Add(-1)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
 	}
 
 	status := time.Now().Add(s.cfg.StatusInterval)
@@ -491,7 +497,6 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 			}
 		}
 	}()
-	var keep *time.Timer // enqueue's
 	in := newInliner(ctx, s, proc, conn)
 	defer in.timer.Stop()
 	for {
