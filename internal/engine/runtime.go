@@ -659,6 +659,9 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 	if errors.Is(err, journal.ErrExists) {
 		return api.CreatedSubscription{}, &admin.ConflictError{Message: fmt.Sprintf("a subscription with id %q exists", s.ID)}
 	}
+	if stopping := (*journal.StillStoppingError)(nil); errors.As(err, &stopping) {
+		return api.CreatedSubscription{}, &admin.ConflictError{Message: stopping.Error()}
+	}
 	if err != nil {
 		return api.CreatedSubscription{}, err
 	}

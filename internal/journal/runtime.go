@@ -82,13 +82,49 @@ func (s *Store) RuntimeSubscriptions(ctx context.Context) (subs []RuntimeSubscri
 	return subs, deleted, rev, nil
 }
 
+// RecreateAfter is how long after a runtime subscription's delete its id
+// may be created again: several of the processes' polls of the runtime
+// subscriptions (a second apart), so that every process sharing the
+// journal has stopped the deleted one and journaled what it held.
+const RecreateAfter = 5 * time.Second
+
+// StillStoppingError: a runtime subscription's id was deleted moments
+// ago, or deliveries of the deleted subscription still wait, which the
+// processes sharing the journal cancel as they stop it. Created again
+// now, a process that has not yet seen the delete would take the new
+// subscription for an edit of the old one and hand it the old one's
+// queue: events the delete was meant to stop would go to the new URL.
+type StillStoppingError struct {
+	ID         string
+	DeletedAgo time.Duration
+	Waiting    int
+}
+
+func (e *StillStoppingError) Error() string {
+	return fmt.Sprintf("subscription %q was deleted %s ago and %d of its deliveries still wait to be cancelled by the processes sharing the journal: create it again in a few seconds, or choose another id",
+		e.ID, e.DeletedAgo.Round(100*time.Millisecond), e.Waiting)
+}
+
 // CreateRuntime stores a new runtime subscription (or one whose id was
-// deleted before) and its audit entry, in one transaction.
+// deleted before, once that one is stopped everywhere: StillStoppingError)
+// and its audit entry, in one transaction.
 func (s *Store) CreateRuntime(ctx context.Context, r RuntimeSubscription, a AuditRow) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rev, err := s.nextRev(ctx, tx)
 		if err != nil {
 			return err
+		}
+		var ago float64
+		var waiting int
+		err = tx.QueryRow(ctx, s.q(`SELECT extract(epoch FROM now() - r.deleted_at)::float8,
+				(SELECT count(*) FROM {{schema}}.deliveries d WHERE d.subscription_id = r.id AND (d.state = 'pending' OR d.state = 'held'))
+			FROM {{schema}}.runtime_subscriptions r WHERE r.id = $1 AND r.deleted_at IS NOT NULL FOR UPDATE`), r.ID).Scan(&ago, &waiting)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("read the deleted subscription: %w", err)
+		case waiting > 0 || ago < RecreateAfter.Seconds():
+			return &StillStoppingError{ID: r.ID, DeletedAgo: time.Duration(ago * float64(time.Second)), Waiting: waiting}
 		}
 		tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.runtime_subscriptions AS r (id, spec, secret, rev)
 			VALUES ($1, $2, $3, $4)
