@@ -1716,3 +1716,48 @@ func TestCompletionKeepsTimersDueBeforeIt(t *testing.T) {
 		t.Fatalf("%d timers left (%v), want the breach only: those due after the completion are cancelled", left, err)
 	}
 }
+
+// TestBootstrapArmsOnlySLAsWithoutTimers: the first start's scan arms the
+// SLAs it read that have no timer in the journal and leaves the others
+// as the stream armed them: a target the stream moved between the scan's
+// read and its write keeps the new target's timers (the scan's write
+// replaced them with the old target's, which the clock then cancelled).
+func TestBootstrapArmsOnlySLAsWithoutTimers(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	old, moved := now.Add(time.Hour), now.Add(2*time.Hour)
+	breach := func(sla string, target time.Time) TimerRow {
+		return TimerRow{SLAID: sla, Kind: "breach", TargetAt: target, FireAt: target, RequestID: sla, StartedAt: now}
+	}
+	// The stream: SLA 7 moved to its new target.
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{breach("7", moved)}}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The scan read SLA 7 before the move, and SLA 8.
+	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{
+		{SLAID: "7", Keep: old, Arm: []TimerRow{breach("7", old)}},
+		{SLAID: "8", Keep: old, Arm: []TimerRow{breach("8", old)}},
+	}, true); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT sla_id, target_at FROM {{schema}}.sla_timers ORDER BY sla_id`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]time.Time{}
+	for rows.Next() {
+		var id string
+		var at time.Time
+		if err := rows.Scan(&id, &at); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = append(got[id], at.UTC())
+	}
+	if len(got["7"]) != 1 || !got["7"][0].Equal(moved) || len(got["8"]) != 1 || !got["8"][0].Equal(old) {
+		t.Fatalf("timers after the scan: %v; want SLA 7 at its moved target %s only, SLA 8 at %s", got, moved, old)
+	}
+	if done, err := s.SLABootstrapped(ctx, "dzhook"); err != nil || !done {
+		t.Fatalf("SLABootstrapped = %v, %v", done, err)
+	}
+}

@@ -88,6 +88,34 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange) {
 		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started)
 }
 
+// queueBootstrapTimers arms the timers of the SLAs the first start's scan
+// read that have none in the journal, and cancels nothing: a timer there
+// was armed by the stream, from a change newer than the scan's read (a
+// target moved, an SLA completed meanwhile). Armed like the stream's
+// changes, the scan's page deleted a moved target's timers and armed the
+// old target again, which the clock then cancelled: the SLA's warning and
+// breach were lost (found by a review, 2026-12-06).
+func (s *Store) queueBootstrapTimers(batch *statements, changes []TimerChange) {
+	var arm []TimerRow
+	for _, c := range changes {
+		arm = append(arm, c.Arm...)
+	}
+	if len(arm) == 0 {
+		return
+	}
+	n := len(arm)
+	sla, kind, req, typ := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	target, fire, started := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	for i, t := range arm {
+		sla[i], kind[i], req[i], typ[i] = t.SLAID, t.Kind, t.RequestID, t.SLAType
+		target[i], fire[i], started[i] = t.TargetAt, t.FireAt, t.StartedAt
+	}
+	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id)
+		 WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.sla_timers t WHERE t.sla_id = u.sla_id)
+		ON CONFLICT (sla_id, kind, target_at) DO NOTHING`), sla, kind, target, fire, req, typ, started)
+}
+
 // ClaimTimers leases up to limit due timers for lease: no other instance
 // fires them meanwhile (FOR UPDATE SKIP LOCKED, then the lease).
 func (s *Store) ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]TimerRow, error) {
@@ -156,7 +184,7 @@ func (s *Store) SLABootstrapped(ctx context.Context, slot string) (bool, error) 
 // batch), and, with done, records that the slot's bootstrap is complete.
 func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool) error {
 	var batch statements
-	s.queueTimers(&batch, changes)
+	s.queueBootstrapTimers(&batch, changes)
 	if done {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot) VALUES ($1) ON CONFLICT (slot) DO NOTHING`), slot)
 	}
