@@ -102,7 +102,8 @@
 // nothing pending. Nothing handed over can lie before that end unacked.
 // With Config.PersistIdle the position is first made durable by the
 // handler's owner (one call in flight; at most every 10 s unless the
-// server asks for a reply) and reported once Ack reaches it, so that the
+// server asks for a reply) and reported once Ack reaches it less one (a
+// commit record can start exactly there: Config.PersistIdle), so that the
 // owner knows every position the slot was ever told: a slot found past
 // it was not moved by this stream (Config.CheckStart refuses such a gap).
 //

@@ -1717,28 +1717,38 @@ func TestCompletionKeepsTimersDueBeforeIt(t *testing.T) {
 	}
 }
 
-// TestBootstrapArmsOnlySLAsWithoutTimers: the first start's scan arms the
-// SLAs it read that have no timer in the journal and leaves the others
-// as the stream armed them: a target the stream moved between the scan's
-// read and its write keeps the new target's timers (the scan's write
-// replaced them with the old target's, which the clock then cancelled).
-func TestBootstrapArmsOnlySLAsWithoutTimers(t *testing.T) {
+// TestBootstrapLeavesSLAsTheStreamArmedSince: the first start's scan
+// arms the SLAs it read as the stream would, except those with a timer
+// armed since it read (TimerMark before its page): a target the stream
+// moved between the scan's read and its write keeps the new target's
+// timers (the scan's write replaced them with the old target's, which
+// the clock then cancelled). An SLA with an older timer of another
+// target (a journal that served an earlier slot) is armed anew.
+func TestBootstrapLeavesSLAsTheStreamArmedSince(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	old, moved := now.Add(time.Hour), now.Add(2*time.Hour)
+	old, moved, stale := now.Add(time.Hour), now.Add(2*time.Hour), now.Add(-time.Hour)
 	breach := func(sla string, target time.Time) TimerRow {
-		return TimerRow{SLAID: sla, Kind: "breach", TargetAt: target, FireAt: target, RequestID: sla, StartedAt: now}
+		return TimerRow{SLAID: sla, Kind: "breach", TargetAt: target, FireAt: target, RequestID: sla, StartedAt: now.Add(-2 * time.Hour)}
 	}
-	// The stream: SLA 7 moved to its new target.
+	// Before the scan: SLA 9's timer of a target it no longer has.
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "9", Keep: stale, Arm: []TimerRow{breach("9", stale)}}}}); err != nil {
+		t.Fatal(err)
+	}
+	mark, err := s.TimerMark(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The scan reads its page; meanwhile the stream moves SLA 7.
 	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{breach("7", moved)}}}}); err != nil {
 		t.Fatal(err)
 	}
-	// The scan read SLA 7 before the move, and SLA 8.
 	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{
 		{SLAID: "7", Keep: old, Arm: []TimerRow{breach("7", old)}},
 		{SLAID: "8", Keep: old, Arm: []TimerRow{breach("8", old)}},
-	}, true); err != nil {
+		{SLAID: "9", Keep: old, Arm: []TimerRow{breach("9", old)}},
+	}, true, mark); err != nil {
 		t.Fatal(err)
 	}
 	rows, err := s.pool.Query(ctx, s.q(`SELECT sla_id, target_at FROM {{schema}}.sla_timers ORDER BY sla_id`))
@@ -1754,8 +1764,9 @@ func TestBootstrapArmsOnlySLAsWithoutTimers(t *testing.T) {
 		}
 		got[id] = append(got[id], at.UTC())
 	}
-	if len(got["7"]) != 1 || !got["7"][0].Equal(moved) || len(got["8"]) != 1 || !got["8"][0].Equal(old) {
-		t.Fatalf("timers after the scan: %v; want SLA 7 at its moved target %s only, SLA 8 at %s", got, moved, old)
+	one := func(id string, want time.Time) bool { return len(got[id]) == 1 && got[id][0].Equal(want) }
+	if !one("7", moved) || !one("8", old) || !one("9", old) {
+		t.Fatalf("timers after the scan: %v; want SLA 7 at its moved target %s only, SLAs 8 and 9 at %s", got, moved, old)
 	}
 	if done, err := s.SLABootstrapped(ctx, "dzhook"); err != nil || !done {
 		t.Fatalf("SLABootstrapped = %v, %v", done, err)

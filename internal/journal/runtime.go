@@ -101,8 +101,8 @@ type StillStoppingError struct {
 }
 
 func (e *StillStoppingError) Error() string {
-	return fmt.Sprintf("subscription %q was deleted %s ago and %d of its deliveries still wait to be cancelled by the processes sharing the journal: create it again in a few seconds, or choose another id",
-		e.ID, e.DeletedAgo.Round(100*time.Millisecond), e.Waiting)
+	return fmt.Sprintf("subscription %q was deleted %s ago and %d of its deliveries still wait to be cancelled by the processes sharing the journal: create it again once they are (seconds; half a minute at most), or choose another id",
+		e.ID, max(e.DeletedAgo, 0).Round(100*time.Millisecond), e.Waiting)
 }
 
 // CreateRuntime stores a new runtime subscription (or one whose id was

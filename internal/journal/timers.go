@@ -88,18 +88,29 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange) {
 		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started)
 }
 
-// queueBootstrapTimers arms the timers of the SLAs the first start's scan
-// read that have none in the journal, and cancels nothing: a timer there
-// was armed by the stream, from a change newer than the scan's read (a
-// target moved, an SLA completed meanwhile). Armed like the stream's
-// changes, the scan's page deleted a moved target's timers and armed the
-// old target again, which the clock then cancelled: the SLA's warning and
-// breach were lost (found by a review, 2026-12-06).
-func (s *Store) queueBootstrapTimers(batch *statements, changes []TimerChange) {
+// queueBootstrapTimers writes the first start's scan of open SLAs as
+// the stream's changes are written (the unfired timers of another target
+// cancelled, these armed), except for the SLAs with a timer armed after
+// mark (TimerMark, read before the scan's page): those came from the
+// stream's changes, newer than the scan's read. Written like the others,
+// the scan's page deleted a target the stream had just moved and armed
+// the old one again, which the clock then cancelled: the SLA's warning
+// and breach were lost (found by a review, 2026-12-06).
+func (s *Store) queueBootstrapTimers(batch *statements, changes []TimerChange, mark int64) {
+	if len(changes) == 0 {
+		return
+	}
+	ids := make([]string, len(changes))
+	keep := make([]*time.Time, len(changes))
 	var arm []TimerRow
-	for _, c := range changes {
+	for i, c := range changes {
+		ids[i], keep[i] = c.SLAID, nullTime(c.Keep)
 		arm = append(arm, c.Arm...)
 	}
+	newer := `EXISTS (SELECT 1 FROM {{schema}}.sla_timers n WHERE n.sla_id = %s AND n.generation > %s)`
+	batch.Queue(s.q(`DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[]) AS c(id, keep)
+		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)
+		  AND NOT `+fmt.Sprintf(newer, "c.id", "$3")), ids, keep, mark)
 	if len(arm) == 0 {
 		return
 	}
@@ -112,8 +123,21 @@ func (s *Store) queueBootstrapTimers(batch *statements, changes []TimerChange) {
 	}
 	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id)
-		 WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.sla_timers t WHERE t.sla_id = u.sla_id)
-		ON CONFLICT (sla_id, kind, target_at) DO NOTHING`), sla, kind, target, fire, req, typ, started)
+		 WHERE NOT `+fmt.Sprintf(newer, "u.sla_id", "$8")+`
+		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = EXCLUDED.fire_at, request_id = EXCLUDED.request_id,
+			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at, generation = nextval('{{schema}}.sla_timer_generation')
+		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started, mark)
+}
+
+// TimerMark is the last arming generation given to a timer: the first
+// start's scan reads it before each page (queueBootstrapTimers).
+func (s *Store) TimerMark(ctx context.Context) (int64, error) {
+	var mark int64
+	err := s.pool.QueryRow(ctx, s.q(`SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {{schema}}.sla_timer_generation`)).Scan(&mark)
+	if err != nil {
+		return 0, fmt.Errorf("read the SLA timers' generation: %w", err)
+	}
+	return mark, nil
 }
 
 // ClaimTimers leases up to limit due timers for lease: no other instance
@@ -182,9 +206,9 @@ func (s *Store) SLABootstrapped(ctx context.Context, slot string) (bool, error) 
 
 // ArmBootstrap arms timers of pre-existing SLAs directly (not through a
 // batch), and, with done, records that the slot's bootstrap is complete.
-func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool) error {
+func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool, mark int64) error {
 	var batch statements
-	s.queueBootstrapTimers(&batch, changes)
+	s.queueBootstrapTimers(&batch, changes, mark)
 	if done {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot) VALUES ($1) ON CONFLICT (slot) DO NOTHING`), slot)
 	}

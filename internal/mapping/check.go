@@ -185,6 +185,15 @@ func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASourc
 		return nil, err
 	}
 	sc := c.SLAs.Columns
+	// When it was completed, for the recheck (SLARow.CompletedAt), no
+	// later than now (a completion is not in the future): a column of any
+	// other type than a time says only whether it was (README: only the
+	// time columns must be times).
+	completedAt := "NULL::timestamptz"
+	if info, ok := cols[sc.CompletedAt]; ok && timeTypeNames[info.base] {
+		col := pgx.Identifier{sc.CompletedAt}.Sanitize()
+		completedAt = fmt.Sprintf("CASE WHEN %s THEN least(%s::timestamptz, now()) END", inRFC3339(col), col)
+	}
 	idCol, ok := cols[sc.ID]
 	idType := idCol.typ
 	if !ok {
@@ -209,8 +218,8 @@ func NewSLASource(ctx context.Context, pool *pgxpool.Pool, c *Config) (*SLASourc
 			WHERE t.%[8]s IS NULL AND t.%[4]s IS NOT NULL AND %[9]s AND ($1::text IS NULL OR t.%[1]s > $1::text::%[10]s) ORDER BY t.%[1]s LIMIT $2`,
 			ident(sc.ID), ident(sc.Request), typ, ident(sc.StartedAt), inRFC3339("t."+ident(sc.StartedAt)), ident(sc.TargetAt), from,
 			ident(sc.CompletedAt), inRFC3339("t."+ident(sc.TargetAt)), idType),
-		recheck: fmt.Sprintf(`SELECT %[1]s::text, %[2]s, %[3]s IS NOT NULL, CASE WHEN %[7]s THEN %[3]s END FROM %[4]s WHERE %[1]s = ANY($1::text[]::%[5]s[]) AND %[6]s`,
-			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, idType, inRFC3339(ident(sc.TargetAt)), inRFC3339(ident(sc.CompletedAt))),
+		recheck: fmt.Sprintf(`SELECT %[1]s::text, %[2]s, %[3]s IS NOT NULL, %[7]s FROM %[4]s WHERE %[1]s = ANY($1::text[]::%[5]s[]) AND %[6]s`,
+			ident(sc.ID), ident(sc.TargetAt), ident(sc.CompletedAt), from, idType, inRFC3339(ident(sc.TargetAt)), completedAt),
 	}, nil
 }
 

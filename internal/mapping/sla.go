@@ -101,6 +101,9 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 		// Completed: cancel what was not due yet (a completed_at that is
 		// not a time cancels everything, as before).
 		if at, err := timeOf(c, c.New, sc.CompletedAt); err == nil {
+			if !c.CommitTime.IsZero() && at.After(c.CommitTime) {
+				at = c.CommitTime // not completed in the future: when it was written
+			}
 			up.Due = at
 		}
 		return up, nil

@@ -36,7 +36,8 @@ const (
 // Store is the part of the journal the clock uses; *journal.Store has it.
 type Store interface {
 	SLABootstrapped(ctx context.Context, slot string) (bool, error)
-	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool) error
+	TimerMark(ctx context.Context) (int64, error)
+	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark int64) error
 	ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]journal.TimerRow, error)
 	TimerCancelled(ctx context.Context, t journal.TimerRow) error
 	TimerDone(ctx context.Context, t journal.TimerRow, outcome string) error
@@ -160,6 +161,12 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 	}
 	after, armed := "", 0
 	for {
+		// Timers armed after this mark come from the stream's changes,
+		// newer than the page read below: ArmBootstrap leaves their SLAs.
+		mark, err := c.cfg.Store.TimerMark(ctx)
+		if err != nil {
+			return err
+		}
 		rows, err := c.cfg.Source.OpenSLAs(ctx, after, scanPage)
 		if err != nil {
 			return err
@@ -175,7 +182,7 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: mapping.SLATimers(base, c.cfg.WarningPercent, now)}))
 		}
 		last := len(rows) < scanPage
-		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last); err != nil {
+		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark); err != nil {
 			return err
 		}
 		armed += len(rows)

@@ -30,7 +30,9 @@ func (s *fakeStore) SLABootstrapped(context.Context, string) (bool, error) {
 	return s.bootstrapped, nil
 }
 
-func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool) error {
+func (s *fakeStore) TimerMark(context.Context) (int64, error) { return 0, nil }
+
+func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool, _ int64) error {
 	s.armed = append(s.armed, changes...)
 	s.armDone = done
 	return nil
