@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"math"
 	"net/url"
@@ -146,6 +147,10 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 			fmt.Fprintln(env.stderr, "dzhook deliveries show: give one delivery id (dlv_…)")
 			return exitUsage
 		}
+		if f := setFlag(fs, "subscription", "status", "event", "since", "until", "limit", "cursor"); f != "" {
+			fmt.Fprintf(env.stderr, "dzhook deliveries show: --%s filters the list, not one delivery\n", f)
+			return exitUsage
+		}
 		return showDelivery(ctx, env, c, pos[1], *asJSON)
 	}
 	if len(pos) > 0 {
@@ -280,6 +285,10 @@ func runRetry(ctx context.Context, env *cli, args []string) int {
 	c := newClient(env, *admin, *cfg)
 	switch {
 	case len(pos) == 1 && *sub == "" && !*failed:
+		if f := setFlag(fs, "since", "until"); f != "" {
+			fmt.Fprintf(env.stderr, "dzhook retry: --%s applies to --subscription S --failed, not to one delivery\n", f)
+			return exitUsage
+		}
 		var rep api.AttemptReport
 		raw, err := c.do(ctx, "POST", "/v1/deliveries/"+url.PathEscape(pos[0])+"/retry", nil, &rep)
 		if err != nil {
@@ -389,4 +398,18 @@ func toggle(ctx context.Context, env *cli, verb string, args []string) int {
 		fmt.Fprintf(env.stdout, "%s resumed (%d held deliveries released)\n", pos[0], out.Released)
 	}
 	return exitOK
+}
+
+// setFlag returns the first of names set on the command line ("" if
+// none): a flag that the form of the command used does not read is
+// refused rather than ignored.
+func setFlag(fs *flag.FlagSet, names ...string) string {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, n := range names {
+		if set[n] {
+			return n
+		}
+	}
+	return ""
 }

@@ -148,6 +148,14 @@ func TestCLIOperations(t *testing.T) {
 	if code, _, _ := cliRun(t, url, cliToken, "retry"); code != exitUsage {
 		t.Errorf("retry without arguments: exit %d, want 2", code)
 	}
+	// A flag the command's form does not read is refused, naming it (it
+	// used to be ignored: the retry went out, unfiltered).
+	if code, _, errOut := cliRun(t, url, cliToken, "retry", id, "--since", "2h"); code != exitUsage || !strings.Contains(errOut, "--since") {
+		t.Errorf("retry ID --since: exit %d %q, want 2 naming --since", code, errOut)
+	}
+	if code, _, errOut := cliRun(t, url, cliToken, "deliveries", "show", id, "--status", "failed"); code != exitUsage || !strings.Contains(errOut, "--status") {
+		t.Errorf("deliveries show ID --status: exit %d %q, want 2 naming --status", code, errOut)
+	}
 	if code, out, _ := cliRun(t, url, cliToken, "test", "crm", "--event", "request.assigned"); code != exitOK || !strings.Contains(out, "HTTP 200") {
 		t.Errorf("test: exit %d\n%s", code, out)
 	}

@@ -337,6 +337,8 @@ func (s *Server) journalError(w http.ResponseWriter, r *http.Request, err error)
 		writeError(w, http.StatusNotFound, msg)
 	case errors.Is(err, journal.ErrBusy):
 		writeError(w, http.StatusConflict, "this delivery is being attempted right now; try again in a moment")
+	case errors.Is(err, journal.ErrEarlierSubscription):
+		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, journal.ErrBadCursor):
 		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")
 	case errors.Is(err, fanout.ErrUnknownSubscription):

@@ -63,7 +63,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	token := claimToken()
 	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, token, 3*d.cfg.Heartbeat)
 	if err != nil {
-		if !errors.Is(err, journal.ErrBusy) && !errors.Is(err, journal.ErrNotFound) {
+		if !errors.Is(err, journal.ErrBusy) && !errors.Is(err, journal.ErrNotFound) && !errors.Is(err, journal.ErrEarlierSubscription) {
 			// The operator may have gone away after the claim committed:
 			// without the release the delivery would look busy until
 			// this instance stops.

@@ -1772,3 +1772,46 @@ func TestBootstrapLeavesSLAsTheStreamArmedSince(t *testing.T) {
 		t.Fatalf("SLABootstrapped = %v, %v", done, err)
 	}
 }
+
+// TestPruneSparesAManualRetryInFlight: a finished delivery older than the
+// retention that an operator's retry has claimed (a live owner, its state
+// unchanged) is left to the attempt; deleted under it, the attempt's row
+// stayed for ever without its delivery (found by a review, 2026-12-06).
+// One a dead instance owns is pruned.
+func TestPruneSparesAManualRetryInFlight(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	old := time.Now().Add(-40 * 24 * time.Hour)
+	b := batchOf(0, 2)
+	for i := range b.Deliveries {
+		b.Deliveries[i].CreatedAt, b.Events[i].OccurredAt, b.Deliveries[i].State = old, old, Failed
+	}
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []string{"live", "dead"} {
+		if err := s.Register(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.ClaimForRetry(ctx, b.Deliveries[0].ID, "live", "tok1", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimForRetry(ctx, b.Deliveries[1].ID, "dead", "tok2", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'dead'`)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.PruneStep(ctx, time.Now().Add(-30*24*time.Hour), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Deliveries != 1 {
+		t.Fatalf("pruned %d deliveries, want the dead instance's only", p.Deliveries)
+	}
+	var left string
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT id FROM {{schema}}.deliveries`)).Scan(&left); err != nil || left != b.Deliveries[0].ID {
+		t.Fatalf("left %q (%v), want the delivery being retried, %s", left, err, b.Deliveries[0].ID)
+	}
+}

@@ -19,6 +19,10 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrBusy: a live instance is attempting the delivery right now.
 	ErrBusy = errors.New("an attempt of this delivery is in flight")
+	// ErrEarlierSubscription: the delivery belongs to a deleted runtime
+	// subscription whose id a new one took; the new one does not retry
+	// it (its URL and secret are another receiver's).
+	ErrEarlierSubscription = errors.New("the delivery belongs to a deleted subscription whose id was created again; it is not retried to the new one")
 	// ErrBadCursor: the cursor was not made by ListDeliveries.
 	ErrBadCursor = errors.New("invalid cursor")
 )
@@ -217,6 +221,15 @@ func (s *Store) WaitedBehind(ctx context.Context, id string, limit int) ([]strin
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
+// sameSubscription is the SQL condition that a delivery (alias d) was
+// made for the subscription that now has its id: a runtime subscription
+// created again with a deleted one's id (CreateRuntime: RecreateAfter
+// after the delete at the soonest) does not take the deleted one's
+// deliveries, made before its delete. The margin leaves the creating
+// host's clock (created_at) RecreateAfter of skew.
+var sameSubscription = `d.created_at >= coalesce((SELECT r.created_at FROM {{schema}}.runtime_subscriptions r
+		WHERE r.id = d.subscription_id AND r.deleted_at IS NULL), '-infinity') - make_interval(secs => ` + fmt.Sprint(RecreateAfter.Seconds()) + `)`
+
 // ClaimForRetry takes one delivery for an immediate manual attempt, unless
 // a live instance or owner itself is attempting it (ErrBusy; owner's own
 // heartbeat, late, says nothing to owner, as in Claim). A pending delivery
@@ -230,7 +243,7 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		return conn.QueryRow(ctx, s.q(`
 		UPDATE {{schema}}.deliveries d SET owner = $2, claim = $4, updated_at = now()
 		  FROM {{schema}}.events e
-		 WHERE d.id = $1 AND e.id = d.event_id
+		 WHERE d.id = $1 AND e.id = d.event_id AND `+sameSubscription+`
 		   AND (d.owner IS NULL OR (d.owner <> $2
 		        AND d.owner NOT IN (`+liveInstances("$3 * interval '1 second'")+`)))
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test,
@@ -239,14 +252,17 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 			Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.State, &c.NextAttemptAt)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		var exists bool
-		if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`), id).Scan(&exists); err != nil {
+		var same bool
+		err := s.pool.QueryRow(ctx, s.q(`SELECT `+sameSubscription+` FROM {{schema}}.deliveries d WHERE d.id = $1`), id).Scan(&same)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return c, ErrNotFound
+		case err != nil:
 			return c, err
+		case !same:
+			return c, ErrEarlierSubscription
 		}
-		if exists {
-			return c, ErrBusy
-		}
-		return c, ErrNotFound
+		return c, ErrBusy
 	}
 	if err != nil {
 		return c, claimFailed("claim the delivery for a manual retry", err)
@@ -265,8 +281,8 @@ func (s *Store) RetryFailed(ctx context.Context, subscription string, since, unt
 	// A failed delivery a live instance owns is being retried by hand
 	// right now: taking it from under that attempt would send it twice.
 	// So is one self owns, whatever its heartbeat says (see Claim).
-	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET state = 'pending', next_attempt_at = now(), owner = NULL, manual = true, updated_at = now()
-		WHERE subscription_id = $1 AND state = 'failed' AND NOT test
+	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries d SET state = 'pending', next_attempt_at = now(), owner = NULL, manual = true, updated_at = now()
+		WHERE subscription_id = $1 AND state = 'failed' AND NOT test AND `+sameSubscription+`
 		  AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3)
 		  AND (owner IS NULL OR (owner <> $5
 		       AND owner NOT IN (`+liveInstances("$4 * interval '1 second'")+`)))`),

@@ -98,6 +98,13 @@ type Pruned struct {
 	Deliveries, Events, Other int
 }
 
+// notHeldByALiveInstance keeps from a prune step a finished delivery an
+// operator's retry has claimed (ClaimForRetry sets the owner and leaves
+// the state): deleted under the attempt, its attempt's row stayed for
+// ever without it (found by a review, 2026-12-06). An owner whose
+// heartbeat is a minute old, or three of its own intervals, is gone.
+var notHeldByALiveInstance = `(owner IS NULL OR owner NOT IN (` + liveInstances("interval '1 minute'") + `))`
+
 // PruneStep deletes up to limit finished deliveries (delivered, failed,
 // skipped) created before cutoff, with their attempts, and the events
 // left without deliveries. Pending and held deliveries are never pruned,
@@ -129,8 +136,8 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 		WITH d AS (
 			DELETE FROM {{schema}}.deliveries WHERE id IN (
 				SELECT id FROM {{schema}}.deliveries
-				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') LIMIT $2)
-			  AND created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled')
+				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') AND `+notHeldByALiveInstance+` LIMIT $2)
+			  AND created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') AND `+notHeldByALiveInstance+`
 			RETURNING id, event_id),
 		a AS (DELETE FROM {{schema}}.attempts WHERE delivery_id IN (SELECT id FROM d)),
 		e AS (

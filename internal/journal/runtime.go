@@ -125,6 +125,14 @@ func (s *Store) CreateRuntime(ctx context.Context, r RuntimeSubscription, a Audi
 			return fmt.Errorf("read the deleted subscription: %w", err)
 		case waiting > 0 || ago < RecreateAfter.Seconds():
 			return &StillStoppingError{ID: r.ID, DeletedAgo: time.Duration(ago * float64(time.Second)), Waiting: waiting}
+		default:
+			// The new subscription starts unpaused and healthy: the
+			// deleted one's pause and state are not its (a process that
+			// ran the deleted one may have written its state after the
+			// delete).
+			if _, err := tx.Exec(ctx, s.q(`DELETE FROM {{schema}}.subscriptions WHERE id = $1`), r.ID); err != nil {
+				return fmt.Errorf("forget the deleted subscription's state: %w", err)
+			}
 		}
 		tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.runtime_subscriptions AS r (id, spec, secret, rev)
 			VALUES ($1, $2, $3, $4)
@@ -175,6 +183,11 @@ func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, 
 		}
 		if n, err = s.cancel(ctx, tx, id, 0); err != nil {
 			return err
+		}
+		// Its pause and state go with it: a subscription created again
+		// with its id starts afresh.
+		if _, err := tx.Exec(ctx, s.q(`DELETE FROM {{schema}}.subscriptions WHERE id = $1`), id); err != nil {
+			return fmt.Errorf("forget the subscription's state: %w", err)
 		}
 		// Its replays stop: nobody will run the subscription.
 		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET state = 'cancelled', reason = 'the subscription was deleted', finished_at = now(), updated_at = now()
