@@ -395,6 +395,10 @@ func (b *cancelBody) Close() error {
 	return err
 }
 
+// earlyAnswerWait is how long an answer is looked for after the request
+// could not be written whole (exchange).
+const earlyAnswerWait = 200 * time.Millisecond
+
 // exchange sends req on c and reads its answer's head; head is its
 // target's (writeHead), "" to send it with Request.Write.
 func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Conn, req *http.Request, head string) (*http.Response, error) {
@@ -416,11 +420,22 @@ func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Con
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	c.cr.n, c.cw.n = 0, 0
-	if err := writeRequest(c.bw, req, head); err != nil {
-		return fail("sending the request", err)
+	sendErr := writeRequest(c.bw, req, head)
+	if sendErr == nil {
+		sendErr = c.bw.Flush()
 	}
-	if err := c.bw.Flush(); err != nil {
-		return fail("sending the request", err)
+	if sendErr != nil {
+		if ctx.Err() != nil {
+			return fail("sending the request", sendErr)
+		}
+		// The receiver may have answered before it stopped reading: a
+		// 413 for a body over its limit, then a close (a broken pipe
+		// here), or an early 401 with the body left unread (the write
+		// then waits out the deadline). Its answer is the attempt's
+		// outcome, as net/http reports it; the connection is not reused.
+		// It is read for earlyAnswerWait at most, past the deadline only
+		// when the write took all of it.
+		_ = c.conn.SetReadDeadline(time.Now().Add(earlyAnswerWait))
 	}
 	var resp *http.Response
 	c.cr.limit = maxAnswerHead
@@ -429,6 +444,9 @@ func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Con
 		resp, err = readAnswer(c.br, req, &c.body)
 		if err != nil {
 			c.cr.limit = 0
+			if sendErr != nil {
+				return fail("sending the request", sendErr)
+			}
 			if c.cr.n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
 				err = errors.New("connection closed before an answer (EOF)")
 			}
@@ -444,6 +462,19 @@ func (t *h1Transport) exchange(ctx context.Context, deadline time.Time, c *h1Con
 			return fail("reading the answer", errors.New("more than five 1xx answers"))
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
+	}
+	if sendErr != nil {
+		resp.Close = true // the request was cut short: not reused
+		// The body's read gets what is left of the attempt's time, and
+		// earlyAnswerWait if the write took all of it.
+		until := time.Time{}
+		if hasDeadline {
+			until = time.Now().Add(earlyAnswerWait)
+			if deadline.After(until) {
+				until = deadline
+			}
+		}
+		_ = c.conn.SetReadDeadline(until)
 	}
 	c.cr.limit = 0 // the body is bounded by its reader (response_body_limit)
 	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, ctx: ctx, eof: resp.Body == http.NoBody,

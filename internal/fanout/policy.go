@@ -75,15 +75,15 @@ type Attempted struct {
 // retryable reports whether a status code is worth another attempt:
 // DZDESK's documentation retries 5xx and timeouts and not 4xx, except 408
 // Request Timeout, 425 Too Early and 429 Too Many Requests, which say
-// "later". A redirect is not followed and counts as a failure to retry.
+// "later". A redirect is not followed and counts as a failure to retry,
+// and so does any other answer that is neither a success nor a 4xx (a 101,
+// a status under 100): only a 4xx says "won't retry".
 func retryable(status int) bool {
 	switch {
-	case status >= 500, status == http.StatusRequestTimeout, status == http.StatusTooEarly, status == http.StatusTooManyRequests:
-		return true
-	case status >= 300 && status < 400:
-		return true
+	case status >= 400 && status < 500:
+		return status == http.StatusRequestTimeout || status == http.StatusTooEarly || status == http.StatusTooManyRequests
 	}
-	return false
+	return true
 }
 
 // Next is the retry policy, a pure function and the only place that

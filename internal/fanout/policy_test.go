@@ -33,6 +33,10 @@ func TestNext(t *testing.T) {
 		{"Retry-After is clamped to the longest delay", 1, 429, 24 * time.Hour, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(2 * time.Hour)}},
 		{"429 on the last attempt fails", 5, 429, time.Minute, Decision{State: journal.Failed, Outcome: Failed, Exhausted: true}},
 		{"redirect is retried", 1, 301, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		// Only a 4xx says "won't retry" (a review, 2026-12-06: these were final).
+		{"101 is retried", 1, 101, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"a status under 100 is retried", 1, 99, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
+		{"a status over 599 is retried", 1, 600, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
 	} {
 		got := Next(Attempted{Attempt: tc.attempt, Trigger: journal.TriggerAuto, Status: tc.status, RetryAfter: tc.retryAfter}, schedule, now)
 		if got != tc.want {
