@@ -11,6 +11,16 @@ import (
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
+// waitHeld waits until the journal's one delivery is journaled as held.
+func waitHeld(t *testing.T, store *journal.Store) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, "the delivery journaled as held", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM dzhook.deliveries WHERE state = 'held'`).Scan(&n)
+		return n == 1
+	})
+}
+
 // TestResumeThroughAPeerReleasesWhatTheStreamHeld: an operator resumes a
 // paused queue_while_inactive subscription through a process that does
 // not stream (b). The streaming process (a) records deliveries as held
@@ -40,11 +50,7 @@ func TestResumeThroughAPeerReleasesWhatTheStreamHeld(t *testing.T) {
 	if err := a.Dispatch(ctx, orderEvents([]string{"k"})[0]); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, "the delivery journaled as held", func() bool {
-		var n int
-		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'held'`).Scan(&n)
-		return n == 1
-	})
+	waitHeld(t, store)
 	a.syncFlags(ctx) // what a's heartbeat does within a second
 	if a.reg.Load().byID["crm"].paused {
 		t.Fatal("a did not adopt the resume")
@@ -64,11 +70,7 @@ func TestReloadThatActivatesReleasesHeld(t *testing.T) {
 	if err := d.Dispatch(ctx, orderEvents([]string{"k"})[0]); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, "the delivery journaled as held", func() bool {
-		var n int
-		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'held'`).Scan(&n)
-		return n == 1
-	})
+	waitHeld(t, store)
 	sub.Active = true
 	if err := d.Reload(ctx, []Subscription{sub}); err != nil {
 		t.Fatal(err)

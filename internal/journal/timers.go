@@ -55,8 +55,15 @@ func (c TimerChange) after(earlier TimerChange) TimerChange {
 
 // queueTimers adds the statements of the batch's timer changes: first the
 // cancellations, then the arming (one change per SLA: the batch keeps the
-// latest).
-func (s *Store) queueTimers(batch *statements, changes []TimerChange) {
+// latest). since, for the first start's scan of open SLAs (ArmBootstrap),
+// is the timers' generation read before the scan's page (TimerMark): an
+// SLA with a timer armed after it is left as it is, since that timer came
+// from the stream's change, newer than the scan's read. Written like the
+// others, the scan's page deleted a target the stream had just moved and
+// armed the old one again, which the clock then cancelled: the SLA's
+// warning and breach were lost (found by a review, 2026-12-06). nil: the
+// stream's changes, written whatever is there.
+func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *int64) {
 	if len(changes) == 0 {
 		return
 	}
@@ -68,49 +75,12 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange) {
 		keep[i], due[i] = nullTime(c.Keep), nullTime(c.Due)
 		arm = append(arm, c.Arm...)
 	}
+	untouched := func(sla, since string) string {
+		return `(` + since + `::bigint IS NULL OR NOT EXISTS (SELECT 1 FROM {{schema}}.sla_timers n WHERE n.sla_id = ` + sla + ` AND n.generation > ` + since + `))`
+	}
 	batch.Queue(s.q(`DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, keep, due)
 		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)
-		  AND (c.due IS NULL OR t.fire_at >= c.due)`), ids, keep, due)
-	if len(arm) == 0 {
-		return
-	}
-	n := len(arm)
-	sla, kind, req, typ := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	target, fire, started := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
-	for i, t := range arm {
-		sla[i], kind[i], req[i], typ[i] = t.SLAID, t.Kind, t.RequestID, t.SLAType
-		target[i], fire[i], started[i] = t.TargetAt, t.FireAt, t.StartedAt
-	}
-	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[])
-		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = EXCLUDED.fire_at, request_id = EXCLUDED.request_id,
-			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at, generation = nextval('{{schema}}.sla_timer_generation')
-		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started)
-}
-
-// queueBootstrapTimers writes the first start's scan of open SLAs as
-// the stream's changes are written (the unfired timers of another target
-// cancelled, these armed), except for the SLAs with a timer armed after
-// mark (TimerMark, read before the scan's page): those came from the
-// stream's changes, newer than the scan's read. Written like the others,
-// the scan's page deleted a target the stream had just moved and armed
-// the old one again, which the clock then cancelled: the SLA's warning
-// and breach were lost (found by a review, 2026-12-06).
-func (s *Store) queueBootstrapTimers(batch *statements, changes []TimerChange, mark int64) {
-	if len(changes) == 0 {
-		return
-	}
-	ids := make([]string, len(changes))
-	keep := make([]*time.Time, len(changes))
-	var arm []TimerRow
-	for i, c := range changes {
-		ids[i], keep[i] = c.SLAID, nullTime(c.Keep)
-		arm = append(arm, c.Arm...)
-	}
-	newer := `EXISTS (SELECT 1 FROM {{schema}}.sla_timers n WHERE n.sla_id = %s AND n.generation > %s)`
-	batch.Queue(s.q(`DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[]) AS c(id, keep)
-		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)
-		  AND NOT `+fmt.Sprintf(newer, "c.id", "$3")), ids, keep, mark)
+		  AND (c.due IS NULL OR t.fire_at >= c.due) AND `+untouched("c.id", "$4")), ids, keep, due, since)
 	if len(arm) == 0 {
 		return
 	}
@@ -123,14 +93,14 @@ func (s *Store) queueBootstrapTimers(batch *statements, changes []TimerChange, m
 	}
 	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id)
-		 WHERE NOT `+fmt.Sprintf(newer, "u.sla_id", "$8")+`
+		 WHERE `+untouched("u.sla_id", "$8")+`
 		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = EXCLUDED.fire_at, request_id = EXCLUDED.request_id,
 			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at, generation = nextval('{{schema}}.sla_timer_generation')
-		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started, mark)
+		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started, since)
 }
 
 // TimerMark is the last arming generation given to a timer: the first
-// start's scan reads it before each page (queueBootstrapTimers).
+// start's scan reads it before each page (queueTimers).
 func (s *Store) TimerMark(ctx context.Context) (int64, error) {
 	var mark int64
 	err := s.pool.QueryRow(ctx, s.q(`SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {{schema}}.sla_timer_generation`)).Scan(&mark)
@@ -208,7 +178,7 @@ func (s *Store) SLABootstrapped(ctx context.Context, slot string) (bool, error) 
 // batch), and, with done, records that the slot's bootstrap is complete.
 func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool, mark int64) error {
 	var batch statements
-	s.queueBootstrapTimers(&batch, changes, mark)
+	s.queueTimers(&batch, changes, &mark)
 	if done {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot) VALUES ($1) ON CONFLICT (slot) DO NOTHING`), slot)
 	}

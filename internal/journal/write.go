@@ -540,7 +540,7 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		}
 		batch.Queue(s.q(`INSERT INTO {{schema}}.rejections (source, reason, commit_lsn) VALUES ($1, $2, $3)`), r.Source, r.Reason, lsn)
 	}
-	s.queueTimers(&batch, b.Timers)
+	s.queueTimers(&batch, b.Timers, nil)
 	for _, r := range b.Release {
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE id = ANY($1) AND owner = $2 AND state = 'pending'`), r.IDs, r.Owner)
 	}
