@@ -72,6 +72,9 @@ type runtimeSub struct {
 	description             string
 	previous                string
 	previousUntil, switchAt time.Time
+	// stale: a value it needs is sealed with a key of secrets.keys that
+	// no longer seals (see reseal).
+	stale bool
 }
 
 // runtime is the engine's runtime subscriptions.
@@ -137,7 +140,7 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 	if err := json.Unmarshal(plain, &sp); err != nil {
 		return runtimeSub{}, errors.New("sealed part: not JSON")
 	}
-	s := runtimeSub{description: spec.Description, rev: row.Rev}
+	s := runtimeSub{description: spec.Description, rev: row.Rev, stale: !r.ring.SealedWithCurrent(row.Secret)}
 	if sp.URL != "" {
 		spec.URL = sp.URL
 	}
@@ -170,6 +173,7 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 		var pp sealedPart
 		if json.Unmarshal(prev, &pp) == nil {
 			s.previous, s.previousUntil = pp.Secret, *row.PreviousUntil
+			s.stale = s.stale || !r.ring.SealedWithCurrent(row.PreviousSecret)
 			if row.SwitchAt != nil {
 				s.switchAt = *row.SwitchAt
 			}
@@ -225,6 +229,11 @@ func (e *Engine) startRuntime(ctx context.Context) ([]fanout.Subscription, error
 	if err != nil {
 		return nil, err
 	}
+	if e.reseal(ctx, subs, order) > 0 {
+		if subs, order, _, rev, err = rt.load(ctx, e.journal, true, nil); err != nil {
+			return nil, err
+		}
+	}
 	if err := conflicts(e.cfg.Subscriptions, subs); err != nil {
 		return nil, err
 	}
@@ -233,6 +242,55 @@ func (e *Engine) startRuntime(ctx context.Context) ([]fanout.Subscription, error
 		rt.known[id] = true
 	}
 	return rt.set(e.cfg.Subscriptions, subs, order), nil
+}
+
+// reseal writes again, sealed with the key that seals now, the runtime
+// subscriptions whose secret, URL and headers (or a previous secret still
+// in its overlap) were sealed with another key of secrets.keys: a key
+// rotation ends with the old key unused, so it can be dropped. The keys
+// change only with a restart, so this runs at start. A row that fails
+// stays as it was (it still opens) and is logged; the next start tries
+// again. It returns how many rows it wrote.
+func (e *Engine) reseal(ctx context.Context, subs map[string]runtimeSub, order []string) int {
+	rt := e.runtime
+	written, left := 0, 0
+	for _, id := range order {
+		s := subs[id]
+		if !s.stale {
+			continue
+		}
+		err := func() error {
+			sealed, err := rt.seal(id, sealedPart{Secret: s.cfg.Secret.Reveal(), URL: s.cfg.URL, Headers: headersOf(s.cfg)})
+			if err != nil {
+				return err
+			}
+			prev := ""
+			if s.previous != "" {
+				if prev, err = rt.seal(id, sealedPart{Secret: s.previous}); err != nil {
+					return err
+				}
+			}
+			return e.journal.ResealRuntime(ctx, id, s.rev, sealed, prev,
+				journal.AuditRow{Action: "reseal", Subscription: id, Fields: []string{"secret"}, Client: "dzhook"})
+		}()
+		switch {
+		case err == nil:
+			written++
+		case errors.Is(err, journal.ErrChanged) || errors.Is(err, journal.ErrNoSubscription):
+			// Changed or deleted meanwhile (another process starting
+			// with the same keys reseals too): a change seals anew.
+		default:
+			left++
+			e.log.Warn("runtime subscription not sealed again with the current secrets key; the key it was sealed with must stay in secrets.keys", "subscription", id, "err", err)
+		}
+	}
+	if written > 0 {
+		e.log.Info("runtime subscriptions sealed again with the current secrets key", "subscriptions", written, "key", rt.ring.KeyID())
+	}
+	if left == 0 && len(e.cfg.Secrets.All()) > 1 {
+		e.log.Info("every runtime subscription is sealed with the first secrets key: the others can be removed from secrets.keys once every process runs with this list", "key", rt.ring.KeyID())
+	}
+	return written
 }
 
 // pollRuntime applies changes made through other processes until ctx ends.
@@ -508,12 +566,14 @@ func (m managerOf) status(id string) (api.Subscription, error) {
 	return api.Subscription{}, admin.ErrNotFound
 }
 
-func (m managerOf) seal(id string, sp sealedPart) (string, error) {
+func (m managerOf) seal(id string, sp sealedPart) (string, error) { return m.e.runtime.seal(id, sp) }
+
+func (r *runtime) seal(id string, sp sealedPart) (string, error) {
 	b, err := json.Marshal(sp)
 	if err != nil {
 		return "", err
 	}
-	return m.e.runtime.ring.Seal(b, []byte(id))
+	return r.ring.Seal(b, []byte(id))
 }
 
 func specOf(s config.Subscription, desc string) ([]byte, error) {

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/secretbox"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
 )
@@ -541,5 +544,61 @@ func TestSecretWithControlCharacters(t *testing.T) {
 		if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != "secret" || strings.Contains(ve.Problems[0].Problem, "s3cret") {
 			t.Errorf("create with a secret %q: %v, want a validation error naming secret, not quoting it", secret, err)
 		}
+	}
+}
+
+// TestKeyRotationResealsAtStart: a process started with a new secrets
+// key first and the old one second writes every runtime subscription's
+// sealed values (and a previous secret still in its overlap) again with
+// the new key, so the old key can then be dropped: a process with the new
+// key alone starts, and signs with the same secrets as before.
+func TestKeyRotationResealsAtStart(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	newKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	keyed := func(keys string) *config.Config {
+		return testConfigWith(t, db, "admin:\n  listen: \"\"\nsecrets:\n  keys: ["+keys+"]\n", "  retry_schedule: [0s, 100ms]")
+	}
+	ctx := context.Background()
+	a, stopA := startStoppable(t, keyed(secretsKey))
+	created, err := a.Manager().CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("rot"), URL: ptr(rc.URL), Events: ptr([]string{"request.created"}),
+		Headers: ptr(map[string]string{"X-Api-Key": "k-123"})}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot, err := a.Manager().RotateSecret(ctx, "rot", api.SecretRotation{Overlap: ptr("1h"), Activate: ptr("now")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopA()
+
+	ring, _ := secretbox.New([][]byte{bytes.Repeat([]byte{7}, 32)})
+	sealedWithNew := func() int {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.runtime_subscriptions WHERE id = 'rot' AND split_part(secret, '.', 2) = $1 AND split_part(previous_secret, '.', 2) = $1`, ring.KeyID())
+	}
+	if sealedWithNew() != 0 {
+		t.Fatal("sealed with the new key before any process had it")
+	}
+	_, stopB := startStoppable(t, keyed(newKey+", "+secretsKey))
+	if sealedWithNew() != 1 {
+		t.Fatal("a start with the new key first left the secret or the previous secret sealed with the old key")
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.audit WHERE action = 'reseal' AND subscription_id = 'rot' AND client = 'dzhook'`); n != 1 {
+		t.Errorf("audit entries for the reseal: %d, want 1", n)
+	}
+	stopB()
+
+	// The old key dropped: the process starts (the previous secret, in
+	// its overlap, opens too) and signs as before, the header intact.
+	start(t, keyed(newKey))
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	testutil.Eventually(t, 20*time.Second, "delivered with the new secret", func() bool { return verified(rc, rot.Secret, "req_1") >= 1 })
+	for _, r := range rc.Requests() {
+		if r.Header.Get("X-Api-Key") != "k-123" {
+			t.Errorf("header after the reseal: %q", r.Header.Get("X-Api-Key"))
+		}
+	}
+	if created.Secret == rot.Secret {
+		t.Fatal("the rotation kept the secret")
 	}
 }

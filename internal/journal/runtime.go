@@ -164,6 +164,16 @@ func (s *Store) RotateRuntime(ctx context.Context, id string, expected int64, se
 		WHERE id = $1 AND deleted_at IS NULL AND rev = $4`, secret, previous, until, switchAt)
 }
 
+// ResealRuntime writes a runtime subscription's sealed values again, as
+// sealed with the current secrets key (previous "" leaves the previous
+// secret as it is), if still at revision expected: what they seal is
+// unchanged, so a key dropped from secrets.keys afterwards is not missed.
+func (s *Store) ResealRuntime(ctx context.Context, id string, expected int64, secret, previous string, a AuditRow) error {
+	return s.changeRuntime(ctx, a, id, expected, `UPDATE {{schema}}.runtime_subscriptions SET secret = $3,
+			previous_secret = CASE WHEN $5 = '' THEN previous_secret ELSE $5 END, rev = $2, updated_at = now()
+		WHERE id = $1 AND deleted_at IS NULL AND rev = $4`, secret, previous)
+}
+
 // DeleteRuntime marks a runtime subscription deleted and cancels its
 // pending and held deliveries (CancelDeliveries), with its audit entry.
 func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, error) {

@@ -101,6 +101,14 @@ func (r *Ring) Open(sealed string, aad []byte) ([]byte, error) {
 	return nil, fmt.Errorf("sealed secret: key %s is not among secrets.key/secrets.keys (it was removed before the secret was written again)", parts[1])
 }
 
+// SealedWithCurrent reports whether sealed was sealed with the key that
+// seals now (the ring's first): a value sealed with a later key of the
+// ring is written again before that key can be dropped.
+func (r *Ring) SealedWithCurrent(sealed string) bool {
+	parts := strings.SplitN(sealed, ".", 3)
+	return len(parts) == 3 && parts[0] == "v1" && r.CanSeal() && parts[1] == r.keys[0].id
+}
+
 // KeyID is the id of the key that seals.
 func (r *Ring) KeyID() string {
 	if !r.CanSeal() {

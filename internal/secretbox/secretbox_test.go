@@ -28,6 +28,13 @@ func TestSealOpenRotate(t *testing.T) {
 	if !strings.Contains(resealed, "."+rotated.KeyID()+".") || rotated.KeyID() == old.KeyID() {
 		t.Errorf("a rotated ring seals with its first key: %q", resealed)
 	}
+	if !rotated.SealedWithCurrent(resealed) || rotated.SealedWithCurrent(sealed) || !old.SealedWithCurrent(sealed) {
+		t.Errorf("SealedWithCurrent: resealed %v, sealed %v under the rotated ring; sealed %v under the old",
+			rotated.SealedWithCurrent(resealed), rotated.SealedWithCurrent(sealed), old.SealedWithCurrent(sealed))
+	}
+	if none := (*Ring)(nil); none.SealedWithCurrent(sealed) || rotated.SealedWithCurrent("plain") {
+		t.Error("SealedWithCurrent: true without a ring, or for a value not sealed")
+	}
 	if _, err := old.Open(resealed, []byte("crm")); err == nil || !strings.Contains(err.Error(), "not among") {
 		t.Errorf("opening with a ring that lacks the key: %v", err)
 	}
