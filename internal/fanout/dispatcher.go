@@ -688,9 +688,19 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		// until the pool's sweep (up to twice the idle timeout), each
 		// with its registration on the dispatcher's lifetime.
 		s.client.HTTPClient.CloseIdleConnections()
-		if err := d.giveBack(ctx, s.drainQueue); err != nil {
-			// The new set is in force; what could not be given back stays
-			// this instance's until it stops (Unregister releases it).
+		// Given back on the workers' context once Run started them, not
+		// on the caller's: the queue is drained before the release is
+		// put, so a caller that gave up waiting for room in the journal's
+		// queue (an API request ended) left them owned by this live
+		// instance, which no other claims, until it stopped.
+		giveCtx := ctx
+		if life != nil {
+			giveCtx = life
+		}
+		if err := d.giveBack(giveCtx, s.drainQueue); err != nil {
+			// The new set is in force; what could not be given back (the
+			// writer stopped) stays this instance's until it stops
+			// (Unregister releases it).
 			d.log.Warn("deliveries queued for a replaced subscription stay owned by this instance until it stops", "subscription", s.cfg.ID, "err", err)
 		}
 	}

@@ -52,6 +52,13 @@ func start(t *testing.T, store *journal.Store, cfg Config) *Dispatcher {
 // once; the test's cleanup does not stop it).
 func startStoppable(t *testing.T, store *journal.Store, cfg Config) (*Dispatcher, func()) {
 	t.Helper()
+	return startRecordingThrough(t, store, cfg, nil)
+}
+
+// startRecordingThrough is startStoppable with the dispatcher recording
+// through wrap(the writer) when wrap is not nil.
+func startRecordingThrough(t *testing.T, store *journal.Store, cfg Config, wrap func(Recorder) Recorder) (*Dispatcher, func()) {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testutil.Logger(t)
 	}
@@ -62,6 +69,9 @@ func startStoppable(t *testing.T, store *journal.Store, cfg Config) (*Dispatcher
 		t.Fatal(err)
 	}
 	cfg.Records = w
+	if wrap != nil {
+		cfg.Records = wrap(w)
+	}
 	if d, err = New(cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -6,10 +6,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -144,4 +146,80 @@ func TestReloadClosesRetiredConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 5*time.Second, "the retired subscription's idle connection closed", func() bool { return closed.Load() == 1 })
+}
+
+// gatedReleases is a recorder whose releases wait for open (or for their
+// context to end, as the writer's Put waits for room in its queue).
+type gatedReleases struct {
+	Recorder
+	open    chan struct{}
+	waiting chan struct{} // closed when a release first waits
+	gaveUp  chan struct{} // closed when a release's context ended first
+	once    sync.Once
+}
+
+func (g *gatedReleases) Put(ctx context.Context, r journal.Record) error {
+	if len(r.Release) > 0 {
+		g.once.Do(func() { close(g.waiting) })
+		select {
+		case <-g.open:
+		case <-ctx.Done():
+			close(g.gaveUp)
+			return ctx.Err()
+		}
+	}
+	return g.Recorder.Put(ctx, r)
+}
+
+// TestReloadGivesBackPastItsCaller: what a replaced subscription had
+// queued goes back to the journal even when the reload's caller stops
+// waiting (an API request ended) while the journal's queue has no room.
+// It used to be drained and then dropped with the caller's context: owned
+// by this live instance, which no other process claims, until it
+// stopped.
+func TestReloadGivesBackPastItsCaller(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	hold := make(chan struct{})
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			<-hold // the first attempt is in flight while the others wait in the queue
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	gate := &gatedReleases{open: make(chan struct{}), waiting: make(chan struct{}), gaveUp: make(chan struct{})}
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}
+	d, stop := startRecordingThrough(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", Concurrency: 1,
+		RetrySchedule: []time.Duration{0, time.Hour}, PollInterval: 50 * time.Millisecond, Logger: testutil.Logger(t),
+	}, func(w Recorder) Recorder { gate.Recorder = w; return gate })
+	t.Cleanup(stop)
+	ctx := context.Background()
+	for _, ev := range orderEvents([]string{"a", "b", "c"}) {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.Wait(t, 1, 10*time.Second)
+	changed := sub
+	changed.Headers = map[string]string{"X-Tenant": "acme"} // the old subscription is retired
+	rctx, cancel := context.WithCancel(ctx)
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- d.Reload(rctx, []Subscription{changed}) }()
+	close(hold) // the retired worker finishes its attempt and stops
+	select {
+	case <-gate.waiting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reload did not give back the queued deliveries")
+	}
+	cancel() // the caller gives up
+	select { // a release on the caller's context ends now; one on the workers' waits
+	case <-gate.gaveUp:
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate.open)
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 3, 15*time.Second)
 }
