@@ -12,9 +12,11 @@
 package filter
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"cel.dev/cel-go/cel"
@@ -79,13 +81,52 @@ func Parse(body []byte) (*Envelope, error) {
 		Timestamp string         `json:"timestamp"`
 		Data      map[string]any `json:"data"`
 	}
-	if err := json.Unmarshal(body, &env); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&env); err != nil {
 		return nil, fmt.Errorf("parse envelope for filters: %w", err)
 	}
 	if env.Data == nil {
 		env.Data = map[string]any{}
 	}
+	numbers(env.Data)
 	return &Envelope{vars: map[string]any{"id": env.ID, "event": env.Event, "timestamp": env.Timestamp, "data": env.Data}}, nil
+}
+
+// exact is the largest integer every float64 below it holds exactly.
+const exact = 1 << 53
+
+// numbers replaces the json.Numbers in v (decoded with UseNumber) by what
+// the filter compares. A number is a double, as filters have always seen
+// it (arithmetic with a double literal, data.n + 0.5, stays valid), except
+// an integer beyond 2^53, which a double would round: an id such as
+// 1234567890123456789 is an int (or a uint beyond int64), so that
+// data.customerId == 1234567890123456700 does not match it. CEL compares
+// ints, uints and doubles with one another.
+func numbers(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, x := range v {
+			v[k] = numbers(x)
+		}
+	case []any:
+		for i, x := range v {
+			v[i] = numbers(x)
+		}
+	case json.Number:
+		if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
+			if n > exact || n < -exact {
+				return n
+			}
+			return float64(n)
+		}
+		if n, err := strconv.ParseUint(string(v), 10, 64); err == nil {
+			return n
+		}
+		f, _ := v.Float64()
+		return f
+	}
+	return v
 }
 
 // Match evaluates the filter. An expression that fails on this event (a

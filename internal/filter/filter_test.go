@@ -63,3 +63,34 @@ func FuzzCompile(f *testing.F) {
 		_, _ = p.Match(env)
 	})
 }
+
+// TestFilterIntegersBeyondDoubles: an integer id beyond 2^53 is compared
+// exactly (a double rounded 1234567890123456789 to …6800, so a filter for
+// customer …6700 matched another customer's event), and smaller numbers
+// stay doubles, so arithmetic with a double literal still evaluates.
+func TestFilterIntegersBeyondDoubles(t *testing.T) {
+	env, err := Parse([]byte(`{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z",
+		"data":{"customerId":1234567890123456789,"big":18446744073709551615,"neg":-9007199254740993,"count":3,"amount":19.9,"items":[{"sku":9007199254740993}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for expr, want := range map[string]bool{
+		`data.customerId == 1234567890123456700`: false,
+		`data.customerId == 1234567890123456789`: true,
+		`data.big == 18446744073709551615u`:      true,
+		`data.neg == -9007199254740993`:          true,
+		`data.neg == -9007199254740992`:          false,
+		`data.items[0].sku == 9007199254740993`:  true,
+		`data.items[0].sku == 9007199254740992`:  false,
+		`data.count + 0.5 == 3.5`:                true,
+		`data.count == 3 && data.amount > 19.5`:  true,
+	} {
+		p, err := Compile(expr)
+		if err != nil {
+			t.Fatalf("%s: %v", expr, err)
+		}
+		if got, err := p.Match(env); got != want || err != nil {
+			t.Errorf("%s: %v (%v), want %v", expr, got, err, want)
+		}
+	}
+}

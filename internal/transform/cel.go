@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"math"
 	"strings"
 	"time"
@@ -119,6 +120,9 @@ func celValue(v any) any {
 	case json.Number:
 		if n, err := v.Int64(); err == nil {
 			return n
+		}
+		if n, err := strconv.ParseUint(string(v), 10, 64); err == nil {
+			return n // beyond int64: a double would round it
 		}
 		f, _ := v.Float64()
 		return f

@@ -119,3 +119,22 @@ func FuzzCELTransform(f *testing.F) {
 		}
 	})
 }
+
+// TestCELTransformKeepsNumbers: numbers are written back as they came,
+// an integer beyond int64 included (a double rounded
+// 18446744073709551615 to 18446744073709552000).
+func TestCELTransformKeepsNumbers(t *testing.T) {
+	tr, err := New(`{"data": data}`, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := tr.Apply([]byte(`{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"orderId":18446744073709551615,"id":-9223372036854775808,"amount":19.9}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"orderId":18446744073709551615`, `"id":-9223372036854775808`, `"amount":19.9`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("%s not written back as it came: %s", want, out)
+		}
+	}
+}
