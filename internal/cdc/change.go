@@ -75,8 +75,12 @@ type Change struct {
 	Relation *Relation
 	// New is the new row (insert, update); nil otherwise.
 	New Tuple
-	// Old is the old row: all columns under REPLICA IDENTITY FULL, the key
-	// columns otherwise (update of a key, delete); nil when not sent.
+	// Old is the old row: all columns under REPLICA IDENTITY FULL; for a
+	// delete otherwise, the key columns. An update has none without FULL,
+	// even one that changed the key: PostgreSQL then sends the old key
+	// with every other column NULL, which would read as old values (a
+	// status "changed" from null, an unchanged TOASTed title filled with
+	// NULL).
 	Old Tuple
 	// Message is set for OpMessage.
 	Message *Message

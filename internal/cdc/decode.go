@@ -233,6 +233,12 @@ func parseRowChange(b []byte, oldBuf, newBuf []rawColumn) (rowChange, error) {
 		t := r.byte("tuple marker")
 		if t == 'K' || t == 'O' {
 			m.Old = r.tuple(oldBuf)
+			if t == 'K' {
+				// The old key alone (a key changed under REPLICA
+				// IDENTITY DEFAULT or USING INDEX): its other columns are
+				// NULL, not the old values. Read, then left out.
+				m.Old = nil
+			}
 			t = r.byte("tuple marker")
 		}
 		if r.err == nil && t != 'N' {

@@ -403,3 +403,33 @@ func TestSamples(t *testing.T) {
 		t.Errorf("sla.warning sample = %s", got)
 	}
 }
+
+// TestKeyUpdateWithoutFullIdentity: an update that changes the key of a
+// table without REPLICA IDENTITY FULL carries the old key with every
+// other column NULL. Read as old values, it fired request.status_changed
+// (from null) and request.assigned that never happened, and filled an
+// unchanged TOASTed title with NULL.
+func TestKeyUpdateWithoutFullIdentity(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	p := startPipeline(t, db, DefaultConfig())
+	db.Exec(t,
+		`ALTER TABLE requests REPLICA IDENTITY DEFAULT`,
+		`INSERT INTO users (id, email) VALUES (456, 'jane@company.com')`,
+		`INSERT INTO requests (id, title, status, priority, requester_id, assigned_to_id)
+			SELECT 123, string_agg(md5(i::text), ''), 'in_progress', 'high', 456, 456 FROM generate_series(1, 400) i`,
+		`UPDATE requests SET id = 124 WHERE id = 123`,
+		`INSERT INTO users (id, email) VALUES (999, 'marker@company.com')`,
+	)
+	evs, _ := p.wait(t, 4, 0)
+	var types []string
+	for _, e := range evs {
+		types = append(types, e.Type)
+		if e.Type == "request.updated" && strings.Contains(string(e.Body), `"title":null`) {
+			t.Errorf("an unchanged TOASTed title sent as null: %.200s", e.Body)
+		}
+	}
+	if got := strings.Join(types, ","); got != "user.created,request.created,request.updated,user.created" {
+		t.Errorf("events %s, want user.created,request.created,request.updated,user.created (no status_changed or assigned)", got)
+	}
+}
