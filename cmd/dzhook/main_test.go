@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,6 +184,15 @@ func TestRunWaitsForTheDatabase(t *testing.T) {
 	done := make(chan int, 1)
 	go func() { done <- runEnv(ctx, []string{"dzhook", "run", "--config", cfg}, io.Discard, &errOut, nil) }()
 	waitFor(t, &errOut, regexp.MustCompile(`database not reachable yet; retrying`))
+	// A SIGHUP (systemctl reload) while it waits does not end it: it
+	// retries again. Not caught, the signal ended this test's process.
+	before := strings.Count(errOut.String(), "database not reachable yet; retrying")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "a retry after the SIGHUP", func() bool {
+		return strings.Count(errOut.String(), "database not reachable yet; retrying") > before
+	})
 	cancel()
 	select {
 	case code := <-done:

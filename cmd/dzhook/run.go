@@ -63,6 +63,14 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 	if code, stop := parseFlags(fs, args); stop {
 		return code
 	}
+	// SIGHUP asks for a reload; not caught, it would end the process. It
+	// is caught from here until run returns: while the engine starts
+	// (which may wait minutes for the database) one is kept for the
+	// watcher to act on, and during the drain after a stop it is ignored.
+	// systemctl reload sends one whenever it is asked.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	// The watcher compares the file with what was read now: digested
 	// before the load, a change made meanwhile is reloaded (harmless);
 	// digested when the watcher starts, which may be after the engine
@@ -114,7 +122,7 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		defer stop()
 		return e.Run(gctx)
 	})
-	g.Go(func() error { return watchConfig(gctx, env, *path, digest, log, e) })
+	g.Go(func() error { return watchConfig(gctx, env, *path, digest, hup, log, e) })
 	if !procs.Pinned() {
 		// One processor while the load fits in one (internal/procs).
 		g.Go(func() error { return procs.Run(gctx, procs.Config{}, log) })
@@ -160,14 +168,12 @@ func runSetup(ctx context.Context, env *cli, args []string) int {
 // configPoll is how often the configuration file is checked for changes.
 const configPoll = 2 * time.Second
 
-// watchConfig reloads the configuration on SIGHUP and when the file's
-// content changes from last, the digest of what was loaded. A new configuration with problems is rejected, its
-// problems logged, and the running one kept. It returns nil when ctx
-// ends, after the reload in progress, if any.
-func watchConfig(ctx context.Context, env *cli, path, last string, log *slog.Logger, e *engine.Engine) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// watchConfig reloads the configuration on a SIGHUP (from hup) and when
+// the file's content changes from last, the digest of what was loaded. A
+// new configuration with problems is rejected, its problems logged, and
+// the running one kept. It returns nil when ctx ends, after the reload in
+// progress, if any.
+func watchConfig(ctx context.Context, env *cli, path, last string, hup <-chan os.Signal, log *slog.Logger, e *engine.Engine) error {
 	t := beat.NewTicker(configPoll)
 	defer t.Stop()
 	for {
