@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/dzdesk/dzhook/internal/cdc"
@@ -43,6 +44,9 @@ func (e *Engine) Ready(ctx context.Context) error {
 // mapping that no longer fit: schema.go). Settings that need a restart
 // (every other section) are reported and left as they were.
 func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
+	if err := e.runnable(next); err != nil {
+		return err
+	}
 	// config.yaml's subscriptions with the runtime ones (runtime.go): an
 	// id in both refuses the file.
 	if err := e.syncRuntime(ctx, next); err != nil {
@@ -56,6 +60,33 @@ func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
 		e.log.Warn("configuration reloaded: subscriptions applied; these sections changed and take effect at the next restart", "sections", strings.Join(restart, ", "))
 	} else {
 		e.log.Info("configuration reloaded", "subscriptions", len(next.Subscriptions))
+	}
+	return nil
+}
+
+// runnable refuses a file whose subscriptions are valid only with its own
+// delivery or custom_events sections, which take effect at the next
+// restart: an http:// URL allowed by the new file's allow_insecure_http,
+// an event the new file's custom_events adds. Applied, they would run
+// against the sections still in force (an http:// receiver while the
+// process runs https-only). The messages name the field, not what the
+// running configuration says of its value (a URL may come from a secret
+// reference).
+func (e *Engine) runnable(next *config.Config) error {
+	var msgs []string
+	for i, s := range next.Subscriptions {
+		already := map[string]bool{}
+		for _, p := range next.ValidateSubscription(s) {
+			already[p.Path] = true
+		}
+		for _, p := range e.cfg.ValidateSubscription(s) {
+			if !already[p.Path] {
+				msgs = append(msgs, fmt.Sprintf("subscriptions[%d].%s (subscription %q): valid only with this file's delivery or custom_events section, which takes effect at the next restart; restart to apply it", i, p.Path, s.ID))
+			}
+		}
+	}
+	if len(msgs) > 0 {
+		return errors.New(strings.Join(msgs, "; "))
 	}
 	return nil
 }

@@ -427,3 +427,35 @@ func (p *tcpProxy) Restore() {
 	p.cut = false
 	p.mu.Unlock()
 }
+
+// TestReloadNeedsTheRunningDeliverySection: a file whose new subscription
+// is valid only with the file's own delivery section (an http:// URL its
+// allow_insecure_http allows), which takes effect at the next restart,
+// is refused: the process runs https-only until then. It used to be
+// applied, and events went to the http:// receiver at once.
+func TestReloadNeedsTheRunningDeliverySection(t *testing.T) {
+	db := newDB(t)
+	plain := testutil.NewReceiver(t) // http://
+	parse := func(insecure bool, subs string) *config.Config {
+		cfg, err := config.Parse([]byte(fmt.Sprintf("source:\n  dsn: %s\njournal:\n  heartbeat: 200ms\nadmin:\n  listen: \"\"\ndelivery:\n  allow_insecure_http: %v\nsubscriptions:\n%s", db.DSN, insecure, subs)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	e := start(t, parse(false, sub("tls", "https://127.0.0.1:1/hook", "request.created")))
+	err := e.Reload(context.Background(), parse(true, sub("tls", "https://127.0.0.1:1/hook", "request.created")+sub("plain", plain.URL, "request.created")))
+	if err == nil || !strings.Contains(err.Error(), `subscriptions[1].url (subscription "plain")`) || !strings.Contains(err.Error(), "next restart") {
+		t.Fatalf("reload adding an http:// subscription while running https-only: %v, want refused naming subscriptions[1].url", err)
+	}
+	if e.Dispatcher().HasSubscription("plain") {
+		t.Error("the refused file's subscription runs")
+	}
+	// The same file with its http:// subscription left out applies.
+	if err := e.Reload(context.Background(), parse(true, sub("tls", "https://127.0.0.1:1/hook", "request.created")+sub("other", "https://127.0.0.1:1/other", "request.created"))); err != nil {
+		t.Fatalf("reload without the http:// subscription: %v", err)
+	}
+	if !e.Dispatcher().HasSubscription("other") {
+		t.Error("the accepted file's new subscription does not run")
+	}
+}
