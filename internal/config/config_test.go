@@ -604,3 +604,24 @@ custom_events:
 		})
 	}
 }
+
+// TestHeadersDifferingOnlyInCase: two headers whose names differ only in
+// case are one HTTP header; either value could be sent, so the second is
+// refused, naming both.
+func TestHeadersDifferingOnlyInCase(t *testing.T) {
+	_, err := Parse([]byte(`
+source:
+  dsn: postgres://dzhook@127.0.0.1/dzdesk
+subscriptions:
+  - id: crm
+    url: https://crm.example.com/hook
+    events: [request.*]
+    secret: 0123456789abcdef
+    headers:
+      X-Api-Key: first
+      x-api-key: second
+`), nil)
+	if err == nil || !strings.Contains(err.Error(), "subscriptions[0].headers.x-api-key") || !strings.Contains(err.Error(), "same header as X-Api-Key") {
+		t.Fatalf("headers X-Api-Key and x-api-key: %v, want refused naming both", err)
+	}
+}

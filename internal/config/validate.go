@@ -326,11 +326,20 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 	}
 	checkProxy(ps, path+".proxy", s.Proxy)
 	checkClientTLS(ps, refs, path+".tls", s.TLS)
+	seen := map[string]string{} // canonical name → the name as written, first in sorted order
 	for _, name := range sortedKeys(anyMap(s.Headers)) {
 		p := path + ".headers." + name
+		canonical := http.CanonicalHeaderKey(name)
+		first, dup := seen[canonical]
+		if !dup {
+			seen[canonical] = name
+		}
 		switch {
 		case !httpguts.ValidHeaderFieldName(name):
 			ps.add(p, "%q is not a valid header name", name)
+		case dup:
+			// Both would be sent as one header, with either value.
+			ps.add(p, "is the same header as %s (header names are case-insensitive): keep one", first)
 		case slices.Contains(reservedHeaders, strings.ToLower(name)):
 			ps.add(p, "%s is set by dzhook and cannot be overridden", http.CanonicalHeaderKey(name))
 		case !httpguts.ValidHeaderFieldValue(s.Headers[name].Reveal()):
