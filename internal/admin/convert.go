@@ -22,12 +22,22 @@ func eventOf(e catalog.Event) api.Event {
 	return api.Event{Name: e.Name, Group: e.Group, Description: e.Description, Custom: e.Custom}
 }
 
+// utc is t in UTC (the API's times are; a time taken from the clock is in
+// the host's zone).
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
 // subscriptionOf adds the journal's backlog to a subscription's status.
 func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Time) api.Subscription {
 	v := api.Subscription{
 		ID: st.ID, URL: st.URL, Events: st.Events, Active: st.Active, Paused: st.Paused,
 		QueueWhileInactive: st.QueueWhileInactive, Filter: st.Filter, State: string(st.State),
-		LastSuccessAt: st.LastSuccessAt, LastFailureAt: st.LastFailureAt, LastStatus: st.LastStatus, LastError: st.LastError,
+		LastSuccessAt: utc(st.LastSuccessAt), LastFailureAt: utc(st.LastFailureAt), LastStatus: st.LastStatus, LastError: st.LastError,
 		QueueDepth: st.QueueDepth, Stats: statsOf(st.Stats),
 		Pending: b.Pending, Failed: b.Failed, Held: b.Held,
 		Source: st.Source, Description: st.Description,

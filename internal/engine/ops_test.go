@@ -688,3 +688,33 @@ func TestSendTestDuringShutdown(t *testing.T) {
 		t.Errorf("%d test attempts journaled, want 1", n)
 	}
 }
+
+// TestAPITimesInUTC: the API's times are RFC 3339 in UTC whatever the
+// host's zone: those read from the journal came in the host's zone
+// (pgx's default), and the dashboard, comparing them as strings, showed a
+// recovered subscription's last error for hours.
+func TestAPITimesInUTC(t *testing.T) {
+	old := time.Local
+	time.Local = time.FixedZone("JST", 9*3600) // as TZ=Asia/Tokyo
+	t.Cleanup(func() { time.Local = old })
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) { return 500, nil, "down" })
+	cfg := testConfigWith(t, db, adminSection, "  retry_schedule: [0s]", sub("crm", rc.URL, "request.created"))
+	e, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	testutil.Eventually(t, 20*time.Second, "a failed delivery", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 1
+	})
+	a := newAdminClient(t, e)
+	_, list := a.call("GET", "/v1/deliveries", adminToken, nil)
+	_, sub := a.call("GET", "/v1/subscriptions/crm", adminToken, nil)
+	stop()
+	// After a restart the subscription's health comes from the journal.
+	_, again := newAdminClient(t, start(t, cfg)).call("GET", "/v1/subscriptions/crm", adminToken, nil)
+	for what, raw := range map[string][]byte{"GET /v1/deliveries": list, "GET /v1/subscriptions/crm": sub, "the same after a restart": again} {
+		if strings.Contains(string(raw), "+09:00") || !strings.Contains(string(raw), `Z"`) {
+			t.Errorf("%s: times not in UTC: %s", what, raw)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/rawsock"
@@ -43,6 +44,13 @@ func Open(ctx context.Context, dsn, schema string) (*Store, error) {
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "dzhook-journal"
 	cfg.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
+	// pgx gives a timestamptz in the host's zone (time.Local): read in
+	// UTC, the times the API and the dashboard show are RFC 3339 in UTC
+	// as internal/api promises, whatever TZ the process runs with.
+	cfg.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+		c.TypeMap().RegisterType(&pgtype.Type{Name: "timestamptz", OID: pgtype.TimestamptzOID, Codec: &pgtype.TimestamptzCodec{ScanLocation: time.UTC}})
+		return nil
+	}
 	cfg.MaxConns = 8
 	cfg.ConnConfig.DialFunc = rawsock.Dialer(cfg.ConnConfig.DialFunc)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

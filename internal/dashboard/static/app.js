@@ -435,7 +435,8 @@ function updateCard(c, s) {
   updateOrdering(c, s);
   updateBody(c, s);
 
-  const failedLast = s.last_failure_at && (!s.last_success_at || s.last_failure_at > s.last_success_at);
+  // Compared as instants: as strings, "...:00Z" sorts after "...:00.5Z".
+  const failedLast = s.last_failure_at && (!s.last_success_at || Date.parse(s.last_failure_at) > Date.parse(s.last_success_at));
   const why = errorText(s.last_status, s.last_error);
   c.lastError.hidden = !(failedLast && why);
   setText(c.lastError, `Last error: ${why}`);
