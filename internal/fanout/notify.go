@@ -157,12 +157,25 @@ func (n *Notifier) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-n.wake:
 		}
-		due, err := n.store.ClaimNotifications(ctx, 20, 2*n.timeout)
+		n.sendDue(ctx)
+	}
+}
+
+// sendDue sends the due notifications one claim at a time: each is leased
+// for twice the timeout of its one POST. Claimed 20 at a time, those sent
+// after the first few, one after another, went past their lease, and
+// another process sharing the journal claimed and sent them again.
+func (n *Notifier) sendDue(ctx context.Context) {
+	for ctx.Err() == nil {
+		due, err := n.store.ClaimNotifications(ctx, 1, 2*n.timeout)
 		if err != nil {
 			if ctx.Err() == nil {
 				n.log.Warn("claiming notifications failed", "err", err)
 			}
-			continue
+			return
+		}
+		if len(due) == 0 {
+			return
 		}
 		for _, m := range due {
 			n.send(ctx, m)
