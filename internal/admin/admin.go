@@ -344,7 +344,11 @@ func (s *Server) journalError(w http.ResponseWriter, r *http.Request, err error)
 	case errors.Is(err, fanout.ErrUnknownSubscription):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		writeError(w, http.StatusServiceUnavailable, "timed out")
+		msg := "timed out waiting for the journal"
+		if r.Method != http.MethodGet {
+			msg += " (or the receiver); the action may have been made: look before trying again"
+		}
+		writeError(w, http.StatusServiceUnavailable, msg)
 	default:
 		s.log.Error("admin request failed", "err", err)
 		writeError(w, http.StatusServiceUnavailable, "the journal could not be reached; see dzhook's log")

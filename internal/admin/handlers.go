@@ -69,6 +69,13 @@ func (s *Server) eventSchema(w http.ResponseWriter, r *http.Request, _ query) {
 // not a request that hangs.
 const journalTimeout = 5 * time.Second
 
+// attemptTimeout bounds an action that makes an attempt and answers with
+// its outcome (a retry, a test send): the journal's claim, the attempt
+// (up to delivery.timeout) and its journaling, under the server's 60 s
+// WriteTimeout, so a journal that stops answering gets a 503, not a
+// request that hangs. A variable for the tests.
+var attemptTimeout = 55 * time.Second
+
 // journalCtx is the context of one journal read for a request.
 func journalCtx(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), journalTimeout)
@@ -299,7 +306,9 @@ func (s *Server) retry(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	rep, err := s.cfg.Deliverer.RetryNow(r.Context(), id)
+	ctx, cancel := context.WithTimeout(r.Context(), attemptTimeout)
+	defer cancel()
+	rep, err := s.cfg.Deliverer.RetryNow(ctx, id)
 	if err != nil {
 		s.journalError(w, r, err)
 		return
@@ -317,7 +326,9 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, q query) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	n, err := s.cfg.Deliverer.RetryFailed(r.Context(), id, since, until)
+	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	defer cancel()
+	n, err := s.cfg.Deliverer.RetryFailed(ctx, id, since, until)
 	if err != nil {
 		s.journalError(w, r, err)
 		return
@@ -342,7 +353,9 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("event: %q is not an event of the catalog", clip(body.Event)))
 		return
 	}
-	rep, err := s.cfg.Deliverer.SendTest(r.Context(), id, s.cfg.Sample(body.Event))
+	ctx, cancel := context.WithTimeout(r.Context(), attemptTimeout)
+	defer cancel()
+	rep, err := s.cfg.Deliverer.SendTest(ctx, id, s.cfg.Sample(body.Event))
 	if err != nil {
 		s.journalError(w, r, err)
 		return
@@ -355,7 +368,9 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	if err := s.cfg.Deliverer.Pause(r.Context(), id); err != nil {
+	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	defer cancel()
+	if err := s.cfg.Deliverer.Pause(ctx, id); err != nil {
 		s.journalError(w, r, err)
 		return
 	}
@@ -368,7 +383,9 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	n, err := s.cfg.Deliverer.Resume(r.Context(), id)
+	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	defer cancel()
+	n, err := s.cfg.Deliverer.Resume(ctx, id)
 	if err != nil {
 		s.journalError(w, r, err)
 		return

@@ -24,8 +24,9 @@ import (
 
 // changeTimeout bounds a change: it writes the journal and applies the
 // change in this process (a delete also cancels the subscription's
-// pending deliveries, which can be many).
-const changeTimeout = 30 * time.Second
+// pending deliveries, which can be many), and an operator's action on the
+// deliveries (pause, resume, retry-failed). A variable for the tests.
+var changeTimeout = 30 * time.Second
 
 // errNoManager is the answer of the endpoints of runtime subscriptions on
 // a server without a Manager.

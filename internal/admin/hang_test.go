@@ -1,0 +1,88 @@
+package admin
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/fanout"
+)
+
+// stuckDeliverer's actions wait for the journal, which never answers:
+// they end only with their context.
+type stuckDeliverer struct{ checkedDeliverer }
+
+func (stuckDeliverer) RetryNow(ctx context.Context, _ string) (fanout.AttemptReport, error) {
+	<-ctx.Done()
+	return fanout.AttemptReport{}, ctx.Err()
+}
+
+func (stuckDeliverer) RetryFailed(ctx context.Context, _ string, _, _ *time.Time) (int, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+func (stuckDeliverer) SendTest(ctx context.Context, _ string, _ fanout.Event) (fanout.AttemptReport, error) {
+	<-ctx.Done()
+	return fanout.AttemptReport{}, ctx.Err()
+}
+
+func (stuckDeliverer) Pause(ctx context.Context, _ string) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (stuckDeliverer) Resume(ctx context.Context, _ string) (int, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+// TestActionsBoundedWhenTheJournalHangs: an operator's action (pause,
+// resume, retry, retry-failed, test) whose journal work never ends
+// answers 503 once its bound passes, saying the action may have been
+// made, instead of a request that hangs while the journal is away (the
+// dashboard's buttons stayed busy; only reads had a bound).
+func TestActionsBoundedWhenTheJournalHangs(t *testing.T) {
+	defer func(c, a time.Duration) { changeTimeout, attemptTimeout = c, a }(changeTimeout, attemptTimeout)
+	changeTimeout, attemptTimeout = 200*time.Millisecond, 300*time.Millisecond
+	cat, err := catalog.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newChecked(t, Config{
+		Token: "t", Deliverer: stuckDeliverer{checkedDeliverer{t: t, cat: cat}}, History: checkedHistory{t: t, cat: cat}, Catalog: cat,
+		Sample: func(eventType string) fanout.Event { return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)} },
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	for _, target := range []string{
+		"/v1/subscriptions/crm/pause", "/v1/subscriptions/crm/resume", "/v1/subscriptions/crm/retry-failed",
+		"/v1/subscriptions/crm/test", "/v1/deliveries/dlv_2uclu222222257gue222222222abcdefghijklm/retry",
+	} {
+		done := make(chan *httptest.ResponseRecorder, 1)
+		go func() {
+			var body io.Reader
+			if strings.HasSuffix(target, "/test") {
+				body = strings.NewReader(`{}`)
+			}
+			req := httptest.NewRequest(http.MethodPost, target, body)
+			req.Header.Set("Authorization", "Bearer t")
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, req)
+			done <- rec
+		}()
+		select {
+		case rec := <-done:
+			if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "may have been made") {
+				t.Errorf("POST %s with the journal away: %d %s, want 503 saying the action may have been made", target, rec.Code, rec.Body)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("POST %s with the journal away: no answer after 10s", target)
+		}
+	}
+}
