@@ -57,7 +57,9 @@ func TestActionsBoundedWhenTheJournalHangs(t *testing.T) {
 	}
 	srv := newChecked(t, Config{
 		Token: "t", Deliverer: stuckDeliverer{checkedDeliverer{t: t, cat: cat}}, History: checkedHistory{t: t, cat: cat}, Catalog: cat,
-		Sample: func(eventType string) fanout.Event { return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)} },
+		Sample: func(eventType string) fanout.Event {
+			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
+		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	for _, target := range []string{
