@@ -102,8 +102,11 @@ func (h checkedHistory) ListDeliveries(_ context.Context, f journal.DeliveryFilt
 	if f.State != "" && !f.State.Valid() {
 		t.Errorf("ListDeliveries called with state %q, not one of %q", f.State, states)
 	}
-	if f.Subscription != "" && !slices.Contains(fuzzSubscriptions, f.Subscription) {
-		t.Errorf("ListDeliveries called with subscription %q", f.Subscription)
+	if f.Departed != (f.Subscription != "" && !slices.Contains(fuzzSubscriptions, f.Subscription)) {
+		t.Errorf("ListDeliveries called with subscription %q, departed %v", f.Subscription, f.Departed)
+	}
+	if f.Departed {
+		return nil, "", journal.ErrNoHistory // no history of it in this journal
 	}
 	if !slices.Equal(f.Subscriptions, fuzzSubscriptions) {
 		t.Errorf("ListDeliveries called with subscriptions %q, want %q", f.Subscriptions, fuzzSubscriptions)

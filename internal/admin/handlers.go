@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -201,11 +202,13 @@ func rangeParams(q query) (since, until *time.Time, err error) {
 func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {
 	f := journal.DeliveryFilter{Subscriptions: s.cfg.Deliverer.SubscriptionIDs(), Limit: defaultLimit}
 	if v := q["subscription"]; v != "" {
-		if !subscriptionIDPattern.MatchString(v) || !s.cfg.Deliverer.HasSubscription(v) {
+		if !subscriptionIDPattern.MatchString(v) {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("subscription: no such subscription %q", clip(v)))
 			return
 		}
-		f.Subscription = v
+		// One deleted or removed from config.yaml is listed while the
+		// journal keeps its history (its cancelled deliveries).
+		f.Subscription, f.Departed = v, !s.cfg.Deliverer.HasSubscription(v)
 	}
 	if v := q["status"]; v != "" {
 		ok := false
@@ -246,6 +249,10 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {
 	ctx, cancel := journalCtx(r)
 	defer cancel()
 	list, next, err := s.cfg.History.ListDeliveries(ctx, f)
+	if errors.Is(err, journal.ErrNoHistory) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("subscription: no such subscription %q", clip(f.Subscription)))
+		return
+	}
 	if err != nil {
 		s.journalError(w, r, err)
 		return

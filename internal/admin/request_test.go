@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -448,7 +449,9 @@ func TestMalformedRequests(t *testing.T) {
 		if code != tc.want || !strings.Contains(msg, tc.names) {
 			t.Errorf("%s: %d %q, want %d naming %s", what, code, clip(msg), tc.want, tc.names)
 		}
-		if len(s.calls) != 0 {
+		// A subscription that does not run is looked for in the history
+		// (deleted ones stay there); nothing else is called.
+		if len(s.calls) != 0 && !(strings.Contains(tc.target, "subscription=ghost") && slices.Equal(s.calls, []string{"ListDeliveries"})) {
 			t.Errorf("%s: the server called %v, want nothing", what, s.calls)
 		}
 	}

@@ -602,3 +602,40 @@ func TestKeyRotationResealsAtStart(t *testing.T) {
 		t.Fatal("the rotation kept the secret")
 	}
 }
+
+// TestDeletedSubscriptionHistoryListed: a deleted runtime subscription's
+// deliveries (cancelled by the delete) stay in the history the API lists,
+// as the README and the dashboard's delete dialog say: unfiltered, by
+// state, and by its id. The list searched the running subscriptions only.
+func TestDeletedSubscriptionHistoryListed(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection+"secrets:\n  key: "+secretsKey+"\n", "", sub("crm", rc.URL, "request.created")))
+	a := newAdminClient(t, e)
+	if code, raw := a.call("POST", "/v1/subscriptions", adminToken, map[string]any{
+		"id": "rt", "url": rc.URL + "/rt", "events": []string{"request.created"}, "queue_while_inactive": true,
+	}); code != http.StatusCreated {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	answer[api.PauseResponse](a, "POST", "/v1/subscriptions/rt/pause", nil)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	testutil.Eventually(t, 20*time.Second, "a held delivery of rt", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE subscription_id = 'rt' AND state = 'held'`) == 1
+	})
+	if code, raw := a.call("DELETE", "/v1/subscriptions/rt", adminToken, nil); code != http.StatusOK {
+		t.Fatalf("delete: %d %s", code, raw)
+	}
+	for _, q := range []string{"", "?status=cancelled", "?subscription=rt"} {
+		list := answer[api.DeliveryList](a, "GET", "/v1/deliveries"+q, nil)
+		found := false
+		for _, d := range list.Deliveries {
+			found = found || (d.Subscription == "rt" && d.State == "cancelled")
+		}
+		if !found {
+			t.Errorf("GET /v1/deliveries%s: the deleted subscription's cancelled delivery is not listed: %+v", q, list.Deliveries)
+		}
+	}
+	if code, _ := a.call("GET", "/v1/deliveries?subscription=never", adminToken, nil); code != http.StatusBadRequest {
+		t.Errorf("GET /v1/deliveries?subscription=never: %d, want 400", code)
+	}
+}

@@ -74,9 +74,14 @@ type Attempt struct {
 
 // DeliveryFilter selects deliveries for the history.
 type DeliveryFilter struct {
-	// Subscriptions to search; all of them when Subscription is empty.
+	// Subscriptions to search besides those with deliveries in the
+	// journal, when Subscription is empty.
 	Subscriptions []string
 	Subscription  string
+	// Departed: Subscription does not run (deleted, or removed from
+	// config.yaml); its history is listed if the journal has any, else
+	// ErrNoHistory.
+	Departed bool
 	State         State
 	Event         string
 	// Since and Until bound the deliveries' creation to [Since, Until);
@@ -105,13 +110,30 @@ func scanDelivery(r pgx.Row) (Delivery, error) {
 	return d, err
 }
 
+// ErrNoHistory: a subscription that does not run has no deliveries in the
+// journal.
+var ErrNoHistory = errors.New("no such subscription")
+
 // ListDeliveries returns deliveries newest first, and the cursor of the
 // next page ("" on the last one). Without a subscription filter it merges
-// each subscription's newest rows (one index scan each).
+// the newest rows of each subscription with deliveries in the journal
+// (one index scan each): those of f.Subscriptions, and those of
+// subscriptions deleted or removed from config.yaml, which stay in the
+// history (a delete's cancelled deliveries with their reason), found by
+// a skip scan of the history index (one probe per subscription).
 func (s *Store) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Delivery, string, error) {
-	subs := f.Subscriptions
+	subs, all := f.Subscriptions, true
 	if f.Subscription != "" {
-		subs = []string{f.Subscription}
+		subs, all = []string{f.Subscription}, false
+	}
+	if f.Departed && f.Subscription != "" {
+		var known bool
+		if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE subscription_id = $1)`), f.Subscription).Scan(&known); err != nil {
+			return nil, "", fmt.Errorf("list deliveries: %w", err)
+		}
+		if !known {
+			return nil, "", ErrNoHistory
+		}
 	}
 	var curAt *time.Time
 	var curID *string
@@ -123,7 +145,13 @@ func (s *Store) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Deliver
 		curAt, curID = &at, &id
 	}
 	rows, err := s.pool.Query(ctx, s.q(`
-		SELECT `+deliveryColumns+` FROM unnest($1::text[]) AS sub(id) CROSS JOIN LATERAL (
+		WITH RECURSIVE known AS (
+			(SELECT subscription_id AS id FROM {{schema}}.deliveries WHERE $9 ORDER BY subscription_id LIMIT 1)
+			UNION ALL
+			SELECT (SELECT x.subscription_id FROM {{schema}}.deliveries x WHERE x.subscription_id > known.id ORDER BY x.subscription_id LIMIT 1)
+			  FROM known WHERE known.id IS NOT NULL
+		), subs AS (SELECT id FROM known WHERE id IS NOT NULL UNION SELECT unnest($1::text[]))
+		SELECT `+deliveryColumns+` FROM subs AS sub(id) CROSS JOIN LATERAL (
 			SELECT * FROM {{schema}}.deliveries x
 			 WHERE x.subscription_id = sub.id
 			   AND ($2::text IS NULL OR x.state = $2) AND ($3::text IS NULL OR x.event_type = $3)
@@ -131,7 +159,7 @@ func (s *Store) ListDeliveries(ctx context.Context, f DeliveryFilter) ([]Deliver
 			   AND ($6::timestamptz IS NULL OR (x.created_at, x.id) < ($6, $7::text))
 			 ORDER BY x.created_at DESC, x.id DESC LIMIT $8) d
 		ORDER BY d.created_at DESC, d.id DESC LIMIT $8`),
-		subs, nullText(string(f.State)), nullText(f.Event), f.Since, f.Until, curAt, curID, f.Limit+1)
+		subs, nullText(string(f.State)), nullText(f.Event), f.Since, f.Until, curAt, curID, f.Limit+1, all)
 	if err != nil {
 		return nil, "", fmt.Errorf("list deliveries: %w", err)
 	}

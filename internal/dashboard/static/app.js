@@ -1253,7 +1253,8 @@ async function submitDelete(ev) {
     $('delete-dialog').close();
     const n = rep.cancelled || 0;
     announce(`Deleted ${id}${n ? `; ${n} ${n === 1 ? 'delivery' : 'deliveries'} cancelled` : ''}.`);
-    // The API lists the deliveries of existing subscriptions only.
+    // The filter offers running subscriptions only; the deleted one's
+    // deliveries stay in the unfiltered history, cancelled.
     if (state.filters.subscription === id) {
       state.filters.subscription = '';
       showFilters();
