@@ -82,8 +82,8 @@ type DeliveryFilter struct {
 	// config.yaml); its history is listed if the journal has any, else
 	// ErrNoHistory.
 	Departed bool
-	State         State
-	Event         string
+	State    State
+	Event    string
 	// Since and Until bound the deliveries' creation to [Since, Until);
 	// nil is no bound (the zero time is a bound like any other).
 	Since, Until *time.Time
