@@ -625,3 +625,46 @@ subscriptions:
 		t.Fatalf("headers X-Api-Key and x-api-key: %v, want refused naming both", err)
 	}
 }
+
+// TestNumbersForTextSettingsAsWritten: a setting that is text, written as
+// an unquoted number, is the text the file has. YAML reads 0012 as 10 and
+// a 23-digit number as a float: a secret was signed with
+// "1.2345678901234568e+22", which no receiver's copy of the file verifies.
+func TestNumbersForTextSettingsAsWritten(t *testing.T) {
+	cfg, err := Parse([]byte(`
+source:
+  dsn: postgres://dzhook@127.0.0.1/dzdesk
+admin:
+  token: 123456789012345678901234
+subscriptions:
+  - id: crm
+    url: https://crm.example.com/hook
+    events: [request.*]
+    secret: 12345678901234567890123
+    headers:
+      X-Account: 0012
+      X-Scale: 1e3
+      X-Ratio: 1.50
+      X-Count: 42
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Subscriptions[0]
+	for _, c := range []struct{ what, got, want string }{
+		{"subscriptions[0].secret", s.Secret.Reveal(), "12345678901234567890123"},
+		{"admin.token", cfg.Admin.Token.Reveal(), "123456789012345678901234"},
+		{"X-Account", s.Headers["X-Account"].Reveal(), "0012"},
+		{"X-Scale", s.Headers["X-Scale"].Reveal(), "1e3"},
+		{"X-Ratio", s.Headers["X-Ratio"].Reveal(), "1.50"},
+		{"X-Count", s.Headers["X-Count"].Reveal(), "42"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: the file says %s, dzhook uses %q", c.what, c.want, c.got)
+		}
+	}
+	// A number setting still reads as YAML gives it.
+	if cfg, err = Parse([]byte(minimal+"delivery:\n  concurrency: 0x10\n"), nil); err != nil || cfg.Delivery.Concurrency != 16 {
+		t.Errorf("delivery.concurrency: 0x10: %v, %v; want 16", err, cfg)
+	}
+}

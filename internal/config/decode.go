@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // decoder copies koanf's raw map onto a typed Config. It is written here
@@ -24,6 +26,9 @@ type decoder struct {
 	// refs gets every setting whose value held a reference, for the
 	// messages of validation too.
 	refs references
+	// literals is the text of each number as the file wrote it, by path
+	// (see literalNumbers).
+	literals map[string]string
 }
 
 var (
@@ -73,6 +78,15 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 	}
 	switch t.Kind() {
 	case reflect.String:
+		// A number YAML read for a setting that is text is the text the
+		// file has: YAML would give 0012 as 10 and a 23-digit secret as
+		// 1.2345678901234568e+22.
+		switch raw.(type) {
+		case int, int64, uint64, float64:
+			if lit, ok := d.literals[path]; ok {
+				raw = lit
+			}
+		}
 		s, ok := d.scalar(path, raw)
 		if ok {
 			dst.SetString(s)
@@ -322,6 +336,41 @@ func nest(key string, known map[string]int) string {
 		return ""
 	}
 	return strings.Join(parts, ": {") + ": …" + strings.Repeat("}", len(parts)-1)
+}
+
+// literalNumbers maps the path of every number in the YAML document (in
+// the decoder's form: source.dsn, subscriptions[0].headers.X-Account) to
+// its text as written. A number it cannot place (under an alias or a
+// merge key) is absent, and decodes as YAML read it.
+func literalNumbers(b []byte) map[string]string {
+	var doc yaml.Node
+	if yaml.Unmarshal(b, &doc) != nil {
+		return nil
+	}
+	out := map[string]string{}
+	var walk func(path string, n *yaml.Node)
+	walk = func(path string, n *yaml.Node) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(path, c)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				walk(join(path, n.Content[i].Value), n.Content[i+1])
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(fmt.Sprintf("%s[%d]", path, i), c)
+			}
+		case yaml.ScalarNode:
+			if n.Tag == "!!int" || n.Tag == "!!float" {
+				out[path] = n.Value
+			}
+		}
+	}
+	walk("", &doc)
+	return out
 }
 
 func join(path, key string) string {
