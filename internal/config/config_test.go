@@ -111,6 +111,13 @@ func TestUnknownEnv(t *testing.T) {
 	if len(got) != 1 || !strings.Contains(got[0], "DZHOOK_SOURCE_DNS") || !strings.Contains(got[0], "DZHOOK_SOURCE_DSN") {
 		t.Errorf("UnknownEnv = %q, want DZHOOK_SOURCE_DNS with a suggestion", got)
 	}
+	// A setting's variable set but empty replaces the file's value with
+	// nothing (DZHOOK_JOURNAL_DSN= moves the journal to source.dsn): said.
+	got = UnknownEnv([]string{"DZHOOK_JOURNAL_DSN=", "DZHOOK_ADMIN_LISTEN=", "DZHOOK_SOURCE_DSN=y", "DZHOOK_CONFIG="})
+	if len(got) != 2 || !strings.Contains(got[0]+got[1], "DZHOOK_JOURNAL_DSN is set but empty: it replaces journal.dsn") ||
+		!strings.Contains(got[0]+got[1], "DZHOOK_ADMIN_LISTEN is set but empty") {
+		t.Errorf("UnknownEnv with empty settings = %q, want a warning for each of the two", got)
+	}
 }
 
 func TestReferences(t *testing.T) {

@@ -139,7 +139,11 @@ var cliEnv = []string{"DZHOOK_CONFIG", "DZHOOK_ADMIN_URL", "DZHOOK_ADMIN_TOKEN",
 
 // UnknownEnv returns a warning for every DZHOOK_… variable that is neither
 // a setting nor read by the command line: a misspelt override would
-// otherwise be ignored without a word.
+// otherwise be ignored without a word. And one for every setting's
+// variable set but empty: it replaces the file's value with nothing, and
+// for some settings nothing is a choice (DZHOOK_JOURNAL_DSN= puts the
+// journal in the source database, DZHOOK_ADMIN_LISTEN= turns the admin
+// server off), typically a deployment's variable whose source is unset.
 func UnknownEnv(environ []string) []string {
 	known := envKeys()
 	names := make([]string, 0, len(known)+len(cliEnv))
@@ -150,7 +154,11 @@ func UnknownEnv(environ []string) []string {
 	slices.Sort(names)
 	var out []string
 	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
+		name, v, _ := strings.Cut(kv, "=")
+		if key, ok := known[name]; ok && v == "" {
+			out = append(out, fmt.Sprintf("%s is set but empty: it replaces %s of the file with an empty value (unset it to keep the file's)", name, key))
+			continue
+		}
 		if !strings.HasPrefix(name, EnvPrefix) || slices.Contains(names, name) {
 			continue
 		}
