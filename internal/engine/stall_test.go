@@ -404,3 +404,36 @@ func TestTruncateOfMappedTableWarns(t *testing.T) {
 		t.Errorf("%d WARN lines naming the truncated public.comments, want 1", n)
 	}
 }
+
+// TestDropAfterAReloadStalls: the mapping a reload replaced maps only
+// changes from before the reload's ALTER. A column the new mapping needs,
+// dropped later, stalls the stream; the replaced mapping, which fits the
+// table again, used to map those changes silently, with the field taken
+// from the column the reload had moved away from.
+func TestDropAfterAReloadStalls(t *testing.T) {
+	db := newDB(t)
+	rc, admin := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	e, _, _ := startLogged(t, stallConfig(t, db, rc, admin, ""))
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'title one', 1)`)
+	rc.Wait(t, 1, 30*time.Second)
+	db.Exec(t, `ALTER TABLE requests ADD COLUMN subject text`)
+	if err := e.Reload(context.Background(), stallConfig(t, db, rc, admin, "mapping:\n  requests:\n    columns:\n      title: subject\n")); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, subject, requester_id) VALUES (2, 'title two', 'subject two', 1)`)
+	rc.Wait(t, 2, 30*time.Second)
+	if body := string(rc.Requests()[1].Body); !strings.Contains(body, `"title":"subject two"`) {
+		t.Fatalf("after the reload: %s, want the title from subject", body)
+	}
+	db.Exec(t, `ALTER TABLE requests DROP COLUMN subject`,
+		`INSERT INTO requests (id, title, requester_id) VALUES (3, 'title three', 1)`)
+	testutil.Eventually(t, 30*time.Second, "the stall at /readyz", func() bool {
+		code, body := readyz(t, e)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "mapping.requests.columns.title")
+	})
+	for _, r := range rc.Requests() {
+		if strings.Contains(string(r.Body), "title three") {
+			t.Errorf("a change without the mapped column subject was mapped with the replaced mapping: %s", r.Body)
+		}
+	}
+}

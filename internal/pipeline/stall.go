@@ -41,7 +41,9 @@ import (
 // stream may be behind the catalog the reload was checked against, and
 // changes from before an ALTER are still described with the old
 // columns. Until then, and after for such changes, the mapping it
-// replaces maps what it fits.
+// replaces maps what it fits: for each table, until the new mapping has
+// fitted a description of it (a later description it does not fit comes
+// from a later ALTER, and stalls).
 
 // Stalls is told when the stream stops at a change the mapping does not
 // fit, once per stall, and when it goes on. Called from the stream's
@@ -73,7 +75,12 @@ type schemaState struct {
 	candidate *mapping.Mapper // reloaded, not yet in effect
 	told      *mapping.Mapper // candidate whose misfit was logged
 	fitted    map[uint32]*cdc.Relation
-	names     map[uint32]string // relation ID → the name it was last mapped under
+	// settled: tables current has fitted a description of since it took
+	// effect. A table's descriptions only move forward, so one previous
+	// fits and current does not is then from a later ALTER (a mapped
+	// column dropped), not from before the reload's: it stalls.
+	settled map[uint32]bool
+	names   map[uint32]string // relation ID → the name it was last mapped under
 	stall     *Stall
 }
 
@@ -81,6 +88,7 @@ func (s *schemaState) init(m *mapping.Mapper) {
 	s.current.Store(m)
 	s.reloaded = make(chan struct{}, 1)
 	s.fitted = map[uint32]*cdc.Relation{}
+	s.settled = map[uint32]bool{}
 	s.names = map[uint32]string{}
 }
 
@@ -127,9 +135,10 @@ func (p *Pipeline) mapperFor(ctx context.Context, c *cdc.Change) (*mapping.Mappe
 		misfits := p.misfits(cur, rel)
 		if len(misfits) == 0 {
 			p.fits(cur, rel)
+			s.settled[rel.ID] = true
 			return cur, nil
 		}
-		if s.previous != nil && len(p.misfits(s.previous, rel)) == 0 {
+		if s.previous != nil && !s.settled[rel.ID] && len(p.misfits(s.previous, rel)) == 0 {
 			// From before the change the reload was made for: the mapping
 			// it replaced still describes it.
 			return s.previous, nil
@@ -164,6 +173,7 @@ func (p *Pipeline) adopt(c *cdc.Change) {
 	s.previous = s.current.Swap(s.candidate)
 	s.candidate, s.told = nil, nil
 	clear(s.fitted)
+	clear(s.settled)
 	p.log.Info("reloaded mapping in effect", "lsn", c.CommitLSN.String())
 }
 
