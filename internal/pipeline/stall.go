@@ -81,7 +81,7 @@ type schemaState struct {
 	// column dropped), not from before the reload's: it stalls.
 	settled map[uint32]bool
 	names   map[uint32]string // relation ID → the name it was last mapped under
-	stall     *Stall
+	stall   *Stall
 }
 
 func (s *schemaState) init(m *mapping.Mapper) {
