@@ -675,3 +675,14 @@ subscriptions:
 		t.Errorf("delivery.concurrency: 0x10: %v, %v; want 16", err, cfg)
 	}
 }
+
+// TestEmptyValueTranslation: a value translation to nothing (left empty,
+// or ~) is refused naming it; it sent "status": "".
+func TestEmptyValueTranslation(t *testing.T) {
+	for _, v := range []string{"", "~", `""`} {
+		_, err := Parse([]byte(minimal+"mapping:\n  requests:\n    values:\n      status:\n        OPEN: open\n        WORKING: "+v+"\n"), nil)
+		if err == nil || !strings.Contains(err.Error(), "mapping.requests.values.status.WORKING") {
+			t.Errorf("WORKING: %s: %v, want refused naming mapping.requests.values.status.WORKING", v, err)
+		}
+	}
+}

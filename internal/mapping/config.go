@@ -3,6 +3,7 @@ package mapping
 import (
 	"fmt"
 	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -228,6 +229,27 @@ func (c *Config) Validate() []Problem {
 				add(p, "required: the %s entity cannot work without it", e.key)
 			case col.name != "" && !identifier.MatchString(col.name):
 				add(p, "%q is not a plain PostgreSQL identifier", col.name)
+			}
+		}
+	}
+	// A translation to nothing ("WORKING:" left empty, or ~) would send
+	// "status": "" for a value DZDESK documents as one of a few.
+	for _, v := range []struct {
+		path string
+		m    map[string]string
+	}{
+		{"requests.values.status", c.Requests.Values.Status}, {"requests.values.priority", c.Requests.Values.Priority},
+		{"users.values.role", c.Users.Values.Role}, {"users.values.active", c.Users.Values.Active},
+		{"request_slas.values.sla_type", c.SLAs.Values.SLAType},
+	} {
+		keys := make([]string, 0, len(v.m))
+		for k := range v.m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if strings.TrimSpace(v.m[k]) == "" {
+				add(v.path+"."+k, "translates to nothing: give the value it stands for (quote it if YAML reads it otherwise)")
 			}
 		}
 	}
