@@ -95,7 +95,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 			}
 			ok, err := s.filter.Match(env)
 			if err != nil {
-				d.log.Debug("filter did not apply to the event", "subscription", s.cfg.ID, "event_id", ev.ID, "err", err)
+				d.filterFailure(s, ev, err, now)
 			}
 			if !ok {
 				continue
@@ -289,4 +289,30 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 			return false
 		}
 	}
+}
+
+// filterToldEvery is how often a subscription's filter failing on events
+// is logged at most.
+const filterToldEvery = 10 * time.Minute
+
+// filterFailure notes that s's filter failed on ev (a field the event
+// lacks, a type it does not expect): the event does not match, as the
+// filter package says. Debug logs each; a WARN says it, with how many
+// since the last, at most every filterToldEvery per subscription, so an
+// operator at the default level learns that a filter skips events it
+// cannot read (a filter on data.priority, on a subscription that also
+// takes request.escalated, whose data has none) without a line per event.
+func (d *Dispatcher) filterFailure(s *sub, ev Event, err error, now time.Time) {
+	d.log.Debug("filter did not apply to the event", "subscription", s.cfg.ID, "event_id", ev.ID, "err", err)
+	n := s.filterFailed.Add(1)
+	last := s.filterToldAt.Load()
+	if last != 0 && now.UnixNano()-last < int64(filterToldEvery) || !s.filterToldAt.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	s.filterFailed.Add(-n)
+	attrs := []any{"subscription", s.cfg.ID, "events", n, "event", ev.Type, "event_id", ev.ID, "err", err}
+	if last != 0 {
+		attrs = append(attrs, "since", time.Duration(now.UnixNano()-last).Round(time.Second).String())
+	}
+	d.log.Warn("the subscription's filter fails on some events, which therefore do not match it (and are not delivered to it)", attrs...)
 }

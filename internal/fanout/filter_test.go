@@ -1,0 +1,46 @@
+package fanout
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// TestFilterFailuresSaid: events a subscription's filter fails on (a
+// field their data lacks) do not match it, and an operator at the
+// default log level is told, once for a run of them, with their count;
+// they were logged at debug only, so events went undelivered unexplained.
+// Events the filter reads go out as before.
+func TestFilterFailuresSaid(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	var logs testutil.SyncBuffer
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,
+		Filter: `data.priority == "high"`}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", Concurrency: 1,
+		RetrySchedule: []time.Duration{0, time.Hour}, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
+	ctx := context.Background()
+	evs := orderEvents([]string{"a", "b", "c", "d"}) // their data has no priority
+	high := orderEvents([]string{"e"})[0]
+	high.ID = "whk_high"
+	high.Body = []byte(`{"id":"whk_high","event":"request.updated","timestamp":"2024-01-15T14:30:00Z","data":{"id":"e","priority":"high"}}`)
+	for _, ev := range append(evs, high) {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.Wait(t, 1, 10*time.Second)
+	if n := len(rc.Requests()); n != 1 || !strings.Contains(string(rc.Requests()[0].Body), "whk_high") {
+		t.Errorf("%d deliveries, want the one event the filter matches", n)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "filter fails on some events"); n != 1 || !strings.Contains(out, "subscription=crm") || !strings.Contains(out, "level=WARN") {
+		t.Errorf("%d WARN lines about the failing filter, want 1 naming the subscription:\n%s", n, out)
+	}
+}
