@@ -105,16 +105,18 @@ func (s *sub) signing(now time.Time) (secret []byte, standard [][]byte) {
 
 // sub is a subscription at run time: its queue, workers' client, health.
 type sub struct {
-	cfg    Subscription
-	tag    string // ids.SubscriptionTag(cfg.ID): a hash, made once, not per delivery
-	filter *filter.Program
+	cfg     Subscription
+	tag     string // ids.SubscriptionTag(cfg.ID): a hash, made once, not per delivery
+	filter  *filter.Program
+	shape   *transform.Transform // nil: the envelope is sent as it is
+	method  string
+	pace    *pacer // nil: no rate limit
+	headers http.Header
+
 	// filterFailed counts the events the filter failed on since the last
 	// WARN about it, at filterToldAt (unix nanoseconds); see filterFailure.
 	filterFailed, filterToldAt atomic.Int64
-	shape                      *transform.Transform // nil: the envelope is sent as it is
-	method                     string
-	pace                       *pacer // nil: no rate limit
-	headers                    http.Header
+
 	// standardKeys are the Standard Webhooks keys of cfg.Secret and,
 	// during a rotation, of cfg.PreviousSecret (made once, not per
 	// attempt); none: no Standard Webhooks headers.
