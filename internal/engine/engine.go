@@ -248,6 +248,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err := e.pipeline.UseCheckpoint(ctx, cp, sys.XLogPos); err != nil {
 		return nil, err
 	}
+	if err := e.useRecordedMappings(ctx, cfg, mapper, users); err != nil {
+		return nil, err
+	}
 	e.clock, err = slaclock.New(slaclock.Config{
 		Store: e.journal, Source: e.schema, Events: e.schema, Dispatcher: e.dispatcher, Slot: cfg.Source.Slot,
 		WarningPercent: cfg.SLA.WarningPercent, SLATypes: cfg.Mapping.SLAs.Values.SLAType, CheckInterval: cfg.SLA.CheckInterval, Logger: log,

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"strings"
@@ -210,6 +211,9 @@ func (w *schemaWatch) reload(ctx context.Context, next *config.Config) bool {
 	w.mu.Lock()
 	w.applied = next.Mapping
 	w.mu.Unlock()
+	if err := w.e.recordMapping(ctx, next.Mapping); err != nil {
+		w.e.log.Warn("the reloaded mapping is not recorded in the journal: a restart before the stream is past the ALTER it was made for may stall", "err", err)
+	}
 	w.e.log.Info("reloaded mapping applied; it takes effect at the first change it fits", "stream_stalled", stalled)
 	w.check(ctx)
 	return true
@@ -251,4 +255,38 @@ func withoutMapping(sections []string, applied bool) []string {
 		}
 	}
 	return out
+}
+
+// useRecordedMappings gives the pipeline, as fallbacks, the mappings the
+// slot's changes were mapped with before this start (the journal records
+// them), and records the configured one. Changes streamed again after the
+// checkpoint may come from before an ALTER made while dzhook was stopped
+// (or before it stopped): the mapping written for the altered schema does
+// not fit them, and the one that did maps them (pipeline.SetFallbacks).
+// People are looked up through the configured mapping's users table, as
+// it is now. A recorded mapping this version cannot read is left out.
+func (e *Engine) useRecordedMappings(ctx context.Context, cfg *config.Config, mapper *mapping.Mapper, users mapping.UserLookup) error {
+	recorded, err := e.journal.RecentMappings(ctx, cfg.Source.Slot)
+	if err != nil {
+		return err
+	}
+	var fallbacks []*mapping.Mapper
+	for _, b := range recorded {
+		var mc mapping.Config
+		if json.Unmarshal(b, &mc) != nil || reflect.DeepEqual(mc, cfg.Mapping) {
+			continue
+		}
+		fallbacks = append(fallbacks, mapper.WithMapping(mc, users))
+	}
+	e.pipeline.SetFallbacks(fallbacks)
+	return e.recordMapping(ctx, cfg.Mapping)
+}
+
+// recordMapping records that the slot's changes are mapped with mc.
+func (e *Engine) recordMapping(ctx context.Context, mc mapping.Config) error {
+	b, err := json.Marshal(mc)
+	if err != nil {
+		return err
+	}
+	return e.journal.RecordMapping(ctx, e.cfg.Source.Slot, b)
 }

@@ -437,3 +437,51 @@ func TestDropAfterAReloadStalls(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartAfterAMigration: dzhook stopped, the application writes, a
+// migration renames a mapped column, more rows; started with the mapping
+// written for the migrated schema, dzhook maps the rows from before the
+// rename with the mapping then in force (recorded in the journal) and the
+// others with the new one: every row's event, with its status. It used
+// to stall for good at the first row from before the rename: the new
+// mapping does not fit it, and the old one, which the live catalog no
+// longer fits, could be neither started with nor reloaded.
+func TestRestartAfterAMigration(t *testing.T) {
+	db := newDB(t)
+	rc, admin := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	_, _, stop := startLogged(t, stallConfig(t, db, rc, admin, ""))
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'before the stop', 1)`)
+	rc.Wait(t, 1, 30*time.Second)
+	stop()
+	db.Exec(t,
+		`INSERT INTO requests (id, title, status, requester_id) VALUES (2, 'written while dzhook was down', 'in_progress', 1)`,
+		`ALTER TABLE requests RENAME COLUMN status TO state`,
+		`INSERT INTO requests (id, title, state, requester_id) VALUES (3, 'after the migration', 'resolved', 1)`,
+	)
+	e, logs, _ := startLogged(t, stallConfig(t, db, rc, admin, stateMapping))
+	rc.Wait(t, 3, 30*time.Second)
+	for id, status := range map[string]string{"req_2": "in_progress", "req_3": "resolved"} {
+		found := false
+		for _, r := range rc.Requests() {
+			body := string(r.Body)
+			found = found || (strings.Contains(body, `"id":"`+id+`"`) && strings.Contains(body, `"status":"`+status+`"`))
+		}
+		if !found {
+			t.Errorf("no request.created for %s with status %s", id, status)
+		}
+	}
+	if code, body := readyz(t, e); code != http.StatusOK {
+		t.Errorf("/readyz %d %s, want 200", code, body)
+	}
+	if n := logs.count("INFO", map[string]string{"table": "public.requests"}); n == 0 {
+		t.Error("no INFO line saying the changes from before the rename were mapped with the mapping then in force")
+	}
+	// The rows from here on fit the new mapping: a later drop of the
+	// renamed column is not mapped with the old mapping.
+	db.Exec(t, `ALTER TABLE requests RENAME COLUMN state TO status`,
+		`INSERT INTO requests (id, title, status, requester_id) VALUES (4, 'renamed back', 'open', 1)`)
+	testutil.Eventually(t, 30*time.Second, "the stall at /readyz", func() bool {
+		code, body := readyz(t, e)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "mapping.requests.columns.status")
+	})
+}

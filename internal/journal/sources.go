@@ -137,3 +137,39 @@ func (s *Store) Gaps(ctx context.Context, slot string) ([]Gap, error) {
 
 // Schema is the journal's schema name, as configured.
 func (s *Store) Schema() string { return s.raw }
+
+// keptMappings is how many mappings a slot keeps (RecordMapping).
+const keptMappings = 3
+
+// RecordMapping records that slot's changes are mapped with config (a
+// mapping.Config as JSON) from now on, unless it is the newest recorded
+// already, and forgets all but the newest keptMappings.
+func (s *Store) RecordMapping(ctx context.Context, slot string, config []byte) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.mappings (slot, config)
+			SELECT $1, $2::jsonb WHERE NOT EXISTS (
+				SELECT 1 FROM (SELECT config FROM {{schema}}.mappings WHERE slot = $1 ORDER BY id DESC LIMIT 1) newest
+				 WHERE newest.config = $2::jsonb)`), slot, config); err != nil {
+			return fmt.Errorf("record the mapping: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.q(`DELETE FROM {{schema}}.mappings WHERE slot = $1 AND id NOT IN (
+				SELECT id FROM {{schema}}.mappings WHERE slot = $1 ORDER BY id DESC LIMIT $2)`), slot, keptMappings); err != nil {
+			return fmt.Errorf("forget older mappings: %w", err)
+		}
+		return nil
+	})
+}
+
+// RecentMappings returns the mappings slot's changes were last mapped
+// with (RecordMapping), the newest first.
+func (s *Store) RecentMappings(ctx context.Context, slot string) ([][]byte, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT config::text FROM {{schema}}.mappings WHERE slot = $1 ORDER BY id DESC LIMIT $2`), slot, keptMappings)
+	if err != nil {
+		return nil, fmt.Errorf("read the recorded mappings: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]byte, error) {
+		var b string
+		err := r.Scan(&b)
+		return []byte(b), err
+	})
+}

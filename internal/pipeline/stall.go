@@ -80,8 +80,17 @@ type schemaState struct {
 	// fits and current does not is then from a later ALTER (a mapped
 	// column dropped), not from before the reload's: it stalls.
 	settled map[uint32]bool
-	names   map[uint32]string // relation ID → the name it was last mapped under
-	stall   *Stall
+	// fallbacks are the mappings the slot's changes were mapped with
+	// before this start (SetFallbacks), newest first: they map a change
+	// current does not fit, on a table no mapping in effect has fitted
+	// since the start (ever), a change from before an ALTER made while
+	// dzhook was stopped (or before it stopped). fellBackOn: tables a
+	// fallback mapped, logged once each.
+	fallbacks  []*mapping.Mapper
+	ever       map[uint32]bool
+	fellBackOn map[uint32]bool
+	names      map[uint32]string // relation ID → the name it was last mapped under
+	stall      *Stall
 }
 
 func (s *schemaState) init(m *mapping.Mapper) {
@@ -89,6 +98,8 @@ func (s *schemaState) init(m *mapping.Mapper) {
 	s.reloaded = make(chan struct{}, 1)
 	s.fitted = map[uint32]*cdc.Relation{}
 	s.settled = map[uint32]bool{}
+	s.ever = map[uint32]bool{}
+	s.fellBackOn = map[uint32]bool{}
 	s.names = map[uint32]string{}
 }
 
@@ -105,6 +116,11 @@ func (p *Pipeline) SetMapper(m *mapping.Mapper) {
 	default:
 	}
 }
+
+// SetFallbacks gives the mappings the slot's changes were mapped with
+// before this start, newest first (see schemaState.fallbacks). Called
+// before the stream starts.
+func (p *Pipeline) SetFallbacks(ms []*mapping.Mapper) { p.schema.fallbacks = ms }
 
 // mapperFor returns the mapping to map c with, waiting while none fits
 // c's table. It returns only ctx's error.
@@ -135,13 +151,25 @@ func (p *Pipeline) mapperFor(ctx context.Context, c *cdc.Change) (*mapping.Mappe
 		misfits := p.misfits(cur, rel)
 		if len(misfits) == 0 {
 			p.fits(cur, rel)
-			s.settled[rel.ID] = true
+			s.settled[rel.ID], s.ever[rel.ID] = true, true
 			return cur, nil
 		}
 		if s.previous != nil && !s.settled[rel.ID] && len(p.misfits(s.previous, rel)) == 0 {
 			// From before the change the reload was made for: the mapping
 			// it replaced still describes it.
 			return s.previous, nil
+		}
+		if !s.ever[rel.ID] {
+			for _, f := range s.fallbacks {
+				if len(p.misfits(f, rel)) == 0 {
+					if !s.fellBackOn[rel.ID] {
+						s.fellBackOn[rel.ID] = true
+						p.log.Info("mapping changes from before the table changed with the mapping then in force (recorded in the journal), until the configured mapping fits the table",
+							"table", rel.QualifiedName(), "lsn", c.CommitLSN.String())
+					}
+					return f, nil
+				}
+			}
 		}
 		if s.stall == nil {
 			s.stall = &Stall{CommitLSN: c.CommitLSN, Ordinal: c.Ordinal, Misfits: misfits}
