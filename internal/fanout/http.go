@@ -573,11 +573,12 @@ func redact(raw string, path bool) string {
 // Discord (discord.com/api/webhooks/ID/TOKEN) and Teams' legacy
 // connectors (….webhook.office.com/webhookb2/…).
 func tokenInPath(u *url.URL) bool {
-	host := strings.ToLower(u.Hostname())
+	// A trailing dot names the same host (an absolute name), and reaches it.
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
 	switch {
 	case host == "hooks.slack.com", host == "hooks.slack-gov.com":
 		return true
-	case host == "discord.com", host == "discordapp.com", strings.HasSuffix(host, ".discord.com"):
+	case host == "discord.com", host == "discordapp.com", strings.HasSuffix(host, ".discord.com"), strings.HasSuffix(host, ".discordapp.com"):
 		return strings.Contains(u.Path, "/webhooks/")
 	case strings.HasSuffix(host, ".webhook.office.com"), host == "outlook.office.com", host == "outlook.office365.com":
 		return true

@@ -43,6 +43,9 @@ func TestRedactURL(t *testing.T) {
 		"https://discord.com/api/webhooks/123456/abcdefTOKEN":                                          "https://discord.com/REDACTED",
 		"https://ptb.discord.com/api/webhooks/123456/abcdefTOKEN?wait=true":                            "https://ptb.discord.com/REDACTED?REDACTED",
 		"https://discord.com/developers/docs":                                                          "https://discord.com/developers/docs",
+		"https://hooks.slack.com./services/T0000/B0000/XXXXXXXXXXXXXXXXXXXX":                           "https://hooks.slack.com./REDACTED",
+		"https://canary.discordapp.com/api/webhooks/123456/abcdefTOKEN":                                "https://canary.discordapp.com/REDACTED",
+		"https://Contoso.Webhook.Office.com./webhookb2/abc@def/IncomingWebhook/ghi/jkl":                "https://Contoso.Webhook.Office.com./REDACTED",
 		"https://contoso.webhook.office.com/webhookb2/abc@def/IncomingWebhook/ghi/jkl":                 "https://contoso.webhook.office.com/REDACTED",
 		"https://prod-12.westus.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=SECRET": "https://prod-12.westus.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?REDACTED",
 	} {
