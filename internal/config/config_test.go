@@ -686,3 +686,21 @@ func TestEmptyValueTranslation(t *testing.T) {
 		}
 	}
 }
+
+// TestBlankSecretsAndBadPorts: a secret or token of spaces is too short,
+// and admin.listen's port must be a port; both passed (16 spaces, port
+// 99999), the port failing only when run started.
+func TestBlankSecretsAndBadPorts(t *testing.T) {
+	blank := strings.Repeat(" ", 20)
+	for path, yaml := range map[string]string{
+		"subscriptions[0].secret": "source:\n  dsn: postgres://dzhook@127.0.0.1/dzdesk\nsubscriptions:\n  - {id: crm, url: \"https://crm.example.com/hook\", events: [\"*\"], secret: \"" + blank + "\"}\n",
+		"admin.token":             minimal + "admin:\n  token: \"" + blank + "\"\n",
+		"notify.secret":           minimal + "notify:\n  url: https://hooks.example.com/n\n  secret: \"" + blank + "\"\n",
+		"admin.listen":            minimal + "admin:\n  listen: 127.0.0.1:99999\n",
+	} {
+		_, err := Parse([]byte(yaml), nil)
+		if err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: %v, want refused naming it", path, err)
+		}
+	}
+}

@@ -26,6 +26,11 @@ import (
 	"github.com/dzdesk/dzhook/signer"
 )
 
+// tooShort reports whether a secret or token is shorter than
+// MinSecretLength once the spaces at either end are left out: sixteen
+// spaces are no secret.
+func tooShort(s string) bool { return len(strings.TrimSpace(s)) < MinSecretLength }
+
 // MinSecretLength is the shortest webhook secret dzhook accepts: 16
 // characters, since a guessable secret makes signatures worthless.
 const MinSecretLength = 16
@@ -119,9 +124,12 @@ func (c *Config) validate(ps *Problems, refs references) {
 
 	if c.Admin.Listen != "" {
 		host, port, err := net.SplitHostPort(c.Admin.Listen)
+		n, perr := strconv.Atoi(port)
 		switch {
 		case err != nil || port == "":
 			ps.add("admin.listen", "%s is not host:port (e.g. 127.0.0.1:8080)", refs.show("admin.listen", c.Admin.Listen))
+		case perr != nil || n < 0 || n > 65535:
+			ps.add("admin.listen", "%s: the port must be a number from 0 to 65535", refs.show("admin.listen", c.Admin.Listen))
 		case !c.Admin.Token.IsSet() && !isLoopback(host):
 			listen := c.Admin.Listen
 			if _, ok := refs["admin.listen"]; ok {
@@ -130,11 +138,11 @@ func (c *Config) validate(ps *Problems, refs references) {
 			ps.add("admin.token", "required when admin.listen (%s) is not a loopback address: the admin API can retry and pause deliveries", listen)
 		}
 	}
-	if t := c.Admin.Token.Reveal(); t != "" && len(t) < MinSecretLength {
-		ps.add("admin.token", "too short: use at least %d random characters (it allows retrying, pausing and reading every delivery)", MinSecretLength)
+	if t := c.Admin.Token.Reveal(); t != "" && tooShort(t) {
+		ps.add("admin.token", "too short: use at least %d random characters, spaces at either end not counted (it allows retrying, pausing and reading every delivery)", MinSecretLength)
 	}
-	if s := c.Notify.Secret.Reveal(); s != "" && len(s) < MinSecretLength {
-		ps.add("notify.secret", "too short: use at least %d random characters", MinSecretLength)
+	if s := c.Notify.Secret.Reveal(); s != "" && tooShort(s) {
+		ps.add("notify.secret", "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
 	}
 	if e := c.Telemetry.OTLPEndpoint; e != "" {
 		if msg := checkOTLPEndpoint(e); msg != "" {
@@ -265,8 +273,8 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 		// webhook URL is the credential.
 	case !s.Secret.IsSet():
 		ps.add(path+".secret", "required: the key receivers verify X-DZDESK-Signature with (use ${NAME} to read it from the environment)")
-	case len(s.Secret.Reveal()) < MinSecretLength:
-		ps.add(path+".secret", "too short: use at least %d random characters", MinSecretLength)
+	case tooShort(s.Secret.Reveal()):
+		ps.add(path+".secret", "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
 	case s.StandardWebhooks && !strings.HasPrefix(s.Secret.Reveal(), "whsec_"):
 		ps.add(path+".secret", "standard_webhooks needs a whsec_<base64> secret, which Standard Webhooks libraries expect (e.g. whsec_ + `openssl rand -base64 32`)")
 	case s.StandardWebhooks:
