@@ -75,19 +75,23 @@ type schemaState struct {
 	candidate *mapping.Mapper // reloaded, not yet in effect
 	told      *mapping.Mapper // candidate whose misfit was logged
 	fitted    map[uint32]*cdc.Relation
-	// settled: tables current has fitted a description of since it took
-	// effect. A table's descriptions only move forward, so one previous
-	// fits and current does not is then from a later ALTER (a mapped
-	// column dropped), not from before the reload's: it stalls.
-	settled map[uint32]bool
+	// settled: for each table, the first change (in WAL order) at which
+	// current fitted a description of it since it took effect. The
+	// replaced mapping maps only changes before it: a later one current
+	// does not fit comes from a later ALTER (a mapped column dropped),
+	// not from before the reload's, and stalls. By position, not by
+	// arrival: a new replication session sends again changes from before
+	// it, described as they were.
+	settled map[uint32]position
 	// fallbacks are the mappings the slot's changes were mapped with
 	// before this start (SetFallbacks), newest first: they map a change
-	// current does not fit, on a table no mapping in effect has fitted
-	// since the start (ever), a change from before an ALTER made while
-	// dzhook was stopped (or before it stopped). fellBackOn: tables a
-	// fallback mapped, logged once each.
+	// current does not fit that comes before the first change of its
+	// table a mapping in effect has fitted since the start (ever, kept as
+	// settled is): a change from before an ALTER made while dzhook was
+	// stopped (or before it stopped). fellBackOn: tables a fallback
+	// mapped, logged once each.
 	fallbacks  []*mapping.Mapper
-	ever       map[uint32]bool
+	ever       map[uint32]position
 	fellBackOn map[uint32]bool
 	names      map[uint32]string // relation ID → the name it was last mapped under
 	stall      *Stall
@@ -97,8 +101,8 @@ func (s *schemaState) init(m *mapping.Mapper) {
 	s.current.Store(m)
 	s.reloaded = make(chan struct{}, 1)
 	s.fitted = map[uint32]*cdc.Relation{}
-	s.settled = map[uint32]bool{}
-	s.ever = map[uint32]bool{}
+	s.settled = map[uint32]position{}
+	s.ever = map[uint32]position{}
 	s.fellBackOn = map[uint32]bool{}
 	s.names = map[uint32]string{}
 }
@@ -115,6 +119,30 @@ func (p *Pipeline) SetMapper(m *mapping.Mapper) {
 	case p.schema.reloaded <- struct{}{}:
 	default:
 	}
+}
+
+// position is a change's place in the WAL: its commit and its ordinal.
+type position struct {
+	lsn     pglogrepl.LSN
+	ordinal int
+}
+
+func (a position) less(b position) bool {
+	return a.lsn < b.lsn || a.lsn == b.lsn && a.ordinal < b.ordinal
+}
+
+// earlier is the earlier of m[id] (if set) and at.
+func earlier(m map[uint32]position, id uint32, at position) position {
+	if was, ok := m[id]; ok && was.less(at) {
+		return was
+	}
+	return at
+}
+
+// before reports whether c comes before m[id], or m has no position for id.
+func before(m map[uint32]position, id uint32, c *cdc.Change) bool {
+	at, ok := m[id]
+	return !ok || (position{c.CommitLSN, c.Ordinal}).less(at)
 }
 
 // SetFallbacks gives the mappings the slot's changes were mapped with
@@ -151,15 +179,17 @@ func (p *Pipeline) mapperFor(ctx context.Context, c *cdc.Change) (*mapping.Mappe
 		misfits := p.misfits(cur, rel)
 		if len(misfits) == 0 {
 			p.fits(cur, rel)
-			s.settled[rel.ID], s.ever[rel.ID] = true, true
+			at := position{c.CommitLSN, c.Ordinal}
+			s.settled[rel.ID] = earlier(s.settled, rel.ID, at)
+			s.ever[rel.ID] = earlier(s.ever, rel.ID, at)
 			return cur, nil
 		}
-		if s.previous != nil && !s.settled[rel.ID] && len(p.misfits(s.previous, rel)) == 0 {
+		if s.previous != nil && before(s.settled, rel.ID, c) && len(p.misfits(s.previous, rel)) == 0 {
 			// From before the change the reload was made for: the mapping
 			// it replaced still describes it.
 			return s.previous, nil
 		}
-		if !s.ever[rel.ID] {
+		if before(s.ever, rel.ID, c) {
 			for _, f := range s.fallbacks {
 				if len(p.misfits(f, rel)) == 0 {
 					if !s.fellBackOn[rel.ID] {
