@@ -688,16 +688,19 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		// until the pool's sweep (up to twice the idle timeout), each
 		// with its registration on the dispatcher's lifetime.
 		s.client.HTTPClient.CloseIdleConnections()
-		// Given back on the workers' context once Run started them, not
-		// on the caller's: the queue is drained before the release is
-		// put, so a caller that gave up waiting for room in the journal's
-		// queue (an API request ended) left them owned by this live
-		// instance, which no other claims, until it stopped.
-		giveCtx := ctx
-		if life != nil {
-			giveCtx = life
+		// The queue is drained before the release is put. A caller that
+		// stops waiting for room in the journal's queue (an API request
+		// ended) must not leave them owned by this live instance, which
+		// no other claims, until it stops: the release is then put on
+		// the workers' context, in the background, so that neither this
+		// reload nor its caller waits on the writer.
+		var ids []string
+		err := d.giveBack(ctx, func() []string { ids = s.drainQueue(); return ids })
+		if err != nil && len(ids) > 0 && life != nil && !errors.Is(err, journal.ErrWriterClosed) {
+			d.releaseLater(life, s.cfg.ID, ids)
+			err = nil
 		}
-		if err := d.giveBack(giveCtx, s.drainQueue); err != nil {
+		if err != nil {
 			// The new set is in force; what could not be given back (the
 			// writer stopped) stays this instance's until it stops
 			// (Unregister releases it).
@@ -748,6 +751,19 @@ func (d *Dispatcher) recountOrder(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// releaseLater puts a release of ids on life, in the background: what a
+// reload drained from a replaced subscription's queue when its caller
+// could not wait for room in the journal's queue. Until it is written
+// they stay this live instance's (no process claims them); if life ends
+// first, Unregister releases them at the stop.
+func (d *Dispatcher) releaseLater(life context.Context, subscription string, ids []string) {
+	go func() {
+		if err := d.records.Put(life, journal.Record{Release: ids}); err != nil && life.Err() == nil {
+			d.log.Warn("deliveries queued for a replaced subscription stay owned by this instance until it stops", "subscription", subscription, "deliveries", len(ids), "err", err)
+		}
+	}()
 }
 
 // giveBack puts to the journal a release of the deliveries take returns,

@@ -152,10 +152,10 @@ func TestReloadClosesRetiredConnections(t *testing.T) {
 // context to end, as the writer's Put waits for room in its queue).
 type gatedReleases struct {
 	Recorder
-	open    chan struct{}
-	waiting chan struct{} // closed when a release first waits
-	gaveUp  chan struct{} // closed when a release's context ended first
-	once    sync.Once
+	open         chan struct{}
+	waiting      chan struct{} // closed when a release first waits
+	gaveUp       chan struct{} // closed when a release's context ended first
+	once, onceUp sync.Once
 }
 
 func (g *gatedReleases) Put(ctx context.Context, r journal.Record) error {
@@ -164,7 +164,7 @@ func (g *gatedReleases) Put(ctx context.Context, r journal.Record) error {
 		select {
 		case <-g.open:
 		case <-ctx.Done():
-			close(g.gaveUp)
+			g.onceUp.Do(func() { close(g.gaveUp) })
 			return ctx.Err()
 		}
 	}
@@ -173,10 +173,12 @@ func (g *gatedReleases) Put(ctx context.Context, r journal.Record) error {
 
 // TestReloadGivesBackPastItsCaller: what a replaced subscription had
 // queued goes back to the journal even when the reload's caller stops
-// waiting (an API request ended) while the journal's queue has no room.
-// It used to be drained and then dropped with the caller's context: owned
-// by this live instance, which no other process claims, until it
-// stopped.
+// waiting (an API request ended) while the journal's queue has no room,
+// and the reload returns when its caller stops waiting. The queue used to
+// be drained and then dropped with the caller's context: owned by this
+// live instance, which no other process claims, until it stopped; and
+// waiting on the workers' context instead, the reload (and the runtime
+// subscriptions' lock its callers hold) waited as long as the writer.
 func TestReloadGivesBackPastItsCaller(t *testing.T) {
 	store := newJournal(t)
 	rc := testutil.NewReceiver(t)
@@ -213,13 +215,14 @@ func TestReloadGivesBackPastItsCaller(t *testing.T) {
 		t.Fatal("the reload did not give back the queued deliveries")
 	}
 	cancel() // the caller gives up
-	select { // a release on the caller's context ends now; one on the workers' waits
-	case <-gate.gaveUp:
-	case <-time.After(200 * time.Millisecond):
+	select {
+	case err := <-reloaded:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reload still waits for the journal's queue 5 s after its caller gave up")
 	}
 	close(gate.open)
-	if err := <-reloaded; err != nil {
-		t.Fatal(err)
-	}
 	rc.Wait(t, 3, 15*time.Second)
 }
