@@ -93,7 +93,8 @@ func Parse(body []byte) (*Envelope, error) {
 	return &Envelope{vars: map[string]any{"id": env.ID, "event": env.Event, "timestamp": env.Timestamp, "data": env.Data}}, nil
 }
 
-// exact is the largest integer every float64 below it holds exactly.
+// exact is 2^53: a double holds every integer below it in magnitude, and
+// 2^53 itself, but 2^53 + 1 compared with a double becomes 2^53.
 const exact = 1 << 53
 
 // numbers replaces the json.Numbers in v (decoded with UseNumber) by what
@@ -115,7 +116,7 @@ func numbers(v any) any {
 		}
 	case json.Number:
 		if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
-			if n > exact || n < -exact {
+			if n >= exact || n <= -exact {
 				return n
 			}
 			return float64(n)

@@ -70,7 +70,7 @@ func FuzzCompile(f *testing.F) {
 // stay doubles, so arithmetic with a double literal still evaluates.
 func TestFilterIntegersBeyondDoubles(t *testing.T) {
 	env, err := Parse([]byte(`{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z",
-		"data":{"customerId":1234567890123456789,"big":18446744073709551615,"neg":-9007199254740993,"count":3,"amount":19.9,"items":[{"sku":9007199254740993}]}}`))
+		"data":{"customerId":1234567890123456789,"big":18446744073709551615,"neg":-9007199254740993,"count":3,"amount":19.9,"items":[{"sku":9007199254740993}],"edge":9007199254740992}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,6 +82,8 @@ func TestFilterIntegersBeyondDoubles(t *testing.T) {
 		`data.neg == -9007199254740992`:          false,
 		`data.items[0].sku == 9007199254740993`:  true,
 		`data.items[0].sku == 9007199254740992`:  false,
+		`data.edge == 9007199254740993`:          false,
+		`data.edge == 9007199254740992`:          true,
 		`data.count + 0.5 == 3.5`:                true,
 		`data.count == 3 && data.amount > 19.5`:  true,
 	} {
