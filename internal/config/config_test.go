@@ -704,3 +704,41 @@ func TestBlankSecretsAndBadPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestNumbersThroughMergeKeys: the file's text of a number reached
+// through an alias or a merge key (<<: *defaults) is kept too, and a
+// mapping's own value overrides the merged one.
+func TestNumbersThroughMergeKeys(t *testing.T) {
+	cfg, err := Parse([]byte(`
+source:
+  dsn: postgres://dzhook@127.0.0.1/dzdesk
+subscriptions:
+  - &s
+    id: a
+    url: https://a.example.com/h
+    events: [request.*]
+    secret: 12345678901234567890123
+    headers: &h {X-Account: 0012, X-Other: 0013}
+  - <<: *s
+    id: b
+  - <<: *s
+    id: c
+    headers:
+      <<: *h
+      X-Other: "text"
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range cfg.Subscriptions {
+		if got := s.Secret.Reveal(); got != "12345678901234567890123" {
+			t.Errorf("subscriptions[%d].secret: dzhook uses %q", i, got)
+		}
+		if got := s.Headers["X-Account"].Reveal(); got != "0012" {
+			t.Errorf("subscriptions[%d].headers.X-Account: dzhook sends %q", i, got)
+		}
+	}
+	if got := cfg.Subscriptions[2].Headers["X-Other"].Reveal(); got != "text" {
+		t.Errorf("an overriding value: %q, want text", got)
+	}
+}

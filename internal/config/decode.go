@@ -340,14 +340,16 @@ func nest(key string, known map[string]int) string {
 
 // literalNumbers maps the path of every number in the YAML document (in
 // the decoder's form: source.dsn, subscriptions[0].headers.X-Account) to
-// its text as written. A number it cannot place (under an alias or a
-// merge key) is absent, and decodes as YAML read it.
+// its text as written, through aliases and merge keys (<<: *defaults) as
+// YAML resolves them: a mapping's own keys over merged ones, the first
+// of several merged mappings over the later ones.
 func literalNumbers(b []byte) map[string]string {
 	var doc yaml.Node
 	if yaml.Unmarshal(b, &doc) != nil {
 		return nil
 	}
 	out := map[string]string{}
+	depth := 0 // aliases followed: bounds a document that nests them deeply
 	var walk func(path string, n *yaml.Node)
 	walk = func(path string, n *yaml.Node) {
 		switch n.Kind {
@@ -355,9 +357,32 @@ func literalNumbers(b []byte) map[string]string {
 			for _, c := range n.Content {
 				walk(path, c)
 			}
+		case yaml.AliasNode:
+			if n.Alias != nil && depth < maxAliasDepth {
+				depth++
+				walk(path, n.Alias)
+				depth--
+			}
 		case yaml.MappingNode:
+			// Merged first, the last merged first, so that what comes
+			// after overrides it, as in YAML.
+			for i := len(n.Content) - 2; i >= 0; i -= 2 {
+				if n.Content[i].Tag != "!!merge" {
+					continue
+				}
+				v := n.Content[i+1]
+				if v.Kind == yaml.SequenceNode {
+					for j := len(v.Content) - 1; j >= 0; j-- {
+						walk(path, v.Content[j])
+					}
+				} else {
+					walk(path, v)
+				}
+			}
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				walk(join(path, n.Content[i].Value), n.Content[i+1])
+				if n.Content[i].Tag != "!!merge" {
+					walk(join(path, n.Content[i].Value), n.Content[i+1])
+				}
 			}
 		case yaml.SequenceNode:
 			for i, c := range n.Content {
@@ -366,12 +391,18 @@ func literalNumbers(b []byte) map[string]string {
 		case yaml.ScalarNode:
 			if n.Tag == "!!int" || n.Tag == "!!float" {
 				out[path] = n.Value
+			} else {
+				delete(out, path) // a merged number overridden by text
 			}
 		}
 	}
 	walk("", &doc)
 	return out
 }
+
+// maxAliasDepth bounds the aliases literalNumbers follows within one
+// another (YAML's own decoder refuses a document that expands too much).
+const maxAliasDepth = 32
 
 func join(path, key string) string {
 	if path == "" {
