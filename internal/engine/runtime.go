@@ -276,9 +276,13 @@ func (e *Engine) reseal(ctx context.Context, subs map[string]runtimeSub, order [
 		switch {
 		case err == nil:
 			written++
-		case errors.Is(err, journal.ErrChanged) || errors.Is(err, journal.ErrNoSubscription):
-			// Changed or deleted meanwhile (another process starting
-			// with the same keys reseals too): a change seals anew.
+		case errors.Is(err, journal.ErrNoSubscription):
+			// Deleted meanwhile.
+		case errors.Is(err, journal.ErrChanged):
+			// Changed meanwhile: another process starting with the same
+			// keys resealed it, or a change sealed it anew, with that
+			// process's first key, which may not be this one's.
+			left++
 		default:
 			left++
 			e.log.Warn("runtime subscription not sealed again with the current secrets key; the key it was sealed with must stay in secrets.keys", "subscription", id, "err", err)
@@ -287,7 +291,9 @@ func (e *Engine) reseal(ctx context.Context, subs map[string]runtimeSub, order [
 	if written > 0 {
 		e.log.Info("runtime subscriptions sealed again with the current secrets key", "subscriptions", written, "key", rt.ring.KeyID())
 	}
-	if left == 0 && len(e.cfg.Secrets.All()) > 1 {
+	if left > 0 {
+		e.log.Info("some runtime subscriptions may still be sealed with another key of secrets.keys: keep the keys until a start says every one is sealed with the first", "subscriptions", left)
+	} else if len(e.cfg.Secrets.All()) > 1 {
 		e.log.Info("every runtime subscription is sealed with the first secrets key: the others can be removed from secrets.keys once every process runs with this list", "key", rt.ring.KeyID())
 	}
 	return written
