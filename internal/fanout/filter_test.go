@@ -21,15 +21,18 @@ func TestFilterFailuresSaid(t *testing.T) {
 	var logs testutil.SyncBuffer
 	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,
 		Filter: `data.priority == "high"`}
+	// A filter whose error quotes the event's data: the WARN leaves it out.
+	hr := Subscription{ID: "hr", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,
+		Filter: `has(data.email) && timestamp(data.email) > timestamp("2020-01-01T00:00:00Z")`}
 	d := start(t, store, Config{
-		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", Concurrency: 1,
+		Subscriptions: []Subscription{sub, hr}, Journal: store, Instance: "i1", Concurrency: 1,
 		RetrySchedule: []time.Duration{0, time.Hour}, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	ctx := context.Background()
 	evs := orderEvents([]string{"a", "b", "c", "d"}) // their data has no priority
 	high := orderEvents([]string{"e"})[0]
 	high.ID = "whk_high"
-	high.Body = []byte(`{"id":"whk_high","event":"request.updated","timestamp":"2024-01-15T14:30:00Z","data":{"id":"e","priority":"high"}}`)
+	high.Body = []byte(`{"id":"whk_high","event":"request.updated","timestamp":"2024-01-15T14:30:00Z","data":{"id":"e","priority":"high","email":"jane.private@company.com"}}`)
 	for _, ev := range append(evs, high) {
 		if err := d.Dispatch(ctx, ev); err != nil {
 			t.Fatal(err)
@@ -40,7 +43,10 @@ func TestFilterFailuresSaid(t *testing.T) {
 		t.Errorf("%d deliveries, want the one event the filter matches", n)
 	}
 	out := logs.String()
-	if n := strings.Count(out, "filter fails on some events"); n != 1 || !strings.Contains(out, "subscription=crm") || !strings.Contains(out, "level=WARN") {
-		t.Errorf("%d WARN lines about the failing filter, want 1 naming the subscription:\n%s", n, out)
+	if n := strings.Count(out, "filter fails on some events"); n != 2 || !strings.Contains(out, "subscription=crm") || !strings.Contains(out, "subscription=hr") || !strings.Contains(out, "level=WARN") {
+		t.Errorf("%d WARN lines about the failing filters, want 1 naming each subscription:\n%s", n, out)
+	}
+	if strings.Contains(out, "jane.private") {
+		t.Errorf("the WARN quotes the event's data:\n%s", out)
 	}
 }

@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"regexp"
 	"sync"
 	"time"
 
@@ -291,6 +292,9 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 	}
 }
 
+// quoted is a double-quoted part of a message.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
 // filterToldEvery is how often a subscription's filter failing on events
 // is logged at most.
 const filterToldEvery = 10 * time.Minute
@@ -310,7 +314,9 @@ func (d *Dispatcher) filterFailure(s *sub, ev Event, err error, now time.Time) {
 		return
 	}
 	s.filterFailed.Add(-n)
-	attrs := []any{"subscription", s.cfg.ID, "events", n, "event", ev.Type, "event_id", ev.ID, "err", err}
+	// The error as the debug line has it, less what it quotes: CEL quotes
+	// the event's values (invalid RFC 3339 timestamp "jane@company.com").
+	attrs := []any{"subscription", s.cfg.ID, "events", n, "event", ev.Type, "event_id", ev.ID, "err", quoted.ReplaceAllString(err.Error(), `"…"`)}
 	if last != 0 {
 		attrs = append(attrs, "since", time.Duration(now.UnixNano()-last).Round(time.Second).String())
 	}

@@ -758,8 +758,13 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 			}
 		}
 	}
-	for k, v := range cfg.Headers {
-		s.headers.Set(k, v)
+	// In a fixed order, the first of two names that differ only in case
+	// kept (configuration refuses such a pair; a runtime subscription
+	// stored before it did may have one): the same header every time.
+	for _, k := range slices.Sorted(maps.Keys(cfg.Headers)) {
+		if _, dup := s.headers[http.CanonicalHeaderKey(k)]; !dup {
+			s.headers.Set(k, cfg.Headers[k])
+		}
 	}
 	client, err := subscriptionClient(cfg, opts)
 	if err != nil {

@@ -194,3 +194,23 @@ func TestTransformOverBudgetFails(t *testing.T) {
 		t.Errorf("stats: %d failed, want 1", st.Stats.Failed)
 	}
 }
+
+// TestHeadersSameNameDifferentCase: a subscription whose headers differ
+// only in case (configuration refuses it now; a runtime subscription
+// stored before may have one) sends the same one every time it is
+// compiled: it was the map's order, at random.
+func TestHeadersSameNameDifferentCase(t *testing.T) {
+	seen := map[string]int{}
+	for range 50 {
+		s, err := compile(Subscription{ID: "s", URL: "http://127.0.0.1:1/", Events: []string{"*"}, Active: true,
+			Headers: map[string]string{"X-Api-Key": "first", "x-api-key": "second"}},
+			&Config{QueueSize: 4, Concurrency: 1}, func() int64 { return 1 })
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[s.headers.Get("X-Api-Key")]++
+	}
+	if len(seen) != 1 || seen["first"] != 50 {
+		t.Errorf("X-Api-Key sent over 50 compiles: %v, want first every time", seen)
+	}
+}
