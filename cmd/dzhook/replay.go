@@ -123,10 +123,13 @@ func printStarted(env *cli, rp api.Replay) {
 	}
 }
 
-// waitReplay asks for the replay's progress every second until it stops
-// running. On a terminal the progress rewrites one line; elsewhere (a
-// log, a pipe) a line is printed when it changes. With asJSON only the
-// last answer is printed.
+// waitReplay asks for the replay's progress every second until its
+// outcome is known: it stopped running, and, done, none of its deliveries
+// is pending any more (each delivered or failed, retries included). A
+// replay is done once it has made its deliveries, before their attempts:
+// stopping there, a receiver that was down gave exit 0. On a terminal the
+// progress rewrites one line; elsewhere (a log, a pipe) a line is
+// printed when it changes. With asJSON only the last answer is printed.
 func waitReplay(ctx context.Context, env *cli, c *client, rp api.Replay, asJSON bool) int {
 	tty := isTerminal(env.stdout)
 	last := ""
@@ -146,7 +149,7 @@ func waitReplay(ctx context.Context, env *cli, c *client, rp api.Replay, asJSON 
 	var raw []byte
 	tick := time.NewTicker(replayPollInterval)
 	defer tick.Stop()
-	for rp.State == "running" {
+	for rp.State == "running" || rp.State == "done" && rp.Pending > 0 {
 		show(rp)
 		select {
 		case <-ctx.Done():

@@ -23,7 +23,9 @@ import (
 // fakeReplays is the admin API's Replayer in memory. Every replay's
 // window holds two events, and the journal keeps an hour of them. Each
 // GET of a running replay makes one more delivery: delivered, except to
-// "flaky" (failed); a replay into "gone" fails at its first GET.
+// "flaky" (failed) and "down" (pending, as the server has them: a replay
+// is done once its deliveries are made; each GET after that fails one,
+// their last attempt); a replay into "gone" fails at its first GET.
 type fakeReplays struct {
 	mu   sync.Mutex
 	reqs []fanout.ReplayRequest
@@ -63,9 +65,16 @@ func (f *fakeReplays) GetReplay(_ context.Context, sub, id string) (journal.Repl
 	if err != nil {
 		return journal.Replay{}, err
 	}
+	if rp.State == journal.ReplayDone && rp.Deliveries[journal.Pending] > 0 {
+		rp.Deliveries[journal.Pending]--
+		rp.Deliveries[journal.Failed]++
+	}
 	if rp.State == journal.ReplayRunning {
 		now := time.Now()
 		switch rp.Subscription {
+		case "down":
+			rp.Scanned, rp.Created = rp.Scanned+1, rp.Created+1
+			rp.Deliveries[journal.Pending]++
 		case "gone":
 			rp.State, rp.Reason, rp.FinishedAt = journal.ReplayFailed, "the subscription was deleted", &now
 		case "flaky":
@@ -120,7 +129,7 @@ func startReplayAPI(t *testing.T) (*fakeReplays, string) {
 		t.Fatal(err)
 	}
 	f := newFakeSubs()
-	for _, id := range []string{"flaky", "gone"} {
+	for _, id := range []string{"flaky", "gone", "down"} {
 		f.subs = append(f.subs, fanout.SubscriptionStatus{ID: id, URL: "https://" + id + ".example.com/hook", Events: []string{"*"},
 			Active: true, State: journal.Healthy, Ordering: fanout.OrderNone, Source: "runtime"})
 	}
@@ -171,6 +180,13 @@ func TestCLIReplay(t *testing.T) {
 	code, out, _ = cliRun(t, url, cliToken, "replay", "flaky", "--since", "30m", "--wait")
 	if code != exitFailure || !strings.Contains(out, "done, scanned 2/2, created 2, delivered 0, pending 0, failed 2") {
 		t.Errorf("replay --wait into flaky: exit %d, want 1\n%s", code, out)
+	}
+	// Done, its deliveries still pending: it waits for their outcome (it
+	// used to exit 0 there, a receiver down).
+	code, out, _ = cliRun(t, url, cliToken, "replay", "down", "--since", "30m", "--wait")
+	if code != exitFailure || !strings.Contains(out, "done, scanned 2/2, created 2, delivered 0, pending 2, failed 0") ||
+		!strings.Contains(out, "done, scanned 2/2, created 2, delivered 0, pending 0, failed 2") {
+		t.Errorf("replay --wait into down: exit %d, want 1 once its deliveries failed\n%s", code, out)
 	}
 	code, out, _ = cliRun(t, url, cliToken, "replay", "gone", "--since", "30m", "--wait", "--json")
 	if code != exitFailure || json.Unmarshal([]byte(out), &rp) != nil || rp.State != "failed" || rp.Reason == "" {
