@@ -108,10 +108,12 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 	case win.Oldest == nil:
 		out.Note = "the journal holds no events: nothing to replay"
 	case req.Since.Before(*win.Oldest):
-		out.Note = fmt.Sprintf("the journal keeps events from %s (journal.retention); the window holds %d of them",
+		// The oldest event may be younger than journal.retention (a young
+		// journal): the note says what the journal holds, not why.
+		out.Note = fmt.Sprintf("the journal keeps events from %s (for journal.retention, and only those a subscription received then); the window holds %d of them",
 			win.Oldest.UTC().Format(time.RFC3339), win.Matched)
 	case win.Matched == 0:
-		out.Note = "the window holds no events of these types"
+		out.Note = "the window holds no events of these types (the journal keeps only the events a subscription received then)"
 	}
 	writeJSON(w, http.StatusAccepted, out)
 }
