@@ -275,7 +275,7 @@ func printReplay(env *cli, rp api.Replay) {
 		{"events", orDash(printable(strings.Join(rp.Events, ", "), false))}, {"types", orDash(strings.Join(rp.Types, ", "))},
 		{"matched", fmt.Sprint(rp.Matched)}, {"scanned", fmt.Sprint(rp.Scanned)}, {"created", fmt.Sprint(rp.Created)},
 		{"delivered", fmt.Sprint(rp.Delivered)}, {"pending", fmt.Sprint(rp.Pending)}, {"failed", fmt.Sprint(rp.Failed)},
-		{"cancelled", fmt.Sprint(rp.Skipped)},
+		{"skipped or cancelled", fmt.Sprint(rp.Skipped)},
 		{"requested by", orDash(printable(rp.RequestedBy, false))}, {"requested", when(&rp.CreatedAt)}, {"finished", when(rp.FinishedAt)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
@@ -304,7 +304,7 @@ func replayCancel(ctx context.Context, env *cli, args []string) int {
 		env.stdout.Write(raw)
 		return exitOK
 	}
-	fmt.Fprintf(env.stdout, "replay %s of %s: %s; %d deliveries made, %d delivered, %d cancelled before they went out\n",
+	fmt.Fprintf(env.stdout, "replay %s of %s: %s; %d deliveries made, %d delivered, %d skipped or cancelled before they went out\n",
 		rp.ID, rp.Subscription, rp.State, rp.Created, rp.Delivered, rp.Skipped)
 	return exitOK
 }
