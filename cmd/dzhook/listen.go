@@ -57,6 +57,10 @@ func runListen(ctx context.Context, env *cli, args []string) int {
 		}
 		return exitUsage
 	}
+	if *port < 0 || *port > 65535 {
+		fmt.Fprintf(env.stderr, "dzhook listen: --port %d: want 0 to 65535\n", *port)
+		return exitUsage
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(*host, fmt.Sprint(*port)))
 	if err != nil {
 		fmt.Fprintf(env.stderr, "dzhook %v\n", err) // the errors begin with "listen: "

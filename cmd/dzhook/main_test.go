@@ -148,6 +148,14 @@ func TestListenNeedsSecret(t *testing.T) {
 	if code != exitUsage || !strings.Contains(errOut, "--secret") {
 		t.Fatalf("exit %d, stderr %q; want 2 and a hint about --secret", code, errOut)
 	}
+	// A port out of range is a usage mistake too, named (it was exit 1,
+	// with net.Listen's "invalid port").
+	for _, port := range []string{"70000", "-5"} {
+		code, _, errOut := runCmd(t, "listen", "--secret", "s3cr3t-value-0123", "--port", port)
+		if code != exitUsage || !strings.Contains(errOut, "--port "+port) {
+			t.Errorf("listen --port %s: exit %d %q, want 2 naming --port", port, code, errOut)
+		}
+	}
 }
 
 // waitFor polls a buffer until re matches, and returns the first group (or
