@@ -159,6 +159,12 @@ func TestCompose(t *testing.T) {
 				t.Errorf("compose.yaml %s: build context %s, want the repository root", name, ctx)
 			}
 		}
+		// A service built from the dzhook image sets its healthcheck or
+		// disables it: otherwise it inherits the image's (dzhook health
+		// --ready), which fails where no dzhook runs (the receiver).
+		if get(svc, "build") != nil && get(svc, "healthcheck") == nil {
+			t.Errorf("compose.yaml %s: built from the dzhook image with no healthcheck of its own: it inherits the image's HEALTHCHECK", name)
+		}
 		// depends_on: existing services, and service_healthy only where a
 		// healthcheck exists.
 		for dep, cond := range asMap(get(svc, "depends_on")) {
