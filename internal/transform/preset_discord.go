@@ -124,7 +124,8 @@ var discordMention = strings.NewReplacer(
 	"<@", "<@\u200b",
 )
 
-// discordText neutralises mentions in s and cuts it to max units.
+// discordText neutralises mentions and links in s and cuts it to max
+// units.
 func discordText(s string, max int) string {
-	return clip(discordMention.Replace(s), max)
+	return clip(noLinks.Replace(discordMention.Replace(s)), max)
 }

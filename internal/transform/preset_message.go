@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf16"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
@@ -508,9 +509,21 @@ func clip(s string, max int) string {
 	return clipEscaped(s, max, nil)
 }
 
+// noLinks keeps Markdown from making a link of an event's text: Teams'
+// cards and Discord render [text](url), so a request's title written by
+// a requester could show any text over any address in the support
+// channel. A zero-width space between "]" and "(" breaks the syntax and
+// shows the text as it was written. (Slack's links are <url|text>, which
+// slackEsc escapes.)
+var noLinks = strings.NewReplacer("](", "]\u200b(")
+
 // clipEscaped escapes s with esc (nil: none) and cuts the result to at
 // most max units, between two escaped characters (never inside "&amp;"),
-// ending it with "…" when it was cut.
+// ending it with "…" when it was cut. A control character other than a
+// line break or a tab, and U+2028 and U+2029, become a space: the
+// destinations show none of them, and JSON writes each as a six-byte
+// \uXXXX, which took a Teams card of bounded characters past Teams'
+// 28 KB.
 func clipEscaped(s string, max int, esc func(rune) string) string {
 	if max <= 0 {
 		return ""
@@ -518,6 +531,9 @@ func clipEscaped(s string, max int, esc func(rune) string) string {
 	var b strings.Builder
 	n, cut := 0, 0 // cut: the longest prefix that leaves room for "…"
 	for _, r := range s {
+		if r == '\u2028' || r == '\u2029' || unicode.IsControl(r) && r != '\n' && r != '\t' {
+			r = ' '
+		}
 		piece := string(r)
 		if esc != nil {
 			piece = esc(r)

@@ -61,7 +61,7 @@ type teamsFact struct {
 // FactSet and a subtle line with the event's name, id and time.
 func teams(e *Envelope) (any, error) {
 	m := describe(e)
-	title := teamsElement{Type: "TextBlock", Text: clip(m.title, maxTitle*2), Weight: "Bolder", Size: "Medium", Wrap: true}
+	title := teamsElement{Type: "TextBlock", Text: teamsText(m.title, maxTitle*2), Weight: "Bolder", Size: "Medium", Wrap: true}
 	switch m.level {
 	case levelWarning:
 		title.Color = "Warning"
@@ -70,22 +70,25 @@ func teams(e *Envelope) (any, error) {
 	}
 	body := []teamsElement{title}
 	if m.detail != "" {
-		body = append(body, teamsElement{Type: "TextBlock", Text: clip(m.detail, maxDetail), Wrap: true})
+		body = append(body, teamsElement{Type: "TextBlock", Text: teamsText(m.detail, maxDetail), Wrap: true})
 	}
 	if len(m.facts) > 0 {
 		set := teamsElement{Type: "FactSet"}
 		for _, f := range m.facts {
-			set.Facts = append(set.Facts, teamsFact{Title: clip(f.label, maxLabel), Value: clip(f.value, teamsFactValue)})
+			set.Facts = append(set.Facts, teamsFact{Title: teamsText(f.label, maxLabel), Value: teamsText(f.value, teamsFactValue)})
 		}
 		body = append(body, set)
 	}
 	body = append(body, teamsElement{Type: "TextBlock", Text: joinFooter(m.footer(true)), Size: "Small", IsSubtle: true, Wrap: true})
 	return teamsMessage{
 		Type:    "message",
-		Summary: clip(m.summary, maxTitle*2),
+		Summary: teamsText(m.summary, maxTitle*2),
 		Attachments: []teamsAttachment{{
 			ContentType: teamsCardType,
 			Content:     teamsCard{Schema: teamsCardSchema, Type: "AdaptiveCard", Version: teamsCardVersion, Body: body},
 		}},
 	}, nil
 }
+
+// teamsText neutralises links in s and cuts it to max units.
+func teamsText(s string, max int) string { return clip(noLinks.Replace(s), max) }

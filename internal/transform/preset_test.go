@@ -362,3 +362,48 @@ func TestPresetSummaryOneLine(t *testing.T) {
 		}
 	}
 }
+
+// TestPresetsShowNoForgedLinks: a request's title written by a requester
+// as a Markdown link shows as the text it is in Teams' card and in
+// Discord (both render [text](url): any text could hide any address in
+// the support channel). Slack's mrkdwn has no such syntax (its links are
+// <url|text>, which the Slack preset escapes).
+func TestPresetsShowNoForgedLinks(t *testing.T) {
+	title := `Password expired: [Reset your DZDESK password](https://evil.example/phish)`
+	q, _ := json.Marshal(title)
+	raw := envelope("request.created", `{"id":"req_1","title":`+string(q)+`,"status":"open"}`)
+	for _, format := range []string{FormatTeams, FormatDiscord} {
+		body := string(applyPreset(t, format, raw))
+		if strings.Contains(body, "](https://evil.example/phish)") {
+			t.Errorf("%s: the title's Markdown link reaches the destination as a link:\n%s", format, body)
+		}
+		if !strings.Contains(body, "Reset your DZDESK password") {
+			t.Errorf("%s: the title's text is not shown:\n%s", format, body)
+		}
+	}
+}
+
+// TestTeamsBodyUnder28KBWithControlCharacters: a custom event whose texts
+// hold control characters (JSON writes each as a six-byte \u00XX) still
+// gives a Teams card under Teams' 28 KB: they are shown as spaces.
+func TestTeamsBodyUnder28KBWithControlCharacters(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range 10 {
+		key, _ := json.Marshal(fmt.Sprintf("k%02d", i) + strings.Repeat("\x01", 97))
+		val, _ := json.Marshal("v" + strings.Repeat("\x01", 600) + "\u2028v")
+		fmt.Fprintf(&b, "%s:%s,", key, val)
+	}
+	b.WriteString(`"z":1}`)
+	for _, format := range []string{FormatTeams, FormatDiscord, FormatSlack} {
+		body := applyPreset(t, format, envelope("order.shipped", b.String()))
+		if strings.Contains(string(body), `\u0001`) || strings.Contains(string(body), `\u2028`) {
+			t.Errorf("%s: control characters sent: %.300s", format, body)
+		}
+		if format == FormatTeams {
+			if err := transformtest.ValidateTeams(body); err != nil {
+				t.Errorf("teams body of %d bytes refused: %v", len(body), err)
+			}
+		}
+	}
+}
