@@ -39,8 +39,11 @@ const (
 const DefaultTolerance = 5 * time.Minute
 
 // DefaultMaxBodyBytes bounds the body [Verifier.Middleware] reads when
-// [Verifier.MaxBodyBytes] is 0.
-const DefaultMaxBodyBytes = 1 << 20
+// [Verifier.MaxBodyBytes] is 0: 2 MiB, room for the largest event dzhook
+// sends (its data up to 1 MiB, in the envelope). At 1 MiB, a delivery of
+// the largest data dzhook takes was answered 413, which dzhook records as
+// a final failure.
+const DefaultMaxBodyBytes = 2 << 20
 
 // Errors returned by the verifying functions, possibly wrapped with
 // detail; test for them with [errors.Is].

@@ -39,7 +39,7 @@ type Verifier struct {
 	Tolerance time.Duration
 
 	// MaxBodyBytes bounds the body Middleware reads; a larger body gets
-	// 413 Request Entity Too Large. Defaults to DefaultMaxBodyBytes (1 MiB).
+	// 413 Request Entity Too Large. Defaults to DefaultMaxBodyBytes (2 MiB).
 	MaxBodyBytes int64
 
 	// NowFunc is the clock the timestamp is checked against. Defaults to

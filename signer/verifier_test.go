@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/mapping"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -169,5 +170,24 @@ func TestMiddlewareOverHTTP(t *testing.T) {
 	}
 	if code, body := post(signer.Sign([]byte("wrong"), testBody)); code != http.StatusUnauthorized || body != "invalid signature" {
 		t.Errorf("wrongly signed POST = %d %q, want 401 %q", code, body, "invalid signature")
+	}
+}
+
+// TestMiddlewareTakesTheLargestEvent: the largest event dzhook sends (an
+// outbox row's data of mapping.MaxOutboxPayload, in the envelope) passes
+// the Middleware's default bound: at 1 MiB it was answered 413, which
+// dzhook records as a final failure.
+func TestMiddlewareTakesTheLargestEvent(t *testing.T) {
+	data := `{"blob":"` + strings.Repeat("a", mapping.MaxOutboxPayload-len(`{"blob":""}`)) + `"}`
+	body := []byte(`{"id":"whk_4lpp67ijo3twdwxlcm3gdvjotw","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":` + data + `}`)
+	secret := []byte("a-receiver-secret-0123456789")
+	v := &signer.Verifier{Secrets: [][]byte{secret}}
+	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
+	req := httptest.NewRequest(http.MethodPost, "/webhook", bytes.NewReader(body))
+	req.Header.Set(signer.HeaderSignature, signer.Sign(secret, body))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Errorf("a delivery of %d bytes (data at dzhook's outbox limit): %d %q", len(body), rec.Code, rec.Body.String())
 	}
 }

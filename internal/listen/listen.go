@@ -70,7 +70,7 @@ type Config struct {
 	Verbose bool
 
 	// MaxBodyBytes bounds the body read; a larger one is answered with 413.
-	// Defaults to signer.DefaultMaxBodyBytes (1 MiB).
+	// Defaults to signer.DefaultMaxBodyBytes (2 MiB).
 	MaxBodyBytes int64
 
 	// Out receives the lines. Writes to it are serialized, one Write per
