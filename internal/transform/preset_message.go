@@ -109,12 +109,16 @@ func describe(e *Envelope) message {
 		}
 		m.facts = d.add(m.facts, "Changed by", "changedBy")
 	case catalog.RequestAssigned:
-		m.title = titled("👤 Request assigned", d.ref("id"))
+		to, assigned := d.person("assignedTo")
+		if assigned {
+			m.title = titled("👤 Request assigned", d.ref("id"))
+			extra = append(extra, "to "+to)
+		} else {
+			// request.assigned fires when the assignee is removed too.
+			m.title = titled("👤 Request unassigned", d.ref("id"))
+		}
 		m.detail = d.long("title")
 		quote = m.detail
-		if to, ok := d.person("assignedTo"); ok {
-			extra = append(extra, "to "+to)
-		}
 		m.facts = d.requestFacts()
 		if _, ok := d["previousAssignedTo"]; ok {
 			m.facts = append(m.facts, fact{"Previously", d.assignee("previousAssignedTo")})

@@ -407,3 +407,15 @@ func TestTeamsBodyUnder28KBWithControlCharacters(t *testing.T) {
 		}
 	}
 }
+
+// TestPresetsSayUnassigned: request.assigned fires when the assignee is
+// removed too; the presets said "Request assigned" with no one.
+func TestPresetsSayUnassigned(t *testing.T) {
+	raw := envelope("request.assigned", `{"id":"req_1","title":"Printer","status":"open","assignedTo":null,"previousAssignedTo":{"id":"usr_2","email":"jane@company.com"}}`)
+	for _, format := range []string{FormatTeams, FormatDiscord, FormatSlack} {
+		body := string(applyPreset(t, format, raw))
+		if !strings.Contains(body, "Request unassigned") || strings.Contains(body, "Request assigned") {
+			t.Errorf("%s: %s, want it said unassigned", format, body)
+		}
+	}
+}
