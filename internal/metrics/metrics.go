@@ -127,7 +127,7 @@ func New(src Sources) *Metrics {
 	}
 	m.stalled.WithLabelValues("mapping").Set(0)
 	r.MustRegister(m.events, m.deliveries, m.attempts, m.duration, m.errors, m.transitions, m.flushes, m.flushErrors, m.rejections, m.stalled, m.unstreamed,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &scraped{src: src})
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &scraped{src: src, m: m})
 	return m
 }
 
@@ -155,7 +155,7 @@ func (m *Metrics) AttemptFinished(subscription string, took time.Duration, statu
 	code.(prometheus.Counter).Inc()
 	ss.duration.Observe(took.Seconds())
 	if class != "" {
-		m.errors.WithLabelValues(subscription, class).Inc()
+		m.errors.WithLabelValues(subscription, class).Inc() // known through ss
 	}
 	o := outcome.String()
 	counter(&ss.outcomes, o, m.deliveries, subscription, o).Inc()
@@ -163,7 +163,29 @@ func (m *Metrics) AttemptFinished(subscription string, took time.Duration, statu
 
 // StateChanged implements fanout.Observer.
 func (m *Metrics) StateChanged(subscription string, _, to journal.Health) {
+	m.sub(subscription) // known, so that forgetGone finds it
 	m.transitions.WithLabelValues(subscription, string(to)).Inc()
+}
+
+// forgetGone deletes the series of the subscriptions this process no
+// longer runs (deleted, or removed from config.yaml by a reload): they
+// were exported until the process restarted, a histogram and counters
+// for every subscription ever created through the API.
+func (m *Metrics) forgetGone(running map[string]bool) {
+	m.bySub.Range(func(k, _ any) bool {
+		id := k.(string)
+		if running[id] {
+			return true
+		}
+		m.bySub.Delete(id)
+		l := prometheus.Labels{"subscription": id}
+		for _, vec := range []interface {
+			DeletePartialMatch(prometheus.Labels) int
+		}{m.deliveries, m.attempts, m.duration, m.errors, m.transitions} {
+			vec.DeletePartialMatch(l)
+		}
+		return true
+	})
 }
 
 // JournalFlushed observes a journal batch (journal.WriterConfig.OnFlush).
@@ -190,6 +212,7 @@ func (m *Metrics) Rejected() { m.rejections.Inc() }
 // the database little.
 type scraped struct {
 	src Sources
+	m   *Metrics
 
 	mu         sync.Mutex
 	at         time.Time
@@ -258,6 +281,11 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 	var subs []fanout.SubscriptionStatus
 	if s.src.Subscriptions != nil {
 		subs = s.src.Subscriptions()
+		running := make(map[string]bool, len(subs))
+		for _, sub := range subs {
+			running[sub.ID] = true
+		}
+		s.m.forgetGone(running)
 	}
 	backlog := s.backlogs()
 	now := time.Now()

@@ -196,3 +196,47 @@ func BenchmarkAttemptObserved(b *testing.B) {
 		m.AttemptFinished("crm", 3*time.Millisecond, 204, "", fanout.Delivered)
 	}
 }
+
+// TestGoneSubscriptionsForgotten: the series of a subscription this
+// process no longer runs (deleted, removed by a reload) leave /metrics at
+// the next scrape; they stayed until the process restarted, for every
+// subscription ever created through the API.
+func TestGoneSubscriptionsForgotten(t *testing.T) {
+	running := []fanout.SubscriptionStatus{{ID: "a"}, {ID: "b"}}
+	m := New(Sources{Subscriptions: func() []fanout.SubscriptionStatus { return running }})
+	for _, id := range []string{"a", "b"} {
+		m.DeliveryRecorded(id, journal.Pending)
+		m.AttemptFinished(id, 10*time.Millisecond, 503, "http", fanout.Retry)
+		m.StateChanged(id, journal.Healthy, journal.Failing)
+	}
+	series := func() (a, b int) {
+		mfs, err := m.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if !strings.HasPrefix(mf.GetName(), "dzhook_deliveries") && !strings.HasPrefix(mf.GetName(), "dzhook_attempt") && !strings.HasPrefix(mf.GetName(), "dzhook_subscription_transitions") {
+				continue
+			}
+			for _, mt := range mf.GetMetric() {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "subscription" && l.GetValue() == "a" {
+						a++
+					}
+					if l.GetName() == "subscription" && l.GetValue() == "b" {
+						b++
+					}
+				}
+			}
+		}
+		return a, b
+	}
+	if a, b := series(); a == 0 || b != a {
+		t.Fatalf("before: %d series of a, %d of b", a, b)
+	}
+	running = running[:1]
+	series() // this scrape forgets b; the counters it gathered may still hold it
+	if a, b := series(); a == 0 || b != 0 {
+		t.Errorf("after b is gone: %d series of a, %d of b, want b's gone and a's kept", a, b)
+	}
+}
