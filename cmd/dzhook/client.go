@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -63,7 +64,15 @@ func adminFlags(env *cli, fs *flag.FlagSet) (admin, config *string, asJSON *bool
 func newClient(env *cli, admin, configPath string) *client {
 	c := &client{base: admin, token: env.getenv("DZHOOK_ADMIN_TOKEN"), http: &http.Client{Timeout: 30 * time.Second}}
 	if c.base == "" || c.token == "" {
-		if cfg, err := config.LoadEnv(configPath, env.environ()); err == nil {
+		cfg, err := config.LoadEnv(configPath, env.environ())
+		if _, statErr := os.Stat(configPath); err != nil && statErr == nil {
+			// A file that is there but does not load (an unset ${VAR},
+			// a mistake): said, or the 401 or the refused connection
+			// that follows would not say why. Its problems never show
+			// a secret's value.
+			fmt.Fprintf(env.stderr, "warning: %s not read, so the admin API's address and token are not taken from it: %v\n", configPath, err)
+		}
+		if err == nil {
 			if c.base == "" && cfg.Admin.Listen != "" {
 				host, port, _ := net.SplitHostPort(cfg.Admin.Listen)
 				if host == "" || host == "0.0.0.0" || host == "::" {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -318,5 +319,20 @@ func TestBlockedAndAge(t *testing.T) {
 		if got := blocked(tc.s, now); got != tc.want {
 			t.Errorf("blocked(%+v) = %q, want %q", tc.s, got, tc.want)
 		}
+	}
+}
+
+// TestCLISaysItsConfigWasNotRead: a --config that is there but does not
+// load (an unset ${VAR}) is said; the CLI used to drop the error, and the
+// 401 or refused connection that followed did not say why.
+func TestCLISaysItsConfigWasNotRead(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfg, []byte("source:\n  dsn: ${DZHOOK_TEST_UNSET_DSN}\nadmin:\n  listen: 127.0.0.1:1\n  token: ${DZHOOK_TEST_UNSET_TOKEN}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := runEnv(context.Background(), []string{"dzhook", "deliveries", "--config", cfg}, &out, &errb, []string{"DZHOOK_ADMIN_URL=http://127.0.0.1:1"})
+	if code == exitOK || !strings.Contains(errb.String(), "warning: "+cfg+" not read") || !strings.Contains(errb.String(), "DZHOOK_TEST_UNSET") {
+		t.Errorf("exit %d, stderr %q; want the config's problem said", code, errb.String())
 	}
 }
