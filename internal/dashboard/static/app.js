@@ -288,9 +288,14 @@ function writeHash() {
 
 // ---- subscriptions -----------------------------------------------------------
 
+// stateOf is a subscription's badge: its state, or paused. A paused
+// webhook that is failing (or disabled) says both: pausing hides nothing
+// from the admin.
 function stateOf(s) {
-  if (s.paused) return 'paused';
-  return s.state || 'unknown';
+  const st = s.state || 'unknown';
+  if (!s.paused) return { text: st, cls: st };
+  if (st === 'failing' || st === 'disabled') return { text: `paused · ${st}`, cls: st };
+  return { text: 'paused', cls: 'paused' };
 }
 
 function buildCard(id) {
@@ -399,8 +404,8 @@ function buildCard(id) {
 
 function updateCard(c, s) {
   const st = stateOf(s);
-  setText(c.state, st);
-  c.state.className = `badge badge-${st}`;
+  setText(c.state, st.text);
+  c.state.className = `badge badge-${st.cls}`;
   const runtime = s.source === 'runtime';
   c.inactive.hidden = runtime || s.active !== false;
   c.source.hidden = s.source !== 'config';
