@@ -742,3 +742,15 @@ subscriptions:
 		t.Errorf("an overriding value: %q, want text", got)
 	}
 }
+
+// TestSectionOfTheWrongTypeUnderAnOverride: a section the file writes as
+// a scalar is refused even when a DZHOOK_ variable sets a key under it
+// (which made it a mapping, and the mistake passed unseen).
+func TestSectionOfTheWrongTypeUnderAnOverride(t *testing.T) {
+	for _, env := range [][]string{nil, {"DZHOOK_DELIVERY_TIMEOUT=5s"}} {
+		_, err := Parse([]byte(minimal+"delivery: oops\n"), env)
+		if err == nil || !strings.Contains(err.Error(), "delivery: must be a mapping") || strings.Count(err.Error(), "must be a mapping") != 1 {
+			t.Errorf("delivery: oops with %v: %v, want refused once naming delivery", env, err)
+		}
+	}
+}

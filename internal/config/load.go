@@ -47,6 +47,10 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 	if err := k.Load(rawbytes.Provider(yamlBytes), yaml.Parser()); err != nil {
 		return nil, fmt.Errorf("config is not valid YAML: %w", err)
 	}
+	// The file as written, before the environment: a DZHOOK_ variable
+	// under a section the file wrote as a scalar (delivery: oops) would
+	// otherwise replace it with a mapping, and the mistake pass unseen.
+	fileRaw := k.Raw()
 	keys := envKeys()
 	envMap := make(map[string]string, len(environ))
 	for _, kv := range environ {
@@ -81,6 +85,7 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 		literals:  literalNumbers(yamlBytes),
 	}
 	d.decode("", k.Raw(), reflect.ValueOf(&cfg).Elem())
+	checkSections(&problems, "", fileRaw, reflect.TypeOf(cfg))
 	cfg.validate(&problems, d.refs)
 	for i, p := range problems {
 		if name, ok := emptyEnv[p.Path]; ok {
@@ -169,4 +174,30 @@ func UnknownEnv(environ []string) []string {
 		out = append(out, msg)
 	}
 	return out
+}
+
+// checkSections reports a section of the file (a struct of Config) that
+// is not a mapping, unless the decoding reported that path already: it
+// did not when the environment set a key under it, which made it one.
+func checkSections(ps *Problems, path string, raw any, t reflect.Type) {
+	m, ok := raw.(map[string]any)
+	if !ok {
+		if raw == nil {
+			return
+		}
+		for _, p := range *ps {
+			if p.Path == path {
+				return
+			}
+		}
+		ps.addDecode(path, "must be a mapping of keys to values, not %s", kindOf(raw))
+		return
+	}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("koanf")
+		if v, ok := m[tag]; ok && tag != "" && f.Type.Kind() == reflect.Struct && f.Type != durationType {
+			checkSections(ps, join(path, tag), v, f.Type)
+		}
+	}
 }
