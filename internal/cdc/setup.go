@@ -56,7 +56,10 @@ func Setup(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) (SetupReport, e
 		return rep, errors.Join(problems...)
 	}
 	if err := setupPublication(ctx, conn, cfg, &rep); err != nil {
-		problems = append(problems, err)
+		// The publication first: REPLICA IDENTITY FULL on a table it
+		// publishes with a column list would make PostgreSQL refuse the
+		// application's UPDATEs and DELETEs on it.
+		return rep, err
 	}
 	for _, t := range cfg.FullIdentity {
 		if err := setupIdentity(ctx, conn, t, cfg.CheckOnly, &rep); err != nil {
@@ -144,6 +147,9 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg SetupConfig, rep 
 		return fmt.Errorf("list tables of publication %q: %w", cfg.Publication, err)
 	}
 	var problems []error
+	if err := publicationLists(ctx, conn, cfg); err != nil {
+		problems = append(problems, err)
+	}
 	for _, t := range cfg.Tables {
 		if slices.Contains(published, t) {
 			continue
@@ -158,6 +164,58 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, cfg SetupConfig, rep 
 			continue
 		}
 		rep.Actions = append(rep.Actions, fmt.Sprintf("added %s to publication %s", t, cfg.Publication))
+	}
+	return errors.Join(problems...)
+}
+
+// publicationLists refuses a mapped table the publication publishes with
+// a column list or a row filter (PostgreSQL 15): dzhook needs every
+// column of every row. A row filter drops the changes of the rows it
+// filters out, before dzhook can see them: their events would be lost
+// without a word. A column list leaves columns out, and PostgreSQL
+// refuses UPDATE and DELETE on a table whose replica identity (FULL,
+// which the mapped tables need) the list does not cover: setting it
+// would break the application.
+func publicationLists(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) error {
+	var version int
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return fmt.Errorf("read the server's version: %w", err)
+	}
+	if version < 150000 {
+		return nil // no column lists or row filters before 15
+	}
+	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname, pr.prattrs IS NOT NULL, pr.prqual IS NOT NULL
+		FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+		JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1 AND (pr.prattrs IS NOT NULL OR pr.prqual IS NOT NULL)`, cfg.Publication)
+	if err != nil {
+		return fmt.Errorf("read the column lists and row filters of publication %q: %w", cfg.Publication, err)
+	}
+	type listed struct {
+		table          string
+		columns, where bool
+	}
+	lists, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (listed, error) {
+		var l listed
+		err := r.Scan(&l.table, &l.columns, &l.where)
+		return l, err
+	})
+	if err != nil {
+		return fmt.Errorf("read the column lists and row filters of publication %q: %w", cfg.Publication, err)
+	}
+	pub := quoteIdent(cfg.Publication)
+	var problems []error
+	for _, l := range lists {
+		if !slices.Contains(cfg.Tables, l.table) {
+			continue
+		}
+		stmt := fmt.Sprintf("BEGIN; ALTER PUBLICATION %s DROP TABLE %s; ALTER PUBLICATION %s ADD TABLE %s; COMMIT;", pub, quoteQualified(l.table), pub, quoteQualified(l.table))
+		if l.where {
+			problems = append(problems, fmt.Errorf("publication %q publishes mapped table %s with a row filter (WHERE …): the rows it filters out never reach dzhook, and their events would be lost; publish the table whole: %s", cfg.Publication, l.table, stmt))
+		}
+		if l.columns {
+			problems = append(problems, fmt.Errorf("publication %q publishes mapped table %s with a column list: dzhook needs every column, and REPLICA IDENTITY FULL, which PostgreSQL refuses beside a column list that leaves a column out (UPDATE and DELETE on the table would fail); publish the table whole: %s", cfg.Publication, l.table, stmt))
+		}
 	}
 	return errors.Join(problems...)
 }

@@ -218,3 +218,38 @@ func TestReadyNamesRevokedReplication(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), "REPLICATION attribute")
 	})
 }
+
+// TestPublicationListsRefused: a publication that publishes a mapped
+// table with a row filter or a column list is refused by setup and at
+// start, naming the statement that publishes it whole. A row filter lost
+// the events of the rows it filtered out without a word; beside a column
+// list, setup's REPLICA IDENTITY FULL made PostgreSQL refuse the
+// application's UPDATEs on the table.
+func TestPublicationListsRefused(t *testing.T) {
+	t.Run("row filter", func(t *testing.T) {
+		db := newDB(t)
+		db.Exec(t, `CREATE PUBLICATION dzhook FOR TABLE users, requests WHERE (priority = 'urgent'), comments, request_slas, dzhook_outbox`)
+		cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		for _, check := range []bool{false, true} {
+			_, err := Setup(context.Background(), cfg, SetupOptions{CheckOnly: check})
+			if err == nil || !strings.Contains(err.Error(), "public.requests with a row filter") || !strings.Contains(err.Error(), `ADD TABLE "public"."requests"`) {
+				t.Errorf("setup (check only %v): %v, want the row filter refused with the statement", check, err)
+			}
+		}
+		if _, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)}); err == nil || !strings.Contains(err.Error(), "row filter") {
+			t.Errorf("start: %v, want the row filter refused", err)
+		}
+	})
+	t.Run("column list", func(t *testing.T) {
+		db := newDB(t)
+		db.Exec(t, `ALTER TABLE requests REPLICA IDENTITY DEFAULT`,
+			`CREATE PUBLICATION dzhook FOR TABLE users, requests (id, title, status, priority, requester_id, assigned_to_id, created_at, updated_at), comments, request_slas, dzhook_outbox`,
+			`INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+		cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		_, err := Setup(context.Background(), cfg, SetupOptions{})
+		if err == nil || !strings.Contains(err.Error(), "public.requests with a column list") {
+			t.Errorf("setup: %v, want the column list refused", err)
+		}
+		db.Exec(t, `UPDATE requests SET status = 'closed' WHERE id = 1`) // the application still updates it
+	})
+}
