@@ -56,10 +56,14 @@ func Setup(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) (SetupReport, e
 		return rep, errors.Join(problems...)
 	}
 	if err := setupPublication(ctx, conn, cfg, &rep); err != nil {
-		// The publication first: REPLICA IDENTITY FULL on a table it
-		// publishes with a column list would make PostgreSQL refuse the
-		// application's UPDATEs and DELETEs on it.
-		return rep, err
+		problems = append(problems, err)
+		if !cfg.CheckOnly {
+			// The publication first: REPLICA IDENTITY FULL on a table it
+			// publishes with a column list would make PostgreSQL refuse
+			// the application's UPDATEs and DELETEs on it. (A check
+			// changes nothing: it reports every problem at once.)
+			return rep, errors.Join(problems...)
+		}
 	}
 	for _, t := range cfg.FullIdentity {
 		if err := setupIdentity(ctx, conn, t, cfg.CheckOnly, &rep); err != nil {
