@@ -253,3 +253,23 @@ func TestPublicationListsRefused(t *testing.T) {
 		db.Exec(t, `UPDATE requests SET status = 'closed' WHERE id = 1`) // the application still updates it
 	})
 }
+
+// TestGapAfterSetupBeforeTheFirstRun: a slot dropped and created again
+// between `dzhook setup` and the first start, after a transaction
+// committed, is a gap: setup makes the slot's position the journal's.
+// With no checkpoint the start took the new slot silently, and the
+// transaction's events were lost.
+func TestGapAfterSetupBeforeTheFirstRun(t *testing.T) {
+	db := newDB(t)
+	cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+	if _, err := Setup(context.Background(), cfg, SetupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'after setup', 1)`)
+	dropSlot(t, db, "dzhook")
+	_, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)})
+	var gap *GapError
+	if !errors.As(err, &gap) {
+		t.Fatalf("a start after the slot was dropped and created again: %v, want a gap", err)
+	}
+}
