@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -304,7 +305,27 @@ func first(err error) error {
 	var p strings.Builder
 	for _, tok := range loc {
 		p.WriteByte('/')
+		// A key is the data's: quoted as Go would where it holds what a
+		// message cannot (a NUL, a line break), and cut when long.
+		if len(tok) > 64 {
+			tok = tok[:64] + "…"
+		}
+		if strings.ContainsFunc(tok, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			tok = strconv.Quote(tok)
+		}
 		p.WriteString(strings.NewReplacer("~", "~0", "/", "~1").Replace(tok))
 	}
-	return &ValidationError{Pointer: p.String(), Message: ve.ErrorKind.LocalizedString(printer)}
+	msg := ve.ErrorKind.LocalizedString(printer)
+	// The value itself is the data's, logged and journaled with the
+	// rejection: not repeated where the keyword says enough (a card
+	// number failing a token's pattern).
+	switch k := ve.ErrorKind.(type) {
+	case *kind.Pattern:
+		msg = fmt.Sprintf("does not match pattern %q", k.Want)
+	case *kind.Format:
+		msg = fmt.Sprintf("is not a valid %s", k.Want)
+	case *kind.Enum, *kind.Const:
+		msg = "is not one of the values the schema allows"
+	}
+	return &ValidationError{Pointer: p.String(), Message: msg}
 }

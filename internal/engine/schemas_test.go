@@ -109,3 +109,32 @@ func TestOutboxSchemaRejections(t *testing.T) {
 		t.Errorf("%d deliveries, want 1", got)
 	}
 }
+
+// TestRejectionsThatTheJournalCanKeep: a message whose data breaks its
+// schema under a key holding a NUL byte is rejected, and the next event
+// goes out: the reason quoted the key, PostgreSQL's text refused the NUL,
+// and the journal writer retried that batch for ever, nothing after it
+// acknowledged. A value that fails a pattern is not copied into the
+// reason (a card number failing a token's pattern), and no reason is
+// longer than a kilobyte.
+func TestRejectionsThatTheJournalCanKeep(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\ncustom_events:\n  - name: order.shipped\n    schema:\n      type: object\n      properties: {card: {type: string, pattern: \"^tok_\"}}\n      additionalProperties: {type: string}\n", "", sub("crm", rc.URL, "order.shipped"))
+	start(t, cfg)
+	db.Exec(t,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"order.shipped","data":{"a\u0000b":1}}')`,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"order.shipped","data":{"card":"4111111111111111'||repeat('1', 100000)||'"}}')`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.' || repeat('x', 100000), '{}')`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', '{"order": "ord_9"}')`)
+	reqs := rc.Wait(t, 1, 20*time.Second)
+	if !strings.Contains(string(reqs[0].Body), `"data":{"order":"ord_9"}`) {
+		t.Errorf("delivered %s", reqs[0].Body)
+	}
+	testutil.Eventually(t, 10*time.Second, "three rejections journaled", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.rejections`) == 3
+	})
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.rejections WHERE length(reason) > 1100 OR length(source) > 1100 OR strpos(reason, '4111111111111111') > 0`); n != 0 {
+		t.Errorf("%d rejections longer than a kilobyte or quoting the value that failed its pattern", n)
+	}
+}

@@ -21,7 +21,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 
@@ -196,8 +198,9 @@ func (p *Pipeline) HandleChange(ctx context.Context, c *cdc.Change) error {
 		if p.cfg.Observer != nil {
 			p.cfg.Observer.Rejected()
 		}
-		p.log.Warn("outbox event rejected", "source", rej.What, "reason", rej.Reason, "lsn", c.CommitLSN.String())
-		if err := p.cfg.Journal.Reject(ctx, journal.Rejection{Source: rej.What, Reason: rej.Reason, CommitLSN: c.CommitLSN}); err != nil {
+		what, reason := rejectionText(rej.What), rejectionText(rej.Reason)
+		p.log.Warn("outbox event rejected", "source", what, "reason", reason, "lsn", c.CommitLSN.String())
+		if err := p.cfg.Journal.Reject(ctx, journal.Rejection{Source: what, Reason: reason, CommitLSN: c.CommitLSN}); err != nil {
 			return err
 		}
 	}
@@ -232,4 +235,26 @@ func (p *Pipeline) armSLA(ctx context.Context, m *mapping.Mapper, c *cdc.Change)
 		return nil
 	}
 	return p.cfg.Journal.ArmTimers(ctx, slaclock.TimerChange(up))
+}
+
+// maxRejectionText bounds what a rejection says (its source and its
+// reason), in bytes.
+const maxRejectionText = 1024
+
+// rejectionText is a rejection's text as the log and the journal keep it:
+// valid UTF-8 without NUL, which PostgreSQL's text refuses (a reason
+// quoting a data key with a NUL byte made the journal writer retry its
+// batch for ever, and nothing after it was acknowledged), and cut to
+// maxRejectionText (a reason quoting a value that failed a pattern, or an
+// undeclared event name, could be a megabyte, copied into the log).
+func rejectionText(s string) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\\u0000")
+	if len(s) <= maxRejectionText {
+		return s
+	}
+	cut := maxRejectionText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
