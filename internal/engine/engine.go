@@ -180,6 +180,17 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Logger: log,
 	})
 	e.schema = newSchemaWatch(e, cfg, opts.SchemaInterval, slaSource)
+	if outbox != "" {
+		ok, err := mapping.TableExists(ctx, source, outbox)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			e.schema.outbox = outbox
+		} else {
+			log.Info("outbox table does not exist: outbox events are off until it is created and `dzhook setup` runs (or set outbox.table: \"\")", "table", outbox)
+		}
+	}
 	// e.stream is set below, before anything can be acknowledged.
 	ack := func(lsn pglogrepl.LSN) { e.stream.Ack(lsn) }
 	// The journal writer owns the acknowledgement contract: it moves the

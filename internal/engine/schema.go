@@ -51,6 +51,12 @@ type schemaWatch struct {
 	interval time.Duration
 	sla      atomic.Pointer[mapping.SLASource]
 
+	// outbox is outbox.table, qualified, when it existed at start (setup
+	// then put it in the publication): checked with the mapped tables, so
+	// one dropped and created again outside the publication is loud, not
+	// a silent loss of its rows. "" when none (no outbox in use).
+	outbox string
+
 	mu      sync.Mutex
 	applied mapping.Config // the mapping in effect (or becoming so)
 	stall   *pipeline.Stall
@@ -134,7 +140,11 @@ func (w *schemaWatch) check(ctx context.Context) {
 	w.mu.Lock()
 	mc := w.applied
 	w.mu.Unlock()
-	misfits, err := mc.CheckPublished(ctx, w.e.source, w.e.cfg.Source.Publication)
+	var also []mapping.Watched
+	if w.outbox != "" {
+		also = append(also, mapping.Watched{Path: "outbox.table", Table: w.outbox})
+	}
+	misfits, err := mc.CheckPublished(ctx, w.e.source, w.e.cfg.Source.Publication, also...)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.e.log.Warn("could not check the mapped tables", "err", err)

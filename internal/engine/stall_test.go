@@ -485,3 +485,33 @@ func TestRestartAfterAMigration(t *testing.T) {
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "mapping.requests.columns.status")
 	})
 }
+
+// TestRecreatedOutboxIsLoud: an outbox table dropped and created again
+// (a migration) is out of the publication, and its rows are not streamed:
+// that is said as for a mapped table (/readyz, an ERROR naming
+// outbox.table), and it clears once the table is back. It was silent:
+// only the mapped tables were checked.
+func TestRecreatedOutboxIsLoud(t *testing.T) {
+	db := newDB(t)
+	rc, admin := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, adminSection+fmt.Sprintf("notify:\n  url: %s\n", admin.URL)+"custom_events:\n  - name: order.shipped\n", "", sub("crm", rc.URL, "order.shipped"))
+	e, logs, _ := startLogged(t, cfg)
+	db.Exec(t, `INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', '{"order": "ord_1"}')`)
+	rc.Wait(t, 1, 20*time.Second)
+	db.Exec(t, `DROP TABLE dzhook_outbox`,
+		`CREATE TABLE dzhook_outbox (id bigserial PRIMARY KEY, event text NOT NULL, payload jsonb NOT NULL DEFAULT '{}', key text, created_at timestamptz NOT NULL DEFAULT now())`)
+	testutil.Eventually(t, 30*time.Second, "the recreated outbox at /readyz", func() bool {
+		code, body := readyz(t, e)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "outbox.table")
+	})
+	if n := logs.count("ERROR", map[string]string{"path": "outbox.table", "table": "public.dzhook_outbox"}); n != 1 {
+		t.Errorf("%d ERROR lines naming outbox.table, want 1", n)
+	}
+	db.Exec(t, `ALTER PUBLICATION dzhook ADD TABLE dzhook_outbox`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', '{"order": "ord_2"}')`)
+	rc.Wait(t, 2, 30*time.Second)
+	testutil.Eventually(t, 30*time.Second, "/readyz 200 once the outbox is back", func() bool {
+		code, _ := readyz(t, e)
+		return code == http.StatusOK
+	})
+}

@@ -116,7 +116,10 @@ func (m *Mapper) WithMapping(c Config, users UserLookup) *Mapper {
 // tables that exist but are not in the publication (a table recreated
 // after a DROP is not added back). Each is a Misfit at the table's YAML
 // path.
-func (c *Config) CheckPublished(ctx context.Context, q Querier, publication string) ([]Misfit, error) {
+//
+// also are tables beside the mapping's to check the same way (the outbox),
+// each with its path.
+func (c *Config) CheckPublished(ctx context.Context, q Querier, publication string, also ...Watched) ([]Misfit, error) {
 	published := map[string]bool{}
 	rows, err := q.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
@@ -134,8 +137,12 @@ func (c *Config) CheckPublished(ctx context.Context, q Querier, publication stri
 		return nil, fmt.Errorf("read publication %s: %w", publication, err)
 	}
 	var out []Misfit
+	watched := make([]Watched, 0, 4+len(also))
 	for _, e := range c.entities() {
-		table := c.Qualify(e.table)
+		watched = append(watched, Watched{Path: "mapping." + e.key + ".table", Table: c.Qualify(e.table)})
+	}
+	for _, w := range append(watched, also...) {
+		table := w.Table
 		if published[table] {
 			continue
 		}
@@ -147,7 +154,12 @@ func (c *Config) CheckPublished(ctx context.Context, q Querier, publication stri
 		if !exists {
 			msg = fmt.Sprintf("table %s no longer exists (dropped or renamed): its changes are not streamed", table)
 		}
-		out = append(out, Misfit{Path: "mapping." + e.key + ".table", Table: table, Message: msg})
+		out = append(out, Misfit{Path: w.Path, Table: table, Message: msg})
 	}
 	return out, nil
+}
+
+// Watched is a table CheckPublished checks, with its configuration path.
+type Watched struct {
+	Path, Table string
 }
