@@ -45,6 +45,14 @@ func ConnectReplication(ctx context.Context, dsn string) (*pgconn.PgConn, error)
 	defer cancel()
 	conn, err := pgconn.ConnectConfig(cctx, cfg)
 	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			// "must be superuser or replication role to start walsender":
+			// the role, and the fix preflight names (it runs later, on an
+			// ordinary connection, and was never reached).
+			return nil, &fatalError{fmt.Errorf("connect for replication: role %q lacks the REPLICATION attribute that streaming needs: run ALTER ROLE %s REPLICATION as a superuser (on RDS: GRANT rds_replication TO %s; see deploy/sql/role.sql) (%s)",
+				cfg.User, quoteIdent(cfg.User), quoteIdent(cfg.User), pgErr.Message)}
+		}
 		return nil, fmt.Errorf("connect for replication: %w", err)
 	}
 	return conn, nil

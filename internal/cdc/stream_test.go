@@ -1164,6 +1164,13 @@ func TestSetupRoleWithoutReplication(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "lacks the REPLICATION attribute") || !strings.Contains(err.Error(), "ALTER ROLE") {
 		t.Fatalf("setup as a role without REPLICATION: %v", err)
 	}
+	// The replication connection, which dzhook setup and run open first,
+	// names the fix too (it gave PostgreSQL's "must be superuser or
+	// replication role to start walsender" alone).
+	_, err = ConnectReplication(ctx, strings.Replace(db.DSN, "postgres@", role+"@", 1))
+	if err == nil || !strings.Contains(err.Error(), "ALTER ROLE") || !strings.Contains(err.Error(), role) {
+		t.Fatalf("a replication connection as a role without REPLICATION: %v", err)
+	}
 }
 
 // TestStandby: a second stream on a slot in use waits rather than steals.
