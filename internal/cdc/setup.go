@@ -246,9 +246,9 @@ func setupIdentity(ctx context.Context, conn *pgx.Conn, table string, checkOnly 
 
 func setupSlot(ctx context.Context, conn *pgx.Conn, cfg SetupConfig, rep *SetupReport) error {
 	var si slotInfo
-	var confirmed, plugin, database *string
-	err := conn.QueryRow(ctx, `SELECT plugin, slot_type, database, current_database(), confirmed_flush_lsn::text
-		FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&plugin, &si.slotType, &database, &si.currentDB, &confirmed)
+	var confirmed, plugin, database, walStatus *string
+	err := conn.QueryRow(ctx, `SELECT plugin, slot_type, database, current_database(), confirmed_flush_lsn::text, wal_status
+		FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&plugin, &si.slotType, &database, &si.currentDB, &confirmed, &walStatus)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
@@ -260,6 +260,9 @@ func setupSlot(ctx context.Context, conn *pgx.Conn, cfg SetupConfig, rep *SetupR
 		}
 		if database != nil {
 			si.database = *database
+		}
+		if walStatus != nil { // a slot whose WAL is lost fails setup and the start, not only the stream later
+			si.walStatus, si.hasWALStat = *walStatus, true
 		}
 		return si.check(cfg.Slot)
 	}

@@ -1303,3 +1303,53 @@ func TestIdleStreamIsQuiet(t *testing.T) {
 	}
 	t.Logf("%d status updates in %s idle", sent, window)
 }
+
+// TestSetupRefusesALostSlot: a slot whose WAL is lost (max_slot_wal_keep_size
+// exceeded) fails setup, its check included, naming the fix: setup
+// reported everything in place, and only the stream said so later.
+func TestSetupRefusesALostSlot(t *testing.T) {
+	c, err := pgtest.Start(pgtest.Options{Settings: map[string]string{"max_slot_wal_keep_size": "1MB", "min_wal_size": "32MB", "max_wal_size": "32MB"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx := context.Background()
+	if err := c.Exec(ctx, "postgres", "CREATE DATABASE lost"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Exec(ctx, "lost", dzsql.Schema); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, c.DSN("lost"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	cfg := SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables}
+	if _, err := Setup(ctx, conn, cfg); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if err := c.Exec(ctx, "lost", `CREATE TABLE IF NOT EXISTS filler (x text)`, `INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)`,
+			`SELECT pg_switch_wal()`, `CHECKPOINT`); err != nil {
+			t.Fatal(err)
+		}
+		var status string
+		if err := conn.QueryRow(ctx, `SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'dzhook'`).Scan(&status); err != nil {
+			t.Fatal(err)
+		}
+		if status == "lost" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot's WAL was not lost within a minute (wal_status %s)", status)
+		}
+	}
+	for _, check := range []bool{true, false} {
+		cfg.CheckOnly = check
+		if _, err := Setup(ctx, conn, cfg); err == nil || !strings.Contains(err.Error(), "has lost required WAL") {
+			t.Errorf("setup (check only %v) with a lost slot: %v, want it refused naming the fix", check, err)
+		}
+	}
+}
