@@ -138,3 +138,24 @@ func TestRejectionsThatTheJournalCanKeep(t *testing.T) {
 		t.Errorf("%d rejections longer than a kilobyte or quoting the value that failed its pattern", n)
 	}
 }
+
+// TestOutboxLimitOnTheCompactData: the 1 MiB limit is on the data as
+// sent, compact, for an outbox row and a message alike: 800 KB of data
+// that jsonb prints in 1.2 MB was refused from the outbox and taken as a
+// message. Data over 1 MiB compact is refused from both.
+func TestOutboxLimitOnTheCompactData(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\ncustom_events:\n  - name: order.shipped\n", "", sub("crm", rc.URL, "order.shipped"))
+	start(t, cfg)
+	fits := `'{"n":[' || repeat('1,', 399999) || '1]}'`
+	over := `'{"n":[' || repeat('1,', 600000) || '1]}'`
+	db.Exec(t,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"order.shipped","data":' || `+fits+` || '}')`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', (`+fits+`)::jsonb)`,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"order.shipped","data":' || `+over+` || '}')`,
+		`INSERT INTO dzhook_outbox (event, payload) VALUES ('order.shipped', (`+over+`)::jsonb)`)
+	testutil.Eventually(t, 30*time.Second, "the two that fit delivered, the two over refused", func() bool {
+		return len(rc.Requests()) == 2 && queryInt(t, db, `SELECT count(*) FROM dzhook.rejections WHERE reason LIKE '%over the 1 MiB limit%'`) == 2
+	})
+}

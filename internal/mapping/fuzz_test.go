@@ -103,8 +103,11 @@ func FuzzOutboxMessage(f *testing.F) {
 		if !cat.Has(ev.Type) {
 			t.Fatalf("event %q is not in the catalog", ev.Type)
 		}
-		if len(content) > MaxOutboxPayload {
-			t.Fatalf("a %d-byte content, over MaxOutboxPayload, became an event", len(content))
+		var env struct {
+			Data json.RawMessage `json:"data"`
+		}
+		if len(content) > maxRawPayload || json.Unmarshal(ev.Body, &env) != nil || len(env.Data) > MaxOutboxPayload {
+			t.Fatalf("a %d-byte content, its data %d bytes, over the limits, became an event", len(content), len(env.Data))
 		}
 		if !strings.HasPrefix(ev.ID, "whk_") || len(ev.ID) != 30 {
 			t.Fatalf("event id %q, want whk_ and 26 characters", ev.ID)

@@ -63,8 +63,8 @@ func (m *Mapper) message(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 		return out, nil
 	}
 	what := fmt.Sprintf("logical message %q at %s", msg.Prefix, msg.LSN)
-	if len(msg.Content) > MaxOutboxPayload {
-		return out, &Rejection{What: what, Reason: fmt.Sprintf("content of %d bytes is over the 1 MiB limit", len(msg.Content))}
+	if len(msg.Content) > maxRawPayload {
+		return out, &Rejection{What: what, Reason: fmt.Sprintf("content of %d bytes is over the %d MiB a message may have (its data: 1 MiB, compact)", len(msg.Content), maxRawPayload>>20)}
 	}
 	if !utf8.Valid(msg.Content) {
 		return out, &Rejection{What: what, Reason: "content is not valid UTF-8"}
@@ -97,6 +97,10 @@ func (m *Mapper) message(c *cdc.Change, out []Event) ([]Event, *Rejection) {
 // MaxKey bounds an outbox row's or a message's ordering key, in bytes.
 const MaxKey = 256
 
+// maxRawPayload bounds an outbox payload or a message's content as
+// written, before it is compacted and held to MaxOutboxPayload.
+const maxRawPayload = 4 << 20
+
 func deref(s *string) string {
 	if s == nil {
 		return ""
@@ -118,7 +122,7 @@ func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payl
 	case len(key) > MaxKey:
 		return out, &Rejection{What: what, Reason: fmt.Sprintf("key of %d bytes is over the %d-byte limit", len(key), MaxKey)}
 	}
-	if len(payload) > MaxOutboxPayload {
+	if len(payload) > maxRawPayload {
 		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload of %d bytes is over the 1 MiB limit", len(payload))}
 	}
 	if !m.catalog.Has(name) {
@@ -132,6 +136,12 @@ func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payl
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, payload); err != nil || !bytes.HasPrefix(compact.Bytes(), []byte("{")) {
 		return out, &Rejection{What: what, Reason: "payload is not a JSON object"}
+	}
+	// The limit is on the data as sent, compact, whatever the way in: a
+	// jsonb outbox prints with spaces, a message as the application wrote
+	// it, so the same data was refused from one and taken from the other.
+	if compact.Len() > MaxOutboxPayload {
+		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload of %d bytes (compact) is over the 1 MiB limit", compact.Len())}
 	}
 	if m.mc.Schemas != nil {
 		if err := m.mc.Schemas.ValidateData(name, compact.Bytes()); err != nil {
