@@ -691,12 +691,20 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		// The queue is drained before the release is put. A caller that
 		// stops waiting for room in the journal's queue (an API request
 		// ended) must not leave them owned by this live instance, which
-		// no other claims, until it stops: the release is then put on
-		// the workers' context, in the background, so that neither this
-		// reload nor its caller waits on the writer.
+		// no other claims, until it stops. An unordered subscription's
+		// release is then put on the workers' context, in the background,
+		// so that neither this reload nor its caller waits on the writer.
+		// An ordered one's is put on the workers' context here, under
+		// routeMu: put later, a delivery of the same key routed meanwhile
+		// would reach the journal first and go out before them. (The
+		// stream waits for the same room meanwhile.)
+		giveCtx := ctx
+		if life != nil && s.ord != nil {
+			giveCtx = life
+		}
 		var ids []string
-		err := d.giveBack(ctx, func() []string { ids = s.drainQueue(); return ids })
-		if err != nil && len(ids) > 0 && life != nil && !errors.Is(err, journal.ErrWriterClosed) {
+		err := d.giveBack(giveCtx, func() []string { ids = s.drainQueue(); return ids })
+		if err != nil && len(ids) > 0 && life != nil && s.ord == nil && !errors.Is(err, journal.ErrWriterClosed) {
 			d.releaseLater(life, s.cfg.ID, ids)
 			err = nil
 		}

@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -225,4 +226,71 @@ func TestReloadGivesBackPastItsCaller(t *testing.T) {
 	}
 	close(gate.open)
 	rc.Wait(t, 3, 15*time.Second)
+}
+
+// TestReloadReleaseKeepsKeyOrder: an ordered subscription's queue, given
+// back by a reload whose caller gives up while the journal's queue has no
+// room, is released before any later delivery of its keys reaches the
+// journal: released in the background, a later delivery of the same key
+// went out first.
+func TestReloadReleaseKeepsKeyOrder(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	hold := make(chan struct{})
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			<-hold
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	gate := &gatedReleases{open: make(chan struct{}), waiting: make(chan struct{}), gaveUp: make(chan struct{})}
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true, Ordering: OrderEntity}
+	d, stop := startRecordingThrough(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", Concurrency: 1, Heartbeat: time.Second,
+		RetrySchedule: []time.Duration{0, time.Hour}, PollInterval: 50 * time.Millisecond, Logger: testutil.Logger(t),
+	}, func(w Recorder) Recorder { gate.Recorder = w; return gate })
+	t.Cleanup(stop)
+	ctx := context.Background()
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := orderEvents([]string{"x", "k", "k", "k"})
+	for _, ev := range evs[:3] { // x in flight; k, k wait in the queue
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.Wait(t, 1, 10*time.Second)
+	changed := sub
+	changed.Headers = map[string]string{"X-Tenant": "acme"}
+	rctx, cancel := context.WithCancel(ctx)
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- d.Reload(rctx, []Subscription{changed}) }()
+	close(hold)
+	<-gate.waiting
+	cancel() // the caller gives up; the release waits for room
+	dispatched := make(chan error, 1)
+	go func() { dispatched <- d.Dispatch(ctx, evs[3]) }() // the next of k, routed meanwhile
+	select {
+	case <-dispatched:
+		t.Fatal("a delivery of the key was routed before the release was put")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(gate.open)
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-dispatched; err != nil {
+		t.Fatal(err)
+	}
+	reqs := rc.Wait(t, 4, 15*time.Second)
+	var got []string
+	for _, r := range reqs {
+		var ev struct{ ID string }
+		_ = json.Unmarshal(r.Body, &ev)
+		got = append(got, ev.ID)
+	}
+	if len(got) != 4 || got[1] != evs[1].ID || got[2] != evs[2].ID || got[3] != evs[3].ID {
+		t.Errorf("arrivals %v, want %v, %v, %v after x (k's in stream order)", got, evs[1].ID, evs[2].ID, evs[3].ID)
+	}
 }
