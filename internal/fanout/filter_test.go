@@ -24,8 +24,10 @@ func TestFilterFailuresSaid(t *testing.T) {
 	// A filter whose error quotes the event's data: the WARN leaves it out.
 	hr := Subscription{ID: "hr", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,
 		Filter: `has(data.email) && timestamp(data.email) > timestamp("2020-01-01T00:00:00Z")`}
+	ops := Subscription{ID: "ops", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,
+		Filter: `has(data.email) && {"a": 1}[data.email] == 1`} // "no such key: <the email>"
 	d := start(t, store, Config{
-		Subscriptions: []Subscription{sub, hr}, Journal: store, Instance: "i1", Concurrency: 1,
+		Subscriptions: []Subscription{sub, hr, ops}, Journal: store, Instance: "i1", Concurrency: 1,
 		RetrySchedule: []time.Duration{0, time.Hour}, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	ctx := context.Background()
@@ -43,7 +45,7 @@ func TestFilterFailuresSaid(t *testing.T) {
 		t.Errorf("%d deliveries, want the one event the filter matches", n)
 	}
 	out := logs.String()
-	if n := strings.Count(out, "filter fails on some events"); n != 2 || !strings.Contains(out, "subscription=crm") || !strings.Contains(out, "subscription=hr") || !strings.Contains(out, "level=WARN") {
+	if n := strings.Count(out, "filter fails on some events"); n != 3 || !strings.Contains(out, "subscription=crm") || !strings.Contains(out, "subscription=hr") || !strings.Contains(out, "level=WARN") {
 		t.Errorf("%d WARN lines about the failing filters, want 1 naming each subscription:\n%s", n, out)
 	}
 	if strings.Contains(out, "jane.private") {
