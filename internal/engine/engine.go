@@ -120,8 +120,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		}
 	}()
 	err = c.srcErr
+	var checkedAt pglogrepl.LSN // where the mapping was checked: see useRecordedMappings
 	if err == nil {
 		err = cfg.Mapping.Check(ctx, c.pc.Conn())
+	}
+	if err == nil {
+		checkedAt, err = walPosition(ctx, c.pc.Conn())
 	}
 	if err == nil {
 		err = cmp.Or(c.jrnErr, c.replErr)
@@ -259,7 +263,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err := e.pipeline.UseCheckpoint(ctx, cp, sys.XLogPos); err != nil {
 		return nil, err
 	}
-	if err := e.useRecordedMappings(ctx, cfg, mapper, users); err != nil {
+	if err := e.useRecordedMappings(ctx, cfg, mapper, users, checkedAt); err != nil {
 		return nil, err
 	}
 	e.clock, err = slaclock.New(slaclock.Config{

@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/mapping"
@@ -217,7 +220,12 @@ func (w *schemaWatch) reload(ctx context.Context, next *config.Config) bool {
 		w.e.log.Error("reloaded mapping not applied; the running mapping stays", "err", err, "stream_stalled", stalled)
 		return false
 	}
-	w.e.pipeline.SetMapper(w.e.pipeline.Mapper().WithMapping(next.Mapping, users))
+	checkedAt, err := walPosition(ctx, w.e.source)
+	if err != nil {
+		w.e.log.Error("reloaded mapping not applied; the running mapping stays", "err", err, "stream_stalled", stalled)
+		return false
+	}
+	w.e.pipeline.SetMapperAt(w.e.pipeline.Mapper().WithMapping(next.Mapping, users), checkedAt)
 	w.mu.Lock()
 	w.applied = next.Mapping
 	w.mu.Unlock()
@@ -275,7 +283,10 @@ func withoutMapping(sections []string, applied bool) []string {
 // not fit them, and the one that did maps them (pipeline.SetFallbacks).
 // People are looked up through the configured mapping's users table, as
 // it is now. A recorded mapping this version cannot read is left out.
-func (e *Engine) useRecordedMappings(ctx context.Context, cfg *config.Config, mapper *mapping.Mapper, users mapping.UserLookup) error {
+//
+// checkedAt is the WAL position at which the start checked its mapping:
+// the fallbacks map only changes committed before it.
+func (e *Engine) useRecordedMappings(ctx context.Context, cfg *config.Config, mapper *mapping.Mapper, users mapping.UserLookup, checkedAt pglogrepl.LSN) error {
 	recorded, err := e.journal.RecentMappings(ctx, cfg.Source.Slot)
 	if err != nil {
 		return err
@@ -288,7 +299,7 @@ func (e *Engine) useRecordedMappings(ctx context.Context, cfg *config.Config, ma
 		}
 		fallbacks = append(fallbacks, mapper.WithMapping(mc, users))
 	}
-	e.pipeline.SetFallbacks(fallbacks)
+	e.pipeline.SetFallbacks(fallbacks, checkedAt)
 	return e.recordMapping(ctx, cfg.Mapping)
 }
 
@@ -299,4 +310,17 @@ func (e *Engine) recordMapping(ctx context.Context, mc mapping.Config) error {
 		return err
 	}
 	return e.journal.RecordMapping(ctx, e.cfg.Source.Slot, b)
+}
+
+// walPosition is the source's current WAL position, read after a mapping
+// was checked against its catalog: every ALTER the check saw committed
+// before it.
+func walPosition(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}) (pglogrepl.LSN, error) {
+	var s string
+	if err := q.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+		return 0, fmt.Errorf("read the source's WAL position: %w", err)
+	}
+	return pglogrepl.ParseLSN(s)
 }

@@ -71,10 +71,16 @@ type schemaState struct {
 	next     atomic.Pointer[mapping.Mapper]
 	reloaded chan struct{}
 
-	previous  *mapping.Mapper // the one current replaced: maps what current does not fit
-	candidate *mapping.Mapper // reloaded, not yet in effect
-	told      *mapping.Mapper // candidate whose misfit was logged
-	fitted    map[uint32]*cdc.Relation
+	previous *mapping.Mapper // the one current replaced: maps what current does not fit
+	// previousUntil: previous maps only changes committed before it, the
+	// WAL position at which the reload that replaced it was checked
+	// against the catalog (every ALTER it was written for came before).
+	previousUntil pglogrepl.LSN
+	candidate     *mapping.Mapper // reloaded, not yet in effect
+	candidateAt   pglogrepl.LSN   // where candidate was checked (SetMapperAt)
+	nextAt        atomic.Uint64   // nextAt for next, set with it
+	told          *mapping.Mapper // candidate whose misfit was logged
+	fitted        map[uint32]*cdc.Relation
 	// settled: for each table, the first change (in WAL order) at which
 	// current fitted a description of it since it took effect. The
 	// replaced mapping maps only changes before it: a later one current
@@ -90,11 +96,12 @@ type schemaState struct {
 	// settled is): a change from before an ALTER made while dzhook was
 	// stopped (or before it stopped). fellBackOn: tables a fallback
 	// mapped, logged once each.
-	fallbacks  []*mapping.Mapper
-	ever       map[uint32]position
-	fellBackOn map[uint32]bool
-	names      map[uint32]string // relation ID → the name it was last mapped under
-	stall      *Stall
+	fallbacks     []*mapping.Mapper
+	fallbackUntil pglogrepl.LSN // where the start checked its mapping (SetFallbacks)
+	ever          map[uint32]position
+	fellBackOn    map[uint32]bool
+	names         map[uint32]string // relation ID → the name it was last mapped under
+	stall         *Stall
 }
 
 func (s *schemaState) init(m *mapping.Mapper) {
@@ -113,7 +120,14 @@ func (p *Pipeline) Mapper() *mapping.Mapper { return p.schema.current.Load() }
 // SetMapper hands over a reloaded mapping, already checked against the
 // catalog (mapping.Config.Check). It takes effect at the first change
 // it fits, which resumes a stalled stream. Safe from any goroutine.
-func (p *Pipeline) SetMapper(m *mapping.Mapper) {
+func (p *Pipeline) SetMapper(m *mapping.Mapper) { p.SetMapperAt(m, ^pglogrepl.LSN(0)) }
+
+// SetMapperAt is SetMapper for a mapping checked against the catalog at
+// WAL position at: the mapping it replaces maps only changes committed
+// before at (any ALTER the new one was written for came before it, and
+// one after it that the new one does not fit stalls).
+func (p *Pipeline) SetMapperAt(m *mapping.Mapper, at pglogrepl.LSN) {
+	p.schema.nextAt.Store(uint64(at))
 	p.schema.next.Store(m)
 	select {
 	case p.schema.reloaded <- struct{}{}:
@@ -148,7 +162,15 @@ func before(m map[uint32]position, id uint32, c *cdc.Change) bool {
 // SetFallbacks gives the mappings the slot's changes were mapped with
 // before this start, newest first (see schemaState.fallbacks). Called
 // before the stream starts.
-func (p *Pipeline) SetFallbacks(ms []*mapping.Mapper) { p.schema.fallbacks = ms }
+//
+// until is the WAL position at which the start checked its mapping
+// against the catalog: every ALTER that mapping was written for committed
+// before it, so the fallbacks map only changes committed before it; one
+// after it that the configured mapping does not fit comes from a later
+// ALTER, and stalls.
+func (p *Pipeline) SetFallbacks(ms []*mapping.Mapper, until pglogrepl.LSN) {
+	p.schema.fallbacks, p.schema.fallbackUntil = ms, until
+}
 
 // mapperFor returns the mapping to map c with, waiting while none fits
 // c's table. It returns only ctx's error.
@@ -157,7 +179,7 @@ func (p *Pipeline) mapperFor(ctx context.Context, c *cdc.Change) (*mapping.Mappe
 	rel := c.Relation
 	for {
 		if n := s.next.Swap(nil); n != nil {
-			s.candidate = n
+			s.candidate, s.candidateAt = n, pglogrepl.LSN(s.nextAt.Load())
 		}
 		cur := s.current.Load()
 		if rel == nil {
@@ -177,29 +199,26 @@ func (p *Pipeline) mapperFor(ctx context.Context, c *cdc.Change) (*mapping.Mappe
 			return cur, nil
 		}
 		misfits := p.misfits(cur, rel)
+		mapped := cur.Entity(rel.QualifiedName()) != ""
+		if len(misfits) == 0 && !mapped {
+			// A table current does not map: one an older mapping maps
+			// under this name (renamed since) gives that one its
+			// changes from before.
+			if m := p.older(c, rel, true); m != nil {
+				return m, nil
+			}
+		}
 		if len(misfits) == 0 {
 			p.fits(cur, rel)
-			at := position{c.CommitLSN, c.Ordinal}
-			s.settled[rel.ID] = earlier(s.settled, rel.ID, at)
-			s.ever[rel.ID] = earlier(s.ever, rel.ID, at)
+			if mapped {
+				at := position{c.CommitLSN, c.Ordinal}
+				s.settled[rel.ID] = earlier(s.settled, rel.ID, at)
+				s.ever[rel.ID] = earlier(s.ever, rel.ID, at)
+			}
 			return cur, nil
 		}
-		if s.previous != nil && before(s.settled, rel.ID, c) && len(p.misfits(s.previous, rel)) == 0 {
-			// From before the change the reload was made for: the mapping
-			// it replaced still describes it.
-			return s.previous, nil
-		}
-		if before(s.ever, rel.ID, c) {
-			for _, f := range s.fallbacks {
-				if len(p.misfits(f, rel)) == 0 {
-					if !s.fellBackOn[rel.ID] {
-						s.fellBackOn[rel.ID] = true
-						p.log.Info("mapping changes from before the table changed with the mapping then in force (recorded in the journal), until the configured mapping fits the table",
-							"table", rel.QualifiedName(), "lsn", c.CommitLSN.String())
-					}
-					return f, nil
-				}
-			}
+		if m := p.older(c, rel, false); m != nil {
+			return m, nil
 		}
 		if s.stall == nil {
 			s.stall = &Stall{CommitLSN: c.CommitLSN, Ordinal: c.Ordinal, Misfits: misfits}
@@ -225,9 +244,42 @@ func (p *Pipeline) mapperFor(ctx context.Context, c *cdc.Change) (*mapping.Mappe
 	}
 }
 
+// older returns the mapping from before current that maps c, or nil: the
+// one a reload replaced, for a change before that reload's check and
+// before current fitted the table; else one the slot ran with before this
+// start (the journal's), for a change before the start's check and before
+// a mapping in effect fitted the table. named: only one that maps the
+// table under its name (current does not).
+func (p *Pipeline) older(c *cdc.Change, rel *cdc.Relation, named bool) *mapping.Mapper {
+	s := &p.schema
+	fits := func(m *mapping.Mapper) bool {
+		return (!named || m.Entity(rel.QualifiedName()) != "") && len(p.misfits(m, rel)) == 0
+	}
+	if s.previous != nil && c.CommitLSN < s.previousUntil && before(s.settled, rel.ID, c) && fits(s.previous) {
+		// From before the change the reload was made for: the mapping it
+		// replaced still describes it.
+		return s.previous
+	}
+	if c.CommitLSN >= s.fallbackUntil || !before(s.ever, rel.ID, c) {
+		return nil
+	}
+	for _, f := range s.fallbacks {
+		if fits(f) {
+			if !s.fellBackOn[rel.ID] {
+				s.fellBackOn[rel.ID] = true
+				p.log.Info("mapping changes from before the table changed with the mapping then in force (recorded in the journal), until the configured mapping fits the table",
+					"table", rel.QualifiedName(), "lsn", c.CommitLSN.String())
+			}
+			return f
+		}
+	}
+	return nil
+}
+
 // adopt puts the candidate mapping in effect from change c on.
 func (p *Pipeline) adopt(c *cdc.Change) {
 	s := &p.schema
+	s.previousUntil = s.candidateAt
 	s.previous = s.current.Swap(s.candidate)
 	s.candidate, s.told = nil, nil
 	clear(s.fitted)
