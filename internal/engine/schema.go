@@ -293,7 +293,10 @@ func (e *Engine) useRecordedMappings(ctx context.Context, cfg *config.Config, ma
 	}
 	var fallbacks []*mapping.Mapper
 	for _, b := range recorded {
-		var mc mapping.Config
+		// On the defaults: a field this version has and the recording
+		// one had not takes its default, not the zero that means "not
+		// mapped".
+		mc := mapping.DefaultConfig()
 		if json.Unmarshal(b, &mc) != nil || reflect.DeepEqual(mc, cfg.Mapping) {
 			continue
 		}
