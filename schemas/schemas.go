@@ -324,8 +324,6 @@ func first(err error) error {
 		msg = fmt.Sprintf("does not match pattern %q", k.Want)
 	case *kind.Format:
 		msg = fmt.Sprintf("is not a valid %s", k.Want)
-	case *kind.Enum, *kind.Const:
-		msg = "is not one of the values the schema allows"
 	}
 	return &ValidationError{Pointer: p.String(), Message: msg}
 }
