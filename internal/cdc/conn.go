@@ -50,8 +50,10 @@ func ConnectReplication(ctx context.Context, dsn string) (*pgconn.PgConn, error)
 			// "must be superuser or replication role to start walsender":
 			// the role, and the fix preflight names (it runs later, on an
 			// ordinary connection, and was never reached).
-			return nil, &fatalError{fmt.Errorf("connect for replication: role %q lacks the REPLICATION attribute that streaming needs: run ALTER ROLE %s REPLICATION as a superuser (on RDS: GRANT rds_replication TO %s; see deploy/sql/role.sql) (%s)",
-				cfg.User, quoteIdent(cfg.User), quoteIdent(cfg.User), pgErr.Message)}
+			// Not fatal: a running stream whose role lost the attribute
+			// retries and says why (/readyz) until it is back.
+			return nil, fmt.Errorf("connect for replication: role %q lacks the REPLICATION attribute that streaming needs: run ALTER ROLE %s REPLICATION as a superuser (on RDS: GRANT rds_replication TO %s; see deploy/sql/role.sql): %w",
+				cfg.User, quoteIdent(cfg.User), quoteIdent(cfg.User), pgErr)
 		}
 		return nil, fmt.Errorf("connect for replication: %w", err)
 	}
