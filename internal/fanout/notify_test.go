@@ -16,16 +16,16 @@ import (
 // journal, and a notify.url slow to answer (within the timeout), send
 // each notification once. Claimed 20 at a time with a lease of two
 // timeouts, those a process reached after its first few were claimed by
-// the other again: 10 POSTs for 6 notifications.
+// the other again (10 POSTs for 6 notifications in the review's run).
 func TestNotificationsSentOnceAcrossProcesses(t *testing.T) {
 	store := newJournal(t)
 	ctx := context.Background()
 	admin := testutil.NewReceiver(t)
 	admin.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		time.Sleep(700 * time.Millisecond) // slow, within the 1 s timeout
+		time.Sleep(700 * time.Millisecond) // slow, well within the 2 s timeout even on a loaded machine
 		return http.StatusOK, nil, "ok"
 	})
-	const n = 6
+	const n = 10
 	b := &journal.Batch{}
 	for i := range n {
 		b.Notifications = append(b.Notifications, journal.NotificationRow{Kind: "stream.stalled", Body: fmt.Appendf(nil, `{"text":"n%d"}`, i)})
@@ -34,7 +34,7 @@ func TestNotificationsSentOnceAcrossProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := func(inst string) Config {
-		return Config{Journal: store, Instance: inst, PollInterval: 50 * time.Millisecond, Timeout: time.Second, Notify: NotifyConfig{URL: admin.URL}}
+		return Config{Journal: store, Instance: inst, PollInterval: 50 * time.Millisecond, Timeout: 2 * time.Second, Notify: NotifyConfig{URL: admin.URL}}
 	}
 	d1, d2 := start(t, store, cfg("i1")), start(t, store, cfg("i2"))
 	rctx, cancel := context.WithCancel(ctx)
