@@ -208,7 +208,11 @@ func TestReloadGivesBackPastItsCaller(t *testing.T) {
 	changed.Headers = map[string]string{"X-Tenant": "acme"} // the old subscription is retired
 	rctx, cancel := context.WithCancel(ctx)
 	reloaded := make(chan error, 1)
+	old := d.reg.Load().byID["crm"]
 	go func() { reloaded <- d.Reload(rctx, []Subscription{changed}) }()
+	// Retired before its worker finishes the attempt in flight: else the
+	// worker takes the queued deliveries itself, and nothing is drained.
+	testutil.Eventually(t, 10*time.Second, "the old subscription retired", old.isRetired)
 	close(hold) // the retired worker finishes its attempt and stops
 	select {
 	case <-gate.waiting:
@@ -265,9 +269,15 @@ func TestReloadReleaseKeepsKeyOrder(t *testing.T) {
 	changed.Headers = map[string]string{"X-Tenant": "acme"}
 	rctx, cancel := context.WithCancel(ctx)
 	reloaded := make(chan error, 1)
+	old := d.reg.Load().byID["crm"]
 	go func() { reloaded <- d.Reload(rctx, []Subscription{changed}) }()
+	testutil.Eventually(t, 10*time.Second, "the old subscription retired", old.isRetired)
 	close(hold)
-	<-gate.waiting
+	select {
+	case <-gate.waiting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reload did not give back the queued deliveries")
+	}
 	cancel() // the caller gives up; the release waits for room
 	dispatched := make(chan error, 1)
 	go func() { dispatched <- d.Dispatch(ctx, evs[3]) }() // the next of k, routed meanwhile
