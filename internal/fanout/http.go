@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/rawsock"
 	"github.com/dzdesk/dzhook/signer"
 )
@@ -595,12 +596,6 @@ func (e *blockedError) Error() string {
 	return fmt.Sprintf("address %s refused by the egress guard: %s", e.addr, e.reason)
 }
 
-// errorExcerpt shortens a message kept in history.
-func errorExcerpt(s string) string {
-	const max = 512
-	if len(s) > max {
-		s = s[:max] + "…"
-	}
-	// Whole characters only: the journal's text columns take valid UTF-8.
-	return strings.ToValidUTF8(s, "\uFFFD")
-}
+// errorExcerpt shortens a message kept in history, as the journal's text
+// columns take it.
+func errorExcerpt(s string) string { return journal.Text(s, 512) }

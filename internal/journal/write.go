@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -608,4 +609,24 @@ func latestAttempts(rows []DeliveryRow) []DeliveryRow {
 		}
 	}
 	return out
+}
+
+// Text is s as the journal's text columns take it: valid UTF-8, without
+// NUL (PostgreSQL refuses it, and the writer would retry the batch that
+// holds it for ever, acknowledging nothing after it), and at most max
+// bytes, cut between two characters with "…" added. For text that comes
+// from outside (an answer's error, a rejected row's reason).
+func Text(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if strings.IndexByte(s, 0) >= 0 {
+		s = strings.ReplaceAll(s, "\x00", `\u0000`)
+	}
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

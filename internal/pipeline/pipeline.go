@@ -21,9 +21,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 
@@ -241,20 +239,8 @@ func (p *Pipeline) armSLA(ctx context.Context, m *mapping.Mapper, c *cdc.Change)
 // reason), in bytes.
 const maxRejectionText = 1024
 
-// rejectionText is a rejection's text as the log and the journal keep it:
-// valid UTF-8 without NUL, which PostgreSQL's text refuses (a reason
-// quoting a data key with a NUL byte made the journal writer retry its
-// batch for ever, and nothing after it was acknowledged), and cut to
-// maxRejectionText (a reason quoting a value that failed a pattern, or an
-// undeclared event name, could be a megabyte, copied into the log).
-func rejectionText(s string) string {
-	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\\u0000")
-	if len(s) <= maxRejectionText {
-		return s
-	}
-	cut := maxRejectionText
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}
+// rejectionText is a rejection's text as the log and the journal keep it
+// (journal.Text): a reason quoting a data key with a NUL byte made the
+// journal writer retry its batch for ever, and one quoting a value that
+// failed a pattern, or an undeclared event name, could be a megabyte.
+func rejectionText(s string) string { return journal.Text(s, maxRejectionText) }
