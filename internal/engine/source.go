@@ -66,10 +66,6 @@ type sourceCheck struct {
 	replacing  string // the registered slot, when it is another (gone) one
 }
 
-// replacingSet reports whether the slot replaces another registered one,
-// whose checkpoint the gap check reads.
-func (sc sourceCheck) replacingSet() bool { return sc.replacing != "" }
-
 // checkSource makes sure one slot feeds the journal from one source
 // database: a second slot would journal and deliver every event again,
 // under the same ids. A registered slot that no longer exists may be
@@ -139,7 +135,7 @@ func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc 
 		if accept {
 			actions = append(actions, "no gap to accept: the slot starts where the journal stands")
 		}
-		if cp.LSN == 0 && start != 0 && !sc.replacingSet() {
+		if cp.LSN == 0 && start != 0 && sc.replacing == "" {
 			// A slot no checkpoint speaks for yet (made by this setup, or
 			// by one before the first transaction was journaled): its
 			// position becomes the journal's, so that a slot dropped and

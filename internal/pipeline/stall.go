@@ -68,7 +68,7 @@ type Stall struct {
 // current (read by Mapper) and next and reloaded (written by SetMapper).
 type schemaState struct {
 	current  atomic.Pointer[mapping.Mapper]
-	next     atomic.Pointer[mapping.Mapper]
+	next     atomic.Pointer[checked]
 	reloaded chan struct{}
 
 	previous *mapping.Mapper // the one current replaced: maps what current does not fit
@@ -78,7 +78,6 @@ type schemaState struct {
 	previousUntil pglogrepl.LSN
 	candidate     *mapping.Mapper // reloaded, not yet in effect
 	candidateAt   pglogrepl.LSN   // where candidate was checked (SetMapperAt)
-	nextAt        atomic.Uint64   // nextAt for next, set with it
 	told          *mapping.Mapper // candidate whose misfit was logged
 	fitted        map[uint32]*cdc.Relation
 	// settled: for each table, the first change (in WAL order) at which
@@ -127,8 +126,7 @@ func (p *Pipeline) SetMapper(m *mapping.Mapper) { p.SetMapperAt(m, ^pglogrepl.LS
 // before at (any ALTER the new one was written for came before it, and
 // one after it that the new one does not fit stalls).
 func (p *Pipeline) SetMapperAt(m *mapping.Mapper, at pglogrepl.LSN) {
-	p.schema.nextAt.Store(uint64(at))
-	p.schema.next.Store(m)
+	p.schema.next.Store(&checked{m, at})
 	select {
 	case p.schema.reloaded <- struct{}{}:
 	default:
@@ -159,6 +157,13 @@ func before(m map[uint32]position, id uint32, c *cdc.Change) bool {
 	return !ok || (position{c.CommitLSN, c.Ordinal}).less(at)
 }
 
+// checked is a reloaded mapping and the WAL position at which it was
+// checked against the catalog.
+type checked struct {
+	m  *mapping.Mapper
+	at pglogrepl.LSN
+}
+
 // SetFallbacks gives the mappings the slot's changes were mapped with
 // before this start, newest first (see schemaState.fallbacks). Called
 // before the stream starts.
@@ -179,7 +184,7 @@ func (p *Pipeline) mapperFor(ctx context.Context, c *cdc.Change) (*mapping.Mappe
 	rel := c.Relation
 	for {
 		if n := s.next.Swap(nil); n != nil {
-			s.candidate, s.candidateAt = n, pglogrepl.LSN(s.nextAt.Load())
+			s.candidate, s.candidateAt = n.m, n.at
 		}
 		cur := s.current.Load()
 		if rel == nil {
