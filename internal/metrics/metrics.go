@@ -41,6 +41,9 @@ type Metrics struct {
 	// at every call, and an event made four or five such calls.
 	byType sync.Map // event type -> prometheus.Counter
 	bySub  sync.Map // subscription -> *subSeries
+	// changed are the subscriptions with a state change counted (their
+	// series are the transitions'), for forgetGone.
+	changed sync.Map
 }
 
 // subSeries are one subscription's series.
@@ -163,7 +166,7 @@ func (m *Metrics) AttemptFinished(subscription string, took time.Duration, statu
 
 // StateChanged implements fanout.Observer.
 func (m *Metrics) StateChanged(subscription string, _, to journal.Health) {
-	m.sub(subscription) // known, so that forgetGone finds it
+	m.changed.Store(subscription, struct{}{}) // for forgetGone
 	m.transitions.WithLabelValues(subscription, string(to)).Inc()
 }
 
@@ -172,12 +175,13 @@ func (m *Metrics) StateChanged(subscription string, _, to journal.Health) {
 // were exported until the process restarted, a histogram and counters
 // for every subscription ever created through the API.
 func (m *Metrics) forgetGone(running map[string]bool) {
-	m.bySub.Range(func(k, _ any) bool {
+	forget := func(k, _ any) bool {
 		id := k.(string)
 		if running[id] {
 			return true
 		}
 		m.bySub.Delete(id)
+		m.changed.Delete(id)
 		l := prometheus.Labels{"subscription": id}
 		for _, vec := range []interface {
 			DeletePartialMatch(prometheus.Labels) int
@@ -185,7 +189,9 @@ func (m *Metrics) forgetGone(running map[string]bool) {
 			vec.DeletePartialMatch(l)
 		}
 		return true
-	})
+	}
+	m.bySub.Range(forget)
+	m.changed.Range(forget)
 }
 
 // JournalFlushed observes a journal batch (journal.WriterConfig.OnFlush).
