@@ -40,7 +40,8 @@ const DefaultTolerance = 5 * time.Minute
 
 // DefaultMaxBodyBytes bounds the body [Verifier.Middleware] reads when
 // [Verifier.MaxBodyBytes] is 0: 2 MiB, room for the largest event dzhook
-// sends (its data up to 1 MiB, in the envelope). At 1 MiB, a delivery of
+// sends (its data up to 1 MiB, in the envelope: an event from a row, the
+// outbox or a message with more data is rejected, not sent). At 1 MiB, a delivery of
 // the largest data dzhook takes was answered 413, which dzhook records as
 // a final failure.
 const DefaultMaxBodyBytes = 2 << 20

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -19,9 +20,16 @@ import (
 // Defaults of MapperConfig.
 const (
 	DefaultLookupTimeout = 2 * time.Second
-	// MaxOutboxPayload is the largest outbox payload accepted (1 MiB);
-	// a larger one is rejected, not delivered.
-	MaxOutboxPayload = 1 << 20
+	// MaxEventData is the largest data an event may carry (1 MiB, as
+	// compact JSON): an event whose data is larger, from a row or from
+	// the outbox, is rejected (dzhook.rejections), not delivered. Without
+	// a bound, a comment with a pasted log made a body receivers refuse
+	// (the signer's Verifier takes 2 MiB: a 413, a final failure, on
+	// every retry by hand); with it, the largest body dzhook sends is the
+	// envelope around 1 MiB.
+	MaxEventData = 1 << 20
+	// MaxOutboxPayload is the largest outbox payload accepted.
+	MaxOutboxPayload = MaxEventData
 )
 
 // MapperConfig is the input of NewMapper.
@@ -92,6 +100,11 @@ type Mapper struct {
 	scratch []byte
 	data    []byte
 	base    int // len(out) when Map was called: event indexes count from it
+	// oversized lists the events of the change being mapped that were
+	// left out for data over MaxEventData (their indexes still count, so
+	// the others' ids do not move).
+	oversized []string
+	bigData   int
 }
 
 type entityKind uint8
@@ -148,28 +161,45 @@ func (m *Mapper) IsSLA(c *cdc.Change) bool {
 // returned as a Rejection (with no events): record it and go on.
 func (m *Mapper) Map(ctx context.Context, c *cdc.Change, out []Event) ([]Event, *Rejection) {
 	m.base = len(out)
+	m.oversized, m.bigData = m.oversized[:0], 0
 	if c.Op == cdc.OpMessage {
 		return m.message(c, out)
 	}
 	if c.Relation == nil {
 		return out, nil
 	}
+	var idColumn string
 	switch m.tables[c.Relation.QualifiedName()] {
 	case kindRequest:
-		return m.request(ctx, c, out), nil
+		out, idColumn = m.request(ctx, c, out), m.cfg.Requests.Columns.ID
 	case kindUser:
-		return m.user(c, out), nil
+		out, idColumn = m.user(c, out), m.cfg.Users.Columns.ID
 	case kindComment:
-		return m.comment(ctx, c, out), nil
+		out, idColumn = m.comment(ctx, c, out), m.cfg.Comments.Columns.ID
 	case kindOutbox:
 		return m.outboxRow(c, out)
+	}
+	if len(m.oversized) > 0 {
+		t := c.New
+		if t == nil {
+			t = c.Old
+		}
+		return out, &Rejection{
+			What:   fmt.Sprintf("%s row %s (%s)", c.Relation.QualifiedName(), idOf(c, t, idColumn), strings.Join(m.oversized, ", ")),
+			Reason: fmt.Sprintf("data of %d bytes (compact JSON) is over the %d MiB an event may carry", m.bigData, MaxEventData>>20),
+		}
 	}
 	return out, nil
 }
 
 // emit serializes one event with its ordering key and appends it.
 func (m *Mapper) emit(out []Event, c *cdc.Change, event, key string, data []byte) []Event {
-	id := m.source.NewID(c.CommitLSN, c.Ordinal, len(out)-m.base)
+	if len(data) > MaxEventData {
+		m.oversized = append(m.oversized, event)
+		m.bigData = max(m.bigData, len(data))
+		return out
+	}
+	id := m.source.NewID(c.CommitLSN, c.Ordinal, len(out)-m.base+len(m.oversized))
 	m.scratch = envelope(m.scratch[:0], id, event, c.CommitTime, data)
 	body := make([]byte, len(m.scratch))
 	copy(body, m.scratch)

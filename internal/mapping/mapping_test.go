@@ -433,3 +433,44 @@ func TestKeyUpdateWithoutFullIdentity(t *testing.T) {
 		t.Errorf("events %s, want user.created,request.created,request.updated,user.created (no status_changed or assigned)", got)
 	}
 }
+
+// An event from a row is held to the outbox's 1 MiB, with the same
+// rejection: a comment with 3 MiB of pasted log made a body that
+// receivers refuse (a 413, a final failure on every retry by hand).
+// Control characters count as written (six bytes each in JSON).
+func TestLargeRowEventsRejected(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	p := startPipeline(t, db, DefaultConfig())
+	db.Exec(t,
+		`INSERT INTO users (id, email) VALUES (456, 'jane@company.com')`,
+		`INSERT INTO requests (id, title, status, priority, requester_id) VALUES (123, 'Printer', 'open', 'high', 456)`,
+		`INSERT INTO comments (id, request_id, author_id, body) VALUES (789, 123, 456, repeat('log line ', 400000))`,
+		`INSERT INTO comments (id, request_id, author_id, body) VALUES (790, 123, 456, repeat(chr(1), 200000))`,
+		`UPDATE requests SET title = repeat('t', 1100000), status = 'pending' WHERE id = 123`,
+		`INSERT INTO comments (id, request_id, author_id, body) VALUES (791, 123, 456, repeat('x', 1000000))`,
+	)
+	events, rejected := p.wait(t, 4, 3)
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+		if len(e.Body) > MaxEventData+1024 {
+			t.Errorf("%s of %d bytes delivered", e.Type, len(e.Body))
+		}
+	}
+	// request.status_changed carries no title: only the update's
+	// oversized event is left out.
+	if got := strings.Join(types, ","); got != "user.created,request.created,request.status_changed,request.commented" {
+		t.Errorf("events %s, want user.created,request.created,request.status_changed,request.commented (the 1,000,000-byte comment fits)", got)
+	}
+	wants := []string{
+		"public.comments row 789 (request.commented): data of 3600",
+		"public.comments row 790 (request.commented): data of 1200",
+		"public.requests row 123 (request.updated): data of 11",
+	}
+	for i, w := range wants {
+		if i >= len(rejected) || !strings.Contains(rejected[i].Error(), w) || !strings.Contains(rejected[i].Error(), "over the 1 MiB an event may carry") {
+			t.Errorf("rejection %d of %v, want it to contain %q", i, rejected, w)
+		}
+	}
+}

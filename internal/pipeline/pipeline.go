@@ -197,7 +197,7 @@ func (p *Pipeline) HandleChange(ctx context.Context, c *cdc.Change) error {
 			p.cfg.Observer.Rejected()
 		}
 		what, reason := rejectionText(rej.What), rejectionText(rej.Reason)
-		p.log.Warn("outbox event rejected", "source", what, "reason", reason, "lsn", c.CommitLSN.String())
+		p.log.Warn("event rejected", "source", what, "reason", reason, "lsn", c.CommitLSN.String())
 		if err := p.cfg.Journal.Reject(ctx, journal.Rejection{Source: what, Reason: reason, CommitLSN: c.CommitLSN}); err != nil {
 			return err
 		}
