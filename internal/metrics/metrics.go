@@ -121,7 +121,7 @@ func New(src Sources) *Metrics {
 		flushErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dzhook_journal_write_errors_total", Help: "Journal batches that failed (and were retried)."}),
 		rejections: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dzhook_rejections_total", Help: "Outbox rows and messages that could not become events."}),
+			Name: "dzhook_rejections_total", Help: "Outbox rows, messages and row events that could not become events (dzhook.rejections says why)."}),
 		stalled: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "dzhook_stream_stalled", Help: "1 while the replication stream waits at a change it cannot turn into events, by reason (mapping: the mapping does not fit the table)."},
 			[]string{"reason"}),
