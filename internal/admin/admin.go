@@ -337,7 +337,7 @@ func (s *Server) journalError(w http.ResponseWriter, r *http.Request, err error)
 		writeError(w, http.StatusNotFound, msg)
 	case errors.Is(err, journal.ErrBusy):
 		writeError(w, http.StatusConflict, "this delivery is being attempted right now; try again in a moment")
-	case errors.Is(err, journal.ErrEarlierSubscription):
+	case errors.Is(err, journal.ErrEarlierSubscription), errors.Is(err, journal.ErrHeld), errors.As(err, new(*journal.BehindError)):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, journal.ErrBadCursor):
 		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")

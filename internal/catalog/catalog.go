@@ -62,6 +62,16 @@ var builtin = [...]Event{
 // The slice is a copy; callers may keep or change it.
 func Builtin() []Event { return slices.Clone(builtin[:]) }
 
+// IsBuiltin reports whether name is one of the eleven DZDESK events.
+func IsBuiltin(name string) bool {
+	for _, e := range builtin {
+		if e.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // customName is the shape a custom event name must have: entity.action in
 // lower snake case, e.g. "order.shipped" or "invoice.payment_failed".
 var customName = regexp.MustCompile(`^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$`)

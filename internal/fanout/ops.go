@@ -63,7 +63,9 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 	token := claimToken()
 	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, token, 3*d.cfg.Heartbeat)
 	if err != nil {
-		if !errors.Is(err, journal.ErrBusy) && !errors.Is(err, journal.ErrNotFound) && !errors.Is(err, journal.ErrEarlierSubscription) {
+		var behind *journal.BehindError
+		if !errors.Is(err, journal.ErrBusy) && !errors.Is(err, journal.ErrNotFound) && !errors.Is(err, journal.ErrEarlierSubscription) &&
+			!errors.Is(err, journal.ErrHeld) && !errors.As(err, &behind) {
 			// The operator may have gone away after the claim committed:
 			// without the release the delivery would look busy until
 			// this instance stops.
@@ -73,7 +75,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 		}
 		return AttemptReport{}, err
 	}
-	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, trigger: journal.TriggerManual, test: c.Test,
+	t := &task{deliveryID: c.ID, eventID: c.EventID, eventType: c.EventType, body: c.Body, own: c.Own, attempts: c.Attempts, byHand: c.ByHand, trigger: journal.TriggerManual, test: c.Test,
 		durable: make(chan error, 1)}
 	if c.State == journal.Pending && c.NextAttemptAt != nil { // as claimed: before may be stale
 		t.keepNext = *c.NextAttemptAt

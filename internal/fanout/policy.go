@@ -96,7 +96,14 @@ func retryable(status int) bool {
 // delivery still on its schedule that does not deliver leaves it there
 // (due at KeepNext).
 func Next(a Attempted, schedule []time.Duration, now time.Time) Decision {
-	d := decide(a.Attempt-a.ByHand, a.Status, a.RetryAfter, schedule, now)
+	auto := a.Attempt - a.ByHand // automatic attempts, this one included
+	if a.Trigger != journal.TriggerAuto {
+		// Not this one: a failed manual retry of a delivery still on its
+		// schedule has not used the schedule up (marked the subscription
+		// failing with the delivery's retries still to come).
+		auto--
+	}
+	d := decide(auto, a.Status, a.RetryAfter, schedule, now)
 	if d.Outcome == Retry && a.Trigger != journal.TriggerAuto {
 		d = Decision{Outcome: Failed}
 	}

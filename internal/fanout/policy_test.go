@@ -84,6 +84,10 @@ func TestNextForOperators(t *testing.T) {
 			Decision{Outcome: Failed, State: journal.Pending, NextAttemptAt: scheduled}},
 		{"manual 404 of a pending delivery keeps its schedule", Attempted{Attempt: 2, Trigger: journal.TriggerManual, Status: 404, KeepNext: scheduled},
 			Decision{Outcome: Failed, State: journal.Pending, NextAttemptAt: scheduled}},
+		// Two automatic attempts made, the third due: the manual one does
+		// not use the schedule up (it marked the subscription failing).
+		{"manual 500 before the last scheduled attempt exhausts nothing", Attempted{Attempt: 3, Trigger: journal.TriggerManual, Status: 500, KeepNext: scheduled},
+			Decision{Outcome: Failed, State: journal.Pending, NextAttemptAt: scheduled}},
 		{"manual 2xx of a pending delivery delivers it", Attempted{Attempt: 2, Trigger: journal.TriggerManual, Status: 204, KeepNext: scheduled},
 			Decision{Outcome: Delivered, State: journal.Delivered}},
 		{"test 503 is final", Attempted{Attempt: 1, Trigger: journal.TriggerTest, Status: 503},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/dzdesk/dzhook/internal/catalog"
 	"log/slog"
 	"slices"
 	"strings"
@@ -430,11 +431,12 @@ func storedKey(ev journal.ReplayEvent) string {
 	}
 	v := env.Data.ID
 	switch {
-	case ev.Type == "request.commented" || strings.HasPrefix(ev.Type, "sla."):
+	case !catalog.IsBuiltin(ev.Type):
+		// A custom event, even one named request.escalated: its key was
+		// the outbox row's column or the message's field, not its data's.
+		return ""
+	case ev.Type == catalog.RequestCommented || strings.HasPrefix(ev.Type, "sla."):
 		v = env.Data.RequestID
-	case strings.HasPrefix(ev.Type, "request.") || strings.HasPrefix(ev.Type, "user."):
-	default:
-		return "" // custom events: the key was a column or a field of the message
 	}
 	if s, ok := v.(string); ok {
 		return s

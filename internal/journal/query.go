@@ -19,6 +19,9 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrBusy: a live instance is attempting the delivery right now.
 	ErrBusy = errors.New("an attempt of this delivery is in flight")
+	// ErrHeld: a manual retry of a delivery held while its subscription
+	// is paused.
+	ErrHeld = errors.New("the delivery is held while its subscription is paused: resume the subscription and it is sent in its turn")
 	// ErrEarlierSubscription: the delivery belongs to a deleted runtime
 	// subscription whose id a new one took; the new one does not retry
 	// it (its URL and secret are another receiver's).
@@ -265,6 +268,12 @@ var sameSubscription = `d.created_at >= coalesce((SELECT r.created_at FROM {{sch
 // the claim as in Claim. The state and next attempt it returns are the
 // delivery's as claimed: one read before may be stale (another process
 // may have finished it since).
+//
+// Two deliveries are not taken. A held one (ErrHeld): its subscription is
+// paused, and the resume sends it in its key's order. And an ordered one
+// while an earlier delivery of its key is still to be made (*BehindError,
+// naming that one): sent by hand, it reached the receiver before the
+// events it follows, and, delivered, let its key go on without them.
 func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (Claimed, error) {
 	var c Claimed
 	err := s.onConn(ctx, func(conn *pgx.Conn) error {
@@ -272,16 +281,22 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		UPDATE {{schema}}.deliveries d SET owner = $2, claim = $4, updated_at = now()
 		  FROM {{schema}}.events e
 		 WHERE d.id = $1 AND e.id = d.event_id AND `+sameSubscription+`
+		   AND d.state <> 'held' AND NOT EXISTS (`+earlierOfKey+`)
 		   AND (d.owner IS NULL OR (d.owner <> $2
 		        AND d.owner NOT IN (`+liveInstances("$3 * interval '1 second'")+`)))
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test,
-			d.state, d.next_attempt_at`),
+			d.state, d.next_attempt_at,
+			CASE WHEN d.attempts = 0 THEN 0 ELSE
+				(SELECT count(*) FROM {{schema}}.attempts a WHERE a.delivery_id = d.id AND a.trigger = 'manual') END`),
 			id, owner, staleAfter.Seconds(), token).
-			Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.State, &c.NextAttemptAt)
+			Scan(&c.ID, &c.EventID, &c.EventType, &c.SubscriptionID, &c.Attempts, &c.Body, &c.Own, &c.Test, &c.State, &c.NextAttemptAt, &c.ByHand)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		var same bool
-		err := s.pool.QueryRow(ctx, s.q(`SELECT `+sameSubscription+` FROM {{schema}}.deliveries d WHERE d.id = $1`), id).Scan(&same)
+		var state State
+		var head *string
+		err := s.pool.QueryRow(ctx, s.q(`SELECT `+sameSubscription+`, d.state, (`+strings.Replace(earlierOfKey, "SELECT 1", "SELECT x.id", 1)+`)
+			FROM {{schema}}.deliveries d WHERE d.id = $1`), id).Scan(&same, &state, &head)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return c, ErrNotFound
@@ -289,6 +304,10 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 			return c, err
 		case !same:
 			return c, ErrEarlierSubscription
+		case state == Held:
+			return c, ErrHeld
+		case head != nil:
+			return c, &BehindError{Head: *head}
 		}
 		return c, ErrBusy
 	}
@@ -297,6 +316,22 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 	}
 	c.Manual = true
 	return c, nil
+}
+
+// earlierOfKey selects the first delivery of d's ordering key still to
+// be made before d, if d has a key.
+const earlierOfKey = `SELECT 1 FROM {{schema}}.deliveries x
+		 WHERE d.ordering_key IS NOT NULL AND x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
+		   AND x.state IN ('pending', 'held') AND (x.position, x.id) < (d.position, d.id)
+		 ORDER BY x.position, x.id LIMIT 1`
+
+// BehindError: a manual retry of an ordered delivery while an earlier
+// delivery of its key, Head, is still to be made.
+type BehindError struct{ Head string }
+
+func (e *BehindError) Error() string {
+	return "the delivery waits behind " + e.Head + ", an earlier delivery of its ordering key that is still to be made: " +
+		"sent now, it would arrive before it; retry " + e.Head + " instead, and this one follows"
 }
 
 // RetryFailed makes every failed delivery of a subscription created in
