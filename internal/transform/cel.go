@@ -84,7 +84,13 @@ func (p *program) eval(env *Envelope) (any, error) {
 		}
 		return nil, fmt.Errorf("the transform failed on this event: %w", err)
 	}
-	v, err := native(out, 0)
+	// The result is copied within maxBody: CEL's cost counts the
+	// evaluation, in which {"order": data} only refers to data, so a
+	// result of many references to a large event cost little to make and
+	// gigabytes to copy (data.items.map(i, {"item": i, "order": data})
+	// over 2,000 items: 4 ms to evaluate, 1.9 GB and 6 s to copy).
+	budget := maxBody
+	v, err := native(out, 0, &budget)
 	if err != nil {
 		return nil, fmt.Errorf("the transform's result: %w", err)
 	}
@@ -93,12 +99,36 @@ func (p *program) eval(env *Envelope) (any, error) {
 	default:
 		return nil, fmt.Errorf("the transform gave %T, not a map, a list or null", v)
 	}
-	if v != nil {
-		if n := approxSize(v, 0); n > maxBody {
-			return nil, fmt.Errorf("the transform's result is larger than %d bytes", maxBody)
+	return v, nil
+}
+
+// errTooLarge: a transform's result over maxBody.
+var errTooLarge = fmt.Errorf("larger than %d bytes", maxBody)
+
+// spend takes n bytes of the result's budget.
+func spend(budget *int, n int) error {
+	if *budget -= n; *budget < 0 {
+		return errTooLarge
+	}
+	return nil
+}
+
+// jsonLen is the length of s as a JSON string as marshal writes it:
+// quotes, and escapes for control characters, quotes, backslashes, and
+// U+2028 and U+2029.
+func jsonLen(s string) int {
+	n := len(s) + 2
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20:
+			n += 5
+		case c == '"' || c == '\\':
+			n++
+		case c == 0xe2 && i+2 < len(s) && s[i+1] == 0x80 && (s[i+2] == 0xa8 || s[i+2] == 0xa9):
+			n += 3
 		}
 	}
-	return v, nil
+	return n
 }
 
 // celValue turns an envelope's json.Numbers into CEL's numbers: an
@@ -133,10 +163,18 @@ func celValue(v any) any {
 // maxDepth bounds the nesting of a result.
 const maxDepth = 64
 
-// native turns a CEL value into what encoding/json writes.
-func native(v ref.Val, depth int) (any, error) {
+// native turns a CEL value into what encoding/json writes, taking its
+// size as JSON from budget (a number counts as 8 bytes; about what it
+// takes): it stops with errTooLarge once past it.
+func native(v ref.Val, depth int, budget *int) (any, error) {
 	if depth > maxDepth {
 		return nil, fmt.Errorf("nested deeper than %d", maxDepth)
+	}
+	if s, ok := v.(types.String); ok {
+		return string(s), spend(budget, jsonLen(string(s)))
+	}
+	if err := spend(budget, 8); err != nil {
+		return nil, err
 	}
 	switch x := v.(type) {
 	case types.Null:
@@ -153,8 +191,6 @@ func native(v ref.Val, depth int) (any, error) {
 			return nil, fmt.Errorf("%v is not a JSON number", f)
 		}
 		return f, nil
-	case types.String:
-		return string(x), nil
 	case types.Timestamp:
 		return x.Time.UTC().Format(time.RFC3339Nano), nil
 	case types.Duration:
@@ -173,7 +209,10 @@ func native(v ref.Val, depth int) (any, error) {
 			if !ok {
 				return nil, fmt.Errorf("a map key %v is not a string", k)
 			}
-			val, err := native(m.Get(k), depth+1)
+			if err := spend(budget, jsonLen(string(ks))+2); err != nil {
+				return nil, err
+			}
+			val, err := native(m.Get(k), depth+1, budget)
 			if err != nil {
 				return nil, err
 			}
@@ -185,7 +224,7 @@ func native(v ref.Val, depth int) (any, error) {
 		n, _ := l.Size().(types.Int)
 		out := make([]any, 0, int(n))
 		for i := range int64(n) {
-			val, err := native(l.Get(types.Int(i)), depth+1)
+			val, err := native(l.Get(types.Int(i)), depth+1, budget)
 			if err != nil {
 				return nil, err
 			}
@@ -194,26 +233,4 @@ func native(v ref.Val, depth int) (any, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("a value of type %s is not JSON", v.Type())
-}
-
-// approxSize is about the size of v as JSON, stopping once past maxBody.
-func approxSize(v any, acc int) int {
-	if acc > maxBody {
-		return acc
-	}
-	switch x := v.(type) {
-	case map[string]any:
-		for k, e := range x {
-			acc = approxSize(e, acc+len(k)+4)
-		}
-		return acc + 2
-	case []any:
-		for _, e := range x {
-			acc = approxSize(e, acc+1)
-		}
-		return acc + 2
-	case string:
-		return acc + len(x) + 2
-	}
-	return acc + 8
 }

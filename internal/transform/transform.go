@@ -104,7 +104,11 @@ func (t *Transform) Apply(raw []byte) ([]byte, error) {
 	if out == nil {
 		return nil, ErrSkip
 	}
-	return marshal(out)
+	b, err := marshal(out)
+	if err == nil && len(b) > maxBody { // native's count is close, not exact
+		return nil, fmt.Errorf("the transform's result: %w", errTooLarge)
+	}
+	return b, err
 }
 
 // marshal writes a body: compact JSON, map keys sorted, and no HTML
