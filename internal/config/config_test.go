@@ -204,6 +204,8 @@ subscriptions:
 		{"unknown top-level and nested keys", minimal + "sourc: {}\ndelivery:\n  timout: 5s\n", nil, []string{`sourc: unknown key (did you mean "source"?)`, `delivery.timout: unknown key (did you mean "timeout"?)`}},
 		{"unresolved reference", strings.Replace(minimal, "0123456789abcdef", "${WEBHOOK_SECRET}", 1), nil, []string{"subscriptions[0].secret: ${WEBHOOK_SECRET} is not set in the environment"}},
 		{"credentials in url", strings.Replace(minimal, "https://crm", "https://user:pw@crm", 1), nil, []string{"subscriptions[0].url: must not contain credentials"}},
+		{"a url as dzhook shows it, query hidden", strings.Replace(minimal, "https://crm.example.com/hook", "https://crm.example.com/hook?REDACTED", 1), nil, []string{"subscriptions[0].url: is the hidden form dzhook shows"}},
+		{"a url as dzhook shows it, path hidden", strings.Replace(minimal, "https://crm.example.com/hook", "https://crm.example.com/REDACTED", 1), nil, []string{"subscriptions[0].url: is the hidden form dzhook shows"}},
 		{"odd scheme", strings.Replace(minimal, "https://crm.example.com/hook", "ftp://crm.example.com/hook", 1), nil, []string{`scheme "ftp" is not allowed`}},
 		{"unicode host", strings.Replace(minimal, "crm.example.com", "crм.example.com", 1), nil, []string{"non-ASCII"}},
 		{"ipv6 zone", strings.Replace(minimal, "crm.example.com", "[fe80::a9fe:a9fe%25eth0]", 1), nil, []string{"subscriptions[0].url: host has an IPv6 zone"}},

@@ -400,6 +400,11 @@ func checkURL(raw string, allowHTTP, secret bool) string {
 	if u.User != nil {
 		return "must not contain credentials (user:password@): put them in the subscription's headers"
 	}
+	if u.RawQuery == "REDACTED" || u.Path == "/REDACTED" {
+		// What the API and the dashboard show in place of a token: saved
+		// back, it replaced the receiver's real URL without a word.
+		return "is the hidden form dzhook shows (?REDACTED or /REDACTED in place of a token): give the whole URL, or leave url out to keep the current one"
+	}
 	if u.Host == "" || u.Hostname() == "" {
 		return "has no host"
 	}

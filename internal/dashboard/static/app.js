@@ -781,7 +781,9 @@ const fieldID = (f) => `sf-${f.replaceAll('_', '-')}`;
 // form is the open Add/Edit dialog: mode "create" or "edit", the
 // subscription as last saved (edit), whether the header rows were touched,
 // and the button that opened it (the focus goes back there).
-const form = { mode: 'create', id: '', orig: null, headersDirty: false, secretModeTouched: false, opener: null };
+// urlDirty: the URL field was typed in. The API shows a URL with its token
+// hidden (?REDACTED); sent back unedited, it replaced the real one.
+const form = { mode: 'create', id: '', orig: null, headersDirty: false, urlDirty: false, secretModeTouched: false, opener: null };
 
 const radioValue = (name) => document.querySelector(`input[name="${name}"]:checked`)?.value || '';
 
@@ -914,7 +916,7 @@ function showProblems(box, problems, message) {
 function openForm(id, opener) {
   const s = id ? state.subs.find((x) => x.id === id) : null;
   if (id && !s) return;
-  Object.assign(form, { mode: s ? 'edit' : 'create', id: id || '', orig: s, headersDirty: false, opener });
+  Object.assign(form, { mode: s ? 'edit' : 'create', id: id || '', orig: s, headersDirty: false, urlDirty: false, opener });
   $('sub-form').reset();
   clearFieldErrors();
   $('sub-result').replaceChildren();
@@ -1027,7 +1029,7 @@ function formBody() {
     return b;
   }
   const o = form.orig;
-  if (url !== o.url) b.url = url;
+  if (form.urlDirty && url !== o.url) b.url = url;
   const same = (a, c) => a.length === c.length && a.every((x) => c.includes(x));
   if (!same(events, o.events || [])) b.events = events;
   if (description !== (o.description || '')) b.description = description;
@@ -1070,7 +1072,8 @@ async function saveForm(andTest) {
       const generated = body.secret === undefined;
       const created = await api('POST', '/v1/subscriptions', body);
       const { secret, ...sub } = created;
-      Object.assign(form, { mode: 'edit', id: sub.id, orig: sub, headersDirty: false });
+      Object.assign(form, { mode: 'edit', id: sub.id, orig: sub, headersDirty: false, urlDirty: false });
+      $('sf-url').value = sub.url || '';
       showFormMode();
       result.replaceChildren(generated && secret ? secretOnce(secret, 'sub')
         : el('p', { class: 'muted', text: body.secret === '' ? 'Saved without a secret.' : 'Saved with the secret you entered.' }));
@@ -1080,7 +1083,8 @@ async function saveForm(andTest) {
       result.scrollIntoView({ block: 'nearest' });
     } else if (Object.keys(body).length) {
       const sub = await api('PATCH', `/v1/subscriptions/${enc(form.id)}`, body);
-      Object.assign(form, { orig: sub, headersDirty: false });
+      Object.assign(form, { orig: sub, headersDirty: false, urlDirty: false });
+      $('sf-url').value = sub.url || '';
       result.querySelector('[data-testid="sub-test"]')?.remove();
       saved = `Saved ${form.id}: ${Object.keys(body).join(', ')} changed.`;
     } else if (!andTest) {
@@ -1275,13 +1279,20 @@ function wireManage() {
   $('sub-form').addEventListener('submit', submitForm);
   $('sub-close').addEventListener('click', closeForm);
   $('sf-cancel').addEventListener('click', closeForm);
-  $('sub-dialog').addEventListener('close', () => forget('sub-result', ['sf-secret'], form.opener));
+  $('sub-dialog').addEventListener('close', () => {
+    // Header values are often credentials: not left in the page.
+    $('sf-headers').replaceChildren();
+    forget('sub-result', ['sf-secret'], form.opener);
+  });
   $('sf-add-header').addEventListener('click', () => {
     form.headersDirty = true;
     addHeaderRow().focus();
   });
   $('sf-headers').addEventListener('input', () => {
     form.headersDirty = true;
+  });
+  $('sf-url').addEventListener('input', () => {
+    form.urlDirty = true;
   });
   $('sf-event-groups').addEventListener('change', syncTestEvent);
   $('sub-form').addEventListener('change', (ev) => {
