@@ -213,6 +213,9 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 		r.tracer, r.traceparent, r.shownURL = d.tracer, s.cfg.Traceparent, s.shownURL()
 	}
 	res := post(life, s.client, r, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
+	if len(s.scrub) > 0 {
+		res.Body = s.scrub.scrub(res.Body)
+	}
 	ok := res.Status >= 200 && res.Status < 300
 	if !t.test {
 		s.observe(res.Duration, ok)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,6 +113,9 @@ type sub struct {
 	method  string
 	pace    *pacer // nil: no rate limit
 	headers http.Header
+	// scrub: what the subscription sends that a receiver's answer may
+	// quote back and the history must not keep (scrub.go).
+	scrub scrubber
 
 	// filterFailed counts the events the filter failed on since the last
 	// WARN about it, at filterToldAt (unix nanoseconds); see filterFailure.
@@ -766,6 +770,7 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 			s.headers.Set(k, cfg.Headers[k])
 		}
 	}
+	s.scrub = newScrubber(cfg.Headers, cfg.URL, strings.HasSuffix(s.shownURL(), "/REDACTED"))
 	client, err := subscriptionClient(cfg, opts)
 	if err != nil {
 		return nil, fmt.Errorf("subscription %s: %w", cfg.ID, err)
