@@ -98,6 +98,15 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 				d.giveUp(life, s, t)
 				break
 			}
+			// Paused (or disabled by a 410) since the task was queued, or
+			// while it waited for its turn: it goes back to the journal,
+			// where the claim leaves it until the resume (a paused
+			// subscription's queue went on being sent: at 1/m, for half
+			// an hour).
+			if !s.accepting() {
+				d.giveUp(life, s, t)
+				break
+			}
 			started := time.Now()
 			busy.Store(started.UnixNano())
 			res, dec := d.attempt(life, s, t, &sg)
@@ -112,8 +121,8 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 	}
 }
 
-// giveUp gives back to the journal a task of a retired subscription that
-// a worker took and will not attempt (and, for an ordered delivery, the
+// giveUp gives back to the journal a task of a retired (or paused)
+// subscription that a worker took and will not attempt (and, for an ordered delivery, the
 // deliveries waiting behind its key): it stays pending, claimable by
 // whoever runs the subscription now, this process after a reload or
 // another one. What cannot be given back stays owned by this instance

@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,8 +72,15 @@ type pacer struct {
 	// share is how many processes share the limit (1 + the peers).
 	share func() int64
 
-	mu         sync.Mutex
-	next       time.Time // when the next attempt may start
+	mu   sync.Mutex
+	next time.Time // when the next attempt may start
+	// taken are the starts reserved by workers still waiting for them,
+	// last the latest start made: a start given up (a worker of a retired
+	// subscription, whose pacer a reload passed on) is given back, or
+	// each would hold the pace back one interval (16 workers at 1/m: a
+	// quarter of an hour of silence after an edit).
+	taken      []time.Time
+	last       time.Time
 	slowdown   int       // 1: the limit; 2, 4 … after 429s
 	slowedAt   time.Time // the last 429, or the last step back up
 	pauseUntil time.Time
@@ -104,13 +112,41 @@ func (p *pacer) take(now time.Time) time.Time {
 		at = p.pauseUntil
 	}
 	p.next = at.Add(p.interval(at))
+	p.taken = append(p.taken, at)
 	return at
 }
 
+// untake ends the reservation of at: made (the worker starts) or given
+// up. A start given up frees the spacing it took: the next start is due
+// an interval after the latest start made or still reserved, or when it
+// was due already if that is sooner.
+func (p *pacer) untake(at time.Time, made bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i := slices.IndexFunc(p.taken, at.Equal); i >= 0 {
+		p.taken = slices.Delete(p.taken, i, i+1)
+	}
+	if made {
+		if at.After(p.last) {
+			p.last = at
+		}
+		return
+	}
+	latest := p.last
+	for _, t := range p.taken {
+		if t.After(latest) {
+			latest = t
+		}
+	}
+	if due := latest.Add(p.interval(latest)); due.Before(p.next) {
+		p.next = due
+	}
+}
+
 // wait blocks until the next start is due; false if ctx ends or stop
-// closes first (the place taken is lost, which only slows the next one).
-// A start reserved before a 429 arrived that paused the subscription
-// takes a new place after the pause, spaced like any other.
+// closes first (the place taken is given back). A start reserved before
+// a 429 arrived that paused the subscription takes a new place after the
+// pause, spaced like any other.
 func (p *pacer) wait(ctx context.Context, stop <-chan struct{}) bool {
 	at := p.take(time.Now())
 	for {
@@ -120,9 +156,11 @@ func (p *pacer) wait(ctx context.Context, stop <-chan struct{}) bool {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
+				p.untake(at, false)
 				return false
 			case <-stop:
 				t.Stop()
+				p.untake(at, false)
 				return false
 			}
 		}
@@ -130,8 +168,10 @@ func (p *pacer) wait(ctx context.Context, stop <-chan struct{}) bool {
 		paused := p.pauseUntil.After(at)
 		p.mu.Unlock()
 		if !paused {
+			p.untake(at, true)
 			return true
 		}
+		p.untake(at, false)
 		at = p.take(time.Now())
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 func TestParseRate(t *testing.T) {
@@ -410,5 +411,86 @@ func TestRateLimitWaitEndsWithTheSubscription(t *testing.T) {
 	})
 	if n := len(rc.Requests()); n != 1 {
 		t.Errorf("%d requests, want 1: the others waited for their turn", n)
+	}
+}
+
+// TestPacerGivesBackItsPlaces: the starts reserved by workers that gave
+// up (a reload retired their subscription and passed its pacer on) are
+// given back: each held the pace back an interval, and at 1/m with 16
+// workers an edit silenced the subscription for a quarter of an hour.
+func TestPacerGivesBackItsPlaces(t *testing.T) {
+	p := newPacer(Rate{Count: 1, Per: time.Second}, func() int64 { return 1 })
+	t0 := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	var starts []time.Time
+	for range 8 {
+		starts = append(starts, p.take(t0))
+	}
+	p.untake(starts[0], true) // the first one started
+	p.untake(starts[5], false)
+	if at := p.take(t0); !at.Equal(t0.Add(8 * time.Second)) {
+		t.Fatalf("with starts reserved up to +7s, one given up in between: next at +%s, want +8s (no burst)", at.Sub(t0))
+	}
+	p.untake(t0.Add(8*time.Second), false)
+	for _, at := range starts[1:] {
+		p.untake(at, false)
+	}
+	if at := p.take(t0.Add(100 * time.Millisecond)); !at.Equal(t0.Add(time.Second)) {
+		t.Errorf("every waiting start given up: the next at +%s, want +1s (an interval after the one made)", at.Sub(t0))
+	}
+}
+
+// TestPauseStopsWhatIsQueued: a paused subscription's deliveries already
+// in memory (queued, or waiting for their turn) go back to the journal
+// unsent, and out after the resume, each once. They went on being sent:
+// at 1/s with four workers, for seconds after the pause; at 1/m, for
+// half an hour.
+func TestPauseStopsWhatIsQueued(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
+		RateLimit: Rate{Count: 1, Per: time.Second}}
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		Logger: testutil.Logger(t), Concurrency: 4,
+	})
+	var pairs []string
+	for i := range 7 {
+		pairs = append(pairs, "request.updated", fmt.Sprintf(`{"id":"req_%d"}`, i))
+	}
+	evs := envelopes(pairs...)
+	dispatchAll(t, d, evs)
+	rc.Wait(t, 1, 10*time.Second)
+	if err := d.Pause(context.Background(), "crm"); err != nil {
+		t.Fatal(err)
+	}
+	var sent int
+	testutil.Eventually(t, 20*time.Second, "every delivery sent or back in the journal, pending and unowned", func() bool {
+		sent = 0
+		for _, ev := range evs {
+			dl, _, _, err := store.GetDelivery(context.Background(), ids.DeliveryID(ev.ID, "crm"))
+			switch {
+			case err != nil:
+				return false
+			case dl.State == journal.Delivered:
+				sent++
+			case dl.State != journal.Pending || dl.InFlight:
+				return false
+			}
+		}
+		return true
+	})
+	if n := len(rc.Requests()); n != sent || sent > 3 {
+		t.Errorf("%d requests, %d delivered after the pause; want the few started before it (at most 3)", n, sent)
+	}
+	if _, err := d.Resume(context.Background(), "crm"); err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, len(evs), 30*time.Second)
+	seen := map[string]int{}
+	for _, r := range rc.Requests() {
+		seen[r.Header.Get(signer.HeaderDelivery)]++
+	}
+	if len(seen) != len(evs) || len(rc.Requests()) != len(evs) {
+		t.Errorf("%d requests for %d deliveries after the resume, want each of the %d once", len(rc.Requests()), len(seen), len(evs))
 	}
 }
