@@ -225,6 +225,17 @@ func (c *Clock) fireDue(ctx context.Context) error {
 				}
 				continue
 			}
+			if t.Kind != "breach" && !t.TargetAt.After(time.Now()) {
+				// A warning found due after its target (dzhook was down
+				// across both): "at risk, 2h 30m remaining", hours late and
+				// just before the breach, says nothing true. The breach
+				// fires; arming skips such a warning the same way.
+				if err := c.cfg.Store.TimerDone(ctx, t, "late"); err != nil {
+					return err
+				}
+				c.log.Info("SLA warning not sent: its target passed before it could fire", "sla", t.SLAID, "kind", t.Kind)
+				continue
+			}
 			ev := c.cfg.Events.SLAEvent(mapping.Timer{SLAID: t.SLAID, Kind: t.Kind, RequestID: t.RequestID, SLAType: t.SLAType,
 				StartedAt: t.StartedAt, TargetAt: t.TargetAt, FireAt: t.FireAt})
 			seen, err := c.cfg.Store.EventExists(ctx, ev.ID)

@@ -102,9 +102,11 @@ func newClock(t *testing.T, store *fakeStore, src fakeSource, d *fakeDispatcher,
 // TestFireDue: a due timer fires only when its SLA is still open at the
 // same target and its kind is still configured; otherwise it is
 // cancelled. One whose event the journal already has (fired before a
-// crash) is marked fired without a second dispatch.
+// crash) is marked fired without a second dispatch. A warning found due
+// after its target (dzhook was down across both) is not sent: the
+// breach is.
 func TestFireDue(t *testing.T) {
-	start := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	start := time.Now().UTC().Truncate(time.Second).Add(-3 * time.Hour)
 	target := start.Add(4 * time.Hour)
 	open := func(id string) mapping.SLARow {
 		return mapping.SLARow{ID: id, RequestID: id, SLAType: "resolution", StartedAt: start, TargetAt: target}
@@ -113,10 +115,16 @@ func TestFireDue(t *testing.T) {
 	completed.Completed = true
 	moved := open("moved")
 	moved.TargetAt = target.Add(time.Hour)
-	src := fakeSource{rows: []mapping.SLARow{open("warn"), open("breach"), open("again"), open("removed"), completed, moved}}
+	late := open("late")
+	late.StartedAt, late.TargetAt = start.Add(-5*time.Hour), start.Add(-time.Hour)
+	src := fakeSource{rows: []mapping.SLARow{open("warn"), open("breach"), open("again"), open("removed"), completed, moved, late}}
 	timer := func(id, kind string) journal.TimerRow {
 		return journal.TimerRow{SLAID: id, Kind: kind, RequestID: id, SLAType: "resolution", StartedAt: start, TargetAt: target, FireAt: target}
 	}
+	lateWarning := journal.TimerRow{SLAID: "late", Kind: "warning:75", RequestID: "late", SLAType: "resolution",
+		StartedAt: late.StartedAt, TargetAt: late.TargetAt, FireAt: late.StartedAt.Add(3 * time.Hour)}
+	lateBreach := lateWarning
+	lateBreach.Kind, lateBreach.FireAt = "breach", late.TargetAt
 	mapper := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")})
 	firedBefore := mapper.SLAEvent(mapping.Timer{SLAID: "again", Kind: "breach", RequestID: "again", SLAType: "resolution",
 		StartedAt: start, TargetAt: target, FireAt: target})
@@ -124,6 +132,7 @@ func TestFireDue(t *testing.T) {
 		due: []journal.TimerRow{
 			timer("warn", "warning:75"), timer("breach", "breach"), timer("again", "breach"),
 			timer("removed", "warning:50"), timer("completed", "breach"), timer("moved", "breach"), timer("deleted", "breach"),
+			lateWarning, lateBreach,
 		},
 		known: map[string]bool{firedBefore.ID: true},
 	}
@@ -135,10 +144,10 @@ func TestFireDue(t *testing.T) {
 	for _, ev := range d.events {
 		got = append(got, ev.Type)
 	}
-	if want := []string{"sla.warning", "sla.breach"}; !slices.Equal(got, want) {
+	if want := []string{"sla.warning", "sla.breach", "sla.breach"}; !slices.Equal(got, want) {
 		t.Errorf("dispatched %v, want %v", got, want)
 	}
-	if want := []string{"warn warning:75 fired", "breach breach fired", "again breach fired"}; !slices.Equal(store.fired, want) {
+	if want := []string{"warn warning:75 fired", "breach breach fired", "again breach fired", "late warning:75 late", "late breach fired"}; !slices.Equal(store.fired, want) {
 		t.Errorf("fired %v, want %v", store.fired, want)
 	}
 	if want := []string{"removed warning:50", "completed breach", "moved breach", "deleted breach"}; !slices.Equal(store.cancelled, want) {
