@@ -92,7 +92,9 @@ type Mapper struct {
 	timeout   time.Duration
 	tables    map[string]entityKind
 	noOldWarn atomic.Bool
-	keyWarn   atomic.Bool // an outbox key column that is not text, said once
+	// noOldUserWarn: users updates without old values, said once.
+	noOldUserWarn atomic.Bool
+	keyWarn       atomic.Bool // an outbox key column that is not text, said once
 
 	// scratch and data are reused for every event: an event costs one
 	// allocation for its body and one for its id, and a change one for its
@@ -283,6 +285,31 @@ func changed(c *cdc.Change, names ...string) bool {
 	return false
 }
 
+// sameTranslated reports whether a column's old and new values, changed,
+// are shown the same once values translates them: two statuses mapped to
+// one (NEW and REOPENED both "open") are no status change to a receiver,
+// which got previousStatus "open", newStatus "open".
+func sameTranslated(c *cdc.Change, name string, values map[string]string) bool {
+	if values == nil {
+		return false
+	}
+	ov, ok1 := col(c, c.Old, name)
+	nv, ok2 := col(c, c.New, name)
+	if !ok1 || !ok2 || ov.State != cdc.Present || nv.State != cdc.Present {
+		return false
+	}
+	shown := func(v cdc.Value) (string, bool) {
+		if s, ok := values[text(v.V)]; ok {
+			return s, true
+		}
+		s, ok := v.V.(string)
+		return s, ok
+	}
+	a, okA := shown(ov)
+	b, okB := shown(nv)
+	return okA && okB && a == b
+}
+
 func sameValue(a, b cdc.Value) bool {
 	if a.State != b.State {
 		return false
@@ -435,7 +462,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 		m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo), oldAssignee, changedBy)
 
 		out = m.emit(out, c, catalog.RequestUpdated, key, m.appendRequest(m.data[:0], c, c.New, nil))
-		if changed(c, rc.Status) {
+		if changed(c, rc.Status) && !sameTranslated(c, rc.Status, m.cfg.Requests.Values.Status) {
 			rv := m.cfg.Requests.Values
 			o := beginObj(m.data[:0])
 			o.key("id")
@@ -542,6 +569,9 @@ func (m *Mapper) user(c *cdc.Change, out []Event) []Event {
 	case cdc.OpInsert:
 		return m.emit(out, c, catalog.UserCreated, key, m.appendUser(c, c.New))
 	case cdc.OpUpdate:
+		if c.Old == nil && uc.Active != "" && !m.noOldUserWarn.Swap(true) {
+			m.log.Warn("users updates carry no old values, so user.deactivated cannot fire: run ALTER TABLE ... REPLICA IDENTITY FULL (dzhook setup does it)", "table", c.Relation.QualifiedName())
+		}
 		if c.Old != nil && !changed(c, uc.ID, uc.Email, uc.Name, uc.Role, uc.Active, uc.CreatedAt, uc.UpdatedAt) {
 			return out
 		}

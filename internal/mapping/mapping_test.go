@@ -474,3 +474,31 @@ func TestLargeRowEventsRejected(t *testing.T) {
 		}
 	}
 }
+
+// Two statuses translated to one are no status change: a receiver got
+// request.status_changed with previousStatus "open" and newStatus
+// "open". request.updated still fires.
+func TestStatusChangeAsTranslated(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	mc := DefaultConfig()
+	mc.Requests.Values.Status = map[string]string{"open": "open", "pending": "open", "resolved": "done"}
+	p := startPipeline(t, db, mc)
+	db.Exec(t,
+		`INSERT INTO users (id, email) VALUES (456, 'jane@company.com')`,
+		`INSERT INTO requests (id, title, status, priority, requester_id) VALUES (123, 'Printer', 'open', 'high', 456)`,
+		`UPDATE requests SET status = 'pending' WHERE id = 123`,
+		`UPDATE requests SET status = 'resolved' WHERE id = 123`,
+	)
+	events, _ := p.wait(t, 5, 0)
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+		if e.Type == "request.status_changed" && !strings.Contains(string(e.Body), `"previousStatus":"open","newStatus":"done"`) {
+			t.Errorf("status change %s", e.Body)
+		}
+	}
+	if got := strings.Join(types, ","); got != "user.created,request.created,request.updated,request.updated,request.status_changed" {
+		t.Errorf("events %s, want one status change (open to done), two updates", got)
+	}
+}
