@@ -186,6 +186,8 @@ func TestInvalidPayloads(t *testing.T) {
 		{"wrong id pattern", `"id":"req_123"`, `"id":"123"`, "/data/id", "does not match pattern"},
 		{"wrong user id pattern", `"requester":{"id":"usr_123"`, `"requester":{"id":"req_123"`, "/data/requester/id", "does not match pattern"},
 		{"bad date-time", `"createdAt":"2024-01-15T14:00:00Z"`, `"createdAt":"2024-01-15 14:00"`, "/data/createdAt", "date-time"},
+		{"a time not in UTC", `"createdAt":"2024-01-15T14:00:00Z"`, `"createdAt":"2024-01-15T16:00:00+02:00"`, "/data/createdAt", "does not match pattern"},
+		{"a time with fractions", `"timestamp":"2024-01-15T14:30:00Z"`, `"timestamp":"2024-01-15T14:30:00.123Z"`, "/timestamp", "does not match pattern"},
 		{"null where not allowed", `"requester":{"id":"usr_123","email":"john@company.com"}`, `"requester":null`, "/data/requester", "null"},
 		{"wrong event id", `"id":"whk_test_`, `"id":"evt_`, "/id", "does not match pattern"},
 		{"wrong type", `"status":"open"`, `"status":3`, "/data/status", "want string"},
