@@ -348,13 +348,22 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	var body api.TestRequest
-	if err := readBody(w, r, &body); err != nil {
+	// api.TestRequest, with the event left out told from an empty one: an
+	// empty name is a mistake (it sent request.created), not the default.
+	var in struct {
+		Event *string `json:"event"`
+	}
+	if err := readBody(w, r, &in); err != nil {
 		bodyError(w, `{"event": "request.created"}`, err)
 		return
 	}
-	if body.Event == "" {
-		body.Event = "request.created"
+	body := api.TestRequest{Event: "request.created"}
+	if in.Event != nil {
+		if *in.Event == "" {
+			writeError(w, http.StatusBadRequest, `event: is empty: give an event of the catalog, or leave it out for "request.created"`)
+			return
+		}
+		body.Event = *in.Event
 	}
 	if !s.cfg.Catalog.Has(body.Event) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("event: %q is not an event of the catalog", clip(body.Event)))

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -167,15 +168,45 @@ func decodeObject(raw []byte, v any) error {
 	if !utf8.Valid(raw) {
 		return fmt.Errorf("not valid UTF-8 at offset %d; JSON text is UTF-8", invalidUTF8(raw))
 	}
+	if err := strictShape(raw, reflect.TypeOf(v)); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		// Go's text ("json: cannot unmarshal string into Go struct field
+		// SubscriptionInput.queue_while…") left the field cut short.
+		if te := (*json.UnmarshalTypeError)(nil); errors.As(err, &te) && te.Field != "" {
+			return fmt.Errorf("%s: must be %s, not %s", te.Field, jsonKind(te.Type), map[string]string{"string": "a string", "number": "a number", "bool": "a boolean", "array": "a list", "object": "an object"}[te.Value])
+		}
 		return err
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("more after the JSON object; send one object")
 	}
 	return nil
+}
+
+// jsonKind names what a Go type takes in JSON.
+func jsonKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	}
+	return t.String()
 }
 
 // invalidUTF8 is the offset of the first byte of b that is not valid
