@@ -761,7 +761,6 @@ func (m managerOf) current(id string) (runtimeSub, error) {
 
 // UpdateSubscription implements admin.Manager.
 func (m managerOf) UpdateSubscription(ctx context.Context, id string, in api.SubscriptionInput, client string) (api.Subscription, error) {
-	e := m.e
 	var ps []api.FieldProblem
 	if in.ID != nil && *in.ID != id {
 		ps = append(ps, api.FieldProblem{Field: "id", Problem: "cannot be changed: create a new subscription and delete this one"})
@@ -772,42 +771,70 @@ func (m managerOf) UpdateSubscription(ctx context.Context, id string, in api.Sub
 	if len(ps) > 0 {
 		return api.Subscription{}, &admin.ValidationError{Problems: ps}
 	}
+	// A PATCH sets the fields it names: another change written between
+	// the read and the write (ErrChanged) is read again and the PATCH
+	// applied on top of it, as the client asked, rather than answered 409
+	// (a client has no revision to send back: the 409 said "read it again
+	// and retry", which gave it nothing to retry with).
+	for try := 1; ; try++ {
+		err := m.updateOnce(ctx, id, in, client)
+		if errors.Is(err, journal.ErrChanged) && try < maxUpdateTries {
+			continue
+		}
+		if err != nil {
+			return api.Subscription{}, m.mapErr(id, err)
+		}
+		break
+	}
+	m.applied(ctx, id)
+	return m.status(id)
+}
+
+// maxUpdateTries bounds how often UpdateSubscription reads again after
+// another change came first: each round, one of the writers at once
+// wins, so n at once need n tries at most.
+const maxUpdateTries = 16
+
+// updateOnce reads the runtime subscription id as the journal has it,
+// applies in and writes it if no other change came meanwhile (else
+// journal.ErrChanged).
+func (m managerOf) updateOnce(ctx context.Context, id string, in api.SubscriptionInput, client string) error {
+	e := m.e
 	if err := e.syncRuntime(ctx, nil); err != nil { // the latest, whoever changed it
-		return api.Subscription{}, err
+		return err
 	}
 	rs, err := m.current(id)
 	if err != nil {
-		return api.Subscription{}, err
+		return err
 	}
 	if rs.cfg.StandardWebhooks != (in.StandardWebhooks != nil && *in.StandardWebhooks) && in.StandardWebhooks != nil {
-		return api.Subscription{}, &admin.ValidationError{Problems: []api.FieldProblem{{Field: "standard_webhooks",
+		return &admin.ValidationError{Problems: []api.FieldProblem{{Field: "standard_webhooks",
 			Problem: "cannot be switched on an existing subscription (its secret's form differs): rotate the secret to the new form, or create a new subscription"}}}
 	}
 	s, desc := rs.cfg, rs.description
 	apply(&s, &desc, in)
 	if err := m.validate(s, desc, in); err != nil {
-		return api.Subscription{}, err
+		return err
 	}
 	spec, err := specOf(s, desc)
 	if err != nil {
-		return api.Subscription{}, err
+		return err
 	}
 	a := journal.AuditRow{Action: "update", Subscription: id, Fields: fieldsOf(in), Client: client}
 	if in.Headers != nil || in.URL != nil {
 		// The URL and headers are sealed with the secret: write them all.
 		sealed, err := m.seal(id, sealedPart{Secret: s.Secret.Reveal(), URL: s.URL, Headers: headersOf(s)})
 		if err != nil {
-			return api.Subscription{}, err
+			return err
 		}
 		err = e.journal.UpdateRuntimeSealed(ctx, id, rs.rev, spec, sealed, a)
 		if err != nil {
-			return api.Subscription{}, m.mapErr(id, err)
+			return err
 		}
 	} else if err := e.journal.UpdateRuntime(ctx, id, rs.rev, spec, a); err != nil {
-		return api.Subscription{}, m.mapErr(id, err)
+		return err
 	}
-	m.applied(ctx, id)
-	return m.status(id)
+	return nil
 }
 
 func (m managerOf) mapErr(id string, err error) error {

@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -637,5 +640,55 @@ func TestDeletedSubscriptionHistoryListed(t *testing.T) {
 	}
 	if code, _ := a.call("GET", "/v1/deliveries?subscription=never", adminToken, nil); code != http.StatusBadRequest {
 		t.Errorf("GET /v1/deliveries?subscription=never: %d, want 400", code)
+	}
+}
+
+// TestConcurrentPatches: PATCHes of one subscription at once each apply
+// on top of the others (a PATCH sets the fields it names), none answered
+// 409: the client has no revision to send, and "read it again and retry"
+// gave it nothing to retry with. Each is in the audit trail.
+func TestConcurrentPatches(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection+"secrets:\n  key: "+secretsKey+"\n", "", sub("crm", rc.URL, "request.created")))
+	a := newAdminClient(t, e)
+	if code, raw := a.call("POST", "/v1/subscriptions", adminToken, fmt.Sprintf(`{"id":"rt","url":%q,"events":["request.created"]}`, rc.URL+"/rt")); code != http.StatusCreated {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	const writers = 8
+	codes := make(chan string, writers)
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := fmt.Sprintf(`{"description":"writer %d"}`, i)
+			if i == 3 {
+				body = `{"events":["request.created","request.updated"]}`
+			}
+			code, raw := a.call("PATCH", "/v1/subscriptions/rt", adminToken, body)
+			codes <- fmt.Sprintf("%d %s", code, raw)
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if !strings.HasPrefix(c, "200 ") {
+			t.Errorf("a PATCH answered %.200s", c)
+		}
+	}
+	got := answer[api.Subscription](a, "GET", "/v1/subscriptions/rt", nil)
+	if !slices.Equal(got.Events, []string{"request.created", "request.updated"}) || !strings.HasPrefix(got.Description, "writer ") {
+		t.Errorf("after the PATCHes: events %v, description %q; want the events of one and the description of another", got.Events, got.Description)
+	}
+	audit := answer[api.AuditPage](a, "GET", "/v1/audit?limit=100", nil)
+	updates := 0
+	for _, r := range audit.Entries {
+		if r.Action == "update" && r.Subscription == "rt" {
+			updates++
+		}
+	}
+	if updates != writers {
+		t.Errorf("%d updates in the audit trail, want %d", updates, writers)
 	}
 }
