@@ -17,12 +17,18 @@ import (
 // except the networks in Allow.
 
 // alwaysBlocked are never dialled, whatever the configuration: they hold
-// cloud metadata services (169.254.169.254, fd00:ec2::254) that hand out
-// credentials.
+// cloud metadata services that hand out credentials or configure the
+// host (169.254.169.254 and AWS's fd00:ec2::254, Google's fd20:ce::254,
+// Alibaba's 100.100.100.200, which is inside 100.64.0.0/10 and so was
+// reachable by default and whenever allow_networks listed that range for
+// a CGNAT or Tailscale receiver, and Azure's WireServer 168.63.129.16).
 var alwaysBlocked = []netip.Prefix{
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("fe80::/10"),
 	netip.MustParsePrefix("fd00:ec2::254/128"),
+	netip.MustParsePrefix("fd20:ce::254/128"),
+	netip.MustParsePrefix("100.100.100.200/32"),
+	netip.MustParsePrefix("168.63.129.16/32"),
 }
 
 // privateNetworks are refused with BlockPrivate.
@@ -33,10 +39,14 @@ var privateNetworks = []netip.Prefix{
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("172.16.0.0/12"),
 	netip.MustParsePrefix("192.168.0.0/16"),
-	netip.MustParsePrefix("224.0.0.0/4"),
-	netip.MustParsePrefix("255.255.255.255/32"),
-	netip.MustParsePrefix("::/128"),
-	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments
+	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking, often used inside networks
+	netip.MustParsePrefix("224.0.0.0/4"),     // multicast
+	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, and 255.255.255.255
+	netip.MustParsePrefix("::/96"),           // ::, ::1 and the IPv4-compatible form
+	netip.MustParsePrefix("::ffff:0:0:0/96"), // SIIT's IPv4-translated form
+	netip.MustParsePrefix("100::/64"),        // discard
+	netip.MustParsePrefix("fec0::/10"),       // site-local, deprecated and still routed in places
 	netip.MustParsePrefix("fc00::/7"),
 	netip.MustParsePrefix("ff00::/8"),
 	nat64Local,

@@ -14,7 +14,8 @@ import (
 
 func TestEgressCheck(t *testing.T) {
 	open := &EgressGuard{}
-	strict := &EgressGuard{BlockPrivate: true, Allow: []netip.Prefix{netip.MustParsePrefix("10.1.2.0/24"), netip.MustParsePrefix("169.254.0.0/16")}}
+	strict := &EgressGuard{BlockPrivate: true, Allow: []netip.Prefix{netip.MustParsePrefix("10.1.2.0/24"), netip.MustParsePrefix("169.254.0.0/16"),
+		netip.MustParsePrefix("100.100.0.0/16")}}
 	for _, tc := range []struct {
 		addr          string
 		open, strict  bool // allowed?
@@ -47,6 +48,19 @@ func TestEgressCheck(t *testing.T) {
 		{"2002:a9fe:a9fe::1", false, false, "metadata"},
 		{"2002:c0a8:101::1", true, false, "192.168.0.0/16"},
 		{"64:ff9b:1::a00:5", true, false, "64:ff9b:1::/48"},
+		// Other clouds' metadata services, whatever allow_networks says.
+		{"100.100.100.200", false, false, "metadata"},
+		{"168.63.129.16", false, false, "metadata"},
+		{"fd20:ce::254", false, false, "metadata"},
+		{"100.100.1.1", true, true, ""},
+		// Special-purpose ranges a private network may use.
+		{"198.18.0.1", true, false, "198.18.0.0/15"},
+		{"192.0.0.192", true, false, "192.0.0.0/24"},
+		{"240.0.0.1", true, false, "240.0.0.0/4"},
+		{"fec0::1", true, false, "fec0::/10"},
+		{"100::1", true, false, "100::/64"},
+		{"::7f00:1", true, false, "::/96"},
+		{"::ffff:0:7f00:1", true, false, "::ffff:0:0:0/96"},
 		{"93.184.216.34", true, true, ""},
 		{"2606:2800:220:1::1", true, true, ""},
 	} {
