@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -85,12 +86,18 @@ func RedactDSNError(err error) error {
 	var pe *pgconn.ParseConfigError
 	if errors.As(err, &pe) {
 		if inner := pe.Unwrap(); inner != nil {
-			return fmt.Errorf("invalid connection string: %w", inner)
+			// Its detail may quote a word of the string ("missing \"=\"
+			// after \"battery-S3cret\"": the part of an unquoted password
+			// after a space): quoted text is not shown.
+			return fmt.Errorf("invalid connection string: %s", quotedInError.ReplaceAllString(inner.Error(), `"(not shown)"`))
 		}
 		return errors.New("invalid connection string (not shown: it may hold a password; check its syntax: host=… dbname=… or postgres://user@host:5432/db)")
 	}
 	return err
 }
+
+// quotedInError is text an error quotes.
+var quotedInError = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
 
 // checkSlot fails at start when the slot is missing or is not a pgoutput
 // slot of this database, with the fix.

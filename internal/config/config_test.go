@@ -756,3 +756,20 @@ func TestSectionOfTheWrongTypeUnderAnOverride(t *testing.T) {
 		}
 	}
 }
+
+// A configuration's errors quote no secret written in it: an unquoted
+// secret starting with * is read as an alias (the parser quoted the rest
+// of it as an unknown anchor), and a ${…} inside a secret whose text is
+// no variable's name is not quoted (one that is a name is: the message
+// must name the variable an operator forgot).
+func TestErrorsQuoteNoSecret(t *testing.T) {
+	for _, tc := range []struct{ yaml, secret, want string }{
+		{strings.Replace(minimal, "secret: 0123456789abcdef", "secret: *Hx9-S3cretValue", 1), "Hx9-S3cretValue", "quote it"},
+		{strings.Replace(minimal, "dsn: postgres://dzhook@127.0.0.1/dzdesk", `dsn: "postgres://u:Tr0ub4dor${S3cret-Part!}x@db/x"`, 1), "S3cret-Part", "not an environment variable's"},
+	} {
+		_, err := Parse([]byte(tc.yaml), nil)
+		if err == nil || strings.Contains(err.Error(), tc.secret) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: want an error with %q and without the secret", err, tc.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -296,6 +297,10 @@ func expand(s string, lookup func(string) (string, bool)) (out string, ref bool,
 			b.WriteString(v)
 		} else if hasDef {
 			b.WriteString(def)
+		} else if !envName.MatchString(name) {
+			// Not a variable's name: likely part of a secret that holds
+			// "${", which the message must not quote.
+			missing = append(missing, "a ${…} whose name is not an environment variable's (write $${ for a literal ${)")
 		} else {
 			missing = append(missing, fmt.Sprintf("${%s} is not set in the environment", name))
 		}
@@ -452,3 +457,6 @@ func distance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// envName is the form of an environment variable's name.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -45,7 +46,7 @@ func LoadEnv(path string, environ []string) (*Config, error) {
 func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 	k := koanf.New(".")
 	if err := k.Load(rawbytes.Provider(yamlBytes), yaml.Parser()); err != nil {
-		return nil, fmt.Errorf("config is not valid YAML: %w", err)
+		return nil, fmt.Errorf("config is not valid YAML: %s", yamlError(err))
 	}
 	// The file as written, before the environment: a DZHOOK_ variable
 	// under a section the file wrote as a scalar (delivery: oops) would
@@ -200,4 +201,19 @@ func checkSections(ps *Problems, path string, raw any, t reflect.Type) {
 			checkSections(ps, join(path, tag), v, f.Type)
 		}
 	}
+}
+
+// quotedInYAMLError is what a YAML parser's message quotes of the file.
+var quotedInYAMLError = regexp.MustCompile(`'[^']*'|"[^"]*"|` + "`[^`]*`")
+
+// yamlError is a YAML parser's message without the text it quotes from
+// the file, which may be a secret: an unquoted secret starting with * is
+// read as an alias, and the parser said "unknown anchor '<the rest of
+// the secret>' referenced". The line it names stays.
+func yamlError(err error) string {
+	msg := quotedInYAMLError.ReplaceAllString(err.Error(), "(…)")
+	if strings.Contains(msg, "unknown anchor") {
+		msg += " (a value starting with * is read as an alias, one starting with & as an anchor: quote it)"
+	}
+	return msg
 }

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base32"
 	"encoding/base64"
 	"encoding/json"
@@ -928,7 +930,10 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 			}
 		}
 	}
-	if secret == rs.cfg.Secret.Reveal() {
+	// Compared in constant time, and only for a rotation that would
+	// otherwise be made: with another problem in the request, the answer
+	// confirmed or refuted a guess of the secret and changed nothing.
+	if len(ps) == 0 && sameSecret(secret, rs.cfg.Secret.Reveal()) {
 		ps = append(ps, api.FieldProblem{Field: "secret", Problem: "is the current secret"})
 	}
 	if len(ps) > 0 {
@@ -1005,4 +1010,11 @@ func (m managerOf) applied(ctx context.Context, id string) {
 	if err := m.e.syncRuntime(sctx, nil); err != nil {
 		m.e.log.Warn("runtime subscription change stored but not applied here yet; the poll retries", "subscription", id, "err", err)
 	}
+}
+
+// sameSecret compares two secrets in constant time (of their digests:
+// their lengths stay hidden too).
+func sameSecret(a, b string) bool {
+	x, y := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(x[:], y[:]) == 1
 }

@@ -692,3 +692,27 @@ func TestConcurrentPatches(t *testing.T) {
 		t.Errorf("%d updates in the audit trail, want %d", updates, writers)
 	}
 }
+
+// A rotation's request with another problem says nothing of whether its
+// secret is the current one: it answered "is the current secret" to a
+// right guess, and changed nothing, so an admin-token holder could test
+// guesses of a low-entropy secret unseen.
+func TestRotationIsNoSecretOracle(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection+"secrets:\n  key: "+secretsKey+"\n", "", sub("crm", rc.URL, "request.created")))
+	a := newAdminClient(t, e)
+	const chosen = "operator-chosen-secret-1"
+	if code, raw := a.call("POST", "/v1/subscriptions", adminToken, fmt.Sprintf(`{"id":"rt","url":%q,"events":["request.created"],"secret":%q}`, rc.URL+"/rt", chosen)); code != http.StatusCreated {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	for _, guess := range []string{"operator-chosen-secret-0", chosen} {
+		code, raw := a.call("POST", "/v1/subscriptions/rt/secret", adminToken, fmt.Sprintf(`{"secret":%q,"activate":"later"}`, guess))
+		if code != http.StatusBadRequest || strings.Contains(string(raw), "current secret") {
+			t.Errorf("guess %s with a bad activate: %d %s; want 400 naming activate only", guess, code, raw)
+		}
+	}
+	if code, raw := a.call("POST", "/v1/subscriptions/rt/secret", adminToken, fmt.Sprintf(`{"secret":%q}`, chosen)); code != http.StatusBadRequest || !strings.Contains(string(raw), "is the current secret") {
+		t.Errorf("the current secret, alone: %d %s; want it refused as the current one", code, raw)
+	}
+}
