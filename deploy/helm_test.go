@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"encoding/base64"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -155,18 +156,28 @@ func checkSetupContainer(t *testing.T, k *k8s, where string, template obj, want 
 	}
 	environ := k.containerEnv(t, where, setup)
 	run := k.containerEnv(t, where, container(pod, "dzhook"))
-	if environ["DZHOOK_SOURCE_DSN"] == run["DZHOOK_SOURCE_DSN"] {
-		t.Errorf("%s: the source DSN is the role's; setup needs the tables' owner's", where)
+	// The owner makes the publication and the identity; the role, which
+	// replicates, the slot and the journal (an owner need not replicate:
+	// CloudNativePG's app owner cannot).
+	if got, want := environ["DZHOOK_SOURCE_DSN"], run["DZHOOK_SOURCE_DSN"]; got != want {
+		t.Errorf("%s: source DSN %q, want the role's %q (it makes the slot, and the journal's tables must stay the role's)", where, got, want)
 	}
-	if got, want := environ["DZHOOK_JOURNAL_DSN"], run["DZHOOK_SOURCE_DSN"]; got != want {
-		t.Errorf("%s: journal DSN %q, want the role's %q (the journal's tables must stay the role's)", where, got, want)
+	ownerVar := inv.flags["owner-dsn-env"]
+	if owner := environ[ownerVar]; ownerVar == "" || owner == "" || owner == run["DZHOOK_SOURCE_DSN"] {
+		t.Errorf("%s: --owner-dsn-env %q gives %q; want the tables' owner's DSN", where, ownerVar, owner)
+	}
+	if got, want := fmt.Sprint(get(setup, "envFrom")), fmt.Sprint(get(container(pod, "dzhook"), "envFrom")); got != want {
+		t.Errorf("%s: envFrom %s, want the dzhook container's %s (the configuration's ${NAME}s)", where, got, want)
 	}
 	configYAML := mountedFile(t, where, pod, setup, k, inv.flags["config"])
-	checkContainerEnv(t, where+" env", environ, configYAML)
-	cfg := validate(t, where+": config.yaml with its environment", configYAML, environ)
-	if cfg.JournalDSN().Reveal() == cfg.Source.DSN.Reveal() {
-		t.Errorf("%s: source and journal DSN are the same", where)
+	forConfig := make(map[string]string, len(environ)) // the owner's is setup's, not the configuration's
+	for k, v := range environ {
+		if k != ownerVar {
+			forConfig[k] = v
+		}
 	}
+	checkContainerEnv(t, where+" env", forConfig, configYAML)
+	validate(t, where+": config.yaml with its environment", configYAML, environ)
 }
 
 // checkServiceMonitor checks that a ServiceMonitor scrapes /metrics on a

@@ -366,3 +366,71 @@ func waitFor(t *testing.T, b *testutil.SyncBuffer, s string, timeout time.Durati
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestSetupOwnerWithoutReplication: the tables' owner need not replicate
+// (CloudNativePG's app owner cannot): `dzhook setup --owner-dsn-env`
+// makes the publication and REPLICA IDENTITY with the owner's DSN and the
+// slot with the dzhook role's, which replicates. With the owner's DSN as
+// source.dsn, setup failed: the owner cannot make the slot.
+func TestSetupOwnerWithoutReplication(t *testing.T) {
+	db, ownerDSN := plainOwnerDB(t)
+
+	composeConfig := filepath.Join(env.deploy, "compose", "config.yaml")
+	vars := map[string]string{
+		"DZHOOK_ADMIN_TOKEN": "admin-token-for-tests", "RECEIVER_WEBHOOK_SECRET": "receiver-secret-for-tests",
+		"DZHOOK_SOURCE_SLOT": "dzhook_plain_owner", "DZHOOK_SOURCE_DSN": roleDSN(db), "OWNER_DSN": ownerDSN,
+	}
+	r := dzhook(t, environList(vars), "setup", "--config", composeConfig, "--owner-dsn-env", "OWNER_DSN")
+	if r.code != 0 || !strings.Contains(r.stdout, "created replication slot") {
+		t.Fatalf("dzhook setup --owner-dsn-env: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	su := db.Connect(t)
+	if n := queryOne[int](t, su, `SELECT count(*)::int FROM pg_class WHERE relname IN ('users', 'requests', 'request_slas') AND relreplident = 'f'`); n != 3 {
+		t.Errorf("%d tables with REPLICA IDENTITY FULL, want 3", n)
+	}
+	if owner := queryOne[string](t, su, `SELECT pubowner::regrole::text FROM pg_publication WHERE pubname = 'dzhook'`); owner != "appowner" {
+		t.Errorf("the publication is %s's, want the owner's", owner)
+	}
+	r = dzhook(t, environList(vars), "setup", "--check", "--config", composeConfig)
+	if r.code != 0 || !strings.Contains(r.stdout, "everything is in place") {
+		t.Errorf("dzhook setup --check as the role after: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	delete(vars, "OWNER_DSN")
+	if r := dzhook(t, environList(vars), "setup", "--config", composeConfig, "--owner-dsn-env", "OWNER_DSN"); r.code != 2 || !strings.Contains(r.stderr, "OWNER_DSN is not set") {
+		t.Errorf("--owner-dsn-env naming an unset variable: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// plainOwnerDB is a database whose tables belong to appowner, a role
+// without REPLICATION, with the dzhook role of role.sql.
+func plainOwnerDB(t *testing.T) (*pgtest.DB, string) {
+	db := pgtest.NewDB(t)
+	mustPsql(t, db, "-c", "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'appowner') THEN CREATE ROLE appowner LOGIN; END IF; END$$",
+		"-c", fmt.Sprintf("GRANT CREATE ON DATABASE %q TO appowner", db.Name),
+		"-c", "GRANT CREATE, USAGE ON SCHEMA public TO appowner")
+	mustPsql(t, db, "-c", "SET ROLE appowner", "-f", filepath.Join(env.deploy, "sql", "dzdesk-schema.sql"))
+	mustPsql(t, db, "-v", "password="+rolePassword, "-f", filepath.Join(env.deploy, "sql", "role.sql"))
+	return db, fmt.Sprintf("postgres://appowner@127.0.0.1:%d/%s?sslmode=disable", db.Cluster.Port, db.Name)
+}
+
+// TestPublicationSQLAsPlainOwner: publication.sql run by an owner that
+// may not replicate makes the publication and the identity, leaves the
+// slot with a notice (it failed, exit 3, after committing the rest), and
+// the role's `dzhook setup` makes the slot.
+func TestPublicationSQLAsPlainOwner(t *testing.T) {
+	db, _ := plainOwnerDB(t)
+	code, out := runPsql(t, db, "-c", "SET ROLE appowner", "-f", filepath.Join(env.deploy, "sql", "publication.sql"))
+	if code != 0 || !strings.Contains(out, "may not replicate") {
+		t.Fatalf("publication.sql as appowner: exit %d\n%s", code, out)
+	}
+	vars := map[string]string{
+		"DZHOOK_ADMIN_TOKEN": "admin-token-for-tests", "RECEIVER_WEBHOOK_SECRET": "receiver-secret-for-tests",
+		"DZHOOK_SOURCE_SLOT": "dzhook", "DZHOOK_SOURCE_DSN": roleDSN(db),
+	}
+	r := dzhook(t, environList(vars), "setup", "--config", filepath.Join(env.deploy, "compose", "config.yaml"))
+	if r.code != 0 || !strings.Contains(r.stdout, "created replication slot") {
+		t.Fatalf("dzhook setup as the role: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	su := db.Connect(t)
+	t.Cleanup(func() { su.Exec(context.Background(), `SELECT pg_drop_replication_slot('dzhook')`) })
+}

@@ -138,8 +138,9 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 // runSetup prepares the database: publication, replica identity, slot and
 // journal, idempotently.
 func runSetup(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags(env, "setup", "[--config file] [--check] [--accept-gap]")
+	fs := newFlags(env, "setup", "[--config file] [--check] [--accept-gap] [--owner-dsn-env NAME]")
 	path := configFlag(env, fs)
+	ownerEnv := fs.String("owner-dsn-env", "", "the `NAME` of an environment variable holding the tables' owner's DSN: the publication and REPLICA IDENTITY are made with it, the slot with source.dsn's role (an owner need not replicate); a variable, not the DSN itself, which the process list would show")
 	check := fs.Bool("check", false, "change nothing in the source database, report what is missing (the journal schema is still migrated)")
 	acceptGap := fs.Bool("accept-gap", false, "accept that the replication slot starts past the journal's position (it was dropped and created again): the events of transactions committed in between are not delivered; recorded in the journal")
 	if code, stop := parseFlags(fs, args); stop {
@@ -149,7 +150,14 @@ func runSetup(ctx context.Context, env *cli, args []string) int {
 	if !ok {
 		return exitFailure
 	}
-	actions, err := engine.Setup(ctx, cfg, engine.SetupOptions{CheckOnly: *check, AcceptGap: *acceptGap})
+	opts := engine.SetupOptions{CheckOnly: *check, AcceptGap: *acceptGap}
+	if *ownerEnv != "" {
+		if opts.OwnerDSN = env.getenv(*ownerEnv); opts.OwnerDSN == "" {
+			fmt.Fprintf(env.stderr, "setup: --owner-dsn-env: %s is not set or empty\n", *ownerEnv)
+			return exitUsage
+		}
+	}
+	actions, err := engine.Setup(ctx, cfg, opts)
 	for _, a := range actions {
 		fmt.Fprintf(env.stdout, "  %s\n", a)
 	}

@@ -40,6 +40,16 @@ ALTER TABLE public.request_slas REPLICA IDENTITY FULL;
 -- After the publication: pgoutput reads the publication as of each
 -- change, so a slot older than its publication fails on the changes in
 -- between. In the target list, so that it runs only when the slot is
--- missing.
+-- missing, and only when the owner may replicate: an owner without the
+-- REPLICATION attribute (CloudNativePG's app owner) leaves the slot to
+-- the dzhook role (`dzhook setup`), and is told so.
 SELECT pg_create_logical_replication_slot('dzhook', 'pgoutput')
- WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'dzhook');
+ WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'dzhook')
+   AND (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user
+        OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication') AND pg_has_role(current_user, 'rds_replication', 'member')));
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'dzhook') THEN
+    RAISE NOTICE 'slot dzhook not made: % may not replicate; the dzhook role makes it: dzhook setup --config config.yaml', current_user;
+  END IF;
+END $$;

@@ -24,6 +24,11 @@ type SetupConfig struct {
 	// CheckOnly reports what is missing as errors instead of changing the
 	// database (source.auto_setup: false).
 	CheckOnly bool
+	// SlotConn, when set, is the connection the slot is created on: the
+	// replicating role's, when conn is the tables' owner's, which may not
+	// replicate (`dzhook setup --owner-dsn-env`). The REPLICATION check
+	// is its role's.
+	SlotConn *pgx.Conn
 }
 
 // SetupReport lists what Setup did, for `dzhook setup` to print.
@@ -43,7 +48,11 @@ type SetupReport struct {
 // operator with more privileges must run, and why.
 func Setup(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) (SetupReport, error) {
 	var rep SetupReport
-	if err := preflight(ctx, conn, cfg); err != nil {
+	slotConn := cfg.SlotConn
+	if slotConn == nil {
+		slotConn = conn
+	}
+	if err := preflight(ctx, slotConn, cfg); err != nil {
 		return rep, err
 	}
 	var problems []error
@@ -73,7 +82,7 @@ func Setup(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) (SetupReport, e
 	if len(problems) > 0 {
 		return rep, errors.Join(problems...)
 	}
-	if err := setupSlot(ctx, conn, cfg, &rep); err != nil {
+	if err := setupSlot(ctx, slotConn, cfg, &rep); err != nil {
 		return rep, err
 	}
 	return rep, nil

@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	}
 	if err == nil {
 		identify := func() (pglogrepl.IdentifySystemResult, error) { return identifyOn(ctx, cfg.Source.DSN.Reveal(), &repl) }
-		_, err = setupOn(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}, c.pc.Conn(), e.journal, identify)
+		_, err = setupOn(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}, c.pc.Conn(), nil, e.journal, identify)
 	}
 	if c.pc != nil {
 		c.pc.Release()

@@ -23,6 +23,12 @@ type SetupOptions struct {
 	// journal's position and the slot's start (`dzhook setup
 	// --accept-gap`); without it a gap is an error.
 	AcceptGap bool
+	// OwnerDSN, when set, is the tables' owner's connection string, for
+	// the mapping's check, the publication and REPLICA IDENTITY; the slot
+	// is then made with source.dsn's role, which replicates (`dzhook setup
+	// --owner-dsn-env`). An owner need not replicate: CloudNativePG's app
+	// owner, for one, cannot, and setup with its DSN as source.dsn failed.
+	OwnerDSN string
 }
 
 // Setup prepares the journal and the source database, as `dzhook setup`
@@ -35,6 +41,18 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	var slotConn *pgx.Conn
+	if opts.OwnerDSN != "" {
+		owner, err := pgx.Connect(ctx, opts.OwnerDSN)
+		if err != nil {
+			return nil, fmt.Errorf("connect to source (the owner's DSN, --owner-dsn-env): %w", cdc.RedactDSNError(err))
+		}
+		defer owner.Close(context.WithoutCancel(ctx))
+		if err := sameDatabase(ctx, owner, conn); err != nil {
+			return nil, err
+		}
+		conn, slotConn = owner, conn
+	}
 	if err := cfg.Mapping.Check(ctx, conn); err != nil {
 		return nil, err
 	}
@@ -53,14 +71,31 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 		defer repl.Close(context.WithoutCancel(ctx))
 		return identifySystem(ctx, repl)
 	}
-	return setupOn(ctx, cfg, opts, conn, store, identify)
+	return setupOn(ctx, cfg, opts, conn, slotConn, store, identify)
+}
+
+// sameDatabase refuses an owner's DSN that reaches another database than
+// source.dsn's: the publication would be made where nothing streams.
+func sameDatabase(ctx context.Context, owner, source *pgx.Conn) error {
+	const q = `SELECT current_database(), pg_postmaster_start_time()::text`
+	var db1, db2, start1, start2 string
+	if err := owner.QueryRow(ctx, q).Scan(&db1, &start1); err != nil {
+		return fmt.Errorf("the owner's database: %w", err)
+	}
+	if err := source.QueryRow(ctx, q).Scan(&db2, &start2); err != nil {
+		return fmt.Errorf("source.dsn's database: %w", err)
+	}
+	if db1 != db2 || start1 != start2 {
+		return fmt.Errorf("the owner's DSN (--owner-dsn-env) reaches database %q of another server than source.dsn's %q: give both the same database", db1, db2)
+	}
+	return nil
 }
 
 // setupOn is Setup's work after the mapping's check, on connections the
 // caller holds: the engine's start keeps them (a connection costs a
 // PostgreSQL backend's start, a few milliseconds each). identify runs
 // IDENTIFY_SYSTEM, once the journal is migrated.
-func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn *pgx.Conn, store *journal.Store, identify func() (pglogrepl.IdentifySystemResult, error)) ([]string, error) {
+func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn, slotConn *pgx.Conn, store *journal.Store, identify func() (pglogrepl.IdentifySystemResult, error)) ([]string, error) {
 	var actions []string
 	applied, err := store.Migrate(ctx)
 	for _, m := range applied {
@@ -90,7 +125,7 @@ func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn *p
 	}
 	rep, err := cdc.Setup(ctx, conn, cdc.SetupConfig{
 		Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables,
-		FullIdentity: cfg.Mapping.FullIdentityTables(), CheckOnly: opts.CheckOnly,
+		FullIdentity: cfg.Mapping.FullIdentityTables(), CheckOnly: opts.CheckOnly, SlotConn: slotConn,
 	})
 	actions = append(actions, rep.Actions...)
 	if err != nil {
