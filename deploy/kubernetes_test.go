@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -412,6 +413,18 @@ func checkDzhookContainer(t *testing.T, k *k8s, where string, template obj, sub 
 	configYAML := mountedFile(t, where+": dzhook container", pod, dz, k, configPath)
 	checkContainerEnv(t, where+": dzhook container env", environ, configYAML)
 	cfg := validate(t, where+": config.yaml with the pod's environment", configYAML, environ)
+
+	// The pod's stop time lets the drain finish: killed mid-drain, the
+	// attempts in flight are sent again.
+	grace := 30 * time.Second // Kubernetes' default
+	if g, ok := get(pod, "terminationGracePeriodSeconds").(int); ok {
+		grace = time.Duration(g) * time.Second
+	} else if g, ok := get(pod, "terminationGracePeriodSeconds").(float64); ok {
+		grace = time.Duration(g) * time.Second
+	}
+	if grace < drainBudget(cfg) {
+		t.Errorf("%s: terminationGracePeriodSeconds %s, want at least %s (delivery.timeout %s + admin shutdown + margin)", where, grace, drainBudget(cfg), cfg.Delivery.Timeout)
+	}
 
 	// The probes and the Service reach the admin server of that config.
 	host, port := adminPort(t, where+": config.yaml", cfg)

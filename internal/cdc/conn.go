@@ -167,7 +167,7 @@ func (si slotInfo) check(slot string) error {
 	case si.database != si.currentDB:
 		return fmt.Errorf("replication slot %q belongs to database %q, not %q: choose another source.slot", slot, si.database, si.currentDB)
 	case si.walStatus == "lost":
-		return fmt.Errorf("replication slot %q has lost required WAL (wal_status=lost; max_slot_wal_keep_size was exceeded): events in the gap are gone: drop the slot (SELECT pg_drop_replication_slot('%s')) and run `dzhook setup` to create it afresh", slot, slot)
+		return fmt.Errorf("replication slot %q has lost required WAL (wal_status=lost; max_slot_wal_keep_size was exceeded): events in the gap are gone: drop the slot (SELECT pg_drop_replication_slot('%s')) and run `dzhook setup --accept-gap` to create it afresh and accept the gap", slot, slot)
 	}
 	return nil
 }
