@@ -613,7 +613,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 				}
 			}
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+			return streamError(s.cfg.Slot, s.cfg.Publication, pgconn.ErrorResponseToPgError(msg))
 		case *pgproto3.CopyDone:
 			return errors.New("server ended the replication stream")
 		}
@@ -907,3 +907,38 @@ func Reason(err error) string {
 	}
 	return "replication connection lost; reconnecting (the log has the detail)"
 }
+
+// streamError is an error the walsender sent while streaming. pgoutput
+// reads the publication as of each change: on changes committed before
+// the publication was made (a slot made first: Patroni's permanent slot
+// of an operator's cluster, or one made by hand), it fails with
+// "publication … does not exist" at every session, for good, while the
+// publication exists now. That one is explained, with the way out.
+func streamError(slot, publication string, pe *pgconn.PgError) error {
+	if pe.Code == "42704" && strings.Contains(pe.Message, "publication") {
+		return &SlotBeforePublicationError{Slot: slot, Publication: publication, err: pe}
+	}
+	return fmt.Errorf("replication stream: %w", pe)
+}
+
+// SlotBeforePublicationError: the slot was made before its publication,
+// and a change from between cannot be decoded.
+type SlotBeforePublicationError struct {
+	Slot, Publication string
+	err               *pgconn.PgError
+}
+
+func (e *SlotBeforePublicationError) Error() string {
+	return "replication stream: " + e.err.Error() + ": " + e.PublicReason()
+}
+
+// PublicReason implements PublicReason: it names the slot and the
+// publication, configuration.
+func (e *SlotBeforePublicationError) PublicReason() string {
+	return fmt.Sprintf("the slot %q is older than the publication %q, and its changes from before the publication cannot be read with it: "+
+		"drop the slot (SELECT pg_drop_replication_slot('%s')) and make it again with `dzhook setup --accept-gap` (the changes in between are not delivered); "+
+		"an operator's permanent slot (Patroni's patroni.slots) must be added after the publication is made",
+		e.Slot, e.Publication, escapeLiteral(e.Slot))
+}
+
+func (e *SlotBeforePublicationError) Unwrap() error { return e.err }

@@ -1353,3 +1353,27 @@ func TestSetupRefusesALostSlot(t *testing.T) {
 		}
 	}
 }
+
+// TestSlotOlderThanItsPublication: a slot made before its publication
+// (Patroni's permanent slot, one made by hand) cannot decode the changes
+// committed in between: the walsender says "publication does not exist"
+// at every session. The stream says why, and how out, in /readyz's words.
+func TestSlotOlderThanItsPublication(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	db.Exec(t, `SELECT pg_create_logical_replication_slot('dzhook', 'pgoutput')`,
+		`INSERT INTO users (id, email) VALUES (1, 'before@x')`)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	s := startStreamWith(t, db, newRecorder(true), func(*Config) {})
+	var problem string
+	deadline := time.Now().Add(20 * time.Second)
+	for ; time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if problem = s.Problem(); strings.Contains(problem, "older than the publication") {
+			break
+		}
+	}
+	if !strings.Contains(problem, `slot "dzhook" is older than the publication "dzhook"`) || !strings.Contains(problem, "--accept-gap") {
+		t.Errorf("/readyz's reason %q, want the slot older than its publication, and the way out", problem)
+	}
+}
