@@ -1,8 +1,10 @@
 package fanout
 
 import (
+	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -155,9 +157,26 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 			return 0
 		}
 		return time.Duration(min(n, 7*24*3600)) * time.Second
+	} else if allDigits(v) {
+		return 7 * 24 * time.Hour // more seconds than an int holds: the longest
+	}
+	if f, err := strconv.ParseFloat(v, 64); err == nil && f > 0 && !strings.ContainsAny(v, "eEnNiI") {
+		// Not RFC 9110's form, but said by some (\"1.5\"): rounded up, as a
+		// receiver asking for 1.5 s means no less.
+		return time.Duration(math.Ceil(min(f, 7*24*3600))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return min(t.Sub(now), 7*24*time.Hour)
 	}
 	return 0
+}
+
+// allDigits reports whether v is a non-empty run of ASCII digits.
+func allDigits(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return false
+		}
+	}
+	return v != ""
 }

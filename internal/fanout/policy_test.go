@@ -55,6 +55,10 @@ func TestParseRetryAfter(t *testing.T) {
 		{"Mon, 15 Jan 2024 14:31:00 GMT", time.Minute},
 		{"Mon, 15 Jan 2024 14:00:00 GMT", 0},
 		{"99999999", 7 * 24 * time.Hour},
+		// More seconds than an int holds, and decimals (not RFC 9110s
+		// form, but sent): the longest, and rounded up; both read as none.
+		{"99999999999999999999", 7 * 24 * time.Hour}, {"1.5", 2 * time.Second}, {"0.2", time.Second},
+		{"1e3", 0}, {"NaN", 0}, {"Inf", 0}, {"+30", 30 * time.Second},
 	} {
 		if got := parseRetryAfter(tc.in, now); got != tc.want {
 			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
