@@ -251,7 +251,33 @@ func (s *Set) Validate(body []byte) error {
 // ValidateData checks a custom event's data (an outbox payload) against
 // the schema its declaration gives. An event without one accepts any
 // data: it returns nil. Pointers in the error are relative to data.
+//
+// A built-in event's name written by the application (the outbox or a
+// message may use the catalog's names) is held to its built-in schema:
+// receivers are told those shapes, and {"event": "sla.breach", "data":
+// {"whatever": 1}} went out as an sla.breach.
 func (s *Set) ValidateData(name string, data []byte) error {
+	if b, ok := s.builtin[name]; ok {
+		sch, err := b.compiled()
+		if err != nil {
+			return fmt.Errorf("schema of %s: %w", name, err)
+		}
+		body := make([]byte, 0, len(data)+128)
+		body = append(body, `{"id":"whk_aaaaaaaaaaaaaaaaaaaaaaaaaa","event":`...)
+		body = strconv.AppendQuote(body, name)
+		body = append(body, `,"timestamp":"2000-01-01T00:00:00Z","data":`...)
+		body = append(body, data...)
+		body = append(body, '}')
+		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+		if err != nil {
+			return fmt.Errorf("data is not JSON: %w", err)
+		}
+		err = validate(sch, v)
+		if ve := (*ValidationError)(nil); errors.As(err, &ve) {
+			return &ValidationError{Pointer: strings.TrimPrefix(ve.Pointer, "/data"), Message: ve.Message}
+		}
+		return err
+	}
 	sch, ok := s.data[name]
 	if !ok {
 		return nil

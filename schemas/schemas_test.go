@@ -310,3 +310,27 @@ func FuzzValidate(f *testing.F) {
 		_ = s.ValidateData("order.shipped", b)
 	})
 }
+
+// An application may write a built-in event's name in the outbox or a
+// message: its data is held to the built-in schema, which receivers are
+// told ({"whatever": 1} went out as an sla.breach). Pointers are
+// relative to the data.
+func TestBuiltinDataFromTheApplication(t *testing.T) {
+	s := newSet(t, nil)
+	err := s.ValidateData(catalog.SLABreach, []byte(`{"whatever":1}`))
+	var ve *schemas.ValidationError
+	if !errors.As(err, &ve) || !strings.Contains(ve.Message, "requestId") || strings.HasPrefix(ve.Pointer, "/data") {
+		t.Errorf("sla.breach with {\"whatever\":1}: %v, want its missing properties, relative to the data", err)
+	}
+	for _, e := range catalog.Builtin() {
+		var env struct {
+			Data json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal(mapping.Sample(e.Name, ids.TestEventID(), time.Now()), &env); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ValidateData(e.Name, env.Data); err != nil {
+			t.Errorf("%s's sample data: %v", e.Name, err)
+		}
+	}
+}

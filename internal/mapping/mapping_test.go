@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/dzdesk/dzhook/schemas"
 	"io"
 	"log/slog"
 	"os"
@@ -100,6 +101,22 @@ func systemSource(t *testing.T, pool *pgxpool.Pool) ids.Source {
 // until the test ends. The slot is created once; starting again resumes it.
 func startPipeline(t *testing.T, db *pgtest.DB, mc Config, noAck ...bool) *pipeline {
 	t.Helper()
+	return startPipelineWith(t, db, mc, nil, noAck...)
+}
+
+// builtinSchemas is the schemas package's set, without custom events.
+func builtinSchemas(t *testing.T) *schemas.Set {
+	s, err := schemas.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// startPipelineWith is startPipeline with the mapper's configuration
+// changed by set.
+func startPipelineWith(t *testing.T, db *pgtest.DB, mc Config, set func(*MapperConfig), noAck ...bool) *pipeline {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pool, err := pgxpool.New(ctx, db.DSN)
 	if err != nil {
@@ -123,7 +140,11 @@ func startPipeline(t *testing.T, db *pgtest.DB, mc Config, noAck ...bool) *pipel
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p := &pipeline{got: make(chan struct{}, 1), noAck: len(noAck) > 0 && noAck[0]}
-	p.mapper = NewMapper(MapperConfig{Mapping: mc, Source: systemSource(t, pool), Catalog: cat, OutboxTable: "public.dzhook_outbox", Users: users, Logger: logger})
+	mcfg := MapperConfig{Mapping: mc, Source: systemSource(t, pool), Catalog: cat, OutboxTable: "public.dzhook_outbox", Users: users, Logger: logger}
+	if set != nil {
+		set(&mcfg)
+	}
+	p.mapper = NewMapper(mcfg)
 	p.stream, err = cdc.New(cdc.Config{DSN: db.DSN, Slot: "dzhook", Publication: "dzhook", Handler: p, Logger: logger, StatusInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -500,5 +521,24 @@ func TestStatusChangeAsTranslated(t *testing.T) {
 	}
 	if got := strings.Join(types, ","); got != "user.created,request.created,request.updated,request.updated,request.status_changed" {
 		t.Errorf("events %s, want one status change (open to done), two updates", got)
+	}
+}
+
+// A built-in event written by the application is held to its schema:
+// {"whatever": 1} went out as an sla.breach. Data that fits goes out.
+func TestBuiltinEventsFromTheOutboxChecked(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	p := startPipelineWith(t, db, DefaultConfig(), func(mc *MapperConfig) { mc.Schemas = builtinSchemas(t) })
+	db.Exec(t,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"sla.breach","data":{"whatever":1}}')`,
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"sla.breach","key":"req_1","data":{"requestId":"req_1","slaType":"resolution","targetTime":"2024-01-15T18:00:00Z","breachedAt":"2024-01-15T18:00:00Z"}}')`,
+	)
+	events, rejected := p.wait(t, 1, 1)
+	if len(events) != 1 || events[0].Type != "sla.breach" || !strings.Contains(string(events[0].Body), `"requestId":"req_1"`) {
+		t.Errorf("events %v, want the breach that fits its schema", events)
+	}
+	if len(rejected) != 1 || !strings.Contains(rejected[0].Reason, "schemas/sla.breach.json") || !strings.Contains(rejected[0].Reason, "requestId") {
+		t.Errorf("rejections %v, want the one without requestId, naming the schema", rejected)
 	}
 }

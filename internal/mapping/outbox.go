@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/dzdesk/dzhook/internal/catalog"
 	"strings"
 	"unicode/utf8"
 
@@ -143,10 +144,24 @@ func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payl
 	if compact.Len() > MaxOutboxPayload {
 		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload of %d bytes (compact) is over the 1 MiB limit", compact.Len())}
 	}
-	if m.mc.Schemas != nil {
+	// A built-in event's data is held to its schema, which describes the
+	// reference mapping's ids (req_, usr_, cmt_): with other prefixes the
+	// application's data follows its own, and is not checked.
+	builtinOther := catalog.IsBuiltin(name) && !m.referenceIDs()
+	if m.mc.Schemas != nil && !builtinOther {
 		if err := m.mc.Schemas.ValidateData(name, compact.Bytes()); err != nil {
-			return out, &Rejection{What: what, Reason: fmt.Sprintf("data breaks the schema of %s (custom_events[].schema): %v", name, err)}
+			where := "custom_events[].schema"
+			if catalog.IsBuiltin(name) {
+				where = "the built-in event's, schemas/" + name + ".json"
+			}
+			return out, &Rejection{What: what, Reason: fmt.Sprintf("data breaks the schema of %s (%s): %v", name, where, err)}
 		}
 	}
 	return m.emit(out, c, name, key, compact.Bytes()), nil
+}
+
+// referenceIDs reports whether the mapping writes ids as the reference
+// mapping does, which the built-in events' schemas describe.
+func (m *Mapper) referenceIDs() bool {
+	return m.cfg.Requests.IDPrefix == "req_" && m.cfg.Users.IDPrefix == "usr_" && m.cfg.Comments.IDPrefix == "cmt_"
 }
