@@ -350,6 +350,14 @@ async function manageWebhooks() {
   await eventually('explanation', () => text(rotateDialog), (s) => s.includes('old secret stays valid'));
   await page.locator(tid('rotate-overlap')).selectOption('1h');
   await page.locator(tid('rotate-activate-now')).check();
+  // A pasted secret too short: the problem named with its field, the
+  // field marked; then a generated one.
+  await page.locator(tid('rotate-paste')).check();
+  await page.locator('#rotate-secret').fill('too-short');
+  await page.locator(tid('rotate-submit')).click();
+  await eventually('the secret\'s problem', () => text(page.locator(tid('rotate-error-secret'))), (s) => s.startsWith('secret: '));
+  if ((await page.locator('#rotate-secret').getAttribute('aria-invalid')) !== 'true') throw new Error('the pasted secret is not marked invalid');
+  await page.locator(tid('rotate-generate')).check();
   await page.locator(tid('rotate-submit')).click();
   const rotated = await eventually('new secret', () => page.locator(`${tid('rotate-dialog')} ${tid('secret-value')}`).inputValue(), (s) => s.length >= 32);
   if (rotated === secret) throw new Error('the rotation showed the old secret');

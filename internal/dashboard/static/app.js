@@ -783,7 +783,7 @@ const fieldID = (f) => `sf-${f.replaceAll('_', '-')}`;
 // and the button that opened it (the focus goes back there).
 // urlDirty: the URL field was typed in. The API shows a URL with its token
 // hidden (?REDACTED); sent back unedited, it replaced the real one.
-const form = { mode: 'create', id: '', orig: null, headersDirty: false, urlDirty: false, secretModeTouched: false, opener: null };
+const form = { mode: 'create', id: '', orig: null, headersDirty: false, urlDirty: false, autoID: '', secretModeTouched: false, opener: null };
 
 const radioValue = (name) => document.querySelector(`input[name="${name}"]:checked`)?.value || '';
 
@@ -912,11 +912,19 @@ function showProblems(box, problems, message) {
   (first || box).focus?.();
 }
 
+// newWebhookID is an id as the API makes one: wh_ and 12 characters of
+// a-z and 2-7.
+function newWebhookID() {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return 'wh_' + Array.from(bytes, (b) => alphabet[b % 32]).join('');
+}
+
 // openForm opens the Add webhook dialog (id empty) or Edit for id.
 function openForm(id, opener) {
   const s = id ? state.subs.find((x) => x.id === id) : null;
   if (id && !s) return;
-  Object.assign(form, { mode: s ? 'edit' : 'create', id: id || '', orig: s, headersDirty: false, urlDirty: false, opener });
+  Object.assign(form, { mode: s ? 'edit' : 'create', id: id || '', orig: s, headersDirty: false, urlDirty: false, autoID: '', opener });
   $('sub-form').reset();
   clearFieldErrors();
   $('sub-result').replaceChildren();
@@ -1005,8 +1013,12 @@ function formBody() {
   const method = $('sf-method').value;
   const rateLimit = $('sf-rate-limit').value.trim();
   if (form.mode === 'create') {
+    // An id of the page's own when none is given, kept across tries: a
+    // save answered 503 ("the change may have been made") and tried again
+    // made a second webhook, the first one with a secret never shown.
+    // Tried again with the same id, it is refused as taken instead.
     const id = $('sf-id').value.trim();
-    if (id) b.id = id;
+    b.id = id || (form.autoID ||= newWebhookID());
     b.url = url;
     b.events = events;
     const mode = radioValue('secret-mode');
@@ -1205,6 +1217,7 @@ async function submitRotate(ev) {
   if (button.disabled) return;
   button.disabled = true;
   $('rotate-errors').replaceChildren();
+  for (const f of ['rotate-secret', 'rotate-overlap', 'rotate-activate-now']) $(f)?.removeAttribute('aria-invalid');
   try {
     const rep = await api('POST', `/v1/subscriptions/${enc(rotate.id)}/secret`, body);
     $('rotate-secret').value = '';
@@ -1218,7 +1231,14 @@ async function submitRotate(ev) {
     announce(`Rotated the secret of ${rotate.id}.`);
     ($('rotate-result').querySelector('button') || $('rotate-close')).focus();
   } catch (e) {
-    $('rotate-errors').replaceChildren(el('p', { class: 'form-error-text', text: e.message }));
+    // Each problem with its field, the field marked (as the Add webhook
+    // form does): "secret: is too short" beside nothing said little.
+    const fields = { secret: 'rotate-secret', overlap: 'rotate-overlap', activate: 'rotate-activate-now' };
+    const problems = e.problems || [];
+    for (const p of problems) $(fields[p.field])?.setAttribute('aria-invalid', 'true');
+    $('rotate-errors').replaceChildren(problems.length
+      ? el('ul', {}, ...problems.map((p) => el('li', { class: 'form-error-text', 'data-testid': `rotate-error-${p.field}`, text: `${p.field}: ${p.problem}` })))
+      : el('p', { class: 'form-error-text', text: e.message }));
     $('rotate-errors').focus?.();
   } finally {
     button.disabled = false;
@@ -1233,6 +1253,7 @@ const removal = { id: '', opener: null };
 // cancels (pending and held, from the journal).
 async function openDelete(id, opener) {
   Object.assign(removal, { id, opener });
+  $('delete-errors').replaceChildren();
   const c = state.cards.get(id);
   await busy(c.remove, async () => {
     const s = await api('GET', `/v1/subscriptions/${enc(id)}`);
@@ -1256,8 +1277,18 @@ async function submitDelete(ev) {
   ev.preventDefault();
   const id = removal.id;
   const button = $('delete-submit');
+  $('delete-errors').replaceChildren();
+  // Errors go in the dialog: the page behind a modal dialog is inert, so
+  // the page's alert could be neither read nor dismissed.
   await busy(button, async () => {
-    const rep = await api('DELETE', `/v1/subscriptions/${enc(id)}`);
+    let rep;
+    try {
+      rep = await api('DELETE', `/v1/subscriptions/${enc(id)}`);
+    } catch (e) {
+      $('delete-errors').replaceChildren(el('p', { class: 'form-error-text', text: e.message }));
+      $('delete-errors').focus();
+      return;
+    }
     clearError('action');
     $('delete-dialog').close();
     const n = rep.cancelled || 0;
