@@ -111,6 +111,30 @@ func (h *headerFlag) Set(v string) error {
 	return nil
 }
 
+// headerEnvFlag is --header-env NAME=VAR: the header NAME with the value
+// of the environment variable VAR, so that a credential need not be on
+// the command line, which other users of the machine can read.
+type headerEnvFlag struct {
+	h      *headerFlag
+	getenv func(string) string
+}
+
+func (f headerEnvFlag) String() string { return "" }
+
+func (f headerEnvFlag) Set(v string) error {
+	name, variable, ok := strings.Cut(v, "=")
+	if !ok || name == "" || variable == "" {
+		f.h.bad = append(f.h.bad, "a --header-env is not NAME=VARIABLE")
+		return nil
+	}
+	value := f.getenv(variable)
+	if value == "" {
+		f.h.bad = append(f.h.bad, fmt.Sprintf("--header-env %s: the variable %s is not set or empty", name, variable))
+		return nil
+	}
+	return f.h.Set(name + "=" + value)
+}
+
 func listSubscriptions(ctx context.Context, env *cli, args []string) int {
 	fs := newFlags(env, "subscriptions list", "[--json]")
 	admin, cfg, asJSON := adminFlags(env, fs)
@@ -207,9 +231,9 @@ func printSubscription(env *cli, s api.Subscription) {
 // flags are given.
 func changeSubscription(ctx context.Context, env *cli, verb string, args []string) int {
 	name := "subscriptions " + verb
-	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--traceparent] [--description D]"
+	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--traceparent] [--description D]"
 	if verb == "update" {
-		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--traceparent[=false]] [--description D]"
+		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--traceparent[=false]] [--description D]"
 	}
 	fs := newFlags(env, name, synopsis)
 	admin, cfg, asJSON := adminFlags(env, fs)
@@ -219,7 +243,8 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	queue := fs.Bool("queue-while-inactive", false, "hold deliveries while inactive, rather than skip them")
 	filter := fs.String("filter", "", "a CEL `expression` the event must match")
 	headers := &headerFlag{}
-	fs.Var(headers, "header", "an HTTP header sent with each delivery, `NAME=VALUE` (repeat the flag for more); on update, the whole set")
+	fs.Var(headers, "header", "an HTTP header sent with each delivery, `NAME=VALUE` (repeat the flag for more); on update, the whole set. A command line is visible to other users of the machine: give a credential with --header-env")
+	fs.Var(headerEnvFlag{h: headers, getenv: env.getenv}, "header-env", "a header whose value is an environment variable's, `NAME=VARIABLE` (repeatable, with --header)")
 	standard := fs.Bool("standard-webhooks", false, "sign as Standard Webhooks (webhook-signature) rather than X-DZDESK-Signature")
 	ordering := fs.String("ordering", "", "the order kept: `none`, entity or subscription")
 	format := fs.String("format", "", "the body's `shape`: dzdesk (the event envelope), or a message for slack, teams or discord (which check no signature)")
@@ -291,7 +316,7 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	}
 	in.QueueWhileInactive = boolean("queue-while-inactive", queue)
 	in.Filter = str("filter", filter)
-	if given["header"] {
+	if given["header"] || given["header-env"] {
 		in.Headers = &headers.values
 	}
 	in.StandardWebhooks = boolean("standard-webhooks", standard)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -438,3 +439,27 @@ func jsonOf(v any) string {
 }
 
 func regexpMatch(s, re string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+// A header's value may come from the environment (--header-env), so that
+// a credential is not on the command line; an unset variable is bad usage.
+func TestCLIHeaderFromTheEnvironment(t *testing.T) {
+	f, url := startFakeAPI(t)
+	run := func(extra []string, args ...string) (int, string) {
+		var out, errb bytes.Buffer
+		env := append([]string{"DZHOOK_ADMIN_URL=" + url, "DZHOOK_CONFIG=/nonexistent.yaml", "DZHOOK_ADMIN_TOKEN=" + cliToken}, extra...)
+		code := runEnv(context.Background(), append([]string{"dzhook"}, args...), &out, &errb, env)
+		return code, errb.String()
+	}
+	code, errOut := run([]string{"CRM_KEY=Kn0wn-key-value"}, "subscriptions", "create", "--id", "crmkey", "--url", "https://crm.example.com/hook",
+		"--events", "*", "--header", "X-Team=billing", "--header-env", "X-Api-Key=CRM_KEY")
+	if code != exitOK {
+		t.Fatalf("create: exit %d %s", code, errOut)
+	}
+	if got := f.inputs[len(f.inputs)-1].Headers; got == nil || !reflect.DeepEqual(*got, map[string]string{"X-Team": "billing", "X-Api-Key": "Kn0wn-key-value"}) {
+		t.Errorf("headers sent %v", got)
+	}
+	code, errOut = run(nil, "subscriptions", "create", "--url", "https://crm.example.com/hook", "--events", "*", "--header-env", "X-Api-Key=CRM_KEY")
+	if code != exitUsage || !strings.Contains(errOut, "CRM_KEY is not set") {
+		t.Errorf("an unset variable: exit %d %q, want 2 naming it", code, errOut)
+	}
+}
