@@ -108,9 +108,14 @@ func (c *Config) validate(ps *Problems, refs references) {
 		ps.add("delivery.queue_size", "must be between 1 and 1048576")
 	}
 	for i, n := range d.AllowNetworks {
-		if _, err := netip.ParsePrefix(n); err != nil {
-			p := fmt.Sprintf("delivery.allow_networks[%d]", i)
+		p := fmt.Sprintf("delivery.allow_networks[%d]", i)
+		prefix, err := netip.ParsePrefix(n)
+		if err != nil {
 			ps.add(p, "%s is not a network in CIDR form (e.g. 10.1.2.0/24)", refs.show(p, n))
+		} else if msg := fanout.AllowProblem(prefix); msg != "" {
+			// Accepted, it opened nothing, and the refusals still said
+			// "add it to delivery.allow_networks".
+			ps.add(p, "%s %s", refs.show(p, n), msg)
 		}
 	}
 	checkProxy(ps, "delivery.proxy", d.Proxy)
@@ -152,6 +157,8 @@ func (c *Config) validate(ps *Problems, refs references) {
 	if c.Notify.URL.IsSet() {
 		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP, true); msg != "" {
 			// The URL is a credential (Slack); the message never quotes it.
+			ps.add("notify.url", "%s", msg)
+		} else if msg := c.refusedAddress(c.Notify.URL.Reveal()); msg != "" {
 			ps.add("notify.url", "%s", msg)
 		}
 	}
@@ -263,6 +270,10 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 		// message quotes no part of it (its scheme, its port).
 		_, ref := refs[path+".url"]
 		if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP, ref); msg != "" {
+			ps.add(path+".url", "%s", msg)
+		} else if msg := c.refusedAddress(s.URL); msg != "" {
+			// An address the egress guard refuses failed every attempt,
+			// retried for hours before the subscription turned failing.
 			ps.add(path+".url", "%s", msg)
 		}
 	}
@@ -529,4 +540,27 @@ func anyMap[V any](m map[string]V) map[string]any {
 		out[k] = v
 	}
 	return out
+}
+
+// refusedAddress says why the egress guard refuses a URL whose host is an
+// IP address, or "". The address is not quoted: the URL may be a secret's.
+func (c *Config) refusedAddress(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	addr, err := netip.ParseAddr(u.Hostname())
+	if err != nil {
+		return ""
+	}
+	guard := &fanout.EgressGuard{BlockPrivate: c.Delivery.BlockPrivateNetworks}
+	for _, n := range c.Delivery.AllowNetworks {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			guard.Allow = append(guard.Allow, p)
+		}
+	}
+	if msg := guard.Check(addr); msg != "" {
+		return "its address is refused by the egress guard: " + msg
+	}
+	return ""
 }

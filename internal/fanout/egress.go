@@ -113,6 +113,23 @@ func (g *EgressGuard) Check(addr netip.Addr) string {
 	return ""
 }
 
+// AllowProblem says why an allow_networks entry can never let an address
+// through, or "": it lies within an always-refused network, or is written
+// in an IPv6 form whose addresses are checked as the IPv4 address inside
+// (IPv4-mapped, NAT64, 6to4).
+func AllowProblem(p netip.Prefix) string {
+	for _, b := range alwaysBlocked {
+		if b.Overlaps(p) && b.Bits() <= p.Bits() {
+			return fmt.Sprintf("lies within %s, a link-local or cloud metadata network, which is always refused", b)
+		}
+	}
+	a := p.Addr()
+	if a.Is4In6() || nat64.Contains(a) || sixToFour.Contains(a) {
+		return "is an IPv6 form of IPv4 addresses, which are checked in their IPv4 form: write the IPv4 network"
+	}
+	return ""
+}
+
 // Dialer returns a dial function that applies the guard to the address
 // each connection is made to.
 func (g *EgressGuard) Dialer(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
