@@ -160,8 +160,8 @@ func TestCompose(t *testing.T) {
 			}
 		}
 		// A service built from the dzhook image sets its healthcheck or
-		// disables it: otherwise it inherits the image's (dzhook health
-		// --ready), which fails where no dzhook runs (the receiver).
+		// disables it: otherwise it inherits the image's (dzhook health),
+		// which fails where no dzhook runs (the receiver).
 		if get(svc, "build") != nil && get(svc, "healthcheck") == nil {
 			t.Errorf("compose.yaml %s: built from the dzhook image with no healthcheck of its own: it inherits the image's HEALTHCHECK", name)
 		}

@@ -347,6 +347,11 @@ func TestDockerfile(t *testing.T) {
 		if rest != "NONE" && !strings.Contains(rest, "CMD [") {
 			t.Errorf("Dockerfile:%d: HEALTHCHECK %s: shell form, but the image has no shell", in.line, rest)
 		}
+		// Alive, not ready: a standby is never ready, and restarters that
+		// act on "unhealthy" kept restarting it.
+		if strings.Contains(rest, "--ready") {
+			t.Errorf("Dockerfile:%d: HEALTHCHECK %s asks readiness: a standby dzhook would be unhealthy for good", in.line, rest)
+		}
 	}
 }
 

@@ -203,6 +203,17 @@ func checkServiceMonitor(t *testing.T, where string, sm obj, services []obj) {
 		if str(ep, "path") != "/metrics" {
 			t.Errorf("%s: ServiceMonitor endpoint path %q, want /metrics", where, str(ep, "path"))
 		}
+		// The alert rules select up{job="dzhook"}: the job label must be
+		// that, whatever the Service is called.
+		job := ""
+		for _, r := range list(ep, "relabelings") {
+			if str(r, "targetLabel") == "job" {
+				job = str(r, "replacement")
+			}
+		}
+		if job != "dzhook" {
+			t.Errorf("%s: ServiceMonitor endpoint sets job %q, want dzhook (the alert rules' job)", where, job)
+		}
 	}
 }
 
