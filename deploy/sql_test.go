@@ -374,6 +374,8 @@ func waitFor(t *testing.T, b *testutil.SyncBuffer, s string, timeout time.Durati
 // source.dsn, setup failed: the owner cannot make the slot.
 func TestSetupOwnerWithoutReplication(t *testing.T) {
 	db, ownerDSN := plainOwnerDB(t)
+	// In another time zone than the role's: the same server all the same.
+	ownerDSN += "&timezone=Asia/Tokyo"
 
 	composeConfig := filepath.Join(env.deploy, "compose", "config.yaml")
 	vars := map[string]string{
@@ -419,6 +421,9 @@ func plainOwnerDB(t *testing.T) (*pgtest.DB, string) {
 // the role's `dzhook setup` makes the slot.
 func TestPublicationSQLAsPlainOwner(t *testing.T) {
 	db, _ := plainOwnerDB(t)
+	// As on RDS, where rds_replication stands for REPLICATION: appowner
+	// is not a member, and the check must still read one row.
+	mustPsql(t, db, "-c", "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication') THEN CREATE ROLE rds_replication; END IF; END$$")
 	code, out := runPsql(t, db, "-c", "SET ROLE appowner", "-f", filepath.Join(env.deploy, "sql", "publication.sql"))
 	if code != 0 || !strings.Contains(out, "may not replicate") {
 		t.Fatalf("publication.sql as appowner: exit %d\n%s", code, out)
@@ -433,4 +438,20 @@ func TestPublicationSQLAsPlainOwner(t *testing.T) {
 	}
 	su := db.Connect(t)
 	t.Cleanup(func() { su.Exec(context.Background(), `SELECT pg_drop_replication_slot('dzhook')`) })
+}
+
+// TestPublicationSQLAsRDSReplicationMember: an owner that may replicate
+// through rds_replication (RDS's master user) makes the slot too (the
+// script's check read every role and failed: exit 3).
+func TestPublicationSQLAsRDSReplicationMember(t *testing.T) {
+	db, _ := plainOwnerDB(t)
+	mustPsql(t, db, "-c", "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication') THEN CREATE ROLE rds_replication; END IF; END$$",
+		"-c", "GRANT rds_replication TO appowner")
+	t.Cleanup(func() { runPsql(t, db, "-c", "REVOKE rds_replication FROM appowner") })
+	// The role cannot make a slot (PostgreSQL knows no rds_replication):
+	// the script's choice is what is checked, by the error it leads to.
+	code, out := runPsql(t, db, "-c", "SET ROLE appowner", "-f", filepath.Join(env.deploy, "sql", "publication.sql"))
+	if strings.Contains(out, "more than one row") || !strings.Contains(out, "must be superuser or replication role") {
+		t.Errorf("publication.sql as an rds_replication member: exit %d\n%s\nwant it to try the slot", code, out)
+	}
 }

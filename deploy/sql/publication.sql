@@ -45,8 +45,9 @@ ALTER TABLE public.request_slas REPLICA IDENTITY FULL;
 -- the dzhook role (`dzhook setup`), and is told so.
 SELECT pg_create_logical_replication_slot('dzhook', 'pgoutput')
  WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'dzhook')
-   AND (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user
-        OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication') AND pg_has_role(current_user, 'rds_replication', 'member')));
+   AND (SELECT rolreplication OR rolsuper
+               OR (EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication') AND pg_has_role(current_user, 'rds_replication', 'member'))
+          FROM pg_roles WHERE rolname = current_user);
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'dzhook') THEN

@@ -607,6 +607,14 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 	cfg := m.e.runtime.cfg
 	m.e.runtime.mu.Unlock()
 	ps := cfg.ValidateSubscription(s)
+	if in.URL == nil {
+		// A change that gives no url does not answer for the stored one,
+		// which checks made since it was stored may refuse (a hidden
+		// form saved by the dashboard's old Edit bug, an address the
+		// egress guard refuses): pausing it, or giving the whole URL,
+		// must stay possible.
+		ps = slices.DeleteFunc(ps, func(p config.Problem) bool { return p.Path == "url" })
+	}
 	if n := utf8.RuneCountInString(desc); n > maxDescription {
 		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters, not %d", maxDescription, n)})
 	}

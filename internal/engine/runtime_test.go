@@ -716,3 +716,33 @@ func TestRotationIsNoSecretOracle(t *testing.T) {
 		t.Errorf("the current secret, alone: %d %s; want it refused as the current one", code, raw)
 	}
 }
+
+// A change that gives no url is not refused for the stored one, which
+// checks made since may refuse (here: block_private_networks turned on
+// at a restart, the stored receiver on loopback; likewise a URL the
+// dashboard's old Edit bug saved in its hidden form): every later change,
+// the active toggle's too, failed, saying to leave url out, which the
+// client had.
+func TestPatchWithoutURLKeepsAStoredOne(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	extra := adminSection + "secrets:\n  key: " + secretsKey + "\n"
+	e, stop := startStoppable(t, testConfigWith(t, db, extra, "", sub("crm", "https://crm.example.com/hook", "request.created")))
+	a := newAdminClient(t, e)
+	if code, raw := a.call("POST", "/v1/subscriptions", adminToken, fmt.Sprintf(`{"id":"rt","url":%q,"events":["request.created"]}`, rc.URL+"/rt")); code != http.StatusCreated {
+		t.Fatalf("create: %d %s", code, raw)
+	}
+	stop()
+	e = start(t, testConfigWith(t, db, extra, "  block_private_networks: true", sub("crm", "https://crm.example.com/hook", "request.created")))
+	a = newAdminClient(t, e)
+	if code, raw := a.call("PATCH", "/v1/subscriptions/rt", adminToken, `{"active":false}`); code != http.StatusOK {
+		t.Errorf("PATCH without url: %d %s", code, raw)
+	}
+	if code, raw := a.call("PATCH", "/v1/subscriptions/rt", adminToken, fmt.Sprintf(`{"url":%q}`, rc.URL+"/other")); code != http.StatusBadRequest || !strings.Contains(string(raw), "egress guard") {
+		t.Errorf("PATCH with a loopback url: %d %s, want it refused", code, raw)
+	}
+	// What the old Edit form sent, the shown URL, is refused.
+	if code, raw := a.call("PATCH", "/v1/subscriptions/rt", adminToken, `{"url":"https://crm.example.com/rt?REDACTED"}`); code != http.StatusBadRequest || !strings.Contains(string(raw), "hidden form") {
+		t.Errorf("PATCH with a hidden-form url: %d %s, want it refused", code, raw)
+	}
+}

@@ -77,16 +77,23 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 // sameDatabase refuses an owner's DSN that reaches another database than
 // source.dsn's: the publication would be made where nothing streams.
 func sameDatabase(ctx context.Context, owner, source *pgx.Conn) error {
-	const q = `SELECT current_database(), pg_postmaster_start_time()::text`
+	// The server's start as an instant (its text is in each session's
+	// time zone, which a role may set), and the database's oid.
+	const q = `SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database())::int8,
+		extract(epoch FROM pg_postmaster_start_time())::text`
 	var db1, db2, start1, start2 string
-	if err := owner.QueryRow(ctx, q).Scan(&db1, &start1); err != nil {
+	var oid1, oid2 int64
+	if err := owner.QueryRow(ctx, q).Scan(&db1, &oid1, &start1); err != nil {
 		return fmt.Errorf("the owner's database: %w", err)
 	}
-	if err := source.QueryRow(ctx, q).Scan(&db2, &start2); err != nil {
+	if err := source.QueryRow(ctx, q).Scan(&db2, &oid2, &start2); err != nil {
 		return fmt.Errorf("source.dsn's database: %w", err)
 	}
-	if db1 != db2 || start1 != start2 {
-		return fmt.Errorf("the owner's DSN (--owner-dsn-env) reaches database %q of another server than source.dsn's %q: give both the same database", db1, db2)
+	switch {
+	case start1 != start2:
+		return fmt.Errorf("the owner's DSN (--owner-dsn-env) reaches another PostgreSQL server than source.dsn: give both the same database")
+	case oid1 != oid2:
+		return fmt.Errorf("the owner's DSN (--owner-dsn-env) reaches database %q, source.dsn %q: give both the same database", db1, db2)
 	}
 	return nil
 }
