@@ -125,6 +125,12 @@ func TestFireDue(t *testing.T) {
 		StartedAt: late.StartedAt, TargetAt: late.TargetAt, FireAt: late.StartedAt.Add(3 * time.Hour)}
 	lateBreach := lateWarning
 	lateBreach.Kind, lateBreach.FireAt = "breach", late.TargetAt
+	// A warning a few seconds before a target just passed (95% of a
+	// five-minute SLA) is sent: a check or two late is not an outage.
+	justLate := mapping.SLARow{ID: "just", RequestID: "just", SLAType: "resolution", StartedAt: time.Now().Add(-5 * time.Minute), TargetAt: time.Now().Add(-time.Second)}
+	src.rows = append(src.rows, justLate)
+	justWarning := journal.TimerRow{SLAID: "just", Kind: "warning:75", RequestID: "just", SLAType: "resolution",
+		StartedAt: justLate.StartedAt, TargetAt: justLate.TargetAt, FireAt: justLate.TargetAt.Add(-15 * time.Second)}
 	mapper := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")})
 	firedBefore := mapper.SLAEvent(mapping.Timer{SLAID: "again", Kind: "breach", RequestID: "again", SLAType: "resolution",
 		StartedAt: start, TargetAt: target, FireAt: target})
@@ -132,7 +138,7 @@ func TestFireDue(t *testing.T) {
 		due: []journal.TimerRow{
 			timer("warn", "warning:75"), timer("breach", "breach"), timer("again", "breach"),
 			timer("removed", "warning:50"), timer("completed", "breach"), timer("moved", "breach"), timer("deleted", "breach"),
-			lateWarning, lateBreach,
+			lateWarning, lateBreach, justWarning,
 		},
 		known: map[string]bool{firedBefore.ID: true},
 	}
@@ -144,10 +150,10 @@ func TestFireDue(t *testing.T) {
 	for _, ev := range d.events {
 		got = append(got, ev.Type)
 	}
-	if want := []string{"sla.warning", "sla.breach", "sla.breach"}; !slices.Equal(got, want) {
+	if want := []string{"sla.warning", "sla.breach", "sla.breach", "sla.warning"}; !slices.Equal(got, want) {
 		t.Errorf("dispatched %v, want %v", got, want)
 	}
-	if want := []string{"warn warning:75 fired", "breach breach fired", "again breach fired", "late warning:75 late", "late breach fired"}; !slices.Equal(store.fired, want) {
+	if want := []string{"warn warning:75 fired", "breach breach fired", "again breach fired", "late warning:75 late", "late breach fired", "just warning:75 fired"}; !slices.Equal(store.fired, want) {
 		t.Errorf("fired %v, want %v", store.fired, want)
 	}
 	if want := []string{"removed warning:50", "completed breach", "moved breach", "deleted breach"}; !slices.Equal(store.cancelled, want) {
