@@ -178,6 +178,8 @@ func TestBadValues(t *testing.T) {
 		{"sidecar without a pod selector", "sidecar:\n  enabled: true\n", false, []string{"podSelector"}},
 		{"bad ${NAME}", "secret:\n  webhookSecrets:\n    crm-secret: x\n", false, []string{"crm-secret", "pattern"}},
 		{"admin.listen in config", "config:\n  admin:\n    listen: 127.0.0.1:9090\n", false, []string{"config.admin.listen", "adminPort"}},
+		{"a drain longer than the stop time", "config:\n  delivery:\n    timeout: 1m\n", false, []string{"terminationGracePeriodSeconds (30)", "70 s"}},
+		{"a drain in several units", "config:\n  delivery:\n    timeout: 1m30s\nterminationGracePeriodSeconds: 90\n", false, []string{"100 s"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "bad.values.yaml")
@@ -261,5 +263,23 @@ func TestLint(t *testing.T) {
 				t.Errorf("%s: helm lint: %s", c.name, m)
 			}
 		}
+	}
+}
+
+// TestDrainFitsTheStopTime: a longer delivery.timeout renders once the
+// pod's stop time covers its drain.
+func TestDrainFitsTheStopTime(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "drain.values.yaml")
+	if err := os.WriteFile(path, []byte("config:\n  delivery:\n    timeout: 500ms\nterminationGracePeriodSeconds: 11\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := render(t, "testdata/required.values.yaml", path); err != nil {
+		t.Errorf("timeout 500ms with 11 s to stop: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("config:\n  delivery:\n    timeout: 1m\nterminationGracePeriodSeconds: 70\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := render(t, "testdata/required.values.yaml", path); err != nil {
+		t.Errorf("timeout 1m with 70 s to stop: %v", err)
 	}
 }

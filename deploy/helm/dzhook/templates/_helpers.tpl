@@ -114,3 +114,20 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+dzhook.timeoutSeconds: config.delivery.timeout in whole seconds (the Go
+duration forms a config takes: 5s, 1m30s, 500ms; 5s when unset).
+*/}}
+{{- define "dzhook.timeoutSeconds" -}}
+{{- $t := toString (dig "delivery" "timeout" "5s" .Values.config) -}}
+{{- $ms := 0 -}}
+{{- range $part := regexFindAll "[0-9]+(ms|h|m|s)" $t -1 -}}
+{{- if hasSuffix "ms" $part -}}{{- $ms = add $ms (atoi (trimSuffix "ms" $part)) -}}
+{{- else if hasSuffix "h" $part -}}{{- $ms = add $ms (mul (atoi (trimSuffix "h" $part)) 3600000) -}}
+{{- else if hasSuffix "m" $part -}}{{- $ms = add $ms (mul (atoi (trimSuffix "m" $part)) 60000) -}}
+{{- else -}}{{- $ms = add $ms (mul (atoi (trimSuffix "s" $part)) 1000) -}}
+{{- end -}}
+{{- end -}}
+{{- div (add $ms 999) 1000 -}}
+{{- end -}}
