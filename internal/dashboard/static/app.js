@@ -924,7 +924,7 @@ function newWebhookID() {
 function openForm(id, opener) {
   const s = id ? state.subs.find((x) => x.id === id) : null;
   if (id && !s) return;
-  Object.assign(form, { mode: s ? 'edit' : 'create', id: id || '', orig: s, headersDirty: false, urlDirty: false, autoID: '', opener });
+  Object.assign(form, { mode: s ? 'edit' : 'create', id: id || '', orig: s, headersDirty: false, urlDirty: false, autoID: '', autoIDTried: false, opener });
   $('sub-form').reset();
   clearFieldErrors();
   $('sub-result').replaceChildren();
@@ -1103,6 +1103,14 @@ async function saveForm(andTest) {
       saved = 'Nothing changed.';
     }
   } catch (e) {
+    if (form.mode === 'create' && e.status === 409 && form.autoIDTried && body.id === form.autoID) {
+      // The id is the page's own, sent again after an answer that said
+      // the change may have been made: it was. Its secret was never shown.
+      showProblems($('sub-errors'), [], `The webhook was created by the first try, as ${body.id}: it is in the list now. Its secret was not shown; rotate it (Rotate secret on its card) to get one.`);
+      loadSubscriptions().catch((err) => showError(err.message));
+      return;
+    }
+    if (form.mode === 'create' && body.id === form.autoID && (e.status === 0 || e.status >= 500)) form.autoIDTried = true;
     showProblems($('sub-errors'), e.problems || [], e.message);
     return;
   }
