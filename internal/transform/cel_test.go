@@ -1,6 +1,7 @@
 package transform
 
 import (
+	"encoding/json"
 	"errors"
 	"runtime"
 	"strings"
@@ -172,5 +173,39 @@ func TestCELTransformResultBoundedWhileCopied(t *testing.T) {
 	}
 	if body, err := tr.Apply([]byte(`{"id":"i","event":"e","timestamp":"t","data":{"s":"` + escaped[:len(escaped)/2] + `"}}`)); err != nil || len(body) < 900_000 {
 		t.Errorf("a result of %d bytes: %v; want it made (under 1 MiB)", len(body), err)
+	}
+}
+
+// A list CEL makes lazily (data.l + data.l + …: tens of millions of
+// elements for almost no cost) is refused by its length, before a slice
+// for it is made (a gigabyte, then 276 MB walking the concatenations).
+// And a newline is two bytes of JSON, not six: a 560 KB body of a
+// multi-line log was refused as over 1 MiB.
+func TestCELTransformLazyListsAndNewlines(t *testing.T) {
+	l := "[" + strings.Repeat("0,", 200_000) + "0]"
+	env := []byte(`{"id":"i","event":"e","timestamp":"t","data":{"l":` + l + `}}`)
+	tr, err := New(`{"x": `+strings.TrimSuffix(strings.Repeat("data.l + ", 250), " + ")+`}`, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err = tr.Apply(env)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("Apply = %v, want it refused as too large", err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+		t.Errorf("allocated %d MB on the way to refusing it", alloc>>20)
+	}
+
+	log := strings.Repeat("ok\n\t", 112_000) // 448 KB; 672 KB as JSON
+	data, _ := json.Marshal(map[string]any{"log": log})
+	tr, err = New(`{"text": data.log}`, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, err := tr.Apply([]byte(`{"id":"i","event":"e","timestamp":"t","data":` + string(data) + `}`)); err != nil || len(body) < 600_000 {
+		t.Errorf("a multi-line log: %d bytes, %v; want it sent", len(body), err)
 	}
 }
