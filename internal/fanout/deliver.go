@@ -223,7 +223,10 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	}
 	res := post(life, s.client, r, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
 	if len(s.scrub) > 0 {
-		res.Body = s.scrub.scrub(res.Body)
+		res.Body = s.scrub.scrub(res.Body, len(res.Body) >= d.cfg.ResponseBodyLimit)
+		if res.Error != "" {
+			res.Error = string(s.scrub.scrub([]byte(res.Error), false)) // a redirect's Location
+		}
 	}
 	ok := res.Status >= 200 && res.Status < 300
 	if !t.test {

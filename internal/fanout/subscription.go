@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"path"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -770,7 +769,7 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 			s.headers.Set(k, cfg.Headers[k])
 		}
 	}
-	s.scrub = newScrubber(cfg.Headers, cfg.URL, strings.HasSuffix(s.shownURL(), "/REDACTED"))
+	s.scrub = newScrubber(cfg)
 	client, err := subscriptionClient(cfg, opts)
 	if err != nil {
 		return nil, fmt.Errorf("subscription %s: %w", cfg.ID, err)
