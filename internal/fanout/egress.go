@@ -18,14 +18,14 @@ import (
 
 // alwaysBlocked are never dialled, whatever the configuration: they hold
 // cloud metadata services that hand out credentials or configure the
-// host (169.254.169.254 and AWS's fd00:ec2::254, Google's fd20:ce::254,
+// host (169.254.169.254 and AWS's fd00:ec2::/64, Google's fd20:ce::254,
 // Alibaba's 100.100.100.200, which is inside 100.64.0.0/10 and so was
 // reachable by default and whenever allow_networks listed that range for
 // a CGNAT or Tailscale receiver, and Azure's WireServer 168.63.129.16).
 var alwaysBlocked = []netip.Prefix{
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("fd00:ec2::254/128"),
+	netip.MustParsePrefix("fd00:ec2::/64"), // AWS's: metadata (::254), EKS Pod Identity's credentials (::23), DNS
 	netip.MustParsePrefix("fd20:ce::254/128"),
 	netip.MustParsePrefix("100.100.100.200/32"),
 	netip.MustParsePrefix("168.63.129.16/32"),
@@ -66,9 +66,11 @@ type EgressGuard struct {
 // NAT64 gateway or 6to4 relay delivers to that IPv4 address, so it is the
 // one checked.
 var (
-	nat64      = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052 well-known prefix: the IPv4 address in the last 32 bits
-	sixToFour  = netip.MustParsePrefix("2002::/16")      // RFC 3056: the IPv4 address in bits 16–47
-	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215 local-use: layout chosen by the operator, so a private network
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")    // RFC 6052 well-known prefix: the IPv4 address in the last 32 bits
+	sixToFour  = netip.MustParsePrefix("2002::/16")       // RFC 3056: the IPv4 address in bits 16–47
+	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48")  // RFC 8215 local-use: layout chosen by the operator, so a private network
+	siit       = netip.MustParsePrefix("::ffff:0:0:0/96") // RFC 2765's IPv4-translated form: the IPv4 address in the last 32 bits
+	compat     = netip.MustParsePrefix("::/96")           // the deprecated IPv4-compatible form, likewise
 )
 
 // effective returns the address a connection to addr reaches, for the
@@ -84,6 +86,10 @@ func effective(addr netip.Addr) netip.Addr {
 			return netip.AddrFrom4([4]byte(b[12:16]))
 		case sixToFour.Contains(addr):
 			return netip.AddrFrom4([4]byte(b[2:6]))
+		case siit.Contains(addr), compat.Contains(addr) && addr != netip.IPv6Unspecified() && addr != netip.IPv6Loopback():
+			// ::ffff:0:a9fe:a9fe and ::a9fe:a9fe are 169.254.169.254
+			// where a translator or an old stack takes them so.
+			return netip.AddrFrom4([4]byte(b[12:16]))
 		}
 	}
 	return addr
