@@ -62,7 +62,11 @@ func adminFlags(env *cli, fs *flag.FlagSet) (admin, config *string, asJSON *bool
 // configuration's admin.token. Never from a flag: command lines are
 // visible to every user of the machine.
 func newClient(env *cli, admin, configPath string) *client {
-	c := &client{base: admin, token: env.getenv("DZHOOK_ADMIN_TOKEN"), http: &http.Client{Timeout: 30 * time.Second}}
+	// Redirects are not followed: Go turns a DELETE or PATCH answered
+	// 301 into a GET, whose 200 read as done (a proxy's http-to-https
+	// redirect made "deleted crm" of a delete that deleted nothing).
+	c := &client{base: admin, token: env.getenv("DZHOOK_ADMIN_TOKEN"), http: &http.Client{
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	if c.base == "" || c.token == "" {
 		cfg, err := config.LoadEnv(configPath, env.environ())
 		if _, statErr := os.Stat(configPath); err != nil && statErr == nil {
@@ -93,6 +97,24 @@ func newClient(env *cli, admin, configPath string) *client {
 	c.err = checkAdminURL(c.base)
 	return c
 }
+
+// badToken says why a token cannot be sent, or nil. A token read from a
+// file often ends in a newline: net/http refused the header, reported as
+// "cannot reach" the API.
+func badToken(token string) error {
+	if strings.ContainsFunc(token, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return &usageError{"the admin token (DZHOOK_ADMIN_TOKEN, or the configuration's admin.token) holds a space, a line break or a control character: remove it"}
+	}
+	return nil
+}
+
+// Timeouts of the admin API's calls: an operator's attempt (a test, a
+// retry of one delivery) may take the server up to 55 s (the receiver's
+// delivery.timeout, its own bound), any other call far less.
+const (
+	callTimeout    = 30 * time.Second
+	attemptTimeout = 70 * time.Second
+)
 
 // checkAdminURL returns why raw cannot be the admin API's URL, or nil.
 // The message never quotes raw whole: its user info or query may hold a
@@ -128,6 +150,9 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	if c.err != nil {
 		return nil, c.err
 	}
+	if err := badToken(c.token); err != nil {
+		return nil, err
+	}
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -136,6 +161,12 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		}
 		rd = bytes.NewReader(b)
 	}
+	timeout := callTimeout
+	if method == http.MethodPost && (strings.HasSuffix(path, "/test") || strings.HasSuffix(path, "/retry")) {
+		timeout = attemptTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return nil, &usageError{fmt.Sprintf("admin URL %s: %v", c.shown, withoutURL(err))}
@@ -148,6 +179,9 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("dzhook's admin API at %s gave no answer within %s (the action may have been made: look before trying again)", c.shown, timeout)
+		}
 		return nil, fmt.Errorf("cannot reach dzhook's admin API at %s (is `dzhook run` running? --admin sets the address): %w", c.shown, withoutURL(err))
 	}
 	defer resp.Body.Close()
@@ -155,10 +189,21 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	if err != nil {
 		return nil, err
 	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		return raw, fmt.Errorf("the admin API at %s answered HTTP %d, a redirect to %s: not followed (a method would change on the way); give --admin the address it points at",
+			c.shown, resp.StatusCode, printable(fanout.RedactURL(resp.Header.Get("Location")), false))
+	}
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		var e api.ValidationErrors // api.Error, and a body's problems
 		if json.Unmarshal(raw, &e) != nil || e.Message == "" {
-			e.Message = printable(strings.TrimSpace(string(raw)), true)
+			e.Message = strings.TrimSpace(string(raw))
+		}
+		// Whatever the server said, shown, never obeyed by the terminal
+		// (an escape in a JSON error wrote the clipboard and cleared the
+		// screen).
+		e.Message = printable(e.Message, true)
+		for i := range e.Errors {
+			e.Errors[i].Field, e.Errors[i].Problem = printable(e.Errors[i].Field, false), printable(e.Errors[i].Problem, true)
 		}
 		if resp.StatusCode == http.StatusUnauthorized && c.token == "" && !strings.Contains(e.Message, "DZHOOK_ADMIN_TOKEN") {
 			e.Message += "; set DZHOOK_ADMIN_TOKEN"
@@ -210,7 +255,22 @@ func parseArgs(fs *flag.FlagSet, args []string) (pos []string, code int, stop bo
 	}
 }
 
-func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+// newTable is a table over w whose cells are shown, never obeyed by the
+// terminal: the server's text (an id, a state, an event name; a server
+// that is not dzhook may send anything) has its control characters
+// escaped, the table's tabs and line ends kept.
+func newTable(w io.Writer) table { return table{tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)} }
+
+type table struct{ tw *tabwriter.Writer }
+
+func (t table) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(t.tw, printable(string(p), true)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (t table) Flush() error { return t.tw.Flush() }
 
 func when(t *time.Time) string {
 	if t == nil || t.IsZero() {

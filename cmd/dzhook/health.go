@@ -21,6 +21,10 @@ func runHealth(ctx context.Context, env *cli, args []string) int {
 	if code, stop := parseFlags(fs, args); stop {
 		return code
 	}
+	if *timeout <= 0 {
+		fmt.Fprintf(env.stderr, "dzhook health: --timeout %s: give a positive duration, e.g. 3s\n", *timeout)
+		return exitUsage
+	}
 	c := newClient(env, *admin, *cfg)
 	if c.err != nil {
 		fmt.Fprintf(env.stderr, "dzhook health: %v\n", c.err)
@@ -44,7 +48,7 @@ func runHealth(ctx context.Context, env *cli, args []string) int {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	fmt.Fprintln(env.stdout, strings.TrimSpace(string(body)))
+	fmt.Fprintln(env.stdout, printable(strings.TrimSpace(string(body)), true))
 	if resp.StatusCode != http.StatusOK {
 		return exitFailure
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -158,6 +159,9 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
+	if f := emptyFlag(fs, "subscription", "status", "event", "since", "until", "cursor"); f != "" {
+		return refuseEmpty(env, "deliveries", f)
+	}
 	var out api.DeliveryList
 	q := query("subscription", *sub, "status", *status, "event", *event, "since", *since, "until", *until, "limit", fmt.Sprint(*limit), "cursor", *cursor)
 	raw, err := c.do(ctx, "GET", "/v1/deliveries"+q, nil, &out)
@@ -266,7 +270,9 @@ func indentJSON(raw []byte) string {
 	if json.Indent(&pretty, raw, "", "  ") != nil {
 		return printable(string(raw), true)
 	}
-	return pretty.String()
+	// JSON keeps C1 controls and DEL as they are (a title holding U+009B,
+	// a CSI to some terminals): shown escaped, as JSON may write them.
+	return c1Escaped(pretty.String())
 }
 
 // runRetry retries one delivery now, or every failed one of a
@@ -296,6 +302,9 @@ func runRetry(ctx context.Context, env *cli, args []string) int {
 		}
 		return printReport(env, raw, rep, *asJSON)
 	case len(pos) == 0 && *sub != "" && *failed:
+		if f := emptyFlag(fs, "since", "until"); f != "" {
+			return refuseEmpty(env, "retry", f)
+		}
 		var out api.RetryFailedResponse
 		raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(*sub)+"/retry-failed"+query("since", *since, "until", *until), nil, &out)
 		if err != nil {
@@ -403,6 +412,26 @@ func toggle(ctx context.Context, env *cli, verb string, args []string) int {
 // setFlag returns the first of names set on the command line ("" if
 // none): a flag that the form of the command used does not read is
 // refused rather than ignored.
+// emptyFlag returns the first of names given with an empty value, or "".
+// Sent as "no filter", `--since "$SINCE"` with SINCE unset retried every
+// failed delivery there ever was: the server refuses an empty since=, and
+// the CLI dropped it before.
+func emptyFlag(fs *flag.FlagSet, names ...string) string {
+	var empty string
+	fs.Visit(func(f *flag.Flag) {
+		if empty == "" && slices.Contains(names, f.Name) && strings.TrimSpace(f.Value.String()) == "" {
+			empty = f.Name
+		}
+	})
+	return empty
+}
+
+// refuseEmpty prints the usage error for an empty flag.
+func refuseEmpty(env *cli, cmd, name string) int {
+	fmt.Fprintf(env.stderr, "dzhook %s: --%s is empty: give a value, or leave the flag out\n", cmd, name)
+	return exitUsage
+}
+
 func setFlag(fs *flag.FlagSet, names ...string) string {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -412,4 +441,20 @@ func setFlag(fs *flag.FlagSet, names ...string) string {
 		}
 	}
 	return ""
+}
+
+// c1Escaped writes DEL and the C1 controls of JSON text as \u escapes.
+func c1Escaped(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r == 0x7f || (r >= 0x80 && r <= 0x9f) }) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if r == 0x7f || (r >= 0x80 && r <= 0x9f) {
+			fmt.Fprintf(&b, "\\u%04x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

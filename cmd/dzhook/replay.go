@@ -76,6 +76,9 @@ func replayStart(ctx context.Context, env *cli, args []string) int {
 		replayUsage(env.stderr)
 		return exitUsage
 	}
+	if f := emptyFlag(fs, "until", "events"); f != "" {
+		return refuseEmpty(env, "replay", f)
+	}
 	if *since == "" {
 		fmt.Fprintln(env.stderr, "dzhook replay: give --since (24h, 7d, or an RFC 3339 time)")
 		fs.Usage()

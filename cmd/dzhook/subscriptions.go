@@ -54,7 +54,7 @@ func subscriptionsUsage(env *cli) {
   show ID                    one subscription
   create --url U --events E  a runtime subscription (its secret is shown once)
          [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR]
-         [--header K=V]… [--standard-webhooks] [--ordering none|entity|subscription]
+         [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering none|entity|subscription]
          [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT]
          [--rate-limit 50/s] [--traceparent] [--description D]
   update ID [flags]          change the fields given (the same flags; --active, --inactive)
@@ -233,7 +233,7 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	name := "subscriptions " + verb
 	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--traceparent] [--description D]"
 	if verb == "update" {
-		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--traceparent[=false]] [--description D]"
+		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--traceparent[=false]] [--description D]"
 	}
 	fs := newFlags(env, name, synopsis)
 	admin, cfg, asJSON := adminFlags(env, fs)
@@ -467,6 +467,9 @@ func runAudit(ctx context.Context, env *cli, args []string) int {
 		return code
 	}
 	var out api.AuditPage
+	if f := emptyFlag(fs, "cursor"); f != "" {
+		return refuseEmpty(env, "audit", f)
+	}
 	raw, err := newClient(env, *admin, *cfg).do(ctx, "GET", "/v1/audit"+query("limit", fmt.Sprint(*limit), "cursor", *cursor), nil, &out)
 	if err != nil {
 		return fail(env, "audit", err)

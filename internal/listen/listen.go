@@ -293,12 +293,25 @@ func (e *entry) format(b *bytes.Buffer) {
 }
 
 // writeBody writes body as indented JSON, or quoted when it is not JSON.
+//
+// JSON keeps DEL and the C1 controls as they are (a title holding U+009B,
+// a CSI to some terminals, from anyone who can post here): written as \u
+// escapes, as JSON may.
 func writeBody(b *bytes.Buffer, body []byte) {
 	const indent = "    "
 	b.WriteString(indent)
-	if err := json.Indent(b, body, indent, "  "); err != nil {
+	var pretty bytes.Buffer
+	if err := json.Indent(&pretty, body, indent, "  "); err != nil {
 		b.WriteString("(not JSON) ")
 		b.WriteString(strconv.Quote(string(body)))
+	} else {
+		for _, r := range pretty.String() {
+			if r == 0x7f || (r >= 0x80 && r <= 0x9f) {
+				fmt.Fprintf(b, "\\u%04x", r)
+				continue
+			}
+			b.WriteRune(r)
+		}
 	}
 	b.WriteByte('\n')
 }
