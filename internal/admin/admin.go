@@ -187,12 +187,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/v1/") {
 		// Unknown /v1 paths and methods get JSON errors, not the mux's
 		// text (and not the dashboard).
-		if _, pattern := s.mux.Handler(r); pattern == "" || !strings.Contains(pattern, "/v1/") {
+		// An unclean path (/v1/deliveries/., …/..) is answered 404 too:
+		// the mux redirected it to another route (307), which a client
+		// following redirects read as that route's answer (a
+		// subscription printed as a replay).
+		if _, pattern := s.mux.Handler(r); pattern == "" || !strings.Contains(pattern, "/v1/") || !cleanPath(r.URL.Path) {
 			s.auth(http.HandlerFunc(s.noRoute)).ServeHTTP(w, r)
 			return
 		}
 	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// cleanPath reports whether p is as the mux would clean it: no ., ..
+// or empty segments.
+func cleanPath(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // Serve serves on ln until ctx ends, then shuts down gracefully: requests

@@ -488,3 +488,16 @@ func TestAuthSchemeAnyCase(t *testing.T) {
 		}
 	}
 }
+
+// TestUncleanPathsAreNotRedirected: /v1/…/. and …/.. were redirected
+// (307) to another route, whose answer a client following redirects
+// took for this one's (a subscription printed as a replay).
+func TestUncleanPathsAreNotRedirected(t *testing.T) {
+	for _, p := range []string{"/v1/subscriptions/crm/replays/..", "/v1/deliveries/.", "/v1//subscriptions", "/v1/subscriptions/./crm"} {
+		srv, _ := newSpyServer(t)
+		code, msg := do(t, srv, http.MethodGet, p, nil)
+		if code != http.StatusNotFound {
+			t.Errorf("GET %s: %d %q, want 404", p, code, msg)
+		}
+	}
+}
