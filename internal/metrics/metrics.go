@@ -241,6 +241,7 @@ var (
 	descOldest      = prometheus.NewDesc("dzhook_oldest_pending_seconds", "Age of the oldest due pending delivery.", []string{"subscription"}, nil)
 	descSubState    = prometheus.NewDesc("dzhook_subscription_state", "1 for the subscription's current state.", []string{"subscription", "state"}, nil)
 	descSubPaused   = prometheus.NewDesc("dzhook_subscription_paused", "1 while paused.", []string{"subscription"}, nil)
+	descSubActive   = prometheus.NewDesc("dzhook_subscription_active", "1 while the subscription is active (its configuration's active: an inactive one's deliveries wait, or are skipped, on purpose).", []string{"subscription"}, nil)
 	descBeat        = prometheus.NewDesc("dzhook_heartbeat_timestamp_seconds", "Unix time of this process's last heartbeat in the journal (absent before the first): time() minus it is how long other processes have not heard from it.", nil, nil)
 	descInstances   = prometheus.NewDesc("dzhook_journal_instances", "dzhook processes alive on the journal at the last heartbeat, this one included.", nil, nil)
 	descBlocked     = prometheus.NewDesc("dzhook_ordered_blocked_keys", "Ordering keys whose head delivery waits for a retry, holding back the later deliveries of its key (0 without ordering).", []string{"subscription"}, nil)
@@ -301,6 +302,7 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descSubState, prometheus.GaugeValue, b2f(sub.State == st), sub.ID, string(st))
 		}
 		ch <- prometheus.MustNewConstMetric(descSubPaused, prometheus.GaugeValue, b2f(sub.Paused), sub.ID)
+		ch <- prometheus.MustNewConstMetric(descSubActive, prometheus.GaugeValue, b2f(sub.Active), sub.ID)
 		b := backlog[sub.ID]
 		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Pending), sub.ID, string(journal.Pending))
 		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(b.Failed), sub.ID, string(journal.Failed))

@@ -240,3 +240,27 @@ func TestGoneSubscriptionsForgotten(t *testing.T) {
 		t.Errorf("after b is gone: %d series of a, %d of b, want b's gone and a's kept", a, b)
 	}
 }
+
+// TestActiveGauge: an inactive subscription's deliveries wait on purpose;
+// the alert rules leave it out by dzhook_subscription_active (its oldest
+// pending delivery's age grows for good, and paged).
+func TestActiveGauge(t *testing.T) {
+	m := New(Sources{Subscriptions: func() []fanout.SubscriptionStatus {
+		return []fanout.SubscriptionStatus{{ID: "crm", Active: true}, {ID: "old"}}
+	}})
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() == "dzhook_subscription_active" {
+			for _, mt := range mf.GetMetric() {
+				got[mt.GetLabel()[0].GetValue()] = mt.GetGauge().GetValue()
+			}
+		}
+	}
+	if want := map[string]float64{"crm": 1, "old": 0}; !maps.Equal(got, want) {
+		t.Errorf("dzhook_subscription_active %v, want %v", got, want)
+	}
+}
