@@ -18,6 +18,16 @@ import (
 // unreachable.
 func (e *Engine) Ready(ctx context.Context) error {
 	st := e.stream.Stats()
+	if !st.Connected && !st.Standby {
+		// Not streaming because the journal does not answer, most
+		// likely: the session ends for it, and the stream's own reason
+		// ("replication connection lost", "PostgreSQL unreachable" when
+		// the session's start met the journal's error) blamed the source.
+		if err := e.journal.Ping(ctx); err != nil {
+			e.log.Warn("readiness: the journal does not answer", "err", err)
+			return errors.New("journal unreachable (the log has the detail); not streaming until it answers")
+		}
+	}
 	switch {
 	case st.Standby:
 		return errors.New("standby: another dzhook holds the replication slot")

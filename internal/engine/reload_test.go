@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -458,4 +459,55 @@ func TestReloadNeedsTheRunningDeliverySection(t *testing.T) {
 	if !e.Dispatcher().HasSubscription("other") {
 		t.Error("the accepted file's new subscription does not run")
 	}
+}
+
+// TestReadyBlamesTheJournal: with the journal cut (the source reachable
+// the whole time), /readyz says the journal, not "PostgreSQL unreachable"
+// (the session's start met the journal's error, which the stream took for
+// the source's), and is ready again once it answers.
+func TestReadyBlamesTheJournal(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	proxy := newTCPProxy(t, fmt.Sprintf("127.0.0.1:%d", db.Cluster.Port))
+	cfg := testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created"))
+	cfg.Journal.DSN = config.Secret(fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable", proxy.Addr(), db.Name))
+	e := start(t, cfg)
+	t.Cleanup(proxy.Restore)
+	testutil.Eventually(t, 20*time.Second, "ready", func() bool { return e.Ready(context.Background()) == nil })
+	proxy.Cut()
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('during the outage', 1)`)
+	var reasons []string
+	testutil.Eventually(t, 30*time.Second, "not streaming", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		err := e.Ready(ctx)
+		if err != nil {
+			reasons = append(reasons, err.Error())
+		}
+		return !e.Stream().Stats().Connected
+	})
+	// Until the stream has tried a new session (its start reads the
+	// journal's checkpoint, which fails), and a while after.
+	sessions := e.Stream().Stats().Reconnects
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := e.Ready(ctx); err != nil {
+			reasons = append(reasons, err.Error())
+		}
+		cancel()
+		time.Sleep(100 * time.Millisecond)
+	}
+	if e.Stream().Stats().Reconnects == sessions {
+		t.Log("no new session was tried during the outage")
+	}
+	t.Logf("reasons: %q", slices.Compact(reasons))
+	for _, r := range reasons {
+		if strings.Contains(r, "PostgreSQL unreachable") || strings.Contains(r, "replication connection lost") {
+			t.Errorf("/readyz during a journal outage: %q, want the journal named", r)
+		}
+	}
+	proxy.Restore()
+	testutil.Eventually(t, 30*time.Second, "ready again", func() bool { return e.Ready(context.Background()) == nil })
+	rc.Wait(t, 1, 30*time.Second)
 }

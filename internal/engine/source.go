@@ -211,7 +211,9 @@ func (e *Engine) checkStart(ctx context.Context, start pglogrepl.LSN) error {
 	slot := e.cfg.Source.Slot
 	cp, err := e.journal.Checkpoint(ctx, slot)
 	if err != nil {
-		return err
+		// Said as the journal's: returned bare, /readyz blamed the source
+		// ("PostgreSQL unreachable") for the whole journal outage.
+		return &journalDownError{err}
 	}
 	gap := detectGap(cp, e.systemID, slot, start)
 	if gap == nil {
@@ -219,7 +221,7 @@ func (e *Engine) checkStart(ctx context.Context, start pglogrepl.LSN) error {
 	}
 	isNew, err := e.journal.RecordGap(ctx, journal.Gap{Slot: slot, SystemID: e.systemID, From: gap.From, To: gap.To}, gapNotification(gap, e.cfg.Notify.URL.Reveal() != ""))
 	if err != nil {
-		return err
+		return &journalDownError{err}
 	}
 	if isNew {
 		e.dispatcher.Notifier().Wake()
