@@ -306,9 +306,16 @@ func (d *deliverer) unsent(life context.Context, s *sub, t *task, n int, err err
 		}
 		d.obs.AttemptFinished(s.cfg.ID, 0, 0, res.ErrorClass, dec.Outcome)
 		// Not the error's text: CEL's can quote the event's values, which
-		// stay out of logs; the history has it.
-		d.log.Warn("transform failed: the delivery fails without being sent (its history says why)", "subscription", s.cfg.ID,
-			"delivery_id", t.deliveryID, "event", t.eventType, "error_class", ClassTransform)
+		// stay out of logs; the history has it. At most every
+		// filterToldEvery per subscription, with the count: a transform
+		// failing on one kind of event logged a line per delivery.
+		if k, last, tell := s.transformFailures.hit(now, filterToldEvery); tell {
+			attrs := []any{"subscription", s.cfg.ID, "deliveries", k, "delivery_id", t.deliveryID, "event", t.eventType, "error_class", ClassTransform}
+			if last != 0 {
+				attrs = append(attrs, "since", time.Duration(now.UnixNano()-last).Round(time.Second).String())
+			}
+			d.log.Warn("transform failed: the deliveries fail without being sent (their history says why)", attrs...)
+		}
 	}
 	if err := d.records.Put(life, rec); err != nil {
 		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)

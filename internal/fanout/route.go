@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/filter"
@@ -291,6 +292,22 @@ func (d *Dispatcher) reserve(ctx context.Context, s *sub) bool {
 	}
 }
 
+// tally counts what happened since it was last told, and says when to
+// tell it: at the first, then at most once every interval.
+type tally struct{ n, toldAt atomic.Int64 }
+
+// hit counts one, and returns the count to tell and when it was last
+// told (unix nanoseconds, 0: never), or tell false.
+func (t *tally) hit(now time.Time, every time.Duration) (n, last int64, tell bool) {
+	n = t.n.Add(1)
+	last = t.toldAt.Load()
+	if last != 0 && now.UnixNano()-last < int64(every) || !t.toldAt.CompareAndSwap(last, now.UnixNano()) {
+		return 0, 0, false
+	}
+	t.n.Add(-n)
+	return n, last, true
+}
+
 // filterToldEvery is how often a subscription's filter failing on events
 // is logged at most.
 const filterToldEvery = 10 * time.Minute
@@ -304,12 +321,10 @@ const filterToldEvery = 10 * time.Minute
 // takes request.escalated, whose data has none) without a line per event.
 func (d *Dispatcher) filterFailure(s *sub, ev Event, err error, now time.Time) {
 	d.log.Debug("filter did not apply to the event", "subscription", s.cfg.ID, "event_id", ev.ID, "err", err)
-	n := s.filterFailed.Add(1)
-	last := s.filterToldAt.Load()
-	if last != 0 && now.UnixNano()-last < int64(filterToldEvery) || !s.filterToldAt.CompareAndSwap(last, now.UnixNano()) {
+	n, last, tell := s.filterFailures.hit(now, filterToldEvery)
+	if !tell {
 		return
 	}
-	s.filterFailed.Add(-n)
 	// Not the error itself: CEL's messages quote the event's values
 	// (invalid RFC 3339 timestamp "jane@company.com", no such key:
 	// jane@company.com). The debug line has it.

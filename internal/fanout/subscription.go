@@ -118,7 +118,10 @@ type sub struct {
 
 	// filterFailed counts the events the filter failed on since the last
 	// WARN about it, at filterToldAt (unix nanoseconds); see filterFailure.
-	filterFailed, filterToldAt atomic.Int64
+	filterFailures tally
+	// transformFailures: likewise for the transform failing on events
+	// (deliver.unsent).
+	transformFailures tally
 
 	// standardKeys are the Standard Webhooks keys of cfg.Secret and,
 	// during a rotation, of cfg.PreviousSecret (made once, not per

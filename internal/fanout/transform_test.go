@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -212,5 +213,32 @@ func TestHeadersSameNameDifferentCase(t *testing.T) {
 	}
 	if len(seen) != 1 || seen["first"] != 50 {
 		t.Errorf("X-Api-Key sent over 50 compiles: %v, want first every time", seen)
+	}
+}
+
+// TestTransformFailuresSaidOnce: a transform failing on one kind of event
+// fails each delivery of it, and says so once, with the count since, not
+// a WARN per delivery (1,000 a second at 1,000 events a second).
+func TestTransformFailuresSaidOnce(t *testing.T) {
+	store := newJournal(t)
+	rc := testutil.NewReceiver(t)
+	var logs testutil.SyncBuffer
+	d := start(t, store, Config{
+		Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("transform-secret-0123456789"), Active: true,
+			Transform: `{"title": data.title}`}},
+		Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
+	var pairs []string
+	for i := range 6 {
+		pairs = append(pairs, "request.updated", fmt.Sprintf(`{"id":"req_%d"}`, i)) // no title
+	}
+	evs := envelopes(pairs...)
+	dispatchAll(t, d, evs)
+	for _, ev := range evs {
+		waitState(t, store, ids.DeliveryID(ev.ID, "crm"), journal.Failed)
+	}
+	if n := strings.Count(logs.String(), "transform failed"); n != 1 {
+		t.Errorf("%d WARN lines for 6 failed deliveries, want 1:\n%s", n, logs.String())
 	}
 }

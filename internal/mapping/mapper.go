@@ -92,6 +92,12 @@ type Mapper struct {
 	timeout   time.Duration
 	tables    map[string]entityKind
 	noOldWarn atomic.Bool
+	// lookupFailed counts the events sent with null emails since the last
+	// WARN, at lookupToldAt; no lookup is made until lookupPausedUntil
+	// (resolvePeople). The stream's goroutine alone uses them.
+	lookupFailed      int
+	lookupToldAt      time.Time
+	lookupPausedUntil time.Time
 	// noOldUserWarn: users updates without old values, said once.
 	noOldUserWarn atomic.Bool
 	keyWarn       atomic.Bool // an outbox key column that is not text, said once
@@ -329,11 +335,35 @@ func sameValue(a, b cdc.Value) bool {
 
 // resolvePeople looks up, in one batch, the emails of the users ids
 // names. A failed lookup is logged and gives null emails.
+//
+// After a failure no lookup is made for lookupPause (a lookup that hangs
+// held the stream LookupTimeout per event), and the failures are said at
+// most every lookupToldEvery with their count (a WARN per event before).
 func (m *Mapper) resolvePeople(ctx context.Context, ids ...string) {
-	if err := m.people.resolve(ctx, m.timeout, ids); err != nil && ctx.Err() == nil {
-		m.log.Warn("user email lookup failed; sending null emails", "err", err)
+	now := time.Now()
+	if now.Before(m.lookupPausedUntil) {
+		m.lookupFailed++
+		return
 	}
+	err := m.people.resolve(ctx, m.timeout, ids)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	m.lookupFailed++
+	m.lookupPausedUntil = now.Add(lookupPause)
+	if !m.lookupToldAt.IsZero() && now.Sub(m.lookupToldAt) < lookupToldEvery {
+		return
+	}
+	m.log.Warn("user email lookup failed; sending null emails", "err", err, "events", m.lookupFailed,
+		"paused_for", lookupPause.String())
+	m.lookupFailed, m.lookupToldAt = 0, now
 }
+
+// How often a failing user lookup is tried, and said.
+const (
+	lookupPause     = 5 * time.Second
+	lookupToldEvery = 10 * time.Minute
+)
 
 // appendPerson writes {"id":"usr_…","email":…} or null.
 func (m *Mapper) appendPerson(b []byte, id string) []byte {
