@@ -247,6 +247,8 @@ func (rp *replayer) Run(ctx context.Context) error {
 	}
 	t := time.NewTimer(beat.Until(rp.idle))
 	defer t.Stop()
+	var fails failures
+	backoff := rp.poll
 	for {
 		select {
 		case <-ctx.Done():
@@ -256,7 +258,16 @@ func (rp *replayer) Run(ctx context.Context) error {
 		}
 		active, err := rp.round(ctx)
 		if err != nil && ctx.Err() == nil {
-			rp.log.Warn("replaying failed; retrying", "err", err)
+			fails.failed(rp.log, "replaying failed; retrying", err)
+			// Backed off to the idle interval: every poll (200 ms) tried
+			// the journal again during its outage, and said so.
+			t.Reset(backoff)
+			backoff = min(2*backoff, rp.idle)
+			continue
+		}
+		if err == nil {
+			fails.ok(rp.log, "replaying works again")
+			backoff = rp.poll
 		}
 		// Every poll while replays run (a step that waited for its
 		// receiver goes on soon); with none, a look every idle interval

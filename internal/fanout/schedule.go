@@ -34,12 +34,14 @@ type scheduler struct {
 	// out what this process owns and sync adds what it claimed, so a
 	// claim committed during the read but not yet recorded would be
 	// counted twice, or not at all.
-	claimMu   sync.Mutex
-	poll      time.Duration
-	heartbeat time.Duration
-	log       *slog.Logger
-	wake      chan struct{}
-	lost      lostClaims
+	claimMu sync.Mutex
+	// claimFailures says the claims' failures (under claimMu).
+	claimFailures failures
+	poll          time.Duration
+	heartbeat     time.Duration
+	log           *slog.Logger
+	wake          chan struct{}
+	lost          lostClaims
 	// now is the process's clock (Config.NowFunc); skew is the journal's
 	// clock less it, measured at each heartbeat (Unix nanoseconds): due
 	// times are written in the journal's clock, with which claims
@@ -262,6 +264,7 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	defer t.Stop()
 	shared := false       // others were alive at the last heartbeat
 	var written time.Time // the last write that reached the journal
+	var beatFailures failures
 	for first := true; ; {
 		sent := sc.now()
 		var peers int
@@ -281,9 +284,10 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 		}
 		if err != nil {
 			if ctx.Err() == nil {
-				sc.log.Warn("journal heartbeat failed", "err", err)
+				beatFailures.failed(sc.log, "journal heartbeat failed", err)
 			}
 		} else {
+			beatFailures.ok(sc.log, "journal heartbeat written again")
 			if before := sc.peers.Swap(int64(peers)); before != int64(peers) {
 				sc.log.Info("instances sharing the journal changed", "others_alive", peers)
 				if before == 0 && sc.joined != nil {
@@ -403,10 +407,11 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 			sc.lost.failed(a.s.cfg.ID, "", token, err)
 		}
 		if ctx.Err() == nil {
-			sc.log.Warn("claiming due deliveries failed; retrying", "subscriptions", len(ask), "err", err)
+			sc.claimFailures.failed(sc.log, "claiming due deliveries failed; retrying", err, "subscriptions", len(ask))
 		}
 		return 0
 	}
+	sc.claimFailures.ok(sc.log, "claiming due deliveries works again")
 	bySub := make(map[string][]journal.Claimed, len(ask))
 	for _, c := range claimed {
 		bySub[c.SubscriptionID] = append(bySub[c.SubscriptionID], c)
