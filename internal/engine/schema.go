@@ -182,7 +182,10 @@ func (w *schemaWatch) check(ctx context.Context) {
 	for _, was := range known {
 		w.e.log.Info("a mapped table is streamed again", "was", was)
 	}
-	if len(fresh) > 0 {
+	// Every process checks (and logs, and says it in /readyz and the
+	// metric); only one that streams tells the admin: each process of N
+	// sent its own copy of the notification.
+	if len(fresh) > 0 && !w.e.stream.Stats().Standby {
 		text := "mapped tables are not streamed, so their changes give no events: " + strings.Join(fresh, "; ")
 		if err := w.e.dispatcher.NotifySystem(ctx, fanout.NotifyTableMissing, text, nil); err != nil && ctx.Err() == nil {
 			w.e.log.Warn("could not queue the notification", "err", err)

@@ -346,6 +346,10 @@ func TestDroppedMappedTableIsLoud(t *testing.T) {
 	db := newDB(t)
 	rc, admin := testutil.NewReceiver(t), testutil.NewReceiver(t)
 	e, logs, _ := startLogged(t, stallConfig(t, db, rc, admin, ""))
+	// A standby beside it checks the tables too, and tells nobody: each
+	// process sent its own notification.
+	standby, _, _ := startLogged(t, stallConfig(t, db, rc, admin, ""))
+	testutil.Eventually(t, 30*time.Second, "the second process on standby", func() bool { return standby.Stream().Stats().Standby })
 	db.Exec(t, `DROP TABLE comments`)
 	testutil.Eventually(t, 30*time.Second, "the dropped table at /readyz", func() bool {
 		code, body := readyz(t, e)
