@@ -1815,3 +1815,44 @@ func TestPruneSparesAManualRetryInFlight(t *testing.T) {
 		t.Fatalf("left %q (%v), want the delivery being retried, %s", left, err, b.Deliveries[0].ID)
 	}
 }
+
+// TestNotificationsInOrderPerSubscription: a subscription's notification
+// waits while an earlier one of it is unsent (backing off after a failed
+// send): after a notify.url outage a stale "failing" reached the channel
+// after the "recovered" that followed it. Other subscriptions' go on.
+func TestNotificationsInOrderPerSubscription(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	db.Exec(t, `INSERT INTO dzhook.notifications (subscription_id, kind, body) VALUES
+		('crm', 'failing', '{}'), ('crm', 'recovered', '{}'), ('hr', 'failing', '{}')`)
+	kinds := func(ns []Notification) string {
+		var k []string
+		for _, n := range ns {
+			k = append(k, n.SubscriptionID+":"+n.Kind)
+		}
+		return strings.Join(k, ",")
+	}
+	got, err := s.ClaimNotifications(ctx, 10, time.Minute)
+	if err != nil || kinds(got) != "crm:failing,hr:failing" {
+		t.Fatalf("first claim %q, %v; want each subscription's first", kinds(got), err)
+	}
+	// crm's first failed to send and backs off; its second is due.
+	if err := s.NotificationSent(ctx, got[0].ID, errors.New("notify.url: 503"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `UPDATE dzhook.notifications SET next_attempt_at = now() WHERE kind = 'recovered'`)
+	if got, _ := s.ClaimNotifications(ctx, 10, time.Minute); len(got) != 0 {
+		t.Errorf("claimed %q while crm's earlier one is unsent", kinds(got))
+	}
+	db.Exec(t, `UPDATE dzhook.notifications SET next_attempt_at = now() WHERE kind = 'failing' AND subscription_id = 'crm'`)
+	got, _ = s.ClaimNotifications(ctx, 10, time.Minute)
+	if kinds(got) != "crm:failing" {
+		t.Fatalf("claim %q, want crm's failing first", kinds(got))
+	}
+	if err := s.NotificationSent(ctx, got[0].ID, nil, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.ClaimNotifications(ctx, 10, time.Minute); kinds(got) != "crm:recovered" {
+		t.Errorf("claim %q, want crm's recovered once its failing is sent", kinds(got))
+	}
+}

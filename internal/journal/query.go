@@ -478,10 +478,16 @@ type Notification struct {
 }
 
 // ClaimNotifications takes up to limit due notifications, leasing them
-// for lease so that no other instance sends them meanwhile.
+// for lease so that no other instance sends them meanwhile. A
+// subscription's notifications go in the order they were made: one
+// waits while an earlier one of its subscription is unsent (each backs
+// off on its own, so after a notify.url outage a stale "failing" reached
+// the channel after the "recovered" that followed it, and stood last).
 func (s *Store) ClaimNotifications(ctx context.Context, limit int, lease time.Duration) ([]Notification, error) {
 	rows, err := s.pool.Query(ctx, s.q(`
-		WITH due AS (SELECT id FROM {{schema}}.notifications WHERE sent_at IS NULL AND next_attempt_at <= now()
+		WITH due AS (SELECT id FROM {{schema}}.notifications n WHERE sent_at IS NULL AND next_attempt_at <= now()
+			AND NOT EXISTS (SELECT 1 FROM {{schema}}.notifications e WHERE e.sent_at IS NULL AND e.id < n.id
+				AND e.subscription_id IS NOT DISTINCT FROM n.subscription_id)
 			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
 		UPDATE {{schema}}.notifications n SET next_attempt_at = now() + $2 * interval '1 second', attempts = n.attempts + 1
 		  FROM due WHERE n.id = due.id
