@@ -201,11 +201,17 @@ func (s *Stream) pollLag(ctx context.Context) {
 		err := s.pool.QueryRow(ctx, `
 			SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint
 			  FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&lag, &retained)
+		// Unknown (-1) when the query fails or the slot is gone: the
+		// last value, kept, read as current.
 		if err == nil && lag != nil {
 			s.lagBytes.Store(*lag)
+		} else if ctx.Err() == nil {
+			s.lagBytes.Store(-1)
 		}
 		if err == nil && retained != nil {
 			s.retained.Store(*retained)
+		} else if ctx.Err() == nil {
+			s.retained.Store(-1)
 		}
 		select {
 		case <-ctx.Done():

@@ -132,7 +132,8 @@ type Stats struct {
 	// Standby reports that another process holds the slot and this one
 	// waits for it.
 	Standby bool
-	// Reconnects counts the sessions started after the first.
+	// Reconnects counts the sessions that streamed and ended, to be
+	// followed by another (a standby's tries for the slot are not).
 	Reconnects uint64
 	// Problem says why the stream is not streaming, as /readyz may show
 	// it (no host, user or database named); "" while streaming or
@@ -163,8 +164,11 @@ type Stream struct {
 	changes      atomic.Uint64
 	transactions atomic.Uint64
 	connected    atomic.Bool
-	standby      atomic.Bool
-	reconnects   atomic.Uint64
+	// streamed: the current session streamed (Run counts a reconnect
+	// only after one that did).
+	streamed   atomic.Bool
+	standby    atomic.Bool
+	reconnects atomic.Uint64
 
 	// busy counts messages received and not yet fully processed; inTx is
 	// set between BEGIN and COMMIT. Both let the reader tell when the
@@ -340,6 +344,11 @@ func (s *Stream) Run(ctx context.Context) error {
 	bo := backoff.New(s.cfg.MinBackoff, s.cfg.MaxBackoff)
 	for attempt := 0; ; attempt++ {
 		err := s.session(ctx, msgs, procErr, proc)
+		// A session that streamed, ended: the next one is a reconnect. A
+		// standby's tries, and those of a session that never streamed,
+		// are not (a healthy pair of processes showed a steady reconnect
+		// rate, hiding the real ones).
+		streamed := s.streamed.Swap(false)
 		s.connected.Store(false)
 		var fatal *fatalError
 		switch {
@@ -368,7 +377,9 @@ func (s *Stream) Run(ctx context.Context) error {
 			return err
 		case <-delay.C:
 		}
-		s.reconnects.Add(1)
+		if streamed {
+			s.reconnects.Add(1)
+		}
 	}
 }
 
@@ -441,6 +452,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		s.log.Info("slot acquired; leaving standby")
 	}
 	s.connected.Store(true)
+	s.streamed.Store(true)
 	s.problem.Store(nil)
 	s.log.Info("streaming", "publication", s.cfg.Publication, "from_lsn", confirmed.String())
 	defer func() {

@@ -1195,6 +1195,13 @@ func TestStandby(t *testing.T) {
 	if _, co := rec2.snapshot(); len(co) != 0 {
 		t.Fatalf("the standby stream received %d transactions while the first held the slot", len(co))
 	}
+	// Its tries for the slot, a dozen in a second of watching (backoff
+	// from 50 ms), are no reconnects: a healthy pair showed a steady
+	// reconnect rate.
+	time.Sleep(time.Second)
+	if n := s2.Stats().Reconnects; n != 0 {
+		t.Errorf("the standby counted %d reconnects, never having streamed", n)
+	}
 	stopStream(s1)
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'c@x')`)
 	changes, _ := rec2.waitCommits(t, 1)

@@ -722,3 +722,34 @@ func TestAPITimesInUTC(t *testing.T) {
 		t.Errorf("a subscription's times taken from the clock: %v, %v, want %v in UTC", shown.LastSuccessAt, shown.LastFailureAt, tokyo)
 	}
 }
+
+// TestSpilledAndTransformMetrics: a delivery recorded in the journal for
+// want of room in memory is counted spilled (the help and the dashboard
+// listed the outcome; it was never emitted, counted queued), and a
+// transform that failed sent nothing, so it adds no attempt duration (its
+// 0 s pulled the latency's quantiles down).
+func TestSpilledAndTransformMetrics(t *testing.T) {
+	db := newDB(t)
+	slow := testutil.NewReceiver(t)
+	slow.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		time.Sleep(100 * time.Millisecond)
+		return 200, nil, "ok"
+	})
+	broken := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection, "  concurrency: 1\n  queue_size: 1",
+		sub("crm", slow.URL, "request.created"),
+		sub("shaped", broken.URL, "request.created", `transform: '{"x": data.missing}'`)))
+	for i := range 8 {
+		db.Exec(t, fmt.Sprintf(`INSERT INTO requests (title, requester_id) VALUES ('r%d', 1)`, i))
+	}
+	slow.Wait(t, 8, 30*time.Second)
+	var body string
+	testutil.Eventually(t, 20*time.Second, "spilled counted, the transform's failures counted", func() bool {
+		body = scrape(t, e)
+		return strings.Contains(body, `dzhook_deliveries_total{outcome="spilled",subscription="crm"}`) &&
+			strings.Contains(body, `dzhook_attempt_errors_total{class="transform",subscription="shaped"} 8`)
+	})
+	if strings.Contains(body, `dzhook_attempt_duration_seconds_count{subscription="shaped"} 8`) {
+		t.Errorf("the failed transforms' durations observed:\n%s", body)
+	}
+}

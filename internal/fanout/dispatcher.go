@@ -33,6 +33,11 @@ var DefaultRetrySchedule = []time.Duration{0, time.Minute, 5 * time.Minute, 30 *
 
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
+// Spilled is the state DeliveryRecorded is told for a delivery recorded
+// pending in the journal for want of room in memory (the journal has it
+// as pending; the metric, as spilled rather than queued).
+const Spilled journal.State = "spilled"
+
 // Observer is told what the dispatcher does, for metrics. Its methods must
 // be fast and safe for concurrent use.
 type Observer interface {

@@ -105,6 +105,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 		row := journal.DeliveryRow{
 			ID: ids.DeliveryIDTagged(ev.ID, s.tag), EventID: ev.ID, SubscriptionID: s.cfg.ID, EventType: ev.Type, CreatedAt: now,
 		}
+		rowSpilled := false
 		key, ordered := s.cfg.Ordering.key(ev.Key)
 		if ordered && pos == 0 {
 			pos = d.pos.next(now)
@@ -157,7 +158,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 				row.State, row.Owner, row.NextAttemptAt = journal.Pending, d.cfg.Instance, due
 			default:
 				row.State, row.NextAttemptAt = journal.Pending, due
-				spilled = true
+				spilled, rowSpilled = true, true
 				s.backlog.Store(true)
 			}
 		case !d.cfg.ShareFirstAttempts && d.reserve(ctx, s):
@@ -168,14 +169,18 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 			// The queue is full: the delivery waits in the journal and
 			// the scheduler claims it when there is room.
 			row.State, row.NextAttemptAt = journal.Pending, due
-			spilled = true
+			spilled, rowSpilled = true, true
 			s.backlog.Store(true)
 		}
 		// A rate-limited first attempt waits for its turn, often longer
 		// than the writer would hold the row: written at once, the
 		// commit's acknowledgement does not wait for it.
 		row.NoHold = s.pace != nil
-		d.obs.DeliveryRecorded(s.cfg.ID, row.State)
+		if rowSpilled {
+			d.obs.DeliveryRecorded(s.cfg.ID, Spilled) // queued in the journal, not in memory
+		} else {
+			d.obs.DeliveryRecorded(s.cfg.ID, row.State)
+		}
 		rows = append(rows, row)
 	}
 	d.obs.EventDispatched(ev.Type, len(rows))

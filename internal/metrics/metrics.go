@@ -103,7 +103,7 @@ func New(src Sources) *Metrics {
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dzhook_events_total", Help: "Events produced, by type."}, []string{"event"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dzhook_deliveries_total", Help: "Deliveries by subscription and outcome (delivered, failed, retry, gone; recorded as skipped, held, queued, spilled)."},
+			Name: "dzhook_deliveries_total", Help: "Deliveries by subscription and outcome (delivered, failed, retry, gone; recorded as skipped, held, queued in memory, spilled to the journal for want of room)."},
 			[]string{"subscription", "outcome"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dzhook_attempts_total", Help: "HTTP attempts by subscription and status code (0: no response)."}, []string{"subscription", "code"}),
@@ -111,7 +111,7 @@ func New(src Sources) *Metrics {
 			Name: "dzhook_attempt_duration_seconds", Help: "Time of one HTTP attempt, request to end of response.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"subscription"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dzhook_attempt_errors_total", Help: "Failed attempts by subscription and error class (timeout, dns, connect, tls, http, blocked)."},
+			Name: "dzhook_attempt_errors_total", Help: "Failed attempts by subscription and error class (timeout, dns, connect, tls, http, blocked; transform: nothing sent)."},
 			[]string{"subscription", "class"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dzhook_subscription_transitions_total", Help: "Subscription state changes this process made after its own attempts, by new state (with several processes, each counts its own; a state adopted from another is not counted)."}, []string{"subscription", "to"}),
@@ -156,7 +156,11 @@ func (m *Metrics) AttemptFinished(subscription string, took time.Duration, statu
 		code = counter(&ss.codes, status, m.attempts, subscription, strconv.Itoa(status))
 	}
 	code.(prometheus.Counter).Inc()
-	ss.duration.Observe(took.Seconds())
+	if class != fanout.ClassTransform {
+		// A transform that failed sent nothing: no HTTP attempt's
+		// duration (its 0 s pulled the latency's quantiles down).
+		ss.duration.Observe(took.Seconds())
+	}
 	if class != "" {
 		m.errors.WithLabelValues(subscription, class).Inc() // known through ss
 	}
@@ -233,7 +237,7 @@ var (
 	descRetained    = prometheus.NewDesc("dzhook_replication_retained_wal_bytes", "pg_current_wal_lsn() - restart_lsn of the slot: WAL the database keeps on disk for dzhook.", nil, nil)
 	descChanges     = prometheus.NewDesc("dzhook_replication_changes_total", "Row changes received.", nil, nil)
 	descTx          = prometheus.NewDesc("dzhook_replication_transactions_total", "Transactions received.", nil, nil)
-	descReconnects  = prometheus.NewDesc("dzhook_replication_reconnects_total", "Replication sessions started after the first.", nil, nil)
+	descReconnects  = prometheus.NewDesc("dzhook_replication_reconnects_total", "Replication sessions that streamed and were lost, a new one to follow (a standby's tries for the slot are not counted).", nil, nil)
 	descConnected   = prometheus.NewDesc("dzhook_replication_connected", "1 while streaming.", nil, nil)
 	descStandby     = prometheus.NewDesc("dzhook_replication_standby", "1 while another process holds the slot.", nil, nil)
 	descQueue       = prometheus.NewDesc("dzhook_queue_depth", "Deliveries in a subscription's in-memory queue.", []string{"subscription"}, nil)
