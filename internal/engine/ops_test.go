@@ -586,6 +586,15 @@ func TestMetrics(t *testing.T) {
 	if strings.Contains(string(body), secret) {
 		t.Error("/metrics shows the subscription secret")
 	}
+	// An operator's test send is no delivery of the subscription's.
+	a := newAdminClient(t, e)
+	if code, raw := a.call("POST", "/v1/subscriptions/crm/test", adminToken, `{"event":"request.created"}`); code != http.StatusOK {
+		t.Fatalf("test send: %d %s", code, raw)
+	}
+	scrape()
+	if want := `dzhook_attempt_duration_seconds_count{subscription="crm"} 1`; !strings.Contains(string(body), want) {
+		t.Errorf("after a test send, /metrics lacks %s (the test counted as an attempt)", want)
+	}
 	_ = pgtest.InstallHint
 }
 

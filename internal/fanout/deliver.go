@@ -260,7 +260,11 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 		s.stats.record(now, res.Duration, dec.Outcome)
 		rec.Sub, rec.Notify = d.health(life, s, dec, res)
 	}
-	d.obs.AttemptFinished(s.cfg.ID, res.Duration, res.Status, res.ErrorClass, dec.Outcome)
+	if !t.test {
+		// An operator's test send is no delivery of the subscription's:
+		// its health leaves it out, and so do the metrics.
+		d.obs.AttemptFinished(s.cfg.ID, res.Duration, res.Status, res.ErrorClass, dec.Outcome)
+	}
 	if err := d.records.Put(life, rec); err != nil {
 		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)
 	}
