@@ -273,3 +273,27 @@ func TestGapAfterSetupBeforeTheFirstRun(t *testing.T) {
 		t.Fatalf("a start after the slot was dropped and created again: %v, want a gap", err)
 	}
 }
+
+// TestConcurrentSetups: setups run at once (the init containers of
+// replicas starting together) each succeed, one after the other, and
+// leave one slot and one publication.
+func TestConcurrentSetups(t *testing.T) {
+	db := newDB(t)
+	cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+	const n = 8
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := Setup(context.Background(), cfg, SetupOptions{})
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("a setup beside others: %v", err)
+		}
+	}
+	if got := queryInt(t, db, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); got != 1 {
+		t.Errorf("%d slots, want 1", got)
+	}
+}
