@@ -23,7 +23,11 @@ func runSubscriptions(ctx context.Context, env *cli, args []string) int {
 			subscriptionsUsage(env)
 			return exitOK
 		}
-		fmt.Fprintln(env.stderr, "dzhook subscriptions: give a subcommand")
+		if len(args) > 0 {
+			fmt.Fprintf(env.stderr, "dzhook subscriptions: give the subcommand first, then its flags (dzhook subscriptions list %s), not %s before it\n", args[0], args[0])
+		} else {
+			fmt.Fprintln(env.stderr, "dzhook subscriptions: give a subcommand")
+		}
 		subscriptionsUsage(env)
 		return exitUsage
 	}
