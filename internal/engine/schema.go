@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -179,8 +180,19 @@ func (w *schemaWatch) check(ctx context.Context) {
 			w.e.log.Error("a mapped table is still not streamed, now for another reason", "path", m.Path, "table", m.Table, "problem", m.Message, "was", was)
 		}
 	}
+	var back []string
 	for _, was := range known {
 		w.e.log.Info("a mapped table is streamed again", "was", was)
+		back = append(back, was)
+	}
+	// The admin told of the problem is told it cleared (the notified
+	// channel's last word was the problem, for good).
+	if len(back) > 0 && !w.e.stream.Stats().Standby {
+		slices.Sort(back)
+		text := "mapped tables are streamed again (their changes between give no events): " + strings.Join(back, "; ")
+		if err := w.e.dispatcher.NotifySystem(ctx, fanout.NotifyTableStreamed, text, nil); err != nil && ctx.Err() == nil {
+			w.e.log.Warn("could not queue the notification", "err", err)
+		}
 	}
 	// Every process checks (and logs, and says it in /readyz and the
 	// metric); only one that streams tells the admin: each process of N

@@ -394,6 +394,13 @@ func TestDroppedMappedTableIsLoud(t *testing.T) {
 	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'stream.table_missing'`); n != 1 {
 		t.Errorf("%d notifications, want 1 (one per problem, not per check)", n)
 	}
+	// And that it cleared, once, by the process that streams.
+	testutil.Eventually(t, 10*time.Second, "the table streamed again, notified", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'stream.table_streamed'`) >= 1
+	})
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'stream.table_streamed'`); n != 1 {
+		t.Errorf("%d stream.table_streamed notifications, want 1", n)
+	}
 }
 
 // TestTruncateOfMappedTableWarns: pgoutput sends TRUNCATE, DZDESK has no

@@ -217,6 +217,8 @@ const (
 	// NotifyTableMissing: a mapped table is not streamed (dropped,
 	// renamed, or out of the publication).
 	NotifyTableMissing = "stream.table_missing"
+	// NotifyTableStreamed: tables told missing are streamed again.
+	NotifyTableStreamed = "stream.table_streamed"
 )
 
 // systemBody is what notify.url receives for a system notification.
