@@ -41,7 +41,7 @@ func replayUsage(w io.Writer) {
 	fmt.Fprint(w, `Usage: dzhook replay <subcommand> [flags]
 
   [start] SUBSCRIPTION --since 24h|RFC3339   re-send the journaled events of the window to it,
-         [--until T] [--events 'request.*,sla.*'] [--wait]   as new deliveries with the original ids
+         [--until T] [--events 'request.*,sla.*'] [--wait [--timeout 1h]]   as new deliveries with the original ids
   status SUBSCRIPTION [RID]                  one replay's progress, or the latest replays
   cancel SUBSCRIPTION RID                    stop a running replay; its waiting deliveries are cancelled
 
@@ -61,12 +61,13 @@ func replayPath(sub string, rid ...string) string {
 }
 
 func replayStart(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags(env, "replay", "SUBSCRIPTION --since 24h|RFC3339 [--until T] [--events a,b] [--wait] [--json]")
+	fs := newFlags(env, "replay", "SUBSCRIPTION --since 24h|RFC3339 [--until T] [--events a,b] [--wait [--timeout D]] [--json]")
 	admin, cfg, asJSON := adminFlags(env, fs)
 	since := fs.String("since", "", "the window's start: an RFC 3339 `time`, or a duration ago (2h, 24h, 7d); required")
 	until := fs.String("until", "", "the window's end, excluded (RFC 3339 or a duration ago); now when absent")
 	events := fs.String("events", "", "only these event `types` or globs, comma-separated (request.*,sla.*); every event the subscription receives when absent")
 	wait := fs.Bool("wait", false, "follow the progress until the replay stops running (exit 1 when cancelled, failed, or a delivery failed)")
+	waitFor := fs.Duration("timeout", 0, "with --wait, stop waiting after this `long` (exit 1; the replay goes on): a receiver down, or a subscription paused, keeps its deliveries pending for hours; 0: no limit")
 	pos, code, stop := parseArgs(fs, args)
 	if stop {
 		return code
@@ -78,6 +79,10 @@ func replayStart(ctx context.Context, env *cli, args []string) int {
 	}
 	if f := emptyFlag(fs, "until", "events"); f != "" {
 		return refuseEmpty(env, "replay", f)
+	}
+	if *waitFor < 0 || *waitFor > 0 && !*wait {
+		fmt.Fprintln(env.stderr, "dzhook replay: --timeout is a positive duration, given with --wait")
+		return exitUsage
 	}
 	if *since == "" {
 		fmt.Fprintln(env.stderr, "dzhook replay: give --since (24h, 7d, or an RFC 3339 time)")
@@ -108,6 +113,11 @@ func replayStart(ctx context.Context, env *cli, args []string) int {
 	}
 	if !*asJSON {
 		printStarted(env, rp)
+	}
+	if *waitFor > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *waitFor)
+		defer cancel()
 	}
 	return waitReplay(ctx, env, c, rp, *asJSON)
 }

@@ -188,6 +188,15 @@ func TestCLIReplay(t *testing.T) {
 		!strings.Contains(out, "done, scanned 2/2, created 2, delivered 0, pending 0, failed 2") {
 		t.Errorf("replay --wait into down: exit %d, want 1 once its deliveries failed\n%s", code, out)
 	}
+	// --timeout bounds the wait (a receiver down kept it for hours); the
+	// replay goes on.
+	code, _, errOut = cliRun(t, url, cliToken, "replay", "down", "--since", "30m", "--wait", "--timeout", "10ms")
+	if code != exitFailure || !strings.Contains(errOut, "stopped waiting; the replay goes on") {
+		t.Errorf("replay --wait --timeout 10ms: exit %d %q, want 1, the replay going on", code, errOut)
+	}
+	if code, _, errOut := cliRun(t, url, cliToken, "replay", "down", "--since", "30m", "--timeout", "1h"); code != exitUsage {
+		t.Errorf("replay --timeout without --wait: exit %d %q, want 2", code, errOut)
+	}
 	code, out, _ = cliRun(t, url, cliToken, "replay", "gone", "--since", "30m", "--wait", "--json")
 	if code != exitFailure || json.Unmarshal([]byte(out), &rp) != nil || rp.State != "failed" || rp.Reason == "" {
 		t.Errorf("replay --wait --json into gone: exit %d, want 1 and the last answer\n%s", code, out)
