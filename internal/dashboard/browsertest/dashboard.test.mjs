@@ -362,6 +362,14 @@ async function manageWebhooks() {
   const rotated = await eventually('new secret', () => page.locator(`${tid('rotate-dialog')} ${tid('secret-value')}`).inputValue(), (s) => s.length >= 32);
   if (rotated === secret) throw new Error('the rotation showed the old secret');
   await eventually('summary', () => text(page.locator(tid('rotate-summary'))), (s) => s.includes('stays valid until'));
+  // Not copied: Escape asks first, and "no" keeps the dialog and its
+  // secret (it was lost at once); Close, answered "yes", closes it.
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.dismiss(); });
+  await page.keyboard.press('Escape');
+  await eventually('asked before the secret is lost', () => asked, (s) => s.includes('not copied'));
+  if (!(await rotateDialog.isVisible())) throw new Error('Escape closed the dialog while its secret was not copied');
+  page.once('dialog', (d) => d.accept());
   await page.locator(tid('rotate-close')).click();
   await rotateDialog.waitFor({ state: 'hidden' });
   await eventually('the rotated secret forgotten', () => secretLeft(rotated), (left) => left.length === 0);

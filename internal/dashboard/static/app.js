@@ -1152,9 +1152,11 @@ function secretOnce(secret, prefix) {
         input.select();
         status.textContent = 'Selected: press Ctrl+C (⌘C) to copy it.';
       }
+      box.dataset.copied = 'true';
     },
   }, 'Copy');
-  return el('div', { class: 'secret-once', 'data-testid': 'secret-once' },
+  input.addEventListener('copy', () => { box.dataset.copied = 'true'; });
+  const box = el('div', { class: 'secret-once', 'data-testid': 'secret-once' },
     el('p', { class: 'secret-warning' },
       el('strong', { text: 'Copy this secret now: it is not shown again. ' }),
       'dzhook keeps it encrypted and never returns it; your receiver needs it to verify each delivery’s signature.'),
@@ -1162,11 +1164,21 @@ function secretOnce(secret, prefix) {
       el('label', { for: input.id, text: 'Secret' }), input, copy),
     status,
   );
+  return box;
+}
+
+// keepSecret asks, when dialog shows a one-time secret not copied yet,
+// whether to close anyway: Escape or Close lost it at once, and only a
+// rotation gave another.
+function keepSecret(dialog) {
+  const once = dialog.querySelector('.secret-once');
+  return once && once.dataset.copied !== 'true' &&
+    !window.confirm('The secret is shown only now and was not copied. Close without it?');
 }
 
 function closeForm() {
   const d = $('sub-dialog');
-  if (d.open) d.close();
+  if (d.open && !keepSecret(d)) d.close();
 }
 
 // forget removes what a dialog may hold of a secret, and gives the focus
@@ -1351,7 +1363,15 @@ function wireManage() {
       if (ev.target.value !== 'paste') $('rotate-secret').value = '';
     }
   });
-  const closeRotate = () => $('rotate-dialog').close();
+  const closeRotate = () => {
+    if (!keepSecret($('rotate-dialog'))) $('rotate-dialog').close();
+  };
+  // Escape: the same question before a one-time secret is lost.
+  for (const id of ['sub-dialog', 'rotate-dialog']) {
+    $(id).addEventListener('cancel', (ev) => {
+      if (keepSecret($(id))) ev.preventDefault();
+    });
+  }
   $('rotate-close').addEventListener('click', closeRotate);
   $('rotate-cancel').addEventListener('click', closeRotate);
   $('rotate-dialog').addEventListener('close', () => forget('rotate-result', ['rotate-secret'], rotate.opener));
