@@ -1855,4 +1855,24 @@ func TestNotificationsInOrderPerSubscription(t *testing.T) {
 	if got, _ := s.ClaimNotifications(ctx, 10, time.Minute); kinds(got) != "crm:recovered" {
 		t.Errorf("claim %q, want crm's recovered once its failing is sent", kinds(got))
 	}
+
+	// A notification given up (a century ahead: the notifier's mark)
+	// holds nothing back, and system notifications (no subscription) do
+	// not hold each other back: one given up silenced every later alert.
+	db.Exec(t, `DELETE FROM dzhook.notifications`)
+	db.Exec(t, `INSERT INTO dzhook.notifications (subscription_id, kind, body, next_attempt_at) VALUES
+		('crm', 'failing', '{}', now() + interval '100 years'), ('crm', 'recovered', '{}', now()),
+		('', 'stream.gap', '{}', now() + interval '1 hour'), ('', 'stream.stalled', '{}', now())`)
+	if got, _ := s.ClaimNotifications(ctx, 10, time.Minute); kinds(got) != "crm:recovered,:stream.stalled" {
+		t.Errorf("claim %q, want crm's recovered past the one given up, and the stall past the gap's backoff", kinds(got))
+	}
+	// Retention takes a given-up notification as it takes a sent one.
+	db.Exec(t, `UPDATE dzhook.notifications SET created_at = now() - interval '60 days'`)
+	if _, err := s.PruneStep(ctx, time.Now().Add(-30*24*time.Hour), 1000); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := db.Connect(t).QueryRow(ctx, `SELECT count(*) FROM dzhook.notifications WHERE kind = 'failing'`).Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d given-up notifications left by retention (%v)", left, err)
+	}
 }

@@ -482,12 +482,18 @@ type Notification struct {
 // subscription's notifications go in the order they were made: one
 // waits while an earlier one of its subscription is unsent (each backs
 // off on its own, so after a notify.url outage a stale "failing" reached
-// the channel after the "recovered" that followed it, and stood last).
+// the channel after the "recovered" that followed it, and stood last),
+// unless that one was given up (NotificationGivenUp). System
+// notifications (no subscription) are not held back by each other.
+//
+// notificationGivenUp: a notification whose next try is further than
+// this is given up (the notifier sets it a century ahead).
 func (s *Store) ClaimNotifications(ctx context.Context, limit int, lease time.Duration) ([]Notification, error) {
 	rows, err := s.pool.Query(ctx, s.q(`
 		WITH due AS (SELECT id FROM {{schema}}.notifications n WHERE sent_at IS NULL AND next_attempt_at <= now()
-			AND NOT EXISTS (SELECT 1 FROM {{schema}}.notifications e WHERE e.sent_at IS NULL AND e.id < n.id
-				AND e.subscription_id IS NOT DISTINCT FROM n.subscription_id)
+			AND (coalesce(n.subscription_id, '') = '' OR NOT EXISTS (SELECT 1 FROM {{schema}}.notifications e
+				WHERE e.sent_at IS NULL AND e.id < n.id AND e.subscription_id = n.subscription_id
+				  AND e.next_attempt_at < now() + interval '`+notificationGivenUp+`'))
 			ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
 		UPDATE {{schema}}.notifications n SET next_attempt_at = now() + $2 * interval '1 second', attempts = n.attempts + 1
 		  FROM due WHERE n.id = due.id
@@ -501,6 +507,8 @@ func (s *Store) ClaimNotifications(ctx context.Context, limit int, lease time.Du
 		return n, err
 	})
 }
+
+const notificationGivenUp = "50 years"
 
 // NotificationSent marks a notification sent, or failed with its next try.
 func (s *Store) NotificationSent(ctx context.Context, id int64, sendErr error, next time.Time) error {

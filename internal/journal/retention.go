@@ -159,7 +159,7 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 				WHERE x.id >= 'dlv_' || substr(ev.id, 5) AND x.id < 'dlv_' || substr(ev.id, 5) || '~')
 				AND ev.id IN (SELECT id FROM {{schema}}.events WHERE created_at < $1 LIMIT 1000)`,
 			`DELETE FROM {{schema}}.sla_timers WHERE fired_at < $1`,
-			`DELETE FROM {{schema}}.notifications WHERE sent_at < $1`,
+			`DELETE FROM {{schema}}.notifications WHERE sent_at < $1 OR (sent_at IS NULL AND created_at < $1 AND next_attempt_at > now() + interval '` + notificationGivenUp + `')`,
 			`DELETE FROM {{schema}}.rejections WHERE created_at < $1`,
 			`DELETE FROM {{schema}}.replays WHERE finished_at < $1`,
 			// A live instance writes its row every 2 s at most: whatever
