@@ -74,6 +74,7 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 	defer d.routeMu.Unlock()
 
 	var env *filter.Envelope
+	var fctx context.Context // the filters' deadline, made at the first filter
 	var rows []journal.DeliveryRow
 	var routes []route
 	var unhold []string
@@ -94,7 +95,14 @@ func (d *Dispatcher) route(ctx context.Context, ev Event, noHold bool, es *event
 					continue
 				}
 			}
-			ok, err := s.filter.Match(env)
+			if fctx == nil {
+				// The event's filters share one budget: they run on the
+				// stream's path, under routeMu.
+				var cancel context.CancelFunc
+				fctx, cancel = context.WithTimeout(context.Background(), filterBudget)
+				defer cancel()
+			}
+			ok, err := s.filter.MatchContext(fctx, env)
 			if err != nil {
 				d.filterFailure(s, ev, err, now)
 			}
@@ -312,6 +320,10 @@ func (t *tally) hit(now time.Time, every time.Duration) (n, last int64, tell boo
 	t.n.Add(-n)
 	return n, last, true
 }
+
+// filterBudget bounds the filters of one event, together: a filter past
+// it does not match (a filter failure, said as the others are).
+const filterBudget = 100 * time.Millisecond
 
 // filterToldEvery is how often a subscription's filter failing on events
 // is logged at most.

@@ -1,6 +1,7 @@
 package transform
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,7 +66,7 @@ func compile(expr string) (*program, error) {
 	default:
 		return nil, fmt.Errorf("the transform must give a map (a JSON object), a list or null, but it gives %s", out)
 	}
-	prg, err := env.Program(ast, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptOptimize))
+	prg, err := env.Program(ast, cel.CostLimit(CostLimit), cel.EvalOptions(cel.OptOptimize), cel.InterruptCheckFrequency(64))
 	if err != nil {
 		return nil, err
 	}
@@ -74,13 +75,21 @@ func compile(expr string) (*program, error) {
 
 // eval runs the transform on an envelope; nil means null (skip).
 func (p *program) eval(env *Envelope) (any, error) {
-	out, _, err := p.prg.Eval(map[string]any{
+	// CEL's cost counts a comparison of nested values by their top level:
+	// one event could hold a worker for minutes. Past evalBudget the
+	// evaluation stops (a comprehension's steps look at the deadline).
+	ctx, cancel := context.WithTimeout(context.Background(), evalBudget)
+	defer cancel()
+	out, _, err := p.prg.ContextEval(ctx, map[string]any{
 		"id": env.ID, "event": env.Event, "timestamp": env.Timestamp, "data": celValue(env.Data), "skip": types.NullValue,
 	})
 	if err != nil {
 		var cancelled interpreter.EvalCancelledError
 		if errors.As(err, &cancelled) && cancelled.Cause == interpreter.CostLimitExceeded {
 			return nil, fmt.Errorf("the transform went over its cost budget (%d) and was stopped", CostLimit)
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("the transform ran past %s on this event and was stopped", evalBudget)
 		}
 		return nil, fmt.Errorf("the transform failed on this event: %w", err)
 	}
@@ -161,6 +170,9 @@ func celValue(v any) any {
 	}
 	return v
 }
+
+// evalBudget bounds one evaluation's time.
+const evalBudget = time.Second
 
 // maxDepth bounds the nesting of a result.
 const maxDepth = 64

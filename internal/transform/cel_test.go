@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 const warning = `{"id":"whk_1","event":"sla.warning","timestamp":"2024-01-15T14:30:00Z","data":{"requestId":"req_123","slaType":"resolution","targetTime":"2024-01-15T18:00:00Z","percentElapsed":75,"timeRemaining":"2h 30m","ratio":0.75,"big":12345678901234567890,"tags":["a","b"],"who":{"id":"usr_1"},"none":null}}`
@@ -207,5 +208,22 @@ func TestCELTransformLazyListsAndNewlines(t *testing.T) {
 	}
 	if body, err := tr.Apply([]byte(`{"id":"i","event":"e","timestamp":"t","data":` + string(data) + `}`)); err != nil || len(body) < 600_000 {
 		t.Errorf("a multi-line log: %d bytes, %v; want it sent", len(body), err)
+	}
+}
+
+// A transform whose cost CEL undercounts stops after a second, an
+// explained failure (it held a worker for minutes).
+func TestCELTransformStopsAtItsDeadline(t *testing.T) {
+	zeros := strings.TrimSuffix(strings.Repeat("0,", 200), ",")
+	long := strings.TrimSuffix(strings.Repeat("0,", 120_000), ",")
+	env := []byte(`{"id":"i","event":"e","timestamp":"t","data":{"l":[` + zeros + `],"a":[[` + long + `]],"b":[[` + long[:len(long)-1] + `1]]}}`)
+	tr, err := New(`{"x": data.l.all(i, data.l.all(j, data.a != data.b))}`, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = tr.Apply(env)
+	if took := time.Since(start); err == nil || !strings.Contains(err.Error(), "ran past") || took > 10*time.Second {
+		t.Errorf("Apply = %v after %s; want it stopped after a second", err, took)
 	}
 }
