@@ -92,21 +92,32 @@ func Parse(body []byte) (*Envelope, error) {
 	// Only a body with a run of 16 digits or more can hold an integer a
 	// double does not (2^53 has 16): read through json.Number then, the
 	// common body at Unmarshal's cost (the Decoder's costs a sixth more).
-	if longDigitRun(body) {
+	//
+	// A number past a double's range (1e400, which a message may hold)
+	// fails Unmarshal: read through json.Number too (it becomes ±Inf),
+	// rather than the event reaching no filtered subscription at all,
+	// or reaching them or not as a digit run elsewhere in the body chose.
+	err := errNotTried
+	if !longDigitRun(body) {
+		err = json.Unmarshal(body, &env)
+	}
+	if err != nil {
+		env.Data = nil
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.UseNumber()
 		if err := dec.Decode(&env); err != nil {
 			return nil, fmt.Errorf("parse envelope for filters: %w", err)
 		}
 		numbers(env.Data)
-	} else if err := json.Unmarshal(body, &env); err != nil {
-		return nil, fmt.Errorf("parse envelope for filters: %w", err)
 	}
 	if env.Data == nil {
 		env.Data = map[string]any{}
 	}
 	return &Envelope{vars: map[string]any{"id": env.ID, "event": env.Event, "timestamp": env.Timestamp, "data": env.Data}}, nil
 }
+
+// errNotTried: Parse went to json.Number at once.
+var errNotTried = errors.New("not tried")
 
 // longDigitRun reports whether b holds 16 or more digits in a row.
 func longDigitRun(b []byte) bool {

@@ -122,3 +122,28 @@ func TestFilterStopsAtItsDeadline(t *testing.T) {
 		t.Errorf("MatchContext = %v, %v after %s; want an error soon after the 100 ms deadline", ok, err, took)
 	}
 }
+
+// A number past a double's range (a message may hold 1e400) is +Inf to
+// filters, whatever else the body holds: Parse failed, and the event
+// reached no filtered subscription, unless a run of 16 digits elsewhere
+// in the body took the other path.
+func TestFilterHugeNumbers(t *testing.T) {
+	for _, body := range []string{
+		`{"id":"whk_1","event":"order.shipped","timestamp":"t","data":{"amount":1e400}}`,
+		`{"id":"whk_1","event":"order.shipped","timestamp":"t","data":{"amount":1e400,"ref":"1234567890123456"}}`,
+	} {
+		env, err := Parse([]byte(body))
+		if err != nil {
+			t.Fatalf("Parse(%s): %v", body, err)
+		}
+		for expr, want := range map[string]bool{`event == "order.shipped"`: true, `data.amount > 1.0`: true, `data.amount < 0.0`: false} {
+			p, err := Compile(expr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := p.Match(env); got != want || err != nil {
+				t.Errorf("%s on %s: %v, %v; want %v", expr, body, got, err, want)
+			}
+		}
+	}
+}
