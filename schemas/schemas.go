@@ -22,6 +22,7 @@ package schemas
 
 import (
 	"bytes"
+	"cmp"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -131,6 +132,12 @@ func compileCustom(name string, schema any) (custom, error) {
 	if !ok {
 		return wrap(errors.New("must be a JSON Schema object"))
 	}
+	if at, f := unknownFormat(m, ""); at != "" || f != "" {
+		// Asserted formats the validator does not know check nothing:
+		// a typo (date_time) or one it lacks (credit-card) passed any
+		// value, silently.
+		return wrap(fmt.Errorf("at %s: format %q is not one dzhook checks (%s)", cmp.Or(at, "/"), f, strings.Join(slices.Sorted(maps.Keys(knownFormats)), ", ")))
+	}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return wrap(err)
@@ -148,6 +155,36 @@ func compileCustom(name string, schema any) (custom, error) {
 		return wrap(err)
 	}
 	return custom{doc: doc, envelope: env, data: data}, nil
+}
+
+// knownFormats are the formats the validator checks.
+var knownFormats = map[string]bool{
+	"date-time": true, "date": true, "time": true, "duration": true, "period": true, "email": true, "hostname": true,
+	"ipv4": true, "ipv6": true, "uri": true, "iri": true, "uri-reference": true, "iri-reference": true, "uri-template": true,
+	"uuid": true, "json-pointer": true, "relative-json-pointer": true, "semver": true,
+}
+
+// unknownFormat finds a "format" keyword in v whose value the validator
+// does not know, and returns its JSON pointer and value.
+func unknownFormat(v any, at string) (string, string) {
+	switch v := v.(type) {
+	case map[string]any:
+		if f, ok := v["format"].(string); ok && !knownFormats[f] {
+			return at + "/format", f
+		}
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			if p, f := unknownFormat(v[k], at+"/"+k); f != "" {
+				return p, f
+			}
+		}
+	case []any:
+		for i, x := range v {
+			if p, f := unknownFormat(x, at+"/"+strconv.Itoa(i)); f != "" {
+				return p, f
+			}
+		}
+	}
+	return "", ""
 }
 
 func customURL(name string) string { return "urn:dzhook:event:" + name }

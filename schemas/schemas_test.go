@@ -266,6 +266,17 @@ func TestCustomSchemas(t *testing.T) {
 	if _, err := schemas.New(map[string]any{"request.created": map[string]any{}}); err == nil {
 		t.Error("a built-in event's schema was replaced")
 	}
+	// A format the validator does not check (a typo, one it lacks) passed
+	// any value; a property named format is no keyword.
+	_, err := schemas.New(map[string]any{"order.shipped": map[string]any{"properties": map[string]any{
+		"at": map[string]any{"type": "string", "format": "date_time"}}}})
+	if err == nil || !strings.Contains(err.Error(), `at /properties/at/format: format "date_time" is not one dzhook checks`) {
+		t.Errorf("an unknown format: %v", err)
+	}
+	if _, err := schemas.New(map[string]any{"order.shipped": map[string]any{"properties": map[string]any{
+		"format": map[string]any{"type": "string"}, "at": map[string]any{"format": "date-time"}}}}); err != nil {
+		t.Errorf("a property named format, a known format: %v", err)
+	}
 }
 
 // A custom schema that refers inside itself ($defs, a draft-07
