@@ -372,13 +372,14 @@ func TestRejections(t *testing.T) {
 		fmt.Sprintf(`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"request.escalated","key":"%s","data":{}}')`, strings.Repeat("k", MaxKey+1)),
 		`SELECT pg_logical_emit_message(true, 'other-prefix', 'ignored')`,
 		fmt.Sprintf(`INSERT INTO dzhook_outbox (event, payload) VALUES ('request.escalated', jsonb_build_object('pad', repeat('x', %d)))`, MaxOutboxPayload),
+		`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"request.escalated","data":{"level":1,"level":"2"}}')`,
 		`INSERT INTO dzhook_outbox (event, payload) VALUES ('request.escalated', '{"ok": true}')`,
 	)
-	events, rejected := p.wait(t, 1, 8)
+	events, rejected := p.wait(t, 1, 9)
 	if len(events) != 1 || events[0].Type != "request.escalated" {
 		t.Errorf("events = %v, want only the valid outbox row (the stream goes on after rejections)", events)
 	}
-	wants := []string{`event "order.shipped" is not declared`, `"shipped" does not look like entity.action`, "payload is not a JSON object", "content is not a JSON object", `"key" is not a string`, "key contains a NUL character", "byte limit", "over the 1 MiB limit"}
+	wants := []string{`event "order.shipped" is not declared`, `"shipped" does not look like entity.action`, "payload is not a JSON object", "content is not a JSON object", `"key" is not a string`, "key contains a NUL character", "byte limit", "over the 1 MiB limit", "member at /level twice"}
 	for i, w := range wants {
 		if i >= len(rejected) || !strings.Contains(rejected[i].Error(), w) {
 			t.Errorf("rejection %d = %v, want it to contain %q", i, rejected, w)

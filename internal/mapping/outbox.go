@@ -144,6 +144,13 @@ func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payl
 	if compact.Len() > MaxOutboxPayload {
 		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload of %d bytes (compact) is over the 1 MiB limit", compact.Len())}
 	}
+	// jsonb keeps one of two members of a name; a message and a json or
+	// text column keep both, which the schema and a receiver may read
+	// differently (the schema checks the last, a receiver may take the
+	// first).
+	if at := duplicateKey(compact.Bytes()); at != "" {
+		return out, &Rejection{What: what, Reason: fmt.Sprintf("payload gives the member at %s twice", at)}
+	}
 	// A built-in event's data is held to its schema, which describes the
 	// reference mapping's ids (req_, usr_, cmt_): with other prefixes the
 	// application's data follows its own, and is not checked.
