@@ -255,7 +255,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	e.pipeline, err = pipeline.New(pipeline.Config{
 		Slot: cfg.Source.Slot, SystemID: sys.SystemID, Mapper: mapper, Router: e.dispatcher,
 		Journal: e.writer, Checkpoints: e.journal, Ack: ack,
-		WarningPercent: cfg.SLA.WarningPercent, Observer: e.metrics, Stalls: e.schema, Logger: log,
+		WarningPercent: cfg.SLA.WarningPercent, ArmHorizon: cfg.Journal.Retention, Observer: e.metrics, Stalls: e.schema, Logger: log,
 	})
 	if err != nil {
 		return nil, err

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -81,6 +82,13 @@ type Config struct {
 	Ack func(pglogrepl.LSN)
 	// WarningPercent are the sla.warning thresholds timers are armed for.
 	WarningPercent []float64
+	// ArmHorizon (journal.retention): a timer whose moment is older than
+	// this is not armed. It fired then, or was missed then, and the
+	// journal has since pruned its row and its event, which were all
+	// that kept it from firing again: a later update of a long-breached
+	// SLA sent its sla.breach a second time, a month late. Zero: every
+	// timer is armed.
+	ArmHorizon time.Duration
 	// Observer, when set, counts rejections.
 	Observer Observer
 	// Stalls, when set, is told when the stream stops at a change the
@@ -224,13 +232,17 @@ func (p *Pipeline) HandleCommit(ctx context.Context, c cdc.Commit) error {
 
 // armSLA handles a change of the SLA table.
 func (p *Pipeline) armSLA(ctx context.Context, m *mapping.Mapper, c *cdc.Change) error {
-	up, err := m.SLAChange(c, p.cfg.WarningPercent, time.Now())
+	now := time.Now()
+	up, err := m.SLAChange(c, p.cfg.WarningPercent, now)
 	if err != nil {
 		p.log.Warn("SLA change not understood; its timers are left as they were", "err", err, "lsn", c.CommitLSN.String())
 		return nil
 	}
 	if up.SLAID == "" {
 		return nil
+	}
+	if p.cfg.ArmHorizon > 0 {
+		up.Arm = slices.DeleteFunc(up.Arm, func(t mapping.Timer) bool { return t.FireAt.Before(now.Add(-p.cfg.ArmHorizon)) })
 	}
 	return p.cfg.Journal.ArmTimers(ctx, slaclock.TimerChange(up))
 }

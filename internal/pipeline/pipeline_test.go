@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -212,5 +213,45 @@ func TestSessionStartedMovesForward(t *testing.T) {
 		if got := p.Checkpoint(); got != step.want {
 			t.Errorf("after a session with %+v stored: checkpoint %s, want %s", step.stored, got, step.want)
 		}
+	}
+}
+
+// TestArmHorizon: a timer whose moment is older than the journal's
+// retention is not armed: it fired then (or was missed then), and the
+// journal has pruned its row and its event, all that kept it from firing
+// again; an update of a long-breached SLA sent its breach a second time.
+func TestArmHorizon(t *testing.T) {
+	r := &recorder{}
+	p := newPipeline(t, r)
+	p.cfg.ArmHorizon = 30 * 24 * time.Hour
+	names := []string{"id", "request_id", "sla_type", "started_at", "target_at", "completed_at"}
+	cols := make([]cdc.Column, len(names))
+	for i, n := range names {
+		cols[i] = cdc.Column{Name: n, TypeOID: 25} // text
+		if strings.HasSuffix(n, "_at") {
+			cols[i].TypeOID = 1184 // timestamptz
+		}
+	}
+	rel := cdc.NewRelation(9, "public", "request_slas", 'f', cols)
+	update := func(started, target time.Time) *cdc.Change {
+		v := func(x any) cdc.Value { return cdc.Value{V: x} }
+		return &cdc.Change{Op: cdc.OpUpdate, Relation: rel, CommitLSN: 0x100, CommitTime: time.Now(),
+			New: cdc.Tuple{v(int64(7)), v(int64(1)), v("resolution"), v(started), v(target), {State: cdc.Null}}}
+	}
+	now := time.Now()
+	if err := p.HandleChange(context.Background(), update(now.Add(-90*24*time.Hour), now.Add(-60*24*time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.HandleChange(context.Background(), update(now.Add(-time.Hour), now.Add(3*time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.timers) != 2 {
+		t.Fatalf("%d timer changes, want 2", len(r.timers))
+	}
+	if n := len(r.timers[0].Arm); n != 0 {
+		t.Errorf("an SLA breached 60 days ago: %d timers armed (%+v), want none", n, r.timers[0].Arm)
+	}
+	if n := len(r.timers[1].Arm); n != 2 {
+		t.Errorf("an SLA due in 3 hours: %d timers armed, want its warning and breach", n)
 	}
 }
