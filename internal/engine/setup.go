@@ -103,14 +103,15 @@ func sameDatabase(ctx context.Context, owner, source *pgx.Conn) error {
 // PostgreSQL backend's start, a few milliseconds each). identify runs
 // IDENTIFY_SYSTEM, once the journal is migrated.
 func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn, slotConn *pgx.Conn, store *journal.Store, identify func() (pglogrepl.IdentifySystemResult, error)) ([]string, error) {
-	// One setup at a time per slot: two (the init containers of two
+	// One setup at a time per source database: two (the init containers of two
 	// replicas starting together) each found the slot missing and made
-	// it, the second failing, or made the publication twice.
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('dzhook setup ' || $1, 0))`, cfg.Source.Slot); err != nil {
+	// it, the second failing, or made the publication twice; two with
+	// different slot names each made a slot, the second refused after.
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended('dzhook setup ' || current_database(), 0))`); err != nil {
 		return nil, fmt.Errorf("wait for another dzhook setup: %w", err)
 	}
 	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended('dzhook setup ' || $1, 0))`, cfg.Source.Slot)
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended('dzhook setup ' || current_database(), 0))`)
 	}()
 	var actions []string
 	applied, err := store.Migrate(ctx)

@@ -297,3 +297,33 @@ func TestConcurrentSetups(t *testing.T) {
 		t.Errorf("%d slots, want 1", got)
 	}
 }
+
+// TestConcurrentSetupsTwoSlots: two setups on one source and journal with
+// different slot names (a misconfigured second deployment), at once: one
+// is refused as a second slot, before it makes one (each made its slot,
+// and the refused one's stayed, holding WAL).
+func TestConcurrentSetupsTwoSlots(t *testing.T) {
+	for round := range 3 {
+		db := newDB(t)
+		a := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		b := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		// Slot names are the cluster's: each round its own.
+		a.Source.Slot, b.Source.Slot = fmt.Sprintf("dzhook_a%d", round), fmt.Sprintf("dzhook_b%d", round)
+		errs := make(chan error, 2)
+		for _, cfg := range []*config.Config{a, b} {
+			go func() {
+				_, err := Setup(context.Background(), cfg, SetupOptions{})
+				errs <- err
+			}()
+		}
+		failed := 0
+		for range 2 {
+			if err := <-errs; err != nil {
+				failed++
+			}
+		}
+		if got := queryInt(t, db, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); failed != 1 || got != 1 {
+			t.Errorf("round %d: %d setups refused, %d slots; want 1 and 1", round, failed, got)
+		}
+	}
+}
