@@ -1876,3 +1876,15 @@ func TestNotificationsInOrderPerSubscription(t *testing.T) {
 		t.Errorf("%d given-up notifications left by retention (%v)", left, err)
 	}
 }
+
+// TestNewerJournalRefused: a journal migrated by a newer dzhook is
+// refused, naming both versions: an older binary ran on it without a word
+// (claiming a transformed delivery's event rather than its kept body).
+func TestNewerJournalRefused(t *testing.T) {
+	s, db := newStore(t)
+	db.Exec(t, `INSERT INTO dzhook.schema_migrations (version, name) VALUES (9999, '9999_from_the_future')`)
+	_, err := s.Migrate(context.Background())
+	if !errors.Is(err, ErrNewerJournal) || !strings.Contains(err.Error(), "its version 9999") {
+		t.Errorf("Migrate on a newer journal: %v, want ErrNewerJournal naming 9999", err)
+	}
+}

@@ -116,6 +116,9 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("journal: read applied migrations: %w", err)
 		}
+		if err := newerThan(files, done); err != nil {
+			return nil, err
+		}
 		if appliedAll(files, done) {
 			return nil, nil
 		}
@@ -197,6 +200,30 @@ func (s *Store) appliedVersions(ctx context.Context, conn *pgx.Conn) (map[int]bo
 		done[int(v)] = true
 	}
 	return done, nil
+}
+
+// ErrNewerJournal: the journal was migrated by a newer dzhook than this
+// binary, which would run on it without a word: claiming a transformed
+// delivery's event rather than its kept body, reading runtime
+// subscriptions without their newer settings (a format, a rate limit).
+var ErrNewerJournal = errors.New("the journal was migrated by a newer dzhook")
+
+// newerThan refuses a journal with a migration this binary does not have.
+func newerThan(files []string, done map[int]bool) error {
+	known := 0
+	for _, f := range files {
+		if _, v, err := migrationVersion(f); err == nil {
+			known = max(known, v)
+		}
+	}
+	newest := 0
+	for v := range done {
+		newest = max(newest, v)
+	}
+	if newest > known {
+		return fmt.Errorf("%w (its version %d; this dzhook knows up to %d): run that version of dzhook or a newer one, not an older one", ErrNewerJournal, newest, known)
+	}
+	return nil
 }
 
 // appliedAll reports whether every migration file's version is in done.
