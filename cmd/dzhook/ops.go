@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/dzdesk/dzhook/internal/listen"
 	"math"
 	"net/url"
 	"slices"
@@ -272,7 +273,7 @@ func indentJSON(raw []byte) string {
 	}
 	// JSON keeps C1 controls and DEL as they are (a title holding U+009B,
 	// a CSI to some terminals): shown escaped, as JSON may write them.
-	return c1Escaped(pretty.String())
+	return listen.EscapeC1(pretty.String())
 }
 
 // runRetry retries one delivery now, or every failed one of a
@@ -441,20 +442,4 @@ func setFlag(fs *flag.FlagSet, names ...string) string {
 		}
 	}
 	return ""
-}
-
-// c1Escaped writes DEL and the C1 controls of JSON text as \u escapes.
-func c1Escaped(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r == 0x7f || (r >= 0x80 && r <= 0x9f) }) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		if r == 0x7f || (r >= 0x80 && r <= 0x9f) {
-			fmt.Fprintf(&b, "\\u%04x", r)
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }

@@ -308,7 +308,7 @@ func (d *deliverer) unsent(life context.Context, s *sub, t *task, n int, err err
 			s.stats.record(now, 0, dec.Outcome)
 			rec.Sub, rec.Notify = d.health(life, s, dec, res)
 		}
-		d.obs.AttemptFinished(s.cfg.ID, 0, 0, res.ErrorClass, dec.Outcome)
+		d.obs.Unsent(s.cfg.ID, res.ErrorClass, dec.Outcome)
 		// Not the error's text: CEL's can quote the event's values, which
 		// stay out of logs; the history has it. At most every
 		// filterToldEvery per subscription, with the count: a transform

@@ -44,6 +44,9 @@ type Observer interface {
 	EventDispatched(eventType string, deliveries int)
 	DeliveryRecorded(subscription string, state journal.State)
 	AttemptFinished(subscription string, took time.Duration, status int, errorClass string, outcome Outcome)
+	// Unsent: a delivery failed without an HTTP attempt (its transform
+	// failed on the event: errorClass transform).
+	Unsent(subscription, errorClass string, outcome Outcome)
 	StateChanged(subscription string, from, to journal.Health)
 }
 
@@ -840,6 +843,7 @@ type nopObserver struct{}
 func (nopObserver) EventDispatched(string, int)                                 {}
 func (nopObserver) DeliveryRecorded(string, journal.State)                      {}
 func (nopObserver) AttemptFinished(string, time.Duration, int, string, Outcome) {}
+func (nopObserver) Unsent(string, string, Outcome)                              {}
 func (nopObserver) StateChanged(string, journal.Health, journal.Health)         {}
 
 // shareQueued runs when other processes appear on the journal (on the

@@ -54,11 +54,7 @@ func TestRetryNowKeepsItsKeysOrder(t *testing.T) {
 	if err := d.SyncOrder(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, ev := range evs {
-		if err := d.Dispatch(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dispatchAll(t, d, evs)
 	testutil.Eventually(t, 20*time.Second, "E0 waits for its retry, E2 behind it in the journal", func() bool {
 		s0, a0, o0 := deliveryState(t, store, deliveryID(evs[0]))
 		s2, _, o2 := deliveryState(t, store, deliveryID(evs[2]))
@@ -100,11 +96,7 @@ func TestRetryNowOfAHeldDeliveryRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs := orderEvents([]string{"req_X", "req_X"})
-	for _, ev := range evs {
-		if err := d.Dispatch(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dispatchAll(t, d, evs)
 	testutil.Eventually(t, 10*time.Second, "both held", func() bool {
 		s0, _, _ := deliveryState(t, store, deliveryID(evs[0]))
 		s1, _, _ := deliveryState(t, store, deliveryID(evs[1]))
@@ -135,9 +127,7 @@ func TestManualRetryLeavesTheScheduleItsSteps(t *testing.T) {
 	evs := orderEvents([]string{"req_X"})
 	rc := testutil.NewOrderReceiver(t, failFirst(2, evs[0]))
 	d := start(t, store, ordered(store, rc.URL, OrderNone, 0, time.Hour))
-	if err := d.Dispatch(ctx, evs[0]); err != nil {
-		t.Fatal(err)
-	}
+	dispatchAll(t, d, evs)
 	testutil.Eventually(t, 10*time.Second, "E0 waits for its retry", func() bool {
 		s, a, o := deliveryState(t, store, deliveryID(evs[0]))
 		return s == "pending" && a == 1 && !o

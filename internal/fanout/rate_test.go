@@ -381,12 +381,7 @@ func TestRateLimitPauseSurvivesReload(t *testing.T) {
 func TestRateLimitWaitEndsWithTheSubscription(t *testing.T) {
 	store := newJournal(t)
 	rc := testutil.NewReceiver(t)
-	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
-		RateLimit: Rate{Count: 1, Per: time.Minute}}
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
-		Logger: testutil.Logger(t), Concurrency: 2,
-	})
+	d := startPaced(t, store, rc.URL, Rate{Count: 1, Per: time.Minute}, 2)
 	evs := envelopes("request.updated", `{"id":"req_1"}`, "request.updated", `{"id":"req_2"}`, "request.updated", `{"id":"req_3"}`)
 	dispatchAll(t, d, evs)
 	// The one turn goes to whichever worker takes it first: not
@@ -447,12 +442,7 @@ func TestPacerGivesBackItsPlaces(t *testing.T) {
 func TestPauseStopsWhatIsQueued(t *testing.T) {
 	store := newJournal(t)
 	rc := testutil.NewReceiver(t)
-	sub := Subscription{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true,
-		RateLimit: Rate{Count: 1, Per: time.Second}}
-	d := start(t, store, Config{
-		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
-		Logger: testutil.Logger(t), Concurrency: 4,
-	})
+	d := startPaced(t, store, rc.URL, Rate{Count: 1, Per: time.Second}, 4)
 	var pairs []string
 	for i := range 7 {
 		pairs = append(pairs, "request.updated", fmt.Sprintf(`{"id":"req_%d"}`, i))
@@ -493,4 +483,15 @@ func TestPauseStopsWhatIsQueued(t *testing.T) {
 	if len(seen) != len(evs) || len(rc.Requests()) != len(evs) {
 		t.Errorf("%d requests for %d deliveries after the resume, want each of the %d once", len(rc.Requests()), len(seen), len(evs))
 	}
+}
+
+// startPaced runs a dispatcher with one subscription, crm, to url, paced
+// at limit, with concurrency workers.
+func startPaced(t *testing.T, store *journal.Store, url string, limit Rate, concurrency int) *Dispatcher {
+	t.Helper()
+	sub := Subscription{ID: "crm", URL: url, Events: []string{"*"}, Secret: []byte("rate-limit-secret-0123456789"), Active: true, RateLimit: limit}
+	return start(t, store, Config{
+		Subscriptions: []Subscription{sub}, Journal: store, Instance: "i1", PollInterval: 50 * time.Millisecond, Heartbeat: time.Second,
+		Logger: testutil.Logger(t), Concurrency: concurrency,
+	})
 }

@@ -281,7 +281,7 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		UPDATE {{schema}}.deliveries d SET owner = $2, claim = $4, updated_at = now()
 		  FROM {{schema}}.events e
 		 WHERE d.id = $1 AND e.id = d.event_id AND `+sameSubscription+`
-		   AND d.state <> 'held' AND NOT EXISTS (`+earlierOfKey+`)
+		   AND d.state <> 'held' AND NOT EXISTS (`+earlierOfKey("1")+`)
 		   AND (d.owner IS NULL OR (d.owner <> $2
 		        AND d.owner NOT IN (`+liveInstances("$3 * interval '1 second'")+`)))
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test,
@@ -295,7 +295,7 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		var same bool
 		var state State
 		var head *string
-		err := s.pool.QueryRow(ctx, s.q(`SELECT `+sameSubscription+`, d.state, (`+strings.Replace(earlierOfKey, "SELECT 1", "SELECT x.id", 1)+`)
+		err := s.pool.QueryRow(ctx, s.q(`SELECT `+sameSubscription+`, d.state, (`+earlierOfKey("x.id")+`)
 			FROM {{schema}}.deliveries d WHERE d.id = $1`), id).Scan(&same, &state, &head)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
@@ -318,12 +318,14 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 	return c, nil
 }
 
-// earlierOfKey selects the first delivery of d's ordering key still to
-// be made before d, if d has a key.
-const earlierOfKey = `SELECT 1 FROM {{schema}}.deliveries x
+// earlierOfKey selects (sel of) the first delivery x of d's ordering key
+// still to be made before d, if d has a key.
+func earlierOfKey(sel string) string {
+	return `SELECT ` + sel + ` FROM {{schema}}.deliveries x
 		 WHERE d.ordering_key IS NOT NULL AND x.subscription_id = d.subscription_id AND x.ordering_key = d.ordering_key
 		   AND x.state IN ('pending', 'held') AND (x.position, x.id) < (d.position, d.id)
 		 ORDER BY x.position, x.id LIMIT 1`
+}
 
 // BehindError: a manual retry of an ordered delivery while an earlier
 // delivery of its key, Head, is still to be made.

@@ -305,15 +305,27 @@ func writeBody(b *bytes.Buffer, body []byte) {
 		b.WriteString("(not JSON) ")
 		b.WriteString(strconv.Quote(string(body)))
 	} else {
-		for _, r := range pretty.String() {
-			if r == 0x7f || (r >= 0x80 && r <= 0x9f) {
-				fmt.Fprintf(b, "\\u%04x", r)
-				continue
-			}
-			b.WriteRune(r)
-		}
+		b.WriteString(EscapeC1(pretty.String()))
 	}
 	b.WriteByte('\n')
+}
+
+// EscapeC1 writes DEL and the C1 controls of JSON text as \u escapes,
+// which JSON may use and encoding/json does not.
+func EscapeC1(s string) string {
+	c1 := func(r rune) bool { return r == 0x7f || (r >= 0x80 && r <= 0x9f) }
+	if !strings.ContainsFunc(s, c1) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if c1(r) {
+			fmt.Fprintf(&b, "\\u%04x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // maxField bounds a value taken from the request, in runes.

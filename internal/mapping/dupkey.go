@@ -52,9 +52,9 @@ func duplicateKey(b []byte) string {
 			case '[':
 				stack = append(stack, &frame{path: child()})
 				continue
-			default:
+			default: // the end of top: its parent's member is done
 				stack = stack[:len(stack)-1]
-				if f := top; f != nil && len(stack) > 0 && stack[len(stack)-1].object {
+				if len(stack) > 0 && stack[len(stack)-1].object {
 					stack[len(stack)-1].key = ""
 				}
 				continue

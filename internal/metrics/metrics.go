@@ -156,14 +156,20 @@ func (m *Metrics) AttemptFinished(subscription string, took time.Duration, statu
 		code = counter(&ss.codes, status, m.attempts, subscription, strconv.Itoa(status))
 	}
 	code.(prometheus.Counter).Inc()
-	if class != fanout.ClassTransform {
-		// A transform that failed sent nothing: no HTTP attempt's
-		// duration (its 0 s pulled the latency's quantiles down).
-		ss.duration.Observe(took.Seconds())
-	}
+	ss.duration.Observe(took.Seconds())
 	if class != "" {
 		m.errors.WithLabelValues(subscription, class).Inc() // known through ss
 	}
+	o := outcome.String()
+	counter(&ss.outcomes, o, m.deliveries, subscription, o).Inc()
+}
+
+// Unsent implements fanout.Observer: an error and an outcome, no HTTP
+// attempt (a failed transform's 0 s pulled the latency's quantiles
+// down, and its status 0 counted as an attempt's code).
+func (m *Metrics) Unsent(subscription, class string, outcome fanout.Outcome) {
+	ss := m.sub(subscription)
+	m.errors.WithLabelValues(subscription, class).Inc()
 	o := outcome.String()
 	counter(&ss.outcomes, o, m.deliveries, subscription, o).Inc()
 }

@@ -149,23 +149,10 @@ func TestCELTransformKeepsNumbers(t *testing.T) {
 func TestCELTransformResultBoundedWhileCopied(t *testing.T) {
 	items := strings.Repeat(`{"sku":"abcdefghij","qty":1,"note":"a line of text"},`, 1999) + `{"sku":"k","qty":2,"note":"n"}`
 	env := []byte(`{"id":"i","event":"e","timestamp":"t","data":{"items":[` + items + `]}}`)
-	tr, err := New(`{"lines": data.items.map(i, {"item": i, "order": data})}`, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	_, err = tr.Apply(env)
-	runtime.ReadMemStats(&after)
-	if err == nil || !strings.Contains(err.Error(), "larger than 1048576 bytes") {
-		t.Errorf("Apply = %v, want the result refused as larger than 1 MiB", err)
-	}
-	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
-		t.Errorf("Apply allocated %d MB on the way to refusing it", alloc>>20)
-	}
+	refusedAsTooLarge(t, `{"lines": data.items.map(i, {"item": i, "order": data})}`, env)
 
 	escaped := strings.Repeat(`\u0001`, 150_000) // 900 KB as JSON, 150 KB as text
-	tr, err = New(`{"a": data.s, "b": data.s}`, "")
+	tr, err := New(`{"a": data.s, "b": data.s}`, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,24 +172,11 @@ func TestCELTransformResultBoundedWhileCopied(t *testing.T) {
 func TestCELTransformLazyListsAndNewlines(t *testing.T) {
 	l := "[" + strings.Repeat("0,", 200_000) + "0]"
 	env := []byte(`{"id":"i","event":"e","timestamp":"t","data":{"l":` + l + `}}`)
-	tr, err := New(`{"x": `+strings.TrimSuffix(strings.Repeat("data.l + ", 250), " + ")+`}`, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	_, err = tr.Apply(env)
-	runtime.ReadMemStats(&after)
-	if err == nil || !strings.Contains(err.Error(), "larger than") {
-		t.Errorf("Apply = %v, want it refused as too large", err)
-	}
-	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
-		t.Errorf("allocated %d MB on the way to refusing it", alloc>>20)
-	}
+	refusedAsTooLarge(t, `{"x": `+strings.TrimSuffix(strings.Repeat("data.l + ", 250), " + ")+`}`, env)
 
 	log := strings.Repeat("ok\n\t", 112_000) // 448 KB; 672 KB as JSON
 	data, _ := json.Marshal(map[string]any{"log": log})
-	tr, err = New(`{"text": data.log}`, "")
+	tr, err := New(`{"text": data.log}`, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,5 +199,25 @@ func TestCELTransformStopsAtItsDeadline(t *testing.T) {
 	_, err = tr.Apply(env)
 	if took := time.Since(start); err == nil || !strings.Contains(err.Error(), "ran past") || took > 10*time.Second {
 		t.Errorf("Apply = %v after %s; want it stopped after a second", err, took)
+	}
+}
+
+// refusedAsTooLarge applies expr to env and wants its result refused as
+// over 1 MiB, with at most 64 MB allocated on the way.
+func refusedAsTooLarge(t *testing.T, expr string, env []byte) {
+	t.Helper()
+	tr, err := New(expr, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err = tr.Apply(env)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "larger than 1048576 bytes") {
+		t.Errorf("Apply = %v, want the result refused as larger than 1 MiB", err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+		t.Errorf("Apply allocated %d MB on the way to refusing it", alloc>>20)
 	}
 }
