@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -1886,5 +1887,59 @@ func TestNewerJournalRefused(t *testing.T) {
 	_, err := s.Migrate(context.Background())
 	if !errors.Is(err, ErrNewerJournal) || !strings.Contains(err.Error(), "its version 9999") {
 		t.Errorf("Migrate on a newer journal: %v, want ErrNewerJournal naming 9999", err)
+	}
+}
+
+// TestMigrationWaitsForLocksInTries: a migration altering a table a long
+// transaction has open waits for its lock in short tries, each ending
+// with lock_timeout so the queries queued behind it go on, and fails
+// naming the migration and the lock when the tries run out; it applies
+// once the transaction ends. Without the tries it waited for ever,
+// stalling every query of the table behind its lock request.
+func TestMigrationWaitsForLocksInTries(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	m := New(s.Pool(), "mig_locks")
+	first := fstest.MapFS{"migrations/0001_table.sql": {Data: []byte(`CREATE TABLE {{schema}}.t (a int)`)}}
+	if applied, err := m.migrate(ctx, first, lockWait{timeout: time.Second, tries: 1}); err != nil || len(applied) != 1 {
+		t.Fatalf("first migration: applied %v, err %v", applied, err)
+	}
+	both := maps.Clone(first)
+	both["migrations/0002_column.sql"] = &fstest.MapFile{Data: []byte(`ALTER TABLE {{schema}}.t ADD COLUMN b int`)}
+	holder := db.Hold(t, `SELECT count(*) FROM mig_locks.t`)
+
+	quick, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err := m.migrate(quick, both, lockWait{timeout: 50 * time.Millisecond, pause: 10 * time.Millisecond, tries: 3})
+	if err == nil || !strings.Contains(err.Error(), "0002_column") || !strings.Contains(err.Error(), "not granted in 3 tries") || quick.Err() != nil {
+		t.Fatalf("migration beside a long transaction: err %v (context %v); want the lock named after 3 tries", err, quick.Err())
+	}
+
+	// Tries until the transaction ends: seen waiting in two transactions
+	// (a try ended, another began), then the holder commits.
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.migrate(quick, both, lockWait{timeout: 50 * time.Millisecond, pause: 10 * time.Millisecond, tries: 1000})
+		done <- err
+	}()
+	watch := db.Connect(t)
+	seen := map[string]bool{}
+	testutil.Eventually(t, 20*time.Second, "the migration waiting for the lock in two tries", func() bool {
+		var vxid string
+		err := watch.QueryRow(ctx, `SELECT virtualtransaction FROM pg_locks WHERE relation = 'mig_locks.t'::regclass AND NOT granted`).Scan(&vxid)
+		if err == nil {
+			seen[vxid] = true
+		}
+		return len(seen) >= 2
+	})
+	if err := holder.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("migration once the transaction ended: %v", err)
+	}
+	var cols int
+	if err := watch.QueryRow(ctx, `SELECT count(*) FROM information_schema.columns WHERE table_schema = 'mig_locks' AND table_name = 't'`).Scan(&cols); err != nil || cols != 2 {
+		t.Errorf("columns of the table after the migration: %d (%v), want 2", cols, err)
 	}
 }

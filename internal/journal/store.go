@@ -95,7 +95,28 @@ func (s *Store) Ping(ctx context.Context) error {
 // of a version) is found so with one query and no lock: the lock, the
 // schema's check and a query per migration were a tenth of a start.
 func (s *Store) Migrate(ctx context.Context) ([]string, error) {
-	files, err := fs.Glob(migrations, "migrations/*.sql")
+	return s.migrate(ctx, migrations, migrationLockWait)
+}
+
+// lockWait is how a migration waits for its tables' locks: a try of at
+// most timeout (lock_timeout), a pause, and at most tries of them.
+type lockWait struct {
+	timeout, pause time.Duration
+	tries          int
+}
+
+// migrationLockWait: a migration altering a journal table waits for an
+// exclusive lock, and while it waits every query of that table queues
+// behind it: an upgrade beside a long transaction on the journal (an
+// older dzhook's retention step, a person's psql session) stopped every
+// delivery of the processes still running until that transaction ended.
+// Each try waits 2 s at most, then gives the others the table for 1 s;
+// two minutes of tries, then the start fails, saying why.
+var migrationLockWait = lockWait{timeout: 2 * time.Second, pause: time.Second, tries: 40}
+
+// migrate is Migrate with the migrations of fsys and the lock waits of w.
+func (s *Store) migrate(ctx context.Context, fsys fs.FS, w lockWait) ([]string, error) {
+	files, err := fs.Glob(fsys, "migrations/*.sql")
 	if err != nil {
 		return nil, err
 	}
@@ -161,28 +182,58 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 		if done[version] {
 			continue
 		}
-		body, err := migrations.ReadFile(f)
+		body, err := fs.ReadFile(fsys, f)
 		if err != nil {
 			return nil, err
 		}
-		tx, err := conn.Begin(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := tx.Exec(ctx, s.q(string(body))); err != nil {
-			_ = tx.Rollback(ctx)
-			return nil, fmt.Errorf("journal migration %s: %w", name, err)
-		}
-		if _, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.schema_migrations (version, name) VALUES ($1, $2)`), version, name); err != nil {
-			_ = tx.Rollback(ctx)
-			return nil, err
-		}
-		if err := tx.Commit(ctx); err != nil {
-			return nil, fmt.Errorf("journal migration %s: %w", name, err)
+		if err := s.applyMigration(ctx, conn.Conn(), name, version, string(body), w); err != nil {
+			return applied, err
 		}
 		applied = append(applied, name)
 	}
 	return applied, nil
+}
+
+// applyMigration runs one migration in a transaction, again when it
+// waited too long for a lock (w), and records it.
+func (s *Store) applyMigration(ctx context.Context, conn *pgx.Conn, name string, version int, body string, w lockWait) error {
+	for try := 1; ; try++ {
+		err := s.applyOnce(ctx, conn, name, version, body, w.timeout)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55P03" { // lock_not_available
+			return err
+		}
+		if try >= w.tries {
+			return fmt.Errorf("journal migration %s: a lock on the journal's tables was not granted in %d tries of %s each: a long transaction on the journal holds it (see pg_stat_activity for the journal's database); end it, or start dzhook again when it has ended", name, w.tries, w.timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("journal migration %s: %w", name, ctx.Err())
+		case <-time.After(w.pause):
+		}
+	}
+}
+
+// applyOnce is one try of applyMigration.
+func (s *Store) applyOnce(ctx context.Context, conn *pgx.Conn, name string, version int, body string, lockTimeout time.Duration) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", max(lockTimeout.Milliseconds(), 1))); err != nil {
+		return fmt.Errorf("journal migration %s: %w", name, err)
+	}
+	if _, err := tx.Exec(ctx, s.q(body)); err != nil {
+		return fmt.Errorf("journal migration %s: %w", name, err)
+	}
+	if _, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.schema_migrations (version, name) VALUES ($1, $2)`), version, name); err != nil {
+		return fmt.Errorf("journal migration %s: %w", name, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("journal migration %s: %w", name, err)
+	}
+	return nil
 }
 
 // appliedVersions reads the versions of the migrations the journal has.
