@@ -301,6 +301,52 @@ func TestCustomEventSchema(t *testing.T) {
 	}
 }
 
+// TestCustomEventSchemaAsWritten: a schema's dates and numbers are the
+// file's text, not what YAML reads: a const 2024-01-01 refused the data
+// "2024-01-01" (YAML gave a time, JSON "2024-01-01T00:00:00Z"), and a
+// 23-digit const became a float64 no data equals. A number that is not
+// JSON's (0755: 493 in YAML 1.1, 755 in 1.2) is refused, naming its path.
+func TestCustomEventSchemaAsWritten(t *testing.T) {
+	cfg, err := Parse([]byte(minimal+`custom_events:
+  - name: order.shipped
+    description: 2024-01-01
+    schema:
+      type: object
+      properties:
+        day: {const: 2024-01-01}
+        big: {const: 12345678901234567890123}
+        seen: {enum: [2001-12-14t21:59:43.10-05:00]}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.CustomEvents[0].Description; d != "2024-01-01" {
+		t.Errorf("description: %q, want 2024-01-01 as written", d)
+	}
+	set, err := cfg.Schemas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for data, ok := range map[string]bool{
+		`{"day":"2024-01-01"}`:                    true,
+		`{"day":"2024-01-01T00:00:00Z"}`:          false,
+		`{"big":12345678901234567890123}`:         true,
+		`{"big":12345678901234567000000}`:         false,
+		`{"seen":"2001-12-14t21:59:43.10-05:00"}`: true,
+	} {
+		if err := set.ValidateData("order.shipped", []byte(data)); (err == nil) != ok {
+			t.Errorf("%s: got %v, want valid %v", data, err, ok)
+		}
+	}
+	for lit, read := range map[string]string{"0755": "493", "0x10": "16", "1_000": "1000", ".5": "0.5", "+12": "12"} {
+		_, err := Parse([]byte(minimal+"custom_events:\n  - name: order.shipped\n    schema: {properties: {mode: {enum: [1, "+lit+"]}}}\n"), nil)
+		want := "custom_events[0].schema.properties.mode.enum[1]: " + lit + " is not a JSON number (YAML reads it as " + read + ")"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("enum [1, %s]: %v, want %q", lit, err, want)
+		}
+	}
+}
+
 func TestInvalidYAML(t *testing.T) {
 	_, err := Parse([]byte("source:\n  dsn: [unclosed\n"), nil)
 	if err == nil || !strings.Contains(err.Error(), "not valid YAML") || !strings.Contains(err.Error(), "line") {

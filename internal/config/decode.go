@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -27,8 +28,8 @@ type decoder struct {
 	// refs gets every setting whose value held a reference, for the
 	// messages of validation too.
 	refs references
-	// literals is the text of each number as the file wrote it, by path
-	// (see literalNumbers).
+	// literals is the text of each number and timestamp as the file
+	// wrote it, by path (see literalScalars).
 	literals map[string]string
 }
 
@@ -74,16 +75,16 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 			d.problems.addDecode(path, "must be a mapping (a JSON Schema object), not %s", kindOf(raw))
 			return
 		}
-		dst.Set(reflect.ValueOf(m))
+		dst.Set(reflect.ValueOf(d.document(path, m)))
 		return
 	}
 	switch t.Kind() {
 	case reflect.String:
 		// A number YAML read for a setting that is text is the text the
 		// file has: YAML would give 0012 as 10 and a 23-digit secret as
-		// 1.2345678901234568e+22.
+		// 1.2345678901234568e+22; a date, a time.Time.
 		switch raw.(type) {
-		case int, int64, uint64, float64:
+		case int, int64, uint64, float64, time.Time:
 			if lit, ok := d.literals[path]; ok {
 				raw = lit
 			}
@@ -343,12 +344,13 @@ func nest(key string, known map[string]int) string {
 	return strings.Join(parts, ": {") + ": …" + strings.Repeat("}", len(parts)-1)
 }
 
-// literalNumbers maps the path of every number in the YAML document (in
+// literalScalars maps the path of every number and timestamp in the YAML
+// document (in
 // the decoder's form: source.dsn, subscriptions[0].headers.X-Account) to
 // its text as written, through aliases and merge keys (<<: *defaults) as
 // YAML resolves them: a mapping's own keys over merged ones, the first
 // of several merged mappings over the later ones.
-func literalNumbers(b []byte) map[string]string {
+func literalScalars(b []byte) map[string]string {
 	var doc yaml.Node
 	if yaml.Unmarshal(b, &doc) != nil {
 		return nil
@@ -394,7 +396,7 @@ func literalNumbers(b []byte) map[string]string {
 				walk(fmt.Sprintf("%s[%d]", path, i), c)
 			}
 		case yaml.ScalarNode:
-			if n.Tag == "!!int" || n.Tag == "!!float" {
+			if n.Tag == "!!int" || n.Tag == "!!float" || n.Tag == "!!timestamp" {
 				out[path] = n.Value
 			} else {
 				delete(out, path) // a merged number overridden by text
@@ -405,7 +407,50 @@ func literalNumbers(b []byte) map[string]string {
 	return out
 }
 
-// maxAliasDepth bounds the aliases literalNumbers follows within one
+// document is a custom event's JSON Schema as the file wrote it: YAML
+// reads 0755 as 493 (YAML 1.1's octal; 1.2 reads 755), 1_000 as 1000, a
+// 23-digit number as a float64 that is not it, and 2024-01-01 as a
+// time.Time, which JSON gives as "2024-01-01T00:00:00Z": a const or an
+// enum of the schema then refused the very value its author wrote. A
+// number is kept as its text when that is a JSON number, and refused,
+// with the value YAML read, when it is not; a timestamp is its text.
+func (d *decoder) document(path string, v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, e := range v {
+			out[k] = d.document(join(path, k), e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, e := range v {
+			out[i] = d.document(fmt.Sprintf("%s[%d]", path, i), e)
+		}
+		return out
+	case int, int64, uint64, float64:
+		lit, ok := d.literals[path]
+		if !ok {
+			return v
+		}
+		if !jsonNumber.MatchString(lit) {
+			d.problems.addDecode(path, "%s is not a JSON number (YAML reads it as %v): write it as JSON does, or quote it for text", lit, v)
+			return v
+		}
+		return json.Number(lit)
+	case time.Time:
+		if lit, ok := d.literals[path]; ok {
+			return lit
+		}
+		return v.Format(time.RFC3339Nano)
+	}
+	return v
+}
+
+// jsonNumber is JSON's grammar of a number (RFC 8259, section 6).
+var jsonNumber = regexp.MustCompile(`^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
+
+// maxAliasDepth bounds the aliases literalScalars follows within one
 // another (YAML's own decoder refuses a document that expands too much).
 const maxAliasDepth = 32
 
