@@ -823,3 +823,17 @@ func TestErrorsQuoteNoSecret(t *testing.T) {
 		}
 	}
 }
+
+// TestOutboxIsNotAMappedTable: outbox.table naming a mapped table is
+// refused; every comment became a rejected outbox row.
+func TestOutboxIsNotAMappedTable(t *testing.T) {
+	for _, table := range []string{"comments", "public.requests"} {
+		_, err := Parse([]byte(minimal+"outbox:\n  table: "+table+"\n"), nil)
+		if err == nil || !strings.Contains(err.Error(), "outbox.table") || !strings.Contains(err.Error(), "is a mapped table") {
+			t.Errorf("outbox.table: %s: %v, want refused as a mapped table", table, err)
+		}
+	}
+	if _, err := Parse([]byte(minimal+"outbox:\n  table: crm.comments\n"), nil); err != nil {
+		t.Errorf("an outbox in another schema, named like a mapped table: %v", err)
+	}
+}

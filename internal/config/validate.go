@@ -176,6 +176,15 @@ func (c *Config) validate(ps *Problems, refs references) {
 	}
 	if c.Outbox.Table != "" {
 		checkQualifiedName(ps, refs, "outbox.table", c.Outbox.Table)
+		// The outbox's rows are read as outbox rows, whatever else the
+		// table is: naming a mapped table there turned every comment (or
+		// request) into a rejected outbox row, and its events were lost.
+		outbox := c.Mapping.Qualify(c.Outbox.Table)
+		for _, t := range c.Mapping.Tables() {
+			if t == outbox {
+				ps.add("outbox.table", "%s is a mapped table (mapping: %s): its rows would be read as outbox rows and their events lost; name a table of its own (README: Outbox)", refs.show("outbox.table", c.Outbox.Table), t)
+			}
+		}
 	}
 	for _, p := range c.Mapping.Validate() {
 		// A message may name a table with its schema: any of mapping's
