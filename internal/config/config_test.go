@@ -829,11 +829,35 @@ func TestErrorsQuoteNoSecret(t *testing.T) {
 func TestOutboxIsNotAMappedTable(t *testing.T) {
 	for _, table := range []string{"comments", "public.requests"} {
 		_, err := Parse([]byte(minimal+"outbox:\n  table: "+table+"\n"), nil)
-		if err == nil || !strings.Contains(err.Error(), "outbox.table") || !strings.Contains(err.Error(), "is a mapped table") {
+		if err == nil || !strings.Contains(err.Error(), "outbox.table") || !strings.Contains(err.Error(), "is the table of mapping.") {
 			t.Errorf("outbox.table: %s: %v, want refused as a mapped table", table, err)
 		}
 	}
 	if _, err := Parse([]byte(minimal+"outbox:\n  table: crm.comments\n"), nil); err != nil {
 		t.Errorf("an outbox in another schema, named like a mapped table: %v", err)
+	}
+}
+
+// TestKeysAsWritten: a mapping key YAML reads as other than its text is
+// refused, naming it: values: {010: closed} translated '8', not '010',
+// and 1e3 and 1_000 were one key, one translation silently dropped. Keys
+// YAML reads as written (42, true, quoted text) are kept.
+func TestKeysAsWritten(t *testing.T) {
+	for key, read := range map[string]string{"010": "8", "0x1F": "31", "1e3": "1000", "1_000": "1000", "1.50": "1.5", "~": "null", "True": "true", "2024-01-01": "a time"} {
+		_, err := Parse([]byte(minimal+"mapping:\n  requests:\n    values:\n      status: {"+key+": closed}\n"), nil)
+		want := "mapping.requests.values.status: key " + key + " is read by YAML as " + read
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("key %s: %v, want %q", key, err, want)
+		}
+	}
+	cfg, err := Parse([]byte(minimal+"mapping:\n  requests:\n    values:\n      status: {42: open, true: closed, \"010\": solved, 1.5: pending}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cfg.Mapping.Requests.Values.Status
+	for k, v := range map[string]string{"42": "open", "true": "closed", "010": "solved", "1.5": "pending"} {
+		if got[k] != v {
+			t.Errorf("values.status[%q] = %q, want %q (all: %v)", k, got[k], v, got)
+		}
 	}
 }

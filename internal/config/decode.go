@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -350,12 +351,18 @@ func nest(key string, known map[string]int) string {
 // its text as written, through aliases and merge keys (<<: *defaults) as
 // YAML resolves them: a mapping's own keys over merged ones, the first
 // of several merged mappings over the later ones.
-func literalScalars(b []byte) map[string]string {
+//
+// It also adds to ps every mapping key YAML reads as other than its text:
+// a key is a name (a header's, a database value's in values:), and YAML
+// read 010 as 8, 1.50 as 1.5, ~ as null ("<nil>"), so that a translation
+// of the stored '010' silently missed, and 1e3 and 1_000 became one key.
+func literalScalars(b []byte, ps *Problems) map[string]string {
 	var doc yaml.Node
 	if yaml.Unmarshal(b, &doc) != nil {
 		return nil
 	}
 	out := map[string]string{}
+	said := map[string]bool{}
 	depth := 0 // aliases followed: bounds a document that nests them deeply
 	var walk func(path string, n *yaml.Node)
 	walk = func(path string, n *yaml.Node) {
@@ -387,8 +394,12 @@ func literalScalars(b []byte) map[string]string {
 				}
 			}
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				if n.Content[i].Tag != "!!merge" {
-					walk(join(path, n.Content[i].Value), n.Content[i+1])
+				if key := n.Content[i]; key.Tag != "!!merge" {
+					if read, ok := keyAsRead(key); !ok && !said[join(path, key.Value)] {
+						said[join(path, key.Value)] = true
+						ps.addDecode(cmp.Or(path, "(top level)"), "key %s is read by YAML as %s: quote it (%q) to mean that text", key.Value, read, key.Value)
+					}
+					walk(join(path, key.Value), n.Content[i+1])
 				}
 			}
 		case yaml.SequenceNode:
@@ -405,6 +416,27 @@ func literalScalars(b []byte) map[string]string {
 	}
 	walk("", &doc)
 	return out
+}
+
+// keyAsRead is what YAML reads a mapping key as, and whether that is its
+// text: a quoted or plain string is, and so is a number or a boolean
+// written as Go prints it (42, true); 010, 0x1F, 1.50, True, ~ and a date
+// are not.
+func keyAsRead(key *yaml.Node) (string, bool) {
+	switch key.Tag {
+	case "!!str":
+		return key.Value, true
+	case "!!null":
+		return "null", false
+	case "!!timestamp":
+		return "a time", false
+	}
+	var v any
+	if key.Kind != yaml.ScalarNode || key.Decode(&v) != nil {
+		return "a " + strings.TrimPrefix(key.ShortTag(), "!!"), false
+	}
+	read := fmt.Sprint(v)
+	return read, read == key.Value
 }
 
 // document is a custom event's JSON Schema as the file wrote it: YAML

@@ -83,7 +83,7 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 		lookupEnv: func(name string) (string, bool) { v, ok := envMap[name]; return v, ok },
 		problems:  &problems,
 		refs:      references{},
-		literals:  literalScalars(yamlBytes),
+		literals:  literalScalars(yamlBytes, &problems),
 	}
 	d.decode("", k.Raw(), reflect.ValueOf(&cfg).Elem())
 	checkSections(&problems, "", fileRaw, reflect.TypeOf(cfg))

@@ -179,11 +179,8 @@ func (c *Config) validate(ps *Problems, refs references) {
 		// The outbox's rows are read as outbox rows, whatever else the
 		// table is: naming a mapped table there turned every comment (or
 		// request) into a rejected outbox row, and its events were lost.
-		outbox := c.Mapping.Qualify(c.Outbox.Table)
-		for _, t := range c.Mapping.Tables() {
-			if t == outbox {
-				ps.add("outbox.table", "%s is a mapped table (mapping: %s): its rows would be read as outbox rows and their events lost; name a table of its own (README: Outbox)", refs.show("outbox.table", c.Outbox.Table), t)
-			}
+		if key, ok := c.Mapping.TableOf(c.Mapping.Qualify(c.Outbox.Table)); ok {
+			ps.add("outbox.table", "%s is the table of mapping.%s: its rows would be read as outbox rows and their events lost; name a table of its own (README: Outbox)", refs.show("outbox.table", c.Outbox.Table), key)
 		}
 	}
 	for _, p := range c.Mapping.Validate() {

@@ -18,6 +18,17 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+// TableOf returns the entity (requests, users, comments, request_slas)
+// whose table is the schema-qualified table, if any.
+func (c *Config) TableOf(table string) (string, bool) {
+	for _, e := range c.entities() {
+		if c.Qualify(e.table) == table {
+			return e.key, true
+		}
+	}
+	return "", false
+}
+
 // Tables returns the schema-qualified tables the stream must publish.
 func (c *Config) Tables() []string {
 	var out []string
