@@ -64,6 +64,21 @@ func Setup(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) (SetupReport, e
 	if len(problems) > 0 {
 		return rep, errors.Join(problems...)
 	}
+	// Before the publication: PostgreSQL refuses UPDATE and DELETE on a
+	// published table with no replica identity (no primary key, or
+	// REPLICA IDENTITY NOTHING), so publishing a comments or outbox table
+	// without a key broke the application's own statements.
+	for _, t := range cfg.Tables {
+		if slices.Contains(cfg.FullIdentity, t) {
+			continue
+		}
+		if err := setupKeyless(ctx, conn, t, cfg.CheckOnly, &rep); err != nil {
+			problems = append(problems, err)
+		}
+	}
+	if len(problems) > 0 && !cfg.CheckOnly {
+		return rep, errors.Join(problems...)
+	}
 	if err := setupPublication(ctx, conn, cfg, &rep); err != nil {
 		problems = append(problems, err)
 		if !cfg.CheckOnly {
@@ -250,6 +265,36 @@ func setupIdentity(ctx context.Context, conn *pgx.Conn, table string, checkOnly 
 		return fmt.Errorf("set REPLICA IDENTITY FULL on %s: %w; %s, so the table's owner must run: %s", table, err, why, stmt)
 	}
 	rep.Actions = append(rep.Actions, fmt.Sprintf("set REPLICA IDENTITY FULL on %s", table))
+	return nil
+}
+
+// setupKeyless sets REPLICA IDENTITY FULL on a table that has no replica
+// identity at all: the default identity without a primary key, NOTHING,
+// or an index that is gone. Published so, it would have PostgreSQL
+// refuse the application's UPDATEs and DELETEs on it.
+func setupKeyless(ctx context.Context, conn *pgx.Conn, table string, checkOnly bool, rep *SetupReport) error {
+	var usable bool
+	err := conn.QueryRow(ctx, `SELECT CASE c.relreplident
+			WHEN 'f' THEN true
+			WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+			WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+			ELSE false END
+		FROM pg_class c WHERE c.oid = $1::regclass`, quoteQualified(table)).Scan(&usable)
+	if err != nil {
+		return fmt.Errorf("read replica identity of %s: %w", table, err)
+	}
+	if usable {
+		return nil
+	}
+	stmt := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", quoteQualified(table))
+	why := "it has no replica identity (no primary key), and PostgreSQL refuses UPDATE and DELETE on a published table without one: publishing it as it is would break the application's own statements"
+	if checkOnly {
+		return fmt.Errorf("table %s needs a replica identity before it is published: %s; run `dzhook setup`, add a primary key, or %s", table, why, stmt)
+	}
+	if _, err := conn.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("set REPLICA IDENTITY FULL on %s: %w; %s, so the table's owner must run: %s (or add a primary key)", table, err, why, stmt)
+	}
+	rep.Actions = append(rep.Actions, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (it has no primary key: published without an identity, the application's UPDATEs and DELETEs on it would fail)", table))
 	return nil
 }
 

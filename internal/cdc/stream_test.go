@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -1147,6 +1148,38 @@ func TestSetupIsIdempotentAndChecks(t *testing.T) {
 	if _, err := Setup(context.Background(), conn, missing); err == nil || !strings.Contains(err.Error(), "table public.tickets does not exist") {
 		t.Errorf("setup with a missing table: %v", err)
 	}
+}
+
+// TestSetupGivesKeylessTablesAnIdentity: a published table without a
+// replica identity (an outbox without a primary key) gets REPLICA
+// IDENTITY FULL before it is published: published as it was, the
+// application's own UPDATEs and DELETEs on it failed ("cannot update
+// table ... because it does not have a replica identity"). A check-only
+// setup names the statement and changes nothing.
+func TestSetupGivesKeylessTablesAnIdentity(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema, `CREATE TABLE box (event text, payload jsonb)`, `CREATE TABLE keyed (id bigint PRIMARY KEY)`,
+		`ALTER TABLE keyed REPLICA IDENTITY NOTHING`)
+	cfg := SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: append(slices.Clone(referenceTables), "public.box", "public.keyed"),
+		FullIdentity: []string{"public.requests"}}
+	check := cfg
+	check.CheckOnly = true
+	conn := db.Connect(t)
+	_, err := Setup(context.Background(), conn, check)
+	for _, want := range []string{"table public.box needs a replica identity", `ALTER TABLE "public"."box" REPLICA IDENTITY FULL`, "table public.keyed needs a replica identity"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("check-only setup error = %v, want it to contain %q", err, want)
+		}
+	}
+	if err := conn.QueryRow(context.Background(), `SELECT 1 FROM pg_publication WHERE pubname = 'dzhook'`).Scan(new(int)); err == nil {
+		t.Error("a check-only setup made the publication")
+	}
+	rep := runSetup(t, db, cfg)
+	if !slices.ContainsFunc(rep.Actions, func(a string) bool { return strings.Contains(a, "set REPLICA IDENTITY FULL on public.box") }) {
+		t.Errorf("setup actions = %q, want public.box given an identity", rep.Actions)
+	}
+	db.Exec(t, `INSERT INTO box VALUES ('order.shipped', '{}')`, `INSERT INTO keyed VALUES (1)`,
+		`UPDATE box SET payload = '{"a":1}'`, `DELETE FROM box`, `UPDATE keyed SET id = 2`, `DELETE FROM keyed`)
 }
 
 func TestSetupRoleWithoutReplication(t *testing.T) {

@@ -63,6 +63,29 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 			errs = append(errs, Problem{Path: "mapping." + e.key + ".table", Message: fmt.Sprintf("table %s not found", table)})
 			continue
 		}
+		kind, unique, err := tableShape(ctx, q, table, e.columns[0].name)
+		if err != nil {
+			return err
+		}
+		switch kind {
+		case "r":
+		case "p":
+			// Its changes stream under each partition's name, which no
+			// entity maps: every event of the table was lost, while the
+			// publication and the checks took the parent.
+			errs = append(errs, Problem{Path: "mapping." + e.key + ".table", Message: fmt.Sprintf("%s is a partitioned table: its changes stream under each partition's name, which dzhook does not map to it; partitioned tables are not supported", table)})
+			continue
+		default:
+			errs = append(errs, Problem{Path: "mapping." + e.key + ".table", Message: fmt.Sprintf("%s is %s, not a table: logical replication streams the changes of tables only", table, relkinds[kind])})
+			continue
+		}
+		if _, ok := cols[e.columns[0].name]; ok && !unique {
+			// The entity's id names it in every payload, keys its
+			// deliveries' order and its users' emails: a column unique
+			// only with another (tenant, ticket_no) sent two tenants'
+			// tickets as one, with the other tenant's emails.
+			errs = append(errs, Problem{Path: "mapping." + e.key + ".columns.id", Message: fmt.Sprintf("column %q of %s is not unique on its own (no primary key or unique index of that column alone): an entity's id must name one row", e.columns[0].name, table)})
+		}
 		for _, col := range e.columns {
 			if col.name == "" {
 				continue
@@ -77,6 +100,26 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// relkinds names pg_class.relkind values that are not tables.
+var relkinds = map[string]string{"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence", "i": "an index", "I": "a partitioned index", "c": "a composite type", "t": "a TOAST table"}
+
+// tableShape returns a table's relkind and whether column id is unique
+// on its own: a primary key or a unique index of that column alone,
+// without a predicate.
+func tableShape(ctx context.Context, q Querier, table, id string) (kind string, unique bool, err error) {
+	schema, name, _ := strings.Cut(table, ".")
+	err = q.QueryRow(ctx, `
+		SELECT c.relkind::text, EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $3
+		                                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
+		                                   AND i.indkey[0] = a.attnum AND i.indpred IS NULL AND i.indexprs IS NULL)
+		  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		 WHERE n.nspname = $1 AND c.relname = $2`, schema, name, id).Scan(&kind, &unique)
+	if err != nil {
+		return "", false, fmt.Errorf("read the kind and keys of %s: %w", table, err)
+	}
+	return kind, unique, nil
 }
 
 // timeTypeNames are the base types (format_type without modifiers) that

@@ -406,6 +406,54 @@ func TestCheckNamesMissingColumns(t *testing.T) {
 	}
 }
 
+// TestCheckRefusesTablesItCannotStream: a partitioned table (its changes
+// stream under its partitions' names: no event at all), a view, and an id
+// column not unique on its own (two tenants' tickets sent as one, with
+// the other tenant's emails) are refused at their paths; the reference
+// schema passes.
+func TestCheckRefusesTablesItCannotStream(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema,
+		`CREATE TABLE preq (id bigint, title text, status text, created_at timestamptz) PARTITION BY RANGE (created_at)`,
+		`CREATE VIEW open_requests AS SELECT * FROM requests WHERE status <> 'closed'`,
+		`CREATE TABLE agents (tenant int, id bigint, email text, PRIMARY KEY (tenant, id))`,
+		`CREATE TABLE notes (id bigint, request_id bigint, body text)`,
+		`CREATE TABLE slas2 (id bigint, request_id bigint, started_at timestamptz, target_at timestamptz, completed_at timestamptz)`,
+		`CREATE UNIQUE INDEX ON slas2 (id) WHERE id > 0`)
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ref := DefaultConfig()
+	if err := ref.Check(context.Background(), pool); err != nil {
+		t.Fatalf("the reference schema: %v", err)
+	}
+	mc := DefaultConfig()
+	mc.Requests.Table = "preq"
+	mc.Users.Table = "agents"
+	mc.Users.Columns = UserColumns{ID: "id", Email: "email"}
+	mc.Comments.Table = "notes"
+	mc.Comments.Columns = CommentColumns{ID: "id", Request: "request_id", Body: "body"}
+	mc.SLAs.Table = "slas2"
+	err = mc.Check(context.Background(), pool)
+	for _, want := range []string{
+		"mapping.requests.table: public.preq is a partitioned table",
+		`mapping.users.columns.id: column "id" of public.agents is not unique on its own`,
+		`mapping.comments.columns.id: column "id" of public.notes is not unique on its own`,
+		`mapping.request_slas.columns.id: column "id" of public.slas2 is not unique on its own`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Check = %v, want %q", err, want)
+		}
+	}
+	mc = DefaultConfig()
+	mc.Requests.Table = "open_requests"
+	if err := mc.Check(context.Background(), pool); err == nil || !strings.Contains(err.Error(), "mapping.requests.table: public.open_requests is a view, not a table") {
+		t.Errorf("Check of a view = %v", err)
+	}
+}
+
 func TestSamples(t *testing.T) {
 	ts := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
 	for _, e := range catalog.Builtin() {
