@@ -2,19 +2,22 @@ package mapping
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"unicode"
 )
 
 // Config maps DZDESK's entities onto tables and columns (the `mapping:`
 // section). Its defaults are the reference schema (deploy/sql), so an empty
 // mapping works with it; another schema is described here, in YAML, without
-// code. A column left empty ("") is not mapped: its field is null in
+// code. A column left empty ("") is not mapped: its field is left out of
 // payloads, or the event that needs it does not fire.
 type Config struct {
-	// Schema qualifies table names written without one. Defaults to
-	// "public".
+	// Schema qualifies table names written without one, outbox.table
+	// included. Defaults to "public".
 	Schema string `koanf:"schema"`
 	// Requests are DZDESK's requests (tickets).
 	Requests Requests `koanf:"requests"`
@@ -253,9 +256,22 @@ func (c *Config) Validate() []Problem {
 			}
 		}
 	}
+	// users.values.active is read as a boolean: a translation to anything
+	// else (enabled: active) gave "active": null in every payload, and
+	// user.deactivated never fired.
+	for _, k := range slices.Sorted(maps.Keys(c.Users.Values.Active)) {
+		if _, ok := parseActive(c.Users.Values.Active[k]); !ok && strings.TrimSpace(c.Users.Values.Active[k]) != "" {
+			add("users.values.active."+k, "%q is not a boolean: translate to \"true\" or \"false\"", c.Users.Values.Active[k])
+		}
+	}
 	for _, p := range []struct{ key, prefix string }{{"requests", c.Requests.IDPrefix}, {"users", c.Users.IDPrefix}, {"comments", c.Comments.IDPrefix}} {
-		if strings.ContainsAny(p.prefix, " \t\r\n\"\\") {
+		switch {
+		case strings.ContainsAny(p.prefix, " \t\r\n\"\\"):
 			add(p.key+".id_prefix", "%q must not contain spaces, quotes or backslashes", p.prefix)
+		case strings.ContainsFunc(p.prefix, unicode.IsControl):
+			add(p.key+".id_prefix", "%q must not contain control characters", p.prefix)
+		case len(p.prefix) > 32:
+			add(p.key+".id_prefix", "is %d bytes long: at most 32", len(p.prefix))
 		}
 	}
 	return ps

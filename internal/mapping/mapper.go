@@ -537,6 +537,11 @@ func (m *Mapper) activeOf(c *cdc.Change, t cdc.Tuple) (active, ok bool) {
 	if mapped, ok := m.cfg.Users.Values.Active[s]; ok {
 		s = mapped
 	}
+	return parseActive(s)
+}
+
+// parseActive reads a boolean as PostgreSQL and Go write it.
+func parseActive(s string) (active, ok bool) {
 	b, err := strconv.ParseBool(s)
 	if err != nil {
 		switch s {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -589,5 +590,27 @@ func TestBuiltinEventsFromTheOutboxChecked(t *testing.T) {
 	}
 	if len(rejected) != 1 || !strings.Contains(rejected[0].Reason, "schemas/sla.breach.json") || !strings.Contains(rejected[0].Reason, "requestId") {
 		t.Errorf("rejections %v, want the one without requestId, naming the schema", rejected)
+	}
+}
+
+// TestValidateActiveAndPrefixes: a users.values.active translation that
+// is not a boolean (it gave "active": null, and no user.deactivated) and
+// an id_prefix with a control character or too long are refused.
+func TestValidateActiveAndPrefixes(t *testing.T) {
+	mc := DefaultConfig()
+	mc.Users.Values.Active = map[string]string{"enabled": "active", "disabled": "false", "on_leave": "no"}
+	mc.Requests.IDPrefix = "req\x00"
+	mc.Comments.IDPrefix = strings.Repeat("c", 33)
+	var got []string
+	for _, p := range mc.Validate() {
+		got = append(got, p.Error())
+	}
+	want := []string{
+		`mapping.users.values.active.enabled: "active" is not a boolean: translate to "true" or "false"`,
+		`mapping.requests.id_prefix: "req\x00" must not contain control characters`,
+		"mapping.comments.id_prefix: is 33 bytes long: at most 32",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Validate = %q, want %q", got, want)
 	}
 }
