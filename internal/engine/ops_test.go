@@ -356,7 +356,11 @@ func TestAdminUnreadableFilterActsOnNothing(t *testing.T) {
 	if code, e, raw := a.callError("GET", "/v1/deliveries?status=failed;", adminToken, nil); code != 400 || !strings.Contains(e.Message, `"status"`) {
 		t.Errorf("deliveries?status=failed;: %d %s, want 400 naming status", code, raw)
 	}
-	for _, d := range answer[api.DeliveryList](a, "GET", "/v1/deliveries?status=failed", nil).Deliveries {
+	failed := answer[api.DeliveryList](a, "GET", "/v1/deliveries?status=failed", nil).Deliveries
+	if len(failed) != 2 {
+		t.Errorf("deliveries?status=failed listed %d deliveries, want the 2 failed ones", len(failed))
+	}
+	for _, d := range failed {
 		if d.State != "failed" {
 			t.Errorf("deliveries?status=failed listed a %s delivery", d.State)
 		}

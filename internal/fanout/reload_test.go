@@ -184,6 +184,8 @@ func TestReloadGivesBackPastItsCaller(t *testing.T) {
 	store := newJournal(t)
 	rc := testutil.NewReceiver(t)
 	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release) // a test failing before its end must not leave the receiver's Close waiting for ever
 	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
 		if n == 1 {
 			<-hold // the first attempt is in flight while the others wait in the queue
@@ -213,7 +215,7 @@ func TestReloadGivesBackPastItsCaller(t *testing.T) {
 	// Retired before its worker finishes the attempt in flight: else the
 	// worker takes the queued deliveries itself, and nothing is drained.
 	testutil.Eventually(t, 10*time.Second, "the old subscription retired", old.isRetired)
-	close(hold) // the retired worker finishes its attempt and stops
+	release() // the retired worker finishes its attempt and stops
 	select {
 	case <-gate.waiting:
 	case <-time.After(10 * time.Second):
@@ -241,6 +243,8 @@ func TestReloadReleaseKeepsKeyOrder(t *testing.T) {
 	store := newJournal(t)
 	rc := testutil.NewReceiver(t)
 	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release) // a test failing before its end must not leave the receiver's Close waiting for ever
 	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
 		if n == 1 {
 			<-hold
@@ -272,7 +276,7 @@ func TestReloadReleaseKeepsKeyOrder(t *testing.T) {
 	old := d.reg.Load().byID["crm"]
 	go func() { reloaded <- d.Reload(rctx, []Subscription{changed}) }()
 	testutil.Eventually(t, 10*time.Second, "the old subscription retired", old.isRetired)
-	close(hold)
+	release()
 	select {
 	case <-gate.waiting:
 	case <-time.After(10 * time.Second):

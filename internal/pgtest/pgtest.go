@@ -45,6 +45,8 @@ type Cluster struct {
 	Port int
 	// Dir holds the data directory and the server log.
 	Dir string
+	// Version is the server's server_version_num (150007: 15.7).
+	Version int
 
 	bin  string
 	cred *syscall.Credential // nil when not running as root
@@ -221,7 +223,12 @@ func (c *Cluster) start() error {
 	for {
 		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
 		if err == nil {
-			conn.Close(ctx)
+			defer conn.Close(ctx)
+			var v string
+			if err := conn.QueryRow(ctx, "SHOW server_version_num").Scan(&v); err != nil {
+				return fmt.Errorf("read the server's version: %w", err)
+			}
+			c.Version, _ = strconv.Atoi(v)
 			return nil
 		}
 		select {
