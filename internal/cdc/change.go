@@ -58,7 +58,9 @@ const (
 // (numeric as an exact decimal, text, varchar, char, uuid, enums, and any
 // type dzhook cannot decode, as PostgreSQL printed it); json.RawMessage
 // (json, jsonb, as sent); time.Time (timestamptz and timestamp in UTC,
-// date at midnight UTC); []any (arrays, elements decoded by type).
+// date at midnight UTC); []any (arrays: each element decoded as a value
+// of its type is, uuid and bytea as their text; a multi-dimensional array
+// as nested []any).
 type Value struct {
 	State State
 	V     any

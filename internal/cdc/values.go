@@ -2,7 +2,6 @@ package cdc
 
 import (
 	"context"
-	"database/sql/driver"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -148,53 +147,18 @@ func (r *typeRegistry) decoder(oid uint32) decodeFunc {
 	if !ok {
 		return decodeString
 	}
-	if _, isArray := t.Codec.(*pgtype.ArrayCodec); !isArray {
+	ac, isArray := t.Codec.(*pgtype.ArrayCodec)
+	if !isArray || ac.ElementType == nil {
 		// Scalars beyond the fast paths (interval, inet, money, bytea, …)
 		// stay as PostgreSQL printed them: exact, and readable in JSON.
 		return decodeString
 	}
-	m := r.m
-	return func(src []byte) any {
-		v, err := t.Codec.DecodeValue(m, oid, pgtype.TextFormatCode, src)
-		if err != nil {
-			return string(src) // keep what PostgreSQL printed rather than lose it
-		}
-		return normalize(v)
+	delim := ac.Delimiter
+	if delim == 0 {
+		delim = ','
 	}
-}
-
-// normalize narrows pgtype's values to the documented set of Go types.
-func normalize(v any) any {
-	switch x := v.(type) {
-	case int16:
-		return int64(x)
-	case int32:
-		return int64(x)
-	case float32:
-		return float64(x)
-	case pgtype.Numeric:
-		b, err := x.MarshalJSON()
-		if err != nil {
-			return nil
-		}
-		return string(b)
-	case time.Time:
-		return x.UTC()
-	case []any:
-		for i := range x {
-			x[i] = normalize(x[i])
-		}
-		return x
-	case nil, bool, int64, float64, string:
-		return v
-	case driver.Valuer:
-		if dv, err := x.Value(); err == nil {
-			return normalize(dv)
-		}
-	case fmt.Stringer:
-		return x.String()
-	}
-	return fmt.Sprint(v)
+	// Elements decode as the scalars of their type do (array.go).
+	return arrayDecoder(r.decoder(ac.ElementType.OID), delim)
 }
 
 func decodeString(src []byte) any { return string(src) }
