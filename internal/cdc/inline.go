@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -128,6 +129,12 @@ func (in *inliner) try(ctx context.Context, w wal) (bool, error) {
 	if err != nil {
 		if ctx.Err() != nil {
 			return true, nil // stopped while the handler waited
+		}
+		var lookup *typeLookupError
+		if errors.As(err, &lookup) {
+			// The session ends and the next sends the message again;
+			// nothing was handed over after it.
+			return true, fmt.Errorf("wal at %s: %w", w.start, err)
 		}
 		return true, &fatalError{fmt.Errorf("wal at %s: %w", w.start, err)}
 	}

@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -29,6 +30,12 @@ type processor struct {
 	lastCommit pglogrepl.LSN // commit LSN of the last transaction handed on in full
 	partial    *txProgress   // a transaction cut short by a lost connection
 
+	// discard: a message of this session could not be processed for a
+	// reason that ends the session, not the stream (a type lookup that
+	// failed); the rest of the session's messages are dropped, and the
+	// next session sends them again.
+	discard bool
+
 	oldBuf, newBuf []rawColumn // raw tuples, reused message to message
 }
 
@@ -48,7 +55,24 @@ func (p *processor) run(ctx context.Context, msgs <-chan wal) error {
 		case <-ctx.Done():
 			return nil
 		case w := <-msgs:
+			if p.discard && !w.session {
+				p.s.busy.Add(-1)
+				continue
+			}
+			p.discard = false
 			err := p.handle(ctx, w)
+			var lookup *typeLookupError
+			if errors.As(err, &lookup) && ctx.Err() == nil {
+				// The session ends (Interrupt) and its messages still
+				// queued are dropped: the next one sends them again. The
+				// stream stays busy in a transaction meanwhile, so no
+				// keepalive's position is acknowledged past them.
+				p.discard = true
+				p.s.inTx.Store(true)
+				p.s.busy.Add(-1)
+				p.s.Interrupt(fmt.Errorf("wal at %s: %w", w.start, err))
+				continue
+			}
 			if err != nil && ctx.Err() == nil {
 				// busy stays above 0: the reader must not process the
 				// next message itself (inline.go) on a failed
@@ -75,6 +99,7 @@ func (p *processor) handle(ctx context.Context, w wal) error {
 			}
 			p.endTx()
 		}
+		p.s.inTx.Store(false) // set while a failed session's messages were dropped
 		if p.s.cfg.OnSession != nil {
 			p.s.cfg.OnSession(ctx)
 		}

@@ -75,6 +75,9 @@ type Config struct {
 	// recheck is the longest a receive waits before the reader looks for
 	// acknowledgements to report (1 s; tests lengthen it).
 	recheck time.Duration
+	// types, when set, replaces the catalog's type lookup (tests make it
+	// fail).
+	types TypeLoader
 	// DrainTimeout bounds how long a stopped stream keeps the slot while
 	// the handler acknowledges what it was handed. Defaults to 10 s.
 	DrainTimeout time.Duration
@@ -320,7 +323,11 @@ func (s *Stream) Run(ctx context.Context) error {
 	// Run owns the processor and the lag poller: it stops them and waits
 	// for them before it returns, so no handler call outlives Run.
 	msgs := make(chan wal, 256)
-	proc := newProcessor(s, newRelations(&catalogTypes{pool: s.pool}))
+	var types TypeLoader = &catalogTypes{pool: s.pool}
+	if s.cfg.types != nil {
+		types = s.cfg.types
+	}
+	proc := newProcessor(s, newRelations(types))
 	procErr := make(chan error, 1)
 	workers, stopWorkers := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -3,12 +3,16 @@ package cdc
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // TestIdlePositionReportedOnAnAckJustBeforeIt: an idle position X is
@@ -78,4 +82,91 @@ func TestNewSessionWaitsForRoomAsAMessageDoes(t *testing.T) {
 	reconnects := s.Stats().Reconnects
 	s.Interrupt(errors.New("journal down"))
 	testutil.Eventually(t, 10*time.Second, "the waiting session ended by Interrupt", func() bool { return s.Stats().Reconnects > reconnects })
+}
+
+// flakyTypes fails its first lookups of a type, then asks the catalog.
+// It notes whether a failed lookup ran in the reader (inline.go) or in
+// the processor's goroutine.
+type flakyTypes struct {
+	catalog TypeLoader
+	stream  atomic.Pointer[Stream]
+	fails   atomic.Int32
+	inline  atomic.Int32 // failed lookups in the reader
+	handed  atomic.Int32 // failed lookups in the processor's goroutine
+}
+
+func (f *flakyTypes) LoadType(ctx context.Context, oid uint32) (TypeInfo, error) {
+	if f.fails.Add(-1) >= 0 {
+		if s := f.stream.Load(); s != nil && s.inlining.Load() != nil {
+			f.inline.Add(1)
+		} else {
+			f.handed.Add(1)
+		}
+		return TypeInfo{}, errors.New("connection reset by peer (injected)")
+	}
+	return f.catalog.LoadType(ctx, oid)
+}
+
+// TestTypeLookupFailureReconnects: a failed catalog lookup of a type the
+// stream meets for the first time (an enum added mid-run) ends the
+// session, not the process; the next session describes the table again
+// and its changes are handed over once each, decoded. Both where the
+// reader processes the relation itself and where the processor's
+// goroutine does (behind a busy handler).
+func TestTypeLookupFailureReconnects(t *testing.T) {
+	for _, inline := range []bool{true, false} {
+		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+			db := setupRef(t)
+			pool, err := pgxpool.New(context.Background(), db.DSN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pool.Close)
+			types := &flakyTypes{catalog: &catalogTypes{pool: pool}}
+			rec := newRecorder(true)
+			s := startStreamWith(t, db, rec, func(c *Config) { c.types = types })
+			types.stream.Store(s)
+			db.Exec(t, `CREATE TYPE mood AS ENUM ('sad', 'happy')`, `CREATE TABLE moods (id int PRIMARY KEY, m mood)`,
+				`ALTER PUBLICATION dzhook ADD TABLE moods`)
+			types.fails.Store(1)
+			if !inline {
+				// A transaction the handler takes a while over: the
+				// reader hands the messages after its first ones to the
+				// processor's goroutine (inlineStreak), the moods
+				// table's among them.
+				rec.mu.Lock()
+				rec.delay = 3 * time.Millisecond
+				rec.mu.Unlock()
+				db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 300) g`)
+			}
+			db.Exec(t, `INSERT INTO moods VALUES (1, 'happy')`, `INSERT INTO moods VALUES (2, 'sad')`)
+			want := map[int64]string{1: "happy", 2: "sad"}
+			got := map[int64]string{}
+			dup := false
+			testutil.Eventually(t, 30*time.Second, "both rows of the new table", func() bool {
+				ch, _ := rec.snapshot()
+				clear(got)
+				for _, c := range ch {
+					if c.Relation.Name == "moods" {
+						id, _ := c.Relation.Get(c.New, "id")
+						m, _ := c.Relation.Get(c.New, "m")
+						if _, seen := got[id.V.(int64)]; seen {
+							dup = true
+						}
+						got[id.V.(int64)], _ = m.V.(string)
+					}
+				}
+				return len(got) == len(want)
+			})
+			if !reflect.DeepEqual(got, want) || dup {
+				t.Errorf("rows = %v (a row twice: %v), want %v once each", got, dup, want)
+			}
+			if s.Stats().Reconnects == 0 {
+				t.Errorf("no reconnection after the failed lookup")
+			}
+			if inline && types.inline.Load() != 1 || !inline && types.handed.Load() != 1 {
+				t.Errorf("failed lookups: %d in the reader, %d in the processor; the test meant the other path", types.inline.Load(), types.handed.Load())
+			}
+		})
+	}
 }

@@ -96,7 +96,7 @@ func (r *typeRegistry) ensureDepth(ctx context.Context, loader TypeLoader, oid u
 	}
 	info, err := loader.LoadType(ctx, oid)
 	if err != nil {
-		return fmt.Errorf("load type %d: %w", oid, err)
+		return &typeLookupError{oid: oid, err: err}
 	}
 	switch {
 	case info.Kind == 'e':
@@ -120,6 +120,25 @@ func (r *typeRegistry) ensureDepth(ctx context.Context, loader TypeLoader, oid u
 		r.text[oid] = true
 	}
 	return nil
+}
+
+// typeLookupError: the catalog could not be asked about a type (a lost
+// connection, a server restarting). It ends the replication session, not
+// the stream: the next session describes the relation again, and the
+// lookup is retried then, after the stream's backoff.
+type typeLookupError struct {
+	oid uint32
+	err error
+}
+
+func (e *typeLookupError) Error() string { return fmt.Sprintf("load type %d: %v", e.oid, e.err) }
+
+func (e *typeLookupError) Unwrap() error { return e.err }
+
+// PublicReason implements PublicReason: the stream's Problem while it
+// reconnects.
+func (e *typeLookupError) PublicReason() string {
+	return "could not look up a column's type in the source's catalog; reconnecting (the log has the detail)"
 }
 
 // resolve follows domain aliases to the type that decodes the values.
