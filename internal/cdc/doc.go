@@ -125,6 +125,13 @@
 // slot, Run waits as a standby (Stats.Standby) and tries again, never
 // taking the slot from it.
 //
+// Each session first asks the server where its WAL stands
+// (IDENTIFY_SYSTEM): a server that does not carry on the WAL read so far
+// (another cluster, a WAL that ends before what was handed over, a
+// timeline that forked before it: a failover to a standby that was
+// behind, a restore) is refused for the rest of the process with a
+// ServerChangedError, before anything is reported to it (server.go).
+//
 // PostgreSQL resends every transaction after the slot's confirmed
 // position, including those handed over and not yet acknowledged. The
 // processor skips whole transactions it handed over already, and the

@@ -155,10 +155,16 @@ type Stream struct {
 	acked atomic.Uint64 // highest commit LSN acknowledged by the handler
 	wake  chan struct{} // nudges the reader to report a new flush position
 
-	mu       sync.Mutex
-	pending  []txEnd       // transactions handed on and not yet acknowledged
-	procDone chan struct{} // closed when the processor has stopped
-	flushed  pglogrepl.LSN // last flush position reported
+	mu        sync.Mutex
+	pending   []txEnd       // transactions handed on and not yet acknowledged
+	procDone  chan struct{} // closed when the processor has stopped
+	flushed   pglogrepl.LSN // last flush position reported
+	handedEnd pglogrepl.LSN // end of the last transaction handed on
+	server    server        // the server the last session streamed from (server.go)
+
+	// changed is set once a session found a server that does not carry
+	// on the WAL read so far: every later session refuses with it.
+	changed atomic.Pointer[ServerChangedError]
 
 	received     atomic.Uint64
 	statusSent   atomic.Uint64
@@ -422,6 +428,11 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	}
 	defer conn.Close(context.Background())
 
+	// Before anything is reported: a server whose WAL is behind what
+	// was read (a failover, a restore) must not be told that position.
+	if err := s.checkServer(ctx, conn); err != nil {
+		return err
+	}
 	// Never report a flush position below the slot's: start from it.
 	confirmed, err := s.slotConfirmed(ctx)
 	if err != nil {
@@ -770,6 +781,7 @@ func (s *Stream) advance() pglogrepl.LSN {
 func (s *Stream) handed(t txEnd) {
 	s.mu.Lock()
 	s.pending = append(s.pending, t)
+	s.handedEnd = max(s.handedEnd, t.end)
 	s.mu.Unlock()
 }
 

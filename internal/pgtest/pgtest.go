@@ -309,6 +309,52 @@ func (c *Cluster) Kill() {
 // StartAgain starts a stopped or killed server on the same port.
 func (c *Cluster) StartAgain() error { return c.start() }
 
+// Clone stops the server, copies its data directory, and starts the
+// server again and the copy, on a port of its own: the copy is the
+// cluster as of now, as a restore of a backup taken now or a standby
+// promoted now would be (the same system identifier, the same slots).
+// Close it as any cluster.
+func (c *Cluster) Clone() (*Cluster, error) {
+	dir, err := os.MkdirTemp("", "dzhook-pgtest-")
+	if err != nil {
+		return nil, err
+	}
+	cl := &Cluster{Dir: dir, bin: c.bin, cred: c.cred}
+	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, err
+	}
+	if c.cred != nil {
+		if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	c.stop()
+	out, cpErr := exec.Command("cp", "-a", c.dataDir(), cl.dataDir()).CombinedOutput()
+	if err := c.start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if cpErr != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("copy the data directory: %w\n%s", cpErr, out)
+	}
+	_ = os.Remove(filepath.Join(cl.dataDir(), "postmaster.pid"))
+	for attempt := 0; ; attempt++ {
+		cl.Port, err = freePort()
+		if err == nil {
+			err = cl.start()
+		}
+		if err == nil {
+			return cl, nil
+		}
+		if attempt == 3 {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+}
+
 // Close stops the server and removes its directory.
 func (c *Cluster) Close() {
 	c.stop()

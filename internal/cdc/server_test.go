@@ -1,0 +1,160 @@
+package cdc
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// switchProxy forwards TCP connections to a server it can be switched
+// to another one, as a virtual IP moved by a failover.
+type switchProxy struct {
+	ln     net.Listener
+	target atomic.Pointer[string]
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newSwitchProxy(t *testing.T, target string) *switchProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &switchProxy{ln: ln}
+	p.target.Store(&target)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", *p.target.Load())
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(u, c); u.Close() })
+			wg.Go(func() { _, _ = io.Copy(c, u); c.Close() })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+		wg.Wait()
+	})
+	return p
+}
+
+// switchTo leads new connections to target and cuts the open ones.
+func (p *switchProxy) switchTo(target string) {
+	p.target.Store(&target)
+	p.cut()
+}
+
+func (p *switchProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *switchProxy) dsn(db string) string {
+	return "postgres://postgres@" + p.ln.Addr().String() + "/" + db + "?sslmode=disable"
+}
+
+// TestFailoverToAServerBehind: the stream's server is replaced by one
+// whose WAL stands lower (a restore of a backup, or a standby promoted
+// while behind, with the slot as it was then). The stream refuses to
+// stream from it, says why, and never reports the position it had
+// reached there: the slot stays within the server's WAL, and the new
+// server's transactions are not skipped as handled.
+func TestFailoverToAServerBehind(t *testing.T) {
+	ctx := context.Background()
+	primary, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(primary.Close)
+	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
+	db.Exec(t, dzsql.Schema)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	// The server failed over to: the cluster as it is now, slot included.
+	behind, err := primary.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(behind.Close)
+	old := &pgtest.DB{Name: "dz", DSN: behind.DSN("dz"), Cluster: behind}
+
+	px := newSwitchProxy(t, primary.DSN("")[len("postgres://postgres@"):strings.LastIndex(primary.DSN(""), "/")])
+	rec := newRecorder(true)
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.dsn("dz"), Cluster: primary}, rec, func(c *Config) {})
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'before@x')`, `INSERT INTO users (id, email) VALUES (2, 'before2@x')`)
+	_, commits := rec.waitCommits(t, 2)
+	read := commits[1].EndLSN
+	waitConfirmed(t, db, "the primary's slot past the stream's transactions", func(l pglogrepl.LSN) bool { return l >= read })
+
+	walEnd := func(d *pgtest.DB) pglogrepl.LSN {
+		var s string
+		if err := d.Connect(t).QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := pglogrepl.ParseLSN(s)
+		return l
+	}
+	if end := walEnd(old); end >= read {
+		t.Fatalf("the clone's WAL (%s) is not behind what the stream read (%s)", end, read)
+	}
+	px.switchTo(behind.DSN("")[len("postgres://postgres@"):strings.LastIndex(behind.DSN(""), "/")])
+	old.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'after@x')`)
+
+	testutil.Eventually(t, 30*time.Second, "the stream refusing the server behind", func() bool {
+		return strings.Contains(s.Stats().Problem, "refuses to stream")
+	})
+	if p := s.Stats().Problem; !strings.Contains(p, "before "+read.String()) || !strings.Contains(p, "Restart dzhook") {
+		t.Errorf("Problem = %q, want the positions and the way out named", p)
+	}
+	if got := slotConfirmedLSN(t, old); got > walEnd(old) {
+		t.Errorf("the new server's slot was told %s, past its WAL's end", got)
+	}
+	ch, _ := rec.snapshot()
+	for _, c := range ch {
+		if email, _ := c.Relation.Get(c.New, "email"); email.V == "after@x" {
+			t.Errorf("the new server's transaction was handed over while the stream refuses it")
+		}
+	}
+}
+
+func TestParseHistory(t *testing.T) {
+	content := []byte("1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2000-01-01\n")
+	for _, tc := range []struct {
+		old  int32
+		want pglogrepl.LSN
+	}{{1, 0x3000158}, {2, 0x5000000}, {3, 0}} {
+		if got := parseHistory(content, tc.old); got != tc.want {
+			t.Errorf("timeline %d: got %s, want %s", tc.old, got, tc.want)
+		}
+	}
+}
