@@ -120,7 +120,7 @@ func (w *schemaWatch) notReady() error {
 		for _, m := range w.missing {
 			paths = append(paths, m.Path)
 		}
-		return fmt.Errorf("mapped tables not streamed (dropped, renamed or out of the publication): %s; the log has the detail", strings.Join(paths, ", "))
+		return fmt.Errorf("mapped tables not streamed as dzhook needs (dropped, renamed, out of the publication, filtered, or without REPLICA IDENTITY FULL): %s; the log has the detail", strings.Join(paths, ", "))
 	}
 	return nil
 }
@@ -175,7 +175,7 @@ func (w *schemaWatch) check(ctx context.Context) {
 		switch {
 		case !had:
 			fresh = append(fresh, m.Error())
-			w.e.log.Error("a mapped table is not streamed: its changes give no events", "path", m.Path, "table", m.Table, "problem", m.Message)
+			w.e.log.Error("a mapped table is not streamed as dzhook needs: events are missing", "path", m.Path, "table", m.Table, "problem", m.Message)
 		case was != m.Error():
 			w.e.log.Error("a mapped table is still not streamed, now for another reason", "path", m.Path, "table", m.Table, "problem", m.Message, "was", was)
 		}
@@ -198,7 +198,7 @@ func (w *schemaWatch) check(ctx context.Context) {
 	// metric); only one that streams tells the admin: each process of N
 	// sent its own copy of the notification.
 	if len(fresh) > 0 && !w.e.stream.Stats().Standby {
-		text := "mapped tables are not streamed, so their changes give no events: " + strings.Join(fresh, "; ")
+		text := "mapped tables are not streamed as dzhook needs, so events are missing: " + strings.Join(fresh, "; ")
 		if err := w.e.dispatcher.NotifySystem(ctx, fanout.NotifyTableMissing, text, nil); err != nil && ctx.Err() == nil {
 			w.e.log.Warn("could not queue the notification", "err", err)
 		}

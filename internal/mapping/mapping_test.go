@@ -614,3 +614,59 @@ func TestValidateActiveAndPrefixes(t *testing.T) {
 		t.Errorf("Validate = %q, want %q", got, want)
 	}
 }
+
+// TestCheckPublishedSeesWhatTheStreamCannot: a row filter, a column list,
+// a publication no longer publishing updates and deletes, and a table
+// that lost REPLICA IDENTITY FULL are misfits of the periodic check, as
+// setup refuses them: the stream cannot see any of them (a row leaving a
+// filter streamed as a DELETE; status changes gave no events, with one
+// WARN). Each clears when fixed.
+func TestCheckPublishedSeesWhatTheStreamCannot(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema, `CREATE PUBLICATION dzhook FOR TABLE users, requests, comments, request_slas`,
+		`ALTER TABLE users REPLICA IDENTITY FULL`, `ALTER TABLE requests REPLICA IDENTITY FULL`, `ALTER TABLE request_slas REPLICA IDENTITY FULL`)
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	mc := DefaultConfig()
+	misfits := func() string {
+		t.Helper()
+		m, err := mc.CheckPublished(context.Background(), pool, "dzhook")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, x := range m {
+			s = append(s, x.Error())
+		}
+		return strings.Join(s, "\n")
+	}
+	if got := misfits(); got != "" {
+		t.Fatalf("misfits of a publication as setup makes it:\n%s", got)
+	}
+	for _, c := range []struct{ change, want, undo string }{
+		{`ALTER PUBLICATION dzhook SET TABLE users, requests WHERE (status <> 'closed'), comments, request_slas`,
+			"mapping.requests.table: table public.requests is published with a row filter",
+			`ALTER PUBLICATION dzhook SET TABLE users, requests, comments, request_slas`},
+		{`ALTER PUBLICATION dzhook SET TABLE users, requests, comments (id, request_id, body), request_slas`,
+			"mapping.comments.table: table public.comments is published with a column list",
+			`ALTER PUBLICATION dzhook SET TABLE users, requests, comments, request_slas`},
+		{`ALTER PUBLICATION dzhook SET (publish = 'insert')`,
+			"source.publication: publication dzhook no longer publishes inserts, updates and deletes",
+			`ALTER PUBLICATION dzhook SET (publish = 'insert, update, delete, truncate')`},
+		{`ALTER TABLE users REPLICA IDENTITY DEFAULT`,
+			"mapping.users.table: table public.users lost REPLICA IDENTITY FULL",
+			`ALTER TABLE users REPLICA IDENTITY FULL`},
+	} {
+		db.Exec(t, c.change)
+		if got := misfits(); !strings.Contains(got, c.want) {
+			t.Errorf("after %s: misfits\n%s\nwant %q", c.change, got, c.want)
+		}
+		db.Exec(t, c.undo)
+		if got := misfits(); got != "" {
+			t.Errorf("after %s: misfits\n%s\nwant none", c.undo, got)
+		}
+	}
+}

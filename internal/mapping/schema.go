@@ -2,8 +2,12 @@ package mapping
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/dzdesk/dzhook/internal/cdc"
@@ -141,7 +145,13 @@ func (c *Config) CheckPublished(ctx context.Context, q Querier, publication stri
 	for _, e := range c.entities() {
 		watched = append(watched, Watched{Path: "mapping." + e.key + ".table", Table: c.Qualify(e.table)})
 	}
-	for _, w := range append(watched, also...) {
+	watched = append(watched, also...)
+	shape, err := c.publishedShape(ctx, q, publication, watched)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, shape...)
+	for _, w := range watched {
 		table := w.Table
 		if published[table] {
 			continue
@@ -155,6 +165,71 @@ func (c *Config) CheckPublished(ctx context.Context, q Querier, publication stri
 			msg = fmt.Sprintf("table %s no longer exists (dropped or renamed): its changes are not streamed", table)
 		}
 		out = append(out, Misfit{Path: w.Path, Table: table, Message: msg})
+	}
+	return out, nil
+}
+
+// publishedShape reports what setup refuses and a running dzhook must
+// see too, since the stream cannot (pgoutput's messages carry neither):
+// a publication no longer publishing updates or deletes (they were
+// dropped without a word), a watched table published with a row filter
+// (an UPDATE of a row leaving the filter reached dzhook as a DELETE) or
+// a column list, and a table whose events need old values without
+// REPLICA IDENTITY FULL (status_changed, assigned and deactivated never
+// fired, with one WARN).
+func (c *Config) publishedShape(ctx context.Context, q Querier, publication string, watched []Watched) ([]Misfit, error) {
+	var out []Misfit
+	var version int
+	if err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return nil, fmt.Errorf("read the server's version: %w", err)
+	}
+	lists := `pr.prattrs IS NOT NULL, pr.prqual IS NOT NULL`
+	if version < 150000 {
+		lists = `false, false` // no column lists or row filters before 15
+	}
+	var ins, upd, del bool
+	err := q.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = $1`, publication).Scan(&ins, &upd, &del)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		// No publication: every table is reported missing from it.
+	case err != nil:
+		return nil, fmt.Errorf("read publication %s: %w", publication, err)
+	case !(ins && upd && del):
+		out = append(out, Misfit{Path: "source.publication", Table: publication, Message: fmt.Sprintf(
+			"publication %s no longer publishes inserts, updates and deletes: the changes it leaves out give no events; run ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')",
+			publication, pgx.Identifier{publication}.Sanitize())})
+	}
+	full := c.FullIdentityTables()
+	for _, w := range watched {
+		schema, name, _ := strings.Cut(w.Table, ".")
+		var ident string
+		var columns, where bool
+		err := q.QueryRow(ctx, `
+			SELECT c.relreplident::text, coalesce(l.columns, false), coalesce(l.filter, false)
+			  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			  LEFT JOIN LATERAL (SELECT `+lists+` FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+			                      WHERE p.pubname = $3 AND pr.prrelid = c.oid) AS l (columns, filter) ON true
+			 WHERE n.nspname = $1 AND c.relname = $2`, schema, name, publication).Scan(&ident, &columns, &where)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue // reported missing below
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read how %s is published: %w", w.Table, err)
+		}
+		whole := fmt.Sprintf("BEGIN; ALTER PUBLICATION %[1]s DROP TABLE %[2]s; ALTER PUBLICATION %[1]s ADD TABLE %[2]s; COMMIT;",
+			pgx.Identifier{publication}.Sanitize(), pgx.Identifier{schema, name}.Sanitize())
+		switch {
+		case where:
+			out = append(out, Misfit{Path: w.Path, Table: w.Table, Message: fmt.Sprintf(
+				"table %s is published with a row filter (WHERE …): the changes it filters out give no events, and an update leaving the filter streams as a delete; publish the table whole: %s", w.Table, whole)})
+		case columns:
+			out = append(out, Misfit{Path: w.Path, Table: w.Table, Message: fmt.Sprintf(
+				"table %s is published with a column list: the columns it leaves out are missing from the events; publish the table whole: %s", w.Table, whole)})
+		case ident != "f" && slices.Contains(full, w.Table):
+			out = append(out, Misfit{Path: w.Path, Table: w.Table, Message: fmt.Sprintf(
+				"table %s lost REPLICA IDENTITY FULL: its changes stream without old values, so status, assignee and active changes give no events; run ALTER TABLE %s REPLICA IDENTITY FULL",
+				w.Table, pgx.Identifier{schema, name}.Sanitize())})
+		}
 	}
 	return out, nil
 }
