@@ -444,14 +444,14 @@ func TestTypes(t *testing.T) {
 		`CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')`,
 		`CREATE DOMAIN positive_int AS integer CHECK (VALUE > 0)`,
 		`CREATE TABLE typed (id int PRIMARY KEY, n numeric, j jsonb, js json, ts timestamptz, tsz timestamp, d date, ints int[],
-			m mood, moods mood[], p positive_int, b1 boolean, b2 boolean, nul text, f float8, fnan float8, u uuid, iv interval, big bigint, sm smallint)`,
+			m mood, moods mood[], p positive_int, b1 boolean, b2 boolean, nul text, f float8, fnan float8, u uuid, iv interval, big bigint, sm smallint, ch char(10), chs char(6)[])`,
 	)
 	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: []string{"public.typed"}})
 	rec := newRecorder(true)
 	startStream(t, db, rec)
 	db.Exec(t, `INSERT INTO typed VALUES (1, 123456789012345678901234567890.123456789, '{"b": {"z": [1, 2, {"y": null}]}, "a": "é"}', '{"keep":  "spacing"}',
 		'2024-01-15 20:00:00.123456+05:30', '2024-01-15 14:30:00', '2024-02-29', '{1,2,NULL,-4}', 'happy', '{ok,sad}', 42, true, false, NULL,
-		2.5, 'NaN', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day 02:00:00', -9223372036854775808, -32768)`)
+		2.5, 'NaN', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day 02:00:00', -9223372036854775808, -32768, ' OPEN', '{ab,"c d"}')`)
 	changes, _ := rec.waitCommits(t, 1)
 	c := changes[0]
 	get := func(col string) any { return value(t, c, c.New, col) }
@@ -472,6 +472,8 @@ func TestTypes(t *testing.T) {
 		"u":     "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
 		"big":   int64(-9223372036854775808),
 		"sm":    int64(-32768),
+		"ch":    " OPEN", // char(n) without its padding, as its cast to text
+		"chs":   []any{"ab", "c d"},
 	}
 	for col, want := range checks {
 		got := get(col)

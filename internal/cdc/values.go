@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -62,8 +63,10 @@ func fastDecoder(oid uint32) decodeFunc {
 		return decodeInt
 	case oidFloat4, oidFloat8:
 		return decodeFloat
-	case oidText, oidVarchar, oidBPChar, oidName, oidChar, oidUUID, oidNumeric:
+	case oidText, oidVarchar, oidName, oidChar, oidUUID, oidNumeric:
 		return decodeString
+	case oidBPChar:
+		return decodeBPChar
 	case oidJSON, oidJSONB:
 		return decodeJSON
 	case oidTimestamptz, oidTimestamp:
@@ -181,6 +184,12 @@ func (r *typeRegistry) decoder(oid uint32) decodeFunc {
 }
 
 func decodeString(src []byte) any { return string(src) }
+
+// decodeBPChar is a char(n) value without the padding PostgreSQL adds,
+// as its cast to text gives it: padded, 'OPEN' in a char(10) missed the
+// translation values: {OPEN: open} and went out as "OPEN      ", and an
+// active column's 'disabled  ' read as no boolean at all.
+func decodeBPChar(src []byte) any { return string(bytes.TrimRight(src, " ")) }
 
 func decodeBool(src []byte) any {
 	return len(src) == 1 && src[0] == 't'
