@@ -399,6 +399,40 @@ func appendMapped(o *obj, c *cdc.Change, t cdc.Tuple, key, name string, values m
 			return
 		}
 	}
+	// Every field written here is a string in DZDESK's schemas: an
+	// untranslated integer status went out as 7 beside "open" in the same
+	// field, against the schema. A value of another type is its text.
+	switch x := v.V.(type) {
+	case string:
+		o.b = appendString(o.b, x)
+	case time.Time:
+		o.b = appendTime(o.b, x)
+	case json.RawMessage:
+		o.b = appendString(o.b, string(x))
+	case int64, bool, float64:
+		o.b = appendString(o.b, text(x))
+	default: // arrays: their JSON, as text
+		o.b = appendString(o.b, string(appendValue(nil, x)))
+	}
+}
+
+// appendMappedBool writes column name under key as a boolean (comments'
+// internal flag): a column of 0/1, 't'/'f' or 'Y'/'N' reads as one, as
+// users' active does; anything else is written as it decodes.
+func appendMappedBool(o *obj, c *cdc.Change, t cdc.Tuple, key, name string) {
+	v, ok := col(c, t, name)
+	if !ok {
+		return
+	}
+	o.key(key)
+	if v.State == cdc.Null {
+		o.b = append(o.b, "null"...)
+		return
+	}
+	if b, ok := parseActive(strings.ToLower(text(v.V))); ok {
+		o.b = strconv.AppendBool(o.b, b)
+		return
+	}
 	o.b = appendValue(o.b, v.V)
 }
 
@@ -638,7 +672,7 @@ func (m *Mapper) comment(ctx context.Context, c *cdc.Change, out []Event) []Even
 		o.b = m.appendPerson(o.b, author)
 	}
 	appendMapped(&o, c, c.New, "body", cc.Body, nil)
-	appendMapped(&o, c, c.New, "internal", cc.Internal, nil)
+	appendMappedBool(&o, c, c.New, "internal", cc.Internal)
 	m.appendTimeField(&o, c, c.New, "createdAt", cc.CreatedAt, cc.ID)
 	// A comment is ordered with its request's events, not on its own.
 	return m.emit(out, c, catalog.RequestCommented, entityKey(m.cfg.Requests.IDPrefix, request), o.end())

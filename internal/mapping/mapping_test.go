@@ -670,3 +670,36 @@ func TestCheckPublishedSeesWhatTheStreamCannot(t *testing.T) {
 		}
 	}
 }
+
+// TestStringFieldsAsText: a status or priority column of another type,
+// untranslated, goes out as text, as DZDESK's schemas have it (an
+// integer priority went out as 3 beside "high" in the same field), and a
+// comment's internal flag stored as 'Y'/'N' reads as a boolean.
+func TestStringFieldsAsText(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema,
+		`ALTER TABLE requests ALTER COLUMN priority DROP DEFAULT, DROP CONSTRAINT requests_priority_check`,
+		`ALTER TABLE requests ALTER COLUMN priority TYPE int USING 2`,
+		`ALTER TABLE comments ALTER COLUMN internal DROP DEFAULT`,
+		`ALTER TABLE comments ALTER COLUMN internal TYPE char(1) USING 'N'`)
+	mc := DefaultConfig()
+	mc.Requests.Values.Priority = map[string]string{"1": "low"}
+	p := startPipeline(t, db, mc)
+	db.Exec(t,
+		`INSERT INTO users (id, email) VALUES (456, 'jane@company.com')`,
+		`INSERT INTO requests (id, title, status, priority, requester_id) VALUES (123, 'Printer', 'open', 3, 456)`,
+		`INSERT INTO requests (id, title, status, priority, requester_id) VALUES (124, 'Scanner', 'open', 1, 456)`,
+		`INSERT INTO comments (id, request_id, author_id, body, internal) VALUES (789, 123, 456, 'hi', 'Y')`)
+	evs, _ := p.wait(t, 4, 0)
+	set := builtinSchemas(t)
+	for _, e := range evs {
+		if err := set.Validate(e.Body); err != nil {
+			t.Errorf("%s breaks its schema: %v\n%s", e.Type, err, e.Body)
+		}
+	}
+	for i, want := range []string{`"priority":"3"`, `"priority":"low"`, `"internal":true`} {
+		if body := string(evs[i+1].Body); !strings.Contains(body, want) {
+			t.Errorf("%s: %s, want %s", evs[i+1].Type, body, want)
+		}
+	}
+}
