@@ -41,6 +41,24 @@ func TestValidateSample(t *testing.T) {
 	}
 }
 
+// TestValidateNamesEncryptingKey: with secrets.key and secrets.keys both
+// set, validate says which one encrypts (secrets.key), since putting the
+// new key first in secrets.keys does not rotate.
+func TestValidateNamesEncryptingKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	yaml := "source: {dsn: postgres://x@127.0.0.1/db}\nsecrets:\n  key: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n  keys: [BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=]\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCmd(t, "validate", "--config", path)
+	if code != exitOK {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, errOut)
+	}
+	if want := "note: secrets.key encrypts; the 1 key(s) of secrets.keys only decrypt"; !strings.Contains(out, want) {
+		t.Errorf("stdout = %q, want it to contain %q", out, want)
+	}
+}
+
 // TestValidateFiveMistakes is the golden test of `dzhook validate` on a
 // file with five distinct mistakes.
 func TestValidateFiveMistakes(t *testing.T) {

@@ -18,5 +18,9 @@ func runValidate(_ context.Context, env *cli, args []string) int {
 		return exitFailure
 	}
 	fmt.Fprintf(env.stdout, "%s: ok: %s\n", *path, cfg.Summary())
+	if cfg.Secrets.Key.IsSet() && len(cfg.Secrets.Keys) > 0 {
+		// A rotation is easy to get backwards: say which key encrypts.
+		fmt.Fprintf(env.stdout, "note: secrets.key encrypts; the %d key(s) of secrets.keys only decrypt (to rotate, the new key goes in secrets.key and the old one in secrets.keys)\n", len(cfg.Secrets.Keys))
+	}
 	return exitOK
 }

@@ -242,15 +242,19 @@ type Telemetry struct {
 // API.
 type Secrets struct {
 	// Key is one key: 32 random bytes, base64 (openssl rand -base64 32),
-	// typically ${file:/run/secrets/dzhook-key}.
+	// typically ${file:/run/secrets/dzhook-key}. When set, it is the key
+	// that encrypts. Defaults to none.
 	Key Secret `koanf:"key"`
-	// Keys is a list of keys for rotation: the first encrypts, every one
-	// decrypts. Key, when set, comes first.
+	// Keys are more keys, for rotation: every one decrypts, and the first
+	// encrypts only when Key is not set. To rotate, put the new key in
+	// Key, move the old one into Keys and restart; once the start logs
+	// that every runtime subscription is sealed with secrets.key, the old
+	// one can be dropped. Defaults to none.
 	Keys []Secret `koanf:"keys"`
 }
 
-// All returns the keys in order, Key first; each is validated base64 of
-// 32 bytes.
+// All returns the keys in order, the one that encrypts first (Key when
+// set); each is validated base64 of 32 bytes.
 func (s Secrets) All() [][]byte {
 	var out [][]byte
 	for _, k := range append([]Secret{s.Key}, s.Keys...) {
@@ -262,6 +266,19 @@ func (s Secrets) All() [][]byte {
 		}
 	}
 	return out
+}
+
+// Sealing returns the setting of the key that encrypts, as an operator
+// writes it: "secrets.key" when Key is set, else "secrets.keys[0]"; ""
+// without a key.
+func (s Secrets) Sealing() string {
+	switch {
+	case s.Key.IsSet():
+		return "secrets.key"
+	case len(s.Keys) > 0:
+		return "secrets.keys[0]"
+	}
+	return ""
 }
 
 // CustomEvent declares an event outside DZDESK's catalog.

@@ -79,11 +79,14 @@ func startStoppable(t *testing.T, cfg *config.Config) (*Engine, func()) {
 	return startWith(t, cfg, Options{})
 }
 
-// startWith is startStoppable with options (the test's intervals and
-// logger are laid over them).
+// startWith is startStoppable with options (the test's intervals are laid
+// over them, and its logger unless opts has one).
 func startWith(t *testing.T, cfg *config.Config, opts Options) (*Engine, func()) {
 	t.Helper()
-	opts.Logger, opts.Version = testutil.Logger(t), "test"
+	if opts.Logger == nil {
+		opts.Logger = testutil.Logger(t)
+	}
+	opts.Version = "test"
 	opts.PollInterval, opts.Heartbeat, opts.StatusInterval = 50*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	e, err := New(ctx, cfg, opts)

@@ -74,8 +74,8 @@ type runtimeSub struct {
 	description             string
 	previous                string
 	previousUntil, switchAt time.Time
-	// stale: a value it needs is sealed with a key of secrets.keys that
-	// no longer seals (see reseal).
+	// stale: a value it needs is sealed with a key that no longer seals
+	// (see reseal).
 	stale bool
 }
 
@@ -246,13 +246,14 @@ func (e *Engine) startRuntime(ctx context.Context) ([]fanout.Subscription, error
 	return rt.set(e.cfg.Subscriptions, subs, order), nil
 }
 
-// reseal writes again, sealed with the key that seals now, the runtime
-// subscriptions whose secret, URL and headers (or a previous secret still
-// in its overlap) were sealed with another key of secrets.keys: a key
-// rotation ends with the old key unused, so it can be dropped. The keys
-// change only with a restart, so this runs at start. A row that fails
-// stays as it was (it still opens) and is logged; the next start tries
-// again. It returns how many rows it wrote.
+// reseal writes again, sealed with the key that seals now (secrets.key
+// when set, else the first of secrets.keys), the runtime subscriptions
+// whose secret, URL and headers (or a previous secret still in its
+// overlap) were sealed with another key: a key rotation ends with the old
+// key unused, so it can be dropped. The keys change only with a restart,
+// so this runs at start. A row that fails stays as it was (it still
+// opens) and is logged; the next start tries again. It returns how many
+// rows it wrote.
 func (e *Engine) reseal(ctx context.Context, subs map[string]runtimeSub, order []string) int {
 	rt := e.runtime
 	written, left := 0, 0
@@ -290,13 +291,20 @@ func (e *Engine) reseal(ctx context.Context, subs map[string]runtimeSub, order [
 			e.log.Warn("runtime subscription not sealed again with the current secrets key; the key it was sealed with must stay in secrets.keys", "subscription", id, "err", err)
 		}
 	}
+	// Name the key that encrypts by its setting as well as its id: which
+	// one encrypts (secrets.key before secrets.keys) is what an operator
+	// rotating keys must get right.
+	sealing := e.cfg.Secrets.Sealing()
 	if written > 0 {
-		e.log.Info("runtime subscriptions sealed again with the current secrets key", "subscriptions", written, "key", rt.ring.KeyID())
+		e.log.Info("runtime subscriptions sealed again with the secrets key that encrypts, "+sealing,
+			"subscriptions", written, "key_setting", sealing, "key", rt.ring.KeyID())
 	}
 	if left > 0 {
-		e.log.Info("some runtime subscriptions may still be sealed with another key of secrets.keys: keep the keys until a start says every one is sealed with the first", "subscriptions", left)
+		e.log.Info("some runtime subscriptions may still be sealed with another secrets key: keep every key until a start says all are sealed with "+sealing,
+			"subscriptions", left, "key_setting", sealing, "key", rt.ring.KeyID())
 	} else if len(e.cfg.Secrets.All()) > 1 {
-		e.log.Info("every runtime subscription is sealed with the first secrets key: the others can be removed from secrets.keys once every process runs with this list", "key", rt.ring.KeyID())
+		e.log.Info("every runtime subscription is sealed with "+sealing+", the key that encrypts: the other keys can be removed from secrets.keys once every process runs with this one",
+			"key_setting", sealing, "key", rt.ring.KeyID())
 	}
 	return written
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -604,6 +606,58 @@ func TestKeyRotationResealsAtStart(t *testing.T) {
 	if created.Secret == rot.Secret {
 		t.Fatal("the rotation kept the secret")
 	}
+}
+
+// TestKeyRotationAsDocumented: the rotation config.yaml and the README
+// describe, with secrets.key set (as the Helm chart's DZHOOK_SECRETS_KEY
+// sets it): the new key in secrets.key, the old one moved into
+// secrets.keys. The start reseals with the new key and its log names that
+// key by its setting and id, and the old key can then be dropped.
+func TestKeyRotationAsDocumented(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	newKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	newRing, _ := secretbox.New([][]byte{bytes.Repeat([]byte{7}, 32)})
+	keyed := func(secrets string) *config.Config {
+		return testConfigWith(t, db, "admin:\n  listen: \"\"\nsecrets:\n"+secrets, "")
+	}
+	ctx := context.Background()
+	a, stopA := startStoppable(t, keyed("  key: "+secretsKey+"\n"))
+	if _, err := a.Manager().CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("rot"), URL: ptr(rc.URL), Events: ptr([]string{"request.created"})}, ""); err != nil {
+		t.Fatal(err)
+	}
+	stopA()
+
+	var logs testutil.SyncBuffer
+	_, stopB := startWith(t, keyed("  key: "+newKey+"\n  keys: ["+secretsKey+"]\n"), Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	stopB()
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.runtime_subscriptions WHERE id = 'rot' AND split_part(secret, '.', 2) = $1`, newRing.KeyID()); n != 1 {
+		t.Fatalf("rows sealed with the new secrets.key after the rotation: %d, want 1", n)
+	}
+	for _, msg := range []string{"runtime subscriptions sealed again", "every runtime subscription is sealed with"} {
+		found := false
+		for line := range strings.Lines(logs.String()) {
+			var rec struct {
+				Msg        string `json:"msg"`
+				KeySetting string `json:"key_setting"`
+				Key        string `json:"key"`
+			}
+			if json.Unmarshal([]byte(line), &rec) != nil || !strings.HasPrefix(rec.Msg, msg) {
+				continue
+			}
+			found = true
+			if rec.KeySetting != "secrets.key" || rec.Key != newRing.KeyID() || !strings.Contains(rec.Msg, "secrets.key") {
+				t.Errorf("log %q: key_setting %q, key %q; want the message and key_setting to name secrets.key, key %q", rec.Msg, rec.KeySetting, rec.Key, newRing.KeyID())
+			}
+		}
+		if !found {
+			t.Errorf("no log line %q in:\n%s", msg, logs.String())
+		}
+	}
+
+	// The old key dropped: the process starts (a row it cannot open
+	// would stop it).
+	start(t, keyed("  key: "+newKey+"\n"))
 }
 
 // TestDeletedSubscriptionHistoryListed: a deleted runtime subscription's
