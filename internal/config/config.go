@@ -126,7 +126,8 @@ type Delivery struct {
 	// to false: https only.
 	AllowInsecureHTTP bool `koanf:"allow_insecure_http"`
 	// ResponseBodyLimit is how many bytes of each response body are kept
-	// in the history. Defaults to 4096.
+	// in the history, at most 1048576; 0 keeps none (for answers that may
+	// carry personal data). Defaults to 4096.
 	ResponseBodyLimit int `koanf:"response_body_limit"`
 	// Concurrency is how many attempts may be in flight per subscription.
 	// Defaults to 16.

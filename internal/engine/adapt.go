@@ -27,6 +27,16 @@ func egressGuard(d config.Delivery) *fanout.EgressGuard {
 	return g
 }
 
+// bodyLimit is delivery.response_body_limit for fanout, where a zero limit
+// means the default: 0 (keep no byte of receivers' answers) is
+// fanout.NoResponseBody. config.Default supplies the 4096 of an unset one.
+func bodyLimit(n int) int {
+	if n == 0 {
+		return fanout.NoResponseBody
+	}
+	return n
+}
+
 // rootCAs is the pool receivers' certificates are verified with:
 // delivery.ca_file with or instead of the system's roots (nil: the
 // system's alone). The file was checked when the configuration loaded; it

@@ -244,7 +244,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Notify:   fanout.NotifyConfig{URL: cfg.Notify.URL.Reveal(), Secret: []byte(cfg.Notify.Secret.Reveal())},
 		Observer: e.metrics,
 		Egress:   egressGuard(cfg.Delivery),
-		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: cfg.Delivery.ResponseBodyLimit,
+		Timeout:  cfg.Delivery.Timeout, RetrySchedule: cfg.Delivery.RetrySchedule, ResponseBodyLimit: bodyLimit(cfg.Delivery.ResponseBodyLimit),
 		Concurrency: cfg.Delivery.Concurrency, QueueSize: cfg.Delivery.QueueSize, ShareFirstAttempts: cfg.Delivery.ShareFirstAttempts, UserAgent: "dzhook/" + opts.Version,
 		PollInterval: opts.PollInterval, Heartbeat: cmp.Or(opts.Heartbeat, cfg.Journal.Heartbeat), Logger: log,
 		RootCAs: roots, Proxy: cfg.Delivery.Proxy.Reveal(), TracerProvider: tp,

@@ -382,6 +382,28 @@ func TestFinal4xx(t *testing.T) {
 	}
 }
 
+// TestResponseBodyLimitZeroKeepsNothing: delivery.response_body_limit: 0
+// (an operator keeping receivers' answers, which may hold personal data,
+// out of the journal) stores no byte of the answer; fanout used to read
+// 0 as "the default" and keep 4 KiB.
+func TestResponseBodyLimitZeroKeepsNothing(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		return 400, nil, "unknown customer jane@example.com"
+	})
+	start(t, testConfig(t, db, "  retry_schedule: [0s]\n  response_body_limit: 0", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('x', 1)`)
+	dlv := firstDelivery(rc.Wait(t, 1, 20*time.Second))
+	testutil.Eventually(t, 10*time.Second, "failed", func() bool { return deliveryState(t, db, dlv) == "failed" })
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.attempts WHERE delivery_id = $1`, dlv); n != 1 {
+		t.Fatalf("attempts: %d, want 1", n)
+	}
+	if n := queryInt(t, db, `SELECT coalesce(sum(length(response_body)), 0) FROM dzhook.attempts WHERE delivery_id = $1`, dlv); n != 0 {
+		t.Errorf("response body bytes stored with response_body_limit 0: %d, want 0", n)
+	}
+}
+
 func TestTimeoutIsRetried(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)

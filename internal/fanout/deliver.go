@@ -221,9 +221,9 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	if d.tracer != nil {
 		r.tracer, r.traceparent, r.shownURL = d.tracer, s.cfg.Traceparent, s.shownURL()
 	}
-	res := post(life, s.client, r, d.cfg.Timeout, d.cfg.ResponseBodyLimit)
+	res := post(life, s.client, r, d.cfg.Timeout, d.cfg.bodyLimit())
 	if len(s.scrub) > 0 {
-		res.Body = s.scrub.scrub(res.Body, len(res.Body) >= d.cfg.ResponseBodyLimit)
+		res.Body = s.scrub.scrub(res.Body, len(res.Body) >= d.cfg.bodyLimit())
 		if res.Error != "" {
 			res.Error = string(s.scrub.scrub([]byte(res.Error), false)) // a redirect's Location
 		}

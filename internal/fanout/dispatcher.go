@@ -28,6 +28,11 @@ const (
 	DefaultHeartbeat    = 5 * time.Second
 )
 
+// NoResponseBody as Config.ResponseBodyLimit keeps no byte of receivers'
+// answers (delivery.response_body_limit: 0, for answers that may carry
+// personal data); a zero ResponseBodyLimit means DefaultBodyLimit.
+const NoResponseBody = -1
+
 // DefaultRetrySchedule is DZDESK's: immediately, 1 min, 5 min, 30 min, 2 h.
 var DefaultRetrySchedule = []time.Duration{0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
 
@@ -101,7 +106,7 @@ type Config struct {
 
 	Timeout           time.Duration   // per attempt; defaults to 5 s
 	RetrySchedule     []time.Duration // defaults to DefaultRetrySchedule
-	ResponseBodyLimit int             // bytes kept; defaults to 4096
+	ResponseBodyLimit int             // bytes kept; defaults to 4096, NoResponseBody keeps none
 	Concurrency       int             // per subscription; defaults to 16
 	QueueSize         int             // per subscription; defaults to 1024
 	// ShareFirstAttempts journals every new delivery unowned and due, for
@@ -139,6 +144,10 @@ type Config struct {
 	NowFunc func() time.Time
 }
 
+// bodyLimit is how many bytes of an answer an attempt keeps: 0 for
+// NoResponseBody (any negative value).
+func (cfg Config) bodyLimit() int { return max(cfg.ResponseBodyLimit, 0) }
+
 // withDefaults fills in what Config leaves zero: the one place fanout's
 // defaults are applied.
 func (cfg Config) withDefaults() (Config, error) {
@@ -156,7 +165,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	if len(cfg.RetrySchedule) == 0 {
 		cfg.RetrySchedule = DefaultRetrySchedule
 	}
-	if cfg.ResponseBodyLimit <= 0 {
+	if cfg.ResponseBodyLimit == 0 {
 		cfg.ResponseBodyLimit = DefaultBodyLimit
 	}
 	if cfg.Concurrency <= 0 {

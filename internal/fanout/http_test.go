@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,32 @@ func TestUnquoted(t *testing.T) {
 	} {
 		if got := unquoted(tt.in); got != tt.want {
 			t.Errorf("unquoted(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestResponseBodyLimit: a zero Config.ResponseBodyLimit is the default
+// (4 KiB of each answer kept), NoResponseBody keeps no byte
+// (delivery.response_body_limit: 0), and a limit keeps that many.
+func TestResponseBodyLimit(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		w.Write([]byte(strings.Repeat("pii-", 2000)))
+	}))
+	defer srv.Close()
+	c := newClient(time.Second, 1, (&EgressGuard{}).Dialer(time.Second), nil)
+	for _, tc := range []struct{ limit, kept int }{
+		{0, DefaultBodyLimit},
+		{NoResponseBody, 0},
+		{10, 10},
+	} {
+		cfg, err := Config{Journal: struct{ Store }{}, Records: struct{ Recorder }{}, Instance: "i", ResponseBodyLimit: tc.limit}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := post(context.Background(), c, request{url: srv.URL, body: []byte(`{}`), userAgent: "t"}, time.Second, cfg.bodyLimit())
+		if res.Status != http.StatusInternalServerError || len(res.Body) != tc.kept {
+			t.Errorf("ResponseBodyLimit %d: status %d, %d bytes of the answer kept; want 500 and %d", tc.limit, res.Status, len(res.Body), tc.kept)
 		}
 	}
 }
