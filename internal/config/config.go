@@ -87,7 +87,9 @@ type Source struct {
 	// DSN is a libpq connection string or URL for the DZDESK database.
 	// The role needs REPLICATION (see deploy/sql/role.sql). Required.
 	DSN Secret `koanf:"dsn"`
-	// Slot is the logical replication slot dzhook owns. Defaults to "dzhook".
+	// Slot is the logical replication slot dzhook owns: lower-case
+	// letters, digits and _, at most 63 (PostgreSQL's rule for slot
+	// names). Defaults to "dzhook".
 	Slot string `koanf:"slot"`
 	// Publication lists the tables dzhook reads. Defaults to "dzhook".
 	Publication string `koanf:"publication"`

@@ -254,6 +254,36 @@ subscriptions:
 	}
 }
 
+// TestSlotName: source.slot follows PostgreSQL's rule for replication
+// slot names (lower-case letters, digits, _; at most 63), not an
+// identifier's: "Dzhook" and "dz$hook" passed validate and failed at
+// setup.
+func TestSlotName(t *testing.T) {
+	for _, tc := range []struct {
+		slot string
+		ok   bool
+	}{
+		{"dzhook", true},
+		{"dzhook_2", true},
+		{"2nd_slot", true},
+		{strings.Repeat("s", 63), true},
+		{"Dzhook", false},
+		{"dz$hook", false},
+		{"dz-hook", false},
+		{strings.Repeat("s", 64), false},
+	} {
+		yaml := strings.Replace(minimal, "dzdesk\n", "dzdesk\n  slot: \""+tc.slot+"\"\n", 1)
+		_, err := Parse([]byte(yaml), nil)
+		want := fmt.Sprintf("source.slot: %q is not a replication slot name: PostgreSQL allows only lower-case letters, digits and _ (at most 63)", tc.slot)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("slot %q: %v, want no problem", tc.slot, err)
+		case !tc.ok && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("slot %q: %v, want %q", tc.slot, err, want)
+		}
+	}
+}
+
 func TestCustomEventsAreSubscribable(t *testing.T) {
 	yaml := strings.Replace(minimal, "request.*", "order.shipped", 1) + "custom_events:\n  - name: order.shipped\n    description: An order left the warehouse\n"
 	cfg, err := Parse([]byte(yaml), nil)
@@ -608,7 +638,7 @@ custom_events:
 			"sla.warning_percent[0]: the value of ${PW} is not a number",
 			"log.level: the value of ${PW} is not one of debug, info, warn, error",
 			"log.format: the value of ${PW} is not one of",
-			"source.slot: the value of ${PW} is not a plain PostgreSQL identifier",
+			"source.slot: the value of ${PW} is not a replication slot name",
 			"outbox.table: the value of ${PW} is not",
 			"delivery.allow_networks[0]: the value of ${PW} is not a network",
 			"delivery.ca_file: the value of ${PW} cannot be read",

@@ -38,6 +38,9 @@ const MinSecretLength = 16
 var (
 	subscriptionID = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	sqlIdentifier  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
+	// slotName is PostgreSQL's rule for replication slot names
+	// (ReplicationSlotValidateName), narrower than an identifier's.
+	slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 )
 
 // reservedHeaders are set by dzhook on every delivery; a subscription's
@@ -76,7 +79,9 @@ func (c *Config) validate(ps *Problems, refs references) {
 	if !c.Source.DSN.IsSet() {
 		ps.add("source.dsn", "required: the DZDESK database to stream from (e.g. postgres://dzhook@db/dzdesk), or set DZHOOK_SOURCE_DSN")
 	}
-	checkIdentifier(ps, refs, "source.slot", c.Source.Slot)
+	if !slotName.MatchString(c.Source.Slot) {
+		ps.add("source.slot", "%s is not a replication slot name: PostgreSQL allows only lower-case letters, digits and _ (at most 63)", refs.show("source.slot", c.Source.Slot))
+	}
 	checkIdentifier(ps, refs, "source.publication", c.Source.Publication)
 	checkIdentifier(ps, refs, "journal.schema", c.Journal.Schema)
 	if c.Journal.Retention <= 0 {
