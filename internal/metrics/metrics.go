@@ -260,7 +260,7 @@ var (
 
 func (s *scraped) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descRetained, descChanges, descTx, descReconnects, descConnected,
-		descStandby, descBeat, descInstances, descQueue, descPending, descOldest, descSubState, descSubPaused, descBlocked} {
+		descStandby, descBeat, descInstances, descQueue, descPending, descOldest, descSubState, descSubPaused, descSubActive, descBlocked} {
 		ch <- d
 	}
 }

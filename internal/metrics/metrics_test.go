@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dzdesk/dzhook/internal/fanout"
@@ -262,5 +263,21 @@ func TestActiveGauge(t *testing.T) {
 	}
 	if want := map[string]float64{"crm": 1, "old": 0}; !maps.Equal(got, want) {
 		t.Errorf("dzhook_subscription_active %v, want %v", got, want)
+	}
+}
+
+// TestScrapedDescribed: every series collected at scrape time has its
+// descriptor described, as a pedantic registry demands;
+// dzhook_subscription_active was not.
+func TestScrapedDescribed(t *testing.T) {
+	m := New(Sources{})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(&scraped{m: m, src: Sources{
+		Stream:        func() StreamStats { return StreamStats{LagBytes: 1, RetainedWALBytes: 1} },
+		Subscriptions: func() []fanout.SubscriptionStatus { return []fanout.SubscriptionStatus{{ID: "crm", Active: true}} },
+		Heartbeat:     func() (time.Time, int) { return time.Now(), 0 },
+	}})
+	if _, err := reg.Gather(); err != nil {
+		t.Errorf("pedantic gather: %v", err)
 	}
 }
