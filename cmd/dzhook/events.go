@@ -6,27 +6,32 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"text/tabwriter"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/config"
 )
 
-// runEvents lists the event catalog, with the custom events of a config
-// file when one is given, or prints the JSON Schemas of its events.
+// runEvents lists the event catalog, with the custom events of the
+// configuration file, or prints the JSON Schemas of its events. The file
+// is found as every command finds it (--config, else $DZHOOK_CONFIG, else
+// ./config.yaml); one not named with --config may be absent, and then the
+// catalog is DZDESK's events alone, so that the command works anywhere.
 func runEvents(_ context.Context, env *cli, args []string) int {
 	fs := newFlags(env, "events", "[--config file] [--json] [--schema [EVENT]]")
-	path := fs.String("config", "", "also list the custom events of this configuration `file`")
+	path := configFlag(env, fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	schema := fs.Bool("schema", false, "print the JSON Schema of EVENT, or of every event with one as an object keyed by event name (custom events with the schema of --config's custom_events[].schema)")
+	schema := fs.Bool("schema", false, "print the JSON Schema of EVENT, or of every event with one as an object keyed by event name (custom events with the schema of the configuration's custom_events[].schema)")
 	event, code, stop := parseEventsFlags(fs, args, schema)
 	if stop {
 		return code
 	}
 	events := catalog.Builtin()
 	cfg := &config.Config{}
-	if *path != "" {
-		var err error
+	named := false
+	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "config" })
+	if _, err := os.Stat(*path); named || !errors.Is(err, os.ErrNotExist) {
 		if cfg, err = config.LoadEnv(*path, env.environ()); err != nil {
 			fmt.Fprintf(env.stderr, "%s: %v\n", *path, err)
 			return exitFailure
@@ -117,7 +122,7 @@ func noSchema(events []catalog.Event, event string) string {
 			return fmt.Sprintf("%s is a custom event declared without a schema (custom_events[].schema)", event)
 		}
 	}
-	return fmt.Sprintf("no event %q (dzhook events lists them; custom events need --config)", event)
+	return fmt.Sprintf("no event %q (dzhook events lists them; custom events come from the configuration: --config, DZHOOK_CONFIG or ./config.yaml)", event)
 }
 
 func trimNewline(b []byte) []byte {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -71,7 +73,7 @@ subscriptions:
 		code int
 		want string
 	}{
-		{[]string{"events", "--schema", "order.shipped"}, exitFailure, `no event "order.shipped" (dzhook events lists them; custom events need --config)`},
+		{[]string{"events", "--schema", "order.shipped"}, exitFailure, `no event "order.shipped" (dzhook events lists them; custom events come from the configuration: --config, DZHOOK_CONFIG or ./config.yaml)`},
 		{[]string{"events", "--schema", "order.paid", "--config", cfg}, exitFailure, "order.paid is a custom event declared without a schema (custom_events[].schema)"},
 		{[]string{"events", "--schema", "a", "b"}, exitUsage, `unexpected argument "b"`},
 		{[]string{"events", "request.created"}, exitUsage, `unexpected argument "request.created" (an event's schema: --schema EVENT)`},
@@ -80,5 +82,56 @@ subscriptions:
 		if code != tc.code || out != "" || !strings.Contains(errOut, tc.want) {
 			t.Errorf("dzhook %v: exit %d, stdout %q, stderr %q; want exit %d and %q", tc.args, code, out, errOut, tc.code, tc.want)
 		}
+	}
+}
+
+// TestEventsFindsTheConfiguration: dzhook events reads the configuration
+// the other commands read (--config, else DZHOOK_CONFIG, else
+// ./config.yaml), so its custom events are listed without --config; with
+// no file there it lists DZDESK's events, and a file named with --config
+// must exist. It read a file only when given --config.
+func TestEventsFindsTheConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	yaml := "source: {dsn: \"postgres://dzhook@127.0.0.1/dzdesk\"}\ncustom_events:\n  - name: order.shipped\n"
+	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "other.yaml"), []byte(strings.Replace(yaml, "order.shipped", "order.paid", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	events := func(environ []string, args ...string) (int, string, string) {
+		t.Helper()
+		var out, errb bytes.Buffer
+		code := runEnv(context.Background(), append([]string{"dzhook", "events"}, args...), &out, &errb, environ)
+		return code, out.String(), errb.String()
+	}
+	t.Chdir(dir)
+	for _, tc := range []struct {
+		name    string
+		environ []string
+		args    []string
+		want    string
+	}{
+		{"./config.yaml", nil, nil, "order.shipped"},
+		{"DZHOOK_CONFIG", []string{"DZHOOK_CONFIG=other.yaml"}, nil, "order.paid"},
+		{"--config over DZHOOK_CONFIG", []string{"DZHOOK_CONFIG=other.yaml"}, []string{"--config", "config.yaml"}, "order.shipped"},
+	} {
+		code, out, errOut := events(tc.environ, tc.args...)
+		if code != exitOK || !strings.Contains(out, tc.want) || !strings.Contains(out, "request.created") {
+			t.Errorf("%s: exit %d, stderr %q; want %s and DZDESK's events in:\n%s", tc.name, code, errOut, tc.want, out)
+		}
+	}
+
+	// No file: DZDESK's events, whether the default or DZHOOK_CONFIG
+	// points nowhere; a missing --config file is an error.
+	t.Chdir(t.TempDir())
+	for _, environ := range [][]string{nil, {"DZHOOK_CONFIG=/nonexistent.yaml"}} {
+		code, out, errOut := events(environ)
+		if code != exitOK || !strings.Contains(out, "request.created") || strings.Contains(out, "order.") {
+			t.Errorf("no file, env %v: exit %d, stderr %q, printed:\n%s", environ, code, errOut, out)
+		}
+	}
+	if code, _, errOut := events(nil, "--config", "missing.yaml"); code != exitFailure || !strings.Contains(errOut, "missing.yaml") {
+		t.Errorf("--config missing.yaml: exit %d, stderr %q; want 1 naming the file", code, errOut)
 	}
 }
