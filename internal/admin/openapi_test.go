@@ -7,6 +7,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	yaml "go.yaml.in/yaml/v3"
 
 	apidoc "github.com/dzdesk/dzhook/api"
 	"github.com/dzdesk/dzhook/api/apitest"
@@ -179,6 +181,42 @@ func TestOpenAPIHasEveryRoute(t *testing.T) {
 	for op := range described {
 		if !registered[op] && op != ahead {
 			t.Errorf("api/openapi.yaml describes %s; the server has no such route", op)
+		}
+	}
+}
+
+// TestMetricsContentTypes: each content type api/openapi.yaml declares
+// for GET /metrics is one the server answers when asked for it. The
+// description listed application/openmetrics-text, which the handler
+// (promhttp without EnableOpenMetrics) never serves.
+func TestMetricsContentTypes(t *testing.T) {
+	var doc struct {
+		Paths map[string]struct {
+			Get struct {
+				Responses map[string]struct {
+					Content map[string]any `yaml:"content"`
+				} `yaml:"responses"`
+			} `yaml:"get"`
+		} `yaml:"paths"`
+	}
+	if err := yaml.Unmarshal(apidoc.YAML(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	declared := doc.Paths["/metrics"].Get.Responses["200"].Content
+	if len(declared) == 0 {
+		t.Fatal("api/openapi.yaml declares no content of GET /metrics' 200")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "dzhook_test_total", Help: "A counter."}))
+	srv := New(Config{Registry: reg, MetricsPublic: true})
+	for ct := range declared {
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		req.Header.Set("Accept", ct)
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		got, _, err := mime.ParseMediaType(rec.Header().Get("Content-Type"))
+		if rec.Code != http.StatusOK || err != nil || got != ct {
+			t.Errorf("GET /metrics, Accept: %s: %d %s; the description declares %s", ct, rec.Code, rec.Header().Get("Content-Type"), ct)
 		}
 	}
 }
