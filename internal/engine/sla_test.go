@@ -331,3 +331,53 @@ func TestSLACompletedAfterItsBreachFires(t *testing.T) {
 		}
 	}
 }
+
+// TestSLABreachedThenMovedFires: an SLA breached, then extended (its
+// target moved later) before the clock fired the breach, was breached:
+// sla.breach fires for the target it breached (breachedAt the old
+// target), and the new target's timers are armed. Likewise one breached,
+// completed and reopened with a new target. Here all happened while
+// dzhook was stopped; live, the move can land between two checks. The
+// move used to cancel every unfired timer of the old target, due or not,
+// and the clock's recheck cancelled one whose target no longer matched:
+// the breach was never sent (found by a review).
+func TestSLABreachedThenMovedFires(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*, request.created"))
+	_, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (49, 'x', 1)`)
+	rc.Wait(t, 1, 20*time.Second) // streaming (the SLA clock bootstrapped)
+	stop()
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (50, 'x', 1), (51, 'x', 1)`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at)
+		 VALUES (50, 50, 'resolution', now() - interval '1 hour', date_trunc('second', now()) - interval '1 minute'),
+		        (51, 51, 'resolution', now() - interval '1 hour', date_trunc('second', now()) - interval '1 minute')`)
+	var breached time.Time
+	if err := db.Connect(t).QueryRow(context.Background(), `SELECT target_at FROM request_slas WHERE id = 50`).Scan(&breached); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `UPDATE request_slas SET target_at = now() + interval '1 hour' WHERE id = 50`,
+		`UPDATE request_slas SET completed_at = now() WHERE id = 51`,
+		`UPDATE request_slas SET completed_at = NULL, target_at = now() + interval '1 hour' WHERE id = 51`)
+	start(t, cfg)
+	want := breached.UTC().Format(time.RFC3339)
+	testutil.Eventually(t, 20*time.Second, "sla.breach of both SLAs breached before they moved, for the target breached", func() bool {
+		got := map[string]bool{}
+		for _, ev := range slaEvents(t, rc) {
+			if ev.Event == "sla.breach" && ev.Data.BreachedAt == want && ev.Data.TargetTime == want {
+				got[ev.Data.RequestID] = true
+			}
+		}
+		return got["req_50"] && got["req_51"]
+	})
+	testutil.Eventually(t, 10*time.Second, "the new targets' timers armed, nothing else unfired", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE fired_at IS NULL AND target_at > now()`) == 4 &&
+			queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE fired_at IS NULL`) == 4
+	})
+	for _, ev := range slaEvents(t, rc) {
+		if strings.HasPrefix(ev.Event, "sla.") && ev.Data.TargetTime != want {
+			t.Errorf("%s for request %s's target %s, not yet due", ev.Event, ev.Data.RequestID, ev.Data.TargetTime)
+		}
+	}
+}

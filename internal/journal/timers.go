@@ -21,11 +21,22 @@ type TimerRow struct {
 	// Generation identifies the arming a claim returned (new at every
 	// arming, including an upsert of the same timer).
 	Generation int64
+	// SupersededAt, when not zero, is the commit time of the change that
+	// moved the SLA off this timer's target or completed it, the timer
+	// being due before then: it was breached (or warned) first, and the
+	// clock fires it whatever the SLA says now. Zero: the timer is of the
+	// SLA's current target, as far as the stream has read.
+	SupersededAt time.Time
 }
 
 // TimerChange arms an SLA's timers for its current target and cancels
 // the unfired ones of any other target (Keep zero: all of them), except
-// those due before Due (a completed SLA's completion: they fire).
+// those due before Due: the change's commit time for a moved target, the
+// completion for a completed SLA. Those are kept, marked as superseded at
+// Due (TimerRow.SupersededAt), and fire: the SLA was breached (or warned)
+// before it moved or completed. A later change keeps them too (they are
+// due before its Due as well); only a deletion of the SLA (Keep and Due
+// zero) cancels them.
 type TimerChange struct {
 	SLAID string
 	Keep  time.Time
@@ -35,9 +46,10 @@ type TimerChange struct {
 
 // after is c applied after earlier, as one change: c says the SLA's
 // state, and keeps what earlier armed that c's cancel would keep, the
-// timers due before a completion (Due). An SLA armed and completed within
-// one batch (a restart streaming both, a breach completed at once) still
-// fires what was due before its completion.
+// timers due before a completion or a move (Due), marked as superseded
+// there as the journal marks them. An SLA armed and completed or moved
+// within one batch (a restart streaming both, a breach completed or
+// extended at once) still fires what was due before the change.
 func (c TimerChange) after(earlier TimerChange) TimerChange {
 	if c.Due.IsZero() {
 		return c
@@ -48,13 +60,17 @@ func (c TimerChange) after(earlier TimerChange) TimerChange {
 		if !t.FireAt.Before(c.Due) || slices.ContainsFunc(out.Arm, func(a TimerRow) bool { return a.Kind == t.Kind && a.TargetAt.Equal(t.TargetAt) }) {
 			continue
 		}
+		if (c.Keep.IsZero() || !t.TargetAt.Equal(c.Keep)) && t.SupersededAt.IsZero() {
+			t.SupersededAt = c.Due
+		}
 		out.Arm = append(out.Arm, t)
 	}
 	return out
 }
 
 // queueTimers adds the statements of the batch's timer changes: first the
-// cancellations, then the arming (one change per SLA: the batch keeps the
+// cancellations (and the marks of the timers a change keeps), then the
+// arming (one change per SLA: the batch keeps the
 // latest). since, for the first start's scan of open SLAs (ArmBootstrap),
 // is the timers' generation read before the scan's page (TimerMark): an
 // SLA with a timer armed after it is left as it is, since that timer came
@@ -78,25 +94,40 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *int
 	untouched := func(sla, since string) string {
 		return `(` + since + `::bigint IS NULL OR NOT EXISTS (SELECT 1 FROM {{schema}}.sla_timers n WHERE n.sla_id = ` + sla + ` AND n.generation > ` + since + `))`
 	}
-	batch.Queue(s.q(`DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, keep, due)
+	// The timers of another target (or of a completed SLA) due before the
+	// change are kept and marked superseded there, the earliest such
+	// change's time staying; the others go. A kept timer is deleted only
+	// by a change that keeps nothing (the SLA deleted): the first start's
+	// scan (Due zero) must not cancel one the stream kept. Both parts see
+	// the table as it was, and touch different rows.
+	batch.Queue(s.q(`WITH kept AS (
+		UPDATE {{schema}}.sla_timers t SET superseded_at = c.due FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, keep, due)
+		 WHERE t.sla_id = c.id AND t.fired_at IS NULL AND t.superseded_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)
+		   AND t.fire_at < c.due AND `+untouched("c.id", "$4")+`)
+		DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, keep, due)
 		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)
-		  AND (c.due IS NULL OR t.fire_at >= c.due) AND `+untouched("c.id", "$4")), ids, keep, due, since)
+		  AND (c.due IS NULL OR t.fire_at >= c.due) AND (t.superseded_at IS NULL OR (c.keep IS NULL AND c.due IS NULL))
+		  AND `+untouched("c.id", "$4")), ids, keep, due, since)
 	if len(arm) == 0 {
 		return
 	}
 	n := len(arm)
 	sla, kind, req, typ := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	target, fire, started := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	superseded := make([]*time.Time, n)
 	for i, t := range arm {
 		sla[i], kind[i], req[i], typ[i] = t.SLAID, t.Kind, t.RequestID, t.SLAType
-		target[i], fire[i], started[i] = t.TargetAt, t.FireAt, t.StartedAt
+		target[i], fire[i], started[i], superseded[i] = t.TargetAt, t.FireAt, t.StartedAt, nullTime(t.SupersededAt)
 	}
-	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id)
+	// Armed again for the SLA's target, a timer kept from an earlier
+	// change is the target's again (superseded_at NULL).
+	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at, superseded_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[], $9::timestamptz[]) AS u(sla_id)
 		 WHERE `+untouched("u.sla_id", "$8")+`
 		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = EXCLUDED.fire_at, request_id = EXCLUDED.request_id,
-			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at, generation = nextval('{{schema}}.sla_timer_generation')
-		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started, since)
+			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at, superseded_at = EXCLUDED.superseded_at,
+			generation = nextval('{{schema}}.sla_timer_generation')
+		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started, since, superseded)
 }
 
 // TimerMark is the last arming generation given to a timer: the first
@@ -120,13 +151,17 @@ func (s *Store) ClaimTimers(ctx context.Context, limit int, lease time.Duration)
 			 ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 		UPDATE {{schema}}.sla_timers t SET leased_until = now() + $2 * interval '1 second'
 		  FROM due WHERE t.sla_id = due.sla_id AND t.kind = due.kind AND t.target_at = due.target_at
-		RETURNING t.sla_id, t.kind, t.target_at, t.fire_at, t.request_id, t.sla_type, t.started_at, t.generation`), limit, lease.Seconds())
+		RETURNING t.sla_id, t.kind, t.target_at, t.fire_at, t.request_id, t.sla_type, t.started_at, t.generation, t.superseded_at`), limit, lease.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim SLA timers: %w", err)
 	}
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TimerRow, error) {
 		var t TimerRow
-		err := r.Scan(&t.SLAID, &t.Kind, &t.TargetAt, &t.FireAt, &t.RequestID, &t.SLAType, &t.StartedAt, &t.Generation)
+		var superseded *time.Time
+		err := r.Scan(&t.SLAID, &t.Kind, &t.TargetAt, &t.FireAt, &t.RequestID, &t.SLAType, &t.StartedAt, &t.Generation, &superseded)
+		if superseded != nil {
+			t.SupersededAt = *superseded
+		}
 		return t, err
 	})
 	if err != nil {
@@ -154,6 +189,20 @@ func (s *Store) TimerCancelled(ctx context.Context, t TimerRow) error {
 		WHERE sla_id = $1 AND kind = $2 AND target_at = $3 AND fired_at IS NULL AND generation = $4`), t.SLAID, t.Kind, t.TargetAt, t.Generation)
 	if err != nil {
 		return fmt.Errorf("cancel SLA timer: %w", err)
+	}
+	return nil
+}
+
+// TimerDeferred leaves a claimed timer for d instead of the rest of its
+// lease: the clock cannot tell yet whether it fires (its SLA moved or
+// completed, and the stream has not yet read the change, which cancels
+// it or keeps it), and looks again then. A timer armed again since the
+// claim is left alone.
+func (s *Store) TimerDeferred(ctx context.Context, t TimerRow, d time.Duration) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.sla_timers SET leased_until = now() + $5 * interval '1 second'
+		WHERE sla_id = $1 AND kind = $2 AND target_at = $3 AND fired_at IS NULL AND generation = $4`), t.SLAID, t.Kind, t.TargetAt, t.Generation, d.Seconds())
+	if err != nil {
+		return fmt.Errorf("defer SLA timer: %w", err)
 	}
 	return nil
 }

@@ -36,10 +36,13 @@ type SLAUpdate struct {
 	// Keep is the target whose timers stay; unfired timers of any other
 	// target are cancelled. Zero cancels every unfired timer of the SLA.
 	Keep time.Time
-	// Due, for a completed SLA, is when it was completed: its unfired
-	// timers due before then are kept, and fire (it was breached first;
-	// the stream or a restart can reach the completion before the clock
-	// fired them). Zero: none is kept.
+	// Due is when the SLA's earlier target stopped counting: for a
+	// completed SLA, when it was completed (the change's commit time when
+	// completed_at is not a time); for an open one, the change's commit
+	// time (a moved target). Its unfired timers of another target (all of
+	// them, completed) due before then are kept, and fire: it was
+	// breached (or warned) first, and the stream or a restart can reach
+	// the change before the clock fired them. Zero: none is kept.
 	Due time.Time
 }
 
@@ -98,21 +101,24 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 			// column is a mapping mistake the catalog check reports.
 			return up, fmt.Errorf("SLA %s: no %s column in the change", id, sc.CompletedAt)
 		}
-		// Completed: cancel what was not due yet (a completed_at that is
-		// not a time cancels everything, as before).
-		if at, err := timeOf(c, c.New, sc.CompletedAt); err == nil {
-			if !c.CommitTime.IsZero() && at.After(c.CommitTime) {
-				at = c.CommitTime // not completed in the future: when it was written
-			}
-			up.Due = at
+		// Completed: cancel what was not due yet. A completed_at that is
+		// not a time says only that it was, by the change's commit at the
+		// latest.
+		up.Due = c.CommitTime
+		if at, err := timeOf(c, c.New, sc.CompletedAt); err == nil && (up.Due.IsZero() || at.Before(up.Due)) {
+			up.Due = at // not completed in the future: when it was written
 		}
 		return up, nil
 	}
+	// Open: whatever its target now, the timers of an earlier one due
+	// before this change are kept (it was breached or warned before it
+	// moved); the later ones are cancelled.
+	up.Due = c.CommitTime
 	started, err1 := timeOf(c, c.New, sc.StartedAt)
 	target, err2 := timeOf(c, c.New, sc.TargetAt)
 	if errors.Is(err2, errNotRFC3339) {
 		// No sla.* event could show its target: arm nothing, and cancel
-		// what an earlier target armed.
+		// what an earlier target armed and was not due yet.
 		m.log.Warn("SLA target is not a time RFC 3339 can show (infinity, or a year outside 1 to 9999); its timers are cancelled",
 			"table", c.Relation.QualifiedName(), "id", id, "column", sc.TargetAt, "lsn", c.CommitLSN.String())
 		return up, nil

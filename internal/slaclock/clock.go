@@ -7,9 +7,14 @@
 // arms the SLAs already open by a scan. Then, every CheckInterval, the
 // dzhook process that streams (Config.Streaming) claims the due timers
 // (leased, FOR UPDATE SKIP LOCKED: two processes never fire the same one,
-// also while the slot changes hands), checks the SLA again
-// (completed, deleted or moved since: the timer is cancelled), and fires
-// the event through the dispatcher like any other. The event's id comes
+// also while the slot changes hands), checks the SLA again, and fires
+// the event through the dispatcher like any other. A timer the stream
+// kept past a move or a completion of its SLA (due before it:
+// TimerRow.SupersededAt) fires whatever the SLA says now; otherwise an
+// SLA deleted, completed before the timer's moment, or a threshold no
+// longer configured cancels it. An SLA moved or completed (without a
+// completion time) in a change the stream has not read yet leaves the
+// timer for a later look: that change cancels it, or keeps it to fire. The event's id comes
 // from the SLA row, the kind and the target, so a timer fired again after
 // a crash is the same event, and is not dispatched again if the journal
 // has it.
@@ -40,6 +45,7 @@ type Store interface {
 	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark int64) error
 	ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]journal.TimerRow, error)
 	TimerCancelled(ctx context.Context, t journal.TimerRow) error
+	TimerDeferred(ctx context.Context, t journal.TimerRow, d time.Duration) error
 	TimerDone(ctx context.Context, t journal.TimerRow, outcome string) error
 	EventExists(ctx context.Context, id string) (bool, error)
 }
@@ -210,19 +216,17 @@ func (c *Clock) fireDue(ctx context.Context) error {
 			return err
 		}
 		for _, t := range due {
-			cur, ok := current[t.SLAID]
-			// Completed after its moment: it was breached (or warned)
-			// first, and fires; the stream or a restart can reach the
-			// completion before the clock fired it.
-			completedFirst := cur.Completed && (cur.CompletedAt == nil || !t.FireAt.Before(*cur.CompletedAt))
-			if !ok || completedFirst || !cur.TargetAt.Equal(t.TargetAt) || !c.configured(t.Kind) {
-				// Completed, deleted or moved before its moment: the
-				// stream has or will have re-armed what is still due. A
-				// warning threshold since removed from sla.warning_percent
-				// fires no more.
+			switch c.verdict(t, current) {
+			case cancel:
 				if err := c.cfg.Store.TimerCancelled(ctx, t); err != nil {
 					return err
 				}
+				continue
+			case wait:
+				if err := c.cfg.Store.TimerDeferred(ctx, t, c.cfg.CheckInterval/2); err != nil {
+					return err
+				}
+				c.log.Debug("SLA timer waits for the stream: its SLA moved or completed in a change not read yet", "sla", t.SLAID, "kind", t.Kind)
 				continue
 			}
 			if now := time.Now(); t.Kind != "breach" && !t.TargetAt.After(now) && now.Sub(t.FireAt) > c.lateAfter() {
@@ -258,6 +262,52 @@ func (c *Clock) fireDue(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// What the clock does with a due timer.
+const (
+	fire   = iota
+	cancel // no longer due: deleted
+	wait   // not known yet: looked at again a check later
+)
+
+// verdict decides a claimed timer's fate from the SLA as the table holds
+// it now (current; absent: deleted).
+func (c *Clock) verdict(t journal.TimerRow, current map[string]mapping.SLARow) int {
+	if !c.configured(t.Kind) {
+		// A warning threshold since removed from sla.warning_percent
+		// fires no more.
+		return cancel
+	}
+	if !t.SupersededAt.IsZero() {
+		// The stream kept it past a move or a completion of its SLA: due
+		// before that change, it was breached (or warned) first, and
+		// fires with its own target, whatever the SLA says now. One not
+		// due before it is cancelled (the stream deletes those).
+		if t.FireAt.Before(t.SupersededAt) {
+			return fire
+		}
+		return cancel
+	}
+	cur, ok := current[t.SLAID]
+	switch {
+	case !ok:
+		return cancel
+	case !cur.TargetAt.Equal(t.TargetAt), cur.Completed && cur.CompletedAt == nil:
+		// Moved, or completed at a moment the table does not say, by a
+		// change the stream has not read yet (it would have kept the
+		// timer, or deleted it): only that change's commit time tells
+		// whether the timer was due first. The stream's next batch
+		// settles it; cancelled here, a breach before an extension was
+		// lost (found by a review).
+		return wait
+	case cur.Completed && !t.FireAt.Before(*cur.CompletedAt):
+		// Completed before its moment. Completed after it, it was
+		// breached (or warned) first, and fires: the stream or a restart
+		// can reach the completion before the clock fired it.
+		return cancel
+	}
+	return fire
 }
 
 // configured reports whether a timer's kind is one the configuration

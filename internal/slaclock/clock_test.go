@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ type fakeStore struct {
 	armed        []journal.TimerChange
 	armDone      bool
 	cancelled    []string // "sla kind"
+	deferred     []string // "sla kind"
 	fired        []string
 }
 
@@ -46,6 +48,11 @@ func (s *fakeStore) ClaimTimers(context.Context, int, time.Duration) ([]journal.
 
 func (s *fakeStore) TimerCancelled(_ context.Context, t journal.TimerRow) error {
 	s.cancelled = append(s.cancelled, t.SLAID+" "+t.Kind)
+	return nil
+}
+
+func (s *fakeStore) TimerDeferred(_ context.Context, t journal.TimerRow, _ time.Duration) error {
+	s.deferred = append(s.deferred, t.SLAID+" "+t.Kind)
 	return nil
 }
 
@@ -99,12 +106,16 @@ func newClock(t *testing.T, store *fakeStore, src fakeSource, d *fakeDispatcher,
 	return c
 }
 
-// TestFireDue: a due timer fires only when its SLA is still open at the
-// same target and its kind is still configured; otherwise it is
-// cancelled. One whose event the journal already has (fired before a
-// crash) is marked fired without a second dispatch. A warning found due
-// after its target (dzhook was down across both) is not sent: the
-// breach is.
+// TestFireDue: a due timer fires when its SLA is still open at the same
+// target, or was completed after the timer's moment, or when the stream
+// kept it past a move or a completion it was due before (its own target
+// in the event); it is cancelled when its SLA is deleted or completed
+// before its moment, or its kind is no longer configured; it waits for
+// the stream when its SLA moved, or completed at a moment the table does
+// not say, in a change the stream has not marked it for. One whose event
+// the journal already has (fired before a crash) is marked fired without
+// a second dispatch. A warning found due after its target (dzhook was
+// down across both) is not sent: the breach is.
 func TestFireDue(t *testing.T) {
 	start := time.Now().UTC().Truncate(time.Second).Add(-3 * time.Hour)
 	target := start.Add(4 * time.Hour)
@@ -112,17 +123,29 @@ func TestFireDue(t *testing.T) {
 		return mapping.SLARow{ID: id, RequestID: id, SLAType: "resolution", StartedAt: start, TargetAt: target}
 	}
 	completed := open("completed")
-	completed.Completed = true
+	completedAt := start.Add(time.Hour)
+	completed.Completed, completed.CompletedAt = true, &completedAt
+	completedSomewhen := open("somewhen") // completed_at is not a time
+	completedSomewhen.Completed = true
 	moved := open("moved")
 	moved.TargetAt = target.Add(time.Hour)
+	kept, keptLater := open("kept"), open("keptlater")
+	kept.TargetAt, keptLater.TargetAt = target.Add(time.Hour), target.Add(time.Hour)
 	late := open("late")
 	late.StartedAt, late.TargetAt = start.Add(-5*time.Hour), start.Add(-time.Hour)
-	src := fakeSource{rows: []mapping.SLARow{open("warn"), open("breach"), open("again"), open("removed"), completed, moved, late}}
+	src := fakeSource{rows: []mapping.SLARow{open("warn"), open("breach"), open("again"), open("removed"), completed, completedSomewhen, moved, late, kept, keptLater}}
 	timer := func(id, kind string) journal.TimerRow {
 		return journal.TimerRow{SLAID: id, Kind: kind, RequestID: id, SLAType: "resolution", StartedAt: start, TargetAt: target, FireAt: target}
 	}
 	lateWarning := journal.TimerRow{SLAID: "late", Kind: "warning:75", RequestID: "late", SLAType: "resolution",
 		StartedAt: late.StartedAt, TargetAt: late.TargetAt, FireAt: late.StartedAt.Add(3 * time.Hour)}
+	// Kept by the stream: breached before its SLA moved (the breach of
+	// the old target fires), and, which the stream does not keep,
+	// superseded before its moment.
+	breachedTarget := start.Add(time.Hour)
+	keptBreach, keptLaterBreach := timer("kept", "breach"), timer("keptlater", "breach")
+	keptBreach.TargetAt, keptBreach.FireAt, keptBreach.SupersededAt = breachedTarget, breachedTarget, breachedTarget.Add(time.Minute)
+	keptLaterBreach.TargetAt, keptLaterBreach.FireAt, keptLaterBreach.SupersededAt = breachedTarget, breachedTarget, breachedTarget.Add(-time.Minute)
 	lateBreach := lateWarning
 	lateBreach.Kind, lateBreach.FireAt = "breach", late.TargetAt
 	// A warning a few seconds before a target just passed (95% of a
@@ -137,8 +160,8 @@ func TestFireDue(t *testing.T) {
 	store := &fakeStore{
 		due: []journal.TimerRow{
 			timer("warn", "warning:75"), timer("breach", "breach"), timer("again", "breach"),
-			timer("removed", "warning:50"), timer("completed", "breach"), timer("moved", "breach"), timer("deleted", "breach"),
-			lateWarning, lateBreach, justWarning,
+			timer("removed", "warning:50"), timer("completed", "breach"), timer("somewhen", "breach"), timer("moved", "breach"), timer("deleted", "breach"),
+			lateWarning, lateBreach, justWarning, keptBreach, keptLaterBreach,
 		},
 		known: map[string]bool{firedBefore.ID: true},
 	}
@@ -150,14 +173,21 @@ func TestFireDue(t *testing.T) {
 	for _, ev := range d.events {
 		got = append(got, ev.Type)
 	}
-	if want := []string{"sla.warning", "sla.breach", "sla.breach", "sla.warning"}; !slices.Equal(got, want) {
+	if want := []string{"sla.warning", "sla.breach", "sla.breach", "sla.warning", "sla.breach"}; !slices.Equal(got, want) {
 		t.Errorf("dispatched %v, want %v", got, want)
 	}
-	if want := []string{"warn warning:75 fired", "breach breach fired", "again breach fired", "late warning:75 late", "late breach fired", "just warning:75 fired"}; !slices.Equal(store.fired, want) {
+	if want := []string{"warn warning:75 fired", "breach breach fired", "again breach fired", "late warning:75 late", "late breach fired", "just warning:75 fired", "kept breach fired"}; !slices.Equal(store.fired, want) {
 		t.Errorf("fired %v, want %v", store.fired, want)
 	}
-	if want := []string{"removed warning:50", "completed breach", "moved breach", "deleted breach"}; !slices.Equal(store.cancelled, want) {
+	if want := []string{"removed warning:50", "completed breach", "deleted breach", "keptlater breach"}; !slices.Equal(store.cancelled, want) {
 		t.Errorf("cancelled %v, want %v", store.cancelled, want)
+	}
+	if want := []string{"somewhen breach", "moved breach"}; !slices.Equal(store.deferred, want) {
+		t.Errorf("deferred %v, want %v", store.deferred, want)
+	}
+	// The kept breach reports the target it breached, not the SLA's new one.
+	if body, want := string(d.events[len(d.events)-1].Body), `"breachedAt":"`+breachedTarget.Format(time.RFC3339)+`"`; !strings.Contains(body, want) {
+		t.Errorf("kept breach %s, want %s", body, want)
 	}
 }
 

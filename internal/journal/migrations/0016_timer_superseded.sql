@@ -1,0 +1,12 @@
+-- dzhook journal, version 16: SLA timers kept past their SLA's change.
+--
+-- A change of an SLA that moves its target or completes it cancels the
+-- unfired timers of the target it leaves, except those due before the
+-- change's commit (Due): the SLA was breached (or warned) first, and the
+-- clock may not have fired it yet (dzhook was down, or the change came
+-- within one check interval). superseded_at is that commit time, set on
+-- the timers so kept: the clock fires a timer due before it, whatever the
+-- SLA's target or state is by then, and a later change of the SLA keeps
+-- it. NULL: the timer is of the SLA's current target (as far as the
+-- stream has read).
+ALTER TABLE {{schema}}.sla_timers ADD COLUMN superseded_at timestamptz;

@@ -1,0 +1,108 @@
+package journal
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestMoveKeepsTimersDueBeforeIt: an SLA's target moved (Keep: the new
+// target, Due: the change's commit) cancels the old target's timers due
+// after the move and keeps, marked superseded at the move, those due
+// before: the SLA was breached first, and the clock fires that breach.
+// Later changes of the SLA keep it, the first start's scan too, and so
+// does a move within the same batch as the arming; a deletion of the SLA
+// cancels it. The move used to delete every unfired timer of the old
+// target, due or not: a breach before an extension was lost when the
+// clock had not fired it yet (found by a review).
+func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	old, moved, moveAt := now.Add(-2*time.Minute), now.Add(time.Hour), now.Add(-time.Minute)
+	timer := func(sla, kind string, target, fire time.Time) TimerRow {
+		return TimerRow{SLAID: sla, Kind: kind, TargetAt: target, FireAt: fire, RequestID: sla, StartedAt: now.Add(-time.Hour)}
+	}
+	write := func(changes ...TimerChange) {
+		t.Helper()
+		if err := s.Write(ctx, &Batch{Timers: changes}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	timers := func() map[string]time.Time { // "sla kind target" → superseded_at
+		t.Helper()
+		rows, err := s.pool.Query(ctx, s.q(`SELECT sla_id, kind, target_at, coalesce(superseded_at, '0001-01-01 00:00:00+00') FROM {{schema}}.sla_timers WHERE fired_at IS NULL`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		out := map[string]time.Time{}
+		for rows.Next() {
+			var id, kind string
+			var target, sup time.Time
+			if err := rows.Scan(&id, &kind, &target, &sup); err != nil {
+				t.Fatal(err)
+			}
+			if sup.Year() == 1 {
+				sup = time.Time{}
+			}
+			out[id+" "+kind+" "+target.UTC().Format(time.RFC3339)] = sup
+		}
+		return out
+	}
+	key := func(sla, kind string, target time.Time) string {
+		return sla + " " + kind + " " + target.Format(time.RFC3339)
+	}
+
+	// SLA 7 armed for old (breach due, a warning at 90% not yet), then
+	// moved; SLA 8 armed and moved in one batch.
+	write(TimerChange{SLAID: "7", Keep: old, Arm: []TimerRow{timer("7", "breach", old, old), timer("7", "warning:90", old, moveAt.Add(time.Second))}})
+	write(TimerChange{SLAID: "7", Keep: moved, Due: moveAt, Arm: []TimerRow{timer("7", "breach", moved, moved)}})
+	// The writer's merge of two changes of an SLA in one batch.
+	merged := TimerChange{SLAID: "8", Keep: moved, Due: moveAt, Arm: []TimerRow{timer("8", "breach", moved, moved)}}.
+		after(TimerChange{SLAID: "8", Keep: old, Arm: []TimerRow{timer("8", "breach", old, old), timer("8", "warning:90", old, moveAt.Add(time.Second))}})
+	write(merged)
+	got := timers()
+	for _, sla := range []string{"7", "8"} {
+		if sup, ok := got[key(sla, "breach", old)]; !ok || !sup.Equal(moveAt) {
+			t.Errorf("SLA %s: the old target's breach, due before the move: kept %v, superseded at %v; want kept, superseded at %v", sla, ok, sup, moveAt)
+		}
+		if _, ok := got[key(sla, "warning:90", old)]; ok {
+			t.Errorf("SLA %s: the old target's warning due after the move was kept", sla)
+		}
+		if sup, ok := got[key(sla, "breach", moved)]; !ok || !sup.IsZero() {
+			t.Errorf("SLA %s: the new target's breach: armed %v, superseded at %v; want armed, not superseded", sla, ok, sup)
+		}
+	}
+
+	// A later change of SLA 7 and the first start's scan keep the kept
+	// breach and its first supersession.
+	write(TimerChange{SLAID: "7", Keep: moved, Due: now, Arm: []TimerRow{timer("7", "breach", moved, moved)}})
+	mark, err := s.TimerMark(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{timer("7", "breach", moved, moved)}}}, true, mark); err != nil {
+		t.Fatal(err)
+	}
+	if sup, ok := timers()[key("7", "breach", old)]; !ok || !sup.Equal(moveAt) {
+		t.Errorf("after a later change and the scan: the kept breach kept %v, superseded at %v; want kept, at %v", ok, sup, moveAt)
+	}
+	due, err := s.ClaimTimers(ctx, 10, time.Minute)
+	if err != nil || len(due) != 2 {
+		t.Fatalf("claimed %+v (%v), want the two kept breaches", due, err)
+	}
+	for _, d := range due {
+		if !d.TargetAt.Equal(old) || !d.SupersededAt.Equal(moveAt) {
+			t.Errorf("claimed %+v, want the breach of %v superseded at %v", d, old, moveAt)
+		}
+	}
+
+	// Deleted: nothing of the SLA is left to fire.
+	write(TimerChange{SLAID: "8"})
+	for k := range timers() {
+		if k[:2] == "8 " {
+			t.Errorf("timer %s left after the SLA's deletion", k)
+		}
+	}
+}
