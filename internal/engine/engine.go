@@ -87,12 +87,27 @@ type Engine struct {
 	lastGap atomic.Pointer[GapError]
 }
 
+// newSourcePool opens the source database's pool. Its sessions read
+// times in UTC, as the stream's session does (cdc pins TimeZone=UTC): the
+// SLA clock's recheck casts a completed_at of type timestamp (without
+// time zone) to timestamptz, which in the server's TimeZone (Asia/Tokyo,
+// say) read the completion hours off the stream's reading of it, and
+// fired or cancelled a breach against the wrong moment.
+func newSourcePool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
+	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
 // New connects, prepares the database (setup, or a check when
 // source.auto_setup is false) and assembles the engine. Every error here
 // is one the operator must fix, unless Transient says it may pass.
 func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error) {
 	log := cmp.Or(opts.Logger, slog.Default())
-	source, err := pgxpool.New(ctx, cfg.Source.DSN.Reveal())
+	source, err := newSourcePool(ctx, cfg.Source.DSN.Reveal())
 	if err != nil {
 		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
 	}
