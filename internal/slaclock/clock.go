@@ -24,8 +24,12 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
@@ -36,6 +40,11 @@ const (
 	claimLimit = 500
 	lease      = 30 * time.Second
 	scanPage   = 1000
+
+	// The first start's scan of open SLAs, failed, is tried again after
+	// scanRetryMin, doubling up to scanRetryMax.
+	scanRetryMin = 5 * time.Second
+	scanRetryMax = 5 * time.Minute
 )
 
 // Store is the part of the journal the clock uses; *journal.Store has it.
@@ -105,6 +114,9 @@ type Config struct {
 type Clock struct {
 	cfg Config
 	log *slog.Logger
+	// retryMin and retryMax bound the backoff of the first start's scan
+	// (scanRetryMin, scanRetryMax; shorter in tests).
+	retryMin, retryMax time.Duration
 }
 
 // New returns a clock; Run starts it.
@@ -115,26 +127,30 @@ func New(cfg Config) (*Clock, error) {
 	if cfg.CheckInterval <= 0 {
 		return nil, errors.New("slaclock: CheckInterval must be positive")
 	}
-	return &Clock{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}, nil
+	return &Clock{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), retryMin: scanRetryMin, retryMax: scanRetryMax}, nil
 }
 
 // Run arms the SLAs open before the first start (once per slot), then
 // fires due timers every CheckInterval until ctx ends, and returns nil.
-// It never fails: a failed scan is retried at the next start, a failed
-// round at the next tick, both logged. A timer being fired when ctx ends
-// keeps its lease: once the lease expires, this or another process claims
-// it again, and the event id it fires under is the same, so it is not
-// delivered twice.
+// It never fails: a failed scan is tried again with a backoff (5 s
+// doubling to 5 min) until it succeeds, due timers firing meanwhile, and
+// a failed round at the next tick; a scan's failure is logged when it
+// fails differently from the try before. A timer being fired when ctx
+// ends keeps its lease: once the lease expires, this or another process
+// claims it again, and the event id it fires under is the same, so it is
+// not delivered twice.
 func (c *Clock) Run(ctx context.Context) error {
-	if err := c.bootstrap(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		c.log.Error("arming the SLAs open before the first start failed; retrying at the next start", "err", err)
-	}
+	scan := scanRetry{wait: c.retryMin}
+	c.scan(ctx, &scan)
 	t := time.NewTicker(c.cfg.CheckInterval)
 	defer t.Stop()
 	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !scan.done && !time.Now().Before(scan.at) {
+			c.scan(ctx, &scan)
+		}
 		if c.cfg.Streaming == nil || c.cfg.Streaming() {
 			if err := c.fireDue(ctx); err != nil && ctx.Err() == nil {
 				c.log.Warn("SLA clock: firing due timers failed; retrying", "err", err)
@@ -146,6 +162,56 @@ func (c *Clock) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// scanRetry is the state of the first start's scan across its tries.
+type scanRetry struct {
+	done     bool
+	at       time.Time     // the next try, once one failed
+	wait     time.Duration // the backoff after the next failure
+	tries    int           // failed so far
+	lastKind string        // of the last failure
+}
+
+// scan tries the first start's scan once, and on failure schedules the
+// next try.
+func (c *Clock) scan(ctx context.Context, r *scanRetry) {
+	err := c.bootstrap(ctx)
+	if err == nil {
+		r.done = true
+		if r.tries > 0 {
+			c.log.Info("SLA clock: armed the SLAs open before the first start, after failed tries", "attempt", r.tries+1)
+		}
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	r.tries++
+	if kind := failureKind(err); kind != r.lastKind {
+		r.lastKind = kind
+		c.log.Error("SLA clock: arming the SLAs open before the first start failed; retrying with backoff (logged again when it fails differently)",
+			"err", err, "attempt", r.tries, "delay", r.wait.String())
+	}
+	r.at = time.Now().Add(r.wait)
+	r.wait = min(2*r.wait, c.retryMax)
+}
+
+// failureKind tells failures apart for the log: PostgreSQL's SQLSTATE,
+// a network error, or the innermost error's type.
+func failureKind(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return "sqlstate " + pe.Code
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return "network"
+	}
+	for u := errors.Unwrap(err); u != nil; u = errors.Unwrap(err) {
+		err = u
+	}
+	return fmt.Sprintf("%T", err)
 }
 
 // TimerChange is the journal's form of what a change of the SLA table

@@ -1,0 +1,122 @@
+package slaclock
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// failingScans is the SLA table as the clock reads it, noting each
+// failed scan of the open SLAs.
+type failingScans struct {
+	*mapping.SLASource
+	mu     sync.Mutex
+	failed []error
+}
+
+func (f *failingScans) OpenSLAs(ctx context.Context, after string, limit int) ([]mapping.SLARow, error) {
+	rows, err := f.SLASource.OpenSLAs(ctx, after, limit)
+	if err != nil {
+		f.mu.Lock()
+		f.failed = append(f.failed, err)
+		f.mu.Unlock()
+	}
+	return rows, err
+}
+
+func (f *failingScans) failures() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.failed)
+}
+
+// TestFailedScanIsRetried: the first start's scan of the open SLAs,
+// failed (here its table is renamed away), is tried again with a backoff
+// until it succeeds, logged once for tries failing the same way; then
+// the open SLAs are armed and the slot recorded as scanned. It used to be
+// tried again only at the next start: until then, SLAs open before
+// dzhook's first start fired nothing (found by a review).
+func TestFailedScanIsRetried(t *testing.T) {
+	ctx := context.Background()
+	db := pgtest.NewDB(t)
+	db.Exec(t, `CREATE TABLE slas (id int PRIMARY KEY, request_id int, sla_type text, started_at timestamptz, target_at timestamptz, completed_at timestamptz)`,
+		`INSERT INTO slas VALUES (1, 1, 'resolution', now(), now() + interval '1 hour', NULL)`)
+	store, err := journal.Open(ctx, db.DSN, "dzhook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	mc := mapping.DefaultConfig()
+	mc.SLAs.Table = "slas"
+	sla, err := mapping.NewSLASource(ctx, pool, &mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &failingScans{SLASource: sla}
+	db.Exec(t, `ALTER TABLE slas RENAME TO slas_away`)
+
+	var logs testutil.SyncBuffer
+	c, err := New(Config{
+		Store: store, Source: src, Events: mapping.NewMapper(mapping.MapperConfig{Mapping: mc, Source: ids.NewSource("1")}),
+		Dispatcher: &fakeDispatcher{}, Slot: "dzhook", WarningPercent: []float64{75}, CheckInterval: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.retryMin, c.retryMax = 20*time.Millisecond, 40*time.Millisecond
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	testutil.Eventually(t, 10*time.Second, "the scan failing a few times", func() bool { return src.failures() >= 3 })
+	db.Exec(t, `ALTER TABLE slas_away RENAME TO slas`)
+	testutil.Eventually(t, 10*time.Second, "the open SLA armed and the slot recorded as scanned", func() bool {
+		ok, err := store.SLABootstrapped(ctx, "dzhook")
+		if err != nil || !ok {
+			return false
+		}
+		due, err := queryString(ctx, pool, `SELECT string_agg(kind, ',' ORDER BY kind) FROM dzhook.sla_timers WHERE sla_id = '1'`)
+		return err == nil && due == "breach,warning:75"
+	})
+	if n := strings.Count(logs.String(), "arming the SLAs open before the first start failed"); n != 1 {
+		t.Errorf("%d failures logged for tries failing the same way, want 1:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "after failed tries") {
+		t.Errorf("the scan's success after failures not logged:\n%s", logs.String())
+	}
+}
+
+func queryString(ctx context.Context, pool *pgxpool.Pool, sql string) (string, error) {
+	var s *string
+	if err := pool.QueryRow(ctx, sql).Scan(&s); err != nil || s == nil {
+		return "", err
+	}
+	return *s, nil
+}
