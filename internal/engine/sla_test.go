@@ -381,3 +381,31 @@ func TestSLABreachedThenMovedFires(t *testing.T) {
 		}
 	}
 }
+
+// TestSLALateWarningSkippedBeforeItsTarget: a warning found due long
+// after its moment is not sent, also when its target is still ahead: its
+// timeRemaining (target minus the moment) would be hours too long. Here
+// the SLA arrives 1h 45m past its 75% moment, an hour before its target.
+// Only a warning whose target had passed was skipped: this one was sent
+// saying "2h 45m" remaining, an hour before the breach (found by a
+// review).
+func TestSLALateWarningSkippedBeforeItsTarget(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*, request.created")))
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (60, 'x', 1)`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (60, 60, 'resolution', now() - interval '10 hours', now() + interval '1 hour')`)
+	testutil.Eventually(t, 20*time.Second, "the late warning recorded as not sent", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '60' AND kind = 'warning:75' AND outcome = 'late'`) == 1
+	})
+	// Skipped, it was never journaled (an event is, before its timer is
+	// marked), so never sent.
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.events WHERE type = 'sla.warning'`); n != 0 {
+		t.Errorf("%d sla.warning events journaled, want none", n)
+	}
+	for _, ev := range slaEvents(t, rc) {
+		if ev.Event == "sla.warning" {
+			t.Errorf("a warning 1h 45m late was sent: %+v", ev.Data)
+		}
+	}
+}

@@ -171,7 +171,7 @@ func (s *Store) ClaimTimers(ctx context.Context, limit int, lease time.Duration)
 }
 
 // TimerDone records a timer's outcome ("fired"; "late": a warning found
-// due after its target, not sent): the row stays, so the
+// due later than the clock's allowance, not sent): the row stays, so the
 // timer is never fired twice.
 func (s *Store) TimerDone(ctx context.Context, t TimerRow, outcome string) error {
 	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.sla_timers SET fired_at = now(), outcome = $4, leased_until = NULL

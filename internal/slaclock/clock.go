@@ -295,17 +295,20 @@ func (c *Clock) fireDue(ctx context.Context) error {
 				c.log.Debug("SLA timer waits for the stream: its SLA moved or completed in a change not read yet", "sla", t.SLAID, "kind", t.Kind)
 				continue
 			}
-			if now := time.Now(); t.Kind != "breach" && !t.TargetAt.After(now) && now.Sub(t.FireAt) > c.lateAfter() {
-				// A warning found due after its target, long after its
-				// moment (dzhook was down across both): "at risk, 2h 30m
-				// remaining", hours late and just before the breach, says
-				// nothing true. The breach fires; arming skips such a
-				// warning the same way. One merely a check or two late (95%
-				// of a five-minute SLA is 15 s before its target) is sent.
+			if late := time.Since(t.FireAt); t.Kind != "breach" && late > c.lateAfter() {
+				// A warning found due long after its moment (dzhook was
+				// down, or the stream far behind): "at risk, 2h 30m
+				// remaining", hours late, says nothing true, whether the
+				// target has passed since (just before the breach) or not
+				// (the time remaining is less by as much). The breach fires
+				// however late; arming skips a warning whose target passed
+				// the same way. One merely a check or two late (95% of a
+				// five-minute SLA is 15 s before its target) is sent.
 				if err := c.cfg.Store.TimerDone(ctx, t, "late"); err != nil {
 					return err
 				}
-				c.log.Info("SLA warning not sent: its target passed before it could fire", "sla", t.SLAID, "kind", t.Kind)
+				c.log.Info("SLA warning not sent: found due later than the clock's allowance", "sla", t.SLAID, "kind", t.Kind,
+					"late", late.Round(time.Second).String(), "allowance", c.lateAfter().String())
 				continue
 			}
 			ev := c.cfg.Events.SLAEvent(mapping.Timer{SLAID: t.SLAID, Kind: t.Kind, RequestID: t.RequestID, SLAType: t.SLAType,
@@ -390,9 +393,9 @@ func (c *Clock) configured(kind string) bool {
 	return false
 }
 
-// lateAfter is how late a warning whose target has passed may still be
-// sent: two checks, and a minute for the hosts' clocks (the claim reads
-// the journal's, this check the process's).
+// lateAfter is how late a warning may still be sent: two checks, and a
+// minute for the hosts' clocks (the claim reads the journal's, this check
+// the process's).
 func (c *Clock) lateAfter() time.Duration {
 	return 2*c.cfg.CheckInterval + time.Minute
 }
