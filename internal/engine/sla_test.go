@@ -409,3 +409,37 @@ func TestSLALateWarningSkippedBeforeItsTarget(t *testing.T) {
 		}
 	}
 }
+
+// TestSLACompletedFlagAfterItsBreachFires: with a completed_at that is
+// not a time (a boolean), an SLA breached and then completed before the
+// clock fired the breach still sends it: the completion counts from the
+// change's commit. It used to cancel every unfired timer, though
+// RELIABILITY.md said otherwise (found by a review).
+func TestSLACompletedFlagAfterItsBreachFires(t *testing.T) {
+	db := newDB(t)
+	db.Exec(t, `CREATE TABLE slas_b (id int PRIMARY KEY, request_id int, sla_type text, started_at timestamptz, target_at timestamptz, completed_at boolean)`)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection+"mapping:\n  request_slas:\n    table: slas_b\n", "", sub("ops", rc.URL, "sla.*, request.created"))
+	_, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (70, 'x', 1)`)
+	rc.Wait(t, 1, 20*time.Second) // streaming (the SLA clock bootstrapped)
+	stop()
+	db.Exec(t, `INSERT INTO slas_b VALUES (70, 70, 'resolution', now() - interval '1 hour', now() - interval '1 minute', NULL),
+	                                      (71, 70, 'resolution', now() - interval '1 hour', now() + interval '1 hour', NULL)`)
+	db.Exec(t, `UPDATE slas_b SET completed_at = true`)
+	start(t, cfg)
+	testutil.Eventually(t, 20*time.Second, "sla.breach of the SLA breached before its completion", func() bool {
+		for _, ev := range slaEvents(t, rc) {
+			if ev.Event == "sla.breach" && ev.Data.RequestID == "req_70" {
+				return true
+			}
+		}
+		return false
+	})
+	testutil.Eventually(t, 10*time.Second, "no unfired timer left", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE fired_at IS NULL`) == 0
+	})
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '71' AND outcome = 'fired'`); n != 0 {
+		t.Errorf("%d timers of SLA 71, completed before its moments, fired", n)
+	}
+}
