@@ -20,6 +20,9 @@ type Attempt struct {
 	// and its data.id (the request's or user's id: the ordering key of
 	// the reference mapping's events).
 	EventID, Type, Key string
+	// Title is the envelope's data.title (a request's), for tests that
+	// check what arrived, not only how much.
+	Title string
 	// Agent is the request's User-Agent: which dzhook sent it.
 	Agent string
 	// N counts the attempts of this event the receiver saw, from 1.
@@ -72,7 +75,8 @@ func (rc *OrderReceiver) serve(w http.ResponseWriter, r *http.Request) {
 		ID    string `json:"id"`
 		Event string `json:"event"`
 		Data  struct {
-			ID string `json:"id"`
+			ID    string `json:"id"`
+			Title string `json:"title"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(body, &env); err != nil {
@@ -82,7 +86,7 @@ func (rc *OrderReceiver) serve(w http.ResponseWriter, r *http.Request) {
 	rc.mu.Lock()
 	rc.clock++
 	rc.seen[env.ID]++
-	a := Attempt{EventID: env.ID, Type: env.Event, Key: env.Data.ID, Agent: r.UserAgent(), N: rc.seen[env.ID], Start: rc.clock, At: time.Now()}
+	a := Attempt{EventID: env.ID, Type: env.Event, Key: env.Data.ID, Title: env.Data.Title, Agent: r.UserAgent(), N: rc.seen[env.ID], Start: rc.clock, At: time.Now()}
 	rc.inFlight[a.Key]++
 	if rc.inFlight[a.Key] > 1 {
 		rc.overlaps = append(rc.overlaps, fmt.Sprintf("%s: %s (%s) while %s", a.Key, a.EventID, a.Type, rc.running[a.Key]))
