@@ -1,14 +1,19 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/pgtest"
@@ -139,4 +144,60 @@ func TestHeartbeatWriteAgeOnTheClock(t *testing.T) {
 	if gap := w2.Sub(w1); gap > 5500*time.Millisecond {
 		t.Errorf("heartbeat rows written %v apart with 2 s checks, want every other check (4 s)", gap)
 	}
+}
+
+// TestHeartbeatSkewLeavesOutTheWaitForAConnection: a heartbeat check that
+// waits 3-4 s for the pool's one connection must not take the wait for
+// the journal's lead on this host's clock: measured from before the
+// wait, the journal looked half the wait ahead (due times pushed that
+// far, and a clock skew logged that was not there).
+func TestHeartbeatSkewLeavesOutTheWaitForAConnection(t *testing.T) {
+	store, db := newJournalDB(t)
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	var logs lockedBuffer
+	d := start(t, store, Config{Journal: journal.New(pool, "dzhook"), Instance: "i1", PollInterval: time.Second, Heartbeat: time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	testutil.Eventually(t, 5*time.Second, "the first heartbeat", func() bool { return !d.LastHeartbeat().IsZero() })
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second) // the fault: the pool's one connection busy
+	released := time.Now()
+	conn.Release()
+	testutil.Eventually(t, 5*time.Second, "a heartbeat after the connection came back", func() bool {
+		return d.LastHeartbeat().After(released)
+	})
+	if strings.Contains(logs.String(), "clock differs") {
+		t.Errorf("a clock skew was logged for the wait for a connection:\n%s", logs.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that a logger and the test may use at
+// once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -211,15 +211,13 @@ func (sc *scheduler) Run(ctx context.Context) error {
 	}
 }
 
-// measureSkew sets skew from a heartbeat sent at sent (the process's
-// clock) that the journal answered with its clock at: the answer's
-// middle is taken for the moment the journal read its clock. A skew
-// past a second is logged when it first appears: the hosts' clocks
-// differ, and due times follow the journal's.
-func (sc *scheduler) measureSkew(sent, at time.Time) {
-	received := sc.now()
-	mid := sent.Add(received.Sub(sent) / 2)
-	skew := at.Sub(mid)
+// measureSkew sets skew from a heartbeat the journal answered with at,
+// its clock when the answer came (journal.Store.Heartbeat: its now()
+// plus half the query's own round trip, not the wait for a connection
+// before it). A skew past a second is logged when it first appears: the
+// hosts' clocks differ, and due times follow the journal's.
+func (sc *scheduler) measureSkew(at time.Time) {
+	skew := at.Sub(sc.now())
 	before := time.Duration(sc.skew.Swap(int64(skew)))
 	if skew.Abs() > time.Second && (before-skew).Abs() > time.Second {
 		sc.log.Warn("this host's clock differs from the journal's; due times follow the journal's clock",
@@ -266,7 +264,6 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	var written time.Time // the last write that reached the journal
 	var beatFailures failures
 	for first := true; ; {
-		sent := sc.now()
 		var peers int
 		var at time.Time
 		var err error
@@ -280,7 +277,7 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 			peers, at, err = sc.store.Peers(ctx, sc.instance, 2*sc.heartbeat)
 		}
 		if err == nil {
-			sc.measureSkew(sent, at)
+			sc.measureSkew(at)
 		}
 		if err != nil {
 			if ctx.Err() == nil {

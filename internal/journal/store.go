@@ -363,15 +363,34 @@ func (s *Store) Register(ctx context.Context, instance string) error {
 // whose row is gone (retention removes rows whose heartbeat is older than
 // its cutoff: a process stopped, SIGSTOP, for that long) registers again:
 // without a row it would look dead, and others would take over what it
-// holds in memory and is sending. at is the journal's clock (now()) as
-// it counted: due times are compared with it.
+// holds in memory and is sending. at is the journal's clock when the
+// answer came (see clockQuery): due times are compared with it.
 func (s *Store) Heartbeat(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error) {
 	host, _ := os.Hostname()
-	err = s.pool.QueryRow(ctx, s.q(`WITH beat AS (INSERT INTO {{schema}}.instances (id, hostname, heartbeat_every) VALUES ($1, $3, $2::interval / 2)
+	return s.clockQuery(ctx, s.q(`WITH beat AS (INSERT INTO {{schema}}.instances (id, hostname, heartbeat_every) VALUES ($1, $3, $2::interval / 2)
 			ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_every = EXCLUDED.heartbeat_every)
 		SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND `+alivePeer("$2::interval")),
-		instance, within, host).Scan(&peers, &at)
-	return peers, at, err
+		instance, within, host)
+}
+
+// clockQuery runs a query that answers a count and the journal's now(),
+// and returns the count and the journal's clock at the moment the answer
+// came: now() plus half the query's round trip, timed on a connection
+// already acquired. Timed from before the acquisition, a wait for one of
+// the pool's connections (a busy pool, a journal reconnecting) counted
+// as half the journal's lead: due times went that far into the future,
+// and a clock skew that was not there was logged.
+func (s *Store) clockQuery(ctx context.Context, sql string, args ...any) (n int, at time.Time, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	defer conn.Release()
+	sent := time.Now()
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&n, &at); err != nil {
+		return 0, time.Time{}, err
+	}
+	return n, at.Add(time.Since(sent) / 2), nil
 }
 
 // alivePeer is the condition on an instances row that counts it as a
@@ -394,15 +413,15 @@ func liveInstances(stale string) string {
 }
 
 // Peers is Heartbeat without the write: how many other instances are
-// alive (as Heartbeat counts them), and the journal's clock.
+// alive (as Heartbeat counts them), and the journal's clock when the
+// answer came.
 // It writes nothing, so it costs no WAL: between two heartbeats, which
 // keep a row alive for several of its readers' windows, a process learns
 // of newcomers with it (and a journal in the source database does not
 // wake the walsender, and through it this process, for each check).
 func (s *Store) Peers(ctx context.Context, instance string, within time.Duration) (peers int, at time.Time, err error) {
-	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND `+alivePeer("$2::interval")),
-		instance, within).Scan(&peers, &at)
-	return peers, at, err
+	return s.clockQuery(ctx, s.q(`SELECT count(*), now() FROM {{schema}}.instances WHERE id <> $1 AND `+alivePeer("$2::interval")),
+		instance, within)
 }
 
 // Unregister ends an instance cleanly: its pending deliveries are
