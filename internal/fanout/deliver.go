@@ -34,6 +34,9 @@ type deliverer struct {
 	nudge    func()
 	giveBack func(ctx context.Context, take func() []string) error
 	tracer   trace.Tracer // nil: tracing off
+	// fence holds the attempts from memory while this instance's
+	// heartbeat is stale (fence.go).
+	fence *fence
 }
 
 // start runs a subscription's workers until it is retired; life bounds
@@ -108,6 +111,21 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 				break
 			}
 			started := time.Now()
+			if !d.fence.open(started) {
+				// This instance's heartbeat is stale: others may be taking
+				// over what it holds. Wait until it is not, and until the
+				// journal said whether t is still this instance's.
+				switch d.fence.wait(life, s.stop, t) {
+				case dropIt:
+					t = nil
+					continue
+				case giveItUp, stopped:
+					d.giveUp(life, s, t)
+					t = nil
+					continue
+				}
+				started = time.Now()
+			}
 			busy.Store(started.UnixNano())
 			res, dec := d.attempt(life, s, t, &sg)
 			if s.pace != nil && res.Status == http.StatusTooManyRequests {

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +77,7 @@ type Store interface {
 	Claim(ctx context.Context, wants []journal.ClaimWant, owner, token string, staleAfter time.Duration) ([]journal.Claimed, error)
 	ClaimForRetry(ctx context.Context, id, owner, token string, staleAfter time.Duration) (journal.Claimed, error)
 	ReleaseLost(ctx context.Context, owner string, c journal.LostClaim) (released int, settled bool, err error)
+	Disowned(ctx context.Context, owner string, ids []string) ([]string, error)
 	Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (parked int, locked bool, err error)
 	Unpark(ctx context.Context, limit int) (int, error)
 	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)
@@ -311,7 +314,10 @@ func New(cfg Config) (*Dispatcher, error) {
 		recount:   d.recountOrder,
 		joined:    d.shareQueued,
 		syncFlags: d.syncFlags,
+		fence:     newFence(2 * cfg.Heartbeat),
+		reown:     d.reown,
 	}
+	d.deliver.fence = d.sched.fence
 	d.replayer = &replayer{
 		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc, due: due,
 		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
@@ -467,9 +473,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 // start registers the instance, loads the state and starts the workers.
 func (d *Dispatcher) start(ctx, life context.Context) error {
+	registering := time.Now()
 	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
 		return fmt.Errorf("register in journal: %w", err)
 	}
+	d.sched.fence.start(registering)
 	if !d.loaded.Load() {
 		if err := d.LoadState(ctx); err != nil {
 			return err
@@ -789,6 +797,86 @@ func (d *Dispatcher) releaseLater(life context.Context, subscription string, ids
 			d.log.Warn("deliveries queued for a replaced subscription stay owned by this instance until it stops", "subscription", subscription, "deliveries", len(ids), "err", err)
 		}
 	}()
+}
+
+// reown runs after a heartbeat write that ended a gap in which others may
+// have taken over this instance's deliveries (the fence closed: fence.go),
+// while the workers wait at the fence. It asks the journal which of the
+// deliveries in memory (queued, held at the fence, an ordered key's active
+// and waiting ones) are no longer this instance's, drops those, gives the
+// ordered keys they belong to back to the journal (their subscription is
+// synced again before new deliveries follow in memory: a key's
+// deliveries the other process holds come first), and opens the fence.
+// Deliveries put to the journal writer and not yet written are not in the
+// journal: no one else can have them, and they stay.
+//
+// A claim whose statement began before this instance's heartbeat came
+// back and that reaches the rows after the journal answered here can
+// still take one; the read waits for claims that hold a row (FOR SHARE).
+func (d *Dispatcher) reown(ctx context.Context) error {
+	f := d.sched.fence
+	reg := d.reg.Load()
+	idle := map[string]bool{} // queued or held at the fence: not in flight
+	for _, s := range reg.subs {
+		for _, t := range s.filterQueued(nil) {
+			idle[t.deliveryID] = true
+		}
+	}
+	for _, id := range f.heldIDs() {
+		idle[id] = true
+	}
+	checked := maps.Clone(idle)
+	for _, s := range reg.subs {
+		if s.ord != nil {
+			for _, id := range s.ord.inMemory() {
+				checked[id] = true
+			}
+		}
+	}
+	lostIDs, err := d.cfg.Journal.Disowned(ctx, d.cfg.Instance, slices.Collect(maps.Keys(checked)))
+	if err != nil {
+		return err
+	}
+	lost := map[string]bool{}
+	for _, id := range lostIDs {
+		lost[id] = true
+	}
+	revoked := maps.Clone(lost)
+	keys := 0
+	if len(lost) > 0 {
+		for _, s := range reg.subs {
+			if s.ord == nil {
+				continue
+			}
+			gaveUp := false
+			err := d.giveBack(ctx, func() []string {
+				release, dropped, hit := s.ord.revoke(lost, idle)
+				for _, id := range dropped {
+					revoked[id] = true
+				}
+				gaveUp = hit
+				return release
+			})
+			if gaveUp {
+				keys++
+				s.ord.unsync() // the scheduler's next round reads the backlog again
+			}
+			if err != nil {
+				d.log.Warn("ordered deliveries given up after this instance's heartbeat went stale stay owned by it until it stops", "subscription", s.cfg.ID, "err", err)
+			}
+		}
+		for _, s := range reg.subs {
+			s.filterQueued(func(t *task) bool { return revoked[t.deliveryID] })
+		}
+	}
+	f.reopen(checked, revoked)
+	if len(lost) > 0 {
+		d.log.Warn("deliveries another instance took over while this one's heartbeat was stale are dropped here",
+			"deliveries", len(lost), "ordered_subscriptions_synced_again", keys)
+	} else {
+		d.log.Info("this instance's heartbeat reaches the journal again; it still owns what it holds in memory", "deliveries", len(checked))
+	}
+	return nil
 }
 
 // giveBack puts to the journal a release of the deliveries take returns,

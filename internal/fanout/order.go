@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -357,6 +358,52 @@ func (o *orderState) giveUpWaiting(ks *keyState) []string {
 	o.waiting -= len(ks.waiting)
 	ks.waiting = nil
 	return ids
+}
+
+// inMemory lists the deliveries of every key in this process's memory:
+// active (queued or in flight) and waiting.
+func (o *orderState) inMemory() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var ids []string
+	for _, ks := range o.keys {
+		ids = append(ids, ks.inMemory()...)
+	}
+	return ids
+}
+
+// revoke gives up the keys of which a delivery in this process's memory
+// is lost (another process took it over while this one's heartbeat was
+// stale, Dispatcher.reown): their waiting deliveries go back to the
+// journal, which orders them behind what the other process holds, and so
+// does their active one, unless it is in flight (not idle: neither queued
+// nor held at the fence) and still this process's, when it finishes as it
+// would have. It returns what to release, the active deliveries no longer
+// to attempt, and whether it gave up any key.
+func (o *orderState) revoke(lost, idle map[string]bool) (release, dropped []string, gaveUp bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for key, ks := range o.keys {
+		a := ks.active
+		if !(a != nil && lost[a.deliveryID] || slices.ContainsFunc(ks.waiting, func(w *task) bool { return lost[w.deliveryID] })) {
+			continue
+		}
+		gaveUp = true
+		if a != nil && (lost[a.deliveryID] || idle[a.deliveryID]) {
+			ks.active = nil
+			dropped = append(dropped, a.deliveryID)
+			release = append(release, a.deliveryID) // a no-op in the journal for a lost one: not this owner's
+			if a.claimed {
+				ks.inChain = max(0, ks.inChain-1)
+				ks.claimed = max(0, ks.claimed-1) // counted in the journal already
+			} else {
+				ks.journaled++
+			}
+		}
+		release = append(release, o.giveUpWaiting(ks)...)
+		o.forget(key, ks)
+	}
+	return release, dropped, gaveUp
 }
 
 // sync raises the journaled counts to what the journal holds for each

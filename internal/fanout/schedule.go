@@ -73,6 +73,14 @@ type scheduler struct {
 	// slow claim never holds up a heartbeat.
 	joined    func(ctx context.Context)
 	joinedDue atomic.Bool
+	// fence holds the workers' attempts from memory while this
+	// instance's heartbeat is stale; reown, on Run's goroutine when
+	// reownDue (set by the heartbeat that ended such a gap), asks the
+	// journal what of its memory is still this instance's and opens it
+	// (Dispatcher.reown).
+	fence    *fence
+	reown    func(ctx context.Context) error
+	reownDue atomic.Bool
 	// syncFlags, after each heartbeat while others share the journal (and
 	// the one after they left), adopts what they changed of the
 	// subscriptions' pause and disabled state.
@@ -142,6 +150,14 @@ func (sc *scheduler) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-sc.wake:
+		}
+		if sc.reownDue.Swap(false) {
+			if err := sc.reown(ctx); err != nil {
+				sc.reownDue.Store(true) // next round; the workers wait meanwhile
+				if ctx.Err() == nil {
+					sc.log.Warn("reading which deliveries in memory this instance still owns failed; its workers wait, retrying", "err", err)
+				}
+			}
 		}
 		if sc.joinedDue.Swap(false) && sc.joined != nil {
 			sc.joined(ctx)
@@ -268,10 +284,15 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 		var at time.Time
 		var err error
 		if write := written.IsZero() || time.Since(written) >= writeAfter; write {
+			sent := time.Now() // before the write: the row is at least this young
 			if peers, at, err = sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat); err == nil {
 				written = time.Now()
 				// What others see: LastHeartbeat is this row's age.
 				sc.beat.Store(written.UnixNano())
+				if sc.fence.written(sent) {
+					sc.reownDue.Store(true) // Run asks the journal, then opens the fence
+					sc.nudge()
+				}
 			}
 		} else {
 			peers, at, err = sc.store.Peers(ctx, sc.instance, 2*sc.heartbeat)

@@ -562,6 +562,40 @@ func (s *sub) reserveRouted() bool {
 	return s.reserve(1) == 1
 }
 
+// filterQueued goes through the tasks waiting in the two lanes once: those
+// drop says drop leave them (their places released), the others are put
+// back in their lane, behind what was put meanwhile. It returns the tasks
+// it saw. (Dispatcher.reown: the workers wait at the fence meanwhile.)
+func (s *sub) filterQueued(drop func(*task) bool) []*task {
+	var seen []*task
+	for range s.queued() {
+		var t *task
+		live := false
+		select {
+		case t = <-s.live:
+			live = true
+		case t = <-s.queue:
+		default:
+			return seen // taken by workers meanwhile
+		}
+		seen = append(seen, t)
+		if drop != nil && drop(t) {
+			s.release(1)
+			continue
+		}
+		s.mu.Lock()
+		// Never blocks: the task kept its place.
+		if live {
+			s.live <- t
+		} else {
+			s.queue <- t
+		}
+		s.wake()
+		s.mu.Unlock()
+	}
+	return seen
+}
+
 // drainQueue empties the queue of a stopped subscription and returns the
 // deliveries to give back to the journal: those that waited there (and,
 // for an ordered subscription, the waiting deliveries of their keys).

@@ -424,6 +424,40 @@ func (s *Store) Peers(ctx context.Context, instance string, within time.Duration
 		instance, within)
 }
 
+// Disowned returns those of ids that the journal holds but that are no
+// longer owner's pending deliveries: another instance took them over
+// (and may have finished them) while owner's heartbeat was stale, or
+// gave them back. Ids it does not hold yet (put to owner's journal
+// writer, not written) are not returned: no one else can have them. It
+// locks the rows (FOR SHARE), so a claim that took one and has not
+// committed yet is waited for, and counted.
+func (s *Store) Disowned(ctx context.Context, owner string, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, owner IS DISTINCT FROM $2 OR state <> 'pending' FROM {{schema}}.deliveries
+		WHERE id = ANY($1) ORDER BY id FOR SHARE`), ids, owner)
+	if err != nil {
+		return nil, fmt.Errorf("read owned deliveries: %w", err)
+	}
+	var lost []string
+	for rows.Next() {
+		var id string
+		var gone bool
+		if err := rows.Scan(&id, &gone); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read owned deliveries: %w", err)
+		}
+		if gone {
+			lost = append(lost, id)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read owned deliveries: %w", err)
+	}
+	return lost, nil
+}
+
 // Unregister ends an instance cleanly: its pending deliveries are
 // released at once for others (or the next start) to claim, and its row is
 // removed.
