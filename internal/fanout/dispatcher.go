@@ -478,6 +478,7 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 		return fmt.Errorf("register in journal: %w", err)
 	}
 	d.sched.fence.start(registering)
+	d.sched.contactSince.Store(int64(registering.Sub(d.sched.fence.epoch)))
 	if !d.loaded.Load() {
 		if err := d.LoadState(ctx); err != nil {
 			return err

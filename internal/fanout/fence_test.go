@@ -146,3 +146,63 @@ func (o *orderState) holdsAny() bool {
 	}
 	return false
 }
+
+// TestFirstBackAfterAnOutageTakesNothingOver: two processes lose the
+// journal for longer than three heartbeats (a restart, a failover). The
+// first one back must not take over what the other holds in memory:
+// its own contact with the journal was cut as well, so it cannot tell
+// the other's stale row from a dead process's. A's five deliveries
+// stay A's, and A sends them.
+func TestFirstBackAfterAnOutageTakesNothingOver(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc, release := heldReceiver(t, false) // A's first attempt in flight until release
+	sa, sb := &stalledStore{Store: store}, &stalledStore{Store: store}
+	cfg := func(s Store, instance string) Config {
+		c := ordered(s, rc.URL, OrderNone, 0, time.Hour)
+		c.Instance, c.Concurrency = instance, 1
+		return c
+	}
+	a := start(t, store, cfg(sa, "iA"))
+	b := start(t, store, cfg(sb, "iB"))
+	testutil.Eventually(t, 10*time.Second, "A and B know of each other", func() bool { return a.Peers() == 1 && b.Peers() == 1 })
+	for _, ev := range orderEvents([]string{"a", "b", "c", "d", "e"}) {
+		if err := a.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.Wait(t, 1, 10*time.Second)
+	ownedBy := func(instance string) int {
+		var n int
+		if err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE owner = $1 AND state = 'pending'`, instance).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	testutil.Eventually(t, 10*time.Second, "A's five deliveries journaled as its own", func() bool { return ownedBy("iA") == 5 })
+	sa.stall()
+	sb.stall()
+	testutil.Eventually(t, 10*time.Second, "A's heartbeat three heartbeats old", func() bool {
+		var stale bool
+		_ = store.Pool().QueryRow(ctx, `SELECT heartbeat_at < now() - interval '3500 milliseconds' FROM dzhook.instances WHERE id = 'iA'`).Scan(&stale)
+		return stale
+	})
+	// B is back first and claims a few rounds before A is back.
+	claims := sb.claims()
+	sb.resume()
+	testutil.Eventually(t, 10*time.Second, "B's claims after the outage", func() bool { return sb.claims() >= claims+3 })
+	sa.resume()
+	release()
+	testutil.Eventually(t, 20*time.Second, "the five delivered", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
+		return n == 5
+	})
+	var byB int
+	if err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.attempts WHERE instance = 'iB'`).Scan(&byB); err != nil {
+		t.Fatal(err)
+	}
+	if byB != 0 || len(rc.Requests()) != 5 {
+		t.Errorf("B attempted %d of A's deliveries after the outage, the receiver got %d requests for 5: B took over A's work, want none", byB, len(rc.Requests()))
+	}
+}

@@ -81,6 +81,11 @@ type scheduler struct {
 	fence    *fence
 	reown    func(ctx context.Context) error
 	reownDue atomic.Bool
+	// contactSince is since when (ns after fence.epoch) this process has
+	// reached the journal without a gap (heartbeatLoop): until it has for
+	// the stale window, its claims take over no other instance's
+	// deliveries (takeoverAfter).
+	contactSince atomic.Int64
 	// syncFlags, after each heartbeat while others share the journal (and
 	// the one after they left), adopts what they changed of the
 	// subscriptions' pause and disabled state.
@@ -245,6 +250,34 @@ func (sc *scheduler) measureSkew(at time.Time) {
 // journal is measured in.
 func (sc *scheduler) due(t time.Time) time.Time { return t.Add(time.Duration(sc.skew.Load())) }
 
+// noTakeover is the staleness a claim is given while this process may not
+// take over others' deliveries: every instance with a row counts as alive.
+const noTakeover = 100 * 365 * 24 * time.Hour
+
+// takeoverAfter is how stale another instance's heartbeat must be for this
+// process's claims to take over its deliveries: three heartbeats, once
+// this process has reached the journal without a gap for that long
+// (contactSince). Before, it takes over none (noTakeover): after an
+// outage of the journal every row is stale, its own as well, and the
+// first process back would take every other's work, which they still
+// hold in memory (they then drop it at their fence, having waited for
+// nothing). A process that has just started waits as long: it cannot
+// tell a dead instance from one that was cut off with it.
+func (sc *scheduler) takeoverAfter() time.Duration {
+	stale := 3 * sc.heartbeat
+	if time.Since(sc.fence.epoch)-time.Duration(sc.contactSince.Load()) < stale {
+		return noTakeover
+	}
+	return stale
+}
+
+// contactGap is the longest time between two heartbeat checks that
+// reached the journal that still counts as continuous contact: a
+// heartbeat, or two checks, whichever is longer.
+func (sc *scheduler) contactGap() time.Duration {
+	return max(sc.heartbeat, 2*min(sc.heartbeat, time.Second))
+}
+
 // busyPoll is how soon a process claims again after a round that found
 // work, while other processes share the journal.
 const busyPoll = 50 * time.Millisecond
@@ -278,6 +311,7 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	defer t.Stop()
 	shared := false       // others were alive at the last heartbeat
 	var written time.Time // the last write that reached the journal
+	var contact time.Time // the last check that reached the journal
 	var beatFailures failures
 	for first := true; ; {
 		var peers int
@@ -299,6 +333,13 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 		}
 		if err == nil {
 			sc.measureSkew(at)
+			now := time.Now()
+			if contact.IsZero() || now.Sub(contact) > sc.contactGap() {
+				// The first contact, or the first after a gap: others' rows
+				// may be stale for the same reason as this one's.
+				sc.contactSince.Store(int64(now.Sub(sc.fence.epoch)))
+			}
+			contact = now
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -418,7 +459,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 	token := claimToken()
 	sc.claimMu.Lock()
 	defer sc.claimMu.Unlock()
-	claimed, err := sc.store.Claim(ctx, wants, sc.instance, token, 3*sc.heartbeat)
+	claimed, err := sc.store.Claim(ctx, wants, sc.instance, token, sc.takeoverAfter())
 	if err != nil {
 		for _, a := range ask {
 			a.s.release(a.n)
