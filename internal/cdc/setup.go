@@ -68,8 +68,19 @@ func Setup(ctx context.Context, conn *pgx.Conn, cfg SetupConfig) (SetupReport, e
 	// published table with no replica identity (no primary key, or
 	// REPLICA IDENTITY NOTHING), so publishing a comments or outbox table
 	// without a key broke the application's own statements.
+	// Only a table about to be published: one already published has lived
+	// with its identity (an insert-only outbox without a key), and refusing
+	// it now would stop a start that worked.
+	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, cfg.Publication)
+	if err != nil {
+		return rep, fmt.Errorf("list tables of publication %q: %w", cfg.Publication, err)
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return rep, fmt.Errorf("list tables of publication %q: %w", cfg.Publication, err)
+	}
 	for _, t := range cfg.Tables {
-		if slices.Contains(cfg.FullIdentity, t) {
+		if slices.Contains(cfg.FullIdentity, t) || slices.Contains(published, t) {
 			continue
 		}
 		if err := setupKeyless(ctx, conn, t, cfg.CheckOnly, &rep); err != nil {

@@ -395,9 +395,16 @@ func literalScalars(b []byte, ps *Problems) map[string]string {
 			}
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				if key := n.Content[i]; key.Tag != "!!merge" {
+					if key.Kind == yaml.AliasNode && key.Alias != nil {
+						key = key.Alias // *k as a key is the anchored key
+					}
 					if read, ok := keyAsRead(key); !ok && !said[join(path, key.Value)] {
 						said[join(path, key.Value)] = true
-						ps.addDecode(cmp.Or(path, "(top level)"), "key %s is read by YAML as %s: quote it (%q) to mean that text", key.Value, read, key.Value)
+						quoted := strconv.Quote(key.Value)
+						if read != "null" && !strings.HasPrefix(read, "a ") {
+							quoted += " or " + strconv.Quote(read)
+						}
+						ps.addDecode(cmp.Or(path, "(top level)"), "key %s is read by YAML as %s: write the key in quotes, as the text it stands for (a translation's key is the stored value as PostgreSQL prints it: %s)", key.Value, read, quoted)
 					}
 					walk(join(path, key.Value), n.Content[i+1])
 				}

@@ -63,7 +63,7 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 			errs = append(errs, Problem{Path: "mapping." + e.key + ".table", Message: fmt.Sprintf("table %s not found", table)})
 			continue
 		}
-		kind, unique, err := tableShape(ctx, q, table, e.columns[0].name)
+		kind, composite, err := tableShape(ctx, q, table, e.columns[0].name)
 		if err != nil {
 			return err
 		}
@@ -79,12 +79,14 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 			errs = append(errs, Problem{Path: "mapping." + e.key + ".table", Message: fmt.Sprintf("%s is %s, not a table: logical replication streams the changes of tables only", table, relkinds[kind])})
 			continue
 		}
-		if _, ok := cols[e.columns[0].name]; ok && !unique {
+		if _, ok := cols[e.columns[0].name]; ok && composite != "" {
 			// The entity's id names it in every payload, keys its
 			// deliveries' order and its users' emails: a column unique
 			// only with another (tenant, ticket_no) sent two tenants'
-			// tickets as one, with the other tenant's emails.
-			errs = append(errs, Problem{Path: "mapping." + e.key + ".columns.id", Message: fmt.Sprintf("column %q of %s is not unique on its own (no primary key or unique index of that column alone): an entity's id must name one row", e.columns[0].name, table)})
+			// tickets as one, with the other tenant's emails. (A table
+			// with no key at all, an insert-only comments table, is left
+			// alone: nothing says its ids repeat.)
+			errs = append(errs, Problem{Path: "mapping." + e.key + ".columns.id", Message: fmt.Sprintf("column %q of %s is unique only with other columns (its key is %s): an entity's id must name one row; map a column unique on its own", e.columns[0].name, table, composite)})
 		}
 		for _, col := range e.columns {
 			if col.name == "" {
@@ -105,21 +107,30 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 // relkinds names pg_class.relkind values that are not tables.
 var relkinds = map[string]string{"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence", "i": "an index", "I": "a partitioned index", "c": "a composite type", "t": "a TOAST table"}
 
-// tableShape returns a table's relkind and whether column id is unique
-// on its own: a primary key or a unique index of that column alone,
-// without a predicate.
-func tableShape(ctx context.Context, q Querier, table, id string) (kind string, unique bool, err error) {
+// tableShape returns a table's relkind and, when column id is part of a
+// key of several columns (a primary key or a valid unique index without
+// a predicate) and of no key of its own, that key's columns as text
+// ("(tenant, id)"); "" otherwise. (A slice of indkey starts at 1.)
+func tableShape(ctx context.Context, q Querier, table, id string) (kind, composite string, err error) {
 	schema, name, _ := strings.Cut(table, ".")
 	err = q.QueryRow(ctx, `
-		SELECT c.relkind::text, EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $3
-		                                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
-		                                   AND i.indkey[0] = a.attnum AND i.indpred IS NULL AND i.indexprs IS NULL)
-		  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		 WHERE n.nspname = $1 AND c.relname = $2`, schema, name, id).Scan(&kind, &unique)
+		WITH rel AS (SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		              WHERE n.nspname = $1 AND c.relname = $2),
+		keys AS (SELECT i.indnkeyatts, (i.indkey::int2[])[0:i.indnkeyatts - 1] AS cols
+		           FROM pg_index i, rel WHERE i.indrelid = rel.oid AND i.indisunique AND i.indisvalid
+		            AND i.indpred IS NULL AND i.indexprs IS NULL),
+		att AS (SELECT a.attnum FROM pg_attribute a, rel WHERE a.attrelid = rel.oid AND a.attname = $3 AND NOT a.attisdropped)
+		SELECT rel.relkind::text, CASE
+			WHEN EXISTS (SELECT 1 FROM keys, att WHERE keys.indnkeyatts = 1 AND keys.cols[1] = att.attnum) THEN ''
+			ELSE coalesce((SELECT '(' || (SELECT string_agg(a.attname, ', ' ORDER BY k.ord)
+			                               FROM unnest(keys.cols) WITH ORDINALITY AS k (num, ord)
+			                               JOIN pg_attribute a ON a.attrelid = rel.oid AND a.attnum = k.num) || ')'
+			                 FROM keys, att WHERE keys.indnkeyatts > 1 AND att.attnum = ANY (keys.cols) LIMIT 1), '') END
+		  FROM rel`, schema, name, id).Scan(&kind, &composite)
 	if err != nil {
-		return "", false, fmt.Errorf("read the kind and keys of %s: %w", table, err)
+		return "", "", fmt.Errorf("read the kind and keys of %s: %w", table, err)
 	}
-	return kind, unique, nil
+	return kind, composite, nil
 }
 
 // timeTypeNames are the base types (format_type without modifiers) that
