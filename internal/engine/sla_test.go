@@ -443,3 +443,38 @@ func TestSLACompletedFlagAfterItsBreachFires(t *testing.T) {
 		t.Errorf("%d timers of SLA 71, completed before its moments, fired", n)
 	}
 }
+
+// TestSLAExtendedBeforeItsTargetThenTouched: an SLA extended before its
+// target was due, then changed again after the old target passed, both
+// streamed in one catch-up: no breach. The journal applied the batch's
+// two changes as one, judging the old target's timer by the second
+// change's time, and sent a breach that never happened (found by a
+// review, 2026-12-07).
+func TestSLAExtendedBeforeItsTargetThenTouched(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*, request.created"))
+	_, stop := startStoppable(t, cfg)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (60, 'x', 1)`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (60, 60, 'resolution', now() - interval '1 hour', now() + interval '2 seconds')`)
+	testutil.Eventually(t, 20*time.Second, "the breach armed", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '60' AND kind = 'breach' AND fired_at IS NULL`) == 1
+	})
+	stop()
+	db.Exec(t, `UPDATE request_slas SET target_at = now() + interval '1 hour' WHERE id = 60`) // before the target
+	testutil.Eventually(t, 10*time.Second, "the old target passed", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '60' AND kind = 'breach' AND fire_at < now()`) == 1
+	})
+	db.Exec(t, `UPDATE request_slas SET sla_type = 'response' WHERE id = 60`, // any later change
+		`INSERT INTO requests (id, title, requester_id) VALUES (61, 'marker', 1)`)
+	start(t, cfg)
+	testutil.Eventually(t, 20*time.Second, "the old target's breach cancelled and the new one armed", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '60' AND kind = 'breach' AND target_at < now()`) == 0 &&
+			queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '60' AND kind = 'breach' AND target_at > now()`) == 1
+	})
+	for _, ev := range slaEvents(t, rc) {
+		if ev.Event == "sla.breach" {
+			t.Errorf("sla.breach sent for an SLA extended before its target: %+v", ev.Data)
+		}
+	}
+}

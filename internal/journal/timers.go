@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,30 +43,6 @@ type TimerChange struct {
 	Arm   []TimerRow
 }
 
-// after is c applied after earlier, as one change: c says the SLA's
-// state, and keeps what earlier armed that c's cancel would keep, the
-// timers due before a completion or a move (Due), marked as superseded
-// there as the journal marks them. An SLA armed and completed or moved
-// within one batch (a restart streaming both, a breach completed or
-// extended at once) still fires what was due before the change.
-func (c TimerChange) after(earlier TimerChange) TimerChange {
-	if c.Due.IsZero() {
-		return c
-	}
-	out := c
-	out.Arm = slices.Clone(c.Arm)
-	for _, t := range earlier.Arm {
-		if !t.FireAt.Before(c.Due) || slices.ContainsFunc(out.Arm, func(a TimerRow) bool { return a.Kind == t.Kind && a.TargetAt.Equal(t.TargetAt) }) {
-			continue
-		}
-		if (c.Keep.IsZero() || !t.TargetAt.Equal(c.Keep)) && t.SupersededAt.IsZero() {
-			t.SupersededAt = c.Due
-		}
-		out.Arm = append(out.Arm, t)
-	}
-	return out
-}
-
 // queueTimers adds the statements of the batch's timer changes: first the
 // cancellations (and the marks of the timers a change keeps), then the
 // arming (one change per SLA: the batch keeps the
@@ -80,9 +55,29 @@ func (c TimerChange) after(earlier TimerChange) TimerChange {
 // warning and breach were lost (found by a review, 2026-12-06). nil: the
 // stream's changes, written whatever is there.
 func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *int64) {
-	if len(changes) == 0 {
-		return
+	// An SLA changed several times in the batch (a catch-up) has its
+	// changes applied in order, in rounds: the first change of each SLA,
+	// then the second, and so on. Merged into one, the last change's
+	// commit time judged timers an earlier change had already moved off:
+	// a target extended before it was due, then touched after it, fired
+	// a breach that never happened (found by a review, 2026-12-07).
+	seen := make(map[string]int, len(changes))
+	var rounds [][]TimerChange
+	for _, c := range changes {
+		r := seen[c.SLAID]
+		seen[c.SLAID] = r + 1
+		if r == len(rounds) {
+			rounds = append(rounds, nil)
+		}
+		rounds[r] = append(rounds[r], c)
 	}
+	for _, round := range rounds {
+		s.queueTimerRound(batch, round, since)
+	}
+}
+
+// queueTimerRound is queueTimers for changes of distinct SLAs.
+func (s *Store) queueTimerRound(batch *statements, changes []TimerChange, since *int64) {
 	ids := make([]string, len(changes))
 	keep, due := make([]*time.Time, len(changes)), make([]*time.Time, len(changes))
 	var arm []TimerRow

@@ -12,7 +12,7 @@ import (
 // before: the SLA was breached first, and the clock fires that breach.
 // Later changes of the SLA keep it, the first start's scan too, and so
 // does a move within the same batch as the arming; a deletion of the SLA
-// cancels it. The move used to delete every unfired timer of the old
+// cancels it. Changes of an SLA in one batch are applied in order. The move used to delete every unfired timer of the old
 // target, due or not: a breach before an extension was lost when the
 // clock had not fired it yet (found by a review).
 func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
@@ -58,10 +58,20 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 	// moved; SLA 8 armed and moved in one batch.
 	write(TimerChange{SLAID: "7", Keep: old, Arm: []TimerRow{timer("7", "breach", old, old), timer("7", "warning:90", old, moveAt.Add(time.Second))}})
 	write(TimerChange{SLAID: "7", Keep: moved, Due: moveAt, Arm: []TimerRow{timer("7", "breach", moved, moved)}})
-	// The writer's merge of two changes of an SLA in one batch.
-	merged := TimerChange{SLAID: "8", Keep: moved, Due: moveAt, Arm: []TimerRow{timer("8", "breach", moved, moved)}}.
-		after(TimerChange{SLAID: "8", Keep: old, Arm: []TimerRow{timer("8", "breach", old, old), timer("8", "warning:90", old, moveAt.Add(time.Second))}})
-	write(merged)
+	// Two changes of an SLA in one batch, applied in order.
+	write(TimerChange{SLAID: "8", Keep: old, Arm: []TimerRow{timer("8", "breach", old, old), timer("8", "warning:90", old, moveAt.Add(time.Second))}},
+		TimerChange{SLAID: "8", Keep: moved, Due: moveAt, Arm: []TimerRow{timer("8", "breach", moved, moved)}})
+	// SLA 9's target extended before its breach was due, then touched
+	// after it, both in one batch: the first change cancels the breach, and
+	// the second's later time must not keep it (merged into one change, the
+	// second's time kept it, and a breach that never happened fired).
+	extendAt := old.Add(-time.Second)
+	write(TimerChange{SLAID: "9", Keep: old, Arm: []TimerRow{timer("9", "breach", old, old)}})
+	write(TimerChange{SLAID: "9", Keep: moved, Due: extendAt, Arm: []TimerRow{timer("9", "breach", moved, moved)}},
+		TimerChange{SLAID: "9", Keep: moved, Due: moveAt, Arm: []TimerRow{timer("9", "breach", moved, moved)}})
+	if _, ok := timers()[key("9", "breach", old)]; ok {
+		t.Errorf("SLA 9: the breach of a target extended before it was due was kept by a later change of the same batch")
+	}
 	got := timers()
 	for _, sla := range []string{"7", "8"} {
 		if sup, ok := got[key(sla, "breach", old)]; !ok || !sup.Equal(moveAt) {

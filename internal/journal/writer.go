@@ -553,13 +553,10 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 		bb.notified = true
 	}
 	if r.Timer != nil {
-		// One change per SLA and batch: the latest says the SLA's state.
-		if i, ok := bb.timerIdx[r.Timer.SLAID]; ok {
-			b.Timers[i] = r.Timer.after(b.Timers[i])
-		} else {
-			bb.timerIdx[r.Timer.SLAID] = len(b.Timers)
-			b.Timers = append(b.Timers, *r.Timer)
-		}
+		// Every change, in order: the journal applies an SLA's changes of
+		// one batch one after another (queueTimers), as it would in
+		// batches of their own.
+		b.Timers = append(b.Timers, *r.Timer)
 	}
 	// Write what is held of them now: a release that follows in the same
 	// batch covers it; an unheld delivery is visible with this batch.
@@ -717,7 +714,6 @@ type batchBuilder struct {
 	delivIdx map[string]int
 	updIdx   map[string]int
 	subIdx   map[string]int
-	timerIdx map[string]int
 	spilled  bool
 	notified bool
 	dones    []chan<- error
@@ -772,7 +768,7 @@ func (bb *batchBuilder) sizes() batchSizes {
 // dzhook's CPU at catch-up). A batch after a larger one takes the room it
 // does not use once; the one after it is sized by what it held.
 func newBatchBuilderFor(last batchSizes) *batchBuilder {
-	bb := &batchBuilder{delivIdx: make(map[string]int, last.deliveries), updIdx: map[string]int{}, subIdx: map[string]int{}, timerIdx: map[string]int{}}
+	bb := &batchBuilder{delivIdx: make(map[string]int, last.deliveries), updIdx: map[string]int{}, subIdx: map[string]int{}}
 	bb.b.Events = make([]EventRow, 0, last.events)
 	bb.b.Deliveries = make([]DeliveryRow, 0, last.deliveries)
 	bb.b.Attempts = make([]AttemptRow, 0, last.attempts)
