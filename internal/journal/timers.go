@@ -54,7 +54,7 @@ type TimerChange struct {
 // armed the old one again, which the clock then cancelled: the SLA's
 // warning and breach were lost (found by a review, 2026-12-06). nil: the
 // stream's changes, written whatever is there.
-func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *int64) {
+func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *scanMarks) {
 	// An SLA changed several times in the batch (a catch-up) has its
 	// changes applied in order, in rounds: the first change of each SLA,
 	// then the second, and so on. Merged into one, the last change's
@@ -76,8 +76,18 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *int
 	}
 }
 
+// scanMarks are the first start's scan's timer generations: page, read
+// before the page (an SLA with a timer armed after it is left alone), and
+// start, read before the scan's first page (a timer armed after it came
+// from the stream running beside the scan).
+type scanMarks struct{ page, start int64 }
+
 // queueTimerRound is queueTimers for changes of distinct SLAs.
-func (s *Store) queueTimerRound(batch *statements, changes []TimerChange, since *int64) {
+func (s *Store) queueTimerRound(batch *statements, changes []TimerChange, scan *scanMarks) {
+	var since, streamed *int64
+	if scan != nil {
+		since, streamed = &scan.page, &scan.start
+	}
 	ids := make([]string, len(changes))
 	keep, due := make([]*time.Time, len(changes)), make([]*time.Time, len(changes))
 	var arm []TimerRow
@@ -93,7 +103,12 @@ func (s *Store) queueTimerRound(batch *statements, changes []TimerChange, since 
 	// change are kept and marked superseded there, the earliest such
 	// change's time staying; the others go. A kept timer is deleted only
 	// by a change that keeps nothing (the SLA deleted): the first start's
-	// scan (Due zero) must not cancel one the stream kept. Both parts see
+	// scan (Due zero) must not cancel one the stream kept, nor one already
+	// due of another target that the stream armed beside it: the scan
+	// reads the SLA as it is now, and a move the stream has not read yet
+	// may have come after that timer's moment (the breach happened; the
+	// stream's change of the move keeps or cancels it, and the clock waits
+	// for it). One armed before the scan began (an earlier slot's) goes. Both parts see
 	// the table as it was, and touch different rows.
 	batch.Queue(s.q(`WITH kept AS (
 		UPDATE {{schema}}.sla_timers t SET superseded_at = c.due FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, keep, due)
@@ -102,7 +117,8 @@ func (s *Store) queueTimerRound(batch *statements, changes []TimerChange, since 
 		DELETE FROM {{schema}}.sla_timers t USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS c(id, keep, due)
 		WHERE t.sla_id = c.id AND t.fired_at IS NULL AND (c.keep IS NULL OR t.target_at <> c.keep)
 		  AND (c.due IS NULL OR t.fire_at >= c.due) AND (t.superseded_at IS NULL OR (c.keep IS NULL AND c.due IS NULL))
-		  AND `+untouched("c.id", "$4")), ids, keep, due, since)
+		  AND ($4::bigint IS NULL OR t.fire_at > now() OR t.generation <= $5::bigint)
+		  AND `+untouched("c.id", "$4")), ids, keep, due, since, streamed)
 	if len(arm) == 0 {
 		return
 	}
@@ -221,9 +237,11 @@ func (s *Store) SLABootstrapped(ctx context.Context, slot string) (bool, error) 
 
 // ArmBootstrap arms timers of pre-existing SLAs directly (not through a
 // batch), and, with done, records that the slot's bootstrap is complete.
-func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool, mark int64) error {
+// mark is the timers' generation read before this page, start before the
+// scan's first (scanMarks).
+func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool, mark, start int64) error {
 	var batch statements
-	s.queueTimers(&batch, changes, &mark)
+	s.queueTimers(&batch, changes, &scanMarks{page: mark, start: start})
 	if done {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot) VALUES ($1) ON CONFLICT (slot) DO NOTHING`), slot)
 	}

@@ -92,7 +92,7 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{timer("7", "breach", moved, moved)}}}, true, mark); err != nil {
+	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{timer("7", "breach", moved, moved)}}}, true, mark, mark); err != nil {
 		t.Fatal(err)
 	}
 	if sup, ok := timers()[key("7", "breach", old)]; !ok || !sup.Equal(moveAt) {
@@ -106,6 +106,36 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 		if !d.TargetAt.Equal(old) || !d.SupersededAt.Equal(moveAt) {
 			t.Errorf("claimed %+v, want the breach of %v superseded at %v", d, old, moveAt)
 		}
+	}
+
+	// SLA 10 armed for old by the stream running beside the scan, its
+	// breach due; moved since, but the scan reads the move before the
+	// stream does: it leaves the due breach to the stream's change, which
+	// keeps it. (SLA 11's due timer of another target, armed before the
+	// scan began, an earlier slot's, goes.)
+	write(TimerChange{SLAID: "11", Keep: old, Arm: []TimerRow{timer("11", "breach", old, old)}})
+	start, err := s.TimerMark(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(TimerChange{SLAID: "10", Keep: old, Arm: []TimerRow{timer("10", "breach", old, old)}})
+	mark, err = s.TimerMark(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "10", Keep: moved, Arm: []TimerRow{timer("10", "breach", moved, moved)}},
+		{SLAID: "11", Keep: moved, Arm: []TimerRow{timer("11", "breach", moved, moved)}}}, true, mark, start); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := timers()[key("10", "breach", old)]; !ok {
+		t.Error("the first start's scan deleted a due breach of a target it read as moved, before the stream read the move")
+	}
+	if _, ok := timers()[key("11", "breach", old)]; ok {
+		t.Error("the first start's scan kept a due timer of another target armed before it began")
+	}
+	write(TimerChange{SLAID: "10", Keep: moved, Due: moveAt, Arm: []TimerRow{timer("10", "breach", moved, moved)}})
+	if sup, ok := timers()[key("10", "breach", old)]; !ok || !sup.Equal(moveAt) {
+		t.Errorf("SLA 10 after the stream's move: the old breach kept %v, superseded at %v; want kept, at %v", ok, sup, moveAt)
 	}
 
 	// Deleted: nothing of the SLA is left to fire.

@@ -51,7 +51,7 @@ const (
 type Store interface {
 	SLABootstrapped(ctx context.Context, slot string) (bool, error)
 	TimerMark(ctx context.Context) (int64, error)
-	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark int64) error
+	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark, start int64) error
 	ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]journal.TimerRow, error)
 	TimerCancelled(ctx context.Context, t journal.TimerRow) error
 	TimerDeferred(ctx context.Context, t journal.TimerRow, d time.Duration) error
@@ -231,6 +231,13 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 	if err != nil || done {
 		return err
 	}
+	// Timers armed after start come from the stream running beside the
+	// scan: a due one of another target than the SLA's now waits for the
+	// stream's change (a move it has not read yet, after the breach).
+	start, err := c.cfg.Store.TimerMark(ctx)
+	if err != nil {
+		return err
+	}
 	after, armed := "", 0
 	for {
 		// Timers armed after this mark come from the stream's changes,
@@ -254,7 +261,7 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: mapping.SLATimers(base, c.cfg.WarningPercent, now)}))
 		}
 		last := len(rows) < scanPage
-		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark); err != nil {
+		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark, start); err != nil {
 			return err
 		}
 		armed += len(rows)

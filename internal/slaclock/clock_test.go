@@ -34,7 +34,7 @@ func (s *fakeStore) SLABootstrapped(context.Context, string) (bool, error) {
 
 func (s *fakeStore) TimerMark(context.Context) (int64, error) { return 0, nil }
 
-func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool, _ int64) error {
+func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool, _, _ int64) error {
 	s.armed = append(s.armed, changes...)
 	s.armDone = done
 	return nil
