@@ -68,7 +68,8 @@ func (e *ServerChangedError) PublicReason() string {
 	}
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
-		"Restart dzhook to stream from this server: at start it drops a journal checkpoint ahead of the server's WAL and processes every transaction the slot sends (new events may reuse ids of the lost ones, which the journal drops as known: give dzhook a fresh journal.schema to keep them)"
+		"Its new transactions reuse positions (and so event ids) of the lost ones, which the journal drops as known: to process every one, start dzhook on a fresh journal.schema (runtime subscriptions are recreated there; the old schema keeps the history). " +
+		"A plain restart is no way out once this server's WAL has passed " + e.Read.String() + ": dzhook then trusts its journal's checkpoint and skips this server's transactions below it"
 }
 
 // checkServer runs IDENTIFY_SYSTEM on a new session's connection and

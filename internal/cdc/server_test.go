@@ -133,7 +133,7 @@ func TestFailoverToAServerBehind(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, "the stream refusing the server behind", func() bool {
 		return strings.Contains(s.Stats().Problem, "refuses to stream")
 	})
-	if p := s.Stats().Problem; !strings.Contains(p, "before "+read.String()) || !strings.Contains(p, "Restart dzhook") {
+	if p := s.Stats().Problem; !strings.Contains(p, "before "+read.String()) || !strings.Contains(p, "fresh journal.schema") {
 		t.Errorf("Problem = %q, want the positions and the way out named", p)
 	}
 	if got := slotConfirmedLSN(t, old); got > walEnd(old) {
