@@ -123,6 +123,14 @@ func (in *inliner) try(ctx context.Context, w wal) (bool, error) {
 	in.s.busy.Add(1)
 	in.s.inlined.Add(1)
 	in.begin()
+	if in.interrupted.Load() != nil {
+		// The session ended before this message (the processor's
+		// goroutine failed a type lookup, and its queue was empty): it is
+		// not handled here; the next session sends it again.
+		ended := in.end()
+		in.s.busy.Add(-1)
+		return true, ended
+	}
 	err := in.proc.handle(ctx, w)
 	ended := in.end()
 	in.s.busy.Add(-1)

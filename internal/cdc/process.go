@@ -67,10 +67,14 @@ func (p *processor) run(ctx context.Context, msgs <-chan wal) error {
 				// queued are dropped: the next one sends them again. The
 				// stream stays busy in a transaction meanwhile, so no
 				// keepalive's position is acknowledged past them.
+				// Interrupt before busy goes to 0: the reader, free to
+				// process the next message itself once it does, finds
+				// the session ended (inliner.try) rather than handling
+				// a message of it on this state.
 				p.discard = true
 				p.s.inTx.Store(true)
-				p.s.busy.Add(-1)
 				p.s.Interrupt(fmt.Errorf("wal at %s: %w", w.start, err))
+				p.s.busy.Add(-1)
 				continue
 			}
 			if err != nil && ctx.Err() == nil {
