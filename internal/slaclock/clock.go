@@ -117,7 +117,16 @@ type Clock struct {
 	// retryMin and retryMax bound the backoff of the first start's scan
 	// (scanRetryMin, scanRetryMax; shorter in tests).
 	retryMin, retryMax time.Duration
+	// waitSaid holds the timers whose long wait for the stream was logged
+	// (Run's goroutine only), so it is said once each.
+	waitSaid map[string]bool
 }
+
+// waitTooLong is how long past its moment a timer waiting for the stream
+// (verdict's wait) is said at WARN: the stream far behind, or the SLA's
+// change one it did not understand (logged when read), after which the
+// timer waits for a later change of the SLA.
+const waitTooLong = 10 * time.Minute
 
 // New returns a clock; Run starts it.
 func New(cfg Config) (*Clock, error) {
@@ -300,6 +309,14 @@ func (c *Clock) fireDue(ctx context.Context) error {
 					return err
 				}
 				c.log.Debug("SLA timer waits for the stream: its SLA moved or completed in a change not read yet", "sla", t.SLAID, "kind", t.Kind)
+				if key := t.SLAID + " " + t.Kind + " " + t.TargetAt.String(); time.Since(t.FireAt) > waitTooLong && !c.waitSaid[key] {
+					if c.waitSaid == nil || len(c.waitSaid) > 10000 {
+						c.waitSaid = map[string]bool{}
+					}
+					c.waitSaid[key] = true
+					c.log.Warn("SLA timer still waits for the stream to read its SLA's move or completion: the stream is far behind, or that change was not understood (logged when read); it fires or is cancelled at the SLA's next change",
+						"sla", t.SLAID, "kind", t.Kind, "target", t.TargetAt.UTC().Format(time.RFC3339), "due_since", t.FireAt.UTC().Format(time.RFC3339))
+				}
 				continue
 			}
 			if late := time.Since(t.FireAt); t.Kind != "breach" && late > c.lateAfter() {

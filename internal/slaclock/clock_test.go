@@ -1,6 +1,7 @@
 package slaclock
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -225,5 +226,36 @@ func TestBootstrapArmsOpenSLAs(t *testing.T) {
 	}
 	if len(again.armed) != 0 {
 		t.Errorf("a bootstrapped slot armed %+v again", again.armed)
+	}
+}
+
+// TestLongWaitSaidOnce: a timer waiting for the stream (its SLA moved in
+// a change not read yet) long past its moment is said at WARN, once: it
+// waited silently (DEBUG) for ever when the stream never settled it (a
+// change it did not understand).
+func TestLongWaitSaidOnce(t *testing.T) {
+	due := time.Now().UTC().Truncate(time.Second).Add(-20 * time.Minute)
+	moved := mapping.SLARow{ID: "moved", RequestID: "moved", SLAType: "resolution", StartedAt: due.Add(-time.Hour), TargetAt: due.Add(time.Hour)}
+	recent := moved
+	recent.ID = "recent"
+	timer := func(id string, at time.Time) journal.TimerRow {
+		return journal.TimerRow{SLAID: id, Kind: "breach", RequestID: id, SLAType: "resolution", StartedAt: moved.StartedAt, TargetAt: at, FireAt: at}
+	}
+	store := &fakeStore{}
+	var logs bytes.Buffer
+	mapper := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")})
+	c := newClock(t, store, fakeSource{rows: []mapping.SLARow{moved, recent}}, &fakeDispatcher{}, mapper)
+	c.log = slog.New(slog.NewTextHandler(&logs, nil))
+	for range 3 {
+		store.due = []journal.TimerRow{timer("moved", due), timer("recent", time.Now().Add(-time.Minute))}
+		if err := c.fireDue(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(logs.String(), "level=WARN msg=\"SLA timer still waits"); n != 1 || !strings.Contains(logs.String(), "sla=moved") || strings.Contains(logs.String(), "sla=recent") {
+		t.Errorf("%d WARN lines, want one naming the long-waiting timer only:\n%s", n, logs.String())
+	}
+	if len(store.deferred) != 6 {
+		t.Errorf("deferred %v, want each timer deferred at each round", store.deferred)
 	}
 }
