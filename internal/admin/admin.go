@@ -26,6 +26,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -105,6 +106,11 @@ type Config struct {
 	// GET /v1/events/{name}/schema; nil serves the built-in events' only.
 	Schemas Schemas
 	Logger  *slog.Logger
+
+	// changeTimeout and attemptTimeout bound an operator's change and an
+	// action that makes an attempt (changeTimeout, attemptTimeout when
+	// zero); the tests shorten them.
+	changeTimeout, attemptTimeout time.Duration
 }
 
 // builtinSchemas serves the built-in events' schemas when Config.Schemas
@@ -128,6 +134,8 @@ func New(cfg Config) *Server {
 	if cfg.Schemas == nil {
 		cfg.Schemas = builtinSchemas{}
 	}
+	cfg.changeTimeout = cmp.Or(cfg.changeTimeout, changeTimeout)
+	cfg.attemptTimeout = cmp.Or(cfg.attemptTimeout, attemptTimeout)
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger.With("component", "admin")}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)

@@ -74,8 +74,8 @@ const journalTimeout = 5 * time.Second
 // its outcome (a retry, a test send): the journal's claim, the attempt
 // (up to delivery.timeout) and its journaling, under the server's 60 s
 // WriteTimeout, so a journal that stops answering gets a 503, not a
-// request that hangs. A variable for the tests.
-var attemptTimeout = 55 * time.Second
+// request that hangs. Config.attemptTimeout changes it for the tests.
+const attemptTimeout = 55 * time.Second
 
 // journalCtx is the context of one journal read for a request.
 func journalCtx(r *http.Request) (context.Context, context.CancelFunc) {
@@ -313,7 +313,7 @@ func (s *Server) retry(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), attemptTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.attemptTimeout)
 	defer cancel()
 	rep, err := s.cfg.Deliverer.RetryNow(ctx, id)
 	if err != nil {
@@ -333,7 +333,7 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, q query) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.changeTimeout)
 	defer cancel()
 	n, err := s.cfg.Deliverer.RetryFailed(ctx, id, since, until)
 	if err != nil {
@@ -369,7 +369,7 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("event: %q is not an event of the catalog", clip(body.Event)))
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), attemptTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.attemptTimeout)
 	defer cancel()
 	rep, err := s.cfg.Deliverer.SendTest(ctx, id, s.cfg.Sample(body.Event))
 	if err != nil {
@@ -384,7 +384,7 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.changeTimeout)
 	defer cancel()
 	if err := s.cfg.Deliverer.Pause(ctx, id); err != nil {
 		s.journalError(w, r, err)
@@ -399,7 +399,7 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.changeTimeout)
 	defer cancel()
 	n, err := s.cfg.Deliverer.Resume(ctx, id)
 	if err != nil {

@@ -49,13 +49,12 @@ func (stuckDeliverer) Resume(ctx context.Context, _ string) (int, error) {
 // made, instead of a request that hangs while the journal is away (the
 // dashboard's buttons stayed busy; only reads had a bound).
 func TestActionsBoundedWhenTheJournalHangs(t *testing.T) {
-	defer func(c, a time.Duration) { changeTimeout, attemptTimeout = c, a }(changeTimeout, attemptTimeout)
-	changeTimeout, attemptTimeout = 200*time.Millisecond, 300*time.Millisecond
 	cat, err := catalog.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := newChecked(t, Config{
+		changeTimeout: 200 * time.Millisecond, attemptTimeout: 300 * time.Millisecond,
 		Token: "t", Deliverer: stuckDeliverer{checkedDeliverer{t: t, cat: cat}}, History: checkedHistory{t: t, cat: cat}, Catalog: cat,
 		Sample: func(eventType string) fanout.Event {
 			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}

@@ -25,8 +25,9 @@ import (
 // changeTimeout bounds a change: it writes the journal and applies the
 // change in this process (a delete also cancels the subscription's
 // pending deliveries, which can be many), and an operator's action on the
-// deliveries (pause, resume, retry-failed). A variable for the tests.
-var changeTimeout = 30 * time.Second
+// deliveries (pause, resume, retry-failed). Config.changeTimeout changes
+// it for the tests.
+const changeTimeout = 30 * time.Second
 
 // errNoManager is the answer of the endpoints of runtime subscriptions on
 // a server without a Manager.
@@ -152,7 +153,7 @@ func (s *Server) createSubscription(w http.ResponseWriter, r *http.Request, _ qu
 		bodyError(w, subscriptionBodyWant, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.changeTimeout)
 	defer cancel()
 	out, err := m.CreateSubscription(ctx, in, client(r))
 	if err != nil {
@@ -192,7 +193,7 @@ func (s *Server) updateSubscription(w http.ResponseWriter, r *http.Request, _ qu
 		writeError(w, http.StatusBadRequest, "body: no field to change; give the fields to change, e.g. {\"active\": false}")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.changeTimeout)
 	defer cancel()
 	out, err := m.UpdateSubscription(ctx, id, in, client(r))
 	if err != nil {
@@ -211,7 +212,7 @@ func (s *Server) deleteSubscription(w http.ResponseWriter, r *http.Request, _ qu
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.changeTimeout)
 	defer cancel()
 	out, err := m.DeleteSubscription(ctx, id, client(r))
 	if err != nil {
@@ -243,7 +244,7 @@ func (s *Server) rotateSecret(w http.ResponseWriter, r *http.Request, _ query) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), changeTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.changeTimeout)
 	defer cancel()
 	out, err := m.RotateSecret(ctx, id, in, client(r))
 	if err != nil {
