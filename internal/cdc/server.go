@@ -68,7 +68,7 @@ func (e *ServerChangedError) PublicReason() string {
 	}
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
-		"Its new transactions reuse positions (and so event ids) of the lost ones, which the journal drops as known: to process every one, start dzhook on a fresh journal.schema (runtime subscriptions are recreated there; the old schema keeps the history). " +
+		"Its new transactions reuse positions (and so event ids) of the lost ones, which the journal drops as known: to process every one, start dzhook on a fresh journal.schema (the old schema keeps the history, and its pending deliveries are not sent from the new one; subscriptions made through the API or the dashboard live in the journal: create them again there, with their secrets). " +
 		"A plain restart is no way out once this server's WAL has passed " + e.Read.String() + ": dzhook then trusts its journal's checkpoint and skips this server's transactions below it"
 }
 

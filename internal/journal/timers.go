@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -61,6 +62,7 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *sca
 	// commit time judged timers an earlier change had already moved off:
 	// a target extended before it was due, then touched after it, fired
 	// a breach that never happened (found by a review, 2026-12-07).
+	changes = coalesceTimers(changes)
 	seen := make(map[string]int, len(changes))
 	var rounds [][]TimerChange
 	for _, c := range changes {
@@ -74,6 +76,38 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *sca
 	for _, round := range rounds {
 		s.queueTimerRound(batch, round, since)
 	}
+}
+
+// coalesceTimers joins each change of an SLA to the one before it of the
+// same SLA when both keep the same target: applied in order, the second
+// finds no unfired timer of another target left unmarked by the first
+// (its cancel matches nothing) and only arms that target again, so one
+// change with the first's Due and both's timers (the later's winning) is
+// the same. An SLA touched at every activity of its request made a
+// round, two statements, per change of a catch-up batch; a move still
+// makes its own. changes is not modified (a failed batch is written
+// again from it).
+func coalesceTimers(changes []TimerChange) []TimerChange {
+	out := make([]TimerChange, 0, len(changes))
+	last := make(map[string]int, len(changes)) // SLA → its last change in out
+	for _, c := range changes {
+		i, ok := last[c.SLAID]
+		if !ok || c.Keep.IsZero() || !out[i].Keep.Equal(c.Keep) {
+			last[c.SLAID] = len(out)
+			out = append(out, c)
+			continue
+		}
+		merged := out[i]
+		arm := make([]TimerRow, 0, len(merged.Arm)+len(c.Arm))
+		for _, t := range merged.Arm {
+			if !slices.ContainsFunc(c.Arm, func(n TimerRow) bool { return n.Kind == t.Kind && n.TargetAt.Equal(t.TargetAt) }) {
+				arm = append(arm, t)
+			}
+		}
+		merged.Arm = append(arm, c.Arm...)
+		out[i] = merged
+	}
+	return out
 }
 
 // scanMarks are the first start's scan's timer generations: page, read

@@ -146,3 +146,50 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 		}
 	}
 }
+
+// TestCoalescedTouchesOneRound: changes of an SLA that keep its target
+// are one change (two statements a change made a catch-up batch of a
+// much-touched SLA take seconds); a move between them stays its own,
+// and the timers are as the changes applied in order leave them.
+func TestCoalescedTouchesOneRound(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	first, second := now.Add(time.Hour), now.Add(2*time.Hour)
+	breach := func(target time.Time) TimerRow {
+		return TimerRow{SLAID: "12", Kind: "breach", TargetAt: target, FireAt: target, RequestID: "12", StartedAt: now}
+	}
+	warning := breach(first)
+	warning.Kind, warning.FireAt = "warning:75", now.Add(45*time.Minute)
+	var changes []TimerChange
+	changes = append(changes, TimerChange{SLAID: "12", Keep: first, Arm: []TimerRow{breach(first), warning}})
+	for i := range 100 {
+		changes = append(changes, TimerChange{SLAID: "12", Keep: first, Due: now.Add(time.Duration(i) * time.Second), Arm: []TimerRow{breach(first)}})
+	}
+	changes = append(changes, TimerChange{SLAID: "12", Keep: second, Due: now.Add(10 * time.Minute), Arm: []TimerRow{breach(second)}})
+	changes = append(changes, TimerChange{SLAID: "12", Keep: second, Due: now.Add(11 * time.Minute), Arm: []TimerRow{breach(second)}})
+	if got := coalesceTimers(changes); len(got) != 2 || !got[0].Keep.Equal(first) || len(got[0].Arm) != 2 || !got[0].Due.IsZero() || !got[1].Keep.Equal(second) {
+		t.Fatalf("coalesced to %d changes %+v, want the first target's (its two timers, the first's Due) and the move's", len(got), got)
+	}
+	if len(changes) != 103 || len(changes[0].Arm) != 2 {
+		t.Fatal("coalesceTimers changed its argument")
+	}
+	if err := s.Write(ctx, &Batch{Timers: changes}); err != nil {
+		t.Fatal(err)
+	}
+	var targets []time.Time
+	rows, err := s.pool.Query(ctx, s.q(`SELECT target_at FROM {{schema}}.sla_timers WHERE sla_id = '12' ORDER BY target_at`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var at time.Time
+		if err := rows.Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		targets = append(targets, at.UTC())
+	}
+	if len(targets) != 1 || !targets[0].Equal(second) {
+		t.Errorf("timers of SLA 12: %v, want the moved target's breach only (the first target's were due after the move)", targets)
+	}
+}

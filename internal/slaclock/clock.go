@@ -120,6 +120,12 @@ type Clock struct {
 	// waitSaid holds the timers whose long wait for the stream was logged
 	// (Run's goroutine only), so it is said once each.
 	waitSaid map[string]bool
+	// scanStart is the timers' generation read before the first try of
+	// the first start's scan (once scanStarted), kept across its retries:
+	// a retry reading its own judged a due timer the stream had armed
+	// since the first try as an earlier slot's, and deleted it.
+	scanStart   int64
+	scanStarted bool
 }
 
 // waitTooLong is how long past its moment a timer waiting for the stream
@@ -127,6 +133,12 @@ type Clock struct {
 // change one it did not understand (logged when read), after which the
 // timer waits for a later change of the SLA.
 const waitTooLong = 10 * time.Minute
+
+// maxWaitSaid bounds the timers whose long wait is remembered as said.
+const maxWaitSaid = 10000
+
+// waitKey names a timer in Clock.waitSaid.
+func waitKey(t journal.TimerRow) string { return t.SLAID + " " + t.Kind + " " + t.TargetAt.String() }
 
 // New returns a clock; Run starts it.
 func New(cfg Config) (*Clock, error) {
@@ -243,10 +255,13 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 	// Timers armed after start come from the stream running beside the
 	// scan: a due one of another target than the SLA's now waits for the
 	// stream's change (a move it has not read yet, after the breach).
-	start, err := c.cfg.Store.TimerMark(ctx)
-	if err != nil {
-		return err
+	if !c.scanStarted {
+		if c.scanStart, err = c.cfg.Store.TimerMark(ctx); err != nil {
+			return err
+		}
+		c.scanStarted = true
 	}
+	start := c.scanStart
 	after, armed := "", 0
 	for {
 		// Timers armed after this mark come from the stream's changes,
@@ -298,7 +313,11 @@ func (c *Clock) fireDue(ctx context.Context) error {
 			return err
 		}
 		for _, t := range due {
-			switch c.verdict(t, current) {
+			v := c.verdict(t, current)
+			if v != wait && c.waitSaid[waitKey(t)] {
+				delete(c.waitSaid, waitKey(t)) // settled
+			}
+			switch v {
 			case cancel:
 				if err := c.cfg.Store.TimerCancelled(ctx, t); err != nil {
 					return err
@@ -309,8 +328,10 @@ func (c *Clock) fireDue(ctx context.Context) error {
 					return err
 				}
 				c.log.Debug("SLA timer waits for the stream: its SLA moved or completed in a change not read yet", "sla", t.SLAID, "kind", t.Kind)
-				if key := t.SLAID + " " + t.Kind + " " + t.TargetAt.String(); time.Since(t.FireAt) > waitTooLong && !c.waitSaid[key] {
-					if c.waitSaid == nil || len(c.waitSaid) > 10000 {
+				// Said once per timer; a set that grew past its bound
+				// (a catch-up of many moved SLAs) says no more than it has.
+				if key := waitKey(t); time.Since(t.FireAt) > waitTooLong && !c.waitSaid[key] && len(c.waitSaid) < maxWaitSaid {
+					if c.waitSaid == nil {
 						c.waitSaid = map[string]bool{}
 					}
 					c.waitSaid[key] = true

@@ -3,6 +3,7 @@ package slaclock
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"slices"
@@ -27,15 +28,21 @@ type fakeStore struct {
 	cancelled    []string // "sla kind"
 	deferred     []string // "sla kind"
 	fired        []string
+	marks        int64   // TimerMark's answers: 1, 2, 3...
+	starts       []int64 // the start mark of each ArmBootstrap
 }
 
 func (s *fakeStore) SLABootstrapped(context.Context, string) (bool, error) {
 	return s.bootstrapped, nil
 }
 
-func (s *fakeStore) TimerMark(context.Context) (int64, error) { return 0, nil }
+func (s *fakeStore) TimerMark(context.Context) (int64, error) {
+	s.marks++
+	return s.marks, nil
+}
 
-func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool, _, _ int64) error {
+func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool, _, start int64) error {
+	s.starts = append(s.starts, start)
 	s.armed = append(s.armed, changes...)
 	s.armDone = done
 	return nil
@@ -95,6 +102,12 @@ func (d *fakeDispatcher) DispatchDurable(_ context.Context, ev fanout.Event) err
 }
 
 func newClock(t *testing.T, store *fakeStore, src fakeSource, d *fakeDispatcher, mapper *mapping.Mapper) *Clock {
+	t.Helper()
+	return newClockOn(t, store, src, d, mapper)
+}
+
+// newClockOn is newClock on any Source.
+func newClockOn(t *testing.T, store *fakeStore, src Source, d *fakeDispatcher, mapper *mapping.Mapper) *Clock {
 	t.Helper()
 	c, err := New(Config{
 		Store: store, Source: src, Events: mapper, Dispatcher: d, Slot: "dzhook",
@@ -257,5 +270,50 @@ func TestLongWaitSaidOnce(t *testing.T) {
 	}
 	if len(store.deferred) != 6 {
 		t.Errorf("deferred %v, want each timer deferred at each round", store.deferred)
+	}
+	// Settled (the stream kept it, superseded at the move), it is
+	// forgotten: the set holds only timers still waiting.
+	kept := timer("moved", due)
+	kept.SupersededAt = due.Add(time.Minute)
+	store.due = []journal.TimerRow{kept}
+	if err := c.fireDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.waitSaid) != 0 {
+		t.Errorf("timers remembered as said after they settled: %v", c.waitSaid)
+	}
+}
+
+// failingSource fails its first scans.
+type failingSource struct {
+	fakeSource
+	fails *int
+}
+
+func (f failingSource) OpenSLAs(ctx context.Context, after string, limit int) ([]mapping.SLARow, error) {
+	if *f.fails > 0 {
+		*f.fails--
+		return nil, errors.New("connection reset")
+	}
+	return f.fakeSource.OpenSLAs(ctx, after, limit)
+}
+
+// TestScanRetryKeepsItsStart: a retried first-start scan judges timers by
+// the generation read before its first try: read again at each try, a
+// due timer the stream had armed since the first (before a move it had
+// not read) counted as an earlier slot's and was deleted (found by a
+// review, 2026-12-07).
+func TestScanRetryKeepsItsStart(t *testing.T) {
+	store := &fakeStore{}
+	fails := 2
+	src := failingSource{fakeSource: fakeSource{rows: []mapping.SLARow{{ID: "1", RequestID: "1", SLAType: "resolution",
+		StartedAt: time.Now().Add(-time.Hour), TargetAt: time.Now().Add(time.Hour)}}}, fails: &fails}
+	mapper := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")})
+	c := newClockOn(t, store, src, &fakeDispatcher{}, mapper)
+	for range 3 {
+		_ = c.bootstrap(context.Background())
+	}
+	if !slices.Equal(store.starts, []int64{1}) || !store.armDone {
+		t.Errorf("ArmBootstrap's start marks %v (done %v), want [1]: the first try's, after two failed tries", store.starts, store.armDone)
 	}
 }
