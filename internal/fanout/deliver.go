@@ -73,6 +73,10 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 		if s.stopped() {
 			return
 		}
+		// Noted before t is taken: a recheck from then on may not have
+		// seen t (in this worker's hands), and t is then checked at the
+		// fence before its attempt.
+		came := d.fence.generation()
 		t := s.next()
 		if t == nil {
 			return
@@ -111,11 +115,13 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 				break
 			}
 			started := time.Now()
-			if !d.fence.open(started) {
+			if !d.fence.open(started) || d.fence.generation() != came {
 				// This instance's heartbeat is stale: others may be taking
 				// over what it holds. Wait until it is not, and until the
-				// journal said whether t is still this instance's.
-				switch d.fence.wait(life, s.stop, t) {
+				// journal said whether t is still this instance's (or t
+				// was in this worker's hands through a recheck, which did
+				// not ask about it).
+				switch d.fence.wait(life, s.stop, t, came) {
 				case dropIt:
 					t = nil
 					continue
@@ -132,6 +138,7 @@ func (d *deliverer) work(life context.Context, s *sub, busy *atomic.Int64) {
 				s.pace.throttled(time.Now(), started, res.RetryAfter)
 			}
 			busy.Store(0)
+			came = d.fence.generation() // before the key's next is taken
 			if t = d.afterOrdered(life, s, t, dec); t != nil && s.yield(t) {
 				break // the key's next waits its turn in the queue
 			}

@@ -479,6 +479,7 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 	}
 	d.sched.fence.start(registering)
 	d.sched.contactSince.Store(int64(registering.Sub(d.sched.fence.epoch)))
+	d.sched.lastContact.Store(int64(registering.Sub(d.sched.fence.epoch)))
 	if !d.loaded.Load() {
 		if err := d.LoadState(ctx); err != nil {
 			return err
@@ -872,10 +873,10 @@ func (d *Dispatcher) reown(ctx context.Context) error {
 	}
 	f.reopen(checked, revoked)
 	if len(lost) > 0 {
-		d.log.Warn("deliveries another instance took over while this one's heartbeat was stale are dropped here",
+		d.log.Warn("deliveries another instance took over while this one's heartbeat was stale are dropped here", "instance", d.cfg.Instance,
 			"deliveries", len(lost), "ordered_subscriptions_synced_again", keys)
 	} else {
-		d.log.Info("this instance's heartbeat reaches the journal again; it still owns what it holds in memory", "deliveries", len(checked))
+		d.log.Info("this instance's heartbeat reaches the journal again; it still owns what it holds in memory", "instance", d.cfg.Instance, "deliveries", len(checked))
 	}
 	return nil
 }

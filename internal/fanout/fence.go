@@ -37,6 +37,12 @@ type fence struct {
 	// was sent (ns after epoch).
 	wrote atomic.Int64
 
+	// generationNow is gen, for the workers' check without the lock: a
+	// task a worker took before a recheck it was not asked about (waiting
+	// for a rate limit's turn, or just taken from the queue) is not
+	// attempted unchecked once the fence has opened again.
+	generationNow atomic.Uint64
+
 	mu     sync.Mutex
 	opened chan struct{} // closed when until moves on; nil while no worker waits
 	gen    uint64        // rechecks done
@@ -55,19 +61,24 @@ func newFence(window time.Duration) *fence {
 // open reports whether an attempt may start at now from memory.
 func (f *fence) open(now time.Time) bool { return int64(now.Sub(f.epoch)) < f.until.Load() }
 
-// written records a heartbeat write sent at sent that reached the journal,
-// and reports whether a recheck is due: the fence had closed when it was
-// sent, so others may have taken over meanwhile. Otherwise it moves the
-// fence on.
-func (f *fence) written(sent time.Time) (recheck bool) {
+// written records a heartbeat write sent at sent and answered at
+// answered, and reports whether a recheck is due: the fence had closed
+// by the time the answer came (a write sent in time can reach the journal
+// long after, held up for a connection during a failover, with others
+// taking over meanwhile). Otherwise it moves the fence on.
+func (f *fence) written(sent, answered time.Time) (recheck bool) {
 	at := int64(sent.Sub(f.epoch))
 	f.wrote.Store(at)
-	if at >= f.until.Load() && f.until.Load() != 0 {
+	if until := f.until.Load(); until != 0 && int64(answered.Sub(f.epoch)) >= until {
 		return true
 	}
 	f.move(at + int64(f.window))
 	return false
 }
+
+// generation is the number of rechecks done, for a worker to note when
+// it takes a task (wait's came).
+func (f *fence) generation() uint64 { return f.generationNow.Load() }
 
 // start opens the fence for the first time: the instance registered at
 // sent.
@@ -93,6 +104,7 @@ func (f *fence) move(until int64) {
 func (f *fence) reopen(checked, revoked map[string]bool) {
 	f.mu.Lock()
 	f.gen++
+	f.generationNow.Store(f.gen)
 	f.checked, f.revoked = checked, revoked
 	f.mu.Unlock()
 	f.move(f.wrote.Load() + int64(f.window))
@@ -120,12 +132,14 @@ const (
 )
 
 // wait holds t at the fence until it opens, and says what to do with t
-// then. A task the last recheck found taken over is dropped; one that
-// came to the worker while the recheck read the queues, and so was not
-// asked about, goes back to the journal (its owner is checked there).
-func (f *fence) wait(life context.Context, stop <-chan struct{}, t *task) verdict {
+// then. came is the generation when the worker took t. A task the last
+// recheck found taken over is dropped; one that came to the worker
+// before a recheck that was not asked about it (it was in the worker's
+// hands, not in a queue or at the fence) goes back to the journal (its
+// owner is checked there).
+func (f *fence) wait(life context.Context, stop <-chan struct{}, t *task, came uint64) verdict {
 	f.mu.Lock()
-	f.held[t] = f.gen
+	f.held[t] = came
 	defer func() {
 		f.mu.Lock()
 		delete(f.held, t)

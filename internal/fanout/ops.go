@@ -61,7 +61,7 @@ func (d *Dispatcher) RetryNow(ctx context.Context, deliveryID string) (AttemptRe
 		return AttemptReport{}, err
 	}
 	token := claimToken()
-	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, token, 3*d.cfg.Heartbeat)
+	c, err := d.cfg.Journal.ClaimForRetry(ctx, deliveryID, d.cfg.Instance, token, d.sched.takeoverAfter())
 	if err != nil {
 		var behind *journal.BehindError
 		if !errors.Is(err, journal.ErrBusy) && !errors.Is(err, journal.ErrNotFound) && !errors.Is(err, journal.ErrEarlierSubscription) &&
@@ -97,7 +97,7 @@ func (d *Dispatcher) RetryFailed(ctx context.Context, subscription string, since
 	if _, err := d.lookup(subscription); err != nil {
 		return 0, err
 	}
-	n, err := d.cfg.Journal.RetryFailed(ctx, subscription, since, until, d.cfg.Instance, 3*d.cfg.Heartbeat)
+	n, err := d.cfg.Journal.RetryFailed(ctx, subscription, since, until, d.cfg.Instance, d.sched.takeoverAfter())
 	if n > 0 {
 		d.nudge()
 	}

@@ -192,7 +192,7 @@ func (d *Dispatcher) CancelReplay(ctx context.Context, subscription, id, by stri
 	if by != "" {
 		reason += " (" + by + ")"
 	}
-	r, n, err := d.cfg.Replays.CancelReplay(ctx, subscription, id, reason, 3*d.cfg.Heartbeat)
+	r, n, err := d.cfg.Replays.CancelReplay(ctx, subscription, id, reason, d.sched.takeoverAfter())
 	if err == nil {
 		d.log.Info("replay cancelled", "replay", id, "subscription", subscription, "skipped", n)
 	}

@@ -81,11 +81,18 @@ type scheduler struct {
 	fence    *fence
 	reown    func(ctx context.Context) error
 	reownDue atomic.Bool
+	// reownAfter is when (Unix ns) the recheck may run (heartbeatLoop).
+	reownAfter atomic.Int64
 	// contactSince is since when (ns after fence.epoch) this process has
 	// reached the journal without a gap (heartbeatLoop): until it has for
 	// the stale window, its claims take over no other instance's
 	// deliveries (takeoverAfter).
 	contactSince atomic.Int64
+	// lastContact is when (ns after fence.epoch) the last heartbeat check
+	// that reached the journal began: a claim takes over nothing while it
+	// is older than contactGap (a claim can reach the journal back from
+	// an outage before the heartbeat does).
+	lastContact atomic.Int64
 	// syncFlags, after each heartbeat while others share the journal (and
 	// the one after they left), adopts what they changed of the
 	// subscriptions' pause and disabled state.
@@ -156,7 +163,7 @@ func (sc *scheduler) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-sc.wake:
 		}
-		if sc.reownDue.Swap(false) {
+		if sc.reownDue.Load() && time.Now().UnixNano() >= sc.reownAfter.Load() && sc.reownDue.Swap(false) {
 			if err := sc.reown(ctx); err != nil {
 				sc.reownDue.Store(true) // next round; the workers wait meanwhile
 				if ctx.Err() == nil {
@@ -228,6 +235,11 @@ func (sc *scheduler) Run(ctx context.Context) error {
 			// process made every retry).
 			next = beat.Until(next)
 		}
+		if sc.reownDue.Load() {
+			// The recheck waits for the claims that could have read this
+			// instance's row stale (heartbeatLoop): wake for it.
+			next = min(next, max(time.Until(time.Unix(0, sc.reownAfter.Load())), time.Millisecond))
+		}
 		t.Reset(next)
 	}
 }
@@ -263,9 +275,15 @@ const noTakeover = 100 * 365 * 24 * time.Hour
 // hold in memory (they then drop it at their fence, having waited for
 // nothing). A process that has just started waits as long: it cannot
 // tell a dead instance from one that was cut off with it.
+//
+// The journal checks too (Store.Claim): it takes over nothing for a
+// claimer whose own row is stale, as after an outage, when this
+// process's view is older than the claim's arrival (a claim held up by
+// the outage itself).
 func (sc *scheduler) takeoverAfter() time.Duration {
 	stale := 3 * sc.heartbeat
-	if time.Since(sc.fence.epoch)-time.Duration(sc.contactSince.Load()) < stale {
+	now := time.Since(sc.fence.epoch)
+	if now-time.Duration(sc.lastContact.Load()) > sc.contactGap() || now-time.Duration(sc.contactSince.Load()) < stale {
 		return noTakeover
 	}
 	return stale
@@ -311,20 +329,33 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 	defer t.Stop()
 	shared := false       // others were alive at the last heartbeat
 	var written time.Time // the last write that reached the journal
-	var contact time.Time // the last check that reached the journal
 	var beatFailures failures
 	for first := true; ; {
 		var peers int
 		var at time.Time
 		var err error
+		checked := time.Now() // the check's start: contact is counted from it
 		if write := written.IsZero() || time.Since(written) >= writeAfter; write {
 			sent := time.Now() // before the write: the row is at least this young
 			if peers, at, err = sc.store.Heartbeat(ctx, sc.instance, 2*sc.heartbeat); err == nil {
 				written = time.Now()
 				// What others see: LastHeartbeat is this row's age.
 				sc.beat.Store(written.UnixNano())
-				if sc.fence.written(sent) {
-					sc.reownDue.Store(true) // Run asks the journal, then opens the fence
+				if sc.fence.written(sent, written) {
+					// Run asks the journal, then opens the fence; not before
+					// a claim that read this row stale before the write has
+					// ended (journal.ClaimTimeout bounds it): asked earlier,
+					// the journal answered "still yours" for what that claim
+					// then took. With no other instance alive, none can be
+					// claiming (a claimer's own row must be fresh).
+					wait := journal.ClaimTimeout
+					if peers == 0 {
+						wait = 0
+					}
+					if !sc.reownDue.Load() { // the first write after the gap sets when
+						sc.reownAfter.Store(written.Add(wait).UnixNano())
+						sc.reownDue.Store(true)
+					}
 					sc.nudge()
 				}
 			}
@@ -333,13 +364,17 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 		}
 		if err == nil {
 			sc.measureSkew(at)
-			now := time.Now()
-			if contact.IsZero() || now.Sub(contact) > sc.contactGap() {
-				// The first contact, or the first after a gap: others' rows
-				// may be stale for the same reason as this one's.
-				sc.contactSince.Store(int64(now.Sub(sc.fence.epoch)))
+			// Checks are counted from their start, so a slow answer is no
+			// gap; the first contact is the registration (start).
+			began := int64(checked.Sub(sc.fence.epoch))
+			if began-sc.lastContact.Load() > int64(sc.contactGap()) {
+				// The first contact after a gap: others' rows may be
+				// stale for the same reason as this one's. Stored before
+				// lastContact: a claim in between sees one or the other
+				// and takes over nothing (takeoverAfter).
+				sc.contactSince.Store(began)
 			}
-			contact = now
+			sc.lastContact.Store(began)
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -459,7 +494,31 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 	token := claimToken()
 	sc.claimMu.Lock()
 	defer sc.claimMu.Unlock()
+	issued := time.Now()
 	claimed, err := sc.store.Claim(ctx, wants, sc.instance, token, sc.takeoverAfter())
+	at := int64(issued.Sub(sc.fence.epoch))
+	if err == nil && len(claimed) > 0 && time.Since(issued) > sc.contactGap() && (sc.lastContact.Load() < at || sc.contactSince.Load() > at) {
+		// Held up (an outage of the journal, this process stopped: no
+		// heartbeat check reached the journal while it ran, or one found
+		// a gap; a claim merely slow beside working checks is kept): what
+		// the claim judged by a staleness decided before may be another
+		// instance's work, alive and held in its memory, taken over after
+		// this instance's own row was written again. It goes back,
+		// unowned: that instance's recheck drops it, and the next claim
+		// of whoever is free takes it (found by a review, 2026-12-07).
+		ids := make([]string, len(claimed))
+		for i, c := range claimed {
+			ids[i] = c.ID
+		}
+		for _, a := range ask {
+			a.s.release(a.n)
+		}
+		if err := sc.giveBack(ctx, func() []string { return ids }); err != nil && ctx.Err() == nil {
+			sc.log.Warn("deliveries a held-up claim took stay owned by this instance until it stops", "deliveries", len(ids), "err", err)
+		}
+		sc.log.Info("a claim held up gave back what it took", "deliveries", len(ids), "took", time.Since(issued).Round(time.Millisecond).String())
+		return 0
+	}
 	if err != nil {
 		for _, a := range ask {
 			a.s.release(a.n)
@@ -519,7 +578,7 @@ func (sc *scheduler) claim(ctx context.Context, subs []*sub) int {
 func (sc *scheduler) parkBehindHeads(ctx context.Context) {
 	subs := sc.park
 	sc.lastPark = time.Now()
-	n, locked, err := sc.store.Park(ctx, subs, 3*sc.heartbeat, parkBatch)
+	n, locked, err := sc.store.Park(ctx, subs, sc.takeoverAfter(), parkBatch)
 	switch {
 	case err != nil:
 		if ctx.Err() == nil {

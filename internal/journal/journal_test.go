@@ -1007,7 +1007,20 @@ func TestReadersHonourTheWritersHeartbeat(t *testing.T) {
 	if peers, _, err := s.Peers(ctx, "fast", 2*time.Second); err != nil || peers != 0 {
 		t.Errorf("fast sees %d alive (err %v), want 0: slow silent for 4m, old for 30s", peers, err)
 	}
-	if got, err := s.Claim(ctx, crm(3), "fast", "t3", 3*time.Second); err != nil || len(got) != 3 {
+	// A claimer whose own row is stale, or missing, takes over nothing: an
+	// outage of the journal just ended (every row stale, theirs too), the
+	// claim held up by it.
+	if err := s.Register(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 minute' WHERE id = 'fast'`)
+	if got, err := s.Claim(ctx, crm(3), "fast", "t3", 3*time.Second); err != nil || len(got) != 0 {
+		t.Errorf("fast, its own row a minute old, took over %d of slow's deliveries (err %v): want none", len(got), err)
+	}
+	if _, _, err := s.Heartbeat(ctx, "fast", 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Claim(ctx, crm(3), "fast", "t4", 3*time.Second); err != nil || len(got) != 3 {
 		t.Errorf("fast took over %d of slow's deliveries (err %v) after 4m: want all 3", len(got), err)
 	}
 }

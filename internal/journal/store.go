@@ -512,6 +512,10 @@ type ClaimWant struct {
 // claimRun is the longest run Claim takes behind one ordered head.
 const claimRun = 100
 
+// ClaimTimeout bounds a claim's statement: a claim that read another
+// instance's row as stale ends (commits, or fails) within it.
+const ClaimTimeout = 10 * time.Second
+
 // Claim takes, for each want, up to its limit of the subscription's due
 // deliveries, oldest first, in one statement (one round trip however many
 // subscriptions: an idle process asks once per poll interval, not once
@@ -572,13 +576,25 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 	batch := &pgx.Batch{}
 	batch.Queue("BEGIN")
 	batch.Queue("SET LOCAL synchronous_commit = off")
+	// Bounded, so that an instance back from a stale heartbeat knows when
+	// no claim that read its row stale can still take what it holds
+	// (fanout's recheck waits ClaimTimeout after its write).
+	batch.Queue(fmt.Sprintf("SET LOCAL statement_timeout = %d", ClaimTimeout.Milliseconds()))
 	// The statement is large; with estimates inflated (statistics behind
 	// a burst of updates) PostgreSQL's JIT compiled it for a second per
 	// claim, for a plan that runs in milliseconds.
 	batch.Queue("SET LOCAL jit = off")
+	// A claimer whose own row is stale (an outage of the journal just
+	// ended, this claim held up by it) takes over nothing: every other
+	// row may be stale for the same reason, their instances alive and
+	// holding their deliveries in memory. Its row is written every half
+	// heartbeat (2 s at most): a third of the staleness, 2 s at least, is
+	// fresh.
 	claim := batch.Queue(s.q(`
 		WITH live AS (
 			`+liveInstances("$4 * interval '1 second'")+`
+			 OR NOT EXISTS (SELECT 1 FROM {{schema}}.instances me
+			                 WHERE me.id = $3 AND me.heartbeat_at > now() - greatest($4 * interval '1 second' / 3, interval '2 seconds'))
 		), due AS (
 			SELECT c.id, w.sub, w.lim, w.runs, c.ordering_key, c.position, c.manual
 			  FROM unnest($1::text[], $2::int[], $6::int[], $8::bool[]) AS w(sub, lim, heads, runs) CROSS JOIN LATERAL (
