@@ -117,7 +117,9 @@ func TestStalledProcessDropsWhatWasTakenOver(t *testing.T) {
 			sa.resume()
 			release() // A's E1 attempt ends
 			s := a.reg.Load().byID["crm"]
-			testutil.Eventually(t, 10*time.Second, "A done with what it held", func() bool {
+			// The recheck waits journal.ClaimTimeout (B alive) before the
+			// fence opens.
+			testutil.Eventually(t, journal.ClaimTimeout+20*time.Second, "A done with what it held", func() bool {
 				return a.sched.fence.open(time.Now()) && s.queued() == 0 && s.busy[0].Load() == 0 && !s.ord.holdsAny()
 			})
 			sent := map[string]int{}
@@ -193,7 +195,7 @@ func TestFirstBackAfterAnOutageTakesNothingOver(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "B's claims after the outage", func() bool { return sb.claims() >= claims+3 })
 	sa.resume()
 	release()
-	testutil.Eventually(t, 20*time.Second, "the five delivered", func() bool {
+	testutil.Eventually(t, journal.ClaimTimeout+20*time.Second, "the five delivered", func() bool {
 		var n int
 		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
 		return n == 5
