@@ -384,13 +384,8 @@ func (m *Mapper) appendPerson(b []byte, id string) []byte {
 // appendMapped writes a column's value (translated through values when
 // given) under key; an unmapped or unchanged-TOAST column is left out.
 func appendMapped(o *obj, c *cdc.Change, t cdc.Tuple, key, name string, values map[string]string) {
-	v, ok := col(c, t, name)
+	v, ok := mappedField(o, c, t, key, name)
 	if !ok {
-		return
-	}
-	o.key(key)
-	if v.State == cdc.Null {
-		o.b = append(o.b, "null"...)
 		return
 	}
 	if values != nil {
@@ -416,20 +411,31 @@ func appendMapped(o *obj, c *cdc.Change, t cdc.Tuple, key, name string, values m
 	}
 }
 
-// appendMappedBool writes column name under key as a boolean (comments'
-// internal flag): a column of 0/1, 't'/'f' or 'Y'/'N' reads as one, as
-// users' active does; anything else is written as it decodes.
-func appendMappedBool(o *obj, c *cdc.Change, t cdc.Tuple, key, name string) {
+// mappedField starts the field of column name under key: nothing for an
+// unmapped or unchanged-TOAST column, null for a NULL one (written here);
+// otherwise it returns the value for the caller to write.
+func mappedField(o *obj, c *cdc.Change, t cdc.Tuple, key, name string) (cdc.Value, bool) {
 	v, ok := col(c, t, name)
 	if !ok {
-		return
+		return v, false
 	}
 	o.key(key)
 	if v.State == cdc.Null {
 		o.b = append(o.b, "null"...)
+		return v, false
+	}
+	return v, true
+}
+
+// appendMappedBool writes column name under key as a boolean (comments'
+// internal flag): a column of 0/1, 't'/'f' or 'Y'/'N' reads as one, as
+// users' active does; anything else is written as it decodes.
+func appendMappedBool(o *obj, c *cdc.Change, t cdc.Tuple, key, name string) {
+	v, ok := mappedField(o, c, t, key, name)
+	if !ok {
 		return
 	}
-	if b, ok := parseActive(strings.ToLower(text(v.V))); ok {
+	if b, ok := parseActive(text(v.V)); ok {
 		o.b = strconv.AppendBool(o.b, b)
 		return
 	}
@@ -574,8 +580,10 @@ func (m *Mapper) activeOf(c *cdc.Change, t cdc.Tuple) (active, ok bool) {
 	return parseActive(s)
 }
 
-// parseActive reads a boolean as PostgreSQL and Go write it.
+// parseActive reads a boolean as PostgreSQL and Go write it, in any case
+// ('Y'/'N' too).
 func parseActive(s string) (active, ok bool) {
+	s = strings.ToLower(s)
 	b, err := strconv.ParseBool(s)
 	if err != nil {
 		switch s {
