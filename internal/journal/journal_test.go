@@ -1956,3 +1956,59 @@ func TestMigrationWaitsForLocksInTries(t *testing.T) {
 		t.Errorf("columns of the table after the migration: %d (%v), want 2", cols, err)
 	}
 }
+
+// TestReleaseHeldKeepsAPausedSubscriptionsHeld: a release reaching the
+// journal after a pause (a release the start or a reload asked for while
+// the subscription was active) leaves its deliveries held, as it does for
+// a disabled subscription; once the journal says the subscription is
+// active again, the same release makes them due.
+func TestReleaseHeldKeepsAPausedSubscriptionsHeld(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	b := batchOf(0, 3)
+	for i := range b.Deliveries {
+		b.Deliveries[i].State, b.Deliveries[i].Attempts, b.Deliveries[i].LastStatus = "held", 0, 0
+	}
+	b.Attempts = nil
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	held := func() int {
+		var n int
+		if err := db.Connect(t).QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'held'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, c := range []struct {
+		name string
+		set  func() error
+	}{
+		{"paused", func() error { return s.SetPaused(ctx, "crm", true) }},
+		{"disabled", func() error {
+			if err := s.SetPaused(ctx, "crm", false); err != nil {
+				return err
+			}
+			return s.SetState(ctx, "crm", Disabled)
+		}},
+	} {
+		if err := c.set(); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.ReleaseHeld(ctx, "crm"); err != nil || n != 0 {
+			t.Errorf("%s: ReleaseHeld released %d (err %v), want none", c.name, n, err)
+		}
+		if n := held(); n != 3 {
+			t.Errorf("%s: %d deliveries held after the release, want 3", c.name, n)
+		}
+	}
+	if err := s.SetState(ctx, "crm", Healthy); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.ReleaseHeld(ctx, "crm"); err != nil || n != 3 {
+		t.Errorf("active again: ReleaseHeld released %d (err %v), want 3", n, err)
+	}
+	if n := held(); n != 0 {
+		t.Errorf("%d deliveries still held once active, want none", n)
+	}
+}

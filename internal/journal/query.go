@@ -382,11 +382,18 @@ func (s *Store) SetState(ctx context.Context, subscription string, state Health)
 // much as the newest of them is in the journal's future. created_at is
 // the clock of the process that recorded them; a host ahead of the
 // journal's by ten minutes made them wait ten minutes after the resume.
+//
+// A subscription the journal says is paused or disabled keeps them held:
+// a release asked for while it was active (at the start, or by a reload)
+// may reach the journal after a pause, by this process or another, and
+// released deliveries of a paused subscription would be neither held nor
+// sent, and no longer counted as held.
 func (s *Store) ReleaseHeld(ctx context.Context, subscription string) (int, error) {
 	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries d SET state = 'pending', next_attempt_at = d.created_at - m.ahead, owner = NULL, updated_at = now()
 		  FROM (SELECT greatest(max(created_at) - now(), interval '0') AS ahead FROM {{schema}}.deliveries
 		         WHERE subscription_id = $1 AND state = 'held') m
-		WHERE d.subscription_id = $1 AND d.state = 'held'`), subscription)
+		WHERE d.subscription_id = $1 AND d.state = 'held'
+		  AND NOT EXISTS (SELECT 1 FROM {{schema}}.subscriptions s WHERE s.id = $1 AND (s.paused OR s.state = 'disabled'))`), subscription)
 	if err != nil {
 		return 0, fmt.Errorf("release held deliveries: %w", err)
 	}
