@@ -107,10 +107,8 @@ type Mapper struct {
 	// events' key.
 	scratch []byte
 	data    []byte
-	base    int // len(out) when Map was called: event indexes count from it
 	// oversized lists the events of the change being mapped that were
-	// left out for data over MaxEventData (their indexes still count, so
-	// the others' ids do not move).
+	// left out for data over MaxEventData.
 	oversized []string
 	bigData   int
 }
@@ -168,7 +166,6 @@ func (m *Mapper) IsSLA(c *cdc.Change) bool {
 // returns it. An outbox row or message that cannot become an event is
 // returned as a Rejection (with no events): record it and go on.
 func (m *Mapper) Map(ctx context.Context, c *cdc.Change, out []Event) ([]Event, *Rejection) {
-	m.base = len(out)
 	m.oversized, m.bigData = m.oversized[:0], 0
 	if c.Op == cdc.OpMessage {
 		return m.message(c, out)
@@ -200,14 +197,32 @@ func (m *Mapper) Map(ctx context.Context, c *cdc.Change, out []Event) ([]Event, 
 	return out, nil
 }
 
-// emit serializes one event with its ordering key and appends it.
-func (m *Mapper) emit(out []Event, c *cdc.Change, event, key string, data []byte) []Event {
+// An event's place among those one change fires: the last part of its
+// id. Each kind has its own, whatever else the change fires: counted, a
+// request.assigned took the index request.status_changed had when a
+// mapping edit (values.status) made the status change fire or not, and a
+// transaction journaled but not yet checkpointed at a crash, mapped again
+// by the process started with the new mapping, gave a new event the id of
+// one already journaled (the journal dropped it as known, its retry sent
+// the other's body, a receiver deduplicating by id dropped it). The
+// places are the indexes the kinds had when they all fire, so an
+// unchanged mapping keeps its ids, but for a request.assigned without a
+// status change (1 before).
+const (
+	placeEntity   = 0 // *.created, *.updated, *.deleted, request.commented, an outbox or custom event
+	placeStatus   = 1 // request.status_changed, user.deactivated
+	placeAssigned = 2 // request.assigned
+)
+
+// emit serializes one event with its ordering key and appends it; place
+// is its place among the change's events (placeEntity, …).
+func (m *Mapper) emit(out []Event, c *cdc.Change, place int, event, key string, data []byte) []Event {
 	if len(data) > MaxEventData {
 		m.oversized = append(m.oversized, event)
 		m.bigData = max(m.bigData, len(data))
 		return out
 	}
-	id := m.source.NewID(c.CommitLSN, c.Ordinal, len(out)-m.base+len(m.oversized))
+	id := m.source.NewID(c.CommitLSN, c.Ordinal, place)
 	m.scratch = envelope(m.scratch[:0], id, event, c.CommitTime, data)
 	body := make([]byte, len(m.scratch))
 	copy(body, m.scratch)
@@ -512,7 +527,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 	case cdc.OpInsert:
 		m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo))
 		data = m.appendRequest(m.data[:0], c, c.New, nil)
-		return m.emit(out, c, catalog.RequestCreated, key, data)
+		return m.emit(out, c, placeEntity, catalog.RequestCreated, key, data)
 
 	case cdc.OpUpdate:
 		if c.Old == nil {
@@ -522,7 +537,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 				m.log.Warn("requests updates carry no old values, so request.status_changed and request.assigned cannot fire: run ALTER TABLE ... REPLICA IDENTITY FULL (dzhook setup does it)", "table", c.Relation.QualifiedName())
 			}
 			m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo))
-			return m.emit(out, c, catalog.RequestUpdated, key, m.appendRequest(m.data[:0], c, c.New, nil))
+			return m.emit(out, c, placeEntity, catalog.RequestUpdated, key, m.appendRequest(m.data[:0], c, c.New, nil))
 		}
 		if !changed(c, rc.ID, rc.Title, rc.Status, rc.Priority, rc.Requester, rc.AssignedTo, rc.CreatedAt, rc.UpdatedAt) {
 			return out // only unmapped columns changed
@@ -531,7 +546,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 		oldAssignee := idOf(c, c.Old, rc.AssignedTo)
 		m.resolvePeople(ctx, idOf(c, c.New, rc.Requester), idOf(c, c.New, rc.AssignedTo), oldAssignee, changedBy)
 
-		out = m.emit(out, c, catalog.RequestUpdated, key, m.appendRequest(m.data[:0], c, c.New, nil))
+		out = m.emit(out, c, placeEntity, catalog.RequestUpdated, key, m.appendRequest(m.data[:0], c, c.New, nil))
 		if changed(c, rc.Status) && !sameTranslated(c, rc.Status, m.cfg.Requests.Values.Status) {
 			rv := m.cfg.Requests.Values
 			o := beginObj(m.data[:0])
@@ -541,7 +556,7 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 			appendMapped(&o, c, c.New, "newStatus", rc.Status, rv.Status)
 			o.key("changedBy")
 			o.b = m.appendPerson(o.b, changedBy)
-			out = m.emit(out, c, catalog.RequestStatusChanged, key, o.end())
+			out = m.emit(out, c, placeStatus, catalog.RequestStatusChanged, key, o.end())
 		}
 		if changed(c, rc.AssignedTo) {
 			data = m.appendRequest(m.data[:0], c, c.New, func(o *obj) {
@@ -550,19 +565,19 @@ func (m *Mapper) request(ctx context.Context, c *cdc.Change, out []Event) []Even
 				o.key("changedBy")
 				o.b = m.appendPerson(o.b, changedBy)
 			})
-			out = m.emit(out, c, catalog.RequestAssigned, key, data)
+			out = m.emit(out, c, placeAssigned, catalog.RequestAssigned, key, data)
 		}
 		return out
 
 	case cdc.OpDelete:
 		if c.Relation.ReplicaIdentity == 'f' {
 			m.resolvePeople(ctx, idOf(c, c.Old, rc.Requester), idOf(c, c.Old, rc.AssignedTo))
-			return m.emit(out, c, catalog.RequestDeleted, key, m.appendRequest(m.data[:0], c, c.Old, nil))
+			return m.emit(out, c, placeEntity, catalog.RequestDeleted, key, m.appendRequest(m.data[:0], c, c.Old, nil))
 		}
 		o := beginObj(m.data[:0])
 		o.key("id")
 		o.b = appendString(o.b, m.cfg.Requests.IDPrefix, idOf(c, c.Old, rc.ID))
-		return m.emit(out, c, catalog.RequestDeleted, key, o.end())
+		return m.emit(out, c, placeEntity, catalog.RequestDeleted, key, o.end())
 	}
 	return out
 }
@@ -644,7 +659,7 @@ func (m *Mapper) user(c *cdc.Change, out []Event) []Event {
 	key := keyOf(c, c.New, uc.ID, m.cfg.Users.IDPrefix)
 	switch c.Op {
 	case cdc.OpInsert:
-		return m.emit(out, c, catalog.UserCreated, key, m.appendUser(c, c.New))
+		return m.emit(out, c, placeEntity, catalog.UserCreated, key, m.appendUser(c, c.New))
 	case cdc.OpUpdate:
 		if c.Old == nil && uc.Active != "" && !m.noOldUserWarn.Swap(true) {
 			m.log.Warn("users updates carry no old values, so user.deactivated cannot fire: run ALTER TABLE ... REPLICA IDENTITY FULL (dzhook setup does it)", "table", c.Relation.QualifiedName())
@@ -653,11 +668,11 @@ func (m *Mapper) user(c *cdc.Change, out []Event) []Event {
 			return out
 		}
 		data := m.appendUser(c, c.New)
-		out = m.emit(out, c, catalog.UserUpdated, key, data)
+		out = m.emit(out, c, placeEntity, catalog.UserUpdated, key, data)
 		wasActive, ok1 := m.activeOf(c, c.Old)
 		isActive, ok2 := m.activeOf(c, c.New)
 		if ok1 && ok2 && wasActive && !isActive {
-			out = m.emit(out, c, catalog.UserDeactivated, key, data)
+			out = m.emit(out, c, placeStatus, catalog.UserDeactivated, key, data)
 		}
 	}
 	return out
@@ -683,5 +698,5 @@ func (m *Mapper) comment(ctx context.Context, c *cdc.Change, out []Event) []Even
 	appendMappedBool(&o, c, c.New, "internal", cc.Internal)
 	m.appendTimeField(&o, c, c.New, "createdAt", cc.CreatedAt, cc.ID)
 	// A comment is ordered with its request's events, not on its own.
-	return m.emit(out, c, catalog.RequestCommented, entityKey(m.cfg.Requests.IDPrefix, request), o.end())
+	return m.emit(out, c, placeEntity, catalog.RequestCommented, entityKey(m.cfg.Requests.IDPrefix, request), o.end())
 }

@@ -164,7 +164,7 @@ func (m *Mapper) custom(c *cdc.Change, out []Event, what, name, key string, payl
 			return out, &Rejection{What: what, Reason: fmt.Sprintf("data breaks the schema of %s (%s): %v", name, where, err)}
 		}
 	}
-	return m.emit(out, c, name, key, compact.Bytes()), nil
+	return m.emit(out, c, placeEntity, name, key, compact.Bytes()), nil
 }
 
 // referenceIDs reports whether the mapping writes ids as the reference
