@@ -269,6 +269,15 @@ type Dispatcher struct {
 	// (held.go).
 	held *heldReleases
 
+	// flagsOp lets one Pause or Resume at a time run from its journal
+	// write to its memory's: interleaved, a resume's memory write could
+	// follow a pause's, the journal paused and this process sending.
+	flagsOp chan struct{}
+	// resync asks the scheduler's next heartbeat for a syncFlags even
+	// with no other process: a Reload that added a subscription could
+	// not read its pause and state from the journal.
+	resync atomic.Bool
+
 	stopping atomic.Bool
 	opMu     sync.Mutex      // guards life and the ops count against stopping
 	life     context.Context // the workers' context, once Run started them
@@ -301,7 +310,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d := &Dispatcher{
 		cfg: cfg, log: cfg.Logger.With("component", "fanout"), obs: cfg.Observer, records: cfg.Records,
-		now: cfg.NowFunc, tracer: cfg.tracer(), held: newHeldReleases(),
+		now: cfg.NowFunc, tracer: cfg.tracer(), held: newHeldReleases(), flagsOp: make(chan struct{}, 1),
 	}
 	d.notifier = newNotifier(cfg)
 	due := func(t time.Time) time.Time { return d.sched.due(t) } // d.sched is made below
@@ -313,9 +322,15 @@ func New(cfg Config) (*Dispatcher, error) {
 		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
 		recount:   d.recountOrder,
 		joined:    d.shareQueued,
-		syncFlags: d.syncFlags,
-		fence:     newFence(2 * cfg.Heartbeat),
-		reown:     d.reown,
+		syncFlags: func(ctx context.Context, shared bool) {
+			if d.resync.Swap(false) || shared {
+				if !d.syncFlags(ctx) {
+					d.resync.Store(true) // the next heartbeat tries again
+				}
+			}
+		},
+		fence: newFence(2 * cfg.Heartbeat),
+		reown: d.reown,
 	}
 	d.deliver.fence = d.sched.fence
 	d.replayer = &replayer{
@@ -503,7 +518,8 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 }
 
 // syncFlags adopts the pause and state other processes sharing the
-// journal gave the subscriptions: a pause on one stops the claims of all
+// journal gave the subscriptions (read says whether the journal
+// answered): a pause on one stops the claims of all
 // (within a heartbeat), a 410 one of them received disables the
 // subscription everywhere, a resume on one resumes it everywhere. So does
 // failing, when another process's delivery exhausted its schedule, and
@@ -516,7 +532,7 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 // is newer), and so is a state this process set that the journal does
 // not show yet (its writer journals it in its next batch): the journal's
 // other state is adopted only if it was set after that.
-func (d *Dispatcher) syncFlags(ctx context.Context) {
+func (d *Dispatcher) syncFlags(ctx context.Context) (read bool) {
 	reg := d.reg.Load()
 	type gen struct{ flags, health uint64 }
 	gens := make(map[*sub]gen, len(reg.subs))
@@ -531,7 +547,7 @@ func (d *Dispatcher) syncFlags(ctx context.Context) {
 		if ctx.Err() == nil {
 			d.log.Warn("reading the subscriptions' pause and state from the journal", "err", err)
 		}
-		return
+		return false
 	}
 	resumed := false
 	var release []string
@@ -586,6 +602,7 @@ func (d *Dispatcher) syncFlags(ctx context.Context) {
 	if resumed {
 		d.nudge() // its due work waits in the journal
 	}
+	return true
 }
 
 // LoadState restores pause and health from the journal. Run does it when
@@ -599,15 +616,25 @@ func (d *Dispatcher) LoadState(ctx context.Context) error {
 	reg := d.reg.Load()
 	for _, st := range states {
 		if s, ok := reg.byID[st.ID]; ok {
-			s.mu.Lock()
-			s.state, s.paused = st.State, st.Paused
-			s.lastSuccessAt, s.lastFailureAt, s.lastStatus, s.lastError = st.LastSuccessAt, st.LastFailureAt, st.LastStatus, st.LastError
-			s.mu.Unlock()
+			s.adopt(st)
 		}
 	}
 	d.loaded.Store(true)
 	return nil
 }
+
+// adopt takes the journal's pause, state and last answer for s.
+func (s *sub) adopt(st journal.SubscriptionRow) {
+	s.mu.Lock()
+	s.state, s.paused = st.State, st.Paused
+	s.lastSuccessAt, s.lastFailureAt, s.lastStatus, s.lastError = st.LastSuccessAt, st.LastFailureAt, st.LastStatus, st.LastError
+	s.mu.Unlock()
+}
+
+// reloadStateWait bounds a Reload's read of the journal's pause and
+// state for the subscriptions it adds; the scheduler's next heartbeat
+// reads them when it could not (resync).
+const reloadStateWait = 2 * time.Second
 
 // Reload replaces the subscriptions without a restart and without losing
 // a delivery. An unchanged subscription keeps running as it is. A new one
@@ -622,6 +649,25 @@ func (d *Dispatcher) LoadState(ctx context.Context) error {
 // the new set is swapped in at once, and the old subscriptions are
 // stopped afterwards, without a lock.
 func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
+	// The journal's pause and state of the subscriptions it may add,
+	// read before the lock (readers never wait for the journal): one
+	// removed while paused (or disabled by a 410) and added back started
+	// active, sending while the journal said paused, and paused again at
+	// the next restart.
+	var states map[string]journal.SubscriptionRow
+	if d.loaded.Load() {
+		sctx, cancel := context.WithTimeout(ctx, reloadStateWait)
+		rows, err := d.cfg.Journal.SubscriptionStates(sctx)
+		cancel()
+		if err != nil {
+			d.log.Warn("configuration reload: the subscriptions' pause and state could not be read from the journal; those added take them at the next heartbeat", "err", err)
+			d.resync.Store(true)
+		}
+		states = make(map[string]journal.SubscriptionRow, len(rows))
+		for _, st := range rows {
+			states[st.ID] = st
+		}
+	}
 	d.reloadMu.Lock()
 	if d.stopping.Load() {
 		d.reloadMu.Unlock()
@@ -669,6 +715,9 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 			}
 			next = append(next, f)
 		default:
+			if st, ok := states[f.cfg.ID]; ok {
+				f.adopt(st)
+			}
 			next = append(next, f)
 		}
 	}

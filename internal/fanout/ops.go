@@ -157,17 +157,21 @@ func (d *Dispatcher) enter(ctx context.Context) (life context.Context, leave fun
 // across restarts). With queue_while_inactive its new deliveries wait as
 // held; otherwise they are recorded as skipped.
 func (d *Dispatcher) Pause(ctx context.Context, subscription string) error {
-	s, err := d.lookup(subscription)
+	if _, err := d.lookup(subscription); err != nil {
+		return err
+	}
+	unlock, err := d.lockFlags(ctx)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if err := d.cfg.Journal.SetPaused(ctx, subscription, true); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.paused = true
-	s.flagsGen++
-	s.mu.Unlock()
+	d.onCurrent(subscription, func(s *sub) {
+		s.paused = true
+		s.flagsGen++
+	})
 	d.log.Info("subscription paused", "subscription", subscription)
 	return nil
 }
@@ -175,50 +179,104 @@ func (d *Dispatcher) Pause(ctx context.Context, subscription string) error {
 // Resume restarts a paused or disabled subscription; its held deliveries
 // go out, oldest first. It returns how many were held.
 func (d *Dispatcher) Resume(ctx context.Context, subscription string) (int, error) {
-	s, err := d.lookup(subscription)
+	if _, err := d.lookup(subscription); err != nil {
+		return 0, err
+	}
+	resumed, err := d.resumeFlags(ctx, subscription)
+	if resumed && err != nil {
+		// The journal says active: its held deliveries are released, here
+		// if this call gets that far, else by the release loop, which
+		// retries (an operator who finds it resumed does not resume it
+		// again, and they stayed held until a restart).
+		d.held.add(subscription)
+	}
 	if err != nil {
 		return 0, err
-	}
-	if err := d.cfg.Journal.SetPaused(ctx, subscription, false); err != nil {
-		return 0, err
-	}
-	s.mu.Lock()
-	wasDisabled := s.state == journal.Disabled
-	s.paused = false
-	s.flagsGen++
-	if wasDisabled {
-		s.state = journal.Healthy
-	}
-	s.mu.Unlock()
-	if !wasDisabled {
-		// Another process may have disabled it (a 410) and this one not
-		// adopted that yet: the resume is the journal's.
-		if wasDisabled, err = d.journalDisabled(ctx, subscription); err != nil {
-			return 0, err
-		}
-	}
-	if wasDisabled {
-		if err := d.cfg.Journal.SetState(ctx, subscription, journal.Healthy); err != nil {
-			return 0, err
-		}
 	}
 	// A delivery recorded as held just before the resume may still be on
 	// its way to the journal; it must be there before the held are
 	// released, or it would stay held: wait for the dispatches that may
 	// have seen the subscription paused, then for the journal writer.
-	if err := d.dispatches.wait(ctx); err != nil {
-		return 0, err
-	}
-	if err := d.records.Barrier(ctx); err != nil {
-		return 0, err
-	}
-	n, err := d.cfg.Journal.ReleaseHeld(ctx, subscription)
+	n, err := func() (int, error) {
+		if err := d.dispatches.wait(ctx); err != nil {
+			return 0, err
+		}
+		if err := d.records.Barrier(ctx); err != nil {
+			return 0, err
+		}
+		return d.cfg.Journal.ReleaseHeld(ctx, subscription)
+	}()
 	if err != nil {
+		d.held.add(subscription)
 		return 0, err
 	}
 	d.log.Info("subscription resumed", "subscription", subscription, "held_deliveries", n)
 	d.nudge()
 	return n, nil
+}
+
+// resumeFlags makes the subscription unpaused and not disabled, in the
+// journal, then in memory; resumed says whether the journal was changed.
+func (d *Dispatcher) resumeFlags(ctx context.Context, subscription string) (resumed bool, err error) {
+	unlock, err := d.lockFlags(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	if err := d.cfg.Journal.SetPaused(ctx, subscription, false); err != nil {
+		return false, err
+	}
+	wasDisabled := false
+	d.onCurrent(subscription, func(s *sub) {
+		wasDisabled = s.state == journal.Disabled
+		s.paused = false
+		s.flagsGen++
+		if wasDisabled {
+			s.state = journal.Healthy
+		}
+	})
+	if !wasDisabled {
+		// Another process may have disabled it (a 410) and this one not
+		// adopted that yet: the resume is the journal's.
+		if wasDisabled, err = d.journalDisabled(ctx, subscription); err != nil {
+			return true, err
+		}
+	}
+	if wasDisabled {
+		if err := d.cfg.Journal.SetState(ctx, subscription, journal.Healthy); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
+}
+
+// lockFlags waits for the pause or resume in progress (flagsOp), or
+// for ctx.
+func (d *Dispatcher) lockFlags(ctx context.Context) (unlock func(), err error) {
+	select {
+	case d.flagsOp <- struct{}{}:
+		return func() { <-d.flagsOp }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// onCurrent runs f, under its lock, on the subscription as the registry
+// holds it now: a Reload that replaced it while a pause's journal write
+// ran copied the flags before the pause set them, and a pause set on the
+// retired one was lost (the journal paused, this process sending). Under
+// reloadMu, which a Reload holds from its copy to its swap (memory work
+// only). Nothing when the subscription is gone.
+func (d *Dispatcher) onCurrent(subscription string, f func(*sub)) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	s := d.reg.Load().byID[subscription]
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	f(s)
+	s.mu.Unlock()
 }
 
 // journalDisabled reports whether the journal has subscription disabled.

@@ -93,10 +93,11 @@ type scheduler struct {
 	// is older than contactGap (a claim can reach the journal back from
 	// an outage before the heartbeat does).
 	lastContact atomic.Int64
-	// syncFlags, after each heartbeat while others share the journal (and
-	// the one after they left), adopts what they changed of the
-	// subscriptions' pause and disabled state.
-	syncFlags func(ctx context.Context)
+	// syncFlags, after each heartbeat, adopts what other processes
+	// changed of the subscriptions' pause and disabled state; shared says
+	// whether others share the journal (or did until this heartbeat):
+	// alone, it reads the journal only when a Reload asked for it.
+	syncFlags func(ctx context.Context, shared bool)
 	// subs is the current subscription set; giveBack returns deliveries
 	// to the journal in routing order; syncOrder reads the backlog of the
 	// ordered subscriptions not synced yet.
@@ -397,8 +398,8 @@ func (sc *scheduler) heartbeatLoop(ctx context.Context) {
 				}
 			}
 			first = false
-			if sc.syncFlags != nil && (peers > 0 || shared) {
-				sc.syncFlags(ctx)
+			if sc.syncFlags != nil {
+				sc.syncFlags(ctx, peers > 0 || shared)
 			}
 			shared = peers > 0
 		}
