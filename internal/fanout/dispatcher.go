@@ -322,15 +322,9 @@ func New(cfg Config) (*Dispatcher, error) {
 		syncOrder: func(ctx context.Context) error { return d.syncOrder(ctx, true) },
 		recount:   d.recountOrder,
 		joined:    d.shareQueued,
-		syncFlags: func(ctx context.Context, shared bool) {
-			if d.resync.Swap(false) || shared {
-				if !d.syncFlags(ctx) {
-					d.resync.Store(true) // the next heartbeat tries again
-				}
-			}
-		},
-		fence: newFence(2 * cfg.Heartbeat),
-		reown: d.reown,
+		syncFlags: d.syncFlagsAfterBeat,
+		fence:     newFence(2 * cfg.Heartbeat),
+		reown:     d.reown,
 	}
 	d.deliver.fence = d.sched.fence
 	d.replayer = &replayer{
@@ -515,6 +509,17 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 		d.deliver.start(life, s)
 	}
 	return nil
+}
+
+// syncFlagsAfterBeat is the scheduler's syncFlags: while others share
+// the journal, or when a Reload asked for it (resync), until the journal
+// answers.
+func (d *Dispatcher) syncFlagsAfterBeat(ctx context.Context, shared bool) {
+	if d.resync.Swap(false) || shared {
+		if !d.syncFlags(ctx) {
+			d.resync.Store(true) // the next heartbeat tries again
+		}
+	}
 }
 
 // syncFlags adopts the pause and state other processes sharing the
