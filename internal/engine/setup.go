@@ -148,7 +148,7 @@ func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn, s
 	if err != nil {
 		return actions, err
 	}
-	more, err := settleSource(ctx, conn, store, sc, sys.SystemID, cfg.Source.Slot, opts.AcceptGap, cfg.Notify.URL.Reveal() != "")
+	more, err := settleSource(ctx, conn, store, sc, sys, cfg.Source.Slot, opts.AcceptGap, cfg.Notify.URL.Reveal() != "")
 	return append(actions, more...), err
 }
 

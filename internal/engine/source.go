@@ -107,8 +107,10 @@ func secondSlotError(src journal.Source, slot string, store *journal.Store) erro
 // settleSource checks the slot's start against the journal (a gap), and
 // registers the slot as the journal's source once that holds. A gap is
 // recorded (and the admin notified, once); it is refused unless accept,
-// then recorded as accepted by whoever runs setup.
-func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc sourceCheck, systemID, slot string, accept, notify bool) ([]string, error) {
+// then recorded as accepted by whoever runs setup. sys is the source's
+// IDENTIFY_SYSTEM.
+func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc sourceCheck, sys pglogrepl.IdentifySystemResult, slot string, accept, notify bool) ([]string, error) {
+	systemID := sys.SystemID
 	var actions []string
 	var confirmed *string
 	err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&confirmed)
@@ -141,7 +143,7 @@ func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc 
 			// position becomes the journal's, so that a slot dropped and
 			// created again before anything is journaled is a gap, not a
 			// silent loss of what was committed in between.
-			if err := store.AdoptSlotPosition(ctx, slot, systemID, start); err != nil {
+			if err := store.AdoptSlotPosition(ctx, slot, sys.SystemID, sys.Timeline, start); err != nil {
 				return nil, err
 			}
 		}
@@ -149,13 +151,13 @@ func settleSource(ctx context.Context, conn *pgx.Conn, store *journal.Store, sc 
 		// The first start since journal version 7: positions reported
 		// while idle were not made durable before, so the slot may be
 		// past the checkpoint without a gap. Trusted, once.
-		if err := store.AdoptSlotPosition(ctx, slot, systemID, start); err != nil {
+		if err := store.AdoptSlotPosition(ctx, slot, sys.SystemID, sys.Timeline, start); err != nil {
 			return nil, err
 		}
 		actions = append(actions, fmt.Sprintf("registered slot %s as the journal's source at its position %s", slot, start))
 	case accept:
 		by := acceptedBy()
-		if err := store.AcceptGap(ctx, journal.Gap{Slot: slot, SystemID: systemID, From: gap.From, To: gap.To}, by); err != nil {
+		if err := store.AcceptGap(ctx, journal.Gap{Slot: slot, SystemID: sys.SystemID, From: gap.From, To: gap.To}, sys.Timeline, by); err != nil {
 			return nil, err
 		}
 		actions = append(actions, fmt.Sprintf("accepted the gap in the change stream from %s to %s on slot %s (by %s): events of transactions committed in between are not delivered", gap.From, gap.To, slot, by))

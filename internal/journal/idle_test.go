@@ -46,17 +46,80 @@ func TestIdlePositionCheckpointsCommitsBeforeIt(t *testing.T) {
 		t.Fatalf("checkpoint after Idle(%s) = %+v (%v), want LSN %s, End %s", x, cp, err, x-1, x)
 	}
 	const to = pglogrepl.LSN(0x2000000)
-	if err := s.AcceptGap(ctx, Gap{Slot: "dzhook", SystemID: "sys", From: x, To: to}, "test"); err != nil {
+	if err := s.AcceptGap(ctx, Gap{Slot: "dzhook", SystemID: "sys", From: x, To: to}, 1, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != to-1 || cp.End != to {
 		t.Fatalf("checkpoint after an accepted gap to %s = %+v (%v), want LSN %s, End %s", to, cp, err, to-1, to)
 	}
 	const adopted = pglogrepl.LSN(0x3000000)
-	if err := s.AdoptSlotPosition(ctx, "dzhook", "sys", adopted); err != nil {
+	if err := s.AdoptSlotPosition(ctx, "dzhook", "sys", 1, adopted); err != nil {
 		t.Fatal(err)
 	}
 	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != adopted-1 || cp.End != adopted {
 		t.Fatalf("checkpoint after adopting %s = %+v (%v), want LSN %s, End %s", adopted, cp, err, adopted-1, adopted)
+	}
+}
+
+// TestCheckpointTimeline: a checkpoint keeps the timeline of the position
+// it keeps (a stale write below it leaves both), written by a batch, by
+// the writer (from WriterConfig.Timeline), by an accepted gap or an
+// adopted slot position; 0 is kept as unknown (NULL), as rows of before
+// journal version 17 read.
+func TestCheckpointTimeline(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	for _, w := range []struct {
+		sys       string
+		lsn       pglogrepl.LSN
+		tli, want int32
+	}{{"A", 100, 1, 1}, {"A", 50, 2, 1}, {"A", 100, 2, 2}, {"A", 120, 0, 0}, {"A", 130, 3, 3}, {"B", 7, 1, 1}} {
+		if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: w.lsn, SystemID: w.sys, Timeline: w.tli}); err != nil {
+			t.Fatal(err)
+		}
+		if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.Timeline != w.want {
+			t.Errorf("after %s on timeline %d of %s: checkpoint = %+v (err %v), want timeline %d", w.lsn, w.tli, w.sys, cp, err, w.want)
+		}
+	}
+	var null bool
+	db.Exec(t, `UPDATE dzhook.checkpoints SET timeline = NULL`)
+	if err := db.Connect(t).QueryRow(ctx, `SELECT timeline IS NULL FROM dzhook.checkpoints`).Scan(&null); err != nil || !null {
+		t.Fatalf("timeline NULL: %v (err %v)", null, err)
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.Timeline != 0 || cp.LSN != 7 {
+		t.Errorf("a checkpoint without a timeline reads %+v (err %v), want LSN 7, timeline 0", cp, err)
+	}
+	if err := s.AdoptSlotPosition(ctx, "dzhook", "B", 4, 200); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.Timeline != 4 {
+		t.Errorf("after an adopted slot position on timeline 4: checkpoint = %+v (err %v)", cp, err)
+	}
+	if err := s.AcceptGap(ctx, Gap{Slot: "dzhook", SystemID: "B", From: 199, To: 300}, 5, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.Timeline != 5 {
+		t.Errorf("after an accepted gap on timeline 5: checkpoint = %+v (err %v)", cp, err)
+	}
+
+	acks := make(chan pglogrepl.LSN, 8)
+	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", SystemID: "B", Timeline: func() int32 { return 6 }, Linger: -1, Ack: func(l pglogrepl.LSN) { acks <- l }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	defer func() { stop(); <-done }()
+	if err := w.Commit(ctx, 400, 410); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-acks:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the commit was never acknowledged")
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != (Checkpoint{LSN: 400, SystemID: "B", End: 410, Timeline: 6}) {
+		t.Errorf("checkpoint written by the writer = %+v (err %v), want 400 of B on timeline 6", cp, err)
 	}
 }

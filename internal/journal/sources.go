@@ -82,37 +82,41 @@ func (s *Store) RecordGap(ctx context.Context, g Gap, notify *NotificationRow) (
 }
 
 // AcceptGap records that an operator (by) accepted g, and moves the
-// slot's checkpoint to its end, in one transaction: from then on the
-// slot's start is the journal's position.
-func (s *Store) AcceptGap(ctx context.Context, g Gap, by string) error {
+// slot's checkpoint to its end, on timeline (the server's, where the
+// slot is; 0: unknown), in one transaction: from then on the slot's
+// start is the journal's position.
+func (s *Store) AcceptGap(ctx context.Context, g Gap, timeline int32, by string) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.gaps AS g (slot, system_id, from_lsn, to_lsn, accepted_at, accepted_by) VALUES ($1, $2, $3, $4, now(), $5)
 			ON CONFLICT (slot, system_id, from_lsn, to_lsn) DO UPDATE SET accepted_at = coalesce(g.accepted_at, now()), accepted_by = coalesce(g.accepted_by, EXCLUDED.accepted_by)`),
 			g.Slot, g.SystemID, int64(g.From), int64(g.To), by); err != nil {
 			return fmt.Errorf("record the accepted gap: %w", err)
 		}
-		return s.advanceCheckpoint(ctx, tx, g.Slot, g.SystemID, g.To)
+		return s.advanceCheckpoint(ctx, tx, g.Slot, g.SystemID, timeline, g.To)
 	})
 }
 
-// AdoptSlotPosition moves the slot's checkpoint to lsn without recording a
-// gap: the slot's position is trusted as it is (the first start of a
-// journal that predates source registration, whose slot may have been
-// acknowledged past the checkpoint while idle).
-func (s *Store) AdoptSlotPosition(ctx context.Context, slot, systemID string, lsn pglogrepl.LSN) error {
+// AdoptSlotPosition moves the slot's checkpoint to lsn, on timeline (the
+// server's, where the slot is; 0: unknown), without recording a gap: the
+// slot's position is trusted as it is (the first start of a journal that
+// predates source registration, whose slot may have been acknowledged
+// past the checkpoint while idle).
+func (s *Store) AdoptSlotPosition(ctx context.Context, slot, systemID string, timeline int32, lsn pglogrepl.LSN) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.advanceCheckpoint(ctx, tx, slot, systemID, lsn)
+		return s.advanceCheckpoint(ctx, tx, slot, systemID, timeline, lsn)
 	})
 }
 
 // advanceCheckpoint moves the checkpoint to a slot's position lsn: it
 // ends there, and covers the commits before it (lsn-1), not one that
-// starts at it, which the slot still sends (Writer.Idle says why).
-func (s *Store) advanceCheckpoint(ctx context.Context, tx pgx.Tx, slot, systemID string, lsn pglogrepl.LSN) error {
-	_, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, updated_at) VALUES ($1, $2, $3, $4, now())
+// starts at it, which the slot still sends (Writer.Idle says why). The
+// checkpoint keeps the timeline of the position it keeps.
+func (s *Store) advanceCheckpoint(ctx context.Context, tx pgx.Tx, slot, systemID string, timeline int32, lsn pglogrepl.LSN) error {
+	_, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, timeline, updated_at) VALUES ($1, $2, $3, $4, $5, now())
 		ON CONFLICT (slot) DO UPDATE SET lsn = greatest(c.lsn, EXCLUDED.lsn), end_lsn = greatest(c.end_lsn, EXCLUDED.end_lsn),
+			timeline = CASE WHEN c.lsn > EXCLUDED.lsn THEN c.timeline ELSE EXCLUDED.timeline END,
 			system_id = EXCLUDED.system_id, updated_at = now()`),
-		slot, int64(max(lsn, 1)-1), int64(lsn), systemID)
+		slot, int64(max(lsn, 1)-1), int64(lsn), systemID, nullTimeline(timeline))
 	if err != nil {
 		return fmt.Errorf("move the checkpoint: %w", err)
 	}

@@ -309,6 +309,9 @@ type Checkpoint struct {
 	// End is the highest position the stream may have reported to
 	// PostgreSQL as flushed with this checkpoint (at least LSN).
 	End pglogrepl.LSN
+	// Timeline is the timeline the LSN was read on, or one that carries
+	// it on (0 when unknown: written before journal version 17).
+	Timeline int32
 }
 
 // Checkpoint returns the slot's checkpoint (zero when none).
@@ -316,7 +319,8 @@ func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error)
 	var lsn int64
 	var end *int64
 	var sys *string
-	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn, end_lsn, system_id FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn, &end, &sys)
+	var tli *int32
+	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn, end_lsn, system_id, timeline FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn, &end, &sys, &tli)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{}, nil
 	}
@@ -329,6 +333,9 @@ func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error)
 	}
 	if sys != nil {
 		cp.SystemID = *sys
+	}
+	if tli != nil {
+		cp.Timeline = *tli
 	}
 	return cp, nil
 }

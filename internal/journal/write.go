@@ -146,8 +146,10 @@ type Batch struct {
 	// CheckpointEnd bounds what the stream reports as flushed with it:
 	// the end of the last commit record (see Record.CommitEnd).
 	CheckpointEnd pglogrepl.LSN
-	// SystemID is the cluster the checkpoint's LSN belongs to.
+	// SystemID is the cluster the checkpoint's LSN belongs to; Timeline
+	// the timeline it was read on, or one that carries it on (0: unknown).
 	SystemID string
+	Timeline int32
 }
 
 // Empty reports whether the batch writes nothing.
@@ -168,6 +170,15 @@ func nullInt(n int) *int32 {
 	}
 	v := int32(n)
 	return &v
+}
+
+// nullTimeline is a checkpoint's timeline as the journal keeps it: NULL
+// when unknown.
+func nullTimeline(tli int32) *int32 {
+	if tli == 0 {
+		return nil
+	}
+	return &tli
 }
 
 func nullText(s string) *string {
@@ -546,16 +557,19 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries SET owner = NULL WHERE id = ANY($1) AND owner = $2 AND state = 'pending'`), r.IDs, r.Owner)
 	}
 	if b.Slot != "" {
-		// Within one cluster the checkpoint never moves back; a checkpoint
-		// of another cluster is replaced.
-		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, updated_at) VALUES ($1, $2, $3, $4, now())
+		// Within one cluster the checkpoint never moves back, and keeps
+		// the timeline of the position it keeps; a checkpoint of another
+		// cluster is replaced.
+		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, timeline, updated_at) VALUES ($1, $2, $3, $4, $5, now())
 			ON CONFLICT (slot) DO UPDATE SET
 				lsn = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL
 					THEN greatest(c.lsn, EXCLUDED.lsn) ELSE EXCLUDED.lsn END,
 				end_lsn = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL
 					THEN greatest(c.end_lsn, EXCLUDED.end_lsn) ELSE EXCLUDED.end_lsn END,
+				timeline = CASE WHEN (c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL) AND c.lsn > EXCLUDED.lsn
+					THEN c.timeline ELSE EXCLUDED.timeline END,
 				system_id = EXCLUDED.system_id, updated_at = now()`),
-			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID))
+			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID), nullTimeline(b.Timeline))
 	}
 	return batch.list
 }

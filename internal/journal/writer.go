@@ -87,6 +87,11 @@ type WriterConfig struct {
 	// Slot names the replication slot whose checkpoint the writer keeps;
 	// SystemID, the database cluster its positions belong to.
 	Slot, SystemID string
+	// Timeline, when set, returns the timeline the stream reads now
+	// (cdc.Stream.Timeline), recorded with each checkpoint: a stream
+	// moves to a new timeline only when it carries on every position
+	// handed over, so the checkpoint's position is on it. 0: unknown.
+	Timeline func() int32
 	// Owner is this instance: releases give back only what it owns.
 	Owner string
 	// Ack is told the highest commit LSN whose transaction is wholly
@@ -625,6 +630,9 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 	}
 	if ackable > w.written {
 		bb.b.Slot, bb.b.Checkpoint, bb.b.CheckpointEnd, bb.b.SystemID = w.cfg.Slot, ackable, end, w.cfg.SystemID
+		if w.cfg.Timeline != nil {
+			bb.b.Timeline = w.cfg.Timeline()
+		}
 	}
 	for i := range bb.b.Release {
 		bb.b.Release[i].Owner = w.cfg.Owner
