@@ -21,13 +21,33 @@ import (
 // that position would be skipped for good, and the first status update
 // would move the new slot past the server's own WAL. So such a session
 // does not stream: the stream refuses, from then on until the process is
-// started again (a restart judges the journal's checkpoint against the
-// server: engine.UseCheckpoint), and says why (Stats.Problem, /readyz).
+// started again, and says why (Stats.Problem, /readyz). A start judges
+// the journal's checkpoint, which records the timeline it was read on,
+// the same way (CheckResume), and seeds the stream with it (Config.Resume).
 
-// server is what IDENTIFY_SYSTEM said at the last session that streamed.
+// server is what IDENTIFY_SYSTEM said at the last session that streamed
+// (or at the start that judged Config.Resume).
 type server struct {
 	systemID string
 	timeline int32
+}
+
+// Resume is where a process read a slot to: the position, and the
+// cluster and timeline it was read on (0: unknown).
+type Resume struct {
+	SystemID string
+	Timeline int32
+	LSN      pglogrepl.LSN
+}
+
+// Timeline returns the timeline of the server the stream reads (0 before
+// a session or Config.Resume said). Every position handed over is on it:
+// the stream moves to a new timeline only when it carries on what was
+// read (checkServer). Safe from any goroutine.
+func (s *Stream) Timeline() int32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.server.timeline
 }
 
 // ServerChangedError: the replication connection leads to a server whose
@@ -60,8 +80,11 @@ func (e *ServerChangedError) PublicReason() string {
 		what = fmt.Sprintf("replication slot %q is now on another database cluster (system identifier %s, was %s; WAL at %s): its positions cannot be compared with the %s this dzhook read to",
 			e.Slot, e.SystemID, e.PrevSystemID, e.WALEnd, e.Read)
 	case e.WALEnd < e.Read:
-		what = fmt.Sprintf("replication slot %q is now on a server whose WAL ends at %s (timeline %d), before %s, where this dzhook already read to: a failover to a standby that was behind, or a restore from a backup",
-			e.Slot, e.WALEnd, e.Timeline, e.Read)
+		what = fmt.Sprintf("replication slot %q is now on a server whose WAL ends at %s (timeline %d), before %s, where this dzhook already read to (on timeline %d): a failover to a standby that was behind, or a restore from a backup",
+			e.Slot, e.WALEnd, e.Timeline, e.Read, e.PrevTimeline)
+	case e.Fork == 0:
+		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d does not descend from timeline %d, on which this dzhook already read to %s: a failover or a restore onto another branch of the cluster's history",
+			e.Slot, e.Timeline, e.PrevTimeline, e.Read)
 	default:
 		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s, before %s, where this dzhook already read to: a failover to a standby that was behind",
 			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Read)
@@ -69,7 +92,7 @@ func (e *ServerChangedError) PublicReason() string {
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
 		"Its new transactions reuse positions (and so event ids) of the lost ones, which the journal drops as known: to process every one, start dzhook on a fresh journal.schema (the old schema keeps the history, and its pending deliveries are not sent from the new one; subscriptions made through the API or the dashboard live in the journal: create them again there, with their secrets). " +
-		"A plain restart is no way out once this server's WAL has passed " + e.Read.String() + ": dzhook then trusts its journal's checkpoint and skips this server's transactions below it"
+		"A restart refuses too while the journal's checkpoint is above where this server's timeline forked (a journal on another cluster keeps it there): the start judges the checkpoint, which records the timeline it was read on, the same way"
 }
 
 // checkServer runs IDENTIFY_SYSTEM on a new session's connection and
@@ -85,31 +108,23 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	s.mu.Lock()
 	prev := s.server
-	read := max(s.flushed, s.handedEnd, s.idleAsked)
+	read := max(s.flushed, s.handedEnd, s.idleAsked, s.cfg.Resume.LSN)
 	s.mu.Unlock()
-	e := &ServerChangedError{Slot: s.cfg.Slot, SystemID: sys.SystemID, Timeline: sys.Timeline, WALEnd: sys.XLogPos,
-		PrevSystemID: prev.systemID, PrevTimeline: prev.timeline, Read: read}
-	refuse := false
-	switch {
-	case prev.systemID == "":
-		// The first session: the stream has read nothing yet (the slot
-		// is judged by Config.CheckStart, the journal by its owner).
-	case sys.SystemID != prev.systemID:
-		refuse = true
-	case sys.XLogPos < read:
-		refuse = true
-	case sys.Timeline != prev.timeline:
-		fork, err := forkPoint(ctx, conn, sys.Timeline, prev.timeline)
+	var e *ServerChangedError
+	if prev.systemID != "" {
+		// Not the first session, or one seeded by Config.Resume: a first
+		// session without it has read nothing yet (the slot is judged by
+		// Config.CheckStart, the journal by its owner).
+		var fork pglogrepl.LSN
+		fork, e, err = judge(ctx, conn, s.cfg.Slot, sys, prev, read)
 		if err != nil {
 			return err
 		}
-		e.Fork = fork
-		refuse = fork < read
-		if !refuse {
+		if e == nil && sys.Timeline != prev.timeline {
 			s.log.Info("the server is on a new timeline that carries on the one read so far", "timeline", sys.Timeline, "was", prev.timeline, "switched_at", fork.String(), "read_lsn", read.String())
 		}
 	}
-	if refuse {
+	if e != nil {
 		s.changed.Store(e)
 		s.log.Error("refusing to stream: the server does not carry on the WAL this process read", "err", e,
 			"wal_end", sys.XLogPos.String(), "read_lsn", read.String(), "timeline", sys.Timeline, "system_id", sys.SystemID)
@@ -119,6 +134,57 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	s.server = server{systemID: sys.SystemID, timeline: sys.Timeline}
 	s.mu.Unlock()
 	return nil
+}
+
+// judge returns why a server (sys: its IDENTIFY_SYSTEM, on conn) does
+// not carry on the WAL read on prev up to read, or nil when it does:
+// another cluster, a WAL that ends before read, or a timeline whose
+// history leaves prev's below read (or does not hold it). fork is where
+// the server's timeline left prev's (0 on the same timeline).
+func judge(ctx context.Context, conn *pgconn.PgConn, slot string, sys pglogrepl.IdentifySystemResult, prev server, read pglogrepl.LSN) (fork pglogrepl.LSN, refused *ServerChangedError, err error) {
+	e := &ServerChangedError{Slot: slot, SystemID: sys.SystemID, Timeline: sys.Timeline, WALEnd: sys.XLogPos,
+		PrevSystemID: prev.systemID, PrevTimeline: prev.timeline, Read: read}
+	switch {
+	case sys.SystemID != prev.systemID:
+		return 0, e, nil
+	case sys.XLogPos < read:
+		return 0, e, nil
+	case sys.Timeline != prev.timeline:
+		if fork, err = forkPoint(ctx, conn, sys.Timeline, prev.timeline); err != nil {
+			return 0, nil, err
+		}
+		e.Fork = fork
+		if fork < read {
+			return fork, e, nil
+		}
+	}
+	return fork, nil, nil
+}
+
+// CheckResume judges, before a stream starts, the server behind conn
+// (sys: its IDENTIFY_SYSTEM there) against where a process read the slot
+// to (from: the journal's checkpoint), as a session is judged against
+// the one before it. It judges the timeline only: a server of from's
+// cluster on another timeline whose history leaves from's below
+// from.LSN, or does not hold it (a failover to a standby that was
+// behind, a restore to a point before from.LSN), is refused with a
+// *ServerChangedError; that server's transactions below from.LSN would
+// otherwise be skipped as journaled. A position of another cluster, of
+// an unknown timeline (0), or none, is nil: the caller judges it by the
+// system identifier and the WAL's end. fork is where sys's timeline left
+// from's when it carries it on (0 on the same timeline).
+func CheckResume(ctx context.Context, conn *pgconn.PgConn, slot string, sys pglogrepl.IdentifySystemResult, from Resume) (fork pglogrepl.LSN, err error) {
+	if from.LSN == 0 || from.Timeline == 0 || from.SystemID != sys.SystemID || from.Timeline == sys.Timeline {
+		return 0, nil
+	}
+	fork, e, err := judge(ctx, conn, slot, sys, server{systemID: from.SystemID, timeline: from.Timeline}, from.LSN)
+	if err != nil {
+		return 0, err
+	}
+	if e != nil {
+		return 0, e
+	}
+	return fork, nil
 }
 
 // forkPoint returns where timeline tli's history left timeline old, or 0

@@ -81,6 +81,12 @@ type Config struct {
 	// DrainTimeout bounds how long a stopped stream keeps the slot while
 	// the handler acknowledges what it was handed. Defaults to 10 s.
 	DrainTimeout time.Duration
+	// Resume, when set, is where a process read to before this stream
+	// (the journal's checkpoint, judged at start by CheckResume) and the
+	// server it was judged on: the first session is judged against it as
+	// later ones are against the session before (server.go), and every
+	// session's server must carry on the WAL up to Resume.LSN.
+	Resume Resume
 	// OnSession, when set, is called each time a replication session
 	// starts, from the processor's goroutine, one call at a time with the
 	// Handler's and before any change of that session.
@@ -244,6 +250,7 @@ func New(cfg Config) (*Stream, error) {
 	s.lagBytes.Store(-1)
 	s.retained.Store(-1)
 	s.first.Store(cfg.Conn)
+	s.server = server{systemID: cfg.Resume.SystemID, timeline: cfg.Resume.Timeline}
 	return s, nil
 }
 

@@ -165,6 +165,17 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		return nil, err
 	}
 	e.systemID = sys.SystemID
+	// A server on another timeline than the checkpoint's (a failover, a
+	// restore) must carry on the WAL up to it: its transactions below
+	// the checkpoint would be skipped as journaled.
+	fork, err := cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN})
+	if err != nil {
+		return nil, err
+	}
+	if fork != 0 {
+		log.Info("the server is on a new timeline that carries on the one the journal's checkpoint was read on", "slot", cfg.Source.Slot,
+			"timeline", sys.Timeline, "was", cp.Timeline, "switched_at", fork.String(), "checkpoint", cp.LSN.String())
+	}
 	cat, err := cfg.Catalog()
 	if err != nil {
 		return nil, err
@@ -216,6 +227,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	// slot only past transactions whose deliveries are all durable.
 	e.writer, err = journal.NewWriter(journal.WriterConfig{
 		Store: e.journal, Slot: cfg.Source.Slot, SystemID: sys.SystemID, Owner: e.instance, Logger: log, Ack: ack,
+		Timeline: func() int32 { return e.stream.Timeline() },
 		OnSpill:  func() { e.dispatcher.Spilled() },
 		OnNotify: func() { e.dispatcher.Notifier().Wake() },
 		OnFlush:  e.metrics.JournalFlushed,
@@ -298,6 +310,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		DSN: cfg.Source.DSN.Reveal(), Slot: cfg.Source.Slot, Publication: cfg.Source.Publication,
 		Handler: e.pipeline, Logger: log, Pool: source, Conn: repl, StatusInterval: opts.StatusInterval,
 		OnSession: e.sessionStarted, CheckStart: e.checkStart, PersistIdle: e.persistIdle,
+		// Every session's server must carry on what the journal holds,
+		// the first one's included.
+		Resume: cdc.Resume{SystemID: sys.SystemID, Timeline: sys.Timeline, LSN: e.pipeline.Checkpoint()},
 		// On shutdown the stream keeps the slot while attempts in flight
 		// finish (each within the delivery timeout) and the journal takes
 		// their outcomes, so PostgreSQL hears of every journaled commit.

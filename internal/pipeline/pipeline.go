@@ -130,7 +130,9 @@ func New(cfg Config) (*Pipeline, error) {
 // (another system identifier, or a position its WAL has not reached: a
 // restore from backup) is dropped, here and in the journal, rather than
 // trusted, since it would make dzhook skip transactions it never
-// journaled.
+// journaled. One of this cluster on another timeline than the server's
+// is judged before (cdc.CheckResume: the start refuses a server whose
+// timeline forked below it).
 func (p *Pipeline) UseCheckpoint(ctx context.Context, cp journal.Checkpoint, walEnd pglogrepl.LSN) error {
 	lsn, why := trusted(cp, p.cfg.SystemID, walEnd)
 	p.checkpoint = lsn
