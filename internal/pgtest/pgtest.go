@@ -314,7 +314,36 @@ func (c *Cluster) StartAgain() error { return c.start() }
 // cluster as of now, as a restore of a backup taken now or a standby
 // promoted now would be (the same system identifier, the same slots).
 // Close it as any cluster.
-func (c *Cluster) Clone() (*Cluster, error) {
+func (c *Cluster) Clone() (*Cluster, error) { return c.clone(false) }
+
+// ClonePromoted is Clone with the copy started as a standby (no primary
+// to follow) and promoted, as a standby that had replayed the WAL up to
+// now and is failed over to: the same system identifier and slots, on
+// the next timeline, which leaves the cluster's at the copy's WAL end.
+func (c *Cluster) ClonePromoted() (*Cluster, error) {
+	cl, err := c.clone(true)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, cl.DSN("postgres"))
+	if err == nil {
+		defer conn.Close(ctx)
+		var ok bool
+		// Waits (up to 60 s) until the copy accepts writes.
+		if err = conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err == nil && !ok {
+			err = errors.New("pg_promote: not promoted within 60s")
+		}
+	}
+	if err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("promote the copy: %w\n%s", err, cl.LogTail(20))
+	}
+	return cl, nil
+}
+
+func (c *Cluster) clone(standby bool) (*Cluster, error) {
 	dir, err := os.MkdirTemp("", "dzhook-pgtest-")
 	if err != nil {
 		return nil, err
@@ -340,6 +369,20 @@ func (c *Cluster) Clone() (*Cluster, error) {
 		return nil, fmt.Errorf("copy the data directory: %w\n%s", cpErr, out)
 	}
 	_ = os.Remove(filepath.Join(cl.dataDir(), "postmaster.pid"))
+	if standby {
+		// Owned by the cluster's owner, as the copy's other files.
+		f := filepath.Join(cl.dataDir(), "standby.signal")
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		if c.cred != nil {
+			if err := os.Chown(f, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+				os.RemoveAll(dir)
+				return nil, err
+			}
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		cl.Port, err = freePort()
 		if err == nil {

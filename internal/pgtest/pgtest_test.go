@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 func TestMain(m *testing.M) { os.Exit(Main(m)) }
@@ -84,5 +86,44 @@ func TestRestartKeepsData(t *testing.T) {
 	c.Close()
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("cluster directory %s still exists after Close (err %v)", dir, err)
+	}
+}
+
+// TestClonePromoted: the promoted copy accepts writes on timeline 2, with
+// the original's data and system identifier, while the original goes on
+// on timeline 1.
+func TestClonePromoted(t *testing.T) {
+	c, err := Start(Options{})
+	if err != nil {
+		Unavailable(t, "%v", err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Exec(ctx, "postgres", "CREATE TABLE kept (v int)", "INSERT INTO kept VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	timeline := func(cl *Cluster) (tli int, sys string) {
+		conn, err := pgx.Connect(ctx, cl.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if err := conn.QueryRow(ctx, "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int, system_identifier::text FROM pg_control_system()").Scan(&tli, &sys); err != nil {
+			t.Fatal(err)
+		}
+		return tli, sys
+	}
+	if err := p.Exec(ctx, "postgres", "INSERT INTO kept VALUES (43)", "DO $$ BEGIN IF (SELECT count(*) FROM kept) <> 2 THEN RAISE 'lost'; END IF; END $$"); err != nil {
+		t.Fatalf("write on the promoted copy: %v", err)
+	}
+	tp, sp := timeline(p)
+	to, so := timeline(c)
+	if tp != 2 || to != 1 || sp != so {
+		t.Errorf("promoted copy on timeline %d of %s, original on %d of %s; want 2 and 1 of the same cluster", tp, sp, to, so)
 	}
 }
