@@ -1,0 +1,193 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/cdc"
+	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+	"github.com/dzdesk/dzhook/internal/testutil"
+)
+
+// failover is a source cluster of its own (to be copied and promoted)
+// and a journal in another cluster, whose checkpoint survives a failover
+// of the source.
+type failover struct {
+	primary *pgtest.Cluster
+	src     *pgtest.DB
+	journal *pgtest.DB
+	rc      *testutil.Receiver
+}
+
+func newFailover(t *testing.T) *failover {
+	t.Helper()
+	primary, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		pgtest.Unavailable(t, "%v", err)
+	}
+	t.Cleanup(primary.Close)
+	if err := primary.Exec(context.Background(), "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	f := &failover{primary: primary, src: on(primary), journal: pgtest.NewDB(t), rc: testutil.NewReceiver(t)}
+	f.src.Exec(t, dzsql.Schema, `INSERT INTO users (id, email) VALUES (1, 'john@company.com')`)
+	return f
+}
+
+// on is database dz of cluster c.
+func on(c *pgtest.Cluster) *pgtest.DB { return &pgtest.DB{Name: "dz", DSN: c.DSN("dz"), Cluster: c} }
+
+// config streams from src into the failover's journal.
+func (f *failover) config(t *testing.T, src *pgtest.DB) *config.Config {
+	cfg := testConfig(t, src, "", sub("crm", f.rc.URL, "request.created"))
+	cfg.Journal.DSN = config.Secret(f.journal.DSN)
+	return cfg
+}
+
+// checkpoint is the journal's checkpoint of slot dzhook: its LSN and
+// timeline (0 when none).
+func (f *failover) checkpoint(t *testing.T) (pglogrepl.LSN, int) {
+	lsn := queryInt(t, f.journal, `SELECT coalesce(max(lsn), 0) FROM dzhook.checkpoints WHERE slot = 'dzhook'`)
+	tli := queryInt(t, f.journal, `SELECT coalesce(max(timeline), 0) FROM dzhook.checkpoints WHERE slot = 'dzhook'`)
+	return pglogrepl.LSN(lsn), tli
+}
+
+// deliver commits request id on db and waits until it is delivered and
+// journaled (the checkpoint comes after the delivery).
+func (f *failover) deliver(t *testing.T, db *pgtest.DB, id int) {
+	t.Helper()
+	db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'r', 1)`, id))
+	testutil.Eventually(t, 20*time.Second, fmt.Sprintf("request %d delivered", id), func() bool { return hasRequest(f.rc, id) })
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("request %d's commit checkpointed", id), func() bool {
+		return queryInt(t, f.journal, `SELECT count(*) FROM dzhook.events WHERE convert_from(body, 'UTF8') LIKE $1
+			AND commit_lsn <= (SELECT lsn FROM dzhook.checkpoints WHERE slot = 'dzhook')`, fmt.Sprintf(`%%"id":"req_%d"%%`, id)) == 1
+	})
+}
+
+// walEnd is where db's WAL ends now.
+func walEnd(t *testing.T, db *pgtest.DB) pglogrepl.LSN {
+	var s string
+	conn := db.Connect(t)
+	defer conn.Close(context.Background())
+	if err := conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := pglogrepl.ParseLSN(s)
+	return l
+}
+
+// forkOf reads where promoted's timeline 2 left timeline 1.
+func forkOf(t *testing.T, promoted *pgtest.DB) pglogrepl.LSN {
+	var h string
+	conn := promoted.Connect(t)
+	defer conn.Close(context.Background())
+	if err := conn.QueryRow(context.Background(), `SELECT pg_read_file('pg_wal/00000002.history')`).Scan(&h); err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(h)
+	if len(f) < 2 || f[0] != "1" {
+		t.Fatalf("timeline history %q", h)
+	}
+	l, err := pglogrepl.ParseLSN(f[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestRestartRefusesAServerWhoseTimelineForkedBelowTheCheckpoint: the
+// source fails over to a standby that was behind (promoted: timeline 2,
+// forked below what dzhook journaled on timeline 1) while the journal,
+// in another cluster, keeps its checkpoint. Once the new server's WAL has
+// passed the checkpoint, a start used to trust it and skip the new
+// server's transactions between the fork and the checkpoint for good. It
+// must refuse, naming the slot, the positions, the timelines and the
+// way out.
+func TestRestartRefusesAServerWhoseTimelineForkedBelowTheCheckpoint(t *testing.T) {
+	f := newFailover(t)
+	_, stop := startStoppable(t, f.config(t, f.src))
+	f.deliver(t, f.src, 1)
+	stop()
+	// The standby failed over to: the source as of now.
+	cl, err := f.primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := on(cl)
+	fork := forkOf(t, promoted)
+
+	// The old primary goes on, and dzhook journals past the fork.
+	_, stop = startStoppable(t, f.config(t, f.src))
+	f.deliver(t, f.src, 2)
+	f.src.Exec(t, `SELECT pg_switch_wal()`) // far past the fork
+	f.deliver(t, f.src, 3)
+	stop()
+	cp, tli := f.checkpoint(t)
+	if cp <= fork || tli != 1 {
+		t.Fatalf("checkpoint %s on timeline %d, want past the fork (%s) on timeline 1", cp, tli, fork)
+	}
+
+	// The new server's transactions: one between the fork and the
+	// checkpoint, then enough for its WAL to pass the checkpoint.
+	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (4, 'below the checkpoint', 1)`)
+	for i := 0; walEnd(t, promoted) <= cp; i++ {
+		if i == 5 {
+			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, promoted), cp)
+		}
+		promoted.Exec(t, `SELECT pg_switch_wal()`, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'after', 1)`, 10+i))
+	}
+
+	e, err := New(context.Background(), f.config(t, promoted), Options{Logger: testutil.Logger(t)})
+	if err == nil {
+		e.Close(context.Background())
+		t.Fatalf("start on the promoted server behind the checkpoint (fork %s, checkpoint %s): no error; its transactions below the checkpoint would be skipped", fork, cp)
+	}
+	var changed *cdc.ServerChangedError
+	if !errors.As(err, &changed) {
+		t.Fatalf("start on the promoted server behind the checkpoint: %v, want a ServerChangedError", err)
+	}
+	for _, want := range []string{`slot "dzhook"`, "timeline 2 left timeline 1 at " + fork.String(), "before " + cp.String(), "fresh journal.schema"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "postgres@") {
+		t.Errorf("error %q names a connection string", err)
+	}
+}
+
+// TestRestartCarriesOnANewTimelineAboveTheCheckpoint: a failover to a
+// standby that was not behind (its timeline forks at or above the
+// journal's checkpoint) starts, and the new server's transactions are
+// delivered, the old ones not again; the checkpoint moves to its timeline.
+func TestRestartCarriesOnANewTimelineAboveTheCheckpoint(t *testing.T) {
+	f := newFailover(t)
+	_, stop := startStoppable(t, f.config(t, f.src))
+	f.deliver(t, f.src, 1)
+	stop()
+	cl, err := f.primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := on(cl)
+	if cp, tli := f.checkpoint(t); tli != 1 || cp > forkOf(t, promoted) {
+		t.Fatalf("checkpoint %s on timeline %d, want at most the fork on timeline 1", cp, tli)
+	}
+
+	start(t, f.config(t, promoted))
+	f.deliver(t, promoted, 2)
+	if n := len(f.rc.Requests()); n != 2 {
+		t.Errorf("receiver got %d requests, want 2: request 1 once, request 2", n)
+	}
+	testutil.Eventually(t, 10*time.Second, "the checkpoint on timeline 2", func() bool { _, tli := f.checkpoint(t); return tli == 2 })
+}
