@@ -158,3 +158,58 @@ func TestParseHistory(t *testing.T) {
 		}
 	}
 }
+
+// TestResumeJudgesTheFirstSession: a stream seeded with where a process
+// read to before (Config.Resume: the journal's checkpoint, on timeline
+// 1) refuses, from its first session, a server whose timeline forked
+// below that position, and streams from one that forked at it, on the
+// new timeline (Timeline).
+func TestResumeJudgesTheFirstSession(t *testing.T) {
+	ctx := context.Background()
+	primary, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(primary.Close)
+	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
+	db.Exec(t, dzsql.Schema)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	cl, err := primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := &pgtest.DB{Name: "dz", DSN: cl.DSN("dz"), Cluster: cl}
+	var sysID, history string
+	if err := promoted.Connect(t).QueryRow(ctx, `SELECT system_identifier::text, pg_read_file('pg_wal/00000002.history') FROM pg_control_system()`).Scan(&sysID, &history); err != nil {
+		t.Fatal(err)
+	}
+	fork := parseHistory([]byte(history), 1)
+	if fork == 0 {
+		t.Fatalf("timeline history %q", history)
+	}
+	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`) // the WAL past fork+1
+
+	behind := startStreamWith(t, promoted, newRecorder(true), func(c *Config) {
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork + 1}
+	})
+	testutil.Eventually(t, 30*time.Second, "the first session refusing the server", func() bool {
+		return strings.Contains(behind.Stats().Problem, "refuses to stream")
+	})
+	if p := behind.Stats().Problem; !strings.Contains(p, "timeline 2 left timeline 1 at "+fork.String()) {
+		t.Errorf("Problem = %q, want the timelines and the fork named", p)
+	}
+
+	rec := newRecorder(true)
+	s := startStreamWith(t, promoted, rec, func(c *Config) {
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork}
+	})
+	rec.waitCommits(t, 1)
+	if got := s.Timeline(); got != 2 {
+		t.Errorf("Timeline() = %d, want 2", got)
+	}
+}
