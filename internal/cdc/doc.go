@@ -131,6 +131,9 @@
 // timeline that forked before it: a failover to a standby that was
 // behind, a restore) is refused for the rest of the process with a
 // ServerChangedError, before anything is reported to it (server.go).
+// Config.Resume, where a process read to before (the journal's
+// checkpoint, judged at start by CheckResume), makes the first session
+// judged too.
 //
 // PostgreSQL resends every transaction after the slot's confirmed
 // position, including those handed over and not yet acknowledged. The
