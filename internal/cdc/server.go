@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -122,6 +123,18 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		if e == nil && sys.Timeline != prev.timeline {
 			s.log.Info("the server is on a new timeline that carries on the one read so far", "timeline", sys.Timeline, "was", prev.timeline, "switched_at", fork.String(), "read_lsn", read.String())
+		}
+	}
+	if e == nil && s.cfg.Journaled != nil {
+		j, err := s.cfg.Journaled(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := CheckResume(ctx, conn, s.cfg.Slot, sys, j); err != nil {
+			if !errors.As(err, &e) {
+				return err
+			}
+			read = j.LSN
 		}
 	}
 	if e != nil {

@@ -212,4 +212,22 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 	if got := s.Timeline(); got != 2 {
 		t.Errorf("Timeline() = %d, want 2", got)
 	}
+
+	// Judged at its start below the fork, but the journal says another
+	// process read past it on timeline 1 since (a standby process taking
+	// the slot over): refused too.
+	later := newRecorder(true)
+	taken := startStreamWith(t, promoted, later, func(c *Config) {
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork}
+		c.Journaled = func(context.Context) (Resume, error) { return Resume{SystemID: sysID, Timeline: 1, LSN: fork + 1}, nil }
+	})
+	testutil.Eventually(t, 30*time.Second, "the session refusing the server behind the journal", func() bool {
+		return strings.Contains(taken.Stats().Problem, "refuses to stream")
+	})
+	if p := taken.Stats().Problem; !strings.Contains(p, "before "+(fork+1).String()) {
+		t.Errorf("Problem = %q, want the journal's position named", p)
+	}
+	if ch, _ := later.snapshot(); len(ch) != 0 {
+		t.Errorf("%d changes handed over by the refused stream", len(ch))
+	}
 }

@@ -87,6 +87,15 @@ type Config struct {
 	// later ones are against the session before (server.go), and every
 	// session's server must carry on the WAL up to Resume.LSN.
 	Resume Resume
+	// Journaled, when set, is where the journal says the slot was read to
+	// (its checkpoint, by whichever process wrote it), asked at each
+	// session's start: the session's server must carry it on as it must
+	// Resume (CheckResume). A process that takes the slot over after a
+	// failover adopts the checkpoint another process wrote (the
+	// pipeline's SessionStarted); read past the fork on the old timeline,
+	// it would skip the new server's transactions below it. An error ends
+	// the session, which is retried.
+	Journaled func(ctx context.Context) (Resume, error)
 	// OnSession, when set, is called each time a replication session
 	// starts, from the processor's goroutine, one call at a time with the
 	// Handler's and before any change of that session.

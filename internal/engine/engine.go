@@ -313,6 +313,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		// Every session's server must carry on what the journal holds,
 		// the first one's included.
 		Resume: cdc.Resume{SystemID: sys.SystemID, Timeline: sys.Timeline, LSN: e.pipeline.Checkpoint()},
+		// And what another process checkpointed since (a standby taking
+		// the slot over adopts it).
+		Journaled: e.journaled,
 		// On shutdown the stream keeps the slot while attempts in flight
 		// finish (each within the delivery timeout) and the journal takes
 		// their outcomes, so PostgreSQL hears of every journaled commit.
@@ -431,6 +434,16 @@ func (e *Engine) Run(ctx context.Context) error {
 // each replication session: the pipeline re-reads its checkpoint, and
 // fanout what waits in the journal for the ordered keys (another process
 // may have streamed meanwhile).
+// journaled is the stream's Journaled: the journal's checkpoint of the
+// slot.
+func (e *Engine) journaled(ctx context.Context) (cdc.Resume, error) {
+	cp, err := e.journal.Checkpoint(ctx, e.cfg.Source.Slot)
+	if err != nil {
+		return cdc.Resume{}, &journalDownError{err}
+	}
+	return cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN}, nil
+}
+
 func (e *Engine) sessionStarted(ctx context.Context) {
 	e.pipeline.SessionStarted(ctx)
 	if err := e.dispatcher.SyncOrder(ctx); err != nil {
