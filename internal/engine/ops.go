@@ -35,6 +35,10 @@ func (e *Engine) Ready(ctx context.Context) error {
 		return errors.New("not streaming: " + st.Problem)
 	case !st.Connected:
 		return errors.New("not streaming: connecting to PostgreSQL")
+	case !e.dispatcher.Started():
+		// Streaming, and nothing delivered until the instance is
+		// registered in the journal (its retries, its claims).
+		return errors.New("starting: registering in the journal")
 	}
 	if err := e.schema.notReady(); err != nil {
 		return err

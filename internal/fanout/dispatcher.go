@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/dzdesk/dzhook/internal/backoff"
 	"github.com/dzdesk/dzhook/internal/journal"
 )
 
@@ -283,6 +284,7 @@ type Dispatcher struct {
 	life     context.Context // the workers' context, once Run started them
 	ops      sync.WaitGroup  // operators' operations in progress (enter)
 	loaded   atomic.Bool     // LoadState done
+	started  atomic.Bool     // Run registered the instance and loaded the state
 
 	// pos gives ordered deliveries their positions.
 	pos positions
@@ -481,19 +483,25 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 }
 
 // start registers the instance, loads the state and starts the workers.
+// A journal that does not answer is waited for, tried again with backoff
+// (and said at WARN): it answered a moment before (engine.New migrated
+// it), and a blip then ended the process.
 func (d *Dispatcher) start(ctx, life context.Context) error {
-	registering := time.Now()
-	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
-		return fmt.Errorf("register in journal: %w", err)
-	}
-	d.sched.fence.start(registering)
-	d.sched.contactSince.Store(int64(registering.Sub(d.sched.fence.epoch)))
-	d.sched.lastContact.Store(int64(registering.Sub(d.sched.fence.epoch)))
-	if !d.loaded.Load() {
-		if err := d.LoadState(ctx); err != nil {
+	wait := backoff.New(250*time.Millisecond, 5*time.Second)
+	for attempt := 1; ; attempt++ {
+		err := d.register(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		d.log.Warn("registering in the journal failed; retrying", "err", err, "attempt", attempt, "delay", wait.Current().String())
+		if err := wait.Wait(ctx); err != nil {
 			return err
 		}
 	}
+	d.started.Store(true)
 	if err := d.SyncOrder(ctx); err != nil {
 		d.log.Warn("could not read the ordered keys' backlog; ordered deliveries go through the journal until it is read", "err", err)
 	}
@@ -510,6 +518,26 @@ func (d *Dispatcher) start(ctx, life context.Context) error {
 	}
 	return nil
 }
+
+// register records the instance in the journal, starts the fence's
+// clock, and loads the subscriptions' state.
+func (d *Dispatcher) register(ctx context.Context) error {
+	registering := time.Now()
+	if err := d.cfg.Journal.Register(ctx, d.cfg.Instance); err != nil {
+		return fmt.Errorf("register in journal: %w", err)
+	}
+	d.sched.fence.start(registering)
+	d.sched.contactSince.Store(int64(registering.Sub(d.sched.fence.epoch)))
+	d.sched.lastContact.Store(int64(registering.Sub(d.sched.fence.epoch)))
+	if !d.loaded.Load() {
+		return d.LoadState(ctx)
+	}
+	return nil
+}
+
+// Started reports whether Run has registered the instance and loaded
+// the subscriptions' state (readiness waits for it).
+func (d *Dispatcher) Started() bool { return d.started.Load() }
 
 // syncFlagsAfterBeat is the scheduler's syncFlags: while others share
 // the journal, or when a Reload asked for it (resync), until the journal

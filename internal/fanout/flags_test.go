@@ -263,3 +263,37 @@ func TestReaddedSubscriptionTakesItsPauseLater(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the subscription added back paused", func() bool { return memPaused(d, "crm") })
 	dispatchWhilePaused(t, d, store, rc, orderEvents([]string{"k"})[0], 1)
 }
+
+// registerFails fails the first n Registers, as a journal that blinks at
+// the start does.
+type registerFails struct {
+	*journal.Store
+	mu sync.Mutex
+	n  int
+}
+
+func (r *registerFails) Register(ctx context.Context, instance string) error {
+	r.mu.Lock()
+	fail := r.n > 0
+	r.n--
+	r.mu.Unlock()
+	if fail {
+		return context.DeadlineExceeded
+	}
+	return r.Store.Register(ctx, instance)
+}
+
+// TestStartWaitsForTheJournal: a journal that does not answer when Run
+// registers the instance is waited for: Run ended with an error (the
+// process exited), after the start had already looked ready.
+func TestStartWaitsForTheJournal(t *testing.T) {
+	store := newJournal(t)
+	r := &registerFails{Store: store, n: 2}
+	rc := testutil.NewReceiver(t)
+	d := start(t, store, Config{Subscriptions: []Subscription{flagsSub(rc.URL)}, Journal: r, Instance: "a", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
+	testutil.Eventually(t, 10*time.Second, "the dispatcher started", d.Started)
+	if err := d.Dispatch(context.Background(), orderEvents([]string{"k"})[0]); err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 1, 10*time.Second)
+}
