@@ -121,8 +121,9 @@ type Delivery struct {
 	// Defaults to 5s, as DZDESK's documentation asks receivers to answer
 	// within 5 seconds.
 	Timeout time.Duration `koanf:"timeout"`
-	// RetrySchedule is the delay before each attempt: its length is the
-	// number of attempts. Defaults to [0s, 1m, 5m, 30m, 2h].
+	// RetrySchedule is the delay before each attempt, counted from the
+	// failed attempt before it; the first is 0s (made at once). Its length
+	// is the number of attempts. Defaults to [0s, 1m, 5m, 30m, 2h].
 	RetrySchedule []time.Duration `koanf:"retry_schedule"`
 	// AllowInsecureHTTP accepts http:// URLs (local tests only). Defaults
 	// to false: https only.

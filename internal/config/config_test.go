@@ -195,6 +195,7 @@ subscriptions:
 		{"typo in event name", strings.Replace(minimal, "request.*", "user.deactivate", 1), nil, []string{`did you mean "user.deactivated"?`}},
 		{"bad duration in schedule", minimal + "delivery:\n  retry_schedule: [0s, 1x]\n", nil, []string{`delivery.retry_schedule[1]: "1x" is not a duration`}},
 		{"empty schedule", minimal + "delivery:\n  retry_schedule: []\n", nil, []string{"delivery.retry_schedule: must list at least one attempt"}},
+		{"delayed first attempt", minimal + "delivery:\n  retry_schedule: [20s, 1m]\n", nil, []string{"delivery.retry_schedule[0]: is 20s: the first attempt is made at once, so it must be 0s"}},
 		{"secrets keys not 32 bytes of base64", minimal + "secrets:\n  key: c2hvcnQ=\n  keys: [not-base64!]\n", nil, []string{"secrets.key: not 32 bytes of base64", "secrets.keys[0]: not 32 bytes of base64"}},
 		{"dotted keys", minimal + "admin.token: 0123456789abcdef0123\nmapping.requests.table: tickets\ndelivery:\n  retry.schedule: [0s]\n", nil, []string{
 			"admin.token: unknown key (keys are not split at dots: write admin: {token: …})",

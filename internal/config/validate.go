@@ -99,8 +99,13 @@ func (c *Config) validate(ps *Problems, refs references) {
 		ps.add("delivery.retry_schedule", "must list at least one attempt, e.g. [0s, 1m, 5m, 30m, 2h]")
 	}
 	for i, delay := range d.RetrySchedule {
-		if delay < 0 {
+		switch {
+		case delay < 0:
 			ps.add(fmt.Sprintf("delivery.retry_schedule[%d]", i), "must not be negative")
+		case i == 0 && delay != 0:
+			// The first attempt leaves as the event is read (DZDESK's
+			// "immediately"); a delay here was accepted and never waited.
+			ps.add("delivery.retry_schedule[0]", "is %s: the first attempt is made at once, so it must be 0s (the delays after failed attempts follow it)", delay)
 		}
 	}
 	if d.ResponseBodyLimit < 0 || d.ResponseBodyLimit > 1<<20 {
