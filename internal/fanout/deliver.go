@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
@@ -356,6 +357,14 @@ func (d *deliverer) unsent(life context.Context, s *sub, t *task, n int, err err
 // health row is journaled after successes.
 const healthEvery = time.Second
 
+// finalFailuresFailing is how many deliveries in a row, each failed at
+// once by an answer that is not retried (a 4xx other than 408, 425, 429
+// and 410), make a subscription failing, as a used-up schedule does
+// (DZDESK: "after 5 failures"): one event a receiver rejects is its own
+// matter, every event rejected is a broken receiver (a secret mistyped,
+// a route gone) whose events are lost unless the admin hears of it.
+const finalFailuresFailing = 5
+
 // health updates a subscription's health after an attempt and returns the
 // row to journal (nil: nothing new worth a write), with a notification
 // when the state changed: failing once a delivery exhausts its schedule,
@@ -373,16 +382,21 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 			// the others' locks). last_success_at lags by healthEvery at
 			// most.
 			s.lastSuccessAt = res.At
+			s.refusedInARow = 0
 			s.mu.Unlock()
 			return nil, nil
 		}
 		s.lastSuccessAt, st.LastSuccessAt = res.At, res.At
+		s.refusedInARow = 0
 		if s.state == journal.Failing {
 			s.state = journal.Healthy
 		}
 	default:
 		s.lastFailureAt, st.LastFailureAt = res.At, res.At
 		s.lastError, st.LastError = errorExcerpt(res.Error), errorExcerpt(res.Error)
+		if dec.Outcome == Failed && res.Status != 0 && !retryable(res.Status) {
+			s.refusedInARow++
+		}
 		switch {
 		case dec.Outcome == Gone:
 			if s.state != journal.Disabled {
@@ -392,8 +406,11 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 			s.state = journal.Disabled
 		case dec.Exhausted && s.state == journal.Healthy:
 			s.state = journal.Failing
+		case dec.Outcome == Failed && s.refusedInARow >= finalFailuresFailing && s.state == journal.Healthy:
+			s.state = journal.Failing
 		}
 	}
+	refused := s.refusedInARow
 	s.lastStatus = res.Status
 	s.healthWritten = res.At
 	state := s.state
@@ -417,5 +434,12 @@ func (d *deliverer) health(ctx context.Context, s *sub, dec Decision, res attemp
 	d.log.Log(ctx, lvl, "subscription changed state", "subscription", s.cfg.ID, "from", prev, "to", state,
 		"status_code", res.Status, "error_class", res.ErrorClass)
 	d.obs.StateChanged(s.cfg.ID, prev, state)
-	return st, d.notifier.message(s.cfg.ID, prev, state, res)
+	why := "a delivery used up its retry schedule"
+	switch {
+	case res.ErrorClass == ClassTransform:
+		why = "its transform failed on a delivery, which is not retried"
+	case !dec.Exhausted && dec.Outcome == Failed:
+		why = fmt.Sprintf("its receiver refused %d deliveries in a row with an answer that is not retried", refused)
+	}
+	return st, d.notifier.message(s.cfg.ID, prev, state, why, res)
 }

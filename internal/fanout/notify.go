@@ -85,7 +85,7 @@ func (n *Notifier) Wake() {
 
 // message builds the notification of a state change, or nil when no
 // notify.url is set.
-func (n *Notifier) message(id string, prev, state journal.Health, res attemptResult) *journal.NotificationRow {
+func (n *Notifier) message(id string, prev, state journal.Health, why string, res attemptResult) *journal.NotificationRow {
 	if n.cfg.URL == "" {
 		return nil
 	}
@@ -102,7 +102,7 @@ func (n *Notifier) message(id string, prev, state journal.Health, res attemptRes
 	}
 	switch kind {
 	case NotifyFailing:
-		b.Text = fmt.Sprintf(":rotating_light: dzhook: webhook subscription *%s* is failing: a delivery used up its retry schedule (last answer: %s). Deliveries go on being attempted; failed ones can be retried by hand.", id, answer(res))
+		b.Text = fmt.Sprintf(":rotating_light: dzhook: webhook subscription *%s* is failing: %s (last answer: %s). Deliveries go on being attempted; failed ones can be retried by hand.", id, why, answer(res))
 	case NotifyRecovered:
 		b.Text = fmt.Sprintf(":white_check_mark: dzhook: webhook subscription *%s* has recovered (HTTP %d).", id, res.Status)
 	case NotifyDisabled:

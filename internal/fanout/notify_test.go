@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,5 +62,75 @@ func TestNotificationsSentOnceAcrossProcesses(t *testing.T) {
 		if c > 1 {
 			t.Errorf("notification %s reached notify.url %d times, want once", id, c)
 		}
+	}
+}
+
+// TestRefusedDeliveriesMakeItFailing: a receiver that refuses every
+// delivery with an answer not retried (a wrong secret's 401) makes the
+// subscription failing after five in a row, and the admin is told once,
+// saying why; four refusals, or refusals broken by a success, do not. It
+// stayed healthy whatever it refused, every event lost without a word.
+func TestRefusedDeliveriesMakeItFailing(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	refuse := atomic.Bool{}
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if refuse.Load() {
+			return http.StatusUnauthorized, nil, "invalid signature"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	d := start(t, store, Config{Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+		Journal: store, Instance: "a", PollInterval: 50 * time.Millisecond, Notify: NotifyConfig{URL: "http://127.0.0.1:9/notify"}})
+	evs := orderEvents([]string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"})
+	send := func(from, to int) {
+		t.Helper()
+		for _, ev := range evs[from:to] {
+			if err := d.Dispatch(ctx, ev); err != nil {
+				t.Fatal(err)
+			}
+			n := len(rc.Requests()) + 1
+			rc.Wait(t, n, 10*time.Second) // one at a time: "in a row" is the receiver's order
+		}
+	}
+	state := func() string {
+		for _, s := range d.Subscriptions() {
+			if s.ID == "crm" {
+				return string(s.State)
+			}
+		}
+		return ""
+	}
+	refuse.Store(true)
+	send(0, 4)
+	refuse.Store(false)
+	send(4, 5)
+	refuse.Store(true)
+	send(5, 9)
+	if got := state(); got != "healthy" {
+		t.Fatalf("after 4 refusals, a success and 4 more: %s, want healthy", got)
+	}
+	send(9, 10)
+	testutil.Eventually(t, 10*time.Second, "failing", func() bool { return state() == "failing" })
+	var texts []string
+	testutil.Eventually(t, 10*time.Second, "the failing notification journaled", func() bool {
+		texts = texts[:0]
+		rows, err := store.Pool().Query(ctx, `SELECT convert_from(body, 'UTF8')::jsonb->>'text' FROM dzhook.notifications WHERE kind = 'failing'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			texts = append(texts, s)
+		}
+		return len(texts) > 0
+	})
+	if len(texts) != 1 || !strings.Contains(texts[0], "refused 5 deliveries in a row") || !strings.Contains(texts[0], "HTTP 401") {
+		t.Errorf("failing notifications %q, want one naming the refusals and the answer", texts)
 	}
 }

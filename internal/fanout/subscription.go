@@ -208,6 +208,11 @@ type sub struct {
 	// caught up with these.
 	healthGen uint64
 	healthAt  time.Time
+	// refusedInARow counts this process's deliveries in a row that
+	// failed at once, their answer not retried (a 4xx): no schedule is
+	// used up, and a receiver refusing them all (a wrong secret's 401)
+	// never made the subscription failing (finalFailuresFailing).
+	refusedInARow int
 
 	// runHeld counts the places of reserved held by claimed runs waiting
 	// behind their heads (orderState.claimedRun): no worker starts them
