@@ -389,24 +389,29 @@ func TestSLABreachedThenMovedFires(t *testing.T) {
 // Only a warning whose target had passed was skipped: this one was sent
 // saying "2h 45m" remaining, an hour before the breach (found by a
 // review).
-func TestSLALateWarningSkippedBeforeItsTarget(t *testing.T) {
+// TestSLARecordedAtRiskWarnsOnce: an SLA recorded already past its
+// warning's threshold (started 10 hours ago, due in an hour) is warned
+// of at once, with the share elapsed and the time remaining as they are
+// then. Its warning was skipped as late (due at 75%, 1h 45m before the
+// insert), and the request breached with no warning; a warning whose
+// moment passed while dzhook was down is still skipped
+// (internal/slaclock TestFireDue).
+func TestSLARecordedAtRiskWarnsOnce(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
-	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*, request.created")))
+	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.*")))
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (60, 'x', 1)`,
 		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (60, 60, 'resolution', now() - interval '10 hours', now() + interval '1 hour')`)
-	testutil.Eventually(t, 20*time.Second, "the late warning recorded as not sent", func() bool {
-		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '60' AND kind = 'warning:75' AND outcome = 'late'`) == 1
+	rc.Wait(t, 1, 20*time.Second)
+	testutil.Eventually(t, 20*time.Second, "the warning's timer fired", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '60' AND kind = 'warning:75' AND outcome = 'fired'`) == 1
 	})
-	// Skipped, it was never journaled (an event is, before its timer is
-	// marked), so never sent.
-	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.events WHERE type = 'sla.warning'`); n != 0 {
-		t.Errorf("%d sla.warning events journaled, want none", n)
+	evs := slaEvents(t, rc)
+	if len(evs) != 1 || evs[0].Event != "sla.warning" {
+		t.Fatalf("events %+v, want one sla.warning", evs)
 	}
-	for _, ev := range slaEvents(t, rc) {
-		if ev.Event == "sla.warning" {
-			t.Errorf("a warning 1h 45m late was sent: %+v", ev.Data)
-		}
+	if d := evs[0].Data; d.PercentElapsed < 90.5 || d.PercentElapsed > 91.5 || d.TimeRemaining != "1h" && d.TimeRemaining != "59m" {
+		t.Errorf("warning says %v%% elapsed, %q remaining; want about 90.9%% and 1h", d.PercentElapsed, d.TimeRemaining)
 	}
 }
 

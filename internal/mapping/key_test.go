@@ -116,7 +116,7 @@ func TestSLAEventKeys(t *testing.T) {
 	m := keyMapper(t)
 	start := time.Date(2024, 1, 15, 8, 0, 0, 0, time.UTC)
 	base := Timer{SLAID: "7", RequestID: "123", SLAType: "resolution", StartedAt: start, TargetAt: start.Add(10 * time.Hour)}
-	timers := SLATimers(base, []float64{75}, start)
+	timers := SLATimers(base, []float64{75}, start, time.Time{})
 	if len(timers) != 2 {
 		t.Fatalf("timers %+v, want a warning and a breach", timers)
 	}

@@ -3,6 +3,7 @@ package mapping
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -65,21 +66,41 @@ func warningPercent(kind string) (float64, bool) {
 // threshold (at that share of started → target) and the breach (at the
 // target). A warning whose moment is already past when the target is
 // also past is not armed: the breach says more.
-func SLATimers(base Timer, thresholds []float64, now time.Time) []Timer {
+//
+// shaped is when the SLA took this target (its change's commit; zero:
+// unknown). A warning whose moment came before that (a target moved
+// closer, an SLA recorded already at risk) is due at it, the highest
+// such threshold only: its moment never came while the SLA had this
+// target, and found due at once it was skipped as late, the request
+// breaching with no warning (found by a review). A commit long past (the
+// stream catching up after dzhook was down) makes it late all the same,
+// as any warning whose moment passed meanwhile.
+func SLATimers(base Timer, thresholds []float64, now, shaped time.Time) []Timer {
 	var out []Timer
 	span := base.TargetAt.Sub(base.StartedAt)
-	for _, p := range thresholds {
+	for i, p := range thresholds {
 		if span <= 0 || !base.TargetAt.After(now) {
 			break
 		}
 		t := base
 		t.Kind = WarningKind(p)
-		t.FireAt = base.StartedAt.Add(time.Duration(float64(span) * p / 100))
+		t.FireAt = warningMoment(base, p)
+		if !shaped.IsZero() && t.FireAt.Before(shaped) {
+			if i+1 < len(thresholds) && warningMoment(base, thresholds[i+1]).Before(shaped) {
+				continue // a higher one is due at it too: that one says it
+			}
+			t.FireAt = shaped
+		}
 		out = append(out, t)
 	}
 	b := base
 	b.Kind, b.FireAt = "breach", base.TargetAt
 	return append(out, b)
+}
+
+// warningMoment is when threshold p (a percentage) of t's SLA is reached.
+func warningMoment(t Timer, p float64) time.Time {
+	return t.StartedAt.Add(time.Duration(float64(t.TargetAt.Sub(t.StartedAt)) * p / 100))
 }
 
 // SLAChange reads a change of the SLA table: the timers to arm and the
@@ -141,7 +162,7 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 		}
 	}
 	base := Timer{SLAID: id, RequestID: idOf(c, c.New, sc.Request), SLAType: slaType, StartedAt: started, TargetAt: target}
-	up.Arm = SLATimers(base, thresholds, now)
+	up.Arm = SLATimers(base, thresholds, now, c.CommitTime)
 	up.Keep = target
 	return up, nil
 }
@@ -197,6 +218,12 @@ func (m *Mapper) SLAEvent(t Timer) Event {
 	name := catalog.SLABreach
 	if p, ok := warningPercent(t.Kind); ok {
 		name = catalog.SLAWarning
+		if t.FireAt.Sub(warningMoment(t, p)) > time.Second && t.TargetAt.After(t.StartedAt) {
+			// Due later than its threshold (SLATimers): the share elapsed
+			// when it was due, to a tenth of a percent.
+			elapsed := float64(t.FireAt.Sub(t.StartedAt)) / float64(t.TargetAt.Sub(t.StartedAt)) * 100
+			p = math.Round(elapsed*10) / 10
+		}
 		o.key("percentElapsed")
 		o.b = strconv.AppendFloat(o.b, p, 'f', -1, 64)
 		o.str("timeRemaining", TimeRemaining(t.TargetAt.Sub(t.FireAt)))

@@ -282,7 +282,10 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 				slaType = t
 			}
 			base := mapping.Timer{SLAID: r.ID, RequestID: r.RequestID, SLAType: slaType, StartedAt: r.StartedAt, TargetAt: r.TargetAt}
-			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: mapping.SLATimers(base, c.cfg.WarningPercent, now)}))
+			// Known from now: one already past a threshold is warned of
+			// now, once (as one the stream reads as recorded at risk; the
+			// two arm it alike when they race at the first start).
+			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: mapping.SLATimers(base, c.cfg.WarningPercent, now, now)}))
 		}
 		last := len(rows) < scanPage
 		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark, start); err != nil {
