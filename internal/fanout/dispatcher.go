@@ -680,7 +680,9 @@ const reloadStateWait = 2 * time.Second
 //
 // Readers (Dispatch, the admin API, /metrics) never wait for a Reload:
 // the new set is swapped in at once, and the old subscriptions are
-// stopped afterwards, without a lock.
+// stopped afterwards, without a lock. The Reload itself may wait up to
+// reloadStateWait for the journal before the swap (the added
+// subscriptions' pause and state), and so may its caller's locks.
 func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 	// The journal's pause and state of the subscriptions it may add,
 	// read before the lock (readers never wait for the journal): one
@@ -688,13 +690,14 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 	// active, sending while the journal said paused, and paused again at
 	// the next restart.
 	var states map[string]journal.SubscriptionRow
+	unread := false
 	if d.loaded.Load() {
 		sctx, cancel := context.WithTimeout(ctx, reloadStateWait)
 		rows, err := d.cfg.Journal.SubscriptionStates(sctx)
 		cancel()
 		if err != nil {
 			d.log.Warn("configuration reload: the subscriptions' pause and state could not be read from the journal; those added take them at the next heartbeat", "err", err)
-			d.resync.Store(true)
+			unread = true
 		}
 		states = make(map[string]journal.SubscriptionRow, len(rows))
 		for _, st := range rows {
@@ -760,6 +763,11 @@ func (d *Dispatcher) Reload(ctx context.Context, cfgs []Subscription) error {
 		}
 	}
 	d.reg.Store(newRegistry(next))
+	if unread {
+		// After the swap: a heartbeat's sync in between would read the
+		// old set, without the added subscriptions, and take the ask.
+		d.resync.Store(true)
+	}
 	d.opMu.Lock()
 	life := d.life
 	d.opMu.Unlock()

@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -296,4 +297,55 @@ func TestStartWaitsForTheJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc.Wait(t, 1, 10*time.Second)
+}
+
+// beatsCounted is statesFailOnce counting the heartbeats.
+type beatsCounted struct {
+	*statesFailOnce
+	beats atomic.Int64
+}
+
+func (b *beatsCounted) Heartbeat(ctx context.Context, instance string, within time.Duration) (int, time.Time, error) {
+	defer b.beats.Add(1)
+	return b.statesFailOnce.Heartbeat(ctx, instance, within)
+}
+
+// TestReloadAsksForTheStateAfterItsSwap: the heartbeat's read asked for
+// by a Reload that could not read the journal comes after the swap:
+// asked before it, a heartbeat in between read the old set, without the
+// added subscription, and took the ask; the subscription ran unpaused
+// while the journal said paused, until a restart.
+func TestReloadAsksForTheStateAfterItsSwap(t *testing.T) {
+	store := newJournal(t)
+	b := &beatsCounted{statesFailOnce: &statesFailOnce{Store: store}}
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	sub := flagsSub(rc.URL)
+	d := start(t, store, Config{Subscriptions: []Subscription{sub}, Journal: b, Instance: "a", PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
+	testutil.Eventually(t, 10*time.Second, "the journal's state loaded", d.loaded.Load)
+	if err := d.Pause(ctx, "crm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reload(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	b.arm = true
+	b.mu.Unlock()
+	d.reloadMu.Lock() // the swap waits
+	done := make(chan error, 1)
+	go func() { done <- d.Reload(ctx, []Subscription{sub}) }()
+	testutil.Eventually(t, 10*time.Second, "the reload's read failed", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return !b.arm
+	})
+	beats := b.beats.Load()
+	testutil.Eventually(t, 10*time.Second, "two heartbeats before the swap", func() bool { return b.beats.Load() >= beats+2 })
+	d.reloadMu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the subscription added back paused", func() bool { return memPaused(d, "crm") })
+	dispatchWhilePaused(t, d, store, rc, orderEvents([]string{"k"})[0], 1)
 }
