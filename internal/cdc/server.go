@@ -3,8 +3,8 @@ package cdc
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -93,7 +93,7 @@ func (e *ServerChangedError) PublicReason() string {
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
 		"Its new transactions reuse positions (and so event ids) of the lost ones, which the journal drops as known: to process every one, start dzhook on a fresh journal.schema (the old schema keeps the history, and its pending deliveries are not sent from the new one; subscriptions made through the API or the dashboard live in the journal: create them again there, with their secrets). " +
-		"A restart refuses too while the journal's checkpoint is above where this server's timeline forked (a journal on another cluster keeps it there): the start judges the checkpoint, which records the timeline it was read on, the same way"
+		"A restart moves the journal's checkpoint back to where this server's timeline forked when nothing was journaled past that point; otherwise it refuses too"
 }
 
 // checkServer runs IDENTIFY_SYSTEM on a new session's connection and
@@ -130,11 +130,18 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		if err != nil {
 			return err
 		}
-		if _, err := CheckResume(ctx, conn, s.cfg.Slot, sys, j); err != nil {
-			if !errors.As(err, &e) {
+		if j.SystemID == sys.SystemID && j.LSN != 0 {
+			// Its WAL must reach the journal's position too, on the same
+			// timeline (a restore from a snapshot: the process that read
+			// there refuses; one taking the slot over adopted its
+			// checkpoint, above the WAL, and skipped what came below it).
+			tli := cmp.Or(j.Timeline, sys.Timeline)
+			if _, e, err = judge(ctx, conn, s.cfg.Slot, sys, server{systemID: j.SystemID, timeline: tli}, j.LSN); err != nil {
 				return err
 			}
-			read = j.LSN
+			if e != nil {
+				read = j.LSN
+			}
 		}
 	}
 	if e != nil {
@@ -160,9 +167,10 @@ func judge(ctx context.Context, conn *pgconn.PgConn, slot string, sys pglogrepl.
 	switch {
 	case sys.SystemID != prev.systemID:
 		return 0, e, nil
-	case sys.XLogPos < read:
-		return 0, e, nil
 	case sys.Timeline != prev.timeline:
+		// The fork also when the WAL ends before read (a standby
+		// promoted a moment ago): the start moves the checkpoint back to
+		// it when nothing was journaled past it (engine.rewindToFork).
 		if fork, err = forkPoint(ctx, conn, sys.Timeline, prev.timeline); err != nil {
 			return 0, nil, err
 		}
@@ -170,6 +178,8 @@ func judge(ctx context.Context, conn *pgconn.PgConn, slot string, sys pglogrepl.
 		if fork < read {
 			return fork, e, nil
 		}
+	case sys.XLogPos < read:
+		return 0, e, nil
 	}
 	return fork, nil, nil
 }

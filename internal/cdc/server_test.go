@@ -231,3 +231,39 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 		t.Errorf("%d changes handed over by the refused stream", len(ch))
 	}
 }
+
+// TestJournaledAheadOnTheSameTimelineRefused: the journal says another
+// process read this slot past the server's WAL, on its own timeline (the
+// source restored from a snapshot while two processes shared the slot):
+// the session refuses, as the process that read there does. Judged only
+// against what it read itself, a process taking the slot over adopted
+// that checkpoint and skipped the restored server's transactions below it.
+func TestJournaledAheadOnTheSameTimelineRefused(t *testing.T) {
+	ctx := context.Background()
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	var sysID, end string
+	var tli int32
+	if err := db.Connect(t).QueryRow(ctx, `SELECT system_identifier::text, pg_current_wal_flush_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint())
+		FROM pg_control_system()`).Scan(&sysID, &end, &tli); err != nil {
+		t.Fatal(err)
+	}
+	walEnd, _ := pglogrepl.ParseLSN(end)
+	ahead := walEnd + 64<<20
+	rec := newRecorder(true)
+	s := startStreamWith(t, db, rec, func(c *Config) {
+		c.Journaled = func(context.Context) (Resume, error) { return Resume{SystemID: sysID, Timeline: tli, LSN: ahead}, nil }
+	})
+	testutil.Eventually(t, 30*time.Second, "the session refusing the server behind the journal", func() bool {
+		return strings.Contains(s.Stats().Problem, "refuses to stream")
+	})
+	if p := s.Stats().Problem; !strings.Contains(p, "before "+ahead.String()) {
+		t.Errorf("Problem = %q, want the journal's position named", p)
+	}
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`)
+	if ch, _ := rec.snapshot(); len(ch) != 0 {
+		t.Errorf("%d changes handed over by the refused stream", len(ch))
+	}
+}

@@ -170,7 +170,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	// the checkpoint would be skipped as journaled.
 	fork, err := cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN})
 	if err != nil {
-		return nil, err
+		if cp, err = rewindToFork(ctx, e.journal, cfg.Source.Slot, cp, sys, err, log); err != nil {
+			return nil, err
+		}
 	}
 	if fork != 0 {
 		log.Info("the server is on a new timeline that carries on the one the journal's checkpoint was read on", "slot", cfg.Source.Slot,
@@ -434,6 +436,39 @@ func (e *Engine) Run(ctx context.Context) error {
 // each replication session: the pipeline re-reads its checkpoint, and
 // fanout what waits in the journal for the ordered keys (another process
 // may have streamed meanwhile).
+// rewindToFork handles a start refused by cdc.CheckResume (refused): a
+// server whose timeline left the checkpoint's below it. The checkpoint
+// follows the stream's idle positions too, so after a failover to a
+// standby even slightly behind it is above the fork with nothing
+// journaled past it; the new timeline's transactions from the fork on
+// are then simply the ones to read, and the checkpoint moves back to the
+// fork (said at WARN). With events journaled past the fork (delivered
+// from the old server, which the new one lacks), the refusal stands: the
+// new server's transactions reuse their positions, and so their ids.
+func rewindToFork(ctx context.Context, store *journal.Store, slot string, cp journal.Checkpoint, sys pglogrepl.IdentifySystemResult, refused error, log *slog.Logger) (journal.Checkpoint, error) {
+	var changed *cdc.ServerChangedError
+	if !errors.As(refused, &changed) || changed.Fork == 0 || changed.SystemID != cp.SystemID || changed.PrevSystemID != cp.SystemID {
+		return cp, refused
+	}
+	past, err := store.JournaledFrom(ctx, ids.NewSource(sys.SystemID), changed.Fork)
+	if err != nil {
+		return cp, err
+	}
+	if past {
+		return cp, refused
+	}
+	moved, err := store.RewindCheckpoint(ctx, slot, cp, changed.Fork, sys.Timeline)
+	if err != nil {
+		return cp, err
+	}
+	if !moved {
+		return cp, fmt.Errorf("the journal's checkpoint of slot %q changed while this start judged it (another dzhook?): start again", slot)
+	}
+	log.Warn("the server's timeline left the one the journal's checkpoint was read on below it (a failover to a standby that was behind); nothing was journaled past the fork, so the checkpoint moves back to it and the new server's transactions from there on are read",
+		"slot", slot, "timeline", sys.Timeline, "was", cp.Timeline, "switched_at", changed.Fork.String(), "checkpoint", cp.LSN.String())
+	return journal.Checkpoint{LSN: max(changed.Fork, 1) - 1, SystemID: cp.SystemID, End: changed.Fork, Timeline: sys.Timeline}, nil
+}
+
 // journaled is the stream's Journaled: the journal's checkpoint of the
 // slot.
 func (e *Engine) journaled(ctx context.Context) (cdc.Resume, error) {

@@ -191,3 +191,47 @@ func TestRestartCarriesOnANewTimelineAboveTheCheckpoint(t *testing.T) {
 	}
 	testutil.Eventually(t, 10*time.Second, "the checkpoint on timeline 2", func() bool { _, tli := f.checkpoint(t); return tli == 2 })
 }
+
+// TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt: the
+// checkpoint moved past the fork on the old server with no event
+// journaled there (a transaction that changed unmapped columns only; idle
+// positions do the same). A start on the promoted server moves the
+// checkpoint back to the fork and reads the new server's transactions
+// from there, instead of refusing for a fresh journal: no event of the
+// old server past the fork can share an id with them.
+func TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt(t *testing.T) {
+	f := newFailover(t)
+	_, stop := startStoppable(t, f.config(t, f.src))
+	f.deliver(t, f.src, 1)
+	stop()
+	cl, err := f.primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := on(cl)
+	fork := forkOf(t, promoted)
+
+	_, stop = startStoppable(t, f.config(t, f.src))
+	f.src.Exec(t, `SELECT pg_switch_wal()`, `UPDATE requests SET description = 'unmapped' WHERE id = 1`)
+	testutil.Eventually(t, 20*time.Second, "the checkpoint past the fork", func() bool { cp, _ := f.checkpoint(t); return cp > fork })
+	stop()
+	if n := queryInt(t, f.journal, `SELECT count(*) FROM dzhook.events WHERE commit_lsn >= $1`, int64(fork)); n != 0 {
+		t.Fatalf("%d events journaled past the fork", n)
+	}
+	cp, _ := f.checkpoint(t)
+
+	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (4, 'below the checkpoint', 1)`)
+	for i := 0; walEnd(t, promoted) <= cp; i++ {
+		if i == 5 {
+			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, promoted), cp)
+		}
+		promoted.Exec(t, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, 100+i, i), `SELECT pg_switch_wal()`)
+	}
+	start(t, f.config(t, promoted))
+	f.deliver(t, promoted, 5)
+	if !hasRequest(f.rc, 4) {
+		t.Errorf("request 4, committed on the new server between the fork and the old checkpoint, was not delivered")
+	}
+	testutil.Eventually(t, 10*time.Second, "the checkpoint on timeline 2", func() bool { _, tli := f.checkpoint(t); return tli == 2 })
+}

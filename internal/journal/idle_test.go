@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // TestIdlePositionCheckpointsCommitsBeforeIt: a position the stream was
@@ -121,5 +123,34 @@ func TestCheckpointTimeline(t *testing.T) {
 	}
 	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp != (Checkpoint{LSN: 400, SystemID: "B", End: 410, Timeline: 6}) {
 		t.Errorf("checkpoint written by the writer = %+v (err %v), want 400 of B on timeline 6", cp, err)
+	}
+}
+
+// TestJournaledFrom: the events of one source at or past a position,
+// by their ids' range: another source's, and ids without a commit (SLA
+// and test events), do not count.
+func TestJournaledFrom(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	src, other := ids.NewSource("A"), ids.NewSource("B")
+	now := time.Now()
+	b := &Batch{}
+	for _, e := range []struct {
+		id  string
+		lsn pglogrepl.LSN
+	}{{src.NewID(100, 0, 0), 100}, {src.NewID(200, 3, 2), 200}, {other.NewID(900, 0, 0), 900}, {src.NewTimedID("sla", "1", "breach"), 0}} {
+		b.Events = append(b.Events, EventRow{ID: e.id, Type: "request.created", Body: []byte(`{}`), CommitLSN: e.lsn, OccurredAt: now})
+	}
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		src  ids.Source
+		from pglogrepl.LSN
+		want bool
+	}{{src, 100, true}, {src, 150, true}, {src, 200, true}, {src, 201, false}, {other, 901, false}, {other, 900, true}, {ids.NewSource("C"), 1, false}} {
+		if got, err := s.JournaledFrom(ctx, c.src, c.from); err != nil || got != c.want {
+			t.Errorf("JournaledFrom(%v, %s) = %v (err %v), want %v", c.src, c.from, got, err, c.want)
+		}
 	}
 }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dzdesk/dzhook/internal/ids"
 )
 
 // Source is the slot that feeds the journal from one source database.
@@ -176,4 +179,34 @@ func (s *Store) RecentMappings(ctx context.Context, slot string) ([][]byte, erro
 		err := r.Scan(&b)
 		return []byte(b), err
 	})
+}
+
+// JournaledFrom reports whether the journal holds an event of a
+// transaction of source src committed at or after lsn. An event's id is
+// its position (ids.NewID), so those of src at or after lsn are one range
+// of the primary key; an SLA's or a test's id (a hash) that falls in it
+// by chance is told apart by its commit_lsn (NULL).
+func (s *Store) JournaledFrom(ctx context.Context, src ids.Source, lsn pglogrepl.LSN) (bool, error) {
+	var found bool
+	err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.events WHERE id >= $1 AND id <= $2 AND commit_lsn >= $3)`),
+		src.NewID(lsn, 0, 0), src.NewID(pglogrepl.LSN(math.MaxUint64), math.MaxUint32, math.MaxUint8), int64(lsn)).Scan(&found)
+	if err != nil {
+		return false, fmt.Errorf("look for events past %s: %w", lsn, err)
+	}
+	return found, nil
+}
+
+// RewindCheckpoint moves the slot's checkpoint back to fork, on timeline,
+// if it is still from: the server's timeline left from's below it, and
+// the journal holds nothing the stream read past the fork
+// (JournaledFrom), so the new timeline's transactions from the fork on
+// are the ones to read. It reports whether it moved.
+func (s *Store) RewindCheckpoint(ctx context.Context, slot string, from Checkpoint, fork pglogrepl.LSN, timeline int32) (bool, error) {
+	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, updated_at = now()
+		WHERE slot = $1 AND lsn = $5 AND coalesce(system_id, '') = $6`),
+		slot, int64(max(fork, 1)-1), int64(fork), nullTimeline(timeline), int64(from.LSN), from.SystemID)
+	if err != nil {
+		return false, fmt.Errorf("move the checkpoint back to the fork: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
 }
