@@ -76,10 +76,12 @@ func newInstanceID() string {
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }
 
-// sample builds a test event of a type.
-func sample(eventType string) fanout.Event {
-	id, now := ids.TestEventID(), time.Now().UTC()
-	return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: mapping.Sample(eventType, id, now)}
+// sampler builds test events of a type, with the mapping's id prefixes.
+func sampler(p mapping.Prefixes) func(eventType string) fanout.Event {
+	return func(eventType string) fanout.Event {
+		id, now := ids.TestEventID(), time.Now().UTC()
+		return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: mapping.SampleWith(eventType, id, now, p)}
+	}
 }
 
 func (e *Engine) streamStats() metrics.StreamStats {

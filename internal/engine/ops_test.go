@@ -17,6 +17,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/journal"
+	"github.com/dzdesk/dzhook/internal/mapping"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -682,7 +683,7 @@ func TestSendTestDuringShutdown(t *testing.T) {
 	}
 	got := make(chan result, 1)
 	go func() {
-		rep, err := e.dispatcher.SendTest(context.Background(), "crm", sample("request.created"))
+		rep, err := e.dispatcher.SendTest(context.Background(), "crm", sampler(mapping.ReferencePrefixes)("request.created"))
 		got <- result{rep, err}
 	}()
 	select {

@@ -753,3 +753,30 @@ func TestStringFieldsAsText(t *testing.T) {
 		}
 	}
 }
+
+// TestSampleWithPrefixes: a test event's ids carry the mapping's
+// prefixes (they were DZDESK's whatever id_prefix said, and a receiver
+// checking them refused the test).
+func TestSampleWithPrefixes(t *testing.T) {
+	p := Prefixes{Request: "ticket-", User: "person-", Comment: "note-"}
+	ts := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
+	for name, want := range map[string][]string{
+		catalog.RequestAssigned:  {`"id":"ticket-123"`, `"id":"person-123"`, `"id":"person-456"`},
+		catalog.RequestCommented: {`"id":"note-789"`, `"requestId":"ticket-123"`},
+		catalog.UserDeactivated:  {`"id":"person-123"`},
+		catalog.SLABreach:        {`"requestId":"ticket-123"`},
+	} {
+		body := string(SampleWith(name, "whk_test_1", ts, p))
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s sample %s lacks %s", name, body, w)
+			}
+		}
+		if strings.Contains(body, "req_") || strings.Contains(body, "usr_") || strings.Contains(body, "cmt_") {
+			t.Errorf("%s sample %s has a reference prefix", name, body)
+		}
+	}
+	if string(Sample(catalog.RequestCreated, "whk_x", ts)) != string(SampleWith(catalog.RequestCreated, "whk_x", ts, ReferencePrefixes)) {
+		t.Error("Sample is not SampleWith DZDESK's prefixes")
+	}
+}

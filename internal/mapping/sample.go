@@ -6,10 +6,30 @@ import (
 	"github.com/dzdesk/dzhook/internal/catalog"
 )
 
+// Prefixes are the id prefixes of a mapping's requests, users and
+// comments (mapping.*.id_prefix).
+type Prefixes struct{ Request, User, Comment string }
+
+// ReferencePrefixes are DZDESK's: req_, usr_, cmt_.
+var ReferencePrefixes = Prefixes{Request: "req_", User: "usr_", Comment: "cmt_"}
+
+// Prefixes returns the mapping's id prefixes.
+func (c *Config) Prefixes() Prefixes {
+	return Prefixes{Request: c.Requests.IDPrefix, User: c.Users.IDPrefix, Comment: c.Comments.IDPrefix}
+}
+
 // Sample returns an envelope for a test delivery of eventType: the payload
 // shapes of DZDESK's documentation with sample values (custom events get
-// {"sample": true}). id is the event id; ts its timestamp.
+// {"sample": true}), ids with DZDESK's prefixes. id is the event id; ts
+// its timestamp.
 func Sample(eventType, id string, ts time.Time) []byte {
+	return SampleWith(eventType, id, ts, ReferencePrefixes)
+}
+
+// SampleWith is Sample with the ids a mapping's prefixes give (a
+// receiver that checks them refused the test, whose ids were DZDESK's
+// whatever the mapping said).
+func SampleWith(eventType, id string, ts time.Time, p Prefixes) []byte {
 	ts = ts.UTC().Truncate(time.Second)
 	created := ts.Add(-30 * time.Minute)
 	person := func(o *obj, key, id, email string) {
@@ -20,13 +40,13 @@ func Sample(eventType, id string, ts time.Time) []byte {
 		o.b = p.end()
 	}
 	request := func(o *obj, status string, assigned bool) {
-		o.str("id", "req_123")
+		o.str("id", p.Request+"123")
 		o.str("title", "Cannot access email")
 		o.str("status", status)
 		o.str("priority", "high")
-		person(o, "requester", "usr_123", "john@company.com")
+		person(o, "requester", p.User+"123", "john@company.com")
 		if assigned {
-			person(o, "assignedTo", "usr_456", "jane@company.com")
+			person(o, "assignedTo", p.User+"456", "jane@company.com")
 		} else {
 			o.null("assignedTo")
 		}
@@ -36,7 +56,7 @@ func Sample(eventType, id string, ts time.Time) []byte {
 		o.b = appendTime(o.b, ts)
 	}
 	user := func(o *obj, active bool) {
-		o.str("id", "usr_123")
+		o.str("id", p.User+"123")
 		o.str("email", "john@company.com")
 		o.str("name", "John Smith")
 		o.str("role", "requester")
@@ -56,18 +76,18 @@ func Sample(eventType, id string, ts time.Time) []byte {
 	case catalog.RequestUpdated:
 		request(&o, "in_progress", true)
 	case catalog.RequestStatusChanged:
-		o.str("id", "req_123")
+		o.str("id", p.Request+"123")
 		o.str("previousStatus", "open")
 		o.str("newStatus", "in_progress")
-		person(&o, "changedBy", "usr_456", "jane@company.com")
+		person(&o, "changedBy", p.User+"456", "jane@company.com")
 	case catalog.RequestAssigned:
 		request(&o, "open", true)
 		o.null("previousAssignedTo")
-		person(&o, "changedBy", "usr_456", "jane@company.com")
+		person(&o, "changedBy", p.User+"456", "jane@company.com")
 	case catalog.RequestCommented:
-		o.str("id", "cmt_789")
-		o.str("requestId", "req_123")
-		person(&o, "author", "usr_456", "jane@company.com")
+		o.str("id", p.Comment+"789")
+		o.str("requestId", p.Request+"123")
+		person(&o, "author", p.User+"456", "jane@company.com")
 		o.str("body", "Looking into it.")
 		o.key("internal")
 		o.b = append(o.b, "false"...)
@@ -76,7 +96,7 @@ func Sample(eventType, id string, ts time.Time) []byte {
 	case catalog.RequestDeleted:
 		request(&o, "closed", true)
 	case catalog.SLAWarning:
-		o.str("requestId", "req_123")
+		o.str("requestId", p.Request+"123")
 		o.str("slaType", "resolution")
 		o.key("targetTime")
 		o.b = appendTime(o.b, ts.Add(150*time.Minute))
@@ -84,7 +104,7 @@ func Sample(eventType, id string, ts time.Time) []byte {
 		o.b = append(o.b, "75"...)
 		o.str("timeRemaining", "2h 30m")
 	case catalog.SLABreach:
-		o.str("requestId", "req_123")
+		o.str("requestId", p.Request+"123")
 		o.str("slaType", "resolution")
 		o.key("targetTime")
 		o.b = appendTime(o.b, ts)
