@@ -76,6 +76,12 @@ func newInstanceID() string {
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }
 
+// sample builds a test event of a type with the id prefixes of the
+// mapping in effect (a reload may have changed them).
+func (e *Engine) sample(eventType string) fanout.Event {
+	return sampler(e.schema.prefixes())(eventType)
+}
+
 // sampler builds test events of a type, with the mapping's id prefixes.
 func sampler(p mapping.Prefixes) func(eventType string) fanout.Event {
 	return func(eventType string) fanout.Event {

@@ -259,6 +259,13 @@ func unjoin(err error) []error {
 	return []error{err}
 }
 
+// prefixes are the id prefixes of the mapping in effect.
+func (w *schemaWatch) prefixes() mapping.Prefixes {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.applied.Prefixes()
+}
+
 // OpenSLAs implements slaclock.Source with the SLA queries of the
 // mapping in effect.
 func (w *schemaWatch) OpenSLAs(ctx context.Context, after string, limit int) ([]mapping.SLARow, error) {
