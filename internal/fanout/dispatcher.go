@@ -613,12 +613,14 @@ func (d *Dispatcher) syncFlags(ctx context.Context) (read bool) {
 			// seen the 410 (this one's disable may not be journaled
 			// yet) never does, as in the journal.
 			s.state = st.State
+			s.refusedInARow = 0 // a state from elsewhere starts the count again
 			d.log.Info("subscription re-enabled by another instance", "subscription", st.ID, "state", st.State)
 		case st.State != journal.Disabled && s.state != journal.Disabled && st.State != s.state &&
 			s.healthGen == gens[s].health && changedAt.After(s.healthAt):
 			// Not a transition of this process's: neither counted nor
 			// told (the process that made it told it).
 			s.state = st.State
+			s.refusedInARow = 0 // a state from elsewhere starts the count again
 			d.log.Info("subscription state changed by another instance", "subscription", st.ID, "state", st.State)
 		}
 		if was && !s.paused && s.state != journal.Disabled {
@@ -660,6 +662,7 @@ func (d *Dispatcher) LoadState(ctx context.Context) error {
 func (s *sub) adopt(st journal.SubscriptionRow) {
 	s.mu.Lock()
 	s.state, s.paused = st.State, st.Paused
+	s.refusedInARow = 0
 	s.lastSuccessAt, s.lastFailureAt, s.lastStatus, s.lastError = st.LastSuccessAt, st.LastFailureAt, st.LastStatus, st.LastError
 	s.mu.Unlock()
 }

@@ -134,3 +134,62 @@ func TestRefusedDeliveriesMakeItFailing(t *testing.T) {
 		t.Errorf("failing notifications %q, want one naming the refusals and the answer", texts)
 	}
 }
+
+// TestRefusalsCountAgainFromARecoveryElsewhere: five refusals through
+// one process make the subscription failing, another process's 2xx makes
+// it healthy again and the first adopts that; the first's next refusal is
+// one, not a sixth in a row (it made the subscription failing again, with
+// a notification, at every refusal after each recovery).
+func TestRefusalsCountAgainFromARecoveryElsewhere(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	refuse := atomic.Bool{}
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if refuse.Load() {
+			return http.StatusUnauthorized, nil, "invalid signature"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	cfg := func(inst string) Config {
+		return Config{Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+			Journal: store, Instance: inst, PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond, Notify: NotifyConfig{URL: "http://127.0.0.1:9/notify"}}
+	}
+	d1, d2 := start(t, store, cfg("p1")), start(t, store, cfg("p2"))
+	evs := orderEvents([]string{"a", "b", "c", "d", "e", "f", "g", "h"})
+	send := func(d *Dispatcher, i int, state string) {
+		t.Helper()
+		if err := d.Dispatch(ctx, evs[i]); err != nil {
+			t.Fatal(err)
+		}
+		// Its outcome journaled: the health it changed is decided.
+		testutil.Eventually(t, 10*time.Second, "delivery "+evs[i].Key+" "+state, func() bool {
+			var n int
+			_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE event_id = $1 AND state = $2`, evs[i].ID, state).Scan(&n)
+			return n == 1
+		})
+	}
+	stateOf := func(d *Dispatcher) string {
+		for _, s := range d.Subscriptions() {
+			if s.ID == "crm" {
+				return string(s.State)
+			}
+		}
+		return ""
+	}
+	refuse.Store(true)
+	for i := range 5 {
+		send(d1, i, "failed")
+	}
+	testutil.Eventually(t, 10*time.Second, "p1 failing", func() bool { return stateOf(d1) == "failing" })
+	testutil.Eventually(t, 10*time.Second, "p2 adopts failing", func() bool { return stateOf(d2) == "failing" })
+	refuse.Store(false)
+	send(d2, 5, "delivered")
+	testutil.Eventually(t, 10*time.Second, "p2 healthy", func() bool { return stateOf(d2) == "healthy" })
+	testutil.Eventually(t, 10*time.Second, "p1 adopts healthy", func() bool { return stateOf(d1) == "healthy" })
+	refuse.Store(true)
+	send(d1, 6, "failed")
+	if got := stateOf(d1); got != "healthy" {
+		t.Errorf("one refusal after a recovery: %s, want healthy", got)
+	}
+}

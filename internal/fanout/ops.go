@@ -233,6 +233,7 @@ func (d *Dispatcher) resumeFlags(ctx context.Context, subscription string) (resu
 		s.flagsGen++
 		if wasDisabled {
 			s.state = journal.Healthy
+			s.refusedInARow = 0
 		}
 	})
 	if !wasDisabled {
