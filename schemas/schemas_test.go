@@ -127,7 +127,7 @@ func TestSLAEventsValidate(t *testing.T) {
 	m := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig()})
 	target := time.Date(2024, 1, 15, 18, 0, 0, 0, time.UTC)
 	for _, tm := range mapping.SLATimers(mapping.Timer{SLAID: "9", RequestID: "123", SLAType: "resolution",
-		StartedAt: target.Add(-8 * time.Hour), TargetAt: target}, []float64{50, 75, 90}, target.Add(-8*time.Hour)) {
+		StartedAt: target.Add(-8 * time.Hour), TargetAt: target}, []float64{50, 75, 90}, target.Add(-8*time.Hour), time.Time{}) {
 		ev := m.SLAEvent(tm)
 		if err := s.Validate(ev.Body); err != nil {
 			t.Errorf("%s (%s): %v: %s", ev.Type, tm.Kind, err, ev.Body)
