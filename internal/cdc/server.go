@@ -109,10 +109,19 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	s.mu.Lock()
 	prev := s.server
-	read := max(s.flushed, s.handedEnd, s.idleAsked, s.cfg.Resume.LSN)
+	own := max(s.flushed, s.handedEnd, s.idleAsked)
+	read := max(own, s.cfg.Resume.LSN)
 	s.mu.Unlock()
+	// A process that has read nothing yet judges the server by the
+	// journal's position as it is now (Journaled), not by the one it
+	// read at its start (Resume): another process may have moved it
+	// since, back to a fork after a failover (engine.rewindToFork), and a
+	// standby refused for good by its start's view never took over. Only
+	// a refusal of what this process read itself holds for the rest of
+	// the process.
+	sticky := own != 0 || s.cfg.Journaled == nil
 	var e *ServerChangedError
-	if prev.systemID != "" {
+	if prev.systemID != "" && sticky {
 		// Not the first session, or one seeded by Config.Resume: a first
 		// session without it has read nothing yet (the slot is judged by
 		// Config.CheckStart, the journal by its owner).
@@ -140,12 +149,14 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 				return err
 			}
 			if e != nil {
-				read = j.LSN
+				read, sticky = j.LSN, false
 			}
 		}
 	}
 	if e != nil {
-		s.changed.Store(e)
+		if sticky {
+			s.changed.Store(e)
+		}
 		s.log.Error("refusing to stream: the server does not carry on the WAL this process read", "err", e,
 			"wal_end", sys.XLogPos.String(), "read_lsn", read.String(), "timeline", sys.Timeline, "system_id", sys.SystemID)
 		return e

@@ -267,3 +267,52 @@ func TestJournaledAheadOnTheSameTimelineRefused(t *testing.T) {
 		t.Errorf("%d changes handed over by the refused stream", len(ch))
 	}
 }
+
+// TestStandbyJudgedByTheJournalNow: a process that has read nothing
+// judges the server by where the journal says the slot was read to now,
+// not at its start: another process moved the checkpoint back to the
+// fork after a failover, and this one, seeded past the fork, streams. It
+// refused for the rest of the process (a standby that never took over).
+func TestStandbyJudgedByTheJournalNow(t *testing.T) {
+	ctx := context.Background()
+	primary, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(primary.Close)
+	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
+	db.Exec(t, dzsql.Schema)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	cl, err := primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := &pgtest.DB{Name: "dz", DSN: cl.DSN("dz"), Cluster: cl}
+	var sysID, history string
+	if err := promoted.Connect(t).QueryRow(ctx, `SELECT system_identifier::text, pg_read_file('pg_wal/00000002.history') FROM pg_control_system()`).Scan(&sysID, &history); err != nil {
+		t.Fatal(err)
+	}
+	fork := parseHistory([]byte(history), 1)
+	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`)
+	var moved atomic.Bool
+	rec := newRecorder(true)
+	s := startStreamWith(t, promoted, rec, func(c *Config) {
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork + 1}
+		c.Journaled = func(context.Context) (Resume, error) {
+			if moved.Load() {
+				return Resume{SystemID: sysID, Timeline: 2, LSN: fork - 1}, nil
+			}
+			return Resume{SystemID: sysID, Timeline: 1, LSN: fork + 1}, nil
+		}
+	})
+	testutil.Eventually(t, 30*time.Second, "the session refusing the server while the journal is past the fork", func() bool {
+		return strings.Contains(s.Stats().Problem, "refuses to stream")
+	})
+	moved.Store(true) // another process's start moved it back to the fork
+	rec.waitCommits(t, 1)
+}

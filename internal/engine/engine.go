@@ -169,10 +169,20 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	// restore) must carry on the WAL up to it: its transactions below
 	// the checkpoint would be skipped as journaled.
 	fork, err := cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN})
-	if err != nil {
-		if cp, err = rewindToFork(ctx, e.journal, cfg.Source.Slot, cp, sys, err, log); err != nil {
+	for try := 1; err != nil; try++ {
+		again := false
+		if cp, again, err = rewindToFork(ctx, e.journal, cfg.Source.Slot, cp, sys, err, log); !again || try == 3 {
+			break
+		}
+		// Another process moved the checkpoint meanwhile (its own start
+		// after the same failover): judge it as it is now.
+		if cp, err = e.journal.Checkpoint(ctx, cfg.Source.Slot); err != nil {
 			return nil, err
 		}
+		fork, err = cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN})
+	}
+	if err != nil {
+		return nil, err
 	}
 	if fork != 0 {
 		log.Info("the server is on a new timeline that carries on the one the journal's checkpoint was read on", "slot", cfg.Source.Slot,
@@ -445,28 +455,35 @@ func (e *Engine) Run(ctx context.Context) error {
 // fork (said at WARN). With events journaled past the fork (delivered
 // from the old server, which the new one lacks), the refusal stands: the
 // new server's transactions reuse their positions, and so their ids.
-func rewindToFork(ctx context.Context, store *journal.Store, slot string, cp journal.Checkpoint, sys pglogrepl.IdentifySystemResult, refused error, log *slog.Logger) (journal.Checkpoint, error) {
+// again says that the checkpoint changed while it was judged (another
+// process's start after the same failover moved it, and journaled past
+// the fork since): judge it again.
+func rewindToFork(ctx context.Context, store *journal.Store, slot string, cp journal.Checkpoint, sys pglogrepl.IdentifySystemResult, refused error, log *slog.Logger) (_ journal.Checkpoint, again bool, _ error) {
 	var changed *cdc.ServerChangedError
 	if !errors.As(refused, &changed) || changed.Fork == 0 || changed.SystemID != cp.SystemID || changed.PrevSystemID != cp.SystemID {
-		return cp, refused
+		return cp, false, refused
 	}
 	past, err := store.JournaledFrom(ctx, ids.NewSource(sys.SystemID), changed.Fork)
 	if err != nil {
-		return cp, err
+		return cp, false, err
 	}
 	if past {
-		return cp, refused
+		now, err := store.Checkpoint(ctx, slot)
+		if err != nil {
+			return cp, false, err
+		}
+		return cp, now != cp, refused
 	}
 	moved, err := store.RewindCheckpoint(ctx, slot, cp, changed.Fork, sys.Timeline)
 	if err != nil {
-		return cp, err
+		return cp, false, err
 	}
 	if !moved {
-		return cp, fmt.Errorf("the journal's checkpoint of slot %q changed while this start judged it (another dzhook?): start again", slot)
+		return cp, true, refused
 	}
 	log.Warn("the server's timeline left the one the journal's checkpoint was read on below it (a failover to a standby that was behind); nothing was journaled past the fork, so the checkpoint moves back to it and the new server's transactions from there on are read",
 		"slot", slot, "timeline", sys.Timeline, "was", cp.Timeline, "switched_at", changed.Fork.String(), "checkpoint", cp.LSN.String())
-	return journal.Checkpoint{LSN: max(changed.Fork, 1) - 1, SystemID: cp.SystemID, End: changed.Fork, Timeline: sys.Timeline}, nil
+	return journal.Checkpoint{LSN: max(changed.Fork, 1) - 1, SystemID: cp.SystemID, End: changed.Fork, Timeline: sys.Timeline}, false, nil
 }
 
 // journaled is the stream's Journaled: the journal's checkpoint of the

@@ -235,3 +235,66 @@ func TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt(t *testing.T) {
 	}
 	testutil.Eventually(t, 10*time.Second, "the checkpoint on timeline 2", func() bool { _, tli := f.checkpoint(t); return tli == 2 })
 }
+
+// TestRewindArmsTheSLAsAsTheNewServerHasThem: a move of an SLA's target
+// past the fork journals no event, so it does not keep the start from
+// moving the checkpoint back; its timers (for a target the new server
+// never had) stayed, the surviving target's had been deleted by the
+// move, and its breach never fired. The rewind asks for the SLA scan
+// again: the breach of the target the new server holds fires, and the
+// lost target's timers go.
+func TestRewindArmsTheSLAsAsTheNewServerHasThem(t *testing.T) {
+	f := newFailover(t)
+	ops := testutil.NewReceiver(t)
+	cfgOn := func(db *pgtest.DB) *config.Config {
+		c := testConfigWith(t, db, slaSection, "", sub("crm", f.rc.URL, "request.created"), sub("ops", ops.URL, "sla.breach"))
+		c.Journal.DSN = config.Secret(f.journal.DSN)
+		return c
+	}
+	_, stop := startStoppable(t, cfgOn(f.src))
+	insertSLA(t, f.src, 1, 6*time.Second)
+	testutil.Eventually(t, 20*time.Second, "request 1 delivered", func() bool { return hasRequest(f.rc, 1) })
+	testutil.Eventually(t, 10*time.Second, "the SLA's timers armed", func() bool {
+		return queryInt(t, f.journal, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '1' AND kind = 'breach'`) == 1
+	})
+	stop()
+	cl, err := f.primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := on(cl)
+	fork := forkOf(t, promoted)
+
+	// Past the fork, on the old server only: the target moved a day on.
+	_, stop = startStoppable(t, cfgOn(f.src))
+	f.src.Exec(t, `SELECT pg_switch_wal()`, `UPDATE request_slas SET target_at = target_at + interval '1 day' WHERE id = 1`)
+	testutil.Eventually(t, 20*time.Second, "the checkpoint past the fork, and the moved target's timers", func() bool {
+		cp, _ := f.checkpoint(t)
+		return cp > fork && queryInt(t, f.journal, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '1' AND fired_at IS NULL AND target_at > now() + interval '1 hour'`) > 0
+	})
+	stop()
+	if n := queryInt(t, f.journal, `SELECT count(*) FROM dzhook.events WHERE commit_lsn >= $1`, int64(fork)); n != 0 {
+		t.Fatalf("%d events journaled past the fork", n)
+	}
+	cp, _ := f.checkpoint(t)
+	for i := 0; walEnd(t, promoted) <= cp; i++ {
+		if i == 5 {
+			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, promoted), cp)
+		}
+		promoted.Exec(t, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, 100+i, i), `SELECT pg_switch_wal()`)
+	}
+	var target time.Time
+	if err := promoted.Connect(t).QueryRow(context.Background(), `SELECT target_at FROM request_slas WHERE id = 1`).Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	start(t, cfgOn(promoted))
+	ops.Wait(t, 1, 30*time.Second)
+	evs := slaEvents(t, ops)
+	if want := target.UTC().Truncate(time.Second).Format(time.RFC3339); len(evs) != 1 || evs[0].Event != "sla.breach" || evs[0].Data.TargetTime != want {
+		t.Errorf("events %+v, want the breach of %s, the target the new server holds", evs, want)
+	}
+	testutil.Eventually(t, 10*time.Second, "the lost target's timers gone", func() bool {
+		return queryInt(t, f.journal, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '1' AND fired_at IS NULL AND target_at > now() + interval '1 hour'`) == 0
+	})
+}

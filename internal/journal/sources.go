@@ -198,15 +198,30 @@ func (s *Store) JournaledFrom(ctx context.Context, src ids.Source, lsn pglogrepl
 
 // RewindCheckpoint moves the slot's checkpoint back to fork, on timeline,
 // if it is still from: the server's timeline left from's below it, and
-// the journal holds nothing the stream read past the fork
+// the journal holds no event the stream read past the fork
 // (JournaledFrom), so the new timeline's transactions from the fork on
-// are the ones to read. It reports whether it moved.
-func (s *Store) RewindCheckpoint(ctx context.Context, slot string, from Checkpoint, fork pglogrepl.LSN, timeline int32) (bool, error) {
-	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, updated_at = now()
-		WHERE slot = $1 AND lsn = $5 AND coalesce(system_id, '') = $6`),
-		slot, int64(max(fork, 1)-1), int64(fork), nullTimeline(timeline), int64(from.LSN), from.SystemID)
+// are the ones to read. Changes of the SLA table past the fork journal
+// no event but armed timers, for targets the new server may never have
+// had (the timers of its own were deleted by that move): the slot's SLA
+// scan is asked for again, in the same transaction, and the SLA clock
+// arms every open SLA as the new server holds it (and drops what it
+// does not) at this start. It reports whether it moved.
+func (s *Store) RewindCheckpoint(ctx context.Context, slot string, from Checkpoint, fork pglogrepl.LSN, timeline int32) (moved bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, updated_at = now()
+			WHERE slot = $1 AND lsn = $5 AND coalesce(system_id, '') = $6`),
+			slot, int64(max(fork, 1)-1), int64(fork), nullTimeline(timeline), int64(from.LSN), from.SystemID)
+		if err != nil {
+			return err
+		}
+		if moved = tag.RowsAffected() == 1; !moved {
+			return nil
+		}
+		_, err = tx.Exec(ctx, s.q(`DELETE FROM {{schema}}.sla_bootstrap WHERE slot = $1`), slot)
+		return err
+	})
 	if err != nil {
 		return false, fmt.Errorf("move the checkpoint back to the fork: %w", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return moved, nil
 }
