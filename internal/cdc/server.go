@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 
@@ -109,8 +110,11 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	s.mu.Lock()
 	prev := s.server
-	own := max(s.flushed, s.handedEnd, s.idleAsked)
-	read := max(own, s.cfg.Resume.LSN)
+	// What this process handed over or asked to persist itself: flushed
+	// alone is also the slot's position, copied at each session's start
+	// (a standby's tries included).
+	own := max(s.handedEnd, s.idleAsked)
+	read := max(s.flushed, own, s.cfg.Resume.LSN)
 	s.mu.Unlock()
 	// A process that has read nothing yet judges the server by the
 	// journal's position as it is now (Journaled), not by the one it
@@ -118,10 +122,16 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// since, back to a fork after a failover (engine.rewindToFork), and a
 	// standby refused for good by its start's view never took over. Only
 	// a refusal of what this process read itself holds for the rest of
-	// the process.
+	// the process, and one of another cluster than the process started
+	// on (its event ids are that cluster's).
 	sticky := own != 0 || s.cfg.Journaled == nil
 	var e *ServerChangedError
-	if prev.systemID != "" && sticky {
+	if prev.systemID != "" && !sticky && sys.SystemID != prev.systemID {
+		e = &ServerChangedError{Slot: s.cfg.Slot, SystemID: sys.SystemID, Timeline: sys.Timeline, WALEnd: sys.XLogPos,
+			PrevSystemID: prev.systemID, PrevTimeline: prev.timeline, Read: read}
+		sticky = true
+	}
+	if prev.systemID != "" && sticky && e == nil {
 		// Not the first session, or one seeded by Config.Resume: a first
 		// session without it has read nothing yet (the slot is judged by
 		// Config.CheckStart, the journal by its owner).
@@ -157,7 +167,14 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		if sticky {
 			s.changed.Store(e)
 		}
-		s.log.Error("refusing to stream: the server does not carry on the WAL this process read", "err", e,
+		// Once per reason: a refusal that is not kept is judged again at
+		// every try (up to every 30 s, for as long as it lasts).
+		lvl := slog.LevelError
+		why := e.Error()
+		if last := s.lastRefusal.Swap(&why); last != nil && *last == why {
+			lvl = slog.LevelDebug
+		}
+		s.log.Log(ctx, lvl, "refusing to stream: the server does not carry on the WAL this process read", "err", e,
 			"wal_end", sys.XLogPos.String(), "read_lsn", read.String(), "timeline", sys.Timeline, "system_id", sys.SystemID)
 		return e
 	}

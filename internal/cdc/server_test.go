@@ -316,3 +316,99 @@ func TestStandbyJudgedByTheJournalNow(t *testing.T) {
 	moved.Store(true) // another process's start moved it back to the fork
 	rec.waitCommits(t, 1)
 }
+
+// TestStandbyAcrossAFailoverTakesOver: a standby process (the slot held
+// by another) that stays up through a failover to a standby that was
+// behind streams from the promoted server once the journal's position is
+// back at the fork. Its tries had copied the slot's position on the old
+// server, as if it had read there, and its refusal was kept for the rest
+// of the process.
+func TestStandbyAcrossAFailoverTakesOver(t *testing.T) {
+	ctx := context.Background()
+	primary, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(primary.Close)
+	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
+	db.Exec(t, dzsql.Schema)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	cl, err := primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := &pgtest.DB{Name: "dz", DSN: cl.DSN("dz"), Cluster: cl}
+	var sysID, history string
+	if err := promoted.Connect(t).QueryRow(ctx, `SELECT system_identifier::text, pg_read_file('pg_wal/00000002.history') FROM pg_control_system()`).Scan(&sysID, &history); err != nil {
+		t.Fatal(err)
+	}
+	fork := parseHistory([]byte(history), 1)
+	host := func(dsn string) string { return dsn[len("postgres://postgres@"):strings.LastIndex(dsn, "/")] }
+
+	// The active process reads past the fork on the old primary.
+	recA := newRecorder(true)
+	startStreamWith(t, db, recA, func(c *Config) {})
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'old@x')`, `SELECT pg_switch_wal()`, `INSERT INTO users (id, email) VALUES (2, 'old2@x')`)
+	recA.waitCommits(t, 2)
+	waitConfirmed(t, db, "the slot past the fork", func(l pglogrepl.LSN) bool { return l > fork })
+
+	px := newSwitchProxy(t, host(primary.DSN("")))
+	var moved atomic.Bool
+	recB := newRecorder(true)
+	b := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.dsn("dz"), Cluster: primary}, recB, func(c *Config) {
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1}
+		c.Journaled = func(context.Context) (Resume, error) {
+			if moved.Load() {
+				return Resume{SystemID: sysID, Timeline: 2, LSN: fork - 1}, nil
+			}
+			return Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1}, nil
+		}
+	})
+	testutil.Eventually(t, 30*time.Second, "the standby waiting for the slot", func() bool { return b.Stats().Standby })
+	moved.Store(true) // another process's start moved the checkpoint back to the fork
+	px.switchTo(host(cl.DSN("")))
+	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'new@x')`)
+	recB.waitCommits(t, 1)
+}
+
+// TestNothingReadStillRefusesAnotherCluster: a process that has read
+// nothing, whose connection now leads to another database cluster than
+// the one it started on, refuses it (its event ids are the first's); the
+// journal's position, of the first cluster, judges nothing there.
+func TestNothingReadStillRefusesAnotherCluster(t *testing.T) {
+	ctx := context.Background()
+	x := pgtest.NewDB(t)
+	var sysX string
+	if err := x.Connect(t).QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sysX); err != nil {
+		t.Fatal(err)
+	}
+	yc, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(yc.Close)
+	if err := yc.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	y := &pgtest.DB{Name: "dz", DSN: yc.DSN("dz"), Cluster: yc}
+	y.Exec(t, dzsql.Schema)
+	runSetup(t, y, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	rec := newRecorder(true)
+	s := startStreamWith(t, y, rec, func(c *Config) {
+		c.Resume = Resume{SystemID: sysX, Timeline: 1, LSN: 0x1000000}
+		c.Journaled = func(context.Context) (Resume, error) { return Resume{SystemID: sysX, Timeline: 1, LSN: 0x1000000}, nil }
+	})
+	testutil.Eventually(t, 30*time.Second, "the stream refusing the other cluster", func() bool {
+		return strings.Contains(s.Stats().Problem, "another database cluster")
+	})
+	y.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'y@x')`)
+	if _, commits := rec.snapshot(); len(commits) != 0 {
+		t.Errorf("%d transactions handed over from the other cluster", len(commits))
+	}
+}

@@ -180,6 +180,8 @@ type Stream struct {
 	// changed is set once a session found a server that does not carry
 	// on the WAL read so far: every later session refuses with it.
 	changed atomic.Pointer[ServerChangedError]
+	// lastRefusal is the last refusal's reason said at ERROR (checkServer).
+	lastRefusal atomic.Pointer[string]
 
 	received     atomic.Uint64
 	statusSent   atomic.Uint64
