@@ -98,6 +98,16 @@ func SLATimers(base Timer, thresholds []float64, now, shaped time.Time) []Timer 
 	return append(out, b)
 }
 
+// Moment is when t's kind is reached for its SLA: the target for the
+// breach, the threshold's share of started → target for a warning. A
+// warning can be due later (FireAt: SLATimers), never earlier.
+func (t Timer) Moment() time.Time {
+	if p, ok := warningPercent(t.Kind); ok {
+		return warningMoment(t, p)
+	}
+	return t.TargetAt
+}
+
 // warningMoment is when threshold p (a percentage) of t's SLA is reached.
 func warningMoment(t Timer, p float64) time.Time {
 	return t.StartedAt.Add(time.Duration(float64(t.TargetAt.Sub(t.StartedAt)) * p / 100))

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -99,6 +100,13 @@ type Config struct {
 	// CheckInterval is how often due timers are looked for
 	// (sla.check_interval). Required, positive.
 	CheckInterval time.Duration
+	// ArmHorizon (journal.retention): the scan of open SLAs arms no timer
+	// whose moment is older than this, as the stream does not
+	// (pipeline.Config.ArmHorizon): it fired, or was missed, then, and the
+	// journal has since pruned its row and its event. A scan asked for
+	// again after a failover (journal.RewindCheckpoint) sent the breaches
+	// of SLAs breached months ago a second time. Zero: every timer.
+	ArmHorizon time.Duration
 	// Streaming reports whether this process streams now (holds the
 	// replication slot); nil: always. Due timers are fired only then: the
 	// process that streams is the only one that makes new deliveries, so
@@ -285,7 +293,11 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 			// Known from now: one already past a threshold is warned of
 			// now, once (as one the stream reads as recorded at risk; the
 			// two arm it alike when they race at the first start).
-			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: mapping.SLATimers(base, c.cfg.WarningPercent, now, now)}))
+			arm := mapping.SLATimers(base, c.cfg.WarningPercent, now, now)
+			if c.cfg.ArmHorizon > 0 {
+				arm = slices.DeleteFunc(arm, func(t mapping.Timer) bool { return t.Moment().Before(now.Add(-c.cfg.ArmHorizon)) })
+			}
+			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: arm}))
 		}
 		last := len(rows) < scanPage
 		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark, start); err != nil {

@@ -317,3 +317,44 @@ func TestScanRetryKeepsItsStart(t *testing.T) {
 		t.Errorf("ArmBootstrap's start marks %v (done %v), want [1]: the first try's, after two failed tries", store.starts, store.armDone)
 	}
 }
+
+// TestScanArmsNothingPastTheHorizon: the scan of open SLAs (a first
+// start, or one asked for again after a failover) arms no timer whose
+// moment is older than journal.retention: it fired or was missed then,
+// and the journal has pruned what kept it from firing again. One within
+// it is armed, a warning due at once.
+func TestScanArmsNothingPastTheHorizon(t *testing.T) {
+	now := time.Now()
+	day := 24 * time.Hour
+	src := fakeSource{rows: []mapping.SLARow{
+		{ID: "breached", RequestID: "1", SLAType: "res", StartedAt: now.Add(-50 * day), TargetAt: now.Add(-40 * day)},
+		{ID: "warned", RequestID: "2", SLAType: "res", StartedAt: now.Add(-140 * day), TargetAt: now.Add(5 * day)},
+		{ID: "atrisk", RequestID: "3", SLAType: "res", StartedAt: now.Add(-60 * day), TargetAt: now.Add(10 * day)},
+	}}
+	mapper := mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")})
+	store := &fakeStore{}
+	c, err := New(Config{
+		Store: store, Source: src, Events: mapper, Dispatcher: &fakeDispatcher{}, Slot: "dzhook",
+		WarningPercent: []float64{75}, CheckInterval: time.Second, ArmHorizon: 30 * day,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.bootstrap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, ch := range store.armed {
+		for _, r := range ch.Arm {
+			got[ch.SLAID] = append(got[ch.SLAID], r.Kind)
+			if r.Kind == "warning:75" && r.FireAt.Before(now) {
+				t.Errorf("%s's warning due at %s, before the scan", ch.SLAID, r.FireAt)
+			}
+		}
+	}
+	want := map[string][]string{"warned": {"breach"}, "atrisk": {"warning:75", "breach"}}
+	if len(got["breached"]) != 0 || !slices.Equal(got["warned"], want["warned"]) || !slices.Equal(got["atrisk"], want["atrisk"]) {
+		t.Errorf("armed %v, want %v (nothing for the SLA breached 40 days ago, no warning 35 days late)", got, want)
+	}
+}
