@@ -159,7 +159,14 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 				return err
 			}
 			if e != nil {
-				read, sticky = j.LSN, false
+				// Judged again at the next try when it is a fork: another
+				// process's start may move the journal's position back to
+				// it (engine.rewindToFork). A WAL that ends before it on
+				// the same timeline (a restore) is for good: streamed once
+				// its WAL passed the position, the restored server's
+				// transactions below it were skipped as journaled.
+				read = j.LSN
+				sticky = sticky || e.Timeline == e.PrevTimeline
 			}
 		}
 	}
@@ -170,7 +177,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		// Once per reason: a refusal that is not kept is judged again at
 		// every try (up to every 30 s, for as long as it lasts).
 		lvl := slog.LevelError
-		why := e.Error()
+		why := fmt.Sprintf("%s/%s %d/%d %s %s", e.SystemID, e.PrevSystemID, e.Timeline, e.PrevTimeline, e.Read, e.Fork) // not the WAL's end, which moves
 		if last := s.lastRefusal.Swap(&why); last != nil && *last == why {
 			lvl = slog.LevelDebug
 		}
@@ -181,6 +188,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	s.mu.Lock()
 	s.server = server{systemID: sys.SystemID, timeline: sys.Timeline}
 	s.mu.Unlock()
+	s.lastRefusal.Store(nil)
 	return nil
 }
 

@@ -374,6 +374,16 @@ func TestStandbyAcrossAFailoverTakesOver(t *testing.T) {
 	px.switchTo(host(cl.DSN("")))
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'new@x')`)
 	recB.waitCommits(t, 1)
+	// What it reports as flushed is the new server's slot, not the old
+	// one's its tries had seen: told the old position, past the new WAL,
+	// the new server's next transactions below it were skipped.
+	var end string
+	if err := promoted.Connect(t).QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	if walEnd, _ := pglogrepl.ParseLSN(end); b.Stats().FlushedLSN > walEnd {
+		t.Errorf("the standby that took over reports %s as flushed, past the new server's WAL (%s)", b.Stats().FlushedLSN, walEnd)
+	}
 }
 
 // TestNothingReadStillRefusesAnotherCluster: a process that has read
@@ -410,5 +420,61 @@ func TestNothingReadStillRefusesAnotherCluster(t *testing.T) {
 	y.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'y@x')`)
 	if _, commits := rec.snapshot(); len(commits) != 0 {
 		t.Errorf("%d transactions handed over from the other cluster", len(commits))
+	}
+}
+
+// TestStandbyThroughARestoreRefusesForGood: a standby process (the slot
+// held by another) through a restore of the source from a snapshot, on
+// the same timeline: the journal's position is past the restored WAL,
+// and the refusal holds for the rest of the process. Judged again at
+// each try, it streamed once the restored server's WAL passed that
+// position, and the transactions below it were skipped as journaled.
+func TestStandbyThroughARestoreRefusesForGood(t *testing.T) {
+	ctx := context.Background()
+	primary, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(primary.Close)
+	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
+	db.Exec(t, dzsql.Schema)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	var sysID string
+	if err := db.Connect(t).QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sysID); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := primary.Clone() // the snapshot, taken now
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(snap.Close)
+	host := func(dsn string) string { return dsn[len("postgres://postgres@"):strings.LastIndex(dsn, "/")] }
+
+	var checkpoint atomic.Uint64
+	journaled := func(context.Context) (Resume, error) {
+		return Resume{SystemID: sysID, Timeline: 1, LSN: pglogrepl.LSN(checkpoint.Load())}, nil
+	}
+	recA := newRecorder(true)
+	startStreamWith(t, db, recA, func(c *Config) { c.Resume = Resume{SystemID: sysID, Timeline: 1}; c.Journaled = journaled })
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'a@x')`, `SELECT pg_switch_wal()`, `INSERT INTO users (id, email) VALUES (2, 'b@x')`)
+	_, commits := recA.waitCommits(t, 2)
+	checkpoint.Store(uint64(commits[1].CommitLSN))
+
+	px := newSwitchProxy(t, host(primary.DSN("")))
+	b := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.dsn("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
+		c.Resume = Resume{SystemID: sysID, Timeline: 1}
+		c.Journaled = journaled
+	})
+	testutil.Eventually(t, 30*time.Second, "the standby waiting for the slot", func() bool { return b.Stats().Standby })
+	px.switchTo(host(snap.DSN("")))
+	testutil.Eventually(t, 30*time.Second, "the standby refusing the restored server", func() bool {
+		return strings.Contains(b.Stats().Problem, "refuses to stream")
+	})
+	if b.changed.Load() == nil {
+		t.Errorf("the refusal of a server whose WAL ends before the journal's position, on its timeline, is judged again at the next try")
 	}
 }

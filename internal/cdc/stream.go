@@ -461,12 +461,6 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 			return err
 		}
 	}
-	s.mu.Lock()
-	if confirmed > s.flushed {
-		s.flushed = confirmed
-	}
-	s.mu.Unlock()
-
 	err = pglogrepl.StartReplication(ctx, conn, quoteIdent(s.cfg.Slot), 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{
 			"proto_version '1'",
@@ -484,6 +478,17 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		}
 		return fmt.Errorf("start replication on slot %q: %w", s.cfg.Slot, err)
 	}
+	// Only once this session holds the slot: a standby's tries copied
+	// the slot's position as another process left it, and after a
+	// failover it told the new server the old one's (past the new WAL:
+	// its next transactions were skipped). A process that has handed
+	// nothing over nor asked for an idle position flushed nothing
+	// itself: it takes the slot's as it is, lower or not.
+	s.mu.Lock()
+	if confirmed > s.flushed || max(s.handedEnd, s.idleAsked) == 0 {
+		s.flushed = confirmed
+	}
+	s.mu.Unlock()
 	if s.standby.Swap(false) {
 		s.log.Info("slot acquired; leaving standby")
 	}
