@@ -172,7 +172,17 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 		}
 	}
 	base := Timer{SLAID: id, RequestID: idOf(c, c.New, sc.Request), SLAType: slaType, StartedAt: started, TargetAt: target}
-	up.Arm = SLATimers(base, thresholds, now, c.CommitTime)
+	// The SLA took this target at this change when it is new, or moved
+	// to it here; otherwise it took it earlier, at a moment the change
+	// does not say, and a warning whose threshold passed since was sent
+	// then (or missed while dzhook was down): not due again now.
+	shaped := c.CommitTime
+	if c.Op == cdc.OpUpdate {
+		if old, err := timeOf(c, c.Old, sc.TargetAt); c.Old == nil || err == nil && old.Equal(target) {
+			shaped = time.Time{}
+		}
+	}
+	up.Arm = SLATimers(base, thresholds, now, shaped)
 	up.Keep = target
 	return up, nil
 }

@@ -244,10 +244,10 @@ func (p *Pipeline) armSLA(ctx context.Context, m *mapping.Mapper, c *cdc.Change)
 		return nil
 	}
 	if p.cfg.ArmHorizon > 0 {
-		// By its moment, not when it is due: a warning whose threshold
-		// passed before the change is due at the change (SLATimers), and
-		// one that passed a horizon ago was sent then.
-		up.Arm = slices.DeleteFunc(up.Arm, func(t mapping.Timer) bool { return t.Moment().Before(now.Add(-p.cfg.ArmHorizon)) })
+		// By when it is due: a warning whose threshold passed before the
+		// change that gave its SLA its target is due at the change
+		// (SLATimers), however long ago the threshold passed.
+		up.Arm = slices.DeleteFunc(up.Arm, func(t mapping.Timer) bool { return t.FireAt.Before(now.Add(-p.cfg.ArmHorizon)) })
 	}
 	return p.cfg.Journal.ArmTimers(ctx, slaclock.TimerChange(up))
 }
