@@ -166,16 +166,30 @@ func (p *Pipeline) Checkpoint() pglogrepl.LSN { return p.checkpoint }
 // order, before the first change of each replication session. Another
 // process may have journaled transactions (and checkpointed them) while
 // this one waited for the slot, and PostgreSQL resends what that process
-// journaled but had not yet confirmed. The fresh checkpoint skips them. It
-// only ever moves forward.
+// journaled but had not yet confirmed. The fresh checkpoint skips them.
+//
+// A checkpoint lower than the one held was moved back on purpose: by
+// another process's start after a failover (to the fork: the session's
+// server was judged against it, cdc Config.Journaled), or deleted by a
+// start that could not trust it. It is taken as it is: kept, a standby
+// that took the slot over after the rewind skipped the new server's
+// transactions between the fork and the checkpoint it read at its own
+// start (found by a review). What this process journaled itself is past
+// the journal's checkpoint, never below it.
 func (p *Pipeline) SessionStarted(ctx context.Context) {
 	cp, err := p.cfg.Checkpoints.Checkpoint(ctx, p.cfg.Slot)
 	if err != nil {
 		p.log.Warn("could not re-read the journal checkpoint; transactions journaled by another instance may be delivered again", "err", err)
 		return
 	}
-	if cp.SystemID == p.cfg.SystemID && pglogrepl.LSN(cp.LSN) > p.checkpoint {
-		p.checkpoint = pglogrepl.LSN(cp.LSN)
+	lsn := pglogrepl.LSN(cp.LSN)
+	switch {
+	case cp.SystemID == p.cfg.SystemID && lsn > p.checkpoint:
+		p.checkpoint = lsn
+	case lsn < p.checkpoint && (cp.SystemID == p.cfg.SystemID || cp.LSN == 0 && cp.SystemID == ""):
+		p.log.Info("the journal's checkpoint was moved back (a failover's rewind to the fork, or a checkpoint a start could not trust): the transactions the slot sends from there are processed",
+			"slot", p.cfg.Slot, "checkpoint", lsn.String(), "was", p.checkpoint.String())
+		p.checkpoint = lsn
 	}
 }
 

@@ -191,7 +191,9 @@ func TestReplaySkip(t *testing.T) {
 
 // TestSessionStartedMovesForward: at a new replication session the
 // checkpoint another process wrote meanwhile is adopted, if it is this
-// cluster's and ahead; it never moves back.
+// cluster's and ahead; one moved back on purpose (a failover's rewind to
+// the fork, a start's reset) is taken too: kept, a standby taking over
+// after a rewind skipped the new server's transactions below it.
 func TestSessionStartedMovesForward(t *testing.T) {
 	r := &recorder{}
 	p := newPipeline(t, r)
@@ -204,9 +206,11 @@ func TestSessionStartedMovesForward(t *testing.T) {
 		want   pglogrepl.LSN
 	}{
 		{journal.Checkpoint{LSN: 300, SystemID: systemID}, 300},
-		{journal.Checkpoint{LSN: 250, SystemID: systemID}, 300},
-		{journal.Checkpoint{LSN: 900, SystemID: "7300000000000000002"}, 300},
+		{journal.Checkpoint{LSN: 250, SystemID: systemID, Timeline: 2}, 250},
+		{journal.Checkpoint{LSN: 900, SystemID: "7300000000000000002"}, 250},
+		{journal.Checkpoint{LSN: 100, SystemID: "7300000000000000002"}, 250},
 		{journal.Checkpoint{LSN: 400, SystemID: systemID}, 400},
+		{journal.Checkpoint{}, 0},
 	} {
 		r.stored = step.stored
 		p.SessionStarted(ctx)
