@@ -88,18 +88,7 @@ func (p *switchProxy) dsn(db string) string {
 // server's transactions are not skipped as handled.
 func TestFailoverToAServerBehind(t *testing.T) {
 	ctx := context.Background()
-	primary, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(primary.Close)
-	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
-		t.Fatal(err)
-	}
-	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
-	db.Exec(t, dzsql.Schema)
-	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
-		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	primary, db := sourceCluster(t)
 	// The server failed over to: the cluster as it is now, slot included.
 	behind, err := primary.Clone()
 	if err != nil {
@@ -165,33 +154,8 @@ func TestParseHistory(t *testing.T) {
 // below that position, and streams from one that forked at it, on the
 // new timeline (Timeline).
 func TestResumeJudgesTheFirstSession(t *testing.T) {
-	ctx := context.Background()
-	primary, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(primary.Close)
-	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
-		t.Fatal(err)
-	}
-	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
-	db.Exec(t, dzsql.Schema)
-	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
-		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
-	cl, err := primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := &pgtest.DB{Name: "dz", DSN: cl.DSN("dz"), Cluster: cl}
-	var sysID, history string
-	if err := promoted.Connect(t).QueryRow(ctx, `SELECT system_identifier::text, pg_read_file('pg_wal/00000002.history') FROM pg_control_system()`).Scan(&sysID, &history); err != nil {
-		t.Fatal(err)
-	}
-	fork := parseHistory([]byte(history), 1)
-	if fork == 0 {
-		t.Fatalf("timeline history %q", history)
-	}
+	primary, _ := sourceCluster(t)
+	_, promoted, sysID, fork := promote(t, primary)
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`) // the WAL past fork+1
 
 	behind := startStreamWith(t, promoted, newRecorder(true), func(c *Config) {
@@ -274,30 +238,8 @@ func TestJournaledAheadOnTheSameTimelineRefused(t *testing.T) {
 // fork after a failover, and this one, seeded past the fork, streams. It
 // refused for the rest of the process (a standby that never took over).
 func TestStandbyJudgedByTheJournalNow(t *testing.T) {
-	ctx := context.Background()
-	primary, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(primary.Close)
-	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
-		t.Fatal(err)
-	}
-	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
-	db.Exec(t, dzsql.Schema)
-	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
-		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
-	cl, err := primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := &pgtest.DB{Name: "dz", DSN: cl.DSN("dz"), Cluster: cl}
-	var sysID, history string
-	if err := promoted.Connect(t).QueryRow(ctx, `SELECT system_identifier::text, pg_read_file('pg_wal/00000002.history') FROM pg_control_system()`).Scan(&sysID, &history); err != nil {
-		t.Fatal(err)
-	}
-	fork := parseHistory([]byte(history), 1)
+	primary, _ := sourceCluster(t)
+	_, promoted, sysID, fork := promote(t, primary)
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`)
 	var moved atomic.Bool
 	rec := newRecorder(true)
@@ -325,29 +267,8 @@ func TestStandbyJudgedByTheJournalNow(t *testing.T) {
 // of the process.
 func TestStandbyAcrossAFailoverTakesOver(t *testing.T) {
 	ctx := context.Background()
-	primary, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(primary.Close)
-	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
-		t.Fatal(err)
-	}
-	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
-	db.Exec(t, dzsql.Schema)
-	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
-		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
-	cl, err := primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := &pgtest.DB{Name: "dz", DSN: cl.DSN("dz"), Cluster: cl}
-	var sysID, history string
-	if err := promoted.Connect(t).QueryRow(ctx, `SELECT system_identifier::text, pg_read_file('pg_wal/00000002.history') FROM pg_control_system()`).Scan(&sysID, &history); err != nil {
-		t.Fatal(err)
-	}
-	fork := parseHistory([]byte(history), 1)
+	primary, db := sourceCluster(t)
+	cl, promoted, sysID, fork := promote(t, primary)
 	host := func(dsn string) string { return dsn[len("postgres://postgres@"):strings.LastIndex(dsn, "/")] }
 
 	// The active process reads past the fork on the old primary.
@@ -431,18 +352,7 @@ func TestNothingReadStillRefusesAnotherCluster(t *testing.T) {
 // position, and the transactions below it were skipped as journaled.
 func TestStandbyThroughARestoreRefusesForGood(t *testing.T) {
 	ctx := context.Background()
-	primary, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(primary.Close)
-	if err := primary.Exec(ctx, "postgres", "CREATE DATABASE dz"); err != nil {
-		t.Fatal(err)
-	}
-	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
-	db.Exec(t, dzsql.Schema)
-	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
-		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	primary, db := sourceCluster(t)
 	var sysID string
 	if err := db.Connect(t).QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sysID); err != nil {
 		t.Fatal(err)
@@ -477,4 +387,45 @@ func TestStandbyThroughARestoreRefusesForGood(t *testing.T) {
 	if b.changed.Load() == nil {
 		t.Errorf("the refusal of a server whose WAL ends before the journal's position, on its timeline, is judged again at the next try")
 	}
+}
+
+// sourceCluster is a cluster of its own (to be copied) with database dz,
+// the reference schema, and the slot and publication dzhook.
+func sourceCluster(t *testing.T) (*pgtest.Cluster, *pgtest.DB) {
+	t.Helper()
+	primary, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(primary.Close)
+	if err := primary.Exec(context.Background(), "postgres", "CREATE DATABASE dz"); err != nil {
+		t.Fatal(err)
+	}
+	db := &pgtest.DB{Name: "dz", DSN: primary.DSN("dz"), Cluster: primary}
+	db.Exec(t, dzsql.Schema)
+	runSetup(t, db, SetupConfig{Slot: "dzhook", Publication: "dzhook", Tables: referenceTables,
+		FullIdentity: []string{"public.users", "public.requests", "public.request_slas"}})
+	return primary, db
+}
+
+// promote copies primary as it is now into a standby and promotes it
+// (timeline 2): the copy, its database dz, the cluster's system
+// identifier, and where timeline 2 left timeline 1.
+func promote(t *testing.T, primary *pgtest.Cluster) (*pgtest.Cluster, *pgtest.DB, string, pglogrepl.LSN) {
+	t.Helper()
+	cl, err := primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := &pgtest.DB{Name: "dz", DSN: cl.DSN("dz"), Cluster: cl}
+	var sysID, history string
+	if err := promoted.Connect(t).QueryRow(context.Background(), `SELECT system_identifier::text, pg_read_file('pg_wal/00000002.history') FROM pg_control_system()`).Scan(&sysID, &history); err != nil {
+		t.Fatal(err)
+	}
+	fork := parseHistory([]byte(history), 1)
+	if fork == 0 {
+		t.Fatalf("timeline history %q", history)
+	}
+	return cl, promoted, sysID, fork
 }

@@ -143,12 +143,7 @@ func TestRestartRefusesAServerWhoseTimelineForkedBelowTheCheckpoint(t *testing.T
 	// The new server's transactions: one between the fork and the
 	// checkpoint, then enough for its WAL to pass the checkpoint.
 	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (4, 'below the checkpoint', 1)`)
-	for i := 0; walEnd(t, promoted) <= cp; i++ {
-		if i == 5 {
-			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, promoted), cp)
-		}
-		promoted.Exec(t, `SELECT pg_switch_wal()`, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'after', 1)`, 10+i))
-	}
+	pushWALPast(t, promoted, cp)
 
 	e, err := New(context.Background(), f.config(t, promoted), Options{Logger: testutil.Logger(t)})
 	if err == nil {
@@ -226,12 +221,7 @@ func TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt(t *testing.T) {
 	cp, _ := f.checkpoint(t)
 
 	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (4, 'below the checkpoint', 1)`)
-	for i := 0; walEnd(t, promoted) <= cp; i++ {
-		if i == 5 {
-			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, promoted), cp)
-		}
-		promoted.Exec(t, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, 100+i, i), `SELECT pg_switch_wal()`)
-	}
+	pushWALPast(t, promoted, cp)
 	start(t, f.config(t, promoted))
 	f.deliver(t, promoted, 5)
 	if !hasRequest(f.rc, 4) {
@@ -282,12 +272,7 @@ func TestRewindArmsTheSLAsAsTheNewServerHasThem(t *testing.T) {
 		t.Fatalf("%d events journaled past the fork", n)
 	}
 	cp, _ := f.checkpoint(t)
-	for i := 0; walEnd(t, promoted) <= cp; i++ {
-		if i == 5 {
-			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, promoted), cp)
-		}
-		promoted.Exec(t, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, 100+i, i), `SELECT pg_switch_wal()`)
-	}
+	pushWALPast(t, promoted, cp)
 	var target time.Time
 	if err := promoted.Connect(t).QueryRow(context.Background(), `SELECT target_at FROM request_slas WHERE id = 1`).Scan(&target); err != nil {
 		t.Fatal(err)
@@ -400,12 +385,19 @@ func TestStandbyTakingOverAfterARewindDeliversBelowItsStart(t *testing.T) {
 		return st.Connected && !st.Standby
 	})
 	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (5, 'after the takeover, still below', 1)`)
-	for i := 0; walEnd(t, promoted) <= cp; i++ {
-		if i == 5 {
-			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, promoted), cp)
-		}
-		promoted.Exec(t, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, 100+i, i), `SELECT pg_switch_wal()`)
-	}
+	pushWALPast(t, promoted, cp)
 	f.deliver(t, promoted, 6)
 	testutil.Eventually(t, 20*time.Second, "requests 4 and 5 delivered", func() bool { return hasRequest(f.rc, 4) && hasRequest(f.rc, 5) })
+}
+
+// pushWALPast commits on db (users 100 on, pg_switch_wal) until its WAL
+// passes at: a promoted server's, past the old checkpoint.
+func pushWALPast(t *testing.T, db *pgtest.DB, at pglogrepl.LSN) {
+	t.Helper()
+	for i := 0; walEnd(t, db) <= at; i++ {
+		if i == 5 {
+			t.Fatalf("the promoted server's WAL (%s) does not pass the checkpoint (%s)", walEnd(t, db), at)
+		}
+		db.Exec(t, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, 100+i, i), `SELECT pg_switch_wal()`)
+	}
 }
