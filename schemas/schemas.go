@@ -120,6 +120,21 @@ func CompileData(name string, schema any) error {
 	return err
 }
 
+// ValidateWith checks data against a custom event's data schema as
+// configuration gives it (a declaration's example, before any Set is
+// built). Errors are CompileData's or ValidateData's.
+func ValidateWith(name string, schema any, data []byte) error {
+	c, err := compileCustom(name, schema)
+	if err != nil {
+		return err
+	}
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("data is not JSON: %w", err)
+	}
+	return validate(c.data, v)
+}
+
 // custom is a custom event's compiled schemas.
 type custom struct {
 	doc            []byte

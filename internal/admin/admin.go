@@ -90,8 +90,9 @@ type Config struct {
 	Deliverer     Deliverer
 	History       History
 	Catalog       *catalog.Catalog
-	// Sample builds a test event of a type.
-	Sample func(eventType string) fanout.Event
+	// Sample builds a test event of a type. A *SampleError says why an
+	// event has no test data (answered 422).
+	Sample func(eventType string) (fanout.Event, error)
 	// Ready reports why dzhook is not ready (nil when it is).
 	Ready    func(ctx context.Context) error
 	Registry *prometheus.Registry
@@ -406,6 +407,12 @@ func (e *ValidationError) Error() string {
 type ConflictError struct{ Message string }
 
 func (e *ConflictError) Error() string { return e.Message }
+
+// SampleError is an event that has no test data (422): the message
+// names the setting that would give it.
+type SampleError struct{ Message string }
+
+func (e *SampleError) Error() string { return e.Message }
 
 // ErrNotFound is an unknown subscription (404).
 var ErrNotFound = errors.New("not found")

@@ -277,8 +277,8 @@ func FuzzQueryParams(f *testing.F) {
 			History:   checkedHistory{t: t, cat: cat},
 			Manager:   checkedManager{t: t},
 			Catalog:   cat,
-			Sample: func(eventType string) fanout.Event {
-				return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
+			Sample: func(eventType string) (fanout.Event, error) {
+				return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}, nil
 			},
 			Logger: quiet,
 		})

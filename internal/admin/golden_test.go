@@ -179,8 +179,8 @@ func TestAPIGolden(t *testing.T) {
 	}
 	srv := newChecked(t, Config{
 		Token: "t", Deliverer: fullDeliverer{}, History: fullHistory{}, Manager: fullManager{}, Catalog: cat,
-		Sample: func(eventType string) fanout.Event {
-			return fanout.Event{ID: "whk_test_1", Type: eventType, Body: []byte(`{}`)}
+		Sample: func(eventType string) (fanout.Event, error) {
+			return fanout.Event{ID: "whk_test_1", Type: eventType, Body: []byte(`{}`)}, nil
 		},
 		Ready:  func(context.Context) error { return errors.New("the journal is not reachable") },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -369,9 +369,17 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("event: %q is not an event of the catalog", clip(body.Event)))
 		return
 	}
+	ev, err := s.cfg.Sample(body.Event)
+	if se := (*SampleError)(nil); errors.As(err, &se) {
+		writeError(w, http.StatusUnprocessableEntity, "event: "+se.Message)
+		return
+	} else if err != nil {
+		writeError(w, http.StatusInternalServerError, "event: "+err.Error())
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.attemptTimeout)
 	defer cancel()
-	rep, err := s.cfg.Deliverer.SendTest(ctx, id, s.cfg.Sample(body.Event))
+	rep, err := s.cfg.Deliverer.SendTest(ctx, id, ev)
 	if err != nil {
 		s.journalError(w, r, err)
 		return

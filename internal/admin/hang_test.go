@@ -56,8 +56,8 @@ func TestActionsBoundedWhenTheJournalHangs(t *testing.T) {
 	srv := newChecked(t, Config{
 		changeTimeout: 200 * time.Millisecond, attemptTimeout: 300 * time.Millisecond,
 		Token: "t", Deliverer: stuckDeliverer{checkedDeliverer{t: t, cat: cat}}, History: checkedHistory{t: t, cat: cat}, Catalog: cat,
-		Sample: func(eventType string) fanout.Event {
-			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
+		Sample: func(eventType string) (fanout.Event, error) {
+			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}, nil
 		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

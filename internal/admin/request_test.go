@@ -97,8 +97,8 @@ func newSpyServer(t *testing.T) (http.Handler, *spy) {
 		History:   spyHistory{checkedHistory{t: t, cat: cat}, s},
 		Manager:   spyManager{s},
 		Catalog:   cat,
-		Sample: func(eventType string) fanout.Event {
-			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}
+		Sample: func(eventType string) (fanout.Event, error) {
+			return fanout.Event{ID: "whk_sample", Type: eventType, Body: []byte(`{}`)}, nil
 		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -299,6 +299,13 @@ type CustomEvent struct {
 	// --schema` and GET /v1/events/{name}/schema serve it inside the
 	// envelope. Defaults to none: any JSON object is delivered.
 	Schema map[string]any `koanf:"schema"`
+	// Example is the data of the event's test deliveries (POST
+	// /v1/subscriptions/{id}/test, the dashboard's "Send test"),
+	// written inline as a YAML (or JSON) mapping; it must satisfy Schema.
+	// Defaults to the first of the schema's own "examples" that satisfies
+	// it, else {"sample": true}; when the schema refuses that too, a test
+	// of the event is refused (422) and names this setting.
+	Example map[string]any `koanf:"example"`
 }
 
 // Subscription is one webhook endpoint.

@@ -73,7 +73,11 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 	case t == documentType:
 		m, ok := raw.(map[string]any)
 		if !ok {
-			d.problems.addDecode(path, "must be a mapping (a JSON Schema object), not %s", kindOf(raw))
+			what := "a JSON Schema object"
+			if strings.HasSuffix(path, ".example") {
+				what = "the event's data, a JSON object"
+			}
+			d.problems.addDecode(path, "must be a mapping (%s), not %s", what, kindOf(raw))
 			return
 		}
 		dst.Set(reflect.ValueOf(d.document(path, m)))

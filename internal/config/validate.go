@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -71,6 +72,61 @@ func (c *Config) Schemas() (*schemas.Set, error) {
 		}
 	}
 	return schemas.New(custom)
+}
+
+// TestSample is a custom event's test data (Data), or why it has none
+// (Refused, a message that names the setting to give).
+type TestSample struct {
+	Data    []byte
+	Refused string
+}
+
+// defaultTestData is a custom event's test data when nothing says
+// otherwise: it shows a receiver what a test is, whatever the event.
+const defaultTestData = `{"sample":true}`
+
+// TestSamples returns the test data of each custom event: its example,
+// else the first of its schema's "examples" that satisfies the schema,
+// else {"sample": true} when the schema accepts it. A test of an event
+// whose schema refuses all of them is refused rather than sent: the
+// receiver would be handed data the event never carries.
+func (c *Config) TestSamples(set *schemas.Set) map[string]TestSample {
+	out := make(map[string]TestSample, len(c.CustomEvents))
+	for i, e := range c.CustomEvents {
+		if e.Example != nil {
+			if data, err := json.Marshal(e.Example); err == nil {
+				out[e.Name] = TestSample{Data: data}
+				continue
+			}
+		}
+		if found := schemaExample(set, e); found != nil {
+			out[e.Name] = TestSample{Data: found}
+			continue
+		}
+		err := set.ValidateData(e.Name, []byte(defaultTestData))
+		if err == nil {
+			out[e.Name] = TestSample{Data: []byte(defaultTestData)}
+			continue
+		}
+		out[e.Name] = TestSample{Refused: fmt.Sprintf("%s: its schema refuses the test data %s (%v): give custom_events[%d].example, data the schema accepts", e.Name, defaultTestData, err, i)}
+	}
+	return out
+}
+
+// schemaExample is the first object of e's schema's "examples" (JSON
+// Schema's annotation) that satisfies the schema, or nil.
+func schemaExample(set *schemas.Set, e CustomEvent) []byte {
+	list, _ := e.Schema["examples"].([]any)
+	for _, x := range list {
+		if _, ok := x.(map[string]any); !ok {
+			continue
+		}
+		data, err := json.Marshal(x)
+		if err == nil && set.ValidateData(e.Name, data) == nil {
+			return data
+		}
+	}
+	return nil
 }
 
 // validate adds every semantic mistake of c to ps. A value that came
@@ -235,6 +291,18 @@ func (c *Config) validate(ps *Problems, refs references) {
 		}
 		if err := schemas.CompileData(e.Name, e.Schema); err != nil {
 			ps.add(fmt.Sprintf("custom_events[%d].schema", i), "%s", strings.TrimPrefix(err.Error(), "schema of "+e.Name+": "))
+			continue
+		}
+		if e.Example == nil {
+			continue
+		}
+		data, err := json.Marshal(e.Example)
+		if err != nil {
+			ps.add(fmt.Sprintf("custom_events[%d].example", i), "cannot be written as JSON: %v", err)
+			continue
+		}
+		if err := schemas.ValidateWith(e.Name, e.Schema, data); err != nil {
+			ps.add(fmt.Sprintf("custom_events[%d].example", i), "breaks custom_events[%d].schema: %v", i, err)
 		}
 	}
 	seen := make(map[string]int)

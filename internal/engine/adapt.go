@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/admin"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/ids"
@@ -77,16 +78,25 @@ func newInstanceID() string {
 }
 
 // sample builds a test event of a type with the id prefixes of the
-// mapping in effect (a reload may have changed them).
-func (e *Engine) sample(eventType string) fanout.Event {
-	return sampler(e.schema.prefixes())(eventType)
+// mapping in effect (a reload may have changed them) and, for a custom
+// event, the data its declaration gives (config.TestSamples).
+func (e *Engine) sample(eventType string) (fanout.Event, error) {
+	return sampler(e.schema.prefixes(), e.customSamples)(eventType)
 }
 
-// sampler builds test events of a type, with the mapping's id prefixes.
-func sampler(p mapping.Prefixes) func(eventType string) fanout.Event {
-	return func(eventType string) fanout.Event {
+// sampler builds test events of a type, with the mapping's id prefixes
+// and custom events' test data (nil: {"sample": true} for every one).
+func sampler(p mapping.Prefixes, custom map[string]config.TestSample) func(eventType string) (fanout.Event, error) {
+	return func(eventType string) (fanout.Event, error) {
 		id, now := ids.TestEventID(), time.Now().UTC()
-		return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: mapping.SampleWith(eventType, id, now, p)}
+		body := mapping.SampleWith(eventType, id, now, p)
+		if c, ok := custom[eventType]; ok {
+			if c.Refused != "" {
+				return fanout.Event{}, &admin.SampleError{Message: c.Refused}
+			}
+			body = mapping.SampleData(eventType, id, now, c.Data)
+		}
+		return fanout.Event{ID: id, Type: eventType, Timestamp: now, Body: body}, nil
 	}
 }
 

@@ -79,10 +79,13 @@ type Engine struct {
 	admin      *admin.Server
 	adminLn    net.Listener
 	schema     *schemaWatch // schema.go
-	systemID   string
-	runtime    *runtime // runtime.go
-	tracing    *telemetry.Tracing
-	opts       Options
+	// customSamples is each custom event's test data (custom_events
+	// changes at a restart only).
+	customSamples map[string]config.TestSample
+	systemID      string
+	runtime       *runtime // runtime.go
+	tracing       *telemetry.Tracing
+	opts          Options
 	// lastGap is the gap last logged, so a retrying stream logs it once.
 	lastGap atomic.Pointer[GapError]
 }
@@ -196,6 +199,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
+	e.customSamples = cfg.TestSamples(schemaSet)
 	users, err := mapping.NewPoolUsers(ctx, source, &cfg.Mapping)
 	if err != nil {
 		return nil, err

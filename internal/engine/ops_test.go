@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/mapping"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/schemas"
 	"github.com/dzdesk/dzhook/signer"
 )
 
@@ -409,6 +411,75 @@ func TestSendTest(t *testing.T) {
 	}
 }
 
+// TestSendTestOfCustomEvents: a custom event's test carries its
+// declaration's example, else the first of its schema's examples the
+// schema accepts, else {"sample": true}; an event whose schema refuses
+// all of them is refused (422, naming the setting to give) and nothing
+// is sent: a receiver that validates was handed data the event never
+// carries.
+func TestSendTestOfCustomEvents(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	custom := `custom_events:
+  - name: order.shipped
+    schema:
+      type: object
+      required: [order]
+      properties: {order: {type: string, pattern: "^ord_"}, weight: {type: number}}
+    example: {order: ord_1, weight: 12.50}
+  - name: order.paid
+    schema:
+      type: object
+      required: [amount]
+      properties: {amount: {type: number}}
+      examples: [{amount: "12"}, 7, {amount: 12}]
+  - name: order.lost
+    schema: {type: object, required: [order]}
+  - name: order.noted
+`
+	cfg := testConfigWith(t, db, adminSection+custom, "", sub("crm", rc.URL, "order.*"))
+	set, err := cfg.Schemas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, cfg)
+	a := newAdminClient(t, e)
+	for event, want := range map[string]string{
+		"order.shipped": `{"order":"ord_1","weight":12.50}`,
+		"order.paid":    `{"amount":12}`,
+		"order.noted":   `{"sample":true}`,
+	} {
+		rep := answer[api.AttemptReport](a, "POST", "/v1/subscriptions/crm/test", api.TestRequest{Event: event})
+		if !rep.Delivered {
+			t.Fatalf("%s: %+v", event, rep)
+		}
+		var body struct {
+			ID   string          `json:"id"`
+			Data json.RawMessage `json:"data"`
+		}
+		got := rc.Requests()[len(rc.Requests())-1].Body
+		if err := json.Unmarshal(got, &body); err != nil || body.ID != rep.EventID {
+			t.Fatalf("%s: the last arrival is not the test's: %s (%v)", event, got, err)
+		}
+		if string(body.Data) != want {
+			t.Errorf("%s: data %s, want %s", event, body.Data, want)
+		}
+		if err := set.Validate(got); err != nil && !errors.Is(err, schemas.ErrNoSchema) {
+			t.Errorf("%s: the test breaks the event's schema: %v", event, err)
+		}
+	}
+	code, apiErr, raw := a.callError("POST", "/v1/subscriptions/crm/test", adminToken, api.TestRequest{Event: "order.lost"})
+	if code != http.StatusUnprocessableEntity || !strings.Contains(apiErr.Message, "order.lost") || !strings.Contains(apiErr.Message, "custom_events[2].example") {
+		t.Errorf("test of order.lost: %d %s, want 422 naming custom_events[2].example", code, raw)
+	}
+	if n := len(rc.Requests()); n != 3 {
+		t.Errorf("%d arrivals, want the 3 tests that had data", n)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE test AND event_type = 'order.lost'`); n != 0 {
+		t.Errorf("the refused test was journaled: %d deliveries", n)
+	}
+}
+
 // TestNotificationsOncePerTransition: failing once (however many
 // deliveries fail), then recovered once.
 func TestNotificationsOncePerTransition(t *testing.T) {
@@ -683,7 +754,8 @@ func TestSendTestDuringShutdown(t *testing.T) {
 	}
 	got := make(chan result, 1)
 	go func() {
-		rep, err := e.dispatcher.SendTest(context.Background(), "crm", sampler(mapping.ReferencePrefixes)("request.created"))
+		ev, _ := sampler(mapping.ReferencePrefixes, nil)("request.created")
+		rep, err := e.dispatcher.SendTest(context.Background(), "crm", ev)
 		got <- result{rep, err}
 	}()
 	select {

@@ -120,3 +120,9 @@ func SampleWith(eventType, id string, ts time.Time, p Prefixes) []byte {
 	}
 	return envelope(nil, id, eventType, ts, o.end())
 }
+
+// SampleData is the envelope of a test delivery of a custom event whose
+// data is given (its declaration's example).
+func SampleData(eventType, id string, ts time.Time, data []byte) []byte {
+	return envelope(nil, id, eventType, ts.UTC().Truncate(time.Second), data)
+}
