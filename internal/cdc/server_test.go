@@ -2,10 +2,7 @@ package cdc
 
 import (
 	"context"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,69 +13,6 @@ import (
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
-
-// switchProxy forwards TCP connections to a server it can be switched
-// to another one, as a virtual IP moved by a failover.
-type switchProxy struct {
-	ln     net.Listener
-	target atomic.Pointer[string]
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func newSwitchProxy(t *testing.T, target string) *switchProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &switchProxy{ln: ln}
-	p.target.Store(&target)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", *p.target.Load())
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(u, c); u.Close() })
-			wg.Go(func() { _, _ = io.Copy(c, u); c.Close() })
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-		wg.Wait()
-	})
-	return p
-}
-
-// switchTo leads new connections to target and cuts the open ones.
-func (p *switchProxy) switchTo(target string) {
-	p.target.Store(&target)
-	p.cut()
-}
-
-func (p *switchProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *switchProxy) dsn(db string) string {
-	return "postgres://postgres@" + p.ln.Addr().String() + "/" + db + "?sslmode=disable"
-}
 
 // TestFailoverToAServerBehind: the stream's server is replaced by one
 // whose WAL stands lower (a restore of a backup, or a standby promoted
@@ -97,9 +31,9 @@ func TestFailoverToAServerBehind(t *testing.T) {
 	t.Cleanup(behind.Close)
 	old := &pgtest.DB{Name: "dz", DSN: behind.DSN("dz"), Cluster: behind}
 
-	px := newSwitchProxy(t, primary.DSN("")[len("postgres://postgres@"):strings.LastIndex(primary.DSN(""), "/")])
+	px := testutil.NewSwitchProxy(t, primary.DSN("")[len("postgres://postgres@"):strings.LastIndex(primary.DSN(""), "/")])
 	rec := newRecorder(true)
-	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.dsn("dz"), Cluster: primary}, rec, func(c *Config) {})
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, rec, func(c *Config) {})
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'before@x')`, `INSERT INTO users (id, email) VALUES (2, 'before2@x')`)
 	_, commits := rec.waitCommits(t, 2)
 	read := commits[1].EndLSN
@@ -116,7 +50,7 @@ func TestFailoverToAServerBehind(t *testing.T) {
 	if end := walEnd(old); end >= read {
 		t.Fatalf("the clone's WAL (%s) is not behind what the stream read (%s)", end, read)
 	}
-	px.switchTo(behind.DSN("")[len("postgres://postgres@"):strings.LastIndex(behind.DSN(""), "/")])
+	px.SwitchTo(behind.DSN("")[len("postgres://postgres@"):strings.LastIndex(behind.DSN(""), "/")])
 	old.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'after@x')`)
 
 	testutil.Eventually(t, 30*time.Second, "the stream refusing the server behind", func() bool {
@@ -278,10 +212,10 @@ func TestStandbyAcrossAFailoverTakesOver(t *testing.T) {
 	recA.waitCommits(t, 2)
 	waitConfirmed(t, db, "the slot past the fork", func(l pglogrepl.LSN) bool { return l > fork })
 
-	px := newSwitchProxy(t, host(primary.DSN("")))
+	px := testutil.NewSwitchProxy(t, host(primary.DSN("")))
 	var moved atomic.Bool
 	recB := newRecorder(true)
-	b := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.dsn("dz"), Cluster: primary}, recB, func(c *Config) {
+	b := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, recB, func(c *Config) {
 		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1}
 		c.Journaled = func(context.Context) (Resume, error) {
 			if moved.Load() {
@@ -292,7 +226,7 @@ func TestStandbyAcrossAFailoverTakesOver(t *testing.T) {
 	})
 	testutil.Eventually(t, 30*time.Second, "the standby waiting for the slot", func() bool { return b.Stats().Standby })
 	moved.Store(true) // another process's start moved the checkpoint back to the fork
-	px.switchTo(host(cl.DSN("")))
+	px.SwitchTo(host(cl.DSN("")))
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'new@x')`)
 	recB.waitCommits(t, 1)
 	// What it reports as flushed is the new server's slot, not the old
@@ -374,13 +308,13 @@ func TestStandbyThroughARestoreRefusesForGood(t *testing.T) {
 	_, commits := recA.waitCommits(t, 2)
 	checkpoint.Store(uint64(commits[1].CommitLSN))
 
-	px := newSwitchProxy(t, host(primary.DSN("")))
-	b := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.dsn("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
+	px := testutil.NewSwitchProxy(t, host(primary.DSN("")))
+	b := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
 		c.Resume = Resume{SystemID: sysID, Timeline: 1}
 		c.Journaled = journaled
 	})
 	testutil.Eventually(t, 30*time.Second, "the standby waiting for the slot", func() bool { return b.Stats().Standby })
-	px.switchTo(host(snap.DSN("")))
+	px.SwitchTo(host(snap.DSN("")))
 	testutil.Eventually(t, 30*time.Second, "the standby refusing the restored server", func() bool {
 		return strings.Contains(b.Stats().Problem, "refuses to stream")
 	})

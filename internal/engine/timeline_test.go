@@ -4,11 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,58 +284,7 @@ func TestRewindArmsTheSLAsAsTheNewServerHasThem(t *testing.T) {
 	})
 }
 
-// swapProxy forwards to a target that can be switched (a virtual IP
-// moving to the promoted server); a switch cuts the connections.
-type swapProxy struct {
-	ln     net.Listener
-	target atomic.Pointer[string]
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func newSwapProxy(t *testing.T, target string) *swapProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &swapProxy{ln: ln}
-	p.target.Store(&target)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", *p.target.Load())
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(u, c); u.Close() })
-			wg.Go(func() { _, _ = io.Copy(c, u); c.Close() })
-		}
-	})
-	t.Cleanup(func() { ln.Close(); p.cut(); wg.Wait() })
-	return p
-}
-func (p *swapProxy) switchTo(target string) { p.target.Store(&target); p.cut() }
-func (p *swapProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
 func hostPort(dsn string) string { return dsn[len("postgres://postgres@"):strings.LastIndex(dsn, "/")] }
-
-func (p *swapProxy) dsn() string {
-	return "postgres://postgres@" + p.ln.Addr().String() + "/dz?sslmode=disable"
-}
 
 // TestStandbyTakingOverAfterARewindDeliversBelowItsStart: a standby
 // process started while the journal's checkpoint was past the fork
@@ -367,12 +312,12 @@ func TestStandbyTakingOverAfterARewindDeliversBelowItsStart(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, "the checkpoint past the fork", func() bool { cp, _ := f.checkpoint(t); return cp > fork })
 	cp, _ := f.checkpoint(t)
 
-	px := newSwapProxy(t, hostPort(f.primary.DSN("")))
-	b, _ := startStoppable(t, f.config(t, &pgtest.DB{Name: "dz", DSN: px.dsn(), Cluster: f.primary}))
+	px := testutil.NewSwitchProxy(t, hostPort(f.primary.DSN("")))
+	b, _ := startStoppable(t, f.config(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: f.primary}))
 	testutil.Eventually(t, 30*time.Second, "the standby waiting for the slot", func() bool { return b.Stream().Stats().Standby })
 
 	stopA()
-	px.switchTo(hostPort(cl.DSN("")))
+	px.SwitchTo(hostPort(cl.DSN("")))
 	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (4, 'below the standby start', 1)`)
 	// Another process's start on the promoted server rewinds.
 	c, err := New(context.Background(), f.config(t, promoted), Options{Logger: testutil.Logger(t), Version: "test"})
