@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -123,39 +124,70 @@ type slotInfo struct {
 	hasWALStat bool
 }
 
+// slotColumns are the columns of pg_replication_slots slotInfo reads,
+// as text (NULL when the slot is not there: the outer join).
+const slotColumns = `SELECT s.slot_name IS NOT NULL, s.plugin, s.slot_type, s.database, current_database(), s.confirmed_flush_lsn::text,
+		       s.active::text, s.active_pid::text, s.wal_status
+		  FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = `
+
 func lookupSlot(ctx context.Context, pool *pgxpool.Pool, slot string) (slotInfo, error) {
-	var si slotInfo
-	var confirmed *string
-	var plugin, database, walStatus *string
-	var pid *int32
-	err := pool.QueryRow(ctx, `
-		SELECT s.plugin, s.slot_type, s.database, current_database(), s.confirmed_flush_lsn::text,
-		       s.active, s.active_pid, s.wal_status
-		  FROM pg_replication_slots s WHERE s.slot_name = $1`, slot).
-		Scan(&plugin, &si.slotType, &database, &si.currentDB, &confirmed, &si.active, &pid, &walStatus)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return si, nil
-	}
+	var exists bool
+	var cols [8]*string
+	err := pool.QueryRow(ctx, slotColumns+`$1`, slot).
+		Scan(&exists, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &cols[6], &cols[7])
 	if err != nil {
-		return si, fmt.Errorf("look up slot %q: %w", slot, err)
+		return slotInfo{}, fmt.Errorf("look up slot %q: %w", slot, err)
+	}
+	return slotInfoOf(exists, cols), nil
+}
+
+// lookupSlotOn is lookupSlot on a replication connection (it takes SQL
+// before START_REPLICATION): the server a session judged. The catalog
+// pool's connections may still reach the old one after a failover.
+func lookupSlotOn(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo, error) {
+	res, err := conn.Exec(ctx, slotColumns+"'"+escapeLiteral(slot)+"'").ReadAll()
+	if err != nil {
+		return slotInfo{}, fmt.Errorf("look up slot %q: %w", slot, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 9 {
+		return slotInfo{}, fmt.Errorf("look up slot %q: unexpected answer", slot)
+	}
+	row := res[0].Rows[0]
+	var cols [8]*string
+	for i, v := range row[1:] {
+		if v != nil {
+			t := string(v)
+			cols[i] = &t
+		}
+	}
+	return slotInfoOf(string(row[0]) == "t", cols), nil
+}
+
+// slotInfoOf reads slotColumns' values after the first (exists).
+func slotInfoOf(exists bool, cols [8]*string) slotInfo {
+	text := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
+	}
+	si := slotInfo{currentDB: text(cols[3])}
+	if !exists {
+		return si
 	}
 	si.exists = true
-	if plugin != nil {
-		si.plugin = *plugin
+	si.plugin, si.slotType, si.database = text(cols[0]), text(cols[1]), text(cols[2])
+	if cols[4] != nil {
+		si.confirmed, _ = pglogrepl.ParseLSN(*cols[4])
 	}
-	if database != nil {
-		si.database = *database
+	si.active = text(cols[5]) == "true"
+	if pid, err := strconv.ParseInt(text(cols[6]), 10, 32); err == nil {
+		si.activePID = int32(pid)
 	}
-	if pid != nil {
-		si.activePID = *pid
+	if cols[7] != nil {
+		si.walStatus, si.hasWALStat = *cols[7], true
 	}
-	if walStatus != nil {
-		si.walStatus, si.hasWALStat = *walStatus, true
-	}
-	if confirmed != nil {
-		si.confirmed, _ = pglogrepl.ParseLSN(*confirmed)
-	}
-	return si, nil
+	return si
 }
 
 func (si slotInfo) check(slot string) error {
@@ -172,9 +204,10 @@ func (si slotInfo) check(slot string) error {
 	return nil
 }
 
-// slotConfirmed returns the slot's confirmed_flush_lsn.
-func (s *Stream) slotConfirmed(ctx context.Context) (pglogrepl.LSN, error) {
-	info, err := lookupSlot(ctx, s.pool, s.cfg.Slot)
+// slotConfirmed returns the slot's confirmed_flush_lsn, read on the
+// session's replication connection.
+func (s *Stream) slotConfirmed(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.LSN, error) {
+	info, err := lookupSlotOn(ctx, conn, s.cfg.Slot)
 	if err != nil {
 		return 0, err
 	}

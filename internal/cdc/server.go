@@ -94,7 +94,19 @@ func (e *ServerChangedError) PublicReason() string {
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
 		"Its new transactions reuse positions (and so event ids) of the lost ones, which the journal drops as known: to process every one, start dzhook on a fresh journal.schema (the old schema keeps the history, and its pending deliveries are not sent from the new one; subscriptions made through the API or the dashboard live in the journal: create them again there, with their secrets). " +
-		"A restart moves the journal's checkpoint back to where this server's timeline forked when nothing was journaled past that point; otherwise it refuses too"
+		e.restart()
+}
+
+// restart says what a restart does with the journal's checkpoint, by
+// case (engine.New, pipeline.UseCheckpoint).
+func (e *ServerChangedError) restart() string {
+	switch {
+	case e.SystemID != e.PrevSystemID:
+		return "A restart drops the journal's checkpoint of the other cluster and processes every transaction the slot sends"
+	case e.Timeline == e.PrevTimeline:
+		return "A restart drops the journal's checkpoint (this server's WAL end is recorded in it, so that it does even once the WAL has passed it) and processes every transaction the slot sends"
+	}
+	return "A restart moves the journal's checkpoint back to where this server's timeline forked when nothing was journaled past that point; otherwise it refuses too"
 }
 
 // checkServer runs IDENTIFY_SYSTEM on a new session's connection and
@@ -102,11 +114,20 @@ func (e *ServerChangedError) PublicReason() string {
 // (ServerChangedError), for the rest of the process.
 func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	if e := s.changed.Load(); e != nil {
+		s.refused(ctx, e)
 		return e
 	}
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
 		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
+	}
+	// A standby's WAL end is what it has received: one a connection
+	// reached for a moment (a virtual IP or DNS name not yet moved) would
+	// be judged behind, and refused for the rest of the process. It is
+	// no server to stream from (PostgreSQL 15 decodes on a primary only):
+	// tried again, as an unreachable one is.
+	if err := inRecovery(ctx, conn, s.cfg.Slot); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	prev := s.server
@@ -114,7 +135,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// alone is also the slot's position, copied at each session's start
 	// (a standby's tries included).
 	own := max(s.handedEnd, s.idleAsked)
-	read := max(s.flushed, own, s.cfg.Resume.LSN)
+	read := max(s.flushed, own, s.baseline)
 	s.mu.Unlock()
 	// A process that has read nothing yet judges the server by the
 	// journal's position as it is now (Journaled), not by the one it
@@ -144,10 +165,20 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			s.log.Info("the server is on a new timeline that carries on the one read so far", "timeline", sys.Timeline, "was", prev.timeline, "switched_at", fork.String(), "read_lsn", read.String())
 		}
 	}
+	// accepted is the journal's position a session judged by it (one of
+	// a process that has read nothing itself) carries on.
+	var accepted *pglogrepl.LSN
 	if e == nil && s.cfg.Journaled != nil {
 		j, err := s.cfg.Journaled(ctx)
 		if err != nil {
 			return err
+		}
+		if !sticky {
+			var at pglogrepl.LSN
+			if j.SystemID == sys.SystemID {
+				at = j.LSN
+			}
+			accepted = &at
 		}
 		if j.SystemID == sys.SystemID && j.LSN != 0 {
 			// Its WAL must reach the journal's position too, on the same
@@ -173,6 +204,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	if e != nil {
 		if sticky {
 			s.changed.Store(e)
+			s.refused(ctx, e)
 		}
 		// Once per reason: a refusal that is not kept is judged again at
 		// every try (up to every 30 s, for as long as it lasts).
@@ -187,9 +219,48 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	s.mu.Lock()
 	s.server = server{systemID: sys.SystemID, timeline: sys.Timeline}
+	if accepted != nil {
+		// The start's position was judged on the server and timeline of
+		// then: a standby that took the slot over after a failover's
+		// rewind kept it, above the new timeline's WAL, and refused the
+		// same server for good at its first reconnect (found by a review).
+		s.baseline = *accepted
+	}
 	s.mu.Unlock()
 	s.lastRefusal.Store(nil)
 	return nil
+}
+
+// StandbyError: the replication connection leads to a server in
+// recovery (a standby), which logical decoding cannot stream from.
+type StandbyError struct{ Slot string }
+
+func (e *StandbyError) Error() string { return e.PublicReason() }
+
+// PublicReason implements PublicReason.
+func (e *StandbyError) PublicReason() string {
+	return fmt.Sprintf("the server of replication slot %q is a standby (in recovery): logical decoding needs the primary; trying again (a failover in progress, or source.dsn leads to a standby)", e.Slot)
+}
+
+// inRecovery returns a *StandbyError when the server behind conn is in
+// recovery.
+func inRecovery(ctx context.Context, conn *pgconn.PgConn, slot string) error {
+	res, err := conn.Exec(ctx, "SELECT pg_is_in_recovery()").ReadAll()
+	if err != nil {
+		return fmt.Errorf("pg_is_in_recovery: %w", err)
+	}
+	if len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == "t" {
+		return &StandbyError{Slot: slot}
+	}
+	return nil
+}
+
+// refused tells Config.OnRefused of a refusal kept for the rest of the
+// process (at each try, until the process ends).
+func (s *Stream) refused(ctx context.Context, e *ServerChangedError) {
+	if s.cfg.OnRefused != nil {
+		s.cfg.OnRefused(ctx, e)
+	}
 }
 
 // judge returns why a server (sys: its IDENTIFY_SYSTEM, on conn) does

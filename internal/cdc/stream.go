@@ -96,6 +96,10 @@ type Config struct {
 	// it would skip the new server's transactions below it. An error ends
 	// the session, which is retried.
 	Journaled func(ctx context.Context) (Resume, error)
+	// OnRefused, when set, is told of a server refused for the rest of
+	// the process (a *ServerChangedError kept), at each try: the engine
+	// records a restore in the journal for the start that follows.
+	OnRefused func(ctx context.Context, e *ServerChangedError)
 	// OnSession, when set, is called each time a replication session
 	// starts, from the processor's goroutine, one call at a time with the
 	// Handler's and before any change of that session.
@@ -176,6 +180,11 @@ type Stream struct {
 	flushed   pglogrepl.LSN // last flush position reported
 	handedEnd pglogrepl.LSN // end of the last transaction handed on
 	server    server        // the server the last session streamed from (server.go)
+	// baseline is where a process read to before this one's sessions,
+	// which every session's server must carry on: Config.Resume's
+	// position, then the journal's that a session judged by it was
+	// accepted on (checkServer).
+	baseline pglogrepl.LSN
 
 	// changed is set once a session found a server that does not carry
 	// on the WAL read so far: every later session refuses with it.
@@ -262,6 +271,7 @@ func New(cfg Config) (*Stream, error) {
 	s.retained.Store(-1)
 	s.first.Store(cfg.Conn)
 	s.server = server{systemID: cfg.Resume.SystemID, timeline: cfg.Resume.Timeline}
+	s.baseline = cfg.Resume.LSN
 	return s, nil
 }
 
@@ -452,7 +462,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 		return err
 	}
 	// Never report a flush position below the slot's: start from it.
-	confirmed, err := s.slotConfirmed(ctx)
+	confirmed, err := s.slotConfirmed(ctx, conn)
 	if err != nil {
 		return err
 	}

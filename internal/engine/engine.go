@@ -79,6 +79,8 @@ type Engine struct {
 	admin      *admin.Server
 	adminLn    net.Listener
 	schema     *schemaWatch // schema.go
+	// restoreMarked: refusedServer recorded a restore in the journal.
+	restoreMarked atomic.Bool
 	// customSamples is each custom event's test data (custom_events
 	// changes at a restart only).
 	customSamples map[string]config.TestSample
@@ -332,6 +334,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		// And what another process checkpointed since (a standby taking
 		// the slot over adopts it).
 		Journaled: e.journaled,
+		// A restore from a snapshot seen while running is remembered for
+		// the start that follows.
+		OnRefused: e.refusedServer,
 		// On shutdown the stream keeps the slot while attempts in flight
 		// finish (each within the delivery timeout) and the journal takes
 		// their outcomes, so PostgreSQL hears of every journaled commit.
@@ -446,10 +451,6 @@ func (e *Engine) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// sessionStarted runs in the stream's order before the first change of
-// each replication session: the pipeline re-reads its checkpoint, and
-// fanout what waits in the journal for the ordered keys (another process
-// may have streamed meanwhile).
 // rewindToFork handles a start refused by cdc.CheckResume (refused): a
 // server whose timeline left the checkpoint's below it. The checkpoint
 // follows the stream's idle positions too, so after a failover to a
@@ -460,34 +461,48 @@ func (e *Engine) Run(ctx context.Context) error {
 // from the old server, which the new one lacks), the refusal stands: the
 // new server's transactions reuse their positions, and so their ids.
 // again says that the checkpoint changed while it was judged (another
-// process's start after the same failover moved it, and journaled past
-// the fork since): judge it again.
+// process's start after the same failover moved it, or journaled past
+// it since): judge it again.
 func rewindToFork(ctx context.Context, store *journal.Store, slot string, cp journal.Checkpoint, sys pglogrepl.IdentifySystemResult, refused error, log *slog.Logger) (_ journal.Checkpoint, again bool, _ error) {
 	var changed *cdc.ServerChangedError
 	if !errors.As(refused, &changed) || changed.Fork == 0 || changed.SystemID != cp.SystemID || changed.PrevSystemID != cp.SystemID {
 		return cp, false, refused
 	}
-	past, err := store.JournaledFrom(ctx, ids.NewSource(sys.SystemID), changed.Fork)
-	if err != nil {
+	did, err := store.RewindCheckpoint(ctx, slot, cp, ids.NewSource(sys.SystemID), changed.Fork, sys.Timeline)
+	switch {
+	case err != nil:
 		return cp, false, err
-	}
-	if past {
-		now, err := store.Checkpoint(ctx, slot)
-		if err != nil {
-			return cp, false, err
-		}
-		return cp, now != cp, refused
-	}
-	moved, err := store.RewindCheckpoint(ctx, slot, cp, changed.Fork, sys.Timeline)
-	if err != nil {
-		return cp, false, err
-	}
-	if !moved {
+	case did == journal.RewindChanged:
 		return cp, true, refused
+	case did == journal.RewindPast:
+		return cp, false, refused
 	}
 	log.Warn("the server's timeline left the one the journal's checkpoint was read on below it (a failover to a standby that was behind); nothing was journaled past the fork, so the checkpoint moves back to it and the new server's transactions from there on are read",
 		"slot", slot, "timeline", sys.Timeline, "was", cp.Timeline, "switched_at", changed.Fork.String(), "checkpoint", cp.LSN.String())
 	return journal.Checkpoint{LSN: max(changed.Fork, 1) - 1, SystemID: cp.SystemID, End: changed.Fork, Timeline: sys.Timeline}, false, nil
+}
+
+// refusedServer is the stream's OnRefused. A server of the journal's
+// cluster and timeline whose WAL ends before what was read is a restore
+// from a snapshot: its WAL end goes into the checkpoint (MarkRestored),
+// and the start that follows drops the checkpoint, as it does a
+// checkpoint past the WAL, even once the restored WAL has passed it
+// (trusted then, the restored server's transactions below it were
+// skipped as journaled; found by a review). Once per process.
+func (e *Engine) refusedServer(ctx context.Context, r *cdc.ServerChangedError) {
+	if e.restoreMarked.Load() || r.SystemID != r.PrevSystemID || r.Timeline != r.PrevTimeline || r.WALEnd >= r.Read {
+		return
+	}
+	marked, err := e.journal.MarkRestored(ctx, e.cfg.Source.Slot, r.SystemID, r.Timeline, r.WALEnd)
+	if err != nil {
+		e.log.Warn("could not record the restore in the journal; tried again with the stream", "err", err)
+		return
+	}
+	e.restoreMarked.Store(true)
+	if marked {
+		e.log.Warn("recorded in the journal's checkpoint that the server was restored below it: the next start drops the checkpoint and processes every transaction the slot sends",
+			"slot", e.cfg.Source.Slot, "wal_end", r.WALEnd.String(), "read_lsn", r.Read.String())
+	}
 }
 
 // journaled is the stream's Journaled: the journal's checkpoint of the
@@ -500,6 +515,10 @@ func (e *Engine) journaled(ctx context.Context) (cdc.Resume, error) {
 	return cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN}, nil
 }
 
+// sessionStarted runs in the stream's order before the first change of
+// each replication session: the pipeline re-reads its checkpoint, and
+// fanout what waits in the journal for the ordered keys (another process
+// may have streamed meanwhile).
 func (e *Engine) sessionStarted(ctx context.Context) {
 	e.pipeline.SessionStarted(ctx)
 	if err := e.dispatcher.SyncOrder(ctx); err != nil {

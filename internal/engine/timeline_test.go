@@ -284,8 +284,6 @@ func TestRewindArmsTheSLAsAsTheNewServerHasThem(t *testing.T) {
 	})
 }
 
-func hostPort(dsn string) string { return dsn[len("postgres://postgres@"):strings.LastIndex(dsn, "/")] }
-
 // TestStandbyTakingOverAfterARewindDeliversBelowItsStart: a standby
 // process started while the journal's checkpoint was past the fork
 // (idle positions, a transaction firing nothing) takes the slot over
@@ -312,12 +310,12 @@ func TestStandbyTakingOverAfterARewindDeliversBelowItsStart(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, "the checkpoint past the fork", func() bool { cp, _ := f.checkpoint(t); return cp > fork })
 	cp, _ := f.checkpoint(t)
 
-	px := testutil.NewSwitchProxy(t, hostPort(f.primary.DSN("")))
+	px := testutil.NewSwitchProxy(t, f.primary.Addr())
 	b, _ := startStoppable(t, f.config(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: f.primary}))
 	testutil.Eventually(t, 30*time.Second, "the standby waiting for the slot", func() bool { return b.Stream().Stats().Standby })
 
 	stopA()
-	px.SwitchTo(hostPort(cl.DSN("")))
+	px.SwitchTo(cl.Addr())
 	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (4, 'below the standby start', 1)`)
 	// Another process's start on the promoted server rewinds.
 	c, err := New(context.Background(), f.config(t, promoted), Options{Logger: testutil.Logger(t), Version: "test"})
@@ -330,9 +328,58 @@ func TestStandbyTakingOverAfterARewindDeliversBelowItsStart(t *testing.T) {
 		return st.Connected && !st.Standby
 	})
 	promoted.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (5, 'after the takeover, still below', 1)`)
+	testutil.Eventually(t, 20*time.Second, "requests 4 and 5 delivered", func() bool { return hasRequest(f.rc, 4) && hasRequest(f.rc, 5) })
+	// A blip while the promoted WAL is still below the checkpoint the
+	// standby read at its start: the same server, judged again against
+	// what this process read itself, streams on. (It was refused for
+	// good: the start's position stayed in the judgment.)
+	if w := walEnd(t, promoted); w >= cp {
+		t.Fatalf("the promoted WAL (%s) passed the standby's start checkpoint (%s) before the blip", w, cp)
+	}
+	before := b.Stream().Stats().Reconnects
+	px.Cut()
+	testutil.Eventually(t, 60*time.Second, "the standby streaming again after the blip", func() bool {
+		st := b.Stream().Stats()
+		return st.Reconnects > before && st.Connected
+	})
 	pushWALPast(t, promoted, cp)
 	f.deliver(t, promoted, 6)
-	testutil.Eventually(t, 20*time.Second, "requests 4 and 5 delivered", func() bool { return hasRequest(f.rc, 4) && hasRequest(f.rc, 5) })
+}
+
+// TestRestartAfterARestoreSeenWhileRunning: the source is restored from
+// a snapshot (the same cluster and timeline) while dzhook runs. The
+// running process refuses it and records the restore in the journal's
+// checkpoint; the restart that follows drops the checkpoint, even once
+// the restored server's WAL has passed it, and delivers the restored
+// server's transactions below it. (The restart trusted the checkpoint
+// then and skipped them without a word: found by a review.)
+func TestRestartAfterARestoreSeenWhileRunning(t *testing.T) {
+	f := newFailover(t)
+	px := testutil.NewSwitchProxy(t, f.primary.Addr())
+	a, stopA := startStoppable(t, f.config(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: f.primary}))
+	f.deliver(t, f.src, 1)
+	snap, err := f.primary.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(snap.Close)
+	f.src.Exec(t, `SELECT pg_switch_wal()`)
+	f.deliver(t, f.src, 2)
+	f.deliver(t, f.src, 3)
+	cp, _ := f.checkpoint(t)
+	restored := on(snap)
+	px.SwitchTo(snap.Addr())
+	testutil.Eventually(t, 60*time.Second, "the running process refusing the restored server, and the restore recorded", func() bool {
+		return strings.Contains(a.Stream().Stats().Problem, "restore") &&
+			queryInt(t, f.journal, `SELECT count(*) FROM dzhook.checkpoints WHERE slot = 'dzhook' AND restored_below IS NOT NULL`) == 1
+	})
+	stopA()
+	restored.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'on the restored server', 1)`)
+	pushWALPast(t, restored, cp)
+	_, stop := startStoppable(t, f.config(t, restored))
+	defer stop()
+	f.deliver(t, restored, 8)
+	testutil.Eventually(t, 20*time.Second, "request 7, below the old checkpoint, delivered", func() bool { return hasRequest(f.rc, 7) })
 }
 
 // pushWALPast commits on db (users 100 on, pg_switch_wal) until its WAL

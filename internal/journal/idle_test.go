@@ -126,6 +126,74 @@ func TestCheckpointTimeline(t *testing.T) {
 	}
 }
 
+// TestCheckpointRewindAndRestore: a rewind to a fork moves the
+// checkpoint only while it is the one judged and nothing was journaled
+// past the fork, judged in one transaction; a late write of the old
+// timeline cannot move it off the new one. A restore recorded in the
+// checkpoint (MarkRestored) outlives the writes of its cluster, takes the
+// lowest WAL end seen, and goes with a checkpoint of another cluster.
+func TestCheckpointRewindAndRestore(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	src := ids.NewSource("A")
+	write := func(lsn pglogrepl.LSN, sys string, tli int32) {
+		t.Helper()
+		if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: lsn, SystemID: sys, Timeline: tli}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() Checkpoint {
+		t.Helper()
+		cp, err := s.Checkpoint(ctx, "dzhook")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cp
+	}
+	write(1000, "A", 1)
+	from := read()
+	if did, err := s.RewindCheckpoint(ctx, "dzhook", Checkpoint{LSN: 900, SystemID: "A"}, src, 500, 2); err != nil || did != RewindChanged {
+		t.Errorf("a rewind from a checkpoint that is not the journal's: %v (err %v), want RewindChanged", did, err)
+	}
+	if err := s.Write(ctx, &Batch{Events: []EventRow{{ID: src.NewID(700, 0, 0), Type: "request.created", Body: []byte(`{}`), CommitLSN: 700, OccurredAt: time.Now()}}}); err != nil {
+		t.Fatal(err)
+	}
+	if did, err := s.RewindCheckpoint(ctx, "dzhook", from, src, 500, 2); err != nil || did != RewindPast || read() != from {
+		t.Errorf("a rewind below a journaled event: %v (err %v), checkpoint %+v; want RewindPast, unchanged", did, err, read())
+	}
+	if did, err := s.RewindCheckpoint(ctx, "dzhook", from, src, 800, 2); err != nil || did != Rewound {
+		t.Fatalf("a rewind with nothing past the fork: %v (err %v), want Rewound", did, err)
+	}
+	want := Checkpoint{LSN: 799, SystemID: "A", End: 800, Timeline: 2}
+	if cp := read(); cp != want {
+		t.Errorf("after the rewind: %+v, want %+v", cp, want)
+	}
+	write(1200, "A", 1) // the old primary's process, late
+	if cp := read(); cp != want {
+		t.Errorf("a late write of timeline 1 moved the rewound checkpoint: %+v, want %+v", cp, want)
+	}
+	if ok, err := s.MarkRestored(ctx, "dzhook", "A", 2, 900); err != nil || ok {
+		t.Errorf("a restore above the checkpoint was recorded: %v (err %v)", ok, err)
+	}
+	if ok, err := s.MarkRestored(ctx, "dzhook", "A", 3, 300); err != nil || ok {
+		t.Errorf("a restore of another timeline was recorded: %v (err %v)", ok, err)
+	}
+	if ok, err := s.MarkRestored(ctx, "dzhook", "A", 2, 300); err != nil || !ok {
+		t.Fatalf("a restore below the checkpoint: %v (err %v), want recorded", ok, err)
+	}
+	write(850, "A", 2) // a stale write of the refused process
+	if ok, err := s.MarkRestored(ctx, "dzhook", "A", 2, 400); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if cp := read(); cp.LSN != 850 || cp.RestoredBelow != 300 {
+		t.Errorf("after a write and a second restore: %+v, want LSN 850 with the restore at 300 kept", cp)
+	}
+	write(50, "B", 1)
+	if cp := read(); cp.RestoredBelow != 0 || cp.SystemID != "B" {
+		t.Errorf("another cluster's checkpoint kept the restore: %+v", cp)
+	}
+}
+
 // TestJournaledFrom: the events of one source at or past a position,
 // by their ids' range: another source's, and ids without a commit (SLA
 // and test events), do not count.

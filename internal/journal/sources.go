@@ -187,8 +187,14 @@ func (s *Store) RecentMappings(ctx context.Context, slot string) ([][]byte, erro
 // of the primary key; an SLA's or a test's id (a hash) that falls in it
 // by chance is told apart by its commit_lsn (NULL).
 func (s *Store) JournaledFrom(ctx context.Context, src ids.Source, lsn pglogrepl.LSN) (bool, error) {
+	return s.journaledFrom(ctx, s.pool, src, lsn)
+}
+
+func (s *Store) journaledFrom(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, src ids.Source, lsn pglogrepl.LSN) (bool, error) {
 	var found bool
-	err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.events WHERE id >= $1 AND id <= $2 AND commit_lsn >= $3)`),
+	err := q.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.events WHERE id >= $1 AND id <= $2 AND commit_lsn >= $3)`),
 		src.NewID(lsn, 0, 0), src.NewID(pglogrepl.LSN(math.MaxUint64), math.MaxUint32, math.MaxUint8), int64(lsn)).Scan(&found)
 	if err != nil {
 		return false, fmt.Errorf("look for events past %s: %w", lsn, err)
@@ -196,32 +202,64 @@ func (s *Store) JournaledFrom(ctx context.Context, src ids.Source, lsn pglogrepl
 	return found, nil
 }
 
+// Rewind is what RewindCheckpoint did.
+type Rewind int
+
+const (
+	// Rewound: the checkpoint moved back to the fork.
+	Rewound Rewind = iota
+	// RewindChanged: the checkpoint is no longer the one given (another
+	// process moved it): judge it again.
+	RewindChanged
+	// RewindPast: an event was journaled past the fork; the checkpoint
+	// stays.
+	RewindPast
+)
+
 // RewindCheckpoint moves the slot's checkpoint back to fork, on timeline,
-// if it is still from: the server's timeline left from's below it, and
-// the journal holds no event the stream read past the fork
-// (JournaledFrom), so the new timeline's transactions from the fork on
-// are the ones to read. Changes of the SLA table past the fork journal
-// no event but armed timers, for targets the new server may never have
-// had (the timers of its own were deleted by that move): the slot's SLA
-// scan is asked for again, in the same transaction, and the SLA clock
-// arms every open SLA as the new server holds it (and drops what it
-// does not) at this start. It reports whether it moved.
-func (s *Store) RewindCheckpoint(ctx context.Context, slot string, from Checkpoint, fork pglogrepl.LSN, timeline int32) (moved bool, err error) {
+// if it is still from and the journal holds no event of src the stream
+// read past the fork (JournaledFrom): the server's timeline left from's
+// below it, so the new timeline's transactions from the fork on are the
+// ones to read. Both are judged with the checkpoint's row locked, which
+// a writer's batch (its events, then its checkpoint, one transaction)
+// waits for: a batch of the old primary's events committed before the
+// lock is seen, and one committed after it cannot move the checkpoint
+// off the new timeline (Write leaves a newer timeline's checkpoint).
+// Changes of the SLA table past the fork journal no event but armed
+// timers, for targets the new server may never have had (the timers of
+// its own were deleted by that move): the slot's SLA scan is asked for
+// again, in the same transaction, and the SLA clock arms every open SLA
+// as the new server holds it (and drops what it does not) at this start.
+func (s *Store) RewindCheckpoint(ctx context.Context, slot string, from Checkpoint, src ids.Source, fork pglogrepl.LSN, timeline int32) (did Rewind, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, updated_at = now()
-			WHERE slot = $1 AND lsn = $5 AND coalesce(system_id, '') = $6`),
-			slot, int64(max(fork, 1)-1), int64(fork), nullTimeline(timeline), int64(from.LSN), from.SystemID)
+		var lsn int64
+		var system string
+		err := tx.QueryRow(ctx, s.q(`SELECT lsn, coalesce(system_id, '') FROM {{schema}}.checkpoints WHERE slot = $1 FOR UPDATE`), slot).Scan(&lsn, &system)
+		if errors.Is(err, pgx.ErrNoRows) || err == nil && (pglogrepl.LSN(lsn) != from.LSN || system != from.SystemID) {
+			did = RewindChanged
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		if moved = tag.RowsAffected() == 1; !moved {
+		past, err := s.journaledFrom(ctx, tx, src, fork)
+		if err != nil {
+			return err
+		}
+		if past {
+			did = RewindPast
 			return nil
 		}
+		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, restored_below = NULL, updated_at = now() WHERE slot = $1`),
+			slot, int64(max(fork, 1)-1), int64(fork), nullTimeline(timeline)); err != nil {
+			return err
+		}
+		did = Rewound
 		_, err = tx.Exec(ctx, s.q(`DELETE FROM {{schema}}.sla_bootstrap WHERE slot = $1`), slot)
 		return err
 	})
 	if err != nil {
-		return false, fmt.Errorf("move the checkpoint back to the fork: %w", err)
+		return 0, fmt.Errorf("move the checkpoint back to the fork: %w", err)
 	}
-	return moved, nil
+	return did, nil
 }

@@ -312,6 +312,10 @@ type Checkpoint struct {
 	// Timeline is the timeline the LSN was read on, or one that carries
 	// it on (0 when unknown: written before journal version 17).
 	Timeline int32
+	// RestoredBelow is the WAL end of a server of this cluster and
+	// timeline that ended before LSN and was refused (a restore from a
+	// snapshot: MarkRestored); 0 when none was seen.
+	RestoredBelow pglogrepl.LSN
 }
 
 // Checkpoint returns the slot's checkpoint (zero when none).
@@ -320,7 +324,8 @@ func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error)
 	var end *int64
 	var sys *string
 	var tli *int32
-	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn, end_lsn, system_id, timeline FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn, &end, &sys, &tli)
+	var restored *int64
+	err := s.pool.QueryRow(ctx, s.q(`SELECT lsn, end_lsn, system_id, timeline, restored_below FROM {{schema}}.checkpoints WHERE slot = $1`), slot).Scan(&lsn, &end, &sys, &tli, &restored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{}, nil
 	}
@@ -337,7 +342,24 @@ func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error)
 	if tli != nil {
 		cp.Timeline = *tli
 	}
+	if restored != nil {
+		cp.RestoredBelow = pglogrepl.LSN(*restored)
+	}
 	return cp, nil
+}
+
+// MarkRestored records that a server of cluster systemID and timeline
+// whose WAL ended at walEnd, before the slot's checkpoint, was refused: a restore from a
+// snapshot. The next start drops the checkpoint (see Checkpoint's
+// RestoredBelow) even once that server's WAL has passed it. It reports
+// whether a checkpoint of that cluster past walEnd was there to mark.
+func (s *Store) MarkRestored(ctx context.Context, slot, systemID string, timeline int32, walEnd pglogrepl.LSN) (bool, error) {
+	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET restored_below = least(coalesce(restored_below, $3), $3)
+		WHERE slot = $1 AND system_id = $2 AND lsn > $3 AND coalesce(timeline, $4) = $4`), slot, systemID, int64(walEnd), timeline)
+	if err != nil {
+		return false, fmt.Errorf("record the restore in the checkpoint: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
 }
 
 // ResetCheckpoint forgets the slot's checkpoint cp: it belongs to another

@@ -559,7 +559,11 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	if b.Slot != "" {
 		// Within one cluster the checkpoint never moves back, and keeps
 		// the timeline of the position it keeps; a checkpoint of another
-		// cluster is replaced.
+		// cluster is replaced. A position read on an older timeline than
+		// the checkpoint's changes nothing: a process that read the old
+		// primary wrote it after another's start moved the checkpoint
+		// back to the fork (RewindCheckpoint), and the new timeline's
+		// transactions up to it were skipped as journaled.
 		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, timeline, updated_at) VALUES ($1, $2, $3, $4, $5, now())
 			ON CONFLICT (slot) DO UPDATE SET
 				lsn = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL
@@ -568,7 +572,9 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 					THEN greatest(c.end_lsn, EXCLUDED.end_lsn) ELSE EXCLUDED.end_lsn END,
 				timeline = CASE WHEN (c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL) AND c.lsn > EXCLUDED.lsn
 					THEN c.timeline ELSE EXCLUDED.timeline END,
-				system_id = EXCLUDED.system_id, updated_at = now()`),
+				restored_below = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.restored_below END,
+				system_id = EXCLUDED.system_id, updated_at = now()
+			WHERE NOT (c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id AND coalesce(EXCLUDED.timeline < c.timeline, false))`),
 			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID), nullTimeline(b.Timeline))
 	}
 	return batch.list

@@ -316,6 +316,11 @@ func (c *Cluster) StartAgain() error { return c.start() }
 // Close it as any cluster.
 func (c *Cluster) Clone() (*Cluster, error) { return c.clone(false) }
 
+// CloneStandby is Clone with the copy left a standby in recovery (hot,
+// with no primary to follow): its WAL ends where the cluster's did, and
+// it takes read-only connections, replication ones included.
+func (c *Cluster) CloneStandby() (*Cluster, error) { return c.clone(true) }
+
 // ClonePromoted is Clone with the copy started as a standby (no primary
 // to follow) and promoted, as a standby that had replayed the WAL up to
 // now and is failed over to: the same system identifier and slots, on
@@ -403,6 +408,9 @@ func (c *Cluster) Close() {
 	c.stop()
 	_ = os.RemoveAll(c.Dir)
 }
+
+// Addr is the server's host:port.
+func (c *Cluster) Addr() string { return fmt.Sprintf("127.0.0.1:%d", c.Port) }
 
 // DSN returns a connection URL for database db as the superuser postgres.
 func (c *Cluster) DSN(db string) string {
