@@ -104,7 +104,7 @@ func (e *ServerChangedError) restart() string {
 	case e.SystemID != e.PrevSystemID:
 		return "A restart drops the journal's checkpoint of the other cluster and processes every transaction the slot sends"
 	case e.Timeline == e.PrevTimeline:
-		return "A restart drops the journal's checkpoint (this server's WAL end is recorded in it, so that it does even once the WAL has passed it) and processes every transaction the slot sends"
+		return "A restart drops the journal's checkpoint (this process records this server's WAL end in it, so that a restart does even once the WAL has passed it) and processes every transaction the slot sends"
 	}
 	return "A restart moves the journal's checkpoint back to where this server's timeline forked when nothing was journaled past that point; otherwise it refuses too"
 }

@@ -894,3 +894,24 @@ func TestKeysAsWritten(t *testing.T) {
 		}
 	}
 }
+
+// TestCustomEventExampleWithDottedKeys: a key with a dot and the nested
+// keys it reads like keep their own values, as the file wrote them (the
+// literal of one replaced the other's).
+func TestCustomEventExampleWithDottedKeys(t *testing.T) {
+	cfg, err := Parse([]byte(minimal+`custom_events:
+  - name: order.shipped
+    example: {"a.b": 12.50, a: {b: 7}, "c[0]": 0.10}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := cfg.Schemas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(cfg.TestSamples(set)["order.shipped"].Data)
+	if want := `{"a":{"b":7},"a.b":12.50,"c[0]":0.10}`; got != want {
+		t.Errorf("example = %s, want %s", got, want)
+	}
+}

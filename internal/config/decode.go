@@ -149,7 +149,7 @@ func (d *decoder) decode(path string, raw any, dst reflect.Value) {
 		out := reflect.MakeMapWithSize(t, len(m))
 		for _, k := range sortedKeys(m) {
 			v := reflect.New(t.Elem()).Elem()
-			d.decode(path+"."+k, m[k], v)
+			d.decode(keyJoin(path, k), m[k], v)
 			out.SetMapIndex(reflect.ValueOf(k).Convert(t.Key()), v)
 		}
 		dst.Set(out)
@@ -410,7 +410,7 @@ func literalScalars(b []byte, ps *Problems) map[string]string {
 						}
 						ps.addDecode(cmp.Or(path, "(top level)"), "key %s is read by YAML as %s: write the key in quotes, as the text it stands for (a translation's key is the stored value as PostgreSQL prints it: %s)", key.Value, read, quoted)
 					}
-					walk(join(path, key.Value), n.Content[i+1])
+					walk(keyJoin(path, key.Value), n.Content[i+1])
 				}
 			}
 		case yaml.SequenceNode:
@@ -462,7 +462,7 @@ func (d *decoder) document(path string, v any) any {
 	case map[string]any:
 		out := make(map[string]any, len(v))
 		for k, e := range v {
-			out[k] = d.document(join(path, k), e)
+			out[k] = d.document(keyJoin(path, k), e)
 		}
 		return out
 	case []any:
@@ -502,6 +502,18 @@ func join(path, key string) string {
 		return key
 	}
 	return path + "." + key
+}
+
+// keyJoin is join for a key that is data, not a setting's name (a map's,
+// a custom event's schema's or example's): one with a dot or a bracket
+// is written ["a.b"]. Joined with a dot, {"a.b": 12.50} and {a: {b: 7}}
+// had one path, and the literal of one replaced the other's value (found
+// by a review). literalScalars records every key so.
+func keyJoin(path, key string) string {
+	if strings.ContainsAny(key, ".[]") {
+		return path + "[" + strconv.Quote(key) + "]"
+	}
+	return join(path, key)
 }
 
 func sortedKeys(m map[string]any) []string {

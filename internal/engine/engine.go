@@ -498,11 +498,12 @@ func (e *Engine) refusedServer(ctx context.Context, r *cdc.ServerChangedError) {
 		e.log.Warn("could not record the restore in the journal; tried again with the stream", "err", err)
 		return
 	}
-	e.restoreMarked.Store(true)
-	if marked {
-		e.log.Warn("recorded in the journal's checkpoint that the server was restored below it: the next start drops the checkpoint and processes every transaction the slot sends",
-			"slot", e.cfg.Source.Slot, "wal_end", r.WALEnd.String(), "read_lsn", r.Read.String())
+	if !marked {
+		return // no checkpoint yet: tried again with the stream, for one a write makes
 	}
+	e.restoreMarked.Store(true)
+	e.log.Warn("recorded in the journal's checkpoint that the server was restored below it: the next start drops the checkpoint and processes every transaction the slot sends",
+		"slot", e.cfg.Source.Slot, "wal_end", r.WALEnd.String(), "read_lsn", r.Read.String())
 }
 
 // journaled is the stream's Journaled: the journal's checkpoint of the

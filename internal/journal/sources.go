@@ -220,11 +220,16 @@ const (
 // if it is still from and the journal holds no event of src the stream
 // read past the fork (JournaledFrom): the server's timeline left from's
 // below it, so the new timeline's transactions from the fork on are the
-// ones to read. Both are judged with the checkpoint's row locked, which
-// a writer's batch (its events, then its checkpoint, one transaction)
-// waits for: a batch of the old primary's events committed before the
-// lock is seen, and one committed after it cannot move the checkpoint
-// off the new timeline (Write leaves a newer timeline's checkpoint).
+// ones to read. Both are judged with the checkpoint's row locked: a
+// batch of the old primary's process that took the row first (its
+// events, then its checkpoint, one transaction) is waited for and its
+// events seen, and one after cannot move the checkpoint off the new
+// timeline (Write leaves a newer timeline's checkpoint). A batch whose
+// events were written but not its checkpoint when the lock was taken is
+// not seen: its events past the fork land after the move (a review
+// found it; the window is one batch's write as the old primary's process
+// loses its server; the batch taking the row first would close it, at a
+// statement per batch).
 // Changes of the SLA table past the fork journal no event but armed
 // timers, for targets the new server may never have had (the timers of
 // its own were deleted by that move): the slot's SLA scan is asked for

@@ -349,13 +349,16 @@ func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error)
 }
 
 // MarkRestored records that a server of cluster systemID and timeline
-// whose WAL ended at walEnd, before the slot's checkpoint, was refused: a restore from a
-// snapshot. The next start drops the checkpoint (see Checkpoint's
-// RestoredBelow) even once that server's WAL has passed it. It reports
-// whether a checkpoint of that cluster past walEnd was there to mark.
+// whose WAL ended at walEnd was refused: a restore from a snapshot. The
+// next start drops the checkpoint when it is past walEnd (Checkpoint's
+// RestoredBelow), even once that server's WAL has passed it: the
+// checkpoint now, or one a write still in the refused process's writer
+// moves there later (a mark only of a checkpoint already past walEnd
+// missed those; found by a review). It reports whether the slot had a
+// checkpoint of that cluster and timeline to mark.
 func (s *Store) MarkRestored(ctx context.Context, slot, systemID string, timeline int32, walEnd pglogrepl.LSN) (bool, error) {
 	tag, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET restored_below = least(coalesce(restored_below, $3), $3)
-		WHERE slot = $1 AND system_id = $2 AND lsn > $3 AND coalesce(timeline, $4) = $4`), slot, systemID, int64(walEnd), timeline)
+		WHERE slot = $1 AND system_id = $2 AND coalesce(timeline, $4) = $4`), slot, systemID, int64(walEnd), timeline)
 	if err != nil {
 		return false, fmt.Errorf("record the restore in the checkpoint: %w", err)
 	}

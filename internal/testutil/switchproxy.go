@@ -15,6 +15,7 @@ type SwitchProxy struct {
 	target atomic.Pointer[string]
 	mu     sync.Mutex
 	conns  []net.Conn
+	cuts   int // Cut calls: a connection dialled across one is closed
 }
 
 // NewSwitchProxy starts a proxy to target (host:port); the test's
@@ -34,12 +35,23 @@ func NewSwitchProxy(t testing.TB, target string) *SwitchProxy {
 			if err != nil {
 				return
 			}
+			p.mu.Lock()
+			cuts := p.cuts
+			p.mu.Unlock()
 			u, err := net.Dial("tcp", *p.target.Load())
 			if err != nil {
 				c.Close()
 				continue
 			}
 			p.mu.Lock()
+			if cuts != p.cuts {
+				// Dialled across a switch (maybe to the old target), or
+				// accepted before a cut: cut too.
+				p.mu.Unlock()
+				c.Close()
+				u.Close()
+				continue
+			}
 			p.conns = append(p.conns, c, u)
 			p.mu.Unlock()
 			wg.Go(func() { _, _ = io.Copy(u, c); u.Close() })
@@ -64,6 +76,7 @@ func (p *SwitchProxy) SwitchTo(target string) {
 func (p *SwitchProxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.cuts++
 	for _, c := range p.conns {
 		c.Close()
 	}
