@@ -72,6 +72,20 @@ func (f *failover) deliver(t *testing.T, db *pgtest.DB, id int) {
 	})
 }
 
+// promote copies the failover's primary as a standby promoted now
+// (pgtest.ClonePromoted): the copy, its database dz, and where its
+// timeline 2 left timeline 1.
+func (f *failover) promote(t *testing.T) (*pgtest.Cluster, *pgtest.DB, pglogrepl.LSN) {
+	t.Helper()
+	cl, err := f.primary.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	promoted := on(cl)
+	return cl, promoted, forkOf(t, promoted)
+}
+
 // walEnd is where db's WAL ends now.
 func walEnd(t *testing.T, db *pgtest.DB) pglogrepl.LSN {
 	var s string
@@ -117,13 +131,7 @@ func TestRestartRefusesAServerWhoseTimelineForkedBelowTheCheckpoint(t *testing.T
 	f.deliver(t, f.src, 1)
 	stop()
 	// The standby failed over to: the source as of now.
-	cl, err := f.primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := on(cl)
-	fork := forkOf(t, promoted)
+	_, promoted, fork := f.promote(t)
 
 	// The old primary goes on, and dzhook journals past the fork.
 	_, stop = startStoppable(t, f.config(t, f.src))
@@ -169,13 +177,8 @@ func TestRestartCarriesOnANewTimelineAboveTheCheckpoint(t *testing.T) {
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)
 	stop()
-	cl, err := f.primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := on(cl)
-	if cp, tli := f.checkpoint(t); tli != 1 || cp > forkOf(t, promoted) {
+	_, promoted, fork := f.promote(t)
+	if cp, tli := f.checkpoint(t); tli != 1 || cp > fork {
 		t.Fatalf("checkpoint %s on timeline %d, want at most the fork on timeline 1", cp, tli)
 	}
 
@@ -199,13 +202,7 @@ func TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt(t *testing.T) {
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)
 	stop()
-	cl, err := f.primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := on(cl)
-	fork := forkOf(t, promoted)
+	_, promoted, fork := f.promote(t)
 
 	_, stop = startStoppable(t, f.config(t, f.src))
 	f.src.Exec(t, `SELECT pg_switch_wal()`, `UPDATE requests SET description = 'unmapped' WHERE id = 1`)
@@ -248,13 +245,7 @@ func TestRewindArmsTheSLAsAsTheNewServerHasThem(t *testing.T) {
 		return queryInt(t, f.journal, `SELECT count(*) FROM dzhook.sla_timers WHERE sla_id = '1' AND kind = 'breach'`) == 1
 	})
 	stop()
-	cl, err := f.primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := on(cl)
-	fork := forkOf(t, promoted)
+	_, promoted, fork := f.promote(t)
 
 	// Past the fork, on the old server only: the target moved a day on.
 	_, stop = startStoppable(t, cfgOn(f.src))
@@ -297,13 +288,7 @@ func TestStandbyTakingOverAfterARewindDeliversBelowItsStart(t *testing.T) {
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)
 	stop()
-	cl, err := f.primary.ClonePromoted()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	promoted := on(cl)
-	fork := forkOf(t, promoted)
+	cl, promoted, fork := f.promote(t)
 
 	_, stopA := startStoppable(t, f.config(t, f.src))
 	f.src.Exec(t, `SELECT pg_switch_wal()`, `UPDATE requests SET description = 'unmapped' WHERE id = 1`)
