@@ -173,6 +173,9 @@ type Stream struct {
 
 	acked atomic.Uint64 // highest commit LSN acknowledged by the handler
 	wake  chan struct{} // nudges the reader to report a new flush position
+	// abandoned: nothing more will be acknowledged (Abandon); a stop
+	// does not wait for it.
+	abandoned atomic.Bool
 
 	mu        sync.Mutex
 	pending   []txEnd       // transactions handed on and not yet acknowledged
@@ -695,7 +698,7 @@ func (s *Stream) finish(conn *pgconn.PgConn) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 drain:
-	for !s.drained() {
+	for !s.drained() && !s.abandoned.Load() {
 		select {
 		case <-s.wake:
 		case <-tick.C:
@@ -911,6 +914,17 @@ func (s *Stream) Interrupt(err error) {
 	// journal being down, may be long.
 	if in := s.inlining.Load(); in != nil {
 		in.interrupt(err)
+	}
+}
+
+// Abandon says that nothing handed on will be acknowledged any more (the
+// journal's writer stopped for good): a stop then ends the session at
+// once instead of waiting DrainTimeout for acknowledgements.
+func (s *Stream) Abandon() {
+	s.abandoned.Store(true)
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 

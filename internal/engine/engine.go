@@ -426,13 +426,32 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.close(ctx)
 	e.log.Info("dzhook running", "instance", e.instance, "slot", e.cfg.Source.Slot, "subscriptions", len(e.cfg.Subscriptions), "checkpoint", e.pipeline.Checkpoint().String())
 	wctx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- e.writer.Run(wctx) }()
+	// The writer ends on its own only when the journal refuses this
+	// process's stream for good (journal.ErrTimelineMoved): that ends the
+	// run, with the writer's error rather than the stream's "writer
+	// closed" that follows it.
+	writerDone, writerFailed := make(chan struct{}), make(chan struct{})
+	var writerErr error
+	go func() {
+		defer close(writerDone)
+		if writerErr = e.writer.Run(wctx); writerErr != nil {
+			e.stream.Abandon()
+			close(writerFailed)
+		}
+	}()
 	defer func() {
 		stopWriter()
 		<-writerDone
 	}()
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		select {
+		case <-writerFailed:
+			return fmt.Errorf("journal writer: %w", writerErr)
+		case <-gctx.Done():
+			return nil
+		}
+	})
 	if e.admin != nil {
 		g.Go(func() error { return e.admin.Serve(gctx, e.adminLn) })
 	}
@@ -448,7 +467,13 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	return g.Wait()
+	err := g.Wait()
+	select {
+	case <-writerFailed:
+		return fmt.Errorf("journal writer: %w", writerErr)
+	default:
+		return err
+	}
 }
 
 // rewindToFork handles a start refused by cdc.CheckResume (refused): a

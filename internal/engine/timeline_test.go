@@ -13,6 +13,7 @@ import (
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/config"
+	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
@@ -377,4 +378,47 @@ func pushWALPast(t *testing.T, db *pgtest.DB, at pglogrepl.LSN) {
 		}
 		db.Exec(t, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, 100+i, i), `SELECT pg_switch_wal()`)
 	}
+}
+
+// TestProcessStopsWhenAnotherStartRewoundTheCheckpoint: a process still
+// streaming a timeline the journal's checkpoint has left (another
+// process's start after a failover moved the checkpoint back to the
+// fork, on the new timeline; done here by hand) stops at its next batch
+// with a message that says so, journaling and acknowledging nothing of
+// it: the old timeline's events past the fork would take the ids of the
+// new timeline's transactions. It used to journal them, and only its
+// checkpoint's move was refused.
+func TestProcessStopsWhenAnotherStartRewoundTheCheckpoint(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e, err := New(ctx, testConfig(t, db, "", sub("crm", rc.URL, "request.created")), Options{Logger: testutil.Logger(t), Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- e.Run(ctx) }()
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'r', 1)`)
+	testutil.Eventually(t, 20*time.Second, "request 1 delivered and checkpointed", func() bool {
+		return hasRequest(rc, 1) && queryInt(t, db, `SELECT count(*) FROM dzhook.events WHERE commit_lsn <= (SELECT lsn FROM dzhook.checkpoints WHERE slot = 'dzhook')`) == 1
+	})
+	db.Exec(t, `UPDATE dzhook.checkpoints SET timeline = 2 WHERE slot = 'dzhook'`)
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'r', 1)`)
+	select {
+	case err := <-ran:
+		if !errors.Is(err, journal.ErrTimelineMoved) || !strings.Contains(err.Error(), "timeline 2") {
+			t.Fatalf("Run ended with %v, want the journal writer's ErrTimelineMoved naming timeline 2", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the process on timeline 1 did not stop")
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.events`); n != 1 {
+		t.Errorf("%d events journaled, want request 1's alone", n)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM pg_replication_slots s JOIN dzhook.checkpoints c ON c.slot = s.slot_name
+		WHERE s.slot_name = 'dzhook' AND s.confirmed_flush_lsn - '0/0' > c.end_lsn`); n != 0 {
+		t.Error("the slot was acknowledged past the journal's checkpoint")
+	}
+
 }

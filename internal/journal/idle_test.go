@@ -2,12 +2,15 @@ package journal
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 
 	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // TestIdlePositionCheckpointsCommitsBeforeIt: a position the stream was
@@ -194,6 +197,182 @@ func TestCheckpointRewindAndRestore(t *testing.T) {
 	write(50, "B", 1)
 	if cp := read(); cp.RestoredBelow != 0 || cp.SystemID != "B" {
 		t.Errorf("another cluster's checkpoint kept the restore: %+v", cp)
+	}
+}
+
+// TestStreamBatchFencedByTheCheckpoint: a batch of what the stream read
+// and a start's RewindCheckpoint are ordered by the checkpoint's row
+// lock, which the batch takes first. A batch mid-write when the rewind
+// begins (its events written, its checkpoint not yet: here an event
+// whose insert waits) holds the rewind until it committed, and the
+// rewind then sees its events past the fork; a batch that comes to the
+// row after a rewind committed is refused whole (ErrTimelineMoved)
+// instead of journaling the old timeline's events past the fork, whose
+// ids the new timeline's transactions take. Before the fence the rewind
+// judged the journal while such a batch's events were in flight, and
+// moved the checkpoint back below them (found by a review, 2026-12-07).
+func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	src := ids.NewSource("A")
+	if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: 1000, SystemID: "A", Timeline: 1}); err != nil {
+		t.Fatal(err)
+	}
+	from, err := s.Checkpoint(ctx, "dzhook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := func(lsn pglogrepl.LSN) EventRow {
+		return EventRow{ID: src.NewID(lsn, 0, 0), Type: "request.created", Body: []byte(`{}`), CommitLSN: lsn, OccurredAt: time.Now()}
+	}
+	watch := db.Connect(t)
+	// waiting waits until n backends of this database wait on a lock, or
+	// done has a result (returned, with true).
+	waiting := func(n int, done <-chan error) (error, bool) {
+		t.Helper()
+		var err error
+		finished := false
+		testutil.Eventually(t, 10*time.Second, fmt.Sprintf("%d backends waiting on a lock", n), func() bool {
+			select {
+			case err = <-done:
+				finished = true
+				return true
+			default:
+			}
+			var got int
+			if err := watch.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			return got >= n
+		})
+		return err, finished
+	}
+
+	// The batch first: an event of the batch waits on the same id's insert
+	// in a transaction left open, the batch's other event past the fork.
+	blocker := db.Connect(t)
+	tx, err := blocker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO dzhook.events (id, type, body, commit_lsn, occurred_at) VALUES ($1, 'request.created', '{}', 1100, now())`, event(1100).ID); err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		wrote <- s.Write(ctx, &Batch{Events: []EventRow{event(900), event(1100)}, Fence: "dzhook", SystemID: "A", Timeline: 1})
+	}()
+	if err, done := waiting(1, wrote); done {
+		t.Fatalf("the batch did not wait for the open insert of its event: %v", err)
+	}
+	rewound := make(chan Rewind, 1)
+	rewindErr := make(chan error, 1)
+	go func() {
+		did, err := s.RewindCheckpoint(ctx, "dzhook", from, src, 800, 2)
+		rewound <- did
+		rewindErr <- err
+	}()
+	if err, done := waiting(2, rewindErr); done {
+		t.Fatalf("the rewind did not wait for the batch mid-write: %v, %v (the checkpoint moved back below its events)", <-rewound, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("the batch that locked the checkpoint first: %v", err)
+	}
+	if did, err := <-rewound, <-rewindErr; err != nil || did != RewindPast {
+		t.Errorf("the rewind after the batch: %v (err %v), want RewindPast (its event at 900 is past the fork at 800)", did, err)
+	}
+
+	// The rewind first, held open by hand (what RewindCheckpoint does):
+	// the batch waits for it, then is refused.
+	if _, err := s.pool.Exec(ctx, `DELETE FROM dzhook.events`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err = blocker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE dzhook.checkpoints SET lsn = 799, end_lsn = 800, timeline = 2 WHERE slot = 'dzhook'`); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		wrote <- s.Write(ctx, &Batch{Events: []EventRow{event(900)}, Fence: "dzhook", SystemID: "A", Timeline: 1})
+	}()
+	if err, done := waiting(1, wrote); done {
+		t.Fatalf("the batch did not wait for the rewind: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; !errors.Is(err, ErrTimelineMoved) {
+		t.Errorf("a batch of timeline 1 after the rewind to timeline 2: %v, want ErrTimelineMoved", err)
+	}
+	for _, b := range []*Batch{
+		{Slot: "dzhook", Checkpoint: 1200, Fence: "dzhook", SystemID: "A", Timeline: 1},
+		{Rejections: []Rejection{{Source: "outbox", Reason: "late"}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
+	} {
+		if err := s.Write(ctx, b); !errors.Is(err, ErrTimelineMoved) {
+			t.Errorf("a later batch of timeline 1 (%+v): %v, want ErrTimelineMoved", b, err)
+		}
+	}
+	if past, err := s.JournaledFrom(ctx, src, 800); err != nil || past {
+		t.Errorf("events past the fork after the refusals: %v (err %v)", past, err)
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != 799 || cp.Timeline != 2 {
+		t.Errorf("the checkpoint after the refusals: %+v (err %v), want 799 on timeline 2", cp, err)
+	}
+	// The new timeline's batches, another cluster's, and the old
+	// timeline's retries' outcomes (nothing the stream read) pass.
+	for _, b := range []*Batch{
+		{Events: []EventRow{event(850)}, Slot: "dzhook", Checkpoint: 850, Fence: "dzhook", SystemID: "A", Timeline: 2},
+		{Updates: []DeliveryUpdate{{ID: "dlv_none", State: Delivered, Attempts: 2}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
+		{Slot: "dzhook", Checkpoint: 10, Fence: "dzhook", SystemID: "B", Timeline: 1},
+	} {
+		if err := s.Write(ctx, b); err != nil {
+			t.Errorf("%+v: %v", b, err)
+		}
+	}
+
+	// The Writer of a process still on timeline 1 stops at the refusal,
+	// acknowledging nothing; what it is given after fails.
+	if _, err := s.pool.Exec(ctx, `UPDATE dzhook.checkpoints SET system_id = 'A', timeline = 2`); err != nil {
+		t.Fatal(err)
+	}
+	acked := make(chan pglogrepl.LSN, 1)
+	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", SystemID: "A", Timeline: func() int32 { return 1 }, Linger: -1,
+		Ack: func(l pglogrepl.LSN) { acked <- l }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx) }()
+	e := event(2000)
+	if err := w.Put(ctx, Record{Event: &e}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx, 2000, 2001); err != nil && !errors.Is(err, ErrWriterClosed) {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ran:
+		if !errors.Is(err, ErrTimelineMoved) {
+			t.Fatalf("the writer of timeline 1 ended with %v, want ErrTimelineMoved", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer of timeline 1 did not stop at the refusal")
+	}
+	if err := w.Barrier(ctx); !errors.Is(err, ErrWriterClosed) {
+		t.Errorf("a barrier after the writer stopped: %v, want ErrWriterClosed", err)
+	}
+	select {
+	case l := <-acked:
+		t.Errorf("the refused writer acknowledged %s", l)
+	default:
+	}
+	if past, err := s.JournaledFrom(ctx, src, 2000); err != nil || past {
+		t.Errorf("the refused writer's event was journaled: %v (err %v)", past, err)
 	}
 }
 

@@ -220,16 +220,13 @@ const (
 // if it is still from and the journal holds no event of src the stream
 // read past the fork (JournaledFrom): the server's timeline left from's
 // below it, so the new timeline's transactions from the fork on are the
-// ones to read. Both are judged with the checkpoint's row locked: a
-// batch of the old primary's process that took the row first (its
-// events, then its checkpoint, one transaction) is waited for and its
-// events seen, and one after cannot move the checkpoint off the new
-// timeline (Write leaves a newer timeline's checkpoint). A batch whose
-// events were written but not its checkpoint when the lock was taken is
-// not seen: its events past the fork land after the move (a review
-// found it; the window is one batch's write as the old primary's process
-// loses its server; the batch taking the row first would close it, at a
-// statement per batch).
+// ones to read. Both are judged with the checkpoint's row locked, which
+// every batch of the stream takes first (Batch.Fence): a batch of the old
+// primary's process that took the row first is waited for and its
+// events seen, and one after is refused whole (ErrTimelineMoved), its
+// process stopping. (The batch took the row last, with its checkpoint:
+// one whose events were written when the lock was taken was not seen,
+// and they landed past the fork after the move; found by a review.)
 // Changes of the SLA table past the fork journal no event but armed
 // timers, for targets the new server may never have had (the timers of
 // its own were deleted by that move): the slot's SLA scan is asked for

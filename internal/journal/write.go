@@ -150,6 +150,12 @@ type Batch struct {
 	// the timeline it was read on, or one that carries it on (0: unknown).
 	SystemID string
 	Timeline int32
+	// Fence, when set, is the slot the batch's stream rows (events, SLA
+	// timers, rejections, the checkpoint) were read from, on SystemID's
+	// Timeline: the batch first locks that slot's checkpoint row and is
+	// refused whole (ErrTimelineMoved) when the checkpoint is on a newer
+	// timeline of that cluster.
+	Fence string
 }
 
 // Empty reports whether the batch writes nothing.
@@ -213,10 +219,31 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		err = s.run(ctx, s.batch(b, " ON CONFLICT DO NOTHING", a))
 	}
+	if errors.As(err, &pgErr) && pgErr.Code == fenceRefused {
+		return fmt.Errorf("journal: stream batch refused: %w (%s); this process stops, and its restart judges the server it finds from the checkpoint", ErrTimelineMoved, pgErr.Message)
+	}
 	if err != nil {
 		return fmt.Errorf("journal: write batch: %w", err)
 	}
 	return nil
+}
+
+// ErrTimelineMoved refuses a batch of the stream read on an older
+// timeline than the one the slot's checkpoint is on (Batch.Fence):
+// another process's start moved the checkpoint back to a failover's fork,
+// and what this process read of the old timeline past it must not be
+// journaled. It does not pass with a retry: the process stops, and its
+// restart judges the server it finds then.
+var ErrTimelineMoved = errors.New("another dzhook's start after a failover moved the slot's checkpoint to the new timeline")
+
+// fenceRefused is the SQLSTATE of the journal's stream_fence refusal.
+const fenceRefused = "DZ001"
+
+// fenced reports whether b carries rows the stream read, which the
+// checkpoint's timeline fences.
+func (b *Batch) fenced() bool {
+	return b.Fence != "" && b.SystemID != "" && b.Timeline != 0 &&
+		(len(b.Events) > 0 || len(b.Timers) > 0 || len(b.Rejections) > 0 || b.Slot != "")
 }
 
 // encoders keeps the batches' array buffers for the next batch; one
@@ -354,6 +381,16 @@ func firstLine(sql string) string {
 func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 	a.reset()
 	var batch statements
+	if b.fenced() {
+		// First, so that its row lock orders the batch against a start's
+		// RewindCheckpoint (which locks the same row): the rewind's check
+		// sees a batch that locked first, and one after it is refused
+		// whole instead of journaling the old timeline's events past the
+		// fork. The function is evaluated again on the row's newest
+		// version once a waited-for lock is granted (READ COMMITTED).
+		batch.Queue(s.q(`SELECT {{schema}}.stream_fence(timeline, $3) FROM {{schema}}.checkpoints
+			WHERE slot = $1 AND system_id = $2 FOR NO KEY UPDATE`), b.Fence, b.SystemID, b.Timeline)
+	}
 	if n := len(b.Events); n > 0 {
 		events := b.Events
 		a.column(oidText, n, func(i int) { a.text(events[i].ID) })
@@ -560,8 +597,9 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		// Within one cluster the checkpoint never moves back, and keeps
 		// the timeline of the position it keeps; a checkpoint of another
 		// cluster is replaced. A position read on an older timeline than
-		// the checkpoint's changes nothing: a process that read the old
-		// primary wrote it after another's start moved the checkpoint
+		// the checkpoint's changes nothing (a fenced batch is refused
+		// before, an unfenced one lands here): a process that read the
+		// old primary wrote it after another's start moved the checkpoint
 		// back to the fork (RewindCheckpoint), and the new timeline's
 		// transactions up to it were skipped as journaled.
 		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, timeline, updated_at) VALUES ($1, $2, $3, $4, $5, now())

@@ -182,6 +182,9 @@ type Writer struct {
 	markers  []marker        // commits received and not yet acknowledged
 	written  pglogrepl.LSN   // the checkpoint last written
 	broken   error
+	// stop ends Run: a batch refused with ErrTimelineMoved, which no
+	// retry and no later batch can pass.
+	stop error
 	// unwritten is a batch whose write was cut short by Run's context
 	// ending (a shutdown, not a failure of the journal): the drain writes
 	// it first.
@@ -349,7 +352,9 @@ func (w *Writer) Wait(ctx context.Context, done <-chan error) error {
 // Run writes batches until ctx ends. Then it writes what is queued and
 // what it holds (trying for up to DrainTimeout), and returns nil; what it
 // could not write was never acknowledged, so the stream sends it again on
-// the next start. Stop it after everything that puts records (the
+// the next start. A batch refused with ErrTimelineMoved ends Run at once
+// with that error: the process read a timeline the journal has left, and
+// stops. Stop it after everything that puts records (the
 // stream's handler, the deliverers) has stopped: a Put after Run returned
 // fails with ErrWriterClosed.
 func (w *Writer) Run(ctx context.Context) error {
@@ -386,6 +391,9 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		expiry.Stop()
 		w.flush(ctx, b, time.Now())
+		if w.stop != nil {
+			return w.stop
+		}
 		last = b.sizes()
 	}
 }
@@ -629,7 +637,10 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 		n++
 	}
 	if ackable > w.written {
-		bb.b.Slot, bb.b.Checkpoint, bb.b.CheckpointEnd, bb.b.SystemID = w.cfg.Slot, ackable, end, w.cfg.SystemID
+		bb.b.Slot, bb.b.Checkpoint, bb.b.CheckpointEnd = w.cfg.Slot, ackable, end
+	}
+	if w.cfg.Slot != "" {
+		bb.b.Fence, bb.b.SystemID = w.cfg.Slot, w.cfg.SystemID
 		if w.cfg.Timeline != nil {
 			bb.b.Timeline = w.cfg.Timeline()
 		}
@@ -659,6 +670,9 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 	w.log.Debug("journal batch written", "records", bb.records, "events", len(bb.b.Events), "deliveries", len(bb.b.Deliveries),
 		"updates", len(bb.b.Updates), "attempts", len(bb.b.Attempts), "held", len(w.held), "took", took.Round(time.Microsecond).String())
 	if err != nil {
+		if errors.Is(err, ErrTimelineMoved) && w.stop == nil {
+			w.stop = err
+		}
 		if w.broken == nil {
 			w.broken = fmt.Errorf("journal batch not written: %w", err)
 			w.log.Error("journal batch not written; nothing after it is acknowledged, the stream sends it again on the next start", "err", err, "records", bb.records)
@@ -703,7 +717,7 @@ func (w *Writer) write(ctx context.Context, bb *batchBuilder) error {
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for attempt := 1; ; attempt++ {
 		err := w.cfg.Store.Write(ctx, &bb.b)
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || errors.Is(err, ErrTimelineMoved) {
 			return err
 		}
 		w.log.Error("journal write failed; retrying, deliveries and the stream wait meanwhile", "err", err, "attempt", attempt, "records", bb.records)
