@@ -65,6 +65,30 @@ func TestNotificationsSentOnceAcrossProcesses(t *testing.T) {
 	}
 }
 
+// refusingReceiver answers 401 (a wrong secret's answer, not retried)
+// while refuse is set, 200 otherwise.
+func refusingReceiver(t *testing.T) (*testutil.Receiver, *atomic.Bool) {
+	refuse := new(atomic.Bool)
+	rc := testutil.NewReceiver(t)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if refuse.Load() {
+			return http.StatusUnauthorized, nil, "invalid signature"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	return rc, refuse
+}
+
+// stateOf is subscription crm's health as d sees it.
+func stateOf(d *Dispatcher) string {
+	for _, s := range d.Subscriptions() {
+		if s.ID == "crm" {
+			return string(s.State)
+		}
+	}
+	return ""
+}
+
 // TestRefusedDeliveriesMakeItFailing: a receiver that refuses every
 // delivery with an answer not retried (a wrong secret's 401) makes the
 // subscription failing after five in a row, and the admin is told once,
@@ -73,14 +97,7 @@ func TestNotificationsSentOnceAcrossProcesses(t *testing.T) {
 func TestRefusedDeliveriesMakeItFailing(t *testing.T) {
 	store := newJournal(t)
 	ctx := context.Background()
-	refuse := atomic.Bool{}
-	rc := testutil.NewReceiver(t)
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if refuse.Load() {
-			return http.StatusUnauthorized, nil, "invalid signature"
-		}
-		return http.StatusOK, nil, "ok"
-	})
+	rc, refuse := refusingReceiver(t)
 	d := start(t, store, Config{Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
 		Journal: store, Instance: "a", PollInterval: 50 * time.Millisecond, Notify: NotifyConfig{URL: "http://127.0.0.1:9/notify"}})
 	evs := orderEvents([]string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"})
@@ -100,14 +117,7 @@ func TestRefusedDeliveriesMakeItFailing(t *testing.T) {
 			})
 		}
 	}
-	state := func() string {
-		for _, s := range d.Subscriptions() {
-			if s.ID == "crm" {
-				return string(s.State)
-			}
-		}
-		return ""
-	}
+	state := func() string { return stateOf(d) }
 	refuse.Store(true)
 	send(0, 4)
 	refuse.Store(false)
@@ -149,14 +159,7 @@ func TestRefusedDeliveriesMakeItFailing(t *testing.T) {
 func TestRefusalsCountAgainFromARecoveryElsewhere(t *testing.T) {
 	store := newJournal(t)
 	ctx := context.Background()
-	refuse := atomic.Bool{}
-	rc := testutil.NewReceiver(t)
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if refuse.Load() {
-			return http.StatusUnauthorized, nil, "invalid signature"
-		}
-		return http.StatusOK, nil, "ok"
-	})
+	rc, refuse := refusingReceiver(t)
 	cfg := func(inst string) Config {
 		return Config{Subscriptions: []Subscription{{ID: "crm", URL: rc.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
 			Journal: store, Instance: inst, PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond, Notify: NotifyConfig{URL: "http://127.0.0.1:9/notify"}}
@@ -174,14 +177,6 @@ func TestRefusalsCountAgainFromARecoveryElsewhere(t *testing.T) {
 			_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE event_id = $1 AND state = $2`, evs[i].ID, state).Scan(&n)
 			return n == 1
 		})
-	}
-	stateOf := func(d *Dispatcher) string {
-		for _, s := range d.Subscriptions() {
-			if s.ID == "crm" {
-				return string(s.State)
-			}
-		}
-		return ""
 	}
 	refuse.Store(true)
 	for i := range 5 {
