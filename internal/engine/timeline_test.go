@@ -65,10 +65,16 @@ func (f *failover) checkpoint(t *testing.T) (pglogrepl.LSN, int) {
 // journaled (the checkpoint comes after the delivery).
 func (f *failover) deliver(t *testing.T, db *pgtest.DB, id int) {
 	t.Helper()
+	f.deliverInto(t, db, f.journal, id)
+}
+
+// deliverInto is deliver with the journal in database journal.
+func (f *failover) deliverInto(t *testing.T, db, journal *pgtest.DB, id int) {
+	t.Helper()
 	db.Exec(t, fmt.Sprintf(`INSERT INTO requests (id, title, requester_id) VALUES (%d, 'r', 1)`, id))
 	testutil.Eventually(t, 20*time.Second, fmt.Sprintf("request %d delivered", id), func() bool { return hasRequest(f.rc, id) })
 	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("request %d's commit checkpointed", id), func() bool {
-		return queryInt(t, f.journal, `SELECT count(*) FROM dzhook.events WHERE convert_from(body, 'UTF8') LIKE $1
+		return queryInt(t, journal, `SELECT count(*) FROM dzhook.events WHERE convert_from(body, 'UTF8') LIKE $1
 			AND commit_lsn <= (SELECT lsn FROM dzhook.checkpoints WHERE slot = 'dzhook')`, fmt.Sprintf(`%%"id":"req_%d"%%`, id)) == 1
 	})
 }
@@ -366,6 +372,53 @@ func TestRestartAfterARestoreSeenWhileRunning(t *testing.T) {
 	defer stop()
 	f.deliver(t, restored, 8)
 	testutil.Eventually(t, 20*time.Second, "request 7, below the old checkpoint, delivered", func() bool { return hasRequest(f.rc, 7) })
+}
+
+// TestRestoreWithTheJournalHandledOnce: the source, its journal in it,
+// is restored from a snapshot while dzhook runs. The running process
+// refuses it and records the restore in the (restored) checkpoint, which
+// is below the restored WAL's end: the restart trusts it, clears the mark
+// and streams; a later routine restart, the checkpoint now past the
+// mark, trusts it too. (The mark stayed: that restart dropped the
+// checkpoint as a restore's and told the operator to take a fresh
+// journal.schema; found by a review.)
+func TestRestoreWithTheJournalHandledOnce(t *testing.T) {
+	f := newFailover(t)
+	px := testutil.NewSwitchProxy(t, f.primary.Addr())
+	cfgOn := func(db *pgtest.DB) *config.Config {
+		return testConfig(t, db, "", sub("crm", f.rc.URL, "request.created"))
+	}
+	a, stopA := startStoppable(t, cfgOn(&pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: f.primary}))
+	f.deliverInto(t, f.src, f.src, 1)
+	snap, err := f.primary.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(snap.Close)
+	restored := on(snap)
+	f.src.Exec(t, `SELECT pg_switch_wal()`)
+	f.deliverInto(t, f.src, f.src, 2)
+	px.SwitchTo(snap.Addr())
+	testutil.Eventually(t, 60*time.Second, "the running process refusing the restored server, and the restore recorded", func() bool {
+		return strings.Contains(a.Stream().Stats().Problem, "restore") &&
+			queryInt(t, restored, `SELECT count(*) FROM dzhook.checkpoints WHERE slot = 'dzhook' AND restored_below IS NOT NULL`) == 1
+	})
+	stopA()
+	_, stopB := startStoppable(t, cfgOn(restored))
+	if n := queryInt(t, restored, `SELECT count(*) FROM dzhook.checkpoints WHERE slot = 'dzhook' AND restored_below IS NULL`); n != 1 {
+		t.Errorf("the restart that trusted the restored checkpoint left the mark (%d unmarked checkpoints)", n)
+	}
+	f.deliverInto(t, restored, restored, 7)
+	restored.Exec(t, `SELECT pg_switch_wal()`)
+	f.deliverInto(t, restored, restored, 8)
+	stopB()
+	cp := queryInt(t, restored, `SELECT lsn FROM dzhook.checkpoints WHERE slot = 'dzhook'`)
+	_, stopC := startStoppable(t, cfgOn(restored))
+	defer stopC()
+	if got := queryInt(t, restored, `SELECT coalesce(max(lsn), 0) FROM dzhook.checkpoints WHERE slot = 'dzhook'`); got < cp {
+		t.Errorf("a routine restart after the restore was handled dropped the journal's checkpoint (%X, now %X)", cp, got)
+	}
+	f.deliverInto(t, restored, restored, 9)
 }
 
 // pushWALPast commits on db (users 100 on, pg_switch_wal) until its WAL

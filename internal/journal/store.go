@@ -365,6 +365,23 @@ func (s *Store) MarkRestored(ctx context.Context, slot, systemID string, timelin
 	return tag.RowsAffected() == 1, nil
 }
 
+// ClearRestored forgets the restore recorded in the slot's checkpoint cp
+// (MarkRestored) once a start trusted cp, at or below the restored WAL's
+// end: the journal then carries on the restored server (a journal in the
+// source database is restored with it), and a later start must not drop
+// the checkpoint its streaming moved past the mark (found by a review).
+// A checkpoint written since cp was read keeps its mark: a late batch of
+// the refused process, read before the restore.
+func (s *Store) ClearRestored(ctx context.Context, slot string, cp Checkpoint) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET restored_below = NULL
+		WHERE slot = $1 AND lsn = $2 AND restored_below = $3 AND coalesce(system_id, '') = $4`),
+		slot, int64(cp.LSN), int64(cp.RestoredBelow), cp.SystemID)
+	if err != nil {
+		return fmt.Errorf("clear the restore recorded in the checkpoint: %w", err)
+	}
+	return nil
+}
+
 // ResetCheckpoint forgets the slot's checkpoint cp: it belongs to another
 // cluster, or to this one before a restore from backup. A checkpoint
 // written since cp was read is kept.

@@ -55,6 +55,7 @@ type Journal interface {
 type Checkpoints interface {
 	Checkpoint(ctx context.Context, slot string) (journal.Checkpoint, error)
 	ResetCheckpoint(ctx context.Context, slot string, cp journal.Checkpoint) error
+	ClearRestored(ctx context.Context, slot string, cp journal.Checkpoint) error
 }
 
 // Observer counts what the pipeline sees; *metrics.Metrics has it.
@@ -137,6 +138,12 @@ func (p *Pipeline) UseCheckpoint(ctx context.Context, cp journal.Checkpoint, wal
 	lsn, why := trusted(cp, p.cfg.SystemID, walEnd)
 	p.checkpoint = lsn
 	if why == "" {
+		if cp.RestoredBelow != 0 {
+			// Trusted at or below the restored WAL's end: the restore
+			// is handled, and this start's streaming carries the
+			// checkpoint past the mark.
+			return p.cfg.Checkpoints.ClearRestored(ctx, p.cfg.Slot, cp)
+		}
 		return nil
 	}
 	p.log.Warn("journal checkpoint dropped; every transaction the slot sends is processed", "slot", p.cfg.Slot, "checkpoint", pglogrepl.LSN(cp.LSN).String(), "reason", why)
