@@ -67,8 +67,10 @@ type ServerChangedError struct {
 	// Fork is where the server's timeline left PrevTimeline (0 when it
 	// did not, or when PrevTimeline is not in its history).
 	Fork pglogrepl.LSN
-	// Read is the position the stream read to and handed over.
-	Read pglogrepl.LSN
+	// Read is the position the stream read to and handed over, or, when
+	// Journal is set, the journal's checkpoint (another process's read).
+	Read    pglogrepl.LSN
+	Journal bool
 }
 
 func (e *ServerChangedError) Error() string { return e.PublicReason() }
@@ -76,20 +78,24 @@ func (e *ServerChangedError) Error() string { return e.PublicReason() }
 // PublicReason implements PublicReason: the slot's name, positions and
 // cluster identifiers only.
 func (e *ServerChangedError) PublicReason() string {
+	reader := "this dzhook"
+	if e.Journal {
+		reader = "the journal's checkpoint (a dzhook process)"
+	}
 	var what string
 	switch {
 	case e.SystemID != e.PrevSystemID:
-		what = fmt.Sprintf("replication slot %q is now on another database cluster (system identifier %s, was %s; WAL at %s): its positions cannot be compared with the %s this dzhook read to",
-			e.Slot, e.SystemID, e.PrevSystemID, e.WALEnd, e.Read)
+		what = fmt.Sprintf("replication slot %q is now on another database cluster (system identifier %s, was %s; WAL at %s): its positions cannot be compared with the %s %s read to",
+			e.Slot, e.SystemID, e.PrevSystemID, e.WALEnd, e.Read, reader)
 	case e.WALEnd < e.Read:
-		what = fmt.Sprintf("replication slot %q is now on a server whose WAL ends at %s (timeline %d), before %s, where this dzhook already read to (on timeline %d): a failover to a standby that was behind, or a restore from a backup",
-			e.Slot, e.WALEnd, e.Timeline, e.Read, e.PrevTimeline)
+		what = fmt.Sprintf("replication slot %q is now on a server whose WAL ends at %s (timeline %d), before %s, where %s already read to (on timeline %d): a failover to a standby that was behind, or a restore from a backup",
+			e.Slot, e.WALEnd, e.Timeline, e.Read, reader, e.PrevTimeline)
 	case e.Fork == 0:
-		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d does not descend from timeline %d, on which this dzhook already read to %s: a failover or a restore onto another branch of the cluster's history",
-			e.Slot, e.Timeline, e.PrevTimeline, e.Read)
+		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d does not descend from timeline %d, on which %s already read to %s: a failover or a restore onto another branch of the cluster's history",
+			e.Slot, e.Timeline, e.PrevTimeline, reader, e.Read)
 	default:
-		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s, before %s, where this dzhook already read to: a failover to a standby that was behind",
-			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Read)
+		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s, before %s, where %s already read to: a failover to a standby that was behind",
+			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Read, reader)
 	}
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
@@ -105,6 +111,10 @@ func (e *ServerChangedError) restart() string {
 		return "A restart drops the journal's checkpoint of the other cluster and processes every transaction the slot sends"
 	case e.Timeline == e.PrevTimeline:
 		return "A restart drops the journal's checkpoint (this process records this server's WAL end in it, so that a restart does even once the WAL has passed it) and processes every transaction the slot sends"
+	case e.Fork == 0:
+		// No fork to move back to (engine.rewindToFork): every start
+		// refuses the same way.
+		return "A restart refuses too: only the fresh journal.schema above lets dzhook stream from this server"
 	}
 	return "A restart moves the journal's checkpoint back to where this server's timeline forked when nothing was journaled past that point; otherwise it refuses too"
 }
@@ -117,17 +127,20 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		s.refused(ctx, e)
 		return e
 	}
-	sys, err := pglogrepl.IdentifySystem(ctx, conn)
-	if err != nil {
-		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
-	}
 	// A standby's WAL end is what it has received: one a connection
 	// reached for a moment (a virtual IP or DNS name not yet moved) would
 	// be judged behind, and refused for the rest of the process. It is
 	// no server to stream from (PostgreSQL 15 decodes on a primary only):
-	// tried again, as an unreachable one is.
+	// tried again, as an unreachable one is. Asked before IDENTIFY_SYSTEM:
+	// a standby promoted between the two answered with its replay
+	// timeline and received WAL, and was judged a restore, for good
+	// (found by a review); out of recovery first, it stays a primary.
 	if err := inRecovery(ctx, conn, s.cfg.Slot); err != nil {
 		return err
+	}
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
 	}
 	s.mu.Lock()
 	prev := s.server
@@ -192,12 +205,17 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			if e != nil {
 				// Judged again at the next try when it is a fork: another
 				// process's start may move the journal's position back to
-				// it (engine.rewindToFork). A WAL that ends before it on
-				// the same timeline (a restore) is for good: streamed once
-				// its WAL passed the position, the restored server's
-				// transactions below it were skipped as journaled.
+				// it (engine.rewindToFork), also for a process that read
+				// some itself, which the server was judged against above
+				// (kept, a standby that had once streamed below the fork
+				// never took over after the rewind; found by a review). A
+				// WAL that ends before it on the same timeline (a
+				// restore) is for good: streamed once its WAL passed the
+				// position, the restored server's transactions below it
+				// were skipped as journaled.
 				read = j.LSN
-				sticky = sticky || e.Timeline == e.PrevTimeline
+				e.Journal = true
+				sticky = e.Timeline == e.PrevTimeline
 			}
 		}
 	}

@@ -229,6 +229,45 @@ func TestStandbyJudgedByTheJournalNow(t *testing.T) {
 	rec.waitCommits(t, 1)
 }
 
+// TestJournalForkJudgedAgainForAProcessThatRead: a process that read a
+// little on timeline 1, below the fork, meets the promoted server while
+// the journal says another process read past the fork: refused, naming
+// the journal's checkpoint, and judged again at each try, so that once
+// another process's start moves the checkpoint back to the fork it
+// streams, as a process that read nothing does. The refusal was kept
+// for the rest of the process (found by a review).
+func TestJournalForkJudgedAgainForAProcessThatRead(t *testing.T) {
+	ctx := context.Background()
+	primary, db := sourceCluster(t)
+	var sysID string
+	if err := db.Connect(t).QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sysID); err != nil {
+		t.Fatal(err)
+	}
+	var j atomic.Pointer[Resume]
+	j.Store(&Resume{SystemID: sysID, Timeline: 1})
+	px := testutil.NewSwitchProxy(t, primary.Addr())
+	rec := newRecorder(true)
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, rec, func(c *Config) {
+		c.Resume = Resume{SystemID: sysID, Timeline: 1}
+		c.Journaled = func(context.Context) (Resume, error) { return *j.Load(), nil }
+	})
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'old@x')`)
+	rec.waitCommits(t, 1)
+	px.Cut()
+	cl, promoted, _, fork := promote(t, primary)
+	j.Store(&Resume{SystemID: sysID, Timeline: 1, LSN: fork + 1}) // another process read past the fork
+	px.SwitchTo(cl.Addr())
+	testutil.Eventually(t, 30*time.Second, "the session refusing the server while the journal is past the fork", func() bool {
+		return strings.Contains(s.Stats().Problem, "where the journal's checkpoint (a dzhook process) already read to")
+	})
+	if s.changed.Load() != nil {
+		t.Error("the refusal by the journal's position is kept for the rest of the process")
+	}
+	j.Store(&Resume{SystemID: sysID, Timeline: 2, LSN: fork - 1}) // another process's start moved it back
+	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'new@x')`)
+	rec.waitCommits(t, 2)
+}
+
 // TestStandbyAcrossAFailoverTakesOver: a standby process (the slot held
 // by another) that stays up through a failover to a standby that was
 // behind streams from the promoted server once the journal's position is
