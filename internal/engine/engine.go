@@ -142,6 +142,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	err = c.srcErr
 	var checkedAt pglogrepl.LSN // where the mapping was checked: see useRecordedMappings
 	if err == nil {
+		// A standby (source.dsn's name or address not yet moved after a
+		// failover) is waited for, as a server not yet up is (Transient):
+		// it failed the start at once, on the WAL position below.
+		err = primaryOnly(ctx, c.pc.Conn(), cfg.Source.Slot)
+	}
+	if err == nil {
 		err = cfg.Mapping.Check(ctx, c.pc.Conn())
 	}
 	if err == nil {

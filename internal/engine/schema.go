@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/mapping"
@@ -340,6 +341,22 @@ func (e *Engine) recordMapping(ctx context.Context, mc mapping.Config) error {
 // walPosition is the source's current WAL position, read after a mapping
 // was checked against its catalog: every ALTER the check saw committed
 // before it.
+// primaryOnly returns a *cdc.StandbyError when the source server is in
+// recovery: logical decoding, the WAL position and the setup need the
+// primary.
+func primaryOnly(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, slot string) error {
+	var standby bool
+	if err := q.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&standby); err != nil {
+		return fmt.Errorf("ask whether the source is a standby: %w", err)
+	}
+	if standby {
+		return &cdc.StandbyError{Slot: slot}
+	}
+	return nil
+}
+
 func walPosition(ctx context.Context, q interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }) (pglogrepl.LSN, error) {

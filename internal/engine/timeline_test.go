@@ -475,3 +475,32 @@ func TestProcessStopsWhenAnotherStartRewoundTheCheckpoint(t *testing.T) {
 	}
 
 }
+
+// TestStartOnAStandbyWaits: a start whose source.dsn reaches a standby (a
+// name or address not yet moved after a failover) fails with a
+// StandbyError, which `dzhook run` waits out as it does a server not yet
+// up (Transient), and leaves the journal's checkpoint alone. It failed at
+// once on the standby's WAL position ("recovery is in progress"), and the
+// process exited (found by a review).
+func TestStartOnAStandbyWaits(t *testing.T) {
+	f := newFailover(t)
+	_, stop := startStoppable(t, f.config(t, f.src))
+	f.deliver(t, f.src, 1)
+	standby, err := f.primary.CloneStandby()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(standby.Close)
+	stop()
+	cp, _ := f.checkpoint(t)
+	e, err := New(context.Background(), f.config(t, on(standby)), Options{Logger: testutil.Logger(t), Version: "test"})
+	if e != nil {
+		e.Close(context.Background())
+	}
+	if _, ok := errors.AsType[*cdc.StandbyError](err); !ok || !Transient(err) {
+		t.Errorf("a start on a standby: %v (transient %v), want a StandbyError, waited out", err, Transient(err))
+	}
+	if got, _ := f.checkpoint(t); got != cp {
+		t.Errorf("the start on a standby moved the journal's checkpoint from %s to %s", cp, got)
+	}
+}
