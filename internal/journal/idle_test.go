@@ -171,6 +171,10 @@ func TestCheckpointRewindAndRestore(t *testing.T) {
 	if cp := read(); cp != want {
 		t.Errorf("after the rewind: %+v, want %+v", cp, want)
 	}
+	var fork int
+	if err := s.pool.QueryRow(ctx, `SELECT rewound_at FROM dzhook.checkpoints WHERE rewound_timeline = 2`).Scan(&fork); err != nil || fork != 800 {
+		t.Errorf("the rewind recorded %d (err %v), want the fork at 800 on timeline 2", fork, err)
+	}
 	write(1200, "A", 1) // the old primary's process, late
 	if cp := read(); cp != want {
 		t.Errorf("a late write of timeline 1 moved the rewound checkpoint: %+v, want %+v", cp, want)
@@ -294,7 +298,7 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `UPDATE dzhook.checkpoints SET lsn = 799, end_lsn = 800, timeline = 2 WHERE slot = 'dzhook'`); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE dzhook.checkpoints SET lsn = 799, end_lsn = 800, timeline = 2, rewound_timeline = 2, rewound_at = 800 WHERE slot = 'dzhook'`); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
@@ -311,7 +315,7 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	}
 	for _, b := range []*Batch{
 		{Slot: "dzhook", Checkpoint: 1200, Fence: "dzhook", SystemID: "A", Timeline: 1},
-		{Rejections: []Rejection{{Source: "outbox", Reason: "late"}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
+		{Rejections: []Rejection{{Source: "outbox", Reason: "late", CommitLSN: 800}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
 	} {
 		if err := s.Write(ctx, b); !errors.Is(err, ErrTimelineMoved) {
 			t.Errorf("a later batch of timeline 1 (%+v): %v, want ErrTimelineMoved", b, err)
@@ -323,11 +327,15 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != 799 || cp.Timeline != 2 {
 		t.Errorf("the checkpoint after the refusals: %+v (err %v), want 799 on timeline 2", cp, err)
 	}
-	// The new timeline's batches, another cluster's, and the old
-	// timeline's retries' outcomes (nothing the stream read) pass.
+	// What the old timeline shares with the new one (below the fork), the
+	// old timeline's rows without a stream position (retries' outcomes,
+	// a test's or the SLA clock's events), the new timeline's batches and
+	// another cluster's pass.
+	test := EventRow{ID: "evt_test_1", Type: "request.created", Body: []byte(`{}`), OccurredAt: time.Now()}
 	for _, b := range []*Batch{
+		{Events: []EventRow{event(700)}, Fence: "dzhook", SystemID: "A", Timeline: 1},
+		{Events: []EventRow{test}, Updates: []DeliveryUpdate{{ID: "dlv_none", State: Delivered, Attempts: 2}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
 		{Events: []EventRow{event(850)}, Slot: "dzhook", Checkpoint: 850, Fence: "dzhook", SystemID: "A", Timeline: 2},
-		{Updates: []DeliveryUpdate{{ID: "dlv_none", State: Delivered, Attempts: 2}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
 		{Slot: "dzhook", Checkpoint: 10, Fence: "dzhook", SystemID: "B", Timeline: 1},
 	} {
 		if err := s.Write(ctx, b); err != nil {
@@ -337,7 +345,7 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 
 	// The Writer of a process still on timeline 1 stops at the refusal,
 	// acknowledging nothing; what it is given after fails.
-	if _, err := s.pool.Exec(ctx, `UPDATE dzhook.checkpoints SET system_id = 'A', timeline = 2`); err != nil {
+	if _, err := s.pool.Exec(ctx, `UPDATE dzhook.checkpoints SET system_id = 'A', timeline = 2, rewound_timeline = 2, rewound_at = 800`); err != nil {
 		t.Fatal(err)
 	}
 	acked := make(chan pglogrepl.LSN, 1)
@@ -373,6 +381,35 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	}
 	if past, err := s.JournaledFrom(ctx, src, 2000); err != nil || past {
 		t.Errorf("the refused writer's event was journaled: %v (err %v)", past, err)
+	}
+}
+
+// TestStreamBatchAfterAForwardFailover: a failover whose new timeline
+// carries on everything read rewinds nothing: a process on the new
+// timeline moves the checkpoint on, and another process's batch still of
+// the old timeline (its journal failing over too, say) is journaled, not
+// refused (the fence refused any batch of an older timeline than the
+// checkpoint's: that process stopped after an ordinary failover, and a
+// test sent through one whose stream had not yet reconnected stopped it;
+// found by a review).
+func TestStreamBatchAfterAForwardFailover(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	src := ids.NewSource("A")
+	old := EventRow{ID: src.NewID(1100, 0, 0), Type: "request.created", Body: []byte(`{}`), CommitLSN: 1100, OccurredAt: time.Now()}
+	test := EventRow{ID: "evt_test_1", Type: "request.created", Body: []byte(`{}`), OccurredAt: time.Now()}
+	for i, b := range []*Batch{
+		{Slot: "dzhook", Checkpoint: 1000, Fence: "dzhook", SystemID: "A", Timeline: 1},
+		{Slot: "dzhook", Checkpoint: 1200, Fence: "dzhook", SystemID: "A", Timeline: 2},
+		{Events: []EventRow{old}, Slot: "dzhook", Checkpoint: 1100, Fence: "dzhook", SystemID: "A", Timeline: 1},
+		{Events: []EventRow{test}, Fence: "dzhook", SystemID: "A", Timeline: 1},
+	} {
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatalf("batch %d: %v", i, err)
+		}
+	}
+	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != 1200 || cp.Timeline != 2 {
+		t.Errorf("checkpoint %+v (err %v), want 1200 on timeline 2", cp, err)
 	}
 }
 

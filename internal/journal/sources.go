@@ -118,6 +118,8 @@ func (s *Store) advanceCheckpoint(ctx context.Context, tx pgx.Tx, slot, systemID
 	_, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, timeline, updated_at) VALUES ($1, $2, $3, $4, $5, now())
 		ON CONFLICT (slot) DO UPDATE SET lsn = greatest(c.lsn, EXCLUDED.lsn), end_lsn = greatest(c.end_lsn, EXCLUDED.end_lsn),
 			timeline = CASE WHEN c.lsn > EXCLUDED.lsn THEN c.timeline ELSE EXCLUDED.timeline END,
+			rewound_timeline = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_timeline END,
+			rewound_at = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_at END,
 			system_id = EXCLUDED.system_id, updated_at = now()`),
 		slot, int64(max(lsn, 1)-1), int64(lsn), systemID, nullTimeline(timeline))
 	if err != nil {
@@ -223,8 +225,9 @@ const (
 // ones to read. Both are judged with the checkpoint's row locked, which
 // every batch of the stream takes first (Batch.Fence): a batch of the old
 // primary's process that took the row first is waited for and its
-// events seen, and one after is refused whole (ErrTimelineMoved), its
-// process stopping. (The batch took the row last, with its checkpoint:
+// events seen, and one after that reaches the fork is refused whole
+// (ErrTimelineMoved), its process stopping: the move records the fork
+// and the new timeline (rewound_at, rewound_timeline). (The batch took the row last, with its checkpoint:
 // one whose events were written when the lock was taken was not seen,
 // and they landed past the fork after the move; found by a review.)
 // Changes of the SLA table past the fork journal no event but armed
@@ -252,7 +255,8 @@ func (s *Store) RewindCheckpoint(ctx context.Context, slot string, from Checkpoi
 			did = RewindPast
 			return nil
 		}
-		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, restored_below = NULL, updated_at = now() WHERE slot = $1`),
+		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, restored_below = NULL,
+				rewound_timeline = $4, rewound_at = $3, updated_at = now() WHERE slot = $1`),
 			slot, int64(max(fork, 1)-1), int64(fork), nullTimeline(timeline)); err != nil {
 			return err
 		}

@@ -150,11 +150,12 @@ type Batch struct {
 	// the timeline it was read on, or one that carries it on (0: unknown).
 	SystemID string
 	Timeline int32
-	// Fence, when set, is the slot the batch's stream rows (events, SLA
-	// timers, rejections, the checkpoint) were read from, on SystemID's
-	// Timeline: the batch first locks that slot's checkpoint row and is
-	// refused whole (ErrTimelineMoved) when the checkpoint is on a newer
-	// timeline of that cluster.
+	// Fence, when set, is the slot the batch's stream rows (events and
+	// rejections with a commit position, the checkpoint) were read from,
+	// on SystemID's Timeline: the batch first locks that slot's
+	// checkpoint row and is refused whole (ErrTimelineMoved) when a
+	// failover's rewind moved the checkpoint back to a fork on a newer
+	// timeline and the batch reaches the fork (streamEnd).
 	Fence string
 }
 
@@ -228,22 +229,36 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 	return nil
 }
 
-// ErrTimelineMoved refuses a batch of the stream read on an older
-// timeline than the one the slot's checkpoint is on (Batch.Fence):
-// another process's start moved the checkpoint back to a failover's fork,
-// and what this process read of the old timeline past it must not be
-// journaled. It does not pass with a retry: the process stops, and its
-// restart judges the server it finds then.
-var ErrTimelineMoved = errors.New("another dzhook's start after a failover moved the slot's checkpoint to the new timeline")
+// ErrTimelineMoved refuses a batch of the stream read past a failover's
+// fork on the old timeline (Batch.Fence): another process's start moved
+// the checkpoint back to the fork, and what this process read of the old
+// timeline past it must not be journaled. It does not pass with a retry:
+// the process stops, and its restart judges the server it finds then.
+var ErrTimelineMoved = errors.New("another dzhook's start after a failover moved the slot's checkpoint back to where the new timeline forked")
 
 // fenceRefused is the SQLSTATE of the journal's stream_fence refusal.
 const fenceRefused = "DZ001"
 
-// fenced reports whether b carries rows the stream read, which the
-// checkpoint's timeline fences.
+// streamEnd is the highest commit position among b's rows the stream
+// read (0: none; an SLA clock's or a test's event has none).
+func (b *Batch) streamEnd() pglogrepl.LSN {
+	var end pglogrepl.LSN
+	if b.Slot != "" {
+		end = b.Checkpoint
+	}
+	for i := range b.Events {
+		end = max(end, b.Events[i].CommitLSN)
+	}
+	for i := range b.Rejections {
+		end = max(end, b.Rejections[i].CommitLSN)
+	}
+	return end
+}
+
+// fenced reports whether b carries rows the stream read, which a
+// recorded rewind of the checkpoint fences.
 func (b *Batch) fenced() bool {
-	return b.Fence != "" && b.SystemID != "" && b.Timeline != 0 &&
-		(len(b.Events) > 0 || len(b.Timers) > 0 || len(b.Rejections) > 0 || b.Slot != "")
+	return b.Fence != "" && b.SystemID != "" && b.Timeline != 0 && b.streamEnd() != 0
 }
 
 // encoders keeps the batches' array buffers for the next batch; one
@@ -388,8 +403,8 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		// whole instead of journaling the old timeline's events past the
 		// fork. The function is evaluated again on the row's newest
 		// version once a waited-for lock is granted (READ COMMITTED).
-		batch.Queue(s.q(`SELECT {{schema}}.stream_fence(timeline, $3) FROM {{schema}}.checkpoints
-			WHERE slot = $1 AND system_id = $2 FOR NO KEY UPDATE`), b.Fence, b.SystemID, b.Timeline)
+		batch.Queue(s.q(`SELECT {{schema}}.stream_fence(rewound_timeline, rewound_at, $3, $4) FROM {{schema}}.checkpoints
+			WHERE slot = $1 AND system_id = $2 FOR NO KEY UPDATE`), b.Fence, b.SystemID, b.Timeline, int64(b.streamEnd()))
 	}
 	if n := len(b.Events); n > 0 {
 		events := b.Events
@@ -597,11 +612,12 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		// Within one cluster the checkpoint never moves back, and keeps
 		// the timeline of the position it keeps; a checkpoint of another
 		// cluster is replaced. A position read on an older timeline than
-		// the checkpoint's changes nothing (a fenced batch is refused
-		// before, an unfenced one lands here): a process that read the
-		// old primary wrote it after another's start moved the checkpoint
+		// the checkpoint's changes nothing (one past a rewind's fork is
+		// refused before, by the fence): a process that read the old
+		// primary wrote it after another's start moved the checkpoint
 		// back to the fork (RewindCheckpoint), and the new timeline's
-		// transactions up to it were skipped as journaled.
+		// transactions up to it were skipped as journaled; or after a
+		// process on the new timeline moved it on.
 		batch.Queue(s.q(`INSERT INTO {{schema}}.checkpoints AS c (slot, lsn, end_lsn, system_id, timeline, updated_at) VALUES ($1, $2, $3, $4, $5, now())
 			ON CONFLICT (slot) DO UPDATE SET
 				lsn = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL
@@ -611,6 +627,8 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				timeline = CASE WHEN (c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id OR c.system_id IS NULL) AND c.lsn > EXCLUDED.lsn
 					THEN c.timeline ELSE EXCLUDED.timeline END,
 				restored_below = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.restored_below END,
+				rewound_timeline = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_timeline END,
+				rewound_at = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_at END,
 				system_id = EXCLUDED.system_id, updated_at = now()
 			WHERE NOT (c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id AND coalesce(EXCLUDED.timeline < c.timeline, false))`),
 			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID), nullTimeline(b.Timeline))
