@@ -64,14 +64,16 @@ type Options struct {
 
 // Engine is one running dzhook.
 type Engine struct {
-	cfg        *config.Config
-	log        *slog.Logger
-	instance   string
-	source     *pgxpool.Pool
-	journal    *journal.Store
-	stream     *cdc.Stream
-	pipeline   *pipeline.Pipeline
-	writer     *journal.Writer
+	cfg      *config.Config
+	log      *slog.Logger
+	instance string
+	source   *pgxpool.Pool
+	journal  *journal.Store
+	stream   *cdc.Stream
+	pipeline *pipeline.Pipeline
+	writer   *journal.Writer
+	// fenced receives the writer's OnFenced, once: the run ends with it.
+	fenced     chan error
 	dispatcher *fanout.Dispatcher
 	clock      *slaclock.Clock
 	retention  journal.Retention
@@ -116,7 +118,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, fmt.Errorf("connect to source (source.dsn): %w", cdc.RedactDSNError(err))
 	}
-	e := &Engine{cfg: cfg, log: log, source: source, instance: newInstanceID(), opts: opts}
+	e := &Engine{cfg: cfg, log: log, source: source, instance: newInstanceID(), opts: opts, fenced: make(chan error, 1)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -252,6 +254,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	e.writer, err = journal.NewWriter(journal.WriterConfig{
 		Store: e.journal, Slot: cfg.Source.Slot, SystemID: sys.SystemID, Owner: e.instance, Logger: log, Ack: ack,
 		Timeline: func() int32 { return e.stream.Timeline() },
+		OnFenced: func(err error) {
+			e.stream.Abandon() // nothing more is acknowledged: a stop waits for nothing
+			e.fenced <- fmt.Errorf("journal writer: %w", err)
+		},
 		OnSpill:  func() { e.dispatcher.Spilled() },
 		OnNotify: func() { e.dispatcher.Notifier().Wake() },
 		OnFlush:  e.metrics.JournalFlushed,
@@ -432,28 +438,21 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.close(ctx)
 	e.log.Info("dzhook running", "instance", e.instance, "slot", e.cfg.Source.Slot, "subscriptions", len(e.cfg.Subscriptions), "checkpoint", e.pipeline.Checkpoint().String())
 	wctx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
-	// The writer ends on its own only when the journal refuses this
-	// process's stream for good (journal.ErrTimelineMoved): that ends the
-	// run, with the writer's error rather than the stream's "writer
-	// closed" that follows it.
-	writerDone, writerFailed := make(chan struct{}), make(chan struct{})
-	var writerErr error
-	go func() {
-		defer close(writerDone)
-		if writerErr = e.writer.Run(wctx); writerErr != nil {
-			e.stream.Abandon()
-			close(writerFailed)
-		}
-	}()
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- e.writer.Run(wctx) }()
 	defer func() {
 		stopWriter()
 		<-writerDone
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
+		// The journal refused what the stream read (a process still on
+		// the old primary past a failover's fork another's start moved
+		// the checkpoint back to): the run ends; the writer, stopped
+		// last, writes what else it was given.
 		select {
-		case <-writerFailed:
-			return fmt.Errorf("journal writer: %w", writerErr)
+		case err := <-e.fenced:
+			return err
 		case <-gctx.Done():
 			return nil
 		}
@@ -473,13 +472,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	err := g.Wait()
-	select {
-	case <-writerFailed:
-		return fmt.Errorf("journal writer: %w", writerErr)
-	default:
-		return err
-	}
+	return g.Wait()
 }
 
 // rewindToFork handles a start refused by cdc.CheckResume (refused): a

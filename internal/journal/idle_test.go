@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -343,36 +344,60 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 		}
 	}
 
-	// The Writer of a process still on timeline 1 stops at the refusal,
-	// acknowledging nothing; what it is given after fails.
+	// The Writer of a process still on timeline 1, refused, tells
+	// OnFenced, drops what the stream read (the event past the fork, its
+	// delivery, that delivery's attempt and outcome, held or not), writes
+	// the rest (the outcome of a delivery journaled before), says a
+	// barrier's records are not durable whole, and acknowledges nothing.
 	if _, err := s.pool.Exec(ctx, `UPDATE dzhook.checkpoints SET system_id = 'A', timeline = 2, rewound_timeline = 2, rewound_at = 800`); err != nil {
 		t.Fatal(err)
 	}
+	now := time.Now()
+	before := DeliveryRow{ID: "dlv_before", EventID: event(700).ID, SubscriptionID: "crm", EventType: "request.created", State: Pending, Owner: "a", CreatedAt: now}
+	if err := s.Write(ctx, &Batch{Deliveries: []DeliveryRow{before}}); err != nil {
+		t.Fatal(err)
+	}
 	acked := make(chan pglogrepl.LSN, 1)
-	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", SystemID: "A", Timeline: func() int32 { return 1 }, Linger: -1,
-		Ack: func(l pglogrepl.LSN) { acked <- l }})
+	fenced := make(chan error, 1)
+	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", SystemID: "A", Owner: "a", Timeline: func() int32 { return 1 }, Linger: -1,
+		Ack: func(l pglogrepl.LSN) { acked <- l }, OnFenced: func(err error) { fenced <- err }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	wctx, stopWriter := context.WithCancel(ctx)
 	ran := make(chan error, 1)
-	go func() { ran <- w.Run(ctx) }()
+	go func() { ran <- w.Run(wctx) }()
 	e := event(2000)
-	if err := w.Put(ctx, Record{Event: &e}); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Commit(ctx, 2000, 2001); err != nil && !errors.Is(err, ErrWriterClosed) {
-		t.Fatal(err)
+	past := DeliveryRow{ID: "dlv_past", EventID: e.ID, SubscriptionID: "crm", EventType: "request.created", State: Pending, Owner: "a", CreatedAt: now}
+	for _, r := range []Record{{Event: &e, Deliveries: []DeliveryRow{past}}, {Commit: 2000, CommitEnd: 2001}} {
+		if err := w.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
 	}
 	select {
-	case err := <-ran:
-		if !errors.Is(err, ErrTimelineMoved) {
-			t.Fatalf("the writer of timeline 1 ended with %v, want ErrTimelineMoved", err)
+	case err := <-fenced:
+		if !errors.Is(err, ErrTimelineMoved) || !strings.Contains(err.Error(), "0/320 on timeline 2") {
+			t.Fatalf("OnFenced told %v, want ErrTimelineMoved naming the fork 0/320 on timeline 2", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the writer of timeline 1 did not stop at the refusal")
+		t.Fatal("the writer of timeline 1 was not refused")
 	}
-	if err := w.Barrier(ctx); !errors.Is(err, ErrWriterClosed) {
-		t.Errorf("a barrier after the writer stopped: %v, want ErrWriterClosed", err)
+	for _, r := range []Record{
+		{Update: &DeliveryUpdate{ID: "dlv_past", State: Delivered, Attempts: 1, LastStatus: 200, LastAttemptAt: now}},
+		{Attempt: &AttemptRow{DeliveryID: "dlv_past", Attempt: 1, At: now, Trigger: TriggerAuto, StatusCode: 200}},
+		{Update: &DeliveryUpdate{ID: "dlv_before", State: Delivered, Attempts: 1, LastStatus: 200, LastAttemptAt: now}},
+		{Attempt: &AttemptRow{DeliveryID: "dlv_before", Attempt: 1, At: now, Trigger: TriggerAuto, StatusCode: 200}},
+	} {
+		if err := w.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Barrier(ctx); !errors.Is(err, ErrTimelineMoved) {
+		t.Errorf("a barrier after the refusal: %v, want ErrTimelineMoved", err)
+	}
+	stopWriter()
+	if err := <-ran; err != nil {
+		t.Errorf("the refused writer's Run: %v", err)
 	}
 	select {
 	case l := <-acked:
@@ -381,6 +406,13 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	}
 	if past, err := s.JournaledFrom(ctx, src, 2000); err != nil || past {
 		t.Errorf("the refused writer's event was journaled: %v (err %v)", past, err)
+	}
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM dzhook.deliveries WHERE id = 'dlv_past') + (SELECT count(*) FROM dzhook.attempts WHERE delivery_id = 'dlv_past')`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("%d rows of the event past the fork's delivery journaled (err %v)", n, err)
+	}
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries d JOIN dzhook.attempts a ON a.delivery_id = d.id WHERE d.id = 'dlv_before' AND d.state = 'delivered'`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("the outcome of a delivery journaled before the refusal: %d rows (err %v), want it written", n, err)
 	}
 }
 

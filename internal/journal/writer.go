@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -107,7 +108,12 @@ type WriterConfig struct {
 	// (the writer retries it): the engine ends the replication session,
 	// since nothing can be acknowledged until the journal is back.
 	OnWriteError func(err error)
-	Logger       *slog.Logger
+	// OnFenced is told, once, that the journal refused this process's
+	// stream rows (ErrTimelineMoved): the engine stops. The writer goes
+	// on writing what else it is given (attempts' outcomes, health,
+	// notifications) until its Run ends.
+	OnFenced func(err error)
+	Logger   *slog.Logger
 	// Linger is how long a batch waits for more records once the first
 	// arrived. Defaults to 50 ms: the deliveries' first attempts never
 	// wait for the journal, so a linger delays only the acknowledgement to
@@ -182,9 +188,13 @@ type Writer struct {
 	markers  []marker        // commits received and not yet acknowledged
 	written  pglogrepl.LSN   // the checkpoint last written
 	broken   error
-	// stop ends Run: a batch refused with ErrTimelineMoved, which no
-	// retry and no later batch can pass.
-	stop error
+	// fenced is the journal's refusal of this process's stream rows
+	// (ErrTimelineMoved): from then on every batch is written without
+	// them (strip), and nothing more is acknowledged.
+	fenced error
+	// stripped are the events and deliveries strip left out: a held
+	// delivery, an attempt or an outcome of one comes in a later batch.
+	strippedEvents, strippedDeliveries map[string]bool
 	// unwritten is a batch whose write was cut short by Run's context
 	// ending (a shutdown, not a failure of the journal): the drain writes
 	// it first.
@@ -352,9 +362,10 @@ func (w *Writer) Wait(ctx context.Context, done <-chan error) error {
 // Run writes batches until ctx ends. Then it writes what is queued and
 // what it holds (trying for up to DrainTimeout), and returns nil; what it
 // could not write was never acknowledged, so the stream sends it again on
-// the next start. A batch refused with ErrTimelineMoved ends Run at once
-// with that error: the process read a timeline the journal has left, and
-// stops. Stop it after everything that puts records (the
+// the next start. A batch refused with ErrTimelineMoved (the process
+// read past a failover's fork the journal was moved back to) is written
+// without what the stream read, as every batch after it, nothing more is
+// acknowledged, and OnFenced is told: the process stops. Stop it after everything that puts records (the
 // stream's handler, the deliverers) has stopped: a Put after Run returned
 // fails with ErrWriterClosed.
 func (w *Writer) Run(ctx context.Context) error {
@@ -391,9 +402,6 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		expiry.Stop()
 		w.flush(ctx, b, time.Now())
-		if w.stop != nil {
-			return w.stop
-		}
 		last = b.sizes()
 	}
 }
@@ -652,10 +660,25 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 		return
 	}
 
+	if w.fenced != nil {
+		w.strip(bb)
+	}
 	start := time.Now()
 	err := w.broken
 	if err == nil && !bb.b.Empty() {
 		err = w.write(ctx, bb)
+		if errors.Is(err, ErrTimelineMoved) && w.fenced == nil {
+			w.fenced = err
+			w.log.Error("the journal refused what this process read of the old timeline, past the fork another process's start moved the checkpoint back to after a failover: it is dropped, what else is queued is written, nothing more is acknowledged, and the process stops", "err", err)
+			if w.cfg.OnFenced != nil {
+				w.cfg.OnFenced(err)
+			}
+			w.strip(bb)
+			err = nil
+			if !bb.b.Empty() {
+				err = w.write(ctx, bb)
+			}
+		}
 		if err != nil && ctx.Err() != nil && w.unwritten == nil && !isDrain(ctx) {
 			// Cut short by the shutdown, not refused by the journal: the
 			// drain writes it (idempotently) before anything else.
@@ -670,9 +693,6 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 	w.log.Debug("journal batch written", "records", bb.records, "events", len(bb.b.Events), "deliveries", len(bb.b.Deliveries),
 		"updates", len(bb.b.Updates), "attempts", len(bb.b.Attempts), "held", len(w.held), "took", took.Round(time.Microsecond).String())
 	if err != nil {
-		if errors.Is(err, ErrTimelineMoved) && w.stop == nil {
-			w.stop = err
-		}
 		if w.broken == nil {
 			w.broken = fmt.Errorf("journal batch not written: %w", err)
 			w.log.Error("journal batch not written; nothing after it is acknowledged, the stream sends it again on the next start", "err", err, "records", bb.records)
@@ -686,23 +706,65 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 		return
 	}
 	w.markers = w.markers[n:]
-	if ackable > w.written {
+	if ackable > w.written && w.fenced == nil {
 		w.written = ackable
 		if w.cfg.Ack != nil {
 			w.cfg.Ack(ackable)
 		}
 	}
+	// A record someone waits for is not durable whole once the stream's
+	// rows are dropped.
 	for _, d := range bb.dones {
-		d <- nil
+		d <- w.fenced
 	}
 	for _, f := range bb.durables {
-		f(nil)
+		f(w.fenced)
 	}
 	if bb.spilled && w.cfg.OnSpill != nil {
 		w.cfg.OnSpill()
 	}
 	if bb.notified && w.cfg.OnNotify != nil {
 		w.cfg.OnNotify()
+	}
+}
+
+// strip takes out of bb what the stream read, which the journal refused
+// (w.fenced): events and rejections with a commit position, SLA timer
+// changes, the checkpoint; and the deliveries of those events, with
+// their attempts and outcomes, now or in a later batch (a held delivery).
+// What else it holds (attempts of deliveries journaled before, health,
+// notifications, releases) is written.
+func (w *Writer) strip(bb *batchBuilder) {
+	if w.strippedEvents == nil {
+		w.strippedEvents, w.strippedDeliveries = map[string]bool{}, map[string]bool{}
+	}
+	b := &bb.b
+	b.Events = slices.DeleteFunc(b.Events, func(e EventRow) bool {
+		if e.CommitLSN != 0 {
+			w.strippedEvents[e.ID] = true
+		}
+		return e.CommitLSN != 0
+	})
+	b.Rejections = slices.DeleteFunc(b.Rejections, func(r Rejection) bool { return r.CommitLSN != 0 })
+	b.Timers = nil
+	b.Slot, b.Checkpoint, b.CheckpointEnd = "", 0, 0
+	b.Deliveries = slices.DeleteFunc(b.Deliveries, func(d DeliveryRow) bool {
+		if w.strippedEvents[d.EventID] {
+			w.strippedDeliveries[d.ID] = true
+		}
+		return w.strippedDeliveries[d.ID]
+	})
+	b.Attempts = slices.DeleteFunc(b.Attempts, func(a AttemptRow) bool { return w.strippedDeliveries[a.DeliveryID] })
+	b.Updates = slices.DeleteFunc(b.Updates, func(u DeliveryUpdate) bool { return w.strippedDeliveries[u.ID] })
+	// The indexes by id, for what a flush of the same batch adds (the
+	// drain's, of a batch a shutdown cut short).
+	clear(bb.delivIdx)
+	for i := range b.Deliveries {
+		bb.delivIdx[b.Deliveries[i].ID] = i
+	}
+	clear(bb.updIdx)
+	for i := range b.Updates {
+		bb.updIdx[b.Updates[i].ID] = i
 	}
 }
 
