@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/dzdesk/dzhook/internal/backoff"
 	"github.com/dzdesk/dzhook/internal/beat"
+	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 	"github.com/dzdesk/dzhook/internal/engine"
@@ -238,10 +240,17 @@ func startEngine(ctx context.Context, cfg *config.Config, log *slog.Logger) (*en
 	start, bo := time.Now(), backoff.New(500*time.Millisecond, 10*time.Second)
 	for {
 		e, err := engine.New(ctx, cfg, engine.Options{Logger: log, Version: version, Dashboard: dashboardFiles()})
-		if err == nil || !engine.Transient(err) || time.Since(start) > startupPatience || ctx.Err() != nil {
+		if err == nil || !engine.Transient(err) || ctx.Err() != nil {
 			return e, err
 		}
-		log.Warn("database not reachable yet; retrying", "err", err, "delay", bo.Current().String(), "giving_up_in", (startupPatience - time.Since(start)).Round(time.Second).String())
+		if time.Since(start) > startupPatience {
+			return nil, fmt.Errorf("gave up after %s of waiting: %w", startupPatience, err)
+		}
+		msg := "database not reachable yet; retrying"
+		if _, ok := errors.AsType[*cdc.StandbyError](err); ok {
+			msg = "source.dsn leads to a standby; waiting for the primary"
+		}
+		log.Warn(msg, "err", err, "delay", bo.Current().String(), "giving_up_in", (startupPatience - time.Since(start)).Round(time.Second).String())
 		if bo.Wait(ctx) != nil {
 			return nil, nil
 		}

@@ -135,7 +135,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// a standby promoted between the two answered with its replay
 	// timeline and received WAL, and was judged a restore, for good
 	// (found by a review); out of recovery first, it stays a primary.
-	if err := inRecovery(ctx, conn, s.cfg.Slot); err != nil {
+	if err := InRecovery(ctx, conn, s.cfg.Slot); err != nil {
 		return err
 	}
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
@@ -160,6 +160,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// on (its event ids are that cluster's).
 	sticky := own != 0 || s.cfg.Journaled == nil
 	var e *ServerChangedError
+	var fork pglogrepl.LSN // where the server's timeline left prev's
 	if prev.systemID != "" && !sticky && sys.SystemID != prev.systemID {
 		e = &ServerChangedError{Slot: s.cfg.Slot, SystemID: sys.SystemID, Timeline: sys.Timeline, WALEnd: sys.XLogPos,
 			PrevSystemID: prev.systemID, PrevTimeline: prev.timeline, Read: read}
@@ -169,13 +170,9 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		// Not the first session, or one seeded by Config.Resume: a first
 		// session without it has read nothing yet (the slot is judged by
 		// Config.CheckStart, the journal by its owner).
-		var fork pglogrepl.LSN
 		fork, e, err = judge(ctx, conn, s.cfg.Slot, sys, prev, read)
 		if err != nil {
 			return err
-		}
-		if e == nil && sys.Timeline != prev.timeline {
-			s.log.Info("the server is on a new timeline that carries on the one read so far", "timeline", sys.Timeline, "was", prev.timeline, "switched_at", fork.String(), "read_lsn", read.String())
 		}
 	}
 	// accepted is the journal's position a session judged by it (one of
@@ -235,6 +232,11 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			"wal_end", sys.XLogPos.String(), "read_lsn", read.String(), "timeline", sys.Timeline, "system_id", sys.SystemID)
 		return e
 	}
+	if fork != 0 && sys.Timeline != prev.timeline {
+		// Said once the session is accepted: a refusal by the journal's
+		// position, judged again at each try, would have it said at each.
+		s.log.Info("the server is on a new timeline that carries on the one read so far", "timeline", sys.Timeline, "was", prev.timeline, "switched_at", fork.String(), "read_lsn", read.String())
+	}
 	s.mu.Lock()
 	s.server = server{systemID: sys.SystemID, timeline: sys.Timeline}
 	if accepted != nil {
@@ -257,12 +259,12 @@ func (e *StandbyError) Error() string { return e.PublicReason() }
 
 // PublicReason implements PublicReason.
 func (e *StandbyError) PublicReason() string {
-	return fmt.Sprintf("the server of replication slot %q is a standby (in recovery): logical decoding needs the primary; trying again (a failover in progress, or source.dsn leads to a standby)", e.Slot)
+	return fmt.Sprintf("the server of replication slot %q is a standby (in recovery): logical decoding needs the primary (a failover in progress, or source.dsn leads to a standby)", e.Slot)
 }
 
-// inRecovery returns a *StandbyError when the server behind conn is in
-// recovery.
-func inRecovery(ctx context.Context, conn *pgconn.PgConn, slot string) error {
+// InRecovery returns a *StandbyError when the server behind conn (a
+// replication connection) is in recovery.
+func InRecovery(ctx context.Context, conn *pgconn.PgConn, slot string) error {
 	res, err := conn.Exec(ctx, "SELECT pg_is_in_recovery()").ReadAll()
 	if err != nil {
 		return fmt.Errorf("pg_is_in_recovery: %w", err)

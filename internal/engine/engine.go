@@ -159,7 +159,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		err = cmp.Or(c.jrnErr, c.replErr)
 	}
 	if err == nil {
-		identify := func() (pglogrepl.IdentifySystemResult, error) { return identifyOn(ctx, cfg.Source.DSN.Reveal(), &repl) }
+		identify := func() (pglogrepl.IdentifySystemResult, error) {
+			return identifyOn(ctx, cfg.Source.DSN.Reveal(), cfg.Source.Slot, &repl)
+		}
 		_, err = setupOn(ctx, cfg, SetupOptions{CheckOnly: !cfg.Source.AutoSetup}, c.pc.Conn(), nil, e.journal, identify)
 	}
 	if c.pc != nil {
@@ -173,7 +175,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	if err != nil {
 		return nil, err
 	}
-	sys, err := identifyOn(ctx, cfg.Source.DSN.Reveal(), &repl)
+	sys, err := identifyOn(ctx, cfg.Source.DSN.Reveal(), cfg.Source.Slot, &repl)
 	if err != nil {
 		return nil, err
 	}
@@ -408,11 +410,14 @@ func (e *Engine) connect(ctx context.Context) started {
 	return c
 }
 
-// identifyOn runs IDENTIFY_SYSTEM on *repl. A connection the server has
-// closed meanwhile (idle_session_timeout; auto_setup's slot creation
+// identifyOn runs IDENTIFY_SYSTEM on *repl, after asking whether it
+// reaches a standby (a *cdc.StandbyError, as the stream's sessions do:
+// the pool's connection, asked first, may reach another server than
+// this one, whose WAL end judges the checkpoint). A connection the server
+// has closed meanwhile (idle_session_timeout; auto_setup's slot creation
 // waits for running transactions) is replaced, once.
-func identifyOn(ctx context.Context, dsn string, repl **pgconn.PgConn) (pglogrepl.IdentifySystemResult, error) {
-	sys, err := identifySystem(ctx, *repl)
+func identifyOn(ctx context.Context, dsn, slot string, repl **pgconn.PgConn) (pglogrepl.IdentifySystemResult, error) {
+	sys, err := identifyPrimary(ctx, *repl, slot)
 	if err == nil || !(*repl).IsClosed() || ctx.Err() != nil {
 		return sys, err
 	}
@@ -421,6 +426,13 @@ func identifyOn(ctx context.Context, dsn string, repl **pgconn.PgConn) (pglogrep
 		return sys, fmt.Errorf("source (source.dsn): %w", cerr)
 	}
 	*repl = conn
+	return identifyPrimary(ctx, conn, slot)
+}
+
+func identifyPrimary(ctx context.Context, conn *pgconn.PgConn, slot string) (pglogrepl.IdentifySystemResult, error) {
+	if err := cdc.InRecovery(ctx, conn, slot); err != nil {
+		return pglogrepl.IdentifySystemResult{}, err
+	}
 	return identifySystem(ctx, conn)
 }
 

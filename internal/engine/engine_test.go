@@ -671,7 +671,7 @@ func TestIdentifyReplacesAClosedConnection(t *testing.T) {
 	if ended := queryInt(t, db, `SELECT pg_terminate_backend($1, 5000)::int`, int(old)); ended != 1 {
 		t.Fatalf("backend %d not ended", old)
 	}
-	sys, err := identifyOn(ctx, db.DSN, &repl)
+	sys, err := identifyOn(ctx, db.DSN, "dzhook", &repl)
 	if err != nil || sys.SystemID == "" {
 		t.Fatalf("IDENTIFY_SYSTEM after the connection ended: %+v, %v", sys, err)
 	}
