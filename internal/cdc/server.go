@@ -144,10 +144,14 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	s.mu.Lock()
 	prev := s.server
-	// What this process handed over or asked to persist itself: flushed
-	// alone is also the slot's position, copied at each session's start
-	// (a standby's tries included).
-	own := max(s.handedEnd, s.idleAsked)
+	// What this process handed over, queued to hand over (a catch-up's
+	// queue, processed after the session that read it ended: judged
+	// without it, the new timeline of a failover was accepted and the old
+	// one's queued transactions past its fork handed over; found by a
+	// review) or asked to persist itself: flushed alone is also the
+	// slot's position, copied at each session's start (a standby's tries
+	// included).
+	own := max(s.handedEnd, s.idleAsked, s.queuedEnd)
 	read := max(s.flushed, own, s.baseline)
 	s.mu.Unlock()
 	// A process that has read nothing yet judges the server by the

@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -266,6 +267,59 @@ func TestJournalForkJudgedAgainForAProcessThatRead(t *testing.T) {
 	j.Store(&Resume{SystemID: sysID, Timeline: 2, LSN: fork - 1}) // another process's start moved it back
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'new@x')`)
 	rec.waitCommits(t, 2)
+}
+
+// TestFailoverWithABacklogJudgedWithIt: a failover in the middle of a
+// catch-up, the processor stalled (held here at the session's start),
+// with its queue holding transactions past the new timeline's fork: the
+// next session judges the new server against what was queued too, and
+// refuses it. It judged it against what had been handed over, accepted
+// it, and the queued transactions of the old timeline past the fork were
+// handed over after it (found by a review).
+func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
+	primary, db := sourceCluster(t)
+	inserts := func(from, to int) []string {
+		var sql []string
+		for i := from; i <= to; i++ {
+			sql = append(sql, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i))
+		}
+		return sql
+	}
+	db.Exec(t, inserts(1, 10)...)
+	cl, _, _, fork := promote(t, primary) // forks after the first 10
+	db.Exec(t, inserts(11, 200)...)
+
+	px := testutil.NewSwitchProxy(t, primary.Addr())
+	gate := make(chan struct{})
+	defer close(gate)
+	var first atomic.Bool
+	first.Store(true)
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
+		c.OnSession = func(ctx context.Context) {
+			if !first.Swap(false) {
+				return
+			}
+			select { // the processor stalls at the first session's start
+			case <-gate:
+			case <-ctx.Done():
+			}
+		}
+	})
+	testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
+	if s.queuedEnd <= fork {
+		t.Fatalf("the queue (to %s) does not reach past the fork (%s)", s.queuedEnd, fork)
+	}
+	before := s.Stats().Reconnects
+	px.SwitchTo(cl.Addr())
+	testutil.Eventually(t, 30*time.Second, "the promoted server refused", func() bool {
+		if st := s.Stats(); st.Reconnects > before && st.Connected {
+			t.Fatalf("the next session streams from the promoted server with %d messages of the old one queued", s.busy.Load())
+		}
+		return strings.Contains(s.Stats().Problem, "refuses to stream")
+	})
+	if s.changed.Load() == nil {
+		t.Error("the refusal of a server that forked below what this process queued is judged again")
+	}
 }
 
 // TestStandbyAcrossAFailoverTakesOver: a standby process (the slot held

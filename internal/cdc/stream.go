@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -223,6 +224,12 @@ type Stream struct {
 	// mu), idleAskedAt when (the session goroutine's only).
 	idleAsked   pglogrepl.LSN
 	idleAskedAt time.Time
+	// queuedEnd is the end of the last transaction whose commit the
+	// reader queued for the processor (the session goroutine's only): a
+	// session's server is judged against it too (checkServer), since the
+	// processor hands queued transactions over after the session that
+	// read them ended, and maybe after the next one's judgment.
+	queuedEnd pglogrepl.LSN
 
 	// inlining is the session's inliner while the reader processes a
 	// message itself (inline.go), for Interrupt.
@@ -676,6 +683,12 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 				if err := s.enqueue(ctx, conn, msgs, w, procErr, &keep); err != nil {
 					s.busy.Add(-1)
 					return err
+				}
+				if d := w.data; len(d) >= 26 && d[0] == 'C' {
+					// A commit queued: pgoutput's Commit carries the end
+					// of the transaction's commit record after its flags
+					// and commit position.
+					s.queuedEnd = max(s.queuedEnd, pglogrepl.LSN(binary.BigEndian.Uint64(d[10:18])))
 				}
 			}
 		case *pgproto3.ErrorResponse:
