@@ -317,6 +317,9 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	for _, b := range []*Batch{
 		{Slot: "dzhook", Checkpoint: 1200, Fence: "dzhook", SystemID: "A", Timeline: 1},
 		{Rejections: []Rejection{{Source: "outbox", Reason: "late", CommitLSN: 800}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
+		// SLA timer changes alone, their commit in a later batch (behind
+		// a held delivery): they passed unfenced.
+		{Timers: []TimerChange{{SLAID: "sla_1", Keep: time.Now(), Due: time.Now(), CommitLSN: 900}}, Fence: "dzhook", SystemID: "A", Timeline: 1},
 	} {
 		if err := s.Write(ctx, b); !errors.Is(err, ErrTimelineMoved) {
 			t.Errorf("a later batch of timeline 1 (%+v): %v, want ErrTimelineMoved", b, err)
@@ -392,8 +395,18 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := w.Barrier(ctx); !errors.Is(err, ErrTimelineMoved) {
-		t.Errorf("a barrier after the refusal: %v, want ErrTimelineMoved", err)
+	// A record whose own rows are dropped is told so; one whose batch
+	// lost nothing (an operator's retry, a test send) is durable.
+	e2 := event(2100)
+	done := make(chan error, 1)
+	if err := w.Put(ctx, Record{Event: &e2, Done: done}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrTimelineMoved) {
+		t.Errorf("a record of the stream after the refusal: %v, want ErrTimelineMoved", err)
+	}
+	if err := w.Barrier(ctx); err != nil {
+		t.Errorf("a barrier in a batch that lost nothing: %v, want durable", err)
 	}
 	stopWriter()
 	if err := <-ran; err != nil {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -42,6 +43,10 @@ type TimerChange struct {
 	Keep  time.Time
 	Due   time.Time
 	Arm   []TimerRow
+	// CommitLSN is the commit of the transaction that changed the SLA
+	// (0: unknown): a batch that carries it reaches that position
+	// (Batch.Fence).
+	CommitLSN pglogrepl.LSN
 }
 
 // queueTimers adds the statements of the batch's timer changes: first the

@@ -150,8 +150,9 @@ type Batch struct {
 	// the timeline it was read on, or one that carries it on (0: unknown).
 	SystemID string
 	Timeline int32
-	// Fence, when set, is the slot the batch's stream rows (events and
-	// rejections with a commit position, the checkpoint) were read from,
+	// Fence, when set, is the slot the batch's stream rows (events,
+	// rejections and SLA timer changes with a commit position, the
+	// checkpoint) were read from,
 	// on SystemID's Timeline: the batch first locks that slot's
 	// checkpoint row and is refused whole (ErrTimelineMoved) when a
 	// failover's rewind moved the checkpoint back to a fork on a newer
@@ -251,6 +252,13 @@ func (b *Batch) streamEnd() pglogrepl.LSN {
 	}
 	for i := range b.Rejections {
 		end = max(end, b.Rejections[i].CommitLSN)
+	}
+	for i := range b.Timers {
+		// A batch of timer changes alone (their commit in a later batch,
+		// behind a held delivery) reached them: unfenced, the lost
+		// branch's moves and deletions cancelled the new server's timers
+		// (found by a review).
+		end = max(end, b.Timers[i].CommitLSN)
 	}
 	return end
 }

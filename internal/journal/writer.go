@@ -660,9 +660,9 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 		return
 	}
 
-	if w.fenced != nil {
-		w.strip(bb)
-	}
+	// stripped: rows of the batch were dropped (strip), so the records
+	// someone waits for are not durable whole.
+	stripped := w.fenced != nil && w.strip(bb)
 	start := time.Now()
 	err := w.broken
 	if err == nil && !bb.b.Empty() {
@@ -673,7 +673,7 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 			if w.cfg.OnFenced != nil {
 				w.cfg.OnFenced(err)
 			}
-			w.strip(bb)
+			stripped = w.strip(bb)
 			err = nil
 			if !bb.b.Empty() {
 				err = w.write(ctx, bb)
@@ -712,13 +712,19 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 			w.cfg.Ack(ackable)
 		}
 	}
-	// A record someone waits for is not durable whole once the stream's
-	// rows are dropped.
+	// A record someone waits for is not durable whole when its batch's
+	// stream rows were dropped; in a batch without any (an operator's
+	// retry, a test send) it is (told otherwise, the operator would try
+	// again, and the webhook go out twice: found by a review).
+	var whole error
+	if stripped {
+		whole = w.fenced
+	}
 	for _, d := range bb.dones {
-		d <- w.fenced
+		d <- whole
 	}
 	for _, f := range bb.durables {
-		f(w.fenced)
+		f(whole)
 	}
 	if bb.spilled && w.cfg.OnSpill != nil {
 		w.cfg.OnSpill()
@@ -733,12 +739,14 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 // changes, the checkpoint; and the deliveries of those events, with
 // their attempts and outcomes, now or in a later batch (a held delivery).
 // What else it holds (attempts of deliveries journaled before, health,
-// notifications, releases) is written.
-func (w *Writer) strip(bb *batchBuilder) {
+// notifications, releases) is written. dropped: rows were taken out
+// (the checkpoint is no record's row).
+func (w *Writer) strip(bb *batchBuilder) (dropped bool) {
 	if w.strippedEvents == nil {
 		w.strippedEvents, w.strippedDeliveries = map[string]bool{}, map[string]bool{}
 	}
 	b := &bb.b
+	rows := len(b.Events) + len(b.Rejections) + len(b.Timers) + len(b.Deliveries) + len(b.Attempts) + len(b.Updates)
 	b.Events = slices.DeleteFunc(b.Events, func(e EventRow) bool {
 		if e.CommitLSN != 0 {
 			w.strippedEvents[e.ID] = true
@@ -766,6 +774,7 @@ func (w *Writer) strip(bb *batchBuilder) {
 	for i := range b.Updates {
 		bb.updIdx[b.Updates[i].ID] = i
 	}
+	return rows != len(b.Events)+len(b.Rejections)+len(b.Timers)+len(b.Deliveries)+len(b.Attempts)+len(b.Updates)
 }
 
 // drainKey marks the drain's context.

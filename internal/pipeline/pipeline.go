@@ -273,7 +273,9 @@ func (p *Pipeline) armSLA(ctx context.Context, m *mapping.Mapper, c *cdc.Change)
 		// (SLATimers), however long ago the threshold passed.
 		up.Arm = slices.DeleteFunc(up.Arm, func(t mapping.Timer) bool { return t.FireAt.Before(now.Add(-p.cfg.ArmHorizon)) })
 	}
-	return p.cfg.Journal.ArmTimers(ctx, slaclock.TimerChange(up))
+	tc := slaclock.TimerChange(up)
+	tc.CommitLSN = c.CommitLSN
+	return p.cfg.Journal.ArmTimers(ctx, tc)
 }
 
 // maxRejectionText bounds what a rejection says (its source and its
