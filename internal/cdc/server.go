@@ -142,6 +142,13 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	if err != nil {
 		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
 	}
+	if s.discarded.Swap(false) {
+		// What the last session queued after a failed type lookup was
+		// dropped, not handed over: counted, it stated a position this
+		// process never read to, and a server that carries on what was
+		// handed over was refused for good.
+		s.queuedEnd = 0
+	}
 	s.mu.Lock()
 	prev := s.server
 	// What this process handed over, queued to hand over (a catch-up's

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
 	"github.com/dzdesk/dzhook/internal/pgtest"
@@ -271,55 +272,126 @@ func TestJournalForkJudgedAgainForAProcessThatRead(t *testing.T) {
 
 // TestFailoverWithABacklogJudgedWithIt: a failover in the middle of a
 // catch-up, the processor stalled (held here at the session's start),
-// with its queue holding transactions past the new timeline's fork: the
-// next session judges the new server against what was queued too, and
-// refuses it. It judged it against what had been handed over, accepted
-// it, and the queued transactions of the old timeline past the fork were
-// handed over after it (found by a review).
+// with its queue holding what the old timeline has past the new one's
+// fork: transactions, or non-transactional logical messages (each handed
+// over as a transaction of its own). The next session judges the new
+// server against what was queued too, and refuses it. It judged it
+// against what had been handed over, accepted it, and the queue of the
+// old timeline past the fork was handed over after it (found by two
+// reviews).
 func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
-	primary, db := sourceCluster(t)
-	inserts := func(from, to int) []string {
-		var sql []string
-		for i := from; i <= to; i++ {
-			sql = append(sql, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i))
-		}
-		return sql
-	}
-	db.Exec(t, inserts(1, 10)...)
-	cl, _, _, fork := promote(t, primary) // forks after the first 10
-	db.Exec(t, inserts(11, 200)...)
+	for _, tc := range []struct {
+		name string
+		sql  func(i int) string
+	}{
+		{"transactions", func(i int) string { return fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i) }},
+		{"logical messages", func(int) string {
+			return `SELECT pg_logical_emit_message(false, 'dzdesk', '{"event":"x.y","data":{}}')`
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			primary, db := sourceCluster(t)
+			var sql []string
+			for i := 1; i <= 400; i++ {
+				sql = append(sql, tc.sql(i))
+			}
+			db.Exec(t, sql[:10]...)
+			cl, _, _, fork := promote(t, primary) // forks after the first 10
+			db.Exec(t, sql[10:]...)
 
+			px := testutil.NewSwitchProxy(t, primary.Addr())
+			gate := make(chan struct{})
+			defer close(gate)
+			var first atomic.Bool
+			first.Store(true)
+			s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
+				c.OnSession = func(ctx context.Context) {
+					if !first.Swap(false) {
+						return
+					}
+					select { // the processor stalls at the first session's start
+					case <-gate:
+					case <-ctx.Done():
+					}
+				}
+			})
+			testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
+			if s.queuedEnd <= fork {
+				t.Fatalf("the queue (to %s) does not reach past the fork (%s)", s.queuedEnd, fork)
+			}
+			before := s.Stats().Reconnects
+			px.SwitchTo(cl.Addr())
+			testutil.Eventually(t, 30*time.Second, "the promoted server refused", func() bool {
+				if st := s.Stats(); st.Reconnects > before && st.Connected {
+					t.Fatalf("the next session streams from the promoted server with %d messages of the old one queued", s.busy.Load())
+				}
+				return strings.Contains(s.Stats().Problem, "refuses to stream")
+			})
+			if s.changed.Load() == nil {
+				t.Error("the refusal of a server that forked below what this process queued is judged again")
+			}
+		})
+	}
+}
+
+// TestFailoverAfterADiscardedBacklog: what the last session queued and
+// the processor dropped after a failed type lookup (the catalog's
+// connection lost in a failover, say) was never handed over, and is not
+// counted as read when the next session judges the promoted server: it
+// carries on what was handed over, and is streamed from. Counted, it was
+// refused for the rest of the process (found by a review).
+func TestFailoverAfterADiscardedBacklog(t *testing.T) {
+	primary, db := sourceCluster(t)
+	db.Exec(t, `CREATE TYPE mood AS ENUM ('sad', 'happy')`, `CREATE TABLE moods (id int PRIMARY KEY, m mood)`,
+		`ALTER PUBLICATION dzhook ADD TABLE moods`,
+		`INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 300) g`)
+	cl, promoted, _, _ := promote(t, primary) // forks after the 300 rows' transaction
+	sql := []string{`INSERT INTO moods VALUES (1, 'happy')`}
+	for i := 301; i <= 400; i++ {
+		sql = append(sql, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i))
+	}
+	db.Exec(t, sql...)
+
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	types := &flakyTypes{catalog: &catalogTypes{pool: pool}}
+	types.fails.Store(1) // the moods row's lookup, after the fork
 	px := testutil.NewSwitchProxy(t, primary.Addr())
-	gate := make(chan struct{})
-	defer close(gate)
-	var first atomic.Bool
-	first.Store(true)
-	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
-		c.OnSession = func(ctx context.Context) {
-			if !first.Swap(false) {
-				return
-			}
-			select { // the processor stalls at the first session's start
-			case <-gate:
-			case <-ctx.Done():
+	rec := newRecorder(true)
+	// A handler that takes a while: the reader hands messages over to
+	// the processor (inlineStreak) and queues the transactions past the
+	// fork while the processor is still on the 300 rows.
+	rec.delay = 3 * time.Millisecond
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, rec, func(c *Config) { c.types = types })
+	types.stream.Store(s)
+	testutil.Eventually(t, 30*time.Second, "the first session streaming", func() bool { return s.Stats().Connected })
+	px.Redirect(cl.Addr()) // the next session reaches the promoted server
+	testutil.Eventually(t, 60*time.Second, "the promoted server streamed from", func() bool {
+		if s.changed.Load() != nil {
+			t.Fatalf("the promoted server, which carries on what was handed over, was refused: %s", s.Stats().Problem)
+		}
+		st := s.Stats()
+		return st.Reconnects > 0 && st.Connected
+	})
+	if types.handed.Load() != 1 {
+		t.Fatalf("failed lookups in the processor: %d (in the reader: %d); the test meant one in the processor, with a queue behind it", types.handed.Load(), types.inline.Load())
+	}
+	rec.mu.Lock()
+	rec.delay = 0
+	rec.mu.Unlock()
+	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1000, 'after@x')`)
+	testutil.Eventually(t, 30*time.Second, "the promoted server's transaction handed over", func() bool {
+		ch, _ := rec.snapshot()
+		for _, c := range ch {
+			if email, _ := c.Relation.Get(c.New, "email"); email.V == "after@x" {
+				return true
 			}
 		}
+		return false
 	})
-	testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
-	if s.queuedEnd <= fork {
-		t.Fatalf("the queue (to %s) does not reach past the fork (%s)", s.queuedEnd, fork)
-	}
-	before := s.Stats().Reconnects
-	px.SwitchTo(cl.Addr())
-	testutil.Eventually(t, 30*time.Second, "the promoted server refused", func() bool {
-		if st := s.Stats(); st.Reconnects > before && st.Connected {
-			t.Fatalf("the next session streams from the promoted server with %d messages of the old one queued", s.busy.Load())
-		}
-		return strings.Contains(s.Stats().Problem, "refuses to stream")
-	})
-	if s.changed.Load() == nil {
-		t.Error("the refusal of a server that forked below what this process queued is judged again")
-	}
 }
 
 // TestStandbyAcrossAFailoverTakesOver: a standby process (the slot held

@@ -230,6 +230,10 @@ type Stream struct {
 	// processor hands queued transactions over after the session that
 	// read them ended, and maybe after the next one's judgment.
 	queuedEnd pglogrepl.LSN
+	// discarded is set by the processor when it drops the queued messages
+	// of a session (a type lookup failed): the commits queuedEnd counted
+	// after the failed message were never handed over, and are sent again.
+	discarded atomic.Bool
 
 	// inlining is the session's inliner while the reader processes a
 	// message itself (inline.go), for Interrupt.
@@ -684,12 +688,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 					s.busy.Add(-1)
 					return err
 				}
-				if d := w.data; len(d) >= 26 && d[0] == 'C' {
-					// A commit queued: pgoutput's Commit carries the end
-					// of the transaction's commit record after its flags
-					// and commit position.
-					s.queuedEnd = max(s.queuedEnd, pglogrepl.LSN(binary.BigEndian.Uint64(d[10:18])))
-				}
+				s.queuedEnd = max(s.queuedEnd, queuedTo(w.data))
 			}
 		case *pgproto3.ErrorResponse:
 			return streamError(s.cfg.Slot, s.cfg.Publication, pgconn.ErrorResponseToPgError(msg))
@@ -748,6 +747,21 @@ func (s *Stream) drained() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.pending) == 0
+}
+
+// queuedTo is where a queued message, once processed, has the stream
+// handed over to (0: nowhere yet). pgoutput's Commit carries the end of
+// the transaction's commit record after its flags and commit position; a
+// non-transactional logical message (processor.standalone) is handed over
+// as a transaction of its own, ending at its LSN, after its flags.
+func queuedTo(d []byte) pglogrepl.LSN {
+	switch {
+	case len(d) >= 26 && d[0] == 'C':
+		return pglogrepl.LSN(binary.BigEndian.Uint64(d[10:18]))
+	case len(d) >= 10 && d[0] == 'M' && d[1]&1 == 0:
+		return pglogrepl.LSN(binary.BigEndian.Uint64(d[2:10]))
+	}
+	return 0
 }
 
 // enqueue hands a message to the processor. While the processor is busy

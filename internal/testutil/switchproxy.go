@@ -72,6 +72,9 @@ func (p *SwitchProxy) SwitchTo(target string) {
 	p.Cut()
 }
 
+// Redirect sends new connections to target, leaving the open ones be.
+func (p *SwitchProxy) Redirect(target string) { p.target.Store(&target) }
+
 // Cut closes the open connections, both sides.
 func (p *SwitchProxy) Cut() {
 	p.mu.Lock()
