@@ -591,10 +591,52 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 	}
 	if r.Done != nil {
 		bb.dones = append(bb.dones, r.Done)
+		bb.doneRows = append(bb.doneRows, rowsOf(&r))
 	}
 	if r.Durable != nil {
 		bb.durables = append(bb.durables, r.Durable)
+		bb.durableRows = append(bb.durableRows, rowsOf(&r))
 	}
+}
+
+// recordRows is what rows a record someone waits for wrote, to tell it
+// whether they were dropped (strip).
+type recordRows struct {
+	event           string // an event of the stream's
+	stream          bool   // an SLA timer change, a rejection of the stream's
+	deliveries      []DeliveryRow
+	update, attempt string // the deliveries they change
+}
+
+func rowsOf(r *Record) recordRows {
+	rr := recordRows{deliveries: r.Deliveries, stream: r.Timer != nil || r.Reject != nil && r.Reject.CommitLSN != 0}
+	if r.Event != nil && r.Event.CommitLSN != 0 {
+		rr.event = r.Event.ID
+	}
+	if r.Update != nil {
+		rr.update = r.Update.ID
+	}
+	if r.Attempt != nil {
+		rr.attempt = r.Attempt.DeliveryID
+	}
+	return rr
+}
+
+// dropped reports whether strip took out rows of a record (after the
+// journal refused the stream's: w.fenced).
+func (w *Writer) dropped(rr *recordRows) bool {
+	if w.fenced == nil {
+		return false
+	}
+	if rr.stream || rr.event != "" || w.strippedDeliveries[rr.update] || w.strippedDeliveries[rr.attempt] {
+		return true
+	}
+	for i := range rr.deliveries {
+		if w.strippedDeliveries[rr.deliveries[i].ID] || w.strippedEvents[rr.deliveries[i].EventID] {
+			return true
+		}
+	}
+	return false
 }
 
 // unhold adds the held deliveries among ids to the batch.
@@ -660,9 +702,9 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 		return
 	}
 
-	// stripped: rows of the batch were dropped (strip), so the records
-	// someone waits for are not durable whole.
-	stripped := w.fenced != nil && w.strip(bb)
+	if w.fenced != nil {
+		w.strip(bb)
+	}
 	start := time.Now()
 	err := w.broken
 	if err == nil && !bb.b.Empty() {
@@ -673,7 +715,7 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 			if w.cfg.OnFenced != nil {
 				w.cfg.OnFenced(err)
 			}
-			stripped = w.strip(bb)
+			w.strip(bb)
 			err = nil
 			if !bb.b.Empty() {
 				err = w.write(ctx, bb)
@@ -712,19 +754,24 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 			w.cfg.Ack(ackable)
 		}
 	}
-	// A record someone waits for is not durable whole when its batch's
-	// stream rows were dropped; in a batch without any (an operator's
-	// retry, a test send) it is (told otherwise, the operator would try
-	// again, and the webhook go out twice: found by a review).
-	var whole error
-	if stripped {
-		whole = w.fenced
+	// A record someone waits for is not durable when its own rows were
+	// dropped; one whose rows were written is, whatever else its batch
+	// lost (an operator's retry, a test send: told otherwise, the
+	// operator would try again, and the webhook go out twice; found by
+	// reviews).
+	for i, d := range bb.dones {
+		if w.dropped(&bb.doneRows[i]) {
+			d <- w.fenced
+		} else {
+			d <- nil
+		}
 	}
-	for _, d := range bb.dones {
-		d <- whole
-	}
-	for _, f := range bb.durables {
-		f(whole)
+	for i, f := range bb.durables {
+		if w.dropped(&bb.durableRows[i]) {
+			f(w.fenced)
+		} else {
+			f(nil)
+		}
 	}
 	if bb.spilled && w.cfg.OnSpill != nil {
 		w.cfg.OnSpill()
@@ -739,14 +786,12 @@ func (w *Writer) flush(ctx context.Context, bb *batchBuilder, now time.Time) {
 // changes, the checkpoint; and the deliveries of those events, with
 // their attempts and outcomes, now or in a later batch (a held delivery).
 // What else it holds (attempts of deliveries journaled before, health,
-// notifications, releases) is written. dropped: rows were taken out
-// (the checkpoint is no record's row).
-func (w *Writer) strip(bb *batchBuilder) (dropped bool) {
+// notifications, releases) is written.
+func (w *Writer) strip(bb *batchBuilder) {
 	if w.strippedEvents == nil {
 		w.strippedEvents, w.strippedDeliveries = map[string]bool{}, map[string]bool{}
 	}
 	b := &bb.b
-	rows := len(b.Events) + len(b.Rejections) + len(b.Timers) + len(b.Deliveries) + len(b.Attempts) + len(b.Updates)
 	b.Events = slices.DeleteFunc(b.Events, func(e EventRow) bool {
 		if e.CommitLSN != 0 {
 			w.strippedEvents[e.ID] = true
@@ -774,7 +819,6 @@ func (w *Writer) strip(bb *batchBuilder) (dropped bool) {
 	for i := range b.Updates {
 		bb.updIdx[b.Updates[i].ID] = i
 	}
-	return rows != len(b.Events)+len(b.Rejections)+len(b.Timers)+len(b.Deliveries)+len(b.Attempts)+len(b.Updates)
 }
 
 // drainKey marks the drain's context.
@@ -811,7 +855,10 @@ type batchBuilder struct {
 	notified bool
 	dones    []chan<- error
 	durables []func(error)
-	records  int
+	// doneRows and durableRows are the rows of the records of dones and
+	// durables, in the same order.
+	doneRows, durableRows []recordRows
+	records               int
 }
 
 // full reports whether the batch has maxRecords records, or rows to
