@@ -72,7 +72,7 @@ func (p *processor) run(ctx context.Context, msgs <-chan wal) error {
 				// the session ended (inliner.try) rather than handling
 				// a message of it on this state.
 				p.discard = true
-				p.s.discarded.Store(true)
+				p.s.discarded.Store(w.seq)
 				p.s.inTx.Store(true)
 				p.s.Interrupt(fmt.Errorf("wal at %s: %w", w.start, err))
 				p.s.busy.Add(-1)

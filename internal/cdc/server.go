@@ -142,13 +142,6 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	if err != nil {
 		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
 	}
-	if s.discarded.Swap(false) {
-		// What the last session queued after a failed type lookup was
-		// dropped, not handed over: counted, it stated a position this
-		// process never read to, and a server that carries on what was
-		// handed over was refused for good.
-		s.queuedEnd = 0
-	}
 	s.mu.Lock()
 	prev := s.server
 	// What this process handed over, queued to hand over (a catch-up's
@@ -158,7 +151,11 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// review) or asked to persist itself: flushed alone is also the
 	// slot's position, copied at each session's start (a standby's tries
 	// included).
-	own := max(s.handedEnd, s.idleAsked, s.queuedEnd)
+	// What a session queued after a failed type lookup was dropped, not
+	// handed over: counted, it stated a position this process never read
+	// to, and a server that carries on what was handed over was refused
+	// for good; a later session's queue still counts (found by reviews).
+	own := max(s.handedEnd, s.idleAsked, s.queuedEnd(s.handedEnd))
 	read := max(s.flushed, own, s.baseline)
 	s.mu.Unlock()
 	// A process that has read nothing yet judges the server by the

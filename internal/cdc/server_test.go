@@ -316,8 +316,8 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 				}
 			})
 			testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
-			if s.queuedEnd <= fork {
-				t.Fatalf("the queue (to %s) does not reach past the fork (%s)", s.queuedEnd, fork)
+			if q := s.queued; len(q) != 1 || q[0].end <= fork {
+				t.Fatalf("the queue (%+v) does not reach past the fork (%s)", q, fork)
 			}
 			before := s.Stats().Reconnects
 			px.SwitchTo(cl.Addr())
@@ -329,6 +329,35 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 			})
 			if s.changed.Load() == nil {
 				t.Error("the refusal of a server that forked below what this process queued is judged again")
+			}
+		})
+	}
+}
+
+// TestQueuedEndForgetsOnlyDiscardedSessions: what the sessions queued
+// counts, but for the sessions whose queue the processor dropped and
+// those before them; a later session's queue still counts (a stale
+// discard wiped every session's, and brought back the accepted failover
+// of TestFailoverWithABacklogJudgedWithIt: found by a review). Spans
+// already handed over are forgotten.
+func TestQueuedEndForgetsOnlyDiscardedSessions(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		discarded    uint64
+		handed, want pglogrepl.LSN
+		left         int
+	}{
+		{"nothing discarded", 0, 50, 300, 3},
+		{"the second session's queue dropped", 2, 50, 300, 1},
+		{"the last session's queue dropped", 3, 50, 0, 0},
+		{"all handed over", 0, 300, 0, 0},
+		{"the first two handed over", 0, 200, 300, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Stream{queued: []queuedSpan{{1, 100}, {2, 200}, {3, 300}}}
+			s.discarded.Store(tc.discarded)
+			if got := s.queuedEnd(tc.handed); got != tc.want || len(s.queued) != tc.left {
+				t.Errorf("queuedEnd(%s) = %s with %d spans left, want %s with %d", tc.handed, got, len(s.queued), tc.want, tc.left)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -224,16 +225,19 @@ type Stream struct {
 	// mu), idleAskedAt when (the session goroutine's only).
 	idleAsked   pglogrepl.LSN
 	idleAskedAt time.Time
-	// queuedEnd is the end of the last transaction whose commit the
-	// reader queued for the processor (the session goroutine's only): a
-	// session's server is judged against it too (checkServer), since the
-	// processor hands queued transactions over after the session that
-	// read them ended, and maybe after the next one's judgment.
-	queuedEnd pglogrepl.LSN
-	// discarded is set by the processor when it drops the queued messages
-	// of a session (a type lookup failed): the commits queuedEnd counted
-	// after the failed message were never handed over, and are sent again.
-	discarded atomic.Bool
+	// queued is, per session, the end of the last transaction whose
+	// commit the reader queued for the processor (the session goroutine's
+	// only; sessions in order, numbered by sessions): a session's server
+	// is judged against it too (checkServer), since the processor hands
+	// queued transactions over after the session that read them ended,
+	// and maybe after the next one's judgment.
+	queued   []queuedSpan
+	sessions uint64
+	// discarded is the last session whose queued messages the processor
+	// dropped (a type lookup failed; 0: none): what that session and the
+	// ones before it queued is handed over only as far as handedEnd says,
+	// and the rest is sent again.
+	discarded atomic.Uint64
 
 	// inlining is the session's inliner while the reader processes a
 	// message itself (inline.go), for Interrupt.
@@ -453,6 +457,43 @@ type wal struct {
 	start pglogrepl.LSN
 	// session is set on the marker that starts a new session.
 	session bool
+	// seq is the session that received it (Stream.sessions).
+	seq uint64
+}
+
+// queuedSpan is how far one session's queued messages hand over to.
+type queuedSpan struct {
+	seq uint64
+	end pglogrepl.LSN
+}
+
+// noteQueued records that w, of the current session, was queued.
+func (s *Stream) noteQueued(w *wal) {
+	end := queuedTo(w.data)
+	if end == 0 {
+		return
+	}
+	if n := len(s.queued); n > 0 && s.queued[n-1].seq == w.seq {
+		s.queued[n-1].end = max(s.queued[n-1].end, end)
+		return
+	}
+	s.queued = append(s.queued, queuedSpan{seq: w.seq, end: end})
+}
+
+// queuedEnd is how far what the sessions queued hands over to, but for
+// the sessions whose queue the processor dropped (discarded), and
+// forgets the spans already handed over.
+func (s *Stream) queuedEnd(handed pglogrepl.LSN) pglogrepl.LSN {
+	dropped := s.discarded.Load()
+	var end pglogrepl.LSN
+	s.queued = slices.DeleteFunc(s.queued, func(q queuedSpan) bool {
+		if q.seq <= dropped || q.end <= handed {
+			return true
+		}
+		end = max(end, q.end)
+		return false
+	})
+	return end
 }
 
 // session runs one replication connection until it fails or ctx ends.
@@ -461,6 +502,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	case <-s.interrupt: // meant for a session that has ended
 	default:
 	}
+	s.sessions++
 	conn := s.first.Swap(nil)
 	if conn == nil {
 		var err error
@@ -533,7 +575,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	// until the server's wal_sender_timeout ended it, again and again.
 	var keep *time.Timer // enqueue's
 	s.busy.Add(1)
-	if err := s.enqueue(ctx, conn, msgs, wal{session: true}, procErr, &keep); err != nil {
+	if err := s.enqueue(ctx, conn, msgs, wal{session: true, seq: s.sessions}, procErr, &keep); err != nil {
 		s.busy.Add(-1)
 		if ctx.Err() != nil {
 			return nil
@@ -672,7 +714,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 				if uint64(end) > s.received.Load() {
 					s.received.Store(uint64(end))
 				}
-				w := wal{data: append([]byte(nil), xld.WALData...), start: xld.WALStart}
+				w := wal{data: append([]byte(nil), xld.WALData...), start: xld.WALStart, seq: s.sessions}
 				in.received(len(w.data))
 				if done, err := in.try(ctx, w); done || err != nil {
 					if err != nil {
@@ -688,7 +730,7 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 					s.busy.Add(-1)
 					return err
 				}
-				s.queuedEnd = max(s.queuedEnd, queuedTo(w.data))
+				s.noteQueued(&w)
 			}
 		case *pgproto3.ErrorResponse:
 			return streamError(s.cfg.Slot, s.cfg.Publication, pgconn.ErrorResponseToPgError(msg))
