@@ -103,6 +103,18 @@ func (e *ServerChangedError) PublicReason() string {
 		e.restart()
 }
 
+// refuses reports whether the server e judged would be refused against a
+// read position of p too, on the same previous server.
+func (e *ServerChangedError) refuses(p pglogrepl.LSN) bool {
+	switch {
+	case e.SystemID != e.PrevSystemID:
+		return true
+	case e.Timeline != e.PrevTimeline:
+		return e.Fork == 0 || e.Fork < p
+	}
+	return e.WALEnd < p
+}
+
 // restart says what a restart does with the journal's checkpoint, by
 // case (engine.New, pipeline.UseCheckpoint).
 func (e *ServerChangedError) restart() string {
@@ -155,8 +167,10 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// handed over: counted, it stated a position this process never read
 	// to, and a server that carries on what was handed over was refused
 	// for good; a later session's queue still counts (found by reviews).
-	own := max(s.handedEnd, s.idleAsked, s.queuedEnd(s.handedEnd))
+	handed := max(s.handedEnd, s.idleAsked)
+	own := max(handed, s.queuedEnd(s.handedEnd))
 	read := max(s.flushed, own, s.baseline)
+	readHanded := max(s.flushed, handed, s.baseline)
 	s.mu.Unlock()
 	// A process that has read nothing yet judges the server by the
 	// journal's position as it is now (Journaled), not by the one it
@@ -181,6 +195,15 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		fork, e, err = judge(ctx, conn, s.cfg.Slot, sys, prev, read)
 		if err != nil {
 			return err
+		}
+		if e != nil && !e.refuses(readHanded) {
+			// Refused only by what is still queued: judged again at the
+			// next try, by when the processor has handed it over (the
+			// refusal then holds for good) or dropped it (a failed type
+			// lookup: it is forgotten). Kept, a drop that came after
+			// this judgment left a server that carries on everything
+			// handed over refused for good (found by a review).
+			sticky = false
 		}
 	}
 	// accepted is the journal's position a session judged by it (one of

@@ -64,11 +64,8 @@ func TestFailoverToAServerBehind(t *testing.T) {
 	if got := slotConfirmedLSN(t, old); got > walEnd(old) {
 		t.Errorf("the new server's slot was told %s, past its WAL's end", got)
 	}
-	ch, _ := rec.snapshot()
-	for _, c := range ch {
-		if email, _ := c.Relation.Get(c.New, "email"); email.V == "after@x" {
-			t.Errorf("the new server's transaction was handed over while the stream refuses it")
-		}
+	if handedOver(rec, "after@x") {
+		t.Errorf("the new server's transaction was handed over while the stream refuses it")
 	}
 }
 
@@ -98,13 +95,7 @@ func TestStandbyReachedForAMomentIsTriedAgain(t *testing.T) {
 	px.SwitchTo(primary.Addr())
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (3, 'after@x')`)
 	testutil.Eventually(t, 60*time.Second, "the primary's transaction after the standby", func() bool {
-		ch, _ := rec.snapshot()
-		for _, c := range ch {
-			if email, _ := c.Relation.Get(c.New, "email"); email.V == "after@x" {
-				return true
-			}
-		}
-		return false
+		return handedOver(rec, "after@x")
 	})
 }
 
@@ -275,7 +266,8 @@ func TestJournalForkJudgedAgainForAProcessThatRead(t *testing.T) {
 // with its queue holding what the old timeline has past the new one's
 // fork: transactions, or non-transactional logical messages (each handed
 // over as a transaction of its own). The next session judges the new
-// server against what was queued too, and refuses it. It judged it
+// server against what was queued too, and refuses it, for good once the
+// queue is handed over. It judged it
 // against what had been handed over, accepted it, and the queue of the
 // old timeline past the fork was handed over after it (found by two
 // reviews).
@@ -301,19 +293,8 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 
 			px := testutil.NewSwitchProxy(t, primary.Addr())
 			gate := make(chan struct{})
-			defer close(gate)
-			var first atomic.Bool
-			first.Store(true)
 			s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
-				c.OnSession = func(ctx context.Context) {
-					if !first.Swap(false) {
-						return
-					}
-					select { // the processor stalls at the first session's start
-					case <-gate:
-					case <-ctx.Done():
-					}
-				}
+				c.OnSession = stallFirstSession(gate)
 			})
 			testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
 			if q := s.queued; len(q) != 1 || q[0].end <= fork {
@@ -327,9 +308,14 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 				}
 				return strings.Contains(s.Stats().Problem, "refuses to stream")
 			})
-			if s.changed.Load() == nil {
-				t.Error("the refusal of a server that forked below what this process queued is judged again")
+			// Judged again while the queue waits (a failed type lookup
+			// may yet drop it: TestRefusalByAQueueDroppedAfterIt), for
+			// good once it is handed over.
+			if s.changed.Load() != nil {
+				t.Error("a refusal due to what is still queued is kept for the rest of the process")
 			}
+			close(gate)
+			testutil.Eventually(t, 30*time.Second, "the refusal kept once the queue is handed over", func() bool { return s.changed.Load() != nil })
 		})
 	}
 }
@@ -370,24 +356,9 @@ func TestQueuedEndForgetsOnlyDiscardedSessions(t *testing.T) {
 // carries on what was handed over, and is streamed from. Counted, it was
 // refused for the rest of the process (found by a review).
 func TestFailoverAfterADiscardedBacklog(t *testing.T) {
-	primary, db := sourceCluster(t)
-	db.Exec(t, `CREATE TYPE mood AS ENUM ('sad', 'happy')`, `CREATE TABLE moods (id int PRIMARY KEY, m mood)`,
-		`ALTER PUBLICATION dzhook ADD TABLE moods`,
-		`INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 300) g`)
-	cl, promoted, _, _ := promote(t, primary) // forks after the 300 rows' transaction
-	sql := []string{`INSERT INTO moods VALUES (1, 'happy')`}
-	for i := 301; i <= 400; i++ {
-		sql = append(sql, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i))
-	}
-	db.Exec(t, sql...)
+	primary, db, cl, promoted, _ := moodsPastAFork(t, 300)
 
-	pool, err := pgxpool.New(context.Background(), db.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	types := &flakyTypes{catalog: &catalogTypes{pool: pool}}
-	types.fails.Store(1) // the moods row's lookup, after the fork
+	types := flakyCatalog(t, db, 1) // the moods row's lookup, after the fork
 	px := testutil.NewSwitchProxy(t, primary.Addr())
 	rec := newRecorder(true)
 	// A handler that takes a while: the reader hands messages over to
@@ -413,13 +384,50 @@ func TestFailoverAfterADiscardedBacklog(t *testing.T) {
 	rec.mu.Unlock()
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1000, 'after@x')`)
 	testutil.Eventually(t, 30*time.Second, "the promoted server's transaction handed over", func() bool {
-		ch, _ := rec.snapshot()
-		for _, c := range ch {
-			if email, _ := c.Relation.Get(c.New, "email"); email.V == "after@x" {
-				return true
-			}
+		return handedOver(rec, "after@x")
+	})
+}
+
+// TestRefusalByAQueueDroppedAfterIt: the promoted server is judged while
+// the last session's queue, past the fork, is still to be processed, and
+// refused; the processor then fails a type lookup in that queue and drops
+// the rest of it, so nothing past the fork is ever handed over. The
+// refusal, due to the queue alone, is judged again, and the promoted
+// server, which carries on everything handed over, is streamed from. It
+// was refused for the rest of the process (found by a review).
+func TestRefusalByAQueueDroppedAfterIt(t *testing.T) {
+	primary, db, cl, promoted, fork := moodsPastAFork(t, 10)
+
+	types := flakyCatalog(t, db, 1) // the moods row's lookup, past the fork
+	px := testutil.NewSwitchProxy(t, primary.Addr())
+	gate := make(chan struct{})
+	rec := newRecorder(true)
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, rec, func(c *Config) {
+		c.types = types
+		c.OnSession = stallFirstSession(gate)
+	})
+	types.stream.Store(s)
+	testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
+	if q := s.queued; len(q) != 1 || q[0].end <= fork {
+		t.Fatalf("the queue (%+v) does not reach past the fork (%s)", q, fork)
+	}
+	px.SwitchTo(cl.Addr())
+	testutil.Eventually(t, 30*time.Second, "the promoted server refused while the queue waits", func() bool {
+		return strings.Contains(s.Stats().Problem, "refuses to stream")
+	})
+	if s.changed.Load() != nil {
+		t.Error("a refusal due to the queue alone is kept for the rest of the process")
+	}
+	close(gate) // the processor hands the 10 rows over, fails the moods lookup, drops the rest
+	testutil.Eventually(t, 60*time.Second, "the promoted server streamed from", func() bool {
+		if s.changed.Load() != nil {
+			t.Fatalf("refused for the rest of the process: %s", s.Stats().Problem)
 		}
-		return false
+		return types.handed.Load() == 1 && s.Stats().Connected
+	})
+	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1000, 'after@x')`)
+	testutil.Eventually(t, 30*time.Second, "the promoted server's transaction handed over", func() bool {
+		return handedOver(rec, "after@x")
 	})
 }
 
@@ -549,6 +557,69 @@ func TestStandbyThroughARestoreRefusesForGood(t *testing.T) {
 	if b.changed.Load() == nil {
 		t.Errorf("the refusal of a server whose WAL ends before the journal's position, on its timeline, is judged again at the next try")
 	}
+}
+
+// moodsPastAFork is a source cluster (primary, its database dz) with
+// users 1 to n committed in one transaction, a copy of it promoted after
+// them (cl, its database dz, where its timeline forked), and on the old
+// primary past the fork a row of a table with an enum column (moods:
+// the type's lookup comes then), then users n+1 to 400, a transaction
+// each.
+func moodsPastAFork(t *testing.T, n int) (*pgtest.Cluster, *pgtest.DB, *pgtest.Cluster, *pgtest.DB, pglogrepl.LSN) {
+	t.Helper()
+	primary, db := sourceCluster(t)
+	db.Exec(t, `CREATE TYPE mood AS ENUM ('sad', 'happy')`, `CREATE TABLE moods (id int PRIMARY KEY, m mood)`,
+		`ALTER PUBLICATION dzhook ADD TABLE moods`,
+		fmt.Sprintf(`INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, %d) g`, n))
+	cl, promoted, _, fork := promote(t, primary)
+	sql := []string{`INSERT INTO moods VALUES (1, 'happy')`}
+	for i := n + 1; i <= 400; i++ {
+		sql = append(sql, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i))
+	}
+	db.Exec(t, sql...)
+	return primary, db, cl, promoted, fork
+}
+
+// stallFirstSession is an OnSession that holds the processor at the
+// first session's start until gate is closed: every message after it is
+// queued, up to the queue's 256.
+func stallFirstSession(gate <-chan struct{}) func(context.Context) {
+	var first atomic.Bool
+	first.Store(true)
+	return func(ctx context.Context) {
+		if !first.Swap(false) {
+			return
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// handedOver reports whether a users row with email was handed to rec.
+func handedOver(rec *recorder, email string) bool {
+	ch, _ := rec.snapshot()
+	for _, c := range ch {
+		if v, _ := c.Relation.Get(c.New, "email"); v.V == email {
+			return true
+		}
+	}
+	return false
+}
+
+// flakyCatalog is a type loader on db's catalog whose first fails
+// lookups fail.
+func flakyCatalog(t *testing.T, db *pgtest.DB, fails int32) *flakyTypes {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	types := &flakyTypes{catalog: &catalogTypes{pool: pool}}
+	types.fails.Store(fails)
+	return types
 }
 
 // sourceCluster is a cluster of its own (to be copied) with database dz,

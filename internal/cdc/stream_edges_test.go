@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
@@ -56,19 +55,9 @@ func TestNewSessionWaitsForRoomAsAMessageDoes(t *testing.T) {
 	db := setupRef(t)
 	rec := newRecorder(true)
 	gate := make(chan struct{})
-	var first atomic.Bool
-	first.Store(true)
 	s := startStreamWith(t, db, rec, func(c *Config) {
 		c.StatusInterval = 200 * time.Millisecond
-		c.OnSession = func(ctx context.Context) {
-			if !first.Swap(false) {
-				return
-			}
-			select { // the processor stalls at the first session's start
-			case <-gate:
-			case <-ctx.Done():
-			}
-		}
+		c.OnSession = stallFirstSession(gate)
 	})
 	defer close(gate)
 	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(1, 1000) g`)
@@ -117,12 +106,7 @@ func TestTypeLookupFailureReconnects(t *testing.T) {
 	for _, inline := range []bool{true, false} {
 		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
 			db := setupRef(t)
-			pool, err := pgxpool.New(context.Background(), db.DSN)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(pool.Close)
-			types := &flakyTypes{catalog: &catalogTypes{pool: pool}}
+			types := flakyCatalog(t, db, 0)
 			rec := newRecorder(true)
 			s := startStreamWith(t, db, rec, func(c *Config) { c.types = types })
 			types.stream.Store(s)
