@@ -71,6 +71,9 @@ type ServerChangedError struct {
 	// Journal is set, the journal's checkpoint (another process's read).
 	Read    pglogrepl.LSN
 	Journal bool
+	// Queued: the server is refused because of what the stream queued
+	// and has not handed over yet, past the fork, alone; judged again.
+	Queued bool
 }
 
 func (e *ServerChangedError) Error() string { return e.PublicReason() }
@@ -96,6 +99,10 @@ func (e *ServerChangedError) PublicReason() string {
 	default:
 		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s, before %s, where %s already read to: a failover to a standby that was behind",
 			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Read, reader)
+	}
+	if e.Queued {
+		return what + ", counting what the last session received and has not yet handed over, past the fork. dzhook refuses to stream from it for now and judges it again: " +
+			"once those messages are handed over the refusal holds (with what it says then), and if they are dropped (a type lookup that failed) the server may carry on what was handed over"
 	}
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
@@ -196,13 +203,18 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		if err != nil {
 			return err
 		}
-		if e != nil && !e.refuses(readHanded) {
-			// Refused only by what is still queued: judged again at the
-			// next try, by when the processor has handed it over (the
-			// refusal then holds for good) or dropped it (a failed type
-			// lookup: it is forgotten). Kept, a drop that came after
-			// this judgment left a server that carries on everything
-			// handed over refused for good (found by a review).
+		if e != nil && e.SystemID == e.PrevSystemID && e.Timeline != e.PrevTimeline && e.Fork != 0 && !e.refuses(readHanded) {
+			// A fork refused only by what is still queued: judged again
+			// at the next try, by when the processor has handed it over
+			// (the refusal then holds for good) or dropped it (a failed
+			// type lookup: it is forgotten). Kept, a drop that came
+			// after this judgment left a server that carries on
+			// everything handed over refused for good (found by a
+			// review). Not a WAL that ends before the queue on the same
+			// timeline (a restore): its end moves on, and judged again
+			// once past the queue it was accepted, unrecorded (found by
+			// the next review).
+			e.Queued = true
 			sticky = false
 		}
 	}

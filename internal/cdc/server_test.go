@@ -314,6 +314,9 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 			if s.changed.Load() != nil {
 				t.Error("a refusal due to what is still queued is kept for the rest of the process")
 			}
+			if p := s.Stats().Problem; !strings.Contains(p, "not yet handed over") || strings.Contains(p, "fresh journal.schema") {
+				t.Errorf("Problem = %q, want it to say the queue decides, without the way out of a final refusal", p)
+			}
 			close(gate)
 			testutil.Eventually(t, 30*time.Second, "the refusal kept once the queue is handed over", func() bool { return s.changed.Load() != nil })
 		})
@@ -346,6 +349,53 @@ func TestQueuedEndForgetsOnlyDiscardedSessions(t *testing.T) {
 				t.Errorf("queuedEnd(%s) = %s with %d spans left, want %s with %d", tc.handed, got, len(s.queued), tc.want, tc.left)
 			}
 		})
+	}
+}
+
+// TestRestoreInsideTheQueueRefusedForGood: a restore (the same cluster
+// and timeline) whose WAL ends between what was handed over and what is
+// still queued is refused for the rest of the process, and recorded
+// (OnRefused), as one below what was handed over is: its WAL's end moves
+// on, and a refusal judged again, like a fork's due to the queue alone,
+// was accepted once the restored WAL passed the queue, the lost branch
+// handed over and the restored server's transactions below it skipped
+// (found by a review).
+func TestRestoreInsideTheQueueRefusedForGood(t *testing.T) {
+	primary, db := sourceCluster(t)
+	snap, err := primary.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(snap.Close)
+	var sql []string
+	for i := 1; i <= 400; i++ {
+		sql = append(sql, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i))
+	}
+	db.Exec(t, sql...)
+
+	px := testutil.NewSwitchProxy(t, primary.Addr())
+	gate := make(chan struct{})
+	defer close(gate)
+	recorded := make(chan pglogrepl.LSN, 64)
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
+		c.OnSession = stallFirstSession(gate)
+		c.OnRefused = func(_ context.Context, e *ServerChangedError) { recorded <- e.WALEnd }
+	})
+	testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
+	px.SwitchTo(snap.Addr())
+	testutil.Eventually(t, 30*time.Second, "the restored server refused", func() bool {
+		return strings.Contains(s.Stats().Problem, "refuses to stream")
+	})
+	if s.changed.Load() == nil {
+		t.Error("the refusal of a restore whose WAL ends inside the queue is judged again")
+	}
+	select {
+	case w := <-recorded:
+		if q := s.changed.Load(); q != nil && w >= q.Read {
+			t.Errorf("recorded WAL end %s, not below what was read (%s)", w, q.Read)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the restore was not told to OnRefused (recorded in the journal)")
 	}
 }
 
