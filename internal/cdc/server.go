@@ -73,7 +73,9 @@ type ServerChangedError struct {
 	Journal bool
 	// Queued: the server is refused because of what the stream queued
 	// and has not handed over yet, past the fork, alone; judged again.
+	// Handed is what was handed over then.
 	Queued bool
+	Handed pglogrepl.LSN
 }
 
 func (e *ServerChangedError) Error() string { return e.PublicReason() }
@@ -101,8 +103,9 @@ func (e *ServerChangedError) PublicReason() string {
 			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Read, reader)
 	}
 	if e.Queued {
-		return what + ", counting what the last session received and has not yet handed over, past the fork. dzhook refuses to stream from it for now and judges it again: " +
-			"once those messages are handed over the refusal holds (with what it says then), and if they are dropped (a type lookup that failed) the server may carry on what was handed over"
+		return fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s: above what this dzhook handed over (%s), below what it received and has not yet handed over (to %s). "+
+			"dzhook refuses to stream from it for now and judges it again: once those messages are handed over the refusal holds, and if they are dropped (a type lookup that failed) the server carries on what was handed over and is streamed from",
+			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Handed, e.Read)
 	}
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
 		"Events of what the old server committed and this one lacks are lost with it (recreate them from the source tables if they matter). " +
@@ -214,7 +217,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// timeline (a restore): its end moves on, and judged again
 			// once past the queue it was accepted, unrecorded (found by
 			// the next review).
-			e.Queued = true
+			e.Queued, e.Handed = true, readHanded
 			sticky = false
 		}
 	}
@@ -267,7 +270,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		// Once per reason: a refusal that is not kept is judged again at
 		// every try (up to every 30 s, for as long as it lasts).
 		lvl := slog.LevelError
-		why := fmt.Sprintf("%s/%s %d/%d %s %s", e.SystemID, e.PrevSystemID, e.Timeline, e.PrevTimeline, e.Read, e.Fork) // not the WAL's end, which moves
+		why := fmt.Sprintf("%s/%s %d/%d %s %s %t", e.SystemID, e.PrevSystemID, e.Timeline, e.PrevTimeline, e.Read, e.Fork, e.Queued) // not the WAL's end, which moves
 		if last := s.lastRefusal.Swap(&why); last != nil && *last == why {
 			lvl = slog.LevelDebug
 		}

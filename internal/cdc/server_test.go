@@ -314,8 +314,8 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 			if s.changed.Load() != nil {
 				t.Error("a refusal due to what is still queued is kept for the rest of the process")
 			}
-			if p := s.Stats().Problem; !strings.Contains(p, "not yet handed over") || strings.Contains(p, "fresh journal.schema") {
-				t.Errorf("Problem = %q, want it to say the queue decides, without the way out of a final refusal", p)
+			if p := s.Stats().Problem; !strings.Contains(p, "left timeline 1 at "+fork.String()) || !strings.Contains(p, "not yet handed over") || strings.Contains(p, "fresh journal.schema") {
+				t.Errorf("Problem = %q, want the fork named and the queue said to decide, without the way out of a final refusal", p)
 			}
 			close(gate)
 			testutil.Eventually(t, 30*time.Second, "the refusal kept once the queue is handed over", func() bool { return s.changed.Load() != nil })
