@@ -181,7 +181,7 @@ func TestFirstBackAfterAnOutageTakesNothingOver(t *testing.T) {
 		}
 		return n
 	}
-	testutil.Eventually(t, 10*time.Second, "A's five deliveries journaled as its own", func() bool { return ownedBy("iA") == 5 })
+	testutil.Eventually(t, 30*time.Second, "A's five deliveries journaled as its own", func() bool { return ownedBy("iA") == 5 })
 	sa.stall()
 	sb.stall()
 	testutil.Eventually(t, 10*time.Second, "A's heartbeat three heartbeats old", func() bool {

@@ -670,8 +670,11 @@ func heldReceiver(t *testing.T, fail bool) (rc *testutil.Receiver, release func(
 	held := make(chan struct{})
 	var once sync.Once
 	release = func() { once.Do(func() { close(held) }) }
-	t.Cleanup(release)
 	rc = testutil.NewReceiver(t)
+	// After the receiver's: cleanups run last first, and the server's
+	// Close waits for the held answer (a test that failed before its
+	// release hung until the suite's timeout).
+	t.Cleanup(release)
 	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
 		if n == 1 {
 			<-held
