@@ -26,6 +26,9 @@ type processor struct {
 	// reconnection. skipBelow: its changes with a smaller ordinal were.
 	skipAll   bool
 	skipBelow int
+	// told: the stream knows a change of the current transaction was
+	// handed over (Stream.partialEnd).
+	told bool
 
 	lastCommit pglogrepl.LSN // commit LSN of the last transaction handed on in full
 	partial    *txProgress   // a transaction cut short by a lost connection
@@ -123,7 +126,7 @@ func (p *processor) handle(ctx context.Context, w wal) error {
 		if p.inTx {
 			return fmt.Errorf("begin of transaction %d inside transaction %d", m.XID, p.cur.XID)
 		}
-		p.cur, p.ordinal, p.inTx = m, 0, true
+		p.cur, p.ordinal, p.inTx, p.told = m, 0, true, false
 		p.s.inTx.Store(true)
 		p.skipAll, p.skipBelow = m.FinalLSN <= p.lastCommit, 0
 		if p.partial != nil && p.partial.lsn == m.FinalLSN {
@@ -241,6 +244,13 @@ func (p *processor) emit(ctx context.Context, c *Change) error {
 	}
 	c.XID, c.CommitLSN, c.CommitTime, c.Ordinal = p.cur.XID, p.cur.FinalLSN, p.cur.CommitTime, ord
 	p.s.changes.Add(1)
+	if !p.told {
+		// Its events go out before its commit comes, which a lost
+		// connection may cut off: the transaction counts as read up to
+		// its commit record for the next session's judgment.
+		p.s.partialRead(p.cur.FinalLSN + 1)
+		p.told = true
+	}
 	return p.s.cfg.Handler.HandleChange(ctx, c)
 }
 

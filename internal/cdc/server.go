@@ -177,7 +177,12 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// handed over: counted, it stated a position this process never read
 	// to, and a server that carries on what was handed over was refused
 	// for good; a later session's queue still counts (found by reviews).
-	handed := max(s.handedEnd, s.idleAsked)
+	// A transaction cut off before its commit counts up to its commit
+	// record once one of its changes was handed over (their events went
+	// out): judged without it, a fork below its commit was accepted, and
+	// a transaction of the new timeline committed at the same position
+	// lost its first changes, skipped as handed (found by a review).
+	handed := max(s.handedEnd, s.idleAsked, s.partialEnd)
 	own := max(handed, s.queuedEnd(s.handedEnd))
 	read := max(s.flushed, own, s.baseline)
 	readHanded := max(s.flushed, handed, s.baseline)

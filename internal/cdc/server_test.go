@@ -265,21 +265,31 @@ func TestJournalForkJudgedAgainForAProcessThatRead(t *testing.T) {
 // catch-up, the processor stalled (held here at the session's start),
 // with its queue holding what the old timeline has past the new one's
 // fork: transactions, or non-transactional logical messages (each handed
-// over as a transaction of its own). The next session judges the new
+// over as a transaction of its own), or the first part of a transaction
+// whose commit the session never received. The next session judges the new
 // server against what was queued too, and refuses it, for good once the
 // queue is handed over. It judged it
 // against what had been handed over, accepted it, and the queue of the
 // old timeline past the fork was handed over after it (found by two
 // reviews).
 func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
+	row := func(i int) string { return fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i) }
 	for _, tc := range []struct {
 		name string
 		sql  func(i int) string
+		// after, when set, is what the old primary commits past the fork
+		// instead of sql's 11th to 400th.
+		after string
 	}{
-		{"transactions", func(i int) string { return fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i) }},
+		{"transactions", row, ""},
 		{"logical messages", func(int) string {
 			return `SELECT pg_logical_emit_message(false, 'dzdesk', '{"event":"x.y","data":{}}')`
-		}},
+		}, ""},
+		// One transaction of 390 rows, its commit beyond what the queue
+		// holds: the changes handed over before it come count up to its
+		// commit record (found by a review: its events went out, and the
+		// new timeline was accepted below it).
+		{"a transaction cut short", row, `INSERT INTO users (id, email) SELECT g, 'u' || g || '@x' FROM generate_series(11, 400) g`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			primary, db := sourceCluster(t)
@@ -289,6 +299,9 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 			}
 			db.Exec(t, sql[:10]...)
 			cl, _, _, fork := promote(t, primary) // forks after the first 10
+			if tc.after != "" {
+				sql = append(sql[:10], tc.after)
+			}
 			db.Exec(t, sql[10:]...)
 
 			px := testutil.NewSwitchProxy(t, primary.Addr())

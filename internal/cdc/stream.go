@@ -179,12 +179,15 @@ type Stream struct {
 	// does not wait for it.
 	abandoned atomic.Bool
 
-	mu        sync.Mutex
-	pending   []txEnd       // transactions handed on and not yet acknowledged
-	procDone  chan struct{} // closed when the processor has stopped
-	flushed   pglogrepl.LSN // last flush position reported
-	handedEnd pglogrepl.LSN // end of the last transaction handed on
-	server    server        // the server the last session streamed from (server.go)
+	mu      sync.Mutex
+	pending []txEnd // transactions handed on and not yet acknowledged
+	// partialEnd is just past the commit record of the last transaction
+	// with a change handed on, committed or not (checkServer).
+	partialEnd pglogrepl.LSN
+	procDone   chan struct{} // closed when the processor has stopped
+	flushed    pglogrepl.LSN // last flush position reported
+	handedEnd  pglogrepl.LSN // end of the last transaction handed on
+	server     server        // the server the last session streamed from (server.go)
 	// baseline is where a process read to before this one's sessions,
 	// which every session's server must carry on: Config.Resume's
 	// position, then the journal's that a session judged by it was
@@ -795,9 +798,13 @@ func (s *Stream) drained() bool {
 // handed over to (0: nowhere yet). pgoutput's Commit carries the end of
 // the transaction's commit record after its flags and commit position; a
 // non-transactional logical message (processor.standalone) is handed over
-// as a transaction of its own, ending at its LSN, after its flags.
+// as a transaction of its own, ending at its LSN, after its flags; a
+// Begin's changes are handed over before its commit comes, and count up
+// to its commit record (its final LSN, first).
 func queuedTo(d []byte) pglogrepl.LSN {
 	switch {
+	case len(d) >= 9 && d[0] == 'B':
+		return pglogrepl.LSN(binary.BigEndian.Uint64(d[1:9])) + 1
 	case len(d) >= 26 && d[0] == 'C':
 		return pglogrepl.LSN(binary.BigEndian.Uint64(d[10:18]))
 	case len(d) >= 10 && d[0] == 'M' && d[1]&1 == 0:
@@ -880,6 +887,14 @@ func (s *Stream) advance() pglogrepl.LSN {
 		s.flushed = s.idleAsked
 	}
 	return s.flushed
+}
+
+// partialRead records that a change of a transaction whose commit record
+// starts at end-1 was handed on.
+func (s *Stream) partialRead(end pglogrepl.LSN) {
+	s.mu.Lock()
+	s.partialEnd = max(s.partialEnd, end)
+	s.mu.Unlock()
 }
 
 // handed records a transaction given to the handler, to be acknowledged.
