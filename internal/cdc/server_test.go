@@ -341,7 +341,8 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 // those before them; a later session's queue still counts (a stale
 // discard wiped every session's, and brought back the accepted failover
 // of TestFailoverWithABacklogJudgedWithIt: found by a review). Spans
-// already handed over are forgotten.
+// already handed over are forgotten, and all of them once every queued
+// message has been processed.
 func TestQueuedEndForgetsOnlyDiscardedSessions(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
@@ -354,14 +355,64 @@ func TestQueuedEndForgetsOnlyDiscardedSessions(t *testing.T) {
 		{"the last session's queue dropped", 3, 50, 0, 0},
 		{"all handed over", 0, 300, 0, 0},
 		{"the first two handed over", 0, 200, 300, 1},
+		{"everything processed", 0, 0, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &Stream{queued: []queuedSpan{{1, 100}, {2, 200}, {3, 300}}}
 			s.discarded.Store(tc.discarded)
+			s.busy.Store(1) // some of it still to be processed
+			if tc.name == "everything processed" {
+				s.busy.Store(0)
+			}
 			if got := s.queuedEnd(tc.handed); got != tc.want || len(s.queued) != tc.left {
 				t.Errorf("queuedEnd(%s) = %s with %d spans left, want %s with %d", tc.handed, got, len(s.queued), tc.want, tc.left)
 			}
 		})
+	}
+}
+
+// TestBeginAloneInTheQueue: the queue ends with the Begin of a
+// transaction past the fork, its first change not yet queued when the
+// failover cuts the session. Refused while the queue waits; once it is
+// processed, nothing of that transaction was handed over, and the
+// promoted server, which carries on everything handed over, is streamed
+// from. The Begin's span stayed, and refused it at every try (found by a
+// review).
+func TestBeginAloneInTheQueue(t *testing.T) {
+	primary, db := sourceCluster(t)
+	// A transaction of 3 rows (Begin, Relation, 3 inserts, Commit: 6
+	// messages), then 83 of one row (3 each): 255 messages; the 256th is
+	// the next transaction's Begin, and the reader holds its first change.
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'a1'), (2, 'a2'), (3, 'a3')`)
+	var sql []string
+	for i := 4; i < 4+83; i++ {
+		sql = append(sql, fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i))
+	}
+	db.Exec(t, sql...)
+	cl, promoted, _, _ := promote(t, primary) // forks after all of them
+	db.Exec(t, `INSERT INTO users (id, email) SELECT g, 'v' || g || '@x' FROM generate_series(1000, 1400) g`)
+
+	px := testutil.NewSwitchProxy(t, primary.Addr())
+	gate := make(chan struct{})
+	rec := newRecorder(true)
+	s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, rec, func(c *Config) {
+		c.OnSession = stallFirstSession(gate)
+	})
+	testutil.Eventually(t, 30*time.Second, "the reader blocked behind a full queue", func() bool { return s.busy.Load() >= 256+2 })
+	px.SwitchTo(cl.Addr())
+	testutil.Eventually(t, 30*time.Second, "the promoted server refused while the queue waits", func() bool {
+		return strings.Contains(s.Stats().Problem, "refuses to stream")
+	})
+	close(gate)
+	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (2000, 'after@x')`)
+	testutil.Eventually(t, 60*time.Second, "the promoted server's transaction handed over", func() bool {
+		if s.changed.Load() != nil {
+			t.Fatalf("refused for the rest of the process: %s", s.Stats().Problem)
+		}
+		return handedOver(rec, "after@x")
+	})
+	if handedOver(rec, "v1000@x") {
+		t.Error("a change of the old timeline past the fork was handed over")
 	}
 }
 

@@ -487,6 +487,16 @@ func (s *Stream) noteQueued(w *wal) {
 // the sessions whose queue the processor dropped (discarded), and
 // forgets the spans already handed over.
 func (s *Stream) queuedEnd(handed pglogrepl.LSN) pglogrepl.LSN {
+	if s.busy.Load() == 0 {
+		// Every message queued before has been processed: what it handed
+		// over is in handed and partialEnd (recorded before busy went
+		// down), and what it did not (a Begin whose changes never came)
+		// it never will. Kept, a queued Begin alone refused a server
+		// that carries on everything handed over, at every try (found
+		// by a review).
+		s.queued = s.queued[:0]
+		return 0
+	}
 	dropped := s.discarded.Load()
 	var end pglogrepl.LSN
 	s.queued = slices.DeleteFunc(s.queued, func(q queuedSpan) bool {
