@@ -182,7 +182,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// out): judged without it, a fork below its commit was accepted, and
 	// a transaction of the new timeline committed at the same position
 	// lost its first changes, skipped as handed (found by a review).
-	handed := max(s.handedEnd, s.idleAsked, s.partialEnd)
+	handed := max(s.handedEnd, s.idleAsked, pglogrepl.LSN(s.partialEnd.Load()))
 	own := max(handed, s.queuedEnd(s.handedEnd))
 	read := max(s.flushed, own, s.baseline)
 	readHanded := max(s.flushed, handed, s.baseline)

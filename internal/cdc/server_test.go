@@ -346,24 +346,22 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 func TestQueuedEndForgetsOnlyDiscardedSessions(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
+		busy         int64 // messages still to be processed
 		discarded    uint64
 		handed, want pglogrepl.LSN
 		left         int
 	}{
-		{"nothing discarded", 0, 50, 300, 3},
-		{"the second session's queue dropped", 2, 50, 300, 1},
-		{"the last session's queue dropped", 3, 50, 0, 0},
-		{"all handed over", 0, 300, 0, 0},
-		{"the first two handed over", 0, 200, 300, 1},
-		{"everything processed", 0, 0, 0, 0},
+		{"nothing discarded", 1, 0, 50, 300, 3},
+		{"the second session's queue dropped", 1, 2, 50, 300, 1},
+		{"the last session's queue dropped", 1, 3, 50, 0, 0},
+		{"all handed over", 1, 0, 300, 0, 0},
+		{"the first two handed over", 1, 0, 200, 300, 1},
+		{"everything processed", 0, 0, 0, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &Stream{queued: []queuedSpan{{1, 100}, {2, 200}, {3, 300}}}
 			s.discarded.Store(tc.discarded)
-			s.busy.Store(1) // some of it still to be processed
-			if tc.name == "everything processed" {
-				s.busy.Store(0)
-			}
+			s.busy.Store(tc.busy)
 			if got := s.queuedEnd(tc.handed); got != tc.want || len(s.queued) != tc.left {
 				t.Errorf("queuedEnd(%s) = %s with %d spans left, want %s with %d", tc.handed, got, len(s.queued), tc.want, tc.left)
 			}

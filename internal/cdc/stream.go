@@ -183,7 +183,10 @@ type Stream struct {
 	pending []txEnd // transactions handed on and not yet acknowledged
 	// partialEnd is just past the commit record of the last transaction
 	// with a change handed on, committed or not (checkServer).
-	partialEnd pglogrepl.LSN
+	// Only the goroutine processing messages writes it (the processor's,
+	// or the reader's when busy is 0: inline.go), before busy counts the
+	// message down; an atomic, not mu: it moves once per transaction.
+	partialEnd atomic.Uint64
 	procDone   chan struct{} // closed when the processor has stopped
 	flushed    pglogrepl.LSN // last flush position reported
 	handedEnd  pglogrepl.LSN // end of the last transaction handed on
@@ -902,9 +905,9 @@ func (s *Stream) advance() pglogrepl.LSN {
 // partialRead records that a change of a transaction whose commit record
 // starts at end-1 was handed on.
 func (s *Stream) partialRead(end pglogrepl.LSN) {
-	s.mu.Lock()
-	s.partialEnd = max(s.partialEnd, end)
-	s.mu.Unlock()
+	if uint64(end) > s.partialEnd.Load() {
+		s.partialEnd.Store(uint64(end))
+	}
 }
 
 // handed records a transaction given to the handler, to be acknowledged.
