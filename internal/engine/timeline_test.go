@@ -456,7 +456,7 @@ func TestProcessStopsWhenAnotherStartRewoundTheCheckpoint(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, "request 1 delivered and checkpointed", func() bool {
 		return hasRequest(rc, 1) && queryInt(t, db, `SELECT count(*) FROM dzhook.events WHERE commit_lsn <= (SELECT lsn FROM dzhook.checkpoints WHERE slot = 'dzhook')`) == 1
 	})
-	db.Exec(t, `UPDATE dzhook.checkpoints SET timeline = 2, rewound_timeline = 2, rewound_at = end_lsn WHERE slot = 'dzhook'`)
+	db.Exec(t, `UPDATE dzhook.checkpoints SET timeline = 2, rewound_timeline = 2, rewound_at = end_lsn, rewinds_timeline = '{2}', rewinds_at = ARRAY[end_lsn] WHERE slot = 'dzhook'`)
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'r', 1)`)
 	select {
 	case err := <-ran:

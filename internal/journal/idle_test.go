@@ -299,7 +299,7 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `UPDATE dzhook.checkpoints SET lsn = 799, end_lsn = 800, timeline = 2, rewound_timeline = 2, rewound_at = 800 WHERE slot = 'dzhook'`); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE dzhook.checkpoints SET lsn = 799, end_lsn = 800, timeline = 2, rewound_timeline = 2, rewound_at = 800, rewinds_timeline = '{2}', rewinds_at = '{800}' WHERE slot = 'dzhook'`); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
@@ -352,7 +352,7 @@ func TestStreamBatchFencedByTheCheckpoint(t *testing.T) {
 	// delivery, that delivery's attempt and outcome, held or not), writes
 	// the rest (the outcome of a delivery journaled before), says a
 	// barrier's records are not durable whole, and acknowledges nothing.
-	if _, err := s.pool.Exec(ctx, `UPDATE dzhook.checkpoints SET system_id = 'A', timeline = 2, rewound_timeline = 2, rewound_at = 800`); err != nil {
+	if _, err := s.pool.Exec(ctx, `UPDATE dzhook.checkpoints SET system_id = 'A', timeline = 2, rewound_timeline = 2, rewound_at = 800, rewinds_timeline = '{2}', rewinds_at = '{800}'`); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
@@ -473,6 +473,68 @@ func TestStreamBatchAfterAForwardFailover(t *testing.T) {
 	}
 	if cp, err := s.Checkpoint(ctx, "dzhook"); err != nil || cp.LSN != 1200 || cp.Timeline != 2 {
 		t.Errorf("checkpoint %+v (err %v), want 1200 on timeline 2", cp, err)
+	}
+}
+
+// TestStreamBatchFencedByEveryRewind: two rewinds in a row (timeline 1
+// forked at 800 to 2, then 2 at 1200 to 3). A process still reading
+// timeline 1 (the first old primary, left up behind a partition) is
+// refused between the two forks too: with the last rewind alone
+// recorded, its events there passed, with the ids timeline 3's
+// transactions take. Timeline 2's process is refused past its own fork
+// only; what timeline 3 shares with it below passes. The rewinds kept
+// are the last 16.
+func TestStreamBatchFencedByEveryRewind(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	src := ids.NewSource("A")
+	event := func(lsn pglogrepl.LSN) EventRow {
+		return EventRow{ID: src.NewID(lsn, 0, 0), Type: "request.created", Body: []byte(`{}`), CommitLSN: lsn, OccurredAt: time.Now()}
+	}
+	// rewind moves the checkpoint to at on timeline, then back to fork
+	// on the next timeline.
+	rewind := func(at, fork pglogrepl.LSN, timeline int32) {
+		t.Helper()
+		if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: at, Fence: "dzhook", SystemID: "A", Timeline: timeline}); err != nil {
+			t.Fatal(err)
+		}
+		from, err := s.Checkpoint(ctx, "dzhook")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if did, err := s.RewindCheckpoint(ctx, "dzhook", from, src, fork, timeline+1); err != nil || did != Rewound {
+			t.Fatalf("rewind from %s on timeline %d to %s: %v (err %v), want Rewound", at, timeline, fork, did, err)
+		}
+	}
+	rewind(1000, 800, 1)
+	rewind(1500, 1200, 2)
+	for _, c := range []struct {
+		timeline int32
+		lsn      pglogrepl.LSN
+		refused  bool
+	}{
+		{1, 700, false}, {1, 900, true}, {1, 1300, true},
+		{2, 1000, false}, {2, 1300, true},
+		{3, 1300, false},
+	} {
+		err := s.Write(ctx, &Batch{Events: []EventRow{event(c.lsn)}, Fence: "dzhook", SystemID: "A", Timeline: c.timeline})
+		if c.refused && !errors.Is(err, ErrTimelineMoved) || !c.refused && err != nil {
+			t.Errorf("a batch of timeline %d at %s: %v, want refused %v", c.timeline, c.lsn, err, c.refused)
+		}
+		if c.refused && err != nil && c.timeline == 1 && !strings.Contains(err.Error(), "0/320 on timeline 2") {
+			t.Errorf("timeline 1's refusal does not name the first rewind (0/320 on timeline 2): %v", err)
+		}
+	}
+	for i := pglogrepl.LSN(0); i < 15; i++ {
+		rewind(2000+100*i, 1900+100*i, 3+int32(i))
+	}
+	var timelines []int32
+	var ats []int64
+	if err := db.Connect(t).QueryRow(ctx, `SELECT rewinds_timeline, rewinds_at FROM dzhook.checkpoints WHERE slot = 'dzhook'`).Scan(&timelines, &ats); err != nil {
+		t.Fatal(err)
+	}
+	if len(timelines) != 16 || len(ats) != 16 || timelines[0] != 3 || ats[0] != 1200 || timelines[15] != 18 || ats[15] != 3300 {
+		t.Errorf("after 17 rewinds: timelines %v at %v, want the last 16 (timeline 3 at 1200 to timeline 18 at 3300)", timelines, ats)
 	}
 }
 

@@ -120,6 +120,8 @@ func (s *Store) advanceCheckpoint(ctx context.Context, tx pgx.Tx, slot, systemID
 			timeline = CASE WHEN c.lsn > EXCLUDED.lsn THEN c.timeline ELSE EXCLUDED.timeline END,
 			rewound_timeline = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_timeline END,
 			rewound_at = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_at END,
+			rewinds_timeline = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewinds_timeline END,
+			rewinds_at = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewinds_at END,
 			system_id = EXCLUDED.system_id, updated_at = now()`),
 		slot, int64(max(lsn, 1)-1), int64(lsn), systemID, nullTimeline(timeline))
 	if err != nil {
@@ -227,9 +229,14 @@ const (
 // primary's process that took the row first is waited for and its
 // events seen, and one after that reaches the fork is refused whole
 // (ErrTimelineMoved), its process stopping: the move records the fork
-// and the new timeline (rewound_at, rewound_timeline). (The batch took the row last, with its checkpoint:
-// one whose events were written when the lock was taken was not seen,
-// and they landed past the fork after the move; found by a review.)
+// and the new timeline (rewinds_at, rewinds_timeline), appended to the
+// rewinds before it (the last 16 kept), so that a process still reading
+// a timeline older than the last rewind's is fenced by the rewind that
+// left that timeline (version 19 kept the last alone: a second rewind let
+// the first one's straggler through). (The batch took the row last, with
+// its checkpoint: one whose events were written when the lock was taken
+// was not seen, and they landed past the fork after the move; found by a
+// review.)
 // Changes of the SLA table past the fork journal no event but armed
 // timers, for targets the new server may never have had (the timers of
 // its own were deleted by that move): the slot's SLA scan is asked for
@@ -256,7 +263,10 @@ func (s *Store) RewindCheckpoint(ctx context.Context, slot string, from Checkpoi
 			return nil
 		}
 		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET lsn = $2, end_lsn = $3, timeline = $4, restored_below = NULL,
-				rewound_timeline = $4, rewound_at = $3, updated_at = now() WHERE slot = $1`),
+				rewound_timeline = $4, rewound_at = $3,
+				rewinds_timeline = (coalesce(rewinds_timeline, '{}') || $4::integer)[greatest(1, coalesce(array_length(rewinds_timeline, 1), 0) - 14):],
+				rewinds_at = (coalesce(rewinds_at, '{}') || $3::bigint)[greatest(1, coalesce(array_length(rewinds_at, 1), 0) - 14):],
+				updated_at = now() WHERE slot = $1`),
 			slot, int64(max(fork, 1)-1), int64(fork), nullTimeline(timeline)); err != nil {
 			return err
 		}

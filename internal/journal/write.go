@@ -237,7 +237,7 @@ func (s *Store) Write(ctx context.Context, b *Batch) error {
 // the process stops, and its restart judges the server it finds then.
 var ErrTimelineMoved = errors.New("another dzhook's start after a failover moved the slot's checkpoint back to where the new timeline forked")
 
-// fenceRefused is the SQLSTATE of the journal's stream_fence refusal.
+// fenceRefused is the SQLSTATE of the journal's stream_fences refusal.
 const fenceRefused = "DZ001"
 
 // streamEnd is the highest commit position among b's rows the stream
@@ -411,7 +411,7 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		// whole instead of journaling the old timeline's events past the
 		// fork. The function is evaluated again on the row's newest
 		// version once a waited-for lock is granted (READ COMMITTED).
-		batch.Queue(s.q(`SELECT {{schema}}.stream_fence(rewound_timeline, rewound_at, $3, $4) FROM {{schema}}.checkpoints
+		batch.Queue(s.q(`SELECT {{schema}}.stream_fences(rewinds_timeline, rewinds_at, $3, $4) FROM {{schema}}.checkpoints
 			WHERE slot = $1 AND system_id = $2 FOR NO KEY UPDATE`), b.Fence, b.SystemID, b.Timeline, int64(b.streamEnd()))
 	}
 	if n := len(b.Events); n > 0 {
@@ -637,6 +637,8 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				restored_below = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.restored_below END,
 				rewound_timeline = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_timeline END,
 				rewound_at = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewound_at END,
+				rewinds_timeline = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewinds_timeline END,
+				rewinds_at = CASE WHEN c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id THEN c.rewinds_at END,
 				system_id = EXCLUDED.system_id, updated_at = now()
 			WHERE NOT (c.system_id IS NOT DISTINCT FROM EXCLUDED.system_id AND coalesce(EXCLUDED.timeline < c.timeline, false))`),
 			b.Slot, int64(b.Checkpoint), int64(max(b.Checkpoint, b.CheckpointEnd)), nullText(b.SystemID), nullTimeline(b.Timeline))
