@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/ids"
+	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -535,6 +539,46 @@ func TestStreamBatchFencedByEveryRewind(t *testing.T) {
 	}
 	if len(timelines) != 16 || len(ats) != 16 || timelines[0] != 3 || ats[0] != 1200 || timelines[15] != 18 || ats[15] != 3300 {
 		t.Errorf("after 17 rewinds: timelines %v at %v, want the last 16 (timeline 3 at 1200 to timeline 18 at 3300)", timelines, ats)
+	}
+}
+
+// TestRewindKeptThroughTheUpgradeToVersion20: a rewind version 19
+// recorded still fences once the journal is at version 20.
+func TestRewindKeptThroughTheUpgradeToVersion20(t *testing.T) {
+	db := pgtest.NewDB(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := New(pool, "dzhook")
+	upTo19 := fstest.MapFS{}
+	files, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if _, v, err := migrationVersion(f); err == nil && v <= 19 {
+			data, err := fs.ReadFile(migrations, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			upTo19[f] = &fstest.MapFile{Data: data}
+		}
+	}
+	if _, err := s.migrate(ctx, upTo19, migrationLockWait); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO dzhook.checkpoints (slot, lsn, end_lsn, system_id, timeline, rewound_timeline, rewound_at, updated_at)
+		VALUES ('dzhook', 799, 800, 'A', 2, 2, 800, now())`)
+	if _, err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	src := ids.NewSource("A")
+	late := EventRow{ID: src.NewID(900, 0, 0), Type: "request.created", Body: []byte(`{}`), CommitLSN: 900, OccurredAt: time.Now()}
+	if err := s.Write(ctx, &Batch{Events: []EventRow{late}, Fence: "dzhook", SystemID: "A", Timeline: 1}); !errors.Is(err, ErrTimelineMoved) {
+		t.Errorf("a batch of timeline 1 past the fork version 19 recorded: %v, want ErrTimelineMoved", err)
 	}
 }
 
