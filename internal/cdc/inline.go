@@ -133,6 +133,17 @@ func (in *inliner) try(ctx context.Context, w wal) (bool, error) {
 	}
 	err := in.proc.handle(ctx, w)
 	ended := in.end()
+	if err == nil && w.data[0] == 'B' {
+		// A Begin hands nothing over, but its changes may be queued
+		// after it (the streak's end, a busy processor) and handed over
+		// before its commit: counted up to the commit record as a queued
+		// Begin is (queuedTo). Without it, a session cut off before the
+		// commit judged a fork below it without that transaction, and
+		// the queued changes of the dead branch were handed over under
+		// the new timeline (found by a review). Before busy goes down:
+		// queuedEnd forgets every span once busy is 0.
+		in.s.noteQueued(&w)
+	}
 	in.s.busy.Add(-1)
 	if err != nil {
 		if ctx.Err() != nil {

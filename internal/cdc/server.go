@@ -92,15 +92,18 @@ func (e *ServerChangedError) PublicReason() string {
 	case e.SystemID != e.PrevSystemID:
 		what = fmt.Sprintf("replication slot %q is now on another database cluster (system identifier %s, was %s; WAL at %s): its positions cannot be compared with the %s %s read to",
 			e.Slot, e.SystemID, e.PrevSystemID, e.WALEnd, e.Read, reader)
-	case e.WALEnd < e.Read:
-		what = fmt.Sprintf("replication slot %q is now on a server whose WAL ends at %s (timeline %d), before %s, where %s already read to (on timeline %d): a failover to a standby that was behind, or a restore from a backup",
-			e.Slot, e.WALEnd, e.Timeline, e.Read, reader, e.PrevTimeline)
-	case e.Fork == 0:
+	case e.Timeline != e.PrevTimeline && e.Fork != 0:
+		// Whatever its WAL's end: a promoted standby's is usually below
+		// what was read, and the text said "a failover ... or a restore"
+		// without the fork a restart moves back to (found by a review).
+		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s, before %s, where %s already read to: a failover to a standby that was behind",
+			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Read, reader)
+	case e.Timeline != e.PrevTimeline:
 		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d does not descend from timeline %d, on which %s already read to %s: a failover or a restore onto another branch of the cluster's history",
 			e.Slot, e.Timeline, e.PrevTimeline, reader, e.Read)
 	default:
-		what = fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s, before %s, where %s already read to: a failover to a standby that was behind",
-			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Read, reader)
+		what = fmt.Sprintf("replication slot %q is now on a server whose WAL ends at %s (timeline %d), before %s, where %s already read to: a restore from a backup or a snapshot",
+			e.Slot, e.WALEnd, e.Timeline, e.Read, reader)
 	}
 	if e.Queued {
 		return fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s: above what this dzhook handed over (%s), below what it received and has not yet handed over (to %s). "+
@@ -140,6 +143,10 @@ func (e *ServerChangedError) restart() string {
 	}
 	return "A restart moves the journal's checkpoint back to where this server's timeline forked when nothing was journaled past that point; otherwise it refuses too"
 }
+
+// betweenQueueAndPartial runs between checkServer's two reads of what
+// the processor did; a test makes the processor move there.
+var betweenQueueAndPartial = func() {}
 
 // checkServer runs IDENTIFY_SYSTEM on a new session's connection and
 // refuses a server that does not carry on the WAL the stream read
@@ -182,8 +189,16 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// out): judged without it, a fork below its commit was accepted, and
 	// a transaction of the new timeline committed at the same position
 	// lost its first changes, skipped as handed (found by a review).
+	// The queue first: its busy count orders what the processor did
+	// before it went to 0 (partialEnd included) before the load of
+	// partialEnd. Read the other way round, the processor could hand
+	// over a change past a fork and reach 0 in between, and the span of
+	// its queued Begin was forgotten with the stale partialEnd used
+	// (found by a review).
+	queued := s.queuedEnd(s.handedEnd)
+	betweenQueueAndPartial()
 	handed := max(s.handedEnd, s.idleAsked, pglogrepl.LSN(s.partialEnd.Load()))
-	own := max(handed, s.queuedEnd(s.handedEnd))
+	own := max(handed, queued)
 	read := max(s.flushed, own, s.baseline)
 	readHanded := max(s.flushed, handed, s.baseline)
 	s.mu.Unlock()

@@ -2,6 +2,8 @@ package cdc
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	dzsql "github.com/dzdesk/dzhook/deploy/sql"
@@ -411,6 +414,145 @@ func TestBeginAloneInTheQueue(t *testing.T) {
 	})
 	if handedOver(rec, "v1000@x") {
 		t.Error("a change of the old timeline past the fork was handed over")
+	}
+}
+
+// pastTheFork sets up a judgment after a failover (timeline 2, promoted
+// from primary with nothing more written): a stream whose process read
+// to just below the fork on timeline 1, its processor, the Begin of a
+// transaction of timeline 1 committed past the fork and one of its
+// changes (a transactional logical message), and a replication
+// connection to the promoted server. (Messages built by hand: the old
+// timeline's WAL past the fork is not in the copy.)
+func pastTheFork(t *testing.T) (s *Stream, proc *processor, rec *recorder, begin, change wal, conn *pgconn.PgConn) {
+	t.Helper()
+	primary, db := sourceCluster(t)
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'before@x')`)
+	cl, _, sysID, fork := promote(t, primary)
+	rec = newRecorder(true)
+	s, err := New(Config{DSN: cl.DSN("dz"), Slot: "dzhook", Publication: "dzhook", Handler: rec, Logger: testLogger(t),
+		Resume: Resume{SystemID: sysID, Timeline: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.stream = s
+	s.handed(txEnd{commit: fork - 0x100, end: fork - 0x80})
+	proc = newProcessor(s, newRelations(nil))
+	final := fork + 0x4000
+	b := []byte{'B'}
+	b = binary.BigEndian.AppendUint64(b, uint64(final))
+	b = binary.BigEndian.AppendUint64(b, 0) // commit time
+	b = binary.BigEndian.AppendUint32(b, 777)
+	m := []byte{'M', 1}
+	m = binary.BigEndian.AppendUint64(m, uint64(final-0x2000))
+	m = append(append(m, "dzdesk"...), 0)
+	m = append(binary.BigEndian.AppendUint32(m, 2), "{}"...)
+	s.sessions = 1
+	begin = wal{data: b, start: final - 0x3000, seq: 1}
+	change = wal{data: m, start: final - 0x2000, seq: 1}
+	conn, err = ConnectReplication(context.Background(), cl.DSN("dz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return s, proc, rec, begin, change, conn
+}
+
+// TestBeginProcessedByTheReaderCountsItsQueuedChanges: the reader
+// processed a transaction's Begin itself (inline.go, the processor idle),
+// then queued its changes (the streak's end); the session is cut before
+// the commit, which is past the fork. The promoted server is refused
+// while those changes wait: a Begin processed there left no span, and the
+// fork was accepted below that transaction's commit, its queued changes
+// of the dead branch then handed over under timeline 2 (found by a
+// review).
+func TestBeginProcessedByTheReaderCountsItsQueuedChanges(t *testing.T) {
+	ctx := context.Background()
+	s, proc, rec, begin, change, conn := pastTheFork(t)
+	in := newInliner(ctx, s, proc, conn)
+	if done, err := in.try(ctx, begin); !done || err != nil {
+		t.Fatalf("the reader did not process the Begin itself: %v, %v", done, err)
+	}
+	s.busy.Add(1)
+	s.noteQueued(&change)
+	err := s.checkServer(ctx, conn)
+	var changed *ServerChangedError
+	if !errors.As(err, &changed) || !changed.Queued {
+		t.Fatalf("judged with the transaction's change queued: %v, want a refusal that waits on the queue", err)
+	}
+	if err := proc.handle(ctx, change); err != nil {
+		t.Fatal(err)
+	}
+	s.busy.Add(-1)
+	if ch, _ := rec.snapshot(); len(ch) != 1 {
+		t.Fatalf("%d changes handed over, want the one queued", len(ch))
+	}
+	if err := s.checkServer(ctx, conn); !errors.As(err, &changed) || changed.Queued || s.changed.Load() == nil {
+		t.Errorf("judged once the change past the fork was handed over: %v, want a refusal kept for good", err)
+	}
+}
+
+// TestJudgmentReadsTheQueueBeforeWhatWasHanded: the processor hands over
+// the last queued message, a change past the fork of a transaction whose
+// Begin it processed, between the judgment's two reads. The queue is read
+// first: read the other way round, a busy count of 0 dropped the Begin's
+// span while partialEnd was read before the change (found by a review).
+func TestJudgmentReadsTheQueueBeforeWhatWasHanded(t *testing.T) {
+	ctx := context.Background()
+	s, proc, rec, begin, change, conn := pastTheFork(t)
+	for _, w := range []*wal{&begin, &change} {
+		s.busy.Add(1)
+		s.noteQueued(w)
+	}
+	if err := proc.handle(ctx, begin); err != nil {
+		t.Fatal(err)
+	}
+	s.busy.Add(-1)
+	betweenQueueAndPartial = func() {
+		if err := proc.handle(ctx, change); err != nil {
+			t.Error(err)
+		}
+		s.busy.Add(-1)
+	}
+	defer func() { betweenQueueAndPartial = func() {} }()
+	err := s.checkServer(ctx, conn)
+	if ch, _ := rec.snapshot(); len(ch) != 1 {
+		t.Fatalf("%d changes handed over during the judgment, want 1", len(ch))
+	}
+	if err == nil {
+		t.Error("the promoted server was accepted although a change past its fork was handed over during the judgment")
+	}
+}
+
+// TestRefusalTextNamesTheFork: a fork's refusal names the fork and says
+// a failover, whatever the new server's WAL end (a promoted standby's is
+// usually below what was read: the text said "a failover ... or a
+// restore" without the fork); a restore on the same timeline says so.
+func TestRefusalTextNamesTheFork(t *testing.T) {
+	fork := &ServerChangedError{Slot: "dzhook", SystemID: "1", PrevSystemID: "1", Timeline: 2, PrevTimeline: 1,
+		Fork: 0x1955A00, WALEnd: 0x1955AE0, Read: 0x1959A01}
+	restore := &ServerChangedError{Slot: "dzhook", SystemID: "1", PrevSystemID: "1", Timeline: 1, PrevTimeline: 1,
+		WALEnd: 0x1955AE0, Read: 0x1959A01}
+	other := &ServerChangedError{Slot: "dzhook", SystemID: "1", PrevSystemID: "1", Timeline: 3, PrevTimeline: 2,
+		WALEnd: 0x1955AE0, Read: 0x1959A01}
+	for _, c := range []struct {
+		e        *ServerChangedError
+		want     []string
+		wantNone string
+	}{
+		{fork, []string{"timeline 2 left timeline 1 at 0/1955A00", "a failover to a standby that was behind", "moves the journal's checkpoint back"}, "restore"},
+		{restore, []string{"WAL ends at 0/1955AE0", "a restore from a backup or a snapshot"}, "failover"},
+		{other, []string{"timeline 3 does not descend from timeline 2"}, "left timeline"},
+	} {
+		got := c.e.PublicReason()
+		for _, w := range c.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%q lacks %q", got, w)
+			}
+		}
+		if strings.Contains(got, c.wantNone) {
+			t.Errorf("%q says %q", got, c.wantNone)
+		}
 	}
 }
 
