@@ -58,7 +58,7 @@ func (p *processor) run(ctx context.Context, msgs <-chan wal) error {
 		case <-ctx.Done():
 			return nil
 		case w := <-msgs:
-			if p.discard && !w.session {
+			if !w.session && (p.discard || w.seq <= p.s.dropThrough.Load()) {
 				p.s.busy.Add(-1)
 				continue
 			}

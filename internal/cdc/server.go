@@ -72,8 +72,9 @@ type ServerChangedError struct {
 	Read    pglogrepl.LSN
 	Journal bool
 	// Queued: the server is refused because of what the stream queued
-	// and has not handed over yet, past the fork, alone; judged again.
-	// Handed is what was handed over then.
+	// and has not handed over yet, past the fork, alone; that queue is
+	// dropped and the server judged again. Handed is what was handed
+	// over then.
 	Queued bool
 	Handed pglogrepl.LSN
 }
@@ -107,7 +108,7 @@ func (e *ServerChangedError) PublicReason() string {
 	}
 	if e.Queued {
 		return fmt.Sprintf("replication slot %q is now on a server whose timeline %d left timeline %d at %s: above what this dzhook handed over (%s), below what it received and has not yet handed over (to %s). "+
-			"dzhook refuses to stream from it for now and judges it again: once those messages are handed over the refusal holds, and if they are dropped (a type lookup that failed) the server carries on what was handed over and is streamed from",
+			"dzhook refuses to stream from it for now, drops those messages unprocessed (the new server sends again what it shares below the fork) and judges it again once they are gone: it is streamed from unless one past the fork was being handed over",
 			e.Slot, e.Timeline, e.PrevTimeline, e.Fork, e.Handed, e.Read)
 	}
 	return what + ". Its new transactions below that position would be taken for ones already handled and skipped, and reporting the position would move the slot past the server's WAL, so dzhook refuses to stream from it. " +
@@ -227,18 +228,25 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			return err
 		}
 		if e != nil && e.SystemID == e.PrevSystemID && e.Timeline != e.PrevTimeline && e.Fork != 0 && !e.refuses(readHanded) {
-			// A fork refused only by what is still queued: judged again
-			// at the next try, by when the processor has handed it over
-			// (the refusal then holds for good) or dropped it (a failed
-			// type lookup: it is forgotten). Kept, a drop that came
-			// after this judgment left a server that carries on
-			// everything handed over refused for good (found by a
-			// review). Not a WAL that ends before the queue on the same
-			// timeline (a restore): its end moves on, and judged again
-			// once past the queue it was accepted, unrecorded (found by
-			// the next review).
+			// A fork refused only by what is still queued: the processor
+			// drops it (dropThrough), and the server is judged again at
+			// the next try. Every queued message processed or dropped by
+			// then (busy 0, queuedEnd), it is judged by what was handed
+			// over alone: streamed from, its slot sending again what it
+			// shares below the fork, unless the processor had begun to
+			// hand over a message past the fork (the refusal then holds
+			// for good). Left to be handed over, the lost branch's
+			// transactions went out and the refusal held for good,
+			// every start refusing too (found by a review). Not kept: a
+			// drop that came after a kept judgment left a server that
+			// carries on everything handed over refused for good (found
+			// by a review). Not a WAL that ends before the queue on the
+			// same timeline (a restore): its end moves on, and judged
+			// again once past the queue it was accepted, unrecorded
+			// (found by the next review).
 			e.Queued, e.Handed = true, readHanded
 			sticky = false
+			s.dropThrough.Store(s.sessions - 1)
 		}
 	}
 	// accepted is the journal's position a session judged by it (one of

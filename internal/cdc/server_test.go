@@ -301,7 +301,7 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 				sql = append(sql, tc.sql(i))
 			}
 			db.Exec(t, sql[:10]...)
-			cl, _, _, fork := promote(t, primary) // forks after the first 10
+			cl, promoted, _, fork := promote(t, primary) // forks after the first 10
 			if tc.after != "" {
 				sql = append(sql[:10], tc.after)
 			}
@@ -309,7 +309,8 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 
 			px := testutil.NewSwitchProxy(t, primary.Addr())
 			gate := make(chan struct{})
-			s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, newRecorder(true), func(c *Config) {
+			rec := newRecorder(true)
+			s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, rec, func(c *Config) {
 				c.OnSession = stallFirstSession(gate)
 			})
 			testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
@@ -324,17 +325,45 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 				}
 				return strings.Contains(s.Stats().Problem, "refuses to stream")
 			})
-			// Judged again while the queue waits (a failed type lookup
-			// may yet drop it: TestRefusalByAQueueDroppedAfterIt), for
-			// good once it is handed over.
+			// Judged again while the queue waits, which the processor
+			// drops: nothing of it was handed over, and the promoted
+			// server is streamed from, sending again what it shares
+			// below the fork. Handed over, the old timeline's
+			// transactions past the fork went out and the refusal held
+			// for good (found by a review).
 			if s.changed.Load() != nil {
 				t.Error("a refusal due to what is still queued is kept for the rest of the process")
 			}
 			if p := s.Stats().Problem; !strings.Contains(p, "left timeline 1 at "+fork.String()) || !strings.Contains(p, "not yet handed over") || strings.Contains(p, "fresh journal.schema") {
-				t.Errorf("Problem = %q, want the fork named and the queue said to decide, without the way out of a final refusal", p)
+				t.Errorf("Problem = %q, want the fork named and the queue said to be dropped, without the way out of a final refusal", p)
 			}
 			close(gate)
-			testutil.Eventually(t, 30*time.Second, "the refusal kept once the queue is handed over", func() bool { return s.changed.Load() != nil })
+			promoted.Exec(t, `INSERT INTO users (id, email) VALUES (2000, 'after@x')`)
+			testutil.Eventually(t, 60*time.Second, "the promoted server's transaction handed over", func() bool {
+				if s.changed.Load() != nil {
+					t.Fatalf("refused for the rest of the process: %s", s.Stats().Problem)
+				}
+				return handedOver(rec, "after@x")
+			})
+			ch, _ := rec.snapshot()
+			below := 0
+			for _, c := range ch {
+				if c.Message != nil && c.CommitLSN < fork {
+					below++
+				}
+				if c.CommitLSN >= fork && c.Relation != nil {
+					if v, _ := c.Relation.Get(c.New, "email"); v.V != "after@x" {
+						t.Errorf("a change of the old timeline past the fork was handed over: %s at %s", v.V, c.CommitLSN)
+					}
+				} else if c.CommitLSN >= fork {
+					t.Errorf("a message of the old timeline past the fork was handed over, at %s", c.CommitLSN)
+				}
+			}
+			if tc.name == "logical messages" && below != 10 {
+				t.Errorf("%d messages below the fork handed over, want the 10 the promoted server shares, once each", below)
+			} else if tc.name != "logical messages" && (!handedOver(rec, "u1@x") || !handedOver(rec, "u10@x")) {
+				t.Error("the rows below the fork were not handed over")
+			}
 		})
 	}
 }
@@ -644,11 +673,13 @@ func TestFailoverAfterADiscardedBacklog(t *testing.T) {
 
 // TestRefusalByAQueueDroppedAfterIt: the promoted server is judged while
 // the last session's queue, past the fork, is still to be processed, and
-// refused; the processor then fails a type lookup in that queue and drops
-// the rest of it, so nothing past the fork is ever handed over. The
-// refusal, due to the queue alone, is judged again, and the promoted
-// server, which carries on everything handed over, is streamed from. It
-// was refused for the rest of the process (found by a review).
+// refused; the processor then drops that queue (the refusal asks it to;
+// a type lookup failing in it, the moods row's, would too), so nothing
+// past the fork is ever handed over. The refusal, due to the queue
+// alone, is judged again, and the promoted server, which carries on
+// everything handed over, is streamed from, sending again the rows it
+// shares below the fork. It was refused for the rest of the process
+// (found by a review).
 func TestRefusalByAQueueDroppedAfterIt(t *testing.T) {
 	primary, db, cl, promoted, fork := moodsPastAFork(t, 10)
 
@@ -672,17 +703,26 @@ func TestRefusalByAQueueDroppedAfterIt(t *testing.T) {
 	if s.changed.Load() != nil {
 		t.Error("a refusal due to the queue alone is kept for the rest of the process")
 	}
-	close(gate) // the processor hands the 10 rows over, fails the moods lookup, drops the rest
+	close(gate) // the processor drops the queue
 	testutil.Eventually(t, 60*time.Second, "the promoted server streamed from", func() bool {
 		if s.changed.Load() != nil {
 			t.Fatalf("refused for the rest of the process: %s", s.Stats().Problem)
 		}
-		return types.handed.Load() == 1 && s.Stats().Connected
+		return s.Stats().Connected
 	})
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1000, 'after@x')`)
 	testutil.Eventually(t, 30*time.Second, "the promoted server's transaction handed over", func() bool {
 		return handedOver(rec, "after@x")
 	})
+	if !handedOver(rec, "u1@x") || !handedOver(rec, "u10@x") || handedOver(rec, "u11@x") {
+		t.Error("want the rows below the fork handed over, sent again by the promoted server, and none of those past it")
+	}
+	ch, _ := rec.snapshot()
+	for _, c := range ch {
+		if c.Relation != nil && c.Relation.Name == "moods" {
+			t.Error("the moods row, past the fork, was handed over")
+		}
+	}
 }
 
 // TestStandbyAcrossAFailoverTakesOver: a standby process (the slot held
@@ -855,6 +895,9 @@ func stallFirstSession(gate <-chan struct{}) func(context.Context) {
 func handedOver(rec *recorder, email string) bool {
 	ch, _ := rec.snapshot()
 	for _, c := range ch {
+		if c.Relation == nil {
+			continue // a logical message
+		}
 		if v, _ := c.Relation.Get(c.New, "email"); v.V == email {
 			return true
 		}

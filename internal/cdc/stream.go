@@ -244,6 +244,14 @@ type Stream struct {
 	// ones before it queued is handed over only as far as handedEnd says,
 	// and the rest is sent again.
 	discarded atomic.Uint64
+	// dropThrough is the last session whose messages still queued the
+	// processor drops unprocessed (0: none): set by checkServer when a
+	// failover's fork is refused because of them alone. Handed over,
+	// they were the lost branch's, and the refusal held for good (every
+	// start refusing too, its events journaled past the fork); dropped,
+	// the new server sends again what it shares below the fork, from the
+	// slot's position (found by a review).
+	dropThrough atomic.Uint64
 
 	// inlining is the session's inliner while the reader processes a
 	// message itself (inline.go), for Interrupt.
