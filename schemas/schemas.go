@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -153,6 +154,12 @@ func compileCustom(name string, schema any) (custom, error) {
 		// value, silently.
 		return wrap(fmt.Errorf("at %s: format %q is not one dzhook checks (%s)", cmp.Or(at, "/"), f, strings.Join(slices.Sorted(maps.Keys(knownFormats)), ", ")))
 	}
+	if at, id := relativeID(m, "", false); at != "" {
+		// Resolved against dzhook's own base (a URN, not hierarchical),
+		// one failed with "duplicate id urn:dzhook:event:…", naming
+		// neither the keyword nor the fix.
+		return wrap(fmt.Errorf("at %s: %q is not an absolute URI: give one (e.g. https://example.com/schemas/order.json) or none", at, id))
+	}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return wrap(err)
@@ -196,6 +203,42 @@ func unknownFormat(v any, at string) (string, string) {
 		for i, x := range v {
 			if p, f := unknownFormat(x, at+"/"+strconv.Itoa(i)); f != "" {
 				return p, f
+			}
+		}
+	}
+	return "", ""
+}
+
+// relativeID finds an "$id" in the schema v that is not an absolute URI
+// (a fragment-only one included) and has no absolute "$id" above it to
+// resolve against (based), and returns its JSON pointer and value.
+// Values that are data, not schemas (const, enum, default, examples),
+// are not looked into.
+func relativeID(v any, at string, based bool) (string, string) {
+	switch v := v.(type) {
+	case map[string]any:
+		if id, ok := v["$id"].(string); ok {
+			u, err := url.Parse(id)
+			switch {
+			case err == nil && u.IsAbs():
+				based = true
+			case !based || err != nil:
+				return at + "/$id", id
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			switch k {
+			case "const", "enum", "default", "examples":
+				continue
+			}
+			if p, id := relativeID(v[k], at+"/"+k, based); p != "" {
+				return p, id
+			}
+		}
+	case []any:
+		for i, x := range v {
+			if p, id := relativeID(x, at+"/"+strconv.Itoa(i), based); p != "" {
+				return p, id
 			}
 		}
 	}

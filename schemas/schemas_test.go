@@ -305,6 +305,40 @@ func TestCustomSchemaReferences(t *testing.T) {
 	}
 }
 
+// TestCustomSchemaRelativeID: a relative $id with no absolute one above
+// it, at the root or inside, is refused naming where it is and what to
+// give; it failed with "duplicate id urn:dzhook:event:…" (found by a
+// review). Absolute ones, relative ones under an absolute one, and "$id"
+// in values that are data, pass.
+func TestCustomSchemaRelativeID(t *testing.T) {
+	obj := func(kv ...any) map[string]any {
+		m := map[string]any{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	}
+	for _, c := range []struct {
+		schema map[string]any
+		at     string // "" when it compiles
+	}{
+		{obj("$id", "order.json", "type", "object"), "at /$id: \"order.json\""},
+		{obj("$id", "#order", "type", "object"), "at /$id: \"#order\""},
+		{obj("type", "object", "$defs", obj("item", obj("$id", "item.json", "type", "string"))), "at /$defs/item/$id: \"item.json\""},
+		{obj("$id", "https://example.com/order.json", "$defs", obj("item", obj("$id", "item.json", "type", "string"))), ""},
+		{obj("$id", "urn:example:order", "type", "object"), ""},
+		{obj("type", "object", "const", obj("$id", "x"), "examples", []any{obj("$id", "y")}), ""},
+	} {
+		_, err := schemas.New(map[string]any{"order.shipped": c.schema})
+		switch {
+		case c.at == "" && err != nil:
+			t.Errorf("%v: %v", c.schema, err)
+		case c.at != "" && (err == nil || !strings.Contains(err.Error(), c.at) || !strings.Contains(err.Error(), "absolute URI")):
+			t.Errorf("%v: %v, want it refused %s", c.schema, err, c.at)
+		}
+	}
+}
+
 // FuzzValidate: any body or data validates or fails with an error, never
 // a panic.
 func FuzzValidate(f *testing.F) {
