@@ -314,7 +314,7 @@ func runRetry(ctx context.Context, env *cli, args []string) int {
 		if *asJSON {
 			env.stdout.Write(raw)
 		} else {
-			fmt.Fprintf(env.stdout, "%d failed deliveries of %s scheduled for one more attempt\n", out.Scheduled, *sub)
+			fmt.Fprintf(env.stdout, "%d failed deliveries of %s scheduled for one more attempt%s\n", out.Scheduled, *sub, heldText(out.Held))
 		}
 		return exitOK
 	}
@@ -440,6 +440,17 @@ func setFlag(fs *flag.FlagSet, names ...string) string {
 		if set[n] {
 			return n
 		}
+	}
+	return ""
+}
+
+// heldText is what a retry-failed answer's held adds to its line.
+func heldText(held string) string {
+	switch held {
+	case "paused":
+		return "; the subscription is paused: they go out when it is resumed"
+	case "inactive":
+		return "; the subscription is inactive: they go out once it is active again"
 	}
 	return ""
 }

@@ -340,7 +340,30 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, q query) {
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.RetryFailedResponse{Scheduled: n, Subscription: id})
+	out := api.RetryFailedResponse{Scheduled: n, Subscription: id}
+	if n > 0 {
+		// Scheduled, and held until a resume: the answer said
+		// "scheduled" alone while nothing went out (found by a review).
+		out.Held = heldBy(s.cfg.Deliverer, id)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// heldBy says why a subscription's due deliveries wait: "paused",
+// "inactive", or "" when they go out.
+func heldBy(d Deliverer, id string) string {
+	for _, st := range d.Subscriptions() {
+		switch {
+		case st.ID != id:
+		case st.Paused:
+			return "paused"
+		case !st.Active:
+			return "inactive"
+		default:
+			return ""
+		}
+	}
+	return ""
 }
 
 func (s *Server) test(w http.ResponseWriter, r *http.Request, _ query) {

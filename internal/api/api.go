@@ -300,6 +300,11 @@ type RetryFailedResponse struct {
 	// attempt.
 	Scheduled    int    `json:"scheduled"`
 	Subscription string `json:"subscription"`
+	// Held says why the scheduled deliveries wait instead of going out
+	// now: "paused" (they go out on resume) or "inactive" (the
+	// subscription is disabled: they go out once it is active again);
+	// absent when they go out now.
+	Held string `json:"held,omitempty"`
 }
 
 // PauseResponse is the answer of POST /v1/subscriptions/{id}/pause.

@@ -276,8 +276,8 @@ func TestRetryFailed(t *testing.T) {
 		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 2
 	})
 	up.Store(true)
-	if n := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed?since=1h", nil).Scheduled; n != 2 {
-		t.Fatalf("scheduled %v, want 2", n)
+	if out := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed?since=1h", nil); out.Scheduled != 2 || out.Held != "" {
+		t.Fatalf("scheduled %v, held %q; want 2, going out now", out.Scheduled, out.Held)
 	}
 	if n := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed", nil).Scheduled; n != 0 {
 		t.Errorf("a second retry-failed scheduled %v, want 0: those deliveries are already on their way", n)
@@ -292,6 +292,39 @@ func TestRetryFailed(t *testing.T) {
 	if n := len(rc.Requests()); n != 4 {
 		t.Errorf("receiver got %d requests, want 4 (nothing sent twice)", n)
 	}
+}
+
+// TestRetryFailedWhilePausedSaysSo: a retry-failed of a paused
+// subscription answers what it scheduled and that it waits for the
+// resume ("held": "paused"); it said "scheduled" alone while nothing went
+// out (found by a review). The resume sends them.
+func TestRetryFailedWhilePausedSaysSo(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	var up atomic.Bool
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if up.Load() {
+			return 200, nil, "ok"
+		}
+		return 400, nil, "rejected"
+	})
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	a := newAdminClient(t, e)
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "a failed delivery", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 1
+	})
+	up.Store(true)
+	answer[api.PauseResponse](a, "POST", "/v1/subscriptions/crm/pause", nil)
+	if out := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed", nil); out.Scheduled != 1 || out.Held != "paused" {
+		t.Fatalf("retry-failed while paused: scheduled %v, held %q; want 1, held paused", out.Scheduled, out.Held)
+	}
+	answer[api.ResumeResponse](a, "POST", "/v1/subscriptions/crm/resume", nil)
+	rc.Wait(t, 2, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "delivered after the resume", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 1
+	})
 }
 
 // TestAdminUnreadableFilterActsOnNothing: against a real journal, a

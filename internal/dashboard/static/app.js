@@ -712,7 +712,9 @@ function retryFailed(id) {
     const res = await api('POST', `/v1/subscriptions/${enc(id)}/retry-failed${since ? `?since=${enc(since)}` : ''}`);
     clearError('action');
     const n = res.scheduled || 0;
-    announce(n === 0 ? `${id}: no failed deliveries to retry.` : `${id}: ${n} failed ${n === 1 ? 'delivery' : 'deliveries'} scheduled for one more attempt.`);
+    const held = res.held === 'paused' ? ' The subscription is paused: they go out when it is resumed.'
+      : res.held === 'inactive' ? ' The subscription is inactive: they go out once it is active again.' : '';
+    announce(n === 0 ? `${id}: no failed deliveries to retry.` : `${id}: ${n} failed ${n === 1 ? 'delivery' : 'deliveries'} scheduled for one more attempt.${held}`);
     await refreshAll();
   });
 }
