@@ -322,6 +322,15 @@ type Subscription struct {
 	// base64-decoded for the Standard Webhooks signature). Required, at
 	// least 16 characters.
 	Secret Secret `koanf:"secret"`
+	// PreviousSecret is the secret Secret replaced, valid until
+	// PreviousSecretUntil (a rotation's overlap, as the API's rotate
+	// gives runtime subscriptions): Standard Webhooks deliveries carry a
+	// signature with each, and X-DZDESK-Signature keeps the previous one
+	// until then. Both or neither. Defaults to none: a changed secret
+	// signs every attempt at once, retries of earlier events included.
+	PreviousSecret Secret `koanf:"previous_secret"`
+	// PreviousSecretUntil ends the overlap: an RFC 3339 time.
+	PreviousSecretUntil string `koanf:"previous_secret_until"`
 	// Active false stops deliveries. Defaults to true.
 	Active bool `koanf:"active"`
 	// QueueWhileInactive keeps the deliveries of an inactive or paused

@@ -217,6 +217,12 @@ subscriptions:
 		{"wrong types", minimal + "delivery:\n  concurrency: many\n  allow_insecure_http: maybe\nsla:\n  warning_percent: [[1]]\n", nil,
 			[]string{`delivery.concurrency: "many" is not a whole number`, `delivery.allow_insecure_http: "maybe" is not a boolean`, "sla.warning_percent[0]: must be a single value, not a list"}},
 		{"reserved header", minimal + "    headers: {X-DZDESK-Signature: forged}\n", nil, []string{"subscriptions[0].headers.X-DZDESK-Signature: X-Dzdesk-Signature is set by dzhook"}},
+		{"previous secret without its end", minimal + "    previous_secret: fedcba9876543210\n", nil, []string{"subscriptions[0].previous_secret_until: required with previous_secret"}},
+		{"overlap end without a secret", minimal + "    previous_secret_until: 2024-01-16T14:30:00Z\n", nil, []string{"subscriptions[0].previous_secret: required with previous_secret_until"}},
+		{"previous secret short, overlap end not a time", minimal + "    previous_secret: short\n    previous_secret_until: tomorrow\n", nil, []string{
+			"subscriptions[0].previous_secret: too short", `subscriptions[0].previous_secret_until: "tomorrow" is not an RFC 3339 time`}},
+		{"previous secret the same", minimal + "    previous_secret: 0123456789abcdef\n    previous_secret_until: 2024-01-16T14:30:00Z\n", nil, []string{"subscriptions[0].previous_secret: is the same as secret"}},
+		{"previous secret not whsec_ with standard webhooks", strings.Replace(minimal, "0123456789abcdef", "whsec_MDEyMzQ1Njc4OWFiY2RlZg==", 1) + "    standard_webhooks: true\n    previous_secret: fedcba9876543210\n    previous_secret_until: 2024-01-16T14:30:00Z\n", nil, []string{"subscriptions[0].previous_secret: standard_webhooks needs a whsec_<base64> secret"}},
 		{"control character in a header value", minimal + "    headers: {X-Tenant: \"acme\\0\"}\n", nil, []string{"subscriptions[0].headers.X-Tenant: value must not contain control characters"}},
 		{"short secret", strings.Replace(minimal, "0123456789abcdef", "short", 1), nil, []string{"subscriptions[0].secret: too short"}},
 		{"short admin token and notify secret", minimal + "admin:\n  token: t0ken\nnotify:\n  secret: s3cret\n", nil, []string{"admin.token: too short", "notify.secret: too short"}},

@@ -377,6 +377,7 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 			ps.add(path+".secret", "the part after whsec_ is not valid base64")
 		}
 	}
+	checkPreviousSecret(ps, path, s)
 	if len(s.Events) == 0 {
 		ps.add(path+".events", "required: list event names or patterns, e.g. [request.created, sla.*]")
 	}
@@ -647,4 +648,37 @@ func (c *Config) refusedAddress(raw string) string {
 		return "its address is refused by the egress guard: " + msg
 	}
 	return ""
+}
+
+// checkPreviousSecret checks a subscription's rotation overlap
+// (previous_secret, previous_secret_until): both or neither, the secret
+// held to what secret is, and a time.
+func checkPreviousSecret(ps *Problems, path string, s Subscription) {
+	prev, until := s.PreviousSecret.Reveal(), s.PreviousSecretUntil
+	switch {
+	case !s.PreviousSecret.IsSet() && until == "":
+		return
+	case !s.PreviousSecret.IsSet():
+		ps.add(path+".previous_secret", "required with previous_secret_until: the secret receivers verified before secret replaced it")
+	case until == "":
+		ps.add(path+".previous_secret_until", "required with previous_secret: when the overlap ends, an RFC 3339 time such as 2024-01-16T14:30:00Z")
+	}
+	if until != "" {
+		if _, err := time.Parse(time.RFC3339, until); err != nil {
+			ps.add(path+".previous_secret_until", "%q is not an RFC 3339 time such as 2024-01-16T14:30:00Z", until)
+		}
+	}
+	switch {
+	case !s.PreviousSecret.IsSet():
+	case tooShort(prev):
+		ps.add(path+".previous_secret", "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
+	case s.Secret.IsSet() && prev == s.Secret.Reveal():
+		ps.add(path+".previous_secret", "is the same as secret: give the secret it replaced")
+	case s.StandardWebhooks && !strings.HasPrefix(prev, "whsec_"):
+		ps.add(path+".previous_secret", "standard_webhooks needs a whsec_<base64> secret, as for secret")
+	case s.StandardWebhooks:
+		if _, err := signer.StandardKey(prev); err != nil {
+			ps.add(path+".previous_secret", "the part after whsec_ is not valid base64")
+		}
+	}
 }

@@ -60,7 +60,15 @@ func Subscription(s config.Subscription) fanout.Subscription {
 		headers[k] = v.Reveal()
 	}
 	rate, _ := fanout.ParseRate(s.RateLimit) // validated with the configuration ("": none)
+	// A rotation's overlap: X-DZDESK-Signature switches at its end, as
+	// the API's rotate does by default (end_of_overlap).
+	until, _ := time.Parse(time.RFC3339, s.PreviousSecretUntil) // validated with the configuration
+	var previous []byte
+	if s.PreviousSecret.IsSet() {
+		previous = []byte(s.PreviousSecret.Reveal())
+	}
 	return fanout.Subscription{
+		PreviousSecret: previous, PreviousUntil: until, SwitchAt: until,
 		ID: s.ID, URL: s.URL, Events: s.Events, Secret: []byte(s.Secret.Reveal()), StandardWebhooks: s.StandardWebhooks,
 		Active: s.Active, QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, Headers: headers,
 		Ordering:  fanout.Ordering(s.Ordering), // validated with the configuration

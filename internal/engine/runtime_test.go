@@ -313,6 +313,42 @@ func TestRotationOverlapStandardWebhooks(t *testing.T) {
 	}
 }
 
+// TestConfigRotationOverlap: a configuration file's subscription whose
+// secret was rotated with previous_secret and previous_secret_until
+// signs as a runtime rotation does: during the overlap webhook-signature
+// carries a signature per secret and X-DZDESK-Signature keeps the
+// previous secret; once it has ended, the new secret alone. Without it, a
+// changed secret signed every attempt at once (found by a review).
+func TestConfigRotationOverlap(t *testing.T) {
+	db := newDB(t)
+	during, after := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	const prev, cur = "whsec_b2xkLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm", "whsec_bmV3LXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm"
+	rotated := func(id, url string, until time.Time) string {
+		return fmt.Sprintf("  - id: %s\n    url: %s\n    events: [request.created]\n    standard_webhooks: true\n    secret: %s\n    previous_secret: %s\n    previous_secret_until: %s\n",
+			id, url, cur, prev, until.UTC().Format(time.RFC3339))
+	}
+	start(t, testConfigWith(t, db, "", "", rotated("during", during.URL, time.Now().Add(time.Hour))+rotated("after", after.URL, time.Now().Add(-time.Hour))))
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	oldKey, _ := signer.StandardKey(prev)
+	newKey, _ := signer.StandardKey(cur)
+	r := during.Wait(t, 1, 20*time.Second)[0]
+	for name, key := range map[string][]byte{"previous": oldKey, "new": newKey} {
+		if err := signer.VerifyStandard(r.Header, r.Body, time.Now(), key); err != nil {
+			t.Errorf("during the overlap, webhook-signature does not verify with the %s secret: %v", name, err)
+		}
+	}
+	if err := signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(prev)); err != nil {
+		t.Errorf("during the overlap, X-DZDESK-Signature is not the previous secret's: %v", err)
+	}
+	r = after.Wait(t, 1, 20*time.Second)[0]
+	if n := len(strings.Fields(r.Header.Get(signer.HeaderWebhookSignature))); n != 1 || signer.VerifyStandard(r.Header, r.Body, time.Now(), newKey) != nil {
+		t.Errorf("after the overlap, webhook-signature %q: want the new secret's alone", r.Header.Get(signer.HeaderWebhookSignature))
+	}
+	if err := signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(cur)); err != nil {
+		t.Errorf("after the overlap, X-DZDESK-Signature is not the new secret's: %v", err)
+	}
+}
+
 // seedVerifies checks event id's delivery with secret by the code of
 // DZDESK's documentation, in Node and Python (signer/testdata), as an
 // integrator's receiver would. Without node or python3 the check is
