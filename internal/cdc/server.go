@@ -307,6 +307,13 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		return e
 	}
 	if fork != 0 && sys.Timeline != prev.timeline {
+		// What was received of the old timeline past the fork (a queue
+		// dropped, a keepalive's WAL end) is none of the new server's:
+		// reported as written, it showed in its pg_stat_replication past
+		// its WAL (found by a review).
+		if uint64(fork) < s.received.Load() {
+			s.received.Store(uint64(fork))
+		}
 		// Said once the session is accepted: a refusal by the journal's
 		// position, judged again at each try, would have it said at each.
 		s.log.Info("the server is on a new timeline that carries on the one read so far", "timeline", sys.Timeline, "was", prev.timeline, "switched_at", fork.String(), "read_lsn", read.String())

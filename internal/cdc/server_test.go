@@ -318,6 +318,7 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 				t.Fatalf("the queue (%+v) does not reach past the fork (%s)", q, fork)
 			}
 			before := s.Stats().Reconnects
+			oldReceived := pglogrepl.LSN(s.received.Load())
 			px.SwitchTo(cl.Addr())
 			testutil.Eventually(t, 30*time.Second, "the promoted server refused", func() bool {
 				if st := s.Stats(); st.Reconnects > before && st.Connected {
@@ -345,6 +346,9 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 				}
 				return handedOver(rec, "after@x")
 			})
+			if r := pglogrepl.LSN(s.received.Load()); r >= oldReceived {
+				t.Errorf("the position received, reported to the promoted server as written, is %s, the old timeline's (%s), past the new WAL", r, oldReceived)
+			}
 			ch, _ := rec.snapshot()
 			below := 0
 			for _, c := range ch {

@@ -580,6 +580,12 @@ func TestRewindKeptThroughTheUpgradeToVersion20(t *testing.T) {
 	if err := s.Write(ctx, &Batch{Events: []EventRow{late}, Fence: "dzhook", SystemID: "A", Timeline: 1}); !errors.Is(err, ErrTimelineMoved) {
 		t.Errorf("a batch of timeline 1 past the fork version 19 recorded: %v, want ErrTimelineMoved", err)
 	}
+	// A version-19 start's rewind after this version's migration: its
+	// pair alone, the arrays untouched.
+	db.Exec(t, `UPDATE dzhook.checkpoints SET rewinds_timeline = NULL, rewinds_at = NULL`)
+	if err := s.Write(ctx, &Batch{Events: []EventRow{late}, Fence: "dzhook", SystemID: "A", Timeline: 1}); !errors.Is(err, ErrTimelineMoved) {
+		t.Errorf("a batch of timeline 1 past the fork of a version-19 rewind made after the migration: %v, want ErrTimelineMoved", err)
+	}
 }
 
 // TestJournaledFrom: the events of one source at or past a position,

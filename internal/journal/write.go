@@ -411,7 +411,10 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		// whole instead of journaling the old timeline's events past the
 		// fork. The function is evaluated again on the row's newest
 		// version once a waited-for lock is granted (READ COMMITTED).
-		batch.Queue(s.q(`SELECT {{schema}}.stream_fences(rewinds_timeline, rewinds_at, $3, $4) FROM {{schema}}.checkpoints
+		// The version-19 pair too: a rewind a version-19 start made
+		// after this version's migration (its own ran just before) is
+		// there alone (found by a review).
+		batch.Queue(s.q(`SELECT {{schema}}.stream_fences(rewinds_timeline, rewinds_at, $3, $4), {{schema}}.stream_fence(rewound_timeline, rewound_at, $3, $4) FROM {{schema}}.checkpoints
 			WHERE slot = $1 AND system_id = $2 FOR NO KEY UPDATE`), b.Fence, b.SystemID, b.Timeline, int64(b.streamEnd()))
 	}
 	if n := len(b.Events); n > 0 {
