@@ -214,6 +214,10 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	sticky := own != 0 || s.cfg.Journaled == nil
 	var e *ServerChangedError
 	var fork pglogrepl.LSN // where the server's timeline left prev's
+	// forked is where the accepted server's timeline left forkedFrom,
+	// the one read so far by this process or the journal (Forked).
+	var forked pglogrepl.LSN
+	var forkedFrom int32
 	if prev.systemID != "" && !sticky && sys.SystemID != prev.systemID {
 		e = &ServerChangedError{Slot: s.cfg.Slot, SystemID: sys.SystemID, Timeline: sys.Timeline, WALEnd: sys.XLogPos,
 			PrevSystemID: prev.systemID, PrevTimeline: prev.timeline, Read: read}
@@ -270,8 +274,14 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// there refuses; one taking the slot over adopted its
 			// checkpoint, above the WAL, and skipped what came below it).
 			tli := cmp.Or(j.Timeline, sys.Timeline)
-			if _, e, err = judge(ctx, conn, s.cfg.Slot, sys, server{systemID: j.SystemID, timeline: tli}, j.LSN); err != nil {
+			var jfork pglogrepl.LSN
+			if jfork, e, err = judge(ctx, conn, s.cfg.Slot, sys, server{systemID: j.SystemID, timeline: tli}, j.LSN); err != nil {
 				return err
+			}
+			if e == nil && fork == 0 && tli != sys.Timeline {
+				// A process that has read nothing (a standby taking the
+				// slot over) accepts the new timeline by the journal's.
+				forked, forkedFrom = jfork, tli
 			}
 			if e != nil {
 				// Judged again at the next try when it is a fork: another
@@ -305,6 +315,14 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		s.log.Log(ctx, lvl, "refusing to stream: the server does not carry on the WAL this process read", "err", e,
 			"wal_end", sys.XLogPos.String(), "read_lsn", read.String(), "timeline", sys.Timeline, "system_id", sys.SystemID)
 		return e
+	}
+	if fork != 0 && sys.Timeline != prev.timeline {
+		forked, forkedFrom = fork, prev.timeline
+	}
+	if forked != 0 && s.cfg.Forked != nil {
+		if err := s.cfg.Forked(ctx, sys.Timeline, forked); err != nil {
+			return fmt.Errorf("the server's timeline %d left timeline %d at %s: %w", sys.Timeline, forkedFrom, forked, err)
+		}
 	}
 	if fork != 0 && sys.Timeline != prev.timeline {
 		// What was received of the old timeline past the fork (a queue

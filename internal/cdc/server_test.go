@@ -310,8 +310,13 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 			px := testutil.NewSwitchProxy(t, primary.Addr())
 			gate := make(chan struct{})
 			rec := newRecorder(true)
+			var forked atomic.Pointer[[2]uint64]
 			s := startStreamWith(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: primary}, rec, func(c *Config) {
 				c.OnSession = stallFirstSession(gate)
+				c.Forked = func(_ context.Context, timeline int32, at pglogrepl.LSN) error {
+					forked.Store(&[2]uint64{uint64(timeline), uint64(at)})
+					return nil
+				}
 			})
 			testutil.Eventually(t, 30*time.Second, "the queue full behind the stalled processor", func() bool { return s.busy.Load() >= 256+1 })
 			if q := s.queued; len(q) != 1 || q[0].end <= fork {
@@ -346,6 +351,9 @@ func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
 				}
 				return handedOver(rec, "after@x")
 			})
+			if f := forked.Load(); f == nil || f[0] != 2 || pglogrepl.LSN(f[1]) != fork {
+				t.Errorf("told Forked %v, want timeline 2 at %s (recorded in the journal, it fences a process still on the old primary)", f, fork)
+			}
 			if r := pglogrepl.LSN(s.received.Load()); r >= oldReceived {
 				t.Errorf("the position received, reported to the promoted server as written, is %s, the old timeline's (%s), past the new WAL", r, oldReceived)
 			}

@@ -102,6 +102,13 @@ type Config struct {
 	// the process (a *ServerChangedError kept), at each try: the engine
 	// records a restore in the journal for the start that follows.
 	OnRefused func(ctx context.Context, e *ServerChangedError)
+	// Forked, when set, is told of a server on a new timeline accepted
+	// because it carries on everything read (fork: where it left the one
+	// read so far), before the session streams from it: the engine
+	// records the fork in the journal, which fences a process still on
+	// the old timeline past it. An error ends the session, which is
+	// retried (judged again).
+	Forked func(ctx context.Context, timeline int32, fork pglogrepl.LSN) error
 	// OnSession, when set, is called each time a replication session
 	// starts, from the processor's goroutine, one call at a time with the
 	// Handler's and before any change of that session.

@@ -200,6 +200,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		return nil, err
 	}
 	if fork != 0 {
+		// The stream's first session records the fork in the journal
+		// before it streams (Forked), judging the server by the
+		// journal's checkpoint as this start did.
 		log.Info("the server is on a new timeline that carries on the one the journal's checkpoint was read on", "slot", cfg.Source.Slot,
 			"timeline", sys.Timeline, "was", cp.Timeline, "switched_at", fork.String(), "checkpoint", cp.LSN.String())
 	}
@@ -351,6 +354,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		// A restore from a snapshot seen while running is remembered for
 		// the start that follows.
 		OnRefused: e.refusedServer,
+		Forked:    e.forked,
 		// On shutdown the stream keeps the slot while attempts in flight
 		// finish (each within the delivery timeout) and the journal takes
 		// their outcomes, so PostgreSQL hears of every journaled commit.
@@ -516,6 +520,23 @@ func rewindToFork(ctx context.Context, store *journal.Store, slot string, cp jou
 	log.Warn("the server's timeline left the one the journal's checkpoint was read on below it (a failover to a standby that was behind); nothing was journaled past the fork, so the checkpoint moves back to it and the new server's transactions from there on are read",
 		"slot", slot, "timeline", sys.Timeline, "was", cp.Timeline, "switched_at", changed.Fork.String(), "checkpoint", cp.LSN.String())
 	return journal.Checkpoint{LSN: max(changed.Fork, 1) - 1, SystemID: cp.SystemID, End: changed.Fork, Timeline: sys.Timeline}, false, nil
+}
+
+// errForkPassed: the journal's checkpoint was past a new timeline's fork
+// on the old one when the fork was to be recorded (RecordFork).
+var errForkPassed = errors.New("the journal's checkpoint is past that point on the old timeline (another dzhook journaled there, from the old primary), so the server is judged again")
+
+// forked is the stream's Forked: the fork of a new timeline accepted
+// without a rewind goes into the journal (RecordFork).
+func (e *Engine) forked(ctx context.Context, timeline int32, fork pglogrepl.LSN) error {
+	recorded, err := e.journal.RecordFork(ctx, e.cfg.Source.Slot, e.systemID, timeline, fork)
+	if err != nil {
+		return &journalDownError{err}
+	}
+	if !recorded {
+		return errForkPassed
+	}
+	return nil
 }
 
 // refusedServer is the stream's OnRefused. A server of the journal's

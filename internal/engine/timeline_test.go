@@ -195,6 +195,11 @@ func TestRestartCarriesOnANewTimelineAboveTheCheckpoint(t *testing.T) {
 		t.Errorf("receiver got %d requests, want 2: request 1 once, request 2", n)
 	}
 	testutil.Eventually(t, 10*time.Second, "the checkpoint on timeline 2", func() bool { _, tli := f.checkpoint(t); return tli == 2 })
+	// The fork is recorded as a rewind's is: a process still on the old
+	// primary is fenced past it (journal.RecordFork; found by a review).
+	if n := queryInt(t, f.journal, `SELECT count(*) FROM dzhook.checkpoints WHERE rewinds_timeline = '{2}' AND rewinds_at = ARRAY[$1::bigint]`, int64(fork)); n != 1 {
+		t.Errorf("the fork at %s of timeline 2 is not recorded in the checkpoint", fork)
+	}
 }
 
 // TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt: the

@@ -542,6 +542,68 @@ func TestStreamBatchFencedByEveryRewind(t *testing.T) {
 	}
 }
 
+// TestRecordFork: a failover that carries on the checkpoint (no rewind)
+// is recorded too, once, and fences a process still on the old timeline
+// past the fork; it was let through, its events taking the ids of the
+// new timeline's transactions (found by a review). Not while the
+// checkpoint is past the fork on the old timeline (judged again), nor
+// for another cluster's checkpoint.
+func TestRecordFork(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	src := ids.NewSource("A")
+	event := func(lsn pglogrepl.LSN) EventRow {
+		return EventRow{ID: src.NewID(lsn, 0, 0), Type: "request.created", Body: []byte(`{}`), CommitLSN: lsn, OccurredAt: time.Now()}
+	}
+	forks := func() (timelines []int32, ats []int64) {
+		t.Helper()
+		if err := db.Connect(t).QueryRow(ctx, `SELECT coalesce(rewinds_timeline, '{}'), coalesce(rewinds_at, '{}') FROM dzhook.checkpoints WHERE slot = 'dzhook'`).Scan(&timelines, &ats); err != nil {
+			t.Fatal(err)
+		}
+		return timelines, ats
+	}
+	if ok, err := s.RecordFork(ctx, "dzhook", "A", 2, 1100); err != nil || !ok {
+		t.Errorf("with no checkpoint: %v (err %v), want true", ok, err)
+	}
+	if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: 1000, Fence: "dzhook", SystemID: "A", Timeline: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RecordFork(ctx, "dzhook", "A", 2, 900); err != nil || ok {
+		t.Errorf("a fork below the checkpoint on the old timeline: %v (err %v), want false", ok, err)
+	}
+	if ok, err := s.RecordFork(ctx, "dzhook", "B", 2, 900); err != nil || !ok {
+		t.Errorf("another cluster's server: %v (err %v), want true", ok, err)
+	}
+	if tl, _ := forks(); len(tl) != 0 {
+		t.Fatalf("recorded %v, want nothing yet", tl)
+	}
+	for range 2 {
+		if ok, err := s.RecordFork(ctx, "dzhook", "A", 2, 1100); err != nil || !ok {
+			t.Errorf("a fork above the checkpoint: %v (err %v), want true", ok, err)
+		}
+	}
+	if tl, at := forks(); len(tl) != 1 || tl[0] != 2 || at[0] != 1100 {
+		t.Errorf("recorded %v at %v, want timeline 2 at 1100 once", tl, at)
+	}
+	for _, c := range []struct {
+		timeline int32
+		lsn      pglogrepl.LSN
+		refused  bool
+	}{{1, 1050, false}, {1, 1200, true}, {2, 1200, false}} {
+		err := s.Write(ctx, &Batch{Events: []EventRow{event(c.lsn)}, Fence: "dzhook", SystemID: "A", Timeline: c.timeline})
+		if c.refused && !errors.Is(err, ErrTimelineMoved) || !c.refused && err != nil {
+			t.Errorf("a batch of timeline %d at %s: %v, want refused %v", c.timeline, c.lsn, err, c.refused)
+		}
+	}
+	// The checkpoint on the new timeline past the fork carries on.
+	if err := s.Write(ctx, &Batch{Slot: "dzhook", Checkpoint: 1300, Fence: "dzhook", SystemID: "A", Timeline: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RecordFork(ctx, "dzhook", "A", 2, 1100); err != nil || !ok {
+		t.Errorf("the checkpoint on the new timeline: %v (err %v), want true", ok, err)
+	}
+}
+
 // TestRewindKeptThroughTheUpgradeToVersion20: a rewind version 19
 // recorded still fences once the journal is at version 20.
 func TestRewindKeptThroughTheUpgradeToVersion20(t *testing.T) {

@@ -206,6 +206,49 @@ func (s *Store) journaledFrom(ctx context.Context, q interface {
 	return found, nil
 }
 
+// RecordFork records that the slot's server, of cluster systemID, moved
+// to timeline, which left the timeline read so far at fork and carries
+// on everything read (a failover that needed no rewind): a process still
+// reading the old timeline (its primary left up behind a partition) is
+// then fenced past the fork as after a rewind (Batch.Fence), instead of
+// journaling the lost branch's events with the ids the new timeline's
+// transactions take, which the journal would then drop as known (found
+// by a review). Appended to the rewinds' arrays (the last 16 kept), once.
+// It is made with the checkpoint's row locked, as the batches take it,
+// and only while the checkpoint carries on too: false when it is past
+// the fork on an older timeline (a process on the old primary journaled
+// there meanwhile), for the caller to judge the server again. Without a
+// checkpoint of the cluster there is nothing to fence: true.
+func (s *Store) RecordFork(ctx context.Context, slot, systemID string, timeline int32, fork pglogrepl.LSN) (recorded bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var lsn int64
+		var system string
+		var tli *int32
+		err := tx.QueryRow(ctx, s.q(`SELECT lsn, coalesce(system_id, ''), timeline FROM {{schema}}.checkpoints WHERE slot = $1 FOR UPDATE`), slot).Scan(&lsn, &system, &tli)
+		if errors.Is(err, pgx.ErrNoRows) || err == nil && system != systemID {
+			recorded = true
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if (tli == nil || *tli < timeline) && pglogrepl.LSN(lsn) >= fork {
+			return nil
+		}
+		recorded = true
+		_, err = tx.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET
+				rewinds_timeline = (coalesce(rewinds_timeline, '{}') || $2::integer)[greatest(1, coalesce(array_length(rewinds_timeline, 1), 0) - 14):],
+				rewinds_at = (coalesce(rewinds_at, '{}') || $3::bigint)[greatest(1, coalesce(array_length(rewinds_at, 1), 0) - 14):]
+			WHERE slot = $1 AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(rewinds_timeline, '{}'), coalesce(rewinds_at, '{}')) AS r (t, a) WHERE t = $2 AND a = $3)`),
+			slot, timeline, int64(fork))
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("record the fork of timeline %d: %w", timeline, err)
+	}
+	return recorded, nil
+}
+
 // Rewind is what RewindCheckpoint did.
 type Rewind int
 
