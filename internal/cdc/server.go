@@ -218,6 +218,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 	// the one read so far by this process or the journal (Forked).
 	var forked pglogrepl.LSN
 	var forkedFrom int32
+	journalJudged := false
 	if prev.systemID != "" && !sticky && sys.SystemID != prev.systemID {
 		e = &ServerChangedError{Slot: s.cfg.Slot, SystemID: sys.SystemID, Timeline: sys.Timeline, WALEnd: sys.XLogPos,
 			PrevSystemID: prev.systemID, PrevTimeline: prev.timeline, Read: read}
@@ -263,8 +264,8 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		if !sticky {
 			var at pglogrepl.LSN
-			if j.SystemID == sys.SystemID {
-				at = j.LSN
+			if j.SystemID == sys.SystemID && j.LSN != 0 {
+				at = j.LSN + 1 // a commit's start: read to past it
 			}
 			accepted = &at
 		}
@@ -275,15 +276,25 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// checkpoint, above the WAL, and skipped what came below it).
 			tli := cmp.Or(j.Timeline, sys.Timeline)
 			var jfork pglogrepl.LSN
-			if jfork, e, err = judge(ctx, conn, s.cfg.Slot, sys, server{systemID: j.SystemID, timeline: tli}, j.LSN); err != nil {
+			// The checkpoint is a commit's start: read to past it (a
+			// commit at the fork is the lost branch's, as RecordFork
+			// holds; judged at it, it was accepted and its fork's record
+			// refused at every try: found by a review).
+			if jfork, e, err = judge(ctx, conn, s.cfg.Slot, sys, server{systemID: j.SystemID, timeline: tli}, j.LSN+1); err != nil {
 				return err
 			}
-			if e == nil && fork == 0 && tli != sys.Timeline {
-				// A process that has read nothing (a standby taking the
-				// slot over) accepts the new timeline by the journal's.
+			// The fork recorded is the journal's checkpoint's, whose
+			// timeline RecordFork judges it against: this process's own,
+			// of an older timeline two failovers back, was refused there
+			// at every try, and would have fenced the live timeline in
+			// between (found by a review). A checkpoint already on the
+			// new timeline was moved there by a process that accepted it.
+			journalJudged = true
+			if e == nil && tli != sys.Timeline {
 				forked, forkedFrom = jfork, tli
 			}
 			if e != nil {
+				e.Read = j.LSN
 				// Judged again at the next try when it is a fork: another
 				// process's start may move the journal's position back to
 				// it (engine.rewindToFork), also for a process that read
@@ -316,7 +327,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			"wal_end", sys.XLogPos.String(), "read_lsn", read.String(), "timeline", sys.Timeline, "system_id", sys.SystemID)
 		return e
 	}
-	if fork != 0 && sys.Timeline != prev.timeline {
+	if !journalJudged && fork != 0 && sys.Timeline != prev.timeline {
 		forked, forkedFrom = fork, prev.timeline
 	}
 	if forked != 0 && s.cfg.Forked != nil {
@@ -324,14 +335,15 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			return fmt.Errorf("the server's timeline %d left timeline %d at %s: %w", sys.Timeline, forkedFrom, forked, err)
 		}
 	}
-	if fork != 0 && sys.Timeline != prev.timeline {
+	if low := cmp.Or(fork, forked); low != 0 && sys.Timeline != prev.timeline && uint64(low) < s.received.Load() {
 		// What was received of the old timeline past the fork (a queue
 		// dropped, a keepalive's WAL end) is none of the new server's:
 		// reported as written, it showed in its pg_stat_replication past
-		// its WAL (found by a review).
-		if uint64(fork) < s.received.Load() {
-			s.received.Store(uint64(fork))
-		}
+		// its WAL (found by a review), also for a process the journal's
+		// position judged.
+		s.received.Store(uint64(low))
+	}
+	if fork != 0 && sys.Timeline != prev.timeline {
 		// Said once the session is accepted: a refusal by the journal's
 		// position, judged again at each try, would have it said at each.
 		s.log.Info("the server is on a new timeline that carries on the one read so far", "timeline", sys.Timeline, "was", prev.timeline, "switched_at", fork.String(), "read_lsn", read.String())
@@ -426,11 +438,13 @@ func CheckResume(ctx context.Context, conn *pgconn.PgConn, slot string, sys pglo
 	if from.LSN == 0 || from.Timeline == 0 || from.SystemID != sys.SystemID || from.Timeline == sys.Timeline {
 		return 0, nil
 	}
-	fork, e, err := judge(ctx, conn, slot, sys, server{systemID: from.SystemID, timeline: from.Timeline}, from.LSN)
+	// from.LSN is a commit's start: read to past it (checkServer).
+	fork, e, err := judge(ctx, conn, slot, sys, server{systemID: from.SystemID, timeline: from.Timeline}, from.LSN+1)
 	if err != nil {
 		return 0, err
 	}
 	if e != nil {
+		e.Read = from.LSN
 		return 0, e
 	}
 	return fork, nil

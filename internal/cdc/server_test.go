@@ -124,8 +124,12 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 	_, promoted, sysID, fork := promote(t, primary)
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`) // the WAL past fork+1
 
+	// A checkpoint is a commit's start: one at the fork is the lost
+	// branch's (the journal's fence and RecordFork hold so too; accepted
+	// here, the fork's record was refused at every try: found by a
+	// review).
 	behind := startStreamWith(t, promoted, newRecorder(true), func(c *Config) {
-		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork + 1}
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork}
 	})
 	testutil.Eventually(t, 30*time.Second, "the first session refusing the server", func() bool {
 		return strings.Contains(behind.Stats().Problem, "refuses to stream")
@@ -136,7 +140,7 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 
 	rec := newRecorder(true)
 	s := startStreamWith(t, promoted, rec, func(c *Config) {
-		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork}
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1}
 	})
 	rec.waitCommits(t, 1)
 	if got := s.Timeline(); got != 2 {
@@ -148,13 +152,13 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 	// the slot over): refused too.
 	later := newRecorder(true)
 	taken := startStreamWith(t, promoted, later, func(c *Config) {
-		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork}
-		c.Journaled = func(context.Context) (Resume, error) { return Resume{SystemID: sysID, Timeline: 1, LSN: fork + 1}, nil }
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1}
+		c.Journaled = func(context.Context) (Resume, error) { return Resume{SystemID: sysID, Timeline: 1, LSN: fork}, nil }
 	})
 	testutil.Eventually(t, 30*time.Second, "the session refusing the server behind the journal", func() bool {
 		return strings.Contains(taken.Stats().Problem, "refuses to stream")
 	})
-	if p := taken.Stats().Problem; !strings.Contains(p, "before "+(fork+1).String()) {
+	if p := taken.Stats().Problem; !strings.Contains(p, "before "+fork.String()) {
 		t.Errorf("Problem = %q, want the journal's position named", p)
 	}
 	if ch, _ := later.snapshot(); len(ch) != 0 {
@@ -497,6 +501,66 @@ func pastTheFork(t *testing.T) (s *Stream, proc *processor, rec *recorder, begin
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return s, proc, rec, begin, change, conn
+}
+
+// TestTwoFailoversRecordTheJournalsFork: a process that read timeline
+// 1 below its fork lost contact; another streamed timeline 2 and moved
+// the journal's checkpoint there, past timeline 1's fork; timeline 3
+// then forked from timeline 2 above that checkpoint. The process accepts
+// timeline 3 and tells Forked where it left the checkpoint's timeline
+// (2), as RecordFork judges it: its own fork (timeline 1's) was refused
+// there at every try, and the process never streamed (found by a
+// review).
+func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
+	ctx := context.Background()
+	primary, db := sourceCluster(t)
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'one@x')`)
+	cl2, db2, sysID, fork1 := promote(t, primary)
+	db2.Exec(t, `INSERT INTO users (id, email) VALUES (2, 'two@x')`)
+	var checkpoint pglogrepl.LSN // a commit of timeline 2, past fork1
+	if err := db2.Connect(t).QueryRow(ctx, `SELECT pg_current_wal_lsn()`).Scan(&checkpoint); err != nil {
+		t.Fatal(err)
+	}
+	db2.Exec(t, `SELECT pg_switch_wal()`, `INSERT INTO users (id, email) VALUES (3, 'three@x')`)
+	cl3, err := cl2.ClonePromoted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl3.Close)
+	var history string
+	db3 := &pgtest.DB{Name: "dz", DSN: cl3.DSN("dz"), Cluster: cl3}
+	if err := db3.Connect(t).QueryRow(ctx, `SELECT pg_read_file('pg_wal/00000003.history')`).Scan(&history); err != nil {
+		t.Fatal(err)
+	}
+	fork2 := parseHistory([]byte(history), 2)
+	if !(fork1 < checkpoint && checkpoint < fork2) {
+		t.Fatalf("fork1 %s, checkpoint %s, fork2 %s: want them in that order", fork1, checkpoint, fork2)
+	}
+	var told [][2]uint64
+	s, err := New(Config{DSN: cl3.DSN("dz"), Slot: "dzhook", Publication: "dzhook", Handler: newRecorder(true), Logger: testLogger(t),
+		Resume: Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200},
+		Journaled: func(context.Context) (Resume, error) {
+			return Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint}, nil
+		},
+		Forked: func(_ context.Context, timeline int32, at pglogrepl.LSN) error {
+			told = append(told, [2]uint64{uint64(timeline), uint64(at)})
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.handed(txEnd{commit: fork1 - 0x100, end: fork1 - 0x80}) // this process read timeline 1 below its fork
+	conn, err := ConnectReplication(ctx, cl3.DSN("dz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := s.checkServer(ctx, conn); err != nil {
+		t.Fatalf("timeline 3, which carries on what this process and the journal read: %v", err)
+	}
+	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
+		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the checkpoint's)", told, fork2)
+	}
 }
 
 // TestBeginProcessedByTheReaderCountsItsQueuedChanges: the reader
