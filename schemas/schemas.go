@@ -209,41 +209,64 @@ func unknownFormat(v any, at string) (string, string) {
 	return "", ""
 }
 
-// relativeID finds an "$id" in the schema v that is not an absolute URI
-// (a fragment-only one included) and has no absolute "$id" above it to
-// resolve against (based), and returns its JSON pointer and value.
-// Values that are data, not schemas (const, enum, default, examples),
-// are not looked into.
+// relativeID finds an "$id" in the schema v with a relative path (not
+// empty, not a fragment alone: draft-07's anchors, "#item") and no
+// absolute "$id" above it to resolve against (based), and returns its
+// JSON pointer and value. It looks only where schemas are (schemaMaps,
+// schemaOne, schemaLists): elsewhere an "$id" is data or an annotation.
 func relativeID(v any, at string, based bool) (string, string) {
-	switch v := v.(type) {
-	case map[string]any:
-		if id, ok := v["$id"].(string); ok {
-			u, err := url.Parse(id)
+	m, ok := v.(map[string]any)
+	if !ok {
+		return "", ""
+	}
+	if id, ok := m["$id"].(string); ok && id != "" && !strings.HasPrefix(id, "#") {
+		u, err := url.Parse(id)
+		switch {
+		case err == nil && u.IsAbs():
+			based = true
+		case !based || err != nil:
+			return at + "/$id", id
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		var subs map[string]any
+		switch x := m[k].(type) {
+		case map[string]any:
 			switch {
-			case err == nil && u.IsAbs():
-				based = true
-			case !based || err != nil:
-				return at + "/$id", id
+			case schemaMaps[k]:
+				subs = x
+			case schemaOne[k]:
+				subs = map[string]any{"": x}
+			}
+		case []any:
+			if schemaLists[k] {
+				subs = make(map[string]any, len(x))
+				for i, y := range x {
+					subs[strconv.Itoa(i)] = y
+				}
 			}
 		}
-		for _, k := range slices.Sorted(maps.Keys(v)) {
-			switch k {
-			case "const", "enum", "default", "examples":
-				continue
+		for _, name := range slices.Sorted(maps.Keys(subs)) {
+			p := at + "/" + k
+			if name != "" || !schemaOne[k] {
+				p += "/" + name
 			}
-			if p, id := relativeID(v[k], at+"/"+k, based); p != "" {
-				return p, id
-			}
-		}
-	case []any:
-		for i, x := range v {
-			if p, id := relativeID(x, at+"/"+strconv.Itoa(i), based); p != "" {
+			if p, id := relativeID(subs[name], p, based); p != "" {
 				return p, id
 			}
 		}
 	}
 	return "", ""
 }
+
+// The keywords whose values are schemas: a map of them, one, or a list
+// (2020-12 and draft-07's).
+var (
+	schemaMaps = map[string]bool{"properties": true, "patternProperties": true, "$defs": true, "definitions": true, "dependentSchemas": true, "dependencies": true}
+	schemaOne  = map[string]bool{"items": true, "additionalItems": true, "additionalProperties": true, "contains": true, "propertyNames": true,
+		"not": true, "if": true, "then": true, "else": true, "unevaluatedItems": true, "unevaluatedProperties": true, "contentSchema": true}
+	schemaLists = map[string]bool{"allOf": true, "anyOf": true, "oneOf": true, "prefixItems": true, "items": true}
+)
 
 func customURL(name string) string { return "urn:dzhook:event:" + name }
 

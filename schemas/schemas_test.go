@@ -323,11 +323,20 @@ func TestCustomSchemaRelativeID(t *testing.T) {
 		at     string // "" when it compiles
 	}{
 		{obj("$id", "order.json", "type", "object"), "at /$id: \"order.json\""},
-		{obj("$id", "#order", "type", "object"), "at /$id: \"#order\""},
 		{obj("type", "object", "$defs", obj("item", obj("$id", "item.json", "type", "string"))), "at /$defs/item/$id: \"item.json\""},
 		{obj("$id", "https://example.com/order.json", "$defs", obj("item", obj("$id", "item.json", "type", "string"))), ""},
 		{obj("$id", "urn:example:order", "type", "object"), ""},
 		{obj("type", "object", "const", obj("$id", "x"), "examples", []any{obj("$id", "y")}), ""},
+		{obj("not", obj("$id", "n.json")), "at /not/$id"},
+		{obj("allOf", []any{obj("type", "object"), obj("$id", "a.json")}), "at /allOf/1/$id"},
+		{obj("properties", obj("$id", obj("type", "string"), "item", obj("items", obj("$id", "i.json")))), "at /properties/item/items/$id"},
+		// draft-07's anchors, empty and fragment ids, annotations: as
+		// before.
+		{obj("$schema", "http://json-schema.org/draft-07/schema#", "definitions", obj("item", obj("$id", "#item", "type", "string")),
+			"properties", obj("a", obj("$ref", "#item"))), ""},
+		{obj("$id", "", "type", "object"), ""},
+		{obj("$id", "#", "type", "object"), ""},
+		{obj("type", "object", "x-example", obj("$id", "abc"), "example", obj("$id", "def")), ""},
 	} {
 		_, err := schemas.New(map[string]any{"order.shipped": c.schema})
 		switch {

@@ -59,6 +59,29 @@ func TestValidateNamesEncryptingKey(t *testing.T) {
 	}
 }
 
+// TestValidateNotesAnEndedOverlap: a rotation's overlap that has ended
+// is said, with the keys that can go; one still running is not.
+func TestValidateNotesAnEndedOverlap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	sub := func(id, until string) string {
+		return "  - {id: " + id + ", url: https://" + id + ".example.com/, events: [request.created], secret: 0123456789abcdef, previous_secret: fedcba9876543210, previous_secret_until: " + until + "}\n"
+	}
+	yaml := "source: {dsn: postgres://x@127.0.0.1/db}\nsubscriptions:\n" + sub("ended", "2024-01-16T14:30:00Z") + sub("running", time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCmd(t, "validate", "--config", path)
+	if code != exitOK {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, errOut)
+	}
+	if want := "note: subscriptions[0] (ended): the secret rotation's overlap ended at 2024-01-16T14:30:00Z; previous_secret and previous_secret_until can be removed"; !strings.Contains(out, want) {
+		t.Errorf("stdout = %q, want it to contain %q", out, want)
+	}
+	if strings.Contains(out, "(running)") {
+		t.Errorf("stdout = %q notes the overlap still running", out)
+	}
+}
+
 // TestValidateFiveMistakes is the golden test of `dzhook validate` on a
 // file with five distinct mistakes.
 func TestValidateFiveMistakes(t *testing.T) {

@@ -449,6 +449,8 @@ func heldText(held string) string {
 	switch held {
 	case "paused":
 		return "; the subscription is paused: they go out when it is resumed"
+	case "disabled":
+		return "; the subscription was disabled by a 410 answer: they go out when it is resumed"
 	case "inactive":
 		return "; the subscription is inactive: they go out once it is active again"
 	}

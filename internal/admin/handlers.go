@@ -349,8 +349,9 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, q query) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// heldBy says why a subscription's due deliveries wait: "paused",
-// "inactive", or "" when they go out.
+// heldBy says why a subscription's due deliveries wait (as the
+// dispatcher's accepting does): "paused", "inactive" (active: false),
+// "disabled" (a 410 turned it off), or "" when they go out.
 func heldBy(d Deliverer, id string) string {
 	for _, st := range d.Subscriptions() {
 		switch {
@@ -359,6 +360,11 @@ func heldBy(d Deliverer, id string) string {
 			return "paused"
 		case !st.Active:
 			return "inactive"
+		case st.State == journal.Disabled:
+			// The retry an operator makes once the receiver that
+			// answered 410 is fixed: said to go out now, it waited for a
+			// resume (found by a review).
+			return "disabled"
 		default:
 			return ""
 		}

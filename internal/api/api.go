@@ -301,9 +301,9 @@ type RetryFailedResponse struct {
 	Scheduled    int    `json:"scheduled"`
 	Subscription string `json:"subscription"`
 	// Held says why the scheduled deliveries wait instead of going out
-	// now: "paused" (they go out on resume) or "inactive" (the
-	// subscription is disabled: they go out once it is active again);
-	// absent when they go out now.
+	// now: "paused" or "disabled" (a 410 turned the subscription off):
+	// they go out on resume; "inactive" (active: false): once it is
+	// active again. Absent when they go out now.
 	Held string `json:"held,omitempty"`
 }
 

@@ -221,6 +221,7 @@ subscriptions:
 		{"overlap end without a secret", minimal + "    previous_secret_until: 2024-01-16T14:30:00Z\n", nil, []string{"subscriptions[0].previous_secret: required with previous_secret_until"}},
 		{"previous secret short, overlap end not a time", minimal + "    previous_secret: short\n    previous_secret_until: tomorrow\n", nil, []string{
 			"subscriptions[0].previous_secret: too short", `subscriptions[0].previous_secret_until: "tomorrow" is not an RFC 3339 time`}},
+		{"overlap too long", minimal + "    previous_secret: fedcba9876543210\n    previous_secret_until: 2205-01-16T14:30:00Z\n", nil, []string{"subscriptions[0].previous_secret_until: 2205-01-16T14:30:00Z is more than 720h0m0s ahead"}},
 		{"previous secret the same", minimal + "    previous_secret: 0123456789abcdef\n    previous_secret_until: 2024-01-16T14:30:00Z\n", nil, []string{"subscriptions[0].previous_secret: is the same as secret"}},
 		{"previous secret not whsec_ with standard webhooks", strings.Replace(minimal, "0123456789abcdef", "whsec_MDEyMzQ1Njc4OWFiY2RlZg==", 1) + "    standard_webhooks: true\n    previous_secret: fedcba9876543210\n    previous_secret_until: 2024-01-16T14:30:00Z\n", nil, []string{"subscriptions[0].previous_secret: standard_webhooks needs a whsec_<base64> secret"}},
 		{"control character in a header value", minimal + "    headers: {X-Tenant: \"acme\\0\"}\n", nil, []string{"subscriptions[0].headers.X-Tenant: value must not contain control characters"}},

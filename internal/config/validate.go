@@ -650,6 +650,10 @@ func (c *Config) refusedAddress(raw string) string {
 	return ""
 }
 
+// MaxSecretOverlap is the longest overlap of a secret rotation: the API's
+// (overlap) and a configuration file's (previous_secret_until).
+const MaxSecretOverlap = 720 * time.Hour
+
 // checkPreviousSecret checks a subscription's rotation overlap
 // (previous_secret, previous_secret_until): both or neither, the secret
 // held to what secret is, and a time.
@@ -664,8 +668,13 @@ func checkPreviousSecret(ps *Problems, path string, s Subscription) {
 		ps.add(path+".previous_secret_until", "required with previous_secret: when the overlap ends, an RFC 3339 time such as 2024-01-16T14:30:00Z")
 	}
 	if until != "" {
-		if _, err := time.Parse(time.RFC3339, until); err != nil {
+		if t, err := time.Parse(time.RFC3339, until); err != nil {
 			ps.add(path+".previous_secret_until", "%q is not an RFC 3339 time such as 2024-01-16T14:30:00Z", until)
+		} else if time.Until(t) > MaxSecretOverlap {
+			// A typo in the year kept the old secret (maybe the one
+			// retired because it leaked) valid for ever, as the API's
+			// rotation does not allow (found by a review).
+			ps.add(path+".previous_secret_until", "%s is more than %s ahead: an overlap is at most that long, as the API's rotation allows", until, MaxSecretOverlap)
 		}
 	}
 	switch {

@@ -327,6 +327,39 @@ func TestRetryFailedWhilePausedSaysSo(t *testing.T) {
 	})
 }
 
+// TestRetryFailedWhileDisabledSaysSo: a 410 disabled the subscription;
+// the operator fixes the receiver and retries its failed deliveries:
+// the answer says they wait for the resume ("held": "disabled"); it said
+// nothing, as if they went out (found by a review). The resume sends
+// them.
+func TestRetryFailedWhileDisabledSaysSo(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	var up atomic.Bool
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if up.Load() {
+			return 200, nil, "ok"
+		}
+		return 410, nil, "gone"
+	})
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	a := newAdminClient(t, e)
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "a failed delivery", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 1
+	})
+	up.Store(true)
+	if out := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed", nil); out.Scheduled != 1 || out.Held != "disabled" {
+		t.Fatalf("retry-failed of a subscription a 410 disabled: scheduled %v, held %q; want 1, held disabled", out.Scheduled, out.Held)
+	}
+	answer[api.ResumeResponse](a, "POST", "/v1/subscriptions/crm/resume", nil)
+	rc.Wait(t, 2, 20*time.Second)
+	testutil.Eventually(t, 10*time.Second, "delivered after the resume", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 1
+	})
+}
+
 // TestAdminUnreadableFilterActsOnNothing: against a real journal, a
 // retry-failed whose filter Go's query parser would drop (a ';', a bad
 // escape) or that is given twice answers 400 and changes no delivery;

@@ -910,7 +910,7 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 		case err != nil:
 			// Not quoted: it may be a secret pasted into the wrong field.
 			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "is not a duration such as 24h or 90m"})
-		case d < 0 || d > 30*24*time.Hour:
+		case d < 0 || d > config.MaxSecretOverlap:
 			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "must be between 0s and 720h"})
 		default:
 			overlap = d

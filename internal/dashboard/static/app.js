@@ -713,6 +713,7 @@ function retryFailed(id) {
     clearError('action');
     const n = res.scheduled || 0;
     const held = res.held === 'paused' ? ' The subscription is paused: they go out when it is resumed.'
+      : res.held === 'disabled' ? ' The subscription was disabled by a 410 answer: they go out when it is resumed.'
       : res.held === 'inactive' ? ' The subscription is inactive: they go out once it is active again.' : '';
     announce(n === 0 ? `${id}: no failed deliveries to retry.` : `${id}: ${n} failed ${n === 1 ? 'delivery' : 'deliveries'} scheduled for one more attempt.${held}`);
     await refreshAll();
