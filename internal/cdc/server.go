@@ -289,12 +289,14 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// at every try, and would have fenced the live timeline in
 			// between (found by a review). A checkpoint already on the
 			// new timeline was moved there by a process that accepted it.
-			journalJudged = true
+			// Only when it exists: a checkpoint without a timeline (one
+			// written before journal version 17), or one moved onto the
+			// new timeline without a fork (an accepted gap), leaves this
+			// process's own fork to record (found by a review).
 			if e == nil && tli != sys.Timeline {
-				forked, forkedFrom = jfork, tli
+				forked, forkedFrom, journalJudged = jfork, tli, true
 			}
 			if e != nil {
-				e.Read = j.LSN
 				// Judged again at the next try when it is a fork: another
 				// process's start may move the journal's position back to
 				// it (engine.rewindToFork), also for a process that read
@@ -305,7 +307,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 				// restore) is for good: streamed once its WAL passed the
 				// position, the restored server's transactions below it
 				// were skipped as journaled.
-				read = j.LSN
+				read = j.LSN + 1
 				e.Journal = true
 				sticky = e.Timeline == e.PrevTimeline
 			}
@@ -444,7 +446,6 @@ func CheckResume(ctx context.Context, conn *pgconn.PgConn, slot string, sys pglo
 		return 0, err
 	}
 	if e != nil {
-		e.Read = from.LSN
 		return 0, e
 	}
 	return fork, nil

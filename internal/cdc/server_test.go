@@ -158,7 +158,7 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, "the session refusing the server behind the journal", func() bool {
 		return strings.Contains(taken.Stats().Problem, "refuses to stream")
 	})
-	if p := taken.Stats().Problem; !strings.Contains(p, "before "+fork.String()) {
+	if p := taken.Stats().Problem; !strings.Contains(p, "before "+(fork+1).String()) {
 		t.Errorf("Problem = %q, want the journal's position named", p)
 	}
 	if ch, _ := later.snapshot(); len(ch) != 0 {
@@ -193,7 +193,8 @@ func TestJournaledAheadOnTheSameTimelineRefused(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, "the session refusing the server behind the journal", func() bool {
 		return strings.Contains(s.Stats().Problem, "refuses to stream")
 	})
-	if p := s.Stats().Problem; !strings.Contains(p, "before "+ahead.String()) {
+	// The checkpoint is a commit's start: read to past it.
+	if p := s.Stats().Problem; !strings.Contains(p, "before "+(ahead+1).String()) {
 		t.Errorf("Problem = %q, want the journal's position named", p)
 	}
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`)
@@ -560,6 +561,43 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 	}
 	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
 		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the checkpoint's)", told, fork2)
+	}
+}
+
+// TestForkRecordedBesideACheckpointWithoutTimeline: a process that read
+// timeline 1 below the fork accepts timeline 2 while the journal's
+// checkpoint has no timeline (written before journal version 17): its
+// own fork is told to Forked. The checkpoint's judgment left it out, and
+// a process still on the old primary went unfenced (found by a review).
+func TestForkRecordedBesideACheckpointWithoutTimeline(t *testing.T) {
+	ctx := context.Background()
+	primary, db := sourceCluster(t)
+	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'one@x')`)
+	cl, _, sysID, fork := promote(t, primary)
+	var told [][2]uint64
+	s, err := New(Config{DSN: cl.DSN("dz"), Slot: "dzhook", Publication: "dzhook", Handler: newRecorder(true), Logger: testLogger(t),
+		Resume: Resume{SystemID: sysID, Timeline: 1, LSN: fork - 0x200},
+		Journaled: func(context.Context) (Resume, error) {
+			return Resume{SystemID: sysID, LSN: fork - 0x200}, nil
+		},
+		Forked: func(_ context.Context, timeline int32, at pglogrepl.LSN) error {
+			told = append(told, [2]uint64{uint64(timeline), uint64(at)})
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.handed(txEnd{commit: fork - 0x100, end: fork - 0x80})
+	conn, err := ConnectReplication(ctx, cl.DSN("dz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := s.checkServer(ctx, conn); err != nil {
+		t.Fatalf("timeline 2, which carries on what was read: %v", err)
+	}
+	if len(told) != 1 || told[0] != [2]uint64{2, uint64(fork)} {
+		t.Errorf("told Forked %v, want timeline 2 at %s", told, fork)
 	}
 }
 

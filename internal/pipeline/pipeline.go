@@ -162,7 +162,10 @@ func trusted(cp journal.Checkpoint, systemID string, walEnd pglogrepl.LSN) (pglo
 	case lsn > walEnd:
 		return 0, "it is ahead of the database's WAL (" + walEnd.String() + "): the database was restored from a backup or replaced; " +
 			"new events may reuse ids of the lost timeline, which the journal drops as known: give dzhook a fresh journal.schema"
-	case cp.RestoredBelow != 0 && lsn > cp.RestoredBelow:
+	case cp.RestoredBelow != 0 && lsn >= cp.RestoredBelow:
+		// The checkpoint is a commit's start: one at the restored WAL's
+		// end is a commit that WAL lacks (the stream judges it at LSN+1,
+		// cdc.checkServer; found by a review).
 		return 0, "a server of this cluster whose WAL ended at " + cp.RestoredBelow.String() + ", before it, was refused while dzhook ran (a restore from a snapshot); " +
 			"trusted, the restored server's transactions below it would be skipped as journaled. New events may reuse ids of the lost WAL, which the journal drops as known: give dzhook a fresh journal.schema to process every one"
 	}
