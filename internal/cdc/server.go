@@ -40,6 +40,24 @@ type Resume struct {
 	SystemID string
 	Timeline int32
 	LSN      pglogrepl.LSN
+	// End is the journal's checkpoint's end_lsn: the end of the commit
+	// record that starts at LSN, or the position an idle LSN is one
+	// below (0: unknown).
+	End pglogrepl.LSN
+}
+
+// readTo is the position r says was read to: the end of its last commit
+// when known (End past LSN), else LSN. Judged at LSN, a commit starting
+// at a fork was accepted while the journal's fence and RecordFork hold
+// it the lost branch's (found by a review); judged at LSN+1, a
+// checkpoint written at an idle position itself (before 2026-12-06, End
+// equal to LSN) refused the idle server for good as restored (found by
+// the next).
+func (r Resume) readTo() pglogrepl.LSN {
+	if r.End > r.LSN {
+		return r.End
+	}
+	return r.LSN
 }
 
 // Timeline returns the timeline of the server the stream reads (0 before
@@ -68,7 +86,8 @@ type ServerChangedError struct {
 	// did not, or when PrevTimeline is not in its history).
 	Fork pglogrepl.LSN
 	// Read is the position the stream read to and handed over, or, when
-	// Journal is set, the journal's checkpoint (another process's read).
+	// Journal is set, what the journal's checkpoint says was read to
+	// (another process's read: Resume.readTo).
 	Read    pglogrepl.LSN
 	Journal bool
 	// Queued: the server is refused because of what the stream queued
@@ -264,8 +283,8 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		if !sticky {
 			var at pglogrepl.LSN
-			if j.SystemID == sys.SystemID && j.LSN != 0 {
-				at = j.LSN + 1 // a commit's start: read to past it
+			if j.SystemID == sys.SystemID {
+				at = j.readTo()
 			}
 			accepted = &at
 		}
@@ -276,11 +295,9 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// checkpoint, above the WAL, and skipped what came below it).
 			tli := cmp.Or(j.Timeline, sys.Timeline)
 			var jfork pglogrepl.LSN
-			// The checkpoint is a commit's start: read to past it (a
-			// commit at the fork is the lost branch's, as RecordFork
-			// holds; judged at it, it was accepted and its fork's record
-			// refused at every try: found by a review).
-			if jfork, e, err = judge(ctx, conn, s.cfg.Slot, sys, server{systemID: j.SystemID, timeline: tli}, j.LSN+1); err != nil {
+			// Read to the end of its commit (Resume.readTo), as RecordFork
+			// and the fence hold it.
+			if jfork, e, err = judge(ctx, conn, s.cfg.Slot, sys, server{systemID: j.SystemID, timeline: tli}, j.readTo()); err != nil {
 				return err
 			}
 			// The fork recorded is the journal's checkpoint's, whose
@@ -307,7 +324,7 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 				// restore) is for good: streamed once its WAL passed the
 				// position, the restored server's transactions below it
 				// were skipped as journaled.
-				read = j.LSN + 1
+				read = j.readTo()
 				e.Journal = true
 				sticky = e.Timeline == e.PrevTimeline
 			}
@@ -440,8 +457,7 @@ func CheckResume(ctx context.Context, conn *pgconn.PgConn, slot string, sys pglo
 	if from.LSN == 0 || from.Timeline == 0 || from.SystemID != sys.SystemID || from.Timeline == sys.Timeline {
 		return 0, nil
 	}
-	// from.LSN is a commit's start: read to past it (checkServer).
-	fork, e, err := judge(ctx, conn, slot, sys, server{systemID: from.SystemID, timeline: from.Timeline}, from.LSN+1)
+	fork, e, err := judge(ctx, conn, slot, sys, server{systemID: from.SystemID, timeline: from.Timeline}, from.readTo())
 	if err != nil {
 		return 0, err
 	}

@@ -124,23 +124,26 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 	_, promoted, sysID, fork := promote(t, primary)
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`) // the WAL past fork+1
 
-	// A checkpoint is a commit's start: one at the fork is the lost
-	// branch's (the journal's fence and RecordFork hold so too; accepted
-	// here, the fork's record was refused at every try: found by a
-	// review).
+	// A checkpoint is a commit's start, read to its end (End): a commit
+	// that starts at the fork is the lost branch's (the journal's fence
+	// and RecordFork hold so too; judged at its start, it was accepted
+	// and the fork's record refused at every try: found by a review).
 	behind := startStreamWith(t, promoted, newRecorder(true), func(c *Config) {
-		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork}
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork, End: fork + 0x40}
 	})
 	testutil.Eventually(t, 30*time.Second, "the first session refusing the server", func() bool {
 		return strings.Contains(behind.Stats().Problem, "refuses to stream")
 	})
-	if p := behind.Stats().Problem; !strings.Contains(p, "timeline 2 left timeline 1 at "+fork.String()) {
+	if p := behind.Stats().Problem; !strings.Contains(p, "timeline 2 left timeline 1 at "+fork.String()) || !strings.Contains(p, "before "+(fork+0x40).String()) {
 		t.Errorf("Problem = %q, want the timelines and the fork named", p)
 	}
 
+	// An idle position at the fork (a checkpoint one below it, or one
+	// written at the position itself before 2026-12-06: End equal to
+	// LSN) carries on.
 	rec := newRecorder(true)
 	s := startStreamWith(t, promoted, rec, func(c *Config) {
-		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1}
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork, End: fork}
 	})
 	rec.waitCommits(t, 1)
 	if got := s.Timeline(); got != 2 {
@@ -152,13 +155,15 @@ func TestResumeJudgesTheFirstSession(t *testing.T) {
 	// the slot over): refused too.
 	later := newRecorder(true)
 	taken := startStreamWith(t, promoted, later, func(c *Config) {
-		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1}
-		c.Journaled = func(context.Context) (Resume, error) { return Resume{SystemID: sysID, Timeline: 1, LSN: fork}, nil }
+		c.Resume = Resume{SystemID: sysID, Timeline: 1, LSN: fork - 1, End: fork}
+		c.Journaled = func(context.Context) (Resume, error) {
+			return Resume{SystemID: sysID, Timeline: 1, LSN: fork, End: fork + 0x40}, nil
+		}
 	})
 	testutil.Eventually(t, 30*time.Second, "the session refusing the server behind the journal", func() bool {
 		return strings.Contains(taken.Stats().Problem, "refuses to stream")
 	})
-	if p := taken.Stats().Problem; !strings.Contains(p, "before "+(fork+1).String()) {
+	if p := taken.Stats().Problem; !strings.Contains(p, "before "+(fork+0x40).String()) {
 		t.Errorf("Problem = %q, want the journal's position named", p)
 	}
 	if ch, _ := later.snapshot(); len(ch) != 0 {
@@ -193,8 +198,7 @@ func TestJournaledAheadOnTheSameTimelineRefused(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, "the session refusing the server behind the journal", func() bool {
 		return strings.Contains(s.Stats().Problem, "refuses to stream")
 	})
-	// The checkpoint is a commit's start: read to past it.
-	if p := s.Stats().Problem; !strings.Contains(p, "before "+(ahead+1).String()) {
+	if p := s.Stats().Problem; !strings.Contains(p, "before "+ahead.String()) {
 		t.Errorf("Problem = %q, want the journal's position named", p)
 	}
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`)

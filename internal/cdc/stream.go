@@ -310,11 +310,7 @@ func New(cfg Config) (*Stream, error) {
 	s.retained.Store(-1)
 	s.first.Store(cfg.Conn)
 	s.server = server{systemID: cfg.Resume.SystemID, timeline: cfg.Resume.Timeline}
-	if cfg.Resume.LSN != 0 {
-		// A commit's start (the journal's checkpoint): read to past it,
-		// as the journal's fence and RecordFork take it.
-		s.baseline = cfg.Resume.LSN + 1
-	}
+	s.baseline = cfg.Resume.readTo()
 	return s, nil
 }
 

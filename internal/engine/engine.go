@@ -183,7 +183,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	// A server on another timeline than the checkpoint's (a failover, a
 	// restore) must carry on the WAL up to it: its transactions below
 	// the checkpoint would be skipped as journaled.
-	fork, err := cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN})
+	fork, err := cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN, End: cp.End})
 	for try := 1; err != nil; try++ {
 		again := false
 		if cp, again, err = rewindToFork(ctx, e.journal, cfg.Source.Slot, cp, sys, err, log); !again || try == 3 {
@@ -194,7 +194,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		if cp, err = e.journal.Checkpoint(ctx, cfg.Source.Slot); err != nil {
 			return nil, err
 		}
-		fork, err = cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN})
+		fork, err = cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN, End: cp.End})
 	}
 	if err != nil {
 		return nil, err
@@ -570,7 +570,7 @@ func (e *Engine) journaled(ctx context.Context) (cdc.Resume, error) {
 	if err != nil {
 		return cdc.Resume{}, &journalDownError{err}
 	}
-	return cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN}, nil
+	return cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN, End: cp.End}, nil
 }
 
 // sessionStarted runs in the stream's order before the first change of

@@ -221,10 +221,10 @@ func (s *Store) journaledFrom(ctx context.Context, q interface {
 // checkpoint of the cluster there is nothing to fence: true.
 func (s *Store) RecordFork(ctx context.Context, slot, systemID string, timeline int32, fork pglogrepl.LSN) (recorded bool, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var lsn int64
+		var lsn, end int64
 		var system string
 		var tli *int32
-		err := tx.QueryRow(ctx, s.q(`SELECT lsn, coalesce(system_id, ''), timeline FROM {{schema}}.checkpoints WHERE slot = $1 FOR UPDATE`), slot).Scan(&lsn, &system, &tli)
+		err := tx.QueryRow(ctx, s.q(`SELECT lsn, coalesce(end_lsn, lsn), coalesce(system_id, ''), timeline FROM {{schema}}.checkpoints WHERE slot = $1 FOR UPDATE`), slot).Scan(&lsn, &end, &system, &tli)
 		if errors.Is(err, pgx.ErrNoRows) || err == nil && system != systemID {
 			recorded = true
 			return nil
@@ -232,7 +232,10 @@ func (s *Store) RecordFork(ctx context.Context, slot, systemID string, timeline 
 		if err != nil {
 			return err
 		}
-		if (tli == nil || *tli < timeline) && pglogrepl.LSN(lsn) >= fork {
+		// Read to the end of its last commit, as the stream judges it
+		// (cdc.Resume.readTo): one that ends past the fork is the lost
+		// branch's.
+		if (tli == nil || *tli < timeline) && pglogrepl.LSN(max(lsn, end)) > fork {
 			return nil
 		}
 		recorded = true

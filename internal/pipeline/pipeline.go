@@ -154,18 +154,24 @@ func (p *Pipeline) UseCheckpoint(ctx context.Context, cp journal.Checkpoint, wal
 // journaled, or 0 and why cp cannot be trusted.
 func trusted(cp journal.Checkpoint, systemID string, walEnd pglogrepl.LSN) (pglogrepl.LSN, string) {
 	lsn := pglogrepl.LSN(cp.LSN)
+	// What it says was read to: the end of its last commit when known,
+	// as the stream judges it (cdc.Resume.readTo). A commit that starts
+	// at the WAL's end (or a restored WAL's) is one that WAL lacks; a
+	// checkpoint written at an idle position itself (End equal to LSN)
+	// is not past a WAL that ends there.
+	read := lsn
+	if cp.End > read {
+		read = cp.End
+	}
 	switch {
 	case cp.LSN == 0:
 		return 0, ""
 	case cp.SystemID != "" && cp.SystemID != systemID:
 		return 0, "it belongs to database cluster " + cp.SystemID + ", not " + systemID
-	case lsn > walEnd:
+	case read > walEnd:
 		return 0, "it is ahead of the database's WAL (" + walEnd.String() + "): the database was restored from a backup or replaced; " +
 			"new events may reuse ids of the lost timeline, which the journal drops as known: give dzhook a fresh journal.schema"
-	case cp.RestoredBelow != 0 && lsn >= cp.RestoredBelow:
-		// The checkpoint is a commit's start: one at the restored WAL's
-		// end is a commit that WAL lacks (the stream judges it at LSN+1,
-		// cdc.checkServer; found by a review).
+	case cp.RestoredBelow != 0 && read > cp.RestoredBelow:
 		return 0, "a server of this cluster whose WAL ended at " + cp.RestoredBelow.String() + ", before it, was refused while dzhook ran (a restore from a snapshot); " +
 			"trusted, the restored server's transactions below it would be skipped as journaled. New events may reuse ids of the lost WAL, which the journal drops as known: give dzhook a fresh journal.schema to process every one"
 	}

@@ -117,6 +117,10 @@ func TestTrusted(t *testing.T) {
 		{"none", journal.Checkpoint{}, 0, false},
 		{"this cluster", journal.Checkpoint{LSN: 900, SystemID: systemID}, 900, false},
 		{"at the WAL's end", journal.Checkpoint{LSN: 1000, SystemID: systemID}, 1000, false},
+		{"idle at the WAL's end, written at the position itself", journal.Checkpoint{LSN: 1000, End: 1000, SystemID: systemID}, 1000, false},
+		{"idle at the WAL's end", journal.Checkpoint{LSN: 999, End: 1000, SystemID: systemID}, 999, false},
+		// A commit that starts at the WAL's end: the WAL lacks it.
+		{"a commit the WAL lacks", journal.Checkpoint{LSN: 1000, End: 1040, SystemID: systemID}, 0, true},
 		{"written before system ids", journal.Checkpoint{LSN: 900}, 900, false},
 		{"another cluster", journal.Checkpoint{LSN: 900, SystemID: "7300000000000000002"}, 0, true},
 		{"ahead of the WAL", journal.Checkpoint{LSN: 1001, SystemID: systemID}, 0, true},
@@ -172,10 +176,9 @@ func TestUseCheckpointClearsAHandledRestore(t *testing.T) {
 	if p.Checkpoint() != 900 || !slices.Equal(r.cleared, []journal.Checkpoint{below}) || len(r.resets) != 0 {
 		t.Errorf("below the mark: checkpoint %s, cleared %+v, resets %+v; want 900 trusted and the mark cleared", p.Checkpoint(), r.cleared, r.resets)
 	}
-	// Past the mark, or at it: the checkpoint is a commit's start, and a
-	// commit starting at the restored WAL's end is one that WAL lacks (at
-	// it, the checkpoint was trusted: found by a review).
-	for _, past := range []journal.Checkpoint{{LSN: 960, SystemID: systemID, RestoredBelow: 950}, {LSN: 950, SystemID: systemID, RestoredBelow: 950}} {
+	// Past the mark, or a commit starting at it, which ends past it: a
+	// commit the restored WAL lacks (trusted: found by a review).
+	for _, past := range []journal.Checkpoint{{LSN: 960, SystemID: systemID, RestoredBelow: 950}, {LSN: 950, End: 990, SystemID: systemID, RestoredBelow: 950}} {
 		r = &recorder{}
 		p = newPipeline(t, r)
 		if err := p.UseCheckpoint(ctx, past, 1000); err != nil {
