@@ -541,12 +541,24 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 	if !(fork1 < checkpoint && checkpoint < fork2) {
 		t.Fatalf("fork1 %s, checkpoint %s, fork2 %s: want them in that order", fork1, checkpoint, fork2)
 	}
-	var told [][2]uint64
-	s, err := New(Config{DSN: cl3.DSN("dz"), Slot: "dzhook", Publication: "dzhook", Handler: newRecorder(true), Logger: testLogger(t),
-		Resume: Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200},
-		Journaled: func(context.Context) (Resume, error) {
-			return Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint}, nil
-		},
+	// This process read timeline 1 below its fork.
+	told := judgeTelling(t, cl3.DSN("dz"), Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200}, fork1-0x80,
+		Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint})
+	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
+		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the checkpoint's)", told, fork2)
+	}
+}
+
+// judgeTelling judges the server at dsn (checkServer) for a stream that
+// resumed at from and handed over up to handed itself, with journal the
+// journal's checkpoint; it fails unless the server is accepted, and
+// returns what Forked was told (timeline, fork).
+func judgeTelling(t *testing.T, dsn string, from Resume, handed pglogrepl.LSN, journal Resume) (told [][2]uint64) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := New(Config{DSN: dsn, Slot: "dzhook", Publication: "dzhook", Handler: newRecorder(true), Logger: testLogger(t),
+		Resume:    from,
+		Journaled: func(context.Context) (Resume, error) { return journal, nil },
 		Forked: func(_ context.Context, timeline int32, at pglogrepl.LSN) error {
 			told = append(told, [2]uint64{uint64(timeline), uint64(at)})
 			return nil
@@ -554,18 +566,16 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.handed(txEnd{commit: fork1 - 0x100, end: fork1 - 0x80}) // this process read timeline 1 below its fork
-	conn, err := ConnectReplication(ctx, cl3.DSN("dz"))
+	s.handed(txEnd{commit: handed - 0x80, end: handed})
+	conn, err := ConnectReplication(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
 	if err := s.checkServer(ctx, conn); err != nil {
-		t.Fatalf("timeline 3, which carries on what this process and the journal read: %v", err)
+		t.Fatalf("a server that carries on what this process and the journal read: %v", err)
 	}
-	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
-		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the checkpoint's)", told, fork2)
-	}
+	return told
 }
 
 // TestForkRecordedBesideACheckpointWithoutTimeline: a process that read
@@ -574,32 +584,11 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 // own fork is told to Forked. The checkpoint's judgment left it out, and
 // a process still on the old primary went unfenced (found by a review).
 func TestForkRecordedBesideACheckpointWithoutTimeline(t *testing.T) {
-	ctx := context.Background()
 	primary, db := sourceCluster(t)
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'one@x')`)
 	cl, _, sysID, fork := promote(t, primary)
-	var told [][2]uint64
-	s, err := New(Config{DSN: cl.DSN("dz"), Slot: "dzhook", Publication: "dzhook", Handler: newRecorder(true), Logger: testLogger(t),
-		Resume: Resume{SystemID: sysID, Timeline: 1, LSN: fork - 0x200},
-		Journaled: func(context.Context) (Resume, error) {
-			return Resume{SystemID: sysID, LSN: fork - 0x200}, nil
-		},
-		Forked: func(_ context.Context, timeline int32, at pglogrepl.LSN) error {
-			told = append(told, [2]uint64{uint64(timeline), uint64(at)})
-			return nil
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.handed(txEnd{commit: fork - 0x100, end: fork - 0x80})
-	conn, err := ConnectReplication(ctx, cl.DSN("dz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if err := s.checkServer(ctx, conn); err != nil {
-		t.Fatalf("timeline 2, which carries on what was read: %v", err)
-	}
+	told := judgeTelling(t, cl.DSN("dz"), Resume{SystemID: sysID, Timeline: 1, LSN: fork - 0x200}, fork-0x80,
+		Resume{SystemID: sysID, LSN: fork - 0x200})
 	if len(told) != 1 || told[0] != [2]uint64{2, uint64(fork)} {
 		t.Errorf("told Forked %v, want timeline 2 at %s", told, fork)
 	}

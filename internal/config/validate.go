@@ -368,14 +368,8 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 		// webhook URL is the credential.
 	case !s.Secret.IsSet():
 		ps.add(path+".secret", "required: the key receivers verify X-DZDESK-Signature with (use ${NAME} to read it from the environment)")
-	case tooShort(s.Secret.Reveal()):
-		ps.add(path+".secret", "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
-	case s.StandardWebhooks && !strings.HasPrefix(s.Secret.Reveal(), "whsec_"):
-		ps.add(path+".secret", "standard_webhooks needs a whsec_<base64> secret, which Standard Webhooks libraries expect (e.g. whsec_ + `openssl rand -base64 32`)")
-	case s.StandardWebhooks:
-		if _, err := signer.StandardKey(s.Secret.Reveal()); err != nil {
-			ps.add(path+".secret", "the part after whsec_ is not valid base64")
-		}
+	default:
+		checkWebhookSecret(ps, path+".secret", s.Secret.Reveal(), s.StandardWebhooks)
 	}
 	checkPreviousSecret(ps, path, s)
 	if len(s.Events) == 0 {
@@ -679,15 +673,25 @@ func checkPreviousSecret(ps *Problems, path string, s Subscription) {
 	}
 	switch {
 	case !s.PreviousSecret.IsSet():
-	case tooShort(prev):
-		ps.add(path+".previous_secret", "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
 	case s.Secret.IsSet() && prev == s.Secret.Reveal():
 		ps.add(path+".previous_secret", "is the same as secret: give the secret it replaced")
-	case s.StandardWebhooks && !strings.HasPrefix(prev, "whsec_"):
-		ps.add(path+".previous_secret", "standard_webhooks needs a whsec_<base64> secret, as for secret")
-	case s.StandardWebhooks:
-		if _, err := signer.StandardKey(prev); err != nil {
-			ps.add(path+".previous_secret", "the part after whsec_ is not valid base64")
+	default:
+		checkWebhookSecret(ps, path+".previous_secret", prev, s.StandardWebhooks)
+	}
+}
+
+// checkWebhookSecret holds a subscription's signing secret (field) to
+// its rules: long enough, and a whsec_<base64> one under
+// standard_webhooks.
+func checkWebhookSecret(ps *Problems, field, secret string, standard bool) {
+	switch {
+	case tooShort(secret):
+		ps.add(field, "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
+	case standard && !strings.HasPrefix(secret, "whsec_"):
+		ps.add(field, "standard_webhooks needs a whsec_<base64> secret, which Standard Webhooks libraries expect (e.g. whsec_ + `openssl rand -base64 32`)")
+	case standard:
+		if _, err := signer.StandardKey(secret); err != nil {
+			ps.add(field, "the part after whsec_ is not valid base64")
 		}
 	}
 }

@@ -294,70 +294,49 @@ func TestRetryFailed(t *testing.T) {
 	}
 }
 
-// TestRetryFailedWhilePausedSaysSo: a retry-failed of a paused
-// subscription answers what it scheduled and that it waits for the
-// resume ("held": "paused"); it said "scheduled" alone while nothing went
-// out (found by a review). The resume sends them.
-func TestRetryFailedWhilePausedSaysSo(t *testing.T) {
-	db := newDB(t)
-	rc := testutil.NewReceiver(t)
-	var up atomic.Bool
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if up.Load() {
-			return 200, nil, "ok"
-		}
-		return 400, nil, "rejected"
-	})
-	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
-	a := newAdminClient(t, e)
-	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`)
-	rc.Wait(t, 1, 20*time.Second)
-	testutil.Eventually(t, 10*time.Second, "a failed delivery", func() bool {
-		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 1
-	})
-	up.Store(true)
-	answer[api.PauseResponse](a, "POST", "/v1/subscriptions/crm/pause", nil)
-	if out := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed", nil); out.Scheduled != 1 || out.Held != "paused" {
-		t.Fatalf("retry-failed while paused: scheduled %v, held %q; want 1, held paused", out.Scheduled, out.Held)
+// TestRetryFailedSaysWhatHoldsIt: a retry-failed of a subscription that
+// holds its deliveries (paused by an operator, or disabled by a 410
+// answer, the retry made once the receiver is fixed) answers what it
+// scheduled and why it waits for the resume ("held"); it said
+// "scheduled" alone while nothing went out (found by reviews). The
+// resume sends them.
+func TestRetryFailedSaysWhatHoldsIt(t *testing.T) {
+	for _, c := range []struct {
+		held   string
+		status int  // the receiver's answer to the first attempt
+		pause  bool // paused before the retry
+	}{{"paused", 400, true}, {"disabled", 410, false}} {
+		t.Run(c.held, func(t *testing.T) {
+			db := newDB(t)
+			rc := testutil.NewReceiver(t)
+			var up atomic.Bool
+			rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+				if up.Load() {
+					return 200, nil, "ok"
+				}
+				return c.status, nil, "no"
+			})
+			e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+			a := newAdminClient(t, e)
+			db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`)
+			rc.Wait(t, 1, 20*time.Second)
+			testutil.Eventually(t, 10*time.Second, "a failed delivery", func() bool {
+				return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 1
+			})
+			up.Store(true)
+			if c.pause {
+				answer[api.PauseResponse](a, "POST", "/v1/subscriptions/crm/pause", nil)
+			}
+			if out := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed", nil); out.Scheduled != 1 || out.Held != c.held {
+				t.Fatalf("retry-failed: scheduled %v, held %q; want 1, held %s", out.Scheduled, out.Held, c.held)
+			}
+			answer[api.ResumeResponse](a, "POST", "/v1/subscriptions/crm/resume", nil)
+			rc.Wait(t, 2, 20*time.Second)
+			testutil.Eventually(t, 10*time.Second, "delivered after the resume", func() bool {
+				return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 1
+			})
+		})
 	}
-	answer[api.ResumeResponse](a, "POST", "/v1/subscriptions/crm/resume", nil)
-	rc.Wait(t, 2, 20*time.Second)
-	testutil.Eventually(t, 10*time.Second, "delivered after the resume", func() bool {
-		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 1
-	})
-}
-
-// TestRetryFailedWhileDisabledSaysSo: a 410 disabled the subscription;
-// the operator fixes the receiver and retries its failed deliveries:
-// the answer says they wait for the resume ("held": "disabled"); it said
-// nothing, as if they went out (found by a review). The resume sends
-// them.
-func TestRetryFailedWhileDisabledSaysSo(t *testing.T) {
-	db := newDB(t)
-	rc := testutil.NewReceiver(t)
-	var up atomic.Bool
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if up.Load() {
-			return 200, nil, "ok"
-		}
-		return 410, nil, "gone"
-	})
-	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
-	a := newAdminClient(t, e)
-	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`)
-	rc.Wait(t, 1, 20*time.Second)
-	testutil.Eventually(t, 10*time.Second, "a failed delivery", func() bool {
-		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'failed'`) == 1
-	})
-	up.Store(true)
-	if out := answer[api.RetryFailedResponse](a, "POST", "/v1/subscriptions/crm/retry-failed", nil); out.Scheduled != 1 || out.Held != "disabled" {
-		t.Fatalf("retry-failed of a subscription a 410 disabled: scheduled %v, held %q; want 1, held disabled", out.Scheduled, out.Held)
-	}
-	answer[api.ResumeResponse](a, "POST", "/v1/subscriptions/crm/resume", nil)
-	rc.Wait(t, 2, 20*time.Second)
-	testutil.Eventually(t, 10*time.Second, "delivered after the resume", func() bool {
-		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == 1
-	})
 }
 
 // TestAdminUnreadableFilterActsOnNothing: against a real journal, a
