@@ -309,9 +309,18 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// Only when it exists: a checkpoint without a timeline (one
 			// written before journal version 17), or one moved onto the
 			// new timeline without a fork (an accepted gap), leaves this
-			// process's own fork to record (found by a review).
+			// process's own fork to record (found by a review). So does
+			// a checkpoint on an older timeline than this process read
+			// (what it read there not yet journaled): recorded, that
+			// timeline's fork fenced the valid batches of the newer one
+			// past it, this process's own in flight among them, and it
+			// stopped (found by a review). RecordFork takes it: the
+			// checkpoint is below where this process's timeline began.
 			if e == nil && tli != sys.Timeline {
 				forked, forkedFrom, journalJudged = jfork, tli, true
+				if fork != 0 && prev.timeline > tli {
+					forked, forkedFrom = fork, prev.timeline
+				}
 			}
 			if e != nil {
 				// Judged again at the next try when it is a fork: another

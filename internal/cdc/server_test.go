@@ -517,12 +517,43 @@ func pastTheFork(t *testing.T) (s *Stream, proc *processor, rec *recorder, begin
 // there at every try, and the process never streamed (found by a
 // review).
 func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
+	dsn, sysID, fork1, checkpoint, fork2 := twoFailovers(t)
+	// This process read timeline 1 below its fork.
+	told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200}, fork1-0x80,
+		Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint})
+	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
+		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the checkpoint's)", told, fork2)
+	}
+}
+
+// TestTwoFailoversRecordTheNewerReadsFork: the other way round, this
+// process read timeline 2 past timeline 1's fork while the journal's
+// checkpoint is still on timeline 1 below it (what the process read not
+// yet journaled). Timeline 3 forked from timeline 2: Forked is told where
+// it left timeline 2, the newer of the two. Told timeline 1's fork, the
+// journal fenced timeline 2's valid batches past it, this process's own
+// still in flight among them, and the process stopped (found by a
+// review).
+func TestTwoFailoversRecordTheNewerReadsFork(t *testing.T) {
+	dsn, sysID, fork1, checkpoint, fork2 := twoFailovers(t)
+	told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint}, checkpoint+0x80,
+		Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200})
+	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
+		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the one this process read)", told, fork2)
+	}
+}
+
+// twoFailovers sets up two failovers in a row: timeline 2 promoted from
+// timeline 1 at fork1 and written to (checkpoint is one of its
+// positions, past fork1), then timeline 3 promoted from timeline 2 at
+// fork2, above checkpoint. dsn leads to timeline 3's server.
+func twoFailovers(t *testing.T) (dsn, sysID string, fork1, checkpoint, fork2 pglogrepl.LSN) {
+	t.Helper()
 	ctx := context.Background()
 	primary, db := sourceCluster(t)
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'one@x')`)
 	cl2, db2, sysID, fork1 := promote(t, primary)
 	db2.Exec(t, `INSERT INTO users (id, email) VALUES (2, 'two@x')`)
-	var checkpoint pglogrepl.LSN // a commit of timeline 2, past fork1
 	if err := db2.Connect(t).QueryRow(ctx, `SELECT pg_current_wal_lsn()`).Scan(&checkpoint); err != nil {
 		t.Fatal(err)
 	}
@@ -537,16 +568,11 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 	if err := db3.Connect(t).QueryRow(ctx, `SELECT pg_read_file('pg_wal/00000003.history')`).Scan(&history); err != nil {
 		t.Fatal(err)
 	}
-	fork2 := parseHistory([]byte(history), 2)
+	fork2 = parseHistory([]byte(history), 2)
 	if !(fork1 < checkpoint && checkpoint < fork2) {
 		t.Fatalf("fork1 %s, checkpoint %s, fork2 %s: want them in that order", fork1, checkpoint, fork2)
 	}
-	// This process read timeline 1 below its fork.
-	told := judgeTelling(t, cl3.DSN("dz"), Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200}, fork1-0x80,
-		Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint})
-	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
-		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the checkpoint's)", told, fork2)
-	}
+	return cl3.DSN("dz"), sysID, fork1, checkpoint, fork2
 }
 
 // judgeTelling judges the server at dsn (checkServer) for a stream that
