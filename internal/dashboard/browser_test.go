@@ -81,7 +81,9 @@ func browserDeps(t *testing.T) string {
 // and a rate limit, and read what its transform made of four user events:
 // a message sent, a skip, a failure, and a 429 that paused it. The
 // script's expectations are checked again here against the journal, the
-// receivers and the audit trail.
+// receivers and the audit trail. Last, it pages through a webhook's
+// history with "Load more" and live refreshes in flight at once, and
+// finds every delivery shown, none lost or left out.
 func TestDashboardInBrowser(t *testing.T) {
 	node := browserDeps(t)
 
@@ -109,6 +111,10 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 		return http.StatusInternalServerError, nil, "helpdesk down"
 	})
+
+	// The endpoint of the webhook the script adds through the API to
+	// page through its history: it accepts everything.
+	pages := testutil.NewReceiver(t)
 
 	// The Slack webhook's endpoint: it wants PUT, and answers 429 with a
 	// Retry-After to Busy Bee's message.
@@ -211,6 +217,7 @@ subscriptions:
 		"DZHOOK_NEW_ID":       newID,
 		"DZHOOK_CHAT_URL":     chat.URL + "/services/T000/B000/XXXX",
 		"DZHOOK_CHAT_ID":      chatID,
+		"DZHOOK_PAGES_URL":    pages.URL + "/hooks/pages",
 		"DZHOOK_SECRET_FILE":  secretFile,
 		"DZHOOK_REPLAY_FILE":  replayFile,
 		"DZHOOK_URL":          base + "/",

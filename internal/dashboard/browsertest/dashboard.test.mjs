@@ -24,6 +24,9 @@
 //                        last (it answers 429 to Busy Bee's message)
 //   DZHOOK_CHAT_ID       its id; once it exists the test makes four user
 //                        events: sent, skipped, failed, and answered 429
+//   DZHOOK_PAGES_URL     an endpoint that answers 200: the script adds a
+//                        webhook "pages" there through the API and sends
+//                        it enough test events for several history pages
 //   DZHOOK_SCREENSHOT    where to write the screenshot (PNG)
 //   DZHOOK_CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -55,6 +58,7 @@ const secretFile = env('DZHOOK_SECRET_FILE');
 const replayFile = env('DZHOOK_REPLAY_FILE');
 const chatURL = env('DZHOOK_CHAT_URL');
 const chatID = env('DZHOOK_CHAT_ID');
+const pagesURL = env('DZHOOK_PAGES_URL');
 const screenshot = env('DZHOOK_SCREENSHOT');
 const executablePath = env('DZHOOK_CHROMIUM', '/usr/bin/chromium');
 const TIMEOUT = 15_000;
@@ -217,6 +221,7 @@ async function main() {
   await manageWebhooks();
   await replays();
   await connectors();
+  await historyPages();
 
   step('no API error was shown and the page raised none');
   const alert = await textNow(page.locator(tid('alert')));
@@ -581,6 +586,104 @@ async function connectors() {
   await dialog.waitFor({ state: 'hidden' });
   await eventually('saved message', () => text(page.locator(tid('status'))), (s) => s.includes(`Saved ${chatID}: rate_limit changed`));
   await eventually('new rate limit', () => text(page.locator(tid(`rate-${chatID}`))), (s) => s === 'Rate limit: 600/m · pace 600/m');
+}
+
+// historyPages checks that "Load more" and the live refresh, each in
+// flight while the other is asked for, leave the history whole: a
+// refresh that answered after a "Load more" replaced the page it added,
+// and a "Load more" from a cursor that a refresh moved left out the rows
+// between. The requests are held at the browser (page.route) to order
+// them; what they read is the real journal.
+async function historyPages() {
+  const auth = { Authorization: `Bearer ${token}` };
+  const call = async (method, p, data) => {
+    const resp = await page.request.fetch(new URL(p, url).toString(), { method, headers: auth, data });
+    if (!resp.ok()) throw new Error(`${method} ${p}: ${resp.status()} ${await resp.text()}`);
+    return resp.json();
+  };
+  const sendTests = async (n) => {
+    for (let i = 0; i < n; i++) await call('POST', 'v1/subscriptions/pages/test', {});
+  };
+  step('add a webhook "pages" through the API and send it 60 test events');
+  await call('POST', 'v1/subscriptions', { id: 'pages', url: pagesURL, events: ['request.created'] });
+  await sendTests(60);
+  await page.locator(tid('history-pages')).click();
+  const rows = page.locator(`${tid('history')} tbody tr`);
+  await eventually('the first page', () => text(page.locator(tid('history-count'))), (s) => s.startsWith('50+ deliveries'));
+
+  // Requests to /v1/deliveries: each is noted; one of the kind armed
+  // (a refresh has no cursor, a "Load more" has one) is held until
+  // released, its answer read from the journal only then.
+  const seen = [];
+  let arm = '';
+  let release = () => {};
+  const list = (u) => u.pathname === '/v1/deliveries';
+  await page.route(list, async (route) => {
+    const kind = new URL(route.request().url()).searchParams.has('cursor') ? 'more' : 'refresh';
+    seen.push(kind);
+    if (kind === arm) {
+      arm = '';
+      await new Promise((r) => { release = r; });
+    }
+    await route.continue();
+  });
+  // shown waits until the history shows the journal's deliveries of
+  // "pages" from the newest on with none left out between (at least
+  // least of them), and "Load more" exactly when there are more.
+  const shown = async (what, least) => {
+    const all = (await call('GET', 'v1/deliveries?subscription=pages&limit=500')).deliveries.map((d) => d.id);
+    await eventually(what, async () => {
+      const ids = await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
+      const more = await page.locator(tid('load-more')).isVisible();
+      return { shown: ids.length, of: all.length, gapless: ids.join() === all.slice(0, ids.length).join(), more };
+    }, (v) => v.gapless && v.shown >= least && v.more === (v.shown < v.of));
+  };
+  // noneWithin fails if a request of kind went out since the from'th,
+  // or goes out within ms: asked for while the other load is in flight,
+  // it must wait for it.
+  const noneWithin = async (kind, from, ms, what) => {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      if (seen.slice(from).includes(kind)) throw new Error(what);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const pauseLive = async () => {
+    await page.locator(tid('pause-live')).click();
+    await eventually('live updates paused', () => text(page.locator(tid('live'))), (s) => s.startsWith('Live updates paused'));
+  };
+
+  step('"Load more" while a refresh is in flight: it waits, and its page stays');
+  await pauseLive();
+  arm = 'refresh';
+  const at = seen.length;
+  await page.locator(tid('pause-live')).click(); // resumes: a refresh at once
+  await eventually('the refresh held', () => seen.slice(at).includes('refresh') && arm === '', (v) => v);
+  const before = seen.length;
+  await page.locator(tid('load-more')).click();
+  await noneWithin('more', before, 1000, 'a "Load more" went out while a refresh was in flight');
+  release();
+  await shown('every delivery shown, in order', 60);
+
+  step('a refresh due while "Load more" is in flight: it waits, and no row goes missing');
+  await pauseLive();
+  await page.locator(tid('history-pages')).click(); // back to the first page
+  await eventually('the first page again', () => text(page.locator(tid('history-count'))), (s) => s.startsWith('50+ deliveries'));
+  arm = 'more';
+  const at2 = seen.length;
+  await page.locator(tid('load-more')).click();
+  await eventually('the "Load more" held', () => seen.slice(at2).includes('more') && arm === '', (v) => v);
+  await sendTests(3); // new deliveries on top move the first page's cursor
+  // Resumed, a refresh at once; paused again, no other after it (a
+  // later one would mend a gap the two left).
+  const before2 = seen.length;
+  await page.locator(tid('pause-live')).click();
+  await pauseLive();
+  await noneWithin('refresh', before2, 1000, 'a refresh went out while a "Load more" was in flight');
+  release();
+  await shown('the newest deliveries shown, the three new ones included, none left out', 60);
+  await page.unroute(list);
+  await page.locator(tid('pause-live')).click(); // live again
 }
 
 let code = 0;

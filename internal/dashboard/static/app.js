@@ -257,6 +257,7 @@ const state = {
   rows: new Map(), // delivery id → <tr>
   nextCursor: '',
   historyKey: '', // the filters the rows were loaded with
+  historyQueue: Promise.resolve(), // the history's loads, one at a time (historyLoad)
   openID: '',
   detailJSON: '',
   paused: false,
@@ -1628,28 +1629,48 @@ function listQuery(limit, cursor) {
   return q.toString();
 }
 
-// refreshHistory reloads the rows shown so far (at least one page), so
-// live updates neither lose "Load more" pages nor the scroll position.
-async function refreshHistory() {
-  const key = listQuery(0, '');
-  const keep = key === state.historyKey ? state.deliveries.length : 0;
-  const limit = Math.min(Math.max(PAGE_SIZE, keep), MAX_LIMIT);
-  const data = await api('GET', `/v1/deliveries?${listQuery(limit, '')}`);
-  if (key !== listQuery(0, '')) return; // the filters changed meanwhile
-  state.historyKey = key;
-  state.deliveries = data.deliveries || [];
-  state.nextCursor = data.next_cursor || '';
-  renderHistory();
+// historyLoad runs the history's loads (a refresh, a "Load more") one
+// at a time, each on what the one before left. Run side by side, a
+// refresh that answered after a "Load more" replaced the page it had
+// added, and a "Load more" from a cursor that a refresh then moved (new
+// deliveries on top) appended its page after the refreshed rows, leaving
+// out the rows between the two cursors.
+function historyLoad(fn) {
+  const run = state.historyQueue.then(fn, fn);
+  state.historyQueue = run.catch(() => {});
+  return run;
 }
 
-async function loadMore() {
-  const key = listQuery(0, '');
-  const data = await api('GET', `/v1/deliveries?${listQuery(PAGE_SIZE, state.nextCursor)}`);
-  if (key !== state.historyKey) return;
-  const have = new Set(state.deliveries.map((d) => d.id));
-  state.deliveries.push(...(data.deliveries || []).filter((d) => !have.has(d.id)));
-  state.nextCursor = data.next_cursor || '';
-  renderHistory();
+// refreshHistory reloads the rows shown so far (at least one page), so
+// live updates neither lose "Load more" pages nor the scroll position.
+function refreshHistory() {
+  return historyLoad(async () => {
+    const key = listQuery(0, '');
+    const keep = key === state.historyKey ? state.deliveries.length : 0;
+    const limit = Math.min(Math.max(PAGE_SIZE, keep), MAX_LIMIT);
+    const data = await api('GET', `/v1/deliveries?${listQuery(limit, '')}`);
+    if (key !== listQuery(0, '')) return; // the filters changed meanwhile
+    state.historyKey = key;
+    state.deliveries = data.deliveries || [];
+    state.nextCursor = data.next_cursor || '';
+    renderHistory();
+  });
+}
+
+function loadMore() {
+  return historyLoad(async () => {
+    const key = listQuery(0, '');
+    const cursor = state.nextCursor;
+    // Nothing more, or rows of other filters (a refresh of the new ones
+    // is queued behind this).
+    if (!cursor || key !== state.historyKey) return;
+    const data = await api('GET', `/v1/deliveries?${listQuery(PAGE_SIZE, cursor)}`);
+    if (key !== listQuery(0, '') || key !== state.historyKey) return; // the filters changed meanwhile
+    const have = new Set(state.deliveries.map((d) => d.id));
+    state.deliveries.push(...(data.deliveries || []).filter((d) => !have.has(d.id)));
+    state.nextCursor = data.next_cursor || '';
+    renderHistory();
+  });
 }
 
 function lastResult(d) {
