@@ -349,24 +349,15 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request, q query) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// heldBy says why a subscription's due deliveries wait (as the
-// dispatcher's accepting does): "paused", "inactive" (active: false),
-// "disabled" (a 410 turned it off), or "" when they go out.
+// heldBy says why a subscription's due deliveries wait (the
+// dispatcher's Held): "paused", "inactive" (active: false), "disabled" (a
+// 410 turned it off; the retry an operator makes once that receiver is
+// fixed, said to go out now, waited for a resume: found by a review), or
+// "" when they go out.
 func heldBy(d Deliverer, id string) string {
 	for _, st := range d.Subscriptions() {
-		switch {
-		case st.ID != id:
-		case st.Paused:
-			return "paused"
-		case !st.Active:
-			return "inactive"
-		case st.State == journal.Disabled:
-			// The retry an operator makes once the receiver that
-			// answered 410 is fixed: said to go out now, it waited for a
-			// resume (found by a review).
-			return "disabled"
-		default:
-			return ""
+		if st.ID == id {
+			return st.Held
 		}
 	}
 	return ""

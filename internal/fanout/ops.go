@@ -304,12 +304,15 @@ type SubscriptionStatus struct {
 	QueueWhileInactive bool
 	Filter             string
 	State              journal.Health
-	LastSuccessAt      *time.Time
-	LastFailureAt      *time.Time
-	LastStatus         int
-	LastError          string
-	QueueDepth         int
-	Stats              Stats
+	// Held says why its deliveries wait: HeldPaused, HeldInactive,
+	// HeldDisabled, or "" when they are sent now.
+	Held          string
+	LastSuccessAt *time.Time
+	LastFailureAt *time.Time
+	LastStatus    int
+	LastError     string
+	QueueDepth    int
+	Stats         Stats
 	// Ordering is the subscription's; Order what this process holds of
 	// its keys (zero without ordering).
 	Ordering Ordering
@@ -340,7 +343,7 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: s.queued(),
 			Source: s.cfg.Source, Description: s.cfg.Description,
 			Transform: s.cfg.Transform, Format: s.cfg.Format, Method: s.method, RateLimit: s.cfg.RateLimit,
-			Traceparent: s.cfg.Traceparent,
+			Traceparent: s.cfg.Traceparent, Held: s.heldBy(),
 		}
 		if s.pace != nil {
 			st.Pace, st.PausedUntil = s.pace.pace(now)

@@ -278,8 +278,29 @@ func (s *sub) matches(eventType string) bool {
 func (s *sub) accepting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cfg.Active && !s.paused && s.state != journal.Disabled
+	return s.heldBy() == ""
 }
+
+// heldBy says why the subscription's deliveries wait, or "" when they are
+// sent now (accepting); s.mu held.
+func (s *sub) heldBy() string {
+	switch {
+	case s.paused:
+		return HeldPaused
+	case !s.cfg.Active:
+		return HeldInactive
+	case s.state == journal.Disabled:
+		return HeldDisabled
+	}
+	return ""
+}
+
+// Why a subscription's deliveries wait (SubscriptionStatus.Held).
+const (
+	HeldPaused   = "paused"   // paused by an operator
+	HeldInactive = "inactive" // active: false
+	HeldDisabled = "disabled" // a 410 Gone turned it off
+)
 
 // enqueue hands a task to the workers, in a place reserved before. It
 // refuses once the subscription is retired: nobody would take the task.
