@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,15 +59,9 @@ func cliRun(t *testing.T, url string, token string, args ...string) (int, string
 
 func TestCLIOperations(t *testing.T) {
 	rc := testutil.NewReceiver(t)
-	var up atomic.Bool
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if up.Load() {
-			return 200, nil, "fine"
-		}
-		// A receiver's answer may try to drive the operator's terminal
-		// (clear the screen, set the clipboard): the CLI shows it escaped.
-		return 400, nil, "no thanks\x1b[2J\x1b]52;c;ZXZpbA==\x07"
-	})
+	// A receiver's answer may try to drive the operator's terminal
+	// (clear the screen, set the clipboard): the CLI shows it escaped.
+	up := rc.FailUntilUp(400, "no thanks\x1b[2J\x1b]52;c;ZXZpbA==\x07")
 	db, url := startTestEngine(t, rc.URL, "")
 	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (7, 'seven', 1)`)
 	rc.Wait(t, 1, 20*time.Second)

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,13 +183,7 @@ func TestAdminBadInput(t *testing.T) {
 func TestHistoryAndManualRetry(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
-	var up atomic.Bool
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if up.Load() {
-			return 200, nil, "ok now"
-		}
-		return 500, nil, "down"
-	})
+	up := rc.FailUntilUp(500, "down")
 	e := start(t, testConfigWith(t, db, adminSection, "  retry_schedule: [0s, 1h]", sub("crm", rc.URL, "request.created")))
 	a := newAdminClient(t, e)
 	for i := 1; i <= 3; i++ {
@@ -222,7 +215,7 @@ func TestHistoryAndManualRetry(t *testing.T) {
 
 	up.Store(true)
 	rep := answer[api.AttemptReport](a, "POST", "/v1/deliveries/"+id+"/retry", nil)
-	if !rep.Delivered || rep.StatusCode != 200 || rep.Attempt != 2 || rep.ResponseBody != "ok now" {
+	if !rep.Delivered || rep.StatusCode != 200 || rep.Attempt != 2 || rep.ResponseBody != "ok" {
 		t.Errorf("retry report: %+v", rep)
 	}
 	var detail api.DeliveryDetail
@@ -261,13 +254,7 @@ func TestHistoryAndManualRetry(t *testing.T) {
 func TestRetryFailed(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
-	var up atomic.Bool
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if up.Load() {
-			return 200, nil, "ok"
-		}
-		return 400, nil, "rejected"
-	})
+	up := rc.FailUntilUp(400, "rejected")
 	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
 	a := newAdminClient(t, e)
 	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`, `INSERT INTO requests (title, requester_id) VALUES ('b', 1)`)
@@ -309,13 +296,7 @@ func TestRetryFailedSaysWhatHoldsIt(t *testing.T) {
 		t.Run(c.held, func(t *testing.T) {
 			db := newDB(t)
 			rc := testutil.NewReceiver(t)
-			var up atomic.Bool
-			rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-				if up.Load() {
-					return 200, nil, "ok"
-				}
-				return c.status, nil, "no"
-			})
+			up := rc.FailUntilUp(c.status, "no")
 			e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
 			a := newAdminClient(t, e)
 			db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('a', 1)`)
@@ -530,13 +511,7 @@ func TestSendTestOfCustomEvents(t *testing.T) {
 func TestNotificationsOncePerTransition(t *testing.T) {
 	db := newDB(t)
 	rc, admin := testutil.NewReceiver(t), testutil.NewReceiver(t)
-	var up atomic.Bool
-	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
-		if up.Load() {
-			return 200, nil, "ok"
-		}
-		return 503, nil, "maintenance"
-	})
+	up := rc.FailUntilUp(503, "maintenance")
 	notify := fmt.Sprintf("notify:\n  url: %s\n  secret: notify-secret-0123456789\n", admin.URL)
 	start(t, testConfigWith(t, db, adminSection+notify, "  retry_schedule: [0s, 100ms]", sub("crm", rc.URL, "request.created")))
 	for i := range 3 {

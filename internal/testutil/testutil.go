@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -58,6 +59,19 @@ func (rc *Receiver) SetRespond(f func(n int, r *http.Request, body []byte) (int,
 	rc.mu.Lock()
 	rc.respond = f
 	rc.mu.Unlock()
+}
+
+// FailUntilUp makes the receiver answer status with body until the
+// switch it returns is set, and 200 "ok" from then on.
+func (rc *Receiver) FailUntilUp(status int, body string) *atomic.Bool {
+	up := new(atomic.Bool)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		if up.Load() {
+			return http.StatusOK, nil, "ok"
+		}
+		return status, nil, body
+	})
+	return up
 }
 
 func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request) {
