@@ -316,9 +316,13 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// past it, this process's own in flight among them, and it
 			// stopped (found by a review). RecordFork takes it: the
 			// checkpoint is below where this process's timeline began.
+			// Back on the timeline it read (a reconnect), nothing: its
+			// fork was recorded when this process moved there, and the
+			// checkpoint's, recorded at the reconnect, fenced the same
+			// batches (found by the next review).
 			if e == nil && tli != sys.Timeline {
 				forked, forkedFrom, journalJudged = jfork, tli, true
-				if fork != 0 && prev.timeline > tli {
+				if sticky && prev.timeline > tli {
 					forked, forkedFrom = fork, prev.timeline
 				}
 			}

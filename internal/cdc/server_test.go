@@ -533,13 +533,18 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 // it left timeline 2, the newer of the two. Told timeline 1's fork, the
 // journal fenced timeline 2's valid batches past it, this process's own
 // still in flight among them, and the process stopped (found by a
-// review).
+// review). A reconnect once this process reads timeline 3 tells nothing:
+// its fork was told when it moved there, and timeline 1's, told at the
+// reconnect, fenced the same batches (found by the next review).
 func TestTwoFailoversRecordTheNewerReadsFork(t *testing.T) {
 	dsn, sysID, fork1, checkpoint, fork2 := twoFailovers(t)
-	told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint}, checkpoint+0x80,
-		Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200})
+	journal := Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200}
+	told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint}, checkpoint+0x80, journal)
 	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
 		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the one this process read)", told, fork2)
+	}
+	if told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 3, LSN: fork2 - 0x200}, fork2-0x80, journal); len(told) != 0 {
+		t.Errorf("a reconnect on timeline 3 told Forked %v, want nothing", told)
 	}
 }
 
