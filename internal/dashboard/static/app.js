@@ -10,6 +10,7 @@ const TOKEN_KEY = 'dzhook.adminToken';
 const POLL_MS = 3000;
 const PAGE_SIZE = 50;
 const MAX_LIMIT = 500; // the API's largest page
+const GET_TIMEOUT_MS = 30_000; // api: how long a read may take
 // The API takes Go durations: no "d" unit.
 const RANGES = { '1h': '1h', '24h': '24h', '7d': '168h', all: '' };
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -218,11 +219,21 @@ async function api(method, path, body) {
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: 'no-store',
         credentials: 'omit',
+        // A read that never answers (a connection left half open by a
+        // laptop's sleep, a stalled proxy) would hold the history's
+        // loads behind it for good (historyLoad): it fails instead, and
+        // the next poll tries again. Changes are not cut short.
+        signal: method === 'GET' ? AbortSignal.timeout(GET_TIMEOUT_MS) : undefined,
       });
     } catch (e) {
-      throw new APIError(0, `Cannot reach dzhook: ${e.message}`);
+      throw unreachable(e);
     }
-    const text = await resp.text();
+    let text;
+    try {
+      text = await resp.text();
+    } catch (e) {
+      throw unreachable(e);
+    }
     let data = null;
     try {
       data = text ? JSON.parse(text) : null;
@@ -244,6 +255,12 @@ async function api(method, path, body) {
   }
 }
 
+// unreachable is the APIError of a request that got no (whole) answer.
+function unreachable(e) {
+  if (e && e.name === 'TimeoutError') return new APIError(0, `dzhook did not answer within ${GET_TIMEOUT_MS / 1000} s`);
+  return new APIError(0, `Cannot reach dzhook: ${e.message}`);
+}
+
 const enc = encodeURIComponent;
 
 // ---- page state --------------------------------------------------------------
@@ -258,6 +275,7 @@ const state = {
   nextCursor: '',
   historyKey: '', // the filters the rows were loaded with
   historyQueue: Promise.resolve(), // the history's loads, one at a time (historyLoad)
+  historyGen: 0, // counts the history's resets (applyFilters): a load of an earlier one is dropped
   openID: '',
   detailJSON: '',
   paused: false,
@@ -1634,9 +1652,14 @@ function listQuery(limit, cursor) {
 // refresh that answered after a "Load more" replaced the page it had
 // added, and a "Load more" from a cursor that a refresh then moved (new
 // deliveries on top) appended its page after the refreshed rows, leaving
-// out the rows between the two cursors.
+// out the rows between the two cursors. fn is given the history's reset
+// count when it was asked for, and leaves the rows alone once a reset
+// (new filters, or the same ones applied again) came after it: an
+// answer in flight put back what the reset had cleared (found by a
+// review).
 function historyLoad(fn) {
-  const run = state.historyQueue.then(fn, fn);
+  const gen = state.historyGen;
+  const run = state.historyQueue.then(() => fn(gen), () => fn(gen));
   state.historyQueue = run.catch(() => {});
   return run;
 }
@@ -1644,12 +1667,13 @@ function historyLoad(fn) {
 // refreshHistory reloads the rows shown so far (at least one page), so
 // live updates neither lose "Load more" pages nor the scroll position.
 function refreshHistory() {
-  return historyLoad(async () => {
+  return historyLoad(async (gen) => {
     const key = listQuery(0, '');
+    if (gen !== state.historyGen) return;
     const keep = key === state.historyKey ? state.deliveries.length : 0;
     const limit = Math.min(Math.max(PAGE_SIZE, keep), MAX_LIMIT);
     const data = await api('GET', `/v1/deliveries?${listQuery(limit, '')}`);
-    if (key !== listQuery(0, '')) return; // the filters changed meanwhile
+    if (gen !== state.historyGen || key !== listQuery(0, '')) return; // reset meanwhile
     state.historyKey = key;
     state.deliveries = data.deliveries || [];
     state.nextCursor = data.next_cursor || '';
@@ -1658,14 +1682,13 @@ function refreshHistory() {
 }
 
 function loadMore() {
-  return historyLoad(async () => {
+  return historyLoad(async (gen) => {
     const key = listQuery(0, '');
     const cursor = state.nextCursor;
-    // Nothing more, or rows of other filters (a refresh of the new ones
-    // is queued behind this).
-    if (!cursor || key !== state.historyKey) return;
+    // Nothing more, or reset since (its refresh is queued behind this).
+    if (!cursor || gen !== state.historyGen || key !== state.historyKey) return;
     const data = await api('GET', `/v1/deliveries?${listQuery(PAGE_SIZE, cursor)}`);
-    if (key !== listQuery(0, '') || key !== state.historyKey) return; // the filters changed meanwhile
+    if (gen !== state.historyGen || key !== listQuery(0, '')) return; // reset meanwhile
     const have = new Set(state.deliveries.map((d) => d.id));
     state.deliveries.push(...(data.deliveries || []).filter((d) => !have.has(d.id)));
     state.nextCursor = data.next_cursor || '';
@@ -1748,8 +1771,12 @@ function applyFilters() {
   f.event = $('f-event').value;
   f.range = $('f-range').value;
   writeHash();
+  // A reset: the loads asked for before it leave the rows alone, and
+  // "Load more" waits for the first page of these filters.
+  state.historyGen++;
   state.deliveries = [];
   state.nextCursor = '';
+  $('load-more').hidden = true;
   return refreshHistory().catch((e) => showError(e.message));
 }
 
