@@ -92,7 +92,7 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{timer("7", "breach", moved, moved)}}}, true, mark, mark); err != nil {
+	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{timer("7", "breach", moved, moved)}}}, true, mark, mark, []float64{75}); err != nil {
 		t.Fatal(err)
 	}
 	if sup, ok := timers()[key("7", "breach", old)]; !ok || !sup.Equal(moveAt) {
@@ -124,7 +124,7 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "10", Keep: moved, Arm: []TimerRow{timer("10", "breach", moved, moved)}},
-		{SLAID: "11", Keep: moved, Arm: []TimerRow{timer("11", "breach", moved, moved)}}}, true, mark, start); err != nil {
+		{SLAID: "11", Keep: moved, Arm: []TimerRow{timer("11", "breach", moved, moved)}}}, true, mark, start, []float64{75}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := timers()[key("10", "breach", old)]; !ok {

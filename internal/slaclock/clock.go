@@ -52,7 +52,9 @@ const (
 type Store interface {
 	SLABootstrapped(ctx context.Context, slot string) (bool, error)
 	TimerMark(ctx context.Context) (int64, error)
-	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark, start int64) error
+	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark, start int64, thresholds []float64) error
+	SLAThresholds(ctx context.Context, slot string) (thresholds []float64, known bool, err error)
+	ArmThresholds(ctx context.Context, slot string, timers []journal.TimerRow, mark int64, thresholds []float64, done bool) error
 	ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]journal.TimerRow, error)
 	TimerCancelled(ctx context.Context, t journal.TimerRow) error
 	TimerDeferred(ctx context.Context, t journal.TimerRow, d time.Duration) error
@@ -207,6 +209,9 @@ type scanRetry struct {
 func (c *Clock) scan(ctx context.Context, r *scanRetry) {
 	err := c.bootstrap(ctx)
 	if err == nil {
+		err = c.armAdded(ctx)
+	}
+	if err == nil {
 		r.done = true
 		if r.tries > 0 {
 			c.log.Info("SLA clock: armed the SLAs open before the first start, after failed tries", "attempt", r.tries+1)
@@ -285,11 +290,7 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 		var changes []journal.TimerChange
 		now := time.Now()
 		for _, r := range rows {
-			slaType := r.SLAType
-			if t, ok := c.cfg.SLATypes[slaType]; ok {
-				slaType = t
-			}
-			base := mapping.Timer{SLAID: r.ID, RequestID: r.RequestID, SLAType: slaType, StartedAt: r.StartedAt, TargetAt: r.TargetAt}
+			base := c.timerOf(r)
 			// Known from now: one already past a threshold is warned of
 			// now, once (as one the stream reads as recorded at risk; the
 			// two arm it alike when they race at the first start).
@@ -300,12 +301,89 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: arm}))
 		}
 		last := len(rows) < scanPage
-		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark, start); err != nil {
+		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark, start, c.cfg.WarningPercent); err != nil {
 			return err
 		}
 		armed += len(rows)
 		if last {
 			c.log.Info("SLA clock: armed the SLAs open at the first start", "slas", armed)
+			return nil
+		}
+		after = rows[len(rows)-1].ID
+	}
+}
+
+// timerOf is the timer base of an open SLA as the table holds it.
+func (c *Clock) timerOf(r mapping.SLARow) mapping.Timer {
+	slaType := r.SLAType
+	if t, ok := c.cfg.SLATypes[slaType]; ok {
+		slaType = t
+	}
+	return mapping.Timer{SLAID: r.ID, RequestID: r.RequestID, SLAType: slaType, StartedAt: r.StartedAt, TargetAt: r.TargetAt}
+}
+
+// armAdded arms the warning thresholds added to sla.warning_percent since
+// the slot's open SLAs were last armed (the journal records the list) for
+// the SLAs open now, and records the list. A threshold was armed for an
+// open SLA at its next change only: one left alone until its breach never
+// got the new warning. Only moments still ahead are armed: a threshold an
+// SLA has passed is not warned of late (adding 50% would otherwise send
+// at once a warning for every open SLA past half its time). A threshold
+// removed needs nothing here: its timers are dropped when due (verdict).
+// Without a recorded list (a scan of a journal before version 21) the
+// list of now is recorded and nothing armed, as before.
+func (c *Clock) armAdded(ctx context.Context) error {
+	was, known, err := c.cfg.Store.SLAThresholds(ctx, c.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	var added []float64
+	if known {
+		for _, p := range c.cfg.WarningPercent {
+			if !slices.Contains(was, p) {
+				added = append(added, p)
+			}
+		}
+	}
+	if known && len(added) == 0 && slices.Equal(was, c.cfg.WarningPercent) {
+		return nil
+	}
+	after, slas, armed := "", 0, 0
+	for {
+		var timers []journal.TimerRow
+		var rows []mapping.SLARow
+		mark, err := c.cfg.Store.TimerMark(ctx)
+		if err != nil {
+			return err
+		}
+		if len(added) > 0 {
+			if rows, err = c.cfg.Source.OpenSLAs(ctx, after, scanPage); err != nil {
+				return err
+			}
+		}
+		now := time.Now()
+		for _, r := range rows {
+			n := len(timers)
+			for _, t := range mapping.SLATimers(c.timerOf(r), added, now, time.Time{}) {
+				if t.Kind != "breach" && t.FireAt.After(now) {
+					timers = append(timers, journal.TimerRow{SLAID: t.SLAID, Kind: t.Kind, TargetAt: t.TargetAt, FireAt: t.FireAt,
+						RequestID: t.RequestID, SLAType: t.SLAType, StartedAt: t.StartedAt})
+				}
+			}
+			if len(timers) > n {
+				slas++
+			}
+		}
+		last := len(rows) < scanPage
+		if err := c.cfg.Store.ArmThresholds(ctx, c.cfg.Slot, timers, mark, c.cfg.WarningPercent, last); err != nil {
+			return err
+		}
+		armed += len(timers)
+		if last {
+			if len(added) > 0 {
+				c.log.Info("SLA clock: armed the warning thresholds added to sla.warning_percent for the SLAs open now (those still ahead of each)",
+					"added", added, "slas", slas, "timers", armed)
+			}
 			return nil
 		}
 		after = rows[len(rows)-1].ID

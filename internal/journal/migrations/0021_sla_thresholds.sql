@@ -1,0 +1,11 @@
+-- dzhook journal, version 21: the warning thresholds a slot's open SLAs
+-- were armed for.
+--
+-- A threshold added to sla.warning_percent was armed for an open SLA only
+-- at the SLA's next change: an SLA left alone until its breach never got
+-- the new warning. The thresholds the SLAs were last armed for are now
+-- recorded with the slot's first scan, and a start with thresholds added
+-- since arms them for the SLAs open then (the SLA clock). NULL: not
+-- recorded (a scan made before this version); the first start of this
+-- version records what it runs with, arming nothing, as before.
+ALTER TABLE {{schema}}.sla_bootstrap ADD COLUMN warning_percent double precision[];
