@@ -309,22 +309,23 @@ func (s *Stream) checkServer(ctx context.Context, conn *pgconn.PgConn) error {
 			// Only when it exists: a checkpoint without a timeline (one
 			// written before journal version 17), or one moved onto the
 			// new timeline without a fork (an accepted gap), leaves this
-			// process's own fork to record (found by a review). So does
-			// a checkpoint on an older timeline than this process read
-			// (what it read there not yet journaled): recorded, that
-			// timeline's fork fenced the valid batches of the newer one
-			// past it, this process's own in flight among them, and it
-			// stopped (found by a review). RecordFork takes it: the
-			// checkpoint is below where this process's timeline began.
-			// Back on the timeline it read (a reconnect), nothing: its
-			// fork was recorded when this process moved there, and the
-			// checkpoint's, recorded at the reconnect, fenced the same
-			// batches (found by the next review).
+			// process's own fork to record (found by a review). The
+			// checkpoint's fork is recorded also when this process read a
+			// newer timeline than the checkpoint's (what it read there not
+			// yet journaled), on purpose: the fence cannot tell a
+			// timeline's branches apart (a fork recorded for timeline 3
+			// fences every older timeline past it), so the checkpoint's
+			// fork also refuses that newer timeline's valid batches past
+			// it, this process's own in flight among them, and the process
+			// stops, to stream them again from the checkpoint: nothing is
+			// lost. Its own fork alone (tried, then dropped) left the
+			// checkpoint's timeline unfenced between the two forks when
+			// that timeline's own fork had not been written (no checkpoint
+			// of the cluster when this process moved), and a process still
+			// on the old primary journaled the lost branch there (found by
+			// a review).
 			if e == nil && tli != sys.Timeline {
 				forked, forkedFrom, journalJudged = jfork, tli, true
-				if sticky && prev.timeline > tli {
-					forked, forkedFrom = fork, prev.timeline
-				}
 			}
 			if e != nil {
 				// Judged again at the next try when it is a fork: another

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -526,25 +527,24 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 	}
 }
 
-// TestTwoFailoversRecordTheNewerReadsFork: the other way round, this
-// process read timeline 2 past timeline 1's fork while the journal's
-// checkpoint is still on timeline 1 below it (what the process read not
-// yet journaled). Timeline 3 forked from timeline 2: Forked is told where
-// it left timeline 2, the newer of the two. Told timeline 1's fork, the
-// journal fenced timeline 2's valid batches past it, this process's own
-// still in flight among them, and the process stopped (found by a
-// review). A reconnect once this process reads timeline 3 tells nothing:
-// its fork was told when it moved there, and timeline 1's, told at the
-// reconnect, fenced the same batches (found by the next review).
-func TestTwoFailoversRecordTheNewerReadsFork(t *testing.T) {
+// TestTwoFailoversRecordTheCheckpointsForkOverANewerRead: this process
+// read timeline 2 past timeline 1's fork while the journal's checkpoint
+// is still on timeline 1 below it (what the process read not yet
+// journaled); timeline 3 forked from timeline 2. Forked is told where
+// timeline 3 left timeline 1, the checkpoint's, at the judgment and at a
+// reconnect alike: it also fences timeline 2's valid batches past it
+// (the process stops and streams them again from the checkpoint), where
+// this process's own fork alone left timeline 1 unfenced between the two
+// forks when its own fork had not been written (found by a review).
+func TestTwoFailoversRecordTheCheckpointsForkOverANewerRead(t *testing.T) {
 	dsn, sysID, fork1, checkpoint, fork2 := twoFailovers(t)
 	journal := Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200}
-	told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint}, checkpoint+0x80, journal)
-	if len(told) != 1 || told[0] != [2]uint64{3, uint64(fork2)} {
-		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 2, the one this process read)", told, fork2)
+	want := [][2]uint64{{3, uint64(fork1)}}
+	if told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 2, LSN: checkpoint}, checkpoint+0x80, journal); !slices.Equal(told, want) {
+		t.Errorf("told Forked %v, want timeline 3 at %s (where it left timeline 1, the checkpoint's)", told, fork1)
 	}
-	if told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 3, LSN: fork2 - 0x200}, fork2-0x80, journal); len(told) != 0 {
-		t.Errorf("a reconnect on timeline 3 told Forked %v, want nothing", told)
+	if told := judgeTelling(t, dsn, Resume{SystemID: sysID, Timeline: 3, LSN: fork2 - 0x200}, fork2-0x80, journal); !slices.Equal(told, want) {
+		t.Errorf("a reconnect on timeline 3 told Forked %v, want timeline 3 at %s", told, fork1)
 	}
 }
 
