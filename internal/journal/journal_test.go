@@ -1762,7 +1762,7 @@ func TestBootstrapLeavesSLAsTheStreamArmedSince(t *testing.T) {
 		{SLAID: "7", Keep: old, Arm: []TimerRow{breach("7", old)}},
 		{SLAID: "8", Keep: old, Arm: []TimerRow{breach("8", old)}},
 		{SLAID: "9", Keep: old, Arm: []TimerRow{breach("9", old)}},
-	}, true, mark, mark, []float64{75}); err != nil {
+	}, true, mark, mark); err != nil {
 		t.Fatal(err)
 	}
 	rows, err := s.pool.Query(ctx, s.q(`SELECT sla_id, target_at FROM {{schema}}.sla_timers ORDER BY sla_id`))

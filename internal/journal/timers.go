@@ -275,15 +275,14 @@ func (s *Store) SLABootstrapped(ctx context.Context, slot string) (bool, error) 
 }
 
 // ArmBootstrap arms timers of pre-existing SLAs directly (not through a
-// batch), and, with done, records that the slot's bootstrap is complete,
-// armed for thresholds (sla.warning_percent, SLAThresholds).
+// batch), and, with done, records that the slot's bootstrap is complete.
 // mark is the timers' generation read before this page, start before the
 // scan's first (scanMarks).
-func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool, mark, start int64, thresholds []float64) error {
+func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerChange, done bool, mark, start int64) error {
 	var batch statements
 	s.queueTimers(&batch, changes, &scanMarks{page: mark, start: start})
 	if done {
-		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot, warning_percent) VALUES ($1, $2) ON CONFLICT (slot) DO NOTHING`), slot, thresholdArray(thresholds))
+		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_bootstrap (slot) VALUES ($1) ON CONFLICT (slot) DO NOTHING`), slot)
 	}
 	if len(batch.list) == 0 {
 		return nil
@@ -291,57 +290,46 @@ func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerCh
 	return s.run(ctx, batch.list)
 }
 
-// thresholdArray is thresholds as a float8[] parameter (never NULL: an
-// empty list is a list).
-func thresholdArray(thresholds []float64) []float64 {
-	if thresholds == nil {
-		return []float64{}
+// ArmThresholds arms warning timers of open SLAs that lack them (a
+// threshold added to sla.warning_percent since their last change) and
+// returns how many it armed. A timer is armed only where none is for its
+// SLA, kind and target (fired or not), and only beside a live breach
+// timer of the same target (unfired, not superseded): the journal's
+// view of the SLA, as far as the stream has read, is that target. A
+// move, completion or deletion the stream journaled since the caller
+// read the SLA took that breach away, and one it has not read yet will
+// cancel what is armed here as it cancels the rest. The breach row is
+// locked (FOR SHARE), so a change being written to it is waited for and
+// its outcome seen (READ COMMITTED); the slot's checkpoint row first, as
+// every batch of the stream locks it first: the two then take turns
+// whole, where locking breach rows in another order than a batch's
+// changes could deadlock with it.
+func (s *Store) ArmThresholds(ctx context.Context, slot string, timers []TimerRow) (int, error) {
+	if len(timers) == 0 {
+		return 0, nil
 	}
-	return thresholds
-}
-
-// SLAThresholds returns the warning thresholds (sla.warning_percent) the
-// slot's open SLAs were last armed for, by its first scan or by
-// ArmThresholds. known is false when none are recorded: no scan done, or
-// one done before journal version 21.
-func (s *Store) SLAThresholds(ctx context.Context, slot string) (thresholds []float64, known bool, err error) {
-	err = s.pool.QueryRow(ctx, s.q(`SELECT warning_percent FROM {{schema}}.sla_bootstrap WHERE slot = $1`), slot).Scan(&thresholds)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, false, nil
+	n := len(timers)
+	sla, kind, req, typ := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	target, fire, started := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	for i, t := range timers {
+		sla[i], kind[i], req[i], typ[i] = t.SLAID, t.Kind, t.RequestID, t.SLAType
+		target[i], fire[i], started[i] = t.TargetAt, t.FireAt, t.StartedAt
 	}
-	if err != nil {
-		return nil, false, fmt.Errorf("read the SLA warning thresholds armed: %w", err)
-	}
-	return thresholds, thresholds != nil, nil
-}
-
-// ArmThresholds arms timers of warning thresholds added to
-// sla.warning_percent for SLAs open now, and, with done, records that
-// the slot's SLAs are armed for thresholds. A timer is armed only where
-// none is for its SLA, kind and target (fired or not), and not for an
-// SLA with a timer armed after mark, the timers' generation read before
-// the page of SLAs they come from: that SLA's change, read by the stream
-// since, armed what the SLA holds now with the thresholds of now.
-func (s *Store) ArmThresholds(ctx context.Context, slot string, timers []TimerRow, mark int64, thresholds []float64, done bool) error {
-	var batch statements
-	if len(timers) > 0 {
-		n := len(timers)
-		sla, kind, req, typ := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		target, fire, started := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
-		for i, t := range timers {
-			sla[i], kind[i], req[i], typ[i] = t.SLAID, t.Kind, t.RequestID, t.SLAType
-			target[i], fire[i], started[i] = t.TargetAt, t.FireAt, t.StartedAt
+	var armed int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.checkpoints WHERE slot = $1 FOR SHARE`), slot); err != nil {
+			return err
 		}
-		batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id)
-			 WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.sla_timers n WHERE n.sla_id = u.sla_id AND n.generation > $8)
-			ON CONFLICT (sla_id, kind, target_at) DO NOTHING`), sla, kind, target, fire, req, typ, started, mark)
+		tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id, kind, target_at)
+			 WHERE EXISTS (SELECT 1 FROM {{schema}}.sla_timers b WHERE b.sla_id = u.sla_id AND b.kind = 'breach' AND b.target_at = u.target_at
+			                  AND b.fired_at IS NULL AND b.superseded_at IS NULL FOR SHARE)
+			ON CONFLICT (sla_id, kind, target_at) DO NOTHING`), sla, kind, target, fire, req, typ, started)
+		armed = tag.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("arm the SLAs' missing warning timers: %w", err)
 	}
-	if done {
-		batch.Queue(s.q(`UPDATE {{schema}}.sla_bootstrap SET warning_percent = $2 WHERE slot = $1`), slot, thresholdArray(thresholds))
-	}
-	if len(batch.list) == 0 {
-		return nil
-	}
-	return s.run(ctx, batch.list)
+	return int(armed), nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // TestMoveKeepsTimersDueBeforeIt: an SLA's target moved (Keep: the new
@@ -92,7 +94,7 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{timer("7", "breach", moved, moved)}}}, true, mark, mark, []float64{75}); err != nil {
+	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "7", Keep: moved, Arm: []TimerRow{timer("7", "breach", moved, moved)}}}, true, mark, mark); err != nil {
 		t.Fatal(err)
 	}
 	if sup, ok := timers()[key("7", "breach", old)]; !ok || !sup.Equal(moveAt) {
@@ -124,7 +126,7 @@ func TestMoveKeepsTimersDueBeforeIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := s.ArmBootstrap(ctx, "dzhook", []TimerChange{{SLAID: "10", Keep: moved, Arm: []TimerRow{timer("10", "breach", moved, moved)}},
-		{SLAID: "11", Keep: moved, Arm: []TimerRow{timer("11", "breach", moved, moved)}}}, true, mark, start, []float64{75}); err != nil {
+		{SLAID: "11", Keep: moved, Arm: []TimerRow{timer("11", "breach", moved, moved)}}}, true, mark, start); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := timers()[key("10", "breach", old)]; !ok {
@@ -191,5 +193,95 @@ func TestCoalescedTouchesOneRound(t *testing.T) {
 	}
 	if len(targets) != 1 || !targets[0].Equal(second) {
 		t.Errorf("timers of SLA 12: %v, want the moved target's breach only (the first target's were due after the move)", targets)
+	}
+}
+
+// TestArmThresholds: warning timers an open SLA lacks are armed only
+// beside a live breach of the same target, never over a timer of the
+// same SLA, kind and target; a move the stream is writing meanwhile
+// (its batch holding the checkpoint's row, as every batch of the stream
+// does) is waited for, and its SLA's old target gets nothing (the first
+// version checked a generation mark, which could not see that batch, and
+// armed a warning of the target the SLA had left: found by a review).
+func TestArmThresholds(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	t1, t2 := now.Add(time.Hour), now.Add(3*time.Hour)
+	timer := func(sla, kind string, target, fire time.Time) TimerRow {
+		return TimerRow{SLAID: sla, Kind: kind, TargetAt: target, FireAt: fire, RequestID: sla, StartedAt: now.Add(-time.Hour)}
+	}
+	for _, sla := range []string{"7", "8", "9"} {
+		if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: sla, Keep: t1, Arm: []TimerRow{timer(sla, "breach", t1, t1), timer(sla, "warning:50", t1, now.Add(time.Minute))}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 8 moved to t2 (its t1 timers gone), 9 completed (all gone).
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "8", Keep: t2, Due: now, Arm: []TimerRow{timer("8", "breach", t2, t2)}}, {SLAID: "9"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints (slot, lsn) VALUES ('dzhook', 1)`)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.ArmThresholds(ctx, "dzhook", []TimerRow{
+		timer("7", "warning:90", t1, now.Add(50*time.Minute)),
+		timer("7", "warning:50", t1, now.Add(2*time.Minute)),  // there already
+		timer("8", "warning:90", t1, now.Add(50*time.Minute)), // the target it left
+		timer("9", "warning:90", t1, now.Add(50*time.Minute)), // completed
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("armed %d (%v), want 1", n, err)
+	}
+	fireOf := func(sla, kind string, target time.Time) (fire time.Time, ok bool) {
+		t.Helper()
+		err := s.pool.QueryRow(ctx, s.q(`SELECT fire_at FROM {{schema}}.sla_timers WHERE sla_id = $1 AND kind = $2 AND target_at = $3`), sla, kind, target).Scan(&fire)
+		return fire, err == nil
+	}
+	if _, ok := fireOf("7", "warning:90", t1); !ok {
+		t.Error("SLA 7's warning:90 not armed")
+	}
+	if fire, _ := fireOf("7", "warning:50", t1); !fire.Equal(now.Add(time.Minute)) {
+		t.Errorf("SLA 7's warning:50 fires at %v, want left at %v", fire, now.Add(time.Minute))
+	}
+	for _, sla := range []string{"8", "9"} {
+		if _, ok := fireOf(sla, "warning:90", t1); ok {
+			t.Errorf("SLA %s armed a warning for a target it left", sla)
+		}
+	}
+
+	// SLA 7 moves to t2 in a stream batch still being written.
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.checkpoints WHERE slot = 'dzhook' FOR NO KEY UPDATE`)); err != nil {
+		t.Fatal(err)
+	}
+	var move statements
+	s.queueTimers(&move, []TimerChange{{SLAID: "7", Keep: t2, Due: now, Arm: []TimerRow{timer("7", "breach", t2, t2)}}}, nil)
+	for _, st := range move.list {
+		if _, err := tx.Exec(ctx, st.sql, st.args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.ArmThresholds(ctx, "dzhook", []TimerRow{timer("7", "warning:75", t1, now.Add(30*time.Minute))})
+		done <- err
+	}()
+	testutil.Eventually(t, 10*time.Second, "ArmThresholds waiting for the stream's batch", func() bool {
+		var waiting int
+		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`).Scan(&waiting)
+		return err == nil && waiting == 1
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := fireOf("7", "warning:75", t1); ok {
+		t.Error("a warning armed for the target SLA 7 was moving off, beside the stream's batch")
 	}
 }

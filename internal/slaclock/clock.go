@@ -52,9 +52,8 @@ const (
 type Store interface {
 	SLABootstrapped(ctx context.Context, slot string) (bool, error)
 	TimerMark(ctx context.Context) (int64, error)
-	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark, start int64, thresholds []float64) error
-	SLAThresholds(ctx context.Context, slot string) (thresholds []float64, known bool, err error)
-	ArmThresholds(ctx context.Context, slot string, timers []journal.TimerRow, mark int64, thresholds []float64, done bool) error
+	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark, start int64) error
+	ArmThresholds(ctx context.Context, slot string, timers []journal.TimerRow) (int, error)
 	ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]journal.TimerRow, error)
 	TimerCancelled(ctx context.Context, t journal.TimerRow) error
 	TimerDeferred(ctx context.Context, t journal.TimerRow, d time.Duration) error
@@ -136,6 +135,9 @@ type Clock struct {
 	// since the first try as an earlier slot's, and deleted it.
 	scanStart   int64
 	scanStarted bool
+	// scanned: this process made the first start's scan, which armed
+	// every threshold (armThresholds has nothing to add).
+	scanned bool
 }
 
 // waitTooLong is how long past its moment a timer waiting for the stream
@@ -204,17 +206,20 @@ type scanRetry struct {
 	lastKind string        // of the last failure
 }
 
-// scan tries the first start's scan once, and on failure schedules the
-// next try.
+// scan tries the first start's scan once (or, after it, the arming of
+// the thresholds the open SLAs lack), and on failure schedules the next
+// try.
 func (c *Clock) scan(ctx context.Context, r *scanRetry) {
 	err := c.bootstrap(ctx)
-	if err == nil {
-		err = c.armAdded(ctx)
+	if err == nil && !c.scanned {
+		if err = c.armThresholds(ctx); err != nil {
+			err = fmt.Errorf("arming the warning thresholds the open SLAs lack: %w", err)
+		}
 	}
 	if err == nil {
 		r.done = true
 		if r.tries > 0 {
-			c.log.Info("SLA clock: armed the SLAs open before the first start, after failed tries", "attempt", r.tries+1)
+			c.log.Info("SLA clock: armed the open SLAs, after failed tries", "attempt", r.tries+1)
 		}
 		return
 	}
@@ -224,7 +229,7 @@ func (c *Clock) scan(ctx context.Context, r *scanRetry) {
 	r.tries++
 	if kind := failureKind(err); kind != r.lastKind {
 		r.lastKind = kind
-		c.log.Error("SLA clock: arming the SLAs open before the first start failed; retrying with backoff (logged again when it fails differently)",
+		c.log.Error("SLA clock: arming the open SLAs failed; retrying with backoff (logged again when it fails differently)",
 			"err", err, "attempt", r.tries, "delay", r.wait.String())
 	}
 	r.at = time.Now().Add(r.wait)
@@ -301,11 +306,12 @@ func (c *Clock) bootstrap(ctx context.Context) error {
 			changes = append(changes, TimerChange(mapping.SLAUpdate{SLAID: r.ID, Keep: r.TargetAt, Arm: arm}))
 		}
 		last := len(rows) < scanPage
-		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark, start, c.cfg.WarningPercent); err != nil {
+		if err := c.cfg.Store.ArmBootstrap(ctx, c.cfg.Slot, changes, last, mark, start); err != nil {
 			return err
 		}
 		armed += len(rows)
 		if last {
+			c.scanned = true
 			c.log.Info("SLA clock: armed the SLAs open at the first start", "slas", armed)
 			return nil
 		}
@@ -322,67 +328,50 @@ func (c *Clock) timerOf(r mapping.SLARow) mapping.Timer {
 	return mapping.Timer{SLAID: r.ID, RequestID: r.RequestID, SLAType: slaType, StartedAt: r.StartedAt, TargetAt: r.TargetAt}
 }
 
-// armAdded arms the warning thresholds added to sla.warning_percent since
-// the slot's open SLAs were last armed (the journal records the list) for
-// the SLAs open now, and records the list. A threshold was armed for an
-// open SLA at its next change only: one left alone until its breach never
-// got the new warning. Only moments still ahead are armed: a threshold an
-// SLA has passed is not warned of late (adding 50% would otherwise send
-// at once a warning for every open SLA past half its time). A threshold
-// removed needs nothing here: its timers are dropped when due (verdict).
-// Without a recorded list (a scan of a journal before version 21) the
-// list of now is recorded and nothing armed, as before.
-func (c *Clock) armAdded(ctx context.Context) error {
-	was, known, err := c.cfg.Store.SLAThresholds(ctx, c.cfg.Slot)
-	if err != nil {
-		return err
-	}
-	var added []float64
-	if known {
-		for _, p := range c.cfg.WarningPercent {
-			if !slices.Contains(was, p) {
-				added = append(added, p)
-			}
-		}
-	}
-	if known && len(added) == 0 && slices.Equal(was, c.cfg.WarningPercent) {
+// armThresholds arms, at a start after the slot's first, the warning
+// thresholds of sla.warning_percent that the SLAs open now lack, where
+// their moment is still ahead (ArmThresholds: never over a timer of the
+// same SLA, kind and target, and only for the target the journal holds).
+// A threshold added to the list was armed for an open SLA only at its
+// next change: one left alone until its breach never got the new
+// warning. A list recorded in the journal to find what was added (tried,
+// then dropped) missed the SLAs a process with the old list armed during
+// a rolling change, once a process with the new one had recorded it
+// (found by a review): each start looks instead, one paged read of the
+// open SLAs. A threshold an SLA has already passed is not warned of
+// late: adding 50 would otherwise send at once a warning for every open
+// SLA past half its time. One removed needs nothing here: its timers are
+// dropped when due (verdict).
+func (c *Clock) armThresholds(ctx context.Context) error {
+	if len(c.cfg.WarningPercent) == 0 {
 		return nil
 	}
 	after, slas, armed := "", 0, 0
 	for {
-		var timers []journal.TimerRow
-		var rows []mapping.SLARow
-		mark, err := c.cfg.Store.TimerMark(ctx)
+		rows, err := c.cfg.Source.OpenSLAs(ctx, after, scanPage)
 		if err != nil {
 			return err
 		}
-		if len(added) > 0 {
-			if rows, err = c.cfg.Source.OpenSLAs(ctx, after, scanPage); err != nil {
-				return err
-			}
-		}
 		now := time.Now()
+		var timers []journal.TimerRow
 		for _, r := range rows {
-			n := len(timers)
-			for _, t := range mapping.SLATimers(c.timerOf(r), added, now, time.Time{}) {
+			for _, t := range mapping.SLATimers(c.timerOf(r), c.cfg.WarningPercent, now, time.Time{}) {
 				if t.Kind != "breach" && t.FireAt.After(now) {
 					timers = append(timers, journal.TimerRow{SLAID: t.SLAID, Kind: t.Kind, TargetAt: t.TargetAt, FireAt: t.FireAt,
 						RequestID: t.RequestID, SLAType: t.SLAType, StartedAt: t.StartedAt})
 				}
 			}
-			if len(timers) > n {
-				slas++
-			}
 		}
-		last := len(rows) < scanPage
-		if err := c.cfg.Store.ArmThresholds(ctx, c.cfg.Slot, timers, mark, c.cfg.WarningPercent, last); err != nil {
+		n, err := c.cfg.Store.ArmThresholds(ctx, c.cfg.Slot, timers)
+		if err != nil {
 			return err
 		}
-		armed += len(timers)
-		if last {
-			if len(added) > 0 {
-				c.log.Info("SLA clock: armed the warning thresholds added to sla.warning_percent for the SLAs open now (those still ahead of each)",
-					"added", added, "slas", slas, "timers", armed)
+		slas += len(rows)
+		armed += n
+		if len(rows) < scanPage {
+			if armed > 0 {
+				c.log.Info("SLA clock: armed warning thresholds the open SLAs lacked (sla.warning_percent gained them since the SLAs last changed)",
+					"thresholds", c.cfg.WarningPercent, "open_slas", slas, "timers", armed)
 			}
 			return nil
 		}

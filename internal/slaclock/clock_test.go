@@ -30,8 +30,7 @@ type fakeStore struct {
 	fired        []string
 	marks        int64              // TimerMark's answers: 1, 2, 3...
 	starts       []int64            // the start mark of each ArmBootstrap
-	thresholds   []float64          // recorded (SLAThresholds); nil: none
-	armedAdded   []journal.TimerRow // by ArmThresholds
+	armedMissing []journal.TimerRow // by ArmThresholds
 }
 
 func (s *fakeStore) SLABootstrapped(context.Context, string) (bool, error) {
@@ -43,26 +42,16 @@ func (s *fakeStore) TimerMark(context.Context) (int64, error) {
 	return s.marks, nil
 }
 
-func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool, _, start int64, thresholds []float64) error {
+func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.TimerChange, done bool, _, start int64) error {
 	s.starts = append(s.starts, start)
 	s.armed = append(s.armed, changes...)
 	s.armDone = done
-	if done {
-		s.thresholds = thresholds
-	}
 	return nil
 }
 
-func (s *fakeStore) SLAThresholds(context.Context, string) ([]float64, bool, error) {
-	return s.thresholds, s.thresholds != nil, nil
-}
-
-func (s *fakeStore) ArmThresholds(_ context.Context, _ string, timers []journal.TimerRow, _ int64, thresholds []float64, done bool) error {
-	s.armedAdded = append(s.armedAdded, timers...)
-	if done {
-		s.thresholds = thresholds
-	}
-	return nil
+func (s *fakeStore) ArmThresholds(_ context.Context, _ string, timers []journal.TimerRow) (int, error) {
+	s.armedMissing = append(s.armedMissing, timers...)
+	return len(timers), nil
 }
 
 func (s *fakeStore) ClaimTimers(context.Context, int, time.Duration) ([]journal.TimerRow, error) {

@@ -105,7 +105,7 @@ func TestFailedScanIsRetried(t *testing.T) {
 		due, err := queryString(ctx, pool, `SELECT string_agg(kind, ',' ORDER BY kind) FROM dzhook.sla_timers WHERE sla_id = '1'`)
 		return err == nil && due == "breach,warning:75"
 	})
-	if n := strings.Count(logs.String(), "arming the SLAs open before the first start failed"); n != 1 {
+	if n := strings.Count(logs.String(), "arming the open SLAs failed"); n != 1 {
 		t.Errorf("%d failures logged for tries failing the same way, want 1:\n%s", n, logs.String())
 	}
 	if !strings.Contains(logs.String(), "after failed tries") {
