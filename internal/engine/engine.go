@@ -329,7 +329,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		return nil, err
 	}
 	e.clock, err = slaclock.New(slaclock.Config{
-		Store: e.journal, Source: e.schema, Events: e.schema, Dispatcher: e.dispatcher, Slot: cfg.Source.Slot,
+		Store: e.journal, Source: e.schema, Events: e.schema, Dispatcher: e.dispatcher, Slot: cfg.Source.Slot, SystemID: e.systemID,
 		WarningPercent: cfg.SLA.WarningPercent, SLATypes: cfg.Mapping.SLAs.Values.SLAType, CheckInterval: cfg.SLA.CheckInterval, ArmHorizon: cfg.Journal.Retention, Logger: log,
 		Streaming: func() bool { st := e.stream.Stats(); return st.Connected && !st.Standby },
 	})

@@ -303,8 +303,12 @@ func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerCh
 // its outcome seen (READ COMMITTED); the slot's checkpoint row first, as
 // every batch of the stream locks it first: the two then take turns
 // whole, where locking breach rows in another order than a batch's
-// changes could deadlock with it.
-func (s *Store) ArmThresholds(ctx context.Context, slot string, timers []TimerRow) (int, error) {
+// changes could deadlock with it. Without that row (of systemID, as the
+// stream's batches lock it) there is no turn to take: ErrNoCheckpoint,
+// nothing armed, to try again once the stream has journaled (armed
+// beside a batch that locked nothing, a warning of a target the SLA was
+// leaving was left, and fired at its next change: found by a review).
+func (s *Store) ArmThresholds(ctx context.Context, slot, systemID string, timers []TimerRow) (int, error) {
 	if len(timers) == 0 {
 		return 0, nil
 	}
@@ -317,10 +321,14 @@ func (s *Store) ArmThresholds(ctx context.Context, slot string, timers []TimerRo
 	}
 	var armed int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.checkpoints WHERE slot = $1 FOR SHARE`), slot); err != nil {
+		tag, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.checkpoints WHERE slot = $1 AND system_id = $2 FOR SHARE`), slot, systemID)
+		if err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
+		if tag.RowsAffected() == 0 {
+			return ErrNoCheckpoint
+		}
+		tag, err = tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id, kind, target_at)
 			 WHERE EXISTS (SELECT 1 FROM {{schema}}.sla_timers b WHERE b.sla_id = u.sla_id AND b.kind = 'breach' AND b.target_at = u.target_at
 			                  AND b.fired_at IS NULL AND b.superseded_at IS NULL FOR SHARE)
@@ -333,3 +341,8 @@ func (s *Store) ArmThresholds(ctx context.Context, slot string, timers []TimerRo
 	}
 	return int(armed), nil
 }
+
+// ErrNoCheckpoint: the slot has no checkpoint of the cluster yet (the
+// stream has journaled nothing since its start, or since a checkpoint it
+// did not trust was dropped).
+var ErrNoCheckpoint = errors.New("the slot has no checkpoint of this cluster yet")

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -220,10 +221,21 @@ func TestArmThresholds(t *testing.T) {
 	if err := s.Write(ctx, &Batch{Timers: []TimerChange{{SLAID: "8", Keep: t2, Due: now, Arm: []TimerRow{timer("8", "breach", t2, t2)}}, {SLAID: "9"}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints (slot, lsn) VALUES ('dzhook', 1)`)); err != nil {
+	arm := []TimerRow{timer("7", "warning:90", t1, now.Add(50*time.Minute))}
+	// No checkpoint of the cluster yet: no turn to take with the stream.
+	if _, err := s.ArmThresholds(ctx, "dzhook", "sys", arm); !errors.Is(err, ErrNoCheckpoint) {
+		t.Fatalf("without a checkpoint: %v, want ErrNoCheckpoint", err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q(`INSERT INTO {{schema}}.checkpoints (slot, lsn, system_id) VALUES ('dzhook', 1, 'other')`)); err != nil {
 		t.Fatal(err)
 	}
-	n, err := s.ArmThresholds(ctx, "dzhook", []TimerRow{
+	if _, err := s.ArmThresholds(ctx, "dzhook", "sys", arm); !errors.Is(err, ErrNoCheckpoint) {
+		t.Fatalf("beside another cluster's checkpoint: %v, want ErrNoCheckpoint", err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.checkpoints SET system_id = 'sys'`)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.ArmThresholds(ctx, "dzhook", "sys", []TimerRow{
 		timer("7", "warning:90", t1, now.Add(50*time.Minute)),
 		timer("7", "warning:50", t1, now.Add(2*time.Minute)),  // there already
 		timer("8", "warning:90", t1, now.Add(50*time.Minute)), // the target it left
@@ -255,7 +267,7 @@ func TestArmThresholds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.checkpoints WHERE slot = 'dzhook' FOR NO KEY UPDATE`)); err != nil {
+	if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.checkpoints WHERE slot = 'dzhook' AND system_id = 'sys' FOR NO KEY UPDATE`)); err != nil {
 		t.Fatal(err)
 	}
 	var move statements
@@ -267,7 +279,7 @@ func TestArmThresholds(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := s.ArmThresholds(ctx, "dzhook", []TimerRow{timer("7", "warning:75", t1, now.Add(30*time.Minute))})
+		_, err := s.ArmThresholds(ctx, "dzhook", "sys", []TimerRow{timer("7", "warning:75", t1, now.Add(30*time.Minute))})
 		done <- err
 	}()
 	testutil.Eventually(t, 10*time.Second, "ArmThresholds waiting for the stream's batch", func() bool {

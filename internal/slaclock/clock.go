@@ -53,7 +53,7 @@ type Store interface {
 	SLABootstrapped(ctx context.Context, slot string) (bool, error)
 	TimerMark(ctx context.Context) (int64, error)
 	ArmBootstrap(ctx context.Context, slot string, changes []journal.TimerChange, done bool, mark, start int64) error
-	ArmThresholds(ctx context.Context, slot string, timers []journal.TimerRow) (int, error)
+	ArmThresholds(ctx context.Context, slot, systemID string, timers []journal.TimerRow) (int, error)
 	ClaimTimers(ctx context.Context, limit int, lease time.Duration) ([]journal.TimerRow, error)
 	TimerCancelled(ctx context.Context, t journal.TimerRow) error
 	TimerDeferred(ctx context.Context, t journal.TimerRow, d time.Duration) error
@@ -98,6 +98,10 @@ type Config struct {
 	// SLATypes translates stored SLA types (mapping.slas.values.sla_type);
 	// nil keeps them as stored.
 	SLATypes map[string]string
+	// SystemID is the source cluster's (IDENTIFY_SYSTEM): the stream's
+	// checkpoint row of it orders the arming of missing thresholds
+	// against the stream's batches (journal.Store.ArmThresholds).
+	SystemID string
 	// CheckInterval is how often due timers are looked for
 	// (sla.check_interval). Required, positive.
 	CheckInterval time.Duration
@@ -163,8 +167,10 @@ func New(cfg Config) (*Clock, error) {
 	return &Clock{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), retryMin: scanRetryMin, retryMax: scanRetryMax}, nil
 }
 
-// Run arms the SLAs open before the first start (once per slot), then
-// fires due timers every CheckInterval until ctx ends, and returns nil.
+// Run fires due timers every CheckInterval until ctx ends, and returns
+// nil; after its first round it arms the SLAs open before the first
+// start (once per slot), or at a later start the thresholds the open
+// SLAs lack.
 // It never fails: a failed scan is tried again with a backoff (5 s
 // doubling to 5 min) until it succeeds, due timers firing meanwhile, and
 // a failed round at the next tick; a scan's failure is logged when it
@@ -174,20 +180,22 @@ func New(cfg Config) (*Clock, error) {
 // not delivered twice.
 func (c *Clock) Run(ctx context.Context) error {
 	scan := scanRetry{wait: c.retryMin}
-	c.scan(ctx, &scan)
 	t := time.NewTicker(c.cfg.CheckInterval)
 	defer t.Stop()
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if !scan.done && !time.Now().Before(scan.at) {
-			c.scan(ctx, &scan)
-		}
+		// Due timers first: at a start, those that fell due while
+		// dzhook was down do not wait for a scan of every open SLA
+		// (found by a review).
 		if c.cfg.Streaming == nil || c.cfg.Streaming() {
 			if err := c.fireDue(ctx); err != nil && ctx.Err() == nil {
 				c.log.Warn("SLA clock: firing due timers failed; retrying", "err", err)
 			}
+		}
+		if !scan.done && !time.Now().Before(scan.at) {
+			c.scan(ctx, &scan)
 		}
 		select {
 		case <-ctx.Done():
@@ -224,6 +232,13 @@ func (c *Clock) scan(ctx context.Context, r *scanRetry) {
 		return
 	}
 	if ctx.Err() != nil {
+		return
+	}
+	if errors.Is(err, journal.ErrNoCheckpoint) {
+		// Not a failure: the stream has not journaled yet.
+		c.log.Debug("SLA clock: the thresholds the open SLAs lack are armed once the stream has journaled a checkpoint", "delay", r.wait.String())
+		r.at = time.Now().Add(r.wait)
+		r.wait = min(2*r.wait, c.retryMax)
 		return
 	}
 	r.tries++
@@ -346,7 +361,7 @@ func (c *Clock) armThresholds(ctx context.Context) error {
 	if len(c.cfg.WarningPercent) == 0 {
 		return nil
 	}
-	after, slas, armed := "", 0, 0
+	after, slas, armed, began := "", 0, 0, time.Now()
 	for {
 		rows, err := c.cfg.Source.OpenSLAs(ctx, after, scanPage)
 		if err != nil {
@@ -362,16 +377,16 @@ func (c *Clock) armThresholds(ctx context.Context) error {
 				}
 			}
 		}
-		n, err := c.cfg.Store.ArmThresholds(ctx, c.cfg.Slot, timers)
+		n, err := c.cfg.Store.ArmThresholds(ctx, c.cfg.Slot, c.cfg.SystemID, timers)
 		if err != nil {
 			return err
 		}
 		slas += len(rows)
 		armed += n
 		if len(rows) < scanPage {
-			if armed > 0 {
-				c.log.Info("SLA clock: armed warning thresholds the open SLAs lacked (sla.warning_percent gained them since the SLAs last changed)",
-					"thresholds", c.cfg.WarningPercent, "open_slas", slas, "timers", armed)
+			if took := time.Since(began); armed > 0 || took > time.Second {
+				c.log.Info("SLA clock: armed the warning thresholds the open SLAs lacked (sla.warning_percent gained them since the SLAs last changed)",
+					"thresholds", c.cfg.WarningPercent, "open_slas", slas, "timers", armed, "took", took.Round(time.Millisecond).String())
 			}
 			return nil
 		}

@@ -49,7 +49,7 @@ func (s *fakeStore) ArmBootstrap(_ context.Context, _ string, changes []journal.
 	return nil
 }
 
-func (s *fakeStore) ArmThresholds(_ context.Context, _ string, timers []journal.TimerRow) (int, error) {
+func (s *fakeStore) ArmThresholds(_ context.Context, _, _ string, timers []journal.TimerRow) (int, error) {
 	s.armedMissing = append(s.armedMissing, timers...)
 	return len(timers), nil
 }

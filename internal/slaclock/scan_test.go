@@ -120,3 +120,83 @@ func queryString(ctx context.Context, pool *pgxpool.Pool, sql string) (string, e
 	}
 	return *s, nil
 }
+
+// TestThresholdsWaitForTheCheckpoint: at a start after the slot's first,
+// a threshold the open SLAs lack is armed only once the stream's
+// checkpoint row of the cluster exists (the turn it takes with the
+// stream's batches), tried again quietly until then: without it, a
+// warning was armed beside a batch moving the SLA off that target, and
+// fired at its next change (found by a review).
+func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	db := pgtest.NewDB(t)
+	db.Exec(t, `CREATE TABLE slas (id int PRIMARY KEY, request_id int, sla_type text, started_at timestamptz, target_at timestamptz, completed_at timestamptz)`,
+		`INSERT INTO slas VALUES (1, 1, 'resolution', now(), now() + interval '1 hour', NULL)`)
+	store, err := journal.Open(ctx, db.DSN, "dzhook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	var started, target time.Time
+	if err := pool.QueryRow(ctx, `SELECT started_at, target_at FROM slas`).Scan(&started, &target); err != nil {
+		t.Fatal(err)
+	}
+	// Scanned at an earlier start, armed with [75] by the stream.
+	timer := func(kind string, fire time.Time) journal.TimerRow {
+		return journal.TimerRow{SLAID: "1", Kind: kind, TargetAt: target, FireAt: fire, RequestID: "1", SLAType: "resolution", StartedAt: started}
+	}
+	if err := store.Write(ctx, &journal.Batch{Timers: []journal.TimerChange{{SLAID: "1", Keep: target,
+		Arm: []journal.TimerRow{timer("breach", target), timer("warning:75", started.Add(45*time.Minute))}}}}); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO dzhook.sla_bootstrap (slot) VALUES ('dzhook')`)
+	mc := mapping.DefaultConfig()
+	mc.SLAs.Table = "slas"
+	sla, err := mapping.NewSLASource(ctx, pool, &mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.SyncBuffer
+	c, err := New(Config{
+		Store: store, Source: sla, Events: mapping.NewMapper(mapping.MapperConfig{Mapping: mc, Source: ids.NewSource("1")}),
+		Dispatcher: &fakeDispatcher{}, Slot: "dzhook", SystemID: "sys", WarningPercent: []float64{75, 90}, CheckInterval: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.retryMin, c.retryMax = 20*time.Millisecond, 40*time.Millisecond
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	kinds := func() string {
+		k, err := queryString(ctx, pool, `SELECT string_agg(kind, ',' ORDER BY kind) FROM dzhook.sla_timers WHERE sla_id = '1'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	testutil.Eventually(t, 10*time.Second, "the arming put off twice for want of a checkpoint", func() bool {
+		return strings.Count(logs.String(), "once the stream has journaled a checkpoint") >= 2
+	})
+	if k := kinds(); k != "breach,warning:75" {
+		t.Errorf("timers %q armed without a checkpoint, want none added", k)
+	}
+	db.Exec(t, `INSERT INTO dzhook.checkpoints (slot, lsn, system_id) VALUES ('dzhook', 1, 'sys')`)
+	testutil.Eventually(t, 10*time.Second, "the 90% warning armed", func() bool { return kinds() == "breach,warning:75,warning:90" })
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("waiting for the checkpoint logged an error:\n%s", logs.String())
+	}
+}
