@@ -52,28 +52,7 @@ func (f *failingScans) failures() int {
 // dzhook's first start fired nothing (found by a review).
 func TestFailedScanIsRetried(t *testing.T) {
 	ctx := context.Background()
-	db := pgtest.NewDB(t)
-	db.Exec(t, `CREATE TABLE slas (id int PRIMARY KEY, request_id int, sla_type text, started_at timestamptz, target_at timestamptz, completed_at timestamptz)`,
-		`INSERT INTO slas VALUES (1, 1, 'resolution', now(), now() + interval '1 hour', NULL)`)
-	store, err := journal.Open(ctx, db.DSN, "dzhook")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	if _, err := store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgxpool.New(ctx, db.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	mc := mapping.DefaultConfig()
-	mc.SLAs.Table = "slas"
-	sla, err := mapping.NewSLASource(ctx, pool, &mc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, store, pool, mc, sla := slaWorld(t)
 	src := &failingScans{SLASource: sla}
 	db.Exec(t, `ALTER TABLE slas RENAME TO slas_away`)
 
@@ -113,21 +92,11 @@ func TestFailedScanIsRetried(t *testing.T) {
 	}
 }
 
-func queryString(ctx context.Context, pool *pgxpool.Pool, sql string) (string, error) {
-	var s *string
-	if err := pool.QueryRow(ctx, sql).Scan(&s); err != nil || s == nil {
-		return "", err
-	}
-	return *s, nil
-}
-
-// TestThresholdsWaitForTheCheckpoint: at a start after the slot's first,
-// a threshold the open SLAs lack is armed only once the stream's
-// checkpoint row of the cluster exists (the turn it takes with the
-// stream's batches), tried again quietly until then: without it, a
-// warning was armed beside a batch moving the SLA off that target, and
-// fired at its next change (found by a review).
-func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
+// slaWorld is a database with an SLA table "slas" holding one SLA open
+// for the next hour, a migrated journal on it, a pool, the mapping that
+// reads that table and its SLA source.
+func slaWorld(t *testing.T) (*pgtest.DB, *journal.Store, *pgxpool.Pool, mapping.Config, *mapping.SLASource) {
+	t.Helper()
 	ctx := context.Background()
 	db := pgtest.NewDB(t)
 	db.Exec(t, `CREATE TABLE slas (id int PRIMARY KEY, request_id int, sla_type text, started_at timestamptz, target_at timestamptz, completed_at timestamptz)`,
@@ -145,6 +114,32 @@ func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
+	mc := mapping.DefaultConfig()
+	mc.SLAs.Table = "slas"
+	sla, err := mapping.NewSLASource(ctx, pool, &mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, store, pool, mc, sla
+}
+
+func queryString(ctx context.Context, pool *pgxpool.Pool, sql string) (string, error) {
+	var s *string
+	if err := pool.QueryRow(ctx, sql).Scan(&s); err != nil || s == nil {
+		return "", err
+	}
+	return *s, nil
+}
+
+// TestThresholdsWaitForTheCheckpoint: at a start after the slot's first,
+// a threshold the open SLAs lack is armed only once the stream's
+// checkpoint row of the cluster exists (the turn it takes with the
+// stream's batches), tried again quietly until then: without it, a
+// warning was armed beside a batch moving the SLA off that target, and
+// fired at its next change (found by a review).
+func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	db, store, pool, mc, sla := slaWorld(t)
 	var started, target time.Time
 	if err := pool.QueryRow(ctx, `SELECT started_at, target_at FROM slas`).Scan(&started, &target); err != nil {
 		t.Fatal(err)
@@ -158,12 +153,6 @@ func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Exec(t, `INSERT INTO dzhook.sla_bootstrap (slot) VALUES ('dzhook')`)
-	mc := mapping.DefaultConfig()
-	mc.SLAs.Table = "slas"
-	sla, err := mapping.NewSLASource(ctx, pool, &mc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs testutil.SyncBuffer
 	c, err := New(Config{
 		Store: store, Source: sla, Events: mapping.NewMapper(mapping.MapperConfig{Mapping: mc, Source: ids.NewSource("1")}),
