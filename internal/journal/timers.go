@@ -294,7 +294,9 @@ func (s *Store) ArmBootstrap(ctx context.Context, slot string, changes []TimerCh
 // threshold added to sla.warning_percent since their last change) and
 // returns how many it armed. A timer is armed only where none is for its
 // SLA, kind and target (fired or not), and only beside a live breach
-// timer of the same target (unfired, not superseded): the journal's
+// timer of the same target, start, request and SLA type (unfired, not
+// superseded; a start moved earlier by a change that kept the target
+// arms no warning it has passed: found by a review): the journal's
 // view of the SLA, as far as the stream has read, is that target. A
 // move, completion or deletion the stream journaled since the caller
 // read the SLA took that breach away, and one it has not read yet will
@@ -329,8 +331,9 @@ func (s *Store) ArmThresholds(ctx context.Context, slot, systemID string, timers
 			return ErrNoCheckpoint
 		}
 		tag, err = tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id, kind, target_at)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[]) AS u(sla_id, kind, target_at, fire_at, request_id, sla_type, started_at)
 			 WHERE EXISTS (SELECT 1 FROM {{schema}}.sla_timers b WHERE b.sla_id = u.sla_id AND b.kind = 'breach' AND b.target_at = u.target_at
+			                  AND b.started_at = u.started_at AND b.request_id = u.request_id AND b.sla_type = u.sla_type
 			                  AND b.fired_at IS NULL AND b.superseded_at IS NULL FOR SHARE)
 			ON CONFLICT (sla_id, kind, target_at) DO NOTHING`), sla, kind, target, fire, req, typ, started)
 		armed = tag.RowsAffected()

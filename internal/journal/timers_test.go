@@ -282,9 +282,10 @@ func TestArmThresholds(t *testing.T) {
 		_, err := s.ArmThresholds(ctx, "dzhook", "sys", []TimerRow{timer("7", "warning:75", t1, now.Add(30*time.Minute))})
 		done <- err
 	}()
-	testutil.Eventually(t, 10*time.Second, "ArmThresholds waiting for the stream's batch", func() bool {
+	testutil.Eventually(t, 10*time.Second, "ArmThresholds waiting for the stream's batch at the checkpoint's row", func() bool {
 		var waiting int
-		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'`).Scan(&waiting)
+		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+			AND query LIKE '%checkpoints%FOR SHARE%'`).Scan(&waiting)
 		return err == nil && waiting == 1
 	})
 	if err := tx.Commit(ctx); err != nil {

@@ -168,9 +168,11 @@ func New(cfg Config) (*Clock, error) {
 }
 
 // Run fires due timers every CheckInterval until ctx ends, and returns
-// nil; after its first round it arms the SLAs open before the first
-// start (once per slot), or at a later start the thresholds the open
-// SLAs lack.
+// nil. Beside it, it arms the SLAs open before the first start (once per
+// slot), or at a later start the thresholds the open SLAs lack: a read
+// of every open SLA, which the firing does not wait for (due timers that
+// fell due while dzhook was down went out only after it: found by a
+// review).
 // It never fails: a failed scan is tried again with a backoff (5 s
 // doubling to 5 min) until it succeeds, due timers firing meanwhile, and
 // a failed round at the next tick; a scan's failure is logged when it
@@ -179,28 +181,46 @@ func New(cfg Config) (*Clock, error) {
 // claims it again, and the event id it fires under is the same, so it is
 // not delivered twice.
 func (c *Clock) Run(ctx context.Context) error {
-	scan := scanRetry{wait: c.retryMin}
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		c.scanUntilDone(ctx)
+	}()
+	defer func() { <-scanned }()
 	t := time.NewTicker(c.cfg.CheckInterval)
 	defer t.Stop()
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		// Due timers first: at a start, those that fell due while
-		// dzhook was down do not wait for a scan of every open SLA
-		// (found by a review).
 		if c.cfg.Streaming == nil || c.cfg.Streaming() {
 			if err := c.fireDue(ctx); err != nil && ctx.Err() == nil {
 				c.log.Warn("SLA clock: firing due timers failed; retrying", "err", err)
 			}
 		}
-		if !scan.done && !time.Now().Before(scan.at) {
-			c.scan(ctx, &scan)
-		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		}
+	}
+}
+
+// scanUntilDone tries the scan until it is done or ctx ends, each try
+// after the one before's backoff.
+func (c *Clock) scanUntilDone(ctx context.Context) {
+	r := scanRetry{wait: c.retryMin}
+	for {
+		c.scan(ctx, &r)
+		if r.done || ctx.Err() != nil {
+			return
+		}
+		wait := time.NewTimer(time.Until(r.at))
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			return
+		case <-wait.C:
 		}
 	}
 }
@@ -212,7 +232,16 @@ type scanRetry struct {
 	wait     time.Duration // the backoff after the next failure
 	tries    int           // failed so far
 	lastKind string        // of the last failure
+	// noCheckpointSince is when the arming of missing thresholds first
+	// found no checkpoint (journal.ErrNoCheckpoint); noCheckpointSaid
+	// once that was said at INFO.
+	noCheckpointSince time.Time
+	noCheckpointSaid  bool
 }
+
+// noCheckpointSayAfter is how long the arming of missing thresholds
+// waits for the stream's checkpoint before it says so at INFO.
+const noCheckpointSayAfter = 5 * time.Minute
 
 // scan tries the first start's scan once (or, after it, the arming of
 // the thresholds the open SLAs lack), and on failure schedules the next
@@ -235,10 +264,21 @@ func (c *Clock) scan(ctx context.Context, r *scanRetry) {
 		return
 	}
 	if errors.Is(err, journal.ErrNoCheckpoint) {
-		// Not a failure: the stream has not journaled yet.
-		c.log.Debug("SLA clock: the thresholds the open SLAs lack are armed once the stream has journaled a checkpoint", "delay", r.wait.String())
-		r.at = time.Now().Add(r.wait)
-		r.wait = min(2*r.wait, c.retryMax)
+		// Not a failure: the stream has not journaled yet. Tried again
+		// at the backoff's first step, not doubling: a threshold whose
+		// moment passed in the wait is not armed any more (found by a
+		// review). Said once at INFO when it lasts.
+		now := time.Now()
+		if r.noCheckpointSince.IsZero() {
+			r.noCheckpointSince = now
+		}
+		c.log.Debug("SLA clock: the thresholds the open SLAs lack are armed once the stream has journaled a checkpoint", "delay", c.retryMin.String())
+		if !r.noCheckpointSaid && now.Sub(r.noCheckpointSince) >= noCheckpointSayAfter {
+			r.noCheckpointSaid = true
+			c.log.Info("SLA clock: still no checkpoint of the stream in the journal; the warning thresholds the open SLAs lack are armed once there is one",
+				"waited", now.Sub(r.noCheckpointSince).Round(time.Second).String())
+		}
+		r.at = now.Add(c.retryMin)
 		return
 	}
 	r.tries++

@@ -364,3 +364,64 @@ func TestScanArmsNothingPastTheHorizon(t *testing.T) {
 		t.Errorf("armed %v, want %v (nothing for the SLA breached 40 days ago, no warning 35 days late)", got, want)
 	}
 }
+
+// slowScan is an SLA table whose read of the open SLAs waits until
+// released (or its context ends).
+type slowScan struct {
+	fakeSource
+	release chan struct{}
+}
+
+func (s slowScan) OpenSLAs(ctx context.Context, after string, limit int) ([]mapping.SLARow, error) {
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.fakeSource.OpenSLAs(ctx, after, limit)
+}
+
+// sentDispatcher tells of each event dispatched.
+type sentDispatcher struct{ sent chan string }
+
+func (d sentDispatcher) DispatchDurable(_ context.Context, ev fanout.Event) error {
+	d.sent <- ev.Type
+	return nil
+}
+
+// TestDueTimersDoNotWaitForTheScan: at a start, a timer that fell due
+// while dzhook was down fires while the read of every open SLA (the
+// thresholds they lack, here) is still going: the first round of due
+// timers came after it (found by a review).
+func TestDueTimersDoNotWaitForTheScan(t *testing.T) {
+	start := time.Now().UTC().Add(-2 * time.Hour)
+	target := start.Add(time.Hour)
+	row := mapping.SLARow{ID: "1", RequestID: "1", SLAType: "resolution", StartedAt: start, TargetAt: target}
+	store := &fakeStore{bootstrapped: true, due: []journal.TimerRow{{SLAID: "1", Kind: "breach", RequestID: "1", SLAType: "resolution", StartedAt: start, TargetAt: target, FireAt: target}}}
+	src := slowScan{fakeSource: fakeSource{rows: []mapping.SLARow{row}}, release: make(chan struct{})}
+	d := sentDispatcher{sent: make(chan string, 1)}
+	c, err := New(Config{
+		Store: store, Source: src, Events: mapping.NewMapper(mapping.MapperConfig{Mapping: mapping.DefaultConfig(), Source: ids.NewSource("1")}),
+		Dispatcher: d, Slot: "dzhook", WarningPercent: []float64{75}, CheckInterval: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	select {
+	case ev := <-d.sent:
+		if ev != "sla.breach" {
+			t.Errorf("dispatched %s, want the due sla.breach", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the due breach did not fire while the open SLAs were being read")
+	}
+	close(src.release)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
