@@ -35,14 +35,14 @@ func (fullDeliverer) Subscriptions() []fanout.SubscriptionStatus {
 	ok, bad := goldenTime, goldenTime.Add(time.Minute)
 	return []fanout.SubscriptionStatus{
 		{
-			ID: "crm", URL: "https://crm.example.com/hook", Events: []string{"request.*"}, Active: true, Paused: true,
+			ID: "crm", URL: "https://crm.example.com/hook", Events: []string{"request.*"}, Active: true, Paused: true, Held: fanout.HeldPaused,
 			QueueWhileInactive: true, Filter: `data.priority == "high"`, State: journal.Failing,
 			LastSuccessAt: &ok, LastFailureAt: &bad, LastStatus: 503, LastError: "HTTP 503", QueueDepth: 4,
 			Stats: fanout.Stats{Delivered: 10, Failed: 2, Retried: 3, SuccessRate: 0.75, P50MS: 12.5, P99MS: 250,
 				PerMinute: []fanout.MinuteCount{{Minute: goldenTime, Delivered: 3, Failed: 1}, {Minute: goldenTime.Add(time.Minute)}}},
 			Ordering: fanout.OrderEntity, Order: fanout.OrderStatus{Keys: 5, Waiting: 7, JournalKeys: 2}, Source: "config",
 		},
-		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, State: journal.Healthy, Stats: fanout.Stats{SuccessRate: -1},
+		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, Held: fanout.HeldInactive, State: journal.Healthy, Stats: fanout.Stats{SuccessRate: -1},
 			Source: "runtime", Description: "Alerts to the on-call channel"},
 	}
 }
