@@ -65,14 +65,7 @@ func TestFailedScanIsRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.retryMin, c.retryMax = 20*time.Millisecond, 40*time.Millisecond
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	runFast(t, c)
 
 	testutil.Eventually(t, 10*time.Second, "the scan failing a few times", func() bool { return src.failures() >= 3 })
 	db.Exec(t, `ALTER TABLE slas_away RENAME TO slas`)
@@ -90,6 +83,18 @@ func TestFailedScanIsRetried(t *testing.T) {
 	if !strings.Contains(logs.String(), "after failed tries") {
 		t.Errorf("the scan's success after failures not logged:\n%s", logs.String())
 	}
+}
+
+// runFast runs c until the test ends, its scan's backoff 20 to 40 ms.
+func runFast(t *testing.T, c *Clock) {
+	c.retryMin, c.retryMax = 20*time.Millisecond, 40*time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 }
 
 // slaWorld is a database with an SLA table "slas" holding one SLA open
@@ -162,14 +167,7 @@ func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.retryMin, c.retryMax = 20*time.Millisecond, 40*time.Millisecond
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	runFast(t, c)
 	kinds := func() string {
 		k, err := queryString(ctx, pool, `SELECT string_agg(kind, ',' ORDER BY kind) FROM dzhook.sla_timers WHERE sla_id = '1'`)
 		if err != nil {
