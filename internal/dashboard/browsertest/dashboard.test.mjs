@@ -689,8 +689,33 @@ async function historyPages() {
   await noneWithin('refresh', before2, 1000, 'a refresh went out while a "Load more" was in flight');
   release();
   await shown('the newest deliveries shown, the three new ones included, none left out', 63);
-  await page.unroute(list);
   await page.locator(tid('pause-live')).click(); // live again
+
+  step('a refresh refused for a token replaced meanwhile tries the new one: no dialog again, live updates go on');
+  await page.evaluate(() => sessionStorage.setItem('dzhook.adminToken', 'a-rotated-token'));
+  arm = 'refresh';
+  const at3 = seen.length;
+  await eventually('a refresh with the old token held', () => seen.slice(at3).includes('refresh') && arm === '', (v) => v);
+  // The poll's other reads were refused: the page asks for the token.
+  const tokenDialog = page.locator(tid('token-dialog'));
+  await tokenDialog.waitFor({ state: 'visible' });
+  await page.locator(tid('token-input')).fill(token);
+  await page.locator(tid('token-submit')).click();
+  await tokenDialog.waitFor({ state: 'hidden' });
+  const liveBefore = await textNow(page.locator(tid('live')));
+  release(); // its answer: 401, for the token replaced meanwhile
+  await eventually('live updates going on', () => text(page.locator(tid('live'))), (t) => t !== liveBefore && t.startsWith('Live ·'), 15_000);
+  if (await tokenDialog.isVisible()) throw new Error('the token dialog opened again for a token already replaced');
+  await page.unroute(list);
+
+  step('the "Skip to delivery history" link keeps the filters');
+  await page.locator(tid('filter-status')).selectOption('delivered');
+  await eventually('the status filter in the URL', () => page.evaluate(() => location.hash), (h) => h.includes('status=delivered'));
+  await page.locator('.skip-link').focus();
+  await page.keyboard.press('Enter');
+  await eventually('the filters back in the URL after the skip', () => page.evaluate(() => location.hash), (h) => h.includes('status=delivered') && h.includes('subscription=pages'));
+  if ((await page.locator(tid('filter-status')).inputValue()) !== 'delivered') throw new Error('the skip link reset the status filter');
+  if ((await page.locator(tid('filter-subscription')).inputValue()) !== 'pages') throw new Error('the skip link reset the subscription filter');
 }
 
 let code = 0;

@@ -177,19 +177,31 @@ class APIError extends Error {
 let tokenWaiters = null;
 
 // askToken opens the token dialog (once, however many calls wait) and
-// resolves when the operator submits a token.
+// resolves when the operator submits a token, or with the stored one
+// when the operator closes the dialog keeping it (settleTokenWaiters).
 function askToken(reason) {
   const dialog = $('token-dialog');
   const err = $('token-error');
   err.hidden = !reason;
   err.textContent = reason || '';
-  if (!tokenWaiters) {
-    tokenWaiters = [];
+  if (!tokenWaiters) tokenWaiters = [];
+  if (!dialog.open) {
     $('token-input').value = '';
-    if (!dialog.open) dialog.showModal();
+    dialog.showModal();
     $('token-input').focus();
   }
   return new Promise((resolve) => tokenWaiters.push(resolve));
+}
+
+// settleTokenWaiters answers every call waiting for a token with token.
+// Left waiting when the dialog closed without a submit (Escape, with a
+// token stored), a history load never ended and held every later one,
+// the live updates included, until the page was reloaded (found by a
+// review).
+function settleTokenWaiters(token) {
+  const waiters = tokenWaiters || [];
+  tokenWaiters = null;
+  for (const w of waiters) w(token);
 }
 
 function submitToken(ev) {
@@ -198,9 +210,7 @@ function submitToken(ev) {
   if (!token) return;
   sessionStorage.setItem(TOKEN_KEY, token);
   $('token-dialog').close();
-  const waiters = tokenWaiters || [];
-  tokenWaiters = null;
-  for (const w of waiters) w(token);
+  settleTokenWaiters(token);
 }
 
 // api calls the admin API and returns the decoded JSON. A 401 asks for the
@@ -223,7 +233,7 @@ async function api(method, path, body) {
         // laptop's sleep, a stalled proxy) would hold the history's
         // loads behind it for good (historyLoad): it fails instead, and
         // the next poll tries again. Changes are not cut short.
-        signal: method === 'GET' ? AbortSignal.timeout(GET_TIMEOUT_MS) : undefined,
+        signal: method === 'GET' ? readTimeout() : undefined,
       });
     } catch (e) {
       throw unreachable(e);
@@ -245,7 +255,12 @@ async function api(method, path, body) {
       : problems.length ? problems.map((p) => `${p.field}: ${p.problem}`).join('; ')
         : `HTTP ${resp.status} ${resp.statusText}`.trim();
     if (resp.status === 401) {
-      if (sessionStorage.getItem(TOKEN_KEY) === token) sessionStorage.removeItem(TOKEN_KEY);
+      // Refused a token the operator has replaced meanwhile (a read in
+      // flight while the new one was entered): tried again with the new
+      // one, not asked again (found by a review).
+      const stored = sessionStorage.getItem(TOKEN_KEY);
+      if (stored && stored !== token) continue;
+      if (stored === token) sessionStorage.removeItem(TOKEN_KEY);
       await askToken(`The API refused the token: ${message}`);
       continue;
     }
@@ -253,6 +268,16 @@ async function api(method, path, body) {
     if (data === null) throw new APIError(resp.status, `${method} ${path}: the answer is not JSON`);
     return data;
   }
+}
+
+// readTimeout is a signal that aborts a read after GET_TIMEOUT_MS
+// (AbortSignal.timeout where the browser has it: Safari before 16 does
+// not, and every read failed there; found by a review).
+function readTimeout() {
+  if (typeof AbortSignal.timeout === 'function') return AbortSignal.timeout(GET_TIMEOUT_MS);
+  const c = new AbortController();
+  setTimeout(() => c.abort(new DOMException('signal timed out', 'TimeoutError')), GET_TIMEOUT_MS);
+  return c.signal;
 }
 
 // unreachable is the APIError of a request that got no (whole) answer.
@@ -1776,7 +1801,12 @@ function applyFilters() {
   state.historyGen++;
   state.deliveries = [];
   state.nextCursor = '';
-  $('load-more').hidden = true;
+  // The rows of the filters before go at once, not when the new ones'
+  // first page comes (behind a load in flight, up to its timeout: found
+  // by a review).
+  renderHistory();
+  $('history-empty').hidden = true;
+  setText($('history-count'), 'Loading…');
   return refreshHistory().catch((e) => showError(e.message));
 }
 
@@ -2049,6 +2079,11 @@ function wire() {
     // Without a token the page can show nothing: keep asking.
     if (!sessionStorage.getItem(TOKEN_KEY)) ev.preventDefault();
   });
+  $('token-dialog').addEventListener('close', () => {
+    // Closed keeping the stored token: the calls waiting try it again.
+    const stored = sessionStorage.getItem(TOKEN_KEY);
+    if (stored) settleTokenWaiters(stored);
+  });
   $('change-token').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);
     askToken('').then(() => poll());
@@ -2076,6 +2111,14 @@ function wire() {
     if (!document.hidden && !state.paused) poll();
   });
   window.addEventListener('hashchange', () => {
+    // A fragment that names an element (the "Skip to delivery history"
+    // link) is not a view: read as one, it reset every filter and closed
+    // the open delivery (found by a review).
+    const frag = location.hash.slice(1);
+    if (frag && !frag.includes('=') && document.getElementById(frag)) {
+      writeHash(); // the view's fragment back, for a reload or a shared link
+      return;
+    }
     const open = state.openID;
     readHash();
     showFilters();
