@@ -321,8 +321,26 @@ func (s *Store) ArmThresholds(ctx context.Context, slot, systemID string, timers
 		sla[i], kind[i], req[i], typ[i] = t.SLAID, t.Kind, t.RequestID, t.SLAType
 		target[i], fire[i], started[i] = t.TargetAt, t.FireAt, t.StartedAt
 	}
+	// Only those no timer of the same SLA, kind and target has yet, read
+	// without locks: locking every open SLA's breach to find nothing
+	// missing wrote WAL for each and held the stream's batches at every
+	// start (found by a review).
+	rows, err := s.pool.Query(ctx, s.q(`SELECT i::int FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS u(sla_id, kind, target_at, i)
+		 WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.sla_timers x WHERE x.sla_id = u.sla_id AND x.kind = u.kind AND x.target_at = u.target_at)`), sla, kind, target)
+	if err != nil {
+		return 0, fmt.Errorf("arm the SLAs' missing warning timers: %w", err)
+	}
+	missing, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil || len(missing) == 0 {
+		if err != nil {
+			err = fmt.Errorf("arm the SLAs' missing warning timers: %w", err)
+		}
+		return 0, err
+	}
+	sla, kind, req, typ = picked(sla, missing), picked(kind, missing), picked(req, missing), picked(typ, missing)
+	target, fire, started = picked(target, missing), picked(fire, missing), picked(started, missing)
 	var armed int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.checkpoints WHERE slot = $1 AND system_id = $2 FOR SHARE`), slot, systemID)
 		if err != nil {
 			return err
@@ -343,6 +361,15 @@ func (s *Store) ArmThresholds(ctx context.Context, slot, systemID string, timers
 		return 0, fmt.Errorf("arm the SLAs' missing warning timers: %w", err)
 	}
 	return int(armed), nil
+}
+
+// picked is xs at the 1-based positions at, in their order.
+func picked[T any](xs []T, at []int32) []T {
+	out := make([]T, len(at))
+	for j, i := range at {
+		out[j] = xs[i-1]
+	}
+	return out
 }
 
 // ErrNoCheckpoint: the slot has no checkpoint of the cluster yet (the
