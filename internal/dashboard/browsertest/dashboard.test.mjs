@@ -631,7 +631,12 @@ async function historyPages() {
   // "pages" from the newest on with none left out between (at least
   // least of them), and "Load more" exactly when there are more.
   const shown = async (what, least) => {
-    const all = (await call('GET', 'v1/deliveries?subscription=pages&limit=500')).deliveries.map((d) => d.id);
+    const all = [];
+    for (let cursor = '', first = true; first || cursor; first = false) {
+      const page = await call('GET', `v1/deliveries?subscription=pages&limit=500${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+      all.push(...page.deliveries.map((d) => d.id));
+      cursor = page.next_cursor;
+    }
     await eventually(what, async () => {
       const ids = await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
       const more = await page.locator(tid('load-more')).isVisible();
@@ -716,6 +721,19 @@ async function historyPages() {
   await eventually('the filters back in the URL after the skip', () => page.evaluate(() => location.hash), (h) => h.includes('status=delivered') && h.includes('subscription=pages'));
   if ((await page.locator(tid('filter-status')).inputValue()) !== 'delivered') throw new Error('the skip link reset the status filter');
   if ((await page.locator(tid('filter-subscription')).inputValue()) !== 'pages') throw new Error('the skip link reset the subscription filter');
+
+  step('more rows than one read returns (500): a live refresh keeps those loaded past it');
+  await sendTests(450); // 516 in all
+  await page.locator(tid('history-pages')).click();
+  await eventually('the first page', () => text(page.locator(tid('history-count'))), (s) => s.startsWith('50+ deliveries'));
+  while (await page.locator(tid('load-more')).isVisible()) {
+    const n = await rows.count();
+    await page.locator(tid('load-more')).click();
+    await eventually('the next page', () => rows.count(), (c) => c > n);
+  }
+  const liveAt = await textNow(page.locator(tid('live')));
+  await eventually('a live refresh', () => text(page.locator(tid('live'))), (t) => t !== liveAt && t.startsWith('Live ·'));
+  await shown('every delivery still shown after the refresh', 516);
 }
 
 let code = 0;
