@@ -431,7 +431,7 @@ func (c *Clock) armThresholds(ctx context.Context) error {
 			case took > time.Second:
 				// Neutral: the slow read itself is worth knowing, not a
 				// change (found by a review).
-				c.log.Info("SLA clock: checked the open SLAs for warning thresholds they lack; none missing",
+				c.log.Info("SLA clock: checked the open SLAs for warning thresholds they lack; none armed",
 					"open_slas", slas, "took", took.String())
 			}
 			return nil

@@ -118,9 +118,13 @@ async function main() {
     if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) pageErrors.push(`console: ${m.text()}`);
   });
 
-  step('open the dashboard: it asks for the token');
+  step('open the dashboard: it asks for the token, and Escape pressed twice does not leave the page waiting without it');
   await page.goto(url);
   await page.locator(tid('token-input')).waitFor({ state: 'visible' });
+  await page.keyboard.press('Escape');
+  await page.keyboard.press('Escape');
+  await eventually('the token dialog still open', () => page.locator(tid('token-dialog')).isVisible(), (v) => v === true);
+  await page.locator(tid('token-input')).focus();
 
   step('a wrong token is refused and asked for again');
   await page.locator(tid('token-input')).fill('not-the-token');

@@ -182,8 +182,11 @@ let tokenWaiters = null;
 function askToken(reason) {
   const dialog = $('token-dialog');
   const err = $('token-error');
-  err.hidden = !reason;
-  err.textContent = reason || '';
+  if (reason || !dialog.open) {
+    // A call joining an open dialog keeps its reason on screen.
+    err.hidden = !reason;
+    err.textContent = reason || '';
+  }
   if (!tokenWaiters) tokenWaiters = [];
   if (!dialog.open) {
     $('token-input').value = '';
@@ -1822,7 +1825,11 @@ function applyFilters() {
   renderHistory();
   $('history-empty').hidden = true;
   setText($('history-count'), 'Loading…');
-  return refreshHistory().catch((e) => showError(e.message));
+  const gen = state.historyGen;
+  return refreshHistory().catch((e) => {
+    if (gen === state.historyGen && !state.deliveries.length) setText($('history-count'), 'Not loaded: see the message above');
+    showError(e.message);
+  });
 }
 
 function showFilters() {
@@ -2096,8 +2103,15 @@ function wire() {
   });
   $('token-dialog').addEventListener('close', () => {
     // Closed keeping the stored token: the calls waiting try it again.
+    // Closed with none (Chromium lets a second Escape through whatever
+    // the cancel handler says), it opens again while calls wait: they
+    // would wait for good, and the page with them (found by a review).
     const stored = sessionStorage.getItem(TOKEN_KEY);
     if (stored) settleTokenWaiters(stored);
+    else if (tokenWaiters && tokenWaiters.length) {
+      $('token-dialog').showModal();
+      $('token-input').focus();
+    }
   });
   $('change-token').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);
