@@ -45,28 +45,17 @@ func TestValidateSample(t *testing.T) {
 // set, validate says which one encrypts (secrets.key), since putting the
 // new key first in secrets.keys does not rotate.
 func TestValidateNamesEncryptingKey(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	yaml := "source: {dsn: postgres://x@127.0.0.1/db}\nsecrets:\n  key: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n  keys: [BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=]\n"
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	code, out, errOut := runCmd(t, "validate", "--config", path)
-	if code != exitOK {
-		t.Fatalf("exit %d, want 0; stderr:\n%s", code, errOut)
-	}
+	out := validateOK(t, "source: {dsn: postgres://x@127.0.0.1/db}\nsecrets:\n  key: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n  keys: [BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=]\n")
 	if want := "note: secrets.key encrypts; the 1 key(s) of secrets.keys only decrypt"; !strings.Contains(out, want) {
 		t.Errorf("stdout = %q, want it to contain %q", out, want)
 	}
 }
 
-// TestValidateNotesAnEndedOverlap: a rotation's overlap that has ended
-// is said, with the keys that can go; one still running is not.
-func TestValidateNotesAnEndedOverlap(t *testing.T) {
+// validateOK runs `dzhook validate` on a configuration file holding yaml,
+// expects it valid, and returns what it printed.
+func validateOK(t *testing.T, yaml string) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.yaml")
-	sub := func(id, until string) string {
-		return "  - {id: " + id + ", url: https://" + id + ".example.com/, events: [request.created], secret: 0123456789abcdef, previous_secret: fedcba9876543210, previous_secret_until: " + until + "}\n"
-	}
-	yaml := "source: {dsn: postgres://x@127.0.0.1/db}\nsubscriptions:\n" + sub("ended", "2024-01-16T14:30:00Z") + sub("running", time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +63,16 @@ func TestValidateNotesAnEndedOverlap(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d, want 0; stderr:\n%s", code, errOut)
 	}
+	return out
+}
+
+// TestValidateNotesAnEndedOverlap: a rotation's overlap that has ended
+// is said, with the keys that can go; one still running is not.
+func TestValidateNotesAnEndedOverlap(t *testing.T) {
+	sub := func(id, until string) string {
+		return "  - {id: " + id + ", url: https://" + id + ".example.com/, events: [request.created], secret: 0123456789abcdef, previous_secret: fedcba9876543210, previous_secret_until: " + until + "}\n"
+	}
+	out := validateOK(t, "source: {dsn: postgres://x@127.0.0.1/db}\nsubscriptions:\n"+sub("ended", "2024-01-16T14:30:00Z")+sub("running", time.Now().Add(time.Hour).UTC().Format(time.RFC3339)))
 	if want := "note: subscriptions[0] (ended): the secret rotation's overlap ended at 2024-01-16T14:30:00Z; previous_secret and previous_secret_until can be removed"; !strings.Contains(out, want) {
 		t.Errorf("stdout = %q, want it to contain %q", out, want)
 	}

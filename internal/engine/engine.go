@@ -183,7 +183,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 	// A server on another timeline than the checkpoint's (a failover, a
 	// restore) must carry on the WAL up to it: its transactions below
 	// the checkpoint would be skipped as journaled.
-	fork, err := cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN, End: cp.End})
+	fork, err := cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, resumeOf(cp))
 	for try := 1; err != nil; try++ {
 		again := false
 		if cp, again, err = rewindToFork(ctx, e.journal, cfg.Source.Slot, cp, sys, err, log); !again || try == 3 {
@@ -194,7 +194,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		if cp, err = e.journal.Checkpoint(ctx, cfg.Source.Slot); err != nil {
 			return nil, err
 		}
-		fork, err = cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN, End: cp.End})
+		fork, err = cdc.CheckResume(ctx, repl, cfg.Source.Slot, sys, resumeOf(cp))
 	}
 	if err != nil {
 		return nil, err
@@ -522,6 +522,11 @@ func rewindToFork(ctx context.Context, store *journal.Store, slot string, cp jou
 	return journal.Checkpoint{LSN: max(changed.Fork, 1) - 1, SystemID: cp.SystemID, End: changed.Fork, Timeline: sys.Timeline}, false, nil
 }
 
+// resumeOf is the stream's view of a journal checkpoint.
+func resumeOf(cp journal.Checkpoint) cdc.Resume {
+	return cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN, End: cp.End}
+}
+
 // errForkPassed: the journal's checkpoint was past a new timeline's fork
 // on the old one when the fork was to be recorded (RecordFork).
 var errForkPassed = errors.New("the journal's checkpoint is past that point on the old timeline (another dzhook journaled there, from the old primary), so the server is judged again")
@@ -570,7 +575,7 @@ func (e *Engine) journaled(ctx context.Context) (cdc.Resume, error) {
 	if err != nil {
 		return cdc.Resume{}, &journalDownError{err}
 	}
-	return cdc.Resume{SystemID: cp.SystemID, Timeline: cp.Timeline, LSN: cp.LSN, End: cp.End}, nil
+	return resumeOf(cp), nil
 }
 
 // sessionStarted runs in the stream's order before the first change of

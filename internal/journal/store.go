@@ -318,6 +318,15 @@ type Checkpoint struct {
 	RestoredBelow pglogrepl.LSN
 }
 
+// ReadTo is the position the checkpoint says was read to: the end of its
+// last commit when known (End past LSN), else LSN; the stream judges a
+// server by it (cdc.Resume's readTo) and RecordFork holds it so. A
+// commit that starts at a fork or a WAL's end is past it; a checkpoint
+// written at an idle position itself (End equal to LSN) is not.
+func (c Checkpoint) ReadTo() pglogrepl.LSN {
+	return max(c.LSN, c.End)
+}
+
 // Checkpoint returns the slot's checkpoint (zero when none).
 func (s *Store) Checkpoint(ctx context.Context, slot string) (Checkpoint, error) {
 	var lsn int64

@@ -154,15 +154,9 @@ func (p *Pipeline) UseCheckpoint(ctx context.Context, cp journal.Checkpoint, wal
 // journaled, or 0 and why cp cannot be trusted.
 func trusted(cp journal.Checkpoint, systemID string, walEnd pglogrepl.LSN) (pglogrepl.LSN, string) {
 	lsn := pglogrepl.LSN(cp.LSN)
-	// What it says was read to: the end of its last commit when known,
-	// as the stream judges it (cdc.Resume.readTo). A commit that starts
-	// at the WAL's end (or a restored WAL's) is one that WAL lacks; a
-	// checkpoint written at an idle position itself (End equal to LSN)
-	// is not past a WAL that ends there.
-	read := lsn
-	if cp.End > read {
-		read = cp.End
-	}
+	// What it says was read to (Checkpoint.ReadTo): a commit that starts
+	// at the WAL's end (or a restored WAL's) is one that WAL lacks.
+	read := cp.ReadTo()
 	switch {
 	case cp.LSN == 0:
 		return 0, ""

@@ -313,10 +313,15 @@ func failureKind(err error) string {
 func TimerChange(up mapping.SLAUpdate) journal.TimerChange {
 	tc := journal.TimerChange{SLAID: up.SLAID, Keep: up.Keep, Due: up.Due}
 	for _, t := range up.Arm {
-		tc.Arm = append(tc.Arm, journal.TimerRow{SLAID: t.SLAID, Kind: t.Kind, TargetAt: t.TargetAt, FireAt: t.FireAt,
-			RequestID: t.RequestID, SLAType: t.SLAType, StartedAt: t.StartedAt})
+		tc.Arm = append(tc.Arm, timerRow(t))
 	}
 	return tc
+}
+
+// timerRow is the journal's form of a timer.
+func timerRow(t mapping.Timer) journal.TimerRow {
+	return journal.TimerRow{SLAID: t.SLAID, Kind: t.Kind, TargetAt: t.TargetAt, FireAt: t.FireAt,
+		RequestID: t.RequestID, SLAType: t.SLAType, StartedAt: t.StartedAt}
 }
 
 // bootstrap arms every open SLA the first time dzhook runs on a slot.
@@ -412,8 +417,7 @@ func (c *Clock) armThresholds(ctx context.Context) error {
 		for _, r := range rows {
 			for _, t := range mapping.SLATimers(c.timerOf(r), c.cfg.WarningPercent, now, time.Time{}) {
 				if t.Kind != "breach" && t.FireAt.After(now) {
-					timers = append(timers, journal.TimerRow{SLAID: t.SLAID, Kind: t.Kind, TargetAt: t.TargetAt, FireAt: t.FireAt,
-						RequestID: t.RequestID, SLAType: t.SLAType, StartedAt: t.StartedAt})
+					timers = append(timers, timerRow(t))
 				}
 			}
 		}
