@@ -97,6 +97,9 @@ func runRun(ctx context.Context, env *cli, args []string) int {
 		runtime.MemProfileRate = 64 << 10
 		defer func() {
 			if f, err := os.Create(path); err == nil {
+				// The profile is as of the last collection, which may
+				// be long ago with the collector's settings (main.go).
+				runtime.GC()
 				_ = pprof.Lookup("allocs").WriteTo(f, 0)
 				f.Close()
 			}
