@@ -130,6 +130,10 @@ type Clock struct {
 	// retryMin and retryMax bound the backoff of the first start's scan
 	// (scanRetryMin, scanRetryMax; shorter in tests).
 	retryMin, retryMax time.Duration
+	// noCheckpointSayAfter is how long the arming of missing thresholds
+	// waits for the stream's checkpoint before it says so at INFO
+	// (noCheckpointSayAfter; shorter in tests).
+	noCheckpointSayAfter time.Duration
 	// waitSaid holds the timers whose long wait for the stream was logged
 	// (Run's goroutine only), so it is said once each.
 	waitSaid map[string]bool
@@ -164,7 +168,8 @@ func New(cfg Config) (*Clock, error) {
 	if cfg.CheckInterval <= 0 {
 		return nil, errors.New("slaclock: CheckInterval must be positive")
 	}
-	return &Clock{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), retryMin: scanRetryMin, retryMax: scanRetryMax}, nil
+	return &Clock{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), retryMin: scanRetryMin, retryMax: scanRetryMax,
+		noCheckpointSayAfter: noCheckpointSayAfter}, nil
 }
 
 // Run fires due timers every CheckInterval until ctx ends, and returns
@@ -273,7 +278,7 @@ func (c *Clock) scan(ctx context.Context, r *scanRetry) {
 			r.noCheckpointSince = now
 		}
 		c.log.Debug("SLA clock: the thresholds the open SLAs lack are armed once the stream has journaled a checkpoint", "delay", c.retryMin.String())
-		if !r.noCheckpointSaid && now.Sub(r.noCheckpointSince) >= noCheckpointSayAfter {
+		if !r.noCheckpointSaid && now.Sub(r.noCheckpointSince) >= c.noCheckpointSayAfter {
 			r.noCheckpointSaid = true
 			c.log.Info("SLA clock: still no checkpoint of the stream in the journal; the warning thresholds the open SLAs lack are armed once there is one",
 				"waited", now.Sub(r.noCheckpointSince).Round(time.Second).String())

@@ -167,6 +167,7 @@ func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.noCheckpointSayAfter = 200 * time.Millisecond
 	runFast(t, c)
 	kinds := func() string {
 		k, err := queryString(ctx, pool, `SELECT string_agg(kind, ',' ORDER BY kind) FROM dzhook.sla_timers WHERE sla_id = '1'`)
@@ -181,9 +182,45 @@ func TestThresholdsWaitForTheCheckpoint(t *testing.T) {
 	if k := kinds(); k != "breach,warning:75" {
 		t.Errorf("timers %q armed without a checkpoint, want none added", k)
 	}
+	// A wait that lasts is said at INFO, once, when it has lasted.
+	const said = "still no checkpoint of the stream in the journal"
+	testutil.Eventually(t, 10*time.Second, "the wait said at INFO, then tried again", func() bool {
+		l := logs.String()
+		i := strings.Index(l, said)
+		return i >= 0 && strings.Count(l[i:], "once the stream has journaled a checkpoint") >= 3
+	})
+	l := logs.String()
+	if n := strings.Count(l, said); n != 1 {
+		t.Errorf("the wait said at INFO %d times, want once:\n%s", n, l)
+	}
+	// Said no sooner than noCheckpointSayAfter after the first put-off
+	// (the log's times have milliseconds).
+	first := logTime(t, l, "once the stream has journaled a checkpoint")
+	if waited := logTime(t, l, said).Sub(first); waited < c.noCheckpointSayAfter-10*time.Millisecond {
+		t.Errorf("the wait said at INFO %s after the first put-off, want %s at least", waited, c.noCheckpointSayAfter)
+	}
 	db.Exec(t, `INSERT INTO dzhook.checkpoints (slot, lsn, system_id) VALUES ('dzhook', 1, 'sys')`)
 	testutil.Eventually(t, 10*time.Second, "the 90% warning armed", func() bool { return kinds() == "breach,warning:75,warning:90" })
 	if strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("waiting for the checkpoint logged an error:\n%s", logs.String())
 	}
+}
+
+// logTime is the time of the first line of logs (slog's text) holding
+// msg.
+func logTime(t *testing.T, logs, msg string) time.Time {
+	t.Helper()
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.Contains(line, msg) {
+			continue
+		}
+		stamp, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		if err != nil {
+			t.Fatalf("no time in the log line %q: %v", line, err)
+		}
+		return at
+	}
+	t.Fatalf("no log line holding %q:\n%s", msg, logs)
+	return time.Time{}
 }
