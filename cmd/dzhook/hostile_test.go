@@ -57,6 +57,11 @@ func TestCLIAgainstAnOddServer(t *testing.T) {
 	if code, _, errOut := run(srv.URL, cliToken, "replay", "crm", "--since", "1h", "--events", ""); code != exitUsage || !strings.Contains(errOut, "--events is empty") {
 		t.Errorf("replay --events '': exit %d %q", code, errOut)
 	}
+	// Commas alone (unset variables in "$A,$B") named no type: every type
+	// was replayed.
+	if code, _, errOut := run(srv.URL, cliToken, "replay", "crm", "--since", "1h", "--events", ", "); code != exitUsage || !strings.Contains(errOut, "names no event type") {
+		t.Errorf("replay --events ', ': exit %d %q", code, errOut)
+	}
 	if r := requests(); len(r) != 0 {
 		t.Errorf("requests sent for refused command lines: %v", r)
 	}

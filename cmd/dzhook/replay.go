@@ -96,6 +96,12 @@ func replayStart(ctx context.Context, env *cli, args []string) int {
 			body.Events = append(body.Events, e)
 		}
 	}
+	// "--events ," (a script's unset variables) names no type; sent as
+	// none, it replayed every event type (found by a review).
+	if *events != "" && len(body.Events) == 0 {
+		fmt.Fprintf(env.stderr, "dzhook replay: --events %q names no event type: give types or globs (request.*), or leave the flag out\n", *events)
+		return exitUsage
+	}
 	c := newClient(env, *admin, *cfg)
 	var rp api.Replay
 	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(sub)+"/replay", body, &rp)

@@ -123,19 +123,21 @@ func readSubscriptionBody(w http.ResponseWriter, r *http.Request) (api.Subscript
 	if err != nil {
 		return in, nil, err
 	}
+	// A null would read as "left out": say what is meant instead, before
+	// decodeObject's general refusal of it.
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(raw, &fields) == nil {
+		for k, v := range fields {
+			if string(v) == "null" {
+				return in, nil, fmt.Errorf("%q is null: leave the field out to keep its value, or give one", clip(k))
+			}
+		}
+	}
 	if err := decodeObject(raw, &in); err != nil {
 		return in, nil, err
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
-		return in, nil, err // decodeObject read it: not reached
-	}
 	given := make(map[string]bool, len(fields))
-	for k, v := range fields {
-		// A null would read as "left out": say what is meant instead.
-		if string(v) == "null" {
-			return in, nil, fmt.Errorf("%q is null: leave the field out to keep its value, or give one", clip(k))
-		}
+	for k := range fields {
 		given[k] = true
 	}
 	return in, given, nil

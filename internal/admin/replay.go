@@ -42,7 +42,15 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 	if !ok {
 		return
 	}
-	var body api.ReplayRequest
+	// api.ReplayRequest, with a member left out told from an empty one:
+	// an empty until or events list is a mistake (a script's unset
+	// variable), and read as absent it widened the replay to now or to
+	// every event type (found by a review).
+	var body struct {
+		Since  string    `json:"since"`
+		Until  *string   `json:"until"`
+		Events *[]string `json:"events"`
+	}
 	if err := readBody(w, r, &body); err != nil {
 		status := http.StatusBadRequest
 		if errors.Is(err, errBodyTooLarge) {
@@ -52,7 +60,7 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 		return
 	}
 	now := time.Now()
-	req := fanout.ReplayRequest{Subscription: id, Until: now, Patterns: body.Events, RequestedBy: client(r)}
+	req := fanout.ReplayRequest{Subscription: id, Until: now, RequestedBy: client(r)}
 	if body.Since == "" {
 		writeError(w, http.StatusBadRequest, `since: required (an RFC 3339 time, or a duration ago: "24h", "7d")`)
 		return
@@ -62,8 +70,12 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if body.Until != "" {
-		if req.Until, err = parseTime("until", body.Until, now); err != nil {
+	if body.Until != nil {
+		if *body.Until == "" {
+			writeError(w, http.StatusBadRequest, `until: is empty: give an RFC 3339 time or a duration ago, or leave it out for now`)
+			return
+		}
+		if req.Until, err = parseTime("until", *body.Until, now); err != nil {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
@@ -73,11 +85,16 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 		return
 	}
 	// The globs select event types of the catalog, as a subscription's
-	// events do; none given: the whole catalog, which the subscription's
+	// events do; left out: the whole catalog, which the subscription's
 	// own events then narrow.
-	patterns := body.Events
-	if len(patterns) == 0 {
-		patterns = []string{"*"}
+	patterns := []string{"*"}
+	if body.Events != nil {
+		if len(*body.Events) == 0 {
+			writeError(w, http.StatusBadRequest, `events: is empty: give event types or globs ("request.*"), or leave it out for every event the subscription receives`)
+			return
+		}
+		patterns = *body.Events
+		req.Patterns = patterns
 	}
 	for i, p := range patterns {
 		names, err := s.cfg.Catalog.Match(p)

@@ -433,6 +433,8 @@ func TestMalformedRequests(t *testing.T) {
 		{"PATCH", "/v1/subscriptions/crm", `{}`, 400, "no field to change"},
 		{"POST", "/v1/subscriptions/crm/secret", `{"overlap":"1h","activate_at":"now"}`, 400, `"activate_at"`},
 		{"POST", "/v1/subscriptions/crm/secret", `{"overlap":24}`, 400, "overlap"},
+		{"POST", "/v1/subscriptions/crm/secret", `{"secret":null}`, 400, "secret: null"},
+		{"POST", test, `{"event":null}`, 400, "event: null"},
 		// Bodies on routes that take none.
 		{"POST", "/v1/subscriptions/crm/resume", "{}", 400, "body"},
 		{"POST", "/v1/deliveries/dlv_1/retry", "{}", 400, "body"},

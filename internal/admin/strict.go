@@ -59,6 +59,11 @@ func shapeOf(raw []byte, t reflect.Type, path string) error {
 				}
 				return nil // unknown: decoding reports it
 			}
+			// A null member would decode as one left out (the
+			// default: every event type, until now): found by a review.
+			if string(bytes.TrimSpace(val)) == "null" {
+				return fmt.Errorf("%s: null; give a value or leave it out", join(path, key))
+			}
 			return shapeOf(val, ft, join(path, key))
 		})
 	case reflect.Map:

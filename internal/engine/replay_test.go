@@ -297,6 +297,13 @@ func TestReplayValidation(t *testing.T) {
 		{"bad glob", "/v1/subscriptions/late/replay", `{"since": "1h", "events": ["request.*", "user.["]}`, 400, "events[1]"},
 		{"event the subscription does not receive", "/v1/subscriptions/late/replay", `{"since": "1h", "events": ["user.*"]}`, 400, "events: none of these events"},
 		{"unknown field", "/v1/subscriptions/late/replay", `{"since": "1h", "from": "x"}`, 400, "body: "},
+		// Given empty or null, the window's end or the types read as left
+		// out widened the replay (to now, to every type).
+		{"empty events", "/v1/subscriptions/late/replay", `{"since": "1h", "events": []}`, 400, "events: is empty"},
+		{"null events", "/v1/subscriptions/late/replay", `{"since": "1h", "events": null}`, 400, "events: null"},
+		{"empty until", "/v1/subscriptions/late/replay", `{"since": "1h", "until": ""}`, 400, "until: is empty"},
+		{"null until", "/v1/subscriptions/late/replay", `{"since": "1h", "until": null}`, 400, "until: null"},
+		{"null since", "/v1/subscriptions/late/replay", `{"since": null}`, 400, "since: null"},
 		{"unknown subscription", "/v1/subscriptions/nope/replay", `{"since": "1h"}`, 404, "no such subscription"},
 		{"unknown replay", "/v1/subscriptions/late/replays/rpl_2222222222222222", "", 404, "no such replay"},
 		{"malformed replay", "/v1/subscriptions/late/replays/dlv_x", "", 400, "replay id"},
