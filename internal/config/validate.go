@@ -52,6 +52,13 @@ var reservedHeaders = []string{
 	"webhook-id", "webhook-timestamp", "webhook-signature",
 }
 
+// hopByHopHeaders are about the connection, not the request: HTTP/2
+// refuses a request carrying one (every attempt to such a receiver
+// failed), and HTTP/1.1 drops or misreads them (found by a review).
+var hopByHopHeaders = []string{
+	"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+}
+
 // Catalog returns the events this configuration knows: DZDESK's eleven plus
 // its custom events.
 func (c *Config) Catalog() (*catalog.Catalog, error) {
@@ -211,6 +218,11 @@ func (c *Config) validate(ps *Problems, refs references) {
 	}
 	if t := c.Admin.Token.Reveal(); t != "" && tooShort(t) {
 		ps.add("admin.token", "too short: use at least %d random characters, spaces at either end not counted (it allows retrying, pausing and reading every delivery)", MinSecretLength)
+	} else if strings.ContainsFunc(t, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		// HTTP trims a header value's spaces, so no request matched a
+		// token with one at either end (found by a review); dzhook's
+		// CLI refuses to send one with a space anywhere.
+		ps.add("admin.token", "holds a space, a line break or a control character: a bearer token is sent without them; remove it (a value read from a file often ends in a newline)")
 	}
 	if s := c.Notify.Secret.Reveal(); s != "" && tooShort(s) {
 		ps.add("notify.secret", "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
@@ -440,6 +452,8 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 			ps.add(p, "is the same header as %s (header names are case-insensitive): keep one", first)
 		case slices.Contains(reservedHeaders, strings.ToLower(name)):
 			ps.add(p, "%s is set by dzhook and cannot be overridden", http.CanonicalHeaderKey(name))
+		case slices.Contains(hopByHopHeaders, strings.ToLower(name)):
+			ps.add(p, "%s is a header of the connection, not of the request: HTTP/2 receivers refuse it, and HTTP/1.1 drops it; remove it", http.CanonicalHeaderKey(name))
 		case !httpguts.ValidHeaderFieldValue(s.Headers[name].Reveal()):
 			ps.add(p, "value must not contain control characters (line breaks, NUL, DEL; a tab is allowed)")
 		}
@@ -622,13 +636,19 @@ func anyMap[V any](m map[string]V) map[string]any {
 }
 
 // refusedAddress says why the egress guard refuses a URL whose host is an
-// IP address, or "". The address is not quoted: the URL may be a secret's.
+// IP address or localhost, or "". The address is not quoted: the URL may be a secret's.
 func (c *Config) refusedAddress(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return ""
 	}
-	addr, err := netip.ParseAddr(u.Hostname())
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	addr, err := netip.ParseAddr(host)
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		// Loopback by name (RFC 6761), which the guard refuses at the
+		// dial; said here too, as for 127.0.0.1 (found by a review).
+		addr, err = netip.MustParseAddr("127.0.0.1"), nil
+	}
 	if err != nil {
 		return ""
 	}

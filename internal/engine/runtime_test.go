@@ -166,7 +166,7 @@ func TestRuntimeValidationAndConflicts(t *testing.T) {
 	ctx := context.Background()
 
 	_, err := m.CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("Bad Id"), URL: ptr("ftp://x"), Events: ptr([]string{"request.crated"}),
-		Secret: ptr("short"), Filter: ptr("data.priority =="), Ordering: ptr("sideways"), Headers: ptr(map[string]string{"Content-Type": "x"}),
+		Secret: ptr("short"), Filter: ptr("data.priority =="), Ordering: ptr("sideways"), Headers: ptr(map[string]string{"Content-Type": "x", "Connection": "close"}),
 		Transform: ptr(`{"text": data.title +}`), Format: ptr("irc"), Method: ptr("GET"), RateLimit: ptr("fast")}, "")
 	var ve *admin.ValidationError
 	if !errors.As(err, &ve) {
@@ -176,7 +176,7 @@ func TestRuntimeValidationAndConflicts(t *testing.T) {
 	for _, p := range ve.Problems {
 		fields[p.Field] = true
 	}
-	for _, f := range []string{"id", "url", "events[0]", "secret", "filter", "ordering", "headers.Content-Type", "transform", "format", "method", "rate_limit"} {
+	for _, f := range []string{"id", "url", "events[0]", "secret", "filter", "ordering", "headers.Content-Type", "headers.Connection", "transform", "format", "method", "rate_limit"} {
 		if !fields[f] {
 			t.Errorf("no problem for field %s in %+v", f, ve.Problems)
 		}
