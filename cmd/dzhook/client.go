@@ -67,6 +67,7 @@ func newClient(env *cli, admin, configPath string) *client {
 	// redirect made "deleted crm" of a delete that deleted nothing).
 	c := &client{base: admin, token: env.getenv("DZHOOK_ADMIN_TOKEN"), http: &http.Client{
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	elsewhere := admin != "" && !localOrTLS(admin)
 	if c.base == "" || c.token == "" {
 		cfg, err := config.LoadEnv(configPath, env.environ())
 		if _, statErr := os.Stat(configPath); err != nil && statErr == nil {
@@ -84,7 +85,12 @@ func newClient(env *cli, admin, configPath string) *client {
 				}
 				c.base = "http://" + net.JoinHostPort(host, port)
 			}
-			if c.token == "" {
+			if c.token == "" && elsewhere && cfg.Admin.Token.Reveal() != "" {
+				// The configuration's token is its own API's: sent in
+				// clear to an address typed on the command line, it went
+				// to whatever host that named (found by a review).
+				fmt.Fprintf(env.stderr, "warning: the configuration's admin.token is not sent to %s, a plain-http address not on this machine: set DZHOOK_ADMIN_TOKEN to send a token there\n", fanout.RedactURL(admin))
+			} else if c.token == "" {
 				c.token = cfg.Admin.Token.Reveal()
 			}
 		}
@@ -96,6 +102,20 @@ func newClient(env *cli, admin, configPath string) *client {
 	c.shown = fanout.RedactURL(c.base)
 	c.err = checkAdminURL(c.base)
 	return c
+}
+
+// localOrTLS reports whether the admin URL raw is https, or names this
+// machine (localhost, a loopback address): where the configuration's
+// token may go without DZHOOK_ADMIN_TOKEN. A URL that does not parse is
+// refused later (checkAdminURL).
+func localOrTLS(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return true
+	}
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	ip := net.ParseIP(host)
+	return u.Scheme == "https" || host == "localhost" || ip != nil && ip.IsLoopback()
 }
 
 // badToken says why a token cannot be sent, or nil. A token read from a

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -96,6 +99,49 @@ func TestHeaderValueNeverPrinted(t *testing.T) {
 			if !strings.Contains(stderr, tc.want) {
 				t.Errorf("%s --header %q: stderr lacks %q:\n%s", verb[1], tc.header, tc.want, stderr)
 			}
+		}
+	}
+}
+
+// TestConfigTokenStaysLocal: the configuration's admin.token goes to the
+// configuration's own API, to this machine, or over https; to a plain-http
+// address elsewhere named on the command line it is not sent (it went in
+// clear to whatever host that was), and a warning says how to send one.
+func TestConfigTokenStaysLocal(t *testing.T) {
+	const token = "config-admin-token-0123456789"
+	cfg := filepath.Join(t.TempDir(), "dzhook.yaml")
+	if err := os.WriteFile(cfg, []byte("source: {dsn: \"postgres://dz@127.0.0.1:1/dz\"}\nadmin: {listen: \"0.0.0.0:8080\", token: "+token+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		admin, envToken, want string
+		warned                bool
+	}{
+		{"", "", token, false},
+		{"http://127.0.0.1:9090", "", token, false},
+		{"http://localhost:9090", "", token, false},
+		{"http://[::1]:9090", "", token, false},
+		{"https://ops.example.com", "", token, false},
+		{"http://ops.example.com:8080", "", "", true},
+		{"http://10.1.2.3:8080", "", "", true},
+		{"http://ops.example.com:8080", "env-admin-token-0123456789", "env-admin-token-0123456789", false},
+	} {
+		var errb bytes.Buffer
+		env := &cli{stdout: io.Discard, stderr: &errb, getenv: func(k string) string {
+			if k == "DZHOOK_ADMIN_TOKEN" {
+				return tc.envToken
+			}
+			return ""
+		}, environ: func() []string { return nil }}
+		c := newClient(env, tc.admin, cfg)
+		if c.token != tc.want {
+			t.Errorf("--admin %q: token %q, want %q", tc.admin, c.token, tc.want)
+		}
+		if warned := strings.Contains(errb.String(), "admin.token is not sent to"); warned != tc.warned {
+			t.Errorf("--admin %q: warned %v, want %v: %q", tc.admin, warned, tc.warned, errb.String())
+		}
+		if strings.Contains(errb.String(), token) {
+			t.Errorf("--admin %q: the warning shows the token", tc.admin)
 		}
 	}
 }
