@@ -247,7 +247,18 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	if d.tracer != nil {
 		r.tracer, r.traceparent, r.shownURL = d.tracer, s.cfg.Traceparent, s.shownURL()
 	}
+	fenced := d.fence.generation()
 	res := post(life, s.client, r, d.cfg.Timeout, d.cfg.bodyLimit())
+	// The heartbeat went stale during the attempt (the fence closed, or
+	// closed and was rechecked): another instance may have taken the
+	// delivery over and be making this very attempt. Its outcome then
+	// counts; this one is recorded only if none did (Unless).
+	var unless string
+	if !d.fence.open(time.Now()) || d.fence.generation() != fenced {
+		unless = d.cfg.Instance
+		d.log.Info("attempt ended while this instance's heartbeat was stale: its outcome is recorded unless another instance took the delivery over",
+			"subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n, "status_code", res.Status)
+	}
 	if len(s.scrub) > 0 {
 		res.Body = s.scrub.scrub(res.Body, len(res.Body) >= d.cfg.bodyLimit())
 		if res.Error != "" {
@@ -273,12 +284,12 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	rec := journal.Record{
 		Update: &journal.DeliveryUpdate{Owner: owner,
 			ID: t.deliveryID, State: dec.State, Attempts: n, NextAttemptAt: dec.NextAttemptAt,
-			LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At, Body: shaped,
+			LastStatus: res.Status, LastError: errorExcerpt(res.Error), LastAttemptAt: res.At, Body: shaped, Unless: unless,
 		},
 		Attempt: &journal.AttemptRow{
 			DeliveryID: t.deliveryID, Attempt: n, At: res.At, Trigger: t.trigger, StatusCode: res.Status,
 			Duration: res.Duration, ResponseBody: res.Body, ErrorClass: res.ErrorClass, Error: errorExcerpt(res.Error),
-			Instance: d.cfg.Instance,
+			Instance: d.cfg.Instance, Unless: unless,
 		},
 		Done: t.durable,
 	}

@@ -2,10 +2,13 @@ package fanout
 
 import (
 	"context"
+	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/journal"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -130,6 +133,113 @@ func TestStalledProcessDropsWhatWasTakenOver(t *testing.T) {
 				t.Errorf("receiver got %d requests (%v), want 6: A's E1 in flight when B took over, and B's E1..E5", n, sent)
 			}
 		})
+	}
+}
+
+// TestLateOutcomeDoesNotUndoTheTakeover: A's attempt of E1 is in flight
+// when A stalls and B takes E1 over, making the same attempt. A's late
+// failure lands while B's attempt is still in flight: it must not be
+// recorded over B's ownership, nor B's success after it thrown away
+// (the delivery was then sent again by A's retry, after the key's later
+// E2 and E3, and the history showed A's 500 as the attempt). The
+// history shows B's attempt, the delivery is delivered once by B, and
+// nothing of the key arrives after E3.
+func TestLateOutcomeDoesNotUndoTheTakeover(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	holdA, holdB := make(chan struct{}), make(chan struct{})
+	var onceA, onceB sync.Once
+	relA := func() { onceA.Do(func() { close(holdA) }) }
+	relB := func() { onceB.Do(func() { close(holdB) }) }
+	t.Cleanup(relA)
+	t.Cleanup(relB)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		switch n {
+		case 1:
+			<-holdA
+			return http.StatusInternalServerError, nil, "A's attempt"
+		case 2:
+			<-holdB
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	sa := &stalledStore{Store: store}
+	cfgA := ordered(sa, rc.URL, OrderEntity, 0, 3*time.Second)
+	cfgA.Instance, cfgA.Concurrency, cfgA.Timeout = "iA", 1, time.Minute
+	a := start(t, store, cfgA)
+	if err := a.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := orderEvents([]string{"req_1", "req_1", "req_1"})
+	for _, ev := range evs {
+		if err := a.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.Wait(t, 1, 10*time.Second)
+	testutil.Eventually(t, 10*time.Second, "A's three deliveries journaled as its own", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE owner = 'iA' AND state = 'pending'`).Scan(&n)
+		return n == 3
+	})
+	sa.stall()
+	cfgB := ordered(store, rc.URL, OrderEntity, 0, 3*time.Second)
+	cfgB.Instance, cfgB.Timeout = "iB", time.Minute
+	start(t, store, cfgB)
+	reqs := rc.Wait(t, 2, 20*time.Second) // B took E1 over; its attempt in flight
+	e1 := reqs[0].Header.Get(signer.HeaderDelivery)
+	if got := reqs[1].Header.Get(signer.HeaderDelivery); got != e1 {
+		t.Fatalf("second request %s, want B's attempt of E1 %s", got, e1)
+	}
+	attemptRows := func() string {
+		var h string
+		_ = store.Pool().QueryRow(ctx, `SELECT coalesce(string_agg(attempt || ':' || coalesce(status_code, 0) || ':' || instance, ',' ORDER BY attempt), '')
+			FROM dzhook.attempts WHERE delivery_id = $1`, e1).Scan(&h)
+		return h
+	}
+	relA() // A's attempt ends (500) while B's is in flight; A's writer writes
+	testutil.Eventually(t, 10*time.Second, "A's outcome handed to its writer and written", func() bool {
+		var busy bool
+		for i := range a.reg.Load().byID["crm"].busy {
+			busy = busy || a.reg.Load().byID["crm"].busy[i].Load() != 0
+		}
+		return !busy
+	})
+	written := make(chan error, 1) // a barrier: what A put before it is written
+	if err := a.records.Put(ctx, journal.Record{Spilled: true, Done: written}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-written:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("A's writer did not write")
+	}
+	if h := attemptRows(); h != "" {
+		t.Errorf("A's late attempt recorded over B's ownership: %s", h)
+	}
+	relB() // B's attempt: 200, then E2 and E3
+	names := map[string]string{}
+	for i, ev := range evs {
+		names[ids.DeliveryIDTagged(ev.ID, a.reg.Load().byID["crm"].tag)] = []string{"E1", "E2", "E3"}[i]
+	}
+	testutil.Eventually(t, 20*time.Second, "E1, E2 and E3 delivered", func() bool {
+		var n int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`).Scan(&n)
+		return n == 3
+	})
+	var order []string
+	for _, r := range rc.Requests() {
+		order = append(order, names[r.Header.Get(signer.HeaderDelivery)]+"#"+r.Header.Get(signer.HeaderAttempt))
+	}
+	if want := []string{"E1#1", "E1#1", "E2#1", "E3#1"}; !slices.Equal(order, want) {
+		t.Errorf("arrivals %v, want %v", order, want)
+	}
+	if h := attemptRows(); h != "1:200:iB" {
+		t.Errorf("E1's history %q, want B's attempt alone (1:200:iB)", h)
 	}
 }
 

@@ -64,6 +64,14 @@ type DeliveryUpdate struct {
 	// Body, when set, is the delivery's own body, computed at this
 	// attempt (see DeliveryRow.Body). A body once recorded is kept.
 	Body []byte
+	// Unless is set to the instance that made the attempt when its
+	// heartbeat went stale during it: another instance may have taken
+	// the delivery over and be making the same attempt. The outcome is
+	// then applied only while no other instance owns the delivery (a
+	// late failure applied first threw the takeover's success away, and
+	// the delivery was sent again after its key's later ones: found by a
+	// review). "": applied as ever.
+	Unless string
 }
 
 // AttemptRow is one attempt.
@@ -80,6 +88,10 @@ type AttemptRow struct {
 	// Instance is the id of the dzhook instance that made the attempt
 	// ("": unknown).
 	Instance string
+	// Unless: as DeliveryUpdate.Unless; the attempt is recorded only
+	// while no other instance owns its delivery (the takeover's own
+	// attempt of the same number is the one the history shows).
+	Unless string
 }
 
 // SubscriptionState is a subscription's health after a batch.
@@ -499,30 +511,39 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		a.column(oidText, n, func(i int) { a.textOrNull(attempts[i].ErrorClass) })
 		a.column(oidText, n, func(i int) { a.textOrNull(attempts[i].Error) })
 		a.column(oidText, n, func(i int) { a.textOrNull(attempts[i].Instance) })
+		a.column(oidText, n, func(i int) { a.textOrNull(attempts[i].Unless) })
 		batch.add(s.q(`INSERT INTO {{schema}}.attempts (delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance)
-			SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[], $10::text[])`)+onConflict, a)
+			SELECT u.delivery_id, u.attempt, u.at, u.trigger, u.status_code, u.duration_ms, u.response_body, u.error_class, u.error, u.instance
+			  FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::text[], $9::text[], $10::text[], $11::text[])
+				AS u(delivery_id, attempt, at, trigger, status_code, duration_ms, response_body, error_class, error, instance, unless)
+			 WHERE u.unless IS NULL OR NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries d WHERE d.id = u.delivery_id AND d.owner <> u.unless)`)+onConflict, a)
 	}
 	if n := len(b.Updates); n > 0 {
 		ids, states := make([]string, n), make([]string, n)
 		attempts := make([]int32, n)
 		next, lastAt := make([]*time.Time, n), make([]*time.Time, n)
-		owners, lastErr := make([]*string, n), make([]*string, n)
+		owners, lastErr, unless := make([]*string, n), make([]*string, n), make([]*string, n)
 		lastStatus := make([]*int32, n)
 		bodies := make([][]byte, n)
 		for i, u := range b.Updates {
 			ids[i], states[i], attempts[i], bodies[i] = u.ID, string(u.State), int32(u.Attempts), u.Body
 			next[i], lastAt[i] = nullTime(u.NextAttemptAt), nullTime(u.LastAttemptAt)
 			owners[i], lastErr[i], lastStatus[i] = nullText(u.Owner), nullText(u.LastError), nullInt(u.LastStatus)
+			unless[i] = nullText(u.Unless)
 		}
 		// An update only ever raises the attempt count: a late result of
 		// an attempt another instance took over (and made with the same
-		// number) must not undo the one already recorded.
+		// number) must not undo the one already recorded. One made while
+		// its instance's heartbeat was stale (Unless) is not applied
+		// while another instance owns the delivery: that one is making
+		// the same attempt, and its outcome is the one that counts.
 		batch.Queue(s.q(`UPDATE {{schema}}.deliveries d SET state = u.state, attempts = u.attempts, next_attempt_at = u.next,
 				owner = u.owner, last_status = u.status, last_error = u.err, last_attempt_at = u.at, manual = false,
 				body = coalesce(d.body, u.body), updated_at = now()
-			FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::timestamptz[], $9::bytea[])
-				AS u(id, state, attempts, next, owner, status, err, at, body)
-			WHERE d.id = u.id AND d.attempts < u.attempts`), ids, states, attempts, next, owners, lastStatus, lastErr, lastAt, bodies)
+			FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::timestamptz[], $9::bytea[], $10::text[])
+				AS u(id, state, attempts, next, owner, status, err, at, body, unless)
+			WHERE d.id = u.id AND d.attempts < u.attempts AND (u.unless IS NULL OR d.owner IS NULL OR d.owner = u.unless)`),
+			ids, states, attempts, next, owners, lastStatus, lastErr, lastAt, bodies, unless)
 	}
 	var changeAges map[string]*int64 // by subscription: changeAge of its state row, read by run
 	if n := len(b.Subs); n > 0 {
