@@ -225,13 +225,20 @@ func (o *orderState) held(key string, pos int64) (position int64, unhold []strin
 // as the deliveries routed behind a busy key do: each goes to the worker
 // that finished the one before it. It returns false, and records the
 // head alone, when the key already has deliveries in memory: the run
-// then goes back to the journal.
-func (o *orderState) claimedRun(head *task, run []*task, room *sub) bool {
+// then goes back to the journal. last is the latest position among them.
+func (o *orderState) claimedRun(head *task, run []*task, room *sub, last int64) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	// The claimed deliveries themselves are in the journal, unfinished:
 	// the key is not idle until they finish, whatever the count said.
 	ks := o.get(head.key)
+	// A delivery this process routes next for the key goes after them,
+	// whatever its clock says: positioned by the clock of the process
+	// that routed them, they may lie ahead of this one's (a standby
+	// taking over the stream on a host whose clock is behind placed the
+	// key's next delivery before its claimed head, and the journal then
+	// sent it first once both were there: found by a review).
+	ks.lastPos = max(ks.lastPos, last)
 	ks.journaled = max(ks.journaled, 1+len(run))
 	ks.claimed++
 	if ks.active != nil || len(ks.waiting) > 0 {

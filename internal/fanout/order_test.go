@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -768,5 +769,77 @@ func TestOrderedSyncCountsClaimedDeliveries(t *testing.T) {
 			unblock()
 			checkArrivals(t, rc, []string{"dlv_k_1", "dlv_k_2", "dlv_k_3", deliveryID(ev)})
 		})
+	}
+}
+
+// TestClaimedHeadAheadOfTheStreamersClock: B's clock is a minute behind
+// the previous streamer's. B claims E1 of a key (positioned by the old
+// streamer's clock), then, streaming, routes E2 of the same key. E2 must
+// be positioned after E1 whatever B's clock says: placed before it (by
+// B's clock), E2 became the key's head in the journal once E1 failed,
+// and went before E1's retry.
+func TestClaimedHeadAheadOfTheStreamersClock(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	hold := make(chan struct{})
+	var once sync.Once
+	rel := func() { once.Do(func() { close(hold) }) }
+	t.Cleanup(rel)
+	rc.SetRespond(func(n int, _ *http.Request, _ []byte) (int, http.Header, string) {
+		if n == 1 {
+			<-hold
+			return http.StatusInternalServerError, nil, "no"
+		}
+		return http.StatusOK, nil, "ok"
+	})
+	cfg := ordered(store, rc.URL, OrderEntity, 0, 2*time.Second)
+	cfg.Instance = "iB"
+	cfg.NowFunc = func() time.Time { return time.Now().Add(-time.Minute) } // B's clock a minute behind
+	b := start(t, store, cfg)
+	testutil.Eventually(t, 10*time.Second, "B started", b.Started)
+	if err := b.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := orderEvents([]string{"req_1", "req_1"})
+	tag := b.reg.Load().byID["crm"].tag
+	e1, e2 := ids.DeliveryIDTagged(evs[0].ID, tag), ids.DeliveryIDTagged(evs[1].ID, tag)
+	// E1, journaled by the old streamer (its clock right), after B's start.
+	now := time.Now()
+	err := store.Write(ctx, &journal.Batch{
+		Events: []journal.EventRow{{ID: evs[0].ID, Type: evs[0].Type, Body: evs[0].Body, OccurredAt: now}},
+		Deliveries: []journal.DeliveryRow{{ID: e1, EventID: evs[0].ID, SubscriptionID: "crm", EventType: evs[0].Type, State: journal.Pending,
+			NextAttemptAt: now.Add(-time.Second), CreatedAt: now, Ordered: true, OrderingKey: "req_1", Position: now.UnixMicro()}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 1, 10*time.Second) // B claimed E1; its attempt in flight
+	// B becomes the streamer: its session syncs, then routes E2.
+	if err := b.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Dispatch(ctx, evs[1]); err != nil {
+		t.Fatal(err)
+	}
+	rel() // E1 fails: it and E2 go to the journal
+	rc.Wait(t, 3, 20*time.Second)
+	var order []string
+	for _, r := range rc.Requests() {
+		name := "E1"
+		if r.Header.Get(signer.HeaderDelivery) == e2 {
+			name = "E2"
+		}
+		order = append(order, name+"#"+r.Header.Get(signer.HeaderAttempt))
+	}
+	var p1, p2 int64
+	if err := store.Pool().QueryRow(ctx, `SELECT (SELECT position FROM dzhook.deliveries WHERE id = $1), (SELECT position FROM dzhook.deliveries WHERE id = $2)`, e1, e2).Scan(&p1, &p2); err != nil {
+		t.Fatal(err)
+	}
+	if p2 <= p1 {
+		t.Errorf("E2 at position %d, not after its key's claimed E1 at %d", p2, p1)
+	}
+	if want := []string{"E1#1", "E1#2", "E2#1"}; !slices.Equal(order, want) {
+		t.Errorf("arrivals %v, want %v", order, want)
 	}
 }

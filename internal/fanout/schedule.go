@@ -655,7 +655,7 @@ func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claime
 				r.ordered, r.key, r.claimed = true, c.OrderingKey, true
 				run = append(run, r)
 			}
-			if !s.ord.claimedRun(t, run, s) {
+			if !s.ord.claimedRun(t, run, s, claimed[i].Position) { // sorted: the key's last
 				// The key has deliveries in this process's memory (it
 				// should not, since the journal let its head go): its
 				// run goes back, and the claim after the head's outcome
