@@ -83,7 +83,9 @@ func browserDeps(t *testing.T) string {
 // script's expectations are checked again here against the journal, the
 // receivers and the audit trail. Last, it pages through a webhook's
 // history with "Load more" and live refreshes in flight at once, and
-// finds every delivery shown, none lost or left out.
+// finds every delivery shown, none lost or left out; and closes the token
+// dialog with Escape while a token is stored, to find the calls that
+// waited for one answered with it.
 func TestDashboardInBrowser(t *testing.T) {
 	node := browserDeps(t)
 

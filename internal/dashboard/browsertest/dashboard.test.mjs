@@ -226,6 +226,7 @@ async function main() {
   await replays();
   await connectors();
   await historyPages();
+  await tokenClosedKept();
 
   step('no API error was shown and the page raised none');
   const alert = await textNow(page.locator(tid('alert')));
@@ -738,6 +739,31 @@ async function historyPages() {
   const liveAt = await textNow(page.locator(tid('live')));
   await eventually('a live refresh', () => text(page.locator(tid('live'))), (t) => t !== liveAt && t.startsWith('Live ·'));
   await shown('every delivery still shown after the refresh', 516);
+}
+
+// tokenClosedKept checks that the token dialog, closed without a submit
+// while a token is stored, answers the calls that wait for one with it:
+// left waiting, the live refresh they belong to never ended, and every
+// later load of the history queued behind it.
+async function tokenClosedKept() {
+  step('the token dialog closed with Escape while a token is stored: the calls waiting for one go on with it, and so does the page');
+  const tokenDialog = page.locator(tid('token-dialog'));
+  const live = () => text(page.locator(tid('live')));
+  await page.locator(tid('pause-live')).click();
+  await eventually('live updates paused', live, (s) => s.startsWith('Live updates paused'));
+  await page.evaluate(() => sessionStorage.setItem('dzhook.adminToken', 'a-revoked-token'));
+  // Resumed, a live refresh at once: refused, its reads wait for a token.
+  await page.locator(tid('pause-live')).click();
+  await tokenDialog.waitFor({ state: 'visible' });
+  await page.evaluate((t) => sessionStorage.setItem('dzhook.adminToken', t), token);
+  const liveBefore = await textNow(page.locator(tid('live')));
+  await page.keyboard.press('Escape');
+  await tokenDialog.waitFor({ state: 'hidden' });
+  await eventually('the refresh that waited ended, live updates going on', live, (t) => t !== liveBefore && t.startsWith('Live ·'));
+  await page.locator(tid('filter-subscription')).selectOption(sub);
+  await eventually('the history of the filter chosen after', () => text(page.locator(tid('history-count'))), (s) => /^\d+\+? deliver/.test(s));
+  await page.locator(tid(`delivery-row-${deliveryID}`)).waitFor({ state: 'visible' });
+  if (await tokenDialog.isVisible()) throw new Error('the token dialog opened again with a token stored');
 }
 
 let code = 0;
