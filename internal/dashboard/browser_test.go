@@ -85,7 +85,9 @@ func browserDeps(t *testing.T) string {
 // history with "Load more" and live refreshes in flight at once, and
 // finds every delivery shown, none lost or left out; and closes the token
 // dialog with Escape while a token is stored, to find the calls that
-// waited for one answered with it.
+// waited for one answered with it; and holds a live refresh that never
+// answers, to find it given up on after 30 s of the page's clock, said so,
+// and the filter change queued behind it loaded.
 func TestDashboardInBrowser(t *testing.T) {
 	node := browserDeps(t)
 

@@ -227,6 +227,7 @@ async function main() {
   await connectors();
   await historyPages();
   await tokenClosedKept();
+  await readTimeout();
 
   step('no API error was shown and the page raised none');
   const alert = await textNow(page.locator(tid('alert')));
@@ -764,6 +765,61 @@ async function tokenClosedKept() {
   await eventually('the history of the filter chosen after', () => text(page.locator(tid('history-count'))), (s) => /^\d+\+? deliver/.test(s));
   await page.locator(tid(`delivery-row-${deliveryID}`)).waitFor({ state: 'visible' });
   if (await tokenDialog.isVisible()) throw new Error('the token dialog opened again with a token stored');
+}
+
+// readTimeout checks that a read that never answers (a connection left
+// half open) is given up on after 30 s, and that the history's loads
+// queued behind it go on. The read is held at the browser (page.route)
+// and never answered; the 30 s pass on the page's clock (page.clock),
+// not the test's.
+async function readTimeout() {
+  const GET_TIMEOUT_MS = 30_000; // app.js
+  const POLL_MS = 3000; // app.js
+  const live = () => text(page.locator(tid('live')));
+  const alert = () => text(page.locator(tid('alert')));
+  const count = () => text(page.locator(tid('history-count')));
+  // The next read of the history's first page (a refresh: no cursor) is
+  // held, until the end of this check.
+  let armed = false;
+  let held = false;
+  let release = () => {};
+  const released = new Promise((r) => { release = r; });
+  const list = (u) => u.pathname === '/v1/deliveries' && !u.searchParams.has('cursor');
+  await page.route(list, async (route) => {
+    if (!armed) return route.continue();
+    armed = false;
+    held = true;
+    await released;
+    await route.abort().catch(() => {}); // the page gave up on it long ago
+  });
+  const pauseLive = async () => {
+    await page.locator(tid('pause-live')).click();
+    await eventually('live updates paused', live, (s) => s.startsWith('Live updates paused'));
+  };
+
+  step('a live refresh that never answers is given up on after 30 s: the page says so, and the filter change queued behind it goes on');
+  // Paused, no timer of the page's own clock is pending when the fake
+  // one is installed: every timer from here on is on the fake clock,
+  // which runs as the real one until it is moved on.
+  await pauseLive();
+  await page.clock.install();
+  armed = true;
+  await page.locator(tid('pause-live')).click(); // resumes: a refresh at once
+  await eventually('the refresh held', () => held, (v) => v);
+  await page.locator(tid('filter-subscription')).selectOption('pages');
+  if ((await count()) !== 'Loading…') throw new Error(`the history while a read is held: ${JSON.stringify(await count())}`);
+  await page.clock.fastForward(GET_TIMEOUT_MS);
+  await eventually('the failed refresh said so', alert, (s) => s.includes('Live update failed: dzhook did not answer within 30 s'));
+  await eventually('the live indicator', live, (s) => s.startsWith('Stale · last update'));
+  await eventually('the filter\'s rows, loaded behind the held read', count, (s) => s.startsWith('50+ deliveries'));
+  // The next refresh is due POLL_MS after the failed one (on the page's
+  // clock): it goes out, answers, and clears the message.
+  await page.clock.fastForward(POLL_MS);
+  await eventually('live updates going on', live, (s) => s.startsWith('Live ·'));
+  await eventually('the message gone', alert, (s) => s === '');
+
+  release();
+  await page.unroute(list);
 }
 
 let code = 0;
