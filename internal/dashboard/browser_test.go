@@ -87,7 +87,8 @@ func browserDeps(t *testing.T) string {
 // dialog with Escape while a token is stored, to find the calls that
 // waited for one answered with it; and holds a live refresh that never
 // answers, to find it given up on after 30 s of the page's clock, said so,
-// and the filter change queued behind it loaded.
+// and the filter change queued behind it loaded; a filter change whose
+// own read is given up on says so until the next refresh loads it.
 func TestDashboardInBrowser(t *testing.T) {
 	node := browserDeps(t)
 

@@ -769,9 +769,10 @@ async function tokenClosedKept() {
 
 // readTimeout checks that a read that never answers (a connection left
 // half open) is given up on after 30 s, and that the history's loads
-// queued behind it go on. The read is held at the browser (page.route)
-// and never answered; the 30 s pass on the page's clock (page.clock),
-// not the test's.
+// queued behind it go on; a filter change whose own read is given up on
+// says the history is not loaded, until the next refresh loads it. The
+// reads are held at the browser (page.route) and never answered; the
+// 30 s pass on the page's clock (page.clock), not the test's.
 async function readTimeout() {
   const GET_TIMEOUT_MS = 30_000; // app.js
   const POLL_MS = 3000; // app.js
@@ -817,6 +818,20 @@ async function readTimeout() {
   await page.clock.fastForward(POLL_MS);
   await eventually('live updates going on', live, (s) => s.startsWith('Live ·'));
   await eventually('the message gone', alert, (s) => s === '');
+
+  step('a filter change whose first page never answers: given up on after 30 s, the history says it is not loaded, and the next refresh loads it');
+  await pauseLive();
+  held = false;
+  armed = true;
+  await page.locator(tid('filter-subscription')).selectOption(sub);
+  await eventually('the filter\'s read held', () => held, (v) => v);
+  await page.clock.fastForward(GET_TIMEOUT_MS);
+  await eventually('the history', count, (s) => s === 'Not loaded: see the message above');
+  await eventually('the message', alert, (s) => s.startsWith('dzhook did not answer within 30 s'));
+  await page.locator(tid('pause-live')).click(); // resumes: a refresh at once
+  await page.locator(tid(`delivery-row-${deliveryID}`)).waitFor({ state: 'visible' });
+  await eventually('the history', count, (s) => /^\d+\+? deliver/.test(s));
+  await page.locator(tid('dismiss-alert')).click();
 
   release();
   await page.unroute(list);
