@@ -115,6 +115,11 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 		writeError(w, http.StatusBadRequest, "events: "+err.Error())
 		return
 	}
+	if oe := (*journal.ReplayOverlapError)(nil); errors.As(err, &oe) {
+		writeError(w, http.StatusConflict, fmt.Sprintf("%v; each of its events would be sent twice: wait for it to finish, or cancel it (DELETE /v1/subscriptions/%s/replays/%s) first",
+			err, id, oe.Running.ID))
+		return
+	}
 	if err != nil {
 		s.replayError(w, r, err)
 		return

@@ -33,6 +33,9 @@ const (
 var (
 	// ErrReplayFinished: the replay has nothing left to stop.
 	ErrReplayFinished = errors.New("the replay is no longer running")
+	// ErrReplayOverlaps: a running replay of the subscription covers part
+	// of the window and types asked for (ReplayOverlapError says which).
+	ErrReplayOverlaps = errors.New("a running replay of the subscription covers part of this window")
 )
 
 // Replay is a replay of journaled events to one subscription.
@@ -95,17 +98,56 @@ func (s *Store) CountWindow(ctx context.Context, since, until time.Time, types [
 	return w, nil
 }
 
+// lockReplays takes the subscription's replay lock until tx ends.
+func (s *Store) lockReplays(ctx context.Context, tx pgx.Tx, subscription string) error {
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('dzhook replay ' || $1 || ' ' || $2, 0))`, s.raw, subscription)
+	return err
+}
+
+// ReplayOverlapError is ErrReplayOverlaps with the running replay.
+type ReplayOverlapError struct{ Running Replay }
+
+func (e *ReplayOverlapError) Error() string {
+	return fmt.Sprintf("%v: %s (%s to %s)", ErrReplayOverlaps, e.Running.ID,
+		e.Running.Since.UTC().Format(time.RFC3339), e.Running.Until.UTC().Format(time.RFC3339))
+}
+
+func (e *ReplayOverlapError) Unwrap() error { return ErrReplayOverlaps }
+
 // CreateReplay records a replay, running, with the count of its window,
-// and returns it with what the journal holds of the window.
+// and returns it with what the journal holds of the window. While a
+// running replay of the subscription covers part of the window and types,
+// it records nothing: *ReplayOverlapError (a double click, or a retried
+// call, re-sent every event of the window twice: found by a review). The
+// check and the insert hold the subscription's replay lock (a transaction
+// advisory lock), so two requests at once do not both pass.
 func (s *Store) CreateReplay(ctx context.Context, req ReplayRequest) (Replay, ReplayWindow, error) {
 	w, err := s.CountWindow(ctx, req.Since, req.Until, req.Types)
 	if err != nil {
 		return Replay{}, w, err
 	}
-	row := s.pool.QueryRow(ctx, s.q(`INSERT INTO {{schema}}.replays AS r (id, subscription_id, since, until, patterns, types, matched, requested_by)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING `+replayColumns),
-		req.ID, req.Subscription, req.Since, req.Until, nonNil(req.Patterns), nonNil(req.Types), w.Matched, req.RequestedBy)
-	r, err := scanReplay(row)
+	var r Replay
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.lockReplays(ctx, tx, req.Subscription); err != nil {
+			return err
+		}
+		running, err := scanReplay(tx.QueryRow(ctx, s.q(`SELECT `+replayColumns+` FROM {{schema}}.replays r
+			WHERE r.subscription_id = $1 AND r.state = 'running' AND r.since < $3 AND $2 < r.until AND r.types && $4
+			ORDER BY r.created_at LIMIT 1`), req.Subscription, req.Since, req.Until, nonNil(req.Types)))
+		if err == nil {
+			return &ReplayOverlapError{Running: running}
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		r, err = scanReplay(tx.QueryRow(ctx, s.q(`INSERT INTO {{schema}}.replays AS r (id, subscription_id, since, until, patterns, types, matched, requested_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING `+replayColumns),
+			req.ID, req.Subscription, req.Since, req.Until, nonNil(req.Patterns), nonNil(req.Types), w.Matched, req.RequestedBy))
+		return err
+	})
+	if errors.Is(err, ErrReplayOverlaps) {
+		return Replay{}, w, err
+	}
 	if err != nil {
 		return Replay{}, w, fmt.Errorf("record replay: %w", err)
 	}

@@ -2,8 +2,11 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
 // TestCancelledReplayStopsWhatProcessesHeld: a cancel stops a replay's
@@ -83,5 +86,74 @@ func TestCancelledReplayStopsWhatProcessesHeld(t *testing.T) {
 	}
 	if got, err := s.Claim(ctx, []ClaimWant{{Subscription: "erp", Limit: 10}}, "other", "tok4", 30*time.Second); err != nil || len(got) != 1 {
 		t.Fatalf("the operator's retry claimed: %v (%v), want it", got, err)
+	}
+}
+
+// TestOverlappingReplayRefused: while a replay of a subscription runs, a
+// second one of part of its window and types is refused, naming it (a
+// double click re-sent every event of the window twice: found by a
+// review), also when both are asked for at once; a window or types beside
+// it, another subscription's, or one asked for after it was cancelled,
+// is recorded.
+func TestOverlappingReplayRefused(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	ask := func(id, sub string, since, until time.Time, types ...string) error {
+		_, _, err := s.CreateReplay(ctx, ReplayRequest{ID: id, Subscription: sub, Since: since, Until: until, Types: types, RequestedBy: "test"})
+		return err
+	}
+	if err := ask("rpl_1", "erp", now.Add(-2*time.Hour), now, "request.created", "request.updated"); err != nil {
+		t.Fatal(err)
+	}
+	var oe *ReplayOverlapError
+	if err := ask("rpl_2", "erp", now.Add(-time.Hour), now.Add(time.Hour), "request.updated"); !errors.As(err, &oe) || oe.Running.ID != "rpl_1" || !errors.Is(err, ErrReplayOverlaps) {
+		t.Errorf("an overlapping replay: %v, want refused naming rpl_1", err)
+	}
+	for _, tc := range []struct {
+		id, sub      string
+		since, until time.Time
+		types        []string
+	}{
+		{"rpl_3", "erp", now, now.Add(time.Hour), []string{"request.created"}},      // after the window (until excluded)
+		{"rpl_4", "erp", now.Add(-time.Hour), now, []string{"user.deactivated"}},    // other types
+		{"rpl_5", "crm", now.Add(-2 * time.Hour), now, []string{"request.created"}}, // another subscription
+	} {
+		if err := ask(tc.id, tc.sub, tc.since, tc.until, tc.types...); err != nil {
+			t.Errorf("%s: %v, want recorded", tc.id, err)
+		}
+	}
+	if _, _, err := s.CancelReplay(ctx, "erp", "rpl_1", "stop", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := ask("rpl_6", "erp", now.Add(-time.Hour), now, "request.created"); err != nil {
+		t.Errorf("after the cancel: %v, want recorded", err)
+	}
+	// Asked for while another request holds the lock, its replay not yet
+	// committed: it waits, then sees that replay.
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if err := s.lockReplays(ctx, tx, "ops"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, s.q(`INSERT INTO {{schema}}.replays (id, subscription_id, since, until, patterns, types, matched)
+		VALUES ('rpl_first', 'ops', $1, $2, '{}', '{request.created}', 0)`), now.Add(-time.Hour), now); err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	go func() { second <- ask("rpl_second", "ops", now.Add(-time.Hour), now, "request.created") }()
+	testutil.Eventually(t, 10*time.Second, "the second request waiting for the lock", func() bool {
+		var n int
+		_ = s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&n)
+		return n == 1
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; !errors.As(err, &oe) || oe.Running.ID != "rpl_first" {
+		t.Errorf("a replay asked for while another was being recorded: %v, want refused naming rpl_first", err)
 	}
 }
