@@ -664,7 +664,10 @@ func (m *Mapper) user(c *cdc.Change, out []Event) []Event {
 		if c.Old == nil && uc.Active != "" && !m.noOldUserWarn.Swap(true) {
 			m.log.Warn("users updates carry no old values, so user.deactivated cannot fire: run ALTER TABLE ... REPLICA IDENTITY FULL (dzhook setup does it)", "table", c.Relation.QualifiedName())
 		}
-		if c.Old != nil && !changed(c, uc.ID, uc.Email, uc.Name, uc.Role, uc.Active, uc.CreatedAt, uc.UpdatedAt) {
+		// Only what the user object shows: an application that touches
+		// updated_at (at every login) sent a user.updated each time, its
+		// data unchanged (found by a review).
+		if c.Old != nil && !changed(c, uc.ID, uc.Email, uc.Name, uc.Role, uc.Active, uc.CreatedAt) {
 			return out
 		}
 		data := m.appendUser(c, c.New)

@@ -178,6 +178,7 @@ var referenceScenario = []string{
 	`INSERT INTO comments (id, request_id, author_id, body, internal, created_at) VALUES (789, 123, 456, 'Looking into it.
 Can you try again?', false, '2024-01-15 14:36:00+00')`,
 	`UPDATE users SET name = 'John A. Smith', updated_at = '2024-01-15 15:00:00+00' WHERE id = 123`,
+	`UPDATE users SET updated_at = '2024-01-15 15:30:00+00' WHERE id = 123`, // nothing the user object shows: no event
 	`UPDATE users SET active = false, updated_at = '2024-01-16 08:00:00+00' WHERE id = 456`,
 	`INSERT INTO dzhook_outbox (event, payload, key) VALUES ('request.escalated', '{"requestId": "req_123", "level": 2}', 'req_123')`,
 	`SELECT pg_logical_emit_message(true, 'dzdesk', '{"event":"request.escalated","key":"req_123","data":{"requestId":"req_123","level":3}}')`,

@@ -178,13 +178,42 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 	// then (or missed while dzhook was down): not due again now.
 	shaped := c.CommitTime
 	if c.Op == cdc.OpUpdate {
-		if old, err := timeOf(c, c.Old, sc.TargetAt); c.Old == nil || err == nil && old.Equal(target) {
+		old, err := timeOf(c, c.Old, sc.TargetAt)
+		switch {
+		case c.Old == nil || err == nil && old.Equal(target):
+			shaped = time.Time{}
+		case err == nil && reachedBefore(base, old, c, sc.StartedAt, thresholds, shaped):
+			// Moved, but the threshold passed at this target was passed
+			// at the old one too (a target extended): its warning was
+			// due then, and sent again now under a new id it would warn
+			// twice (found by a review).
 			shaped = time.Time{}
 		}
 	}
 	up.Arm = SLATimers(base, thresholds, now, shaped)
 	up.Keep = target
 	return up, nil
+}
+
+// reachedBefore reports whether the highest threshold base has passed at
+// the moment at (the one SLATimers would make due then) was passed at
+// the SLA's old target too: with its old start, or base's when the
+// change does not carry it.
+func reachedBefore(base Timer, oldTarget time.Time, c *cdc.Change, startCol string, thresholds []float64, at time.Time) bool {
+	oldBase := base
+	oldBase.TargetAt = oldTarget
+	if s, err := timeOf(c, c.Old, startCol); err == nil {
+		oldBase.StartedAt = s
+	}
+	if !oldBase.TargetAt.After(oldBase.StartedAt) {
+		return false
+	}
+	for i := len(thresholds) - 1; i >= 0; i-- {
+		if p := thresholds[i]; warningMoment(base, p).Before(at) {
+			return !warningMoment(oldBase, p).After(at)
+		}
+	}
+	return false
 }
 
 func firstErr(errs ...error) error {

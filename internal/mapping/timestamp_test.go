@@ -201,3 +201,46 @@ func TestTimestampsNotRFC3339ThroughStream(t *testing.T) {
 		}
 	}
 }
+
+// TestSLAExtendedAfterItsWarning: a change of an SLA (its old row in the
+// stream, REPLICA IDENTITY FULL) that extends a target whose 75%
+// threshold had passed arms the warning at its own moment, not due at
+// the change: it was due at the old target already, and due again now
+// (under the new target's id) it warned twice. A target moved closer
+// past the threshold still makes it due at the change, unless the old
+// target had passed it too.
+func TestSLAExtendedAfterItsWarning(t *testing.T) {
+	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("1")})
+	var cols []cdc.Column
+	for _, n := range []string{"id", "request_id", "sla_type", "started_at", "target_at", "completed_at"} {
+		oid := uint32(pgtype.TimestamptzOID)
+		switch n {
+		case "id", "request_id":
+			oid = pgtype.Int8OID
+		case "sla_type":
+			oid = pgtype.TextOID
+		}
+		cols = append(cols, cdc.Column{Name: n, TypeOID: oid})
+	}
+	rel := cdc.NewRelation(2, "public", "request_slas", 'f', cols)
+	start := time.Date(2024, 1, 15, 8, 0, 0, 0, time.UTC)
+	row := func(target time.Time) cdc.Tuple {
+		return cdc.Tuple{{V: int64(7)}, {V: int64(1)}, {V: "resolution"}, {V: start}, {V: target}, {State: cdc.Null}}
+	}
+	for _, tc := range []struct {
+		name             string
+		commit, old, new time.Time
+		due              time.Time // the 75% warning's
+	}{
+		{"extended after the warning", start.Add(8 * time.Hour), start.Add(10 * time.Hour), start.Add(10*time.Hour + 5*time.Minute), start.Add(453*time.Minute + 45*time.Second)},
+		{"moved closer past the threshold", start.Add(8*time.Hour + 20*time.Minute), start.Add(12 * time.Hour), start.Add(10 * time.Hour), start.Add(8*time.Hour + 20*time.Minute)},
+		{"moved closer before the old target's threshold", start.Add(7 * time.Hour), start.Add(10 * time.Hour), start.Add(9 * time.Hour), start.Add(7 * time.Hour)},
+		{"moved closer after the old target's threshold", start.Add(8 * time.Hour), start.Add(10 * time.Hour), start.Add(9 * time.Hour), start.Add(405 * time.Minute)},
+	} {
+		c := &cdc.Change{Op: cdc.OpUpdate, Relation: rel, CommitLSN: 1, CommitTime: tc.commit, Old: row(tc.old), New: row(tc.new)}
+		up, err := m.SLAChange(c, []float64{75}, tc.commit)
+		if err != nil || len(up.Arm) != 2 || up.Arm[0].Kind != "warning:75" || !up.Arm[0].FireAt.Equal(tc.due) {
+			t.Errorf("%s: %+v, %v; want warning:75 due at %s", tc.name, up.Arm, err, tc.due.Format(time.TimeOnly))
+		}
+	}
+}
