@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -161,5 +162,66 @@ func TestReplayKeyOfACustomRequestEvent(t *testing.T) {
 	if len(rows) != 3 || rows[0].OrderingKey != rows[1].OrderingKey || rows[2].OrderingKey != "replay:rpl_1:req_1" {
 		t.Errorf("replay keys %q, %q, %q; want the two custom events under one key, request.created under its request's",
 			rows[0].OrderingKey, rows[1].OrderingKey, rows[2].OrderingKey)
+	}
+}
+
+// TestRetryNowOfARetryFailedDelivery: a failed delivery that a retry of
+// failed deliveries made pending (the subscription paused, so it waits)
+// and that an operator then retries by hand is that retry's attempt:
+// failing, the delivery is failed again, not left pending and due for
+// the scheduler to take as an automatic attempt on the whole schedule
+// again (which also marked the subscription failing: found by a review).
+func TestRetryNowOfARetryFailedDelivery(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	var status atomic.Int32
+	status.Store(http.StatusBadRequest)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(int(status.Load())) }))
+	t.Cleanup(srv.Close)
+	d := start(t, store, ordered(store, srv.URL, OrderNone, 0, time.Minute, time.Minute))
+	evs := orderEvents([]string{"req_X"})
+	dispatchAll(t, d, evs)
+	id := deliveryID(evs[0])
+	testutil.Eventually(t, 10*time.Second, "the delivery failed by a 400", func() bool { s, _, _ := deliveryState(t, store, id); return s == "failed" })
+	if err := d.Pause(ctx, "crm"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.RetryFailed(ctx, "crm", nil, nil); err != nil || n != 1 {
+		t.Fatalf("RetryFailed = %d, %v; want 1", n, err)
+	}
+	status.Store(http.StatusInternalServerError)
+	if rep, err := d.RetryNow(ctx, id); err != nil || rep.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("RetryNow: %+v, %v", rep, err)
+	}
+	if s, attempts, _ := deliveryState(t, store, id); s != "failed" || attempts != 2 {
+		t.Errorf("after a failed Retry now of a retry-failed delivery: %s after %d attempts, want failed after 2", s, attempts)
+	}
+}
+
+// TestFailedTestSendIsNoFailedDelivery: an operator's test send that
+// fails is not counted among the subscription's failed deliveries (the
+// API's, the dashboard's and the metric's count), which a retry of
+// failed deliveries would then not find (found by a review).
+func TestFailedTestSendIsNoFailedDelivery(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	t.Cleanup(srv.Close)
+	d := start(t, store, ordered(store, srv.URL, OrderNone, 0, time.Hour))
+	ev := orderEvents([]string{"req_T"})[0]
+	ev.ID = "whk_test_0011223344556677"
+	if rep, err := d.SendTest(ctx, "crm", ev); err != nil || rep.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("SendTest: %+v, %v", rep, err)
+	}
+	var failed int
+	if err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE test AND state = 'failed'`).Scan(&failed); err != nil || failed != 1 {
+		t.Fatalf("%d failed test sends in the journal (%v), want 1", failed, err)
+	}
+	b, err := store.Backlogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b["crm"].Failed != 0 || b["crm"].Pending != 0 {
+		t.Errorf("backlog %+v counts the test send", b["crm"])
 	}
 }

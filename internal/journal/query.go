@@ -267,7 +267,12 @@ var sameSubscription = `d.created_at >= coalesce((SELECT r.created_at FROM {{sch
 // keeps its schedule; a finished one gets one more attempt. token marks
 // the claim as in Claim. The state and next attempt it returns are the
 // delivery's as claimed: one read before may be stale (another process
-// may have finished it since).
+// may have finished it since). A delivery pending because a retry of
+// failed deliveries (RetryFailed) made it so is no delivery on its
+// schedule: its next attempt is returned nil, and this attempt is that
+// retry's (kept due, a failed attempt left it pending, and the scheduler
+// then took it as an automatic attempt and ran the whole schedule again:
+// found by a review).
 //
 // Two deliveries are not taken. A held one (ErrHeld): its subscription is
 // paused, and the resume sends it in its key's order. And an ordered one
@@ -285,7 +290,7 @@ func (s *Store) ClaimForRetry(ctx context.Context, id, owner, token string, stal
 		   AND (d.owner IS NULL OR (d.owner <> $2
 		        AND d.owner NOT IN (`+liveInstances("$3 * interval '1 second'")+`)))
 		RETURNING d.id, d.event_id, d.event_type, d.subscription_id, d.attempts, coalesce(d.body, e.body), d.body IS NOT NULL, d.test,
-			d.state, d.next_attempt_at,
+			d.state, CASE WHEN NOT d.manual THEN d.next_attempt_at END,
 			CASE WHEN d.attempts = 0 THEN 0 ELSE
 				(SELECT count(*) FROM {{schema}}.attempts a WHERE a.delivery_id = d.id AND a.trigger = 'manual') END`),
 			id, owner, staleAfter.Seconds(), token).
@@ -417,10 +422,13 @@ type Backlog struct {
 // are ORed, not listed with IN: PostgreSQL proves a partial index's
 // predicate (state = 'pending') from an equality, not from an IN list,
 // and without the indexes this read the whole table, 30 days of history,
-// at every metrics refresh (TestStateReadsUseTheirIndexes).
+// at every metrics refresh (TestStateReadsUseTheirIndexes). An
+// operator's test sends are no deliveries of the subscription's: a failed
+// one counted as failed, which a retry of failed deliveries never retries
+// (found by a review).
 const backlogsSQL = `
 		SELECT subscription_id, state, count(*), min(next_attempt_at)
-		  FROM {{schema}}.deliveries WHERE state = 'pending' OR state = 'failed' OR state = 'held' GROUP BY 1, 2`
+		  FROM {{schema}}.deliveries WHERE (state = 'pending' OR state = 'failed' OR state = 'held') AND NOT test GROUP BY 1, 2`
 
 // Backlogs counts, per subscription, the pending, failed and held
 // deliveries (partial indexes make this cheap: those states are rare).
