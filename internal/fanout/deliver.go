@@ -337,15 +337,19 @@ func (d *deliverer) unsent(life context.Context, s *sub, t *task, n int, err err
 			Error: errorExcerpt(res.Error), Instance: d.cfg.Instance},
 		Done: t.durable,
 	}
+	// An operator's test send is no delivery of the subscription's: its
+	// health, stats and metrics leave it out, as try's do.
 	switch {
 	case dec.Outcome == Skipped:
-		d.obs.DeliveryRecorded(s.cfg.ID, journal.Skipped)
+		if !t.test {
+			d.obs.DeliveryRecorded(s.cfg.ID, journal.Skipped)
+		}
 	default:
 		if !t.test {
-			s.stats.record(now, 0, dec.Outcome)
+			s.stats.record(now, unsentDuration, dec.Outcome)
 			rec.Sub, rec.Notify = d.health(life, s, dec, res)
+			d.obs.Unsent(s.cfg.ID, res.ErrorClass, dec.Outcome)
 		}
-		d.obs.Unsent(s.cfg.ID, res.ErrorClass, dec.Outcome)
 		// Not the error's text: CEL's can quote the event's values, which
 		// stay out of logs; the history has it. At most every
 		// filterToldEvery per subscription, with the count: a transform

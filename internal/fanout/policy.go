@@ -130,7 +130,10 @@ func decide(attempt, status int, retryAfter time.Duration, schedule []time.Durat
 	case status == http.StatusGone:
 		return Decision{Outcome: Gone}
 	case status != 0 && !retryable(status):
-		return Decision{Outcome: Failed}
+		// Final whatever the schedule; the schedule's last attempt uses
+		// it up all the same (four 503s and then a 404 left the
+		// subscription healthy: found by a review).
+		return Decision{Outcome: Failed, Exhausted: attempt >= len(schedule)}
 	}
 	if attempt >= len(schedule) {
 		return Decision{Outcome: Failed, Exhausted: true}

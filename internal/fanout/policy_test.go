@@ -25,6 +25,7 @@ func TestNext(t *testing.T) {
 		{"fifth failure exhausts", 5, 500, 0, Decision{State: journal.Failed, Outcome: Failed, Exhausted: true}},
 		{"400 is final", 1, 400, 0, Decision{State: journal.Failed, Outcome: Failed}},
 		{"404 is final", 3, 404, 0, Decision{State: journal.Failed, Outcome: Failed}},
+		{"a 404 as the fifth failure exhausts the schedule too", 5, 404, 0, Decision{State: journal.Failed, Outcome: Failed, Exhausted: true}},
 		{"410 disables", 1, 410, 0, Decision{State: journal.Failed, Outcome: Gone}},
 		{"408 is retried", 1, 408, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
 		{"425 is retried", 1, 425, 0, Decision{State: journal.Pending, Outcome: Retry, NextAttemptAt: now.Add(time.Minute)}},
@@ -110,5 +111,20 @@ func TestNextForOperators(t *testing.T) {
 		if got := Next(tc.a, schedule, now); got != tc.want {
 			t.Errorf("%s: Next = %+v, want %+v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestUnsentOutcomesLeaveTheResponseTimes: a failure with no request sent
+// (a transform's) counts as failed and in the success rate, and not as a
+// response of 0 s (which pulled p50 and p99 down: found by a review).
+func TestUnsentOutcomesLeaveTheResponseTimes(t *testing.T) {
+	var s stats
+	now := time.Now()
+	s.record(now, 100*time.Millisecond, Delivered)
+	s.record(now, unsentDuration, Failed)
+	s.record(now, unsentDuration, Failed)
+	got := s.snapshot(now)
+	if got.P50MS != 100 || got.P99MS != 100 || got.Failed != 2 || got.Delivered != 1 || got.SuccessRate != 1.0/3 {
+		t.Errorf("stats = %+v; want p50 and p99 100 ms, 1 delivered, 2 failed, success 1/3", got)
 	}
 }
