@@ -82,10 +82,11 @@ type Subscription struct {
 	State         string     `json:"state"`
 	LastSuccessAt *time.Time `json:"last_success_at"`
 	LastFailureAt *time.Time `json:"last_failure_at"`
-	// LastStatus is the HTTP status of the last failed attempt; absent
-	// when it got none.
+	// LastStatus is the HTTP status of the last attempt (any process's);
+	// absent when it got none.
 	LastStatus int `json:"last_status,omitempty"`
-	// LastError describes the last failed attempt; absent when none failed.
+	// LastError describes the last failed attempt (any process's);
+	// absent when none failed.
 	LastError string `json:"last_error,omitempty"`
 	// QueueDepth is how many deliveries wait in memory for a worker.
 	QueueDepth int   `json:"queue_depth"`

@@ -623,6 +623,7 @@ func (d *Dispatcher) syncFlags(ctx context.Context) (read bool) {
 			s.refusedInARow = 0 // a state from elsewhere starts the count again
 			d.log.Info("subscription state changed by another instance", "subscription", st.ID, "state", st.State)
 		}
+		s.adoptLastAnswer(st)
 		if was && !s.paused && s.state != journal.Disabled {
 			resumed = true
 			if s.cfg.Active {
@@ -665,6 +666,32 @@ func (s *sub) adopt(st journal.SubscriptionRow) {
 	s.refusedInARow = 0
 	s.lastSuccessAt, s.lastFailureAt, s.lastStatus, s.lastError = st.LastSuccessAt, st.LastFailureAt, st.LastStatus, st.LastError
 	s.mu.Unlock()
+}
+
+// adoptLastAnswer takes the journal's last answer for s where it is newer
+// than this process's own (s.mu held): another process's attempts, which
+// made it failing, are then explained by this one's API and dashboard
+// too (a replica behind the same Service showed failing with its own
+// last 200 and no error: found by a review). The moments are those of
+// the processes' clocks.
+func (s *sub) adoptLastAnswer(st journal.SubscriptionRow) {
+	mine := s.lastSuccessAt
+	if s.lastFailureAt.After(mine) {
+		mine = s.lastFailureAt
+	}
+	if st.LastFailureAt.After(s.lastFailureAt) {
+		s.lastFailureAt, s.lastError = st.LastFailureAt, st.LastError
+	}
+	if st.LastSuccessAt.After(s.lastSuccessAt) {
+		s.lastSuccessAt = st.LastSuccessAt
+	}
+	theirs := st.LastSuccessAt
+	if st.LastFailureAt.After(theirs) {
+		theirs = st.LastFailureAt
+	}
+	if theirs.After(mine) {
+		s.lastStatus = st.LastStatus
+	}
 }
 
 // reloadStateWait bounds a Reload's read of the journal's pause and

@@ -96,9 +96,16 @@ func (n *Notifier) message(id string, prev, state journal.Health, why string, re
 	case journal.Disabled:
 		kind = NotifyDisabled
 	}
+	lastError := res.Error
+	if res.ErrorClass == ClassTransform {
+		// CEL's errors can quote the event's values (a customer's email),
+		// which stay out of the admin's channel as out of logs (found by a
+		// review); the delivery's history has the text.
+		lastError = "the transform failed; the delivery's history says why"
+	}
 	b := notificationBody{
 		Type: "subscription." + kind, Subscription: id, State: string(state), PreviousState: string(prev),
-		LastStatusCode: res.Status, LastError: res.Error, ResponseExcerpt: excerpt(res.Body, 300), At: res.At,
+		LastStatusCode: res.Status, LastError: lastError, ResponseExcerpt: excerpt(res.Body, 300), At: res.At,
 	}
 	switch kind {
 	case NotifyFailing:

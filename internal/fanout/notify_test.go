@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,4 +194,64 @@ func TestRefusalsCountAgainFromARecoveryElsewhere(t *testing.T) {
 	if got := stateOf(d1); got != "healthy" {
 		t.Errorf("one refusal after a recovery: %s, want healthy", got)
 	}
+}
+
+// TestFailingNotificationQuotesNoTransformError: a subscription failing
+// on a transform's error is said to notify.url (a chat channel) without
+// the error's text, which CEL makes quoting the event's values (found by
+// a review); an HTTP failure's text is said as ever.
+func TestFailingNotificationQuotesNoTransformError(t *testing.T) {
+	n := &Notifier{cfg: NotifyConfig{URL: "https://hooks.example.com/admin"}}
+	const value = "secret-customer-email@corp.com"
+	row := n.message("crm", journal.Healthy, journal.Failing, "a delivery used up its retry schedule",
+		attemptResult{ErrorClass: ClassTransform, Error: `invalid RFC 3339 timestamp "` + value + `"`})
+	if row == nil || strings.Contains(string(row.Body), value) || !strings.Contains(string(row.Body), "the transform failed") {
+		t.Errorf("notification of a transform failure: %s", row.Body)
+	}
+	row = n.message("crm", journal.Healthy, journal.Failing, "a delivery used up its retry schedule",
+		attemptResult{Status: 503, ErrorClass: ClassHTTP, Error: "HTTP 503"})
+	if row == nil || !strings.Contains(string(row.Body), `"HTTP 503"`) {
+		t.Errorf("notification of an HTTP failure: %s", row.Body)
+	}
+}
+
+// TestAdoptedFailingIsExplained: a process that takes "failing" from
+// another's deliveries shows that one's last answer (status, error, when)
+// in its API and dashboard, not its own last 200 with no error (found by
+// a review: behind a Service with two replicas, half the answers said
+// failing without saying why).
+func TestAdoptedFailingIsExplained(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	var fail atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	cfg := func(instance string) Config {
+		return Config{
+			Subscriptions: []Subscription{{ID: "crm", URL: srv.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true}},
+			Journal:       store, Instance: instance, PollInterval: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond,
+			RetrySchedule: []time.Duration{0},
+		}
+	}
+	d1, d2 := start(t, store, cfg("i1")), start(t, store, cfg("i2"))
+	testutil.Eventually(t, 10*time.Second, "the two processes see each other", func() bool { return d1.Peers() == 1 && d2.Peers() == 1 })
+	evs := orderEvents([]string{"a", "b"})
+	if err := d2.Dispatch(ctx, evs[0]); err != nil { // i2's last answer: a 200
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "i2's delivery made", func() bool { return d2.Subscriptions()[0].LastStatus == http.StatusOK })
+	fail.Store(true)
+	if err := d1.Dispatch(ctx, evs[1]); err != nil { // i1's delivery uses up its schedule: failing
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "i2 takes failing, with i1's answer", func() bool {
+		st := d2.Subscriptions()[0]
+		return st.State == "failing" && st.LastStatus == http.StatusServiceUnavailable && st.LastError == "HTTP 503" && st.LastFailureAt != nil
+	})
 }
