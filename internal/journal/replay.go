@@ -33,9 +33,10 @@ const (
 var (
 	// ErrReplayFinished: the replay has nothing left to stop.
 	ErrReplayFinished = errors.New("the replay is no longer running")
-	// ErrReplayOverlaps: a running replay of the subscription covers part
-	// of the window and types asked for (ReplayOverlapError says which).
-	ErrReplayOverlaps = errors.New("a running replay of the subscription covers part of this window")
+	// ErrReplayOverlaps: a replay of the subscription still going covers
+	// part of the window and types asked for (ReplayOverlapError says
+	// which).
+	ErrReplayOverlaps = errors.New("a replay of the subscription still going covers part of this window")
 )
 
 // Replay is a replay of journaled events to one subscription.
@@ -116,7 +117,9 @@ func (e *ReplayOverlapError) Unwrap() error { return ErrReplayOverlaps }
 
 // CreateReplay records a replay, running, with the count of its window,
 // and returns it with what the journal holds of the window. While a
-// running replay of the subscription covers part of the window and types,
+// replay of the subscription still going (running, or done making its
+// deliveries with some still to send, as CancelReplay counts it; a small
+// window is done at its first step) covers part of the window and types,
 // it records nothing: *ReplayOverlapError (a double click, or a retried
 // call, re-sent every event of the window twice: found by a review). The
 // check and the insert hold the subscription's replay lock (a transaction
@@ -132,7 +135,9 @@ func (s *Store) CreateReplay(ctx context.Context, req ReplayRequest) (Replay, Re
 			return err
 		}
 		running, err := scanReplay(tx.QueryRow(ctx, s.q(`SELECT `+replayColumns+` FROM {{schema}}.replays r
-			WHERE r.subscription_id = $1 AND r.state = 'running' AND r.since < $3 AND $2 < r.until AND r.types && $4
+			WHERE r.subscription_id = $1 AND r.since < $3 AND $2 < r.until AND r.types && $4
+			  AND (r.state = 'running' OR r.state = 'done' AND EXISTS (
+				SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held')))
 			ORDER BY r.created_at LIMIT 1`), req.Subscription, req.Since, req.Until, nonNil(req.Types)))
 		if err == nil {
 			return &ReplayOverlapError{Running: running}

@@ -123,6 +123,21 @@ func TestOverlappingReplayRefused(t *testing.T) {
 			t.Errorf("%s: %v, want recorded", tc.id, err)
 		}
 	}
+	// Done making its deliveries (a small window is, at its first step),
+	// some still to send: still going.
+	if _, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET state = 'done' WHERE id = 'rpl_1'`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, &Batch{Deliveries: []DeliveryRow{{ID: "dlv_r1", EventID: "whk_r1", SubscriptionID: "erp", EventType: "request.created",
+		State: Pending, NextAttemptAt: now.Add(time.Hour), CreatedAt: now}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q(`UPDATE {{schema}}.deliveries SET replay_id = 'rpl_1' WHERE id = 'dlv_r1'`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ask("rpl_2b", "erp", now.Add(-time.Hour), now, "request.updated"); !errors.As(err, &oe) || oe.Running.ID != "rpl_1" {
+		t.Errorf("overlapping a done replay with a delivery still to send: %v, want refused naming rpl_1", err)
+	}
 	if _, _, err := s.CancelReplay(ctx, "erp", "rpl_1", "stop", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
