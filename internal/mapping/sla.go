@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -177,6 +178,7 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 	// does not say, and a warning whose threshold passed since was sent
 	// then (or missed while dzhook was down): not due again now.
 	shaped := c.CommitTime
+	passed := false // the thresholds passed at this change were passed at the old target
 	if c.Op == cdc.OpUpdate {
 		old, err := timeOf(c, c.Old, sc.TargetAt)
 		switch {
@@ -187,10 +189,16 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 			// at the old one too (a target extended): its warning was
 			// due then, and sent again now under a new id it would warn
 			// twice (found by a review).
-			shaped = time.Time{}
+			shaped, passed = time.Time{}, true
 		}
 	}
 	up.Arm = SLATimers(base, thresholds, now, shaped)
+	if passed {
+		// Not armed at all: armed at their moments, those a moment ago
+		// were not yet late for the clock, and fired (found by a
+		// review).
+		up.Arm = slices.DeleteFunc(up.Arm, func(t Timer) bool { return t.Kind != "breach" && t.FireAt.Before(c.CommitTime) })
+	}
 	up.Keep = target
 	return up, nil
 }
