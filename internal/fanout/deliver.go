@@ -253,11 +253,15 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	// closed and was rechecked): another instance may have taken the
 	// delivery over and be making this very attempt. Its outcome then
 	// counts; this one is recorded only if none did (Unless).
+	// Before the instance registered (an operator's retry or test at the
+	// start), nothing is said: its row does not show it alive yet either.
 	var unless string
 	if !d.fence.open(time.Now()) || d.fence.generation() != fenced {
 		unless = d.cfg.Instance
-		d.log.Info("attempt ended while this instance's heartbeat was stale: its outcome is recorded unless another instance took the delivery over",
-			"subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n, "status_code", res.Status)
+		if d.fence.started() {
+			d.log.Info("attempt ended while this instance's heartbeat was stale: its outcome is recorded unless another instance took the delivery over",
+				"subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n, "status_code", res.Status)
+		}
 	}
 	if len(s.scrub) > 0 {
 		res.Body = s.scrub.scrub(res.Body, len(res.Body) >= d.cfg.bodyLimit())
@@ -295,7 +299,14 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	}
 	if !t.test {
 		s.stats.record(now, res.Duration, dec.Outcome)
-		rec.Sub, rec.Notify = d.health(life, s, dec, res)
+		// An outcome the journal may not apply (unless) says nothing of
+		// the subscription's health: another instance's attempt may be
+		// the one that counts, and this one's late failure marked the
+		// subscription failing, and told the admin, over a delivery the
+		// other made (found by a review).
+		if unless == "" {
+			rec.Sub, rec.Notify = d.health(life, s, dec, res)
+		}
 	}
 	if !t.test {
 		// An operator's test send is no delivery of the subscription's:

@@ -61,6 +61,10 @@ func newFence(window time.Duration) *fence {
 // open reports whether an attempt may start at now from memory.
 func (f *fence) open(now time.Time) bool { return int64(now.Sub(f.epoch)) < f.until.Load() }
 
+// started reports whether the instance has registered (the fence opened
+// once).
+func (f *fence) started() bool { return f.until.Load() != 0 }
+
 // written records a heartbeat write sent at sent and answered at
 // answered, and reports whether a recheck is due: the fence had closed
 // by the time the answer came (a write sent in time can reach the journal

@@ -142,8 +142,9 @@ func TestStalledProcessDropsWhatWasTakenOver(t *testing.T) {
 // recorded over B's ownership, nor B's success after it thrown away
 // (the delivery was then sent again by A's retry, after the key's later
 // E2 and E3, and the history showed A's 500 as the attempt). The
-// history shows B's attempt, the delivery is delivered once by B, and
-// nothing of the key arrives after E3.
+// history shows B's attempt, the delivery is delivered once by B,
+// nothing of the key arrives after E3, and A's failure (its schedule's
+// last attempt) does not mark the subscription failing.
 func TestLateOutcomeDoesNotUndoTheTakeover(t *testing.T) {
 	store := newJournal(t)
 	ctx := context.Background()
@@ -165,7 +166,9 @@ func TestLateOutcomeDoesNotUndoTheTakeover(t *testing.T) {
 		return http.StatusOK, nil, "ok"
 	})
 	sa := &stalledStore{Store: store}
-	cfgA := ordered(sa, rc.URL, OrderEntity, 0, 3*time.Second)
+	// A's schedule is one attempt: its late 500 would use it up, and mark
+	// the subscription failing over a delivery B made.
+	cfgA := ordered(sa, rc.URL, OrderEntity, 0)
 	cfgA.Instance, cfgA.Concurrency, cfgA.Timeout = "iA", 1, time.Minute
 	a := start(t, store, cfgA)
 	if err := a.SyncOrder(ctx); err != nil {
@@ -220,6 +223,15 @@ func TestLateOutcomeDoesNotUndoTheTakeover(t *testing.T) {
 	}
 	if h := attemptRows(); h != "" {
 		t.Errorf("A's late attempt recorded over B's ownership: %s", h)
+	}
+	states, err := store.SubscriptionStates(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range states {
+		if st.State != journal.Healthy {
+			t.Errorf("A's late outcome made %s %s", st.ID, st.State)
+		}
 	}
 	relB() // B's attempt: 200, then E2 and E3
 	names := map[string]string{}
