@@ -218,11 +218,12 @@ func (c *Config) validate(ps *Problems, refs references) {
 	}
 	if t := c.Admin.Token.Reveal(); t != "" && tooShort(t) {
 		ps.add("admin.token", "too short: use at least %d random characters, spaces at either end not counted (it allows retrying, pausing and reading every delivery)", MinSecretLength)
-	} else if strings.ContainsFunc(t, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+	} else if t != strings.TrimSpace(t) || strings.ContainsFunc(t, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		// HTTP trims a header value's spaces, so no request matched a
-		// token with one at either end (found by a review); dzhook's
-		// CLI refuses to send one with a space anywhere.
-		ps.add("admin.token", "holds a space, a line break or a control character: a bearer token is sent without them; remove it (a value read from a file often ends in a newline)")
+		// token with one at either end, nor one with a line break
+		// (found by a review). (A space inside works, though dzhook's
+		// CLI refuses to send it: it is no bearer token's character.)
+		ps.add("admin.token", "has a space at either end, a line break or a control character: no request can carry it; remove it (a value read from a file often ends in a newline)")
 	}
 	if s := c.Notify.Secret.Reveal(); s != "" && tooShort(s) {
 		ps.add("notify.secret", "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
@@ -452,7 +453,9 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 			ps.add(p, "is the same header as %s (header names are case-insensitive): keep one", first)
 		case slices.Contains(reservedHeaders, strings.ToLower(name)):
 			ps.add(p, "%s is set by dzhook and cannot be overridden", http.CanonicalHeaderKey(name))
-		case slices.Contains(hopByHopHeaders, strings.ToLower(name)):
+		case slices.Contains(hopByHopHeaders, strings.ToLower(name)) &&
+			!(strings.EqualFold(name, "te") && strings.EqualFold(strings.TrimSpace(s.Headers[name].Reveal()), "trailers")):
+			// (TE: trailers is the one value HTTP/2 allows.)
 			ps.add(p, "%s is a header of the connection, not of the request: HTTP/2 receivers refuse it, and HTTP/1.1 drops it; remove it", http.CanonicalHeaderKey(name))
 		case !httpguts.ValidHeaderFieldValue(s.Headers[name].Reveal()):
 			ps.add(p, "value must not contain control characters (line breaks, NUL, DEL; a tab is allowed)")

@@ -623,6 +623,12 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 		// must stay possible.
 		ps = slices.DeleteFunc(ps, func(p config.Problem) bool { return p.Path == "url" })
 	}
+	if in.Headers == nil {
+		// Likewise the stored headers: one refused since it was stored
+		// (Connection, say) blocked every change, the dashboard's pause
+		// included (found by a review).
+		ps = slices.DeleteFunc(ps, func(p config.Problem) bool { return strings.HasPrefix(p.Path, "headers.") })
+	}
 	if n := utf8.RuneCountInString(desc); n > maxDescription {
 		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters, not %d", maxDescription, n)})
 	}

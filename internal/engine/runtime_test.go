@@ -836,3 +836,23 @@ func TestPatchWithoutURLKeepsAStoredOne(t *testing.T) {
 		t.Errorf("PATCH with a hidden-form url: %d %s, want it refused", code, raw)
 	}
 }
+
+// TestPatchWithoutHeadersKeepsStoredOnes: a change that gives no headers
+// does not answer for the stored ones, which checks made since they were
+// stored may refuse (Connection, refused since): pausing such a
+// subscription must stay possible (found by a review). A change that
+// gives them answers for them.
+func TestPatchWithoutHeadersKeepsStoredOnes(t *testing.T) {
+	db := newDB(t)
+	e := start(t, runtimeConfig(t, db, sub("crm", "https://example.com/hook", "request.created")))
+	m := managerOf{e}
+	stored := config.Subscription{ID: "rt", URL: "https://example.com/rt", Events: []string{"request.created"}, Secret: "0123456789abcdef0123",
+		Active: true, Format: "dzdesk", Method: "POST", Ordering: "none", Headers: map[string]config.Secret{"Connection": "close"}}
+	if err := m.validate(stored, "", api.SubscriptionInput{Active: ptr(false)}); err != nil {
+		t.Errorf("a pause of a subscription stored with a header refused since: %v", err)
+	}
+	var ve *admin.ValidationError
+	if err := m.validate(stored, "", api.SubscriptionInput{Headers: ptr(map[string]string{"Connection": "close"})}); !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != "headers.Connection" {
+		t.Errorf("a change giving the header: %v, want it refused naming headers.Connection", err)
+	}
+}
