@@ -76,7 +76,8 @@ func browserDeps(t *testing.T) string {
 // webhook, save and test, toggle Active, view its history, rotate its
 // secret, delete it (the confirmation counts the delivery it cancels), and
 // find the config.yaml subscription read-only; replay the last hour into
-// the (paused) subscription and cancel a second replay; add a Slack
+// the (paused) subscription, see a second one overlapping it refused,
+// cancel the first, then start and cancel a second replay; add a Slack
 // webhook with a transform (a syntax error first, shown beside the field)
 // and a rate limit, and read what its transform made of four user events:
 // a message sent, a skip, a failure, and a 429 that paused it. The
@@ -480,8 +481,9 @@ func auditTrail(t *testing.T, base, id string) []string {
 
 // checkReplays checks the two replays the script started into crm, by
 // then paused: the first made a delivery of each event crm had, with the
-// same event ids, all still waiting; the second's one delivery, of the
-// request's update, was cancelled with it.
+// same event ids, all waiting until it was cancelled (a second replay
+// overlapping it was refused while they waited); the second's one
+// delivery, of the request's update, was cancelled with it.
 func checkReplays(t *testing.T, conn *pgx.Conn, replayFile string) {
 	t.Helper()
 	b, err := os.ReadFile(replayFile)
@@ -515,20 +517,21 @@ func checkReplays(t *testing.T, conn *pgx.Conn, replayFile string) {
 		}
 		return s
 	}
-	// crm's own deliveries are delivered by now; the replay's wait. The
+	// crm's own deliveries are delivered by now; the replay's were
+	// cancelled with it. The
 	// test event sent from crm's card is journaled as an event too
 	// (whk_test_…) and the replay sends it again as well; that is left
 	// out here, compared are the events the stream made.
 	var want []string
 	for _, d := range deliveries(`replay_id IS NULL`) {
 		ev, _, _ := strings.Cut(d, " delivered")
-		want = append(want, ev+" pending")
+		want = append(want, ev+" cancelled")
 	}
-	if st := state(ids[0]); st != "done" {
-		t.Errorf("replay %s: %s, want done", ids[0], st)
+	if st := state(ids[0]); st != "cancelled" {
+		t.Errorf("replay %s: %s, want cancelled", ids[0], st)
 	}
 	if got := deliveries(`replay_id = $1 AND event_id NOT LIKE 'whk\_test\_%'`, ids[0]); len(got) < 2 || !slices.Equal(got, want) {
-		t.Errorf("the deliveries of replay %s:\n got %q\nwant %q (crm's events again, waiting while it is paused)", ids[0], got, want)
+		t.Errorf("the deliveries of replay %s:\n got %q\nwant %q (crm's events again, cancelled with it)", ids[0], got, want)
 	}
 	if st := state(ids[1]); st != "cancelled" {
 		t.Errorf("replay %s: %s, want cancelled", ids[1], st)

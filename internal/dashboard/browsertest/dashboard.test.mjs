@@ -436,9 +436,23 @@ async function replays() {
   console.log(`  ${first}: ${await textNow(page.locator(tid('replay-state-text')))}`);
   await page.locator(tid('replay-cancel')).waitFor({ state: 'visible' });
 
-  step('New replay of request.updated only, then cancel it: its waiting delivery is cancelled');
+  step('a second replay of request.updated while the first still has deliveries to send is refused, naming it');
   await page.locator(tid('replay-new')).click();
   await eventually('the first replay offered', () => text(page.locator(tid('replay-running'))), (s) => s.includes(first));
+  await page.getByRole('textbox', { name: 'Event patterns' }).fill('request.updated');
+  await page.locator(tid('replay-start')).click();
+  await eventually('the overlap said', () => text(page.locator(tid('replay-errors'))), (s) => s.includes(first) && s.includes('still going') && s.includes('sent twice'));
+  if (!(await page.locator('#replay-fields').isVisible())) throw new Error('the form is gone after the refusal');
+
+  step('show the first and cancel it: its waiting deliveries are cancelled');
+  await page.locator(tid('replay-show-last')).click();
+  await eventually('the first shown', () => text(page.locator(tid('replay-id'))), (s) => s === first);
+  await page.locator(tid('replay-cancel')).click();
+  await eventually('the first cancelled', () => text(page.locator(tid('replay-state'))), (s) => s === 'cancelled');
+  await eventually('its deliveries cancelled', () => text(page.locator(tid('replay-skipped'))), (s) => s === String(created));
+
+  step('New replay of request.updated only, then cancel it: its waiting delivery is cancelled');
+  await page.locator(tid('replay-new')).click();
   await page.getByRole('textbox', { name: 'Event patterns' }).fill('request.updated');
   await page.locator(tid('replay-start')).click();
   await eventually('a second replay', () => text(page.locator(tid('replay-id'))), (s) => s !== first && s.startsWith('rpl_'));
