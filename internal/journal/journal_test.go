@@ -2012,3 +2012,55 @@ func TestReleaseHeldKeepsAPausedSubscriptionsHeld(t *testing.T) {
 		t.Errorf("%d deliveries still held once active, want none", n)
 	}
 }
+
+// TestStaleOutcomeMeetingAHeldCopy: A's writer holds a replayed copy of
+// a delivery (A stalled past the slot's timeout; B took the slot over,
+// streamed the transaction again and owns the delivery, its attempt in
+// flight) when A's late outcome of its own attempt comes, made while its
+// heartbeat was stale (Unless). Merged into the held row, it overwrote
+// B's row (the insert's conflict update looks at attempts only) and
+// recorded A's attempt: found by a review. It must leave B's row and
+// history alone, as it does without the held copy.
+func TestStaleOutcomeMeetingAHeldCopy(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, pendingBatch("00")); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `UPDATE dzhook.deliveries SET owner = 'iB' WHERE id = 'dlv_00'`)
+	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", Owner: "iA", Hold: time.Hour, Linger: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	defer func() { stop(); <-done }()
+	replayed := pendingBatch("00").Deliveries[0]
+	replayed.Owner = "iA"
+	now := time.Now()
+	for _, r := range []Record{
+		{Deliveries: []DeliveryRow{replayed}},
+		{Update: &DeliveryUpdate{ID: "dlv_00", State: Pending, Attempts: 1, NextAttemptAt: now.Add(time.Minute), Owner: "iA", LastStatus: 500, LastAttemptAt: now, Unless: "iA"},
+			Attempt: &AttemptRow{DeliveryID: "dlv_00", Attempt: 1, At: now, Trigger: "auto", StatusCode: 500, Instance: "iA", Unless: "iA"}},
+	} {
+		if err := w.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var state string
+	var attempts int
+	var owner *string
+	if err := db.Connect(t).QueryRow(ctx, `SELECT state, attempts, owner FROM dzhook.deliveries WHERE id = 'dlv_00'`).Scan(&state, &attempts, &owner); err != nil {
+		t.Fatal(err)
+	}
+	if state != string(Pending) || attempts != 0 || deref(owner) != `"iB"` {
+		t.Errorf("dlv_00 journaled %s after %d attempts, owner %s; want B's row as it was: pending, 0, iB", state, attempts, deref(owner))
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.attempts WHERE delivery_id = 'dlv_00'`); n != 0 {
+		t.Errorf("%d attempts recorded, want none: A's is not the one that counts", n)
+	}
+}

@@ -551,11 +551,21 @@ func (w *Writer) add(bb *batchBuilder, r Record) {
 	bb.spilled = bb.spilled || r.Spilled
 	if u := r.Update; u != nil {
 		if h, ok := w.held[u.ID]; ok {
-			// The first attempt's outcome: write the delivery once, with it.
+			// The first attempt's outcome: write the delivery once, with
+			// it; one that may not apply (Unless) goes after the row,
+			// as an update of its own that keeps its condition (merged,
+			// it overwrote the row of an instance that took the
+			// delivery over from a replayed transaction: found by a
+			// review).
 			delete(w.held, u.ID)
 			h.gone = true
-			mergeUpdate(&h.row, u)
+			if u.Unless == "" {
+				mergeUpdate(&h.row, u)
+			}
 			bb.addDelivery(h.row)
+			if u.Unless != "" {
+				bb.addUpdate(*u)
+			}
 		} else {
 			bb.addUpdate(*u)
 		}
@@ -921,10 +931,12 @@ func (bb *batchBuilder) addDelivery(d DeliveryRow) {
 }
 
 // addUpdate merges an attempt's outcome: into the delivery's insert when
-// it is in this batch, else into one update per delivery.
+// it is in this batch (unless it may not apply: Unless, whose condition
+// an update keeps; the batch's updates run after its inserts), else into
+// one update per delivery.
 func (bb *batchBuilder) addUpdate(u DeliveryUpdate) {
 	b := &bb.b
-	if i, ok := bb.delivIdx[u.ID]; ok {
+	if i, ok := bb.delivIdx[u.ID]; ok && u.Unless == "" {
 		mergeUpdate(&b.Deliveries[i], &u)
 		return
 	}
