@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -299,11 +300,11 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	}
 	if !t.test {
 		s.stats.record(now, res.Duration, dec.Outcome)
-		// An outcome the journal may not apply (unless) says nothing of
-		// the subscription's health: another instance's attempt may be
-		// the one that counts, and this one's late failure marked the
-		// subscription failing, and told the admin, over a delivery the
-		// other made (found by a review).
+		// An outcome the journal may not apply (unless) says of the
+		// subscription's health only once it was applied (healthIfApplied):
+		// another instance's attempt may be the one that counts, and this
+		// one's late failure marked the subscription failing, and told the
+		// admin, over a delivery the other made (found by a review).
 		if unless == "" {
 			rec.Sub, rec.Notify = d.health(life, s, dec, res)
 		}
@@ -315,12 +316,56 @@ func (d *deliverer) try(life context.Context, s *sub, t *task, sg *signer.Signer
 	}
 	if err := d.records.Put(life, rec); err != nil {
 		d.log.Error("attempt outcome not journaled; the delivery is attempted again", "delivery_id", t.deliveryID, "err", err)
+	} else if unless != "" && !t.test {
+		d.healthIfApplied(life, s, t.deliveryID, n, dec, res)
 	}
 	if res.ErrorClass != "" {
 		d.log.Debug("attempt failed", "subscription", s.cfg.ID, "delivery_id", t.deliveryID, "attempt", n,
 			"status_code", res.Status, "error_class", res.ErrorClass, "outcome", dec.Outcome.String())
 	}
 	return res, dec
+}
+
+// healthIfApplied brings the subscription's health up to an outcome made
+// while this instance's heartbeat was stale (journal.DeliveryUpdate's
+// Unless) once the journal shows it applied: attempt n recorded as this
+// instance's. Skipped, a delivery that used up its schedule, or a 410, in
+// such a window (a journal restart) never marked the subscription
+// failing or disabled, nor a 2xx healthy again (found by a review). A
+// rare path: the worker waits for the journal's write and one read.
+func (d *deliverer) healthIfApplied(life context.Context, s *sub, id string, n int, dec Decision, res attemptResult) {
+	if d.cfg.Journal == nil {
+		return
+	}
+	written := make(chan error, 1)
+	if err := d.records.Put(life, journal.Record{Done: written}); err != nil {
+		return
+	}
+	select {
+	case err := <-written:
+		if err != nil {
+			return
+		}
+	case <-life.Done():
+		return
+	}
+	_, _, attempts, err := d.cfg.Journal.GetDelivery(life, id)
+	if err != nil {
+		d.log.Warn("the subscription's health is not updated for an attempt made while this instance's heartbeat was stale: its outcome could not be read back",
+			"subscription", s.cfg.ID, "delivery_id", id, "err", err)
+		return
+	}
+	applied := slices.ContainsFunc(attempts, func(a journal.Attempt) bool {
+		return a.Attempt == n && a.Instance != nil && *a.Instance == d.cfg.Instance
+	})
+	if !applied {
+		return
+	}
+	if sub, notify := d.health(life, s, dec, res); sub != nil || notify != nil {
+		if err := d.records.Put(life, journal.Record{Sub: sub, Notify: notify}); err != nil {
+			d.log.Warn("the subscription's health after an attempt made while this instance's heartbeat was stale is not journaled", "subscription", s.cfg.ID, "err", err)
+		}
+	}
 }
 
 // unsent records an attempt that sent nothing: the subscription's

@@ -255,6 +255,45 @@ func TestLateOutcomeDoesNotUndoTheTakeover(t *testing.T) {
 	}
 }
 
+// TestStaleOutcomeAppliedCountsForHealth: A's heartbeat goes stale while
+// its attempt is in flight, and nobody takes the delivery over. The
+// attempt, its schedule's last, fails: applied by the journal (A still
+// owns the delivery), it must mark the subscription failing as any
+// exhausted delivery does (skipped for every outcome made while stale,
+// such a window, a journal restart, hid it: found by a review).
+func TestStaleOutcomeAppliedCountsForHealth(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	rc := testutil.NewReceiver(t)
+	hold := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	t.Cleanup(release)
+	rc.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		<-hold
+		return http.StatusInternalServerError, nil, "down"
+	})
+	sa := &stalledStore{Store: store}
+	cfg := ordered(sa, rc.URL, OrderNone, 0) // one attempt
+	cfg.Instance, cfg.Timeout = "iA", time.Minute
+	a := start(t, store, cfg)
+	evs := orderEvents([]string{"req_1"})
+	if err := a.Dispatch(ctx, evs[0]); err != nil {
+		t.Fatal(err)
+	}
+	rc.Wait(t, 1, 10*time.Second)
+	sa.stall()
+	testutil.Eventually(t, 10*time.Second, "A's fence closed", func() bool { return !a.sched.fence.open(time.Now()) })
+	release()
+	testutil.Eventually(t, 10*time.Second, "the subscription failing in the journal", func() bool {
+		states, err := store.SubscriptionStates(ctx)
+		return err == nil && len(states) == 1 && states[0].State == journal.Failing
+	})
+	if s, attempts, _ := deliveryState(t, store, deliveryID(evs[0])); s != "failed" || attempts != 1 {
+		t.Errorf("the delivery: %s after %d attempts, want failed after 1", s, attempts)
+	}
+}
+
 // holdsAny reports whether any key has a delivery in memory (false for
 // an unordered subscription's nil state).
 func (o *orderState) holdsAny() bool {
