@@ -178,25 +178,26 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 	// does not say, and a warning whose threshold passed since was sent
 	// then (or missed while dzhook was down): not due again now.
 	shaped := c.CommitTime
-	passed := false // the thresholds passed at this change were passed at the old target
 	if c.Op == cdc.OpUpdate {
-		old, err := timeOf(c, c.Old, sc.TargetAt)
-		switch {
-		case c.Old == nil || err == nil && old.Equal(target):
+		// Moved, but the threshold passed at this target was passed at
+		// the old one too (a target extended): its warning was due then,
+		// and sent again now under the new target's id it warned twice
+		// (found by a review). Not shaped either.
+		if old, err := timeOf(c, c.Old, sc.TargetAt); c.Old == nil || err == nil && (old.Equal(target) ||
+			reachedBefore(base, old, c, sc.StartedAt, thresholds, shaped)) {
 			shaped = time.Time{}
-		case err == nil && reachedBefore(base, old, c, sc.StartedAt, thresholds, shaped):
-			// Moved, but the threshold passed at this target was passed
-			// at the old one too (a target extended): its warning was
-			// due then, and sent again now under a new id it would warn
-			// twice (found by a review).
-			shaped, passed = time.Time{}, true
 		}
 	}
 	up.Arm = SLATimers(base, thresholds, now, shaped)
-	if passed {
-		// Not armed at all: armed at their moments, those a moment ago
-		// were not yet late for the clock, and fired (found by a
-		// review).
+	if c.Op == cdc.OpUpdate && shaped.IsZero() && !c.CommitTime.IsZero() {
+		// A change that did not give the SLA this target (or gave it
+		// one whose passed thresholds the old one had passed too) arms
+		// no warning whose moment came before it: one was armed when
+		// that moment was ahead, and sent. Armed again at its moment, a
+		// moment ago, the clock did not find it late yet and sent it
+		// again: after an extension, at the extension or at any later
+		// change of the SLA, where nothing had armed it for the new
+		// target (found by two reviews).
 		up.Arm = slices.DeleteFunc(up.Arm, func(t Timer) bool { return t.Kind != "breach" && t.FireAt.Before(c.CommitTime) })
 	}
 	up.Keep = target

@@ -210,7 +210,8 @@ func TestTimestampsNotRFC3339ThroughStream(t *testing.T) {
 // target's id) it warned twice; armed at its own moment, a moment ago,
 // the clock did not find it late yet. A target moved closer past the
 // threshold still makes it due at the change, unless the old target had
-// passed it too.
+// passed it too. A later change that keeps the extended target arms it
+// no more than the extension did.
 func TestSLAExtendedAfterItsWarning(t *testing.T) {
 	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("1")})
 	var cols []cdc.Column
@@ -240,6 +241,10 @@ func TestSLAExtendedAfterItsWarning(t *testing.T) {
 		{"moved closer past the threshold", start.Add(8*time.Hour + 20*time.Minute), start.Add(12 * time.Hour), start.Add(10 * time.Hour), start.Add(8*time.Hour + 20*time.Minute)},
 		{"moved closer before the old target's threshold", start.Add(7 * time.Hour), start.Add(10 * time.Hour), start.Add(9 * time.Hour), start.Add(7 * time.Hour)},
 		{"moved closer after the old target's threshold", start.Add(8 * time.Hour), start.Add(10 * time.Hour), start.Add(9 * time.Hour), time.Time{}},
+		// A later change that keeps the extended target: nothing armed the
+		// passed warning for it, and this change does not either.
+		{"touched after an extension, past the threshold", start.Add(7*time.Hour + 31*time.Minute + 30*time.Second), start.Add(10*time.Hour + time.Minute), start.Add(10*time.Hour + time.Minute), time.Time{}},
+		{"touched before the threshold", start.Add(7 * time.Hour), start.Add(10 * time.Hour), start.Add(10 * time.Hour), start.Add(450 * time.Minute)},
 	} {
 		c := &cdc.Change{Op: cdc.OpUpdate, Relation: rel, CommitLSN: 1, CommitTime: tc.commit, Old: row(tc.old), New: row(tc.new)}
 		up, err := m.SLAChange(c, []float64{75}, tc.commit)
