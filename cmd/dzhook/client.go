@@ -122,8 +122,10 @@ func localOrTLS(raw string) bool {
 // file often ends in a newline: net/http refused the header, reported as
 // "cannot reach" the API.
 func badToken(token string) error {
-	if strings.ContainsFunc(token, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return &usageError{"the admin token (DZHOOK_ADMIN_TOKEN, or the configuration's admin.token) holds a space, a line break or a control character: remove it"}
+	// A space inside can be sent (the server matches the whole value),
+	// as the configuration's validation allows it.
+	if token != strings.TrimSpace(token) || strings.ContainsFunc(token, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return &usageError{"the admin token (DZHOOK_ADMIN_TOKEN, or the configuration's admin.token) has a space at either end, a line break or a control character: remove it"}
 	}
 	return nil
 }

@@ -145,3 +145,21 @@ func TestConfigTokenStaysLocal(t *testing.T) {
 		}
 	}
 }
+
+// TestBadToken: a token no request can carry (a space at either end, a
+// line break, a control character) is refused before any call; one with
+// a space inside is sent, as the server and the configuration take it.
+func TestBadToken(t *testing.T) {
+	for token, bad := range map[string]bool{
+		"tok-0123456789abcdef":   false,
+		"tok-01234567 89abcdef":  false,
+		"tok-0123456789abcdef ":  true,
+		" tok-0123456789abcdef":  true,
+		"tok-0123456789abcdef\n": true,
+		"tok-01234567\x0089abcd": true,
+	} {
+		if err := badToken(token); (err != nil) != bad {
+			t.Errorf("badToken(%q) = %v, want refused %v", token, err, bad)
+		}
+	}
+}

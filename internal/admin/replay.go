@@ -116,8 +116,8 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 		return
 	}
 	if oe := (*journal.ReplayOverlapError)(nil); errors.As(err, &oe) {
-		writeError(w, http.StatusConflict, fmt.Sprintf("%v; each of its events would be sent twice: wait for it to finish, or cancel it (DELETE /v1/subscriptions/%s/replays/%s) first",
-			err, id, oe.Running.ID))
+		writeError(w, http.StatusConflict, fmt.Sprintf("%v; each of its events would be sent twice: wait for it to finish, or cancel it first (dzhook replay cancel %s %s, or DELETE /v1/subscriptions/%s/replays/%s)",
+			err, id, oe.Running.ID, id, oe.Running.ID))
 		return
 	}
 	if err != nil {

@@ -217,7 +217,7 @@ subscriptions:
 		{"wrong types", minimal + "delivery:\n  concurrency: many\n  allow_insecure_http: maybe\nsla:\n  warning_percent: [[1]]\n", nil,
 			[]string{`delivery.concurrency: "many" is not a whole number`, `delivery.allow_insecure_http: "maybe" is not a boolean`, "sla.warning_percent[0]: must be a single value, not a list"}},
 		{"reserved header", minimal + "    headers: {X-DZDESK-Signature: forged}\n", nil, []string{"subscriptions[0].headers.X-DZDESK-Signature: X-Dzdesk-Signature is set by dzhook"}},
-		{"connection headers", minimal + "    headers: {Connection: Upgrade, upgrade: websocket, Transfer-Encoding: chunked, TE: gzip, Keep-Alive: timeout=5}\n", nil, []string{
+		{"connection headers", minimal + "    headers: {Connection: Upgrade, upgrade: websocket, Transfer-Encoding: chunked, TE: Trailers, Keep-Alive: timeout=5}\n", nil, []string{
 			"subscriptions[0].headers.Connection: Connection is a header of the connection",
 			"subscriptions[0].headers.upgrade: Upgrade is a header of the connection",
 			"subscriptions[0].headers.Transfer-Encoding: Transfer-Encoding is a header of the connection",

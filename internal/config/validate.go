@@ -454,8 +454,9 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 		case slices.Contains(reservedHeaders, strings.ToLower(name)):
 			ps.add(p, "%s is set by dzhook and cannot be overridden", http.CanonicalHeaderKey(name))
 		case slices.Contains(hopByHopHeaders, strings.ToLower(name)) &&
-			!(strings.EqualFold(name, "te") && strings.EqualFold(strings.TrimSpace(s.Headers[name].Reveal()), "trailers")):
-			// (TE: trailers is the one value HTTP/2 allows.)
+			!(strings.EqualFold(name, "te") && s.Headers[name].Reveal() == "trailers"):
+			// (TE: trailers, as written, is the one value HTTP/2 allows:
+			// Go's server refuses "Trailers".)
 			ps.add(p, "%s is a header of the connection, not of the request: HTTP/2 receivers refuse it, and HTTP/1.1 drops it; remove it", http.CanonicalHeaderKey(name))
 		case !httpguts.ValidHeaderFieldValue(s.Headers[name].Reveal()):
 			ps.add(p, "value must not contain control characters (line breaks, NUL, DEL; a tab is allowed)")
