@@ -444,6 +444,21 @@ async function replays() {
   await eventually('the overlap said', () => text(page.locator(tid('replay-errors'))), (s) => s.includes(first) && s.includes('still going') && s.includes('sent twice'));
   if (!(await page.locator('#replay-fields').isVisible())) throw new Error('the form is gone after the refusal');
 
+  step('behind a newer replay (of an older window, through the API), the dialog still offers the one the refusal names');
+  const hoursAgo = (h) => new Date(Date.now() - h * 3600_000).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const older = await page.request.fetch(new URL(`v1/subscriptions/${sub}/replay`, url).toString(),
+    { method: 'POST', headers: { Authorization: `Bearer ${token}` }, data: { since: hoursAgo(3), until: hoursAgo(2) } });
+  if (older.status() !== 202) throw new Error(`a replay of an older window: ${older.status()} ${await older.text()}`);
+  await page.keyboard.press('Escape');
+  await dialog.waitFor({ state: 'hidden' });
+  await page.locator(tid(`replay-${sub}`)).click();
+  await dialog.waitFor({ state: 'visible' });
+  await page.getByRole('textbox', { name: 'Event patterns' }).fill('request.updated');
+  await page.locator(tid('replay-start')).click();
+  await eventually('the overlap said again', () => text(page.locator(tid('replay-errors'))), (s) => s.includes(first) && s.includes('dzhook replay cancel'));
+  await page.locator(tid('replay-running')).waitFor({ state: 'visible' });
+  await eventually('the first replay offered', () => text(page.locator(tid('replay-running'))), (s) => s.includes(first));
+
   step('show the first and cancel it: its waiting deliveries are cancelled');
   await page.locator(tid('replay-show-last')).click();
   await eventually('the first shown', () => text(page.locator(tid('replay-id'))), (s) => s === first);

@@ -1528,6 +1528,19 @@ async function submitReplay(ev) {
       replayFieldError(m[1] === 'events' ? 'events' : 'since', e.message.slice(m[0].length));
       (m[1] === 'events' ? $('replay-events') : document.querySelector('input[name="replay-since"]:checked')).focus();
     } else {
+      // A 409 names the replay still going that overlaps this one, which
+      // may be older than the newest the dialog offered: offered now,
+      // with its progress and Cancel a click away.
+      const busy = e.status === 409 && /\brpl_[2-7a-z]{16}\b/.exec(e.message);
+      if (busy && busy[0] !== replay.last?.id) {
+        try {
+          const rp = await api('GET', `/v1/subscriptions/${enc(id)}/replays/${enc(busy[0])}`);
+          if (replay.id === id && replayBusy(rp)) {
+            replay.last = rp;
+            showReplayForm();
+          }
+        } catch { /* the message names it all the same */ }
+      }
       $('replay-errors').replaceChildren(el('p', { class: 'form-error-text', text: e.message }));
       $('replay-errors').focus();
     }
