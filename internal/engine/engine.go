@@ -72,6 +72,9 @@ type Engine struct {
 	stream   *cdc.Stream
 	pipeline *pipeline.Pipeline
 	writer   *journal.Writer
+	// readyWarned (unix ns) and readyFailed: readyWarn's last line and
+	// the probes since.
+	readyWarned, readyFailed atomic.Int64
 	// fenced receives the writer's OnFenced, once: the run ends with it.
 	fenced     chan error
 	dispatcher *fanout.Dispatcher

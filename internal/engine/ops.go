@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/config"
@@ -17,6 +18,13 @@ import (
 // (connecting, or standby behind another process), or the journal
 // unreachable.
 func (e *Engine) Ready(ctx context.Context) error {
+	if since := e.writerFailingSince(); !since.IsZero() {
+		// The stream reconnects between the writer's tries and looks
+		// connected for a while each time: the journal's refusal is the
+		// reason, until a write goes through.
+		return fmt.Errorf("the journal refuses writes since %s (the log has the detail); nothing is journaled or acknowledged until a write goes through",
+			since.UTC().Format(time.RFC3339))
+	}
 	st := e.stream.Stats()
 	if !st.Connected && !st.Standby {
 		// Not streaming because the journal does not answer, most
@@ -24,7 +32,7 @@ func (e *Engine) Ready(ctx context.Context) error {
 		// ("replication connection lost", "PostgreSQL unreachable" when
 		// the session's start met the journal's error) blamed the source.
 		if err := e.journal.Ping(ctx); err != nil {
-			e.log.Warn("readiness: the journal does not answer", "err", err)
+			e.readyWarn(err)
 			return errors.New("journal unreachable (the log has the detail); not streaming until it answers")
 		}
 	}
@@ -46,10 +54,33 @@ func (e *Engine) Ready(ctx context.Context) error {
 	if err := e.journal.Ping(ctx); err != nil {
 		// /readyz answers without a token: the reason names no host,
 		// user or database; the log has the detail.
-		e.log.Warn("readiness: the journal does not answer", "err", err)
+		e.readyWarn(err)
 		return errors.New("journal unreachable (the log has the detail)")
 	}
 	return nil
+}
+
+// writerFailingSince is the journal writer's FailingSince (zero before
+// the writer exists).
+func (e *Engine) writerFailingSince() time.Time {
+	if e.writer == nil {
+		return time.Time{}
+	}
+	return e.writer.FailingSince()
+}
+
+// readyWarn logs that the journal does not answer a readiness probe: at
+// most once a minute, with how many probes it did not answer meanwhile
+// (every probe logged it: the kubelet's every 10 s, and any monitor's).
+func (e *Engine) readyWarn(err error) {
+	now := time.Now().UnixNano()
+	n := e.readyFailed.Add(1)
+	last := e.readyWarned.Load()
+	if now-last < int64(time.Minute) || !e.readyWarned.CompareAndSwap(last, now) {
+		return
+	}
+	e.readyFailed.Store(0)
+	e.log.Warn("readiness: the journal does not answer (said at most once a minute)", "err", err, "probes", n)
 }
 
 // Reload applies a new configuration without a restart: subscriptions

@@ -461,6 +461,39 @@ func TestReloadNeedsTheRunningDeliverySection(t *testing.T) {
 	}
 }
 
+// TestReadyWhileTheJournalRefusesWrites: the journal answers but refuses
+// every write (here a trigger; a full disk, a read-only standby). The
+// stream's session ends at each failed batch and starts again at once,
+// its start only reading the journal, so /readyz, judged by "connected",
+// went up and down, and so did the metric the not-streaming alert
+// watches (found by a review, reproduced). It stays not ready, saying
+// the journal refuses writes, until a write goes through.
+func TestReadyWhileTheJournalRefusesWrites(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e := start(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	testutil.Eventually(t, 20*time.Second, "ready", func() bool { return e.Ready(context.Background()) == nil })
+	db.Exec(t, `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the journal refuses writes'; END $$`,
+		`CREATE TRIGGER refuse BEFORE INSERT ON dzhook.events FOR EACH ROW EXECUTE FUNCTION refuse()`,
+		`INSERT INTO requests (title, requester_id) VALUES ('refused', 1)`)
+	testutil.Eventually(t, 20*time.Second, "not ready", func() bool { return e.Ready(context.Background()) != nil })
+	// Through several of the writer's tries and the stream's sessions.
+	sessions := e.Stream().Stats().Reconnects
+	for deadline := time.Now().Add(6 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err := e.Ready(context.Background()); err == nil {
+			t.Fatal("ready while the journal refuses every write")
+		} else if !strings.Contains(err.Error(), "the journal refuses writes since") {
+			t.Fatalf("/readyz while the journal refuses writes: %q, want that said", err)
+		}
+	}
+	if e.Stream().Stats().Reconnects == sessions {
+		t.Log("no new session was tried while the journal refused writes")
+	}
+	db.Exec(t, `DROP TRIGGER refuse ON dzhook.events`)
+	testutil.Eventually(t, 30*time.Second, "ready again", func() bool { return e.Ready(context.Background()) == nil })
+	rc.Wait(t, 1, 30*time.Second)
+}
+
 // TestReadyBlamesTheJournal: with the journal cut (the source reachable
 // the whole time), /readyz says the journal, not "PostgreSQL unreachable"
 // (the session's start met the journal's error, which the stream took for

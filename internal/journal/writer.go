@@ -168,6 +168,9 @@ type Writer struct {
 	log    *slog.Logger
 	in     chan Record
 	closed chan struct{} // closed when Run returns
+	// failingSince is when the batch being written first failed (unix
+	// ns; 0: the last write went through): FailingSince.
+	failingSince atomic.Int64
 	// urgent ends a linger: a record someone waits for was put, or a
 	// full batch is queued.
 	urgent chan struct{}
@@ -836,12 +839,29 @@ type drainKey struct{}
 
 func isDrain(ctx context.Context) bool { return ctx.Value(drainKey{}) != nil }
 
+// FailingSince is when the journal began refusing the writer's batch
+// being written, retried since; zero while writes go through. The
+// stream's session ends at each failure and starts again at once (its
+// start only reads the journal), so "connected" alone made readiness
+// flap while the journal refused every write (found by a review).
+func (w *Writer) FailingSince() time.Time {
+	if ns := w.failingSince.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // write writes a batch, retrying with backoff until it is written or ctx
 // ends (then it returns the last error).
 func (w *Writer) write(ctx context.Context, bb *batchBuilder) error {
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for attempt := 1; ; attempt++ {
 		err := w.cfg.Store.Write(ctx, &bb.b)
+		if err == nil {
+			w.failingSince.Store(0)
+		} else if ctx.Err() == nil {
+			w.failingSince.CompareAndSwap(0, time.Now().UnixNano())
+		}
 		if err == nil || ctx.Err() != nil || errors.Is(err, ErrTimelineMoved) {
 			return err
 		}
