@@ -180,6 +180,7 @@ func TestBadValues(t *testing.T) {
 		{"admin.listen in config", "config:\n  admin:\n    listen: 127.0.0.1:9090\n", false, []string{"config.admin.listen", "adminPort"}},
 		{"a drain longer than the stop time", "config:\n  delivery:\n    timeout: 1m\n", false, []string{"terminationGracePeriodSeconds (30)", "70 s"}},
 		{"a drain in several units", "config:\n  delivery:\n    timeout: 1m30s\nterminationGracePeriodSeconds: 90\n", false, []string{"100 s"}},
+		{"a drain set through extraEnv", "extraEnv:\n  - name: DZHOOK_DELIVERY_TIMEOUT\n    value: 30s\n", false, []string{"terminationGracePeriodSeconds (30)", "40 s"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "bad.values.yaml")

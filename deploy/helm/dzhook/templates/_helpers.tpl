@@ -117,10 +117,15 @@ seccompProfile:
 
 {{/*
 dzhook.timeoutSeconds: config.delivery.timeout in whole seconds (the Go
-duration forms a config takes: 5s, 1m30s, 500ms; 5s when unset).
+duration forms a config takes: 5s, 1m30s, 500ms; 5s when unset), or
+DZHOOK_DELIVERY_TIMEOUT's in extraEnv, which overrides it.
 */}}
 {{- define "dzhook.timeoutSeconds" -}}
 {{- $t := toString (dig "delivery" "timeout" "5s" .Values.config) -}}
+{{- /* DZHOOK_DELIVERY_TIMEOUT in extraEnv overrides the file, as in dzhook. */ -}}
+{{- range .Values.extraEnv -}}
+{{- if and (eq (toString .name) "DZHOOK_DELIVERY_TIMEOUT") .value -}}{{- $t = toString .value -}}{{- end -}}
+{{- end -}}
 {{- $ms := 0 -}}
 {{- range $part := regexFindAll "[0-9]+(ms|h|m|s)" $t -1 -}}
 {{- if hasSuffix "ms" $part -}}{{- $ms = add $ms (atoi (trimSuffix "ms" $part)) -}}
