@@ -241,7 +241,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		Heartbeat: func() (time.Time, int) {
 			return e.dispatcher.LastHeartbeat(), e.dispatcher.Peers()
 		},
-		Logger: log,
+		JournalFailingSince: e.writerFailingSince,
+		Logger:              log,
 	})
 	e.schema = newSchemaWatch(e, cfg, opts.SchemaInterval, slaSource)
 	if outbox != "" {

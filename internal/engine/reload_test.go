@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -489,8 +490,14 @@ func TestReadyWhileTheJournalRefusesWrites(t *testing.T) {
 	if e.Stream().Stats().Reconnects == sessions {
 		t.Log("no new session was tried while the journal refused writes")
 	}
+	if v := metricValue(scrape(t, e), "dzhook_journal_write_failing_seconds"); !(v >= 6) {
+		t.Errorf("dzhook_journal_write_failing_seconds = %v while the journal has refused writes for 6 s and more", v)
+	}
 	db.Exec(t, `DROP TRIGGER refuse ON dzhook.events`)
 	testutil.Eventually(t, 30*time.Second, "ready again", func() bool { return e.Ready(context.Background()) == nil })
+	if v := metricValue(scrape(t, e), "dzhook_journal_write_failing_seconds"); v != 0 {
+		t.Errorf("dzhook_journal_write_failing_seconds = %v once writes go through, want 0", v)
+	}
 	rc.Wait(t, 1, 30*time.Second)
 }
 
@@ -543,4 +550,17 @@ func TestReadyBlamesTheJournal(t *testing.T) {
 	proxy.Restore()
 	testutil.Eventually(t, 30*time.Second, "ready again", func() bool { return e.Ready(context.Background()) == nil })
 	rc.Wait(t, 1, 30*time.Second)
+}
+
+// metricValue is the value of an unlabelled series in a /metrics text
+// (NaN when it is not there).
+func metricValue(text, name string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+				return f
+			}
+		}
+	}
+	return math.NaN()
 }

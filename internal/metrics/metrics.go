@@ -82,7 +82,10 @@ type Sources struct {
 	// succeeded (zero: not yet) and how many other processes were alive
 	// on the journal then.
 	Heartbeat func() (last time.Time, peers int)
-	Logger    *slog.Logger
+	// JournalFailingSince is when the journal began refusing the batch
+	// being written (zero: writes go through).
+	JournalFailingSince func() time.Time
+	Logger              *slog.Logger
 }
 
 // StreamStats is what the replication stream reports.
@@ -254,13 +257,14 @@ var (
 	descSubActive   = prometheus.NewDesc("dzhook_subscription_active", "1 while the subscription is active (its configuration's active: an inactive one's deliveries wait, or are skipped, on purpose).", []string{"subscription"}, nil)
 	descBeat        = prometheus.NewDesc("dzhook_heartbeat_timestamp_seconds", "Unix time of this process's last heartbeat in the journal (absent before the first): time() minus it is how long other processes have not heard from it.", nil, nil)
 	descInstances   = prometheus.NewDesc("dzhook_journal_instances", "dzhook processes alive on the journal at the last heartbeat, this one included.", nil, nil)
+	descFailing     = prometheus.NewDesc("dzhook_journal_write_failing_seconds", "How long the journal has refused the batch being written (0 while writes go through): nothing is journaled or acknowledged meanwhile, though the stream may look connected between tries.", nil, nil)
 	descBlocked     = prometheus.NewDesc("dzhook_ordered_blocked_keys", "Ordering keys whose head delivery waits for a retry, holding back the later deliveries of its key (0 without ordering).", []string{"subscription"}, nil)
 	backlogInterval = 5 * time.Second
 )
 
 func (s *scraped) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descDurable, descLag, descRetained, descChanges, descTx, descReconnects, descConnected,
-		descStandby, descBeat, descInstances, descQueue, descPending, descOldest, descSubState, descSubPaused, descSubActive, descBlocked} {
+		descStandby, descBeat, descInstances, descFailing, descQueue, descPending, descOldest, descSubState, descSubPaused, descSubActive, descBlocked} {
 		ch <- d
 	}
 }
@@ -294,6 +298,13 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBeat, prometheus.GaugeValue, float64(last.UnixNano())/1e9)
 			ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(1+peers))
 		}
+	}
+	if s.src.JournalFailingSince != nil {
+		failing := 0.0
+		if since := s.src.JournalFailingSince(); !since.IsZero() {
+			failing = max(time.Since(since).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(descFailing, prometheus.GaugeValue, failing)
 	}
 	var subs []fanout.SubscriptionStatus
 	if s.src.Subscriptions != nil {

@@ -76,7 +76,8 @@ func exportedSeries(t *testing.T) map[string][]string {
 		Backlogs: func(context.Context) (map[string]journal.Backlog, error) {
 			return map[string]journal.Backlog{"crm": {Pending: 1}}, nil
 		},
-		Heartbeat: func() (time.Time, int) { return time.Now(), 1 },
+		Heartbeat:           func() (time.Time, int) { return time.Now(), 1 },
+		JournalFailingSince: func() time.Time { return time.Time{} },
 	})
 	m.EventDispatched("request.created", 1)
 	m.DeliveryRecorded("crm", journal.Pending)
