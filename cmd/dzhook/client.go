@@ -113,9 +113,7 @@ func localOrTLS(raw string) bool {
 	if err != nil {
 		return true
 	}
-	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
-	ip := net.ParseIP(host)
-	return u.Scheme == "https" || host == "localhost" || ip != nil && ip.IsLoopback()
+	return u.Scheme == "https" || config.IsLoopback(u.Hostname())
 }
 
 // badToken says why a token cannot be sent, or nil. A token read from a

@@ -208,7 +208,7 @@ func (c *Config) validate(ps *Problems, refs references) {
 			ps.add("admin.listen", "%s is not host:port (e.g. 127.0.0.1:8080)", refs.show("admin.listen", c.Admin.Listen))
 		case perr != nil || n < 0 || n > 65535:
 			ps.add("admin.listen", "%s: the port must be a number from 0 to 65535", refs.show("admin.listen", c.Admin.Listen))
-		case !c.Admin.Token.IsSet() && !isLoopback(host):
+		case !c.Admin.Token.IsSet() && !IsLoopback(host):
 			listen := c.Admin.Listen
 			if _, ok := refs["admin.listen"]; ok {
 				listen = refs.show("admin.listen", listen)
@@ -615,11 +615,15 @@ func checkQualifiedName(ps *Problems, refs references, path, v string) {
 	}
 }
 
-func isLoopback(host string) bool {
-	if host == "localhost" {
+// IsLoopback reports whether host names this machine: localhost in any
+// case, with a trailing dot, or a .localhost name (RFC 6761), or a
+// loopback address.
+func IsLoopback(host string) bool {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
 		return true
 	}
-	ip := net.ParseIP(host)
+	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
 }
 
@@ -646,11 +650,10 @@ func (c *Config) refusedAddress(raw string) string {
 	if err != nil {
 		return ""
 	}
-	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
-	addr, err := netip.ParseAddr(host)
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		// Loopback by name (RFC 6761), which the guard refuses at the
-		// dial; said here too, as for 127.0.0.1 (found by a review).
+	addr, err := netip.ParseAddr(u.Hostname())
+	if err != nil && IsLoopback(u.Hostname()) {
+		// Loopback by name, which the guard refuses at the dial; said
+		// here too, as for 127.0.0.1 (found by a review).
 		addr, err = netip.MustParseAddr("127.0.0.1"), nil
 	}
 	if err != nil {

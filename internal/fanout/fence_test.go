@@ -91,27 +91,12 @@ func TestStalledProcessDropsWhatWasTakenOver(t *testing.T) {
 	for _, o := range []Ordering{OrderEntity, OrderNone} {
 		t.Run(string(o), func(t *testing.T) {
 			store := newJournal(t)
-			ctx := context.Background()
 			rc, release := heldReceiver(t, false) // A's E1 in flight until release
 			sa := &stalledStore{Store: store}
 			cfgA := ordered(sa, rc.URL, o, 0, time.Hour)
 			cfgA.Instance, cfgA.Concurrency = "iA", 1
 			a := start(t, store, cfgA)
-			if err := a.SyncOrder(ctx); err != nil {
-				t.Fatal(err)
-			}
-			evs := orderEvents([]string{"req_1", "req_1", "req_1", "req_1", "req_1"})
-			for _, ev := range evs {
-				if err := a.Dispatch(ctx, ev); err != nil {
-					t.Fatal(err)
-				}
-			}
-			rc.Wait(t, 1, 10*time.Second)
-			testutil.Eventually(t, 10*time.Second, "A's five deliveries journaled as its own", func() bool {
-				var n int
-				_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE owner = 'iA' AND state = 'pending'`).Scan(&n)
-				return n == 5
-			})
+			holdKey(t, store, a, rc, 5)
 			sa.stall()
 			cfgB := ordered(store, rc.URL, o, 0, time.Hour)
 			cfgB.Instance = "iB"
@@ -171,21 +156,7 @@ func TestLateOutcomeDoesNotUndoTheTakeover(t *testing.T) {
 	cfgA := ordered(sa, rc.URL, OrderEntity, 0)
 	cfgA.Instance, cfgA.Concurrency, cfgA.Timeout = "iA", 1, time.Minute
 	a := start(t, store, cfgA)
-	if err := a.SyncOrder(ctx); err != nil {
-		t.Fatal(err)
-	}
-	evs := orderEvents([]string{"req_1", "req_1", "req_1"})
-	for _, ev := range evs {
-		if err := a.Dispatch(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rc.Wait(t, 1, 10*time.Second)
-	testutil.Eventually(t, 10*time.Second, "A's three deliveries journaled as its own", func() bool {
-		var n int
-		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE owner = 'iA' AND state = 'pending'`).Scan(&n)
-		return n == 3
-	})
+	evs := holdKey(t, store, a, rc, 3)
 	sa.stall()
 	cfgB := ordered(store, rc.URL, OrderEntity, 0, 3*time.Second)
 	cfgB.Instance, cfgB.Timeout = "iB", time.Minute
@@ -292,6 +263,30 @@ func TestStaleOutcomeAppliedCountsForHealth(t *testing.T) {
 	if s, attempts, _ := deliveryState(t, store, deliveryID(evs[0])); s != "failed" || attempts != 1 {
 		t.Errorf("the delivery: %s after %d attempts, want failed after 1", s, attempts)
 	}
+}
+
+// holdKey routes n deliveries of key req_1 through a (instance iA, one
+// worker): the first is in flight at rc, the others wait behind it, and
+// all n are journaled as iA's. It returns their events.
+func holdKey(t *testing.T, store *journal.Store, a *Dispatcher, rc *testutil.Receiver, n int) []Event {
+	t.Helper()
+	ctx := context.Background()
+	if err := a.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := orderEvents(slices.Repeat([]string{"req_1"}, n))
+	for _, ev := range evs {
+		if err := a.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.Wait(t, 1, 10*time.Second)
+	testutil.Eventually(t, 10*time.Second, "A's deliveries journaled as its own", func() bool {
+		var k int
+		_ = store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE owner = 'iA' AND state = 'pending'`).Scan(&k)
+		return k == n
+	})
+	return evs
 }
 
 // holdsAny reports whether any key has a delivery in memory (false for

@@ -31,14 +31,7 @@ func TestIdlePositionCheckpointsCommitsBeforeIt(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
 	acks := make(chan pglogrepl.LSN, 8)
-	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", SystemID: "sys", Linger: -1, Ack: func(l pglogrepl.LSN) { acks <- l }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
-	defer func() { stop(); <-done }()
+	w := runWriter(t, WriterConfig{Store: s, Slot: "dzhook", SystemID: "sys", Linger: -1, Ack: func(l pglogrepl.LSN) { acks <- l }})
 
 	const x = pglogrepl.LSN(0x1958F00)
 	if err := w.Idle(ctx, x); err != nil {
@@ -113,14 +106,7 @@ func TestCheckpointTimeline(t *testing.T) {
 	}
 
 	acks := make(chan pglogrepl.LSN, 8)
-	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", SystemID: "B", Timeline: func() int32 { return 6 }, Linger: -1, Ack: func(l pglogrepl.LSN) { acks <- l }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
-	defer func() { stop(); <-done }()
+	w := runWriter(t, WriterConfig{Store: s, Slot: "dzhook", SystemID: "B", Timeline: func() int32 { return 6 }, Linger: -1, Ack: func(l pglogrepl.LSN) { acks <- l }})
 	if err := w.Commit(ctx, 400, 410); err != nil {
 		t.Fatal(err)
 	}

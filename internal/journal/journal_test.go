@@ -225,6 +225,20 @@ func deref(p *string) string {
 	return fmt.Sprintf("%q", *p)
 }
 
+// runWriter makes a writer of cfg and runs it until the test ends.
+func runWriter(t *testing.T, cfg WriterConfig) *Writer {
+	t.Helper()
+	w, err := NewWriter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	return w
+}
+
 func pendingBatch(ids ...string) *Batch {
 	b := &Batch{}
 	now := time.Now().Add(-time.Second)
@@ -692,14 +706,7 @@ func TestReplayedDeliveryTakesALaterAttemptsOutcome(t *testing.T) {
 	}
 	db.Exec(t, `UPDATE dzhook.instances SET heartbeat_at = now() - interval '1 hour' WHERE id = 'dead'`)
 
-	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", Owner: "live", Hold: time.Hour, Linger: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
-	defer func() { stop(); <-done }()
+	w := runWriter(t, WriterConfig{Store: s, Slot: "dzhook", Owner: "live", Hold: time.Hour, Linger: -1})
 	put := func(r Record) {
 		t.Helper()
 		if err := w.Put(ctx, r); err != nil {
@@ -2028,14 +2035,7 @@ func TestStaleOutcomeMeetingAHeldCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Exec(t, `UPDATE dzhook.deliveries SET owner = 'iB' WHERE id = 'dlv_00'`)
-	w, err := NewWriter(WriterConfig{Store: s, Slot: "dzhook", Owner: "iA", Hold: time.Hour, Linger: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
-	defer func() { stop(); <-done }()
+	w := runWriter(t, WriterConfig{Store: s, Slot: "dzhook", Owner: "iA", Hold: time.Hour, Linger: -1})
 	replayed := pendingBatch("00").Deliveries[0]
 	replayed.Owner = "iA"
 	now := time.Now()

@@ -99,6 +99,12 @@ func (s *Store) CountWindow(ctx context.Context, since, until time.Time, types [
 	return w, nil
 }
 
+// replayGoing holds for a replay r still going: running, or done making
+// its deliveries with some still to send (a cancel stops those; a replay
+// overlapping it would send them twice).
+const replayGoing = `(r.state = 'running' OR r.state = 'done' AND EXISTS (
+	SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held')))`
+
 // lockReplays takes the subscription's replay lock until tx ends.
 func (s *Store) lockReplays(ctx context.Context, tx pgx.Tx, subscription string) error {
 	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('dzhook replay ' || $1 || ' ' || $2, 0))`, s.raw, subscription)
@@ -135,9 +141,7 @@ func (s *Store) CreateReplay(ctx context.Context, req ReplayRequest) (Replay, Re
 			return err
 		}
 		running, err := scanReplay(tx.QueryRow(ctx, s.q(`SELECT `+replayColumns+` FROM {{schema}}.replays r
-			WHERE r.subscription_id = $1 AND r.since < $3 AND $2 < r.until AND r.types && $4
-			  AND (r.state = 'running' OR r.state = 'done' AND EXISTS (
-				SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held')))
+			WHERE r.subscription_id = $1 AND r.since < $3 AND $2 < r.until AND r.types && $4 AND `+replayGoing+`
 			ORDER BY r.created_at LIMIT 1`), req.Subscription, req.Since, req.Until, nonNil(req.Types)))
 		if err == nil {
 			return &ReplayOverlapError{Running: running}
@@ -263,8 +267,7 @@ func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason strin
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	r, err := scanReplay(tx.QueryRow(ctx, s.q(`UPDATE {{schema}}.replays r SET state = 'cancelled', reason = $3, finished_at = now(), updated_at = now()
-		WHERE r.id = $1 AND r.subscription_id = $2 AND (r.state = 'running' OR r.state = 'done' AND EXISTS (
-			SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held')))
+		WHERE r.id = $1 AND r.subscription_id = $2 AND `+replayGoing+`
 		RETURNING `+replayColumns), id, subscription, reason))
 	if errors.Is(err, pgx.ErrNoRows) {
 		r, err := s.GetReplay(ctx, subscription, id)

@@ -126,12 +126,9 @@ func TestTimestampsNotRFC3339(t *testing.T) {
 	}
 }
 
-// TestSLATimesNotRFC3339: an SLA whose target RFC 3339 cannot show arms
-// nothing and cancels what it had armed; one whose start it cannot show
-// arms the breach alone. Both warn; neither is an error.
-func TestSLATimesNotRFC3339(t *testing.T) {
-	var logs logLines
-	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("1"), Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+// slaRelation is the reference schema's SLA table as the stream
+// describes it (REPLICA IDENTITY FULL).
+func slaRelation() *cdc.Relation {
 	var cols []cdc.Column
 	for _, n := range []string{"id", "request_id", "sla_type", "started_at", "target_at", "completed_at"} {
 		oid := uint32(pgtype.TimestamptzOID)
@@ -143,7 +140,16 @@ func TestSLATimesNotRFC3339(t *testing.T) {
 		}
 		cols = append(cols, cdc.Column{Name: n, TypeOID: oid})
 	}
-	rel := cdc.NewRelation(2, "public", "request_slas", 'f', cols)
+	return cdc.NewRelation(2, "public", "request_slas", 'f', cols)
+}
+
+// TestSLATimesNotRFC3339: an SLA whose target RFC 3339 cannot show arms
+// nothing and cancels what it had armed; one whose start it cannot show
+// arms the breach alone. Both warn; neither is an error.
+func TestSLATimesNotRFC3339(t *testing.T) {
+	var logs logLines
+	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("1"), Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	rel := slaRelation()
 	now := time.Date(2024, 1, 15, 12, 0, 0, 0, time.UTC)
 	target := now.Add(time.Hour)
 	change := func(started, target any) *cdc.Change {
@@ -214,18 +220,7 @@ func TestTimestampsNotRFC3339ThroughStream(t *testing.T) {
 // no more than the extension did.
 func TestSLAExtendedAfterItsWarning(t *testing.T) {
 	m := NewMapper(MapperConfig{Mapping: DefaultConfig(), Source: ids.NewSource("1")})
-	var cols []cdc.Column
-	for _, n := range []string{"id", "request_id", "sla_type", "started_at", "target_at", "completed_at"} {
-		oid := uint32(pgtype.TimestamptzOID)
-		switch n {
-		case "id", "request_id":
-			oid = pgtype.Int8OID
-		case "sla_type":
-			oid = pgtype.TextOID
-		}
-		cols = append(cols, cdc.Column{Name: n, TypeOID: oid})
-	}
-	rel := cdc.NewRelation(2, "public", "request_slas", 'f', cols)
+	rel := slaRelation()
 	start := time.Date(2024, 1, 15, 8, 0, 0, 0, time.UTC)
 	row := func(target time.Time) cdc.Tuple {
 		return cdc.Tuple{{V: int64(7)}, {V: int64(1)}, {V: "resolution"}, {V: start}, {V: target}, {State: cdc.Null}}
