@@ -25,8 +25,8 @@
 //	skipped (inactive subscription without queueing)
 //
 // History does not grow for ever: Retention, which every process may run,
-// deletes finished deliveries older than journal.retention in short
-// batches, with their attempts and events.
+// deletes finished deliveries created and last attempted more than
+// journal.retention ago in short batches, with their attempts and events.
 //
 // The schema is created and upgraded by embedded, versioned migrations
 // (Store.Migrate), applied by `dzhook setup` and `dzhook run`.

@@ -504,7 +504,7 @@ func TestPrune(t *testing.T) {
 	b := batchOf(0, 3000) // delivered, created now
 	for i := range b.Deliveries {
 		if i < 2500 {
-			b.Deliveries[i].CreatedAt = old
+			b.Deliveries[i].CreatedAt, b.Deliveries[i].LastAttemptAt = old, old
 			b.Events[i].OccurredAt = old
 		}
 	}
@@ -646,7 +646,7 @@ func TestRetentionRun(t *testing.T) {
 	old := time.Now().Add(-40 * 24 * time.Hour)
 	b := batchOf(0, 20)
 	for i := range 15 {
-		b.Deliveries[i].CreatedAt = old
+		b.Deliveries[i].CreatedAt, b.Deliveries[i].LastAttemptAt = old, old
 	}
 	if err := s.Write(ctx, b); err != nil {
 		t.Fatal(err)
@@ -847,6 +847,40 @@ func TestPruneBesideReplay(t *testing.T) {
 // TestPruneBesideRetryFailed: a retention step that meets a failed
 // delivery RetryFailed is making pending (its transaction not yet
 // committed) keeps it, whichever waits for the other.
+// TestPruneKeepsARecentAttempt: an old delivery attempted since the
+// cutoff (an operator's retry of one that failed 40 days ago, or one held
+// for weeks and sent after a resume) keeps its history for the whole
+// retention after that attempt; pruned by creation alone, it went at the
+// next hourly run.
+func TestPruneKeepsARecentAttempt(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	old, recent := time.Now().Add(-40*24*time.Hour), time.Now().Add(-24*time.Hour)
+	b := batchOf(0, 3)
+	for i := range b.Deliveries {
+		b.Deliveries[i].CreatedAt, b.Events[i].OccurredAt = old, old
+		b.Deliveries[i].LastAttemptAt, b.Attempts[i].At = old, old
+	}
+	b.Deliveries[1].State, b.Deliveries[1].LastAttemptAt = "failed", recent
+	b.Deliveries[2].State, b.Deliveries[2].LastAttemptAt = "skipped", time.Time{} // never attempted
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.PruneStep(ctx, time.Now().Add(-30*24*time.Hour), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Deliveries != 2 || p.Events != 2 {
+		t.Errorf("pruned %+v, want the delivery last attempted 40 days ago and the skipped one, with their events", p)
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE id = 'dlv_00000000000000000000000001'`); got != 1 {
+		t.Error("the delivery attempted a day ago was pruned")
+	}
+	if got := queryCount(t, db, `SELECT count(*) FROM dzhook.events WHERE id = 'whk_00000000000000000000000001'`); got != 1 {
+		t.Error("the event of the delivery attempted a day ago was pruned")
+	}
+}
+
 func TestPruneBesideRetryFailed(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
@@ -1806,6 +1840,7 @@ func TestPruneSparesAManualRetryInFlight(t *testing.T) {
 	b := batchOf(0, 2)
 	for i := range b.Deliveries {
 		b.Deliveries[i].CreatedAt, b.Events[i].OccurredAt, b.Deliveries[i].State = old, old, Failed
+		b.Deliveries[i].LastAttemptAt = old
 	}
 	if err := s.Write(ctx, b); err != nil {
 		t.Fatal(err)

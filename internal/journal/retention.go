@@ -105,8 +105,17 @@ type Pruned struct {
 // heartbeat is a minute old, or three of its own intervals, is gone.
 var notHeldByALiveInstance = `(owner IS NULL OR owner NOT IN (` + liveInstances("interval '1 minute'") + `))`
 
+// lastTouchedBefore keeps from a prune step a delivery attempted since the
+// cutoff: an old failed delivery an operator retried by hand yesterday
+// keeps that attempt's history for the whole retention, as one held for
+// weeks and sent after a resume does (pruned by creation alone, both went
+// at the next hourly run, and the history of the attempt with them).
+// Retention still finds its rows by creation, through the BRIN index.
+const lastTouchedBefore = `(last_attempt_at IS NULL OR last_attempt_at < $1)`
+
 // PruneStep deletes up to limit finished deliveries (delivered, failed,
-// skipped) created before cutoff, with their attempts, and the events
+// skipped, cancelled) created and last attempted before cutoff, with
+// their attempts, and the events
 // left without deliveries. Pending and held deliveries are never pruned,
 // whatever their age. Call it until it deletes fewer than limit.
 //
@@ -136,8 +145,10 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 		WITH d AS (
 			DELETE FROM {{schema}}.deliveries WHERE id IN (
 				SELECT id FROM {{schema}}.deliveries
-				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') AND `+notHeldByALiveInstance+` LIMIT $2)
+				 WHERE created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') AND `+notHeldByALiveInstance+`
+				   AND `+lastTouchedBefore+` LIMIT $2)
 			  AND created_at < $1 AND state IN ('delivered', 'failed', 'skipped', 'cancelled') AND `+notHeldByALiveInstance+`
+			  AND `+lastTouchedBefore+`
 			RETURNING id, event_id),
 		a AS (DELETE FROM {{schema}}.attempts WHERE delivery_id IN (SELECT id FROM d)),
 		e AS (
