@@ -332,6 +332,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	d.replayer = &replayer{
 		store: cfg.Replays, log: d.log, poll: min(cfg.PollInterval, replayPollMax), idle: cfg.PollInterval, wake: make(chan struct{}, 1), now: cfg.NowFunc, due: due,
 		lookup: func(id string) *sub { return d.reg.Load().byID[id] }, claimed: d.nudge,
+		filterFailed: func(s *sub, ev Event, err error) { d.filterFailure(s, ev, err, cfg.NowFunc()) },
 	}
 	subs, err := d.compileAll(cfg.Subscriptions, nil)
 	if err != nil {

@@ -216,6 +216,9 @@ type replayer struct {
 	lookup func(id string) *sub
 	// claimed wakes the scheduler, which claims what a step made.
 	claimed func()
+	// filterFailed tells of a subscription's filter failing on a replayed
+	// event, as the stream's are told (Dispatcher.filterFailure).
+	filterFailed func(*sub, Event, error)
 	// missing is since when a running replay's subscription has not been
 	// in this process's registry (Run's goroutine only).
 	missing map[string]time.Time
@@ -351,7 +354,7 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 				break
 			}
 			began := time.Now()
-			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.due(rp.now().UTC())))
+			step, err := rp.store.StepReplay(ctx, a.r.ID, ReplayBatch, ReplayBound, replayPlan(a.s, rp.due(rp.now().UTC()), rp.filterFailed))
 			if err != nil {
 				if ctx.Err() == nil {
 					errs = append(errs, fmt.Errorf("replay %s: %w", a.r.ID, err))
@@ -383,22 +386,22 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 }
 
 // replayPlan turns a batch of a replay's events into the deliveries of s
-// (see "Replays" above for the ids, order and keys).
-func replayPlan(s *sub, now time.Time) journal.ReplayPlan {
+// (see "Replays" above for the ids, order and keys). An event's filter
+// runs as the stream runs it: within filterBudget, a failure (a field the
+// event lacks, the budget spent) not matching and told through failed.
+// Unbounded, one costly filter held the replay step's transaction, and
+// the retention steps waiting on its lock, for as long as it ran (22 s
+// in a review's case), and could match where the stream, which stopped
+// it at the budget, had not.
+func replayPlan(s *sub, now time.Time, failed func(*sub, Event, error)) journal.ReplayPlan {
 	return func(r journal.Replay, scanned int, events []journal.ReplayEvent) []journal.DeliveryRow {
 		rows := make([]journal.DeliveryRow, 0, len(events))
 		for i, ev := range events {
 			if !s.matches(ev.Type) {
 				continue
 			}
-			if s.filter != nil {
-				env, err := filter.Parse(ev.Body)
-				if err != nil {
-					continue
-				}
-				if ok, _ := s.filter.Match(env); !ok {
-					continue
-				}
+			if s.filter != nil && !replayMatches(s, ev, failed) {
+				continue
 			}
 			row := journal.DeliveryRow{
 				ID: ids.ReplayDeliveryID(ev.ID, s.cfg.ID, r.ID), EventID: ev.ID, EventType: ev.Type,
@@ -412,6 +415,22 @@ func replayPlan(s *sub, now time.Time) journal.ReplayPlan {
 		}
 		return rows
 	}
+}
+
+// replayMatches reports whether s's filter matches the stored event ev.
+func replayMatches(s *sub, ev journal.ReplayEvent, failed func(*sub, Event, error)) bool {
+	env, err := filter.Parse(ev.Body)
+	if err != nil {
+		failed(s, Event{ID: ev.ID, Type: ev.Type}, err)
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), filterBudget)
+	defer cancel()
+	ok, err := s.filter.MatchContext(ctx, env)
+	if err != nil {
+		failed(s, Event{ID: ev.ID, Type: ev.Type}, err)
+	}
+	return ok
 }
 
 // replayKey is the ordering key of a stored event's replay delivery

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,4 +108,38 @@ func TestReplayStepFailureHoldsBackNoOther(t *testing.T) {
 	// Its journal back, a's replay goes on.
 	replays.failID.Store("")
 	ra.Wait(t, 3, 10*time.Second)
+}
+
+// TestReplayFilterWithinTheBudget: a replayed event's filter runs within
+// the stream's budget, inside the replay step's transaction: a costly one
+// stops there, does not match, and is told as a filter failure. (Without
+// a deadline this filter ran 22 s in a review, holding the step's
+// transaction and the retention steps waiting on its lock, and matched
+// an event the stream had stopped at the budget.)
+func TestReplayFilterWithinTheBudget(t *testing.T) {
+	s, err := compile(Subscription{ID: "s", URL: "https://example.com", Events: []string{"*"}, Active: true,
+		Filter: `data.l.all(i, data.l.all(j, data.a != data.b))`}, &Config{QueueSize: 8, Concurrency: 1}, func() int64 { return 1 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeros := strings.TrimSuffix(strings.Repeat("0,", 40), ",")
+	long := strings.TrimSuffix(strings.Repeat("0,", 120_000), ",")
+	body := `{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"l":[` + zeros + `],"a":[[` + long + `]],"b":[[` + long[:len(long)-1] + `1]]}}`
+	cheap := `{"id":"whk_2","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"l":[0],"a":[1],"b":[2]}}`
+	var told []string
+	failed := func(_ *sub, ev Event, err error) { told = append(told, ev.ID+": "+err.Error()) }
+	start := time.Now()
+	rows := replayPlan(s, time.Now(), failed)(journal.Replay{ID: "rpl_1"}, 0, []journal.ReplayEvent{
+		{ID: "whk_1", Type: "order.shipped", Body: []byte(body), OccurredAt: time.Now()},
+		{ID: "whk_2", Type: "order.shipped", Body: []byte(cheap), OccurredAt: time.Now()},
+	})
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the replay step's filters ran %s; the stream stops an event's at %s", took, filterBudget)
+	}
+	if len(rows) != 1 || rows[0].EventID != "whk_2" {
+		t.Errorf("replay planned %d deliveries, want whk_2's only", len(rows))
+	}
+	if len(told) != 1 || !strings.HasPrefix(told[0], "whk_1: ") {
+		t.Errorf("filter failures told: %q, want whk_1's", told)
+	}
 }
