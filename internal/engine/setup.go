@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -148,6 +149,9 @@ func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn, s
 	if err != nil {
 		return actions, err
 	}
+	if err := journalUnpublished(ctx, conn, store, cfg.Source.Publication); err != nil {
+		return actions, err
+	}
 	more, err := settleSource(ctx, conn, store, sc, sys, cfg.Source.Slot, opts.AcceptGap, cfg.Notify.URL.Reveal() != "")
 	return append(actions, more...), err
 }
@@ -160,4 +164,40 @@ func identifySystem(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.Identif
 		return pglogrepl.IdentifySystemResult{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
 	}
 	return sys, nil
+}
+
+// journalUnpublished refuses a publication that publishes the journal's
+// own tables (FOR ALL TABLES, FOR TABLES IN SCHEMA, or added by hand)
+// when the journal is in the source database: every journal write then
+// came back through the stream as a transaction, whose checkpoint the
+// journal wrote again, about twenty writes a second while nothing
+// happened, and every delivery's rows were decoded a second time (found
+// by a review, 2026-12-07). A journal in another database is not
+// streamed, whatever the publication.
+func journalUnpublished(ctx context.Context, conn *pgx.Conn, store *journal.Store, publication string) error {
+	journalConn, err := store.Pool().Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("journal (journal.dsn): %w", err)
+	}
+	defer journalConn.Release()
+	if sameDatabase(ctx, journalConn.Conn(), conn) != nil {
+		return nil
+	}
+	var all bool
+	var tables []string
+	err = conn.QueryRow(ctx, `SELECT p.puballtables,
+		       coalesce((SELECT array_agg(quote_ident(t.schemaname) || '.' || quote_ident(t.tablename) ORDER BY t.tablename)
+		                   FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = $2), '{}')
+		  FROM pg_publication p WHERE p.pubname = $1`, publication, store.Schema()).Scan(&all, &tables)
+	if err != nil || len(tables) == 0 {
+		return err // none: Setup made sure the publication exists
+	}
+	fix := fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s", pgx.Identifier{publication}.Sanitize(), strings.Join(tables, ", "))
+	if all {
+		fix = fmt.Sprintf("DROP PUBLICATION %s, then `dzhook setup` makes it again for the mapped tables only", pgx.Identifier{publication}.Sanitize())
+	}
+	return fmt.Errorf("publication %q (source.publication) publishes the journal's own tables (%s; journal.schema %q is in the source database): "+
+		"each journal write would come back through the stream as a transaction to journal, a write loop while nothing happens. "+
+		"Publish the mapped tables only: %s; or keep the journal in another database (journal.dsn)",
+		publication, strings.Join(tables, ", "), store.Schema(), fix)
 }

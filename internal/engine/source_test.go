@@ -254,6 +254,51 @@ func TestPublicationListsRefused(t *testing.T) {
 	})
 }
 
+// TestJournalPublishedRefused: a publication that publishes the journal's
+// own tables, in the source database, is refused at setup and at start,
+// with the statement that fixes it: each journal write came back through
+// the stream as a transaction to journal (a write loop while idle). With
+// the journal in another database the same publication is fine.
+func TestJournalPublishedRefused(t *testing.T) {
+	t.Run("all tables", func(t *testing.T) {
+		db := newDB(t)
+		db.Exec(t, `CREATE PUBLICATION dzhook FOR ALL TABLES`)
+		cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		for _, check := range []bool{false, true} {
+			_, err := Setup(context.Background(), cfg, SetupOptions{CheckOnly: check})
+			if err == nil || !strings.Contains(err.Error(), `publishes the journal's own tables (dzhook.attempts,`) || !strings.Contains(err.Error(), `DROP PUBLICATION "dzhook"`) {
+				t.Errorf("setup (check only %v): %v, want the journal's tables named and the fix", check, err)
+			}
+		}
+		if _, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)}); err == nil || !strings.Contains(err.Error(), "journal's own tables") {
+			t.Errorf("start: %v, want the publication refused", err)
+		}
+	})
+	t.Run("the journal's schema", func(t *testing.T) {
+		db := newDB(t)
+		cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		if _, err := Setup(context.Background(), cfg, SetupOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		db.Exec(t, `ALTER PUBLICATION dzhook ADD TABLES IN SCHEMA dzhook`)
+		_, err := Setup(context.Background(), cfg, SetupOptions{})
+		if err == nil || !strings.Contains(err.Error(), `ALTER PUBLICATION "dzhook" DROP TABLE dzhook.attempts, `) {
+			t.Errorf("setup: %v, want the journal's tables named in the fix", err)
+		}
+	})
+	t.Run("a journal in another database", func(t *testing.T) {
+		db, journalDB := newDB(t), newDB(t)
+		// A schema of the journal's name left in the source database (a
+		// journal moved away) is not the journal.
+		db.Exec(t, `CREATE SCHEMA dzhook`, `CREATE TABLE dzhook.deliveries (id text PRIMARY KEY)`, `CREATE PUBLICATION dzhook FOR ALL TABLES`)
+		cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		cfg.Journal.DSN = config.Secret(journalDB.DSN)
+		if _, err := Setup(context.Background(), cfg, SetupOptions{}); err != nil {
+			t.Errorf("setup with the journal in another database: %v", err)
+		}
+	})
+}
+
 // TestGapAfterSetupBeforeTheFirstRun: a slot dropped and created again
 // between `dzhook setup` and the first start, after a transaction
 // committed, is a gap: setup makes the slot's position the journal's.
