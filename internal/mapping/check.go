@@ -138,18 +138,26 @@ func tableShape(ctx context.Context, q Querier, table, id string) (kind, composi
 var timeTypeNames = map[string]bool{"timestamp with time zone": true, "timestamp without time zone": true, "date": true}
 
 // columnInfo is a column's type as format_type shows it, and its base
-// type (a domain's, else the same) without modifiers.
+// type (the type under its domains, else the same) without modifiers.
 type columnInfo struct{ typ, base string }
 
 // tableColumns returns a table's columns and their types, or nil when the
 // table does not exist.
+//
+// The base type is the one under every domain, as the stream resolves it
+// to decode values: a domain over a domain over timestamptz reads as a
+// time, so the check must take it as one.
 func tableColumns(ctx context.Context, q Querier, table string) (map[string]columnInfo, error) {
 	schema, name, _ := strings.Cut(table, ".")
 	rows, err := q.Query(ctx, `
 		SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-		       format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL)
+		       format_type((WITH RECURSIVE chain (oid, typtype, base) AS (
+		                      SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t WHERE t.oid = a.atttypid
+		                      UNION ALL
+		                      SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t JOIN chain ON t.oid = chain.base
+		                       WHERE chain.typtype = 'd')
+		                    SELECT oid FROM chain WHERE typtype <> 'd'), NULL)
 		  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-		  JOIN pg_type t ON t.oid = a.atttypid
 		 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)

@@ -1,0 +1,50 @@
+package mapping
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	dzsql "github.com/dzdesk/dzhook/deploy/sql"
+	"github.com/dzdesk/dzhook/internal/pgtest"
+)
+
+// checkPool is a pool on a fresh database holding the reference schema
+// and then stmts.
+func checkPool(t *testing.T, stmts ...string) *pgxpool.Pool {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	db.Exec(t, append([]string{dzsql.Schema}, stmts...)...)
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// TestCheckResolvesDomainsOfDomains: a time column of a domain over a
+// domain over timestamptz passes, as the stream reads it as a time; one
+// over a domain over text is still refused, naming its own type.
+func TestCheckResolvesDomainsOfDomains(t *testing.T) {
+	pool := checkPool(t,
+		`CREATE DOMAIN utc_time AS timestamptz`,
+		`CREATE DOMAIN audit_time AS utc_time NOT NULL`,
+		`CREATE DOMAIN label AS text`,
+		`CREATE DOMAIN short_label AS label CHECK (length(VALUE) < 40)`,
+		`ALTER TABLE requests ALTER COLUMN updated_at TYPE audit_time`,
+		`ALTER TABLE request_slas ALTER COLUMN target_at TYPE audit_time`,
+		`ALTER TABLE requests ADD COLUMN opened_on short_label`)
+	ctx := context.Background()
+	mc := DefaultConfig()
+	if err := mc.Check(ctx, pool); err != nil {
+		t.Fatalf("Check with a domain over a domain over timestamptz = %v, want nil", err)
+	}
+	mc.Requests.Columns.CreatedAt = "opened_on"
+	want := `mapping.requests.columns.created_at: column "opened_on" of public.requests is short_label, not a timestamp type`
+	if err := mc.Check(ctx, pool); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Check with a domain over a domain over text = %v, want %q", err, want)
+	}
+}
