@@ -45,9 +45,10 @@ func (c *Config) FullIdentityTables() []string {
 }
 
 // Check validates the mapping against the live catalog: every mapped
-// table exists and has every mapped column, and the columns shown as
-// times (created_at, updated_at, the SLA's started_at and target_at) are
-// timestamp types (timestamptz, timestamp or date, or a domain over one).
+// table exists and has every mapped column, none of them generated (the
+// stream never sends those), and the columns shown as times (created_at,
+// updated_at, the SLA's started_at and target_at) are timestamp types
+// (timestamptz, timestamp or date, or a domain over one, at any depth).
 // It reports all problems at once, each at its YAML path:
 //
 //	mapping.requests.columns.status: column "state2" not found in public.tickets
@@ -96,6 +97,11 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 			switch {
 			case !ok:
 				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q not found in %s", col.name, table)})
+			case info.generated:
+				// pgoutput leaves generated columns out of relation
+				// messages and tuples: the first change of the table
+				// would stall the stream (Fit finds the column missing).
+				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q of %s is GENERATED: PostgreSQL 15 does not replicate generated columns; map a stored column", col.name, table)})
 			case col.time && !timeTypeNames[info.base]:
 				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q of %s is %s, not a timestamp type", col.name, table, info.typ)})
 			}
@@ -137,9 +143,13 @@ func tableShape(ctx context.Context, q Querier, table, id string) (kind, composi
 // decode as times.
 var timeTypeNames = map[string]bool{"timestamp with time zone": true, "timestamp without time zone": true, "date": true}
 
-// columnInfo is a column's type as format_type shows it, and its base
-// type (the type under its domains, else the same) without modifiers.
-type columnInfo struct{ typ, base string }
+// columnInfo is a column's type as format_type shows it, its base type
+// (the type under its domains, else the same) without modifiers, and
+// whether it is a generated column.
+type columnInfo struct {
+	typ, base string
+	generated bool
+}
 
 // tableColumns returns a table's columns and their types, or nil when the
 // table does not exist.
@@ -156,7 +166,8 @@ func tableColumns(ctx context.Context, q Querier, table string) (map[string]colu
 		                      UNION ALL
 		                      SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t JOIN chain ON t.oid = chain.base
 		                       WHERE chain.typtype = 'd')
-		                    SELECT oid FROM chain WHERE typtype <> 'd'), NULL)
+		                    SELECT oid FROM chain WHERE typtype <> 'd'), NULL),
+		       a.attgenerated <> ''
 		  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
 	if err != nil {
@@ -165,10 +176,11 @@ func tableColumns(ctx context.Context, q Querier, table string) (map[string]colu
 	out := map[string]columnInfo{}
 	for rows.Next() {
 		var n, t, b string
-		if err := rows.Scan(&n, &t, &b); err != nil {
+		var g bool
+		if err := rows.Scan(&n, &t, &b, &g); err != nil {
 			return nil, err
 		}
-		out[n] = columnInfo{typ: t, base: b}
+		out[n] = columnInfo{typ: t, base: b, generated: g}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)

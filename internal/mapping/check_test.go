@@ -48,3 +48,23 @@ func TestCheckResolvesDomainsOfDomains(t *testing.T) {
 		t.Errorf("Check with a domain over a domain over text = %v, want %q", err, want)
 	}
 }
+
+// TestCheckRefusesGeneratedColumns: pgoutput never sends a generated
+// column, so one mapped would pass the start and stall the stream at the
+// table's first change; Check refuses it at its path. A generated column
+// the mapping does not name is fine.
+func TestCheckRefusesGeneratedColumns(t *testing.T) {
+	pool := checkPool(t,
+		`ALTER TABLE users ADD COLUMN first_name text, ADD COLUMN last_name text`,
+		`ALTER TABLE users ADD COLUMN full_name text GENERATED ALWAYS AS (first_name || ' ' || last_name) STORED`)
+	ctx := context.Background()
+	mc := DefaultConfig()
+	if err := mc.Check(ctx, pool); err != nil {
+		t.Fatalf("Check with an unmapped generated column = %v, want nil", err)
+	}
+	mc.Users.Columns.Name = "full_name"
+	want := `mapping.users.columns.name: column "full_name" of public.users is GENERATED: PostgreSQL 15 does not replicate generated columns; map a stored column`
+	if err := mc.Check(ctx, pool); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Check = %v, want %q", err, want)
+	}
+}
