@@ -121,7 +121,7 @@ func (w *schemaWatch) notReady() error {
 		for _, m := range w.missing {
 			paths = append(paths, m.Path)
 		}
-		return fmt.Errorf("mapped tables not streamed as dzhook needs (dropped, renamed, out of the publication, filtered, or without REPLICA IDENTITY FULL): %s; the log has the detail", strings.Join(paths, ", "))
+		return fmt.Errorf("mapped tables not streamed as dzhook needs (dropped, renamed, out of the publication, filtered, without REPLICA IDENTITY FULL, or an outbox without event or payload): %s; the log has the detail", strings.Join(paths, ", "))
 	}
 	return nil
 }
@@ -150,6 +150,15 @@ func (w *schemaWatch) check(ctx context.Context) {
 		also = append(also, mapping.Watched{Path: "outbox.table", Table: w.outbox})
 	}
 	misfits, err := mc.CheckPublished(ctx, w.e.source, w.e.cfg.Source.Publication, also...)
+	if err == nil && w.outbox != "" && !slices.ContainsFunc(misfits, func(m mapping.Misfit) bool { return m.Path == "outbox.table" }) {
+		// Its columns too, as the start checks them (one problem per
+		// path: a table not streamed is that one's). An outbox altered
+		// without event or payload rejects every row.
+		var misfit *mapping.Misfit
+		if misfit, err = mapping.CheckOutbox(ctx, w.e.source, w.outbox); misfit != nil {
+			misfits = append(misfits, *misfit)
+		}
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			w.e.log.Warn("could not check the mapped tables", "err", err)

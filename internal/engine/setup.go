@@ -138,6 +138,15 @@ func setupOn(ctx context.Context, cfg *config.Config, opts SetupOptions, conn, s
 			return nil, err
 		}
 		if ok {
+			// Checked as the mapped tables' columns are: an outbox
+			// without event and payload rejected every row.
+			misfit, err := mapping.CheckOutbox(ctx, conn, outbox)
+			if err != nil {
+				return actions, err
+			}
+			if misfit != nil {
+				return actions, misfit
+			}
 			tables = append(tables, outbox)
 		}
 	}

@@ -528,3 +528,48 @@ func TestRecreatedOutboxIsLoud(t *testing.T) {
 		return code == http.StatusOK
 	})
 }
+
+// TestOutboxWithoutItsColumnsRefused: an outbox table without event and
+// payload (here made with other names) is refused by setup and the start,
+// naming outbox.table and the columns. It passed both, and every row it
+// received was rejected and acknowledged.
+func TestOutboxWithoutItsColumnsRefused(t *testing.T) {
+	db := newDB(t)
+	db.Exec(t, `CREATE TABLE app_events (id bigserial PRIMARY KEY, event_type text NOT NULL, data jsonb NOT NULL)`)
+	cfg := testConfigWith(t, db, "admin:\n  listen: \"\"\noutbox:\n  table: app_events\n", "", sub("crm", "http://127.0.0.1:1/x", "request.created"))
+	const want = `outbox.table: outbox table public.app_events: no column "event", no column "payload"`
+	if _, err := Setup(context.Background(), cfg, SetupOptions{}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Setup = %v, want %q", err, want)
+	}
+	if e, err := New(context.Background(), cfg, Options{Logger: testutil.Logger(t)}); err == nil || !strings.Contains(err.Error(), want) {
+		if err == nil {
+			e.Close(context.Background())
+		}
+		t.Errorf("New = %v, want %q", err, want)
+	}
+}
+
+// TestOutboxLosingItsColumnsIsLoud: an outbox column renamed while dzhook
+// runs is said as a mapped table not streamed is (/readyz, an ERROR
+// naming outbox.table and the column), and clears once it is back.
+// Every row would otherwise be rejected without a word beyond each
+// rejection.
+func TestOutboxLosingItsColumnsIsLoud(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	e, logs, _ := startLogged(t, testConfigWith(t, db, adminSection, "", sub("crm", rc.URL, "request.created")))
+	db.Exec(t, `ALTER TABLE dzhook_outbox RENAME COLUMN payload TO data`)
+	testutil.Eventually(t, 30*time.Second, "the outbox without payload at /readyz", func() bool {
+		code, body := readyz(t, e)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "outbox.table")
+	})
+	if n := logs.count("ERROR", map[string]string{"path": "outbox.table", "table": "public.dzhook_outbox",
+		"problem": `outbox table public.dzhook_outbox: no column "payload"; outbox rows need a column event (text) and a column payload (json, jsonb or text), or every row is rejected`}); n != 1 {
+		t.Errorf("%d ERROR lines naming outbox.table and its payload column, want 1", n)
+	}
+	db.Exec(t, `ALTER TABLE dzhook_outbox RENAME COLUMN data TO payload`)
+	testutil.Eventually(t, 30*time.Second, "/readyz 200 once the column is back", func() bool {
+		code, _ := readyz(t, e)
+		return code == http.StatusOK
+	})
+}

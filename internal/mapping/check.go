@@ -144,11 +144,12 @@ func tableShape(ctx context.Context, q Querier, table, id string) (kind, composi
 var timeTypeNames = map[string]bool{"timestamp with time zone": true, "timestamp without time zone": true, "date": true}
 
 // columnInfo is a column's type as format_type shows it, its base type
-// (the type under its domains, else the same) without modifiers, and
-// whether it is a generated column.
+// (the type under its domains, else the same) without modifiers and that
+// type's pg_type.typcategory (S for the string types), and whether it is
+// a generated column.
 type columnInfo struct {
-	typ, base string
-	generated bool
+	typ, base, category string
+	generated           bool
 }
 
 // tableColumns returns a table's columns and their types, or nil when the
@@ -160,27 +161,27 @@ type columnInfo struct {
 func tableColumns(ctx context.Context, q Querier, table string) (map[string]columnInfo, error) {
 	schema, name, _ := strings.Cut(table, ".")
 	rows, err := q.Query(ctx, `
-		SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-		       format_type((WITH RECURSIVE chain (oid, typtype, base) AS (
-		                      SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t WHERE t.oid = a.atttypid
-		                      UNION ALL
-		                      SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t JOIN chain ON t.oid = chain.base
-		                       WHERE chain.typtype = 'd')
-		                    SELECT oid FROM chain WHERE typtype <> 'd'), NULL),
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(b.oid, NULL), b.category::text,
 		       a.attgenerated <> ''
 		  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		 CROSS JOIN LATERAL (WITH RECURSIVE chain (oid, typtype, base, category) AS (
+		                       SELECT t.oid, t.typtype, t.typbasetype, t.typcategory FROM pg_type t WHERE t.oid = a.atttypid
+		                       UNION ALL
+		                       SELECT t.oid, t.typtype, t.typbasetype, t.typcategory FROM pg_type t JOIN chain ON t.oid = chain.base
+		                        WHERE chain.typtype = 'd')
+		                     SELECT oid, category FROM chain WHERE typtype <> 'd') b
 		 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped`, schema, name)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)
 	}
 	out := map[string]columnInfo{}
 	for rows.Next() {
-		var n, t, b string
-		var g bool
-		if err := rows.Scan(&n, &t, &b, &g); err != nil {
+		var info columnInfo
+		var n string
+		if err := rows.Scan(&n, &info.typ, &info.base, &info.category, &info.generated); err != nil {
 			return nil, err
 		}
-		out[n] = columnInfo{typ: t, base: b, generated: g}
+		out[n] = info
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", table, err)
@@ -195,6 +196,51 @@ func tableColumns(ctx context.Context, q Querier, table string) (map[string]colu
 func TableExists(ctx context.Context, q Querier, table string) (bool, error) {
 	cols, err := tableColumns(ctx, q, table)
 	return cols != nil, err
+}
+
+// CheckOutbox reports, as one Misfit at outbox.table, what outbox rows
+// need that the outbox table lacks: a column event of a text type (or an
+// enum) and a column payload of json, jsonb or a text type, neither
+// generated (never streamed). nil when it has them, or does not exist
+// (TableExists says which).
+//
+// Without them outboxRow rejects every row, and each is acknowledged: a
+// table made with other names (event_type, data) lost every event one
+// rejection at a time. The names are fixed, so no reload can map the
+// rows; what can be done is to say so before the first one (the start,
+// setup) and while running (the schema watch).
+func CheckOutbox(ctx context.Context, q Querier, table string) (*Misfit, error) {
+	cols, err := tableColumns(ctx, q, table)
+	if err != nil || cols == nil {
+		return nil, err
+	}
+	var problems, names []string
+	for _, need := range []struct {
+		column, want string
+		ok           func(columnInfo) bool
+	}{
+		{"event", "a text type", func(c columnInfo) bool { return c.category == "S" || c.category == "E" }},
+		{"payload", "json, jsonb or a text type", func(c columnInfo) bool { return c.base == "json" || c.base == "jsonb" || c.category == "S" }},
+	} {
+		info, ok := cols[need.column]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("no column %q", need.column))
+		case info.generated:
+			problems = append(problems, fmt.Sprintf("column %q is GENERATED (PostgreSQL 15 does not replicate generated columns)", need.column))
+		case !need.ok(info):
+			problems = append(problems, fmt.Sprintf("column %q is %s, not %s", need.column, info.typ, need.want))
+		default:
+			continue
+		}
+		names = append(names, need.column)
+	}
+	if problems == nil {
+		return nil, nil
+	}
+	return &Misfit{Path: "outbox.table", Table: table, Column: strings.Join(names, ", "), Message: fmt.Sprintf(
+		"outbox table %s: %s; outbox rows need a column event (text) and a column payload (json, jsonb or text), or every row is rejected",
+		table, strings.Join(problems, ", "))}, nil
 }
 
 // PoolUsers looks users' emails up in the mapped users table, in batches.

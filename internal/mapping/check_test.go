@@ -68,3 +68,41 @@ func TestCheckRefusesGeneratedColumns(t *testing.T) {
 		t.Errorf("Check = %v, want %q", err, want)
 	}
 }
+
+// TestCheckOutbox: an outbox table without a text event and a json, jsonb
+// or text payload (outboxRow would reject every row) is one Misfit at
+// outbox.table naming the columns; the reference outbox, one with a
+// domain or an enum, and a table that does not exist give none.
+func TestCheckOutbox(t *testing.T) {
+	pool := checkPool(t,
+		`CREATE TABLE app_events (id bigserial PRIMARY KEY, event_type text, data jsonb)`,
+		`CREATE TABLE int_payload (id bigserial PRIMARY KEY, event text, payload integer)`,
+		`CREATE TABLE generated_event (id bigserial PRIMARY KEY, kind text, event text GENERATED ALWAYS AS (kind || '.created') STORED, payload text)`,
+		`CREATE DOMAIN event_name AS varchar(100)`,
+		`CREATE DOMAIN short_name AS event_name`,
+		`CREATE TYPE event_kind AS ENUM ('order.shipped')`,
+		`CREATE TABLE domain_outbox (id bigserial PRIMARY KEY, event short_name, payload json)`,
+		`CREATE TABLE enum_outbox (id bigserial PRIMARY KEY, event event_kind, payload text)`)
+	ctx := context.Background()
+	for _, tc := range []struct{ table, want string }{
+		{"public.dzhook_outbox", ""},
+		{"public.domain_outbox", ""},
+		{"public.enum_outbox", ""},
+		{"public.no_such_table", ""},
+		{"public.app_events", `outbox.table: outbox table public.app_events: no column "event", no column "payload"; outbox rows need a column event (text) and a column payload (json, jsonb or text), or every row is rejected`},
+		{"public.int_payload", `outbox.table: outbox table public.int_payload: column "payload" is integer, not json, jsonb or a text type;`},
+		{"public.generated_event", `outbox.table: outbox table public.generated_event: column "event" is GENERATED (PostgreSQL 15 does not replicate generated columns);`},
+	} {
+		t.Run(tc.table, func(t *testing.T) {
+			got, err := CheckOutbox(ctx, pool, tc.table)
+			switch {
+			case err != nil:
+				t.Fatal(err)
+			case tc.want == "" && got != nil:
+				t.Errorf("CheckOutbox = %v, want nil", got)
+			case tc.want != "" && (got == nil || !strings.Contains(got.Error(), tc.want)):
+				t.Errorf("CheckOutbox = %v, want %q", got, tc.want)
+			}
+		})
+	}
+}
