@@ -561,7 +561,10 @@ func (s *Stream) session(ctx context.Context, msgs chan<- wal, procErr <-chan er
 	err = pglogrepl.StartReplication(ctx, conn, quoteIdent(s.cfg.Slot), 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{
 			"proto_version '1'",
-			"publication_names '" + escapeLiteral(s.cfg.Publication) + "'",
+			// A list of identifiers, which pgoutput folds to lower
+			// case unless quoted: a publication named DzHook (which
+			// setup makes quoted) was looked up as dzhook.
+			"publication_names '" + escapeLiteral(quoteIdent(s.cfg.Publication)) + "'",
 			"messages 'true'",
 		},
 	})
@@ -1125,8 +1128,9 @@ func (e *SlotBeforePublicationError) Error() string {
 // PublicReason implements PublicReason: it names the slot and the
 // publication, configuration.
 func (e *SlotBeforePublicationError) PublicReason() string {
-	return fmt.Sprintf("the slot %q is older than the publication %q, and its changes from before the publication cannot be read with it: "+
-		"drop the slot (SELECT pg_drop_replication_slot('%s')) and make it again with `dzhook setup --accept-gap` (the changes in between are not delivered); "+
+	return fmt.Sprintf("the publication %[2]q is missing as of a change the slot %[1]q holds: if it was dropped, `dzhook setup` makes it again; "+
+		"if it exists, the slot is older than it, and its changes from before the publication cannot be read with it: "+
+		"drop the slot (SELECT pg_drop_replication_slot('%[3]s')) and make it again with `dzhook setup --accept-gap` (the changes in between are not delivered); "+
 		"an operator's permanent slot (Patroni's patroni.slots) must be added after the publication is made",
 		e.Slot, e.Publication, escapeLiteral(e.Slot))
 }

@@ -299,6 +299,24 @@ func TestJournalPublishedRefused(t *testing.T) {
 	})
 }
 
+// TestPublicationWithCapitals: a publication named with capitals (setup
+// makes it quoted) is the one the stream reads. The stream named it
+// unquoted, which pgoutput folds to lower case: "publication dzhook does
+// not exist" at every session, nothing delivered, and the advice to drop
+// the slot.
+func TestPublicationWithCapitals(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := testConfig(t, db, "", sub("crm", rc.URL, "request.created"))
+	cfg.Source.Publication = "DzHook"
+	if _, err := Setup(context.Background(), cfg, SetupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	start(t, cfg)
+	db.Exec(t, `INSERT INTO requests (title, requester_id) VALUES ('capitals', 1)`)
+	rc.Wait(t, 1, 20*time.Second)
+}
+
 // TestGapAfterSetupBeforeTheFirstRun: a slot dropped and created again
 // between `dzhook setup` and the first start, after a transaction
 // committed, is a gap: setup makes the slot's position the journal's.
