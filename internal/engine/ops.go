@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,16 +93,25 @@ func (e *Engine) Reload(ctx context.Context, next *config.Config) error {
 	if err := e.runnable(next); err != nil {
 		return err
 	}
+	// The mapping is checked first: a file is applied whole or not at all.
+	applyMapping, err := e.schema.prepare(ctx, next)
+	if err != nil {
+		return fmt.Errorf("mapping: %w; nothing in the file was applied", err)
+	}
 	// config.yaml's subscriptions with the runtime ones (runtime.go): an
 	// id in both refuses the file.
 	if err := e.syncRuntime(ctx, next); err != nil {
 		return err
 	}
-	mappingApplied := e.schema.reload(ctx, next)
+	if applyMapping != nil {
+		applyMapping()
+	}
 	// e.cfg stays the configuration the process started with (other
 	// goroutines read it without a lock): the sections compared are the
 	// ones still running, so a change stays reported until a restart.
-	if restart := withoutMapping(config.RestartSections(e.cfg, next), mappingApplied); len(restart) > 0 {
+	// The mapping is not one of them: it is next's now.
+	restart := slices.DeleteFunc(config.RestartSections(e.cfg, next), func(s string) bool { return s == "mapping" })
+	if len(restart) > 0 {
 		e.log.Warn("configuration reloaded: subscriptions applied; these sections changed and take effect at the next restart", "sections", strings.Join(restart, ", "))
 	} else {
 		e.log.Info("configuration reloaded", "subscriptions", len(next.Subscriptions))

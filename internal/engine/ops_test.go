@@ -634,6 +634,33 @@ func TestReload(t *testing.T) {
 	}
 }
 
+// TestReloadWholeOrNothing: a file whose mapping does not fit the source
+// tables is refused whole: its new subscription does not go live, and a
+// later file with the subscription and a mapping that fits applies both.
+// (The subscriptions went live while the mapping was rejected, and the
+// log then said the mapping took effect at the next restart, which
+// refused it.)
+func TestReloadWholeOrNothing(t *testing.T) {
+	db := newDB(t)
+	a, b := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	e := start(t, testConfig(t, db, "", sub("alpha", a.URL, "request.created")))
+	next := testConfig(t, db, "mapping:\n  requests:\n    columns:\n      status: no_such_column\n", sub("alpha", a.URL, "request.created"), sub("beta", b.URL, "request.created"))
+	err := e.Reload(context.Background(), next)
+	if err == nil || !strings.Contains(err.Error(), `column "no_such_column" not found`) || !strings.Contains(err.Error(), "nothing in the file was applied") {
+		t.Errorf("reload with a mapping that does not fit: %v, want it refused whole", err)
+	}
+	if e.dispatcher.HasSubscription("beta") {
+		t.Error("the refused file's subscription went live")
+	}
+	db.Exec(t, `ALTER TABLE requests ADD COLUMN no_such_column text`)
+	if err := e.Reload(context.Background(), next); err != nil {
+		t.Fatalf("the same file once the column exists: %v", err)
+	}
+	if !e.dispatcher.HasSubscription("beta") {
+		t.Error("the applied file's subscription is not live")
+	}
+}
+
 func TestMetrics(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)

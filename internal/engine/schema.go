@@ -215,51 +215,56 @@ func (w *schemaWatch) check(ctx context.Context) {
 	}
 }
 
-// reload applies next's mapping if it changed and fits the live catalog.
-// It reports whether next's mapping is the one in effect (false: it was
-// rejected, and the log says why).
-func (w *schemaWatch) reload(ctx context.Context, next *config.Config) bool {
+// prepare checks next's mapping, if it changed, against the live catalog
+// and readies it, changing nothing: apply puts it in effect (nil when the
+// mapping is the one in effect). An error says why it cannot be applied,
+// so that Reload refuses the whole file: applied apart, a file whose
+// subscriptions went live while its mapping was rejected was then said
+// to "take effect at the next restart", where the start refused it
+// (found by a review, 2026-12-07).
+func (w *schemaWatch) prepare(ctx context.Context, next *config.Config) (apply func(), err error) {
 	w.mu.Lock()
 	same := reflect.DeepEqual(w.applied, next.Mapping)
 	stalled := w.stall != nil
 	w.mu.Unlock()
 	if same {
-		return true
+		return nil, nil
+	}
+	still := ""
+	if stalled {
+		still = "; the stream stays stalled until a mapping that fits is loaded"
 	}
 	if err := next.Mapping.Check(ctx, w.e.source); err != nil {
 		var problems []string
 		for _, e := range unjoin(err) {
 			problems = append(problems, e.Error())
 		}
-		w.e.log.Error("reloaded mapping rejected: it does not fit the source tables; the running mapping stays", "problems", strings.Join(problems, "; "), "stream_stalled", stalled)
-		return false
+		return nil, fmt.Errorf("the mapping does not fit the source tables: %s%s", strings.Join(problems, "; "), still)
 	}
 	users, err := mapping.NewPoolUsers(ctx, w.e.source, &next.Mapping)
-	if err == nil {
-		var sla *mapping.SLASource
-		if sla, err = mapping.NewSLASource(ctx, w.e.source, &next.Mapping); err == nil {
-			w.sla.Store(sla)
-		}
-	}
 	if err != nil {
-		w.e.log.Error("reloaded mapping not applied; the running mapping stays", "err", err, "stream_stalled", stalled)
-		return false
+		return nil, fmt.Errorf("the mapping cannot be applied: %w%s", err, still)
+	}
+	sla, err := mapping.NewSLASource(ctx, w.e.source, &next.Mapping)
+	if err != nil {
+		return nil, fmt.Errorf("the mapping cannot be applied: %w%s", err, still)
 	}
 	checkedAt, err := walPosition(ctx, w.e.source)
 	if err != nil {
-		w.e.log.Error("reloaded mapping not applied; the running mapping stays", "err", err, "stream_stalled", stalled)
-		return false
+		return nil, fmt.Errorf("the mapping cannot be applied: %w%s", err, still)
 	}
-	w.e.pipeline.SetMapperAt(w.e.pipeline.Mapper().WithMapping(next.Mapping, users), checkedAt)
-	w.mu.Lock()
-	w.applied = next.Mapping
-	w.mu.Unlock()
-	if err := w.e.recordMapping(ctx, next.Mapping); err != nil {
-		w.e.log.Warn("the reloaded mapping is not recorded in the journal: a restart before the stream is past the ALTER it was made for may stall", "err", err)
-	}
-	w.e.log.Info("reloaded mapping applied; it takes effect at the first change it fits", "stream_stalled", stalled)
-	w.check(ctx)
-	return true
+	return func() {
+		w.sla.Store(sla)
+		w.e.pipeline.SetMapperAt(w.e.pipeline.Mapper().WithMapping(next.Mapping, users), checkedAt)
+		w.mu.Lock()
+		w.applied = next.Mapping
+		w.mu.Unlock()
+		if err := w.e.recordMapping(ctx, next.Mapping); err != nil {
+			w.e.log.Warn("the reloaded mapping is not recorded in the journal: a restart before the stream is past the ALTER it was made for may stall", "err", err)
+		}
+		w.e.log.Info("reloaded mapping applied; it takes effect at the first change it fits", "stream_stalled", stalled)
+		w.check(ctx)
+	}, nil
 }
 
 func unjoin(err error) []error {
@@ -290,21 +295,6 @@ func (w *schemaWatch) Current(ctx context.Context, ids []string) (map[string]map
 // SLAEvent implements slaclock.Events with the mapping in effect.
 func (w *schemaWatch) SLAEvent(t mapping.Timer) mapping.Event {
 	return w.e.pipeline.Mapper().SLAEvent(t)
-}
-
-// withoutMapping drops "mapping" from the sections a reload could not
-// apply, when it applied it.
-func withoutMapping(sections []string, applied bool) []string {
-	if !applied {
-		return sections
-	}
-	out := sections[:0:0]
-	for _, s := range sections {
-		if s != "mapping" {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // useRecordedMappings gives the pipeline, as fallbacks, the mappings the
