@@ -30,8 +30,13 @@ type Program struct {
 }
 
 // costLimit bounds one evaluation, so a pathological expression cannot
-// stall the delivery path.
-const costLimit = 100_000
+// stall the delivery path. It leaves room for a few string functions over
+// a whole event (the outbox takes up to 1 MiB of data): a keyword regex,
+// matches("(?i)\\b(outage|down|urgent|critical|sev1|p1)\\b"), costs about
+// 1,200,000 over a 1 MiB comment, and at 100,000 a body of 80 KB was
+// stopped and so did not match. Comprehensions also stop at
+// MatchContext's deadline; a single call (one regex) runs to its end.
+const costLimit = 10_000_000
 
 // interruptEvery is how many comprehension steps go between two looks at
 // MatchContext's deadline. The cost limit counts a comparison of nested

@@ -147,3 +147,28 @@ func TestFilterHugeNumbers(t *testing.T) {
 		}
 	}
 }
+
+// A keyword filter reads a whole comment, which the outbox takes up to
+// 1 MiB of: at a cost limit of 100,000 a body of about 80 KB stopped it
+// ("actual cost limit exceeded"), so the event did not match and no
+// delivery was made.
+func TestFilterRegexOverAMebibyteBody(t *testing.T) {
+	text := strings.Repeat("the printer on the third floor jams again ", (1<<20)/42)
+	body := `{"id":"whk_1","event":"request.commented","timestamp":"2024-01-15T14:30:00Z","data":{"requestId":"req_1","body":"` + text + `urgent"}}`
+	env, err := Parse([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, expr := range []string{
+		`data.body.matches("(?i)\\b(outage|down|urgent|critical|sev1|p1)\\b")`,
+		`data.body.matches("(?i)urgent")`,
+	} {
+		p, err := Compile(expr)
+		if err != nil {
+			t.Fatalf("Compile(%s): %v", expr, err)
+		}
+		if ok, err := p.Match(env); !ok || err != nil {
+			t.Errorf("%s on a %d-byte body: %v, %v; want a match", expr, len(body), ok, err)
+		}
+	}
+}
