@@ -183,8 +183,14 @@ func (p *Program) Match(e *Envelope) (bool, error) {
 }
 
 // MatchContext is Match, stopped with an error once ctx ends (looked at
-// every interruptEvery comprehension steps).
+// every interruptEvery comprehension steps). A filter whose ctx has ended
+// already is not evaluated: CEL looks at ctx only in a comprehension, and
+// an event's filters share one deadline, so each filter after it (a regex
+// over a 1 MiB comment takes some 0.3 s) would still have run to its end.
 func (p *Program) MatchContext(ctx context.Context, e *Envelope) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("filter not evaluated: %w", context.Cause(ctx))
+	}
 	out, _, err := p.prg.ContextEval(ctx, e.vars)
 	if err != nil {
 		return false, err

@@ -2,6 +2,7 @@ package filter
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +171,27 @@ func TestFilterRegexOverAMebibyteBody(t *testing.T) {
 		if ok, err := p.Match(env); !ok || err != nil {
 			t.Errorf("%s on a %d-byte body: %v, %v; want a match", expr, len(body), ok, err)
 		}
+	}
+}
+
+// A filter whose deadline has passed is not evaluated: an event's filters
+// share one deadline, and CEL looks at it only in a comprehension, so
+// each regex after it still ran to its end on the stream's path.
+func TestFilterAfterItsDeadline(t *testing.T) {
+	env, err := Parse([]byte(`{"id":"whk_1","event":"request.commented","timestamp":"t","data":{"body":"urgent"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Compile(`data.body.matches("(?i)urgent")`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), -time.Second)
+	defer cancel()
+	if ok, err := p.MatchContext(ctx, env); ok || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("MatchContext past its deadline = %v, %v; want no match and context.DeadlineExceeded", ok, err)
+	}
+	if ok, err := p.MatchContext(context.Background(), env); !ok || err != nil {
+		t.Errorf("MatchContext = %v, %v; want a match", ok, err)
 	}
 }
