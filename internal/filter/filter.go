@@ -51,6 +51,9 @@ func env() (*cel.Env, error) {
 		cel.Variable("event", cel.StringType),
 		cel.Variable("timestamp", cel.StringType),
 		cel.Variable("data", cel.MapType(cel.StringType, cel.DynType)),
+		// data.?field.orValue(default): a field that may be missing, as
+		// in a transform (README recommends it for both).
+		cel.OptionalTypes(),
 	)
 }
 

@@ -195,3 +195,30 @@ func TestFilterAfterItsDeadline(t *testing.T) {
 		t.Errorf("MatchContext = %v, %v; want a match", ok, err)
 	}
 }
+
+// data.?x.orValue(…), which README recommends for a field that may be
+// missing, compiles in a filter as it does in a transform (it was an
+// "undeclared reference" here), and reads a missing field as its default.
+func TestFilterOptionalFields(t *testing.T) {
+	env, err := Parse([]byte(`{"id":"whk_1","event":"request.created","timestamp":"t","data":{"priority":"high","requester":{"email":"a@x"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for expr, want := range map[string]bool{
+		`data.?priority.orValue("") == "high"`:                  true,
+		`data.?team.orValue("support") == "support"`:            true,
+		`data.?requester.?email.orValue("").endsWith("@x")`:     true,
+		`data.?assignedTo.?email.orValue("nobody") == "nobody"`: true,
+		`data.?priority.hasValue() && !data.?team.hasValue()`:   true,
+		`data.?priority.orValue("") == "low"`:                   false,
+	} {
+		p, err := Compile(expr)
+		if err != nil {
+			t.Errorf("Compile(%s): %v", expr, err)
+			continue
+		}
+		if got, err := p.Match(env); got != want || err != nil {
+			t.Errorf("%s: %v, %v; want %v", expr, got, err, want)
+		}
+	}
+}
