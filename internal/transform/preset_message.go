@@ -241,7 +241,7 @@ func (d fields) text(key string) string {
 // rather than maxValue.
 func (d fields) long(key string) string {
 	if s, ok := d[key].(string); ok {
-		return clip(strings.TrimSpace(s), maxDetail)
+		return clip(trim(s), maxDetail)
 	}
 	return d.text(key)
 }
@@ -396,7 +396,7 @@ func (d fields) customFacts() ([]fact, string) {
 		v := show(d[k])
 		if v == "" {
 			v = "null"
-			if s, ok := d[k].(string); ok && s == "" {
+			if _, ok := d[k].(string); ok { // "", or only spaces
 				v = `""`
 			}
 		}
@@ -410,7 +410,7 @@ func (d fields) customFacts() ([]fact, string) {
 }
 
 // show is a value of the data as a text for people, bounded: "" for null
-// or an empty string, a person as "Name (email)", other objects and lists
+// or a string with nothing to show (see trim), a person as "Name (email)", other objects and lists
 // as JSON.
 func show(v any) string {
 	var s string
@@ -418,7 +418,7 @@ func show(v any) string {
 	case nil:
 		return ""
 	case string:
-		s = strings.TrimSpace(v)
+		s = trim(v)
 	case json.Number:
 		s = v.String()
 	case bool:
@@ -482,15 +482,34 @@ func when(s string) string {
 	return t.UTC().Format("2006-01-02 15:04 UTC")
 }
 
-// oneLine replaces line breaks and tabs with spaces and trims.
+// oneLine replaces line breaks, tabs and what the destinations do not
+// show (see shown) with spaces, and trims.
 func oneLine(s string) string {
 	return strings.TrimSpace(strings.Map(func(r rune) rune {
-		switch r {
-		case '\n', '\r', '\t', '\v', '\f', '\u2028', '\u2029', '\u0085':
+		if r == '\n' || r == '\t' {
 			return ' '
 		}
-		return r
+		return shown(r)
 	}, s))
+}
+
+// trim is s with what the destinations do not show made spaces (see
+// shown), then trimmed. A text must be cleaned before it is trimmed: a
+// "\u0001" trimmed first became " " later, and Discord refuses a field
+// whose name or value is blank (400, a delivery failed for good), while
+// an empty value is left out or shown as "" like any empty string.
+func trim(s string) string { return strings.TrimSpace(strings.Map(shown, s)) }
+
+// shown is r as the destinations get it: a control character other than
+// a line break or a tab, and U+2028 and U+2029, become a space. The
+// destinations show none of them, and JSON writes each as a six-byte
+// \uXXXX, which took a Teams card of bounded characters past Teams'
+// 28 KB.
+func shown(r rune) rune {
+	if r == '\u2028' || r == '\u2029' || unicode.IsControl(r) && r != '\n' && r != '\t' {
+		return ' '
+	}
+	return r
 }
 
 // ellipsis ends a text that was cut.
@@ -523,11 +542,8 @@ var noLinks = strings.NewReplacer("](", "]\u200b(")
 
 // clipEscaped escapes s with esc (nil: none) and cuts the result to at
 // most max units, between two escaped characters (never inside "&amp;"),
-// ending it with "…" when it was cut. A control character other than a
-// line break or a tab, and U+2028 and U+2029, become a space: the
-// destinations show none of them, and JSON writes each as a six-byte
-// \uXXXX, which took a Teams card of bounded characters past Teams'
-// 28 KB.
+// ending it with "…" when it was cut. What the destinations do not show
+// becomes a space (shown); the texts come trimmed of it (trim, oneLine).
 func clipEscaped(s string, max int, esc func(rune) string) string {
 	if max <= 0 {
 		return ""
@@ -535,9 +551,7 @@ func clipEscaped(s string, max int, esc func(rune) string) string {
 	var b strings.Builder
 	n, cut := 0, 0 // cut: the longest prefix that leaves room for "…"
 	for _, r := range s {
-		if r == '\u2028' || r == '\u2029' || unicode.IsControl(r) && r != '\n' && r != '\t' {
-			r = ' '
-		}
+		r = shown(r)
 		piece := string(r)
 		if esc != nil {
 			piece = esc(r)

@@ -419,3 +419,61 @@ func TestPresetsSayUnassigned(t *testing.T) {
 		}
 	}
 }
+
+// TestPresetsSendNoBlankText: a text of control characters is empty, as
+// an empty one is (left out, or shown as ""), in every preset. It was
+// trimmed before its control characters became spaces, so a custom
+// event's {"note":"\u0001","\u0002":"x"} gave Discord the fields
+// {"name":"note","value":" "} and {"name":" ","value":"x"}, and a request
+// titled "\u0007" the description " ": Discord refuses a blank field
+// (400), a delivery failed for good.
+func TestPresetsSendNoBlankText(t *testing.T) {
+	raws := [][]byte{
+		envelope("order.shipped", `{"note":"\u0001","\u0002":"x"}`),
+		envelope("request.created", `{"id":"req_1","title":"\u0007","status":"\u0003\r\n","requester":{"name":"\u0001","email":"jane@company.com"}}`),
+		envelope("request.commented", `{"requestId":"\u0085","body":"\u0001\n\u0002","author":{"name":"\u0000"}}`),
+		[]byte(`{"id":"whk_test","event":"\u0005","timestamp":"2024-01-15T14:30:00Z","data":{"x":"\u2028"}}`),
+		[]byte(`{"id":"\u0001","event":"sla.warning","timestamp":"\u0002","data":{"requestId":"req_1","slaType":"\u0003","percentElapsed":"\u0004","timeRemaining":"\u0006"}}`),
+	}
+	for _, raw := range raws {
+		for _, p := range presetFormats {
+			body := applyPreset(t, p.format, raw)
+			if err := p.validate(body); err != nil {
+				t.Errorf("%s %s: %v\n%s", p.format, raw, err, body)
+			}
+			walkStrings(decode(t, body), func(path, s string) {
+				if s != "" && strings.TrimSpace(s) == "" {
+					t.Errorf("%s %s: %s is %q, blank\n%s", p.format, raw, path, s, body)
+				}
+			})
+		}
+	}
+
+	// What each destination shows of them.
+	for _, tc := range []struct {
+		format string
+		raw    []byte
+		want   []string
+		not    []string
+	}{
+		{FormatDiscord, raws[0], []string{`{"name":"\"\"","value":"x","inline":true}`, `{"name":"note","value":"\"\"","inline":true}`}, nil},
+		{FormatTeams, raws[0], []string{`{"title":"\"\"","value":"x"}`, `{"title":"note","value":"\"\""}`}, nil},
+		{FormatSlack, raws[0], []string{`"*\"\"*\nx"`, `"*note*\n\"\""`}, nil},
+		{FormatDiscord, raws[1], []string{`{"name":"Requester","value":"jane@company.com","inline":true}`}, []string{`"description"`, `"Status"`}},
+		{FormatTeams, raws[1], []string{`{"title":"Requester","value":"jane@company.com"}`}, []string{`"Status"`}},
+		{FormatSlack, raws[1], []string{`"*🆕 New request: req_1*"`}, []string{`Status`}},
+		{FormatDiscord, raws[3], []string{`📣 Event: (unnamed event)`, `{"name":"x","value":"\"\"","inline":true}`}, nil},
+	} {
+		body := string(applyPreset(t, tc.format, tc.raw))
+		for _, w := range tc.want {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s %s: %s does not hold %s", tc.format, tc.raw, body, w)
+			}
+		}
+		for _, n := range tc.not {
+			if strings.Contains(body, n) {
+				t.Errorf("%s %s: %s holds %s", tc.format, tc.raw, body, n)
+			}
+		}
+	}
+}

@@ -8,9 +8,10 @@
 // The checks follow the destinations' reference pages: Slack's Block Kit
 // block and composition-object references, the Teams incoming-webhook
 // and Adaptive Card schema pages, and Discord's Execute Webhook and Embed
-// Object (with its limits). They check what those pages state; what a
-// destination accepts beyond them (or refuses for reasons the pages do not
-// give) is out of their reach. Lengths are counted in UTF-16 code units
+// Object (with its limits). They check what those pages state, and one
+// thing Discord is known to refuse that its pages do not say: a blank
+// field name or value. What a destination accepts beyond them (or refuses
+// for other reasons the pages do not give) is out of their reach. Lengths are counted in UTF-16 code units
 // (JavaScript's string length), which is never less than the number of
 // code points: a body that passes is within the limits however the
 // destination counts characters.
@@ -24,6 +25,7 @@ import (
 	"io"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf16"
 )
@@ -345,11 +347,11 @@ const (
 // ValidateDiscord checks a body for a Discord webhook (Execute Webhook
 // with a JSON body): a JSON object with a non-empty content or embeds;
 // content up to 2000 characters; up to 10 embeds, each with its title,
-// description, fields (up to 25, each with a non-empty name and value),
-// footer (with a text) and author (with a name) within their limits, an
-// ISO 8601 timestamp and an integer colour, and all embeds' texts
-// together up to 6000; allowed_mentions' parse list of roles, users and
-// everyone. The error lists every problem found.
+// description, fields (up to 25, each with a name and a value), footer
+// (with a text) and author (with a name) within their limits, none of
+// those four blank, an ISO 8601 timestamp and an integer colour, and all
+// embeds' texts together up to 6000; allowed_mentions' parse list of
+// roles, users and everyone. The error lists every problem found.
 func ValidateDiscord(body []byte) error {
 	msg, err := object(body)
 	if err != nil {
@@ -436,7 +438,7 @@ func (c *checker) discordEmbed(path string, v any) int {
 		if !isObj {
 			c.fail(path+".footer", "is %s, not an object", kind(v))
 		} else {
-			c.requiredString(path+".footer.text", f["text"], DiscordMaxFooterText)
+			c.discordString(path+".footer.text", f["text"], DiscordMaxFooterText)
 			if s, ok := f["text"].(string); ok {
 				total += units(s)
 			}
@@ -447,7 +449,7 @@ func (c *checker) discordEmbed(path string, v any) int {
 		if !isObj {
 			c.fail(path+".author", "is %s, not an object", kind(v))
 		} else {
-			c.requiredString(path+".author.name", a["name"], DiscordMaxAuthorName)
+			c.discordString(path+".author.name", a["name"], DiscordMaxAuthorName)
 			if s, ok := a["name"].(string); ok {
 				total += units(s)
 			}
@@ -468,8 +470,8 @@ func (c *checker) discordEmbed(path string, v any) int {
 				c.fail(p, "is %s, not a field object", kind(f))
 				continue
 			}
-			c.requiredString(p+".name", fm["name"], DiscordMaxFieldName)
-			c.requiredString(p+".value", fm["value"], DiscordMaxFieldValue)
+			c.discordString(p+".name", fm["name"], DiscordMaxFieldName)
+			c.discordString(p+".value", fm["value"], DiscordMaxFieldValue)
 			for _, k := range []string{"name", "value"} {
 				if s, ok := fm[k].(string); ok {
 					total += units(s)
@@ -553,6 +555,18 @@ func (c *checker) requiredString(path string, v any, limit int) {
 	default:
 		c.max(path, s, limit)
 	}
+}
+
+// discordString is requiredString, and v not only spaces: Discord trims
+// an embed's texts and refuses a blank field name or value, footer text or
+// author name (400 Invalid Form Body), a no-break space too; its page
+// says only "required".
+func (c *checker) discordString(path string, v any, limit int) {
+	if s, ok := v.(string); ok && s != "" && strings.TrimSpace(s) == "" {
+		c.fail(path, "is %s, only spaces: Discord requires a text that is not blank", show(v))
+		return
+	}
+	c.requiredString(path, v, limit)
 }
 
 func (c *checker) err(dest string) error {

@@ -99,6 +99,11 @@ func TestValidateRejects(t *testing.T) {
 		{"discord 26 fields", ValidateDiscord, `{"embeds":[{"fields":[` + discordFields(26, "v") + `]}]}`, "26 fields"},
 		{"discord field value over 1024", ValidateDiscord, `{"embeds":[{"fields":[` + discordFields(1, strings.Repeat("a", 1025)) + `]}]}`, "value: is 1025"},
 		{"discord empty field value", ValidateDiscord, `{"embeds":[{"fields":[{"name":"n","value":""}]}]}`, "value: is empty"},
+		// Discord trims them and refuses a blank one (a preset sent
+		// {"name":"note","value":" "} for a value of "\u0001").
+		{"discord blank field value", ValidateDiscord, `{"embeds":[{"fields":[{"name":"n","value":" "}]}]}`, `fields[0].value: is " ", only spaces`},
+		{"discord blank field name", ValidateDiscord, `{"embeds":[{"fields":[{"name":"\u00a0\n","value":"v"}]}]}`, "fields[0].name: is"},
+		{"discord blank footer", ValidateDiscord, `{"embeds":[{"title":"t","footer":{"text":"\t"}}]}`, "footer.text: is"},
 		{"discord footer without text", ValidateDiscord, `{"embeds":[{"title":"t","footer":{"icon_url":"https://example.com/i.png"}}]}`, "footer.text"},
 		{"discord over 6000 in all", ValidateDiscord, `{"embeds":[{"description":"` + strings.Repeat("a", 4000) + `"},{"description":"` + strings.Repeat("a", 2001) + `"}]}`, "6001 characters together"},
 		{"discord colour as a string", ValidateDiscord, `{"embeds":[{"title":"t","color":"#ff0000"}]}`, "color"},
