@@ -171,6 +171,13 @@ func (d *deliverer) giveUp(life context.Context, s *sub, t *task) {
 // of t, and returns the key's next delivery to attempt now, if any.
 func (d *deliverer) afterOrdered(life context.Context, s *sub, t *task, dec Decision) *task {
 	if s.ord == nil || !t.ordered {
+		if t.unkeyed && dec.State != journal.Pending {
+			// The claim takes one delivery of an ordered key at a time
+			// for a subscription no longer ordered: woken at once, it
+			// takes the next, where waiting a poll interval moved the
+			// key one delivery a second (found by a review, 2026-12-07).
+			d.nudgeWhenDurable(life)
+		}
 		return nil
 	}
 	retrying, retired := dec.State == journal.Pending, s.isRetired()

@@ -81,6 +81,7 @@ type Store interface {
 	Disowned(ctx context.Context, owner string, ids []string) ([]string, error)
 	Park(ctx context.Context, subscriptions []string, staleAfter time.Duration, limit int) (parked int, locked bool, err error)
 	Unpark(ctx context.Context, limit int) (int, error)
+	Parked(ctx context.Context) (bool, error)
 	GetDelivery(ctx context.Context, id string) (journal.Delivery, []byte, []journal.Attempt, error)
 	RetryFailed(ctx context.Context, subscription string, since, until *time.Time, self string, staleAfter time.Duration) (int, error)
 	SetPaused(ctx context.Context, subscription string, paused bool) error

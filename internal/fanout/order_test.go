@@ -843,3 +843,81 @@ func TestClaimedHeadAheadOfTheStreamersClock(t *testing.T) {
 		t.Errorf("arrivals %v, want %v", order, want)
 	}
 }
+
+// TestHotKeyDoesNotPaceTheStream: deliveries of one busy key, waiting
+// behind it in a queue they fill, do not make the stream wait for a
+// place for each next event (and so pace every key and subscription by
+// that one key): they go to the journal, from which the key's runs are
+// claimed, still in order. With a receiver that answers in 20 ms, 200
+// events of one key took Dispatch about 4 s (a place freed per answer);
+// they take a moment now.
+func TestHotKeyDoesNotPaceTheStream(t *testing.T) {
+	store := newJournal(t)
+	keys := make([]string, 200)
+	for i := range keys {
+		keys[i] = "req_HOT"
+	}
+	evs := orderEvents(keys)
+	rc := testutil.NewOrderReceiver(t, nil)
+	rc.SetDelay(20 * time.Millisecond)
+	cfg := ordered(store, rc.URL, OrderEntity, 0, time.Second)
+	cfg.QueueSize = 8
+	d := start(t, store, cfg)
+	ctx := context.Background()
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	for _, ev := range evs {
+		if err := d.Dispatch(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if took := time.Since(began); took > 2*time.Second {
+		t.Errorf("dispatching 200 events of one key took %s: the stream waited for the key's places", took)
+	}
+	rc.WaitDelivered(t, len(evs), 60*time.Second)
+	rc.CheckOrder(t, same, true)
+}
+
+// TestOrderingTurnedOffDrainsItsBacklog: a reload that turns ordering off
+// leaves the deliveries made ordered in their mode, and they keep
+// following their head: those parked behind it are due once it is
+// delivered (they waited for its old due time, an hour here), and the
+// key's backlog goes out one after the other without waiting a poll
+// interval each (one a second before).
+func TestOrderingTurnedOffDrainsItsBacklog(t *testing.T) {
+	store := newJournal(t)
+	ctx := context.Background()
+	keys := make([]string, 301)
+	for i := range keys {
+		keys[i] = "req_X"
+	}
+	evs := orderEvents(keys)
+	rc := testutil.NewOrderReceiver(t, failFirst(1, evs[0]))
+	cfg := ordered(store, rc.URL, OrderEntity, 0, time.Hour)
+	cfg.PollInterval = time.Second // the default
+	d := start(t, store, cfg)
+	if err := d.SyncOrder(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dispatchAll(t, d, evs)
+	parked := func() int {
+		var n int
+		if err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries WHERE parked_behind IS NOT NULL`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	testutil.Eventually(t, 60*time.Second, "the key's deliveries parked behind its head", func() bool { return parked() == len(evs)-1 })
+	off := cfg.Subscriptions[0]
+	off.Ordering = OrderNone
+	if err := d.Reload(ctx, []Subscription{off}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := d.RetryNow(ctx, deliveryID(evs[0])); err != nil || !rep.Delivered {
+		t.Fatalf("retry of the head: %+v, %v", rep, err)
+	}
+	rc.WaitDelivered(t, len(evs), 60*time.Second)
+	rc.CheckOrder(t, same, true)
+}

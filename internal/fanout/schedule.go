@@ -120,8 +120,16 @@ type scheduler struct {
 	// Park found some but another transaction held their head.
 	parkWait time.Duration
 	// lastUnpark is when Unpark last ran (once per poll interval while
-	// the process has ordered subscriptions).
+	// the process has ordered subscriptions, or parked deliveries may be
+	// left).
 	lastUnpark time.Time
+	// unparked: no subscription of this process is ordered, and the
+	// journal had no parked delivery when last looked at then. Until
+	// then Unpark goes on without ordered subscriptions: one whose
+	// ordering a reload turned off left deliveries parked behind their
+	// heads, due only at the heads' old due time, up to hours after the
+	// heads were delivered (found by a review, 2026-12-07).
+	unparked bool
 }
 
 // unparkBatch bounds what one Unpark statement moves.
@@ -191,8 +199,16 @@ func (sc *scheduler) Run(ctx context.Context) error {
 			return nil
 		}
 		subs := sc.subs()
-		if time.Since(sc.lastUnpark) >= sc.poll && slices.ContainsFunc(subs, func(s *sub) bool { return s.ord != nil }) {
+		ordered := slices.ContainsFunc(subs, func(s *sub) bool { return s.ord != nil })
+		if ordered {
+			sc.unparked = false
+		}
+		if time.Since(sc.lastUnpark) >= sc.poll && !sc.unparked {
 			sc.unpark(ctx)
+			if !ordered {
+				left, err := sc.store.Parked(ctx)
+				sc.unparked = err == nil && !left
+			}
 		}
 		began := time.Now()
 		found = sc.claim(ctx, subs) > 0
@@ -644,6 +660,7 @@ func (sc *scheduler) queue(ctx context.Context, s *sub, claimed []journal.Claime
 	for i := 0; i < len(claimed); i++ {
 		c := claimed[i]
 		t := claimedTask(c)
+		t.unkeyed = c.Ordered && !c.Manual && s.ord == nil
 		// A manual retry (retry-failed) steps outside the order: its key's
 		// state does not count it.
 		if c.Ordered && !c.Manual && s.ord != nil {

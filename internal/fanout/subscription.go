@@ -247,6 +247,10 @@ type task struct {
 	ordered bool
 	key     string
 	claimed bool
+	// unkeyed: claimed as an ordered delivery of a subscription no longer
+	// ordered (a reload turned it off): its outcome makes its key's next
+	// delivery claimable, so it wakes the scheduler (afterOrdered).
+	unkeyed bool
 	// place is the subscription whose queue place a delivery waiting
 	// behind its key holds (nil: none).
 	place *sub
@@ -839,7 +843,7 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 	}
 	s.client = client
 	if _, ordered := cfg.Ordering.key("k"); ordered {
-		s.ord = newOrderState()
+		s.ord = newOrderState(s.size)
 	}
 	return s, nil
 }

@@ -926,6 +926,16 @@ func (s *Store) Unpark(ctx context.Context, limit int) (int, error) {
 	return int(tag.RowsAffected()), nil
 }
 
+// Parked reports whether any delivery is parked behind a head (one probe
+// of the deliveries_parked index).
+func (s *Store) Parked(ctx context.Context) (bool, error) {
+	var parked bool
+	if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE parked_behind IS NOT NULL)`)).Scan(&parked); err != nil {
+		return false, fmt.Errorf("look for parked deliveries: %w", err)
+	}
+	return parked, nil
+}
+
 // noJIT runs one statement in a transaction of its own without JIT
 // compilation (see Claim), in one round trip; use says how its result is
 // read (QueuedQuery.Exec, QueryRow).
