@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -80,25 +79,6 @@ func newCatalogPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	}
 	return pool, nil
 }
-
-// RedactDSNError drops the DSN that pgconn's parse errors may quote: it
-// can hold a password. pgconn's own detail, which quotes no value, stays.
-func RedactDSNError(err error) error {
-	var pe *pgconn.ParseConfigError
-	if errors.As(err, &pe) {
-		if inner := pe.Unwrap(); inner != nil {
-			// Its detail may quote a word of the string ("missing \"=\"
-			// after \"battery-S3cret\"": the part of an unquoted password
-			// after a space): quoted text is not shown.
-			return fmt.Errorf("invalid connection string: %s", quotedInError.ReplaceAllString(inner.Error(), `"(not shown)"`))
-		}
-		return errors.New("invalid connection string (not shown: it may hold a password; check its syntax: host=… dbname=… or postgres://user@host:5432/db)")
-	}
-	return err
-}
-
-// quotedInError is text an error quotes.
-var quotedInError = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
 
 // checkSlot fails at start when the slot is missing or is not a pgoutput
 // slot of this database, with the fix.
