@@ -250,10 +250,11 @@ func TestRunWaitsForTheDatabase(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("run did not stop when interrupted")
 	}
-	// A malformed DSN is not transient: exit 1 at once.
+	// A malformed DSN is not transient: exit 1 at once, refused with
+	// the file (validation parses it), naming the parameter.
 	write("postgres://dzhook@127.0.0.1:notaport/x")
 	code, _, stderr := runCmd(t, "run", "--config", cfg)
-	if code != exitFailure || !strings.Contains(stderr, "cannot start") {
+	if code != exitFailure || !strings.Contains(stderr, "source.dsn: invalid connection string: invalid port") {
 		t.Errorf("malformed DSN: exit %d, %q", code, stderr)
 	}
 }

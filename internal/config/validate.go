@@ -17,9 +17,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
+	"github.com/dzdesk/dzhook/internal/cdc"
 	"github.com/dzdesk/dzhook/internal/fanout"
 	"github.com/dzdesk/dzhook/internal/filter"
 	"github.com/dzdesk/dzhook/internal/transform"
@@ -141,6 +143,11 @@ func schemaExample(set *schemas.Set, e CustomEvent) []byte {
 func (c *Config) validate(ps *Problems, refs references) {
 	if !c.Source.DSN.IsSet() {
 		ps.add("source.dsn", "required: the DZDESK database to stream from (e.g. postgres://dzhook@db/dzdesk), or set DZHOOK_SOURCE_DSN")
+	} else {
+		checkDSN(ps, "source.dsn", c.Source.DSN)
+	}
+	if c.Journal.DSN.IsSet() {
+		checkDSN(ps, "journal.dsn", c.Journal.DSN)
 	}
 	if !slotName.MatchString(c.Source.Slot) {
 		ps.add("source.slot", "%s is not a replication slot name: PostgreSQL allows only lower-case letters, digits and _ (at most 63)", refs.show("source.slot", c.Source.Slot))
@@ -592,6 +599,18 @@ func fileProblem(file string, err error) string {
 		return fmt.Sprintf("%s cannot be read: %v", file, pathErr.Err)
 	}
 	return fmt.Sprintf("%s: %v", file, err)
+}
+
+// checkDSN reports a connection string that pgx cannot parse, which
+// `run` and `setup` refused only at their first connection. The message
+// names the parameter at fault and quotes no part of the string
+// (cdc.RedactDSNError): it may hold a password.
+func checkDSN(ps *Problems, path string, dsn Secret) {
+	// pgxpool's parser is pgconn's with the pool's and pgx's own
+	// parameters: the journal's and the catalog's connections use it.
+	if _, err := pgxpool.ParseConfig(dsn.Reveal()); err != nil {
+		ps.add(path, "%v", cdc.RedactDSNError(err))
+	}
 }
 
 func checkIdentifier(ps *Problems, refs references, path, v string) {
