@@ -51,7 +51,7 @@ func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.
 
 // adminFlags registers the flags every API command has.
 func adminFlags(env *cli, fs *flag.FlagSet) (admin, config *string, asJSON *bool) {
-	admin = fs.String("admin", env.getenv("DZHOOK_ADMIN_URL"), "admin API `URL` (env DZHOOK_ADMIN_URL; default from the config's admin.listen, else http://127.0.0.1:8080)")
+	admin = fs.String("admin", env.getenv("DZHOOK_ADMIN_URL"), "admin API `URL` (env DZHOOK_ADMIN_URL; default from the config's admin.listen; without a config file, http://127.0.0.1:8080)")
 	config = configFlag(env, fs)
 	asJSON = fs.Bool("json", false, "print the API's JSON")
 	return
@@ -77,8 +77,16 @@ func newClient(env *cli, admin, configPath string) *client {
 			// a secret's value.
 			fmt.Fprintf(env.stderr, "warning: %s not read, so the admin API's address and token are not taken from it: %v\n", configPath, err)
 		}
+		if err == nil && c.base == "" && cfg.Admin.Listen == "" {
+			// The file's API is off: the default address is some other
+			// server's (another dzhook, any program on 8080), and the
+			// file's token went to it (found by a review).
+			c.token = ""
+			c.err = adminOff(configPath)
+			return c
+		}
 		if err == nil {
-			if c.base == "" && cfg.Admin.Listen != "" {
+			if c.base == "" {
 				host, port, _ := net.SplitHostPort(cfg.Admin.Listen)
 				if host == "" || host == "0.0.0.0" || host == "::" {
 					host = "127.0.0.1"
@@ -102,6 +110,12 @@ func newClient(env *cli, admin, configPath string) *client {
 	c.shown = fanout.RedactURL(c.base)
 	c.err = checkAdminURL(c.base)
 	return c
+}
+
+// adminOff is the error of a command whose configuration (at path) has
+// the admin API off, given no other address.
+func adminOff(path string) error {
+	return &usageError{fmt.Sprintf("the admin API is off in %s (admin.listen is empty): give --admin URL (or set DZHOOK_ADMIN_URL)", path)}
 }
 
 // localOrTLS reports whether the admin URL raw is https, or names this

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -160,6 +162,56 @@ func TestBadToken(t *testing.T) {
 	} {
 		if err := badToken(token); (err != nil) != bad {
 			t.Errorf("badToken(%q) = %v, want refused %v", token, err, bad)
+		}
+	}
+}
+
+// TestAdminOffInConfig: with the file's admin API off (admin.listen
+// empty) and no --admin nor DZHOOK_ADMIN_URL, a command stops with a
+// usage error before any request: it sent the file's admin.token to
+// whatever listened on the default 127.0.0.1:8080. An address given
+// still works, with the file's token where it may go.
+func TestAdminOffInConfig(t *testing.T) {
+	const token = "config-admin-token-0123456789"
+	cfg := filepath.Join(t.TempDir(), "dzhook.yaml")
+	if err := os.WriteFile(cfg, []byte("source: {dsn: \"postgres://dz@127.0.0.1:1/dz\"}\nadmin: {listen: \"\", token: "+token+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, envToken := range []string{"", "env-admin-token-0123456789"} {
+		env := &cli{stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
+			if k == "DZHOOK_ADMIN_TOKEN" {
+				return envToken
+			}
+			return ""
+		}, environ: func() []string { return nil }}
+		c := newClient(env, "", cfg)
+		var ue *usageError
+		if !errors.As(c.err, &ue) || !strings.Contains(c.err.Error(), "the admin API is off in "+cfg+" (admin.listen is empty): give --admin URL") {
+			t.Errorf("DZHOOK_ADMIN_TOKEN %q: err %v, want the admin API off", envToken, c.err)
+		}
+		if c.token == token {
+			t.Errorf("DZHOOK_ADMIN_TOKEN %q: the file's token is kept for %q", envToken, c.base)
+		}
+		if _, err := c.do(context.Background(), "GET", "/v1/subscriptions", nil, nil); err != c.err {
+			t.Errorf("DZHOOK_ADMIN_TOKEN %q: a call gives %v, want the client's error", envToken, err)
+		}
+
+		c = newClient(env, "http://127.0.0.1:9090", cfg)
+		if c.err != nil || c.base != "http://127.0.0.1:9090" {
+			t.Errorf("--admin given: err %v, base %q", c.err, c.base)
+		}
+		if want := cmp.Or(envToken, token); c.token != want {
+			t.Errorf("--admin given: token %q, want %q", c.token, want)
+		}
+	}
+	for _, args := range [][]string{{"status"}, {"retry", "dlv_1"}, {"health"}} {
+		var out, errb bytes.Buffer
+		code := runEnv(context.Background(), append([]string{"dzhook"}, append(args, "--config", cfg)...), &out, &errb, nil)
+		if code != exitUsage || !strings.Contains(errb.String(), "the admin API is off in") {
+			t.Errorf("%v: exit %d, want %d; stderr:\n%s", args, code, exitUsage, errb.String())
+		}
+		if strings.Contains(out.String()+errb.String(), token) {
+			t.Errorf("%v: the output shows the token", args)
 		}
 	}
 }

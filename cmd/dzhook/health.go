@@ -14,7 +14,7 @@ import (
 // HTTP client (Docker's exec-form HEALTHCHECK). It needs no token.
 func runHealth(ctx context.Context, env *cli, args []string) int {
 	fs := newFlags(env, "health", "[--ready] [--admin URL] [--timeout 3s]")
-	admin := fs.String("admin", env.getenv("DZHOOK_ADMIN_URL"), "admin API `URL` (env DZHOOK_ADMIN_URL; default from the config's admin.listen, else http://127.0.0.1:8080)")
+	admin := fs.String("admin", env.getenv("DZHOOK_ADMIN_URL"), "admin API `URL` (env DZHOOK_ADMIN_URL; default from the config's admin.listen; without a config file, http://127.0.0.1:8080)")
 	cfg := configFlag(env, fs)
 	ready := fs.Bool("ready", false, "ask /readyz (streaming and journal reachable) instead of /healthz (alive)")
 	timeout := fs.Duration("timeout", 3*time.Second, "give up after this `long`")
