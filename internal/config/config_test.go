@@ -948,3 +948,31 @@ func TestCustomEventExampleWithDottedKeys(t *testing.T) {
 		t.Errorf("example = %s, want %s", got, want)
 	}
 }
+
+// TestNotifyURLCredentials: user:password@ in notify.url is refused with
+// notify's own advice (it was told to use "the subscription's headers",
+// which notify does not have): a token in the URL's path or query, which
+// notify.url accepts.
+func TestNotifyURLCredentials(t *testing.T) {
+	_, err := Parse([]byte(minimal+"notify:\n  url: https://ops:PLANTED-SECRET@hooks.example.com/n\n"), nil)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "notify.url: must not contain credentials (user:password@): notify has no headers") || !strings.Contains(msg, "path or query") || strings.Contains(msg, "subscription") {
+		t.Errorf("notify.url problem: %v", msg)
+	}
+	if strings.Contains(msg, "PLANTED") {
+		t.Errorf("notify.url problem quotes the URL: %v", msg)
+	}
+	for _, u := range []string{"https://hooks.example.com/n?token=0123456789abcdef", "https://hooks.example.com/n/0123456789abcdef"} {
+		if _, err := Parse([]byte(minimal+"notify:\n  url: "+u+"\n"), nil); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+	// A subscription's advice is unchanged.
+	_, err = Parse([]byte(strings.Replace(minimal, "https://crm.example.com", "https://u:p@crm.example.com", 1)), nil)
+	if err == nil || !strings.Contains(err.Error(), "subscriptions[0].url: must not contain credentials (user:password@): put them in the subscription's headers") {
+		t.Errorf("subscription url with credentials: %v", err)
+	}
+}

@@ -241,7 +241,7 @@ func (c *Config) validate(ps *Problems, refs references) {
 		}
 	}
 	if c.Notify.URL.IsSet() {
-		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP, true); msg != "" {
+		if msg := checkURL(c.Notify.URL.Reveal(), c.Delivery.AllowInsecureHTTP, true, notifyUserInfo); msg != "" {
 			// The URL is a credential (Slack); the message never quotes it.
 			ps.add("notify.url", "%s", msg)
 		} else if msg := c.refusedAddress(c.Notify.URL.Reveal()); msg != "" {
@@ -373,7 +373,7 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 		// A URL from a reference is checked as a secret one: the
 		// message quotes no part of it (its scheme, its port).
 		_, ref := refs[path+".url"]
-		if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP, ref); msg != "" {
+		if msg := checkURL(s.URL, c.Delivery.AllowInsecureHTTP, ref, "put them in the subscription's headers"); msg != "" {
 			ps.add(path+".url", "%s", msg)
 		} else if msg := c.refusedAddress(s.URL); msg != "" {
 			// An address the egress guard refuses failed every attempt,
@@ -493,7 +493,8 @@ func checkOTLPEndpoint(raw string) string {
 // checkURL returns why raw is not an acceptable receiver URL, or "". The
 // message never repeats the URL, which may hold a credential; with secret
 // (notify.url, a Slack URL is one) it quotes no part of it at all.
-func checkURL(raw string, allowHTTP, secret bool) string {
+// userInfo says where credentials go instead of the URL's user:password@.
+func checkURL(raw string, allowHTTP, secret bool, userInfo string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "is not a valid URL"
@@ -513,7 +514,7 @@ func checkURL(raw string, allowHTTP, secret bool) string {
 		return fmt.Sprintf("scheme %q is not allowed: use https://", u.Scheme)
 	}
 	if u.User != nil {
-		return "must not contain credentials (user:password@): put them in the subscription's headers"
+		return "must not contain credentials (user:password@): " + userInfo
 	}
 	if u.RawQuery == "REDACTED" || u.Path == "/REDACTED" {
 		// What the API and the dashboard show in place of a token: saved
@@ -544,6 +545,12 @@ func checkURL(raw string, allowHTTP, secret bool) string {
 	}
 	return ""
 }
+
+// notifyUserInfo is where a notification's credentials go: notify has
+// no headers (a subscription's credentials go there), so only into the
+// URL's path or query, which checkURL allows and which, notify.url being
+// a secret, is never shown.
+const notifyUserInfo = "notify has no headers to carry them; if the receiver takes a token in the URL's path or query (as Slack's and Discord's webhook URLs do), put it there, as notify.url is never shown; and set notify.secret to sign the notifications"
 
 // checkProxy reports a proxy URL that dzhook cannot use. The URL may
 // hold a password: the message never quotes it.
