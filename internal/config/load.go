@@ -70,10 +70,15 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 
 	// An empty DZHOOK_… variable is a value: it replaces the file's,
 	// which makes "source.dsn: required" a riddle when the file has one.
-	emptyEnv := make(map[string]string)
+	// Any other is a value the file does not show: a problem with it
+	// names the variable, or the file's (delivery.timeout: 5s) is read
+	// for the one refused.
+	emptyEnv, fromEnv := make(map[string]string), make(map[string]string)
 	for name, v := range envMap {
 		if key, ok := keys[name]; ok && v == "" {
 			emptyEnv[key] = name
+		} else if ok {
+			fromEnv[key] = name
 		}
 	}
 
@@ -89,8 +94,14 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 	checkSections(&problems, "", fileRaw, reflect.TypeOf(cfg))
 	cfg.validate(&problems, d.refs)
 	for i, p := range problems {
+		// A list's item ([1]) came with the list.
+		key, _, _ := strings.Cut(p.Path, "[")
 		if name, ok := emptyEnv[p.Path]; ok {
 			problems[i].Message = fmt.Sprintf("%s is set but empty (an empty variable still replaces the file's value): %s", name, p.Message)
+		} else if name, ok := fromEnv[key]; ok {
+			// The variable's name only: a message never quotes a
+			// secret's value (Problem.Message), wherever it came from.
+			problems[i].Message += " (from " + name + ")"
 		}
 	}
 	if err := problems.err(); err != nil {
