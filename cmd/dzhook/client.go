@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/config"
@@ -230,7 +232,7 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		var e api.ValidationErrors // api.Error, and a body's problems
 		if json.Unmarshal(raw, &e) != nil || e.Message == "" {
-			e.Message = strings.TrimSpace(string(raw))
+			e.Message = bodyText(raw)
 		}
 		// Whatever the server said, shown, never obeyed by the terminal
 		// (an escape in a JSON error wrote the clipboard and cleared the
@@ -250,6 +252,39 @@ func (c *client) do(ctx context.Context, method, path string, body any, out any)
 		}
 	}
 	return raw, nil
+}
+
+// maxBodyText bounds what is shown of an error answer that is not the
+// API's JSON.
+const maxBodyText = 200
+
+// htmlTitle is an HTML page's title: a proxy's error page ("502 Bad
+// Gateway") says what happened there.
+var htmlTitle = regexp.MustCompile(`(?is)<title[^>]*>(.*?)</title>`)
+
+// bodyText is what an error answer that is not the API's JSON says: a
+// proxy's HTML page was printed whole, and an empty body printed
+// "dzhook status:  (HTTP 500)". It is the page's title, else the first
+// line, at most maxBodyText bytes.
+func bodyText(raw []byte) string {
+	s := strings.TrimSpace(string(raw))
+	if m := htmlTitle.FindStringSubmatch(s); m != nil {
+		s = strings.TrimSpace(m[1])
+	}
+	if line, _, cut := strings.Cut(s, "\n"); cut {
+		s = strings.TrimSpace(line) + " …"
+	}
+	if s == "" {
+		return "no error message from the server"
+	}
+	if len(s) > maxBodyText {
+		i := maxBodyText
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = strings.TrimSpace(s[:i]) + " …"
+	}
+	return s
 }
 
 // fail prints an API error and returns the exit code. A refused body's

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -212,6 +214,44 @@ func TestAdminOffInConfig(t *testing.T) {
 		}
 		if strings.Contains(out.String()+errb.String(), token) {
 			t.Errorf("%v: the output shows the token", args)
+		}
+	}
+}
+
+// TestErrorBodyNotJSON: an error answer that is not the API's JSON is
+// shown as one short line: an empty body printed "dzhook status:  (HTTP
+// 500)", a proxy's HTML page was printed whole.
+func TestErrorBodyNotJSON(t *testing.T) {
+	long := strings.Repeat("é", 150) // 300 bytes, cut on a character's boundary
+	for _, tc := range []struct {
+		status  int
+		body    string
+		want    string
+		wantNot []string
+	}{
+		{500, "", "dzhook status: no error message from the server (HTTP 500)", nil},
+		{500, " \r\n ", "dzhook status: no error message from the server (HTTP 500)", nil},
+		{502, "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+			"dzhook status: 502 Bad Gateway (HTTP 502)", []string{"<", "nginx"}},
+		{503, "upstream connect error\nreset reason: overflow\n", "dzhook status: upstream connect error … (HTTP 503)", []string{"overflow"}},
+		{500, long, "dzhook status: " + strings.Repeat("é", 100) + " … (HTTP 500)", nil},
+		{409, `{"error":"subscription crm is paused"}`, "dzhook status: subscription crm is paused (HTTP 409)", nil},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(tc.status)
+			io.WriteString(w, tc.body)
+		}))
+		var out, errb bytes.Buffer
+		code := runEnv(context.Background(), []string{"dzhook", "status"}, &out, &errb, []string{"DZHOOK_ADMIN_URL=" + srv.URL, "DZHOOK_CONFIG=testdata/none.yaml", "DZHOOK_ADMIN_TOKEN=" + cliToken})
+		srv.Close()
+		stderr := errb.String()
+		if code != exitFailure || strings.TrimSpace(stderr) != tc.want {
+			t.Errorf("HTTP %d %q: exit %d, stderr %q; want exit 1, %q", tc.status, tc.body, code, stderr, tc.want)
+		}
+		for _, no := range tc.wantNot {
+			if strings.Contains(stderr, no) {
+				t.Errorf("HTTP %d: stderr shows %q: %q", tc.status, no, stderr)
+			}
 		}
 	}
 }
