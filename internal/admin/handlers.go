@@ -72,7 +72,8 @@ const journalTimeout = 5 * time.Second
 
 // attemptTimeout bounds an action that makes an attempt and answers with
 // its outcome (a retry, a test send): the journal's claim, the attempt
-// (up to delivery.timeout) and its journaling, under the server's 60 s
+// (up to delivery.timeout, which validation holds to at most 50 s,
+// config.MaxDeliveryTimeout) and its journaling, under the server's 60 s
 // WriteTimeout, so a journal that stops answering gets a 503, not a
 // request that hangs. Config.attemptTimeout changes it for the tests.
 const attemptTimeout = 55 * time.Second

@@ -117,8 +117,9 @@ type Journal struct {
 
 // Delivery governs how dzhook calls receivers.
 type Delivery struct {
-	// Timeout bounds one attempt, from dial to the end of the response.
-	// Defaults to 5s, as DZDESK's documentation asks receivers to answer
+	// Timeout bounds one attempt, from dial to the end of the response:
+	// from 100ms to 50s, as an operator's attempt (a manual retry, a test
+	// send) is answered within the admin API's 55 s. Defaults to 5s, as DZDESK's documentation asks receivers to answer
 	// within 5 seconds.
 	Timeout time.Duration `koanf:"timeout"`
 	// RetrySchedule is the delay before each attempt, counted from the

@@ -976,3 +976,31 @@ func TestNotifyURLCredentials(t *testing.T) {
 		t.Errorf("subscription url with credentials: %v", err)
 	}
 }
+
+// TestDeliveryTimeoutBounds: delivery.timeout is at most 50s, as an
+// operator's attempt (a manual retry, a test send) is answered within the
+// admin API's 55 s (with 2m every one answered 503 while the attempt went
+// on), and at least 100ms (1ns was accepted).
+func TestDeliveryTimeoutBounds(t *testing.T) {
+	for _, tc := range []struct {
+		timeout, want string
+	}{
+		{"1ns", "delivery.timeout: is 1ns: must be at least 100ms"},
+		{"99ms", "delivery.timeout: is 99ms: must be at least 100ms"},
+		{"0s", "delivery.timeout: is 0s: must be at least 100ms"},
+		{"-5s", "delivery.timeout: is -5s: must be at least 100ms"},
+		{"100ms", ""},
+		{"5s", ""},
+		{"50s", ""},
+		{"50001ms", "delivery.timeout: is 50.001s: must be at most 50s: a manual retry"},
+		{"2m", "delivery.timeout: is 2m0s: must be at most 50s"},
+	} {
+		_, err := Parse([]byte(minimal+"delivery:\n  timeout: "+tc.timeout+"\n"), nil)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("timeout %s: %v", tc.timeout, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("timeout %s: %v, want %q", tc.timeout, err, tc.want)
+		}
+	}
+}

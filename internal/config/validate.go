@@ -34,6 +34,18 @@ import (
 // spaces are no secret.
 func tooShort(s string) bool { return len(strings.TrimSpace(s)) < MinSecretLength }
 
+// MinDeliveryTimeout and MaxDeliveryTimeout bound delivery.timeout. An
+// operator's attempt (dzhook retry ID, a test send, the dashboard's
+// "Send test") is answered with its outcome within the admin API's
+// attemptTimeout (55 s, under its 60 s write timeout), which also holds
+// the journal's claim and record: a longer timeout answered 503 while
+// the attempt went on. Below the floor no receiver can answer (1ns was
+// accepted).
+const (
+	MinDeliveryTimeout = 100 * time.Millisecond
+	MaxDeliveryTimeout = 50 * time.Second
+)
+
 // MinSecretLength is the shortest webhook secret dzhook accepts: 16
 // characters, since a guessable secret makes signatures worthless.
 const MinSecretLength = 16
@@ -162,8 +174,11 @@ func (c *Config) validate(ps *Problems, refs references) {
 	}
 
 	d := c.Delivery
-	if d.Timeout <= 0 {
-		ps.add("delivery.timeout", "must be positive, e.g. 5s")
+	switch {
+	case d.Timeout < MinDeliveryTimeout:
+		ps.add("delivery.timeout", "is %s: must be at least %s, time to connect and be answered, e.g. 5s", d.Timeout, MinDeliveryTimeout)
+	case d.Timeout > MaxDeliveryTimeout:
+		ps.add("delivery.timeout", "is %s: must be at most %s: a manual retry, a test send and the dashboard's \"Send test\" wait for their attempt within the admin API's 55 s, and answered 503 while a longer one went on (DZDESK asks receivers to answer within 5 s)", d.Timeout, MaxDeliveryTimeout)
 	}
 	if len(d.RetrySchedule) == 0 {
 		ps.add("delivery.retry_schedule", "must list at least one attempt, e.g. [0s, 1m, 5m, 30m, 2h]")
