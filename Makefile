@@ -22,7 +22,7 @@ test: fmt-check vet
 # (internal/rawsock/race.go), so the transport's tests run a second time
 # without it, on the raw calls the binary makes. (internal/e2e's binary
 # is built without it too.)
-RAWSOCKTESTS := TestH1|TestEarlyAnswer|TestWriteRequest|TestPrivateCA|TestClientCertificate|TestDeliveryFaults|TestFailureClasses|TestClassify|TestProxy|TestRedirect
+RAWSOCKTESTS := TestH1|TestEarlyAnswer|TestWriteRequest|TestPrivateCA|TestClientCertificate|TestDeliveryFaults|TestFailureClasses|TestClassify|TestProxy|TestRedirect|TestTimeoutMessage
 
 # The Helm chart's render test is a module of its own, so that Helm and the
 # Kubernetes libraries stay out of go.mod; ./... does not reach into it.

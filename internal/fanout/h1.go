@@ -371,10 +371,10 @@ func (t *h1Transport) do(ctx context.Context, deadline time.Time, tg *h1Target, 
 // context with the deadline, which ends when the answer's body is closed.
 func (t *h1Transport) viaH2(ctx context.Context, deadline time.Time, req *http.Request) (*http.Response, error) {
 	if deadline.IsZero() {
-		return t.h2.RoundTrip(req.WithContext(ctx))
+		return stagedRoundTrip(t.h2, req.WithContext(ctx))
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
-	resp, err := t.h2.RoundTrip(req.WithContext(ctx))
+	resp, err := stagedRoundTrip(t.h2, req.WithContext(ctx))
 	if err != nil {
 		cancel()
 		return nil, err
@@ -651,16 +651,23 @@ func newH1Conn(key string, conn net.Conn) *h1Conn {
 }
 
 // dialFor dials tg (and makes the TLS handshake for https) by deadline.
+// An error carries the stage it ended in (stage.go).
 func (t *h1Transport) dialFor(ctx context.Context, deadline time.Time, tg *h1Target) (net.Conn, error) {
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
+	ctx, st := withStage(ctx)
+	dial := t.dial
 	if tg.url.Scheme == "https" {
-		return t.dialTLS(ctx, "tcp", tg.addr)
+		dial = t.dialTLS
 	}
-	return t.dial(ctx, "tcp", tg.addr)
+	conn, err := dial(ctx, "tcp", tg.addr)
+	if err != nil {
+		return nil, st.wrap(err)
+	}
+	return conn, nil
 }
 
 // get takes the most recently used idle connection to key that is still

@@ -27,7 +27,7 @@ import (
 
 // Error classes recorded with a failed attempt.
 const (
-	ClassTimeout = "timeout" // no answer within delivery.timeout
+	ClassTimeout = "timeout" // no connection, or no answer, within delivery.timeout
 	ClassDNS     = "dns"     // the host name did not resolve
 	ClassConnect = "connect" // refused, reset or unreachable
 	ClassTLS     = "tls"     // handshake or certificate failure
@@ -120,13 +120,16 @@ func newEgressClient(cc clientConfig) *retryablehttp.Client {
 	if cc.clientCert != nil {
 		tlsConfig.GetClientCertificate = cc.clientCert.get
 	}
+	// Direct connections note their stage, for the message of a timeout
+	// (stage.go).
+	dial := connecting(cc.dial)
 	tr := &http.Transport{
 		Proxy:       nil, // never send webhooks through an ambient proxy (HTTPS_PROXY)
-		DialContext: cc.dial,
+		DialContext: dial,
 		// The handshake is ours, so that its failure has a type of its
 		// own (class tls) whatever crypto/tls says; the request's context
 		// bounds it (the delivery timeout).
-		DialTLSContext:        tlsDialer(cc.dial, tlsConfig),
+		DialTLSContext:        tlsDialer(dial, tlsConfig),
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          cc.concurrency,
 		MaxIdleConnsPerHost:   cc.concurrency,
@@ -144,11 +147,11 @@ func newEgressClient(cc clientConfig) *retryablehttp.Client {
 		tr.DialContext = p.dialPlain
 		tr.DialTLSContext = p.dialTLS(tlsConfig)
 	}
-	var rt http.RoundTripper = tr
+	var rt http.RoundTripper = stagedTransport{tr}
 	if cc.proxy == nil {
 		// Direct connections: HTTP/1.1 on the attempt's own goroutine
 		// (h1.go), net/http's Transport for receivers that choose HTTP/2.
-		rt = newH1Transport(cc.dial, tr.DialTLSContext, tr, cc.concurrency, tr.IdleConnTimeout)
+		rt = newH1Transport(dial, tr.DialTLSContext, tr, cc.concurrency, tr.IdleConnTimeout)
 	}
 	hc := &http.Client{
 		Transport:     rt,
@@ -188,6 +191,7 @@ func tlsDialer(dial func(ctx context.Context, network, addr string) (net.Conn, e
 		}
 		cfg := base.Clone()
 		cfg.ServerName = host
+		enterStage(ctx, stageTLS, addr)
 		tc := tls.Client(&tlsSocket{Conn: conn}, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
@@ -450,6 +454,11 @@ func classOf(err error, ended bool) (class, msg string) {
 	case errors.As(err, &blocked):
 		return ClassBlocked, msg
 	case errors.Is(err, context.DeadlineExceeded) || ended:
+		// Out of time before the request was written (a stage of the
+		// connection: stage.go), or waiting for the answer.
+		if staged := (*stageError)(nil); errors.As(err, &staged) {
+			return ClassTimeout, staged.timeout
+		}
 		return ClassTimeout, "no answer within the delivery timeout"
 	case errors.As(err, &dnsErr):
 		return ClassDNS, msg
@@ -466,6 +475,9 @@ func classOf(err error, ended bool) (class, msg string) {
 		isRemoteAlert(err):
 		return ClassTLS, msg
 	case isTimeout(err):
+		if staged := (*stageError)(nil); errors.As(err, &staged) {
+			return ClassTimeout, staged.timeout
+		}
 		return ClassTimeout, msg
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EHOSTUNREACH),
 		errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EPIPE), isDial(err):

@@ -146,6 +146,7 @@ func (p *forwardProxy) forRequest(req *http.Request) (*url.URL, error) {
 // dialPlain is http.Transport.DialContext: with a proxy, the transport
 // dials only the proxy (for http:// receivers through an http:// proxy).
 func (p *forwardProxy) dialPlain(ctx context.Context, network, addr string) (net.Conn, error) {
+	enterStage(ctx, stageProxyConnect, p.addr)
 	conn, err := p.dial(ctx, network, addr)
 	if err != nil {
 		return nil, &proxyError{proxy: p.addr, err: err}
@@ -172,6 +173,7 @@ func (p *forwardProxy) dialTLS(base *tls.Config) dialFunc {
 // dialProxy connects to the proxy: through the guard's dialer, then TLS
 // for an https:// proxy.
 func (p *forwardProxy) dialProxy(ctx context.Context) (net.Conn, error) {
+	enterStage(ctx, stageProxyConnect, p.addr)
 	conn, err := p.dial(ctx, "tcp", p.addr)
 	if err != nil {
 		return nil, &proxyError{proxy: p.addr, err: err}
@@ -179,6 +181,7 @@ func (p *forwardProxy) dialProxy(ctx context.Context) (net.Conn, error) {
 	if !p.tls {
 		return conn, nil
 	}
+	enterStage(ctx, stageProxyTLS, p.addr)
 	tc := tls.Client(conn, p.proxyTLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
@@ -212,6 +215,7 @@ func (p *forwardProxy) tunnel(ctx context.Context, _, addr string) (net.Conn, er
 		_ = conn.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	enterStage(ctx, stageCONNECT, p.addr)
 	err = p.connect(conn, addr)
 	if !stop() && err == nil {
 		err = ctx.Err() // cancelled as the answer came: the deadline is set
@@ -263,6 +267,7 @@ func (p *forwardProxy) checkTarget(ctx context.Context, host, port string) error
 	if ip, err := netip.ParseAddr(host); err == nil {
 		addrs = []netip.Addr{ip}
 	} else {
+		enterStage(ctx, stageResolve, host)
 		addrs, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		if err != nil {
 			return err // a *net.DNSError: class dns

@@ -165,6 +165,11 @@ func TestProxyCarriesDeliveries(t *testing.T) {
 		if elapsed := time.Since(start); res.ErrorClass != ClassTimeout || elapsed > faultTimeout+faultSlack {
 			t.Errorf("silent proxy: %+v after %v, want class timeout within the delivery timeout", res, elapsed)
 		}
+		// The message names the proxy, and says the receiver was not
+		// reached (TestTimeoutMessageNamesTheStage has the other stages).
+		if want := "proxy " + strings.TrimPrefix(silent, "http://") + " did not answer CONNECT within the delivery timeout (nothing was sent)"; res.Error != want {
+			t.Errorf("silent proxy: error %q, want %q", res.Error, want)
+		}
 		// The dial that waited for the answer ends with the attempt: it
 		// does not hold the connection (and a goroutine) for ever.
 		select {
