@@ -178,8 +178,8 @@ func TestBadValues(t *testing.T) {
 		{"sidecar without a pod selector", "sidecar:\n  enabled: true\n", false, []string{"podSelector"}},
 		{"bad ${NAME}", "secret:\n  webhookSecrets:\n    crm-secret: x\n", false, []string{"crm-secret", "pattern"}},
 		{"admin.listen in config", "config:\n  admin:\n    listen: 127.0.0.1:9090\n", false, []string{"config.admin.listen", "adminPort"}},
-		{"a drain longer than the stop time", "config:\n  delivery:\n    timeout: 1m\n", false, []string{"terminationGracePeriodSeconds (30)", "70 s"}},
-		{"a drain in several units", "config:\n  delivery:\n    timeout: 1m30s\nterminationGracePeriodSeconds: 90\n", false, []string{"100 s"}},
+		{"a drain longer than the stop time", "config:\n  delivery:\n    timeout: 45s\n", false, []string{"terminationGracePeriodSeconds (30)", "55 s"}},
+		{"a drain in several units", "config:\n  delivery:\n    timeout: 40s500ms\nterminationGracePeriodSeconds: 40\n", false, []string{"51 s"}},
 		{"a drain set through extraEnv", "extraEnv:\n  - name: DZHOOK_DELIVERY_TIMEOUT\n    value: 30s\n", false, []string{"terminationGracePeriodSeconds (30)", "40 s"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -277,10 +277,10 @@ func TestDrainFitsTheStopTime(t *testing.T) {
 	if _, err := render(t, "testdata/required.values.yaml", path); err != nil {
 		t.Errorf("timeout 500ms with 11 s to stop: %v", err)
 	}
-	if err := os.WriteFile(path, []byte("config:\n  delivery:\n    timeout: 1m\nterminationGracePeriodSeconds: 70\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("config:\n  delivery:\n    timeout: 45s\nterminationGracePeriodSeconds: 55\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := render(t, "testdata/required.values.yaml", path); err != nil {
-		t.Errorf("timeout 1m with 70 s to stop: %v", err)
+		t.Errorf("timeout 45s with 55 s to stop: %v", err)
 	}
 }

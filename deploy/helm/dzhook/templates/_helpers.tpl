@@ -117,7 +117,7 @@ seccompProfile:
 
 {{/*
 dzhook.timeoutSeconds: config.delivery.timeout in whole seconds (the Go
-duration forms a config takes: 5s, 1m30s, 500ms; 5s when unset), or
+duration forms a config takes: 5s, 40s500ms, 500ms; 5s when unset), or
 DZHOOK_DELIVERY_TIMEOUT's in extraEnv, which overrides it.
 */}}
 {{- define "dzhook.timeoutSeconds" -}}
