@@ -633,6 +633,7 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters, not %d", maxDescription, n)})
 	}
 	if in.Secret != nil {
+		ps = emptySecretProblem(ps, *in.Secret)
 		if msg := secretProblem(*in.Secret); msg != "" && !slices.ContainsFunc(ps, func(q config.Problem) bool { return q.Path == "secret" }) {
 			ps = append(ps, config.Problem{Path: "secret", Message: msg})
 		}
@@ -648,6 +649,27 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 		return problemsOf(ps)
 	}
 	return nil
+}
+
+// emptySecret is the API's problem with a secret given as "" where the
+// subscription needs one.
+const emptySecret = "must not be empty; leave it out to have one generated"
+
+// emptySecretProblem puts emptySecret in place of the configuration's
+// problem with an empty secret (given is the request's): that one tells
+// how to write a config file ("use ${NAME} …"), meaningless in a JSON
+// body. An empty secret the configuration takes (a Slack, Teams or
+// Discord format's: none) stays taken.
+func emptySecretProblem(ps config.Problems, given string) config.Problems {
+	if given != "" {
+		return ps
+	}
+	for i, p := range ps {
+		if p.Path == "secret" {
+			ps[i].Message = emptySecret
+		}
+	}
+	return ps
 }
 
 // secretProblem says why a secret given through the API is refused, or
@@ -946,7 +968,7 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	if msg := secretProblem(secret); msg != "" {
 		ps = append(ps, api.FieldProblem{Field: "secret", Problem: msg})
 	} else {
-		for _, p := range m.e.runtime.cfg.ValidateSubscription(next) {
+		for _, p := range emptySecretProblem(m.e.runtime.cfg.ValidateSubscription(next), secret) {
 			if p.Path == "secret" {
 				ps = append(ps, api.FieldProblem{Field: "secret", Problem: p.Message})
 			}
