@@ -463,3 +463,26 @@ func TestCLIHeaderFromTheEnvironment(t *testing.T) {
 		t.Errorf("an unset variable: exit %d %q, want 2 naming it", code, errOut)
 	}
 }
+
+// TestStandardWebhooksHelp: --standard-webhooks is told as what it does,
+// signing also as Standard Webhooks, with X-DZDESK-Signature still sent
+// (internal/fanout sets it on every signed attempt); the help said
+// "rather than X-DZDESK-Signature" (found by a review).
+func TestStandardWebhooksHelp(t *testing.T) {
+	for _, verb := range []string{"create", "update"} {
+		code, _, help := runCmd(t, "subscriptions", verb, "-h")
+		if code != exitOK {
+			t.Fatalf("subscriptions %s -h: exit %d", verb, code)
+		}
+		_, flagHelp, _ := strings.Cut(help, "\n  -standard-webhooks")
+		flagHelp, _, _ = strings.Cut(flagHelp, "\n  -")
+		for _, want := range []string{"also sign as Standard Webhooks", "webhook-signature", "X-DZDESK-Signature is still sent, keyed with the whole whsec_"} {
+			if !strings.Contains(flagHelp, want) {
+				t.Errorf("subscriptions %s -h: --standard-webhooks says %q, want it to say %q", verb, flagHelp, want)
+			}
+		}
+		if strings.Contains(flagHelp, "rather than") {
+			t.Errorf("subscriptions %s -h: --standard-webhooks says it replaces X-DZDESK-Signature: %q", verb, flagHelp)
+		}
+	}
+}
