@@ -211,14 +211,22 @@ func printSubscription(env *cli, s api.Subscription) {
 		format += " (the transform below makes the body)"
 	}
 	tw := newTable(env.stdout)
-	for _, kv := range [][2]string{
+	rows := [][2]string{
 		{"subscription", s.ID}, {"source", orDash(s.Source)}, {"description", orDash(printable(s.Description, false))},
 		{"url", printable(s.URL, false)}, {"events", strings.Join(s.Events, ", ")}, {"filter", orDash(printable(s.Filter, false))},
 		{"active", fmt.Sprint(s.Active)}, {"queue while inactive", fmt.Sprint(s.QueueWhileInactive)}, {"ordering", orDash(s.Ordering)},
-		{"format", format}, {"method", orDash(s.Method)}, {"rate limit", rateLimitOf(s)},
+		{"format", format}, {"method", orDash(s.Method)}, {"rate limit", rateLimitOf(s)}, {"standard webhooks", fmt.Sprint(s.StandardWebhooks)},
+	}
+	if s.PreviousSecretValidUntil != nil {
+		// A rotation's overlap: what receivers need to know to switch.
+		rows = append(rows, [2]string{"previous secret valid until", when(s.PreviousSecretValidUntil)},
+			[2]string{"X-DZDESK-Signature switches at", when(s.SignatureSwitchAt)})
+	}
+	rows = append(rows, [][2]string{
 		{"state", state}, {"pending", fmt.Sprint(s.Pending)}, {"failed", fmt.Sprint(s.Failed)}, {"held", fmt.Sprint(s.Held)},
 		{"last success", when(s.LastSuccessAt)}, {"last failure", when(s.LastFailureAt)},
-	} {
+	}...)
+	for _, kv := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	_ = tw.Flush()

@@ -146,6 +146,9 @@ func applyBody(st *fanout.SubscriptionStatus, in api.SubscriptionInput) error {
 	if in.Method != nil {
 		st.Method = strings.ToUpper(*in.Method)
 	}
+	if in.StandardWebhooks != nil {
+		st.StandardWebhooks = *in.StandardWebhooks
+	}
 	if in.RateLimit != nil {
 		st.RateLimit = fanout.Rate{}
 		if *in.RateLimit != "" {
@@ -199,11 +202,13 @@ func (f *fakeSubs) RotateSecret(_ context.Context, id string, in api.SecretRotat
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.rotated = in
-	if f.index(id) < 0 {
+	i := f.index(id)
+	if i < 0 {
 		return api.RotatedSecret{}, admin.ErrNotFound
 	}
 	f.record("rotate", id, client, "secret")
 	until := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	f.subs[i].PreviousUntil, f.subs[i].SwitchAt = until, until
 	return api.RotatedSecret{Secret: "new-" + fakeSecret, PreviousValidUntil: until, SignatureSwitchAt: until}, nil
 }
 
@@ -484,5 +489,35 @@ func TestStandardWebhooksHelp(t *testing.T) {
 		if strings.Contains(flagHelp, "rather than") {
 			t.Errorf("subscriptions %s -h: --standard-webhooks says it replaces X-DZDESK-Signature: %q", verb, flagHelp)
 		}
+	}
+}
+
+// TestCLIShowsSigning: show prints whether a subscription also signs as
+// Standard Webhooks and, while a rotation's overlap runs, when the
+// previous secret stops being valid and when X-DZDESK-Signature
+// switches; never a secret. They were shown nowhere after the rotation's
+// answer (found by a review).
+func TestCLIShowsSigning(t *testing.T) {
+	_, url := startFakeAPI(t)
+	if code, out, errOut := cliRun(t, url, cliToken, "subscriptions", "create", "--id", "std", "--url", "https://std.example.com/hook",
+		"--events", "request.created", "--standard-webhooks"); code != exitOK {
+		t.Fatalf("create: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ := cliRun(t, url, cliToken, "subscriptions", "show", "std")
+	if code != exitOK || !regexpMatch(out, `(?m)^standard webhooks: +true$`) || strings.Contains(out, "previous secret") {
+		t.Errorf("show before a rotation: exit %d, want standard webhooks: true and no overlap\n%s", code, out)
+	}
+	if code, out, _ := cliRun(t, url, cliToken, "subscriptions", "rotate-secret", "std"); code != exitOK {
+		t.Fatalf("rotate-secret: exit %d\n%s", code, out)
+	}
+	until := when(ptr(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)))
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "show", "std")
+	if code != exitOK || !regexpMatch(out, `(?m)^previous secret valid until: +`+regexp.QuoteMeta(until)+`$`) ||
+		!regexpMatch(out, `(?m)^X-DZDESK-Signature switches at: +`+regexp.QuoteMeta(until)+`$`) || strings.Contains(out, fakeSecret) {
+		t.Errorf("show during the overlap: exit %d, want both times at %s and no secret\n%s", code, until, out)
+	}
+	code, out, _ = cliRun(t, url, cliToken, "subscriptions", "show", "crm")
+	if code != exitOK || !regexpMatch(out, `(?m)^standard webhooks: +false$`) {
+		t.Errorf("show crm: exit %d, want standard webhooks: false\n%s", code, out)
 	}
 }

@@ -42,8 +42,13 @@ func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Ti
 		Pending: b.Pending, Failed: b.Failed, Held: b.Held,
 		Source: st.Source, Description: st.Description,
 		Format: st.Format, Transform: st.Transform, Method: st.Method, RateLimit: st.RateLimit.String(),
-		PacePerSecond: math.Round(st.Pace*1000) / 1000,
-		Traceparent:   st.Traceparent,
+		PacePerSecond:    math.Round(st.Pace*1000) / 1000,
+		Traceparent:      st.Traceparent,
+		StandardWebhooks: st.StandardWebhooks,
+	}
+	if !st.PreviousUntil.IsZero() {
+		until, at := st.PreviousUntil.UTC(), st.SwitchAt.UTC()
+		v.PreviousSecretValidUntil, v.SignatureSwitchAt = &until, &at
 	}
 	if v.Format == "" {
 		v.Format = "dzdesk"

@@ -41,6 +41,7 @@ func (fullDeliverer) Subscriptions() []fanout.SubscriptionStatus {
 			Stats: fanout.Stats{Delivered: 10, Failed: 2, Retried: 3, SuccessRate: 0.75, P50MS: 12.5, P99MS: 250,
 				PerMinute: []fanout.MinuteCount{{Minute: goldenTime, Delivered: 3, Failed: 1}, {Minute: goldenTime.Add(time.Minute)}}},
 			Ordering: fanout.OrderEntity, Order: fanout.OrderStatus{Keys: 5, Waiting: 7, JournalKeys: 2}, Source: "config",
+			StandardWebhooks: true, PreviousUntil: goldenTime.Add(24 * time.Hour), SwitchAt: goldenTime.Add(24 * time.Hour),
 		},
 		{ID: "slack-alerts", URL: "https://hooks.example.com/x", Events: []string{"sla.*"}, Held: fanout.HeldInactive, State: journal.Healthy, Stats: fanout.Stats{SuccessRate: -1},
 			Source: "runtime", Description: "Alerts to the on-call channel"},

@@ -126,6 +126,18 @@ type Subscription struct {
 	// Traceparent: its attempts carry a W3C traceparent header while
 	// tracing is on; absent when false.
 	Traceparent bool `json:"traceparent,omitempty"`
+	// StandardWebhooks: its attempts also carry the Standard Webhooks
+	// headers (webhook-id, webhook-timestamp, webhook-signature).
+	StandardWebhooks bool `json:"standard_webhooks"`
+	// PreviousSecretValidUntil and SignatureSwitchAt show a secret
+	// rotation's overlap while it runs: when the previous secret stops
+	// being valid (webhook-signature carries a signature with each until
+	// then), and when X-DZDESK-Signature is made with the new secret (in
+	// the past after "activate": "now"). Both absent without an overlap.
+	// The secrets themselves are shown only by the answers that issue
+	// them.
+	PreviousSecretValidUntil *time.Time `json:"previous_secret_valid_until,omitempty"`
+	SignatureSwitchAt        *time.Time `json:"signature_switch_at,omitempty"`
 	// BlockedKeys counts, from the journal, the ordering keys whose head
 	// waits for a retry and holds back the later deliveries of its key (0
 	// without ordering); OldestBlockedAt is when the oldest of those heads

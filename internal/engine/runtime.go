@@ -786,7 +786,7 @@ func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionIn
 		st = admin.SubscriptionOf(fanout.SubscriptionStatus{ID: s.ID, URL: fanout.ShownURL(s.URL, s.Format, s.Transform), Events: s.Events, Active: s.Active,
 			QueueWhileInactive: s.QueueWhileInactive, Filter: s.Filter, State: journal.Healthy, Ordering: fanout.Ordering(s.Ordering),
 			Source: "runtime", Description: desc, Transform: s.Transform, Format: s.Format, Method: s.Method, RateLimit: rate,
-			Traceparent: s.Traceparent})
+			Traceparent: s.Traceparent, StandardWebhooks: s.StandardWebhooks})
 	}
 	return api.CreatedSubscription{Subscription: st, Secret: secret}, nil
 }

@@ -3,11 +3,13 @@ package engine
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dzdesk/dzhook/api/apitest"
 	"github.com/dzdesk/dzhook/internal/admin"
@@ -97,5 +99,82 @@ func TestEmptySecretThroughTheAPI(t *testing.T) {
 	code, body = call(t, base, "POST", "/v1/subscriptions/"+created.ID+"/secret", map[string]any{"secret": ""})
 	if code != http.StatusBadRequest || !strings.Contains(string(body), want) || strings.Contains(string(body), "${NAME}") {
 		t.Errorf("rotation to secret \"\": %d %s, want 400 saying %q", code, body, want)
+	}
+}
+
+// getSubscription reads GET /v1/subscriptions/{id}: the answer decoded,
+// and as it came.
+func getSubscription(t *testing.T, base, id string) (api.Subscription, string) {
+	t.Helper()
+	code, body := call(t, base, "GET", "/v1/subscriptions/"+id, nil)
+	if code != http.StatusOK {
+		t.Fatalf("GET /v1/subscriptions/%s: %d %s", id, code, body)
+	}
+	var s api.Subscription
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s, string(body)
+}
+
+// near: got is want, give or take the journal's microseconds.
+func near(got *time.Time, want time.Time) bool {
+	return got != nil && got.Sub(want).Abs() < time.Millisecond
+}
+
+// TestSigningSettingsReadBack: a subscription's standard_webhooks and, while
+// a rotation's overlap runs, when its previous secret stops being valid
+// and when X-DZDESK-Signature switches are in its answers (the create's,
+// GET's), for runtime and config.yaml subscriptions alike, never the
+// secrets. Before, neither was shown anywhere after the rotation's own
+// answer (found by a review).
+func TestSigningSettingsReadBack(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	const prev, cur = "whsec_b2xkLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm", "whsec_bmV3LXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm"
+	until := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	rotated := fmt.Sprintf("  - id: rotated\n    url: %s\n    events: [request.created]\n    standard_webhooks: true\n    secret: %s\n    previous_secret: %s\n    previous_secret_until: %s\n",
+		rc.URL, cur, prev, until.Format(time.RFC3339))
+	cfg := runtimeConfig(t, db, sub("crm", rc.URL, "request.*"), rotated)
+	e := start(t, cfg)
+	base := apiServer(t, e, cfg)
+
+	s, raw := getSubscription(t, base, "crm")
+	if s.StandardWebhooks || s.PreviousSecretValidUntil != nil || s.SignatureSwitchAt != nil || !strings.Contains(raw, `"standard_webhooks":false`) {
+		t.Errorf("config.yaml's crm: %s, want standard_webhooks false and no overlap", raw)
+	}
+	s, raw = getSubscription(t, base, "rotated")
+	if !s.StandardWebhooks || !near(s.PreviousSecretValidUntil, until) || !near(s.SignatureSwitchAt, until) {
+		t.Errorf("config.yaml's rotated: %s, want standard_webhooks true and the overlap until %s", raw, until.Format(time.RFC3339))
+	}
+	if strings.Contains(raw, "whsec_") {
+		t.Errorf("config.yaml's rotated: a secret is in the answer: %s", raw)
+	}
+
+	code, body := call(t, base, "POST", "/v1/subscriptions", map[string]any{"url": rc.URL, "events": []string{"request.created"}, "standard_webhooks": true})
+	var created api.CreatedSubscription
+	if code != http.StatusCreated || json.Unmarshal(body, &created) != nil || !created.StandardWebhooks || created.PreviousSecretValidUntil != nil {
+		t.Fatalf("create with standard_webhooks: %d %s, want 201 with standard_webhooks true and no overlap", code, body)
+	}
+	if s, raw = getSubscription(t, base, created.ID); !s.StandardWebhooks || s.PreviousSecretValidUntil != nil || s.SignatureSwitchAt != nil {
+		t.Errorf("GET of the created subscription: %s, want standard_webhooks true and no overlap", raw)
+	}
+
+	code, body = call(t, base, "POST", "/v1/subscriptions/"+created.ID+"/secret", map[string]any{"overlap": "2h", "activate": "now"})
+	var rot api.RotatedSecret
+	if code != http.StatusOK || json.Unmarshal(body, &rot) != nil {
+		t.Fatalf("rotation: %d %s", code, body)
+	}
+	s, raw = getSubscription(t, base, created.ID)
+	if !s.StandardWebhooks || !near(s.PreviousSecretValidUntil, rot.PreviousValidUntil) || !near(s.SignatureSwitchAt, rot.SignatureSwitchAt) {
+		t.Errorf("GET after the rotation: %s, want previous_secret_valid_until %s and signature_switch_at %s", raw,
+			rot.PreviousValidUntil.Format(time.RFC3339Nano), rot.SignatureSwitchAt.Format(time.RFC3339Nano))
+	}
+	if strings.Contains(raw, created.Secret) || strings.Contains(raw, rot.Secret) {
+		t.Errorf("GET after the rotation shows a secret: %s", raw)
+	}
+	code, body = call(t, base, "GET", "/v1/subscriptions", nil)
+	if code != http.StatusOK || !strings.Contains(string(body), `"previous_secret_valid_until"`) {
+		t.Errorf("the list: %d %s, want the overlaps in it too", code, body)
 	}
 }

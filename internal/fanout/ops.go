@@ -328,6 +328,12 @@ type SubscriptionStatus struct {
 	PausedUntil               time.Time
 	// Traceparent as configured.
 	Traceparent bool
+	// StandardWebhooks as configured. PreviousUntil and SwitchAt are a
+	// rotation's overlap while it runs (zero otherwise): when the
+	// previous secret stops being valid, when X-DZDESK-Signature switches
+	// to the new one. Never the secrets.
+	StandardWebhooks        bool
+	PreviousUntil, SwitchAt time.Time
 }
 
 // Subscriptions returns every subscription's status.
@@ -343,7 +349,10 @@ func (d *Dispatcher) Subscriptions() []SubscriptionStatus {
 			LastStatus: s.lastStatus, LastError: s.lastError, QueueDepth: s.queued(),
 			Source: s.cfg.Source, Description: s.cfg.Description,
 			Transform: s.cfg.Transform, Format: s.cfg.Format, Method: s.method, RateLimit: s.cfg.RateLimit,
-			Traceparent: s.cfg.Traceparent, Held: s.heldBy(),
+			Traceparent: s.cfg.Traceparent, Held: s.heldBy(), StandardWebhooks: s.cfg.StandardWebhooks,
+		}
+		if len(s.cfg.PreviousSecret) > 0 && now.Before(s.cfg.PreviousUntil) {
+			st.PreviousUntil, st.SwitchAt = s.cfg.PreviousUntil, s.cfg.SwitchAt
 		}
 		if s.pace != nil {
 			st.Pace, st.PausedUntil = s.pace.pace(now)

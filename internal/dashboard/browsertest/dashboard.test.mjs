@@ -384,6 +384,12 @@ async function manageWebhooks() {
   await page.locator(tid('rotate-close')).click();
   await rotateDialog.waitFor({ state: 'hidden' });
   await eventually('the rotated secret forgotten', () => secretLeft(rotated), (left) => left.length === 0);
+  step('its settings show the overlap the rotation started (never a secret) and whether it signs as Standard Webhooks');
+  await page.locator(`${tid(`settings-box-${newID}`)} summary`).click();
+  await eventually('the overlap in the settings', () => text(page.locator(tid(`settings-rotation-${newID}`))),
+    (s) => /^previous secret valid until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d; X-DZDESK-Signature switches at \d{4}-/.test(s));
+  await eventually('Standard Webhooks in the settings', () => text(page.locator(tid(`settings-standard-${newID}`))), (s) => s === 'no');
+  if ((await text(page.locator(tid(`settings-box-${newID}`)))).includes(rotated)) throw new Error('the settings show the secret');
 
   step('delete: the confirmation says how many deliveries are pending and that they are cancelled');
   await page.locator(tid(`delete-${newID}`)).click();

@@ -509,7 +509,7 @@ function updateCard(c, s) {
 // subscription is changed in the file; a runtime one through Edit).
 function updateSettings(c, s) {
   const key = JSON.stringify([s.source, s.events, s.filter, s.active, s.queue_while_inactive, s.ordering, s.description,
-    s.format, s.transform, s.method, s.rate_limit]);
+    s.format, s.transform, s.method, s.rate_limit, s.standard_webhooks, s.previous_secret_valid_until, s.signature_switch_at]);
   if (c.settingsKey === key) return;
   c.settingsKey = key;
   setText(c.settingsNote, s.source === 'config'
@@ -523,6 +523,11 @@ function updateSettings(c, s) {
     fact('Format', formatText(s), `settings-format-${s.id}`),
     fact('Method', s.method || 'POST'),
     fact('Rate limit', s.rate_limit || 'none'),
+    fact('Standard Webhooks', s.standard_webhooks ? 'yes (X-DZDESK-Signature too)' : 'no', `settings-standard-${s.id}`),
+    // A secret rotation's overlap, while it runs (never the secrets).
+    ...(s.previous_secret_valid_until ? [wide(fact('Secret rotation',
+      `previous secret valid until ${fmtTime(s.previous_secret_valid_until)}; X-DZDESK-Signature switches at ${fmtTime(s.signature_switch_at)}`,
+      `settings-rotation-${s.id}`))] : []),
     fact('Source', s.source === 'config' ? 'config.yaml' : 'runtime (API or dashboard)'),
     wide(fact('Transform', s.transform
       ? el('pre', { class: 'code code-small', 'data-testid': `settings-transform-${s.id}`, text: s.transform })
