@@ -257,7 +257,11 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	headers := &headerFlag{}
 	fs.Var(headers, "header", "an HTTP header sent with each delivery, `NAME=VALUE` (repeat the flag for more); on update, the whole set. A command line is visible to other users of the machine: give a credential with --header-env")
 	fs.Var(headerEnvFlag{h: headers, getenv: env.getenv}, "header-env", "a header whose value is an environment variable's, `NAME=VARIABLE` (repeatable, with --header)")
-	standard := fs.Bool("standard-webhooks", false, "also sign as Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature; needs a whsec_<base64> secret); X-DZDESK-Signature is still sent, keyed with the whole whsec_... string")
+	standardHelp := "also sign as Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature; needs a whsec_<base64> secret); X-DZDESK-Signature is still sent, keyed with the whole whsec_... string"
+	if verb == "update" {
+		standardHelp += ". Switching on needs the secret to be a whsec_ one already (rotate-secret ID --secret whsec_... first); --standard-webhooks=false switches off"
+	}
+	standard := fs.Bool("standard-webhooks", false, standardHelp)
 	ordering := fs.String("ordering", "", "the order kept: `none`, entity or subscription")
 	format := fs.String("format", "", "the body's `shape`: dzdesk (the event envelope), or a message for slack, teams or discord (which check no signature)")
 	transform := fs.String("transform", "", "a CEL `expression` over id, event, timestamp and data that makes the body: a map or a list, sent as JSON; skip or null: not sent. It overrides --format; on update, '' removes it")

@@ -489,6 +489,10 @@ func TestStandardWebhooksHelp(t *testing.T) {
 		if strings.Contains(flagHelp, "rather than") {
 			t.Errorf("subscriptions %s -h: --standard-webhooks says it replaces X-DZDESK-Signature: %q", verb, flagHelp)
 		}
+		// The API takes the switch once the secret is a whsec_ one.
+		if want := "rotate-secret ID --secret whsec_... first"; verb == "update" && !strings.Contains(flagHelp, want) {
+			t.Errorf("subscriptions update -h: --standard-webhooks says %q, want it to say %q", flagHelp, want)
+		}
 	}
 }
 

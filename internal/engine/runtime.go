@@ -853,13 +853,12 @@ func (m managerOf) updateOnce(ctx context.Context, id string, in api.Subscriptio
 	if err != nil {
 		return err
 	}
-	if rs.cfg.StandardWebhooks != (in.StandardWebhooks != nil && *in.StandardWebhooks) && in.StandardWebhooks != nil {
-		return &admin.ValidationError{Problems: []api.FieldProblem{{Field: "standard_webhooks",
-			Problem: "cannot be switched on an existing subscription (its secret's form differs): rotate the secret to the new form, or create a new subscription"}}}
-	}
 	s, desc := rs.cfg, rs.description
 	apply(&s, &desc, in)
 	if err := m.validate(s, desc, in); err != nil {
+		if s.StandardWebhooks && !rs.cfg.StandardWebhooks {
+			return standardMisfit(id, s.Secret.IsSet(), err)
+		}
 		return err
 	}
 	spec, err := specOf(s, desc)
@@ -881,6 +880,40 @@ func (m managerOf) updateOnce(ctx context.Context, id string, in api.Subscriptio
 		return err
 	}
 	return nil
+}
+
+// standardMisfit turns the problems validate found with the stored
+// secret, when a PATCH switches standard_webhooks on, into one of
+// standard_webhooks that says what to do: the request gave no secret, so
+// a problem of "secret" alone would not. Creation holds the secret to the
+// same rules (config's checks: a whsec_<base64> secret). Switching off
+// needs nothing: X-DZDESK-Signature takes any secret, whsec_ ones too.
+//
+// The previous secret of an overlap in progress need not fit: it was
+// never a Standard Webhooks key, so no receiver verifies webhook-signature
+// with it (fanout signs with it too, as a raw key, which harms nothing),
+// and X-DZDESK-Signature keeps signing with it until the switch, as the
+// rotation promised. Asking it to fit held up the one way to switch over,
+// rotate then switch, for the whole overlap (24h by default).
+func standardMisfit(id string, hasSecret bool, err error) error {
+	var ve *admin.ValidationError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	out := &admin.ValidationError{}
+	for _, p := range ve.Problems {
+		if p.Field == "secret" {
+			now := "the current secret is not one"
+			if !hasSecret { // a Slack, Teams or Discord subscription's
+				now = "it has none"
+			}
+			p = api.FieldProblem{Field: "standard_webhooks", Problem: fmt.Sprintf("needs a whsec_<base64> secret and %s: "+
+				`rotate to a whsec_… secret first (POST /v1/subscriptions/%s/secret with {"secret": "whsec_…"}, e.g. whsec_ + the output of openssl rand -base64 32), then switch it on`,
+				now, id)}
+		}
+		out.Problems = append(out.Problems, p)
+	}
+	return out
 }
 
 func (m managerOf) mapErr(id string, err error) error {

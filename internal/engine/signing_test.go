@@ -16,6 +16,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/testutil"
+	"github.com/dzdesk/dzhook/signer"
 )
 
 const apiToken = "tok-0123456789abcdef"
@@ -176,5 +177,79 @@ func TestSigningSettingsReadBack(t *testing.T) {
 	code, body = call(t, base, "GET", "/v1/subscriptions", nil)
 	if code != http.StatusOK || !strings.Contains(string(body), `"previous_secret_valid_until"`) {
 		t.Errorf("the list: %d %s, want the overlaps in it too", code, body)
+	}
+}
+
+// delivered waits for the delivery of event id at rc and returns it.
+func delivered(t *testing.T, rc *testutil.Receiver, id string) testutil.Request {
+	t.Helper()
+	var got testutil.Request
+	testutil.Eventually(t, 20*time.Second, "the delivery of "+id, func() bool {
+		for _, r := range rc.Requests() {
+			if strings.Contains(string(r.Body), `"id":"`+id+`"`) {
+				got = r
+				return true
+			}
+		}
+		return false
+	})
+	return got
+}
+
+// TestSwitchStandardWebhooks: PATCH standard_webhooks on a runtime
+// subscription is refused while its secret is not a whsec_ one, with a
+// message that says to rotate to one first; after that rotation it is
+// taken, and deliveries carry webhook-signature (with the new secret;
+// X-DZDESK-Signature keeps the old one until the switch the rotation
+// announced); switching off takes webhook-signature away again. Before,
+// every such PATCH was refused, also after the rotation its message
+// advised (found by a review).
+func TestSwitchStandardWebhooks(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	cfg := runtimeConfig(t, db)
+	e := start(t, cfg)
+	base := apiServer(t, e, cfg)
+
+	code, body := call(t, base, "POST", "/v1/subscriptions", map[string]any{"url": rc.URL, "events": []string{"request.created"}})
+	var created api.CreatedSubscription
+	if code != http.StatusCreated || json.Unmarshal(body, &created) != nil {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	path := "/v1/subscriptions/" + created.ID
+	code, body = call(t, base, "PATCH", path, map[string]any{"standard_webhooks": true})
+	var refused api.ValidationErrors
+	want := "standard_webhooks: needs a whsec_<base64> secret and the current secret is not one: rotate to a whsec_… secret first (POST " + path + "/secret"
+	if code != http.StatusBadRequest || json.Unmarshal(body, &refused) != nil || !strings.HasPrefix(refused.Message, want) || strings.Contains(string(body), created.Secret) {
+		t.Errorf("switching on with a secret that is not whsec_: %d %s, want 400 saying %q…", code, body, want)
+	}
+
+	const whsec = "whsec_c3dpdGNoZWQtc2VjcmV0LTAxMjM0NTY3ODlhYmNkZWY="
+	if code, body = call(t, base, "POST", path+"/secret", map[string]any{"secret": whsec, "overlap": "1h"}); code != http.StatusOK {
+		t.Fatalf("rotation to a whsec_ secret: %d %s", code, body)
+	}
+	code, body = call(t, base, "PATCH", path, map[string]any{"standard_webhooks": true})
+	var s api.Subscription
+	if code != http.StatusOK || json.Unmarshal(body, &s) != nil || !s.StandardWebhooks {
+		t.Fatalf("switching on after the rotation: %d %s, want 200 with standard_webhooks true", code, body)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (1, 'one', 1)`)
+	r := delivered(t, rc, "req_1")
+	key, _ := signer.StandardKey(whsec)
+	if err := signer.VerifyStandard(r.Header, r.Body, time.Now(), key); err != nil {
+		t.Errorf("after switching on, webhook-signature %q does not verify with the whsec_ secret: %v", r.Header.Get(signer.HeaderWebhookSignature), err)
+	}
+	if err := signer.Verify(r.Header.Get(signer.HeaderSignature), r.Body, []byte(created.Secret)); err != nil {
+		t.Errorf("after switching on, X-DZDESK-Signature left the old secret before the switch the rotation announced: %v", err)
+	}
+
+	code, body = call(t, base, "PATCH", path, map[string]any{"standard_webhooks": false})
+	if code != http.StatusOK || json.Unmarshal(body, &s) != nil || s.StandardWebhooks {
+		t.Fatalf("switching off: %d %s, want 200 with standard_webhooks false", code, body)
+	}
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (2, 'two', 1)`)
+	r = delivered(t, rc, "req_2")
+	if got := r.Header.Get(signer.HeaderWebhookSignature); got != "" || r.Header.Get(signer.HeaderSignature) == "" {
+		t.Errorf("after switching off: webhook-signature %q, X-DZDESK-Signature %q; want none and one", got, r.Header.Get(signer.HeaderSignature))
 	}
 }
