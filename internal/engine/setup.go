@@ -182,7 +182,8 @@ func identifySystem(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.Identif
 // journal wrote again, about twenty writes a second while nothing
 // happened, and every delivery's rows were decoded a second time (found
 // by a review, 2026-12-07). A journal in another database is not
-// streamed, whatever the publication.
+// streamed, whatever the publication; and only the journal's own tables
+// count: journal.schema may be the mapped tables' (public).
 func journalUnpublished(ctx context.Context, conn *pgx.Conn, store *journal.Store, publication string) error {
 	journalConn, err := store.Pool().Acquire(ctx)
 	if err != nil {
@@ -196,8 +197,8 @@ func journalUnpublished(ctx context.Context, conn *pgx.Conn, store *journal.Stor
 	var tables []string
 	err = conn.QueryRow(ctx, `SELECT p.puballtables,
 		       coalesce((SELECT array_agg(quote_ident(t.schemaname) || '.' || quote_ident(t.tablename) ORDER BY t.tablename)
-		                   FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = $2), '{}')
-		  FROM pg_publication p WHERE p.pubname = $1`, publication, store.Schema()).Scan(&all, &tables)
+		                   FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = ANY($3)), '{}')
+		  FROM pg_publication p WHERE p.pubname = $1`, publication, store.Schema(), journal.OwnTables()).Scan(&all, &tables)
 	if err != nil || len(tables) == 0 {
 		return err // none: Setup made sure the publication exists
 	}

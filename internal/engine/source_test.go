@@ -286,6 +286,19 @@ func TestJournalPublishedRefused(t *testing.T) {
 			t.Errorf("setup: %v, want the journal's tables named in the fix", err)
 		}
 	})
+	t.Run("the journal in the mapped tables' schema", func(t *testing.T) {
+		db := newDB(t)
+		cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+		cfg.Journal.Schema = "public"
+		if _, err := Setup(context.Background(), cfg, SetupOptions{}); err != nil {
+			t.Errorf("setup with journal.schema public and the publication setup makes: %v", err)
+		}
+		db.Exec(t, `ALTER PUBLICATION dzhook ADD TABLE public.deliveries`)
+		_, err := Setup(context.Background(), cfg, SetupOptions{})
+		if err == nil || !strings.Contains(err.Error(), `(public.deliveries; journal.schema "public"`) {
+			t.Errorf("setup with the journal's deliveries published: %v, want them named, and them alone", err)
+		}
+	})
 	t.Run("a journal in another database", func(t *testing.T) {
 		db, journalDB := newDB(t), newDB(t)
 		// A schema of the journal's name left in the source database (a

@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -85,6 +87,28 @@ func (s *Store) replayLock() string { return "dzhook-replay-prune:" + s.raw }
 func (s *Store) Ping(ctx context.Context) error {
 	var one int
 	return s.pool.QueryRow(ctx, "SELECT 1").Scan(&one)
+}
+
+// ownTable finds the tables the migrations create.
+var ownTable = regexp.MustCompile(`CREATE (?:UNLOGGED )?TABLE (?:IF NOT EXISTS )?\{\{schema\}\}\.(\w+)`)
+
+// OwnTables lists the journal's own tables (unqualified): those its
+// migrations create, and schema_migrations. A schema the journal shares
+// with other tables (journal.schema: public) holds others too.
+func OwnTables() []string {
+	names := []string{"schema_migrations"}
+	files, _ := fs.Glob(migrations, "migrations/*.sql")
+	for _, f := range files {
+		b, err := migrations.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, m := range ownTable.FindAllSubmatch(b, -1) {
+			names = append(names, string(m[1]))
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // Migrate creates the schema and applies the migrations it lacks, in
