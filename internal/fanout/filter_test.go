@@ -52,3 +52,27 @@ func TestFilterFailuresSaid(t *testing.T) {
 		t.Errorf("the WARN quotes the event's data:\n%s", out)
 	}
 }
+
+// TestACostlyFilterLeavesTheOthersTheirBudget: each subscription's filter
+// has its own budget on an event. One subscription's keyword regex over a
+// large comment (about a second here) spent a budget the event's filters
+// shared, and another subscription's cheap filter after it was then not
+// evaluated: the event it matched never reached it, and the WARN blamed
+// its filter.
+func TestACostlyFilterLeavesTheOthersTheirBudget(t *testing.T) {
+	store := newJournal(t)
+	kw, crm := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	d := start(t, store, Config{Subscriptions: []Subscription{
+		{ID: "keywords", URL: kw.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,
+			Filter: `data.body.matches("(?i)\\b(outage|down|urgent|critical|sev1|p1)\\b")`},
+		{ID: "crm", URL: crm.URL, Events: []string{"*"}, Secret: []byte("secret-secret-secret"), Active: true,
+			Filter: `data.priority == "high"`},
+	}, Journal: store, Instance: "i1", RetrySchedule: []time.Duration{0, time.Hour}, Logger: testutil.Logger(t)})
+	ev := orderEvents([]string{"e"})[0]
+	big := strings.Repeat("lorem ipsum dolor sit amet ", 120_000) // 3.2 MB, no keyword
+	ev.Body = []byte(`{"id":"` + ev.ID + `","event":"request.updated","timestamp":"2024-01-15T14:30:00Z","data":{"id":"e","priority":"high","body":"` + big + `"}}`)
+	if err := d.Dispatch(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	crm.Wait(t, 1, 30*time.Second)
+}

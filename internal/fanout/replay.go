@@ -424,9 +424,7 @@ func replayMatches(s *sub, ev journal.ReplayEvent, failed func(*sub, Event, erro
 		failed(s, Event{ID: ev.ID, Type: ev.Type}, err)
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), filterBudget)
-	defer cancel()
-	ok, err := s.filter.MatchContext(ctx, env)
+	ok, err := matchWithin(s.filter, env)
 	if err != nil {
 		failed(s, Event{ID: ev.ID, Type: ev.Type}, err)
 	}
