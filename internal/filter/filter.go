@@ -147,7 +147,12 @@ func longDigitRun(b []byte) bool {
 const exact = 1 << 53
 
 // numbers replaces the json.Numbers in v (decoded with UseNumber) by what
-// the filter compares (see Number).
+// the filter compares. A number is a double, as filters have always seen
+// it (arithmetic with a double literal, data.n + 0.5, stays valid), except
+// an integer beyond 2^53, which a double would round: an id such as
+// 1234567890123456789 is an int (or a uint beyond int64), so that
+// data.customerId == 1234567890123456700 does not match it. CEL compares
+// ints, uints and doubles with one another.
 func numbers(v any) any {
 	switch v := v.(type) {
 	case map[string]any:
@@ -159,31 +164,19 @@ func numbers(v any) any {
 			v[i] = numbers(x)
 		}
 	case json.Number:
-		return Number(v)
+		if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
+			if n >= exact || n <= -exact {
+				return n
+			}
+			return float64(n)
+		}
+		if n, err := strconv.ParseUint(string(v), 10, 64); err == nil {
+			return n
+		}
+		f, _ := v.Float64()
+		return f
 	}
 	return v
-}
-
-// Number is a JSON number as CEL sees it, in a filter and in a transform
-// alike. A number is a double, as filters have always seen it (arithmetic
-// with a double literal, data.n + 0.5, stays valid), except an integer
-// beyond 2^53, which a double would round: an id such as
-// 1234567890123456789 is an int (or a uint beyond int64), so that
-// data.customerId == 1234567890123456700 does not match it. CEL compares
-// ints, uints and doubles with one another. A number past a double's
-// range (1e400) is ±Inf.
-func Number(n json.Number) any {
-	if i, err := strconv.ParseInt(string(n), 10, 64); err == nil {
-		if i >= exact || i <= -exact {
-			return i
-		}
-		return float64(i)
-	}
-	if u, err := strconv.ParseUint(string(n), 10, 64); err == nil {
-		return u
-	}
-	f, _ := n.Float64()
-	return f
 }
 
 // Match evaluates the filter. An expression that fails on this event (a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,8 +15,6 @@ import (
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/common/types/traits"
 	"cel.dev/cel-go/interpreter"
-
-	"github.com/dzdesk/dzhook/internal/filter"
 )
 
 // CostLimit bounds one evaluation of a transform (CEL's cost units,
@@ -143,13 +142,8 @@ func jsonLen(s string) int {
 	return n
 }
 
-// celValue turns an envelope's json.Numbers into CEL's numbers as a
-// filter sees them (filter.Number): README tells filter writers that
-// numbers are doubles ("write 1.0"), and a transform sees data as a
-// filter does. An integer here was an int: sla.warning's percentElapsed,
-// 75 on time and 80.3 late, failed 100.0 - data.percentElapsed on the one
-// and 100 - data.percentElapsed on the other. A whole double is written
-// back as an integer (75), by encoding/json.
+// celValue turns an envelope's json.Numbers into CEL's numbers: an
+// integer is an int, anything else a double.
 func celValue(v any) any {
 	switch v := v.(type) {
 	case map[string]any:
@@ -165,7 +159,14 @@ func celValue(v any) any {
 		}
 		return l
 	case json.Number:
-		return filter.Number(v)
+		if n, err := v.Int64(); err == nil {
+			return n
+		}
+		if n, err := strconv.ParseUint(string(v), 10, 64); err == nil {
+			return n // beyond int64: a double would round it
+		}
+		f, _ := v.Float64()
+		return f
 	}
 	return v
 }
