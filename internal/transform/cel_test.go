@@ -221,3 +221,28 @@ func refusedAsTooLarge(t *testing.T, expr string, env []byte) {
 		t.Errorf("Apply allocated %d MB on the way to refusing it", alloc>>20)
 	}
 }
+
+// TestCELTransformNumbers: what README says of a transform's numbers. A
+// whole number is an int, any other a double, as the JSON wrote it:
+// string() of an id-like number gives its digits (made doubles, as a
+// filter has them, "Request #" + string(data.number) became
+// "Request #1.234567e+06", and data.n + 5 failed), and double() makes
+// arithmetic over a field that may be either work on both
+// (sla.warning's percentElapsed is 75 on time, 80.3 late).
+func TestCELTransformNumbers(t *testing.T) {
+	for _, c := range []struct{ data, expr, want string }{
+		{`{"number":1234567}`, `{"text": "Request #" + string(data.number)}`, `{"text":"Request #1234567"}`},
+		{`{"n":75}`, `{"next": data.n + 5}`, `{"next":80}`},
+		{`{"percentElapsed":75}`, `{"left": 100.0 - double(data.percentElapsed)}`, `{"left":25}`},
+		{`{"percentElapsed":80.5}`, `{"left": 100.0 - double(data.percentElapsed)}`, `{"left":19.5}`},
+	} {
+		tr, err := New(c.expr, "")
+		if err != nil {
+			t.Fatalf("%s: %v", c.expr, err)
+		}
+		body, err := tr.Apply([]byte(`{"id":"whk_1","event":"sla.warning","timestamp":"2024-01-15T14:30:00Z","data":` + c.data + `}`))
+		if err != nil || string(body) != c.want {
+			t.Errorf("%s on %s = %s, %v; want %s", c.expr, c.data, body, err, c.want)
+		}
+	}
+}
