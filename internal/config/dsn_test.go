@@ -50,7 +50,13 @@ func TestDSNParsed(t *testing.T) {
 		})
 	}
 	// The ones that connect still load, journal.dsn unset or not.
-	for _, env := range [][]string{nil, {"DZHOOK_JOURNAL_DSN=host=127.0.0.1 dbname=journal sslmode=disable connect_timeout=5"}} {
+	// So do those naming files only the host dzhook runs on has (a CA, a
+	// client key, a service file): validate may run elsewhere, and a CLI
+	// reading the file need not read the key.
+	for _, env := range [][]string{nil, {"DZHOOK_JOURNAL_DSN=host=127.0.0.1 dbname=journal sslmode=disable connect_timeout=5"},
+		{"DZHOOK_SOURCE_DSN=postgres://dz@db/dzdesk?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"},
+		{"DZHOOK_SOURCE_DSN=host=db user=dz sslmode=require sslcert=/nonexistent/c.pem sslkey=/nonexistent/k.pem"},
+		{"DZHOOK_SOURCE_DSN=service=dzdesk", "PGSERVICEFILE=/nonexistent/pg_service.conf"}} {
 		if _, err := Parse([]byte(minimal), env); err != nil {
 			t.Errorf("%v: %v", env, err)
 		}
