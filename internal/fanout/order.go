@@ -61,8 +61,10 @@ func (o Ordering) key(eventKey string) (string, bool) {
 // subscription's queue, so memory is bounded and the stream is paced by
 // the receiver as without ordering); of a key with journaled deliveries
 // this process does not hold (it holds a claimed head and its run: once
-// a claim took all of the key, the key is back in memory), or when the
-// queue has no room, to the journal, unowned, where the claim orders it.
+// a claim took all of the key, the key is back in memory), or with a
+// quarter of the queue waiting behind the key already (keyCap), or when
+// the queue has no room, to the journal, unowned, where the claim orders
+// it.
 // When a delivery of a key goes to the journal while earlier
 // ones are in memory, those are made visible in the journal first
 // (journal.Record.Unhold): pending and owned by a live instance, they
