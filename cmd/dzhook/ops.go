@@ -130,11 +130,12 @@ func orderingKey(k *string) string {
 
 // runDeliveries lists the history, or shows one delivery with its attempts.
 func runDeliveries(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags(env, "deliveries", "[show ID] [--subscription S] [--status failed] [--event E] [--since 2h] [--until T] [--limit N] [--cursor C] [--json]")
+	fs := newFlags(env, "deliveries", "[show ID] [--subscription S] [--status failed] [--event E] [--ordering-key K] [--since 2h] [--until T] [--limit N] [--cursor C] [--json]")
 	admin, cfg, asJSON := adminFlags(env, fs)
 	sub := fs.String("subscription", "", "only this `subscription`")
 	status := fs.String("status", "", "only this `state`: pending, delivered, failed, skipped, held, cancelled")
 	event := fs.String("event", "", "only this `event` type")
+	key := fs.String("ordering-key", "", "only the deliveries of this ordering `key`, as stored (req_123; a replay's: replay:rpl_…:req_123)")
 	since := fs.String("since", "", "created after this `time` (RFC 3339, or a duration ago: 2h)")
 	until := fs.String("until", "", "created before this `time`")
 	limit := fs.Int("limit", 50, "at most `N` deliveries (1-500)")
@@ -149,7 +150,7 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 			fmt.Fprintln(env.stderr, "dzhook deliveries show: give one delivery id (dlv_…)")
 			return exitUsage
 		}
-		if f := setFlag(fs, "subscription", "status", "event", "since", "until", "limit", "cursor"); f != "" {
+		if f := setFlag(fs, "subscription", "status", "event", "ordering-key", "since", "until", "limit", "cursor"); f != "" {
 			fmt.Fprintf(env.stderr, "dzhook deliveries show: --%s filters the list, not one delivery\n", f)
 			return exitUsage
 		}
@@ -160,11 +161,12 @@ func runDeliveries(ctx context.Context, env *cli, args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
-	if f := emptyFlag(fs, "subscription", "status", "event", "since", "until", "cursor"); f != "" {
+	if f := emptyFlag(fs, "subscription", "status", "event", "ordering-key", "since", "until", "cursor"); f != "" {
 		return refuseEmpty(env, "deliveries", f)
 	}
 	var out api.DeliveryList
-	q := query("subscription", *sub, "status", *status, "event", *event, "since", *since, "until", *until, "limit", fmt.Sprint(*limit), "cursor", *cursor)
+	q := query("subscription", *sub, "status", *status, "event", *event, "ordering_key", *key, "since", *since, "until", *until,
+		"limit", fmt.Sprint(*limit), "cursor", *cursor)
 	raw, err := c.do(ctx, "GET", "/v1/deliveries"+q, nil, &out)
 	if err != nil {
 		return fail(env, "deliveries", err)

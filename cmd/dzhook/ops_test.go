@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -209,6 +210,26 @@ func TestCLIOrdering(t *testing.T) {
 	})
 	if n := len(rc.Requests()); n != 1 {
 		t.Errorf("the receiver got %d requests, want only the created's first attempt: the update must wait", n)
+	}
+
+	// The key's history, finished or not, is one filter away; another
+	// key's is not in it.
+	for key, want := range map[string][]string{"req_7": {behind, head}, "req_8": nil} {
+		code, out, errOut := cliRun(t, url, cliToken, "deliveries", "--ordering-key", key, "--json")
+		var list api.DeliveryList
+		if code != exitOK || json.Unmarshal([]byte(out), &list) != nil {
+			t.Fatalf("deliveries --ordering-key %s: exit %d\n%s%s", key, code, out, errOut)
+		}
+		var got []string
+		for _, d := range list.Deliveries {
+			got = append(got, d.ID)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("deliveries --ordering-key %s: %v, want %v (newest first)", key, got, want)
+		}
+	}
+	if code, _, errOut := cliRun(t, url, cliToken, "deliveries", "show", head, "--ordering-key", "req_7"); code != exitUsage || !strings.Contains(errOut, "--ordering-key") {
+		t.Errorf("deliveries show ID --ordering-key: exit %d %q, want 2 naming --ordering-key", code, errOut)
 	}
 
 	code, out, errOut := cliRun(t, url, cliToken, "status")

@@ -152,7 +152,7 @@ func New(cfg Config) *Server {
 	// takes a body; anything else is refused (request.go).
 	none := endpoint{}
 	rng := endpoint{params: []string{"since", "until"}}
-	list := endpoint{params: []string{"subscription", "status", "event", "since", "until", "limit", "cursor"}}
+	list := endpoint{params: []string{"subscription", "status", "event", "ordering_key", "since", "until", "limit", "cursor"}}
 	s.route("GET /v1/openapi.yaml", endpoint{public: true}, s.openapi)
 	s.route("GET /v1/openapi.json", endpoint{public: true}, s.openapiJSON)
 	s.route("GET /v1/events", none, s.events)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dzdesk/dzhook/internal/api"
 	"github.com/dzdesk/dzhook/internal/ids"
@@ -24,6 +25,10 @@ const (
 	defaultLimit = 50
 	maxLimit     = 500
 	maxBody      = 16 << 10
+	// maxOrderingKey bounds the ordering_key filter, in bytes: a stored
+	// key is at most 256 bytes (mapping.MaxKey), a replay's with its
+	// "replay:<id>:" before it.
+	maxOrderingKey = 512
 	// maxWaitedBehind is how many of the deliveries that waited behind an
 	// ordered one its detail lists.
 	maxWaitedBehind = 20
@@ -229,6 +234,13 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {
 		}
 		f.Event = v
 	}
+	if v := q["ordering_key"]; v != "" {
+		if err := checkOrderingKey(v); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		f.OrderingKey = v
+	}
 	var err error
 	if f.Since, f.Until, err = rangeParams(q); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -263,6 +275,19 @@ func (s *Server) deliveries(w http.ResponseWriter, r *http.Request, q query) {
 		out.Deliveries = append(out.Deliveries, deliveryOf(d))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// checkOrderingKey refuses an ordering_key filter no stored key can
+// equal: PostgreSQL's text holds neither invalid UTF-8 nor NUL, and
+// would answer the query with an error (a 503) rather than nothing.
+func checkOrderingKey(v string) error {
+	switch {
+	case len(v) > maxOrderingKey:
+		return fmt.Errorf("ordering_key: %d bytes, over the %d an ordering key can have", len(v), maxOrderingKey)
+	case !utf8.ValidString(v) || strings.ContainsRune(v, 0):
+		return fmt.Errorf("ordering_key: %q is not text an ordering key can hold (invalid UTF-8 or NUL)", clip(v))
+	}
+	return nil
 }
 
 func (s *Server) deliveryID(w http.ResponseWriter, r *http.Request) (string, bool) {

@@ -26,6 +26,8 @@ type spy struct {
 	// since and until are the bounds of the last RetryFailed or
 	// ListDeliveries.
 	since, until *time.Time
+	// key is the ordering key filter of the last ListDeliveries.
+	key string
 	// The Manager's side (manage_test.go): what it was called with, and
 	// the errors it answers.
 	m spyManagerState
@@ -69,7 +71,7 @@ type spyHistory struct {
 
 func (h spyHistory) ListDeliveries(ctx context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error) {
 	h.s.calls = append(h.s.calls, "ListDeliveries")
-	h.s.since, h.s.until = f.Since, f.Until
+	h.s.since, h.s.until, h.s.key = f.Since, f.Until, f.OrderingKey
 	return h.checkedHistory.ListDeliveries(ctx, f)
 }
 
@@ -388,6 +390,10 @@ func TestMalformedRequests(t *testing.T) {
 		{"GET", list + "?subscription=ghost", "", 400, "subscription"},
 		{"GET", list + "?event=nope.nope", "", 400, "event"},
 		{"GET", list + "?cursor=" + strings.Repeat("c", 600), "", 400, "cursor"},
+		{"GET", list + "?ordering_key=", "", 400, `"ordering_key"`},
+		{"GET", list + "?ordering_key=req_1%FF", "", 400, "ordering_key"},
+		{"GET", list + "?ordering_key=req%00", "", 400, "ordering_key"},
+		{"GET", list + "?ordering_key=" + strings.Repeat("k", 513), "", 400, "ordering_key: 513 bytes"},
 		{"GET", "/v1/audit?limit=0", "", 400, "limit"},
 		{"GET", "/v1/audit?limit=501", "", 400, "limit"},
 		{"GET", "/v1/audit?limit=ten", "", 400, "limit"},
@@ -500,6 +506,26 @@ func TestUncleanPathsAreNotRedirected(t *testing.T) {
 		code, msg := do(t, srv, http.MethodGet, p, nil)
 		if code != http.StatusNotFound {
 			t.Errorf("GET %s: %d %q, want 404", p, code, msg)
+		}
+	}
+}
+
+// TestDeliveriesOrderingKeyFilter: ordering_key reaches the journal as
+// given, a replay's prefixed key too, and is no filter when absent.
+func TestDeliveriesOrderingKeyFilter(t *testing.T) {
+	for _, tc := range []struct{ query, want string }{
+		{"?ordering_key=req_123", "req_123"},
+		{"?ordering_key=replay%3Arpl_1%3Areq_123&subscription=crm&status=pending", "replay:rpl_1:req_123"},
+		{"?ordering_key=" + strings.Repeat("k", 512), strings.Repeat("k", 512)},
+		{"?status=pending", ""},
+	} {
+		srv, s := newSpyServer(t)
+		if code, msg := do(t, srv, "GET", "/v1/deliveries"+tc.query, nil); code != 200 {
+			t.Errorf("GET /v1/deliveries%s: %d %s, want 200", clip(tc.query), code, msg)
+			continue
+		}
+		if s.key != tc.want {
+			t.Errorf("GET /v1/deliveries%s: the journal was asked for key %q, want %q", clip(tc.query), clip(s.key), clip(tc.want))
 		}
 	}
 }
