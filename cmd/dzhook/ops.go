@@ -206,11 +206,16 @@ func showDelivery(ctx context.Context, env *cli, c *client, id string, asJSON bo
 	}
 	d := out.Delivery
 	tw := newTable(env.stdout)
-	for _, kv := range [][2]string{
+	facts := [][2]string{
 		{"delivery", d.ID}, {"event", d.Event + " " + d.EventID}, {"subscription", d.Subscription}, {"state", string(d.State)},
 		{"attempts", fmt.Sprint(d.Attempts)}, {"next attempt", when(d.NextAttemptAt)}, {"created", when(&d.CreatedAt)},
 		{"ordering key", orderingKey(d.OrderingKey)},
-	} {
+	}
+	if out.WaitingBehind != "" {
+		// Its next attempt is its key's head's: show that one.
+		facts = append(facts, [2]string{"waits behind", printable(out.WaitingBehind, false) + " (deliveries show it)"})
+	}
+	for _, kv := range facts {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	_ = tw.Flush()

@@ -172,7 +172,9 @@ func TestCLIOperations(t *testing.T) {
 
 // TestCLIOrdering: under ordering: entity, a request.created that waits
 // for its retry holds back the request's update. status shows the
-// blocked key; deliveries show shows the key and what waited behind it.
+// blocked key; deliveries --ordering-key lists the key's deliveries;
+// deliveries show shows the key, what waited behind it, and for the
+// update, the head it waits behind.
 func TestCLIOrdering(t *testing.T) {
 	rc := testutil.NewReceiver(t)
 	rc.SetRespond(func(_ int, r *http.Request, _ []byte) (int, http.Header, string) {
@@ -241,9 +243,15 @@ func TestCLIOrdering(t *testing.T) {
 		!strings.Contains(out, "waited behind it (oldest first):\n  "+behind+"\n") {
 		t.Errorf("deliveries show %s: exit %d, want the key and %s waiting behind it\n%s%s", head, code, behind, out, errOut)
 	}
+	if strings.Contains(out, "waits behind:") {
+		t.Errorf("deliveries show %s: the head waits behind nothing\n%s", head, out)
+	}
 	code, out, _ = cliRun(t, url, cliToken, "deliveries", "show", behind)
 	if code != exitOK || !strings.Contains(out, "waited behind it: none") {
 		t.Errorf("deliveries show %s: exit %d, want nothing waiting behind it\n%s", behind, code, out)
+	}
+	if !strings.Contains(out, "waits behind:") || !strings.Contains(out, head+" (deliveries show it)") {
+		t.Errorf("deliveries show %s: want it waiting behind %s\n%s", behind, head, out)
 	}
 }
 

@@ -97,6 +97,11 @@ func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, 
 	} else { // and sends a body of its own (a transform's)
 		d.Sent = []byte(`{"text":"New request req_1"}`)
 	}
+	if strings.HasSuffix(id, "_waiting") { // parked behind its key's head, dlv_1
+		next, head := goldenTime.Add(time.Hour), "dlv_1"
+		d.State, d.Attempts, d.LastStatus, d.NextAttemptAt, d.WaitingBehind = "pending", 0, nil, &next, &head
+		return d, []byte(`{"id":"whk_1","event":"request.created","timestamp":"2024-01-15T14:30:00Z","data":{"id":"req_1"}}`), nil, nil
+	}
 	attempts := []journal.Attempt{
 		{Attempt: 1, At: goldenTime, Trigger: "auto", StatusCode: &status, DurationMS: 40, ResponseBody: []byte("\xff\xfe down"), ErrorClass: &class, Error: &msg,
 			Instance: &instance},
@@ -200,6 +205,7 @@ func TestAPIGolden(t *testing.T) {
 		{"GET", "/v1/deliveries?cursor=last", "t", "", &api.DeliveryList{}},
 		{"GET", "/v1/deliveries/dlv_1", "t", "", &api.DeliveryDetail{}},
 		{"GET", "/v1/deliveries/dlv_1_raw", "t", "", &api.DeliveryDetail{}},
+		{"GET", "/v1/deliveries/dlv_3_waiting", "t", "", &api.DeliveryDetail{}},
 		{"POST", "/v1/deliveries/dlv_1/retry", "t", "", &api.AttemptReport{}},
 		{"POST", "/v1/subscriptions/crm/retry-failed?since=2h", "t", "", &api.RetryFailedResponse{}},
 		{"POST", "/v1/subscriptions/crm/test", "t", `{"event":"order.shipped"}`, &api.AttemptReport{}},

@@ -316,6 +316,9 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request, _ query) {
 	if d.Sent != nil {
 		out.Sent = payloadOf(d.Sent)
 	}
+	if d.WaitingBehind != nil {
+		out.WaitingBehind = *d.WaitingBehind
+	}
 	for _, a := range attempts {
 		out.Attempts = append(out.Attempts, attemptOf(a))
 	}

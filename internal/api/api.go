@@ -251,6 +251,12 @@ type DeliveryDetail struct {
 	// listed; WaitedBehindMore is true when there were more.
 	WaitedBehindIt   []string `json:"waited_behind_it"`
 	WaitedBehindMore bool     `json:"waited_behind_more,omitempty"`
+	// WaitingBehind is, for a pending ordered delivery that is not its
+	// key's head, the delivery it waits for: the head it is parked behind
+	// while that one waits for its retry, else its key's first unfinished
+	// delivery. Absent otherwise (a head, a finished, held or unordered
+	// delivery).
+	WaitingBehind string `json:"waiting_behind,omitempty"`
 }
 
 // Attempt is one attempt of a delivery.

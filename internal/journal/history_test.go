@@ -82,3 +82,72 @@ func TestListDeliveriesOfAKey(t *testing.T) {
 		}
 	}
 }
+
+// waitingBehind is GetDelivery's WaitingBehind of id, "" for none.
+func waitingBehind(t *testing.T, s *Store, id string) string {
+	t.Helper()
+	d, _, _, err := s.GetDelivery(context.Background(), id)
+	if err != nil {
+		t.Fatalf("GetDelivery(%s): %v", id, err)
+	}
+	if d.WaitingBehind == nil {
+		return ""
+	}
+	return *d.WaitingBehind
+}
+
+// TestGetDeliveryWaitingBehind: a pending ordered delivery that is not
+// its key's head names what it waits for: the head it is parked behind,
+// or, not parked, its key's head; once that head is finished and before
+// Unpark, the key's next head, not the finished one. A head, a finished
+// delivery, an unordered one and a held one name none.
+func TestGetDeliveryWaitingBehind(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	for _, b := range []*Batch{orderedBatch("k", 0, 4), orderedBatch("fresh", 0, 2), pendingBatch("loose")} {
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := keyedBatch(time.Now(), "crm", "h", "held_1", "held_2")
+	for i := range held.Deliveries {
+		held.Deliveries[i].State = "held"
+	}
+	if err := s.Write(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	// k's head failed its first attempt and waits an hour: the rest of k
+	// is parked behind it.
+	head := "dlv_k_000001"
+	if err := s.Write(ctx, &Batch{
+		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), LastStatus: 503, LastAttemptAt: time.Now()}},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 3 {
+		t.Fatalf("Park parked %d (err %v), want the 3 behind %s", n, err, head)
+	}
+	for id, want := range map[string]string{
+		head: "", "dlv_k_000002": head, "dlv_k_000004": head,
+		"dlv_fresh_000001": "", "dlv_fresh_000002": "dlv_fresh_000001", // not parked: the key's head
+		"dlv_loose": "", "dlv_held_2": "",
+	} {
+		if got := waitingBehind(t, s, id); got != want {
+			t.Errorf("%s waits behind %q, want %q", id, got, want)
+		}
+	}
+	// The head is delivered; until Unpark, k's others still name it as
+	// parked_behind, and wait for k's next head instead.
+	if err := s.Write(ctx, &Batch{
+		Updates:  []DeliveryUpdate{{ID: head, State: "delivered", Attempts: 2, LastStatus: 200, LastAttemptAt: time.Now()}},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 2, At: time.Now(), Trigger: "manual", StatusCode: 200}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{head: "", "dlv_k_000002": "", "dlv_k_000003": "dlv_k_000002", "dlv_k_000004": "dlv_k_000002"} {
+		if got := waitingBehind(t, s, id); got != want {
+			t.Errorf("after %s was delivered, %s waits behind %q, want %q", head, id, got, want)
+		}
+	}
+}

@@ -55,7 +55,11 @@ type Delivery struct {
 	ReplayID *string
 	// Sent is the delivery's own body, when it sends one (a transform's
 	// result); nil: its event's. Only GetDelivery reads it.
-	Sent           []byte
+	Sent []byte
+	// WaitingBehind is, for a pending ordered delivery that is not its
+	// key's head, the delivery it waits for (see GetDelivery); nil
+	// otherwise. Only GetDelivery reads it.
+	WaitingBehind  *string
 	owner          *string
 	nextAttemptRaw *time.Time
 }
@@ -101,11 +105,13 @@ type DeliveryFilter struct {
 const deliveryColumns = `d.id, d.event_id, d.event_type, d.subscription_id, d.state, d.attempts, d.next_attempt_at, d.owner, d.test,
 	d.last_status, d.last_error, d.last_attempt_at, d.created_at, d.updated_at, d.ordering_key, d.position, d.replay_id`
 
-func scanDelivery(r pgx.Row) (Delivery, error) {
+// scanDelivery reads deliveryColumns, then into more, the columns after
+// them.
+func scanDelivery(r pgx.Row, more ...any) (Delivery, error) {
 	var d Delivery
 	var status *int32
-	err := r.Scan(&d.ID, &d.EventID, &d.Event, &d.Subscription, &d.State, &d.Attempts, &d.nextAttemptRaw, &d.owner, &d.Test,
-		&status, &d.LastError, &d.LastAttemptAt, &d.CreatedAt, &d.UpdatedAt, &d.OrderingKey, &d.Position, &d.ReplayID)
+	err := r.Scan(append([]any{&d.ID, &d.EventID, &d.Event, &d.Subscription, &d.State, &d.Attempts, &d.nextAttemptRaw, &d.owner, &d.Test,
+		&status, &d.LastError, &d.LastAttemptAt, &d.CreatedAt, &d.UpdatedAt, &d.OrderingKey, &d.Position, &d.ReplayID}, more...)...)
 	if status != nil {
 		v := int(*status)
 		d.LastStatus = &v
@@ -223,8 +229,23 @@ func decodeCursor(c string) (time.Time, string, error) {
 }
 
 // GetDelivery returns a delivery, its event's body and every attempt.
+//
+// A pending ordered delivery that is not its key's head names what it
+// waits for (WaitingBehind): the head it is parked behind (Park), while
+// that one is unfinished, else its key's head, the first unfinished
+// delivery of its subscription and key. It shows a pending delivery with
+// no attempt and its head's due time as what it is, and with it the head
+// an operator looks for, from any of the thousands parked behind it.
+// Read in the same statement as the delivery, from the primary key and
+// deliveries_order (one probe each), for a pending ordered one only.
 func (s *Store) GetDelivery(ctx context.Context, id string) (Delivery, []byte, []Attempt, error) {
-	d, err := scanDelivery(s.pool.QueryRow(ctx, s.q(`SELECT `+deliveryColumns+` FROM {{schema}}.deliveries d WHERE d.id = $1`), id))
+	var behind *string
+	d, err := scanDelivery(s.pool.QueryRow(ctx, s.q(`SELECT `+deliveryColumns+`,
+		CASE WHEN d.state = 'pending' AND d.ordering_key IS NOT NULL THEN coalesce(
+			(SELECT p.id FROM {{schema}}.deliveries p WHERE p.id = d.parked_behind AND p.state IN ('pending', 'held')),
+			(`+earlierOfKey("x.id")+`)) END
+		FROM {{schema}}.deliveries d WHERE d.id = $1`), id), &behind)
+	d.WaitingBehind = behind
 	if errors.Is(err, pgx.ErrNoRows) {
 		return d, nil, nil, ErrNotFound
 	}

@@ -177,6 +177,15 @@ async function main() {
   await eventually('ordering key', () => text(page.locator(tid('detail-ordering-key'))), (s) => s === 'req_42');
   await page.locator(tid('waited-behind')).waitFor({ state: 'visible' });
   await eventually('waited behind it', () => page.locator(`${tid('waited-list')} li`).allTextContents(), (l) => l.length === 1 && l[0].trim() === waitedID);
+  if (await page.locator(tid('detail-waiting-behind')).count() !== 0) throw new Error('the head shows a delivery it waits behind');
+
+  step('open the update from that list: it waits behind the created, which opens from there');
+  await page.locator(tid(`waited-${waitedID}`)).click();
+  await eventually('detail id', () => text(page.locator(tid('detail-id'))), (s) => s === waitedID);
+  await eventually('waits behind', () => text(page.locator(tid('detail-waiting-behind'))), (s) => s === deliveryID);
+  await page.locator(tid('detail-waiting-behind')).click();
+  await eventually('detail id', () => text(page.locator(tid('detail-id'))), (s) => s === deliveryID);
+  await eventually('one attempt', () => attempts.count(), (n) => n === 1);
 
   step('retry it from the dashboard (the receiver now answers 200): a second, manual attempt');
   await page.locator(tid('retry-delivery')).click();

@@ -1936,6 +1936,14 @@ function renderDetail(data) {
     fact('Event id', el('span', { class: 'mono', text: d.event_id || '' })),
     fact('Ordering key', orderingKey(d.ordering_key), 'detail-ordering-key'),
   ];
+  // A delivery waiting behind an earlier one of its key: its next
+  // attempt is that one's, and that one is what to look at (or retry).
+  if (data.waiting_behind) {
+    facts.push(fact('Waits behind', el('button', {
+      type: 'button', class: 'linkish mono', 'data-testid': 'detail-waiting-behind',
+      title: 'an earlier delivery of its ordering key, still to be made: it goes first', onclick: () => openDelivery(data.waiting_behind, true),
+    }, data.waiting_behind)));
+  }
   if (d.test) facts.push(fact('Kind', 'test send (not counted in the subscription’s health)'));
   if (d.replay_id) facts.push(fact('Replay', el('span', { class: 'mono', text: d.replay_id }), 'detail-replay'));
   $('detail-facts').replaceChildren(...facts);
