@@ -58,10 +58,11 @@ func runStatus(ctx context.Context, env *cli, args []string) int {
 	return exitOK
 }
 
-// blocked says how many keys of a subscription wait behind a retry, and
-// for how long the oldest has: "2 (oldest 5m)". An unordered
-// subscription shows "-", unless deliveries made under an earlier
-// ordering are still blocked.
+// blocked says how many keys of a subscription wait behind a retry, for
+// how long the oldest has, and which key it is: "2 (oldest 5m: req_7)"
+// (deliveries --ordering-key lists it; status --json names its head). An
+// unordered subscription shows "-", unless deliveries made under an
+// earlier ordering are still blocked.
 func blocked(s api.Subscription, now time.Time) string {
 	if s.BlockedKeys == 0 {
 		if s.Ordering == "none" {
@@ -72,7 +73,11 @@ func blocked(s api.Subscription, now time.Time) string {
 	if s.OldestBlockedAt == nil {
 		return fmt.Sprint(s.BlockedKeys)
 	}
-	return fmt.Sprintf("%d (oldest %s)", s.BlockedKeys, age(now.Sub(*s.OldestBlockedAt)))
+	key := ""
+	if s.OldestBlockedKey != nil {
+		key = ": " + orderingKey(s.OldestBlockedKey)
+	}
+	return fmt.Sprintf("%d (oldest %s%s)", s.BlockedKeys, age(now.Sub(*s.OldestBlockedAt)), key)
 }
 
 // rateLimitOf says a subscription's rate limit; then, when this process keeps a

@@ -235,7 +235,7 @@ func TestCLIOrdering(t *testing.T) {
 	}
 
 	code, out, errOut := cliRun(t, url, cliToken, "status")
-	if code != exitOK || !strings.Contains(out, "BLOCKED KEYS") || !strings.Contains(out, " entity ") || !strings.Contains(out, "1 (oldest ") {
+	if code != exitOK || !strings.Contains(out, "BLOCKED KEYS") || !strings.Contains(out, " entity ") || !regexpMatch(out, `1 \(oldest \w+: req_7\)`) {
 		t.Errorf("status: exit %d, want the ordering and 1 blocked key\n%s%s", code, out, errOut)
 	}
 	code, out, errOut = cliRun(t, url, cliToken, "deliveries", "show", head)
@@ -324,6 +324,7 @@ func TestCLITransform(t *testing.T) {
 func TestBlockedAndAge(t *testing.T) {
 	now := time.Date(2024, 1, 15, 14, 30, 0, 0, time.UTC)
 	ago := func(d time.Duration) *time.Time { t := now.Add(-d); return &t }
+	key := func(k string) *string { return &k }
 	for _, tc := range []struct {
 		s    api.Subscription
 		want string
@@ -337,6 +338,12 @@ func TestBlockedAndAge(t *testing.T) {
 		// Made under an earlier ordering, still blocked after a reload to none.
 		{api.Subscription{Ordering: "none", BlockedKeys: 1, OldestBlockedAt: ago(time.Minute)}, "1 (oldest 1m)"},
 		{api.Subscription{Ordering: "entity", BlockedKeys: 1, OldestBlockedAt: ago(-time.Minute)}, "1 (oldest 0s)"}, // clocks apart
+		// The oldest blocked key, as stored; the key of ordering: subscription is "".
+		{api.Subscription{Ordering: "entity", BlockedKeys: 2, OldestBlockedAt: ago(45 * time.Second), OldestBlockedKey: key("req_7"), OldestBlockedHead: "dlv_1"},
+			"2 (oldest 45s: req_7)"},
+		{api.Subscription{Ordering: "subscription", BlockedKeys: 1, OldestBlockedAt: ago(time.Minute), OldestBlockedKey: key(""), OldestBlockedHead: "dlv_1"},
+			"1 (oldest 1m: (whole subscription))"},
+		{api.Subscription{Ordering: "entity", BlockedKeys: 1, OldestBlockedAt: ago(time.Minute), OldestBlockedKey: key("req\x1b[2J")}, `1 (oldest 1m: req\x1b[2J)`},
 	} {
 		if got := blocked(tc.s, now); got != tc.want {
 			t.Errorf("blocked(%+v) = %q, want %q", tc.s, got, tc.want)

@@ -77,6 +77,10 @@ func subscriptionOf(st fanout.SubscriptionStatus, b journal.Backlog, now time.Ti
 		t := b.OldestBlocked.UTC()
 		v.OldestBlockedAt = &t
 	}
+	if b.BlockedKeys > 0 && b.OldestBlockedHead != "" {
+		key := b.OldestBlockedKey
+		v.OldestBlockedKey, v.OldestBlockedHead = &key, b.OldestBlockedHead
+	}
 	return v
 }
 

@@ -115,7 +115,8 @@ func (fullHistory) GetDelivery(_ context.Context, id string) (journal.Delivery, 
 }
 
 func (fullHistory) Backlogs(context.Context) (map[string]journal.Backlog, error) {
-	return map[string]journal.Backlog{"crm": {Pending: 2, Failed: 1, Held: 3, BlockedKeys: 2, OldestBlocked: goldenTime.Add(-time.Hour)}}, nil
+	return map[string]journal.Backlog{"crm": {Pending: 2, Failed: 1, Held: 3, BlockedKeys: 2, OldestBlocked: goldenTime.Add(-time.Hour),
+		OldestBlockedKey: "req_1", OldestBlockedHead: "dlv_1"}}, nil
 }
 
 // WaitedBehind answers one more id than the API shows, so the golden

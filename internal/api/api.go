@@ -144,6 +144,12 @@ type Subscription struct {
 	// was created, null when no key is blocked.
 	BlockedKeys     int        `json:"blocked_keys"`
 	OldestBlockedAt *time.Time `json:"oldest_blocked_at"`
+	// OldestBlockedKey and OldestBlockedHead name the oldest blocked
+	// head's key, as stored ("" under ordering "subscription"), and the
+	// head: the delivery to look at, or retry, to let the key go on.
+	// Both absent when no key is blocked.
+	OldestBlockedKey  *string `json:"oldest_blocked_key,omitempty"`
+	OldestBlockedHead string  `json:"oldest_blocked_head,omitempty"`
 	// OrderMemory is what this process holds of the subscription's keys
 	// in memory; absent without ordering.
 	OrderMemory *OrderMemory `json:"order_memory,omitempty"`

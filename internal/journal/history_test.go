@@ -151,3 +151,48 @@ func TestGetDeliveryWaitingBehind(t *testing.T) {
 		}
 	}
 }
+
+// TestBacklogsCountBlockedHeads: a key counts as blocked when its head,
+// its first unfinished delivery, waits for a retry (pending, attempted,
+// not queued for a manual retry), and the oldest such head is named with
+// its key. An attempted pending delivery behind a head not yet attempted
+// blocks nothing, and neither does a failed head that a retry of failed
+// deliveries made pending: both were counted.
+func TestBacklogsCountBlockedHeads(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	at := time.Now().Add(-time.Hour)
+	for _, b := range []*Batch{
+		keyedBatch(at, "crm", "req_old", "old_1", "old_2"),
+		keyedBatch(at.Add(time.Minute), "crm", "req_a", "a_1", "a_2"),
+		keyedBatch(at.Add(2*time.Minute), "crm", "req_b", "b_1", "b_2"),
+		keyedBatch(at.Add(3*time.Minute), "crm", "req_c", "c_1", "c_2"),
+	} {
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	retry, now := time.Now().Add(time.Hour), time.Now()
+	failed := func(id string, state State) DeliveryUpdate {
+		return DeliveryUpdate{ID: id, State: state, Attempts: 1, NextAttemptAt: retry, LastStatus: 503, LastAttemptAt: now}
+	}
+	if err := s.Write(ctx, &Batch{Updates: []DeliveryUpdate{
+		failed("dlv_old_1", Pending), failed("dlv_a_1", Pending), // heads waiting for their retry
+		failed("dlv_b_2", Pending), // attempted, behind b_1, which is not
+		failed("dlv_c_1", Failed),  // failed, then retried in bulk below
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.RetryFailed(ctx, "crm", nil, nil, "self", time.Minute); err != nil || n != 1 {
+		t.Fatalf("RetryFailed: %d (err %v), want c_1", n, err)
+	}
+	backlogs, err := s.Backlogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := backlogs["crm"]
+	if b.BlockedKeys != 2 || b.OldestBlockedKey != "req_old" || b.OldestBlockedHead != "dlv_old_1" || !b.OldestBlocked.Equal(at.Truncate(time.Microsecond)) {
+		t.Errorf("blocked keys %d, oldest %q (head %q, created %v), want 2 (req_old and req_a), oldest req_old (head dlv_old_1, created %v)",
+			b.BlockedKeys, b.OldestBlockedKey, b.OldestBlockedHead, b.OldestBlocked, at)
+	}
+}

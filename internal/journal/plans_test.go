@@ -69,7 +69,8 @@ func TestStateReadsUseTheirIndexes(t *testing.T) {
 // table. Also as a generic plan, which a prepared statement comes to
 // (pgx prepares its statements; PostgreSQL may plan them generically
 // after five runs): there a "$10 IS NULL OR" condition cannot use the
-// index. The plans are read on 40,000 ordered rows of 2,000 keys per
+// index. So does the count of blocked keys (Backlogs), from the pending
+// rows. The plans are read on 40,000 ordered rows of 2,000 keys per
 // subscription, analyzed.
 func TestHistoryReadsUseTheirIndexes(t *testing.T) {
 	s, _ := newStore(t)
@@ -87,6 +88,21 @@ func TestHistoryReadsUseTheirIndexes(t *testing.T) {
 		if _, err := s.pool.Exec(ctx, s.q(q)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The blocked keys' count reads the pending deliveries and asks
+	// deliveries_order whether each is its key's head, one probe each: a
+	// hash join read every unfinished ordered delivery.
+	rows, err := s.pool.Query(ctx, "EXPLAIN (COSTS OFF) "+s.q(blockedKeysSQL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := strings.Join(plan, "\n"); strings.Contains(p, "Seq Scan on deliveries") || strings.Contains(p, "history") || strings.Contains(p, "Hash") ||
+		!strings.Contains(p, "using deliveries_order on deliveries x") {
+		t.Errorf("the blocked keys' count does not read the unfinished deliveries through their indexes:\n%s", p)
 	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {

@@ -149,8 +149,9 @@ async function main() {
 
   step(`${sub} shows its ordering and the key blocked behind the 500`);
   await eventually('ordering', () => text(page.locator(tid(`ordering-${sub}`))), (s) => s === 'ordering: entity');
-  const blocked = await eventually('blocked keys', () => text(page.locator(tid(`blocked-${sub}`))), (s) => s.startsWith('Blocked keys: 1 (oldest created '));
+  const blocked = await eventually('blocked keys', () => text(page.locator(tid(`blocked-${sub}`))), (s) => s.startsWith('Blocked keys: 1 (oldest created ') && s.endsWith(': req_42)'));
   console.log(`  ${blocked}`);
+  await eventually('the blocked key\'s head', () => text(page.locator(tid(`blocked-head-${sub}`))), (s) => s === deliveryID);
 
   step(`delivery ${deliveryID} is in the history, pending after its 500`);
   const row = page.locator(tid(`delivery-row-${deliveryID}`));
@@ -200,6 +201,7 @@ async function main() {
   step('its key moves on: the update is delivered, no key is blocked, and the history still shows what waited');
   await eventually('update delivered', () => text(page.locator(tid(`delivery-state-${waitedID}`))), (s) => s === 'delivered');
   await eventually('blocked keys', () => text(page.locator(tid(`blocked-${sub}`))), (s) => s === 'Blocked keys: none');
+  await eventually('no blocked head', () => page.locator(tid(`blocked-head-${sub}`)).isVisible(), (v) => v === false);
   await eventually('still waited behind it', () => page.locator(`${tid('waited-list')} li`).count(), (n) => n === 1);
 
   step('send a test event from the subscription\'s card');

@@ -401,6 +401,12 @@ function buildCard(id) {
     c.chartCap,
   );
   c.blocked = el('p', { class: 'order-line', 'data-testid': `blocked-${id}`, hidden: true });
+  // The oldest blocked key's head: the delivery that holds it back.
+  c.blockedHeadLink = el('button', {
+    type: 'button', class: 'linkish mono', 'data-testid': `blocked-head-${id}`,
+    onclick: () => openDelivery(c.blockedHeadLink.textContent, true),
+  });
+  c.blockedHead = el('p', { class: 'order-line', hidden: true }, 'Its head, to look at or retry: ', c.blockedHeadLink);
   c.rate = el('p', { class: 'order-line', 'data-testid': `rate-${id}`, hidden: true });
   c.lastError = el('p', { class: 'last-error', 'data-testid': `last-error-${id}`, hidden: true });
 
@@ -427,6 +433,7 @@ function buildCard(id) {
     c.description,
     el('div', { class: 'card-body' }, metrics, chart),
     c.blocked,
+    c.blockedHead,
     c.rate,
     c.lastError,
     el('div', { class: 'actions', role: 'group', 'aria-label': `Actions for ${id}` },
@@ -617,7 +624,11 @@ function updateOrdering(c, s) {
   c.ordering.title = orderingTitles[mode] || '';
   const n = s.blocked_keys || 0;
   c.blocked.hidden = mode === 'none' && n === 0;
-  setText(c.blocked, n === 0 ? 'Blocked keys: none' : `Blocked keys: ${n} (oldest created ${fmtAgo(s.oldest_blocked_at)})`);
+  const oldestKey = typeof s.oldest_blocked_key === 'string' ? `: ${s.oldest_blocked_key === '' ? 'the whole subscription' : s.oldest_blocked_key}` : '';
+  setText(c.blocked, n === 0 ? 'Blocked keys: none' : `Blocked keys: ${n} (oldest created ${fmtAgo(s.oldest_blocked_at)}${oldestKey})`);
+  const head = n > 0 && s.oldest_blocked_head ? s.oldest_blocked_head : '';
+  c.blockedHead.hidden = head === '';
+  setText(c.blockedHeadLink, head);
   c.blocked.className = n > 0 ? 'order-line warn' : 'order-line';
   const m = s.order_memory;
   const plural = (k, one, many) => `${k} ${k === 1 ? one : many}`;
