@@ -1197,6 +1197,37 @@ func TestStateChangeOfAnEarlierBatch(t *testing.T) {
 	}
 }
 
+// TestLastAnswerIsTheLatestByItsTime: two processes' answers reach the
+// journal in the other order than they were given (one's batch held up
+// behind the other's): the journal keeps the later answer's status and
+// error, not the last written (a process's 200 written after another's
+// later 503 left the row failing with a 200, and every replica showed
+// that: TestAdoptedFailingIsExplained failed under load).
+func TestLastAnswerIsTheLatestByItsTime(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	ok := time.Now().Add(-time.Second).UTC().Truncate(time.Microsecond)
+	failed, olderFail := ok.Add(500*time.Millisecond), ok.Add(-500*time.Millisecond)
+	for _, st := range []SubscriptionState{
+		{ID: "crm", State: Failing, Changed: true, LastStatus: 503, LastError: "HTTP 503", LastFailureAt: failed}, // written first
+		{ID: "crm", State: Healthy, LastStatus: 200, LastSuccessAt: ok},                                           // given before it
+		{ID: "crm", State: Healthy, LastStatus: 401, LastError: "HTTP 401", LastFailureAt: olderFail},             // before both
+	} {
+		if err := s.Write(ctx, &Batch{Subs: []SubscriptionState{st}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := s.SubscriptionStates(ctx)
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("journal's states %+v (%v), want crm's alone", rows, err)
+	}
+	got := rows[0]
+	if got.LastStatus != 503 || got.LastError != "HTTP 503" || !got.LastFailureAt.Equal(failed) || !got.LastSuccessAt.Equal(ok) {
+		t.Errorf("last answer: status %d, error %q, failure at %v, success at %v; want 503, \"HTTP 503\", %v, %v",
+			got.LastStatus, got.LastError, got.LastFailureAt, got.LastSuccessAt, failed, ok)
+	}
+}
+
 // changeState journals a process's change of crm's state, made at at,
 // with the notification that tells it.
 func changeState(t *testing.T, s *Store, state Health, kind string, at time.Time) {

@@ -586,10 +586,20 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 				-- process may have recorded the same transition first.
 				state_changed_at = CASE WHEN `+subscriptionChangeTakes+` AND EXCLUDED.state <> s.state
 					THEN EXCLUDED.state_changed_at ELSE s.state_changed_at END,
-				last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
-				last_failure_at = coalesce(EXCLUDED.last_failure_at, s.last_failure_at),
-				last_status = coalesce(EXCLUDED.last_status, s.last_status),
-				last_error = coalesce(EXCLUDED.last_error, s.last_error),
+				-- The last answer is the latest one by its time, not by
+				-- its write: processes sharing the journal write their
+				-- answers in batches that may arrive in either order, and
+				-- a success written after a later failure of another
+				-- process's left the row saying failing with the success's
+				-- 200, which every process then adopted (found by
+				-- TestAdoptedFailingIsExplained under load). A row without
+				-- an answer's time takes its status as before.
+				last_success_at = greatest(EXCLUDED.last_success_at, s.last_success_at),
+				last_failure_at = greatest(EXCLUDED.last_failure_at, s.last_failure_at),
+				last_status = CASE WHEN coalesce(greatest(EXCLUDED.last_success_at, EXCLUDED.last_failure_at) >= greatest(s.last_success_at, s.last_failure_at), true)
+					THEN coalesce(EXCLUDED.last_status, s.last_status) ELSE s.last_status END,
+				last_error = CASE WHEN coalesce(EXCLUDED.last_failure_at >= s.last_failure_at, true)
+					THEN coalesce(EXCLUDED.last_error, s.last_error) ELSE s.last_error END,
 				updated_at = now()`),
 			ids, states, changed, success, failure, status, lastErr, ages)
 		batch.list[len(batch.list)-1].clock = func() {
