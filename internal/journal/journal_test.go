@@ -253,6 +253,36 @@ func pendingBatch(ids ...string) *Batch {
 // crm asks a claim for up to n due deliveries of subscription crm.
 func crm(n int) []ClaimWant { return []ClaimWant{{Subscription: "crm", Limit: n, Runs: true}} }
 
+// TestClaimTakesNothingOfAPausedSubscription: a claim asked for a
+// subscription the journal says is paused takes none of its due
+// deliveries. The claimer chose the subscription by its memory, which a
+// pause made meanwhile is behind: under load a claim racing a pause took
+// a delivery that a retry of failed deliveries made pending after the
+// pause, and an operator's retry of it was refused as busy (fanout's
+// TestRetryNowOfARetryFailedDelivery).
+func TestClaimTakesNothingOfAPausedSubscription(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, pendingBatch("00")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetPaused(ctx, "crm", true); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Claim(ctx, crm(10), "a", "t1", time.Minute); err != nil || len(got) != 0 {
+		t.Fatalf("claim of a paused subscription: %d deliveries (%v), want none", len(got), err)
+	}
+	if err := s.SetPaused(ctx, "crm", false); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Claim(ctx, crm(10), "a", "t2", time.Minute); err != nil || len(got) != 1 {
+		t.Fatalf("claim after the resume: %d deliveries (%v), want 1", len(got), err)
+	}
+}
+
 // TestClaimSeveralSubscriptions: one claim takes, for each subscription
 // it names, at most that subscription's limit, and nothing of the others.
 func TestClaimSeveralSubscriptions(t *testing.T) {

@@ -633,6 +633,9 @@ const ClaimTimeout = 10 * time.Second
 // run are locked with the heads; one locked by another transaction ends
 // the run before it.
 //
+// A subscription the journal says is paused (SetPaused) gets nothing,
+// whatever the caller asked.
+//
 // What it returns is in no particular order; SubscriptionID says whose
 // each delivery is.
 func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token string, staleAfter time.Duration) ([]Claimed, error) {
@@ -711,6 +714,15 @@ func (s *Store) Claim(ctx context.Context, wants []ClaimWant, owner, token strin
 				 LIMIT w.heads
 				   FOR UPDATE OF d SKIP LOCKED
 			) c
+			 -- Nothing of a subscription the journal says is paused: the
+			 -- caller chose its subscriptions by its memory, which a pause
+			 -- made meanwhile (by this process, or another one not yet
+			 -- adopted) is behind. Seeing a delivery a retry of failed
+			 -- deliveries made pending after the pause, the claim sees the
+			 -- pause as well (found under load: such a claim took the
+			 -- delivery an operator then retried by hand, which answered
+			 -- busy until the worker gave it back unattempted).
+			 WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.subscriptions p WHERE p.id = w.sub AND p.paused)
 		), run AS (
 			-- Behind each ordered head, its key's next deliveries while each
 			-- is claimable (the running bool_and): a run without a gap.
