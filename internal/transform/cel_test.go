@@ -101,8 +101,15 @@ func TestCELTransformFailsOnTheEvent(t *testing.T) {
 			t.Errorf("%s: %s, %v; want an error", expr, body, err)
 		}
 	}
-	tr, _ := New(`{"a": data.items.map(x, data.items.map(y, x + y))}`, "")
-	if _, err := tr.Apply([]byte(`{"id":"i","event":"e","timestamp":"t","data":{"items":[` + items + `]}}`)); err == nil || !strings.Contains(err.Error(), "cost budget") {
+	// Over the cost budget well within the second's: each step looks for
+	// a 2,000-byte string in another (CEL counts 200 × 200 units), and the
+	// 25th goes over it, in milliseconds. The pairs of items above take
+	// 0.9 s to it under the race detector, and on a loaded machine ran
+	// past the second first: a failure all the same, but not the one this
+	// checks.
+	tr, _ := New(`{"a": data.items.map(x, data.s.contains(data.s + x))}`, "")
+	env := `{"id":"i","event":"e","timestamp":"t","data":{"s":"` + strings.Repeat("y", 2_000) + `","items":[` + items + `]}}`
+	if _, err := tr.Apply([]byte(env)); err == nil || !strings.Contains(err.Error(), "cost budget") {
 		t.Errorf("over budget: %v", err)
 	}
 }
