@@ -379,8 +379,8 @@ func TestBoundedMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := slotLSN(t, db, `SELECT pg_current_wal_lsn()::text`)
-	testutil.Eventually(t, 3*time.Minute, "confirmed_flush_lsn past the end of the load while the receiver is down", func() bool {
-		return slotLSN(t, db, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'dzhook'`) >= end
+	waitProgressing(t, "confirmed_flush_lsn past the end of the load while the receiver is down", int64(end), func() int64 {
+		return int64(slotLSN(t, db, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'dzhook'`))
 	})
 	if n := queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'pending'`); n == 0 {
 		t.Errorf("no pending deliveries in the journal while the receiver is down")
@@ -388,8 +388,8 @@ func TestBoundedMemory(t *testing.T) {
 
 	// The receiver comes back.
 	rc := testutil.NewReceiverAt(t, fmt.Sprintf("127.0.0.1:%d", port))
-	testutil.Eventually(t, 3*time.Minute, fmt.Sprintf("all %d deliveries delivered", rows), func() bool {
-		return queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`) == rows
+	waitProgressing(t, fmt.Sprintf("all %d deliveries delivered", rows), int64(rows), func() int64 {
+		return int64(queryInt(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE state = 'delivered'`))
 	})
 	if got := len(received(rc.Requests())); got != rows {
 		t.Errorf("receiver got %d distinct requests, want %d", got, rows)
@@ -403,6 +403,30 @@ func TestBoundedMemory(t *testing.T) {
 	}
 	if err := p.stop(t); err != nil {
 		t.Errorf("dzhook exited with %v after SIGTERM", err)
+	}
+}
+
+// progressStall is how long waitProgressing waits for the next progress.
+const progressStall = time.Minute
+
+// waitProgressing waits until get() reaches want, and fails once it has
+// not moved for progressStall. The bound is on a stall, not on the
+// whole: TestBoundedMemory's 100,000 deliveries took 46 s on a 2-core
+// machine at load 6, and past its 3 minutes on a CI machine at load 14,
+// while a stuck stream or delivery still fails within a minute. get is
+// asked once a second: a count over the journal's 100,000 rows every
+// 20 ms (testutil.Eventually's pace) was load of its own.
+func waitProgressing(t *testing.T, what string, want int64, get func() int64) {
+	t.Helper()
+	got, moved := get(), time.Now()
+	for got < want {
+		if time.Since(moved) > progressStall {
+			t.Fatalf("waiting for %s: at %d of %d, and no progress for %s", what, got, want, progressStall)
+		}
+		time.Sleep(time.Second) // the pace of the reads, not a wait for an event
+		if n := get(); n > got {
+			got, moved = n, time.Now()
+		}
 	}
 }
 
