@@ -119,12 +119,7 @@ func TestGetDeliveryWaitingBehind(t *testing.T) {
 	// k's head failed its first attempt and waits an hour: the rest of k
 	// is parked behind it.
 	head := "dlv_k_000001"
-	if err := s.Write(ctx, &Batch{
-		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), LastStatus: 503, LastAttemptAt: time.Now()}},
-		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	failFirstAttempt(t, s, head)
 	if n, _, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 3 {
 		t.Fatalf("Park parked %d (err %v), want the 3 behind %s", n, err, head)
 	}

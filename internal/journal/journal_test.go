@@ -1372,6 +1372,18 @@ func TestHeldUpDisableAfterResume(t *testing.T) {
 	}
 }
 
+// failFirstAttempt records head's first attempt answered 503, its retry
+// due in an hour: the deliveries of its key behind it wait for it.
+func failFirstAttempt(t *testing.T, s *Store, head string) {
+	t.Helper()
+	if err := s.Write(context.Background(), &Batch{
+		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), LastStatus: 503, LastAttemptAt: time.Now()}},
+		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestParkTellsALockedHead: Park that finds deliveries behind a waiting
 // head it cannot lock (another transaction records the head's outcome)
 // says so, so that its caller calls again soon instead of waiting longer
@@ -1383,12 +1395,7 @@ func TestParkTellsALockedHead(t *testing.T) {
 		t.Fatal(err)
 	}
 	head := "dlv_k_000001"
-	if err := s.Write(ctx, &Batch{
-		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), LastStatus: 503, LastAttemptAt: time.Now()}},
-		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	failFirstAttempt(t, s, head)
 	tx := db.Hold(t, `SELECT 1 FROM dzhook.deliveries WHERE id = '`+head+`' FOR UPDATE`)
 	if n, locked, err := s.Park(ctx, []string{"crm"}, time.Minute, 100); err != nil || n != 0 || !locked {
 		t.Fatalf("Park beside a locked head: parked %d, locked %v (err %v); want 0, true", n, locked, err)
@@ -1417,12 +1424,7 @@ func TestParkWaitsForNoLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	head := "dlv_k_000001"
-	if err := s.Write(ctx, &Batch{
-		Updates:  []DeliveryUpdate{{ID: head, State: "pending", Attempts: 1, NextAttemptAt: time.Now().Add(time.Hour), LastStatus: 503, LastAttemptAt: time.Now()}},
-		Attempts: []AttemptRow{{DeliveryID: head, Attempt: 1, At: time.Now(), Trigger: "auto", StatusCode: 503}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	failFirstAttempt(t, s, head)
 	// The cancel's transaction: it holds a delivery behind the head.
 	tx := db.Hold(t, `SELECT 1 FROM dzhook.deliveries WHERE id = 'dlv_k_000003' FOR UPDATE`)
 	pctx, stop := context.WithTimeout(ctx, 10*time.Second)
