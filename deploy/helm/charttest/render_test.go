@@ -2,6 +2,7 @@ package charttest
 
 import (
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -181,6 +182,11 @@ func TestBadValues(t *testing.T) {
 		{"a drain longer than the stop time", "config:\n  delivery:\n    timeout: 45s\n", false, []string{"terminationGracePeriodSeconds (30)", "55 s"}},
 		{"a drain in several units", "config:\n  delivery:\n    timeout: 40s500ms\nterminationGracePeriodSeconds: 40\n", false, []string{"51 s"}},
 		{"a drain set through extraEnv", "extraEnv:\n  - name: DZHOOK_DELIVERY_TIMEOUT\n    value: 30s\n", false, []string{"terminationGracePeriodSeconds (30)", "40 s"}},
+		{"a timeout dzhook refuses", "config:\n  delivery:\n    timeout: 2m\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (2m)", "from 100ms to 50s"}},
+		{"a timeout just past 50s", "config:\n  delivery:\n    timeout: 50s1ms\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (50s1ms)"}},
+		{"a timeout under 100ms", "config:\n  delivery:\n    timeout: 50ms\n", false, []string{"config.delivery.timeout (50ms)"}},
+		{"a timeout that is not a duration", "config:\n  delivery:\n    timeout: soon\n", false, []string{"config.delivery.timeout (soon)"}},
+		{"a refused timeout through extraEnv", "extraEnv:\n  - name: DZHOOK_DELIVERY_TIMEOUT\n    value: 90s\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (90s)"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "bad.values.yaml")
@@ -268,19 +274,19 @@ func TestLint(t *testing.T) {
 }
 
 // TestDrainFitsTheStopTime: a longer delivery.timeout renders once the
-// pod's stop time covers its drain.
+// pod's stop time covers its drain, up to the bounds dzhook holds it to.
 func TestDrainFitsTheStopTime(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "drain.values.yaml")
-	if err := os.WriteFile(path, []byte("config:\n  delivery:\n    timeout: 500ms\nterminationGracePeriodSeconds: 11\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := render(t, "testdata/required.values.yaml", path); err != nil {
-		t.Errorf("timeout 500ms with 11 s to stop: %v", err)
-	}
-	if err := os.WriteFile(path, []byte("config:\n  delivery:\n    timeout: 45s\nterminationGracePeriodSeconds: 55\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := render(t, "testdata/required.values.yaml", path); err != nil {
-		t.Errorf("timeout 45s with 55 s to stop: %v", err)
+	for _, c := range []struct {
+		timeout string
+		stop    int
+	}{{"500ms", 11}, {"45s", 55}, {"100ms", 11}, {"50s", 60}, {"49s1000ms", 60}} {
+		values := fmt.Sprintf("config:\n  delivery:\n    timeout: %s\nterminationGracePeriodSeconds: %d\n", c.timeout, c.stop)
+		if err := os.WriteFile(path, []byte(values), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := render(t, "testdata/required.values.yaml", path); err != nil {
+			t.Errorf("timeout %s with %d s to stop: %v", c.timeout, c.stop, err)
+		}
 	}
 }

@@ -116,16 +116,23 @@ seccompProfile:
 {{- end -}}
 
 {{/*
-dzhook.timeoutSeconds: config.delivery.timeout in whole seconds (the Go
-duration forms a config takes: 5s, 40s500ms, 500ms; 5s when unset), or
-DZHOOK_DELIVERY_TIMEOUT's in extraEnv, which overrides it.
+dzhook.timeout: config.delivery.timeout as written (5s when unset), or
+DZHOOK_DELIVERY_TIMEOUT's in extraEnv, which overrides it, as in dzhook.
 */}}
-{{- define "dzhook.timeoutSeconds" -}}
+{{- define "dzhook.timeout" -}}
 {{- $t := toString (dig "delivery" "timeout" "5s" .Values.config) -}}
-{{- /* DZHOOK_DELIVERY_TIMEOUT in extraEnv overrides the file, as in dzhook. */ -}}
 {{- range .Values.extraEnv -}}
 {{- if and (eq (toString .name) "DZHOOK_DELIVERY_TIMEOUT") .value -}}{{- $t = toString .value -}}{{- end -}}
 {{- end -}}
+{{- $t -}}
+{{- end -}}
+
+{{/*
+dzhook.timeoutMillis: dzhook.timeout in milliseconds, from the Go duration
+forms a config takes (5s, 40s500ms, 500ms); 0 when it has none of them.
+*/}}
+{{- define "dzhook.timeoutMillis" -}}
+{{- $t := include "dzhook.timeout" . -}}
 {{- $ms := 0 -}}
 {{- range $part := regexFindAll "[0-9]+(ms|h|m|s)" $t -1 -}}
 {{- if hasSuffix "ms" $part -}}{{- $ms = add $ms (atoi (trimSuffix "ms" $part)) -}}
@@ -133,6 +140,20 @@ DZHOOK_DELIVERY_TIMEOUT's in extraEnv, which overrides it.
 {{- else if hasSuffix "m" $part -}}{{- $ms = add $ms (mul (atoi (trimSuffix "m" $part)) 60000) -}}
 {{- else -}}{{- $ms = add $ms (mul (atoi (trimSuffix "s" $part)) 1000) -}}
 {{- end -}}
+{{- end -}}
+{{- $ms -}}
+{{- end -}}
+
+{{/*
+dzhook.timeoutSeconds: dzhook.timeoutMillis in whole seconds, rounded up.
+It fails the render where dzhook would refuse to start: delivery.timeout
+is held between 100ms and 50s (internal/config), so a chart that renders
+starts, rather than a pod that restarts with the message in its log.
+*/}}
+{{- define "dzhook.timeoutSeconds" -}}
+{{- $ms := include "dzhook.timeoutMillis" . | atoi -}}
+{{- if or (lt $ms 100) (gt $ms 50000) -}}
+{{- fail (printf "config.delivery.timeout (%s) must be a duration from 100ms to 50s, as dzhook holds it: a manual retry waits for its attempt within the admin API's 60 s" (include "dzhook.timeout" .)) -}}
 {{- end -}}
 {{- div (add $ms 999) 1000 -}}
 {{- end -}}
