@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/netip"
 	"sync"
 )
 
@@ -36,7 +37,7 @@ type stage uint8
 
 const (
 	stageNone         stage = iota
-	stageResolve            // resolving a receiver's name (through a proxy: checkTarget)
+	stageResolve            // resolving a receiver's name (connecting; through a proxy: checkTarget)
 	stageConnect            // connecting to the receiver
 	stageTLS                // the TLS handshake with the receiver
 	stageProxyConnect       // connecting to the proxy
@@ -131,10 +132,25 @@ func (d *dialStage) wrap(err error) error {
 }
 
 // connecting is dial, in stage stageConnect: the dialler of direct
-// connections.
+// connections. A receiver named by a host name is in stageResolve while
+// net.Dialer looks its name up (the net package's trace hooks, which
+// httptrace installs), so that a lookup that hangs is not told as a
+// connection that did.
 func connecting(dial dialFunc) dialFunc {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		enterStage(ctx, stageConnect, addr)
+		if host, _, err := net.SplitHostPort(addr); err == nil && ctx.Value(dialStageKey{}) != nil {
+			if _, err := netip.ParseAddr(host); err != nil {
+				ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+					DNSStart: func(httptrace.DNSStartInfo) { enterStage(ctx, stageResolve, host) },
+					DNSDone: func(info httptrace.DNSDoneInfo) {
+						if info.Err == nil { // a lookup that timed out stays in its stage
+							enterStage(ctx, stageConnect, addr)
+						}
+					},
+				})
+			}
+		}
 		return dial(ctx, network, addr)
 	}
 }

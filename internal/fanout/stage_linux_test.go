@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"syscall"
@@ -61,6 +62,16 @@ func TestTimeoutMessageConnecting(t *testing.T) {
 	res = attemptTo(openClient(faultTimeout, nil), withToken("https://"+addr))
 	if want := "connecting to " + addr + " timed out (nothing was sent)"; res.ErrorClass != ClassTimeout || res.Error != want {
 		t.Errorf("https, connection never answered: class %q, error %q; want class %q, error %q", res.ErrorClass, res.Error, ClassTimeout, want)
+	}
+	// A name: connecting once it is resolved (localhost, from /etc/hosts;
+	// its IPv4 address only, the one that does not answer).
+	_, port, _ := net.SplitHostPort(addr)
+	v4 := &net.Dialer{Resolver: &net.Resolver{PreferGo: true}}
+	res = attemptTo(newClient(faultTimeout, 1, func(ctx context.Context, _, a string) (net.Conn, error) {
+		return v4.DialContext(ctx, "tcp4", a)
+	}, nil), withToken("http://localhost:"+port))
+	if want := "connecting to localhost:" + port + " timed out (nothing was sent)"; res.ErrorClass != ClassTimeout || res.Error != want {
+		t.Errorf("localhost, connection never answered: class %q, error %q; want class %q, error %q", res.ErrorClass, res.Error, ClassTimeout, want)
 	}
 	res = proxied(t, "http://"+addr, nil, nil, withToken("https://127.0.0.1:9"))
 	if want := "connecting to proxy " + addr + " timed out (nothing was sent)"; res.ErrorClass != ClassTimeout || res.Error != want {

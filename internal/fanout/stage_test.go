@@ -169,3 +169,41 @@ func TestTimeoutMessageClassify(t *testing.T) {
 		}
 	}
 }
+
+// TestTimeoutMessageResolving: an attempt whose receiver's name never
+// resolves (a DNS server that does not answer) says that resolving the
+// name timed out, not that connecting did, over http and https; a name
+// that resolves still gets "connecting to" once its connection hangs.
+func TestTimeoutMessageResolving(t *testing.T) {
+	dns, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dns.Close() })
+	go func() { // reads the queries, answers none
+		buf := make([]byte, 512)
+		for {
+			if _, _, err := dns.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	d := &net.Dialer{Resolver: &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "udp", dns.LocalAddr().String())
+	}}}
+	c := newClient(faultTimeout, 1, d.DialContext, nil)
+	for _, scheme := range []string{"http", "https"} {
+		res := attemptTo(c, withToken(scheme+"://hooks.dzhook-stage.test:8443"))
+		if want := "resolving hooks.dzhook-stage.test timed out (nothing was sent)"; res.ErrorClass != ClassTimeout || res.Error != want {
+			t.Errorf("%s, name never resolved: class %q, error %q; want class %q, error %q", scheme, res.ErrorClass, res.Error, ClassTimeout, want)
+		}
+	}
+	// localhost resolves from /etc/hosts, without the DNS server: the
+	// stage is connecting again once the lookup is done.
+	silent := silentPeer(t)
+	_, port, _ := net.SplitHostPort(silent)
+	res := attemptTo(c, withToken("https://localhost:"+port))
+	if want := "TLS handshake with localhost:" + port + " timed out (nothing was sent)"; res.ErrorClass != ClassTimeout || res.Error != want {
+		t.Errorf("name resolved, handshake never answered: class %q, error %q; want class %q, error %q", res.ErrorClass, res.Error, ClassTimeout, want)
+	}
+}
