@@ -542,3 +542,57 @@ func TestSLAExtendedBeforeItsTargetThenTouched(t *testing.T) {
 		}
 	}
 }
+
+// TestSLABreachedByAChangeIsDatedAtIt: an SLA whose target passed while
+// it was completed (reopened after its target), or while its target was
+// still ahead (moved closer, into the past), is breached by that change:
+// its sla.breach's breachedAt and timestamp are the change's commit, not
+// the target, a moment the SLA was met or not yet due. Its id is still
+// the target's.
+func TestSLABreachedByAChangeIsDatedAtIt(t *testing.T) {
+	db := newDB(t)
+	rc := testutil.NewReceiver(t)
+	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.breach")))
+	// 70: completed, its target passes, reopened. 71: target an hour
+	// ahead, moved to a minute ago.
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (70, 'reopened', 1), (71, 'moved', 1)`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at, completed_at) VALUES (70, 70, 'resolution', now() - interval '1 hour', now() + interval '1 second', now())`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (71, 71, 'resolution', now() - interval '1 hour', now() + interval '1 hour')`)
+	var target70 time.Time
+	if err := db.Connect(t).QueryRow(context.Background(), `SELECT target_at FROM request_slas WHERE id = 70`).Scan(&target70); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "SLA 70's target passed", func() bool {
+		return queryInt(t, db, `SELECT count(*) FROM request_slas WHERE id = 70 AND target_at < now() - interval '1 second'`) == 1
+	})
+	changes := map[string]time.Time{}
+	for _, c := range []struct{ id, sql string }{
+		{"70", `UPDATE request_slas SET completed_at = NULL WHERE id = 70 RETURNING now()`},
+		{"71", `UPDATE request_slas SET target_at = now() - interval '1 minute' WHERE id = 71 RETURNING now()`},
+	} {
+		var at time.Time
+		if err := db.Connect(t).QueryRow(context.Background(), c.sql).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		changes["req_"+c.id] = at.UTC().Truncate(time.Second)
+	}
+	rc.Wait(t, 2, 20*time.Second)
+	for _, ev := range slaEvents(t, rc) {
+		changed, ok := changes[ev.Data.RequestID]
+		if !ok || ev.Event != "sla.breach" {
+			t.Errorf("unexpected %s for %s", ev.Event, ev.Data.RequestID)
+			continue
+		}
+		// The commit is at or after the statement's now(), within a
+		// second on a loaded machine.
+		for name, v := range map[string]string{"breachedAt": ev.Data.BreachedAt, "timestamp": ev.Timestamp} {
+			at, err := time.Parse(time.RFC3339, v)
+			if err != nil || at.Before(changed) || at.After(changed.Add(5*time.Second)) {
+				t.Errorf("%s's breach: %s %s, want the change's commit (%s)", ev.Data.RequestID, name, v, changed.Format(time.RFC3339))
+			}
+		}
+		if ev.Data.RequestID == "req_70" && ev.Data.TargetTime != target70.UTC().Truncate(time.Second).Format(time.RFC3339) {
+			t.Errorf("req_70's breach for target %s, want %s", ev.Data.TargetTime, target70.UTC().Format(time.RFC3339))
+		}
+	}
+}

@@ -189,6 +189,13 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 		}
 	}
 	up.Arm = SLATimers(base, thresholds, now, shaped)
+	if at := breachedHere(c, sc, target); !at.IsZero() {
+		for i := range up.Arm {
+			if up.Arm[i].Kind == "breach" {
+				up.Arm[i].FireAt = at
+			}
+		}
+	}
 	if c.Op == cdc.OpUpdate && shaped.IsZero() && !c.CommitTime.IsZero() {
 		// A change that did not give the SLA this target (or gave it
 		// one whose passed thresholds the old one had passed too) arms
@@ -202,6 +209,26 @@ func (m *Mapper) SLAChange(c *cdc.Change, thresholds []float64, now time.Time) (
 	}
 	up.Keep = target
 	return up, nil
+}
+
+// breachedHere is the moment of the breach when this change made an SLA
+// whose target is already past breached (zero: at its target, as usual):
+// reopened after its target (its old row completed), or its target moved
+// from ahead of the change to before it. Until the change the SLA was met,
+// or not yet due: breached at its commit, not at the target, a moment it
+// was not breached at (found by a review). Told by the SLA table's old
+// row (REPLICA IDENTITY FULL); without it, the target.
+func breachedHere(c *cdc.Change, sc SLAColumns, target time.Time) time.Time {
+	if c.Op != cdc.OpUpdate || c.CommitTime.IsZero() || !target.Before(c.CommitTime) {
+		return time.Time{}
+	}
+	if v, ok := col(c, c.Old, sc.CompletedAt); ok && v.State == cdc.Present {
+		return c.CommitTime // reopened
+	}
+	if old, err := timeOf(c, c.Old, sc.TargetAt); err == nil && old.After(c.CommitTime) {
+		return c.CommitTime // moved closer, into the past
+	}
+	return time.Time{}
 }
 
 // reachedBefore reports whether the highest threshold base has passed at
@@ -287,7 +314,7 @@ func (m *Mapper) SLAEvent(t Timer) Event {
 		o.str("timeRemaining", TimeRemaining(t.TargetAt.Sub(t.FireAt)))
 	} else {
 		o.key("breachedAt")
-		o.b = appendTime(o.b, t.TargetAt)
+		o.b = appendTime(o.b, t.FireAt) // the target, or the change that breached it (breachedHere)
 	}
 	body := envelope(nil, id, name, t.FireAt, o.end())
 	return Event{ID: id, Type: name, Timestamp: t.FireAt, Body: body, Key: entityKey(m.cfg.Requests.IDPrefix, t.RequestID)}
