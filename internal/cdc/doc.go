@@ -101,7 +101,8 @@
 // idle: no message received and not yet processed, no transaction open,
 // nothing pending. Nothing handed over can lie before that end unacked.
 // With Config.PersistIdle the position is first made durable by the
-// handler's owner (one call in flight; at most every 10 s unless the
+// handler's owner (one call in flight, taken as lost and asked again
+// when not acknowledged within 10 s; at most every 10 s unless the
 // server asks for a reply) and reported once Ack reaches it less one (a
 // commit record can start exactly there: Config.PersistIdle), so that the
 // owner knows every position the slot was ever told: a slot found past

@@ -77,6 +77,8 @@ type Config struct {
 	// recheck is the longest a receive waits before the reader looks for
 	// acknowledgements to report (1 s; tests lengthen it).
 	recheck time.Duration
+	// idleEvery is idlePersistEvery (tests shorten it).
+	idleEvery time.Duration
 	// types, when set, replaces the catalog's type lookup (tests make it
 	// fail).
 	types TypeLoader
@@ -120,10 +122,12 @@ type Config struct {
 	CheckStart func(ctx context.Context, slotConfirmed pglogrepl.LSN) error
 	// PersistIdle, when set, is how a position the stream was idle at
 	// (a keepalive's WAL end with nothing pending) becomes durable before
-	// it is reported to PostgreSQL: the stream calls it (never more than
-	// one call in flight) and reports the position once Ack reaches the
-	// position less one. Every transaction committed before the position
-	// was handled; one committed at it was not: a keepalive's WAL end is
+	// it is reported to PostgreSQL: the stream calls it (one call at a
+	// time, unless one is not acknowledged within 10 s: it is taken as
+	// lost, and a later position asked for) and reports the position
+	// once Ack reaches the position less one. Every transaction
+	// committed before the position was handled; one committed at it
+	// was not: a keepalive's WAL end is
 	// where the next record starts, and that can be the commit record of
 	// a transaction open while the stream was idle. So the owner acks
 	// lsn-1 (a checkpoint at lsn would skip that transaction when it is
@@ -235,9 +239,14 @@ type Stream struct {
 	interrupt chan error
 
 	// idleAsked is the last idle position handed to PersistIdle (under
-	// mu), idleAskedAt when (the session goroutine's only).
+	// mu), idleAskedAt when (the session goroutine's only). idleEarlier
+	// (under mu) is the one before it, when it was taken as lost
+	// unacknowledged: a journal slower than the interval acknowledges
+	// each position after the next was asked for, and counting the last
+	// alone, the stream never reported one.
 	idleAsked   pglogrepl.LSN
 	idleAskedAt time.Time
+	idleEarlier pglogrepl.LSN
 	// queued is, per session, the end of the last transaction whose
 	// commit the reader queued for the processor (the session goroutine's
 	// only; sessions in order, numbered by sessions): a session's server
@@ -269,7 +278,8 @@ type Stream struct {
 
 // idlePersistEvery is how often, at most, an idle position is made
 // durable unless the server asks for a reply: each costs a journal write,
-// and that write is itself WAL the server then reports.
+// and that write is itself WAL the server then reports. A position not
+// acknowledged within it is taken as lost (sendStatusIdle).
 const idlePersistEvery = 10 * time.Second
 
 // txEnd pairs a transaction's commit LSN with the end of its commit
@@ -289,6 +299,9 @@ func New(cfg Config) (*Stream, error) {
 	}
 	if cfg.recheck <= 0 {
 		cfg.recheck = time.Second
+	}
+	if cfg.idleEvery <= 0 {
+		cfg.idleEvery = idlePersistEvery
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = DefaultStatusInterval
@@ -914,8 +927,10 @@ func (s *Stream) advance() pglogrepl.LSN {
 	// An idle position, once durable (acknowledged to just before it:
 	// Config.PersistIdle), may be reported even if transactions came
 	// since: theirs commit at it or past it.
-	if s.idleAsked > s.flushed && acked >= s.idleAsked-1 {
-		s.flushed = s.idleAsked
+	for _, idle := range [...]pglogrepl.LSN{s.idleEarlier, s.idleAsked} {
+		if idle > s.flushed && acked >= idle-1 {
+			s.flushed = idle
+		}
 	}
 	return s.flushed
 }
@@ -950,10 +965,24 @@ func (s *Stream) sendStatusIdle(conn *pgconn.PgConn, idleEnd pglogrepl.LSN, repl
 	s.mu.Lock()
 	asked := s.idleAsked
 	s.mu.Unlock()
-	inFlight := asked > 0 && uint64(asked-1) > s.acked.Load()
-	due := replyRequested || time.Since(s.idleAskedAt) >= idlePersistEvery
-	if idleEnd > asked && !inFlight && due && s.idle() && idleEnd > s.advance() {
+	// A position asked for and not acknowledged within an interval is
+	// taken as lost, and asked for again (or a later one): the owner may
+	// drop one it could not make durable (the engine's write timed out),
+	// and waiting for it stopped the slot for as long as the stream stayed
+	// idle, the cluster's WAL piling up behind it (found by a review). A
+	// late acknowledgement of the lost one is harmless: the journal keeps
+	// the highest idle position.
+	waited := time.Since(s.idleAskedAt) >= s.cfg.idleEvery
+	unacked := asked > 0 && uint64(asked-1) > s.acked.Load()
+	lost := unacked && waited
+	inFlight := unacked && !waited
+	due := replyRequested || waited
+	if (idleEnd > asked || lost && idleEnd == asked) && !inFlight && due && s.idle() && idleEnd > s.advance() {
 		s.mu.Lock()
+		if lost {
+			// Slow, not lost, it still counts when it comes (advance).
+			s.idleEarlier = asked
+		}
 		s.idleAsked = idleEnd
 		s.mu.Unlock()
 		s.idleAskedAt = time.Now()

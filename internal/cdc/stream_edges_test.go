@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -160,5 +161,78 @@ func TestTypeLookupFailureReconnects(t *testing.T) {
 				t.Logf("the lookup failed in the processor's goroutine, not the reader's, this time")
 			}
 		})
+	}
+}
+
+// TestIdlePositionAskedAgainAfterOneIsLost: the owner drops one idle
+// position without making it durable (the engine's writer.Idle timed out
+// enqueueing it, and only logged that at Debug). The stream asks again
+// once the interval passes without its acknowledgement, and the slot
+// moves on while the stream stays idle. It took the unacknowledged
+// position as in flight for ever: the slot stayed where it was, holding
+// the WAL the rest of the cluster wrote (found by a review).
+func TestIdlePositionAskedAgainAfterOneIsLost(t *testing.T) {
+	db := setupRef(t)
+	rec := newRecorder(true)
+	var calls atomic.Int32
+	startStreamWith(t, db, rec, func(c *Config) {
+		c.idleEvery = 300 * time.Millisecond
+		c.PersistIdle = func(lsn pglogrepl.LSN) {
+			if calls.Add(1) == 1 {
+				return // lost: never acknowledged
+			}
+			go rec.stream.Ack(lsn - 1)
+		}
+	})
+	before := slotConfirmedLSN(t, db)
+	// WAL of a table outside the publication: the walsender decodes and
+	// skips it, and its keepalives' WAL end moves on with it.
+	db.Exec(t, `CREATE TABLE noise (v text)`)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(20 * time.Millisecond) // a steady trickle of WAL
+		defer tick.Stop()
+		for ctx.Err() == nil {
+			_ = db.Cluster.Exec(ctx, db.Name, `INSERT INTO noise SELECT repeat('x', 100) FROM generate_series(1, 100)`)
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+			}
+		}
+	}()
+	testutil.Eventually(t, 30*time.Second, "the first idle position asked for", func() bool { return calls.Load() >= 1 })
+	waitConfirmed(t, db, "the slot moved past the lost idle position", func(l pglogrepl.LSN) bool { return l > before+16*1024 })
+	if n := calls.Load(); n < 2 {
+		t.Errorf("PersistIdle called %d times, want the lost position asked again", n)
+	}
+}
+
+// TestIdlePositionAskedAgainStillCountsTheEarlierOne: a position taken
+// as lost and asked again past may only have been slow: its
+// acknowledgement, arriving after the next was asked for, reports it.
+// Counting the last position alone, a journal slower than the interval
+// had each position acknowledged after the next was asked, and the
+// stream never reported one.
+func TestIdlePositionAskedAgainStillCountsTheEarlierOne(t *testing.T) {
+	s, err := New(Config{Slot: "s", Publication: "p", Handler: newRecorder(false),
+		PersistIdle: func(pglogrepl.LSN) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const x, y = pglogrepl.LSN(0x1958F00), pglogrepl.LSN(0x1960000)
+	s.mu.Lock()
+	s.idleEarlier, s.idleAsked = x, y
+	s.mu.Unlock()
+	s.Ack(x - 1) // the slow acknowledgement of the earlier position
+	if got := s.advance(); got != x {
+		t.Fatalf("flushed %s after the earlier idle position's acknowledgement, want %s", got, x)
+	}
+	s.Ack(y - 1)
+	if got := s.advance(); got != y {
+		t.Fatalf("flushed %s after the later idle position's acknowledgement, want %s", got, y)
 	}
 }
