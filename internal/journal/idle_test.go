@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -604,23 +602,7 @@ func TestRewindKeptThroughTheUpgradeToVersion20(t *testing.T) {
 	}
 	t.Cleanup(pool.Close)
 	s := New(pool, "dzhook")
-	upTo19 := fstest.MapFS{}
-	files, err := fs.Glob(migrations, "migrations/*.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range files {
-		if _, v, err := migrationVersion(f); err == nil && v <= 19 {
-			data, err := fs.ReadFile(migrations, f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			upTo19[f] = &fstest.MapFile{Data: data}
-		}
-	}
-	if _, err := s.migrate(ctx, upTo19, migrationLockWait); err != nil {
-		t.Fatal(err)
-	}
+	migrateTo(t, s, 19)
 	db.Exec(t, `INSERT INTO dzhook.checkpoints (slot, lsn, end_lsn, system_id, timeline, rewound_timeline, rewound_at, updated_at)
 		VALUES ('dzhook', 799, 800, 'A', 2, 2, 800, now())`)
 	if _, err := s.Migrate(ctx); err != nil {

@@ -132,9 +132,13 @@ type Release struct {
 
 // Rejection is an outbox row or message that did not become an event.
 type Rejection struct {
-	Source    string
-	Reason    string
+	Source string
+	Reason string
+	// CommitLSN and Ordinal are the change's position (cdc.Change's):
+	// a transaction streamed again records its rejections once. A zero
+	// CommitLSN records no position.
 	CommitLSN pglogrepl.LSN
+	Ordinal   int
 }
 
 // Batch is everything one group commit writes.
@@ -639,12 +643,15 @@ func (s *Store) batch(b *Batch, onConflict string, a *arrays) []statement {
 		batch.Queue(s.q(`INSERT INTO {{schema}}.notifications (subscription_id, kind, body) VALUES ($1, $2, $3)`), n.SubscriptionID, n.Kind, n.Body)
 	}
 	for _, r := range b.Rejections {
-		var lsn *int64
+		var lsn, ordinal *int64
 		if r.CommitLSN != 0 {
-			v := int64(r.CommitLSN)
-			lsn = &v
+			l, o := int64(r.CommitLSN), int64(r.Ordinal)
+			lsn, ordinal = &l, &o
 		}
-		batch.Queue(s.q(`INSERT INTO {{schema}}.rejections (source, reason, commit_lsn) VALUES ($1, $2, $3)`), r.Source, r.Reason, lsn)
+		// Once per change: its transaction is streamed again after a
+		// crash before its commit was checkpointed.
+		batch.Queue(s.q(`INSERT INTO {{schema}}.rejections (source, reason, commit_lsn, ordinal) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (commit_lsn, ordinal) WHERE ordinal IS NOT NULL DO NOTHING`), r.Source, r.Reason, lsn, ordinal)
 	}
 	s.queueTimers(&batch, b.Timers, nil)
 	for _, r := range b.Release {

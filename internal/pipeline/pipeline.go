@@ -235,7 +235,7 @@ func (p *Pipeline) HandleChange(ctx context.Context, c *cdc.Change) error {
 		}
 		what, reason := rejectionText(rej.What), rejectionText(rej.Reason)
 		p.log.Warn("event rejected", "source", what, "reason", reason, "lsn", c.CommitLSN.String())
-		if err := p.cfg.Journal.Reject(ctx, journal.Rejection{Source: what, Reason: reason, CommitLSN: c.CommitLSN}); err != nil {
+		if err := p.cfg.Journal.Reject(ctx, journal.Rejection{Source: what, Reason: reason, CommitLSN: c.CommitLSN, Ordinal: c.Ordinal}); err != nil {
 			return err
 		}
 	}

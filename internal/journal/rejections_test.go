@@ -1,0 +1,99 @@
+package journal
+
+import (
+	"context"
+	"io/fs"
+	"testing"
+	"testing/fstest"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dzdesk/dzhook/internal/pgtest"
+)
+
+// TestRejectionWrittenOncePerChange: the rejections of a transaction
+// written again (streamed again after a crash, before its commit was
+// checkpointed) are recorded once each, keyed by their change's
+// position; two changes of one transaction are two rejections. Each was
+// inserted again (found by a review). One without a position has nothing
+// to key it by.
+func TestRejectionWrittenOncePerChange(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	b := &Batch{Rejections: []Rejection{
+		{Source: "outbox row 1", Reason: "undeclared event", CommitLSN: 900, Ordinal: 0},
+		{Source: "outbox row 2", Reason: "undeclared event", CommitLSN: 900, Ordinal: 3},
+		{Source: "message", Reason: "not JSON"},
+	}}
+	for range 2 {
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn := db.Connect(t)
+	var positioned, unpositioned int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE commit_lsn = 900), count(*) FILTER (WHERE commit_lsn IS NULL) FROM dzhook.rejections`).Scan(&positioned, &unpositioned); err != nil {
+		t.Fatal(err)
+	}
+	if positioned != 2 {
+		t.Errorf("%d rejections of the transaction at 900 after writing it twice, want its 2 changes' once each", positioned)
+	}
+	if unpositioned != 2 {
+		t.Errorf("%d rejections without a position after writing one twice, want 2 (nothing keys them)", unpositioned)
+	}
+}
+
+// TestRejectionsUpgradeToVersion22KeepsDuplicates: a journal whose
+// rejections a crash recorded twice before version 22 migrates (the
+// unique index leaves rows without an ordinal out), keeps them, and
+// from then on records a change's rejection once.
+func TestRejectionsUpgradeToVersion22KeepsDuplicates(t *testing.T) {
+	db := pgtest.NewDB(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := New(pool, "dzhook")
+	migrateTo(t, s, 21)
+	db.Exec(t, `INSERT INTO dzhook.rejections (source, reason, commit_lsn) VALUES ('outbox row 1', 'undeclared event', 900), ('outbox row 1', 'undeclared event', 900)`)
+	if _, err := s.Migrate(ctx); err != nil {
+		t.Fatalf("migrate a journal holding a rejection recorded twice: %v", err)
+	}
+	for range 2 {
+		if err := s.Write(ctx, &Batch{Rejections: []Rejection{{Source: "outbox row 1", Reason: "undeclared event", CommitLSN: 900}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn := db.Connect(t)
+	var old, keyed int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE ordinal IS NULL), count(*) FILTER (WHERE ordinal = 0) FROM dzhook.rejections WHERE commit_lsn = 900`).Scan(&old, &keyed); err != nil {
+		t.Fatal(err)
+	}
+	if old != 2 || keyed != 1 {
+		t.Errorf("rejections at 900: %d from before the upgrade, %d written twice after it; want 2 and 1", old, keyed)
+	}
+}
+
+// migrateTo applies the journal's migrations up to version alone.
+func migrateTo(t *testing.T, s *Store, version int) {
+	t.Helper()
+	upTo := fstest.MapFS{}
+	files, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if _, v, err := migrationVersion(f); err == nil && v <= version {
+			data, err := fs.ReadFile(migrations, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			upTo[f] = &fstest.MapFile{Data: data}
+		}
+	}
+	if _, err := s.migrate(context.Background(), upTo, migrationLockWait); err != nil {
+		t.Fatal(err)
+	}
+}
