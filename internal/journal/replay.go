@@ -253,19 +253,32 @@ func (s *Store) RunningReplays(ctx context.Context) ([]Replay, error) {
 // It returns the replay as it now is and how many deliveries it cancelled;
 // ErrReplayFinished (with the replay) when there was nothing to stop.
 //
-// The UPDATE waits for a StepReplay in progress (it holds the replay's
-// row): the deliveries that step made are then committed, and skipped
-// here too.
+// The cancel first locks the replay's row, in a statement of its own,
+// waiting for a StepReplay in progress (it holds the row); then, in a
+// fresh statement, it checks whether the replay is still going. The
+// deliveries that step made are then committed: seen by the check, and
+// cancelled here too. (Checked in the UPDATE that waited, the
+// "deliveries still waiting" test ran in the statement's snapshot, from
+// before the step committed: a cancel during a replay's last step
+// answered that it was finished, and its deliveries went out. Found by
+// a review.)
 func (s *Store) CancelReplay(ctx context.Context, subscription, id, reason string, staleAfter time.Duration) (Replay, int, error) {
 	// (Deliveries of a process that died, no heartbeat within staleAfter,
 	// count as waiting: nobody is sending them. What a live process holds
 	// finishes its attempt; if it fails, SweepCancelledReplays cancels its
 	// retry.)
-	tx, err := s.pool.Begin(ctx)
+	// READ COMMITTED whatever the server's default: each statement below
+	// must see what committed before it began.
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return Replay{}, 0, fmt.Errorf("cancel replay: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.replays WHERE id = $1 AND subscription_id = $2 FOR UPDATE`), id, subscription); err != nil {
+		return Replay{}, 0, fmt.Errorf("cancel replay: lock it: %w", err)
+	}
+	// A fresh statement, with the row held: its snapshot has what the
+	// step committed.
 	r, err := scanReplay(tx.QueryRow(ctx, s.q(`UPDATE {{schema}}.replays r SET state = 'cancelled', reason = $3, finished_at = now(), updated_at = now()
 		WHERE r.id = $1 AND r.subscription_id = $2 AND `+replayGoing+`
 		RETURNING `+replayColumns), id, subscription, reason))

@@ -172,3 +172,70 @@ func TestOverlappingReplayRefused(t *testing.T) {
 		t.Errorf("a replay asked for while another was being recorded: %v, want refused naming rpl_first", err)
 	}
 }
+
+// replayTo is a ReplayPlan making a delivery of each event to erp, due
+// at due.
+func replayTo(due time.Time) ReplayPlan {
+	return func(_ Replay, _ int, events []ReplayEvent) []DeliveryRow {
+		var rows []DeliveryRow
+		for _, e := range events {
+			rows = append(rows, DeliveryRow{ID: "dlv_" + e.ID[4:] + "_erp", EventID: e.ID, SubscriptionID: "erp", EventType: e.Type, NextAttemptAt: due})
+		}
+		return rows
+	}
+}
+
+// TestCancelDuringTheLastStep: a cancel that comes while a replay's last
+// step (the one that makes it done) is in progress waits for the step,
+// then cancels the deliveries it made. It used to check "done with
+// deliveries still waiting" in the snapshot of the statement that waited,
+// from before the step committed: it answered that the replay was
+// finished, and every delivery went out. Found by a review.
+func TestCancelDuringTheLastStep(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, batchOf(0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
+		Types: []string{"request.created"}, RequestedBy: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, inPlan := make(chan struct{}), make(chan struct{})
+	stepped := make(chan error, 1)
+	go func() {
+		plan := replayTo(time.Now().Add(time.Hour))
+		_, err := s.StepReplay(ctx, r.ID, 10, 100, func(r Replay, scanned int, events []ReplayEvent) []DeliveryRow {
+			close(inPlan) // a filter evaluating, say
+			<-release
+			return plan(r, scanned, events)
+		})
+		stepped <- err
+	}()
+	<-inPlan
+	type result struct {
+		n   int
+		err error
+	}
+	cancelled, cancelDone := make(chan result, 1), make(chan error, 1)
+	go func() {
+		_, n, err := s.CancelReplay(ctx, "erp", "rpl_1", "stop", 30*time.Second)
+		cancelled <- result{n, err}
+		cancelDone <- err
+	}()
+	if finished, _ := waitLockedOrDone(t, db, "transactionid", cancelDone); finished {
+		t.Fatal("the cancel did not wait for the step")
+	}
+	close(release)
+	if err := <-stepped; err != nil {
+		t.Fatal(err)
+	}
+	got := <-cancelled
+	if got.err != nil || got.n != 3 {
+		t.Errorf("CancelReplay during the last step = %d, %v; want the step's 3 deliveries cancelled", got.n, got.err)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE replay_id = 'rpl_1' AND state = 'pending'`); n != 0 {
+		t.Errorf("%d of the replay's deliveries still pending after its cancel", n)
+	}
+}
