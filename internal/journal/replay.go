@@ -25,7 +25,9 @@ const (
 	ReplayDone ReplayState = "done"
 	// ReplayCancelled: an operator stopped it.
 	ReplayCancelled ReplayState = "cancelled"
-	// ReplayFailed: it cannot go on (Replay.Reason says why).
+	// ReplayFailed: it cannot go on (Replay.Reason says why). The
+	// deliveries it made stay, and go out if its subscription comes
+	// back; a cancel stops them.
 	ReplayFailed ReplayState = "failed"
 )
 
@@ -100,9 +102,10 @@ func (s *Store) CountWindow(ctx context.Context, since, until time.Time, types [
 }
 
 // replayGoing holds for a replay r still going: running, or done making
-// its deliveries with some still to send (a cancel stops those; a replay
-// overlapping it would send them twice).
-const replayGoing = `(r.state = 'running' OR r.state = 'done' AND EXISTS (
+// its deliveries (or failed) with some still to send (a cancel stops
+// those; a replay overlapping it would send them twice). A failed
+// replay's deliveries stay pending: sent if its subscription comes back.
+const replayGoing = `(r.state = 'running' OR r.state IN ('done', 'failed') AND EXISTS (
 	SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held')))`
 
 // lockReplays takes the subscription's replay lock until tx ends.
@@ -124,12 +127,13 @@ func (e *ReplayOverlapError) Unwrap() error { return ErrReplayOverlaps }
 // CreateReplay records a replay, running, with the count of its window,
 // and returns it with what the journal holds of the window. While a
 // replay of the subscription still going (running, or done making its
-// deliveries with some still to send, as CancelReplay counts it; a small
-// window is done at its first step) covers part of the window and types,
-// it records nothing: *ReplayOverlapError (a double click, or a retried
-// call, re-sent every event of the window twice: found by a review). The
-// check and the insert hold the subscription's replay lock (a transaction
-// advisory lock), so two requests at once do not both pass.
+// deliveries or failed with some still to send, as CancelReplay counts
+// it; a small window is done at its first step) covers part of the
+// window and types, it records nothing: *ReplayOverlapError (a double
+// click, or a retried call, re-sent every event of the window twice:
+// found by a review). The check and the insert hold the subscription's
+// replay lock (a transaction advisory lock), so two requests at once do
+// not both pass.
 func (s *Store) CreateReplay(ctx context.Context, req ReplayRequest) (Replay, ReplayWindow, error) {
 	w, err := s.CountWindow(ctx, req.Since, req.Until, req.Types)
 	if err != nil {
@@ -245,13 +249,14 @@ func (s *Store) RunningReplays(ctx context.Context) ([]Replay, error) {
 }
 
 // CancelReplay stops a replay that is running, or done making its
-// deliveries while some still wait: it makes no more deliveries, and
-// those it made that wait in the journal (pending and owned by no
-// process, or held) are cancelled with the reason, whether never attempted
-// or waiting for a retry: a cancel means "stop sending". Attempts in
-// flight, and deliveries a process already took into its queue, finish.
-// It returns the replay as it now is and how many deliveries it cancelled;
-// ErrReplayFinished (with the replay) when there was nothing to stop.
+// deliveries (or failed) while some still wait: it makes no more
+// deliveries, and those it made that wait in the journal (pending and
+// owned by no process, or held) are cancelled with the reason, whether
+// never attempted or waiting for a retry: a cancel means "stop
+// sending". Attempts in flight, and deliveries a process already took
+// into its queue, finish. It returns the replay as it now is and how
+// many deliveries it cancelled; ErrReplayFinished (with the replay) when
+// there was nothing to stop.
 //
 // The cancel first locks the replay's row, in a statement of its own,
 // waiting for a StepReplay in progress (it holds the row); then, in a

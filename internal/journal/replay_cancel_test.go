@@ -239,3 +239,51 @@ func TestCancelDuringTheLastStep(t *testing.T) {
 		t.Errorf("%d of the replay's deliveries still pending after its cancel", n)
 	}
 }
+
+// TestFailedReplayWithDeliveriesWaiting: a replay failed (its
+// subscription missing for a minute: config.yaml edited) keeps the
+// deliveries it made pending, sent if the subscription comes back. It is
+// still going: a cancel stops them, and a replay of the same window is
+// refused until then (it answered "nothing to cancel", and a second
+// replay sent each event twice). Found by a review.
+func TestFailedReplayWithDeliveriesWaiting(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, batchOf(0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	req := ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
+		Types: []string{"request.created"}, RequestedBy: "test"}
+	r, _, err := s.CreateReplay(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bound lets two through; then the subscription disappears.
+	if _, err := s.StepReplay(ctx, r.ID, 10, 2, replayTo(time.Now().Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FailReplay(ctx, r.ID, `subscription "erp" no longer exists`); err != nil {
+		t.Fatal(err)
+	}
+	req.ID = "rpl_2"
+	var oe *ReplayOverlapError
+	if _, _, err := s.CreateReplay(ctx, req); !errors.As(err, &oe) || oe.Running.ID != "rpl_1" {
+		t.Errorf("a replay overlapping a failed one with deliveries waiting: %v, want refused naming rpl_1", err)
+	}
+	if got, n, err := s.CancelReplay(ctx, "erp", r.ID, "stop", 30*time.Second); err != nil || n != 2 || got.State != ReplayCancelled {
+		t.Errorf("CancelReplay of the failed replay = %s, %d, %v; want cancelled, its 2 deliveries with it", got.State, n, err)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE replay_id = 'rpl_1' AND state = 'pending'`); n != 0 {
+		t.Errorf("%d of the failed replay's deliveries still pending after its cancel", n)
+	}
+	if _, _, err := s.CreateReplay(ctx, req); err != nil {
+		t.Errorf("a replay of the window once the failed one is cancelled: %v, want recorded", err)
+	}
+	// Failed with nothing waiting: finished.
+	if err := s.FailReplay(ctx, "rpl_2", "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CancelReplay(ctx, "erp", "rpl_2", "stop", 30*time.Second); !errors.Is(err, ErrReplayFinished) {
+		t.Errorf("cancel of a failed replay with nothing waiting: %v, want ErrReplayFinished", err)
+	}
+}
