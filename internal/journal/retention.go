@@ -172,7 +172,11 @@ func (s *Store) PruneStep(ctx context.Context, cutoff time.Time, limit int) (Pru
 			`DELETE FROM {{schema}}.sla_timers WHERE fired_at < $1`,
 			`DELETE FROM {{schema}}.notifications WHERE sent_at < $1 OR (sent_at IS NULL AND created_at < $1 AND next_attempt_at > now() + interval '` + notificationGivenUp + `')`,
 			`DELETE FROM {{schema}}.rejections WHERE created_at < $1`,
-			`DELETE FROM {{schema}}.replays WHERE finished_at < $1`,
+			// A replay goes once none of its deliveries waits: kept, it is
+			// shown, cancelled (and swept), and refuses a replay of its
+			// window that would send them twice (replayGoing).
+			`DELETE FROM {{schema}}.replays r WHERE r.finished_at < $1 AND NOT EXISTS (
+				SELECT 1 FROM {{schema}}.deliveries x WHERE x.replay_id = r.id AND x.state IN ('pending', 'held'))`,
 			// A live instance writes its row every 2 s at most: whatever
 			// the retention, a row younger than an hour is never pruned
 			// (gone, the instance would look dead until its next write).
