@@ -144,6 +144,12 @@ func (s *Store) CreateReplay(ctx context.Context, req ReplayRequest) (Replay, Re
 		if err := s.lockReplays(ctx, tx, req.Subscription); err != nil {
 			return err
 		}
+		// A retention step keeps the windows of the replays running when
+		// it starts (PruneStep): one recorded while it runs waits for it,
+		// or it waits for this one.
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock_shared(hashtext($1))", s.replayLock()); err != nil {
+			return fmt.Errorf("wait for retention: %w", err)
+		}
 		running, err := scanReplay(tx.QueryRow(ctx, s.q(`SELECT `+replayColumns+` FROM {{schema}}.replays r
 			WHERE r.subscription_id = $1 AND r.since < $3 AND $2 < r.until AND r.types && $4 AND `+replayGoing+`
 			ORDER BY r.created_at LIMIT 1`), req.Subscription, req.Since, req.Until, nonNil(req.Types)))
