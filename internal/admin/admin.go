@@ -103,6 +103,10 @@ type Config struct {
 	Manager Manager
 	// Replays serves the replay endpoints (replay.go); nil leaves them out.
 	Replays Replayer
+	// Retention is journal.retention: a replay's journal_from is never
+	// older than that long ago. 0: unknown, journal_from is the oldest
+	// event.
+	Retention time.Duration
 	// Schemas holds the JSON Schemas of the events, served at
 	// GET /v1/events/{name}/schema; nil serves the built-in events' only.
 	Schemas Schemas

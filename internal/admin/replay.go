@@ -125,19 +125,37 @@ func (s *Server) startReplay(w http.ResponseWriter, r *http.Request, _ query) {
 		return
 	}
 	out := replayOf(rp)
-	out.JournalFrom = win.Oldest
+	out.JournalFrom = journalFrom(win.Oldest, now, s.cfg.Retention)
 	switch {
-	case win.Oldest == nil:
+	case out.JournalFrom == nil:
 		out.Note = "the journal holds no events: nothing to replay"
-	case req.Since.Before(*win.Oldest):
+	case req.Since.Before(*out.JournalFrom):
 		// The oldest event may be younger than journal.retention (a young
 		// journal): the note says what the journal holds, not why.
 		out.Note = fmt.Sprintf("the journal keeps events from %s (for journal.retention, and only those a subscription received then); the window holds %d of them",
-			win.Oldest.UTC().Format(time.RFC3339), win.Matched)
+			out.JournalFrom.Format(time.RFC3339), win.Matched)
 	case win.Matched == 0:
 		out.Note = "the window holds no events of these types (the journal keeps only the events a subscription received then)"
 	}
 	writeJSON(w, http.StatusAccepted, out)
+}
+
+// journalFrom is from when the journal keeps the events subscriptions
+// received: its oldest event, or retention ago when that is later (nil:
+// it holds none). The few events retention keeps longer (their delivery
+// held while a subscription is paused, or retried by hand) are not
+// where the journal starts: read as its start, one of them made a
+// window reaching into what retention pruned get no note (found by a
+// review).
+func journalFrom(oldest *time.Time, now time.Time, retention time.Duration) *time.Time {
+	if oldest == nil {
+		return nil
+	}
+	from := oldest.UTC()
+	if kept := now.Add(-retention).UTC(); retention > 0 && kept.After(from) {
+		from = kept
+	}
+	return &from
 }
 
 // replayID validates the {rid} of the path.

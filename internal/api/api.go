@@ -485,7 +485,9 @@ type Replay struct {
 	Reason      string     `json:"reason,omitempty"`
 	CreatedAt   time.Time  `json:"created_at"`
 	FinishedAt  *time.Time `json:"finished_at"`
-	// JournalFrom (POST only) is the oldest event the journal keeps;
+	// JournalFrom (POST only) is from when the journal keeps events: its
+	// oldest event, or journal.retention ago when that is later (an
+	// event kept longer, its delivery still waiting, does not count);
 	// Note says when the window starts before it (journal.retention
 	// pruned the rest) or holds nothing.
 	JournalFrom *time.Time `json:"journal_from,omitempty"`

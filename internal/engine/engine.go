@@ -374,7 +374,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Engine, error)
 		}
 		e.admin = admin.New(admin.Config{
 			Token: cfg.Admin.Token.Reveal(), MetricsPublic: cfg.Admin.MetricsPublic,
-			Deliverer: e.dispatcher, History: e.journal, Catalog: cat, Sample: e.sample, Replays: e.dispatcher,
+			Deliverer: e.dispatcher, History: e.journal, Catalog: cat, Sample: e.sample, Replays: e.dispatcher, Retention: cfg.Journal.Retention,
 			Ready: e.Ready, Registry: e.metrics.Registry, Dashboard: opts.Dashboard, Logger: log, Schemas: schemaSet,
 			Manager: e.Manager(),
 		})
