@@ -107,7 +107,7 @@ type Journal struct {
 	// Schema holds the journal's tables. Defaults to "dzhook".
 	Schema string `koanf:"schema"`
 	// Retention is how long finished deliveries and their attempts are
-	// kept. Defaults to 720h (30 days).
+	// kept, at least 1h (MinRetention). Defaults to 720h (30 days).
 	Retention time.Duration `koanf:"retention"`
 	// Heartbeat is how often this process tells the journal it is alive.
 	// Deliveries a process was attempting when it died are taken over

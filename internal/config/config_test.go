@@ -1004,3 +1004,26 @@ func TestDeliveryTimeoutBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestRetentionFloor: journal.retention is at least an hour, the prune's
+// interval (1ns was accepted: every delivery pruned within the hour).
+func TestRetentionFloor(t *testing.T) {
+	for _, tc := range []struct {
+		retention, want string
+	}{
+		{"1ns", "journal.retention: is 1ns: must be at least 1h"},
+		{"59m59s", "journal.retention: is 59m59s: must be at least 1h"},
+		{"0s", "journal.retention: is 0s: must be at least 1h"},
+		{"-1h", "journal.retention: is -1h0m0s: must be at least 1h"},
+		{"1h", ""},
+		{"720h", ""},
+	} {
+		_, err := Parse([]byte(minimal+"journal:\n  retention: "+tc.retention+"\n"), nil)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("retention %s: %v", tc.retention, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("retention %s: %v, want %q", tc.retention, err, tc.want)
+		}
+	}
+}

@@ -46,6 +46,12 @@ const (
 	MaxDeliveryTimeout = 50 * time.Second
 )
 
+// MinRetention is the shortest journal.retention: history is pruned
+// hourly, and a shorter retention pruned deliveries before an operator
+// could look at them (1ns was accepted). Tests that need less build the
+// journal's Retention themselves.
+const MinRetention = time.Hour
+
 // MinSecretLength is the shortest webhook secret dzhook accepts: 16
 // characters, since a guessable secret makes signatures worthless.
 const MinSecretLength = 16
@@ -166,8 +172,8 @@ func (c *Config) validate(ps *Problems, refs references) {
 	}
 	checkIdentifier(ps, refs, "source.publication", c.Source.Publication)
 	checkIdentifier(ps, refs, "journal.schema", c.Journal.Schema)
-	if c.Journal.Retention <= 0 {
-		ps.add("journal.retention", "must be positive, e.g. 720h")
+	if c.Journal.Retention < MinRetention {
+		ps.add("journal.retention", "is %s: must be at least 1h (history is pruned hourly), e.g. 720h", c.Journal.Retention)
 	}
 	if c.Journal.Heartbeat < 100*time.Millisecond || c.Journal.Heartbeat > time.Minute {
 		ps.add("journal.heartbeat", "must be between 100ms and 1m, e.g. 5s")
