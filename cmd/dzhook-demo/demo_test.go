@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 )
 
@@ -31,4 +32,19 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestDemoConfig: the demo's configuration is valid, and its
+// subscription holds what arrives while it is paused, so the README's
+// `dzhook pause demo; dzhook resume demo` ("deliveries wait, then go
+// out oldest first") is true there: by default they are skipped.
+func TestDemoConfig(t *testing.T) {
+	yaml := demoConfig("postgres://postgres@127.0.0.1:5432/dzdesk", 8080, "0123456789abcdef0123456789abcdef", 9000, "demo-0123456789ab")
+	cfg, err := config.Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatalf("the demo's configuration: %v\n%s", err, yaml)
+	}
+	if len(cfg.Subscriptions) != 1 || !cfg.Subscriptions[0].QueueWhileInactive {
+		t.Errorf("subscriptions %+v, want one with queue_while_inactive", cfg.Subscriptions)
+	}
 }

@@ -126,26 +126,7 @@ func run(out io.Writer, binary string, once bool, timeout time.Duration) error {
 	secret, token := "demo-"+random(12), random(16)
 	listenPort, adminPort := freePort(), portOr(8080)
 	config := filepath.Join(dir, "config.yaml")
-	yaml := fmt.Sprintf(`# The demo's configuration (written by cmd/dzhook-demo).
-source:
-  dsn: %s
-delivery:
-  allow_insecure_http: true      # the local listener speaks http
-  retry_schedule: [0s, 5s, 30s]
-admin:
-  listen: 127.0.0.1:%d
-  token: %s
-sla:
-  warning_percent: 75
-  check_interval: 1s
-log:
-  level: warn
-subscriptions:
-  - id: demo
-    url: http://127.0.0.1:%d/webhooks
-    events: ["*"]
-    secret: %s
-`, cluster.DSN("dzdesk"), adminPort, token, listenPort, secret)
+	yaml := demoConfig(cluster.DSN("dzdesk"), adminPort, token, listenPort, secret)
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		return err
 	}
@@ -214,6 +195,36 @@ subscriptions:
 		return nil
 	}
 	return activity(ctx, cluster)
+}
+
+// demoConfig is the demo's configuration: dzhook against the throwaway
+// cluster, its admin API on adminPort, one subscription to the listener.
+// The subscription keeps what arrives while it is paused
+// (queue_while_inactive): the README's `dzhook pause demo; dzhook resume
+// demo` shows the deliveries waiting, then going out, where the default
+// would skip them.
+func demoConfig(dsn string, adminPort int, token string, listenPort int, secret string) string {
+	return fmt.Sprintf(`# The demo's configuration (written by cmd/dzhook-demo).
+source:
+  dsn: %s
+delivery:
+  allow_insecure_http: true      # the local listener speaks http
+  retry_schedule: [0s, 5s, 30s]
+admin:
+  listen: 127.0.0.1:%d
+  token: %s
+sla:
+  warning_percent: 75
+  check_interval: 1s
+log:
+  level: warn
+subscriptions:
+  - id: demo
+    url: http://127.0.0.1:%d/webhooks
+    events: ["*"]
+    secret: %s
+    queue_while_inactive: true   # a pause holds new events for the resume
+`, dsn, adminPort, token, listenPort, secret)
 }
 
 // activity keeps the helpdesk busy until ctx ends.

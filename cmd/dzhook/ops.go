@@ -404,9 +404,11 @@ func toggle(ctx context.Context, env *cli, verb string, args []string) int {
 		return exitUsage
 	}
 	c := newClient(env, *admin, *cfg)
-	// Pause answers an api.PauseResponse, resume an api.ResumeResponse:
-	// the latter has every field of the former.
-	var out api.ResumeResponse
+	// Pause answers an api.PauseResponse, resume an api.ResumeResponse.
+	var out struct {
+		api.ResumeResponse
+		NewDeliveries string `json:"new_deliveries"`
+	}
 	raw, err := c.do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/"+verb, nil, &out)
 	if err != nil {
 		return fail(env, verb, err)
@@ -415,11 +417,26 @@ func toggle(ctx context.Context, env *cli, verb string, args []string) int {
 	case *asJSON:
 		env.stdout.Write(raw)
 	case verb == "pause":
-		fmt.Fprintf(env.stdout, "%s paused\n", pos[0])
+		fmt.Fprintf(env.stdout, "%s paused: %s\n", pos[0], whilePaused(out.NewDeliveries))
 	default:
 		fmt.Fprintf(env.stdout, "%s resumed (%d held deliveries released)\n", pos[0], out.Released)
 	}
 	return exitOK
+}
+
+// whilePaused tells what becomes of the events that arrive while a
+// subscription is paused (api.PauseResponse.NewDeliveries): by default
+// they are skipped, which an operator who expects them to wait learns
+// only at the resume otherwise.
+func whilePaused(newDeliveries string) string {
+	const waiting = "deliveries already due wait for the resume"
+	switch newDeliveries {
+	case api.NewHeld:
+		return "new events are held and go out on resume, oldest first (queue_while_inactive); " + waiting
+	case api.NewSkipped:
+		return "new events are skipped, never sent (set queue_while_inactive: true to hold them); " + waiting
+	}
+	return waiting // an older server does not say
 }
 
 // setFlag returns the first of names set on the command line ("" if

@@ -365,3 +365,27 @@ func TestCLISaysItsConfigWasNotRead(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; want the config's problem said", code, errb.String())
 	}
 }
+
+// TestCLIPauseSaysWhatBecomesOfNewEvents: `dzhook pause` says, from the
+// API's answer, whether the events that arrive while paused are held for
+// the resume (queue_while_inactive) or skipped. It said only "paused",
+// and the README told a pause as "deliveries wait", wrong by default
+// (found by a review).
+func TestCLIPauseSaysWhatBecomesOfNewEvents(t *testing.T) {
+	f, url := startFakeAPI(t)
+	for _, c := range []struct {
+		queue bool
+		want  string
+	}{
+		{false, "crm paused: new events are skipped, never sent (set queue_while_inactive: true to hold them)"},
+		{true, "crm paused: new events are held and go out on resume, oldest first (queue_while_inactive)"},
+	} {
+		f.mu.Lock()
+		f.subs[0].QueueWhileInactive = c.queue
+		f.mu.Unlock()
+		code, out, errOut := cliRun(t, url, cliToken, "pause", "crm")
+		if code != exitOK || !strings.HasPrefix(out, c.want) || !strings.Contains(out, "deliveries already due wait for the resume") {
+			t.Errorf("pause with queue_while_inactive %v: exit %d %q %s, want %q…", c.queue, code, out, errOut, c.want)
+		}
+	}
+}

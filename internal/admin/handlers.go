@@ -448,7 +448,23 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request, _ query) {
 		return
 	}
 	s.record(r, "pause", id)
-	writeJSON(w, http.StatusOK, api.PauseResponse{Paused: true, Subscription: id})
+	out := api.PauseResponse{Paused: true, Subscription: id, NewDeliveries: api.NewSkipped}
+	if queuesWhileInactive(s.cfg.Deliverer, id) {
+		out.NewDeliveries = api.NewHeld
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// queuesWhileInactive reports whether a subscription keeps, as held, the
+// deliveries of events that arrive while it is paused or inactive
+// (queue_while_inactive); without it they are skipped.
+func queuesWhileInactive(d Deliverer, id string) bool {
+	for _, st := range d.Subscriptions() {
+		if st.ID == id {
+			return st.QueueWhileInactive
+		}
+	}
+	return false
 }
 
 func (s *Server) resume(w http.ResponseWriter, r *http.Request, _ query) {

@@ -337,7 +337,19 @@ type PauseResponse struct {
 	// Paused is true.
 	Paused       bool   `json:"paused"`
 	Subscription string `json:"subscription"`
+	// NewDeliveries says what becomes of the events that arrive while it
+	// is paused: NewHeld (queue_while_inactive: true) or NewSkipped.
+	// Deliveries already in the journal wait for the resume either way.
+	NewDeliveries string `json:"new_deliveries"`
 }
+
+// PauseResponse.NewDeliveries: an operator who paused expecting the
+// events to wait must learn at the pause, not at the resume, that they
+// are skipped (the default).
+const (
+	NewHeld    = "held"    // recorded as held; out on resume, oldest first
+	NewSkipped = "skipped" // recorded as skipped, never sent
+)
 
 // ResumeResponse is the answer of POST /v1/subscriptions/{id}/resume.
 type ResumeResponse struct {

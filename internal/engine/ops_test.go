@@ -549,13 +549,14 @@ func TestNotificationsOncePerTransition(t *testing.T) {
 
 // TestPauseWithQueueing: a paused subscription with queue_while_inactive
 // receives nothing, then its held deliveries after resume, oldest first
-// (with one attempt at a time, so the order shows at the receiver).
+// (with one attempt at a time, so the order shows at the receiver). The
+// pause's answer says they are held (TestPauseSurvivesRestart: skipped).
 func TestPauseWithQueueing(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
 	e := start(t, testConfigWith(t, db, adminSection, "  concurrency: 1", sub("crm", rc.URL, "request.created", "queue_while_inactive: true")))
 	a := newAdminClient(t, e)
-	if out := answer[api.PauseResponse](a, "POST", "/v1/subscriptions/crm/pause", nil); !out.Paused || out.Subscription != "crm" {
+	if out := answer[api.PauseResponse](a, "POST", "/v1/subscriptions/crm/pause", nil); !out.Paused || out.Subscription != "crm" || out.NewDeliveries != api.NewHeld {
 		t.Errorf("pause: %+v", out)
 	}
 	for i := 1; i <= 3; i++ {
@@ -593,7 +594,11 @@ func TestPauseSurvivesRestart(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
-	answer[api.PauseResponse](newAdminClient(t, e), "POST", "/v1/subscriptions/crm/pause", nil)
+	// Without queue_while_inactive the pause says what the journal shows
+	// below: the events that arrive meanwhile are skipped.
+	if out := answer[api.PauseResponse](newAdminClient(t, e), "POST", "/v1/subscriptions/crm/pause", nil); out.NewDeliveries != api.NewSkipped {
+		t.Errorf("pause without queue_while_inactive: %+v, want new_deliveries %q", out, api.NewSkipped)
+	}
 	cancel()
 	<-done
 	e2 := start(t, cfg)
