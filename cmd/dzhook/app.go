@@ -158,3 +158,16 @@ func runVersion(_ context.Context, env *cli, args []string) int {
 func indent(s, prefix string) string {
 	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
 }
+
+// isEnvName reports whether s can be an environment variable's name
+// (letters, digits and _, not starting with a digit). A flag that takes
+// one (--owner-dsn-env, --header-env) is easily given the value itself,
+// a DSN or a credential, which its error must then not repeat.
+func isEnvName(s string) bool {
+	for i, r := range s {
+		if r != '_' && (r < 'A' || r > 'Z') && (r < 'a' || r > 'z') && (i == 0 || r < '0' || r > '9') {
+			return false
+		}
+	}
+	return s != ""
+}

@@ -302,3 +302,35 @@ func TestRunReloadsAndStops(t *testing.T) {
 		t.Fatal("run did not stop when interrupted")
 	}
 }
+
+// TestEnvFlagsDoNotRepeatAValue: a flag that takes an environment
+// variable's name, given the value instead (a DSN with its password, a
+// header's credential), says it takes a NAME and does not print what it
+// was given. The message quoted it: "--owner-dsn-env:
+// postgres://owner:S3cretPass@db/dzdesk is not set or empty" (found by a
+// review).
+func TestEnvFlagsDoNotRepeatAValue(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfg, []byte("source: {dsn: postgres://dzhook@127.0.0.1:1/dzdesk}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, url := startFakeAPI(t)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"setup", "--config", cfg, "--owner-dsn-env", "postgres://owner:S3cretPass@db/dzdesk"}, "--owner-dsn-env takes the NAME of an environment variable"},
+		{[]string{"subscriptions", "create", "--url", "https://crm.example.com/hook", "--events", "*", "--header-env", "Authorization=Bearer S3cretPass"},
+			"--header-env Authorization: after = comes the NAME of an environment variable"},
+	} {
+		code, out, errOut := cliRun(t, url, cliToken, c.args...)
+		if code != exitUsage || !strings.Contains(errOut, c.want) || strings.Contains(out+errOut, "S3cretPass") {
+			t.Errorf("%s: exit %d %q %q, want 2 saying %q and not the value", c.args[0], code, out, errOut, c.want)
+		}
+	}
+	// A name still works as before: unset, it is named.
+	code, _, errOut := cliRun(t, url, cliToken, "setup", "--config", cfg, "--owner-dsn-env", "DZHOOK_TEST_UNSET_OWNER_DSN")
+	if code != exitUsage || !strings.Contains(errOut, "DZHOOK_TEST_UNSET_OWNER_DSN is not set") {
+		t.Errorf("an unset variable: exit %d %q, want 2 naming it", code, errOut)
+	}
+}

@@ -157,6 +157,11 @@ func runSetup(ctx context.Context, env *cli, args []string) int {
 	}
 	opts := engine.SetupOptions{CheckOnly: *check, AcceptGap: *acceptGap}
 	if *ownerEnv != "" {
+		if !isEnvName(*ownerEnv) {
+			// Not quoted: it is likely the DSN itself, password included.
+			fmt.Fprintln(env.stderr, "setup: --owner-dsn-env takes the NAME of an environment variable holding the owner's DSN (letters, digits and _, e.g. DZDESK_OWNER_DSN), not the DSN itself; the value given is not shown")
+			return exitUsage
+		}
 		if opts.OwnerDSN = env.getenv(*ownerEnv); opts.OwnerDSN == "" {
 			fmt.Fprintf(env.stderr, "setup: --owner-dsn-env: %s is not set or empty\n", *ownerEnv)
 			return exitUsage

@@ -131,6 +131,11 @@ func (f headerEnvFlag) Set(v string) error {
 		f.h.bad = append(f.h.bad, "a --header-env is not NAME=VARIABLE")
 		return nil
 	}
+	if !isEnvName(variable) {
+		// Not quoted: it is likely the header's value, a credential.
+		f.h.bad = append(f.h.bad, fmt.Sprintf("--header-env %s: after = comes the NAME of an environment variable holding the value (letters, digits and _), not the value itself; the value given is not shown", name))
+		return nil
+	}
 	value := f.getenv(variable)
 	if value == "" {
 		f.h.bad = append(f.h.bad, fmt.Sprintf("--header-env %s: the variable %s is not set or empty", name, variable))
