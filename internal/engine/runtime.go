@@ -908,8 +908,8 @@ func standardMisfit(id string, hasSecret bool, err error) error {
 				now = "it has none"
 			}
 			p = api.FieldProblem{Field: "standard_webhooks", Problem: fmt.Sprintf("needs a whsec_<base64> secret and %s: "+
-				`rotate to a whsec_… secret first (POST /v1/subscriptions/%s/secret with {"secret": "whsec_…"}, e.g. whsec_ + the output of openssl rand -base64 32), then switch it on`,
-				now, id)}
+				`rotate to a whsec_… secret first (POST /v1/subscriptions/%s/secret with {"secret": "whsec_…"}, or dzhook subscriptions rotate-secret %s --secret whsec_…; e.g. whsec_ + the output of openssl rand -base64 32), then switch it on`,
+				now, id, id)}
 		}
 		out.Problems = append(out.Problems, p)
 	}

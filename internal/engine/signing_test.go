@@ -219,7 +219,10 @@ func TestSwitchStandardWebhooks(t *testing.T) {
 	path := "/v1/subscriptions/" + created.ID
 	code, body = call(t, base, "PATCH", path, map[string]any{"standard_webhooks": true})
 	var refused api.ValidationErrors
-	want := "standard_webhooks: needs a whsec_<base64> secret and the current secret is not one: rotate to a whsec_… secret first (POST " + path + "/secret"
+	// The CLI's way is named too: a user of subscriptions update
+	// --standard-webhooks needs rotate-secret, not the HTTP route.
+	want := "standard_webhooks: needs a whsec_<base64> secret and the current secret is not one: rotate to a whsec_… secret first (POST " + path + "/secret" +
+		` with {"secret": "whsec_…"}, or dzhook subscriptions rotate-secret ` + created.ID + " --secret whsec_…;"
 	if code != http.StatusBadRequest || json.Unmarshal(body, &refused) != nil || !strings.HasPrefix(refused.Message, want) || strings.Contains(string(body), created.Secret) {
 		t.Errorf("switching on with a secret that is not whsec_: %d %s, want 400 saying %q…", code, body, want)
 	}
