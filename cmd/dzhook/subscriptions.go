@@ -440,7 +440,7 @@ func rotateSecret(ctx context.Context, env *cli, args []string) int {
 	fs := newFlags(env, "subscriptions rotate-secret", "ID [--secret S] [--overlap 24h] [--activate now|end_of_overlap] [--json]")
 	admin, cfg, asJSON := adminFlags(env, fs)
 	secret := fs.String("secret", "", "the new `secret`; generated when absent (better: a command line is visible to other users of the machine)")
-	overlap := fs.String("overlap", "", "how long the old secret stays valid (`duration`; default 24h)")
+	overlap := fs.String("overlap", "", "how long the old secret stays valid (`duration`: 90m, 24h or 7d, at most 720h; default 24h)")
 	activate := fs.String("activate", "", "when X-DZDESK-Signature switches to the new secret: now, or end_of_overlap (the default)")
 	pos, code, stop := parseArgs(fs, args)
 	if stop {

@@ -164,6 +164,23 @@ func clip(s string) string {
 	return strings.ToValidUTF8(s, "?")
 }
 
+// ParseSpan reads a length of time as the API takes one: a Go duration
+// ("90m", "24h") or whole days ("7d", which Go durations lack; a day is
+// 24h, at most 36500 of them). since/until (that long ago) and a secret
+// rotation's overlap read it alike: an overlap of 7d was refused while
+// since=7d was taken.
+func ParseSpan(v string) (time.Duration, bool) {
+	if d, err := time.ParseDuration(v); err == nil {
+		return d, true
+	}
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 && n <= 36500 {
+			return time.Duration(n) * 24 * time.Hour, true
+		}
+	}
+	return 0, false
+}
+
 // parseTime reads since/until: RFC 3339, or a duration meaning that long
 // ago ("2h", "30m"). Any time is a bound, the zero time too: an absent
 // parameter is the only "no bound".
@@ -171,13 +188,8 @@ func parseTime(name, v string, now time.Time) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
 		return t, nil
 	}
-	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+	if d, ok := ParseSpan(v); ok && d >= 0 {
 		return now.Add(-d), nil
-	}
-	if days, ok := strings.CutSuffix(v, "d"); ok { // 7d: days, which Go durations lack
-		if n, err := strconv.Atoi(days); err == nil && n >= 0 && n <= 36500 {
-			return now.AddDate(0, 0, -n), nil
-		}
 	}
 	return time.Time{}, fmt.Errorf("%s: %q is neither an RFC 3339 time (2024-01-15T14:30:00Z) nor a duration ago (2h, 7d)", name, clip(v))
 }

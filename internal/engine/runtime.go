@@ -966,13 +966,13 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	overlap := DefaultOverlap
 	var ps []api.FieldProblem
 	if in.Overlap != nil {
-		d, err := time.ParseDuration(*in.Overlap)
+		d, ok := admin.ParseSpan(*in.Overlap)
 		switch {
-		case err != nil:
+		case !ok:
 			// Not quoted: it may be a secret pasted into the wrong field.
-			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "is not a duration such as 24h or 90m"})
+			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "is not a duration such as 24h, 90m or 7d"})
 		case d < 0 || d > config.MaxSecretOverlap:
-			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "must be between 0s and 720h"})
+			ps = append(ps, api.FieldProblem{Field: "overlap", Problem: "must be between 0s and 720h (30d)"})
 		default:
 			overlap = d
 		}

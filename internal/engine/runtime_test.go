@@ -561,6 +561,33 @@ func TestRotationOverlapNotEchoed(t *testing.T) {
 	}
 }
 
+// TestRotationOverlapInDays: an overlap takes whole days (7d) as since
+// and until do, a day being 24h, within the same 720h bound. It was
+// refused as "not a duration" (found by a review).
+func TestRotationOverlapInDays(t *testing.T) {
+	db := newDB(t)
+	e := start(t, runtimeConfig(t, db))
+	m := e.Manager()
+	ctx := context.Background()
+	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"})}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	rotated, err := m.RotateSecret(ctx, created.ID, api.SecretRotation{Overlap: ptr("7d")}, "")
+	if err != nil {
+		t.Fatalf("overlap 7d: %v", err)
+	}
+	if got, lo, hi := rotated.PreviousValidUntil, before.Add(7*24*time.Hour), time.Now().Add(7*24*time.Hour); got.Before(lo.Truncate(time.Second)) || got.After(hi) {
+		t.Errorf("overlap 7d: the old secret is valid until %v, want 7×24h from now (%v)", got, lo)
+	}
+	_, err = m.RotateSecret(ctx, created.ID, api.SecretRotation{Overlap: ptr("31d")}, "")
+	var ve *admin.ValidationError
+	if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != "overlap" || !strings.Contains(ve.Problems[0].Problem, "720h") {
+		t.Errorf("overlap 31d: %v, want a validation error naming overlap and its 720h bound", err)
+	}
+}
+
 // TestSecretWithControlCharacters: a secret given with a control
 // character (a NUL, a line break: a paste gone wrong) is refused naming
 // the field, on rotation and on create, and the answer does not quote it.
