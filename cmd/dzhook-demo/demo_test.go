@@ -37,14 +37,23 @@ func (w testWriter) Write(p []byte) (int, error) {
 // TestDemoConfig: the demo's configuration is valid, and its
 // subscription holds what arrives while it is paused, so the README's
 // `dzhook pause demo; dzhook resume demo` ("deliveries wait, then go
-// out oldest first") is true there: by default they are skipped.
+// out oldest first") is true there: by default they are skipped. It has
+// a secrets.key, so the API creates subscriptions there (the README's
+// curl walkthrough, dzhook subscriptions create): without one, 409.
 func TestDemoConfig(t *testing.T) {
-	yaml := demoConfig("postgres://postgres@127.0.0.1:5432/dzdesk", 8080, "0123456789abcdef0123456789abcdef", 9000, "demo-0123456789ab")
+	key := secretsKey()
+	if key == secretsKey() {
+		t.Errorf("secretsKey gave %q twice", key)
+	}
+	yaml := demoConfig("postgres://postgres@127.0.0.1:5432/dzdesk", 8080, "0123456789abcdef0123456789abcdef", 9000, "demo-0123456789ab", key)
 	cfg, err := config.Parse([]byte(yaml), nil)
 	if err != nil {
 		t.Fatalf("the demo's configuration: %v\n%s", err, yaml)
 	}
 	if len(cfg.Subscriptions) != 1 || !cfg.Subscriptions[0].QueueWhileInactive {
 		t.Errorf("subscriptions %+v, want one with queue_while_inactive", cfg.Subscriptions)
+	}
+	if got := cfg.Secrets.Key.Reveal(); got != key {
+		t.Errorf("secrets.key is %d characters, want the key given", len(got))
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"bufio"
 	"context"
 	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"flag"
 	"fmt"
@@ -126,7 +127,7 @@ func run(out io.Writer, binary string, once bool, timeout time.Duration) error {
 	secret, token := "demo-"+random(12), random(16)
 	listenPort, adminPort := freePort(), portOr(8080)
 	config := filepath.Join(dir, "config.yaml")
-	yaml := demoConfig(cluster.DSN("dzdesk"), adminPort, token, listenPort, secret)
+	yaml := demoConfig(cluster.DSN("dzdesk"), adminPort, token, listenPort, secret, secretsKey())
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		return err
 	}
@@ -199,11 +200,15 @@ func run(out io.Writer, binary string, once bool, timeout time.Duration) error {
 
 // demoConfig is the demo's configuration: dzhook against the throwaway
 // cluster, its admin API on adminPort, one subscription to the listener.
+// key is secrets.key, a throwaway one: without a key the API refuses to
+// create subscriptions (409), and the README's curl walkthrough and
+// `dzhook subscriptions create` are what a newcomer tries next. It is
+// never printed; it goes with the demo's directory.
 // The subscription keeps what arrives while it is paused
 // (queue_while_inactive): the README's `dzhook pause demo; dzhook resume
 // demo` shows the deliveries waiting, then going out, where the default
 // would skip them.
-func demoConfig(dsn string, adminPort int, token string, listenPort int, secret string) string {
+func demoConfig(dsn string, adminPort int, token string, listenPort int, secret, key string) string {
 	return fmt.Sprintf(`# The demo's configuration (written by cmd/dzhook-demo).
 source:
   dsn: %s
@@ -218,13 +223,22 @@ sla:
   check_interval: 1s
 log:
   level: warn
+secrets:
+  key: %s   # throwaway: seals the subscriptions the API creates
 subscriptions:
   - id: demo
     url: http://127.0.0.1:%d/webhooks
     events: ["*"]
     secret: %s
     queue_while_inactive: true   # a pause holds new events for the resume
-`, dsn, adminPort, token, listenPort, secret)
+`, dsn, adminPort, token, key, listenPort, secret)
+}
+
+// secretsKey returns a new secrets.key: 32 random bytes, base64.
+func secretsKey() string {
+	b := make([]byte, 32)
+	_, _ = crand.Read(b)
+	return base64.StdEncoding.EncodeToString(b)
 }
 
 // activity keeps the helpdesk busy until ctx ends.
