@@ -349,8 +349,13 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	// Compact: a delivery's payload is shown byte for byte as it was sent.
-	_ = json.NewEncoder(w).Encode(v)
+	// Compact, and without HTML escapes: a delivery's payload is shown
+	// byte for byte as it was sent (the dashboard re-indents its text),
+	// where "<" came out as "\u003c". Every answer is application/json,
+	// never read as HTML.
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
 }
 
 // journalError answers an error of the journal or dispatcher.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/dzdesk/dzhook/internal/api"
@@ -68,5 +69,30 @@ func TestResponseBodyRendering(t *testing.T) {
 	var payload string
 	if err := json.Unmarshal(get("dlv_1_raw").Payload, &payload); err != nil || payload != "not json \uFFFD" {
 		t.Errorf("payload = %q (%v), want the text with invalid UTF-8 replaced", payload, err)
+	}
+}
+
+// exactBody is a body that JSON.parse and an HTML-escaping encoder would
+// both change: an integer above 2^53, a trailing zero, integer-like keys
+// after another, and "<", ">" and "&".
+const exactBody = `{"2":"<b>Tom & Jerry</b>","b":9007199254740993,"1":10.50}`
+
+// TestPayloadAsSent: GET /v1/deliveries/{id} gives the payload and the
+// body sent as the bytes the receiver got (compact JSON stays as it is),
+// for the dashboard to show them re-indented only. The encoder escaped
+// "<" as \u003c (found by a review).
+func TestPayloadAsSent(t *testing.T) {
+	srv := newChecked(t, Config{Token: "t", Deliverer: fullDeliverer{}, History: fullHistory{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	req := httptest.NewRequest(http.MethodGet, "/v1/deliveries/dlv_1_exact", nil)
+	req.Header.Set("Authorization", "Bearer t")
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /v1/deliveries/dlv_1_exact: %d %s", rec.Code, rec.Body)
+	}
+	for _, member := range []string{`"payload":` + exactBody, `"sent":` + exactBody} {
+		if !strings.Contains(rec.Body.String(), member) {
+			t.Errorf("the answer has no %s:\n%s", member, rec.Body)
+		}
 	}
 }
