@@ -48,6 +48,14 @@ const (
 	// chatID is the Slack webhook the script adds last: format slack, no
 	// secret, a transform, PUT and a rate limit.
 	chatID = "team-chat"
+	// ledgerMessage is the content of the logical message that makes the
+	// event delivered to the ledger subscription: data that JSON.parse
+	// and JSON.stringify would change (an integer above 2^53, 10.50,
+	// integer-like keys after another), which the page must show as sent.
+	ledgerMessage = `{"event":"ledger.posted","data":{"2":"two <b>&</b>","b":9007199254740993,"1":10.50}}`
+	// ledgerAnswer is what the ledger's receiver answers, shown as it
+	// came in the attempt's and a test send's response body.
+	ledgerAnswer = `{"2":"two","b":9007199254740993,"1":10.50}`
 )
 
 // browserDeps returns node, or stops the test through pgtest.Unavailable
@@ -122,6 +130,13 @@ func TestDashboardInBrowser(t *testing.T) {
 	// page through its history: it accepts everything.
 	pages := testutil.NewReceiver(t)
 
+	// The ledger subscription's endpoint: its answer, like the payload it
+	// gets, changes when parsed and printed again.
+	ledger := testutil.NewReceiver(t)
+	ledger.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) {
+		return http.StatusOK, http.Header{"Content-Type": {"application/json"}}, ledgerAnswer
+	})
+
 	// The Slack webhook's endpoint: it wants PUT, and answers 429 with a
 	// Retry-After to Busy Bee's message.
 	chat := testutil.NewReceiver(t)
@@ -147,9 +162,12 @@ journal: {heartbeat: 200ms}
 delivery: {allow_insecure_http: true, retry_schedule: [0s, 1h]}
 admin: {listen: "127.0.0.1:0", token: %s}
 secrets: {key: %s}
+custom_events:
+  - {name: ledger.posted, description: "A ledger entry (a payload shown as sent)"}
 subscriptions:
   - {id: crm, url: "%s/hooks/dzdesk", events: ["request.*"], secret: dashboard-test-secret-0123456789, ordering: entity}
-`, db.DSN, adminToken, secretsKey, rc.URL)
+  - {id: ledger, url: "%s/hooks/ledger", events: ["ledger.*"], secret: dashboard-test-secret-0123456789}
+`, db.DSN, adminToken, secretsKey, rc.URL, ledger.URL)
 	e := enginetest.Start(t, yaml, engine.Options{Dashboard: dashboard.Files(), PollInterval: 50 * time.Millisecond})
 	base := "http://" + e.AdminAddr()
 
@@ -176,6 +194,15 @@ subscriptions:
 	if n := len(rc.Requests()); n != 1 {
 		t.Fatalf("the receiver got %d requests, want only the created's first attempt: the update must wait behind it", n)
 	}
+	// The ledger's event, as an application emits it.
+	if _, err := conn.Exec(context.Background(), `SELECT pg_logical_emit_message(true, 'dzdesk', $1::text)`, ledgerMessage); err != nil {
+		t.Fatal(err)
+	}
+	ledger.Wait(t, 1, 20*time.Second)
+	var ledgerID string
+	testutil.Eventually(t, 10*time.Second, "the ledger's delivery in the journal", func() bool {
+		return conn.QueryRow(context.Background(), `SELECT id FROM dzhook.deliveries WHERE subscription_id = 'ledger' AND state = 'delivered'`).Scan(&ledgerID) == nil
+	})
 
 	// The screenshots (and one of a failure) are kept with go test
 	// -artifacts, or at DZHOOK_SCREENSHOT.
@@ -219,21 +246,24 @@ subscriptions:
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	replayFile := filepath.Join(t.TempDir(), "replays")
 	out, err := runScript(t, node, map[string]string{
-		"DZHOOK_NEW_URL":      hook.URL + "/hooks/helpdesk",
-		"DZHOOK_NEW_ID":       newID,
-		"DZHOOK_CHAT_URL":     chat.URL + "/services/T000/B000/XXXX",
-		"DZHOOK_CHAT_ID":      chatID,
-		"DZHOOK_PAGES_URL":    pages.URL + "/hooks/pages",
-		"DZHOOK_SECRET_FILE":  secretFile,
-		"DZHOOK_REPLAY_FILE":  replayFile,
-		"DZHOOK_URL":          base + "/",
-		"DZHOOK_TOKEN":        adminToken,
-		"DZHOOK_SUBSCRIPTION": "crm",
-		"DZHOOK_DELIVERY_ID":  id,
-		"DZHOOK_INSTANCE":     instance,
-		"DZHOOK_WAITED_ID":    waited,
-		"DZHOOK_SCREENSHOT":   shot,
-		"DZHOOK_CHROMIUM":     chromium,
+		"DZHOOK_NEW_URL":       hook.URL + "/hooks/helpdesk",
+		"DZHOOK_NEW_ID":        newID,
+		"DZHOOK_CHAT_URL":      chat.URL + "/services/T000/B000/XXXX",
+		"DZHOOK_CHAT_ID":       chatID,
+		"DZHOOK_PAGES_URL":     pages.URL + "/hooks/pages",
+		"DZHOOK_SECRET_FILE":   secretFile,
+		"DZHOOK_REPLAY_FILE":   replayFile,
+		"DZHOOK_URL":           base + "/",
+		"DZHOOK_TOKEN":         adminToken,
+		"DZHOOK_SUBSCRIPTION":  "crm",
+		"DZHOOK_DELIVERY_ID":   id,
+		"DZHOOK_INSTANCE":      instance,
+		"DZHOOK_WAITED_ID":     waited,
+		"DZHOOK_LEDGER_ID":     ledgerID,
+		"DZHOOK_LEDGER_BODY":   string(ledger.Requests()[0].Body),
+		"DZHOOK_LEDGER_ANSWER": ledgerAnswer,
+		"DZHOOK_SCREENSHOT":    shot,
+		"DZHOOK_CHROMIUM":      chromium,
 	})
 	t.Logf("browser script output:\n%s", out)
 	if err != nil {

@@ -10,6 +10,11 @@
 //   DZHOOK_INSTANCE      the dzhook instance that makes its attempts
 //   DZHOOK_WAITED_ID     the delivery of the request's update, which waits
 //                        behind it (the subscription has ordering: entity)
+//   DZHOOK_LEDGER_ID     the delivery of a logical message to the subscription
+//                        "ledger": its data has 9007199254740993, 10.50 and
+//                        keys "2", "b", "1" in that order
+//   DZHOOK_LEDGER_BODY   the bytes the ledger's receiver got
+//   DZHOOK_LEDGER_ANSWER what it answers, to that and to test sends
 //   DZHOOK_NEW_URL       the endpoint of the webhook the script adds (it
 //                        answers 200 to test events, 500 to the others)
 //   DZHOOK_NEW_ID        the id the script gives that webhook; the test
@@ -52,6 +57,9 @@ const sub = env('DZHOOK_SUBSCRIPTION');
 const deliveryID = env('DZHOOK_DELIVERY_ID');
 const instance = env('DZHOOK_INSTANCE');
 const waitedID = env('DZHOOK_WAITED_ID');
+const ledgerID = env('DZHOOK_LEDGER_ID');
+const ledgerBody = env('DZHOOK_LEDGER_BODY');
+const ledgerAnswer = env('DZHOOK_LEDGER_ANSWER');
 const newURL = env('DZHOOK_NEW_URL');
 const newID = env('DZHOOK_NEW_ID');
 const secretFile = env('DZHOOK_SECRET_FILE');
@@ -88,6 +96,24 @@ async function eventually(what, get, ok, timeout = TIMEOUT) {
     if (Date.now() > deadline) throw new Error(`${what}: after ${timeout} ms still ${JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+// compactJSON drops the whitespace between JSON tokens, strings kept
+// whole: what the page shows, re-indented, compared with the bytes sent.
+function compactJSON(s) {
+  let out = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (j < s.length && s[j] !== '"') j += s[j] === '\\' ? 2 : 1;
+      out += s.slice(i, j + 1);
+      i = j;
+    } else if (!' \t\n\r'.includes(c)) {
+      out += c;
+    }
+  }
+  return out;
 }
 
 const text = (loc) => loc.textContent({ timeout: 1000 }).then((s) => (s ?? '').trim());
@@ -233,6 +259,7 @@ async function main() {
   // once the rest of the refresh (history, detail) is in as well.
   await eventually('focus after pausing', () => page.evaluate(() => document.activeElement?.dataset?.testid ?? ''), (v) => v === `resume-${sub}`, 5_000);
 
+  await exactBodies();
   await manageWebhooks();
   await replays();
   await connectors();
@@ -249,6 +276,33 @@ async function main() {
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: screenshot });
   await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-full.png', fullPage: true });
+}
+
+// exactBodies opens the ledger's delivery, whose payload and response
+// body JSON.parse and JSON.stringify would change, and finds each shown
+// as the bytes sent, re-indented only; a test send's answer too.
+async function exactBodies() {
+  step('the ledger\'s delivery: the payload as sent (9007199254740993, 10.50, keys "2", "b", "1" in order), only re-indented');
+  await page.locator(tid('history-ledger')).click();
+  await page.locator(tid(`open-${ledgerID}`)).click();
+  await eventually('detail id', () => text(page.locator(tid('detail-id'))), (s) => s === ledgerID);
+  const shown = await eventually('the payload', () => text(page.locator(tid('payload'))), (s) => s.includes('ledger.posted'));
+  if (compactJSON(shown) !== ledgerBody) throw new Error(`the payload shown:\n${shown}\nthe bytes sent:\n${ledgerBody}`);
+  for (const want of ['"b": 9007199254740993', '"1": 10.50', '\n  "data": {\n    "2": ']) {
+    if (!shown.includes(want)) throw new Error(`the payload shown has no ${JSON.stringify(want)}:\n${shown}`);
+  }
+  if (!(shown.indexOf('"2"') < shown.indexOf('"b"') && shown.indexOf('"b"') < shown.indexOf('"1"'))) throw new Error(`the payload's keys moved:\n${shown}`);
+
+  step('its response body, and a test send\'s, as the receiver answered them');
+  await page.locator(tid('attempt-body')).first().locator('summary').click();
+  const answer = await textNow(page.locator(tid('attempt-body')).first().locator('pre'));
+  if (compactJSON(answer) !== ledgerAnswer || !answer.includes('\n  "b": 9007199254740993')) throw new Error(`the response body shown:\n${answer}`);
+  await page.locator(tid('send-test-ledger')).click();
+  const tested = await eventually('the test send\'s answer', () => text(page.locator(tid('test-result-ledger-body'))), (s) => s.includes('"b"'));
+  if (compactJSON(tested) !== ledgerAnswer) throw new Error(`the test send's response body shown:\n${tested}`);
+  await page.locator(tid('test-result-ledger-hide')).click();
+  await page.locator(tid('close-detail')).click();
+  await page.locator(tid('reset-filters')).click();
 }
 
 // secretLeft says where a secret can still be found: the page's text and

@@ -118,16 +118,113 @@ function timeEl(iso, text) {
   return el('time', { datetime: iso, title: iso, text: text ?? fmtTime(iso) });
 }
 
-// prettyJSON pretty-prints JSON text or a value; other text stays as is.
-function pretty(v) {
-  if (typeof v === 'string') {
-    try {
-      return JSON.stringify(JSON.parse(v), null, 2);
-    } catch {
-      return v;
+// pretty indents JSON text (reindent); other text stays as is.
+function pretty(text) {
+  try {
+    JSON.parse(text);
+  } catch {
+    return text;
+  }
+  return reindent(text);
+}
+
+// reindent lays JSON text out two spaces a level, as JSON.stringify(v,
+// null, 2) does, changing only the whitespace between tokens. Parsed and
+// printed again, a payload was not what was sent: integers above 2^53
+// lost digits, 10.50 became 10.5, and integer-like keys ("2", "1") moved
+// before the others (found by a review).
+function reindent(text) {
+  let out = '';
+  let depth = 0;
+  const nl = () => `\n${'  '.repeat(depth)}`;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      const end = stringEnd(text, i);
+      out += text.slice(i, end);
+      i = end - 1;
+    } else if (c === '{' || c === '[') {
+      const j = skipSpace(text, i + 1);
+      if (text[j] === (c === '{' ? '}' : ']')) {
+        out += c + text[j];
+        i = j;
+      } else {
+        depth++;
+        out += c + nl();
+      }
+    } else if (c === '}' || c === ']') {
+      depth--;
+      out += nl() + c;
+    } else if (c === ',') {
+      out += `,${nl()}`;
+    } else if (c === ':') {
+      out += ': ';
+    } else if (!' \t\n\r'.includes(c)) {
+      out += c;
     }
   }
-  return JSON.stringify(v, null, 2);
+  return out;
+}
+
+// stringEnd is the index after the JSON string that starts at text[i]
+// (a quote), its escapes skipped.
+function stringEnd(text, i) {
+  for (let j = i + 1; j < text.length; j++) {
+    if (text[j] === '\\') j++;
+    else if (text[j] === '"') return j + 1;
+  }
+  return text.length;
+}
+
+function skipSpace(text, i) {
+  while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+  return i;
+}
+
+// valueEnd is the index after the JSON value that starts at text[i].
+function valueEnd(text, i) {
+  if (text[i] === '"') return stringEnd(text, i);
+  if (text[i] !== '{' && text[i] !== '[') {
+    while (i < text.length && !',}] \t\n\r'.includes(text[i])) i++;
+    return i;
+  }
+  let depth = 0;
+  for (let j = i; j < text.length; j++) {
+    const c = text[j];
+    if (c === '"') j = stringEnd(text, j) - 1;
+    else if (c === '{' || c === '[') depth++;
+    else if ((c === '}' || c === ']') && --depth === 0) return j + 1;
+  }
+  return text.length;
+}
+
+// rawMembers returns the members of the JSON object text as their text,
+// by name: the values as the API sent them, not as JSON.parse reads them.
+function rawMembers(text) {
+  const out = new Map();
+  let i = skipSpace(text, 0);
+  if (text[i] !== '{') return out;
+  i = skipSpace(text, i + 1);
+  while (text[i] === '"') {
+    const keyEnd = stringEnd(text, i);
+    const name = JSON.parse(text.slice(i, keyEnd));
+    i = skipSpace(text, skipSpace(text, keyEnd) + 1); // past the colon
+    const end = valueEnd(text, i);
+    out.set(name, text.slice(i, end));
+    i = skipSpace(text, end);
+    if (text[i] !== ',') break;
+    i = skipSpace(text, i + 1);
+  }
+  return out;
+}
+
+// shownBody is a body the journal keeps, from its member's text in the
+// API's answer: JSON re-indented, a body that is not JSON (a string
+// member) as its text.
+function shownBody(raw) {
+  if (raw === undefined || raw === 'null') return null;
+  if (raw.startsWith('"')) return pretty(JSON.parse(raw));
+  return reindent(raw);
 }
 
 // ---- alerts and status -------------------------------------------------------
@@ -216,10 +313,12 @@ function submitToken(ev) {
   settleTokenWaiters(token);
 }
 
-// api calls the admin API and returns the decoded JSON. A 401 asks for the
-// token and tries again (the API did nothing with the refused request);
-// other errors throw an APIError with the API's message.
-async function api(method, path, body) {
+// api calls the admin API and returns the decoded JSON, or with raw
+// { data, text }: the answer's text too, for what must be shown as sent
+// (rawMembers). A 401 asks for the token and tries again (the API did
+// nothing with the refused request); other errors throw an APIError with
+// the API's message.
+async function api(method, path, body, { raw = false } = {}) {
   for (;;) {
     const token = sessionStorage.getItem(TOKEN_KEY) || (await askToken(''));
     const headers = { Authorization: `Bearer ${token}`, Accept: 'application/json' };
@@ -269,7 +368,7 @@ async function api(method, path, body) {
     }
     if (!resp.ok) throw new APIError(resp.status, message, problems);
     if (data === null) throw new APIError(resp.status, `${method} ${path}: the answer is not JSON`);
-    return data;
+    return raw ? { data, text } : data;
   }
 }
 
@@ -1908,9 +2007,9 @@ function closeDetail() {
 async function loadDetail() {
   const id = state.openID;
   if (!id) return;
-  let data;
+  let data, text;
   try {
-    data = await api('GET', `/v1/deliveries/${enc(id)}`);
+    ({ data, text } = await api('GET', `/v1/deliveries/${enc(id)}`, undefined, { raw: true }));
   } catch (e) {
     if (e.status === 404 && state.openID === id) {
       closeDetail();
@@ -1919,10 +2018,9 @@ async function loadDetail() {
     throw e;
   }
   if (state.openID !== id) return; // another one was opened meanwhile
-  const json = JSON.stringify(data);
-  if (json === state.detailJSON) return; // nothing new: keep scroll and selection
-  state.detailJSON = json;
-  renderDetail(data);
+  if (text === state.detailJSON) return; // nothing new: keep scroll and selection
+  state.detailJSON = text;
+  renderDetail(data, rawMembers(text));
 }
 
 function fact(label, value, testid) {
@@ -1932,7 +2030,9 @@ function fact(label, value, testid) {
   return el('div', { class: 'fact' }, el('dt', { text: label }), dd);
 }
 
-function renderDetail(data) {
+// renderDetail shows a delivery; raw holds the members of the API's
+// answer as text, the payload and the body sent shown from them.
+function renderDetail(data, raw) {
   const d = data.delivery || {};
   $('detail').hidden = false;
   $('split').classList.add('with-detail');
@@ -2006,13 +2106,13 @@ function renderDetail(data) {
   $('attempts-empty').hidden = attempts.length > 0;
   renderWaited(d, data);
   renderNote(d, attempts);
-  const p = data.payload;
-  setText($('payload'), p === undefined || p === null || p === '' ? '(no payload in the journal)' : pretty(p));
+  const p = shownBody(raw.get('payload'));
+  setText($('payload'), p === null || p === '' ? '(no payload in the journal)' : p);
   // The body sent, when the subscription's transform or format made one.
-  const sent = data.sent;
-  const hasSent = sent !== undefined && sent !== null;
+  const sent = shownBody(raw.get('sent'));
+  const hasSent = sent !== null;
   $('sent-section').hidden = !hasSent;
-  setText($('sent'), hasSent ? pretty(sent) : '');
+  setText($('sent'), hasSent ? sent : '');
   setText($('payload-title'), hasSent ? 'Event payload' : 'Payload');
 }
 
