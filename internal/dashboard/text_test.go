@@ -1,11 +1,13 @@
 package dashboard_test
 
 import (
+	"fmt"
 	"io/fs"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/dzdesk/dzhook/internal/config"
 	"github.com/dzdesk/dzhook/internal/dashboard"
 )
 
@@ -30,5 +32,25 @@ func TestStandardWebhooksLabel(t *testing.T) {
 	}
 	if strings.Contains(label, "instead of") {
 		t.Errorf("the Standard Webhooks choice says it replaces X-DZDESK-Signature: %q", label)
+	}
+}
+
+// TestSecretLengthHint: the secret fields of Add webhook and Rotate
+// secret ask for as many characters as the API takes
+// (config.MinSecretLength); they asked for 32, the API took 16 (found by a
+// review).
+func TestSecretLengthHint(t *testing.T) {
+	page, err := fs.ReadFile(dashboard.Files(), "index.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"sf-secret", "rotate-secret"} {
+		m := regexp.MustCompile(`<label for="` + id + `">([^<]*)</label>`).FindSubmatch(page)
+		if m == nil {
+			t.Fatalf("index.html has no label for #%s", id)
+		}
+		if want := fmt.Sprintf("at least %d characters", config.MinSecretLength); !strings.Contains(string(m[1]), want) {
+			t.Errorf("the label of #%s says %q, want %q", id, m[1], want)
+		}
 	}
 }
