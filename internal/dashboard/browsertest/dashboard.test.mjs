@@ -260,6 +260,7 @@ async function main() {
   await eventually('focus after pausing', () => page.evaluate(() => document.activeElement?.dataset?.testid ?? ''), (v) => v === `resume-${sub}`, 5_000);
 
   await exactBodies();
+  await listAnswers();
   await manageWebhooks();
   await replays();
   await connectors();
@@ -303,6 +304,28 @@ async function exactBodies() {
   await page.locator(tid('test-result-ledger-hide')).click();
   await page.locator(tid('close-detail')).click();
   await page.locator(tid('reset-filters')).click();
+}
+
+// listAnswers shows what the page makes of answers of GET
+// /v1/subscriptions that the test's dzhook does not give: a success rate
+// a hair from 100 % or 0 %. The answers are the real ones, changed at
+// the browser (page.route) in that field only.
+async function listAnswers() {
+  let rate = 0.9996;
+  const list = (u) => u.pathname === '/v1/subscriptions';
+  await page.route(list, async (route) => {
+    const resp = await route.fetch();
+    const body = await resp.json();
+    for (const s of body.subscriptions) if (s.id === sub) s.stats = { ...s.stats, success_rate: rate };
+    await route.fulfill({ response: resp, json: body });
+  });
+  const success = () => text(page.locator(tid(`success-${sub}`)));
+
+  step('a success rate a hair from 100 % or 0 % is never rounded to either');
+  await eventually('one failure in 2,500', success, (s) => s === '> 99.9 %');
+  rate = 0.0004;
+  await eventually('one success in 2,500', success, (s) => s === '< 0.1 %');
+  await page.unroute(list);
 }
 
 // secretLeft says where a secret can still be found: the page's text and

@@ -576,7 +576,7 @@ function updateCard(c, s) {
   updateSettings(c, s);
   const stats = s.stats || {};
   const rate = typeof stats.success_rate === 'number' ? stats.success_rate : -1;
-  setText(c.success, rate < 0 ? '—' : `${(rate * 100).toFixed(rate === 1 || rate === 0 ? 0 : 1)} %`);
+  setText(c.success, rate < 0 ? '—' : successText(rate));
   c.success.className = rate < 0 ? 'muted' : rate >= 0.99 ? 'good' : rate >= 0.9 ? 'warn' : 'bad';
   c.success.title = rate < 0 ? 'no attempts in the last hour' : 'share of 2xx answers among the attempts of the last hour';
   const hasTimes = (stats.delivered || 0) + (stats.failed || 0) + (stats.retried || 0) > 0;
@@ -609,6 +609,17 @@ function updateCard(c, s) {
     if (hadFocus) (canResume ? c.resume : c.pause).focus();
   }
   drawChart(c, stats.per_minute || []);
+}
+
+// successText is a success rate to a tenth of a percent, never rounded
+// to 100 % while an attempt failed nor to 0 % while one succeeded:
+// 0.9996 showed "100.0 %", in green (found by a review).
+function successText(rate) {
+  if (rate === 1 || rate === 0) return `${rate * 100} %`;
+  const s = (rate * 100).toFixed(1);
+  if (s === '100.0') return '> 99.9 %';
+  if (s === '0.0') return '< 0.1 %';
+  return `${s} %`;
 }
 
 // updateSettings lists the subscription's fields, read-only (a config.yaml
