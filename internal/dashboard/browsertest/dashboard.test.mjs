@@ -72,6 +72,9 @@ const executablePath = env('DZHOOK_CHROMIUM', '/usr/bin/chromium');
 const TIMEOUT = 15_000;
 
 const tid = (id) => `[data-testid="${id}"]`;
+// ZONE matches the short name of a time zone, as Intl gives it: "UTC",
+// "CET", "GMT+2", "GMT-03:30".
+const ZONE = '(?:[A-Z]{2,5}|GMT[+-]\\d{1,2}(?::\\d\\d)?)';
 
 // step logs what the script is about to check, so a failure reads as a
 // story.
@@ -460,7 +463,9 @@ async function manageWebhooks() {
   await page.locator(tid('rotate-submit')).click();
   const rotated = await eventually('new secret', () => page.locator(`${tid('rotate-dialog')} ${tid('secret-value')}`).inputValue(), (s) => s.length >= 32);
   if (rotated === secret) throw new Error('the rotation showed the old secret');
-  await eventually('summary', () => text(page.locator(tid('rotate-summary'))), (s) => s.includes('stays valid until'));
+  // With its time zone: the admin tells the receiver's owner when.
+  await eventually('summary', () => text(page.locator(tid('rotate-summary'))),
+    (s) => new RegExp(`stays valid until \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d ${ZONE} \\(`).test(s) && new RegExp(`from \\d{4}-.* ${ZONE} \\(`).test(s));
   // Not copied: Escape asks first, and "no" keeps the dialog and its
   // secret (it was lost at once); Close, answered "yes", closes it.
   let asked = '';
@@ -475,7 +480,7 @@ async function manageWebhooks() {
   step('its settings show the overlap the rotation started (never a secret) and whether it signs as Standard Webhooks');
   await page.locator(`${tid(`settings-box-${newID}`)} summary`).click();
   await eventually('the overlap in the settings', () => text(page.locator(tid(`settings-rotation-${newID}`))),
-    (s) => /^previous secret valid until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d; X-DZDESK-Signature switches at \d{4}-/.test(s));
+    (s) => new RegExp(`^previous secret valid until \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d ${ZONE}; X-DZDESK-Signature switches at \\d{4}-.* ${ZONE}$`).test(s));
   await eventually('Standard Webhooks in the settings', () => text(page.locator(tid(`settings-standard-${newID}`))), (s) => s === 'no');
   if ((await text(page.locator(tid(`settings-box-${newID}`)))).includes(rotated)) throw new Error('the settings show the secret');
 
@@ -524,6 +529,8 @@ async function replays() {
   if (!/^rpl_[2-7a-z]{16}$/.test(first)) throw new Error(`replay id ${JSON.stringify(first)}`);
   await eventually('replay done', () => text(page.locator(tid('replay-state'))), (s) => s === 'done', 20_000);
   const created = Number(await textNow(page.locator(tid('replay-created'))));
+  const span = await textNow(page.locator(tid('replay-window')));
+  if (!new RegExp(`^\\d{4}-.* ${ZONE} → \\d{4}-.* ${ZONE}$`).test(span)) throw new Error(`the replay's window without its time zone: ${span}`);
   if (!(created >= 2)) throw new Error(`the replay made ${created} deliveries, want the created and the update at least`);
   await eventually('pending', () => text(page.locator(tid('replay-pending'))), (s) => s === String(created));
   await eventually('every event looked at', () => text(page.locator(tid('replay-scanned'))), (s) => /^(\d+) of \1$/.test(s));

@@ -66,6 +66,17 @@ function fmtTime(iso) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+// fmtZoned: fmtTime with the time zone's short name ("2024-01-15
+// 14:30:05 CET"), for a time an admin tells others (a rotation's switch,
+// a replay's window): without it, "14:30" read in another zone was
+// wrong by hours (found by a review).
+function fmtZoned(iso) {
+  const d = new Date(iso);
+  if (!iso || Number.isNaN(d.getTime())) return fmtTime(iso);
+  const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short' }).formatToParts(d).find((p) => p.type === 'timeZoneName');
+  return zone ? `${fmtTime(iso)} ${zone.value}` : fmtTime(iso);
+}
+
 // fmtShort: the time alone for today, else month-day and minutes (the
 // exact instant is in the <time> element's tooltip).
 function fmtShort(iso, now = new Date()) {
@@ -643,7 +654,7 @@ function updateSettings(c, s) {
     fact('Standard Webhooks', s.standard_webhooks ? 'yes (X-DZDESK-Signature too)' : 'no', `settings-standard-${s.id}`),
     // A secret rotation's overlap, while it runs (never the secrets).
     ...(s.previous_secret_valid_until ? [wide(fact('Secret rotation',
-      `previous secret valid until ${fmtTime(s.previous_secret_valid_until)}; X-DZDESK-Signature switches at ${fmtTime(s.signature_switch_at)}`,
+      `previous secret valid until ${fmtZoned(s.previous_secret_valid_until)}; X-DZDESK-Signature switches at ${fmtZoned(s.signature_switch_at)}`,
       `settings-rotation-${s.id}`))] : []),
     fact('Source', s.source === 'config' ? 'config.yaml' : 'runtime (API or dashboard)'),
     wide(fact('Transform', s.transform
@@ -1420,7 +1431,7 @@ async function submitRotate(ev) {
     const rep = await api('POST', `/v1/subscriptions/${enc(rotate.id)}/secret`, body);
     $('rotate-secret').value = '';
     $('rotate-fields').hidden = true;
-    const when = (iso) => `${fmtTime(iso)} (${fmtAgo(iso)})`;
+    const when = (iso) => `${fmtZoned(iso)} (${fmtAgo(iso)})`;
     $('rotate-result').replaceChildren(
       body.secret === undefined ? secretOnce(rep.secret, 'rotate') : el('p', { text: 'The secret you entered is in force.' }),
       el('p', { 'data-testid': 'rotate-summary' },
@@ -1710,7 +1721,7 @@ function renderReplay(rp) {
   setText($('replay-bar-label'), `${rp.scanned} of ${rp.matched} ${rp.matched === 1 ? 'event' : 'events'} looked at`);
   const events = (rp.events || []).length ? rp.events.join(', ') : 'every event it receives';
   $('replay-facts').replaceChildren(
-    fact('Window', `${fmtTime(rp.since)} → ${fmtTime(rp.until)}`),
+    fact('Window', `${fmtZoned(rp.since)} → ${fmtZoned(rp.until)}`, 'replay-window'),
     fact('Events', events),
     fact('Scanned', `${rp.scanned} of ${rp.matched}`, 'replay-scanned'),
     fact('Created', rp.created, 'replay-created'),
@@ -1718,7 +1729,7 @@ function renderReplay(rp) {
     fact('Pending', rp.pending, 'replay-pending'),
     fact('Failed', rp.failed, 'replay-failed'),
     fact('Cancelled', rp.skipped, 'replay-skipped'),
-    fact('Started', fmtTime(rp.created_at)),
+    fact('Started', fmtZoned(rp.created_at)),
   );
   const note = replay.noteID === rp.id ? replay.note : '';
   $('replay-note').hidden = !note;
