@@ -386,6 +386,14 @@ async function manageWebhooks() {
   await page.locator(tid('sf-add-header')).click();
   await page.getByLabel('Header 1 name').fill('X-Helpdesk');
   await page.getByLabel('Header 1 value').fill('browser-test');
+  step('the same header in two rows (its case aside): said beside the headers, nothing saved');
+  await page.locator(tid('sf-add-header')).click();
+  await page.getByLabel('Header 2 name').fill('X-Helpdesk');
+  await page.getByLabel('Header 2 value').fill('other');
+  await page.locator(tid('sf-save')).click();
+  await eventually('the duplicate header', () => text(page.locator(tid('sf-headers-error'))), (s) => s === 'X-Helpdesk is given in two rows: keep one');
+  if ((await textNow(page.locator(tid('sub-title')))) !== 'Add webhook') throw new Error('saved with a header given twice');
+  await page.getByRole('button', { name: 'Remove header 2' }).click();
   if ((await page.locator(tid('sf-test-event')).inputValue()) !== 'user.created') throw new Error('the test event is not one of the chosen events');
   await page.locator(tid('sf-save-test')).click();
   await eventually('test result', () => text(page.locator(tid('sub-test-status'))), (s) => s === 'HTTP 200', 20_000);

@@ -1039,6 +1039,22 @@ function addHeaderRow(name = '', value = '') {
   return nameIn;
 }
 
+// duplicateHeader names a header given in two rows (HTTP names ignore
+// case), or is "": of two rows of one name headerRows kept the last
+// row's value and dropped the other without a word (found by a review).
+function duplicateHeader() {
+  const seen = new Map();
+  for (const row of $('sf-headers').querySelectorAll('.header-row')) {
+    const name = row.querySelector('input').value.trim();
+    if (!name) continue;
+    const k = name.toLowerCase();
+    const first = seen.get(k);
+    if (first !== undefined) return `${name} is given in two rows${first !== name ? ` (as ${first} too: header names ignore case)` : ''}: keep one`;
+    seen.set(k, name);
+  }
+  return '';
+}
+
 function headerRows() {
   const h = {};
   for (const row of $('sf-headers').querySelectorAll('.header-row')) {
@@ -1267,6 +1283,11 @@ async function submitForm(ev) {
 async function saveForm(andTest) {
   const body = formBody();
   const result = $('sub-result');
+  const dup = body.headers ? duplicateHeader() : '';
+  if (dup) {
+    showProblems($('sub-errors'), [{ field: 'headers', problem: dup }], dup);
+    return;
+  }
   let saved = null;
   try {
     if (form.mode === 'create') {
