@@ -661,8 +661,12 @@ async function connectors() {
   await eventually('format fact', () => text(page.locator(tid(`settings-format-${chatID}`))), (s) => s.includes('slack') && s.includes('the transform makes the body instead'));
 
   step('its history: Ana sent, her update skipped, a user without a name failed, Busy Bee answered 429: the card says it is paused, at half pace');
+  // The failed delivery is two days old (browser_test.go backdates it):
+  // the card counts it, and its history covers it.
+  await eventually('the card counts the failed one', () => text(page.locator(tid(`failed-${chatID}`))), (s) => s === '1', 30_000);
   await page.locator(tid(`history-${chatID}`)).click();
   await eventually('filter', () => page.locator(tid('filter-subscription')).inputValue(), (v) => v === chatID);
+  await eventually('range', () => page.locator(tid('filter-range')).inputValue(), (v) => v === 'all');
   const rows = page.locator(`${tid('history')} tbody tr`);
   const states = (await eventually('its four deliveries', () => rows.locator('[data-testid^="delivery-state-"]').allTextContents(),
     (l) => l.length === 4 && ['delivered', 'skipped', 'failed'].every((st) => l.includes(st)), 30_000)).join(', ');

@@ -1414,9 +1414,14 @@ async function toggleActive(id) {
 }
 
 // showHistoryOf shows every delivery of one subscription (the status and
-// event filters are cleared; the time range is kept).
+// event filters are cleared; the time range is kept, unless the card
+// counts failed or held deliveries: those can be older than the range,
+// and the history showed none of what the card said, so it covers all
+// then (found by a review)).
 function showHistoryOf(id) {
-  Object.assign(state.filters, { subscription: id, status: '', event: '' });
+  const s = state.subs.find((x) => x.id === id);
+  const waiting = s && (s.failed > 0 || s.held > 0);
+  Object.assign(state.filters, { subscription: id, status: '', event: '' }, waiting ? { range: 'all' } : {});
   showFilters();
   applyFilters();
   $('history-title').focus();
