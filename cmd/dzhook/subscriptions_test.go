@@ -212,6 +212,8 @@ func (f *fakeSubs) RotateSecret(_ context.Context, id string, in api.SecretRotat
 	return api.RotatedSecret{Secret: "new-" + fakeSecret, PreviousValidUntil: until, SignatureSwitchAt: until}, nil
 }
 
+func (f *fakeSubs) CanCreate() error { return nil }
+
 func (f *fakeSubs) Record(_ context.Context, action, id, client string, fields []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

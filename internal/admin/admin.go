@@ -396,6 +396,9 @@ type Manager interface {
 	UpdateSubscription(ctx context.Context, id string, in api.SubscriptionInput, client string) (api.Subscription, error)
 	DeleteSubscription(ctx context.Context, id, client string) (api.Deleted, error)
 	RotateSecret(ctx context.Context, id string, in api.SecretRotation, client string) (api.RotatedSecret, error)
+	// CanCreate is nil when CreateSubscription can create a subscription
+	// now, else the *ConflictError it would answer (no secrets key).
+	CanCreate() error
 	// Record adds an entry to the audit trail (pause, resume).
 	Record(ctx context.Context, action, subscription, client string, fields []string) error
 	Audit(ctx context.Context, limit int, cursor string) (api.AuditPage, error)

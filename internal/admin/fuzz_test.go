@@ -212,6 +212,8 @@ func (m checkedManager) RotateSecret(_ context.Context, id string, _ api.SecretR
 	return api.RotatedSecret{Secret: "s"}, nil
 }
 
+func (checkedManager) CanCreate() error { return nil }
+
 func (m checkedManager) Record(_ context.Context, _, id, _ string, _ []string) error {
 	m.id("Record", id)
 	return nil

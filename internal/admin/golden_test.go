@@ -171,6 +171,7 @@ func (fullManager) RotateSecret(context.Context, string, api.SecretRotation, str
 }
 
 func (fullManager) Record(context.Context, string, string, string, []string) error { return nil }
+func (fullManager) CanCreate() error                                               { return nil }
 
 func (fullManager) Audit(context.Context, int, string) (api.AuditPage, error) {
 	return api.AuditPage{Entries: []api.AuditEntry{

@@ -110,7 +110,20 @@ func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request, _ query) 
 		s.journalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.SubscriptionList{Subscriptions: views})
+	list := api.SubscriptionList{Subscriptions: views, CanCreate: true}
+	if err := s.canCreate(); err != nil {
+		list.CanCreate, list.CannotCreate = false, err.Error()
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// canCreate is nil when POST /v1/subscriptions can create a
+// subscription, else why not.
+func (s *Server) canCreate() error {
+	if s.cfg.Manager == nil {
+		return errors.New(errNoManager)
+	}
+	return s.cfg.Manager.CanCreate()
 }
 
 // pathSubscriptionID validates the form of the {id} of the path.

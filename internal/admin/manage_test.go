@@ -23,6 +23,7 @@ import (
 // answers: err for every call but Record, recordErr for Record.
 type spyManagerState struct {
 	err, recordErr error
+	createErr      error // CanCreate's answer
 	id, client     string
 	input          api.SubscriptionInput
 	rotation       api.SecretRotation
@@ -41,6 +42,8 @@ func (m spyManager) call(name, id, client string) error {
 	m.s.m.id, m.s.m.client = id, client
 	return m.s.m.err
 }
+
+func (m spyManager) CanCreate() error { return m.s.m.createErr }
 
 func (m spyManager) CreateSubscription(_ context.Context, in api.SubscriptionInput, client string) (api.CreatedSubscription, error) {
 	m.s.m.input = in
@@ -444,6 +447,29 @@ func TestNoManager(t *testing.T) {
 	}
 	if code, msg := do(t, srv, "POST", "/v1/subscriptions/crm/pause", nil); code != 200 {
 		t.Errorf("pause without a Manager: %d %q", code, msg)
+	}
+}
+
+// TestCanCreate: GET /v1/subscriptions says whether a subscription can
+// be created, and why not (the Manager's refusal, no secrets key; no
+// Manager), so the dashboard does not offer a form whose Save is refused.
+func TestCanCreate(t *testing.T) {
+	refusing := &spy{}
+	refusing.m.createErr = &ConflictError{Message: "set secrets.key"}
+	for _, tc := range []struct {
+		what    string
+		manager Manager
+		want    string
+	}{
+		{"a Manager that can", spyManager{&spy{}}, `"can_create":true}`},
+		{"a Manager that cannot", spyManager{refusing}, `"can_create":false,"cannot_create":"set secrets.key"}`},
+		{"no Manager", nil, `"can_create":false,"cannot_create":"` + errNoManager + `"}`},
+	} {
+		srv := newChecked(t, Config{Token: "t", Deliverer: fullDeliverer{}, History: fullHistory{}, Manager: tc.manager,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if rec := send(t, srv, "GET", "/v1/subscriptions", ""); rec.Code != 200 || !strings.HasSuffix(strings.TrimSpace(rec.Body.String()), tc.want) {
+			t.Errorf("GET /v1/subscriptions with %s: %d %s, want it to end %s", tc.what, rec.Code, rec.Body, tc.want)
+		}
 	}
 }
 

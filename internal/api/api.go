@@ -63,6 +63,13 @@ type Event struct {
 // of the configuration.
 type SubscriptionList struct {
 	Subscriptions []Subscription `json:"subscriptions"`
+	// CanCreate says whether POST /v1/subscriptions can create a
+	// subscription now; CannotCreate says why not (no secrets.key to
+	// encrypt its secret, no runtime subscriptions in this server), and
+	// is absent when it can. The dashboard offers "Add webhook" by it:
+	// the refusal came only at Save, after the form was filled in.
+	CanCreate    bool   `json:"can_create"`
+	CannotCreate string `json:"cannot_create,omitempty"`
 }
 
 // Subscription is a subscription as the API shows it: its configuration

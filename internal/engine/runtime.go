@@ -555,6 +555,14 @@ func newID() string {
 	return "wh_" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))[:12]
 }
 
+// CanCreate implements admin.Manager.
+func (m managerOf) CanCreate() error {
+	if !m.e.runtime.ring.CanSeal() {
+		return m.noKey()
+	}
+	return nil
+}
+
 func (m managerOf) noKey() error {
 	return &admin.ConflictError{Message: "subscriptions cannot be created through the API without a key to encrypt their secrets: set secrets.key in the configuration to 32 random bytes in base64 (openssl rand -base64 32; e.g. key: ${file:/run/secrets/dzhook-key}) and restart dzhook"}
 }
@@ -735,8 +743,8 @@ func textProblems(in api.SubscriptionInput) []config.Problem {
 // CreateSubscription implements admin.Manager.
 func (m managerOf) CreateSubscription(ctx context.Context, in api.SubscriptionInput, client string) (api.CreatedSubscription, error) {
 	e := m.e
-	if !e.runtime.ring.CanSeal() {
-		return api.CreatedSubscription{}, m.noKey()
+	if err := m.CanCreate(); err != nil {
+		return api.CreatedSubscription{}, err
 	}
 	s := config.DefaultSubscription()
 	desc := ""

@@ -203,7 +203,13 @@ func TestRuntimeValidationAndConflicts(t *testing.T) {
 		t.Errorf("a secret in a change: %v, want a validation error", err)
 	}
 
+	if err := m.CanCreate(); err != nil {
+		t.Errorf("CanCreate with a secrets key: %v", err)
+	}
 	nokey := start(t, testConfig(t, db, ""))
+	if err := nokey.Manager().CanCreate(); !errors.As(err, &ce) || !strings.Contains(ce.Message, "secrets.key") {
+		t.Errorf("CanCreate without a secrets key: %v, want the conflict a create gets", err)
+	}
 	if _, err := nokey.Manager().CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/x"), Events: ptr([]string{"*"})}, ""); !errors.As(err, &ce) || !strings.Contains(ce.Message, "secrets.key") {
 		t.Errorf("create without a secrets key: %v, want a conflict saying how to set one", err)
 	}

@@ -311,8 +311,9 @@ async function exactBodies() {
 
 // listAnswers shows what the page makes of answers of GET
 // /v1/subscriptions that the test's dzhook does not give: a success rate
-// a hair from 100 % or 0 %. The answers are the real ones, changed at
-// the browser (page.route) in that field only.
+// a hair from 100 % or 0 %, and no subscription to be created (no
+// secrets.key). The answers are the real ones, changed at the browser
+// (page.route) in those fields only.
 async function listAnswers() {
   let rate = 0.9996;
   const list = (u) => u.pathname === '/v1/subscriptions';
@@ -320,6 +321,7 @@ async function listAnswers() {
     const resp = await route.fetch();
     const body = await resp.json();
     for (const s of body.subscriptions) if (s.id === sub) s.stats = { ...s.stats, success_rate: rate };
+    Object.assign(body, { can_create: false, cannot_create: 'set secrets.key to create subscriptions through the API' });
     await route.fulfill({ response: resp, json: body });
   });
   const success = () => text(page.locator(tid(`success-${sub}`)));
@@ -328,7 +330,13 @@ async function listAnswers() {
   await eventually('one failure in 2,500', success, (s) => s === '> 99.9 %');
   rate = 0.0004;
   await eventually('one success in 2,500', success, (s) => s === '< 0.1 %');
+
+  step('Add webhook is off, saying why, while dzhook cannot create one');
+  await eventually('Add webhook disabled', () => page.locator(tid('add-webhook')).isDisabled(), (v) => v);
+  await eventually('why', () => text(page.locator(tid('add-webhook-why'))), (s) => s.includes('set secrets.key'));
   await page.unroute(list);
+  await eventually('Add webhook offered again', () => page.locator(tid('add-webhook')).isEnabled(), (v) => v);
+  if (await page.locator(tid('add-webhook-why')).isVisible()) throw new Error('the reason is still shown');
 }
 
 // secretLeft says where a secret can still be found: the page's text and

@@ -860,6 +860,18 @@ async function loadEvents() {
 async function loadSubscriptions() {
   const data = await api('GET', '/v1/subscriptions');
   renderSubscriptions(Array.isArray(data.subscriptions) ? data.subscriptions : []);
+  showCanCreate(data);
+}
+
+// showCanCreate offers Add webhook only when the API can create one, and
+// says why not beside it: without secrets.key the form was refused only
+// at Save, once filled in (found by a review). A dzhook that does not say
+// (older than can_create) is offered as before.
+function showCanCreate(data) {
+  const can = data.can_create !== false;
+  $('add-webhook').disabled = !can;
+  $('add-webhook-why').hidden = can;
+  setText($('add-webhook-why'), can ? '' : `Add webhook is not available: ${data.cannot_create || 'dzhook cannot create subscriptions now'}`);
 }
 
 // busy disables a button while its request runs.
