@@ -256,6 +256,9 @@ async function main() {
   step(`pause ${sub}: its state becomes paused and Resume takes the focus`);
   await page.locator(tid(`pause-${sub}`)).click();
   await eventually('subscription state', () => text(page.locator(tid(`state-${sub}`))), (s) => s === 'paused');
+  // It has no queue_while_inactive: the pause's answer says its new
+  // events are skipped, and so does the page.
+  await eventually('the pause told', () => text(page.locator(tid('status'))), (s) => s.includes(`Paused ${sub}: its new events are skipped`), 5_000);
   await page.locator(tid(`resume-${sub}`)).waitFor({ state: 'visible' });
   if (await page.locator(tid(`pause-${sub}`)).isVisible()) throw new Error('Pause is still shown on a paused subscription');
   // Resume shows when the subscriptions are loaded again; the focus moves

@@ -889,12 +889,21 @@ async function busy(button, fn) {
   }
 }
 
+// pausedMessage says what becomes of a paused subscription's new events,
+// as the pause's answer says (new_deliveries): skipped by default, which
+// an admin who expects them to wait learns only at the resume otherwise.
+function pausedMessage(id, newDeliveries) {
+  if (newDeliveries === 'held') return `Paused ${id}: its new events are held and go out, oldest first, when it is resumed.`;
+  if (newDeliveries === 'skipped') return `Paused ${id}: its new events are skipped, never sent, until it is resumed (queue_while_inactive holds them instead). Deliveries already due wait for the resume.`;
+  return `Paused ${id}: its new deliveries wait (or are skipped) until it is resumed.`;
+}
+
 function pauseResume(id, action) {
   const c = state.cards.get(id);
   return busy(action === 'pause' ? c.pause : c.resume, async () => {
     const res = await api('POST', `/v1/subscriptions/${enc(id)}/${action}`);
     clearError('action');
-    if (action === 'pause') announce(`Paused ${id}: its new deliveries wait (or are skipped) until it is resumed.`);
+    if (action === 'pause') announce(pausedMessage(id, res.new_deliveries));
     else announce(`Resumed ${id}${res.released ? `; ${res.released} held deliveries released` : ''}.`);
     await refreshAll();
     // The button pressed is now hidden: keep the focus on its twin.
