@@ -158,7 +158,7 @@ func TestReplayKeyOfACustomRequestEvent(t *testing.T) {
 		{ID: "whk_2", Type: "request.escalated", Body: []byte(`{"id":"whk_2","event":"request.escalated","data":{"id":"esc_2","level":2}}`)},
 		{ID: "whk_3", Type: "request.created", Body: []byte(`{"id":"whk_3","event":"request.created","data":{"id":"req_1"}}`)},
 	}
-	rows := replayPlan(s, time.Now(), func(*sub, Event, error) {})(journal.Replay{ID: "rpl_1"}, 0, evs)
+	rows, _ := replayPlan(s, time.Now(), func(*sub, Event, error) {})(journal.Replay{ID: "rpl_1"}, 0, evs)
 	if len(rows) != 3 || rows[0].OrderingKey != rows[1].OrderingKey || rows[2].OrderingKey != "replay:rpl_1:req_1" {
 		t.Errorf("replay keys %q, %q, %q; want the two custom events under one key, request.created under its request's",
 			rows[0].OrderingKey, rows[1].OrderingKey, rows[2].OrderingKey)

@@ -393,10 +393,19 @@ func (rp *replayer) step(ctx context.Context, running []journal.Replay) error {
 // the retention steps waiting on its lock, for as long as it ran (22 s
 // in a review's case), and could match where the stream, which stopped
 // it at the budget, had not.
+//
+// A step looks at its events for replayStepTime at most, then ends with
+// those: a filter near its budget on each of a batch's events held the
+// step's transaction for the batch times the budget (10 s), and the
+// retention steps waiting on its lock with it.
 func replayPlan(s *sub, now time.Time, failed func(*sub, Event, error)) journal.ReplayPlan {
-	return func(r journal.Replay, scanned int, events []journal.ReplayEvent) []journal.DeliveryRow {
+	return func(r journal.Replay, scanned int, events []journal.ReplayEvent) ([]journal.DeliveryRow, int) {
 		rows := make([]journal.DeliveryRow, 0, len(events))
+		began := time.Now()
 		for i, ev := range events {
+			if i > 0 && s.filter != nil && time.Since(began) > replayStepTime {
+				return rows, i
+			}
 			if !s.matches(ev.Type) {
 				continue
 			}
@@ -413,9 +422,13 @@ func replayPlan(s *sub, now time.Time, failed func(*sub, Event, error)) journal.
 			}
 			rows = append(rows, row)
 		}
-		return rows
+		return rows, len(events)
 	}
 }
+
+// replayStepTime is how long a replay step looks at its events (the
+// filter's) before it ends with those it looked at: a var for tests.
+var replayStepTime = time.Second
 
 // replayMatches reports whether s's filter matches the stored event ev.
 func replayMatches(s *sub, ev journal.ReplayEvent, failed func(*sub, Event, error)) bool {

@@ -129,7 +129,7 @@ func TestReplayFilterWithinTheBudget(t *testing.T) {
 	var told []string
 	failed := func(_ *sub, ev Event, err error) { told = append(told, ev.ID+": "+err.Error()) }
 	start := time.Now()
-	rows := replayPlan(s, time.Now(), failed)(journal.Replay{ID: "rpl_1"}, 0, []journal.ReplayEvent{
+	rows, _ := replayPlan(s, time.Now(), failed)(journal.Replay{ID: "rpl_1"}, 0, []journal.ReplayEvent{
 		{ID: "whk_1", Type: "order.shipped", Body: []byte(body), OccurredAt: time.Now()},
 		{ID: "whk_2", Type: "order.shipped", Body: []byte(cheap), OccurredAt: time.Now()},
 	})
@@ -141,5 +141,45 @@ func TestReplayFilterWithinTheBudget(t *testing.T) {
 	}
 	if len(told) != 1 || !strings.HasPrefix(told[0], "whk_1: ") {
 		t.Errorf("filter failures told: %q, want whk_1's", told)
+	}
+}
+
+// TestReplayStepEndsWhenItsTimeIsUp: a replay step whose filter runs
+// near its budget on every event ends with the events it looked at once
+// replayStepTime is spent, the rest left to the next step: a batch of
+// such events held the step's transaction (and the retention steps
+// waiting on its lock) for the batch times the budget. The journal then
+// moves the cursor past those only, and the next step goes on from there.
+func TestReplayStepEndsWhenItsTimeIsUp(t *testing.T) {
+	defer func(was time.Duration) { replayStepTime = was }(replayStepTime)
+	replayStepTime = 150 * time.Millisecond
+	s, err := compile(Subscription{ID: "s", URL: "https://example.com", Events: []string{"*"}, Active: true,
+		Filter: `data.l.all(i, data.l.all(j, data.a != data.b))`}, &Config{QueueSize: 8, Concurrency: 1}, func() int64 { return 1 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeros := strings.TrimSuffix(strings.Repeat("0,", 40), ",")
+	long := strings.TrimSuffix(strings.Repeat("0,", 120_000), ",")
+	costly := `{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"l":[` + zeros + `],"a":[[` + long + `]],"b":[[` + long[:len(long)-1] + `1]]}}`
+	events := make([]journal.ReplayEvent, 20)
+	for i := range events {
+		events[i] = journal.ReplayEvent{ID: fmt.Sprintf("whk_%d", i+1), Type: "order.shipped", Body: []byte(costly), OccurredAt: time.Now()}
+	}
+	start := time.Now()
+	_, used := replayPlan(s, time.Now(), func(*sub, Event, error) {})(journal.Replay{ID: "rpl_1"}, 0, events)
+	took := time.Since(start)
+	if used < 1 || used >= len(events) {
+		t.Fatalf("the step looked at %d of %d events, each near the filter's %s; want it to end once %s is spent", used, len(events), filterBudget, replayStepTime)
+	}
+	if limit := replayStepTime + 2*filterBudget + time.Second; took > limit {
+		t.Errorf("the step took %s, want under %s", took, limit)
+	}
+	// Without a filter, every event is looked at: nothing is costly.
+	plain, err := compile(Subscription{ID: "p", URL: "https://example.com", Events: []string{"*"}, Active: true}, &Config{QueueSize: 8, Concurrency: 1}, func() int64 { return 1 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows, used := replayPlan(plain, time.Now(), func(*sub, Event, error) {})(journal.Replay{ID: "rpl_1"}, 0, events); used != len(events) || len(rows) != len(events) {
+		t.Errorf("without a filter the step looked at %d and planned %d of %d events", used, len(rows), len(events))
 	}
 }

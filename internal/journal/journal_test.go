@@ -842,7 +842,7 @@ func TestPruneBesideReplay(t *testing.T) {
 	}
 	cutoff := time.Now().Add(-30 * 24 * time.Hour)
 	pruned := make(chan error, 1)
-	_, err = s.StepReplay(ctx, r.ID, 10, 100, func(_ Replay, _ int, events []ReplayEvent) []DeliveryRow {
+	_, err = s.StepReplay(ctx, r.ID, 10, 100, func(_ Replay, _ int, events []ReplayEvent) ([]DeliveryRow, int) {
 		// The retention step starts between the replay's read of the
 		// event and its insert of the delivery.
 		go func() {
@@ -857,7 +857,7 @@ func TestPruneBesideReplay(t *testing.T) {
 			rows = append(rows, DeliveryRow{ID: "dlv_" + e.ID[4:] + "_erp", EventID: e.ID, SubscriptionID: "erp", EventType: e.Type,
 				NextAttemptAt: time.Now()})
 		}
-		return rows
+		return rows, len(events)
 	})
 	if err != nil {
 		t.Fatal(err)

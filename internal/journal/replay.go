@@ -343,8 +343,10 @@ type ReplayEvent struct {
 // deliveries (ID, EventID, EventType and the ordering fields; the rest
 // StepReplay sets). scanned is how many events the replay looked at
 // before the batch, so positions scanned+1, scanned+2, … keep the
-// events' order across batches.
-type ReplayPlan func(r Replay, scanned int, events []ReplayEvent) []DeliveryRow
+// events' order across batches. used is how many of the events, from the
+// first, it looked at (all of them, or fewer once its time for a step
+// ran out: the rest are the next step's); at least one.
+type ReplayPlan func(r Replay, scanned int, events []ReplayEvent) (deliveries []DeliveryRow, used int)
 
 // ReplayStep says what one StepReplay did.
 type ReplayStep struct {
@@ -430,10 +432,14 @@ func (s *Store) StepReplay(ctx context.Context, id string, batch, bound int, pla
 	if err != nil {
 		return step, fmt.Errorf("step replay: read events: %w", err)
 	}
-	step.Scanned = len(events)
 	step.Done = len(events) < room
 	if len(events) > 0 {
-		deliveries := plan(r, r.Scanned, events)
+		deliveries, used := plan(r, r.Scanned, events)
+		if used >= 1 && used < len(events) {
+			// The plan's time ran out (a costly filter): the step ends
+			// with the events it looked at, its transaction short.
+			events, step.Done = events[:used], false
+		}
 		if n := len(deliveries); n > 0 {
 			ids, evs, types, next := make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
 			keys, positions := make([]*string, n), make([]*int64, n)
@@ -456,6 +462,7 @@ func (s *Store) StepReplay(ctx context.Context, id string, batch, bound int, pla
 		last := events[len(events)-1]
 		cursorAt, cursorID = &last.OccurredAt, &last.ID
 	}
+	step.Scanned = len(events)
 	state := ReplayRunning
 	if step.Done {
 		state = ReplayDone

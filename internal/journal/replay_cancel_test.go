@@ -32,12 +32,12 @@ func TestCancelledReplayStopsWhatProcessesHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.StepReplay(ctx, r.ID, 10, 100, func(_ Replay, _ int, events []ReplayEvent) []DeliveryRow {
+	if _, err := s.StepReplay(ctx, r.ID, 10, 100, func(_ Replay, _ int, events []ReplayEvent) ([]DeliveryRow, int) {
 		var rows []DeliveryRow
 		for _, e := range events {
 			rows = append(rows, DeliveryRow{ID: "dlv_" + e.ID[4:] + "_erp", EventID: e.ID, SubscriptionID: "erp", EventType: e.Type, NextAttemptAt: time.Now().Add(-time.Second)})
 		}
-		return rows
+		return rows, len(events)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -176,12 +176,12 @@ func TestOverlappingReplayRefused(t *testing.T) {
 // replayTo is a ReplayPlan making a delivery of each event to erp, due
 // at due.
 func replayTo(due time.Time) ReplayPlan {
-	return func(_ Replay, _ int, events []ReplayEvent) []DeliveryRow {
+	return func(_ Replay, _ int, events []ReplayEvent) ([]DeliveryRow, int) {
 		var rows []DeliveryRow
 		for _, e := range events {
 			rows = append(rows, DeliveryRow{ID: "dlv_" + e.ID[4:] + "_erp", EventID: e.ID, SubscriptionID: "erp", EventType: e.Type, NextAttemptAt: due})
 		}
-		return rows
+		return rows, len(events)
 	}
 }
 
@@ -206,7 +206,7 @@ func TestCancelDuringTheLastStep(t *testing.T) {
 	stepped := make(chan error, 1)
 	go func() {
 		plan := replayTo(time.Now().Add(time.Hour))
-		_, err := s.StepReplay(ctx, r.ID, 10, 100, func(r Replay, scanned int, events []ReplayEvent) []DeliveryRow {
+		_, err := s.StepReplay(ctx, r.ID, 10, 100, func(r Replay, scanned int, events []ReplayEvent) ([]DeliveryRow, int) {
 			close(inPlan) // a filter evaluating, say
 			<-release
 			return plan(r, scanned, events)
@@ -285,5 +285,49 @@ func TestFailedReplayWithDeliveriesWaiting(t *testing.T) {
 	}
 	if _, _, err := s.CancelReplay(ctx, "erp", "rpl_2", "stop", 30*time.Second); !errors.Is(err, ErrReplayFinished) {
 		t.Errorf("cancel of a failed replay with nothing waiting: %v, want ErrReplayFinished", err)
+	}
+}
+
+// TestReplayStepEndsWithTheEventsItsPlanLookedAt: a plan that looked at
+// fewer events than it was given (its time for a step spent) ends the
+// step with those: the cursor moves past them only, the replay is not
+// done, and the next step gives the plan the rest, scanned counting on.
+func TestReplayStepEndsWithTheEventsItsPlanLookedAt(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.Write(ctx, batchOf(0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
+		Types: []string{"request.created"}, RequestedBy: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var given [][]string
+	var scannedAt []int
+	plan := func(limit int) ReplayPlan {
+		return func(r Replay, scanned int, events []ReplayEvent) ([]DeliveryRow, int) {
+			var ids []string
+			for _, e := range events {
+				ids = append(ids, e.ID)
+			}
+			given, scannedAt = append(given, ids), append(scannedAt, scanned)
+			rows, _ := replayTo(time.Now().Add(time.Hour))(r, scanned, events[:min(limit, len(events))])
+			return rows, min(limit, len(events))
+		}
+	}
+	st, err := s.StepReplay(ctx, r.ID, 10, 100, plan(2))
+	if err != nil || st.Done || st.Scanned != 2 || st.Created != 2 {
+		t.Fatalf("first step: %+v, %v; want 2 scanned, 2 created, not done", st, err)
+	}
+	st, err = s.StepReplay(ctx, r.ID, 10, 100, plan(10))
+	if err != nil || !st.Done || st.Scanned != 3 || st.Created != 3 {
+		t.Fatalf("second step: %+v, %v; want the other 3, done", st, err)
+	}
+	if len(given) != 2 || len(given[0]) != 5 || len(given[1]) != 3 || given[1][0] != given[0][2] || scannedAt[1] != 2 {
+		t.Errorf("plans given %v (scanned %v); want all 5, then the 3 after the first two, scanned 2", given, scannedAt)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE replay_id = 'rpl_1'`); n != 5 {
+		t.Errorf("%d deliveries made, want 5", n)
 	}
 }
