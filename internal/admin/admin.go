@@ -375,6 +375,16 @@ func (s *Server) journalError(w http.ResponseWriter, r *http.Request, err error)
 		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")
 	case errors.Is(err, fanout.ErrUnknownSubscription):
 		writeError(w, http.StatusNotFound, err.Error())
+	case journal.TookTooLong(err):
+		// A statement_timeout, or the request's deadline, which cancels
+		// the statement in the server: the journal is there, and slow;
+		// "could not be reached" sent the operator to look for an outage.
+		s.log.Warn("admin request: the journal took too long to answer", "err", err)
+		msg := "the journal took too long to answer; try again, or narrow the filters"
+		if r.Method != http.MethodGet {
+			msg = "the journal took too long to answer; the action may have been made: look before trying again"
+		}
+		writeError(w, http.StatusServiceUnavailable, msg)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		msg := "timed out waiting for the journal"
 		if r.Method != http.MethodGet {

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dzdesk/dzhook/internal/catalog"
 	"github.com/dzdesk/dzhook/internal/fanout"
@@ -85,5 +88,36 @@ func TestActionsBoundedWhenTheJournalHangs(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("POST %s with the journal away: no answer after 10s", target)
 		}
+	}
+}
+
+// TestJournalTookTooLong: a statement the journal cancelled (SQLSTATE
+// 57014: a statement_timeout of the journal's role, or the request's
+// deadline, which the journal's pool cancels in the server) answers 503
+// saying the journal took too long, not that it could not be reached,
+// which sent the operator looking for an outage; a change cut so may have
+// been made.
+func TestJournalTookTooLong(t *testing.T) {
+	canceled := fmt.Errorf("list deliveries: %w", &pgconn.PgError{Severity: "ERROR", Code: "57014", Message: "canceling statement due to statement timeout"})
+	srv, s := newSpyServer(t)
+	s.listErr = canceled
+	for _, target := range []string{"/v1/deliveries", "/v1/deliveries?subscription=crm&status=cancelled"} {
+		req := httptest.NewRequest(http.MethodGet, target, nil)
+		req.Header.Set("Authorization", "Bearer t")
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "the journal took too long to answer") ||
+			strings.Contains(rec.Body.String(), "could not be reached") {
+			t.Errorf("GET %s cut by the journal: %d %s, want 503 saying the journal took too long to answer", target, rec.Code, rec.Body)
+		}
+	}
+	srv, s = newSpyServer(t)
+	s.m.err = canceled
+	req := httptest.NewRequest(http.MethodPatch, "/v1/subscriptions/billing", strings.NewReader(`{"url":"http://x"}`))
+	req.Header.Set("Authorization", "Bearer t")
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "may have been made") {
+		t.Errorf("PATCH cut by the journal: %d %s, want 503 saying the change may have been made", rec.Code, rec.Body)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dzdesk/dzhook/internal/api"
+	"github.com/dzdesk/dzhook/internal/journal"
 )
 
 // The endpoints of the runtime subscriptions (create, change, delete,
@@ -85,7 +86,7 @@ func (s *Server) managerError(w http.ResponseWriter, r *http.Request, err error)
 			msg += fmt.Sprintf(": %q", id)
 		}
 		writeError(w, http.StatusNotFound, msg)
-	case r.Method != http.MethodGet && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+	case r.Method != http.MethodGet && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || journal.TookTooLong(err)):
 		// The journal may have taken the change before the time ran out.
 		writeError(w, http.StatusServiceUnavailable, "timed out: the journal could not be reached in time; the change may have been made (see GET /v1/audit)")
 	default:

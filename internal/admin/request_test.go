@@ -28,6 +28,8 @@ type spy struct {
 	since, until *time.Time
 	// key is the ordering key filter of the last ListDeliveries.
 	key string
+	// listErr, when set, is ListDeliveries' answer.
+	listErr error
 	// The Manager's side (manage_test.go): what it was called with, and
 	// the errors it answers.
 	m spyManagerState
@@ -72,6 +74,9 @@ type spyHistory struct {
 func (h spyHistory) ListDeliveries(ctx context.Context, f journal.DeliveryFilter) ([]journal.Delivery, string, error) {
 	h.s.calls = append(h.s.calls, "ListDeliveries")
 	h.s.since, h.s.until, h.s.key = f.Since, f.Until, f.OrderingKey
+	if h.s.listErr != nil {
+		return nil, "", h.s.listErr
+	}
 	return h.checkedHistory.ListDeliveries(ctx, f)
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dzdesk/dzhook/internal/ids"
 )
@@ -30,6 +31,20 @@ var (
 	// ErrBadCursor: the cursor was not made by ListDeliveries.
 	ErrBadCursor = errors.New("invalid cursor")
 )
+
+// TookTooLong reports whether PostgreSQL cancelled a statement of the
+// journal (SQLSTATE 57014, query_canceled): a statement_timeout the
+// journal's role or database carries, or the caller's context ended
+// (Open's pool cancels the statement in the server, and the error is the
+// server's, not the context's). The journal answers, slowly.
+func TookTooLong(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == queryCanceled
+}
+
+// queryCanceled is the SQLSTATE of a statement cancelled by
+// statement_timeout or a cancel request.
+const queryCanceled = "57014"
 
 // Delivery is a delivery as the history shows it.
 type Delivery struct {

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -55,6 +56,17 @@ func Open(ctx context.Context, dsn, schema string) (*Store, error) {
 	}
 	cfg.MaxConns = 8
 	cfg.ConnConfig.DialFunc = rawsock.Dialer(cfg.ConnConfig.DialFunc)
+	// A statement whose context ends is cancelled in the server (a
+	// cancel request), and its connection kept: pgx's default closes
+	// the socket at once (sending the cancel request as it goes), and a
+	// listing the API gave up on at its 5 s deadline cost the pool a
+	// connection, made again at the next request, while the error said
+	// only "deadline exceeded". Cancelled so, the statement fails with
+	// PostgreSQL's query_canceled (TookTooLong). The socket's deadline,
+	// a second later, ends the wait for a server that does not answer.
+	cfg.ConnConfig.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: time.Second}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to journal (journal.dsn, or source.dsn when it is empty): %w", err)
