@@ -554,9 +554,12 @@ func TestSLABreachedByAChangeIsDatedAtIt(t *testing.T) {
 	rc := testutil.NewReceiver(t)
 	start(t, testConfigWith(t, db, slaSection, "", sub("ops", rc.URL, "sla.breach")))
 	// 70: completed, its target passes, reopened. 71: target an hour
-	// ahead, moved to a minute ago.
-	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (70, 'reopened', 1), (71, 'moved', 1)`,
+	// ahead, moved to a minute ago. 72: as 70, and touched again in the
+	// reopen's transaction: that change arms the breach at the target
+	// again, which must not undo the reopen's date.
+	db.Exec(t, `INSERT INTO requests (id, title, requester_id) VALUES (70, 'reopened', 1), (71, 'moved', 1), (72, 'reopened, touched', 1)`,
 		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at, completed_at) VALUES (70, 70, 'resolution', now() - interval '1 hour', now() + interval '1 second', now())`,
+		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at, completed_at) VALUES (72, 72, 'resolution', now() - interval '1 hour', now() + interval '1 second', now())`,
 		`INSERT INTO request_slas (id, request_id, sla_type, started_at, target_at) VALUES (71, 71, 'resolution', now() - interval '1 hour', now() + interval '1 hour')`)
 	var target70 time.Time
 	if err := db.Connect(t).QueryRow(context.Background(), `SELECT target_at FROM request_slas WHERE id = 70`).Scan(&target70); err != nil {
@@ -576,7 +579,23 @@ func TestSLABreachedByAChangeIsDatedAtIt(t *testing.T) {
 		}
 		changes["req_"+c.id] = at.UTC().Truncate(time.Second)
 	}
-	rc.Wait(t, 2, 20*time.Second)
+	conn := db.Connect(t)
+	tx, err := conn.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var at time.Time
+	if err := tx.QueryRow(context.Background(), `UPDATE request_slas SET completed_at = NULL WHERE id = 72 RETURNING now()`).Scan(&at); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(context.Background(), `UPDATE request_slas SET sla_type = sla_type WHERE id = 72`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	changes["req_72"] = at.UTC().Truncate(time.Second)
+	rc.Wait(t, 3, 20*time.Second)
 	for _, ev := range slaEvents(t, rc) {
 		changed, ok := changes[ev.Data.RequestID]
 		if !ok || ev.Event != "sla.breach" {

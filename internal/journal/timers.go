@@ -83,6 +83,9 @@ func (s *Store) queueTimers(batch *statements, changes []TimerChange, since *sca
 	}
 }
 
+// breachKind is the kind of an SLA's breach timer (mapping.SLATimers).
+const breachKind = "breach"
+
 // coalesceTimers joins each change of an SLA to the one before it of the
 // same SLA when both keep the same target: applied in order, the second
 // finds no unfired timer of another target left unmarked by the first
@@ -104,12 +107,17 @@ func coalesceTimers(changes []TimerChange) []TimerChange {
 		}
 		merged := out[i]
 		arm := make([]TimerRow, 0, len(merged.Arm)+len(c.Arm))
+		later := slices.Clone(c.Arm)
 		for _, t := range merged.Arm {
-			if !slices.ContainsFunc(c.Arm, func(n TimerRow) bool { return n.Kind == t.Kind && n.TargetAt.Equal(t.TargetAt) }) {
+			j := slices.IndexFunc(later, func(n TimerRow) bool { return n.Kind == t.Kind && n.TargetAt.Equal(t.TargetAt) })
+			switch {
+			case j < 0:
 				arm = append(arm, t)
+			case t.Kind == breachKind && t.FireAt.After(later[j].FireAt):
+				later[j].FireAt = t.FireAt // as the upsert does (queueTimerRound)
 			}
 		}
-		merged.Arm = append(arm, c.Arm...)
+		merged.Arm = append(arm, later...)
 		out[i] = merged
 	}
 	return out
@@ -170,11 +178,17 @@ func (s *Store) queueTimerRound(batch *statements, changes []TimerChange, scan *
 		target[i], fire[i], started[i], superseded[i] = t.TargetAt, t.FireAt, t.StartedAt, nullTime(t.SupersededAt)
 	}
 	// Armed again for the SLA's target, a timer kept from an earlier
-	// change is the target's again (superseded_at NULL).
+	// change is the target's again (superseded_at NULL). An unfired
+	// breach is never moved earlier: one dated at the change that made
+	// the SLA breached (reopened after its target, or its target moved
+	// into the past: mapping's breachedHere) is armed again at the target
+	// by any later change of the SLA, which cannot tell, and was then
+	// sent dated at a moment the SLA was met (found by a review).
 	batch.Queue(s.q(`INSERT INTO {{schema}}.sla_timers (sla_id, kind, target_at, fire_at, request_id, sla_type, started_at, superseded_at)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[], $9::timestamptz[]) AS u(sla_id)
 		 WHERE `+untouched("u.sla_id", "$8")+`
-		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = EXCLUDED.fire_at, request_id = EXCLUDED.request_id,
+		ON CONFLICT (sla_id, kind, target_at) DO UPDATE SET fire_at = CASE WHEN EXCLUDED.kind = '`+breachKind+`'
+				THEN greatest({{schema}}.sla_timers.fire_at, EXCLUDED.fire_at) ELSE EXCLUDED.fire_at END, request_id = EXCLUDED.request_id,
 			sla_type = EXCLUDED.sla_type, started_at = EXCLUDED.started_at, superseded_at = EXCLUDED.superseded_at,
 			generation = nextval('{{schema}}.sla_timer_generation')
 		WHERE {{schema}}.sla_timers.fired_at IS NULL`), sla, kind, target, fire, req, typ, started, since, superseded)

@@ -304,3 +304,41 @@ func TestArmThresholds(t *testing.T) {
 		t.Error("a warning armed for the target SLA 7 was moving off, beside the stream's batch")
 	}
 }
+
+// TestBreachDatedAtItsChangeStaysSo: a breach armed later than its target
+// (dated at the change that made the SLA breached) is not moved back to
+// the target by a later change of the SLA that arms it again, which
+// cannot tell: neither in one batch (coalesced) nor in the next (the
+// upsert). A warning is armed as the later change says.
+func TestBreachDatedAtItsChangeStaysSo(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	target, reopened := now.Add(-time.Minute), now.Add(-10*time.Second)
+	breach := func(sla string, fire time.Time) TimerRow {
+		return TimerRow{SLAID: sla, Kind: "breach", TargetAt: target, FireAt: fire, RequestID: sla, StartedAt: now.Add(-time.Hour)}
+	}
+	// 20: the reopen and a later touch in one batch. 21: the reopen's
+	// batch, then the touch's.
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{
+		{SLAID: "20", Keep: target, Due: reopened, Arm: []TimerRow{breach("20", reopened)}},
+		{SLAID: "20", Keep: target, Due: reopened.Add(time.Second), Arm: []TimerRow{breach("20", target)}},
+		{SLAID: "21", Keep: target, Due: reopened, Arm: []TimerRow{breach("21", reopened)}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, &Batch{Timers: []TimerChange{
+		{SLAID: "21", Keep: target, Due: reopened.Add(time.Second), Arm: []TimerRow{breach("21", target)}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sla := range []string{"20", "21"} {
+		var fire time.Time
+		if err := s.pool.QueryRow(ctx, s.q(`SELECT fire_at FROM {{schema}}.sla_timers WHERE sla_id = $1 AND kind = 'breach'`), sla).Scan(&fire); err != nil {
+			t.Fatal(err)
+		}
+		if !fire.Equal(reopened) {
+			t.Errorf("SLA %s's breach due %s, want the reopen's %s (not the target's %s)", sla, fire.UTC(), reopened, target)
+		}
+	}
+}
