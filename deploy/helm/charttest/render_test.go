@@ -185,6 +185,10 @@ func TestBadValues(t *testing.T) {
 		{"a timeout dzhook refuses", "config:\n  delivery:\n    timeout: 2m\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (2m)", "from 100ms to 50s"}},
 		{"a timeout just past 50s", "config:\n  delivery:\n    timeout: 50s1ms\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (50s1ms)"}},
 		{"a timeout under 100ms", "config:\n  delivery:\n    timeout: 50ms\n", false, []string{"config.delivery.timeout (50ms)"}},
+		{"a decimal timeout past 50s", "config:\n  delivery:\n    timeout: 50.5s\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (50.5s)"}},
+		{"a decimal timeout under 100ms", "config:\n  delivery:\n    timeout: 0.05s\n", false, []string{"config.delivery.timeout (0.05s)"}},
+		{"a decimal drain longer than the stop time", "config:\n  delivery:\n    timeout: 45.5s\n", false, []string{"terminationGracePeriodSeconds (30)", "56 s"}},
+		{"a timeout with a unit Go does not read", "config:\n  delivery:\n    timeout: 5sec\n", false, []string{"config.delivery.timeout (5sec)"}},
 		{"a timeout that is not a duration", "config:\n  delivery:\n    timeout: soon\n", false, []string{"config.delivery.timeout (soon)"}},
 		{"a refused timeout through extraEnv", "extraEnv:\n  - name: DZHOOK_DELIVERY_TIMEOUT\n    value: 90s\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (90s)"}},
 	} {
@@ -315,7 +319,7 @@ func TestDrainFitsTheStopTime(t *testing.T) {
 	for _, c := range []struct {
 		timeout string
 		stop    int
-	}{{"500ms", 11}, {"45s", 55}, {"100ms", 11}, {"50s", 60}, {"49s1000ms", 60}} {
+	}{{"500ms", 11}, {"45s", 55}, {"100ms", 11}, {"50s", 60}, {"49s1000ms", 60}, {"0.1m", 16}, {"100000us", 11}, {"1.5s", 12}, {".5s", 11}, {"50000000us", 60}, {"0.5m", 40}} {
 		values := fmt.Sprintf("config:\n  delivery:\n    timeout: %s\nterminationGracePeriodSeconds: %d\n", c.timeout, c.stop)
 		if err := os.WriteFile(path, []byte(values), 0o600); err != nil {
 			t.Fatal(err)

@@ -128,32 +128,27 @@ DZHOOK_DELIVERY_TIMEOUT's in extraEnv, which overrides it, as in dzhook.
 {{- end -}}
 
 {{/*
-dzhook.timeoutMillis: dzhook.timeout in milliseconds, from the Go duration
-forms a config takes (5s, 40s500ms, 500ms); 0 when it has none of them.
-*/}}
-{{- define "dzhook.timeoutMillis" -}}
-{{- $t := include "dzhook.timeout" . -}}
-{{- $ms := 0 -}}
-{{- range $part := regexFindAll "[0-9]+(ms|h|m|s)" $t -1 -}}
-{{- if hasSuffix "ms" $part -}}{{- $ms = add $ms (atoi (trimSuffix "ms" $part)) -}}
-{{- else if hasSuffix "h" $part -}}{{- $ms = add $ms (mul (atoi (trimSuffix "h" $part)) 3600000) -}}
-{{- else if hasSuffix "m" $part -}}{{- $ms = add $ms (mul (atoi (trimSuffix "m" $part)) 60000) -}}
-{{- else -}}{{- $ms = add $ms (mul (atoi (trimSuffix "s" $part)) 1000) -}}
-{{- end -}}
-{{- end -}}
-{{- $ms -}}
-{{- end -}}
-
-{{/*
-dzhook.timeoutSeconds: dzhook.timeoutMillis in whole seconds, rounded up.
-It fails the render where dzhook would refuse to start: delivery.timeout
-is held between 100ms and 50s (internal/config), so a chart that renders
-starts, rather than a pod that restarts with the message in its log.
+dzhook.timeoutSeconds: dzhook.timeout in whole seconds, rounded up, read
+as Go reads a duration (5s, 40s500ms, 0.1m, 1.5s, 100000us). It fails the
+render where dzhook would refuse to start: delivery.timeout is held
+between 100ms and 50s (internal/config), so a chart that renders starts,
+rather than a pod that restarts with the message in its log; a value Go
+does not read as a duration fails too. (Floats: a hair of slack at the
+bounds for their rounding.)
 */}}
 {{- define "dzhook.timeoutSeconds" -}}
-{{- $ms := include "dzhook.timeoutMillis" . | atoi -}}
-{{- if or (lt $ms 100) (gt $ms 50000) -}}
-{{- fail (printf "config.delivery.timeout (%s) must be a duration from 100ms to 50s, as dzhook holds it: a manual retry waits for its attempt within the admin API's 60 s" (include "dzhook.timeout" .)) -}}
+{{- $t := include "dzhook.timeout" . -}}
+{{- $part := "([0-9]+[.]?[0-9]*|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h)" -}}
+{{- $unitMs := dict "ns" 0.000001 "us" 0.001 "µs" 0.001 "μs" 0.001 "ms" 1.0 "s" 1000.0 "m" 60000.0 "h" 3600000.0 -}}
+{{- $ms := 0.0 -}}
+{{- if regexMatch (printf "^(%s)+$" $part) $t -}}
+{{- range $p := regexFindAll $part $t -1 -}}
+{{- $n := regexFind "^[0-9.]+" $p -}}
+{{- $ms = addf $ms (mulf (float64 $n) (get $unitMs (trimPrefix $n $p))) -}}
 {{- end -}}
-{{- div (add $ms 999) 1000 -}}
+{{- end -}}
+{{- if or (lt $ms 99.999) (gt $ms 50000.001) -}}
+{{- fail (printf "config.delivery.timeout (%s) must be a duration from 100ms to 50s, as dzhook holds it: a manual retry waits for its attempt within the admin API's 55 s" $t) -}}
+{{- end -}}
+{{- ceil (divf $ms 1000.0) | int -}}
 {{- end -}}
