@@ -171,3 +171,21 @@ func isEnvName(s string) bool {
 	}
 	return s != ""
 }
+
+// envNameShown is name as an error about its variable shows it: itself
+// when it reads as a conventional variable name (upper case, words of
+// letters and digits joined by _, none longer than 16: DZDESK_OWNER_DSN),
+// else a placeholder. A credential can be a valid name too (sk_live_…,
+// ghp_…, a hex token), and an unset "variable" is likely just that: the
+// value given where its name belonged (found by a review).
+func envNameShown(name string) string {
+	words := strings.Split(name, "_")
+	ok := len(words) > 1 && name[0] >= 'A' && name[0] <= 'Z'
+	for _, w := range words {
+		ok = ok && w != "" && len(w) <= 16 && strings.Trim(w, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") == ""
+	}
+	if ok {
+		return name
+	}
+	return "given (its name is not repeated: it may be a value, not a name)"
+}

@@ -328,9 +328,20 @@ func TestEnvFlagsDoNotRepeatAValue(t *testing.T) {
 			t.Errorf("%s: exit %d %q %q, want 2 saying %q and not the value", c.args[0], code, out, errOut, c.want)
 		}
 	}
-	// A name still works as before: unset, it is named.
+	// A conventional name, unset, is named; a credential that is a valid
+	// name (lower case, or a long word) is not repeated.
 	code, _, errOut := cliRun(t, url, cliToken, "setup", "--config", cfg, "--owner-dsn-env", "DZHOOK_TEST_UNSET_OWNER_DSN")
 	if code != exitUsage || !strings.Contains(errOut, "DZHOOK_TEST_UNSET_OWNER_DSN is not set") {
 		t.Errorf("an unset variable: exit %d %q, want 2 naming it", code, errOut)
+	}
+	for _, c := range [][]string{
+		{"setup", "--config", cfg, "--owner-dsn-env", "sk_live_51HxYzAbCdEf0123456789"},
+		{"subscriptions", "create", "--url", "https://crm.example.com/hook", "--events", "*", "--header-env", "X-Api-Key=sk_live_51HxYzAbCdEf0123456789"},
+		{"subscriptions", "create", "--url", "https://crm.example.com/hook", "--events", "*", "--header-env", "X-Api-Key=TOKEN_0123456789ABCDEF0123456789ABCDEF"},
+	} {
+		code, out, errOut := cliRun(t, url, cliToken, c...)
+		if code != exitUsage || !strings.Contains(errOut, "is not set or empty") || strings.Contains(out+errOut, "0123456789") {
+			t.Errorf("%s with a credential shaped as a name: exit %d %q %q, want 2, the variable unset and the value not repeated", c[0], code, out, errOut)
+		}
 	}
 }

@@ -163,7 +163,7 @@ func runSetup(ctx context.Context, env *cli, args []string) int {
 			return exitUsage
 		}
 		if opts.OwnerDSN = env.getenv(*ownerEnv); opts.OwnerDSN == "" {
-			fmt.Fprintf(env.stderr, "setup: --owner-dsn-env: %s is not set or empty\n", *ownerEnv)
+			fmt.Fprintf(env.stderr, "setup: --owner-dsn-env: the variable %s is not set or empty\n", envNameShown(*ownerEnv))
 			return exitUsage
 		}
 	}

@@ -138,7 +138,7 @@ func (f headerEnvFlag) Set(v string) error {
 	}
 	value := f.getenv(variable)
 	if value == "" {
-		f.h.bad = append(f.h.bad, fmt.Sprintf("--header-env %s: the variable %s is not set or empty", name, variable))
+		f.h.bad = append(f.h.bad, fmt.Sprintf("--header-env %s: the variable %s is not set or empty", name, envNameShown(variable)))
 		return nil
 	}
 	return f.h.Set(name + "=" + value)
