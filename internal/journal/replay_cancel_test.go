@@ -331,3 +331,73 @@ func TestReplayStepEndsWithTheEventsItsPlanLookedAt(t *testing.T) {
 		t.Errorf("%d deliveries made, want 5", n)
 	}
 }
+
+// TestCancelReplayBesideDeleteOfItsSubscription: a replay's cancel and
+// the delete of its runtime subscription, at once, both finish: the
+// replay cancelled, its deliveries with it. The delete used to cancel
+// the subscription's deliveries and then stop its replays, the cancel
+// to lock the replay and then cancel its deliveries: with the replay's
+// row held a moment (a step in progress), the two waited on each other
+// and the delete failed with "deadlock detected" (40P01). Found by a
+// review.
+func TestCancelReplayBesideDeleteOfItsSubscription(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if err := s.CreateRuntime(ctx, RuntimeSubscription{ID: "erp", Spec: []byte(`{}`), Secret: "sealed"}, AuditRow{Action: "create", Subscription: "erp"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, batchOf(0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
+		Types: []string{"request.created"}, RequestedBy: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two of three events: the replay is still running, 2 deliveries wait.
+	if st, err := s.StepReplay(ctx, r.ID, 2, 100, replayTo(time.Now().Add(time.Hour))); err != nil || st.Done || st.Created != 2 {
+		t.Fatalf("step: %+v, %v; want 2 deliveries, still running", st, err)
+	}
+	// The replay's row held, as a step holds it.
+	holder, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, s.q(`SELECT 1 FROM {{schema}}.replays WHERE id = 'rpl_1' FOR UPDATE`)); err != nil {
+		t.Fatal(err)
+	}
+	cancelled := make(chan error, 1)
+	go func() {
+		_, _, err := s.CancelReplay(ctx, "erp", r.ID, "stop", 30*time.Second)
+		cancelled <- err
+	}()
+	if finished, err := waitLockedOrDone(t, db, "transactionid", cancelled); finished {
+		t.Fatalf("the cancel did not wait for the replay's row: %v", err)
+	}
+	deleted := make(chan error, 1)
+	go func() {
+		_, err := s.DeleteRuntime(ctx, "erp", AuditRow{Action: "delete", Subscription: "erp"})
+		deleted <- err
+	}()
+	// The delete queues behind the cancel for the replay's row.
+	if finished, err := waitLockedOrDone(t, db, "tuple", deleted); finished {
+		t.Fatalf("the delete did not wait for the replay's row: %v", err)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-cancelled; err != nil {
+		t.Errorf("CancelReplay beside the delete: %v", err)
+	}
+	if err := <-deleted; err != nil {
+		t.Errorf("DeleteRuntime beside the cancel: %v", err)
+	}
+	got, err := s.GetReplay(ctx, "erp", r.ID)
+	if err != nil || got.State != ReplayCancelled {
+		t.Errorf("the replay: %s, %v; want cancelled", got.State, err)
+	}
+	if n := queryCount(t, db, `SELECT count(*) FROM dzhook.deliveries WHERE replay_id = 'rpl_1' AND state <> 'cancelled'`); n != 0 {
+		t.Errorf("%d of the replay's deliveries not cancelled", n)
+	}
+}

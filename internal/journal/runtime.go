@@ -174,8 +174,9 @@ func (s *Store) ResealRuntime(ctx context.Context, id string, expected int64, se
 		WHERE id = $1 AND deleted_at IS NULL AND rev = $4`, secret, previous)
 }
 
-// DeleteRuntime marks a runtime subscription deleted and cancels its
-// pending and held deliveries (CancelDeliveries), with its audit entry.
+// DeleteRuntime marks a runtime subscription deleted, cancels its running
+// replays and its pending and held deliveries (CancelDeliveries), with
+// its audit entry.
 func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -191,6 +192,14 @@ func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, 
 		if tag.RowsAffected() == 0 {
 			return ErrNoSubscription
 		}
+		// Its replays stop: nobody will run the subscription. Before its
+		// deliveries, in CancelReplay's order (the replay's row, then its
+		// deliveries): the other way round, a cancel of one of them at
+		// the same moment deadlocked with the delete.
+		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET state = 'cancelled', reason = 'the subscription was deleted', finished_at = now(), updated_at = now()
+			WHERE subscription_id = $1 AND state = 'running'`), id); err != nil {
+			return fmt.Errorf("stop the subscription's replays: %w", err)
+		}
 		if n, err = s.cancel(ctx, tx, id, 0); err != nil {
 			return err
 		}
@@ -198,11 +207,6 @@ func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, 
 		// with its id starts afresh.
 		if _, err := tx.Exec(ctx, s.q(`DELETE FROM {{schema}}.subscriptions WHERE id = $1`), id); err != nil {
 			return fmt.Errorf("forget the subscription's state: %w", err)
-		}
-		// Its replays stop: nobody will run the subscription.
-		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET state = 'cancelled', reason = 'the subscription was deleted', finished_at = now(), updated_at = now()
-			WHERE subscription_id = $1 AND state = 'running'`), id); err != nil {
-			return fmt.Errorf("stop the subscription's replays: %w", err)
 		}
 		return s.audit(ctx, tx, a)
 	})
