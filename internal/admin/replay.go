@@ -169,7 +169,7 @@ func replayID(w http.ResponseWriter, r *http.Request) (string, bool) {
 }
 
 func (s *Server) replays(w http.ResponseWriter, r *http.Request, _ query) {
-	id, ok := s.subscriptionID(w, r)
+	id, ok := pathSubscriptionID(w, r)
 	if !ok {
 		return
 	}
@@ -180,6 +180,12 @@ func (s *Server) replays(w http.ResponseWriter, r *http.Request, _ query) {
 		s.replayError(w, r, err)
 		return
 	}
+	// A subscription gone from this process is listed while the journal
+	// keeps replays of it (replayOrGone says why).
+	if len(list) == 0 && !s.cfg.Deliverer.HasSubscription(id) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such subscription: %q (nor a replay of it in the journal)", id))
+		return
+	}
 	out := api.ReplayList{Replays: make([]api.Replay, 0, len(list))}
 	for _, rp := range list {
 		out.Replays = append(out.Replays, replayOf(rp))
@@ -187,12 +193,27 @@ func (s *Server) replays(w http.ResponseWriter, r *http.Request, _ query) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) replay(w http.ResponseWriter, r *http.Request, _ query) {
-	id, ok := s.subscriptionID(w, r)
-	if !ok {
-		return
+// replayOrGone validates the {id} and {rid} of a path naming one replay.
+// The subscription need not be one this process delivers to: a replay
+// fails when its subscription is gone from the registry (config.yaml
+// edited, a runtime subscription deleted) and the deliveries it made
+// wait in the journal, sent if the subscription comes back; the replay
+// is shown, and a cancel stops them, meanwhile. (Both answered "no such
+// subscription": the deliveries could not be stopped before the
+// subscription was back. Found by a review.) The journal answers
+// ErrNotFound when it holds no such replay of the subscription.
+func replayOrGone(w http.ResponseWriter, r *http.Request) (id, rid string, ok bool) {
+	if id, ok = pathSubscriptionID(w, r); !ok {
+		return "", "", false
 	}
-	rid, ok := replayID(w, r)
+	if rid, ok = replayID(w, r); !ok {
+		return "", "", false
+	}
+	return id, rid, true
+}
+
+func (s *Server) replay(w http.ResponseWriter, r *http.Request, _ query) {
+	id, rid, ok := replayOrGone(w, r)
 	if !ok {
 		return
 	}
@@ -207,11 +228,7 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request, _ query) {
 }
 
 func (s *Server) cancelReplay(w http.ResponseWriter, r *http.Request, _ query) {
-	id, ok := s.subscriptionID(w, r)
-	if !ok {
-		return
-	}
-	rid, ok := replayID(w, r)
+	id, rid, ok := replayOrGone(w, r)
 	if !ok {
 		return
 	}
@@ -231,6 +248,8 @@ func (s *Server) cancelReplay(w http.ResponseWriter, r *http.Request, _ query) {
 
 func (s *Server) replayError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
+	case errors.Is(err, journal.ErrNotFound) && !s.cfg.Deliverer.HasSubscription(r.PathValue("id")):
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such replay of subscription %q: %q (nor such a subscription)", r.PathValue("id"), r.PathValue("rid")))
 	case errors.Is(err, journal.ErrNotFound):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such replay of subscription %q: %q", r.PathValue("id"), r.PathValue("rid")))
 	case errors.Is(err, fanout.ErrReplaysOff):

@@ -410,3 +410,37 @@ func TestReplayLiveDeliveryNotBehindBacklog(t *testing.T) {
 		return got.State == "done" && got.Delivered == n+1
 	})
 }
+
+// TestFailedReplayOfAGoneSubscription: a replay whose subscription was
+// removed from config.yaml, failed with its deliveries waiting in the
+// journal, is shown and cancelled through the admin API of a process
+// without the subscription; the cancel stops its deliveries. Both
+// answered 404 "no such subscription": the deliveries could only be
+// stopped once the subscription was back, when they went out. Found by a
+// review.
+func TestFailedReplayOfAGoneSubscription(t *testing.T) {
+	db := newDB(t)
+	crm, late := testutil.NewReceiver(t), testutil.NewReceiver(t)
+	late.SetRespond(func(int, *http.Request, []byte) (int, http.Header, string) { return 503, nil, "down" })
+	e, stop := startStoppable(t, replayConfig(t, db, crm.URL, late.URL, true))
+	journalRequests(t, db, crm, 20)
+	a := newAdminClient(t, e)
+	rp := startReplay(t, a)
+	testutil.Eventually(t, 30*time.Second, "the replay's 20 deliveries made", func() bool { return getReplay(t, a, rp.ID).Created == 20 })
+	stop()
+	// What the replayer does once late is missing a minute.
+	if _, err := db.Connect(t).Exec(context.Background(), `UPDATE dzhook.replays SET state = 'failed', reason = 'subscription "late" no longer exists', finished_at = now() WHERE id = $1`, rp.ID); err != nil {
+		t.Fatal(err)
+	}
+	a = newAdminClient(t, start(t, replayConfig(t, db, crm.URL, late.URL, false)))
+	if got := getReplay(t, a, rp.ID); got.State != "failed" || got.Pending != 20 {
+		t.Errorf("GET the failed replay: %s, %d pending; want failed, 20 pending (%s)", got.State, got.Pending, replayStates(t, db, rp.ID))
+	}
+	cancelled := answer[api.Replay](a, "DELETE", "/v1/subscriptions/late/replays/"+rp.ID, nil)
+	if cancelled.State != "cancelled" || cancelled.Skipped != 20 || cancelled.Pending != 0 {
+		t.Errorf("cancel the failed replay: %s, %d skipped, %d pending; want cancelled, 20 skipped (%s)", cancelled.State, cancelled.Skipped, cancelled.Pending, replayStates(t, db, rp.ID))
+	}
+	if code, e, raw := a.callError("GET", "/v1/subscriptions/late/replays/rpl_aaaaaaaaaaaaaaab", adminToken, nil); code != http.StatusNotFound || !strings.Contains(e.Message, "rpl_aaaaaaaaaaaaaaab") {
+		t.Errorf("GET a replay the journal does not hold of a gone subscription: %d %s, want 404 naming it", code, raw)
+	}
+}
