@@ -26,6 +26,7 @@ import (
 	"github.com/dzdesk/dzhook/internal/engine"
 	"github.com/dzdesk/dzhook/internal/enginetest"
 	"github.com/dzdesk/dzhook/internal/fanout"
+	"github.com/dzdesk/dzhook/internal/ids"
 	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 	"github.com/dzdesk/dzhook/signer"
@@ -85,7 +86,9 @@ func browserDeps(t *testing.T) string {
 // secret, delete it (the confirmation counts the delivery it cancels), and
 // find the config.yaml subscription read-only; replay the last hour into
 // the (paused) subscription, see a second one overlapping it refused,
-// cancel the first, then start and cancel a second replay; add a Slack
+// cancel the first, then start and cancel a second replay, and find a
+// failed replay with a delivery waiting offered, with Cancel, when one
+// overlapping it is refused, and cancel it; add a Slack
 // webhook with a transform (a syntax error first, shown beside the field)
 // and a rate limit, and read what its transform made of four user events:
 // a message sent, a skip, a failure, and a 429 that paused it. The
@@ -245,6 +248,11 @@ subscriptions:
 	go func() { chatDone <- chatEvents(t.Context(), chatConn, base) }()
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	replayFile := filepath.Join(t.TempDir(), "replays")
+	// Once the script wrote its replays, a failed one of crm with a
+	// delivery waiting is recorded for it to find offered and cancel.
+	replayFailed := make(chan error, 1)
+	failConn := db.Connect(t)
+	go func() { replayFailed <- recordFailedReplay(t.Context(), failConn, replayFile, id) }()
 	out, err := runScript(t, node, map[string]string{
 		"DZHOOK_NEW_URL":       hook.URL + "/hooks/helpdesk",
 		"DZHOOK_NEW_ID":        newID,
@@ -253,6 +261,7 @@ subscriptions:
 		"DZHOOK_PAGES_URL":     pages.URL + "/hooks/pages",
 		"DZHOOK_SECRET_FILE":   secretFile,
 		"DZHOOK_REPLAY_FILE":   replayFile,
+		"DZHOOK_FAILED_REPLAY": failedReplay,
 		"DZHOOK_URL":           base + "/",
 		"DZHOOK_TOKEN":         adminToken,
 		"DZHOOK_SUBSCRIPTION":  "crm",
@@ -320,6 +329,10 @@ subscriptions:
 	}
 	checkManaged(t, conn, hook, secretFile, base)
 	checkReplays(t, conn, replayFile)
+	if err := <-replayFailed; err != nil {
+		t.Errorf("record the failed replay: %v", err)
+	}
+	checkFailedReplay(t, conn)
 	if err := <-userCreated; err != nil {
 		t.Errorf("insert the user: %v", err)
 	}
@@ -579,6 +592,64 @@ func checkReplays(t *testing.T, conn *pgx.Conn, replayFile string) {
 	}
 	if got := deliveries(`replay_id = $1`, ids[1]); len(got) != 1 || !strings.HasSuffix(got[0], " request.updated cancelled") {
 		t.Errorf("the deliveries of the cancelled replay %s: %q, want the update's, cancelled", ids[1], got)
+	}
+}
+
+// failedReplay is the replay recordFailedReplay records.
+const failedReplay = "rpl_failedreplayaaaa"
+
+// recordFailedReplay waits for the script to write replayFile, then
+// records failedReplay: a replay of crm's request.created of the last
+// half hour that failed (crm was missing from the registry a minute)
+// with a delivery of the event of delivery dlv waiting, due in a day,
+// as the replayer leaves one.
+func recordFailedReplay(ctx context.Context, conn *pgx.Conn, replayFile, dlv string) error {
+	for {
+		if _, err := os.Stat(replayFile); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w", replayFile, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	var event string
+	if err := conn.QueryRow(ctx, `SELECT event_id FROM dzhook.deliveries WHERE id = $1`, dlv).Scan(&event); err != nil {
+		return fmt.Errorf("the event of %s: %w", dlv, err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, `INSERT INTO dzhook.replays (id, subscription_id, since, until, patterns, types, state, matched, scanned, created,
+			requested_by, reason, finished_at)
+		VALUES ($1, 'crm', now() - interval '30 minutes', now(), '{request.created}', '{request.created}', 'failed', 2, 1, 1,
+			'192.0.2.1', 'subscription "crm" no longer exists', now())`, failedReplay); err != nil {
+		return fmt.Errorf("record the replay: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, replay_id, created_at, updated_at)
+		VALUES ($1, $2, 'crm', 'request.created', 'pending', now() + interval '1 day', $3, now(), now())`,
+		ids.ReplayDeliveryID(event, "crm", failedReplay), event, failedReplay); err != nil {
+		return fmt.Errorf("record its delivery: %w", err)
+	}
+	return tx.Commit(ctx)
+}
+
+// checkFailedReplay checks that the script cancelled failedReplay, and
+// its waiting delivery with it.
+func checkFailedReplay(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	var state string
+	var waiting, cancelled int
+	err := conn.QueryRow(context.Background(), `SELECT r.state,
+			(SELECT count(*) FROM dzhook.deliveries d WHERE d.replay_id = r.id AND d.state IN ('pending', 'held')),
+			(SELECT count(*) FROM dzhook.deliveries d WHERE d.replay_id = r.id AND d.state = 'cancelled')
+		FROM dzhook.replays r WHERE r.id = $1`, failedReplay).Scan(&state, &waiting, &cancelled)
+	if err != nil || state != "cancelled" || waiting != 0 || cancelled != 1 {
+		t.Errorf("the failed replay %s: %s, %d waiting, %d cancelled (%v); want cancelled from the dashboard, its delivery with it",
+			failedReplay, state, waiting, cancelled, err)
 	}
 }
 

@@ -24,7 +24,11 @@
 //                        once, for the test to verify the signature
 //   DZHOOK_REPLAY_FILE   where the script writes the ids of the two replays
 //                        it starts into DZHOOK_SUBSCRIPTION (done, then
-//                        cancelled), one a line
+//                        cancelled), one a line; once it is written, the
+//                        test records DZHOOK_FAILED_REPLAY
+//   DZHOOK_FAILED_REPLAY the id of a replay into DZHOOK_SUBSCRIPTION of the
+//                        last ten minutes of request.created, failed (its
+//                        subscription missing) with one delivery waiting
 //   DZHOOK_CHAT_URL      the endpoint of the Slack webhook the script adds
 //                        last (it answers 429 to Busy Bee's message)
 //   DZHOOK_CHAT_ID       its id; once it exists the test makes four user
@@ -64,6 +68,7 @@ const newURL = env('DZHOOK_NEW_URL');
 const newID = env('DZHOOK_NEW_ID');
 const secretFile = env('DZHOOK_SECRET_FILE');
 const replayFile = env('DZHOOK_REPLAY_FILE');
+const failedReplay = env('DZHOOK_FAILED_REPLAY');
 const chatURL = env('DZHOOK_CHAT_URL');
 const chatID = env('DZHOOK_CHAT_ID');
 const pagesURL = env('DZHOOK_PAGES_URL');
@@ -602,6 +607,22 @@ async function replays() {
   await eventually('cancelled message', () => text(page.locator(tid('status'))), (s) => s.includes(`Cancelled replay ${second}`));
   await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-replay.png' });
   fs.writeFileSync(replayFile, `${first}\n${second}\n`);
+
+  step('a replay failed with a delivery waiting is still going: one overlapping it is refused, and the dialog offers it, with Cancel');
+  const replayURL = new URL(`v1/subscriptions/${sub}/replays/${failedReplay}`, url).toString();
+  await eventually('the failed replay recorded', async () => (await page.request.fetch(replayURL, { headers: { Authorization: `Bearer ${token}` } })).status(), (s) => s === 200);
+  await page.locator(tid('replay-new')).click();
+  await page.getByRole('textbox', { name: 'Event patterns' }).fill('request.created');
+  await page.locator(tid('replay-start')).click();
+  await eventually('the overlap with the failed replay said', () => text(page.locator(tid('replay-errors'))), (s) => s.includes(failedReplay));
+  await eventually('the failed replay offered', () => text(page.locator(tid('replay-running'))), (s) => s.includes(failedReplay) && s.includes('failed'));
+  await page.locator(tid('replay-show-last')).click();
+  await eventually('the failed replay shown', () => text(page.locator(tid('replay-id'))), (s) => s === failedReplay);
+  await eventually('its state', () => text(page.locator(tid('replay-state'))), (s) => s === 'failed');
+  await eventually('what it says', () => text(page.locator(tid('replay-state-text'))), (s) => s.includes('no longer exists') && s.includes('1 of its deliveries still waits'));
+  await page.locator(tid('replay-cancel')).click();
+  await eventually('the failed replay cancelled', () => text(page.locator(tid('replay-state'))), (s) => s === 'cancelled');
+  await eventually('its delivery cancelled', () => text(page.locator(tid('replay-skipped'))), (s) => s === '1');
 
   step('Escape closes it; the focus is back on Replay…');
   await page.keyboard.press('Escape');

@@ -1633,8 +1633,14 @@ const REPLAY_POLL_MS = 2000;
 // answer, and the button that opened it.
 const replay = { id: '', rid: '', note: '', noteID: '', last: null, opener: null, timer: 0 };
 
-// replayBusy: the replay still has something to follow or to cancel.
-const replayBusy = (rp) => rp.state === 'running' || (rp.state === 'done' && rp.pending > 0);
+// replayBusy: the replay still has something to follow or to cancel:
+// running, or done or failed with deliveries still waiting (a failed
+// one's go out if its subscription comes back; a cancel stops them), as
+// the API counts a replay still going.
+const replayBusy = (rp) => rp.state === 'running' || ((rp.state === 'done' || rp.state === 'failed') && rp.pending > 0);
+
+// replayDoing says what a busy replay is doing, after "is".
+const replayDoing = (rp) => ({ running: 'running', failed: 'failed, its deliveries still waiting' })[rp.state] || 'waiting for its deliveries';
 
 function openReplay(id, opener) {
   clearTimeout(replay.timer);
@@ -1664,7 +1670,7 @@ function showReplayForm() {
   $('replay-progress').hidden = true;
   const last = replay.last;
   $('replay-running').hidden = !(last && replayBusy(last));
-  if (last) setText($('replay-running-text'), `Replay ${last.id} (started ${fmtAgo(last.created_at)}) is ${last.state === 'running' ? 'running' : 'waiting for its deliveries'}.`);
+  if (last) setText($('replay-running-text'), `Replay ${last.id} (started ${fmtAgo(last.created_at)}) is ${replayDoing(last)}.`);
 }
 
 function replayFieldError(field, problem) {
@@ -1761,6 +1767,9 @@ function renderReplay(rp) {
   if (rp.state === 'done' && rp.pending > 0) says += ` ${rp.pending} still ${rp.pending === 1 ? 'waits' : 'wait'} to go out.`;
   // The reason of a cancel says who ("cancelled by an operator (…)").
   if (rp.reason) says = rp.state === 'cancelled' ? `${rp.reason[0].toUpperCase()}${rp.reason.slice(1)}.` : `${says} ${rp.reason}`;
+  if (rp.state === 'failed' && rp.pending > 0) {
+    says += `; ${rp.pending} of its deliveries still ${rp.pending === 1 ? 'waits' : 'wait'}: sent if the subscription comes back, unless cancelled.`;
+  }
   setText($('replay-state-text'), says);
   const bar = $('replay-bar');
   bar.max = Math.max(rp.matched, 1);
