@@ -43,7 +43,7 @@ func replayUsage(w io.Writer) {
   [start] SUBSCRIPTION --since 24h|RFC3339   re-send the journaled events of the window to it,
          [--until T] [--events 'request.*,sla.*'] [--wait [--timeout 1h]]   as new deliveries with the original ids
   status SUBSCRIPTION [RID]                  one replay's progress, or the latest replays
-  cancel SUBSCRIPTION RID                    stop a running replay; its waiting deliveries are cancelled
+  cancel SUBSCRIPTION RID                    stop a replay still going; its waiting deliveries are cancelled
 
 --wait follows the replay until it stops running: exit 0 when it is done
 with no failed delivery, 1 when it was cancelled, failed, or a delivery
