@@ -375,6 +375,10 @@ func (s *Server) journalError(w http.ResponseWriter, r *http.Request, err error)
 		writeError(w, http.StatusBadRequest, "cursor: not a cursor from a previous page")
 	case errors.Is(err, fanout.ErrUnknownSubscription):
 		writeError(w, http.StatusNotFound, err.Error())
+	case journal.TookTooLong(err) && r.Context().Err() != nil && !errors.Is(r.Context().Err(), context.DeadlineExceeded):
+		// The client left (a closed tab, the dashboard's own abort): its
+		// statement was cancelled with it. Nothing was slow; no WARN.
+		writeError(w, http.StatusServiceUnavailable, "the request was cancelled before the journal answered")
 	case journal.TookTooLong(err):
 		// A statement_timeout, or the request's deadline, which cancels
 		// the statement in the server: the journal is there, and slow;

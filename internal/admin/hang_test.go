@@ -111,11 +111,23 @@ func TestJournalTookTooLong(t *testing.T) {
 			t.Errorf("GET %s cut by the journal: %d %s, want 503 saying the journal took too long to answer", target, rec.Code, rec.Body)
 		}
 	}
-	srv, s = newSpyServer(t)
-	s.m.err = canceled
-	req := httptest.NewRequest(http.MethodPatch, "/v1/subscriptions/billing", strings.NewReader(`{"url":"http://x"}`))
+	// The client gone (its request's context ended): its statement was
+	// cancelled with it, and nothing was slow: not told (nor logged) as
+	// the journal taking too long.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req := httptest.NewRequest(http.MethodGet, "/v1/deliveries", nil).WithContext(ctx)
 	req.Header.Set("Authorization", "Bearer t")
 	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	if body := rec.Body.String(); !strings.Contains(body, "cancelled before the journal answered") || strings.Contains(body, "took too long") {
+		t.Errorf("GET by a client that left: %d %s, want it told as cancelled, not as the journal taking too long", rec.Code, body)
+	}
+	srv, s = newSpyServer(t)
+	s.m.err = canceled
+	req = httptest.NewRequest(http.MethodPatch, "/v1/subscriptions/billing", strings.NewReader(`{"url":"http://x"}`))
+	req.Header.Set("Authorization", "Bearer t")
+	rec = httptest.NewRecorder()
 	srv.ServeHTTP(rec, req)
 	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "may have been made") {
 		t.Errorf("PATCH cut by the journal: %d %s, want 503 saying the change may have been made", rec.Code, rec.Body)
