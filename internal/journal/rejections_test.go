@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -95,5 +96,54 @@ func migrateTo(t *testing.T, s *Store, version int) {
 	}
 	if _, err := s.migrate(context.Background(), upTo, migrationLockWait); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUpgradeToVersion24BesideAReaderThatWrites: the upgrade past
+// versions 23 and 24 beside an older process's transaction that read
+// deliveries and then writes it (a replay step: its backlog's count, then
+// its insert) ends with both done. Version 23 dropped deliveries_failed
+// after its builds: the drop's lock upgrade and that insert waited for
+// each other, and PostgreSQL aborted one (found by a review).
+func TestUpgradeToVersion24BesideAReaderThatWrites(t *testing.T) {
+	db := pgtest.NewDB(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := New(pool, "dzhook")
+	migrateTo(t, s, 22)
+	older := db.Connect(t)
+	tx, err := older.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM dzhook.deliveries`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	migrated := make(chan error, 1)
+	go func() {
+		_, err := s.migrate(ctx, migrations, lockWait{timeout: 5 * time.Second, pause: 100 * time.Millisecond, tries: 20})
+		migrated <- err
+	}()
+	if finished, err := waitLockedOrDone(t, db, "relation", migrated); finished {
+		t.Fatalf("the upgrade ended (%v) while a transaction held deliveries: want it waiting for its lock", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO dzhook.events (id, type, body, occurred_at) VALUES ('whk_u1', 'request.created', '{}', now())`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO dzhook.deliveries (id, event_id, subscription_id, event_type, state, next_attempt_at, created_at, updated_at)
+		VALUES ('dlv_u1_erp', 'whk_u1', 'erp', 'request.created', 'pending', now(), now(), now())`); err != nil {
+		t.Fatalf("the older process's insert beside the upgrade: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-migrated; err != nil {
+		t.Fatalf("the upgrade beside it: %v", err)
 	}
 }

@@ -22,9 +22,17 @@ CREATE INDEX deliveries_state_history ON {{schema}}.deliveries (subscription_id,
 -- inside, the count is read from the index alone. RetryFailed, its one
 -- other reader, asks for the same rows (state = 'failed' AND NOT test).
 --
+-- It is built here beside the old one, under the name it takes in
+-- version 24, which drops the old one: a DROP INDEX locks the table
+-- against reads too, and taken here after the builds (a lock upgrade) it
+-- deadlocked with an older process's transaction that read the table
+-- and then wrote it (a replay step), or timed out and threw both builds
+-- away, and once granted it held every read of deliveries for the
+-- second build (found by a review). Alone in its own migration it is
+-- brief, and its wait is a lock_timeout's try.
+--
 -- Both builds read the deliveries table once, and writes to it wait
--- meanwhile (a migration runs in a transaction, which CREATE INDEX
--- CONCURRENTLY cannot).
-DROP INDEX {{schema}}.deliveries_failed;
-CREATE INDEX deliveries_failed ON {{schema}}.deliveries (subscription_id, created_at)
+-- meanwhile, reads not (a SHARE lock; a migration runs in a transaction,
+-- which CREATE INDEX CONCURRENTLY cannot).
+CREATE INDEX deliveries_failed_kept ON {{schema}}.deliveries (subscription_id, created_at)
     WHERE state = 'failed' AND NOT test;
