@@ -189,6 +189,7 @@ func TestBadValues(t *testing.T) {
 		{"a decimal timeout under 100ms", "config:\n  delivery:\n    timeout: 0.05s\n", false, []string{"config.delivery.timeout (0.05s)"}},
 		{"a decimal drain longer than the stop time", "config:\n  delivery:\n    timeout: 45.5s\n", false, []string{"terminationGracePeriodSeconds (30)", "56 s"}},
 		{"a timeout with a unit Go does not read", "config:\n  delivery:\n    timeout: 5sec\n", false, []string{"config.delivery.timeout (5sec)"}},
+		{"a reference with a drain too long for the stop time", "config:\n  delivery:\n    timeout: \"${DELIVERY_TIMEOUT:-5s}\"\n", false, []string{"terminationGracePeriodSeconds (30)", "60 s"}},
 		{"a timeout that is not a duration", "config:\n  delivery:\n    timeout: soon\n", false, []string{"config.delivery.timeout (soon)"}},
 		{"a refused timeout through extraEnv", "extraEnv:\n  - name: DZHOOK_DELIVERY_TIMEOUT\n    value: 90s\nterminationGracePeriodSeconds: 300\n", false, []string{"config.delivery.timeout (90s)"}},
 	} {
@@ -319,7 +320,8 @@ func TestDrainFitsTheStopTime(t *testing.T) {
 	for _, c := range []struct {
 		timeout string
 		stop    int
-	}{{"500ms", 11}, {"45s", 55}, {"100ms", 11}, {"50s", 60}, {"49s1000ms", 60}, {"0.1m", 16}, {"100000us", 11}, {"1.5s", 12}, {".5s", 11}, {"50000000us", 60}, {"0.5m", 40}} {
+	}{{"500ms", 11}, {"45s", 55}, {"100ms", 11}, {"50s", 60}, {"49s1000ms", 60}, {"0.1m", 16}, {"100000us", 11}, {"1.5s", 12}, {".5s", 11}, {"50000000us", 60}, {"0.5m", 40}, {"+5s", 15},
+		{`"${DELIVERY_TIMEOUT:-5s}"`, 60}} { // a reference dzhook expands: the longest drain
 		values := fmt.Sprintf("config:\n  delivery:\n    timeout: %s\nterminationGracePeriodSeconds: %d\n", c.timeout, c.stop)
 		if err := os.WriteFile(path, []byte(values), 0o600); err != nil {
 			t.Fatal(err)

@@ -137,7 +137,13 @@ does not read as a duration fails too. (Floats: a hair of slack at the
 bounds for their rounding.)
 */}}
 {{- define "dzhook.timeoutSeconds" -}}
-{{- $t := include "dzhook.timeout" . -}}
+{{- $t := trimPrefix "+" (include "dzhook.timeout" .) -}}
+{{- if contains "${" $t -}}
+{{- /* A ${NAME} reference dzhook expands at its start: unknown here, so
+the drain is sized for the longest timeout dzhook takes, and dzhook
+checks the value. */ -}}
+50
+{{- else -}}
 {{- $part := "([0-9]+[.]?[0-9]*|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h)" -}}
 {{- $unitMs := dict "ns" 0.000001 "us" 0.001 "µs" 0.001 "μs" 0.001 "ms" 1.0 "s" 1000.0 "m" 60000.0 "h" 3600000.0 -}}
 {{- $ms := 0.0 -}}
@@ -151,4 +157,5 @@ bounds for their rounding.)
 {{- fail (printf "config.delivery.timeout (%s) must be a duration from 100ms to 50s, as dzhook holds it: a manual retry waits for its attempt within the admin API's 55 s" $t) -}}
 {{- end -}}
 {{- ceil (divf $ms 1000.0) | int -}}
+{{- end -}}
 {{- end -}}
