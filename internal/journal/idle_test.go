@@ -9,10 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dzdesk/dzhook/internal/ids"
-	"github.com/dzdesk/dzhook/internal/pgtest"
 	"github.com/dzdesk/dzhook/internal/testutil"
 )
 
@@ -594,15 +592,8 @@ func TestRecordFork(t *testing.T) {
 // TestRewindKeptThroughTheUpgradeToVersion20: a rewind version 19
 // recorded still fences once the journal is at version 20.
 func TestRewindKeptThroughTheUpgradeToVersion20(t *testing.T) {
-	db := pgtest.NewDB(t)
+	s, db := storeAtVersion(t, 19)
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, db.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	s := New(pool, "dzhook")
-	migrateTo(t, s, 19)
 	db.Exec(t, `INSERT INTO dzhook.checkpoints (slot, lsn, end_lsn, system_id, timeline, rewound_timeline, rewound_at, updated_at)
 		VALUES ('dzhook', 799, 800, 'A', 2, 2, 800, now())`)
 	if _, err := s.Migrate(ctx); err != nil {

@@ -50,15 +50,7 @@ func TestStateReadsUseTheirIndexes(t *testing.T) {
 		{"DeletedRuntime", deletedRuntimeSQL, nil},
 		{"a deleted subscription's cancel", cancelSQL, []any{"erp", 30.0}},
 	} {
-		rows, err := s.pool.Query(ctx, "EXPLAIN (COSTS OFF) "+s.q(c.sql), c.args...)
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		p := strings.Join(plan, "\n")
+		p := explain(t, s, c.name, c.sql, c.args...)
 		if strings.Contains(p, "Seq Scan on deliveries") || strings.Contains(p, "deliveries_sub_history") || !strings.Contains(p, "deliveries_held") {
 			t.Errorf("%s does not read the unfinished deliveries through their indexes:\n%s", c.name, p)
 		}
@@ -75,15 +67,7 @@ func TestStateReadsUseTheirIndexes(t *testing.T) {
 		{"Backlogs", backlogsSQL, "Index Only Scan using deliveries_failed", nil},
 		{"RetryFailed", retryFailedSQL, "using deliveries_failed", []any{"erp", nil, nil, 30.0, "self"}},
 	} {
-		rows, err := s.pool.Query(ctx, "EXPLAIN (COSTS OFF) "+s.q(c.sql), c.args...)
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		if p := strings.Join(plan, "\n"); !strings.Contains(p, c.want) {
+		if p := explain(t, s, c.name, c.sql, c.args...); !strings.Contains(p, c.want) {
 			t.Errorf("%s does not read the failed deliveries from deliveries_failed (%s):\n%s", c.name, c.want, p)
 		}
 	}
@@ -120,15 +104,7 @@ func TestHistoryReadsUseTheirIndexes(t *testing.T) {
 	// The blocked keys' count reads the pending deliveries and asks
 	// deliveries_order whether each is its key's head, one probe each: a
 	// hash join read every unfinished ordered delivery.
-	rows, err := s.pool.Query(ctx, "EXPLAIN (COSTS OFF) "+s.q(blockedKeysSQL))
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p := strings.Join(plan, "\n"); strings.Contains(p, "Seq Scan on deliveries") || strings.Contains(p, "history") || strings.Contains(p, "Hash") ||
+	if p := explain(t, s, "the blocked keys' count", blockedKeysSQL); strings.Contains(p, "Seq Scan on deliveries") || strings.Contains(p, "history") || strings.Contains(p, "Hash") ||
 		!strings.Contains(p, "using deliveries_order on deliveries x") {
 		t.Errorf("the blocked keys' count does not read the unfinished deliveries through their indexes:\n%s", p)
 	}
@@ -160,6 +136,21 @@ func TestHistoryReadsUseTheirIndexes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// explain returns the plan of sql (the journal's, with its schema) for
+// args, one line after another; name says which in a failure.
+func explain(t *testing.T, s *Store, name, sql string, args ...any) string {
+	t.Helper()
+	rows, err := s.pool.Query(context.Background(), "EXPLAIN (COSTS OFF) "+s.q(sql), args...)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return strings.Join(plan, "\n")
 }
 
 // explainListing returns the plan of ListDeliveries' statement for f,

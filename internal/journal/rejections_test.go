@@ -49,15 +49,8 @@ func TestRejectionWrittenOncePerChange(t *testing.T) {
 // unique index leaves rows without an ordinal out), keeps them, and
 // from then on records a change's rejection once.
 func TestRejectionsUpgradeToVersion22KeepsDuplicates(t *testing.T) {
-	db := pgtest.NewDB(t)
+	s, db := storeAtVersion(t, 21)
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, db.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	s := New(pool, "dzhook")
-	migrateTo(t, s, 21)
 	db.Exec(t, `INSERT INTO dzhook.rejections (source, reason, commit_lsn) VALUES ('outbox row 1', 'undeclared event', 900), ('outbox row 1', 'undeclared event', 900)`)
 	if _, err := s.Migrate(ctx); err != nil {
 		t.Fatalf("migrate a journal holding a rejection recorded twice: %v", err)
@@ -75,6 +68,21 @@ func TestRejectionsUpgradeToVersion22KeepsDuplicates(t *testing.T) {
 	if old != 2 || keyed != 1 {
 		t.Errorf("rejections at 900: %d from before the upgrade, %d written twice after it; want 2 and 1", old, keyed)
 	}
+}
+
+// storeAtVersion is a Store on a new database whose journal has the
+// migrations up to version alone: an older dzhook's, to upgrade from.
+func storeAtVersion(t *testing.T, version int) (*Store, *pgtest.DB) {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	pool, err := pgxpool.New(context.Background(), db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := New(pool, "dzhook")
+	migrateTo(t, s, version)
+	return s, db
 }
 
 // migrateTo applies the journal's migrations up to version alone.
@@ -106,15 +114,8 @@ func migrateTo(t *testing.T, s *Store, version int) {
 // after its builds: the drop's lock upgrade and that insert waited for
 // each other, and PostgreSQL aborted one (found by a review).
 func TestUpgradeToVersion24BesideAReaderThatWrites(t *testing.T) {
-	db := pgtest.NewDB(t)
+	s, db := storeAtVersion(t, 22)
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, db.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	s := New(pool, "dzhook")
-	migrateTo(t, s, 22)
 	older := db.Connect(t)
 	tx, err := older.Begin(ctx)
 	if err != nil {

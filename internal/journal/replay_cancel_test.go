@@ -173,6 +173,23 @@ func TestOverlappingReplayRefused(t *testing.T) {
 	}
 }
 
+// replayOfEvents writes n events and records rpl_1, a replay of erp's
+// request.created events over the last hour; it returns the replay and
+// its request.
+func replayOfEvents(t *testing.T, s *Store, n int) (Replay, ReplayRequest) {
+	t.Helper()
+	if err := s.Write(context.Background(), batchOf(0, n)); err != nil {
+		t.Fatal(err)
+	}
+	req := ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
+		Types: []string{"request.created"}, RequestedBy: "test"}
+	r, _, err := s.CreateReplay(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, req
+}
+
 // replayTo is a ReplayPlan making a delivery of each event to erp, due
 // at due.
 func replayTo(due time.Time) ReplayPlan {
@@ -194,14 +211,7 @@ func replayTo(due time.Time) ReplayPlan {
 func TestCancelDuringTheLastStep(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
-	if err := s.Write(ctx, batchOf(0, 3)); err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
-		Types: []string{"request.created"}, RequestedBy: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := replayOfEvents(t, s, 3)
 	release, inPlan := make(chan struct{}), make(chan struct{})
 	stepped := make(chan error, 1)
 	go func() {
@@ -249,15 +259,7 @@ func TestCancelDuringTheLastStep(t *testing.T) {
 func TestFailedReplayWithDeliveriesWaiting(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
-	if err := s.Write(ctx, batchOf(0, 3)); err != nil {
-		t.Fatal(err)
-	}
-	req := ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
-		Types: []string{"request.created"}, RequestedBy: "test"}
-	r, _, err := s.CreateReplay(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, req := replayOfEvents(t, s, 3)
 	// The bound lets two through; then the subscription disappears.
 	if _, err := s.StepReplay(ctx, r.ID, 10, 2, replayTo(time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
@@ -295,14 +297,7 @@ func TestFailedReplayWithDeliveriesWaiting(t *testing.T) {
 func TestReplayStepEndsWithTheEventsItsPlanLookedAt(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
-	if err := s.Write(ctx, batchOf(0, 5)); err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
-		Types: []string{"request.created"}, RequestedBy: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := replayOfEvents(t, s, 5)
 	var given [][]string
 	var scannedAt []int
 	plan := func(limit int) ReplayPlan {
@@ -346,14 +341,7 @@ func TestCancelReplayBesideDeleteOfItsSubscription(t *testing.T) {
 	if err := s.CreateRuntime(ctx, RuntimeSubscription{ID: "erp", Spec: []byte(`{}`), Secret: "sealed"}, AuditRow{Action: "create", Subscription: "erp"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Write(ctx, batchOf(0, 3)); err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := s.CreateReplay(ctx, ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
-		Types: []string{"request.created"}, RequestedBy: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := replayOfEvents(t, s, 3)
 	// Two of three events: the replay is still running, 2 deliveries wait.
 	if st, err := s.StepReplay(ctx, r.ID, 2, 100, replayTo(time.Now().Add(time.Hour))); err != nil || st.Done || st.Created != 2 {
 		t.Fatalf("step: %+v, %v; want 2 deliveries, still running", st, err)

@@ -17,15 +17,7 @@ import (
 func TestPruneKeepsAReplayStillGoing(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
-	if err := s.Write(ctx, batchOf(0, 3)); err != nil {
-		t.Fatal(err)
-	}
-	req := ReplayRequest{ID: "rpl_1", Subscription: "erp", Since: time.Now().Add(-time.Hour), Until: time.Now().Add(time.Minute),
-		Types: []string{"request.created"}, RequestedBy: "test"}
-	r, _, err := s.CreateReplay(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, req := replayOfEvents(t, s, 3)
 	if st, err := s.StepReplay(ctx, r.ID, 10, 100, replayTo(time.Now().Add(time.Hour))); err != nil || !st.Done {
 		t.Fatalf("StepReplay = %+v, %v; want done", st, err)
 	}
