@@ -110,6 +110,27 @@ func TestReplayStepFailureHoldsBackNoOther(t *testing.T) {
 	ra.Wait(t, 3, 10*time.Second)
 }
 
+// costlyFilter runs near its budget on costlyBody: a comparison of two
+// lists of 120,000 numbers, 1,600 times.
+const costlyFilter = `data.l.all(i, data.l.all(j, data.a != data.b))`
+
+var costlyBody = func() string {
+	zeros := strings.TrimSuffix(strings.Repeat("0,", 40), ",")
+	long := strings.TrimSuffix(strings.Repeat("0,", 120_000), ",")
+	return `{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"l":[` + zeros + `],"a":[[` + long + `]],"b":[[` + long[:len(long)-1] + `1]]}}`
+}()
+
+// replaySub is subscription s to every event, with filter ("": none).
+func replaySub(t *testing.T, filter string) *sub {
+	t.Helper()
+	s, err := compile(Subscription{ID: "s", URL: "https://example.com", Events: []string{"*"}, Active: true, Filter: filter},
+		&Config{QueueSize: 8, Concurrency: 1}, func() int64 { return 1 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // TestReplayFilterWithinTheBudget: a replayed event's filter runs within
 // the stream's budget, inside the replay step's transaction: a costly one
 // stops there, does not match, and is told as a filter failure. (Without
@@ -117,14 +138,8 @@ func TestReplayStepFailureHoldsBackNoOther(t *testing.T) {
 // transaction and the retention steps waiting on its lock, and matched
 // an event the stream had stopped at the budget.)
 func TestReplayFilterWithinTheBudget(t *testing.T) {
-	s, err := compile(Subscription{ID: "s", URL: "https://example.com", Events: []string{"*"}, Active: true,
-		Filter: `data.l.all(i, data.l.all(j, data.a != data.b))`}, &Config{QueueSize: 8, Concurrency: 1}, func() int64 { return 1 })
-	if err != nil {
-		t.Fatal(err)
-	}
-	zeros := strings.TrimSuffix(strings.Repeat("0,", 40), ",")
-	long := strings.TrimSuffix(strings.Repeat("0,", 120_000), ",")
-	body := `{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"l":[` + zeros + `],"a":[[` + long + `]],"b":[[` + long[:len(long)-1] + `1]]}}`
+	s := replaySub(t, costlyFilter)
+	body := costlyBody
 	cheap := `{"id":"whk_2","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"l":[0],"a":[1],"b":[2]}}`
 	var told []string
 	failed := func(_ *sub, ev Event, err error) { told = append(told, ev.ID+": "+err.Error()) }
@@ -153,17 +168,10 @@ func TestReplayFilterWithinTheBudget(t *testing.T) {
 func TestReplayStepEndsWhenItsTimeIsUp(t *testing.T) {
 	defer func(was time.Duration) { replayStepTime = was }(replayStepTime)
 	replayStepTime = 150 * time.Millisecond
-	s, err := compile(Subscription{ID: "s", URL: "https://example.com", Events: []string{"*"}, Active: true,
-		Filter: `data.l.all(i, data.l.all(j, data.a != data.b))`}, &Config{QueueSize: 8, Concurrency: 1}, func() int64 { return 1 })
-	if err != nil {
-		t.Fatal(err)
-	}
-	zeros := strings.TrimSuffix(strings.Repeat("0,", 40), ",")
-	long := strings.TrimSuffix(strings.Repeat("0,", 120_000), ",")
-	costly := `{"id":"whk_1","event":"order.shipped","timestamp":"2024-01-15T14:30:00Z","data":{"l":[` + zeros + `],"a":[[` + long + `]],"b":[[` + long[:len(long)-1] + `1]]}}`
+	s := replaySub(t, costlyFilter)
 	events := make([]journal.ReplayEvent, 20)
 	for i := range events {
-		events[i] = journal.ReplayEvent{ID: fmt.Sprintf("whk_%d", i+1), Type: "order.shipped", Body: []byte(costly), OccurredAt: time.Now()}
+		events[i] = journal.ReplayEvent{ID: fmt.Sprintf("whk_%d", i+1), Type: "order.shipped", Body: []byte(costlyBody), OccurredAt: time.Now()}
 	}
 	start := time.Now()
 	_, used := replayPlan(s, time.Now(), func(*sub, Event, error) {})(journal.Replay{ID: "rpl_1"}, 0, events)
@@ -175,11 +183,7 @@ func TestReplayStepEndsWhenItsTimeIsUp(t *testing.T) {
 		t.Errorf("the step took %s, want under %s", took, limit)
 	}
 	// Without a filter, every event is looked at: nothing is costly.
-	plain, err := compile(Subscription{ID: "p", URL: "https://example.com", Events: []string{"*"}, Active: true}, &Config{QueueSize: 8, Concurrency: 1}, func() int64 { return 1 })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rows, used := replayPlan(plain, time.Now(), func(*sub, Event, error) {})(journal.Replay{ID: "rpl_1"}, 0, events); used != len(events) || len(rows) != len(events) {
+	if rows, used := replayPlan(replaySub(t, ""), time.Now(), func(*sub, Event, error) {})(journal.Replay{ID: "rpl_1"}, 0, events); used != len(events) || len(rows) != len(events) {
 		t.Errorf("without a filter the step looked at %d and planned %d of %d events", used, len(rows), len(events))
 	}
 }
