@@ -538,24 +538,30 @@ func TestRuntimeDescriptionLengthInCharacters(t *testing.T) {
 	}
 }
 
+// oneRuntimeSubscription is a running engine's manager with one runtime
+// subscription to request.created, made through it.
+func oneRuntimeSubscription(t *testing.T) (admin.Manager, api.CreatedSubscription) {
+	t.Helper()
+	m := start(t, runtimeConfig(t, newDB(t))).Manager()
+	created, err := m.CreateSubscription(context.Background(), api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"})}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, created
+}
+
 // TestRotationOverlapNotEchoed: an overlap that is no duration, or an
 // activate that is no choice, is refused naming the field without quoting
 // the value, which may be a secret pasted into the wrong field.
 func TestRotationOverlapNotEchoed(t *testing.T) {
-	db := newDB(t)
-	e := start(t, runtimeConfig(t, db))
-	m := e.Manager()
+	m, created := oneRuntimeSubscription(t)
 	ctx := context.Background()
-	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"})}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	pasted := "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 	for field, in := range map[string]api.SecretRotation{
 		"overlap":  {Overlap: ptr(pasted)},
 		"activate": {Activate: ptr(pasted)},
 	} {
-		_, err = m.RotateSecret(ctx, created.ID, in, "")
+		_, err := m.RotateSecret(ctx, created.ID, in, "")
 		var ve *admin.ValidationError
 		if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Field != field {
 			t.Errorf("rotation with a secret as its %s: %v, want a validation error naming %s", field, err, field)
@@ -571,14 +577,8 @@ func TestRotationOverlapNotEchoed(t *testing.T) {
 // and until do, a day being 24h, within the same 720h bound. It was
 // refused as "not a duration" (found by a review).
 func TestRotationOverlapInDays(t *testing.T) {
-	db := newDB(t)
-	e := start(t, runtimeConfig(t, db))
-	m := e.Manager()
+	m, created := oneRuntimeSubscription(t)
 	ctx := context.Background()
-	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"})}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	before := time.Now()
 	rotated, err := m.RotateSecret(ctx, created.ID, api.SecretRotation{Overlap: ptr("7d")}, "")
 	if err != nil {
