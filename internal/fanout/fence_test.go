@@ -319,17 +319,20 @@ func TestFirstBackAfterAnOutageTakesNothingOver(t *testing.T) {
 	cfg := func(s Store, instance string) Config {
 		c := ordered(s, rc.URL, OrderNone, 0, time.Hour)
 		c.Instance, c.Concurrency = instance, 1
+		// A's first attempt outlasts the outage: with the default 5 s
+		// it could time out before the release, and its retry, an hour
+		// later by this schedule, never came within the test.
+		c.Timeout = 30 * time.Second
 		return c
 	}
 	a := start(t, store, cfg(sa, "iA"))
-	b := start(t, store, cfg(sb, "iB"))
-	testutil.Eventually(t, 10*time.Second, "A and B know of each other", func() bool { return a.Peers() == 1 && b.Peers() == 1 })
-	// The first in flight before the others are routed: with B alive, A
-	// keeps in memory what its one worker starts soon (4 queued at
-	// most) and journals the rest unowned for any process to claim. Sent
-	// at once, the fifth went to the journal whenever the worker had not
-	// yet taken the first off the queue (a loaded CI host), and B claimed
-	// it (found in CI).
+	// A's five are routed before B starts. With B alive, A keeps in
+	// memory only what its one worker starts soon and journals the rest
+	// unowned, and a dispatch that meets A's own claim in progress (it
+	// holds the places it may fill) goes to the journal too: B claimed
+	// the first one so, A's worker was free, and A sent the other four
+	// before the outage (found in CI). Alone, A keeps what it does not
+	// claim back itself.
 	for i, ev := range orderEvents([]string{"a", "b", "c", "d", "e"}) {
 		if err := a.Dispatch(ctx, ev); err != nil {
 			t.Fatal(err)
@@ -346,6 +349,11 @@ func TestFirstBackAfterAnOutageTakesNothingOver(t *testing.T) {
 		return n
 	}
 	testutil.Eventually(t, 30*time.Second, "A's five deliveries journaled as its own", func() bool { return ownedBy("iA") == 5 })
+	b := start(t, store, cfg(sb, "iB"))
+	testutil.Eventually(t, 10*time.Second, "A and B know of each other", func() bool { return a.Peers() == 1 && b.Peers() == 1 })
+	if n := ownedBy("iA"); n != 5 || len(rc.Requests()) != 1 {
+		t.Fatalf("A owns %d deliveries and the receiver got %d requests once B started, want 5 and 1", n, len(rc.Requests()))
+	}
 	sa.stall()
 	sb.stall()
 	testutil.Eventually(t, 10*time.Second, "A's heartbeat three heartbeats old", func() bool {
