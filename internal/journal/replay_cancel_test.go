@@ -3,6 +3,7 @@ package journal
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -334,17 +335,35 @@ func TestReplayStepEndsWithTheEventsItsPlanLookedAt(t *testing.T) {
 // to lock the replay and then cancel its deliveries: with the replay's
 // row held a moment (a step in progress), the two waited on each other
 // and the delete failed with "deadlock detected" (40P01). Found by a
-// review.
+// review. A done replay whose deliveries still wait is cancelled the
+// same way: the delete locked only running replays, and went on to its
+// deliveries beside the cancel's (found by a later review).
 func TestCancelReplayBesideDeleteOfItsSubscription(t *testing.T) {
+	for _, done := range []bool{false, true} {
+		t.Run(fmt.Sprintf("done=%v", done), func(t *testing.T) { cancelReplayBesideDelete(t, done) })
+	}
+}
+
+func cancelReplayBesideDelete(t *testing.T, done bool) {
 	s, db := newStore(t)
 	ctx := context.Background()
 	if err := s.CreateRuntime(ctx, RuntimeSubscription{ID: "erp", Spec: []byte(`{}`), Secret: "sealed"}, AuditRow{Action: "create", Subscription: "erp"}); err != nil {
 		t.Fatal(err)
 	}
 	r, _ := replayOfEvents(t, s, 3)
-	// Two of three events: the replay is still running, 2 deliveries wait.
-	if st, err := s.StepReplay(ctx, r.ID, 2, 100, replayTo(time.Now().Add(time.Hour))); err != nil || st.Done || st.Created != 2 {
-		t.Fatalf("step: %+v, %v; want 2 deliveries, still running", st, err)
+	// Two of three events: the replay is still running, 2 deliveries
+	// wait. All three: it is done, and its 3 deliveries wait.
+	events := 2
+	if done {
+		events = 3
+	}
+	if st, err := s.StepReplay(ctx, r.ID, events, 100, replayTo(time.Now().Add(time.Hour))); err != nil || st.Done || st.Created != events {
+		t.Fatalf("step: %+v, %v; want %d deliveries, still running", st, err, events)
+	}
+	if done {
+		if st, err := s.StepReplay(ctx, r.ID, events, 100, replayTo(time.Now().Add(time.Hour))); err != nil || !st.Done || st.Created != 0 {
+			t.Fatalf("last step: %+v, %v; want none made, done", st, err)
+		}
 	}
 	// The replay's row held, as a step holds it.
 	holder, err := s.pool.Begin(ctx)

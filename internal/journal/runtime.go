@@ -195,9 +195,12 @@ func (s *Store) DeleteRuntime(ctx context.Context, id string, a AuditRow) (int, 
 		// Its replays stop: nobody will run the subscription. Before its
 		// deliveries, in CancelReplay's order (the replay's row, then its
 		// deliveries): the other way round, a cancel of one of them at
-		// the same moment deadlocked with the delete.
-		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.replays SET state = 'cancelled', reason = 'the subscription was deleted', finished_at = now(), updated_at = now()
-			WHERE subscription_id = $1 AND state = 'running'`), id); err != nil {
+		// the same moment deadlocked with the delete. Every replay whose
+		// deliveries still wait is cancelled (its row locked), not only
+		// running ones: a cancel of a done replay whose deliveries still
+		// go out takes its row too (found by a review).
+		if _, err := tx.Exec(ctx, s.q(`UPDATE {{schema}}.replays r SET state = 'cancelled', reason = 'the subscription was deleted', finished_at = now(), updated_at = now()
+			WHERE r.subscription_id = $1 AND `+replayGoing), id); err != nil {
 			return fmt.Errorf("stop the subscription's replays: %w", err)
 		}
 		if n, err = s.cancel(ctx, tx, id, 0); err != nil {
