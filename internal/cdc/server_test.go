@@ -27,6 +27,7 @@ import (
 // reached there: the slot stays within the server's WAL, and the new
 // server's transactions are not skipped as handled.
 func TestFailoverToAServerBehind(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	primary, db := sourceCluster(t)
 	// The server failed over to: the cluster as it is now, slot included.
@@ -80,6 +81,7 @@ func TestFailoverToAServerBehind(t *testing.T) {
 // again, and streams on once the primary is reached. (Judged as a
 // server behind, it was refused for the rest of the process.)
 func TestStandbyReachedForAMomentIsTriedAgain(t *testing.T) {
+	t.Parallel()
 	primary, db := sourceCluster(t)
 	standby, err := primary.CloneStandby()
 	if err != nil {
@@ -121,6 +123,7 @@ func TestParseHistory(t *testing.T) {
 // below that position, and streams from one that forked at it, on the
 // new timeline (Timeline).
 func TestResumeJudgesTheFirstSession(t *testing.T) {
+	t.Parallel()
 	primary, _ := sourceCluster(t)
 	_, promoted, sysID, fork := promote(t, primary)
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`) // the WAL past fork+1
@@ -214,6 +217,7 @@ func TestJournaledAheadOnTheSameTimelineRefused(t *testing.T) {
 // fork after a failover, and this one, seeded past the fork, streams. It
 // refused for the rest of the process (a standby that never took over).
 func TestStandbyJudgedByTheJournalNow(t *testing.T) {
+	t.Parallel()
 	primary, _ := sourceCluster(t)
 	_, promoted, sysID, fork := promote(t, primary)
 	promoted.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'after@x')`)
@@ -243,6 +247,7 @@ func TestStandbyJudgedByTheJournalNow(t *testing.T) {
 // streams, as a process that read nothing does. The refusal was kept
 // for the rest of the process (found by a review).
 func TestJournalForkJudgedAgainForAProcessThatRead(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	primary, db := sourceCluster(t)
 	var sysID string
@@ -286,6 +291,7 @@ func TestJournalForkJudgedAgainForAProcessThatRead(t *testing.T) {
 // old timeline past the fork was handed over after it (found by two
 // reviews).
 func TestFailoverWithABacklogJudgedWithIt(t *testing.T) {
+	t.Parallel()
 	row := func(i int) string { return fmt.Sprintf(`INSERT INTO users (id, email) VALUES (%d, 'u%d@x')`, i, i) }
 	for _, tc := range []struct {
 		name string
@@ -431,6 +437,7 @@ func TestQueuedEndForgetsOnlyDiscardedSessions(t *testing.T) {
 // from. The Begin's span stayed, and refused it at every try (found by a
 // review).
 func TestBeginAloneInTheQueue(t *testing.T) {
+	t.Parallel()
 	primary, db := sourceCluster(t)
 	// A transaction of 3 rows (Begin, Relation, 3 inserts, Commit: 6
 	// messages), then 83 of one row (3 each): 255 messages; the 256th is
@@ -537,6 +544,7 @@ func TestTwoFailoversRecordTheJournalsFork(t *testing.T) {
 // this process's own fork alone left timeline 1 unfenced between the two
 // forks when its own fork had not been written (found by a review).
 func TestTwoFailoversRecordTheCheckpointsForkOverANewerRead(t *testing.T) {
+	t.Parallel()
 	dsn, sysID, fork1, checkpoint, fork2 := twoFailovers(t)
 	journal := Resume{SystemID: sysID, Timeline: 1, LSN: fork1 - 0x200}
 	want := [][2]uint64{{3, uint64(fork1)}}
@@ -615,6 +623,7 @@ func judgeTelling(t *testing.T, dsn string, from Resume, handed pglogrepl.LSN, j
 // own fork is told to Forked. The checkpoint's judgment left it out, and
 // a process still on the old primary went unfenced (found by a review).
 func TestForkRecordedBesideACheckpointWithoutTimeline(t *testing.T) {
+	t.Parallel()
 	primary, db := sourceCluster(t)
 	db.Exec(t, `INSERT INTO users (id, email) VALUES (1, 'one@x')`)
 	cl, _, sysID, fork := promote(t, primary)
@@ -732,6 +741,7 @@ func TestRefusalTextNamesTheFork(t *testing.T) {
 // handed over and the restored server's transactions below it skipped
 // (found by a review).
 func TestRestoreInsideTheQueueRefusedForGood(t *testing.T) {
+	t.Parallel()
 	primary, db := sourceCluster(t)
 	snap, err := primary.Clone()
 	if err != nil {
@@ -777,6 +787,7 @@ func TestRestoreInsideTheQueueRefusedForGood(t *testing.T) {
 // carries on what was handed over, and is streamed from. Counted, it was
 // refused for the rest of the process (found by a review).
 func TestFailoverAfterADiscardedBacklog(t *testing.T) {
+	t.Parallel()
 	primary, db, cl, promoted, _ := moodsPastAFork(t, 300)
 
 	types := flakyCatalog(t, db, 1) // the moods row's lookup, after the fork
@@ -819,6 +830,7 @@ func TestFailoverAfterADiscardedBacklog(t *testing.T) {
 // shares below the fork. It was refused for the rest of the process
 // (found by a review).
 func TestRefusalByAQueueDroppedAfterIt(t *testing.T) {
+	t.Parallel()
 	primary, db, cl, promoted, fork := moodsPastAFork(t, 10)
 
 	types := flakyCatalog(t, db, 1) // the moods row's lookup, past the fork
@@ -870,6 +882,7 @@ func TestRefusalByAQueueDroppedAfterIt(t *testing.T) {
 // server, as if it had read there, and its refusal was kept for the rest
 // of the process.
 func TestStandbyAcrossAFailoverTakesOver(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	primary, db := sourceCluster(t)
 	cl, promoted, sysID, fork := promote(t, primary)
@@ -915,6 +928,7 @@ func TestStandbyAcrossAFailoverTakesOver(t *testing.T) {
 // the one it started on, refuses it (its event ids are the first's); the
 // journal's position, of the first cluster, judges nothing there.
 func TestNothingReadStillRefusesAnotherCluster(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	x := pgtest.NewDB(t)
 	var sysX string
@@ -954,6 +968,7 @@ func TestNothingReadStillRefusesAnotherCluster(t *testing.T) {
 // each try, it streamed once the restored server's WAL passed that
 // position, and the transactions below it were skipped as journaled.
 func TestStandbyThroughARestoreRefusesForGood(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	primary, db := sourceCluster(t)
 	var sysID string

@@ -1359,6 +1359,7 @@ func TestIdleStreamIsQuiet(t *testing.T) {
 // exceeded) fails setup, its check included, naming the fix: setup
 // reported everything in place, and only the stream said so later.
 func TestSetupRefusesALostSlot(t *testing.T) {
+	t.Parallel()
 	c, err := pgtest.Start(pgtest.Options{Settings: map[string]string{"max_slot_wal_keep_size": "1MB", "min_wal_size": "32MB", "max_wal_size": "32MB"}})
 	if err != nil {
 		t.Fatal(err)

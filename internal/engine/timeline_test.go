@@ -133,6 +133,7 @@ func forkOf(t *testing.T, promoted *pgtest.DB) pglogrepl.LSN {
 // must refuse, naming the slot, the positions, the timelines and the
 // way out.
 func TestRestartRefusesAServerWhoseTimelineForkedBelowTheCheckpoint(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)
@@ -182,6 +183,7 @@ func TestRestartRefusesAServerWhoseTimelineForkedBelowTheCheckpoint(t *testing.T
 // journal's checkpoint) starts, and the new server's transactions are
 // delivered, the old ones not again; the checkpoint moves to its timeline.
 func TestRestartCarriesOnANewTimelineAboveTheCheckpoint(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)
@@ -212,6 +214,7 @@ func TestRestartCarriesOnANewTimelineAboveTheCheckpoint(t *testing.T) {
 // from there, instead of refusing for a fresh journal: no event of the
 // old server past the fork can share an id with them.
 func TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)
@@ -245,6 +248,7 @@ func TestRestartRewindsToTheForkWhenNothingWasJournaledPastIt(t *testing.T) {
 // again: the breach of the target the new server holds fires, and the
 // lost target's timers go.
 func TestRewindArmsTheSLAsAsTheNewServerHasThem(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	ops := testutil.NewReceiver(t)
 	cfgOn := func(db *pgtest.DB) *config.Config {
@@ -298,6 +302,7 @@ func TestRewindArmsTheSLAsAsTheNewServerHasThem(t *testing.T) {
 // its pipeline kept that checkpoint, skipped them as journaled and
 // confirmed the slot past them (found by a review).
 func TestStandbyTakingOverAfterARewindDeliversBelowItsStart(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)
@@ -353,6 +358,7 @@ func TestStandbyTakingOverAfterARewindDeliversBelowItsStart(t *testing.T) {
 // server's transactions below it. (The restart trusted the checkpoint
 // then and skipped them without a word: found by a review.)
 func TestRestartAfterARestoreSeenWhileRunning(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	px := testutil.NewSwitchProxy(t, f.primary.Addr())
 	a, stopA := startStoppable(t, f.config(t, &pgtest.DB{Name: "dz", DSN: px.DSN("dz"), Cluster: f.primary}))
@@ -390,6 +396,7 @@ func TestRestartAfterARestoreSeenWhileRunning(t *testing.T) {
 // checkpoint as a restore's and told the operator to take a fresh
 // journal.schema; found by a review.)
 func TestRestoreWithTheJournalHandledOnce(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	px := testutil.NewSwitchProxy(t, f.primary.Addr())
 	cfgOn := func(db *pgtest.DB) *config.Config {
@@ -490,6 +497,7 @@ func TestProcessStopsWhenAnotherStartRewoundTheCheckpoint(t *testing.T) {
 // once on the standby's WAL position ("recovery is in progress"), and the
 // process exited (found by a review).
 func TestStartOnAStandbyWaits(t *testing.T) {
+	t.Parallel()
 	f := newFailover(t)
 	_, stop := startStoppable(t, f.config(t, f.src))
 	f.deliver(t, f.src, 1)

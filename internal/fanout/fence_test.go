@@ -88,6 +88,7 @@ func (s *stalledStore) Claim(ctx context.Context, w []journal.ClaimWant, o, tok 
 // them. (It used to send them all a second time, and under entity
 // ordering beside B's.)
 func TestStalledProcessDropsWhatWasTakenOver(t *testing.T) {
+	t.Parallel()
 	for _, o := range []Ordering{OrderEntity, OrderNone} {
 		t.Run(string(o), func(t *testing.T) {
 			store := newJournal(t)
@@ -312,6 +313,7 @@ func (o *orderState) holdsAny() bool {
 // the other's stale row from a dead process's. A's five deliveries
 // stay A's, and A sends them.
 func TestFirstBackAfterAnOutageTakesNothingOver(t *testing.T) {
+	t.Parallel()
 	store := newJournal(t)
 	ctx := context.Background()
 	rc, release := heldReceiver(t, false) // A's first attempt in flight until release

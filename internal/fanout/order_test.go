@@ -333,6 +333,7 @@ func TestOrderedRecountBringsKeysBack(t *testing.T) {
 // meanwhile. A manual retry delivers the head: the parked deliveries are
 // due again at once, and go out in order, a run at a time.
 func TestOrderedBacklogParked(t *testing.T) {
+	t.Parallel()
 	store := newJournal(t)
 	pool := store.Pool()
 	const behind = 8000
@@ -461,6 +462,7 @@ func TestOrderedRunsDoNotHoldUpOtherKeys(t *testing.T) {
 // retry-failed delivery (which steps outside the order) goes out while
 // the stream keeps the key busy.
 func TestOrderedSubscriptionRetryWhileBusy(t *testing.T) {
+	t.Parallel()
 	store := newJournal(t)
 	keys := make([]string, 3000)
 	for i := range keys {
@@ -887,6 +889,7 @@ func TestHotKeyDoesNotPaceTheStream(t *testing.T) {
 // key's backlog goes out one after the other without waiting a poll
 // interval each (one a second before).
 func TestOrderingTurnedOffDrainsItsBacklog(t *testing.T) {
+	t.Parallel()
 	store := newJournal(t)
 	ctx := context.Background()
 	keys := make([]string, 301)

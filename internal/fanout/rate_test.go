@@ -440,6 +440,7 @@ func TestPacerGivesBackItsPlaces(t *testing.T) {
 // at 1/s with four workers, for seconds after the pause; at 1/m, for
 // half an hour.
 func TestPauseStopsWhatIsQueued(t *testing.T) {
+	t.Parallel()
 	store := newJournal(t)
 	rc := testutil.NewReceiver(t)
 	d := startPaced(t, store, rc.URL, Rate{Count: 1, Per: time.Second}, 4)

@@ -26,6 +26,7 @@ func (downStore) Write(ctx context.Context, b *journal.Batch) error {
 // journal after the drain timeout) instead of waiting for ever: the
 // engine stops the writer only after the dispatcher has returned.
 func TestShutdownWithJournalUnreachable(t *testing.T) {
+	t.Parallel()
 	store := newJournal(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(300 * time.Millisecond) }))
 	defer srv.Close()
@@ -158,6 +159,7 @@ func unanswered(rows []deliveryRow, n, attempted int) []string {
 // select between its stop and its queue used to pick at random, and kept
 // starting attempts, each as long as the delivery timeout.
 func TestStopStartsNoNewAttempt(t *testing.T) {
+	t.Parallel()
 	const (
 		workers    = 8 // a worker chose its stop first with probability 1/2
 		deliveries = 40
