@@ -245,6 +245,7 @@ subscriptions:
 		{"custom event schema with a remote $ref", minimal + "custom_events:\n  - name: order.paid\n    schema: {$ref: 'https://example.com/order.json'}\n", nil, []string{`custom_events[0].schema: `, "may only refer inside"}},
 		{"custom event example that breaks its schema", minimal + "custom_events:\n  - name: order.paid\n    schema: {type: object, required: [amount], properties: {amount: {type: number}}}\n    example: {amount: twelve}\n", nil, []string{`custom_events[0].example: breaks custom_events[0].schema: at /amount: got string, want number`}},
 		{"custom event example that is not a mapping", minimal + "custom_events:\n  - name: order.paid\n    example: [1, 2]\n", nil, []string{`custom_events[0].example: must be a mapping (the event's data, a JSON object), not a list`}},
+		{"standard webhooks key of 7 bytes", strings.Replace(minimal, "0123456789abcdef", "whsec_AAAAAAAAAA==", 1) + "    standard_webhooks: true\n", nil, []string{"subscriptions[0].secret: the key after whsec_ is 7 bytes: use at least 16 random bytes"}},
 		{"standard webhooks without whsec_", minimal + "    standard_webhooks: true\n", nil, []string{"subscriptions[0].secret: standard_webhooks needs a whsec_<base64> secret"}},
 		{"bad filter", minimal + "    filter: 'data.priority in'\n", nil, []string{"subscriptions[0].filter: ", "Syntax error"}},
 		{"bad transform, with its position", minimal + "    transform: '{\"text\": data.x +}'\n", nil, []string{"subscriptions[0].transform: ", "<input>:1:"}},

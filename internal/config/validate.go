@@ -775,8 +775,15 @@ func checkWebhookSecret(ps *Problems, field, secret string, standard bool) {
 	case standard && !strings.HasPrefix(secret, "whsec_"):
 		ps.add(field, "standard_webhooks needs a whsec_<base64> secret, which Standard Webhooks libraries expect (e.g. whsec_ + `openssl rand -base64 32`)")
 	case standard:
-		if _, err := signer.StandardKey(secret); err != nil {
+		// The key is what follows whsec_, decoded: the 16 characters
+		// counted above include the prefix, and whsec_AAAAAAAAAA== (7
+		// zero bytes) passed them (found by a review).
+		key, err := signer.StandardKey(secret)
+		switch {
+		case err != nil:
 			ps.add(field, "the part after whsec_ is not valid base64")
+		case len(key) < MinSecretLength:
+			ps.add(field, "the key after whsec_ is %d bytes: use at least %d random bytes (Standard Webhooks recommends 24 to 64; e.g. whsec_ + `openssl rand -base64 32`)", len(key), MinSecretLength)
 		}
 	}
 }
