@@ -95,12 +95,39 @@ func effective(addr netip.Addr) netip.Addr {
 	return addr
 }
 
+// localNAT64Candidates returns the IPv4 addresses an address in the
+// local-use NAT64 prefix may stand for: the operator chooses the prefix's
+// length, and RFC 6052 places the IPv4 address differently for each (/32
+// to /96; bits 64–71 are always skipped). The prefix is private, so
+// refused with BlockPrivate, but a metadata address is never allowed,
+// and a gateway on a /96 layout took 64:ff9b:1::a9fe:a9fe to
+// 169.254.169.254 with the guard's defaults (found by a review).
+func localNAT64Candidates(addr netip.Addr) []netip.Addr {
+	if !nat64Local.Contains(addr) {
+		return nil
+	}
+	b := addr.As16()
+	return []netip.Addr{
+		netip.AddrFrom4([4]byte{b[4], b[5], b[6], b[7]}),    // /32
+		netip.AddrFrom4([4]byte{b[5], b[6], b[7], b[9]}),    // /40
+		netip.AddrFrom4([4]byte{b[6], b[7], b[9], b[10]}),   // /48
+		netip.AddrFrom4([4]byte{b[7], b[9], b[10], b[11]}),  // /56
+		netip.AddrFrom4([4]byte{b[9], b[10], b[11], b[12]}), // /64
+		netip.AddrFrom4([4]byte(b[12:16])),                  // /96
+	}
+}
+
 // Check returns why addr may not be dialled, or "".
 func (g *EgressGuard) Check(addr netip.Addr) string {
 	addr = effective(addr)
 	for _, p := range alwaysBlocked {
 		if p.Contains(addr) {
 			return fmt.Sprintf("link-local or cloud metadata address (%s) is never allowed", p)
+		}
+		for _, v4 := range localNAT64Candidates(addr) {
+			if p.Contains(v4) {
+				return fmt.Sprintf("link-local or cloud metadata address (%s, inside the local-use NAT64 prefix %s) is never allowed", p, nat64Local)
+			}
 		}
 	}
 	if g == nil || !g.BlockPrivate {

@@ -48,6 +48,11 @@ func TestEgressCheck(t *testing.T) {
 		{"2002:a9fe:a9fe::1", false, false, "metadata"},
 		{"2002:c0a8:101::1", true, false, "192.168.0.0/16"},
 		{"64:ff9b:1::a00:5", true, false, "64:ff9b:1::/48"},
+		{"64:ff9b:1::5db8:d822", true, false, "64:ff9b:1::/48"},
+		// The local-use prefix's layout is the operator's: the metadata
+		// address is refused in any of RFC 6052's (/96 and /48 here).
+		{"64:ff9b:1::a9fe:a9fe", false, false, "metadata"},
+		{"64:ff9b:1:a9fe:a9:fe00::", false, false, "metadata"},
 		// Other clouds' metadata services, whatever allow_networks says.
 		{"100.100.100.200", false, false, "metadata"},
 		{"168.63.129.16", false, false, "metadata"},
@@ -76,6 +81,10 @@ func TestEgressCheck(t *testing.T) {
 		if got := msg == ""; got != tc.strict || !strings.Contains(msg, tc.strictMessage) {
 			t.Errorf("strict guard, %s: %q, want allowed %v with %q", tc.addr, msg, tc.strict, tc.strictMessage)
 		}
+	}
+	nat64Allowed := &EgressGuard{BlockPrivate: true, Allow: []netip.Prefix{nat64Local}}
+	if msg := nat64Allowed.Check(netip.MustParseAddr("64:ff9b:1::a9fe:a9fe")); !strings.Contains(msg, "metadata") {
+		t.Errorf("with the local-use NAT64 prefix in allow_networks, its metadata address: %q, want refused", msg)
 	}
 	var nilGuard *EgressGuard
 	if nilGuard.Check(netip.MustParseAddr("169.254.169.254")) == "" {
