@@ -144,6 +144,46 @@ func (f headerEnvFlag) Set(v string) error {
 	return f.h.Set(name + "=" + value)
 }
 
+// fromEnv applies --NAME-env VARIABLE: *v becomes the variable's value,
+// and --NAME counts as given. A Slack or Teams webhook URL is the
+// credential itself, and so is a secret chosen to keep a receiver's; a
+// command line is visible to other users of the machine (found by a
+// review). It returns what is wrong, never quoting the value.
+func fromEnv(env *cli, given map[string]bool, name, variable string, v *string) string {
+	if !given[name+"-env"] {
+		return ""
+	}
+	switch {
+	case given[name]:
+		return fmt.Sprintf("give --%s or --%s-env, not both", name, name)
+	case !isEnvName(variable):
+		return fmt.Sprintf("--%s-env takes the NAME of an environment variable holding the value (letters, digits and _), not the value itself; the value given is not shown", name)
+	}
+	value := env.getenv(variable)
+	if value == "" {
+		return fmt.Sprintf("--%s-env: the variable %s is not set or empty", name, envNameShown(variable))
+	}
+	*v = value
+	given[name] = true
+	return ""
+}
+
+// usageProblems prints the problems that are not empty, with the usage,
+// and reports whether there were any.
+func usageProblems(env *cli, fs *flag.FlagSet, name string, problems []string) bool {
+	bad := false
+	for _, p := range problems {
+		if p != "" {
+			fmt.Fprintf(env.stderr, "dzhook %s: %s\n", name, p)
+			bad = true
+		}
+	}
+	if bad {
+		fs.Usage()
+	}
+	return bad
+}
+
 func listSubscriptions(ctx context.Context, env *cli, args []string) int {
 	fs := newFlags(env, "subscriptions list", "[--json]")
 	admin, cfg, asJSON := adminFlags(env, fs)
@@ -248,13 +288,14 @@ func printSubscription(env *cli, s api.Subscription) {
 // flags are given.
 func changeSubscription(ctx context.Context, env *cli, verb string, args []string) int {
 	name := "subscriptions " + verb
-	synopsis := "--url URL --events a,b [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--traceparent] [--description D]"
+	synopsis := "--url URL | --url-env VAR --events a,b [--id ID] [--secret S | --secret-env VAR] [--inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering none|entity|subscription] [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT] [--rate-limit 50/s] [--traceparent] [--description D]"
 	if verb == "update" {
-		synopsis = "ID [--url URL] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--traceparent[=false]] [--description D]"
+		synopsis = "ID [--url URL | --url-env VAR] [--events a,b] [--active | --inactive] [--queue-while-inactive] [--filter EXPR] [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering …] [--format …] [--transform EXPR] [--method …] [--rate-limit …] [--traceparent[=false]] [--description D]"
 	}
 	fs := newFlags(env, name, synopsis)
 	admin, cfg, asJSON := adminFlags(env, fs)
-	u := fs.String("url", "", "the receiver's `URL` (https)")
+	u := fs.String("url", "", "the receiver's `URL` (https); a Slack, Teams or Discord webhook URL is a credential: give it with --url-env")
+	urlEnv := fs.String("url-env", "", "the receiver's URL from an environment `VARIABLE`, kept off the command line")
 	events := fs.String("events", "", "the event `types`, comma-separated; globs allowed (request.*)")
 	inactive := fs.Bool("inactive", false, "make it inactive (deliveries skipped, or held with --queue-while-inactive)")
 	queue := fs.Bool("queue-while-inactive", false, "hold deliveries while inactive, rather than skip them")
@@ -274,11 +315,12 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	traceparent := fs.Bool("traceparent", false, "send a W3C traceparent header with each attempt while dzhook's tracing is on")
 	rateLimit := fs.String("rate-limit", "", "at most this many attempts started per second or minute, e.g. `50/s` or 600/m; on update, '' removes it")
 	description := fs.String("description", "", "a `note` for operators")
-	var id, secret *string
+	var id, secret, secretEnv *string
 	var active *bool
 	if verb == "create" {
 		id = fs.String("id", "", "the subscription `id` (lowercase letters, digits, - and _); generated when absent")
-		secret = fs.String("secret", "", "the signing `secret`; generated when absent (better: a command line is visible to other users of the machine); with --format slack, teams or discord, --secret '' means none")
+		secret = fs.String("secret", "", "the signing `secret`; generated when absent (better: a command line is visible to other users of the machine; keep one with --secret-env); with --format slack, teams or discord, --secret '' means none")
+		secretEnv = fs.String("secret-env", "", "the signing secret from an environment `VARIABLE`, kept off the command line")
 	} else {
 		active = fs.Bool("active", false, "make it active")
 	}
@@ -295,6 +337,13 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	problems := []string{fromEnv(env, given, "url", *urlEnv, u)}
+	if verb == "create" {
+		problems = append(problems, fromEnv(env, given, "secret", *secretEnv, secret))
+	}
+	if usageProblems(env, fs, name, problems) {
+		return exitUsage
+	}
 	path := "/v1/subscriptions"
 	switch {
 	case verb == "create" && len(pos) != 0:
@@ -355,7 +404,7 @@ func changeSubscription(ctx context.Context, env *cli, verb string, args []strin
 	if verb == "create" {
 		in.ID, in.Secret = str("id", id), str("secret", secret)
 		if !given["url"] || !given["events"] {
-			fmt.Fprintf(env.stderr, "dzhook %s: give --url and --events\n", name)
+			fmt.Fprintf(env.stderr, "dzhook %s: give --url (or --url-env) and --events\n", name)
 			fs.Usage()
 			return exitUsage
 		}
@@ -437,9 +486,10 @@ func deleteSubscription(ctx context.Context, env *cli, args []string) int {
 }
 
 func rotateSecret(ctx context.Context, env *cli, args []string) int {
-	fs := newFlags(env, "subscriptions rotate-secret", "ID [--secret S] [--overlap 24h] [--activate now|end_of_overlap] [--json]")
+	fs := newFlags(env, "subscriptions rotate-secret", "ID [--secret S | --secret-env VAR] [--overlap 24h] [--activate now|end_of_overlap] [--json]")
 	admin, cfg, asJSON := adminFlags(env, fs)
-	secret := fs.String("secret", "", "the new `secret`; generated when absent (better: a command line is visible to other users of the machine)")
+	secret := fs.String("secret", "", "the new `secret`; generated when absent (better: a command line is visible to other users of the machine; give a chosen one with --secret-env)")
+	secretEnv := fs.String("secret-env", "", "the new secret from an environment `VARIABLE`, kept off the command line")
 	overlap := fs.String("overlap", "", "how long the old secret stays valid (`duration`: 90m, 24h or 7d, at most 720h; default 24h)")
 	activate := fs.String("activate", "", "when X-DZDESK-Signature switches to the new secret: now, or end_of_overlap (the default)")
 	pos, code, stop := parseArgs(fs, args)
@@ -451,17 +501,21 @@ func rotateSecret(ctx context.Context, env *cli, args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if usageProblems(env, fs, "subscriptions rotate-secret", []string{fromEnv(env, given, "secret", *secretEnv, secret)}) {
+		return exitUsage
+	}
 	var in api.SecretRotation
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "secret":
-			in.Secret = secret
-		case "overlap":
-			in.Overlap = overlap
-		case "activate":
-			in.Activate = activate
-		}
-	})
+	if given["secret"] {
+		in.Secret = secret
+	}
+	if given["overlap"] {
+		in.Overlap = overlap
+	}
+	if given["activate"] {
+		in.Activate = activate
+	}
 	var out api.RotatedSecret
 	raw, err := newClient(env, *admin, *cfg).do(ctx, "POST", "/v1/subscriptions/"+url.PathEscape(pos[0])+"/secret", in, &out)
 	if err != nil {

@@ -471,6 +471,51 @@ func TestCLIHeaderFromTheEnvironment(t *testing.T) {
 	}
 }
 
+// TestCLIURLAndSecretFromTheEnvironment: a Slack webhook URL is the
+// credential, and so is a secret chosen to keep a receiver's; both may
+// come from the environment, so that neither is on the command line,
+// which other users of the machine can read (found by a review).
+func TestCLIURLAndSecretFromTheEnvironment(t *testing.T) {
+	f, url := startFakeAPI(t)
+	run := func(extra []string, args ...string) (int, string) {
+		var out, errb bytes.Buffer
+		env := append([]string{"DZHOOK_ADMIN_URL=" + url, "DZHOOK_CONFIG=/nonexistent.yaml", "DZHOOK_ADMIN_TOKEN=" + cliToken}, extra...)
+		code := runEnv(context.Background(), append([]string{"dzhook"}, args...), &out, &errb, env)
+		return code, out.String() + errb.String()
+	}
+	hook := "https://hooks.slack.com/services/T000/B000/XXXXSECRETXXXX"
+	code, out := run([]string{"SLACK_HOOK=" + hook, "CRM_SECRET=kept-secret-0123456789"}, "subscriptions", "create", "--id", "alerts",
+		"--url-env", "SLACK_HOOK", "--events", "*", "--secret-env", "CRM_SECRET")
+	if code != exitOK {
+		t.Fatalf("create: exit %d %s", code, out)
+	}
+	if in := f.inputs[len(f.inputs)-1]; in.URL == nil || *in.URL != hook || in.Secret == nil || *in.Secret != "kept-secret-0123456789" {
+		t.Errorf("create sent url %v, secret %v; want the variables' values", in.URL, in.Secret)
+	}
+	code, out = run([]string{"CRM_SECRET=next-secret-0123456789"}, "subscriptions", "rotate-secret", "alerts", "--secret-env", "CRM_SECRET")
+	if code != exitOK {
+		t.Fatalf("rotate-secret: exit %d %s", code, out)
+	}
+	if in := f.rotated; in.Secret == nil || *in.Secret != "next-secret-0123456789" {
+		t.Errorf("rotate-secret sent %v, want the variable's value", in.Secret)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"subscriptions", "create", "--url-env", "SLACK_HOOK_UNSET", "--events", "*"}, "--url-env: the variable SLACK_HOOK_UNSET is not set or empty"},
+		{[]string{"subscriptions", "create", "--url-env", hook, "--events", "*"}, "--url-env takes the NAME of an environment variable"},
+		{[]string{"subscriptions", "create", "--url", "https://crm.example.com/hook", "--url-env", "SLACK_HOOK", "--events", "*"}, "give --url or --url-env, not both"},
+		{[]string{"subscriptions", "update", "alerts", "--url-env", hook}, "--url-env takes the NAME"},
+		{[]string{"subscriptions", "rotate-secret", "alerts", "--secret-env", "kept-secret 0123456789"}, "--secret-env takes the NAME"},
+	} {
+		code, out := run([]string{"SLACK_HOOK=" + hook}, c.args...)
+		if code != exitUsage || !strings.Contains(out, c.want) || strings.Contains(out, "XXXXSECRETXXXX") || strings.Contains(out, "kept-secret") {
+			t.Errorf("%v: exit %d %q, want 2 saying %q and no value", c.args, code, out, c.want)
+		}
+	}
+}
+
 // TestStandardWebhooksHelp: --standard-webhooks is told as what it does,
 // signing also as Standard Webhooks, with X-DZDESK-Signature still sent
 // (internal/fanout sets it on every signed attempt); the help said
