@@ -56,15 +56,16 @@ func subscriptionsUsage(env *cli) {
 
   list                       every subscription, from config.yaml and runtime
   show ID                    one subscription
-  create --url U --events E  a runtime subscription (its secret is shown once)
-         [--id ID] [--secret S] [--inactive] [--queue-while-inactive] [--filter EXPR]
+  create --url U --events E  a runtime subscription (its secret is shown once);
+                             --url-env VAR instead of --url keeps a webhook URL off the command line
+         [--id ID] [--secret S | --secret-env VAR] [--inactive] [--queue-while-inactive] [--filter EXPR]
          [--header K=V]… [--header-env K=VAR]… [--standard-webhooks] [--ordering none|entity|subscription]
          [--format dzdesk|slack|teams|discord] [--transform EXPR] [--method POST|PUT]
          [--rate-limit 50/s] [--traceparent] [--description D]
   update ID [flags]          change the fields given (the same flags; --active, --inactive)
   delete ID                  delete it; its pending and held deliveries are cancelled
   rotate-secret ID           a new secret, shown once; the old one stays valid for --overlap
-         [--secret S] [--overlap 24h] [--activate now|end_of_overlap]
+         [--secret S | --secret-env VAR] [--overlap 24h] [--activate now|end_of_overlap]
 
 Every subcommand takes --admin URL, --config F and --json.
 Run 'dzhook subscriptions <subcommand> -h' for its flags.
