@@ -39,7 +39,7 @@ func compile(expr string) (*program, error) {
 	if strings.TrimSpace(expr) == "" {
 		return nil, errors.New("empty transform")
 	}
-	env, err := cel.NewEnv(
+	env, err := cel.NewEnv(append(celStrings(),
 		cel.Variable("id", cel.StringType),
 		cel.Variable("event", cel.StringType),
 		cel.Variable("timestamp", cel.StringType),
@@ -49,7 +49,7 @@ func compile(expr string) (*program, error) {
 		cel.Variable("skip", cel.DynType),
 		// data.?field.orValue(default): a field that may be missing.
 		cel.OptionalTypes(),
-	)
+	)...)
 	if err != nil {
 		return nil, err
 	}

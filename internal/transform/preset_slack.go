@@ -77,17 +77,7 @@ func slack(e *Envelope) (any, error) {
 // its control characters: an event's "<!channel>" must not notify a
 // channel) and cuts the result to max units.
 func slackEsc(s string, max int) string {
-	return clipEscaped(s, max, func(r rune) string {
-		switch r {
-		case '&':
-			return "&amp;"
-		case '<':
-			return "&lt;"
-		case '>':
-			return "&gt;"
-		}
-		return string(r)
-	})
+	return clipEscaped(s, max, slackRune)
 }
 
 func ptr[T any](v T) *T { return &v }
