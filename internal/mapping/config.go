@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // Config maps DZDESK's entities onto tables and columns (the `mapping:`
@@ -150,7 +151,31 @@ func DefaultConfig() Config {
 	}
 }
 
+// identifier is a plain PostgreSQL identifier, for schemas and tables:
+// their names are written "schema.table" throughout (Qualify, the
+// relations the stream names), so they stay plain.
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
+
+// maxName is the longest name PostgreSQL keeps, NAMEDATALEN - 1 bytes: a
+// longer one is truncated, so it would never be found in the catalog.
+const maxName = 63
+
+// columnProblem says what makes name unusable as a column name, or "".
+// Any name PostgreSQL can store is taken as it is stored, case and all:
+// "état" (unquoted) or "Ticket No" (quoted at CREATE). Every query that
+// names a mapped column quotes it (pgx.Identifier), and the catalog and
+// the stream's relations are compared with it exactly.
+func columnProblem(name string) string {
+	switch {
+	case len(name) > maxName:
+		return fmt.Sprintf("%q is %d bytes long: PostgreSQL keeps at most %d of a name (it truncates a longer one)", name, len(name), maxName)
+	case strings.ContainsRune(name, 0):
+		return fmt.Sprintf("%q contains a NUL character, which no PostgreSQL name can", name)
+	case !utf8.ValidString(name):
+		return fmt.Sprintf("%q is not valid UTF-8", name)
+	}
+	return ""
+}
 
 // column is one mapped column, with the YAML path it was configured at.
 // time: the payload shows it as an RFC 3339 time (or the SLA clock
@@ -200,8 +225,9 @@ type Problem struct{ Path, Message string }
 
 func (p Problem) Error() string { return p.Path + ": " + p.Message }
 
-// Validate reports the mistakes that need no database: names that are not
-// plain identifiers, required columns left empty, prefixes with spaces,
+// Validate reports the mistakes that need no database: schemas and
+// tables that are not plain identifiers, column names PostgreSQL cannot
+// hold, required columns left empty, prefixes with spaces,
 // one table mapped to two entities.
 func (c *Config) Validate() []Problem {
 	var ps []Problem
@@ -230,8 +256,10 @@ func (c *Config) Validate() []Problem {
 			switch {
 			case col.name == "" && col.required:
 				add(p, "required: the %s entity cannot work without it", e.key)
-			case col.name != "" && !identifier.MatchString(col.name):
-				add(p, "%q is not a plain PostgreSQL identifier", col.name)
+			case col.name != "":
+				if msg := columnProblem(col.name); msg != "" {
+					add(p, "%s", msg)
+				}
 			}
 		}
 	}
