@@ -48,7 +48,9 @@ func (c *Config) FullIdentityTables() []string {
 // table exists and has every mapped column, none of them generated (the
 // stream never sends those), and the columns shown as times (created_at,
 // updated_at, the SLA's started_at and target_at) are timestamp types
-// (timestamptz, timestamp or date, or a domain over one, at any depth).
+// (timestamptz, timestamp or date, or a domain over one, at any depth);
+// and the role of q, which must be the one whose pool does the lookups,
+// reads every row of the tables dzhook queries (checkReads).
 // It reports all problems at once, each at its YAML path:
 //
 //	mapping.requests.columns.status: column "state2" not found in public.tickets
@@ -106,8 +108,81 @@ func (c *Config) Check(ctx context.Context, q Querier) error {
 				errs = append(errs, Problem{Path: "mapping." + e.key + ".columns." + col.path, Message: fmt.Sprintf("column %q of %s is %s, not a timestamp type", col.name, table, info.typ)})
 			}
 		}
+		if lost, ok := reads[e.key]; ok {
+			p, err := checkReads(ctx, q, e, table, cols, lost)
+			if err != nil {
+				return err
+			}
+			if p != nil {
+				errs = append(errs, *p)
+			}
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// reads are the entities whose tables dzhook queries itself, besides
+// streaming them (PoolUsers, SLASource), and what is lost where it cannot
+// read a row: the query gives no error, the row reads as missing.
+var reads = map[string]string{
+	"users":        "a user it cannot read is sent with a null email",
+	"request_slas": "an SLA it cannot read fires no event and reads as deleted, its timers cancelled",
+}
+
+// checkReads reports, at the entity's table, a role that cannot read
+// every row of a table dzhook queries: no SELECT on a mapped column (or
+// no USAGE on the schema), or row-level security that applies to it
+// without a policy letting it see all rows. pgoutput streams every row
+// whatever the privileges and policies; the queries did not, and no
+// error said so (found by a review).
+//
+// row_security_active is false for superusers, BYPASSRLS roles and the
+// table's owner (unless FORCE ROW LEVEL SECURITY). Where it is true, a
+// permissive policy USING (true) for SELECT (or ALL) that applies to the
+// role (PUBLIC, or a role whose privileges it has) lets it read every
+// row, unless a restrictive policy that applies to it limits them.
+func checkReads(ctx context.Context, q Querier, e entity, table string, cols map[string]columnInfo, lost string) (*Problem, error) {
+	var mapped []string
+	for _, col := range e.columns {
+		if _, ok := cols[col.name]; ok && col.name != "" {
+			mapped = append(mapped, col.name)
+		}
+	}
+	schema, name, _ := strings.Cut(table, ".")
+	var role, ident, nsp string
+	var usage, selects, rls, permissive bool
+	var restrictive string
+	err := q.QueryRow(ctx, `
+		WITH rel AS (SELECT c.oid, n.oid AS nsp, format('%I.%I', n.nspname, c.relname) AS ident, quote_ident(n.nspname) AS nspname
+		               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2),
+		pol AS (SELECT p.polname, p.polpermissive, p.polqual IS NULL AS noqual, pg_get_expr(p.polqual, p.polrelid) AS qual
+		          FROM pg_policy p, rel WHERE p.polrelid = rel.oid AND p.polcmd IN ('r', '*')
+		           AND EXISTS (SELECT FROM unnest(p.polroles) r
+		                        WHERE CASE WHEN r = 0 THEN true ELSE pg_has_role(current_user, r, 'USAGE') END))
+		SELECT quote_ident(current_user), rel.ident, rel.nspname, has_schema_privilege(rel.nsp, 'USAGE'),
+		       coalesce((SELECT bool_and(has_column_privilege(rel.oid, col, 'SELECT')) FROM unnest($3::text[]) col), true),
+		       row_security_active(rel.oid),
+		       EXISTS (SELECT FROM pol WHERE polpermissive AND qual = 'true'),
+		       coalesce((SELECT string_agg(quote_ident(polname), ', ' ORDER BY polname) FROM pol
+		                  WHERE NOT polpermissive AND NOT noqual AND qual <> 'true'), '')
+		  FROM rel`, schema, name, mapped).Scan(&role, &ident, &nsp, &usage, &selects, &rls, &permissive, &restrictive)
+	if err != nil {
+		return nil, fmt.Errorf("read the privileges and row-level security of %s: %w", table, err)
+	}
+	problem := func(format string, args ...any) *Problem {
+		return &Problem{Path: "mapping." + e.key + ".table", Message: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case !usage:
+		return problem("role %s has no USAGE on schema %s, so it cannot read %s (%s): GRANT USAGE ON SCHEMA %s TO %s", role, nsp, table, lost, nsp, role), nil
+	case !selects:
+		return problem("role %s cannot SELECT from %s (%s): GRANT SELECT ON %s TO %s", role, table, lost, ident, role), nil
+	case rls && restrictive != "":
+		return problem("row-level security on %s limits the rows role %s reads (restrictive policy %s), and dzhook must read every row, as the stream sends them all (%s): exempt the role from the policy (ALTER POLICY … TO the other roles) or give it BYPASSRLS", table, role, restrictive, lost), nil
+	case rls && !permissive:
+		return problem("row-level security on %s hides rows from role %s, and dzhook must read every row, as the stream sends them all (%s): CREATE POLICY dzhook_read ON %s FOR SELECT TO %s USING (true)", table, role, lost, ident, role), nil
+	}
+	return nil, nil
 }
 
 // relkinds names pg_class.relkind values that are not tables.

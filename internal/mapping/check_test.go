@@ -106,3 +106,161 @@ func TestCheckOutbox(t *testing.T) {
 		})
 	}
 }
+
+// rolePool makes a login role of the given attributes for db's test,
+// dropped at the end, and returns it with a pool that connects as it.
+func rolePool(t *testing.T, db *pgtest.DB, attrs string) (*pgxpool.Pool, string) {
+	t.Helper()
+	role := "r" + db.Name
+	db.Exec(t, `CREATE ROLE `+role+` LOGIN `+attrs)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_ = db.Cluster.Exec(ctx, db.Name, `DROP OWNED BY `+role)
+		_ = db.Cluster.Exec(ctx, "postgres", `DROP ROLE IF EXISTS `+role)
+	})
+	dsn := strings.Replace(db.DSN, "postgres@", role+"@", 1)
+	if !strings.Contains(dsn, role+"@") {
+		t.Fatalf("cannot make a DSN for role %s from %s", role, db.DSN)
+	}
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, role
+}
+
+// TestCheckRefusesRoleWithoutSelect: a role that cannot SELECT from the
+// users or SLA tables started cleanly, then sent every email null and
+// logged 'permission denied' from the SLA clock forever. Check refuses it
+// at each table's path, giving the GRANT; the tables dzhook only streams
+// (requests, comments) need no SELECT.
+func TestCheckRefusesRoleWithoutSelect(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema)
+	pool, role := rolePool(t, db, "REPLICATION")
+	ctx := context.Background()
+	mc := DefaultConfig()
+	err := mc.Check(ctx, pool)
+	for _, want := range []string{
+		"mapping.users.table: role " + role + " cannot SELECT from public.users (a user it cannot read is sent with a null email): GRANT SELECT ON public.users TO " + role,
+		"mapping.request_slas.table: role " + role + " cannot SELECT from public.request_slas",
+		"GRANT SELECT ON public.request_slas TO " + role,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Check as a role without SELECT = %v, want %q", err, want)
+		}
+	}
+	if err != nil && (strings.Contains(err.Error(), "mapping.requests.") || strings.Contains(err.Error(), "mapping.comments.")) {
+		t.Errorf("Check = %v, want nothing about requests or comments, which dzhook does not query", err)
+	}
+	// Column grants on the mapped columns are enough.
+	db.Exec(t, `GRANT SELECT (id, email, name, role, active, created_at, updated_at) ON users TO `+role,
+		`GRANT SELECT ON request_slas TO `+role)
+	if err := mc.Check(ctx, pool); err != nil {
+		t.Errorf("Check after the GRANT = %v, want nil", err)
+	}
+	// SELECT on a table of a schema the role cannot use reads nothing.
+	db.Exec(t, `REVOKE USAGE ON SCHEMA public FROM PUBLIC`)
+	want := "mapping.users.table: role " + role + " has no USAGE on schema public, so it cannot read public.users (a user it cannot read is sent with a null email): GRANT USAGE ON SCHEMA public TO " + role
+	if err := mc.Check(ctx, pool); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Check without USAGE on the schema = %v, want %q", err, want)
+	}
+}
+
+// TestCheckRowLevelSecurity: with row-level security on the users and SLA
+// tables, dzhook's queries saw no rows, with no error, while the stream
+// sent every row: emails went out null, SLA timers were cancelled as if
+// their SLAs were deleted. Check refuses a role RLS limits, giving the
+// policy that lets it read every row, and accepts the role once such a
+// policy exists, unless a restrictive policy still limits it. The
+// tables' owner (without FORCE) and a superuser read every row.
+func TestCheckRowLevelSecurity(t *testing.T) {
+	db := pgtest.NewDB(t)
+	db.Exec(t, dzsql.Schema,
+		`ALTER TABLE users ADD COLUMN tenant text NOT NULL DEFAULT 'acme'`,
+		`ALTER TABLE request_slas ADD COLUMN tenant text NOT NULL DEFAULT 'acme'`,
+		`ALTER TABLE users ENABLE ROW LEVEL SECURITY`,
+		`ALTER TABLE request_slas ENABLE ROW LEVEL SECURITY`,
+		`CREATE POLICY tenant_users ON users USING (tenant = current_setting('app.tenant', true))`,
+		`CREATE POLICY tenant_slas ON request_slas USING (tenant = current_setting('app.tenant', true))`)
+	pool, role := rolePool(t, db, "REPLICATION NOBYPASSRLS")
+	db.Exec(t, `GRANT SELECT ON users, requests, comments, request_slas TO `+role)
+	ctx := context.Background()
+	mc := DefaultConfig()
+
+	err := mc.Check(ctx, pool)
+	for _, want := range []string{
+		"mapping.users.table: row-level security on public.users hides rows from role " + role + ", and dzhook must read every row",
+		"CREATE POLICY dzhook_read ON public.users FOR SELECT TO " + role + " USING (true)",
+		"mapping.request_slas.table: row-level security on public.request_slas hides rows",
+		"CREATE POLICY dzhook_read ON public.request_slas FOR SELECT TO " + role + " USING (true)",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Check under RLS = %v, want %q", err, want)
+		}
+	}
+
+	// A permissive policy that applies to another role lets this one
+	// read nothing more.
+	db.Exec(t, `CREATE ROLE `+role+`_other`)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_ = db.Cluster.Exec(ctx, db.Name, `DROP OWNED BY `+role+`_other`)
+		_ = db.Cluster.Exec(ctx, "postgres", `DROP ROLE IF EXISTS `+role+`_other`)
+	})
+	db.Exec(t, `CREATE POLICY other_read ON users FOR SELECT TO `+role+`_other USING (true)`)
+	if err := mc.Check(ctx, pool); err == nil || !strings.Contains(err.Error(), "mapping.users.table: row-level security") {
+		t.Errorf("Check with a policy for another role = %v, want the users table refused", err)
+	}
+
+	// The fix the message gives, on both tables (and through PUBLIC on
+	// one of them): the role reads every row, and passes.
+	db.Exec(t,
+		`CREATE POLICY dzhook_read ON users FOR SELECT TO `+role+` USING (true)`,
+		`CREATE POLICY dzhook_read ON request_slas FOR ALL TO PUBLIC USING (true)`)
+	if err := mc.Check(ctx, pool); err != nil {
+		t.Errorf("Check with a permissive policy for the role = %v, want nil", err)
+	}
+
+	// A restrictive policy still hides rows whatever the permissive ones
+	// allow.
+	db.Exec(t, `CREATE POLICY tenant_only ON users AS RESTRICTIVE FOR SELECT TO `+role+` USING (tenant = 'acme')`)
+	want := "mapping.users.table: row-level security on public.users limits the rows role " + role + " reads (restrictive policy tenant_only)"
+	if err := mc.Check(ctx, pool); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Check with a restrictive policy = %v, want %q", err, want)
+	}
+
+	// The owner (here the superuser that made the tables) is not limited.
+	admin, err := pgxpool.New(ctx, db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := mc.Check(ctx, admin); err != nil {
+		t.Errorf("Check as the superuser owner = %v, want nil", err)
+	}
+}
+
+// TestCheckRowLevelSecurityOwner: the tables' owner, no superuser, reads
+// every row unless FORCE ROW LEVEL SECURITY applies the policies to it
+// too.
+func TestCheckRowLevelSecurityOwner(t *testing.T) {
+	db := pgtest.NewDB(t)
+	pool, role := rolePool(t, db, "REPLICATION NOBYPASSRLS")
+	db.Exec(t, dzsql.Schema,
+		`ALTER TABLE users OWNER TO `+role,
+		`ALTER TABLE request_slas OWNER TO `+role,
+		`ALTER TABLE users ENABLE ROW LEVEL SECURITY`,
+		`CREATE POLICY nobody ON users USING (false)`)
+	ctx := context.Background()
+	mc := DefaultConfig()
+	if err := mc.Check(ctx, pool); err != nil {
+		t.Errorf("Check as the owner under RLS = %v, want nil", err)
+	}
+	db.Exec(t, `ALTER TABLE users FORCE ROW LEVEL SECURITY`)
+	want := "mapping.users.table: row-level security on public.users hides rows from role " + role
+	if err := mc.Check(ctx, pool); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Check as the owner under FORCE ROW LEVEL SECURITY = %v, want %q", err, want)
+	}
+}
