@@ -43,6 +43,10 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var slotConn *pgx.Conn
+	// The mapping is checked as source.dsn's role, not the owner's: it
+	// checks that the role reads every row of the tables dzhook queries,
+	// which an owner does whatever the grants and policies.
+	source := conn
 	if opts.OwnerDSN != "" {
 		owner, err := pgx.Connect(ctx, opts.OwnerDSN)
 		if err != nil {
@@ -54,7 +58,7 @@ func Setup(ctx context.Context, cfg *config.Config, opts SetupOptions) ([]string
 		}
 		conn, slotConn = owner, conn
 	}
-	if err := cfg.Mapping.Check(ctx, conn); err != nil {
+	if err := cfg.Mapping.Check(ctx, source); err != nil {
 		return nil, err
 	}
 	store, err := journal.Open(ctx, cfg.JournalDSN().Reveal(), cfg.Journal.Schema)

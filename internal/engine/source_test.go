@@ -219,6 +219,36 @@ func TestReadyNamesRevokedReplication(t *testing.T) {
 	})
 }
 
+// TestReadsCheckedAsSourceRole: a source role that cannot SELECT from the
+// users table started cleanly and sent every email null. The start and
+// `dzhook setup` refuse it, giving the GRANT; setup with the owner's DSN
+// checks it as source.dsn's role too, not the owner, who reads
+// everything.
+func TestReadsCheckedAsSourceRole(t *testing.T) {
+	db := newDB(t)
+	role := "dz_" + db.Name
+	db.Exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION`, role), fmt.Sprintf(`GRANT SELECT ON request_slas TO %s`, role))
+	t.Cleanup(func() { db.Exec(t, fmt.Sprintf(`DROP OWNED BY %s`, role), fmt.Sprintf(`DROP ROLE %s`, role)) })
+	cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
+	cfg.Journal.DSN = cfg.JournalDSN()
+	cfg.Source.DSN = config.Secret(strings.Replace(db.DSN, "postgres@", role+"@", 1))
+	want := "mapping.users.table: role " + role + " cannot SELECT from public.users"
+	fix := "GRANT SELECT ON public.users TO " + role
+	ctx := context.Background()
+	for _, opts := range []SetupOptions{{CheckOnly: true}, {OwnerDSN: db.DSN}} {
+		if _, err := Setup(ctx, cfg, opts); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), fix) {
+			t.Errorf("setup (owner's DSN given: %v) = %v, want %q and %q", opts.OwnerDSN != "", err, want, fix)
+		}
+	}
+	if _, err := New(ctx, cfg, Options{Logger: testutil.Logger(t)}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("start = %v, want %q", err, want)
+	}
+	db.Exec(t, fmt.Sprintf(`GRANT SELECT ON users TO %s`, role))
+	if _, err := Setup(ctx, cfg, SetupOptions{OwnerDSN: db.DSN}); err != nil {
+		t.Errorf("setup with the owner's DSN after the GRANT = %v, want nil", err)
+	}
+}
+
 // TestPublicationListsRefused: a publication that publishes a mapped
 // table with a row filter or a column list is refused by setup and at
 // start, naming the statement that publishes it whole. A row filter lost
