@@ -21,6 +21,16 @@
 -- and nothing else: no SUPERUSER, CREATEDB, CREATEROLE or BYPASSRLS, no
 -- ownership of DZDESK's tables, no write access to them.
 --
+-- dzhook must read every row of users and request_slas (it looks emails
+-- up and reads open SLAs there; the stream sends every row anyway). With
+-- row-level security on either, give the role a policy that lets it, as
+-- the tables' owner, for each of them:
+--
+--   CREATE POLICY dzhook_read ON public.users FOR SELECT TO dzhook USING (true);
+--
+-- The start and `dzhook setup` refuse a role without SELECT on them or
+-- one that row-level security limits, naming the table and the statement.
+--
 -- What the role cannot do, then, is what only the tables' owner may:
 -- create the publication FOR TABLE … and set REPLICA IDENTITY FULL. Run
 -- those once as the owner, with deploy/sql/publication.sql (or with
