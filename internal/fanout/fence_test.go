@@ -96,6 +96,10 @@ func TestStalledProcessDropsWhatWasTakenOver(t *testing.T) {
 			sa := &stalledStore{Store: store}
 			cfgA := ordered(sa, rc.URL, o, 0, time.Hour)
 			cfgA.Instance, cfgA.Concurrency = "iA", 1
+			// A's E1 outlasts B's takeover: with the default 5 s, a start
+			// of B slower by a second (found by a review) timed it out
+			// first, its retry an hour away, and B had nothing to send.
+			cfgA.Timeout = time.Minute
 			a := start(t, store, cfgA)
 			holdKey(t, store, a, rc, 5)
 			sa.stall()
