@@ -1028,3 +1028,37 @@ func TestRetentionFloor(t *testing.T) {
 		}
 	}
 }
+
+// TestCommentValuesInternal: mapping.comments.values.internal takes the
+// forms users.values.active takes (booleans as YAML writes them,
+// unquoted, for keys and values: an inverted is_public is {true: false,
+// false: true}), and bad input is refused naming its path.
+func TestCommentValuesInternal(t *testing.T) {
+	for yaml, want := range map[string]map[string]string{
+		`{internal: true, public: false}`:     {"internal": "true", "public": "false"},
+		`{true: false, false: true}`:          {"true": "false", "false": "true"},
+		`{"t": "false", "f": "true"}`:         {"t": "false", "f": "true"},
+		`{internal: "true", public: "false"}`: {"internal": "true", "public": "false"},
+	} {
+		cfg, err := Parse([]byte(minimal+"mapping:\n  comments:\n    values:\n      internal: "+yaml+"\n"), nil)
+		if err != nil {
+			t.Errorf("%s: %v", yaml, err)
+			continue
+		}
+		if got := cfg.Mapping.Comments.Values.Internal; !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: %v, want %v", yaml, got, want)
+		}
+	}
+	for yaml, want := range map[string]string{
+		"internal: {internal: yes-please}": `mapping.comments.values.internal.internal: "yes-please" is not a boolean: translate to "true" or "false"`,
+		"internal: {internal: ~}":          `mapping.comments.values.internal.internal: translates to nothing`,
+		"internal: true":                   `mapping.comments.values.internal: must be a mapping`,
+		"internal: {public: [false]}":      `mapping.comments.values.internal.public: must be a single value`,
+		"internl: {public: false}":         `mapping.comments.values.internl: unknown key (did you mean "internal"?)`,
+	} {
+		_, err := Parse([]byte(minimal+"mapping:\n  comments:\n    values:\n      "+yaml+"\n"), nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", yaml, err, want)
+		}
+	}
+}

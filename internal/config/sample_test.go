@@ -131,7 +131,7 @@ func TestSampleMappingIsTheDefault(t *testing.T) {
 	// The section shows each translation as {}: none, as the default's nil.
 	got, want := cfg.Mapping, mapping.DefaultConfig()
 	for _, m := range []*map[string]string{&got.Requests.Values.Status, &got.Requests.Values.Priority,
-		&got.Users.Values.Role, &got.Users.Values.Active, &got.SLAs.Values.SLAType} {
+		&got.Users.Values.Role, &got.Users.Values.Active, &got.Comments.Values.Internal, &got.SLAs.Values.SLAType} {
 		if len(*m) == 0 {
 			*m = nil
 		}

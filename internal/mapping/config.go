@@ -98,6 +98,19 @@ type Comments struct {
 	// IDPrefix starts comment ids. Defaults to "cmt_".
 	IDPrefix string         `koanf:"id_prefix"`
 	Columns  CommentColumns `koanf:"columns"`
+	// Values translate stored comment values. Defaults to none.
+	Values CommentValues `koanf:"values"`
+}
+
+// CommentValues translate stored comment values. Internal maps stored
+// values to "true" (an internal note) or "false" (public), for schemas
+// that keep visibility as text or an enum ({internal: "true", public:
+// "false"}) or as an inverted flag (is_public: {"true": "false",
+// "false": "true"}); without it, a value that reads as no boolean was
+// sent as text, and a filter on data.internal == true let internal notes
+// through.
+type CommentValues struct {
+	Internal map[string]string `koanf:"internal"`
 }
 
 // CommentColumns names the column of each comment field.
@@ -271,7 +284,7 @@ func (c *Config) Validate() []Problem {
 	}{
 		{"requests.values.status", c.Requests.Values.Status}, {"requests.values.priority", c.Requests.Values.Priority},
 		{"users.values.role", c.Users.Values.Role}, {"users.values.active", c.Users.Values.Active},
-		{"request_slas.values.sla_type", c.SLAs.Values.SLAType},
+		{"comments.values.internal", c.Comments.Values.Internal}, {"request_slas.values.sla_type", c.SLAs.Values.SLAType},
 	} {
 		keys := make([]string, 0, len(v.m))
 		for k := range v.m {
@@ -284,12 +297,17 @@ func (c *Config) Validate() []Problem {
 			}
 		}
 	}
-	// users.values.active is read as a boolean: a translation to anything
-	// else (enabled: active) gave "active": null in every payload, and
-	// user.deactivated never fired.
-	for _, k := range slices.Sorted(maps.Keys(c.Users.Values.Active)) {
-		if _, ok := parseActive(c.Users.Values.Active[k]); !ok && strings.TrimSpace(c.Users.Values.Active[k]) != "" {
-			add("users.values.active."+k, "%q is not a boolean: translate to \"true\" or \"false\"", c.Users.Values.Active[k])
+	// users.values.active and comments.values.internal are read as
+	// booleans: a translation to anything else (enabled: active) gave
+	// "active": null in every payload, and user.deactivated never fired.
+	for _, v := range []struct {
+		path string
+		m    map[string]string
+	}{{"users.values.active", c.Users.Values.Active}, {"comments.values.internal", c.Comments.Values.Internal}} {
+		for _, k := range slices.Sorted(maps.Keys(v.m)) {
+			if _, ok := parseActive(v.m[k]); !ok && strings.TrimSpace(v.m[k]) != "" {
+				add(v.path+"."+k, "%q is not a boolean: translate to \"true\" or \"false\"", v.m[k])
+			}
 		}
 	}
 	for _, p := range []struct{ key, prefix string }{{"requests", c.Requests.IDPrefix}, {"users", c.Users.IDPrefix}, {"comments", c.Comments.IDPrefix}} {

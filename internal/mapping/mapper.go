@@ -101,6 +101,9 @@ type Mapper struct {
 	// noOldUserWarn: users updates without old values, said once.
 	noOldUserWarn atomic.Bool
 	keyWarn       atomic.Bool // an outbox key column that is not text, said once
+	// notBoolTold: the table.column and values notBool has said (the
+	// stream's goroutine alone uses it).
+	notBoolTold map[string]struct{}
 
 	// scratch and data are reused for every event: an event costs one
 	// allocation for its body and one for its id, and a change one for its
@@ -442,19 +445,62 @@ func mappedField(o *obj, c *cdc.Change, t cdc.Tuple, key, name string) (cdc.Valu
 	return v, true
 }
 
-// appendMappedBool writes column name under key as a boolean (comments'
-// internal flag): a column of 0/1, 't'/'f' or 'Y'/'N' reads as one, as
-// users' active does; anything else is written as it decodes.
-func appendMappedBool(o *obj, c *cdc.Change, t cdc.Tuple, key, name string) {
-	v, ok := mappedField(o, c, t, key, name)
-	if !ok {
-		return
-	}
-	if b, ok := parseActive(text(v.V)); ok {
+// appendBool writes v, a present value of column name, as a boolean,
+// translated through values first (mapping.users.values.active,
+// mapping.comments.values.internal, at path): a column of 0/1, 't'/'f'
+// or 'Y'/'N' reads as one without a translation. A value that reads as
+// no boolean is written as null, with a WARN naming the column and the
+// value (notBool): written as it decoded, a visibility kept as text sent
+// "internal":"internal", against the schema, and a channel's filter
+// !(… data.internal == true) let the internal note through.
+//
+// Such a value is not refused at start, though a column's type sometimes
+// makes it certain (an enum with a label no translation covers): a text
+// or integer column can hold anything, and an enum gains labels (ALTER
+// TYPE … ADD VALUE) under a running dzhook with no relation change for
+// the schema watch to check, so the rule is needed per row anyway; and a
+// label no row holds would have stopped the start for nothing. null
+// stops nothing, and a filter on data.internal != false keeps it out.
+func (m *Mapper) appendBool(o *obj, c *cdc.Change, t cdc.Tuple, v cdc.Value, name, path string, values map[string]string, idColumn string) {
+	if b, ok := readBool(v, values); ok {
 		o.b = strconv.AppendBool(o.b, b)
 		return
 	}
-	o.b = appendValue(o.b, v.V)
+	o.b = append(o.b, "null"...)
+	m.notBool(c, t, name, path, idColumn, text(v.V))
+}
+
+// readBool reads a present value as a boolean, through values first.
+func readBool(v cdc.Value, values map[string]string) (b, ok bool) {
+	s := text(v.V)
+	if mapped, ok := values[s]; ok {
+		s = mapped
+	}
+	return parseActive(s)
+}
+
+// maxNotBoolTold bounds the values notBool has said: each is said once
+// (its fix, a translation, is the same for every row that holds it), and
+// a column with this many is one mistake, already said.
+const maxNotBoolTold = 100
+
+// notBool logs, once per column and value, that a boolean field's value
+// reads as no boolean and was sent as null.
+func (m *Mapper) notBool(c *cdc.Change, t cdc.Tuple, name, path, idColumn, value string) {
+	told := c.Relation.QualifiedName() + "." + name + "\x00" + value
+	if _, ok := m.notBoolTold[told]; ok || len(m.notBoolTold) >= maxNotBoolTold {
+		return
+	}
+	if m.notBoolTold == nil {
+		m.notBoolTold = map[string]struct{}{}
+	}
+	m.notBoolTold[told] = struct{}{}
+	shown := value
+	if len(shown) > 64 { // a flag's value; a mis-mapped column's text is not logged whole
+		shown = strings.ToValidUTF8(shown[:64], "") + "…"
+	}
+	m.log.Warn("boolean field's value reads as no boolean and has no translation; sent as null (said once per value): add it to "+path,
+		"table", c.Relation.QualifiedName(), "id", idOf(c, t, idColumn), "column", name, "value", shown, "lsn", c.CommitLSN.String())
 }
 
 // appendTimeField writes a time column under key as RFC 3339 UTC, the
@@ -588,11 +634,7 @@ func (m *Mapper) activeOf(c *cdc.Change, t cdc.Tuple) (active, ok bool) {
 	if !ok || v.State == cdc.Null {
 		return false, false
 	}
-	s := text(v.V)
-	if mapped, ok := m.cfg.Users.Values.Active[s]; ok {
-		s = mapped
-	}
-	return parseActive(s)
+	return readBool(v, m.cfg.Users.Values.Active)
 }
 
 // parseActive reads a boolean as PostgreSQL and Go write it, in any case
@@ -623,8 +665,8 @@ func (m *Mapper) appendUser(c *cdc.Change, t cdc.Tuple) []byte {
 	appendMapped(&o, c, t, "role", uc.Role, m.cfg.Users.Values.Role)
 	if uc.Active != "" {
 		o.key("active")
-		if a, ok := m.activeOf(c, t); ok {
-			o.b = strconv.AppendBool(o.b, a)
+		if v, ok := col(c, t, uc.Active); ok && v.State == cdc.Present {
+			m.appendBool(&o, c, t, v, uc.Active, "mapping.users.values.active", m.cfg.Users.Values.Active, uc.ID)
 		} else {
 			o.b = append(o.b, "null"...)
 		}
@@ -698,7 +740,9 @@ func (m *Mapper) comment(ctx context.Context, c *cdc.Change, out []Event) []Even
 		o.b = m.appendPerson(o.b, author)
 	}
 	appendMapped(&o, c, c.New, "body", cc.Body, nil)
-	appendMappedBool(&o, c, c.New, "internal", cc.Internal)
+	if v, ok := mappedField(&o, c, c.New, "internal", cc.Internal); ok {
+		m.appendBool(&o, c, c.New, v, cc.Internal, "mapping.comments.values.internal", m.cfg.Comments.Values.Internal, cc.ID)
+	}
 	m.appendTimeField(&o, c, c.New, "createdAt", cc.CreatedAt, cc.ID)
 	// A comment is ordered with its request's events, not on its own.
 	return m.emit(out, c, placeEntity, catalog.RequestCommented, entityKey(m.cfg.Requests.IDPrefix, request), o.end())
