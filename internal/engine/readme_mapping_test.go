@@ -32,7 +32,7 @@ func TestReadmeMappingExample(t *testing.T) {
 	db.Exec(t,
 		`CREATE TABLE agents (agent_no bigint PRIMARY KEY, mail text, full_name text, kind text, status text NOT NULL DEFAULT 'enabled', joined timestamptz)`,
 		`CREATE TABLE tickets (ticket_no bigint PRIMARY KEY, subject text, body text, state text, urgency text, opened_by bigint, owner bigint, last_editor bigint, opened timestamptz, modified timestamptz)`,
-		`CREATE TABLE notes (note_no bigint PRIMARY KEY, ticket bigint, writer bigint, content text, private boolean, written timestamptz)`,
+		`CREATE TABLE notes (note_no bigint PRIMARY KEY, ticket bigint, writer bigint, content text, visibility text NOT NULL DEFAULT 'public', written timestamptz)`,
 		`CREATE TABLE ticket_slas (sla_no bigint PRIMARY KEY, ticket bigint, kind text, began timestamptz, due timestamptz, done timestamptz)`,
 	)
 	cfg, err := config.Parse([]byte("source:\n  dsn: "+db.DSN+"\n"+block), nil)
