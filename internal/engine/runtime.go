@@ -60,11 +60,16 @@ type runtimeSpec struct {
 	Description        string   `json:"description,omitempty"`
 }
 
-// sealedPart is what is encrypted at rest.
+// sealedPart is what is encrypted at rest. Retired is only in the
+// previous secret's part: in its sealed value rather than a column of its
+// own, so that no migration is needed and a process of an earlier version
+// sharing the journal still reads the part (unknown JSON keys are
+// ignored), signing with the previous secret as it did.
 type sealedPart struct {
 	Secret  string            `json:"secret"`
 	URL     string            `json:"url,omitempty"`
 	Headers map[string]string `json:"headers,omitempty"`
+	Retired []string          `json:"retired,omitempty"`
 }
 
 // runtimeSub is a runtime subscription as this process holds it.
@@ -74,6 +79,10 @@ type runtimeSub struct {
 	description             string
 	previous                string
 	previousUntil, switchAt time.Time
+	// retired are the secrets replaced by rotations made during an
+	// earlier one's overlap, newest first, valid (webhook-signature
+	// only) until previousUntil as well: see keptSecrets.
+	retired []string
 	// stale: a value it needs is sealed with a key that no longer seals
 	// (see reseal).
 	stale bool
@@ -174,7 +183,7 @@ func (r *runtime) decode(row journal.RuntimeSubscription) (runtimeSub, error) {
 		}
 		var pp sealedPart
 		if json.Unmarshal(prev, &pp) == nil {
-			s.previous, s.previousUntil = pp.Secret, *row.PreviousUntil
+			s.previous, s.previousUntil, s.retired = pp.Secret, *row.PreviousUntil, pp.Retired
 			s.stale = s.stale || !r.ring.SealedWithCurrent(row.PreviousSecret)
 			if row.SwitchAt != nil {
 				s.switchAt = *row.SwitchAt
@@ -213,6 +222,9 @@ func (r *runtime) set(cfgSubs []config.Subscription, subs map[string]runtimeSub,
 		s.Source, s.Description = "runtime", rs.description
 		if rs.previous != "" {
 			s.PreviousSecret, s.PreviousUntil, s.SwitchAt = []byte(rs.previous), rs.previousUntil, rs.switchAt
+			for _, r := range rs.retired {
+				s.RetiredSecrets = append(s.RetiredSecrets, []byte(r))
+			}
 		}
 		out = append(out, s)
 	}
@@ -269,7 +281,7 @@ func (e *Engine) reseal(ctx context.Context, subs map[string]runtimeSub, order [
 			}
 			prev := ""
 			if s.previous != "" {
-				if prev, err = rt.seal(id, sealedPart{Secret: s.previous}); err != nil {
+				if prev, err = rt.seal(id, sealedPart{Secret: s.previous, Retired: s.retired}); err != nil {
 					return err
 				}
 			}
@@ -996,14 +1008,6 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	if in.Secret != nil {
 		secret = *in.Secret
 	}
-	// The secret kept valid for the overlap is the one receivers verify
-	// with now: during an earlier rotation's overlap, before its switch,
-	// that is still the earlier previous one (X-DZDESK-Signature signs
-	// with it), not the current one nobody may have yet.
-	previous := rs.cfg.Secret.Reveal()
-	if rs.previous != "" && time.Now().Before(rs.switchAt) && time.Now().Before(rs.previousUntil) {
-		previous = rs.previous
-	}
 	next := rs.cfg
 	next.Secret = config.Secret(secret)
 	if msg := secretProblem(secret); msg != "" {
@@ -1033,7 +1037,8 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	if err != nil {
 		return api.RotatedSecret{}, err
 	}
-	prev, err := m.seal(id, sealedPart{Secret: previous})
+	previous, retired := keptSecrets(rs, secret, now)
+	prev, err := m.seal(id, sealedPart{Secret: previous, Retired: retired})
 	if err != nil {
 		return api.RotatedSecret{}, err
 	}
@@ -1043,6 +1048,43 @@ func (m managerOf) RotateSecret(ctx context.Context, id string, in api.SecretRot
 	}
 	m.applied(ctx, id)
 	return api.RotatedSecret{Secret: secret, PreviousValidUntil: until, SignatureSwitchAt: switchAt}, nil
+}
+
+// MaxRetiredSecrets bounds the secrets a rotation keeps besides the
+// previous one: rotations in a row, each during the last one's overlap,
+// would otherwise add a signature to webhook-signature each, without end.
+// Four covers a receiver that lags several rotations behind; the one a
+// fifth drops is the oldest replaced, the least likely still installed.
+const MaxRetiredSecrets = 4
+
+// keptSecrets returns the secrets a rotation of rs to secret at now keeps
+// valid for its overlap: previous, the one X-DZDESK-Signature signs with
+// until the switch, and retired, the others webhook-signature still
+// carries, newest first. Outside an overlap previous is the current
+// secret and nothing else is kept. During an earlier rotation's overlap
+// every secret still valid is kept (a Standard Webhooks receiver holds
+// the one it installed last, which may be any of them), and previous is,
+// before that rotation's switch, still its previous one (receivers of
+// X-DZDESK-Signature verify with it now), not the current one nobody may
+// have yet; the current one is then retired.
+func keptSecrets(rs runtimeSub, secret string, now time.Time) (previous string, retired []string) {
+	current := rs.cfg.Secret.Reveal()
+	if rs.previous == "" || !now.Before(rs.previousUntil) {
+		return current, nil
+	}
+	previous, others := current, append([]string{rs.previous}, rs.retired...)
+	if now.Before(rs.switchAt) {
+		previous, others = rs.previous, append([]string{current}, rs.retired...)
+	}
+	for _, s := range others {
+		// The new secret may be an earlier one issued again: it is the
+		// current one now, not a retired one.
+		if s == previous || s == secret || slices.Contains(retired, s) {
+			continue
+		}
+		retired = append(retired, s)
+	}
+	return previous, retired[:min(len(retired), MaxRetiredSecrets)]
 }
 
 // Record implements admin.Manager.

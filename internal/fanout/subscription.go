@@ -61,6 +61,12 @@ type Subscription struct {
 	// X-DZDESK-Signature (one signature) uses it until SwitchAt.
 	PreviousSecret          []byte
 	PreviousUntil, SwitchAt time.Time
+	// RetiredSecrets are the secrets replaced by rotations made during an
+	// earlier one's overlap (newest first): webhook-signature carries a
+	// signature with each too until PreviousUntil, since a Standard
+	// Webhooks receiver holds the one secret it installed last, which
+	// may be any of them. X-DZDESK-Signature never uses them.
+	RetiredSecrets [][]byte
 	// Proxy is the forward proxy of this subscription's attempts
 	// (proxy.go); "" uses Config.Proxy.
 	Proxy string
@@ -82,7 +88,7 @@ func (s Subscription) Equal(o Subscription) bool {
 		s.Filter == o.Filter && maps.Equal(s.Headers, o.Headers) && s.Ordering == o.Ordering &&
 		s.Transform == o.Transform && s.Format == o.Format && s.Method == o.Method && s.RateLimit == o.RateLimit &&
 		s.Source == o.Source && s.Description == o.Description && bytes.Equal(s.PreviousSecret, o.PreviousSecret) &&
-		s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt) &&
+		slices.EqualFunc(s.RetiredSecrets, o.RetiredSecrets, bytes.Equal) && s.PreviousUntil.Equal(o.PreviousUntil) && s.SwitchAt.Equal(o.SwitchAt) &&
 		s.Proxy == o.Proxy && s.ClientCert == o.ClientCert && s.Traceparent == o.Traceparent
 }
 
@@ -124,8 +130,8 @@ type sub struct {
 	transformFailures tally
 
 	// standardKeys are the Standard Webhooks keys of cfg.Secret and,
-	// during a rotation, of cfg.PreviousSecret (made once, not per
-	// attempt); none: no Standard Webhooks headers.
+	// during a rotation, of cfg.PreviousSecret and cfg.RetiredSecrets
+	// (made once, not per attempt); none: no Standard Webhooks headers.
 	standardKeys [][]byte
 	client       *retryablehttp.Client
 
@@ -822,8 +828,11 @@ func compile(cfg Subscription, opts *Config, share func() int64) (*sub, error) {
 			return nil, fmt.Errorf("subscription %s: standard webhooks secret: %w", cfg.ID, err)
 		}
 		s.standardKeys = [][]byte{key}
-		if len(cfg.PreviousSecret) > 0 {
-			if prev, err := signer.StandardKey(string(cfg.PreviousSecret)); err == nil {
+		for _, old := range append([][]byte{cfg.PreviousSecret}, cfg.RetiredSecrets...) {
+			if len(old) == 0 {
+				continue
+			}
+			if prev, err := signer.StandardKey(string(old)); err == nil {
 				s.standardKeys = append(s.standardKeys, prev)
 			}
 		}
