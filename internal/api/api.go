@@ -429,7 +429,8 @@ type SecretRotation struct {
 // RotatedSecret is the answer to a rotation: the new secret, shown once.
 type RotatedSecret struct {
 	Secret string `json:"secret"`
-	// PreviousValidUntil is when the old secret stops being used.
+	// PreviousValidUntil is when the old secret, and those an earlier
+	// rotation's overlap still kept, stop being used.
 	PreviousValidUntil time.Time `json:"previous_valid_until"`
 	// SignatureSwitchAt is when X-DZDESK-Signature uses the new secret.
 	SignatureSwitchAt time.Time `json:"signature_switch_at"`
