@@ -41,6 +41,7 @@ func TestFilterStringFunctionsWithinCostLimit(t *testing.T) {
 	for _, expr := range []string{
 		`[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].all(i, data.s.replace("<", "&lt;").size() > 0)`,
 		`[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].all(i, data.s.upperAscii().size() > 0)`,
+		`[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].all(i, "%s".format([data.s]).size() > 0)`,
 	} {
 		p, err := Compile(expr)
 		if err != nil {

@@ -7,7 +7,6 @@ import (
 	"cel.dev/cel-go/common/cost"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
-	"cel.dev/cel-go/ext"
 
 	"github.com/dzdesk/dzhook/internal/filter"
 )
@@ -26,9 +25,8 @@ import (
 // limit; the two-argument forms cut between escaped characters.
 func celStrings() []cel.EnvOption {
 	str, i := cel.StringType, cel.IntType
-	return []cel.EnvOption{
-		// The strings extension as in filters (see filter.StringsVersion).
-		ext.Strings(ext.StringsVersion(filter.StringsVersion)),
+	// The strings extension as in filters (filter.Strings).
+	return append(filter.Strings(),
 		cel.Function("clip",
 			cel.Overload("clip_string_int", []*cel.Type{str, i}, str, cel.BinaryBinding(clipFn(nil))),
 		),
@@ -41,7 +39,7 @@ func celStrings() []cel.EnvOption {
 			escapeCost("teams_escape_string"), escapeCost("teams_escape_string_int"),
 			escapeCost("discord_escape_string"), escapeCost("discord_escape_string_int"),
 		),
-	}
+	)
 }
 
 // escapeFunction declares name(s) and name(s, n): s with each rune
