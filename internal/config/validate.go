@@ -410,7 +410,7 @@ func (c *Config) validateSubscription(ps *Problems, refs references, path string
 	case !s.Secret.IsSet():
 		ps.add(path+".secret", "required: the key receivers verify X-DZDESK-Signature with (use ${NAME} to read it from the environment)")
 	default:
-		checkWebhookSecret(ps, path+".secret", s.Secret.Reveal(), s.StandardWebhooks)
+		checkWebhookSecret(ps, path+".secret", s.Secret.Reveal(), s.StandardWebhooks, true)
 	}
 	checkPreviousSecret(ps, path, s)
 	if len(s.Events) == 0 {
@@ -761,14 +761,17 @@ func checkPreviousSecret(ps *Problems, path string, s Subscription) {
 	case s.Secret.IsSet() && prev == s.Secret.Reveal():
 		ps.add(path+".previous_secret", "is the same as secret: give the secret it replaced")
 	default:
-		checkWebhookSecret(ps, path+".previous_secret", prev, s.StandardWebhooks)
+		// A key shorter than the rule may be what is being rotated away
+		// from (accepted by an older dzhook): the overlap keeps it, as
+		// receivers still verify with it.
+		checkWebhookSecret(ps, path+".previous_secret", prev, s.StandardWebhooks, false)
 	}
 }
 
 // checkWebhookSecret holds a subscription's signing secret (field) to
 // its rules: long enough, and a whsec_<base64> one under
-// standard_webhooks.
-func checkWebhookSecret(ps *Problems, field, secret string, standard bool) {
+// standard_webhooks, whose key is long enough too when keyLength.
+func checkWebhookSecret(ps *Problems, field, secret string, standard, keyLength bool) {
 	switch {
 	case tooShort(secret):
 		ps.add(field, "too short: use at least %d random characters (spaces at either end do not count)", MinSecretLength)
@@ -782,7 +785,7 @@ func checkWebhookSecret(ps *Problems, field, secret string, standard bool) {
 		switch {
 		case err != nil:
 			ps.add(field, "the part after whsec_ is not valid base64")
-		case len(key) < MinSecretLength:
+		case keyLength && len(key) < MinSecretLength:
 			ps.add(field, "the key after whsec_ is %d bytes: use at least %d random bytes (Standard Webhooks recommends 24 to 64; e.g. whsec_ + `openssl rand -base64 32`)", len(key), MinSecretLength)
 		}
 	}

@@ -649,6 +649,13 @@ func (m managerOf) validate(s config.Subscription, desc string, in api.Subscript
 		// included (found by a review).
 		ps = slices.DeleteFunc(ps, func(p config.Problem) bool { return strings.HasPrefix(p.Path, "headers.") })
 	}
+	if in.Secret == nil && in.StandardWebhooks == nil {
+		// And the stored secret: a whsec_ key an older dzhook accepted
+		// (its 16 characters counted the prefix) blocked every change
+		// after the upgrade, the pause included; a rotation replaces it
+		// (found by a review).
+		ps = slices.DeleteFunc(ps, func(p config.Problem) bool { return p.Path == "secret" })
+	}
 	if n := utf8.RuneCountInString(desc); n > maxDescription {
 		ps = append(ps, config.Problem{Path: "description", Message: fmt.Sprintf("at most %d characters, not %d", maxDescription, n)})
 	}
