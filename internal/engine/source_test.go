@@ -232,8 +232,8 @@ func TestReadsCheckedAsSourceRole(t *testing.T) {
 	cfg := testConfig(t, db, "", sub("crm", "http://127.0.0.1:9/", "request.created"))
 	cfg.Journal.DSN = cfg.JournalDSN()
 	cfg.Source.DSN = config.Secret(strings.Replace(db.DSN, "postgres@", role+"@", 1))
-	want := "mapping.users.table: role " + role + " cannot SELECT from public.users"
-	fix := "GRANT SELECT ON public.users TO " + role
+	want := "mapping.users.table: role " + role + " cannot SELECT column id, email of public.users"
+	fix := "GRANT SELECT (id, email) ON public.users TO " + role
 	ctx := context.Background()
 	for _, opts := range []SetupOptions{{CheckOnly: true}, {OwnerDSN: db.DSN}} {
 		if _, err := Setup(ctx, cfg, opts); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), fix) {

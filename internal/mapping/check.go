@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -129,6 +130,12 @@ var reads = map[string]string{
 	"request_slas": "an SLA it cannot read fires no event and reads as deleted, its timers cancelled",
 }
 
+// readColumns are, by YAML path, the columns those queries read, where
+// not all the mapped ones: PoolUsers reads a user's id and email, and a
+// grant of those columns alone serves it (found by a review: every
+// mapped column was required).
+var readColumns = map[string][]string{"users": {"id", "email"}}
+
 // checkReads reports, at the entity's table, a role that cannot read
 // every row of a table dzhook queries: no SELECT on a mapped column (or
 // no USAGE on the schema), or row-level security that applies to it
@@ -142,15 +149,18 @@ var reads = map[string]string{
 // role (PUBLIC, or a role whose privileges it has) lets it read every
 // row, unless a restrictive policy that applies to it limits them.
 func checkReads(ctx context.Context, q Querier, e entity, table string, cols map[string]columnInfo, lost string) (*Problem, error) {
-	var mapped []string
+	var read []string
 	for _, col := range e.columns {
+		if only := readColumns[e.key]; only != nil && !slices.Contains(only, col.path) {
+			continue
+		}
 		if _, ok := cols[col.name]; ok && col.name != "" {
-			mapped = append(mapped, col.name)
+			read = append(read, col.name)
 		}
 	}
 	schema, name, _ := strings.Cut(table, ".")
-	var role, ident, nsp string
-	var usage, selects, rls, permissive bool
+	var role, ident, nsp, unreadable, readList string
+	var usage, rls, permissive bool
 	var restrictive string
 	err := q.QueryRow(ctx, `
 		WITH rel AS (SELECT c.oid, n.oid AS nsp, format('%I.%I', n.nspname, c.relname) AS ident, quote_ident(n.nspname) AS nspname
@@ -160,12 +170,14 @@ func checkReads(ctx context.Context, q Querier, e entity, table string, cols map
 		           AND EXISTS (SELECT FROM unnest(p.polroles) r
 		                        WHERE CASE WHEN r = 0 THEN true ELSE pg_has_role(current_user, r, 'USAGE') END))
 		SELECT quote_ident(current_user), rel.ident, rel.nspname, has_schema_privilege(rel.nsp, 'USAGE'),
-		       coalesce((SELECT bool_and(has_column_privilege(rel.oid, col, 'SELECT')) FROM unnest($3::text[]) col), true),
+		       coalesce((SELECT string_agg(quote_ident(col), ', ' ORDER BY ord) FROM unnest($3::text[]) WITH ORDINALITY AS u(col, ord)
+		                  WHERE NOT has_column_privilege(rel.oid, col, 'SELECT')), ''),
+		       coalesce((SELECT string_agg(quote_ident(col), ', ' ORDER BY ord) FROM unnest($3::text[]) WITH ORDINALITY AS u(col, ord)), ''),
 		       row_security_active(rel.oid),
 		       EXISTS (SELECT FROM pol WHERE polpermissive AND qual = 'true'),
 		       coalesce((SELECT string_agg(quote_ident(polname), ', ' ORDER BY polname) FROM pol
 		                  WHERE NOT polpermissive AND NOT noqual AND qual <> 'true'), '')
-		  FROM rel`, schema, name, mapped).Scan(&role, &ident, &nsp, &usage, &selects, &rls, &permissive, &restrictive)
+		  FROM rel`, schema, name, read).Scan(&role, &ident, &nsp, &usage, &unreadable, &readList, &rls, &permissive, &restrictive)
 	if err != nil {
 		return nil, fmt.Errorf("read the privileges and row-level security of %s: %w", table, err)
 	}
@@ -175,8 +187,8 @@ func checkReads(ctx context.Context, q Querier, e entity, table string, cols map
 	switch {
 	case !usage:
 		return problem("role %s has no USAGE on schema %s, so it cannot read %s (%s): GRANT USAGE ON SCHEMA %s TO %s", role, nsp, table, lost, nsp, role), nil
-	case !selects:
-		return problem("role %s cannot SELECT from %s (%s): GRANT SELECT ON %s TO %s", role, table, lost, ident, role), nil
+	case unreadable != "":
+		return problem("role %s cannot SELECT column %s of %s (%s): GRANT SELECT (%s) ON %s TO %s", role, unreadable, table, lost, readList, ident, role), nil
 	case rls && restrictive != "":
 		return problem("row-level security on %s limits the rows role %s reads (restrictive policy %s), and dzhook must read every row, as the stream sends them all (%s): exempt the role from the policy (ALTER POLICY … TO the other roles) or give it BYPASSRLS", table, role, restrictive, lost), nil
 	case rls && !permissive:

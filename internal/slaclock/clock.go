@@ -562,9 +562,9 @@ func (c *Clock) verdict(t journal.TimerRow, current map[string]mapping.SLARow) i
 		// without SELECT, Current fails and the check is tried again, but
 		// row-level security hides rows with no error, and every open
 		// SLA read as deleted here. mapping.Check refuses such a role at
-		// the start, setup and each reload (checkReads), which is what
-		// makes this true; a policy added while dzhook runs is not seen
-		// until then.
+		// the start, setup and a reload that changes the mapping
+		// (checkReads), which is what makes this true; a policy added
+		// while dzhook runs is not seen until then (README says so).
 		return cancel
 	case !cur.TargetAt.Equal(t.TargetAt), cur.Completed && cur.CompletedAt == nil:
 		// Moved, or completed at a moment the table does not say, by a
