@@ -484,6 +484,9 @@ func readBool(v cdc.Value, values map[string]string) (b, ok bool) {
 // a column with this many is one mistake, already said.
 const maxNotBoolTold = 100
 
+// maxNotBoolShown is the longest such value the WARN shows.
+const maxNotBoolShown = 16
+
 // notBool logs, once per column and value, that a boolean field's value
 // reads as no boolean and was sent as null.
 func (m *Mapper) notBool(c *cdc.Change, t cdc.Tuple, name, path, idColumn, value string) {
@@ -495,11 +498,15 @@ func (m *Mapper) notBool(c *cdc.Change, t cdc.Tuple, name, path, idColumn, value
 		m.notBoolTold = map[string]struct{}{}
 	}
 	m.notBoolTold[told] = struct{}{}
+	// A flag's value is short; a longer one is more likely a column
+	// mapped by mistake (a comment's body, an email), whose contents do
+	// not belong in the log: its length is said instead (found by a
+	// review).
 	shown := value
-	if len(shown) > 64 { // a flag's value; a mis-mapped column's text is not logged whole
-		shown = strings.ToValidUTF8(shown[:64], "") + "…"
+	if len(shown) > maxNotBoolShown {
+		shown = fmt.Sprintf("(%d bytes, not shown)", len(value))
 	}
-	m.log.Warn("boolean field's value reads as no boolean and has no translation; sent as null (said once per value): add it to "+path,
+	m.log.Warn("boolean field's value reads as no boolean and has no translation; sent as null (said once per value, for the first 100 values): add it to "+path,
 		"table", c.Relation.QualifiedName(), "id", idOf(c, t, idColumn), "column", name, "value", shown, "lsn", c.CommitLSN.String())
 }
 

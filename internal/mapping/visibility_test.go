@@ -140,14 +140,19 @@ func TestCommentVisibilityUnknown(t *testing.T) {
 		`INSERT INTO comments (id, request_id, author_id, body, visibility) VALUES (2, 1, 1, 'secret too', 'internal')`,
 		`INSERT INTO comments (id, request_id, author_id, body, visibility) VALUES (3, 1, 1, 'hello', 'public')`,
 		`INSERT INTO comments (id, request_id, author_id, body, visibility) VALUES (4, 1, 1, 'yes', 'Y')`,
+		// A column mapped by mistake: its text is not logged.
+		`INSERT INTO comments (id, request_id, author_id, body, visibility) VALUES (5, 1, 1, 'x', 'my card is 4111 1111 1111 1111')`,
 	)
-	checkVisibility(t, bodies, []string{"null", "null", "false", "true"})
+	checkVisibility(t, bodies, []string{"null", "null", "false", "true", "null"})
+	if long := logs.find("WARN", map[string]string{"value": "(30 bytes, not shown)", "id": "5"}); len(long) != 1 || strings.Contains(logs.String(), "4111") {
+		t.Errorf("WARN lines for a 30-byte value: %v, want one giving its length alone\n%s", long, logs.String())
+	}
 	w := logs.find("WARN", map[string]string{"table": "public.comments", "column": "visibility", "value": "internal", "id": "1"})
 	if len(w) != 1 || !strings.Contains(w[0]["msg"].(string), "mapping.comments.values.internal") {
 		t.Errorf("WARN lines for the untranslated value: %v, want one naming mapping.comments.values.internal\n%s", w, logs.String())
 	}
-	if all := logs.find("WARN", nil); len(all) != 1 {
-		t.Errorf("%d WARN lines, want 1 (said once per value)\n%s", len(all), logs.String())
+	if all := logs.find("WARN", nil); len(all) != 2 {
+		t.Errorf("%d WARN lines, want 2 (said once per value)\n%s", len(all), logs.String())
 	}
 }
 
