@@ -227,14 +227,20 @@ func startStreamWith(t *testing.T, db *pgtest.DB, h *recorder, set func(*Config)
 		}
 	}
 	t.Cleanup(stop)
-	streamStops[s] = stop
+	t.Cleanup(func() { streamStops.Delete(s) })
+	streamStops.Store(s, stop)
 	return s
 }
 
-// streamStops lets a test stop a stream before its end.
-var streamStops = map[*Stream]func(){}
+// streamStops lets a test stop a stream before its end (*Stream to its
+// stop function). A sync.Map: tests that run in parallel start streams
+// at once (a plain map was a data race, found in the race run).
+var streamStops sync.Map
 
-func stopStream(s *Stream) { streamStops[s]() }
+func stopStream(s *Stream) {
+	stop, _ := streamStops.Load(s)
+	stop.(func())()
+}
 
 func slotConfirmedLSN(t *testing.T, db *pgtest.DB) pglogrepl.LSN {
 	t.Helper()
