@@ -3,7 +3,6 @@ package engine
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"maps"
 	"slices"
@@ -134,10 +133,7 @@ func TestKeptSecrets(t *testing.T) {
 func TestKeyRotationResealsTheRetiredSecrets(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
-	newKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
-	keyed := func(keys string) *config.Config {
-		return testConfigWith(t, db, "admin:\n  listen: \"\"\nsecrets:\n  keys: ["+keys+"]\n", "  retry_schedule: [0s, 100ms]")
-	}
+	newKey, keyed := keyedConfigs(t, db)
 	ctx := context.Background()
 	a, stopA := startStoppable(t, keyed(secretsKey))
 	created, err := a.Manager().CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("rot"), URL: ptr(rc.URL), Events: ptr([]string{"request.created"}), StandardWebhooks: ptr(true)}, "")
@@ -179,14 +175,9 @@ type v24Part struct {
 // rotation seals, a dzhook of version 24 sharing the journal opens, and
 // signs with the previous secret as before.
 func TestRotationSharesTheJournalWithVersion24(t *testing.T) {
-	db := newDB(t)
-	e := start(t, runtimeConfig(t, db))
+	e, created := runtimeSubscriptionOn(t, true)
 	ctx := context.Background()
 	m := e.Manager()
-	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"}), StandardWebhooks: ptr(true)}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	previous := func() []byte {
 		t.Helper()
 		rows, _, _, err := e.journal.RuntimeSubscriptions(ctx)

@@ -542,12 +542,31 @@ func TestRuntimeDescriptionLengthInCharacters(t *testing.T) {
 // subscription to request.created, made through it.
 func oneRuntimeSubscription(t *testing.T) (admin.Manager, api.CreatedSubscription) {
 	t.Helper()
-	m := start(t, runtimeConfig(t, newDB(t))).Manager()
-	created, err := m.CreateSubscription(context.Background(), api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"})}, "")
+	e, created := runtimeSubscriptionOn(t, false)
+	return e.Manager(), created
+}
+
+// keyedConfigs returns a secrets key other than the tests' and the
+// configuration on db with the given secrets.keys, for key rotations.
+func keyedConfigs(t *testing.T, db *pgtest.DB) (newKey string, keyed func(keys string) *config.Config) {
+	newKey = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	return newKey, func(keys string) *config.Config {
+		return testConfigWith(t, db, "admin:\n  listen: \"\"\nsecrets:\n  keys: ["+keys+"]\n", "  retry_schedule: [0s, 100ms]")
+	}
+}
+
+// runtimeSubscriptionOn starts an engine on a database of its own with
+// one runtime subscription to https://example.com/hook, signing as
+// Standard Webhooks when standard.
+func runtimeSubscriptionOn(t *testing.T, standard bool) (*Engine, api.CreatedSubscription) {
+	t.Helper()
+	e := start(t, runtimeConfig(t, newDB(t)))
+	created, err := e.Manager().CreateSubscription(context.Background(), api.SubscriptionInput{URL: ptr("https://example.com/hook"),
+		Events: ptr([]string{"request.created"}), StandardWebhooks: ptr(standard)}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m, created
+	return e, created
 }
 
 // TestRotationOverlapNotEchoed: an overlap that is no duration, or an
@@ -629,10 +648,7 @@ func TestSecretWithControlCharacters(t *testing.T) {
 func TestKeyRotationResealsAtStart(t *testing.T) {
 	db := newDB(t)
 	rc := testutil.NewReceiver(t)
-	newKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
-	keyed := func(keys string) *config.Config {
-		return testConfigWith(t, db, "admin:\n  listen: \"\"\nsecrets:\n  keys: ["+keys+"]\n", "  retry_schedule: [0s, 100ms]")
-	}
+	newKey, keyed := keyedConfigs(t, db)
 	ctx := context.Background()
 	a, stopA := startStoppable(t, keyed(secretsKey))
 	created, err := a.Manager().CreateSubscription(ctx, api.SubscriptionInput{ID: ptr("rot"), URL: ptr(rc.URL), Events: ptr([]string{"request.created"}),

@@ -17,14 +17,9 @@ import (
 // the stored secret, where a stored URL or header refused since is not
 // (found by a review). A rotation to a short key is still refused.
 func TestStoredShortStandardKeyBlocksNoChange(t *testing.T) {
-	db := newDB(t)
-	e := start(t, runtimeConfig(t, db))
+	e, created := runtimeSubscriptionOn(t, true)
 	ctx := context.Background()
 	m := e.Manager()
-	created, err := m.CreateSubscription(ctx, api.SubscriptionInput{URL: ptr("https://example.com/hook"), Events: ptr([]string{"request.created"}), StandardWebhooks: ptr(true)}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// What the previous version stored: whsec_ + base64 of 12 bytes.
 	mo := managerOf{e}
 	rs, err := mo.current(created.ID)
